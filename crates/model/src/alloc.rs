@@ -1,0 +1,106 @@
+//! Allocations: one replica of a job bound to one node.
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::{Resources, TaskSpec};
+
+/// What the servers want to happen to an allocation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DesiredStatus {
+    #[default]
+    Run,
+    Stop,
+}
+
+/// What the agent last reported (or `lost`, decided by the servers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AllocStatus {
+    /// Placed, not yet running (image unpacking, container starting).
+    #[default]
+    Pending,
+    Running,
+    /// Exited with code 0, or stopped on request.
+    Complete,
+    /// Exited non-zero, killed, or could not start.
+    Failed,
+    /// The node it ran on is gone.
+    Lost,
+}
+
+impl AllocStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllocStatus::Pending => "pending",
+            AllocStatus::Running => "running",
+            AllocStatus::Complete => "complete",
+            AllocStatus::Failed => "failed",
+            AllocStatus::Lost => "lost",
+        }
+    }
+
+    /// Terminal statuses never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            AllocStatus::Complete | AllocStatus::Failed | AllocStatus::Lost
+        )
+    }
+
+    pub fn parse(text: &str) -> Option<AllocStatus> {
+        Some(match text {
+            "pending" => AllocStatus::Pending,
+            "running" => AllocStatus::Running,
+            "complete" => AllocStatus::Complete,
+            "failed" => AllocStatus::Failed,
+            "lost" => AllocStatus::Lost,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// Unique id (32 hex digits), chosen by the leader when it plans.
+    pub id: String,
+    pub job: String,
+    pub job_version: u64,
+    /// Which replica slot of the job this fills (0-based).
+    pub replica: u32,
+    pub node: String,
+    /// The task as it was when the allocation was placed.
+    pub task: TaskSpec,
+    pub desired: DesiredStatus,
+    pub status: AllocStatus,
+    /// Exit code once the task exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// A human-readable reason for the current status.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+impl Allocation {
+    pub fn resources(&self) -> Resources {
+        self.task.resources
+    }
+
+    /// An allocation holds node resources until it is terminal *and* the
+    /// servers no longer want it to run.
+    pub fn holds_resources(&self) -> bool {
+        !self.status.is_terminal()
+    }
+
+    /// Desired to run and not finished: what counts towards a job's replicas.
+    pub fn is_live(&self) -> bool {
+        self.desired == DesiredStatus::Run && !self.status.is_terminal()
+    }
+
+    /// First 8 characters of the id, as tables show it.
+    pub fn short_id(&self) -> &str {
+        &self.id[..self.id.len().min(8)]
+    }
+}

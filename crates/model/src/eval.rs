@@ -1,0 +1,37 @@
+//! Evaluations: a request for the scheduler to look at one job again.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalTrigger {
+    JobRegister,
+    JobDeregister,
+    NodeUpdate,
+    AllocUpdate,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvalStatus {
+    /// Waiting for the leader's scheduler.
+    #[default]
+    Pending,
+    /// A plan was committed and every wanted replica is placed.
+    Complete,
+    /// Some replicas could not be placed; retried when the cluster changes.
+    Blocked,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub id: String,
+    pub job: String,
+    pub trigger: EvalTrigger,
+    pub status: EvalStatus,
+    /// Why replicas could not be placed, when blocked.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    pub create_index: u64,
+    pub modify_index: u64,
+}

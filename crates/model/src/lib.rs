@@ -1,0 +1,27 @@
+//! Skiff's domain model.
+//!
+//! This crate owns the types every other room speaks in: [`JobSpec`] (what an
+//! operator asks for), [`Job`] (a stored, versioned job), [`Node`],
+//! [`Allocation`] and [`Evaluation`]. It also owns their validation and the
+//! resource arithmetic ([`fit`]) that the scheduler and the state machine's plan
+//! check share, so the two can never disagree about whether something fits.
+//!
+//! No I/O, no async, no clock: everything here is a plain value.
+
+pub mod alloc;
+pub mod error;
+pub mod eval;
+pub mod fit;
+pub mod job;
+pub mod node;
+pub mod quantity;
+mod spec_parse;
+
+pub use alloc::{AllocStatus, Allocation, DesiredStatus};
+pub use error::{FieldError, SpecError};
+pub use eval::{EvalStatus, EvalTrigger, Evaluation};
+pub use job::{ImageRef, Job, JobSpec, NetworkMode, Resources, TaskSpec};
+pub use node::{Node, NodeStatus};
+
+/// Largest job spec accepted, in bytes of YAML or JSON text.
+pub const MAX_SPEC_BYTES: usize = 1024 * 1024;
