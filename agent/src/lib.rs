@@ -1,1 +1,3 @@
-//! placeholder
+//! Skiff's node agent.
+
+pub mod image;

@@ -14,6 +14,7 @@ pub mod eval;
 pub mod fit;
 pub mod job;
 pub mod node;
+pub mod plan;
 pub mod quantity;
 mod spec_parse;
 
@@ -22,6 +23,7 @@ pub use error::{FieldError, SpecError};
 pub use eval::{EvalStatus, EvalTrigger, Evaluation};
 pub use job::{ImageRef, Job, JobSpec, NetworkMode, Resources, TaskSpec};
 pub use node::{Node, NodeStatus};
+pub use plan::{Placement, Plan, Stop};
 
 /// Largest job spec accepted, in bytes of YAML or JSON text.
 pub const MAX_SPEC_BYTES: usize = 1024 * 1024;

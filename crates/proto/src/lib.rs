@@ -1,1 +1,15 @@
-//! placeholder
+//! Skiff's gRPC wire types, generated from `proto/skiff/v1/*.proto`, and the
+//! conversions between them and the domain types of `skiff-model`.
+//!
+//! Conversions from the wire fail early with [`WireError`], which names the
+//! field that was malformed; the domain rules themselves stay in the model
+//! (`JobSpec::validate`).
+
+#[allow(clippy::all, missing_docs, unreachable_pub)]
+pub mod pb {
+    tonic::include_proto!("skiff.v1");
+}
+
+mod convert;
+
+pub use convert::WireError;

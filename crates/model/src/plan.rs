@@ -1,0 +1,35 @@
+//! Plans: what the scheduler proposes for one evaluation. A plan is a value;
+//! the state machine re-checks it against the state at commit time.
+
+use serde::{Deserialize, Serialize};
+
+/// Put replica `replica` of the job on `node`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub replica: u32,
+    pub node: String,
+}
+
+/// Stop an allocation, for the reason given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stop {
+    pub alloc_id: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub placements: Vec<Placement>,
+    pub stops: Vec<Stop>,
+    /// Replicas that could not be placed.
+    pub unplaced: u32,
+    /// Why they could not be placed, e.g. `0/3 nodes: 2 insufficient memory, 1 node not ready`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub explanation: String,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.placements.is_empty() && self.stops.is_empty()
+    }
+}

@@ -1,0 +1,357 @@
+//! `model` <-> `pb` conversions.
+
+use skiff_model as m;
+use skiff_model::FieldError;
+
+use crate::pb;
+
+/// A wire message that cannot become a domain value; names every bad field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+pub struct WireError(pub Vec<FieldError>);
+
+impl WireError {
+    fn one(field: &str, message: impl Into<String>) -> Self {
+        WireError(vec![FieldError::new(field, message)])
+    }
+}
+
+impl From<WireError> for m::SpecError {
+    fn from(e: WireError) -> Self {
+        m::SpecError::Invalid(e.0)
+    }
+}
+
+fn required<T>(v: Option<T>, field: &str) -> Result<T, WireError> {
+    v.ok_or_else(|| WireError::one(field, "is required"))
+}
+
+// ---- resources -------------------------------------------------------------
+
+impl From<m::Resources> for pb::Resources {
+    fn from(r: m::Resources) -> Self {
+        pb::Resources {
+            cpu_millis: r.cpu_millis,
+            memory_bytes: r.memory_bytes,
+        }
+    }
+}
+
+impl From<pb::Resources> for m::Resources {
+    fn from(r: pb::Resources) -> Self {
+        m::Resources::new(r.cpu_millis, r.memory_bytes)
+    }
+}
+
+// ---- job spec --------------------------------------------------------------
+
+impl From<&m::TaskSpec> for pb::TaskSpec {
+    fn from(t: &m::TaskSpec) -> Self {
+        pb::TaskSpec {
+            image: t.image.to_string(),
+            command: t.command.clone(),
+            args: t.args.clone(),
+            env: t.env.clone(),
+            workdir: t.workdir.clone(),
+            resources: Some(t.resources.into()),
+            network: match t.network {
+                m::NetworkMode::Host => pb::NetworkMode::Host,
+                m::NetworkMode::None => pb::NetworkMode::None,
+            } as i32,
+        }
+    }
+}
+
+fn task_from_wire(t: pb::TaskSpec, path: &str) -> Result<m::TaskSpec, WireError> {
+    let mut errors = Vec::new();
+    let image = m::ImageRef::parse(&t.image)
+        .map_err(|e| errors.push(FieldError::new(format!("{path}.image"), e)))
+        .ok();
+    let network = match pb::NetworkMode::try_from(t.network) {
+        Ok(pb::NetworkMode::Unspecified | pb::NetworkMode::Host) => Some(m::NetworkMode::Host),
+        Ok(pb::NetworkMode::None) => Some(m::NetworkMode::None),
+        Err(_) => {
+            errors.push(FieldError::new(
+                format!("{path}.network"),
+                format!("{} is not a network mode", t.network),
+            ));
+            None
+        }
+    };
+    let resources = match t.resources {
+        Some(r) => Some(r.into()),
+        None => {
+            errors.push(FieldError::new(format!("{path}.resources"), "is required"));
+            None
+        }
+    };
+    match (image, network, resources) {
+        (Some(image), Some(network), Some(resources)) if errors.is_empty() => Ok(m::TaskSpec {
+            image,
+            command: t.command,
+            args: t.args,
+            env: t.env,
+            workdir: t.workdir,
+            resources,
+            network,
+        }),
+        _ => Err(WireError(errors)),
+    }
+}
+
+impl From<&m::JobSpec> for pb::JobSpec {
+    fn from(s: &m::JobSpec) -> Self {
+        pb::JobSpec {
+            name: s.name.clone(),
+            replicas: s.replicas,
+            task: Some((&s.task).into()),
+        }
+    }
+}
+
+impl TryFrom<pb::JobSpec> for m::JobSpec {
+    type Error = WireError;
+    fn try_from(s: pb::JobSpec) -> Result<Self, WireError> {
+        let task = task_from_wire(required(s.task, "task")?, "task")?;
+        Ok(m::JobSpec {
+            name: s.name,
+            replicas: s.replicas,
+            task,
+        })
+    }
+}
+
+impl From<&m::Job> for pb::Job {
+    fn from(j: &m::Job) -> Self {
+        pb::Job {
+            spec: Some((&j.spec).into()),
+            version: j.version,
+            create_index: j.create_index,
+            modify_index: j.modify_index,
+        }
+    }
+}
+
+impl TryFrom<pb::Job> for m::Job {
+    type Error = WireError;
+    fn try_from(j: pb::Job) -> Result<Self, WireError> {
+        Ok(m::Job {
+            spec: required(j.spec, "spec")?.try_into()?,
+            version: j.version,
+            create_index: j.create_index,
+            modify_index: j.modify_index,
+        })
+    }
+}
+
+// ---- nodes -----------------------------------------------------------------
+
+impl From<m::NodeStatus> for pb::NodeStatus {
+    fn from(s: m::NodeStatus) -> Self {
+        match s {
+            m::NodeStatus::Ready => pb::NodeStatus::Ready,
+            m::NodeStatus::Down => pb::NodeStatus::Down,
+        }
+    }
+}
+
+impl From<&m::Node> for pb::Node {
+    fn from(n: &m::Node) -> Self {
+        pb::Node {
+            name: n.name.clone(),
+            labels: n.labels.clone(),
+            capacity: Some(n.capacity.into()),
+            allocatable: Some(n.allocatable.into()),
+            address: n.address.clone(),
+            status: pb::NodeStatus::from(n.status) as i32,
+            agent_version: n.agent_version.clone(),
+            create_index: n.create_index,
+            modify_index: n.modify_index,
+        }
+    }
+}
+
+impl TryFrom<pb::Node> for m::Node {
+    type Error = WireError;
+    fn try_from(n: pb::Node) -> Result<Self, WireError> {
+        let status = match pb::NodeStatus::try_from(n.status) {
+            Ok(pb::NodeStatus::Ready) => m::NodeStatus::Ready,
+            Ok(pb::NodeStatus::Down) => m::NodeStatus::Down,
+            _ => return Err(WireError::one("status", format!("{} is not a node status", n.status))),
+        };
+        Ok(m::Node {
+            name: n.name,
+            labels: n.labels,
+            capacity: required(n.capacity, "capacity")?.into(),
+            allocatable: required(n.allocatable, "allocatable")?.into(),
+            address: n.address,
+            status,
+            agent_version: n.agent_version,
+            create_index: n.create_index,
+            modify_index: n.modify_index,
+        })
+    }
+}
+
+// ---- allocations -----------------------------------------------------------
+
+impl From<m::AllocStatus> for pb::AllocStatus {
+    fn from(s: m::AllocStatus) -> Self {
+        match s {
+            m::AllocStatus::Pending => pb::AllocStatus::Pending,
+            m::AllocStatus::Running => pb::AllocStatus::Running,
+            m::AllocStatus::Complete => pb::AllocStatus::Complete,
+            m::AllocStatus::Failed => pb::AllocStatus::Failed,
+            m::AllocStatus::Lost => pb::AllocStatus::Lost,
+        }
+    }
+}
+
+/// Reads an alloc status off the wire; `field` names it in the error.
+pub fn alloc_status_from_wire(v: i32, field: &str) -> Result<m::AllocStatus, WireError> {
+    Ok(match pb::AllocStatus::try_from(v) {
+        Ok(pb::AllocStatus::Pending) => m::AllocStatus::Pending,
+        Ok(pb::AllocStatus::Running) => m::AllocStatus::Running,
+        Ok(pb::AllocStatus::Complete) => m::AllocStatus::Complete,
+        Ok(pb::AllocStatus::Failed) => m::AllocStatus::Failed,
+        Ok(pb::AllocStatus::Lost) => m::AllocStatus::Lost,
+        _ => return Err(WireError::one(field, format!("{v} is not an allocation status"))),
+    })
+}
+
+impl From<&m::Allocation> for pb::Allocation {
+    fn from(a: &m::Allocation) -> Self {
+        pb::Allocation {
+            id: a.id.clone(),
+            job: a.job.clone(),
+            job_version: a.job_version,
+            replica: a.replica,
+            node: a.node.clone(),
+            task: Some((&a.task).into()),
+            desired: match a.desired {
+                m::DesiredStatus::Run => pb::DesiredStatus::Run,
+                m::DesiredStatus::Stop => pb::DesiredStatus::Stop,
+            } as i32,
+            status: pb::AllocStatus::from(a.status) as i32,
+            exit_code: a.exit_code,
+            message: a.message.clone(),
+            create_index: a.create_index,
+            modify_index: a.modify_index,
+        }
+    }
+}
+
+impl TryFrom<pb::Allocation> for m::Allocation {
+    type Error = WireError;
+    fn try_from(a: pb::Allocation) -> Result<Self, WireError> {
+        let desired = match pb::DesiredStatus::try_from(a.desired) {
+            Ok(pb::DesiredStatus::Run) => m::DesiredStatus::Run,
+            Ok(pb::DesiredStatus::Stop) => m::DesiredStatus::Stop,
+            _ => {
+                return Err(WireError::one(
+                    "desired",
+                    format!("{} is not a desired status", a.desired),
+                ))
+            }
+        };
+        Ok(m::Allocation {
+            status: alloc_status_from_wire(a.status, "status")?,
+            task: task_from_wire(required(a.task, "task")?, "task")?,
+            id: a.id,
+            job: a.job,
+            job_version: a.job_version,
+            replica: a.replica,
+            node: a.node,
+            desired,
+            exit_code: a.exit_code,
+            message: a.message,
+            create_index: a.create_index,
+            modify_index: a.modify_index,
+        })
+    }
+}
+
+// ---- evaluations -----------------------------------------------------------
+
+impl From<&m::Evaluation> for pb::Evaluation {
+    fn from(e: &m::Evaluation) -> Self {
+        pb::Evaluation {
+            id: e.id.clone(),
+            job: e.job.clone(),
+            trigger: serde_name(&e.trigger),
+            status: match e.status {
+                m::EvalStatus::Pending => pb::EvalStatus::Pending,
+                m::EvalStatus::Complete => pb::EvalStatus::Complete,
+                m::EvalStatus::Blocked => pb::EvalStatus::Blocked,
+            } as i32,
+            message: e.message.clone(),
+            create_index: e.create_index,
+            modify_index: e.modify_index,
+        }
+    }
+}
+
+fn serde_name(trigger: &m::EvalTrigger) -> String {
+    match trigger {
+        m::EvalTrigger::JobRegister => "job_register",
+        m::EvalTrigger::JobDeregister => "job_deregister",
+        m::EvalTrigger::NodeUpdate => "node_update",
+        m::EvalTrigger::AllocUpdate => "alloc_update",
+    }
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> m::JobSpec {
+        m::JobSpec::from_yaml(
+            "name: web\nreplicas: 3\ntask: {image: 'oci:/img:v1', command: [sh], env: {A: b}, network: none, resources: {cpu: 250m, memory: 64Mi}}",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn job_spec_survives_the_wire() {
+        let wire: pb::JobSpec = (&spec()).into();
+        let back: m::JobSpec = wire.try_into().unwrap();
+        assert_eq!(back, spec());
+    }
+
+    #[test]
+    fn malformed_wire_spec_names_the_fields() {
+        let mut wire: pb::JobSpec = (&spec()).into();
+        let task = wire.task.as_mut().unwrap();
+        task.image = "nginx".into();
+        task.network = 42;
+        task.resources = None;
+        let err = m::JobSpec::try_from(wire).unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["task.image", "task.network", "task.resources"]);
+
+        let mut wire: pb::JobSpec = (&spec()).into();
+        wire.task = None;
+        assert_eq!(m::JobSpec::try_from(wire).unwrap_err().to_string(), "task: is required");
+    }
+
+    #[test]
+    fn allocation_survives_the_wire() {
+        let a = m::Allocation {
+            id: "0123456789abcdef0123456789abcdef".into(),
+            job: "web".into(),
+            job_version: 2,
+            replica: 1,
+            node: "n1".into(),
+            task: spec().task,
+            desired: m::DesiredStatus::Stop,
+            status: m::AllocStatus::Failed,
+            exit_code: Some(3),
+            message: "exited with code 3".into(),
+            create_index: 5,
+            modify_index: 9,
+        };
+        let wire: pb::Allocation = (&a).into();
+        assert_eq!(m::Allocation::try_from(wire).unwrap(), a);
+    }
+}
