@@ -1,1 +1,19 @@
-//! placeholder
+//! Skiff's replicated state machine.
+//!
+//! - [`command`]: the typed, versioned commands that change state;
+//! - [`state`]: the state and its deterministic `apply`;
+//! - [`log`]: the raft-rs `Storage` over sled (entries, hard state, conf state);
+//! - [`statedb`]: the state machine's records in sled;
+//! - [`raft_node`]: the task that owns the `RawNode` and runs the Ready loop.
+
+pub mod command;
+mod error;
+pub mod log;
+pub mod raft_node;
+pub mod state;
+pub mod statedb;
+
+pub use command::Command;
+pub use error::StoreError;
+pub use raft_node::{RaftConfig, RaftStatus, Role, Store};
+pub use state::{Outcome, State};

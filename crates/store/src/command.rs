@@ -1,0 +1,168 @@
+//! The typed, versioned commands that change cluster state. Every change goes
+//! through Raft as exactly one of these.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use skiff_model::{AllocStatus, JobSpec, Placement, Resources, Stop};
+
+/// Version of the command encoding written by this build. An entry written
+/// by a newer server, carrying a command this build does not know, is
+/// skipped (and logged) rather than stopping the state machine.
+pub const COMMAND_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    /// Create a job, or change it. Creates an evaluation when it changed.
+    UpsertJob { spec: JobSpec },
+    /// Remove a job. Its allocations are stopped by the evaluation this creates.
+    DeleteJob { name: String },
+    /// Add a node, or refresh what it reports about itself.
+    RegisterNode { registration: NodeRegistration },
+    /// Commit the scheduler's plan for one evaluation, re-checking each
+    /// placement against the state as it is now.
+    ApplyPlan { plan: PlanCommand },
+    /// Statuses an agent observed for the allocations on its node.
+    UpdateAllocStatus {
+        node: String,
+        updates: Vec<AllocUpdate>,
+    },
+}
+
+impl Command {
+    /// Short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::UpsertJob { .. } => "upsert_job",
+            Command::DeleteJob { .. } => "delete_job",
+            Command::RegisterNode { .. } => "register_node",
+            Command::ApplyPlan { .. } => "apply_plan",
+            Command::UpdateAllocStatus { .. } => "update_alloc_status",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRegistration {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: Resources,
+    pub reserved: Resources,
+    pub address: String,
+    pub agent_version: String,
+}
+
+/// A plan as it travels through Raft: the scheduler's plan plus the ids the
+/// leader chose for new allocations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanCommand {
+    pub eval_id: String,
+    pub job: String,
+    /// The job version the plan was made for (new allocations get it).
+    pub job_version: u64,
+    /// The job's `modify_index` in the snapshot the plan was made from, 0
+    /// when the job was absent. If the job changed since, the whole plan is
+    /// refused and the evaluation runs again.
+    pub job_modify_index: u64,
+    /// Applied index of the snapshot the plan was made from.
+    pub snapshot_index: u64,
+    pub placements: Vec<NewAlloc>,
+    pub stops: Vec<Stop>,
+    pub unplaced: u32,
+    pub explanation: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewAlloc {
+    pub id: String,
+    #[serde(flatten)]
+    pub placement: Placement,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocUpdate {
+    pub alloc_id: String,
+    pub status: AllocStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub message: String,
+}
+
+#[derive(Serialize)]
+struct EnvelopeOut<'a> {
+    v: u32,
+    #[serde(flatten)]
+    command: &'a Command,
+}
+
+/// What a raft entry's data decodes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    Command(Command),
+    /// Not a command this build understands; applied as a no-op.
+    Unknown { version: u32, reason: String },
+}
+
+pub fn encode(command: &Command) -> Vec<u8> {
+    serde_json::to_vec(&EnvelopeOut {
+        v: COMMAND_VERSION,
+        command,
+    })
+    .expect("commands always serialize")
+}
+
+pub fn decode(data: &[u8]) -> Decoded {
+    let value: serde_json::Value = match serde_json::from_slice(data) {
+        Ok(v) => v,
+        Err(e) => {
+            return Decoded::Unknown {
+                version: 0,
+                reason: format!("not JSON: {e}"),
+            }
+        }
+    };
+    let version = value
+        .get("v")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0)
+        .min(u64::from(u32::MAX)) as u32;
+    let mut value = value;
+    if let Some(obj) = value.as_object_mut() {
+        obj.remove("v");
+    }
+    match serde_json::from_value::<Command>(value) {
+        Ok(c) => Decoded::Command(c),
+        Err(e) => Decoded::Unknown {
+            version,
+            reason: e.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_round_trip_through_the_envelope() {
+        let c = Command::DeleteJob { name: "web".into() };
+        let bytes = encode(&c);
+        assert!(String::from_utf8_lossy(&bytes).contains("\"v\":1"));
+        assert_eq!(decode(&bytes), Decoded::Command(c));
+    }
+
+    #[test]
+    fn a_command_from_a_newer_server_is_skipped_not_fatal() {
+        let bytes = br#"{"v":2,"type":"set_quota","quota":7}"#;
+        match decode(bytes) {
+            Decoded::Unknown { version, reason } => {
+                assert_eq!(version, 2);
+                assert!(reason.contains("set_quota"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(decode(b"\x00garbage"), Decoded::Unknown { .. }));
+    }
+}

@@ -1,0 +1,403 @@
+//! The state machine: cluster state as plain values and the deterministic
+//! `apply` that changes it. No Raft, no disk, no clock here; the store
+//! persists whatever `apply` marks dirty.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use skiff_model::fit::{fits, used_on};
+use skiff_model::{
+    AllocStatus, Allocation, DesiredStatus, EvalStatus, EvalTrigger, Evaluation, Job, JobSpec,
+    Node, NodeStatus, Resources,
+};
+
+use crate::command::{AllocUpdate, Command, NodeRegistration, PlanCommand};
+
+/// Which collection a dirty key belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    Job,
+    Node,
+    Alloc,
+    Eval,
+}
+
+impl Table {
+    pub const ALL: [Table; 4] = [Table::Job, Table::Node, Table::Alloc, Table::Eval];
+
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Table::Job => "job/",
+            Table::Node => "node/",
+            Table::Alloc => "alloc/",
+            Table::Eval => "eval/",
+        }
+    }
+}
+
+/// Everything the cluster knows, as of `index`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub jobs: BTreeMap<String, Job>,
+    pub nodes: BTreeMap<String, Node>,
+    pub allocs: BTreeMap<String, Allocation>,
+    pub evals: BTreeMap<String, Evaluation>,
+    /// Raft index of the last applied entry.
+    pub index: u64,
+    /// Index of the last change that may let blocked work fit (a node
+    /// joined, an allocation released its resources).
+    pub last_unblock_index: u64,
+    /// Keys changed since the store last persisted; not part of the state.
+    #[serde(skip)]
+    pub dirty: BTreeSet<(Table, String)>,
+}
+
+/// The result of applying one command. Deterministic: every server computes
+/// the same outcome for the same entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    JobUpserted { job: Job, changed: bool },
+    JobDeleted,
+    NodeRegistered,
+    PlanApplied(PlanResult),
+    AllocsUpdated { applied: u32 },
+    /// The command was well-formed but refused (e.g. deleting a job that
+    /// does not exist); nothing changed.
+    Refused(String),
+    /// An entry this build does not understand; nothing changed.
+    Skipped,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanResult {
+    pub placed: u32,
+    pub stopped: u32,
+    /// Placements refused by the re-check (no longer fit, or a stale plan).
+    pub rejected: u32,
+    pub eval_status: Option<EvalStatus>,
+}
+
+impl State {
+    /// Applies one command at raft `index`.
+    pub fn apply(&mut self, index: u64, command: &Command) -> Outcome {
+        debug_assert!(index > self.index, "entries apply in order");
+        self.index = index;
+        match command {
+            Command::UpsertJob { spec } => self.upsert_job(index, spec),
+            Command::DeleteJob { name } => self.delete_job(index, name),
+            Command::RegisterNode { registration } => self.register_node(index, registration),
+            Command::ApplyPlan { plan } => self.apply_plan(index, plan),
+            Command::UpdateAllocStatus { node, updates } => {
+                self.update_alloc_status(index, node, updates)
+            }
+        }
+    }
+
+    /// Advances the index for an entry that changes nothing (a leader's
+    /// empty entry, a conf change, or an unknown command).
+    pub fn skip(&mut self, index: u64) {
+        self.index = index;
+    }
+
+    fn touch(&mut self, table: Table, key: &str) {
+        self.dirty.insert((table, key.to_string()));
+    }
+
+    fn upsert_job(&mut self, index: u64, spec: &JobSpec) -> Outcome {
+        let job = match self.jobs.get(&spec.name) {
+            Some(old) if old.spec == *spec => {
+                return Outcome::JobUpserted {
+                    job: old.clone(),
+                    changed: false,
+                }
+            }
+            Some(old) => Job {
+                version: if old.spec.task != spec.task {
+                    old.version + 1
+                } else {
+                    old.version
+                },
+                spec: spec.clone(),
+                create_index: old.create_index,
+                modify_index: index,
+            },
+            None => Job {
+                spec: spec.clone(),
+                version: 1,
+                create_index: index,
+                modify_index: index,
+            },
+        };
+        self.jobs.insert(spec.name.clone(), job.clone());
+        self.touch(Table::Job, &spec.name);
+        self.create_eval(index, &spec.name, EvalTrigger::JobRegister);
+        Outcome::JobUpserted { job, changed: true }
+    }
+
+    fn delete_job(&mut self, index: u64, name: &str) -> Outcome {
+        if self.jobs.remove(name).is_none() {
+            return Outcome::Refused(format!("job {name:?} not found"));
+        }
+        self.touch(Table::Job, name);
+        self.create_eval(index, name, EvalTrigger::JobDeregister);
+        Outcome::JobDeleted
+    }
+
+    /// Queues an evaluation of `job`, unless one is already pending (it
+    /// will see this change too). Older finished evaluations of the job are
+    /// dropped so they do not pile up.
+    fn create_eval(&mut self, index: u64, job: &str, trigger: EvalTrigger) {
+        let mine: Vec<(String, EvalStatus)> = self
+            .evals
+            .values()
+            .filter(|e| e.job == job)
+            .map(|e| (e.id.clone(), e.status))
+            .collect();
+        if mine.iter().any(|(_, s)| *s == EvalStatus::Pending) {
+            return;
+        }
+        for (id, _) in mine {
+            self.evals.remove(&id);
+            self.touch(Table::Eval, &id);
+        }
+        let id = format!("{index:016x}");
+        self.evals.insert(
+            id.clone(),
+            Evaluation {
+                id: id.clone(),
+                job: job.to_string(),
+                trigger,
+                status: EvalStatus::Pending,
+                message: String::new(),
+                create_index: index,
+                modify_index: index,
+            },
+        );
+        self.touch(Table::Eval, &id);
+    }
+
+    /// Something may fit now that did not: blocked evaluations run again.
+    fn unblock(&mut self, index: u64) {
+        self.last_unblock_index = index;
+        let blocked: Vec<String> = self
+            .evals
+            .values()
+            .filter(|e| e.status == EvalStatus::Blocked)
+            .map(|e| e.id.clone())
+            .collect();
+        for id in blocked {
+            if let Some(e) = self.evals.get_mut(&id) {
+                e.status = EvalStatus::Pending;
+                e.modify_index = index;
+            }
+            self.touch(Table::Eval, &id);
+        }
+    }
+
+    fn register_node(&mut self, index: u64, reg: &NodeRegistration) -> Outcome {
+        let allocatable = reg.capacity.saturating_sub(reg.reserved);
+        let create_index = self
+            .nodes
+            .get(&reg.name)
+            .map(|n| n.create_index)
+            .unwrap_or(index);
+        let node = Node {
+            name: reg.name.clone(),
+            labels: reg.labels.clone(),
+            capacity: reg.capacity,
+            allocatable,
+            address: reg.address.clone(),
+            status: NodeStatus::Ready,
+            agent_version: reg.agent_version.clone(),
+            create_index,
+            modify_index: index,
+        };
+        let changed = self.nodes.get(&reg.name).is_none_or(|old| {
+            let mut same = old.clone();
+            same.modify_index = index;
+            same != node
+        });
+        if changed {
+            self.nodes.insert(reg.name.clone(), node);
+            self.touch(Table::Node, &reg.name);
+            self.unblock(index);
+        }
+        Outcome::NodeRegistered
+    }
+
+    fn apply_plan(&mut self, index: u64, plan: &PlanCommand) -> Outcome {
+        match self.evals.get(&plan.eval_id) {
+            Some(e) if e.status == EvalStatus::Pending => {}
+            _ => {
+                return Outcome::Refused(format!(
+                    "evaluation {} is not pending; plan dropped",
+                    plan.eval_id
+                ))
+            }
+        }
+        let mut result = PlanResult::default();
+        let job_modify_index = self.jobs.get(&plan.job).map_or(0, |j| j.modify_index);
+        if job_modify_index != plan.job_modify_index {
+            // The job changed after the snapshot: the plan is stale.
+            result.rejected = plan.placements.len() as u32;
+            self.finish_eval(index, &plan.eval_id, EvalStatus::Pending, String::new());
+            result.eval_status = Some(EvalStatus::Pending);
+            return Outcome::PlanApplied(result);
+        }
+
+        for stop in &plan.stops {
+            if let Some(a) = self.allocs.get_mut(&stop.alloc_id) {
+                if a.job == plan.job && a.desired == DesiredStatus::Run {
+                    a.desired = DesiredStatus::Stop;
+                    a.message = stop.reason.clone();
+                    a.modify_index = index;
+                    result.stopped += 1;
+                    self.dirty.insert((Table::Alloc, stop.alloc_id.clone()));
+                }
+            }
+        }
+
+        let mut used: BTreeMap<String, Resources> = BTreeMap::new();
+        for new in &plan.placements {
+            let Some(job) = self.jobs.get(&plan.job) else {
+                result.rejected += 1;
+                continue;
+            };
+            let node_name = &new.placement.node;
+            let Some(node) = self.nodes.get(node_name) else {
+                result.rejected += 1;
+                continue;
+            };
+            let slot_taken = self.allocs.values().any(|a| {
+                a.job == plan.job
+                    && a.job_version == plan.job_version
+                    && a.replica == new.placement.replica
+                    && a.desired == DesiredStatus::Run
+                    && a.status != AllocStatus::Lost
+            });
+            let node_used = *used
+                .entry(node_name.clone())
+                .or_insert_with(|| used_on(node_name, self.allocs.values()));
+            let ask = job.spec.task.resources;
+            if slot_taken
+                || self.allocs.contains_key(&new.id)
+                || plan.job_version != job.version
+                || fits(node, node_used, ask).is_err()
+            {
+                result.rejected += 1;
+                continue;
+            }
+            used.insert(node_name.clone(), node_used.saturating_add(ask));
+            let alloc = Allocation {
+                id: new.id.clone(),
+                job: plan.job.clone(),
+                job_version: job.version,
+                replica: new.placement.replica,
+                node: node_name.clone(),
+                task: job.spec.task.clone(),
+                desired: DesiredStatus::Run,
+                status: AllocStatus::Pending,
+                exit_code: None,
+                message: String::new(),
+                create_index: index,
+                modify_index: index,
+            };
+            self.allocs.insert(new.id.clone(), alloc);
+            self.touch(Table::Alloc, &new.id);
+            result.placed += 1;
+        }
+
+        let status = if result.rejected > 0 {
+            EvalStatus::Pending
+        } else if plan.unplaced > 0 {
+            if self.last_unblock_index > plan.snapshot_index {
+                // Room may have appeared after the snapshot was taken.
+                EvalStatus::Pending
+            } else {
+                EvalStatus::Blocked
+            }
+        } else {
+            EvalStatus::Complete
+        };
+        let message = if plan.unplaced > 0 {
+            format!("{} replica(s) not placed: {}", plan.unplaced, plan.explanation)
+        } else {
+            String::new()
+        };
+        self.finish_eval(index, &plan.eval_id, status, message);
+        result.eval_status = Some(status);
+        Outcome::PlanApplied(result)
+    }
+
+    fn finish_eval(&mut self, index: u64, id: &str, status: EvalStatus, message: String) {
+        if let Some(e) = self.evals.get_mut(id) {
+            e.status = status;
+            e.message = message;
+            e.modify_index = index;
+            self.touch(Table::Eval, id);
+        }
+    }
+
+    fn update_alloc_status(&mut self, index: u64, node: &str, updates: &[AllocUpdate]) -> Outcome {
+        let mut applied = 0;
+        let mut released = false;
+        for u in updates {
+            let Some(a) = self.allocs.get_mut(&u.alloc_id) else {
+                continue;
+            };
+            // An agent speaks only for its own node, and a terminal status
+            // never changes again.
+            if a.node != node || a.status.is_terminal() {
+                continue;
+            }
+            if a.status == u.status && a.exit_code == u.exit_code && a.message == u.message {
+                continue;
+            }
+            a.status = u.status;
+            a.exit_code = u.exit_code;
+            if !u.message.is_empty() || u.status.is_terminal() {
+                a.message = u.message.clone();
+            }
+            a.modify_index = index;
+            released |= u.status.is_terminal();
+            applied += 1;
+            self.dirty.insert((Table::Alloc, u.alloc_id.clone()));
+        }
+        if released {
+            self.unblock(index);
+        }
+        Outcome::AllocsUpdated { applied }
+    }
+
+    /// The allocations of one job, in replica order.
+    pub fn allocs_of_job(&self, job: &str) -> Vec<&Allocation> {
+        let mut v: Vec<&Allocation> = self.allocs.values().filter(|a| a.job == job).collect();
+        v.sort_by(|a, b| (a.replica, a.create_index).cmp(&(b.replica, b.create_index)));
+        v
+    }
+
+    /// The allocations placed on one node.
+    pub fn allocs_on_node(&self, node: &str) -> Vec<&Allocation> {
+        self.allocs.values().filter(|a| a.node == node).collect()
+    }
+
+    /// The most recent evaluation of a job.
+    pub fn latest_eval(&self, job: &str) -> Option<&Evaluation> {
+        self.evals
+            .values()
+            .filter(|e| e.job == job)
+            .max_by_key(|e| e.create_index)
+    }
+
+    /// A stable digest of the state (not of `dirty`), for comparing servers.
+    pub fn digest(&self) -> u64 {
+        // FNV-1a over the canonical JSON form: stable across runs and builds.
+        let bytes = serde_json::to_vec(self).expect("state serializes");
+        bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,253 @@
+use super::*;
+use crate::command::NewAlloc;
+use skiff_model::{Placement, Stop};
+
+fn spec(name: &str, replicas: u32, mem: &str) -> JobSpec {
+    JobSpec::from_yaml(&format!(
+        "name: {name}\nreplicas: {replicas}\ntask: {{image: 'oci:/i', resources: {{cpu: 500m, memory: {mem}}}}}"
+    ))
+    .unwrap()
+}
+
+fn reg(name: &str, cpu: u64, mem_mi: u64) -> Command {
+    Command::RegisterNode {
+        registration: NodeRegistration {
+            name: name.into(),
+            labels: Default::default(),
+            capacity: Resources::new(cpu, mem_mi << 20),
+            reserved: Resources::ZERO,
+            address: "127.0.0.1:7702".into(),
+            agent_version: "test".into(),
+        },
+    }
+}
+
+/// Applies commands at consecutive indexes, like Raft would.
+struct Harness {
+    state: State,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Harness {
+            state: State::default(),
+        }
+    }
+    fn apply(&mut self, c: Command) -> Outcome {
+        let i = self.state.index + 1;
+        self.state.apply(i, &c)
+    }
+    fn pending_eval(&self, job: &str) -> String {
+        self.state
+            .evals
+            .values()
+            .find(|e| e.job == job && e.status == EvalStatus::Pending)
+            .map(|e| e.id.clone())
+            .expect("a pending eval")
+    }
+    fn plan(&self, job: &str, placements: &[(u32, &str)], unplaced: u32) -> Command {
+        let j = &self.state.jobs[job];
+        Command::ApplyPlan {
+            plan: PlanCommand {
+                eval_id: self.pending_eval(job),
+                job: job.into(),
+                job_version: j.version,
+                job_modify_index: j.modify_index,
+                snapshot_index: self.state.index,
+                placements: placements
+                    .iter()
+                    .map(|(r, n)| NewAlloc {
+                        id: format!("{job}-{r}-{n}"),
+                        placement: Placement {
+                            replica: *r,
+                            node: n.to_string(),
+                        },
+                    })
+                    .collect(),
+                stops: vec![],
+                unplaced,
+                explanation: if unplaced > 0 { "0/1 nodes: 1 insufficient memory".into() } else { String::new() },
+            },
+        }
+    }
+}
+
+#[test]
+fn upserting_a_job_creates_version_one_and_an_evaluation() {
+    let mut h = Harness::new();
+    let out = h.apply(Command::UpsertJob { spec: spec("web", 2, "64Mi") });
+    let Outcome::JobUpserted { job, changed } = out else { panic!("{out:?}") };
+    assert!(changed);
+    assert_eq!(job.version, 1);
+    assert_eq!(job.create_index, 1);
+    assert_eq!(h.state.evals.len(), 1);
+    assert!(h.state.dirty.contains(&(Table::Job, "web".into())));
+}
+
+#[test]
+fn reapplying_the_same_spec_changes_nothing() {
+    let mut h = Harness::new();
+    h.apply(Command::UpsertJob { spec: spec("web", 2, "64Mi") });
+    h.state.dirty.clear();
+    let out = h.apply(Command::UpsertJob { spec: spec("web", 2, "64Mi") });
+    assert!(matches!(out, Outcome::JobUpserted { changed: false, .. }));
+    assert!(h.state.dirty.is_empty());
+}
+
+#[test]
+fn only_a_task_change_bumps_the_version() {
+    let mut h = Harness::new();
+    h.apply(Command::UpsertJob { spec: spec("web", 2, "64Mi") });
+    let Outcome::JobUpserted { job, .. } = h.apply(Command::UpsertJob { spec: spec("web", 5, "64Mi") }) else { panic!() };
+    assert_eq!(job.version, 1, "scaling keeps the version");
+    let Outcome::JobUpserted { job, .. } = h.apply(Command::UpsertJob { spec: spec("web", 5, "128Mi") }) else { panic!() };
+    assert_eq!(job.version, 2);
+    assert_eq!(job.create_index, 1);
+}
+
+#[test]
+fn a_plan_places_allocations_that_fit() {
+    let mut h = Harness::new();
+    h.apply(reg("n1", 1000, 1024));
+    h.apply(Command::UpsertJob { spec: spec("web", 2, "64Mi") });
+    let out = h.apply(h.plan("web", &[(0, "n1"), (1, "n1")], 0));
+    let Outcome::PlanApplied(r) = out else { panic!("{out:?}") };
+    assert_eq!((r.placed, r.rejected), (2, 0));
+    assert_eq!(r.eval_status, Some(EvalStatus::Complete));
+    let allocs = h.state.allocs_of_job("web");
+    assert_eq!(allocs.len(), 2);
+    assert!(allocs.iter().all(|a| a.status == AllocStatus::Pending && a.node == "n1"));
+}
+
+#[test]
+fn the_plan_check_refuses_what_no_longer_fits() {
+    // Two plans made from the same snapshot race: each alone fits, together
+    // they would overcommit n1's cpu. The second is cut down at commit.
+    let mut h = Harness::new();
+    h.apply(reg("n1", 1000, 4096));
+    h.apply(Command::UpsertJob { spec: spec("a", 2, "64Mi") });
+    h.apply(Command::UpsertJob { spec: spec("b", 2, "64Mi") });
+    let plan_a = h.plan("a", &[(0, "n1"), (1, "n1")], 0);
+    let plan_b = h.plan("b", &[(0, "n1"), (1, "n1")], 0);
+    let Outcome::PlanApplied(ra) = h.apply(plan_a) else { panic!() };
+    let Outcome::PlanApplied(rb) = h.apply(plan_b) else { panic!() };
+    assert_eq!((ra.placed, ra.rejected), (2, 0));
+    assert_eq!((rb.placed, rb.rejected), (0, 2));
+    assert_eq!(rb.eval_status, Some(EvalStatus::Pending), "re-evaluated later");
+    let used = used_on("n1", h.state.allocs.values());
+    assert!(used.cpu_millis <= 1000);
+}
+
+#[test]
+fn a_plan_for_a_job_that_changed_since_the_snapshot_is_dropped() {
+    let mut h = Harness::new();
+    h.apply(reg("n1", 4000, 4096));
+    h.apply(Command::UpsertJob { spec: spec("web", 1, "64Mi") });
+    let stale = h.plan("web", &[(0, "n1")], 0);
+    h.apply(Command::UpsertJob { spec: spec("web", 3, "64Mi") });
+    let Outcome::PlanApplied(r) = h.apply(stale) else { panic!() };
+    assert_eq!((r.placed, r.rejected), (0, 1));
+    assert!(h.state.allocs.is_empty());
+    assert_eq!(r.eval_status, Some(EvalStatus::Pending));
+}
+
+#[test]
+fn unplaced_replicas_block_the_eval_until_a_node_joins() {
+    let mut h = Harness::new();
+    h.apply(Command::UpsertJob { spec: spec("web", 1, "64Mi") });
+    let out = h.apply(h.plan("web", &[], 1));
+    let Outcome::PlanApplied(r) = out else { panic!() };
+    assert_eq!(r.eval_status, Some(EvalStatus::Blocked));
+    let e = h.state.latest_eval("web").unwrap();
+    assert_eq!(e.message, "1 replica(s) not placed: 0/1 nodes: 1 insufficient memory");
+    h.apply(reg("n1", 1000, 1024));
+    assert_eq!(h.state.latest_eval("web").unwrap().status, EvalStatus::Pending);
+}
+
+#[test]
+fn a_node_joining_while_the_scheduler_ran_is_not_missed() {
+    let mut h = Harness::new();
+    h.apply(Command::UpsertJob { spec: spec("web", 1, "64Mi") });
+    let plan = h.plan("web", &[], 1); // made before n1 joined
+    h.apply(reg("n1", 1000, 1024));
+    let Outcome::PlanApplied(r) = h.apply(plan) else { panic!() };
+    assert_eq!(r.eval_status, Some(EvalStatus::Pending));
+}
+
+#[test]
+fn agents_update_only_their_own_allocations_and_terminal_is_final() {
+    let mut h = Harness::new();
+    h.apply(reg("n1", 4000, 4096));
+    h.apply(Command::UpsertJob { spec: spec("web", 1, "64Mi") });
+    h.apply(h.plan("web", &[(0, "n1")], 0));
+    let id = "web-0-n1".to_string();
+    let upd = |status, code| AllocUpdate {
+        alloc_id: id.clone(),
+        status,
+        exit_code: code,
+        message: String::new(),
+    };
+    let out = h.apply(Command::UpdateAllocStatus { node: "n2".into(), updates: vec![upd(AllocStatus::Failed, Some(1))] });
+    assert_eq!(out, Outcome::AllocsUpdated { applied: 0 });
+    h.apply(Command::UpdateAllocStatus { node: "n1".into(), updates: vec![upd(AllocStatus::Running, None)] });
+    assert_eq!(h.state.allocs[&id].status, AllocStatus::Running);
+    h.apply(Command::UpdateAllocStatus { node: "n1".into(), updates: vec![upd(AllocStatus::Failed, Some(3))] });
+    h.apply(Command::UpdateAllocStatus { node: "n1".into(), updates: vec![upd(AllocStatus::Running, None)] });
+    let a = &h.state.allocs[&id];
+    assert_eq!((a.status, a.exit_code), (AllocStatus::Failed, Some(3)));
+}
+
+#[test]
+fn deleting_a_job_queues_an_eval_and_unknown_jobs_are_refused() {
+    let mut h = Harness::new();
+    assert_eq!(
+        h.apply(Command::DeleteJob { name: "nope".into() }),
+        Outcome::Refused("job \"nope\" not found".into())
+    );
+    h.apply(Command::UpsertJob { spec: spec("web", 1, "64Mi") });
+    assert_eq!(h.apply(Command::DeleteJob { name: "web".into() }), Outcome::JobDeleted);
+    assert!(!h.state.jobs.contains_key("web"));
+    assert_eq!(h.state.latest_eval("web").unwrap().status, EvalStatus::Pending);
+}
+
+#[test]
+fn stops_mark_allocations_desired_stop() {
+    let mut h = Harness::new();
+    h.apply(reg("n1", 4000, 4096));
+    h.apply(Command::UpsertJob { spec: spec("web", 1, "64Mi") });
+    h.apply(h.plan("web", &[(0, "n1")], 0));
+    h.apply(Command::DeleteJob { name: "web".into() });
+    let plan = Command::ApplyPlan {
+        plan: PlanCommand {
+            eval_id: h.pending_eval("web"),
+            job: "web".into(),
+            job_version: 0,
+            job_modify_index: 0,
+            snapshot_index: h.state.index,
+            placements: vec![],
+            stops: vec![Stop { alloc_id: "web-0-n1".into(), reason: "job deleted".into() }],
+            unplaced: 0,
+            explanation: String::new(),
+        },
+    };
+    let Outcome::PlanApplied(r) = h.apply(plan) else { panic!() };
+    assert_eq!(r.stopped, 1);
+    let a = &h.state.allocs["web-0-n1"];
+    assert_eq!((a.desired, a.message.as_str()), (DesiredStatus::Stop, "job deleted"));
+}
+
+#[test]
+fn apply_is_deterministic() {
+    let script = |h: &mut Harness| {
+        h.apply(reg("n1", 2000, 2048));
+        h.apply(reg("n2", 2000, 2048));
+        h.apply(Command::UpsertJob { spec: spec("web", 3, "64Mi") });
+        h.apply(h.plan("web", &[(0, "n1"), (1, "n2"), (2, "n1")], 0));
+        h.apply(Command::UpsertJob { spec: spec("web", 1, "64Mi") });
+    };
+    let (mut a, mut b) = (Harness::new(), Harness::new());
+    script(&mut a);
+    script(&mut b);
+    assert_eq!(a.state, b.state);
+    assert_eq!(a.state.digest(), b.state.digest());
+}

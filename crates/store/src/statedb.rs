@@ -1,0 +1,147 @@
+//! The state machine's records in sled: one tree, keys `job/NAME`,
+//! `node/NAME`, `alloc/ID`, `eval/ID`, and `meta/applied`,
+//! `meta/unblock`. Values are JSON.
+//!
+//! [`StateDb::save`] writes every record `apply` marked dirty together with
+//! the applied index in one atomic batch, so after a crash the state and its
+//! index always agree; entries after that index are applied again from the
+//! (durable) Raft log.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::StoreError;
+use crate::state::{State, Table};
+
+const KEY_APPLIED: &[u8] = b"meta/applied";
+const KEY_UNBLOCK: &[u8] = b"meta/unblock";
+
+pub struct StateDb {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+impl StateDb {
+    pub fn open(db: sled::Db) -> Result<StateDb, StoreError> {
+        let tree = db.open_tree("state")?;
+        Ok(StateDb { db, tree })
+    }
+
+    /// Reads the whole state back.
+    pub fn load(&self) -> Result<State, StoreError> {
+        let mut state = State {
+            index: self.read_u64(KEY_APPLIED)?,
+            last_unblock_index: self.read_u64(KEY_UNBLOCK)?,
+            ..State::default()
+        };
+        for table in Table::ALL {
+            for kv in self.tree.scan_prefix(table.prefix()) {
+                let (k, v) = kv?;
+                let key = String::from_utf8_lossy(&k[table.prefix().len()..]).into_owned();
+                match table {
+                    Table::Job => {
+                        state.jobs.insert(key, decode(&k, &v)?);
+                    }
+                    Table::Node => {
+                        state.nodes.insert(key, decode(&k, &v)?);
+                    }
+                    Table::Alloc => {
+                        state.allocs.insert(key, decode(&k, &v)?);
+                    }
+                    Table::Eval => {
+                        state.evals.insert(key, decode(&k, &v)?);
+                    }
+                }
+            }
+        }
+        Ok(state)
+    }
+
+    /// Writes the dirty records and the applied index atomically and clears
+    /// the dirty set. Not fsynced: the Raft log holds the entries durably.
+    pub fn save(&self, state: &mut State) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (table, key) in std::mem::take(&mut state.dirty) {
+            let full = format!("{}{}", table.prefix(), key);
+            let value = match table {
+                Table::Job => state.jobs.get(&key).map(encode),
+                Table::Node => state.nodes.get(&key).map(encode),
+                Table::Alloc => state.allocs.get(&key).map(encode),
+                Table::Eval => state.evals.get(&key).map(encode),
+            };
+            match value {
+                Some(v) => batch.insert(full.as_bytes(), v),
+                None => batch.remove(full.as_bytes()),
+            }
+        }
+        batch.insert(KEY_APPLIED, &state.index.to_be_bytes());
+        batch.insert(KEY_UNBLOCK, &state.last_unblock_index.to_be_bytes());
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Forces everything written so far to disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn read_u64(&self, key: &[u8]) -> Result<u64, StoreError> {
+        match self.tree.get(key)? {
+            None => Ok(0),
+            Some(v) => Ok(u64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::corrupt("state", key, "not 8 bytes"))?,
+            )),
+        }
+    }
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("state records serialize")
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(v).map_err(|e| StoreError::corrupt("state", key, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Command, NodeRegistration};
+    use skiff_model::{JobSpec, Resources};
+
+    #[test]
+    fn saved_state_loads_back_equal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = State::default();
+        state.apply(
+            1,
+            &Command::RegisterNode {
+                registration: NodeRegistration {
+                    name: "n1".into(),
+                    labels: [("zone".to_string(), "a".to_string())].into(),
+                    capacity: Resources::new(2000, 1 << 30),
+                    reserved: Resources::ZERO,
+                    address: "127.0.0.1:7702".into(),
+                    agent_version: "t".into(),
+                },
+            },
+        );
+        let spec = JobSpec::from_yaml("name: web\ntask: {image: 'oci:/i'}").unwrap();
+        state.apply(2, &Command::UpsertJob { spec });
+        state.apply(3, &Command::DeleteJob { name: "web".into() });
+        {
+            let db = StateDb::open(sled::open(dir.path()).unwrap()).unwrap();
+            db.save(&mut state).unwrap();
+            db.flush().unwrap();
+            assert!(state.dirty.is_empty());
+        }
+        let db = StateDb::open(sled::open(dir.path()).unwrap()).unwrap();
+        let loaded = db.load().unwrap();
+        assert_eq!(loaded, state);
+        assert!(!loaded.jobs.contains_key("web"), "deletes are persisted");
+        assert_eq!(loaded.index, 3);
+    }
+}
