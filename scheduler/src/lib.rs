@@ -6,6 +6,8 @@
 //! `skiff_model::fit`, which the state machine also uses to re-check a plan at
 //! commit time. See README.md for the pipeline.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 
 use skiff_model::fit::{binpack_score, fits};
@@ -44,7 +46,9 @@ pub fn reconcile(job_name: &str, job: Option<&Job>, snap: &Snapshot<'_>) -> Plan
     // updates come later); those of the current version fill replica slots.
     let mut filled: BTreeMap<u32, &Allocation> = BTreeMap::new();
     for a in &own {
-        if a.job_version != job.version {
+        // An allocation made before the job (re)appeared belongs to an
+        // earlier job of the same name.
+        if a.job_version != job.version || a.create_index < job.create_index {
             if !a.status.is_terminal() {
                 plan.stops.push(stop(a, "job updated"));
             }

@@ -200,3 +200,18 @@ fn the_same_input_gives_the_same_plan() {
         reconcile("web", Some(&j), &backward)
     );
 }
+
+#[test]
+fn allocations_of_an_earlier_job_with_the_same_name_are_replaced() {
+    let nodes = [node("a", 4000, 4096)];
+    let mut j = job(1, "1", "64Mi");
+    let old = alloc("old", &j, 0, "a");
+    j.create_index = 10; // deleted and created again after `old` was placed
+    let snap = Snapshot {
+        nodes: nodes.iter().collect(),
+        allocs: vec![&old],
+    };
+    let plan = reconcile("web", Some(&j), &snap);
+    assert_eq!(plan.stops[0].alloc_id, "old");
+    assert_eq!(plan.placements.len(), 1);
+}

@@ -1,1 +1,118 @@
-fn main() {}
+//! `skiff`: the server, the agent, the all-in-one dev mode, and the
+//! client commands, in one binary.
+
+#![forbid(unsafe_code)]
+
+mod commands;
+mod daemons;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "skiff",
+    version,
+    about = "A lightweight container orchestrator for small clusters and GPU labs",
+    long_about = "A lightweight container orchestrator for small clusters and GPU labs.\n\n\
+        Run `skiff dev` to try it on one machine, then `skiff apply -f examples/hello.yaml`.\n\
+        For a cluster, run `skiff server` on a few machines and `skiff agent` on every machine.",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Args, Clone)]
+pub struct ClientOpts {
+    /// Server API address; several may be given, comma-separated, to fail over.
+    #[arg(
+        long,
+        global = true,
+        env = "SKIFF_SERVER",
+        default_value = skiff_client::DEFAULT_SERVER,
+        value_delimiter = ','
+    )]
+    server: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a control-plane server (Raft member holding the desired state).
+    Server(daemons::ServerArgs),
+    /// Run the node agent: registers this machine and runs its containers with runc.
+    Agent(daemons::AgentArgs),
+    /// Run a server and an agent in one process: the quickest way to try Skiff.
+    Dev(daemons::DevArgs),
+    /// Create or update a job from a YAML (or JSON) file.
+    Apply {
+        /// The job spec; `-` reads standard input.
+        #[arg(short = 'f', long = "filename", value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// List jobs, allocations or nodes.
+    Get {
+        #[command(subcommand)]
+        what: commands::GetWhat,
+    },
+    /// Show one object in detail.
+    Describe {
+        #[command(subcommand)]
+        what: commands::DescribeWhat,
+    },
+    /// Print an allocation's output (stdout and stderr).
+    Logs(commands::LogsArgs),
+    /// Delete an object.
+    Delete {
+        #[command(subcommand)]
+        what: commands::DeleteWhat,
+    },
+    /// Per-container monitor, started by the agent (not for direct use).
+    #[command(hide = true)]
+    Shim(daemons::ShimCli),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The shim forks: it must run before any thread (and so any runtime)
+    // exists.
+    if let Cmd::Shim(args) = &cli.command {
+        return ExitCode::from(skiff_agent::shim::run(&args.to_shim_args()) as u8);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Cmd::Server(args) => daemons::server(args).await,
+            Cmd::Agent(args) => daemons::agent(args).await,
+            Cmd::Dev(args) => daemons::dev(args).await,
+            Cmd::Apply { file, client } => commands::apply(&client, &file).await,
+            Cmd::Get { what } => commands::get(what).await,
+            Cmd::Describe { what } => commands::describe(what).await,
+            Cmd::Logs(args) => commands::logs(args).await,
+            Cmd::Delete { what } => commands::delete(what).await,
+            Cmd::Shim(_) => unreachable!("handled above"),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

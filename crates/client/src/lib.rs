@@ -1,1 +1,332 @@
-//! placeholder
+//! A typed client over Skiff's gRPC API, used by the CLI, the tests and
+//! the benches. It speaks domain types (`skiff_model`) and hides the wire
+//! types.
+
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+use skiff_model::{Allocation, Job, JobSpec, Node, Resources};
+use skiff_proto::pb;
+use skiff_proto::WireError;
+use tonic::transport::{Channel, Endpoint};
+
+pub use tonic::Code;
+
+/// Default server address.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7700";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{url:?} is not a server address: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("cannot reach the server at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    /// The server answered with an error; the message says why.
+    #[error("{}", .0.message())]
+    Status(#[from] tonic::Status),
+    #[error("the server sent a malformed message: {0}")]
+    Wire(#[from] WireError),
+}
+
+impl ClientError {
+    /// The gRPC code, when the server answered.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            ClientError::Status(s) => Some(s.code()),
+            _ => None,
+        }
+    }
+}
+
+/// Counts of a job's allocations by status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobSummary {
+    pub desired: u32,
+    pub pending: u32,
+    pub running: u32,
+    pub complete: u32,
+    pub failed: u32,
+    pub lost: u32,
+}
+
+impl From<pb::JobSummary> for JobSummary {
+    fn from(s: pb::JobSummary) -> Self {
+        JobSummary {
+            desired: s.desired,
+            pending: s.pending,
+            running: s.running,
+            complete: s.complete,
+            failed: s.failed,
+            lost: s.lost,
+        }
+    }
+}
+
+/// The latest evaluation of a job, as `describe` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvalInfo {
+    pub id: String,
+    pub status: String,
+    pub trigger: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobDetail {
+    /// `None` when the job was deleted but allocations remain.
+    pub job: Option<Job>,
+    pub summary: JobSummary,
+    pub allocs: Vec<Allocation>,
+    pub latest_eval: Option<EvalInfo>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub node: Node,
+    pub heartbeat_age: Option<Duration>,
+    pub used: Resources,
+}
+
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub job: Job,
+    /// False when the stored spec was already identical.
+    pub changed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+pub struct Client {
+    cluster: pb::cluster_client::ClusterClient<Channel>,
+    url: String,
+}
+
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+impl Client {
+    /// Connects to the first of `urls` that answers.
+    pub async fn connect_any(urls: &[String]) -> Result<Client, ClientError> {
+        let mut last = None;
+        for url in urls {
+            match Client::connect(url).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::BadUrl {
+            url: String::new(),
+            reason: "no server address given".into(),
+        }))
+    }
+
+    pub async fn connect(url: &str) -> Result<Client, ClientError> {
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| ClientError::BadUrl {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })?
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true);
+        let channel = endpoint.connect().await.map_err(|e| ClientError::Connect {
+            url: url.to_string(),
+            reason: source_chain(&e),
+        })?;
+        Ok(Client {
+            cluster: pb::cluster_client::ClusterClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            url: url.to_string(),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub async fn apply_job(&mut self, spec: &JobSpec) -> Result<Applied, ClientError> {
+        let resp = self
+            .cluster
+            .apply_job(pb::ApplyJobRequest {
+                spec: Some(spec.into()),
+            })
+            .await?
+            .into_inner();
+        let job = resp
+            .job
+            .ok_or_else(|| WireError(vec![skiff_model::FieldError::new("job", "is required")]))?
+            .try_into()?;
+        Ok(Applied {
+            job,
+            changed: resp.changed,
+        })
+    }
+
+    pub async fn delete_job(&mut self, name: &str) -> Result<(), ClientError> {
+        self.cluster
+            .delete_job(pb::DeleteJobRequest { name: name.into() })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn get_job(&mut self, name: &str) -> Result<JobDetail, ClientError> {
+        let r = self
+            .cluster
+            .get_job(pb::GetJobRequest { name: name.into() })
+            .await?
+            .into_inner();
+        Ok(JobDetail {
+            job: r.job.map(Job::try_from).transpose()?,
+            summary: r.summary.unwrap_or_default().into(),
+            allocs: r
+                .allocs
+                .into_iter()
+                .map(Allocation::try_from)
+                .collect::<Result<_, _>>()?,
+            latest_eval: r.latest_eval.map(|e| EvalInfo {
+                id: e.id,
+                status: match pb::EvalStatus::try_from(e.status) {
+                    Ok(pb::EvalStatus::Pending) => "pending",
+                    Ok(pb::EvalStatus::Complete) => "complete",
+                    Ok(pb::EvalStatus::Blocked) => "blocked",
+                    _ => "unknown",
+                }
+                .to_string(),
+                trigger: e.trigger,
+                message: e.message,
+            }),
+        })
+    }
+
+    pub async fn list_jobs(&mut self) -> Result<Vec<(Job, JobSummary)>, ClientError> {
+        let r = self
+            .cluster
+            .list_jobs(pb::ListJobsRequest {})
+            .await?
+            .into_inner();
+        r.jobs
+            .into_iter()
+            .map(|item| {
+                let job = item
+                    .job
+                    .ok_or_else(|| WireError(vec![skiff_model::FieldError::new("job", "is required")]))?
+                    .try_into()?;
+                Ok((job, item.summary.unwrap_or_default().into()))
+            })
+            .collect()
+    }
+
+    /// Allocations, optionally only those of one job and/or one node.
+    pub async fn list_allocs(
+        &mut self,
+        job: Option<&str>,
+        node: Option<&str>,
+    ) -> Result<Vec<Allocation>, ClientError> {
+        let r = self
+            .cluster
+            .list_allocs(pb::ListAllocsRequest {
+                job: job.unwrap_or_default().into(),
+                node: node.unwrap_or_default().into(),
+            })
+            .await?
+            .into_inner();
+        Ok(r.allocs
+            .into_iter()
+            .map(Allocation::try_from)
+            .collect::<Result<_, _>>()?)
+    }
+
+    pub async fn list_nodes(&mut self) -> Result<Vec<NodeInfo>, ClientError> {
+        let r = self
+            .cluster
+            .list_nodes(pb::ListNodesRequest {})
+            .await?
+            .into_inner();
+        r.nodes
+            .into_iter()
+            .map(|item| {
+                Ok(NodeInfo {
+                    node: item
+                        .node
+                        .ok_or_else(|| WireError(vec![skiff_model::FieldError::new("node", "is required")]))?
+                        .try_into()?,
+                    heartbeat_age: item.heartbeat_age_ms.map(Duration::from_millis),
+                    used: item.used.map(Into::into).unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    /// Streams an allocation's log; `id` may be a unique prefix.
+    pub async fn logs(
+        &mut self,
+        id: &str,
+        follow: bool,
+        tail: u32,
+        stderr_only: bool,
+    ) -> Result<LogReader, ClientError> {
+        let stream = self
+            .cluster
+            .logs(pb::LogsRequest {
+                alloc_id: id.into(),
+                follow,
+                tail,
+                stderr_only,
+            })
+            .await?
+            .into_inner();
+        Ok(LogReader { stream })
+    }
+
+    pub async fn status(&mut self) -> Result<pb::StatusResponse, ClientError> {
+        Ok(self
+            .cluster
+            .status(pb::StatusRequest {})
+            .await?
+            .into_inner())
+    }
+}
+
+/// Pieces of a log as they arrive.
+pub struct LogReader {
+    stream: tonic::Streaming<pb::LogChunk>,
+}
+
+impl LogReader {
+    pub async fn next(&mut self) -> Result<Option<(LogStream, Vec<u8>)>, ClientError> {
+        Ok(self.stream.message().await?.map(|c| {
+            let which = if c.stream == pb::log_chunk::Stream::Stderr as i32 {
+                LogStream::Stderr
+            } else {
+                LogStream::Stdout
+            };
+            (which, c.data)
+        }))
+    }
+
+    /// Reads everything (for a log that is not followed).
+    pub async fn collect(mut self) -> Result<(Vec<u8>, Vec<u8>), ClientError> {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        while let Some((which, data)) = self.next().await? {
+            match which {
+                LogStream::Stdout => out.extend(data),
+                LogStream::Stderr => err.extend(data),
+            }
+        }
+        Ok((out, err))
+    }
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}

@@ -8,6 +8,8 @@
 //!
 //! No I/O, no async, no clock: everything here is a plain value.
 
+#![forbid(unsafe_code)]
+
 pub mod alloc;
 pub mod error;
 pub mod eval;

@@ -113,7 +113,7 @@ fn split_decimal(t: &str) -> Option<(&str, &str)> {
 
 /// Formats millicores the way an operator writes them: `250m`, `2`.
 pub fn format_cpu(millis: u64) -> String {
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         format!("{}", millis / 1000)
     } else {
         format!("{millis}m")
@@ -130,13 +130,35 @@ pub fn format_memory(bytes: u64) -> String {
         ("Ki", 1 << 10),
     ];
     for (suffix, size) in UNITS {
-        if bytes >= *size && bytes % size == 0 {
+        if bytes >= *size && bytes.is_multiple_of(*size) {
             return format!("{}{}", bytes / size, suffix);
         }
     }
     for (suffix, size) in UNITS {
         if bytes >= *size {
             return format!("{:.1}{}", bytes as f64 / *size as f64, suffix);
+        }
+    }
+    format!("{bytes}")
+}
+
+/// Formats bytes for people: the largest binary unit, one decimal at
+/// most (`23.5Gi`, `64Mi`, `512`).
+pub fn format_memory_human(bytes: u64) -> String {
+    const UNITS: &[(&str, u64)] = &[
+        ("Ti", 1 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ];
+    for (suffix, size) in UNITS {
+        if bytes >= *size {
+            let tenths = (bytes as u128 * 10 + *size as u128 / 2) / *size as u128;
+            return if tenths % 10 == 0 {
+                format!("{}{}", tenths / 10, suffix)
+            } else {
+                format!("{}.{}{}", tenths / 10, tenths % 10, suffix)
+            };
         }
     }
     format!("{bytes}")
@@ -193,5 +215,12 @@ mod tests {
             assert_eq!(format_memory(parse_memory(m).unwrap()), m);
         }
         assert_eq!(format_memory(1_500_000), "1.4Mi");
+    }
+
+    #[test]
+    fn human_memory_is_short() {
+        assert_eq!(format_memory_human(24_683_652 * 1024), "23.5Gi");
+        assert_eq!(format_memory_human(64 << 20), "64Mi");
+        assert_eq!(format_memory_human(512), "512");
     }
 }

@@ -5,6 +5,8 @@
 //! field that was malformed; the domain rules themselves stay in the model
 //! (`JobSpec::validate`).
 
+#![forbid(unsafe_code)]
+
 #[allow(clippy::all, missing_docs, unreachable_pub)]
 pub mod pb {
     tonic::include_proto!("skiff.v1");
@@ -12,4 +14,4 @@ pub mod pb {
 
 mod convert;
 
-pub use convert::WireError;
+pub use convert::{alloc_status_from_wire, WireError};

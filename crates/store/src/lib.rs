@@ -6,6 +6,8 @@
 //! - [`statedb`]: the state machine's records in sled;
 //! - [`raft_node`]: the task that owns the `RawNode` and runs the Ready loop.
 
+#![forbid(unsafe_code)]
+
 pub mod command;
 mod error;
 pub mod log;

@@ -1,0 +1,308 @@
+//! The agent process: registers the node, heartbeats, watches the node's
+//! allocations, runs the reconciler, and serves logs.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff_model::{Allocation, Resources};
+use skiff_proto::pb;
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::paths::Paths;
+use crate::reconcile::{self, Event, Observed, Reconciler};
+use crate::runtime::{find_program, Runc};
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Server API URLs (`http://host:7700`); the agent fails over between them.
+    pub servers: Vec<String>,
+    pub data_dir: PathBuf,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Where the agent serves logs (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// The address servers use to reach the agent; the bound listen
+    /// address when unset.
+    pub advertise: Option<SocketAddr>,
+    /// runc, or a path to a runc-compatible runtime.
+    pub runtime: PathBuf,
+    /// The program and leading arguments that start a shim.
+    pub shim_program: PathBuf,
+    pub shim_prefix: Vec<std::ffi::OsString>,
+    /// Time between SIGTERM and SIGKILL when stopping a container.
+    pub stop_grace: Duration,
+    /// Held back from what the node offers.
+    pub reserved: Resources,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("the agent must run as root (runc needs it)")]
+    NotRoot,
+    #[error("container runtime {0:?} not found: install runc (`apt-get install runc`) or pass --runtime PATH")]
+    RuntimeMissing(PathBuf),
+    #[error("cannot create {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server address {url:?} is not a URL: {reason}")]
+    BadServer { url: String, reason: String },
+    #[error("no server address given")]
+    NoServers,
+}
+
+/// Rotates through the configured servers when one stops answering.
+#[derive(Clone)]
+struct Servers {
+    channels: Arc<Vec<(String, Channel)>>,
+    current: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Servers {
+    fn new(urls: &[String]) -> Result<Servers, AgentError> {
+        if urls.is_empty() {
+            return Err(AgentError::NoServers);
+        }
+        let mut channels = Vec::new();
+        for url in urls {
+            let ep = Endpoint::from_shared(url.clone())
+                .map_err(|e| AgentError::BadServer {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })?
+                .connect_timeout(Duration::from_secs(3))
+                .tcp_nodelay(true);
+            channels.push((url.clone(), ep.connect_lazy()));
+        }
+        Ok(Servers {
+            channels: Arc::new(channels),
+            current: Default::default(),
+        })
+    }
+
+    fn client(&self) -> pb::node_api_client::NodeApiClient<Channel> {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.channels.len();
+        pb::node_api_client::NodeApiClient::new(self.channels[i].1.clone())
+            .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
+    }
+
+    /// Moves to the next server after an error that says this one cannot help.
+    fn failed(&self, status: &tonic::Status) {
+        if matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+        ) && self.channels.len() > 1
+        {
+            let i = self.current.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            tracing::info!(server = %self.channels[i % self.channels.len()].0, "failing over");
+        }
+    }
+}
+
+const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the agent until `shutdown` resolves. Containers keep running
+/// after the agent stops; the next start re-adopts them.
+pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    if !crate::sys::is_root() {
+        return Err(AgentError::NotRoot);
+    }
+    let runtime_binary =
+        find_program(&cfg.runtime).ok_or_else(|| AgentError::RuntimeMissing(cfg.runtime.clone()))?;
+    let paths = Paths::new(&cfg.data_dir);
+    for dir in [paths.containers(), paths.images(), paths.runtime_root(), paths.root().join("logs")] {
+        std::fs::create_dir_all(&dir).map_err(|source| AgentError::DataDir { path: dir, source })?;
+    }
+    let servers = Servers::new(&cfg.servers)?;
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| AgentError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| AgentError::Listen {
+        addr: cfg.listen,
+        source,
+    })?;
+    let advertise = cfg.advertise.unwrap_or(bound);
+    let logs = pb::agent_api_server::AgentApiServer::new(crate::logs::LogService::new(paths.clone()));
+    let log_server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(logs)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    tracing::info!(node = %cfg.name, listen = %bound, advertise = %advertise, "agent starting");
+
+    let registration = pb::RegisterRequest {
+        name: cfg.name.clone(),
+        labels: cfg.labels.clone(),
+        capacity: Some(crate::host::capacity().into()),
+        reserved: Some(cfg.reserved.into()),
+        address: advertise.to_string(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+
+    let runtime = Arc::new(Runc {
+        binary: runtime_binary.clone(),
+        root: paths.runtime_root(),
+        shim_program: cfg.shim_program.clone(),
+        shim_prefix: cfg.shim_prefix.clone(),
+    });
+    let (events_tx, events_rx) = mpsc::channel(64);
+    let mut rec = Reconciler::new(runtime, paths, runtime_binary, cfg.stop_grace, events_tx.clone());
+    rec.adopt().await;
+
+    let node = cfg.name.clone();
+    let tasks = async {
+        register(&servers, &registration).await;
+        let hb = heartbeat_loop(servers.clone(), registration.clone());
+        let watch = watch_loop(servers.clone(), node.clone(), events_tx);
+        let report_servers = servers.clone();
+        let report_node = node.clone();
+        let rec_loop = reconcile::run_loop(rec, events_rx, move |updates| {
+            let s = report_servers.clone();
+            let n = report_node.clone();
+            async move { report(&s, &n, updates).await }
+        });
+        tokio::join!(hb, watch, rec_loop);
+    };
+    tokio::select! {
+        _ = tasks => {}
+        _ = shutdown => tracing::info!("agent stopping; containers keep running"),
+    }
+    log_server.abort();
+    Ok(())
+}
+
+/// Registers until a server accepts.
+async fn register(servers: &Servers, reg: &pb::RegisterRequest) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match tokio::time::timeout(RPC_TIMEOUT, servers.client().register(reg.clone())).await {
+            Ok(Ok(_)) => {
+                tracing::info!(node = %reg.name, "registered");
+                return;
+            }
+            Ok(Err(status)) => {
+                tracing::warn!(error = %status.message(), "registration failed; retrying");
+                servers.failed(&status);
+            }
+            Err(_) => tracing::warn!("registration timed out; retrying"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn heartbeat_loop(servers: Servers, reg: pb::RegisterRequest) {
+    let mut period = Duration::from_secs(2);
+    loop {
+        tokio::time::sleep(period).await;
+        let req = pb::HeartbeatRequest {
+            name: reg.name.clone(),
+        };
+        match tokio::time::timeout(RPC_TIMEOUT, servers.client().heartbeat(req)).await {
+            Ok(Ok(resp)) => {
+                // Beat three times per TTL, so one lost beat does not matter.
+                let ttl = Duration::from_millis(resp.into_inner().ttl_ms.max(300));
+                period = ttl / 3;
+            }
+            Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
+                tracing::warn!("the servers do not know this node; registering again");
+                register(&servers, &reg).await;
+            }
+            Ok(Err(status)) => {
+                tracing::warn!(error = %status.message(), "heartbeat failed");
+                servers.failed(&status);
+            }
+            Err(_) => tracing::warn!("heartbeat timed out"),
+        }
+    }
+}
+
+/// Follows the node's allocations, reconnecting (and failing over) when
+/// the stream breaks.
+async fn watch_loop(servers: Servers, node: String, events: mpsc::Sender<Event>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let req = pb::WatchAllocationsRequest {
+            node: node.clone(),
+            min_index: 0,
+        };
+        match servers.client().watch_allocations(req).await {
+            Ok(resp) => {
+                let mut stream = resp.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(set)) => {
+                            backoff = Duration::from_millis(200);
+                            let allocs: Vec<Allocation> = set
+                                .allocs
+                                .into_iter()
+                                .filter_map(|a| match Allocation::try_from(a) {
+                                    Ok(a) => Some(a),
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "ignoring a malformed allocation");
+                                        None
+                                    }
+                                })
+                                .collect();
+                            tracing::debug!(index = set.index, count = allocs.len(), "allocations");
+                            if events.send(Event::Desired(allocs)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(status) => {
+                            tracing::warn!(error = %status.message(), "allocation stream broke");
+                            servers.failed(&status);
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(status) => {
+                tracing::warn!(error = %status.message(), "cannot watch allocations");
+                servers.failed(&status);
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn report(servers: &Servers, node: &str, updates: Vec<Observed>) -> bool {
+    let req = pb::UpdateAllocStatusRequest {
+        node: node.to_string(),
+        updates: updates
+            .into_iter()
+            .map(|u| pb::AllocStatusUpdate {
+                alloc_id: u.alloc_id,
+                status: pb::AllocStatus::from(u.status) as i32,
+                exit_code: u.exit_code,
+                message: u.message,
+            })
+            .collect(),
+    };
+    match tokio::time::timeout(RPC_TIMEOUT, servers.client().update_alloc_status(req)).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(status)) => {
+            tracing::warn!(error = %status.message(), "status update failed");
+            servers.failed(&status);
+            false
+        }
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,417 @@
+//! Builds a container's OCI runtime spec (`config.json`) from an
+//! allocation and its image, with oci-spec's builders.
+//!
+//! oci-spec fills unset fields from its `Default`s, some of which are not
+//! safe (inheritable and ambient capabilities, no device rules). Every
+//! security-relevant field is therefore set here explicitly.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+use oci_spec::runtime::{
+    get_default_maskedpaths, get_default_mounts, get_default_readonly_paths, Capability,
+    LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroup,
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespace,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
+    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder,
+};
+use skiff_model::{Allocation, NetworkMode};
+
+use crate::image::ImageConfig;
+
+/// Most processes one container may run, unless the job says otherwise.
+pub const DEFAULT_PIDS_LIMIT: i64 = 4096;
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Docker's default capability set.
+const DEFAULT_CAPS: [Capability; 14] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("nothing to run: the job sets no command and the image has no entrypoint or cmd")]
+    NoCommand,
+    #[error("image user {user:?} is not in the image's /etc/passwd")]
+    UnknownUser { user: String },
+    #[error("building the runtime spec: {0}")]
+    Spec(#[from] oci_spec::OciSpecError),
+}
+
+/// What the spec is built from.
+pub struct BundleInput<'a> {
+    pub alloc: &'a Allocation,
+    pub container_id: &'a str,
+    pub image: &'a ImageConfig,
+    /// The container's own rootfs (for resolving the image's user).
+    pub rootfs: &'a Path,
+}
+
+/// The program and arguments, the way Kubernetes combines them: `command`
+/// replaces the image's entrypoint, `args` replaces its cmd.
+pub fn resolve_args(
+    command: &[String],
+    args: &[String],
+    image: &ImageConfig,
+) -> Result<Vec<String>, BundleError> {
+    let out: Vec<String> = match (command.is_empty(), args.is_empty()) {
+        (false, _) => command.iter().chain(args).cloned().collect(),
+        (true, false) => image.entrypoint.iter().chain(args).cloned().collect(),
+        (true, true) => image.entrypoint.iter().chain(&image.cmd).cloned().collect(),
+    };
+    if out.is_empty() {
+        return Err(BundleError::NoCommand);
+    }
+    Ok(out)
+}
+
+/// The environment: the image's, then the job's (which wins), then the
+/// variables Skiff sets.
+pub fn resolve_env(alloc: &Allocation, image: &ImageConfig) -> Vec<String> {
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    for kv in &image.env {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        env.insert(k.to_string(), v.to_string());
+    }
+    env.entry("PATH".into()).or_insert_with(|| DEFAULT_PATH.into());
+    for (k, v) in &alloc.task.env {
+        env.insert(k.clone(), v.clone());
+    }
+    env.insert("SKIFF_ALLOC_ID".into(), alloc.id.clone());
+    env.insert("SKIFF_JOB".into(), alloc.job.clone());
+    env.insert("SKIFF_NODE".into(), alloc.node.clone());
+    env.insert("SKIFF_REPLICA".into(), alloc.replica.to_string());
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// Resolves the image's `User` (`uid`, `uid:gid`, `name`, `name:group`)
+/// against the rootfs's `/etc/passwd` and `/etc/group`.
+pub fn resolve_user(user: Option<&str>, rootfs: &Path) -> Result<(u32, u32), BundleError> {
+    let user = user.unwrap_or("").trim();
+    if user.is_empty() {
+        return Ok((0, 0));
+    }
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
+    let lookup_passwd = |name: &str| {
+        passwd.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 4 && f[0] == name).then(|| (f[2].parse().ok(), f[3].parse().ok()))
+        })
+    };
+    let (uid, default_gid) = match u.parse::<u32>() {
+        Ok(uid) => (uid, None),
+        Err(_) => match lookup_passwd(u) {
+            Some((Some(uid), gid)) => (uid, gid),
+            _ => return Err(BundleError::UnknownUser { user: user.into() }),
+        },
+    };
+    let gid = match g {
+        None => default_gid.unwrap_or(0),
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => {
+                let group = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
+                group
+                    .lines()
+                    .find_map(|l| {
+                        let f: Vec<&str> = l.split(':').collect();
+                        (f.len() >= 3 && f[0] == g).then(|| f[2].parse().ok()).flatten()
+                    })
+                    .ok_or_else(|| BundleError::UnknownUser { user: user.into() })?
+            }
+        },
+    };
+    Ok((uid, gid))
+}
+
+fn namespace(typ: LinuxNamespaceType) -> Result<LinuxNamespace, BundleError> {
+    Ok(LinuxNamespaceBuilder::default().typ(typ).build()?)
+}
+
+fn device_rule(
+    allow: bool,
+    typ: LinuxDeviceType,
+    major: Option<i64>,
+    minor: Option<i64>,
+    access: &str,
+) -> Result<LinuxDeviceCgroup, BundleError> {
+    let mut b = LinuxDeviceCgroupBuilder::default()
+        .allow(allow)
+        .typ(typ)
+        .access(access);
+    if let Some(m) = major {
+        b = b.major(m);
+    }
+    if let Some(m) = minor {
+        b = b.minor(m);
+    }
+    Ok(b.build()?)
+}
+
+/// Deny every device, then allow the ones every container needs.
+fn device_rules() -> Result<Vec<LinuxDeviceCgroup>, BundleError> {
+    use LinuxDeviceType::C;
+    Ok(vec![
+        device_rule(false, LinuxDeviceType::A, None, None, "rwm")?,
+        device_rule(true, C, Some(1), Some(3), "rwm")?, // null
+        device_rule(true, C, Some(1), Some(5), "rwm")?, // zero
+        device_rule(true, C, Some(1), Some(7), "rwm")?, // full
+        device_rule(true, C, Some(1), Some(8), "rwm")?, // random
+        device_rule(true, C, Some(1), Some(9), "rwm")?, // urandom
+        device_rule(true, C, Some(5), Some(0), "rwm")?, // tty
+        device_rule(true, C, Some(5), Some(2), "rwm")?, // ptmx
+        device_rule(true, C, Some(136), None, "rwm")?,  // pts
+    ])
+}
+
+fn bind_ro(source: &str, dest: &str) -> Result<Mount, BundleError> {
+    Ok(MountBuilder::default()
+        .destination(dest)
+        .typ("bind")
+        .source(source)
+        .options(vec!["rbind".to_string(), "ro".to_string(), "nosuid".to_string(), "nodev".to_string()])
+        .build()?)
+}
+
+/// Builds the runtime spec for one allocation.
+pub fn build_spec(input: &BundleInput<'_>) -> Result<Spec, BundleError> {
+    let alloc = input.alloc;
+    let task = &alloc.task;
+    let args = resolve_args(&task.command, &task.args, input.image)?;
+    let (uid, gid) = resolve_user(input.image.user.as_deref(), input.rootfs)?;
+    let cwd = task
+        .workdir
+        .clone()
+        .or_else(|| input.image.workdir.clone().filter(|w| w.starts_with('/')))
+        .unwrap_or_else(|| "/".to_string());
+
+    let caps: HashSet<Capability> = DEFAULT_CAPS.into_iter().collect();
+    // As many open files as Docker gives, but never above what the agent
+    // itself may raise to (runc fails otherwise).
+    let nofile = crate::sys::nofile_hard_limit().min(1 << 20);
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(UserBuilder::default().uid(uid).gid(gid).build()?)
+        .args(args)
+        .env(resolve_env(alloc, input.image))
+        .cwd(cwd)
+        .no_new_privileges(true)
+        .capabilities(
+            LinuxCapabilitiesBuilder::default()
+                .bounding(caps.clone())
+                .effective(caps.clone())
+                .permitted(caps)
+                .inheritable(HashSet::new())
+                .ambient(HashSet::new())
+                .build()?,
+        )
+        .rlimits(vec![PosixRlimitBuilder::default()
+            .typ(PosixRlimitType::RlimitNofile)
+            .hard(nofile)
+            .soft(nofile)
+            .build()?])
+        .build()?;
+
+    let r = task.resources;
+    let memory = r.memory_bytes.min(i64::MAX as u64) as i64;
+    let resources = LinuxResourcesBuilder::default()
+        .devices(device_rules()?)
+        .memory(
+            LinuxMemoryBuilder::default()
+                .limit(memory)
+                .swap(memory)
+                .build()?,
+        )
+        .cpu(
+            LinuxCpuBuilder::default()
+                .shares((r.cpu_millis * 1024 / 1000).max(2))
+                .quota((r.cpu_millis * 100).min(i64::MAX as u64) as i64)
+                .period(100_000u64)
+                .build()?,
+        )
+        .pids(LinuxPidsBuilder::default().limit(DEFAULT_PIDS_LIMIT).build()?)
+        .build()?;
+
+    let mut namespaces = vec![
+        namespace(LinuxNamespaceType::Pid)?,
+        namespace(LinuxNamespaceType::Ipc)?,
+        namespace(LinuxNamespaceType::Uts)?,
+        namespace(LinuxNamespaceType::Mount)?,
+        namespace(LinuxNamespaceType::Cgroup)?,
+    ];
+    let mut mounts = get_default_mounts();
+    match task.network {
+        NetworkMode::None => namespaces.push(namespace(LinuxNamespaceType::Network)?),
+        NetworkMode::Host => {
+            // Sharing the host's network means sharing how it resolves names.
+            for f in ["/etc/resolv.conf", "/etc/hosts"] {
+                if Path::new(f).is_file() {
+                    mounts.push(bind_ro(f, f)?);
+                }
+            }
+        }
+    }
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources)
+        .cgroups_path(format!("/skiff/{}", input.container_id))
+        .masked_paths(get_default_maskedpaths())
+        .readonly_paths(get_default_readonly_paths())
+        .build()?;
+
+    let mut hostname = format!("{}-{}", alloc.job, alloc.replica);
+    hostname.truncate(63);
+    let annotations: HashMap<String, String> = [
+        ("io.skiff.alloc-id".to_string(), alloc.id.clone()),
+        ("io.skiff.job".to_string(), alloc.job.clone()),
+    ]
+    .into();
+    Ok(SpecBuilder::default()
+        .version("1.0.2")
+        .hostname(hostname)
+        .root(RootBuilder::default().path("rootfs").readonly(false).build()?)
+        .process(process)
+        .mounts(mounts)
+        .linux(linux)
+        .annotations(annotations)
+        .build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_model::{AllocStatus, DesiredStatus, JobSpec};
+
+    fn alloc(yaml_task: &str) -> Allocation {
+        let spec = JobSpec::from_yaml(&format!("name: web\ntask: {yaml_task}")).unwrap();
+        Allocation {
+            id: "0123456789abcdef0123456789abcdef".into(),
+            job: "web".into(),
+            job_version: 1,
+            replica: 2,
+            node: "n1".into(),
+            task: spec.task,
+            desired: DesiredStatus::Run,
+            status: AllocStatus::Pending,
+            exit_code: None,
+            message: String::new(),
+            create_index: 1,
+            modify_index: 1,
+        }
+    }
+
+    fn image() -> ImageConfig {
+        ImageConfig {
+            entrypoint: vec!["/entry".into()],
+            cmd: vec!["serve".into()],
+            env: vec!["PATH=/bin".into(), "GREETING=image".into()],
+            workdir: Some("/srv".into()),
+            user: None,
+        }
+    }
+
+    fn spec_for(a: &Allocation) -> Spec {
+        let dir = tempfile::tempdir().unwrap();
+        build_spec(&BundleInput {
+            alloc: a,
+            container_id: "sk-1",
+            image: &image(),
+            rootfs: dir.path(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn command_and_args_combine_like_kubernetes() {
+        let img = image();
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(resolve_args(&[], &[], &img).unwrap(), s(&["/entry", "serve"]));
+        assert_eq!(resolve_args(&[], &s(&["x"]), &img).unwrap(), s(&["/entry", "x"]));
+        assert_eq!(resolve_args(&s(&["sh"]), &s(&["-c", "true"]), &img).unwrap(), s(&["sh", "-c", "true"]));
+        assert!(matches!(
+            resolve_args(&[], &[], &ImageConfig::default()),
+            Err(BundleError::NoCommand)
+        ));
+    }
+
+    #[test]
+    fn the_job_env_wins_and_skiff_variables_are_set() {
+        let a = alloc("{image: 'oci:/i', env: {GREETING: job}}");
+        let env = resolve_env(&a, &image());
+        assert!(env.contains(&"GREETING=job".to_string()));
+        assert!(env.contains(&"PATH=/bin".to_string()));
+        assert!(env.contains(&format!("SKIFF_ALLOC_ID={}", a.id)));
+        assert!(env.contains(&"SKIFF_JOB=web".to_string()));
+        assert!(env.contains(&"SKIFF_NODE=n1".to_string()));
+    }
+
+    #[test]
+    fn limits_and_lockdown_are_in_the_spec() {
+        let a = alloc("{image: 'oci:/i', resources: {cpu: 250m, memory: 64Mi}}");
+        let spec = spec_for(&a);
+        let linux = spec.linux().as_ref().unwrap();
+        let res = linux.resources().as_ref().unwrap();
+        assert_eq!(res.memory().as_ref().unwrap().limit(), Some(64 << 20));
+        assert_eq!(res.cpu().as_ref().unwrap().quota(), Some(25_000));
+        assert_eq!(res.cpu().as_ref().unwrap().period(), Some(100_000));
+        assert_eq!(res.pids().as_ref().unwrap().limit(), DEFAULT_PIDS_LIMIT);
+        let devices = res.devices().as_ref().unwrap();
+        assert!(!devices[0].allow(), "first rule denies every device");
+        let process = spec.process().as_ref().unwrap();
+        assert_eq!(process.no_new_privileges(), Some(true));
+        let caps = process.capabilities().as_ref().unwrap();
+        assert_eq!(caps.inheritable().as_ref().unwrap().len(), 0);
+        assert_eq!(caps.ambient().as_ref().unwrap().len(), 0);
+        assert!(!caps.bounding().as_ref().unwrap().contains(&Capability::SysAdmin));
+        assert_eq!(process.cwd(), "/srv");
+        assert_eq!(linux.cgroups_path().as_ref().unwrap().to_str(), Some("/skiff/sk-1"));
+        assert!(linux.masked_paths().as_ref().is_some_and(|m| !m.is_empty()));
+    }
+
+    #[test]
+    fn network_none_gets_its_own_namespace_and_host_does_not() {
+        let has_net = |a: &Allocation| {
+            spec_for(a)
+                .linux()
+                .as_ref()
+                .unwrap()
+                .namespaces()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|n| n.typ() == LinuxNamespaceType::Network)
+        };
+        assert!(has_net(&alloc("{image: 'oci:/i', network: none}")));
+        assert!(!has_net(&alloc("{image: 'oci:/i'}")));
+    }
+
+    #[test]
+    fn image_users_resolve_through_the_rootfs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nweb:x:1000:1001::/:/bin/sh\n").unwrap();
+        std::fs::write(dir.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
+        assert_eq!(resolve_user(None, dir.path()).unwrap(), (0, 0));
+        assert_eq!(resolve_user(Some("web"), dir.path()).unwrap(), (1000, 1001));
+        assert_eq!(resolve_user(Some("web:staff"), dir.path()).unwrap(), (1000, 50));
+        assert_eq!(resolve_user(Some("7:8"), dir.path()).unwrap(), (7, 8));
+        assert!(matches!(resolve_user(Some("ghost"), dir.path()), Err(BundleError::UnknownUser { .. })));
+    }
+}

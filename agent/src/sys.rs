@@ -1,0 +1,151 @@
+//! The few system calls std does not wrap. Every `unsafe` block of the
+//! agent lives here, each with the reason it is sound.
+#![allow(unsafe_code)]
+
+use std::io;
+
+/// Result of `fork`.
+pub enum Fork {
+    Parent,
+    Child,
+}
+
+/// Forks the process. Only call while the process has a single thread
+/// (the shim does, before it starts anything else).
+pub fn fork() -> io::Result<Fork> {
+    // SAFETY: fork has no memory-safety preconditions of its own; the
+    // hazard of forking a multi-threaded process (locks held by other
+    // threads) is excluded by calling this only from the single-threaded
+    // shim before it spawns anything.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Fork::Child),
+        _ => Ok(Fork::Parent),
+    }
+}
+
+/// Starts a new session, detaching from the caller's terminal and process
+/// group, so signals aimed at the agent's group do not reach the shim.
+pub fn setsid() -> io::Result<()> {
+    // SAFETY: setsid takes no arguments and touches no memory of ours.
+    if unsafe { libc::setsid() } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes this process the reaper of its orphaned descendants, so the
+/// container's init (orphaned when `runc create` exits) becomes our child
+/// and its exit status reaches us.
+pub fn set_child_subreaper() -> io::Result<()> {
+    // SAFETY: PR_SET_CHILD_SUBREAPER reads only its integer argument.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Ignores SIGHUP and SIGPIPE (the agent's terminal or pipes going away
+/// must not kill the shim).
+pub fn ignore_hup_and_pipe() {
+    for sig in [libc::SIGHUP, libc::SIGPIPE] {
+        // SAFETY: installing SIG_IGN stores no pointer to our code.
+        unsafe {
+            libc::signal(sig, libc::SIG_IGN);
+        }
+    }
+}
+
+/// How a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+/// Waits for any child; `None` when there are no children left.
+pub fn wait_any() -> io::Result<Option<(i32, Exit)>> {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: `status` is a valid, writable c_int for the call.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid == -1 {
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::ECHILD) => return Ok(None),
+                _ => return Err(err),
+            }
+        }
+        let exit = if libc::WIFEXITED(status) {
+            Exit::Code(libc::WEXITSTATUS(status))
+        } else if libc::WIFSIGNALED(status) {
+            Exit::Signal(libc::WTERMSIG(status))
+        } else {
+            continue;
+        };
+        return Ok(Some((pid, exit)));
+    }
+}
+
+/// True when a process with this pid exists (it may be a zombie).
+pub fn process_exists(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks for existence and permission.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Points fds 0, 1 and 2 at `/dev/null` and `err_file` (stderr), so the
+/// shim holds none of its caller's pipes.
+pub fn redirect_stdio(err_file: &std::fs::File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    for (from, to) in [
+        (null.as_raw_fd(), 0),
+        (null.as_raw_fd(), 1),
+        (err_file.as_raw_fd(), 2),
+    ] {
+        // SAFETY: both fds are open for the duration of the call; dup2
+        // only changes the fd table.
+        if unsafe { libc::dup2(from, to) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Start time of a process in clock ticks since boot (field 22 of
+/// `/proc/PID/stat`), to tell a live shim from a recycled pid.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: skip past its end.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// True when running as root (runc needs it).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail and touches no memory of ours.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The hard limit on open files this process runs with; containers cannot
+/// be given more than it.
+pub fn nofile_hard_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_max
+    } else {
+        1024
+    }
+}

@@ -1,0 +1,356 @@
+//! The client commands: apply, get, describe, logs, delete.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use skiff_client::{Client, LogStream};
+use skiff_model::quantity::{format_cpu, format_memory, format_memory_human};
+use skiff_model::JobSpec;
+
+use crate::output::{age, print_list, table, AllocOut, Format, JobOut, NodeOut};
+use crate::ClientOpts;
+
+#[derive(Subcommand)]
+pub enum GetWhat {
+    /// List jobs with their allocation counts.
+    #[command(alias = "job")]
+    Jobs {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// List allocations (one per replica placed on a node).
+    #[command(alias = "alloc", alias = "allocations")]
+    Allocs {
+        /// Only this job's allocations.
+        #[arg(long)]
+        job: Option<String>,
+        /// Only the allocations on this node.
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// List nodes with their capacity and heartbeat age.
+    #[command(alias = "node")]
+    Nodes {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DescribeWhat {
+    /// A job: its spec, allocations, and why any replica waits.
+    Job {
+        name: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DeleteWhat {
+    /// Delete a job and stop its containers.
+    Job {
+        name: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    /// Allocation id, or a unique prefix of it (as `skiff get allocs` shows).
+    alloc: String,
+    /// Keep printing new output until the container exits.
+    #[arg(short, long)]
+    follow: bool,
+    /// Only the last N lines of each stream.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    tail: u32,
+    /// Only stderr.
+    #[arg(long)]
+    stderr: bool,
+    #[command(flatten)]
+    client: ClientOpts,
+}
+
+async fn connect(opts: &ClientOpts) -> anyhow::Result<Client> {
+    Client::connect_any(&opts.server).await.with_context(|| {
+        "is `skiff server` or `skiff dev` running? Point --server or SKIFF_SERVER at it".to_string()
+    })
+}
+
+/// Reads the spec, resolving a relative `oci:` layout path against the
+/// current directory (as skopeo does).
+fn read_spec(file: &Path) -> anyhow::Result<JobSpec> {
+    let text = if file == Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin()
+            .take(skiff_model::MAX_SPEC_BYTES as u64 + 1)
+            .read_to_string(&mut s)
+            .context("reading the spec from standard input")?;
+        s
+    } else {
+        let meta = std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;
+        if meta.len() > skiff_model::MAX_SPEC_BYTES as u64 {
+            bail!(
+                "{} is {} bytes; a spec may be at most {} bytes",
+                file.display(),
+                meta.len(),
+                skiff_model::MAX_SPEC_BYTES
+            );
+        }
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
+    };
+    let mut spec = JobSpec::from_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    if spec.task.image.is_relative() {
+        let cwd = std::env::current_dir().context("cannot resolve the image path")?;
+        let abs = cwd.join(&spec.task.image.path);
+        spec.task.image.path = normalize(&abs);
+    }
+    Ok(spec)
+}
+
+/// Removes `.` and `..` components without touching the file system.
+fn normalize(p: &Path) -> String {
+    let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                parts.pop();
+            }
+            std::path::Component::Normal(s) => parts.push(s),
+            _ => {}
+        }
+    }
+    let mut out = String::new();
+    for s in parts {
+        out.push('/');
+        out.push_str(&s.to_string_lossy());
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+pub async fn apply(opts: &ClientOpts, file: &Path) -> anyhow::Result<()> {
+    let spec = read_spec(file)?;
+    let mut client = connect(opts).await?;
+    let applied = client.apply_job(&spec).await?;
+    let what = if !applied.changed {
+        "unchanged"
+    } else if applied.job.create_index == applied.job.modify_index {
+        "created"
+    } else {
+        "configured"
+    };
+    println!("job/{} {what} (version {})", applied.job.spec.name, applied.job.version);
+    Ok(())
+}
+
+pub async fn get(what: GetWhat) -> anyhow::Result<()> {
+    match what {
+        GetWhat::Jobs { output, client } => {
+            let jobs = connect(&client).await?.list_jobs().await?;
+            let items: Vec<JobOut> = jobs.iter().map(|(j, s)| JobOut::new(j, s)).collect();
+            print_list(
+                output,
+                &items,
+                &["NAME", "VERSION", "READY", "PENDING", "COMPLETE", "FAILED", "IMAGE"],
+                |j| {
+                    vec![
+                        j.name.to_string(),
+                        j.version.to_string(),
+                        format!("{}/{}", j.running, j.replicas),
+                        j.pending.to_string(),
+                        j.complete.to_string(),
+                        j.failed.to_string(),
+                        j.image.clone(),
+                    ]
+                },
+            )
+        }
+        GetWhat::Allocs {
+            job,
+            node,
+            output,
+            client,
+        } => {
+            let allocs = connect(&client)
+                .await?
+                .list_allocs(job.as_deref(), node.as_deref())
+                .await?;
+            let items: Vec<AllocOut> = allocs.iter().map(Into::into).collect();
+            print_list(
+                output,
+                &items,
+                &["ID", "JOB", "REPLICA", "NODE", "DESIRED", "STATUS", "EXIT", "MESSAGE"],
+                |a| {
+                    vec![
+                        a.id[..8.min(a.id.len())].to_string(),
+                        a.job.to_string(),
+                        a.replica.to_string(),
+                        a.node.to_string(),
+                        a.desired.to_string(),
+                        a.status.to_string(),
+                        a.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                        a.message.to_string(),
+                    ]
+                },
+            )
+        }
+        GetWhat::Nodes { output, client } => {
+            let nodes = connect(&client).await?.list_nodes().await?;
+            let items: Vec<NodeOut> = nodes.iter().map(Into::into).collect();
+            print_list(
+                output,
+                &items,
+                &["NAME", "STATUS", "CPU", "MEMORY", "CPU USED", "MEMORY USED", "HEARTBEAT", "ADDRESS"],
+                |n| {
+                    vec![
+                        n.name.to_string(),
+                        n.status.to_string(),
+                        n.cpu.clone(),
+                        n.memory.clone(),
+                        format_cpu(n.cpu_used_millis),
+                        format_memory_human(n.memory_used_bytes),
+                        n.heartbeat_age_ms
+                            .map(|ms| format!("{} ago", age(std::time::Duration::from_millis(ms))))
+                            .unwrap_or_else(|| "-".into()),
+                        n.address.to_string(),
+                    ]
+                },
+            )
+        }
+    }
+}
+
+pub async fn describe(what: DescribeWhat) -> anyhow::Result<()> {
+    let DescribeWhat::Job { name, client } = what;
+    let d = connect(&client).await?.get_job(&name).await?;
+    let mut out = String::new();
+    match &d.job {
+        Some(job) => {
+            let t = &job.spec.task;
+            out.push_str(&format!("Name:       {}\n", job.spec.name));
+            out.push_str(&format!("Version:    {}\n", job.version));
+            out.push_str(&format!(
+                "Replicas:   {} desired, {} running, {} pending, {} complete, {} failed, {} lost\n",
+                d.summary.desired,
+                d.summary.running,
+                d.summary.pending,
+                d.summary.complete,
+                d.summary.failed,
+                d.summary.lost
+            ));
+            out.push_str(&format!("Image:      {}\n", t.image));
+            if !t.command.is_empty() {
+                out.push_str(&format!("Command:    {:?}\n", t.command));
+            }
+            if !t.args.is_empty() {
+                out.push_str(&format!("Args:       {:?}\n", t.args));
+            }
+            out.push_str(&format!(
+                "Resources:  cpu {}, memory {}\n",
+                format_cpu(t.resources.cpu_millis),
+                format_memory(t.resources.memory_bytes)
+            ));
+            out.push_str(&format!("Network:    {}\n", t.network.as_str()));
+            if !t.env.is_empty() {
+                let keys: Vec<&str> = t.env.keys().map(String::as_str).collect();
+                out.push_str(&format!("Env:        {}\n", keys.join(", ")));
+            }
+        }
+        None => out.push_str(&format!("Name:       {name} (deleted; allocations remain)\n")),
+    }
+    if let Some(e) = &d.latest_eval {
+        out.push_str(&format!("Evaluation: {} ({})\n", e.status, e.trigger));
+        if !e.message.is_empty() {
+            out.push_str(&format!("Placement:  {}\n", e.message));
+        }
+    }
+    out.push_str("\nAllocations:\n");
+    if d.allocs.is_empty() {
+        out.push_str("  (none)\n");
+    } else {
+        let rows: Vec<Vec<String>> = d
+            .allocs
+            .iter()
+            .map(|a| {
+                vec![
+                    a.short_id().to_string(),
+                    a.replica.to_string(),
+                    a.job_version.to_string(),
+                    a.node.clone(),
+                    match a.desired {
+                        skiff_model::DesiredStatus::Run => "run".into(),
+                        skiff_model::DesiredStatus::Stop => "stop".into(),
+                    },
+                    a.status.as_str().to_string(),
+                    a.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                    a.message.clone(),
+                ]
+            })
+            .collect();
+        for line in table(
+            &["ID", "REPLICA", "VERSION", "NODE", "DESIRED", "STATUS", "EXIT", "MESSAGE"],
+            &rows,
+        )
+        .lines()
+        {
+            out.push_str("  ");
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    print!("{out}");
+    Ok(())
+}
+
+pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.client).await?;
+    let mut reader = client
+        .logs(&args.alloc, args.follow, args.tail, args.stderr)
+        .await?;
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    while let Some((which, data)) = reader.next().await? {
+        let result = match which {
+            LogStream::Stdout => stdout.lock().write_all(&data).and_then(|_| stdout.lock().flush()),
+            LogStream::Stderr => stderr.lock().write_all(&data),
+        };
+        if result.is_err() {
+            break; // the reader closed the pipe (e.g. `| head`)
+        }
+    }
+    Ok(())
+}
+
+pub async fn delete(what: DeleteWhat) -> anyhow::Result<()> {
+    let DeleteWhat::Job { name, client } = what;
+    connect(&client).await?.delete_job(&name).await?;
+    println!("job/{name} deleted");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_layout_paths_become_absolute() {
+        assert_eq!(normalize(Path::new("/a/./b/../c")), "/a/c");
+        assert_eq!(normalize(Path::new("/")), "/");
+    }
+}

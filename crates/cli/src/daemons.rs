@@ -1,0 +1,272 @@
+//! `skiff server`, `skiff agent`, `skiff dev` and the hidden `skiff shim`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use skiff_agent::AgentConfig;
+use skiff_server::ServerConfig;
+use skiff_store::RaftConfig;
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// Where the Raft log (`raft/`) and the state (`state/`) live.
+    #[arg(long, default_value = "/var/lib/skiff/server")]
+    data_dir: PathBuf,
+    /// Address for the client and node APIs. Port 0 picks a free port
+    /// (written to DATA_DIR/api.addr).
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    api: SocketAddr,
+    /// This server's Raft id.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    id: u64,
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// Server API address(es), comma-separated.
+    #[arg(long, env = "SKIFF_SERVER", default_value = skiff_client::DEFAULT_SERVER, value_delimiter = ',')]
+    server: Vec<String>,
+    /// Where containers, logs and the image cache live.
+    #[arg(long, default_value = "/var/lib/skiff/agent")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    node: NodeOpts,
+    /// Address of the agent's own API (logs). Port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:7702")]
+    listen: SocketAddr,
+    /// Address the servers use to reach this agent (default: the --listen address).
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
+}
+
+#[derive(Args)]
+struct NodeOpts {
+    /// Node name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Node label, KEY=VALUE; repeat for several.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Container runtime: `runc` or a path to a runc-compatible binary.
+    #[arg(long, default_value = "runc")]
+    runtime: PathBuf,
+    /// Time between SIGTERM and SIGKILL when a container is stopped (e.g. 10s, 500ms, 1m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    stop_grace: Duration,
+}
+
+#[derive(Args)]
+pub struct DevArgs {
+    /// Holds `server/` and `agent/`.
+    #[arg(long, default_value = "/var/lib/skiff/dev")]
+    data_dir: PathBuf,
+    /// Address for the client API.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    api: SocketAddr,
+    #[command(flatten)]
+    node: NodeOpts,
+}
+
+#[derive(Args)]
+pub struct ShimCli {
+    #[arg(long)]
+    id: String,
+    #[arg(long)]
+    bundle: PathBuf,
+    #[arg(long)]
+    state_dir: PathBuf,
+    #[arg(long)]
+    runtime: PathBuf,
+    #[arg(long)]
+    runtime_root: PathBuf,
+    #[arg(long)]
+    stdout: PathBuf,
+    #[arg(long)]
+    stderr: PathBuf,
+}
+
+impl ShimCli {
+    pub fn to_shim_args(&self) -> skiff_agent::shim::ShimArgs {
+        skiff_agent::shim::ShimArgs {
+            id: self.id.clone(),
+            bundle: self.bundle.clone(),
+            state_dir: self.state_dir.clone(),
+            runtime: self.runtime.clone(),
+            runtime_root: self.runtime_root.clone(),
+            stdout: self.stdout.clone(),
+            stderr: self.stderr.clone(),
+        }
+    }
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} must be KEY=VALUE with a non-empty KEY")),
+    }
+}
+
+/// `500ms`, `10s`, `2m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{s:?} needs a unit: ms, s, m or h (e.g. 10s)"))?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 10s, 500ms, 1m)"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
+    };
+    Ok(d)
+}
+
+fn init_logging() {
+    use std::io::IsTerminal;
+    // raft-rs logs through slog, bridged to the `slog` target; its routine
+    // lines are noise at info level.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,slog=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn server_config(data_dir: PathBuf, api: SocketAddr, id: u64) -> ServerConfig {
+    ServerConfig {
+        data_dir,
+        api_addr: api,
+        raft: RaftConfig {
+            id,
+            ..RaftConfig::default()
+        },
+    }
+}
+
+fn agent_config(
+    servers: Vec<String>,
+    data_dir: PathBuf,
+    node: NodeOpts,
+    listen: SocketAddr,
+    advertise: Option<SocketAddr>,
+) -> anyhow::Result<AgentConfig> {
+    let shim_program =
+        std::env::current_exe().context("cannot find the skiff binary to start shims")?;
+    let labels: BTreeMap<String, String> = node.labels.into_iter().collect();
+    Ok(AgentConfig {
+        servers,
+        data_dir,
+        name: node.name.unwrap_or_else(skiff_agent::host::hostname),
+        labels,
+        listen,
+        advertise,
+        runtime: node.runtime,
+        shim_program,
+        shim_prefix: vec!["shim".into()],
+        stop_grace: node.stop_grace,
+        reserved: skiff_model::Resources::ZERO,
+    })
+}
+
+pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    init_logging();
+    let cfg = server_config(args.data_dir, args.api, args.id);
+    let (running, listener) = skiff_server::start(&cfg).await?;
+    skiff_server::serve(running, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    init_logging();
+    let cfg = agent_config(args.server, args.data_dir, args.node, args.listen, args.advertise)?;
+    skiff_agent::run(cfg, shutdown_signal()).await?;
+    Ok(())
+}
+
+pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    init_logging();
+    let server_cfg = server_config(args.data_dir.join("server"), args.api, 1);
+    let (running, listener) = skiff_server::start(&server_cfg).await?;
+    let url = format!("http://{}", running.api_addr);
+    let agent_cfg = agent_config(
+        vec![url.clone()],
+        args.data_dir.join("agent"),
+        args.node,
+        "127.0.0.1:0".parse().expect("valid address"),
+        None,
+    )?;
+    tracing::info!(api = %url, data_dir = %args.data_dir.display(), "skiff dev: one server and one agent in this process");
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut server_stop = stop_tx.subscribe();
+    let mut agent_stop = stop_tx.subscribe();
+    let mut server = tokio::spawn(skiff_server::serve(running, listener, async move {
+        let _ = server_stop.recv().await;
+    }));
+    let mut agent = tokio::spawn(skiff_agent::run(agent_cfg, async move {
+        let _ = agent_stop.recv().await;
+    }));
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        r = &mut agent => {
+            let _ = stop_tx.send(());
+            r.context("the agent panicked")??;
+            anyhow::bail!("the agent stopped");
+        }
+        r = &mut server => {
+            let _ = stop_tx.send(());
+            r.context("the server panicked")??;
+            anyhow::bail!("the server stopped");
+        }
+    }
+    let _ = stop_tx.send(());
+    let _ = agent.await;
+    server.await.context("the server panicked")??;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_need_a_unit_and_say_so() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("10").unwrap_err().contains("needs a unit"));
+        assert!(parse_duration("10d").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn labels_are_key_value() {
+        assert_eq!(parse_label("zone=a"), Ok(("zone".into(), "a".into())));
+        assert_eq!(parse_label("gpu="), Ok(("gpu".into(), String::new())));
+        assert!(parse_label("=a").is_err());
+        assert!(parse_label("zone").is_err());
+    }
+}

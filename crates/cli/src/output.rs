@@ -1,0 +1,205 @@
+//! Tables, JSON and YAML for the client commands.
+
+use serde::Serialize;
+use skiff_client::{JobSummary, NodeInfo};
+use skiff_model::quantity::{format_cpu, format_memory_human};
+use skiff_model::{Allocation, Job};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Yaml,
+}
+
+/// An allocation as `-o json|yaml` shows it.
+#[derive(Serialize)]
+pub struct AllocOut<'a> {
+    pub id: &'a str,
+    pub job: &'a str,
+    pub job_version: u64,
+    pub replica: u32,
+    pub node: &'a str,
+    pub desired: &'static str,
+    pub status: &'static str,
+    pub exit_code: Option<i32>,
+    pub message: &'a str,
+    pub image: String,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+impl<'a> From<&'a Allocation> for AllocOut<'a> {
+    fn from(a: &'a Allocation) -> Self {
+        AllocOut {
+            id: &a.id,
+            job: &a.job,
+            job_version: a.job_version,
+            replica: a.replica,
+            node: &a.node,
+            desired: match a.desired {
+                skiff_model::DesiredStatus::Run => "run",
+                skiff_model::DesiredStatus::Stop => "stop",
+            },
+            status: a.status.as_str(),
+            exit_code: a.exit_code,
+            message: &a.message,
+            image: a.task.image.to_string(),
+            create_index: a.create_index,
+            modify_index: a.modify_index,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct NodeOut<'a> {
+    pub name: &'a str,
+    pub status: &'static str,
+    /// Allocatable CPU, as a quantity.
+    pub cpu: String,
+    /// Allocatable memory, as a quantity.
+    pub memory: String,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub cpu_used_millis: u64,
+    pub memory_used_bytes: u64,
+    pub address: &'a str,
+    pub labels: &'a std::collections::BTreeMap<String, String>,
+    pub heartbeat_age_ms: Option<u64>,
+    pub agent_version: &'a str,
+}
+
+impl<'a> From<&'a NodeInfo> for NodeOut<'a> {
+    fn from(n: &'a NodeInfo) -> Self {
+        let a = n.node.allocatable;
+        NodeOut {
+            name: &n.node.name,
+            status: n.node.status.as_str(),
+            cpu: format_cpu(a.cpu_millis),
+            memory: format_memory_human(a.memory_bytes),
+            cpu_millis: a.cpu_millis,
+            memory_bytes: a.memory_bytes,
+            cpu_used_millis: n.used.cpu_millis,
+            memory_used_bytes: n.used.memory_bytes,
+            address: &n.node.address,
+            labels: &n.node.labels,
+            heartbeat_age_ms: n.heartbeat_age.map(|d| d.as_millis() as u64),
+            agent_version: &n.node.agent_version,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct JobOut<'a> {
+    pub name: &'a str,
+    pub version: u64,
+    pub replicas: u32,
+    pub running: u32,
+    pub pending: u32,
+    pub complete: u32,
+    pub failed: u32,
+    pub lost: u32,
+    pub image: String,
+    pub spec: &'a skiff_model::JobSpec,
+}
+
+impl<'a> JobOut<'a> {
+    pub fn new(job: &'a Job, s: &JobSummary) -> Self {
+        JobOut {
+            name: &job.spec.name,
+            version: job.version,
+            replicas: job.spec.replicas,
+            running: s.running,
+            pending: s.pending,
+            complete: s.complete,
+            failed: s.failed,
+            lost: s.lost,
+            image: job.spec.task.image.to_string(),
+            spec: &job.spec,
+        }
+    }
+}
+
+/// Prints a list in the chosen format. JSON is always an array.
+pub fn print_list<T: Serialize>(
+    format: Format,
+    items: &[T],
+    headers: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<()> {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(items)?),
+        Format::Yaml => print!("{}", serde_yaml_ng::to_string(items)?),
+        Format::Table => {
+            let rows: Vec<Vec<String>> = items.iter().map(row).collect();
+            print!("{}", table(headers, &rows));
+        }
+    }
+    Ok(())
+}
+
+/// Left-aligned columns separated by three spaces.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, cell) in r.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                l.push_str(&format!("{c:<w$}   ", w = widths[i]));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(headers.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// `3s`, `2m`, `1h` — how long ago, roughly.
+pub fn age(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    if s < 1 {
+        format!("{}ms", d.as_millis())
+    } else if s < 120 {
+        format!("{s}s")
+    } else if s < 7200 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{}h", s / 3600)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let t = table(
+            &["NAME", "STATUS"],
+            &[vec!["a".into(), "running".into()], vec!["longer".into(), "x".into()]],
+        );
+        assert_eq!(t, "NAME     STATUS\na        running\nlonger   x\n");
+    }
+
+    #[test]
+    fn ages_are_short() {
+        use std::time::Duration;
+        assert_eq!(age(Duration::from_millis(250)), "250ms");
+        assert_eq!(age(Duration::from_secs(5)), "5s");
+        assert_eq!(age(Duration::from_secs(300)), "5m");
+    }
+}

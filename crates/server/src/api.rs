@@ -1,0 +1,273 @@
+//! The `Cluster` service: what the CLI and operators' tools call.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use skiff_model::{AllocStatus, Allocation, JobSpec, SpecError};
+use skiff_proto::pb;
+use skiff_store::{Command, Outcome, Store};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use crate::nodes::Heartbeats;
+use crate::store_status;
+
+pub struct ClusterApi {
+    store: Store,
+    heartbeats: Arc<Heartbeats>,
+}
+
+impl ClusterApi {
+    pub fn new(store: Store, heartbeats: Arc<Heartbeats>) -> Self {
+        ClusterApi { store, heartbeats }
+    }
+}
+
+/// A refused spec: INVALID_ARGUMENT with every broken rule, one per line.
+pub(crate) fn invalid_spec(e: SpecError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+pub(crate) fn summary(job: Option<&skiff_model::Job>, allocs: &[&Allocation]) -> pb::JobSummary {
+    let mut s = pb::JobSummary {
+        desired: job.map_or(0, |j| j.spec.replicas),
+        ..Default::default()
+    };
+    for a in allocs {
+        // Count what the job is now: not allocations being stopped, and
+        // not those of an earlier job of the same name.
+        if a.desired == skiff_model::DesiredStatus::Stop && !a.status.is_terminal() {
+            continue;
+        }
+        if job.is_some_and(|j| a.create_index < j.create_index) {
+            continue;
+        }
+        match a.status {
+            AllocStatus::Pending => s.pending += 1,
+            AllocStatus::Running => s.running += 1,
+            AllocStatus::Complete => s.complete += 1,
+            AllocStatus::Failed => s.failed += 1,
+            AllocStatus::Lost => s.lost += 1,
+        }
+    }
+    s
+}
+
+fn check_name(field: &str, name: &str) -> Result<(), Status> {
+    if name.is_empty() {
+        return Err(Status::invalid_argument(format!("{field}: is required")));
+    }
+    if name.len() > 253 {
+        return Err(Status::invalid_argument(format!(
+            "{field}: must be at most 253 characters"
+        )));
+    }
+    Ok(())
+}
+
+type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterApi {
+    async fn apply_job(
+        &self,
+        req: Request<pb::ApplyJobRequest>,
+    ) -> Result<Response<pb::ApplyJobResponse>, Status> {
+        let wire = req
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec: is required"))?;
+        let spec = JobSpec::try_from(wire).map_err(|e| invalid_spec(e.into()))?;
+        spec.validate().map_err(invalid_spec)?;
+        if spec.task.image.is_relative() {
+            return Err(invalid_spec(SpecError::Invalid(vec![skiff_model::FieldError::new(
+                "task.image",
+                format!(
+                    "{} must name an absolute layout path (the CLI resolves relative paths; other clients must send absolute ones)",
+                    spec.task.image
+                ),
+            )])));
+        }
+        let name = spec.name.clone();
+        let outcome = self
+            .store
+            .propose(&Command::UpsertJob { spec })
+            .await
+            .map_err(store_status)?;
+        match outcome {
+            Outcome::JobUpserted { job, changed } => {
+                tracing::info!(job = %name, version = job.version, changed, "job applied");
+                Ok(Response::new(pb::ApplyJobResponse {
+                    job: Some((&job).into()),
+                    changed,
+                    index: job.modify_index,
+                }))
+            }
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn delete_job(
+        &self,
+        req: Request<pb::DeleteJobRequest>,
+    ) -> Result<Response<pb::DeleteJobResponse>, Status> {
+        let name = req.into_inner().name;
+        check_name("name", &name)?;
+        let outcome = self
+            .store
+            .propose(&Command::DeleteJob { name: name.clone() })
+            .await
+            .map_err(store_status)?;
+        match outcome {
+            Outcome::JobDeleted => {
+                tracing::info!(job = %name, "job deleted");
+                Ok(Response::new(pb::DeleteJobResponse {
+                    index: self.store.state().index,
+                }))
+            }
+            Outcome::Refused(why) => Err(Status::not_found(why)),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn get_job(
+        &self,
+        req: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::GetJobResponse>, Status> {
+        let name = req.into_inner().name;
+        check_name("name", &name)?;
+        let state = self.store.state();
+        let job = state.jobs.get(&name);
+        let allocs = state.allocs_of_job(&name);
+        if job.is_none() && allocs.is_empty() {
+            return Err(Status::not_found(format!("job {name:?} not found")));
+        }
+        Ok(Response::new(pb::GetJobResponse {
+            job: job.map(Into::into),
+            summary: Some(summary(job, &allocs)),
+            allocs: allocs.iter().map(|a| (*a).into()).collect(),
+            latest_eval: state.latest_eval(&name).map(Into::into),
+        }))
+    }
+
+    async fn list_jobs(
+        &self,
+        _req: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let state = self.store.state();
+        let jobs = state
+            .jobs
+            .values()
+            .map(|j| pb::JobListItem {
+                job: Some(j.into()),
+                summary: Some(summary(Some(j), &state.allocs_of_job(j.name()))),
+            })
+            .collect();
+        Ok(Response::new(pb::ListJobsResponse { jobs }))
+    }
+
+    async fn list_allocs(
+        &self,
+        req: Request<pb::ListAllocsRequest>,
+    ) -> Result<Response<pb::ListAllocsResponse>, Status> {
+        let f = req.into_inner();
+        let state = self.store.state();
+        let mut allocs: Vec<&Allocation> = state
+            .allocs
+            .values()
+            .filter(|a| f.job.is_empty() || a.job == f.job)
+            .filter(|a| f.node.is_empty() || a.node == f.node)
+            .collect();
+        allocs.sort_by(|a, b| {
+            (&a.job, a.replica, a.create_index).cmp(&(&b.job, b.replica, b.create_index))
+        });
+        Ok(Response::new(pb::ListAllocsResponse {
+            allocs: allocs.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn list_nodes(
+        &self,
+        _req: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let state = self.store.state();
+        let nodes = state
+            .nodes
+            .values()
+            .map(|n| pb::NodeListItem {
+                node: Some(n.into()),
+                heartbeat_age_ms: self
+                    .heartbeats
+                    .age(&n.name)
+                    .map(|d| d.as_millis() as u64),
+                used: Some(skiff_model::fit::used_on(&n.name, state.allocs.values()).into()),
+            })
+            .collect();
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    type LogsStream = LogStream;
+
+    async fn logs(
+        &self,
+        req: Request<pb::LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        let r = req.into_inner();
+        check_name("alloc_id", &r.alloc_id)?;
+        let (alloc_id, address) = {
+            let state = self.store.state();
+            let alloc = resolve_alloc(&state, &r.alloc_id)?;
+            let node = state.nodes.get(&alloc.node).ok_or_else(|| {
+                Status::not_found(format!("node {:?} of the allocation is gone", alloc.node))
+            })?;
+            (alloc.id.clone(), node.address.clone())
+        };
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| Status::internal(format!("bad agent address {address:?}: {e}")))?
+            .connect_timeout(std::time::Duration::from_secs(5));
+        let channel = endpoint.connect().await.map_err(|e| {
+            Status::unavailable(format!("cannot reach the agent at {address}: {e}"))
+        })?;
+        let mut agent = pb::agent_api_client::AgentApiClient::new(channel);
+        let upstream = agent
+            .logs(pb::LogsRequest { alloc_id, ..r })
+            .await?
+            .into_inner();
+        let stream: LogStream = Box::pin(upstream.map(|item| item));
+        Ok(Response::new(stream))
+    }
+
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let s = self.store.status();
+        Ok(Response::new(pb::StatusResponse {
+            id: s.id,
+            leader_id: s.leader_id,
+            term: s.term,
+            commit_index: s.commit,
+            applied_index: s.applied,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }))
+    }
+}
+
+/// Finds an allocation by its id or by a unique prefix of it (as tables
+/// show the first 8 characters).
+pub(crate) fn resolve_alloc<'s>(
+    state: &'s skiff_store::State,
+    id: &str,
+) -> Result<&'s Allocation, Status> {
+    if let Some(a) = state.allocs.get(id) {
+        return Ok(a);
+    }
+    let mut matches = state.allocs.range(id.to_string()..).take_while(|(k, _)| k.starts_with(id));
+    match (matches.next(), matches.next()) {
+        (Some((_, a)), None) => Ok(a),
+        (Some(_), Some(_)) => Err(Status::invalid_argument(format!(
+            "alloc_id: prefix {id:?} matches several allocations; give more characters"
+        ))),
+        (None, _) => Err(Status::not_found(format!("allocation {id:?} not found"))),
+    }
+}

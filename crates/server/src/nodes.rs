@@ -1,0 +1,225 @@
+//! The `NodeApi` service agents call, and the in-memory heartbeat table.
+//!
+//! Heartbeats never go through Raft: they only refresh a timestamp in the
+//! memory of the server that receives them.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use skiff_model::Allocation;
+use skiff_proto::pb;
+use skiff_store::command::{AllocUpdate, NodeRegistration};
+use skiff_store::{Command, Store};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::store_status;
+
+/// How often agents are asked to heartbeat.
+pub const HEARTBEAT_TTL: Duration = Duration::from_secs(5);
+/// Most status updates accepted in one request.
+const MAX_UPDATES: usize = 10_000;
+
+#[derive(Default)]
+pub struct Heartbeats {
+    last: Mutex<HashMap<String, Instant>>,
+}
+
+impl Heartbeats {
+    pub fn beat(&self, node: &str) {
+        self.last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.to_string(), Instant::now());
+    }
+
+    /// Time since the node's last heartbeat, if this server saw one.
+    pub fn age(&self, node: &str) -> Option<Duration> {
+        self.last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+            .map(|t| t.elapsed())
+    }
+}
+
+pub struct NodeService {
+    store: Store,
+    heartbeats: std::sync::Arc<Heartbeats>,
+}
+
+impl NodeService {
+    pub fn new(store: Store, heartbeats: std::sync::Arc<Heartbeats>) -> Self {
+        NodeService { store, heartbeats }
+    }
+}
+
+/// Node names: host-name characters, 1 to 253 of them.
+fn check_node_name(name: &str) -> Result<(), Status> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "name: {name:?} must be 1 to 253 letters, digits, '-', '.' or '_'"
+        )))
+    }
+}
+
+type AllocStream = Pin<Box<dyn Stream<Item = Result<pb::AllocationSet, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::node_api_server::NodeApi for NodeService {
+    async fn register(
+        &self,
+        req: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let r = req.into_inner();
+        check_node_name(&r.name)?;
+        let capacity: skiff_model::Resources = r
+            .capacity
+            .ok_or_else(|| Status::invalid_argument("capacity: is required"))?
+            .into();
+        if capacity.cpu_millis == 0 || capacity.memory_bytes == 0 {
+            return Err(Status::invalid_argument(
+                "capacity: cpu and memory must both be more than 0",
+            ));
+        }
+        if r.address.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Status::invalid_argument(format!(
+                "address: {:?} must be IP:PORT",
+                r.address
+            )));
+        }
+        for key in r.labels.keys() {
+            if key.is_empty() || key.len() > 253 {
+                return Err(Status::invalid_argument(format!(
+                    "labels: key {key:?} must be 1 to 253 characters"
+                )));
+            }
+        }
+        let registration = NodeRegistration {
+            name: r.name.clone(),
+            labels: r.labels,
+            capacity,
+            reserved: r.reserved.map(Into::into).unwrap_or_default(),
+            address: r.address,
+            agent_version: r.agent_version,
+        };
+        self.store
+            .propose(&Command::RegisterNode { registration })
+            .await
+            .map_err(store_status)?;
+        self.heartbeats.beat(&r.name);
+        tracing::info!(node = %r.name, "node registered");
+        Ok(Response::new(pb::RegisterResponse {
+            index: self.store.state().index,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let name = req.into_inner().name;
+        check_node_name(&name)?;
+        if !self.store.state().nodes.contains_key(&name) {
+            return Err(Status::not_found(format!(
+                "node {name:?} is not registered; register first"
+            )));
+        }
+        self.heartbeats.beat(&name);
+        Ok(Response::new(pb::HeartbeatResponse {
+            ttl_ms: HEARTBEAT_TTL.as_millis() as u64,
+        }))
+    }
+
+    type WatchAllocationsStream = AllocStream;
+
+    async fn watch_allocations(
+        &self,
+        req: Request<pb::WatchAllocationsRequest>,
+    ) -> Result<Response<Self::WatchAllocationsStream>, Status> {
+        let r = req.into_inner();
+        check_node_name(&r.node)?;
+        let store = self.store.clone();
+        let mut applied = store.subscribe();
+        let node = r.node;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            // Send the node's allocations whenever any of them changes.
+            let mut last_sent: Option<(u64, usize)> = None;
+            loop {
+                let (set, fingerprint) = {
+                    let state = store.state();
+                    let allocs: Vec<&Allocation> = state.allocs_on_node(&node);
+                    let fp = (
+                        allocs.iter().map(|a| a.modify_index).max().unwrap_or(0),
+                        allocs.len(),
+                    );
+                    let set = pb::AllocationSet {
+                        index: state.index,
+                        allocs: allocs.into_iter().map(Into::into).collect(),
+                    };
+                    (set, fp)
+                };
+                if last_sent != Some(fingerprint) && set.index >= r.min_index {
+                    if tx.send(Ok(set)).await.is_err() {
+                        return; // the agent went away
+                    }
+                    last_sent = Some(fingerprint);
+                }
+                if applied.changed().await.is_err() {
+                    let _ = tx
+                        .send(Err(Status::unavailable("the server is shutting down")))
+                        .await;
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn update_alloc_status(
+        &self,
+        req: Request<pb::UpdateAllocStatusRequest>,
+    ) -> Result<Response<pb::UpdateAllocStatusResponse>, Status> {
+        let r = req.into_inner();
+        check_node_name(&r.node)?;
+        if r.updates.len() > MAX_UPDATES {
+            return Err(Status::invalid_argument(format!(
+                "updates: {} entries; at most {MAX_UPDATES} per request",
+                r.updates.len()
+            )));
+        }
+        let mut updates = Vec::with_capacity(r.updates.len());
+        for (i, u) in r.updates.into_iter().enumerate() {
+            let status = skiff_proto::alloc_status_from_wire(u.status, &format!("updates[{i}].status"))
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            updates.push(AllocUpdate {
+                alloc_id: u.alloc_id,
+                status,
+                exit_code: u.exit_code,
+                message: u.message.chars().take(1024).collect(),
+            });
+        }
+        self.store
+            .propose(&Command::UpdateAllocStatus {
+                node: r.node,
+                updates,
+            })
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::UpdateAllocStatusResponse {
+            index: self.store.state().index,
+        }))
+    }
+}
