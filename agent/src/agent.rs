@@ -104,7 +104,10 @@ impl Servers {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
         ) && self.channels.len() > 1
         {
-            let i = self.current.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let i = self
+                .current
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
             tracing::info!(server = %self.channels[i % self.channels.len()].0, "failing over");
         }
     }
@@ -118,11 +121,17 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     if !crate::sys::is_root() {
         return Err(AgentError::NotRoot);
     }
-    let runtime_binary =
-        find_program(&cfg.runtime).ok_or_else(|| AgentError::RuntimeMissing(cfg.runtime.clone()))?;
+    let runtime_binary = find_program(&cfg.runtime)
+        .ok_or_else(|| AgentError::RuntimeMissing(cfg.runtime.clone()))?;
     let paths = Paths::new(&cfg.data_dir);
-    for dir in [paths.containers(), paths.images(), paths.runtime_root(), paths.root().join("logs")] {
-        std::fs::create_dir_all(&dir).map_err(|source| AgentError::DataDir { path: dir, source })?;
+    for dir in [
+        paths.containers(),
+        paths.images(),
+        paths.runtime_root(),
+        paths.root().join("logs"),
+    ] {
+        std::fs::create_dir_all(&dir)
+            .map_err(|source| AgentError::DataDir { path: dir, source })?;
     }
     let servers = Servers::new(&cfg.servers)?;
 
@@ -137,7 +146,8 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         source,
     })?;
     let advertise = cfg.advertise.unwrap_or(bound);
-    let logs = pb::agent_api_server::AgentApiServer::new(crate::logs::LogService::new(paths.clone()));
+    let logs =
+        pb::agent_api_server::AgentApiServer::new(crate::logs::LogService::new(paths.clone()));
     let log_server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(logs)
@@ -161,7 +171,13 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         shim_prefix: cfg.shim_prefix.clone(),
     });
     let (events_tx, events_rx) = mpsc::channel(64);
-    let mut rec = Reconciler::new(runtime, paths, runtime_binary, cfg.stop_grace, events_tx.clone());
+    let mut rec = Reconciler::new(
+        runtime,
+        paths,
+        runtime_binary,
+        cfg.stop_grace,
+        events_tx.clone(),
+    );
     rec.adopt().await;
 
     let node = cfg.name.clone();

@@ -86,7 +86,8 @@ pub fn resolve_env(alloc: &Allocation, image: &ImageConfig) -> Vec<String> {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         env.insert(k.to_string(), v.to_string());
     }
-    env.entry("PATH".into()).or_insert_with(|| DEFAULT_PATH.into());
+    env.entry("PATH".into())
+        .or_insert_with(|| DEFAULT_PATH.into());
     for (k, v) in &alloc.task.env {
         env.insert(k.clone(), v.clone());
     }
@@ -132,7 +133,9 @@ pub fn resolve_user(user: Option<&str>, rootfs: &Path) -> Result<(u32, u32), Bun
                     .lines()
                     .find_map(|l| {
                         let f: Vec<&str> = l.split(':').collect();
-                        (f.len() >= 3 && f[0] == g).then(|| f[2].parse().ok()).flatten()
+                        (f.len() >= 3 && f[0] == g)
+                            .then(|| f[2].parse().ok())
+                            .flatten()
                     })
                     .ok_or_else(|| BundleError::UnknownUser { user: user.into() })?
             }
@@ -186,7 +189,12 @@ fn bind_ro(source: &str, dest: &str) -> Result<Mount, BundleError> {
         .destination(dest)
         .typ("bind")
         .source(source)
-        .options(vec!["rbind".to_string(), "ro".to_string(), "nosuid".to_string(), "nodev".to_string()])
+        .options(vec![
+            "rbind".to_string(),
+            "ro".to_string(),
+            "nosuid".to_string(),
+            "nodev".to_string(),
+        ])
         .build()?)
 }
 
@@ -246,7 +254,11 @@ pub fn build_spec(input: &BundleInput<'_>) -> Result<Spec, BundleError> {
                 .period(100_000u64)
                 .build()?,
         )
-        .pids(LinuxPidsBuilder::default().limit(DEFAULT_PIDS_LIMIT).build()?)
+        .pids(
+            LinuxPidsBuilder::default()
+                .limit(DEFAULT_PIDS_LIMIT)
+                .build()?,
+        )
         .build()?;
 
     let mut namespaces = vec![
@@ -286,7 +298,12 @@ pub fn build_spec(input: &BundleInput<'_>) -> Result<Spec, BundleError> {
     Ok(SpecBuilder::default()
         .version("1.0.2")
         .hostname(hostname)
-        .root(RootBuilder::default().path("rootfs").readonly(false).build()?)
+        .root(
+            RootBuilder::default()
+                .path("rootfs")
+                .readonly(false)
+                .build()?,
+        )
         .process(process)
         .mounts(mounts)
         .linux(linux)
@@ -342,9 +359,18 @@ mod tests {
     fn command_and_args_combine_like_kubernetes() {
         let img = image();
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        assert_eq!(resolve_args(&[], &[], &img).unwrap(), s(&["/entry", "serve"]));
-        assert_eq!(resolve_args(&[], &s(&["x"]), &img).unwrap(), s(&["/entry", "x"]));
-        assert_eq!(resolve_args(&s(&["sh"]), &s(&["-c", "true"]), &img).unwrap(), s(&["sh", "-c", "true"]));
+        assert_eq!(
+            resolve_args(&[], &[], &img).unwrap(),
+            s(&["/entry", "serve"])
+        );
+        assert_eq!(
+            resolve_args(&[], &s(&["x"]), &img).unwrap(),
+            s(&["/entry", "x"])
+        );
+        assert_eq!(
+            resolve_args(&s(&["sh"]), &s(&["-c", "true"]), &img).unwrap(),
+            s(&["sh", "-c", "true"])
+        );
         assert!(matches!(
             resolve_args(&[], &[], &ImageConfig::default()),
             Err(BundleError::NoCommand)
@@ -379,9 +405,16 @@ mod tests {
         let caps = process.capabilities().as_ref().unwrap();
         assert_eq!(caps.inheritable().as_ref().unwrap().len(), 0);
         assert_eq!(caps.ambient().as_ref().unwrap().len(), 0);
-        assert!(!caps.bounding().as_ref().unwrap().contains(&Capability::SysAdmin));
+        assert!(!caps
+            .bounding()
+            .as_ref()
+            .unwrap()
+            .contains(&Capability::SysAdmin));
         assert_eq!(process.cwd(), "/srv");
-        assert_eq!(linux.cgroups_path().as_ref().unwrap().to_str(), Some("/skiff/sk-1"));
+        assert_eq!(
+            linux.cgroups_path().as_ref().unwrap().to_str(),
+            Some("/skiff/sk-1")
+        );
         assert!(linux.masked_paths().as_ref().is_some_and(|m| !m.is_empty()));
     }
 
@@ -406,12 +439,22 @@ mod tests {
     fn image_users_resolve_through_the_rootfs() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("etc")).unwrap();
-        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nweb:x:1000:1001::/:/bin/sh\n").unwrap();
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nweb:x:1000:1001::/:/bin/sh\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
         assert_eq!(resolve_user(None, dir.path()).unwrap(), (0, 0));
         assert_eq!(resolve_user(Some("web"), dir.path()).unwrap(), (1000, 1001));
-        assert_eq!(resolve_user(Some("web:staff"), dir.path()).unwrap(), (1000, 50));
+        assert_eq!(
+            resolve_user(Some("web:staff"), dir.path()).unwrap(),
+            (1000, 50)
+        );
         assert_eq!(resolve_user(Some("7:8"), dir.path()).unwrap(), (7, 8));
-        assert!(matches!(resolve_user(Some("ghost"), dir.path()), Err(BundleError::UnknownUser { .. })));
+        assert!(matches!(
+            resolve_user(Some("ghost"), dir.path()),
+            Err(BundleError::UnknownUser { .. })
+        ));
     }
 }

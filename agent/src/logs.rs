@@ -152,7 +152,12 @@ impl pb::agent_api_server::AgentApi for LogService {
                     let chunks = match s.read_new() {
                         Ok(c) => c,
                         Err(e) => {
-                            let _ = tx.send(Err(Status::internal(format!("reading {}: {e}", s.path.display())))).await;
+                            let _ = tx
+                                .send(Err(Status::internal(format!(
+                                    "reading {}: {e}",
+                                    s.path.display()
+                                ))))
+                                .await;
                             return;
                         }
                     };

@@ -37,7 +37,10 @@ pub enum Phase {
     /// Stop requested; signals sent, waiting for the exit.
     Stopping,
     /// The container ended; `stopped` when it was stopped on request.
-    Exited { record: ExitRecord, stopped: bool },
+    Exited {
+        record: ExitRecord,
+        stopped: bool,
+    },
     /// Never ran, or its monitor was lost; the reason says which.
     Failed(String),
 }
@@ -63,9 +66,16 @@ pub struct Observed {
 pub enum Event {
     /// The full set of allocations the servers assigned to this node.
     Desired(Vec<Allocation>),
-    Started { id: String, result: Result<(), String> },
-    StopDone { id: String },
-    Cleaned { id: String },
+    Started {
+        id: String,
+        result: Result<(), String>,
+    },
+    StopDone {
+        id: String,
+    },
+    Cleaned {
+        id: String,
+    },
 }
 
 pub struct Reconciler<R: Runtime> {
@@ -127,7 +137,9 @@ impl<R: Runtime> Reconciler<R> {
                         // Running, but nobody will record its exit: stop it
                         // and report the loss rather than guess an exit code.
                         let _ = self.runtime.delete(&container_id(&id), true).await;
-                        Phase::Failed("the container's monitor died; the container was stopped".into())
+                        Phase::Failed(
+                            "the container's monitor died; the container was stopped".into(),
+                        )
                     }
                     _ => {
                         let _ = self.runtime.delete(&container_id(&id), true).await;
@@ -244,7 +256,9 @@ impl<R: Runtime> Reconciler<R> {
         let to_clean: Vec<String> = self
             .local
             .iter()
-            .filter(|(_, l)| !l.cleaned && matches!(l.phase, Phase::Exited { .. } | Phase::Failed(_)))
+            .filter(|(_, l)| {
+                !l.cleaned && matches!(l.phase, Phase::Exited { .. } | Phase::Failed(_))
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in to_clean {
@@ -338,7 +352,9 @@ impl<R: Runtime> Reconciler<R> {
             let result = start(&*runtime, &paths, &images, runtime_binary, &alloc).await;
             match &result {
                 Ok(()) => tracing::info!(alloc = %id, job = %alloc.job, "container started"),
-                Err(e) => tracing::warn!(alloc = %id, job = %alloc.job, error = %e, "container failed to start"),
+                Err(e) => {
+                    tracing::warn!(alloc = %id, job = %alloc.job, error = %e, "container failed to start")
+                }
             }
             let _ = events.send(Event::Started { id, result }).await;
         });
@@ -385,7 +401,11 @@ fn observe(a: &Allocation, phase: &Phase) -> Option<Observed> {
                 None => format!("exited with code {}", record.exit_code),
             };
             if by_request {
-                (AllocStatus::Complete, Some(record.exit_code), format!("stopped ({how})"))
+                (
+                    AllocStatus::Complete,
+                    Some(record.exit_code),
+                    format!("stopped ({how})"),
+                )
             } else if record.exit_code == 0 {
                 (AllocStatus::Complete, Some(0), how)
             } else {
@@ -440,7 +460,8 @@ async fn start<R: Runtime>(
         .map_err(|e| format!("writing config.json: {e}"))?;
 
     let log_dir = paths.log_dir(&alloc.id);
-    std::fs::create_dir_all(&log_dir).map_err(|e| format!("creating {}: {e}", log_dir.display()))?;
+    std::fs::create_dir_all(&log_dir)
+        .map_err(|e| format!("creating {}: {e}", log_dir.display()))?;
     let state_dir = paths.state_dir(&alloc.id);
     let _ = std::fs::remove_dir_all(&state_dir);
     let args = ShimArgs {
@@ -468,12 +489,19 @@ async fn stop<R: Runtime>(runtime: &R, cid: &str, state_dir: &std::path::Path, g
     if wait_until(exited, grace).await {
         return;
     }
-    tracing::info!(container = cid, ?grace, "still running after the grace period; sending SIGKILL");
+    tracing::info!(
+        container = cid,
+        ?grace,
+        "still running after the grace period; sending SIGKILL"
+    );
     if let Err(e) = runtime.kill(cid, "KILL").await {
         tracing::debug!(container = cid, error = %e, "SIGKILL failed");
     }
     if !wait_until(exited, Duration::from_secs(10)).await {
-        tracing::warn!(container = cid, "no exit recorded after SIGKILL; deleting by force");
+        tracing::warn!(
+            container = cid,
+            "no exit recorded after SIGKILL; deleting by force"
+        );
         let _ = runtime.delete(cid, true).await;
     }
 }

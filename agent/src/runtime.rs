@@ -50,8 +50,11 @@ pub trait Runtime: Send + Sync + 'static {
     fn kill(&self, id: &str, signal: &str)
         -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// Removes a stopped container (`force` kills it first).
-    fn delete(&self, id: &str, force: bool)
-        -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    fn delete(
+        &self,
+        id: &str,
+        force: bool,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     /// The container's state, `None` when the runtime does not know it.
     fn state(
         &self,
@@ -80,7 +83,12 @@ impl Runc {
         c
     }
 
-    async fn run(&self, verb: &'static str, id: &str, extra: &[&str]) -> Result<std::process::Output, RuntimeError> {
+    async fn run(
+        &self,
+        verb: &'static str,
+        id: &str,
+        extra: &[&str],
+    ) -> Result<std::process::Output, RuntimeError> {
         let mut c = self.command();
         c.arg(verb).args(extra).arg(id);
         c.output().await.map_err(|source| RuntimeError::Spawn {

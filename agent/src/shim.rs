@@ -136,7 +136,10 @@ fn monitor(args: &ShimArgs, mut report: std::io::PipeWriter) -> i32 {
         sys::redirect_stdio(&log)?;
         let me = std::process::id() as i32;
         let start = sys::process_start_time(me).unwrap_or(0);
-        write_atomic(&args.state_dir.join(SHIM_PID), format!("{me} {start}").as_bytes())
+        write_atomic(
+            &args.state_dir.join(SHIM_PID),
+            format!("{me} {start}").as_bytes(),
+        )
     };
     if let Err(e) = setup() {
         let _ = writeln!(report, "shim setup failed: {e}");
@@ -253,7 +256,8 @@ pub fn last_runtime_error(path: &Path) -> Option<String> {
     let text = fs::read_to_string(path).ok()?;
     text.lines().rev().find_map(|line| {
         let v: serde_json::Value = serde_json::from_str(line).ok()?;
-        (v.get("level")?.as_str()? == "error").then(|| v.get("msg")?.as_str().map(str::to_string))?
+        (v.get("level")?.as_str()? == "error")
+            .then(|| v.get("msg")?.as_str().map(str::to_string))?
     })
 }
 

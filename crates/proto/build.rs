@@ -8,9 +8,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", f.display());
     }
     if std::env::var_os("PROTOC").is_none() && which_protoc().is_none() {
-        return Err("protoc was not found: install it with `apt-get install protobuf-compiler` \
+        return Err(
+            "protoc was not found: install it with `apt-get install protobuf-compiler` \
                     (make run and make test do this), or set PROTOC to its path"
-            .into());
+                .into(),
+        );
     }
     tonic_prost_build::configure()
         .btree_map(".")

@@ -53,13 +53,16 @@ pub fn reconcile(job_name: &str, job: Option<&Job>, snap: &Snapshot<'_>) -> Plan
                 plan.stops.push(stop(a, "job updated"));
             }
         } else if a.status != skiff_model::AllocStatus::Lost {
-            if filled.contains_key(&a.replica) {
-                // Never two allocations for one slot: keep the first.
-                if !a.status.is_terminal() {
-                    plan.stops.push(stop(a, "duplicate replica"));
+            match filled.entry(a.replica) {
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(a);
                 }
-            } else {
-                filled.insert(a.replica, a);
+                // Never two allocations for one slot: keep the first.
+                std::collections::btree_map::Entry::Occupied(_) => {
+                    if !a.status.is_terminal() {
+                        plan.stops.push(stop(a, "duplicate replica"));
+                    }
+                }
             }
         }
     }

@@ -180,12 +180,20 @@ fn finished_replicas_are_not_replaced_but_lost_ones_are() {
         allocs: vec![&failed, &lost],
     };
     let plan = reconcile("web", Some(&j), &snap);
-    assert_eq!(plan.placements, vec![Placement { replica: 1, node: "a".into() }]);
+    assert_eq!(
+        plan.placements,
+        vec![Placement {
+            replica: 1,
+            node: "a".into()
+        }]
+    );
 }
 
 #[test]
 fn the_same_input_gives_the_same_plan() {
-    let nodes: Vec<Node> = (0..20).map(|i| node(&format!("n{i:02}"), 2000, 2048)).collect();
+    let nodes: Vec<Node> = (0..20)
+        .map(|i| node(&format!("n{i:02}"), 2000, 2048))
+        .collect();
     let j = job(30, "300m", "200Mi");
     let forward = Snapshot {
         nodes: nodes.iter().collect(),

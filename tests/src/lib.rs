@@ -1,1 +1,390 @@
-//! placeholder
+//! Harness for Skiff's end-to-end tests: starts real `skiff server` and
+//! `skiff agent` processes on loopback with temporary data directories,
+//! builds a real busybox OCI image with umoci, and cleans up the runc
+//! containers an agent leaves behind.
+//!
+//! The tests need root, runc, umoci and busybox-static (`make test`
+//! installs them). They fail, rather than skip, when something is missing.
+#![allow(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use skiff_client::Client;
+use skiff_model::{AllocStatus, Allocation, JobSpec};
+
+/// The `skiff` binary built next to this test (`make test` builds it first).
+pub fn skiff_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/skiff
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("skiff");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first with `cargo build -p skiff` (`make test` does)",
+        bin.display()
+    );
+    bin
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Fails the test early, with the reason, when the machine cannot run containers.
+pub fn require_container_host() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "end-to-end tests need root (runc does)"
+    );
+    for tool in ["runc", "umoci", "busybox"] {
+        assert!(
+            which(tool).is_some(),
+            "{tool} is not installed: run `make deps` (apt-get install runc umoci busybox-static)"
+        );
+    }
+}
+
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A busybox OCI layout built once per test process with umoci.
+pub fn busybox_layout() -> &'static Path {
+    static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
+    LAYOUT.get_or_init(|| {
+        require_container_host();
+        remove_stale_image_dirs();
+        let dir = std::env::temp_dir().join(format!("skiff-test-images-{}", std::process::id()));
+        let layout = dir.join("busybox");
+        let status = Command::new("bash")
+            .arg(repo_root().join("scripts/build-busybox-image.sh"))
+            .arg(&layout)
+            .arg("latest")
+            .stdout(Stdio::null())
+            .status()
+            .expect("run build-busybox-image.sh");
+        assert!(status.success(), "building the busybox image failed");
+        layout
+    })
+}
+
+/// Removes image directories left by test processes that have ended.
+fn remove_stale_image_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix("skiff-test-images-") {
+            if !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// `oci:LAYOUT:latest` for the test busybox image.
+pub fn busybox_image() -> String {
+    format!("oci:{}:latest", busybox_layout().display())
+}
+
+/// A job spec running `script` under `sh -c` in busybox.
+pub fn shell_job(name: &str, replicas: u32, script: &str) -> JobSpec {
+    let yaml = format!(
+        "name: {name}\nreplicas: {replicas}\ntask:\n  image: {}\n  command: [sh, -c, {}]\n  resources: {{cpu: 100m, memory: 32Mi}}\n",
+        busybox_image(),
+        serde_json::to_string(script).unwrap()
+    );
+    JobSpec::from_yaml(&yaml).expect("test spec is valid")
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics after `limit`
+/// with `what` and the last value seen.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A `skiff server` process.
+pub struct ServerProc {
+    pub data_dir: PathBuf,
+    pub addr: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl ServerProc {
+    /// Starts a server on a free loopback port.
+    pub fn start(data_dir: &Path) -> ServerProc {
+        Self::start_on(data_dir, "127.0.0.1:0")
+    }
+
+    /// Starts a server on `addr` (port 0 for a free one) and waits until it
+    /// reports the address it listens on.
+    pub fn start_on(data_dir: &Path, addr: &str) -> ServerProc {
+        std::fs::create_dir_all(data_dir).unwrap();
+        let addr_file = data_dir.join("api.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = data_dir.join("server.log");
+        let child = Command::new(skiff_bin())
+            .args(["server", "--api", addr, "--data-dir"])
+            .arg(data_dir)
+            .stdout(Stdio::null())
+            .stderr(log_file(&log))
+            .spawn()
+            .expect("spawn skiff server");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let bound = loop {
+            if let Ok(a) = std::fs::read_to_string(&addr_file) {
+                break a;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not start; its log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        ServerProc {
+            data_dir: data_dir.to_path_buf(),
+            addr: bound.trim().to_string(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn client(&self) -> Client {
+        let url = self.url();
+        wait_for(
+            "the server to accept connections",
+            Duration::from_secs(20),
+            || {
+                let url = url.clone();
+                async move { Client::connect(&url).await.ok() }
+            },
+        )
+        .await
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same address and data directory.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let again = ServerProc::start_on(&self.data_dir, &self.addr);
+        self.child = again.child_take();
+    }
+
+    fn child_take(mut self) -> Option<Child> {
+        self.child.take()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn log_file(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open log file")
+}
+
+/// A `skiff agent` process and the containers it started.
+pub struct AgentProc {
+    pub name: String,
+    pub data_dir: PathBuf,
+    server_url: String,
+    extra: Vec<String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl AgentProc {
+    pub fn start(data_dir: &Path, server_url: &str, name: &str, extra: &[&str]) -> AgentProc {
+        require_container_host();
+        let mut a = AgentProc {
+            name: name.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            server_url: server_url.to_string(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            log: data_dir.join("agent.log"),
+        };
+        a.spawn();
+        a
+    }
+
+    fn spawn(&mut self) {
+        std::fs::create_dir_all(&self.data_dir).unwrap();
+        let child = Command::new(skiff_bin())
+            .args(["agent", "--listen", "127.0.0.1:0", "--name", &self.name])
+            .arg("--server")
+            .arg(&self.server_url)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(log_file(&self.log))
+            .spawn()
+            .expect("spawn skiff agent");
+        self.child = Some(child);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn runc_root(&self) -> PathBuf {
+        self.data_dir.join("runc")
+    }
+
+    /// Containers runc knows under this agent's root: (id, pid, status).
+    pub fn containers(&self) -> Vec<(String, i64, String)> {
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(self.runc_root())
+            .args(["list", "--format", "json"])
+            .output()
+            .expect("runc list");
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|c| {
+                        (
+                            c["id"].as_str().unwrap_or_default().to_string(),
+                            c["pid"].as_i64().unwrap_or(0),
+                            c["status"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProc {
+    /// Kills the agent, then every container it left, and their shims.
+    fn drop(&mut self) {
+        self.kill9();
+        for (id, _, _) in self.containers() {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(self.runc_root())
+                .args(["delete", "--force", &id])
+                .output();
+        }
+    }
+}
+
+/// The allocations of `job`, from the server.
+pub async fn allocs_of(client: &mut Client, job: &str) -> Vec<Allocation> {
+    client
+        .list_allocs(Some(job), None)
+        .await
+        .unwrap_or_default()
+}
+
+/// Waits until `job` has `n` allocations wanted to run, all in `status`.
+pub async fn wait_allocs(
+    client: &mut Client,
+    job: &str,
+    n: usize,
+    status: AllocStatus,
+    limit: Duration,
+) -> Vec<Allocation> {
+    let what = format!("{n} allocation(s) of {job} to be {}", status.as_str());
+    let deadline = Instant::now() + limit;
+    loop {
+        let allocs: Vec<Allocation> = allocs_of(client, job)
+            .await
+            .into_iter()
+            .filter(|a| a.desired == skiff_model::DesiredStatus::Run)
+            .collect();
+        if allocs.len() == n && allocs.iter().all(|a| a.status == status) {
+            return allocs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last seen: {:#?}",
+            allocs
+                .iter()
+                .map(|a| (
+                    a.short_id().to_string(),
+                    a.status,
+                    a.exit_code,
+                    a.message.clone()
+                ))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The full stdout of an allocation, through the server's log relay.
+pub async fn stdout_of(client: &mut Client, alloc_id: &str) -> String {
+    match client.logs(alloc_id, false, 0, false).await {
+        Ok(r) => match r.collect().await {
+            Ok((out, _)) => String::from_utf8_lossy(&out).into_owned(),
+            Err(_) => String::new(),
+        },
+        Err(_) => String::new(),
+    }
+}

@@ -100,7 +100,8 @@ fn read_spec(file: &Path) -> anyhow::Result<JobSpec> {
             .context("reading the spec from standard input")?;
         s
     } else {
-        let meta = std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let meta =
+            std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;
         if meta.len() > skiff_model::MAX_SPEC_BYTES as u64 {
             bail!(
                 "{} is {} bytes; a spec may be at most {} bytes",
@@ -111,7 +112,8 @@ fn read_spec(file: &Path) -> anyhow::Result<JobSpec> {
         }
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
     };
-    let mut spec = JobSpec::from_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let mut spec =
+        JobSpec::from_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     if spec.task.image.is_relative() {
         let cwd = std::env::current_dir().context("cannot resolve the image path")?;
         let abs = cwd.join(&spec.task.image.path);
@@ -155,7 +157,10 @@ pub async fn apply(opts: &ClientOpts, file: &Path) -> anyhow::Result<()> {
     } else {
         "configured"
     };
-    println!("job/{} {what} (version {})", applied.job.spec.name, applied.job.version);
+    println!(
+        "job/{} {what} (version {})",
+        applied.job.spec.name, applied.job.version
+    );
     Ok(())
 }
 
@@ -167,7 +172,9 @@ pub async fn get(what: GetWhat) -> anyhow::Result<()> {
             print_list(
                 output,
                 &items,
-                &["NAME", "VERSION", "READY", "PENDING", "COMPLETE", "FAILED", "IMAGE"],
+                &[
+                    "NAME", "VERSION", "READY", "PENDING", "COMPLETE", "FAILED", "IMAGE",
+                ],
                 |j| {
                     vec![
                         j.name.to_string(),
@@ -195,7 +202,9 @@ pub async fn get(what: GetWhat) -> anyhow::Result<()> {
             print_list(
                 output,
                 &items,
-                &["ID", "JOB", "REPLICA", "NODE", "DESIRED", "STATUS", "EXIT", "MESSAGE"],
+                &[
+                    "ID", "JOB", "REPLICA", "NODE", "DESIRED", "STATUS", "EXIT", "MESSAGE",
+                ],
                 |a| {
                     vec![
                         a.id[..8.min(a.id.len())].to_string(),
@@ -204,7 +213,9 @@ pub async fn get(what: GetWhat) -> anyhow::Result<()> {
                         a.node.to_string(),
                         a.desired.to_string(),
                         a.status.to_string(),
-                        a.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                        a.exit_code
+                            .map(|c| c.to_string())
+                            .unwrap_or_else(|| "-".into()),
                         a.message.to_string(),
                     ]
                 },
@@ -216,7 +227,16 @@ pub async fn get(what: GetWhat) -> anyhow::Result<()> {
             print_list(
                 output,
                 &items,
-                &["NAME", "STATUS", "CPU", "MEMORY", "CPU USED", "MEMORY USED", "HEARTBEAT", "ADDRESS"],
+                &[
+                    "NAME",
+                    "STATUS",
+                    "CPU",
+                    "MEMORY",
+                    "CPU USED",
+                    "MEMORY USED",
+                    "HEARTBEAT",
+                    "ADDRESS",
+                ],
                 |n| {
                     vec![
                         n.name.to_string(),
@@ -272,7 +292,9 @@ pub async fn describe(what: DescribeWhat) -> anyhow::Result<()> {
                 out.push_str(&format!("Env:        {}\n", keys.join(", ")));
             }
         }
-        None => out.push_str(&format!("Name:       {name} (deleted; allocations remain)\n")),
+        None => out.push_str(&format!(
+            "Name:       {name} (deleted; allocations remain)\n"
+        )),
     }
     if let Some(e) = &d.latest_eval {
         out.push_str(&format!("Evaluation: {} ({})\n", e.status, e.trigger));
@@ -298,13 +320,17 @@ pub async fn describe(what: DescribeWhat) -> anyhow::Result<()> {
                         skiff_model::DesiredStatus::Stop => "stop".into(),
                     },
                     a.status.as_str().to_string(),
-                    a.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                    a.exit_code
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "-".into()),
                     a.message.clone(),
                 ]
             })
             .collect();
         for line in table(
-            &["ID", "REPLICA", "VERSION", "NODE", "DESIRED", "STATUS", "EXIT", "MESSAGE"],
+            &[
+                "ID", "REPLICA", "VERSION", "NODE", "DESIRED", "STATUS", "EXIT", "MESSAGE",
+            ],
             &rows,
         )
         .lines()
@@ -327,7 +353,10 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
     let stderr = std::io::stderr();
     while let Some((which, data)) = reader.next().await? {
         let result = match which {
-            LogStream::Stdout => stdout.lock().write_all(&data).and_then(|_| stdout.lock().flush()),
+            LogStream::Stdout => stdout
+                .lock()
+                .write_all(&data)
+                .and_then(|_| stdout.lock().flush()),
             LogStream::Stderr => stderr.lock().write_all(&data),
         };
         if result.is_err() {

@@ -202,7 +202,13 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
 
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     init_logging();
-    let cfg = agent_config(args.server, args.data_dir, args.node, args.listen, args.advertise)?;
+    let cfg = agent_config(
+        args.server,
+        args.data_dir,
+        args.node,
+        args.listen,
+        args.advertise,
+    )?;
     skiff_agent::run(cfg, shutdown_signal()).await?;
     Ok(())
 }

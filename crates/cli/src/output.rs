@@ -190,7 +190,10 @@ mod tests {
     fn tables_align_columns() {
         let t = table(
             &["NAME", "STATUS"],
-            &[vec!["a".into(), "running".into()], vec!["longer".into(), "x".into()]],
+            &[
+                vec!["a".into(), "running".into()],
+                vec!["longer".into(), "x".into()],
+            ],
         );
         assert_eq!(t, "NAME     STATUS\na        running\nlonger   x\n");
     }

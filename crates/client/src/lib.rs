@@ -212,7 +212,9 @@ impl Client {
             .map(|item| {
                 let job = item
                     .job
-                    .ok_or_else(|| WireError(vec![skiff_model::FieldError::new("job", "is required")]))?
+                    .ok_or_else(|| {
+                        WireError(vec![skiff_model::FieldError::new("job", "is required")])
+                    })?
                     .try_into()?;
                 Ok((job, item.summary.unwrap_or_default().into()))
             })
@@ -251,7 +253,9 @@ impl Client {
                 Ok(NodeInfo {
                     node: item
                         .node
-                        .ok_or_else(|| WireError(vec![skiff_model::FieldError::new("node", "is required")]))?
+                        .ok_or_else(|| {
+                            WireError(vec![skiff_model::FieldError::new("node", "is required")])
+                        })?
                         .try_into()?,
                     heartbeat_age: item.heartbeat_age_ms.map(Duration::from_millis),
                     used: item.used.map(Into::into).unwrap_or_default(),

@@ -26,7 +26,8 @@ pub fn parse_cpu(text: &str) -> Result<u64, QuantityError> {
             .parse::<u64>()
             .map_err(|_| QuantityError::TooLarge(text.to_string()));
     }
-    let (whole, frac) = split_decimal(t).ok_or_else(|| QuantityError::NotAQuantity(text.to_string()))?;
+    let (whole, frac) =
+        split_decimal(t).ok_or_else(|| QuantityError::NotAQuantity(text.to_string()))?;
     if frac.len() > 3 && frac[3..].bytes().any(|b| b != b'0') {
         return Err(QuantityError::TooFine(text.to_string()));
     }
@@ -154,7 +155,7 @@ pub fn format_memory_human(bytes: u64) -> String {
     for (suffix, size) in UNITS {
         if bytes >= *size {
             let tenths = (bytes as u128 * 10 + *size as u128 / 2) / *size as u128;
-            return if tenths % 10 == 0 {
+            return if tenths.is_multiple_of(10) {
                 format!("{}{}", tenths / 10, suffix)
             } else {
                 format!("{}.{}{}", tenths / 10, tenths % 10, suffix)
@@ -179,10 +180,22 @@ mod tests {
 
     #[test]
     fn cpu_refuses_garbage_and_sub_millicore_precision() {
-        assert!(matches!(parse_cpu("fast"), Err(QuantityError::NotAQuantity(_))));
-        assert!(matches!(parse_cpu("m"), Err(QuantityError::NotAQuantity(_))));
-        assert!(matches!(parse_cpu("-1"), Err(QuantityError::NotAQuantity(_))));
-        assert!(matches!(parse_cpu("0.0005"), Err(QuantityError::TooFine(_))));
+        assert!(matches!(
+            parse_cpu("fast"),
+            Err(QuantityError::NotAQuantity(_))
+        ));
+        assert!(matches!(
+            parse_cpu("m"),
+            Err(QuantityError::NotAQuantity(_))
+        ));
+        assert!(matches!(
+            parse_cpu("-1"),
+            Err(QuantityError::NotAQuantity(_))
+        ));
+        assert!(matches!(
+            parse_cpu("0.0005"),
+            Err(QuantityError::TooFine(_))
+        ));
         assert!(matches!(
             parse_cpu("99999999999999999999"),
             Err(QuantityError::TooLarge(_))

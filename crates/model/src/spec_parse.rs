@@ -14,7 +14,13 @@ use crate::quantity::{format_memory, parse_cpu, parse_memory};
 
 const JOB_FIELDS: &[&str] = &["name", "type", "replicas", "task"];
 const TASK_FIELDS: &[&str] = &[
-    "image", "command", "args", "env", "workdir", "resources", "network",
+    "image",
+    "command",
+    "args",
+    "env",
+    "workdir",
+    "resources",
+    "network",
 ];
 const RESOURCE_FIELDS: &[&str] = &["cpu", "memory"];
 /// Most CPU one task may ask for: 1024 cores.
@@ -102,7 +108,10 @@ fn string_list(v: &Value, path: &str, errs: &mut Errors) -> Vec<String> {
         return Vec::new();
     };
     if items.len() > MAX_ARGS {
-        errs.push(path, format!("has {} items; at most {MAX_ARGS}", items.len()));
+        errs.push(
+            path,
+            format!("has {} items; at most {MAX_ARGS}", items.len()),
+        );
         return Vec::new();
     }
     items
@@ -212,7 +221,10 @@ fn parse_task(v: &Value, path: &str, errs: &mut Errors) -> Option<TaskSpec> {
         let env_path = join(path, "env");
         if let Some(map) = as_object(v, &env_path, errs) {
             if map.len() > MAX_ENV {
-                errs.push(&env_path, format!("has {} entries; at most {MAX_ENV}", map.len()));
+                errs.push(
+                    &env_path,
+                    format!("has {} entries; at most {MAX_ENV}", map.len()),
+                );
             }
             for (key, value) in map.iter().take(MAX_ENV) {
                 match scalar_text(value) {
@@ -274,7 +286,10 @@ fn parse_resources(v: &Value, path: &str, errs: &mut Errors) -> Option<Resources
                 .map_err(|e| errs.push(&join(path, "cpu"), e.to_string()))
                 .ok(),
             None => {
-                errs.push(&join(path, "cpu"), format!("must be a quantity, not {}", kind(v)));
+                errs.push(
+                    &join(path, "cpu"),
+                    format!("must be a quantity, not {}", kind(v)),
+                );
                 None
             }
         },
@@ -304,7 +319,10 @@ pub(crate) fn validate_job(spec: &JobSpec) -> Vec<FieldError> {
     if spec.replicas > MAX_REPLICAS {
         errs.push(
             "replicas",
-            format!("{} must be a whole number from 0 to {MAX_REPLICAS}", spec.replicas),
+            format!(
+                "{} must be a whole number from 0 to {MAX_REPLICAS}",
+                spec.replicas
+            ),
         );
     }
     validate_task(&spec.task, "task", &mut errs);
@@ -320,7 +338,10 @@ fn validate_name(name: &str, errs: &mut Errors) {
 fn validate_task(task: &TaskSpec, path: &str, errs: &mut Errors) {
     if let Some(first) = task.command.first() {
         if first.is_empty() {
-            errs.push(&join(path, "command[0]"), "must name a program, not be empty");
+            errs.push(
+                &join(path, "command[0]"),
+                "must name a program, not be empty",
+            );
         }
     }
     for (key, value) in &task.env {
@@ -331,7 +352,10 @@ fn validate_task(task: &TaskSpec, path: &str, errs: &mut Errors) {
                 "is not a valid variable name: letters, digits and '_', not starting with a digit",
             );
         } else if key.starts_with("SKIFF_") {
-            errs.push(&field, "names starting with SKIFF_ are reserved for variables Skiff sets");
+            errs.push(
+                &field,
+                "names starting with SKIFF_ are reserved for variables Skiff sets",
+            );
         }
         if value.contains('\0') {
             errs.push(&field, "must not contain a NUL byte");
@@ -340,13 +364,19 @@ fn validate_task(task: &TaskSpec, path: &str, errs: &mut Errors) {
     for (list, items) in [("command", &task.command), ("args", &task.args)] {
         for (i, arg) in items.iter().enumerate() {
             if arg.contains('\0') {
-                errs.push(&join(path, &format!("{list}[{i}]")), "must not contain a NUL byte");
+                errs.push(
+                    &join(path, &format!("{list}[{i}]")),
+                    "must not contain a NUL byte",
+                );
             }
         }
     }
     if let Some(dir) = &task.workdir {
         if !dir.starts_with('/') {
-            errs.push(&join(path, "workdir"), format!("{dir:?} must be an absolute path"));
+            errs.push(
+                &join(path, "workdir"),
+                format!("{dir:?} must be an absolute path"),
+            );
         }
     }
     let r = task.resources;
@@ -488,7 +518,10 @@ task:
             errors_of("replicas: 1"),
             vec!["name: is required", "task: is required"]
         );
-        assert_eq!(errors_of("name: x\ntask: {}"), vec!["task.image: is required"]);
+        assert_eq!(
+            errors_of("name: x\ntask: {}"),
+            vec!["task.image: is required"]
+        );
         assert_eq!(errors_of(""), vec!["spec is empty"]);
         assert_eq!(errors_of("[1, 2]"), vec!["spec must be a map, not a list"]);
     }
@@ -522,7 +555,10 @@ task:
             Err(SpecError::Syntax(_))
         ));
         let big = format!("name: x\n# {}", "a".repeat(crate::MAX_SPEC_BYTES));
-        assert!(matches!(JobSpec::from_yaml(&big), Err(SpecError::TooLarge { .. })));
+        assert!(matches!(
+            JobSpec::from_yaml(&big),
+            Err(SpecError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -537,7 +573,10 @@ task:
     #[test]
     fn image_refs_follow_skopeo_syntax() {
         let r = ImageRef::parse("oci:/var/images/bb:1.36").unwrap();
-        assert_eq!((r.path.as_str(), r.tag.as_deref()), ("/var/images/bb", Some("1.36")));
+        assert_eq!(
+            (r.path.as_str(), r.tag.as_deref()),
+            ("/var/images/bb", Some("1.36"))
+        );
         let r = ImageRef::parse("oci:/var/images/bb").unwrap();
         assert_eq!((r.path.as_str(), r.tag), ("/var/images/bb", None));
         let r = ImageRef::parse("oci:rel/dir").unwrap();

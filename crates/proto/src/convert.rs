@@ -177,7 +177,12 @@ impl TryFrom<pb::Node> for m::Node {
         let status = match pb::NodeStatus::try_from(n.status) {
             Ok(pb::NodeStatus::Ready) => m::NodeStatus::Ready,
             Ok(pb::NodeStatus::Down) => m::NodeStatus::Down,
-            _ => return Err(WireError::one("status", format!("{} is not a node status", n.status))),
+            _ => {
+                return Err(WireError::one(
+                    "status",
+                    format!("{} is not a node status", n.status),
+                ))
+            }
         };
         Ok(m::Node {
             name: n.name,
@@ -215,7 +220,12 @@ pub fn alloc_status_from_wire(v: i32, field: &str) -> Result<m::AllocStatus, Wir
         Ok(pb::AllocStatus::Complete) => m::AllocStatus::Complete,
         Ok(pb::AllocStatus::Failed) => m::AllocStatus::Failed,
         Ok(pb::AllocStatus::Lost) => m::AllocStatus::Lost,
-        _ => return Err(WireError::one(field, format!("{v} is not an allocation status"))),
+        _ => {
+            return Err(WireError::one(
+                field,
+                format!("{v} is not an allocation status"),
+            ))
+        }
     })
 }
 
@@ -332,7 +342,10 @@ mod tests {
 
         let mut wire: pb::JobSpec = (&spec()).into();
         wire.task = None;
-        assert_eq!(m::JobSpec::try_from(wire).unwrap_err().to_string(), "task: is required");
+        assert_eq!(
+            m::JobSpec::try_from(wire).unwrap_err().to_string(),
+            "task: is required"
+        );
     }
 
     #[test]

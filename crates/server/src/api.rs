@@ -98,7 +98,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
             Outcome::JobUpserted { job, changed } => {
                 tracing::info!(job = %name, version = job.version, changed, "job applied");
                 Ok(Response::new(pb::ApplyJobResponse {
-                    job: Some((&job).into()),
+                    job: Some(job.as_ref().into()),
                     changed,
                     index: job.modify_index,
                 }))
@@ -196,10 +196,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
             .values()
             .map(|n| pb::NodeListItem {
                 node: Some(n.into()),
-                heartbeat_age_ms: self
-                    .heartbeats
-                    .age(&n.name)
-                    .map(|d| d.as_millis() as u64),
+                heartbeat_age_ms: self.heartbeats.age(&n.name).map(|d| d.as_millis() as u64),
                 used: Some(skiff_model::fit::used_on(&n.name, state.allocs.values()).into()),
             })
             .collect();
@@ -262,7 +259,10 @@ pub(crate) fn resolve_alloc<'s>(
     if let Some(a) = state.allocs.get(id) {
         return Ok(a);
     }
-    let mut matches = state.allocs.range(id.to_string()..).take_while(|(k, _)| k.starts_with(id));
+    let mut matches = state
+        .allocs
+        .range(id.to_string()..)
+        .take_while(|(k, _)| k.starts_with(id));
     match (matches.next(), matches.next()) {
         (Some((_, a)), None) => Ok(a),
         (Some(_), Some(_)) => Err(Status::invalid_argument(format!(

@@ -72,9 +72,7 @@ async fn process(store: &Store, eval: &Evaluation) -> Result<(), skiff_store::St
         }
     };
     let (placements, stops) = (plan.placements.len(), plan.stops.len());
-    let outcome = store
-        .propose(&Command::ApplyPlan { plan })
-        .await?;
+    let outcome = store.propose(&Command::ApplyPlan { plan }).await?;
     match outcome {
         Outcome::PlanApplied(r) => {
             tracing::info!(

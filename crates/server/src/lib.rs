@@ -74,10 +74,12 @@ pub async fn start(cfg: &ServerConfig) -> Result<(Running, TcpListener), ServerE
             addr: cfg.api_addr,
             source,
         })?;
-    let api_addr = listener.local_addr().map_err(|source| ServerError::Listen {
-        addr: cfg.api_addr,
-        source,
-    })?;
+    let api_addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: cfg.api_addr,
+            source,
+        })?;
     let addr_file = cfg.data_dir.join("api.addr");
     let tmp = cfg.data_dir.join("api.addr.tmp");
     if std::fs::write(&tmp, api_addr.to_string())
@@ -105,11 +107,9 @@ pub async fn serve(
         heartbeats.clone(),
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let node_api = pb::node_api_server::NodeApiServer::new(nodes::NodeService::new(
-        store.clone(),
-        heartbeats,
-    ))
-    .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let node_api =
+        pb::node_api_server::NodeApiServer::new(nodes::NodeService::new(store.clone(), heartbeats))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
     tracing::info!(addr = %running.api_addr, "serving the cluster and node APIs");
     let mut fatal = store.watch_status();

@@ -202,8 +202,9 @@ impl pb::node_api_server::NodeApi for NodeService {
         }
         let mut updates = Vec::with_capacity(r.updates.len());
         for (i, u) in r.updates.into_iter().enumerate() {
-            let status = skiff_proto::alloc_status_from_wire(u.status, &format!("updates[{i}].status"))
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let status =
+                skiff_proto::alloc_status_from_wire(u.status, &format!("updates[{i}].status"))
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
             updates.push(AllocUpdate {
                 alloc_id: u.alloc_id,
                 status,

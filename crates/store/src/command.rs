@@ -102,7 +102,10 @@ struct EnvelopeOut<'a> {
 pub enum Decoded {
     Command(Command),
     /// Not a command this build understands; applied as a no-op.
-    Unknown { version: u32, reason: String },
+    Unknown {
+        version: u32,
+        reason: String,
+    },
 }
 
 pub fn encode(command: &Command) -> Vec<u8> {

@@ -17,14 +17,20 @@ pub enum StoreError {
     NotLeader { leader: Option<u64> },
     #[error("no leader was elected within {0:?}")]
     NoLeader(Duration),
-    #[error("leadership changed before the write was acknowledged; it may or may not have been applied")]
+    #[error(
+        "leadership changed before the write was acknowledged; it may or may not have been applied"
+    )]
     Indeterminate,
     #[error("the store has stopped")]
     Stopped,
 }
 
 impl StoreError {
-    pub(crate) fn corrupt(what: &'static str, key: impl AsRef<[u8]>, reason: impl ToString) -> Self {
+    pub(crate) fn corrupt(
+        what: &'static str,
+        key: impl AsRef<[u8]>,
+        reason: impl ToString,
+    ) -> Self {
         StoreError::Corrupt {
             what,
             key: String::from_utf8_lossy(key.as_ref()).into_owned(),

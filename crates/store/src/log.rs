@@ -71,7 +71,8 @@ impl RaftLog {
 
     /// Records the membership, durably.
     pub fn set_conf_state(&mut self, cs: ConfState) -> Result<(), StoreError> {
-        self.tree.insert(KEY_CS, cs.write_to_bytes().map_err(raft::Error::from)?)?;
+        self.tree
+            .insert(KEY_CS, cs.write_to_bytes().map_err(raft::Error::from)?)?;
         self.db.flush()?;
         self.conf_state = cs;
         Ok(())
@@ -111,7 +112,10 @@ impl RaftLog {
                 batch.remove(&entry_key(old));
             }
             for e in entries {
-                batch.insert(&entry_key(e.index), e.write_to_bytes().map_err(raft::Error::from)?);
+                batch.insert(
+                    &entry_key(e.index),
+                    e.write_to_bytes().map_err(raft::Error::from)?,
+                );
             }
             debug_assert!(first.index <= self.last + 1, "log has no gaps");
             new_last = last.index;
@@ -158,7 +162,10 @@ fn read_pb<M: protobuf::Message>(tree: &sled::Tree, key: &[u8]) -> Result<Option
 
 impl raft::Storage for RaftLog {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState::new(self.hard_state.clone(), self.conf_state.clone()))
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
     }
 
     fn entries(
@@ -212,7 +219,9 @@ impl raft::Storage for RaftLog {
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         // Log compaction and snapshot transfer arrive with multi-server
         // clusters; a single voter never needs to send one.
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
     }
 }
 
@@ -222,11 +231,12 @@ mod tests {
     use raft::Storage;
 
     fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = data.to_vec().into();
-        e
+        Entry {
+            index,
+            term,
+            data: data.to_vec().into(),
+            ..Default::default()
+        }
     }
 
     fn open(dir: &std::path::Path) -> RaftLog {
@@ -238,10 +248,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut log = open(dir.path());
-            let mut hs = HardState::default();
-            hs.term = 2;
-            hs.vote = 1;
-            hs.commit = 2;
+            let hs = HardState {
+                term: 2,
+                vote: 1,
+                commit: 2,
+                ..Default::default()
+            };
             log.persist(&[entry(1, 1, b"a"), entry(2, 2, b"b")], Some(&hs), true)
                 .unwrap();
         }
@@ -249,7 +261,9 @@ mod tests {
         assert_eq!(log.last_index(), 2);
         assert_eq!(log.hard_state().commit, 2);
         assert_eq!(log.term(2).unwrap(), 2);
-        let got = log.entries(1, 3, None, GetEntriesContext::empty(false)).unwrap();
+        let got = log
+            .entries(1, 3, None, GetEntriesContext::empty(false))
+            .unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(&got[1].data[..], b"b");
     }
@@ -274,9 +288,15 @@ mod tests {
     fn size_limit_still_returns_one_entry() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = open(dir.path());
-        log.persist(&[entry(1, 1, &[0; 100]), entry(2, 1, &[0; 100])], None, true)
+        log.persist(
+            &[entry(1, 1, &[0; 100]), entry(2, 1, &[0; 100])],
+            None,
+            true,
+        )
+        .unwrap();
+        let got = log
+            .entries(1, 3, Some(10), GetEntriesContext::empty(false))
             .unwrap();
-        let got = log.entries(1, 3, Some(10), GetEntriesContext::empty(false)).unwrap();
         assert_eq!(got.len(), 1);
     }
 
@@ -285,9 +305,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut log = open(dir.path());
         assert!(!log.is_initialized());
-        let mut cs = ConfState::default();
-        cs.voters = vec![1];
-        log.set_conf_state(cs).unwrap();
+        log.set_conf_state(ConfState {
+            voters: vec![1],
+            ..Default::default()
+        })
+        .unwrap();
         drop(log);
         assert!(open(dir.path()).is_initialized());
     }

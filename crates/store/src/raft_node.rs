@@ -114,9 +114,10 @@ impl Store {
         let state_db = sled::open(data_dir.join("state"))?;
         let mut log = RaftLog::open(raft_db)?;
         if !log.is_initialized() {
-            let mut cs = ConfState::default();
-            cs.voters = vec![cfg.id];
-            log.set_conf_state(cs)?;
+            log.set_conf_state(ConfState {
+                voters: vec![cfg.id],
+                ..Default::default()
+            })?;
         }
         let statedb = StateDb::open(state_db)?;
         let state = statedb.load()?;
@@ -383,7 +384,10 @@ impl Driver {
         if !rd.snapshot().is_empty() {
             // Only a leader that compacted its log sends snapshots, and
             // compaction is not enabled yet.
-            tracing::error!(index = rd.snapshot().get_metadata().index, "unexpected snapshot");
+            tracing::error!(
+                index = rd.snapshot().get_metadata().index,
+                "unexpected snapshot"
+            );
         }
         let must_sync = rd.must_sync();
         self.raw
@@ -485,7 +489,8 @@ impl Driver {
                         }
                     }
                     EntryType::EntryConfChange => {
-                        let cc = ConfChange::parse_from_bytes(&e.data).map_err(raft::Error::from)?;
+                        let cc =
+                            ConfChange::parse_from_bytes(&e.data).map_err(raft::Error::from)?;
                         let cs = self.raw.apply_conf_change(&cc)?;
                         self.raw.mut_store().set_conf_state(cs)?;
                         state.skip(e.index);

@@ -56,11 +56,16 @@ pub struct State {
 /// the same outcome for the same entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    JobUpserted { job: Job, changed: bool },
+    JobUpserted {
+        job: Box<Job>,
+        changed: bool,
+    },
     JobDeleted,
     NodeRegistered,
     PlanApplied(PlanResult),
-    AllocsUpdated { applied: u32 },
+    AllocsUpdated {
+        applied: u32,
+    },
     /// The command was well-formed but refused (e.g. deleting a job that
     /// does not exist); nothing changed.
     Refused(String),
@@ -107,7 +112,7 @@ impl State {
         let job = match self.jobs.get(&spec.name) {
             Some(old) if old.spec == *spec => {
                 return Outcome::JobUpserted {
-                    job: old.clone(),
+                    job: Box::new(old.clone()),
                     changed: false,
                 }
             }
@@ -131,7 +136,10 @@ impl State {
         self.jobs.insert(spec.name.clone(), job.clone());
         self.touch(Table::Job, &spec.name);
         self.create_eval(index, &spec.name, EvalTrigger::JobRegister);
-        Outcome::JobUpserted { job, changed: true }
+        Outcome::JobUpserted {
+            job: Box::new(job),
+            changed: true,
+        }
     }
 
     fn delete_job(&mut self, index: u64, name: &str) -> Outcome {
@@ -320,7 +328,10 @@ impl State {
             EvalStatus::Complete
         };
         let message = if plan.unplaced > 0 {
-            format!("{} replica(s) not placed: {}", plan.unplaced, plan.explanation)
+            format!(
+                "{} replica(s) not placed: {}",
+                plan.unplaced, plan.explanation
+            )
         } else {
             String::new()
         };
@@ -372,7 +383,7 @@ impl State {
     /// The allocations of one job, in replica order.
     pub fn allocs_of_job(&self, job: &str) -> Vec<&Allocation> {
         let mut v: Vec<&Allocation> = self.allocs.values().filter(|a| a.job == job).collect();
-        v.sort_by(|a, b| (a.replica, a.create_index).cmp(&(b.replica, b.create_index)));
+        v.sort_by_key(|a| (a.replica, a.create_index));
         v
     }
 

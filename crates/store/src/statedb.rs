@@ -89,11 +89,11 @@ impl StateDb {
     fn read_u64(&self, key: &[u8]) -> Result<u64, StoreError> {
         match self.tree.get(key)? {
             None => Ok(0),
-            Some(v) => Ok(u64::from_be_bytes(
-                v.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::corrupt("state", key, "not 8 bytes"))?,
-            )),
+            Some(v) => {
+                Ok(u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+                    StoreError::corrupt("state", key, "not 8 bytes")
+                })?))
+            }
         }
     }
 }

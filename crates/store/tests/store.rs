@@ -22,7 +22,9 @@ async fn a_single_voter_elects_itself_and_commits_writes() {
     assert!(store.state().jobs.contains_key("web"));
     let applied = *store.subscribe().borrow();
     assert_eq!(applied, store.state().index);
-    tokio::task::spawn_blocking(move || store.shutdown()).await.unwrap();
+    tokio::task::spawn_blocking(move || store.shutdown())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -34,7 +36,9 @@ async fn acknowledged_writes_survive_a_restart() {
             store.propose(&job(&format!("j{i}"), 1)).await.unwrap();
         }
         let st = store.state().clone();
-        tokio::task::spawn_blocking(move || store.shutdown()).await.unwrap();
+        tokio::task::spawn_blocking(move || store.shutdown())
+            .await
+            .unwrap();
         st
     };
     let store = Store::open(dir.path(), RaftConfig::default()).unwrap();
@@ -44,8 +48,13 @@ async fn acknowledged_writes_survive_a_restart() {
     store.propose(&job("after", 1)).await.unwrap();
     assert!(store.state().index > before.index);
     let s2 = store.clone();
-    tokio::task::spawn_blocking(move || s2.shutdown()).await.unwrap();
-    assert!(matches!(store.propose(&job("late", 1)).await, Err(StoreError::Stopped)));
+    tokio::task::spawn_blocking(move || s2.shutdown())
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.propose(&job("late", 1)).await,
+        Err(StoreError::Stopped)
+    ));
 }
 
 #[tokio::test]
@@ -55,11 +64,18 @@ async fn concurrent_proposals_are_batched_and_all_answered() {
     let mut tasks = Vec::new();
     for i in 0..200 {
         let s = store.clone();
-        tasks.push(tokio::spawn(async move { s.propose(&job(&format!("c{i}"), 1)).await }));
+        tasks.push(tokio::spawn(async move {
+            s.propose(&job(&format!("c{i}"), 1)).await
+        }));
     }
     for t in tasks {
-        assert!(matches!(t.await.unwrap().unwrap(), Outcome::JobUpserted { .. }));
+        assert!(matches!(
+            t.await.unwrap().unwrap(),
+            Outcome::JobUpserted { .. }
+        ));
     }
     assert_eq!(store.state().jobs.len(), 200);
-    tokio::task::spawn_blocking(move || store.shutdown()).await.unwrap();
+    tokio::task::spawn_blocking(move || store.shutdown())
+        .await
+        .unwrap();
 }

@@ -66,7 +66,11 @@ impl Harness {
                     .collect(),
                 stops: vec![],
                 unplaced,
-                explanation: if unplaced > 0 { "0/1 nodes: 1 insufficient memory".into() } else { String::new() },
+                explanation: if unplaced > 0 {
+                    "0/1 nodes: 1 insufficient memory".into()
+                } else {
+                    String::new()
+                },
             },
         }
     }
@@ -75,8 +79,12 @@ impl Harness {
 #[test]
 fn upserting_a_job_creates_version_one_and_an_evaluation() {
     let mut h = Harness::new();
-    let out = h.apply(Command::UpsertJob { spec: spec("web", 2, "64Mi") });
-    let Outcome::JobUpserted { job, changed } = out else { panic!("{out:?}") };
+    let out = h.apply(Command::UpsertJob {
+        spec: spec("web", 2, "64Mi"),
+    });
+    let Outcome::JobUpserted { job, changed } = out else {
+        panic!("{out:?}")
+    };
     assert!(changed);
     assert_eq!(job.version, 1);
     assert_eq!(job.create_index, 1);
@@ -87,9 +95,13 @@ fn upserting_a_job_creates_version_one_and_an_evaluation() {
 #[test]
 fn reapplying_the_same_spec_changes_nothing() {
     let mut h = Harness::new();
-    h.apply(Command::UpsertJob { spec: spec("web", 2, "64Mi") });
+    h.apply(Command::UpsertJob {
+        spec: spec("web", 2, "64Mi"),
+    });
     h.state.dirty.clear();
-    let out = h.apply(Command::UpsertJob { spec: spec("web", 2, "64Mi") });
+    let out = h.apply(Command::UpsertJob {
+        spec: spec("web", 2, "64Mi"),
+    });
     assert!(matches!(out, Outcome::JobUpserted { changed: false, .. }));
     assert!(h.state.dirty.is_empty());
 }
@@ -97,10 +109,20 @@ fn reapplying_the_same_spec_changes_nothing() {
 #[test]
 fn only_a_task_change_bumps_the_version() {
     let mut h = Harness::new();
-    h.apply(Command::UpsertJob { spec: spec("web", 2, "64Mi") });
-    let Outcome::JobUpserted { job, .. } = h.apply(Command::UpsertJob { spec: spec("web", 5, "64Mi") }) else { panic!() };
+    h.apply(Command::UpsertJob {
+        spec: spec("web", 2, "64Mi"),
+    });
+    let Outcome::JobUpserted { job, .. } = h.apply(Command::UpsertJob {
+        spec: spec("web", 5, "64Mi"),
+    }) else {
+        panic!()
+    };
     assert_eq!(job.version, 1, "scaling keeps the version");
-    let Outcome::JobUpserted { job, .. } = h.apply(Command::UpsertJob { spec: spec("web", 5, "128Mi") }) else { panic!() };
+    let Outcome::JobUpserted { job, .. } = h.apply(Command::UpsertJob {
+        spec: spec("web", 5, "128Mi"),
+    }) else {
+        panic!()
+    };
     assert_eq!(job.version, 2);
     assert_eq!(job.create_index, 1);
 }
@@ -109,14 +131,20 @@ fn only_a_task_change_bumps_the_version() {
 fn a_plan_places_allocations_that_fit() {
     let mut h = Harness::new();
     h.apply(reg("n1", 1000, 1024));
-    h.apply(Command::UpsertJob { spec: spec("web", 2, "64Mi") });
+    h.apply(Command::UpsertJob {
+        spec: spec("web", 2, "64Mi"),
+    });
     let out = h.apply(h.plan("web", &[(0, "n1"), (1, "n1")], 0));
-    let Outcome::PlanApplied(r) = out else { panic!("{out:?}") };
+    let Outcome::PlanApplied(r) = out else {
+        panic!("{out:?}")
+    };
     assert_eq!((r.placed, r.rejected), (2, 0));
     assert_eq!(r.eval_status, Some(EvalStatus::Complete));
     let allocs = h.state.allocs_of_job("web");
     assert_eq!(allocs.len(), 2);
-    assert!(allocs.iter().all(|a| a.status == AllocStatus::Pending && a.node == "n1"));
+    assert!(allocs
+        .iter()
+        .all(|a| a.status == AllocStatus::Pending && a.node == "n1"));
 }
 
 #[test]
@@ -125,15 +153,27 @@ fn the_plan_check_refuses_what_no_longer_fits() {
     // they would overcommit n1's cpu. The second is cut down at commit.
     let mut h = Harness::new();
     h.apply(reg("n1", 1000, 4096));
-    h.apply(Command::UpsertJob { spec: spec("a", 2, "64Mi") });
-    h.apply(Command::UpsertJob { spec: spec("b", 2, "64Mi") });
+    h.apply(Command::UpsertJob {
+        spec: spec("a", 2, "64Mi"),
+    });
+    h.apply(Command::UpsertJob {
+        spec: spec("b", 2, "64Mi"),
+    });
     let plan_a = h.plan("a", &[(0, "n1"), (1, "n1")], 0);
     let plan_b = h.plan("b", &[(0, "n1"), (1, "n1")], 0);
-    let Outcome::PlanApplied(ra) = h.apply(plan_a) else { panic!() };
-    let Outcome::PlanApplied(rb) = h.apply(plan_b) else { panic!() };
+    let Outcome::PlanApplied(ra) = h.apply(plan_a) else {
+        panic!()
+    };
+    let Outcome::PlanApplied(rb) = h.apply(plan_b) else {
+        panic!()
+    };
     assert_eq!((ra.placed, ra.rejected), (2, 0));
     assert_eq!((rb.placed, rb.rejected), (0, 2));
-    assert_eq!(rb.eval_status, Some(EvalStatus::Pending), "re-evaluated later");
+    assert_eq!(
+        rb.eval_status,
+        Some(EvalStatus::Pending),
+        "re-evaluated later"
+    );
     let used = used_on("n1", h.state.allocs.values());
     assert!(used.cpu_millis <= 1000);
 }
@@ -142,10 +182,16 @@ fn the_plan_check_refuses_what_no_longer_fits() {
 fn a_plan_for_a_job_that_changed_since_the_snapshot_is_dropped() {
     let mut h = Harness::new();
     h.apply(reg("n1", 4000, 4096));
-    h.apply(Command::UpsertJob { spec: spec("web", 1, "64Mi") });
+    h.apply(Command::UpsertJob {
+        spec: spec("web", 1, "64Mi"),
+    });
     let stale = h.plan("web", &[(0, "n1")], 0);
-    h.apply(Command::UpsertJob { spec: spec("web", 3, "64Mi") });
-    let Outcome::PlanApplied(r) = h.apply(stale) else { panic!() };
+    h.apply(Command::UpsertJob {
+        spec: spec("web", 3, "64Mi"),
+    });
+    let Outcome::PlanApplied(r) = h.apply(stale) else {
+        panic!()
+    };
     assert_eq!((r.placed, r.rejected), (0, 1));
     assert!(h.state.allocs.is_empty());
     assert_eq!(r.eval_status, Some(EvalStatus::Pending));
@@ -154,23 +200,37 @@ fn a_plan_for_a_job_that_changed_since_the_snapshot_is_dropped() {
 #[test]
 fn unplaced_replicas_block_the_eval_until_a_node_joins() {
     let mut h = Harness::new();
-    h.apply(Command::UpsertJob { spec: spec("web", 1, "64Mi") });
+    h.apply(Command::UpsertJob {
+        spec: spec("web", 1, "64Mi"),
+    });
     let out = h.apply(h.plan("web", &[], 1));
-    let Outcome::PlanApplied(r) = out else { panic!() };
+    let Outcome::PlanApplied(r) = out else {
+        panic!()
+    };
     assert_eq!(r.eval_status, Some(EvalStatus::Blocked));
     let e = h.state.latest_eval("web").unwrap();
-    assert_eq!(e.message, "1 replica(s) not placed: 0/1 nodes: 1 insufficient memory");
+    assert_eq!(
+        e.message,
+        "1 replica(s) not placed: 0/1 nodes: 1 insufficient memory"
+    );
     h.apply(reg("n1", 1000, 1024));
-    assert_eq!(h.state.latest_eval("web").unwrap().status, EvalStatus::Pending);
+    assert_eq!(
+        h.state.latest_eval("web").unwrap().status,
+        EvalStatus::Pending
+    );
 }
 
 #[test]
 fn a_node_joining_while_the_scheduler_ran_is_not_missed() {
     let mut h = Harness::new();
-    h.apply(Command::UpsertJob { spec: spec("web", 1, "64Mi") });
+    h.apply(Command::UpsertJob {
+        spec: spec("web", 1, "64Mi"),
+    });
     let plan = h.plan("web", &[], 1); // made before n1 joined
     h.apply(reg("n1", 1000, 1024));
-    let Outcome::PlanApplied(r) = h.apply(plan) else { panic!() };
+    let Outcome::PlanApplied(r) = h.apply(plan) else {
+        panic!()
+    };
     assert_eq!(r.eval_status, Some(EvalStatus::Pending));
 }
 
@@ -178,7 +238,9 @@ fn a_node_joining_while_the_scheduler_ran_is_not_missed() {
 fn agents_update_only_their_own_allocations_and_terminal_is_final() {
     let mut h = Harness::new();
     h.apply(reg("n1", 4000, 4096));
-    h.apply(Command::UpsertJob { spec: spec("web", 1, "64Mi") });
+    h.apply(Command::UpsertJob {
+        spec: spec("web", 1, "64Mi"),
+    });
     h.apply(h.plan("web", &[(0, "n1")], 0));
     let id = "web-0-n1".to_string();
     let upd = |status, code| AllocUpdate {
@@ -187,12 +249,24 @@ fn agents_update_only_their_own_allocations_and_terminal_is_final() {
         exit_code: code,
         message: String::new(),
     };
-    let out = h.apply(Command::UpdateAllocStatus { node: "n2".into(), updates: vec![upd(AllocStatus::Failed, Some(1))] });
+    let out = h.apply(Command::UpdateAllocStatus {
+        node: "n2".into(),
+        updates: vec![upd(AllocStatus::Failed, Some(1))],
+    });
     assert_eq!(out, Outcome::AllocsUpdated { applied: 0 });
-    h.apply(Command::UpdateAllocStatus { node: "n1".into(), updates: vec![upd(AllocStatus::Running, None)] });
+    h.apply(Command::UpdateAllocStatus {
+        node: "n1".into(),
+        updates: vec![upd(AllocStatus::Running, None)],
+    });
     assert_eq!(h.state.allocs[&id].status, AllocStatus::Running);
-    h.apply(Command::UpdateAllocStatus { node: "n1".into(), updates: vec![upd(AllocStatus::Failed, Some(3))] });
-    h.apply(Command::UpdateAllocStatus { node: "n1".into(), updates: vec![upd(AllocStatus::Running, None)] });
+    h.apply(Command::UpdateAllocStatus {
+        node: "n1".into(),
+        updates: vec![upd(AllocStatus::Failed, Some(3))],
+    });
+    h.apply(Command::UpdateAllocStatus {
+        node: "n1".into(),
+        updates: vec![upd(AllocStatus::Running, None)],
+    });
     let a = &h.state.allocs[&id];
     assert_eq!((a.status, a.exit_code), (AllocStatus::Failed, Some(3)));
 }
@@ -201,20 +275,32 @@ fn agents_update_only_their_own_allocations_and_terminal_is_final() {
 fn deleting_a_job_queues_an_eval_and_unknown_jobs_are_refused() {
     let mut h = Harness::new();
     assert_eq!(
-        h.apply(Command::DeleteJob { name: "nope".into() }),
+        h.apply(Command::DeleteJob {
+            name: "nope".into()
+        }),
         Outcome::Refused("job \"nope\" not found".into())
     );
-    h.apply(Command::UpsertJob { spec: spec("web", 1, "64Mi") });
-    assert_eq!(h.apply(Command::DeleteJob { name: "web".into() }), Outcome::JobDeleted);
+    h.apply(Command::UpsertJob {
+        spec: spec("web", 1, "64Mi"),
+    });
+    assert_eq!(
+        h.apply(Command::DeleteJob { name: "web".into() }),
+        Outcome::JobDeleted
+    );
     assert!(!h.state.jobs.contains_key("web"));
-    assert_eq!(h.state.latest_eval("web").unwrap().status, EvalStatus::Pending);
+    assert_eq!(
+        h.state.latest_eval("web").unwrap().status,
+        EvalStatus::Pending
+    );
 }
 
 #[test]
 fn stops_mark_allocations_desired_stop() {
     let mut h = Harness::new();
     h.apply(reg("n1", 4000, 4096));
-    h.apply(Command::UpsertJob { spec: spec("web", 1, "64Mi") });
+    h.apply(Command::UpsertJob {
+        spec: spec("web", 1, "64Mi"),
+    });
     h.apply(h.plan("web", &[(0, "n1")], 0));
     h.apply(Command::DeleteJob { name: "web".into() });
     let plan = Command::ApplyPlan {
@@ -225,15 +311,23 @@ fn stops_mark_allocations_desired_stop() {
             job_modify_index: 0,
             snapshot_index: h.state.index,
             placements: vec![],
-            stops: vec![Stop { alloc_id: "web-0-n1".into(), reason: "job deleted".into() }],
+            stops: vec![Stop {
+                alloc_id: "web-0-n1".into(),
+                reason: "job deleted".into(),
+            }],
             unplaced: 0,
             explanation: String::new(),
         },
     };
-    let Outcome::PlanApplied(r) = h.apply(plan) else { panic!() };
+    let Outcome::PlanApplied(r) = h.apply(plan) else {
+        panic!()
+    };
     assert_eq!(r.stopped, 1);
     let a = &h.state.allocs["web-0-n1"];
-    assert_eq!((a.desired, a.message.as_str()), (DesiredStatus::Stop, "job deleted"));
+    assert_eq!(
+        (a.desired, a.message.as_str()),
+        (DesiredStatus::Stop, "job deleted")
+    );
 }
 
 #[test]
@@ -241,9 +335,13 @@ fn apply_is_deterministic() {
     let script = |h: &mut Harness| {
         h.apply(reg("n1", 2000, 2048));
         h.apply(reg("n2", 2000, 2048));
-        h.apply(Command::UpsertJob { spec: spec("web", 3, "64Mi") });
+        h.apply(Command::UpsertJob {
+            spec: spec("web", 3, "64Mi"),
+        });
         h.apply(h.plan("web", &[(0, "n1"), (1, "n2"), (2, "n1")], 0));
-        h.apply(Command::UpsertJob { spec: spec("web", 1, "64Mi") });
+        h.apply(Command::UpsertJob {
+            spec: spec("web", 1, "64Mi"),
+        });
     };
     let (mut a, mut b) = (Harness::new(), Harness::new());
     script(&mut a);
