@@ -127,3 +127,20 @@ impl JobSpecExt {
         .unwrap()
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_output_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(tmp.path());
+    let mut child = Command::new(skiff_bin())
+        .args(["get", "jobs", "-o", "json", "--server", &server.url()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // like `| head -0`
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}

@@ -9,7 +9,7 @@ use skiff_client::{Client, LogStream};
 use skiff_model::quantity::{format_cpu, format_memory, format_memory_human};
 use skiff_model::JobSpec;
 
-use crate::output::{age, print_list, table, AllocOut, Format, JobOut, NodeOut};
+use crate::output::{age, emit, print_list, table, AllocOut, Format, JobOut, NodeOut};
 use crate::ClientOpts;
 
 #[derive(Subcommand)]
@@ -31,6 +31,9 @@ pub enum GetWhat {
         /// Only the allocations on this node.
         #[arg(long)]
         node: Option<String>,
+        /// Only allocations in this status.
+        #[arg(long, value_parser = ["pending", "running", "complete", "failed", "lost"])]
+        status: Option<String>,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
         #[command(flatten)]
@@ -157,10 +160,10 @@ pub async fn apply(opts: &ClientOpts, file: &Path) -> anyhow::Result<()> {
     } else {
         "configured"
     };
-    println!(
-        "job/{} {what} (version {})",
+    emit(&format!(
+        "job/{} {what} (version {})\n",
         applied.job.spec.name, applied.job.version
-    );
+    ));
     Ok(())
 }
 
@@ -191,13 +194,17 @@ pub async fn get(what: GetWhat) -> anyhow::Result<()> {
         GetWhat::Allocs {
             job,
             node,
+            status,
             output,
             client,
         } => {
-            let allocs = connect(&client)
+            let mut allocs = connect(&client)
                 .await?
                 .list_allocs(job.as_deref(), node.as_deref())
                 .await?;
+            if let Some(status) = status {
+                allocs.retain(|a| a.status.as_str() == status);
+            }
             let items: Vec<AllocOut> = allocs.iter().map(Into::into).collect();
             print_list(
                 output,
@@ -340,7 +347,7 @@ pub async fn describe(what: DescribeWhat) -> anyhow::Result<()> {
             out.push('\n');
         }
     }
-    print!("{out}");
+    emit(&out);
     Ok(())
 }
 
@@ -369,7 +376,7 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
 pub async fn delete(what: DeleteWhat) -> anyhow::Result<()> {
     let DeleteWhat::Job { name, client } = what;
     connect(&client).await?.delete_job(&name).await?;
-    println!("job/{name} deleted");
+    emit(&format!("job/{name} deleted\n"));
     Ok(())
 }
 

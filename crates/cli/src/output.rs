@@ -128,14 +128,22 @@ pub fn print_list<T: Serialize>(
     row: impl Fn(&T) -> Vec<String>,
 ) -> anyhow::Result<()> {
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(items)?),
-        Format::Yaml => print!("{}", serde_yaml_ng::to_string(items)?),
+        Format::Json => emit(&format!("{}\n", serde_json::to_string_pretty(items)?)),
+        Format::Yaml => emit(&serde_yaml_ng::to_string(items)?),
         Format::Table => {
             let rows: Vec<Vec<String>> = items.iter().map(row).collect();
-            print!("{}", table(headers, &rows));
+            emit(&table(headers, &rows));
         }
     }
     Ok(())
+}
+
+/// Writes to stdout. A reader that went away (`| head`, `| grep -q`) is
+/// not an error: the output simply ends.
+pub fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
 }
 
 /// Left-aligned columns separated by three spaces.

@@ -126,12 +126,15 @@ impl State {
                 create_index: old.create_index,
                 modify_index: index,
             },
-            None => Job {
-                spec: spec.clone(),
-                version: 1,
-                create_index: index,
-                modify_index: index,
-            },
+            None => {
+                self.forget_finished_allocs(&spec.name);
+                Job {
+                    spec: spec.clone(),
+                    version: 1,
+                    create_index: index,
+                    modify_index: index,
+                }
+            }
         };
         self.jobs.insert(spec.name.clone(), job.clone());
         self.touch(Table::Job, &spec.name);
@@ -139,6 +142,21 @@ impl State {
         Outcome::JobUpserted {
             job: Box::new(job),
             changed: true,
+        }
+    }
+
+    /// A job created under the name of a deleted one starts with a clean
+    /// history: the finished allocations of the old one are dropped.
+    fn forget_finished_allocs(&mut self, job: &str) {
+        let finished: Vec<String> = self
+            .allocs
+            .values()
+            .filter(|a| a.job == job && a.status.is_terminal())
+            .map(|a| a.id.clone())
+            .collect();
+        for id in finished {
+            self.allocs.remove(&id);
+            self.touch(Table::Alloc, &id);
         }
     }
 

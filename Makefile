@@ -1,0 +1,93 @@
+# Skiff: `make run` to try it, `make test` to run the whole suite.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CARGO     ?= cargo
+SKIFF     := target/debug/skiff
+DEV_DIR   := $(CURDIR)/.skiff-dev
+DEV_API   ?= 127.0.0.1:7700
+export SKIFF_SERVER ?= http://$(DEV_API)
+
+# Debian packages the build, the agent and the tests need.
+APT_PACKAGES := runc busybox-static protobuf-compiler umoci skopeo iproute2
+APT_COMMANDS := runc busybox protoc umoci skopeo ip
+
+.PHONY: help deps build image run stop status test lint fmt clean
+
+help:
+	@echo "make run    build, start 'skiff dev' (server + agent) and run examples/hello.yaml"
+	@echo "make stop   delete the sample job and stop 'skiff dev'"
+	@echo "make test   install what the tests need and run the whole suite"
+	@echo "make lint   cargo fmt --check and clippy -D warnings"
+
+## Installs the Debian packages that are missing (needs root and apt).
+deps:
+	@missing=""; \
+	for i in $$(seq 1 $(words $(APT_COMMANDS))); do \
+	  cmd=$$(echo $(APT_COMMANDS) | cut -d' ' -f$$i); pkg=$$(echo $(APT_PACKAGES) | cut -d' ' -f$$i); \
+	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "error: run as root to install$$missing" >&2; exit 1; fi; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+build: deps
+	$(CARGO) build -p skiff
+
+## A small busybox OCI image layout at images/busybox:latest, built with umoci.
+image: deps
+	@scripts/build-busybox-image.sh images/busybox latest
+
+## Starts `skiff dev` in the background, applies the sample job, shows it running.
+run: build image
+	@mkdir -p $(DEV_DIR)
+	@if $(SKIFF) get nodes >/dev/null 2>&1; then \
+	  echo "skiff dev is already running at $(SKIFF_SERVER)"; \
+	else \
+	  echo "starting skiff dev (log: $(DEV_DIR)/dev.log)"; \
+	  nohup $(SKIFF) dev --data-dir $(DEV_DIR)/data --api $(DEV_API) >>$(DEV_DIR)/dev.log 2>&1 & echo $$! > $(DEV_DIR)/dev.pid; \
+	  for i in $$(seq 1 100); do $(SKIFF) get nodes 2>/dev/null | grep -q ready && break; sleep 0.2; done; \
+	fi
+	@$(SKIFF) get nodes
+	@echo; echo "$$ skiff apply -f examples/hello.yaml"
+	@$(SKIFF) apply -f examples/hello.yaml
+	@for i in $$(seq 1 150); do \
+	  [ "$$($(SKIFF) get allocs --job hello --status running -o json | grep -c '"id"')" -ge 2 ] && break; sleep 0.2; \
+	done
+	@echo; echo "$$ skiff get allocs"; $(SKIFF) get allocs --job hello
+	@id=$$($(SKIFF) get allocs --job hello --status running -o json | sed -n 's/.*"id": "\([0-9a-f]*\)".*/\1/p' | head -1); \
+	  for i in $$(seq 1 50); do out=$$($(SKIFF) logs $$id 2>/dev/null); [ -n "$$out" ] && break; sleep 0.2; done; \
+	  echo; echo "$$ skiff logs $${id:0:8}"; echo "$$out"
+	@echo; echo "Skiff is running. Try: $(SKIFF) describe job hello | $(SKIFF) get nodes | make stop"
+
+## Deletes the sample job, waits for its containers to stop, stops `skiff dev`.
+stop:
+	@if $(SKIFF) delete job hello 2>/dev/null; then \
+	  for i in $$(seq 1 150); do \
+	    $(SKIFF) get allocs --job hello -o json | grep -q '"status": "running"' || break; sleep 0.2; \
+	  done; \
+	fi
+	@if [ -f $(DEV_DIR)/dev.pid ]; then kill $$(cat $(DEV_DIR)/dev.pid) 2>/dev/null || true; rm -f $(DEV_DIR)/dev.pid; echo "skiff dev stopped"; fi
+
+status:
+	@$(SKIFF) get nodes && $(SKIFF) get jobs && $(SKIFF) get allocs
+
+## The whole suite: unit, property and end-to-end tests (real runc; needs root).
+test: deps
+	$(CARGO) build -p skiff
+	$(CARGO) test --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	-$(MAKE) stop
+	rm -rf $(DEV_DIR) images
+	$(CARGO) clean
