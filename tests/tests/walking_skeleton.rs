@@ -300,7 +300,10 @@ async fn logs_follow_streams_until_the_container_exits() {
     let _agent = AgentProc::start(&tmp.path().join("agent"), &server.url(), "follow-node", &[]);
     let mut client = server.client().await;
     let script = "for i in 1 2 3 4 5; do echo tick $i; echo warn $i >&2; sleep 0.3; done";
-    client.apply_job(&shell_job("ticker", 1, script)).await.unwrap();
+    client
+        .apply_job(&shell_job("ticker", 1, script))
+        .await
+        .unwrap();
     let a = wait_allocs(&mut client, "ticker", 1, AllocStatus::Running, START).await;
     // `skiff logs -f` as a user runs it: it must print every line and end
     // by itself when the container exits.
@@ -321,10 +324,22 @@ async fn logs_follow_streams_until_the_container_exits() {
     assert_eq!(stdout, "tick 1\ntick 2\ntick 3\ntick 4\ntick 5\n");
     assert_eq!(stderr, "warn 1\nwarn 2\nwarn 3\nwarn 4\nwarn 5\n");
     // --tail and --stderr pick what is shown.
-    let (out, err) = client.logs(&a[0].id, false, 2, false).await.unwrap().collect().await.unwrap();
+    let (out, err) = client
+        .logs(&a[0].id, false, 2, false)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&out), "tick 4\ntick 5\n");
     assert_eq!(String::from_utf8_lossy(&err), "warn 4\nwarn 5\n");
-    let (out, err) = client.logs(&a[0].id, false, 0, true).await.unwrap().collect().await.unwrap();
+    let (out, err) = client
+        .logs(&a[0].id, false, 0, true)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
     assert!(out.is_empty());
     assert_eq!(err.len(), 35);
 }

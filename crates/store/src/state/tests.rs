@@ -354,7 +354,9 @@ fn apply_is_deterministic() {
 fn recreating_a_deleted_job_drops_the_old_finished_allocations() {
     let mut h = Harness::new();
     h.apply(reg("n1", 4000, 4096));
-    h.apply(Command::UpsertJob { spec: spec("web", 1, "64Mi") });
+    h.apply(Command::UpsertJob {
+        spec: spec("web", 1, "64Mi"),
+    });
     h.apply(h.plan("web", &[(0, "n1")], 0));
     h.apply(Command::UpdateAllocStatus {
         node: "n1".into(),
@@ -368,7 +370,9 @@ fn recreating_a_deleted_job_drops_the_old_finished_allocations() {
     h.apply(Command::DeleteJob { name: "web".into() });
     assert_eq!(h.state.allocs.len(), 1, "kept while the job is gone");
     h.state.dirty.clear();
-    h.apply(Command::UpsertJob { spec: spec("web", 1, "64Mi") });
+    h.apply(Command::UpsertJob {
+        spec: spec("web", 1, "64Mi"),
+    });
     assert!(h.state.allocs.is_empty());
     assert!(h.state.dirty.contains(&(Table::Alloc, "web-0-n1".into())));
 }
