@@ -1,5 +1,5 @@
 //! The agent process: registers the node, heartbeats, watches the node's
-//! allocations, runs the reconciler, and serves logs.
+//! allocations, runs the reconciler, and serves logs and exec.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -14,8 +14,9 @@ use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::paths::Paths;
-use crate::reconcile::{self, Event, Observed, Reconciler};
-use crate::runtime::{find_program, Runc};
+use crate::reconcile::{self, Event, Observed, Reconciler, Settings};
+use crate::rootfs::RootfsMode;
+use crate::runtime::{choose_runtime, Runc, RuntimeChoiceError};
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -34,18 +35,30 @@ pub struct AgentConfig {
     /// The program and leading arguments that start a shim.
     pub shim_program: PathBuf,
     pub shim_prefix: Vec<std::ffi::OsString>,
-    /// Time between SIGTERM and SIGKILL when stopping a container.
+    /// Time between the stop signal and SIGKILL when stopping a container
+    /// whose task names no `stop_grace`.
     pub stop_grace: Duration,
     /// Held back from what the node offers.
     pub reserved: Resources,
+    /// A container's log is rotated when it reaches this size...
+    pub log_max_size: u64,
+    /// ...keeping at most this many files (the current one included).
+    pub log_max_files: u32,
+    /// How container root filesystems are made.
+    pub rootfs: RootfsMode,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("the agent must run as root (runc needs it)")]
     NotRoot,
-    #[error("container runtime {0:?} not found: install runc (`apt-get install runc`) or pass --runtime PATH")]
-    RuntimeMissing(PathBuf),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeChoiceError),
+    #[error("--reserve {reserved} is more than this node has ({capacity})")]
+    ReserveTooLarge {
+        reserved: Resources,
+        capacity: Resources,
+    },
     #[error("cannot create {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -121,8 +134,15 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     if !crate::sys::is_root() {
         return Err(AgentError::NotRoot);
     }
-    let runtime_binary = find_program(&cfg.runtime)
-        .ok_or_else(|| AgentError::RuntimeMissing(cfg.runtime.clone()))?;
+    let (runtime_binary, flavor) =
+        choose_runtime(&cfg.runtime, std::path::Path::new(crate::shim::CGROUP_ROOT))?;
+    let capacity = crate::host::capacity();
+    if !cfg.reserved.fits_in(capacity) || cfg.reserved == capacity {
+        return Err(AgentError::ReserveTooLarge {
+            reserved: cfg.reserved,
+            capacity,
+        });
+    }
     let paths = Paths::new(&cfg.data_dir);
     for dir in [
         paths.containers(),
@@ -146,38 +166,49 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         source,
     })?;
     let advertise = cfg.advertise.unwrap_or(bound);
-    let logs =
-        pb::agent_api_server::AgentApiServer::new(crate::logs::LogService::new(paths.clone()));
-    let log_server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(logs)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    tracing::info!(node = %cfg.name, listen = %bound, advertise = %advertise, "agent starting");
-
-    let registration = pb::RegisterRequest {
-        name: cfg.name.clone(),
-        labels: cfg.labels.clone(),
-        capacity: Some(crate::host::capacity().into()),
-        reserved: Some(cfg.reserved.into()),
-        address: advertise.to_string(),
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
-    };
-
     let runtime = Arc::new(Runc {
         binary: runtime_binary.clone(),
         root: paths.runtime_root(),
         shim_program: cfg.shim_program.clone(),
         shim_prefix: cfg.shim_prefix.clone(),
     });
-    let (events_tx, events_rx) = mpsc::channel(64);
-    let mut rec = Reconciler::new(
-        runtime,
-        paths,
-        runtime_binary,
-        cfg.stop_grace,
-        events_tx.clone(),
+    let api = pb::agent_api_server::AgentApiServer::new(crate::service::AgentService::new(
+        paths.clone(),
+        runtime.clone(),
+    ));
+    let api_server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(api)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
+    tracing::info!(
+        node = %cfg.name,
+        listen = %bound,
+        advertise = %advertise,
+        runtime = %runtime_binary.display(),
+        ?flavor,
+        reserved = %cfg.reserved,
+        "agent starting"
+    );
+
+    let registration = pb::RegisterRequest {
+        name: cfg.name.clone(),
+        labels: cfg.labels.clone(),
+        capacity: Some(capacity.into()),
+        reserved: Some(cfg.reserved.into()),
+        address: advertise.to_string(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+
+    let (events_tx, events_rx) = mpsc::channel(256);
+    let settings = Settings {
+        runtime_binary,
+        stop_grace: cfg.stop_grace,
+        log_max_size: cfg.log_max_size,
+        log_max_files: cfg.log_max_files,
+        rootfs: cfg.rootfs,
+    };
+    let mut rec = Reconciler::new(runtime, paths, settings, events_tx.clone());
     rec.adopt().await;
 
     let node = cfg.name.clone();
@@ -198,7 +229,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         _ = tasks => {}
         _ = shutdown => tracing::info!("agent stopping; containers keep running"),
     }
-    log_server.abort();
+    api_server.abort();
     Ok(())
 }
 
@@ -309,6 +340,9 @@ async fn report(servers: &Servers, node: &str, updates: Vec<Observed>) -> bool {
                 status: pb::AllocStatus::from(u.status) as i32,
                 exit_code: u.exit_code,
                 message: u.message,
+                restart_count: u.restart_count,
+                healthy: u.healthy,
+                reason: u.reason,
             })
             .collect(),
     };

@@ -3,7 +3,13 @@
 //!
 //! oci-spec fills unset fields from its `Default`s, some of which are not
 //! safe (inheritable and ambient capabilities, no device rules). Every
-//! security-relevant field is therefore set here explicitly.
+//! security-relevant field is therefore set here explicitly: capabilities
+//! (Docker's default set, adjusted by the task's `cap_add`/`cap_drop`,
+//! with empty inheritable and ambient sets), `noNewPrivileges`, the
+//! default seccomp profile ([`crate::seccomp`]), masked and read-only
+//! paths, a deny-all device rule with the standard allow list, resource
+//! and pids limits, and the root filesystem's writability. No AppArmor or
+//! SELinux label is set: the hosts Skiff targets run neither by default.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -16,6 +22,7 @@ use oci_spec::runtime::{
     MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
     SpecBuilder, UserBuilder,
 };
+use skiff_model::lifecycle::effective_capabilities;
 use skiff_model::{Allocation, NetworkMode};
 
 use crate::image::ImageConfig;
@@ -23,23 +30,6 @@ use crate::image::ImageConfig;
 /// Most processes one container may run, unless the job says otherwise.
 pub const DEFAULT_PIDS_LIMIT: i64 = 4096;
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// Docker's default capability set.
-const DEFAULT_CAPS: [Capability; 14] = [
-    Capability::Chown,
-    Capability::DacOverride,
-    Capability::Fsetid,
-    Capability::Fowner,
-    Capability::Mknod,
-    Capability::NetRaw,
-    Capability::Setgid,
-    Capability::Setuid,
-    Capability::Setfcap,
-    Capability::Setpcap,
-    Capability::NetBindService,
-    Capability::SysChroot,
-    Capability::Kill,
-    Capability::AuditWrite,
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -47,6 +37,8 @@ pub enum BundleError {
     NoCommand,
     #[error("image user {user:?} is not in the image's /etc/passwd")]
     UnknownUser { user: String },
+    #[error("task.security: {0:?} is not a capability this runtime knows")]
+    UnknownCapability(String),
     #[error("building the runtime spec: {0}")]
     Spec(#[from] oci_spec::OciSpecError),
 }
@@ -203,14 +195,24 @@ pub fn build_spec(input: &BundleInput<'_>) -> Result<Spec, BundleError> {
     let alloc = input.alloc;
     let task = &alloc.task;
     let args = resolve_args(&task.command, &task.args, input.image)?;
-    let (uid, gid) = resolve_user(input.image.user.as_deref(), input.rootfs)?;
+    let (uid, gid) = match task.security.user {
+        Some(u) => (u.uid, u.gid),
+        None => resolve_user(input.image.user.as_deref(), input.rootfs)?,
+    };
     let cwd = task
         .workdir
         .clone()
         .or_else(|| input.image.workdir.clone().filter(|w| w.starts_with('/')))
         .unwrap_or_else(|| "/".to_string());
 
-    let caps: HashSet<Capability> = DEFAULT_CAPS.into_iter().collect();
+    let cap_names = effective_capabilities(&task.security);
+    let caps: HashSet<Capability> = cap_names
+        .iter()
+        .map(|c| {
+            c.parse::<Capability>()
+                .map_err(|_| BundleError::UnknownCapability(c.clone()))
+        })
+        .collect::<Result<_, _>>()?;
     // As many open files as Docker gives, but never above what the agent
     // itself may raise to (runc fails otherwise).
     let nofile = crate::sys::nofile_hard_limit().min(1 << 20);
@@ -256,7 +258,7 @@ pub fn build_spec(input: &BundleInput<'_>) -> Result<Spec, BundleError> {
         )
         .pids(
             LinuxPidsBuilder::default()
-                .limit(DEFAULT_PIDS_LIMIT)
+                .limit(task.pids_limit.map_or(DEFAULT_PIDS_LIMIT, i64::from))
                 .build()?,
         )
         .build()?;
@@ -286,6 +288,7 @@ pub fn build_spec(input: &BundleInput<'_>) -> Result<Spec, BundleError> {
         .cgroups_path(format!("/skiff/{}", input.container_id))
         .masked_paths(get_default_maskedpaths())
         .readonly_paths(get_default_readonly_paths())
+        .seccomp(crate::seccomp::profile(&cap_names)?)
         .build()?;
 
     let mut hostname = format!("{}-{}", alloc.job, alloc.replica);
@@ -301,7 +304,7 @@ pub fn build_spec(input: &BundleInput<'_>) -> Result<Spec, BundleError> {
         .root(
             RootBuilder::default()
                 .path("rootfs")
-                .readonly(false)
+                .readonly(task.security.read_only_rootfs)
                 .build()?,
         )
         .process(process)
@@ -329,6 +332,9 @@ mod tests {
             status: AllocStatus::Pending,
             exit_code: None,
             message: String::new(),
+            restart_count: 0,
+            healthy: None,
+            reason: String::new(),
             create_index: 1,
             modify_index: 1,
         }
@@ -400,6 +406,8 @@ mod tests {
         assert_eq!(res.pids().as_ref().unwrap().limit(), DEFAULT_PIDS_LIMIT);
         let devices = res.devices().as_ref().unwrap();
         assert!(!devices[0].allow(), "first rule denies every device");
+        assert!(linux.seccomp().is_some(), "a seccomp profile is always set");
+        assert_eq!(spec.root().as_ref().unwrap().readonly(), Some(false));
         let process = spec.process().as_ref().unwrap();
         assert_eq!(process.no_new_privileges(), Some(true));
         let caps = process.capabilities().as_ref().unwrap();
@@ -416,6 +424,40 @@ mod tests {
             Some("/skiff/sk-1")
         );
         assert!(linux.masked_paths().as_ref().is_some_and(|m| !m.is_empty()));
+    }
+
+    #[test]
+    fn security_options_change_user_capabilities_rootfs_and_pids() {
+        let a = alloc(
+            "{image: 'oci:/i', pids_limit: 64, security: {read_only_rootfs: true, user: '1000:50', cap_add: [SYS_TIME], cap_drop: [NET_RAW]}}",
+        );
+        let spec = spec_for(&a);
+        let process = spec.process().as_ref().unwrap();
+        assert_eq!((process.user().uid(), process.user().gid()), (1000, 50));
+        let bounding = process
+            .capabilities()
+            .as_ref()
+            .unwrap()
+            .bounding()
+            .clone()
+            .unwrap();
+        assert!(bounding.contains(&Capability::SysTime));
+        assert!(!bounding.contains(&Capability::NetRaw));
+        assert!(bounding.contains(&Capability::Chown));
+        assert_eq!(spec.root().as_ref().unwrap().readonly(), Some(true));
+        let linux = spec.linux().as_ref().unwrap();
+        let pids = linux.resources().as_ref().unwrap().pids().as_ref().unwrap();
+        assert_eq!(pids.limit(), 64);
+        // The seccomp profile follows the capabilities.
+        let seccomp = linux.seccomp().as_ref().unwrap();
+        let allows = |call: &str| {
+            seccomp.syscalls().as_ref().unwrap().iter().any(|s| {
+                s.action() == oci_spec::runtime::LinuxSeccompAction::ScmpActAllow
+                    && s.names().iter().any(|n| n == call)
+            })
+        };
+        assert!(allows("settimeofday"));
+        assert!(!allows("mount"));
     }
 
     #[test]

@@ -5,17 +5,27 @@
 //! - [`reconcile`]: makes the node's containers match its allocations;
 //! - [`image`]: OCI image layouts, unpacked into a per-image cache;
 //! - [`bundle`]: the OCI runtime spec for each container;
-//! - [`runtime`]: runc, behind a small trait;
-//! - [`shim`]: the per-container monitor that outlives the agent.
+//! - [`seccomp`]: the default seccomp profile;
+//! - [`rootfs`]: each container's root filesystem (overlayfs or a copy);
+//! - [`runtime`]: runc, behind a small trait, and the runtime choice;
+//! - [`shim`]: the per-container monitor that outlives the agent;
+//! - [`crilog`] and [`logs`]: the CRI-format log files and reading them;
+//! - [`probe`]: exec, http and tcp health probes;
+//! - [`service`]: the agent's own API (logs, exec).
 
 pub mod agent;
 pub mod bundle;
+pub mod crilog;
 pub mod host;
 pub mod image;
 pub mod logs;
 pub mod paths;
+pub mod probe;
 pub mod reconcile;
+pub mod rootfs;
 pub mod runtime;
+pub mod seccomp;
+pub mod service;
 pub mod shim;
 mod sys;
 

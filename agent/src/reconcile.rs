@@ -1,24 +1,37 @@
 //! The agent's reconciler: makes the containers on this node match the
-//! allocations the servers assigned to it, and reports what it observes.
+//! allocations the servers assigned to it, restarts them as their restart
+//! policy says, runs their probes, and reports what it observes.
 //!
 //! One task owns all local state. It wakes on a new allocation set, on the
-//! end of a start or stop it spawned, or on a timer, and then:
-//! starts what should run and does not, stops what should not run and
-//! does, notices exits (from the shims' exit records), cleans up, and
+//! end of a start, stop or cleanup it spawned, on a probe verdict, or on a
+//! timer, and then: notices exits (from the shims' exit records), decides
+//! whether an exited container starts again (after its back-off) or is
+//! done, starts what should run, stops what should not, cleans up, and
 //! sends the server every status that differs from what the server holds.
 //! Each step is idempotent, so it is safe to run as often as it likes.
+//!
+//! Restarts happen in place: the allocation keeps its id and node, its
+//! `restart_count` grows, and while it waits out its back-off it stays
+//! `running` with reason `back_off`. The servers never see a terminal
+//! status until the restart policy gives up.
 
-use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use skiff_model::{AllocStatus, Allocation, DesiredStatus};
+use serde::{Deserialize, Serialize};
+use skiff_model::alloc::reason;
+use skiff_model::duration::format_duration;
+use skiff_model::lifecycle::{normalize_signal, DEFAULT_STOP_SIGNAL};
+use skiff_model::{AllocStatus, Allocation, DesiredStatus, NetworkMode, TaskSpec};
 use tokio::sync::mpsc;
 
 use crate::bundle::{build_spec, BundleInput};
-use crate::image::{copy_rootfs, ImageStore};
+use crate::image::ImageStore;
 use crate::paths::{container_id, Paths};
+use crate::probe::{self, ContainerChecker, ProbeEvent};
+use crate::rootfs::{self, RootfsMode};
 use crate::runtime::Runtime;
 use crate::shim::{self, ExitRecord, ShimArgs};
 
@@ -27,6 +40,20 @@ const RESYNC: Duration = Duration::from_millis(500);
 /// A status sent to the server is not sent again for this long, unless it
 /// changes, while the server's view catches up.
 const RESEND_AFTER: Duration = Duration::from_secs(5);
+/// Per-container file with the restart bookkeeping that must survive an
+/// agent restart.
+const RESTARTS_FILE: &str = "restarts.json";
+
+/// How the agent runs containers (from its flags).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub runtime_binary: PathBuf,
+    /// Time between the stop signal and SIGKILL, unless a task says.
+    pub stop_grace: Duration,
+    pub log_max_size: u64,
+    pub log_max_files: u32,
+    pub rootfs: RootfsMode,
+}
 
 /// What this agent knows about one container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,24 +61,89 @@ pub enum Phase {
     /// Image being prepared, bundle written, shim starting.
     Starting,
     Running,
-    /// Stop requested; signals sent, waiting for the exit.
-    Stopping,
-    /// The container ended; `stopped` when it was stopped on request.
+    /// Stop signal sent, waiting for the exit. `requested`: the servers
+    /// asked (else a probe failed and the restart policy decides next).
+    Stopping {
+        requested: bool,
+    },
+    /// The container ended; whether it starts again is decided next.
+    Ended(ExitRecord),
+    /// Waiting to start again once `until` has passed.
+    BackOff {
+        until: SystemTime,
+        delay: Duration,
+    },
+    /// Done for good; `stopped` when it was stopped on request.
     Exited {
         record: ExitRecord,
         stopped: bool,
     },
-    /// Never ran, or its monitor was lost; the reason says which.
-    Failed(String),
+    /// Never ran, or its monitor was lost; the message says which.
+    Failed {
+        message: String,
+        reason: &'static str,
+    },
+}
+
+impl Phase {
+    fn terminal(&self) -> bool {
+        matches!(self, Phase::Exited { .. } | Phase::Failed { .. })
+    }
+}
+
+/// Restart bookkeeping, kept in `containers/ID/restarts.json`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Restarts {
+    /// Restarts so far.
+    count: u32,
+    /// Restarts since the back-off was last reset.
+    step: u32,
 }
 
 #[derive(Debug)]
 struct Local {
     phase: Phase,
+    /// A cleanup (runc delete, bundle removal) is under way.
+    cleaning: bool,
     /// The runtime's container and the bundle are gone.
     cleaned: bool,
     /// The server no longer lists the allocation: remove it once stopped.
     orphan: bool,
+    /// The task, once the servers' allocation set has been seen.
+    task: Option<TaskSpec>,
+    restarts: Restarts,
+    last_exit: Option<ExitRecord>,
+    healthy: Option<bool>,
+    /// The probe task of the running container.
+    prober: Option<tokio::task::AbortHandle>,
+    /// Why the agent killed the current run (a failed probe).
+    killed_for: Option<String>,
+    /// When the current start began (for the start latency log).
+    start_began: Option<Instant>,
+}
+
+impl Local {
+    fn new(phase: Phase, restarts: Restarts) -> Local {
+        Local {
+            phase,
+            cleaning: false,
+            cleaned: false,
+            orphan: false,
+            task: None,
+            restarts,
+            last_exit: None,
+            healthy: None,
+            prober: None,
+            killed_for: None,
+            start_began: None,
+        }
+    }
+
+    fn stop_probes(&mut self) {
+        if let Some(p) = self.prober.take() {
+            p.abort();
+        }
+    }
 }
 
 /// A status update for the server.
@@ -61,6 +153,9 @@ pub struct Observed {
     pub status: AllocStatus,
     pub exit_code: Option<i32>,
     pub message: String,
+    pub restart_count: u32,
+    pub healthy: Option<bool>,
+    pub reason: String,
 }
 
 pub enum Event {
@@ -68,6 +163,8 @@ pub enum Event {
     Desired(Vec<Allocation>),
     Started {
         id: String,
+        /// Which run of the container (its restart count) this was.
+        run: u32,
         result: Result<(), String>,
     },
     StopDone {
@@ -76,34 +173,51 @@ pub enum Event {
     Cleaned {
         id: String,
     },
+    Probe {
+        id: String,
+        run: u32,
+        event: ProbeEvent,
+    },
 }
 
 pub struct Reconciler<R: Runtime> {
     runtime: Arc<R>,
     paths: Paths,
     images: ImageStore,
-    runtime_binary: PathBuf,
-    shim_grace: Duration,
+    settings: Settings,
     desired: Option<Vec<Allocation>>,
     local: HashMap<String, Local>,
     sent: HashMap<String, (Observed, Instant)>,
     events: mpsc::Sender<Event>,
 }
 
+fn restarts_path(paths: &Paths, id: &str) -> PathBuf {
+    paths.container_dir(id).join(RESTARTS_FILE)
+}
+
+fn read_restarts(paths: &Paths, id: &str) -> Restarts {
+    std::fs::read(restarts_path(paths, id))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn system_time(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
 impl<R: Runtime> Reconciler<R> {
     pub fn new(
         runtime: Arc<R>,
         paths: Paths,
-        runtime_binary: PathBuf,
-        stop_grace: Duration,
+        settings: Settings,
         events: mpsc::Sender<Event>,
     ) -> Self {
         Reconciler {
             runtime,
             images: ImageStore::new(paths.images()),
             paths,
-            runtime_binary,
-            shim_grace: stop_grace,
+            settings,
             desired: None,
             local: HashMap::new(),
             sent: HashMap::new(),
@@ -113,7 +227,8 @@ impl<R: Runtime> Reconciler<R> {
 
     /// Re-adopts the containers a previous run of the agent left behind:
     /// running ones keep running, and ones that exited meanwhile are
-    /// reported with the exit code their shim recorded.
+    /// reported with the exit code their shim recorded (and restarted if
+    /// their policy says so).
     pub async fn adopt(&mut self) {
         let Ok(entries) = std::fs::read_dir(self.paths.containers()) else {
             return;
@@ -124,70 +239,113 @@ impl<R: Runtime> Reconciler<R> {
                 continue;
             }
             let state_dir = self.paths.state_dir(&id);
+            let restarts = read_restarts(&self.paths, &id);
             let phase = if let Some(record) = ExitRecord::read(&state_dir) {
-                Phase::Exited {
-                    record,
-                    stopped: false,
-                }
+                Phase::Ended(record)
             } else if shim::shim_alive(&state_dir) {
                 Phase::Running
             } else {
-                match self.runtime.state(&container_id(&id)).await {
-                    Ok(Some(s)) if s.status == "running" => {
-                        // Running, but nobody will record its exit: stop it
-                        // and report the loss rather than guess an exit code.
-                        let _ = self.runtime.delete(&container_id(&id), true).await;
-                        Phase::Failed(
-                            "the container's monitor died; the container was stopped".into(),
-                        )
-                    }
-                    _ => {
-                        let _ = self.runtime.delete(&container_id(&id), true).await;
-                        Phase::Failed("the agent stopped while the container was starting".into())
-                    }
+                let cid = container_id(&id);
+                let running = matches!(
+                    self.runtime.state(&cid).await,
+                    Ok(Some(ref s)) if s.status == "running"
+                );
+                let _ = self.runtime.delete(&cid, true).await;
+                Phase::Failed {
+                    message: if running {
+                        // Nobody would record its exit: it was stopped
+                        // rather than left to guess an exit code.
+                        "the container's monitor died; the container was stopped".into()
+                    } else {
+                        "the agent stopped while the container was starting".into()
+                    },
+                    reason: reason::START_FAILED,
                 }
             };
-            tracing::info!(alloc = %id, ?phase, "re-adopted container");
-            self.local.insert(
-                id,
-                Local {
-                    phase,
-                    cleaned: false,
-                    orphan: false,
-                },
-            );
+            tracing::info!(alloc = %id, ?phase, restarts = restarts.count, "re-adopted container");
+            self.local.insert(id, Local::new(phase, restarts));
         }
     }
 
     pub fn handle(&mut self, event: Event) {
         match event {
             Event::Desired(allocs) => self.desired = Some(allocs),
-            Event::Started { id, result } => {
-                if let Some(l) = self.local.get_mut(&id) {
-                    if l.phase == Phase::Starting {
-                        // A stop asked for meanwhile happens on the next pass.
-                        l.phase = match result {
-                            Ok(()) => Phase::Running,
-                            Err(msg) => Phase::Failed(msg),
-                        };
-                    }
+            Event::Started { id, run, result } => {
+                let Some(l) = self.local.get_mut(&id) else {
+                    return;
+                };
+                if l.phase != Phase::Starting || run != l.restarts.count {
+                    return;
                 }
+                let took = l.start_began.take().map(|t| t.elapsed());
+                // A stop asked for meanwhile happens on the next pass.
+                l.phase = match result {
+                    Ok(()) => {
+                        tracing::info!(
+                            alloc = %id,
+                            run,
+                            start_ms = took.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+                            "container started"
+                        );
+                        Phase::Running
+                    }
+                    Err(message) => {
+                        tracing::warn!(alloc = %id, error = %message, "container failed to start");
+                        Phase::Failed {
+                            message,
+                            reason: reason::START_FAILED,
+                        }
+                    }
+                };
             }
             Event::StopDone { id } => {
-                if let Some(l) = self.local.get_mut(&id) {
-                    if let Some(record) = ExitRecord::read(&self.paths.state_dir(&id)) {
-                        l.phase = Phase::Exited {
-                            record,
-                            stopped: true,
-                        };
-                    } else if matches!(l.phase, Phase::Stopping) {
-                        l.phase = Phase::Failed("stopped; its exit code was not recorded".into());
-                    }
-                }
+                let Some(l) = self.local.get_mut(&id) else {
+                    return;
+                };
+                let Phase::Stopping { requested } = l.phase else {
+                    return;
+                };
+                l.stop_probes();
+                l.phase = match ExitRecord::read(&self.paths.state_dir(&id)) {
+                    Some(record) if requested => Phase::Exited {
+                        record,
+                        stopped: true,
+                    },
+                    Some(record) => Phase::Ended(record),
+                    None => Phase::Failed {
+                        message: "stopped; its exit code was not recorded".into(),
+                        reason: reason::STOPPED,
+                    },
+                };
             }
             Event::Cleaned { id } => {
                 if let Some(l) = self.local.get_mut(&id) {
+                    l.cleaning = false;
                     l.cleaned = true;
+                }
+            }
+            Event::Probe { id, run, event } => {
+                let Some(l) = self.local.get_mut(&id) else {
+                    return;
+                };
+                if l.phase != Phase::Running || run != l.restarts.count {
+                    return; // about an earlier run
+                }
+                match event {
+                    ProbeEvent::Ready(ready) => {
+                        if l.healthy != Some(ready) {
+                            tracing::info!(alloc = %id, ready, "readiness changed");
+                        }
+                        l.healthy = Some(ready);
+                    }
+                    ProbeEvent::Failed { probe, message } => {
+                        tracing::info!(alloc = %id, probe, error = %message, "probe failed; stopping the container");
+                        l.killed_for = Some(format!("{probe} probe failed: {message}"));
+                        l.healthy = Some(false);
+                        l.phase = Phase::Stopping { requested: false };
+                        let task = l.task.clone();
+                        self.spawn_stop(id, task.as_ref());
+                    }
                 }
             }
         }
@@ -198,72 +356,179 @@ impl<R: Runtime> Reconciler<R> {
         let Some(desired) = self.desired.clone() else {
             return Vec::new(); // nothing heard from the servers yet
         };
-        let listed: HashSet<&str> = desired.iter().map(|a| a.id.as_str()).collect();
+        let by_id: HashMap<&str, &Allocation> =
+            desired.iter().map(|a| (a.id.as_str(), a)).collect();
+
+        // Learn tasks; mark what the servers no longer list.
+        for (id, l) in self.local.iter_mut() {
+            match by_id.get(id.as_str()) {
+                Some(a) if l.task.is_none() => l.task = Some(a.task.clone()),
+                Some(_) => {}
+                None if !l.orphan => {
+                    tracing::info!(alloc = %id, "the servers no longer list this allocation; removing it");
+                    l.orphan = true;
+                }
+                None => {}
+            }
+        }
 
         // Notice exits.
         for (id, l) in self.local.iter_mut() {
-            if matches!(l.phase, Phase::Running | Phase::Stopping) {
+            if matches!(l.phase, Phase::Running | Phase::Stopping { .. }) {
                 if let Some(record) = ExitRecord::read(&self.paths.state_dir(id)) {
-                    let stopped = l.phase == Phase::Stopping;
-                    tracing::info!(alloc = %id, code = record.exit_code, stopped, "container exited");
-                    l.phase = Phase::Exited { record, stopped };
+                    tracing::info!(alloc = %id, code = record.exit_code, oom = record.oom_killed, "container exited");
+                    l.stop_probes();
+                    l.phase = match l.phase {
+                        Phase::Stopping { requested: true } => Phase::Exited {
+                            record,
+                            stopped: true,
+                        },
+                        _ => Phase::Ended(record),
+                    };
                 }
             }
         }
 
-        // Start and stop.
-        for a in &desired {
-            let local = self.local.get_mut(&a.id);
-            match (a.desired, local) {
-                (DesiredStatus::Run, None) if a.status == AllocStatus::Pending => {
-                    self.local.insert(
-                        a.id.clone(),
-                        Local {
-                            phase: Phase::Starting,
-                            cleaned: false,
-                            orphan: false,
-                        },
-                    );
-                    self.spawn_start(a.clone());
+        // Decide what follows an exit: a restart after a back-off, or the end.
+        for (id, l) in self.local.iter_mut() {
+            let Phase::Ended(record) = &l.phase else {
+                continue;
+            };
+            let record = record.clone();
+            let stop_wanted = l.orphan
+                || by_id
+                    .get(id.as_str())
+                    .is_some_and(|a| a.desired == DesiredStatus::Stop);
+            let restart = match (&l.task, stop_wanted) {
+                (Some(task), false) => Some(task.restart),
+                _ => None,
+            }
+            .filter(|r| r.policy.restarts(record.succeeded()));
+            l.last_exit = Some(record.clone());
+            l.healthy = None;
+            l.cleaned = false;
+            l.cleaning = false;
+            l.phase = match restart {
+                Some(r) => {
+                    if record.ran_for() >= r.backoff.reset_after {
+                        l.restarts.step = 0;
+                    }
+                    let delay = r.backoff.delay(l.restarts.step);
+                    let until = system_time(record.finished_at_ms) + delay;
+                    tracing::info!(alloc = %id, delay = %format_duration(delay), restarts = l.restarts.count, "container exited; restarting after its back-off");
+                    Phase::BackOff { until, delay }
                 }
-                (DesiredStatus::Stop, Some(l)) if l.phase == Phase::Running => {
-                    l.phase = Phase::Stopping;
-                    self.spawn_stop(a.id.clone());
+                None => Phase::Exited {
+                    record,
+                    stopped: stop_wanted,
+                },
+            };
+        }
+
+        // Start, restart and stop.
+        for a in &desired {
+            match (a.desired, self.local.get_mut(&a.id)) {
+                (DesiredStatus::Run, None) if a.status == AllocStatus::Pending => {
+                    let mut l = Local::new(Phase::Starting, Restarts::default());
+                    l.task = Some(a.task.clone());
+                    l.start_began = Some(Instant::now());
+                    self.local.insert(a.id.clone(), l);
+                    self.spawn_start(a.clone(), 0);
+                }
+                (DesiredStatus::Run, Some(l)) => {
+                    if let Phase::BackOff { until, .. } = l.phase {
+                        if l.cleaned && SystemTime::now() >= until {
+                            l.restarts.count += 1;
+                            l.restarts.step += 1;
+                            let r = l.restarts;
+                            if let Err(e) = persist_restarts(&self.paths, &a.id, r) {
+                                tracing::warn!(alloc = %a.id, error = %e, "cannot record the restart count");
+                            }
+                            l.phase = Phase::Starting;
+                            l.cleaned = false;
+                            l.killed_for = None;
+                            l.start_began = Some(Instant::now());
+                            self.spawn_start(a.clone(), r.count);
+                        }
+                    }
+                }
+                (DesiredStatus::Stop, Some(l)) => match &l.phase {
+                    Phase::Running => {
+                        l.phase = Phase::Stopping { requested: true };
+                        let task = l.task.clone();
+                        self.spawn_stop(a.id.clone(), task.as_ref());
+                    }
+                    Phase::Stopping { requested: false } => {
+                        l.phase = Phase::Stopping { requested: true };
+                    }
+                    Phase::BackOff { .. } => {
+                        let record = l.last_exit.clone().expect("a back-off follows an exit");
+                        l.phase = Phase::Exited {
+                            record,
+                            stopped: true,
+                        };
+                    }
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+        let orphans: Vec<String> = self
+            .local
+            .iter()
+            .filter(|(_, l)| l.orphan && !l.phase.terminal())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in orphans {
+            let Some(l) = self.local.get_mut(&id) else {
+                continue;
+            };
+            match &l.phase {
+                Phase::Running => {
+                    l.phase = Phase::Stopping { requested: true };
+                    let task = l.task.clone();
+                    self.spawn_stop(id, task.as_ref());
+                }
+                Phase::BackOff { .. } => {
+                    let record = l.last_exit.clone().expect("a back-off follows an exit");
+                    l.phase = Phase::Exited {
+                        record,
+                        stopped: true,
+                    };
                 }
                 _ => {}
             }
         }
-        for (id, l) in self.local.iter_mut() {
-            if !listed.contains(id.as_str()) && !l.orphan {
-                tracing::info!(alloc = %id, "the servers no longer list this allocation; removing it");
-                l.orphan = true;
-            }
-        }
-        let orphans_running: Vec<String> = self
+
+        // Probes for running containers.
+        let to_probe: Vec<(String, TaskSpec, u32)> = self
             .local
             .iter()
-            .filter(|(_, l)| l.orphan && l.phase == Phase::Running)
-            .map(|(id, _)| id.clone())
+            .filter(|(_, l)| l.phase == Phase::Running && l.prober.is_none())
+            .filter_map(|(id, l)| Some((id.clone(), l.task.clone()?, l.restarts.count)))
             .collect();
-        for id in orphans_running {
+        for (id, task, run) in to_probe {
+            let handle = self.spawn_probes(&id, &task, run);
             if let Some(l) = self.local.get_mut(&id) {
-                l.phase = Phase::Stopping;
+                l.prober = Some(handle);
             }
-            self.spawn_stop(id);
         }
 
-        // Clean up what ended.
+        // Clean up what ended (and what waits to start again).
         let to_clean: Vec<String> = self
             .local
             .iter()
             .filter(|(_, l)| {
-                !l.cleaned && matches!(l.phase, Phase::Exited { .. } | Phase::Failed(_))
+                !l.cleaned
+                    && !l.cleaning
+                    && (l.phase.terminal() || matches!(l.phase, Phase::BackOff { .. }))
             })
             .map(|(id, _)| id.clone())
             .collect();
         for id in to_clean {
             if let Some(l) = self.local.get_mut(&id) {
-                l.cleaned = true; // set now so it is spawned once
+                l.cleaning = true;
+                l.stop_probes();
             }
             self.spawn_cleanup(id);
         }
@@ -273,13 +538,16 @@ impl<R: Runtime> Reconciler<R> {
         let mut forget = Vec::new();
         for a in &desired {
             let observed = match self.local.get(&a.id) {
-                Some(l) => observe(a, &l.phase),
+                Some(l) => observe(a, l),
                 None if a.desired == DesiredStatus::Stop && !a.status.is_terminal() => {
                     Some(Observed {
                         alloc_id: a.id.clone(),
                         status: AllocStatus::Complete,
                         exit_code: None,
                         message: "stopped before it started".into(),
+                        restart_count: a.restart_count,
+                        healthy: None,
+                        reason: reason::STOPPED.into(),
                     })
                 }
                 None if a.desired == DesiredStatus::Run && a.status == AllocStatus::Running => {
@@ -288,12 +556,20 @@ impl<R: Runtime> Reconciler<R> {
                         status: AllocStatus::Failed,
                         exit_code: None,
                         message: "the container is gone from this node (its state was lost)".into(),
+                        restart_count: a.restart_count,
+                        healthy: None,
+                        reason: reason::ERROR.into(),
                     })
                 }
                 None => None,
             };
             if let Some(o) = observed {
-                let server_has = a.status == o.status && a.exit_code == o.exit_code;
+                let server_has = a.status == o.status
+                    && a.exit_code == o.exit_code
+                    && a.restart_count == o.restart_count
+                    && a.healthy == o.healthy
+                    && a.reason == o.reason
+                    && (o.message.is_empty() || a.message == o.message);
                 let recently_sent = self
                     .sent
                     .get(&a.id)
@@ -304,19 +580,21 @@ impl<R: Runtime> Reconciler<R> {
             }
             if a.status.is_terminal() {
                 if let Some(l) = self.local.get(&a.id) {
-                    if l.cleaned && matches!(l.phase, Phase::Exited { .. } | Phase::Failed(_)) {
+                    if l.cleaned && l.phase.terminal() {
                         forget.push(a.id.clone());
                     }
                 }
             }
         }
         for (id, l) in &self.local {
-            if l.orphan && l.cleaned && matches!(l.phase, Phase::Exited { .. } | Phase::Failed(_)) {
+            if l.orphan && l.cleaned && l.phase.terminal() {
                 forget.push(id.clone());
             }
         }
         for id in forget {
-            self.local.remove(&id);
+            if let Some(mut l) = self.local.remove(&id) {
+                l.stop_probes();
+            }
             self.sent.remove(&id);
             // The exit record has been reported; the logs stay for `skiff logs`.
             let _ = std::fs::remove_dir_all(self.paths.container_dir(&id));
@@ -341,32 +619,32 @@ impl<R: Runtime> Reconciler<R> {
         self.local.get(alloc_id).map(|l| &l.phase)
     }
 
-    fn spawn_start(&self, alloc: Allocation) {
+    fn spawn_start(&self, alloc: Allocation, run: u32) {
         let runtime = self.runtime.clone();
         let paths = self.paths.clone();
         let images = self.images.clone();
-        let runtime_binary = self.runtime_binary.clone();
+        let settings = self.settings.clone();
         let events = self.events.clone();
         tokio::spawn(async move {
             let id = alloc.id.clone();
-            let result = start(&*runtime, &paths, &images, runtime_binary, &alloc).await;
-            match &result {
-                Ok(()) => tracing::info!(alloc = %id, job = %alloc.job, "container started"),
-                Err(e) => {
-                    tracing::warn!(alloc = %id, job = %alloc.job, error = %e, "container failed to start")
-                }
-            }
-            let _ = events.send(Event::Started { id, result }).await;
+            let result = start(&*runtime, &paths, &images, &settings, &alloc).await;
+            let _ = events.send(Event::Started { id, run, result }).await;
         });
     }
 
-    fn spawn_stop(&self, id: String) {
+    fn spawn_stop(&self, id: String, task: Option<&TaskSpec>) {
         let runtime = self.runtime.clone();
         let state_dir = self.paths.state_dir(&id);
-        let grace = self.shim_grace;
+        let signal = task
+            .and_then(|t| t.stop_signal.as_deref())
+            .and_then(normalize_signal)
+            .unwrap_or(DEFAULT_STOP_SIGNAL);
+        let grace = task
+            .and_then(|t| t.stop_grace)
+            .unwrap_or(self.settings.stop_grace);
         let events = self.events.clone();
         tokio::spawn(async move {
-            stop(&*runtime, &container_id(&id), &state_dir, grace).await;
+            stop(&*runtime, &container_id(&id), &state_dir, signal, grace).await;
             let _ = events.send(Event::StopDone { id }).await;
         });
     }
@@ -383,51 +661,156 @@ impl<R: Runtime> Reconciler<R> {
                     tracing::warn!(alloc = %id, error = %e, "could not delete the container");
                 }
             }
-            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(bundle)).await;
+            match tokio::task::spawn_blocking(move || rootfs::release(&bundle)).await {
+                Ok(Err(e)) => {
+                    tracing::warn!(alloc = %id, error = %e, "could not remove the bundle")
+                }
+                Err(e) => tracing::warn!(alloc = %id, error = %e, "bundle removal panicked"),
+                Ok(Ok(())) => {}
+            }
             let _ = events.send(Event::Cleaned { id }).await;
         });
     }
+
+    fn spawn_probes(&self, id: &str, task: &TaskSpec, run: u32) -> tokio::task::AbortHandle {
+        let (tx, mut rx) = mpsc::channel(8);
+        let netns = match task.network {
+            NetworkMode::Host => None,
+            NetworkMode::None => {
+                std::fs::read_to_string(self.paths.state_dir(id).join(shim::INIT_PID))
+                    .ok()
+                    .and_then(|p| p.trim().parse::<i32>().ok())
+                    .map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net")))
+            }
+        };
+        let checker = ContainerChecker {
+            runtime: self.runtime.clone(),
+            container_id: container_id(id),
+            netns,
+        };
+        let probes = task.probes.clone();
+        let events = self.events.clone();
+        let id = id.to_string();
+        let task = tokio::spawn(async move {
+            let forward = async {
+                while let Some(event) = rx.recv().await {
+                    let e = Event::Probe {
+                        id: id.clone(),
+                        run,
+                        event,
+                    };
+                    if events.send(e).await.is_err() {
+                        return;
+                    }
+                }
+            };
+            tokio::join!(
+                probe::run_probes(checker, probes, tokio::time::Instant::now(), tx),
+                forward
+            );
+        });
+        task.abort_handle()
+    }
+}
+
+fn persist_restarts(paths: &Paths, id: &str, r: Restarts) -> std::io::Result<()> {
+    let json = serde_json::to_vec(&r).expect("restart counts serialize");
+    shim::write_atomic(&restarts_path(paths, id), &json)
 }
 
 /// What the server should record for an allocation in a given phase.
-fn observe(a: &Allocation, phase: &Phase) -> Option<Observed> {
-    let (status, exit_code, message) = match phase {
-        Phase::Starting => return None,
-        Phase::Running | Phase::Stopping => (AllocStatus::Running, None, String::new()),
+fn observe(a: &Allocation, l: &Local) -> Option<Observed> {
+    let last = l.last_exit.as_ref();
+    let running = |healthy: Option<bool>, reason: &str, message: String| Observed {
+        alloc_id: a.id.clone(),
+        status: AllocStatus::Running,
+        exit_code: last.map(|r| r.exit_code),
+        message,
+        restart_count: l.restarts.count,
+        healthy,
+        reason: reason.into(),
+    };
+    let restarted = || match last {
+        Some(r) if l.restarts.count > 0 => format!(
+            "restarted {} time{}; last run {}",
+            l.restarts.count,
+            if l.restarts.count == 1 { "" } else { "s" },
+            r.describe()
+        ),
+        _ => String::new(),
+    };
+    Some(match &l.phase {
+        Phase::Starting | Phase::Ended(_) => return None,
+        Phase::Running | Phase::Stopping { .. } => {
+            let healthy = match (&l.task, l.healthy) {
+                (_, Some(h)) => Some(h),
+                // Without probes a running container is ready at once.
+                (Some(t), None) if t.probes.is_empty() => Some(true),
+                _ => Some(false),
+            };
+            running(healthy, "", restarted())
+        }
+        Phase::BackOff { delay, .. } => {
+            let why = match (&l.killed_for, last) {
+                (Some(k), _) => k.clone(),
+                (None, Some(r)) => r.describe(),
+                (None, None) => "exited".into(),
+            };
+            running(
+                Some(false),
+                reason::BACK_OFF,
+                format!("{why}; starting again in {}", format_duration(*delay)),
+            )
+        }
         Phase::Exited { record, stopped } => {
             let by_request = *stopped || a.desired == DesiredStatus::Stop;
-            let how = match record.signal {
-                Some(sig) => format!("killed by signal {sig}"),
-                None => format!("exited with code {}", record.exit_code),
+            let how = match &l.killed_for {
+                Some(k) => format!("{k} ({})", record.describe()),
+                None => record.describe(),
             };
-            if by_request {
+            let (status, why, message) = if by_request {
                 (
                     AllocStatus::Complete,
-                    Some(record.exit_code),
+                    reason::STOPPED,
                     format!("stopped ({how})"),
                 )
-            } else if record.exit_code == 0 {
-                (AllocStatus::Complete, Some(0), how)
+            } else if record.oom_killed && !record.succeeded() {
+                (AllocStatus::Failed, reason::OOM_KILLED, how)
+            } else if l.killed_for.is_some() {
+                (AllocStatus::Failed, reason::PROBE_FAILED, how)
+            } else if record.succeeded() {
+                (AllocStatus::Complete, reason::COMPLETED, how)
             } else {
-                (AllocStatus::Failed, Some(record.exit_code), how)
+                (AllocStatus::Failed, reason::ERROR, how)
+            };
+            Observed {
+                alloc_id: a.id.clone(),
+                status,
+                exit_code: Some(record.exit_code),
+                message,
+                restart_count: l.restarts.count,
+                healthy: None,
+                reason: why.into(),
             }
         }
-        Phase::Failed(msg) => (AllocStatus::Failed, None, msg.clone()),
-    };
-    Some(Observed {
-        alloc_id: a.id.clone(),
-        status,
-        exit_code,
-        message,
+        Phase::Failed { message, reason } => Observed {
+            alloc_id: a.id.clone(),
+            status: AllocStatus::Failed,
+            exit_code: None,
+            message: message.clone(),
+            restart_count: l.restarts.count,
+            healthy: None,
+            reason: (*reason).into(),
+        },
     })
 }
 
 /// Prepares the image, writes the bundle and starts the container.
-async fn start<R: Runtime>(
+pub async fn start<R: Runtime>(
     runtime: &R,
     paths: &Paths,
     images: &ImageStore,
-    runtime_binary: PathBuf,
+    settings: &Settings,
     alloc: &Allocation,
 ) -> Result<(), String> {
     let image_ref = alloc.task.image.clone();
@@ -439,14 +822,15 @@ async fn start<R: Runtime>(
 
     let bundle = paths.bundle(&alloc.id);
     let rootfs = bundle.join("rootfs");
-    let (src, dst, b) = (prepared.rootfs.clone(), rootfs.clone(), bundle.clone());
-    tokio::task::spawn_blocking(move || {
-        let _ = std::fs::remove_dir_all(&b);
+    let (src, b, mode) = (prepared.rootfs.clone(), bundle.clone(), settings.rootfs);
+    let kind = tokio::task::spawn_blocking(move || {
+        rootfs::release(&b).map_err(|e| format!("removing the old bundle {}: {e}", b.display()))?;
         std::fs::create_dir_all(&b).map_err(|e| format!("creating {}: {e}", b.display()))?;
-        copy_rootfs(&src, &dst).map_err(|e| format!("copying the image's rootfs: {e}"))
+        rootfs::prepare(&src, &b, mode).map_err(|e| e.to_string())
     })
     .await
-    .map_err(|e| format!("rootfs copy panicked: {e}"))??;
+    .map_err(|e| format!("rootfs preparation panicked: {e}"))??;
+    tracing::debug!(alloc = %alloc.id, ?kind, "rootfs ready");
 
     let cid = container_id(&alloc.id);
     let spec = build_spec(&BundleInput {
@@ -456,6 +840,12 @@ async fn start<R: Runtime>(
         rootfs: &rootfs,
     })
     .map_err(|e| e.to_string())?;
+    let cgroup = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().clone())
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     spec.save(bundle.join("config.json"))
         .map_err(|e| format!("writing config.json: {e}"))?;
 
@@ -468,33 +858,35 @@ async fn start<R: Runtime>(
         id: cid,
         bundle,
         state_dir,
-        runtime: runtime_binary,
+        runtime: settings.runtime_binary.clone(),
         runtime_root: paths.runtime_root(),
-        stdout: log_dir.join("stdout.log"),
-        stderr: log_dir.join("stderr.log"),
+        log_dir,
+        log_max_size: settings.log_max_size,
+        log_max_files: settings.log_max_files,
+        cgroup,
     };
     runtime.start(&args).await.map_err(|e| e.to_string())
 }
 
-/// SIGTERM, a grace period, SIGKILL; returns once the shim recorded the
-/// exit (or it is clear it never will).
-async fn stop<R: Runtime>(runtime: &R, cid: &str, state_dir: &std::path::Path, grace: Duration) {
+/// The stop signal, a grace period, SIGKILL; returns once the shim
+/// recorded the exit (or it is clear it never will).
+async fn stop<R: Runtime>(runtime: &R, cid: &str, state_dir: &Path, signal: &str, grace: Duration) {
     let exited = || ExitRecord::read(state_dir).is_some();
     if exited() {
         return;
     }
-    if let Err(e) = runtime.kill(cid, "TERM").await {
-        tracing::debug!(container = cid, error = %e, "SIGTERM failed");
+    if let Err(e) = runtime.kill(cid, signal).await {
+        tracing::debug!(container = cid, signal, error = %e, "stop signal failed");
     }
     if wait_until(exited, grace).await {
         return;
     }
     tracing::info!(
         container = cid,
-        ?grace,
+        grace = %format_duration(grace),
         "still running after the grace period; sending SIGKILL"
     );
-    if let Err(e) = runtime.kill(cid, "KILL").await {
+    if let Err(e) = runtime.kill(cid, "SIGKILL").await {
         tracing::debug!(container = cid, error = %e, "SIGKILL failed");
     }
     if !wait_until(exited, Duration::from_secs(10)).await {
@@ -515,7 +907,7 @@ async fn wait_until(cond: impl Fn() -> bool, limit: Duration) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -5,8 +5,10 @@ use std::ffi::OsString;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
 use serde::Deserialize;
+use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
 use crate::shim::{self, ShimArgs};
@@ -60,6 +62,44 @@ pub trait Runtime: Send + Sync + 'static {
         &self,
         id: &str,
     ) -> impl Future<Output = Result<Option<ContainerState>, RuntimeError>> + Send;
+    /// Runs `command` in the running container and collects its output.
+    fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        timeout: Option<Duration>,
+    ) -> impl Future<Output = Result<ExecOutput, RuntimeError>> + Send;
+}
+
+/// What a command run in a container did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// The exit code, 128 + N when killed by signal N.
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// Output beyond the limit was dropped.
+    pub truncated: bool,
+    /// Killed after running past its timeout.
+    pub timed_out: bool,
+}
+
+/// Reads all of `r`, keeping the first `limit` bytes; says whether more
+/// was dropped. Reading on past the limit keeps the writer from blocking.
+async fn read_capped(mut r: impl tokio::io::AsyncRead + Unpin, limit: usize) -> (Vec<u8>, bool) {
+    let mut kept = Vec::new();
+    let mut truncated = false;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return (kept, truncated),
+            Ok(n) => {
+                let room = limit.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+                truncated |= n > room;
+            }
+        }
+    }
 }
 
 /// runc (or crun/youki, which take the same verbs).
@@ -158,19 +198,13 @@ impl Runtime for Runc {
     }
 
     async fn kill(&self, id: &str, signal: &str) -> Result<(), RuntimeError> {
-        let out = self.run("kill", id, &[]).await;
         // `runc kill ID SIGNAL`: the signal goes after the id.
-        let out = match out {
-            Ok(_) => {
-                let mut c = self.command();
-                c.arg("kill").arg(id).arg(signal);
-                c.output().await.map_err(|source| RuntimeError::Spawn {
-                    program: self.binary.display().to_string(),
-                    source,
-                })?
-            }
-            Err(e) => return Err(e),
-        };
+        let mut c = self.command();
+        c.arg("kill").arg(id).arg(signal);
+        let out = c.output().await.map_err(|source| RuntimeError::Spawn {
+            program: self.binary.display().to_string(),
+            source,
+        })?;
         if out.status.success() {
             Ok(())
         } else {
@@ -207,6 +241,158 @@ impl Runtime for Runc {
                 source,
             })
     }
+
+    async fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        timeout: Option<Duration>,
+    ) -> Result<ExecOutput, RuntimeError> {
+        // runc writes the process's host pid here, so a command that runs
+        // too long can be killed itself, not only runc's client.
+        let pid_file = std::env::temp_dir().join(format!(
+            "skiff-exec-{}-{}.pid",
+            std::process::id(),
+            EXEC_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let mut c = self.command();
+        c.arg("exec")
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .arg(id)
+            .args(command)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().map_err(|source| RuntimeError::Spawn {
+            program: self.binary.display().to_string(),
+            source,
+        })?;
+        let out = child.stdout.take().expect("stdout is piped");
+        let err = child.stderr.take().expect("stderr is piped");
+        let limit = skiff_proto::MAX_EXEC_OUTPUT_BYTES;
+        let collect = async {
+            let (o, e) = tokio::join!(read_capped(out, limit), read_capped(err, limit));
+            let status = child.wait().await;
+            (o, e, status)
+        };
+        let result = match timeout {
+            Some(t) => tokio::time::timeout(t, collect).await.ok(),
+            None => Some(collect.await),
+        };
+        let output = match result {
+            Some(((stdout, t1), (stderr, t2), status)) => {
+                let status = status.map_err(|source| RuntimeError::Spawn {
+                    program: self.binary.display().to_string(),
+                    source,
+                })?;
+                use std::os::unix::process::ExitStatusExt;
+                let exit_code = status
+                    .code()
+                    .or_else(|| status.signal().map(|s| 128 + s))
+                    .unwrap_or(255);
+                ExecOutput {
+                    exit_code,
+                    stdout,
+                    stderr,
+                    truncated: t1 || t2,
+                    timed_out: false,
+                }
+            }
+            None => {
+                if let Some(pid) = std::fs::read_to_string(&pid_file)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok())
+                {
+                    let _ = crate::sys::kill(pid, libc::SIGKILL);
+                }
+                ExecOutput {
+                    exit_code: 137,
+                    timed_out: true,
+                    ..ExecOutput::default()
+                }
+            }
+        };
+        let _ = std::fs::remove_file(&pid_file);
+        Ok(output)
+    }
+}
+
+static EXEC_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Which runc-compatible runtime a binary is, from its name or from what
+/// `--version` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Runc,
+    Crun,
+    Other,
+}
+
+impl Flavor {
+    pub fn from_version_text(name: &str, version: &str) -> Flavor {
+        let first = version.lines().next().unwrap_or("").to_ascii_lowercase();
+        if name == "crun" || first.starts_with("crun") {
+            Flavor::Crun
+        } else if name == "runc" || first.starts_with("runc") {
+            Flavor::Runc
+        } else {
+            Flavor::Other
+        }
+    }
+}
+
+/// The cgroup v2 controllers of a hybrid host (a cgroup2 hierarchy beside
+/// the v1 ones, at `ROOT/unified`), or `None` when the host is not hybrid.
+pub fn hybrid_v2_controllers(cgroup_root: &Path) -> Option<Vec<String>> {
+    if !cgroup_root.join("memory").is_dir() {
+        return None; // no v1 memory controller: pure v2 (or no cgroups)
+    }
+    let text = std::fs::read_to_string(cgroup_root.join("unified/cgroup.controllers")).ok()?;
+    let controllers: Vec<String> = text.split_whitespace().map(str::to_string).collect();
+    (!controllers.is_empty()).then_some(controllers)
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RuntimeChoiceError {
+    #[error(
+        "crun cannot run containers on this host: its cgroups are in hybrid mode (the cgroup v2 \
+         hierarchy at {root}/unified holds the controllers: {controllers}) and crun refuses \
+         hybrid hosts. Use --runtime runc, or move those controllers to cgroup v1 (for example \
+         `mount -t cgroup -o hugetlb cgroup {root}/hugetlb`), or boot with a pure cgroup v1 or v2 \
+         hierarchy"
+    )]
+    CrunOnHybrid { root: String, controllers: String },
+    #[error("container runtime {0:?} not found: install runc (`apt-get install runc`) or pass --runtime PATH")]
+    Missing(PathBuf),
+}
+
+/// Resolves `--runtime` (`runc`, `crun` or a path) and refuses a choice
+/// this host cannot run: crun on a hybrid-cgroup host.
+pub fn choose_runtime(
+    requested: &Path,
+    cgroup_root: &Path,
+) -> Result<(PathBuf, Flavor), RuntimeChoiceError> {
+    let name = requested
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let binary = find_program(requested);
+    let version = binary
+        .as_ref()
+        .and_then(|b| std::process::Command::new(b).arg("--version").output().ok())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let flavor = Flavor::from_version_text(&name, &version);
+    if flavor == Flavor::Crun {
+        if let Some(controllers) = hybrid_v2_controllers(cgroup_root) {
+            return Err(RuntimeChoiceError::CrunOnHybrid {
+                root: cgroup_root.display().to_string(),
+                controllers: controllers.join(" "),
+            });
+        }
+    }
+    let binary = binary.ok_or_else(|| RuntimeChoiceError::Missing(requested.to_path_buf()))?;
+    Ok((binary, flavor))
 }
 
 /// Finds a program on `PATH` (or takes a path as it is).
@@ -219,4 +405,71 @@ pub fn find_program(name: &Path) -> Option<PathBuf> {
             .map(|p| p.join(name))
             .find(|p| p.is_file())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_sys(v2_controllers: Option<&str>, v1: bool) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        if v1 {
+            std::fs::create_dir_all(d.path().join("memory")).unwrap();
+        }
+        if let Some(c) = v2_controllers {
+            std::fs::create_dir_all(d.path().join("unified")).unwrap();
+            std::fs::write(d.path().join("unified/cgroup.controllers"), c).unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn hybrid_hosts_are_recognised() {
+        let hybrid = fake_sys(Some("hugetlb\n"), true);
+        assert_eq!(
+            hybrid_v2_controllers(hybrid.path()),
+            Some(vec!["hugetlb".to_string()])
+        );
+        // Controllers moved off v2: crun is fine.
+        assert_eq!(
+            hybrid_v2_controllers(fake_sys(Some("\n"), true).path()),
+            None
+        );
+        // Pure v1 and pure v2.
+        assert_eq!(hybrid_v2_controllers(fake_sys(None, true).path()), None);
+        assert_eq!(
+            hybrid_v2_controllers(fake_sys(Some("cpu memory"), false).path()),
+            None
+        );
+    }
+
+    #[test]
+    fn crun_is_refused_on_a_hybrid_host_with_a_way_out() {
+        let hybrid = fake_sys(Some("hugetlb"), true);
+        let err = choose_runtime(Path::new("crun"), hybrid.path()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("hybrid mode"), "{msg}");
+        assert!(msg.contains("hugetlb"), "{msg}");
+        assert!(msg.contains("--runtime runc"), "{msg}");
+        // A runtime found by path that says it is crun is refused too.
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("my-runtime");
+        std::fs::write(&fake, "#!/bin/sh\necho 'crun version 1.8.1'\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(matches!(
+            choose_runtime(&fake, hybrid.path()),
+            Err(RuntimeChoiceError::CrunOnHybrid { .. })
+        ));
+        // On a pure v2 host the same binary is accepted.
+        let v2 = fake_sys(Some("cpu memory pids"), false);
+        assert_eq!(
+            choose_runtime(&fake, v2.path()).unwrap(),
+            (fake, Flavor::Crun)
+        );
+        assert_eq!(
+            choose_runtime(Path::new("no-such-runtime-here"), v2.path()).unwrap_err(),
+            RuntimeChoiceError::Missing("no-such-runtime-here".into())
+        );
+    }
 }

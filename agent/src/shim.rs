@@ -4,21 +4,29 @@
 //! `skiff shim ...` forks once; the parent waits only until the container
 //! has started (or failed to) and exits with 0 or 1, so the agent learns
 //! the start result synchronously. The child starts a new session, becomes
-//! a child subreaper, runs `runc create` and `runc start` with the log
-//! files as the container's stdout and stderr, and then waits: when
-//! `runc create` exits, the container's init is re-parented to the shim,
-//! so its exit status reaches us. The shim writes it to `exit.json`
-//! (write-then-rename) and exits. The agent is never the container's
-//! parent and can restart at will.
+//! a child subreaper, and runs `runc run --detach` with two pipes as the
+//! container's stdout and stderr. When runc exits, the container's init is
+//! re-parented to the shim, so its exit status reaches us. Meanwhile the
+//! shim copies what the container writes into timestamped, size-rotated
+//! log files ([`crate::crilog`]). When init ends, the shim reads the
+//! cgroup's OOM-kill counter, writes `exit.json` (write-then-rename) and
+//! exits. The agent is never the container's parent and can restart at
+//! will.
+//!
+//! The shim runs before any async runtime exists and starts no threads; it
+//! is kept small (no tokio, no allocation per line beyond its buffers).
 
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::crilog::{LineSplitter, LogWriter, Stream};
 use crate::sys::{self, Exit, Fork};
 
 /// Files the shim keeps in its state directory.
@@ -28,7 +36,11 @@ pub const EXIT_FILE: &str = "exit.json";
 pub const RUNTIME_LOG: &str = "runtime.log";
 pub const SHIM_LOG: &str = "shim.log";
 
-#[derive(Debug, Clone)]
+/// How long the shim keeps reading the container's pipes after its init
+/// ended (other processes holding them are killed with the init).
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShimArgs {
     /// Container id for the runtime.
     pub id: String,
@@ -39,26 +51,86 @@ pub struct ShimArgs {
     pub runtime: PathBuf,
     /// The runtime's `--root`.
     pub runtime_root: PathBuf,
-    pub stdout: PathBuf,
-    pub stderr: PathBuf,
+    /// Where `container.log` and its rotated files go.
+    pub log_dir: PathBuf,
+    pub log_max_size: u64,
+    pub log_max_files: u32,
+    /// The container's cgroup path (`linux.cgroupsPath`), for OOM kills.
+    pub cgroup: String,
 }
 
+const FLAGS: &[&str] = &[
+    "--id",
+    "--bundle",
+    "--state-dir",
+    "--runtime",
+    "--runtime-root",
+    "--log-dir",
+    "--log-max-size",
+    "--log-max-files",
+    "--cgroup",
+];
+
 impl ShimArgs {
-    /// The command-line form `skiff shim` parses back.
-    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
-        let mut v: Vec<std::ffi::OsString> = Vec::new();
-        let mut push = |flag: &str, value: &std::ffi::OsStr| {
-            v.push(flag.into());
-            v.push(value.to_owned());
+    /// The command-line form [`ShimArgs::parse`] reads back.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let values: [OsString; 9] = [
+            self.id.clone().into(),
+            self.bundle.clone().into(),
+            self.state_dir.clone().into(),
+            self.runtime.clone().into(),
+            self.runtime_root.clone().into(),
+            self.log_dir.clone().into(),
+            self.log_max_size.to_string().into(),
+            self.log_max_files.to_string().into(),
+            self.cgroup.clone().into(),
+        ];
+        FLAGS
+            .iter()
+            .zip(values)
+            .flat_map(|(f, v)| [OsString::from(f), v])
+            .collect()
+    }
+
+    /// Parses the flags the agent passes (kept off clap so the shim
+    /// touches as little code, and memory, as it can).
+    pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<ShimArgs, String> {
+        let mut values: [Option<OsString>; 9] = Default::default();
+        let mut it = args.into_iter();
+        while let Some(flag) = it.next() {
+            let i = FLAGS
+                .iter()
+                .position(|f| flag == **f)
+                .ok_or_else(|| format!("unknown flag {flag:?}; expected {}", FLAGS.join(" ")))?;
+            values[i] = Some(
+                it.next()
+                    .ok_or_else(|| format!("{} needs a value", FLAGS[i]))?,
+            );
+        }
+        let mut take = |i: usize| {
+            values[i]
+                .take()
+                .ok_or_else(|| format!("{} is required", FLAGS[i]))
         };
-        push("--id", self.id.as_ref());
-        push("--bundle", self.bundle.as_os_str());
-        push("--state-dir", self.state_dir.as_os_str());
-        push("--runtime", self.runtime.as_os_str());
-        push("--runtime-root", self.runtime_root.as_os_str());
-        push("--stdout", self.stdout.as_os_str());
-        push("--stderr", self.stderr.as_os_str());
-        v
+        let text =
+            |v: OsString, flag: &str| v.into_string().map_err(|_| format!("{flag} must be UTF-8"));
+        let number = |v: OsString, flag: &str| -> Result<u64, String> {
+            text(v, flag)?
+                .parse()
+                .map_err(|_| format!("{flag} must be a number"))
+        };
+        Ok(ShimArgs {
+            id: text(take(0)?, FLAGS[0])?,
+            bundle: take(1)?.into(),
+            state_dir: take(2)?.into(),
+            runtime: take(3)?.into(),
+            runtime_root: take(4)?.into(),
+            log_dir: take(5)?.into(),
+            log_max_size: number(take(6)?, FLAGS[6])?,
+            log_max_files: u32::try_from(number(take(7)?, FLAGS[7])?)
+                .map_err(|_| "--log-max-files is too large".to_string())?,
+            cgroup: text(take(8)?, FLAGS[8])?,
+        })
     }
 }
 
@@ -69,6 +141,12 @@ pub struct ExitRecord {
     pub exit_code: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<i32>,
+    /// The kernel's OOM killer killed a process of the container.
+    #[serde(default)]
+    pub oom_killed: bool,
+    /// When the container started, in milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub started_at_ms: u64,
     /// Milliseconds since the Unix epoch.
     pub finished_at_ms: u64,
 }
@@ -77,6 +155,39 @@ impl ExitRecord {
     pub fn read(state_dir: &Path) -> Option<ExitRecord> {
         let text = fs::read(state_dir.join(EXIT_FILE)).ok()?;
         serde_json::from_slice(&text).ok()
+    }
+
+    /// Exited with code 0.
+    pub fn succeeded(&self) -> bool {
+        self.exit_code == 0 && self.signal.is_none()
+    }
+
+    /// How long the container ran.
+    pub fn ran_for(&self) -> Duration {
+        Duration::from_millis(self.finished_at_ms.saturating_sub(self.started_at_ms))
+    }
+
+    /// "exited with code 3", "killed by signal 9", ...
+    pub fn describe(&self) -> String {
+        match (self.oom_killed && !self.succeeded(), self.signal) {
+            (true, _) => format!(
+                "killed by the OOM killer (memory limit reached; exit code {})",
+                self.exit_code
+            ),
+            (false, Some(sig)) => format!("killed by signal {sig}"),
+            (false, None) => format!("exited with code {}", self.exit_code),
+        }
+    }
+}
+
+/// `skiff shim FLAGS...`: parses its flags and runs; returns the exit code.
+pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
+    match ShimArgs::parse(args) {
+        Ok(a) => run(&a),
+        Err(e) => {
+            eprintln!("skiff shim (started by the agent, not for direct use): {e}");
+            2
+        }
     }
 }
 
@@ -125,7 +236,7 @@ pub fn run(args: &ShimArgs) -> i32 {
 }
 
 fn monitor(args: &ShimArgs, mut report: std::io::PipeWriter) -> i32 {
-    let setup = || -> std::io::Result<()> {
+    let setup = || -> std::io::Result<LogWriter> {
         sys::setsid()?;
         sys::set_child_subreaper()?;
         sys::ignore_hup_and_pipe();
@@ -139,52 +250,40 @@ fn monitor(args: &ShimArgs, mut report: std::io::PipeWriter) -> i32 {
         write_atomic(
             &args.state_dir.join(SHIM_PID),
             format!("{me} {start}").as_bytes(),
-        )
+        )?;
+        LogWriter::open(&args.log_dir, args.log_max_size, args.log_max_files)
     };
-    if let Err(e) = setup() {
-        let _ = writeln!(report, "shim setup failed: {e}");
-        return 1;
-    }
-    let init = match start_container(args) {
-        Ok(pid) => pid,
+    let mut log = match setup() {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = writeln!(report, "shim setup failed: {e}");
+            return 1;
+        }
+    };
+    let (init, mut out, mut err) = match start_container(args) {
+        Ok(started) => started,
         Err(e) => {
             eprintln!("{e}");
             let _ = writeln!(report, "{e}");
             return 1;
         }
     };
+    let started_at_ms = now_ms();
     let _ = writeln!(report, "ok {init}");
     drop(report);
 
-    let exit = loop {
-        match sys::wait_any() {
-            Ok(Some((pid, exit))) if pid == init => break exit,
-            Ok(Some(_)) => continue, // some other orphan we adopted
-            Ok(None) => {
-                // Not our child (should not happen): watch it from outside.
-                while sys::process_exists(init) {
-                    std::thread::sleep(std::time::Duration::from_millis(200));
-                }
-                eprintln!("container init {init} was not our child; its exit code is unknown");
-                break Exit::Code(255);
-            }
-            Err(e) => {
-                eprintln!("waitpid: {e}");
-                break Exit::Code(255);
-            }
-        }
+    let exit = pump(init, &mut out, &mut err, &mut log);
+    let oom_killed = oom_kills(Path::new(CGROUP_ROOT), &args.cgroup).unwrap_or(0) > 0;
+    let (exit_code, signal) = match exit {
+        Exit::Code(code) => (code, None),
+        Exit::Signal(sig) => (128 + sig, Some(sig)),
     };
-    let record = match exit {
-        Exit::Code(code) => ExitRecord {
-            exit_code: code,
-            signal: None,
-            finished_at_ms: now_ms(),
-        },
-        Exit::Signal(sig) => ExitRecord {
-            exit_code: 128 + sig,
-            signal: Some(sig),
-            finished_at_ms: now_ms(),
-        },
+    let record = ExitRecord {
+        exit_code,
+        signal,
+        oom_killed,
+        started_at_ms,
+        finished_at_ms: now_ms(),
     };
     let json = serde_json::to_vec(&record).expect("exit record serializes");
     if let Err(e) = write_atomic(&args.state_dir.join(EXIT_FILE), &json) {
@@ -194,61 +293,164 @@ fn monitor(args: &ShimArgs, mut report: std::io::PipeWriter) -> i32 {
     0
 }
 
-/// `runc create` then `runc start`; returns the container's init pid.
-fn start_container(args: &ShimArgs) -> Result<i32, String> {
-    let open_log = |p: &Path| {
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .map_err(|e| format!("cannot open log {}: {e}", p.display()))
-    };
-    let stdout = open_log(&args.stdout)?;
-    let stderr = open_log(&args.stderr)?;
+/// The container's output pipe for one stream, until it reaches EOF.
+struct Pipe {
+    reader: Option<std::io::PipeReader>,
+    lines: LineSplitter,
+}
+
+/// Copies the container's output into the log until its init has ended
+/// and the pipes are closed (or a short while has passed); returns how
+/// init ended.
+fn pump(init: i32, out: &mut Pipe, err: &mut Pipe, log: &mut LogWriter) -> Exit {
+    // Readable once init has ended; without pidfds, poll with a timeout.
+    let pidfd = sys::pidfd_open(init).ok();
+    let mut exit: Option<Exit> = None;
+    let mut drain_until: Option<Instant> = None;
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let mut fds = Vec::with_capacity(3);
+        for p in [&*out, &*err] {
+            if let Some(r) = &p.reader {
+                fds.push(r.as_raw_fd());
+            }
+        }
+        let pid_slot = match (&pidfd, exit) {
+            (Some(fd), None) => {
+                fds.push(fd.as_raw_fd());
+                Some(fds.len() - 1)
+            }
+            _ => None,
+        };
+        let timeout = match drain_until {
+            Some(t) => t.saturating_duration_since(Instant::now()).as_millis() as i32,
+            None if pidfd.is_some() => 5_000,
+            None => 200,
+        };
+        let ready = if fds.is_empty() {
+            std::thread::sleep(Duration::from_millis(timeout.max(0) as u64));
+            Vec::new()
+        } else {
+            sys::poll_readable(&fds, timeout).unwrap_or_default()
+        };
+        let mut i = 0;
+        for (pipe, stream) in [(&mut *out, Stream::Stdout), (&mut *err, Stream::Stderr)] {
+            let Some(r) = pipe.reader.as_mut() else {
+                continue;
+            };
+            if ready.get(i).copied().unwrap_or(false) {
+                match r.read(&mut buf) {
+                    Ok(0) | Err(_) => {
+                        let _ = pipe.lines.finish(log);
+                        pipe.reader = None;
+                    }
+                    Ok(n) => {
+                        if let Err(e) = pipe.lines.feed(&buf[..n], log) {
+                            eprintln!("writing the {} log: {e}", stream.as_str());
+                        }
+                    }
+                }
+            }
+            i += 1;
+        }
+        let check_children = match pid_slot {
+            Some(slot) => ready.get(slot).copied().unwrap_or(false),
+            None => exit.is_none(),
+        };
+        if check_children {
+            while let Ok(Some((pid, how))) = sys::wait_any_nohang() {
+                if pid == init {
+                    exit = Some(how);
+                    drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
+                }
+            }
+            if exit.is_none() && !sys::process_exists(init) {
+                eprintln!("container init {init} was not our child; its exit code is unknown");
+                exit = Some(Exit::Code(255));
+                drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
+            }
+        }
+        if let Some(e) = exit {
+            let closed = out.reader.is_none() && err.reader.is_none();
+            if closed || drain_until.is_some_and(|t| Instant::now() >= t) {
+                for p in [out, err] {
+                    let _ = p.lines.finish(log);
+                }
+                // Reap whatever else was left to us.
+                while let Ok(Some(_)) = sys::wait_any_nohang() {}
+                return e;
+            }
+        }
+    }
+}
+
+/// `runc run --detach`; returns the container's init pid and the read ends
+/// of its stdout and stderr.
+///
+/// One `run` costs one runtime process; `create` + `start` cost two (about
+/// a third more time per start here) and buy nothing the shim uses yet.
+fn start_container(args: &ShimArgs) -> Result<(i32, Pipe, Pipe), String> {
+    let pipe = || std::io::pipe().map_err(|e| format!("cannot create a pipe: {e}"));
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
     let runtime_log = args.state_dir.join(RUNTIME_LOG);
     let pid_file = args.state_dir.join(INIT_PID);
-    let runtime = |verb: &str| {
-        let mut c = Command::new(&args.runtime);
-        c.arg("--root")
-            .arg(&args.runtime_root)
-            .arg("--log")
-            .arg(&runtime_log)
-            .arg("--log-format")
-            .arg("json")
-            .arg(verb);
-        c
-    };
-    let status = runtime("create")
+    let status = Command::new(&args.runtime)
+        .arg("--root")
+        .arg(&args.runtime_root)
+        .arg("--log")
+        .arg(&runtime_log)
+        .arg("--log-format")
+        .arg("json")
+        .arg("run")
+        .arg("--detach")
         .arg("--bundle")
         .arg(&args.bundle)
         .arg("--pid-file")
         .arg(&pid_file)
         .arg(&args.id)
         .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
+        .stdout(out_w)
+        .stderr(err_w)
         .status()
         .map_err(|e| format!("cannot run {}: {e}", args.runtime.display()))?;
     if !status.success() {
         return Err(last_runtime_error(&runtime_log)
-            .unwrap_or_else(|| format!("runc create failed: {status}")));
+            .unwrap_or_else(|| format!("runc run failed: {status}")));
     }
     let init: i32 = fs::read_to_string(&pid_file)
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .ok_or_else(|| format!("runc wrote no pid to {}", pid_file.display()))?;
-    let status = runtime("start")
-        .arg(&args.id)
-        .stdin(Stdio::null())
-        .status()
-        .map_err(|e| format!("cannot run {}: {e}", args.runtime.display()))?;
-    if !status.success() {
-        let msg = last_runtime_error(&runtime_log)
-            .unwrap_or_else(|| format!("runc start failed: {status}"));
-        let _ = runtime("delete").arg("--force").arg(&args.id).status();
-        return Err(msg);
-    }
-    Ok(init)
+    let pipe = |r, stream| Pipe {
+        reader: Some(r),
+        lines: LineSplitter::new(stream),
+    };
+    Ok((
+        init,
+        pipe(out_r, Stream::Stdout),
+        pipe(err_r, Stream::Stderr),
+    ))
+}
+
+/// Where the cgroup hierarchies are mounted.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// How many times the OOM killer struck in the container's memory cgroup:
+/// `memory.oom_control`'s `oom_kill` on cgroup v1, `memory.events`'s on v2.
+pub fn oom_kills(root: &Path, cgroup: &str) -> Option<u64> {
+    let rel = cgroup.trim_start_matches('/');
+    let candidates = [
+        (root.join("memory").join(rel).join("memory.oom_control")),
+        (root.join(rel).join("memory.events")),
+    ];
+    candidates.iter().find_map(|p| {
+        let text = fs::read_to_string(p).ok()?;
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == "oom_kill").then(|| v.trim().parse().ok())?
+        })
+    })
 }
 
 /// The message of the last error line runc wrote to its JSON log.
@@ -273,7 +475,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     fs::rename(&tmp, path)
 }
 
-fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -293,5 +495,72 @@ pub fn shim_alive(state_dir: &Path) -> bool {
     match read_shim_pid(state_dir) {
         Some((pid, start)) => sys::process_start_time(pid) == Some(start),
         None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shim_flags_round_trip() {
+        let a = ShimArgs {
+            id: "skiff-1".into(),
+            bundle: "/b".into(),
+            state_dir: "/s".into(),
+            runtime: "/usr/bin/runc".into(),
+            runtime_root: "/r".into(),
+            log_dir: "/l".into(),
+            log_max_size: 1024,
+            log_max_files: 3,
+            cgroup: "/skiff/skiff-1".into(),
+        };
+        assert_eq!(ShimArgs::parse(a.to_args()).unwrap(), a);
+        let err = ShimArgs::parse(vec!["--id".into()]).unwrap_err();
+        assert!(err.contains("--id needs a value"), "{err}");
+        let err = ShimArgs::parse(vec!["--colour".into(), "x".into()]).unwrap_err();
+        assert!(err.contains("unknown flag"), "{err}");
+        let err = ShimArgs::parse(vec!["--id".into(), "x".into()]).unwrap_err();
+        assert!(err.contains("--bundle is required"), "{err}");
+    }
+
+    #[test]
+    fn oom_kills_are_read_from_either_cgroup_version() {
+        let root = tempfile::tempdir().unwrap();
+        let v1 = root.path().join("memory/skiff/c1");
+        fs::create_dir_all(&v1).unwrap();
+        fs::write(
+            v1.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
+        assert_eq!(oom_kills(root.path(), "/skiff/c1"), Some(2));
+        let v2 = root.path().join("skiff/c2");
+        fs::create_dir_all(&v2).unwrap();
+        fs::write(
+            v2.join("memory.events"),
+            "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n",
+        )
+        .unwrap();
+        assert_eq!(oom_kills(root.path(), "/skiff/c2"), Some(1));
+        assert_eq!(oom_kills(root.path(), "/skiff/none"), None);
+    }
+
+    #[test]
+    fn exits_describe_themselves() {
+        let r = |exit_code, signal, oom_killed| ExitRecord {
+            exit_code,
+            signal,
+            oom_killed,
+            started_at_ms: 1_000,
+            finished_at_ms: 4_000,
+        };
+        assert_eq!(r(3, None, false).describe(), "exited with code 3");
+        assert_eq!(r(137, Some(9), false).describe(), "killed by signal 9");
+        assert!(r(137, Some(9), true)
+            .describe()
+            .starts_with("killed by the OOM killer"));
+        assert!(r(0, None, true).succeeded());
+        assert_eq!(r(0, None, false).ran_for(), Duration::from_secs(3));
     }
 }

@@ -63,31 +63,6 @@ pub enum Exit {
     Signal(i32),
 }
 
-/// Waits for any child; `None` when there are no children left.
-pub fn wait_any() -> io::Result<Option<(i32, Exit)>> {
-    loop {
-        let mut status: libc::c_int = 0;
-        // SAFETY: `status` is a valid, writable c_int for the call.
-        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-        if pid == -1 {
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::ECHILD) => return Ok(None),
-                _ => return Err(err),
-            }
-        }
-        let exit = if libc::WIFEXITED(status) {
-            Exit::Code(libc::WEXITSTATUS(status))
-        } else if libc::WIFSIGNALED(status) {
-            Exit::Signal(libc::WTERMSIG(status))
-        } else {
-            continue;
-        };
-        return Ok(Some((pid, exit)));
-    }
-}
-
 /// True when a process with this pid exists (it may be a zombie).
 pub fn process_exists(pid: i32) -> bool {
     if pid <= 0 {
@@ -148,4 +123,154 @@ pub fn nofile_hard_limit() -> u64 {
     } else {
         1024
     }
+}
+
+/// Waits for any child without blocking: `Ok(None)` when none has ended
+/// (or there are no children).
+pub fn wait_any_nohang() -> io::Result<Option<(i32, Exit)>> {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: `status` is a valid, writable c_int for the call.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid == 0 {
+            return Ok(None);
+        }
+        if pid == -1 {
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::ECHILD) => return Ok(None),
+                _ => return Err(err),
+            }
+        }
+        let exit = if libc::WIFEXITED(status) {
+            Exit::Code(libc::WEXITSTATUS(status))
+        } else if libc::WIFSIGNALED(status) {
+            Exit::Signal(libc::WTERMSIG(status))
+        } else {
+            continue;
+        };
+        return Ok(Some((pid, exit)));
+    }
+}
+
+/// A file descriptor that becomes readable when process `pid` ends
+/// (`pidfd_open`, Linux 5.3+).
+pub fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this fd; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Which of the given fds are readable (or hung up) within `timeout_ms`
+/// (-1: no limit). Returns one flag per fd.
+pub fn poll_readable(fds: &[std::os::fd::RawFd], timeout_ms: i32) -> io::Result<Vec<bool>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    loop {
+        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs.
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
+        if r == -1 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(err);
+        }
+        return Ok(pfds.iter().map(|p| p.revents != 0).collect());
+    }
+}
+
+/// Sends `signal` to process `pid`.
+pub fn kill(pid: i32, signal: i32) -> io::Result<()> {
+    // SAFETY: kill only takes integers.
+    if unsafe { libc::kill(pid, signal) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn cstring(p: &std::path::Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))
+}
+
+/// Mounts an overlay at `target`: `lower` read-only underneath, changes
+/// going to `upper` (with `work` as overlayfs's scratch directory).
+pub fn mount_overlay(
+    lower: &std::path::Path,
+    upper: &std::path::Path,
+    work: &std::path::Path,
+    target: &std::path::Path,
+) -> io::Result<()> {
+    for p in [lower, upper, work] {
+        let s = p.to_string_lossy();
+        // overlayfs splits its options on ',' and lowerdir on ':'.
+        if s.contains(',') || s.contains(':') || s.contains('\\') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{s:?} holds a character overlayfs options cannot carry"),
+            ));
+        }
+    }
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    let source = std::ffi::CString::new("overlay").expect("no NUL");
+    let fstype = std::ffi::CString::new("overlay").expect("no NUL");
+    let target = cstring(target)?;
+    let data = std::ffi::CString::new(options)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "options hold a NUL byte"))?;
+    // SAFETY: every pointer is a valid NUL-terminated string that outlives
+    // the call; mount copies what it needs.
+    let r = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            libc::MS_NODEV,
+            data.as_ptr().cast(),
+        )
+    };
+    if r == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Detaches the mount at `target` (lazily, so a process still inside it
+/// does not make the unmount fail).
+pub fn unmount(target: &std::path::Path) -> io::Result<()> {
+    let t = cstring(target)?;
+    // SAFETY: `t` is a valid NUL-terminated string for the call.
+    if unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Moves the calling thread into the network namespace `fd` refers to.
+/// Only call on a thread made for it: the thread stays there.
+pub fn enter_net_namespace(fd: &std::fs::File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setns only reads the fd and the flag.
+    if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -40,6 +40,9 @@ fn alloc(id: &str, job: &Job, replica: u32, node: &str) -> Allocation {
         status: AllocStatus::Running,
         exit_code: None,
         message: String::new(),
+        restart_count: 0,
+        healthy: None,
+        reason: String::new(),
         create_index: 1,
         modify_index: 1,
     }

@@ -100,14 +100,21 @@ pub fn busybox_image() -> String {
     format!("oci:{}:latest", busybox_layout().display())
 }
 
-/// A job spec running `script` under `sh -c` in busybox.
+/// A one-shot job running `script` under `sh -c` in busybox: restart
+/// policy `never`, so its allocations end when the script does.
 pub fn shell_job(name: &str, replicas: u32, script: &str) -> JobSpec {
+    job_yaml(name, replicas, script, "  restart: {policy: never}\n")
+}
+
+/// A job running `script` under `sh -c` in busybox, with `extra` (YAML
+/// lines indented under `task:`) added to its task.
+pub fn job_yaml(name: &str, replicas: u32, script: &str, extra: &str) -> JobSpec {
     let yaml = format!(
-        "name: {name}\nreplicas: {replicas}\ntask:\n  image: {}\n  command: [sh, -c, {}]\n  resources: {{cpu: 100m, memory: 32Mi}}\n",
+        "name: {name}\nreplicas: {replicas}\ntask:\n  image: {}\n  command: [sh, -c, {}]\n  resources: {{cpu: 100m, memory: 32Mi}}\n{extra}",
         busybox_image(),
         serde_json::to_string(script).unwrap()
     );
-    JobSpec::from_yaml(&yaml).expect("test spec is valid")
+    JobSpec::from_yaml(&yaml).unwrap_or_else(|e| panic!("test spec is invalid: {e}\n{yaml}"))
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, or panics after `limit`

@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use skiff_client::{Client, LogStream};
+use skiff_model::duration::format_duration;
 use skiff_model::quantity::{format_cpu, format_memory, format_memory_human};
 use skiff_model::JobSpec;
 
@@ -82,6 +83,27 @@ pub struct LogsArgs {
     /// Only stderr.
     #[arg(long)]
     stderr: bool,
+    /// Prefix each line with the time the node received it (RFC 3339, UTC).
+    #[arg(short = 't', long)]
+    timestamps: bool,
+    #[command(flatten)]
+    client: ClientOpts,
+}
+
+#[derive(Args)]
+#[command(after_help = "Example: skiff exec 3f2a -- cat /etc/hostname\n\
+    The command's stdout and stderr are printed as they were, and skiff exits\n\
+    with the command's exit code.")]
+pub struct ExecArgs {
+    /// Allocation id, or a unique prefix of it.
+    alloc: String,
+    /// Kill the command if it runs longer than this (e.g. 30s); no limit
+    /// by default.
+    #[arg(long, value_parser = crate::daemons::parse_duration)]
+    timeout: Option<std::time::Duration>,
+    /// The program and its arguments (after `--`).
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
     #[command(flatten)]
     client: ClientOpts,
 }
@@ -210,7 +232,8 @@ pub async fn get(what: GetWhat) -> anyhow::Result<()> {
                 output,
                 &items,
                 &[
-                    "ID", "JOB", "REPLICA", "NODE", "DESIRED", "STATUS", "EXIT", "MESSAGE",
+                    "ID", "JOB", "REPLICA", "NODE", "DESIRED", "STATUS", "READY", "RESTARTS",
+                    "EXIT", "MESSAGE",
                 ],
                 |a| {
                     vec![
@@ -219,7 +242,9 @@ pub async fn get(what: GetWhat) -> anyhow::Result<()> {
                         a.replica.to_string(),
                         a.node.to_string(),
                         a.desired.to_string(),
-                        a.status.to_string(),
+                        a.shown_status().to_string(),
+                        a.ready().to_string(),
+                        a.restart_count.to_string(),
                         a.exit_code
                             .map(|c| c.to_string())
                             .unwrap_or_else(|| "-".into()),
@@ -294,6 +319,47 @@ pub async fn describe(what: DescribeWhat) -> anyhow::Result<()> {
                 format_memory(t.resources.memory_bytes)
             ));
             out.push_str(&format!("Network:    {}\n", t.network.as_str()));
+            let b = &t.restart.backoff;
+            out.push_str(&format!(
+                "Restart:    {} (back-off {} doubling to {}, reset after {})\n",
+                t.restart.policy.as_str(),
+                format_duration(b.initial),
+                format_duration(b.max),
+                format_duration(b.reset_after)
+            ));
+            for (name, p) in [
+                ("startup", &t.probes.startup),
+                ("liveness", &t.probes.liveness),
+                ("readiness", &t.probes.readiness),
+            ] {
+                if let Some(p) = p {
+                    out.push_str(&format!(
+                        "Probe:      {name} {} every {}, timeout {}, {} to pass, {} to fail\n",
+                        p.action,
+                        format_duration(p.period),
+                        format_duration(p.timeout),
+                        p.success_threshold,
+                        p.failure_threshold
+                    ));
+                }
+            }
+            let s = &t.security;
+            if !s.is_default() {
+                let mut parts = Vec::new();
+                if s.read_only_rootfs {
+                    parts.push("read-only rootfs".to_string());
+                }
+                if let Some(u) = s.user {
+                    parts.push(format!("user {u}"));
+                }
+                if !s.cap_add.is_empty() {
+                    parts.push(format!("cap_add {}", s.cap_add.join(",")));
+                }
+                if !s.cap_drop.is_empty() {
+                    parts.push(format!("cap_drop {}", s.cap_drop.join(",")));
+                }
+                out.push_str(&format!("Security:   {}\n", parts.join("; ")));
+            }
             if !t.env.is_empty() {
                 let keys: Vec<&str> = t.env.keys().map(String::as_str).collect();
                 out.push_str(&format!("Env:        {}\n", keys.join(", ")));
@@ -326,7 +392,9 @@ pub async fn describe(what: DescribeWhat) -> anyhow::Result<()> {
                         skiff_model::DesiredStatus::Run => "run".into(),
                         skiff_model::DesiredStatus::Stop => "stop".into(),
                     },
-                    a.status.as_str().to_string(),
+                    AllocOut::from(a).shown_status().to_string(),
+                    AllocOut::from(a).ready().to_string(),
+                    a.restart_count.to_string(),
                     a.exit_code
                         .map(|c| c.to_string())
                         .unwrap_or_else(|| "-".into()),
@@ -336,7 +404,8 @@ pub async fn describe(what: DescribeWhat) -> anyhow::Result<()> {
             .collect();
         for line in table(
             &[
-                "ID", "REPLICA", "VERSION", "NODE", "DESIRED", "STATUS", "EXIT", "MESSAGE",
+                "ID", "REPLICA", "VERSION", "NODE", "DESIRED", "STATUS", "READY", "RESTARTS",
+                "EXIT", "MESSAGE",
             ],
             &rows,
         )
@@ -354,7 +423,15 @@ pub async fn describe(what: DescribeWhat) -> anyhow::Result<()> {
 pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
     let mut client = connect(&args.client).await?;
     let mut reader = client
-        .logs(&args.alloc, args.follow, args.tail, args.stderr)
+        .logs_with(
+            &args.alloc,
+            skiff_client::LogOptions {
+                follow: args.follow,
+                tail: args.tail,
+                stderr_only: args.stderr,
+                timestamps: args.timestamps,
+            },
+        )
         .await?;
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
@@ -371,6 +448,29 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+pub async fn exec(args: ExecArgs) -> anyhow::Result<std::process::ExitCode> {
+    let mut client = connect(&args.client).await?;
+    let out = client
+        .exec(&args.alloc, &args.command, args.timeout)
+        .await?;
+    {
+        let mut o = std::io::stdout().lock();
+        let _ = o.write_all(&out.stdout).and_then(|_| o.flush());
+        let mut e = std::io::stderr().lock();
+        let _ = e.write_all(&out.stderr);
+    }
+    if out.truncated {
+        eprintln!("skiff: the output was longer than the node keeps (4 MiB per stream); the rest was dropped");
+    }
+    if out.timed_out {
+        eprintln!("skiff: the command ran past --timeout and was killed");
+    }
+    // Exit codes are 0..=255 (128 + N for signal N).
+    Ok(std::process::ExitCode::from(
+        out.exit_code.clamp(0, 255) as u8
+    ))
 }
 
 pub async fn delete(what: DeleteWhat) -> anyhow::Result<()> {

@@ -1,4 +1,5 @@
-//! `skiff server`, `skiff agent`, `skiff dev` and the hidden `skiff shim`.
+//! `skiff server`, `skiff agent` and `skiff dev`. (The hidden `skiff shim`
+//! is dispatched in `main` before the command line is parsed.)
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -51,12 +52,28 @@ struct NodeOpts {
     /// Node label, KEY=VALUE; repeat for several.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     labels: Vec<(String, String)>,
-    /// Container runtime: `runc` or a path to a runc-compatible binary.
+    /// Container runtime: `runc`, `crun`, or a path to a runc-compatible
+    /// binary. crun is refused on hosts whose cgroups are in hybrid mode.
     #[arg(long, default_value = "runc")]
     runtime: PathBuf,
-    /// Time between SIGTERM and SIGKILL when a container is stopped (e.g. 10s, 500ms, 1m).
+    /// Time between the stop signal and SIGKILL when a container is
+    /// stopped, unless its task sets `stop_grace` (e.g. 10s, 500ms, 1m).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     stop_grace: Duration,
+    /// Resources held back for the system, e.g. `cpu=500m,memory=1Gi`:
+    /// the node offers its capacity minus these.
+    #[arg(long, value_name = "cpu=Q,memory=Q", value_parser = parse_reserve)]
+    reserve: Option<skiff_model::Resources>,
+    /// Rotate a container's log when it reaches this size (e.g. 10Mi).
+    #[arg(long, default_value = "10Mi", value_parser = parse_log_size)]
+    log_max_size: u64,
+    /// Log files kept per container, the current one included.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    log_max_files: u32,
+    /// How a container's root filesystem is made from the image cache:
+    /// `overlay` (overlayfs), `copy`, or `auto` (overlayfs where it works).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "overlay", "copy"])]
+    rootfs: String,
 }
 
 #[derive(Args)]
@@ -71,38 +88,6 @@ pub struct DevArgs {
     node: NodeOpts,
 }
 
-#[derive(Args)]
-pub struct ShimCli {
-    #[arg(long)]
-    id: String,
-    #[arg(long)]
-    bundle: PathBuf,
-    #[arg(long)]
-    state_dir: PathBuf,
-    #[arg(long)]
-    runtime: PathBuf,
-    #[arg(long)]
-    runtime_root: PathBuf,
-    #[arg(long)]
-    stdout: PathBuf,
-    #[arg(long)]
-    stderr: PathBuf,
-}
-
-impl ShimCli {
-    pub fn to_shim_args(&self) -> skiff_agent::shim::ShimArgs {
-        skiff_agent::shim::ShimArgs {
-            id: self.id.clone(),
-            bundle: self.bundle.clone(),
-            state_dir: self.state_dir.clone(),
-            runtime: self.runtime.clone(),
-            runtime_root: self.runtime_root.clone(),
-            stdout: self.stdout.clone(),
-            stderr: self.stderr.clone(),
-        }
-    }
-}
-
 fn parse_label(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
@@ -110,24 +95,38 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// `500ms`, `10s`, `2m`, `1h`.
+/// `500ms`, `10s`, `2m`, `1h`, `1m30s`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{s:?} needs a unit: ms, s, m or h (e.g. 10s)"))?;
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 10s, 500ms, 1m)"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
-    };
-    Ok(d)
+    skiff_model::duration::parse_duration(s)
+}
+
+/// `cpu=500m,memory=1Gi` (either may be left out).
+fn parse_reserve(s: &str) -> Result<skiff_model::Resources, String> {
+    use skiff_model::quantity::{parse_cpu, parse_memory};
+    let mut r = skiff_model::Resources::ZERO;
+    for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+        match part.split_once('=') {
+            Some(("cpu", q)) => r.cpu_millis = parse_cpu(q).map_err(|e| format!("cpu: {e}"))?,
+            Some(("memory", q)) => {
+                r.memory_bytes = parse_memory(q).map_err(|e| format!("memory: {e}"))?
+            }
+            _ => {
+                return Err(format!(
+                    "{part:?}: expected cpu=QUANTITY or memory=QUANTITY (e.g. cpu=500m,memory=1Gi)"
+                ))
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// A log size: a memory quantity of at least 4Ki.
+fn parse_log_size(s: &str) -> Result<u64, String> {
+    let n = skiff_model::quantity::parse_memory(s).map_err(|e| e.to_string())?;
+    if n < 4096 {
+        return Err(format!("{s:?} is below the minimum of 4Ki"));
+    }
+    Ok(n)
 }
 
 fn init_logging() {
@@ -188,7 +187,10 @@ fn agent_config(
         shim_program,
         shim_prefix: vec!["shim".into()],
         stop_grace: node.stop_grace,
-        reserved: skiff_model::Resources::ZERO,
+        reserved: node.reserve.unwrap_or(skiff_model::Resources::ZERO),
+        log_max_size: node.log_max_size,
+        log_max_files: node.log_max_files,
+        rootfs: skiff_agent::rootfs::RootfsMode::parse(&node.rootfs).unwrap_or_default(),
     })
 }
 
@@ -264,8 +266,27 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("10").unwrap_err().contains("needs a unit"));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert!(parse_duration("10d").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn reservations_name_cpu_and_memory() {
+        assert_eq!(
+            parse_reserve("cpu=500m,memory=1Gi"),
+            Ok(skiff_model::Resources::new(500, 1 << 30))
+        );
+        assert_eq!(
+            parse_reserve("memory=64Mi"),
+            Ok(skiff_model::Resources::new(0, 64 << 20))
+        );
+        assert!(parse_reserve("disk=1Gi")
+            .unwrap_err()
+            .contains("expected cpu="));
+        assert!(parse_reserve("cpu=lots").unwrap_err().starts_with("cpu:"));
+        assert!(parse_log_size("1k").is_err());
+        assert_eq!(parse_log_size("1Mi"), Ok(1 << 20));
     }
 
     #[test]

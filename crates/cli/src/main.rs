@@ -68,23 +68,25 @@ enum Cmd {
     },
     /// Print an allocation's output (stdout and stderr).
     Logs(commands::LogsArgs),
+    /// Run a command in an allocation's container; exits with its exit code.
+    Exec(commands::ExecArgs),
     /// Delete an object.
     Delete {
         #[command(subcommand)]
         what: commands::DeleteWhat,
     },
-    /// Per-container monitor, started by the agent (not for direct use).
-    #[command(hide = true)]
-    Shim(daemons::ShimCli),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    // The shim forks: it must run before any thread (and so any runtime)
-    // exists.
-    if let Cmd::Shim(args) = &cli.command {
-        return ExitCode::from(skiff_agent::shim::run(&args.to_shim_args()) as u8);
+    // `skiff shim ...`, the per-container monitor the agent starts, is
+    // handled before anything else: it forks, so it must run before any
+    // thread (and so any runtime) exists, and it stays small by skipping
+    // the command-line parser.
+    let mut args = std::env::args_os();
+    if args.nth(1).is_some_and(|a| a == "shim") {
+        return ExitCode::from(skiff_agent::shim::main(args) as u8);
     }
+    let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -95,21 +97,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let ok = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let result = runtime.block_on(async move {
         match cli.command {
-            Cmd::Server(args) => daemons::server(args).await,
-            Cmd::Agent(args) => daemons::agent(args).await,
-            Cmd::Dev(args) => daemons::dev(args).await,
-            Cmd::Apply { file, client } => commands::apply(&client, &file).await,
-            Cmd::Get { what } => commands::get(what).await,
-            Cmd::Describe { what } => commands::describe(what).await,
-            Cmd::Logs(args) => commands::logs(args).await,
-            Cmd::Delete { what } => commands::delete(what).await,
-            Cmd::Shim(_) => unreachable!("handled above"),
+            Cmd::Server(args) => ok(daemons::server(args).await),
+            Cmd::Agent(args) => ok(daemons::agent(args).await),
+            Cmd::Dev(args) => ok(daemons::dev(args).await),
+            Cmd::Apply { file, client } => ok(commands::apply(&client, &file).await),
+            Cmd::Get { what } => ok(commands::get(what).await),
+            Cmd::Describe { what } => ok(commands::describe(what).await),
+            Cmd::Logs(args) => ok(commands::logs(args).await),
+            Cmd::Exec(args) => commands::exec(args).await,
+            Cmd::Delete { what } => ok(commands::delete(what).await),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -24,6 +24,12 @@ pub struct AllocOut<'a> {
     pub status: &'static str,
     pub exit_code: Option<i32>,
     pub message: &'a str,
+    /// Times the node started the container again.
+    pub restart_count: u32,
+    /// Readiness (null while not running).
+    pub healthy: Option<bool>,
+    /// `oom_killed`, `back_off`, `error`, ... (empty when none applies).
+    pub reason: &'a str,
     pub image: String,
     pub create_index: u64,
     pub modify_index: u64,
@@ -44,9 +50,34 @@ impl<'a> From<&'a Allocation> for AllocOut<'a> {
             status: a.status.as_str(),
             exit_code: a.exit_code,
             message: &a.message,
+            restart_count: a.restart_count,
+            healthy: a.healthy,
+            reason: &a.reason,
             image: a.task.image.to_string(),
             create_index: a.create_index,
             modify_index: a.modify_index,
+        }
+    }
+}
+
+impl AllocOut<'_> {
+    /// The STATUS column: the status, or what keeps a running allocation
+    /// from running right now (`back-off`, as Kubernetes shows
+    /// CrashLoopBackOff), or why it failed (`oom-killed`).
+    pub fn shown_status(&self) -> String {
+        match (self.status, self.reason) {
+            ("running", "back_off") => "back-off".into(),
+            ("failed", "oom_killed") => "oom-killed".into(),
+            (s, _) => s.into(),
+        }
+    }
+
+    /// The READY column: yes, no, or - when not running.
+    pub fn ready(&self) -> &'static str {
+        match self.healthy {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "-",
         }
     }
 }

@@ -101,6 +101,30 @@ pub enum LogStream {
     Stderr,
 }
 
+/// What `skiff exec` got back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// Output past the agent's limit (4 MiB per stream) was dropped.
+    pub truncated: bool,
+    /// The command ran past its timeout and was killed.
+    pub timed_out: bool,
+}
+
+/// How to read a log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Keep streaming until the container exits.
+    pub follow: bool,
+    /// Only the last N lines (0: all).
+    pub tail: u32,
+    pub stderr_only: bool,
+    /// Prefix each line with the time the node received it.
+    pub timestamps: bool,
+}
+
 pub struct Client {
     cluster: pb::cluster_client::ClusterClient<Channel>,
     url: String,
@@ -272,17 +296,59 @@ impl Client {
         tail: u32,
         stderr_only: bool,
     ) -> Result<LogReader, ClientError> {
+        self.logs_with(
+            id,
+            LogOptions {
+                follow,
+                tail,
+                stderr_only,
+                timestamps: false,
+            },
+        )
+        .await
+    }
+
+    /// Streams an allocation's log with every option.
+    pub async fn logs_with(&mut self, id: &str, o: LogOptions) -> Result<LogReader, ClientError> {
         let stream = self
             .cluster
             .logs(pb::LogsRequest {
                 alloc_id: id.into(),
-                follow,
-                tail,
-                stderr_only,
+                follow: o.follow,
+                tail: o.tail,
+                stderr_only: o.stderr_only,
+                timestamps: o.timestamps,
             })
             .await?
             .into_inner();
         Ok(LogReader { stream })
+    }
+
+    /// Runs `command` in an allocation's container and returns its output
+    /// and exit code; `id` may be a unique prefix. `timeout` of `None`
+    /// lets the command run as long as it likes.
+    pub async fn exec(
+        &mut self,
+        id: &str,
+        command: &[String],
+        timeout: Option<Duration>,
+    ) -> Result<ExecOutput, ClientError> {
+        let r = self
+            .cluster
+            .exec(pb::ExecRequest {
+                alloc_id: id.into(),
+                command: command.to_vec(),
+                timeout_ms: timeout.map_or(0, |t| t.as_millis().max(1) as u64),
+            })
+            .await?
+            .into_inner();
+        Ok(ExecOutput {
+            exit_code: r.exit_code,
+            stdout: r.stdout,
+            stderr: r.stderr,
+            truncated: r.truncated,
+            timed_out: r.timed_out,
+        })
     }
 
     pub async fn status(&mut self) -> Result<pb::StatusResponse, ClientError> {

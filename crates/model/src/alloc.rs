@@ -79,8 +79,42 @@ pub struct Allocation {
     /// A human-readable reason for the current status.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// How many times the agent started the container again (restart
+    /// policy or a failed liveness probe).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restart_count: u32,
+    /// The readiness probe's verdict (`true` while running when the task
+    /// has no readiness probe); `None` while not running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
+    /// A machine-readable reason for the status, one of [`reason`]'s
+    /// constants; empty when there is nothing to add.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
     pub create_index: u64,
     pub modify_index: u64,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Values of [`Allocation::reason`].
+pub mod reason {
+    /// The kernel's OOM killer ended the container (its memory limit).
+    pub const OOM_KILLED: &str = "oom_killed";
+    /// Exited non-zero or was killed by a signal.
+    pub const ERROR: &str = "error";
+    /// Exited with code 0.
+    pub const COMPLETED: &str = "completed";
+    /// Stopped because the servers asked.
+    pub const STOPPED: &str = "stopped";
+    /// Waiting for its back-off to pass before starting again.
+    pub const BACK_OFF: &str = "back_off";
+    /// Killed because its liveness or startup probe failed.
+    pub const PROBE_FAILED: &str = "probe_failed";
+    /// The container could not be started.
+    pub const START_FAILED: &str = "start_failed";
 }
 
 impl Allocation {

@@ -3,10 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::SpecError;
+use crate::lifecycle::{Probes, RestartSpec, Security};
 use crate::quantity::{format_cpu, format_memory, parse_cpu, parse_memory};
 
 /// Default CPU for a task that names none: a tenth of a core.
@@ -49,6 +51,49 @@ pub struct TaskSpec {
     pub resources: Resources,
     #[serde(default)]
     pub network: NetworkMode,
+    /// When the container is started again after it exits (default:
+    /// `always`, with Kubernetes' back-off).
+    #[serde(default, skip_serializing_if = "RestartSpec::is_default")]
+    pub restart: RestartSpec,
+    #[serde(default, skip_serializing_if = "Probes::is_empty")]
+    pub probes: Probes,
+    #[serde(default, skip_serializing_if = "Security::is_default")]
+    pub security: Security,
+    /// The signal that asks the container to stop (`SIGTERM` when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// Time between the stop signal and SIGKILL; the agent's
+    /// `--stop-grace` (10 s by default) when unset.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::duration::opt_text"
+    )]
+    pub stop_grace: Option<Duration>,
+    /// Most processes the container may run at once (4096 when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<u32>,
+}
+
+impl TaskSpec {
+    /// A task running `image` with every other field at its default.
+    pub fn new(image: ImageRef) -> TaskSpec {
+        TaskSpec {
+            image,
+            command: Vec::new(),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            workdir: None,
+            resources: Resources::new(DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES),
+            network: NetworkMode::Host,
+            restart: RestartSpec::default(),
+            probes: Probes::default(),
+            security: Security::default(),
+            stop_signal: None,
+            stop_grace: None,
+            pids_limit: None,
+        }
+    }
 }
 
 /// CPU in millicores and memory in bytes. Serialized as quantities

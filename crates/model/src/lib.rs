@@ -11,10 +11,12 @@
 #![forbid(unsafe_code)]
 
 pub mod alloc;
+pub mod duration;
 pub mod error;
 pub mod eval;
 pub mod fit;
 pub mod job;
+pub mod lifecycle;
 pub mod node;
 pub mod plan;
 pub mod quantity;
@@ -24,6 +26,9 @@ pub use alloc::{AllocStatus, Allocation, DesiredStatus};
 pub use error::{FieldError, SpecError};
 pub use eval::{EvalStatus, EvalTrigger, Evaluation};
 pub use job::{ImageRef, Job, JobSpec, NetworkMode, Resources, TaskSpec};
+pub use lifecycle::{
+    Backoff, Probe, ProbeAction, Probes, RestartPolicy, RestartSpec, Security, UserId,
+};
 pub use node::{Node, NodeStatus};
 pub use plan::{Placement, Plan, Stop};
 

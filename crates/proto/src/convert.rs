@@ -1,5 +1,7 @@
 //! `model` <-> `pb` conversions.
 
+use std::time::Duration;
+
 use skiff_model as m;
 use skiff_model::FieldError;
 
@@ -58,7 +60,194 @@ impl From<&m::TaskSpec> for pb::TaskSpec {
                 m::NetworkMode::Host => pb::NetworkMode::Host,
                 m::NetworkMode::None => pb::NetworkMode::None,
             } as i32,
+            restart: Some(restart_to_wire(&t.restart)),
+            probes: Some(pb::Probes {
+                liveness: t.probes.liveness.as_ref().map(probe_to_wire),
+                readiness: t.probes.readiness.as_ref().map(probe_to_wire),
+                startup: t.probes.startup.as_ref().map(probe_to_wire),
+            }),
+            security: Some(pb::Security {
+                read_only_rootfs: t.security.read_only_rootfs,
+                user: t.security.user.map(|u| u.to_string()).unwrap_or_default(),
+                cap_add: t.security.cap_add.clone(),
+                cap_drop: t.security.cap_drop.clone(),
+            }),
+            stop_signal: t.stop_signal.clone().unwrap_or_default(),
+            stop_grace_ms: t.stop_grace.map(duration_ms),
+            pids_limit: t.pids_limit,
         }
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    d.as_millis().min(u128::from(u64::MAX)) as u64
+}
+
+fn restart_to_wire(r: &m::RestartSpec) -> pb::RestartSpec {
+    pb::RestartSpec {
+        policy: match r.policy {
+            m::RestartPolicy::Always => pb::RestartPolicy::Always,
+            m::RestartPolicy::OnFailure => pb::RestartPolicy::OnFailure,
+            m::RestartPolicy::Never => pb::RestartPolicy::Never,
+        } as i32,
+        backoff_initial_ms: duration_ms(r.backoff.initial),
+        backoff_max_ms: duration_ms(r.backoff.max),
+        backoff_reset_after_ms: duration_ms(r.backoff.reset_after),
+    }
+}
+
+fn restart_from_wire(
+    r: Option<pb::RestartSpec>,
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) -> m::RestartSpec {
+    let Some(r) = r else {
+        return m::RestartSpec::default();
+    };
+    let policy = match pb::RestartPolicy::try_from(r.policy) {
+        Ok(pb::RestartPolicy::Unspecified | pb::RestartPolicy::Always) => m::RestartPolicy::Always,
+        Ok(pb::RestartPolicy::OnFailure) => m::RestartPolicy::OnFailure,
+        Ok(pb::RestartPolicy::Never) => m::RestartPolicy::Never,
+        Err(_) => {
+            errors.push(FieldError::new(
+                format!("{path}.policy"),
+                format!("{} is not a restart policy", r.policy),
+            ));
+            m::RestartPolicy::Always
+        }
+    };
+    // Zero means "not set": the default applies.
+    let d = m::Backoff::default();
+    let or = |ms: u64, default: Duration| {
+        if ms == 0 {
+            default
+        } else {
+            Duration::from_millis(ms)
+        }
+    };
+    m::RestartSpec {
+        policy,
+        backoff: m::Backoff {
+            initial: or(r.backoff_initial_ms, d.initial),
+            max: or(r.backoff_max_ms, d.max),
+            reset_after: or(r.backoff_reset_after_ms, d.reset_after),
+        },
+    }
+}
+
+fn probe_to_wire(p: &m::Probe) -> pb::Probe {
+    use pb::probe::Action;
+    pb::Probe {
+        action: Some(match &p.action {
+            m::ProbeAction::Exec { command } => Action::Exec(pb::ExecAction {
+                command: command.clone(),
+            }),
+            m::ProbeAction::Http { path, port } => Action::Http(pb::HttpAction {
+                path: path.clone(),
+                port: u32::from(*port),
+            }),
+            m::ProbeAction::Tcp { port } => Action::Tcp(pb::TcpAction {
+                port: u32::from(*port),
+            }),
+        }),
+        period_ms: duration_ms(p.period),
+        timeout_ms: duration_ms(p.timeout),
+        success_threshold: p.success_threshold,
+        failure_threshold: p.failure_threshold,
+        initial_delay_ms: duration_ms(p.initial_delay),
+    }
+}
+
+fn probe_from_wire(p: pb::Probe, path: &str, errors: &mut Vec<FieldError>) -> Option<m::Probe> {
+    use pb::probe::Action;
+    let port = |port: u32, field: &str, errors: &mut Vec<FieldError>| match u16::try_from(port) {
+        Ok(p) if p > 0 => Some(p),
+        _ => {
+            errors.push(FieldError::new(
+                format!("{path}.{field}"),
+                format!("{port} must be a port number from 1 to 65535"),
+            ));
+            None
+        }
+    };
+    let action = match p.action {
+        Some(Action::Exec(e)) => m::ProbeAction::Exec { command: e.command },
+        Some(Action::Http(h)) => m::ProbeAction::Http {
+            path: if h.path.is_empty() {
+                "/".into()
+            } else {
+                h.path
+            },
+            port: port(h.port, "http.port", errors)?,
+        },
+        Some(Action::Tcp(t)) => m::ProbeAction::Tcp {
+            port: port(t.port, "tcp.port", errors)?,
+        },
+        None => {
+            errors.push(FieldError::new(
+                path,
+                "needs one of exec, http or tcp".to_string(),
+            ));
+            return None;
+        }
+    };
+    let mut probe = m::Probe::new(action);
+    // Zero means "not set": Kubernetes' default applies.
+    if p.period_ms > 0 {
+        probe.period = Duration::from_millis(p.period_ms);
+    }
+    if p.timeout_ms > 0 {
+        probe.timeout = Duration::from_millis(p.timeout_ms);
+    }
+    if p.success_threshold > 0 {
+        probe.success_threshold = p.success_threshold;
+    }
+    if p.failure_threshold > 0 {
+        probe.failure_threshold = p.failure_threshold;
+    }
+    probe.initial_delay = Duration::from_millis(p.initial_delay_ms);
+    Some(probe)
+}
+
+fn probes_from_wire(p: Option<pb::Probes>, path: &str, errors: &mut Vec<FieldError>) -> m::Probes {
+    let Some(p) = p else {
+        return m::Probes::default();
+    };
+    let mut one = |probe: Option<pb::Probe>, name: &str| {
+        probe.and_then(|probe| probe_from_wire(probe, &format!("{path}.{name}"), errors))
+    };
+    m::Probes {
+        liveness: one(p.liveness, "liveness"),
+        readiness: one(p.readiness, "readiness"),
+        startup: one(p.startup, "startup"),
+    }
+}
+
+fn security_from_wire(
+    s: Option<pb::Security>,
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) -> m::Security {
+    let Some(s) = s else {
+        return m::Security::default();
+    };
+    let user = if s.user.is_empty() {
+        None
+    } else {
+        m::UserId::parse(&s.user)
+            .map_err(|e| errors.push(FieldError::new(format!("{path}.user"), e)))
+            .ok()
+    };
+    let norm = |caps: Vec<String>| {
+        caps.iter()
+            .map(|c| m::lifecycle::normalize_capability(c))
+            .collect()
+    };
+    m::Security {
+        read_only_rootfs: s.read_only_rootfs,
+        user,
+        cap_add: norm(s.cap_add),
+        cap_drop: norm(s.cap_drop),
     }
 }
 
@@ -85,6 +274,23 @@ fn task_from_wire(t: pb::TaskSpec, path: &str) -> Result<m::TaskSpec, WireError>
             None
         }
     };
+    let restart = restart_from_wire(t.restart, &format!("{path}.restart"), &mut errors);
+    let probes = probes_from_wire(t.probes, &format!("{path}.probes"), &mut errors);
+    let security = security_from_wire(t.security, &format!("{path}.security"), &mut errors);
+    let stop_signal = if t.stop_signal.is_empty() {
+        None
+    } else {
+        match m::lifecycle::normalize_signal(&t.stop_signal) {
+            Some(s) => Some(s.to_string()),
+            None => {
+                errors.push(FieldError::new(
+                    format!("{path}.stop_signal"),
+                    format!("{:?} is not a stop signal", t.stop_signal),
+                ));
+                None
+            }
+        }
+    };
     match (image, network, resources) {
         (Some(image), Some(network), Some(resources)) if errors.is_empty() => Ok(m::TaskSpec {
             image,
@@ -94,6 +300,12 @@ fn task_from_wire(t: pb::TaskSpec, path: &str) -> Result<m::TaskSpec, WireError>
             workdir: t.workdir,
             resources,
             network,
+            restart,
+            probes,
+            security,
+            stop_signal,
+            stop_grace: t.stop_grace_ms.map(Duration::from_millis),
+            pids_limit: t.pids_limit,
         }),
         _ => Err(WireError(errors)),
     }
@@ -247,6 +459,9 @@ impl From<&m::Allocation> for pb::Allocation {
             message: a.message.clone(),
             create_index: a.create_index,
             modify_index: a.modify_index,
+            restart_count: a.restart_count,
+            healthy: a.healthy,
+            reason: a.reason.clone(),
         }
     }
 }
@@ -275,6 +490,9 @@ impl TryFrom<pb::Allocation> for m::Allocation {
             desired,
             exit_code: a.exit_code,
             message: a.message,
+            restart_count: a.restart_count,
+            healthy: a.healthy,
+            reason: a.reason,
             create_index: a.create_index,
             modify_index: a.modify_index,
         })
@@ -330,6 +548,30 @@ mod tests {
     }
 
     #[test]
+    fn lifecycle_fields_survive_the_wire() {
+        let spec = m::JobSpec::from_yaml(
+            r#"
+name: web
+task:
+  image: oci:/img
+  restart: {policy: never, backoff: {initial: 1s, max: 2s, reset_after: 3s}}
+  probes:
+    liveness: {exec: {command: [cat, /x]}, period: 1s}
+    readiness: {http: {path: /h, port: 80}, success_threshold: 2, initial_delay: 5s}
+    startup: {tcp: {port: 81}}
+  security: {read_only_rootfs: true, user: "1:2", cap_add: [NET_ADMIN], cap_drop: [ALL]}
+  stop_signal: SIGINT
+  stop_grace: 0s
+  pids_limit: 10
+"#,
+        )
+        .unwrap();
+        let wire: pb::JobSpec = (&spec).into();
+        let back: m::JobSpec = wire.try_into().unwrap();
+        assert_eq!(back, spec);
+    }
+
+    #[test]
     fn malformed_wire_spec_names_the_fields() {
         let mut wire: pb::JobSpec = (&spec()).into();
         let task = wire.task.as_mut().unwrap();
@@ -361,6 +603,9 @@ mod tests {
             status: m::AllocStatus::Failed,
             exit_code: Some(3),
             message: "exited with code 3".into(),
+            restart_count: 4,
+            healthy: Some(false),
+            reason: "oom_killed".into(),
             create_index: 5,
             modify_index: 9,
         };

@@ -15,3 +15,9 @@ pub mod pb {
 mod convert;
 
 pub use convert::{alloc_status_from_wire, WireError};
+
+/// Most bytes of output one exec returns per stream; more is dropped and
+/// flagged as truncated.
+pub const MAX_EXEC_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
+/// Largest exec answer a server or client accepts (both streams plus room).
+pub const MAX_EXEC_MESSAGE_BYTES: usize = 2 * MAX_EXEC_OUTPUT_BYTES + 64 * 1024;

@@ -211,27 +211,29 @@ impl pb::cluster_server::Cluster for ClusterApi {
     ) -> Result<Response<Self::LogsStream>, Status> {
         let r = req.into_inner();
         check_name("alloc_id", &r.alloc_id)?;
-        let (alloc_id, address) = {
-            let state = self.store.state();
-            let alloc = resolve_alloc(&state, &r.alloc_id)?;
-            let node = state.nodes.get(&alloc.node).ok_or_else(|| {
-                Status::not_found(format!("node {:?} of the allocation is gone", alloc.node))
-            })?;
-            (alloc.id.clone(), node.address.clone())
-        };
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| Status::internal(format!("bad agent address {address:?}: {e}")))?
-            .connect_timeout(std::time::Duration::from_secs(5));
-        let channel = endpoint.connect().await.map_err(|e| {
-            Status::unavailable(format!("cannot reach the agent at {address}: {e}"))
-        })?;
-        let mut agent = pb::agent_api_client::AgentApiClient::new(channel);
+        let (alloc_id, mut agent) = self.agent_for(&r.alloc_id).await?;
         let upstream = agent
             .logs(pb::LogsRequest { alloc_id, ..r })
             .await?
             .into_inner();
         let stream: LogStream = Box::pin(upstream.map(|item| item));
         Ok(Response::new(stream))
+    }
+
+    async fn exec(
+        &self,
+        req: Request<pb::ExecRequest>,
+    ) -> Result<Response<pb::ExecResponse>, Status> {
+        let r = req.into_inner();
+        check_name("alloc_id", &r.alloc_id)?;
+        if r.command.is_empty() || r.command[0].is_empty() {
+            return Err(Status::invalid_argument(
+                "command: must name a program to run in the container",
+            ));
+        }
+        let (alloc_id, mut agent) = self.agent_for(&r.alloc_id).await?;
+        tracing::info!(alloc = %alloc_id, program = %r.command[0], "exec relayed to the agent");
+        agent.exec(pb::ExecRequest { alloc_id, ..r }).await
     }
 
     async fn status(
@@ -247,6 +249,39 @@ impl pb::cluster_server::Cluster for ClusterApi {
             applied_index: s.applied,
             version: env!("CARGO_PKG_VERSION").to_string(),
         }))
+    }
+}
+
+impl ClusterApi {
+    /// The full id of an allocation (given by id or prefix) and a client
+    /// for the agent of the node it runs on.
+    async fn agent_for(
+        &self,
+        id: &str,
+    ) -> Result<
+        (
+            String,
+            pb::agent_api_client::AgentApiClient<tonic::transport::Channel>,
+        ),
+        Status,
+    > {
+        let (alloc_id, address) = {
+            let state = self.store.state();
+            let alloc = resolve_alloc(&state, id)?;
+            let node = state.nodes.get(&alloc.node).ok_or_else(|| {
+                Status::not_found(format!("node {:?} of the allocation is gone", alloc.node))
+            })?;
+            (alloc.id.clone(), node.address.clone())
+        };
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| Status::internal(format!("bad agent address {address:?}: {e}")))?
+            .connect_timeout(std::time::Duration::from_secs(5));
+        let channel = endpoint.connect().await.map_err(|e| {
+            Status::unavailable(format!("cannot reach the agent at {address}: {e}"))
+        })?;
+        let agent = pb::agent_api_client::AgentApiClient::new(channel)
+            .max_decoding_message_size(skiff_proto::MAX_EXEC_MESSAGE_BYTES);
+        Ok((alloc_id, agent))
     }
 }
 

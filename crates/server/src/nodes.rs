@@ -210,6 +210,9 @@ impl pb::node_api_server::NodeApi for NodeService {
                 status,
                 exit_code: u.exit_code,
                 message: u.message.chars().take(1024).collect(),
+                restart_count: u.restart_count,
+                healthy: u.healthy,
+                reason: u.reason.chars().take(64).collect(),
             });
         }
         self.store

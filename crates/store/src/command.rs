@@ -11,6 +11,9 @@ use skiff_model::{AllocStatus, JobSpec, Placement, Resources, Stop};
 /// skipped (and logged) rather than stopping the state machine.
 pub const COMMAND_VERSION: u32 = 1;
 
+// A command lives briefly, one at a time, on its way through Raft; the
+// size of the job spec variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Command {
@@ -80,7 +83,7 @@ pub struct NewAlloc {
     pub placement: Placement,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AllocUpdate {
     pub alloc_id: String,
     pub status: AllocStatus,
@@ -88,6 +91,15 @@ pub struct AllocUpdate {
     pub exit_code: Option<i32>,
     #[serde(default)]
     pub message: String,
+    /// Restarts on the node so far.
+    #[serde(default)]
+    pub restart_count: u32,
+    /// Readiness; `None` while not running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
+    /// Machine-readable reason (`oom_killed`, `back_off`, ...).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
 }
 
 #[derive(Serialize)]
@@ -98,6 +110,7 @@ struct EnvelopeOut<'a> {
 }
 
 /// What a raft entry's data decodes to.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decoded {
     Command(Command),

@@ -325,6 +325,9 @@ impl State {
                 status: AllocStatus::Pending,
                 exit_code: None,
                 message: String::new(),
+                restart_count: 0,
+                healthy: None,
+                reason: String::new(),
                 create_index: index,
                 modify_index: index,
             };
@@ -379,11 +382,20 @@ impl State {
             if a.node != node || a.status.is_terminal() {
                 continue;
             }
-            if a.status == u.status && a.exit_code == u.exit_code && a.message == u.message {
+            if a.status == u.status
+                && a.exit_code == u.exit_code
+                && a.message == u.message
+                && a.restart_count == u.restart_count
+                && a.healthy == u.healthy
+                && a.reason == u.reason
+            {
                 continue;
             }
             a.status = u.status;
             a.exit_code = u.exit_code;
+            a.restart_count = u.restart_count;
+            a.healthy = u.healthy;
+            a.reason = u.reason.clone();
             if !u.message.is_empty() || u.status.is_terminal() {
                 a.message = u.message.clone();
             }

@@ -247,7 +247,7 @@ fn agents_update_only_their_own_allocations_and_terminal_is_final() {
         alloc_id: id.clone(),
         status,
         exit_code: code,
-        message: String::new(),
+        ..AllocUpdate::default()
     };
     let out = h.apply(Command::UpdateAllocStatus {
         node: "n2".into(),
@@ -269,6 +269,42 @@ fn agents_update_only_their_own_allocations_and_terminal_is_final() {
     });
     let a = &h.state.allocs[&id];
     assert_eq!((a.status, a.exit_code), (AllocStatus::Failed, Some(3)));
+}
+
+#[test]
+fn restarts_health_and_reasons_are_recorded_while_running() {
+    let mut h = Harness::new();
+    h.apply(reg("n1", 4000, 4096));
+    h.apply(Command::UpsertJob {
+        spec: spec("web", 1, "64Mi"),
+    });
+    h.apply(h.plan("web", &[(0, "n1")], 0));
+    let id = "web-0-n1".to_string();
+    let update = |restart_count, healthy, reason: &str| Command::UpdateAllocStatus {
+        node: "n1".into(),
+        updates: vec![AllocUpdate {
+            alloc_id: id.clone(),
+            status: AllocStatus::Running,
+            exit_code: Some(1),
+            restart_count,
+            healthy,
+            reason: reason.into(),
+            ..AllocUpdate::default()
+        }],
+    };
+    h.apply(update(0, Some(true), ""));
+    let out = h.apply(update(2, Some(false), "back_off"));
+    assert_eq!(out, Outcome::AllocsUpdated { applied: 1 });
+    let a = &h.state.allocs[&id];
+    assert_eq!(
+        (a.status, a.restart_count, a.healthy, a.reason.as_str()),
+        (AllocStatus::Running, 2, Some(false), "back_off")
+    );
+    assert_eq!(
+        h.apply(update(2, Some(false), "back_off")),
+        Outcome::AllocsUpdated { applied: 0 },
+        "an identical update changes nothing"
+    );
 }
 
 #[test]
@@ -364,7 +400,7 @@ fn recreating_a_deleted_job_drops_the_old_finished_allocations() {
             alloc_id: "web-0-n1".into(),
             status: AllocStatus::Complete,
             exit_code: Some(0),
-            message: String::new(),
+            ..AllocUpdate::default()
         }],
     });
     h.apply(Command::DeleteJob { name: "web".into() });

@@ -1,0 +1,103 @@
+//! The agent's own gRPC API (`AgentApi`), which servers relay to: logs
+//! and exec.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff_proto::pb;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::logs::{stream_logs, valid_alloc_id};
+use crate::paths::{container_id, Paths};
+use crate::runtime::Runtime;
+
+pub struct AgentService<R: Runtime> {
+    paths: Paths,
+    runtime: Arc<R>,
+}
+
+impl<R: Runtime> AgentService<R> {
+    pub fn new(paths: Paths, runtime: Arc<R>) -> Self {
+        AgentService { paths, runtime }
+    }
+}
+
+fn check_id(id: &str) -> Result<(), Status> {
+    if valid_alloc_id(id) {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "alloc_id: {id:?} must be 32 lowercase hex digits"
+        )))
+    }
+}
+
+type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<R: Runtime> pb::agent_api_server::AgentApi for AgentService<R> {
+    type LogsStream = LogStream;
+
+    async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<LogStream>, Status> {
+        let r = req.into_inner();
+        check_id(&r.alloc_id)?;
+        if !self.paths.log_dir(&r.alloc_id).is_dir() {
+            return Err(Status::not_found(format!(
+                "no logs for allocation {} on this node (it may not have started yet)",
+                r.alloc_id
+            )));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(stream_logs(self.paths.clone(), r, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn exec(
+        &self,
+        req: Request<pb::ExecRequest>,
+    ) -> Result<Response<pb::ExecResponse>, Status> {
+        let r = req.into_inner();
+        check_id(&r.alloc_id)?;
+        if r.command.first().is_none_or(|c| c.is_empty()) {
+            return Err(Status::invalid_argument(
+                "command: must name a program to run in the container",
+            ));
+        }
+        if r.command.iter().any(|a| a.contains('\0')) {
+            return Err(Status::invalid_argument(
+                "command: must not contain a NUL byte",
+            ));
+        }
+        let cid = container_id(&r.alloc_id);
+        let running = self
+            .runtime
+            .state(&cid)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .is_some_and(|s| s.status == "running");
+        if !running {
+            return Err(Status::failed_precondition(format!(
+                "allocation {} has no running container on this node",
+                r.alloc_id
+            )));
+        }
+        let timeout = (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms));
+        let out = self
+            .runtime
+            .exec(&cid, &r.command, timeout)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        tracing::info!(alloc = %r.alloc_id, program = %r.command[0], exit_code = out.exit_code, timed_out = out.timed_out, "exec");
+        Ok(Response::new(pb::ExecResponse {
+            exit_code: out.exit_code,
+            stdout: out.stdout,
+            stderr: out.stderr,
+            truncated: out.truncated,
+            timed_out: out.timed_out,
+        }))
+    }
+}
