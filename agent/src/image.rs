@@ -226,14 +226,27 @@ pub struct PreparedImage {
 }
 
 /// Unpacked images, cached under `root/rootfs/<manifest-digest-hex>/`.
+/// Clones share one lock per manifest, so replicas started together
+/// unpack their image once, not once each.
 #[derive(Debug, Clone)]
 pub struct ImageStore {
     root: PathBuf,
+    unpacking:
+        std::sync::Arc<std::sync::Mutex<HashMap<String, std::sync::Arc<std::sync::Mutex<()>>>>>,
 }
 
 impl ImageStore {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        ImageStore { root: root.into() }
+        ImageStore {
+            root: root.into(),
+            unpacking: Default::default(),
+        }
+    }
+
+    /// The lock held while one manifest is unpacked.
+    fn manifest_lock(&self, hex: &str) -> std::sync::Arc<std::sync::Mutex<()>> {
+        let mut locks = self.unpacking.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(hex.to_string()).or_default().clone()
     }
 
     pub fn root(&self) -> &Path {
@@ -289,6 +302,10 @@ impl ImageStore {
             .to_string();
         let cache = self.root.join("rootfs");
         let rootfs = cache.join(&hex);
+        // Whoever unpacks this manifest holds its lock; the others wait
+        // and then find it in the cache.
+        let lock = self.manifest_lock(&hex);
+        let _unpacking = lock.lock().unwrap_or_else(|p| p.into_inner());
         if is_dir(&rootfs) {
             debug!(image = %layout.name, digest = %manifest_digest, rootfs = %rootfs.display(), "reusing cached rootfs");
             return Ok(PreparedImage {

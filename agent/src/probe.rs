@@ -221,12 +221,11 @@ fn http_get(port: u16, path: &str, timeout: Duration) -> Result<(), String> {
         }
     };
     s.set_write_timeout(Some(left())).map_err(io)?;
-    write!(
-        s,
+    let request = format!(
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: skiff-probe/{}\r\nAccept: */*\r\nConnection: close\r\n\r\n",
         env!("CARGO_PKG_VERSION")
-    )
-    .map_err(io)?;
+    );
+    s.write_all(request.as_bytes()).map_err(io)?;
     let mut head = Vec::new();
     let mut buf = [0u8; 512];
     while !head.contains(&b'\n') && head.len() < 4096 {
@@ -476,9 +475,14 @@ mod tests {
         let server = std::thread::spawn(move || {
             for status in ["200 OK", "503 Service Unavailable"] {
                 let (mut c, _) = listener.accept().unwrap();
-                let mut req = [0u8; 1024];
-                let n = c.read(&mut req).unwrap();
-                assert!(String::from_utf8_lossy(&req[..n]).starts_with("GET /healthz HTTP/1.1\r\n"));
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.ends_with(b"\r\n\r\n") {
+                    let n = c.read(&mut buf).unwrap();
+                    assert!(n > 0, "the request ended early");
+                    req.extend_from_slice(&buf[..n]);
+                }
+                assert!(String::from_utf8_lossy(&req).starts_with("GET /healthz HTTP/1.1\r\n"));
                 write!(c, "HTTP/1.0 {status}\r\n\r\n").unwrap();
             }
         });

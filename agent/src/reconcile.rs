@@ -116,8 +116,12 @@ struct Local {
     healthy: Option<bool>,
     /// The probe task of the running container.
     prober: Option<tokio::task::AbortHandle>,
+    /// A task waits for the running container's shim to exit.
+    watched: bool,
     /// Why the agent killed the current run (a failed probe).
     killed_for: Option<String>,
+    /// The same for the run before the current one.
+    last_killed_for: Option<String>,
     /// When the current start began (for the start latency log).
     start_began: Option<Instant>,
 }
@@ -134,7 +138,9 @@ impl Local {
             last_exit: None,
             healthy: None,
             prober: None,
+            watched: false,
             killed_for: None,
+            last_killed_for: None,
             start_began: None,
         }
     }
@@ -177,6 +183,11 @@ pub enum Event {
         id: String,
         run: u32,
         event: ProbeEvent,
+    },
+    /// A container's shim exited (its exit record is written): look now
+    /// rather than at the next tick.
+    ShimExited {
+        id: String,
     },
 }
 
@@ -318,6 +329,9 @@ impl<R: Runtime> Reconciler<R> {
                     },
                 };
             }
+            Event::ShimExited { id } => {
+                tracing::debug!(alloc = %id, "shim exited");
+            }
             Event::Cleaned { id } => {
                 if let Some(l) = self.local.get_mut(&id) {
                     l.cleaning = false;
@@ -378,6 +392,7 @@ impl<R: Runtime> Reconciler<R> {
                 if let Some(record) = ExitRecord::read(&self.paths.state_dir(id)) {
                     tracing::info!(alloc = %id, code = record.exit_code, oom = record.oom_killed, "container exited");
                     l.stop_probes();
+                    l.watched = false;
                     l.phase = match l.phase {
                         Phase::Stopping { requested: true } => Phase::Exited {
                             record,
@@ -446,7 +461,7 @@ impl<R: Runtime> Reconciler<R> {
                             }
                             l.phase = Phase::Starting;
                             l.cleaned = false;
-                            l.killed_for = None;
+                            l.last_killed_for = l.killed_for.take();
                             l.start_began = Some(Instant::now());
                             self.spawn_start(a.clone(), r.count);
                         }
@@ -497,6 +512,20 @@ impl<R: Runtime> Reconciler<R> {
                     };
                 }
                 _ => {}
+            }
+        }
+
+        // Learn of exits as they happen.
+        let to_watch: Vec<String> = self
+            .local
+            .iter()
+            .filter(|(_, l)| l.phase == Phase::Running && !l.watched)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in to_watch {
+            self.spawn_exit_watch(&id);
+            if let Some(l) = self.local.get_mut(&id) {
+                l.watched = true;
             }
         }
 
@@ -619,6 +648,34 @@ impl<R: Runtime> Reconciler<R> {
         self.local.get(alloc_id).map(|l| &l.phase)
     }
 
+    /// When the reconciler next has something to do that no event will
+    /// announce: the end of the earliest back-off.
+    pub fn next_wakeup(&self) -> Option<SystemTime> {
+        self.local
+            .values()
+            .filter_map(|l| match l.phase {
+                // Until it is cleaned up, the Cleaned event wakes us.
+                Phase::BackOff { until, .. } if l.cleaned => Some(until),
+                _ => None,
+            })
+            .min()
+    }
+
+    fn spawn_exit_watch(&self, id: &str) {
+        let Some((pid, start)) = shim::read_shim_pid(&self.paths.state_dir(id)) else {
+            return;
+        };
+        let events = self.events.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = crate::sys::wait_process_exit(pid, start).await {
+                tracing::debug!(alloc = %id, error = %e, "cannot watch the shim; the resync will notice its exit");
+                return;
+            }
+            let _ = events.send(Event::ShimExited { id }).await;
+        });
+    }
+
     fn spawn_start(&self, alloc: Allocation, run: u32) {
         let runtime = self.runtime.clone();
         let paths = self.paths.clone();
@@ -732,10 +789,13 @@ fn observe(a: &Allocation, l: &Local) -> Option<Observed> {
     };
     let restarted = || match last {
         Some(r) if l.restarts.count > 0 => format!(
-            "restarted {} time{}; last run {}",
+            "restarted {} time{}; the last run {}",
             l.restarts.count,
             if l.restarts.count == 1 { "" } else { "s" },
-            r.describe()
+            match &l.last_killed_for {
+                Some(k) => format!("was stopped: {k}"),
+                None => r.describe(),
+            }
         ),
         _ => String::new(),
     };
@@ -925,7 +985,14 @@ pub async fn run_loop<R, F, Fut>(
     let mut tick = tokio::time::interval(RESYNC);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Wake when a back-off ends, not at the next tick after it.
+        let wake = rec
+            .next_wakeup()
+            .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default())
+            .unwrap_or(RESYNC)
+            .min(RESYNC);
         tokio::select! {
+            _ = tokio::time::sleep(wake) => {}
             ev = events.recv() => match ev {
                 Some(ev) => {
                     rec.handle(ev);

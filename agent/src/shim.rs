@@ -271,6 +271,9 @@ fn monitor(args: &ShimArgs, mut report: std::io::PipeWriter) -> i32 {
     let started_at_ms = now_ms();
     let _ = writeln!(report, "ok {init}");
     drop(report);
+    // From here on the shim only copies output and waits: let go of the
+    // start-up code it no longer runs.
+    sys::release_startup_pages();
 
     let exit = pump(init, &mut out, &mut err, &mut log);
     let oom_killed = oom_kills(Path::new(CGROUP_ROOT), &args.cgroup).unwrap_or(0) > 0;

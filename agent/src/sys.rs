@@ -274,3 +274,88 @@ pub fn enter_net_namespace(fd: &std::fs::File) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Drops this process's page-table entries for the read-only parts of
+/// its program and libraries that hold no private copy of a page (code,
+/// constants, symbol tables), so its resident set is what it goes on to
+/// use rather than all it touched while starting. The pages stay in the
+/// page cache, and whatever runs next faults back in what it needs.
+/// Mappings that are writable, or hold pages changed after loading (the
+/// relocated ones), are left alone: dropping those would lose their
+/// contents. Call only while single-threaded.
+pub fn release_startup_pages() {
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
+        return;
+    };
+    // Each mapping: a header line `start-end perms offset dev inode path`,
+    // then `Key: value` lines, `Anonymous:` among them.
+    let mut candidate: Option<(usize, usize)> = None;
+    let release = |range: (usize, usize)| {
+        // SAFETY: the range is a whole mapping of this process, read from
+        // /proc/self/smaps just now, while no other thread runs: a
+        // private, read-only file mapping with no anonymous (copied)
+        // pages, so MADV_DONTNEED only unmaps pages that fault back in
+        // unchanged from the file.
+        unsafe {
+            libc::madvise(
+                range.0 as *mut libc::c_void,
+                range.1 - range.0,
+                libc::MADV_DONTNEED,
+            );
+        }
+    };
+    for line in smaps.lines() {
+        if let Some(kb) = line.strip_prefix("Anonymous:") {
+            if let Some(range) = candidate.take() {
+                if kb.trim() == "0 kB" {
+                    release(range);
+                }
+            }
+            continue;
+        }
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms), Some(_), Some(_), Some(inode)) =
+            (f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            continue; // a `Key: value` line
+        };
+        let p = perms.as_bytes();
+        // Readable, not writable, private, and backed by a file (the vdso
+        // and anonymous mappings have inode 0).
+        let eligible = p.len() == 4 && p[0] == b'r' && p[1] == b'-' && p[3] == b'p' && inode != "0";
+        candidate = eligible.then_some((start, end));
+    }
+}
+
+/// Waits until process `pid`, started at `start_time` (clock ticks after
+/// boot, as in `/proc/PID/stat`), has exited. Returns at once when it is
+/// already gone or the pid now names another process.
+pub async fn wait_process_exit(pid: i32, start_time: u64) -> io::Result<()> {
+    let fd = match pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    // The pidfd pins the process: if the start time matches now, it is
+    // the one we mean until the fd says it exited.
+    if process_start_time(pid) != Some(start_time) {
+        return Ok(());
+    }
+    // SAFETY: `fd` is an OwnedFd the AsyncFd takes over: it stays open and
+    // names the same pidfd until the AsyncFd is dropped.
+    let afd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| e.into_parts().1)?;
+    let _ready = afd.readable().await?;
+    Ok(())
+}

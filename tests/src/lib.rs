@@ -325,10 +325,28 @@ impl AgentProc {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits for the agent process to exit by itself (it refused to
+    /// start, say) and returns its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for AgentProc {
-    /// Kills the agent, then every container it left, and their shims.
+    /// Kills the agent, then every container it left (their shims then
+    /// exit), and unmounts the containers' overlay root filesystems.
     fn drop(&mut self) {
         self.kill9();
         for (id, _, _) in self.containers() {
@@ -337,6 +355,9 @@ impl Drop for AgentProc {
                 .arg(self.runc_root())
                 .args(["delete", "--force", &id])
                 .output();
+        }
+        for (point, _, _) in mounts_under(&self.data_dir) {
+            let _ = Command::new("umount").arg("-l").arg(&point).output();
         }
     }
 }
@@ -394,4 +415,62 @@ pub async fn stdout_of(client: &mut Client, alloc_id: &str) -> String {
         },
         Err(_) => String::new(),
     }
+}
+
+/// Waits until `job`'s single allocation that is wanted to run matches
+/// `pred`; panics after `limit` with `what` and the last one seen.
+pub async fn wait_alloc(
+    client: &mut Client,
+    job: &str,
+    what: &str,
+    limit: Duration,
+    pred: impl Fn(&Allocation) -> bool,
+) -> Allocation {
+    let deadline = Instant::now() + limit;
+    loop {
+        let allocs: Vec<Allocation> = allocs_of(client, job).await;
+        let last = allocs.iter().max_by_key(|a| a.create_index).cloned();
+        if let Some(a) = last.as_ref().filter(|a| pred(a)) {
+            return a.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {job}: {what}; last seen: {:#?}",
+            last.map(|a| (
+                a.status,
+                a.exit_code,
+                a.restart_count,
+                a.healthy,
+                a.reason,
+                a.message
+            ))
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs the `skiff` CLI against `server_url` and returns what it did.
+pub fn skiff(server_url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(skiff_bin())
+        .args(args)
+        .env("SKIFF_SERVER", server_url)
+        .output()
+        .expect("run skiff")
+}
+
+/// Mount points under `dir` and their file system types, from the
+/// kernel's mount table.
+pub fn mounts_under(dir: &Path) -> Vec<(PathBuf, String, String)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            let point = PathBuf::from(*fields.get(4)?);
+            let (_, rest) = l.split_once(" - ")?;
+            let mut r = rest.split(' ');
+            let fstype = r.next()?.to_string();
+            let options = r.nth(1).unwrap_or_default().to_string();
+            point.starts_with(dir).then_some((point, fstype, options))
+        })
+        .collect()
 }

@@ -1,0 +1,441 @@
+//! How containers live on their node: restart policies and back-off,
+//! stop signals and grace periods, and exec, http and tcp probes. Real
+//! agents, real runc; short back-offs and periods keep it quick.
+
+use std::time::{Duration, Instant};
+
+use skiff_model::AllocStatus;
+use skiff_tests::*;
+
+const START: Duration = Duration::from_secs(60);
+
+/// Seconds since the epoch of an RFC 3339 UTC timestamp (as the log has).
+fn epoch_secs(ts: &str) -> f64 {
+    // 2026-11-28T21:14:14.515206123Z
+    let (date, time) = ts.trim_end_matches('Z').split_once('T').unwrap();
+    let d: Vec<i64> = date.split('-').map(|x| x.parse().unwrap()).collect();
+    let (y, m, day) = (d[0], d[1], d[2]);
+    // Days from the civil date (the inverse of the agent's conversion).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let t: Vec<f64> = time.split(':').map(|x| x.parse().unwrap()).collect();
+    days as f64 * 86_400.0 + t[0] * 3600.0 + t[1] * 60.0 + t[2]
+}
+
+/// Times (from `skiff logs --timestamps`) of the log lines that equal `text`.
+fn times_of(server: &str, alloc: &str, text: &str) -> Vec<f64> {
+    let out = skiff(server, &["logs", "--timestamps", alloc]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(_, msg)| *msg == text)
+        .map(|(ts, _)| epoch_secs(ts))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_policies_restart_with_exponential_backoff() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&tmp.path().join("server"));
+    let _agent = AgentProc::start(&tmp.path().join("agent"), &server.url(), "restarts", &[]);
+    let mut client = server.client().await;
+    let url = server.url();
+
+    // Back-off 300ms doubling to a 600ms cap: uncapped, the fifth wait
+    // would be 4.8s.
+    client
+        .apply_job(&job_yaml(
+            "crasher",
+            1,
+            "echo start; exit 1",
+            "  restart: {policy: on-failure, backoff: {initial: 300ms, max: 600ms}}\n",
+        ))
+        .await
+        .unwrap();
+    // A long back-off, to see the waiting state.
+    client
+        .apply_job(&job_yaml(
+            "waiter",
+            1,
+            "exit 2",
+            "  restart: {policy: always, backoff: {initial: 1h, max: 1h}}\n",
+        ))
+        .await
+        .unwrap();
+    // Each run outlasts reset_after, so the back-off never grows.
+    client
+        .apply_job(&job_yaml(
+            "steady",
+            1,
+            "echo start; sleep 1.5; exit 1",
+            "  restart: {policy: always, backoff: {initial: 1s, max: 1h, reset_after: 1s}}\n",
+        ))
+        .await
+        .unwrap();
+    client
+        .apply_job(&job_yaml(
+            "done-ok",
+            1,
+            "exit 0",
+            "  restart: {policy: on-failure}\n",
+        ))
+        .await
+        .unwrap();
+    client
+        .apply_job(&job_yaml(
+            "never",
+            1,
+            "exit 3",
+            "  restart: {policy: never}\n",
+        ))
+        .await
+        .unwrap();
+    client
+        .apply_job(&job_yaml(
+            "again",
+            1,
+            "echo start; exit 0",
+            "  restart: {policy: always, backoff: {initial: 300ms, max: 300ms}}\n",
+        ))
+        .await
+        .unwrap();
+
+    let w = wait_alloc(
+        &mut client,
+        "waiter",
+        "waiting out its back-off",
+        START,
+        |a| a.reason == "back_off",
+    )
+    .await;
+    assert_eq!(
+        w.status,
+        AllocStatus::Running,
+        "a restarting allocation is not terminal"
+    );
+    assert_eq!(w.exit_code, Some(2));
+    assert_eq!(w.healthy, Some(false));
+    assert_eq!(w.restart_count, 0);
+    assert_eq!(w.message, "exited with code 2; starting again in 1h");
+    let table = String::from_utf8_lossy(&skiff(&url, &["get", "allocs", "--job", "waiter"]).stdout)
+        .into_owned();
+    assert!(table.contains("back-off"), "{table}");
+
+    let c = wait_alloc(&mut client, "crasher", "5 restarts", START, |a| {
+        a.restart_count >= 5
+    })
+    .await;
+    assert_eq!(c.status, AllocStatus::Running);
+    assert_eq!(c.exit_code, Some(1));
+    let starts = wait_for("six runs in the log", START, || {
+        let t = times_of(&url, &c.id, "start");
+        async move { (t.len() >= 6).then_some(t) }
+    })
+    .await;
+    let gaps: Vec<f64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+    // Each wait is at least its back-off: 0.3, 0.6, then capped at 0.6.
+    for (i, want) in [0.3, 0.6, 0.6, 0.6, 0.6].iter().enumerate() {
+        assert!(
+            gaps[i] >= want - 0.05,
+            "wait {i} was {:.3}s, below {want}s: {gaps:?}",
+            gaps[i]
+        );
+    }
+    // ...and the cap holds: nowhere near the uncapped 2.4s and 4.8s.
+    assert!(gaps[3] < 2.4 && gaps[4] < 2.4, "{gaps:?}");
+
+    let s = wait_alloc(&mut client, "steady", "3 restarts", START, |a| {
+        a.restart_count >= 3
+    })
+    .await;
+    let starts = wait_for("four runs in the log", START, || {
+        let t = times_of(&url, &s.id, "start");
+        async move { (t.len() >= 4).then_some(t) }
+    })
+    .await;
+    let gaps: Vec<f64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+    // A run of 1.5s, then a 1s back-off each time. Without the reset the
+    // back-offs would be 1, 2, 4s: the third gap would be 5.5s or more.
+    assert!(gaps.iter().all(|g| *g >= 2.45), "{gaps:?}");
+    assert!(
+        gaps.iter().all(|g| *g < 4.5),
+        "the back-off was reset after long runs: {gaps:?}"
+    );
+
+    let ok = wait_allocs(&mut client, "done-ok", 1, AllocStatus::Complete, START).await;
+    assert_eq!(
+        (ok[0].restart_count, ok[0].reason.as_str()),
+        (0, "completed")
+    );
+    let never = wait_allocs(&mut client, "never", 1, AllocStatus::Failed, START).await;
+    assert_eq!((never[0].restart_count, never[0].exit_code), (0, Some(3)));
+    assert_eq!(never[0].reason, "error");
+    let again = wait_alloc(&mut client, "again", "restarts after exit 0", START, |a| {
+        a.restart_count >= 2
+    })
+    .await;
+    assert_eq!(again.status, AllocStatus::Running);
+
+    // The count shows in `skiff get allocs`.
+    let table =
+        String::from_utf8_lossy(&skiff(&url, &["get", "allocs", "--job", "crasher"]).stdout)
+            .into_owned();
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    let col = header.iter().position(|h| *h == "RESTARTS").unwrap();
+    assert!(row[col].parse::<u32>().unwrap() >= 5, "{table}");
+
+    // Deleting a job stops it while it waits to restart.
+    client.delete_job("waiter").await.unwrap();
+    let w = wait_alloc(&mut client, "waiter", "stopped", START, |a| {
+        a.status.is_terminal()
+    })
+    .await;
+    assert_eq!(
+        (w.status, w.reason.as_str()),
+        (AllocStatus::Complete, "stopped")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_sends_the_stop_signal_then_sigkill_after_the_grace_period() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&tmp.path().join("server"));
+    let agent_dir = tmp.path().join("agent");
+    let agent = AgentProc::start(&agent_dir, &server.url(), "stops", &[]);
+    let mut client = server.client().await;
+
+    // Handles SIGUSR1, its configured stop signal, and exits cleanly.
+    client
+        .apply_job(&job_yaml(
+            "polite",
+            1,
+            "trap 'echo got USR1; exit 0' USR1; echo ready; while true; do sleep 0.1; done",
+            "  stop_signal: SIGUSR1\n  stop_grace: 20s\n",
+        ))
+        .await
+        .unwrap();
+    // Ignores SIGTERM (a shell as PID 1 does): killed after its 1s grace.
+    client
+        .apply_job(&job_yaml(
+            "stubborn",
+            1,
+            "trap '' TERM; echo ready; while true; do sleep 0.1; done",
+            "  stop_grace: 1s\n",
+        ))
+        .await
+        .unwrap();
+    for job in ["polite", "stubborn"] {
+        let a = wait_allocs(&mut client, job, 1, AllocStatus::Running, START).await;
+        let id = a[0].id.clone();
+        wait_for("the container to be ready", START, || {
+            let url = server.url();
+            let id = id.clone();
+            async move {
+                let mut c = skiff_client::Client::connect(&url).await.ok()?;
+                stdout_of(&mut c, &id).await.contains("ready").then_some(())
+            }
+        })
+        .await;
+    }
+
+    let t = Instant::now();
+    client.delete_job("polite").await.unwrap();
+    let p = wait_alloc(&mut client, "polite", "stopped", START, |a| {
+        a.status.is_terminal()
+    })
+    .await;
+    let polite_took = t.elapsed();
+    assert_eq!(p.status, AllocStatus::Complete);
+    assert_eq!(
+        p.exit_code,
+        Some(0),
+        "it exited by itself on SIGUSR1: {p:?}"
+    );
+    assert_eq!(p.message, "stopped (exited with code 0)");
+    assert!(stdout_of(&mut client, &p.id).await.contains("got USR1"));
+    assert!(
+        polite_took < Duration::from_secs(15),
+        "no grace wait: {polite_took:?}"
+    );
+
+    let t = Instant::now();
+    client.delete_job("stubborn").await.unwrap();
+    let s = wait_alloc(&mut client, "stubborn", "stopped", START, |a| {
+        a.status.is_terminal()
+    })
+    .await;
+    let stubborn_took = t.elapsed();
+    assert_eq!(
+        s.exit_code,
+        Some(137),
+        "SIGKILL after the grace period: {s:?}"
+    );
+    assert_eq!(s.message, "stopped (killed by signal 9)");
+    assert!(stubborn_took >= Duration::from_secs(1), "{stubborn_took:?}");
+
+    // Then runc delete, and the bundle and its rootfs are gone.
+    wait_for("the containers and bundles to be gone", START, || {
+        let gone = agent.containers().is_empty()
+            && mounts_under(&agent_dir).is_empty()
+            && std::fs::read_dir(agent_dir.join("containers"))
+                .map(|d| d.count() == 0)
+                .unwrap_or(true);
+        async move { gone.then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_check_health_restart_on_liveness_and_gate_on_startup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&tmp.path().join("server"));
+    let _agent = AgentProc::start(&tmp.path().join("agent"), &server.url(), "probes", &[]);
+    let mut client = server.client().await;
+    let host_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+
+    // http readiness, in the container's own network namespace.
+    client
+        .apply_job(&job_yaml(
+            "web",
+            1,
+            "mkdir -p /tmp/www && echo ok > /tmp/www/healthz && exec httpd -f -p 8080 -h /tmp/www",
+            "  network: none\n  probes:\n    readiness: {http: {path: /healthz, port: 8080}, period: 200ms, failure_threshold: 1}\n",
+        ))
+        .await
+        .unwrap();
+    // exec liveness: healthy for a second, then the file goes and the
+    // container is killed and started again.
+    client
+        .apply_job(&job_yaml(
+            "forgetful",
+            1,
+            "touch /tmp/alive; sleep 1; rm /tmp/alive; echo forgot; sleep 3600",
+            "  stop_grace: 500ms\n  restart: {backoff: {initial: 200ms}}\n  probes:\n    liveness: {exec: {command: [cat, /tmp/alive]}, period: 200ms, failure_threshold: 2}\n",
+        ))
+        .await
+        .unwrap();
+    // tcp startup probe on the host network: not ready until it listens.
+    client
+        .apply_job(&job_yaml(
+            "slow",
+            1,
+            &format!("sleep 2; echo listening; exec nc -ll -p {host_port} -e true"),
+            "  probes:\n    startup: {tcp: {port: PORT}, period: 200ms, failure_threshold: 100}\n"
+                .replace("PORT", &host_port.to_string())
+                .as_str(),
+        ))
+        .await
+        .unwrap();
+    // A startup probe that never passes fails the container.
+    client
+        .apply_job(&job_yaml(
+            "deaf",
+            1,
+            "sleep 3600",
+            "  restart: {policy: never}\n  stop_grace: 500ms\n  network: none\n  probes:\n    startup: {tcp: {port: 9}, period: 200ms, failure_threshold: 3}\n",
+        ))
+        .await
+        .unwrap();
+
+    // http readiness follows the endpoint.
+    let web = wait_alloc(&mut client, "web", "ready", START, |a| {
+        a.healthy == Some(true)
+    })
+    .await;
+    let table =
+        String::from_utf8_lossy(&skiff(&server.url(), &["get", "allocs", "--job", "web"]).stdout)
+            .into_owned();
+    assert!(
+        table.lines().nth(1).unwrap().contains(" yes "),
+        "READY column: {table}"
+    );
+    let rm = client
+        .exec(&web.id, &["rm".into(), "/tmp/www/healthz".into()], None)
+        .await
+        .unwrap();
+    assert_eq!(rm.exit_code, 0);
+    let web = wait_alloc(&mut client, "web", "not ready after a 404", START, |a| {
+        a.healthy == Some(false)
+    })
+    .await;
+    assert_eq!(
+        web.status,
+        AllocStatus::Running,
+        "readiness does not restart"
+    );
+    assert_eq!(web.restart_count, 0);
+    client
+        .exec(
+            &web.id,
+            &[
+                "sh".into(),
+                "-c".into(),
+                "echo ok > /tmp/www/healthz".into(),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    wait_alloc(&mut client, "web", "ready again", START, |a| {
+        a.healthy == Some(true)
+    })
+    .await;
+
+    // exec liveness restarts.
+    let f = wait_alloc(&mut client, "forgetful", "a liveness restart", START, |a| {
+        a.restart_count >= 1
+    })
+    .await;
+    assert!(f.message.contains("liveness probe failed"), "{f:?}");
+    assert!(f.message.contains("/tmp/alive"), "says what failed: {f:?}");
+    assert_ne!(f.exit_code, Some(0), "it was killed");
+    // The new run starts with a fresh root filesystem and a new file.
+    let f = wait_alloc(&mut client, "forgetful", "running again", START, |a| {
+        a.restart_count >= 1 && a.reason.is_empty() && a.healthy == Some(true)
+    })
+    .await;
+    let log = stdout_of(&mut client, &f.id).await;
+    assert!(log.matches("forgot").count() >= 1, "{log}");
+
+    // tcp startup: not ready while it sleeps, ready once it listens.
+    let slow = wait_alloc(&mut client, "slow", "running, not yet ready", START, |a| {
+        a.status == AllocStatus::Running && a.healthy.is_some()
+    })
+    .await;
+    let log = stdout_of(&mut client, &slow.id).await;
+    assert!(
+        slow.healthy == Some(false) || log.contains("listening"),
+        "ready before it listened: {slow:?} {log:?}"
+    );
+    let slow = wait_alloc(&mut client, "slow", "started", START, |a| {
+        a.healthy == Some(true)
+    })
+    .await;
+    assert!(stdout_of(&mut client, &slow.id).await.contains("listening"));
+    assert_eq!(slow.restart_count, 0);
+
+    let deaf = wait_alloc(
+        &mut client,
+        "deaf",
+        "failed its startup probe",
+        START,
+        |a| a.status.is_terminal(),
+    )
+    .await;
+    assert_eq!(deaf.status, AllocStatus::Failed);
+    assert_eq!(deaf.reason, "probe_failed");
+    assert!(
+        deaf.message.starts_with("startup probe failed: tcp :9"),
+        "{}",
+        deaf.message
+    );
+}
