@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use skiff_model::alloc::reason;
 use skiff_model::duration::format_duration;
-use skiff_model::lifecycle::{normalize_signal, DEFAULT_STOP_SIGNAL};
+use skiff_model::lifecycle::{normalize_signal, DEFAULT_STOP_SIGNAL, SIGNALS};
 use skiff_model::{AllocStatus, Allocation, DesiredStatus, NetworkMode, TaskSpec};
 use tokio::sync::mpsc;
 
@@ -414,29 +414,18 @@ impl<R: Runtime> Reconciler<R> {
                 || by_id
                     .get(id.as_str())
                     .is_some_and(|a| a.desired == DesiredStatus::Stop);
-            let restart = match (&l.task, stop_wanted) {
-                (Some(task), false) => Some(task.restart),
-                _ => None,
-            }
-            .filter(|r| r.policy.restarts(record.succeeded()));
             l.last_exit = Some(record.clone());
             l.healthy = None;
             l.cleaned = false;
             l.cleaning = false;
-            l.phase = match restart {
-                Some(r) => {
-                    if record.ran_for() >= r.backoff.reset_after {
-                        l.restarts.step = 0;
-                    }
-                    let delay = r.backoff.delay(l.restarts.step);
+            l.phase = match after_exit(&record, l.task.as_ref(), l.restarts.step, stop_wanted) {
+                AfterExit::Restart { delay, step } => {
+                    l.restarts.step = step;
                     let until = system_time(record.finished_at_ms) + delay;
                     tracing::info!(alloc = %id, delay = %format_duration(delay), restarts = l.restarts.count, "container exited; restarting after its back-off");
                     Phase::BackOff { until, delay }
                 }
-                None => Phase::Exited {
-                    record,
-                    stopped: stop_wanted,
-                },
+                AfterExit::Done { stopped } => Phase::Exited { record, stopped },
             };
         }
 
@@ -692,16 +681,21 @@ impl<R: Runtime> Reconciler<R> {
     fn spawn_stop(&self, id: String, task: Option<&TaskSpec>) {
         let runtime = self.runtime.clone();
         let state_dir = self.paths.state_dir(&id);
-        let signal = task
+        let name = task
             .and_then(|t| t.stop_signal.as_deref())
             .and_then(normalize_signal)
             .unwrap_or(DEFAULT_STOP_SIGNAL);
+        // runc takes numbers for every signal (not all names, SIGRTMIN+3).
+        let signal = SIGNALS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or_else(|| "15".to_string(), |(_, num)| num.to_string());
         let grace = task
             .and_then(|t| t.stop_grace)
             .unwrap_or(self.settings.stop_grace);
         let events = self.events.clone();
         tokio::spawn(async move {
-            stop(&*runtime, &container_id(&id), &state_dir, signal, grace).await;
+            stop(&*runtime, &container_id(&id), &state_dir, &signal, grace).await;
             let _ = events.send(Event::StopDone { id }).await;
         });
     }
@@ -767,6 +761,45 @@ impl<R: Runtime> Reconciler<R> {
             );
         });
         task.abort_handle()
+    }
+}
+
+/// What follows a container's exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterExit {
+    /// Start again after `delay`; `step` is the back-off step it used.
+    Restart { delay: Duration, step: u32 },
+    /// The allocation is done; `stopped` when the servers asked for it.
+    Done { stopped: bool },
+}
+
+/// Applies the task's restart policy to an exit: `step` is how many
+/// restarts happened since the back-off was last reset.
+fn after_exit(
+    record: &ExitRecord,
+    task: Option<&TaskSpec>,
+    step: u32,
+    stop_wanted: bool,
+) -> AfterExit {
+    let restart = task
+        .map(|t| t.restart)
+        .filter(|r| !stop_wanted && r.policy.restarts(record.succeeded()));
+    match restart {
+        Some(r) => {
+            // A long enough run starts the back-off over.
+            let step = if record.ran_for() >= r.backoff.reset_after {
+                0
+            } else {
+                step
+            };
+            AfterExit::Restart {
+                delay: r.backoff.delay(step),
+                step,
+            }
+        }
+        None => AfterExit::Done {
+            stopped: stop_wanted,
+        },
     }
 }
 
@@ -946,7 +979,7 @@ async fn stop<R: Runtime>(runtime: &R, cid: &str, state_dir: &Path, signal: &str
         grace = %format_duration(grace),
         "still running after the grace period; sending SIGKILL"
     );
-    if let Err(e) = runtime.kill(cid, "SIGKILL").await {
+    if let Err(e) = runtime.kill(cid, "9").await {
         tracing::debug!(container = cid, error = %e, "SIGKILL failed");
     }
     if !wait_until(exited, Duration::from_secs(10)).await {
@@ -1008,5 +1041,131 @@ pub async fn run_loop<R, F, Fut>(
         if !updates.is_empty() && report(updates.clone()).await {
             rec.sent(&updates);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_model::{JobSpec, RestartPolicy};
+
+    fn task(restart: &str) -> TaskSpec {
+        JobSpec::from_yaml(&format!(
+            "name: t\ntask: {{image: 'oci:/i', restart: {restart}}}"
+        ))
+        .unwrap()
+        .task
+    }
+
+    fn exit(code: i32, ran_secs: u64, oom: bool) -> ExitRecord {
+        ExitRecord {
+            exit_code: code,
+            signal: (code > 128).then_some(code - 128),
+            oom_killed: oom,
+            started_at_ms: 1_000_000,
+            finished_at_ms: 1_000_000 + ran_secs * 1000,
+        }
+    }
+
+    #[test]
+    fn policies_decide_what_follows_an_exit() {
+        let always = task("{policy: always}");
+        let on_failure = task("{policy: on-failure}");
+        let never = task("{policy: never}");
+        assert_eq!(always.restart.policy, RestartPolicy::Always);
+        let first = AfterExit::Restart {
+            delay: Duration::from_secs(10),
+            step: 0,
+        };
+        assert_eq!(
+            after_exit(&exit(0, 1, false), Some(&always), 0, false),
+            first
+        );
+        assert_eq!(
+            after_exit(&exit(0, 1, false), Some(&on_failure), 0, false),
+            AfterExit::Done { stopped: false }
+        );
+        assert_eq!(
+            after_exit(&exit(137, 1, true), Some(&on_failure), 0, false),
+            first
+        );
+        assert_eq!(
+            after_exit(&exit(1, 1, false), Some(&never), 0, false),
+            AfterExit::Done { stopped: false }
+        );
+        // Asked to stop: never restarted.
+        assert_eq!(
+            after_exit(&exit(143, 1, false), Some(&always), 0, true),
+            AfterExit::Done { stopped: true }
+        );
+    }
+
+    #[test]
+    fn the_back_off_grows_and_resets_after_a_long_run() {
+        let t = task("{backoff: {initial: 1s, max: 8s, reset_after: 60s}}");
+        let delays: Vec<u64> = (0..6)
+            .map(
+                |step| match after_exit(&exit(1, 2, false), Some(&t), step, false) {
+                    AfterExit::Restart { delay, .. } => delay.as_secs(),
+                    other => panic!("{other:?}"),
+                },
+            )
+            .collect();
+        assert_eq!(delays, [1, 2, 4, 8, 8, 8]);
+        assert_eq!(
+            after_exit(&exit(1, 61, false), Some(&t), 5, false),
+            AfterExit::Restart {
+                delay: Duration::from_secs(1),
+                step: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_waiting_or_oom_killed_allocation_says_so() {
+        let a = Allocation {
+            id: "0123456789abcdef0123456789abcdef".into(),
+            job: "j".into(),
+            job_version: 1,
+            replica: 0,
+            node: "n".into(),
+            task: task("{policy: on-failure}"),
+            desired: DesiredStatus::Run,
+            status: AllocStatus::Running,
+            exit_code: None,
+            message: String::new(),
+            restart_count: 0,
+            healthy: None,
+            reason: String::new(),
+            create_index: 1,
+            modify_index: 1,
+        };
+        let mut l = Local::new(
+            Phase::BackOff {
+                until: SystemTime::now(),
+                delay: Duration::from_secs(20),
+            },
+            Restarts { count: 2, step: 2 },
+        );
+        l.last_exit = Some(exit(1, 1, false));
+        let o = observe(&a, &l).unwrap();
+        assert_eq!(o.status, AllocStatus::Running);
+        assert_eq!(o.reason, reason::BACK_OFF);
+        assert_eq!(
+            (o.healthy, o.restart_count, o.exit_code),
+            (Some(false), 2, Some(1))
+        );
+        assert_eq!(o.message, "exited with code 1; starting again in 20s");
+
+        l.phase = Phase::Exited {
+            record: exit(137, 1, true),
+            stopped: false,
+        };
+        let o = observe(&a, &l).unwrap();
+        assert_eq!(
+            (o.status, o.reason.as_str()),
+            (AllocStatus::Failed, reason::OOM_KILLED)
+        );
+        assert_eq!(o.healthy, None);
     }
 }

@@ -6,7 +6,6 @@ use std::time::Duration;
 use skiff_model::{AllocStatus, ImageRef, JobSpec};
 use skiff_tests::*;
 
-
 fn example(name: &str) -> JobSpec {
     let path = repo_root().join("examples").join(name);
     let text = std::fs::read_to_string(&path).unwrap();
@@ -41,7 +40,14 @@ async fn the_web_with_probes_example_becomes_ready() {
     let mut spec = example("web-with-probes.yaml");
     spec.task.image = ImageRef::parse(&busybox_image()).unwrap();
     client.apply_job(&spec).await.unwrap();
-    let allocs = wait_allocs(&mut client, "web", 2, AllocStatus::Running, Duration::from_secs(60)).await;
+    let allocs = wait_allocs(
+        &mut client,
+        "web",
+        2,
+        AllocStatus::Running,
+        Duration::from_secs(60),
+    )
+    .await;
     for a in allocs {
         let id = a.id.clone();
         wait_for("readiness", Duration::from_secs(60), || {

@@ -50,7 +50,9 @@ fn parse_args() -> Result<Opts, String> {
             }
             "--work-dir" => o.work = value()?.into(),
             "-h" | "--help" => {
-                return Err("usage: agentbench [--containers N] [--skiff PATH] [--work-dir DIR]".into())
+                return Err(
+                    "usage: agentbench [--containers N] [--skiff PATH] [--work-dir DIR]".into(),
+                )
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -144,7 +146,9 @@ fn start_ms_lines(log: &str) -> Vec<f64> {
 fn runc(root: &Path) -> Command {
     let mut c = Command::new("runc");
     c.arg("--root").arg(root);
-    c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     c
 }
 
@@ -184,7 +188,15 @@ async fn run(o: &Opts) -> Result<(), String> {
     let url = format!("http://{}", addr.trim());
     let agent_log = agent_dir.join("agent.log");
     let agent = Command::new(&o.skiff)
-        .args(["agent", "--listen", "127.0.0.1:0", "--name", "bench", "--stop-grace", "1s"])
+        .args([
+            "agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            "bench",
+            "--stop-grace",
+            "1s",
+        ])
         .arg("--server")
         .arg(&url)
         .arg("--data-dir")
@@ -221,13 +233,20 @@ async fn run(o: &Opts) -> Result<(), String> {
     let plain_bundle = o.work.join("plain-bundle");
     let mut plain_ms: Vec<f64> = Vec::new();
     for n in 1..=o.containers {
-        client.apply_job(&spec(n)?).await.map_err(|e| e.to_string())?;
+        client
+            .apply_job(&spec(n)?)
+            .await
+            .map_err(|e| e.to_string())?;
         let allocs = wait_for("the new replica to run", Duration::from_secs(60), || {
             let url = url.clone();
             async move {
                 let mut c = Client::connect(&url).await.ok()?;
                 let a = c.list_allocs(Some("bench"), None).await.ok()?;
-                (a.iter().filter(|a| a.status == AllocStatus::Running).count() == n).then_some(a)
+                (a.iter()
+                    .filter(|a| a.status == AllocStatus::Running)
+                    .count()
+                    == n)
+                    .then_some(a)
             }
         })
         .await?;
@@ -235,7 +254,10 @@ async fn run(o: &Opts) -> Result<(), String> {
             // The same bundle for plain runc: the agent's config.json and a
             // plain copy of the same image rootfs.
             let id = &allocs[0].id;
-            let config = agent_dir.join("containers").join(id).join("bundle/config.json");
+            let config = agent_dir
+                .join("containers")
+                .join(id)
+                .join("bundle/config.json");
             let cache = std::fs::read_dir(agent_dir.join("images/rootfs"))
                 .map_err(|e| e.to_string())?
                 .flatten()
@@ -279,7 +301,10 @@ async fn run(o: &Opts) -> Result<(), String> {
     let busy = mem_of(agent_pid).ok_or("cannot read the agent's memory")?;
     let mut shims = Vec::new();
     for entry in std::fs::read_dir(agent_dir.join("containers")).map_err(|e| e.to_string())? {
-        let pid_file = entry.map_err(|e| e.to_string())?.path().join("state/shim.pid");
+        let pid_file = entry
+            .map_err(|e| e.to_string())?
+            .path()
+            .join("state/shim.pid");
         if let Some(pid) = std::fs::read_to_string(pid_file)
             .ok()
             .and_then(|t| t.split_whitespace().next()?.parse().ok())
@@ -303,10 +328,19 @@ async fn run(o: &Opts) -> Result<(), String> {
     println!("agent_busy_private_kib={}", busy.private);
     println!("shims={}", shims.len());
     let rss: Vec<u64> = shims.iter().map(|m| m.rss).collect();
-    println!("shim_rss_kib_min={}", rss.iter().min().copied().unwrap_or(0));
+    println!(
+        "shim_rss_kib_min={}",
+        rss.iter().min().copied().unwrap_or(0)
+    );
     println!("shim_rss_kib_median={}", median_u64(rss.clone()));
-    println!("shim_rss_kib_max={}", rss.iter().max().copied().unwrap_or(0));
-    println!("shim_pss_kib_median={}", median_u64(shims.iter().map(|m| m.pss).collect()));
+    println!(
+        "shim_rss_kib_max={}",
+        rss.iter().max().copied().unwrap_or(0)
+    );
+    println!(
+        "shim_pss_kib_median={}",
+        median_u64(shims.iter().map(|m| m.pss).collect())
+    );
     println!(
         "shim_private_kib_median={}",
         median_u64(shims.iter().map(|m| m.private).collect())
@@ -322,7 +356,10 @@ async fn run(o: &Opts) -> Result<(), String> {
     println!("overhead_p99_pct={:.1}", (p99 / r99 - 1.0) * 100.0);
 
     // Clean up: stop the containers through the agent, then everything.
-    client.delete_job("bench").await.map_err(|e| e.to_string())?;
+    client
+        .delete_job("bench")
+        .await
+        .map_err(|e| e.to_string())?;
     let _ = wait_for("the containers to stop", Duration::from_secs(120), || {
         let url = url.clone();
         async move {
@@ -337,7 +374,12 @@ async fn run(o: &Opts) -> Result<(), String> {
     // Whatever the agent had no time to clean: containers, overlays, and
     // the plain runs' parent cgroup.
     let agent_root = agent_dir.join("runc");
-    if let Ok(out) = Command::new("runc").arg("--root").arg(&agent_root).args(["list", "-q"]).output() {
+    if let Ok(out) = Command::new("runc")
+        .arg("--root")
+        .arg(&agent_root)
+        .args(["list", "-q"])
+        .output()
+    {
         for id in String::from_utf8_lossy(&out.stdout).lines() {
             let _ = runc(&agent_root).args(["delete", "--force", id]).status();
         }
@@ -348,7 +390,11 @@ async fn run(o: &Opts) -> Result<(), String> {
             let _ = Command::new("umount").arg("-l").arg(point).status();
         }
     }
-    for controller in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+    for controller in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let _ = std::fs::remove_dir(controller.path().join("skiff-bench"));
     }
     let _ = std::fs::remove_dir_all(&o.work);

@@ -36,7 +36,8 @@ pub struct AgentArgs {
     data_dir: PathBuf,
     #[command(flatten)]
     node: NodeOpts,
-    /// Address of the agent's own API (logs). Port 0 picks a free port.
+    /// Address of the agent's own API (logs and exec, which servers relay).
+    /// Port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:7702")]
     listen: SocketAddr,
     /// Address the servers use to reach this agent (default: the --listen address).
