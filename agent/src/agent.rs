@@ -143,7 +143,17 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
             capacity,
         });
     }
-    let paths = Paths::new(&cfg.data_dir);
+    // Absolute, so runc, the shims and overlay mounts never depend on a
+    // working directory.
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| AgentError::DataDir {
+        path: cfg.data_dir.clone(),
+        source,
+    })?;
+    let data_dir = std::fs::canonicalize(&cfg.data_dir).map_err(|source| AgentError::DataDir {
+        path: cfg.data_dir.clone(),
+        source,
+    })?;
+    let paths = Paths::new(data_dir);
     for dir in [
         paths.containers(),
         paths.images(),
