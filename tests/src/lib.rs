@@ -152,7 +152,14 @@ impl ServerProc {
         let _ = std::fs::remove_file(&addr_file);
         let log = data_dir.join("server.log");
         let child = Command::new(skiff_bin())
-            .args(["server", "--api", addr, "--data-dir"])
+            .args([
+                "server",
+                "--api",
+                addr,
+                "--peer-addr",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .stdout(Stdio::null())
             .stderr(log_file(&log))
