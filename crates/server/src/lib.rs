@@ -93,6 +93,9 @@ impl Ctx {
     /// reported as indeterminate when its fate is unknown.
     pub async fn propose(&self, cmd: &Command) -> Result<Outcome, Status> {
         let data = skiff_store::command::encode(cmd);
+        // Applying these twice is the same as once, so a forward whose
+        // connection broke may be sent again.
+        let idempotent = !matches!(cmd, Command::DeleteJob { .. });
         let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
         loop {
             let status = self.store.status();
@@ -107,7 +110,7 @@ impl Ctx {
                     other => return other.map_err(store_status),
                 }
             } else if status.leader_id != 0 {
-                match self.forward(status.leader_id, &data).await {
+                match self.forward(status.leader_id, &data, idempotent).await {
                     Forwarded::Done(r) => return r,
                     Forwarded::Retry => {}
                 }
@@ -126,7 +129,7 @@ impl Ctx {
         }
     }
 
-    async fn forward(&self, leader: u64, data: &[u8]) -> Forwarded {
+    async fn forward(&self, leader: u64, data: &[u8], idempotent: bool) -> Forwarded {
         let Some(channel) = self.peers.channel(leader) else {
             return Forwarded::Retry;
         };
@@ -147,6 +150,17 @@ impl Ctx {
                 if s.code() == tonic::Code::Unavailable && s.message().contains("no leader") =>
             {
                 Forwarded::Retry
+            }
+            // The connection to the leader broke: the write may or may not
+            // have reached it.
+            Ok(Err(s)) if is_connection_error(&s) => {
+                if idempotent {
+                    Forwarded::Retry
+                } else {
+                    Forwarded::Done(Err(Status::deadline_exceeded(
+                        "the leader went away before answering; the write may or may not have been applied",
+                    )))
+                }
             }
             Ok(Err(s)) => Forwarded::Done(Err(s)),
             Err(_) => Forwarded::Done(Err(store_status(StoreError::Indeterminate))),
@@ -175,6 +189,26 @@ impl Ctx {
 enum Forwarded {
     Done(Result<Outcome, Status>),
     Retry,
+}
+
+/// The peer connection failed (broken, reset, cancelled), as opposed to
+/// the leader answering with an error.
+fn is_connection_error(s: &Status) -> bool {
+    if !matches!(
+        s.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::Internal
+    ) {
+        return false;
+    }
+    let m = s.message();
+    m.contains("operation was canceled")
+        || m.contains("transport error")
+        || m.contains("connection")
+        || m.contains("broken pipe")
+        || m.contains("h2 protocol error")
 }
 
 fn is_connect_error(s: &Status) -> bool {
