@@ -70,11 +70,11 @@ impl ServerCluster {
         let mut links = Vec::new();
         for i in 0..n {
             let mut row = Vec::new();
-            for j in 0..n {
+            for (j, dir) in dirs.iter().enumerate() {
                 row.push(if i == j {
                     None
                 } else {
-                    Some(start_link(dirs[j].clone()).await)
+                    Some(start_link(dir.clone()).await)
                 });
             }
             links.push(row);
