@@ -132,8 +132,10 @@ fn check_register(ops: &[&Op]) -> bool {
     let mut stack: Vec<(usize, Option<String>)> = Vec::new();
     let mut cur = next[head];
     while next[head] != end {
-        if cur == end {
-            // Nothing left to try from here: backtrack.
+        // Reaching the end of the list, or a return whose call is not
+        // linearized yet, means this branch failed: undo the last choice
+        // and try the next candidate after it.
+        if cur == end || !events[cur].is_call {
             let Some((call, before)) = stack.pop() else {
                 return false;
             };
@@ -145,37 +147,25 @@ fn check_register(ops: &[&Op]) -> bool {
             continue;
         }
         let e = events[cur];
-        if e.is_call {
-            let op = ops[e.op];
-            let (ok, after) = match &op.kind {
-                OpKind::Write(v) => (true, Some(v.clone())),
-                OpKind::Read(seen) => (*seen == state, state.clone()),
-            };
-            if ok {
-                let mut lin = linearized.clone();
-                lin.set(e.op);
-                if cache.insert((lin.clone(), after.clone())) {
-                    stack.push((cur, state.clone()));
-                    state = after;
-                    linearized = lin;
-                    unlink(&mut next, &mut prev, cur);
-                    unlink(&mut next, &mut prev, ret_of[e.op]);
-                    cur = next[head];
-                    continue;
-                }
+        let op = ops[e.op];
+        let (ok, after) = match &op.kind {
+            OpKind::Write(v) => (true, Some(v.clone())),
+            OpKind::Read(seen) => (*seen == state, state.clone()),
+        };
+        if ok {
+            let mut lin = linearized.clone();
+            lin.set(e.op);
+            if cache.insert((lin.clone(), after.clone())) {
+                stack.push((cur, state.clone()));
+                state = after;
+                linearized = lin;
+                unlink(&mut next, &mut prev, cur);
+                unlink(&mut next, &mut prev, ret_of[e.op]);
+                cur = next[head];
+                continue;
             }
-            cur = next[cur];
-        } else {
-            // A return before its call was linearized: this branch fails.
-            let Some((call, before)) = stack.pop() else {
-                return false;
-            };
-            state = before;
-            linearized.clear(events[call].op);
-            relink(&mut next, &mut prev, ret_of[events[call].op]);
-            relink(&mut next, &mut prev, call);
-            cur = next[call];
         }
+        cur = next[cur];
     }
     true
 }

@@ -34,6 +34,16 @@ async fn connect_from(urls: &[String], start: usize) -> Option<Client> {
     None
 }
 
+/// The names of the jobs a server lists.
+async fn job_names(c: &mut Client) -> Vec<String> {
+    c.list_jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(j, _)| j.spec.name)
+        .collect()
+}
+
 fn now_ns(origin: Instant) -> u64 {
     origin.elapsed().as_nanos() as u64
 }
@@ -182,13 +192,7 @@ async fn writes_survive_leader_kill9s_and_the_history_is_linearizable() {
     cluster.converged(&[0, 1, 2], SETTLE).await;
     for i in 0..3 {
         let mut c = Client::connect(&cluster.url(i)).await.unwrap();
-        let names: HashSet<String> = c
-            .list_jobs()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(j, _)| j.spec.name)
-            .collect();
+        let names: HashSet<String> = job_names(&mut c).await.into_iter().collect();
         let missing: Vec<&String> = created.iter().filter(|n| !names.contains(*n)).collect();
         assert!(
             missing.is_empty(),
@@ -246,26 +250,14 @@ async fn a_minority_cannot_commit_and_all_converge_after_healing() {
         .await
         .unwrap()
         .stale(true);
-    let names: Vec<String> = stale
-        .list_jobs()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(j, _)| j.spec.name)
-        .collect();
+    let names: Vec<String> = job_names(&mut stale).await.into_iter().collect();
     assert!(!names.contains(&"majority".to_string()));
     // A linearizable read there is refused rather than answered stale.
     let mut strict = Client::connect(&cluster.url(old)).await.unwrap();
     assert!(strict.list_jobs().await.is_err());
     for i in &majority {
         let mut c = Client::connect(&cluster.url(*i)).await.unwrap().stale(true);
-        let names: Vec<String> = c
-            .list_jobs()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(j, _)| j.spec.name)
-            .collect();
+        let names: Vec<String> = job_names(&mut c).await.into_iter().collect();
         assert!(names.contains(&"majority".to_string()));
         assert!(
             !names.contains(&"minority".to_string()),
@@ -276,13 +268,7 @@ async fn a_minority_cannot_commit_and_all_converge_after_healing() {
     cluster.heal();
     cluster.converged(&[0, 1, 2], SETTLE).await;
     let mut c = Client::connect(&cluster.url(old)).await.unwrap();
-    let names: Vec<String> = c
-        .list_jobs()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(j, _)| j.spec.name)
-        .collect();
+    let names: Vec<String> = job_names(&mut c).await.into_iter().collect();
     assert!(names.contains(&"majority".to_string()));
 }
 

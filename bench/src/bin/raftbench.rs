@@ -110,18 +110,29 @@ impl SkiffCluster {
                 "--peers".into(),
                 peer_list.join(","),
             ];
-            procs.push(Proc::spawn(bin, &args, &dir.join(format!("skiff{}.log", i + 1)))?);
+            procs.push(Proc::spawn(
+                bin,
+                &args,
+                &dir.join(format!("skiff{}.log", i + 1)),
+            )?);
         }
         Ok(SkiffCluster {
             procs,
-            urls: apis.iter().map(|p| format!("http://127.0.0.1:{p}")).collect(),
+            urls: apis
+                .iter()
+                .map(|p| format!("http://127.0.0.1:{p}"))
+                .collect(),
         })
     }
 
     async fn leader(&self) -> Option<usize> {
         for (i, url) in self.urls.iter().enumerate() {
-            if let Ok(Ok(mut c)) = tokio::time::timeout(Duration::from_millis(500), Client::connect(url)).await {
-                if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(500), c.status()).await {
+            if let Ok(Ok(mut c)) =
+                tokio::time::timeout(Duration::from_millis(500), Client::connect(url)).await
+            {
+                if let Ok(Ok(s)) =
+                    tokio::time::timeout(Duration::from_millis(500), c.status()).await
+                {
                     if s.role == "leader" {
                         return Some(i);
                     }
@@ -152,7 +163,10 @@ impl EtcdCluster {
             let peer = format!("http://127.0.0.1:{}", peers[i]);
             let args: Vec<String> = vec![
                 format!("--name=e{}", i + 1),
-                format!("--data-dir={}", dir.join(format!("etcd{}", i + 1)).display()),
+                format!(
+                    "--data-dir={}",
+                    dir.join(format!("etcd{}", i + 1)).display()
+                ),
                 format!("--listen-client-urls={client}"),
                 format!("--advertise-client-urls={client}"),
                 format!("--listen-peer-urls={peer}"),
@@ -163,11 +177,18 @@ impl EtcdCluster {
                 "--logger=zap".into(),
                 "--log-level=error".into(),
             ];
-            procs.push(Proc::spawn(bin, &args, &dir.join(format!("etcd{}.log", i + 1)))?);
+            procs.push(Proc::spawn(
+                bin,
+                &args,
+                &dir.join(format!("etcd{}.log", i + 1)),
+            )?);
         }
         Ok(EtcdCluster {
             _procs: procs,
-            urls: clients.iter().map(|p| format!("http://127.0.0.1:{p}")).collect(),
+            urls: clients
+                .iter()
+                .map(|p| format!("http://127.0.0.1:{p}"))
+                .collect(),
         })
     }
 }
@@ -193,14 +214,21 @@ fn job(name: &str, value: &str) -> JobSpec {
 }
 
 /// `clients` writers for `duration`, each one write at a time.
-async fn run_phase(target: Target, urls: &[String], clients: usize, duration: Duration, value_size: usize) -> anyhow::Result<Phase> {
+async fn run_phase(
+    target: Target,
+    urls: &[String],
+    clients: usize,
+    duration: Duration,
+    value_size: usize,
+) -> anyhow::Result<Phase> {
     let start = Instant::now() + Duration::from_millis(300); // connect first
     let deadline = start + duration;
     let mut tasks = Vec::new();
     for c in 0..clients {
         let url = urls[c % urls.len()].clone();
         tasks.push(tokio::spawn(async move {
-            let value: String = std::iter::repeat_n(char::from(b'a' + (c % 26) as u8), value_size).collect();
+            let value: String =
+                std::iter::repeat_n(char::from(b'a' + (c % 26) as u8), value_size).collect();
             let mut lat = Vec::new();
             let mut n = 0usize;
             match target {
@@ -209,14 +237,19 @@ async fn run_phase(target: Target, urls: &[String], clients: usize, duration: Du
                     tokio::time::sleep_until(start.into()).await;
                     while Instant::now() < deadline {
                         n += 1;
-                        let spec = job(&format!("b{}", (c * 7919 + n) % 1000), &format!("{value}{n}"));
+                        let spec = job(
+                            &format!("b{}", (c * 7919 + n) % 1000),
+                            &format!("{value}{n}"),
+                        );
                         let t = Instant::now();
                         client.apply_job(&spec).await?;
                         lat.push(t.elapsed());
                     }
                 }
                 Target::Etcd => {
-                    let channel = tonic::transport::Endpoint::from_shared(url)?.connect().await?;
+                    let channel = tonic::transport::Endpoint::from_shared(url)?
+                        .connect()
+                        .await?;
                     let mut client = KvClient::new(channel);
                     tokio::time::sleep_until(start.into()).await;
                     while Instant::now() < deadline {
@@ -251,7 +284,10 @@ async fn run_phase(target: Target, urls: &[String], clients: usize, duration: Du
 async fn wait_writable(target: Target, urls: &[String]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if run_phase(target, &urls[..1], 1, Duration::from_millis(100), 8).await.is_ok() {
+        if run_phase(target, &urls[..1], 1, Duration::from_millis(100), 8)
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -266,11 +302,22 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("data and logs in {}", dir.path().display());
     let mut skiff = SkiffCluster::start(&o.skiff, dir.path())?;
     let etcd = EtcdCluster::start(&o.etcd, dir.path())?;
-    wait_writable(Target::Skiff, &skiff.urls).await.context("skiff")?;
-    wait_writable(Target::Etcd, &etcd.urls).await.context("etcd")?;
+    wait_writable(Target::Skiff, &skiff.urls)
+        .await
+        .context("skiff")?;
+    wait_writable(Target::Etcd, &etcd.urls)
+        .await
+        .context("etcd")?;
 
     for &clients in &o.clients {
-        let s = run_phase(Target::Skiff, &skiff.urls, clients, o.duration, o.value_size).await?;
+        let s = run_phase(
+            Target::Skiff,
+            &skiff.urls,
+            clients,
+            o.duration,
+            o.value_size,
+        )
+        .await?;
         let e = run_phase(Target::Etcd, &etcd.urls, clients, o.duration, o.value_size).await?;
         for (name, p) in [("skiff", &s), ("etcd", &e)] {
             println!(
@@ -299,7 +346,13 @@ async fn main() -> anyhow::Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        let survivors: Vec<String> = skiff.urls.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, u)| u.clone()).collect();
+        let survivors: Vec<String> = skiff
+            .urls
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != leader)
+            .map(|(_, u)| u.clone())
+            .collect();
         let mut clients = Vec::new();
         for u in &survivors {
             clients.push(Client::connect(u).await?);
@@ -313,19 +366,27 @@ async fn main() -> anyhow::Result<()> {
             let n = clients.len();
             let c = &mut clients[k % n];
             k += 1;
-            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(3), c.apply_job(&spec)).await {
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(Duration::from_secs(3), c.apply_job(&spec)).await
+            {
                 break killed_at.elapsed();
             }
             if killed_at.elapsed() > Duration::from_secs(30) {
                 bail!("no write was acknowledged within 30 s of killing the leader");
             }
         };
-        println!("failover round={round} killed_server={} ms={}", leader + 1, ms(acked));
+        println!(
+            "failover round={round} killed_server={} ms={}",
+            leader + 1,
+            ms(acked)
+        );
         times.push(acked);
         skiff.procs[leader].start()?;
         let urls = skiff.urls.clone();
         tokio::task::spawn_blocking(move || {
-            wait_until(Duration::from_secs(30), || std::net::TcpStream::connect(urls[leader].trim_start_matches("http://")).is_ok())
+            wait_until(Duration::from_secs(30), || {
+                std::net::TcpStream::connect(urls[leader].trim_start_matches("http://")).is_ok()
+            })
         })
         .await?;
         tokio::time::sleep(Duration::from_secs(2)).await; // let it catch up
