@@ -151,7 +151,9 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     let log_server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(logs)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            ),
     );
     tracing::info!(node = %cfg.name, listen = %bound, advertise = %advertise, "agent starting");
 

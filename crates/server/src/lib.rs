@@ -371,7 +371,7 @@ pub async fn serve(
         .add_service(cluster)
         .add_service(node_api)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(api),
+            tonic::transport::server::TcpIncoming::from(api).with_nodelay(Some(true)),
             async move {
                 let _ = stop_api.recv().await;
             },
@@ -379,7 +379,7 @@ pub async fn serve(
     let peer_server = tonic::transport::Server::builder()
         .add_service(peer_api)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(peer),
+            tonic::transport::server::TcpIncoming::from(peer).with_nodelay(Some(true)),
             async move {
                 let _ = stop_peer.recv().await;
             },

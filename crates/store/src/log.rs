@@ -167,11 +167,14 @@ impl RaftLog {
         Ok(())
     }
 
-    /// Records a new commit index (from a light ready), durably.
-    pub fn set_commit(&mut self, commit: u64) -> Result<(), StoreError> {
+    /// Records a new commit index; fsynced only when `sync` is set. A
+    /// commit index lost to a crash is harmless: it is learned again from
+    /// the leader, and on start it is raised to the applied index (entries
+    /// are applied only once committed).
+    pub fn set_commit(&mut self, commit: u64, sync: bool) -> Result<(), StoreError> {
         let mut hs = self.hard_state.clone();
         hs.commit = commit;
-        self.persist(&[], Some(&hs), true)
+        self.persist(&[], Some(&hs), sync)
     }
 
     /// Installs a snapshot (received from the leader, or the bootstrap
@@ -257,6 +260,24 @@ impl RaftLog {
             Ok(Some(bytes)) => Entry::parse_from_bytes(&bytes).map_err(raft::Error::from),
             Ok(None) => Err(raft::Error::Store(StorageError::Unavailable)),
             Err(e) => Err(raft::Error::Store(StorageError::Other(Box::new(e)))),
+        }
+    }
+}
+
+/// Opens a sled database, waiting a little when another handle in this
+/// process is still closing it (sled releases its file lock from a
+/// background thread after the last handle is dropped).
+pub fn open_db(config: sled::Config) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
         }
     }
 }
@@ -378,7 +399,7 @@ mod tests {
     }
 
     fn open(dir: &std::path::Path) -> RaftLog {
-        RaftLog::open(sled::open(dir).unwrap()).unwrap()
+        RaftLog::open(open_db(sled::Config::new().path(dir)).unwrap()).unwrap()
     }
 
     fn snapshot(index: u64, term: u64, voters: Vec<u64>, data: &[u8]) -> Snapshot {
@@ -471,11 +492,12 @@ mod tests {
         log.apply_snapshot(&snapshot(1, 1, vec![1], b"s1")).unwrap();
         let es: Vec<_> = (2..=20).map(|i| entry(i, 2, b"x")).collect();
         log.persist(&es, None, true).unwrap();
-        let meta = SnapshotMetadata {
+        let mut meta = SnapshotMetadata {
             index: 20,
             term: 2,
             ..Default::default()
         };
+        meta.mut_conf_state().voters = vec![1];
         log.compact(meta, b"s20".to_vec(), 15).unwrap();
         drop(log);
         let log = open(dir.path());
@@ -491,9 +513,28 @@ mod tests {
                 .len(),
             5
         );
-        let snap = log.snapshot(0, 2).unwrap();
+        let snap = log.snapshot(0, 1).unwrap();
         assert_eq!(snap.get_metadata().index, 20);
         assert_eq!(&snap.data[..], b"s20");
+    }
+
+    #[test]
+    fn a_peer_outside_the_snapshot_configuration_asks_for_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path());
+        log.apply_snapshot(&snapshot(1, 1, vec![1, 2, 3], b"s1"))
+            .unwrap();
+        assert!(log.snapshot(0, 3).is_ok());
+        assert!(!log.take_snapshot_request());
+        // Server 4 joined after the snapshot was taken: it would refuse it.
+        assert!(matches!(
+            log.snapshot(0, 4),
+            Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable
+            ))
+        ));
+        assert!(log.take_snapshot_request());
+        assert!(!log.take_snapshot_request(), "asked once");
     }
 
     #[test]

@@ -214,11 +214,12 @@ impl Store {
         bootstrap: Bootstrap,
         transport: Arc<dyn Transport>,
     ) -> Result<Store, StoreError> {
-        let raft_db = sled::Config::new()
-            .path(data_dir.join("raft"))
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
-        let state_db = sled::open(data_dir.join("state"))?;
+        let raft_db = crate::log::open_db(
+            sled::Config::new()
+                .path(data_dir.join("raft"))
+                .mode(sled::Mode::HighThroughput),
+        )?;
+        let state_db = crate::log::open_db(sled::Config::new().path(data_dir.join("state")))?;
         let mut log = RaftLog::open(raft_db)?;
         let statedb = StateDb::open(state_db)?;
         if !log.is_initialized() {
@@ -264,7 +265,7 @@ impl Store {
         if state.index > log.hard_state().commit {
             // Entries are applied only once committed, so a commit index
             // that was not yet fsynced can safely be raised to match.
-            log.set_commit(state.index)?;
+            log.set_commit(state.index, true)?;
         }
 
         let raft_cfg = raft::Config {
@@ -760,7 +761,7 @@ impl Driver {
 
         let mut light = self.raw.advance(rd);
         if let Some(commit) = light.commit_index() {
-            self.raw.mut_store().set_commit(commit)?;
+            self.raw.mut_store().set_commit(commit, false)?;
         }
         self.send(light.take_messages());
         self.apply(light.take_committed_entries())?;

@@ -193,12 +193,15 @@ mod tests {
         state.apply(2, &Command::UpsertJob { spec });
         state.apply(3, &Command::DeleteJob { name: "web".into() });
         {
-            let db = StateDb::open(sled::open(dir.path()).unwrap()).unwrap();
+            let db =
+                StateDb::open(crate::log::open_db(sled::Config::new().path(dir.path())).unwrap())
+                    .unwrap();
             db.save(&mut state).unwrap();
             db.flush().unwrap();
             assert!(state.dirty.is_empty());
         }
-        let db = StateDb::open(sled::open(dir.path()).unwrap()).unwrap();
+        let db = StateDb::open(crate::log::open_db(sled::Config::new().path(dir.path())).unwrap())
+            .unwrap();
         let loaded = db.load().unwrap();
         assert_eq!(loaded, state);
         assert!(!loaded.jobs.contains_key("web"), "deletes are persisted");
