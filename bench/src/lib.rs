@@ -1,2 +1,13 @@
-//! Skiff's benchmarks and load generators live here (criterion benches under
-//! `benches/`, load generators under `src/bin/`).
+//! Skiff's benchmarks and load generators: criterion benches under
+//! `benches/`, load generators under `src/bin/`.
+
+#![forbid(unsafe_code)]
+
+pub mod procs;
+pub mod stats;
+
+/// etcd's KV API (only `Put`), to drive etcd with the same gRPC stack.
+#[allow(clippy::all, missing_docs, unreachable_pub)]
+pub mod etcdpb {
+    tonic::include_proto!("etcdserverpb");
+}

@@ -38,12 +38,17 @@ pub struct ClientOpts {
         value_delimiter = ','
     )]
     server: Vec<String>,
+    /// Answer from the contacted server's own state, without confirming with
+    /// the leader that it is current (faster; works without a quorum).
+    #[arg(long, global = true)]
+    stale: bool,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run a control-plane server (Raft member holding the desired state).
-    Server(daemons::ServerArgs),
+    /// Run a control-plane server (Raft member holding the desired state), or
+    /// manage the servers (`skiff server members`).
+    Server(daemons::ServerCmd),
     /// Run the node agent: registers this machine and runs its containers with runc.
     Agent(daemons::AgentArgs),
     /// Run a server and an agent in one process: the quickest way to try Skiff.
@@ -75,6 +80,8 @@ enum Cmd {
         #[command(subcommand)]
         what: commands::DeleteWhat,
     },
+    /// Print changes of the cluster's state as they happen.
+    Watch(commands::WatchArgs),
 }
 
 fn main() -> ExitCode {
@@ -109,6 +116,7 @@ fn main() -> ExitCode {
             Cmd::Logs(args) => ok(commands::logs(args).await),
             Cmd::Exec(args) => commands::exec(args).await,
             Cmd::Delete { what } => ok(commands::delete(what).await),
+            Cmd::Watch(args) => ok(commands::watch(args).await),
         }
     });
     match result {

@@ -31,6 +31,8 @@ pub enum Command {
         node: String,
         updates: Vec<AllocUpdate>,
     },
+    /// A control-plane server records where it can be reached.
+    RegisterServer { info: crate::state::ServerInfo },
 }
 
 impl Command {
@@ -42,6 +44,7 @@ impl Command {
             Command::RegisterNode { .. } => "register_node",
             Command::ApplyPlan { .. } => "apply_plan",
             Command::UpdateAllocStatus { .. } => "update_alloc_status",
+            Command::RegisterServer { .. } => "register_server",
         }
     }
 }

@@ -7,6 +7,9 @@
 //! index always agree; entries after that index are applied again from the
 //! (durable) Raft log.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -51,6 +54,12 @@ impl StateDb {
                     Table::Eval => {
                         state.evals.insert(key, decode(&k, &v)?);
                     }
+                    Table::Server => {
+                        let id = key
+                            .parse()
+                            .map_err(|_| StoreError::corrupt("state", &k, "not a server id"))?;
+                        state.servers.insert(id, decode(&k, &v)?);
+                    }
                 }
             }
         }
@@ -60,14 +69,22 @@ impl StateDb {
     /// Writes the dirty records and the applied index atomically and clears
     /// the dirty set. Not fsynced: the Raft log holds the entries durably.
     pub fn save(&self, state: &mut State) -> Result<(), StoreError> {
+        self.save_encoded(state, &HashMap::new())
+    }
+
+    /// [`StateDb::save`], taking records already encoded (by
+    /// [`record_json`]) from `encoded` instead of encoding them again.
+    pub fn save_encoded(
+        &self,
+        state: &mut State,
+        encoded: &HashMap<(Table, String), Option<Arc<str>>>,
+    ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for (table, key) in std::mem::take(&mut state.dirty) {
             let full = format!("{}{}", table.prefix(), key);
-            let value = match table {
-                Table::Job => state.jobs.get(&key).map(encode),
-                Table::Node => state.nodes.get(&key).map(encode),
-                Table::Alloc => state.allocs.get(&key).map(encode),
-                Table::Eval => state.evals.get(&key).map(encode),
+            let value = match encoded.get(&(table, key)) {
+                Some(v) => v.as_deref().map(|s| s.as_bytes().to_vec()),
+                None => record(state, table, full.split_at(table.prefix().len()).1),
             };
             match value {
                 Some(v) => batch.insert(full.as_bytes(), v),
@@ -77,6 +94,51 @@ impl StateDb {
         batch.insert(KEY_APPLIED, &state.index.to_be_bytes());
         batch.insert(KEY_UNBLOCK, &state.last_unblock_index.to_be_bytes());
         self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Replaces everything with `state` (a snapshot from the leader), in one
+    /// atomic batch.
+    pub fn replace_all(&self, state: &State) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for kv in self.tree.iter() {
+            let (k, _) = kv?;
+            batch.remove(k);
+        }
+        for (name, job) in &state.jobs {
+            batch.insert(
+                format!("{}{name}", Table::Job.prefix()).as_bytes(),
+                encode(job),
+            );
+        }
+        for (name, node) in &state.nodes {
+            batch.insert(
+                format!("{}{name}", Table::Node.prefix()).as_bytes(),
+                encode(node),
+            );
+        }
+        for (id, a) in &state.allocs {
+            batch.insert(
+                format!("{}{id}", Table::Alloc.prefix()).as_bytes(),
+                encode(a),
+            );
+        }
+        for (id, e) in &state.evals {
+            batch.insert(
+                format!("{}{id}", Table::Eval.prefix()).as_bytes(),
+                encode(e),
+            );
+        }
+        for (id, s) in &state.servers {
+            batch.insert(
+                format!("{}{id}", Table::Server.prefix()).as_bytes(),
+                encode(s),
+            );
+        }
+        batch.insert(KEY_APPLIED, &state.index.to_be_bytes());
+        batch.insert(KEY_UNBLOCK, &state.last_unblock_index.to_be_bytes());
+        self.tree.apply_batch(batch)?;
+        self.db.flush()?;
         Ok(())
     }
 
@@ -95,6 +157,28 @@ impl StateDb {
                 })?))
             }
         }
+    }
+}
+
+/// [`record`] as shared text (records are JSON), for watchers and
+/// [`StateDb::save_encoded`].
+pub fn record_json(state: &State, table: Table, key: &str) -> Option<Arc<str>> {
+    record(state, table, key)
+        .map(|bytes| Arc::from(String::from_utf8(bytes).expect("records are JSON text")))
+}
+
+/// The stored form of one record, `None` when it no longer exists.
+pub fn record(state: &State, table: Table, key: &str) -> Option<Vec<u8>> {
+    match table {
+        Table::Job => state.jobs.get(key).map(encode),
+        Table::Node => state.nodes.get(key).map(encode),
+        Table::Alloc => state.allocs.get(key).map(encode),
+        Table::Eval => state.evals.get(key).map(encode),
+        Table::Server => key
+            .parse::<u64>()
+            .ok()
+            .and_then(|id| state.servers.get(&id))
+            .map(encode),
     }
 }
 
@@ -133,12 +217,15 @@ mod tests {
         state.apply(2, &Command::UpsertJob { spec });
         state.apply(3, &Command::DeleteJob { name: "web".into() });
         {
-            let db = StateDb::open(sled::open(dir.path()).unwrap()).unwrap();
+            let db =
+                StateDb::open(crate::log::open_db(sled::Config::new().path(dir.path())).unwrap())
+                    .unwrap();
             db.save(&mut state).unwrap();
             db.flush().unwrap();
             assert!(state.dirty.is_empty());
         }
-        let db = StateDb::open(sled::open(dir.path()).unwrap()).unwrap();
+        let db = StateDb::open(crate::log::open_db(sled::Config::new().path(dir.path())).unwrap())
+            .unwrap();
         let loaded = db.load().unwrap();
         assert_eq!(loaded, state);
         assert!(!loaded.jobs.contains_key("web"), "deletes are persisted");
