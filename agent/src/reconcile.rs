@@ -122,8 +122,6 @@ struct Local {
     killed_for: Option<String>,
     /// The same for the run before the current one.
     last_killed_for: Option<String>,
-    /// When the current start began (for the start latency log).
-    start_began: Option<Instant>,
 }
 
 impl Local {
@@ -141,7 +139,6 @@ impl Local {
             watched: false,
             killed_for: None,
             last_killed_for: None,
-            start_began: None,
         }
     }
 
@@ -172,6 +169,14 @@ pub enum Event {
         /// Which run of the container (its restart count) this was.
         run: u32,
         result: Result<(), String>,
+        /// From the allocation reaching the reconciler (or the back-off
+        /// ending) to the container running.
+        took: Duration,
+    },
+    /// A report to the servers finished; `sent` says whether it arrived.
+    Reported {
+        updates: Vec<Observed>,
+        sent: bool,
     },
     StopDone {
         id: String,
@@ -199,6 +204,8 @@ pub struct Reconciler<R: Runtime> {
     desired: Option<Vec<Allocation>>,
     local: HashMap<String, Local>,
     sent: HashMap<String, (Observed, Instant)>,
+    /// A report to the servers is under way (one at a time).
+    reporting: bool,
     events: mpsc::Sender<Event>,
 }
 
@@ -232,6 +239,7 @@ impl<R: Runtime> Reconciler<R> {
             desired: None,
             local: HashMap::new(),
             sent: HashMap::new(),
+            reporting: false,
             events,
         }
     }
@@ -281,21 +289,31 @@ impl<R: Runtime> Reconciler<R> {
     pub fn handle(&mut self, event: Event) {
         match event {
             Event::Desired(allocs) => self.desired = Some(allocs),
-            Event::Started { id, run, result } => {
+            Event::Reported { updates, sent } => {
+                self.reporting = false;
+                if sent {
+                    self.sent(&updates);
+                }
+            }
+            Event::Started {
+                id,
+                run,
+                result,
+                took,
+            } => {
                 let Some(l) = self.local.get_mut(&id) else {
                     return;
                 };
                 if l.phase != Phase::Starting || run != l.restarts.count {
                     return;
                 }
-                let took = l.start_began.take().map(|t| t.elapsed());
                 // A stop asked for meanwhile happens on the next pass.
                 l.phase = match result {
                     Ok(()) => {
                         tracing::info!(
                             alloc = %id,
                             run,
-                            start_ms = took.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+                            start_ms = took.as_secs_f64() * 1000.0,
                             "container started"
                         );
                         Phase::Running
@@ -435,7 +453,6 @@ impl<R: Runtime> Reconciler<R> {
                 (DesiredStatus::Run, None) if a.status == AllocStatus::Pending => {
                     let mut l = Local::new(Phase::Starting, Restarts::default());
                     l.task = Some(a.task.clone());
-                    l.start_began = Some(Instant::now());
                     self.local.insert(a.id.clone(), l);
                     self.spawn_start(a.clone(), 0);
                 }
@@ -451,7 +468,6 @@ impl<R: Runtime> Reconciler<R> {
                             l.phase = Phase::Starting;
                             l.cleaned = false;
                             l.last_killed_for = l.killed_for.take();
-                            l.start_began = Some(Instant::now());
                             self.spawn_start(a.clone(), r.count);
                         }
                     }
@@ -671,10 +687,19 @@ impl<R: Runtime> Reconciler<R> {
         let images = self.images.clone();
         let settings = self.settings.clone();
         let events = self.events.clone();
+        let began = Instant::now();
         tokio::spawn(async move {
             let id = alloc.id.clone();
             let result = start(&*runtime, &paths, &images, &settings, &alloc).await;
-            let _ = events.send(Event::Started { id, run, result }).await;
+            let took = began.elapsed();
+            let _ = events
+                .send(Event::Started {
+                    id,
+                    run,
+                    result,
+                    took,
+                })
+                .await;
         });
     }
 
@@ -906,6 +931,7 @@ pub async fn start<R: Runtime>(
     settings: &Settings,
     alloc: &Allocation,
 ) -> Result<(), String> {
+    let t0 = Instant::now();
     let image_ref = alloc.task.image.clone();
     let images = images.clone();
     let prepared = tokio::task::spawn_blocking(move || images.prepare(&image_ref))
@@ -923,7 +949,7 @@ pub async fn start<R: Runtime>(
     })
     .await
     .map_err(|e| format!("rootfs preparation panicked: {e}"))??;
-    tracing::debug!(alloc = %alloc.id, ?kind, "rootfs ready");
+    let t_rootfs = Instant::now();
 
     let cid = container_id(&alloc.id);
     let spec = build_spec(&BundleInput {
@@ -947,6 +973,7 @@ pub async fn start<R: Runtime>(
         .map_err(|e| format!("creating {}: {e}", log_dir.display()))?;
     let state_dir = paths.state_dir(&alloc.id);
     let _ = std::fs::remove_dir_all(&state_dir);
+    let t_spec = Instant::now();
     let args = ShimArgs {
         id: cid,
         bundle,
@@ -958,7 +985,18 @@ pub async fn start<R: Runtime>(
         log_max_files: settings.log_max_files,
         cgroup,
     };
-    runtime.start(&args).await.map_err(|e| e.to_string())
+    let result = runtime.start(&args).await.map_err(|e| e.to_string());
+    let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1000.0;
+    let done = Instant::now();
+    tracing::debug!(
+        alloc = %alloc.id,
+        ?kind,
+        image_and_rootfs_ms = ms(t0, t_rootfs),
+        spec_ms = ms(t_rootfs, t_spec),
+        shim_ms = ms(t_spec, done),
+        "start phases"
+    );
+    result
 }
 
 /// The stop signal, a grace period, SIGKILL; returns once the shim
@@ -1006,6 +1044,8 @@ async fn wait_until(cond: impl Fn() -> bool, limit: Duration) -> bool {
 
 /// Drives a reconciler: applies events, reconciles, and hands the
 /// resulting updates to `report` (which returns whether they were sent).
+/// Reports run beside the loop, one at a time, so a slow server never
+/// holds up starting or stopping containers.
 pub async fn run_loop<R, F, Fut>(
     mut rec: Reconciler<R>,
     mut events: mpsc::Receiver<Event>,
@@ -1013,7 +1053,7 @@ pub async fn run_loop<R, F, Fut>(
 ) where
     R: Runtime,
     F: FnMut(Vec<Observed>) -> Fut,
-    Fut: std::future::Future<Output = bool>,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
 {
     let mut tick = tokio::time::interval(RESYNC);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1038,8 +1078,14 @@ pub async fn run_loop<R, F, Fut>(
             _ = tick.tick() => {}
         }
         let updates = rec.reconcile();
-        if !updates.is_empty() && report(updates.clone()).await {
-            rec.sent(&updates);
+        if !updates.is_empty() && !rec.reporting {
+            rec.reporting = true;
+            let done = rec.events.clone();
+            let send = report(updates.clone());
+            tokio::spawn(async move {
+                let sent = send.await;
+                let _ = done.send(Event::Reported { updates, sent }).await;
+            });
         }
     }
 }

@@ -6,12 +6,13 @@
 //! sudo target/release/agentbench [--containers 100] [--skiff target/release/skiff]
 //! ```
 //!
-//! It starts a `skiff server` and a `skiff agent`, measures the agent's
-//! memory while idle, then grows one job a replica at a time to
-//! `--containers`, and for each start runs plain `runc run --detach` of a
-//! copy of the same bundle once (then deletes it), so both see the same
-//! number of running containers. Then it measures the agent and every
-//! shim with all containers running. Results are `key=value` lines.
+//! It starts a `skiff server` and a `skiff agent` and measures the agent's
+//! memory while idle. Then, `--starts` times, it starts one container
+//! through the agent (a new version of a one-replica job, half a core) and
+//! right after it a plain `runc run --detach` of a copy of the same bundle,
+//! so both run under the same conditions. Last it runs `--containers`
+//! small containers at once (10m CPU, 16 MiB) and measures the agent and
+//! every shim. Results are `key=value` lines.
 //!
 //! Start latency is the agent's own measure, logged as `start_ms` with
 //! "container started": from the allocation reaching the agent's
@@ -29,6 +30,7 @@ use skiff_model::{AllocStatus, JobSpec};
 struct Opts {
     skiff: PathBuf,
     containers: usize,
+    starts: usize,
     work: PathBuf,
 }
 
@@ -36,6 +38,7 @@ fn parse_args() -> Result<Opts, String> {
     let mut o = Opts {
         skiff: PathBuf::from("target/release/skiff"),
         containers: 100,
+        starts: 100,
         work: std::env::temp_dir().join(format!("skiff-agentbench-{}", std::process::id())),
     };
     let mut args = std::env::args().skip(1);
@@ -48,12 +51,16 @@ fn parse_args() -> Result<Opts, String> {
                     .parse()
                     .map_err(|_| "--containers must be a number".to_string())?
             }
-            "--work-dir" => o.work = value()?.into(),
-            "-h" | "--help" => {
-                return Err(
-                    "usage: agentbench [--containers N] [--skiff PATH] [--work-dir DIR]".into(),
-                )
+            "--starts" => {
+                o.starts = value()?
+                    .parse()
+                    .map_err(|_| "--starts must be a number".to_string())?
             }
+            "--work-dir" => o.work = value()?.into(),
+            "-h" | "--help" => return Err(
+                "usage: agentbench [--containers N] [--starts N] [--skiff PATH] [--work-dir DIR]"
+                    .into(),
+            ),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -143,6 +150,20 @@ fn start_ms_lines(log: &str) -> Vec<f64> {
         .collect()
 }
 
+/// The median of `key=` over the agent's "start phases" lines.
+fn phase_median(log: &str, key: &str) -> f64 {
+    let mut v: Vec<f64> = log
+        .lines()
+        .filter(|l| l.contains("start phases"))
+        .filter_map(|l| {
+            let x = l.split(&format!("{key}=")).nth(1)?;
+            x.split_whitespace().next()?.parse().ok()
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    percentile(&v, 50.0)
+}
+
 fn runc(root: &Path) -> Command {
     let mut c = Command::new("runc");
     c.arg("--root").arg(root);
@@ -201,6 +222,7 @@ async fn run(o: &Opts) -> Result<(), String> {
         .arg(&url)
         .arg("--data-dir")
         .arg(&agent_dir)
+        .env("SKIFF_LOG", "info,skiff_agent=debug,slog=warn")
         .stderr(log(&agent_log)?)
         .spawn()
         .map_err(|e| e.to_string())?;
@@ -222,9 +244,13 @@ async fn run(o: &Opts) -> Result<(), String> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle = mem_of(agent_pid).ok_or("cannot read the agent's memory")?;
 
-    let spec = |replicas: usize| {
+    // 1. Start latency: one start at a time (a new version of job `lat`
+    // each round, half a core so runc's own start-up is not throttled by
+    // the container's CPU quota), and after each one a plain `runc run` of
+    // a copy of the same bundle.
+    let lat_spec = |round: usize| {
         JobSpec::from_yaml(&format!(
-            "name: bench\nreplicas: {replicas}\ntask:\n  image: oci:{}:latest\n  command: [sleep, '3600']\n  resources: {{cpu: 10m, memory: 16Mi}}\n",
+            "name: lat\ntask:\n  image: oci:{}:latest\n  command: [sh, -c, 'trap \"exit 0\" TERM; sleep 3600 & wait']\n  env: {{ROUND: '{round}'}}\n  resources: {{cpu: 500m, memory: 32Mi}}\n",
             layout.display()
         ))
         .map_err(|e| e.to_string())
@@ -232,28 +258,35 @@ async fn run(o: &Opts) -> Result<(), String> {
     let plain_root = o.work.join("plain-runc");
     let plain_bundle = o.work.join("plain-bundle");
     let mut plain_ms: Vec<f64> = Vec::new();
-    for n in 1..=o.containers {
-        client
-            .apply_job(&spec(n)?)
+    for round in 1..=o.starts {
+        let applied = client
+            .apply_job(&lat_spec(round)?)
             .await
             .map_err(|e| e.to_string())?;
-        let allocs = wait_for("the new replica to run", Duration::from_secs(60), || {
-            let url = url.clone();
-            async move {
-                let mut c = Client::connect(&url).await.ok()?;
-                let a = c.list_allocs(Some("bench"), None).await.ok()?;
-                (a.iter()
-                    .filter(|a| a.status == AllocStatus::Running)
-                    .count()
-                    == n)
-                    .then_some(a)
-            }
-        })
+        let version = applied.job.version;
+        let allocs = wait_for(
+            "the new version to run alone",
+            Duration::from_secs(60),
+            || {
+                let url = url.clone();
+                async move {
+                    let mut c = Client::connect(&url).await.ok()?;
+                    let a = c.list_allocs(Some("lat"), None).await.ok()?;
+                    let new_running = a
+                        .iter()
+                        .any(|a| a.job_version == version && a.status == AllocStatus::Running);
+                    let old_done = a
+                        .iter()
+                        .all(|a| a.job_version == version || a.status.is_terminal());
+                    (new_running && old_done).then_some(a)
+                }
+            },
+        )
         .await?;
-        if n == 1 {
+        if round == 1 {
             // The same bundle for plain runc: the agent's config.json and a
             // plain copy of the same image rootfs.
-            let id = &allocs[0].id;
+            let id = &allocs.iter().find(|a| a.job_version == version).unwrap().id;
             let config = agent_dir
                 .join("containers")
                 .join(id)
@@ -281,7 +314,7 @@ async fn run(o: &Opts) -> Result<(), String> {
                 .replace("/skiff/skiff-", "/skiff-bench/plain-");
             std::fs::write(plain_bundle.join("config.json"), text).map_err(|e| e.to_string())?;
         }
-        let cid = format!("plain-{n}");
+        let cid = format!("plain-{round}");
         let t = Instant::now();
         let ok = runc(&plain_root)
             .args(["run", "--detach", "--bundle"])
@@ -297,6 +330,34 @@ async fn run(o: &Opts) -> Result<(), String> {
         }
         let _ = runc(&plain_root).args(["delete", "--force", &cid]).status();
     }
+    client.delete_job("lat").await.map_err(|e| e.to_string())?;
+    let latency_log = std::fs::read_to_string(&agent_log).unwrap_or_default();
+
+    // 2. Footprint: `--containers` small containers at once.
+    let rss_spec = JobSpec::from_yaml(&format!(
+        "name: bench\nreplicas: {}\ntask:\n  image: oci:{}:latest\n  command: [sh, -c, 'trap \"exit 0\" TERM; sleep 3600 & wait']\n  resources: {{cpu: 10m, memory: 16Mi}}\n",
+        o.containers,
+        layout.display()
+    ))
+    .map_err(|e| e.to_string())?;
+    client
+        .apply_job(&rss_spec)
+        .await
+        .map_err(|e| e.to_string())?;
+    let n = o.containers;
+    wait_for("every replica to run", Duration::from_secs(600), || {
+        let url = url.clone();
+        async move {
+            let mut c = Client::connect(&url).await.ok()?;
+            let a = c.list_allocs(Some("bench"), None).await.ok()?;
+            (a.iter()
+                .filter(|a| a.status == AllocStatus::Running)
+                .count()
+                == n)
+                .then_some(())
+        }
+    })
+    .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let busy = mem_of(agent_pid).ok_or("cannot read the agent's memory")?;
     let mut shims = Vec::new();
@@ -314,12 +375,21 @@ async fn run(o: &Opts) -> Result<(), String> {
             }
         }
     }
-    let log_text = std::fs::read_to_string(&agent_log).unwrap_or_default();
+    let log_text = latency_log;
     let mut starts = start_ms_lines(&log_text);
     starts.sort_by(f64::total_cmp);
     plain_ms.sort_by(f64::total_cmp);
 
     println!("containers={}", o.containers);
+    println!(
+        "load_average={}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     println!("agent_idle_rss_kib={}", idle.rss);
     println!("agent_idle_pss_kib={}", idle.pss);
     println!("agent_idle_private_kib={}", idle.private);
@@ -354,6 +424,9 @@ async fn run(o: &Opts) -> Result<(), String> {
     println!("runc_run_p99_ms={r99:.1}");
     println!("overhead_p50_pct={:.1}", (p50 / r50 - 1.0) * 100.0);
     println!("overhead_p99_pct={:.1}", (p99 / r99 - 1.0) * 100.0);
+    for key in ["image_and_rootfs_ms", "spec_ms", "shim_ms"] {
+        println!("agent_{key}_p50={:.1}", phase_median(&log_text, key));
+    }
 
     // Clean up: stop the containers through the agent, then everything.
     client
