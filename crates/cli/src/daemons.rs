@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use skiff_agent::AgentConfig;
+use skiff_server::evals::{Algorithm, SchedulerSettings};
 use skiff_server::ServerConfig;
 use skiff_store::RaftConfig;
 
@@ -23,6 +24,21 @@ pub struct ServerArgs {
     /// This server's Raft id.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     id: u64,
+    #[command(flatten)]
+    scheduler: SchedulerOpts,
+}
+
+#[derive(Args)]
+struct SchedulerOpts {
+    /// How the scheduler scores nodes: `binpack` fills the fullest node that
+    /// fits (keeps whole nodes free for big and GPU work); `spread` picks the
+    /// emptiest (spreads load).
+    #[arg(long = "scheduler", value_name = "ALGORITHM", default_value = "binpack", value_parser = parse_algorithm)]
+    algorithm: Algorithm,
+}
+
+fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
+    s.parse()
 }
 
 #[derive(Args)]
@@ -69,6 +85,8 @@ pub struct DevArgs {
     api: SocketAddr,
     #[command(flatten)]
     node: NodeOpts,
+    #[command(flatten)]
+    scheduler: SchedulerOpts,
 }
 
 #[derive(Args)]
@@ -156,13 +174,21 @@ async fn shutdown_signal() {
     }
 }
 
-fn server_config(data_dir: PathBuf, api: SocketAddr, id: u64) -> ServerConfig {
+fn server_config(
+    data_dir: PathBuf,
+    api: SocketAddr,
+    id: u64,
+    scheduler: &SchedulerOpts,
+) -> ServerConfig {
     ServerConfig {
         data_dir,
         api_addr: api,
         raft: RaftConfig {
             id,
             ..RaftConfig::default()
+        },
+        scheduler: SchedulerSettings {
+            algorithm: scheduler.algorithm,
         },
     }
 }
@@ -194,7 +220,7 @@ fn agent_config(
 
 pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     init_logging();
-    let cfg = server_config(args.data_dir, args.api, args.id);
+    let cfg = server_config(args.data_dir, args.api, args.id, &args.scheduler);
     let (running, listener) = skiff_server::start(&cfg).await?;
     skiff_server::serve(running, listener, shutdown_signal()).await?;
     Ok(())
@@ -215,7 +241,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
 
 pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     init_logging();
-    let server_cfg = server_config(args.data_dir.join("server"), args.api, 1);
+    let server_cfg = server_config(args.data_dir.join("server"), args.api, 1, &args.scheduler);
     let (running, listener) = skiff_server::start(&server_cfg).await?;
     let url = format!("http://{}", running.api_addr);
     let agent_cfg = agent_config(

@@ -14,4 +14,4 @@ pub mod pb {
 
 mod convert;
 
-pub use convert::{alloc_status_from_wire, WireError};
+pub use convert::{alloc_status_from_wire, gpu_link_from_wire, WireError};

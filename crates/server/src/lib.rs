@@ -32,6 +32,8 @@ pub struct ServerConfig {
     /// address is written to `DATA_DIR/api.addr`).
     pub api_addr: SocketAddr,
     pub raft: RaftConfig,
+    /// How the leader's scheduler places work.
+    pub scheduler: evals::SchedulerSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +60,7 @@ pub enum ServerError {
 pub struct Running {
     pub store: Store,
     pub api_addr: SocketAddr,
+    pub scheduler: evals::SchedulerSettings,
 }
 
 /// Opens the store, binds the API address and returns; `serve` then runs
@@ -88,7 +91,14 @@ pub async fn start(cfg: &ServerConfig) -> Result<(Running, TcpListener), ServerE
     {
         tracing::warn!(path = %addr_file.display(), "could not record the API address");
     }
-    Ok((Running { store, api_addr }, listener))
+    Ok((
+        Running {
+            store,
+            api_addr,
+            scheduler: cfg.scheduler,
+        },
+        listener,
+    ))
 }
 
 /// Runs the gRPC services and controllers until `shutdown` resolves or
@@ -100,7 +110,8 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let store = running.store;
     let heartbeats = Arc::new(nodes::Heartbeats::default());
-    let evals = tokio::spawn(evals::run(store.clone()));
+    tracing::info!(algorithm = %running.scheduler.algorithm, "scheduler");
+    let evals = tokio::spawn(evals::run(store.clone(), running.scheduler));
 
     let cluster = pb::cluster_server::ClusterServer::new(api::ClusterApi::new(
         store.clone(),

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use skiff_model::{AllocStatus, JobSpec, Placement, Resources, Stop};
+use skiff_model::{AllocStatus, Gpu, GpuLink, JobSpec, Placement, Resources, Stop};
 
 /// Version of the command encoding written by this build. An entry written
 /// by a newer server, carrying a command this build does not know, is
@@ -28,6 +28,13 @@ pub enum Command {
         node: String,
         updates: Vec<AllocUpdate>,
     },
+    /// An operator cordons, drains or uncordons a node. Draining also stops
+    /// the node's allocations so their jobs place them elsewhere.
+    SetNodeEligibility {
+        name: String,
+        cordoned: bool,
+        draining: bool,
+    },
 }
 
 impl Command {
@@ -39,6 +46,7 @@ impl Command {
             Command::RegisterNode { .. } => "register_node",
             Command::ApplyPlan { .. } => "apply_plan",
             Command::UpdateAllocStatus { .. } => "update_alloc_status",
+            Command::SetNodeEligibility { .. } => "set_node_eligibility",
         }
     }
 }
@@ -51,6 +59,12 @@ pub struct NodeRegistration {
     pub reserved: Resources,
     pub address: String,
     pub agent_version: String,
+    /// The node's GPUs (the agent reports none until GPU discovery lands;
+    /// tests and benches register GPU nodes directly).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<Gpu>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu_links: Vec<GpuLink>,
 }
 
 /// A plan as it travels through Raft: the scheduler's plan plus the ids the
@@ -69,6 +83,9 @@ pub struct PlanCommand {
     pub snapshot_index: u64,
     pub placements: Vec<NewAlloc>,
     pub stops: Vec<Stop>,
+    /// Allocations of lower-priority jobs to stop so the placements fit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evictions: Vec<Stop>,
     pub unplaced: u32,
     pub explanation: String,
 }

@@ -5,13 +5,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use skiff_model::fit::{fits, used_on};
+use skiff_model::fit::{fits_assignment, Usage};
+use skiff_model::job::PREEMPTION_GAP;
 use skiff_model::{
     AllocStatus, Allocation, DesiredStatus, EvalStatus, EvalTrigger, Evaluation, Job, JobSpec,
-    Node, NodeStatus, Resources,
+    Node, NodeStatus,
 };
 
-use crate::command::{AllocUpdate, Command, NodeRegistration, PlanCommand};
+use crate::command::{AllocUpdate, Command, NewAlloc, NodeRegistration, PlanCommand};
 
 /// Which collection a dirty key belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -62,6 +63,11 @@ pub enum Outcome {
     },
     JobDeleted,
     NodeRegistered,
+    /// A node was cordoned, drained or uncordoned; `stopped` allocations
+    /// were asked to stop (draining).
+    NodeEligibilitySet {
+        stopped: u32,
+    },
     PlanApplied(PlanResult),
     AllocsUpdated {
         applied: u32,
@@ -77,6 +83,8 @@ pub enum Outcome {
 pub struct PlanResult {
     pub placed: u32,
     pub stopped: u32,
+    /// Allocations of lower-priority jobs stopped for this plan.
+    pub evicted: u32,
     /// Placements refused by the re-check (no longer fit, or a stale plan).
     pub rejected: u32,
     pub eval_status: Option<EvalStatus>,
@@ -95,6 +103,11 @@ impl State {
             Command::UpdateAllocStatus { node, updates } => {
                 self.update_alloc_status(index, node, updates)
             }
+            Command::SetNodeEligibility {
+                name,
+                cordoned,
+                draining,
+            } => self.set_node_eligibility(index, name, *cordoned, *draining),
         }
     }
 
@@ -117,7 +130,7 @@ impl State {
                 }
             }
             Some(old) => Job {
-                version: if old.spec.task != spec.task {
+                version: if !old.spec.same_version(spec) {
                     old.version + 1
                 } else {
                     old.version
@@ -221,17 +234,23 @@ impl State {
     }
 
     fn register_node(&mut self, index: u64, reg: &NodeRegistration) -> Outcome {
-        let allocatable = reg.capacity.saturating_sub(reg.reserved);
-        let create_index = self
-            .nodes
-            .get(&reg.name)
-            .map(|n| n.create_index)
-            .unwrap_or(index);
+        let healthy = reg.gpus.iter().filter(|g| g.healthy).count() as u32;
+        let capacity = reg.capacity.with_gpus(reg.gpus.len() as u32);
+        let allocatable = reg.capacity.saturating_sub(reg.reserved).with_gpus(healthy);
+        let old = self.nodes.get(&reg.name);
+        let create_index = old.map(|n| n.create_index).unwrap_or(index);
+        // Cordon and drain are the operator's, not the agent's: they
+        // survive a re-registration.
+        let (cordoned, draining) = old.map_or((false, false), |n| (n.cordoned, n.draining));
         let node = Node {
             name: reg.name.clone(),
             labels: reg.labels.clone(),
-            capacity: reg.capacity,
+            capacity,
             allocatable,
+            gpus: reg.gpus.clone(),
+            gpu_links: reg.gpu_links.clone(),
+            cordoned,
+            draining,
             address: reg.address.clone(),
             status: NodeStatus::Ready,
             agent_version: reg.agent_version.clone(),
@@ -283,54 +302,55 @@ impl State {
             }
         }
 
-        let mut used: BTreeMap<String, Resources> = BTreeMap::new();
-        for new in &plan.placements {
-            let Some(job) = self.jobs.get(&plan.job) else {
-                result.rejected += 1;
-                continue;
-            };
-            let node_name = &new.placement.node;
-            let Some(node) = self.nodes.get(node_name) else {
-                result.rejected += 1;
-                continue;
-            };
-            let slot_taken = self.allocs.values().any(|a| {
-                a.job == plan.job
-                    && a.job_version == plan.job_version
-                    && a.replica == new.placement.replica
-                    && a.desired == DesiredStatus::Run
-                    && a.status != AllocStatus::Lost
-            });
-            let node_used = *used
-                .entry(node_name.clone())
-                .or_insert_with(|| used_on(node_name, self.allocs.values()));
-            let ask = job.spec.task.resources;
-            if slot_taken
-                || self.allocs.contains_key(&new.id)
-                || plan.job_version != job.version
-                || fits(node, node_used, ask).is_err()
-            {
-                result.rejected += 1;
-                continue;
+        let (accepted, evictions, rejected) = match self.jobs.get(&plan.job) {
+            Some(job) => self.check_placements(job, plan),
+            None => (Vec::new(), Vec::new(), plan.placements.len() as u32),
+        };
+        result.rejected = rejected;
+
+        if let Some(job) = self.jobs.get(&plan.job).cloned() {
+            let reason = format!(
+                "preempted by job {} (priority {})",
+                job.spec.name, job.spec.priority
+            );
+            let mut victim_jobs = BTreeSet::new();
+            for id in evictions {
+                if let Some(a) = self.allocs.get_mut(&id) {
+                    a.desired = DesiredStatus::Stop;
+                    a.message = reason.clone();
+                    a.modify_index = index;
+                    victim_jobs.insert(a.job.clone());
+                    result.evicted += 1;
+                    self.dirty.insert((Table::Alloc, id));
+                }
             }
-            used.insert(node_name.clone(), node_used.saturating_add(ask));
-            let alloc = Allocation {
-                id: new.id.clone(),
-                job: plan.job.clone(),
-                job_version: job.version,
-                replica: new.placement.replica,
-                node: node_name.clone(),
-                task: job.spec.task.clone(),
-                desired: DesiredStatus::Run,
-                status: AllocStatus::Pending,
-                exit_code: None,
-                message: String::new(),
-                create_index: index,
-                modify_index: index,
-            };
-            self.allocs.insert(new.id.clone(), alloc);
-            self.touch(Table::Alloc, &new.id);
-            result.placed += 1;
+            // The victims' jobs look for room elsewhere.
+            for victim in victim_jobs {
+                if self.jobs.contains_key(&victim) {
+                    self.create_eval(index, &victim, EvalTrigger::Preemption);
+                }
+            }
+            for new in accepted {
+                let alloc = Allocation {
+                    id: new.id.clone(),
+                    job: plan.job.clone(),
+                    job_version: job.version,
+                    replica: new.placement.replica,
+                    node: new.placement.node.clone(),
+                    task: job.spec.task.clone(),
+                    gpus: new.placement.gpus.clone(),
+                    ports: job.spec.task.resources.ports.clone(),
+                    desired: DesiredStatus::Run,
+                    status: AllocStatus::Pending,
+                    exit_code: None,
+                    message: String::new(),
+                    create_index: index,
+                    modify_index: index,
+                };
+                self.allocs.insert(new.id.clone(), alloc);
+                self.touch(Table::Alloc, &new.id);
+                result.placed += 1;
+            }
         }
 
         let status = if result.rejected > 0 {
@@ -356,6 +376,160 @@ impl State {
         self.finish_eval(index, &plan.eval_id, status, message);
         result.eval_status = Some(status);
         Outcome::PlanApplied(result)
+    }
+
+    /// The plan check. Each node's changes are taken whole or not at all:
+    /// its evictions must be of allocations of other jobs at least
+    /// [`PREEMPTION_GAP`] priority points lower, and with those counted as
+    /// free every placement on it must pass the same fit rule the scheduler
+    /// used (`fits_assignment`: cpu, memory, ports, and exactly the GPUs
+    /// named, free and acceptable). A gang's placements are all rejected if
+    /// any is. Returns the accepted placements, the evictions to apply and
+    /// how many placements were rejected.
+    fn check_placements<'p>(
+        &self,
+        job: &Job,
+        plan: &'p PlanCommand,
+    ) -> (Vec<&'p NewAlloc>, Vec<String>, u32) {
+        let mut by_node: BTreeMap<&str, Vec<&'p NewAlloc>> = BTreeMap::new();
+        for new in &plan.placements {
+            by_node
+                .entry(new.placement.node.as_str())
+                .or_default()
+                .push(new);
+        }
+        let mut evict_on: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for e in &plan.evictions {
+            if let Some(a) = self.allocs.get(&e.alloc_id) {
+                evict_on
+                    .entry(a.node.as_str())
+                    .or_default()
+                    .push(e.alloc_id.as_str());
+            }
+        }
+        // Replica slots of this version already filled.
+        let mut taken: BTreeSet<u32> = self
+            .allocs
+            .values()
+            .filter(|a| {
+                a.job == plan.job
+                    && a.job_version == plan.job_version
+                    && a.desired == DesiredStatus::Run
+                    && a.status != AllocStatus::Lost
+            })
+            .map(|a| a.replica)
+            .collect();
+        let ask = &job.spec.task.resources;
+        let mut accepted = Vec::new();
+        let mut evictions = Vec::new();
+        let mut rejected = 0u32;
+        for (node_name, news) in by_node {
+            let evicted: Vec<&str> = evict_on.get(node_name).cloned().unwrap_or_default();
+            let node_ok = self.nodes.get(node_name).is_some_and(|node| {
+                let victims_ok = evicted.iter().all(|id| {
+                    let a = &self.allocs[*id];
+                    let priority = self.jobs.get(&a.job).map_or(0, |j| j.spec.priority);
+                    a.job != plan.job
+                        && a.desired == DesiredStatus::Run
+                        && u16::from(priority) + u16::from(PREEMPTION_GAP)
+                            <= u16::from(job.spec.priority)
+                });
+                if !victims_ok || plan.job_version != job.version {
+                    return false;
+                }
+                let mut usage = Usage::default();
+                for a in self.allocs.values() {
+                    if a.node == node.name
+                        && a.holds_resources()
+                        && !evicted.contains(&a.id.as_str())
+                    {
+                        usage.add_alloc(node, a);
+                    }
+                }
+                let mut slots = BTreeSet::new();
+                news.iter().all(|new| {
+                    let replica = new.placement.replica;
+                    if taken.contains(&replica)
+                        || !slots.insert(replica)
+                        || self.allocs.contains_key(&new.id)
+                    {
+                        return false;
+                    }
+                    match fits_assignment(node, &usage, ask, &new.placement.gpus) {
+                        Ok(mask) => {
+                            usage.add(
+                                ask.amount().with_gpus(mask.count_ones()),
+                                mask,
+                                &ask.ports,
+                            );
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                })
+            });
+            if node_ok {
+                for new in &news {
+                    taken.insert(new.placement.replica);
+                }
+                accepted.extend(news);
+                evictions.extend(evicted.into_iter().map(String::from));
+            } else {
+                rejected += news.len() as u32;
+            }
+        }
+        if job.spec.gang && rejected > 0 {
+            rejected += accepted.len() as u32;
+            accepted.clear();
+            evictions.clear();
+        }
+        (accepted, evictions, rejected)
+    }
+
+    fn set_node_eligibility(
+        &mut self,
+        index: u64,
+        name: &str,
+        cordoned: bool,
+        draining: bool,
+    ) -> Outcome {
+        let Some(node) = self.nodes.get_mut(name) else {
+            return Outcome::Refused(format!("node {name:?} not found"));
+        };
+        let was_schedulable = node.schedulable();
+        // Draining implies cordoned.
+        let cordoned = cordoned || draining;
+        if node.cordoned == cordoned && node.draining == draining {
+            return Outcome::NodeEligibilitySet { stopped: 0 };
+        }
+        node.cordoned = cordoned;
+        node.draining = draining;
+        node.modify_index = index;
+        let now_schedulable = node.schedulable();
+        self.touch(Table::Node, name);
+        let mut stopped = 0;
+        if draining {
+            let mut jobs = BTreeSet::new();
+            for a in self.allocs.values_mut() {
+                if a.node == name && a.is_live() {
+                    a.desired = DesiredStatus::Stop;
+                    a.message = "node draining".to_string();
+                    a.modify_index = index;
+                    jobs.insert(a.job.clone());
+                    stopped += 1;
+                    self.dirty.insert((Table::Alloc, a.id.clone()));
+                }
+            }
+            for job in jobs {
+                if self.jobs.contains_key(&job) {
+                    self.create_eval(index, &job, EvalTrigger::NodeUpdate);
+                }
+            }
+        }
+        if now_schedulable && !was_schedulable {
+            self.unblock(index);
+        }
+        Outcome::NodeEligibilitySet { stopped }
     }
 
     fn finish_eval(&mut self, index: u64, id: &str, status: EvalStatus, message: String) {

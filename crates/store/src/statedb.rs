@@ -126,6 +126,8 @@ mod tests {
                     reserved: Resources::ZERO,
                     address: "127.0.0.1:7702".into(),
                     agent_version: "t".into(),
+                    gpus: vec![],
+                    gpu_links: vec![],
                 },
             },
         );
