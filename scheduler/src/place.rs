@@ -26,7 +26,7 @@ use skiff_model::{JobSpec, Resources, TaskResources};
 
 use crate::bitset::Bitset;
 use crate::gpus::{choose, GpuChoice};
-use crate::view::{least_key, mix, ClusterView, NodeIdx, NO_NODE};
+use crate::view::{least_key, mix, ClusterView, IndexEntry, IndexSet, NodeIdx, NO_NODE};
 use crate::{Algorithm, Config};
 
 /// Weight of GPU closeness (1 for an all-NVLink set, 0 across the system)
@@ -38,6 +38,13 @@ const W_GPU_SPARE: f64 = 0.25;
 const W_AFFINITY: f64 = 1.0;
 /// Weight of preferring the spread label value with fewest replicas.
 const W_SPREAD: f64 = 0.5;
+/// Weight of the resources a placement would leave stranded (see
+/// `Placer::stranded`) against fullness. Measured with `schedbench
+/// --shape mixed`: 0 packs like first fit (1.033 of the lower bound), 3
+/// gives 1.014 walking the index and 1.011 scanning every node; much
+/// larger weights pull replicas onto empty nodes when every node is
+/// scanned.
+const W_STRANDED: f64 = 3.0;
 /// Clusters this small are always scanned in full.
 const SCAN_NODES: usize = 64;
 /// Beyond this many node classes the indexes are not worth walking.
@@ -118,6 +125,10 @@ pub(crate) struct Placer<'v, 'a> {
     pub evicted: Vec<u32>,
     scan: bool,
     buf: Vec<Candidate>,
+    /// Cluster-wide use of cpu, memory and GPUs relative to the most used
+    /// of them (1.0): the mix the work asks for, which packing keeps nodes
+    /// in step with. `None` while nothing is used.
+    shares: Option<[f64; 3]>,
 }
 
 impl<'v, 'a> Placer<'v, 'a> {
@@ -134,7 +145,11 @@ impl<'v, 'a> Placer<'v, 'a> {
         let feasible = (!spec.constraints.is_empty()).then(|| {
             let mut b = Bitset::new(n);
             for (i, slot) in view.nodes.iter().enumerate() {
-                if spec.constraints.iter().all(|c| c.matches(&slot.node.labels)) {
+                if spec
+                    .constraints
+                    .iter()
+                    .all(|c| c.matches(&slot.node.labels))
+                {
                     b.insert(i);
                 }
             }
@@ -179,8 +194,8 @@ impl<'v, 'a> Placer<'v, 'a> {
                 if v == u32::MAX {
                     continue;
                 }
-                let ok = view.nodes[i].ready.is_ok()
-                    && feasible.as_ref().is_none_or(|f| f.contains(i));
+                let ok =
+                    view.nodes[i].ready.is_ok() && feasible.as_ref().is_none_or(|f| f.contains(i));
                 if ok {
                     in_domain[v as usize] = true;
                 }
@@ -201,9 +216,17 @@ impl<'v, 'a> Placer<'v, 'a> {
                 in_domain,
             }
         });
-        let scan = n <= SCAN_NODES
-            || view.classes.len() > MAX_CLASSES
-            || !spec.affinities.is_empty();
+        let scan =
+            n <= SCAN_NODES || view.classes.len() > MAX_CLASSES || !spec.affinities.is_empty();
+        let util = |u: u64, c: u64| if c == 0 { 0.0 } else { u as f64 / c as f64 };
+        let (tu, tc) = (view.total_used, view.total_cap);
+        let utils = [
+            util(tu.cpu_millis, tc.cpu_millis),
+            util(tu.memory_bytes, tc.memory_bytes),
+            util(u64::from(tu.gpus), u64::from(tc.gpus)),
+        ];
+        let top = utils.iter().copied().fold(0.0, f64::max);
+        let shares = (top > 0.0).then(|| utils.map(|x| x / top));
         Placer {
             view,
             cfg,
@@ -220,11 +243,14 @@ impl<'v, 'a> Placer<'v, 'a> {
             evicted: Vec::new(),
             scan,
             buf: Vec::with_capacity(cfg.candidates.max(1) as usize * 2),
+            shares,
         }
     }
 
     pub fn is_touched(&self, n: NodeIdx) -> bool {
-        self.touched.as_ref().is_some_and(|t| t.contains(n as usize))
+        self.touched
+            .as_ref()
+            .is_some_and(|t| t.contains(n as usize))
     }
 
     /// The node's usage as this evaluation sees it.
@@ -287,7 +313,7 @@ impl<'v, 'a> Placer<'v, 'a> {
         let after = usage.amount.saturating_add(self.amount);
         let full = binpack_score(slot.cap, after);
         let mut s = match self.cfg.algorithm {
-            Algorithm::Binpack => full,
+            Algorithm::Binpack => full - W_STRANDED * self.stranded(slot.cap, after),
             Algorithm::Spread => 1.0 - full,
         };
         let gpus = if self.ask.gpus > 0 {
@@ -324,6 +350,37 @@ impl<'v, 'a> Placer<'v, 'a> {
         (s, gpus)
     }
 
+    /// How much of the node's scarcest resource would be left stranded if
+    /// it went on filling with work in the cluster's current mix: 0 when the
+    /// node's resources run out together. `after` is what it would hold.
+    fn stranded(&self, cap: Resources, after: Resources) -> f64 {
+        let Some(shares) = self.shares else {
+            return 0.0;
+        };
+        let frac = |u: u64, c: u64| (u as f64 / c as f64).min(1.0);
+        let dims = [
+            (after.cpu_millis, cap.cpu_millis, shares[0]),
+            (after.memory_bytes, cap.memory_bytes, shares[1]),
+            (u64::from(after.gpus), u64::from(cap.gpus), shares[2]),
+        ];
+        let mut room = f64::INFINITY;
+        let mut scarce_left = None;
+        for (u, c, share) in dims {
+            if c == 0 || share <= 0.0 {
+                continue;
+            }
+            let left = 1.0 - frac(u, c);
+            room = room.min(left / share);
+            if share >= 1.0 {
+                scarce_left = Some(left);
+            }
+        }
+        match scarce_left {
+            Some(left) => (left - room).max(0.0),
+            None => 0.0,
+        }
+    }
+
     fn offer(&mut self, n: NodeIdx, usage_from_overlay: bool) -> bool {
         let usage = if usage_from_overlay {
             self.usage(n)
@@ -358,54 +415,94 @@ impl<'v, 'a> Placer<'v, 'a> {
             }
             let want = self.cfg.candidates.max(1) as usize;
             let view = self.view;
+            let k = self.ask.gpus as usize;
             for class in &view.classes {
                 let Some(least) = least_key(class.cap, self.amount) else {
                     continue;
                 };
-                let mut found = 0usize;
-                let mut walked = 0usize;
-                let mut visit = |this: &mut Self, n: NodeIdx| -> bool {
-                    walked += 1;
-                    if !this.is_touched(n) && this.offer(n, false) {
-                        found += 1;
-                    }
-                    found >= want || (found > 0 && walked > WALK_AFTER_FIRST)
+                let Some(buckets) = class.buckets.get(k..) else {
+                    continue;
+                };
+                let range = (least, 0, 0, 0, 0)..;
+                // Replicas without GPUs walk the whole class; others only
+                // the buckets of nodes with enough free GPUs.
+                let sets: &[IndexSet] = if k == 0 {
+                    std::slice::from_ref(&class.all)
+                } else {
+                    buckets
                 };
                 match self.cfg.algorithm {
                     Algorithm::Binpack => {
-                        for &(_, _, n) in class.index.range((least, 0, 0)..) {
-                            if visit(self, n) {
-                                break;
-                            }
-                        }
+                        self.walk(sets.iter().map(|b| b.range(range.clone())), true, want)
                     }
-                    Algorithm::Spread => {
-                        for &(key, _, n) in class.index.iter().rev() {
-                            if key < least || visit(self, n) {
-                                break;
-                            }
-                        }
-                    }
+                    Algorithm::Spread => self.walk(
+                        sets.iter().map(|b| b.range(range.clone()).rev()),
+                        false,
+                        want,
+                    ),
                 }
             }
         }
-        let best = self
-            .buf
-            .iter()
-            .copied()
-            .reduce(|a, b| {
-                if b.score > a.score || (b.score == a.score && b.tie < a.tie) {
-                    b
-                } else {
-                    a
-                }
-            })?;
+        let best = self.buf.iter().copied().reduce(|a, b| {
+            if b.score > a.score || (b.score == a.score && b.tie < a.tie) {
+                b
+            } else {
+                a
+            }
+        })?;
         let choice = Choice {
             node: best.node,
             gpus: best.gpus.mask,
         };
         self.take(choice);
         Some(choice)
+    }
+
+    /// Walks several ordered index sets as one (fullest first when
+    /// `ascending`, emptiest first otherwise), offering each node that has
+    /// the cpu and memory, until `want` candidates were found, or one was
+    /// and the walk went on long enough without finding better.
+    fn walk<'i, I>(&mut self, sets: impl Iterator<Item = I>, ascending: bool, want: usize)
+    where
+        I: Iterator<Item = &'i IndexEntry>,
+    {
+        let (cpu, mem) = (self.ask.cpu_millis, self.ask.memory_bytes);
+        let mut heads: Vec<std::iter::Peekable<I>> = sets.map(Iterator::peekable).collect();
+        let (mut found, mut walked) = (0usize, 0usize);
+        loop {
+            let e = if heads.len() == 1 {
+                match heads[0].next() {
+                    Some(e) => *e,
+                    None => return,
+                }
+            } else {
+                let mut pick: Option<(usize, IndexEntry)> = None;
+                for (i, h) in heads.iter_mut().enumerate() {
+                    if let Some(&&e) = h.peek() {
+                        let better =
+                            pick.is_none_or(|(_, p)| if ascending { e < p } else { e > p });
+                        if better {
+                            pick = Some((i, e));
+                        }
+                    }
+                }
+                let Some(p) = pick else {
+                    return;
+                };
+                heads[p.0].next();
+                p.1
+            };
+            walked += 1;
+            let (_, _, n, free_cpu, free_mem) = e;
+            // Most nodes the walk passes lack cpu or memory: turn them
+            // away without reading the node.
+            if free_cpu >= cpu && free_mem >= mem && !self.is_touched(n) && self.offer(n, false) {
+                found += 1;
+            }
+            if found >= want || (found > 0 && walked > WALK_AFTER_FIRST) {
+                return;
+            }
+        }
     }
 
     fn overlay_mut(&mut self, n: NodeIdx) -> &mut Overlay {

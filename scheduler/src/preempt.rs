@@ -66,10 +66,7 @@ impl Placer<'_, '_> {
                 r.amount.memory_bytes.min(cap.memory_bytes) >> 10,
                 cap.memory_bytes >> 10,
             )
-            + part(
-                u64::from(r.gpus.count_ones()),
-                u64::from(cap.gpus),
-            )
+            + part(u64::from(r.gpus.count_ones()), u64::from(cap.gpus))
     }
 
     /// The cheapest set of victims on node `n`, if any set makes room.

@@ -96,7 +96,13 @@ fn alloc(id: &str, job: &Job, replica: u32, node: &str) -> Allocation {
 
 /// Plans `job` against `nodes` and `allocs`, with the priorities of the
 /// jobs in `jobs` (the planned job included).
-fn plan_with(job: &Job, nodes: &[Node], allocs: &[Allocation], jobs: &[&Job], cfg: &Config) -> Plan {
+fn plan_with(
+    job: &Job,
+    nodes: &[Node],
+    allocs: &[Allocation],
+    jobs: &[&Job],
+    cfg: &Config,
+) -> Plan {
     let view = ClusterView::new(nodes, allocs, |name| {
         jobs.iter()
             .chain(std::iter::once(&job))
@@ -285,7 +291,10 @@ fn no_nodes_is_explained() {
 fn each_constraint_operator_filters_nodes() {
     let nodes = [
         labelled(node("a", 4000, 4096), &[("zone", "a"), ("cores", "8")]),
-        labelled(node("b", 4000, 4096), &[("zone", "b"), ("cores", "32"), ("ssd", "")]),
+        labelled(
+            node("b", 4000, 4096),
+            &[("zone", "b"), ("cores", "32"), ("ssd", "")],
+        ),
         labelled(node("c", 4000, 4096), &[("cores", "many")]),
     ];
     let cases = [
@@ -304,7 +313,10 @@ fn each_constraint_operator_filters_nodes() {
             &format!("replicas: 3\ndistinct_hosts: true\nconstraints: [{rule}]"),
             "{cpu: 100m, memory: 64Mi}",
         );
-        let mut got = nodes_of(&plan(&j, &nodes, &[])).into_iter().map(String::from).collect::<Vec<_>>();
+        let mut got = nodes_of(&plan(&j, &nodes, &[]))
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
         got.sort();
         assert_eq!(got, want, "{rule}");
     }
@@ -327,7 +339,9 @@ fn the_explanation_counts_gpu_and_constraint_reasons() {
     let mut nodes: Vec<Node> = (0..31)
         .map(|i| labelled(node(&format!("cpu{i:02}"), 8000, 8192), &[("zone", "a")]))
         .collect();
-    nodes.extend((0..9).map(|i| labelled(gpu_node(&format!("gpu{i}"), 4, "A100"), &[("zone", "b")])));
+    nodes.extend(
+        (0..9).map(|i| labelled(gpu_node(&format!("gpu{i}"), 4, "A100"), &[("zone", "b")])),
+    );
     let j = job_yaml(
         "train",
         "constraints: [{label: zone, op: in, values: [a]}]",
@@ -359,9 +373,17 @@ fn a_gpu_filter_selects_by_model_memory_and_uuid() {
         g.memory_bytes = 16 << 30;
     }
     let nodes = [t4, gpu_node("a100", 4, "A100")];
-    let by_model = job_yaml("t", "", "{cpu: 1, memory: 1Gi, gpus: 1, gpu: {model: A100}}");
+    let by_model = job_yaml(
+        "t",
+        "",
+        "{cpu: 1, memory: 1Gi, gpus: 1, gpu: {model: A100}}",
+    );
     assert_eq!(nodes_of(&plan(&by_model, &nodes, &[])), ["a100"]);
-    let by_memory = job_yaml("t", "", "{cpu: 1, memory: 1Gi, gpus: 1, gpu: {min_memory: 40Gi}}");
+    let by_memory = job_yaml(
+        "t",
+        "",
+        "{cpu: 1, memory: 1Gi, gpus: 1, gpu: {min_memory: 40Gi}}",
+    );
     assert_eq!(nodes_of(&plan(&by_memory, &nodes, &[])), ["a100"]);
     let pinned = job_yaml("t", "", "{cpu: 1, memory: 1Gi, gpu: {uuids: [t4-gpu2]}}");
     let p = plan(&pinned, &nodes, &[]);
@@ -379,8 +401,12 @@ fn a_multi_gpu_replica_gets_nvlink_connected_gpus() {
     let j = job_yaml("t", "", "{cpu: 1, memory: 1Gi, gpus: 3}");
     let p = plan(&j, &[n], &[held]);
     let got = &p.placements[0].gpus;
-    let same_group = got.iter().all(|g| ["g-gpu1", "g-gpu2", "g-gpu3"].contains(&g.as_str()))
-        || got.iter().all(|g| ["g-gpu5", "g-gpu6", "g-gpu7"].contains(&g.as_str()));
+    let same_group = got
+        .iter()
+        .all(|g| ["g-gpu1", "g-gpu2", "g-gpu3"].contains(&g.as_str()))
+        || got
+            .iter()
+            .all(|g| ["g-gpu5", "g-gpu6", "g-gpu7"].contains(&g.as_str()));
     assert!(same_group, "{got:?}");
 }
 
@@ -392,7 +418,9 @@ fn a_multi_gpu_replica_prefers_the_node_with_a_tight_gpu_set() {
     let tight = gpu_node("tight", 8, "A100");
     let other = job_yaml("other", "", "{cpu: 1, memory: 1Gi, gpus: 4}");
     let mut a = alloc("x", &other, 0, "scattered");
-    a.gpus = ["g0", "g1", "g4", "g5"].map(|g| format!("scattered-{}", g.replace('g', "gpu"))).to_vec();
+    a.gpus = ["g0", "g1", "g4", "g5"]
+        .map(|g| format!("scattered-{}", g.replace('g', "gpu")))
+        .to_vec();
     let j = job_yaml("t", "", "{cpu: 1, memory: 1Gi, gpus: 4}");
     let p = plan(&j, &[scattered, tight], &[a]);
     assert_eq!(nodes_of(&p), ["tight"]);
@@ -401,7 +429,11 @@ fn a_multi_gpu_replica_prefers_the_node_with_a_tight_gpu_set() {
 #[test]
 fn a_host_port_is_never_given_twice_on_a_node() {
     let nodes = [node("a", 8000, 8192), node("b", 8000, 8192)];
-    let j = job_yaml("web", "replicas: 3", "{cpu: 1, memory: 64Mi, ports: [8080]}");
+    let j = job_yaml(
+        "web",
+        "replicas: 3",
+        "{cpu: 1, memory: 64Mi, ports: [8080]}",
+    );
     let p = plan(&j, &nodes, &[]);
     let mut used = nodes_of(&p);
     used.sort();
@@ -412,13 +444,20 @@ fn a_host_port_is_never_given_twice_on_a_node() {
 #[test]
 fn distinct_hosts_puts_replicas_on_different_nodes() {
     let nodes: Vec<Node> = (0..3).map(|i| node(&format!("n{i}"), 8000, 8192)).collect();
-    let j = job_yaml("web", "replicas: 4\ndistinct_hosts: true", "{cpu: 1, memory: 64Mi}");
+    let j = job_yaml(
+        "web",
+        "replicas: 4\ndistinct_hosts: true",
+        "{cpu: 1, memory: 64Mi}",
+    );
     let p = plan(&j, &nodes, &[]);
     let mut used = nodes_of(&p);
     used.sort();
     assert_eq!(used, ["n0", "n1", "n2"]);
     assert_eq!(p.unplaced, 1);
-    assert_eq!(p.explanation, "0/3 nodes: 3 distinct_hosts (runs a replica already)");
+    assert_eq!(
+        p.explanation,
+        "0/3 nodes: 3 distinct_hosts (runs a replica already)"
+    );
 }
 
 #[test]
@@ -426,11 +465,18 @@ fn spread_keeps_label_values_within_the_max_skew() {
     let mut nodes = Vec::new();
     for (zone, count) in [("a", 3), ("b", 1), ("c", 1)] {
         for i in 0..count {
-            nodes.push(labelled(node(&format!("{zone}{i}"), 64_000, 65536), &[("zone", zone)]));
+            nodes.push(labelled(
+                node(&format!("{zone}{i}"), 64_000, 65536),
+                &[("zone", zone)],
+            ));
         }
     }
     nodes.push(node("nolabel", 64_000, 65536));
-    let j = job_yaml("web", "replicas: 6\nspread: {label: zone, max_skew: 1}", "{cpu: 1, memory: 64Mi}");
+    let j = job_yaml(
+        "web",
+        "replicas: 6\nspread: {label: zone, max_skew: 1}",
+        "{cpu: 1, memory: 64Mi}",
+    );
     let p = plan(&j, &nodes, &[]);
     assert_eq!(p.unplaced, 0);
     let mut per_zone = BTreeMap::new();
@@ -447,7 +493,11 @@ fn spread_blocks_a_replica_that_would_exceed_the_skew() {
         labelled(node("a0", 64_000, 65536), &[("zone", "a")]),
         labelled(node("b0", 100, 65536), &[("zone", "b")]),
     ];
-    let j = job_yaml("web", "replicas: 2\nspread: {label: zone}", "{cpu: 1, memory: 64Mi}");
+    let j = job_yaml(
+        "web",
+        "replicas: 2\nspread: {label: zone}",
+        "{cpu: 1, memory: 64Mi}",
+    );
     let p = plan(&j, &nodes, &[]);
     assert_eq!(nodes_of(&p), ["a0"]);
     assert_eq!(
@@ -461,9 +511,17 @@ fn spread_blocks_a_replica_that_would_exceed_the_skew() {
 #[test]
 fn a_gang_is_placed_all_together_or_not_at_all() {
     let nodes = [gpu_node("g0", 4, "A100"), gpu_node("g1", 4, "A100")];
-    let fits = job_yaml("train", "replicas: 2\ngang: true", "{cpu: 1, memory: 1Gi, gpus: 4}");
+    let fits = job_yaml(
+        "train",
+        "replicas: 2\ngang: true",
+        "{cpu: 1, memory: 1Gi, gpus: 4}",
+    );
     assert_eq!(plan(&fits, &nodes, &[]).placements.len(), 2);
-    let too_big = job_yaml("train", "replicas: 3\ngang: true", "{cpu: 1, memory: 1Gi, gpus: 4}");
+    let too_big = job_yaml(
+        "train",
+        "replicas: 3\ngang: true",
+        "{cpu: 1, memory: 1Gi, gpus: 4}",
+    );
     let p = plan(&too_big, &nodes, &[]);
     assert!(p.placements.is_empty());
     assert_eq!(p.unplaced, 3);
@@ -480,10 +538,7 @@ fn a_gang_is_placed_all_together_or_not_at_all() {
 
 fn full_node_with(victims: &[(&Job, &str)]) -> (Vec<Node>, Vec<Allocation>) {
     let nodes = vec![node("n", 4000, 4096)];
-    let allocs = victims
-        .iter()
-        .map(|(j, id)| alloc(id, j, 0, "n"))
-        .collect();
+    let allocs = victims.iter().map(|(j, id)| alloc(id, j, 0, "n")).collect();
     (nodes, allocs)
 }
 
@@ -527,7 +582,13 @@ fn preemption_chooses_the_cheapest_victims() {
     let low_b = job_yaml("low-b", "priority: 0", "{cpu: 1, memory: 64Mi}");
     let (nodes, allocs) = full_node_with(&[(&mid, "m"), (&low_a, "la"), (&low_b, "lb")]);
     let high = job_yaml("web", "priority: 50", "{cpu: 2, memory: 64Mi}");
-    let p = plan_with(&high, &nodes, &allocs, &[&mid, &low_a, &low_b], &Config::default());
+    let p = plan_with(
+        &high,
+        &nodes,
+        &allocs,
+        &[&mid, &low_a, &low_b],
+        &Config::default(),
+    );
     let mut victims: Vec<&str> = p.evictions.iter().map(|e| e.alloc_id.as_str()).collect();
     victims.sort();
     assert_eq!(victims, ["la", "lb"]);
@@ -535,7 +596,13 @@ fn preemption_chooses_the_cheapest_victims() {
     // two 1-core ones.
     let big = job_yaml("big", "priority: 0", "{cpu: 2, memory: 64Mi}");
     let (nodes, allocs) = full_node_with(&[(&big, "big"), (&low_a, "la"), (&low_b, "lb")]);
-    let p = plan_with(&high, &nodes, &allocs, &[&big, &low_a, &low_b], &Config::default());
+    let p = plan_with(
+        &high,
+        &nodes,
+        &allocs,
+        &[&big, &low_a, &low_b],
+        &Config::default(),
+    );
     let victims: Vec<&str> = p.evictions.iter().map(|e| e.alloc_id.as_str()).collect();
     assert_eq!(victims, ["big"]);
 }
@@ -561,13 +628,25 @@ fn preempting_a_multi_gpu_victim_frees_exactly_its_gpus() {
 
 #[test]
 fn a_victim_holding_a_needed_port_is_always_evicted() {
-    let low = job_yaml("low", "priority: 0", "{cpu: 100m, memory: 64Mi, ports: [80]}");
+    let low = job_yaml(
+        "low",
+        "priority: 0",
+        "{cpu: 100m, memory: 64Mi, ports: [80]}",
+    );
     let (nodes, allocs) = full_node_with(&[(&low, "holder")]);
-    let high = job_yaml("web", "priority: 50", "{cpu: 100m, memory: 64Mi, ports: [80]}");
+    let high = job_yaml(
+        "web",
+        "priority: 50",
+        "{cpu: 100m, memory: 64Mi, ports: [80]}",
+    );
     let p = plan_with(&high, &nodes, &allocs, &[&low], &Config::default());
     assert_eq!(p.evictions[0].alloc_id, "holder");
     // A higher-priority holder of the port makes the node unusable.
-    let top = job_yaml("top", "priority: 100", "{cpu: 100m, memory: 64Mi, ports: [80]}");
+    let top = job_yaml(
+        "top",
+        "priority: 100",
+        "{cpu: 100m, memory: 64Mi, ports: [80]}",
+    );
     let (nodes, allocs) = full_node_with(&[(&top, "holder")]);
     let p = plan_with(&high, &nodes, &allocs, &[&top], &Config::default());
     assert!(p.evictions.is_empty());
@@ -578,7 +657,11 @@ fn a_victim_holding_a_needed_port_is_always_evicted() {
 fn a_gang_that_cannot_fit_evicts_nothing() {
     let low = job_yaml("low", "priority: 0", "{cpu: 4, memory: 1Gi}");
     let (nodes, allocs) = full_node_with(&[(&low, "victim")]);
-    let gang = job_yaml("train", "priority: 90\nreplicas: 3\ngang: true", "{cpu: 2, memory: 1Gi}");
+    let gang = job_yaml(
+        "train",
+        "priority: 90\nreplicas: 3\ngang: true",
+        "{cpu: 2, memory: 1Gi}",
+    );
     let p = plan_with(&gang, &nodes, &allocs, &[&low], &Config::default());
     assert!(p.evictions.is_empty() && p.placements.is_empty());
     assert_eq!(p.unplaced, 3);
@@ -610,7 +693,9 @@ fn the_same_input_gives_the_same_plan_whatever_its_order() {
 
 #[test]
 fn the_seed_breaks_ties_between_equal_nodes() {
-    let nodes: Vec<Node> = (0..100).map(|i| node(&format!("n{i:03}"), 4000, 4096)).collect();
+    let nodes: Vec<Node> = (0..100)
+        .map(|i| node(&format!("n{i:03}"), 4000, 4096))
+        .collect();
     let j = job(1, "1", "64Mi");
     let chosen: std::collections::BTreeSet<String> = (0..20)
         .map(|seed| {
@@ -618,7 +703,9 @@ fn the_seed_breaks_ties_between_equal_nodes() {
                 seed,
                 ..Config::default()
             };
-            plan_with(&j, &nodes, &[], &[], &cfg).placements[0].node.clone()
+            plan_with(&j, &nodes, &[], &[], &cfg).placements[0]
+                .node
+                .clone()
         })
         .collect();
     assert!(chosen.len() > 1, "every seed chose {chosen:?}");
@@ -628,7 +715,9 @@ fn the_seed_breaks_ties_between_equal_nodes() {
 fn the_index_finds_the_same_best_fit_as_a_full_scan() {
     // 300 nodes (index mode) with varied usage: the chosen node must be one
     // of the fullest that fit, as a scan over every node finds them.
-    let nodes: Vec<Node> = (0..300).map(|i| node(&format!("n{i:03}"), 8000, 8192)).collect();
+    let nodes: Vec<Node> = (0..300)
+        .map(|i| node(&format!("n{i:03}"), 8000, 8192))
+        .collect();
     let other = job_yaml("other", "", "{cpu: 1, memory: 1Gi}");
     let mut allocs = Vec::new();
     for i in 0..300u32 {
@@ -660,12 +749,18 @@ fn the_index_finds_the_same_best_fit_as_a_full_scan() {
 
 #[test]
 fn committing_a_plan_to_the_view_matches_rebuilding_it() {
-    let nodes: Vec<Node> = (0..100).map(|i| node(&format!("n{i:03}"), 4000, 4096)).collect();
+    let nodes: Vec<Node> = (0..100)
+        .map(|i| node(&format!("n{i:03}"), 4000, 4096))
+        .collect();
     let cfg = Config::default();
     let mut allocs: Vec<Allocation> = Vec::new();
     let mut view = ClusterView::new(&nodes, &allocs, |_| Some(50));
     for k in 0..40 {
-        let j = job_yaml(&format!("j{k}"), "replicas: 3", "{cpu: 700m, memory: 500Mi}");
+        let j = job_yaml(
+            &format!("j{k}"),
+            "replicas: 3",
+            "{cpu: 700m, memory: 500Mi}",
+        );
         let incremental = reconcile(j.name(), Some(&j), &view, &cfg);
         let rebuilt = {
             let fresh = ClusterView::new(&nodes, &allocs, |_| Some(50));

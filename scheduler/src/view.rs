@@ -36,8 +36,10 @@ pub(crate) struct NodeSlot<'a> {
     /// Whether it takes new work, and why not.
     pub ready: Result<(), Misfit>,
     pub class: u32,
-    /// Its current key in its class's index.
-    pub key: u64,
+    /// Its current entry in its class's index.
+    pub entry: IndexEntry,
+    /// The bucket of its class's index it is filed in: its free GPUs.
+    pub bucket: u32,
     /// A fixed hash of the name: orders nodes with equal keys.
     pub tie: u64,
     /// The allocations holding resources on it, by id.
@@ -75,11 +77,20 @@ pub(crate) struct JobEntry {
     pub allocs: Vec<u32>,
 }
 
+/// An index entry: `(key, tie, node, free cpu, free memory)`. Entries
+/// sort by key, so more free resources sort later; the free amounts let a
+/// walk turn a node away without reading it.
+pub(crate) type IndexEntry = (u64, u64, NodeIdx, u64, u64);
+pub(crate) type IndexSet = BTreeSet<IndexEntry>;
+
 /// Nodes that offer the same amounts share an index.
 pub(crate) struct Class {
     pub cap: Resources,
-    /// `(key, tie, node)`: more free resources sort later.
-    pub index: BTreeSet<(u64, u64, NodeIdx)>,
+    /// Every node of the class.
+    pub all: IndexSet,
+    /// For classes with GPUs, the same nodes by number of free GPUs: a
+    /// replica asking `k` GPUs walks buckets `k..` only.
+    pub buckets: Vec<IndexSet>,
 }
 
 /// An indexed, read-only view of the nodes and allocations the scheduler
@@ -94,15 +105,16 @@ pub struct ClusterView<'a> {
     pub(crate) classes: Vec<Class>,
     /// Number of nodes that take new work.
     pub(crate) ready_count: usize,
+    /// What the nodes that take work offer, and what is used on them.
+    pub(crate) total_cap: Resources,
+    pub(crate) total_used: Resources,
 }
 
 /// FNV-1a: small, stable across builds and platforms.
 pub(crate) fn fnv(bytes: &[u8], seed: u64) -> u64 {
-    bytes
-        .iter()
-        .fold(0xcbf29ce484222325u64 ^ seed, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
-        })
+    bytes.iter().fold(0xcbf29ce484222325u64 ^ seed, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
 }
 
 /// Mixes a seed into a node's tie hash (splitmix64's finaliser).
@@ -111,6 +123,28 @@ pub(crate) fn mix(a: u64, b: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
     z ^ (z >> 31)
+}
+
+fn index_entry(slot: &NodeSlot<'_>, key: u64, n: NodeIdx) -> IndexEntry {
+    (
+        key,
+        slot.tie,
+        n,
+        slot.cap
+            .cpu_millis
+            .saturating_sub(slot.used.amount.cpu_millis),
+        slot.cap
+            .memory_bytes
+            .saturating_sub(slot.used.amount.memory_bytes),
+    )
+}
+
+/// Free healthy GPUs of a node (its index bucket), at most its class's
+/// GPU count.
+fn free_gpus(slot: &NodeSlot<'_>) -> u32 {
+    (slot.healthy & !slot.used.gpus)
+        .count_ones()
+        .min(slot.cap.gpus)
 }
 
 /// How much of a node is free, as one number: the sum over the resources
@@ -184,7 +218,8 @@ impl<'a> ClusterView<'a> {
                 used: Usage::default(),
                 ready: node_ready(node),
                 class: 0,
-                key: 0,
+                entry: (0, 0, 0, 0, 0),
+                bucket: 0,
                 tie: fnv(node.name.as_bytes(), 0),
                 allocs: Vec::new(),
                 topo,
@@ -198,6 +233,8 @@ impl<'a> ClusterView<'a> {
             job_by_name: BTreeMap::new(),
             classes: Vec::new(),
             ready_count: 0,
+            total_cap: Resources::ZERO,
+            total_used: Resources::ZERO,
         };
 
         let mut input: Vec<&Allocation> = allocs.into_iter().collect();
@@ -205,7 +242,11 @@ impl<'a> ClusterView<'a> {
         input.dedup_by(|a, b| a.id == b.id);
         for a in input {
             let job = view.job_entry(&a.job, &priority_of);
-            let node = view.by_name.get(a.node.as_str()).copied().unwrap_or(NO_NODE);
+            let node = view
+                .by_name
+                .get(a.node.as_str())
+                .copied()
+                .unwrap_or(NO_NODE);
             let gpus = match node {
                 NO_NODE => 0,
                 n => view.nodes[n as usize].node.gpu_mask(&a.gpus),
@@ -238,19 +279,27 @@ impl<'a> ClusterView<'a> {
                 .entry((c.cpu_millis, c.memory_bytes, c.gpus))
                 .or_insert(next);
             if class == next {
+                let buckets = if c.gpus > 0 { c.gpus as usize + 1 } else { 0 };
                 view.classes.push(Class {
                     cap: c,
-                    index: BTreeSet::new(),
+                    all: BTreeSet::new(),
+                    buckets: vec![BTreeSet::new(); buckets],
                 });
             }
             let key = free_key(c, &slot.used, slot.healthy);
-            let tie = slot.tie;
-            view.classes[class as usize]
-                .index
-                .insert((key, tie, i as NodeIdx));
+            let bucket = free_gpus(slot);
+            let entry = index_entry(slot, key, i as NodeIdx);
+            let cl = &mut view.classes[class as usize];
+            cl.all.insert(entry);
+            if let Some(b) = cl.buckets.get_mut(bucket as usize) {
+                b.insert(entry);
+            }
+            view.total_cap = view.total_cap.saturating_add(c);
+            view.total_used = view.total_used.saturating_add(slot.used.amount);
             let slot = &mut view.nodes[i];
             slot.class = class;
-            slot.key = key;
+            slot.entry = entry;
+            slot.bucket = bucket;
             view.ready_count += 1;
         }
         view
@@ -302,20 +351,35 @@ impl<'a> ClusterView<'a> {
     }
 
     /// Re-files a node in its class's index after its usage changed.
-    fn reindex(&mut self, n: NodeIdx) {
+    fn reindex(&mut self, n: NodeIdx, before: Resources) {
         let slot = &self.nodes[n as usize];
         if slot.ready.is_err() {
             return;
         }
+        self.total_used = self
+            .total_used
+            .saturating_sub(before)
+            .saturating_add(slot.used.amount);
         let key = free_key(slot.cap, &slot.used, slot.healthy);
-        if key == slot.key {
+        let bucket = free_gpus(slot);
+        let old = slot.entry;
+        let entry = index_entry(slot, key, n);
+        if entry == old && bucket == slot.bucket {
             return;
         }
-        let (class, old, tie) = (slot.class, slot.key, slot.tie);
-        let index = &mut self.classes[class as usize].index;
-        index.remove(&(old, tie, n));
-        index.insert((key, tie, n));
-        self.nodes[n as usize].key = key;
+        let (class, old_bucket) = (slot.class, slot.bucket);
+        let cl = &mut self.classes[class as usize];
+        cl.all.remove(&old);
+        cl.all.insert(entry);
+        if let Some(b) = cl.buckets.get_mut(old_bucket as usize) {
+            b.remove(&old);
+        }
+        if let Some(b) = cl.buckets.get_mut(bucket as usize) {
+            b.insert(entry);
+        }
+        let slot = &mut self.nodes[n as usize];
+        slot.entry = entry;
+        slot.bucket = bucket;
     }
 
     /// Applies a plan made from this view for `job`, as if it had been
@@ -327,11 +391,14 @@ impl<'a> ClusterView<'a> {
         let priority = job.spec.priority;
         let j = self.job_entry(&job.spec.name, &|_| Some(priority));
         self.jobs[j as usize].priority = priority;
-        let mut touched = Vec::new();
+        let mut touched: BTreeMap<NodeIdx, Resources> = BTreeMap::new();
         for (p, id) in plan.placements.iter().zip(ids) {
             let Some(n) = self.node_index(&p.node) else {
                 continue;
             };
+            touched
+                .entry(n)
+                .or_insert(self.nodes[n as usize].used.amount);
             let gpus = self.nodes[n as usize].node.gpu_mask(&p.gpus);
             self.push_alloc(AllocRec {
                 id: id.clone(),
@@ -342,21 +409,23 @@ impl<'a> ClusterView<'a> {
                 desired: DesiredStatus::Run,
                 status: AllocStatus::Pending,
                 node: n,
-                amount: job.spec.task.resources.amount().with_gpus(p.gpus.len() as u32),
+                amount: job
+                    .spec
+                    .task
+                    .resources
+                    .amount()
+                    .with_gpus(p.gpus.len() as u32),
                 gpus,
                 ports: job.spec.task.resources.ports.clone(),
             });
-            touched.push(n);
         }
         for s in plan.stops.iter().chain(&plan.evictions) {
             if let Some(a) = self.allocs.iter_mut().find(|a| a.id == s.alloc_id) {
                 a.desired = DesiredStatus::Stop;
             }
         }
-        touched.sort_unstable();
-        touched.dedup();
-        for n in touched {
-            self.reindex(n);
+        for (n, before) in touched {
+            self.reindex(n, before);
         }
     }
 
@@ -371,6 +440,7 @@ impl<'a> ClusterView<'a> {
         let n = self.allocs[i].node;
         if was_holding && !self.allocs[i].holds_resources() && n != NO_NODE {
             let slot = &mut self.nodes[n as usize];
+            let before = slot.used.amount;
             slot.allocs.retain(|&a| a as usize != i);
             let mut used = Usage::default();
             for &a in &slot.allocs {
@@ -378,7 +448,7 @@ impl<'a> ClusterView<'a> {
                 used.add(r.amount, r.gpus, &r.ports);
             }
             slot.used = used;
-            self.reindex(n);
+            self.reindex(n, before);
         }
         true
     }

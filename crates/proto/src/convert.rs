@@ -534,7 +534,6 @@ impl From<&m::Evaluation> for pb::Evaluation {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,7 +579,10 @@ mod tests {
         });
         wire.task.as_mut().unwrap().ports = vec![70000];
         let err = m::JobSpec::try_from(wire.clone()).unwrap_err();
-        assert_eq!(err.to_string(), "task.resources.ports[0]: 70000 must be a port number from 1 to 65535");
+        assert_eq!(
+            err.to_string(),
+            "task.resources.ports[0]: 70000 must be a port number from 1 to 65535"
+        );
         wire.task.as_mut().unwrap().ports = vec![];
         let err = m::JobSpec::try_from(wire).unwrap_err();
         let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();

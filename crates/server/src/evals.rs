@@ -92,8 +92,11 @@ async fn process(
     settings: SchedulerSettings,
 ) -> Result<(), skiff_store::StoreError> {
     let plan = plan_eval(&store.state(), eval, settings);
-    let (placements, stops, evictions) =
-        (plan.placements.len(), plan.stops.len(), plan.evictions.len());
+    let (placements, stops, evictions) = (
+        plan.placements.len(),
+        plan.stops.len(),
+        plan.evictions.len(),
+    );
     let outcome = store.propose(&Command::ApplyPlan { plan }).await?;
     match outcome {
         Outcome::PlanApplied(r) => {

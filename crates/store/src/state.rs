@@ -457,11 +457,7 @@ impl State {
                     }
                     match fits_assignment(node, &usage, ask, &new.placement.gpus) {
                         Ok(mask) => {
-                            usage.add(
-                                ask.amount().with_gpus(mask.count_ones()),
-                                mask,
-                                &ask.ports,
-                            );
+                            usage.add(ask.amount().with_gpus(mask.count_ones()), mask, &ask.ports);
                             true
                         }
                         Err(_) => false,

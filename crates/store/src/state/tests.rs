@@ -405,7 +405,12 @@ fn recreating_a_deleted_job_drops_the_old_finished_allocations() {
 }
 
 /// A plan for `job` placing `(replica, node, gpus)` and evicting `evict`.
-fn plan_gpus(h: &Harness, job: &str, placements: &[(u32, &str, &[&str])], evict: &[&str]) -> Command {
+fn plan_gpus(
+    h: &Harness,
+    job: &str,
+    placements: &[(u32, &str, &[&str])],
+    evict: &[&str],
+) -> Command {
     let Command::ApplyPlan { mut plan } = h.plan(job, &[], 0) else {
         unreachable!()
     };
@@ -437,7 +442,8 @@ fn applied(out: Outcome) -> PlanResult {
     }
 }
 
-const GPU_JOB: &str = "replicas: 2\ntask: {image: 'oci:/i', resources: {cpu: 100m, memory: 64Mi, gpus: 1}}";
+const GPU_JOB: &str =
+    "replicas: 2\ntask: {image: 'oci:/i', resources: {cpu: 100m, memory: 64Mi, gpus: 1}}";
 
 #[test]
 fn a_registered_node_offers_only_its_healthy_gpus() {
@@ -477,7 +483,8 @@ fn racing_plans_never_give_one_gpu_twice() {
 fn racing_plans_never_give_one_port_twice() {
     let mut h = Harness::new();
     h.apply(reg("n", 8000, 8192));
-    let ported = "replicas: 1\ntask: {image: 'oci:/i', resources: {cpu: 100m, memory: 64Mi, ports: [8080]}}";
+    let ported =
+        "replicas: 1\ntask: {image: 'oci:/i', resources: {cpu: 100m, memory: 64Mi, ports: [8080]}}";
     h.apply(Command::UpsertJob {
         spec: job_spec(&format!("name: a\n{ported}")),
     });
@@ -545,7 +552,9 @@ fn a_gang_plan_is_committed_whole_or_not_at_all() {
     h.apply(reg("n1", 1000, 4096));
     h.apply(reg("n2", 1000, 4096));
     h.apply(Command::UpsertJob {
-        spec: job_spec("name: other\nreplicas: 1\ntask: {image: 'oci:/i', resources: {cpu: 1, memory: 64Mi}}"),
+        spec: job_spec(
+            "name: other\nreplicas: 1\ntask: {image: 'oci:/i', resources: {cpu: 1, memory: 64Mi}}",
+        ),
     });
     h.apply(Command::UpsertJob {
         spec: job_spec("name: gang\ngang: true\nreplicas: 2\ntask: {image: 'oci:/i', resources: {cpu: 1, memory: 64Mi}}"),
@@ -584,7 +593,10 @@ fn cordon_survives_reregistration_and_drain_stops_the_nodes_work() {
     let n = &h.state.nodes["n1"];
     assert!(n.cordoned && n.draining && !n.schedulable());
     let a = &h.state.allocs["web-0-n1"];
-    assert_eq!((a.desired, a.message.as_str()), (DesiredStatus::Stop, "node draining"));
+    assert_eq!(
+        (a.desired, a.message.as_str()),
+        (DesiredStatus::Stop, "node draining")
+    );
     assert_eq!(
         h.state.latest_eval("web").map(|e| e.status),
         Some(EvalStatus::Pending)
@@ -633,11 +645,15 @@ fn changing_constraints_makes_a_new_version_but_priority_does_not() {
     });
     let version = |h: &Harness| h.state.jobs["web"].version;
     h.apply(Command::UpsertJob {
-        spec: job_spec(&format!("{base}\npriority: 90\naffinities: [{{label: z, op: exists, weight: 5}}]")),
+        spec: job_spec(&format!(
+            "{base}\npriority: 90\naffinities: [{{label: z, op: exists, weight: 5}}]"
+        )),
     });
     assert_eq!(version(&h), 1);
     h.apply(Command::UpsertJob {
-        spec: job_spec(&format!("{base}\npriority: 90\nconstraints: [{{label: z, op: exists}}]")),
+        spec: job_spec(&format!(
+            "{base}\npriority: 90\nconstraints: [{{label: z, op: exists}}]"
+        )),
     });
     assert_eq!(version(&h), 2);
 }
