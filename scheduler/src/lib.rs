@@ -103,7 +103,7 @@ impl Default for Config {
 pub fn reconcile(job_name: &str, job: Option<&Job>, view: &ClusterView<'_>, cfg: &Config) -> Plan {
     let mut plan = Plan::default();
     let job_idx = view.job_index(job_name);
-    let mut own: Vec<&AllocRec> = job_idx
+    let mut own: Vec<&AllocRec<'_>> = job_idx
         .map(|j| {
             view.jobs[j as usize]
                 .allocs
@@ -124,7 +124,7 @@ pub fn reconcile(job_name: &str, job: Option<&Job>, view: &ClusterView<'_>, cfg:
 
     // Allocations of an older version of the job are replaced (rolling
     // updates come later); those of the current version fill replica slots.
-    let mut filled: BTreeMap<u32, &AllocRec> = BTreeMap::new();
+    let mut filled: BTreeMap<u32, &AllocRec<'_>> = BTreeMap::new();
     for a in &own {
         // An allocation made before the job (re)appeared belongs to an
         // earlier job of the same name.
@@ -180,7 +180,7 @@ pub fn reconcile(job_name: &str, job: Option<&Job>, view: &ClusterView<'_>, cfg:
             None => placer.preempt_one().map(|(c, victims)| {
                 for v in victims {
                     plan.evictions.push(Stop {
-                        alloc_id: view.allocs[v as usize].id.clone(),
+                        alloc_id: view.allocs[v as usize].id.to_string(),
                         reason: reason.clone(),
                     });
                 }
@@ -221,9 +221,9 @@ pub fn reconcile(job_name: &str, job: Option<&Job>, view: &ClusterView<'_>, cfg:
     plan
 }
 
-fn stop(a: &AllocRec, reason: &str) -> Stop {
+fn stop(a: &AllocRec<'_>, reason: &str) -> Stop {
     Stop {
-        alloc_id: a.id.clone(),
+        alloc_id: a.id.to_string(),
         reason: reason.to_string(),
     }
 }

@@ -754,7 +754,8 @@ fn committing_a_plan_to_the_view_matches_rebuilding_it() {
         .collect();
     let cfg = Config::default();
     let mut allocs: Vec<Allocation> = Vec::new();
-    let mut view = ClusterView::new(&nodes, &allocs, |_| Some(50));
+    let none: &[Allocation] = &[];
+    let mut view = ClusterView::new(&nodes, none, |_| Some(50));
     for k in 0..40 {
         let j = job_yaml(
             &format!("j{k}"),

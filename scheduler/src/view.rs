@@ -11,7 +11,8 @@
 //! a caller that schedules many evaluations in a row (a load generator, a
 //! leader keeping a cache) does not rebuild it each time.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use skiff_model::fit::{node_ready, Misfit, Usage};
 use skiff_model::gpu::Topology;
@@ -49,10 +50,11 @@ pub(crate) struct NodeSlot<'a> {
 }
 
 /// The scheduler's copy of one allocation: what reconciling and
-/// preemption read, with the node and GPUs resolved to positions.
+/// preemption read, with the node and GPUs resolved to positions. The id is
+/// borrowed from the snapshot (owned only for allocations committed later).
 #[derive(Debug, Clone)]
-pub(crate) struct AllocRec {
-    pub id: String,
+pub(crate) struct AllocRec<'a> {
+    pub id: Cow<'a, str>,
     pub job: u32,
     pub replica: u32,
     pub version: u64,
@@ -65,7 +67,7 @@ pub(crate) struct AllocRec {
     pub ports: Vec<u16>,
 }
 
-impl AllocRec {
+impl AllocRec<'_> {
     pub fn holds_resources(&self) -> bool {
         !self.status.is_terminal()
     }
@@ -96,12 +98,15 @@ pub(crate) struct Class {
 /// An indexed, read-only view of the nodes and allocations the scheduler
 /// plans against. Build it from any snapshot of the state; the order of
 /// the input never changes the result.
+///
+/// The name-to-position maps are hash maps used for lookups only: nothing
+/// ever iterates them, so their order cannot reach a plan.
 pub struct ClusterView<'a> {
     pub(crate) nodes: Vec<NodeSlot<'a>>,
-    by_name: BTreeMap<&'a str, NodeIdx>,
-    pub(crate) allocs: Vec<AllocRec>,
+    by_name: HashMap<&'a str, NodeIdx>,
+    pub(crate) allocs: Vec<AllocRec<'a>>,
     pub(crate) jobs: Vec<JobEntry>,
-    job_by_name: BTreeMap<String, u32>,
+    job_by_name: HashMap<Cow<'a, str>, u32>,
     pub(crate) classes: Vec<Class>,
     /// Number of nodes that take new work.
     pub(crate) ready_count: usize,
@@ -193,15 +198,15 @@ pub(crate) fn least_key(cap: Resources, ask: Resources) -> Option<u64> {
 impl<'a> ClusterView<'a> {
     /// Builds the view. `priority_of` gives a job's current priority by
     /// name (allocations of jobs it does not know count as priority 0).
-    pub fn new<'b>(
+    pub fn new(
         nodes: impl IntoIterator<Item = &'a Node>,
-        allocs: impl IntoIterator<Item = &'b Allocation>,
+        allocs: impl IntoIterator<Item = &'a Allocation>,
         priority_of: impl Fn(&str) -> Option<u8>,
     ) -> ClusterView<'a> {
         let mut sorted: Vec<&'a Node> = nodes.into_iter().collect();
         sorted.sort_by(|a, b| a.name.cmp(&b.name));
         sorted.dedup_by(|a, b| a.name == b.name);
-        let mut by_name = BTreeMap::new();
+        let mut by_name = HashMap::with_capacity(sorted.len());
         let mut slots = Vec::with_capacity(sorted.len());
         for (i, node) in sorted.into_iter().enumerate() {
             by_name.insert(node.name.as_str(), i as NodeIdx);
@@ -230,18 +235,23 @@ impl<'a> ClusterView<'a> {
             by_name,
             allocs: Vec::new(),
             jobs: Vec::new(),
-            job_by_name: BTreeMap::new(),
+            job_by_name: HashMap::new(),
             classes: Vec::new(),
             ready_count: 0,
             total_cap: Resources::ZERO,
             total_used: Resources::ZERO,
         };
 
-        let mut input: Vec<&Allocation> = allocs.into_iter().collect();
-        input.sort_by(|a, b| a.id.cmp(&b.id));
-        input.dedup_by(|a, b| a.id == b.id);
+        // Positions follow the ids, so the input's order does not matter.
+        // A snapshot's allocations usually come sorted already.
+        let mut input: Vec<&'a Allocation> = allocs.into_iter().collect();
+        if !input.is_sorted_by(|a, b| a.id < b.id) {
+            input.sort_by(|a, b| a.id.cmp(&b.id));
+            input.dedup_by(|a, b| a.id == b.id);
+        }
+        view.allocs.reserve(input.len());
         for a in input {
-            let job = view.job_entry(&a.job, &priority_of);
+            let job = view.job_entry(Cow::Borrowed(a.job.as_str()), &priority_of);
             let node = view
                 .by_name
                 .get(a.node.as_str())
@@ -252,7 +262,7 @@ impl<'a> ClusterView<'a> {
                 n => view.nodes[n as usize].node.gpu_mask(&a.gpus),
             };
             view.push_alloc(AllocRec {
-                id: a.id.clone(),
+                id: Cow::Borrowed(a.id.as_str()),
                 job,
                 replica: a.replica,
                 version: a.job_version,
@@ -305,20 +315,20 @@ impl<'a> ClusterView<'a> {
         view
     }
 
-    fn job_entry(&mut self, name: &str, priority_of: &impl Fn(&str) -> Option<u8>) -> u32 {
-        if let Some(&j) = self.job_by_name.get(name) {
+    fn job_entry(&mut self, name: Cow<'a, str>, priority_of: &impl Fn(&str) -> Option<u8>) -> u32 {
+        if let Some(&j) = self.job_by_name.get(name.as_ref()) {
             return j;
         }
         let j = self.jobs.len() as u32;
         self.jobs.push(JobEntry {
-            priority: priority_of(name).unwrap_or(0),
+            priority: priority_of(&name).unwrap_or(0),
             allocs: Vec::new(),
         });
-        self.job_by_name.insert(name.to_string(), j);
+        self.job_by_name.insert(name, j);
         j
     }
 
-    fn push_alloc(&mut self, rec: AllocRec) -> u32 {
+    fn push_alloc(&mut self, rec: AllocRec<'a>) -> u32 {
         let id = self.allocs.len() as u32;
         self.jobs[rec.job as usize].allocs.push(id);
         if rec.node != NO_NODE && rec.holds_resources() {
@@ -389,7 +399,7 @@ impl<'a> ClusterView<'a> {
     /// state). Placements on nodes the view does not know are skipped.
     pub fn commit(&mut self, job: &Job, plan: &Plan, ids: &[String], index: u64) {
         let priority = job.spec.priority;
-        let j = self.job_entry(&job.spec.name, &|_| Some(priority));
+        let j = self.job_entry(Cow::Owned(job.spec.name.clone()), &|_| Some(priority));
         self.jobs[j as usize].priority = priority;
         let mut touched: BTreeMap<NodeIdx, Resources> = BTreeMap::new();
         for (p, id) in plan.placements.iter().zip(ids) {
@@ -401,7 +411,7 @@ impl<'a> ClusterView<'a> {
                 .or_insert(self.nodes[n as usize].used.amount);
             let gpus = self.nodes[n as usize].node.gpu_mask(&p.gpus);
             self.push_alloc(AllocRec {
-                id: id.clone(),
+                id: Cow::Owned(id.clone()),
                 job: j,
                 replica: p.replica,
                 version: job.version,
