@@ -73,6 +73,12 @@ enum Cmd {
         #[command(subcommand)]
         what: commands::DeleteWhat,
     },
+    /// Mark a node unschedulable: no new work; what runs there stays.
+    Cordon(commands::NodeArgs),
+    /// Cordon a node and stop its allocations so their jobs place them elsewhere.
+    Drain(commands::NodeArgs),
+    /// Let a cordoned or drained node take new work again.
+    Uncordon(commands::NodeArgs),
     /// Per-container monitor, started by the agent (not for direct use).
     #[command(hide = true)]
     Shim(daemons::ShimCli),
@@ -105,6 +111,9 @@ fn main() -> ExitCode {
             Cmd::Describe { what } => commands::describe(what).await,
             Cmd::Logs(args) => commands::logs(args).await,
             Cmd::Delete { what } => commands::delete(what).await,
+            Cmd::Cordon(args) => commands::set_eligibility(args, true, false).await,
+            Cmd::Drain(args) => commands::set_eligibility(args, true, true).await,
+            Cmd::Uncordon(args) => commands::set_eligibility(args, false, false).await,
             Cmd::Shim(_) => unreachable!("handled above"),
         }
     });
