@@ -84,7 +84,7 @@ impl SpreadState<'_> {
 
     pub fn admits(&self, n: NodeIdx) -> bool {
         let v = self.value_of[n as usize];
-        v != u32::MAX && self.counts[v as usize] + 1 <= self.min_count() + self.max_skew
+        v != u32::MAX && self.counts[v as usize] < self.min_count() + self.max_skew
     }
 }
 

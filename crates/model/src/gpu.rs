@@ -114,7 +114,7 @@ impl GpuFilter {
     pub fn matches(&self, gpu: &Gpu) -> bool {
         self.model.as_ref().is_none_or(|m| *m == gpu.model)
             && gpu.memory_bytes >= self.min_memory_bytes
-            && (self.uuids.is_empty() || self.uuids.iter().any(|u| *u == gpu.uuid))
+            && (self.uuids.is_empty() || self.uuids.contains(&gpu.uuid))
     }
 }
 

@@ -117,7 +117,8 @@ struct EnvelopeOut<'a> {
 /// What a raft entry's data decodes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decoded {
-    Command(Command),
+    /// Boxed: a command is large next to the other variant.
+    Command(Box<Command>),
     /// Not a command this build understands; applied as a no-op.
     Unknown {
         version: u32,
@@ -153,7 +154,7 @@ pub fn decode(data: &[u8]) -> Decoded {
         obj.remove("v");
     }
     match serde_json::from_value::<Command>(value) {
-        Ok(c) => Decoded::Command(c),
+        Ok(c) => Decoded::Command(Box::new(c)),
         Err(e) => Decoded::Unknown {
             version,
             reason: e.to_string(),
@@ -170,7 +171,7 @@ mod tests {
         let c = Command::DeleteJob { name: "web".into() };
         let bytes = encode(&c);
         assert!(String::from_utf8_lossy(&bytes).contains("\"v\":1"));
-        assert_eq!(decode(&bytes), Decoded::Command(c));
+        assert_eq!(decode(&bytes), Decoded::Command(Box::new(c)));
     }
 
     #[test]
