@@ -120,10 +120,7 @@ pub enum Decoded {
     /// Boxed: a command is large next to the other variant.
     Command(Box<Command>),
     /// Not a command this build understands; applied as a no-op.
-    Unknown {
-        version: u32,
-        reason: String,
-    },
+    Unknown { version: u32, reason: String },
 }
 
 pub fn encode(command: &Command) -> Vec<u8> {
