@@ -167,9 +167,12 @@ fn ask(cpu: u64, mem: u64, gpus: u32) -> TaskResources {
     }
 }
 
+/// An inclusive range.
+type Span = (u64, u64);
+
 /// One mixed-shape task: (weight in percent, cpu range in millicores,
 /// memory range in MiB, GPUs).
-const MIXED: [(u64, (u64, u64), (u64, u64), u32); 8] = [
+const MIXED: [(u64, Span, Span, u32); 8] = [
     (40, (250, 1_000), (512, 2_048), 0),        // web
     (25, (1_000, 4_000), (2_048, 16_384), 0),   // service
     (10, (1_000, 2_000), (16_384, 65_536), 0),  // cache

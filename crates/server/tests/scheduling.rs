@@ -119,16 +119,17 @@ async fn racing_plans_from_one_snapshot_never_overcommit_a_node() {
     assert_eq!(plan.explanation, "0/1 nodes: 1 insufficient gpu");
     store.propose(&Command::ApplyPlan { plan }).await.unwrap();
 
-    let state = store.state();
-    let node = &state.nodes["n1"];
-    let usage = skiff_model::fit::usage_on(node, state.allocs.values());
-    assert!(usage.amount.cpu_millis <= node.allocatable.cpu_millis);
-    let mut held: Vec<&String> = state.allocs.values().flat_map(|a| &a.gpus).collect();
-    let before = held.len();
-    held.sort();
-    held.dedup();
-    assert_eq!((before, held.len()), (3, 3), "no GPU given twice");
-    drop(state);
+    {
+        let state = store.state();
+        let node = &state.nodes["n1"];
+        let usage = skiff_model::fit::usage_on(node, state.allocs.values());
+        assert!(usage.amount.cpu_millis <= node.allocatable.cpu_millis);
+        let mut held: Vec<&String> = state.allocs.values().flat_map(|a| &a.gpus).collect();
+        let before = held.len();
+        held.sort();
+        held.dedup();
+        assert_eq!((before, held.len()), (3, 3), "no GPU given twice");
+    }
     shutdown(store).await;
 }
 
