@@ -151,7 +151,9 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     let log_server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(logs)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            ),
     );
     tracing::info!(node = %cfg.name, listen = %bound, advertise = %advertise, "agent starting");
 
@@ -255,10 +257,13 @@ async fn heartbeat_loop(servers: Servers, reg: pb::RegisterRequest) {
 /// the stream breaks.
 async fn watch_loop(servers: Servers, node: String, events: mpsc::Sender<Event>) {
     let mut backoff = Duration::from_millis(200);
+    // The index of the last set received: a server we fail over to never
+    // answers with an older view, nor repeats a set we already have.
+    let mut seen = 0u64;
     loop {
         let req = pb::WatchAllocationsRequest {
             node: node.clone(),
-            min_index: 0,
+            min_index: seen,
         };
         match servers.client().watch_allocations(req).await {
             Ok(resp) => {
@@ -267,6 +272,7 @@ async fn watch_loop(servers: Servers, node: String, events: mpsc::Sender<Event>)
                     match stream.message().await {
                         Ok(Some(set)) => {
                             backoff = Duration::from_millis(200);
+                            seen = seen.max(set.index);
                             let allocs: Vec<Allocation> = set
                                 .allocs
                                 .into_iter()

@@ -1,6 +1,6 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files: Vec<_> = ["model.proto", "cluster.proto", "node.proto"]
+    let files: Vec<_> = ["model.proto", "cluster.proto", "node.proto", "peer.proto"]
         .iter()
         .map(|f| root.join("skiff/v1").join(f))
         .collect();

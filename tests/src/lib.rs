@@ -7,6 +7,9 @@
 //! installs them). They fail, rather than skip, when something is missing.
 #![allow(unsafe_code)]
 
+pub mod cluster;
+pub mod linearizability;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -136,6 +139,7 @@ pub struct ServerProc {
     pub addr: String,
     child: Option<Child>,
     log: PathBuf,
+    extra: Vec<String>,
 }
 
 impl ServerProc {
@@ -147,13 +151,27 @@ impl ServerProc {
     /// Starts a server on `addr` (port 0 for a free one) and waits until it
     /// reports the address it listens on.
     pub fn start_on(data_dir: &Path, addr: &str) -> ServerProc {
+        Self::start_with(data_dir, addr, &[])
+    }
+
+    /// Like [`ServerProc::start_on`], with extra arguments (`--id`,
+    /// `--peers`, `--join`, ...) that a restart repeats.
+    pub fn start_with(data_dir: &Path, addr: &str, extra: &[&str]) -> ServerProc {
         std::fs::create_dir_all(data_dir).unwrap();
         let addr_file = data_dir.join("api.addr");
         let _ = std::fs::remove_file(&addr_file);
         let log = data_dir.join("server.log");
         let child = Command::new(skiff_bin())
-            .args(["server", "--api", addr, "--data-dir"])
+            .args([
+                "server",
+                "--api",
+                addr,
+                "--peer-addr",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data_dir)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log_file(&log))
             .spawn()
@@ -175,6 +193,7 @@ impl ServerProc {
             addr: bound.trim().to_string(),
             child: Some(child),
             log,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         }
     }
 
@@ -206,8 +225,17 @@ impl ServerProc {
     /// Starts the server again on the same address and data directory.
     pub fn restart(&mut self) {
         self.kill9();
-        let again = ServerProc::start_on(&self.data_dir, &self.addr);
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let again = ServerProc::start_with(&self.data_dir, &self.addr, &extra);
         self.child = again.child_take();
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
     }
 
     fn child_take(mut self) -> Option<Child> {

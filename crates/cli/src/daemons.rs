@@ -13,6 +13,41 @@ use skiff_server::ServerConfig;
 use skiff_store::RaftConfig;
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ServerCmd {
+    #[command(subcommand)]
+    pub sub: Option<ServerSub>,
+    #[command(flatten)]
+    pub args: ServerArgs,
+}
+
+#[derive(clap::Subcommand)]
+pub enum ServerSub {
+    /// List the control-plane servers, or remove one.
+    Members(MembersCmd),
+}
+
+#[derive(Args)]
+pub struct MembersCmd {
+    #[command(subcommand)]
+    pub action: Option<MembersAction>,
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: crate::output::Format,
+    #[command(flatten)]
+    pub client: crate::ClientOpts,
+}
+
+#[derive(clap::Subcommand)]
+pub enum MembersAction {
+    /// Remove a server from the cluster (the leader hands over leadership first).
+    Remove {
+        id: u64,
+        #[command(flatten)]
+        client: crate::ClientOpts,
+    },
+}
+
+#[derive(Args)]
 pub struct ServerArgs {
     /// Where the Raft log (`raft/`) and the state (`state/`) live.
     #[arg(long, default_value = "/var/lib/skiff/server")]
@@ -21,9 +56,32 @@ pub struct ServerArgs {
     /// (written to DATA_DIR/api.addr).
     #[arg(long, default_value = "127.0.0.1:7700")]
     api: SocketAddr,
-    /// This server's Raft id.
+    /// Address for Raft traffic between servers (port 0: DATA_DIR/peer.addr).
+    #[arg(long, default_value = "127.0.0.1:7701")]
+    peer_addr: SocketAddr,
+    /// This server's Raft id (unique in the cluster, 1 or more).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     id: u64,
+    /// The founding servers of a static cluster, ID=HOST:PORT of their peer
+    /// addresses, comma-separated, this server included
+    /// (e.g. 1=10.0.0.1:7701,2=10.0.0.2:7701,3=10.0.0.3:7701).
+    #[arg(long, value_delimiter = ',', value_parser = parse_peer, conflicts_with = "join")]
+    peers: Vec<(u64, String)>,
+    /// Join an existing cluster through any of its servers' API URL
+    /// (e.g. http://10.0.0.1:7700). The server joins as a learner and is
+    /// promoted to voter once it caught up.
+    #[arg(long, value_name = "URL")]
+    join: Option<String>,
+    /// API address other servers and clients should use, when --api binds
+    /// a wildcard such as 0.0.0.0.
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise_api: Option<String>,
+    /// Peer address other servers should use, when --peer-addr binds a wildcard.
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise_peer: Option<String>,
+    /// Snapshot the state and compact the Raft log every N entries (0: never).
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_entries: u64,
     #[command(flatten)]
     scheduler: SchedulerOpts,
 }
@@ -35,6 +93,14 @@ struct SchedulerOpts {
     /// emptiest (spreads load).
     #[arg(long = "scheduler", value_name = "ALGORITHM", default_value = "binpack", value_parser = parse_algorithm)]
     algorithm: Algorithm,
+}
+
+impl SchedulerOpts {
+    fn settings(&self) -> SchedulerSettings {
+        SchedulerSettings {
+            algorithm: self.algorithm,
+        }
+    }
 }
 
 fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
@@ -121,6 +187,26 @@ impl ShimCli {
     }
 }
 
+/// `ID=HOST:PORT`.
+fn parse_peer(s: &str) -> Result<(u64, String), String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} must be ID=HOST:PORT"))?;
+    let id: u64 = id
+        .trim()
+        .parse()
+        .ok()
+        .filter(|i| *i > 0)
+        .ok_or_else(|| format!("{s:?}: the id must be a number from 1 up"))?;
+    let addr = addr.trim();
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok((id, addr.to_string()))
+        }
+        _ => Err(format!("{s:?}: the address must be HOST:PORT")),
+    }
+}
+
 fn parse_label(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
@@ -174,23 +260,34 @@ async fn shutdown_signal() {
     }
 }
 
-fn server_config(
-    data_dir: PathBuf,
-    api: SocketAddr,
-    id: u64,
-    scheduler: &SchedulerOpts,
-) -> ServerConfig {
-    ServerConfig {
-        data_dir,
-        api_addr: api,
+fn server_config(args: ServerArgs) -> anyhow::Result<ServerConfig> {
+    let mut peers = std::collections::HashMap::new();
+    for (id, addr) in args.peers {
+        if peers.insert(id, addr).is_some() {
+            anyhow::bail!("--peers names server {id} twice");
+        }
+    }
+    if !peers.is_empty() && !peers.contains_key(&args.id) {
+        anyhow::bail!(
+            "--peers must include this server (--id {}) with its peer address",
+            args.id
+        );
+    }
+    Ok(ServerConfig {
+        data_dir: args.data_dir,
+        api_addr: args.api,
+        peer_addr: args.peer_addr,
+        advertise_api: args.advertise_api,
+        advertise_peer: args.advertise_peer,
+        peers,
+        join: args.join,
         raft: RaftConfig {
-            id,
+            id: args.id,
+            snapshot_entries: args.snapshot_entries,
             ..RaftConfig::default()
         },
-        scheduler: SchedulerSettings {
-            algorithm: scheduler.algorithm,
-        },
-    }
+        scheduler: args.scheduler.settings(),
+    })
 }
 
 fn agent_config(
@@ -218,11 +315,14 @@ fn agent_config(
     })
 }
 
-pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
+pub async fn server(cmd: ServerCmd) -> anyhow::Result<()> {
+    if let Some(ServerSub::Members(m)) = cmd.sub {
+        return crate::commands::members(m).await;
+    }
     init_logging();
-    let cfg = server_config(args.data_dir, args.api, args.id, &args.scheduler);
-    let (running, listener) = skiff_server::start(&cfg).await?;
-    skiff_server::serve(running, listener, shutdown_signal()).await?;
+    let cfg = server_config(cmd.args)?;
+    let running = skiff_server::start(&cfg).await?;
+    skiff_server::serve(running, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -241,8 +341,18 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
 
 pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     init_logging();
-    let server_cfg = server_config(args.data_dir.join("server"), args.api, 1, &args.scheduler);
-    let (running, listener) = skiff_server::start(&server_cfg).await?;
+    let server_cfg = ServerConfig {
+        data_dir: args.data_dir.join("server"),
+        api_addr: args.api,
+        peer_addr: "127.0.0.1:0".parse().expect("valid address"),
+        advertise_api: None,
+        advertise_peer: None,
+        peers: Default::default(),
+        join: None,
+        raft: RaftConfig::default(),
+        scheduler: args.scheduler.settings(),
+    };
+    let running = skiff_server::start(&server_cfg).await?;
     let url = format!("http://{}", running.api_addr);
     let agent_cfg = agent_config(
         vec![url.clone()],
@@ -255,7 +365,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut server_stop = stop_tx.subscribe();
     let mut agent_stop = stop_tx.subscribe();
-    let mut server = tokio::spawn(skiff_server::serve(running, listener, async move {
+    let mut server = tokio::spawn(skiff_server::serve(running, async move {
         let _ = server_stop.recv().await;
     }));
     let mut agent = tokio::spawn(skiff_agent::run(agent_cfg, async move {
@@ -292,6 +402,18 @@ mod tests {
         assert!(parse_duration("10").unwrap_err().contains("needs a unit"));
         assert!(parse_duration("10d").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn peers_are_id_equals_host_port() {
+        assert_eq!(
+            parse_peer("2=10.0.0.2:7701"),
+            Ok((2, "10.0.0.2:7701".into()))
+        );
+        assert_eq!(parse_peer("3=srv-3:7701"), Ok((3, "srv-3:7701".into())));
+        assert!(parse_peer("0=a:1").unwrap_err().contains("from 1 up"));
+        assert!(parse_peer("1=nohost").unwrap_err().contains("HOST:PORT"));
+        assert!(parse_peer("a:1").unwrap_err().contains("ID=HOST:PORT"));
     }
 
     #[test]

@@ -38,12 +38,17 @@ pub struct ClientOpts {
         value_delimiter = ','
     )]
     server: Vec<String>,
+    /// Answer from the contacted server's own state, without confirming with
+    /// the leader that it is current (faster; works without a quorum).
+    #[arg(long, global = true)]
+    stale: bool,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run a control-plane server (Raft member holding the desired state).
-    Server(daemons::ServerArgs),
+    /// Run a control-plane server (Raft member holding the desired state), or
+    /// manage the servers (`skiff server members`).
+    Server(daemons::ServerCmd),
     /// Run the node agent: registers this machine and runs its containers with runc.
     Agent(daemons::AgentArgs),
     /// Run a server and an agent in one process: the quickest way to try Skiff.
@@ -79,6 +84,8 @@ enum Cmd {
     Drain(commands::NodeArgs),
     /// Let a cordoned or drained node take new work again.
     Uncordon(commands::NodeArgs),
+    /// Print changes of the cluster's state as they happen.
+    Watch(commands::WatchArgs),
     /// Per-container monitor, started by the agent (not for direct use).
     #[command(hide = true)]
     Shim(daemons::ShimCli),
@@ -114,6 +121,7 @@ fn main() -> ExitCode {
             Cmd::Cordon(args) => commands::set_eligibility(args, true, false).await,
             Cmd::Drain(args) => commands::set_eligibility(args, true, true).await,
             Cmd::Uncordon(args) => commands::set_eligibility(args, false, false).await,
+            Cmd::Watch(args) => commands::watch(args).await,
             Cmd::Shim(_) => unreachable!("handled above"),
         }
     });

@@ -104,6 +104,30 @@ pub enum LogStream {
 pub struct Client {
     cluster: pb::cluster_client::ClusterClient<Channel>,
     url: String,
+    stale: bool,
+}
+
+/// One control-plane server, as `skiff server members` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: u64,
+    pub api_addr: String,
+    pub peer_addr: String,
+    /// leader, follower, learner, candidate, or unreachable
+    pub role: String,
+    pub applied_index: Option<u64>,
+    pub voter: bool,
+}
+
+/// A change of the cluster's state, from `watch`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    pub index: u64,
+    /// job, node, alloc, eval, server
+    pub kind: String,
+    pub key: String,
+    /// The object as JSON after the change; `None` when it was deleted.
+    pub value: Option<String>,
 }
 
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -140,7 +164,15 @@ impl Client {
             cluster: pb::cluster_client::ClusterClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
             url: url.to_string(),
+            stale: false,
         })
+    }
+
+    /// Reads are linearizable by default; `stale(true)` lets the server
+    /// answer from its own state without confirming it is current.
+    pub fn stale(mut self, stale: bool) -> Client {
+        self.stale = stale;
+        self
     }
 
     pub fn url(&self) -> &str {
@@ -175,7 +207,10 @@ impl Client {
     pub async fn get_job(&mut self, name: &str) -> Result<JobDetail, ClientError> {
         let r = self
             .cluster
-            .get_job(pb::GetJobRequest { name: name.into() })
+            .get_job(pb::GetJobRequest {
+                name: name.into(),
+                stale: self.stale,
+            })
             .await?
             .into_inner();
         Ok(JobDetail {
@@ -204,7 +239,7 @@ impl Client {
     pub async fn list_jobs(&mut self) -> Result<Vec<(Job, JobSummary)>, ClientError> {
         let r = self
             .cluster
-            .list_jobs(pb::ListJobsRequest {})
+            .list_jobs(pb::ListJobsRequest { stale: self.stale })
             .await?
             .into_inner();
         r.jobs
@@ -232,6 +267,7 @@ impl Client {
             .list_allocs(pb::ListAllocsRequest {
                 job: job.unwrap_or_default().into(),
                 node: node.unwrap_or_default().into(),
+                stale: self.stale,
             })
             .await?
             .into_inner();
@@ -244,7 +280,7 @@ impl Client {
     pub async fn list_nodes(&mut self) -> Result<Vec<NodeInfo>, ClientError> {
         let r = self
             .cluster
-            .list_nodes(pb::ListNodesRequest {})
+            .list_nodes(pb::ListNodesRequest { stale: self.stale })
             .await?
             .into_inner();
         r.nodes
@@ -312,6 +348,61 @@ impl Client {
             .status(pb::StatusRequest {})
             .await?
             .into_inner())
+    }
+
+    /// The control-plane servers and the current leader's id (0: none).
+    pub async fn members(&mut self) -> Result<(Vec<Member>, u64), ClientError> {
+        let r = self
+            .cluster
+            .members(pb::MembersRequest {})
+            .await?
+            .into_inner();
+        let members = r
+            .members
+            .into_iter()
+            .map(|m| Member {
+                id: m.id,
+                api_addr: m.api_addr,
+                peer_addr: m.peer_addr,
+                role: m.role,
+                applied_index: m.applied_index,
+                voter: m.voter,
+            })
+            .collect();
+        Ok((members, r.leader_id))
+    }
+
+    pub async fn remove_member(&mut self, id: u64) -> Result<(), ClientError> {
+        self.cluster
+            .remove_member(pb::RemoveMemberRequest { id })
+            .await?;
+        Ok(())
+    }
+
+    /// Changes after `from_index` (0: from now on), oldest first.
+    pub async fn watch(&mut self, from_index: u64) -> Result<Watch, ClientError> {
+        let stream = self
+            .cluster
+            .watch(pb::WatchRequest { from_index })
+            .await?
+            .into_inner();
+        Ok(Watch { stream })
+    }
+}
+
+/// A stream of [`WatchEvent`]s.
+pub struct Watch {
+    stream: tonic::Streaming<pb::WatchEvent>,
+}
+
+impl Watch {
+    pub async fn next(&mut self) -> Result<Option<WatchEvent>, ClientError> {
+        Ok(self.stream.message().await?.map(|e| WatchEvent {
+            index: e.index,
+            kind: e.kind,
+            key: e.key,
+            value: (!e.deleted).then_some(e.value_json),
+        }))
     }
 }
 

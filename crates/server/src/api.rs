@@ -1,27 +1,27 @@
 //! The `Cluster` service: what the CLI and operators' tools call.
 
 use std::pin::Pin;
-use std::sync::Arc;
 
 use skiff_model::{AllocStatus, Allocation, JobSpec, SpecError};
 use skiff_proto::pb;
-use skiff_store::{Command, Outcome, Store};
+use skiff_store::{Command, Outcome};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use crate::nodes::Heartbeats;
-use crate::store_status;
+use crate::Ctx;
 
 pub struct ClusterApi {
-    store: Store,
-    heartbeats: Arc<Heartbeats>,
+    ctx: Ctx,
 }
 
 impl ClusterApi {
-    pub fn new(store: Store, heartbeats: Arc<Heartbeats>) -> Self {
-        ClusterApi { store, heartbeats }
+    pub fn new(ctx: Ctx) -> Self {
+        ClusterApi { ctx }
     }
 }
+
+/// Events sent per wake-up of a watch stream.
+const WATCH_BATCH: usize = 1000;
 
 /// A refused spec: INVALID_ARGUMENT with every broken rule, one per line.
 pub(crate) fn invalid_spec(e: SpecError) -> Status {
@@ -89,11 +89,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
             )])));
         }
         let name = spec.name.clone();
-        let outcome = self
-            .store
-            .propose(&Command::UpsertJob { spec })
-            .await
-            .map_err(store_status)?;
+        let outcome = self.ctx.propose(&Command::UpsertJob { spec }).await?;
         match outcome {
             Outcome::JobUpserted { job, changed } => {
                 tracing::info!(job = %name, version = job.version, changed, "job applied");
@@ -114,15 +110,14 @@ impl pb::cluster_server::Cluster for ClusterApi {
         let name = req.into_inner().name;
         check_name("name", &name)?;
         let outcome = self
-            .store
+            .ctx
             .propose(&Command::DeleteJob { name: name.clone() })
-            .await
-            .map_err(store_status)?;
+            .await?;
         match outcome {
             Outcome::JobDeleted => {
                 tracing::info!(job = %name, "job deleted");
                 Ok(Response::new(pb::DeleteJobResponse {
-                    index: self.store.state().index,
+                    index: self.ctx.store.state().index,
                 }))
             }
             Outcome::Refused(why) => Err(Status::not_found(why)),
@@ -134,9 +129,11 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         req: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::GetJobResponse>, Status> {
-        let name = req.into_inner().name;
+        let r = req.into_inner();
+        let name = r.name;
         check_name("name", &name)?;
-        let state = self.store.state();
+        self.ctx.read_barrier(r.stale).await?;
+        let state = self.ctx.store.state();
         let job = state.jobs.get(&name);
         let allocs = state.allocs_of_job(&name);
         if job.is_none() && allocs.is_empty() {
@@ -152,9 +149,10 @@ impl pb::cluster_server::Cluster for ClusterApi {
 
     async fn list_jobs(
         &self,
-        _req: Request<pb::ListJobsRequest>,
+        req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let state = self.store.state();
+        self.ctx.read_barrier(req.get_ref().stale).await?;
+        let state = self.ctx.store.state();
         let jobs = state
             .jobs
             .values()
@@ -171,7 +169,8 @@ impl pb::cluster_server::Cluster for ClusterApi {
         req: Request<pb::ListAllocsRequest>,
     ) -> Result<Response<pb::ListAllocsResponse>, Status> {
         let f = req.into_inner();
-        let state = self.store.state();
+        self.ctx.read_barrier(f.stale).await?;
+        let state = self.ctx.store.state();
         let mut allocs: Vec<&Allocation> = state
             .allocs
             .values()
@@ -188,15 +187,20 @@ impl pb::cluster_server::Cluster for ClusterApi {
 
     async fn list_nodes(
         &self,
-        _req: Request<pb::ListNodesRequest>,
+        req: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        let state = self.store.state();
+        self.ctx.read_barrier(req.get_ref().stale).await?;
+        let state = self.ctx.store.state();
         let nodes = state
             .nodes
             .values()
             .map(|n| pb::NodeListItem {
                 node: Some(n.into()),
-                heartbeat_age_ms: self.heartbeats.age(&n.name).map(|d| d.as_millis() as u64),
+                heartbeat_age_ms: self
+                    .ctx
+                    .heartbeats
+                    .age(&n.name)
+                    .map(|d| d.as_millis() as u64),
                 used: Some(skiff_model::fit::used_on(&n.name, state.allocs.values()).into()),
             })
             .collect();
@@ -210,20 +214,19 @@ impl pb::cluster_server::Cluster for ClusterApi {
         let r = req.into_inner();
         check_name("name", &r.name)?;
         let outcome = self
-            .store
+            .ctx
             .propose(&Command::SetNodeEligibility {
                 name: r.name.clone(),
                 cordoned: r.cordoned,
                 draining: r.draining,
             })
-            .await
-            .map_err(store_status)?;
+            .await?;
         match outcome {
             Outcome::NodeEligibilitySet { stopped } => {
                 tracing::info!(node = %r.name, cordoned = r.cordoned, draining = r.draining, stopped, "node eligibility set");
                 Ok(Response::new(pb::SetNodeEligibilityResponse {
                     stopped,
-                    index: self.store.state().index,
+                    index: self.ctx.store.state().index,
                 }))
             }
             Outcome::Refused(why) => Err(Status::not_found(why)),
@@ -240,7 +243,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         let r = req.into_inner();
         check_name("alloc_id", &r.alloc_id)?;
         let (alloc_id, address) = {
-            let state = self.store.state();
+            let state = self.ctx.store.state();
             let alloc = resolve_alloc(&state, &r.alloc_id)?;
             let node = state.nodes.get(&alloc.node).ok_or_else(|| {
                 Status::not_found(format!("node {:?} of the allocation is gone", alloc.node))
@@ -266,15 +269,157 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         _req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let s = self.store.status();
+        let (digest, applied) = {
+            let state = self.ctx.store.state();
+            (state.digest(), state.index)
+        };
+        let s = self.ctx.store.status();
         Ok(Response::new(pb::StatusResponse {
             id: s.id,
             leader_id: s.leader_id,
             term: s.term,
             commit_index: s.commit,
-            applied_index: s.applied,
+            applied_index: applied,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            role: crate::members::role_name(&s, s.id),
+            first_index: s.first_index,
+            last_index: s.last_index,
+            snapshot_index: s.snapshot_index,
+            voters: s.voters.clone(),
+            learners: s.learners.clone(),
+            state_digest: digest,
         }))
+    }
+
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let store = self.ctx.store.clone();
+        let mut cursor = match req.into_inner().from_index {
+            0 => store.state().index,
+            from => from,
+        };
+        // A client resuming here after a failover may have seen entries this
+        // server has not applied yet: wait for them rather than go back.
+        let mut applied = store.subscribe();
+        match tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            applied.wait_for(|a| *a >= cursor),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {}
+            _ => {
+                return Err(Status::unavailable(format!(
+                    "this server has not reached index {cursor} yet; retry"
+                )))
+            }
+        }
+        if let Err(c) = store.events_after(cursor, 0) {
+            return Err(Status::out_of_range(format!(
+                "this server's watch history starts after index {}; list again and watch from the index of the listing",
+                c.first
+            )));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                match store.events_after(cursor, WATCH_BATCH) {
+                    Ok(events) if !events.is_empty() => {
+                        for e in events {
+                            cursor = e.index;
+                            let event = pb::WatchEvent {
+                                index: e.index,
+                                kind: e.table.as_str().to_string(),
+                                key: e.key.clone(),
+                                deleted: e.value.is_none(),
+                                value_json: e.value.as_deref().unwrap_or_default().to_string(),
+                            };
+                            if tx.send(Ok(event)).await.is_err() {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(c) => {
+                        let _ = tx
+                            .send(Err(Status::out_of_range(format!(
+                                "the watch fell behind this server's history (now starting after index {}); list again and watch from there",
+                                c.first
+                            ))))
+                            .await;
+                        return;
+                    }
+                }
+                tokio::select! {
+                    r = applied.changed() => if r.is_err() {
+                        let _ = tx.send(Err(Status::unavailable("the server is shutting down"))).await;
+                        return;
+                    },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn members(
+        &self,
+        _req: Request<pb::MembersRequest>,
+    ) -> Result<Response<pb::MembersResponse>, Status> {
+        Ok(Response::new(crate::members::list(&self.ctx).await))
+    }
+
+    async fn add_member(
+        &self,
+        req: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::AddMemberResponse>, Status> {
+        let r = req.into_inner();
+        let servers = crate::members::change(
+            &self.ctx,
+            pb::MembershipRequest {
+                change: Some(pb::membership_request::Change::Add(pb::ServerAddress {
+                    id: r.id,
+                    api_addr: r.api_addr,
+                    peer_addr: r.peer_addr,
+                })),
+            },
+        )
+        .await?;
+        Ok(Response::new(pb::AddMemberResponse {
+            servers: servers
+                .into_iter()
+                .map(|s| pb::add_member_response::Server {
+                    id: s.id,
+                    api_addr: s.api_addr,
+                    peer_addr: s.peer_addr,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+        let id = req.into_inner().id;
+        if id == 0 {
+            return Err(Status::invalid_argument("id: must be more than 0"));
+        }
+        crate::members::change(
+            &self.ctx,
+            pb::MembershipRequest {
+                change: Some(pb::membership_request::Change::Remove(id)),
+            },
+        )
+        .await?;
+        Ok(Response::new(pb::RemoveMemberResponse {}))
     }
 }
 

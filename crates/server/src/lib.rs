@@ -1,9 +1,11 @@
-//! Skiff's control-plane server: the gRPC services (client API and node
-//! API) over the replicated store, and the leader-only controllers.
+//! Skiff's control-plane server: the gRPC services (client API, node API,
+//! peer API) over the replicated store, and the leader-only controllers.
 //!
 //! - [`api`]: the `Cluster` service the CLI talks to;
-//! - [`nodes`]: the `NodeApi` service agents talk to, and the leader's
-//!   in-memory heartbeat table;
+//! - [`nodes`]: the `NodeApi` service agents talk to, and the in-memory
+//!   heartbeat table;
+//! - [`peer`]: Raft messages between servers, and forwarding to the leader;
+//! - [`members`]: joining, removing, listing servers; promoting learners;
 //! - [`evals`]: the leader's evaluation loop (pending evaluation ->
 //!   scheduler -> plan -> Raft).
 
@@ -11,19 +13,28 @@
 
 pub mod api;
 pub mod evals;
+pub mod members;
 pub mod nodes;
+pub mod peer;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use skiff_proto::pb;
-use skiff_store::{RaftConfig, Store, StoreError};
+use skiff_store::{Bootstrap, Command, Outcome, RaftConfig, ServerInfo, Store, StoreError};
 use tokio::net::TcpListener;
+use tonic::Status;
 
-/// Largest gRPC message the server accepts.
+/// Largest gRPC message the client and node APIs accept.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// How long a write may wait for a leader before it is refused.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a linearizable read may wait to be confirmed.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -31,6 +42,16 @@ pub struct ServerConfig {
     /// Client and node API address (port 0 picks a free port; the bound
     /// address is written to `DATA_DIR/api.addr`).
     pub api_addr: SocketAddr,
+    /// Raft peer address (port 0 picks one; written to `DATA_DIR/peer.addr`).
+    pub peer_addr: SocketAddr,
+    /// Addresses to advertise when `api_addr`/`peer_addr` bind a wildcard.
+    pub advertise_api: Option<String>,
+    pub advertise_peer: Option<String>,
+    /// The founding members' peer addresses (including this server's), for
+    /// a static cluster. Empty: a one-server cluster, unless `join` is set.
+    pub peers: HashMap<u64, String>,
+    /// An existing server's API URL to join through.
+    pub join: Option<String>,
     pub raft: RaftConfig,
     /// How the leader's scheduler places work.
     pub scheduler: evals::SchedulerSettings,
@@ -48,6 +69,8 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("--peers must include this server's id {0}")]
+    SelfNotInPeers(u64),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("gRPC server failed: {0}")]
@@ -56,113 +79,348 @@ pub enum ServerError {
     RaftStopped(String),
 }
 
-/// A started server: its store and the address it listens on.
-pub struct Running {
+/// What every service shares.
+#[derive(Clone)]
+pub struct Ctx {
     pub store: Store,
-    pub api_addr: SocketAddr,
-    pub scheduler: evals::SchedulerSettings,
+    pub peers: Arc<peer::PeerTransport>,
+    pub heartbeats: Arc<nodes::Heartbeats>,
+    pub me: ServerInfo,
 }
 
-/// Opens the store, binds the API address and returns; `serve` then runs
-/// the services until `shutdown` resolves.
-pub async fn start(cfg: &ServerConfig) -> Result<(Running, TcpListener), ServerError> {
+impl Ctx {
+    /// Commits a command through the leader: proposed here when this server
+    /// leads, forwarded over the peer port otherwise. Retried while no
+    /// leader is known or the leader moved before the write was sent;
+    /// reported as indeterminate when its fate is unknown.
+    pub async fn propose(&self, cmd: &Command) -> Result<Outcome, Status> {
+        let data = skiff_store::command::encode(cmd);
+        // Applying these twice is the same as once, so a forward whose
+        // connection broke may be sent again.
+        let idempotent = !matches!(cmd, Command::DeleteJob { .. });
+        let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+        loop {
+            let status = self.store.status();
+            if let Some(reason) = status.fatal {
+                return Err(Status::unavailable(format!(
+                    "this server stopped: {reason}"
+                )));
+            }
+            if status.role == skiff_store::Role::Leader {
+                match self.store.propose_encoded(data.clone()).await {
+                    Err(StoreError::NotLeader { .. }) => {}
+                    other => return other.map_err(store_status),
+                }
+            } else if status.leader_id != 0 {
+                match self.forward(status.leader_id, &data, idempotent).await {
+                    Forwarded::Done(r) => return r,
+                    Forwarded::Retry => {}
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Status::unavailable(format!(
+                    "no leader accepted the write within {WRITE_TIMEOUT:?}"
+                )));
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let _ = self
+                .store
+                .wait_for_leader(left.min(Duration::from_millis(200)))
+                .await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn forward(&self, leader: u64, data: &[u8], idempotent: bool) -> Forwarded {
+        let Some(channel) = self.peers.channel(leader) else {
+            return Forwarded::Retry;
+        };
+        let mut client = pb::peer_client::PeerClient::new(channel);
+        let req = pb::ForwardRequest {
+            command: data.to_vec(),
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, client.forward(req)).await {
+            Ok(Ok(resp)) => Forwarded::Done(
+                serde_json::from_slice(&resp.into_inner().outcome)
+                    .map_err(|e| Status::internal(format!("leader sent a bad outcome: {e}"))),
+            ),
+            // The leader moved before proposing: nothing happened.
+            Ok(Err(s)) if s.code() == tonic::Code::FailedPrecondition => Forwarded::Retry,
+            // Not connected: the request never left.
+            Ok(Err(s)) if is_connect_error(&s) => Forwarded::Retry,
+            Ok(Err(s))
+                if s.code() == tonic::Code::Unavailable && s.message().contains("no leader") =>
+            {
+                Forwarded::Retry
+            }
+            // The connection to the leader broke: the write may or may not
+            // have reached it.
+            Ok(Err(s)) if is_connection_error(&s) => {
+                if idempotent {
+                    Forwarded::Retry
+                } else {
+                    Forwarded::Done(Err(Status::deadline_exceeded(
+                        "the leader went away before answering; the write may or may not have been applied",
+                    )))
+                }
+            }
+            Ok(Err(s)) => Forwarded::Done(Err(s)),
+            Err(_) => Forwarded::Done(Err(store_status(StoreError::Indeterminate))),
+        }
+    }
+
+    /// Waits until this server's state is current (linearizable), unless
+    /// the caller accepts a stale answer.
+    pub async fn read_barrier(&self, stale: bool) -> Result<(), Status> {
+        if stale {
+            return Ok(());
+        }
+        self.store
+            .read_barrier(READ_TIMEOUT)
+            .await
+            .map(|_| ())
+            .map_err(|e| match e {
+                StoreError::NoLeader(_) => Status::unavailable(
+                    "cannot confirm this server is current (no leader reachable); retry, or pass --stale to read its local state",
+                ),
+                other => store_status(other),
+            })
+    }
+}
+
+enum Forwarded {
+    Done(Result<Outcome, Status>),
+    Retry,
+}
+
+/// The peer connection failed (broken, reset, cancelled), as opposed to
+/// the leader answering with an error.
+fn is_connection_error(s: &Status) -> bool {
+    if !matches!(
+        s.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::Internal
+    ) {
+        return false;
+    }
+    let m = s.message();
+    m.contains("operation was canceled")
+        || m.contains("transport error")
+        || m.contains("connection")
+        || m.contains("broken pipe")
+        || m.contains("h2 protocol error")
+}
+
+fn is_connect_error(s: &Status) -> bool {
+    use std::error::Error as _;
+    if s.code() != tonic::Code::Unavailable && s.code() != tonic::Code::Unknown {
+        return false;
+    }
+    let mut src = s.source();
+    while let Some(e) = src {
+        let text = e.to_string();
+        if text.contains("tcp connect error")
+            || text.contains("Connection refused")
+            || text.contains("connection error")
+        {
+            return true;
+        }
+        src = e.source();
+    }
+    s.message().contains("tcp connect error") || s.message().contains("Connection refused")
+}
+
+/// A started server: its context and listeners.
+pub struct Running {
+    pub ctx: Ctx,
+    pub api_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
+    api: TcpListener,
+    peer: TcpListener,
+    join: Option<String>,
+    scheduler: evals::SchedulerSettings,
+}
+
+fn write_addr(dir: &std::path::Path, name: &str, addr: &str) {
+    let file = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    if std::fs::write(&tmp, addr)
+        .and_then(|_| std::fs::rename(&tmp, &file))
+        .is_err()
+    {
+        tracing::warn!(path = %file.display(), "could not record an address");
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let l = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Listen { addr, source })?;
+    let bound = l
+        .local_addr()
+        .map_err(|source| ServerError::Listen { addr, source })?;
+    Ok((l, bound))
+}
+
+/// Opens the store and binds both ports; `serve` then runs everything.
+pub async fn start(cfg: &ServerConfig) -> Result<Running, ServerError> {
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ServerError::DataDir {
         path: cfg.data_dir.clone(),
         source,
     })?;
-    let store = Store::open(&cfg.data_dir, cfg.raft.clone())?;
-    let listener = TcpListener::bind(cfg.api_addr)
-        .await
-        .map_err(|source| ServerError::Listen {
-            addr: cfg.api_addr,
-            source,
-        })?;
-    let api_addr = listener
-        .local_addr()
-        .map_err(|source| ServerError::Listen {
-            addr: cfg.api_addr,
-            source,
-        })?;
-    let addr_file = cfg.data_dir.join("api.addr");
-    let tmp = cfg.data_dir.join("api.addr.tmp");
-    if std::fs::write(&tmp, api_addr.to_string())
-        .and_then(|_| std::fs::rename(&tmp, &addr_file))
-        .is_err()
-    {
-        tracing::warn!(path = %addr_file.display(), "could not record the API address");
+    let id = cfg.raft.id;
+    if !cfg.peers.is_empty() && !cfg.peers.contains_key(&id) {
+        return Err(ServerError::SelfNotInPeers(id));
     }
-    Ok((
-        Running {
+    let (api, api_addr) = bind(cfg.api_addr).await?;
+    let (peer, peer_addr) = bind(cfg.peer_addr).await?;
+    let me = ServerInfo {
+        id,
+        api_addr: cfg
+            .advertise_api
+            .clone()
+            .unwrap_or_else(|| api_addr.to_string()),
+        peer_addr: cfg
+            .advertise_peer
+            .clone()
+            .unwrap_or_else(|| peer_addr.to_string()),
+    };
+    let mut fixed = cfg.peers.clone();
+    fixed.remove(&id);
+    let peers = peer::PeerTransport::new(id, fixed, tokio::runtime::Handle::current());
+    let bootstrap = if cfg.join.is_some() {
+        Bootstrap::Join
+    } else if cfg.peers.is_empty() {
+        Bootstrap::Voters(vec![id])
+    } else {
+        let mut ids: Vec<u64> = cfg.peers.keys().copied().collect();
+        ids.sort_unstable();
+        Bootstrap::Voters(ids)
+    };
+    let store = Store::open(
+        &cfg.data_dir,
+        cfg.raft.clone(),
+        bootstrap,
+        Arc::new(peer::StoreTransport(peers.clone())),
+    )?;
+    peers.attach(store.clone());
+    for s in store.state().servers.values() {
+        peers.learn(s.id, &s.peer_addr);
+    }
+    write_addr(&cfg.data_dir, "api.addr", &api_addr.to_string());
+    write_addr(&cfg.data_dir, "peer.addr", &peer_addr.to_string());
+    Ok(Running {
+        ctx: Ctx {
             store,
-            api_addr,
-            scheduler: cfg.scheduler,
+            peers,
+            heartbeats: Arc::new(nodes::Heartbeats::default()),
+            me,
         },
-        listener,
-    ))
+        api_addr,
+        peer_addr,
+        api,
+        peer,
+        join: cfg.join.clone(),
+        scheduler: cfg.scheduler,
+    })
 }
 
-/// Runs the gRPC services and controllers until `shutdown` resolves or
-/// the Raft driver stops.
+/// Runs the gRPC services and controllers until `shutdown` resolves, the
+/// Raft driver stops, or this server is removed from the cluster.
 pub async fn serve(
     running: Running,
-    listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let store = running.store;
-    let heartbeats = Arc::new(nodes::Heartbeats::default());
-    tracing::info!(algorithm = %running.scheduler.algorithm, "scheduler");
-    let evals = tokio::spawn(evals::run(store.clone(), running.scheduler));
+    let Running {
+        ctx,
+        api_addr,
+        peer_addr,
+        api,
+        peer,
+        join,
+        scheduler,
+    } = running;
+    let store = ctx.store.clone();
+    tracing::info!(algorithm = %scheduler.algorithm, "scheduler");
+    let mut background = vec![
+        tokio::spawn(evals::run(store.clone(), scheduler)),
+        tokio::spawn(members::promote_learners(ctx.clone())),
+        tokio::spawn(members::keep_address_book(ctx.clone())),
+        tokio::spawn(members::register_self(ctx.clone())),
+    ];
+    if let Some(url) = join {
+        background.push(tokio::spawn(members::join(ctx.clone(), url)));
+    }
 
-    let cluster = pb::cluster_server::ClusterServer::new(api::ClusterApi::new(
-        store.clone(),
-        heartbeats.clone(),
-    ))
-    .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let node_api =
-        pb::node_api_server::NodeApiServer::new(nodes::NodeService::new(store.clone(), heartbeats))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let cluster = pb::cluster_server::ClusterServer::new(api::ClusterApi::new(ctx.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let node_api = pb::node_api_server::NodeApiServer::new(nodes::NodeService::new(ctx.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let peer_api = pb::peer_server::PeerServer::new(peer::PeerService { ctx: ctx.clone() })
+        .max_decoding_message_size(peer::MAX_PEER_MESSAGE);
 
-    tracing::info!(addr = %running.api_addr, "serving the cluster and node APIs");
+    tracing::info!(id = ctx.me.id, api = %api_addr, peer = %peer_addr, "serving");
     let mut fatal = store.watch_status();
     let raft_stopped = async move {
-        let reason = fatal
+        fatal
             .wait_for(|s| s.fatal.is_some())
             .await
-            .map(|s| s.fatal.clone().unwrap_or_default())
-            .unwrap_or_default();
-        reason
+            .map(|s| (s.fatal.clone().unwrap_or_default(), s.removed))
+            .unwrap_or_default()
     };
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut stop_api = stop_tx.subscribe();
+    let mut stop_peer = stop_tx.subscribe();
+    let api_server = tonic::transport::Server::builder()
         .add_service(cluster)
         .add_service(node_api)
-        .serve_with_incoming_shutdown(incoming, async {
-            let _ = stop_rx.await;
-        });
-    tokio::pin!(server);
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(api).with_nodelay(Some(true)),
+            async move {
+                let _ = stop_api.recv().await;
+            },
+        );
+    let peer_server = tonic::transport::Server::builder()
+        .add_service(peer_api)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(peer).with_nodelay(Some(true)),
+            async move {
+                let _ = stop_peer.recv().await;
+            },
+        );
+    let servers = async { tokio::try_join!(api_server, peer_server) };
+    tokio::pin!(servers);
     let result = tokio::select! {
-        r = &mut server => r.map_err(ServerError::from),
-        _ = shutdown => {
-            let _ = stop_tx.send(());
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut server).await;
-            Ok(())
+        r = &mut servers => r.map(|_| ()).map_err(ServerError::from),
+        _ = shutdown => Ok(()),
+        (reason, removed) = raft_stopped => {
+            if removed {
+                tracing::warn!("this server was removed from the cluster; stopping");
+                Ok(())
+            } else {
+                Err(ServerError::RaftStopped(reason))
+            }
         }
-        reason = raft_stopped => Err(ServerError::RaftStopped(reason)),
     };
-    evals.abort();
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), &mut servers).await;
+    for task in background {
+        task.abort();
+    }
     let s = store.clone();
     let _ = tokio::task::spawn_blocking(move || s.shutdown()).await;
     result
 }
 
 /// Maps store errors to gRPC statuses a client can act on.
-pub(crate) fn store_status(e: StoreError) -> tonic::Status {
+pub(crate) fn store_status(e: StoreError) -> Status {
     match e {
         StoreError::NotLeader { .. } | StoreError::NoLeader(_) | StoreError::Stopped => {
-            tonic::Status::unavailable(e.to_string())
+            Status::unavailable(e.to_string())
         }
-        StoreError::Indeterminate => tonic::Status::deadline_exceeded(e.to_string()),
-        other => tonic::Status::internal(other.to_string()),
+        StoreError::Indeterminate => Status::deadline_exceeded(e.to_string()),
+        other => Status::internal(other.to_string()),
     }
 }

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use skiff_model::Allocation;
 use skiff_proto::pb;
 use skiff_store::command::{AllocUpdate, NodeRegistration};
-use skiff_store::{Command, Store};
+use skiff_store::Command;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::store_status;
+use crate::Ctx;
 
 /// How often agents are asked to heartbeat.
 pub const HEARTBEAT_TTL: Duration = Duration::from_secs(5);
@@ -46,13 +46,12 @@ impl Heartbeats {
 }
 
 pub struct NodeService {
-    store: Store,
-    heartbeats: std::sync::Arc<Heartbeats>,
+    ctx: Ctx,
 }
 
 impl NodeService {
-    pub fn new(store: Store, heartbeats: std::sync::Arc<Heartbeats>) -> Self {
-        NodeService { store, heartbeats }
+    pub fn new(ctx: Ctx) -> Self {
+        NodeService { ctx }
     }
 }
 
@@ -182,14 +181,13 @@ impl pb::node_api_server::NodeApi for NodeService {
             gpus,
             gpu_links,
         };
-        self.store
+        self.ctx
             .propose(&Command::RegisterNode { registration })
-            .await
-            .map_err(store_status)?;
-        self.heartbeats.beat(&r.name);
+            .await?;
+        self.ctx.heartbeats.beat(&r.name);
         tracing::info!(node = %r.name, "node registered");
         Ok(Response::new(pb::RegisterResponse {
-            index: self.store.state().index,
+            index: self.ctx.store.state().index,
         }))
     }
 
@@ -199,12 +197,12 @@ impl pb::node_api_server::NodeApi for NodeService {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let name = req.into_inner().name;
         check_node_name(&name)?;
-        if !self.store.state().nodes.contains_key(&name) {
+        if !self.ctx.store.state().nodes.contains_key(&name) {
             return Err(Status::not_found(format!(
                 "node {name:?} is not registered; register first"
             )));
         }
-        self.heartbeats.beat(&name);
+        self.ctx.heartbeats.beat(&name);
         Ok(Response::new(pb::HeartbeatResponse {
             ttl_ms: HEARTBEAT_TTL.as_millis() as u64,
         }))
@@ -218,13 +216,28 @@ impl pb::node_api_server::NodeApi for NodeService {
     ) -> Result<Response<Self::WatchAllocationsStream>, Status> {
         let r = req.into_inner();
         check_node_name(&r.node)?;
-        let store = self.store.clone();
+        let store = self.ctx.store.clone();
         let mut applied = store.subscribe();
+        // An agent resuming here after a failover has seen `min_index`:
+        // never answer with an older view.
+        if tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            applied.wait_for(|a| *a >= r.min_index),
+        )
+        .await
+        .is_err()
+        {
+            return Err(Status::unavailable(format!(
+                "this server has not reached index {} yet; retry",
+                r.min_index
+            )));
+        }
         let node = r.node;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
-            // Send the node's allocations whenever any of them changes.
-            let mut last_sent: Option<(u64, usize)> = None;
+            // Send the node's allocations whenever any of them changes; a
+            // resumed watch skips the set the agent already has.
+            let mut last: Option<(u64, usize)> = None;
             loop {
                 let (set, fingerprint) = {
                     let state = store.state();
@@ -239,11 +252,13 @@ impl pb::node_api_server::NodeApi for NodeService {
                     };
                     (set, fp)
                 };
-                if last_sent != Some(fingerprint) && set.index >= r.min_index {
-                    if tx.send(Ok(set)).await.is_err() {
-                        return; // the agent went away
-                    }
-                    last_sent = Some(fingerprint);
+                let send = match last {
+                    None => r.min_index == 0 || fingerprint.0 > r.min_index,
+                    Some(prev) => prev != fingerprint,
+                };
+                last = Some(fingerprint);
+                if send && tx.send(Ok(set)).await.is_err() {
+                    return; // the agent went away
                 }
                 if applied.changed().await.is_err() {
                     let _ = tx
@@ -282,15 +297,14 @@ impl pb::node_api_server::NodeApi for NodeService {
                 message: u.message.chars().take(1024).collect(),
             });
         }
-        self.store
+        self.ctx
             .propose(&Command::UpdateAllocStatus {
                 node: r.node,
                 updates,
             })
-            .await
-            .map_err(store_status)?;
+            .await?;
         Ok(Response::new(pb::UpdateAllocStatusResponse {
-            index: self.store.state().index,
+            index: self.ctx.store.state().index,
         }))
     }
 }

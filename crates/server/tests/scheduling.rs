@@ -12,7 +12,7 @@ use skiff_proto::pb;
 use skiff_server::evals::{plan_eval, SchedulerSettings};
 use skiff_server::{ServerConfig, ServerError};
 use skiff_store::command::NodeRegistration;
-use skiff_store::{Command, Outcome, RaftConfig, Store};
+use skiff_store::{Bootstrap, Command, Outcome, RaftConfig, RaftMessage, Store, Transport};
 use tonic::transport::Channel;
 
 fn spec(yaml: &str) -> JobSpec {
@@ -34,10 +34,23 @@ async fn shutdown(store: Store) {
         .unwrap();
 }
 
+/// A one-server store has no peers to talk to.
+struct Alone;
+
+impl Transport for Alone {
+    fn send(&self, _msg: RaftMessage) {}
+}
+
 #[tokio::test]
 async fn racing_plans_from_one_snapshot_never_overcommit_a_node() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), RaftConfig::default()).unwrap();
+    let store = Store::open(
+        dir.path(),
+        RaftConfig::default(),
+        Bootstrap::Voters(vec![1]),
+        std::sync::Arc::new(Alone),
+    )
+    .unwrap();
     store
         .propose(&Command::RegisterNode {
             registration: NodeRegistration {
@@ -147,13 +160,18 @@ impl Server {
         let cfg = ServerConfig {
             data_dir: dir.path().join("server"),
             api_addr: "127.0.0.1:0".parse().unwrap(),
+            peer_addr: "127.0.0.1:0".parse().unwrap(),
+            advertise_api: None,
+            advertise_peer: None,
+            peers: Default::default(),
+            join: None,
             raft: RaftConfig::default(),
             scheduler: SchedulerSettings::default(),
         };
-        let (running, listener) = skiff_server::start(&cfg).await.unwrap();
+        let running = skiff_server::start(&cfg).await.unwrap();
         let url = format!("http://{}", running.api_addr);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(skiff_server::serve(running, listener, async move {
+        let task = tokio::spawn(skiff_server::serve(running, async move {
             let _ = rx.await;
         }));
         Server {
@@ -241,7 +259,10 @@ async fn wait_job(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let r = client
-            .get_job(pb::GetJobRequest { name: job.into() })
+            .get_job(pb::GetJobRequest {
+                name: job.into(),
+                stale: false,
+            })
             .await
             .unwrap()
             .into_inner();

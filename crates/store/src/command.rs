@@ -35,6 +35,8 @@ pub enum Command {
         cordoned: bool,
         draining: bool,
     },
+    /// A control-plane server records where it can be reached.
+    RegisterServer { info: crate::state::ServerInfo },
 }
 
 impl Command {
@@ -47,6 +49,7 @@ impl Command {
             Command::ApplyPlan { .. } => "apply_plan",
             Command::UpdateAllocStatus { .. } => "update_alloc_status",
             Command::SetNodeEligibility { .. } => "set_node_eligibility",
+            Command::RegisterServer { .. } => "register_server",
         }
     }
 }

@@ -17,5 +17,7 @@ pub mod statedb;
 
 pub use command::Command;
 pub use error::StoreError;
-pub use raft_node::{RaftConfig, RaftStatus, Role, Store};
+pub use raft::eraftpb::{ConfChangeType, Message as RaftMessage};
+pub use raft_node::{Bootstrap, Compacted, Event, RaftConfig, RaftStatus, Role, Store, Transport};
 pub use state::{Outcome, State};
+pub use state::{ServerInfo, Table};

@@ -1,13 +1,15 @@
-//! The Raft log, hard state and conf state in one sled tree, behind
-//! raft-rs's `Storage` trait.
+//! The Raft log, hard state, conf state and latest snapshot in one sled
+//! tree, behind raft-rs's `Storage` trait.
 //!
 //! Keys: `e` + big-endian index -> `Entry`; `m:hs` -> `HardState`;
-//! `m:cs` -> `ConfState`; `m:snap` -> `SnapshotMetadata` (once the log has
-//! been compacted). Values are raft's own protobuf encoding.
+//! `m:cs` -> `ConfState`; `m:trim` -> index and term of the last entry
+//! removed by compaction; `m:snap` -> `SnapshotMetadata`; `m:snapdata` ->
+//! the snapshot's state machine bytes. Values are raft's protobuf encoding.
 //!
-//! [`RaftLog::persist`] writes new entries (dropping any conflicting tail)
-//! and the hard state in one atomic batch, then fsyncs: nothing Raft acknowledges
-//! can be lost to a crash.
+//! Every write that Raft depends on is one atomic sled batch, fsynced before
+//! the driver acknowledges anything: new entries (dropping a conflicting
+//! tail) with the hard state; a received snapshot with everything it
+//! replaces; a compaction with the snapshot that covers it.
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -17,7 +19,9 @@ use crate::error::StoreError;
 
 const KEY_HS: &[u8] = b"m:hs";
 const KEY_CS: &[u8] = b"m:cs";
+const KEY_TRIM: &[u8] = b"m:trim";
 const KEY_SNAP: &[u8] = b"m:snap";
+const KEY_SNAP_DATA: &[u8] = b"m:snapdata";
 
 fn entry_key(index: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
@@ -30,14 +34,25 @@ fn index_of_key(key: &[u8]) -> Option<u64> {
     (key.len() == 9 && key[0] == b'e').then(|| u64::from_be_bytes(key[1..].try_into().unwrap()))
 }
 
+fn pb_bytes<M: protobuf::Message>(m: &M) -> Result<Vec<u8>, StoreError> {
+    Ok(m.write_to_bytes().map_err(raft::Error::from)?)
+}
+
 pub struct RaftLog {
     db: sled::Db,
     tree: sled::Tree,
     hard_state: HardState,
     conf_state: ConfState,
+    /// The last entry removed from the log: (index, term). Entries start
+    /// right after it.
+    trimmed: (u64, u64),
+    /// The latest snapshot's metadata (index 0: none).
     snapshot: SnapshotMetadata,
-    /// Index of the last entry held (or the snapshot index when none).
+    /// Index of the last entry held (or `trimmed.0` when none).
     last: u64,
+    /// Raft asked for a snapshot the stored one cannot serve (a peer that
+    /// joined after it was taken): the driver takes a fresh one.
+    want_snapshot: std::sync::atomic::AtomicBool,
 }
 
 impl RaftLog {
@@ -47,32 +62,48 @@ impl RaftLog {
         let hard_state = read_pb::<HardState>(&tree, KEY_HS)?.unwrap_or_default();
         let conf_state = read_pb::<ConfState>(&tree, KEY_CS)?.unwrap_or_default();
         let snapshot = read_pb::<SnapshotMetadata>(&tree, KEY_SNAP)?.unwrap_or_default();
+        let trimmed = match tree.get(KEY_TRIM)? {
+            Some(v) if v.len() == 16 => (
+                u64::from_be_bytes(v[..8].try_into().unwrap()),
+                u64::from_be_bytes(v[8..].try_into().unwrap()),
+            ),
+            Some(_) => return Err(StoreError::corrupt("raft log", KEY_TRIM, "not 16 bytes")),
+            None => (0, 0),
+        };
         let last = match tree.scan_prefix(b"e").next_back() {
             Some(kv) => {
                 let (k, _) = kv?;
                 index_of_key(&k).ok_or_else(|| StoreError::corrupt("raft log", &k, "bad key"))?
             }
-            None => snapshot.index,
+            None => trimmed.0,
         };
         Ok(RaftLog {
             db,
             tree,
             hard_state,
             conf_state,
+            trimmed,
             snapshot,
             last,
+            want_snapshot: Default::default(),
         })
     }
 
-    /// True once the log has a configuration (it was bootstrapped or joined).
+    /// True (once) when Raft needed a newer snapshot than the stored one.
+    pub fn take_snapshot_request(&self) -> bool {
+        self.want_snapshot
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// True once the log has a configuration (it was bootstrapped or
+    /// received a snapshot from a leader).
     pub fn is_initialized(&self) -> bool {
         !self.conf_state.voters.is_empty() || !self.conf_state.learners.is_empty()
     }
 
     /// Records the membership, durably.
     pub fn set_conf_state(&mut self, cs: ConfState) -> Result<(), StoreError> {
-        self.tree
-            .insert(KEY_CS, cs.write_to_bytes().map_err(raft::Error::from)?)?;
+        self.tree.insert(KEY_CS, pb_bytes(&cs)?)?;
         self.db.flush()?;
         self.conf_state = cs;
         Ok(())
@@ -87,11 +118,16 @@ impl RaftLog {
     }
 
     pub fn first_index(&self) -> u64 {
-        self.snapshot.index + 1
+        self.trimmed.0 + 1
     }
 
     pub fn last_index(&self) -> u64 {
         self.last
+    }
+
+    /// Index of the latest snapshot (0 when there is none).
+    pub fn snapshot_index(&self) -> u64 {
+        self.snapshot.index
     }
 
     /// Appends `entries` (truncating any conflicting tail) and records `hs`,
@@ -112,16 +148,13 @@ impl RaftLog {
                 batch.remove(&entry_key(old));
             }
             for e in entries {
-                batch.insert(
-                    &entry_key(e.index),
-                    e.write_to_bytes().map_err(raft::Error::from)?,
-                );
+                batch.insert(&entry_key(e.index), pb_bytes(e)?);
             }
             debug_assert!(first.index <= self.last + 1, "log has no gaps");
             new_last = last.index;
         }
         if let Some(hs) = hs {
-            batch.insert(KEY_HS, hs.write_to_bytes().map_err(raft::Error::from)?);
+            batch.insert(KEY_HS, pb_bytes(hs)?);
         }
         self.tree.apply_batch(batch)?;
         if sync {
@@ -134,11 +167,91 @@ impl RaftLog {
         Ok(())
     }
 
-    /// Records a new commit index (from a light ready), durably.
-    pub fn set_commit(&mut self, commit: u64) -> Result<(), StoreError> {
+    /// Records a new commit index; fsynced only when `sync` is set. A
+    /// commit index lost to a crash is harmless: it is learned again from
+    /// the leader, and on start it is raised to the applied index (entries
+    /// are applied only once committed).
+    pub fn set_commit(&mut self, commit: u64, sync: bool) -> Result<(), StoreError> {
         let mut hs = self.hard_state.clone();
         hs.commit = commit;
-        self.persist(&[], Some(&hs), true)
+        self.persist(&[], Some(&hs), sync)
+    }
+
+    /// Installs a snapshot (received from the leader, or the bootstrap
+    /// one): the whole log is replaced by it, the conf state and commit
+    /// index follow it. One atomic, fsynced batch.
+    pub fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<(), StoreError> {
+        let meta = snap.get_metadata();
+        let mut batch = sled::Batch::default();
+        for kv in self.tree.scan_prefix(b"e") {
+            let (k, _) = kv?;
+            batch.remove(k);
+        }
+        let mut hs = self.hard_state.clone();
+        hs.term = hs.term.max(meta.term);
+        hs.commit = hs.commit.max(meta.index);
+        let cs = meta.get_conf_state().clone();
+        batch.insert(KEY_HS, pb_bytes(&hs)?);
+        batch.insert(KEY_CS, pb_bytes(&cs)?);
+        batch.insert(KEY_SNAP, pb_bytes(meta)?);
+        batch.insert(KEY_SNAP_DATA, snap.data.to_vec());
+        batch.insert(KEY_TRIM, trim_bytes(meta.index, meta.term).to_vec());
+        self.tree.apply_batch(batch)?;
+        self.db.flush()?;
+        self.hard_state = hs;
+        self.conf_state = cs;
+        self.snapshot = meta.clone();
+        self.trimmed = (meta.index, meta.term);
+        self.last = meta.index;
+        Ok(())
+    }
+
+    /// Stores a snapshot of the state at `meta.index` and drops entries up
+    /// to `trim_to` (at most the snapshot index), keeping a tail so that
+    /// followers a little behind still catch up from the log.
+    pub fn compact(
+        &mut self,
+        meta: SnapshotMetadata,
+        data: Vec<u8>,
+        trim_to: u64,
+    ) -> Result<(), StoreError> {
+        let trim_to = trim_to.min(meta.index).min(self.last);
+        let trim_term = if trim_to > self.trimmed.0 {
+            self.read_entry(trim_to)?.term
+        } else {
+            self.trimmed.1
+        };
+        let mut batch = sled::Batch::default();
+        for index in self.first_index()..=trim_to {
+            batch.remove(&entry_key(index));
+        }
+        batch.insert(KEY_SNAP, pb_bytes(&meta)?);
+        batch.insert(KEY_SNAP_DATA, data);
+        if trim_to > self.trimmed.0 {
+            batch.insert(KEY_TRIM, trim_bytes(trim_to, trim_term).to_vec());
+        }
+        self.tree.apply_batch(batch)?;
+        self.db.flush()?;
+        self.snapshot = meta;
+        if trim_to > self.trimmed.0 {
+            self.trimmed = (trim_to, trim_term);
+        }
+        Ok(())
+    }
+
+    /// The latest snapshot with its data, if any.
+    pub fn latest_snapshot(&self) -> Result<Option<Snapshot>, StoreError> {
+        if self.snapshot.index == 0 {
+            return Ok(None);
+        }
+        let data = self
+            .tree
+            .get(KEY_SNAP_DATA)?
+            .ok_or_else(|| StoreError::corrupt("raft log", KEY_SNAP_DATA, "missing"))?;
+        let mut snap = Snapshot::default();
+        snap.set_metadata(self.snapshot.clone());
+        snap.data = data.to_vec().into();
+        Ok(Some(snap))
     }
 
     fn read_entry(&self, index: u64) -> raft::Result<Entry> {
@@ -149,6 +262,31 @@ impl RaftLog {
             Err(e) => Err(raft::Error::Store(StorageError::Other(Box::new(e)))),
         }
     }
+}
+
+/// Opens a sled database, waiting a little when another handle in this
+/// process is still closing it (sled releases its file lock from a
+/// background thread after the last handle is dropped).
+pub fn open_db(config: sled::Config) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+fn trim_bytes(index: u64, term: u64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&index.to_be_bytes());
+    b[8..].copy_from_slice(&term.to_be_bytes());
+    b
 }
 
 fn read_pb<M: protobuf::Message>(tree: &sled::Tree, key: &[u8]) -> Result<Option<M>, StoreError> {
@@ -196,7 +334,10 @@ impl raft::Storage for RaftLog {
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        if idx == self.snapshot.index {
+        if idx == self.trimmed.0 {
+            return Ok(self.trimmed.1);
+        }
+        if idx == self.snapshot.index && idx != 0 {
             return Ok(self.snapshot.term);
         }
         if idx < self.first_index() {
@@ -216,12 +357,30 @@ impl raft::Storage for RaftLog {
         Ok(self.last)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Log compaction and snapshot transfer arrive with multi-server
-        // clusters; a single voter never needs to send one.
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        match self.latest_snapshot() {
+            Ok(Some(snap)) if snap.get_metadata().index >= request_index => {
+                // A peer that is not in the snapshot's configuration (it
+                // joined later) would refuse it: take a newer one.
+                let cs = snap.get_metadata().get_conf_state();
+                if cs.voters.contains(&to) || cs.learners.contains(&to) {
+                    return Ok(snap);
+                }
+                self.want_snapshot
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Err(raft::Error::Store(
+                    StorageError::SnapshotTemporarilyUnavailable,
+                ))
+            }
+            Ok(_) => {
+                self.want_snapshot
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Err(raft::Error::Store(
+                    StorageError::SnapshotTemporarilyUnavailable,
+                ))
+            }
+            Err(e) => Err(raft::Error::Store(StorageError::Other(Box::new(e)))),
+        }
     }
 }
 
@@ -240,7 +399,16 @@ mod tests {
     }
 
     fn open(dir: &std::path::Path) -> RaftLog {
-        RaftLog::open(sled::open(dir).unwrap()).unwrap()
+        RaftLog::open(open_db(sled::Config::new().path(dir)).unwrap()).unwrap()
+    }
+
+    fn snapshot(index: u64, term: u64, voters: Vec<u64>, data: &[u8]) -> Snapshot {
+        let mut s = Snapshot::default();
+        s.mut_metadata().index = index;
+        s.mut_metadata().term = term;
+        s.mut_metadata().mut_conf_state().voters = voters;
+        s.data = data.to_vec().into();
+        s
     }
 
     #[test]
@@ -301,16 +469,85 @@ mod tests {
     }
 
     #[test]
-    fn conf_state_marks_the_log_initialized() {
+    fn a_bootstrap_snapshot_initializes_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = open(dir.path());
         assert!(!log.is_initialized());
-        log.set_conf_state(ConfState {
-            voters: vec![1],
-            ..Default::default()
-        })
-        .unwrap();
+        log.apply_snapshot(&snapshot(1, 1, vec![1, 2, 3], b"{}"))
+            .unwrap();
         drop(log);
-        assert!(open(dir.path()).is_initialized());
+        let log = open(dir.path());
+        assert!(log.is_initialized());
+        assert_eq!(log.conf_state().voters, vec![1, 2, 3]);
+        assert_eq!((log.first_index(), log.last_index()), (2, 1));
+        assert_eq!(log.term(1).unwrap(), 1);
+        assert_eq!(log.hard_state().commit, 1);
+        assert_eq!(&log.snapshot(0, 2).unwrap().data[..], b"{}");
+    }
+
+    #[test]
+    fn compaction_keeps_a_tail_and_answers_the_term_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path());
+        log.apply_snapshot(&snapshot(1, 1, vec![1], b"s1")).unwrap();
+        let es: Vec<_> = (2..=20).map(|i| entry(i, 2, b"x")).collect();
+        log.persist(&es, None, true).unwrap();
+        let mut meta = SnapshotMetadata {
+            index: 20,
+            term: 2,
+            ..Default::default()
+        };
+        meta.mut_conf_state().voters = vec![1];
+        log.compact(meta, b"s20".to_vec(), 15).unwrap();
+        drop(log);
+        let log = open(dir.path());
+        assert_eq!(log.first_index(), 16);
+        assert_eq!(log.term(15).unwrap(), 2, "term of the last trimmed entry");
+        assert!(matches!(
+            log.entries(10, 12, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        assert_eq!(
+            log.entries(16, 21, None, GetEntriesContext::empty(false))
+                .unwrap()
+                .len(),
+            5
+        );
+        let snap = log.snapshot(0, 1).unwrap();
+        assert_eq!(snap.get_metadata().index, 20);
+        assert_eq!(&snap.data[..], b"s20");
+    }
+
+    #[test]
+    fn a_peer_outside_the_snapshot_configuration_asks_for_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path());
+        log.apply_snapshot(&snapshot(1, 1, vec![1, 2, 3], b"s1"))
+            .unwrap();
+        assert!(log.snapshot(0, 3).is_ok());
+        assert!(!log.take_snapshot_request());
+        // Server 4 joined after the snapshot was taken: it would refuse it.
+        assert!(matches!(
+            log.snapshot(0, 4),
+            Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable
+            ))
+        ));
+        assert!(log.take_snapshot_request());
+        assert!(!log.take_snapshot_request(), "asked once");
+    }
+
+    #[test]
+    fn a_received_snapshot_replaces_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path());
+        let es: Vec<_> = (1..=5).map(|i| entry(i, 1, b"x")).collect();
+        log.persist(&es, None, true).unwrap();
+        log.apply_snapshot(&snapshot(50, 3, vec![1, 2], b"state"))
+            .unwrap();
+        assert_eq!((log.first_index(), log.last_index()), (51, 50));
+        assert_eq!(log.hard_state().commit, 50);
+        assert_eq!(log.hard_state().term, 3);
+        assert!(log.term(3).is_err());
     }
 }

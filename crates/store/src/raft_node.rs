@@ -1,34 +1,43 @@
 //! The Raft driver: one thread owns the `RawNode`, ticks it, feeds it
-//! proposals, and runs the Ready loop in the order raft-rs requires:
+//! proposals, peer messages and read requests, and runs the Ready loop in
+//! the order raft-rs requires:
 //!
-//! 1. send the leader's messages;
-//! 2. append new entries and the hard state in one atomic, fsynced batch
+//! 1. send the leader's messages (they may go out before the local write);
+//! 2. install a snapshot from the leader, if any (log first, then state);
+//! 3. append new entries and the hard state in one atomic, fsynced batch
 //!    (conflicting tails dropped);
-//! 3. apply committed entries to the state machine and save the changed
-//!    records with the applied index in one batch;
-//! 4. send the messages that had to wait for the write;
-//! 5. advance, persist the new commit index, apply what it committed.
+//! 4. apply committed entries; save the changed records with the applied
+//!    index in one batch;
+//! 5. send the messages that had to wait for the write;
+//! 6. advance, persist the new commit index, send and apply what it adds;
+//! 7. compact the log behind a snapshot when it has grown long enough.
 //!
 //! The thread is a plain OS thread: sled's fsync blocks, and nothing here
 //! needs to await. Callers talk to it over a channel and get answers
 //! through oneshot channels, so async code never blocks on it.
 
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message};
-use raft::{RawNode, StateRole};
+use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType,
+    Snapshot, SnapshotMetadata,
+};
+use raft::{RawNode, SnapshotStatus, StateRole};
+use raft_proto::ConfChangeI as _;
+use serde::{Deserialize, Serialize};
 use slog::Drain as _;
 use tokio::sync::{oneshot, watch};
 
 use crate::command::{self, Command, Decoded};
 use crate::error::StoreError;
 use crate::log::RaftLog;
-use crate::state::{Outcome, State};
-use crate::statedb::StateDb;
+use crate::state::{Outcome, ServerInfo, State, Table};
+use crate::statedb::{self, StateDb};
 
 /// Timing and identity of this Raft member.
 #[derive(Debug, Clone)]
@@ -43,6 +52,10 @@ pub struct RaftConfig {
     /// How long a write waits to be committed before it is reported as
     /// indeterminate.
     pub propose_timeout: Duration,
+    /// Take a snapshot and compact the log once it holds this many entries
+    /// past the last snapshot (0: never). Half of them are kept behind the
+    /// snapshot so followers a little behind catch up from the log.
+    pub snapshot_entries: u64,
 }
 
 impl Default for RaftConfig {
@@ -53,16 +66,45 @@ impl Default for RaftConfig {
             election_tick: 10,
             heartbeat_tick: 2,
             propose_timeout: Duration::from_secs(10),
+            snapshot_entries: 10_000,
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How a server's Raft state starts on first boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// A new cluster with these voters (ignored once initialized).
+    Voters(Vec<u64>),
+    /// Join an existing cluster: start empty and wait for the leader to
+    /// send a snapshot.
+    Join,
+}
+
+/// Where Raft messages go. Implementations must not block; delivery
+/// failures are reported back with [`Store::report_unreachable`] and, for
+/// snapshots, [`Store::report_snapshot`].
+pub trait Transport: Send + Sync + 'static {
+    fn send(&self, msg: Message);
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     #[default]
     Follower,
     Candidate,
     Leader,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        }
+    }
 }
 
 /// What this member knows about the cluster's Raft state.
@@ -75,8 +117,51 @@ pub struct RaftStatus {
     pub role: Role,
     pub commit: u64,
     pub applied: u64,
-    /// Set when the driver stopped on an error it cannot recover from.
+    pub first_index: u64,
+    pub last_index: u64,
+    pub snapshot_index: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// On the leader: each peer's replicated (matched) index.
+    pub progress: Vec<(u64, u64)>,
+    /// This server was removed from the cluster.
+    pub removed: bool,
+    /// Set when the driver stopped (on request, or on an error it cannot
+    /// recover from).
     pub fatal: Option<String>,
+}
+
+/// One change of the state, for watchers: `value` is the record's JSON
+/// after the change, `None` when it was deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub index: u64,
+    pub table: Table,
+    pub key: String,
+    pub value: Option<Arc<str>>,
+}
+
+/// The watch history no longer reaches back to the index asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compacted {
+    /// The oldest index a watch may resume from.
+    pub first: u64,
+}
+
+/// Most recent events kept for watchers to resume from.
+const EVENT_HISTORY: usize = 20_000;
+
+struct EventLog {
+    events: VecDeque<Event>,
+    /// Watches may resume from any index >= this one.
+    resumable_from: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ConfChangeContext {
+    proposal: u64,
+    #[serde(default)]
+    server: Option<ServerInfo>,
 }
 
 enum Request {
@@ -84,12 +169,30 @@ enum Request {
         data: Vec<u8>,
         reply: oneshot::Sender<Result<Outcome, StoreError>>,
     },
+    ConfChange {
+        changes: Vec<(u64, ConfChangeType)>,
+        server: Option<ServerInfo>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    ReadIndex {
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    Step(Box<Message>),
+    Unreachable(u64),
+    SnapshotDone {
+        to: u64,
+        ok: bool,
+    },
+    TransferLeader(u64),
     /// Stop the driver; `done` fires once the databases are closed.
-    Shutdown { done: mpsc::Sender<()> },
+    Shutdown {
+        done: mpsc::Sender<()>,
+    },
 }
 
 struct Shared {
     state: RwLock<State>,
+    events: RwLock<EventLog>,
 }
 
 /// A cheap, clonable handle on the replicated store.
@@ -104,23 +207,50 @@ pub struct Store {
 
 impl Store {
     /// Opens the store under `data_dir` (`raft/` for the log, `state/` for
-    /// the state machine), bootstrapping a one-voter cluster on first start,
-    /// and starts the driver thread.
-    pub fn open(data_dir: &Path, cfg: RaftConfig) -> Result<Store, StoreError> {
-        let raft_db = sled::Config::new()
-            .path(data_dir.join("raft"))
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
-        let state_db = sled::open(data_dir.join("state"))?;
+    /// the state machine) and starts the driver thread.
+    pub fn open(
+        data_dir: &Path,
+        cfg: RaftConfig,
+        bootstrap: Bootstrap,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Store, StoreError> {
+        let raft_db = crate::log::open_db(
+            sled::Config::new()
+                .path(data_dir.join("raft"))
+                .mode(sled::Mode::HighThroughput),
+        )?;
+        let state_db = crate::log::open_db(sled::Config::new().path(data_dir.join("state")))?;
         let mut log = RaftLog::open(raft_db)?;
-        if !log.is_initialized() {
-            log.set_conf_state(ConfState {
-                voters: vec![cfg.id],
-                ..Default::default()
-            })?;
-        }
         let statedb = StateDb::open(state_db)?;
-        let state = statedb.load()?;
+        if !log.is_initialized() {
+            if let Bootstrap::Voters(voters) = &bootstrap {
+                // Every founding member starts from the same snapshot at
+                // index 1: an empty state and the initial voters. A server
+                // that joins later receives the leader's snapshot instead.
+                let mut snap = Snapshot::default();
+                let meta = snap.mut_metadata();
+                meta.index = 1;
+                meta.term = 1;
+                meta.mut_conf_state().voters = voters.clone();
+                let empty = State {
+                    index: 1,
+                    ..State::default()
+                };
+                snap.data = serde_json::to_vec(&empty).expect("state serializes").into();
+                log.apply_snapshot(&snap)?;
+                statedb.replace_all(&empty)?;
+            }
+        }
+        let mut state = statedb.load()?;
+        if log.snapshot_index() > state.index && log.first_index() > state.index + 1 {
+            // A snapshot was installed but the state machine did not catch
+            // up before a crash: restore it from the copy in the log.
+            let snap = log
+                .latest_snapshot()?
+                .ok_or_else(|| StoreError::corrupt("raft log", "m:snap", "missing"))?;
+            state = decode_state(&snap)?;
+            statedb.replace_all(&state)?;
+        }
         if state.index > log.last_index() {
             return Err(StoreError::Corrupt {
                 what: "state",
@@ -133,9 +263,9 @@ impl Store {
             });
         }
         if state.index > log.hard_state().commit {
-            // Entries are applied only once committed, so the commit index
+            // Entries are applied only once committed, so a commit index
             // that was not yet fsynced can safely be raised to match.
-            log.set_commit(state.index)?;
+            log.set_commit(state.index, true)?;
         }
 
         let raft_cfg = raft::Config {
@@ -154,7 +284,8 @@ impl Store {
             tracing_slog::TracingSlogDrain.fuse(),
             slog::o!("raft_id" => cfg.id),
         );
-        let single_voter = log.conf_state().voters == [cfg.id];
+        let single_voter =
+            log.conf_state().voters == [cfg.id] && log.conf_state().learners.is_empty();
         let mut raw = RawNode::new(&raft_cfg, log, &logger)?;
         if single_voter {
             // Alone in the cluster: no need to wait out an election timeout.
@@ -168,19 +299,30 @@ impl Store {
             applied: state.index,
             ..Default::default()
         });
+        let resumable_from = state.index;
         let shared = Arc::new(Shared {
             state: RwLock::new(state),
+            events: RwLock::new(EventLog {
+                events: VecDeque::new(),
+                resumable_from,
+            }),
         });
         let driver = Driver {
+            id: cfg.id,
             raw,
             statedb,
             shared: shared.clone(),
             rx,
+            transport,
             applied_tx,
             status_tx,
-            pending: Default::default(),
-            next_proposal: rand::random::<u64>(),
+            pending: HashMap::new(),
+            pending_conf: HashMap::new(),
+            pending_reads: HashMap::new(),
+            next_id: rand::random::<u64>(),
             tick: cfg.tick,
+            snapshot_entries: cfg.snapshot_entries,
+            removed: false,
         };
         std::thread::Builder::new()
             .name(format!("raft-{}", cfg.id))
@@ -195,17 +337,19 @@ impl Store {
         })
     }
 
-    /// Replicates `command` and returns what applying it did. Waits (up to
-    /// the propose timeout) for a leader when none is known yet.
+    /// Replicates `command` through this server, which must be the leader,
+    /// and returns what applying it did. Waits (up to the propose timeout)
+    /// for a leader when none is known yet.
     pub async fn propose(&self, command: &Command) -> Result<Outcome, StoreError> {
+        self.propose_encoded(command::encode(command)).await
+    }
+
+    /// [`Store::propose`] for a command already encoded (forwarded by a
+    /// follower).
+    pub async fn propose_encoded(&self, data: Vec<u8>) -> Result<Outcome, StoreError> {
         self.wait_for_leader(self.propose_timeout).await?;
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Request::Propose {
-                data: command::encode(command),
-                reply,
-            })
-            .map_err(|_| StoreError::Stopped)?;
+        self.send(Request::Propose { data, reply })?;
         match tokio::time::timeout(self.propose_timeout, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(StoreError::Stopped),
@@ -213,20 +357,98 @@ impl Store {
         }
     }
 
-    async fn wait_for_leader(&self, limit: Duration) -> Result<(), StoreError> {
+    /// Proposes a membership change (this server must lead) and waits until
+    /// it is applied. `server` carries the addresses of a server being added.
+    pub async fn change_membership(
+        &self,
+        changes: Vec<(u64, ConfChangeType)>,
+        server: Option<ServerInfo>,
+    ) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::ConfChange {
+            changes,
+            server,
+            reply,
+        })?;
+        match tokio::time::timeout(self.propose_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(StoreError::Stopped),
+            // raft-rs silently drops a conf change while another is pending.
+            Err(_) => Err(StoreError::Indeterminate),
+        }
+    }
+
+    /// A linearizable read barrier: returns once this server has applied
+    /// everything committed before the call (Raft's ReadIndex, confirmed by
+    /// a quorum). Reads Raft dropped (no leader yet, a new leader without a
+    /// commit in its term) are retried until `limit`.
+    pub async fn read_barrier(&self, limit: Duration) -> Result<u64, StoreError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let (reply, rx) = oneshot::channel();
+            self.send(Request::ReadIndex { reply })?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, rx).await {
+                Ok(Ok(Ok(index))) => {
+                    let mut applied = self.applied.clone();
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    return match tokio::time::timeout(left, applied.wait_for(|a| *a >= index)).await
+                    {
+                        Ok(Ok(_)) => Ok(index),
+                        Ok(Err(_)) => Err(StoreError::Stopped),
+                        Err(_) => Err(StoreError::NoLeader(limit)),
+                    };
+                }
+                Ok(Ok(Err(StoreError::Stopped))) | Ok(Err(_)) => return Err(StoreError::Stopped),
+                Ok(Ok(Err(_))) => {} // dropped by Raft: try again
+                Err(_) => return Err(StoreError::NoLeader(limit)),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::NoLeader(limit));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until some leader is known.
+    pub async fn wait_for_leader(&self, limit: Duration) -> Result<u64, StoreError> {
         let mut status = self.status.clone();
         let waited = tokio::time::timeout(limit, async {
             status
                 .wait_for(|s| s.leader_id != 0 || s.fatal.is_some())
                 .await
-                .map(|s| s.fatal.is_none())
+                .map(|s| (s.leader_id, s.fatal.is_none()))
         })
         .await;
         match waited {
-            Ok(Ok(true)) => Ok(()),
+            Ok(Ok((leader, true))) => Ok(leader),
             Ok(_) => Err(StoreError::Stopped),
             Err(_) => Err(StoreError::NoLeader(limit)),
         }
+    }
+
+    fn send(&self, req: Request) -> Result<(), StoreError> {
+        self.tx.send(req).map_err(|_| StoreError::Stopped)
+    }
+
+    /// Hands a message from a peer to Raft.
+    pub fn step(&self, msg: Message) {
+        let _ = self.send(Request::Step(Box::new(msg)));
+    }
+
+    /// The transport could not deliver to `peer`.
+    pub fn report_unreachable(&self, peer: u64) {
+        let _ = self.send(Request::Unreachable(peer));
+    }
+
+    /// A snapshot sent to `peer` arrived (`ok`) or did not.
+    pub fn report_snapshot(&self, peer: u64, ok: bool) {
+        let _ = self.send(Request::SnapshotDone { to: peer, ok });
+    }
+
+    /// Asks the leader (this server) to hand leadership to `peer`.
+    pub fn transfer_leader(&self, peer: u64) {
+        let _ = self.send(Request::TransferLeader(peer));
     }
 
     /// Read access to the applied state. Hold it briefly: the driver waits
@@ -236,6 +458,23 @@ impl Store {
             .state
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Events with an index greater than `after`, oldest first, at most
+    /// `limit` of them.
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, Compacted> {
+        let log = self
+            .shared
+            .events
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if after < log.resumable_from {
+            return Err(Compacted {
+                first: log.resumable_from,
+            });
+        }
+        let start = log.events.partition_point(|e| e.index <= after);
+        Ok(log.events.iter().skip(start).take(limit).cloned().collect())
     }
 
     /// Fires each time entries are applied, with the applied index.
@@ -267,35 +506,56 @@ impl Store {
     }
 }
 
+fn decode_state(snap: &Snapshot) -> Result<State, StoreError> {
+    let mut state: State = serde_json::from_slice(&snap.data)
+        .map_err(|e| StoreError::corrupt("snapshot", snap.get_metadata().index.to_string(), e))?;
+    state.index = snap.get_metadata().index;
+    Ok(state)
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
 struct Driver {
+    id: u64,
     raw: RawNode<RaftLog>,
     statedb: StateDb,
     shared: Arc<Shared>,
     rx: mpsc::Receiver<Request>,
+    transport: Arc<dyn Transport>,
     applied_tx: watch::Sender<u64>,
     status_tx: watch::Sender<RaftStatus>,
-    pending: std::collections::HashMap<u64, oneshot::Sender<Result<Outcome, StoreError>>>,
-    next_proposal: u64,
+    pending: HashMap<u64, Reply<Outcome>>,
+    pending_conf: HashMap<u64, Reply<()>>,
+    pending_reads: HashMap<u64, (Instant, Reply<u64>)>,
+    next_id: u64,
     tick: Duration,
+    snapshot_entries: u64,
+    removed: bool,
 }
 
 /// Most requests folded into one Ready (one fsync).
 const MAX_BATCH: usize = 1024;
+/// A read Raft has not answered by then was dropped; the caller retries.
+const READ_EXPIRY: Duration = Duration::from_millis(500);
 
 impl Driver {
     fn run(mut self) {
         let result = self.run_loop();
         let reason = match &result {
+            Ok(_) if self.removed => "removed from the cluster".to_string(),
             Ok(_) => "stopped".to_string(),
             Err(e) => {
                 tracing::error!(error = %e, "raft driver stopped");
                 e.to_string()
             }
         };
-        self.status_tx.send_modify(|s| s.fatal = Some(reason));
-        for (_, reply) in self.pending.drain() {
-            let _ = reply.send(Err(StoreError::Stopped));
-        }
+        self.status_tx.send_modify(|s| {
+            s.fatal = Some(reason);
+            s.removed = self.removed;
+            s.role = Role::Follower;
+            s.leader_id = 0;
+        });
+        self.fail_pending(|| StoreError::Stopped);
         if let Err(e) = self.statedb.flush() {
             tracing::error!(error = %e, "flushing state on shutdown");
         }
@@ -307,11 +567,24 @@ impl Driver {
         }
     }
 
-    /// Runs until shut down (returning who to tell) or until all handles
-    /// are gone (`None`).
+    fn fail_pending(&mut self, err: impl Fn() -> StoreError) {
+        for (_, reply) in self.pending.drain() {
+            let _ = reply.send(Err(err()));
+        }
+        for (_, reply) in self.pending_conf.drain() {
+            let _ = reply.send(Err(err()));
+        }
+        for (_, (_, reply)) in self.pending_reads.drain() {
+            let _ = reply.send(Err(err()));
+        }
+    }
+
+    /// Runs until shut down (returning who to tell), until all handles are
+    /// gone or this server is removed (`None`).
     fn run_loop(&mut self) -> Result<Option<mpsc::Sender<()>>, StoreError> {
         let mut next_tick = Instant::now() + self.tick;
         self.on_ready()?;
+        self.publish_status();
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(wait) {
@@ -340,9 +613,20 @@ impl Driver {
                 if next_tick < now {
                     next_tick = now + self.tick;
                 }
+                self.expire_reads(now);
             }
             self.on_ready()?;
+            if self.removed {
+                tracing::warn!(id = self.id, "this server was removed from the cluster");
+                return Ok(None);
+            }
         }
+    }
+
+    fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        id
     }
 
     /// Feeds one request to Raft; returns the shutdown waiter if asked to stop.
@@ -351,14 +635,10 @@ impl Driver {
             Request::Shutdown { done } => return Some(done),
             Request::Propose { data, reply } => {
                 if self.raw.raft.state != StateRole::Leader {
-                    let leader = self.raw.raft.leader_id;
-                    let _ = reply.send(Err(StoreError::NotLeader {
-                        leader: (leader != 0).then_some(leader),
-                    }));
+                    let _ = reply.send(Err(self.not_leader()));
                     return None;
                 }
-                let id = self.next_proposal;
-                self.next_proposal = self.next_proposal.wrapping_add(1);
+                let id = self.next_id();
                 match self.raw.propose(id.to_be_bytes().to_vec(), data) {
                     Ok(()) => {
                         self.pending.insert(id, reply);
@@ -368,8 +648,88 @@ impl Driver {
                     }
                 }
             }
+            Request::ConfChange {
+                changes,
+                server,
+                reply,
+            } => {
+                if self.raw.raft.state != StateRole::Leader {
+                    let _ = reply.send(Err(self.not_leader()));
+                    return None;
+                }
+                let id = self.next_id();
+                let ctx = serde_json::to_vec(&ConfChangeContext {
+                    proposal: id,
+                    server,
+                })
+                .expect("context serializes");
+                let mut cc = ConfChangeV2::default();
+                cc.set_changes(
+                    changes
+                        .into_iter()
+                        .map(|(node, kind)| {
+                            let mut c = ConfChangeSingle {
+                                node_id: node,
+                                ..Default::default()
+                            };
+                            c.set_change_type(kind);
+                            c
+                        })
+                        .collect::<Vec<_>>()
+                        .into(),
+                );
+                match self.raw.propose_conf_change(ctx, cc) {
+                    Ok(()) => {
+                        self.pending_conf.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                }
+            }
+            Request::ReadIndex { reply } => {
+                let id = self.next_id();
+                self.raw.read_index(id.to_be_bytes().to_vec());
+                self.pending_reads.insert(id, (Instant::now(), reply));
+            }
+            Request::Step(msg) => {
+                if let Err(e) = self.raw.step(*msg) {
+                    tracing::debug!(error = %e, "peer message refused");
+                }
+            }
+            Request::Unreachable(peer) => self.raw.report_unreachable(peer),
+            Request::SnapshotDone { to, ok } => {
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
+            }
+            Request::TransferLeader(peer) => self.raw.transfer_leader(peer),
         }
         None
+    }
+
+    fn not_leader(&self) -> StoreError {
+        let leader = self.raw.raft.leader_id;
+        StoreError::NotLeader {
+            leader: (leader != 0).then_some(leader),
+        }
+    }
+
+    fn expire_reads(&mut self, now: Instant) {
+        let expired: Vec<u64> = self
+            .pending_reads
+            .iter()
+            .filter(|(_, (at, _))| now.duration_since(*at) > READ_EXPIRY)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some((_, reply)) = self.pending_reads.remove(&id) {
+                let _ = reply.send(Err(self.not_leader()));
+            }
+        }
     }
 
     fn on_ready(&mut self) -> Result<(), StoreError> {
@@ -382,44 +742,84 @@ impl Driver {
         }
         self.send(rd.take_messages());
         if !rd.snapshot().is_empty() {
-            // Only a leader that compacted its log sends snapshots, and
-            // compaction is not enabled yet.
-            tracing::error!(
-                index = rd.snapshot().get_metadata().index,
-                "unexpected snapshot"
-            );
+            self.install_snapshot(rd.snapshot().clone())?;
         }
         let must_sync = rd.must_sync();
         self.raw
             .mut_store()
             .persist(rd.entries(), rd.hs(), must_sync)?;
+        for rs in rd.take_read_states() {
+            if let Ok(ctx) = <[u8; 8]>::try_from(&rs.request_ctx[..]) {
+                if let Some((_, reply)) = self.pending_reads.remove(&u64::from_be_bytes(ctx)) {
+                    let _ = reply.send(Ok(rs.index));
+                }
+            }
+        }
         let committed = rd.take_committed_entries();
         self.apply(committed)?;
         self.send(rd.take_persisted_messages());
 
         let mut light = self.raw.advance(rd);
         if let Some(commit) = light.commit_index() {
-            self.raw.mut_store().set_commit(commit)?;
+            self.raw.mut_store().set_commit(commit, false)?;
         }
         self.send(light.take_messages());
         self.apply(light.take_committed_entries())?;
         self.raw.advance_apply();
+        self.maybe_compact()?;
         self.publish_status();
         Ok(())
     }
 
     fn send(&mut self, msgs: Vec<Message>) {
-        // One voter has nobody to talk to; peer transport comes with
-        // multi-server clusters.
         for m in msgs {
-            tracing::trace!(to = m.to, kind = ?m.get_msg_type(), "dropping raft message: no transport");
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                tracing::info!(
+                    to = m.to,
+                    index = m.get_snapshot().get_metadata().index,
+                    "sending a snapshot"
+                );
+            }
+            self.transport.send(m);
         }
     }
 
+    fn install_snapshot(&mut self, snap: Snapshot) -> Result<(), StoreError> {
+        let index = snap.get_metadata().index;
+        let state = decode_state(&snap)?;
+        tracing::info!(index, "installing a snapshot from the leader");
+        // Log first: if we crash before the state is replaced, the next
+        // start restores the state from the snapshot kept in the log.
+        self.raw.mut_store().apply_snapshot(&snap)?;
+        self.statedb.replace_all(&state)?;
+        {
+            let mut guard = self
+                .shared
+                .state
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            *guard = state;
+        }
+        {
+            let mut events = self
+                .shared
+                .events
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            events.events.clear();
+            events.resumable_from = index;
+        }
+        self.applied_tx.send_replace(index);
+        Ok(())
+    }
+
     fn on_role_change(&mut self) {
-        if self.raw.raft.state != StateRole::Leader && !self.pending.is_empty() {
+        if self.raw.raft.state != StateRole::Leader {
             // Our uncommitted proposals may be overwritten by the new leader.
             for (_, reply) in self.pending.drain() {
+                let _ = reply.send(Err(StoreError::Indeterminate));
+            }
+            for (_, reply) in self.pending_conf.drain() {
                 let _ = reply.send(Err(StoreError::Indeterminate));
             }
         }
@@ -432,14 +832,32 @@ impl Driver {
             StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
             StateRole::Follower => Role::Follower,
         };
-        let applied = *self.applied_tx.borrow();
+        let store = self.raw.store();
+        let progress = if role == Role::Leader {
+            let mut p: Vec<(u64, u64)> = raft
+                .prs()
+                .iter()
+                .map(|(id, pr)| (*id, pr.matched))
+                .collect();
+            p.sort_unstable();
+            p
+        } else {
+            Vec::new()
+        };
         let next = RaftStatus {
             id: raft.id,
             leader_id: raft.leader_id,
             term: raft.term,
             role,
             commit: raft.raft_log.committed,
-            applied,
+            applied: *self.applied_tx.borrow(),
+            first_index: store.first_index(),
+            last_index: store.last_index(),
+            snapshot_index: store.snapshot_index(),
+            voters: store.conf_state().voters.clone(),
+            learners: store.conf_state().learners.clone(),
+            progress,
+            removed: self.removed,
             fatal: None,
         };
         self.status_tx.send_if_modified(|s| {
@@ -457,6 +875,8 @@ impl Driver {
             return Ok(());
         };
         let mut replies = Vec::new();
+        let mut conf_replies = Vec::new();
+        let mut new_events = Vec::new();
         {
             let mut state = self
                 .shared
@@ -488,28 +908,117 @@ impl Driver {
                             }
                         }
                     }
-                    EntryType::EntryConfChange => {
-                        let cc =
-                            ConfChange::parse_from_bytes(&e.data).map_err(raft::Error::from)?;
+                    EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                        let was_member = self.is_member();
+                        let cc = if e.get_entry_type() == EntryType::EntryConfChange {
+                            raft::eraftpb::ConfChange::parse_from_bytes(&e.data)
+                                .map_err(raft::Error::from)?
+                                .into_v2()
+                        } else {
+                            ConfChangeV2::parse_from_bytes(&e.data).map_err(raft::Error::from)?
+                        };
                         let cs = self.raw.apply_conf_change(&cc)?;
+                        tracing::info!(index = e.index, voters = ?cs.voters, learners = ?cs.learners, "membership changed");
                         self.raw.mut_store().set_conf_state(cs)?;
-                        state.skip(e.index);
+                        let ctx: Option<ConfChangeContext> =
+                            serde_json::from_slice(&e.context).ok();
+                        let removed: Vec<u64> = cc
+                            .get_changes()
+                            .iter()
+                            .filter(|c| c.get_change_type() == ConfChangeType::RemoveNode)
+                            .map(|c| c.node_id)
+                            .collect();
+                        let added = ctx.as_ref().and_then(|c| c.server.as_ref());
+                        state.apply_membership(e.index, added, &removed);
+                        if let Some(ctx) = ctx {
+                            if let Some(reply) = self.pending_conf.remove(&ctx.proposal) {
+                                conf_replies.push(reply);
+                            }
+                        }
+                        if was_member && !self.is_member() {
+                            self.removed = true;
+                        }
                     }
-                    EntryType::EntryConfChangeV2 => {
-                        let cc =
-                            ConfChangeV2::parse_from_bytes(&e.data).map_err(raft::Error::from)?;
-                        let cs = self.raw.apply_conf_change(&cc)?;
-                        self.raw.mut_store().set_conf_state(cs)?;
-                        state.skip(e.index);
-                    }
+                }
+                for (table, key) in std::mem::take(&mut state.changes) {
+                    let value = statedb::record(&state, table, &key)
+                        .map(|bytes| Arc::from(String::from_utf8_lossy(&bytes).as_ref()));
+                    new_events.push(Event {
+                        index: e.index,
+                        table,
+                        key,
+                        value,
+                    });
                 }
             }
             self.statedb.save(&mut state)?;
+        }
+        if !new_events.is_empty() {
+            let mut log = self
+                .shared
+                .events
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            log.events.extend(new_events);
+            while log.events.len() > EVENT_HISTORY {
+                if let Some(old) = log.events.pop_front() {
+                    log.resumable_from = log.resumable_from.max(old.index);
+                }
+            }
         }
         self.applied_tx.send_replace(last);
         for (reply, outcome) in replies {
             let _ = reply.send(Ok(outcome));
         }
+        for reply in conf_replies {
+            let _ = reply.send(Ok(()));
+        }
         Ok(())
+    }
+
+    fn is_member(&self) -> bool {
+        let cs = self.raw.store().conf_state();
+        cs.voters.contains(&self.id) || cs.learners.contains(&self.id)
+    }
+
+    /// Snapshots the state and trims the log once enough entries piled up.
+    fn maybe_compact(&mut self) -> Result<(), StoreError> {
+        let applied = *self.applied_tx.borrow();
+        let store = self.raw.store();
+        let requested = store.take_snapshot_request() && applied > store.snapshot_index();
+        let since = store
+            .snapshot_index()
+            .max(store.first_index().saturating_sub(1));
+        let due = self.snapshot_entries > 0 && applied >= since + self.snapshot_entries;
+        if !requested && !due {
+            return Ok(());
+        }
+        let term = raft::Storage::term(store, applied)?;
+        let mut meta = SnapshotMetadata {
+            index: applied,
+            term,
+            ..Default::default()
+        };
+        meta.set_conf_state(store.conf_state().clone());
+        let data = {
+            let state = self
+                .shared
+                .state
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            serde_json::to_vec(&*state).expect("state serializes")
+        };
+        let trim_to = if self.snapshot_entries == 0 {
+            0 // snapshots only for peers that need one; the log is kept
+        } else {
+            applied.saturating_sub(self.snapshot_entries / 2)
+        };
+        tracing::info!(
+            index = applied,
+            trim_to,
+            bytes = data.len(),
+            "snapshot taken; compacting the log"
+        );
+        self.raw.mut_store().compact(meta, data, trim_to)
     }
 }

@@ -21,10 +21,17 @@ pub enum Table {
     Node,
     Alloc,
     Eval,
+    Server,
 }
 
 impl Table {
-    pub const ALL: [Table; 4] = [Table::Job, Table::Node, Table::Alloc, Table::Eval];
+    pub const ALL: [Table; 5] = [
+        Table::Job,
+        Table::Node,
+        Table::Alloc,
+        Table::Eval,
+        Table::Server,
+    ];
 
     pub fn prefix(self) -> &'static str {
         match self {
@@ -32,17 +39,42 @@ impl Table {
             Table::Node => "node/",
             Table::Alloc => "alloc/",
             Table::Eval => "eval/",
+            Table::Server => "server/",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Table::Job => "job",
+            Table::Node => "node",
+            Table::Alloc => "alloc",
+            Table::Eval => "eval",
+            Table::Server => "server",
         }
     }
 }
 
+/// Where a control-plane server can be reached. Membership itself (voter
+/// or learner) lives in Raft's configuration; this is the address book.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub id: u64,
+    /// Client and node API address (`host:port`).
+    pub api_addr: String,
+    /// Raft peer address (`host:port`).
+    pub peer_addr: String,
+}
+
 /// Everything the cluster knows, as of `index`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct State {
     pub jobs: BTreeMap<String, Job>,
     pub nodes: BTreeMap<String, Node>,
     pub allocs: BTreeMap<String, Allocation>,
     pub evals: BTreeMap<String, Evaluation>,
+    /// Control-plane servers' addresses, by Raft id.
+    #[serde(default)]
+    pub servers: BTreeMap<u64, ServerInfo>,
     /// Raft index of the last applied entry.
     pub index: u64,
     /// Index of the last change that may let blocked work fit (a node
@@ -51,11 +83,31 @@ pub struct State {
     /// Keys changed since the store last persisted; not part of the state.
     #[serde(skip)]
     pub dirty: BTreeSet<(Table, String)>,
+    /// Keys changed by the entry being applied, in order; the store turns
+    /// them into watch events. Not part of the state.
+    #[serde(skip)]
+    pub changes: Vec<(Table, String)>,
 }
+
+/// Two states are equal when their records and indexes are; the change
+/// bookkeeping is not part of the state.
+impl PartialEq for State {
+    fn eq(&self, other: &Self) -> bool {
+        self.jobs == other.jobs
+            && self.nodes == other.nodes
+            && self.allocs == other.allocs
+            && self.evals == other.evals
+            && self.servers == other.servers
+            && self.index == other.index
+            && self.last_unblock_index == other.last_unblock_index
+    }
+}
+
+impl Eq for State {}
 
 /// The result of applying one command. Deterministic: every server computes
 /// the same outcome for the same entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     JobUpserted {
         job: Box<Job>,
@@ -68,6 +120,7 @@ pub enum Outcome {
     NodeEligibilitySet {
         stopped: u32,
     },
+    ServerRegistered,
     PlanApplied(PlanResult),
     AllocsUpdated {
         applied: u32,
@@ -79,7 +132,7 @@ pub enum Outcome {
     Skipped,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanResult {
     pub placed: u32,
     pub stopped: u32,
@@ -108,6 +161,30 @@ impl State {
                 cordoned,
                 draining,
             } => self.set_node_eligibility(index, name, *cordoned, *draining),
+            Command::RegisterServer { info } => {
+                if self.servers.get(&info.id) != Some(info) {
+                    self.servers.insert(info.id, info.clone());
+                    self.touch(Table::Server, &info.id.to_string());
+                }
+                Outcome::ServerRegistered
+            }
+        }
+    }
+
+    /// Applies a membership change Raft committed at `index`: a server
+    /// joining brings its addresses, a removed one loses them.
+    pub fn apply_membership(&mut self, index: u64, added: Option<&ServerInfo>, removed: &[u64]) {
+        self.index = index;
+        if let Some(info) = added {
+            if self.servers.get(&info.id) != Some(info) {
+                self.servers.insert(info.id, info.clone());
+                self.touch(Table::Server, &info.id.to_string());
+            }
+        }
+        for id in removed {
+            if self.servers.remove(id).is_some() {
+                self.touch(Table::Server, &id.to_string());
+            }
         }
     }
 
@@ -119,6 +196,7 @@ impl State {
 
     fn touch(&mut self, table: Table, key: &str) {
         self.dirty.insert((table, key.to_string()));
+        self.changes.push((table, key.to_string()));
     }
 
     fn upsert_job(&mut self, index: u64, spec: &JobSpec) -> Outcome {
@@ -297,7 +375,7 @@ impl State {
                     a.message = stop.reason.clone();
                     a.modify_index = index;
                     result.stopped += 1;
-                    self.dirty.insert((Table::Alloc, stop.alloc_id.clone()));
+                    self.touch(Table::Alloc, &stop.alloc_id);
                 }
             }
         }
@@ -321,7 +399,7 @@ impl State {
                     a.modify_index = index;
                     victim_jobs.insert(a.job.clone());
                     result.evicted += 1;
-                    self.dirty.insert((Table::Alloc, id));
+                    self.touch(Table::Alloc, &id);
                 }
             }
             // The victims' jobs look for room elsewhere.
@@ -506,15 +584,19 @@ impl State {
         let mut stopped = 0;
         if draining {
             let mut jobs = BTreeSet::new();
+            let mut ids = Vec::new();
             for a in self.allocs.values_mut() {
                 if a.node == name && a.is_live() {
                     a.desired = DesiredStatus::Stop;
                     a.message = "node draining".to_string();
                     a.modify_index = index;
                     jobs.insert(a.job.clone());
-                    stopped += 1;
-                    self.dirty.insert((Table::Alloc, a.id.clone()));
+                    ids.push(a.id.clone());
                 }
+            }
+            stopped = ids.len() as u32;
+            for id in ids {
+                self.touch(Table::Alloc, &id);
             }
             for job in jobs {
                 if self.jobs.contains_key(&job) {
@@ -560,7 +642,8 @@ impl State {
             a.modify_index = index;
             released |= u.status.is_terminal();
             applied += 1;
-            self.dirty.insert((Table::Alloc, u.alloc_id.clone()));
+            let id = u.alloc_id.clone();
+            self.touch(Table::Alloc, &id);
         }
         if released {
             self.unblock(index);

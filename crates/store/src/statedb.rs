@@ -51,6 +51,12 @@ impl StateDb {
                     Table::Eval => {
                         state.evals.insert(key, decode(&k, &v)?);
                     }
+                    Table::Server => {
+                        let id = key
+                            .parse()
+                            .map_err(|_| StoreError::corrupt("state", &k, "not a server id"))?;
+                        state.servers.insert(id, decode(&k, &v)?);
+                    }
                 }
             }
         }
@@ -63,13 +69,7 @@ impl StateDb {
         let mut batch = sled::Batch::default();
         for (table, key) in std::mem::take(&mut state.dirty) {
             let full = format!("{}{}", table.prefix(), key);
-            let value = match table {
-                Table::Job => state.jobs.get(&key).map(encode),
-                Table::Node => state.nodes.get(&key).map(encode),
-                Table::Alloc => state.allocs.get(&key).map(encode),
-                Table::Eval => state.evals.get(&key).map(encode),
-            };
-            match value {
+            match record(state, table, &key) {
                 Some(v) => batch.insert(full.as_bytes(), v),
                 None => batch.remove(full.as_bytes()),
             }
@@ -77,6 +77,51 @@ impl StateDb {
         batch.insert(KEY_APPLIED, &state.index.to_be_bytes());
         batch.insert(KEY_UNBLOCK, &state.last_unblock_index.to_be_bytes());
         self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Replaces everything with `state` (a snapshot from the leader), in one
+    /// atomic batch.
+    pub fn replace_all(&self, state: &State) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for kv in self.tree.iter() {
+            let (k, _) = kv?;
+            batch.remove(k);
+        }
+        for (name, job) in &state.jobs {
+            batch.insert(
+                format!("{}{name}", Table::Job.prefix()).as_bytes(),
+                encode(job),
+            );
+        }
+        for (name, node) in &state.nodes {
+            batch.insert(
+                format!("{}{name}", Table::Node.prefix()).as_bytes(),
+                encode(node),
+            );
+        }
+        for (id, a) in &state.allocs {
+            batch.insert(
+                format!("{}{id}", Table::Alloc.prefix()).as_bytes(),
+                encode(a),
+            );
+        }
+        for (id, e) in &state.evals {
+            batch.insert(
+                format!("{}{id}", Table::Eval.prefix()).as_bytes(),
+                encode(e),
+            );
+        }
+        for (id, s) in &state.servers {
+            batch.insert(
+                format!("{}{id}", Table::Server.prefix()).as_bytes(),
+                encode(s),
+            );
+        }
+        batch.insert(KEY_APPLIED, &state.index.to_be_bytes());
+        batch.insert(KEY_UNBLOCK, &state.last_unblock_index.to_be_bytes());
+        self.tree.apply_batch(batch)?;
+        self.db.flush()?;
         Ok(())
     }
 
@@ -95,6 +140,21 @@ impl StateDb {
                 })?))
             }
         }
+    }
+}
+
+/// The stored form of one record, `None` when it no longer exists.
+pub fn record(state: &State, table: Table, key: &str) -> Option<Vec<u8>> {
+    match table {
+        Table::Job => state.jobs.get(key).map(encode),
+        Table::Node => state.nodes.get(key).map(encode),
+        Table::Alloc => state.allocs.get(key).map(encode),
+        Table::Eval => state.evals.get(key).map(encode),
+        Table::Server => key
+            .parse::<u64>()
+            .ok()
+            .and_then(|id| state.servers.get(&id))
+            .map(encode),
     }
 }
 
@@ -135,12 +195,15 @@ mod tests {
         state.apply(2, &Command::UpsertJob { spec });
         state.apply(3, &Command::DeleteJob { name: "web".into() });
         {
-            let db = StateDb::open(sled::open(dir.path()).unwrap()).unwrap();
+            let db =
+                StateDb::open(crate::log::open_db(sled::Config::new().path(dir.path())).unwrap())
+                    .unwrap();
             db.save(&mut state).unwrap();
             db.flush().unwrap();
             assert!(state.dirty.is_empty());
         }
-        let db = StateDb::open(sled::open(dir.path()).unwrap()).unwrap();
+        let db = StateDb::open(crate::log::open_db(sled::Config::new().path(dir.path())).unwrap())
+            .unwrap();
         let loaded = db.load().unwrap();
         assert_eq!(loaded, state);
         assert!(!loaded.jobs.contains_key("web"), "deletes are persisted");

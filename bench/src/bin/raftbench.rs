@@ -1,0 +1,403 @@
+//! Committed writes per second and latency of a 3-server Skiff control
+//! plane against a 3-member etcd cluster, on loopback, in the same run;
+//! then failover: time from SIGKILL of Skiff's leader to the next
+//! acknowledged write.
+//!
+//! ```text
+//! cargo build --release -p skiff
+//! cargo run --release -p skiff-bench --bin raftbench -- [--duration 10] [--clients 1,64]
+//!     [--value-size 256] [--failovers 5] [--skiff target/release/skiff] [--etcd /usr/bin/etcd]
+//! ```
+//!
+//! Both systems fsync every commit (etcd by default; Skiff always). Each
+//! client sends one write at a time over its own connection; clients are
+//! spread over the three members (followers forward to the leader).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use skiff_bench::etcdpb::kv_client::KvClient;
+use skiff_bench::etcdpb::PutRequest;
+use skiff_bench::procs::{free_port, wait_until, Proc};
+use skiff_bench::stats::{ms, percentile};
+use skiff_client::Client;
+use skiff_model::JobSpec;
+
+struct Opts {
+    duration: Duration,
+    clients: Vec<usize>,
+    value_size: usize,
+    failovers: usize,
+    skiff: PathBuf,
+    etcd: PathBuf,
+}
+
+fn parse() -> anyhow::Result<Opts> {
+    let exe = std::env::current_exe()?;
+    let mut o = Opts {
+        duration: Duration::from_secs(10),
+        clients: vec![1, 64],
+        value_size: 256,
+        failovers: 5,
+        skiff: exe.parent().map(|d| d.join("skiff")).unwrap_or_default(),
+        etcd: PathBuf::from("/usr/bin/etcd"),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = || args.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--duration" => o.duration = Duration::from_secs(val()?.parse()?),
+            "--clients" => {
+                o.clients = val()?
+                    .split(',')
+                    .map(|c| c.parse())
+                    .collect::<Result<_, _>>()?
+            }
+            "--value-size" => o.value_size = val()?.parse()?,
+            "--failovers" => o.failovers = val()?.parse()?,
+            "--skiff" => o.skiff = val()?.into(),
+            "--etcd" => o.etcd = val()?.into(),
+            "-h" | "--help" => {
+                println!("raftbench [--duration SECS] [--clients 1,64] [--value-size BYTES] [--failovers N] [--skiff PATH] [--etcd PATH]");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (see --help)"),
+        }
+    }
+    if !o.skiff.is_file() {
+        bail!(
+            "{} not found: build it first with `cargo build --release -p skiff`, or pass --skiff PATH",
+            o.skiff.display()
+        );
+    }
+    if !o.etcd.is_file() {
+        bail!(
+            "{} not found: `apt-get install etcd-server`, or pass --etcd PATH",
+            o.etcd.display()
+        );
+    }
+    Ok(o)
+}
+
+struct SkiffCluster {
+    procs: Vec<Proc>,
+    urls: Vec<String>,
+}
+
+impl SkiffCluster {
+    fn start(bin: &Path, dir: &Path) -> anyhow::Result<SkiffCluster> {
+        let peers: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let apis: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let peer_list: Vec<String> = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+            .collect();
+        let mut procs = Vec::new();
+        for i in 0..3 {
+            let args: Vec<String> = vec![
+                "server".into(),
+                "--id".into(),
+                (i + 1).to_string(),
+                "--data-dir".into(),
+                dir.join(format!("skiff{}", i + 1)).display().to_string(),
+                "--api".into(),
+                format!("127.0.0.1:{}", apis[i]),
+                "--peer-addr".into(),
+                format!("127.0.0.1:{}", peers[i]),
+                "--peers".into(),
+                peer_list.join(","),
+            ];
+            procs.push(Proc::spawn(
+                bin,
+                &args,
+                &dir.join(format!("skiff{}.log", i + 1)),
+            )?);
+        }
+        Ok(SkiffCluster {
+            procs,
+            urls: apis
+                .iter()
+                .map(|p| format!("http://127.0.0.1:{p}"))
+                .collect(),
+        })
+    }
+
+    async fn leader(&self) -> Option<usize> {
+        for (i, url) in self.urls.iter().enumerate() {
+            if let Ok(Ok(mut c)) =
+                tokio::time::timeout(Duration::from_millis(500), Client::connect(url)).await
+            {
+                if let Ok(Ok(s)) =
+                    tokio::time::timeout(Duration::from_millis(500), c.status()).await
+                {
+                    if s.role == "leader" {
+                        return Some(i);
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+struct EtcdCluster {
+    _procs: Vec<Proc>,
+    urls: Vec<String>,
+}
+
+impl EtcdCluster {
+    fn start(bin: &Path, dir: &Path) -> anyhow::Result<EtcdCluster> {
+        let peers: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let clients: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let initial: Vec<String> = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("e{}=http://127.0.0.1:{p}", i + 1))
+            .collect();
+        let mut procs = Vec::new();
+        for i in 0..3 {
+            let client = format!("http://127.0.0.1:{}", clients[i]);
+            let peer = format!("http://127.0.0.1:{}", peers[i]);
+            let args: Vec<String> = vec![
+                format!("--name=e{}", i + 1),
+                format!(
+                    "--data-dir={}",
+                    dir.join(format!("etcd{}", i + 1)).display()
+                ),
+                format!("--listen-client-urls={client}"),
+                format!("--advertise-client-urls={client}"),
+                format!("--listen-peer-urls={peer}"),
+                format!("--initial-advertise-peer-urls={peer}"),
+                format!("--initial-cluster={}", initial.join(",")),
+                "--initial-cluster-token=skiff-bench".into(),
+                "--initial-cluster-state=new".into(),
+                "--logger=zap".into(),
+                "--log-level=error".into(),
+            ];
+            procs.push(Proc::spawn(
+                bin,
+                &args,
+                &dir.join(format!("etcd{}.log", i + 1)),
+            )?);
+        }
+        Ok(EtcdCluster {
+            _procs: procs,
+            urls: clients
+                .iter()
+                .map(|p| format!("http://127.0.0.1:{p}"))
+                .collect(),
+        })
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Skiff,
+    Etcd,
+}
+
+struct Phase {
+    writes: usize,
+    secs: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn job(name: &str, value: &str) -> JobSpec {
+    JobSpec::from_yaml(&format!(
+        "name: {name}\nreplicas: 0\ntask: {{image: 'oci:/bench', env: {{V: '{value}'}}}}"
+    ))
+    .expect("bench spec is valid")
+}
+
+/// `clients` writers for `duration`, each one write at a time.
+async fn run_phase(
+    target: Target,
+    urls: &[String],
+    clients: usize,
+    duration: Duration,
+    value_size: usize,
+) -> anyhow::Result<Phase> {
+    let start = Instant::now() + Duration::from_millis(300); // connect first
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let url = urls[c % urls.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let value: String =
+                std::iter::repeat_n(char::from(b'a' + (c % 26) as u8), value_size).collect();
+            let mut lat = Vec::new();
+            let mut n = 0usize;
+            match target {
+                Target::Skiff => {
+                    let mut client = Client::connect(&url).await?;
+                    tokio::time::sleep_until(start.into()).await;
+                    while Instant::now() < deadline {
+                        n += 1;
+                        let spec = job(
+                            &format!("b{}", (c * 7919 + n) % 1000),
+                            &format!("{value}{n}"),
+                        );
+                        let t = Instant::now();
+                        client.apply_job(&spec).await?;
+                        lat.push(t.elapsed());
+                    }
+                }
+                Target::Etcd => {
+                    let channel = tonic::transport::Endpoint::from_shared(url)?
+                        .connect()
+                        .await?;
+                    let mut client = KvClient::new(channel);
+                    tokio::time::sleep_until(start.into()).await;
+                    while Instant::now() < deadline {
+                        n += 1;
+                        let req = PutRequest {
+                            key: format!("b{}", (c * 7919 + n) % 1000).into_bytes(),
+                            value: format!("{value}{n}").into_bytes(),
+                            ..Default::default()
+                        };
+                        let t = Instant::now();
+                        client.put(req).await?;
+                        lat.push(t.elapsed());
+                    }
+                }
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let secs = duration.as_secs_f64();
+    Ok(Phase {
+        writes: all.len(),
+        secs,
+        p50: percentile(&mut all, 50.0),
+        p99: percentile(&mut all, 99.0),
+    })
+}
+
+async fn wait_writable(target: Target, urls: &[String]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if run_phase(target, &urls[..1], 1, Duration::from_millis(100), 8)
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("the cluster did not accept writes within 30 s")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let o = parse()?;
+    let dir = tempfile::tempdir()?;
+    eprintln!("data and logs in {}", dir.path().display());
+    let mut skiff = SkiffCluster::start(&o.skiff, dir.path())?;
+    let etcd = EtcdCluster::start(&o.etcd, dir.path())?;
+    wait_writable(Target::Skiff, &skiff.urls)
+        .await
+        .context("skiff")?;
+    wait_writable(Target::Etcd, &etcd.urls)
+        .await
+        .context("etcd")?;
+
+    for &clients in &o.clients {
+        let s = run_phase(
+            Target::Skiff,
+            &skiff.urls,
+            clients,
+            o.duration,
+            o.value_size,
+        )
+        .await?;
+        let e = run_phase(Target::Etcd, &etcd.urls, clients, o.duration, o.value_size).await?;
+        for (name, p) in [("skiff", &s), ("etcd", &e)] {
+            println!(
+                "target={name} clients={clients} value_bytes={} writes={} writes_per_sec={:.0} p50_ms={} p99_ms={}",
+                o.value_size,
+                p.writes,
+                p.writes as f64 / p.secs,
+                ms(p.p50),
+                ms(p.p99)
+            );
+        }
+        println!(
+            "compare clients={clients} throughput_skiff_over_etcd={:.2} p99_skiff_over_etcd={:.2}",
+            s.writes as f64 / e.writes.max(1) as f64,
+            s.p99.as_secs_f64() / e.p99.as_secs_f64().max(1e-9)
+        );
+    }
+
+    // Failover: SIGKILL the leader, time the next acknowledged write.
+    let mut times = Vec::new();
+    let spec = Arc::new(job("failover", "x"));
+    for round in 0..o.failovers {
+        let leader = loop {
+            if let Some(l) = skiff.leader().await {
+                break l;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let survivors: Vec<String> = skiff
+            .urls
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != leader)
+            .map(|(_, u)| u.clone())
+            .collect();
+        let mut clients = Vec::new();
+        for u in &survivors {
+            clients.push(Client::connect(u).await?);
+        }
+        let killed_at = Instant::now();
+        skiff.procs[leader].kill9();
+        let mut k = 0usize;
+        let acked = loop {
+            let mut spec = (*spec).clone();
+            spec.task.env.insert("ROUND".into(), format!("{round}-{k}"));
+            let n = clients.len();
+            let c = &mut clients[k % n];
+            k += 1;
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(Duration::from_secs(3), c.apply_job(&spec)).await
+            {
+                break killed_at.elapsed();
+            }
+            if killed_at.elapsed() > Duration::from_secs(30) {
+                bail!("no write was acknowledged within 30 s of killing the leader");
+            }
+        };
+        println!(
+            "failover round={round} killed_server={} ms={}",
+            leader + 1,
+            ms(acked)
+        );
+        times.push(acked);
+        skiff.procs[leader].start()?;
+        let urls = skiff.urls.clone();
+        tokio::task::spawn_blocking(move || {
+            wait_until(Duration::from_secs(30), || {
+                std::net::TcpStream::connect(urls[leader].trim_start_matches("http://")).is_ok()
+            })
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_secs(2)).await; // let it catch up
+    }
+    if !times.is_empty() {
+        println!(
+            "failover runs={} p50_ms={} max_ms={}",
+            times.len(),
+            ms(percentile(&mut times.clone(), 50.0)),
+            ms(*times.iter().max().unwrap())
+        );
+    }
+    Ok(())
+}
