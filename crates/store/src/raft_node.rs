@@ -877,6 +877,7 @@ impl Driver {
         let mut replies = Vec::new();
         let mut conf_replies = Vec::new();
         let mut new_events = Vec::new();
+        let mut encoded: HashMap<(Table, String), Option<Arc<str>>> = HashMap::new();
         {
             let mut state = self
                 .shared
@@ -940,9 +941,11 @@ impl Driver {
                         }
                     }
                 }
+                // Each changed record is encoded once: for the watchers
+                // here, and for the batch that persists it below.
                 for (table, key) in std::mem::take(&mut state.changes) {
-                    let value = statedb::record(&state, table, &key)
-                        .map(|bytes| Arc::from(String::from_utf8_lossy(&bytes).as_ref()));
+                    let value = statedb::record_json(&state, table, &key);
+                    encoded.insert((table, key.clone()), value.clone());
                     new_events.push(Event {
                         index: e.index,
                         table,
@@ -951,7 +954,7 @@ impl Driver {
                     });
                 }
             }
-            self.statedb.save(&mut state)?;
+            self.statedb.save_encoded(&mut state, &encoded)?;
         }
         if !new_events.is_empty() {
             let mut log = self

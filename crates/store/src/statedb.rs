@@ -7,6 +7,9 @@
 //! index always agree; entries after that index are applied again from the
 //! (durable) Raft log.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -66,10 +69,24 @@ impl StateDb {
     /// Writes the dirty records and the applied index atomically and clears
     /// the dirty set. Not fsynced: the Raft log holds the entries durably.
     pub fn save(&self, state: &mut State) -> Result<(), StoreError> {
+        self.save_encoded(state, &HashMap::new())
+    }
+
+    /// [`StateDb::save`], taking records already encoded (by
+    /// [`record_json`]) from `encoded` instead of encoding them again.
+    pub fn save_encoded(
+        &self,
+        state: &mut State,
+        encoded: &HashMap<(Table, String), Option<Arc<str>>>,
+    ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for (table, key) in std::mem::take(&mut state.dirty) {
             let full = format!("{}{}", table.prefix(), key);
-            match record(state, table, &key) {
+            let value = match encoded.get(&(table, key)) {
+                Some(v) => v.as_deref().map(|s| s.as_bytes().to_vec()),
+                None => record(state, table, full.split_at(table.prefix().len()).1),
+            };
+            match value {
                 Some(v) => batch.insert(full.as_bytes(), v),
                 None => batch.remove(full.as_bytes()),
             }
@@ -141,6 +158,13 @@ impl StateDb {
             }
         }
     }
+}
+
+/// [`record`] as shared text (records are JSON), for watchers and
+/// [`StateDb::save_encoded`].
+pub fn record_json(state: &State, table: Table, key: &str) -> Option<Arc<str>> {
+    record(state, table, key)
+        .map(|bytes| Arc::from(String::from_utf8(bytes).expect("records are JSON text")))
 }
 
 /// The stored form of one record, `None` when it no longer exists.
