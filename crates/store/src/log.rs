@@ -1,15 +1,23 @@
 //! The Raft log, hard state, conf state and latest snapshot in one sled
 //! tree, behind raft-rs's `Storage` trait.
 //!
-//! Keys: `e` + big-endian index -> `Entry`; `m:hs` -> `HardState`;
+//! Keys: `b` + big-endian index -> a batch of entries starting at that
+//! index (each Ready's new entries are one record); `m:hs` -> `HardState`;
 //! `m:cs` -> `ConfState`; `m:trim` -> index and term of the last entry
 //! removed by compaction; `m:snap` -> `SnapshotMetadata`; `m:snapdata` ->
-//! the snapshot's state machine bytes. Values are raft's protobuf encoding.
+//! the snapshot's state machine bytes. Entries use raft's protobuf encoding.
+//!
+//! Writing one record per batch, not one per entry, keeps sled's B-tree
+//! small and its node splits rare: a Raft log only ever appends at the end
+//! and drops from the front. The entries after the last compaction are also
+//! kept in memory, where raft-rs reads them (replication reads constantly).
 //!
 //! Every write that Raft depends on is one atomic sled batch, fsynced before
 //! the driver acknowledges anything: new entries (dropping a conflicting
 //! tail) with the hard state; a received snapshot with everything it
 //! replaces; a compaction with the snapshot that covers it.
+
+use std::collections::{BTreeMap, VecDeque};
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -23,19 +31,49 @@ const KEY_TRIM: &[u8] = b"m:trim";
 const KEY_SNAP: &[u8] = b"m:snap";
 const KEY_SNAP_DATA: &[u8] = b"m:snapdata";
 
-fn entry_key(index: u64) -> [u8; 9] {
+fn batch_key(first: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
-    k[0] = b'e';
-    k[1..].copy_from_slice(&index.to_be_bytes());
+    k[0] = b'b';
+    k[1..].copy_from_slice(&first.to_be_bytes());
     k
 }
 
 fn index_of_key(key: &[u8]) -> Option<u64> {
-    (key.len() == 9 && key[0] == b'e').then(|| u64::from_be_bytes(key[1..].try_into().unwrap()))
+    (key.len() == 9 && key[0] == b'b').then(|| u64::from_be_bytes(key[1..].try_into().unwrap()))
 }
 
 fn pb_bytes<M: protobuf::Message>(m: &M) -> Result<Vec<u8>, StoreError> {
     Ok(m.write_to_bytes().map_err(raft::Error::from)?)
+}
+
+/// Entries as `(u32 length, protobuf bytes)*`.
+fn encode_batch(entries: &[Entry]) -> Result<Vec<u8>, StoreError> {
+    let mut out = Vec::new();
+    for e in entries {
+        let bytes = pb_bytes(e)?;
+        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    Ok(out)
+}
+
+fn decode_batch(key: &[u8], mut data: &[u8]) -> Result<Vec<Entry>, StoreError> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        if data.len() < 4 {
+            return Err(StoreError::corrupt("raft log", key, "truncated length"));
+        }
+        let len = u32::from_be_bytes(data[..4].try_into().unwrap()) as usize;
+        if data.len() < 4 + len {
+            return Err(StoreError::corrupt("raft log", key, "truncated entry"));
+        }
+        out.push(
+            Entry::parse_from_bytes(&data[4..4 + len])
+                .map_err(|e| StoreError::corrupt("raft log", key, e))?,
+        );
+        data = &data[4 + len..];
+    }
+    Ok(out)
 }
 
 pub struct RaftLog {
@@ -48,8 +86,10 @@ pub struct RaftLog {
     trimmed: (u64, u64),
     /// The latest snapshot's metadata (index 0: none).
     snapshot: SnapshotMetadata,
-    /// Index of the last entry held (or `trimmed.0` when none).
-    last: u64,
+    /// Every entry after `trimmed`, in order.
+    entries: VecDeque<Entry>,
+    /// The stored batch records: first index -> last index.
+    batches: BTreeMap<u64, u64>,
     /// Raft asked for a snapshot the stored one cannot serve (a peer that
     /// joined after it was taken): the driver takes a fresh one.
     want_snapshot: std::sync::atomic::AtomicBool,
@@ -70,13 +110,32 @@ impl RaftLog {
             Some(_) => return Err(StoreError::corrupt("raft log", KEY_TRIM, "not 16 bytes")),
             None => (0, 0),
         };
-        let last = match tree.scan_prefix(b"e").next_back() {
-            Some(kv) => {
-                let (k, _) = kv?;
-                index_of_key(&k).ok_or_else(|| StoreError::corrupt("raft log", &k, "bad key"))?
+        let mut entries: VecDeque<Entry> = VecDeque::new();
+        let mut batches = BTreeMap::new();
+        for kv in tree.scan_prefix(b"b") {
+            let (k, v) = kv?;
+            let first =
+                index_of_key(&k).ok_or_else(|| StoreError::corrupt("raft log", &k, "bad key"))?;
+            let batch = decode_batch(&k, &v)?;
+            let Some(last) = batch.last().map(|e| e.index) else {
+                continue;
+            };
+            batches.insert(first, last);
+            for e in batch {
+                if e.index <= trimmed.0 {
+                    continue; // compacted away; the record still holds later ones
+                }
+                let expected = trimmed.0 + 1 + entries.len() as u64;
+                if e.index != expected {
+                    return Err(StoreError::corrupt(
+                        "raft log",
+                        &k,
+                        format!("entry {} where {expected} was expected", e.index),
+                    ));
+                }
+                entries.push_back(e);
             }
-            None => trimmed.0,
-        };
+        }
         Ok(RaftLog {
             db,
             tree,
@@ -84,7 +143,8 @@ impl RaftLog {
             conf_state,
             trimmed,
             snapshot,
-            last,
+            entries,
+            batches,
             want_snapshot: Default::default(),
         })
     }
@@ -122,7 +182,7 @@ impl RaftLog {
     }
 
     pub fn last_index(&self) -> u64 {
-        self.last
+        self.trimmed.0 + self.entries.len() as u64
     }
 
     /// Index of the latest snapshot (0 when there is none).
@@ -130,28 +190,60 @@ impl RaftLog {
         self.snapshot.index
     }
 
-    /// Appends `entries` (truncating any conflicting tail) and records `hs`,
-    /// in one atomic batch; fsyncs when `sync` is set.
+    /// Appends `new` (truncating any conflicting tail) and records `hs`, in
+    /// one atomic batch; fsyncs when `sync` is set.
     pub fn persist(
         &mut self,
-        entries: &[Entry],
+        new: &[Entry],
         hs: Option<&HardState>,
         sync: bool,
     ) -> Result<(), StoreError> {
-        if entries.is_empty() && hs.is_none() {
+        if new.is_empty() && hs.is_none() {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
-        let mut new_last = self.last;
-        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
-            for old in (last.index + 1)..=self.last {
-                batch.remove(&entry_key(old));
+        if let Some(first) = new.first().map(|e| e.index) {
+            if first <= self.trimmed.0 || first > self.last_index() + 1 {
+                return Err(StoreError::corrupt(
+                    "raft log",
+                    "append",
+                    format!(
+                        "entries from {first} do not follow the log ({}..={})",
+                        self.first_index(),
+                        self.last_index()
+                    ),
+                ));
             }
-            for e in entries {
-                batch.insert(&entry_key(e.index), pb_bytes(e)?);
+            // Drop a conflicting tail: whole records after it, and the part
+            // of the record it starts in.
+            if first <= self.last_index() {
+                self.entries.truncate((first - self.first_index()) as usize);
+                let affected: Vec<(u64, u64)> = self
+                    .batches
+                    .range(..)
+                    .filter(|(_, end)| **end >= first)
+                    .map(|(s, e)| (*s, *e))
+                    .collect();
+                for (start, _) in affected {
+                    batch.remove(&batch_key(start));
+                    self.batches.remove(&start);
+                    if start < first {
+                        let keep: Vec<Entry> = self
+                            .entries
+                            .iter()
+                            .filter(|e| e.index >= start)
+                            .cloned()
+                            .collect();
+                        if let Some(end) = keep.last().map(|e| e.index) {
+                            batch.insert(&batch_key(start), encode_batch(&keep)?);
+                            self.batches.insert(start, end);
+                        }
+                    }
+                }
             }
-            debug_assert!(first.index <= self.last + 1, "log has no gaps");
-            new_last = last.index;
+            batch.insert(&batch_key(first), encode_batch(new)?);
+            self.batches
+                .insert(first, new.last().map(|e| e.index).unwrap_or(first));
         }
         if let Some(hs) = hs {
             batch.insert(KEY_HS, pb_bytes(hs)?);
@@ -160,7 +252,7 @@ impl RaftLog {
         if sync {
             self.db.flush()?;
         }
-        self.last = new_last;
+        self.entries.extend(new.iter().cloned());
         if let Some(hs) = hs {
             self.hard_state = hs.clone();
         }
@@ -183,9 +275,8 @@ impl RaftLog {
     pub fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<(), StoreError> {
         let meta = snap.get_metadata();
         let mut batch = sled::Batch::default();
-        for kv in self.tree.scan_prefix(b"e") {
-            let (k, _) = kv?;
-            batch.remove(k);
+        for start in self.batches.keys() {
+            batch.remove(&batch_key(*start));
         }
         let mut hs = self.hard_state.clone();
         hs.term = hs.term.max(meta.term);
@@ -202,7 +293,8 @@ impl RaftLog {
         self.conf_state = cs;
         self.snapshot = meta.clone();
         self.trimmed = (meta.index, meta.term);
-        self.last = meta.index;
+        self.entries.clear();
+        self.batches.clear();
         Ok(())
     }
 
@@ -215,25 +307,37 @@ impl RaftLog {
         data: Vec<u8>,
         trim_to: u64,
     ) -> Result<(), StoreError> {
-        let trim_to = trim_to.min(meta.index).min(self.last);
-        let trim_term = if trim_to > self.trimmed.0 {
-            self.read_entry(trim_to)?.term
+        let trim_to = trim_to.min(meta.index).min(self.last_index());
+        let trimming = trim_to > self.trimmed.0;
+        let trim_term = if trimming {
+            self.entry(trim_to)?.term
         } else {
             self.trimmed.1
         };
         let mut batch = sled::Batch::default();
-        for index in self.first_index()..=trim_to {
-            batch.remove(&entry_key(index));
+        let gone: Vec<u64> = self
+            .batches
+            .iter()
+            .filter(|(_, end)| **end <= trim_to)
+            .map(|(start, _)| *start)
+            .collect();
+        for start in &gone {
+            batch.remove(&batch_key(*start));
         }
         batch.insert(KEY_SNAP, pb_bytes(&meta)?);
         batch.insert(KEY_SNAP_DATA, data);
-        if trim_to > self.trimmed.0 {
+        if trimming {
             batch.insert(KEY_TRIM, trim_bytes(trim_to, trim_term).to_vec());
         }
         self.tree.apply_batch(batch)?;
         self.db.flush()?;
         self.snapshot = meta;
-        if trim_to > self.trimmed.0 {
+        for start in gone {
+            self.batches.remove(&start);
+        }
+        if trimming {
+            let drop = (trim_to - self.trimmed.0) as usize;
+            self.entries.drain(..drop);
             self.trimmed = (trim_to, trim_term);
         }
         Ok(())
@@ -254,13 +358,13 @@ impl RaftLog {
         Ok(Some(snap))
     }
 
-    fn read_entry(&self, index: u64) -> raft::Result<Entry> {
-        let key = entry_key(index);
-        match self.tree.get(key) {
-            Ok(Some(bytes)) => Entry::parse_from_bytes(&bytes).map_err(raft::Error::from),
-            Ok(None) => Err(raft::Error::Store(StorageError::Unavailable)),
-            Err(e) => Err(raft::Error::Store(StorageError::Other(Box::new(e)))),
+    fn entry(&self, index: u64) -> raft::Result<&Entry> {
+        if index <= self.trimmed.0 {
+            return Err(raft::Error::Store(StorageError::Compacted));
         }
+        self.entries
+            .get((index - self.trimmed.0 - 1) as usize)
+            .ok_or(raft::Error::Store(StorageError::Unavailable))
     }
 }
 
@@ -316,19 +420,19 @@ impl raft::Storage for RaftLog {
         if low < self.first_index() {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        if high > self.last + 1 {
+        if high > self.last_index() + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
         let max_size = max_size.into().unwrap_or(raft::NO_LIMIT);
         let mut out = Vec::with_capacity((high - low) as usize);
         let mut size = 0u64;
         for index in low..high {
-            let e = self.read_entry(index)?;
+            let e = self.entry(index)?;
             size += u64::from(e.compute_size());
             if !out.is_empty() && size > max_size {
                 break;
             }
-            out.push(e);
+            out.push(e.clone());
         }
         Ok(out)
     }
@@ -343,10 +447,10 @@ impl raft::Storage for RaftLog {
         if idx < self.first_index() {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        if idx > self.last {
+        if idx > self.last_index() {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        Ok(self.read_entry(idx)?.term)
+        Ok(self.entry(idx)?.term)
     }
 
     fn first_index(&self) -> raft::Result<u64> {
@@ -354,7 +458,7 @@ impl raft::Storage for RaftLog {
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        Ok(self.last)
+        Ok(RaftLog::last_index(self))
     }
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {

@@ -217,7 +217,8 @@ impl Store {
         let raft_db = crate::log::open_db(
             sled::Config::new()
                 .path(data_dir.join("raft"))
-                .mode(sled::Mode::HighThroughput),
+                .mode(sled::Mode::HighThroughput)
+                .segment_size(8 << 20),
         )?;
         let state_db = crate::log::open_db(sled::Config::new().path(data_dir.join("state")))?;
         let mut log = RaftLog::open(raft_db)?;
@@ -510,6 +511,7 @@ fn decode_state(snap: &Snapshot) -> Result<State, StoreError> {
     let mut state: State = serde_json::from_slice(&snap.data)
         .map_err(|e| StoreError::corrupt("snapshot", snap.get_metadata().index.to_string(), e))?;
     state.index = snap.get_metadata().index;
+    state.rebuild_indexes();
     Ok(state)
 }
 

@@ -87,6 +87,10 @@ pub struct State {
     /// them into watch events. Not part of the state.
     #[serde(skip)]
     pub changes: Vec<(Table, String)>,
+    /// Evaluation ids by job, derived from `evals` (see
+    /// [`State::rebuild_indexes`]). Not part of the state.
+    #[serde(skip)]
+    pub(crate) evals_by_job: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// Two states are equal when their records and indexes are; the change
@@ -264,20 +268,25 @@ impl State {
     /// will see this change too). Older finished evaluations of the job are
     /// dropped so they do not pile up.
     fn create_eval(&mut self, index: u64, job: &str, trigger: EvalTrigger) {
-        let mine: Vec<(String, EvalStatus)> = self
-            .evals
-            .values()
-            .filter(|e| e.job == job)
-            .map(|e| (e.id.clone(), e.status))
-            .collect();
-        if mine.iter().any(|(_, s)| *s == EvalStatus::Pending) {
+        let mine: Vec<String> = self
+            .evals_by_job
+            .get(job)
+            .map(|ids| ids.iter().cloned().collect())
+            .unwrap_or_default();
+        if mine.iter().any(|id| {
+            self.evals
+                .get(id)
+                .is_some_and(|e| e.status == EvalStatus::Pending)
+        }) {
             return;
         }
-        for (id, _) in mine {
+        for id in mine {
             self.evals.remove(&id);
             self.touch(Table::Eval, &id);
         }
         let id = format!("{index:016x}");
+        self.evals_by_job
+            .insert(job.to_string(), BTreeSet::from([id.clone()]));
         self.evals.insert(
             id.clone(),
             Evaluation {
@@ -665,10 +674,23 @@ impl State {
 
     /// The most recent evaluation of a job.
     pub fn latest_eval(&self, job: &str) -> Option<&Evaluation> {
-        self.evals
-            .values()
-            .filter(|e| e.job == job)
+        self.evals_by_job
+            .get(job)?
+            .iter()
+            .filter_map(|id| self.evals.get(id))
             .max_by_key(|e| e.create_index)
+    }
+
+    /// Rebuilds the derived lookup tables after the records were loaded
+    /// from disk or a snapshot.
+    pub fn rebuild_indexes(&mut self) {
+        self.evals_by_job.clear();
+        for e in self.evals.values() {
+            self.evals_by_job
+                .entry(e.job.clone())
+                .or_default()
+                .insert(e.id.clone());
+        }
     }
 
     /// A stable digest of the state (not of `dirty`), for comparing servers.

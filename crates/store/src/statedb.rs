@@ -63,6 +63,7 @@ impl StateDb {
                 }
             }
         }
+        state.rebuild_indexes();
         Ok(state)
     }
 
@@ -231,6 +232,12 @@ mod tests {
         let loaded = db.load().unwrap();
         assert_eq!(loaded, state);
         assert!(!loaded.jobs.contains_key("web"), "deletes are persisted");
+        assert_eq!(
+            loaded.latest_eval("web").map(|e| &e.id),
+            state.latest_eval("web").map(|e| &e.id),
+            "derived lookups are rebuilt on load"
+        );
+        assert!(loaded.latest_eval("web").is_some());
         assert_eq!(loaded.index, 3);
     }
 }
