@@ -214,14 +214,8 @@ impl Store {
         bootstrap: Bootstrap,
         transport: Arc<dyn Transport>,
     ) -> Result<Store, StoreError> {
-        let raft_db = crate::log::open_db(
-            sled::Config::new()
-                .path(data_dir.join("raft"))
-                .mode(sled::Mode::HighThroughput)
-                .segment_size(8 << 20),
-        )?;
-        let state_db = crate::log::open_db(sled::Config::new().path(data_dir.join("state")))?;
-        let mut log = RaftLog::open(raft_db)?;
+        let state_db = crate::statedb::open_db(sled::Config::new().path(data_dir.join("state")))?;
+        let mut log = RaftLog::open(&data_dir.join("raft"))?;
         let statedb = StateDb::open(state_db)?;
         if !log.is_initialized() {
             if let Bootstrap::Voters(voters) = &bootstrap {

@@ -161,6 +161,24 @@ impl StateDb {
     }
 }
 
+/// Opens a sled database, waiting a little when another handle in this
+/// process is still closing it (sled releases its file lock from a
+/// background thread after the last handle is dropped).
+pub fn open_db(config: sled::Config) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 /// [`record`] as shared text (records are JSON), for watchers and
 /// [`StateDb::save_encoded`].
 pub fn record_json(state: &State, table: Table, key: &str) -> Option<Arc<str>> {
@@ -220,15 +238,12 @@ mod tests {
         state.apply(2, &Command::UpsertJob { spec });
         state.apply(3, &Command::DeleteJob { name: "web".into() });
         {
-            let db =
-                StateDb::open(crate::log::open_db(sled::Config::new().path(dir.path())).unwrap())
-                    .unwrap();
+            let db = StateDb::open(open_db(sled::Config::new().path(dir.path())).unwrap()).unwrap();
             db.save(&mut state).unwrap();
             db.flush().unwrap();
             assert!(state.dirty.is_empty());
         }
-        let db = StateDb::open(crate::log::open_db(sled::Config::new().path(dir.path())).unwrap())
-            .unwrap();
+        let db = StateDb::open(open_db(sled::Config::new().path(dir.path())).unwrap()).unwrap();
         let loaded = db.load().unwrap();
         assert_eq!(loaded, state);
         assert!(!loaded.jobs.contains_key("web"), "deletes are persisted");
