@@ -233,7 +233,9 @@ impl State {
         };
         self.jobs.insert(spec.name.clone(), job.clone());
         self.touch(Table::Job, &spec.name);
-        self.create_eval(index, &spec.name, EvalTrigger::JobRegister);
+        if self.needs_scheduling(&spec.name, spec.replicas) {
+            self.create_eval(index, &spec.name, EvalTrigger::JobRegister);
+        }
         Outcome::JobUpserted {
             job: Box::new(job),
             changed: true,
@@ -260,8 +262,25 @@ impl State {
             return Outcome::Refused(format!("job {name:?} not found"));
         }
         self.touch(Table::Job, name);
-        self.create_eval(index, name, EvalTrigger::JobDeregister);
+        if self.needs_scheduling(name, 0) {
+            self.create_eval(index, name, EvalTrigger::JobDeregister);
+        }
         Outcome::JobDeleted
+    }
+
+    /// Whether an evaluation could change anything for a job that wants
+    /// `replicas`: not when it wants none, runs nothing, and has no
+    /// evaluation whose result would be superseded.
+    fn needs_scheduling(&self, job: &str, replicas: u32) -> bool {
+        replicas > 0
+            || self
+                .evals_by_job
+                .get(job)
+                .is_some_and(|ids| !ids.is_empty())
+            || self
+                .allocs
+                .values()
+                .any(|a| a.job == job && !a.status.is_terminal())
     }
 
     /// Queues an evaluation of `job`, unless one is already pending (it

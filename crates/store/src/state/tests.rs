@@ -657,3 +657,19 @@ fn changing_constraints_makes_a_new_version_but_priority_does_not() {
     });
     assert_eq!(version(&h), 2);
 }
+
+#[test]
+fn a_job_with_nothing_to_run_needs_no_evaluation_until_it_does() {
+    let mut h = Harness::new();
+    h.apply(Command::UpsertJob {
+        spec: spec("idle", 0, "64Mi"),
+    });
+    assert!(h.state.latest_eval("idle").is_none(), "nothing to schedule");
+    h.apply(Command::UpsertJob {
+        spec: spec("idle", 2, "64Mi"),
+    });
+    assert_eq!(
+        h.state.latest_eval("idle").unwrap().status,
+        EvalStatus::Pending
+    );
+}
