@@ -318,6 +318,8 @@ impl Store {
             tick: cfg.tick,
             snapshot_entries: cfg.snapshot_entries,
             removed: false,
+            unsaved: HashMap::new(),
+            last_save: Instant::now(),
         };
         std::thread::Builder::new()
             .name(format!("raft-{}", cfg.id))
@@ -527,7 +529,19 @@ struct Driver {
     tick: Duration,
     snapshot_entries: u64,
     removed: bool,
+    /// Records changed since the state was last written to sled, encoded.
+    unsaved: HashMap<(Table, String), Option<Arc<str>>>,
+    last_save: Instant,
 }
+
+/// How often the state machine's changed records are written to sled. The
+/// Raft log holds every applied entry durably, so a crash loses nothing:
+/// the entries after the saved index are applied again on start. Writing
+/// each record once per interval, not once per entry, saves most of sled's
+/// work when the same records change often.
+const SAVE_EVERY: Duration = Duration::from_millis(100);
+/// ...or once this many records are waiting.
+const SAVE_RECORDS: usize = 4096;
 
 /// Most requests folded into one Ready (one fsync).
 const MAX_BATCH: usize = 1024;
@@ -552,6 +566,9 @@ impl Driver {
             s.leader_id = 0;
         });
         self.fail_pending(|| StoreError::Stopped);
+        if let Err(e) = self.save_state() {
+            tracing::error!(error = %e, "saving state on shutdown");
+        }
         if let Err(e) = self.statedb.flush() {
             tracing::error!(error = %e, "flushing state on shutdown");
         }
@@ -610,6 +627,9 @@ impl Driver {
                     next_tick = now + self.tick;
                 }
                 self.expire_reads(now);
+                if !self.unsaved.is_empty() && self.last_save.elapsed() >= SAVE_EVERY {
+                    self.save_state()?;
+                }
             }
             self.on_ready()?;
             if self.removed {
@@ -788,6 +808,8 @@ impl Driver {
         // start restores the state from the snapshot kept in the log.
         self.raw.mut_store().apply_snapshot(&snap)?;
         self.statedb.replace_all(&state)?;
+        self.unsaved.clear();
+        self.last_save = Instant::now();
         {
             let mut guard = self
                 .shared
@@ -950,7 +972,10 @@ impl Driver {
                     });
                 }
             }
-            self.statedb.save_encoded(&mut state, &encoded)?;
+        }
+        self.unsaved.extend(encoded);
+        if self.unsaved.len() >= SAVE_RECORDS || self.last_save.elapsed() >= SAVE_EVERY {
+            self.save_state()?;
         }
         if !new_events.is_empty() {
             let mut log = self
@@ -980,6 +1005,21 @@ impl Driver {
         cs.voters.contains(&self.id) || cs.learners.contains(&self.id)
     }
 
+    /// Writes the changed records and the applied index to sled (one atomic
+    /// batch).
+    fn save_state(&mut self) -> Result<(), StoreError> {
+        let mut state = self
+            .shared
+            .state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.statedb.save_encoded(&mut state, &self.unsaved)?;
+        drop(state);
+        self.unsaved.clear();
+        self.last_save = Instant::now();
+        Ok(())
+    }
+
     /// Snapshots the state and trims the log once enough entries piled up.
     fn maybe_compact(&mut self) -> Result<(), StoreError> {
         let applied = *self.applied_tx.borrow();
@@ -993,6 +1033,9 @@ impl Driver {
             return Ok(());
         }
         let term = raft::Storage::term(store, applied)?;
+        // The saved state must not fall behind the trimmed log.
+        self.save_state()?;
+        let store = self.raw.store();
         let mut meta = SnapshotMetadata {
             index: applied,
             term,
