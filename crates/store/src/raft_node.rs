@@ -334,9 +334,10 @@ impl Store {
         })
     }
 
-    /// Replicates `command` through this server, which must be the leader,
-    /// and returns what applying it did. Waits (up to the propose timeout)
-    /// for a leader when none is known yet.
+    /// Replicates `command` and returns what applying it did. On a follower
+    /// the proposal travels to the leader inside the Raft stream and is
+    /// answered when this server applies it. Waits (up to the propose
+    /// timeout) for a leader when none is known yet.
     pub async fn propose(&self, command: &Command) -> Result<Outcome, StoreError> {
         self.propose_encoded(command::encode(command)).await
     }
@@ -503,6 +504,21 @@ impl Store {
     }
 }
 
+/// An entry's context: the proposing server and its proposal number.
+fn proposal_context(server: u64, proposal: u64) -> Vec<u8> {
+    let mut ctx = Vec::with_capacity(16);
+    ctx.extend_from_slice(&server.to_be_bytes());
+    ctx.extend_from_slice(&proposal.to_be_bytes());
+    ctx
+}
+
+/// The proposal number, when this server proposed the entry.
+fn own_proposal(ctx: &[u8], me: u64) -> Option<u64> {
+    let ctx: [u8; 16] = ctx.try_into().ok()?;
+    (u64::from_be_bytes(ctx[..8].try_into().unwrap()) == me)
+        .then(|| u64::from_be_bytes(ctx[8..].try_into().unwrap()))
+}
+
 fn decode_state(snap: &Snapshot) -> Result<State, StoreError> {
     let mut state: State = serde_json::from_slice(&snap.data)
         .map_err(|e| StoreError::corrupt("snapshot", snap.get_metadata().index.to_string(), e))?;
@@ -650,12 +666,15 @@ impl Driver {
         match req {
             Request::Shutdown { done } => return Some(done),
             Request::Propose { data, reply } => {
-                if self.raw.raft.state != StateRole::Leader {
+                // A follower's proposal goes to the leader inside the Raft
+                // stream (MsgPropose); this server answers once it applies
+                // the entry, which it recognizes by the context.
+                if self.raw.raft.leader_id == 0 {
                     let _ = reply.send(Err(self.not_leader()));
                     return None;
                 }
                 let id = self.next_id();
-                match self.raw.propose(id.to_be_bytes().to_vec(), data) {
+                match self.raw.propose(proposal_context(self.id, id), data) {
                     Ok(()) => {
                         self.pending.insert(id, reply);
                     }
@@ -833,7 +852,8 @@ impl Driver {
 
     fn on_role_change(&mut self) {
         if self.raw.raft.state != StateRole::Leader {
-            // Our uncommitted proposals may be overwritten by the new leader.
+            // Proposals made here (as leader, or forwarded to a leader that
+            // is gone now) may have been dropped or may yet commit.
             for (_, reply) in self.pending.drain() {
                 let _ = reply.send(Err(StoreError::Indeterminate));
             }
@@ -921,8 +941,8 @@ impl Driver {
                                 Outcome::Skipped
                             }
                         };
-                        if let Ok(ctx) = <[u8; 8]>::try_from(&e.context[..]) {
-                            if let Some(reply) = self.pending.remove(&u64::from_be_bytes(ctx)) {
+                        if let Some(id) = own_proposal(&e.context, self.id) {
+                            if let Some(reply) = self.pending.remove(&id) {
                                 replies.push((reply, outcome));
                             }
                         }
