@@ -210,6 +210,9 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         reserved: Some(cfg.reserved.into()),
         address: advertise.to_string(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        // GPU discovery (NVML) is not built yet: the node reports none.
+        gpus: Vec::new(),
+        gpu_links: Vec::new(),
     };
 
     let (events_tx, events_rx) = mpsc::channel(256);

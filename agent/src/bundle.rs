@@ -239,7 +239,7 @@ pub fn build_spec(input: &BundleInput<'_>) -> Result<Spec, BundleError> {
             .build()?])
         .build()?;
 
-    let r = task.resources;
+    let r = &task.resources;
     let memory = r.memory_bytes.min(i64::MAX as u64) as i64;
     let resources = LinuxResourcesBuilder::default()
         .devices(device_rules()?)
@@ -328,6 +328,8 @@ mod tests {
             replica: 2,
             node: "n1".into(),
             task: spec.task,
+            gpus: vec![],
+            ports: vec![],
             desired: DesiredStatus::Run,
             status: AllocStatus::Pending,
             exit_code: None,

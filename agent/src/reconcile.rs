@@ -1176,6 +1176,8 @@ mod tests {
             replica: 0,
             node: "n".into(),
             task: task("{policy: on-failure}"),
+            gpus: vec![],
+            ports: vec![],
             desired: DesiredStatus::Run,
             status: AllocStatus::Running,
             exit_code: None,

@@ -1,38 +1,118 @@
-//! Skiff's scheduler: a pure function from a cluster snapshot and a job to a
-//! [`Plan`].
+//! Skiff's scheduler: a pure function from a cluster view, a job and a
+//! configuration to a [`Plan`].
 //!
 //! No I/O, no clock, no async, no hash-map iteration order: the same input
-//! always gives the same plan. The fit rule and the best-fit score come from
-//! `skiff_model::fit`, which the state machine also uses to re-check a plan at
-//! commit time. See README.md for the pipeline.
+//! always gives the same plan, and ties are broken by [`Config::seed`]. The
+//! fit rule comes from `skiff_model::fit`, which the state machine also uses
+//! to re-check a plan at commit time. See README.md for the pipeline and a
+//! glossary.
+//!
+//! ```text
+//! let view = ClusterView::new(&nodes, &allocs, |job| priority_of(job));
+//! let plan = reconcile("web", Some(&job), &view, &Config::default());
+//! ```
 
 #![forbid(unsafe_code)]
 
+mod bitset;
+mod explain;
+mod gpus;
+mod place;
+mod preempt;
+mod view;
+
 use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
 
-use skiff_model::fit::{binpack_score, fits};
-use skiff_model::{Allocation, DesiredStatus, Job, Node, Placement, Plan, Resources, Stop};
+use skiff_model::{AllocStatus, DesiredStatus, Job, Placement, Plan, Stop};
 
-/// An immutable view of the cluster the scheduler plans against.
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot<'a> {
-    /// Every registered node, in any order.
-    pub nodes: Vec<&'a Node>,
-    /// Every allocation that may hold resources, in any order.
-    pub allocs: Vec<&'a Allocation>,
+use crate::place::Placer;
+pub use crate::view::ClusterView;
+use crate::view::{AllocRec, NO_NODE};
+
+/// How the scheduler scores the nodes a replica fits on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// Best fit: the node that would be fullest afterwards, so whole nodes
+    /// stay free for big work.
+    #[default]
+    Binpack,
+    /// Worst fit: the node that would be emptiest afterwards, so load is
+    /// spread out.
+    Spread,
+}
+
+impl Algorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Binpack => "binpack",
+            Algorithm::Spread => "spread",
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Algorithm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "binpack" => Ok(Algorithm::Binpack),
+            "spread" => Ok(Algorithm::Spread),
+            other => Err(format!(
+                "{other:?} is not a scheduler algorithm; expected binpack or spread"
+            )),
+        }
+    }
+}
+
+/// The scheduler's settings: plain data, passed in with every call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub algorithm: Algorithm,
+    /// Breaks ties between equally good nodes. The same seed and input give
+    /// the same plan.
+    pub seed: u64,
+    /// Whether a job may evict allocations of jobs at least 10 priority
+    /// points lower when its replicas fit nowhere.
+    pub preemption: bool,
+    /// In index mode, how many fitting nodes per node class are scored for
+    /// each replica (at least 1; 1 is pure best fit).
+    pub candidates: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            algorithm: Algorithm::Binpack,
+            seed: 0,
+            preemption: true,
+            candidates: 4,
+        }
+    }
 }
 
 /// Computes the plan that moves `job_name` from what runs now towards what
 /// the job asks for. `job` is `None` when the job was deleted: everything it
 /// still runs is stopped.
-pub fn reconcile(job_name: &str, job: Option<&Job>, snap: &Snapshot<'_>) -> Plan {
+pub fn reconcile(job_name: &str, job: Option<&Job>, view: &ClusterView<'_>, cfg: &Config) -> Plan {
     let mut plan = Plan::default();
-    let mut own: Vec<&Allocation> = snap
-        .allocs
-        .iter()
-        .copied()
-        .filter(|a| a.job == job_name && a.desired == DesiredStatus::Run)
-        .collect();
+    let job_idx = view.job_index(job_name);
+    let mut own: Vec<&AllocRec<'_>> = job_idx
+        .map(|j| {
+            view.jobs[j as usize]
+                .allocs
+                .iter()
+                .map(|&a| &view.allocs[a as usize])
+                .filter(|a| a.desired == DesiredStatus::Run)
+                .collect()
+        })
+        .unwrap_or_default();
     own.sort_by(|a, b| (a.replica, &a.id).cmp(&(b.replica, &b.id)));
 
     let Some(job) = job else {
@@ -42,17 +122,17 @@ pub fn reconcile(job_name: &str, job: Option<&Job>, snap: &Snapshot<'_>) -> Plan
         return plan;
     };
 
-    // Allocations of an older version of the task are replaced (rolling
+    // Allocations of an older version of the job are replaced (rolling
     // updates come later); those of the current version fill replica slots.
-    let mut filled: BTreeMap<u32, &Allocation> = BTreeMap::new();
+    let mut filled: BTreeMap<u32, &AllocRec<'_>> = BTreeMap::new();
     for a in &own {
         // An allocation made before the job (re)appeared belongs to an
         // earlier job of the same name.
-        if a.job_version != job.version || a.create_index < job.create_index {
+        if a.version != job.version || a.create_index < job.create_index {
             if !a.status.is_terminal() {
                 plan.stops.push(stop(a, "job updated"));
             }
-        } else if a.status != skiff_model::AllocStatus::Lost {
+        } else if a.status != AllocStatus::Lost {
             match filled.entry(a.replica) {
                 std::collections::btree_map::Entry::Vacant(slot) => {
                     slot.insert(a);
@@ -78,80 +158,74 @@ pub fn reconcile(job_name: &str, job: Option<&Job>, snap: &Snapshot<'_>) -> Plan
         return plan;
     }
 
-    let mut nodes: Vec<&Node> = snap.nodes.clone();
-    nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut used: BTreeMap<&str, Resources> = BTreeMap::new();
-    for a in snap.allocs.iter().filter(|a| a.holds_resources()) {
-        let u = used.entry(a.node.as_str()).or_insert(Resources::ZERO);
-        *u = u.saturating_add(a.resources());
-    }
-    let ask = job.spec.task.resources;
-    for replica in missing {
-        match best_fit(&nodes, &used, ask) {
-            Ok(node) => {
-                let u = used.entry(node).or_insert(Resources::ZERO);
-                *u = u.saturating_add(ask);
+    // Where the replicas that stay run (for distinct_hosts and spread).
+    let kept = filled
+        .iter()
+        .filter(|(&r, a)| r < wanted && !a.status.is_terminal() && a.node != NO_NODE)
+        .map(|(_, a)| a.node);
+    let mut placer = Placer::new(view, cfg, &job.spec, job_idx, kept);
+    let reason = format!(
+        "preempted by job {} (priority {})",
+        job.spec.name, job.spec.priority
+    );
+    let mut explanation = None;
+    for &replica in &missing {
+        if explanation.is_some() {
+            // Nothing fit, even by preemption: nor will the next replica.
+            plan.unplaced += 1;
+            continue;
+        }
+        let choice = match placer.place_one() {
+            Some(c) => Some(c),
+            None => placer.preempt_one().map(|(c, victims)| {
+                for v in victims {
+                    plan.evictions.push(Stop {
+                        alloc_id: view.allocs[v as usize].id.to_string(),
+                        reason: reason.clone(),
+                    });
+                }
+                c
+            }),
+        };
+        match choice {
+            Some(c) => {
+                let node = view.nodes[c.node as usize].node;
                 plan.placements.push(Placement {
                     replica,
-                    node: node.to_string(),
+                    node: node.name.clone(),
+                    gpus: node.gpu_uuids(c.gpus),
                 });
             }
-            Err(why) => {
+            None => {
                 plan.unplaced += 1;
-                if plan.explanation.is_empty() {
-                    plan.explanation = why;
-                }
+                explanation = Some(placer.explain());
             }
+        }
+    }
+    if let Some(why) = explanation {
+        if job.spec.gang {
+            // All or nothing: the replicas that fit are not placed either,
+            // and nothing is evicted for them.
+            let fit = plan.placements.len();
+            plan.placements.clear();
+            plan.evictions.clear();
+            plan.unplaced = missing.len() as u32;
+            plan.explanation = format!(
+                "gang needs all {} replicas placed together; only {fit} fit: {why}",
+                missing.len()
+            );
+        } else {
+            plan.explanation = why;
         }
     }
     plan
 }
 
-fn stop(a: &Allocation, reason: &str) -> Stop {
+fn stop(a: &AllocRec<'_>, reason: &str) -> Stop {
     Stop {
-        alloc_id: a.id.clone(),
+        alloc_id: a.id.to_string(),
         reason: reason.to_string(),
     }
-}
-
-/// Picks the feasible node that would be fullest after placing `ask`;
-/// ties go to the node whose name sorts first. On failure, explains why no
-/// node fits, counted by reason.
-fn best_fit<'n>(
-    nodes: &[&'n Node],
-    used: &BTreeMap<&str, Resources>,
-    ask: Resources,
-) -> Result<&'n str, String> {
-    let mut best: Option<(&'n str, f64)> = None;
-    let mut reasons: BTreeMap<&'static str, usize> = BTreeMap::new();
-    for node in nodes {
-        let u = used.get(node.name.as_str()).copied().unwrap_or_default();
-        match fits(node, u, ask) {
-            Ok(()) => {
-                let score = binpack_score(node, u, ask);
-                if best.is_none_or(|(_, s)| score > s) {
-                    best = Some((node.name.as_str(), score));
-                }
-            }
-            Err(m) => *reasons.entry(m.reason()).or_default() += 1,
-        }
-    }
-    match best {
-        Some((name, _)) => Ok(name),
-        None => Err(explain(nodes.len(), &reasons)),
-    }
-}
-
-/// `0/3 nodes: 2 insufficient memory, 1 node not ready`
-fn explain(total: usize, reasons: &BTreeMap<&'static str, usize>) -> String {
-    if total == 0 {
-        return "0/0 nodes: no nodes are registered".to_string();
-    }
-    let mut parts: Vec<(usize, &str)> = reasons.iter().map(|(r, n)| (*n, *r)).collect();
-    // Most common reason first; ties by name so the text is stable.
-    parts.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
-    let listed: Vec<String> = parts.iter().map(|(n, r)| format!("{n} {r}")).collect();
-    format!("0/{total} nodes: {}", listed.join(", "))
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 use super::*;
-use skiff_model::{AllocStatus, JobSpec, NodeStatus};
+use skiff_model::{Allocation, Gpu, GpuLink, JobSpec, LinkLevel, Node, NodeStatus, Resources};
 
 fn node(name: &str, cpu: u64, mem_mi: u64) -> Node {
     Node {
@@ -7,6 +7,10 @@ fn node(name: &str, cpu: u64, mem_mi: u64) -> Node {
         labels: Default::default(),
         capacity: Resources::new(cpu, mem_mi << 20),
         allocatable: Resources::new(cpu, mem_mi << 20),
+        gpus: vec![],
+        gpu_links: vec![],
+        cordoned: false,
+        draining: false,
         address: String::new(),
         status: NodeStatus::Ready,
         agent_version: String::new(),
@@ -15,17 +19,60 @@ fn node(name: &str, cpu: u64, mem_mi: u64) -> Node {
     }
 }
 
-fn job(replicas: u32, cpu: &str, mem: &str) -> Job {
+fn labelled(mut n: Node, labels: &[(&str, &str)]) -> Node {
+    for (k, v) in labels {
+        n.labels.insert(k.to_string(), v.to_string());
+    }
+    n
+}
+
+/// A node with `count` GPUs of `model`: NVLink inside groups of four,
+/// nothing reported between groups.
+fn gpu_node(name: &str, count: usize, model: &str) -> Node {
+    let mut n = node(name, 64_000, 512 << 10);
+    n.gpus = (0..count)
+        .map(|i| Gpu {
+            uuid: format!("{name}-gpu{i}"),
+            model: model.into(),
+            memory_bytes: 80 << 30,
+            healthy: true,
+        })
+        .collect();
+    for a in 0..count {
+        for b in a + 1..count {
+            if a / 4 == b / 4 {
+                n.gpu_links.push(GpuLink {
+                    a: format!("{name}-gpu{a}"),
+                    b: format!("{name}-gpu{b}"),
+                    level: LinkLevel::NvLink,
+                });
+            }
+        }
+    }
+    n.capacity.gpus = count as u32;
+    n.allocatable.gpus = count as u32;
+    n
+}
+
+fn job_yaml(name: &str, extra: &str, task_resources: &str) -> Job {
     let spec = JobSpec::from_yaml(&format!(
-        "name: web\nreplicas: {replicas}\ntask: {{image: 'oci:/i', resources: {{cpu: {cpu}, memory: {mem}}}}}"
+        "name: {name}\n{extra}\ntask: {{image: 'oci:/i', resources: {task_resources}}}"
     ))
-    .unwrap();
+    .unwrap_or_else(|e| panic!("{e}"));
     Job {
         spec,
         version: 1,
         create_index: 1,
         modify_index: 1,
     }
+}
+
+fn job(replicas: u32, cpu: &str, mem: &str) -> Job {
+    job_yaml(
+        "web",
+        &format!("replicas: {replicas}"),
+        &format!("{{cpu: {cpu}, memory: {mem}}}"),
+    )
 }
 
 fn alloc(id: &str, job: &Job, replica: u32, node: &str) -> Allocation {
@@ -36,6 +83,8 @@ fn alloc(id: &str, job: &Job, replica: u32, node: &str) -> Allocation {
         replica,
         node: node.into(),
         task: job.spec.task.clone(),
+        gpus: vec![],
+        ports: job.spec.task.resources.ports.clone(),
         desired: DesiredStatus::Run,
         status: AllocStatus::Running,
         exit_code: None,
@@ -48,109 +97,77 @@ fn alloc(id: &str, job: &Job, replica: u32, node: &str) -> Allocation {
     }
 }
 
+/// Plans `job` against `nodes` and `allocs`, with the priorities of the
+/// jobs in `jobs` (the planned job included).
+fn plan_with(
+    job: &Job,
+    nodes: &[Node],
+    allocs: &[Allocation],
+    jobs: &[&Job],
+    cfg: &Config,
+) -> Plan {
+    let view = ClusterView::new(nodes, allocs, |name| {
+        jobs.iter()
+            .chain(std::iter::once(&job))
+            .find(|j| j.spec.name == name)
+            .map(|j| j.spec.priority)
+    });
+    reconcile(&job.spec.name, Some(job), &view, cfg)
+}
+
+fn plan(job: &Job, nodes: &[Node], allocs: &[Allocation]) -> Plan {
+    plan_with(job, nodes, allocs, &[], &Config::default())
+}
+
+fn nodes_of(plan: &Plan) -> Vec<&str> {
+    plan.placements.iter().map(|p| p.node.as_str()).collect()
+}
+
+// ---- reconciling ------------------------------------------------------------
+
 #[test]
 fn places_every_replica_when_capacity_allows() {
     let nodes = [node("a", 1000, 1024), node("b", 1000, 1024)];
-    let j = job(3, "250m", "64Mi");
-    let snap = Snapshot {
-        nodes: nodes.iter().collect(),
-        allocs: vec![],
-    };
-    let plan = reconcile("web", Some(&j), &snap);
-    assert_eq!(plan.placements.len(), 3);
-    assert_eq!(plan.unplaced, 0);
-    let replicas: Vec<u32> = plan.placements.iter().map(|p| p.replica).collect();
+    let p = plan(&job(3, "250m", "64Mi"), &nodes, &[]);
+    assert_eq!(p.unplaced, 0);
+    let replicas: Vec<u32> = p.placements.iter().map(|p| p.replica).collect();
     assert_eq!(replicas, [0, 1, 2]);
-}
-
-#[test]
-fn best_fit_prefers_the_fuller_node() {
-    // b already runs something, so packing onto b leaves a empty.
-    let nodes = [node("a", 2000, 2048), node("b", 2000, 2048)];
-    let other = job(1, "1", "1Gi");
-    let mut busy = alloc("x", &other, 0, "b");
-    busy.job = "other".into();
-    let j = job(1, "500m", "256Mi");
-    let snap = Snapshot {
-        nodes: nodes.iter().collect(),
-        allocs: vec![&busy],
-    };
-    let plan = reconcile("web", Some(&j), &snap);
-    assert_eq!(plan.placements[0].node, "b");
-}
-
-#[test]
-fn never_overcommits_and_explains_what_does_not_fit() {
-    let mut down = node("c", 8000, 8192);
-    down.status = NodeStatus::Down;
-    let nodes = [node("a", 1000, 128), node("b", 1000, 1024), down];
-    let j = job(4, "500m", "256Mi");
-    let snap = Snapshot {
-        nodes: nodes.iter().collect(),
-        allocs: vec![],
-    };
-    let plan = reconcile("web", Some(&j), &snap);
-    assert_eq!(plan.placements.len(), 2, "{plan:?}");
-    assert!(plan.placements.iter().all(|p| p.node == "b"));
-    assert_eq!(plan.unplaced, 2);
-    assert_eq!(
-        plan.explanation,
-        "0/3 nodes: 1 insufficient cpu, 1 insufficient memory, 1 node not ready"
-    );
-}
-
-#[test]
-fn no_nodes_is_explained() {
-    let j = job(1, "1", "64Mi");
-    let plan = reconcile("web", Some(&j), &Snapshot::default());
-    assert_eq!(plan.unplaced, 1);
-    assert_eq!(plan.explanation, "0/0 nodes: no nodes are registered");
 }
 
 #[test]
 fn running_replicas_are_left_alone() {
     let nodes = [node("a", 4000, 4096)];
     let j = job(2, "1", "64Mi");
-    let a0 = alloc("a0", &j, 0, "a");
-    let a1 = alloc("a1", &j, 1, "a");
-    let snap = Snapshot {
-        nodes: nodes.iter().collect(),
-        allocs: vec![&a0, &a1],
-    };
-    assert!(reconcile("web", Some(&j), &snap).is_empty());
+    let allocs = [alloc("a0", &j, 0, "a"), alloc("a1", &j, 1, "a")];
+    assert!(plan(&j, &nodes, &allocs).is_empty());
 }
 
 #[test]
 fn scaling_down_stops_the_highest_replicas() {
     let nodes = [node("a", 4000, 4096)];
     let j = job(1, "1", "64Mi");
-    let a0 = alloc("a0", &j, 0, "a");
-    let a1 = alloc("a1", &j, 1, "a");
-    let a2 = alloc("a2", &j, 2, "a");
-    let snap = Snapshot {
-        nodes: nodes.iter().collect(),
-        allocs: vec![&a2, &a0, &a1],
-    };
-    let plan = reconcile("web", Some(&j), &snap);
-    let stopped: Vec<&str> = plan.stops.iter().map(|s| s.alloc_id.as_str()).collect();
+    let allocs = [
+        alloc("a2", &j, 2, "a"),
+        alloc("a0", &j, 0, "a"),
+        alloc("a1", &j, 1, "a"),
+    ];
+    let p = plan(&j, &nodes, &allocs);
+    let stopped: Vec<&str> = p.stops.iter().map(|s| s.alloc_id.as_str()).collect();
     assert_eq!(stopped, ["a2", "a1"]);
-    assert!(plan.placements.is_empty());
+    assert!(p.placements.is_empty());
 }
 
 #[test]
 fn a_deleted_job_has_everything_stopped() {
     let j = job(2, "1", "64Mi");
-    let a0 = alloc("a0", &j, 0, "a");
     let mut done = alloc("a1", &j, 1, "a");
     done.status = AllocStatus::Complete;
-    let snap = Snapshot {
-        nodes: vec![],
-        allocs: vec![&a0, &done],
-    };
-    let plan = reconcile("web", None, &snap);
-    assert_eq!(plan.stops.len(), 1);
-    assert_eq!(plan.stops[0].alloc_id, "a0");
-    assert_eq!(plan.stops[0].reason, "job deleted");
+    let allocs = [alloc("a0", &j, 0, "a"), done];
+    let view = ClusterView::new(&[], &allocs, |_| None);
+    let p = reconcile("web", None, &view, &Config::default());
+    assert_eq!(p.stops.len(), 1);
+    assert_eq!(p.stops[0].alloc_id, "a0");
+    assert_eq!(p.stops[0].reason, "job deleted");
 }
 
 #[test]
@@ -159,15 +176,10 @@ fn a_new_task_version_replaces_old_allocations() {
     let mut j = job(1, "1", "64Mi");
     let old = alloc("old", &j, 0, "a");
     j.version = 2;
-    let snap = Snapshot {
-        nodes: nodes.iter().collect(),
-        allocs: vec![&old],
-    };
-    let plan = reconcile("web", Some(&j), &snap);
-    assert_eq!(plan.stops[0].alloc_id, "old");
-    assert_eq!(plan.placements.len(), 1);
+    let p = plan(&j, &nodes, &[old]);
+    assert_eq!(p.stops[0].alloc_id, "old");
     // The old allocation still holds its resources until it has stopped.
-    assert_eq!(plan.placements[0].node, "a");
+    assert_eq!(nodes_of(&p), ["a"]);
 }
 
 #[test]
@@ -178,37 +190,14 @@ fn finished_replicas_are_not_replaced_but_lost_ones_are() {
     failed.status = AllocStatus::Failed;
     let mut lost = alloc("l", &j, 1, "a");
     lost.status = AllocStatus::Lost;
-    let snap = Snapshot {
-        nodes: nodes.iter().collect(),
-        allocs: vec![&failed, &lost],
-    };
-    let plan = reconcile("web", Some(&j), &snap);
+    let p = plan(&j, &nodes, &[failed, lost]);
     assert_eq!(
-        plan.placements,
+        p.placements,
         vec![Placement {
             replica: 1,
-            node: "a".into()
+            node: "a".into(),
+            gpus: vec![]
         }]
-    );
-}
-
-#[test]
-fn the_same_input_gives_the_same_plan() {
-    let nodes: Vec<Node> = (0..20)
-        .map(|i| node(&format!("n{i:02}"), 2000, 2048))
-        .collect();
-    let j = job(30, "300m", "200Mi");
-    let forward = Snapshot {
-        nodes: nodes.iter().collect(),
-        allocs: vec![],
-    };
-    let backward = Snapshot {
-        nodes: nodes.iter().rev().collect(),
-        allocs: vec![],
-    };
-    assert_eq!(
-        reconcile("web", Some(&j), &forward),
-        reconcile("web", Some(&j), &backward)
     );
 }
 
@@ -218,11 +207,578 @@ fn allocations_of_an_earlier_job_with_the_same_name_are_replaced() {
     let mut j = job(1, "1", "64Mi");
     let old = alloc("old", &j, 0, "a");
     j.create_index = 10; // deleted and created again after `old` was placed
-    let snap = Snapshot {
-        nodes: nodes.iter().collect(),
-        allocs: vec![&old],
+    let p = plan(&j, &nodes, &[old]);
+    assert_eq!(p.stops[0].alloc_id, "old");
+    assert_eq!(p.placements.len(), 1);
+}
+
+// ---- scoring ----------------------------------------------------------------
+
+#[test]
+fn best_fit_prefers_the_fuller_node() {
+    let nodes = [node("a", 2000, 2048), node("b", 2000, 2048)];
+    let other = job_yaml("other", "", "{cpu: 1, memory: 1Gi}");
+    let busy = alloc("x", &other, 0, "b");
+    let p = plan(&job(1, "500m", "256Mi"), &nodes, &[busy]);
+    assert_eq!(nodes_of(&p), ["b"]);
+}
+
+#[test]
+fn binpack_fills_one_node_before_starting_the_next() {
+    let nodes: Vec<Node> = (0..4).map(|i| node(&format!("n{i}"), 4000, 4096)).collect();
+    let p = plan(&job(4, "1", "1Gi"), &nodes, &[]);
+    let first = p.placements[0].node.clone();
+    assert!(p.placements.iter().all(|x| x.node == first), "{p:?}");
+}
+
+#[test]
+fn the_spread_algorithm_puts_each_replica_on_the_emptiest_node() {
+    let nodes: Vec<Node> = (0..4).map(|i| node(&format!("n{i}"), 4000, 4096)).collect();
+    let cfg = Config {
+        algorithm: Algorithm::Spread,
+        ..Config::default()
     };
-    let plan = reconcile("web", Some(&j), &snap);
-    assert_eq!(plan.stops[0].alloc_id, "old");
-    assert_eq!(plan.placements.len(), 1);
+    let p = plan_with(&job(4, "1", "1Gi"), &nodes, &[], &[], &cfg);
+    let mut used = nodes_of(&p);
+    used.sort();
+    assert_eq!(used, ["n0", "n1", "n2", "n3"]);
+}
+
+#[test]
+fn work_that_needs_no_gpu_stays_off_gpu_nodes() {
+    let nodes = [gpu_node("gpu", 4, "A100"), node("cpu", 64_000, 512 << 10)];
+    let p = plan(&job(2, "1", "1Gi"), &nodes, &[]);
+    assert_eq!(nodes_of(&p), ["cpu", "cpu"]);
+}
+
+#[test]
+fn affinities_steer_placement_by_weight() {
+    let nodes = [
+        labelled(node("a", 4000, 4096), &[("zone", "a")]),
+        labelled(node("b", 4000, 4096), &[("zone", "b")]),
+        labelled(node("c", 4000, 4096), &[("zone", "c"), ("spot", "true")]),
+    ];
+    let j = job_yaml(
+        "web",
+        "replicas: 3\naffinities:\n  - {label: zone, op: in, values: [b, c], weight: 50}\n  - {label: spot, op: exists, weight: -100}",
+        "{cpu: 1, memory: 64Mi}",
+    );
+    let p = plan(&j, &nodes, &[]);
+    assert_eq!(nodes_of(&p), ["b", "b", "b"]);
+}
+
+// ---- feasibility ------------------------------------------------------------
+
+#[test]
+fn never_overcommits_and_explains_what_does_not_fit() {
+    let mut down = node("c", 8000, 8192);
+    down.status = NodeStatus::Down;
+    let nodes = [node("a", 1000, 128), node("b", 1000, 1024), down];
+    let p = plan(&job(4, "500m", "256Mi"), &nodes, &[]);
+    assert_eq!(nodes_of(&p), ["b", "b"]);
+    assert_eq!(p.unplaced, 2);
+    assert_eq!(
+        p.explanation,
+        "0/3 nodes: 1 insufficient cpu, 1 insufficient memory, 1 node not ready"
+    );
+}
+
+#[test]
+fn no_nodes_is_explained() {
+    let p = plan(&job(1, "1", "64Mi"), &[], &[]);
+    assert_eq!(p.unplaced, 1);
+    assert_eq!(p.explanation, "0/0 nodes: no nodes are registered");
+}
+
+#[test]
+fn each_constraint_operator_filters_nodes() {
+    let nodes = [
+        labelled(node("a", 4000, 4096), &[("zone", "a"), ("cores", "8")]),
+        labelled(
+            node("b", 4000, 4096),
+            &[("zone", "b"), ("cores", "32"), ("ssd", "")],
+        ),
+        labelled(node("c", 4000, 4096), &[("cores", "many")]),
+    ];
+    let cases = [
+        ("{label: zone, op: '=', value: b}", vec!["b"]),
+        ("{label: zone, op: '!=', value: a}", vec!["b", "c"]),
+        ("{label: zone, op: in, values: [a, b]}", vec!["a", "b"]),
+        ("{label: zone, op: not_in, values: [a]}", vec!["b", "c"]),
+        ("{label: ssd, op: exists}", vec!["b"]),
+        ("{label: cores, op: '<', value: 16}", vec!["a"]),
+        ("{label: cores, op: '>', value: 16}", vec!["b"]),
+    ];
+    for (rule, want) in cases {
+        // distinct_hosts + one replica per node shows every allowed node.
+        let j = job_yaml(
+            "web",
+            &format!("replicas: 3\ndistinct_hosts: true\nconstraints: [{rule}]"),
+            "{cpu: 100m, memory: 64Mi}",
+        );
+        let mut got = nodes_of(&plan(&j, &nodes, &[]))
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+        got.sort();
+        assert_eq!(got, want, "{rule}");
+    }
+}
+
+#[test]
+fn cordoned_and_draining_nodes_get_no_new_work() {
+    let mut cordoned = node("a", 4000, 4096);
+    cordoned.cordoned = true;
+    let mut draining = node("b", 4000, 4096);
+    draining.draining = true;
+    let p = plan(&job(1, "1", "64Mi"), &[cordoned, draining], &[]);
+    assert_eq!(p.unplaced, 1);
+    assert_eq!(p.explanation, "0/2 nodes: 1 node cordoned, 1 node draining");
+}
+
+#[test]
+fn the_explanation_counts_gpu_and_constraint_reasons() {
+    // The example: 31 nodes without a free GPU, 9 in another zone.
+    let mut nodes: Vec<Node> = (0..31)
+        .map(|i| labelled(node(&format!("cpu{i:02}"), 8000, 8192), &[("zone", "a")]))
+        .collect();
+    nodes.extend(
+        (0..9).map(|i| labelled(gpu_node(&format!("gpu{i}"), 4, "A100"), &[("zone", "b")])),
+    );
+    let j = job_yaml(
+        "train",
+        "constraints: [{label: zone, op: in, values: [a]}]",
+        "{cpu: 1, memory: 1Gi, gpus: 1}",
+    );
+    let p = plan(&j, &nodes, &[]);
+    assert_eq!(
+        p.explanation,
+        "0/40 nodes: 31 insufficient gpu, 9 constraint zone in (a)"
+    );
+}
+
+#[test]
+fn unhealthy_gpus_are_never_offered() {
+    let mut n = gpu_node("g", 2, "A100");
+    n.gpus[0].healthy = false;
+    let j = job_yaml("t", "", "{cpu: 1, memory: 1Gi, gpus: 1}");
+    let p = plan(&j, std::slice::from_ref(&n), &[]);
+    assert_eq!(p.placements[0].gpus, ["g-gpu1"]);
+    let two = job_yaml("t", "", "{cpu: 1, memory: 1Gi, gpus: 2}");
+    let p = plan(&two, &[n], &[]);
+    assert_eq!(p.explanation, "0/1 nodes: 1 insufficient gpu");
+}
+
+#[test]
+fn a_gpu_filter_selects_by_model_memory_and_uuid() {
+    let mut t4 = gpu_node("t4", 4, "T4");
+    for g in &mut t4.gpus {
+        g.memory_bytes = 16 << 30;
+    }
+    let nodes = [t4, gpu_node("a100", 4, "A100")];
+    let by_model = job_yaml(
+        "t",
+        "",
+        "{cpu: 1, memory: 1Gi, gpus: 1, gpu: {model: A100}}",
+    );
+    assert_eq!(nodes_of(&plan(&by_model, &nodes, &[])), ["a100"]);
+    let by_memory = job_yaml(
+        "t",
+        "",
+        "{cpu: 1, memory: 1Gi, gpus: 1, gpu: {min_memory: 40Gi}}",
+    );
+    assert_eq!(nodes_of(&plan(&by_memory, &nodes, &[])), ["a100"]);
+    let pinned = job_yaml("t", "", "{cpu: 1, memory: 1Gi, gpu: {uuids: [t4-gpu2]}}");
+    let p = plan(&pinned, &nodes, &[]);
+    assert_eq!(nodes_of(&p), ["t4"]);
+    assert_eq!(p.placements[0].gpus, ["t4-gpu2"]);
+}
+
+#[test]
+fn a_multi_gpu_replica_gets_nvlink_connected_gpus() {
+    let n = gpu_node("g", 8, "A100");
+    // One GPU of each NVLink group is taken by another job.
+    let other = job_yaml("other", "", "{cpu: 1, memory: 1Gi, gpus: 2}");
+    let mut held = alloc("x", &other, 0, "g");
+    held.gpus = vec!["g-gpu0".into(), "g-gpu4".into()];
+    let j = job_yaml("t", "", "{cpu: 1, memory: 1Gi, gpus: 3}");
+    let p = plan(&j, &[n], &[held]);
+    let got = &p.placements[0].gpus;
+    let same_group = got
+        .iter()
+        .all(|g| ["g-gpu1", "g-gpu2", "g-gpu3"].contains(&g.as_str()))
+        || got
+            .iter()
+            .all(|g| ["g-gpu5", "g-gpu6", "g-gpu7"].contains(&g.as_str()));
+    assert!(same_group, "{got:?}");
+}
+
+#[test]
+fn a_multi_gpu_replica_prefers_the_node_with_a_tight_gpu_set() {
+    // On `scattered` the four free GPUs straddle both NVLink groups; on
+    // `tight` a whole group is free. `scattered` is fuller, yet loses.
+    let scattered = gpu_node("scattered", 8, "A100");
+    let tight = gpu_node("tight", 8, "A100");
+    let other = job_yaml("other", "", "{cpu: 1, memory: 1Gi, gpus: 4}");
+    let mut a = alloc("x", &other, 0, "scattered");
+    a.gpus = ["g0", "g1", "g4", "g5"]
+        .map(|g| format!("scattered-{}", g.replace('g', "gpu")))
+        .to_vec();
+    let j = job_yaml("t", "", "{cpu: 1, memory: 1Gi, gpus: 4}");
+    let p = plan(&j, &[scattered, tight], &[a]);
+    assert_eq!(nodes_of(&p), ["tight"]);
+}
+
+#[test]
+fn a_host_port_is_never_given_twice_on_a_node() {
+    let nodes = [node("a", 8000, 8192), node("b", 8000, 8192)];
+    let j = job_yaml(
+        "web",
+        "replicas: 3",
+        "{cpu: 1, memory: 64Mi, ports: [8080]}",
+    );
+    let p = plan(&j, &nodes, &[]);
+    let mut used = nodes_of(&p);
+    used.sort();
+    assert_eq!(used, ["a", "b"]);
+    assert_eq!(p.explanation, "0/2 nodes: 2 port 8080 in use");
+}
+
+#[test]
+fn distinct_hosts_puts_replicas_on_different_nodes() {
+    let nodes: Vec<Node> = (0..3).map(|i| node(&format!("n{i}"), 8000, 8192)).collect();
+    let j = job_yaml(
+        "web",
+        "replicas: 4\ndistinct_hosts: true",
+        "{cpu: 1, memory: 64Mi}",
+    );
+    let p = plan(&j, &nodes, &[]);
+    let mut used = nodes_of(&p);
+    used.sort();
+    assert_eq!(used, ["n0", "n1", "n2"]);
+    assert_eq!(p.unplaced, 1);
+    assert_eq!(
+        p.explanation,
+        "0/3 nodes: 3 distinct_hosts (runs a replica already)"
+    );
+}
+
+#[test]
+fn spread_keeps_label_values_within_the_max_skew() {
+    let mut nodes = Vec::new();
+    for (zone, count) in [("a", 3), ("b", 1), ("c", 1)] {
+        for i in 0..count {
+            nodes.push(labelled(
+                node(&format!("{zone}{i}"), 64_000, 65536),
+                &[("zone", zone)],
+            ));
+        }
+    }
+    nodes.push(node("nolabel", 64_000, 65536));
+    let j = job_yaml(
+        "web",
+        "replicas: 6\nspread: {label: zone, max_skew: 1}",
+        "{cpu: 1, memory: 64Mi}",
+    );
+    let p = plan(&j, &nodes, &[]);
+    assert_eq!(p.unplaced, 0);
+    let mut per_zone = BTreeMap::new();
+    for n in nodes_of(&p) {
+        *per_zone.entry(&n[..1]).or_insert(0) += 1;
+    }
+    assert_eq!(per_zone, BTreeMap::from([("a", 2), ("b", 2), ("c", 2)]));
+}
+
+#[test]
+fn spread_blocks_a_replica_that_would_exceed_the_skew() {
+    // Zone b has no room: with max_skew 1, zone a takes one replica only.
+    let nodes = [
+        labelled(node("a0", 64_000, 65536), &[("zone", "a")]),
+        labelled(node("b0", 100, 65536), &[("zone", "b")]),
+    ];
+    let j = job_yaml(
+        "web",
+        "replicas: 2\nspread: {label: zone}",
+        "{cpu: 1, memory: 64Mi}",
+    );
+    let p = plan(&j, &nodes, &[]);
+    assert_eq!(nodes_of(&p), ["a0"]);
+    assert_eq!(
+        p.explanation,
+        "0/2 nodes: 1 insufficient cpu, 1 spread over zone (max_skew 1)"
+    );
+}
+
+// ---- gangs ------------------------------------------------------------------
+
+#[test]
+fn a_gang_is_placed_all_together_or_not_at_all() {
+    let nodes = [gpu_node("g0", 4, "A100"), gpu_node("g1", 4, "A100")];
+    let fits = job_yaml(
+        "train",
+        "replicas: 2\ngang: true",
+        "{cpu: 1, memory: 1Gi, gpus: 4}",
+    );
+    assert_eq!(plan(&fits, &nodes, &[]).placements.len(), 2);
+    let too_big = job_yaml(
+        "train",
+        "replicas: 3\ngang: true",
+        "{cpu: 1, memory: 1Gi, gpus: 4}",
+    );
+    let p = plan(&too_big, &nodes, &[]);
+    assert!(p.placements.is_empty());
+    assert_eq!(p.unplaced, 3);
+    assert_eq!(
+        p.explanation,
+        "gang needs all 3 replicas placed together; only 2 fit: 0/2 nodes: 2 insufficient gpu"
+    );
+    // Without gang the two that fit are placed.
+    let loose = job_yaml("train", "replicas: 3", "{cpu: 1, memory: 1Gi, gpus: 4}");
+    assert_eq!(plan(&loose, &nodes, &[]).placements.len(), 2);
+}
+
+// ---- preemption -------------------------------------------------------------
+
+fn full_node_with(victims: &[(&Job, &str)]) -> (Vec<Node>, Vec<Allocation>) {
+    let nodes = vec![node("n", 4000, 4096)];
+    let allocs = victims.iter().map(|(j, id)| alloc(id, j, 0, "n")).collect();
+    (nodes, allocs)
+}
+
+#[test]
+fn a_job_evicts_lower_priority_work_to_fit() {
+    let low = job_yaml("batch", "priority: 20", "{cpu: 4, memory: 1Gi}");
+    let (nodes, allocs) = full_node_with(&[(&low, "victim")]);
+    let high = job_yaml("web", "priority: 30", "{cpu: 2, memory: 1Gi}");
+    let p = plan_with(&high, &nodes, &allocs, &[&low], &Config::default());
+    assert_eq!(nodes_of(&p), ["n"]);
+    assert_eq!(p.evictions.len(), 1);
+    assert_eq!(p.evictions[0].alloc_id, "victim");
+    assert_eq!(p.evictions[0].reason, "preempted by job web (priority 30)");
+}
+
+#[test]
+fn preemption_never_touches_work_less_than_ten_points_lower() {
+    let low = job_yaml("batch", "priority: 21", "{cpu: 4, memory: 1Gi}");
+    let (nodes, allocs) = full_node_with(&[(&low, "victim")]);
+    let high = job_yaml("web", "priority: 30", "{cpu: 2, memory: 1Gi}");
+    let p = plan_with(&high, &nodes, &allocs, &[&low], &Config::default());
+    assert!(p.evictions.is_empty() && p.placements.is_empty());
+    assert_eq!(p.explanation, "0/1 nodes: 1 insufficient cpu");
+    let off = Config {
+        preemption: false,
+        ..Config::default()
+    };
+    let lower = job_yaml("batch", "priority: 0", "{cpu: 4, memory: 1Gi}");
+    let (nodes, allocs) = full_node_with(&[(&lower, "victim")]);
+    let p = plan_with(&high, &nodes, &allocs, &[&lower], &off);
+    assert!(p.evictions.is_empty(), "preemption can be turned off");
+}
+
+#[test]
+fn preemption_chooses_the_cheapest_victims() {
+    // Needs 2 cores on a full 4-core node. Candidates: one priority-10
+    // 2-core alloc, two priority-0 1-core allocs. Lowest priority wins,
+    // even though it takes two victims.
+    let mid = job_yaml("mid", "priority: 10", "{cpu: 2, memory: 64Mi}");
+    let low_a = job_yaml("low-a", "priority: 0", "{cpu: 1, memory: 64Mi}");
+    let low_b = job_yaml("low-b", "priority: 0", "{cpu: 1, memory: 64Mi}");
+    let (nodes, allocs) = full_node_with(&[(&mid, "m"), (&low_a, "la"), (&low_b, "lb")]);
+    let high = job_yaml("web", "priority: 50", "{cpu: 2, memory: 64Mi}");
+    let p = plan_with(
+        &high,
+        &nodes,
+        &allocs,
+        &[&mid, &low_a, &low_b],
+        &Config::default(),
+    );
+    let mut victims: Vec<&str> = p.evictions.iter().map(|e| e.alloc_id.as_str()).collect();
+    victims.sort();
+    assert_eq!(victims, ["la", "lb"]);
+    // Among equal priorities, the fewest victims: one 2-core alloc beats
+    // two 1-core ones.
+    let big = job_yaml("big", "priority: 0", "{cpu: 2, memory: 64Mi}");
+    let (nodes, allocs) = full_node_with(&[(&big, "big"), (&low_a, "la"), (&low_b, "lb")]);
+    let p = plan_with(
+        &high,
+        &nodes,
+        &allocs,
+        &[&big, &low_a, &low_b],
+        &Config::default(),
+    );
+    let victims: Vec<&str> = p.evictions.iter().map(|e| e.alloc_id.as_str()).collect();
+    assert_eq!(victims, ["big"]);
+}
+
+#[test]
+fn preempting_a_multi_gpu_victim_frees_exactly_its_gpus() {
+    let n = gpu_node("g", 4, "A100");
+    let low = job_yaml("low", "priority: 0", "{cpu: 1, memory: 1Gi, gpus: 2}");
+    let mut v1 = alloc("v1", &low, 0, "g");
+    v1.gpus = vec!["g-gpu0".into(), "g-gpu1".into()];
+    let mut v2 = alloc("v2", &low, 1, "g");
+    v2.gpus = vec!["g-gpu2".into(), "g-gpu3".into()];
+    let high = job_yaml("train", "priority: 90", "{cpu: 1, memory: 1Gi, gpus: 2}");
+    let p = plan_with(&high, &[n], &[v1, v2], &[&low], &Config::default());
+    assert_eq!(p.evictions.len(), 1);
+    let freed: &[&str] = if p.evictions[0].alloc_id == "v1" {
+        &["g-gpu0", "g-gpu1"]
+    } else {
+        &["g-gpu2", "g-gpu3"]
+    };
+    assert_eq!(p.placements[0].gpus, freed);
+}
+
+#[test]
+fn a_victim_holding_a_needed_port_is_always_evicted() {
+    let low = job_yaml(
+        "low",
+        "priority: 0",
+        "{cpu: 100m, memory: 64Mi, ports: [80]}",
+    );
+    let (nodes, allocs) = full_node_with(&[(&low, "holder")]);
+    let high = job_yaml(
+        "web",
+        "priority: 50",
+        "{cpu: 100m, memory: 64Mi, ports: [80]}",
+    );
+    let p = plan_with(&high, &nodes, &allocs, &[&low], &Config::default());
+    assert_eq!(p.evictions[0].alloc_id, "holder");
+    // A higher-priority holder of the port makes the node unusable.
+    let top = job_yaml(
+        "top",
+        "priority: 100",
+        "{cpu: 100m, memory: 64Mi, ports: [80]}",
+    );
+    let (nodes, allocs) = full_node_with(&[(&top, "holder")]);
+    let p = plan_with(&high, &nodes, &allocs, &[&top], &Config::default());
+    assert!(p.evictions.is_empty());
+    assert_eq!(p.explanation, "0/1 nodes: 1 port 80 in use");
+}
+
+#[test]
+fn a_gang_that_cannot_fit_evicts_nothing() {
+    let low = job_yaml("low", "priority: 0", "{cpu: 4, memory: 1Gi}");
+    let (nodes, allocs) = full_node_with(&[(&low, "victim")]);
+    let gang = job_yaml(
+        "train",
+        "priority: 90\nreplicas: 3\ngang: true",
+        "{cpu: 2, memory: 1Gi}",
+    );
+    let p = plan_with(&gang, &nodes, &allocs, &[&low], &Config::default());
+    assert!(p.evictions.is_empty() && p.placements.is_empty());
+    assert_eq!(p.unplaced, 3);
+}
+
+// ---- determinism and the index ----------------------------------------------
+
+#[test]
+fn the_same_input_gives_the_same_plan_whatever_its_order() {
+    let nodes: Vec<Node> = (0..200)
+        .map(|i| node(&format!("n{i:03}"), 2000 + (i % 3) * 1000, 2048))
+        .collect();
+    let other = job_yaml("other", "replicas: 50", "{cpu: 700m, memory: 300Mi}");
+    let allocs: Vec<Allocation> = (0..50)
+        .map(|i| alloc(&format!("o{i}"), &other, i, &format!("n{:03}", i * 3)))
+        .collect();
+    let j = job(30, "300m", "200Mi");
+    let cfg = Config {
+        seed: 7,
+        ..Config::default()
+    };
+    let forward = plan_with(&j, &nodes, &allocs, &[&other], &cfg);
+    let rev_nodes: Vec<Node> = nodes.iter().rev().cloned().collect();
+    let rev_allocs: Vec<Allocation> = allocs.iter().rev().cloned().collect();
+    let backward = plan_with(&j, &rev_nodes, &rev_allocs, &[&other], &cfg);
+    assert_eq!(forward, backward);
+    assert_eq!(forward.placements.len(), 30);
+}
+
+#[test]
+fn the_seed_breaks_ties_between_equal_nodes() {
+    let nodes: Vec<Node> = (0..100)
+        .map(|i| node(&format!("n{i:03}"), 4000, 4096))
+        .collect();
+    let j = job(1, "1", "64Mi");
+    let chosen: std::collections::BTreeSet<String> = (0..20)
+        .map(|seed| {
+            let cfg = Config {
+                seed,
+                ..Config::default()
+            };
+            plan_with(&j, &nodes, &[], &[], &cfg).placements[0]
+                .node
+                .clone()
+        })
+        .collect();
+    assert!(chosen.len() > 1, "every seed chose {chosen:?}");
+}
+
+#[test]
+fn the_index_finds_the_same_best_fit_as_a_full_scan() {
+    // 300 nodes (index mode) with varied usage: the chosen node must be one
+    // of the fullest that fit, as a scan over every node finds them.
+    let nodes: Vec<Node> = (0..300)
+        .map(|i| node(&format!("n{i:03}"), 8000, 8192))
+        .collect();
+    let other = job_yaml("other", "", "{cpu: 1, memory: 1Gi}");
+    let mut allocs = Vec::new();
+    for i in 0..300u32 {
+        for k in 0..(i * 7 % 9) {
+            allocs.push(alloc(&format!("o{i}-{k}"), &other, k, &format!("n{i:03}")));
+        }
+    }
+    let j = job(1, "2", "2Gi");
+    let cfg = Config {
+        candidates: 1,
+        ..Config::default()
+    };
+    let p = plan_with(&j, &nodes, &allocs, &[&other], &cfg);
+    let view = ClusterView::new(&nodes, &allocs, |_| Some(50));
+    let ask = j.spec.task.resources.amount();
+    let best = nodes
+        .iter()
+        .filter_map(|n| {
+            let (cap, used) = view.node_usage(&n.name).unwrap();
+            ask.saturating_add(used.amount)
+                .fits_in(cap)
+                .then(|| skiff_model::fit::binpack_score(cap, used.amount.saturating_add(ask)))
+        })
+        .fold(f64::MIN, f64::max);
+    let (cap, used) = view.node_usage(&p.placements[0].node).unwrap();
+    let got = skiff_model::fit::binpack_score(cap, used.amount.saturating_add(ask));
+    assert_eq!(got, best);
+}
+
+#[test]
+fn committing_a_plan_to_the_view_matches_rebuilding_it() {
+    let nodes: Vec<Node> = (0..100)
+        .map(|i| node(&format!("n{i:03}"), 4000, 4096))
+        .collect();
+    let cfg = Config::default();
+    let mut allocs: Vec<Allocation> = Vec::new();
+    let none: &[Allocation] = &[];
+    let mut view = ClusterView::new(&nodes, none, |_| Some(50));
+    for k in 0..40 {
+        let j = job_yaml(
+            &format!("j{k}"),
+            "replicas: 3",
+            "{cpu: 700m, memory: 500Mi}",
+        );
+        let incremental = reconcile(j.name(), Some(&j), &view, &cfg);
+        let rebuilt = {
+            let fresh = ClusterView::new(&nodes, &allocs, |_| Some(50));
+            reconcile(j.name(), Some(&j), &fresh, &cfg)
+        };
+        assert_eq!(incremental, rebuilt, "job {k}");
+        let ids: Vec<String> = (0..incremental.placements.len())
+            .map(|r| format!("{k:03}-{r}"))
+            .collect();
+        view.commit(&j, &incremental, &ids, 1);
+        for (p, id) in incremental.placements.iter().zip(&ids) {
+            let mut a = alloc(id, &j, p.replica, &p.node);
+            a.status = AllocStatus::Pending;
+            allocs.push(a);
+        }
+    }
 }

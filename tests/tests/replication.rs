@@ -212,6 +212,20 @@ async fn a_minority_cannot_commit_and_all_converge_after_healing() {
     let old = cluster.leader(SETTLE).await;
     let mut c = Client::connect(&cluster.url(old)).await.unwrap();
     c.apply_job(&register_job("before", "1")).await.unwrap();
+    // If the job needed an evaluation, the leader commits its plan right
+    // after the job: wait for that, so no write of the leader's own is in
+    // flight when the partition starts.
+    skiff_tests::wait_for("no evaluation of the job to be pending", SETTLE, || {
+        let url = cluster.url(old);
+        async move {
+            let mut c = Client::connect(&url).await.ok()?;
+            let d = c.get_job("before").await.ok()?;
+            d.latest_eval
+                .is_none_or(|e| e.status == "complete")
+                .then_some(())
+        }
+    })
+    .await;
     cluster.converged(&[0, 1, 2], SETTLE).await;
     let commit_before = cluster.status(old).await.unwrap().commit;
 

@@ -10,7 +10,9 @@ use skiff_model::duration::format_duration;
 use skiff_model::quantity::{format_cpu, format_memory, format_memory_human};
 use skiff_model::JobSpec;
 
-use crate::output::{age, emit, print_list, table, AllocOut, Format, JobOut, NodeOut};
+use crate::output::{
+    age, emit, gpu_models, labels_text, print_list, table, AllocOut, Format, JobOut, NodeOut,
+};
 use crate::ClientOpts;
 
 #[derive(Subcommand)]
@@ -58,6 +60,20 @@ pub enum DescribeWhat {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// A node: capacity and use, GPUs and how they are connected, allocations.
+    Node {
+        name: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+#[derive(Args)]
+pub struct NodeArgs {
+    /// The node's name, as `skiff get nodes` shows it.
+    name: String,
+    #[command(flatten)]
+    client: ClientOpts,
 }
 
 #[derive(Subcommand)]
@@ -201,6 +217,7 @@ pub async fn members(cmd: crate::daemons::MembersCmd) -> anyhow::Result<()> {
                 cmd.output,
                 &items,
                 &["ID", "ROLE", "API", "PEER", "APPLIED"],
+                5,
                 |m| {
                     vec![
                         m.id.to_string(),
@@ -303,6 +320,7 @@ pub async fn get(what: GetWhat) -> anyhow::Result<()> {
                 &[
                     "NAME", "VERSION", "READY", "PENDING", "COMPLETE", "FAILED", "IMAGE",
                 ],
+                7,
                 |j| {
                     vec![
                         j.name.to_string(),
@@ -336,8 +354,9 @@ pub async fn get(what: GetWhat) -> anyhow::Result<()> {
                 &items,
                 &[
                     "ID", "JOB", "REPLICA", "NODE", "DESIRED", "STATUS", "READY", "RESTARTS",
-                    "EXIT", "MESSAGE",
+                    "EXIT", "MESSAGE", "GPUS", "PORTS",
                 ],
+                10,
                 |a| {
                     vec![
                         a.id[..8.min(a.id.len())].to_string(),
@@ -352,6 +371,8 @@ pub async fn get(what: GetWhat) -> anyhow::Result<()> {
                             .map(|c| c.to_string())
                             .unwrap_or_else(|| "-".into()),
                         a.message.to_string(),
+                        list_or_dash(a.gpus.iter()),
+                        list_or_dash(a.ports.iter()),
                     ]
                 },
             )
@@ -371,11 +392,15 @@ pub async fn get(what: GetWhat) -> anyhow::Result<()> {
                     "MEMORY USED",
                     "HEARTBEAT",
                     "ADDRESS",
+                    "GPUS",
+                    "GPU MODELS",
+                    "LABELS",
                 ],
+                8,
                 |n| {
                     vec![
                         n.name.to_string(),
-                        n.status.to_string(),
+                        n.status.clone(),
                         n.cpu.clone(),
                         n.memory.clone(),
                         format_cpu(n.cpu_used_millis),
@@ -384,6 +409,9 @@ pub async fn get(what: GetWhat) -> anyhow::Result<()> {
                             .map(|ms| format!("{} ago", age(std::time::Duration::from_millis(ms))))
                             .unwrap_or_else(|| "-".into()),
                         n.address.to_string(),
+                        format!("{}/{}", n.gpus_used, n.gpus_allocatable),
+                        gpu_models(n.gpus),
+                        labels_text(n.labels),
                     ]
                 },
             )
@@ -391,9 +419,183 @@ pub async fn get(what: GetWhat) -> anyhow::Result<()> {
     }
 }
 
+/// `a, b`, or `-` when empty.
+fn list_or_dash<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
+    let parts: Vec<String> = items.map(|x| x.to_string()).collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+/// `cpu 2, memory 8Gi, 2 gpus (model A100), ports 8080`
+fn resources_text(r: &skiff_model::TaskResources) -> String {
+    let mut s = format!(
+        "cpu {}, memory {}",
+        format_cpu(r.cpu_millis),
+        format_memory(r.memory_bytes)
+    );
+    if r.gpus > 0 {
+        s.push_str(&format!(
+            ", {} gpu{}",
+            r.gpus,
+            if r.gpus == 1 { "" } else { "s" }
+        ));
+        if !r.gpu.is_empty() {
+            s.push_str(&format!(" ({})", r.gpu));
+        }
+    }
+    if !r.ports.is_empty() {
+        s.push_str(&format!(", ports {}", list_or_dash(r.ports.iter())));
+    }
+    s
+}
+
 pub async fn describe(what: DescribeWhat) -> anyhow::Result<()> {
-    let DescribeWhat::Job { name, client } = what;
-    let d = connect(&client).await?.get_job(&name).await?;
+    match what {
+        DescribeWhat::Job { name, client } => describe_job(&name, &client).await,
+        DescribeWhat::Node { name, client } => describe_node(&name, &client).await,
+    }
+}
+
+async fn describe_node(name: &str, opts: &ClientOpts) -> anyhow::Result<()> {
+    let mut client = connect(opts).await?;
+    let nodes = client.list_nodes().await?;
+    let Some(info) = nodes.iter().find(|n| n.node.name == name) else {
+        bail!("node {name:?} not found");
+    };
+    let n = &info.node;
+    let mut out = String::new();
+    out.push_str(&format!("Name:        {}\n", n.name));
+    out.push_str(&format!("Status:      {}\n", n.status_text()));
+    out.push_str(&format!("Address:     {}\n", n.address));
+    out.push_str(&format!("Labels:      {}\n", labels_text(&n.labels)));
+    out.push_str(&format!(
+        "Allocatable: cpu {}, memory {}, gpus {}\n",
+        format_cpu(n.allocatable.cpu_millis),
+        format_memory_human(n.allocatable.memory_bytes),
+        n.allocatable.gpus
+    ));
+    out.push_str(&format!(
+        "Used:        cpu {}, memory {}, gpus {}\n",
+        format_cpu(info.used.cpu_millis),
+        format_memory_human(info.used.memory_bytes),
+        info.used.gpus
+    ));
+    let allocs = client.list_allocs(None, Some(name)).await?;
+    if !n.gpus.is_empty() {
+        out.push_str("\nGPUs:\n");
+        let holder = |uuid: &str| {
+            allocs
+                .iter()
+                .find(|a| a.holds_resources() && a.gpus.iter().any(|g| g == uuid))
+                .map(|a| format!("{} ({})", a.short_id(), a.job))
+                .unwrap_or_else(|| "-".into())
+        };
+        let rows: Vec<Vec<String>> = n
+            .gpus
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                vec![
+                    i.to_string(),
+                    g.uuid.clone(),
+                    if g.model.is_empty() {
+                        "-".into()
+                    } else {
+                        g.model.clone()
+                    },
+                    format_memory_human(g.memory_bytes),
+                    if g.healthy { "healthy" } else { "unhealthy" }.into(),
+                    holder(&g.uuid),
+                ]
+            })
+            .collect();
+        for line in table(
+            &["#", "UUID", "MODEL", "MEMORY", "HEALTH", "ALLOCATION"],
+            &rows,
+        )
+        .lines()
+        {
+            out.push_str("  ");
+            out.push_str(line);
+            out.push('\n');
+        }
+        if !n.gpu_links.is_empty() {
+            // The link matrix, as `nvidia-smi topo -m` prints it.
+            let t = skiff_model::gpu::Topology::new(&n.gpus, &n.gpu_links);
+            out.push_str("\nGPU links (NV nvlink, PS pcie-switch, NU numa, SY system):\n");
+            let short = |l: skiff_model::LinkLevel| match l {
+                skiff_model::LinkLevel::NvLink => "NV",
+                skiff_model::LinkLevel::PcieSwitch => "PS",
+                skiff_model::LinkLevel::Numa => "NU",
+                skiff_model::LinkLevel::System => "SY",
+            };
+            let mut headers = vec![String::new()];
+            headers.extend((0..n.gpus.len()).map(|i| i.to_string()));
+            let rows: Vec<Vec<String>> = (0..n.gpus.len())
+                .map(|a| {
+                    let mut r = vec![a.to_string()];
+                    r.extend((0..n.gpus.len()).map(|b| {
+                        if a == b {
+                            "X".to_string()
+                        } else {
+                            short(t.level(a, b)).to_string()
+                        }
+                    }));
+                    r
+                })
+                .collect();
+            let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+            for line in table(&headers, &rows).lines() {
+                out.push_str("  ");
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out.push_str("\nAllocations:\n");
+    let live: Vec<&skiff_model::Allocation> =
+        allocs.iter().filter(|a| a.holds_resources()).collect();
+    if live.is_empty() {
+        out.push_str("  (none)\n");
+    } else {
+        let rows: Vec<Vec<String>> = live
+            .iter()
+            .map(|a| {
+                vec![
+                    a.short_id().to_string(),
+                    a.job.clone(),
+                    a.replica.to_string(),
+                    a.status.as_str().to_string(),
+                    format_cpu(a.task.resources.cpu_millis),
+                    format_memory(a.task.resources.memory_bytes),
+                    list_or_dash(a.gpus.iter()),
+                    list_or_dash(a.ports.iter()),
+                ]
+            })
+            .collect();
+        for line in table(
+            &[
+                "ID", "JOB", "REPLICA", "STATUS", "CPU", "MEMORY", "GPUS", "PORTS",
+            ],
+            &rows,
+        )
+        .lines()
+        {
+            out.push_str("  ");
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    emit(&out);
+    Ok(())
+}
+
+async fn describe_job(name: &str, client: &ClientOpts) -> anyhow::Result<()> {
+    let name = name.to_string();
+    let d = connect(client).await?.get_job(&name).await?;
     let mut out = String::new();
     match &d.job {
         Some(job) => {
@@ -416,11 +618,33 @@ pub async fn describe(what: DescribeWhat) -> anyhow::Result<()> {
             if !t.args.is_empty() {
                 out.push_str(&format!("Args:       {:?}\n", t.args));
             }
-            out.push_str(&format!(
-                "Resources:  cpu {}, memory {}\n",
-                format_cpu(t.resources.cpu_millis),
-                format_memory(t.resources.memory_bytes)
-            ));
+            out.push_str(&format!("Resources:  {}\n", resources_text(&t.resources)));
+            let s = &job.spec;
+            out.push_str(&format!("Priority:   {}\n", s.priority));
+            if s.gang {
+                out.push_str("Gang:       yes (all replicas are placed together or none)\n");
+            }
+            if !s.constraints.is_empty() {
+                let c: Vec<String> = s.constraints.iter().map(|c| c.to_string()).collect();
+                out.push_str(&format!("Constraints: {}\n", c.join("; ")));
+            }
+            if s.distinct_hosts {
+                out.push_str("Distinct hosts: yes\n");
+            }
+            if let Some(sp) = &s.spread {
+                out.push_str(&format!(
+                    "Spread:     over {} (max_skew {})\n",
+                    sp.label, sp.max_skew
+                ));
+            }
+            if !s.affinities.is_empty() {
+                let a: Vec<String> = s
+                    .affinities
+                    .iter()
+                    .map(|a| format!("{} (weight {})", a.rule, a.weight))
+                    .collect();
+                out.push_str(&format!("Affinities: {}\n", a.join("; ")));
+            }
             out.push_str(&format!("Network:    {}\n", t.network.as_str()));
             let b = &t.restart.backoff;
             out.push_str(&format!(
@@ -482,6 +706,7 @@ pub async fn describe(what: DescribeWhat) -> anyhow::Result<()> {
     if d.allocs.is_empty() {
         out.push_str("  (none)\n");
     } else {
+        let with_gpus = d.allocs.iter().any(|a| !a.gpus.is_empty());
         let rows: Vec<Vec<String>> = d
             .allocs
             .iter()
@@ -501,19 +726,25 @@ pub async fn describe(what: DescribeWhat) -> anyhow::Result<()> {
                     a.exit_code
                         .map(|c| c.to_string())
                         .unwrap_or_else(|| "-".into()),
+                    list_or_dash(a.gpus.iter()),
                     a.message.clone(),
                 ]
             })
+            .map(|mut r: Vec<String>| {
+                if !with_gpus {
+                    r.remove(9);
+                }
+                r
+            })
             .collect();
-        for line in table(
-            &[
-                "ID", "REPLICA", "VERSION", "NODE", "DESIRED", "STATUS", "READY", "RESTARTS",
-                "EXIT", "MESSAGE",
-            ],
-            &rows,
-        )
-        .lines()
-        {
+        let mut headers = vec![
+            "ID", "REPLICA", "VERSION", "NODE", "DESIRED", "STATUS", "READY", "RESTARTS", "EXIT",
+            "GPUS", "MESSAGE",
+        ];
+        if !with_gpus {
+            headers.remove(9);
+        }
+        for line in table(&headers, &rows).lines() {
             out.push_str("  ");
             out.push_str(line);
             out.push('\n');
@@ -574,6 +805,21 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::from(
         out.exit_code.clamp(0, 255) as u8
     ))
+}
+
+/// `skiff cordon`, `skiff drain` and `skiff uncordon`.
+pub async fn set_eligibility(args: NodeArgs, cordoned: bool, draining: bool) -> anyhow::Result<()> {
+    let stopped = connect(&args.client)
+        .await?
+        .set_node_eligibility(&args.name, cordoned, draining)
+        .await?;
+    let what = match (cordoned, draining) {
+        (_, true) => format!("drained ({stopped} allocation(s) asked to stop)"),
+        (true, false) => "cordoned".to_string(),
+        (false, false) => "uncordoned".to_string(),
+    };
+    emit(&format!("node/{} {what}\n", args.name));
+    Ok(())
 }
 
 pub async fn delete(what: DeleteWhat) -> anyhow::Result<()> {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use skiff_agent::AgentConfig;
+use skiff_server::evals::{Algorithm, SchedulerSettings};
 use skiff_server::ServerConfig;
 use skiff_store::RaftConfig;
 
@@ -82,6 +83,29 @@ pub struct ServerArgs {
     /// Snapshot the state and compact the Raft log every N entries (0: never).
     #[arg(long, default_value_t = 10_000)]
     snapshot_entries: u64,
+    #[command(flatten)]
+    scheduler: SchedulerOpts,
+}
+
+#[derive(Args)]
+struct SchedulerOpts {
+    /// How the scheduler scores nodes: `binpack` fills the fullest node that
+    /// fits (keeps whole nodes free for big and GPU work); `spread` picks the
+    /// emptiest (spreads load).
+    #[arg(long = "scheduler", value_name = "ALGORITHM", default_value = "binpack", value_parser = parse_algorithm)]
+    algorithm: Algorithm,
+}
+
+impl SchedulerOpts {
+    fn settings(&self) -> SchedulerSettings {
+        SchedulerSettings {
+            algorithm: self.algorithm,
+        }
+    }
+}
+
+fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
+    s.parse()
 }
 
 #[derive(Args)]
@@ -145,6 +169,8 @@ pub struct DevArgs {
     api: SocketAddr,
     #[command(flatten)]
     node: NodeOpts,
+    #[command(flatten)]
+    scheduler: SchedulerOpts,
 }
 
 /// `ID=HOST:PORT`.
@@ -260,6 +286,7 @@ fn server_config(args: ServerArgs) -> anyhow::Result<ServerConfig> {
             snapshot_entries: args.snapshot_entries,
             ..RaftConfig::default()
         },
+        scheduler: args.scheduler.settings(),
     })
 }
 
@@ -326,6 +353,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         peers: Default::default(),
         join: None,
         raft: RaftConfig::default(),
+        scheduler: args.scheduler.settings(),
     };
     let running = skiff_server::start(&server_cfg).await?;
     let url = format!("http://{}", running.api_addr);

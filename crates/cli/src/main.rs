@@ -80,6 +80,12 @@ enum Cmd {
         #[command(subcommand)]
         what: commands::DeleteWhat,
     },
+    /// Mark a node unschedulable: no new work; what runs there stays.
+    Cordon(commands::NodeArgs),
+    /// Cordon a node and stop its allocations so their jobs place them elsewhere.
+    Drain(commands::NodeArgs),
+    /// Let a cordoned or drained node take new work again.
+    Uncordon(commands::NodeArgs),
     /// Print changes of the cluster's state as they happen.
     Watch(commands::WatchArgs),
 }
@@ -116,6 +122,9 @@ fn main() -> ExitCode {
             Cmd::Logs(args) => ok(commands::logs(args).await),
             Cmd::Exec(args) => commands::exec(args).await,
             Cmd::Delete { what } => ok(commands::delete(what).await),
+            Cmd::Cordon(args) => ok(commands::set_eligibility(args, true, false).await),
+            Cmd::Drain(args) => ok(commands::set_eligibility(args, true, true).await),
+            Cmd::Uncordon(args) => ok(commands::set_eligibility(args, false, false).await),
             Cmd::Watch(args) => ok(commands::watch(args).await),
         }
     });

@@ -8,6 +8,8 @@ use skiff_model::{Allocation, Job};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Table,
+    /// The table with more columns (GPUs, labels, ports).
+    Wide,
     Json,
     Yaml,
 }
@@ -31,6 +33,10 @@ pub struct AllocOut<'a> {
     /// `oom_killed`, `back_off`, `error`, ... (empty when none applies).
     pub reason: &'a str,
     pub image: String,
+    /// UUIDs of the GPUs it holds.
+    pub gpus: &'a [String],
+    /// Host ports it holds.
+    pub ports: &'a [u16],
     pub create_index: u64,
     pub modify_index: u64,
 }
@@ -54,6 +60,8 @@ impl<'a> From<&'a Allocation> for AllocOut<'a> {
             healthy: a.healthy,
             reason: &a.reason,
             image: a.task.image.to_string(),
+            gpus: &a.gpus,
+            ports: &a.ports,
             create_index: a.create_index,
             modify_index: a.modify_index,
         }
@@ -85,7 +93,10 @@ impl AllocOut<'_> {
 #[derive(Serialize)]
 pub struct NodeOut<'a> {
     pub name: &'a str,
-    pub status: &'static str,
+    /// `ready`, `ready,cordoned`, `ready,draining`, `down`...
+    pub status: String,
+    pub cordoned: bool,
+    pub draining: bool,
     /// Allocatable CPU, as a quantity.
     pub cpu: String,
     /// Allocatable memory, as a quantity.
@@ -94,6 +105,11 @@ pub struct NodeOut<'a> {
     pub memory_bytes: u64,
     pub cpu_used_millis: u64,
     pub memory_used_bytes: u64,
+    /// Healthy GPUs (what the scheduler may hand out) and those in use.
+    pub gpus_allocatable: u32,
+    pub gpus_used: u32,
+    pub gpus: &'a [skiff_model::Gpu],
+    pub gpu_links: &'a [skiff_model::GpuLink],
     pub address: &'a str,
     pub labels: &'a std::collections::BTreeMap<String, String>,
     pub heartbeat_age_ms: Option<u64>,
@@ -105,13 +121,19 @@ impl<'a> From<&'a NodeInfo> for NodeOut<'a> {
         let a = n.node.allocatable;
         NodeOut {
             name: &n.node.name,
-            status: n.node.status.as_str(),
+            status: n.node.status_text(),
+            cordoned: n.node.cordoned,
+            draining: n.node.draining,
             cpu: format_cpu(a.cpu_millis),
             memory: format_memory_human(a.memory_bytes),
             cpu_millis: a.cpu_millis,
             memory_bytes: a.memory_bytes,
             cpu_used_millis: n.used.cpu_millis,
             memory_used_bytes: n.used.memory_bytes,
+            gpus_allocatable: a.gpus,
+            gpus_used: n.used.gpus,
+            gpus: &n.node.gpus,
+            gpu_links: &n.node.gpu_links,
             address: &n.node.address,
             labels: &n.node.labels,
             heartbeat_age_ms: n.heartbeat_age.map(|d| d.as_millis() as u64),
@@ -151,22 +173,72 @@ impl<'a> JobOut<'a> {
     }
 }
 
-/// Prints a list in the chosen format. JSON is always an array.
+/// Prints a list in the chosen format. JSON is always an array. `row`
+/// gives every column; the table shows the first `narrow` of them, the
+/// wide table all.
 pub fn print_list<T: Serialize>(
     format: Format,
     items: &[T],
     headers: &[&str],
+    narrow: usize,
     row: impl Fn(&T) -> Vec<String>,
 ) -> anyhow::Result<()> {
     match format {
         Format::Json => emit(&format!("{}\n", serde_json::to_string_pretty(items)?)),
         Format::Yaml => emit(&serde_yaml_ng::to_string(items)?),
-        Format::Table => {
-            let rows: Vec<Vec<String>> = items.iter().map(row).collect();
-            emit(&table(headers, &rows));
+        Format::Table | Format::Wide => {
+            let keep = if format == Format::Wide {
+                headers.len()
+            } else {
+                narrow.min(headers.len())
+            };
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|item| row(item).into_iter().take(keep).collect())
+                .collect();
+            emit(&table(&headers[..keep], &rows));
         }
     }
     Ok(())
+}
+
+/// `2 A100 (80Gi), 1 T4 (16Gi)`: a node's GPUs counted by model, `-` for none.
+pub fn gpu_models(gpus: &[skiff_model::Gpu]) -> String {
+    let mut counts: std::collections::BTreeMap<(String, u64), u32> = Default::default();
+    for g in gpus {
+        *counts.entry((g.model.clone(), g.memory_bytes)).or_default() += 1;
+    }
+    if counts.is_empty() {
+        return "-".into();
+    }
+    counts
+        .into_iter()
+        .map(|((model, mem), n)| {
+            let model = if model.is_empty() {
+                "gpu".to_string()
+            } else {
+                model
+            };
+            if mem > 0 {
+                format!("{n} {model} ({})", format_memory_human(mem))
+            } else {
+                format!("{n} {model}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `k=v,k2=v2`, `-` for none.
+pub fn labels_text(labels: &std::collections::BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "-".into();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Writes to stdout. A reader that went away (`| head`, `| grep -q`) is

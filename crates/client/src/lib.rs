@@ -324,6 +324,27 @@ impl Client {
             .collect()
     }
 
+    /// Cordons (`cordoned`), drains (`draining`, which implies cordoned)
+    /// or uncordons (neither) a node. Returns how many allocations were
+    /// asked to stop.
+    pub async fn set_node_eligibility(
+        &mut self,
+        name: &str,
+        cordoned: bool,
+        draining: bool,
+    ) -> Result<u32, ClientError> {
+        let r = self
+            .cluster
+            .set_node_eligibility(pb::SetNodeEligibilityRequest {
+                name: name.into(),
+                cordoned,
+                draining,
+            })
+            .await?
+            .into_inner();
+        Ok(r.stopped)
+    }
+
     /// Streams an allocation's log; `id` may be a unique prefix.
     pub async fn logs(
         &mut self,

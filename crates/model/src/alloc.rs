@@ -71,6 +71,12 @@ pub struct Allocation {
     pub node: String,
     /// The task as it was when the allocation was placed.
     pub task: TaskSpec,
+    /// UUIDs of the node's GPUs given to this allocation alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<String>,
+    /// Host ports held by this allocation on its node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
     pub desired: DesiredStatus,
     pub status: AllocStatus,
     /// Exit code once the task exited.
@@ -118,8 +124,12 @@ pub mod reason {
 }
 
 impl Allocation {
+    /// The amounts it holds (cpu, memory, GPU count).
     pub fn resources(&self) -> Resources {
-        self.task.resources
+        Resources {
+            gpus: self.gpus.len() as u32,
+            ..self.task.resources.amount()
+        }
     }
 
     /// An allocation holds node resources until it is terminal *and* the

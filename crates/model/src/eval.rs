@@ -9,6 +9,20 @@ pub enum EvalTrigger {
     JobDeregister,
     NodeUpdate,
     AllocUpdate,
+    /// A higher-priority job evicted some of the job's allocations.
+    Preemption,
+}
+
+impl EvalTrigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvalTrigger::JobRegister => "job_register",
+            EvalTrigger::JobDeregister => "job_deregister",
+            EvalTrigger::NodeUpdate => "node_update",
+            EvalTrigger::AllocUpdate => "alloc_update",
+            EvalTrigger::Preemption => "preemption",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::SpecError;
+use crate::gpu::GpuFilter;
 use crate::lifecycle::{Probes, RestartSpec, Security};
+use crate::placement::{Affinity, Constraint, Spread};
 use crate::quantity::{format_cpu, format_memory, parse_cpu, parse_memory};
 
 /// Default CPU for a task that names none: a tenth of a core.
@@ -19,6 +21,25 @@ pub const DEFAULT_MEMORY_BYTES: u64 = 128 << 20;
 pub const MIN_MEMORY_BYTES: u64 = 4 << 20;
 /// Largest replica count one job may ask for.
 pub const MAX_REPLICAS: u32 = 1000;
+/// A job's priority when it names none (0 to 100).
+pub const DEFAULT_PRIORITY: u8 = 50;
+/// Highest priority.
+pub const MAX_PRIORITY: u8 = 100;
+/// A job may preempt allocations of jobs at least this many priority points
+/// below its own.
+pub const PREEMPTION_GAP: u8 = 10;
+
+fn default_priority() -> u8 {
+    DEFAULT_PRIORITY
+}
+
+fn is_default_priority(p: &u8) -> bool {
+    *p == DEFAULT_PRIORITY
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
 
 /// A job as the operator wrote it, after validation. Its serialized form is
 /// valid input again, so `skiff get job -o yaml` output can be re-applied.
@@ -29,6 +50,28 @@ pub struct JobSpec {
     pub name: String,
     /// How many copies of the task to keep running.
     pub replicas: u32,
+    /// 0 to 100, default 50. A job may preempt allocations of jobs at least
+    /// [`PREEMPTION_GAP`] points lower.
+    #[serde(
+        default = "default_priority",
+        skip_serializing_if = "is_default_priority"
+    )]
+    pub priority: u8,
+    /// Place the missing replicas all together or none of them.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub gang: bool,
+    /// Hard rules on node labels; every one must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<Constraint>,
+    /// Spread the replicas over the values of a node label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<Spread>,
+    /// No two replicas on one node.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub distinct_hosts: bool,
+    /// Soft, weighted preferences for nodes by label.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub affinities: Vec<Affinity>,
     pub task: TaskSpec,
 }
 
@@ -48,7 +91,7 @@ pub struct TaskSpec {
     /// Working directory inside the container; the image's when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
-    pub resources: Resources,
+    pub resources: TaskResources,
     #[serde(default)]
     pub network: NetworkMode,
     /// When the container is started again after it exits (default:
@@ -84,7 +127,7 @@ impl TaskSpec {
             args: Vec::new(),
             env: BTreeMap::new(),
             workdir: None,
-            resources: Resources::new(DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES),
+            resources: TaskResources::new(DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES),
             network: NetworkMode::Host,
             restart: RestartSpec::default(),
             probes: Probes::default(),
@@ -96,31 +139,40 @@ impl TaskSpec {
     }
 }
 
-/// CPU in millicores and memory in bytes. Serialized as quantities
-/// (`{cpu: 250m, memory: 64Mi}`).
+/// Amounts of CPU (millicores), memory (bytes) and GPUs (whole devices):
+/// what a node offers and what allocations hold, added and subtracted
+/// exactly. Serialized as quantities (`{cpu: 250m, memory: 64Mi, gpus: 1}`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Resources {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
+    pub gpus: u32,
 }
 
 impl Resources {
     pub const ZERO: Resources = Resources {
         cpu_millis: 0,
         memory_bytes: 0,
+        gpus: 0,
     };
 
     pub fn new(cpu_millis: u64, memory_bytes: u64) -> Self {
         Self {
             cpu_millis,
             memory_bytes,
+            gpus: 0,
         }
+    }
+
+    pub fn with_gpus(self, gpus: u32) -> Self {
+        Self { gpus, ..self }
     }
 
     pub fn saturating_add(self, other: Resources) -> Resources {
         Resources {
             cpu_millis: self.cpu_millis.saturating_add(other.cpu_millis),
             memory_bytes: self.memory_bytes.saturating_add(other.memory_bytes),
+            gpus: self.gpus.saturating_add(other.gpus),
         }
     }
 
@@ -128,12 +180,15 @@ impl Resources {
         Resources {
             cpu_millis: self.cpu_millis.saturating_sub(other.cpu_millis),
             memory_bytes: self.memory_bytes.saturating_sub(other.memory_bytes),
+            gpus: self.gpus.saturating_sub(other.gpus),
         }
     }
 
     /// True when every dimension of `self` is at most that of `other`.
     pub fn fits_in(self, other: Resources) -> bool {
-        self.cpu_millis <= other.cpu_millis && self.memory_bytes <= other.memory_bytes
+        self.cpu_millis <= other.cpu_millis
+            && self.memory_bytes <= other.memory_bytes
+            && self.gpus <= other.gpus
     }
 }
 
@@ -144,8 +199,16 @@ impl fmt::Display for Resources {
             "cpu={} memory={}",
             format_cpu(self.cpu_millis),
             format_memory(self.memory_bytes)
-        )
+        )?;
+        if self.gpus > 0 {
+            write!(f, " gpus={}", self.gpus)?;
+        }
+        Ok(())
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize, Deserialize)]
@@ -153,6 +216,8 @@ impl fmt::Display for Resources {
 struct ResourcesForm {
     cpu: String,
     memory: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    gpus: u32,
 }
 
 impl Serialize for Resources {
@@ -160,6 +225,7 @@ impl Serialize for Resources {
         ResourcesForm {
             cpu: format_cpu(self.cpu_millis),
             memory: format_memory_exact(self.memory_bytes),
+            gpus: self.gpus,
         }
         .serialize(s)
     }
@@ -171,12 +237,90 @@ impl<'de> Deserialize<'de> for Resources {
         Ok(Resources {
             cpu_millis: parse_cpu(&form.cpu).map_err(serde::de::Error::custom)?,
             memory_bytes: parse_memory(&form.memory).map_err(serde::de::Error::custom)?,
+            gpus: form.gpus,
+        })
+    }
+}
+
+/// What one replica of a task asks for: amounts of CPU, memory and GPUs,
+/// which GPUs it accepts, and the host ports it needs to itself.
+/// Serialized as `{cpu: 2, memory: 8Gi, gpus: 1, gpu: {model: ...}, ports: [8080]}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct TaskResources {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    /// Whole GPUs, each given to this replica alone.
+    pub gpus: u32,
+    /// Which GPUs are acceptable (any healthy one when empty).
+    pub gpu: GpuFilter,
+    /// Host ports no other allocation on the node may hold.
+    pub ports: Vec<u16>,
+}
+
+impl TaskResources {
+    pub fn new(cpu_millis: u64, memory_bytes: u64) -> Self {
+        TaskResources {
+            cpu_millis,
+            memory_bytes,
+            ..Default::default()
+        }
+    }
+
+    /// The amounts, for resource arithmetic.
+    pub fn amount(&self) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis,
+            memory_bytes: self.memory_bytes,
+            gpus: self.gpus,
+        }
+    }
+}
+
+fn no_filter(f: &GpuFilter) -> bool {
+    f.is_empty()
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskResourcesForm {
+    cpu: String,
+    memory: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    gpus: u32,
+    #[serde(default, skip_serializing_if = "no_filter")]
+    gpu: GpuFilter,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    ports: Vec<u16>,
+}
+
+impl Serialize for TaskResources {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        TaskResourcesForm {
+            cpu: format_cpu(self.cpu_millis),
+            memory: format_memory_exact(self.memory_bytes),
+            gpus: self.gpus,
+            gpu: self.gpu.clone(),
+            ports: self.ports.clone(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskResources {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let form = TaskResourcesForm::deserialize(d)?;
+        Ok(TaskResources {
+            cpu_millis: parse_cpu(&form.cpu).map_err(serde::de::Error::custom)?,
+            memory_bytes: parse_memory(&form.memory).map_err(serde::de::Error::custom)?,
+            gpus: form.gpus,
+            gpu: form.gpu,
+            ports: form.ports,
         })
     }
 }
 
 /// Like [`format_memory`], but never rounds: falls back to plain bytes.
-fn format_memory_exact(bytes: u64) -> String {
+pub(crate) fn format_memory_exact(bytes: u64) -> String {
     let shown = format_memory(bytes);
     if shown.contains('.') {
         bytes.to_string()
@@ -306,6 +450,16 @@ impl JobSpec {
         } else {
             Err(SpecError::Invalid(errors))
         }
+    }
+
+    /// True when `other` can keep running the allocations of `self`: the task
+    /// and the hard placement rules are the same. A change of `replicas`,
+    /// `priority`, `gang` or `affinities` alone keeps the job's version.
+    pub fn same_version(&self, other: &JobSpec) -> bool {
+        self.task == other.task
+            && self.constraints == other.constraints
+            && self.spread == other.spread
+            && self.distinct_hosts == other.distinct_hosts
     }
 }
 

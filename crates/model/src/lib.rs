@@ -15,21 +15,26 @@ pub mod duration;
 pub mod error;
 pub mod eval;
 pub mod fit;
+pub mod gpu;
 pub mod job;
 pub mod lifecycle;
 pub mod node;
+pub mod placement;
 pub mod plan;
 pub mod quantity;
 mod spec_parse;
+mod spec_sched;
 
 pub use alloc::{AllocStatus, Allocation, DesiredStatus};
 pub use error::{FieldError, SpecError};
 pub use eval::{EvalStatus, EvalTrigger, Evaluation};
-pub use job::{ImageRef, Job, JobSpec, NetworkMode, Resources, TaskSpec};
+pub use gpu::{Gpu, GpuFilter, GpuLink, LinkLevel};
+pub use job::{ImageRef, Job, JobSpec, NetworkMode, Resources, TaskResources, TaskSpec};
 pub use lifecycle::{
     Backoff, Probe, ProbeAction, Probes, RestartPolicy, RestartSpec, Security, UserId,
 };
 pub use node::{Node, NodeStatus};
+pub use placement::{Affinity, Constraint, ConstraintOp, Spread};
 pub use plan::{Placement, Plan, Stop};
 
 /// Largest job spec accepted, in bytes of YAML or JSON text.

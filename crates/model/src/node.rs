@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::gpu::{Gpu, GpuFilter, GpuLink};
 use crate::job::Resources;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,10 +33,23 @@ pub struct Node {
     pub name: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// What the machine has.
+    /// What the machine has (`gpus`: every GPU it reports).
     pub capacity: Resources,
-    /// What the scheduler may hand out: capacity minus what is reserved.
+    /// What the scheduler may hand out: capacity minus what is reserved
+    /// (`gpus`: the healthy ones).
     pub allocatable: Resources,
+    /// The node's GPUs; allocations name them by UUID.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<Gpu>,
+    /// How the GPUs are connected, pair by pair.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu_links: Vec<GpuLink>,
+    /// An operator marked the node unschedulable: no new work, what runs stays.
+    #[serde(default)]
+    pub cordoned: bool,
+    /// The node is being emptied: no new work, and its allocations are stopped.
+    #[serde(default)]
+    pub draining: bool,
     /// Where the agent answers log and exec requests (`host:port`).
     pub address: String,
     pub status: NodeStatus,
@@ -49,6 +63,54 @@ pub struct Node {
 impl Node {
     /// True when the scheduler may place new work here.
     pub fn schedulable(&self) -> bool {
-        self.status == NodeStatus::Ready
+        self.status == NodeStatus::Ready && !self.cordoned && !self.draining
+    }
+
+    /// `ready`, `ready,cordoned`, `down,draining`...
+    pub fn status_text(&self) -> String {
+        let mut s = self.status.as_str().to_string();
+        if self.draining {
+            s.push_str(",draining");
+        } else if self.cordoned {
+            s.push_str(",cordoned");
+        }
+        s
+    }
+
+    /// Position of the GPU with this UUID in [`Node::gpus`].
+    pub fn gpu_index(&self, uuid: &str) -> Option<usize> {
+        self.gpus.iter().position(|g| g.uuid == uuid)
+    }
+
+    /// Mask of the healthy GPUs that `filter` accepts.
+    pub fn eligible_gpus(&self, filter: &GpuFilter) -> u64 {
+        let mut mask = 0u64;
+        for (i, g) in self
+            .gpus
+            .iter()
+            .enumerate()
+            .take(crate::gpu::MAX_GPUS_PER_NODE)
+        {
+            if g.healthy && filter.matches(g) {
+                mask |= 1 << i;
+            }
+        }
+        mask
+    }
+
+    /// UUIDs of the GPUs in `mask`.
+    pub fn gpu_uuids(&self, mask: u64) -> Vec<String> {
+        crate::gpu::bits(mask)
+            .filter_map(|i| self.gpus.get(i).map(|g| g.uuid.clone()))
+            .collect()
+    }
+
+    /// Mask of the GPUs named by `uuids` (unknown UUIDs are left out).
+    pub fn gpu_mask(&self, uuids: &[String]) -> u64 {
+        uuids
+            .iter()
+            .filter_map(|u| self.gpu_index(u))
+            .filter(|&i| i < crate::gpu::MAX_GPUS_PER_NODE)
+            .fold(0, |m, i| m | 1 << i)
     }
 }

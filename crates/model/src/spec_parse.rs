@@ -9,16 +9,28 @@ use serde_json::{Map, Value};
 use crate::duration::{format_duration, parse_duration};
 use crate::error::{FieldError, SpecError};
 use crate::job::{
-    ImageRef, JobSpec, NetworkMode, Resources, TaskSpec, DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES,
-    MAX_REPLICAS, MIN_MEMORY_BYTES,
+    ImageRef, JobSpec, NetworkMode, TaskResources, TaskSpec, DEFAULT_CPU_MILLIS,
+    DEFAULT_MEMORY_BYTES, DEFAULT_PRIORITY, MAX_REPLICAS, MIN_MEMORY_BYTES,
 };
 use crate::lifecycle::{
     normalize_capability, normalize_signal, Backoff, Probe, ProbeAction, Probes, RestartPolicy,
     RestartSpec, Security, UserId, CAPABILITIES,
 };
 use crate::quantity::{format_memory, parse_cpu, parse_memory};
+use crate::spec_sched;
 
-const JOB_FIELDS: &[&str] = &["name", "type", "replicas", "task"];
+const JOB_FIELDS: &[&str] = &[
+    "name",
+    "type",
+    "replicas",
+    "priority",
+    "gang",
+    "constraints",
+    "spread",
+    "distinct_hosts",
+    "affinities",
+    "task",
+];
 const TASK_FIELDS: &[&str] = &[
     "image",
     "command",
@@ -34,7 +46,7 @@ const TASK_FIELDS: &[&str] = &[
     "stop_grace",
     "pids_limit",
 ];
-const RESOURCE_FIELDS: &[&str] = &["cpu", "memory"];
+const RESOURCE_FIELDS: &[&str] = &["cpu", "memory", "gpus", "gpu", "ports"];
 const RESTART_FIELDS: &[&str] = &["policy", "backoff"];
 const BACKOFF_FIELDS: &[&str] = &["initial", "max", "reset_after"];
 const PROBES_FIELDS: &[&str] = &["liveness", "readiness", "startup"];
@@ -65,15 +77,15 @@ const MAX_ARGS: usize = 1024;
 const MAX_ENV: usize = 1024;
 const MAX_STRING: usize = 64 * 1024;
 
-struct Errors(Vec<FieldError>);
+pub(crate) struct Errors(pub(crate) Vec<FieldError>);
 
 impl Errors {
-    fn push(&mut self, field: &str, message: impl Into<String>) {
+    pub(crate) fn push(&mut self, field: &str, message: impl Into<String>) {
         self.0.push(FieldError::new(field, message));
     }
 }
 
-fn join(parent: &str, child: &str) -> String {
+pub(crate) fn join(parent: &str, child: &str) -> String {
     if parent.is_empty() {
         child.to_string()
     } else {
@@ -81,7 +93,7 @@ fn join(parent: &str, child: &str) -> String {
     }
 }
 
-fn kind(v: &Value) -> &'static str {
+pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -93,7 +105,12 @@ fn kind(v: &Value) -> &'static str {
 }
 
 /// Reports fields the object holds that are not in `allowed`.
-fn check_unknown(obj: &Map<String, Value>, path: &str, allowed: &[&str], errs: &mut Errors) {
+pub(crate) fn check_unknown(
+    obj: &Map<String, Value>,
+    path: &str,
+    allowed: &[&str],
+    errs: &mut Errors,
+) {
     for key in obj.keys() {
         if !allowed.contains(&key.as_str()) {
             errs.push(
@@ -104,7 +121,11 @@ fn check_unknown(obj: &Map<String, Value>, path: &str, allowed: &[&str], errs: &
     }
 }
 
-fn as_object<'a>(v: &'a Value, path: &str, errs: &mut Errors) -> Option<&'a Map<String, Value>> {
+pub(crate) fn as_object<'a>(
+    v: &'a Value,
+    path: &str,
+    errs: &mut Errors,
+) -> Option<&'a Map<String, Value>> {
     match v {
         Value::Object(m) => Some(m),
         other => {
@@ -114,7 +135,7 @@ fn as_object<'a>(v: &'a Value, path: &str, errs: &mut Errors) -> Option<&'a Map<
     }
 }
 
-fn as_string(v: &Value, path: &str, errs: &mut Errors) -> Option<String> {
+pub(crate) fn as_string(v: &Value, path: &str, errs: &mut Errors) -> Option<String> {
     match v {
         Value::String(s) if s.len() > MAX_STRING => {
             errs.push(path, format!("is longer than {MAX_STRING} bytes"));
@@ -129,7 +150,7 @@ fn as_string(v: &Value, path: &str, errs: &mut Errors) -> Option<String> {
 }
 
 /// Scalars written without quotes (`PORT: 80`, `cpu: 0.5`) are taken as text.
-fn scalar_text(v: &Value) -> Option<String> {
+pub(crate) fn scalar_text(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
@@ -138,7 +159,7 @@ fn scalar_text(v: &Value) -> Option<String> {
     }
 }
 
-fn string_list(v: &Value, path: &str, errs: &mut Errors) -> Vec<String> {
+pub(crate) fn string_list(v: &Value, path: &str, errs: &mut Errors) -> Vec<String> {
     let Value::Array(items) = v else {
         errs.push(path, format!("must be a list of strings, not {}", kind(v)));
         return Vec::new();
@@ -221,11 +242,20 @@ fn parse_job_inner(root: &Value, errs: &mut Errors) -> Option<JobSpec> {
             None
         }
     };
-    Some(JobSpec {
+    let rules = spec_sched::parse_job_rules(obj, errs);
+    spec_sched::validate_parsed_rules(&rules, errs);
+    let spec = JobSpec {
         name: name?,
         replicas: replicas?,
+        priority: rules.priority.unwrap_or(DEFAULT_PRIORITY),
+        gang: rules.gang,
+        constraints: rules.constraints,
+        spread: rules.spread,
+        distinct_hosts: rules.distinct_hosts,
+        affinities: rules.affinities,
         task: task?,
-    })
+    };
+    Some(spec)
 }
 
 fn parse_task(v: &Value, path: &str, errs: &mut Errors) -> Option<TaskSpec> {
@@ -280,7 +310,7 @@ fn parse_task(v: &Value, path: &str, errs: &mut Errors) -> Option<TaskSpec> {
         .and_then(|v| as_string(v, &join(path, "workdir"), errs));
     let resources = match obj.get("resources") {
         Some(v) => parse_resources(v, &join(path, "resources"), errs),
-        None => Some(Resources::new(DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES)),
+        None => Some(TaskResources::new(DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES)),
     };
     let network = match obj.get("network") {
         None => Some(NetworkMode::Host),
@@ -619,7 +649,7 @@ fn parse_security(v: &Value, path: &str, errs: &mut Errors) -> Option<Security> 
     })
 }
 
-fn parse_resources(v: &Value, path: &str, errs: &mut Errors) -> Option<Resources> {
+fn parse_resources(v: &Value, path: &str, errs: &mut Errors) -> Option<TaskResources> {
     let obj = as_object(v, path, errs)?;
     check_unknown(obj, path, RESOURCE_FIELDS, errs);
     let cpu = match obj.get("cpu") {
@@ -652,7 +682,9 @@ fn parse_resources(v: &Value, path: &str, errs: &mut Errors) -> Option<Resources
             }
         },
     };
-    Some(Resources::new(cpu?, memory?))
+    let mut r = TaskResources::new(cpu?, memory?);
+    spec_sched::parse_task_resources(obj, path, &mut r, errs);
+    Some(r)
 }
 
 /// Rules on values, whatever form the spec arrived in.
@@ -669,6 +701,7 @@ pub(crate) fn validate_job(spec: &JobSpec) -> Vec<FieldError> {
         );
     }
     validate_task(&spec.task, "task", &mut errs);
+    spec_sched::validate_job_rules(spec, &mut errs);
     errs.0
 }
 
@@ -723,7 +756,8 @@ fn validate_task(task: &TaskSpec, path: &str, errs: &mut Errors) {
         }
     }
     validate_lifecycle(task, path, errs);
-    let r = task.resources;
+    let r = &task.resources;
+    spec_sched::validate_task_resources(task, path, errs);
     let cpu = join(path, "resources.cpu");
     if r.cpu_millis == 0 {
         errs.push(&cpu, "must be more than 0");
@@ -947,7 +981,7 @@ task:
         assert_eq!(spec.replicas, 2);
         assert_eq!(spec.task.image.path, "./images/busybox");
         assert_eq!(spec.task.image.tag.as_deref(), Some("latest"));
-        assert_eq!(spec.task.resources, Resources::new(250, 64 << 20));
+        assert_eq!(spec.task.resources, TaskResources::new(250, 64 << 20));
         assert_eq!(spec.task.env["GREETING"], "hi");
         assert_eq!(spec.task.network, NetworkMode::Host);
     }
@@ -1028,7 +1062,7 @@ task:
         assert_eq!(spec.replicas, 1);
         assert_eq!(
             spec.task.resources,
-            Resources::new(DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES)
+            TaskResources::new(DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES)
         );
         assert_eq!(spec.task.image.tag, None);
     }
@@ -1041,7 +1075,7 @@ task:
         .unwrap();
         assert_eq!(spec.task.env["PORT"], "80");
         assert_eq!(spec.task.env["DEBUG"], "true");
-        assert_eq!(spec.task.resources, Resources::new(500, 64 << 20));
+        assert_eq!(spec.task.resources, TaskResources::new(500, 64 << 20));
     }
 
     #[test]

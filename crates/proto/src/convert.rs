@@ -35,14 +35,147 @@ impl From<m::Resources> for pb::Resources {
         pb::Resources {
             cpu_millis: r.cpu_millis,
             memory_bytes: r.memory_bytes,
+            gpus: r.gpus,
         }
     }
 }
 
 impl From<pb::Resources> for m::Resources {
     fn from(r: pb::Resources) -> Self {
-        m::Resources::new(r.cpu_millis, r.memory_bytes)
+        m::Resources::new(r.cpu_millis, r.memory_bytes).with_gpus(r.gpus)
     }
+}
+
+// ---- GPUs ------------------------------------------------------------------
+
+impl From<&m::Gpu> for pb::Gpu {
+    fn from(g: &m::Gpu) -> Self {
+        pb::Gpu {
+            uuid: g.uuid.clone(),
+            model: g.model.clone(),
+            memory_bytes: g.memory_bytes,
+            healthy: g.healthy,
+        }
+    }
+}
+
+impl From<pb::Gpu> for m::Gpu {
+    fn from(g: pb::Gpu) -> Self {
+        m::Gpu {
+            uuid: g.uuid,
+            model: g.model,
+            memory_bytes: g.memory_bytes,
+            healthy: g.healthy,
+        }
+    }
+}
+
+impl From<&m::GpuLink> for pb::GpuLink {
+    fn from(l: &m::GpuLink) -> Self {
+        pb::GpuLink {
+            a: l.a.clone(),
+            b: l.b.clone(),
+            level: match l.level {
+                m::LinkLevel::NvLink => pb::LinkLevel::Nvlink,
+                m::LinkLevel::PcieSwitch => pb::LinkLevel::PcieSwitch,
+                m::LinkLevel::Numa => pb::LinkLevel::Numa,
+                m::LinkLevel::System => pb::LinkLevel::System,
+            } as i32,
+        }
+    }
+}
+
+/// A GPU link off the wire; an unknown level is an error naming `path`.
+pub fn gpu_link_from_wire(l: pb::GpuLink, path: &str) -> Result<m::GpuLink, WireError> {
+    let level = match pb::LinkLevel::try_from(l.level) {
+        Ok(pb::LinkLevel::Nvlink) => m::LinkLevel::NvLink,
+        Ok(pb::LinkLevel::PcieSwitch) => m::LinkLevel::PcieSwitch,
+        Ok(pb::LinkLevel::Numa) => m::LinkLevel::Numa,
+        Ok(pb::LinkLevel::System | pb::LinkLevel::Unspecified) => m::LinkLevel::System,
+        Err(_) => {
+            return Err(WireError::one(
+                &format!("{path}.level"),
+                format!("{} is not a link level", l.level),
+            ))
+        }
+    };
+    Ok(m::GpuLink {
+        a: l.a,
+        b: l.b,
+        level,
+    })
+}
+
+fn gpu_filter_to_wire(f: &m::GpuFilter) -> Option<pb::GpuFilter> {
+    (!f.is_empty()).then(|| pb::GpuFilter {
+        model: f.model.clone(),
+        min_memory_bytes: f.min_memory_bytes,
+        uuids: f.uuids.clone(),
+    })
+}
+
+fn ports_from_wire(ports: Vec<u32>, path: &str, errors: &mut Vec<FieldError>) -> Vec<u16> {
+    let mut out = Vec::with_capacity(ports.len());
+    for (i, p) in ports.into_iter().enumerate() {
+        match u16::try_from(p) {
+            Ok(p) => out.push(p),
+            Err(_) => errors.push(FieldError::new(
+                format!("{path}[{i}]"),
+                format!("{p} must be a port number from 1 to 65535"),
+            )),
+        }
+    }
+    out
+}
+
+// ---- placement rules -------------------------------------------------------
+
+fn op_to_wire(op: m::ConstraintOp) -> pb::ConstraintOp {
+    match op {
+        m::ConstraintOp::Eq => pb::ConstraintOp::Eq,
+        m::ConstraintOp::Ne => pb::ConstraintOp::Ne,
+        m::ConstraintOp::In => pb::ConstraintOp::In,
+        m::ConstraintOp::NotIn => pb::ConstraintOp::NotIn,
+        m::ConstraintOp::Exists => pb::ConstraintOp::Exists,
+        m::ConstraintOp::Lt => pb::ConstraintOp::Lt,
+        m::ConstraintOp::Gt => pb::ConstraintOp::Gt,
+    }
+}
+
+fn constraint_to_wire(c: &m::Constraint) -> pb::Constraint {
+    pb::Constraint {
+        label: c.label.clone(),
+        op: op_to_wire(c.op) as i32,
+        values: c.values.clone(),
+    }
+}
+
+fn constraint_from_wire(
+    c: pb::Constraint,
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<m::Constraint> {
+    let op = match pb::ConstraintOp::try_from(c.op) {
+        Ok(pb::ConstraintOp::Eq) => m::ConstraintOp::Eq,
+        Ok(pb::ConstraintOp::Ne) => m::ConstraintOp::Ne,
+        Ok(pb::ConstraintOp::In) => m::ConstraintOp::In,
+        Ok(pb::ConstraintOp::NotIn) => m::ConstraintOp::NotIn,
+        Ok(pb::ConstraintOp::Exists) => m::ConstraintOp::Exists,
+        Ok(pb::ConstraintOp::Lt) => m::ConstraintOp::Lt,
+        Ok(pb::ConstraintOp::Gt) => m::ConstraintOp::Gt,
+        _ => {
+            errors.push(FieldError::new(
+                format!("{path}.op"),
+                format!("{} is not a constraint operator", c.op),
+            ));
+            return None;
+        }
+    };
+    Some(m::Constraint {
+        label: c.label,
+        op,
+        values: c.values,
+    })
 }
 
 // ---- job spec --------------------------------------------------------------
@@ -55,7 +188,7 @@ impl From<&m::TaskSpec> for pb::TaskSpec {
             args: t.args.clone(),
             env: t.env.clone(),
             workdir: t.workdir.clone(),
-            resources: Some(t.resources.into()),
+            resources: Some(t.resources.amount().into()),
             network: match t.network {
                 m::NetworkMode::Host => pb::NetworkMode::Host,
                 m::NetworkMode::None => pb::NetworkMode::None,
@@ -75,6 +208,8 @@ impl From<&m::TaskSpec> for pb::TaskSpec {
             stop_signal: t.stop_signal.clone().unwrap_or_default(),
             stop_grace_ms: t.stop_grace.map(duration_ms),
             pids_limit: t.pids_limit,
+            gpu: gpu_filter_to_wire(&t.resources.gpu),
+            ports: t.resources.ports.iter().map(|&p| u32::from(p)).collect(),
         }
     }
 }
@@ -267,8 +402,22 @@ fn task_from_wire(t: pb::TaskSpec, path: &str) -> Result<m::TaskSpec, WireError>
             None
         }
     };
+    let ports = ports_from_wire(t.ports, &format!("{path}.resources.ports"), &mut errors);
     let resources = match t.resources {
-        Some(r) => Some(r.into()),
+        Some(r) => {
+            let gpu = t.gpu.map_or_else(m::GpuFilter::default, |g| m::GpuFilter {
+                model: g.model,
+                min_memory_bytes: g.min_memory_bytes,
+                uuids: g.uuids,
+            });
+            Some(m::TaskResources {
+                cpu_millis: r.cpu_millis,
+                memory_bytes: r.memory_bytes,
+                gpus: r.gpus,
+                gpu,
+                ports,
+            })
+        }
         None => {
             errors.push(FieldError::new(format!("{path}.resources"), "is required"));
             None
@@ -317,6 +466,22 @@ impl From<&m::JobSpec> for pb::JobSpec {
             name: s.name.clone(),
             replicas: s.replicas,
             task: Some((&s.task).into()),
+            priority: Some(u32::from(s.priority)),
+            gang: s.gang,
+            constraints: s.constraints.iter().map(constraint_to_wire).collect(),
+            spread: s.spread.as_ref().map(|sp| pb::Spread {
+                label: sp.label.clone(),
+                max_skew: sp.max_skew,
+            }),
+            distinct_hosts: s.distinct_hosts,
+            affinities: s
+                .affinities
+                .iter()
+                .map(|a| pb::Affinity {
+                    rule: Some(constraint_to_wire(&a.rule)),
+                    weight: a.weight,
+                })
+                .collect(),
         }
     }
 }
@@ -325,9 +490,54 @@ impl TryFrom<pb::JobSpec> for m::JobSpec {
     type Error = WireError;
     fn try_from(s: pb::JobSpec) -> Result<Self, WireError> {
         let task = task_from_wire(required(s.task, "task")?, "task")?;
+        let mut errors = Vec::new();
+        let priority = match s.priority {
+            None => m::job::DEFAULT_PRIORITY,
+            Some(p) if p <= u32::from(m::job::MAX_PRIORITY) => p as u8,
+            Some(p) => {
+                errors.push(FieldError::new(
+                    "priority",
+                    format!("{p} must be a whole number from 0 to 100"),
+                ));
+                0
+            }
+        };
+        let constraints = s
+            .constraints
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, c)| constraint_from_wire(c, &format!("constraints[{i}]"), &mut errors))
+            .collect();
+        let mut affinities = Vec::new();
+        for (i, a) in s.affinities.into_iter().enumerate() {
+            let path = format!("affinities[{i}]");
+            match a.rule {
+                Some(rule) => {
+                    if let Some(rule) = constraint_from_wire(rule, &path, &mut errors) {
+                        affinities.push(m::Affinity {
+                            rule,
+                            weight: a.weight,
+                        });
+                    }
+                }
+                None => errors.push(FieldError::new(format!("{path}.rule"), "is required")),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(WireError(errors));
+        }
         Ok(m::JobSpec {
             name: s.name,
             replicas: s.replicas,
+            priority,
+            gang: s.gang,
+            constraints,
+            spread: s.spread.map(|sp| m::Spread {
+                label: sp.label,
+                max_skew: sp.max_skew,
+            }),
+            distinct_hosts: s.distinct_hosts,
+            affinities,
             task,
         })
     }
@@ -379,6 +589,10 @@ impl From<&m::Node> for pb::Node {
             agent_version: n.agent_version.clone(),
             create_index: n.create_index,
             modify_index: n.modify_index,
+            gpus: n.gpus.iter().map(Into::into).collect(),
+            gpu_links: n.gpu_links.iter().map(Into::into).collect(),
+            cordoned: n.cordoned,
+            draining: n.draining,
         }
     }
 }
@@ -396,11 +610,21 @@ impl TryFrom<pb::Node> for m::Node {
                 ))
             }
         };
+        let gpu_links = n
+            .gpu_links
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| gpu_link_from_wire(l, &format!("gpu_links[{i}]")))
+            .collect::<Result<_, _>>()?;
         Ok(m::Node {
             name: n.name,
             labels: n.labels,
             capacity: required(n.capacity, "capacity")?.into(),
             allocatable: required(n.allocatable, "allocatable")?.into(),
+            gpus: n.gpus.into_iter().map(Into::into).collect(),
+            gpu_links,
+            cordoned: n.cordoned,
+            draining: n.draining,
             address: n.address,
             status,
             agent_version: n.agent_version,
@@ -462,6 +686,8 @@ impl From<&m::Allocation> for pb::Allocation {
             restart_count: a.restart_count,
             healthy: a.healthy,
             reason: a.reason.clone(),
+            gpus: a.gpus.clone(),
+            ports: a.ports.iter().map(|&p| u32::from(p)).collect(),
         }
     }
 }
@@ -479,7 +705,14 @@ impl TryFrom<pb::Allocation> for m::Allocation {
                 ))
             }
         };
+        let mut errors = Vec::new();
+        let ports = ports_from_wire(a.ports, "ports", &mut errors);
+        if !errors.is_empty() {
+            return Err(WireError(errors));
+        }
         Ok(m::Allocation {
+            gpus: a.gpus,
+            ports,
             status: alloc_status_from_wire(a.status, "status")?,
             task: task_from_wire(required(a.task, "task")?, "task")?,
             id: a.id,
@@ -506,7 +739,7 @@ impl From<&m::Evaluation> for pb::Evaluation {
         pb::Evaluation {
             id: e.id.clone(),
             job: e.job.clone(),
-            trigger: serde_name(&e.trigger),
+            trigger: e.trigger.as_str().to_string(),
             status: match e.status {
                 m::EvalStatus::Pending => pb::EvalStatus::Pending,
                 m::EvalStatus::Complete => pb::EvalStatus::Complete,
@@ -517,16 +750,6 @@ impl From<&m::Evaluation> for pb::Evaluation {
             modify_index: e.modify_index,
         }
     }
-}
-
-fn serde_name(trigger: &m::EvalTrigger) -> String {
-    match trigger {
-        m::EvalTrigger::JobRegister => "job_register",
-        m::EvalTrigger::JobDeregister => "job_deregister",
-        m::EvalTrigger::NodeUpdate => "node_update",
-        m::EvalTrigger::AllocUpdate => "alloc_update",
-    }
-    .to_string()
 }
 
 #[cfg(test)]
@@ -572,6 +795,81 @@ task:
     }
 
     #[test]
+    fn scheduling_fields_survive_the_wire() {
+        let s = m::JobSpec::from_yaml(
+            "name: train\nreplicas: 4\npriority: 0\ngang: true\ndistinct_hosts: true\n\
+             constraints: [{label: zone, op: in, values: [a, b]}, {label: cores, op: '>', value: 8}]\n\
+             spread: {label: rack, max_skew: 2}\n\
+             affinities: [{label: ssd, op: exists, weight: -30}]\n\
+             task: {image: 'oci:/i', resources: {cpu: 2, memory: 1Gi, gpus: 2, gpu: {model: A100, min_memory: 40Gi, uuids: [u1, u2]}, ports: [80, 443]}}",
+        )
+        .unwrap();
+        let wire: pb::JobSpec = (&s).into();
+        assert_eq!(m::JobSpec::try_from(wire).unwrap(), s);
+    }
+
+    #[test]
+    fn a_wire_spec_without_priority_gets_the_default_and_bad_ones_are_named() {
+        let mut wire: pb::JobSpec = (&spec()).into();
+        wire.priority = None;
+        assert_eq!(m::JobSpec::try_from(wire.clone()).unwrap().priority, 50);
+        wire.priority = Some(300);
+        wire.constraints.push(pb::Constraint {
+            label: "zone".into(),
+            op: 99,
+            values: vec![],
+        });
+        wire.task.as_mut().unwrap().ports = vec![70000];
+        let err = m::JobSpec::try_from(wire.clone()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "task.resources.ports[0]: 70000 must be a port number from 1 to 65535"
+        );
+        wire.task.as_mut().unwrap().ports = vec![];
+        let err = m::JobSpec::try_from(wire).unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["priority", "constraints[0].op"]);
+    }
+
+    #[test]
+    fn a_gpu_node_survives_the_wire() {
+        let n = m::Node {
+            name: "g".into(),
+            labels: Default::default(),
+            capacity: m::Resources::new(8000, 1 << 34).with_gpus(2),
+            allocatable: m::Resources::new(8000, 1 << 34).with_gpus(1),
+            gpus: vec![
+                m::Gpu {
+                    uuid: "GPU-0".into(),
+                    model: "A100".into(),
+                    memory_bytes: 80 << 30,
+                    healthy: true,
+                },
+                m::Gpu {
+                    uuid: "GPU-1".into(),
+                    model: "A100".into(),
+                    memory_bytes: 80 << 30,
+                    healthy: false,
+                },
+            ],
+            gpu_links: vec![m::GpuLink {
+                a: "GPU-0".into(),
+                b: "GPU-1".into(),
+                level: m::LinkLevel::PcieSwitch,
+            }],
+            cordoned: true,
+            draining: false,
+            address: "127.0.0.1:1".into(),
+            status: m::NodeStatus::Ready,
+            agent_version: "t".into(),
+            create_index: 1,
+            modify_index: 2,
+        };
+        let wire: pb::Node = (&n).into();
+        assert_eq!(m::Node::try_from(wire).unwrap(), n);
+    }
+
+    #[test]
     fn malformed_wire_spec_names_the_fields() {
         let mut wire: pb::JobSpec = (&spec()).into();
         let task = wire.task.as_mut().unwrap();
@@ -599,6 +897,8 @@ task:
             replica: 1,
             node: "n1".into(),
             task: spec().task,
+            gpus: vec!["GPU-1".into()],
+            ports: vec![8080],
             desired: m::DesiredStatus::Stop,
             status: m::AllocStatus::Failed,
             exit_code: Some(3),

@@ -14,7 +14,7 @@ pub mod pb {
 
 mod convert;
 
-pub use convert::{alloc_status_from_wire, WireError};
+pub use convert::{alloc_status_from_wire, gpu_link_from_wire, WireError};
 
 /// Most bytes of output one exec returns per stream; more is dropped and
 /// flagged as truncated.

@@ -207,6 +207,33 @@ impl pb::cluster_server::Cluster for ClusterApi {
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
 
+    async fn set_node_eligibility(
+        &self,
+        req: Request<pb::SetNodeEligibilityRequest>,
+    ) -> Result<Response<pb::SetNodeEligibilityResponse>, Status> {
+        let r = req.into_inner();
+        check_name("name", &r.name)?;
+        let outcome = self
+            .ctx
+            .propose(&Command::SetNodeEligibility {
+                name: r.name.clone(),
+                cordoned: r.cordoned,
+                draining: r.draining,
+            })
+            .await?;
+        match outcome {
+            Outcome::NodeEligibilitySet { stopped } => {
+                tracing::info!(node = %r.name, cordoned = r.cordoned, draining = r.draining, stopped, "node eligibility set");
+                Ok(Response::new(pb::SetNodeEligibilityResponse {
+                    stopped,
+                    index: self.ctx.store.state().index,
+                }))
+            }
+            Outcome::Refused(why) => Err(Status::not_found(why)),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
     type LogsStream = LogStream;
 
     async fn logs(

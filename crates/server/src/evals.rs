@@ -1,16 +1,23 @@
 //! The leader's evaluation loop: every pending evaluation is handed to the
-//! scheduler with a snapshot of the state, and the resulting plan goes
-//! through Raft, where the state machine checks it once more.
+//! scheduler with a view of the state, and the resulting plan goes through
+//! Raft, where the state machine checks it once more.
 
 use std::time::Duration;
 
 use skiff_model::{EvalStatus, Evaluation};
-use skiff_scheduler::{reconcile, Snapshot};
+pub use skiff_scheduler::Algorithm;
+use skiff_scheduler::{reconcile, ClusterView, Config};
 use skiff_store::command::{NewAlloc, PlanCommand};
-use skiff_store::{Command, Outcome, Store};
+use skiff_store::{Command, Outcome, State, Store};
+
+/// How the leader's scheduler places work (the server's `--scheduler`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SchedulerSettings {
+    pub algorithm: Algorithm,
+}
 
 /// Runs forever; does work only while this server leads.
-pub async fn run(store: Store) {
+pub async fn run(store: Store, settings: SchedulerSettings) {
     let mut applied = store.subscribe();
     loop {
         if store.is_leader() {
@@ -19,7 +26,7 @@ pub async fn run(store: Store) {
                 if !store.is_leader() {
                     break;
                 }
-                if let Err(e) = process(&store, &eval).await {
+                if let Err(e) = process(&store, &eval, settings).await {
                     tracing::warn!(eval = %eval.id, job = %eval.job, error = %e, "evaluation failed; will retry");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -42,42 +49,60 @@ fn pending_evals(store: &Store) -> Vec<Evaluation> {
     v
 }
 
-/// Plans one evaluation and commits the plan.
-async fn process(store: &Store, eval: &Evaluation) -> Result<(), skiff_store::StoreError> {
-    let plan = {
-        let state = store.state();
-        let job = state.jobs.get(&eval.job);
-        let snap = Snapshot {
-            nodes: state.nodes.values().collect(),
-            allocs: state.allocs.values().collect(),
-        };
-        let plan = reconcile(&eval.job, job, &snap);
-        PlanCommand {
-            eval_id: eval.id.clone(),
-            job: eval.job.clone(),
-            job_version: job.map_or(0, |j| j.version),
-            job_modify_index: job.map_or(0, |j| j.modify_index),
-            snapshot_index: state.index,
-            placements: plan
-                .placements
-                .into_iter()
-                .map(|placement| NewAlloc {
-                    id: new_alloc_id(),
-                    placement,
-                })
-                .collect(),
-            stops: plan.stops,
-            unplaced: plan.unplaced,
-            explanation: plan.explanation,
-        }
+/// Plans one evaluation against `state`: the scheduler's plan, with fresh
+/// ids for the new allocations and the snapshot's indexes so the state
+/// machine can tell a stale plan. The tie-break seed is the evaluation's
+/// creation index: data, not a clock.
+pub fn plan_eval(state: &State, eval: &Evaluation, settings: SchedulerSettings) -> PlanCommand {
+    let job = state.jobs.get(&eval.job);
+    let view = ClusterView::new(state.nodes.values(), state.allocs.values(), |name| {
+        state.jobs.get(name).map(|j| j.spec.priority)
+    });
+    let cfg = Config {
+        algorithm: settings.algorithm,
+        seed: eval.create_index,
+        ..Config::default()
     };
-    let (placements, stops) = (plan.placements.len(), plan.stops.len());
+    let plan = reconcile(&eval.job, job, &view, &cfg);
+    PlanCommand {
+        eval_id: eval.id.clone(),
+        job: eval.job.clone(),
+        job_version: job.map_or(0, |j| j.version),
+        job_modify_index: job.map_or(0, |j| j.modify_index),
+        snapshot_index: state.index,
+        placements: plan
+            .placements
+            .into_iter()
+            .map(|placement| NewAlloc {
+                id: new_alloc_id(),
+                placement,
+            })
+            .collect(),
+        stops: plan.stops,
+        evictions: plan.evictions,
+        unplaced: plan.unplaced,
+        explanation: plan.explanation,
+    }
+}
+
+/// Plans one evaluation and commits the plan.
+async fn process(
+    store: &Store,
+    eval: &Evaluation,
+    settings: SchedulerSettings,
+) -> Result<(), skiff_store::StoreError> {
+    let plan = plan_eval(&store.state(), eval, settings);
+    let (placements, stops, evictions) = (
+        plan.placements.len(),
+        plan.stops.len(),
+        plan.evictions.len(),
+    );
     let outcome = store.propose(&Command::ApplyPlan { plan }).await?;
     match outcome {
         Outcome::PlanApplied(r) => {
             tracing::info!(
-                eval = %eval.id, job = %eval.job, planned = placements, stops,
-                placed = r.placed, rejected = r.rejected, status = ?r.eval_status,
+                eval = %eval.id, job = %eval.job, planned = placements, stops, evictions,
+                placed = r.placed, evicted = r.evicted, rejected = r.rejected, status = ?r.eval_status,
                 "plan applied"
             );
             if r.rejected > 0 {

@@ -53,6 +53,8 @@ pub struct ServerConfig {
     /// An existing server's API URL to join through.
     pub join: Option<String>,
     pub raft: RaftConfig,
+    /// How the leader's scheduler places work.
+    pub scheduler: evals::SchedulerSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,83 +89,34 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Commits a command through the leader: proposed here when this server
-    /// leads, forwarded over the peer port otherwise. Retried while no
-    /// leader is known or the leader moved before the write was sent;
-    /// reported as indeterminate when its fate is unknown.
+    /// Commits a command: proposed here, and carried to the leader inside
+    /// the Raft stream when this server follows. Waits while no leader is
+    /// known; reports a write whose fate is unknown (the leader changed
+    /// before it was applied here) as indeterminate rather than retrying it.
     pub async fn propose(&self, cmd: &Command) -> Result<Outcome, Status> {
         let data = skiff_store::command::encode(cmd);
-        // Applying these twice is the same as once, so a forward whose
-        // connection broke may be sent again.
-        let idempotent = !matches!(cmd, Command::DeleteJob { .. });
         let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
         loop {
-            let status = self.store.status();
-            if let Some(reason) = status.fatal {
+            if let Some(reason) = self.store.status().fatal {
                 return Err(Status::unavailable(format!(
                     "this server stopped: {reason}"
                 )));
             }
-            if status.role == skiff_store::Role::Leader {
-                match self.store.propose_encoded(data.clone()).await {
-                    Err(StoreError::NotLeader { .. }) => {}
-                    other => return other.map_err(store_status),
-                }
-            } else if status.leader_id != 0 {
-                match self.forward(status.leader_id, &data, idempotent).await {
-                    Forwarded::Done(r) => return r,
-                    Forwarded::Retry => {}
-                }
+            match self.store.propose_encoded(data.clone()).await {
+                Err(StoreError::NotLeader { .. }) | Err(StoreError::NoLeader(_)) => {}
+                other => return other.map_err(store_status),
             }
-            if tokio::time::Instant::now() >= deadline {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
                 return Err(Status::unavailable(format!(
                     "no leader accepted the write within {WRITE_TIMEOUT:?}"
                 )));
             }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let _ = self
                 .store
                 .wait_for_leader(left.min(Duration::from_millis(200)))
                 .await;
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn forward(&self, leader: u64, data: &[u8], idempotent: bool) -> Forwarded {
-        let Some(channel) = self.peers.channel(leader) else {
-            return Forwarded::Retry;
-        };
-        let mut client = pb::peer_client::PeerClient::new(channel);
-        let req = pb::ForwardRequest {
-            command: data.to_vec(),
-        };
-        match tokio::time::timeout(WRITE_TIMEOUT, client.forward(req)).await {
-            Ok(Ok(resp)) => Forwarded::Done(
-                serde_json::from_slice(&resp.into_inner().outcome)
-                    .map_err(|e| Status::internal(format!("leader sent a bad outcome: {e}"))),
-            ),
-            // The leader moved before proposing: nothing happened.
-            Ok(Err(s)) if s.code() == tonic::Code::FailedPrecondition => Forwarded::Retry,
-            // Not connected: the request never left.
-            Ok(Err(s)) if is_connect_error(&s) => Forwarded::Retry,
-            Ok(Err(s))
-                if s.code() == tonic::Code::Unavailable && s.message().contains("no leader") =>
-            {
-                Forwarded::Retry
-            }
-            // The connection to the leader broke: the write may or may not
-            // have reached it.
-            Ok(Err(s)) if is_connection_error(&s) => {
-                if idempotent {
-                    Forwarded::Retry
-                } else {
-                    Forwarded::Done(Err(Status::deadline_exceeded(
-                        "the leader went away before answering; the write may or may not have been applied",
-                    )))
-                }
-            }
-            Ok(Err(s)) => Forwarded::Done(Err(s)),
-            Err(_) => Forwarded::Done(Err(store_status(StoreError::Indeterminate))),
         }
     }
 
@@ -186,50 +139,6 @@ impl Ctx {
     }
 }
 
-enum Forwarded {
-    Done(Result<Outcome, Status>),
-    Retry,
-}
-
-/// The peer connection failed (broken, reset, cancelled), as opposed to
-/// the leader answering with an error.
-fn is_connection_error(s: &Status) -> bool {
-    if !matches!(
-        s.code(),
-        tonic::Code::Unavailable
-            | tonic::Code::Unknown
-            | tonic::Code::Cancelled
-            | tonic::Code::Internal
-    ) {
-        return false;
-    }
-    let m = s.message();
-    m.contains("operation was canceled")
-        || m.contains("transport error")
-        || m.contains("connection")
-        || m.contains("broken pipe")
-        || m.contains("h2 protocol error")
-}
-
-fn is_connect_error(s: &Status) -> bool {
-    use std::error::Error as _;
-    if s.code() != tonic::Code::Unavailable && s.code() != tonic::Code::Unknown {
-        return false;
-    }
-    let mut src = s.source();
-    while let Some(e) = src {
-        let text = e.to_string();
-        if text.contains("tcp connect error")
-            || text.contains("Connection refused")
-            || text.contains("connection error")
-        {
-            return true;
-        }
-        src = e.source();
-    }
-    s.message().contains("tcp connect error") || s.message().contains("Connection refused")
-}
-
 /// A started server: its context and listeners.
 pub struct Running {
     pub ctx: Ctx,
@@ -238,6 +147,7 @@ pub struct Running {
     api: TcpListener,
     peer: TcpListener,
     join: Option<String>,
+    scheduler: evals::SchedulerSettings,
 }
 
 fn write_addr(dir: &std::path::Path, name: &str, addr: &str) {
@@ -320,6 +230,7 @@ pub async fn start(cfg: &ServerConfig) -> Result<Running, ServerError> {
         api,
         peer,
         join: cfg.join.clone(),
+        scheduler: cfg.scheduler,
     })
 }
 
@@ -336,10 +247,12 @@ pub async fn serve(
         api,
         peer,
         join,
+        scheduler,
     } = running;
     let store = ctx.store.clone();
+    tracing::info!(algorithm = %scheduler.algorithm, "scheduler");
     let mut background = vec![
-        tokio::spawn(evals::run(store.clone())),
+        tokio::spawn(evals::run(store.clone(), scheduler)),
         tokio::spawn(members::promote_learners(ctx.clone())),
         tokio::spawn(members::keep_address_book(ctx.clone())),
         tokio::spawn(members::register_self(ctx.clone())),

@@ -71,6 +71,67 @@ fn check_node_name(name: &str) -> Result<(), Status> {
     }
 }
 
+/// A node's GPUs: at most 64, each with a unique UUID; links only between
+/// two different GPUs of the node.
+fn check_gpus(
+    gpus: Vec<pb::Gpu>,
+    links: Vec<pb::GpuLink>,
+) -> Result<(Vec<skiff_model::Gpu>, Vec<skiff_model::GpuLink>), Status> {
+    use skiff_model::gpu::MAX_GPUS_PER_NODE;
+    if gpus.len() > MAX_GPUS_PER_NODE {
+        return Err(Status::invalid_argument(format!(
+            "gpus: {} GPUs; a node may report at most {MAX_GPUS_PER_NODE}",
+            gpus.len()
+        )));
+    }
+    let gpus: Vec<skiff_model::Gpu> = gpus.into_iter().map(Into::into).collect();
+    for (i, g) in gpus.iter().enumerate() {
+        if g.uuid.is_empty() || g.uuid.len() > 253 {
+            return Err(Status::invalid_argument(format!(
+                "gpus[{i}].uuid: must be 1 to 253 characters"
+            )));
+        }
+        if g.model.len() > 253 {
+            return Err(Status::invalid_argument(format!(
+                "gpus[{i}].model: must be at most 253 characters"
+            )));
+        }
+        if gpus[..i].iter().any(|o| o.uuid == g.uuid) {
+            return Err(Status::invalid_argument(format!(
+                "gpus[{i}].uuid: {:?} is reported twice",
+                g.uuid
+            )));
+        }
+    }
+    let max_links = MAX_GPUS_PER_NODE * MAX_GPUS_PER_NODE;
+    if links.len() > max_links {
+        return Err(Status::invalid_argument(format!(
+            "gpu_links: {} links; at most {max_links}",
+            links.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(links.len());
+    for (i, l) in links.into_iter().enumerate() {
+        let path = format!("gpu_links[{i}]");
+        let l = skiff_proto::gpu_link_from_wire(l, &path)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        for (field, uuid) in [("a", &l.a), ("b", &l.b)] {
+            if !gpus.iter().any(|g| g.uuid == *uuid) {
+                return Err(Status::invalid_argument(format!(
+                    "{path}.{field}: {uuid:?} is not one of the node's gpus"
+                )));
+            }
+        }
+        if l.a == l.b {
+            return Err(Status::invalid_argument(format!(
+                "{path}: links a GPU to itself"
+            )));
+        }
+        out.push(l);
+    }
+    Ok((gpus, out))
+}
+
 type AllocStream = Pin<Box<dyn Stream<Item = Result<pb::AllocationSet, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -103,13 +164,22 @@ impl pb::node_api_server::NodeApi for NodeService {
                 )));
             }
         }
+        let reserved: skiff_model::Resources = r.reserved.map(Into::into).unwrap_or_default();
+        if reserved.gpus > 0 {
+            return Err(Status::invalid_argument(
+                "reserved.gpus: GPUs cannot be reserved; leave them out of gpus instead",
+            ));
+        }
+        let (gpus, gpu_links) = check_gpus(r.gpus, r.gpu_links)?;
         let registration = NodeRegistration {
             name: r.name.clone(),
             labels: r.labels,
             capacity,
-            reserved: r.reserved.map(Into::into).unwrap_or_default(),
+            reserved,
             address: r.address,
             agent_version: r.agent_version,
+            gpus,
+            gpu_links,
         };
         self.ctx
             .propose(&Command::RegisterNode { registration })

@@ -266,27 +266,6 @@ impl pb::peer_server::Peer for PeerService {
         Ok(Response::new(pb::PeerAck {}))
     }
 
-    async fn forward(
-        &self,
-        req: Request<pb::ForwardRequest>,
-    ) -> Result<Response<pb::ForwardResponse>, Status> {
-        if !self.ctx.store.is_leader() {
-            return Err(not_leader_status());
-        }
-        match self
-            .ctx
-            .store
-            .propose_encoded(req.into_inner().command)
-            .await
-        {
-            Ok(outcome) => Ok(Response::new(pb::ForwardResponse {
-                outcome: serde_json::to_vec(&outcome).expect("outcomes serialize"),
-            })),
-            Err(skiff_store::StoreError::NotLeader { .. }) => Err(not_leader_status()),
-            Err(e) => Err(crate::store_status(e)),
-        }
-    }
-
     async fn change_membership(
         &self,
         req: Request<pb::MembershipRequest>,

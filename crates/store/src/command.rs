@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use skiff_model::{AllocStatus, JobSpec, Placement, Resources, Stop};
+use skiff_model::{AllocStatus, Gpu, GpuLink, JobSpec, Placement, Resources, Stop};
 
 /// Version of the command encoding written by this build. An entry written
 /// by a newer server, carrying a command this build does not know, is
@@ -12,7 +12,8 @@ use skiff_model::{AllocStatus, JobSpec, Placement, Resources, Stop};
 pub const COMMAND_VERSION: u32 = 1;
 
 // A command lives briefly, one at a time, on its way through Raft; the
-// size of the job spec variant costs nothing worth a box.
+// size of the job spec variant (with its probes and security options)
+// costs nothing worth a box.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -31,6 +32,13 @@ pub enum Command {
         node: String,
         updates: Vec<AllocUpdate>,
     },
+    /// An operator cordons, drains or uncordons a node. Draining also stops
+    /// the node's allocations so their jobs place them elsewhere.
+    SetNodeEligibility {
+        name: String,
+        cordoned: bool,
+        draining: bool,
+    },
     /// A control-plane server records where it can be reached.
     RegisterServer { info: crate::state::ServerInfo },
 }
@@ -44,6 +52,7 @@ impl Command {
             Command::RegisterNode { .. } => "register_node",
             Command::ApplyPlan { .. } => "apply_plan",
             Command::UpdateAllocStatus { .. } => "update_alloc_status",
+            Command::SetNodeEligibility { .. } => "set_node_eligibility",
             Command::RegisterServer { .. } => "register_server",
         }
     }
@@ -57,6 +66,12 @@ pub struct NodeRegistration {
     pub reserved: Resources,
     pub address: String,
     pub agent_version: String,
+    /// The node's GPUs (the agent reports none until GPU discovery lands;
+    /// tests and benches register GPU nodes directly).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<Gpu>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu_links: Vec<GpuLink>,
 }
 
 /// A plan as it travels through Raft: the scheduler's plan plus the ids the
@@ -75,6 +90,9 @@ pub struct PlanCommand {
     pub snapshot_index: u64,
     pub placements: Vec<NewAlloc>,
     pub stops: Vec<Stop>,
+    /// Allocations of lower-priority jobs to stop so the placements fit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evictions: Vec<Stop>,
     pub unplaced: u32,
     pub explanation: String,
 }
@@ -113,15 +131,12 @@ struct EnvelopeOut<'a> {
 }
 
 /// What a raft entry's data decodes to.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decoded {
-    Command(Command),
+    /// Boxed: a command is large next to the other variant.
+    Command(Box<Command>),
     /// Not a command this build understands; applied as a no-op.
-    Unknown {
-        version: u32,
-        reason: String,
-    },
+    Unknown { version: u32, reason: String },
 }
 
 pub fn encode(command: &Command) -> Vec<u8> {
@@ -133,6 +148,11 @@ pub fn encode(command: &Command) -> Vec<u8> {
 }
 
 pub fn decode(data: &[u8]) -> Decoded {
+    // The common case, in one pass: a command this build knows (the
+    // envelope's `v` is ignored as an unknown field).
+    if let Ok(c) = serde_json::from_slice::<Command>(data) {
+        return Decoded::Command(Box::new(c));
+    }
     let value: serde_json::Value = match serde_json::from_slice(data) {
         Ok(v) => v,
         Err(e) => {
@@ -152,7 +172,7 @@ pub fn decode(data: &[u8]) -> Decoded {
         obj.remove("v");
     }
     match serde_json::from_value::<Command>(value) {
-        Ok(c) => Decoded::Command(c),
+        Ok(c) => Decoded::Command(Box::new(c)),
         Err(e) => Decoded::Unknown {
             version,
             reason: e.to_string(),
@@ -169,7 +189,7 @@ mod tests {
         let c = Command::DeleteJob { name: "web".into() };
         let bytes = encode(&c);
         assert!(String::from_utf8_lossy(&bytes).contains("\"v\":1"));
-        assert_eq!(decode(&bytes), Decoded::Command(c));
+        assert_eq!(decode(&bytes), Decoded::Command(Box::new(c)));
     }
 
     #[test]

@@ -5,6 +5,11 @@ use std::time::Duration;
 pub enum StoreError {
     #[error("storage I/O failed: {0}")]
     Sled(#[from] sled::Error),
+    #[error("I/O on {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
     #[error("corrupt record {key:?} in {what}: {reason}")]

@@ -214,13 +214,8 @@ impl Store {
         bootstrap: Bootstrap,
         transport: Arc<dyn Transport>,
     ) -> Result<Store, StoreError> {
-        let raft_db = crate::log::open_db(
-            sled::Config::new()
-                .path(data_dir.join("raft"))
-                .mode(sled::Mode::HighThroughput),
-        )?;
-        let state_db = crate::log::open_db(sled::Config::new().path(data_dir.join("state")))?;
-        let mut log = RaftLog::open(raft_db)?;
+        let state_db = crate::statedb::open_db(sled::Config::new().path(data_dir.join("state")))?;
+        let mut log = RaftLog::open(&data_dir.join("raft"))?;
         let statedb = StateDb::open(state_db)?;
         if !log.is_initialized() {
             if let Bootstrap::Voters(voters) = &bootstrap {
@@ -323,6 +318,8 @@ impl Store {
             tick: cfg.tick,
             snapshot_entries: cfg.snapshot_entries,
             removed: false,
+            unsaved: HashMap::new(),
+            last_save: Instant::now(),
         };
         std::thread::Builder::new()
             .name(format!("raft-{}", cfg.id))
@@ -337,9 +334,10 @@ impl Store {
         })
     }
 
-    /// Replicates `command` through this server, which must be the leader,
-    /// and returns what applying it did. Waits (up to the propose timeout)
-    /// for a leader when none is known yet.
+    /// Replicates `command` and returns what applying it did. On a follower
+    /// the proposal travels to the leader inside the Raft stream and is
+    /// answered when this server applies it. Waits (up to the propose
+    /// timeout) for a leader when none is known yet.
     pub async fn propose(&self, command: &Command) -> Result<Outcome, StoreError> {
         self.propose_encoded(command::encode(command)).await
     }
@@ -506,10 +504,26 @@ impl Store {
     }
 }
 
+/// An entry's context: the proposing server and its proposal number.
+fn proposal_context(server: u64, proposal: u64) -> Vec<u8> {
+    let mut ctx = Vec::with_capacity(16);
+    ctx.extend_from_slice(&server.to_be_bytes());
+    ctx.extend_from_slice(&proposal.to_be_bytes());
+    ctx
+}
+
+/// The proposal number, when this server proposed the entry.
+fn own_proposal(ctx: &[u8], me: u64) -> Option<u64> {
+    let ctx: [u8; 16] = ctx.try_into().ok()?;
+    (u64::from_be_bytes(ctx[..8].try_into().unwrap()) == me)
+        .then(|| u64::from_be_bytes(ctx[8..].try_into().unwrap()))
+}
+
 fn decode_state(snap: &Snapshot) -> Result<State, StoreError> {
     let mut state: State = serde_json::from_slice(&snap.data)
         .map_err(|e| StoreError::corrupt("snapshot", snap.get_metadata().index.to_string(), e))?;
     state.index = snap.get_metadata().index;
+    state.rebuild_indexes();
     Ok(state)
 }
 
@@ -531,7 +545,19 @@ struct Driver {
     tick: Duration,
     snapshot_entries: u64,
     removed: bool,
+    /// Records changed since the state was last written to sled, encoded.
+    unsaved: HashMap<(Table, String), Option<Arc<str>>>,
+    last_save: Instant,
 }
+
+/// How often the state machine's changed records are written to sled. The
+/// Raft log holds every applied entry durably, so a crash loses nothing:
+/// the entries after the saved index are applied again on start. Writing
+/// each record once per interval, not once per entry, saves most of sled's
+/// work when the same records change often.
+const SAVE_EVERY: Duration = Duration::from_millis(100);
+/// ...or once this many records are waiting.
+const SAVE_RECORDS: usize = 4096;
 
 /// Most requests folded into one Ready (one fsync).
 const MAX_BATCH: usize = 1024;
@@ -556,6 +582,9 @@ impl Driver {
             s.leader_id = 0;
         });
         self.fail_pending(|| StoreError::Stopped);
+        if let Err(e) = self.save_state() {
+            tracing::error!(error = %e, "saving state on shutdown");
+        }
         if let Err(e) = self.statedb.flush() {
             tracing::error!(error = %e, "flushing state on shutdown");
         }
@@ -614,6 +643,9 @@ impl Driver {
                     next_tick = now + self.tick;
                 }
                 self.expire_reads(now);
+                if !self.unsaved.is_empty() && self.last_save.elapsed() >= SAVE_EVERY {
+                    self.save_state()?;
+                }
             }
             self.on_ready()?;
             if self.removed {
@@ -634,12 +666,15 @@ impl Driver {
         match req {
             Request::Shutdown { done } => return Some(done),
             Request::Propose { data, reply } => {
-                if self.raw.raft.state != StateRole::Leader {
+                // A follower's proposal goes to the leader inside the Raft
+                // stream (MsgPropose); this server answers once it applies
+                // the entry, which it recognizes by the context.
+                if self.raw.raft.leader_id == 0 {
                     let _ = reply.send(Err(self.not_leader()));
                     return None;
                 }
                 let id = self.next_id();
-                match self.raw.propose(id.to_be_bytes().to_vec(), data) {
+                match self.raw.propose(proposal_context(self.id, id), data) {
                     Ok(()) => {
                         self.pending.insert(id, reply);
                     }
@@ -792,6 +827,8 @@ impl Driver {
         // start restores the state from the snapshot kept in the log.
         self.raw.mut_store().apply_snapshot(&snap)?;
         self.statedb.replace_all(&state)?;
+        self.unsaved.clear();
+        self.last_save = Instant::now();
         {
             let mut guard = self
                 .shared
@@ -815,7 +852,8 @@ impl Driver {
 
     fn on_role_change(&mut self) {
         if self.raw.raft.state != StateRole::Leader {
-            // Our uncommitted proposals may be overwritten by the new leader.
+            // Proposals made here (as leader, or forwarded to a leader that
+            // is gone now) may have been dropped or may yet commit.
             for (_, reply) in self.pending.drain() {
                 let _ = reply.send(Err(StoreError::Indeterminate));
             }
@@ -903,8 +941,8 @@ impl Driver {
                                 Outcome::Skipped
                             }
                         };
-                        if let Ok(ctx) = <[u8; 8]>::try_from(&e.context[..]) {
-                            if let Some(reply) = self.pending.remove(&u64::from_be_bytes(ctx)) {
+                        if let Some(id) = own_proposal(&e.context, self.id) {
+                            if let Some(reply) = self.pending.remove(&id) {
                                 replies.push((reply, outcome));
                             }
                         }
@@ -954,7 +992,10 @@ impl Driver {
                     });
                 }
             }
-            self.statedb.save_encoded(&mut state, &encoded)?;
+        }
+        self.unsaved.extend(encoded);
+        if self.unsaved.len() >= SAVE_RECORDS || self.last_save.elapsed() >= SAVE_EVERY {
+            self.save_state()?;
         }
         if !new_events.is_empty() {
             let mut log = self
@@ -984,6 +1025,21 @@ impl Driver {
         cs.voters.contains(&self.id) || cs.learners.contains(&self.id)
     }
 
+    /// Writes the changed records and the applied index to sled (one atomic
+    /// batch).
+    fn save_state(&mut self) -> Result<(), StoreError> {
+        let mut state = self
+            .shared
+            .state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.statedb.save_encoded(&mut state, &self.unsaved)?;
+        drop(state);
+        self.unsaved.clear();
+        self.last_save = Instant::now();
+        Ok(())
+    }
+
     /// Snapshots the state and trims the log once enough entries piled up.
     fn maybe_compact(&mut self) -> Result<(), StoreError> {
         let applied = *self.applied_tx.borrow();
@@ -997,6 +1053,9 @@ impl Driver {
             return Ok(());
         }
         let term = raft::Storage::term(store, applied)?;
+        // The saved state must not fall behind the trimmed log.
+        self.save_state()?;
+        let store = self.raw.store();
         let mut meta = SnapshotMetadata {
             index: applied,
             term,

@@ -5,13 +5,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use skiff_model::fit::{fits, used_on};
+use skiff_model::fit::{fits_assignment, Usage};
+use skiff_model::job::PREEMPTION_GAP;
 use skiff_model::{
     AllocStatus, Allocation, DesiredStatus, EvalStatus, EvalTrigger, Evaluation, Job, JobSpec,
-    Node, NodeStatus, Resources,
+    Node, NodeStatus,
 };
 
-use crate::command::{AllocUpdate, Command, NodeRegistration, PlanCommand};
+use crate::command::{AllocUpdate, Command, NewAlloc, NodeRegistration, PlanCommand};
 
 /// Which collection a dirty key belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -86,6 +87,10 @@ pub struct State {
     /// them into watch events. Not part of the state.
     #[serde(skip)]
     pub changes: Vec<(Table, String)>,
+    /// Evaluation ids by job, derived from `evals` (see
+    /// [`State::rebuild_indexes`]). Not part of the state.
+    #[serde(skip)]
+    pub(crate) evals_by_job: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// Two states are equal when their records and indexes are; the change
@@ -114,6 +119,11 @@ pub enum Outcome {
     },
     JobDeleted,
     NodeRegistered,
+    /// A node was cordoned, drained or uncordoned; `stopped` allocations
+    /// were asked to stop (draining).
+    NodeEligibilitySet {
+        stopped: u32,
+    },
     ServerRegistered,
     PlanApplied(PlanResult),
     AllocsUpdated {
@@ -130,6 +140,8 @@ pub enum Outcome {
 pub struct PlanResult {
     pub placed: u32,
     pub stopped: u32,
+    /// Allocations of lower-priority jobs stopped for this plan.
+    pub evicted: u32,
     /// Placements refused by the re-check (no longer fit, or a stale plan).
     pub rejected: u32,
     pub eval_status: Option<EvalStatus>,
@@ -148,6 +160,11 @@ impl State {
             Command::UpdateAllocStatus { node, updates } => {
                 self.update_alloc_status(index, node, updates)
             }
+            Command::SetNodeEligibility {
+                name,
+                cordoned,
+                draining,
+            } => self.set_node_eligibility(index, name, *cordoned, *draining),
             Command::RegisterServer { info } => {
                 if self.servers.get(&info.id) != Some(info) {
                     self.servers.insert(info.id, info.clone());
@@ -195,7 +212,7 @@ impl State {
                 }
             }
             Some(old) => Job {
-                version: if old.spec.task != spec.task {
+                version: if !old.spec.same_version(spec) {
                     old.version + 1
                 } else {
                     old.version
@@ -216,7 +233,9 @@ impl State {
         };
         self.jobs.insert(spec.name.clone(), job.clone());
         self.touch(Table::Job, &spec.name);
-        self.create_eval(index, &spec.name, EvalTrigger::JobRegister);
+        if self.needs_scheduling(&spec.name, spec.replicas) {
+            self.create_eval(index, &spec.name, EvalTrigger::JobRegister);
+        }
         Outcome::JobUpserted {
             job: Box::new(job),
             changed: true,
@@ -243,28 +262,50 @@ impl State {
             return Outcome::Refused(format!("job {name:?} not found"));
         }
         self.touch(Table::Job, name);
-        self.create_eval(index, name, EvalTrigger::JobDeregister);
+        if self.needs_scheduling(name, 0) {
+            self.create_eval(index, name, EvalTrigger::JobDeregister);
+        }
         Outcome::JobDeleted
+    }
+
+    /// Whether an evaluation could change anything for a job that wants
+    /// `replicas`: not when it wants none, runs nothing, and has no
+    /// evaluation whose result would be superseded.
+    fn needs_scheduling(&self, job: &str, replicas: u32) -> bool {
+        replicas > 0
+            || self
+                .evals_by_job
+                .get(job)
+                .is_some_and(|ids| !ids.is_empty())
+            || self
+                .allocs
+                .values()
+                .any(|a| a.job == job && !a.status.is_terminal())
     }
 
     /// Queues an evaluation of `job`, unless one is already pending (it
     /// will see this change too). Older finished evaluations of the job are
     /// dropped so they do not pile up.
     fn create_eval(&mut self, index: u64, job: &str, trigger: EvalTrigger) {
-        let mine: Vec<(String, EvalStatus)> = self
-            .evals
-            .values()
-            .filter(|e| e.job == job)
-            .map(|e| (e.id.clone(), e.status))
-            .collect();
-        if mine.iter().any(|(_, s)| *s == EvalStatus::Pending) {
+        let mine: Vec<String> = self
+            .evals_by_job
+            .get(job)
+            .map(|ids| ids.iter().cloned().collect())
+            .unwrap_or_default();
+        if mine.iter().any(|id| {
+            self.evals
+                .get(id)
+                .is_some_and(|e| e.status == EvalStatus::Pending)
+        }) {
             return;
         }
-        for (id, _) in mine {
+        for id in mine {
             self.evals.remove(&id);
             self.touch(Table::Eval, &id);
         }
         let id = format!("{index:016x}");
+        self.evals_by_job
+            .insert(job.to_string(), BTreeSet::from([id.clone()]));
         self.evals.insert(
             id.clone(),
             Evaluation {
@@ -299,17 +340,23 @@ impl State {
     }
 
     fn register_node(&mut self, index: u64, reg: &NodeRegistration) -> Outcome {
-        let allocatable = reg.capacity.saturating_sub(reg.reserved);
-        let create_index = self
-            .nodes
-            .get(&reg.name)
-            .map(|n| n.create_index)
-            .unwrap_or(index);
+        let healthy = reg.gpus.iter().filter(|g| g.healthy).count() as u32;
+        let capacity = reg.capacity.with_gpus(reg.gpus.len() as u32);
+        let allocatable = reg.capacity.saturating_sub(reg.reserved).with_gpus(healthy);
+        let old = self.nodes.get(&reg.name);
+        let create_index = old.map(|n| n.create_index).unwrap_or(index);
+        // Cordon and drain are the operator's, not the agent's: they
+        // survive a re-registration.
+        let (cordoned, draining) = old.map_or((false, false), |n| (n.cordoned, n.draining));
         let node = Node {
             name: reg.name.clone(),
             labels: reg.labels.clone(),
-            capacity: reg.capacity,
+            capacity,
             allocatable,
+            gpus: reg.gpus.clone(),
+            gpu_links: reg.gpu_links.clone(),
+            cordoned,
+            draining,
             address: reg.address.clone(),
             status: NodeStatus::Ready,
             agent_version: reg.agent_version.clone(),
@@ -361,57 +408,58 @@ impl State {
             }
         }
 
-        let mut used: BTreeMap<String, Resources> = BTreeMap::new();
-        for new in &plan.placements {
-            let Some(job) = self.jobs.get(&plan.job) else {
-                result.rejected += 1;
-                continue;
-            };
-            let node_name = &new.placement.node;
-            let Some(node) = self.nodes.get(node_name) else {
-                result.rejected += 1;
-                continue;
-            };
-            let slot_taken = self.allocs.values().any(|a| {
-                a.job == plan.job
-                    && a.job_version == plan.job_version
-                    && a.replica == new.placement.replica
-                    && a.desired == DesiredStatus::Run
-                    && a.status != AllocStatus::Lost
-            });
-            let node_used = *used
-                .entry(node_name.clone())
-                .or_insert_with(|| used_on(node_name, self.allocs.values()));
-            let ask = job.spec.task.resources;
-            if slot_taken
-                || self.allocs.contains_key(&new.id)
-                || plan.job_version != job.version
-                || fits(node, node_used, ask).is_err()
-            {
-                result.rejected += 1;
-                continue;
+        let (accepted, evictions, rejected) = match self.jobs.get(&plan.job) {
+            Some(job) => self.check_placements(job, plan),
+            None => (Vec::new(), Vec::new(), plan.placements.len() as u32),
+        };
+        result.rejected = rejected;
+
+        if let Some(job) = self.jobs.get(&plan.job).cloned() {
+            let reason = format!(
+                "preempted by job {} (priority {})",
+                job.spec.name, job.spec.priority
+            );
+            let mut victim_jobs = BTreeSet::new();
+            for id in evictions {
+                if let Some(a) = self.allocs.get_mut(&id) {
+                    a.desired = DesiredStatus::Stop;
+                    a.message = reason.clone();
+                    a.modify_index = index;
+                    victim_jobs.insert(a.job.clone());
+                    result.evicted += 1;
+                    self.touch(Table::Alloc, &id);
+                }
             }
-            used.insert(node_name.clone(), node_used.saturating_add(ask));
-            let alloc = Allocation {
-                id: new.id.clone(),
-                job: plan.job.clone(),
-                job_version: job.version,
-                replica: new.placement.replica,
-                node: node_name.clone(),
-                task: job.spec.task.clone(),
-                desired: DesiredStatus::Run,
-                status: AllocStatus::Pending,
-                exit_code: None,
-                message: String::new(),
-                restart_count: 0,
-                healthy: None,
-                reason: String::new(),
-                create_index: index,
-                modify_index: index,
-            };
-            self.allocs.insert(new.id.clone(), alloc);
-            self.touch(Table::Alloc, &new.id);
-            result.placed += 1;
+            // The victims' jobs look for room elsewhere.
+            for victim in victim_jobs {
+                if self.jobs.contains_key(&victim) {
+                    self.create_eval(index, &victim, EvalTrigger::Preemption);
+                }
+            }
+            for new in accepted {
+                let alloc = Allocation {
+                    id: new.id.clone(),
+                    job: plan.job.clone(),
+                    job_version: job.version,
+                    replica: new.placement.replica,
+                    node: new.placement.node.clone(),
+                    task: job.spec.task.clone(),
+                    gpus: new.placement.gpus.clone(),
+                    ports: job.spec.task.resources.ports.clone(),
+                    desired: DesiredStatus::Run,
+                    status: AllocStatus::Pending,
+                    exit_code: None,
+                    message: String::new(),
+                    restart_count: 0,
+                    healthy: None,
+                    reason: String::new(),
+                    create_index: index,
+                    modify_index: index,
+                };
+                self.allocs.insert(new.id.clone(), alloc);
+                self.touch(Table::Alloc, &new.id);
+                result.placed += 1;
+            }
         }
 
         let status = if result.rejected > 0 {
@@ -437,6 +485,160 @@ impl State {
         self.finish_eval(index, &plan.eval_id, status, message);
         result.eval_status = Some(status);
         Outcome::PlanApplied(result)
+    }
+
+    /// The plan check. Each node's changes are taken whole or not at all:
+    /// its evictions must be of allocations of other jobs at least
+    /// [`PREEMPTION_GAP`] priority points lower, and with those counted as
+    /// free every placement on it must pass the same fit rule the scheduler
+    /// used (`fits_assignment`: cpu, memory, ports, and exactly the GPUs
+    /// named, free and acceptable). A gang's placements are all rejected if
+    /// any is. Returns the accepted placements, the evictions to apply and
+    /// how many placements were rejected.
+    fn check_placements<'p>(
+        &self,
+        job: &Job,
+        plan: &'p PlanCommand,
+    ) -> (Vec<&'p NewAlloc>, Vec<String>, u32) {
+        let mut by_node: BTreeMap<&str, Vec<&'p NewAlloc>> = BTreeMap::new();
+        for new in &plan.placements {
+            by_node
+                .entry(new.placement.node.as_str())
+                .or_default()
+                .push(new);
+        }
+        let mut evict_on: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for e in &plan.evictions {
+            if let Some(a) = self.allocs.get(&e.alloc_id) {
+                evict_on
+                    .entry(a.node.as_str())
+                    .or_default()
+                    .push(e.alloc_id.as_str());
+            }
+        }
+        // Replica slots of this version already filled.
+        let mut taken: BTreeSet<u32> = self
+            .allocs
+            .values()
+            .filter(|a| {
+                a.job == plan.job
+                    && a.job_version == plan.job_version
+                    && a.desired == DesiredStatus::Run
+                    && a.status != AllocStatus::Lost
+            })
+            .map(|a| a.replica)
+            .collect();
+        let ask = &job.spec.task.resources;
+        let mut accepted = Vec::new();
+        let mut evictions = Vec::new();
+        let mut rejected = 0u32;
+        for (node_name, news) in by_node {
+            let evicted: Vec<&str> = evict_on.get(node_name).cloned().unwrap_or_default();
+            let node_ok = self.nodes.get(node_name).is_some_and(|node| {
+                let victims_ok = evicted.iter().all(|id| {
+                    let a = &self.allocs[*id];
+                    let priority = self.jobs.get(&a.job).map_or(0, |j| j.spec.priority);
+                    a.job != plan.job
+                        && a.desired == DesiredStatus::Run
+                        && u16::from(priority) + u16::from(PREEMPTION_GAP)
+                            <= u16::from(job.spec.priority)
+                });
+                if !victims_ok || plan.job_version != job.version {
+                    return false;
+                }
+                let mut usage = Usage::default();
+                for a in self.allocs.values() {
+                    if a.node == node.name
+                        && a.holds_resources()
+                        && !evicted.contains(&a.id.as_str())
+                    {
+                        usage.add_alloc(node, a);
+                    }
+                }
+                let mut slots = BTreeSet::new();
+                news.iter().all(|new| {
+                    let replica = new.placement.replica;
+                    if taken.contains(&replica)
+                        || !slots.insert(replica)
+                        || self.allocs.contains_key(&new.id)
+                    {
+                        return false;
+                    }
+                    match fits_assignment(node, &usage, ask, &new.placement.gpus) {
+                        Ok(mask) => {
+                            usage.add(ask.amount().with_gpus(mask.count_ones()), mask, &ask.ports);
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                })
+            });
+            if node_ok {
+                for new in &news {
+                    taken.insert(new.placement.replica);
+                }
+                accepted.extend(news);
+                evictions.extend(evicted.into_iter().map(String::from));
+            } else {
+                rejected += news.len() as u32;
+            }
+        }
+        if job.spec.gang && rejected > 0 {
+            rejected += accepted.len() as u32;
+            accepted.clear();
+            evictions.clear();
+        }
+        (accepted, evictions, rejected)
+    }
+
+    fn set_node_eligibility(
+        &mut self,
+        index: u64,
+        name: &str,
+        cordoned: bool,
+        draining: bool,
+    ) -> Outcome {
+        let Some(node) = self.nodes.get_mut(name) else {
+            return Outcome::Refused(format!("node {name:?} not found"));
+        };
+        let was_schedulable = node.schedulable();
+        // Draining implies cordoned.
+        let cordoned = cordoned || draining;
+        if node.cordoned == cordoned && node.draining == draining {
+            return Outcome::NodeEligibilitySet { stopped: 0 };
+        }
+        node.cordoned = cordoned;
+        node.draining = draining;
+        node.modify_index = index;
+        let now_schedulable = node.schedulable();
+        self.touch(Table::Node, name);
+        let mut stopped = 0;
+        if draining {
+            let mut jobs = BTreeSet::new();
+            let mut ids = Vec::new();
+            for a in self.allocs.values_mut() {
+                if a.node == name && a.is_live() {
+                    a.desired = DesiredStatus::Stop;
+                    a.message = "node draining".to_string();
+                    a.modify_index = index;
+                    jobs.insert(a.job.clone());
+                    ids.push(a.id.clone());
+                }
+            }
+            stopped = ids.len() as u32;
+            for id in ids {
+                self.touch(Table::Alloc, &id);
+            }
+            for job in jobs {
+                if self.jobs.contains_key(&job) {
+                    self.create_eval(index, &job, EvalTrigger::NodeUpdate);
+                }
+            }
+        }
+        if now_schedulable && !was_schedulable {
+            self.unblock(index);
+        }
+        Outcome::NodeEligibilitySet { stopped }
     }
 
     fn finish_eval(&mut self, index: u64, id: &str, status: EvalStatus, message: String) {
@@ -503,10 +705,23 @@ impl State {
 
     /// The most recent evaluation of a job.
     pub fn latest_eval(&self, job: &str) -> Option<&Evaluation> {
-        self.evals
-            .values()
-            .filter(|e| e.job == job)
+        self.evals_by_job
+            .get(job)?
+            .iter()
+            .filter_map(|id| self.evals.get(id))
             .max_by_key(|e| e.create_index)
+    }
+
+    /// Rebuilds the derived lookup tables after the records were loaded
+    /// from disk or a snapshot.
+    pub fn rebuild_indexes(&mut self) {
+        self.evals_by_job.clear();
+        for e in self.evals.values() {
+            self.evals_by_job
+                .entry(e.job.clone())
+                .or_default()
+                .insert(e.id.clone());
+        }
     }
 
     /// A stable digest of the state (not of `dirty`), for comparing servers.

@@ -63,6 +63,7 @@ impl StateDb {
                 }
             }
         }
+        state.rebuild_indexes();
         Ok(state)
     }
 
@@ -160,6 +161,24 @@ impl StateDb {
     }
 }
 
+/// Opens a sled database, waiting a little when another handle in this
+/// process is still closing it (sled releases its file lock from a
+/// background thread after the last handle is dropped).
+pub fn open_db(config: sled::Config) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 /// [`record`] as shared text (records are JSON), for watchers and
 /// [`StateDb::save_encoded`].
 pub fn record_json(state: &State, table: Table, key: &str) -> Option<Arc<str>> {
@@ -210,6 +229,8 @@ mod tests {
                     reserved: Resources::ZERO,
                     address: "127.0.0.1:7702".into(),
                     agent_version: "t".into(),
+                    gpus: vec![],
+                    gpu_links: vec![],
                 },
             },
         );
@@ -217,18 +238,21 @@ mod tests {
         state.apply(2, &Command::UpsertJob { spec });
         state.apply(3, &Command::DeleteJob { name: "web".into() });
         {
-            let db =
-                StateDb::open(crate::log::open_db(sled::Config::new().path(dir.path())).unwrap())
-                    .unwrap();
+            let db = StateDb::open(open_db(sled::Config::new().path(dir.path())).unwrap()).unwrap();
             db.save(&mut state).unwrap();
             db.flush().unwrap();
             assert!(state.dirty.is_empty());
         }
-        let db = StateDb::open(crate::log::open_db(sled::Config::new().path(dir.path())).unwrap())
-            .unwrap();
+        let db = StateDb::open(open_db(sled::Config::new().path(dir.path())).unwrap()).unwrap();
         let loaded = db.load().unwrap();
         assert_eq!(loaded, state);
         assert!(!loaded.jobs.contains_key("web"), "deletes are persisted");
+        assert_eq!(
+            loaded.latest_eval("web").map(|e| &e.id),
+            state.latest_eval("web").map(|e| &e.id),
+            "derived lookups are rebuilt on load"
+        );
+        assert!(loaded.latest_eval("web").is_some());
         assert_eq!(loaded.index, 3);
     }
 }

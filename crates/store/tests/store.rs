@@ -242,7 +242,7 @@ async fn concurrent_proposals_are_batched_and_all_answered() {
 }
 
 #[tokio::test]
-async fn three_voters_replicate_and_a_follower_refuses_local_proposals() {
+async fn three_voters_replicate_and_a_followers_proposals_reach_the_leader() {
     let c = Cluster::new(&[1, 2, 3], 0);
     let leader = c.leader().await;
     leader.propose(&job("web", 3)).await.unwrap();
@@ -252,10 +252,13 @@ async fn three_voters_replicate_and_a_follower_refuses_local_proposals() {
         .find(|s| !s.is_leader())
         .unwrap();
     assert!(follower.state().jobs.contains_key("web"));
-    match follower.propose(&job("x", 1)).await {
-        Err(StoreError::NotLeader { leader: Some(l) }) => assert_eq!(l, leader.status().id),
-        other => panic!("{other:?}"),
-    }
+    // Proposed on a follower, committed by the leader, answered by the
+    // follower with the outcome of applying it.
+    let out = follower.propose(&job("from-follower", 1)).await.unwrap();
+    assert!(matches!(out, Outcome::JobUpserted { changed: true, .. }));
+    assert!(follower.state().jobs.contains_key("from-follower"));
+    c.converged().await;
+    assert!(leader.state().jobs.contains_key("from-follower"));
     // A follower's read barrier waits for what the leader committed.
     leader.propose(&job("later", 1)).await.unwrap();
     follower.read_barrier(Duration::from_secs(5)).await.unwrap();

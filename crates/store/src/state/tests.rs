@@ -1,6 +1,7 @@
 use super::*;
 use crate::command::NewAlloc;
-use skiff_model::{Placement, Stop};
+use skiff_model::fit::used_on;
+use skiff_model::{Gpu, Placement, Resources, Stop};
 
 fn spec(name: &str, replicas: u32, mem: &str) -> JobSpec {
     JobSpec::from_yaml(&format!(
@@ -18,8 +19,31 @@ fn reg(name: &str, cpu: u64, mem_mi: u64) -> Command {
             reserved: Resources::ZERO,
             address: "127.0.0.1:7702".into(),
             agent_version: "test".into(),
+            gpus: vec![],
+            gpu_links: vec![],
         },
     }
+}
+
+/// A node with `gpus` GPUs named `NAME-gpuI`; the last one unhealthy when
+/// `one_sick`.
+fn gpu_reg(name: &str, gpus: usize, one_sick: bool) -> Command {
+    let Command::RegisterNode { mut registration } = reg(name, 8000, 8192) else {
+        unreachable!()
+    };
+    registration.gpus = (0..gpus)
+        .map(|i| Gpu {
+            uuid: format!("{name}-gpu{i}"),
+            model: "A100".into(),
+            memory_bytes: 80 << 30,
+            healthy: !(one_sick && i + 1 == gpus),
+        })
+        .collect();
+    Command::RegisterNode { registration }
+}
+
+fn job_spec(yaml: &str) -> JobSpec {
+    JobSpec::from_yaml(yaml).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Applies commands at consecutive indexes, like Raft would.
@@ -61,10 +85,12 @@ impl Harness {
                         placement: Placement {
                             replica: *r,
                             node: n.to_string(),
+                            gpus: vec![],
                         },
                     })
                     .collect(),
                 stops: vec![],
+                evictions: vec![],
                 unplaced,
                 explanation: if unplaced > 0 {
                     "0/1 nodes: 1 insufficient memory".into()
@@ -351,6 +377,7 @@ fn stops_mark_allocations_desired_stop() {
                 alloc_id: "web-0-n1".into(),
                 reason: "job deleted".into(),
             }],
+            evictions: vec![],
             unplaced: 0,
             explanation: String::new(),
         },
@@ -411,4 +438,274 @@ fn recreating_a_deleted_job_drops_the_old_finished_allocations() {
     });
     assert!(h.state.allocs.is_empty());
     assert!(h.state.dirty.contains(&(Table::Alloc, "web-0-n1".into())));
+}
+
+/// A plan for `job` placing `(replica, node, gpus)` and evicting `evict`.
+fn plan_gpus(
+    h: &Harness,
+    job: &str,
+    placements: &[(u32, &str, &[&str])],
+    evict: &[&str],
+) -> Command {
+    let Command::ApplyPlan { mut plan } = h.plan(job, &[], 0) else {
+        unreachable!()
+    };
+    plan.placements = placements
+        .iter()
+        .map(|(r, n, g)| NewAlloc {
+            id: format!("{job}-{r}-{n}"),
+            placement: Placement {
+                replica: *r,
+                node: n.to_string(),
+                gpus: g.iter().map(|s| s.to_string()).collect(),
+            },
+        })
+        .collect();
+    plan.evictions = evict
+        .iter()
+        .map(|id| Stop {
+            alloc_id: id.to_string(),
+            reason: "made up by the plan".into(),
+        })
+        .collect();
+    Command::ApplyPlan { plan }
+}
+
+fn applied(out: Outcome) -> PlanResult {
+    match out {
+        Outcome::PlanApplied(r) => r,
+        other => panic!("{other:?}"),
+    }
+}
+
+const GPU_JOB: &str =
+    "replicas: 2\ntask: {image: 'oci:/i', resources: {cpu: 100m, memory: 64Mi, gpus: 1}}";
+
+#[test]
+fn a_registered_node_offers_only_its_healthy_gpus() {
+    let mut h = Harness::new();
+    h.apply(gpu_reg("g", 4, true));
+    let n = &h.state.nodes["g"];
+    assert_eq!((n.capacity.gpus, n.allocatable.gpus), (4, 3));
+    assert_eq!(n.gpus.len(), 4);
+}
+
+#[test]
+fn racing_plans_never_give_one_gpu_twice() {
+    let mut h = Harness::new();
+    h.apply(gpu_reg("g", 2, false));
+    h.apply(Command::UpsertJob {
+        spec: job_spec(&format!("name: a\n{GPU_JOB}")),
+    });
+    h.apply(Command::UpsertJob {
+        spec: job_spec(&format!("name: b\n{GPU_JOB}")),
+    });
+    // Both made from the same snapshot, both chose g-gpu0.
+    let pa = plan_gpus(&h, "a", &[(0, "g", &["g-gpu0"])], &[]);
+    let pb = plan_gpus(&h, "b", &[(0, "g", &["g-gpu0"])], &[]);
+    assert_eq!(applied(h.apply(pa)).placed, 1);
+    let rb = applied(h.apply(pb));
+    assert_eq!((rb.placed, rb.rejected), (0, 1));
+    // A GPU the node does not have, or too few GPUs, are refused too.
+    let bad = plan_gpus(&h, "b", &[(0, "g", &["g-gpu7"]), (1, "g", &[])], &[]);
+    let r = applied(h.apply(bad));
+    assert_eq!((r.placed, r.rejected), (0, 2));
+    let good = plan_gpus(&h, "b", &[(0, "g", &["g-gpu1"])], &[]);
+    assert_eq!(applied(h.apply(good)).placed, 1);
+    assert_eq!(h.state.allocs["b-0-g"].gpus, ["g-gpu1"]);
+}
+
+#[test]
+fn racing_plans_never_give_one_port_twice() {
+    let mut h = Harness::new();
+    h.apply(reg("n", 8000, 8192));
+    let ported =
+        "replicas: 1\ntask: {image: 'oci:/i', resources: {cpu: 100m, memory: 64Mi, ports: [8080]}}";
+    h.apply(Command::UpsertJob {
+        spec: job_spec(&format!("name: a\n{ported}")),
+    });
+    h.apply(Command::UpsertJob {
+        spec: job_spec(&format!("name: b\n{ported}")),
+    });
+    let pa = h.plan("a", &[(0, "n")], 0);
+    let pb = h.plan("b", &[(0, "n")], 0);
+    assert_eq!(applied(h.apply(pa)).placed, 1);
+    assert_eq!(h.state.allocs["a-0-n"].ports, [8080]);
+    assert_eq!(applied(h.apply(pb)).rejected, 1);
+}
+
+fn preemption_setup(victim_priority: u8) -> Harness {
+    let mut h = Harness::new();
+    h.apply(gpu_reg("g", 2, false));
+    h.apply(Command::UpsertJob {
+        spec: job_spec(&format!(
+            "name: low\npriority: {victim_priority}\nreplicas: 1\ntask: {{image: 'oci:/i', resources: {{cpu: 100m, memory: 64Mi, gpus: 2}}}}"
+        )),
+    });
+    let p = plan_gpus(&h, "low", &[(0, "g", &["g-gpu0", "g-gpu1"])], &[]);
+    assert_eq!(applied(h.apply(p)).placed, 1);
+    h.apply(Command::UpsertJob {
+        spec: job_spec("name: high\npriority: 60\nreplicas: 1\ntask: {image: 'oci:/i', resources: {cpu: 100m, memory: 64Mi, gpus: 1}}"),
+    });
+    h
+}
+
+#[test]
+fn an_eviction_frees_the_victims_gpus_in_the_same_command() {
+    let mut h = preemption_setup(50);
+    let p = plan_gpus(&h, "high", &[(0, "g", &["g-gpu1"])], &["low-0-g"]);
+    let r = applied(h.apply(p));
+    assert_eq!((r.placed, r.evicted, r.rejected), (1, 1, 0));
+    let victim = &h.state.allocs["low-0-g"];
+    assert_eq!(victim.desired, DesiredStatus::Stop);
+    assert_eq!(victim.message, "preempted by job high (priority 60)");
+    // The victim's job is evaluated again, to find room elsewhere.
+    assert_eq!(
+        h.state.latest_eval("low").map(|e| (e.status, e.trigger)),
+        Some((EvalStatus::Pending, EvalTrigger::Preemption))
+    );
+}
+
+#[test]
+fn an_eviction_of_work_less_than_ten_points_lower_is_refused_with_its_node() {
+    let mut h = preemption_setup(51);
+    let p = plan_gpus(&h, "high", &[(0, "g", &["g-gpu1"])], &["low-0-g"]);
+    let r = applied(h.apply(p));
+    assert_eq!((r.placed, r.evicted, r.rejected), (0, 0, 1));
+    assert_eq!(h.state.allocs["low-0-g"].desired, DesiredStatus::Run);
+}
+
+#[test]
+fn without_an_eviction_the_victims_gpus_stay_taken() {
+    let mut h = preemption_setup(0);
+    let p = plan_gpus(&h, "high", &[(0, "g", &["g-gpu1"])], &[]);
+    assert_eq!(applied(h.apply(p)).rejected, 1);
+}
+
+#[test]
+fn a_gang_plan_is_committed_whole_or_not_at_all() {
+    let mut h = Harness::new();
+    h.apply(reg("n1", 1000, 4096));
+    h.apply(reg("n2", 1000, 4096));
+    h.apply(Command::UpsertJob {
+        spec: job_spec(
+            "name: other\nreplicas: 1\ntask: {image: 'oci:/i', resources: {cpu: 1, memory: 64Mi}}",
+        ),
+    });
+    h.apply(Command::UpsertJob {
+        spec: job_spec("name: gang\ngang: true\nreplicas: 2\ntask: {image: 'oci:/i', resources: {cpu: 1, memory: 64Mi}}"),
+    });
+    // Made from a snapshot where n2 was empty; `other` took it since.
+    let stale = h.plan("gang", &[(0, "n1"), (1, "n2")], 0);
+    applied(h.apply(h.plan("other", &[(0, "n2")], 0)));
+    let r = applied(h.apply(stale));
+    assert_eq!((r.placed, r.rejected), (0, 2));
+    assert!(h.state.allocs_of_job("gang").is_empty());
+}
+
+#[test]
+fn cordon_survives_reregistration_and_drain_stops_the_nodes_work() {
+    let mut h = Harness::new();
+    h.apply(reg("n1", 4000, 4096));
+    h.apply(Command::UpsertJob {
+        spec: spec("web", 1, "64Mi"),
+    });
+    applied(h.apply(h.plan("web", &[(0, "n1")], 0)));
+    let out = h.apply(Command::SetNodeEligibility {
+        name: "n1".into(),
+        cordoned: true,
+        draining: false,
+    });
+    assert_eq!(out, Outcome::NodeEligibilitySet { stopped: 0 });
+    h.apply(reg("n1", 4000, 4096));
+    assert!(h.state.nodes["n1"].cordoned, "kept across registration");
+    assert_eq!(h.state.allocs["web-0-n1"].desired, DesiredStatus::Run);
+    let out = h.apply(Command::SetNodeEligibility {
+        name: "n1".into(),
+        cordoned: false,
+        draining: true,
+    });
+    assert_eq!(out, Outcome::NodeEligibilitySet { stopped: 1 });
+    let n = &h.state.nodes["n1"];
+    assert!(n.cordoned && n.draining && !n.schedulable());
+    let a = &h.state.allocs["web-0-n1"];
+    assert_eq!(
+        (a.desired, a.message.as_str()),
+        (DesiredStatus::Stop, "node draining")
+    );
+    assert_eq!(
+        h.state.latest_eval("web").map(|e| e.status),
+        Some(EvalStatus::Pending)
+    );
+    assert!(matches!(
+        h.apply(Command::SetNodeEligibility {
+            name: "nope".into(),
+            cordoned: true,
+            draining: false
+        }),
+        Outcome::Refused(_)
+    ));
+}
+
+#[test]
+fn uncordoning_a_node_unblocks_waiting_work() {
+    let mut h = Harness::new();
+    h.apply(reg("n1", 4000, 4096));
+    h.apply(Command::SetNodeEligibility {
+        name: "n1".into(),
+        cordoned: true,
+        draining: false,
+    });
+    h.apply(Command::UpsertJob {
+        spec: spec("web", 1, "64Mi"),
+    });
+    let r = applied(h.apply(h.plan("web", &[], 1)));
+    assert_eq!(r.eval_status, Some(EvalStatus::Blocked));
+    h.apply(Command::SetNodeEligibility {
+        name: "n1".into(),
+        cordoned: false,
+        draining: false,
+    });
+    assert_eq!(
+        h.state.latest_eval("web").map(|e| e.status),
+        Some(EvalStatus::Pending)
+    );
+}
+
+#[test]
+fn changing_constraints_makes_a_new_version_but_priority_does_not() {
+    let mut h = Harness::new();
+    let base = "name: web\nreplicas: 1\ntask: {image: 'oci:/i'}";
+    h.apply(Command::UpsertJob {
+        spec: job_spec(base),
+    });
+    let version = |h: &Harness| h.state.jobs["web"].version;
+    h.apply(Command::UpsertJob {
+        spec: job_spec(&format!(
+            "{base}\npriority: 90\naffinities: [{{label: z, op: exists, weight: 5}}]"
+        )),
+    });
+    assert_eq!(version(&h), 1);
+    h.apply(Command::UpsertJob {
+        spec: job_spec(&format!(
+            "{base}\npriority: 90\nconstraints: [{{label: z, op: exists}}]"
+        )),
+    });
+    assert_eq!(version(&h), 2);
+}
+
+#[test]
+fn a_job_with_nothing_to_run_needs_no_evaluation_until_it_does() {
+    let mut h = Harness::new();
+    h.apply(Command::UpsertJob {
+        spec: spec("idle", 0, "64Mi"),
+    });
+    assert!(h.state.latest_eval("idle").is_none(), "nothing to schedule");
+    h.apply(Command::UpsertJob {
+        spec: spec("idle", 2, "64Mi"),
+    });
+    assert_eq!(
+        h.state.latest_eval("idle").unwrap().status,
+        EvalStatus::Pending
+    );
 }

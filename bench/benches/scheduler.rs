@@ -1,0 +1,172 @@
+//! Criterion benches for the scheduler's hot paths: building the view,
+//! placing one replica (plain, multi-GPU, with constraints), preemption,
+//! explaining a failure, and the shared fit rule.
+//!
+//! `cargo bench -p skiff-bench --bench scheduler`
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
+use skiff_bench::{job, nodes, workload, Shape};
+use skiff_model::fit::fits_free;
+use skiff_model::{
+    AllocStatus, Allocation, Constraint, ConstraintOp, DesiredStatus, Node, Resources,
+    TaskResources,
+};
+use skiff_scheduler::{reconcile, ClusterView, Config};
+
+/// A cluster of the shape with `tasks` of its workload already placed, as
+/// allocations (placed by the scheduler itself).
+fn filled(shape: Shape, node_count: usize, tasks: usize) -> (Vec<Node>, Vec<Allocation>) {
+    let mut cluster = nodes(shape, node_count);
+    for (i, n) in cluster.iter_mut().enumerate() {
+        n.labels
+            .insert("zone".into(), ["a", "b", "c"][i % 3].into());
+    }
+    let jobs = workload(shape, tasks, 7);
+    let cfg = Config::default();
+    let mut allocs = Vec::new();
+    {
+        let no_allocs: &[Allocation] = &[];
+        let mut view = ClusterView::new(&cluster, no_allocs, |_| Some(50));
+        for (i, j) in jobs.iter().enumerate() {
+            let plan = reconcile(&j.spec.name, Some(j), &view, &cfg);
+            let ids: Vec<String> = (0..plan.placements.len())
+                .map(|r| format!("{i:06}-{r}"))
+                .collect();
+            view.commit(j, &plan, &ids, 2);
+            for (p, id) in plan.placements.iter().zip(&ids) {
+                allocs.push(Allocation {
+                    id: id.clone(),
+                    job: j.spec.name.clone(),
+                    job_version: 1,
+                    replica: p.replica,
+                    node: p.node.clone(),
+                    task: j.spec.task.clone(),
+                    gpus: p.gpus.clone(),
+                    ports: vec![],
+                    desired: DesiredStatus::Run,
+                    status: AllocStatus::Running,
+                    exit_code: None,
+                    message: String::new(),
+                    restart_count: 0,
+                    healthy: None,
+                    reason: String::new(),
+                    create_index: 2,
+                    modify_index: 2,
+                });
+            }
+        }
+    }
+    (cluster, allocs)
+}
+
+fn view_build(c: &mut Criterion) {
+    let (cluster, allocs) = filled(Shape::Basic, 5_000, 10_000);
+    c.bench_function("view_build/5000_nodes_10000_allocs", |b| {
+        b.iter(|| ClusterView::new(black_box(&cluster), black_box(&allocs), |_| Some(50)))
+    });
+}
+
+fn place(c: &mut Criterion) {
+    let cfg = Config::default();
+    let mut group = c.benchmark_group("place_one_replica");
+    let (basic, basic_allocs) = filled(Shape::Basic, 5_000, 5_000);
+    let view = ClusterView::new(&basic, &basic_allocs, |_| Some(50));
+    let web = job("new".into(), 1, TaskResources::new(100, 500 << 20));
+    group.bench_function(BenchmarkId::new("basic", "5000_nodes"), |b| {
+        b.iter(|| reconcile("new", Some(black_box(&web)), &view, &cfg))
+    });
+    let mut zoned = web.clone();
+    zoned.spec.constraints = vec![Constraint::new("zone", ConstraintOp::In, &["a", "b"])];
+    group.bench_function(BenchmarkId::new("constraint_zone_in", "5000_nodes"), |b| {
+        b.iter(|| reconcile("new", Some(black_box(&zoned)), &view, &cfg))
+    });
+
+    let (mixed, mixed_allocs) = filled(Shape::Mixed, 2_000, 10_000);
+    let view = ClusterView::new(&mixed, &mixed_allocs, |_| Some(50));
+    for gpus in [1u32, 4] {
+        let ask = TaskResources {
+            gpus,
+            ..TaskResources::new(8_000, 64 << 30)
+        };
+        let train = job("new".into(), 1, ask);
+        group.bench_function(
+            BenchmarkId::new(format!("gpus_{gpus}"), "2000_gpu_nodes"),
+            |b| b.iter(|| reconcile("new", Some(black_box(&train)), &view, &cfg)),
+        );
+    }
+    group.finish();
+}
+
+fn preempt_and_explain(c: &mut Criterion) {
+    // 1000 full nodes of priority-20 work: a priority-90 replica must evict;
+    // an impossible one must be explained.
+    let cluster = nodes(Shape::Basic, 1_000);
+    let low = job("low".into(), 1, TaskResources::new(1_000, 8 << 30));
+    let allocs: Vec<Allocation> = cluster
+        .iter()
+        .flat_map(|n| {
+            let low = &low;
+            (0..4).map(move |k| Allocation {
+                id: format!("{}-{k}", n.name),
+                job: "low".into(),
+                job_version: 1,
+                replica: k,
+                node: n.name.clone(),
+                task: low.spec.task.clone(),
+                gpus: vec![],
+                ports: vec![],
+                desired: DesiredStatus::Run,
+                status: AllocStatus::Running,
+                exit_code: None,
+                message: String::new(),
+                restart_count: 0,
+                healthy: None,
+                reason: String::new(),
+                create_index: 2,
+                modify_index: 2,
+            })
+        })
+        .collect();
+    let view = ClusterView::new(&cluster, &allocs, |j| {
+        Some(if j == "low" { 20 } else { 90 })
+    });
+    let cfg = Config::default();
+    let mut high = job("high".into(), 1, TaskResources::new(2_000, 1 << 30));
+    high.spec.priority = 90;
+    c.bench_function("preempt/1000_full_nodes", |b| {
+        b.iter(|| reconcile("high", Some(black_box(&high)), &view, &cfg))
+    });
+    let huge = job("huge".into(), 1, TaskResources::new(64_000, 1 << 30));
+    c.bench_function("explain/1000_nodes", |b| {
+        b.iter(|| reconcile("huge", Some(black_box(&huge)), &view, &cfg))
+    });
+}
+
+fn fit_rule(c: &mut Criterion) {
+    let cap = Resources::new(64_000, 512 << 30).with_gpus(8);
+    let used = Resources::new(30_000, 200 << 30).with_gpus(3);
+    let ask = TaskResources {
+        gpus: 2,
+        ports: vec![8080],
+        ..TaskResources::new(4_000, 32 << 30)
+    };
+    let ports = [80u16, 443, 9090];
+    c.bench_function("fits_free", |b| {
+        b.iter(|| {
+            fits_free(
+                black_box(cap),
+                black_box(used),
+                black_box(0b1111_0000),
+                &ports,
+                &ask,
+            )
+        })
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(3));
+    targets = view_build, place, preempt_and_explain, fit_rule
+}
+criterion_main!(benches);

@@ -1,0 +1,321 @@
+//! GPUs: what a node reports about its devices, and what a task may ask of
+//! them.
+//!
+//! A node's GPUs are numbered by their position in [`crate::Node::gpus`]; sets
+//! of them are `u64` masks over those positions, which is why a node may
+//! report at most [`MAX_GPUS_PER_NODE`].
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::quantity::{format_memory, parse_memory};
+
+/// Most GPUs one node may report (and one task may ask for).
+pub const MAX_GPUS_PER_NODE: usize = 64;
+
+/// One GPU of a node, as its agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gpu {
+    /// Stable identifier (NVML's `GPU-...`); what allocations record.
+    pub uuid: String,
+    /// Product name, e.g. `NVIDIA A100-SXM4-80GB`.
+    #[serde(default)]
+    pub model: String,
+    /// Device memory in bytes.
+    #[serde(default)]
+    pub memory_bytes: u64,
+    /// Unhealthy GPUs are never offered to new work.
+    #[serde(default = "yes")]
+    pub healthy: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How closely two GPUs of one node are connected, closest first. Pairs a
+/// node does not describe count as [`LinkLevel::System`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum LinkLevel {
+    /// A direct NVLink (or NVSwitch) connection.
+    #[serde(rename = "nvlink")]
+    NvLink,
+    /// Behind the same PCIe switch.
+    #[serde(rename = "pcie-switch")]
+    PcieSwitch,
+    /// On the same NUMA node (same CPU socket).
+    #[serde(rename = "numa")]
+    Numa,
+    /// Across sockets, or unknown.
+    #[serde(rename = "system")]
+    System,
+}
+
+impl LinkLevel {
+    pub const ALL: [LinkLevel; 4] = [
+        LinkLevel::NvLink,
+        LinkLevel::PcieSwitch,
+        LinkLevel::Numa,
+        LinkLevel::System,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkLevel::NvLink => "nvlink",
+            LinkLevel::PcieSwitch => "pcie-switch",
+            LinkLevel::Numa => "numa",
+            LinkLevel::System => "system",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<LinkLevel> {
+        LinkLevel::ALL.into_iter().find(|l| l.as_str() == text)
+    }
+
+    /// 0 for NVLink up to 3 for system.
+    pub fn rank(self) -> u8 {
+        self as u8
+    }
+}
+
+impl fmt::Display for LinkLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The link between two GPUs of a node, named by UUID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuLink {
+    pub a: String,
+    pub b: String,
+    pub level: LinkLevel,
+}
+
+/// Which GPUs a task accepts. Empty accepts any healthy GPU.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct GpuFilter {
+    /// Exact product name, as `skiff get nodes -o wide` shows it.
+    pub model: Option<String>,
+    /// Least device memory, in bytes (0: any).
+    pub min_memory_bytes: u64,
+    /// Only these GPUs (pinned by UUID).
+    pub uuids: Vec<String>,
+}
+
+impl GpuFilter {
+    pub fn is_empty(&self) -> bool {
+        self.model.is_none() && self.min_memory_bytes == 0 && self.uuids.is_empty()
+    }
+
+    /// True when `gpu` is one this filter accepts (health is checked
+    /// separately).
+    pub fn matches(&self, gpu: &Gpu) -> bool {
+        self.model.as_ref().is_none_or(|m| *m == gpu.model)
+            && gpu.memory_bytes >= self.min_memory_bytes
+            && (self.uuids.is_empty() || self.uuids.contains(&gpu.uuid))
+    }
+}
+
+impl fmt::Display for GpuFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(m) = &self.model {
+            parts.push(format!("model {m}"));
+        }
+        if self.min_memory_bytes > 0 {
+            parts.push(format!(
+                "at least {} memory",
+                format_memory(self.min_memory_bytes)
+            ));
+        }
+        if !self.uuids.is_empty() {
+            parts.push(format!("one of {}", self.uuids.join(", ")));
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GpuFilterForm {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    min_memory: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    uuids: Vec<String>,
+}
+
+impl Serialize for GpuFilter {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        GpuFilterForm {
+            model: self.model.clone(),
+            min_memory: (self.min_memory_bytes > 0)
+                .then(|| crate::job::format_memory_exact(self.min_memory_bytes)),
+            uuids: self.uuids.clone(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for GpuFilter {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let form = GpuFilterForm::deserialize(d)?;
+        Ok(GpuFilter {
+            model: form.model,
+            min_memory_bytes: match form.min_memory {
+                Some(m) => parse_memory(&m).map_err(serde::de::Error::custom)?,
+                None => 0,
+            },
+            uuids: form.uuids,
+        })
+    }
+}
+
+/// A node's GPU topology as a dense matrix of link levels, indexed by GPU
+/// position. Built once per node by whoever needs to compare GPU sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    n: usize,
+    levels: Vec<LinkLevel>,
+}
+
+impl Topology {
+    /// Every pair the links do not name is [`LinkLevel::System`]; links that
+    /// name unknown UUIDs are ignored.
+    pub fn new(gpus: &[Gpu], links: &[GpuLink]) -> Topology {
+        let n = gpus.len();
+        let mut levels = vec![LinkLevel::System; n * n];
+        let pos = |uuid: &str| gpus.iter().position(|g| g.uuid == uuid);
+        for l in links {
+            if let (Some(a), Some(b)) = (pos(&l.a), pos(&l.b)) {
+                if a != b {
+                    // The closest level wins if a pair is named twice.
+                    let cur = levels[a * n + b];
+                    let lvl = cur.min(l.level);
+                    levels[a * n + b] = lvl;
+                    levels[b * n + a] = lvl;
+                }
+            }
+        }
+        Topology { n, levels }
+    }
+
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    pub fn level(&self, a: usize, b: usize) -> LinkLevel {
+        self.levels[a * self.n + b]
+    }
+
+    /// The farthest link inside the set `mask` (NVLink for sets of one).
+    pub fn worst_level(&self, mask: u64) -> LinkLevel {
+        let mut worst = LinkLevel::NvLink;
+        for a in bits(mask) {
+            for b in bits(mask & !((2u64 << a) - 1)) {
+                worst = worst.max(self.level(a, b));
+            }
+        }
+        worst
+    }
+}
+
+/// Positions of the set bits of `mask`, lowest first.
+pub fn bits(mask: u64) -> impl Iterator<Item = usize> {
+    let mut m = mask;
+    std::iter::from_fn(move || {
+        if m == 0 {
+            None
+        } else {
+            let i = m.trailing_zeros() as usize;
+            m &= m - 1;
+            Some(i)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpu(uuid: &str, model: &str, mem_gi: u64) -> Gpu {
+        Gpu {
+            uuid: uuid.into(),
+            model: model.into(),
+            memory_bytes: mem_gi << 30,
+            healthy: true,
+        }
+    }
+
+    #[test]
+    fn a_filter_matches_on_model_memory_and_uuid() {
+        let g = gpu("GPU-1", "A100", 80);
+        assert!(GpuFilter::default().matches(&g));
+        let by_model = GpuFilter {
+            model: Some("A100".into()),
+            ..Default::default()
+        };
+        assert!(by_model.matches(&g));
+        assert!(!by_model.matches(&gpu("GPU-2", "T4", 16)));
+        let by_mem = GpuFilter {
+            min_memory_bytes: 40 << 30,
+            ..Default::default()
+        };
+        assert!(by_mem.matches(&g));
+        assert!(!by_mem.matches(&gpu("GPU-2", "T4", 16)));
+        let pinned = GpuFilter {
+            uuids: vec!["GPU-2".into()],
+            ..Default::default()
+        };
+        assert!(!pinned.matches(&g));
+        assert!(pinned.matches(&gpu("GPU-2", "T4", 16)));
+    }
+
+    #[test]
+    fn topology_defaults_to_system_and_keeps_the_closest_level() {
+        let gpus = [gpu("a", "", 0), gpu("b", "", 0), gpu("c", "", 0)];
+        let links = [
+            GpuLink {
+                a: "a".into(),
+                b: "b".into(),
+                level: LinkLevel::Numa,
+            },
+            GpuLink {
+                a: "b".into(),
+                b: "a".into(),
+                level: LinkLevel::NvLink,
+            },
+            GpuLink {
+                a: "a".into(),
+                b: "zzz".into(),
+                level: LinkLevel::NvLink,
+            },
+        ];
+        let t = Topology::new(&gpus, &links);
+        assert_eq!(t.level(0, 1), LinkLevel::NvLink);
+        assert_eq!(t.level(1, 0), LinkLevel::NvLink);
+        assert_eq!(t.level(0, 2), LinkLevel::System);
+        assert_eq!(t.worst_level(0b011), LinkLevel::NvLink);
+        assert_eq!(t.worst_level(0b111), LinkLevel::System);
+        assert_eq!(t.worst_level(0b100), LinkLevel::NvLink);
+    }
+
+    #[test]
+    fn filters_round_trip_through_serde() {
+        let f = GpuFilter {
+            model: Some("A100".into()),
+            min_memory_bytes: 40 << 30,
+            uuids: vec!["GPU-1".into()],
+        };
+        let yaml = serde_yaml_ng::to_string(&f).unwrap();
+        assert!(yaml.contains("min_memory: 40Gi"), "{yaml}");
+        assert_eq!(serde_yaml_ng::from_str::<GpuFilter>(&yaml).unwrap(), f);
+    }
+}

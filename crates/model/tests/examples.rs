@@ -1,0 +1,27 @@
+//! The files under examples/ are valid jobs.
+
+use skiff_model::JobSpec;
+
+/// Every file under examples/ parses and survives its own serialized form.
+#[test]
+fn every_example_parses_and_round_trips() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let spec =
+                JobSpec::from_yaml(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let again = serde_yaml_ng::to_string(&spec).unwrap();
+            assert_eq!(
+                JobSpec::from_yaml(&again).unwrap(),
+                spec,
+                "{}",
+                path.display()
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 4, "found {seen} examples in {}", dir.display());
+}

@@ -1,0 +1,537 @@
+//! The server's scheduling path with real parts: a real store (raft-rs and
+//! sled in a temporary directory), the leader's plan path (`plan_eval`),
+//! and, for the end-to-end cases, the gRPC services over loopback with the
+//! evaluation loop running. Nodes with GPUs register through
+//! `NodeApi.Register` as an agent would (no agent runs: allocations stay
+//! pending, which is all placement needs).
+
+use std::time::Duration;
+
+use skiff_model::{AllocStatus, DesiredStatus, EvalStatus, JobSpec};
+use skiff_proto::pb;
+use skiff_server::evals::{plan_eval, SchedulerSettings};
+use skiff_server::{ServerConfig, ServerError};
+use skiff_store::command::NodeRegistration;
+use skiff_store::{Bootstrap, Command, Outcome, RaftConfig, RaftMessage, Store, Transport};
+use tonic::transport::Channel;
+
+fn spec(yaml: &str) -> JobSpec {
+    JobSpec::from_yaml(yaml).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn gpu(uuid: &str) -> skiff_model::Gpu {
+    skiff_model::Gpu {
+        uuid: uuid.into(),
+        model: "A100".into(),
+        memory_bytes: 80 << 30,
+        healthy: true,
+    }
+}
+
+async fn shutdown(store: Store) {
+    tokio::task::spawn_blocking(move || store.shutdown())
+        .await
+        .unwrap();
+}
+
+/// A one-server store has no peers to talk to.
+struct Alone;
+
+impl Transport for Alone {
+    fn send(&self, _msg: RaftMessage) {}
+}
+
+#[tokio::test]
+async fn racing_plans_from_one_snapshot_never_overcommit_a_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        dir.path(),
+        RaftConfig::default(),
+        Bootstrap::Voters(vec![1]),
+        std::sync::Arc::new(Alone),
+    )
+    .unwrap();
+    store
+        .propose(&Command::RegisterNode {
+            registration: NodeRegistration {
+                name: "n1".into(),
+                labels: Default::default(),
+                capacity: skiff_model::Resources::new(4_000, 8 << 30),
+                reserved: skiff_model::Resources::ZERO,
+                address: "127.0.0.1:7702".into(),
+                agent_version: "test".into(),
+                gpus: vec![gpu("GPU-0"), gpu("GPU-1"), gpu("GPU-2")],
+                gpu_links: vec![],
+            },
+        })
+        .await
+        .unwrap();
+    // Each job alone fits: 2 cores and 2 GPUs of the node's 4 cores and
+    // 3 GPUs. Together they do not.
+    let job = |name: &str| {
+        Command::UpsertJob {
+        spec: spec(&format!(
+            "name: {name}\nreplicas: 2\ntask: {{image: 'oci:/i', resources: {{cpu: 1, memory: 1Gi, gpus: 1}}}}"
+        )),
+    }
+    };
+    store.propose(&job("a")).await.unwrap();
+    store.propose(&job("b")).await.unwrap();
+
+    // The leader's plan path, twice, from the same snapshot.
+    let (plan_a, plan_b) = {
+        let state = store.state();
+        let eval = |job: &str| {
+            state
+                .evals
+                .values()
+                .find(|e| e.job == job && e.status == EvalStatus::Pending)
+                .cloned()
+                .unwrap()
+        };
+        let settings = SchedulerSettings::default();
+        (
+            plan_eval(&state, &eval("a"), settings),
+            plan_eval(&state, &eval("b"), settings),
+        )
+    };
+    assert_eq!(plan_a.placements.len(), 2);
+    assert_eq!(plan_b.placements.len(), 2);
+    let Outcome::PlanApplied(ra) = store
+        .propose(&Command::ApplyPlan { plan: plan_a })
+        .await
+        .unwrap()
+    else {
+        panic!("plan a not applied")
+    };
+    let Outcome::PlanApplied(rb) = store
+        .propose(&Command::ApplyPlan { plan: plan_b })
+        .await
+        .unwrap()
+    else {
+        panic!("plan b not applied")
+    };
+    assert_eq!((ra.placed, ra.rejected), (2, 0));
+    // All of b's placements were on n1, and n1 can take only one more GPU:
+    // the node's changes are taken whole or not at all, so none commit.
+    assert_eq!((rb.placed, rb.rejected), (0, 2));
+    assert_eq!(rb.eval_status, Some(EvalStatus::Pending), "planned again");
+
+    // Planned again from the state as it is now, b gets what is left.
+    let plan = {
+        let state = store.state();
+        let eval = state
+            .evals
+            .values()
+            .find(|e| e.job == "b" && e.status == EvalStatus::Pending)
+            .cloned()
+            .unwrap();
+        plan_eval(&state, &eval, SchedulerSettings::default())
+    };
+    assert_eq!((plan.placements.len(), plan.unplaced), (1, 1));
+    assert_eq!(plan.explanation, "0/1 nodes: 1 insufficient gpu");
+    store.propose(&Command::ApplyPlan { plan }).await.unwrap();
+
+    {
+        let state = store.state();
+        let node = &state.nodes["n1"];
+        let usage = skiff_model::fit::usage_on(node, state.allocs.values());
+        assert!(usage.amount.cpu_millis <= node.allocatable.cpu_millis);
+        let mut held: Vec<&String> = state.allocs.values().flat_map(|a| &a.gpus).collect();
+        let before = held.len();
+        held.sort();
+        held.dedup();
+        assert_eq!((before, held.len()), (3, 3), "no GPU given twice");
+    }
+    shutdown(store).await;
+}
+
+/// A server on a free loopback port, serving until the test ends.
+struct Server {
+    url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), ServerError>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ServerConfig {
+            data_dir: dir.path().join("server"),
+            api_addr: "127.0.0.1:0".parse().unwrap(),
+            peer_addr: "127.0.0.1:0".parse().unwrap(),
+            advertise_api: None,
+            advertise_peer: None,
+            peers: Default::default(),
+            join: None,
+            raft: RaftConfig::default(),
+            scheduler: SchedulerSettings::default(),
+        };
+        let running = skiff_server::start(&cfg).await.unwrap();
+        let url = format!("http://{}", running.api_addr);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(skiff_server::serve(running, async move {
+            let _ = rx.await;
+        }));
+        Server {
+            url,
+            stop: Some(tx),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+/// Registers a node with `gpus` GPUs in two NVLink groups of four.
+async fn register(ch: Channel, name: &str, zone: &str, gpus: usize) {
+    let uuid = |i: usize| format!("{name}-gpu{i}");
+    let mut links = Vec::new();
+    for a in 0..gpus {
+        for b in a + 1..gpus {
+            links.push(pb::GpuLink {
+                a: uuid(a),
+                b: uuid(b),
+                level: if a / 4 == b / 4 {
+                    pb::LinkLevel::Nvlink
+                } else {
+                    pb::LinkLevel::System
+                } as i32,
+            });
+        }
+    }
+    pb::node_api_client::NodeApiClient::new(ch)
+        .register(pb::RegisterRequest {
+            name: name.into(),
+            labels: [("zone".to_string(), zone.to_string())].into(),
+            capacity: Some(pb::Resources {
+                cpu_millis: 32_000,
+                memory_bytes: 256 << 30,
+                gpus: 0,
+            }),
+            reserved: None,
+            address: "127.0.0.1:7702".into(),
+            agent_version: "test".into(),
+            gpus: (0..gpus)
+                .map(|i| pb::Gpu {
+                    uuid: uuid(i),
+                    model: "A100".into(),
+                    memory_bytes: 80 << 30,
+                    healthy: true,
+                })
+                .collect(),
+            gpu_links: links,
+        })
+        .await
+        .unwrap();
+}
+
+async fn apply(ch: Channel, yaml: &str) {
+    pb::cluster_client::ClusterClient::new(ch)
+        .apply_job(pb::ApplyJobRequest {
+            spec: Some((&spec(yaml)).into()),
+        })
+        .await
+        .unwrap();
+}
+
+/// Polls the job until `done` holds, for at most 10 seconds.
+async fn wait_job(
+    ch: Channel,
+    job: &str,
+    what: &str,
+    done: impl Fn(&pb::GetJobResponse) -> bool,
+) -> pb::GetJobResponse {
+    let mut client = pb::cluster_client::ClusterClient::new(ch);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = client
+            .get_job(pb::GetJobRequest {
+                name: job.into(),
+                stale: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if done(&r) {
+            return r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {job}: {what}; last: {r:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn allocs(r: &pb::GetJobResponse) -> Vec<skiff_model::Allocation> {
+    r.allocs
+        .iter()
+        .cloned()
+        .map(|a| skiff_model::Allocation::try_from(a).unwrap())
+        .collect()
+}
+
+fn live(r: &pb::GetJobResponse) -> Vec<skiff_model::Allocation> {
+    allocs(r)
+        .into_iter()
+        .filter(|a| a.desired == DesiredStatus::Run && a.status != AllocStatus::Lost)
+        .collect()
+}
+
+fn eval_message(r: &pb::GetJobResponse) -> String {
+    r.latest_eval
+        .as_ref()
+        .map(|e| e.message.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn gpu_jobs_get_tight_gpu_sets_and_higher_priorities_preempt() {
+    let server = Server::start().await;
+    let ch = server.channel().await;
+    register(ch.clone(), "g1", "a", 8).await;
+    register(ch.clone(), "g2", "b", 8).await;
+
+    // Two 4-GPU replicas, spread over the zones: each gets one whole NVLink
+    // group, on different nodes.
+    apply(
+        ch.clone(),
+        "name: train\npriority: 20\nreplicas: 2\nspread: {label: zone}\ntask: {image: 'oci:/i', resources: {cpu: 4, memory: 32Gi, gpus: 4}}",
+    )
+    .await;
+    let r = wait_job(ch.clone(), "train", "2 placed", |r| live(r).len() == 2).await;
+    let placed = live(&r);
+    let nodes: std::collections::BTreeSet<&str> = placed.iter().map(|a| a.node.as_str()).collect();
+    assert_eq!(nodes.len(), 2, "{placed:?}");
+    for a in &placed {
+        let group: std::collections::BTreeSet<usize> = a
+            .gpus
+            .iter()
+            .map(|g| g.rsplit("gpu").next().unwrap().parse::<usize>().unwrap() / 4)
+            .collect();
+        assert_eq!((a.gpus.len(), group.len()), (4, 1), "{a:?}");
+    }
+
+    // Low-priority batch work takes every other GPU.
+    apply(
+        ch.clone(),
+        "name: batch\npriority: 10\nreplicas: 2\ntask: {image: 'oci:/i', resources: {cpu: 1, memory: 1Gi, gpus: 4}}",
+    )
+    .await;
+    wait_job(ch.clone(), "batch", "2 placed", |r| live(r).len() == 2).await;
+
+    // Equal priority never preempts: it waits, and says why.
+    apply(
+        ch.clone(),
+        "name: peer\npriority: 15\ntask: {image: 'oci:/i', resources: {cpu: 1, memory: 1Gi, gpus: 2}}",
+    )
+    .await;
+    let r = wait_job(ch.clone(), "peer", "blocked", |r| {
+        r.latest_eval
+            .as_ref()
+            .is_some_and(|e| e.status == pb::EvalStatus::Blocked as i32)
+    })
+    .await;
+    assert_eq!(
+        eval_message(&r),
+        "1 replica(s) not placed: 0/2 nodes: 2 insufficient gpu"
+    );
+
+    // Priority 90 evicts the cheapest victim: one batch allocation (priority
+    // 10), not the training job (priority 20).
+    apply(
+        ch.clone(),
+        "name: urgent\npriority: 90\ntask: {image: 'oci:/i', resources: {cpu: 1, memory: 1Gi, gpus: 2}}",
+    )
+    .await;
+    let r = wait_job(ch.clone(), "urgent", "placed", |r| live(r).len() == 1).await;
+    let urgent = &live(&r)[0];
+    let b = wait_job(ch.clone(), "batch", "one evicted", |r| {
+        allocs(r).iter().any(|a| a.desired == DesiredStatus::Stop)
+    })
+    .await;
+    let victim = allocs(&b)
+        .into_iter()
+        .find(|a| a.desired == DesiredStatus::Stop)
+        .unwrap();
+    assert_eq!(victim.message, "preempted by job urgent (priority 90)");
+    assert_eq!(victim.node, urgent.node);
+    assert!(urgent.gpus.iter().all(|g| victim.gpus.contains(g)));
+    let t = wait_job(ch.clone(), "train", "untouched", |_| true).await;
+    assert_eq!(live(&t).len(), 2, "higher-priority work is never evicted");
+    // The victim's job is evaluated again and waits for room.
+    let b = wait_job(ch.clone(), "batch", "re-evaluated", |r| {
+        r.latest_eval.as_ref().is_some_and(|e| {
+            e.trigger == "preemption" && e.status == pb::EvalStatus::Blocked as i32
+        })
+    })
+    .await;
+    assert!(
+        eval_message(&b).contains("insufficient gpu"),
+        "{}",
+        eval_message(&b)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_gang_waits_whole_and_cordoned_nodes_take_nothing() {
+    let server = Server::start().await;
+    let ch = server.channel().await;
+    register(ch.clone(), "g1", "a", 8).await;
+    register(ch.clone(), "g2", "a", 8).await;
+
+    apply(
+        ch.clone(),
+        "name: mpi\ngang: true\nreplicas: 3\ntask: {image: 'oci:/i', resources: {cpu: 1, memory: 1Gi, gpus: 8}}",
+    )
+    .await;
+    let r = wait_job(ch.clone(), "mpi", "blocked", |r| {
+        r.latest_eval
+            .as_ref()
+            .is_some_and(|e| e.status == pb::EvalStatus::Blocked as i32)
+    })
+    .await;
+    assert!(allocs(&r).is_empty(), "a gang places nothing until all fit");
+    assert_eq!(
+        eval_message(&r),
+        "3 replica(s) not placed: gang needs all 3 replicas placed together; only 2 fit: 0/2 nodes: 2 insufficient gpu"
+    );
+
+    let mut cluster = pb::cluster_client::ClusterClient::new(ch.clone());
+    cluster
+        .set_node_eligibility(pb::SetNodeEligibilityRequest {
+            name: "g1".into(),
+            cordoned: true,
+            draining: false,
+        })
+        .await
+        .unwrap();
+    apply(
+        ch.clone(),
+        "name: web\nreplicas: 2\nconstraints: [{label: zone, op: '=', value: a}]\ntask: {image: 'oci:/i', resources: {cpu: 1, memory: 1Gi}}",
+    )
+    .await;
+    let r = wait_job(ch.clone(), "web", "placed", |r| live(r).len() == 2).await;
+    assert!(live(&r).iter().all(|a| a.node == "g2"));
+    // Draining g2 stops its allocations; with g1 cordoned they cannot go
+    // anywhere, and the job says so.
+    cluster
+        .set_node_eligibility(pb::SetNodeEligibilityRequest {
+            name: "g2".into(),
+            cordoned: false,
+            draining: true,
+        })
+        .await
+        .unwrap();
+    let r = wait_job(ch.clone(), "web", "blocked", |r| {
+        r.latest_eval
+            .as_ref()
+            .is_some_and(|e| e.status == pb::EvalStatus::Blocked as i32)
+    })
+    .await;
+    assert_eq!(
+        eval_message(&r),
+        "2 replica(s) not placed: 0/2 nodes: 1 node cordoned, 1 node draining"
+    );
+    // Uncordoning g1 lets the replicas in.
+    cluster
+        .set_node_eligibility(pb::SetNodeEligibilityRequest {
+            name: "g1".into(),
+            cordoned: false,
+            draining: false,
+        })
+        .await
+        .unwrap();
+    let r = wait_job(ch.clone(), "web", "re-placed on g1", |r| {
+        live(r).iter().filter(|a| a.node == "g1").count() == 2
+    })
+    .await;
+    assert_eq!(live(&r).len(), 2);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn registration_refuses_malformed_gpu_inventories() {
+    let server = Server::start().await;
+    let mut nodes = pb::node_api_client::NodeApiClient::new(server.channel().await);
+    let base = pb::RegisterRequest {
+        name: "g".into(),
+        labels: Default::default(),
+        capacity: Some(pb::Resources {
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+            gpus: 0,
+        }),
+        reserved: None,
+        address: "127.0.0.1:7702".into(),
+        agent_version: "t".into(),
+        gpus: vec![],
+        gpu_links: vec![],
+    };
+    let g = |uuid: &str| pb::Gpu {
+        uuid: uuid.into(),
+        model: "A100".into(),
+        memory_bytes: 1,
+        healthy: true,
+    };
+    let cases = [
+        (
+            pb::RegisterRequest {
+                gpus: vec![g("a"), g("a")],
+                ..base.clone()
+            },
+            "gpus[1].uuid: \"a\" is reported twice",
+        ),
+        (
+            pb::RegisterRequest {
+                gpus: vec![g("a")],
+                gpu_links: vec![pb::GpuLink {
+                    a: "a".into(),
+                    b: "zz".into(),
+                    level: pb::LinkLevel::Nvlink as i32,
+                }],
+                ..base.clone()
+            },
+            "gpu_links[0].b: \"zz\" is not one of the node's gpus",
+        ),
+        (
+            pb::RegisterRequest {
+                gpus: (0..65).map(|i| g(&i.to_string())).collect(),
+                ..base.clone()
+            },
+            "gpus: 65 GPUs; a node may report at most 64",
+        ),
+        (
+            pb::RegisterRequest {
+                reserved: Some(pb::Resources {
+                    cpu_millis: 0,
+                    memory_bytes: 0,
+                    gpus: 1,
+                }),
+                ..base.clone()
+            },
+            "reserved.gpus: GPUs cannot be reserved",
+        ),
+    ];
+    for (req, want) in cases {
+        let err = nodes.register(req).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().starts_with(want), "{}", err.message());
+    }
+    server.stop().await;
+}

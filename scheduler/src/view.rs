@@ -1,0 +1,465 @@
+//! The scheduler's indexed, read-only picture of the cluster.
+//!
+//! [`ClusterView::new`] does the per-snapshot work once: nodes sorted by
+//! name, each node's free resources (cpu, memory, a mask of free GPUs, the
+//! ports held), allocations grouped by job and by node, and one ordered
+//! index per *node class* (nodes offering the same amounts), keyed by how
+//! much of the node is free. Placing a replica then looks at a handful of
+//! index entries instead of every node.
+//!
+//! [`ClusterView::commit`] applies a committed plan to the view in place, so
+//! a caller that schedules many evaluations in a row (a load generator, a
+//! leader keeping a cache) does not rebuild it each time.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use skiff_model::fit::{node_ready, Misfit, Usage};
+use skiff_model::gpu::Topology;
+use skiff_model::{AllocStatus, Allocation, DesiredStatus, Job, Node, Plan, Resources};
+
+/// Position of a node in the view (nodes are sorted by name).
+pub(crate) type NodeIdx = u32;
+/// No node: the allocation's node is not registered.
+pub(crate) const NO_NODE: NodeIdx = NodeIdx::MAX;
+
+/// Fixed-point scale of index keys: a fully free resource adds this much.
+const KEY_SCALE: u128 = 1 << 20;
+
+pub(crate) struct NodeSlot<'a> {
+    pub node: &'a Node,
+    /// What the node offers; `gpus` is the number of healthy GPUs.
+    pub cap: Resources,
+    /// Mask of its healthy GPUs.
+    pub healthy: u64,
+    /// What its allocations hold.
+    pub used: Usage,
+    /// Whether it takes new work, and why not.
+    pub ready: Result<(), Misfit>,
+    pub class: u32,
+    /// Its current entry in its class's index.
+    pub entry: IndexEntry,
+    /// The bucket of its class's index it is filed in: its free GPUs.
+    pub bucket: u32,
+    /// A fixed hash of the name: orders nodes with equal keys.
+    pub tie: u64,
+    /// The allocations holding resources on it, by id.
+    pub allocs: Vec<u32>,
+    /// GPU links, for nodes with two or more GPUs.
+    pub topo: Option<Topology>,
+}
+
+/// The scheduler's copy of one allocation: what reconciling and
+/// preemption read, with the node and GPUs resolved to positions. The id is
+/// borrowed from the snapshot (owned only for allocations committed later).
+#[derive(Debug, Clone)]
+pub(crate) struct AllocRec<'a> {
+    pub id: Cow<'a, str>,
+    pub job: u32,
+    pub replica: u32,
+    pub version: u64,
+    pub create_index: u64,
+    pub desired: DesiredStatus,
+    pub status: AllocStatus,
+    pub node: NodeIdx,
+    pub amount: Resources,
+    pub gpus: u64,
+    pub ports: Vec<u16>,
+}
+
+impl AllocRec<'_> {
+    pub fn holds_resources(&self) -> bool {
+        !self.status.is_terminal()
+    }
+}
+
+pub(crate) struct JobEntry {
+    /// The job's current priority (0 for a deleted job).
+    pub priority: u8,
+    pub allocs: Vec<u32>,
+}
+
+/// An index entry: `(key, tie, node, free cpu, free memory)`. Entries
+/// sort by key, so more free resources sort later; the free amounts let a
+/// walk turn a node away without reading it.
+pub(crate) type IndexEntry = (u64, u64, NodeIdx, u64, u64);
+pub(crate) type IndexSet = BTreeSet<IndexEntry>;
+
+/// Nodes that offer the same amounts share an index.
+pub(crate) struct Class {
+    pub cap: Resources,
+    /// Every node of the class.
+    pub all: IndexSet,
+    /// For classes with GPUs, the same nodes by number of free GPUs: a
+    /// replica asking `k` GPUs walks buckets `k..` only.
+    pub buckets: Vec<IndexSet>,
+}
+
+/// An indexed, read-only view of the nodes and allocations the scheduler
+/// plans against. Build it from any snapshot of the state; the order of
+/// the input never changes the result.
+///
+/// The name-to-position maps are hash maps used for lookups only: nothing
+/// ever iterates them, so their order cannot reach a plan.
+pub struct ClusterView<'a> {
+    pub(crate) nodes: Vec<NodeSlot<'a>>,
+    by_name: HashMap<&'a str, NodeIdx>,
+    pub(crate) allocs: Vec<AllocRec<'a>>,
+    pub(crate) jobs: Vec<JobEntry>,
+    job_by_name: HashMap<Cow<'a, str>, u32>,
+    pub(crate) classes: Vec<Class>,
+    /// Number of nodes that take new work.
+    pub(crate) ready_count: usize,
+    /// What the nodes that take work offer, and what is used on them.
+    pub(crate) total_cap: Resources,
+    pub(crate) total_used: Resources,
+}
+
+/// FNV-1a: small, stable across builds and platforms.
+pub(crate) fn fnv(bytes: &[u8], seed: u64) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64 ^ seed, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// Mixes a seed into a node's tie hash (splitmix64's finaliser).
+pub(crate) fn mix(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b.wrapping_mul(0x9e3779b97f4a7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+    z ^ (z >> 31)
+}
+
+fn index_entry(slot: &NodeSlot<'_>, key: u64, n: NodeIdx) -> IndexEntry {
+    (
+        key,
+        slot.tie,
+        n,
+        slot.cap
+            .cpu_millis
+            .saturating_sub(slot.used.amount.cpu_millis),
+        slot.cap
+            .memory_bytes
+            .saturating_sub(slot.used.amount.memory_bytes),
+    )
+}
+
+/// Free healthy GPUs of a node (its index bucket), at most its class's
+/// GPU count.
+fn free_gpus(slot: &NodeSlot<'_>) -> u32 {
+    (slot.healthy & !slot.used.gpus)
+        .count_ones()
+        .min(slot.cap.gpus)
+}
+
+/// How much of a node is free, as one number: the sum over the resources
+/// it offers of free / offered, in fixed point. Among nodes of one class,
+/// a lower key is a fuller node.
+pub(crate) fn free_key(cap: Resources, used: &Usage, healthy: u64) -> u64 {
+    let part = |free: u64, cap: u64| -> u64 {
+        if cap == 0 {
+            0
+        } else {
+            (u128::from(free.min(cap)) * KEY_SCALE / u128::from(cap)) as u64
+        }
+    };
+    part(
+        cap.cpu_millis.saturating_sub(used.amount.cpu_millis),
+        cap.cpu_millis,
+    ) + part(
+        cap.memory_bytes.saturating_sub(used.amount.memory_bytes),
+        cap.memory_bytes,
+    ) + part(
+        u64::from((healthy & !used.gpus).count_ones()),
+        u64::from(cap.gpus),
+    )
+}
+
+/// The smallest key a node of a class with `cap` can have and still fit
+/// `ask`; `None` when no node of the class can ever fit it.
+pub(crate) fn least_key(cap: Resources, ask: Resources) -> Option<u64> {
+    if !ask.fits_in(cap) {
+        return None;
+    }
+    let part = |need: u64, cap: u64| -> u64 {
+        if cap == 0 {
+            0
+        } else {
+            (u128::from(need) * KEY_SCALE / u128::from(cap)) as u64
+        }
+    };
+    Some(
+        part(ask.cpu_millis, cap.cpu_millis)
+            + part(ask.memory_bytes, cap.memory_bytes)
+            + part(u64::from(ask.gpus), u64::from(cap.gpus)),
+    )
+}
+
+impl<'a> ClusterView<'a> {
+    /// Builds the view. `priority_of` gives a job's current priority by
+    /// name (allocations of jobs it does not know count as priority 0).
+    pub fn new(
+        nodes: impl IntoIterator<Item = &'a Node>,
+        allocs: impl IntoIterator<Item = &'a Allocation>,
+        priority_of: impl Fn(&str) -> Option<u8>,
+    ) -> ClusterView<'a> {
+        let mut sorted: Vec<&'a Node> = nodes.into_iter().collect();
+        sorted.sort_by(|a, b| a.name.cmp(&b.name));
+        sorted.dedup_by(|a, b| a.name == b.name);
+        let mut by_name = HashMap::with_capacity(sorted.len());
+        let mut slots = Vec::with_capacity(sorted.len());
+        for (i, node) in sorted.into_iter().enumerate() {
+            by_name.insert(node.name.as_str(), i as NodeIdx);
+            let healthy = node.eligible_gpus(&Default::default());
+            let topo = (node.gpus.len() >= 2 && !node.gpu_links.is_empty())
+                .then(|| Topology::new(&node.gpus, &node.gpu_links));
+            slots.push(NodeSlot {
+                node,
+                cap: Resources {
+                    gpus: healthy.count_ones(),
+                    ..node.allocatable
+                },
+                healthy,
+                used: Usage::default(),
+                ready: node_ready(node),
+                class: 0,
+                entry: (0, 0, 0, 0, 0),
+                bucket: 0,
+                tie: fnv(node.name.as_bytes(), 0),
+                allocs: Vec::new(),
+                topo,
+            });
+        }
+        let mut view = ClusterView {
+            nodes: slots,
+            by_name,
+            allocs: Vec::new(),
+            jobs: Vec::new(),
+            job_by_name: HashMap::new(),
+            classes: Vec::new(),
+            ready_count: 0,
+            total_cap: Resources::ZERO,
+            total_used: Resources::ZERO,
+        };
+
+        // Positions follow the ids, so the input's order does not matter.
+        // A snapshot's allocations usually come sorted already.
+        let mut input: Vec<&'a Allocation> = allocs.into_iter().collect();
+        if !input.is_sorted_by(|a, b| a.id < b.id) {
+            input.sort_by(|a, b| a.id.cmp(&b.id));
+            input.dedup_by(|a, b| a.id == b.id);
+        }
+        view.allocs.reserve(input.len());
+        for a in input {
+            let job = view.job_entry(Cow::Borrowed(a.job.as_str()), &priority_of);
+            let node = view
+                .by_name
+                .get(a.node.as_str())
+                .copied()
+                .unwrap_or(NO_NODE);
+            let gpus = match node {
+                NO_NODE => 0,
+                n => view.nodes[n as usize].node.gpu_mask(&a.gpus),
+            };
+            view.push_alloc(AllocRec {
+                id: Cow::Borrowed(a.id.as_str()),
+                job,
+                replica: a.replica,
+                version: a.job_version,
+                create_index: a.create_index,
+                desired: a.desired,
+                status: a.status,
+                node,
+                amount: a.resources(),
+                gpus,
+                ports: a.ports.clone(),
+            });
+        }
+
+        // Classes and their indexes, over the nodes that take work.
+        let mut class_of: BTreeMap<(u64, u64, u32), u32> = BTreeMap::new();
+        for i in 0..view.nodes.len() {
+            let slot = &view.nodes[i];
+            if slot.ready.is_err() {
+                continue;
+            }
+            let c = slot.cap;
+            let next = view.classes.len() as u32;
+            let class = *class_of
+                .entry((c.cpu_millis, c.memory_bytes, c.gpus))
+                .or_insert(next);
+            if class == next {
+                let buckets = if c.gpus > 0 { c.gpus as usize + 1 } else { 0 };
+                view.classes.push(Class {
+                    cap: c,
+                    all: BTreeSet::new(),
+                    buckets: vec![BTreeSet::new(); buckets],
+                });
+            }
+            let key = free_key(c, &slot.used, slot.healthy);
+            let bucket = free_gpus(slot);
+            let entry = index_entry(slot, key, i as NodeIdx);
+            let cl = &mut view.classes[class as usize];
+            cl.all.insert(entry);
+            if let Some(b) = cl.buckets.get_mut(bucket as usize) {
+                b.insert(entry);
+            }
+            view.total_cap = view.total_cap.saturating_add(c);
+            view.total_used = view.total_used.saturating_add(slot.used.amount);
+            let slot = &mut view.nodes[i];
+            slot.class = class;
+            slot.entry = entry;
+            slot.bucket = bucket;
+            view.ready_count += 1;
+        }
+        view
+    }
+
+    fn job_entry(&mut self, name: Cow<'a, str>, priority_of: &impl Fn(&str) -> Option<u8>) -> u32 {
+        if let Some(&j) = self.job_by_name.get(name.as_ref()) {
+            return j;
+        }
+        let j = self.jobs.len() as u32;
+        self.jobs.push(JobEntry {
+            priority: priority_of(&name).unwrap_or(0),
+            allocs: Vec::new(),
+        });
+        self.job_by_name.insert(name, j);
+        j
+    }
+
+    fn push_alloc(&mut self, rec: AllocRec<'a>) -> u32 {
+        let id = self.allocs.len() as u32;
+        self.jobs[rec.job as usize].allocs.push(id);
+        if rec.node != NO_NODE && rec.holds_resources() {
+            let slot = &mut self.nodes[rec.node as usize];
+            slot.used.add(rec.amount, rec.gpus, &rec.ports);
+            slot.allocs.push(id);
+        }
+        self.allocs.push(rec);
+        id
+    }
+
+    /// Number of nodes in the view.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub(crate) fn job_index(&self, name: &str) -> Option<u32> {
+        self.job_by_name.get(name).copied()
+    }
+
+    /// What the allocations on a node hold, and how much it offers.
+    pub fn node_usage(&self, name: &str) -> Option<(Resources, &Usage)> {
+        let i = *self.by_name.get(name)?;
+        let slot = &self.nodes[i as usize];
+        Some((slot.cap, &slot.used))
+    }
+
+    pub(crate) fn node_index(&self, name: &str) -> Option<NodeIdx> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Re-files a node in its class's index after its usage changed.
+    fn reindex(&mut self, n: NodeIdx, before: Resources) {
+        let slot = &self.nodes[n as usize];
+        if slot.ready.is_err() {
+            return;
+        }
+        self.total_used = self
+            .total_used
+            .saturating_sub(before)
+            .saturating_add(slot.used.amount);
+        let key = free_key(slot.cap, &slot.used, slot.healthy);
+        let bucket = free_gpus(slot);
+        let old = slot.entry;
+        let entry = index_entry(slot, key, n);
+        if entry == old && bucket == slot.bucket {
+            return;
+        }
+        let (class, old_bucket) = (slot.class, slot.bucket);
+        let cl = &mut self.classes[class as usize];
+        cl.all.remove(&old);
+        cl.all.insert(entry);
+        if let Some(b) = cl.buckets.get_mut(old_bucket as usize) {
+            b.remove(&old);
+        }
+        if let Some(b) = cl.buckets.get_mut(bucket as usize) {
+            b.insert(entry);
+        }
+        let slot = &mut self.nodes[n as usize];
+        slot.entry = entry;
+        slot.bucket = bucket;
+    }
+
+    /// Applies a plan made from this view for `job`, as if it had been
+    /// committed at raft index `index`: new allocations (with `ids`, one per
+    /// placement) hold their resources; stopped and evicted ones are marked
+    /// to stop (they hold their resources until they finish, as in the
+    /// state). Placements on nodes the view does not know are skipped.
+    pub fn commit(&mut self, job: &Job, plan: &Plan, ids: &[String], index: u64) {
+        let priority = job.spec.priority;
+        let j = self.job_entry(Cow::Owned(job.spec.name.clone()), &|_| Some(priority));
+        self.jobs[j as usize].priority = priority;
+        let mut touched: BTreeMap<NodeIdx, Resources> = BTreeMap::new();
+        for (p, id) in plan.placements.iter().zip(ids) {
+            let Some(n) = self.node_index(&p.node) else {
+                continue;
+            };
+            touched
+                .entry(n)
+                .or_insert(self.nodes[n as usize].used.amount);
+            let gpus = self.nodes[n as usize].node.gpu_mask(&p.gpus);
+            self.push_alloc(AllocRec {
+                id: Cow::Owned(id.clone()),
+                job: j,
+                replica: p.replica,
+                version: job.version,
+                create_index: index,
+                desired: DesiredStatus::Run,
+                status: AllocStatus::Pending,
+                node: n,
+                amount: job
+                    .spec
+                    .task
+                    .resources
+                    .amount()
+                    .with_gpus(p.gpus.len() as u32),
+                gpus,
+                ports: job.spec.task.resources.ports.clone(),
+            });
+        }
+        for s in plan.stops.iter().chain(&plan.evictions) {
+            if let Some(a) = self.allocs.iter_mut().find(|a| a.id == s.alloc_id) {
+                a.desired = DesiredStatus::Stop;
+            }
+        }
+        for (n, before) in touched {
+            self.reindex(n, before);
+        }
+    }
+
+    /// Marks an allocation finished (as an agent's report would), releasing
+    /// what it held. Returns false when the view does not know it.
+    pub fn finish(&mut self, alloc_id: &str, status: AllocStatus) -> bool {
+        let Some(i) = self.allocs.iter().position(|a| a.id == alloc_id) else {
+            return false;
+        };
+        let was_holding = self.allocs[i].holds_resources();
+        self.allocs[i].status = status;
+        let n = self.allocs[i].node;
+        if was_holding && !self.allocs[i].holds_resources() && n != NO_NODE {
+            let slot = &mut self.nodes[n as usize];
+            let before = slot.used.amount;
+            slot.allocs.retain(|&a| a as usize != i);
+            let mut used = Usage::default();
+            for &a in &slot.allocs {
+                let r = &self.allocs[a as usize];
+                used.add(r.amount, r.gpus, &r.ports);
+            }
+            slot.used = used;
+            self.reindex(n, before);
+        }
+        true
+    }
+}

@@ -1,0 +1,411 @@
+//! Properties of the scheduler over random clusters and jobs: whatever it
+//! plans passes the state machine's own fit rule (no cpu, memory, GPU or
+//! port is ever given twice), constraints, distinct_hosts and spread hold,
+//! gangs are all-or-nothing, evictions only take work at least 10 priority
+//! points lower, and the same input always gives the same plan.
+//!
+//! Each case is built from a seed by a small PRNG (proptest picks the seeds
+//! and the sizes), so a failure prints everything needed to replay it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+use skiff_model::fit::{fits_assignment, usage_on, Usage};
+use skiff_model::{
+    AllocStatus, Allocation, Constraint, ConstraintOp, DesiredStatus, Gpu, GpuFilter, GpuLink,
+    ImageRef, Job, JobSpec, LinkLevel, Node, NodeStatus, Plan, Resources, Spread, TaskResources,
+    TaskSpec,
+};
+use skiff_scheduler::{reconcile, Algorithm, ClusterView, Config};
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+        z ^ (z >> 31)
+    }
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[(self.next() % items.len() as u64) as usize]
+    }
+}
+
+const ZONES: [&str; 3] = ["a", "b", "c"];
+const PORTS: [u16; 3] = [80, 443, 8080];
+const MODELS: [&str; 2] = ["A100", "T4"];
+
+fn task(resources: TaskResources) -> TaskSpec {
+    TaskSpec {
+        resources,
+        ..TaskSpec::new(ImageRef {
+            path: "/i".into(),
+            tag: None,
+        })
+    }
+}
+
+fn job(name: &str, replicas: u32, priority: u8, resources: TaskResources) -> Job {
+    Job {
+        spec: JobSpec {
+            name: name.into(),
+            replicas,
+            priority,
+            gang: false,
+            constraints: vec![],
+            spread: None,
+            distinct_hosts: false,
+            affinities: vec![],
+            task: task(resources),
+        },
+        version: 1,
+        create_index: 1,
+        modify_index: 1,
+    }
+}
+
+fn random_node(rng: &mut Rng, i: usize) -> Node {
+    let cpu = rng.range(2, 32) * 500;
+    let mem = rng.range(1, 32) << 30;
+    let gpus = if rng.chance(40) {
+        rng.range(1, 8) as usize
+    } else {
+        0
+    };
+    let name = format!("n{i:02}");
+    let model = *rng.pick(&MODELS);
+    let gpu_list: Vec<Gpu> = (0..gpus)
+        .map(|g| Gpu {
+            uuid: format!("{name}-g{g}"),
+            model: model.into(),
+            memory_bytes: rng.range(16, 80) << 30,
+            healthy: !rng.chance(10),
+        })
+        .collect();
+    let mut links = Vec::new();
+    for a in 0..gpus {
+        for b in a + 1..gpus {
+            if rng.chance(70) {
+                links.push(GpuLink {
+                    a: format!("{name}-g{a}"),
+                    b: format!("{name}-g{b}"),
+                    level: *rng.pick(&LinkLevel::ALL),
+                });
+            }
+        }
+    }
+    let mut labels = BTreeMap::new();
+    if rng.chance(85) {
+        labels.insert("zone".to_string(), rng.pick(&ZONES).to_string());
+    }
+    labels.insert("cores".to_string(), (cpu / 1000).to_string());
+    let healthy = gpu_list.iter().filter(|g| g.healthy).count() as u32;
+    Node {
+        name,
+        labels,
+        capacity: Resources::new(cpu, mem).with_gpus(gpus as u32),
+        allocatable: Resources::new(cpu, mem).with_gpus(healthy),
+        gpus: gpu_list,
+        gpu_links: links,
+        cordoned: rng.chance(8),
+        draining: rng.chance(4),
+        address: String::new(),
+        status: if rng.chance(8) {
+            NodeStatus::Down
+        } else {
+            NodeStatus::Ready
+        },
+        agent_version: String::new(),
+        create_index: 1,
+        modify_index: 1,
+    }
+}
+
+fn random_ask(rng: &mut Rng, max_gpus: u64) -> TaskResources {
+    let mut r = TaskResources::new(rng.range(1, 16) * 250, rng.range(1, 32) << 28);
+    if rng.chance(35) {
+        r.gpus = rng.range(1, max_gpus) as u32;
+        if rng.chance(30) {
+            r.gpu = GpuFilter {
+                model: Some(rng.pick(&MODELS).to_string()),
+                min_memory_bytes: if rng.chance(50) { 40 << 30 } else { 0 },
+                uuids: vec![],
+            };
+        }
+    }
+    if rng.chance(30) {
+        r.ports = vec![*rng.pick(&PORTS)];
+    }
+    r
+}
+
+/// A cluster with background work of four jobs at random priorities, each
+/// allocation placed only where the fit rule allows it.
+struct Scenario {
+    nodes: Vec<Node>,
+    allocs: Vec<Allocation>,
+    jobs: Vec<Job>,
+    job: Job,
+    cfg: Config,
+}
+
+fn scenario(seed: u64, node_count: usize) -> Scenario {
+    let mut rng = Rng(seed);
+    let nodes: Vec<Node> = (0..node_count).map(|i| random_node(&mut rng, i)).collect();
+    let jobs: Vec<Job> = (0..4)
+        .map(|k| {
+            let ask = random_ask(&mut rng, 4);
+            job(&format!("bg{k}"), 1, rng.range(0, 100) as u8, ask)
+        })
+        .collect();
+    let mut allocs: Vec<Allocation> = Vec::new();
+    for node in &nodes {
+        for slot in 0..rng.range(0, 4) {
+            let bg = rng.pick(&jobs).clone();
+            let mut usage = usage_on(node, &allocs);
+            usage.ports.sort_unstable();
+            let ask = &bg.spec.task.resources;
+            let free = node.eligible_gpus(&ask.gpu) & !usage.gpus;
+            let gpus: Vec<String> = skiff_model::gpu::bits(free)
+                .take(ask.gpus as usize)
+                .map(|i| node.gpus[i].uuid.clone())
+                .collect();
+            if fits_assignment(node, &usage, ask, &gpus).is_err() {
+                continue;
+            }
+            allocs.push(Allocation {
+                id: format!("{}-{}-{slot}", bg.spec.name, node.name),
+                job: bg.spec.name.clone(),
+                job_version: 1,
+                replica: slot as u32,
+                node: node.name.clone(),
+                task: bg.spec.task.clone(),
+                gpus,
+                ports: ask.ports.clone(),
+                desired: DesiredStatus::Run,
+                status: AllocStatus::Running,
+                exit_code: None,
+                message: String::new(),
+                restart_count: 0,
+                healthy: None,
+                reason: String::new(),
+                create_index: 1,
+                modify_index: 1,
+            });
+        }
+    }
+    let mut j = job(
+        "web",
+        rng.range(1, 6) as u32,
+        rng.range(0, 100) as u8,
+        random_ask(&mut rng, 3),
+    );
+    if rng.chance(40) {
+        let zones: Vec<&str> = ZONES.iter().copied().filter(|_| rng.chance(60)).collect();
+        if !zones.is_empty() {
+            j.spec
+                .constraints
+                .push(Constraint::new("zone", ConstraintOp::In, &zones));
+        }
+    }
+    if rng.chance(20) {
+        let op = *rng.pick(&[ConstraintOp::Lt, ConstraintOp::Gt]);
+        j.spec
+            .constraints
+            .push(Constraint::new("cores", op, &["6"]));
+    }
+    j.spec.distinct_hosts = rng.chance(30);
+    j.spec.gang = rng.chance(30);
+    if rng.chance(25) {
+        j.spec.spread = Some(Spread {
+            label: "zone".into(),
+            max_skew: rng.range(1, 2) as u32,
+        });
+    }
+    if rng.chance(20) {
+        j.spec.affinities.push(skiff_model::Affinity {
+            rule: Constraint::new("zone", ConstraintOp::Eq, &[*rng.pick(&ZONES)]),
+            weight: *rng.pick(&[-50, 50, 100]),
+        });
+    }
+    let cfg = Config {
+        algorithm: *rng.pick(&[Algorithm::Binpack, Algorithm::Spread]),
+        seed: rng.next(),
+        preemption: rng.chance(80),
+        candidates: rng.range(1, 8) as u32,
+    };
+    Scenario {
+        nodes,
+        allocs,
+        jobs,
+        job: j,
+        cfg,
+    }
+}
+
+fn plan_of(s: &Scenario, nodes: &[Node], allocs: &[Allocation]) -> Plan {
+    let priority = |name: &str| {
+        s.jobs
+            .iter()
+            .chain(std::iter::once(&s.job))
+            .find(|j| j.spec.name == name)
+            .map(|j| j.spec.priority)
+    };
+    let view = ClusterView::new(nodes, allocs, priority);
+    reconcile(&s.job.spec.name, Some(&s.job), &view, &s.cfg)
+}
+
+fn run(seed: u64, node_count: usize) -> (Scenario, Plan) {
+    let s = scenario(seed, node_count);
+    let plan = plan_of(&s, &s.nodes, &s.allocs);
+    (s, plan)
+}
+
+fn node<'a>(s: &'a Scenario, name: &str) -> &'a Node {
+    s.nodes
+        .iter()
+        .find(|n| n.name == name)
+        .expect("planned node exists")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn no_resource_of_any_node_is_ever_overcommitted(seed in any::<u64>(), n in 1usize..14) {
+        let (s, plan) = run(seed, n);
+        let evicted: BTreeSet<&str> = plan.evictions.iter().map(|e| e.alloc_id.as_str()).collect();
+        let mut usage: BTreeMap<&str, Usage> = BTreeMap::new();
+        for p in &plan.placements {
+            let nd = node(&s, &p.node);
+            let u = usage.entry(nd.name.as_str()).or_insert_with(|| {
+                usage_on(nd, s.allocs.iter().filter(|a| !evicted.contains(a.id.as_str())))
+            });
+            let ask = &s.job.spec.task.resources;
+            // The state machine's own check: cpu, memory, ports, and the
+            // GPUs named (free, healthy, acceptable, as many as asked).
+            let mask = fits_assignment(nd, u, ask, &p.gpus);
+            prop_assert!(mask.is_ok(), "{:?} on {}: {:?} (seed {seed})", p, nd.name, mask);
+            let mask = mask.unwrap();
+            u.add(ask.amount().with_gpus(mask.count_ones()), mask, &ask.ports);
+            prop_assert!(u.amount.cpu_millis <= nd.allocatable.cpu_millis);
+            prop_assert!(u.amount.memory_bytes <= nd.allocatable.memory_bytes);
+        }
+    }
+
+    #[test]
+    fn constraints_distinct_hosts_and_spread_always_hold(seed in any::<u64>(), n in 1usize..14) {
+        let (s, plan) = run(seed, n);
+        let spec = &s.job.spec;
+        let mut seen = BTreeSet::new();
+        let mut per_zone: BTreeMap<String, u32> = BTreeMap::new();
+        for p in &plan.placements {
+            let nd = node(&s, &p.node);
+            prop_assert!(nd.schedulable(), "placed on unschedulable {} (seed {seed})", nd.name);
+            for c in &spec.constraints {
+                prop_assert!(c.matches(&nd.labels), "{} breaks {c} (seed {seed})", nd.name);
+            }
+            if spec.distinct_hosts {
+                prop_assert!(seen.insert(nd.name.clone()), "two replicas on {} (seed {seed})", nd.name);
+            }
+            if spec.spread.is_some() {
+                let zone = nd.labels.get("zone");
+                prop_assert!(zone.is_some(), "spread placed on {} without the label", nd.name);
+                *per_zone.entry(zone.unwrap().clone()).or_default() += 1;
+            }
+        }
+        if let Some(sp) = &spec.spread {
+            // Over the zones the constraints allow on schedulable nodes.
+            let domain: BTreeSet<&String> = s.nodes.iter()
+                .filter(|nd| nd.schedulable() && spec.constraints.iter().all(|c| c.matches(&nd.labels)))
+                .filter_map(|nd| nd.labels.get("zone"))
+                .collect();
+            let counts: Vec<u32> = domain.iter().map(|z| per_zone.get(*z).copied().unwrap_or(0)).collect();
+            if let (Some(max), Some(min)) = (counts.iter().max(), counts.iter().min()) {
+                prop_assert!(max - min <= sp.max_skew, "{per_zone:?} over {domain:?} (seed {seed})");
+            }
+        }
+    }
+
+    #[test]
+    fn a_gang_is_placed_whole_or_not_at_all(seed in any::<u64>(), n in 1usize..14) {
+        let (s, plan) = run(seed, n);
+        let placed = plan.placements.len() as u32;
+        prop_assert_eq!(placed + plan.unplaced, s.job.spec.replicas);
+        if s.job.spec.gang {
+            prop_assert!(placed == 0 || placed == s.job.spec.replicas, "gang placed {placed} (seed {seed})");
+            if placed == 0 {
+                prop_assert!(plan.evictions.is_empty());
+            }
+        }
+        if plan.unplaced > 0 {
+            prop_assert!(!plan.explanation.is_empty());
+        }
+    }
+
+    #[test]
+    fn evictions_only_take_other_work_ten_points_lower(seed in any::<u64>(), n in 1usize..14) {
+        let (s, plan) = run(seed, n);
+        if !s.cfg.preemption {
+            prop_assert!(plan.evictions.is_empty());
+        }
+        for e in &plan.evictions {
+            let victim = s.allocs.iter().find(|a| a.id == e.alloc_id).expect("victim exists");
+            let vjob = s.jobs.iter().find(|j| j.spec.name == victim.job).expect("victim job");
+            prop_assert!(u16::from(vjob.spec.priority) + 10 <= u16::from(s.job.spec.priority),
+                "evicted priority {} for {} (seed {seed})", vjob.spec.priority, s.job.spec.priority);
+            prop_assert!(plan.placements.iter().any(|p| p.node == victim.node),
+                "evicted {} on {} but placed nothing there (seed {seed})", victim.id, victim.node);
+        }
+    }
+
+    #[test]
+    fn the_same_input_gives_the_same_plan_in_any_order(seed in any::<u64>(), n in 1usize..14) {
+        let (s, plan) = run(seed, n);
+        let mut nodes = s.nodes.clone();
+        let mut allocs = s.allocs.clone();
+        nodes.reverse();
+        allocs.reverse();
+        let k = (seed % (nodes.len() as u64).max(1)) as usize;
+        nodes.rotate_left(k);
+        prop_assert_eq!(&plan_of(&s, &nodes, &allocs), &plan);
+        prop_assert_eq!(&plan_of(&s, &s.nodes, &s.allocs), &plan);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// The same properties on clusters large enough for the indexed search.
+    #[test]
+    fn large_clusters_never_overcommit_either(seed in any::<u64>(), n in 65usize..160) {
+        let (s, plan) = run(seed, n);
+        let evicted: BTreeSet<&str> = plan.evictions.iter().map(|e| e.alloc_id.as_str()).collect();
+        let mut usage: BTreeMap<&str, Usage> = BTreeMap::new();
+        for p in &plan.placements {
+            let nd = node(&s, &p.node);
+            let u = usage.entry(nd.name.as_str()).or_insert_with(|| {
+                usage_on(nd, s.allocs.iter().filter(|a| !evicted.contains(a.id.as_str())))
+            });
+            let ask = &s.job.spec.task.resources;
+            let mask = fits_assignment(nd, u, ask, &p.gpus);
+            prop_assert!(mask.is_ok(), "{:?}: {:?} (seed {seed})", p, mask);
+            let mask = mask.unwrap();
+            u.add(ask.amount().with_gpus(mask.count_ones()), mask, &ask.ports);
+            for c in &s.job.spec.constraints {
+                prop_assert!(c.matches(&nd.labels));
+            }
+        }
+        let mut nodes = s.nodes.clone();
+        nodes.reverse();
+        prop_assert_eq!(&plan_of(&s, &nodes, &s.allocs), &plan);
+    }
+}
