@@ -345,7 +345,15 @@ async fn servers_join_as_learners_get_promoted_and_can_be_removed() {
         .change_membership(vec![(4, ConfChangeType::AddNode)], None)
         .await
         .unwrap();
-    assert!(leader.status().voters.contains(&4));
+    // The status is published right after the entry that changed it.
+    let mut status = leader.watch_status();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        status.wait_for(|s| s.voters.contains(&4)),
+    )
+    .await
+    .expect("server 4 became a voter")
+    .unwrap();
     // Remove a follower, then the leader itself.
     let follower = (1..=3).find(|i| *i != leader.status().id).unwrap();
     leader
