@@ -16,7 +16,7 @@ pub const COMMAND_VERSION: u32 = 1;
 // costs nothing worth a box.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Command {
     /// Create a job, or change it. Creates an evaluation when it changed.
     UpsertJob { spec: JobSpec },
@@ -123,11 +123,24 @@ pub struct AllocUpdate {
     pub reason: String,
 }
 
+/// A raft entry's data: `{"v": VERSION, "c": {"upsert_job": {...}}}`. The
+/// command is externally tagged so it decodes in one streaming pass.
 #[derive(Serialize)]
 struct EnvelopeOut<'a> {
     v: u32,
-    #[serde(flatten)]
-    command: &'a Command,
+    c: &'a Command,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeIn {
+    c: Command,
+}
+
+/// Only the version, when the command itself is not one this build knows.
+#[derive(Deserialize)]
+struct VersionOnly {
+    #[serde(default)]
+    v: u32,
 }
 
 /// What a raft entry's data decodes to.
@@ -142,39 +155,16 @@ pub enum Decoded {
 pub fn encode(command: &Command) -> Vec<u8> {
     serde_json::to_vec(&EnvelopeOut {
         v: COMMAND_VERSION,
-        command,
+        c: command,
     })
     .expect("commands always serialize")
 }
 
 pub fn decode(data: &[u8]) -> Decoded {
-    // The common case, in one pass: a command this build knows (the
-    // envelope's `v` is ignored as an unknown field).
-    if let Ok(c) = serde_json::from_slice::<Command>(data) {
-        return Decoded::Command(Box::new(c));
-    }
-    let value: serde_json::Value = match serde_json::from_slice(data) {
-        Ok(v) => v,
-        Err(e) => {
-            return Decoded::Unknown {
-                version: 0,
-                reason: format!("not JSON: {e}"),
-            }
-        }
-    };
-    let version = value
-        .get("v")
-        .and_then(|v| v.as_u64())
-        .unwrap_or(0)
-        .min(u64::from(u32::MAX)) as u32;
-    let mut value = value;
-    if let Some(obj) = value.as_object_mut() {
-        obj.remove("v");
-    }
-    match serde_json::from_value::<Command>(value) {
-        Ok(c) => Decoded::Command(Box::new(c)),
+    match serde_json::from_slice::<EnvelopeIn>(data) {
+        Ok(e) => Decoded::Command(Box::new(e.c)),
         Err(e) => Decoded::Unknown {
-            version,
+            version: serde_json::from_slice::<VersionOnly>(data).map_or(0, |v| v.v),
             reason: e.to_string(),
         },
     }
@@ -194,7 +184,7 @@ mod tests {
 
     #[test]
     fn a_command_from_a_newer_server_is_skipped_not_fatal() {
-        let bytes = br#"{"v":2,"type":"set_quota","quota":7}"#;
+        let bytes = br#"{"v":2,"c":{"set_quota":{"quota":7}}}"#;
         match decode(bytes) {
             Decoded::Unknown { version, reason } => {
                 assert_eq!(version, 2);

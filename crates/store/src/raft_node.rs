@@ -555,9 +555,9 @@ struct Driver {
 /// the entries after the saved index are applied again on start. Writing
 /// each record once per interval, not once per entry, saves most of sled's
 /// work when the same records change often.
-const SAVE_EVERY: Duration = Duration::from_millis(100);
+const SAVE_EVERY: Duration = Duration::from_secs(1);
 /// ...or once this many records are waiting.
-const SAVE_RECORDS: usize = 4096;
+const SAVE_RECORDS: usize = 16_384;
 
 /// Most requests folded into one Ready (one fsync).
 const MAX_BATCH: usize = 1024;
