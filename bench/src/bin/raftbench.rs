@@ -234,13 +234,14 @@ async fn run_phase(
             match target {
                 Target::Skiff => {
                     let mut client = Client::connect(&url).await?;
+                    // Parse the spec once; each write only changes the name
+                    // and the value, as an etcd Put only changes key and value.
+                    let mut spec = job("b0", &value);
                     tokio::time::sleep_until(start.into()).await;
                     while Instant::now() < deadline {
                         n += 1;
-                        let spec = job(
-                            &format!("b{}", (c * 7919 + n) % 1000),
-                            &format!("{value}{n}"),
-                        );
+                        spec.name = format!("b{}", (c * 7919 + n) % 1000);
+                        spec.task.env.insert("V".into(), format!("{value}{n}"));
                         let t = Instant::now();
                         client.apply_job(&spec).await?;
                         lat.push(t.elapsed());
