@@ -167,6 +167,11 @@ impl Server {
             join: None,
             raft: RaftConfig::default(),
             scheduler: SchedulerSettings::default(),
+            // The nodes here are registered by the test and never heartbeat.
+            liveness: skiff_server::liveness::LivenessConfig {
+                min_ttl: std::time::Duration::from_secs(3600),
+                ..Default::default()
+            },
         };
         let running = skiff_server::start(&cfg).await.unwrap();
         let url = format!("http://{}", running.api_addr);

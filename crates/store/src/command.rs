@@ -41,6 +41,15 @@ pub enum Command {
     },
     /// A control-plane server records where it can be reached.
     RegisterServer { info: crate::state::ServerInfo },
+    /// The leader's liveness check: a node missed its heartbeats (`Down`:
+    /// its allocations are lost and replaced elsewhere), or is back
+    /// (`Ready`).
+    SetNodeStatus {
+        name: String,
+        status: skiff_model::NodeStatus,
+        #[serde(default)]
+        reason: String,
+    },
 }
 
 impl Command {
@@ -54,6 +63,7 @@ impl Command {
             Command::UpdateAllocStatus { .. } => "update_alloc_status",
             Command::SetNodeEligibility { .. } => "set_node_eligibility",
             Command::RegisterServer { .. } => "register_server",
+            Command::SetNodeStatus { .. } => "set_node_status",
         }
     }
 }

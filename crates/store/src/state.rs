@@ -119,6 +119,10 @@ pub enum Outcome {
     },
     JobDeleted,
     NodeRegistered,
+    /// A node's status changed; `lost` allocations were on it.
+    NodeStatusSet {
+        lost: u32,
+    },
     /// A node was cordoned, drained or uncordoned; `stopped` allocations
     /// were asked to stop (draining).
     NodeEligibilitySet {
@@ -165,6 +169,11 @@ impl State {
                 cordoned,
                 draining,
             } => self.set_node_eligibility(index, name, *cordoned, *draining),
+            Command::SetNodeStatus {
+                name,
+                status,
+                reason,
+            } => self.set_node_status(index, name, *status, reason),
             Command::RegisterServer { info } => {
                 if self.servers.get(&info.id) != Some(info) {
                     self.servers.insert(info.id, info.clone());
@@ -589,6 +598,63 @@ impl State {
             evictions.clear();
         }
         (accepted, evictions, rejected)
+    }
+
+    /// A node went down (its allocations are lost: stopped wherever they
+    /// may still run, and replaced by their jobs' evaluations) or came back.
+    fn set_node_status(
+        &mut self,
+        index: u64,
+        name: &str,
+        status: NodeStatus,
+        reason: &str,
+    ) -> Outcome {
+        let Some(node) = self.nodes.get_mut(name) else {
+            return Outcome::Refused(format!("node {name:?} not found"));
+        };
+        if node.status == status {
+            return Outcome::NodeStatusSet { lost: 0 };
+        }
+        node.status = status;
+        node.modify_index = index;
+        self.touch(Table::Node, name);
+        let mut lost = 0;
+        match status {
+            NodeStatus::Down => {
+                let message = if reason.is_empty() {
+                    format!("node {name} is down")
+                } else {
+                    format!("node {name} is down: {reason}")
+                };
+                let mut jobs = BTreeSet::new();
+                let mut ids = Vec::new();
+                for a in self.allocs.values_mut() {
+                    if a.node == name && !a.status.is_terminal() {
+                        // Lost is final; desired stop tells the agent, should
+                        // it come back, to stop what it still runs.
+                        a.status = AllocStatus::Lost;
+                        a.desired = DesiredStatus::Stop;
+                        a.message = message.clone();
+                        a.modify_index = index;
+                        jobs.insert(a.job.clone());
+                        ids.push(a.id.clone());
+                    }
+                }
+                lost = ids.len() as u32;
+                for id in ids {
+                    self.touch(Table::Alloc, &id);
+                }
+                for job in jobs {
+                    if self.jobs.contains_key(&job) {
+                        self.create_eval(index, &job, EvalTrigger::NodeUpdate);
+                    }
+                }
+                // Resources held there are free again for the plan check.
+                self.unblock(index);
+            }
+            NodeStatus::Ready => self.unblock(index),
+        }
+        Outcome::NodeStatusSet { lost }
     }
 
     fn set_node_eligibility(

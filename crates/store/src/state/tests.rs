@@ -709,3 +709,60 @@ fn a_job_with_nothing_to_run_needs_no_evaluation_until_it_does() {
         EvalStatus::Pending
     );
 }
+
+#[test]
+fn a_node_going_down_loses_its_allocations_and_queues_their_replacement() {
+    let mut h = Harness::new();
+    h.apply(reg("n1", 4000, 4096));
+    h.apply(reg("n2", 4000, 4096));
+    h.apply(Command::UpsertJob {
+        spec: spec("web", 2, "64Mi"),
+    });
+    h.apply(h.plan("web", &[(0, "n1"), (1, "n2")], 0));
+    let out = h.apply(Command::SetNodeStatus {
+        name: "n1".into(),
+        status: NodeStatus::Down,
+        reason: "no heartbeat for 6s".into(),
+    });
+    assert_eq!(out, Outcome::NodeStatusSet { lost: 1 });
+    let a = &h.state.allocs["web-0-n1"];
+    assert_eq!(
+        (a.status, a.desired),
+        (AllocStatus::Lost, DesiredStatus::Stop)
+    );
+    assert_eq!(a.message, "node n1 is down: no heartbeat for 6s");
+    assert!(
+        !h.state.allocs["web-1-n2"].status.is_terminal(),
+        "other nodes are untouched"
+    );
+    assert_eq!(
+        h.state.latest_eval("web").unwrap().status,
+        EvalStatus::Pending
+    );
+    assert!(!h.state.nodes["n1"].schedulable());
+    // Lost is final: a late report from the agent changes nothing.
+    h.apply(Command::UpdateAllocStatus {
+        node: "n1".into(),
+        updates: vec![AllocUpdate {
+            alloc_id: "web-0-n1".into(),
+            status: AllocStatus::Running,
+            exit_code: None,
+            message: String::new(),
+            ..Default::default()
+        }],
+    });
+    assert_eq!(h.state.allocs["web-0-n1"].status, AllocStatus::Lost);
+    // Coming back makes the node schedulable again; twice is a no-op.
+    h.apply(Command::SetNodeStatus {
+        name: "n1".into(),
+        status: NodeStatus::Ready,
+        reason: String::new(),
+    });
+    assert!(h.state.nodes["n1"].schedulable());
+    let again = h.apply(Command::SetNodeStatus {
+        name: "n1".into(),
+        status: NodeStatus::Ready,
+        reason: String::new(),
+    });
+    assert_eq!(again, Outcome::NodeStatusSet { lost: 0 });
+}
