@@ -117,6 +117,8 @@ fn random_node(rng: &mut Rng, i: usize) -> Node {
         gpu_links: links,
         cordoned: rng.chance(8),
         draining: rng.chance(4),
+        drain_deadline_ms: None,
+        drained: false,
         address: String::new(),
         status: if rng.chance(8) {
             NodeStatus::Down

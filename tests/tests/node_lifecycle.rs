@@ -185,3 +185,96 @@ async fn a_node_that_comes_back_stops_what_was_replaced() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_never_takes_more_than_max_unavailable_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&tmp.path().join("server"));
+    let _a = AgentProc::start(
+        &tmp.path().join("a"),
+        &server.url(),
+        "node-a",
+        &["--stop-grace", "1s"],
+    );
+    let mut client = server.client().await;
+    let spec = shell_job("steady", 3, "trap 'exit 0' TERM; sleep 3600 & wait");
+    client.apply_job(&spec).await.unwrap();
+    wait_allocs(&mut client, "steady", 3, AllocStatus::Running, LIMIT).await;
+    let _b = AgentProc::start(
+        &tmp.path().join("b"),
+        &server.url(),
+        "node-b",
+        &["--stop-grace", "1s"],
+    );
+    wait_for("node-b to register", LIMIT, || {
+        let url = server.url();
+        async move {
+            let mut c = Client::connect(&url).await.ok()?;
+            (c.list_nodes().await.ok()?.len() == 2).then_some(())
+        }
+    })
+    .await;
+
+    // Count serving replicas (running and healthy) every 100 ms throughout.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = tokio::spawn({
+        let (url, stop) = (server.url(), stop.clone());
+        async move {
+            let mut fewest = usize::MAX;
+            let mut samples = 0;
+            let mut client = Client::connect(&url).await.unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(allocs) = client.list_allocs(Some("steady"), None).await {
+                    let serving = allocs
+                        .iter()
+                        .filter(|a| {
+                            a.desired == DesiredStatus::Run
+                                && a.status == AllocStatus::Running
+                                && a.healthy == Some(true)
+                        })
+                        .count();
+                    fewest = fewest.min(serving);
+                    samples += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (fewest, samples)
+        }
+    });
+    let out = tokio::task::spawn_blocking({
+        let url = server.url();
+        move || {
+            std::process::Command::new(skiff_bin())
+                .args(["node", "drain", "node-a", "--wait", "--server", &url])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (fewest, samples) = sampler.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("node/node-a drained"));
+    assert!(samples > 10, "sampled throughout ({samples} samples)");
+    assert!(
+        fewest >= 2,
+        "at most one of 3 replicas unavailable; saw {fewest} serving"
+    );
+    let allocs = allocs_of(&mut client, "steady").await;
+    let serving: Vec<_> = allocs
+        .iter()
+        .filter(|a| a.desired == DesiredStatus::Run && a.status == AllocStatus::Running)
+        .collect();
+    assert_eq!(serving.len(), 3);
+    assert!(serving.iter().all(|a| a.node == "node-b"));
+    let out = std::process::Command::new(skiff_bin())
+        .args(["get", "nodes", "--server", &server.url()])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ready,drained"));
+}

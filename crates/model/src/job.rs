@@ -441,6 +441,18 @@ impl JobSpec {
         crate::spec_parse::parse_job(&value)
     }
 
+    /// How many replicas may be unavailable at once while a node drains:
+    /// one at a time (at least one, so a drain always progresses).
+    pub fn drain_budget(&self) -> u32 {
+        1
+    }
+
+    /// Whether the job's allocations finish by themselves (batch work),
+    /// rather than serve until stopped.
+    pub fn runs_to_completion(&self) -> bool {
+        false
+    }
+
     /// Checks the rules that hold for a spec however it was built (from YAML,
     /// or from a gRPC message). Returns every broken rule.
     pub fn validate(&self) -> Result<(), SpecError> {

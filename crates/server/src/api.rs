@@ -216,6 +216,13 @@ impl pb::cluster_server::Cluster for ClusterApi {
                 name: r.name.clone(),
                 cordoned: r.cordoned,
                 draining: r.draining,
+                drain_deadline_ms: r.draining.then(|| {
+                    let secs = match r.drain_deadline_seconds {
+                        0 => 3600,
+                        s => s.min(365 * 24 * 3600),
+                    };
+                    crate::drainer::now_ms() + secs * 1000
+                }),
             })
             .await?;
         match outcome {

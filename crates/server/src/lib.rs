@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod drainer;
 pub mod evals;
 pub mod liveness;
 pub mod members;
@@ -262,6 +263,7 @@ pub async fn serve(
         tokio::spawn(members::keep_address_book(ctx.clone())),
         tokio::spawn(members::register_self(ctx.clone())),
         tokio::spawn(liveness::run(ctx.clone(), (*ctx.liveness).clone())),
+        tokio::spawn(drainer::run(ctx.clone())),
     ];
     if let Some(url) = join {
         background.push(tokio::spawn(members::join(ctx.clone(), url)));

@@ -423,6 +423,7 @@ async fn a_gang_waits_whole_and_cordoned_nodes_take_nothing() {
             name: "g1".into(),
             cordoned: true,
             draining: false,
+            drain_deadline_seconds: 0,
         })
         .await
         .unwrap();
@@ -440,6 +441,7 @@ async fn a_gang_waits_whole_and_cordoned_nodes_take_nothing() {
             name: "g2".into(),
             cordoned: false,
             draining: true,
+            drain_deadline_seconds: 0,
         })
         .await
         .unwrap();
@@ -459,6 +461,7 @@ async fn a_gang_waits_whole_and_cordoned_nodes_take_nothing() {
             name: "g1".into(),
             cordoned: false,
             draining: false,
+            drain_deadline_seconds: 0,
         })
         .await
         .unwrap();

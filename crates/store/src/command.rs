@@ -32,13 +32,24 @@ pub enum Command {
         node: String,
         updates: Vec<AllocUpdate>,
     },
-    /// An operator cordons, drains or uncordons a node. Draining also stops
-    /// the node's allocations so their jobs place them elsewhere.
+    /// An operator cordons, drains or uncordons a node.
     SetNodeEligibility {
         name: String,
         cordoned: bool,
         draining: bool,
+        /// When a drain stops everything left (ms since the Unix epoch),
+        /// decided by the server that took the request.
+        #[serde(default)]
+        drain_deadline_ms: Option<u64>,
     },
+    /// The leader's drainer moves allocations off a draining node.
+    MigrateAllocs {
+        node: String,
+        alloc_ids: Vec<String>,
+        reason: String,
+    },
+    /// The leader's drainer found a draining node empty.
+    FinishDrain { node: String },
     /// A control-plane server records where it can be reached.
     RegisterServer { info: crate::state::ServerInfo },
     /// The leader's liveness check: a node missed its heartbeats (`Down`:
@@ -62,6 +73,8 @@ impl Command {
             Command::ApplyPlan { .. } => "apply_plan",
             Command::UpdateAllocStatus { .. } => "update_alloc_status",
             Command::SetNodeEligibility { .. } => "set_node_eligibility",
+            Command::MigrateAllocs { .. } => "migrate_allocs",
+            Command::FinishDrain { .. } => "finish_drain",
             Command::RegisterServer { .. } => "register_server",
             Command::SetNodeStatus { .. } => "set_node_status",
         }
