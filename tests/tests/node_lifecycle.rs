@@ -278,3 +278,61 @@ async fn a_drain_never_takes_more_than_max_unavailable_down() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("ready,drained"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_leader_does_not_declare_live_nodes_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster =
+        skiff_tests::cluster::ServerCluster::start(&tmp.path().join("servers"), 3, &[]).await;
+    let leader = cluster.leader(LIMIT).await;
+    // The agent talks to the leader first, so losing it also loses the
+    // server the agent heartbeats to.
+    let mut urls = vec![cluster.url(leader)];
+    urls.extend((0..3).filter(|i| *i != leader).map(|i| cluster.url(i)));
+    let _agent = AgentProc::start(&tmp.path().join("agent"), &urls.join(","), "survivor", &[]);
+    let other = (leader + 1) % 3;
+    let mut client = Client::connect(&cluster.url(other)).await.unwrap();
+    client
+        .apply_job(&shell_job(
+            "calm",
+            1,
+            "trap 'exit 0' TERM; sleep 3600 & wait",
+        ))
+        .await
+        .unwrap();
+    let before = wait_allocs(&mut client, "calm", 1, AllocStatus::Running, LIMIT).await;
+    cluster.kill9(leader).await;
+    let new_leader = loop {
+        let l = cluster.leader(LIMIT).await;
+        if l != leader {
+            break l;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Three TTLs after the election the node is still ready and its work
+    // untouched: the new leader gave it a grace window, and its heartbeats
+    // reach the new leader through whichever server it talks to.
+    let until = Instant::now() + Duration::from_secs(15);
+    let mut client = Client::connect(&cluster.url(new_leader)).await.unwrap();
+    while Instant::now() < until {
+        let nodes = client.list_nodes().await.unwrap();
+        assert_eq!(
+            nodes[0].node.status,
+            skiff_model::NodeStatus::Ready,
+            "{:?}",
+            nodes[0]
+        );
+        let allocs = allocs_of(&mut client, "calm").await;
+        assert_eq!(allocs.len(), 1);
+        assert_eq!(
+            (allocs[0].id.as_str(), allocs[0].status),
+            (before[0].id.as_str(), AllocStatus::Running)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let age = client.list_nodes().await.unwrap()[0].heartbeat_age;
+    assert!(
+        age.is_some_and(|a| a < Duration::from_secs(5)),
+        "heartbeats reach the new leader: {age:?}"
+    );
+}
