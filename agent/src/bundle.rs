@@ -330,6 +330,7 @@ mod tests {
             task: spec.task,
             gpus: vec![],
             ports: vec![],
+            unhealthy_gpus: Vec::new(),
             desired: DesiredStatus::Run,
             status: AllocStatus::Pending,
             exit_code: None,

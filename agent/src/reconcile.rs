@@ -1178,6 +1178,7 @@ mod tests {
             task: task("{policy: on-failure}"),
             gpus: vec![],
             ports: vec![],
+            unhealthy_gpus: Vec::new(),
             desired: DesiredStatus::Run,
             status: AllocStatus::Running,
             exit_code: None,

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use skiff_model::Allocation;
+use skiff_model::{Allocation, GpuMetrics};
 use skiff_proto::pb;
 use skiff_store::command::{AllocUpdate, NodeRegistration};
 use skiff_store::Command;
@@ -22,17 +22,39 @@ pub const HEARTBEAT_TTL: Duration = Duration::from_secs(5);
 /// Most status updates accepted in one request.
 const MAX_UPDATES: usize = 10_000;
 
+/// What a server remembers of each node's heartbeats: when the last one
+/// came, and the GPU samples the last ones carried.
 #[derive(Default)]
 pub struct Heartbeats {
-    last: Mutex<HashMap<String, Instant>>,
+    last: Mutex<HashMap<String, Beat>>,
+}
+
+struct Beat {
+    at: Instant,
+    gpu_metrics: Vec<GpuMetrics>,
+    gpu_metrics_at: Option<Instant>,
 }
 
 impl Heartbeats {
     pub fn beat(&self, node: &str) {
-        self.last
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(node.to_string(), Instant::now());
+        self.beat_with(node, Vec::new());
+    }
+
+    /// A heartbeat; GPU samples, when it carries any, replace the node's
+    /// last ones.
+    pub fn beat_with(&self, node: &str, gpu_metrics: Vec<GpuMetrics>) {
+        let now = Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let beat = last.entry(node.to_string()).or_insert(Beat {
+            at: now,
+            gpu_metrics: Vec::new(),
+            gpu_metrics_at: None,
+        });
+        beat.at = now;
+        if !gpu_metrics.is_empty() {
+            beat.gpu_metrics = gpu_metrics;
+            beat.gpu_metrics_at = Some(now);
+        }
     }
 
     /// Time since the node's last heartbeat, if this server saw one.
@@ -41,7 +63,14 @@ impl Heartbeats {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(node)
-            .map(|t| t.elapsed())
+            .map(|b| b.at.elapsed())
+    }
+
+    /// The node's last GPU samples and their age, if this server got any.
+    pub fn gpu_metrics(&self, node: &str) -> Option<(Vec<GpuMetrics>, Duration)> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let b = last.get(node)?;
+        Some((b.gpu_metrics.clone(), b.gpu_metrics_at?.elapsed()))
     }
 }
 
@@ -102,6 +131,42 @@ fn check_gpus(
                 g.uuid
             )));
         }
+        let texts = [
+            ("health_reason", &g.health_reason, 1024),
+            ("compute_capability", &g.compute_capability, 16),
+            ("pci_bus_id", &g.pci_bus_id, 64),
+        ];
+        for (field, text, max) in texts {
+            if text.len() > max {
+                return Err(Status::invalid_argument(format!(
+                    "gpus[{i}].{field}: must be at most {max} characters"
+                )));
+            }
+        }
+        if let Some(p) = &g.mig_profile {
+            if p.is_empty() || p.len() > 32 {
+                return Err(Status::invalid_argument(format!(
+                    "gpus[{i}].mig_profile: must be 1 to 32 characters"
+                )));
+            }
+        }
+        if g.mig_enabled && g.mig_profile.is_some() {
+            return Err(Status::invalid_argument(format!(
+                "gpus[{i}]: a MIG instance cannot be in MIG mode itself"
+            )));
+        }
+        if let Some(parent) = &g.parent {
+            if !gpus.iter().any(|o| o.uuid == *parent && o.mig_enabled) {
+                return Err(Status::invalid_argument(format!(
+                    "gpus[{i}].parent: {parent:?} is not one of the node's GPUs in MIG mode"
+                )));
+            }
+        }
+        if g.nvlink_peers.len() > 64 || g.nvlink_peers.iter().any(|p| p.len() > 253) {
+            return Err(Status::invalid_argument(format!(
+                "gpus[{i}].nvlink_peers: at most 64 peers of at most 253 characters"
+            )));
+        }
     }
     let max_links = MAX_GPUS_PER_NODE * MAX_GPUS_PER_NODE;
     if links.len() > max_links {
@@ -130,6 +195,31 @@ fn check_gpus(
         out.push(l);
     }
     Ok((gpus, out))
+}
+
+/// GPU samples from a heartbeat: at most one per reportable GPU, with
+/// bounded texts.
+fn check_gpu_metrics(metrics: Vec<pb::GpuMetrics>) -> Result<Vec<GpuMetrics>, Status> {
+    use skiff_model::gpu::MAX_GPUS_PER_NODE;
+    if metrics.len() > MAX_GPUS_PER_NODE {
+        return Err(Status::invalid_argument(format!(
+            "gpu_metrics: {} samples; at most {MAX_GPUS_PER_NODE}",
+            metrics.len()
+        )));
+    }
+    for (i, m) in metrics.iter().enumerate() {
+        if m.uuid.is_empty() || m.uuid.len() > 253 {
+            return Err(Status::invalid_argument(format!(
+                "gpu_metrics[{i}].uuid: must be 1 to 253 characters"
+            )));
+        }
+        if m.throttle_reasons.len() > 32 || m.throttle_reasons.iter().any(|t| t.len() > 64) {
+            return Err(Status::invalid_argument(format!(
+                "gpu_metrics[{i}].throttle_reasons: at most 32 of at most 64 characters"
+            )));
+        }
+    }
+    Ok(metrics.into_iter().map(Into::into).collect())
 }
 
 type AllocStream = Pin<Box<dyn Stream<Item = Result<pb::AllocationSet, Status>> + Send>>;
@@ -180,6 +270,10 @@ impl pb::node_api_server::NodeApi for NodeService {
             agent_version: r.agent_version,
             gpus,
             gpu_links,
+            gpu_driver: skiff_model::GpuDriver {
+                driver_version: r.gpu_driver_version.chars().take(64).collect(),
+                cuda_version: r.cuda_version.chars().take(32).collect(),
+            },
         };
         self.ctx
             .propose(&Command::RegisterNode { registration })
@@ -195,14 +289,16 @@ impl pb::node_api_server::NodeApi for NodeService {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let name = req.into_inner().name;
+        let r = req.into_inner();
+        let name = r.name;
         check_node_name(&name)?;
         if !self.ctx.store.state().nodes.contains_key(&name) {
             return Err(Status::not_found(format!(
                 "node {name:?} is not registered; register first"
             )));
         }
-        self.ctx.heartbeats.beat(&name);
+        let metrics = check_gpu_metrics(r.gpu_metrics)?;
+        self.ctx.heartbeats.beat_with(&name, metrics);
         Ok(Response::new(pb::HeartbeatResponse {
             ttl_ms: HEARTBEAT_TTL.as_millis() as u64,
         }))

@@ -25,6 +25,7 @@ fn gpu(uuid: &str) -> skiff_model::Gpu {
         model: "A100".into(),
         memory_bytes: 80 << 30,
         healthy: true,
+        ..skiff_model::Gpu::default()
     }
 }
 
@@ -62,6 +63,7 @@ async fn racing_plans_from_one_snapshot_never_overcommit_a_node() {
                 agent_version: "test".into(),
                 gpus: vec![gpu("GPU-0"), gpu("GPU-1"), gpu("GPU-2")],
                 gpu_links: vec![],
+                gpu_driver: Default::default(),
             },
         })
         .await
