@@ -287,6 +287,11 @@ impl GpuNode {
         self.lock().generation
     }
 
+    /// The generation the servers have.
+    pub fn registered_generation(&self) -> u64 {
+        *self.registered.borrow()
+    }
+
     /// The registration loop says which generation the servers have.
     pub fn mark_registered(&self, generation: u64) {
         self.registered.send_if_modified(|g| {

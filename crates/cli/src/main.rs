@@ -86,6 +86,11 @@ enum Cmd {
     Drain(commands::NodeArgs),
     /// Let a cordoned or drained node take new work again.
     Uncordon(commands::NodeArgs),
+    /// Act on a node's hardware: `skiff node gpu reset NODE UUID`.
+    Node {
+        #[command(subcommand)]
+        what: commands::NodeWhat,
+    },
     /// Print changes of the cluster's state as they happen.
     Watch(commands::WatchArgs),
 }
@@ -125,6 +130,7 @@ fn main() -> ExitCode {
             Cmd::Cordon(args) => ok(commands::set_eligibility(args, true, false).await),
             Cmd::Drain(args) => ok(commands::set_eligibility(args, true, true).await),
             Cmd::Uncordon(args) => ok(commands::set_eligibility(args, false, false).await),
+            Cmd::Node { what } => ok(commands::node(what).await),
             Cmd::Watch(args) => ok(commands::watch(args).await),
         }
     });
