@@ -112,7 +112,11 @@ if [ -n "$smi" ]; then ok "nvidia-smi: $smi"; elif [ "$dry" = 1 ]; then gpu_only
 if [ -n "$nvml_dir" ]; then ok "libnvidia-ml.so.1 in $nvml_dir"; elif [ "$dry" = 1 ]; then gpu_only "libnvidia-ml.so.1 (needed on the GPU host)"; else bad "libnvidia-ml.so.1"; fi
 if python3 -c 'import pynvml' 2>/dev/null; then ok "python nvidia-ml-py (pynvml)"; else gpu_only "python nvidia-ml-py (optional: a second opinion)"; fi
 
-[ -n "$out" ] || out=$(mktemp -d /tmp/skiff-gpu-host.XXXXXX)
+if [ -z "$out" ]; then
+  out=$(mktemp -d /tmp/skiff-gpu-host.XXXXXX)
+  # A dry run leaves nothing behind in a directory it chose itself.
+  if [ "$dry" = 1 ]; then trap 'rm -rf "$out"' EXIT; fi
+fi
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 echo "== work tree: $out"

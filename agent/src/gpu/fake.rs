@@ -581,4 +581,15 @@ links:
             }
         );
     }
+
+    #[test]
+    fn the_example_file_is_a_valid_inventory() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fake-gpus.yaml");
+        let mut inv = FakeInventory::open(&path).unwrap();
+        let i = inv.discover().unwrap();
+        assert_eq!(i.gpus.len(), 7, "five GPUs and two MIG instances");
+        assert_eq!(i.gpus.iter().filter(|g| g.gpu.is_mig()).count(), 2);
+        assert_eq!(i.links.len(), 4);
+        assert_eq!(inv.sample().len(), 5);
+    }
 }

@@ -287,13 +287,16 @@ pub fn gpu_usage(gpus: &[skiff_model::Gpu], m: &[skiff_model::GpuMetrics]) -> [S
     ]
 }
 
-/// `4 ok`, `3 ok, 1 unhealthy`, or `-` without GPUs.
+/// `4 ok`, `3 ok, 1 unhealthy`, or `-` without GPUs: what can be given
+/// out (whole GPUs and MIG instances; an instance is unhealthy with its
+/// GPU).
 pub fn gpu_health(gpus: &[skiff_model::Gpu]) -> String {
-    if gpus.is_empty() {
+    let units: Vec<&skiff_model::Gpu> = gpus.iter().filter(|g| g.schedulable()).collect();
+    if units.is_empty() {
         return "-".into();
     }
-    let bad = gpus.iter().filter(|g| !g.healthy).count();
-    let ok = gpus.len() - bad;
+    let bad = units.iter().filter(|g| !g.healthy).count();
+    let ok = units.len() - bad;
     if bad == 0 {
         format!("{ok} ok")
     } else {
