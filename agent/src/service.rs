@@ -71,9 +71,7 @@ impl<R: Runtime> pb::agent_api_server::AgentApi for AgentService<R> {
     ) -> Result<Response<pb::ResetGpuResponse>, Status> {
         let uuid = req.into_inner().uuid;
         let Some((was, generation)) = self.gpus.reset(&uuid) else {
-            return Err(Status::not_found(format!(
-                "this node has no GPU {uuid:?}"
-            )));
+            return Err(Status::not_found(format!("this node has no GPU {uuid:?}")));
         };
         // Answer once the servers know: the GPU is offered again when the
         // caller hears back.

@@ -412,7 +412,8 @@ fn mig_node(name: &str, instances: usize) -> Node {
             ..Gpu::new(format!("{name}-mig{i}"), "A100", 10 << 30)
         });
     }
-    n.gpus.push(Gpu::new(format!("{name}-gpu1"), "A100", 80 << 30));
+    n.gpus
+        .push(Gpu::new(format!("{name}-gpu1"), "A100", 80 << 30));
     let units = Node::gpu_units(&n.gpus);
     n.capacity.gpus = units;
     n.allocatable.gpus = units;

@@ -30,7 +30,11 @@ fn the_gpu_host_script_explains_its_arguments_and_refuses_bad_ones() {
     assert!(text(&help).contains("--prebuilt DIR"), "{}", text(&help));
     let none = script(&[]);
     assert_eq!(none.status.code(), Some(2));
-    assert!(text(&none).contains("give --prebuilt DIR or --build"), "{}", text(&none));
+    assert!(
+        text(&none).contains("give --prebuilt DIR or --build"),
+        "{}",
+        text(&none)
+    );
     let both = script(&["--prebuilt", "/tmp", "--build"]);
     assert!(text(&both).contains("not both"), "{}", text(&both));
     let missing = script(&["--prebuilt", "/nonexistent/bundle", "--dry-run"]);
@@ -41,7 +45,11 @@ fn the_gpu_host_script_explains_its_arguments_and_refuses_bad_ones() {
         text(&missing)
     );
     let odd = script(&["--frobnicate"]);
-    assert!(text(&odd).contains("unknown argument --frobnicate"), "{}", text(&odd));
+    assert!(
+        text(&odd).contains("unknown argument --frobnicate"),
+        "{}",
+        text(&odd)
+    );
 }
 
 #[test]
@@ -63,7 +71,10 @@ fn the_gpu_host_script_dry_run_checks_a_prepared_directory() {
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("ok       runc runs: runc version"), "{t}");
-    assert!(t.contains("dry run: everything the run needs is here"), "{t}");
+    assert!(
+        t.contains("dry run: everything the run needs is here"),
+        "{t}"
+    );
     // The image it would run: busybox plus one layer of C libraries.
     let index = std::fs::read_to_string(out.path().join("image/index.json")).unwrap();
     assert!(index.contains("\"latest\""), "{index}");

@@ -217,10 +217,16 @@ async fn a_two_gpu_job_gets_an_nvlink_pair_exactly_its_devices_and_no_gpu_twice(
     assert!(wide.contains("43C"), "{wide}");
     assert!(wide.contains("400W"), "{wide}");
     let described = skiff_ok(&url, &["describe", "node", "gpu-node"]);
-    assert!(described.contains("GPU driver:  550.54.15 (CUDA 12.4)"), "{described}");
+    assert!(
+        described.contains("GPU driver:  550.54.15 (CUDA 12.4)"),
+        "{described}"
+    );
     assert!(described.contains("gen4 x16"), "{described}");
     assert!(described.contains("GPU usage"), "{described}");
-    assert!(described.contains(&format!("{} ({})", a.short_id(), "pair")), "{described}");
+    assert!(
+        described.contains(&format!("{} ({})", a.short_id(), "pair")),
+        "{described}"
+    );
     assert!(described.contains("NV"), "{described}");
 }
 
@@ -303,7 +309,10 @@ async fn model_and_mig_requests_pick_the_right_node_and_cdi_specs_are_applied() 
     let mut client = server.client().await;
     let deadline = std::time::Instant::now() + START;
     while client.list_nodes().await.unwrap_or_default().len() < 2 {
-        assert!(std::time::Instant::now() < deadline, "both GPU nodes register");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "both GPU nodes register"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -341,7 +350,11 @@ async fn model_and_mig_requests_pick_the_right_node_and_cdi_specs_are_applied() 
     // The CDI spec's edits: found by UUID for GPU 0, by index for GPU 1;
     // Skiff's own variable wins over the spec's `void`.
     assert_eq!(var(&out, "CDI_SPEC"), "used");
-    assert_eq!(var(&out, "FROM_CDI"), "gpu1", "the later device's edit wins");
+    assert_eq!(
+        var(&out, "FROM_CDI"),
+        "gpu1",
+        "the later device's edit wins"
+    );
     assert_eq!(var(&out, "NVIDIA_VISIBLE_DEVICES"), t.gpus.join(","));
     assert_eq!(var(&out, "DEVICES").trim(), "nvidia0 nvidia1 nvidiactl");
 
@@ -420,7 +433,10 @@ async fn a_gpu_that_fell_off_the_bus_is_not_offered_until_its_quiet_period_passe
     })
     .await;
     let nodes = client.list_nodes().await.unwrap();
-    assert_eq!(nodes[0].node.allocatable.gpus, 1, "only the healthy GPU counts");
+    assert_eq!(
+        nodes[0].node.allocatable.gpus, 1,
+        "only the healthy GPU counts"
+    );
 
     // It is not offered: a new job waits, even after a quiet period's
     // length, because the GPU keeps failing its samples.
@@ -440,9 +456,13 @@ async fn a_gpu_that_fell_off_the_bus_is_not_offered_until_its_quiet_period_passe
     // without a new fault, and the waiting job gets it.
     host.write(&node_yaml(false));
     let back = std::time::Instant::now();
-    wait_gpu(&mut client, "flaky", &test_uuid(4, 1), "healthy again", |g| {
-        g.healthy
-    })
+    wait_gpu(
+        &mut client,
+        "flaky",
+        &test_uuid(4, 1),
+        "healthy again",
+        |g| g.healthy,
+    )
     .await;
     assert!(
         back.elapsed() >= Duration::from_secs(2),
@@ -480,7 +500,11 @@ async fn critical_xids_flag_the_allocation_and_an_operator_reset_heals_at_once()
         &["--fake-gpus", &file_arg, "--gpu-quiet-period", "10m"],
     );
     let mut client = server.client().await;
-    let job = gpu_job("trainer", "{cpu: 100m, memory: 32Mi, gpus: 1}", "sleep 3600");
+    let job = gpu_job(
+        "trainer",
+        "{cpu: 100m, memory: 32Mi, gpus: 1}",
+        "sleep 3600",
+    );
     client.apply_job(&job).await.unwrap();
     let a = wait_allocs(&mut client, "trainer", 1, AllocStatus::Running, START)
         .await

@@ -206,10 +206,7 @@ impl FakeInventory {
         if p.is_absolute() {
             p.to_path_buf()
         } else {
-            self.path
-                .parent()
-                .unwrap_or_else(|| Path::new("."))
-                .join(p)
+            self.path.parent().unwrap_or_else(|| Path::new(".")).join(p)
         }
     }
 
@@ -279,7 +276,9 @@ impl FakeInventory {
                     let host = self.resolve(c);
                     let name = host
                         .file_name()
-                        .ok_or_else(|| self.error(format!("{mat}.caps: {} has no file name", c.display())))?
+                        .ok_or_else(|| {
+                            self.error(format!("{mat}.caps: {} has no file name", c.display()))
+                        })?
                         .to_owned();
                     devices.push(DeviceNode {
                         path: Path::new("/dev/nvidia-caps").join(name),
@@ -368,10 +367,16 @@ impl FakeInventory {
         let complete = text.rfind('\n').map_or(0, |i| i + 1);
         self.events_offset += complete as u64;
         let mut out = Vec::new();
-        for line in text[..complete].lines().map(str::trim).filter(|l| !l.is_empty()) {
+        for line in text[..complete]
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+        {
             match serde_json::from_str::<HealthEvent>(line) {
                 Ok(e) => out.push(e),
-                Err(e) => tracing::warn!(file = %self.events_path.display(), line, error = %e, "ignoring a bad health event"),
+                Err(e) => {
+                    tracing::warn!(file = %self.events_path.display(), line, error = %e, "ignoring a bad health event")
+                }
             }
         }
         out
@@ -524,11 +529,23 @@ links:
     fn mistakes_in_the_file_name_the_field() {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
-            ("gpus: [{uuid: a, memory: 1Gi}, {uuid: a, memory: 1Gi}]", "gpus[1].uuid: \"a\" is listed twice"),
+            (
+                "gpus: [{uuid: a, memory: 1Gi}, {uuid: a, memory: 1Gi}]",
+                "gpus[1].uuid: \"a\" is listed twice",
+            ),
             ("gpus: [{uuid: a, memory: lots}]", "gpus[0].memory:"),
-            ("gpus: [{uuid: a, memory: 1Gi}]\nlinks: [{a: a, b: z, level: nvlink}]", "links[0].b: \"z\" is not one of the gpus"),
-            ("control_devices: {nvidia-fs: /dev/null}", "control_devices.nvidia-fs: unknown"),
-            ("gpus: [{uuid: a, memory: 1Gi, colour: red}]", "unknown field `colour`"),
+            (
+                "gpus: [{uuid: a, memory: 1Gi}]\nlinks: [{a: a, b: z, level: nvlink}]",
+                "links[0].b: \"z\" is not one of the gpus",
+            ),
+            (
+                "control_devices: {nvidia-fs: /dev/null}",
+                "control_devices.nvidia-fs: unknown",
+            ),
+            (
+                "gpus: [{uuid: a, memory: 1Gi, colour: red}]",
+                "unknown field `colour`",
+            ),
         ];
         for (text, want) in cases {
             let path = write(dir.path(), text);
@@ -547,8 +564,15 @@ links:
         let mut inv = FakeInventory::open(&path).unwrap();
         // Lines from before the agent started are history, not news.
         assert!(inv.wait_events(Duration::ZERO).is_empty());
-        let mut f = std::fs::OpenOptions::new().append(true).open(&events).unwrap();
-        write!(f, "{{\"kind\":\"xid\",\"gpu\":\"GPU-b\",\"xid\":79}}\nnot json\n{{\"kind\":\"xid\",").unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&events)
+            .unwrap();
+        write!(
+            f,
+            "{{\"kind\":\"xid\",\"gpu\":\"GPU-b\",\"xid\":79}}\nnot json\n{{\"kind\":\"xid\","
+        )
+        .unwrap();
         let got = inv.wait_events(Duration::from_millis(200));
         assert_eq!(
             got,

@@ -227,7 +227,10 @@ mod tests {
         }
         assert!(t.status("GPU-a").is_none());
         assert!(t.record(&xid("GPU-a", 79), &[], 1000));
-        assert_eq!(t.status("GPU-a").unwrap().reason, "XID 79: fell off the bus");
+        assert_eq!(
+            t.status("GPU-a").unwrap().reason,
+            "XID 79: fell off the bus"
+        );
         assert!(t.status("GPU-b").is_none());
         // A second event changes nothing that matters to the servers.
         assert!(!t.record(&xid("GPU-a", 48), &[], 2000));
@@ -238,14 +241,24 @@ mod tests {
     fn the_ignore_list_is_configurable() {
         let mut t = HealthTracker::new(Duration::from_secs(60), [109]);
         assert!(!t.record(&xid("GPU-a", 109), &[], 0));
-        assert!(t.record(&xid("GPU-a", 13), &[], 0), "13 is no longer ignored");
+        assert!(
+            t.record(&xid("GPU-a", 13), &[], 0),
+            "13 is no longer ignored"
+        );
     }
 
     #[test]
     fn an_xid_without_a_device_counts_against_every_gpu() {
         let mut t = tracker();
         let all = vec!["GPU-a".to_string(), "GPU-b".to_string()];
-        assert!(t.record(&HealthEvent::Xid { uuid: None, xid: 74 }, &all, 0));
+        assert!(t.record(
+            &HealthEvent::Xid {
+                uuid: None,
+                xid: 74
+            },
+            &all,
+            0
+        ));
         assert_eq!(t.unhealthy().len(), 2);
     }
 
@@ -297,7 +310,8 @@ mod tests {
 
     #[test]
     fn events_parse_from_their_json_lines() {
-        let e: HealthEvent = serde_json::from_str(r#"{"kind":"xid","gpu":"GPU-a","xid":79}"#).unwrap();
+        let e: HealthEvent =
+            serde_json::from_str(r#"{"kind":"xid","gpu":"GPU-a","xid":79}"#).unwrap();
         assert_eq!(e, xid("GPU-a", 79));
         let e: HealthEvent =
             serde_json::from_str(r#"{"kind":"ecc_uncorrectable","gpu":"GPU-a"}"#).unwrap();

@@ -637,7 +637,13 @@ mod tests {
         assert_eq!(devs.len(), 2);
         assert_eq!((devs[0].major(), devs[0].minor()), (195, 0));
         assert_eq!((devs[1].major(), devs[1].minor()), (1, 3), "from /dev/null");
-        let rules = linux.resources().as_ref().unwrap().devices().as_ref().unwrap();
+        let rules = linux
+            .resources()
+            .as_ref()
+            .unwrap()
+            .devices()
+            .as_ref()
+            .unwrap();
         assert!(rules
             .iter()
             .any(|r| r.allow() && r.major() == Some(195) && r.minor() == Some(0)));

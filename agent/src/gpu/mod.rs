@@ -95,7 +95,9 @@ impl Inventory {
 pub enum Sample {
     Ok(GpuMetrics),
     /// The GPU did not answer: it fell off the bus.
-    Lost { uuid: String },
+    Lost {
+        uuid: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -251,7 +253,13 @@ impl GpuNode {
                 let own = s.tracker.status(&g.uuid);
                 let parent = g.parent.as_deref().and_then(|p| s.tracker.status(p));
                 let bad = own.map(|u| u.reason.clone()).or_else(|| {
-                    parent.map(|u| format!("its GPU {}: {}", g.parent.as_deref().unwrap_or(""), u.reason))
+                    parent.map(|u| {
+                        format!(
+                            "its GPU {}: {}",
+                            g.parent.as_deref().unwrap_or(""),
+                            u.reason
+                        )
+                    })
                 });
                 if let Some(reason) = bad {
                     g.healthy = false;
@@ -478,7 +486,9 @@ pub fn spawn_monitor(
                     if inventory.changed() {
                         match inventory.discover() {
                             Ok(inv) => node.replace_inventory(inv),
-                            Err(e) => tracing::warn!(error = %e, "cannot read the GPU inventory again"),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot read the GPU inventory again")
+                            }
                         }
                     }
                     let samples = inventory.sample();
@@ -576,7 +586,10 @@ mod tests {
         assert!(gpus[0].healthy);
         assert!(!gpus[1].healthy);
         assert!(!gpus[2].healthy);
-        assert_eq!(gpus[2].health_reason, "its GPU GPU-m: XID 79: fell off the bus");
+        assert_eq!(
+            gpus[2].health_reason,
+            "its GPU GPU-m: XID 79: fell off the bus"
+        );
         node.expire(61_000);
         assert!(node.gpus().iter().all(|g| g.healthy));
     }

@@ -27,7 +27,8 @@ use super::{DeviceNode, GpuDevice, GpuInventory, Inventory, InventoryError, Samp
 /// NVML's most NVLinks per GPU (`NVML_NVLINK_MAX_LINKS`).
 const MAX_NVLINKS: u32 = 18;
 /// Events that make a GPU unhealthy.
-const HEALTH_EVENTS: EventTypes = EventTypes::CRITICAL_XID_ERROR.union(EventTypes::DOUBLE_BIT_ECC_ERROR);
+const HEALTH_EVENTS: EventTypes =
+    EventTypes::CRITICAL_XID_ERROR.union(EventTypes::DOUBLE_BIT_ECC_ERROR);
 
 /// Control nodes a GPU container needs, when the host has them.
 const CONTROL_NODES: [&str; 4] = [
@@ -63,7 +64,12 @@ const LIB_DIRS: [&str; 9] = [
     "/lib64",
     "/usr/lib",
 ];
-const BIN_DIRS: [&str; 4] = ["/usr/local/nvidia/bin", "/usr/bin", "/usr/local/bin", "/bin"];
+const BIN_DIRS: [&str; 4] = [
+    "/usr/local/nvidia/bin",
+    "/usr/bin",
+    "/usr/local/bin",
+    "/bin",
+];
 
 fn nvml_err(e: NvmlError) -> InventoryError {
     InventoryError::Nvml(e.to_string())
@@ -221,14 +227,17 @@ impl NvmlInventory {
                 Some((gi, ci)) => {
                     for cap in mig_cap_files(Path::new(PROC_CAPS), minor, gi, ci) {
                         match read_cap_minor(&cap) {
-                            Some(n) => devices.push(DeviceNode::same(format!(
-                                "/dev/nvidia-caps/nvidia-cap{n}"
-                            ))),
-                            None => tracing::warn!(file = %cap.display(), "cannot read a MIG capability"),
+                            Some(n) => devices
+                                .push(DeviceNode::same(format!("/dev/nvidia-caps/nvidia-cap{n}"))),
+                            None => {
+                                tracing::warn!(file = %cap.display(), "cannot read a MIG capability")
+                            }
                         }
                     }
                 }
-                None => tracing::warn!(gpu = %gpu.uuid, "cannot tell the MIG instance's ids; its capability devices are left out"),
+                None => {
+                    tracing::warn!(gpu = %gpu.uuid, "cannot tell the MIG instance's ids; its capability devices are left out")
+                }
             }
             out.push(GpuDevice {
                 cdi_names: vec![gpu.uuid.clone(), format!("{}:{j}", parent.index)],
@@ -315,7 +324,10 @@ pub fn numa_node_from_sysfs(pci_devices: &Path, bus_id: &str) -> Option<u32> {
     let text =
         std::fs::read_to_string(pci_devices.join(normalize_bus_id(bus_id)).join("numa_node"))
             .ok()?;
-    text.trim().parse::<i64>().ok().and_then(|n| u32::try_from(n).ok())
+    text.trim()
+        .parse::<i64>()
+        .ok()
+        .and_then(|n| u32::try_from(n).ok())
 }
 
 /// The files that hold the device minors of a MIG instance's capabilities
@@ -325,7 +337,10 @@ pub fn mig_cap_files(proc_caps: &Path, gpu_minor: u32, gi: u32, ci: u32) -> Vec<
         .join(format!("gpu{gpu_minor}"))
         .join("mig")
         .join(format!("gi{gi}"));
-    vec![gi_dir.join("access"), gi_dir.join(format!("ci{ci}")).join("access")]
+    vec![
+        gi_dir.join("access"),
+        gi_dir.join(format!("ci{ci}")).join("access"),
+    ]
 }
 
 /// The `DeviceFileMinor:` of a capability file.
@@ -343,7 +358,10 @@ pub fn parse_cap_minor(text: &str) -> Option<u32> {
 pub fn throttle_names(r: ThrottleReasons) -> Vec<String> {
     let names = [
         (ThrottleReasons::GPU_IDLE, "gpu_idle"),
-        (ThrottleReasons::APPLICATIONS_CLOCKS_SETTING, "applications_clocks"),
+        (
+            ThrottleReasons::APPLICATIONS_CLOCKS_SETTING,
+            "applications_clocks",
+        ),
         (ThrottleReasons::SW_POWER_CAP, "sw_power_cap"),
         (ThrottleReasons::HW_SLOWDOWN, "hw_slowdown"),
         (ThrottleReasons::SYNC_BOOST, "sync_boost"),
@@ -403,7 +421,11 @@ pub fn links_between(
 }
 
 /// The driver's libraries and tools on this host.
-pub fn find_driver_files(lib_dirs: &[PathBuf], bin_dirs: &[PathBuf], version: &str) -> Vec<PathBuf> {
+pub fn find_driver_files(
+    lib_dirs: &[PathBuf],
+    bin_dirs: &[PathBuf],
+    version: &str,
+) -> Vec<PathBuf> {
     let first = |dirs: &[PathBuf], name: &str| {
         dirs.iter()
             .map(|d| d.join(name))
@@ -614,7 +636,10 @@ mod tests {
 
     #[test]
     fn mig_profiles_come_from_the_instance_name() {
-        assert_eq!(mig_profile_of("NVIDIA A100-SXM4-40GB MIG 1g.5gb"), Some("1g.5gb"));
+        assert_eq!(
+            mig_profile_of("NVIDIA A100-SXM4-40GB MIG 1g.5gb"),
+            Some("1g.5gb")
+        );
         assert_eq!(
             mig_profile_of("NVIDIA H100 80GB HBM3 MIG 1c.2g.20gb"),
             Some("1c.2g.20gb")
@@ -644,7 +669,10 @@ mod tests {
             std::fs::create_dir_all(dir.path().join(bus)).unwrap();
             std::fs::write(dir.path().join(bus).join("numa_node"), node).unwrap();
         }
-        assert_eq!(numa_node_from_sysfs(dir.path(), "00000000:07:00.0"), Some(1));
+        assert_eq!(
+            numa_node_from_sysfs(dir.path(), "00000000:07:00.0"),
+            Some(1)
+        );
         assert_eq!(numa_node_from_sysfs(dir.path(), "00000000:08:00.0"), None);
         assert_eq!(numa_node_from_sysfs(dir.path(), "00000000:09:00.0"), None);
     }
@@ -694,14 +722,13 @@ mod tests {
             asked.push((a, b));
             Some(LinkLevel::System)
         });
-        let level = |a: &str, b: &str| {
-            links
-                .iter()
-                .find(|l| l.a == a && l.b == b)
-                .map(|l| l.level)
-        };
+        let level = |a: &str, b: &str| links.iter().find(|l| l.a == a && l.b == b).map(|l| l.level);
         assert_eq!(level("a", "b"), Some(LinkLevel::NvLink));
-        assert_eq!(level("c", "d"), Some(LinkLevel::NvLink), "both on NVSwitches");
+        assert_eq!(
+            level("c", "d"),
+            Some(LinkLevel::NvLink),
+            "both on NVSwitches"
+        );
         assert_eq!(level("a", "e"), Some(LinkLevel::System));
         assert!(!asked.contains(&(0, 1)), "NVLink pairs need no PCIe answer");
     }
@@ -713,13 +740,22 @@ mod tests {
         let bin = dir.path().join("bin");
         std::fs::create_dir_all(&lib).unwrap();
         std::fs::create_dir_all(&bin).unwrap();
-        for f in ["libnvidia-ml.so.550.54.15", "libcuda.so.550.54.15", "libnvidia-gpucomp.so.550.54.15"] {
+        for f in [
+            "libnvidia-ml.so.550.54.15",
+            "libcuda.so.550.54.15",
+            "libnvidia-gpucomp.so.550.54.15",
+        ] {
             std::fs::write(lib.join(f), b"").unwrap();
         }
-        std::os::unix::fs::symlink("libnvidia-ml.so.550.54.15", lib.join("libnvidia-ml.so.1")).unwrap();
+        std::os::unix::fs::symlink("libnvidia-ml.so.550.54.15", lib.join("libnvidia-ml.so.1"))
+            .unwrap();
         std::os::unix::fs::symlink("libcuda.so.550.54.15", lib.join("libcuda.so.1")).unwrap();
         std::fs::write(bin.join("nvidia-smi"), b"").unwrap();
-        let found = find_driver_files(&[lib.clone()], &[bin.clone()], "550.54.15");
+        let found = find_driver_files(
+            std::slice::from_ref(&lib),
+            std::slice::from_ref(&bin),
+            "550.54.15",
+        );
         assert_eq!(
             found,
             [

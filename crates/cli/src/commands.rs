@@ -11,8 +11,8 @@ use skiff_model::quantity::{format_cpu, format_memory, format_memory_human};
 use skiff_model::JobSpec;
 
 use crate::output::{
-    age, emit, gpu_health, gpu_models, gpu_usage, labels_text, print_list, table, AllocOut,
-    Format, JobOut, NodeOut,
+    age, emit, gpu_health, gpu_models, gpu_usage, labels_text, print_list, table, AllocOut, Format,
+    JobOut, NodeOut,
 };
 use crate::ClientOpts;
 
@@ -587,7 +587,11 @@ fn zero_dash(n: u32, unit: &str) -> String {
 
 /// The GPU part of `describe node`: the devices and their health, their
 /// attributes, the latest samples, and the link matrix.
-fn describe_gpus(out: &mut String, info: &skiff_client::NodeInfo, allocs: &[skiff_model::Allocation]) {
+fn describe_gpus(
+    out: &mut String,
+    info: &skiff_client::NodeInfo,
+    allocs: &[skiff_model::Allocation],
+) {
     let n = &info.node;
     if !n.gpu_driver.is_empty() {
         out.push_str(&format!(
@@ -637,7 +641,15 @@ fn describe_gpus(out: &mut String, info: &skiff_client::NodeInfo, allocs: &[skif
         .collect();
     push_table(
         out,
-        &["#", "UUID", "MODEL", "MEMORY", "KIND", "HEALTH", "ALLOCATION"],
+        &[
+            "#",
+            "UUID",
+            "MODEL",
+            "MEMORY",
+            "KIND",
+            "HEALTH",
+            "ALLOCATION",
+        ],
         &rows,
     );
 
@@ -669,7 +681,13 @@ fn describe_gpus(out: &mut String, info: &skiff_client::NodeInfo, allocs: &[skif
     push_table(
         out,
         &[
-            "GPU", "CC", "PCI BUS", "PCIE MAX", "POWER LIMIT", "MAX CLOCKS SM/MEM", "NUMA",
+            "GPU",
+            "CC",
+            "PCI BUS",
+            "PCIE MAX",
+            "POWER LIMIT",
+            "MAX CLOCKS SM/MEM",
+            "NUMA",
             "NVLINKS",
         ],
         &rows,
@@ -709,7 +727,13 @@ fn describe_gpus(out: &mut String, info: &skiff_client::NodeInfo, allocs: &[skif
         push_table(
             out,
             &[
-                "GPU", "UTIL", "MEM UTIL", "MEMORY USED", "TEMP", "POWER", "ECC CORR/UNCORR",
+                "GPU",
+                "UTIL",
+                "MEM UTIL",
+                "MEMORY USED",
+                "TEMP",
+                "POWER",
+                "ECC CORR/UNCORR",
                 "THROTTLE",
             ],
             &rows,

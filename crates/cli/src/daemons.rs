@@ -515,7 +515,9 @@ mod tests {
     fn ignored_xids_are_numbers_or_none() {
         assert_eq!(parse_xids("13, 31,43").unwrap().0, [13, 31, 43]);
         assert!(parse_xids("none").unwrap().0.is_empty());
-        assert!(parse_xids("13,x").unwrap_err().contains("\"x\" is not an XID"));
+        assert!(parse_xids("13,x")
+            .unwrap_err()
+            .contains("\"x\" is not an XID"));
     }
 
     #[test]

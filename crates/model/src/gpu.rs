@@ -493,7 +493,10 @@ mod tests {
         let any = GpuFilter::default();
         assert!(any.matches(&whole));
         assert!(!any.matches(&small), "a plain request gets whole GPUs");
-        assert!(!any.matches(&parent), "a GPU in MIG mode is never given out");
+        assert!(
+            !any.matches(&parent),
+            "a GPU in MIG mode is never given out"
+        );
         let mig = GpuFilter {
             mig: Some("1g.10gb".into()),
             ..Default::default()

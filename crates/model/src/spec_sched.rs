@@ -625,8 +625,8 @@ fn validate_rule(c: &Constraint, path: &str, errs: &mut Errors) {
 
 #[cfg(test)]
 mod tests {
-    use crate::job::JobSpec;
     use super::valid_mig_profile;
+    use crate::job::JobSpec;
     use crate::placement::{ConstraintOp, Spread};
 
     const BASE: &str = "name: x\ntask: {image: 'oci:/i'}\n";

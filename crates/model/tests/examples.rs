@@ -12,7 +12,9 @@ fn every_example_parses_and_round_trips() {
     let mut seen = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
-        let not_a_job = path.file_name().is_some_and(|n| NOT_JOBS.iter().any(|x| n == *x));
+        let not_a_job = path
+            .file_name()
+            .is_some_and(|n| NOT_JOBS.iter().any(|x| n == *x));
         if path.extension().is_some_and(|e| e == "yaml") && !not_a_job {
             let text = std::fs::read_to_string(&path).unwrap();
             let spec =

@@ -528,7 +528,12 @@ fn allocations_on_a_gpu_that_turns_unhealthy_are_flagged_until_it_recovers() {
     h.apply(Command::UpsertJob {
         spec: job_spec(&format!("name: a\n{GPU_JOB}")),
     });
-    let p = plan_gpus(&h, "a", &[(0, "g", &["g-gpu0"]), (1, "g", &["g-gpu1"])], &[]);
+    let p = plan_gpus(
+        &h,
+        "a",
+        &[(0, "g", &["g-gpu0"]), (1, "g", &["g-gpu1"])],
+        &[],
+    );
     assert_eq!(applied(h.apply(p)).placed, 2);
     let Command::RegisterNode { mut registration } = gpu_reg("g", 2, false) else {
         unreachable!()
