@@ -118,7 +118,8 @@ pub struct AgentArgs {
     data_dir: PathBuf,
     #[command(flatten)]
     node: NodeOpts,
-    /// Address of the agent's own API (logs and exec, which servers relay).
+    /// Address of the agent's own API (logs, exec and GPU resets, which
+    /// servers relay).
     /// Port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:7702")]
     listen: SocketAddr,
@@ -162,31 +163,30 @@ struct NodeOpts {
 }
 
 #[derive(Args)]
-#[command(next_help_heading = "GPUs")]
 struct GpuOpts {
     /// Report the GPUs described in FILE (YAML or JSON) instead of asking
     /// the NVIDIA driver: for tests and for trying Skiff without GPUs.
     /// Health events are appended as JSON lines to FILE.events (see
     /// docs/gpus.md). Without this flag a machine without the NVIDIA
     /// driver simply reports no GPUs.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "GPUs")]
     fake_gpus: Option<PathBuf>,
     /// An unhealthy GPU is offered again after this long without a new
     /// XID, ECC or bus error (`skiff node gpu reset` does it at once).
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = parse_duration, help_heading = "GPUs")]
     gpu_quiet_period: Duration,
     /// XIDs that do not make a GPU unhealthy, comma-separated, or `none`.
     /// The default ones are caused by applications, not by the GPU.
-    #[arg(long, value_name = "LIST", default_value = "13,31,43,45,68", value_parser = parse_xids)]
+    #[arg(long, value_name = "LIST", default_value = "13,31,43,45,68", value_parser = parse_xids, help_heading = "GPUs")]
     gpu_ignore_xids: XidList,
     /// How often GPU utilisation, memory, temperature, power, ECC counts
     /// and throttling are sampled (sent with heartbeats).
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = parse_duration, help_heading = "GPUs")]
     gpu_metrics_interval: Duration,
     /// Directories with CDI specs whose `nvidia.com/gpu` devices are used
     /// to inject GPUs, comma-separated; `none` to always inject from the
     /// inventory. Default: /etc/cdi,/var/run/cdi (none with --fake-gpus).
-    #[arg(long, value_name = "DIRS")]
+    #[arg(long, value_name = "DIRS", help_heading = "GPUs")]
     cdi_dirs: Option<String>,
 }
 
