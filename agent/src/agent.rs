@@ -13,6 +13,7 @@ use skiff_proto::pb;
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::gpu::{GpuConfig, GpuNode, InventoryError};
 use crate::paths::Paths;
 use crate::reconcile::{self, Event, Observed, Reconciler, Settings};
 use crate::rootfs::RootfsMode;
@@ -46,6 +47,8 @@ pub struct AgentConfig {
     pub log_max_files: u32,
     /// How container root filesystems are made.
     pub rootfs: RootfsMode,
+    /// Where the GPU inventory comes from and how GPU health is judged.
+    pub gpu: GpuConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +76,10 @@ pub enum AgentError {
     BadServer { url: String, reason: String },
     #[error("no server address given")]
     NoServers,
+    #[error(transparent)]
+    Gpu(#[from] InventoryError),
+    #[error("cannot start the GPU monitor: {0}")]
+    GpuMonitor(std::io::Error),
 }
 
 /// Rotates through the configured servers when one stops answering.
@@ -165,6 +172,27 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     }
     let servers = Servers::new(&cfg.servers)?;
 
+    // GPUs: a machine without the driver has none (said once, in the log);
+    // a fake inventory that cannot be read stops the agent.
+    let health_file = paths.root().join("gpu-health.json");
+    let (gpus, monitor_stop) = match crate::gpu::open_inventory(&cfg.gpu)? {
+        Some(mut inventory) => {
+            let found = inventory.discover()?;
+            tracing::info!(
+                inventory = inventory.kind(),
+                gpus = found.gpus.len(),
+                driver = %found.driver.driver_version,
+                "GPU inventory"
+            );
+            let node = Arc::new(GpuNode::new(found, &cfg.gpu, Some(health_file)));
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            crate::gpu::spawn_monitor(inventory, node.clone(), &cfg.gpu, stop.clone())
+                .map_err(AgentError::GpuMonitor)?;
+            (node, Some(stop))
+        }
+        None => (Arc::new(GpuNode::empty()), None),
+    };
+
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| AgentError::Listen {
@@ -185,6 +213,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     let api = pb::agent_api_server::AgentApiServer::new(crate::service::AgentService::new(
         paths.clone(),
         runtime.clone(),
+        gpus.clone(),
     ));
     let api_server = tokio::spawn(
         tonic::transport::Server::builder()
@@ -210,9 +239,11 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         reserved: Some(cfg.reserved.into()),
         address: advertise.to_string(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        // GPU discovery (NVML) is not built yet: the node reports none.
+        // Filled in from `gpus` each time the node registers.
         gpus: Vec::new(),
         gpu_links: Vec::new(),
+        gpu_driver_version: String::new(),
+        cuda_version: String::new(),
     };
 
     let (events_tx, events_rx) = mpsc::channel(256);
@@ -222,14 +253,16 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         log_max_size: cfg.log_max_size,
         log_max_files: cfg.log_max_files,
         rootfs: cfg.rootfs,
+        gpus: Some(gpus.clone()),
     };
     let mut rec = Reconciler::new(runtime, paths, settings, events_tx.clone());
     rec.adopt().await;
 
     let node = cfg.name.clone();
     let tasks = async {
-        register(&servers, &registration).await;
-        let hb = heartbeat_loop(servers.clone(), registration.clone());
+        register_gpus(&servers, &registration, &gpus).await;
+        let hb = heartbeat_loop(servers.clone(), registration.clone(), gpus.clone());
+        let again = registration_loop(servers.clone(), registration.clone(), gpus.clone());
         let watch = watch_loop(servers.clone(), node.clone(), events_tx);
         let report_servers = servers.clone();
         let report_node = node.clone();
@@ -238,14 +271,54 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
             let n = report_node.clone();
             async move { report(&s, &n, updates).await }
         });
-        tokio::join!(hb, watch, rec_loop);
+        tokio::join!(hb, again, watch, rec_loop);
     };
     tokio::select! {
         _ = tasks => {}
         _ = shutdown => tracing::info!("agent stopping; containers keep running"),
     }
     api_server.abort();
+    if let Some(stop) = monitor_stop {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     Ok(())
+}
+
+/// The registration with the node's GPUs as they are now, and the GPU
+/// generation it describes.
+fn with_gpus(base: &pb::RegisterRequest, gpus: &GpuNode) -> (pb::RegisterRequest, u64) {
+    let generation = gpus.generation();
+    let driver = gpus.driver();
+    let mut reg = base.clone();
+    reg.gpus = gpus.gpus().iter().map(Into::into).collect();
+    reg.gpu_links = gpus.links().iter().map(Into::into).collect();
+    reg.gpu_driver_version = driver.driver_version;
+    reg.cuda_version = driver.cuda_version;
+    (reg, generation)
+}
+
+/// Registers the node with its GPUs as they are now, until a server
+/// accepts.
+async fn register_gpus(servers: &Servers, base: &pb::RegisterRequest, gpus: &GpuNode) {
+    let (reg, generation) = with_gpus(base, gpus);
+    register(servers, &reg).await;
+    gpus.mark_registered(generation);
+}
+
+/// Registers again whenever the GPUs or their health change: the only
+/// GPU news that goes through Raft.
+async fn registration_loop(servers: Servers, base: pb::RegisterRequest, gpus: Arc<GpuNode>) {
+    let mut changes = gpus.subscribe();
+    loop {
+        if gpus.generation() > gpus.registered_generation() {
+            tracing::info!("GPU inventory or health changed; registering again");
+            register_gpus(&servers, &base, &gpus).await;
+            continue;
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Registers until a server accepts.
@@ -268,12 +341,13 @@ async fn register(servers: &Servers, reg: &pb::RegisterRequest) {
     }
 }
 
-async fn heartbeat_loop(servers: Servers, reg: pb::RegisterRequest) {
+async fn heartbeat_loop(servers: Servers, reg: pb::RegisterRequest, gpus: Arc<GpuNode>) {
     let mut period = Duration::from_secs(2);
     loop {
         tokio::time::sleep(period).await;
         let req = pb::HeartbeatRequest {
             name: reg.name.clone(),
+            gpu_metrics: gpus.metrics().iter().map(Into::into).collect(),
         };
         match tokio::time::timeout(RPC_TIMEOUT, servers.client().heartbeat(req)).await {
             Ok(Ok(resp)) => {
@@ -283,7 +357,7 @@ async fn heartbeat_loop(servers: Servers, reg: pb::RegisterRequest) {
             }
             Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
                 tracing::warn!("the servers do not know this node; registering again");
-                register(&servers, &reg).await;
+                register_gpus(&servers, &reg, &gpus).await;
             }
             Ok(Err(status)) => {
                 tracing::warn!(error = %status.message(), "heartbeat failed");

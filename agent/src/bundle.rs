@@ -41,6 +41,8 @@ pub enum BundleError {
     UnknownCapability(String),
     #[error("building the runtime spec: {0}")]
     Spec(#[from] oci_spec::OciSpecError),
+    #[error(transparent)]
+    Gpu(#[from] crate::gpu::inject::InjectError),
 }
 
 /// What the spec is built from.
@@ -50,6 +52,8 @@ pub struct BundleInput<'a> {
     pub image: &'a ImageConfig,
     /// The container's own rootfs (for resolving the image's user).
     pub rootfs: &'a Path,
+    /// What the container needs for its GPUs, when it has any.
+    pub gpu_edits: Option<&'a crate::gpu::ContainerEdits>,
 }
 
 /// The program and arguments, the way Kubernetes combines them: `command`
@@ -298,7 +302,7 @@ pub fn build_spec(input: &BundleInput<'_>) -> Result<Spec, BundleError> {
         ("io.skiff.job".to_string(), alloc.job.clone()),
     ]
     .into();
-    Ok(SpecBuilder::default()
+    let mut spec = SpecBuilder::default()
         .version("1.0.2")
         .hostname(hostname)
         .root(
@@ -311,7 +315,11 @@ pub fn build_spec(input: &BundleInput<'_>) -> Result<Spec, BundleError> {
         .mounts(mounts)
         .linux(linux)
         .annotations(annotations)
-        .build()?)
+        .build()?;
+    if let Some(edits) = input.gpu_edits {
+        crate::gpu::inject::apply(&mut spec, edits)?;
+    }
+    Ok(spec)
 }
 
 #[cfg(test)]
@@ -330,6 +338,7 @@ mod tests {
             task: spec.task,
             gpus: vec![],
             ports: vec![],
+            unhealthy_gpus: Vec::new(),
             desired: DesiredStatus::Run,
             status: AllocStatus::Pending,
             exit_code: None,
@@ -359,6 +368,7 @@ mod tests {
             container_id: "sk-1",
             image: &image(),
             rootfs: dir.path(),
+            gpu_edits: None,
         })
         .unwrap()
     }

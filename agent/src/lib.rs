@@ -3,6 +3,8 @@
 //! - [`agent`]: the process: registration, heartbeats, the allocation
 //!   watch, and the log service;
 //! - [`reconcile`]: makes the node's containers match its allocations;
+//! - [`gpu`]: the GPU inventory (NVML, or a fake from a file), health,
+//!   live metrics, and injecting exactly a container's GPUs;
 //! - [`image`]: OCI image layouts, unpacked into a per-image cache;
 //! - [`bundle`]: the OCI runtime spec for each container;
 //! - [`seccomp`]: the default seccomp profile;
@@ -16,6 +18,7 @@
 pub mod agent;
 pub mod bundle;
 pub mod crilog;
+pub mod gpu;
 pub mod host;
 pub mod image;
 pub mod logs;

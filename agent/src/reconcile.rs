@@ -28,6 +28,7 @@ use skiff_model::{AllocStatus, Allocation, DesiredStatus, NetworkMode, TaskSpec}
 use tokio::sync::mpsc;
 
 use crate::bundle::{build_spec, BundleInput};
+use crate::gpu::GpuNode;
 use crate::image::ImageStore;
 use crate::paths::{container_id, Paths};
 use crate::probe::{self, ContainerChecker, ProbeEvent};
@@ -53,6 +54,8 @@ pub struct Settings {
     pub log_max_size: u64,
     pub log_max_files: u32,
     pub rootfs: RootfsMode,
+    /// The node's GPUs, for containers given some.
+    pub gpus: Option<Arc<GpuNode>>,
 }
 
 /// What this agent knows about one container.
@@ -952,11 +955,23 @@ pub async fn start<R: Runtime>(
     let t_rootfs = Instant::now();
 
     let cid = container_id(&alloc.id);
+    // Exactly the GPUs the servers gave it: their device nodes, the
+    // driver's files and the variables that name them.
+    let gpu_edits = if alloc.gpus.is_empty() {
+        None
+    } else {
+        let node = settings
+            .gpus
+            .as_ref()
+            .ok_or_else(|| "this node has no GPUs".to_string())?;
+        Some(node.edits_for(&alloc.gpus)?)
+    };
     let spec = build_spec(&BundleInput {
         alloc,
         container_id: &cid,
         image: &prepared.config,
         rootfs: &rootfs,
+        gpu_edits: gpu_edits.as_ref(),
     })
     .map_err(|e| e.to_string())?;
     let cgroup = spec
@@ -1178,6 +1193,7 @@ mod tests {
             task: task("{policy: on-failure}"),
             gpus: vec![],
             ports: vec![],
+            unhealthy_gpus: Vec::new(),
             desired: DesiredStatus::Run,
             status: AllocStatus::Running,
             exit_code: None,

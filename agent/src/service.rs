@@ -1,5 +1,5 @@
-//! The agent's own gRPC API (`AgentApi`), which servers relay to: logs
-//! and exec.
+//! The agent's own gRPC API (`AgentApi`), which servers relay to: logs,
+//! exec, and GPU resets.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use skiff_proto::pb;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::gpu::GpuNode;
 use crate::logs::{stream_logs, valid_alloc_id};
 use crate::paths::{container_id, Paths};
 use crate::runtime::Runtime;
@@ -16,13 +17,21 @@ use crate::runtime::Runtime;
 pub struct AgentService<R: Runtime> {
     paths: Paths,
     runtime: Arc<R>,
+    gpus: Arc<GpuNode>,
 }
 
 impl<R: Runtime> AgentService<R> {
-    pub fn new(paths: Paths, runtime: Arc<R>) -> Self {
-        AgentService { paths, runtime }
+    pub fn new(paths: Paths, runtime: Arc<R>, gpus: Arc<GpuNode>) -> Self {
+        AgentService {
+            paths,
+            runtime,
+            gpus,
+        }
     }
 }
+
+/// How long a reset waits for the servers to take the new registration.
+const RESET_WAIT: Duration = Duration::from_secs(20);
 
 fn check_id(id: &str) -> Result<(), Status> {
     if valid_alloc_id(id) {
@@ -54,6 +63,29 @@ impl<R: Runtime> pb::agent_api_server::AgentApi for AgentService<R> {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+
+    async fn reset_gpu(
+        &self,
+        req: Request<pb::ResetGpuRequest>,
+    ) -> Result<Response<pb::ResetGpuResponse>, Status> {
+        let uuid = req.into_inner().uuid;
+        let Some((was, generation)) = self.gpus.reset(&uuid) else {
+            return Err(Status::not_found(format!("this node has no GPU {uuid:?}")));
+        };
+        // Answer once the servers know: the GPU is offered again when the
+        // caller hears back.
+        if !self.gpus.wait_registered(generation, RESET_WAIT).await {
+            return Err(Status::deadline_exceeded(format!(
+                "GPU {uuid} is healthy on the node, but the servers did not take the new registration within {}s",
+                RESET_WAIT.as_secs()
+            )));
+        }
+        Ok(Response::new(pb::ResetGpuResponse {
+            uuid,
+            was_unhealthy: was.is_some(),
+            reason: was.map(|w| w.reason).unwrap_or_default(),
+        }))
     }
 
     async fn exec(

@@ -74,6 +74,7 @@ fn bare_node(name: String, cap: Resources) -> Node {
         allocatable: cap,
         gpus: Vec::new(),
         gpu_links: Vec::new(),
+        gpu_driver: Default::default(),
         cordoned: false,
         draining: false,
         drain_deadline_ms: None,
@@ -96,6 +97,7 @@ pub fn gpu_server(name: String) -> Node {
             model: "NVIDIA A100-SXM4-80GB".into(),
             memory_bytes: 80 * GI,
             healthy: true,
+            ..Gpu::default()
         })
         .collect();
     for a in 0..8 {

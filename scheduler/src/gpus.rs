@@ -162,6 +162,7 @@ mod tests {
                 model: "X".into(),
                 memory_bytes: 0,
                 healthy: true,
+                ..Gpu::default()
             })
             .collect();
         let mut links = Vec::new();
@@ -221,6 +222,7 @@ mod tests {
                 model: String::new(),
                 memory_bytes: 0,
                 healthy: true,
+                ..Gpu::default()
             })
             .collect();
         let mut links = Vec::new();

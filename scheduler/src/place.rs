@@ -155,7 +155,9 @@ impl<'v, 'a> Placer<'v, 'a> {
             }
             b
         });
-        let filter_masks = (ask.gpus > 0 && !ask.gpu.is_empty()).then(|| {
+        // Even an empty filter narrows the healthy GPUs down: it accepts
+        // whole GPUs only, not MIG instances.
+        let filter_masks = (ask.gpus > 0).then(|| {
             view.nodes
                 .iter()
                 .map(|s| s.node.eligible_gpus(&ask.gpu))

@@ -9,6 +9,7 @@ fn node(name: &str, cpu: u64, mem_mi: u64) -> Node {
         allocatable: Resources::new(cpu, mem_mi << 20),
         gpus: vec![],
         gpu_links: vec![],
+        gpu_driver: Default::default(),
         cordoned: false,
         draining: false,
         drain_deadline_ms: None,
@@ -38,6 +39,7 @@ fn gpu_node(name: &str, count: usize, model: &str) -> Node {
             model: model.into(),
             memory_bytes: 80 << 30,
             healthy: true,
+            ..Gpu::default()
         })
         .collect();
     for a in 0..count {
@@ -87,6 +89,7 @@ fn alloc(id: &str, job: &Job, replica: u32, node: &str) -> Allocation {
         task: job.spec.task.clone(),
         gpus: vec![],
         ports: job.spec.task.resources.ports.clone(),
+        unhealthy_gpus: Vec::new(),
         desired: DesiredStatus::Run,
         status: AllocStatus::Running,
         exit_code: None,
@@ -394,6 +397,59 @@ fn a_gpu_filter_selects_by_model_memory_and_uuid() {
     let p = plan(&pinned, &nodes, &[]);
     assert_eq!(nodes_of(&p), ["t4"]);
     assert_eq!(p.placements[0].gpus, ["t4-gpu2"]);
+}
+
+/// A node whose first GPU is in MIG mode with `instances` 1g.10gb
+/// instances, and a second whole GPU.
+fn mig_node(name: &str, instances: usize) -> Node {
+    let mut n = node(name, 64_000, 512 << 10);
+    n.gpus.push(Gpu {
+        mig_enabled: true,
+        ..Gpu::new(format!("{name}-gpu0"), "A100", 80 << 30)
+    });
+    for i in 0..instances {
+        n.gpus.push(Gpu {
+            mig_profile: Some("1g.10gb".into()),
+            parent: Some(format!("{name}-gpu0")),
+            ..Gpu::new(format!("{name}-mig{i}"), "A100", 10 << 30)
+        });
+    }
+    n.gpus
+        .push(Gpu::new(format!("{name}-gpu1"), "A100", 80 << 30));
+    let units = Node::gpu_units(&n.gpus);
+    n.capacity.gpus = units;
+    n.allocatable.gpus = units;
+    n
+}
+
+#[test]
+fn a_mig_request_gets_an_instance_and_a_plain_one_a_whole_gpu() {
+    let n = mig_node("m", 3);
+    let small = job_yaml(
+        "s",
+        "replicas: 3",
+        "{cpu: 1, memory: 1Gi, gpus: 1, gpu: {mig: 1g.10gb}}",
+    );
+    let p = plan(&small, std::slice::from_ref(&n), &[]);
+    let mut got: Vec<&str> = p
+        .placements
+        .iter()
+        .flat_map(|pl| pl.gpus.iter().map(String::as_str))
+        .collect();
+    got.sort();
+    assert_eq!(got, ["m-mig0", "m-mig1", "m-mig2"]);
+    let whole = job_yaml("w", "replicas: 2", "{cpu: 1, memory: 1Gi, gpus: 1}");
+    let p = plan(&whole, std::slice::from_ref(&n), &[]);
+    // Only one whole GPU: the GPU in MIG mode and its instances are not
+    // offered to a plain request.
+    assert_eq!(p.placements.len(), 1);
+    assert_eq!(p.placements[0].gpus, ["m-gpu1"]);
+    let other = job_yaml(
+        "o",
+        "",
+        "{cpu: 1, memory: 1Gi, gpus: 1, gpu: {mig: 3g.40gb}}",
+    );
+    assert!(plan(&other, &[n], &[]).placements.is_empty());
 }
 
 #[test]

@@ -210,7 +210,7 @@ impl<'a> ClusterView<'a> {
         let mut slots = Vec::with_capacity(sorted.len());
         for (i, node) in sorted.into_iter().enumerate() {
             by_name.insert(node.name.as_str(), i as NodeIdx);
-            let healthy = node.eligible_gpus(&Default::default());
+            let healthy = node.schedulable_gpus();
             let topo = (node.gpus.len() >= 2 && !node.gpu_links.is_empty())
                 .then(|| Topology::new(&node.gpus, &node.gpu_links));
             slots.push(NodeSlot {

@@ -88,6 +88,7 @@ fn random_node(rng: &mut Rng, i: usize) -> Node {
             model: model.into(),
             memory_bytes: rng.range(16, 80) << 30,
             healthy: !rng.chance(10),
+            ..Gpu::default()
         })
         .collect();
     let mut links = Vec::new();
@@ -115,6 +116,7 @@ fn random_node(rng: &mut Rng, i: usize) -> Node {
         allocatable: Resources::new(cpu, mem).with_gpus(healthy),
         gpus: gpu_list,
         gpu_links: links,
+        gpu_driver: Default::default(),
         cordoned: rng.chance(8),
         draining: rng.chance(4),
         drain_deadline_ms: None,
@@ -140,6 +142,7 @@ fn random_ask(rng: &mut Rng, max_gpus: u64) -> TaskResources {
                 model: Some(rng.pick(&MODELS).to_string()),
                 min_memory_bytes: if rng.chance(50) { 40 << 30 } else { 0 },
                 uuids: vec![],
+                mig: None,
             };
         }
     }
@@ -192,6 +195,7 @@ fn scenario(seed: u64, node_count: usize) -> Scenario {
                 task: bg.spec.task.clone(),
                 gpus,
                 ports: ask.ports.clone(),
+                unhealthy_gpus: Vec::new(),
                 desired: DesiredStatus::Run,
                 status: AllocStatus::Running,
                 exit_code: None,

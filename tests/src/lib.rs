@@ -8,6 +8,7 @@
 #![allow(unsafe_code)]
 
 pub mod cluster;
+pub mod gpus;
 pub mod linearizability;
 
 use std::path::{Path, PathBuf};

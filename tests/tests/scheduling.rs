@@ -64,7 +64,7 @@ async fn describe_job_says_why_gpu_constraint_and_port_requests_wait() {
     );
     let mut client = server.client().await;
 
-    // The agent reports no GPUs (GPU discovery comes later).
+    // This machine has no GPUs (and no NVIDIA driver): the agent reports none.
     let mut gpu = shell_job("needs-gpu", 1, SLEEPER);
     gpu.task.resources.gpus = 1;
     client.apply_job(&gpu).await.unwrap();

@@ -11,7 +11,8 @@ use skiff_model::quantity::{format_cpu, format_memory, format_memory_human};
 use skiff_model::JobSpec;
 
 use crate::output::{
-    age, emit, gpu_models, labels_text, print_list, table, AllocOut, Format, JobOut, NodeOut,
+    age, emit, gpu_health, gpu_models, gpu_usage, labels_text, print_list, table, AllocOut, Format,
+    JobOut, NodeOut,
 };
 use crate::ClientOpts;
 
@@ -74,6 +75,22 @@ pub struct NodeArgs {
     name: String,
     #[command(flatten)]
     client: ClientOpts,
+}
+
+#[derive(Subcommand)]
+pub enum GpuAction {
+    /// Mark a GPU healthy again now, without waiting for its quiet period
+    /// (after you replaced it, or checked it and the fault was transient).
+    #[command(after_help = "Example: skiff node gpu reset gpu-7 GPU-5c1a\n\
+        The UUID may be a unique prefix, as `skiff describe node` shows it.")]
+    Reset {
+        /// The node, as `skiff get nodes` shows it.
+        node: String,
+        /// The GPU's or MIG instance's UUID, or a unique prefix of it.
+        uuid: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
 }
 
 #[derive(Subcommand)]
@@ -370,7 +387,7 @@ pub async fn get(what: GetWhat) -> anyhow::Result<()> {
                         a.exit_code
                             .map(|c| c.to_string())
                             .unwrap_or_else(|| "-".into()),
-                        a.message.to_string(),
+                        a.shown_message(),
                         list_or_dash(a.gpus.iter()),
                         list_or_dash(a.ports.iter()),
                     ]
@@ -394,6 +411,11 @@ pub async fn get(what: GetWhat) -> anyhow::Result<()> {
                     "ADDRESS",
                     "GPUS",
                     "GPU MODELS",
+                    "GPU HEALTH",
+                    "GPU UTIL",
+                    "GPU MEMORY",
+                    "GPU TEMP",
+                    "GPU POWER",
                     "LABELS",
                 ],
                 8,
@@ -411,8 +433,12 @@ pub async fn get(what: GetWhat) -> anyhow::Result<()> {
                         n.address.to_string(),
                         format!("{}/{}", n.gpus_used, n.gpus_allocatable),
                         gpu_models(n.gpus),
-                        labels_text(n.labels),
+                        gpu_health(n.gpus),
                     ]
+                    .into_iter()
+                    .chain(gpu_usage(n.gpus, n.gpu_metrics))
+                    .chain([labels_text(n.labels)])
+                    .collect()
                 },
             )
         }
@@ -485,75 +511,7 @@ async fn describe_node(name: &str, opts: &ClientOpts) -> anyhow::Result<()> {
     ));
     let allocs = client.list_allocs(None, Some(name)).await?;
     if !n.gpus.is_empty() {
-        out.push_str("\nGPUs:\n");
-        let holder = |uuid: &str| {
-            allocs
-                .iter()
-                .find(|a| a.holds_resources() && a.gpus.iter().any(|g| g == uuid))
-                .map(|a| format!("{} ({})", a.short_id(), a.job))
-                .unwrap_or_else(|| "-".into())
-        };
-        let rows: Vec<Vec<String>> = n
-            .gpus
-            .iter()
-            .enumerate()
-            .map(|(i, g)| {
-                vec![
-                    i.to_string(),
-                    g.uuid.clone(),
-                    if g.model.is_empty() {
-                        "-".into()
-                    } else {
-                        g.model.clone()
-                    },
-                    format_memory_human(g.memory_bytes),
-                    if g.healthy { "healthy" } else { "unhealthy" }.into(),
-                    holder(&g.uuid),
-                ]
-            })
-            .collect();
-        for line in table(
-            &["#", "UUID", "MODEL", "MEMORY", "HEALTH", "ALLOCATION"],
-            &rows,
-        )
-        .lines()
-        {
-            out.push_str("  ");
-            out.push_str(line);
-            out.push('\n');
-        }
-        if !n.gpu_links.is_empty() {
-            // The link matrix, as `nvidia-smi topo -m` prints it.
-            let t = skiff_model::gpu::Topology::new(&n.gpus, &n.gpu_links);
-            out.push_str("\nGPU links (NV nvlink, PS pcie-switch, NU numa, SY system):\n");
-            let short = |l: skiff_model::LinkLevel| match l {
-                skiff_model::LinkLevel::NvLink => "NV",
-                skiff_model::LinkLevel::PcieSwitch => "PS",
-                skiff_model::LinkLevel::Numa => "NU",
-                skiff_model::LinkLevel::System => "SY",
-            };
-            let mut headers = vec![String::new()];
-            headers.extend((0..n.gpus.len()).map(|i| i.to_string()));
-            let rows: Vec<Vec<String>> = (0..n.gpus.len())
-                .map(|a| {
-                    let mut r = vec![a.to_string()];
-                    r.extend((0..n.gpus.len()).map(|b| {
-                        if a == b {
-                            "X".to_string()
-                        } else {
-                            short(t.level(a, b)).to_string()
-                        }
-                    }));
-                    r
-                })
-                .collect();
-            let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
-            for line in table(&headers, &rows).lines() {
-                out.push_str("  ");
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
+        describe_gpus(&mut out, info, &allocs);
     }
     out.push_str("\nAllocations:\n");
     let live: Vec<&skiff_model::Allocation> =
@@ -591,6 +549,217 @@ async fn describe_node(name: &str, opts: &ClientOpts) -> anyhow::Result<()> {
     }
     emit(&out);
     Ok(())
+}
+
+/// Indents a table by two spaces under a heading.
+fn push_table(out: &mut String, headers: &[&str], rows: &[Vec<String>]) {
+    for line in table(headers, rows).lines() {
+        out.push_str("  ");
+        out.push_str(line);
+        out.push('\n');
+    }
+}
+
+fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_string()
+    }
+}
+
+fn zero_dash(n: u32, unit: &str) -> String {
+    if n == 0 {
+        "-".into()
+    } else {
+        format!("{n}{unit}")
+    }
+}
+
+/// The GPU part of `describe node`: the devices and their health, their
+/// attributes, the latest samples, and the link matrix.
+fn describe_gpus(
+    out: &mut String,
+    info: &skiff_client::NodeInfo,
+    allocs: &[skiff_model::Allocation],
+) {
+    let n = &info.node;
+    if !n.gpu_driver.is_empty() {
+        out.push_str(&format!(
+            "GPU driver:  {} (CUDA {})\n",
+            or_dash(&n.gpu_driver.driver_version),
+            or_dash(&n.gpu_driver.cuda_version)
+        ));
+    }
+    out.push_str("\nGPUs:\n");
+    let holder = |uuid: &str| {
+        allocs
+            .iter()
+            .find(|a| a.holds_resources() && a.gpus.iter().any(|g| g == uuid))
+            .map(|a| format!("{} ({})", a.short_id(), a.job))
+            .unwrap_or_else(|| "-".into())
+    };
+    let rows: Vec<Vec<String>> = n
+        .gpus
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let kind = match (&g.mig_profile, g.mig_enabled) {
+                (Some(p), _) => format!("MIG {p} of GPU {}", g.index),
+                (None, true) => "MIG mode".into(),
+                (None, false) => "whole".into(),
+            };
+            vec![
+                i.to_string(),
+                g.uuid.clone(),
+                or_dash(&g.model),
+                format_memory_human(g.memory_bytes),
+                kind,
+                if g.healthy {
+                    "healthy".into()
+                } else if g.health_reason.is_empty() {
+                    "unhealthy".into()
+                } else {
+                    format!("unhealthy: {}", g.health_reason)
+                },
+                if g.schedulable() {
+                    holder(&g.uuid)
+                } else {
+                    "-".into()
+                },
+            ]
+        })
+        .collect();
+    push_table(
+        out,
+        &[
+            "#",
+            "UUID",
+            "MODEL",
+            "MEMORY",
+            "KIND",
+            "HEALTH",
+            "ALLOCATION",
+        ],
+        &rows,
+    );
+
+    let whole: Vec<&skiff_model::Gpu> = n.gpus.iter().filter(|g| !g.is_mig()).collect();
+    out.push_str("\nGPU attributes:\n");
+    let rows: Vec<Vec<String>> = whole
+        .iter()
+        .map(|g| {
+            vec![
+                g.index.to_string(),
+                or_dash(&g.compute_capability),
+                or_dash(&g.pci_bus_id),
+                if g.pcie_generation > 0 {
+                    format!("gen{} x{}", g.pcie_generation, g.pcie_width)
+                } else {
+                    "-".into()
+                },
+                zero_dash(g.power_limit_mw / 1000, "W"),
+                if g.max_sm_clock_mhz > 0 {
+                    format!("{}/{} MHz", g.max_sm_clock_mhz, g.max_memory_clock_mhz)
+                } else {
+                    "-".into()
+                },
+                g.numa_node.map_or_else(|| "-".into(), |x| x.to_string()),
+                g.nvlink_peers.len().to_string(),
+            ]
+        })
+        .collect();
+    push_table(
+        out,
+        &[
+            "GPU",
+            "CC",
+            "PCI BUS",
+            "PCIE MAX",
+            "POWER LIMIT",
+            "MAX CLOCKS SM/MEM",
+            "NUMA",
+            "NVLINKS",
+        ],
+        &rows,
+    );
+
+    if !info.gpu_metrics.is_empty() {
+        let when = info
+            .gpu_metrics_age
+            .map(|d| format!(" ({} ago)", age(d)))
+            .unwrap_or_default();
+        out.push_str(&format!("\nGPU usage{when}:\n"));
+        let rows: Vec<Vec<String>> = info
+            .gpu_metrics
+            .iter()
+            .map(|m| {
+                let index = n
+                    .gpus
+                    .iter()
+                    .find(|g| g.uuid == m.uuid)
+                    .map_or_else(|| "?".into(), |g| g.index.to_string());
+                vec![
+                    index,
+                    format!("{}%", m.utilization_pct),
+                    format!("{}%", m.memory_utilization_pct),
+                    format_memory_human(m.memory_used_bytes),
+                    format!("{}C", m.temperature_c),
+                    format!("{:.0}W", f64::from(m.power_mw) / 1000.0),
+                    format!("{}/{}", m.ecc_corrected, m.ecc_uncorrected),
+                    if m.throttle_reasons.is_empty() {
+                        "-".into()
+                    } else {
+                        m.throttle_reasons.join(",")
+                    },
+                ]
+            })
+            .collect();
+        push_table(
+            out,
+            &[
+                "GPU",
+                "UTIL",
+                "MEM UTIL",
+                "MEMORY USED",
+                "TEMP",
+                "POWER",
+                "ECC CORR/UNCORR",
+                "THROTTLE",
+            ],
+            &rows,
+        );
+    }
+
+    if whole.len() >= 2 && !n.gpu_links.is_empty() {
+        // The link matrix, as `nvidia-smi topo -m` prints it.
+        let owned: Vec<skiff_model::Gpu> = whole.iter().map(|g| (*g).clone()).collect();
+        let t = skiff_model::gpu::Topology::new(&owned, &n.gpu_links);
+        out.push_str("\nGPU links (NV nvlink, PS pcie-switch, NU numa, SY system):\n");
+        let short = |l: skiff_model::LinkLevel| match l {
+            skiff_model::LinkLevel::NvLink => "NV",
+            skiff_model::LinkLevel::PcieSwitch => "PS",
+            skiff_model::LinkLevel::Numa => "NU",
+            skiff_model::LinkLevel::System => "SY",
+        };
+        let mut headers = vec![String::new()];
+        headers.extend(whole.iter().map(|g| g.index.to_string()));
+        let rows: Vec<Vec<String>> = (0..whole.len())
+            .map(|a| {
+                let mut r = vec![whole[a].index.to_string()];
+                r.extend((0..whole.len()).map(|b| {
+                    if a == b {
+                        "X".to_string()
+                    } else {
+                        short(t.level(a, b)).to_string()
+                    }
+                }));
+                r
+            })
+            .collect();
+        let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+        push_table(out, &headers, &rows);
+    }
 }
 
 async fn describe_job(name: &str, client: &ClientOpts) -> anyhow::Result<()> {
@@ -727,7 +896,7 @@ async fn describe_job(name: &str, client: &ClientOpts) -> anyhow::Result<()> {
                         .map(|c| c.to_string())
                         .unwrap_or_else(|| "-".into()),
                     list_or_dash(a.gpus.iter()),
-                    a.message.clone(),
+                    AllocOut::from(a).shown_message(),
                 ]
             })
             .map(|mut r: Vec<String>| {
@@ -819,6 +988,11 @@ pub enum NodeCmd {
     Drain(DrainArgs),
     /// Let a cordoned or drained node take new work again.
     Uncordon(NodeArgs),
+    /// A node's GPUs.
+    Gpu {
+        #[command(subcommand)]
+        action: GpuAction,
+    },
 }
 
 #[derive(Args)]
@@ -848,6 +1022,17 @@ pub async fn node(cmd: NodeCmd) -> anyhow::Result<()> {
                 .set_node_eligibility(&args.name, false, false, None)
                 .await?;
             emit(&format!("node/{} uncordoned\n", args.name));
+        }
+        NodeCmd::Gpu {
+            action: GpuAction::Reset { node, uuid, client },
+        } => {
+            let r = connect(&client).await?.reset_gpu(&node, &uuid).await?;
+            let was = if r.was_unhealthy {
+                format!("was unhealthy: {}", r.reason)
+            } else {
+                "was healthy already".to_string()
+            };
+            emit(&format!("node/{node} gpu {} reset ({was})\n", r.uuid));
         }
         NodeCmd::Drain(args) => {
             let mut client = connect(&args.node.client).await?;

@@ -154,7 +154,8 @@ pub struct AgentArgs {
     data_dir: PathBuf,
     #[command(flatten)]
     node: NodeOpts,
-    /// Address of the agent's own API (logs and exec, which servers relay).
+    /// Address of the agent's own API (logs, exec and GPU resets, which
+    /// servers relay).
     /// Port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:7702")]
     listen: SocketAddr,
@@ -193,6 +194,77 @@ struct NodeOpts {
     /// `overlay` (overlayfs), `copy`, or `auto` (overlayfs where it works).
     #[arg(long, default_value = "auto", value_parser = ["auto", "overlay", "copy"])]
     rootfs: String,
+    #[command(flatten)]
+    gpu: GpuOpts,
+}
+
+#[derive(Args)]
+struct GpuOpts {
+    /// Report the GPUs described in FILE (YAML or JSON) instead of asking
+    /// the NVIDIA driver: for tests and for trying Skiff without GPUs.
+    /// Health events are appended as JSON lines to FILE.events (see
+    /// docs/gpus.md). Without this flag a machine without the NVIDIA
+    /// driver simply reports no GPUs.
+    #[arg(long, value_name = "FILE", help_heading = "GPUs")]
+    fake_gpus: Option<PathBuf>,
+    /// An unhealthy GPU is offered again after this long without a new
+    /// XID, ECC or bus error (`skiff node gpu reset` does it at once).
+    #[arg(long, default_value = "5m", value_parser = parse_duration, help_heading = "GPUs")]
+    gpu_quiet_period: Duration,
+    /// XIDs that do not make a GPU unhealthy, comma-separated, or `none`.
+    /// The default ones are caused by applications, not by the GPU.
+    #[arg(long, value_name = "LIST", default_value = "13,31,43,45,68", value_parser = parse_xids, help_heading = "GPUs")]
+    gpu_ignore_xids: XidList,
+    /// How often GPU utilisation, memory, temperature, power, ECC counts
+    /// and throttling are sampled (sent with heartbeats).
+    #[arg(long, default_value = "5s", value_parser = parse_duration, help_heading = "GPUs")]
+    gpu_metrics_interval: Duration,
+    /// Directories with CDI specs whose `nvidia.com/gpu` devices are used
+    /// to inject GPUs, comma-separated; `none` to always inject from the
+    /// inventory. Default: /etc/cdi,/var/run/cdi (none with --fake-gpus).
+    #[arg(long, value_name = "DIRS", help_heading = "GPUs")]
+    cdi_dirs: Option<String>,
+}
+
+/// A parsed `--gpu-ignore-xids`.
+#[derive(Clone, Debug)]
+struct XidList(Vec<u64>);
+
+fn parse_xids(s: &str) -> Result<XidList, String> {
+    if s.trim() == "none" || s.trim().is_empty() {
+        return Ok(XidList(Vec::new()));
+    }
+    s.split(',')
+        .map(|x| {
+            x.trim()
+                .parse::<u64>()
+                .map_err(|_| format!("{x:?} is not an XID number (e.g. 13,31,43 or none)"))
+        })
+        .collect::<Result<_, _>>()
+        .map(XidList)
+}
+
+impl GpuOpts {
+    fn config(&self) -> skiff_agent::gpu::GpuConfig {
+        let cdi_dirs = self.cdi_dirs.as_ref().map(|d| {
+            if d.trim() == "none" {
+                Vec::new()
+            } else {
+                d.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            }
+        });
+        skiff_agent::gpu::GpuConfig {
+            fake: self.fake_gpus.clone(),
+            quiet_period: self.gpu_quiet_period,
+            ignored_xids: self.gpu_ignore_xids.0.clone(),
+            metrics_interval: self.gpu_metrics_interval,
+            cdi_dirs,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -354,6 +426,7 @@ fn agent_config(
         log_max_size: node.log_max_size,
         log_max_files: node.log_max_files,
         rootfs: skiff_agent::rootfs::RootfsMode::parse(&node.rootfs).unwrap_or_default(),
+        gpu: node.gpu.config(),
     })
 }
 
@@ -476,6 +549,15 @@ mod tests {
         assert!(parse_peer("0=a:1").unwrap_err().contains("from 1 up"));
         assert!(parse_peer("1=nohost").unwrap_err().contains("HOST:PORT"));
         assert!(parse_peer("a:1").unwrap_err().contains("ID=HOST:PORT"));
+    }
+
+    #[test]
+    fn ignored_xids_are_numbers_or_none() {
+        assert_eq!(parse_xids("13, 31,43").unwrap().0, [13, 31, 43]);
+        assert!(parse_xids("none").unwrap().0.is_empty());
+        assert!(parse_xids("13,x")
+            .unwrap_err()
+            .contains("\"x\" is not an XID"));
     }
 
     #[test]

@@ -80,7 +80,7 @@ enum Cmd {
         #[command(subcommand)]
         what: commands::DeleteWhat,
     },
-    /// Cordon, drain or uncordon a node.
+    /// Cordon, drain or uncordon a node; reset a GPU's health.
     Node {
         #[command(subcommand)]
         what: commands::NodeCmd,

@@ -37,6 +37,8 @@ pub struct AllocOut<'a> {
     pub gpus: &'a [String],
     /// Host ports it holds.
     pub ports: &'a [u16],
+    /// Its GPUs that are unhealthy now (`UUID: reason`).
+    pub unhealthy_gpus: &'a [String],
     pub create_index: u64,
     pub modify_index: u64,
 }
@@ -62,6 +64,7 @@ impl<'a> From<&'a Allocation> for AllocOut<'a> {
             image: a.task.image.to_string(),
             gpus: &a.gpus,
             ports: &a.ports,
+            unhealthy_gpus: &a.unhealthy_gpus,
             create_index: a.create_index,
             modify_index: a.modify_index,
         }
@@ -77,6 +80,20 @@ impl AllocOut<'_> {
             ("running", "back_off") => "back-off".into(),
             ("failed", "oom_killed") => "oom-killed".into(),
             (s, _) => s.into(),
+        }
+    }
+
+    /// The MESSAGE column: the message, after a warning about any of its
+    /// GPUs that is unhealthy.
+    pub fn shown_message(&self) -> String {
+        if self.unhealthy_gpus.is_empty() {
+            return self.message.to_string();
+        }
+        let warning = format!("GPU unhealthy: {}", self.unhealthy_gpus.join("; "));
+        if self.message.is_empty() {
+            warning
+        } else {
+            format!("{warning}; {}", self.message)
         }
     }
 
@@ -110,6 +127,11 @@ pub struct NodeOut<'a> {
     pub gpus_used: u32,
     pub gpus: &'a [skiff_model::Gpu],
     pub gpu_links: &'a [skiff_model::GpuLink],
+    pub gpu_driver: &'a skiff_model::GpuDriver,
+    /// The latest GPU samples (utilisation, memory, temperature, power,
+    /// ECC counts, throttling), as the answering server has them.
+    pub gpu_metrics: &'a [skiff_model::GpuMetrics],
+    pub gpu_metrics_age_ms: Option<u64>,
     pub address: &'a str,
     pub labels: &'a std::collections::BTreeMap<String, String>,
     pub heartbeat_age_ms: Option<u64>,
@@ -134,6 +156,9 @@ impl<'a> From<&'a NodeInfo> for NodeOut<'a> {
             gpus_used: n.used.gpus,
             gpus: &n.node.gpus,
             gpu_links: &n.node.gpu_links,
+            gpu_driver: &n.node.gpu_driver,
+            gpu_metrics: &n.gpu_metrics,
+            gpu_metrics_age_ms: n.gpu_metrics_age.map(|d| d.as_millis() as u64),
             address: &n.node.address,
             labels: &n.node.labels,
             heartbeat_age_ms: n.heartbeat_age.map(|d| d.as_millis() as u64),
@@ -202,11 +227,17 @@ pub fn print_list<T: Serialize>(
     Ok(())
 }
 
-/// `2 A100 (80Gi), 1 T4 (16Gi)`: a node's GPUs counted by model, `-` for none.
+/// `2 A100 (80Gi), 1 T4 (16Gi)`: a node's GPUs counted by model, `-` for
+/// none; MIG instances are counted by profile (`3 MIG 1g.10gb`).
 pub fn gpu_models(gpus: &[skiff_model::Gpu]) -> String {
     let mut counts: std::collections::BTreeMap<(String, u64), u32> = Default::default();
-    for g in gpus {
-        *counts.entry((g.model.clone(), g.memory_bytes)).or_default() += 1;
+    for g in gpus.iter().filter(|g| g.schedulable()) {
+        let name = match &g.mig_profile {
+            Some(p) => format!("MIG {p}"),
+            None => g.model.clone(),
+        };
+        let mem = if g.is_mig() { 0 } else { g.memory_bytes };
+        *counts.entry((name, mem)).or_default() += 1;
     }
     if counts.is_empty() {
         return "-".into();
@@ -227,6 +258,50 @@ pub fn gpu_models(gpus: &[skiff_model::Gpu]) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Summaries of a node's GPU samples for `get nodes -o wide`: mean
+/// utilisation, memory used of total, hottest temperature, total power.
+pub fn gpu_usage(gpus: &[skiff_model::Gpu], m: &[skiff_model::GpuMetrics]) -> [String; 4] {
+    if m.is_empty() {
+        return ["-".into(), "-".into(), "-".into(), "-".into()];
+    }
+    let util = m.iter().map(|x| u64::from(x.utilization_pct)).sum::<u64>() / m.len() as u64;
+    let used: u64 = m.iter().map(|x| x.memory_used_bytes).sum();
+    let total: u64 = gpus
+        .iter()
+        .filter(|g| !g.is_mig() && m.iter().any(|x| x.uuid == g.uuid))
+        .map(|g| g.memory_bytes)
+        .sum();
+    let temp = m.iter().map(|x| x.temperature_c).max().unwrap_or(0);
+    let power: u64 = m.iter().map(|x| u64::from(x.power_mw)).sum();
+    [
+        format!("{util}%"),
+        format!(
+            "{}/{}",
+            format_memory_human(used),
+            format_memory_human(total)
+        ),
+        format!("{temp}C"),
+        format!("{}W", power / 1000),
+    ]
+}
+
+/// `4 ok`, `3 ok, 1 unhealthy`, or `-` without GPUs: what can be given
+/// out (whole GPUs and MIG instances; an instance is unhealthy with its
+/// GPU).
+pub fn gpu_health(gpus: &[skiff_model::Gpu]) -> String {
+    let units: Vec<&skiff_model::Gpu> = gpus.iter().filter(|g| g.schedulable()).collect();
+    if units.is_empty() {
+        return "-".into();
+    }
+    let bad = units.iter().filter(|g| !g.healthy).count();
+    let ok = units.len() - bad;
+    if bad == 0 {
+        format!("{ok} ok")
+    } else {
+        format!("{ok} ok, {bad} unhealthy")
+    }
 }
 
 /// `k=v,k2=v2`, `-` for none.

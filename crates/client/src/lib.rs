@@ -86,6 +86,21 @@ pub struct NodeInfo {
     pub node: Node,
     pub heartbeat_age: Option<Duration>,
     pub used: Resources,
+    /// The node's latest GPU samples, as the answering server got them
+    /// with heartbeats (empty when it has none).
+    pub gpu_metrics: Vec<skiff_model::GpuMetrics>,
+    /// How old those samples are.
+    pub gpu_metrics_age: Option<Duration>,
+}
+
+/// The answer to a GPU reset.
+#[derive(Debug, Clone)]
+pub struct GpuReset {
+    /// The full UUID that was reset.
+    pub uuid: String,
+    /// It was unhealthy before, and why.
+    pub was_unhealthy: bool,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone)]
@@ -319,6 +334,8 @@ impl Client {
                         .try_into()?,
                     heartbeat_age: item.heartbeat_age_ms.map(Duration::from_millis),
                     used: item.used.map(Into::into).unwrap_or_default(),
+                    gpu_metrics: item.gpu_metrics.into_iter().map(Into::into).collect(),
+                    gpu_metrics_age: item.gpu_metrics_age_ms.map(Duration::from_millis),
                 })
             })
             .collect()
@@ -347,6 +364,24 @@ impl Client {
             .await?
             .into_inner();
         Ok(r.stopped)
+    }
+
+    /// Marks a GPU of `node` healthy again now, through the node's agent
+    /// (`uuid` may be a unique prefix).
+    pub async fn reset_gpu(&mut self, node: &str, uuid: &str) -> Result<GpuReset, ClientError> {
+        let r = self
+            .cluster
+            .reset_node_gpu(pb::ResetNodeGpuRequest {
+                node: node.into(),
+                uuid: uuid.into(),
+            })
+            .await?
+            .into_inner();
+        Ok(GpuReset {
+            uuid: r.uuid,
+            was_unhealthy: r.was_unhealthy,
+            reason: r.reason,
+        })
     }
 
     /// Streams an allocation's log; `id` may be a unique prefix.

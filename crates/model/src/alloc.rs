@@ -77,6 +77,11 @@ pub struct Allocation {
     /// Host ports held by this allocation on its node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<u16>,
+    /// Its GPUs that are unhealthy now, each as `UUID: reason`. Set by the
+    /// servers when the node reports a GPU unhealthy, cleared when it is
+    /// healthy again; the allocation itself keeps running.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unhealthy_gpus: Vec<String>,
     pub desired: DesiredStatus,
     pub status: AllocStatus,
     /// Exit code once the task exited.

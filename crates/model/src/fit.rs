@@ -226,9 +226,11 @@ mod tests {
                     model: if i < 2 { "A100" } else { "T4" }.into(),
                     memory_bytes: 16 << 30,
                     healthy: i != 3,
+                    ..Gpu::default()
                 })
                 .collect(),
             gpu_links: vec![],
+            gpu_driver: Default::default(),
             cordoned: false,
             draining: false,
             drain_deadline_ms: None,

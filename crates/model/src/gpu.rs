@@ -14,12 +14,17 @@ use crate::quantity::{format_memory, parse_memory};
 /// Most GPUs one node may report (and one task may ask for).
 pub const MAX_GPUS_PER_NODE: usize = 64;
 
-/// One GPU of a node, as its agent reports it.
+/// One schedulable GPU of a node, as its agent reports it: a whole GPU, or
+/// one MIG instance of a GPU in MIG mode. A GPU in MIG mode is reported
+/// too (with `mig_enabled`), so its attributes and health are visible, but
+/// only its instances are ever given to allocations.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Gpu {
-    /// Stable identifier (NVML's `GPU-...`); what allocations record.
+    /// Stable identifier (NVML's `GPU-...`, or `MIG-...` for an instance);
+    /// what allocations record.
     pub uuid: String,
-    /// Product name, e.g. `NVIDIA A100-SXM4-80GB`.
+    /// Product name, e.g. `NVIDIA A100-SXM4-80GB` (an instance carries its
+    /// GPU's).
     #[serde(default)]
     pub model: String,
     /// Device memory in bytes.
@@ -28,10 +33,148 @@ pub struct Gpu {
     /// Unhealthy GPUs are never offered to new work.
     #[serde(default = "yes")]
     pub healthy: bool,
+    /// Why the GPU is unhealthy (`XID 79: ...`); empty while healthy.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub health_reason: String,
+    /// NVML's index of the GPU (an instance: its GPU's index).
+    #[serde(default)]
+    pub index: u32,
+    /// CUDA compute capability, `major.minor` (`8.0`); empty when unknown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub compute_capability: String,
+    /// PCI bus id (`00000000:07:00.0`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pci_bus_id: String,
+    /// Highest PCIe generation and link width the GPU supports (0: unknown).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pcie_generation: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pcie_width: u32,
+    /// Power limit in milliwatts (0: unknown).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub power_limit_mw: u32,
+    /// Highest SM and memory clocks in MHz (0: unknown).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_sm_clock_mhz: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_memory_clock_mhz: u32,
+    /// The NUMA node the GPU is attached to, when the machine has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numa_node: Option<u32>,
+    /// The GPU is in MIG mode: only its instances are schedulable.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub mig_enabled: bool,
+    /// For a MIG instance: its profile (`1g.10gb`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mig_profile: Option<String>,
+    /// For a MIG instance: the UUID of its GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// GPUs (by UUID) or NVSwitches (by PCI bus id) at the other end of
+    /// this GPU's active NVLinks, one entry per peer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nvlink_peers: Vec<String>,
+}
+
+impl Default for Gpu {
+    fn default() -> Self {
+        Gpu {
+            uuid: String::new(),
+            model: String::new(),
+            memory_bytes: 0,
+            healthy: true,
+            health_reason: String::new(),
+            index: 0,
+            compute_capability: String::new(),
+            pci_bus_id: String::new(),
+            pcie_generation: 0,
+            pcie_width: 0,
+            power_limit_mw: 0,
+            max_sm_clock_mhz: 0,
+            max_memory_clock_mhz: 0,
+            numa_node: None,
+            mig_enabled: false,
+            mig_profile: None,
+            parent: None,
+            nvlink_peers: Vec::new(),
+        }
+    }
+}
+
+impl Gpu {
+    /// A whole GPU with these basics and every other attribute unknown.
+    pub fn new(uuid: impl Into<String>, model: impl Into<String>, memory_bytes: u64) -> Gpu {
+        Gpu {
+            uuid: uuid.into(),
+            model: model.into(),
+            memory_bytes,
+            ..Gpu::default()
+        }
+    }
+
+    /// Whether it can be given to an allocation at all: a GPU in MIG mode
+    /// cannot (its instances can).
+    pub fn schedulable(&self) -> bool {
+        !self.mig_enabled
+    }
+
+    /// True for a MIG instance.
+    pub fn is_mig(&self) -> bool {
+        self.mig_profile.is_some()
+    }
 }
 
 fn yes() -> bool {
     true
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The driver of a node's GPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuDriver {
+    /// Kernel driver version (`550.54.15`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub driver_version: String,
+    /// Highest CUDA version the driver supports (`12.4`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cuda_version: String,
+}
+
+impl GpuDriver {
+    pub fn is_empty(&self) -> bool {
+        self.driver_version.is_empty() && self.cuda_version.is_empty()
+    }
+}
+
+/// A live sample of one GPU, sent with heartbeats and kept in the servers'
+/// memory (never in the Raft log).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuMetrics {
+    pub uuid: String,
+    /// Percent of time a kernel ran, over the last sample period.
+    pub utilization_pct: u32,
+    /// Percent of time device memory was read or written.
+    #[serde(default)]
+    pub memory_utilization_pct: u32,
+    pub memory_used_bytes: u64,
+    pub temperature_c: u32,
+    pub power_mw: u32,
+    /// Volatile ECC error counts (since the driver loaded).
+    #[serde(default)]
+    pub ecc_corrected: u64,
+    #[serde(default)]
+    pub ecc_uncorrected: u64,
+    /// Why the clocks are held down right now (`sw_power_cap`,
+    /// `hw_slowdown`, ...); empty when they are not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub throttle_reasons: Vec<String>,
 }
 
 /// How closely two GPUs of one node are connected, closest first. Pairs a
@@ -102,17 +245,30 @@ pub struct GpuFilter {
     pub min_memory_bytes: u64,
     /// Only these GPUs (pinned by UUID).
     pub uuids: Vec<String>,
+    /// A MIG instance of this profile (`1g.10gb`) instead of a whole GPU.
+    pub mig: Option<String>,
 }
 
 impl GpuFilter {
     pub fn is_empty(&self) -> bool {
-        self.model.is_none() && self.min_memory_bytes == 0 && self.uuids.is_empty()
+        self.model.is_none()
+            && self.min_memory_bytes == 0
+            && self.uuids.is_empty()
+            && self.mig.is_none()
     }
 
     /// True when `gpu` is one this filter accepts (health is checked
-    /// separately).
+    /// separately). Without `mig` only whole GPUs are accepted, unless the
+    /// filter pins UUIDs, which may name MIG instances; a GPU in MIG mode
+    /// is never accepted itself.
     pub fn matches(&self, gpu: &Gpu) -> bool {
-        self.model.as_ref().is_none_or(|m| *m == gpu.model)
+        let kind = match &self.mig {
+            Some(p) => gpu.mig_profile.as_ref() == Some(p),
+            None => !gpu.is_mig() || !self.uuids.is_empty(),
+        };
+        gpu.schedulable()
+            && kind
+            && self.model.as_ref().is_none_or(|m| *m == gpu.model)
             && gpu.memory_bytes >= self.min_memory_bytes
             && (self.uuids.is_empty() || self.uuids.contains(&gpu.uuid))
     }
@@ -130,6 +286,9 @@ impl fmt::Display for GpuFilter {
                 format_memory(self.min_memory_bytes)
             ));
         }
+        if let Some(p) = &self.mig {
+            parts.push(format!("MIG {p}"));
+        }
         if !self.uuids.is_empty() {
             parts.push(format!("one of {}", self.uuids.join(", ")));
         }
@@ -146,6 +305,8 @@ struct GpuFilterForm {
     min_memory: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     uuids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mig: Option<String>,
 }
 
 impl Serialize for GpuFilter {
@@ -155,6 +316,7 @@ impl Serialize for GpuFilter {
             min_memory: (self.min_memory_bytes > 0)
                 .then(|| crate::job::format_memory_exact(self.min_memory_bytes)),
             uuids: self.uuids.clone(),
+            mig: self.mig.clone(),
         }
         .serialize(s)
     }
@@ -170,6 +332,7 @@ impl<'de> Deserialize<'de> for GpuFilter {
                 None => 0,
             },
             uuids: form.uuids,
+            mig: form.mig,
         })
     }
 }
@@ -246,12 +409,7 @@ mod tests {
     use super::*;
 
     fn gpu(uuid: &str, model: &str, mem_gi: u64) -> Gpu {
-        Gpu {
-            uuid: uuid.into(),
-            model: model.into(),
-            memory_bytes: mem_gi << 30,
-            healthy: true,
-        }
+        Gpu::new(uuid, model, mem_gi << 30)
     }
 
     #[test]
@@ -313,9 +471,48 @@ mod tests {
             model: Some("A100".into()),
             min_memory_bytes: 40 << 30,
             uuids: vec!["GPU-1".into()],
+            mig: None,
         };
         let yaml = serde_yaml_ng::to_string(&f).unwrap();
         assert!(yaml.contains("min_memory: 40Gi"), "{yaml}");
         assert_eq!(serde_yaml_ng::from_str::<GpuFilter>(&yaml).unwrap(), f);
+    }
+
+    #[test]
+    fn mig_instances_are_offered_only_to_tasks_that_ask_for_their_profile() {
+        let parent = Gpu {
+            mig_enabled: true,
+            ..gpu("GPU-p", "A100", 80)
+        };
+        let small = Gpu {
+            mig_profile: Some("1g.10gb".into()),
+            parent: Some("GPU-p".into()),
+            ..gpu("MIG-1", "A100", 10)
+        };
+        let whole = gpu("GPU-w", "A100", 80);
+        let any = GpuFilter::default();
+        assert!(any.matches(&whole));
+        assert!(!any.matches(&small), "a plain request gets whole GPUs");
+        assert!(
+            !any.matches(&parent),
+            "a GPU in MIG mode is never given out"
+        );
+        let mig = GpuFilter {
+            mig: Some("1g.10gb".into()),
+            ..Default::default()
+        };
+        assert!(mig.matches(&small));
+        assert!(!mig.matches(&whole));
+        assert!(!mig.matches(&parent));
+        let other = GpuFilter {
+            mig: Some("3g.40gb".into()),
+            ..Default::default()
+        };
+        assert!(!other.matches(&small));
+        let pinned = GpuFilter {
+            uuids: vec!["MIG-1".into()],
+            ..Default::default()
+        };
+        assert!(pinned.matches(&small), "a pinned MIG UUID needs no profile");
     }
 }

@@ -28,7 +28,7 @@ mod spec_sched;
 pub use alloc::{AllocStatus, Allocation, DesiredStatus};
 pub use error::{FieldError, SpecError};
 pub use eval::{EvalStatus, EvalTrigger, Evaluation};
-pub use gpu::{Gpu, GpuFilter, GpuLink, LinkLevel};
+pub use gpu::{Gpu, GpuDriver, GpuFilter, GpuLink, GpuMetrics, LinkLevel};
 pub use job::{ImageRef, Job, JobSpec, NetworkMode, Resources, TaskResources, TaskSpec};
 pub use lifecycle::{
     Backoff, Probe, ProbeAction, Probes, RestartPolicy, RestartSpec, Security, UserId,

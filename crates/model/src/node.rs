@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::gpu::{Gpu, GpuFilter, GpuLink};
+use crate::gpu::{Gpu, GpuDriver, GpuFilter, GpuLink};
 use crate::job::Resources;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +44,9 @@ pub struct Node {
     /// How the GPUs are connected, pair by pair.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gpu_links: Vec<GpuLink>,
+    /// Driver and CUDA versions of the node's GPUs.
+    #[serde(default, skip_serializing_if = "GpuDriver::is_empty")]
+    pub gpu_driver: GpuDriver,
     /// An operator marked the node unschedulable: no new work, what runs stays.
     #[serde(default)]
     pub cordoned: bool,
@@ -90,6 +93,29 @@ impl Node {
     /// Position of the GPU with this UUID in [`Node::gpus`].
     pub fn gpu_index(&self, uuid: &str) -> Option<usize> {
         self.gpus.iter().position(|g| g.uuid == uuid)
+    }
+
+    /// Mask of the healthy GPUs (and MIG instances) that can be given out
+    /// at all, whatever a task asks.
+    pub fn schedulable_gpus(&self) -> u64 {
+        let mut mask = 0u64;
+        for (i, g) in self
+            .gpus
+            .iter()
+            .enumerate()
+            .take(crate::gpu::MAX_GPUS_PER_NODE)
+        {
+            if g.healthy && g.schedulable() {
+                mask |= 1 << i;
+            }
+        }
+        mask
+    }
+
+    /// How many GPUs (and MIG instances) the node could give out when all
+    /// are healthy.
+    pub fn gpu_units(gpus: &[Gpu]) -> u32 {
+        gpus.iter().filter(|g| g.schedulable()).count() as u32
     }
 
     /// Mask of the healthy GPUs that `filter` accepts.

@@ -23,7 +23,7 @@ const MAX_LABEL: usize = 253;
 const RULE_FIELDS: &[&str] = &["label", "op", "value", "values"];
 const AFFINITY_FIELDS: &[&str] = &["label", "op", "value", "values", "weight"];
 const SPREAD_FIELDS: &[&str] = &["label", "max_skew"];
-const GPU_FIELDS: &[&str] = &["model", "min_memory", "uuids"];
+const GPU_FIELDS: &[&str] = &["model", "min_memory", "uuids", "mig"];
 
 /// The scheduling fields of a job, as parsed (before value rules).
 #[derive(Default)]
@@ -321,6 +321,9 @@ pub(crate) fn parse_task_resources(
             if let Some(u) = g.get("uuids") {
                 filter.uuids = string_list(u, &join(&gpath, "uuids"), errs);
             }
+            if let Some(m) = g.get("mig") {
+                filter.mig = as_string(m, &join(&gpath, "mig"), errs);
+            }
             // Pinned GPUs without a count ask for all of them.
             if r.gpus == 0 && !obj.contains_key("gpus") {
                 r.gpus = filter.uuids.len().min(MAX_GPUS_PER_NODE) as u32;
@@ -368,6 +371,31 @@ pub(crate) fn parse_task_resources(
     }
 }
 
+/// A MIG profile name as NVIDIA writes it: `[Cc.]Gg.Mgb`, optionally with
+/// a `+me`-style suffix (`1g.10gb`, `1c.3g.40gb`, `1g.10gb+me`).
+pub(crate) fn valid_mig_profile(p: &str) -> bool {
+    fn number_then<'a>(s: &'a str, unit: &str) -> Option<&'a str> {
+        let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+        (digits > 0 && digits <= 4)
+            .then(|| s[digits..].strip_prefix(unit))
+            .flatten()
+    }
+    if p.len() > 32 {
+        return false;
+    }
+    let (core, suffix) = match p.split_once('+') {
+        Some((c, s)) => (c, Some(s)),
+        None => (p, None),
+    };
+    if suffix.is_some_and(|s| s.is_empty() || !s.bytes().all(|b| b.is_ascii_lowercase())) {
+        return false;
+    }
+    let rest = number_then(core, "c.").unwrap_or(core);
+    number_then(rest, "g.")
+        .and_then(|r| number_then(r, "gb"))
+        .is_some_and(str::is_empty)
+}
+
 /// Value rules of the task's GPU and port requests.
 pub(crate) fn validate_task_resources(task: &TaskSpec, path: &str, errs: &mut Errors) {
     let r = &task.resources;
@@ -393,6 +421,14 @@ pub(crate) fn validate_task_resources(task: &TaskSpec, path: &str, errs: &mut Er
             errs.push(
                 &join(&gpath, "model"),
                 format!("must be 1 to {MAX_LABEL} characters"),
+            );
+        }
+    }
+    if let Some(p) = &r.gpu.mig {
+        if !valid_mig_profile(p) {
+            errs.push(
+                &join(&gpath, "mig"),
+                format!("{p:?} is not a MIG profile; expected e.g. 1g.10gb, 3g.40gb or 1c.2g.20gb"),
             );
         }
     }
@@ -589,6 +625,7 @@ fn validate_rule(c: &Constraint, path: &str, errs: &mut Errors) {
 
 #[cfg(test)]
 mod tests {
+    use super::valid_mig_profile;
     use crate::job::JobSpec;
     use crate::placement::{ConstraintOp, Spread};
 
@@ -684,6 +721,32 @@ mod tests {
         ] {
             assert_has(&errs, want);
         }
+    }
+
+    #[test]
+    fn mig_requests_parse_and_bad_profiles_are_named() {
+        let spec = JobSpec::from_yaml(
+            "name: x\ntask: {image: 'oci:/i', resources: {cpu: 1, memory: 1Gi, gpus: 1, gpu: {mig: 1g.18gb}}}",
+        )
+        .unwrap();
+        assert_eq!(spec.task.resources.gpu.mig.as_deref(), Some("1g.18gb"));
+        let yaml = serde_yaml_ng::to_string(&spec).unwrap();
+        assert_eq!(JobSpec::from_yaml(&yaml).unwrap(), spec, "{yaml}");
+        for good in ["1g.10gb", "7g.80gb", "1c.3g.40gb", "1g.10gb+me"] {
+            assert!(valid_mig_profile(good), "{good}");
+        }
+        for bad in ["", "1g", "g.10gb", "1g.10", "1g.10gb+", "1g.10gb+ME", "big"] {
+            assert!(!valid_mig_profile(bad), "{bad}");
+        }
+        let err = JobSpec::from_yaml(
+            "name: x\ntask: {image: 'oci:/i', resources: {cpu: 1, memory: 1Gi, gpus: 1, gpu: {mig: huge}}}",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("task.resources.gpu.mig: \"huge\" is not a MIG profile"),
+            "{err}"
+        );
     }
 
     #[test]

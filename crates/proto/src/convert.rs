@@ -55,6 +55,20 @@ impl From<&m::Gpu> for pb::Gpu {
             model: g.model.clone(),
             memory_bytes: g.memory_bytes,
             healthy: g.healthy,
+            health_reason: g.health_reason.clone(),
+            index: g.index,
+            compute_capability: g.compute_capability.clone(),
+            pci_bus_id: g.pci_bus_id.clone(),
+            pcie_generation: g.pcie_generation,
+            pcie_width: g.pcie_width,
+            power_limit_mw: g.power_limit_mw,
+            max_sm_clock_mhz: g.max_sm_clock_mhz,
+            max_memory_clock_mhz: g.max_memory_clock_mhz,
+            numa_node: g.numa_node,
+            mig_enabled: g.mig_enabled,
+            mig_profile: g.mig_profile.clone(),
+            parent: g.parent.clone(),
+            nvlink_peers: g.nvlink_peers.clone(),
         }
     }
 }
@@ -66,6 +80,52 @@ impl From<pb::Gpu> for m::Gpu {
             model: g.model,
             memory_bytes: g.memory_bytes,
             healthy: g.healthy,
+            health_reason: g.health_reason,
+            index: g.index,
+            compute_capability: g.compute_capability,
+            pci_bus_id: g.pci_bus_id,
+            pcie_generation: g.pcie_generation,
+            pcie_width: g.pcie_width,
+            power_limit_mw: g.power_limit_mw,
+            max_sm_clock_mhz: g.max_sm_clock_mhz,
+            max_memory_clock_mhz: g.max_memory_clock_mhz,
+            numa_node: g.numa_node,
+            mig_enabled: g.mig_enabled,
+            mig_profile: g.mig_profile,
+            parent: g.parent,
+            nvlink_peers: g.nvlink_peers,
+        }
+    }
+}
+
+impl From<&m::GpuMetrics> for pb::GpuMetrics {
+    fn from(g: &m::GpuMetrics) -> Self {
+        pb::GpuMetrics {
+            uuid: g.uuid.clone(),
+            utilization_pct: g.utilization_pct,
+            memory_utilization_pct: g.memory_utilization_pct,
+            memory_used_bytes: g.memory_used_bytes,
+            temperature_c: g.temperature_c,
+            power_mw: g.power_mw,
+            ecc_corrected: g.ecc_corrected,
+            ecc_uncorrected: g.ecc_uncorrected,
+            throttle_reasons: g.throttle_reasons.clone(),
+        }
+    }
+}
+
+impl From<pb::GpuMetrics> for m::GpuMetrics {
+    fn from(g: pb::GpuMetrics) -> Self {
+        m::GpuMetrics {
+            uuid: g.uuid,
+            utilization_pct: g.utilization_pct,
+            memory_utilization_pct: g.memory_utilization_pct,
+            memory_used_bytes: g.memory_used_bytes,
+            temperature_c: g.temperature_c,
+            power_mw: g.power_mw,
+            ecc_corrected: g.ecc_corrected,
+            ecc_uncorrected: g.ecc_uncorrected,
+            throttle_reasons: g.throttle_reasons,
         }
     }
 }
@@ -111,6 +171,7 @@ fn gpu_filter_to_wire(f: &m::GpuFilter) -> Option<pb::GpuFilter> {
         model: f.model.clone(),
         min_memory_bytes: f.min_memory_bytes,
         uuids: f.uuids.clone(),
+        mig: f.mig.clone(),
     })
 }
 
@@ -409,6 +470,7 @@ fn task_from_wire(t: pb::TaskSpec, path: &str) -> Result<m::TaskSpec, WireError>
                 model: g.model,
                 min_memory_bytes: g.min_memory_bytes,
                 uuids: g.uuids,
+                mig: g.mig,
             });
             Some(m::TaskResources {
                 cpu_millis: r.cpu_millis,
@@ -595,6 +657,8 @@ impl From<&m::Node> for pb::Node {
             draining: n.draining,
             drained: n.drained,
             drain_deadline_ms: n.drain_deadline_ms,
+            gpu_driver_version: n.gpu_driver.driver_version.clone(),
+            cuda_version: n.gpu_driver.cuda_version.clone(),
         }
     }
 }
@@ -625,6 +689,10 @@ impl TryFrom<pb::Node> for m::Node {
             allocatable: required(n.allocatable, "allocatable")?.into(),
             gpus: n.gpus.into_iter().map(Into::into).collect(),
             gpu_links,
+            gpu_driver: m::GpuDriver {
+                driver_version: n.gpu_driver_version,
+                cuda_version: n.cuda_version,
+            },
             cordoned: n.cordoned,
             draining: n.draining,
             drained: n.drained,
@@ -692,6 +760,7 @@ impl From<&m::Allocation> for pb::Allocation {
             reason: a.reason.clone(),
             gpus: a.gpus.clone(),
             ports: a.ports.iter().map(|&p| u32::from(p)).collect(),
+            unhealthy_gpus: a.unhealthy_gpus.clone(),
         }
     }
 }
@@ -717,6 +786,7 @@ impl TryFrom<pb::Allocation> for m::Allocation {
         Ok(m::Allocation {
             gpus: a.gpus,
             ports,
+            unhealthy_gpus: a.unhealthy_gpus,
             status: alloc_status_from_wire(a.status, "status")?,
             task: task_from_wire(required(a.task, "task")?, "task")?,
             id: a.id,
@@ -805,7 +875,7 @@ task:
              constraints: [{label: zone, op: in, values: [a, b]}, {label: cores, op: '>', value: 8}]\n\
              spread: {label: rack, max_skew: 2}\n\
              affinities: [{label: ssd, op: exists, weight: -30}]\n\
-             task: {image: 'oci:/i', resources: {cpu: 2, memory: 1Gi, gpus: 2, gpu: {model: A100, min_memory: 40Gi, uuids: [u1, u2]}, ports: [80, 443]}}",
+             task: {image: 'oci:/i', resources: {cpu: 2, memory: 1Gi, gpus: 2, gpu: {model: A100, min_memory: 40Gi, uuids: [u1, u2], mig: 1g.10gb}, ports: [80, 443]}}",
         )
         .unwrap();
         let wire: pb::JobSpec = (&s).into();
@@ -848,14 +918,38 @@ task:
                     model: "A100".into(),
                     memory_bytes: 80 << 30,
                     healthy: true,
+                    ..m::Gpu::default()
                 },
                 m::Gpu {
                     uuid: "GPU-1".into(),
                     model: "A100".into(),
                     memory_bytes: 80 << 30,
                     healthy: false,
+                    health_reason: "XID 79".into(),
+                    index: 1,
+                    compute_capability: "8.0".into(),
+                    pci_bus_id: "00000000:07:00.0".into(),
+                    pcie_generation: 4,
+                    pcie_width: 16,
+                    power_limit_mw: 400_000,
+                    max_sm_clock_mhz: 1410,
+                    max_memory_clock_mhz: 1593,
+                    numa_node: Some(1),
+                    mig_enabled: true,
+                    mig_profile: None,
+                    parent: None,
+                    nvlink_peers: vec!["GPU-0".into()],
+                },
+                m::Gpu {
+                    mig_profile: Some("1g.10gb".into()),
+                    parent: Some("GPU-1".into()),
+                    ..m::Gpu::new("MIG-1", "A100", 10 << 30)
                 },
             ],
+            gpu_driver: m::GpuDriver {
+                driver_version: "550.54.15".into(),
+                cuda_version: "12.4".into(),
+            },
             gpu_links: vec![m::GpuLink {
                 a: "GPU-0".into(),
                 b: "GPU-1".into(),
@@ -905,6 +999,7 @@ task:
             task: spec().task,
             gpus: vec!["GPU-1".into()],
             ports: vec![8080],
+            unhealthy_gpus: vec!["GPU-1: XID 79 (fell off the bus)".into()],
             desired: m::DesiredStatus::Stop,
             status: m::AllocStatus::Failed,
             exit_code: Some(3),

@@ -190,18 +190,66 @@ impl pb::cluster_server::Cluster for ClusterApi {
         req: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         self.ctx.read_barrier(req.get_ref().stale).await?;
-        let ages = heartbeat_ages(&self.ctx).await;
+        let view = heartbeat_view(&self.ctx).await;
         let state = self.ctx.store.state();
         let nodes = state
             .nodes
             .values()
-            .map(|n| pb::NodeListItem {
-                node: Some(n.into()),
-                heartbeat_age_ms: ages.get(&n.name).copied(),
-                used: Some(skiff_model::fit::used_on(&n.name, state.allocs.values()).into()),
+            .map(|n| {
+                let (gpu_metrics, gpu_age) = match view.gpu.get(&n.name) {
+                    Some(s) => (s.metrics.clone(), Some(s.age_ms)),
+                    None => (Vec::new(), None),
+                };
+                pb::NodeListItem {
+                    node: Some(n.into()),
+                    heartbeat_age_ms: view.age_ms.get(&n.name).copied(),
+                    used: Some(skiff_model::fit::used_on(&n.name, state.allocs.values()).into()),
+                    gpu_metrics,
+                    gpu_metrics_age_ms: gpu_age,
+                }
             })
             .collect();
         Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    async fn reset_node_gpu(
+        &self,
+        req: Request<pb::ResetNodeGpuRequest>,
+    ) -> Result<Response<pb::ResetGpuResponse>, Status> {
+        let r = req.into_inner();
+        check_name("node", &r.node)?;
+        check_name("uuid", &r.uuid)?;
+        let (uuid, address) = {
+            let state = self.ctx.store.state();
+            let node = state
+                .nodes
+                .get(&r.node)
+                .ok_or_else(|| Status::not_found(format!("node {:?} not found", r.node)))?;
+            let mut matches = node.gpus.iter().filter(|g| g.uuid.starts_with(&r.uuid));
+            let gpu = match (matches.next(), matches.next()) {
+                (Some(g), None) => g,
+                (Some(_), Some(_)) => {
+                    return Err(Status::invalid_argument(format!(
+                        "uuid: {:?} matches several GPUs of node {}; give more characters",
+                        r.uuid, r.node
+                    )))
+                }
+                (None, _) => {
+                    return Err(Status::not_found(format!(
+                        "node {} has no GPU {:?}",
+                        r.node, r.uuid
+                    )))
+                }
+            };
+            (gpu.uuid.clone(), node.address.clone())
+        };
+        let mut agent = agent_client(&address).await?;
+        let resp = agent
+            .reset_gpu(pb::ResetGpuRequest { uuid: uuid.clone() })
+            .await?
+            .into_inner();
+        tracing::info!(node = %r.node, gpu = %uuid, was_unhealthy = resp.was_unhealthy, "GPU reset");
+        Ok(Response::new(resp))
     }
 
     async fn set_node_eligibility(
@@ -450,27 +498,32 @@ impl ClusterApi {
             })?;
             (alloc.id.clone(), node.address.clone())
         };
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| Status::internal(format!("bad agent address {address:?}: {e}")))?
-            .connect_timeout(std::time::Duration::from_secs(5));
-        let channel = endpoint.connect().await.map_err(|e| {
-            Status::unavailable(format!("cannot reach the agent at {address}: {e}"))
-        })?;
-        let agent = pb::agent_api_client::AgentApiClient::new(channel)
-            .max_decoding_message_size(skiff_proto::MAX_EXEC_MESSAGE_BYTES);
-        Ok((alloc_id, agent))
+        Ok((alloc_id, agent_client(&address).await?))
     }
 }
 
-/// Heartbeat ages in milliseconds, as the leader (which tracks them) sees
+/// Heartbeat ages and GPU samples, as the leader (which tracks them) sees
 /// them; this server's own view when the leader cannot be asked.
-async fn heartbeat_ages(ctx: &Ctx) -> std::collections::HashMap<String, u64> {
-    let local = || {
-        ctx.heartbeats
+async fn heartbeat_view(ctx: &Ctx) -> pb::HeartbeatAgesResponse {
+    let local = || pb::HeartbeatAgesResponse {
+        age_ms: ctx
+            .heartbeats
             .ages()
             .into_iter()
             .map(|(n, d)| (n, d.as_millis() as u64))
-            .collect()
+            .collect(),
+        gpu: ctx
+            .heartbeats
+            .all_gpu_metrics()
+            .into_iter()
+            .map(|(n, (m, age))| {
+                let samples = pb::NodeGpuSamples {
+                    metrics: m.iter().map(Into::into).collect(),
+                    age_ms: age.as_millis() as u64,
+                };
+                (n, samples)
+            })
+            .collect(),
     };
     let status = ctx.store.status();
     if status.role == skiff_store::Role::Leader || status.leader_id == 0 {
@@ -485,9 +538,24 @@ async fn heartbeat_ages(ctx: &Ctx) -> std::collections::HashMap<String, u64> {
     )
     .await
     {
-        Ok(Ok(r)) => r.into_inner().age_ms.into_iter().collect(),
+        Ok(Ok(r)) => r.into_inner(),
         _ => local(),
     }
+}
+
+/// A client for the agent API at `address` (`host:port`).
+async fn agent_client(
+    address: &str,
+) -> Result<pb::agent_api_client::AgentApiClient<tonic::transport::Channel>, Status> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| Status::internal(format!("bad agent address {address:?}: {e}")))?
+        .connect_timeout(std::time::Duration::from_secs(5));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| Status::unavailable(format!("cannot reach the agent at {address}: {e}")))?;
+    Ok(pb::agent_api_client::AgentApiClient::new(channel)
+        .max_decoding_message_size(skiff_proto::MAX_EXEC_MESSAGE_BYTES))
 }
 
 /// Finds an allocation by its id or by a unique prefix of it (as tables

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use skiff_model::NodeStatus;
+use skiff_model::{GpuMetrics, NodeStatus};
 use skiff_store::Command;
 
 use crate::Ctx;
@@ -76,6 +76,8 @@ struct Beat {
 #[derive(Default)]
 pub struct Heartbeats {
     beats: Mutex<HashMap<String, Beat>>,
+    /// The GPU samples the latest heartbeats carried, and when they came.
+    gpu: Mutex<HashMap<String, (Vec<GpuMetrics>, Instant)>>,
 }
 
 impl Heartbeats {
@@ -89,6 +91,31 @@ impl Heartbeats {
                 deadline: now + ttl,
             },
         );
+    }
+
+    /// Keeps the GPU samples a heartbeat carried (none: the last stay).
+    pub fn record_gpu_metrics(&self, node: &str, metrics: Vec<GpuMetrics>) {
+        if metrics.is_empty() {
+            return;
+        }
+        self.gpu
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.to_string(), (metrics, Instant::now()));
+    }
+
+    /// The node's last GPU samples and their age, if this server got any.
+    pub fn gpu_metrics(&self, node: &str) -> Option<(Vec<GpuMetrics>, Duration)> {
+        let gpu = self.gpu.lock().unwrap_or_else(|p| p.into_inner());
+        gpu.get(node).map(|(m, at)| (m.clone(), at.elapsed()))
+    }
+
+    /// Every node's last GPU samples and their age.
+    pub fn all_gpu_metrics(&self) -> HashMap<String, (Vec<GpuMetrics>, Duration)> {
+        let gpu = self.gpu.lock().unwrap_or_else(|p| p.into_inner());
+        gpu.iter()
+            .map(|(n, (m, at))| (n.clone(), (m.clone(), at.elapsed())))
+            .collect()
     }
 
     /// Time since the node's last heartbeat, if this server saw one.

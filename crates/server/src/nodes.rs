@@ -6,7 +6,7 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use skiff_model::Allocation;
+use skiff_model::{Allocation, GpuMetrics};
 use skiff_proto::pb;
 use skiff_store::command::{AllocUpdate, NodeRegistration};
 use skiff_store::Command;
@@ -31,7 +31,13 @@ impl NodeService {
 /// Records a heartbeat where it counts: on the leader, relayed there by a
 /// follower. When the leader cannot be reached the heartbeat is kept here
 /// and the agent is given the shortest TTL, so it tries again soon.
-pub(crate) async fn heartbeat(ctx: &Ctx, node: &str) -> pb::HeartbeatResponse {
+pub(crate) async fn heartbeat(
+    ctx: &Ctx,
+    node: &str,
+    gpu_metrics: Vec<GpuMetrics>,
+) -> pb::HeartbeatResponse {
+    let wire_metrics: Vec<pb::GpuMetrics> = gpu_metrics.iter().map(Into::into).collect();
+    ctx.heartbeats.record_gpu_metrics(node, gpu_metrics);
     let nodes = ctx.store.state().nodes.len();
     let status = ctx.store.status();
     if status.role == skiff_store::Role::Leader {
@@ -50,6 +56,7 @@ pub(crate) async fn heartbeat(ctx: &Ctx, node: &str) -> pb::HeartbeatResponse {
             Duration::from_secs(2),
             pb::peer_client::PeerClient::new(channel).heartbeat(pb::HeartbeatRequest {
                 name: node.to_string(),
+                gpu_metrics: wire_metrics,
             }),
         )
         .await
@@ -121,6 +128,42 @@ fn check_gpus(
                 g.uuid
             )));
         }
+        let texts = [
+            ("health_reason", &g.health_reason, 1024),
+            ("compute_capability", &g.compute_capability, 16),
+            ("pci_bus_id", &g.pci_bus_id, 64),
+        ];
+        for (field, text, max) in texts {
+            if text.len() > max {
+                return Err(Status::invalid_argument(format!(
+                    "gpus[{i}].{field}: must be at most {max} characters"
+                )));
+            }
+        }
+        if let Some(p) = &g.mig_profile {
+            if p.is_empty() || p.len() > 32 {
+                return Err(Status::invalid_argument(format!(
+                    "gpus[{i}].mig_profile: must be 1 to 32 characters"
+                )));
+            }
+        }
+        if g.mig_enabled && g.mig_profile.is_some() {
+            return Err(Status::invalid_argument(format!(
+                "gpus[{i}]: a MIG instance cannot be in MIG mode itself"
+            )));
+        }
+        if let Some(parent) = &g.parent {
+            if !gpus.iter().any(|o| o.uuid == *parent && o.mig_enabled) {
+                return Err(Status::invalid_argument(format!(
+                    "gpus[{i}].parent: {parent:?} is not one of the node's GPUs in MIG mode"
+                )));
+            }
+        }
+        if g.nvlink_peers.len() > 64 || g.nvlink_peers.iter().any(|p| p.len() > 253) {
+            return Err(Status::invalid_argument(format!(
+                "gpus[{i}].nvlink_peers: at most 64 peers of at most 253 characters"
+            )));
+        }
     }
     let max_links = MAX_GPUS_PER_NODE * MAX_GPUS_PER_NODE;
     if links.len() > max_links {
@@ -149,6 +192,31 @@ fn check_gpus(
         out.push(l);
     }
     Ok((gpus, out))
+}
+
+/// GPU samples from a heartbeat: at most one per reportable GPU, with
+/// bounded texts.
+pub(crate) fn check_gpu_metrics(metrics: Vec<pb::GpuMetrics>) -> Result<Vec<GpuMetrics>, Status> {
+    use skiff_model::gpu::MAX_GPUS_PER_NODE;
+    if metrics.len() > MAX_GPUS_PER_NODE {
+        return Err(Status::invalid_argument(format!(
+            "gpu_metrics: {} samples; at most {MAX_GPUS_PER_NODE}",
+            metrics.len()
+        )));
+    }
+    for (i, m) in metrics.iter().enumerate() {
+        if m.uuid.is_empty() || m.uuid.len() > 253 {
+            return Err(Status::invalid_argument(format!(
+                "gpu_metrics[{i}].uuid: must be 1 to 253 characters"
+            )));
+        }
+        if m.throttle_reasons.len() > 32 || m.throttle_reasons.iter().any(|t| t.len() > 64) {
+            return Err(Status::invalid_argument(format!(
+                "gpu_metrics[{i}].throttle_reasons: at most 32 of at most 64 characters"
+            )));
+        }
+    }
+    Ok(metrics.into_iter().map(Into::into).collect())
 }
 
 type AllocStream = Pin<Box<dyn Stream<Item = Result<pb::AllocationSet, Status>> + Send>>;
@@ -199,6 +267,10 @@ impl pb::node_api_server::NodeApi for NodeService {
             agent_version: r.agent_version,
             gpus,
             gpu_links,
+            gpu_driver: skiff_model::GpuDriver {
+                driver_version: r.gpu_driver_version.chars().take(64).collect(),
+                cuda_version: r.cuda_version.chars().take(32).collect(),
+            },
         };
         self.ctx
             .propose(&Command::RegisterNode { registration })
@@ -217,14 +289,16 @@ impl pb::node_api_server::NodeApi for NodeService {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let name = req.into_inner().name;
+        let r = req.into_inner();
+        let name = r.name;
         check_node_name(&name)?;
         if !self.ctx.store.state().nodes.contains_key(&name) {
             return Err(Status::not_found(format!(
                 "node {name:?} is not registered; register first"
             )));
         }
-        Ok(Response::new(heartbeat(&self.ctx, &name).await))
+        let metrics = check_gpu_metrics(r.gpu_metrics)?;
+        Ok(Response::new(heartbeat(&self.ctx, &name, metrics).await))
     }
 
     type WatchAllocationsStream = AllocStream;

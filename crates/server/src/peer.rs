@@ -273,9 +273,10 @@ impl pb::peer_server::Peer for PeerService {
         if !self.ctx.store.is_leader() {
             return Err(not_leader_status());
         }
-        let name = req.into_inner().name;
+        let r = req.into_inner();
+        let metrics = crate::nodes::check_gpu_metrics(r.gpu_metrics)?;
         Ok(Response::new(
-            crate::nodes::heartbeat(&self.ctx, &name).await,
+            crate::nodes::heartbeat(&self.ctx, &r.name, metrics).await,
         ))
     }
 
@@ -290,6 +291,19 @@ impl pb::peer_server::Peer for PeerService {
                 .ages()
                 .into_iter()
                 .map(|(n, d)| (n, d.as_millis() as u64))
+                .collect(),
+            gpu: self
+                .ctx
+                .heartbeats
+                .all_gpu_metrics()
+                .into_iter()
+                .map(|(n, (m, age))| {
+                    let samples = pb::NodeGpuSamples {
+                        metrics: m.iter().map(Into::into).collect(),
+                        age_ms: age.as_millis() as u64,
+                    };
+                    (n, samples)
+                })
                 .collect(),
         }))
     }

@@ -25,6 +25,7 @@ fn gpu(uuid: &str) -> skiff_model::Gpu {
         model: "A100".into(),
         memory_bytes: 80 << 30,
         healthy: true,
+        ..skiff_model::Gpu::default()
     }
 }
 
@@ -62,6 +63,7 @@ async fn racing_plans_from_one_snapshot_never_overcommit_a_node() {
                 agent_version: "test".into(),
                 gpus: vec![gpu("GPU-0"), gpu("GPU-1"), gpu("GPU-2")],
                 gpu_links: vec![],
+                gpu_driver: Default::default(),
             },
         })
         .await
@@ -236,9 +238,11 @@ async fn register(ch: Channel, name: &str, zone: &str, gpus: usize) {
                     model: "A100".into(),
                     memory_bytes: 80 << 30,
                     healthy: true,
+                    ..Default::default()
                 })
                 .collect(),
             gpu_links: links,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -488,14 +492,14 @@ async fn registration_refuses_malformed_gpu_inventories() {
         reserved: None,
         address: "127.0.0.1:7702".into(),
         agent_version: "t".into(),
-        gpus: vec![],
-        gpu_links: vec![],
+        ..Default::default()
     };
     let g = |uuid: &str| pb::Gpu {
         uuid: uuid.into(),
         model: "A100".into(),
         memory_bytes: 1,
         healthy: true,
+        ..Default::default()
     };
     let cases = [
         (
@@ -523,6 +527,20 @@ async fn registration_refuses_malformed_gpu_inventories() {
                 ..base.clone()
             },
             "gpus: 65 GPUs; a node may report at most 64",
+        ),
+        (
+            pb::RegisterRequest {
+                gpus: vec![
+                    g("GPU-a"),
+                    pb::Gpu {
+                        mig_profile: Some("1g.10gb".into()),
+                        parent: Some("GPU-a".into()),
+                        ..g("MIG-1")
+                    },
+                ],
+                ..base.clone()
+            },
+            "gpus[1].parent: \"GPU-a\" is not one of the node's GPUs in MIG mode",
         ),
         (
             pb::RegisterRequest {

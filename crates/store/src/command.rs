@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use skiff_model::{AllocStatus, Gpu, GpuLink, JobSpec, Placement, Resources, Stop};
+use skiff_model::{AllocStatus, Gpu, GpuDriver, GpuLink, JobSpec, Placement, Resources, Stop};
 
 /// Version of the command encoding written by this build. An entry written
 /// by a newer server, carrying a command this build does not know, is
@@ -89,12 +89,14 @@ pub struct NodeRegistration {
     pub reserved: Resources,
     pub address: String,
     pub agent_version: String,
-    /// The node's GPUs (the agent reports none until GPU discovery lands;
-    /// tests and benches register GPU nodes directly).
+    /// The node's GPUs and MIG instances, with their health. The agent
+    /// registers again whenever they or their health change.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gpus: Vec<Gpu>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gpu_links: Vec<GpuLink>,
+    #[serde(default, skip_serializing_if = "GpuDriver::is_empty")]
+    pub gpu_driver: GpuDriver,
 }
 
 /// A plan as it travels through Raft: the scheduler's plan plus the ids the

@@ -360,8 +360,15 @@ impl State {
     }
 
     fn register_node(&mut self, index: u64, reg: &NodeRegistration) -> Outcome {
-        let healthy = reg.gpus.iter().filter(|g| g.healthy).count() as u32;
-        let capacity = reg.capacity.with_gpus(reg.gpus.len() as u32);
+        // GPUs count as schedulable units: whole GPUs and MIG instances,
+        // not the GPUs in MIG mode that hold the instances.
+        let units = Node::gpu_units(&reg.gpus);
+        let healthy = reg
+            .gpus
+            .iter()
+            .filter(|g| g.healthy && g.schedulable())
+            .count() as u32;
+        let capacity = reg.capacity.with_gpus(units);
         let allocatable = reg.capacity.saturating_sub(reg.reserved).with_gpus(healthy);
         let old = self.nodes.get(&reg.name);
         let create_index = old.map(|n| n.create_index).unwrap_or(index);
@@ -378,6 +385,7 @@ impl State {
             allocatable,
             gpus: reg.gpus.clone(),
             gpu_links: reg.gpu_links.clone(),
+            gpu_driver: reg.gpu_driver.clone(),
             cordoned,
             draining,
             drain_deadline_ms,
@@ -396,9 +404,46 @@ impl State {
         if changed {
             self.nodes.insert(reg.name.clone(), node);
             self.touch(Table::Node, &reg.name);
+            self.flag_unhealthy_gpus(index, &reg.name);
             self.unblock(index);
         }
         Outcome::NodeRegistered
+    }
+
+    /// Marks the allocations on `node` that hold a GPU the node reports
+    /// unhealthy (or no longer reports at all), and clears the mark of
+    /// those whose GPUs are healthy again.
+    fn flag_unhealthy_gpus(&mut self, index: u64, node: &str) {
+        let Some(n) = self.nodes.get(node) else {
+            return;
+        };
+        let mut changed = Vec::new();
+        for a in self.allocs.values_mut() {
+            if a.node != node || a.gpus.is_empty() || !a.holds_resources() {
+                continue;
+            }
+            let flags: Vec<String> = a
+                .gpus
+                .iter()
+                .filter_map(|uuid| match n.gpus.iter().find(|g| g.uuid == *uuid) {
+                    None => Some(format!("{uuid}: no longer reported by the node")),
+                    Some(g) if !g.healthy => Some(if g.health_reason.is_empty() {
+                        format!("{uuid}: unhealthy")
+                    } else {
+                        format!("{uuid}: {}", g.health_reason)
+                    }),
+                    Some(_) => None,
+                })
+                .collect();
+            if flags != a.unhealthy_gpus {
+                a.unhealthy_gpus = flags;
+                a.modify_index = index;
+                changed.push(a.id.clone());
+            }
+        }
+        for id in changed {
+            self.touch(Table::Alloc, &id);
+        }
     }
 
     fn apply_plan(&mut self, index: u64, plan: &PlanCommand) -> Outcome {
@@ -471,6 +516,7 @@ impl State {
                     task: job.spec.task.clone(),
                     gpus: new.placement.gpus.clone(),
                     ports: job.spec.task.resources.ports.clone(),
+                    unhealthy_gpus: Vec::new(),
                     desired: DesiredStatus::Run,
                     status: AllocStatus::Pending,
                     exit_code: None,

@@ -231,6 +231,7 @@ mod tests {
                     agent_version: "t".into(),
                     gpus: vec![],
                     gpu_links: vec![],
+                    gpu_driver: Default::default(),
                 },
             },
         );

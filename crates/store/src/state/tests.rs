@@ -21,6 +21,7 @@ fn reg(name: &str, cpu: u64, mem_mi: u64) -> Command {
             agent_version: "test".into(),
             gpus: vec![],
             gpu_links: vec![],
+            gpu_driver: Default::default(),
         },
     }
 }
@@ -37,6 +38,7 @@ fn gpu_reg(name: &str, gpus: usize, one_sick: bool) -> Command {
             model: "A100".into(),
             memory_bytes: 80 << 30,
             healthy: !(one_sick && i + 1 == gpus),
+            ..Gpu::default()
         })
         .collect();
     Command::RegisterNode { registration }
@@ -488,6 +490,72 @@ fn a_registered_node_offers_only_its_healthy_gpus() {
     let n = &h.state.nodes["g"];
     assert_eq!((n.capacity.gpus, n.allocatable.gpus), (4, 3));
     assert_eq!(n.gpus.len(), 4);
+}
+
+#[test]
+fn mig_instances_count_as_gpus_and_their_parent_does_not() {
+    let mut h = Harness::new();
+    let Command::RegisterNode { mut registration } = reg("m", 8000, 8192) else {
+        unreachable!()
+    };
+    registration.gpus = vec![
+        Gpu {
+            mig_enabled: true,
+            ..Gpu::new("GPU-p", "A100", 80 << 30)
+        },
+        Gpu {
+            mig_profile: Some("3g.40gb".into()),
+            parent: Some("GPU-p".into()),
+            ..Gpu::new("MIG-a", "A100", 40 << 30)
+        },
+        Gpu {
+            mig_profile: Some("3g.40gb".into()),
+            parent: Some("GPU-p".into()),
+            healthy: false,
+            ..Gpu::new("MIG-b", "A100", 40 << 30)
+        },
+        Gpu::new("GPU-w", "A100", 80 << 30),
+    ];
+    h.apply(Command::RegisterNode { registration });
+    let n = &h.state.nodes["m"];
+    assert_eq!((n.capacity.gpus, n.allocatable.gpus), (3, 2));
+}
+
+#[test]
+fn allocations_on_a_gpu_that_turns_unhealthy_are_flagged_until_it_recovers() {
+    let mut h = Harness::new();
+    h.apply(gpu_reg("g", 2, false));
+    h.apply(Command::UpsertJob {
+        spec: job_spec(&format!("name: a\n{GPU_JOB}")),
+    });
+    let p = plan_gpus(
+        &h,
+        "a",
+        &[(0, "g", &["g-gpu0"]), (1, "g", &["g-gpu1"])],
+        &[],
+    );
+    assert_eq!(applied(h.apply(p)).placed, 2);
+    let Command::RegisterNode { mut registration } = gpu_reg("g", 2, false) else {
+        unreachable!()
+    };
+    registration.gpus[1].healthy = false;
+    registration.gpus[1].health_reason = "XID 79: fell off the bus".into();
+    h.apply(Command::RegisterNode {
+        registration: registration.clone(),
+    });
+    assert!(h.state.allocs["a-0-g"].unhealthy_gpus.is_empty());
+    assert_eq!(
+        h.state.allocs["a-1-g"].unhealthy_gpus,
+        ["g-gpu1: XID 79: fell off the bus"]
+    );
+    assert_eq!(h.state.nodes["g"].allocatable.gpus, 1);
+    // The allocation keeps running: only the flag says what happened.
+    assert_eq!(h.state.allocs["a-1-g"].desired, DesiredStatus::Run);
+    registration.gpus[1].healthy = true;
+    registration.gpus[1].health_reason.clear();
+    h.apply(Command::RegisterNode { registration });
+    assert!(h.state.allocs["a-1-g"].unhealthy_gpus.is_empty());
+    assert_eq!(h.state.nodes["g"].allocatable.gpus, 2);
 }
 
 #[test]
