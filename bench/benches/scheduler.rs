@@ -35,23 +35,19 @@ fn filled(shape: Shape, node_count: usize, tasks: usize) -> (Vec<Node>, Vec<Allo
             view.commit(j, &plan, &ids, 2);
             for (p, id) in plan.placements.iter().zip(&ids) {
                 allocs.push(Allocation {
-                    id: id.clone(),
-                    job: j.spec.name.clone(),
-                    job_version: 1,
-                    replica: p.replica,
-                    node: p.node.clone(),
-                    task: j.spec.task.clone(),
                     gpus: p.gpus.clone(),
                     ports: vec![],
-                    desired: DesiredStatus::Run,
                     status: AllocStatus::Running,
-                    exit_code: None,
-                    message: String::new(),
-                    restart_count: 0,
-                    healthy: None,
-                    reason: String::new(),
                     create_index: 2,
                     modify_index: 2,
+                    ..Allocation::new(
+                        id.clone(),
+                        j.spec.name.clone(),
+                        1,
+                        p.replica,
+                        p.node.clone(),
+                        j.spec.task.clone(),
+                    )
                 });
             }
         }
@@ -107,23 +103,17 @@ fn preempt_and_explain(c: &mut Criterion) {
         .flat_map(|n| {
             let low = &low;
             (0..4).map(move |k| Allocation {
-                id: format!("{}-{k}", n.name),
-                job: "low".into(),
-                job_version: 1,
-                replica: k,
-                node: n.name.clone(),
-                task: low.spec.task.clone(),
-                gpus: vec![],
-                ports: vec![],
-                desired: DesiredStatus::Run,
                 status: AllocStatus::Running,
-                exit_code: None,
-                message: String::new(),
-                restart_count: 0,
-                healthy: None,
-                reason: String::new(),
                 create_index: 2,
                 modify_index: 2,
+                ..Allocation::new(
+                    format!("{}-{k}", n.name),
+                    "low",
+                    1,
+                    k,
+                    n.name.clone(),
+                    low.spec.task.clone(),
+                )
             })
         })
         .collect();

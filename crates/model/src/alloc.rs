@@ -209,8 +209,8 @@ impl Allocation {
 /// an exit (the restart that follows is not counted twice: the count
 /// grows only when the container starts again).
 pub fn failures_of(status: AllocStatus, restart_count: u32, reason: &str) -> u32 {
-    let now = status == AllocStatus::Failed
-        || (reason == reason::BACK_OFF && !status.is_terminal());
+    let now =
+        status == AllocStatus::Failed || (reason == reason::BACK_OFF && !status.is_terminal());
     restart_count.saturating_add(u32::from(now))
 }
 

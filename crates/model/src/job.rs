@@ -464,6 +464,30 @@ impl<'de> Deserialize<'de> for ImageRef {
 }
 
 impl JobSpec {
+    /// A service keeping `replicas` of `task` running, with every other
+    /// field at its default.
+    pub fn new(name: impl Into<String>, replicas: u32, task: TaskSpec) -> JobSpec {
+        JobSpec {
+            name: name.into(),
+            job_type: JobType::Service,
+            replicas,
+            priority: DEFAULT_PRIORITY,
+            gang: false,
+            constraints: Vec::new(),
+            spread: None,
+            distinct_hosts: false,
+            affinities: Vec::new(),
+            update: UpdateSpec::default(),
+            versions_kept: DEFAULT_VERSIONS_KEPT,
+            completions: None,
+            parallelism: None,
+            backoff_limit: None,
+            gang_failure: GangFailure::default(),
+            master_port: None,
+            task,
+        }
+    }
+
     /// Parses and validates a job written in YAML (JSON is YAML too).
     /// Every broken rule is reported, each naming its field.
     pub fn from_yaml(text: &str) -> Result<JobSpec, SpecError> {

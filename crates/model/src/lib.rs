@@ -41,7 +41,7 @@ pub use node::{Node, NodeStatus};
 pub use placement::{Affinity, Constraint, ConstraintOp, Spread};
 pub use plan::{Placement, Plan, Stop};
 pub use workload::{
-    Amount, AllocFacts, BatchProgress, BatchState, GangFailure, GangRank, JobType, RolloutCounts,
+    AllocFacts, Amount, BatchProgress, BatchState, GangFailure, GangRank, JobType, RolloutCounts,
     UpdateSpec,
 };
 

@@ -48,7 +48,10 @@ fn number(v: &Value, path: &str, min: u64, max: u64, errs: &mut Errors) -> Optio
         Value::Number(n) => match n.as_u64() {
             Some(x) if (min..=max).contains(&x) => Some(x),
             _ => {
-                errs.push(path, format!("{n} must be a whole number from {min} to {max}"));
+                errs.push(
+                    path,
+                    format!("{n} must be a whole number from {min} to {max}"),
+                );
                 None
             }
         },
@@ -262,10 +265,9 @@ pub(crate) fn validate_workload(spec: &JobSpec, errs: &mut Errors) {
             ("max_surge", u.max_surge),
         ] {
             match a {
-                Amount::Percent(p) if p > 100 => errs.push(
-                    &join("update", field),
-                    format!("{p}% is more than 100%"),
-                ),
+                Amount::Percent(p) if p > 100 => {
+                    errs.push(&join("update", field), format!("{p}% is more than 100%"))
+                }
                 Amount::Count(n) if n > MAX_REPLICAS => errs.push(
                     &join("update", field),
                     format!("{n} must be a whole number from 0 to {MAX_REPLICAS}"),
@@ -391,7 +393,10 @@ pub(crate) fn validate_workload(spec: &JobSpec, errs: &mut Errors) {
     }
     if !spec.gang {
         if !spec.gang_failure.is_default() {
-            errs.push("gang_failure", "applies to gang jobs only; add `gang: true`");
+            errs.push(
+                "gang_failure",
+                "applies to gang jobs only; add `gang: true`",
+            );
         }
         if spec.master_port.is_some() {
             errs.push("master_port", "applies to gang jobs only; add `gang: true`");
@@ -454,7 +459,10 @@ mod tests {
         // 10% of 3 rounds both to 0 unavailable and... surge rounds up to 1.
         let s = spec(3, "{max_unavailable: 10%, max_surge: 0}");
         assert_eq!(s.rolling_limits(), (1, 0), "never both 0");
-        assert_eq!(spec(5, "{max_unavailable: 2, max_surge: 0}").max_unavailable(), 2);
+        assert_eq!(
+            spec(5, "{max_unavailable: 2, max_surge: 0}").max_unavailable(),
+            2
+        );
     }
 
     #[test]
@@ -463,15 +471,27 @@ mod tests {
             "name: web\nreplicas: 2\nupdate: {max_unavailable: 0, max_surge: 0%, canary: 3, min_healthy: 10m, healthy_deadline: 5m, progress_deadline: 1m, colour: red}\ntask: {image: 'oci:/i'}",
         );
         has(&errs, "update.colour: unknown field");
-        has(&errs, "update.max_surge: max_surge and max_unavailable may not both be 0");
+        has(
+            &errs,
+            "update.max_surge: max_surge and max_unavailable may not both be 0",
+        );
         has(&errs, "update.canary: 3 is more than replicas (2)");
-        has(&errs, "update.min_healthy: 10m must be shorter than healthy_deadline (5m)");
-        has(&errs, "update.healthy_deadline: 5m must not be longer than progress_deadline (1m)");
+        has(
+            &errs,
+            "update.min_healthy: 10m must be shorter than healthy_deadline (5m)",
+        );
+        has(
+            &errs,
+            "update.healthy_deadline: 5m must not be longer than progress_deadline (1m)",
+        );
         let errs = errors_of(
             "name: web\nupdate: {max_surge: 120%, max_unavailable: lots, min_healthy: 5, auto_rollback: sure}\ntask: {image: 'oci:/i'}",
         );
         has(&errs, "update.max_surge: \"120%\" is more than 100%");
-        has(&errs, "update.max_unavailable: \"lots\" must be a number of replicas");
+        has(
+            &errs,
+            "update.max_unavailable: \"lots\" must be a number of replicas",
+        );
         has(&errs, "update.min_healthy: 5 needs a unit");
         has(&errs, "update.auto_rollback: must be true or false");
     }
@@ -506,12 +526,18 @@ mod tests {
         );
         has(&errs, "replicas: 3 is not used by a batch job");
         has(&errs, "update: a batch job is replaced whole");
-        has(&errs, "task.restart.policy: always never lets a batch job finish");
+        has(
+            &errs,
+            "task.restart.policy: always never lets a batch job finish",
+        );
         let errs = errors_of(
             "name: g\ntype: batch\ngang: true\nreplicas: 3\ncompletions: 3\ngang_failure: sometimes\ntask: {image: 'oci:/i'}",
         );
         has(&errs, "completions: does not apply to a gang");
-        has(&errs, "gang_failure: \"sometimes\" is not a gang failure policy");
+        has(
+            &errs,
+            "gang_failure: \"sometimes\" is not a gang failure policy",
+        );
     }
 
     #[test]

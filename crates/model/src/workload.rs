@@ -92,7 +92,9 @@ impl Amount {
     /// `3`, `25%`; anything else is an error in words.
     pub fn parse(text: &str) -> Result<Amount, String> {
         let t = text.trim();
-        let bad = || format!("{text:?} must be a number of replicas (e.g. 1) or a percentage of replicas (e.g. 25%)");
+        let bad = || {
+            format!("{text:?} must be a number of replicas (e.g. 1) or a percentage of replicas (e.g. 25%)")
+        };
         match t.strip_suffix('%') {
             Some(p) => {
                 let n: u32 = p.trim().parse().map_err(|_| bad())?;
@@ -570,7 +572,9 @@ mod tests {
     fn amounts_parse_as_counts_or_percentages() {
         assert_eq!(Amount::parse("2"), Ok(Amount::Count(2)));
         assert_eq!(Amount::parse("30%"), Ok(Amount::Percent(30)));
-        assert!(Amount::parse("150%").unwrap_err().contains("more than 100%"));
+        assert!(Amount::parse("150%")
+            .unwrap_err()
+            .contains("more than 100%"));
         assert!(Amount::parse("a lot").unwrap_err().contains("percentage"));
     }
 
