@@ -8,8 +8,7 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criteri
 use skiff_bench::{job, nodes, workload, Shape};
 use skiff_model::fit::fits_free;
 use skiff_model::{
-    AllocStatus, Allocation, Constraint, ConstraintOp, DesiredStatus, Node, Resources,
-    TaskResources,
+    AllocStatus, Allocation, Constraint, ConstraintOp, Node, Resources, TaskResources,
 };
 use skiff_scheduler::{reconcile, ClusterView, Config};
 

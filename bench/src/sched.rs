@@ -6,7 +6,6 @@
 //! be repeated exactly.
 
 use skiff_model::fit::fits_free;
-use skiff_model::job::DEFAULT_PRIORITY;
 use skiff_model::{
     Gpu, GpuLink, ImageRef, Job, JobSpec, LinkLevel, Node, NodeStatus, Resources, TaskResources,
     TaskSpec,
