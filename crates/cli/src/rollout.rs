@@ -172,9 +172,10 @@ fn history(info: &RolloutInfo, output: Format) -> anyhow::Result<()> {
         image: String,
         spec: &'a skiff_model::JobSpec,
     }
-    let rows: Vec<Row<'_>> = info
-        .history
-        .iter()
+    let mut versions: Vec<&skiff_model::JobVersion> = info.history.iter().collect();
+    versions.sort_by_key(|v| v.version);
+    let rows: Vec<Row<'_>> = versions
+        .into_iter()
         .map(|v| Row {
             version: v.version,
             current: v.version == info.job.version,

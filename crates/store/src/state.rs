@@ -496,7 +496,10 @@ impl State {
             if let Some(a) = self.allocs.get_mut(&stop.alloc_id) {
                 if a.job == plan.job && a.desired == DesiredStatus::Run {
                     a.desired = DesiredStatus::Stop;
-                    a.message = stop.reason.clone();
+                    // A run that already ended keeps the words of its end.
+                    if !a.status.is_terminal() {
+                        a.message = stop.reason.clone();
+                    }
                     a.modify_index = index;
                     result.stopped += 1;
                     self.touch(Table::Alloc, &stop.alloc_id);
