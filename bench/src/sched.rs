@@ -75,6 +75,8 @@ fn bare_node(name: String, cap: Resources) -> Node {
         gpu_links: Vec::new(),
         cordoned: false,
         draining: false,
+        drain_deadline_ms: None,
+        drained: false,
         address: String::new(),
         status: NodeStatus::Ready,
         agent_version: String::new(),

@@ -16,6 +16,8 @@ fn node(name: &str, cpu: u64, mem_mi: u64) -> Node {
         gpu_links: vec![],
         cordoned: false,
         draining: false,
+        drain_deadline_ms: None,
+        drained: false,
         address: String::new(),
         status: NodeStatus::Ready,
         agent_version: String::new(),

@@ -115,6 +115,8 @@ fn random_node(rng: &mut Rng, i: usize) -> Node {
         gpu_links: links,
         cordoned: rng.chance(8),
         draining: rng.chance(4),
+        drain_deadline_ms: None,
+        drained: false,
         address: String::new(),
         status: if rng.chance(8) {
             NodeStatus::Down
@@ -456,6 +458,8 @@ fn rollout_case(seed: u64) -> RolloutCase {
                 gpu_links: vec![],
                 cordoned: false,
                 draining: false,
+                drain_deadline_ms: None,
+                drained: false,
                 address: String::new(),
                 status: NodeStatus::Ready,
                 agent_version: String::new(),
@@ -646,6 +650,8 @@ fn batch_case(seed: u64) -> (Vec<Node>, Vec<Allocation>, Job) {
         gpu_links: vec![],
         cordoned: false,
         draining: false,
+        drain_deadline_ms: None,
+        drained: false,
         address: String::new(),
         status: NodeStatus::Ready,
         agent_version: String::new(),

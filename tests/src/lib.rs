@@ -321,6 +321,55 @@ impl AgentProc {
         self.spawn();
     }
 
+    /// The machine is lost: SIGKILL for the agent, every container's
+    /// monitor and every process in its containers.
+    pub fn kill_machine(&mut self) {
+        self.kill9();
+        let dir = self.data_dir.to_string_lossy().into_owned();
+        if let Ok(procs) = std::fs::read_dir("/proc") {
+            for p in procs.flatten() {
+                let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+                    continue;
+                };
+                let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                if cmdline.contains(" shim ") && cmdline.contains(&dir) {
+                    // SAFETY: kill only sends a signal.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                }
+            }
+        }
+        for (id, _, _) in self.containers() {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(self.runc_root())
+                .args(["kill", "--all", &id, "KILL"])
+                .output();
+        }
+    }
+
+    /// Freezes the agent (SIGSTOP): it stops heartbeating; its containers
+    /// keep running, as with a network partition.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Thaws a paused agent (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Some(c) = self.child.as_ref() {
+            // SAFETY: kill only sends a signal to our own child.
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+
     pub fn runc_root(&self) -> PathBuf {
         self.data_dir.join("runc")
     }

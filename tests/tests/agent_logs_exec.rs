@@ -198,7 +198,13 @@ async fn exec_returns_the_output_and_exit_code_of_a_command_in_the_container() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_agent_is_down_logs_grow_restart_counts_hold_and_exits_are_kept() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(&tmp.path().join("server"));
+    // The agent stays down longer than the default heartbeat TTL, after
+    // which the node would (rightly) be declared down and its work replaced.
+    let server = ServerProc::start_with(
+        &tmp.path().join("server"),
+        "127.0.0.1:0",
+        &["--heartbeat-ttl", "60s"],
+    );
     let mut agent = AgentProc::start(&tmp.path().join("agent"), &server.url(), "phoenix", &[]);
     let mut client = server.client().await;
     let url = server.url();

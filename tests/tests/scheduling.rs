@@ -159,11 +159,11 @@ async fn a_cordoned_node_takes_no_new_work_until_uncordoned() {
     );
     wait_allocs(&mut client, "waits", 1, AllocStatus::Running, START).await;
 
-    // Draining stops what runs there; with nowhere else to go it waits.
-    let out = skiff(&url, &["drain", "cordon-node"]);
+    // Draining moves what runs there; with nowhere else to go it waits.
+    let out = skiff(&url, &["node", "drain", "cordon-node", "--deadline", "10m"]);
     assert_eq!(
         out,
-        "node/cordon-node drained (1 allocation(s) asked to stop)\n"
+        "node/cordon-node draining (whatever is left stops in 10m)\n"
     );
     assert_eq!(
         blocked_reason(&url, "waits").await,
@@ -176,6 +176,16 @@ async fn a_cordoned_node_takes_no_new_work_until_uncordoned() {
             let mut c = skiff_client::Client::connect(&url).await.ok()?;
             let a = c.list_allocs(Some("waits"), None).await.ok()?;
             (a.len() == 1 && a[0].status == AllocStatus::Complete).then_some(())
+        }
+    })
+    .await;
+    // Empty now: the drain finishes and says so.
+    wait_for("the node to be marked drained", START, || {
+        let url = url.clone();
+        async move {
+            skiff(&url, &["get", "nodes"])
+                .contains("ready,drained")
+                .then_some(())
         }
     })
     .await;

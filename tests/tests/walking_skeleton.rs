@@ -238,7 +238,13 @@ async fn a_job_that_fits_nowhere_waits_and_says_why() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_restarts_without_touching_its_containers() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(&tmp.path().join("server"));
+    // The agent stays down for several seconds here: longer than the default
+    // heartbeat TTL, after which the node would (rightly) be declared down.
+    let server = ServerProc::start_with(
+        &tmp.path().join("server"),
+        "127.0.0.1:0",
+        &["--heartbeat-ttl", "60s"],
+    );
     let mut agent = AgentProc::start(
         &tmp.path().join("agent"),
         &server.url(),

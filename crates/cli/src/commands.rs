@@ -871,17 +871,75 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<std::process::ExitCode> {
 }
 
 /// `skiff cordon`, `skiff drain` and `skiff uncordon`.
-pub async fn set_eligibility(args: NodeArgs, cordoned: bool, draining: bool) -> anyhow::Result<()> {
-    let stopped = connect(&args.client)
-        .await?
-        .set_node_eligibility(&args.name, cordoned, draining)
-        .await?;
-    let what = match (cordoned, draining) {
-        (_, true) => format!("drained ({stopped} allocation(s) asked to stop)"),
-        (true, false) => "cordoned".to_string(),
-        (false, false) => "uncordoned".to_string(),
-    };
-    emit(&format!("node/{} {what}\n", args.name));
+#[derive(Subcommand)]
+pub enum NodeCmd {
+    /// Mark a node unschedulable: no new work; what runs there stays.
+    Cordon(NodeArgs),
+    /// Empty a node: service allocations move elsewhere a few at a time (as
+    /// each job's max_unavailable allows), batch allocations may finish
+    /// until the deadline, then whatever is left stops. The node ends
+    /// cordoned and marked drained.
+    Drain(DrainArgs),
+    /// Let a cordoned or drained node take new work again.
+    Uncordon(NodeArgs),
+}
+
+#[derive(Args)]
+pub struct DrainArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// When to stop whatever is still running (e.g. 30m, 2h).
+    #[arg(long, default_value = "1h", value_parser = crate::daemons::parse_duration)]
+    deadline: std::time::Duration,
+    /// Wait until the node is empty and marked drained.
+    #[arg(long)]
+    wait: bool,
+}
+
+pub async fn node(cmd: NodeCmd) -> anyhow::Result<()> {
+    match cmd {
+        NodeCmd::Cordon(args) => {
+            connect(&args.client)
+                .await?
+                .set_node_eligibility(&args.name, true, false, None)
+                .await?;
+            emit(&format!("node/{} cordoned\n", args.name));
+        }
+        NodeCmd::Uncordon(args) => {
+            connect(&args.client)
+                .await?
+                .set_node_eligibility(&args.name, false, false, None)
+                .await?;
+            emit(&format!("node/{} uncordoned\n", args.name));
+        }
+        NodeCmd::Drain(args) => {
+            let mut client = connect(&args.node.client).await?;
+            client
+                .set_node_eligibility(&args.node.name, true, true, Some(args.deadline))
+                .await?;
+            emit(&format!(
+                "node/{} draining (whatever is left stops in {})\n",
+                args.node.name,
+                crate::output::age(args.deadline)
+            ));
+            if args.wait {
+                loop {
+                    let nodes = client.list_nodes().await?;
+                    let Some(n) = nodes.iter().find(|n| n.node.name == args.node.name) else {
+                        anyhow::bail!("node {} is gone", args.node.name);
+                    };
+                    if n.node.drained {
+                        emit(&format!("node/{} drained\n", args.node.name));
+                        break;
+                    }
+                    if !n.node.draining {
+                        anyhow::bail!("the drain of {} was cancelled", args.node.name);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
     Ok(())
 }
 

@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use skiff_agent::AgentConfig;
 use skiff_server::evals::{Algorithm, SchedulerSettings};
+use skiff_server::liveness::LivenessConfig;
 use skiff_server::ServerConfig;
 use skiff_store::RaftConfig;
 
@@ -84,6 +85,8 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 10_000)]
     snapshot_entries: u64,
     #[command(flatten)]
+    liveness: LivenessOpts,
+    #[command(flatten)]
     scheduler: SchedulerOpts,
 }
 
@@ -101,6 +104,39 @@ impl SchedulerOpts {
         SchedulerSettings {
             algorithm: self.algorithm,
         }
+    }
+}
+
+#[derive(Args)]
+struct LivenessOpts {
+    /// Shortest heartbeat TTL handed to agents; a node silent past its TTL
+    /// is declared down and its allocations are replaced elsewhere.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    heartbeat_ttl: Duration,
+    /// Heartbeats per second the leader aims to receive at most: with many
+    /// nodes the TTL grows to nodes / this.
+    #[arg(long, default_value_t = 50.0)]
+    heartbeats_per_second: f64,
+    /// After a leader change, how long every node has to heartbeat before it
+    /// can be declared down (default: the TTL).
+    #[arg(long, value_parser = parse_duration)]
+    heartbeat_grace: Option<Duration>,
+}
+
+impl LivenessOpts {
+    fn config(&self) -> anyhow::Result<LivenessConfig> {
+        if self.heartbeats_per_second <= 0.0 || !self.heartbeats_per_second.is_finite() {
+            anyhow::bail!("--heartbeats-per-second must be more than 0");
+        }
+        if self.heartbeat_ttl < Duration::from_millis(100) {
+            anyhow::bail!("--heartbeat-ttl must be at least 100ms");
+        }
+        Ok(LivenessConfig {
+            min_ttl: self.heartbeat_ttl,
+            max_heartbeats_per_second: self.heartbeats_per_second,
+            grace: self.heartbeat_grace,
+            ..LivenessConfig::default()
+        })
     }
 }
 
@@ -171,6 +207,8 @@ pub struct DevArgs {
     node: NodeOpts,
     #[command(flatten)]
     scheduler: SchedulerOpts,
+    #[command(flatten)]
+    liveness: LivenessOpts,
 }
 
 /// `ID=HOST:PORT`.
@@ -287,6 +325,7 @@ fn server_config(args: ServerArgs) -> anyhow::Result<ServerConfig> {
             ..RaftConfig::default()
         },
         scheduler: args.scheduler.settings(),
+        liveness: args.liveness.config()?,
     })
 }
 
@@ -354,6 +393,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         join: None,
         raft: RaftConfig::default(),
         scheduler: args.scheduler.settings(),
+        liveness: args.liveness.config()?,
     };
     let running = skiff_server::start(&server_cfg).await?;
     let url = format!("http://{}", running.api_addr);

@@ -81,11 +81,19 @@ enum Cmd {
         #[command(subcommand)]
         what: commands::DeleteWhat,
     },
-    /// Mark a node unschedulable: no new work; what runs there stays.
+    /// Cordon, drain or uncordon a node.
+    Node {
+        #[command(subcommand)]
+        what: commands::NodeCmd,
+    },
+    /// Same as `skiff node cordon`.
+    #[command(hide = true)]
     Cordon(commands::NodeArgs),
-    /// Cordon a node and stop its allocations so their jobs place them elsewhere.
-    Drain(commands::NodeArgs),
-    /// Let a cordoned or drained node take new work again.
+    /// Same as `skiff node drain`.
+    #[command(hide = true)]
+    Drain(commands::DrainArgs),
+    /// Same as `skiff node uncordon`.
+    #[command(hide = true)]
     Uncordon(commands::NodeArgs),
     /// Print changes of the cluster's state as they happen.
     Watch(commands::WatchArgs),
@@ -131,9 +139,10 @@ fn main() -> ExitCode {
             Cmd::Logs(args) => ok(commands::logs(args).await),
             Cmd::Exec(args) => commands::exec(args).await,
             Cmd::Delete { what } => ok(commands::delete(what).await),
-            Cmd::Cordon(args) => ok(commands::set_eligibility(args, true, false).await),
-            Cmd::Drain(args) => ok(commands::set_eligibility(args, true, true).await),
-            Cmd::Uncordon(args) => ok(commands::set_eligibility(args, false, false).await),
+            Cmd::Node { what } => ok(commands::node(what).await),
+            Cmd::Cordon(args) => ok(commands::node(commands::NodeCmd::Cordon(args)).await),
+            Cmd::Drain(args) => ok(commands::node(commands::NodeCmd::Drain(args)).await),
+            Cmd::Uncordon(args) => ok(commands::node(commands::NodeCmd::Uncordon(args)).await),
             Cmd::Watch(args) => ok(commands::watch(args).await),
             Cmd::Rollout { what } => rollout::rollout(what).await,
             Cmd::Scale(args) => ok(rollout::scale(args).await),

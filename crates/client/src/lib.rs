@@ -365,11 +365,14 @@ impl Client {
     /// Cordons (`cordoned`), drains (`draining`, which implies cordoned)
     /// or uncordons (neither) a node. Returns how many allocations were
     /// asked to stop.
+    /// Cordons, drains (`drain_deadline`: when to stop whatever is left;
+    /// one hour when `None`) or uncordons a node.
     pub async fn set_node_eligibility(
         &mut self,
         name: &str,
         cordoned: bool,
         draining: bool,
+        drain_deadline: Option<Duration>,
     ) -> Result<u32, ClientError> {
         let r = self
             .cluster
@@ -377,6 +380,7 @@ impl Client {
                 name: name.into(),
                 cordoned,
                 draining,
+                drain_deadline_seconds: drain_deadline.map_or(0, |d| d.as_secs().max(1)),
             })
             .await?
             .into_inner();

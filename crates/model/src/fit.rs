@@ -231,6 +231,8 @@ mod tests {
             gpu_links: vec![],
             cordoned: false,
             draining: false,
+            drain_deadline_ms: None,
+            drained: false,
             address: String::new(),
             status: NodeStatus::Ready,
             agent_version: String::new(),

@@ -502,6 +502,20 @@ impl JobSpec {
         crate::spec_parse::parse_job(&value)
     }
 
+    /// How many replicas may be unavailable at once while a node drains:
+    /// the job's `update.max_unavailable` as a count (see
+    /// [`JobSpec::max_unavailable`]), at least one so a drain always
+    /// progresses.
+    pub fn drain_budget(&self) -> u32 {
+        self.max_unavailable().max(1)
+    }
+
+    /// Whether the job's allocations finish by themselves (batch work),
+    /// rather than serve until stopped.
+    pub fn runs_to_completion(&self) -> bool {
+        self.is_batch()
+    }
+
     /// Checks the rules that hold for a spec however it was built (from YAML,
     /// or from a gRPC message). Returns every broken rule.
     pub fn validate(&self) -> Result<(), SpecError> {

@@ -47,9 +47,17 @@ pub struct Node {
     /// An operator marked the node unschedulable: no new work, what runs stays.
     #[serde(default)]
     pub cordoned: bool,
-    /// The node is being emptied: no new work, and its allocations are stopped.
+    /// The node is being emptied: no new work, and its allocations are moved
+    /// elsewhere, a few at a time.
     #[serde(default)]
     pub draining: bool,
+    /// When a drain stops waiting for batch work and stops everything left,
+    /// milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_deadline_ms: Option<u64>,
+    /// A drain finished: the node is empty (and stays cordoned).
+    #[serde(default)]
+    pub drained: bool,
     /// Where the agent answers log and exec requests (`host:port`).
     pub address: String,
     pub status: NodeStatus,
@@ -71,6 +79,8 @@ impl Node {
         let mut s = self.status.as_str().to_string();
         if self.draining {
             s.push_str(",draining");
+        } else if self.drained {
+            s.push_str(",drained");
         } else if self.cordoned {
             s.push_str(",cordoned");
         }

@@ -693,6 +693,8 @@ impl From<&m::Node> for pb::Node {
             gpu_links: n.gpu_links.iter().map(Into::into).collect(),
             cordoned: n.cordoned,
             draining: n.draining,
+            drained: n.drained,
+            drain_deadline_ms: n.drain_deadline_ms,
         }
     }
 }
@@ -725,6 +727,8 @@ impl TryFrom<pb::Node> for m::Node {
             gpu_links,
             cordoned: n.cordoned,
             draining: n.draining,
+            drained: n.drained,
+            drain_deadline_ms: n.drain_deadline_ms,
             address: n.address,
             status,
             agent_version: n.agent_version,
@@ -1112,6 +1116,8 @@ task:
             }],
             cordoned: true,
             draining: false,
+            drain_deadline_ms: None,
+            drained: false,
             address: "127.0.0.1:1".into(),
             status: m::NodeStatus::Ready,
             agent_version: "t".into(),

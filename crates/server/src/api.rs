@@ -224,17 +224,14 @@ impl pb::cluster_server::Cluster for ClusterApi {
         req: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         self.ctx.read_barrier(req.get_ref().stale).await?;
+        let ages = heartbeat_ages(&self.ctx).await;
         let state = self.ctx.store.state();
         let nodes = state
             .nodes
             .values()
             .map(|n| pb::NodeListItem {
                 node: Some(n.into()),
-                heartbeat_age_ms: self
-                    .ctx
-                    .heartbeats
-                    .age(&n.name)
-                    .map(|d| d.as_millis() as u64),
+                heartbeat_age_ms: ages.get(&n.name).copied(),
                 used: Some(skiff_model::fit::used_on(&n.name, state.allocs.values()).into()),
             })
             .collect();
@@ -253,6 +250,13 @@ impl pb::cluster_server::Cluster for ClusterApi {
                 name: r.name.clone(),
                 cordoned: r.cordoned,
                 draining: r.draining,
+                drain_deadline_ms: r.draining.then(|| {
+                    let secs = match r.drain_deadline_seconds {
+                        0 => 3600,
+                        s => s.min(365 * 24 * 3600),
+                    };
+                    crate::drainer::now_ms() + secs * 1000
+                }),
             })
             .await?;
         match outcome {
@@ -617,6 +621,34 @@ impl ClusterApi {
         let agent = pb::agent_api_client::AgentApiClient::new(channel)
             .max_decoding_message_size(skiff_proto::MAX_EXEC_MESSAGE_BYTES);
         Ok((alloc_id, agent))
+    }
+}
+
+/// Heartbeat ages in milliseconds, as the leader (which tracks them) sees
+/// them; this server's own view when the leader cannot be asked.
+async fn heartbeat_ages(ctx: &Ctx) -> std::collections::HashMap<String, u64> {
+    let local = || {
+        ctx.heartbeats
+            .ages()
+            .into_iter()
+            .map(|(n, d)| (n, d.as_millis() as u64))
+            .collect()
+    };
+    let status = ctx.store.status();
+    if status.role == skiff_store::Role::Leader || status.leader_id == 0 {
+        return local();
+    }
+    let Some(channel) = ctx.peers.channel(status.leader_id) else {
+        return local();
+    };
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        pb::peer_client::PeerClient::new(channel).heartbeat_ages(pb::HeartbeatAgesRequest {}),
+    )
+    .await
+    {
+        Ok(Ok(r)) => r.into_inner().age_ms.into_iter().collect(),
+        _ => local(),
     }
 }
 

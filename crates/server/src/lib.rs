@@ -16,7 +16,9 @@
 
 pub mod api;
 pub mod deployments;
+pub mod drainer;
 pub mod evals;
+pub mod liveness;
 pub mod members;
 pub mod nodes;
 pub mod peer;
@@ -59,6 +61,8 @@ pub struct ServerConfig {
     pub raft: RaftConfig,
     /// How the leader's scheduler places work.
     pub scheduler: evals::SchedulerSettings,
+    /// Heartbeat TTLs and how nodes are declared down.
+    pub liveness: liveness::LivenessConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +92,8 @@ pub enum ServerError {
 pub struct Ctx {
     pub store: Store,
     pub peers: Arc<peer::PeerTransport>,
-    pub heartbeats: Arc<nodes::Heartbeats>,
+    pub heartbeats: Arc<liveness::Heartbeats>,
+    pub liveness: Arc<liveness::LivenessConfig>,
     pub me: ServerInfo,
 }
 
@@ -226,7 +231,8 @@ pub async fn start(cfg: &ServerConfig) -> Result<Running, ServerError> {
         ctx: Ctx {
             store,
             peers,
-            heartbeats: Arc::new(nodes::Heartbeats::default()),
+            heartbeats: Arc::new(liveness::Heartbeats::default()),
+            liveness: Arc::new(cfg.liveness.clone()),
             me,
         },
         api_addr,
@@ -261,6 +267,8 @@ pub async fn serve(
         tokio::spawn(members::promote_learners(ctx.clone())),
         tokio::spawn(members::keep_address_book(ctx.clone())),
         tokio::spawn(members::register_self(ctx.clone())),
+        tokio::spawn(liveness::run(ctx.clone(), (*ctx.liveness).clone())),
+        tokio::spawn(drainer::run(ctx.clone())),
     ];
     if let Some(url) = join {
         background.push(tokio::spawn(members::join(ctx.clone(), url)));

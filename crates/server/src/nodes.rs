@@ -3,10 +3,8 @@
 //! Heartbeats never go through Raft: they only refresh a timestamp in the
 //! memory of the server that receives them.
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use skiff_model::Allocation;
 use skiff_proto::pb;
@@ -17,33 +15,8 @@ use tonic::{Request, Response, Status};
 
 use crate::Ctx;
 
-/// How often agents are asked to heartbeat.
-pub const HEARTBEAT_TTL: Duration = Duration::from_secs(5);
 /// Most status updates accepted in one request.
 const MAX_UPDATES: usize = 10_000;
-
-#[derive(Default)]
-pub struct Heartbeats {
-    last: Mutex<HashMap<String, Instant>>,
-}
-
-impl Heartbeats {
-    pub fn beat(&self, node: &str) {
-        self.last
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(node.to_string(), Instant::now());
-    }
-
-    /// Time since the node's last heartbeat, if this server saw one.
-    pub fn age(&self, node: &str) -> Option<Duration> {
-        self.last
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(node)
-            .map(|t| t.elapsed())
-    }
-}
 
 pub struct NodeService {
     ctx: Ctx,
@@ -52,6 +25,52 @@ pub struct NodeService {
 impl NodeService {
     pub fn new(ctx: Ctx) -> Self {
         NodeService { ctx }
+    }
+}
+
+/// Records a heartbeat where it counts: on the leader, relayed there by a
+/// follower. When the leader cannot be reached the heartbeat is kept here
+/// and the agent is given the shortest TTL, so it tries again soon.
+pub(crate) async fn heartbeat(ctx: &Ctx, node: &str) -> pb::HeartbeatResponse {
+    let nodes = ctx.store.state().nodes.len();
+    let status = ctx.store.status();
+    if status.role == skiff_store::Role::Leader {
+        let ttl = ctx.liveness.ttl(nodes);
+        ctx.heartbeats.beat(node, ttl);
+        crate::liveness::revive_if_down(ctx, node);
+        return pb::HeartbeatResponse {
+            ttl_ms: ttl.as_millis() as u64,
+        };
+    }
+    let relayed = match (status.leader_id != 0)
+        .then(|| ctx.peers.channel(status.leader_id))
+        .flatten()
+    {
+        Some(channel) => tokio::time::timeout(
+            Duration::from_secs(2),
+            pb::peer_client::PeerClient::new(channel).heartbeat(pb::HeartbeatRequest {
+                name: node.to_string(),
+            }),
+        )
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .map(|r| r.into_inner()),
+        None => None,
+    };
+    match relayed {
+        Some(resp) => {
+            ctx.heartbeats
+                .beat(node, Duration::from_millis(resp.ttl_ms));
+            resp
+        }
+        None => {
+            let ttl = ctx.liveness.min_ttl;
+            ctx.heartbeats.beat(node, ttl);
+            pb::HeartbeatResponse {
+                ttl_ms: ttl.as_millis() as u64,
+            }
+        }
     }
 }
 
@@ -184,7 +203,10 @@ impl pb::node_api_server::NodeApi for NodeService {
         self.ctx
             .propose(&Command::RegisterNode { registration })
             .await?;
-        self.ctx.heartbeats.beat(&r.name);
+        let nodes = self.ctx.store.state().nodes.len();
+        self.ctx
+            .heartbeats
+            .beat(&r.name, self.ctx.liveness.ttl(nodes));
         tracing::info!(node = %r.name, "node registered");
         Ok(Response::new(pb::RegisterResponse {
             index: self.ctx.store.state().index,
@@ -202,10 +224,7 @@ impl pb::node_api_server::NodeApi for NodeService {
                 "node {name:?} is not registered; register first"
             )));
         }
-        self.ctx.heartbeats.beat(&name);
-        Ok(Response::new(pb::HeartbeatResponse {
-            ttl_ms: HEARTBEAT_TTL.as_millis() as u64,
-        }))
+        Ok(Response::new(heartbeat(&self.ctx, &name).await))
     }
 
     type WatchAllocationsStream = AllocStream;

@@ -266,6 +266,34 @@ impl pb::peer_server::Peer for PeerService {
         Ok(Response::new(pb::PeerAck {}))
     }
 
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        if !self.ctx.store.is_leader() {
+            return Err(not_leader_status());
+        }
+        let name = req.into_inner().name;
+        Ok(Response::new(
+            crate::nodes::heartbeat(&self.ctx, &name).await,
+        ))
+    }
+
+    async fn heartbeat_ages(
+        &self,
+        _req: Request<pb::HeartbeatAgesRequest>,
+    ) -> Result<Response<pb::HeartbeatAgesResponse>, Status> {
+        Ok(Response::new(pb::HeartbeatAgesResponse {
+            age_ms: self
+                .ctx
+                .heartbeats
+                .ages()
+                .into_iter()
+                .map(|(n, d)| (n, d.as_millis() as u64))
+                .collect(),
+        }))
+    }
+
     async fn change_membership(
         &self,
         req: Request<pb::MembershipRequest>,

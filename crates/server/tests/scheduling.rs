@@ -167,6 +167,11 @@ impl Server {
             join: None,
             raft: RaftConfig::default(),
             scheduler: SchedulerSettings::default(),
+            // The nodes here are registered by the test and never heartbeat.
+            liveness: skiff_server::liveness::LivenessConfig {
+                min_ttl: std::time::Duration::from_secs(3600),
+                ..Default::default()
+            },
         };
         let running = skiff_server::start(&cfg).await.unwrap();
         let url = format!("http://{}", running.api_addr);
@@ -418,6 +423,7 @@ async fn a_gang_waits_whole_and_cordoned_nodes_take_nothing() {
             name: "g1".into(),
             cordoned: true,
             draining: false,
+            drain_deadline_seconds: 0,
         })
         .await
         .unwrap();
@@ -435,6 +441,7 @@ async fn a_gang_waits_whole_and_cordoned_nodes_take_nothing() {
             name: "g2".into(),
             cordoned: false,
             draining: true,
+            drain_deadline_seconds: 0,
         })
         .await
         .unwrap();
@@ -454,6 +461,7 @@ async fn a_gang_waits_whole_and_cordoned_nodes_take_nothing() {
             name: "g1".into(),
             cordoned: false,
             draining: false,
+            drain_deadline_seconds: 0,
         })
         .await
         .unwrap();

@@ -36,13 +36,24 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "is_zero")]
         at_ms: u64,
     },
-    /// An operator cordons, drains or uncordons a node. Draining also stops
-    /// the node's allocations so their jobs place them elsewhere.
+    /// An operator cordons, drains or uncordons a node.
     SetNodeEligibility {
         name: String,
         cordoned: bool,
         draining: bool,
+        /// When a drain stops everything left (ms since the Unix epoch),
+        /// decided by the server that took the request.
+        #[serde(default)]
+        drain_deadline_ms: Option<u64>,
     },
+    /// The leader's drainer moves allocations off a draining node.
+    MigrateAllocs {
+        node: String,
+        alloc_ids: Vec<String>,
+        reason: String,
+    },
+    /// The leader's drainer found a draining node empty.
+    FinishDrain { node: String },
     /// A control-plane server records where it can be reached.
     RegisterServer { info: crate::state::ServerInfo },
     /// Sets a job's replicas (`skiff scale`); the version stays.
@@ -65,6 +76,15 @@ pub enum Command {
     /// What the leader's deployment controller observed and decided for
     /// one rollout.
     UpdateDeployment { update: DeploymentUpdate },
+    /// The leader's liveness check: a node missed its heartbeats (`Down`:
+    /// its allocations are lost and replaced elsewhere), or is back
+    /// (`Ready`).
+    SetNodeStatus {
+        name: String,
+        status: skiff_model::NodeStatus,
+        #[serde(default)]
+        reason: String,
+    },
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -127,11 +147,14 @@ impl Command {
             Command::ApplyPlan { .. } => "apply_plan",
             Command::UpdateAllocStatus { .. } => "update_alloc_status",
             Command::SetNodeEligibility { .. } => "set_node_eligibility",
+            Command::MigrateAllocs { .. } => "migrate_allocs",
+            Command::FinishDrain { .. } => "finish_drain",
             Command::RegisterServer { .. } => "register_server",
             Command::ScaleJob { .. } => "scale_job",
             Command::ControlRollout { .. } => "control_rollout",
             Command::UndoRollout { .. } => "undo_rollout",
             Command::UpdateDeployment { .. } => "update_deployment",
+            Command::SetNodeStatus { .. } => "set_node_status",
         }
     }
 }

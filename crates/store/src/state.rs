@@ -142,6 +142,14 @@ pub enum Outcome {
     },
     JobDeleted,
     NodeRegistered,
+    /// The drainer asked `moved` allocations to stop and move.
+    AllocsMigrated {
+        moved: u32,
+    },
+    /// A node's status changed; `lost` allocations were on it.
+    NodeStatusSet {
+        lost: u32,
+    },
     /// A node was cordoned, drained or uncordoned; `stopped` allocations
     /// were asked to stop (draining).
     NodeEligibilitySet {
@@ -200,7 +208,19 @@ impl State {
                 name,
                 cordoned,
                 draining,
-            } => self.set_node_eligibility(index, name, *cordoned, *draining),
+                drain_deadline_ms,
+            } => self.set_node_eligibility(index, name, *cordoned, *draining, *drain_deadline_ms),
+            Command::MigrateAllocs {
+                node,
+                alloc_ids,
+                reason,
+            } => self.migrate_allocs(index, node, alloc_ids, reason),
+            Command::FinishDrain { node } => self.finish_drain(index, node),
+            Command::SetNodeStatus {
+                name,
+                status,
+                reason,
+            } => self.set_node_status(index, name, *status, reason),
             Command::RegisterServer { info } => {
                 if self.servers.get(&info.id) != Some(info) {
                     self.servers.insert(info.id, info.clone());
@@ -443,7 +463,10 @@ impl State {
         let create_index = old.map(|n| n.create_index).unwrap_or(index);
         // Cordon and drain are the operator's, not the agent's: they
         // survive a re-registration.
-        let (cordoned, draining) = old.map_or((false, false), |n| (n.cordoned, n.draining));
+        let (cordoned, draining, drain_deadline_ms, drained) = old
+            .map_or((false, false, None, false), |n| {
+                (n.cordoned, n.draining, n.drain_deadline_ms, n.drained)
+            });
         let node = Node {
             name: reg.name.clone(),
             labels: reg.labels.clone(),
@@ -453,6 +476,8 @@ impl State {
             gpu_links: reg.gpu_links.clone(),
             cordoned,
             draining,
+            drain_deadline_ms,
+            drained,
             address: reg.address.clone(),
             status: NodeStatus::Ready,
             agent_version: reg.agent_version.clone(),
@@ -719,54 +744,151 @@ impl State {
         (accepted, evictions, rejected)
     }
 
+    /// A node went down (its allocations are lost: stopped wherever they
+    /// may still run, and replaced by their jobs' evaluations) or came back.
+    fn set_node_status(
+        &mut self,
+        index: u64,
+        name: &str,
+        status: NodeStatus,
+        reason: &str,
+    ) -> Outcome {
+        let Some(node) = self.nodes.get_mut(name) else {
+            return Outcome::Refused(format!("node {name:?} not found"));
+        };
+        if node.status == status {
+            return Outcome::NodeStatusSet { lost: 0 };
+        }
+        node.status = status;
+        node.modify_index = index;
+        self.touch(Table::Node, name);
+        let mut lost = 0;
+        match status {
+            NodeStatus::Down => {
+                let message = if reason.is_empty() {
+                    format!("node {name} is down")
+                } else {
+                    format!("node {name} is down: {reason}")
+                };
+                let mut jobs = BTreeSet::new();
+                let mut ids = Vec::new();
+                for a in self.allocs.values_mut() {
+                    if a.node == name && !a.status.is_terminal() {
+                        // Lost is final; desired stop tells the agent, should
+                        // it come back, to stop what it still runs.
+                        a.status = AllocStatus::Lost;
+                        a.desired = DesiredStatus::Stop;
+                        a.message = message.clone();
+                        a.modify_index = index;
+                        jobs.insert(a.job.clone());
+                        ids.push(a.id.clone());
+                    }
+                }
+                lost = ids.len() as u32;
+                for id in ids {
+                    self.touch(Table::Alloc, &id);
+                }
+                for job in jobs {
+                    if self.jobs.contains_key(&job) {
+                        self.create_eval(index, &job, EvalTrigger::NodeUpdate);
+                    }
+                }
+                // Resources held there are free again for the plan check.
+                self.unblock(index);
+            }
+            NodeStatus::Ready => self.unblock(index),
+        }
+        Outcome::NodeStatusSet { lost }
+    }
+
     fn set_node_eligibility(
         &mut self,
         index: u64,
         name: &str,
         cordoned: bool,
         draining: bool,
+        drain_deadline_ms: Option<u64>,
     ) -> Outcome {
         let Some(node) = self.nodes.get_mut(name) else {
             return Outcome::Refused(format!("node {name:?} not found"));
         };
         let was_schedulable = node.schedulable();
-        // Draining implies cordoned.
+        // Draining implies cordoned. The drain itself (moving allocations a
+        // few at a time) is the leader's drainer's work.
         let cordoned = cordoned || draining;
-        if node.cordoned == cordoned && node.draining == draining {
+        let deadline = if draining { drain_deadline_ms } else { None };
+        let drained = node.drained && cordoned && !draining;
+        if node.cordoned == cordoned
+            && node.draining == draining
+            && node.drain_deadline_ms == deadline
+            && node.drained == drained
+        {
             return Outcome::NodeEligibilitySet { stopped: 0 };
         }
         node.cordoned = cordoned;
         node.draining = draining;
+        node.drain_deadline_ms = deadline;
+        node.drained = drained;
         node.modify_index = index;
         let now_schedulable = node.schedulable();
         self.touch(Table::Node, name);
-        let mut stopped = 0;
-        if draining {
-            let mut jobs = BTreeSet::new();
-            let mut ids = Vec::new();
-            for a in self.allocs.values_mut() {
-                if a.node == name && a.is_live() {
-                    a.desired = DesiredStatus::Stop;
-                    a.message = "node draining".to_string();
-                    a.modify_index = index;
-                    jobs.insert(a.job.clone());
-                    ids.push(a.id.clone());
-                }
-            }
-            stopped = ids.len() as u32;
-            for id in ids {
-                self.touch(Table::Alloc, &id);
-            }
-            for job in jobs {
-                if self.jobs.contains_key(&job) {
-                    self.create_eval(index, &job, EvalTrigger::NodeUpdate);
-                }
-            }
-        }
         if now_schedulable && !was_schedulable {
             self.unblock(index);
         }
-        Outcome::NodeEligibilitySet { stopped }
+        Outcome::NodeEligibilitySet { stopped: 0 }
+    }
+
+    /// The drainer moves allocations off a draining node: each is asked to
+    /// stop, and its job is evaluated to place it elsewhere.
+    fn migrate_allocs(&mut self, index: u64, node: &str, ids: &[String], reason: &str) -> Outcome {
+        if !self.nodes.get(node).is_some_and(|n| n.draining) {
+            return Outcome::Refused(format!("node {node:?} is not draining"));
+        }
+        let mut jobs = BTreeSet::new();
+        let mut moved = Vec::new();
+        for id in ids {
+            if let Some(a) = self.allocs.get_mut(id) {
+                if a.node == node && a.is_live() {
+                    a.desired = DesiredStatus::Stop;
+                    a.message = reason.to_string();
+                    a.modify_index = index;
+                    jobs.insert(a.job.clone());
+                    moved.push(id.clone());
+                }
+            }
+        }
+        for id in &moved {
+            self.touch(Table::Alloc, id);
+        }
+        for job in jobs {
+            if self.jobs.contains_key(&job) {
+                self.create_eval(index, &job, EvalTrigger::NodeUpdate);
+            }
+        }
+        Outcome::AllocsMigrated {
+            moved: moved.len() as u32,
+        }
+    }
+
+    /// A drain is over: nothing runs on the node any more.
+    fn finish_drain(&mut self, index: u64, name: &str) -> Outcome {
+        let busy = self
+            .allocs
+            .values()
+            .any(|a| a.node == name && a.holds_resources());
+        let Some(node) = self.nodes.get_mut(name) else {
+            return Outcome::Refused(format!("node {name:?} not found"));
+        };
+        if !node.draining || busy {
+            return Outcome::Refused(format!("node {name:?} is not an empty, draining node"));
+        }
+        node.draining = false;
+        node.drain_deadline_ms = None;
+        node.drained = true;
+        node.cordoned = true;
+        node.modify_index = index;
+        self.touch(Table::Node, name);
+        Outcome::NodeEligibilitySet { stopped: 0 }
     }
 
     fn finish_eval(&mut self, index: u64, id: &str, status: EvalStatus, message: String) {

@@ -612,7 +612,7 @@ fn a_gang_plan_is_committed_whole_or_not_at_all() {
 }
 
 #[test]
-fn cordon_survives_reregistration_and_drain_stops_the_nodes_work() {
+fn cordon_survives_reregistration_and_a_drain_moves_work_then_finishes() {
     let mut h = Harness::new();
     h.apply(reg("n1", 4000, 4096));
     h.apply(Command::UpsertJob {
@@ -623,33 +623,80 @@ fn cordon_survives_reregistration_and_drain_stops_the_nodes_work() {
         name: "n1".into(),
         cordoned: true,
         draining: false,
+        drain_deadline_ms: None,
     });
     assert_eq!(out, Outcome::NodeEligibilitySet { stopped: 0 });
     h.apply(reg("n1", 4000, 4096));
     assert!(h.state.nodes["n1"].cordoned, "kept across registration");
     assert_eq!(h.state.allocs["web-0-n1"].desired, DesiredStatus::Run);
-    let out = h.apply(Command::SetNodeEligibility {
+    // Draining marks the node; the leader's drainer moves the work.
+    h.apply(Command::SetNodeEligibility {
         name: "n1".into(),
         cordoned: false,
         draining: true,
+        drain_deadline_ms: Some(1_000),
     });
-    assert_eq!(out, Outcome::NodeEligibilitySet { stopped: 1 });
     let n = &h.state.nodes["n1"];
     assert!(n.cordoned && n.draining && !n.schedulable());
+    assert_eq!(n.drain_deadline_ms, Some(1_000));
+    assert_eq!(h.state.allocs["web-0-n1"].desired, DesiredStatus::Run);
+    // Not empty yet: a drain cannot finish.
+    assert!(matches!(
+        h.apply(Command::FinishDrain { node: "n1".into() }),
+        Outcome::Refused(_)
+    ));
+    let out = h.apply(Command::MigrateAllocs {
+        node: "n1".into(),
+        alloc_ids: vec!["web-0-n1".into()],
+        reason: "node n1 draining".into(),
+    });
+    assert_eq!(out, Outcome::AllocsMigrated { moved: 1 });
     let a = &h.state.allocs["web-0-n1"];
     assert_eq!(
         (a.desired, a.message.as_str()),
-        (DesiredStatus::Stop, "node draining")
+        (DesiredStatus::Stop, "node n1 draining")
     );
     assert_eq!(
         h.state.latest_eval("web").map(|e| e.status),
         Some(EvalStatus::Pending)
     );
+    h.apply(Command::UpdateAllocStatus {
+        at_ms: 0,
+        node: "n1".into(),
+        updates: vec![AllocUpdate {
+            alloc_id: "web-0-n1".into(),
+            status: AllocStatus::Complete,
+            exit_code: Some(0),
+            message: String::new(),
+            ..Default::default()
+        }],
+    });
+    h.apply(Command::FinishDrain { node: "n1".into() });
+    let n = &h.state.nodes["n1"];
+    assert!(n.drained && n.cordoned && !n.draining);
+    assert_eq!(n.status_text(), "ready,drained");
+    // Only a draining node's allocations can be moved this way.
+    assert!(matches!(
+        h.apply(Command::MigrateAllocs {
+            node: "n1".into(),
+            alloc_ids: vec![],
+            reason: String::new(),
+        }),
+        Outcome::Refused(_)
+    ));
+    h.apply(Command::SetNodeEligibility {
+        name: "n1".into(),
+        cordoned: false,
+        draining: false,
+        drain_deadline_ms: None,
+    });
+    assert!(h.state.nodes["n1"].schedulable() && !h.state.nodes["n1"].drained);
     assert!(matches!(
         h.apply(Command::SetNodeEligibility {
             name: "nope".into(),
             cordoned: true,
-            draining: false
+            draining: false,
+            drain_deadline_ms: None,
         }),
         Outcome::Refused(_)
     ));
@@ -663,6 +710,7 @@ fn uncordoning_a_node_unblocks_waiting_work() {
         name: "n1".into(),
         cordoned: true,
         draining: false,
+        drain_deadline_ms: None,
     });
     h.apply(Command::UpsertJob {
         spec: spec("web", 1, "64Mi"),
@@ -673,6 +721,7 @@ fn uncordoning_a_node_unblocks_waiting_work() {
         name: "n1".into(),
         cordoned: false,
         draining: false,
+        drain_deadline_ms: None,
     });
     assert_eq!(
         h.state.latest_eval("web").map(|e| e.status),
@@ -716,4 +765,62 @@ fn a_job_with_nothing_to_run_needs_no_evaluation_until_it_does() {
         h.state.latest_eval("idle").unwrap().status,
         EvalStatus::Pending
     );
+}
+
+#[test]
+fn a_node_going_down_loses_its_allocations_and_queues_their_replacement() {
+    let mut h = Harness::new();
+    h.apply(reg("n1", 4000, 4096));
+    h.apply(reg("n2", 4000, 4096));
+    h.apply(Command::UpsertJob {
+        spec: spec("web", 2, "64Mi"),
+    });
+    h.apply(h.plan("web", &[(0, "n1"), (1, "n2")], 0));
+    let out = h.apply(Command::SetNodeStatus {
+        name: "n1".into(),
+        status: NodeStatus::Down,
+        reason: "no heartbeat for 6s".into(),
+    });
+    assert_eq!(out, Outcome::NodeStatusSet { lost: 1 });
+    let a = &h.state.allocs["web-0-n1"];
+    assert_eq!(
+        (a.status, a.desired),
+        (AllocStatus::Lost, DesiredStatus::Stop)
+    );
+    assert_eq!(a.message, "node n1 is down: no heartbeat for 6s");
+    assert!(
+        !h.state.allocs["web-1-n2"].status.is_terminal(),
+        "other nodes are untouched"
+    );
+    assert_eq!(
+        h.state.latest_eval("web").unwrap().status,
+        EvalStatus::Pending
+    );
+    assert!(!h.state.nodes["n1"].schedulable());
+    // Lost is final: a late report from the agent changes nothing.
+    h.apply(Command::UpdateAllocStatus {
+        at_ms: 0,
+        node: "n1".into(),
+        updates: vec![AllocUpdate {
+            alloc_id: "web-0-n1".into(),
+            status: AllocStatus::Running,
+            exit_code: None,
+            message: String::new(),
+            ..Default::default()
+        }],
+    });
+    assert_eq!(h.state.allocs["web-0-n1"].status, AllocStatus::Lost);
+    // Coming back makes the node schedulable again; twice is a no-op.
+    h.apply(Command::SetNodeStatus {
+        name: "n1".into(),
+        status: NodeStatus::Ready,
+        reason: String::new(),
+    });
+    assert!(h.state.nodes["n1"].schedulable());
+    let again = h.apply(Command::SetNodeStatus {
+        name: "n1".into(),
+        status: NodeStatus::Ready,
+        reason: String::new(),
+    });
+    assert_eq!(again, Outcome::NodeStatusSet { lost: 0 });
 }
