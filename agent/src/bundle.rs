@@ -75,7 +75,9 @@ pub fn resolve_args(
 }
 
 /// The environment: the image's, then the job's (which wins), then the
-/// variables Skiff sets.
+/// variables Skiff sets: the allocation's identity, and for a replica of a
+/// gang its rank and rendezvous (`SKIFF_RANK`, `SKIFF_WORLD_SIZE`, and
+/// PyTorch's `RANK`, `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`).
 pub fn resolve_env(alloc: &Allocation, image: &ImageConfig) -> Vec<String> {
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     for kv in &image.env {
@@ -91,6 +93,11 @@ pub fn resolve_env(alloc: &Allocation, image: &ImageConfig) -> Vec<String> {
     env.insert("SKIFF_JOB".into(), alloc.job.clone());
     env.insert("SKIFF_NODE".into(), alloc.node.clone());
     env.insert("SKIFF_REPLICA".into(), alloc.replica.to_string());
+    if let Some(g) = &alloc.gang {
+        for (k, v) in g.env() {
+            env.insert(k.into(), v);
+        }
+    }
     env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
@@ -325,29 +332,21 @@ pub fn build_spec(input: &BundleInput<'_>) -> Result<Spec, BundleError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use skiff_model::{AllocStatus, DesiredStatus, JobSpec};
+    use skiff_model::JobSpec;
 
     fn alloc(yaml_task: &str) -> Allocation {
         let spec = JobSpec::from_yaml(&format!("name: web\ntask: {yaml_task}")).unwrap();
         Allocation {
-            id: "0123456789abcdef0123456789abcdef".into(),
-            job: "web".into(),
-            job_version: 1,
-            replica: 2,
-            node: "n1".into(),
-            task: spec.task,
-            gpus: vec![],
-            ports: vec![],
-            unhealthy_gpus: Vec::new(),
-            desired: DesiredStatus::Run,
-            status: AllocStatus::Pending,
-            exit_code: None,
-            message: String::new(),
-            restart_count: 0,
-            healthy: None,
-            reason: String::new(),
             create_index: 1,
             modify_index: 1,
+            ..Allocation::new(
+                "0123456789abcdef0123456789abcdef",
+                "web",
+                1,
+                2,
+                "n1",
+                spec.task,
+            )
         }
     }
 
@@ -404,6 +403,29 @@ mod tests {
         assert!(env.contains(&format!("SKIFF_ALLOC_ID={}", a.id)));
         assert!(env.contains(&"SKIFF_JOB=web".to_string()));
         assert!(env.contains(&"SKIFF_NODE=n1".to_string()));
+        assert!(!env.iter().any(|e| e.starts_with("RANK=")), "not a gang");
+    }
+
+    #[test]
+    fn a_gang_replica_gets_its_rank_and_the_rendezvous_of_rank_zero() {
+        let mut a = alloc("{image: 'oci:/i', env: {RANK: mine}}");
+        a.gang = Some(skiff_model::GangRank {
+            rank: 2,
+            world_size: 3,
+            master_addr: "10.0.0.7".into(),
+            master_port: 29500,
+        });
+        let env = resolve_env(&a, &image());
+        for want in [
+            "SKIFF_RANK=2",
+            "SKIFF_WORLD_SIZE=3",
+            "RANK=2",
+            "WORLD_SIZE=3",
+            "MASTER_ADDR=10.0.0.7",
+            "MASTER_PORT=29500",
+        ] {
+            assert!(env.contains(&want.to_string()), "{want} missing in {env:?}");
+        }
     }
 
     #[test]

@@ -1185,24 +1185,17 @@ mod tests {
     #[test]
     fn a_waiting_or_oom_killed_allocation_says_so() {
         let a = Allocation {
-            id: "0123456789abcdef0123456789abcdef".into(),
-            job: "j".into(),
-            job_version: 1,
-            replica: 0,
-            node: "n".into(),
-            task: task("{policy: on-failure}"),
-            gpus: vec![],
-            ports: vec![],
-            unhealthy_gpus: Vec::new(),
-            desired: DesiredStatus::Run,
             status: AllocStatus::Running,
-            exit_code: None,
-            message: String::new(),
-            restart_count: 0,
-            healthy: None,
-            reason: String::new(),
             create_index: 1,
             modify_index: 1,
+            ..Allocation::new(
+                "0123456789abcdef0123456789abcdef",
+                "j",
+                1,
+                0,
+                "n",
+                task("{policy: on-failure}"),
+            )
         };
         let mut l = Local::new(
             Phase::BackOff {

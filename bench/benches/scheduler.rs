@@ -8,8 +8,7 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criteri
 use skiff_bench::{job, nodes, workload, Shape};
 use skiff_model::fit::fits_free;
 use skiff_model::{
-    AllocStatus, Allocation, Constraint, ConstraintOp, DesiredStatus, Node, Resources,
-    TaskResources,
+    AllocStatus, Allocation, Constraint, ConstraintOp, Node, Resources, TaskResources,
 };
 use skiff_scheduler::{reconcile, ClusterView, Config};
 
@@ -35,24 +34,19 @@ fn filled(shape: Shape, node_count: usize, tasks: usize) -> (Vec<Node>, Vec<Allo
             view.commit(j, &plan, &ids, 2);
             for (p, id) in plan.placements.iter().zip(&ids) {
                 allocs.push(Allocation {
-                    id: id.clone(),
-                    job: j.spec.name.clone(),
-                    job_version: 1,
-                    replica: p.replica,
-                    node: p.node.clone(),
-                    task: j.spec.task.clone(),
                     gpus: p.gpus.clone(),
                     ports: vec![],
-                    unhealthy_gpus: Vec::new(),
-                    desired: DesiredStatus::Run,
                     status: AllocStatus::Running,
-                    exit_code: None,
-                    message: String::new(),
-                    restart_count: 0,
-                    healthy: None,
-                    reason: String::new(),
                     create_index: 2,
                     modify_index: 2,
+                    ..Allocation::new(
+                        id.clone(),
+                        j.spec.name.clone(),
+                        1,
+                        p.replica,
+                        p.node.clone(),
+                        j.spec.task.clone(),
+                    )
                 });
             }
         }
@@ -108,24 +102,17 @@ fn preempt_and_explain(c: &mut Criterion) {
         .flat_map(|n| {
             let low = &low;
             (0..4).map(move |k| Allocation {
-                id: format!("{}-{k}", n.name),
-                job: "low".into(),
-                job_version: 1,
-                replica: k,
-                node: n.name.clone(),
-                task: low.spec.task.clone(),
-                gpus: vec![],
-                ports: vec![],
-                unhealthy_gpus: Vec::new(),
-                desired: DesiredStatus::Run,
                 status: AllocStatus::Running,
-                exit_code: None,
-                message: String::new(),
-                restart_count: 0,
-                healthy: None,
-                reason: String::new(),
                 create_index: 2,
                 modify_index: 2,
+                ..Allocation::new(
+                    format!("{}-{k}", n.name),
+                    "low",
+                    1,
+                    k,
+                    n.name.clone(),
+                    low.spec.task.clone(),
+                )
             })
         })
         .collect();

@@ -6,7 +6,6 @@
 //! be repeated exactly.
 
 use skiff_model::fit::fits_free;
-use skiff_model::job::DEFAULT_PRIORITY;
 use skiff_model::{
     Gpu, GpuLink, ImageRef, Job, JobSpec, LinkLevel, Node, NodeStatus, Resources, TaskResources,
     TaskSpec,
@@ -133,23 +132,17 @@ pub fn nodes(shape: Shape, count: usize) -> Vec<Node> {
 /// A job named `name` with `replicas` of a task asking `ask`.
 pub fn job(name: String, replicas: u32, ask: TaskResources) -> Job {
     Job {
-        spec: JobSpec {
+        spec: JobSpec::new(
             name,
             replicas,
-            priority: DEFAULT_PRIORITY,
-            gang: false,
-            constraints: Vec::new(),
-            spread: None,
-            distinct_hosts: false,
-            affinities: Vec::new(),
-            task: TaskSpec {
+            TaskSpec {
                 resources: ask,
                 ..TaskSpec::new(ImageRef {
                     path: "/images/bench".into(),
                     tag: None,
                 })
             },
-        },
+        ),
         version: 1,
         create_index: 1,
         modify_index: 1,

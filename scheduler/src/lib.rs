@@ -20,16 +20,16 @@ mod gpus;
 mod place;
 mod preempt;
 mod view;
+mod workload;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use skiff_model::{AllocStatus, DesiredStatus, Job, Placement, Plan, Stop};
+use skiff_model::{Deployment, DesiredStatus, Job, Placement, Plan, Stop};
 
 use crate::place::Placer;
 pub use crate::view::ClusterView;
-use crate::view::{AllocRec, NO_NODE};
+use crate::view::{AllocRec, NodeIdx};
 
 /// How the scheduler scores the nodes a replica fits on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -99,20 +99,39 @@ impl Default for Config {
 
 /// Computes the plan that moves `job_name` from what runs now towards what
 /// the job asks for. `job` is `None` when the job was deleted: everything it
-/// still runs is stopped.
+/// still runs is stopped. A service with allocations of another version
+/// rolls out as if its rollout were running and promoted; see
+/// [`reconcile_job`] to pass the job's deployment.
 pub fn reconcile(job_name: &str, job: Option<&Job>, view: &ClusterView<'_>, cfg: &Config) -> Plan {
+    reconcile_job(job_name, job, None, view, cfg)
+}
+
+/// [`reconcile`], knowing the job's current rollout: whether it is paused
+/// or failed (nothing moves), waiting for its canaries to be promoted, and
+/// whether new allocations must prove healthy before old ones stop.
+pub fn reconcile_job(
+    job_name: &str,
+    job: Option<&Job>,
+    deployment: Option<&Deployment>,
+    view: &ClusterView<'_>,
+    cfg: &Config,
+) -> Plan {
     let mut plan = Plan::default();
     let job_idx = view.job_index(job_name);
-    let mut own: Vec<&AllocRec<'_>> = job_idx
+    let all: Vec<&AllocRec<'_>> = job_idx
         .map(|j| {
             view.jobs[j as usize]
                 .allocs
                 .iter()
                 .map(|&a| &view.allocs[a as usize])
-                .filter(|a| a.desired == DesiredStatus::Run)
                 .collect()
         })
         .unwrap_or_default();
+    let mut own: Vec<&AllocRec<'_>> = all
+        .iter()
+        .copied()
+        .filter(|a| a.desired == DesiredStatus::Run)
+        .collect();
     own.sort_by(|a, b| (a.replica, &a.id).cmp(&(b.replica, &b.id)));
 
     let Some(job) = job else {
@@ -121,107 +140,107 @@ pub fn reconcile(job_name: &str, job: Option<&Job>, view: &ClusterView<'_>, cfg:
         }
         return plan;
     };
-
-    // Allocations of an older version of the job are replaced (rolling
-    // updates come later); those of the current version fill replica slots.
-    let mut filled: BTreeMap<u32, &AllocRec<'_>> = BTreeMap::new();
-    for a in &own {
-        // An allocation made before the job (re)appeared belongs to an
-        // earlier job of the same name.
-        if a.version != job.version || a.create_index < job.create_index {
-            if !a.status.is_terminal() {
-                plan.stops.push(stop(a, "job updated"));
-            }
-        } else if a.status != AllocStatus::Lost {
-            match filled.entry(a.replica) {
-                std::collections::btree_map::Entry::Vacant(slot) => {
-                    slot.insert(a);
-                }
-                // Never two allocations for one slot: keep the first.
-                std::collections::btree_map::Entry::Occupied(_) => {
-                    if !a.status.is_terminal() {
-                        plan.stops.push(stop(a, "duplicate replica"));
-                    }
-                }
-            }
-        }
-    }
-    // Scale down: stop the highest replica slots.
-    let wanted = job.spec.replicas;
-    for (&replica, a) in filled.iter().rev() {
-        if replica >= wanted && !a.status.is_terminal() {
-            plan.stops.push(stop(a, "job scaled down"));
-        }
-    }
-    let missing: Vec<u32> = (0..wanted).filter(|r| !filled.contains_key(r)).collect();
-    if missing.is_empty() {
-        return plan;
-    }
-
-    // Where the replicas that stay run (for distinct_hosts and spread).
-    let kept = filled
-        .iter()
-        .filter(|(&r, a)| r < wanted && !a.status.is_terminal() && a.node != NO_NODE)
-        .map(|(_, a)| a.node);
-    let mut placer = Placer::new(view, cfg, &job.spec, job_idx, kept);
-    let reason = format!(
-        "preempted by job {} (priority {})",
-        job.spec.name, job.spec.priority
-    );
-    let mut explanation = None;
-    for &replica in &missing {
-        if explanation.is_some() {
-            // Nothing fit, even by preemption: nor will the next replica.
-            plan.unplaced += 1;
-            continue;
-        }
-        let choice = match placer.place_one() {
-            Some(c) => Some(c),
-            None => placer.preempt_one().map(|(c, victims)| {
-                for v in victims {
-                    plan.evictions.push(Stop {
-                        alloc_id: view.allocs[v as usize].id.to_string(),
-                        reason: reason.clone(),
-                    });
-                }
-                c
-            }),
-        };
-        match choice {
-            Some(c) => {
-                let node = view.nodes[c.node as usize].node;
-                plan.placements.push(Placement {
-                    replica,
-                    node: node.name.clone(),
-                    gpus: node.gpu_uuids(c.gpus),
-                });
-            }
-            None => {
-                plan.unplaced += 1;
-                explanation = Some(placer.explain());
-            }
-        }
-    }
-    if let Some(why) = explanation {
-        if job.spec.gang {
-            // All or nothing: the replicas that fit are not placed either,
-            // and nothing is evicted for them.
-            let fit = plan.placements.len();
-            plan.placements.clear();
-            plan.evictions.clear();
-            plan.unplaced = missing.len() as u32;
-            plan.explanation = format!(
-                "gang needs all {} replicas placed together; only {fit} fit: {why}",
-                missing.len()
-            );
-        } else {
-            plan.explanation = why;
-        }
+    let ctx = Ctx {
+        view,
+        cfg,
+        job,
+        job_idx,
+    };
+    if job.spec.is_batch() {
+        workload::batch(&ctx, &all, &own, &mut plan);
+    } else {
+        workload::service(&ctx, &own, deployment, &mut plan);
     }
     plan
 }
 
-fn stop(a: &AllocRec<'_>, reason: &str) -> Stop {
+/// What every part of one evaluation reads.
+pub(crate) struct Ctx<'v, 'a> {
+    pub view: &'v ClusterView<'a>,
+    pub cfg: &'v Config,
+    pub job: &'v Job,
+    pub job_idx: Option<u32>,
+}
+
+impl Ctx<'_, '_> {
+    /// Places one replica in each of `slots`, in order, evicting
+    /// lower-priority work where nothing fits. `kept` are the nodes where
+    /// the job's replicas that stay run (for distinct_hosts and spread). A
+    /// gang is placed whole or not at all.
+    pub(crate) fn place(&self, plan: &mut Plan, slots: &[u32], kept: &[NodeIdx]) {
+        if slots.is_empty() {
+            return;
+        }
+        let (view, job) = (self.view, self.job);
+        let mut placer = Placer::new(
+            view,
+            self.cfg,
+            &job.spec,
+            self.job_idx,
+            kept.iter().copied(),
+        );
+        let reason = format!(
+            "preempted by job {} (priority {})",
+            job.spec.name, job.spec.priority
+        );
+        let placed_before = plan.placements.len();
+        let evicted_before = plan.evictions.len();
+        let mut unplaced = 0;
+        let mut explanation = None;
+        for &replica in slots {
+            if explanation.is_some() {
+                // Nothing fit, even by preemption: nor will the next replica.
+                unplaced += 1;
+                continue;
+            }
+            let choice = match placer.place_one() {
+                Some(c) => Some(c),
+                None => placer.preempt_one().map(|(c, victims)| {
+                    for v in victims {
+                        plan.evictions.push(Stop {
+                            alloc_id: view.allocs[v as usize].id.to_string(),
+                            reason: reason.clone(),
+                        });
+                    }
+                    c
+                }),
+            };
+            match choice {
+                Some(c) => {
+                    let node = view.nodes[c.node as usize].node;
+                    plan.placements.push(Placement {
+                        replica,
+                        node: node.name.clone(),
+                        gpus: node.gpu_uuids(c.gpus),
+                    });
+                }
+                None => {
+                    unplaced += 1;
+                    explanation = Some(placer.explain());
+                }
+            }
+        }
+        if let Some(why) = explanation {
+            if job.spec.gang {
+                // All or nothing: the replicas that fit are not placed either,
+                // and nothing is evicted for them.
+                let fit = plan.placements.len() - placed_before;
+                plan.placements.truncate(placed_before);
+                plan.evictions.truncate(evicted_before);
+                unplaced = slots.len() as u32;
+                plan.explanation = format!(
+                    "gang needs all {} replicas placed together; only {fit} fit: {why}",
+                    slots.len()
+                );
+            } else {
+                plan.explanation = why;
+            }
+        }
+        plan.unplaced += unplaced;
+    }
+}
+
+pub(crate) fn stop(a: &AllocRec<'_>, reason: &str) -> Stop {
     Stop {
         alloc_id: a.id.to_string(),
         reason: reason.to_string(),

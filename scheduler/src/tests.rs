@@ -1,5 +1,10 @@
+use std::collections::BTreeMap;
+
 use super::*;
-use skiff_model::{Allocation, Gpu, GpuLink, JobSpec, LinkLevel, Node, NodeStatus, Resources};
+use skiff_model::{
+    AllocStatus, Allocation, DeploymentStatus, Gpu, GpuLink, JobSpec, LinkLevel, Node, NodeStatus,
+    Resources,
+};
 
 fn node(name: &str, cpu: u64, mem_mi: u64) -> Node {
     Node {
@@ -81,24 +86,17 @@ fn job(replicas: u32, cpu: &str, mem: &str) -> Job {
 
 fn alloc(id: &str, job: &Job, replica: u32, node: &str) -> Allocation {
     Allocation {
-        id: id.into(),
-        job: job.spec.name.clone(),
-        job_version: job.version,
-        replica,
-        node: node.into(),
-        task: job.spec.task.clone(),
-        gpus: vec![],
-        ports: job.spec.task.resources.ports.clone(),
-        unhealthy_gpus: Vec::new(),
-        desired: DesiredStatus::Run,
         status: AllocStatus::Running,
-        exit_code: None,
-        message: String::new(),
-        restart_count: 0,
-        healthy: None,
-        reason: String::new(),
         create_index: 1,
         modify_index: 1,
+        ..Allocation::new(
+            id,
+            job.spec.name.clone(),
+            job.version,
+            replica,
+            node,
+            job.spec.task.clone(),
+        )
     }
 }
 
@@ -839,4 +837,253 @@ fn committing_a_plan_to_the_view_matches_rebuilding_it() {
             allocs.push(a);
         }
     }
+}
+
+// ---- rollouts, batch jobs, gangs ----------------------------------------------
+
+/// `job` (replicas 4 unless changed) at version 2; `old` allocations of
+/// version 1, `new` ones of version 2, each `(slot, healthy now, proved)`.
+fn rollout_state(
+    j: &Job,
+    old: &[(u32, bool)],
+    new: &[(u32, bool, Option<bool>)],
+) -> Vec<Allocation> {
+    let mut v1 = j.clone();
+    v1.version = 1;
+    let mut allocs = Vec::new();
+    for &(slot, healthy) in old {
+        let mut a = alloc(&format!("old{slot}"), &v1, slot, "a");
+        a.healthy = Some(healthy);
+        allocs.push(a);
+    }
+    for &(slot, healthy, proved) in new {
+        let mut a = alloc(&format!("new{slot}"), j, slot, "a");
+        a.healthy = Some(healthy);
+        a.deploy_health = proved;
+        allocs.push(a);
+    }
+    allocs
+}
+
+fn deployment(version: u64, status: DeploymentStatus, canary: u32, promoted: bool) -> Deployment {
+    Deployment {
+        id: "web-1".into(),
+        job: "web".into(),
+        version,
+        from_version: version - 1,
+        status,
+        reason: String::new(),
+        canary,
+        promoted,
+        rollback: false,
+        started_ms: 0,
+        progress_ms: 0,
+        ended_ms: 0,
+        create_index: 1,
+        modify_index: 1,
+    }
+}
+
+fn plan_rollout(j: &Job, allocs: &[Allocation], d: Option<&Deployment>) -> Plan {
+    let nodes = [node("a", 64_000, 64 << 10)];
+    let view = ClusterView::new(&nodes, allocs, |_| Some(50));
+    reconcile_job("web", Some(j), d, &view, &Config::default())
+}
+
+fn stopped(p: &Plan) -> Vec<&str> {
+    p.stops.iter().map(|s| s.alloc_id.as_str()).collect()
+}
+
+fn slots(p: &Plan) -> Vec<u32> {
+    p.placements.iter().map(|p| p.replica).collect()
+}
+
+#[test]
+fn a_rolling_update_adds_max_surge_and_stops_down_to_max_unavailable() {
+    // 4 replicas: 25% is 1 unavailable (rounded down), 1 surge (up).
+    let mut j = job(4, "100m", "16Mi");
+    j.version = 2;
+    let d = deployment(2, DeploymentStatus::Running, 0, false);
+    let all_old = rollout_state(&j, &[(0, true), (1, true), (2, true), (3, true)], &[]);
+    let p = plan_rollout(&j, &all_old, Some(&d));
+    assert_eq!(stopped(&p), ["old3"], "one old replica may go: 3 of 4 stay");
+    assert_eq!(slots(&p), [0, 1], "3 old + 2 new = replicas + max_surge");
+    assert!(p.stops.iter().all(|s| s.reason == "replaced by version 2"));
+}
+
+#[test]
+fn new_allocations_count_as_available_only_once_proved_healthy() {
+    let mut j = job(4, "100m", "16Mi");
+    j.version = 2;
+    let d = deployment(2, DeploymentStatus::Running, 0, false);
+    // Healthy now, but not yet for min_healthy: nothing more moves.
+    let waiting = rollout_state(
+        &j,
+        &[(0, true), (1, true), (2, true)],
+        &[(0, true, None), (1, true, None)],
+    );
+    assert!(plan_rollout(&j, &waiting, Some(&d)).is_empty());
+    // Proved: two old ones stop, two more new ones start.
+    let proved = rollout_state(
+        &j,
+        &[(0, true), (1, true), (2, true)],
+        &[(0, true, Some(true)), (1, true, Some(true))],
+    );
+    let p = plan_rollout(&j, &proved, Some(&d));
+    assert_eq!(stopped(&p), ["old2", "old1"]);
+    assert_eq!(slots(&p), [2, 3]);
+    // Without a rollout to prove them, healthy now is enough.
+    let p = plan_rollout(&j, &waiting, None);
+    assert_eq!(stopped(&p), ["old2", "old1"]);
+}
+
+#[test]
+fn old_allocations_that_are_not_healthy_stop_at_once() {
+    let mut j = job(4, "100m", "16Mi");
+    j.version = 2;
+    let d = deployment(2, DeploymentStatus::Running, 0, false);
+    let allocs = rollout_state(&j, &[(0, true), (1, true), (2, true), (3, false)], &[]);
+    let p = plan_rollout(&j, &allocs, Some(&d));
+    // old3 serves nobody; 3 healthy stay (replicas - max_unavailable), and
+    // 3 old + 2 new run.
+    assert_eq!(stopped(&p), ["old3"]);
+    assert_eq!(slots(&p), [0, 1]);
+}
+
+#[test]
+fn canaries_start_beside_the_old_version_and_wait_for_promotion() {
+    let mut j = job(4, "100m", "16Mi");
+    j.version = 2;
+    let old = [(0, true), (1, true), (2, true), (3, true)];
+    let waiting = deployment(2, DeploymentStatus::Running, 1, false);
+    let p = plan_rollout(&j, &rollout_state(&j, &old, &[]), Some(&waiting));
+    assert!(p.stops.is_empty());
+    assert_eq!(slots(&p), [0]);
+    // The canary is healthy: still nothing until promoted.
+    let with_canary = rollout_state(&j, &old, &[(0, true, Some(true))]);
+    assert!(plan_rollout(&j, &with_canary, Some(&waiting)).is_empty());
+    let promoted = deployment(2, DeploymentStatus::Running, 1, true);
+    let p = plan_rollout(&j, &with_canary, Some(&promoted));
+    // 5 available (4 old, the canary): two old ones may go, and two more
+    // new ones start (2 old + 3 new = replicas + max_surge).
+    assert_eq!(stopped(&p), ["old3", "old2"]);
+    assert_eq!(slots(&p), [1, 2]);
+}
+
+#[test]
+fn a_paused_or_failed_rollout_moves_nothing() {
+    let mut j = job(4, "100m", "16Mi");
+    j.version = 2;
+    let allocs = rollout_state(&j, &[(0, true), (1, true), (2, true), (3, true)], &[]);
+    for status in [DeploymentStatus::Paused, DeploymentStatus::Failed] {
+        let d = deployment(2, status, 0, false);
+        assert!(plan_rollout(&j, &allocs, Some(&d)).is_empty(), "{status:?}");
+    }
+}
+
+#[test]
+fn a_gang_is_replaced_whole_not_rolled() {
+    let mut j = job_yaml(
+        "web",
+        "replicas: 2\ngang: true",
+        "{cpu: 100m, memory: 16Mi}",
+    );
+    j.version = 2;
+    let allocs = rollout_state(&j, &[(0, true), (1, true)], &[]);
+    let p = plan_rollout(&j, &allocs, None);
+    assert_eq!(stopped(&p), ["old0", "old1"]);
+    assert!(p.stops.iter().all(|s| s.reason == "job updated"));
+    assert_eq!(slots(&p), [0, 1]);
+}
+
+fn batch_job(extra: &str) -> Job {
+    job_yaml(
+        "web",
+        &format!("type: batch\n{extra}"),
+        "{cpu: 100m, memory: 16Mi}",
+    )
+}
+
+/// An allocation of `j` in slot `slot` with the given end (or running).
+fn run(j: &Job, id: &str, slot: u32, status: AllocStatus, reason: &str) -> Allocation {
+    let mut a = alloc(id, j, slot, "a");
+    a.status = status;
+    a.reason = reason.into();
+    a
+}
+
+#[test]
+fn a_batch_job_runs_at_most_parallelism_slots_until_completions_succeed() {
+    let j = batch_job("completions: 5\nparallelism: 2");
+    assert_eq!(slots(&plan_rollout(&j, &[], None)), [0, 1]);
+    let allocs = [
+        run(&j, "s0", 0, AllocStatus::Complete, "completed"),
+        run(&j, "r1", 1, AllocStatus::Running, ""),
+    ];
+    assert_eq!(slots(&plan_rollout(&j, &allocs, None)), [2]);
+    // A failed run's slot is placed again.
+    let allocs = [
+        run(&j, "f0", 0, AllocStatus::Failed, "error"),
+        run(&j, "r1", 1, AllocStatus::Running, ""),
+    ];
+    assert_eq!(slots(&plan_rollout(&j, &allocs, None)), [0]);
+    // Four succeeded, one runs: nothing more.
+    let mut allocs: Vec<Allocation> = (0..4)
+        .map(|s| run(&j, &format!("s{s}"), s, AllocStatus::Complete, "completed"))
+        .collect();
+    allocs.push(run(&j, "r4", 4, AllocStatus::Running, ""));
+    assert!(plan_rollout(&j, &allocs, None).is_empty());
+}
+
+#[test]
+fn a_batch_job_past_its_backoff_limit_stops_and_places_nothing() {
+    let j = batch_job("completions: 3\nparallelism: 2\nbackoff_limit: 1");
+    let mut restarted = run(&j, "r0", 0, AllocStatus::Running, "");
+    restarted.restart_count = 1;
+    let allocs = [
+        restarted.clone(),
+        run(&j, "f1", 1, AllocStatus::Failed, "error"),
+    ];
+    let p = plan_rollout(&j, &allocs, None);
+    assert!(p.placements.is_empty());
+    assert_eq!(stopped(&p), ["r0"]);
+    assert_eq!(
+        p.stops[0].reason,
+        "job failed: 2 failed runs, more than backoff_limit 1"
+    );
+    // At the limit it goes on.
+    let p = plan_rollout(&j, &[restarted], None);
+    assert_eq!(slots(&p), [1]);
+}
+
+#[test]
+fn a_failed_rank_restarts_the_whole_gang() {
+    let j = batch_job("gang: true\nreplicas: 3");
+    let allocs = [
+        run(&j, "g0", 0, AllocStatus::Complete, "completed"),
+        run(&j, "g1", 1, AllocStatus::Failed, "error"),
+        run(&j, "g2", 2, AllocStatus::Running, ""),
+    ];
+    let p = plan_rollout(&j, &allocs, None);
+    assert!(p.placements.is_empty(), "the old ranks stop first");
+    assert_eq!(stopped(&p), ["g0", "g1", "g2"]);
+    assert!(p
+        .stops
+        .iter()
+        .all(|s| s.reason == "gang restart: replica 1 failed"));
+    // Once they are asked to stop, the next evaluation places a new gang.
+    let stopped_gang: Vec<Allocation> = allocs
+        .iter()
+        .cloned()
+        .map(|mut a| {
+            a.desired = DesiredStatus::Stop;
+            a
+        })
+        .collect();
+    assert_eq!(slots(&plan_rollout(&j, &stopped_gang, None)), [0, 1, 2]);
+    // With gang_failure: fail, the job fails instead.
+    let j = batch_job("gang: true\nreplicas: 3\ngang_failure: fail");
+    let p = plan_rollout(&j, &allocs, None);
+    assert!(p.placements.is_empty());
+    assert_eq!(stopped(&p), ["g2"]);
 }

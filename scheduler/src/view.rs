@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use skiff_model::fit::{node_ready, Misfit, Usage};
 use skiff_model::gpu::Topology;
-use skiff_model::{AllocStatus, Allocation, DesiredStatus, Job, Node, Plan, Resources};
+use skiff_model::{AllocFacts, AllocStatus, Allocation, DesiredStatus, Job, Node, Plan, Resources};
 
 /// Position of a node in the view (nodes are sorted by name).
 pub(crate) type NodeIdx = u32;
@@ -65,11 +65,49 @@ pub(crate) struct AllocRec<'a> {
     pub amount: Resources,
     pub gpus: u64,
     pub ports: Vec<u16>,
+    /// Failures so far (see `skiff_model::AllocFacts::failures`).
+    pub failures: u32,
+    /// Exited 0 on its own.
+    pub succeeded: bool,
+    /// Running with its readiness passing.
+    pub healthy_now: bool,
+    /// The rollout's verdict on it.
+    pub deploy_health: Option<bool>,
 }
 
 impl AllocRec<'_> {
     pub fn holds_resources(&self) -> bool {
         !self.status.is_terminal()
+    }
+}
+
+impl AllocFacts for AllocRec<'_> {
+    fn replica(&self) -> u32 {
+        self.replica
+    }
+    fn version(&self) -> u64 {
+        self.version
+    }
+    fn create_index(&self) -> u64 {
+        self.create_index
+    }
+    fn desired(&self) -> DesiredStatus {
+        self.desired
+    }
+    fn status(&self) -> AllocStatus {
+        self.status
+    }
+    fn failures(&self) -> u32 {
+        self.failures
+    }
+    fn succeeded(&self) -> bool {
+        self.succeeded
+    }
+    fn healthy_now(&self) -> bool {
+        self.healthy_now
+    }
+    fn deploy_health(&self) -> Option<bool> {
+        self.deploy_health
     }
 }
 
@@ -273,6 +311,10 @@ impl<'a> ClusterView<'a> {
                 amount: a.resources(),
                 gpus,
                 ports: a.ports.clone(),
+                failures: a.failures(),
+                succeeded: a.succeeded(),
+                healthy_now: a.healthy_now(),
+                deploy_health: a.deploy_health,
             });
         }
 
@@ -427,6 +469,10 @@ impl<'a> ClusterView<'a> {
                     .with_gpus(p.gpus.len() as u32),
                 gpus,
                 ports: job.spec.task.resources.ports.clone(),
+                failures: 0,
+                succeeded: false,
+                healthy_now: false,
+                deploy_health: None,
             });
         }
         for s in plan.stops.iter().chain(&plan.evictions) {

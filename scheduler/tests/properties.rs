@@ -2,7 +2,12 @@
 //! plans passes the state machine's own fit rule (no cpu, memory, GPU or
 //! port is ever given twice), constraints, distinct_hosts and spread hold,
 //! gangs are all-or-nothing, evictions only take work at least 10 priority
-//! points lower, and the same input always gives the same plan.
+//! points lower, and the same input always gives the same plan. For
+//! workloads: a rollout never takes availability below `replicas -
+//! max_unavailable` nor runs more than `replicas + max_surge`, canaries and
+//! frozen rollouts stop no healthy old work, a batch job never runs more
+//! than `parallelism` nor reruns a slot that succeeded, and a gang with a
+//! failed rank stops whole.
 //!
 //! Each case is built from a seed by a small PRNG (proptest picks the seeds
 //! and the sizes), so a failure prints everything needed to replay it.
@@ -12,11 +17,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 use skiff_model::fit::{fits_assignment, usage_on, Usage};
 use skiff_model::{
-    AllocStatus, Allocation, Constraint, ConstraintOp, DesiredStatus, Gpu, GpuFilter, GpuLink,
-    ImageRef, Job, JobSpec, LinkLevel, Node, NodeStatus, Plan, Resources, Spread, TaskResources,
-    TaskSpec,
+    AllocFacts, AllocStatus, Allocation, Amount, Constraint, ConstraintOp, Deployment,
+    DeploymentStatus, DesiredStatus, Gpu, GpuFilter, GpuLink, ImageRef, Job, JobSpec, LinkLevel,
+    Node, NodeStatus, Plan, Resources, Spread, TaskResources, TaskSpec,
 };
-use skiff_scheduler::{reconcile, Algorithm, ClusterView, Config};
+use skiff_scheduler::{reconcile, reconcile_job, Algorithm, ClusterView, Config};
 
 struct Rng(u64);
 
@@ -56,15 +61,8 @@ fn task(resources: TaskResources) -> TaskSpec {
 fn job(name: &str, replicas: u32, priority: u8, resources: TaskResources) -> Job {
     Job {
         spec: JobSpec {
-            name: name.into(),
-            replicas,
             priority,
-            gang: false,
-            constraints: vec![],
-            spread: None,
-            distinct_hosts: false,
-            affinities: vec![],
-            task: task(resources),
+            ..JobSpec::new(name, replicas, task(resources))
         },
         version: 1,
         create_index: 1,
@@ -187,24 +185,18 @@ fn scenario(seed: u64, node_count: usize) -> Scenario {
                 continue;
             }
             allocs.push(Allocation {
-                id: format!("{}-{}-{slot}", bg.spec.name, node.name),
-                job: bg.spec.name.clone(),
-                job_version: 1,
-                replica: slot as u32,
-                node: node.name.clone(),
-                task: bg.spec.task.clone(),
                 gpus,
-                ports: ask.ports.clone(),
-                unhealthy_gpus: Vec::new(),
-                desired: DesiredStatus::Run,
                 status: AllocStatus::Running,
-                exit_code: None,
-                message: String::new(),
-                restart_count: 0,
-                healthy: None,
-                reason: String::new(),
                 create_index: 1,
                 modify_index: 1,
+                ..Allocation::new(
+                    format!("{}-{}-{slot}", bg.spec.name, node.name),
+                    bg.spec.name.clone(),
+                    1,
+                    slot as u32,
+                    node.name.clone(),
+                    bg.spec.task.clone(),
+                )
             });
         }
     }
@@ -413,5 +405,349 @@ proptest! {
         let mut nodes = s.nodes.clone();
         nodes.reverse();
         prop_assert_eq!(&plan_of(&s, &nodes, &s.allocs), &plan);
+    }
+}
+
+// ---- rollouts and batch jobs --------------------------------------------------
+
+/// A service at version 3 in the middle of a rollout: allocations of
+/// versions 1 and 2 and of version 3 in random states, a random update
+/// policy, and a random rollout record.
+struct RolloutCase {
+    nodes: Vec<Node>,
+    allocs: Vec<Allocation>,
+    job: Job,
+    deployment: Option<Deployment>,
+}
+
+const STATES: [(AllocStatus, Option<bool>); 5] = [
+    (AllocStatus::Running, Some(true)),
+    (AllocStatus::Running, Some(true)),
+    (AllocStatus::Running, Some(false)),
+    (AllocStatus::Pending, None),
+    (AllocStatus::Complete, None),
+];
+
+fn rollout_case(seed: u64) -> RolloutCase {
+    let mut rng = Rng(seed);
+    let replicas = rng.range(0, 8) as u32;
+    let mut job = job("web", replicas, 50, TaskResources::new(250, 64 << 20));
+    job.version = 3;
+    let amounts = [
+        Amount::Count(0),
+        Amount::Count(1),
+        Amount::Count(2),
+        Amount::Percent(25),
+        Amount::Percent(50),
+        Amount::Percent(100),
+    ];
+    loop {
+        job.spec.update.max_unavailable = *rng.pick(&amounts);
+        job.spec.update.max_surge = *rng.pick(&amounts);
+        if !(job.spec.update.max_unavailable.is_zero() && job.spec.update.max_surge.is_zero()) {
+            break;
+        }
+    }
+    // Roomy nodes, or tight ones where not everything fits.
+    let nodes: Vec<Node> = (0..rng.range(1, 4))
+        .map(|i| {
+            let cpu = if rng.chance(70) { 16_000 } else { 1_000 };
+            Node {
+                name: format!("n{i}"),
+                labels: BTreeMap::new(),
+                capacity: Resources::new(cpu, 64 << 30),
+                allocatable: Resources::new(cpu, 64 << 30),
+                gpus: vec![],
+                gpu_links: vec![],
+                gpu_driver: Default::default(),
+                cordoned: false,
+                draining: false,
+                drain_deadline_ms: None,
+                drained: false,
+                address: String::new(),
+                status: NodeStatus::Ready,
+                agent_version: String::new(),
+                create_index: 1,
+                modify_index: 1,
+            }
+        })
+        .collect();
+    let mut allocs = Vec::new();
+    let mut push = |rng: &mut Rng, version: u64, slot: u32, id: String| {
+        let (status, healthy) = *rng.pick(&STATES);
+        let mut a = Allocation::new(
+            id,
+            "web",
+            version,
+            slot,
+            rng.pick(&nodes).name.clone(),
+            job.spec.task.clone(),
+        );
+        a.status = status;
+        a.healthy = healthy;
+        a.create_index = 1;
+        if rng.chance(10) {
+            a.desired = DesiredStatus::Stop;
+        }
+        if version == 3 {
+            a.deploy_health = *rng.pick(&[None, Some(true), Some(true), Some(false)]);
+        }
+        allocs.push(a);
+    };
+    for slot in 0..rng.range(0, u64::from(replicas) + 2) as u32 {
+        let version = rng.range(1, 2);
+        push(&mut rng, version, slot, format!("old-{version}-{slot}"));
+    }
+    for slot in 0..replicas + 1 {
+        if rng.chance(40) {
+            push(&mut rng, 3, slot, format!("new-{slot}"));
+        }
+    }
+    let deployment = rng.chance(85).then(|| Deployment {
+        id: "web-9".into(),
+        job: "web".into(),
+        version: 3,
+        from_version: 2,
+        status: *rng.pick(&[
+            DeploymentStatus::Running,
+            DeploymentStatus::Running,
+            DeploymentStatus::Running,
+            DeploymentStatus::Paused,
+            DeploymentStatus::Failed,
+            DeploymentStatus::Successful,
+        ]),
+        reason: String::new(),
+        canary: if rng.chance(30) {
+            rng.range(1, 3) as u32
+        } else {
+            0
+        },
+        promoted: rng.chance(50),
+        rollback: false,
+        started_ms: 0,
+        progress_ms: 0,
+        ended_ms: 0,
+        create_index: 1,
+        modify_index: 1,
+    });
+    RolloutCase {
+        nodes,
+        allocs,
+        job,
+        deployment,
+    }
+}
+
+fn plan_case(nodes: &[Node], allocs: &[Allocation], job: &Job, d: Option<&Deployment>) -> Plan {
+    let view = ClusterView::new(nodes, allocs, |_| Some(50));
+    reconcile_job(&job.spec.name, Some(job), d, &view, &Config::default())
+}
+
+fn is_live(a: &Allocation) -> bool {
+    a.desired == DesiredStatus::Run && !a.status.is_terminal()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Available: old allocations healthy now, new ones (below `replicas`)
+    /// healthy now and proved for an active rollout. A plan never stops
+    /// available ones below `replicas - max_unavailable` (nor below what
+    /// was available, when that was less already).
+    #[test]
+    fn a_rollout_never_takes_availability_below_replicas_minus_max_unavailable(seed in any::<u64>()) {
+        let c = rollout_case(seed);
+        let plan = plan_case(&c.nodes, &c.allocs, &c.job, c.deployment.as_ref());
+        let active = c.deployment.as_ref().is_some_and(|d| d.status.is_active());
+        let r = c.job.spec.replicas;
+        let mut first_of_slot = BTreeSet::new();
+        let available: Vec<&Allocation> = c.allocs.iter().filter(|a| {
+            is_live(a) && a.healthy_now() && if a.job_version == 3 {
+                a.replica < r && first_of_slot.insert(a.replica)
+                    && (!active || a.deploy_health == Some(true))
+            } else {
+                true
+            }
+        }).collect();
+        let stopped: BTreeSet<&str> = plan.stops.iter().map(|s| s.alloc_id.as_str()).collect();
+        let before = available.len() as u32;
+        let after = available.iter().filter(|a| !stopped.contains(a.id.as_str())).count() as u32;
+        let floor = r - c.job.spec.max_unavailable();
+        prop_assert!(after >= before.min(floor),
+            "available {before} -> {after}, floor {floor} (seed {seed}): {plan:?}");
+    }
+
+    /// Live allocations (wanted to run, not finished) never grow past
+    /// `replicas + max_surge`; canaries waiting for promotion add at most
+    /// their number and stop nothing old; a paused or failed rollout moves
+    /// nothing.
+    #[test]
+    fn a_rollout_never_runs_more_than_replicas_plus_max_surge(seed in any::<u64>()) {
+        let c = rollout_case(seed);
+        let plan = plan_case(&c.nodes, &c.allocs, &c.job, c.deployment.as_ref());
+        let spec = &c.job.spec;
+        let r = spec.replicas;
+        let stopped: BTreeSet<&str> = plan.stops.iter().map(|s| s.alloc_id.as_str()).collect();
+        let live_before = c.allocs.iter().filter(|a| is_live(a)).count() as u32;
+        let live_after = c.allocs.iter()
+            .filter(|a| is_live(a) && !stopped.contains(a.id.as_str()))
+            .count() as u32 + plan.placements.len() as u32;
+        let old_live = c.allocs.iter().any(|a| is_live(a) && a.job_version != 3);
+        let d = c.deployment.as_ref();
+        if old_live && d.is_some_and(|d| matches!(d.status, DeploymentStatus::Paused | DeploymentStatus::Failed)) {
+            // Scaling down still works; nothing of the rollout moves.
+            prop_assert!(plan.placements.is_empty() && plan.stops.iter().all(|s| s.reason == "job scaled down"),
+                "a frozen rollout moved (seed {seed}): {plan:?}");
+        } else if old_live && d.is_some_and(|d| d.status.is_active() && d.awaiting_promotion()) {
+            let canary = d.unwrap().canary;
+            prop_assert!(plan.placements.len() as u32 <= canary, "seed {seed}");
+            prop_assert!(plan.stops.iter().all(|s| s.alloc_id.starts_with("new-")
+                || c.allocs.iter().any(|a| a.id == s.alloc_id && !a.healthy_now())),
+                "canaries stopped healthy old work (seed {seed}): {plan:?}");
+        } else {
+            prop_assert!(live_after <= live_before.max(r + spec.max_surge()),
+                "live {live_before} -> {live_after}, replicas {r} + surge {} (seed {seed}): {plan:?}",
+                spec.max_surge());
+        }
+        // New allocations fill free slots below replicas only.
+        let filled: BTreeSet<u32> = c.allocs.iter()
+            .filter(|a| a.job_version == 3 && a.desired == DesiredStatus::Run && a.status != AllocStatus::Lost)
+            .map(|a| a.replica)
+            .collect();
+        for p in &plan.placements {
+            prop_assert!(p.replica < r && !filled.contains(&p.replica), "slot {} (seed {seed})", p.replica);
+        }
+    }
+}
+
+/// A batch job (or a gang of one) with runs in random states.
+fn batch_case(seed: u64) -> (Vec<Node>, Vec<Allocation>, Job) {
+    let mut rng = Rng(seed);
+    let gang = rng.chance(30);
+    let yaml = if gang {
+        format!(
+            "name: b\ntype: batch\ngang: true\nreplicas: {}\nbackoff_limit: {}\ngang_failure: {}\ntask: {{image: 'oci:/i', resources: {{cpu: 250m, memory: 64Mi}}}}",
+            rng.range(1, 5),
+            rng.range(0, 3),
+            rng.pick(&["restart_gang", "fail"]),
+        )
+    } else {
+        format!(
+            "name: b\ntype: batch\ncompletions: {}\nparallelism: {}\nbackoff_limit: {}\ntask: {{image: 'oci:/i', resources: {{cpu: 250m, memory: 64Mi}}}}",
+            rng.range(1, 8),
+            rng.range(1, 5),
+            rng.range(0, 4),
+        )
+    };
+    let job = Job {
+        spec: JobSpec::from_yaml(&yaml).unwrap(),
+        version: 1,
+        create_index: 1,
+        modify_index: 1,
+    };
+    let nodes = vec![Node {
+        name: "n0".into(),
+        labels: BTreeMap::new(),
+        capacity: Resources::new(64_000, 64 << 30),
+        allocatable: Resources::new(64_000, 64 << 30),
+        gpus: vec![],
+        gpu_links: vec![],
+        gpu_driver: Default::default(),
+        cordoned: false,
+        draining: false,
+        drain_deadline_ms: None,
+        drained: false,
+        address: String::new(),
+        status: NodeStatus::Ready,
+        agent_version: String::new(),
+        create_index: 1,
+        modify_index: 1,
+    }];
+    let runs = [
+        (AllocStatus::Running, ""),
+        (AllocStatus::Pending, ""),
+        (AllocStatus::Complete, "completed"),
+        (AllocStatus::Complete, "completed"),
+        (AllocStatus::Failed, "error"),
+        (AllocStatus::Running, "back_off"),
+        (AllocStatus::Complete, "stopped"),
+    ];
+    let mut allocs = Vec::new();
+    for slot in 0..job.spec.completions() {
+        let mut busy = false;
+        for k in 0..rng.range(0, 2) {
+            // Runs of a slot follow each other: another one only after the
+            // last ended without success (or was stopped).
+            if busy {
+                break;
+            }
+            let (status, reason) = *rng.pick(&runs);
+            let mut a = Allocation::new(
+                format!("b-{slot}-{k}"),
+                "b",
+                1,
+                slot,
+                "n0",
+                job.spec.task.clone(),
+            );
+            a.status = status;
+            a.reason = reason.into();
+            a.restart_count = if rng.chance(20) { 1 } else { 0 };
+            a.create_index = 1;
+            if rng.chance(15) {
+                a.desired = DesiredStatus::Stop;
+            }
+            busy |= a.desired == DesiredStatus::Run && (is_live(&a) || a.succeeded());
+            allocs.push(a);
+        }
+    }
+    (nodes, allocs, job)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn a_batch_job_never_runs_more_than_parallelism_nor_reruns_a_success(seed in any::<u64>()) {
+        let (nodes, allocs, job) = batch_case(seed);
+        let plan = plan_case(&nodes, &allocs, &job, None);
+        let spec = &job.spec;
+        let progress = skiff_model::workload::batch_progress(&job, allocs.iter());
+        let stopped: BTreeSet<&str> = plan.stops.iter().map(|s| s.alloc_id.as_str()).collect();
+        let live_before = allocs.iter().filter(|a| is_live(a)).count() as u32;
+        let live_after = allocs.iter()
+            .filter(|a| is_live(a) && !stopped.contains(a.id.as_str()))
+            .count() as u32 + plan.placements.len() as u32;
+        prop_assert!(live_after <= live_before.max(spec.parallelism()),
+            "live {live_before} -> {live_after}, parallelism {} (seed {seed})", spec.parallelism());
+        if progress.failed > spec.backoff_limit() || progress.succeeded >= spec.completions() {
+            prop_assert!(plan.placements.is_empty(), "a finished job placed work (seed {seed})");
+        }
+        for p in &plan.placements {
+            prop_assert!(p.replica < spec.completions());
+            let busy = allocs.iter().any(|a| a.replica == p.replica && a.desired == DesiredStatus::Run
+                && (is_live(a) || a.succeeded()));
+            prop_assert!(!busy, "slot {} placed twice (seed {seed}): {plan:?}", p.replica);
+        }
+        prop_assert!(progress.succeeded + live_after <= spec.completions().max(progress.succeeded + live_before),
+            "more runs than completions (seed {seed})");
+    }
+
+    #[test]
+    fn a_gang_with_a_failed_rank_stops_whole_and_places_nothing(seed in any::<u64>()) {
+        let (nodes, allocs, job) = batch_case(seed);
+        prop_assume!(job.spec.gang);
+        let plan = plan_case(&nodes, &allocs, &job, None);
+        let members: Vec<&Allocation> = allocs.iter().filter(|a| a.desired == DesiredStatus::Run).collect();
+        if members.iter().any(|a| a.failures() > 0) {
+            prop_assert!(plan.placements.is_empty(), "seed {seed}: {plan:?}");
+            for a in members.iter().filter(|a| is_live(a)) {
+                prop_assert!(plan.stops.iter().any(|s| s.alloc_id == a.id), "{} kept (seed {seed})", a.id);
+            }
+        } else if !plan.placements.is_empty() {
+            let taken: BTreeSet<u32> = members.iter().map(|a| a.replica).collect();
+            let missing = (0..job.spec.replicas).filter(|r| !taken.contains(r)).count();
+            prop_assert_eq!(plan.placements.len(), missing, "gang placed in part (seed {})", seed);
+        }
     }
 }

@@ -141,7 +141,7 @@ pub struct ExecArgs {
     client: ClientOpts,
 }
 
-async fn connect(opts: &ClientOpts) -> anyhow::Result<Client> {
+pub(crate) async fn connect(opts: &ClientOpts) -> anyhow::Result<Client> {
     let client = Client::connect_any(&opts.server).await.with_context(|| {
         "is `skiff server` or `skiff dev` running? Point --server or SKIFF_SERVER at it".to_string()
     })?;
@@ -155,7 +155,7 @@ pub struct WatchArgs {
     #[arg(long, value_name = "INDEX", default_value_t = 0)]
     from: u64,
     /// Only changes of this kind.
-    #[arg(long, value_parser = ["job", "node", "alloc", "eval", "server"])]
+    #[arg(long, value_parser = ["job", "node", "alloc", "eval", "server", "deployment", "history"])]
     kind: Option<String>,
     /// Print each event as one JSON line.
     #[arg(short, long, value_enum, default_value = "table")]
@@ -335,18 +335,45 @@ pub async fn get(what: GetWhat) -> anyhow::Result<()> {
                 output,
                 &items,
                 &[
-                    "NAME", "VERSION", "READY", "PENDING", "COMPLETE", "FAILED", "IMAGE",
+                    "NAME",
+                    "TYPE",
+                    "VERSION",
+                    "READY",
+                    "STATUS",
+                    "SUCCEEDED",
+                    "FAILED",
+                    "PENDING",
+                    "IMAGE",
+                    "COMPLETE",
+                    "LOST",
                 ],
-                7,
+                9,
                 |j| {
+                    let batch = j.job_type == "batch";
                     vec![
                         j.name.to_string(),
+                        j.job_type.to_string(),
                         j.version.to_string(),
                         format!("{}/{}", j.running, j.replicas),
+                        if j.state.is_empty() {
+                            "-".into()
+                        } else {
+                            j.state.to_string()
+                        },
+                        if batch {
+                            format!("{}/{}", j.succeeded, j.completions)
+                        } else {
+                            "-".into()
+                        },
+                        if batch {
+                            j.failed_runs.to_string()
+                        } else {
+                            j.failed.to_string()
+                        },
                         j.pending.to_string(),
-                        j.complete.to_string(),
-                        j.failed.to_string(),
                         j.image.clone(),
+                        j.complete.to_string(),
+                        j.lost.to_string(),
                     ]
                 },
             )
@@ -770,7 +797,39 @@ async fn describe_job(name: &str, client: &ClientOpts) -> anyhow::Result<()> {
         Some(job) => {
             let t = &job.spec.task;
             out.push_str(&format!("Name:       {}\n", job.spec.name));
+            out.push_str(&format!("Type:       {}\n", job.spec.job_type.as_str()));
             out.push_str(&format!("Version:    {}\n", job.version));
+            let s = &job.spec;
+            if s.is_batch() {
+                out.push_str(&format!(
+                    "Batch:      {} ({} of {} succeeded, {} failed run(s), backoff_limit {}, parallelism {})\n",
+                    if d.summary.state.is_empty() { "-" } else { &d.summary.state },
+                    d.summary.succeeded,
+                    d.summary.completions,
+                    d.summary.failed_runs,
+                    s.backoff_limit(),
+                    s.parallelism()
+                ));
+            } else if !d.summary.state.is_empty() {
+                out.push_str(&format!(
+                    "Rollout:    {} (`skiff rollout status {}`)\n",
+                    d.summary.state, s.name
+                ));
+            }
+            if s.rolls_out() {
+                let u = &s.update;
+                let (down, up) = s.rolling_limits();
+                out.push_str(&format!(
+                    "Update:     max_unavailable {} ({down}), max_surge {} ({up}), min_healthy {}, healthy_deadline {}, progress_deadline {}, auto_rollback {}{}\n",
+                    u.max_unavailable,
+                    u.max_surge,
+                    format_duration(u.min_healthy),
+                    format_duration(u.healthy_deadline),
+                    format_duration(u.progress_deadline),
+                    if u.auto_rollback { "on" } else { "off" },
+                    if u.canary > 0 { format!(", canary {}", u.canary) } else { String::new() }
+                ));
+            }
             out.push_str(&format!(
                 "Replicas:   {} desired, {} running, {} pending, {} complete, {} failed, {} lost\n",
                 d.summary.desired,
@@ -791,7 +850,11 @@ async fn describe_job(name: &str, client: &ClientOpts) -> anyhow::Result<()> {
             let s = &job.spec;
             out.push_str(&format!("Priority:   {}\n", s.priority));
             if s.gang {
-                out.push_str("Gang:       yes (all replicas are placed together or none)\n");
+                out.push_str(&format!(
+                    "Gang:       yes (all replicas are placed together or none; on a failure: {}; MASTER_PORT {})\n",
+                    s.gang_failure.as_str(),
+                    s.master_port()
+                ));
             }
             if !s.constraints.is_empty() {
                 let c: Vec<String> = s.constraints.iter().map(|c| c.to_string()).collect();

@@ -6,6 +6,7 @@
 mod commands;
 mod daemons;
 mod output;
+mod rollout;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -96,6 +97,14 @@ enum Cmd {
     Uncordon(commands::NodeArgs),
     /// Print changes of the cluster's state as they happen.
     Watch(commands::WatchArgs),
+    /// Follow, inspect and steer a service's rollouts: status, history,
+    /// undo, pause, resume, promote.
+    Rollout {
+        #[command(subcommand)]
+        what: rollout::RolloutCmd,
+    },
+    /// Set how many replicas a job runs; its version stays.
+    Scale(rollout::ScaleArgs),
 }
 
 fn main() -> ExitCode {
@@ -135,6 +144,8 @@ fn main() -> ExitCode {
             Cmd::Drain(args) => ok(commands::node(commands::NodeCmd::Drain(args)).await),
             Cmd::Uncordon(args) => ok(commands::node(commands::NodeCmd::Uncordon(args)).await),
             Cmd::Watch(args) => ok(commands::watch(args).await),
+            Cmd::Rollout { what } => rollout::rollout(what).await,
+            Cmd::Scale(args) => ok(rollout::scale(args).await),
         }
     });
     match result {

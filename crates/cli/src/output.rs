@@ -170,13 +170,22 @@ impl<'a> From<&'a NodeInfo> for NodeOut<'a> {
 #[derive(Serialize)]
 pub struct JobOut<'a> {
     pub name: &'a str,
+    /// `service` or `batch`.
+    pub job_type: &'static str,
     pub version: u64,
+    /// Replicas of a service; parallelism of a batch job.
     pub replicas: u32,
     pub running: u32,
     pub pending: u32,
     pub complete: u32,
     pub failed: u32,
     pub lost: u32,
+    /// Batch: slots that succeeded, of `completions`; failed runs.
+    pub succeeded: u32,
+    pub completions: u32,
+    pub failed_runs: u32,
+    /// Batch: running, complete or failed; a service: its rollout's status.
+    pub state: String,
     pub image: String,
     pub spec: &'a skiff_model::JobSpec,
 }
@@ -185,13 +194,18 @@ impl<'a> JobOut<'a> {
     pub fn new(job: &'a Job, s: &JobSummary) -> Self {
         JobOut {
             name: &job.spec.name,
+            job_type: job.spec.job_type.as_str(),
             version: job.version,
-            replicas: job.spec.replicas,
+            replicas: s.desired,
             running: s.running,
             pending: s.pending,
             complete: s.complete,
             failed: s.failed,
             lost: s.lost,
+            succeeded: s.succeeded,
+            completions: s.completions,
+            failed_runs: s.failed_runs,
+            state: s.state.clone(),
             image: job.spec.task.image.to_string(),
             spec: &job.spec,
         }

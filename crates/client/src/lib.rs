@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use skiff_model::{Allocation, Job, JobSpec, Node, Resources};
+use skiff_model::{
+    Allocation, Deployment, Job, JobSpec, JobVersion, Node, Resources, RolloutCounts,
+};
 use skiff_proto::pb;
 use skiff_proto::WireError;
 use tonic::transport::{Channel, Endpoint};
@@ -40,14 +42,23 @@ impl ClientError {
 }
 
 /// Counts of a job's allocations by status.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobSummary {
+    /// Replicas of a service, parallelism of a batch job.
     pub desired: u32,
     pub pending: u32,
     pub running: u32,
     pub complete: u32,
     pub failed: u32,
     pub lost: u32,
+    /// Batch: completion slots that succeeded, out of `completions`.
+    pub succeeded: u32,
+    pub completions: u32,
+    /// Batch: failed runs of the current version, restarts included.
+    pub failed_runs: u32,
+    /// Batch: `running`, `complete` or `failed`; a service: its rollout's
+    /// status (empty without one).
+    pub state: String,
 }
 
 impl From<pb::JobSummary> for JobSummary {
@@ -59,8 +70,35 @@ impl From<pb::JobSummary> for JobSummary {
             complete: s.complete,
             failed: s.failed,
             lost: s.lost,
+            succeeded: s.succeeded,
+            completions: s.completions,
+            failed_runs: s.failed_runs,
+            state: s.state,
         }
     }
+}
+
+/// A job's rollouts and versions, as `skiff rollout` shows them.
+#[derive(Debug, Clone)]
+pub struct RolloutInfo {
+    pub job: Job,
+    /// Oldest first; the last is the current rollout.
+    pub deployments: Vec<Deployment>,
+    pub counts: RolloutCounts,
+    /// Kept versions, oldest first.
+    pub history: Vec<JobVersion>,
+    pub summary: JobSummary,
+}
+
+impl RolloutInfo {
+    /// The job's current rollout.
+    pub fn current(&self) -> Option<&Deployment> {
+        self.deployments.last()
+    }
+}
+
+fn missing(field: &str) -> WireError {
+    WireError(vec![skiff_model::FieldError::new(field, "is required")])
 }
 
 /// The latest evaluation of a job, as `describe` shows it.
@@ -482,6 +520,85 @@ impl Client {
             .remove_member(pb::RemoveMemberRequest { id })
             .await?;
         Ok(())
+    }
+
+    /// A job's rollouts, where the current one stands, and its versions.
+    pub async fn get_rollout(&mut self, name: &str) -> Result<RolloutInfo, ClientError> {
+        let r = self
+            .cluster
+            .get_rollout(pb::GetRolloutRequest {
+                name: name.into(),
+                stale: self.stale,
+            })
+            .await?
+            .into_inner();
+        Ok(RolloutInfo {
+            job: r.job.ok_or_else(|| missing("job"))?.try_into()?,
+            deployments: r
+                .deployments
+                .into_iter()
+                .map(Deployment::try_from)
+                .collect::<Result<_, _>>()?,
+            counts: r.counts.unwrap_or_default().into(),
+            history: r
+                .history
+                .into_iter()
+                .map(JobVersion::try_from)
+                .collect::<Result<_, _>>()?,
+            summary: r.summary.unwrap_or_default().into(),
+        })
+    }
+
+    /// Pauses (`pause`), resumes (`resume`) or promotes (`promote`) a
+    /// job's rollout; returns the rollout as it is now.
+    pub async fn control_rollout(
+        &mut self,
+        name: &str,
+        action: &str,
+    ) -> Result<Option<Deployment>, ClientError> {
+        let r = self
+            .cluster
+            .control_rollout(pb::ControlRolloutRequest {
+                name: name.into(),
+                action: action.into(),
+            })
+            .await?
+            .into_inner();
+        Ok(r.deployment.map(Deployment::try_from).transpose()?)
+    }
+
+    /// Returns a job to an earlier version: the last that rolled out
+    /// successfully (or the one before), or `to_version`.
+    pub async fn undo_rollout(
+        &mut self,
+        name: &str,
+        to_version: Option<u64>,
+    ) -> Result<(Job, Option<Deployment>), ClientError> {
+        let r = self
+            .cluster
+            .undo_rollout(pb::UndoRolloutRequest {
+                name: name.into(),
+                to_version,
+            })
+            .await?
+            .into_inner();
+        Ok((
+            r.job.ok_or_else(|| missing("job"))?.try_into()?,
+            r.deployment.map(Deployment::try_from).transpose()?,
+        ))
+    }
+
+    /// Sets a job's replicas; its version stays.
+    pub async fn scale_job(&mut self, name: &str, replicas: u32) -> Result<Job, ClientError> {
+        let r = self
+            .cluster
+            .scale_job(pb::ScaleJobRequest {
+                name: name.into(),
+                replicas,
+            })
+            .await?
+            .into_inner();
+        Ok(r.job.ok_or_else(|| missing("job"))?.try_into()?)
     }
 
     /// Changes after `from_index` (0: from now on), oldest first.

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::job::{Resources, TaskSpec};
+use crate::workload::{AllocFacts, GangRank};
 
 /// What the servers want to happen to an allocation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,11 +103,30 @@ pub struct Allocation {
     /// constants; empty when there is nothing to add.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// The deployment controller's verdict for the rollout that placed it:
+    /// `true` once it stayed healthy for `min_healthy`, `false` when it
+    /// crashed or missed `healthy_deadline`; `None` while undecided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy_health: Option<bool>,
+    /// Wall-clock ms (as the server that took the agent's report saw it)
+    /// since which `healthy` has been true; 0 while it is not.
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub healthy_since_ms: u64,
+    /// Wall-clock ms at which the leader planned it (0: not recorded).
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub create_time_ms: u64,
+    /// For a replica of a gang: its rank and where rank 0 runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gang: Option<GangRank>,
     pub create_index: u64,
     pub modify_index: u64,
 }
 
 fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero64(n: &u64) -> bool {
     *n == 0
 }
 
@@ -151,5 +171,81 @@ impl Allocation {
     /// First 8 characters of the id, as tables show it.
     pub fn short_id(&self) -> &str {
         &self.id[..self.id.len().min(8)]
+    }
+
+    /// An allocation placed with every optional field empty: pending,
+    /// wanted to run.
+    pub fn new(
+        id: impl Into<String>,
+        job: impl Into<String>,
+        job_version: u64,
+        replica: u32,
+        node: impl Into<String>,
+        task: TaskSpec,
+    ) -> Allocation {
+        let ports = task.resources.ports.clone();
+        Allocation {
+            id: id.into(),
+            job: job.into(),
+            job_version,
+            replica,
+            node: node.into(),
+            task,
+            gpus: Vec::new(),
+            ports,
+            unhealthy_gpus: Vec::new(),
+            desired: DesiredStatus::Run,
+            status: AllocStatus::Pending,
+            exit_code: None,
+            message: String::new(),
+            restart_count: 0,
+            healthy: None,
+            reason: String::new(),
+            deploy_health: None,
+            healthy_since_ms: 0,
+            create_time_ms: 0,
+            gang: None,
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+}
+
+/// Failures: restarts, plus one for an end in failure or a back-off after
+/// an exit (the restart that follows is not counted twice: the count
+/// grows only when the container starts again).
+pub fn failures_of(status: AllocStatus, restart_count: u32, reason: &str) -> u32 {
+    let now =
+        status == AllocStatus::Failed || (reason == reason::BACK_OFF && !status.is_terminal());
+    restart_count.saturating_add(u32::from(now))
+}
+
+impl AllocFacts for Allocation {
+    fn replica(&self) -> u32 {
+        self.replica
+    }
+    fn version(&self) -> u64 {
+        self.job_version
+    }
+    fn create_index(&self) -> u64 {
+        self.create_index
+    }
+    fn desired(&self) -> DesiredStatus {
+        self.desired
+    }
+    fn status(&self) -> AllocStatus {
+        self.status
+    }
+    fn failures(&self) -> u32 {
+        failures_of(self.status, self.restart_count, &self.reason)
+    }
+    fn succeeded(&self) -> bool {
+        self.status == AllocStatus::Complete && self.reason == reason::COMPLETED
+    }
+    fn healthy_now(&self) -> bool {
+        self.status == AllocStatus::Running && self.healthy == Some(true)
+    }
+    fn deploy_health(&self) -> Option<bool> {
+        self.deploy_health
     }
 }

@@ -11,6 +11,9 @@ pub enum EvalTrigger {
     AllocUpdate,
     /// A higher-priority job evicted some of the job's allocations.
     Preemption,
+    /// The job's rollout moved: allocations proved healthy or not, or an
+    /// operator paused, resumed, promoted or undid it.
+    Rollout,
 }
 
 impl EvalTrigger {
@@ -21,6 +24,7 @@ impl EvalTrigger {
             EvalTrigger::NodeUpdate => "node_update",
             EvalTrigger::AllocUpdate => "alloc_update",
             EvalTrigger::Preemption => "preemption",
+            EvalTrigger::Rollout => "rollout",
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::gpu::GpuFilter;
 use crate::lifecycle::{Probes, RestartSpec, Security};
 use crate::placement::{Affinity, Constraint, Spread};
 use crate::quantity::{format_cpu, format_memory, parse_cpu, parse_memory};
+use crate::workload::{GangFailure, JobType, UpdateSpec, DEFAULT_VERSIONS_KEPT};
 
 /// Default CPU for a task that names none: a tenth of a core.
 pub const DEFAULT_CPU_MILLIS: u64 = 100;
@@ -41,6 +42,14 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+fn default_versions_kept() -> u32 {
+    DEFAULT_VERSIONS_KEPT
+}
+
+fn is_default_versions_kept(n: &u32) -> bool {
+    *n == DEFAULT_VERSIONS_KEPT
+}
+
 /// A job as the operator wrote it, after validation. Its serialized form is
 /// valid input again, so `skiff get job -o yaml` output can be re-applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,7 +57,11 @@ fn is_false(b: &bool) -> bool {
 pub struct JobSpec {
     /// DNS-1123 label, unique in the cluster.
     pub name: String,
-    /// How many copies of the task to keep running.
+    /// `service` (the default) or `batch`.
+    #[serde(rename = "type", default, skip_serializing_if = "JobType::is_service")]
+    pub job_type: JobType,
+    /// How many copies of the task to keep running (a service), or the
+    /// ranks of a gang batch job. 1 for other batch jobs.
     pub replicas: u32,
     /// 0 to 100, default 50. A job may preempt allocations of jobs at least
     /// [`PREEMPTION_GAP`] points lower.
@@ -72,6 +85,30 @@ pub struct JobSpec {
     /// Soft, weighted preferences for nodes by label.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub affinities: Vec<Affinity>,
+    /// How a service rolls out a new version.
+    #[serde(default, skip_serializing_if = "UpdateSpec::is_default")]
+    pub update: UpdateSpec,
+    /// How many versions `skiff rollout history` keeps (default 10).
+    #[serde(
+        default = "default_versions_kept",
+        skip_serializing_if = "is_default_versions_kept"
+    )]
+    pub versions_kept: u32,
+    /// Batch: successful runs needed (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completions: Option<u32>,
+    /// Batch: most runs at once (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<u32>,
+    /// Batch: failed runs tolerated before the job fails (default 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_limit: Option<u32>,
+    /// Gang: what one failed replica does to the gang.
+    #[serde(default, skip_serializing_if = "GangFailure::is_default")]
+    pub gang_failure: GangFailure,
+    /// Gang: `MASTER_PORT` (default 29500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_port: Option<u16>,
     pub task: TaskSpec,
 }
 
@@ -427,6 +464,30 @@ impl<'de> Deserialize<'de> for ImageRef {
 }
 
 impl JobSpec {
+    /// A service keeping `replicas` of `task` running, with every other
+    /// field at its default.
+    pub fn new(name: impl Into<String>, replicas: u32, task: TaskSpec) -> JobSpec {
+        JobSpec {
+            name: name.into(),
+            job_type: JobType::Service,
+            replicas,
+            priority: DEFAULT_PRIORITY,
+            gang: false,
+            constraints: Vec::new(),
+            spread: None,
+            distinct_hosts: false,
+            affinities: Vec::new(),
+            update: UpdateSpec::default(),
+            versions_kept: DEFAULT_VERSIONS_KEPT,
+            completions: None,
+            parallelism: None,
+            backoff_limit: None,
+            gang_failure: GangFailure::default(),
+            master_port: None,
+            task,
+        }
+    }
+
     /// Parses and validates a job written in YAML (JSON is YAML too).
     /// Every broken rule is reported, each naming its field.
     pub fn from_yaml(text: &str) -> Result<JobSpec, SpecError> {
@@ -442,15 +503,17 @@ impl JobSpec {
     }
 
     /// How many replicas may be unavailable at once while a node drains:
-    /// one at a time (at least one, so a drain always progresses).
+    /// the job's `update.max_unavailable` as a count (see
+    /// [`JobSpec::max_unavailable`]), at least one so a drain always
+    /// progresses.
     pub fn drain_budget(&self) -> u32 {
-        1
+        self.max_unavailable().max(1)
     }
 
     /// Whether the job's allocations finish by themselves (batch work),
     /// rather than serve until stopped.
     pub fn runs_to_completion(&self) -> bool {
-        false
+        self.is_batch()
     }
 
     /// Checks the rules that hold for a spec however it was built (from YAML,
@@ -466,7 +529,8 @@ impl JobSpec {
 
     /// True when `other` can keep running the allocations of `self`: the task
     /// and the hard placement rules are the same. A change of `replicas`,
-    /// `priority`, `gang` or `affinities` alone keeps the job's version.
+    /// `priority`, `gang`, `affinities`, `update` or the batch fields alone
+    /// keeps the job's version.
     pub fn same_version(&self, other: &JobSpec) -> bool {
         self.task == other.task
             && self.constraints == other.constraints

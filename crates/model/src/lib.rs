@@ -2,7 +2,7 @@
 //!
 //! This crate owns the types every other room speaks in: [`JobSpec`] (what an
 //! operator asks for), [`Job`] (a stored, versioned job), [`Node`],
-//! [`Allocation`] and [`Evaluation`]. It also owns their validation and the
+//! [`Allocation`], [`Evaluation`] and [`Deployment`]. It also owns their validation and the
 //! resource arithmetic ([`fit`]) that the scheduler and the state machine's plan
 //! check share, so the two can never disagree about whether something fits.
 //!
@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alloc;
+pub mod deployment;
 pub mod duration;
 pub mod error;
 pub mod eval;
@@ -24,8 +25,11 @@ pub mod plan;
 pub mod quantity;
 mod spec_parse;
 mod spec_sched;
+mod spec_workload;
+pub mod workload;
 
 pub use alloc::{AllocStatus, Allocation, DesiredStatus};
+pub use deployment::{Deployment, DeploymentStatus, JobHistory, JobVersion};
 pub use error::{FieldError, SpecError};
 pub use eval::{EvalStatus, EvalTrigger, Evaluation};
 pub use gpu::{Gpu, GpuDriver, GpuFilter, GpuLink, GpuMetrics, LinkLevel};
@@ -36,6 +40,10 @@ pub use lifecycle::{
 pub use node::{Node, NodeStatus};
 pub use placement::{Affinity, Constraint, ConstraintOp, Spread};
 pub use plan::{Placement, Plan, Stop};
+pub use workload::{
+    AllocFacts, Amount, BatchProgress, BatchState, GangFailure, GangRank, JobType, RolloutCounts,
+    UpdateSpec,
+};
 
 /// Largest job spec accepted, in bytes of YAML or JSON text.
 pub const MAX_SPEC_BYTES: usize = 1024 * 1024;

@@ -18,6 +18,7 @@ use crate::lifecycle::{
 };
 use crate::quantity::{format_memory, parse_cpu, parse_memory};
 use crate::spec_sched;
+use crate::spec_workload;
 
 const JOB_FIELDS: &[&str] = &[
     "name",
@@ -29,6 +30,13 @@ const JOB_FIELDS: &[&str] = &[
     "spread",
     "distinct_hosts",
     "affinities",
+    "update",
+    "versions_kept",
+    "completions",
+    "parallelism",
+    "backoff_limit",
+    "gang_failure",
+    "master_port",
     "task",
 ];
 const TASK_FIELDS: &[&str] = &[
@@ -208,16 +216,7 @@ fn parse_job_inner(root: &Value, errs: &mut Errors) -> Option<JobSpec> {
             None
         }
     };
-    if let Some(v) = obj.get("type") {
-        match v.as_str() {
-            Some("service") => {}
-            Some(other) => errs.push(
-                "type",
-                format!("{other:?} is not supported; the only job type so far is \"service\""),
-            ),
-            None => errs.push("type", format!("must be a string, not {}", kind(v))),
-        }
-    }
+    let workload = spec_workload::parse_workload(obj, errs);
     let replicas = match obj.get("replicas") {
         None => Some(1),
         Some(Value::Number(n)) => match n.as_u64() {
@@ -244,8 +243,9 @@ fn parse_job_inner(root: &Value, errs: &mut Errors) -> Option<JobSpec> {
     };
     let rules = spec_sched::parse_job_rules(obj, errs);
     spec_sched::validate_parsed_rules(&rules, errs);
-    let spec = JobSpec {
+    let mut spec = JobSpec {
         name: name?,
+        job_type: workload.job_type,
         replicas: replicas?,
         priority: rules.priority.unwrap_or(DEFAULT_PRIORITY),
         gang: rules.gang,
@@ -253,8 +253,19 @@ fn parse_job_inner(root: &Value, errs: &mut Errors) -> Option<JobSpec> {
         spread: rules.spread,
         distinct_hosts: rules.distinct_hosts,
         affinities: rules.affinities,
+        update: workload.update,
+        versions_kept: workload.versions_kept,
+        completions: workload.completions,
+        parallelism: workload.parallelism,
+        backoff_limit: workload.backoff_limit,
+        gang_failure: workload.gang_failure,
+        master_port: workload.master_port,
         task: task?,
     };
+    if spec.is_batch() && !spec_workload::restart_policy_given(obj) {
+        spec.task.restart.policy = spec_workload::batch_default_restart(&spec);
+    }
+    spec_workload::validate_workload(&spec, errs);
     Some(spec)
 }
 
@@ -702,6 +713,7 @@ pub(crate) fn validate_job(spec: &JobSpec) -> Vec<FieldError> {
     }
     validate_task(&spec.task, "task", &mut errs);
     spec_sched::validate_job_rules(spec, &mut errs);
+    spec_workload::validate_workload(spec, &mut errs);
     errs.0
 }
 

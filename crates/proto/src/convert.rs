@@ -544,8 +544,64 @@ impl From<&m::JobSpec> for pb::JobSpec {
                     weight: a.weight,
                 })
                 .collect(),
+            r#type: s.job_type.as_str().to_string(),
+            update: (!s.update.is_default()).then(|| update_to_wire(&s.update)),
+            versions_kept: Some(s.versions_kept),
+            completions: s.completions,
+            parallelism: s.parallelism,
+            backoff_limit: s.backoff_limit,
+            gang_failure: s.gang_failure.as_str().to_string(),
+            master_port: s.master_port.map(u32::from),
         }
     }
+}
+
+fn update_to_wire(u: &m::UpdateSpec) -> pb::UpdateSpec {
+    pb::UpdateSpec {
+        max_unavailable: u.max_unavailable.to_string(),
+        max_surge: u.max_surge.to_string(),
+        min_healthy_ms: Some(duration_ms(u.min_healthy)),
+        healthy_deadline_ms: Some(duration_ms(u.healthy_deadline)),
+        progress_deadline_ms: Some(duration_ms(u.progress_deadline)),
+        auto_rollback: Some(u.auto_rollback),
+        canary: u.canary,
+    }
+}
+
+fn update_from_wire(u: Option<pb::UpdateSpec>, errors: &mut Vec<FieldError>) -> m::UpdateSpec {
+    let mut out = m::UpdateSpec::default();
+    let Some(u) = u else {
+        return out;
+    };
+    for (field, text, slot) in [
+        (
+            "update.max_unavailable",
+            &u.max_unavailable,
+            &mut out.max_unavailable,
+        ),
+        ("update.max_surge", &u.max_surge, &mut out.max_surge),
+    ] {
+        if !text.is_empty() {
+            match m::Amount::parse(text) {
+                Ok(a) => *slot = a,
+                Err(e) => errors.push(FieldError::new(field, e)),
+            }
+        }
+    }
+    if let Some(ms) = u.min_healthy_ms {
+        out.min_healthy = Duration::from_millis(ms);
+    }
+    if let Some(ms) = u.healthy_deadline_ms {
+        out.healthy_deadline = Duration::from_millis(ms);
+    }
+    if let Some(ms) = u.progress_deadline_ms {
+        out.progress_deadline = Duration::from_millis(ms);
+    }
+    if let Some(b) = u.auto_rollback {
+        out.auto_rollback = b;
+    }
+    out.canary = u.canary;
+    out
 }
 
 impl TryFrom<pb::JobSpec> for m::JobSpec {
@@ -585,13 +641,57 @@ impl TryFrom<pb::JobSpec> for m::JobSpec {
                 None => errors.push(FieldError::new(format!("{path}.rule"), "is required")),
             }
         }
+        let job_type = match s.r#type.as_str() {
+            "" => m::JobType::Service,
+            t => m::JobType::parse(t).unwrap_or_else(|| {
+                errors.push(FieldError::new(
+                    "type",
+                    format!("{t:?} is not a job type; expected service or batch"),
+                ));
+                m::JobType::Service
+            }),
+        };
+        let gang_failure = match s.gang_failure.as_str() {
+            "" => m::GangFailure::default(),
+            g => m::GangFailure::parse(g).unwrap_or_else(|| {
+                errors.push(FieldError::new(
+                    "gang_failure",
+                    format!("{g:?} is not a gang failure policy; expected restart_gang or fail"),
+                ));
+                m::GangFailure::default()
+            }),
+        };
+        let master_port = match s.master_port {
+            None => None,
+            Some(p) => match u16::try_from(p) {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    errors.push(FieldError::new(
+                        "master_port",
+                        format!("{p} must be a port number from 1 to 65535"),
+                    ));
+                    None
+                }
+            },
+        };
+        let update = update_from_wire(s.update, &mut errors);
         if !errors.is_empty() {
             return Err(WireError(errors));
         }
         Ok(m::JobSpec {
             name: s.name,
+            job_type,
             replicas: s.replicas,
             priority,
+            update,
+            versions_kept: s
+                .versions_kept
+                .unwrap_or(m::workload::DEFAULT_VERSIONS_KEPT),
+            completions: s.completions,
+            parallelism: s.parallelism,
+            backoff_limit: s.backoff_limit,
+            gang_failure,
+            master_port,
             gang: s.gang,
             constraints,
             spread: s.spread.map(|sp| m::Spread {
@@ -761,6 +861,15 @@ impl From<&m::Allocation> for pb::Allocation {
             gpus: a.gpus.clone(),
             ports: a.ports.iter().map(|&p| u32::from(p)).collect(),
             unhealthy_gpus: a.unhealthy_gpus.clone(),
+            deploy_health: a.deploy_health,
+            healthy_since_ms: a.healthy_since_ms,
+            create_time_ms: a.create_time_ms,
+            gang: a.gang.as_ref().map(|g| pb::GangRank {
+                rank: g.rank,
+                world_size: g.world_size,
+                master_addr: g.master_addr.clone(),
+                master_port: u32::from(g.master_port),
+            }),
         }
     }
 }
@@ -780,10 +889,32 @@ impl TryFrom<pb::Allocation> for m::Allocation {
         };
         let mut errors = Vec::new();
         let ports = ports_from_wire(a.ports, "ports", &mut errors);
+        let gang = match a.gang {
+            None => None,
+            Some(g) => match u16::try_from(g.master_port) {
+                Ok(master_port) => Some(m::GangRank {
+                    rank: g.rank,
+                    world_size: g.world_size,
+                    master_addr: g.master_addr,
+                    master_port,
+                }),
+                Err(_) => {
+                    errors.push(FieldError::new(
+                        "gang.master_port",
+                        format!("{} must be a port number from 1 to 65535", g.master_port),
+                    ));
+                    None
+                }
+            },
+        };
         if !errors.is_empty() {
             return Err(WireError(errors));
         }
         Ok(m::Allocation {
+            deploy_health: a.deploy_health,
+            healthy_since_ms: a.healthy_since_ms,
+            create_time_ms: a.create_time_ms,
+            gang,
             gpus: a.gpus,
             ports,
             unhealthy_gpus: a.unhealthy_gpus,
@@ -803,6 +934,105 @@ impl TryFrom<pb::Allocation> for m::Allocation {
             create_index: a.create_index,
             modify_index: a.modify_index,
         })
+    }
+}
+
+// ---- rollouts --------------------------------------------------------------
+
+impl From<&m::Deployment> for pb::Deployment {
+    fn from(d: &m::Deployment) -> Self {
+        pb::Deployment {
+            id: d.id.clone(),
+            job: d.job.clone(),
+            version: d.version,
+            from_version: d.from_version,
+            status: d.status.as_str().to_string(),
+            reason: d.reason.clone(),
+            canary: d.canary,
+            promoted: d.promoted,
+            rollback: d.rollback,
+            started_ms: d.started_ms,
+            progress_ms: d.progress_ms,
+            ended_ms: d.ended_ms,
+            create_index: d.create_index,
+            modify_index: d.modify_index,
+        }
+    }
+}
+
+impl TryFrom<pb::Deployment> for m::Deployment {
+    type Error = WireError;
+    fn try_from(d: pb::Deployment) -> Result<Self, WireError> {
+        let status = m::DeploymentStatus::parse(&d.status).ok_or_else(|| {
+            WireError::one("status", format!("{:?} is not a rollout status", d.status))
+        })?;
+        Ok(m::Deployment {
+            id: d.id,
+            job: d.job,
+            version: d.version,
+            from_version: d.from_version,
+            status,
+            reason: d.reason,
+            canary: d.canary,
+            promoted: d.promoted,
+            rollback: d.rollback,
+            started_ms: d.started_ms,
+            progress_ms: d.progress_ms,
+            ended_ms: d.ended_ms,
+            create_index: d.create_index,
+            modify_index: d.modify_index,
+        })
+    }
+}
+
+impl From<&m::JobVersion> for pb::JobVersion {
+    fn from(v: &m::JobVersion) -> Self {
+        pb::JobVersion {
+            version: v.version,
+            spec: Some((&v.spec).into()),
+            create_index: v.create_index,
+            stable: v.stable,
+            note: v.note.clone(),
+        }
+    }
+}
+
+impl TryFrom<pb::JobVersion> for m::JobVersion {
+    type Error = WireError;
+    fn try_from(v: pb::JobVersion) -> Result<Self, WireError> {
+        Ok(m::JobVersion {
+            version: v.version,
+            spec: required(v.spec, "spec")?.try_into()?,
+            create_index: v.create_index,
+            stable: v.stable,
+            note: v.note,
+        })
+    }
+}
+
+impl From<m::RolloutCounts> for pb::RolloutCounts {
+    fn from(c: m::RolloutCounts) -> Self {
+        pb::RolloutCounts {
+            desired: c.desired,
+            updated: c.updated,
+            healthy: c.healthy,
+            unhealthy: c.unhealthy,
+            old: c.old,
+            old_healthy: c.old_healthy,
+        }
+    }
+}
+
+impl From<pb::RolloutCounts> for m::RolloutCounts {
+    fn from(c: pb::RolloutCounts) -> Self {
+        m::RolloutCounts {
+            desired: c.desired,
+            updated: c.updated,
+            healthy: c.healthy,
+            unhealthy: c.unhealthy,
+            old: c.old,
+            old_healthy: c.old_healthy,
+        }
     }
 }
 
@@ -903,6 +1133,29 @@ task:
         let err = m::JobSpec::try_from(wire).unwrap_err();
         let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["priority", "constraints[0].op"]);
+    }
+
+    #[test]
+    fn workload_fields_survive_the_wire() {
+        for yaml in [
+            "name: web\nreplicas: 4\nversions_kept: 3\nupdate: {max_unavailable: 1, max_surge: 50%, min_healthy: 1s, healthy_deadline: 30s, progress_deadline: 1m, auto_rollback: false, canary: 2}\ntask: {image: 'oci:/i'}",
+            "name: b\ntype: batch\ncompletions: 5\nparallelism: 2\nbackoff_limit: 0\ntask: {image: 'oci:/i'}",
+            "name: g\ntype: batch\ngang: true\nreplicas: 3\ngang_failure: fail\nmaster_port: 23456\ntask: {image: 'oci:/i'}",
+        ] {
+            let s = m::JobSpec::from_yaml(yaml).unwrap();
+            let wire: pb::JobSpec = (&s).into();
+            assert_eq!(m::JobSpec::try_from(wire).unwrap(), s, "{yaml}");
+        }
+        let mut wire: pb::JobSpec = (&spec()).into();
+        wire.r#type = "cron".into();
+        wire.gang_failure = "shrug".into();
+        wire.update = Some(pb::UpdateSpec {
+            max_surge: "lots".into(),
+            ..Default::default()
+        });
+        let err = m::JobSpec::try_from(wire).unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["type", "gang_failure", "update.max_surge"]);
     }
 
     #[test]
@@ -1007,6 +1260,15 @@ task:
             restart_count: 4,
             healthy: Some(false),
             reason: "oom_killed".into(),
+            deploy_health: Some(true),
+            healthy_since_ms: 1234,
+            create_time_ms: 1000,
+            gang: Some(m::GangRank {
+                rank: 1,
+                world_size: 3,
+                master_addr: "10.0.0.1".into(),
+                master_port: 29500,
+            }),
             create_index: 5,
             modify_index: 9,
         };

@@ -4,6 +4,7 @@ use std::pin::Pin;
 
 use skiff_model::{AllocStatus, Allocation, JobSpec, SpecError};
 use skiff_proto::pb;
+use skiff_store::command::RolloutAction;
 use skiff_store::{Command, Outcome};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
@@ -28,9 +29,13 @@ pub(crate) fn invalid_spec(e: SpecError) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
-pub(crate) fn summary(job: Option<&skiff_model::Job>, allocs: &[&Allocation]) -> pb::JobSummary {
+pub(crate) fn summary(
+    job: Option<&skiff_model::Job>,
+    allocs: &[&Allocation],
+    deployment: Option<&skiff_model::Deployment>,
+) -> pb::JobSummary {
     let mut s = pb::JobSummary {
-        desired: job.map_or(0, |j| j.spec.replicas),
+        desired: job.map_or(0, |j| j.spec.wanted()),
         ..Default::default()
     };
     for a in allocs {
@@ -50,7 +55,32 @@ pub(crate) fn summary(job: Option<&skiff_model::Job>, allocs: &[&Allocation]) ->
             AllocStatus::Lost => s.lost += 1,
         }
     }
+    match job {
+        Some(j) if j.spec.is_batch() => {
+            let p = skiff_model::workload::batch_progress(j, allocs.iter().copied());
+            s.succeeded = p.succeeded;
+            s.failed_runs = p.failed;
+            s.state = p.state.as_str().to_string();
+            s.completions = j.spec.completions();
+        }
+        Some(_) => {
+            if let Some(d) = deployment {
+                s.state = d.status.as_str().to_string();
+            }
+        }
+        None => {}
+    }
     s
+}
+
+/// A refused rollout command: NOT_FOUND for a missing job, otherwise
+/// FAILED_PRECONDITION with the reason.
+fn refused(why: String) -> Status {
+    if why.contains("not found") {
+        Status::not_found(why)
+    } else {
+        Status::failed_precondition(why)
+    }
 }
 
 fn check_name(field: &str, name: &str) -> Result<(), Status> {
@@ -141,7 +171,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         }
         Ok(Response::new(pb::GetJobResponse {
             job: job.map(Into::into),
-            summary: Some(summary(job, &allocs)),
+            summary: Some(summary(job, &allocs, state.deployment(&name))),
             allocs: allocs.iter().map(|a| (*a).into()).collect(),
             latest_eval: state.latest_eval(&name).map(Into::into),
         }))
@@ -158,7 +188,11 @@ impl pb::cluster_server::Cluster for ClusterApi {
             .values()
             .map(|j| pb::JobListItem {
                 job: Some(j.into()),
-                summary: Some(summary(Some(j), &state.allocs_of_job(j.name()))),
+                summary: Some(summary(
+                    Some(j),
+                    &state.allocs_of_job(j.name()),
+                    state.deployment(j.name()),
+                )),
             })
             .collect();
         Ok(Response::new(pb::ListJobsResponse { jobs }))
@@ -456,6 +490,134 @@ impl pb::cluster_server::Cluster for ClusterApi {
                 })
                 .collect(),
         }))
+    }
+
+    async fn get_rollout(
+        &self,
+        req: Request<pb::GetRolloutRequest>,
+    ) -> Result<Response<pb::GetRolloutResponse>, Status> {
+        let r = req.into_inner();
+        check_name("name", &r.name)?;
+        self.ctx.read_barrier(r.stale).await?;
+        let state = self.ctx.store.state();
+        let Some(job) = state.jobs.get(&r.name) else {
+            return Err(Status::not_found(format!("job {:?} not found", r.name)));
+        };
+        let allocs = state.allocs_of_job(&r.name);
+        let counts = skiff_model::workload::rollout_counts(job, allocs.iter().copied());
+        Ok(Response::new(pb::GetRolloutResponse {
+            job: Some(job.into()),
+            deployments: state
+                .deployments
+                .get(&r.name)
+                .map(|v| v.iter().map(Into::into).collect())
+                .unwrap_or_default(),
+            counts: Some(counts.into()),
+            history: state
+                .histories
+                .get(&r.name)
+                .map(|h| h.versions.iter().map(Into::into).collect())
+                .unwrap_or_default(),
+            summary: Some(summary(Some(job), &allocs, state.deployment(&r.name))),
+        }))
+    }
+
+    async fn control_rollout(
+        &self,
+        req: Request<pb::ControlRolloutRequest>,
+    ) -> Result<Response<pb::ControlRolloutResponse>, Status> {
+        let r = req.into_inner();
+        check_name("name", &r.name)?;
+        let action = match r.action.as_str() {
+            "pause" => RolloutAction::Pause,
+            "resume" => RolloutAction::Resume,
+            "promote" => RolloutAction::Promote,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "action: {other:?} is not a rollout action; expected pause, resume or promote"
+                )))
+            }
+        };
+        let outcome = self
+            .ctx
+            .propose(&Command::ControlRollout {
+                job: r.name.clone(),
+                action,
+                at_ms: crate::now_ms(),
+            })
+            .await?;
+        match outcome {
+            Outcome::Rollout { deployment, .. } => {
+                tracing::info!(job = %r.name, action = action.as_str(), "rollout controlled");
+                Ok(Response::new(pb::ControlRolloutResponse {
+                    deployment: deployment.as_deref().map(Into::into),
+                }))
+            }
+            Outcome::Refused(why) => Err(refused(why)),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn undo_rollout(
+        &self,
+        req: Request<pb::UndoRolloutRequest>,
+    ) -> Result<Response<pb::UndoRolloutResponse>, Status> {
+        let r = req.into_inner();
+        check_name("name", &r.name)?;
+        if r.to_version == Some(0) {
+            return Err(Status::invalid_argument("to_version: versions start at 1"));
+        }
+        let outcome = self
+            .ctx
+            .propose(&Command::UndoRollout {
+                job: r.name.clone(),
+                to_version: r.to_version,
+                at_ms: crate::now_ms(),
+            })
+            .await?;
+        match outcome {
+            Outcome::Rollout { job, deployment } => {
+                tracing::info!(job = %r.name, version = job.version, "rollout undone");
+                Ok(Response::new(pb::UndoRolloutResponse {
+                    job: Some(job.as_ref().into()),
+                    deployment: deployment.as_deref().map(Into::into),
+                }))
+            }
+            Outcome::Refused(why) => Err(refused(why)),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn scale_job(
+        &self,
+        req: Request<pb::ScaleJobRequest>,
+    ) -> Result<Response<pb::ScaleJobResponse>, Status> {
+        let r = req.into_inner();
+        check_name("name", &r.name)?;
+        if r.replicas > skiff_model::job::MAX_REPLICAS {
+            return Err(Status::invalid_argument(format!(
+                "replicas: {} must be a whole number from 0 to {}",
+                r.replicas,
+                skiff_model::job::MAX_REPLICAS
+            )));
+        }
+        let outcome = self
+            .ctx
+            .propose(&Command::ScaleJob {
+                name: r.name.clone(),
+                replicas: r.replicas,
+            })
+            .await?;
+        match outcome {
+            Outcome::Rollout { job, .. } => {
+                tracing::info!(job = %r.name, replicas = r.replicas, "job scaled");
+                Ok(Response::new(pb::ScaleJobResponse {
+                    job: Some(job.as_ref().into()),
+                }))
+            }
+            Outcome::Refused(why) => Err(refused(why)),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
     }
 
     async fn remove_member(

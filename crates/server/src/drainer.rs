@@ -202,24 +202,11 @@ mod tests {
                 s.allocs.insert(
                     id.clone(),
                     Allocation {
-                        id,
-                        job: "web".into(),
-                        job_version: 1,
-                        replica,
-                        node: node.into(),
-                        task: spec.task.clone(),
-                        gpus: vec![],
-                        unhealthy_gpus: vec![],
-                        ports: vec![],
-                        desired: DesiredStatus::Run,
                         status: AllocStatus::Running,
-                        exit_code: None,
-                        message: String::new(),
-                        restart_count: 0,
                         healthy: Some(healthy),
-                        reason: String::new(),
                         create_index: 1,
                         modify_index: 1,
+                        ..Allocation::new(id, "web", 1, replica, node, spec.task.clone())
                     },
                 );
             }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use skiff_model::{EvalStatus, Evaluation};
 pub use skiff_scheduler::Algorithm;
-use skiff_scheduler::{reconcile, ClusterView, Config};
+use skiff_scheduler::{reconcile_job, ClusterView, Config};
 use skiff_store::command::{NewAlloc, PlanCommand};
 use skiff_store::{Command, Outcome, State, Store};
 
@@ -52,7 +52,8 @@ fn pending_evals(store: &Store) -> Vec<Evaluation> {
 /// Plans one evaluation against `state`: the scheduler's plan, with fresh
 /// ids for the new allocations and the snapshot's indexes so the state
 /// machine can tell a stale plan. The tie-break seed is the evaluation's
-/// creation index: data, not a clock.
+/// creation index: data, not a clock. The wall clock is read here, on the
+/// leader, and travels in the command as data (`at_ms`).
 pub fn plan_eval(state: &State, eval: &Evaluation, settings: SchedulerSettings) -> PlanCommand {
     let job = state.jobs.get(&eval.job);
     let view = ClusterView::new(state.nodes.values(), state.allocs.values(), |name| {
@@ -63,7 +64,7 @@ pub fn plan_eval(state: &State, eval: &Evaluation, settings: SchedulerSettings) 
         seed: eval.create_index,
         ..Config::default()
     };
-    let plan = reconcile(&eval.job, job, &view, &cfg);
+    let plan = reconcile_job(&eval.job, job, state.deployment(&eval.job), &view, &cfg);
     PlanCommand {
         eval_id: eval.id.clone(),
         job: eval.job.clone(),
@@ -82,6 +83,7 @@ pub fn plan_eval(state: &State, eval: &Evaluation, settings: SchedulerSettings) 
         evictions: plan.evictions,
         unplaced: plan.unplaced,
         explanation: plan.explanation,
+        at_ms: crate::now_ms(),
     }
 }
 

@@ -7,11 +7,15 @@
 //! - [`peer`]: Raft messages between servers, and forwarding to the leader;
 //! - [`members`]: joining, removing, listing servers; promoting learners;
 //! - [`evals`]: the leader's evaluation loop (pending evaluation ->
-//!   scheduler -> plan -> Raft).
+//!   scheduler -> plan -> Raft);
+//! - [`deployments`]: the leader's deployment controller (allocation
+//!   health, min_healthy, deadlines -> rollout progress, failure and
+//!   automatic rollback, as Raft commands).
 
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod deployments;
 pub mod drainer;
 pub mod evals;
 pub mod liveness;
@@ -259,6 +263,7 @@ pub async fn serve(
     tracing::info!(algorithm = %scheduler.algorithm, "scheduler");
     let mut background = vec![
         tokio::spawn(evals::run(store.clone(), scheduler)),
+        tokio::spawn(deployments::run(store.clone())),
         tokio::spawn(members::promote_learners(ctx.clone())),
         tokio::spawn(members::keep_address_book(ctx.clone())),
         tokio::spawn(members::register_self(ctx.clone())),
@@ -327,6 +332,15 @@ pub async fn serve(
     let s = store.clone();
     let _ = tokio::task::spawn_blocking(move || s.shutdown()).await;
     result
+}
+
+/// The wall clock in milliseconds since the Unix epoch. Read only by
+/// servers, put into commands as data; never inside the state machine.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Maps store errors to gRPC statuses a client can act on.

@@ -397,6 +397,7 @@ impl pb::node_api_server::NodeApi for NodeService {
             .propose(&Command::UpdateAllocStatus {
                 node: r.node,
                 updates,
+                at_ms: crate::now_ms(),
             })
             .await?;
         Ok(Response::new(pb::UpdateAllocStatusResponse {

@@ -28,9 +28,13 @@ pub enum Command {
     /// placement against the state as it is now.
     ApplyPlan { plan: PlanCommand },
     /// Statuses an agent observed for the allocations on its node.
+    /// `at_ms` is when the server that took the report received it
+    /// (wall-clock ms, as data): an allocation turning healthy records it.
     UpdateAllocStatus {
         node: String,
         updates: Vec<AllocUpdate>,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        at_ms: u64,
     },
     /// An operator cordons, drains or uncordons a node.
     SetNodeEligibility {
@@ -52,6 +56,26 @@ pub enum Command {
     FinishDrain { node: String },
     /// A control-plane server records where it can be reached.
     RegisterServer { info: crate::state::ServerInfo },
+    /// Sets a job's replicas (`skiff scale`); the version stays.
+    ScaleJob { name: String, replicas: u32 },
+    /// Pauses, resumes or promotes the job's rollout.
+    ControlRollout {
+        job: String,
+        action: RolloutAction,
+        at_ms: u64,
+    },
+    /// Returns the job to an earlier version of its history (`skiff rollout
+    /// undo`): the version before the current one that rolled out
+    /// successfully, or `to_version`.
+    UndoRollout {
+        job: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to_version: Option<u64>,
+        at_ms: u64,
+    },
+    /// What the leader's deployment controller observed and decided for
+    /// one rollout.
+    UpdateDeployment { update: DeploymentUpdate },
     /// The leader's liveness check: a node missed its heartbeats (`Down`:
     /// its allocations are lost and replaced elsewhere), or is back
     /// (`Ready`).
@@ -61,6 +85,56 @@ pub enum Command {
         #[serde(default)]
         reason: String,
     },
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// What an operator does to a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutAction {
+    Pause,
+    Resume,
+    Promote,
+}
+
+impl RolloutAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutAction::Pause => "pause",
+            RolloutAction::Resume => "resume",
+            RolloutAction::Promote => "promote",
+        }
+    }
+}
+
+/// The deployment controller's observations for one deployment. Times are
+/// the leader's wall clock, carried as data.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentUpdate {
+    pub job: String,
+    /// The deployment this was decided for; ignored if another replaced it.
+    pub deployment_id: String,
+    pub at_ms: u64,
+    /// Allocations that stayed healthy for `min_healthy`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub healthy: Vec<String>,
+    /// Allocations that crashed or missed `healthy_deadline`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unhealthy: Vec<String>,
+    /// Progress was made (an allocation proved healthy): the progress
+    /// deadline counts again from `at_ms`.
+    #[serde(default)]
+    pub progress: bool,
+    /// The rollout failed, for this reason; an automatic rollback follows
+    /// when the job allows it and there is a version to return to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail: Option<String>,
+    /// A new description of where the rollout stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl Command {
@@ -76,6 +150,10 @@ impl Command {
             Command::MigrateAllocs { .. } => "migrate_allocs",
             Command::FinishDrain { .. } => "finish_drain",
             Command::RegisterServer { .. } => "register_server",
+            Command::ScaleJob { .. } => "scale_job",
+            Command::ControlRollout { .. } => "control_rollout",
+            Command::UndoRollout { .. } => "undo_rollout",
+            Command::UpdateDeployment { .. } => "update_deployment",
             Command::SetNodeStatus { .. } => "set_node_status",
         }
     }
@@ -120,6 +198,10 @@ pub struct PlanCommand {
     pub evictions: Vec<Stop>,
     pub unplaced: u32,
     pub explanation: String,
+    /// When the leader planned (wall-clock ms, as data): new allocations
+    /// record it, and `healthy_deadline` counts from it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub at_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,12 +7,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use skiff_model::fit::{fits_assignment, Usage};
 use skiff_model::job::PREEMPTION_GAP;
+use skiff_model::workload::host_of;
 use skiff_model::{
-    AllocStatus, Allocation, DesiredStatus, EvalStatus, EvalTrigger, Evaluation, Job, JobSpec,
-    Node, NodeStatus,
+    AllocFacts, AllocStatus, Allocation, Deployment, DesiredStatus, EvalStatus, EvalTrigger,
+    Evaluation, GangRank, Job, JobHistory, JobSpec, JobVersion, Node, NodeStatus,
 };
 
 use crate::command::{AllocUpdate, Command, NewAlloc, NodeRegistration, PlanCommand};
+
+mod rollout;
+
+/// Rollouts kept per job (the current one and those before it).
+pub const DEPLOYMENTS_KEPT: usize = 10;
 
 /// Which collection a dirty key belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -22,15 +28,19 @@ pub enum Table {
     Alloc,
     Eval,
     Server,
+    Deployment,
+    History,
 }
 
 impl Table {
-    pub const ALL: [Table; 5] = [
+    pub const ALL: [Table; 7] = [
         Table::Job,
         Table::Node,
         Table::Alloc,
         Table::Eval,
         Table::Server,
+        Table::Deployment,
+        Table::History,
     ];
 
     pub fn prefix(self) -> &'static str {
@@ -40,6 +50,8 @@ impl Table {
             Table::Alloc => "alloc/",
             Table::Eval => "eval/",
             Table::Server => "server/",
+            Table::Deployment => "deployment/",
+            Table::History => "history/",
         }
     }
 
@@ -50,6 +62,8 @@ impl Table {
             Table::Alloc => "alloc",
             Table::Eval => "eval",
             Table::Server => "server",
+            Table::Deployment => "deployment",
+            Table::History => "history",
         }
     }
 }
@@ -75,6 +89,13 @@ pub struct State {
     /// Control-plane servers' addresses, by Raft id.
     #[serde(default)]
     pub servers: BTreeMap<u64, ServerInfo>,
+    /// The rollouts of each service, by job name, oldest first (the last
+    /// [`DEPLOYMENTS_KEPT`]); the last one is the job's current rollout.
+    #[serde(default)]
+    pub deployments: BTreeMap<String, Vec<Deployment>>,
+    /// The kept versions of each job, by job name.
+    #[serde(default)]
+    pub histories: BTreeMap<String, JobHistory>,
     /// Raft index of the last applied entry.
     pub index: u64,
     /// Index of the last change that may let blocked work fit (a node
@@ -102,6 +123,8 @@ impl PartialEq for State {
             && self.allocs == other.allocs
             && self.evals == other.evals
             && self.servers == other.servers
+            && self.deployments == other.deployments
+            && self.histories == other.histories
             && self.index == other.index
             && self.last_unblock_index == other.last_unblock_index
     }
@@ -137,6 +160,17 @@ pub enum Outcome {
     AllocsUpdated {
         applied: u32,
     },
+    /// A job was scaled, its rollout paused, resumed or promoted, or it
+    /// returned to an earlier version; the job and its rollout as they are
+    /// now.
+    Rollout {
+        job: Box<Job>,
+        deployment: Option<Box<Deployment>>,
+    },
+    /// The deployment controller's update was recorded.
+    DeploymentUpdated {
+        deployment: Box<Deployment>,
+    },
     /// The command was well-formed but refused (e.g. deleting a job that
     /// does not exist); nothing changed.
     Refused(String),
@@ -165,9 +199,11 @@ impl State {
             Command::DeleteJob { name } => self.delete_job(index, name),
             Command::RegisterNode { registration } => self.register_node(index, registration),
             Command::ApplyPlan { plan } => self.apply_plan(index, plan),
-            Command::UpdateAllocStatus { node, updates } => {
-                self.update_alloc_status(index, node, updates)
-            }
+            Command::UpdateAllocStatus {
+                node,
+                updates,
+                at_ms,
+            } => self.update_alloc_status(index, node, updates, *at_ms),
             Command::SetNodeEligibility {
                 name,
                 cordoned,
@@ -192,6 +228,16 @@ impl State {
                 }
                 Outcome::ServerRegistered
             }
+            Command::ScaleJob { name, replicas } => self.scale_job(index, name, *replicas),
+            Command::ControlRollout { job, action, at_ms } => {
+                self.control_rollout(index, job, *action, *at_ms)
+            }
+            Command::UndoRollout {
+                job,
+                to_version,
+                at_ms,
+            } => self.undo_rollout(index, job, *to_version, *at_ms),
+            Command::UpdateDeployment { update } => self.update_deployment(index, update),
         }
     }
 
@@ -224,37 +270,81 @@ impl State {
     }
 
     fn upsert_job(&mut self, index: u64, spec: &JobSpec) -> Outcome {
-        let job = match self.jobs.get(&spec.name) {
+        let name = spec.name.clone();
+        let job = match self.jobs.get(&name).cloned() {
             Some(old) if old.spec == *spec => {
                 return Outcome::JobUpserted {
-                    job: Box::new(old.clone()),
+                    job: Box::new(old),
                     changed: false,
                 }
             }
-            Some(old) => Job {
-                version: if !old.spec.same_version(spec) {
-                    old.version + 1
-                } else {
-                    old.version
-                },
-                spec: spec.clone(),
-                create_index: old.create_index,
-                modify_index: index,
-            },
+            Some(old) if old.spec.same_version(spec) => {
+                // Replicas, priority or the update policy changed: same
+                // version, and its kept spec follows.
+                let job = Job {
+                    spec: spec.clone(),
+                    version: old.version,
+                    create_index: old.create_index,
+                    modify_index: index,
+                };
+                self.record_version(index, &job, "applied");
+                job
+            }
+            Some(old) => {
+                // A new task or placement rules: a version of the history
+                // with the same ones comes back, or a new number is taken.
+                let hist = self.histories.entry(name.clone()).or_default();
+                if hist.get(old.version).is_none() {
+                    hist.versions.push(JobVersion {
+                        version: old.version,
+                        spec: old.spec.clone(),
+                        create_index: old.modify_index,
+                        stable: false,
+                        note: String::new(),
+                    });
+                }
+                let version = match hist.same_as(spec) {
+                    Some(v) => v,
+                    None => {
+                        let v = hist.next_version.max(old.version + 1);
+                        hist.next_version = v + 1;
+                        v
+                    }
+                };
+                let job = Job {
+                    spec: spec.clone(),
+                    version,
+                    create_index: old.create_index,
+                    modify_index: index,
+                };
+                self.record_version(index, &job, "applied");
+                self.start_deployment(index, &job, old.version, false, 0);
+                job
+            }
             None => {
-                self.forget_finished_allocs(&spec.name);
-                Job {
+                self.forget_finished_allocs(&name);
+                let job = Job {
                     spec: spec.clone(),
                     version: 1,
                     create_index: index,
                     modify_index: index,
-                }
+                };
+                self.histories.insert(
+                    name.clone(),
+                    JobHistory {
+                        versions: Vec::new(),
+                        next_version: 2,
+                    },
+                );
+                self.record_version(index, &job, "applied");
+                self.start_deployment(index, &job, 0, false, 0);
+                job
             }
         };
-        self.jobs.insert(spec.name.clone(), job.clone());
-        self.touch(Table::Job, &spec.name);
-        if self.needs_scheduling(&spec.name, spec.replicas) {
-            self.create_eval(index, &spec.name, EvalTrigger::JobRegister);
+        self.jobs.insert(name.clone(), job.clone());
+        self.touch(Table::Job, &name);
+        if self.needs_scheduling(&name, spec.replicas) {
+            self.create_eval(index, &name, EvalTrigger::JobRegister);
         }
         Outcome::JobUpserted {
             job: Box::new(job),
@@ -282,6 +372,12 @@ impl State {
             return Outcome::Refused(format!("job {name:?} not found"));
         }
         self.touch(Table::Job, name);
+        if self.deployments.remove(name).is_some() {
+            self.touch(Table::Deployment, name);
+        }
+        if self.histories.remove(name).is_some() {
+            self.touch(Table::History, name);
+        }
         if self.needs_scheduling(name, 0) {
             self.create_eval(index, name, EvalTrigger::JobDeregister);
         }
@@ -470,7 +566,10 @@ impl State {
             if let Some(a) = self.allocs.get_mut(&stop.alloc_id) {
                 if a.job == plan.job && a.desired == DesiredStatus::Run {
                     a.desired = DesiredStatus::Stop;
-                    a.message = stop.reason.clone();
+                    // A run that already ended keeps the words of its end.
+                    if !a.status.is_terminal() {
+                        a.message = stop.reason.clone();
+                    }
                     a.modify_index = index;
                     result.stopped += 1;
                     self.touch(Table::Alloc, &stop.alloc_id);
@@ -506,27 +605,48 @@ impl State {
                     self.create_eval(index, &victim, EvalTrigger::Preemption);
                 }
             }
+            // A gang's replicas learn where rank 0 runs: placed in this
+            // plan, or already running.
+            let master_addr = job.spec.gang.then(|| {
+                let rank0 = accepted
+                    .iter()
+                    .find(|n| n.placement.replica == 0)
+                    .map(|n| n.placement.node.clone())
+                    .or_else(|| {
+                        self.allocs
+                            .values()
+                            .find(|a| {
+                                a.job == plan.job
+                                    && a.job_version == job.version
+                                    && a.replica == 0
+                                    && a.is_live()
+                            })
+                            .map(|a| a.node.clone())
+                    });
+                rank0
+                    .and_then(|n| self.nodes.get(&n))
+                    .map(|n| host_of(&n.address))
+                    .unwrap_or_default()
+            });
             for new in accepted {
-                let alloc = Allocation {
-                    id: new.id.clone(),
-                    job: plan.job.clone(),
-                    job_version: job.version,
-                    replica: new.placement.replica,
-                    node: new.placement.node.clone(),
-                    task: job.spec.task.clone(),
-                    gpus: new.placement.gpus.clone(),
-                    ports: job.spec.task.resources.ports.clone(),
-                    unhealthy_gpus: Vec::new(),
-                    desired: DesiredStatus::Run,
-                    status: AllocStatus::Pending,
-                    exit_code: None,
-                    message: String::new(),
-                    restart_count: 0,
-                    healthy: None,
-                    reason: String::new(),
-                    create_index: index,
-                    modify_index: index,
-                };
+                let mut alloc = Allocation::new(
+                    new.id.clone(),
+                    plan.job.clone(),
+                    job.version,
+                    new.placement.replica,
+                    new.placement.node.clone(),
+                    job.spec.task.clone(),
+                );
+                alloc.gpus = new.placement.gpus.clone();
+                alloc.create_time_ms = plan.at_ms;
+                alloc.create_index = index;
+                alloc.modify_index = index;
+                alloc.gang = master_addr.as_ref().map(|addr| GangRank {
+                    rank: new.placement.replica,
+                    world_size: job.spec.replicas,
+                    master_addr: addr.clone(),
+                    master_port: job.spec.master_port(),
+                });
                 self.allocs.insert(new.id.clone(), alloc);
                 self.touch(Table::Alloc, &new.id);
                 result.placed += 1;
@@ -587,7 +707,10 @@ impl State {
                     .push(e.alloc_id.as_str());
             }
         }
-        // Replica slots of this version already filled.
+        // Replica slots of this version already filled: for a service,
+        // by anything but a lost allocation; for a batch job, by a run
+        // that goes on or succeeded (a failed one is replaced).
+        let batch = job.spec.is_batch();
         let mut taken: BTreeSet<u32> = self
             .allocs
             .values()
@@ -595,7 +718,11 @@ impl State {
                 a.job == plan.job
                     && a.job_version == plan.job_version
                     && a.desired == DesiredStatus::Run
-                    && a.status != AllocStatus::Lost
+                    && if batch {
+                        !a.status.is_terminal() || a.succeeded()
+                    } else {
+                        a.status != AllocStatus::Lost
+                    }
             })
             .map(|a| a.replica)
             .collect();
@@ -818,9 +945,16 @@ impl State {
         }
     }
 
-    fn update_alloc_status(&mut self, index: u64, node: &str, updates: &[AllocUpdate]) -> Outcome {
+    fn update_alloc_status(
+        &mut self,
+        index: u64,
+        node: &str,
+        updates: &[AllocUpdate],
+        at_ms: u64,
+    ) -> Outcome {
         let mut applied = 0;
         let mut released = false;
+        let mut moved_jobs = BTreeSet::new();
         for u in updates {
             let Some(a) = self.allocs.get_mut(&u.alloc_id) else {
                 continue;
@@ -839,6 +973,18 @@ impl State {
             {
                 continue;
             }
+            if a.status != u.status
+                || a.healthy != u.healthy
+                || a.restart_count != u.restart_count
+                || a.reason != u.reason
+            {
+                moved_jobs.insert(a.job.clone());
+            }
+            if u.healthy != Some(true) {
+                a.healthy_since_ms = 0;
+            } else if a.healthy != Some(true) || a.restart_count != u.restart_count {
+                a.healthy_since_ms = at_ms;
+            }
             a.status = u.status;
             a.exit_code = u.exit_code;
             a.restart_count = u.restart_count;
@@ -856,7 +1002,28 @@ impl State {
         if released {
             self.unblock(index);
         }
+        // Batch jobs and gangs react to runs ending or failing; a rollout
+        // to the health of what runs.
+        for job in moved_jobs {
+            let watch = self.jobs.get(&job).is_some_and(|j| {
+                j.spec.is_batch()
+                    || j.spec.gang
+                    || self.deployment(&job).is_some_and(|d| d.status.is_active())
+            });
+            if watch {
+                self.create_eval(index, &job, EvalTrigger::AllocUpdate);
+            }
+        }
         Outcome::AllocsUpdated { applied }
+    }
+
+    /// The job's current (latest) rollout.
+    pub fn deployment(&self, job: &str) -> Option<&Deployment> {
+        self.deployments.get(job).and_then(|v| v.last())
+    }
+
+    fn deployment_mut(&mut self, job: &str) -> Option<&mut Deployment> {
+        self.deployments.get_mut(job).and_then(|v| v.last_mut())
     }
 
     /// The allocations of one job, in replica order.
@@ -902,5 +1069,7 @@ impl State {
     }
 }
 
+#[cfg(test)]
+mod rollout_tests;
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
 //! The state machine's records in sled: one tree, keys `job/NAME`,
-//! `node/NAME`, `alloc/ID`, `eval/ID`, and `meta/applied`,
+//! `node/NAME`, `alloc/ID`, `eval/ID`, `server/ID`, `deployment/JOB`,
+//! `history/JOB`, and `meta/applied`,
 //! `meta/unblock`. Values are JSON.
 //!
 //! [`StateDb::save`] writes every record `apply` marked dirty together with
@@ -59,6 +60,12 @@ impl StateDb {
                             .parse()
                             .map_err(|_| StoreError::corrupt("state", &k, "not a server id"))?;
                         state.servers.insert(id, decode(&k, &v)?);
+                    }
+                    Table::Deployment => {
+                        state.deployments.insert(key, decode(&k, &v)?);
+                    }
+                    Table::History => {
+                        state.histories.insert(key, decode(&k, &v)?);
                     }
                 }
             }
@@ -136,6 +143,19 @@ impl StateDb {
                 encode(s),
             );
         }
+        for (job, d) in &state.deployments {
+            // The job's rollouts, oldest first.
+            batch.insert(
+                format!("{}{job}", Table::Deployment.prefix()).as_bytes(),
+                encode(d),
+            );
+        }
+        for (job, h) in &state.histories {
+            batch.insert(
+                format!("{}{job}", Table::History.prefix()).as_bytes(),
+                encode(h),
+            );
+        }
         batch.insert(KEY_APPLIED, &state.index.to_be_bytes());
         batch.insert(KEY_UNBLOCK, &state.last_unblock_index.to_be_bytes());
         self.tree.apply_batch(batch)?;
@@ -198,6 +218,8 @@ pub fn record(state: &State, table: Table, key: &str) -> Option<Vec<u8>> {
             .ok()
             .and_then(|id| state.servers.get(&id))
             .map(encode),
+        Table::Deployment => state.deployments.get(key).map(encode),
+        Table::History => state.histories.get(key).map(encode),
     }
 }
 

@@ -3,14 +3,14 @@ use crate::command::NewAlloc;
 use skiff_model::fit::used_on;
 use skiff_model::{Gpu, Placement, Resources, Stop};
 
-fn spec(name: &str, replicas: u32, mem: &str) -> JobSpec {
+pub(super) fn spec(name: &str, replicas: u32, mem: &str) -> JobSpec {
     JobSpec::from_yaml(&format!(
         "name: {name}\nreplicas: {replicas}\ntask: {{image: 'oci:/i', resources: {{cpu: 500m, memory: {mem}}}}}"
     ))
     .unwrap()
 }
 
-fn reg(name: &str, cpu: u64, mem_mi: u64) -> Command {
+pub(super) fn reg(name: &str, cpu: u64, mem_mi: u64) -> Command {
     Command::RegisterNode {
         registration: NodeRegistration {
             name: name.into(),
@@ -44,26 +44,26 @@ fn gpu_reg(name: &str, gpus: usize, one_sick: bool) -> Command {
     Command::RegisterNode { registration }
 }
 
-fn job_spec(yaml: &str) -> JobSpec {
+pub(super) fn job_spec(yaml: &str) -> JobSpec {
     JobSpec::from_yaml(yaml).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Applies commands at consecutive indexes, like Raft would.
-struct Harness {
-    state: State,
+pub(super) struct Harness {
+    pub(super) state: State,
 }
 
 impl Harness {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Harness {
             state: State::default(),
         }
     }
-    fn apply(&mut self, c: Command) -> Outcome {
+    pub(super) fn apply(&mut self, c: Command) -> Outcome {
         let i = self.state.index + 1;
         self.state.apply(i, &c)
     }
-    fn pending_eval(&self, job: &str) -> String {
+    pub(super) fn pending_eval(&self, job: &str) -> String {
         self.state
             .evals
             .values()
@@ -71,10 +71,11 @@ impl Harness {
             .map(|e| e.id.clone())
             .expect("a pending eval")
     }
-    fn plan(&self, job: &str, placements: &[(u32, &str)], unplaced: u32) -> Command {
+    pub(super) fn plan(&self, job: &str, placements: &[(u32, &str)], unplaced: u32) -> Command {
         let j = &self.state.jobs[job];
         Command::ApplyPlan {
             plan: PlanCommand {
+                at_ms: 0,
                 eval_id: self.pending_eval(job),
                 job: job.into(),
                 job_version: j.version,
@@ -278,20 +279,24 @@ fn agents_update_only_their_own_allocations_and_terminal_is_final() {
         ..AllocUpdate::default()
     };
     let out = h.apply(Command::UpdateAllocStatus {
+        at_ms: 0,
         node: "n2".into(),
         updates: vec![upd(AllocStatus::Failed, Some(1))],
     });
     assert_eq!(out, Outcome::AllocsUpdated { applied: 0 });
     h.apply(Command::UpdateAllocStatus {
+        at_ms: 0,
         node: "n1".into(),
         updates: vec![upd(AllocStatus::Running, None)],
     });
     assert_eq!(h.state.allocs[&id].status, AllocStatus::Running);
     h.apply(Command::UpdateAllocStatus {
+        at_ms: 0,
         node: "n1".into(),
         updates: vec![upd(AllocStatus::Failed, Some(3))],
     });
     h.apply(Command::UpdateAllocStatus {
+        at_ms: 0,
         node: "n1".into(),
         updates: vec![upd(AllocStatus::Running, None)],
     });
@@ -309,6 +314,7 @@ fn restarts_health_and_reasons_are_recorded_while_running() {
     h.apply(h.plan("web", &[(0, "n1")], 0));
     let id = "web-0-n1".to_string();
     let update = |restart_count, healthy, reason: &str| Command::UpdateAllocStatus {
+        at_ms: 0,
         node: "n1".into(),
         updates: vec![AllocUpdate {
             alloc_id: id.clone(),
@@ -369,6 +375,7 @@ fn stops_mark_allocations_desired_stop() {
     h.apply(Command::DeleteJob { name: "web".into() });
     let plan = Command::ApplyPlan {
         plan: PlanCommand {
+            at_ms: 0,
             eval_id: h.pending_eval("web"),
             job: "web".into(),
             job_version: 0,
@@ -424,6 +431,7 @@ fn recreating_a_deleted_job_drops_the_old_finished_allocations() {
     });
     h.apply(h.plan("web", &[(0, "n1")], 0));
     h.apply(Command::UpdateAllocStatus {
+        at_ms: 0,
         node: "n1".into(),
         updates: vec![AllocUpdate {
             alloc_id: "web-0-n1".into(),
@@ -721,6 +729,7 @@ fn cordon_survives_reregistration_and_a_drain_moves_work_then_finishes() {
         Some(EvalStatus::Pending)
     );
     h.apply(Command::UpdateAllocStatus {
+        at_ms: 0,
         node: "n1".into(),
         updates: vec![AllocUpdate {
             alloc_id: "web-0-n1".into(),
@@ -858,6 +867,7 @@ fn a_node_going_down_loses_its_allocations_and_queues_their_replacement() {
     assert!(!h.state.nodes["n1"].schedulable());
     // Lost is final: a late report from the agent changes nothing.
     h.apply(Command::UpdateAllocStatus {
+        at_ms: 0,
         node: "n1".into(),
         updates: vec![AllocUpdate {
             alloc_id: "web-0-n1".into(),

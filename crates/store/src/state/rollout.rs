@@ -1,0 +1,396 @@
+//! Versions, rollouts and scaling in the state machine: the version
+//! history, deployment records and the commands that move them. Every
+//! time here arrived in a command as data.
+
+use skiff_model::job::MAX_REPLICAS;
+use skiff_model::workload::rollout_counts;
+use skiff_model::{Deployment, DeploymentStatus, EvalTrigger, Job, JobVersion};
+
+use super::{Outcome, State, Table, DEPLOYMENTS_KEPT};
+use crate::command::{DeploymentUpdate, RolloutAction};
+
+impl State {
+    /// Keeps `job`'s spec as its version's entry in the history (first
+    /// creation index and `stable` kept), newest last, trimmed to
+    /// `versions_kept`.
+    pub(super) fn record_version(&mut self, index: u64, job: &Job, note: &str) {
+        let name = job.spec.name.clone();
+        let hist = self.histories.entry(name.clone()).or_default();
+        match hist.versions.iter().position(|v| v.version == job.version) {
+            Some(i) => {
+                let mut v = hist.versions.remove(i);
+                v.spec = job.spec.clone();
+                hist.versions.push(v);
+            }
+            None => hist.versions.push(JobVersion {
+                version: job.version,
+                spec: job.spec.clone(),
+                create_index: index,
+                stable: false,
+                note: note.to_string(),
+            }),
+        }
+        hist.next_version = hist.next_version.max(job.version + 1);
+        hist.trim(job.spec.versions_kept, job.version);
+        self.touch(Table::History, &name);
+    }
+
+    /// Starts a rollout of `job`'s version (services that are not gangs;
+    /// other jobs are replaced whole and have none). An active rollout of
+    /// another version is cancelled.
+    pub(super) fn start_deployment(
+        &mut self,
+        index: u64,
+        job: &Job,
+        from_version: u64,
+        rollback: bool,
+        at_ms: u64,
+    ) {
+        let name = job.spec.name.clone();
+        if let Some(d) = self.deployment_mut(&name) {
+            if d.status.is_active() {
+                d.status = DeploymentStatus::Cancelled;
+                d.reason = format!("replaced by a rollout of version {}", job.version);
+                d.ended_ms = at_ms;
+                d.modify_index = index;
+                self.touch(Table::Deployment, &name);
+            }
+        }
+        if !job.spec.rolls_out() {
+            return;
+        }
+        // Canaries make sense only beside allocations of another version.
+        let others = self
+            .allocs
+            .values()
+            .any(|a| a.job == name && a.is_live() && a.job_version != job.version);
+        let canary = if rollback || !others {
+            0
+        } else {
+            job.spec.update.canary.min(job.spec.replicas)
+        };
+        let list = self.deployments.entry(name.clone()).or_default();
+        list.push(Deployment {
+            id: format!("{name}-{index}"),
+            job: name.clone(),
+            version: job.version,
+            from_version,
+            status: DeploymentStatus::Running,
+            reason: String::new(),
+            canary,
+            promoted: false,
+            rollback,
+            started_ms: at_ms,
+            progress_ms: at_ms,
+            ended_ms: 0,
+            create_index: index,
+            modify_index: index,
+        });
+        if list.len() > DEPLOYMENTS_KEPT {
+            list.remove(0);
+        }
+        self.touch(Table::Deployment, &name);
+    }
+
+    fn rollout_outcome(&self, job: &str) -> Outcome {
+        match self.jobs.get(job) {
+            Some(j) => Outcome::Rollout {
+                job: Box::new(j.clone()),
+                deployment: self.deployment(job).cloned().map(Box::new),
+            },
+            None => Outcome::Refused(format!("job {job:?} not found")),
+        }
+    }
+
+    pub(super) fn scale_job(&mut self, index: u64, name: &str, replicas: u32) -> Outcome {
+        let Some(job) = self.jobs.get(name) else {
+            return Outcome::Refused(format!("job {name:?} not found"));
+        };
+        if job.spec.is_batch() && !job.spec.gang {
+            return Outcome::Refused(format!(
+                "job {name:?} is a batch job: it runs `completions` allocations, `parallelism` at once; change those in its spec"
+            ));
+        }
+        if replicas > MAX_REPLICAS {
+            return Outcome::Refused(format!(
+                "replicas: {replicas} must be a whole number from 0 to {MAX_REPLICAS}"
+            ));
+        }
+        if job.spec.replicas != replicas {
+            let mut job = job.clone();
+            job.spec.replicas = replicas;
+            job.modify_index = index;
+            self.jobs.insert(name.to_string(), job.clone());
+            self.touch(Table::Job, name);
+            self.record_version(index, &job, "applied");
+            if self.needs_scheduling(name, replicas) {
+                self.create_eval(index, name, EvalTrigger::JobRegister);
+            }
+        }
+        self.rollout_outcome(name)
+    }
+
+    pub(super) fn control_rollout(
+        &mut self,
+        index: u64,
+        job: &str,
+        action: RolloutAction,
+        at_ms: u64,
+    ) -> Outcome {
+        if !self.jobs.contains_key(job) {
+            return Outcome::Refused(format!("job {job:?} not found"));
+        }
+        let Some(d) = self.deployment_mut(job) else {
+            return Outcome::Refused(format!(
+                "job {job:?} has no rollout (batch jobs and gangs are replaced whole)"
+            ));
+        };
+        let what = format!(
+            "the rollout of version {} is {}",
+            d.version,
+            d.status.as_str()
+        );
+        match action {
+            RolloutAction::Pause => match d.status {
+                DeploymentStatus::Running => {
+                    d.status = DeploymentStatus::Paused;
+                    d.reason = "paused by an operator".into();
+                }
+                DeploymentStatus::Paused => return self.rollout_outcome(job),
+                _ => return Outcome::Refused(format!("{what}; there is nothing to pause")),
+            },
+            RolloutAction::Resume => match d.status {
+                DeploymentStatus::Paused => {
+                    d.status = DeploymentStatus::Running;
+                    d.reason = String::new();
+                    d.progress_ms = at_ms;
+                }
+                DeploymentStatus::Running => return self.rollout_outcome(job),
+                _ => return Outcome::Refused(format!("{what}; there is nothing to resume")),
+            },
+            RolloutAction::Promote => {
+                if !d.status.is_active() {
+                    return Outcome::Refused(format!("{what}; there is nothing to promote"));
+                }
+                if !d.awaiting_promotion() {
+                    return Outcome::Refused(format!(
+                        "the rollout of version {} has no canaries waiting for promotion",
+                        d.version
+                    ));
+                }
+                d.promoted = true;
+                d.reason = "canaries promoted".into();
+                d.progress_ms = at_ms;
+            }
+        }
+        d.modify_index = index;
+        self.touch(Table::Deployment, job);
+        self.create_eval(index, job, EvalTrigger::Rollout);
+        self.rollout_outcome(job)
+    }
+
+    pub(super) fn undo_rollout(
+        &mut self,
+        index: u64,
+        name: &str,
+        to_version: Option<u64>,
+        at_ms: u64,
+    ) -> Outcome {
+        let Some(job) = self.jobs.get(name) else {
+            return Outcome::Refused(format!("job {name:?} not found"));
+        };
+        let current = job.version;
+        let hist = self.histories.get(name).cloned().unwrap_or_default();
+        let target = match to_version {
+            Some(v) => v,
+            None => match hist.last_stable(current).or_else(|| hist.previous(current)) {
+                Some(v) => v,
+                None => {
+                    return Outcome::Refused(format!(
+                        "job {name:?} has no earlier version to return to"
+                    ))
+                }
+            },
+        };
+        if target == current {
+            return Outcome::Refused(format!("job {name:?} already runs version {target}"));
+        }
+        if hist.get(target).is_none() {
+            let kept: Vec<String> = hist
+                .versions
+                .iter()
+                .map(|v| v.version.to_string())
+                .collect();
+            return Outcome::Refused(format!(
+                "version {target} of job {name:?} is not in its history (kept: {})",
+                kept.join(", ")
+            ));
+        }
+        self.rollback_to(
+            index,
+            name,
+            target,
+            at_ms,
+            format!("undone by an operator; rolled back to version {target}"),
+        );
+        self.rollout_outcome(name)
+    }
+
+    /// Returns the job to `target` of its history (keeping its current
+    /// replicas), marks the current rollout rolled back with `why`, and
+    /// starts a rollout of `target`.
+    pub(super) fn rollback_to(
+        &mut self,
+        index: u64,
+        name: &str,
+        target: u64,
+        at_ms: u64,
+        why: String,
+    ) {
+        let (Some(job), Some(entry)) = (
+            self.jobs.get(name).cloned(),
+            self.histories
+                .get(name)
+                .and_then(|h| h.get(target))
+                .cloned(),
+        ) else {
+            return;
+        };
+        let from = job.version;
+        let mut spec = entry.spec;
+        spec.replicas = job.spec.replicas;
+        let job = Job {
+            spec,
+            version: target,
+            create_index: job.create_index,
+            modify_index: index,
+        };
+        if let Some(d) = self.deployment_mut(name) {
+            if d.status.is_active() || d.status == DeploymentStatus::Failed {
+                d.status = DeploymentStatus::RolledBack;
+                d.reason = why;
+                d.ended_ms = at_ms;
+                d.modify_index = index;
+                self.touch(Table::Deployment, name);
+            }
+        }
+        self.jobs.insert(name.to_string(), job.clone());
+        self.touch(Table::Job, name);
+        self.record_version(index, &job, "applied");
+        self.start_deployment(index, &job, from, true, at_ms);
+        self.create_eval(index, name, EvalTrigger::Rollout);
+    }
+
+    pub(super) fn update_deployment(&mut self, index: u64, u: &DeploymentUpdate) -> Outcome {
+        let Some(job) = self.jobs.get(&u.job).cloned() else {
+            return Outcome::Refused(format!("job {:?} not found", u.job));
+        };
+        let Some(d) = self.deployment(&u.job).cloned() else {
+            return Outcome::Refused(format!("job {:?} has no rollout", u.job));
+        };
+        if d.id != u.deployment_id || !d.status.is_active() || d.version != job.version {
+            return Outcome::Refused(format!(
+                "deployment {} is not the job's active rollout; update dropped",
+                u.deployment_id
+            ));
+        }
+        let mut d = d;
+        let status_before = d.status;
+        let mut changed = false;
+        let mut health_moved = false;
+        if d.started_ms == 0 {
+            d.started_ms = u.at_ms;
+            d.progress_ms = u.at_ms;
+            changed = true;
+        }
+        for (ids, verdict) in [(&u.healthy, true), (&u.unhealthy, false)] {
+            for id in ids {
+                if let Some(a) = self.allocs.get_mut(id) {
+                    if a.job == u.job && a.job_version == d.version && a.deploy_health.is_none() {
+                        a.deploy_health = Some(verdict);
+                        a.modify_index = index;
+                        health_moved = true;
+                        self.touch(Table::Alloc, id);
+                    }
+                }
+            }
+        }
+        if u.progress {
+            d.progress_ms = u.at_ms;
+            changed = true;
+        }
+        if let Some(r) = &u.reason {
+            if d.reason != *r {
+                d.reason = r.clone();
+                changed = true;
+            }
+        }
+        if let Some(why) = &u.fail {
+            let target = (!d.rollback && job.spec.update.auto_rollback)
+                .then(|| {
+                    self.histories
+                        .get(&u.job)
+                        .and_then(|h| h.last_stable(d.version))
+                })
+                .flatten();
+            match target {
+                Some(target) => {
+                    *self.deployment_mut(&u.job).expect("checked above") = d;
+                    self.rollback_to(
+                        index,
+                        &u.job,
+                        target,
+                        u.at_ms,
+                        format!("{why}; rolled back to version {target}"),
+                    );
+                    let d = self.deployment(&u.job).cloned().expect("just started");
+                    return Outcome::DeploymentUpdated {
+                        deployment: Box::new(d),
+                    };
+                }
+                None => {
+                    d.status = DeploymentStatus::Failed;
+                    d.reason = if d.rollback {
+                        format!("{why}; this rollout was itself a rollback, so none follows")
+                    } else if job.spec.update.auto_rollback {
+                        format!("{why}; no earlier version rolled out successfully, so there is none to roll back to")
+                    } else {
+                        format!("{why}; auto_rollback is off")
+                    };
+                    d.ended_ms = u.at_ms;
+                    changed = true;
+                }
+            }
+        }
+        // The rollout succeeded when every replica runs the version and
+        // proved healthy, and nothing of another version is left.
+        if d.status == DeploymentStatus::Running && !d.awaiting_promotion() {
+            let counts = rollout_counts(&job, self.allocs.values().filter(|a| a.job == u.job));
+            if counts.done() {
+                d.status = DeploymentStatus::Successful;
+                d.reason = format!("{} of {} replicas healthy", counts.healthy, counts.desired);
+                d.ended_ms = u.at_ms;
+                changed = true;
+                if let Some(v) = self
+                    .histories
+                    .get_mut(&u.job)
+                    .and_then(|h| h.get_mut(d.version))
+                {
+                    v.stable = true;
+                    self.touch(Table::History, &u.job);
+                }
+            }
+        }
+        if changed || health_moved {
+            d.modify_index = index;
+            self.touch(Table::Deployment, &u.job);
+        }
+        *self.deployment_mut(&u.job).expect("checked above") = d.clone();
+        if health_moved || d.status != status_before {
+            self.create_eval(index, &u.job, EvalTrigger::Rollout);
+        }
+        Outcome::DeploymentUpdated {
+            deployment: Box::new(d),
+        }
+    }
+}
