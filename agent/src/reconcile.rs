@@ -485,10 +485,13 @@ impl<R: Runtime> Reconciler<R> {
                         l.phase = Phase::Stopping { requested: true };
                     }
                     Phase::BackOff { .. } => {
+                        // Its last run ended by itself (a failure, or
+                        // the policy would not restart it): that end, not
+                        // the stop, says how it went.
                         let record = l.last_exit.clone().expect("a back-off follows an exit");
                         l.phase = Phase::Exited {
                             record,
-                            stopped: true,
+                            stopped: false,
                         };
                     }
                     _ => {}
@@ -516,7 +519,7 @@ impl<R: Runtime> Reconciler<R> {
                     let record = l.last_exit.clone().expect("a back-off follows an exit");
                     l.phase = Phase::Exited {
                         record,
-                        stopped: true,
+                        stopped: false,
                     };
                 }
                 _ => {}
@@ -884,7 +887,10 @@ fn observe(a: &Allocation, l: &Local) -> Option<Observed> {
             )
         }
         Phase::Exited { record, stopped } => {
-            let by_request = *stopped || a.desired == DesiredStatus::Stop;
+            // A stop explains the end only when the container was running
+            // when it came; a failed run waiting to restart stays failed
+            // (a batch job's failure count must not shrink).
+            let by_request = *stopped || (a.desired == DesiredStatus::Stop && record.succeeded());
             let how = match &l.killed_for {
                 Some(k) => format!("{k} ({})", record.describe()),
                 None => record.describe(),
@@ -1224,5 +1230,40 @@ mod tests {
             (AllocStatus::Failed, reason::OOM_KILLED)
         );
         assert_eq!(o.healthy, None);
+    }
+
+    #[test]
+    fn a_failed_run_stopped_while_waiting_to_restart_stays_failed() {
+        let mut a = Allocation {
+            status: AllocStatus::Running,
+            ..Allocation::new(
+                "0123456789abcdef0123456789abcdef",
+                "j",
+                1,
+                0,
+                "n",
+                task("{policy: on-failure}"),
+            )
+        };
+        a.desired = DesiredStatus::Stop;
+        let mut l = Local::new(
+            Phase::Exited {
+                record: exit(3, 1, false),
+                stopped: false,
+            },
+            Restarts { count: 1, step: 1 },
+        );
+        let o = observe(&a, &l).unwrap();
+        assert_eq!((o.status, o.exit_code), (AllocStatus::Failed, Some(3)));
+        // One that ran when the stop came ends complete, whatever its code.
+        l.phase = Phase::Exited {
+            record: exit(143, 1, false),
+            stopped: true,
+        };
+        let o = observe(&a, &l).unwrap();
+        assert_eq!(
+            (o.status, o.reason.as_str()),
+            (AllocStatus::Complete, reason::STOPPED)
+        );
     }
 }

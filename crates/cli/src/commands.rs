@@ -810,6 +810,11 @@ async fn describe_job(name: &str, client: &ClientOpts) -> anyhow::Result<()> {
                     s.backoff_limit(),
                     s.parallelism()
                 ));
+            } else if d.summary.state == "awaiting promotion" {
+                out.push_str(&format!(
+                    "Rollout:    canaries awaiting promotion (`skiff rollout promote {0}` goes on, `skiff rollout undo {0}` abandons them)\n",
+                    s.name
+                ));
             } else if !d.summary.state.is_empty() {
                 out.push_str(&format!(
                     "Rollout:    {} (`skiff rollout status {}`)\n",

@@ -234,6 +234,12 @@ fn describe(d: &Deployment, c: &RolloutCounts, current: bool) -> String {
                 if d.canary == 1 { "y" } else { "ies" },
                 if d.promoted { " (promoted)" } else { "" }
             ));
+            if d.status == DeploymentStatus::Running && d.awaiting_promotion() {
+                line.push_str(&format!(
+                    ", waiting for `skiff rollout promote {}` (or `undo`)",
+                    d.job
+                ));
+            }
         }
         line.push_str(&format!(" ({})", d.status.as_str()));
     } else {

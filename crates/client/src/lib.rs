@@ -178,6 +178,7 @@ pub struct LogOptions {
     pub timestamps: bool,
 }
 
+#[derive(Clone)]
 pub struct Client {
     cluster: pb::cluster_client::ClusterClient<Channel>,
     url: String,

@@ -65,7 +65,13 @@ pub(crate) fn summary(
         }
         Some(_) => {
             if let Some(d) = deployment {
-                s.state = d.status.as_str().to_string();
+                s.state = if d.status == skiff_model::DeploymentStatus::Running
+                    && d.awaiting_promotion()
+                {
+                    "awaiting promotion".to_string()
+                } else {
+                    d.status.as_str().to_string()
+                };
             }
         }
         None => {}
