@@ -245,6 +245,46 @@ async fn a_good_update_completes_on_the_new_version_and_scale_moves_both_ways() 
     assert_eq!(client.get_rollout("web").await.unwrap().job.version, 2);
     let jobs = skiff_ok(&server.url(), &["get", "jobs"]);
     assert!(jobs.contains("2/2"), "{jobs}");
+
+    // A paused rollout changes nothing until it is resumed.
+    client
+        .apply_job(&service(2, "3", "true", update))
+        .await
+        .unwrap();
+    skiff_ok(&server.url(), &["rollout", "pause", "web"]);
+    let (v, st, _) = rollout_status(&mut client).await;
+    assert_eq!((v, st), (3, DeploymentStatus::Paused));
+    let frozen = |list: Vec<Allocation>| {
+        let mut ids: Vec<(String, u64)> = list
+            .into_iter()
+            .filter(|a| a.desired == DesiredStatus::Run)
+            .map(|a| (a.id, a.job_version))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let before = frozen(client.list_allocs(Some("web"), None).await.unwrap());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = frozen(client.list_allocs(Some("web"), None).await.unwrap());
+    assert_eq!(before, during, "allocations changed while paused");
+    skiff_ok(&server.url(), &["rollout", "resume", "web"]);
+    skiff_ok(
+        &server.url(),
+        &["rollout", "status", "web", "--timeout", "60s"],
+    );
+    wait_all_on(&mut client, 2, 3).await;
+
+    // Undo to a named version.
+    let out = skiff_ok(
+        &server.url(),
+        &["rollout", "undo", "web", "--to-version", "1"],
+    );
+    assert!(out.contains("version 1"), "{out}");
+    wait_all_on(&mut client, 2, 1).await;
+    let history = skiff_ok(&server.url(), &["rollout", "history", "web"]);
+    let current: Vec<&str> = history.lines().filter(|l| l.contains('*')).collect();
+    assert_eq!(current.len(), 1, "{history}");
+    assert!(current[0].trim_start().starts_with('1'), "{history}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -408,11 +408,19 @@ impl State {
             .get(job)
             .map(|ids| ids.iter().cloned().collect())
             .unwrap_or_default();
-        if mine.iter().any(|id| {
+        // One pending evaluation per job is enough, but it must see this
+        // change: a plan made from a snapshot older than `index` leaves it
+        // pending (see `apply_plan`), so it runs again.
+        if let Some(pending) = mine.iter().find(|id| {
             self.evals
-                .get(id)
+                .get(*id)
                 .is_some_and(|e| e.status == EvalStatus::Pending)
         }) {
+            let pending = pending.clone();
+            if let Some(e) = self.evals.get_mut(&pending) {
+                e.modify_index = index;
+            }
+            self.touch(Table::Eval, &pending);
             return;
         }
         for id in mine {
@@ -653,7 +661,13 @@ impl State {
             }
         }
 
-        let status = if result.rejected > 0 {
+        // Something that needs this job evaluated happened after the
+        // plan's snapshot (see `create_eval`): plan again from a newer one.
+        let changed_since = self
+            .evals
+            .get(&plan.eval_id)
+            .is_some_and(|e| e.modify_index > plan.snapshot_index);
+        let status = if result.rejected > 0 || changed_since {
             EvalStatus::Pending
         } else if plan.unplaced > 0 {
             if self.last_unblock_index > plan.snapshot_index {

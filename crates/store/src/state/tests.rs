@@ -892,3 +892,43 @@ fn a_node_going_down_loses_its_allocations_and_queues_their_replacement() {
     });
     assert_eq!(again, Outcome::NodeStatusSet { lost: 0 });
 }
+
+#[test]
+fn a_change_while_the_scheduler_ran_makes_its_evaluation_run_again() {
+    let mut h = Harness::new();
+    h.apply(reg("n1", 4000, 4096));
+    h.apply(Command::UpsertJob {
+        spec: spec("web", 2, "64Mi"),
+    });
+    h.apply(h.plan("web", &[(0, "n1"), (1, "n1")], 0));
+    let fail = |h: &mut Harness, replica: u32| {
+        h.apply(Command::UpdateAllocStatus {
+            at_ms: 0,
+            node: "n1".into(),
+            updates: vec![AllocUpdate {
+                alloc_id: format!("web-{replica}-n1"),
+                status: AllocStatus::Failed,
+                exit_code: Some(1),
+                ..AllocUpdate::default()
+            }],
+        })
+    };
+    fail(&mut h, 0);
+    let eval = h.pending_eval("web");
+    // The scheduler plans from this snapshot; meanwhile replica 1 fails.
+    let plan = h.plan("web", &[], 0);
+    fail(&mut h, 1);
+    assert_eq!(h.pending_eval("web"), eval, "still one evaluation");
+    let Outcome::PlanApplied(r) = h.apply(plan) else {
+        panic!()
+    };
+    assert_eq!(
+        r.eval_status,
+        Some(EvalStatus::Pending),
+        "the plan did not see replica 1 fail, so the evaluation runs again"
+    );
+    let Outcome::PlanApplied(r) = h.apply(h.plan("web", &[], 0)) else {
+        panic!()
+    };
+    assert_eq!(r.eval_status, Some(EvalStatus::Complete));
+}
