@@ -99,8 +99,8 @@ async fn a_lost_machine_s_work_runs_elsewhere_and_never_twice() {
     let a_node = nodes.iter().find(|n| n.node.name == "node-a").unwrap();
     assert_eq!(a_node.node.status, skiff_model::NodeStatus::Down);
     assert!(b.containers().iter().filter(|c| c.2 == "running").count() == 2);
+    // How fast is measured by bench/ (nodebench), not asserted here.
     eprintln!("replaced in {took:?}");
-    assert!(took < Duration::from_secs(30), "replacement took {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,7 +197,8 @@ async fn a_drain_never_takes_more_than_max_unavailable_down() {
         &["--stop-grace", "1s"],
     );
     let mut client = server.client().await;
-    let spec = shell_job("steady", 3, "trap 'exit 0' TERM; sleep 3600 & wait");
+    let mut spec = shell_job("steady", 3, "trap 'exit 0' TERM; sleep 3600 & wait");
+    spec.update.max_unavailable = skiff_model::workload::Amount::Count(1);
     client.apply_job(&spec).await.unwrap();
     wait_allocs(&mut client, "steady", 3, AllocStatus::Running, LIMIT).await;
     let _b = AgentProc::start(

@@ -74,7 +74,8 @@ pub enum RolloutCmd {
 #[derive(Args)]
 #[command(after_help = "Example: skiff scale web 5\n\
     The job's version stays; replicas above the count stop (highest first),\n\
-    missing ones are placed. A gang batch job scales its number of ranks.")]
+    missing ones are placed. Refused for batch jobs and gangs (apply a spec\n\
+    with the new size: a gang is replaced whole).")]
 pub struct ScaleArgs {
     /// The job's name.
     job: String,
@@ -234,12 +235,6 @@ fn describe(d: &Deployment, c: &RolloutCounts, current: bool) -> String {
                 if d.canary == 1 { "y" } else { "ies" },
                 if d.promoted { " (promoted)" } else { "" }
             ));
-            if d.status == DeploymentStatus::Running && d.awaiting_promotion() {
-                line.push_str(&format!(
-                    ", waiting for `skiff rollout promote {}` (or `undo`)",
-                    d.job
-                ));
-            }
         }
         line.push_str(&format!(" ({})", d.status.as_str()));
     } else {

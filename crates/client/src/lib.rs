@@ -24,11 +24,18 @@ pub enum ClientError {
     BadUrl { url: String, reason: String },
     #[error("cannot reach the server at {url}: {reason}")]
     Connect { url: String, reason: String },
-    /// The server answered with an error; the message says why.
+    /// The server answered with an error; the message says why. (Not a
+    /// `source`: the status would only repeat the message.)
     #[error("{}", .0.message())]
-    Status(#[from] tonic::Status),
+    Status(tonic::Status),
     #[error("the server sent a malformed message: {0}")]
     Wire(#[from] WireError),
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(s: tonic::Status) -> Self {
+        ClientError::Status(s)
+    }
 }
 
 impl ClientError {

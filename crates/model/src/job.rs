@@ -536,6 +536,12 @@ impl JobSpec {
             && self.constraints == other.constraints
             && self.spread == other.spread
             && self.distinct_hosts == other.distinct_hosts
+            && self.job_type == other.job_type
+            && self.gang == other.gang
+            // A gang's ranks all know its size and rank 0's port: a change
+            // of either replaces the gang whole.
+            && (!self.gang
+                || (self.replicas == other.replicas && self.master_port == other.master_port))
     }
 }
 

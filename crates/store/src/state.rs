@@ -303,7 +303,9 @@ impl State {
                         note: String::new(),
                     });
                 }
-                let version = match hist.same_as(spec) {
+                // A batch job never returns to an old number: that
+                // version's finished runs would count for the new ones.
+                let version = match hist.same_as(spec).filter(|_| !spec.is_batch()) {
                     Some(v) => v,
                     None => {
                         let v = hist.next_version.max(old.version + 1);

@@ -111,6 +111,11 @@ impl State {
                 "job {name:?} is a batch job: it runs `completions` allocations, `parallelism` at once; change those in its spec"
             ));
         }
+        if job.spec.gang && job.spec.replicas != replicas {
+            return Outcome::Refused(format!(
+                "job {name:?} is a gang: its ranks share WORLD_SIZE, so its size cannot change while it runs; delete it and apply it with the new replicas"
+            ));
+        }
         if replicas > MAX_REPLICAS {
             return Outcome::Refused(format!(
                 "replicas: {replicas} must be a whole number from 0 to {MAX_REPLICAS}"
@@ -199,6 +204,11 @@ impl State {
         let Some(job) = self.jobs.get(name) else {
             return Outcome::Refused(format!("job {name:?} not found"));
         };
+        if job.spec.is_batch() {
+            return Outcome::Refused(format!(
+                "job {name:?} is a batch job: it has no rollouts to undo; apply the spec you want to run"
+            ));
+        }
         let current = job.version;
         let hist = self.histories.get(name).cloned().unwrap_or_default();
         let target = match to_version {

@@ -538,3 +538,49 @@ fn a_gang_learns_its_ranks_and_the_address_of_rank_zeros_node() {
         assert_eq!(g.master_port, 23456);
     }
 }
+
+#[test]
+fn a_batch_job_never_returns_to_an_old_version_and_a_gang_keeps_its_size() {
+    let mut h = Harness::new();
+    let batch = |image: &str| {
+        job_spec(&format!(
+            "name: b\ntype: batch\ntask: {{image: 'oci:/{image}'}}"
+        ))
+    };
+    for (image, want) in [("one", 1), ("two", 2), ("one", 3)] {
+        let out = h.apply(Command::UpsertJob { spec: batch(image) });
+        let Outcome::JobUpserted { job, .. } = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(job.version, want, "applying {image}");
+    }
+    let out = h.apply(Command::UndoRollout {
+        job: "b".into(),
+        to_version: Some(1),
+        at_ms: 0,
+    });
+    assert!(
+        matches!(&out, Outcome::Refused(r) if r.contains("batch job")),
+        "{out:?}"
+    );
+
+    let gang = |replicas: u32| {
+        job_spec(&format!(
+            "name: g\ntype: batch\ngang: true\nreplicas: {replicas}\ntask: {{image: 'oci:/i'}}"
+        ))
+    };
+    h.apply(Command::UpsertJob { spec: gang(3) });
+    let out = h.apply(Command::ScaleJob {
+        name: "g".into(),
+        replicas: 4,
+    });
+    assert!(
+        matches!(&out, Outcome::Refused(r) if r.contains("gang")),
+        "{out:?}"
+    );
+    // Applying another size replaces the gang whole: a new version.
+    let Outcome::JobUpserted { job, .. } = h.apply(Command::UpsertJob { spec: gang(4) }) else {
+        panic!()
+    };
+    assert_eq!((job.version, job.spec.replicas), (2, 4));
+}
