@@ -891,10 +891,13 @@ fn observe(a: &Allocation, l: &Local) -> Option<Observed> {
             // when it came; a failed run waiting to restart stays failed
             // (a batch job's failure count must not shrink).
             let by_request = *stopped || (a.desired == DesiredStatus::Stop && record.succeeded());
-            let how = match &l.killed_for {
+            let mut how = match &l.killed_for {
                 Some(k) => format!("{k} ({})", record.describe()),
                 None => record.describe(),
             };
+            if !by_request && a.desired == DesiredStatus::Stop {
+                how.push_str("; stopped while waiting to restart");
+            }
             let (status, why, message) = if by_request {
                 (
                     AllocStatus::Complete,

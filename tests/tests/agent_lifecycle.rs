@@ -190,7 +190,8 @@ async fn restart_policies_restart_with_exponential_backoff() {
     let col = header.iter().position(|h| *h == "RESTARTS").unwrap();
     assert!(row[col].parse::<u32>().unwrap() >= 5, "{table}");
 
-    // Deleting a job stops it while it waits to restart.
+    // Deleting a job stops it while it waits to restart; its last run
+    // failed, and it says so.
     client.delete_job("waiter").await.unwrap();
     let w = wait_alloc(&mut client, "waiter", "stopped", START, |a| {
         a.status.is_terminal()
@@ -198,7 +199,12 @@ async fn restart_policies_restart_with_exponential_backoff() {
     .await;
     assert_eq!(
         (w.status, w.reason.as_str()),
-        (AllocStatus::Complete, "stopped")
+        (AllocStatus::Failed, "error")
+    );
+    assert!(
+        w.message.ends_with("stopped while waiting to restart"),
+        "{}",
+        w.message
     );
 }
 
