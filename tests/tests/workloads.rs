@@ -562,3 +562,66 @@ async fn a_gang_gets_consecutive_ranks_and_one_master_and_an_infeasible_gang_pla
     let described = skiff_ok(&server.url(), &["describe", "job", "huge"]);
     assert!(described.contains("only 2 fit"), "{described}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_rank_restarts_the_whole_gang_or_fails_the_job() {
+    require_container_host();
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&tmp.path().join("server"));
+    let _agent = AgentProc::start(&tmp.path().join("a"), &server.url(), "node-a", &[]);
+    let mut client = server.client().await;
+    // Rank 1 always fails; rank 0 would run for an hour.
+    let script =
+        "if [ \"$RANK\" = 1 ]; then sleep 1; exit 1; fi; trap 'exit 0' TERM; sleep 3600 & wait";
+    client
+        .apply_job(&spec(
+            "restarts",
+            2,
+            "type: batch\ngang: true\nbackoff_limit: 1\n",
+            script,
+            "",
+        ))
+        .await
+        .unwrap();
+    client
+        .apply_job(&spec(
+            "fails",
+            2,
+            "type: batch\ngang: true\ngang_failure: fail\n",
+            script,
+            "",
+        ))
+        .await
+        .unwrap();
+    for job in ["restarts", "fails"] {
+        let d = wait_for(&format!("{job} to fail"), LIMIT, || {
+            let mut c = client.clone();
+            async move {
+                let d = c.get_job(job).await.ok()?;
+                (d.summary.state == "failed" && d.allocs.iter().all(|a| a.status.is_terminal()))
+                    .then_some(d)
+            }
+        })
+        .await;
+        let runs_of = |rank: u32| d.allocs.iter().filter(|a| a.replica == rank).count();
+        if job == "restarts" {
+            // The first failure restarted both ranks (rank 0 too); the
+            // second passed backoff_limit 1.
+            assert_eq!((runs_of(0), runs_of(1)), (2, 2), "{:#?}", d.allocs);
+            let first_rank0 = d
+                .allocs
+                .iter()
+                .filter(|a| a.replica == 0)
+                .min_by_key(|a| a.create_index)
+                .unwrap();
+            assert_eq!(
+                (first_rank0.status, first_rank0.reason.as_str()),
+                (AllocStatus::Complete, "stopped"),
+                "rank 0 was stopped for the restart: {first_rank0:?}"
+            );
+        } else {
+            // gang_failure: fail: the first failure ends the job.
+            assert_eq!((runs_of(0), runs_of(1)), (1, 1), "{:#?}", d.allocs);
+        }
+    }
+}
