@@ -263,7 +263,7 @@ async fn stopping_sends_the_stop_signal_then_sigkill_after_the_grace_period() {
         Some(0),
         "it exited by itself on SIGUSR1: {p:?}"
     );
-    assert_eq!(p.message, "stopped (exited with code 0)");
+    assert_eq!(p.message, "job deleted; stopped (exited with code 0)");
     assert!(stdout_of(&mut client, &p.id).await.contains("got USR1"));
     assert!(
         polite_took < Duration::from_secs(15),
@@ -282,7 +282,7 @@ async fn stopping_sends_the_stop_signal_then_sigkill_after_the_grace_period() {
         Some(137),
         "SIGKILL after the grace period: {s:?}"
     );
-    assert_eq!(s.message, "stopped (killed by signal 9)");
+    assert_eq!(s.message, "job deleted; stopped (killed by signal 9)");
     assert!(stubborn_took >= Duration::from_secs(1), "{stubborn_took:?}");
 
     // Then runc delete, and the bundle and its rootfs are gone.

@@ -619,6 +619,13 @@ async fn a_failing_rank_restarts_the_whole_gang_or_fails_the_job() {
                 (AllocStatus::Complete, "stopped"),
                 "rank 0 was stopped for the restart: {first_rank0:?}"
             );
+            assert!(
+                first_rank0
+                    .message
+                    .starts_with("gang restart: replica 1 failed; stopped"),
+                "{}",
+                first_rank0.message
+            );
         } else {
             // gang_failure: fail: the first failure ends the job.
             assert_eq!((runs_of(0), runs_of(1)), (1, 1), "{:#?}", d.allocs);

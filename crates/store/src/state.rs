@@ -1006,7 +1006,13 @@ impl State {
             a.restart_count = u.restart_count;
             a.healthy = u.healthy;
             a.reason = u.reason.clone();
-            if !u.message.is_empty() || u.status.is_terminal() {
+            if a.desired == DesiredStatus::Stop && !a.message.is_empty() {
+                // The message says why it was stopped ("replaced by
+                // version 3"); the agent's last words follow it.
+                if u.status.is_terminal() && !u.message.is_empty() {
+                    a.message = format!("{}; {}", a.message, u.message);
+                }
+            } else if !u.message.is_empty() || u.status.is_terminal() {
                 a.message = u.message.clone();
             }
             a.modify_index = index;

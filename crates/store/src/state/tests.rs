@@ -400,6 +400,30 @@ fn stops_mark_allocations_desired_stop() {
         (a.desired, a.message.as_str()),
         (DesiredStatus::Stop, "job deleted")
     );
+    // The agent's reports while it stops keep the reason; its last words
+    // follow it.
+    for (status, message) in [
+        (
+            AllocStatus::Running,
+            "restarted 1 time; the last run exited with code 1",
+        ),
+        (AllocStatus::Complete, "stopped (exited with code 0)"),
+    ] {
+        h.apply(Command::UpdateAllocStatus {
+            at_ms: 0,
+            node: "n1".into(),
+            updates: vec![AllocUpdate {
+                alloc_id: "web-0-n1".into(),
+                status,
+                message: message.into(),
+                ..AllocUpdate::default()
+            }],
+        });
+    }
+    assert_eq!(
+        h.state.allocs["web-0-n1"].message,
+        "job deleted; stopped (exited with code 0)"
+    );
 }
 
 #[test]
