@@ -93,6 +93,11 @@ pub fn resolve_env(alloc: &Allocation, image: &ImageConfig) -> Vec<String> {
     env.insert("SKIFF_JOB".into(), alloc.job.clone());
     env.insert("SKIFF_NODE".into(), alloc.node.clone());
     env.insert("SKIFF_REPLICA".into(), alloc.replica.to_string());
+    if alloc.gpus.is_empty() {
+        // CUDA images say `all`; with NVIDIA's runtime hook that would
+        // hand every GPU to a container that was given none.
+        env.insert("NVIDIA_VISIBLE_DEVICES".into(), "void".into());
+    }
     if let Some(g) = &alloc.gang {
         for (k, v) in g.env() {
             env.insert(k.into(), v);
@@ -404,6 +409,10 @@ mod tests {
         assert!(env.contains(&"SKIFF_JOB=web".to_string()));
         assert!(env.contains(&"SKIFF_NODE=n1".to_string()));
         assert!(!env.iter().any(|e| e.starts_with("RANK=")), "not a gang");
+        assert!(
+            env.contains(&"NVIDIA_VISIBLE_DEVICES=void".to_string()),
+            "no GPUs: none through NVIDIA's runtime either"
+        );
     }
 
     #[test]

@@ -125,6 +125,8 @@ struct Local {
     killed_for: Option<String>,
     /// The same for the run before the current one.
     last_killed_for: Option<String>,
+    /// Stopped while it waited out a back-off (its last run failed).
+    stopped_in_back_off: bool,
 }
 
 impl Local {
@@ -142,6 +144,7 @@ impl Local {
             watched: false,
             killed_for: None,
             last_killed_for: None,
+            stopped_in_back_off: false,
         }
     }
 
@@ -493,6 +496,7 @@ impl<R: Runtime> Reconciler<R> {
                             record,
                             stopped: false,
                         };
+                        l.stopped_in_back_off = true;
                     }
                     _ => {}
                 },
@@ -521,6 +525,7 @@ impl<R: Runtime> Reconciler<R> {
                         record,
                         stopped: false,
                     };
+                    l.stopped_in_back_off = true;
                 }
                 _ => {}
             }
@@ -895,7 +900,7 @@ fn observe(a: &Allocation, l: &Local) -> Option<Observed> {
                 Some(k) => format!("{k} ({})", record.describe()),
                 None => record.describe(),
             };
-            if !by_request && a.desired == DesiredStatus::Stop {
+            if l.stopped_in_back_off {
                 how.push_str("; stopped while waiting to restart");
             }
             let (status, why, message) = if by_request {
@@ -1258,6 +1263,13 @@ mod tests {
         );
         let o = observe(&a, &l).unwrap();
         assert_eq!((o.status, o.exit_code), (AllocStatus::Failed, Some(3)));
+        assert_eq!(o.message, "exited with code 3", "it was not waiting");
+        l.stopped_in_back_off = true;
+        let o = observe(&a, &l).unwrap();
+        assert_eq!(
+            o.message,
+            "exited with code 3; stopped while waiting to restart"
+        );
         // One that ran when the stop came ends complete, whatever its code.
         l.phase = Phase::Exited {
             record: exit(143, 1, false),

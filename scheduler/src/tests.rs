@@ -1087,3 +1087,44 @@ fn a_failed_rank_restarts_the_whole_gang() {
     assert!(p.placements.is_empty());
     assert_eq!(stopped(&p), ["g2"]);
 }
+
+#[test]
+fn a_retry_of_a_failed_batch_run_is_kept_whichever_id_sorts_first() {
+    let j = batch_job("completions: 1\nbackoff_limit: 3");
+    for (failed, retry) in [("a-failed", "z-retry"), ("z-failed", "a-retry")] {
+        let allocs = [
+            run(&j, failed, 0, AllocStatus::Failed, "error"),
+            run(&j, retry, 0, AllocStatus::Running, ""),
+        ];
+        let p = plan_rollout(&j, &allocs, None);
+        assert!(p.stops.is_empty(), "{failed}/{retry}: {:?}", p.stops);
+        assert!(p.placements.is_empty(), "{failed}/{retry}");
+    }
+    // Two live runs of one slot: the second is stopped.
+    let allocs = [
+        run(&j, "a", 0, AllocStatus::Running, ""),
+        run(&j, "b", 0, AllocStatus::Running, ""),
+    ];
+    assert_eq!(stopped(&plan_rollout(&j, &allocs, None)), ["b"]);
+}
+
+#[test]
+fn a_gang_rank_lost_with_its_node_restarts_the_whole_gang() {
+    let j = batch_job("gang: true\nreplicas: 3");
+    // The node of rank 1 went down: its allocation is lost and desired
+    // stopped, so it is no longer one of the gang's.
+    let mut lost = run(&j, "g1", 1, AllocStatus::Lost, "");
+    lost.desired = DesiredStatus::Stop;
+    let allocs = [
+        run(&j, "g0", 0, AllocStatus::Running, ""),
+        lost,
+        run(&j, "g2", 2, AllocStatus::Running, ""),
+    ];
+    let p = plan_rollout(&j, &allocs, None);
+    assert!(p.placements.is_empty(), "no rank is placed alone");
+    assert_eq!(stopped(&p), ["g0", "g2"]);
+    assert!(p
+        .stops
+        .iter()
+        .all(|s| s.reason == "gang restart: replica 1 is gone"));
+}

@@ -49,10 +49,16 @@ fn split<'r, 'a>(ctx: &Ctx<'_, '_>, own: &[&'r AllocRec<'a>], plan: &mut Plan) -
                 std::collections::btree_map::Entry::Vacant(slot) => {
                     slot.insert(a);
                 }
-                // Never two allocations for one slot: keep the first.
-                std::collections::btree_map::Entry::Occupied(_) => {
+                // Never two live allocations for one slot: a live one
+                // takes the place of an ended run (a batch retry), a
+                // second live one is stopped.
+                std::collections::btree_map::Entry::Occupied(mut slot) => {
                     if !a.status.is_terminal() {
-                        plan.stops.push(stop(a, "duplicate replica"));
+                        if slot.get().status.is_terminal() {
+                            slot.insert(a);
+                        } else {
+                            plan.stops.push(stop(a, "duplicate replica"));
+                        }
                     }
                 }
             }
@@ -215,6 +221,16 @@ pub(crate) fn batch(
         }
         let taken: BTreeSet<u32> = current.iter().map(|a| a.replica).collect();
         let missing: Vec<u32> = (0..spec.replicas).filter(|x| !taken.contains(x)).collect();
+        if !missing.is_empty() && !live.is_empty() {
+            // A rank is gone (lost with its node, or stopped from outside)
+            // while others run: they cannot go on without it, so the gang
+            // restarts whole (as after a failure, without counting one).
+            let why = format!("gang restart: replica {} is gone", missing[0]);
+            for a in &current {
+                plan.stops.push(stop(a, &why));
+            }
+            return;
+        }
         ctx.place(plan, &missing, &kept);
         return;
     }

@@ -280,6 +280,20 @@ fn nvidia_specs(dirs: &[PathBuf]) -> Vec<(PathBuf, CdiSpec)> {
     out
 }
 
+/// Whether a CDI device's nodes are exactly the unit's own.
+fn same_nodes(d: &CdiDevice, u: &GpuDevice) -> bool {
+    let mut theirs: Vec<&str> = d
+        .container_edits
+        .device_nodes
+        .iter()
+        .map(|n| n.path.as_str())
+        .collect();
+    let mut ours: Vec<&str> = u.devices.iter().filter_map(|n| n.path.to_str()).collect();
+    theirs.sort_unstable();
+    ours.sort_unstable();
+    !ours.is_empty() && theirs == ours
+}
+
 /// The edits a CDI spec in `dirs` gives for `units`, when one describes
 /// every one of them.
 pub fn cdi_edits(dirs: &[PathBuf], units: &[GpuDevice]) -> Option<ContainerEdits> {
@@ -292,10 +306,16 @@ pub fn cdi_edits(dirs: &[PathBuf], units: &[GpuDevice]) -> Option<ContainerEdits
             match u
                 .cdi_names
                 .iter()
-                .find_map(|n| spec.devices.iter().find(|d| d.name == *n))
+                .enumerate()
+                .find_map(|(i, n)| spec.devices.iter().find(|d| d.name == *n).map(|d| (i, d)))
             {
-                Some(d) => devices.push(d),
-                None => break,
+                // Named by its UUID, the entry is this unit's; named by its
+                // index only if its device nodes are this unit's own (an
+                // index names another GPU or MIG instance once the node was
+                // re-partitioned and the spec not regenerated).
+                Some((0, d)) => devices.push(d),
+                Some((_, d)) if same_nodes(d, u) => devices.push(d),
+                _ => break,
             }
         }
         if devices.len() != units.len() {
@@ -382,6 +402,12 @@ fn hook(h: &EditHook) -> Result<Hook, InjectError> {
     Ok(b.build()?)
 }
 
+fn has_parent_dir(path: &str) -> bool {
+    Path::new(path)
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+}
+
 fn set_env(env: &mut Vec<String>, entry: &str) {
     let key = entry.split_once('=').map_or(entry, |(k, _)| k);
     env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
@@ -409,13 +435,21 @@ pub fn apply(spec: &mut Spec, edits: &ContainerEdits) -> Result<(), InjectError>
     let mut resources = linux.resources().clone().unwrap_or_default();
     let mut rules = resources.devices().clone().unwrap_or_default();
     for d in &edits.device_nodes {
-        if !d.path.starts_with("/dev/") {
+        if !d.path.starts_with("/dev/") || has_parent_dir(&d.path) {
             return Err(InjectError::Device {
                 path: d.path.clone(),
-                reason: "must be a path under /dev".into(),
+                reason: "must be a path under /dev (without ..)".into(),
             });
         }
         let (typ, major, minor, mode) = device_numbers(d)?;
+        // A negative number is runc's wildcard: an allow rule for every
+        // device of the type. Never from a GPU spec.
+        if major < 0 || minor < 0 {
+            return Err(InjectError::Device {
+                path: d.path.clone(),
+                reason: format!("major {major} and minor {minor} must not be negative"),
+            });
+        }
         let mut dev = LinuxDeviceBuilder::default()
             .path(&d.path)
             .typ(typ)
@@ -448,10 +482,16 @@ pub fn apply(spec: &mut Spec, edits: &ContainerEdits) -> Result<(), InjectError>
 
     let mut mounts = spec.mounts().clone().unwrap_or_default();
     for m in &edits.mounts {
-        if !m.container_path.starts_with('/') {
+        if !m.container_path.starts_with('/') || has_parent_dir(&m.container_path) {
             return Err(InjectError::Mount {
                 path: m.container_path.clone(),
-                reason: "the container path must be absolute".into(),
+                reason: "the container path must be absolute, without ..".into(),
+            });
+        }
+        if m.kind.as_deref().is_some_and(|k| k != "bind") {
+            return Err(InjectError::Mount {
+                path: m.container_path.clone(),
+                reason: "only bind mounts of the driver's files are applied".into(),
             });
         }
         if !Path::new(&m.host_path).exists() {
@@ -460,17 +500,25 @@ pub fn apply(spec: &mut Spec, edits: &ContainerEdits) -> Result<(), InjectError>
                 reason: "does not exist on this node".into(),
             });
         }
-        let options = if m.options.is_empty() {
-            DRIVER_MOUNT_OPTIONS.iter().map(|s| s.to_string()).collect()
-        } else {
-            m.options.clone()
-        };
+        // Whatever the spec says, the driver's files are read-only, with
+        // no device nodes or set-uid programs through them.
+        let mut options: Vec<String> = m
+            .options
+            .iter()
+            .filter(|o| !matches!(o.as_str(), "rw" | "suid" | "dev"))
+            .cloned()
+            .collect();
+        for o in DRIVER_MOUNT_OPTIONS {
+            if !options.iter().any(|x| x == o) {
+                options.push(o.to_string());
+            }
+        }
         mounts.retain(|x| x.destination() != Path::new(&m.container_path));
         mounts.push(
             MountBuilder::default()
                 .destination(&m.container_path)
                 .source(&m.host_path)
-                .typ(m.kind.clone().unwrap_or_else(|| "bind".into()))
+                .typ("bind")
                 .options(options)
                 .build()?,
         );
@@ -726,5 +774,65 @@ containerEdits:
         // A GPU the spec does not know: the inventory's edits are used.
         assert!(cdi_edits(&dirs, &[unit("GPU-z", 7)]).is_none());
         assert!(cdi_edits(&[], &[unit("GPU-a", 0)]).is_none());
+        // Index 0 is now another device (re-partitioned, spec stale): its
+        // entry names nodes that are not this unit's, so it is not used.
+        let mut moved = unit("GPU-a", 0);
+        moved.devices = vec![DeviceNode::same("/dev/nvidia3")];
+        assert!(cdi_edits(&dirs, &[moved]).is_none());
+    }
+
+    #[test]
+    fn cdi_edits_cannot_widen_device_access_or_write_the_driver() {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = dir.path().join("libcuda.so.1");
+        std::fs::write(&lib, b"x").unwrap();
+        let wildcard = ContainerEdits {
+            device_nodes: vec![EditDevice {
+                path: "/dev/nvidia0".into(),
+                kind: Some("c".into()),
+                major: Some(-1),
+                minor: Some(-1),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let err = apply(&mut spec_with_env(&[]), &wildcard)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must not be negative"), "{err}");
+        let escape = ContainerEdits {
+            device_nodes: vec![EditDevice {
+                path: "/dev/../etc/x".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let err = apply(&mut spec_with_env(&[]), &escape)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("without .."), "{err}");
+        let writable = ContainerEdits {
+            mounts: vec![EditMount {
+                host_path: lib.display().to_string(),
+                container_path: "/usr/lib/libcuda.so.1".into(),
+                kind: Some("bind".into()),
+                options: vec!["rw".into(), "bind".into()],
+            }],
+            ..Default::default()
+        };
+        let mut spec = spec_with_env(&[]);
+        apply(&mut spec, &writable).unwrap();
+        let m = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == Path::new("/usr/lib/libcuda.so.1"))
+            .unwrap();
+        let opts = m.options().as_ref().unwrap();
+        assert!(!opts.contains(&"rw".to_string()), "{opts:?}");
+        for o in ["ro", "nosuid", "nodev"] {
+            assert!(opts.contains(&o.to_string()), "{opts:?}");
+        }
     }
 }

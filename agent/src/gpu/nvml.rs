@@ -217,6 +217,10 @@ impl NvmlInventory {
             };
             let name = m.name().unwrap_or_default();
             let mut gpu = self.describe(&m, parent.index);
+            if gpu.uuid.is_empty() {
+                tracing::warn!(gpu = %parent.uuid, instance = j, "a MIG instance without a UUID is left out");
+                continue;
+            }
             gpu.model = parent.model.clone();
             gpu.pci_bus_id = parent.pci_bus_id.clone();
             gpu.numa_node = parent.numa_node;
@@ -489,7 +493,19 @@ impl GpuInventory for NvmlInventory {
         let mut whole = Vec::new();
         for (i, d) in self.devices.iter().enumerate() {
             let mut gpu = self.describe(d, i as u32);
-            let minor = d.minor_number().map_err(nvml_err)?;
+            // One GPU NVML cannot describe is left out; the others (and
+            // the node's CPU work) go on.
+            let minor = match d.minor_number() {
+                Ok(m) if !gpu.uuid.is_empty() => m,
+                Ok(_) => {
+                    tracing::warn!(index = i, "a GPU without a UUID is left out");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(gpu = %gpu.uuid, index = i, error = %e, "a GPU whose device node NVML cannot tell is left out");
+                    continue;
+                }
+            };
             let remotes = Self::nvlink_remotes(d);
             gpu.mig_enabled = d.mig_mode().is_ok_and(|m| m.current == 1);
             whole.push((gpu.uuid.clone(), gpu.pci_bus_id.clone(), remotes));

@@ -429,7 +429,14 @@ impl State {
             self.evals.remove(&id);
             self.touch(Table::Eval, &id);
         }
-        let id = format!("{index:016x}");
+        // One entry may queue several jobs (a node going down): the index
+        // names the first, a suffix the others.
+        let mut id = format!("{index:016x}");
+        let mut n = 1;
+        while self.evals.contains_key(&id) {
+            id = format!("{index:016x}.{n}");
+            n += 1;
+        }
         self.evals_by_job
             .insert(job.to_string(), BTreeSet::from([id.clone()]));
         self.evals.insert(

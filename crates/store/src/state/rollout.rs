@@ -59,6 +59,26 @@ impl State {
         if !job.spec.rolls_out() {
             return;
         }
+        // The version may come back (undo, or its spec applied again):
+        // allocations of it that failed an earlier rollout are judged anew.
+        let judged_again: Vec<String> = self
+            .allocs
+            .values()
+            .filter(|a| {
+                a.job == name
+                    && a.job_version == job.version
+                    && a.is_live()
+                    && a.deploy_health == Some(false)
+            })
+            .map(|a| a.id.clone())
+            .collect();
+        for id in judged_again {
+            if let Some(a) = self.allocs.get_mut(&id) {
+                a.deploy_health = None;
+                a.modify_index = index;
+            }
+            self.touch(Table::Alloc, &id);
+        }
         // Canaries make sense only beside allocations of another version.
         let others = self
             .allocs
@@ -268,7 +288,11 @@ impl State {
         };
         let from = job.version;
         let mut spec = entry.spec;
-        spec.replicas = job.spec.replicas;
+        // A service keeps its current size; a gang's size is part of its
+        // version.
+        if !spec.gang {
+            spec.replicas = job.spec.replicas;
+        }
         let job = Job {
             spec,
             version: target,

@@ -584,3 +584,26 @@ fn a_batch_job_never_returns_to_an_old_version_and_a_gang_keeps_its_size() {
     };
     assert_eq!((job.version, job.spec.replicas), (2, 4));
 }
+
+#[test]
+fn a_version_rolled_out_again_judges_its_failed_allocations_anew() {
+    let (mut h, _) = stable_v1();
+    h.apply(Command::UpsertJob {
+        spec: web("bad", 2),
+    });
+    let v2 = h.place("web", "v2", &[0], "n1");
+    h.decide(&[], &v2, Some("allocation v2-0 was not healthy"));
+    assert_eq!(h.state.jobs["web"].version, 1, "rolled back");
+    assert_eq!(h.state.allocs[&v2[0]].deploy_health, Some(false));
+    // Before it is stopped, an operator returns to version 2.
+    h.apply(Command::UndoRollout {
+        job: "web".into(),
+        to_version: Some(2),
+        at_ms: 5_000,
+    });
+    assert_eq!(h.state.jobs["web"].version, 2);
+    assert_eq!(
+        h.state.allocs[&v2[0]].deploy_health, None,
+        "its verdict belonged to the earlier rollout"
+    );
+}

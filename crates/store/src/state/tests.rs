@@ -956,3 +956,36 @@ fn a_change_while_the_scheduler_ran_makes_its_evaluation_run_again() {
     };
     assert_eq!(r.eval_status, Some(EvalStatus::Complete));
 }
+
+#[test]
+fn jobs_queued_by_one_entry_get_an_evaluation_each() {
+    let mut h = Harness::new();
+    h.apply(reg("n1", 4000, 4096));
+    for name in ["a", "b", "c"] {
+        h.apply(Command::UpsertJob {
+            spec: spec(name, 1, "64Mi"),
+        });
+        h.apply(h.plan(name, &[(0, "n1")], 0));
+    }
+    h.apply(Command::SetNodeStatus {
+        name: "n1".into(),
+        status: skiff_model::NodeStatus::Down,
+        reason: "missed heartbeats".into(),
+    });
+    let pending: BTreeSet<(String, String)> = h
+        .state
+        .evals
+        .values()
+        .filter(|e| e.status == EvalStatus::Pending)
+        .map(|e| (e.job.clone(), e.id.clone()))
+        .collect();
+    let jobs: Vec<&str> = pending.iter().map(|(j, _)| j.as_str()).collect();
+    assert_eq!(jobs, ["a", "b", "c"], "{pending:?}");
+    for name in ["a", "b", "c"] {
+        let ids = &h.state.evals_by_job[name];
+        assert!(
+            ids.iter().all(|id| h.state.evals[id].job == name),
+            "{name}: {ids:?}"
+        );
+    }
+}
