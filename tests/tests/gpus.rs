@@ -571,3 +571,37 @@ async fn critical_xids_flag_the_allocation_and_an_operator_reset_heals_at_once()
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gpu_samples_sent_to_one_server_are_seen_from_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = FakeGpuHost::new();
+    let file = host.write(&four_gpu_node(&host));
+    let file_arg = file.display().to_string();
+    let cluster =
+        skiff_tests::cluster::ServerCluster::start(&tmp.path().join("servers"), 3, &[]).await;
+    let leader = cluster.leader(START).await;
+    // The agent talks to one follower; the question goes to the other.
+    let (to, asked) = ((leader + 1) % 3, (leader + 2) % 3);
+    let _agent = AgentProc::start(
+        &tmp.path().join("agent"),
+        &cluster.url(to),
+        "gpu-node",
+        &["--fake-gpus", &file_arg, "--gpu-metrics-interval", "500ms"],
+    );
+    let url = cluster.url(asked);
+    let node = wait_for("the other follower to show the GPU samples", START, || {
+        let url = url.clone();
+        async move {
+            let mut c = Client::connect(&url).await.ok()?;
+            let n = c.list_nodes().await.ok()?.into_iter().next()?;
+            (n.gpu_metrics.len() == 4 && n.heartbeat_age.is_some()).then_some(n)
+        }
+    })
+    .await;
+    let mut temps: Vec<u32> = node.gpu_metrics.iter().map(|m| m.temperature_c).collect();
+    temps.sort();
+    assert_eq!(temps, [40, 41, 42, 43]);
+    let wide = skiff_ok(&url, &["get", "nodes", "-o", "wide"]);
+    assert!(wide.contains("43C"), "{wide}");
+}
