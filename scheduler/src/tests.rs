@@ -982,6 +982,22 @@ fn a_paused_or_failed_rollout_moves_nothing() {
 }
 
 #[test]
+fn a_paused_rollout_fills_only_a_slot_left_empty() {
+    let mut j = job(4, "100m", "16Mi");
+    j.version = 2;
+    // Slot 0 runs the new version, 1 and 2 the old one; slot 3's old
+    // allocation was lost with its node.
+    let allocs = rollout_state(&j, &[(1, true), (2, true)], &[(0, true, Some(true))]);
+    let d = deployment(2, DeploymentStatus::Paused, 0, false);
+    let p = plan_rollout(&j, &allocs, Some(&d));
+    assert!(p.stops.is_empty(), "nothing old stops while paused");
+    assert_eq!(slots(&p), [3], "only the empty slot, with the new version");
+    // Failed: nothing at all.
+    let d = deployment(2, DeploymentStatus::Failed, 0, false);
+    assert!(plan_rollout(&j, &allocs, Some(&d)).is_empty());
+}
+
+#[test]
 fn a_gang_is_replaced_whole_not_rolled() {
     let mut j = job_yaml(
         "web",

@@ -7,7 +7,8 @@
 //!   healthy for the rollout). Old allocations that are not healthy serve
 //!   nobody and stop at once. Canaries are placed beside the old version
 //!   and nothing else moves until they are promoted; a paused or failed
-//!   rollout moves nothing. Gangs are replaced whole.
+//!   rollout moves nothing (a paused one only fills a slot left with no
+//!   allocation at all). Gangs are replaced whole.
 //! - **batch jobs** run `completions` slots to success, at most
 //!   `parallelism` at once, placing a slot again after a failed run, until
 //!   the failures pass `backoff_limit`.
@@ -102,12 +103,26 @@ pub(crate) fn service(
 
     // A rolling update.
     let rollout = deployment.filter(|d| d.version == version);
-    if rollout.is_some_and(|d| {
-        matches!(
-            d.status,
-            DeploymentStatus::Paused | DeploymentStatus::Failed
-        )
-    }) {
+    if rollout.is_some_and(|d| d.status == DeploymentStatus::Paused) {
+        // Frozen: nothing of either version moves, but a slot left with
+        // no allocation at all (lost with its node, say) is filled again,
+        // with the new version, so the job keeps its size.
+        let old_slots: BTreeSet<u32> = s.old.iter().map(|a| a.replica).collect();
+        let live = s.old.len()
+            + s.filled
+                .range(..r)
+                .filter(|(_, a)| !a.status.is_terminal())
+                .count();
+        let empty: Vec<u32> = missing
+            .iter()
+            .copied()
+            .filter(|x| !old_slots.contains(x))
+            .collect();
+        let want = (r as usize).saturating_sub(live).min(empty.len());
+        ctx.place(plan, &empty[..want], &kept);
+        return;
+    }
+    if rollout.is_some_and(|d| d.status == DeploymentStatus::Failed) {
         return;
     }
     let active = rollout.is_some_and(|d| d.status.is_active());

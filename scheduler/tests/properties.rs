@@ -594,10 +594,20 @@ proptest! {
             .count() as u32 + plan.placements.len() as u32;
         let old_live = c.allocs.iter().any(|a| is_live(a) && a.job_version != 3);
         let d = c.deployment.as_ref();
-        if old_live && d.is_some_and(|d| matches!(d.status, DeploymentStatus::Paused | DeploymentStatus::Failed)) {
+        if old_live && d.is_some_and(|d| d.status == DeploymentStatus::Failed) {
             // Scaling down still works; nothing of the rollout moves.
             prop_assert!(plan.placements.is_empty() && plan.stops.iter().all(|s| s.reason == "job scaled down"),
                 "a frozen rollout moved (seed {seed}): {plan:?}");
+        } else if old_live && d.is_some_and(|d| d.status == DeploymentStatus::Paused) {
+            // Paused: nothing stops but scaled-down slots; only slots with no
+            // live allocation of any version are filled, up to replicas.
+            prop_assert!(plan.stops.iter().all(|s| s.reason == "job scaled down"),
+                "a paused rollout stopped work (seed {seed}): {plan:?}");
+            for p in &plan.placements {
+                prop_assert!(!c.allocs.iter().any(|a| is_live(a) && a.replica == p.replica),
+                    "a paused rollout filled an occupied slot (seed {seed}): {plan:?}");
+            }
+            prop_assert!(live_after <= live_before.max(r), "seed {seed}: {plan:?}");
         } else if old_live && d.is_some_and(|d| d.status.is_active() && d.awaiting_promotion()) {
             let canary = d.unwrap().canary;
             prop_assert!(plan.placements.len() as u32 <= canary, "seed {seed}");
