@@ -247,10 +247,11 @@ async fn run(o: &Opts) -> Result<(), String> {
     // 1. Start latency: one start at a time (a new version of job `lat`
     // each round, half a core so runc's own start-up is not throttled by
     // the container's CPU quota), and after each one a plain `runc run` of
-    // a copy of the same bundle.
+    // a copy of the same bundle. Each new version replaces the old one at
+    // once (max_surge 0), not after a rolling update's min_healthy.
     let lat_spec = |round: usize| {
         JobSpec::from_yaml(&format!(
-            "name: lat\ntask:\n  image: oci:{}:latest\n  command: [sh, -c, 'trap \"exit 0\" TERM; sleep 3600 & wait']\n  env: {{ROUND: '{round}'}}\n  resources: {{cpu: 500m, memory: 32Mi}}\n",
+            "name: lat\nupdate: {{max_unavailable: 1, max_surge: 0}}\ntask:\n  image: oci:{}:latest\n  command: [sh, -c, 'trap \"exit 0\" TERM; sleep 3600 & wait']\n  env: {{ROUND: '{round}'}}\n  resources: {{cpu: 500m, memory: 32Mi}}\n",
             layout.display()
         ))
         .map_err(|e| e.to_string())
