@@ -377,8 +377,9 @@ impl State {
         if self.deployments.remove(name).is_some() {
             self.touch(Table::Deployment, name);
         }
-        if self.histories.remove(name).is_some() {
-            self.touch(Table::History, name);
+        if let Some(h) = self.histories.remove(name) {
+            let gone: Vec<u64> = h.versions.iter().map(|v| v.version).collect();
+            self.touch_history(name, gone);
         }
         if self.needs_scheduling(name, 0) {
             self.create_eval(index, name, EvalTrigger::JobDeregister);
@@ -404,6 +405,16 @@ impl State {
     /// Queues an evaluation of `job`, unless one is already pending (it
     /// will see this change too). Older finished evaluations of the job are
     /// dropped so they do not pile up.
+    /// Marks a job's history changed: its small index record (`JOB`: the
+    /// order of versions and the next number) and each version given
+    /// (`JOB/VERSION`), so a write stores one version, not all of them.
+    pub(crate) fn touch_history(&mut self, job: &str, versions: impl IntoIterator<Item = u64>) {
+        self.touch(Table::History, job);
+        for v in versions {
+            self.touch(Table::History, &format!("{job}/{v}"));
+        }
+    }
+
     fn create_eval(&mut self, index: u64, job: &str, trigger: EvalTrigger) {
         let mine: Vec<String> = self
             .evals_by_job

@@ -8,11 +8,12 @@
 //! index always agree; entries after that index are applied again from the
 //! (durable) Raft log.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use skiff_model::{JobHistory, JobVersion};
 
 use crate::error::StoreError;
 use crate::state::{State, Table};
@@ -38,6 +39,8 @@ impl StateDb {
             last_unblock_index: self.read_u64(KEY_UNBLOCK)?,
             ..State::default()
         };
+        let mut indexes: BTreeMap<String, HistoryIndex> = BTreeMap::new();
+        let mut versions: BTreeMap<String, Vec<JobVersion>> = BTreeMap::new();
         for table in Table::ALL {
             for kv in self.tree.scan_prefix(table.prefix()) {
                 let (k, v) = kv?;
@@ -64,11 +67,38 @@ impl StateDb {
                     Table::Deployment => {
                         state.deployments.insert(key, decode(&k, &v)?);
                     }
-                    Table::History => {
-                        state.histories.insert(key, decode(&k, &v)?);
-                    }
+                    Table::History => match key.rsplit_once('/') {
+                        Some((job, _)) => {
+                            let v: JobVersion = decode(&k, &v)?;
+                            versions.entry(job.to_string()).or_default().push(v);
+                        }
+                        None => {
+                            indexes.insert(key, decode(&k, &v)?);
+                        }
+                    },
                 }
             }
+        }
+        for (job, index) in indexes {
+            let HistoryIndex {
+                order,
+                next_version,
+            } = index;
+            let mut kept = versions.remove(&job).unwrap_or_default();
+            let versions = order
+                .iter()
+                .filter_map(|n| {
+                    let i = kept.iter().position(|v| v.version == *n)?;
+                    Some(kept.swap_remove(i))
+                })
+                .collect();
+            state.histories.insert(
+                job,
+                JobHistory {
+                    versions,
+                    next_version,
+                },
+            );
         }
         state.rebuild_indexes();
         Ok(state)
@@ -153,8 +183,14 @@ impl StateDb {
         for (job, h) in &state.histories {
             batch.insert(
                 format!("{}{job}", Table::History.prefix()).as_bytes(),
-                encode(h),
+                encode(&HistoryIndex::of(h)),
             );
+            for v in &h.versions {
+                batch.insert(
+                    format!("{}{job}/{}", Table::History.prefix(), v.version).as_bytes(),
+                    encode(v),
+                );
+            }
         }
         batch.insert(KEY_APPLIED, &state.index.to_be_bytes());
         batch.insert(KEY_UNBLOCK, &state.last_unblock_index.to_be_bytes());
@@ -219,7 +255,35 @@ pub fn record(state: &State, table: Table, key: &str) -> Option<Vec<u8>> {
             .and_then(|id| state.servers.get(&id))
             .map(encode),
         Table::Deployment => state.deployments.get(key).map(encode),
-        Table::History => state.histories.get(key).map(encode),
+        Table::History => match key.rsplit_once('/') {
+            Some((job, version)) => {
+                let version: u64 = version.parse().ok()?;
+                state.histories.get(job)?.get(version).map(encode)
+            }
+            None => state
+                .histories
+                .get(key)
+                .map(|h| encode(&HistoryIndex::of(h))),
+        },
+    }
+}
+
+/// A job's history is stored as this small record (`history/JOB`) and one
+/// record per version (`history/JOB/VERSION`), so adding a version writes
+/// one spec, not every kept one.
+#[derive(Debug, Serialize, Deserialize)]
+struct HistoryIndex {
+    /// Version numbers, oldest first (the order `JobHistory` keeps).
+    order: Vec<u64>,
+    next_version: u64,
+}
+
+impl HistoryIndex {
+    fn of(h: &JobHistory) -> HistoryIndex {
+        HistoryIndex {
+            order: h.versions.iter().map(|v| v.version).collect(),
+            next_version: h.next_version,
+        }
     }
 }
 
@@ -277,5 +341,46 @@ mod tests {
         );
         assert!(loaded.latest_eval("web").is_some());
         assert_eq!(loaded.index, 3);
+    }
+
+    #[test]
+    fn a_history_is_saved_one_version_at_a_time_and_loads_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(open_db(sled::Config::new().path(dir.path())).unwrap()).unwrap();
+        let mut state = State::default();
+        let spec = |image: &str| {
+            JobSpec::from_yaml(&format!(
+                "name: web\nreplicas: 0\nversions_kept: 3\ntask: {{image: 'oci:/{image}'}}"
+            ))
+            .unwrap()
+        };
+        // Four versions, then back to the third: three are kept, in the
+        // order they were last applied; each save writes what changed.
+        for (i, image) in ["a", "b", "c", "d", "c"].into_iter().enumerate() {
+            state.apply(i as u64 + 1, &Command::UpsertJob { spec: spec(image) });
+            let written: Vec<(Table, String)> = state
+                .dirty
+                .iter()
+                .filter(|(t, _)| *t == Table::History)
+                .cloned()
+                .collect();
+            assert!(
+                written.len() <= 3,
+                "the index, the new version and a trimmed one: {written:?}"
+            );
+            db.save(&mut state).unwrap();
+        }
+        let h = &state.histories["web"];
+        let order: Vec<u64> = h.versions.iter().map(|v| v.version).collect();
+        assert_eq!(order, [2, 4, 3]);
+        let loaded = db.load().unwrap();
+        assert_eq!(loaded.histories, state.histories);
+        assert_eq!(loaded, state);
+        // Deleting the job removes every record of its history.
+        state.apply(6, &Command::DeleteJob { name: "web".into() });
+        db.save(&mut state).unwrap();
+        let loaded = db.load().unwrap();
+        assert!(loaded.histories.is_empty());
+        assert_eq!(db.tree.scan_prefix(Table::History.prefix()).count(), 0);
     }
 }

@@ -16,6 +16,7 @@ impl State {
     pub(super) fn record_version(&mut self, index: u64, job: &Job, note: &str) {
         let name = job.spec.name.clone();
         let hist = self.histories.entry(name.clone()).or_default();
+        let before: Vec<u64> = hist.versions.iter().map(|v| v.version).collect();
         match hist.versions.iter().position(|v| v.version == job.version) {
             Some(i) => {
                 let mut v = hist.versions.remove(i);
@@ -32,7 +33,11 @@ impl State {
         }
         hist.next_version = hist.next_version.max(job.version + 1);
         hist.trim(job.spec.versions_kept, job.version);
-        self.touch(Table::History, &name);
+        let trimmed: Vec<u64> = before
+            .into_iter()
+            .filter(|v| hist.get(*v).is_none())
+            .collect();
+        self.touch_history(&name, trimmed.into_iter().chain([job.version]));
     }
 
     /// Starts a rollout of `job`'s version (services that are not gangs;
@@ -89,20 +94,42 @@ impl State {
         } else {
             job.spec.update.canary.min(job.spec.replicas)
         };
+        // Nothing to run and nothing running: the rollout is done as it
+        // starts (no controller round trip through Raft for it).
+        let nothing =
+            job.spec.replicas == 0 && !self.allocs.values().any(|a| a.job == name && a.is_live());
+        if nothing {
+            if let Some(v) = self
+                .histories
+                .get_mut(&name)
+                .and_then(|h| h.get_mut(job.version))
+            {
+                v.stable = true;
+                self.touch_history(&name, [job.version]);
+            }
+        }
         let list = self.deployments.entry(name.clone()).or_default();
         list.push(Deployment {
             id: format!("{name}-{index}"),
             job: name.clone(),
             version: job.version,
             from_version,
-            status: DeploymentStatus::Running,
-            reason: String::new(),
+            status: if nothing {
+                DeploymentStatus::Successful
+            } else {
+                DeploymentStatus::Running
+            },
+            reason: if nothing {
+                "0 of 0 replicas: nothing to run".into()
+            } else {
+                String::new()
+            },
             canary,
             promoted: false,
             rollback,
             started_ms: at_ms,
             progress_ms: at_ms,
-            ended_ms: 0,
+            ended_ms: if nothing { at_ms } else { 0 },
             create_index: index,
             modify_index: index,
         });
@@ -411,7 +438,7 @@ impl State {
                     .and_then(|h| h.get_mut(d.version))
                 {
                     v.stable = true;
-                    self.touch(Table::History, &u.job);
+                    self.touch_history(&u.job, [d.version]);
                 }
             }
         }
