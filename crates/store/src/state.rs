@@ -374,8 +374,11 @@ impl State {
             return Outcome::Refused(format!("job {name:?} not found"));
         }
         self.touch(Table::Job, name);
-        if self.deployments.remove(name).is_some() {
+        if let Some(list) = self.deployments.remove(name) {
             self.touch(Table::Deployment, name);
+            for d in list {
+                self.touch(Table::Deployment, &format!("{name}/{}", d.id));
+            }
         }
         if let Some(h) = self.histories.remove(name) {
             let gone: Vec<u64> = h.versions.iter().map(|v| v.version).collect();
@@ -405,6 +408,20 @@ impl State {
     /// Queues an evaluation of `job`, unless one is already pending (it
     /// will see this change too). Older finished evaluations of the job are
     /// dropped so they do not pile up.
+    /// Marks a job's latest rollout changed: the small index record
+    /// (`JOB`: the order of rollouts) and that rollout (`JOB/ID`).
+    pub(crate) fn touch_deployment(&mut self, job: &str) {
+        self.touch(Table::Deployment, job);
+        if let Some(id) = self
+            .deployments
+            .get(job)
+            .and_then(|l| l.last())
+            .map(|d| d.id.clone())
+        {
+            self.touch(Table::Deployment, &format!("{job}/{id}"));
+        }
+    }
+
     /// Marks a job's history changed: its small index record (`JOB`: the
     /// order of versions and the next number) and each version given
     /// (`JOB/VERSION`), so a write stores one version, not all of them.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use skiff_model::{JobHistory, JobVersion};
+use skiff_model::{Deployment, JobHistory, JobVersion};
 
 use crate::error::StoreError;
 use crate::state::{State, Table};
@@ -39,6 +39,8 @@ impl StateDb {
             last_unblock_index: self.read_u64(KEY_UNBLOCK)?,
             ..State::default()
         };
+        let mut rollouts: BTreeMap<String, Vec<Deployment>> = BTreeMap::new();
+        let mut rollout_order: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut indexes: BTreeMap<String, HistoryIndex> = BTreeMap::new();
         let mut versions: BTreeMap<String, Vec<JobVersion>> = BTreeMap::new();
         for table in Table::ALL {
@@ -64,9 +66,16 @@ impl StateDb {
                             .map_err(|_| StoreError::corrupt("state", &k, "not a server id"))?;
                         state.servers.insert(id, decode(&k, &v)?);
                     }
-                    Table::Deployment => {
-                        state.deployments.insert(key, decode(&k, &v)?);
-                    }
+                    Table::Deployment => match key.split_once('/') {
+                        Some((job, _)) => {
+                            let d: Deployment = decode(&k, &v)?;
+                            rollouts.entry(job.to_string()).or_default().push(d);
+                        }
+                        None => {
+                            let order: DeploymentIndex = decode(&k, &v)?;
+                            rollout_order.insert(key, order.order);
+                        }
+                    },
                     Table::History => match key.rsplit_once('/') {
                         Some((job, _)) => {
                             let v: JobVersion = decode(&k, &v)?;
@@ -78,6 +87,17 @@ impl StateDb {
                     },
                 }
             }
+        }
+        for (job, order) in rollout_order {
+            let mut kept = rollouts.remove(&job).unwrap_or_default();
+            let list: Vec<Deployment> = order
+                .iter()
+                .filter_map(|id| {
+                    let i = kept.iter().position(|d| d.id == *id)?;
+                    Some(kept.swap_remove(i))
+                })
+                .collect();
+            state.deployments.insert(job, list);
         }
         for (job, index) in indexes {
             let HistoryIndex {
@@ -173,12 +193,18 @@ impl StateDb {
                 encode(s),
             );
         }
-        for (job, d) in &state.deployments {
+        for (job, list) in &state.deployments {
             // The job's rollouts, oldest first.
             batch.insert(
                 format!("{}{job}", Table::Deployment.prefix()).as_bytes(),
-                encode(d),
+                encode(&DeploymentIndex::of(list)),
             );
+            for d in list {
+                batch.insert(
+                    format!("{}{job}/{}", Table::Deployment.prefix(), d.id).as_bytes(),
+                    encode(d),
+                );
+            }
         }
         for (job, h) in &state.histories {
             batch.insert(
@@ -254,7 +280,18 @@ pub fn record(state: &State, table: Table, key: &str) -> Option<Vec<u8>> {
             .ok()
             .and_then(|id| state.servers.get(&id))
             .map(encode),
-        Table::Deployment => state.deployments.get(key).map(encode),
+        Table::Deployment => match key.split_once('/') {
+            Some((job, id)) => state
+                .deployments
+                .get(job)?
+                .iter()
+                .find(|d| d.id == id)
+                .map(encode),
+            None => state
+                .deployments
+                .get(key)
+                .map(|l| encode(&DeploymentIndex::of(l))),
+        },
         Table::History => match key.rsplit_once('/') {
             Some((job, version)) => {
                 let version: u64 = version.parse().ok()?;
@@ -265,6 +302,22 @@ pub fn record(state: &State, table: Table, key: &str) -> Option<Vec<u8>> {
                 .get(key)
                 .map(|h| encode(&HistoryIndex::of(h))),
         },
+    }
+}
+
+/// A job's rollouts are stored as this small record (`deployment/JOB`,
+/// their ids oldest first) and one record per rollout
+/// (`deployment/JOB/ID`), so a change writes that rollout alone.
+#[derive(Debug, Serialize, Deserialize)]
+struct DeploymentIndex {
+    order: Vec<String>,
+}
+
+impl DeploymentIndex {
+    fn of(list: &[Deployment]) -> DeploymentIndex {
+        DeploymentIndex {
+            order: list.iter().map(|d| d.id.clone()).collect(),
+        }
     }
 }
 
@@ -382,5 +435,32 @@ mod tests {
         let loaded = db.load().unwrap();
         assert!(loaded.histories.is_empty());
         assert_eq!(db.tree.scan_prefix(Table::History.prefix()).count(), 0);
+        assert_eq!(db.tree.scan_prefix(Table::Deployment.prefix()).count(), 0);
+    }
+
+    #[test]
+    fn rollouts_are_saved_one_at_a_time_and_the_oldest_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(open_db(sled::Config::new().path(dir.path())).unwrap()).unwrap();
+        let mut state = State::default();
+        for i in 0..(crate::state::DEPLOYMENTS_KEPT as u64 + 3) {
+            let spec = JobSpec::from_yaml(&format!(
+                "name: web\nreplicas: 0\ntask: {{image: 'oci:/v{i}'}}"
+            ))
+            .unwrap();
+            state.apply(i + 1, &Command::UpsertJob { spec });
+            db.save(&mut state).unwrap();
+        }
+        assert_eq!(
+            state.deployments["web"].len(),
+            crate::state::DEPLOYMENTS_KEPT
+        );
+        let loaded = db.load().unwrap();
+        assert_eq!(loaded.deployments, state.deployments);
+        assert_eq!(
+            db.tree.scan_prefix(Table::Deployment.prefix()).count(),
+            crate::state::DEPLOYMENTS_KEPT + 1,
+            "one record per kept rollout, plus the index"
+        );
     }
 }

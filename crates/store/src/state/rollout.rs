@@ -58,7 +58,7 @@ impl State {
                 d.reason = format!("replaced by a rollout of version {}", job.version);
                 d.ended_ms = at_ms;
                 d.modify_index = index;
-                self.touch(Table::Deployment, &name);
+                self.touch_deployment(&name);
             }
         }
         if !job.spec.rolls_out() {
@@ -133,10 +133,11 @@ impl State {
             create_index: index,
             modify_index: index,
         });
-        if list.len() > DEPLOYMENTS_KEPT {
-            list.remove(0);
+        let trimmed = (list.len() > DEPLOYMENTS_KEPT).then(|| list.remove(0).id);
+        if let Some(id) = trimmed {
+            self.touch(Table::Deployment, &format!("{name}/{id}"));
         }
-        self.touch(Table::Deployment, &name);
+        self.touch_deployment(&name);
     }
 
     fn rollout_outcome(&self, job: &str) -> Outcome {
@@ -236,7 +237,7 @@ impl State {
             }
         }
         d.modify_index = index;
-        self.touch(Table::Deployment, job);
+        self.touch_deployment(job);
         self.create_eval(index, job, EvalTrigger::Rollout);
         self.rollout_outcome(job)
     }
@@ -332,7 +333,7 @@ impl State {
                 d.reason = why;
                 d.ended_ms = at_ms;
                 d.modify_index = index;
-                self.touch(Table::Deployment, name);
+                self.touch_deployment(name);
             }
         }
         self.jobs.insert(name.to_string(), job.clone());
@@ -444,7 +445,7 @@ impl State {
         }
         if changed || health_moved {
             d.modify_index = index;
-            self.touch(Table::Deployment, &u.job);
+            self.touch_deployment(&u.job);
         }
         *self.deployment_mut(&u.job).expect("checked above") = d.clone();
         if health_moved || d.status != status_before {
