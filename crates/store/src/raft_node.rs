@@ -302,6 +302,7 @@ impl Store {
                 resumable_from,
             }),
         });
+        let statedb_for_saver = statedb.clone();
         let driver = Driver {
             id: cfg.id,
             raw,
@@ -320,6 +321,8 @@ impl Store {
             removed: false,
             unsaved: HashMap::new(),
             last_save: Instant::now(),
+            saver: spawn_saver(statedb_for_saver)?,
+            save_in_flight: None,
         };
         std::thread::Builder::new()
             .name(format!("raft-{}", cfg.id))
@@ -529,6 +532,27 @@ fn decode_state(snap: &Snapshot) -> Result<State, StoreError> {
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
+type SaveJob = (sled::Batch, std::sync::mpsc::Sender<Result<(), StoreError>>);
+
+/// The thread that writes state batches to sled, one at a time, so the
+/// Raft thread never waits on sled (except when it must: before trimming
+/// the log, installing a snapshot or stopping).
+fn spawn_saver(db: StateDb) -> Result<std::sync::mpsc::SyncSender<SaveJob>, StoreError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<SaveJob>(1);
+    std::thread::Builder::new()
+        .name("state-saver".into())
+        .spawn(move || {
+            for (batch, done) in rx {
+                let _ = done.send(db.commit(batch));
+            }
+        })
+        .map_err(|source| StoreError::Io {
+            path: "the state-saver thread".into(),
+            source,
+        })?;
+    Ok(tx)
+}
+
 struct Driver {
     id: u64,
     raw: RawNode<RaftLog>,
@@ -548,6 +572,10 @@ struct Driver {
     /// Records changed since the state was last written to sled, encoded.
     unsaved: HashMap<(Table, String), Option<Arc<str>>>,
     last_save: Instant,
+    /// Batches for the saver thread, with where to answer.
+    saver: std::sync::mpsc::SyncSender<SaveJob>,
+    /// The answer of the save in flight.
+    save_in_flight: Option<std::sync::mpsc::Receiver<Result<(), StoreError>>>,
 }
 
 /// How often the state machine's changed records are written to sled. The
@@ -644,7 +672,7 @@ impl Driver {
                 }
                 self.expire_reads(now);
                 if !self.unsaved.is_empty() && self.last_save.elapsed() >= SAVE_EVERY {
-                    self.save_state()?;
+                    self.save_state_behind()?;
                 }
             }
             self.on_ready()?;
@@ -826,6 +854,8 @@ impl Driver {
         // Log first: if we crash before the state is replaced, the next
         // start restores the state from the snapshot kept in the log.
         self.raw.mut_store().apply_snapshot(&snap)?;
+        // A save in flight must land before, not after, the replacement.
+        self.wait_saved()?;
         self.statedb.replace_all(&state)?;
         self.unsaved.clear();
         self.last_save = Instant::now();
@@ -995,7 +1025,7 @@ impl Driver {
         }
         self.unsaved.extend(encoded);
         if self.unsaved.len() >= SAVE_RECORDS || self.last_save.elapsed() >= SAVE_EVERY {
-            self.save_state()?;
+            self.save_state_behind()?;
         }
         if !new_events.is_empty() {
             let mut log = self
@@ -1028,16 +1058,42 @@ impl Driver {
     /// Writes the changed records and the applied index to sled (one atomic
     /// batch).
     fn save_state(&mut self) -> Result<(), StoreError> {
-        let mut state = self
-            .shared
-            .state
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.statedb.save_encoded(&mut state, &self.unsaved)?;
-        drop(state);
+        self.save_state_behind()?;
+        self.wait_saved()
+    }
+
+    /// Starts a save: the batch is made here (briefly holding the state),
+    /// and written by the saver thread while this one goes on with Raft.
+    /// At most one save is in flight; its error, if any, surfaces at the
+    /// next save or wait.
+    fn save_state_behind(&mut self) -> Result<(), StoreError> {
+        self.wait_saved()?;
+        let batch = {
+            let mut state = self
+                .shared
+                .state
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            self.statedb.prepare(&mut state, &self.unsaved)
+        };
         self.unsaved.clear();
         self.last_save = Instant::now();
-        Ok(())
+        let (done, wait) = std::sync::mpsc::channel();
+        match self.saver.send((batch, done)) {
+            Ok(()) => {
+                self.save_in_flight = Some(wait);
+                Ok(())
+            }
+            Err(std::sync::mpsc::SendError((batch, _))) => self.statedb.commit(batch),
+        }
+    }
+
+    /// Waits until the save in flight, if any, is written.
+    fn wait_saved(&mut self) -> Result<(), StoreError> {
+        match self.save_in_flight.take() {
+            Some(wait) => wait.recv().unwrap_or(Err(StoreError::Stopped)),
+            None => Ok(()),
+        }
     }
 
     /// Snapshots the state and trims the log once enough entries piled up.

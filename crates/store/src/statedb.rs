@@ -21,6 +21,7 @@ use crate::state::{State, Table};
 const KEY_APPLIED: &[u8] = b"meta/applied";
 const KEY_UNBLOCK: &[u8] = b"meta/unblock";
 
+#[derive(Clone)]
 pub struct StateDb {
     db: sled::Db,
     tree: sled::Tree,
@@ -137,6 +138,25 @@ impl StateDb {
         state: &mut State,
         encoded: &HashMap<(Table, String), Option<Arc<str>>>,
     ) -> Result<(), StoreError> {
+        let batch = self.prepare(state, encoded);
+        self.commit(batch)
+    }
+
+    /// Writes a batch made by [`StateDb::prepare`] (no lock on the state
+    /// needed: the saver thread does this).
+    pub fn commit(&self, batch: sled::Batch) -> Result<(), StoreError> {
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// The batch that saves the dirty records (taken from `encoded` when
+    /// there, else encoded now) and the applied index; clears the dirty
+    /// set. Fast: only this needs the state.
+    pub fn prepare(
+        &self,
+        state: &mut State,
+        encoded: &HashMap<(Table, String), Option<Arc<str>>>,
+    ) -> sled::Batch {
         let mut batch = sled::Batch::default();
         for (table, key) in std::mem::take(&mut state.dirty) {
             let full = format!("{}{}", table.prefix(), key);
@@ -151,8 +171,7 @@ impl StateDb {
         }
         batch.insert(KEY_APPLIED, &state.index.to_be_bytes());
         batch.insert(KEY_UNBLOCK, &state.last_unblock_index.to_be_bytes());
-        self.tree.apply_batch(batch)?;
-        Ok(())
+        batch
     }
 
     /// Replaces everything with `state` (a snapshot from the leader), in one
