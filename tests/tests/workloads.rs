@@ -38,6 +38,16 @@ fn service(replicas: u32, version: &str, script_tail: &str, update: &str) -> Job
     )
 }
 
+/// A server and one agent (`node-a`) in a temporary directory, and a
+/// client. Bind them in this order: the directory goes last.
+async fn one_node() -> (tempfile::TempDir, ServerProc, AgentProc, Client) {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&tmp.path().join("server"));
+    let agent = AgentProc::start(&tmp.path().join("a"), &server.url(), "node-a", &[]);
+    let client = server.client().await;
+    (tmp, server, agent, client)
+}
+
 /// Healthy: running with its readiness probe passing.
 fn healthy(a: &Allocation) -> bool {
     a.desired == DesiredStatus::Run && a.status == AllocStatus::Running && a.healthy == Some(true)
@@ -125,10 +135,7 @@ async fn rollout_status(client: &mut Client) -> (u64, DeploymentStatus, String) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashing_update_rolls_back_by_itself_without_dropping_below_the_floor() {
     require_container_host();
-    let tmp = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(&tmp.path().join("server"));
-    let _agent = AgentProc::start(&tmp.path().join("a"), &server.url(), "node-a", &[]);
-    let mut client = server.client().await;
+    let (_tmp, server, _agent, mut client) = one_node().await;
     let update = "{max_unavailable: 1, max_surge: 1, min_healthy: 1s, healthy_deadline: 10s}";
     client
         .apply_job(&service(3, "1", "true", update))
@@ -196,10 +203,7 @@ async fn a_crashing_update_rolls_back_by_itself_without_dropping_below_the_floor
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_good_update_completes_on_the_new_version_and_scale_moves_both_ways() {
     require_container_host();
-    let tmp = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(&tmp.path().join("server"));
-    let _agent = AgentProc::start(&tmp.path().join("a"), &server.url(), "node-a", &[]);
-    let mut client = server.client().await;
+    let (_tmp, server, _agent, mut client) = one_node().await;
     let update = "{max_unavailable: 1, max_surge: 1, min_healthy: 500ms}";
     client
         .apply_job(&service(3, "1", "true", update))
@@ -290,10 +294,7 @@ async fn a_good_update_completes_on_the_new_version_and_scale_moves_both_ways() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canaries_wait_for_promote_or_are_abandoned_by_undo() {
     require_container_host();
-    let tmp = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(&tmp.path().join("server"));
-    let _agent = AgentProc::start(&tmp.path().join("a"), &server.url(), "node-a", &[]);
-    let mut client = server.client().await;
+    let (_tmp, server, _agent, mut client) = one_node().await;
     let update = "{max_unavailable: 1, max_surge: 1, min_healthy: 500ms, canary: 1}";
     client
         .apply_job(&service(3, "1", "true", update))
@@ -378,10 +379,7 @@ async fn canaries_wait_for_promote_or_are_abandoned_by_undo() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_job_runs_exactly_its_completions_never_more_than_parallelism_at_once() {
     require_container_host();
-    let tmp = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(&tmp.path().join("server"));
-    let _agent = AgentProc::start(&tmp.path().join("a"), &server.url(), "node-a", &[]);
-    let mut client = server.client().await;
+    let (_tmp, server, _agent, mut client) = one_node().await;
     let (stop, sampling) = sampler(server.url(), "work");
     client
         .apply_job(&spec(
@@ -566,10 +564,7 @@ async fn a_gang_gets_consecutive_ranks_and_one_master_and_an_infeasible_gang_pla
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_rank_restarts_the_whole_gang_or_fails_the_job() {
     require_container_host();
-    let tmp = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(&tmp.path().join("server"));
-    let _agent = AgentProc::start(&tmp.path().join("a"), &server.url(), "node-a", &[]);
-    let mut client = server.client().await;
+    let (_tmp, _server, _agent, mut client) = one_node().await;
     // Rank 1 always fails; rank 0 would run for an hour.
     let script =
         "if [ \"$RANK\" = 1 ]; then sleep 1; exit 1; fi; trap 'exit 0' TERM; sleep 3600 & wait";

@@ -64,31 +64,28 @@ impl State {
         if !job.spec.rolls_out() {
             return;
         }
-        // The version may come back (undo, or its spec applied again):
-        // allocations of it that failed an earlier rollout are judged anew.
-        let judged_again: Vec<String> = self
+        // One look at the job's live allocations: whether another version
+        // runs (canaries make sense only beside one), whether anything
+        // runs, and those of this version that failed an earlier rollout
+        // of it (undo, or its spec applied again): they are judged anew.
+        let (mut others, mut any_live, mut judged_again) = (false, false, Vec::new());
+        for a in self
             .allocs
-            .values()
-            .filter(|a| {
-                a.job == name
-                    && a.job_version == job.version
-                    && a.is_live()
-                    && a.deploy_health == Some(false)
-            })
-            .map(|a| a.id.clone())
-            .collect();
-        for id in judged_again {
-            if let Some(a) = self.allocs.get_mut(&id) {
+            .values_mut()
+            .filter(|a| a.job == name && a.is_live())
+        {
+            any_live = true;
+            if a.job_version != job.version {
+                others = true;
+            } else if a.deploy_health == Some(false) {
                 a.deploy_health = None;
                 a.modify_index = index;
+                judged_again.push(a.id.clone());
             }
+        }
+        for id in judged_again {
             self.touch(Table::Alloc, &id);
         }
-        // Canaries make sense only beside allocations of another version.
-        let others = self
-            .allocs
-            .values()
-            .any(|a| a.job == name && a.is_live() && a.job_version != job.version);
         let canary = if rollback || !others {
             0
         } else {
@@ -96,8 +93,7 @@ impl State {
         };
         // Nothing to run and nothing running: the rollout is done as it
         // starts (no controller round trip through Raft for it).
-        let nothing =
-            job.spec.replicas == 0 && !self.allocs.values().any(|a| a.job == name && a.is_live());
+        let nothing = job.spec.replicas == 0 && !any_live;
         if nothing {
             if let Some(v) = self
                 .histories
