@@ -881,6 +881,7 @@ fn deployment(version: u64, status: DeploymentStatus, canary: u32, promoted: boo
         ended_ms: 0,
         create_index: 1,
         modify_index: 1,
+        slot: 0,
     }
 }
 

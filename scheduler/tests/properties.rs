@@ -529,6 +529,7 @@ fn rollout_case(seed: u64) -> RolloutCase {
         ended_ms: 0,
         create_index: 1,
         modify_index: 1,
+        slot: 0,
     });
     RolloutCase {
         nodes,

@@ -6,8 +6,13 @@
 //! ```text
 //! cargo build --release -p skiff
 //! cargo run --release -p skiff-bench --bin raftbench -- [--duration 10] [--clients 1,64]
-//!     [--value-size 256] [--failovers 5] [--skiff target/release/skiff] [--etcd /usr/bin/etcd]
+//!     [--rounds 1] [--value-size 256] [--failovers 5] [--skiff target/release/skiff]
+//!     [--etcd /usr/bin/etcd]
 //! ```
+//!
+//! With `--rounds N` each client count is measured N times, Skiff and etcd
+//! taking turns, and the median of the N ratios is printed too: on a noisy
+//! machine one pair of runs can be 20 % off either way.
 //!
 //! Both systems fsync every commit (etcd by default; Skiff always). Each
 //! client sends one write at a time over its own connection; clients are
@@ -28,6 +33,7 @@ use skiff_model::JobSpec;
 struct Opts {
     duration: Duration,
     clients: Vec<usize>,
+    rounds: usize,
     value_size: usize,
     failovers: usize,
     skiff: PathBuf,
@@ -39,6 +45,7 @@ fn parse() -> anyhow::Result<Opts> {
     let mut o = Opts {
         duration: Duration::from_secs(10),
         clients: vec![1, 64],
+        rounds: 1,
         value_size: 256,
         failovers: 5,
         skiff: exe.parent().map(|d| d.join("skiff")).unwrap_or_default(),
@@ -55,12 +62,13 @@ fn parse() -> anyhow::Result<Opts> {
                     .map(|c| c.parse())
                     .collect::<Result<_, _>>()?
             }
+            "--rounds" => o.rounds = val()?.parse::<usize>()?.max(1),
             "--value-size" => o.value_size = val()?.parse()?,
             "--failovers" => o.failovers = val()?.parse()?,
             "--skiff" => o.skiff = val()?.into(),
             "--etcd" => o.etcd = val()?.into(),
             "-h" | "--help" => {
-                println!("raftbench [--duration SECS] [--clients 1,64] [--value-size BYTES] [--failovers N] [--skiff PATH] [--etcd PATH]");
+                println!("raftbench [--duration SECS] [--clients 1,64] [--rounds N] [--value-size BYTES] [--failovers N] [--skiff PATH] [--etcd PATH]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (see --help)"),
@@ -282,6 +290,15 @@ async fn run_phase(
     })
 }
 
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 async fn wait_writable(target: Target, urls: &[String]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
@@ -311,30 +328,43 @@ async fn main() -> anyhow::Result<()> {
         .context("etcd")?;
 
     for &clients in &o.clients {
-        let s = run_phase(
-            Target::Skiff,
-            &skiff.urls,
-            clients,
-            o.duration,
-            o.value_size,
-        )
-        .await?;
-        let e = run_phase(Target::Etcd, &etcd.urls, clients, o.duration, o.value_size).await?;
-        for (name, p) in [("skiff", &s), ("etcd", &e)] {
-            println!(
-                "target={name} clients={clients} value_bytes={} writes={} writes_per_sec={:.0} p50_ms={} p99_ms={}",
+        let (mut throughput, mut p99) = (Vec::new(), Vec::new());
+        for round in 1..=o.rounds {
+            let s = run_phase(
+                Target::Skiff,
+                &skiff.urls,
+                clients,
+                o.duration,
                 o.value_size,
-                p.writes,
-                p.writes as f64 / p.secs,
-                ms(p.p50),
-                ms(p.p99)
+            )
+            .await?;
+            let e = run_phase(Target::Etcd, &etcd.urls, clients, o.duration, o.value_size).await?;
+            for (name, p) in [("skiff", &s), ("etcd", &e)] {
+                println!(
+                    "target={name} clients={clients} round={round} value_bytes={} writes={} writes_per_sec={:.0} p50_ms={} p99_ms={}",
+                    o.value_size,
+                    p.writes,
+                    p.writes as f64 / p.secs,
+                    ms(p.p50),
+                    ms(p.p99)
+                );
+            }
+            throughput.push(s.writes as f64 / e.writes.max(1) as f64);
+            p99.push(s.p99.as_secs_f64() / e.p99.as_secs_f64().max(1e-9));
+            println!(
+                "compare clients={clients} round={round} throughput_skiff_over_etcd={:.2} p99_skiff_over_etcd={:.2}",
+                throughput[round - 1],
+                p99[round - 1]
             );
         }
-        println!(
-            "compare clients={clients} throughput_skiff_over_etcd={:.2} p99_skiff_over_etcd={:.2}",
-            s.writes as f64 / e.writes.max(1) as f64,
-            s.p99.as_secs_f64() / e.p99.as_secs_f64().max(1e-9)
-        );
+        if o.rounds > 1 {
+            println!(
+                "median clients={clients} rounds={} throughput_skiff_over_etcd={:.2} p99_skiff_over_etcd={:.2}",
+                o.rounds,
+                median(&mut throughput),
+                median(&mut p99)
+            );
+        }
     }
 
     // Failover: SIGKILL the leader, time the next acknowledged write.

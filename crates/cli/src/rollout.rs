@@ -371,6 +371,7 @@ mod tests {
             ended_ms: 0,
             create_index: 9,
             modify_index: 9,
+            slot: 0,
         }
     }
 

@@ -94,6 +94,10 @@ pub struct Deployment {
     pub ended_ms: u64,
     pub create_index: u64,
     pub modify_index: u64,
+    /// Where the control plane stores it (its record is `JOB/SLOT`),
+    /// reused once the rollout is dropped (see [`JobVersion::slot`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub slot: u32,
 }
 
 impl Deployment {
@@ -117,6 +121,30 @@ pub struct JobVersion {
     /// How it came to be: `applied`, `rollback to version N`, ...
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub note: String,
+    /// Where the control plane stores it (its record is `JOB/SLOT`): the
+    /// lowest number no other kept version holds, so a new version takes
+    /// over the record of the one it pushed out.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub slot: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The lowest slot none of `taken` holds.
+pub fn free_slot(taken: impl IntoIterator<Item = u32>) -> u32 {
+    let mut taken: Vec<u32> = taken.into_iter().collect();
+    taken.sort_unstable();
+    let mut free = 0;
+    for t in taken {
+        if t == free {
+            free += 1;
+        } else if t > free {
+            break;
+        }
+    }
+    free
 }
 
 /// The versions of one job, oldest first, at most `versions_kept`.

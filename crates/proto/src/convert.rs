@@ -981,6 +981,7 @@ impl TryFrom<pb::Deployment> for m::Deployment {
             ended_ms: d.ended_ms,
             create_index: d.create_index,
             modify_index: d.modify_index,
+            slot: 0,
         })
     }
 }
@@ -1006,6 +1007,7 @@ impl TryFrom<pb::JobVersion> for m::JobVersion {
             create_index: v.create_index,
             stable: v.stable,
             note: v.note,
+            slot: 0,
         })
     }
 }

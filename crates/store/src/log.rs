@@ -567,6 +567,22 @@ impl RaftLog {
         Ok(())
     }
 
+    /// Drops entries up to `trim_to` without taking a snapshot: the state
+    /// machine's saved copy (in sled, flushed) already covers them. A peer
+    /// that needs them gets a snapshot made when it asks.
+    pub fn trim(&mut self, trim_to: u64) -> Result<(), StoreError> {
+        let trim_to = trim_to.min(self.last_index());
+        if trim_to <= self.trimmed.0 {
+            return Ok(());
+        }
+        let trim_term = self.entry(trim_to)?.term;
+        let mut buf = Vec::new();
+        frame(&mut buf, KIND_TRIM, &index_term(trim_to, trim_term));
+        self.write(&buf, true)?;
+        self.trim_in_memory(trim_to, trim_term);
+        Ok(())
+    }
+
     /// The latest snapshot with its data, if any.
     pub fn latest_snapshot(&self) -> Result<Option<Snapshot>, StoreError> {
         if self.snapshot.index == 0 {
@@ -657,7 +673,9 @@ impl raft::Storage for RaftLog {
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         match self.latest_snapshot() {
-            Ok(Some(snap)) if snap.get_metadata().index >= request_index => {
+            // Older than the log's start, a snapshot is of no use: the
+            // peer would still miss the entries trimmed after it.
+            Ok(Some(snap)) if snap.get_metadata().index >= request_index.max(self.trimmed.0) => {
                 // A peer that is not in the snapshot's configuration (it
                 // joined later) would refuse it: take a newer one.
                 let cs = snap.get_metadata().get_conf_state();

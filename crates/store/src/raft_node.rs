@@ -37,7 +37,7 @@ use crate::command::{self, Command, Decoded};
 use crate::error::StoreError;
 use crate::log::RaftLog;
 use crate::state::{Outcome, ServerInfo, State, Table};
-use crate::statedb::{self, StateDb};
+use crate::statedb::{self, StateDb, Unsaved};
 
 /// Timing and identity of this Raft member.
 #[derive(Debug, Clone)]
@@ -321,6 +321,8 @@ impl Store {
             removed: false,
             unsaved: HashMap::new(),
             last_save: Instant::now(),
+            saved_index: resumable_from,
+            compacted_at: resumable_from,
             saver: spawn_saver(statedb_for_saver)?,
             save_in_flight: None,
         };
@@ -532,7 +534,14 @@ fn decode_state(snap: &Snapshot) -> Result<State, StoreError> {
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
-type SaveJob = (sled::Batch, std::sync::mpsc::Sender<Result<(), StoreError>>);
+/// Records to save, the applied index and unblock index they bring the
+/// saved state to, and where to answer.
+struct SaveJob {
+    records: Unsaved,
+    index: u64,
+    unblock: u64,
+    done: std::sync::mpsc::Sender<Result<(), StoreError>>,
+}
 
 /// The thread that writes state batches to sled, one at a time, so the
 /// Raft thread never waits on sled (except when it must: before trimming
@@ -542,8 +551,13 @@ fn spawn_saver(db: StateDb) -> Result<std::sync::mpsc::SyncSender<SaveJob>, Stor
     std::thread::Builder::new()
         .name("state-saver".into())
         .spawn(move || {
-            for (batch, done) in rx {
-                let _ = done.send(db.commit(batch));
+            for job in rx {
+                // Flushed before it counts as saved: the log is trimmed up
+                // to a saved index, so that index must survive a crash.
+                let result = db
+                    .commit(job.records, job.index, job.unblock)
+                    .and_then(|()| db.flush());
+                let _ = job.done.send(result);
             }
         })
         .map_err(|source| StoreError::Io {
@@ -570,22 +584,30 @@ struct Driver {
     snapshot_entries: u64,
     removed: bool,
     /// Records changed since the state was last written to sled, encoded.
-    unsaved: HashMap<(Table, String), Option<Arc<str>>>,
+    unsaved: Unsaved,
     last_save: Instant,
     /// Batches for the saver thread, with where to answer.
     saver: std::sync::mpsc::SyncSender<SaveJob>,
     /// The answer of the save in flight.
-    save_in_flight: Option<std::sync::mpsc::Receiver<Result<(), StoreError>>>,
+    save_in_flight: Option<(u64, std::sync::mpsc::Receiver<Result<(), StoreError>>)>,
+    /// The applied index of the last save written: the log is never
+    /// trimmed past it, so a restart can apply the rest again.
+    saved_index: u64,
+    /// The applied index at the last compaction.
+    compacted_at: u64,
 }
 
 /// How often the state machine's changed records are written to sled. The
-/// Raft log holds every applied entry durably, so a crash loses nothing:
-/// the entries after the saved index are applied again on start. Writing
-/// each record once per interval, not once per entry, saves most of sled's
-/// work when the same records change often.
-const SAVE_EVERY: Duration = Duration::from_secs(1);
-/// ...or once this many records are waiting.
-const SAVE_RECORDS: usize = 16_384;
+/// Raft log holds every applied entry durably (and is not trimmed past the
+/// last save), so a crash loses nothing: the entries after the saved index
+/// are applied again on start. Writing each record once per interval, not
+/// once per entry, saves most of sled's work when the same records change
+/// often (a busy job's record, its history and rollout indexes), and a
+/// version or rollout that is created and trimmed again within one
+/// interval is never written at all.
+const SAVE_EVERY: Duration = Duration::from_secs(10);
+/// ...or once this many records are waiting (bounds the memory they hold).
+const SAVE_RECORDS: usize = 50_000;
 
 /// Most requests folded into one Ready (one fsync).
 const MAX_BATCH: usize = 1024;
@@ -859,6 +881,7 @@ impl Driver {
         self.statedb.replace_all(&state)?;
         self.unsaved.clear();
         self.last_save = Instant::now();
+        self.saved_index = index;
         {
             let mut guard = self
                 .shared
@@ -945,7 +968,6 @@ impl Driver {
         let mut replies = Vec::new();
         let mut conf_replies = Vec::new();
         let mut new_events = Vec::new();
-        let mut encoded: HashMap<(Table, String), Option<Arc<str>>> = HashMap::new();
         {
             let mut state = self
                 .shared
@@ -1013,7 +1035,7 @@ impl Driver {
                 // here, and for the batch that persists it below.
                 for (table, key) in std::mem::take(&mut state.changes) {
                     let value = statedb::record_json(&state, table, &key);
-                    encoded.insert((table, key.clone()), value.clone());
+                    self.unsaved.insert((table, key.clone()), value.clone());
                     new_events.push(Event {
                         index: e.index,
                         table,
@@ -1023,7 +1045,6 @@ impl Driver {
                 }
             }
         }
-        self.unsaved.extend(encoded);
         if self.unsaved.len() >= SAVE_RECORDS || self.last_save.elapsed() >= SAVE_EVERY {
             self.save_state_behind()?;
         }
@@ -1068,50 +1089,108 @@ impl Driver {
     /// next save or wait.
     fn save_state_behind(&mut self) -> Result<(), StoreError> {
         self.wait_saved()?;
-        let batch = {
-            let mut state = self
+        let (index, unblock) = {
+            let state = self
                 .shared
                 .state
-                .write()
+                .read()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            self.statedb.prepare(&mut state, &self.unsaved)
+            (state.index, state.last_unblock_index)
         };
-        self.unsaved.clear();
+        // The next interval likely changes as many records: sized for them
+        // up front, the map does not rehash as it fills.
+        let capacity = self.unsaved.len();
+        let records = std::mem::replace(&mut self.unsaved, Unsaved::with_capacity(capacity));
         self.last_save = Instant::now();
         let (done, wait) = std::sync::mpsc::channel();
-        match self.saver.send((batch, done)) {
+        let job = SaveJob {
+            records,
+            index,
+            unblock,
+            done,
+        };
+        match self.saver.send(job) {
             Ok(()) => {
-                self.save_in_flight = Some(wait);
+                self.save_in_flight = Some((index, wait));
                 Ok(())
             }
-            Err(std::sync::mpsc::SendError((batch, _))) => self.statedb.commit(batch),
+            Err(std::sync::mpsc::SendError(job)) => {
+                self.statedb.commit(job.records, job.index, job.unblock)?;
+                self.statedb.flush()?;
+                self.saved_index = index;
+                Ok(())
+            }
         }
     }
 
     /// Waits until the save in flight, if any, is written.
     fn wait_saved(&mut self) -> Result<(), StoreError> {
         match self.save_in_flight.take() {
-            Some(wait) => wait.recv().unwrap_or(Err(StoreError::Stopped)),
+            Some((index, wait)) => {
+                wait.recv().unwrap_or(Err(StoreError::Stopped))?;
+                self.saved_index = index;
+                Ok(())
+            }
             None => Ok(()),
         }
     }
 
-    /// Snapshots the state and trims the log once enough entries piled up.
+    /// Notes a save that has finished, without waiting for one that has not.
+    fn poll_saved(&mut self) -> Result<(), StoreError> {
+        if let Some((index, wait)) = &self.save_in_flight {
+            match wait.try_recv() {
+                Ok(result) => {
+                    let index = *index;
+                    self.save_in_flight = None;
+                    result?;
+                    self.saved_index = index;
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    self.save_in_flight = None;
+                    return Err(StoreError::Stopped);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Trims the log once enough entries piled up (up to the last save:
+    /// the saved state covers what is dropped), and makes a snapshot of the
+    /// state when Raft asked for one (a peer is behind the log's start).
     fn maybe_compact(&mut self) -> Result<(), StoreError> {
         let applied = *self.applied_tx.borrow();
         let store = self.raw.store();
         let requested = store.take_snapshot_request() && applied > store.snapshot_index();
-        let since = store
-            .snapshot_index()
-            .max(store.first_index().saturating_sub(1));
+        let since = self.compacted_at;
         let due = self.snapshot_entries > 0 && applied >= since + self.snapshot_entries;
         if !requested && !due {
             return Ok(());
         }
-        let term = raft::Storage::term(store, applied)?;
-        // The saved state must not fall behind the trimmed log.
-        self.save_state()?;
+        self.compacted_at = applied;
+        self.poll_saved()?;
+        if self.saved_index < since && self.save_in_flight.is_none() {
+            // The log can be trimmed only up to the last save: one a
+            // compaction ago at the latest, so the log stays about two
+            // compactions long however rarely the timer saves.
+            self.save_state_behind()?;
+        }
+        let trim_to = if self.snapshot_entries == 0 {
+            0 // snapshots only for peers that need one; the log is kept
+        } else {
+            // Keep a tail so that followers a little behind catch up from
+            // the log, and nothing after the last save: a restart applies
+            // that again (later saves let later compactions trim more).
+            applied
+                .saturating_sub(self.snapshot_entries / 2)
+                .min(self.saved_index)
+        };
+        if !requested {
+            tracing::debug!(index = applied, trim_to, "compacting the log");
+            return self.raw.mut_store().trim(trim_to);
+        }
         let store = self.raw.store();
+        let term = raft::Storage::term(store, applied)?;
         let mut meta = SnapshotMetadata {
             index: applied,
             term,
@@ -1126,16 +1205,11 @@ impl Driver {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             serde_json::to_vec(&*state).expect("state serializes")
         };
-        let trim_to = if self.snapshot_entries == 0 {
-            0 // snapshots only for peers that need one; the log is kept
-        } else {
-            applied.saturating_sub(self.snapshot_entries / 2)
-        };
         tracing::info!(
             index = applied,
             trim_to,
             bytes = data.len(),
-            "snapshot taken; compacting the log"
+            "snapshot taken for a peer; compacting the log"
         );
         self.raw.mut_store().compact(meta, data, trim_to)
     }

@@ -1,10 +1,11 @@
 //! The state machine: cluster state as plain values and the deterministic
 //! `apply` that changes it. No Raft, no disk, no clock here; the store
-//! persists whatever `apply` marks dirty.
+//! persists whatever `apply` records as changed.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
+use skiff_model::deployment::free_slot;
 use skiff_model::fit::{fits_assignment, Usage};
 use skiff_model::job::PREEMPTION_GAP;
 use skiff_model::workload::host_of;
@@ -20,7 +21,10 @@ mod rollout;
 /// Rollouts kept per job (the current one and those before it).
 pub const DEPLOYMENTS_KEPT: usize = 10;
 
-/// Which collection a dirty key belongs to.
+/// How many of the latest changes `touch` looks at for a repeat.
+const TOUCH_LOOKBACK: usize = 8;
+
+/// Which collection a changed key belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Table {
     Job,
@@ -101,11 +105,9 @@ pub struct State {
     /// Index of the last change that may let blocked work fit (a node
     /// joined, an allocation released its resources).
     pub last_unblock_index: u64,
-    /// Keys changed since the store last persisted; not part of the state.
-    #[serde(skip)]
-    pub dirty: BTreeSet<(Table, String)>,
-    /// Keys changed by the entry being applied, in order; the store turns
-    /// them into watch events. Not part of the state.
+    /// Keys changed since the store last took them (after each entry: it
+    /// turns them into watch events and remembers them for the next save),
+    /// in order, each once per entry. Not part of the state.
     #[serde(skip)]
     pub changes: Vec<(Table, String)>,
     /// Evaluation ids by job, derived from `evals` (see
@@ -264,8 +266,14 @@ impl State {
         self.index = index;
     }
 
+    /// Records that a key changed. An entry often touches a record twice
+    /// in a row (a job's history index, the version just added); those
+    /// repeats are dropped here so each is encoded once.
     fn touch(&mut self, table: Table, key: &str) {
-        self.dirty.insert((table, key.to_string()));
+        let recent = self.changes.iter().rev().take(TOUCH_LOOKBACK);
+        if recent.into_iter().any(|(t, k)| *t == table && k == key) {
+            return;
+        }
         self.changes.push((table, key.to_string()));
     }
 
@@ -294,14 +302,18 @@ impl State {
                 // A new task or placement rules: a version of the history
                 // with the same ones comes back, or a new number is taken.
                 let hist = self.histories.entry(name.clone()).or_default();
+                let mut kept_old = None;
                 if hist.get(old.version).is_none() {
+                    let slot = free_slot(hist.versions.iter().map(|v| v.slot));
                     hist.versions.push(JobVersion {
                         version: old.version,
                         spec: old.spec.clone(),
                         create_index: old.modify_index,
                         stable: false,
                         note: String::new(),
+                        slot,
                     });
+                    kept_old = Some(slot);
                 }
                 // A batch job never returns to an old number: that
                 // version's finished runs would count for the new ones.
@@ -319,6 +331,9 @@ impl State {
                     create_index: old.create_index,
                     modify_index: index,
                 };
+                if let Some(slot) = kept_old {
+                    self.touch_history(&name, [slot]);
+                }
                 self.record_version(index, &job, "applied");
                 self.start_deployment(index, &job, old.version, false, 0);
                 job
@@ -377,11 +392,11 @@ impl State {
         if let Some(list) = self.deployments.remove(name) {
             self.touch(Table::Deployment, name);
             for d in list {
-                self.touch(Table::Deployment, &format!("{name}/{}", d.id));
+                self.touch(Table::Deployment, &format!("{name}/{}", d.slot));
             }
         }
         if let Some(h) = self.histories.remove(name) {
-            let gone: Vec<u64> = h.versions.iter().map(|v| v.version).collect();
+            let gone: Vec<u32> = h.versions.iter().map(|v| v.slot).collect();
             self.touch_history(name, gone);
         }
         if self.needs_scheduling(name, 0) {
@@ -409,26 +424,26 @@ impl State {
     /// will see this change too). Older finished evaluations of the job are
     /// dropped so they do not pile up.
     /// Marks a job's latest rollout changed: the small index record
-    /// (`JOB`: the order of rollouts) and that rollout (`JOB/ID`).
+    /// (`JOB`: the order of rollouts) and that rollout (`JOB/SLOT`).
     pub(crate) fn touch_deployment(&mut self, job: &str) {
         self.touch(Table::Deployment, job);
-        if let Some(id) = self
+        if let Some(slot) = self
             .deployments
             .get(job)
             .and_then(|l| l.last())
-            .map(|d| d.id.clone())
+            .map(|d| d.slot)
         {
-            self.touch(Table::Deployment, &format!("{job}/{id}"));
+            self.touch(Table::Deployment, &format!("{job}/{slot}"));
         }
     }
 
     /// Marks a job's history changed: its small index record (`JOB`: the
-    /// order of versions and the next number) and each version given
-    /// (`JOB/VERSION`), so a write stores one version, not all of them.
-    pub(crate) fn touch_history(&mut self, job: &str, versions: impl IntoIterator<Item = u64>) {
+    /// order of versions and the next number) and the version records in
+    /// the slots given (`JOB/SLOT`), so a write stores one version, not all.
+    pub(crate) fn touch_history(&mut self, job: &str, slots: impl IntoIterator<Item = u32>) {
         self.touch(Table::History, job);
-        for v in versions {
-            self.touch(Table::History, &format!("{job}/{v}"));
+        for slot in slots {
+            self.touch(Table::History, &format!("{job}/{slot}"));
         }
     }
 
@@ -1116,7 +1131,7 @@ impl State {
         }
     }
 
-    /// A stable digest of the state (not of `dirty`), for comparing servers.
+    /// A stable digest of the state (not of `changes`), for comparing servers.
     pub fn digest(&self) -> u64 {
         // FNV-1a over the canonical JSON form: stable across runs and builds.
         let bytes = serde_json::to_vec(self).expect("state serializes");

@@ -1,12 +1,12 @@
 //! The state machine's records in sled: one tree, keys `job/NAME`,
-//! `node/NAME`, `alloc/ID`, `eval/ID`, `server/ID`, `deployment/JOB`,
-//! `history/JOB`, and `meta/applied`,
-//! `meta/unblock`. Values are JSON.
+//! `node/NAME`, `alloc/ID`, `eval/ID`, `server/ID`, `deployment/JOB`
+//! (+ `/SLOT` per rollout), `history/JOB` (+ `/SLOT` per version), and
+//! `meta/applied`, `meta/unblock`. Values are JSON.
 //!
-//! [`StateDb::save`] writes every record `apply` marked dirty together with
-//! the applied index in one atomic batch, so after a crash the state and its
-//! index always agree; entries after that index are applied again from the
-//! (durable) Raft log.
+//! [`StateDb::commit`] writes the records changed since the last save
+//! together with the applied index in one atomic batch, so after a crash
+//! the state and its index always agree; entries after that index are
+//! applied again from the (durable) Raft log, which is not trimmed past it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -19,6 +19,9 @@ use crate::error::StoreError;
 use crate::state::{State, Table};
 
 const KEY_APPLIED: &[u8] = b"meta/applied";
+
+/// Records changed since the last save, encoded (`None`: removed).
+pub type Unsaved = HashMap<(Table, String), Option<Arc<str>>>;
 const KEY_UNBLOCK: &[u8] = b"meta/unblock";
 
 #[derive(Clone)]
@@ -125,53 +128,37 @@ impl StateDb {
         Ok(state)
     }
 
-    /// Writes the dirty records and the applied index atomically and clears
-    /// the dirty set. Not fsynced: the Raft log holds the entries durably.
+    /// Writes the records changed since the last save (`state.changes`,
+    /// which it takes) and the applied index, atomically. Not fsynced: the
+    /// Raft log holds the entries durably.
     pub fn save(&self, state: &mut State) -> Result<(), StoreError> {
-        self.save_encoded(state, &HashMap::new())
+        let mut changed = Unsaved::new();
+        for (table, key) in std::mem::take(&mut state.changes) {
+            let value = record_json(state, table, &key);
+            changed.insert((table, key), value);
+        }
+        self.commit(changed, state.index, state.last_unblock_index)
     }
 
-    /// [`StateDb::save`], taking records already encoded (by
-    /// [`record_json`]) from `encoded` instead of encoding them again.
-    pub fn save_encoded(
-        &self,
-        state: &mut State,
-        encoded: &HashMap<(Table, String), Option<Arc<str>>>,
-    ) -> Result<(), StoreError> {
-        let batch = self.prepare(state, encoded);
-        self.commit(batch)
-    }
-
-    /// Writes a batch made by [`StateDb::prepare`] (no lock on the state
-    /// needed: the saver thread does this).
-    pub fn commit(&self, batch: sled::Batch) -> Result<(), StoreError> {
-        self.tree.apply_batch(batch)?;
-        Ok(())
-    }
-
-    /// The batch that saves the dirty records (taken from `encoded` when
-    /// there, else encoded now) and the applied index; clears the dirty
-    /// set. Fast: only this needs the state.
-    pub fn prepare(
-        &self,
-        state: &mut State,
-        encoded: &HashMap<(Table, String), Option<Arc<str>>>,
-    ) -> sled::Batch {
+    /// Writes records already encoded (by [`record_json`]; `None` removes
+    /// one) and the applied index in one atomic batch. Needs no access to
+    /// the state: the saver thread does this while Raft goes on.
+    pub fn commit(&self, records: Unsaved, index: u64, unblock: u64) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
-        for (table, key) in std::mem::take(&mut state.dirty) {
-            let full = format!("{}{}", table.prefix(), key);
-            let value = match encoded.get(&(table, key)) {
-                Some(v) => v.as_deref().map(|s| s.as_bytes().to_vec()),
-                None => record(state, table, full.split_at(table.prefix().len()).1),
-            };
+        let mut key = String::new();
+        for ((table, name), value) in records {
+            key.clear();
+            key.push_str(table.prefix());
+            key.push_str(&name);
             match value {
-                Some(v) => batch.insert(full.as_bytes(), v),
-                None => batch.remove(full.as_bytes()),
+                Some(v) => batch.insert(key.as_bytes(), v.as_bytes()),
+                None => batch.remove(key.as_bytes()),
             }
         }
-        batch.insert(KEY_APPLIED, &state.index.to_be_bytes());
-        batch.insert(KEY_UNBLOCK, &state.last_unblock_index.to_be_bytes());
-        batch
+        batch.insert(KEY_APPLIED, &index.to_be_bytes());
+        batch.insert(KEY_UNBLOCK, &unblock.to_be_bytes());
+        self.tree.apply_batch(batch)?;
+        Ok(())
     }
 
     /// Replaces everything with `state` (a snapshot from the leader), in one
@@ -220,7 +207,7 @@ impl StateDb {
             );
             for d in list {
                 batch.insert(
-                    format!("{}{job}/{}", Table::Deployment.prefix(), d.id).as_bytes(),
+                    format!("{}{job}/{}", Table::Deployment.prefix(), d.slot).as_bytes(),
                     encode(d),
                 );
             }
@@ -232,7 +219,7 @@ impl StateDb {
             );
             for v in &h.versions {
                 batch.insert(
-                    format!("{}{job}/{}", Table::History.prefix(), v.version).as_bytes(),
+                    format!("{}{job}/{}", Table::History.prefix(), v.slot).as_bytes(),
                     encode(v),
                 );
             }
@@ -281,7 +268,7 @@ pub fn open_db(config: sled::Config) -> Result<sled::Db, StoreError> {
 }
 
 /// [`record`] as shared text (records are JSON), for watchers and
-/// [`StateDb::save_encoded`].
+/// [`StateDb::commit`].
 pub fn record_json(state: &State, table: Table, key: &str) -> Option<Arc<str>> {
     record(state, table, key)
         .map(|bytes| Arc::from(String::from_utf8(bytes).expect("records are JSON text")))
@@ -300,21 +287,30 @@ pub fn record(state: &State, table: Table, key: &str) -> Option<Vec<u8>> {
             .and_then(|id| state.servers.get(&id))
             .map(encode),
         Table::Deployment => match key.split_once('/') {
-            Some((job, id)) => state
-                .deployments
-                .get(job)?
-                .iter()
-                .find(|d| d.id == id)
-                .map(encode),
+            Some((job, slot)) => {
+                let slot: u32 = slot.parse().ok()?;
+                state
+                    .deployments
+                    .get(job)?
+                    .iter()
+                    .find(|d| d.slot == slot)
+                    .map(encode)
+            }
             None => state
                 .deployments
                 .get(key)
                 .map(|l| encode(&DeploymentIndex::of(l))),
         },
         Table::History => match key.rsplit_once('/') {
-            Some((job, version)) => {
-                let version: u64 = version.parse().ok()?;
-                state.histories.get(job)?.get(version).map(encode)
+            Some((job, slot)) => {
+                let slot: u32 = slot.parse().ok()?;
+                state
+                    .histories
+                    .get(job)?
+                    .versions
+                    .iter()
+                    .find(|v| v.slot == slot)
+                    .map(encode)
             }
             None => state
                 .histories
@@ -326,7 +322,8 @@ pub fn record(state: &State, table: Table, key: &str) -> Option<Vec<u8>> {
 
 /// A job's rollouts are stored as this small record (`deployment/JOB`,
 /// their ids oldest first) and one record per rollout
-/// (`deployment/JOB/ID`), so a change writes that rollout alone.
+/// (`deployment/JOB/SLOT`), so a change writes that rollout alone, and a
+/// new rollout overwrites the record of the one it pushed out.
 #[derive(Debug, Serialize, Deserialize)]
 struct DeploymentIndex {
     order: Vec<String>,
@@ -341,8 +338,8 @@ impl DeploymentIndex {
 }
 
 /// A job's history is stored as this small record (`history/JOB`) and one
-/// record per version (`history/JOB/VERSION`), so adding a version writes
-/// one spec, not every kept one.
+/// record per version (`history/JOB/SLOT`), so adding a version writes one
+/// spec, not every kept one, over the record of the version it pushed out.
 #[derive(Debug, Serialize, Deserialize)]
 struct HistoryIndex {
     /// Version numbers, oldest first (the order `JobHistory` keeps).
@@ -400,7 +397,7 @@ mod tests {
             let db = StateDb::open(open_db(sled::Config::new().path(dir.path())).unwrap()).unwrap();
             db.save(&mut state).unwrap();
             db.flush().unwrap();
-            assert!(state.dirty.is_empty());
+            assert!(state.changes.is_empty());
         }
         let db = StateDb::open(open_db(sled::Config::new().path(dir.path())).unwrap()).unwrap();
         let loaded = db.load().unwrap();
@@ -431,7 +428,7 @@ mod tests {
         for (i, image) in ["a", "b", "c", "d", "c"].into_iter().enumerate() {
             state.apply(i as u64 + 1, &Command::UpsertJob { spec: spec(image) });
             let written: Vec<(Table, String)> = state
-                .dirty
+                .changes
                 .iter()
                 .filter(|(t, _)| *t == Table::History)
                 .cloned()
@@ -448,6 +445,11 @@ mod tests {
         let loaded = db.load().unwrap();
         assert_eq!(loaded.histories, state.histories);
         assert_eq!(loaded, state);
+        assert_eq!(
+            db.tree.scan_prefix(Table::History.prefix()).count(),
+            3 + 1,
+            "a new version takes over the record of the one it pushed out"
+        );
         // Deleting the job removes every record of its history.
         state.apply(6, &Command::DeleteJob { name: "web".into() });
         db.save(&mut state).unwrap();

@@ -319,6 +319,39 @@ async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
 }
 
 #[tokio::test]
+async fn the_log_is_trimmed_up_to_the_saved_state_without_taking_a_snapshot() {
+    let mut c = Cluster::new(&[1], 20);
+    let store = c.store(1);
+    for i in 0..200 {
+        store.propose(&job(&format!("j{i}"), 1)).await.unwrap();
+    }
+    // Saves run behind Raft; a compaction trims up to the last one.
+    let mut trimmed = false;
+    for _ in 0..250 {
+        if store.status().first_index > 100 {
+            trimmed = true;
+            break;
+        }
+        store.propose(&job("tick", 1)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let st = store.status();
+    assert!(trimmed, "the log was never trimmed: {st:?}");
+    assert_eq!(
+        st.snapshot_index, 1,
+        "no snapshot is taken while no peer needs one: {st:?}"
+    );
+    let before = store.state().clone();
+    c.stop(1).await;
+    c.start(1, Bootstrap::Voters(vec![1]), 20);
+    let back = c.store(1);
+    assert_eq!(back.state().jobs, before.jobs);
+    assert_eq!(back.state().index, before.index);
+    back.propose(&job("after", 1)).await.unwrap();
+    c.shutdown().await;
+}
+
+#[tokio::test]
 async fn servers_join_as_learners_get_promoted_and_can_be_removed() {
     let mut c = Cluster::new(&[1, 2, 3], 10);
     let leader = c.leader().await;

@@ -2,6 +2,7 @@
 //! history, deployment records and the commands that move them. Every
 //! time here arrived in a command as data.
 
+use skiff_model::deployment::free_slot;
 use skiff_model::job::MAX_REPLICAS;
 use skiff_model::workload::rollout_counts;
 use skiff_model::{Deployment, DeploymentStatus, EvalTrigger, Job, JobVersion};
@@ -16,28 +17,47 @@ impl State {
     pub(super) fn record_version(&mut self, index: u64, job: &Job, note: &str) {
         let name = job.spec.name.clone();
         let hist = self.histories.entry(name.clone()).or_default();
-        let before: Vec<u64> = hist.versions.iter().map(|v| v.version).collect();
-        match hist.versions.iter().position(|v| v.version == job.version) {
+        let before: Vec<(u64, u32)> = hist.versions.iter().map(|v| (v.version, v.slot)).collect();
+        let added = match hist.versions.iter().position(|v| v.version == job.version) {
             Some(i) => {
                 let mut v = hist.versions.remove(i);
                 v.spec = job.spec.clone();
                 hist.versions.push(v);
+                false
             }
-            None => hist.versions.push(JobVersion {
-                version: job.version,
-                spec: job.spec.clone(),
-                create_index: index,
-                stable: false,
-                note: note.to_string(),
-            }),
-        }
+            None => {
+                hist.versions.push(JobVersion {
+                    version: job.version,
+                    spec: job.spec.clone(),
+                    create_index: index,
+                    stable: false,
+                    note: note.to_string(),
+                    slot: 0,
+                });
+                true
+            }
+        };
         hist.next_version = hist.next_version.max(job.version + 1);
         hist.trim(job.spec.versions_kept, job.version);
-        let trimmed: Vec<u64> = before
+        if added {
+            // After the trim: the new version takes over a dropped one's slot.
+            let slot = free_slot(
+                hist.versions
+                    .iter()
+                    .filter(|v| v.version != job.version)
+                    .map(|v| v.slot),
+            );
+            if let Some(v) = hist.get_mut(job.version) {
+                v.slot = slot;
+            }
+        }
+        let freed: Vec<u32> = before
             .into_iter()
-            .filter(|v| hist.get(*v).is_none())
+            .filter(|(v, _)| hist.get(*v).is_none())
+            .map(|(_, slot)| slot)
             .collect();
-        self.touch_history(&name, trimmed.into_iter().chain([job.version]));
+        let slot = hist.get(job.version).map_or(0, |v| v.slot);
+        self.touch_history(&name, freed.into_iter().chain([slot]));
     }
 
     /// Starts a rollout of `job`'s version (services that are not gangs;
@@ -101,7 +121,8 @@ impl State {
                 .and_then(|h| h.get_mut(job.version))
             {
                 v.stable = true;
-                self.touch_history(&name, [job.version]);
+                let slot = v.slot;
+                self.touch_history(&name, [slot]);
             }
         }
         let list = self.deployments.entry(name.clone()).or_default();
@@ -128,10 +149,16 @@ impl State {
             ended_ms: if nothing { at_ms } else { 0 },
             create_index: index,
             modify_index: index,
+            slot: 0,
         });
-        let trimmed = (list.len() > DEPLOYMENTS_KEPT).then(|| list.remove(0).id);
-        if let Some(id) = trimmed {
-            self.touch(Table::Deployment, &format!("{name}/{id}"));
+        let trimmed = (list.len() > DEPLOYMENTS_KEPT).then(|| list.remove(0).slot);
+        // The new rollout takes over the dropped one's slot (its record).
+        let slot = free_slot(list[..list.len() - 1].iter().map(|d| d.slot));
+        if let Some(d) = list.last_mut() {
+            d.slot = slot;
+        }
+        if let Some(freed) = trimmed.filter(|s| *s != slot) {
+            self.touch(Table::Deployment, &format!("{name}/{freed}"));
         }
         self.touch_deployment(&name);
     }
@@ -435,7 +462,8 @@ impl State {
                     .and_then(|h| h.get_mut(d.version))
                 {
                     v.stable = true;
-                    self.touch_history(&u.job, [d.version]);
+                    let slot = v.slot;
+                    self.touch_history(&u.job, [slot]);
                 }
             }
         }

@@ -118,7 +118,7 @@ fn upserting_a_job_creates_version_one_and_an_evaluation() {
     assert_eq!(job.version, 1);
     assert_eq!(job.create_index, 1);
     assert_eq!(h.state.evals.len(), 1);
-    assert!(h.state.dirty.contains(&(Table::Job, "web".into())));
+    assert!(h.state.changes.contains(&(Table::Job, "web".into())));
 }
 
 #[test]
@@ -127,12 +127,12 @@ fn reapplying_the_same_spec_changes_nothing() {
     h.apply(Command::UpsertJob {
         spec: spec("web", 2, "64Mi"),
     });
-    h.state.dirty.clear();
+    h.state.changes.clear();
     let out = h.apply(Command::UpsertJob {
         spec: spec("web", 2, "64Mi"),
     });
     assert!(matches!(out, Outcome::JobUpserted { changed: false, .. }));
-    assert!(h.state.dirty.is_empty());
+    assert!(h.state.changes.is_empty());
 }
 
 #[test]
@@ -466,12 +466,12 @@ fn recreating_a_deleted_job_drops_the_old_finished_allocations() {
     });
     h.apply(Command::DeleteJob { name: "web".into() });
     assert_eq!(h.state.allocs.len(), 1, "kept while the job is gone");
-    h.state.dirty.clear();
+    h.state.changes.clear();
     h.apply(Command::UpsertJob {
         spec: spec("web", 1, "64Mi"),
     });
     assert!(h.state.allocs.is_empty());
-    assert!(h.state.dirty.contains(&(Table::Alloc, "web-0-n1".into())));
+    assert!(h.state.changes.contains(&(Table::Alloc, "web-0-n1".into())));
 }
 
 /// A plan for `job` placing `(replica, node, gpus)` and evicting `evict`.
