@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::job::JobSpec;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeploymentStatus {
     /// Moving allocations to the new version.
@@ -59,7 +59,7 @@ impl DeploymentStatus {
 }
 
 /// One rollout of one version of a service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Deployment {
     /// `JOB-INDEX`: unique over the cluster's life.
     pub id: String,
@@ -108,11 +108,13 @@ impl Deployment {
 }
 
 /// One version of a job, as kept for `rollout history` and `rollout undo`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobVersion {
     pub version: u64,
     /// The spec as applied (its `replicas` is not restored by an undo).
-    pub spec: JobSpec,
+    /// Boxed: the history's list stays small, so dropping the oldest
+    /// version moves a few words per version, not whole specs.
+    pub spec: Box<JobSpec>,
     /// Raft index at which this version was first created.
     pub create_index: u64,
     /// A rollout of this version succeeded: a rollback may return here.
@@ -126,7 +128,26 @@ pub struct JobVersion {
     /// over the record of the one it pushed out.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub slot: u32,
+    /// [`JobSpec::version_fingerprint`] of `spec`, 0 when not known (then
+    /// [`JobHistory::same_as`] compares the spec itself). Kept in memory
+    /// only: it spares comparing a new spec with every kept one.
+    #[serde(skip)]
+    pub fingerprint: u64,
 }
+
+/// Equal when everything but the (derived) fingerprint is.
+impl PartialEq for JobVersion {
+    fn eq(&self, other: &Self) -> bool {
+        self.version == other.version
+            && self.spec == other.spec
+            && self.create_index == other.create_index
+            && self.stable == other.stable
+            && self.note == other.note
+            && self.slot == other.slot
+    }
+}
+
+impl Eq for JobVersion {}
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
@@ -134,10 +155,20 @@ fn is_zero(n: &u32) -> bool {
 
 /// The lowest slot none of `taken` holds.
 pub fn free_slot(taken: impl IntoIterator<Item = u32>) -> u32 {
-    let mut taken: Vec<u32> = taken.into_iter().collect();
-    taken.sort_unstable();
-    let mut free = 0;
+    // Slots are few (one per kept version): a bit set covers the usual case.
+    let (mut low, mut high) = (0u64, Vec::new());
     for t in taken {
+        match t {
+            0..64 => low |= 1 << t,
+            _ => high.push(t),
+        }
+    }
+    if low != u64::MAX {
+        return low.trailing_ones();
+    }
+    high.sort_unstable();
+    let mut free = 64;
+    for t in high {
         if t == free {
             free += 1;
         } else if t > free {
@@ -167,11 +198,20 @@ impl JobHistory {
     /// A kept version whose task and hard placement rules are those of
     /// `spec`: applying `spec` returns the job to it.
     pub fn same_as(&self, spec: &JobSpec) -> Option<u64> {
+        let fingerprint = spec.version_fingerprint();
         self.versions
             .iter()
             .rev()
+            .filter(|v| v.fingerprint == 0 || v.fingerprint == fingerprint)
             .find(|v| v.spec.same_version(spec))
             .map(|v| v.version)
+    }
+
+    /// Fills in each version's fingerprint (after loading).
+    pub fn fill_fingerprints(&mut self) {
+        for v in &mut self.versions {
+            v.fingerprint = v.spec.version_fingerprint();
+        }
     }
 
     /// The newest version that rolled out successfully, other than `not`.
@@ -199,5 +239,20 @@ impl JobHistory {
                 None => break,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::free_slot;
+
+    #[test]
+    fn the_free_slot_is_the_lowest_one_nobody_holds() {
+        assert_eq!(free_slot([]), 0);
+        assert_eq!(free_slot([0, 1, 2]), 3);
+        assert_eq!(free_slot([3, 0, 1]), 2);
+        assert_eq!(free_slot([1, 2]), 0);
+        assert_eq!(free_slot(0..64), 64);
+        assert_eq!(free_slot((0..64).chain([65, 64, 67])), 66);
     }
 }

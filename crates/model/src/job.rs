@@ -52,7 +52,7 @@ fn is_default_versions_kept(n: &u32) -> bool {
 
 /// A job as the operator wrote it, after validation. Its serialized form is
 /// valid input again, so `skiff get job -o yaml` output can be re-applied.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// DNS-1123 label, unique in the cluster.
@@ -113,7 +113,7 @@ pub struct JobSpec {
 }
 
 /// The one task a job runs, `replicas` times.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
     pub image: ImageRef,
@@ -367,7 +367,7 @@ pub(crate) fn format_memory_exact(bytes: u64) -> String {
 }
 
 /// Which network namespace a container gets.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
     /// Share the host's network namespace (Nomad's exec driver default).
@@ -527,6 +527,24 @@ impl JobSpec {
         }
     }
 
+    /// A hash of what [`JobSpec::same_version`] compares: specs of the same
+    /// version have the same fingerprint (never 0). Stable within a build.
+    pub fn version_fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.task.hash(&mut h);
+        self.constraints.hash(&mut h);
+        self.spread.hash(&mut h);
+        self.distinct_hosts.hash(&mut h);
+        self.job_type.hash(&mut h);
+        self.gang.hash(&mut h);
+        if self.gang {
+            self.replicas.hash(&mut h);
+            self.master_port.hash(&mut h);
+        }
+        h.finish().max(1)
+    }
+
     /// True when `other` can keep running the allocations of `self`: the task
     /// and the hard placement rules are the same. A change of `replicas`,
     /// `priority`, `gang`, `affinities`, `update` or the batch fields alone
@@ -546,7 +564,7 @@ impl JobSpec {
 }
 
 /// A job as stored by the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Job {
     pub spec: JobSpec,
     /// Starts at 1; grows by one each time an apply changes the spec.

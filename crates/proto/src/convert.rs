@@ -990,7 +990,7 @@ impl From<&m::JobVersion> for pb::JobVersion {
     fn from(v: &m::JobVersion) -> Self {
         pb::JobVersion {
             version: v.version,
-            spec: Some((&v.spec).into()),
+            spec: Some(v.spec.as_ref().into()),
             create_index: v.create_index,
             stable: v.stable,
             note: v.note.clone(),
@@ -1003,11 +1003,12 @@ impl TryFrom<pb::JobVersion> for m::JobVersion {
     fn try_from(v: pb::JobVersion) -> Result<Self, WireError> {
         Ok(m::JobVersion {
             version: v.version,
-            spec: required(v.spec, "spec")?.try_into()?,
+            spec: Box::new(required(v.spec, "spec")?.try_into()?),
             create_index: v.create_index,
             stable: v.stable,
             note: v.note,
             slot: 0,
+            fingerprint: 0,
         })
     }
 }

@@ -128,7 +128,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         let outcome = self.ctx.propose(&Command::UpsertJob { spec }).await?;
         match outcome {
             Outcome::JobUpserted { job, changed } => {
-                tracing::info!(job = %name, version = job.version, changed, "job applied");
+                tracing::debug!(job = %name, version = job.version, changed, "job applied");
                 Ok(Response::new(pb::ApplyJobResponse {
                     job: Some(job.as_ref().into()),
                     changed,

@@ -21,6 +21,15 @@ mod rollout;
 /// Rollouts kept per job (the current one and those before it).
 pub const DEPLOYMENTS_KEPT: usize = 10;
 
+/// The parts of a job's previous state `upsert_job` needs.
+struct OldJob {
+    version: u64,
+    create_index: u64,
+    modify_index: u64,
+    /// The new spec keeps the version (same task and placement rules).
+    same_version: bool,
+}
+
 /// How many of the latest changes `touch` looks at for a repeat.
 const TOUCH_LOOKBACK: usize = 8;
 
@@ -279,14 +288,24 @@ impl State {
 
     fn upsert_job(&mut self, index: u64, spec: &JobSpec) -> Outcome {
         let name = spec.name.clone();
-        let job = match self.jobs.get(&name).cloned() {
+        // What is needed of the job as it was, without copying its spec.
+        let old = match self.jobs.get(&name) {
             Some(old) if old.spec == *spec => {
                 return Outcome::JobUpserted {
-                    job: Box::new(old),
+                    job: Box::new(old.clone()),
                     changed: false,
                 }
             }
-            Some(old) if old.spec.same_version(spec) => {
+            Some(old) => Some(OldJob {
+                version: old.version,
+                create_index: old.create_index,
+                modify_index: old.modify_index,
+                same_version: old.spec.same_version(spec),
+            }),
+            None => None,
+        };
+        let job = match old {
+            Some(old) if old.same_version => {
                 // Replicas, priority or the update policy changed: same
                 // version, and its kept spec follows.
                 let job = Job {
@@ -301,17 +320,27 @@ impl State {
             Some(old) => {
                 // A new task or placement rules: a version of the history
                 // with the same ones comes back, or a new number is taken.
+                // The version being replaced is kept in the history (it
+                // is missing only from histories older than versions).
+                let missing = self
+                    .histories
+                    .get(&name)
+                    .is_none_or(|h| h.get(old.version).is_none());
+                let old_spec = missing
+                    .then(|| self.jobs.get(&name).map(|j| j.spec.clone()))
+                    .flatten();
                 let hist = self.histories.entry(name.clone()).or_default();
                 let mut kept_old = None;
-                if hist.get(old.version).is_none() {
+                if let Some(old_spec) = old_spec {
                     let slot = free_slot(hist.versions.iter().map(|v| v.slot));
                     hist.versions.push(JobVersion {
                         version: old.version,
-                        spec: old.spec.clone(),
+                        spec: Box::new(old_spec),
                         create_index: old.modify_index,
                         stable: false,
                         note: String::new(),
                         slot,
+                        fingerprint: 0,
                     });
                     kept_old = Some(slot);
                 }
@@ -1122,6 +1151,9 @@ impl State {
     /// Rebuilds the derived lookup tables after the records were loaded
     /// from disk or a snapshot.
     pub fn rebuild_indexes(&mut self) {
+        for h in self.histories.values_mut() {
+            h.fill_fingerprints();
+        }
         self.evals_by_job.clear();
         for e in self.evals.values() {
             self.evals_by_job

@@ -21,18 +21,20 @@ impl State {
         let added = match hist.versions.iter().position(|v| v.version == job.version) {
             Some(i) => {
                 let mut v = hist.versions.remove(i);
-                v.spec = job.spec.clone();
+                v.spec = Box::new(job.spec.clone());
+                v.fingerprint = v.spec.version_fingerprint();
                 hist.versions.push(v);
                 false
             }
             None => {
                 hist.versions.push(JobVersion {
                     version: job.version,
-                    spec: job.spec.clone(),
+                    spec: Box::new(job.spec.clone()),
                     create_index: index,
                     stable: false,
                     note: note.to_string(),
                     slot: 0,
+                    fingerprint: job.spec.version_fingerprint(),
                 });
                 true
             }
@@ -338,7 +340,7 @@ impl State {
             return;
         };
         let from = job.version;
-        let mut spec = entry.spec;
+        let mut spec = *entry.spec;
         // A service keeps its current size; a gang's size is part of its
         // version.
         if !spec.gang {
