@@ -107,6 +107,11 @@ enum Cmd {
     Scale(rollout::ScaleArgs),
 }
 
+/// mimalloc for `skiff server` and `skiff dev`, the system allocator for
+/// the rest (the shim and the agent stay small): see the skiff-alloc crate.
+#[global_allocator]
+static ALLOCATOR: skiff_alloc::BySubcommand = skiff_alloc::BySubcommand;
+
 fn main() -> ExitCode {
     // `skiff shim ...`, the per-container monitor the agent starts, is
     // handled before anything else: it forks, so it must run before any
