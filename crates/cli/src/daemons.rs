@@ -82,7 +82,7 @@ pub struct ServerArgs {
     #[arg(long, value_name = "HOST:PORT")]
     advertise_peer: Option<String>,
     /// Snapshot the state and compact the Raft log every N entries (0: never).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 20_000)]
     snapshot_entries: u64,
     #[command(flatten)]
     liveness: LivenessOpts,

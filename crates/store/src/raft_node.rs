@@ -313,6 +313,7 @@ impl Store {
             applied_tx,
             status_tx,
             pending: HashMap::new(),
+            proposals: Vec::new(),
             pending_conf: HashMap::new(),
             pending_reads: HashMap::new(),
             next_id: rand::random::<u64>(),
@@ -577,6 +578,8 @@ struct Driver {
     applied_tx: watch::Sender<u64>,
     status_tx: watch::Sender<RaftStatus>,
     pending: HashMap<u64, Reply<Outcome>>,
+    /// Proposals taken since the last `flush_proposals`.
+    proposals: Vec<(u64, Vec<u8>, Reply<Outcome>)>,
     pending_conf: HashMap<u64, Reply<()>>,
     pending_reads: HashMap<u64, (Instant, Reply<u64>)>,
     next_id: u64,
@@ -647,6 +650,9 @@ impl Driver {
     }
 
     fn fail_pending(&mut self, err: impl Fn() -> StoreError) {
+        for (_, _, reply) in self.proposals.drain(..) {
+            let _ = reply.send(Err(err()));
+        }
         for (_, reply) in self.pending.drain() {
             let _ = reply.send(Err(err()));
         }
@@ -685,6 +691,7 @@ impl Driver {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Ok(None),
             }
+            self.flush_proposals();
             let now = Instant::now();
             if now >= next_tick {
                 self.raw.tick();
@@ -711,6 +718,44 @@ impl Driver {
         id
     }
 
+    /// Hands the gathered proposals to Raft as one MsgPropose: on a follower
+    /// that is one message to the leader for the lot (as `RawNode::propose`
+    /// does for one entry).
+    fn flush_proposals(&mut self) {
+        if self.proposals.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.proposals);
+        let mut entries = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for (id, data, reply) in batch {
+            entries.push(Entry {
+                data: data.into(),
+                context: proposal_context(self.id, id).into(),
+                ..Default::default()
+            });
+            replies.push((id, reply));
+        }
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgPropose);
+        m.from = self.id;
+        m.set_entries(entries.into());
+        match self.raw.raft.step(m) {
+            Ok(()) => {
+                for (id, reply) in replies {
+                    self.pending.insert(id, reply);
+                }
+            }
+            Err(e) => {
+                let mut first = Some(e);
+                for (_, reply) in replies {
+                    let e = first.take().unwrap_or(raft::Error::ProposalDropped);
+                    let _ = reply.send(Err(e.into()));
+                }
+            }
+        }
+    }
+
     /// Feeds one request to Raft; returns the shutdown waiter if asked to stop.
     fn handle(&mut self, req: Request) -> Option<mpsc::Sender<()>> {
         match req {
@@ -723,15 +768,10 @@ impl Driver {
                     let _ = reply.send(Err(self.not_leader()));
                     return None;
                 }
+                // Proposals are gathered and handed to Raft together (see
+                // `flush_proposals`): one message to the leader, not one each.
                 let id = self.next_id();
-                match self.raw.propose(proposal_context(self.id, id), data) {
-                    Ok(()) => {
-                        self.pending.insert(id, reply);
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e.into()));
-                    }
-                }
+                self.proposals.push((id, data, reply));
             }
             Request::ConfChange {
                 changes,

@@ -270,22 +270,40 @@ pub fn open_db(config: sled::Config) -> Result<sled::Db, StoreError> {
 /// [`record`] as shared text (records are JSON), for watchers and
 /// [`StateDb::commit`].
 pub fn record_json(state: &State, table: Table, key: &str) -> Option<Arc<str>> {
-    record(state, table, key)
-        .map(|bytes| Arc::from(String::from_utf8(bytes).expect("records are JSON text")))
+    // Encoded into one reused buffer (no growing a new one per record),
+    // then copied once into the shared text.
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUF.with_borrow_mut(|buf| {
+        buf.clear();
+        write_record(state, table, key, buf)?;
+        Some(Arc::from(
+            std::str::from_utf8(buf).expect("records are JSON text"),
+        ))
+    })
 }
 
 /// The stored form of one record, `None` when it no longer exists.
 pub fn record(state: &State, table: Table, key: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    write_record(state, table, key, &mut out)?;
+    Some(out)
+}
+
+/// Appends the stored form of one record to `out`; `None` (and nothing
+/// written) when it no longer exists.
+fn write_record(state: &State, table: Table, key: &str, out: &mut Vec<u8>) -> Option<()> {
     match table {
-        Table::Job => state.jobs.get(key).map(encode),
-        Table::Node => state.nodes.get(key).map(encode),
-        Table::Alloc => state.allocs.get(key).map(encode),
-        Table::Eval => state.evals.get(key).map(encode),
+        Table::Job => state.jobs.get(key).map(|v| write(out, v)),
+        Table::Node => state.nodes.get(key).map(|v| write(out, v)),
+        Table::Alloc => state.allocs.get(key).map(|v| write(out, v)),
+        Table::Eval => state.evals.get(key).map(|v| write(out, v)),
         Table::Server => key
             .parse::<u64>()
             .ok()
             .and_then(|id| state.servers.get(&id))
-            .map(encode),
+            .map(|v| write(out, v)),
         Table::Deployment => match key.split_once('/') {
             Some((job, slot)) => {
                 let slot: u32 = slot.parse().ok()?;
@@ -294,12 +312,12 @@ pub fn record(state: &State, table: Table, key: &str) -> Option<Vec<u8>> {
                     .get(job)?
                     .iter()
                     .find(|d| d.slot == slot)
-                    .map(encode)
+                    .map(|v| write(out, v))
             }
             None => state
                 .deployments
                 .get(key)
-                .map(|l| encode(&DeploymentIndex::of(l))),
+                .map(|l| write(out, &DeploymentIndex::of(l))),
         },
         Table::History => match key.rsplit_once('/') {
             Some((job, slot)) => {
@@ -310,14 +328,18 @@ pub fn record(state: &State, table: Table, key: &str) -> Option<Vec<u8>> {
                     .versions
                     .iter()
                     .find(|v| v.slot == slot)
-                    .map(encode)
+                    .map(|v| write(out, v))
             }
             None => state
                 .histories
                 .get(key)
-                .map(|h| encode(&HistoryIndex::of(h))),
+                .map(|h| write(out, &HistoryIndex::of(h))),
         },
     }
+}
+
+fn write<T: Serialize>(out: &mut Vec<u8>, v: &T) {
+    serde_json::to_writer(out, v).expect("state records serialize");
 }
 
 /// A job's rollouts are stored as this small record (`deployment/JOB`,
