@@ -81,7 +81,9 @@ pub struct ServerArgs {
     /// Peer address other servers should use, when --peer-addr binds a wildcard.
     #[arg(long, value_name = "HOST:PORT")]
     advertise_peer: Option<String>,
-    /// Snapshot the state and compact the Raft log every N entries (0: never).
+    /// Compact the Raft log every N entries, keeping the newest half and
+    /// nothing past the last state save (0: never; snapshots are then made
+    /// only for servers that need one).
     #[arg(long, default_value_t = 20_000)]
     snapshot_entries: u64,
     #[command(flatten)]
