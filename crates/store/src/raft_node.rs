@@ -324,6 +324,7 @@ impl Store {
             last_save: Instant::now(),
             saved_index: resumable_from,
             compacted_at: resumable_from,
+            status_published: Instant::now(),
             saver: spawn_saver(statedb_for_saver)?,
             save_in_flight: None,
         };
@@ -598,6 +599,8 @@ struct Driver {
     saved_index: u64,
     /// The applied index at the last compaction.
     compacted_at: u64,
+    /// When the status was last published.
+    status_published: Instant,
 }
 
 /// How often the state machine's changed records are written to sled. The
@@ -611,6 +614,9 @@ struct Driver {
 const SAVE_EVERY: Duration = Duration::from_secs(10);
 /// ...or once this many records are waiting (bounds the memory they hold).
 const SAVE_RECORDS: usize = 50_000;
+
+/// How often a status that differs only in its indexes is published.
+const STATUS_EVERY: Duration = Duration::from_millis(20);
 
 /// Most requests folded into one Ready (one fsync).
 const MAX_BATCH: usize = 1024;
@@ -703,6 +709,9 @@ impl Driver {
                 if !self.unsaved.is_empty() && self.last_save.elapsed() >= SAVE_EVERY {
                     self.save_state_behind()?;
                 }
+                // Indexes held back by the throttle appear by the next tick
+                // even when nothing else happens (a lone server, idle).
+                self.publish_status();
             }
             self.on_ready()?;
             if self.removed {
@@ -956,7 +965,7 @@ impl Driver {
         }
     }
 
-    fn publish_status(&self) {
+    fn publish_status(&mut self) {
         let raft = &self.raw.raft;
         let role = match raft.state {
             StateRole::Leader => Role::Leader,
@@ -964,6 +973,25 @@ impl Driver {
             StateRole::Follower => Role::Follower,
         };
         let store = self.raw.store();
+        {
+            // Under load every Ready moves the indexes; those alone are
+            // published at most every STATUS_EVERY (anything else at once),
+            // which spares building the status and waking its watchers
+            // hundreds of times a second.
+            let s = self.status_tx.borrow();
+            let same_shape = s.leader_id == raft.leader_id
+                && s.term == raft.term
+                && s.role == role
+                && s.removed == self.removed
+                && s.first_index == store.first_index()
+                && s.snapshot_index == store.snapshot_index()
+                && s.voters == store.conf_state().voters
+                && s.learners == store.conf_state().learners;
+            if same_shape && self.status_published.elapsed() < STATUS_EVERY {
+                return;
+            }
+        }
+        self.status_published = Instant::now();
         let progress = if role == Role::Leader {
             let mut p: Vec<(u64, u64)> = raft
                 .prs()
