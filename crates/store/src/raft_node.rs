@@ -193,6 +193,11 @@ enum Request {
 struct Shared {
     state: RwLock<State>,
     events: RwLock<EventLog>,
+    /// The commit and last log index as of the latest Ready: `status()`
+    /// reads them here, always current, while the published status may
+    /// hold them back a few milliseconds (see `STATUS_EVERY`).
+    commit: std::sync::atomic::AtomicU64,
+    last_index: std::sync::atomic::AtomicU64,
 }
 
 /// A cheap, clonable handle on the replicated store.
@@ -301,6 +306,8 @@ impl Store {
                 events: VecDeque::new(),
                 resumable_from,
             }),
+            commit: Default::default(),
+            last_index: Default::default(),
         });
         let statedb_for_saver = statedb.clone();
         let driver = Driver {
@@ -488,7 +495,17 @@ impl Store {
     }
 
     pub fn status(&self) -> RaftStatus {
-        self.status.borrow().clone()
+        use std::sync::atomic::Ordering;
+        let mut s = self.status.borrow().clone();
+        if s.fatal.is_none() {
+            s.commit = s.commit.max(self.shared.commit.load(Ordering::Acquire));
+            let last = self.shared.last_index.load(Ordering::Acquire);
+            if last > 0 {
+                s.last_index = last;
+            }
+            s.applied = s.applied.max(*self.applied.borrow());
+        }
+        s
     }
 
     /// Fires on every change of the Raft status (leader, term, commit).
@@ -978,6 +995,13 @@ impl Driver {
             // published at most every STATUS_EVERY (anything else at once),
             // which spares building the status and waking its watchers
             // hundreds of times a second.
+            use std::sync::atomic::Ordering;
+            self.shared
+                .commit
+                .store(raft.raft_log.committed, Ordering::Release);
+            self.shared
+                .last_index
+                .store(store.last_index(), Ordering::Release);
             let s = self.status_tx.borrow();
             let same_shape = s.leader_id == raft.leader_id
                 && s.term == raft.term
