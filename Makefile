@@ -9,8 +9,8 @@ DEV_API   ?= 127.0.0.1:7700
 export SKIFF_SERVER ?= http://$(DEV_API)
 
 # Debian packages the build, the agent and the tests need.
-APT_PACKAGES := runc busybox-static protobuf-compiler umoci skopeo iproute2
-APT_COMMANDS := runc busybox protoc umoci skopeo ip
+APT_PACKAGES := runc busybox-static protobuf-compiler umoci skopeo iproute2 gcc
+APT_COMMANDS := runc busybox protoc umoci skopeo ip cc
 
 .PHONY: help deps build image run stop status test lint fmt clean
 
