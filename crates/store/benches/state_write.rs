@@ -7,7 +7,8 @@
 //! each write a new env value, so each write is a new version and a
 //! rollout, and each job already has a full history.
 //!
-//! `cargo bench -p skiff-bench --bench state_write`
+//! `cargo bench -p skiff-store --bench state_write` (it lives here, not in
+//! bench/, because it drives the store's internals directly).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use skiff_model::JobSpec;
