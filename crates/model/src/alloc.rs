@@ -6,7 +6,7 @@ use crate::job::{Resources, TaskSpec};
 use crate::workload::{AllocFacts, GangRank};
 
 /// What the servers want to happen to an allocation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DesiredStatus {
     #[default]
@@ -15,7 +15,7 @@ pub enum DesiredStatus {
 }
 
 /// What the agent last reported (or `lost`, decided by the servers).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AllocStatus {
     /// Placed, not yet running (image unpacking, container starting).
@@ -61,7 +61,7 @@ impl AllocStatus {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Allocation {
     /// Unique id (32 hex digits), chosen by the leader when it plans.
     pub id: String,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::job::JobSpec;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeploymentStatus {
     /// Moving allocations to the new version.
@@ -59,7 +59,7 @@ impl DeploymentStatus {
 }
 
 /// One rollout of one version of a service.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deployment {
     /// `JOB-INDEX`: unique over the cluster's life.
     pub id: String,

@@ -4,7 +4,7 @@ use std::fmt;
 
 /// One broken rule, tied to the dotted path of the field that broke it
 /// (for example `task.resources.memory`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
     /// Dotted path of the offending field, `""` for the document itself.
     pub field: String,
@@ -32,7 +32,7 @@ impl fmt::Display for FieldError {
 }
 
 /// Why a job spec was refused.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
     /// The text is not YAML/JSON at all.
     #[error("spec is not valid YAML or JSON: {0}")]

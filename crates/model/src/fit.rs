@@ -15,7 +15,7 @@ use crate::job::{Resources, TaskResources};
 use crate::node::{Node, NodeStatus};
 
 /// What the allocations holding resources on one node hold together.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Usage {
     pub amount: Resources,
     /// Positions (in [`Node::gpus`]) of the GPUs held.

@@ -18,7 +18,7 @@ pub const MAX_GPUS_PER_NODE: usize = 64;
 /// one MIG instance of a GPU in MIG mode. A GPU in MIG mode is reported
 /// too (with `mig_enabled`), so its attributes and health are visible, but
 /// only its instances are ever given to allocations.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Gpu {
     /// Stable identifier (NVML's `GPU-...`, or `MIG-...` for an instance);
     /// what allocations record.
@@ -137,7 +137,7 @@ fn is_false(b: &bool) -> bool {
 }
 
 /// The driver of a node's GPUs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuDriver {
     /// Kernel driver version (`550.54.15`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -155,7 +155,7 @@ impl GpuDriver {
 
 /// A live sample of one GPU, sent with heartbeats and kept in the servers'
 /// memory (never in the Raft log).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuMetrics {
     pub uuid: String,
     /// Percent of time a kernel ran, over the last sample period.
@@ -229,7 +229,7 @@ impl fmt::Display for LinkLevel {
 }
 
 /// The link between two GPUs of a node, named by UUID.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuLink {
     pub a: String,
     pub b: String,
@@ -339,7 +339,7 @@ impl<'de> Deserialize<'de> for GpuFilter {
 
 /// A node's GPU topology as a dense matrix of link levels, indexed by GPU
 /// position. Built once per node by whoever needs to compare GPU sets.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     n: usize,
     levels: Vec<LinkLevel>,

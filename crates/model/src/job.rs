@@ -52,7 +52,7 @@ fn is_default_versions_kept(n: &u32) -> bool {
 
 /// A job as the operator wrote it, after validation. Its serialized form is
 /// valid input again, so `skiff get job -o yaml` output can be re-applied.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// DNS-1123 label, unique in the cluster.
@@ -113,7 +113,7 @@ pub struct JobSpec {
 }
 
 /// The one task a job runs, `replicas` times.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Hash, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
     pub image: ImageRef,
@@ -367,7 +367,7 @@ pub(crate) fn format_memory_exact(bytes: u64) -> String {
 }
 
 /// Which network namespace a container gets.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Hash, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
     /// Share the host's network namespace (Nomad's exec driver default).
@@ -564,7 +564,7 @@ impl JobSpec {
 }
 
 /// A job as stored by the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
     pub spec: JobSpec,
     /// Starts at 1; grows by one each time an apply changes the spec.

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::gpu::{Gpu, GpuDriver, GpuFilter, GpuLink};
 use crate::job::Resources;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeStatus {
     /// Heartbeating and accepting work.
@@ -27,7 +27,7 @@ impl NodeStatus {
 }
 
 /// A registered node, as stored by the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
     /// Unique name (the agent's `--name`, the host name by default).
     pub name: String,

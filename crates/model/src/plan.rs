@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Put replica `replica` of the job on `node`, giving it these GPUs.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placement {
     pub replica: u32,
     pub node: String,
@@ -14,13 +14,13 @@ pub struct Placement {
 }
 
 /// Stop an allocation, for the reason given.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stop {
     pub alloc_id: String,
     pub reason: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     pub placements: Vec<Placement>,
     /// The job's own allocations to stop (old versions, surplus replicas).

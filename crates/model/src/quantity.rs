@@ -5,7 +5,7 @@
 //! arithmetic is exact and the same on every server.
 
 /// Why a quantity did not parse.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuantityError {
     #[error("{0:?} is not a quantity")]
     NotAQuantity(String),

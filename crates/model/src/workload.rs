@@ -142,7 +142,7 @@ impl<'de> Deserialize<'de> for Amount {
 }
 
 /// How a service moves to a new version (the `update:` block).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSpec {
     /// How many replicas may be unavailable during a rollout (default 25%,
@@ -275,7 +275,7 @@ impl GangFailure {
 
 /// What a replica of a gang learns about its gang, as environment
 /// variables (`SKIFF_RANK`, `RANK`, `WORLD_SIZE`, `MASTER_ADDR`, ...).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GangRank {
     /// The replica's rank, 0 to `world_size - 1`.
     pub rank: u32,
@@ -414,7 +414,7 @@ pub trait AllocFacts {
 }
 
 /// How far a batch job has come.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BatchProgress {
     /// Distinct completion slots (or gang ranks) that succeeded.
     pub succeeded: u32,
@@ -425,7 +425,7 @@ pub struct BatchProgress {
     pub state: BatchState,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum BatchState {
     #[default]
     Running,
@@ -490,7 +490,7 @@ pub fn batch_progress<'a, A: AllocFacts + 'a>(
 }
 
 /// Where a service's rollout stands, counted from its allocations.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RolloutCounts {
     /// `replicas`.
     pub desired: u32,

@@ -211,7 +211,9 @@ async fn acknowledged_writes_survive_a_restart() {
     c.start(1, Bootstrap::Voters(vec![1]), 0);
     let store = c.store(1);
     assert_eq!(store.state().jobs, before.jobs);
-    assert_eq!(store.state().index, before.index);
+    // At or just past it: back as leader of a new term, the server may
+    // already have applied that term's empty entry.
+    assert!(store.state().index >= before.index);
     store.propose(&job("after", 1)).await.unwrap();
     assert!(store.state().index > before.index);
     c.stop(1).await;
@@ -346,7 +348,10 @@ async fn the_log_is_trimmed_up_to_the_saved_state_without_taking_a_snapshot() {
     c.start(1, Bootstrap::Voters(vec![1]), 20);
     let back = c.store(1);
     assert_eq!(back.state().jobs, before.jobs);
-    assert_eq!(back.state().index, before.index);
+    assert!(
+        back.state().index >= before.index,
+        "a new term's empty entry may follow"
+    );
     back.propose(&job("after", 1)).await.unwrap();
     c.shutdown().await;
 }
