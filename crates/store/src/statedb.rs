@@ -267,8 +267,8 @@ pub fn open_db(config: sled::Config) -> Result<sled::Db, StoreError> {
     }
 }
 
-/// [`record`] as shared text (records are JSON), for watchers and
-/// [`StateDb::commit`].
+/// The stored form of one record as shared text (records are JSON), `None`
+/// when it no longer exists: for watchers and [`StateDb::commit`].
 pub fn record_json(state: &State, table: Table, key: &str) -> Option<Arc<str>> {
     // Encoded into one reused buffer (no growing a new one per record),
     // then copied once into the shared text.
@@ -282,13 +282,6 @@ pub fn record_json(state: &State, table: Table, key: &str) -> Option<Arc<str>> {
             std::str::from_utf8(buf).expect("records are JSON text"),
         ))
     })
-}
-
-/// The stored form of one record, `None` when it no longer exists.
-pub fn record(state: &State, table: Table, key: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    write_record(state, table, key, &mut out)?;
-    Some(out)
 }
 
 /// Appends the stored form of one record to `out`; `None` (and nothing
