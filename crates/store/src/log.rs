@@ -21,6 +21,12 @@
 //!
 //! Each `persist` is one `write` and one `fdatasync`: the new entries and
 //! the hard state are durable together before anything is acknowledged.
+//! The segment file is kept [`ZERO_AHEAD`] bytes of zeros longer than its
+//! records, so most writes overwrite blocks the file already has: their
+//! fdatasync then writes the data alone, without a journal commit for a new
+//! size and new blocks (about a third cheaper in time and CPU on ext4,
+//! measured). Replay stops at the first zero length where only zeros
+//! follow; a record's length is never zero.
 //! The entries after the last compaction are also kept in memory, where
 //! raft-rs reads them.
 //!
@@ -43,6 +49,10 @@ use crate::error::StoreError;
 pub const SEGMENT_BYTES: u64 = 64 << 20;
 /// Largest record accepted when reading back (a snapshot is not a record).
 const MAX_RECORD: usize = 1 << 30;
+/// How far past its last record a segment is filled with zeros ahead of
+/// time (see the module's doc).
+pub const ZERO_AHEAD: u64 = 1 << 20;
+static ZEROS: [u8; ZERO_AHEAD as usize] = [0; ZERO_AHEAD as usize];
 
 const KIND_ENTRIES: u8 = 1;
 const KIND_HARD_STATE: u8 = 2;
@@ -136,10 +146,13 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 
 pub struct RaftLog {
     dir: PathBuf,
-    /// The segment being appended to, its number and size.
+    /// The segment being appended to, its number, the end of its records
+    /// (where the next write goes) and the file's length: only zeros lie
+    /// between the two.
     file: File,
     segment: u64,
     segment_bytes: u64,
+    zeroed_to: u64,
     /// Older segments, superseded once the next checkpoint is durable.
     closed: Vec<u64>,
     /// Size past which a new segment starts.
@@ -184,6 +197,7 @@ impl RaftLog {
             file: tempfile_placeholder(dir)?,
             segment: 0,
             segment_bytes: 0,
+            zeroed_to: 0,
             closed: Vec::new(),
             segment_limit,
             hard_state: HardState::default(),
@@ -209,11 +223,13 @@ impl RaftLog {
             log.segment_bytes = 0;
         }
         let path = dir.join(segment_name(log.segment));
-        log.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| io_err(&path, e))?;
+        log.file = open_segment(&path)?;
+        log.zeroed_to = log
+            .file
+            .metadata()
+            .map_err(|e| io_err(&path, e))?
+            .len()
+            .max(log.segment_bytes);
         if count == 0 {
             sync_dir(dir)?;
         }
@@ -231,6 +247,10 @@ impl RaftLog {
         let name = path.display().to_string();
         let mut at = 0usize;
         while at < data.len() {
+            let zero_len = data[at..].iter().take(4).all(|b| *b == 0);
+            if zero_len && is_zero(&data[at..]) {
+                break; // the zero-filled room ahead of the records
+            }
             let torn = |why: &str| -> Result<u64, StoreError> {
                 if last_segment {
                     tracing::warn!(segment = %name, offset = at, why, "cutting off a torn record at the end of the log");
@@ -259,7 +279,7 @@ impl RaftLog {
             }
             let payload = &data[at + 8..at + 8 + len];
             if crc32fast::hash(payload) != crc {
-                if at + 8 + len < data.len() {
+                if !is_zero(&data[at + 8 + len..]) {
                     // Valid-looking data follows: not a torn final write
                     // but damage in the middle, which must not be cut off.
                     return Err(StoreError::corrupt(
@@ -340,13 +360,24 @@ impl RaftLog {
     }
 
     /// Appends framed records to the current segment; fdatasyncs when asked.
+    /// When the zeros ahead run short, [`ZERO_AHEAD`] more are written past
+    /// the records (made durable by the same fdatasync).
     fn write(&mut self, buf: &[u8], sync: bool) -> Result<(), StoreError> {
-        let path = self.dir.join(segment_name(self.segment));
-        self.file.write_all(buf).map_err(|e| io_err(&path, e))?;
-        if sync {
-            self.file.sync_data().map_err(|e| io_err(&path, e))?;
+        use std::os::unix::fs::FileExt;
+        let io = |e| io_err(&self.dir.join(segment_name(self.segment)), e);
+        let end = self.segment_bytes + buf.len() as u64;
+        self.file
+            .write_all_at(buf, self.segment_bytes)
+            .map_err(io)?;
+        if end + ZERO_AHEAD / 4 > self.zeroed_to {
+            let from = end.max(self.zeroed_to);
+            self.file.write_all_at(&ZEROS, from).map_err(io)?;
+            self.zeroed_to = from + ZERO_AHEAD;
         }
-        self.segment_bytes += buf.len() as u64;
+        if sync {
+            self.file.sync_data().map_err(io)?;
+        }
+        self.segment_bytes = end;
         Ok(())
     }
 
@@ -356,16 +387,17 @@ impl RaftLog {
         if self.segment_bytes < self.segment_limit {
             return Ok(());
         }
-        self.file.sync_all().map_err(|e| io_err(&self.dir, e))?;
+        // A closed segment gives back its zeros.
+        self.file
+            .set_len(self.segment_bytes)
+            .and_then(|()| self.file.sync_all())
+            .map_err(|e| io_err(&self.dir, e))?;
         self.closed.push(self.segment);
         self.segment += 1;
         let path = self.dir.join(segment_name(self.segment));
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| io_err(&path, e))?;
+        self.file = open_segment(&path)?;
         self.segment_bytes = 0;
+        self.zeroed_to = 0;
         let mut buf = Vec::new();
         frame(&mut buf, KIND_CONF_STATE, &pb_bytes(&self.conf_state)?);
         frame(&mut buf, KIND_HARD_STATE, &pb_bytes(&self.hard_state)?);
@@ -604,6 +636,23 @@ impl RaftLog {
             .get((index - self.trimmed.0 - 1) as usize)
             .ok_or(raft::Error::Store(StorageError::Unavailable))
     }
+}
+
+/// Opens a segment for writing at explicit offsets (not appending: the
+/// file runs on in zeros past its records).
+fn open_segment(path: &Path) -> Result<File, StoreError> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| io_err(path, e))
+}
+
+/// True when `data` holds only zero bytes.
+fn is_zero(data: &[u8]) -> bool {
+    data.iter().all(|b| *b == 0)
 }
 
 /// A throwaway file handle to fill the struct while the real segment is
@@ -882,6 +931,50 @@ mod tests {
         log.persist(&[entry(4, 1, b"y")], None, true).unwrap();
         drop(log);
         assert_eq!(open(dir.path()).last_index(), 4);
+    }
+
+    #[test]
+    fn zeros_ahead_of_the_records_are_room_not_records() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = open(dir.path());
+            let es: Vec<_> = (1..=3).map(|i| entry(i, 1, b"x")).collect();
+            log.persist(&es, None, true).unwrap();
+        }
+        let seg = dir.path().join(&segments(dir.path())[0]);
+        let data = std::fs::read(&seg).unwrap();
+        let end = data.iter().rposition(|b| *b != 0).unwrap() + 1;
+        assert!(
+            data.len() as u64 >= end as u64 + ZERO_AHEAD / 2,
+            "the file runs on in zeros: {} bytes, records end at {end}",
+            data.len()
+        );
+        // Reopened, the log continues right after its records.
+        {
+            let mut log = open(dir.path());
+            assert_eq!(log.last_index(), 3);
+            log.persist(&[entry(4, 1, b"y")], None, true).unwrap();
+        }
+        let log = open(dir.path());
+        assert_eq!(log.last_index(), 4);
+        let got = log
+            .entries(1, 5, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(got[3].data.as_ref(), b"y");
+        drop(log);
+        // A write torn inside the zeros (its header made it, the rest did
+        // not) is cut off like one at the end of the file.
+        let data = std::fs::read(&seg).unwrap();
+        let end = data.iter().rposition(|b| *b != 0).unwrap() + 1;
+        let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &[0, 0, 0, 40, 1, 2, 3, 4, 1, 9], end as u64)
+            .unwrap();
+        drop(f);
+        let mut log = open(dir.path());
+        assert_eq!(log.last_index(), 4);
+        log.persist(&[entry(5, 1, b"z")], None, true).unwrap();
+        drop(log);
+        assert_eq!(open(dir.path()).last_index(), 5);
     }
 
     #[test]

@@ -219,7 +219,11 @@ impl Store {
         bootstrap: Bootstrap,
         transport: Arc<dyn Transport>,
     ) -> Result<Store, StoreError> {
-        let state_db = crate::statedb::open_db(sled::Config::new().path(data_dir.join("state")))?;
+        let state_db = crate::statedb::open_db(
+            sled::Config::new()
+                .path(data_dir.join("state"))
+                .cache_capacity(32 << 20),
+        )?;
         let mut log = RaftLog::open(&data_dir.join("raft"))?;
         let statedb = StateDb::open(state_db)?;
         if !log.is_initialized() {
@@ -331,6 +335,7 @@ impl Store {
             last_save: Instant::now(),
             saved_index: resumable_from,
             compacted_at: resumable_from,
+            compacted_before: resumable_from,
             status_published: Instant::now(),
             saver: spawn_saver(statedb_for_saver)?,
             save_in_flight: None,
@@ -614,8 +619,9 @@ struct Driver {
     /// The applied index of the last save written: the log is never
     /// trimmed past it, so a restart can apply the rest again.
     saved_index: u64,
-    /// The applied index at the last compaction.
+    /// The applied index at the last compaction and at the one before.
     compacted_at: u64,
+    compacted_before: u64,
     /// When the status was last published.
     status_published: Instant,
 }
@@ -628,7 +634,7 @@ struct Driver {
 /// often (a busy job's record, its history and rollout indexes), and a
 /// version or rollout that is created and trimmed again within one
 /// interval is never written at all.
-const SAVE_EVERY: Duration = Duration::from_secs(10);
+const SAVE_EVERY: Duration = Duration::from_secs(30);
 /// ...or once this many records are waiting (bounds the memory they hold).
 const SAVE_RECORDS: usize = 50_000;
 
@@ -1259,12 +1265,16 @@ impl Driver {
         if !requested && !due {
             return Ok(());
         }
+        let before = self.compacted_before;
+        self.compacted_before = since;
         self.compacted_at = applied;
         self.poll_saved()?;
-        if self.saved_index < since && self.save_in_flight.is_none() {
-            // The log can be trimmed only up to the last save: one a
-            // compaction ago at the latest, so the log stays about two
-            // compactions long however rarely the timer saves.
+        if self.saved_index < before && self.save_in_flight.is_none() {
+            // The log can be trimmed only up to the last save: one two
+            // compactions ago at the latest, so the log stays about three
+            // compactions long however rarely the timer saves. (Each save
+            // writes every record changed since the last, once: under
+            // sustained writes to the same jobs, fewer saves is less work.)
             self.save_state_behind()?;
         }
         let trim_to = if self.snapshot_entries == 0 {
