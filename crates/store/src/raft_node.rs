@@ -1079,10 +1079,13 @@ impl Driver {
                 match e.get_entry_type() {
                     EntryType::EntryNormal if e.data.is_empty() => state.skip(e.index),
                     EntryType::EntryNormal => {
+                        let waiting = own_proposal(&e.context, self.id)
+                            .is_some_and(|id| self.pending.contains_key(&id));
                         let outcome = match command::decode(&e.data) {
                             Decoded::Command(c) => {
-                                let out = state.apply(e.index, &c);
-                                tracing::debug!(index = e.index, kind = c.kind(), "applied");
+                                let kind = c.kind();
+                                let out = state.apply_owned(e.index, *c, waiting);
+                                tracing::debug!(index = e.index, kind, "applied");
                                 out
                             }
                             Decoded::Unknown { version, reason } => {

@@ -187,6 +187,9 @@ pub enum Outcome {
     Refused(String),
     /// An entry this build does not understand; nothing changed.
     Skipped,
+    /// Applied where nobody waits for the answer (see
+    /// [`State::apply_owned`]): the outcome was not built.
+    Unanswered,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,11 +205,27 @@ pub struct PlanResult {
 
 impl State {
     /// Applies one command at raft `index`.
+    /// [`State::apply`] for a command the caller no longer needs: a job's
+    /// spec moves into the state instead of being copied, and without
+    /// `reply` (nobody waits for the outcome on this server) a registered
+    /// job's outcome is [`Outcome::Unanswered`] instead of a copy of it.
+    /// The state changes exactly as with `apply`.
+    pub fn apply_owned(&mut self, index: u64, command: Command, reply: bool) -> Outcome {
+        match command {
+            Command::UpsertJob { spec } => {
+                debug_assert!(index > self.index, "entries apply in order");
+                self.index = index;
+                self.upsert_job(index, spec, reply)
+            }
+            other => self.apply(index, &other),
+        }
+    }
+
     pub fn apply(&mut self, index: u64, command: &Command) -> Outcome {
         debug_assert!(index > self.index, "entries apply in order");
         self.index = index;
         match command {
-            Command::UpsertJob { spec } => self.upsert_job(index, spec),
+            Command::UpsertJob { spec } => self.upsert_job(index, spec.clone(), true),
             Command::DeleteJob { name } => self.delete_job(index, name),
             Command::RegisterNode { registration } => self.register_node(index, registration),
             Command::ApplyPlan { plan } => self.apply_plan(index, plan),
@@ -286,21 +305,27 @@ impl State {
         self.changes.push((table, key.to_string()));
     }
 
-    fn upsert_job(&mut self, index: u64, spec: &JobSpec) -> Outcome {
+    /// Registers or updates a job. `reply`: somebody waits for the outcome
+    /// (without, the job is not copied into one).
+    fn upsert_job(&mut self, index: u64, spec: JobSpec, reply: bool) -> Outcome {
         let name = spec.name.clone();
+        let replicas = spec.replicas;
         // What is needed of the job as it was, without copying its spec.
         let old = match self.jobs.get(&name) {
-            Some(old) if old.spec == *spec => {
+            Some(old) if old.spec == spec => {
+                if !reply {
+                    return Outcome::Unanswered;
+                }
                 return Outcome::JobUpserted {
                     job: Box::new(old.clone()),
                     changed: false,
-                }
+                };
             }
             Some(old) => Some(OldJob {
                 version: old.version,
                 create_index: old.create_index,
                 modify_index: old.modify_index,
-                same_version: old.spec.same_version(spec),
+                same_version: old.spec.same_version(&spec),
             }),
             None => None,
         };
@@ -309,7 +334,7 @@ impl State {
                 // Replicas, priority or the update policy changed: same
                 // version, and its kept spec follows.
                 let job = Job {
-                    spec: spec.clone(),
+                    spec,
                     version: old.version,
                     create_index: old.create_index,
                     modify_index: index,
@@ -346,7 +371,7 @@ impl State {
                 }
                 // A batch job never returns to an old number: that
                 // version's finished runs would count for the new ones.
-                let version = match hist.same_as(spec).filter(|_| !spec.is_batch()) {
+                let version = match hist.same_as(&spec).filter(|_| !spec.is_batch()) {
                     Some(v) => v,
                     None => {
                         let v = hist.next_version.max(old.version + 1);
@@ -355,7 +380,7 @@ impl State {
                     }
                 };
                 let job = Job {
-                    spec: spec.clone(),
+                    spec,
                     version,
                     create_index: old.create_index,
                     modify_index: index,
@@ -370,7 +395,7 @@ impl State {
             None => {
                 self.forget_finished_allocs(&name);
                 let job = Job {
-                    spec: spec.clone(),
+                    spec,
                     version: 1,
                     create_index: index,
                     modify_index: index,
@@ -387,15 +412,20 @@ impl State {
                 job
             }
         };
-        self.jobs.insert(name.clone(), job.clone());
+        let outcome = if reply {
+            Outcome::JobUpserted {
+                job: Box::new(job.clone()),
+                changed: true,
+            }
+        } else {
+            Outcome::Unanswered
+        };
+        self.jobs.insert(name.clone(), job);
         self.touch(Table::Job, &name);
-        if self.needs_scheduling(&name, spec.replicas) {
+        if self.needs_scheduling(&name, replicas) {
             self.create_eval(index, &name, EvalTrigger::JobRegister);
         }
-        Outcome::JobUpserted {
-            job: Box::new(job),
-            changed: true,
-        }
+        outcome
     }
 
     /// A job created under the name of a deleted one starts with a clean

@@ -447,6 +447,56 @@ fn apply_is_deterministic() {
 }
 
 #[test]
+fn applying_owned_commands_without_a_reply_changes_the_state_the_same_way() {
+    let script = [
+        reg("n1", 2000, 2048),
+        Command::UpsertJob {
+            spec: spec("web", 3, "64Mi"),
+        },
+        Command::UpsertJob {
+            spec: spec("web", 3, "64Mi"),
+        },
+        Command::UpsertJob {
+            spec: spec("web", 5, "64Mi"),
+        },
+        Command::UpsertJob {
+            spec: spec("web", 5, "128Mi"),
+        },
+        Command::UpsertJob {
+            spec: spec("web", 5, "64Mi"),
+        },
+        Command::DeleteJob { name: "web".into() },
+    ];
+    let (mut a, mut b) = (State::default(), State::default());
+    for (i, c) in script.into_iter().enumerate() {
+        let index = i as u64 + 1;
+        let answered = a.apply(index, &c);
+        let unanswered = b.apply_owned(index, c.clone(), false);
+        assert_eq!(a.changes, b.changes, "same records changed at {index}");
+        if matches!(c, Command::UpsertJob { .. }) {
+            assert!(matches!(answered, Outcome::JobUpserted { .. }));
+            assert_eq!(unanswered, Outcome::Unanswered, "no copy for nobody");
+            // With a reply wanted, the owned path answers like `apply`.
+            let mut c2 = State::default();
+            let mut d2 = State::default();
+            for (j, prev) in [(1, reg("n1", 2000, 2048))] {
+                c2.apply(j, &prev);
+                d2.apply(j, &prev);
+            }
+            assert_eq!(
+                c2.apply(2, &c),
+                d2.apply_owned(2, c.clone(), true),
+                "answered the same"
+            );
+        } else {
+            assert_eq!(answered, unanswered);
+        }
+    }
+    assert_eq!(a, b);
+    assert_eq!(a.digest(), b.digest());
+}
+
+#[test]
 fn recreating_a_deleted_job_drops_the_old_finished_allocations() {
     let mut h = Harness::new();
     h.apply(reg("n1", 4000, 4096));
