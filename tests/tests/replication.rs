@@ -292,12 +292,14 @@ async fn a_minority_cannot_commit_and_all_converge_after_healing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
     let tmp = tempfile::tempdir().unwrap();
-    let cluster = ServerCluster::start(tmp.path(), 3, &["--snapshot-entries", "40"]).await;
+    // Compactions every 30 entries; the log is trimmed up to the state
+    // saved at the compaction before last: 200 writes leave it trimmed.
+    let cluster = ServerCluster::start(tmp.path(), 3, &["--snapshot-entries", "30"]).await;
     let leader = cluster.leader(SETTLE).await;
     let follower = (0..3).find(|i| *i != leader).unwrap();
     cluster.kill9(follower).await;
     let mut c = Client::connect(&cluster.url(leader)).await.unwrap();
-    for i in 0..150 {
+    for i in 0..200 {
         c.apply_job(&register_job(&format!("j{i}"), "v"))
             .await
             .unwrap();
@@ -317,7 +319,7 @@ async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
         "{log}"
     );
     let mut c = Client::connect(&cluster.url(follower)).await.unwrap();
-    assert_eq!(c.list_jobs().await.unwrap().len(), 150);
+    assert_eq!(c.list_jobs().await.unwrap().len(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
