@@ -4,8 +4,13 @@
 //! - `wal-NNNNNNNNNNNN.log`: segments of records, appended and fdatasynced;
 //!   a new segment starts once the current one passes [`SEGMENT_BYTES`],
 //!   opening with a checkpoint of the hard state, conf state, trim point
-//!   and snapshot metadata, so older segments can be deleted once every
-//!   entry in them is compacted away.
+//!   and snapshot metadata (no entries: they are not written twice). An
+//!   older segment is deleted once every entry in it is trimmed away (or a
+//!   received snapshot replaced the log), oldest first. Replay then starts
+//!   at a segment whose first entries may follow a gap after its
+//!   checkpoint's trim point: the trim record that allowed the deletion
+//!   comes later in the log and closes it (without one, the log is
+//!   corrupt).
 //! - `snap-INDEX.data`: the latest snapshot's state machine bytes, written
 //!   to a temporary file, fsynced and renamed before its metadata record is
 //!   appended.
@@ -153,8 +158,9 @@ pub struct RaftLog {
     segment: u64,
     segment_bytes: u64,
     zeroed_to: u64,
-    /// Older segments, superseded once the next checkpoint is durable.
-    closed: Vec<u64>,
+    /// Older segments, oldest first, with the last index written while
+    /// each was current: deleted once the log is trimmed past that.
+    closed: Vec<(u64, u64)>,
     /// Size past which a new segment starts.
     segment_limit: u64,
     hard_state: HardState,
@@ -169,6 +175,10 @@ pub struct RaftLog {
     /// Raft asked for a snapshot the stored one cannot serve (a peer that
     /// joined after it was taken): the driver takes a fresh one.
     want_snapshot: std::sync::atomic::AtomicBool,
+    /// While replaying: the oldest segment's entries began after a gap
+    /// (older segments were deleted), so `trimmed`'s term is not known
+    /// until a later trim or reset record gives it.
+    gap_open: bool,
 }
 
 impl RaftLog {
@@ -206,17 +216,28 @@ impl RaftLog {
             snapshot: SnapshotMetadata::default(),
             entries: VecDeque::new(),
             want_snapshot: Default::default(),
+            gap_open: false,
         };
         let count = segments.len();
         for (i, n) in segments.iter().enumerate() {
             let last_segment = i + 1 == count;
-            let valid = log.replay(*n, last_segment)?;
+            let valid = log.replay(*n, last_segment, i == 0)?;
             if last_segment {
                 log.segment = *n;
                 log.segment_bytes = valid;
             } else {
-                log.closed.push(*n);
+                log.closed.push((*n, log.last_index()));
             }
+        }
+        if log.gap_open {
+            return Err(StoreError::corrupt(
+                "raft log",
+                dir.display().to_string(),
+                format!(
+                    "the oldest segment's entries start after index {}, and no trim record covers the gap",
+                    log.trimmed.0
+                ),
+            ));
         }
         if count == 0 {
             log.segment = 1;
@@ -238,7 +259,7 @@ impl RaftLog {
 
     /// Applies one segment's records; returns the length of its valid
     /// prefix (a torn tail of the last segment is cut off).
-    fn replay(&mut self, n: u64, last_segment: bool) -> Result<u64, StoreError> {
+    fn replay(&mut self, n: u64, last_segment: bool, oldest: bool) -> Result<u64, StoreError> {
         let path = self.dir.join(segment_name(n));
         let mut data = Vec::new();
         File::open(&path)
@@ -290,18 +311,30 @@ impl RaftLog {
                 }
                 return torn("checksum mismatch");
             }
-            self.apply_record(&name, payload[0], &payload[1..])?;
+            self.apply_record(&name, payload[0], &payload[1..], oldest)?;
             at += 8 + len;
         }
         Ok(at as u64)
     }
 
-    fn apply_record(&mut self, what: &str, kind: u8, body: &[u8]) -> Result<(), StoreError> {
+    fn apply_record(
+        &mut self,
+        what: &str,
+        kind: u8,
+        body: &[u8],
+        oldest: bool,
+    ) -> Result<(), StoreError> {
         let bad = |e: &dyn std::fmt::Display| StoreError::corrupt("raft log", what, e.to_string());
         match kind {
             KIND_ENTRIES => {
                 let batch = decode_batch(what, body)?;
                 if let Some(first) = batch.first().map(|e| e.index) {
+                    if oldest && self.entries.is_empty() && first > self.trimmed.0 + 1 {
+                        // The segments before this one were deleted once
+                        // trimmed: a later trim record gives the term.
+                        self.trimmed = (first - 1, 0);
+                        self.gap_open = true;
+                    }
                     self.append_in_memory(first, batch).map_err(|e| bad(&e))?;
                 }
             }
@@ -319,6 +352,7 @@ impl RaftLog {
                 let (index, term) = read_index_term(body).ok_or_else(|| bad(&"reset record"))?;
                 self.entries.clear();
                 self.trimmed = (index, term);
+                self.gap_open = false;
             }
             KIND_SNAPSHOT => {
                 self.snapshot = SnapshotMetadata::parse_from_bytes(body).map_err(|e| bad(&e))?
@@ -351,7 +385,9 @@ impl RaftLog {
     }
 
     fn trim_in_memory(&mut self, index: u64, term: u64) {
-        if index <= self.trimmed.0 {
+        if self.gap_open && index >= self.trimmed.0 {
+            self.gap_open = false;
+        } else if index <= self.trimmed.0 {
             return;
         }
         let drop = ((index - self.trimmed.0) as usize).min(self.entries.len());
@@ -392,7 +428,7 @@ impl RaftLog {
             .set_len(self.segment_bytes)
             .and_then(|()| self.file.sync_all())
             .map_err(|e| io_err(&self.dir, e))?;
-        self.closed.push(self.segment);
+        self.closed.push((self.segment, self.last_index()));
         self.segment += 1;
         let path = self.dir.join(segment_name(self.segment));
         self.file = open_segment(&path)?;
@@ -407,20 +443,29 @@ impl RaftLog {
             &index_term(self.trimmed.0, self.trimmed.1),
         );
         frame(&mut buf, KIND_SNAPSHOT, &pb_bytes(&self.snapshot)?);
-        // Entries still live in older segments are carried over, so that
-        // those segments can go once compacted without losing them.
-        let live: Vec<Entry> = self.entries.iter().cloned().collect();
-        if !live.is_empty() {
-            frame(&mut buf, KIND_ENTRIES, &encode_batch(&live)?);
-        }
         self.write(&buf, true)?;
         sync_dir(&self.dir)?;
-        // Every older segment is now superseded by the checkpoint.
-        for n in std::mem::take(&mut self.closed) {
+        self.remove_trimmed_segments(false)
+    }
+
+    /// Deletes the oldest closed segments while every entry in them is
+    /// trimmed away (all of them after a reset). Called once the record
+    /// that trimmed them is durable.
+    fn remove_trimmed_segments(&mut self, all: bool) -> Result<(), StoreError> {
+        let mut removed = false;
+        while let Some(&(n, last)) = self.closed.first() {
+            if !all && last > self.trimmed.0 {
+                break;
+            }
             let old = self.dir.join(segment_name(n));
             fs::remove_file(&old).map_err(|e| io_err(&old, e))?;
+            self.closed.remove(0);
+            removed = true;
         }
-        sync_dir(&self.dir)
+        if removed {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
     }
 
     /// True (once) when Raft needed a newer snapshot than the stored one.
@@ -565,7 +610,7 @@ impl RaftLog {
         self.trimmed = (meta.index, meta.term);
         self.entries.clear();
         self.remove_old_snapshots();
-        Ok(())
+        self.remove_trimmed_segments(true)
     }
 
     /// Stores a snapshot of the state at `meta.index` and drops entries up
@@ -596,7 +641,7 @@ impl RaftLog {
             self.trim_in_memory(trim_to, trim_term);
         }
         self.remove_old_snapshots();
-        Ok(())
+        self.remove_trimmed_segments(false)
     }
 
     /// Drops entries up to `trim_to` without taking a snapshot: the state
@@ -612,7 +657,7 @@ impl RaftLog {
         frame(&mut buf, KIND_TRIM, &index_term(trim_to, trim_term));
         self.write(&buf, true)?;
         self.trim_in_memory(trim_to, trim_term);
-        Ok(())
+        self.remove_trimmed_segments(false)
     }
 
     /// The latest snapshot with its data, if any.
@@ -1006,8 +1051,28 @@ mod tests {
         );
     }
 
+    /// The highest entry index in a segment file (0: none).
+    fn last_index_in(path: &std::path::Path) -> u64 {
+        let data = std::fs::read(path).unwrap();
+        let mut at = 0;
+        let mut last = 0;
+        while at + 8 <= data.len() {
+            let len = u32::from_be_bytes(data[at..at + 4].try_into().unwrap()) as usize;
+            if len == 0 {
+                break;
+            }
+            let payload = &data[at + 8..at + 8 + len];
+            if payload[0] == KIND_ENTRIES {
+                let batch = decode_batch("test", &payload[1..]).unwrap();
+                last = last.max(batch.last().map_or(0, |e| e.index));
+            }
+            at += 8 + len;
+        }
+        last
+    }
+
     #[test]
-    fn segments_rotate_and_old_ones_go_without_losing_entries() {
+    fn segments_rotate_without_rewriting_entries_and_go_once_trimmed() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = RaftLog::open_with_segment_limit(dir.path(), 300).unwrap();
         log.apply_snapshot(&snapshot(1, 1, vec![1], b"s")).unwrap();
@@ -1021,6 +1086,22 @@ mod tests {
             log.persist(&[entry(i, 3, &[1; 30])], Some(&hs), true)
                 .unwrap();
         }
+        let before = segments(dir.path());
+        assert!(before.len() > 5, "segments rotated: {before:?}");
+        // Each entry was written once: no segment repeats another's.
+        let total: u64 = before
+            .iter()
+            .map(|n| {
+                let data = std::fs::read(dir.path().join(n)).unwrap();
+                data.iter()
+                    .rposition(|b| *b != 0)
+                    .map_or(0, |i| i as u64 + 1)
+            })
+            .sum();
+        assert!(
+            total < 39 * 120 + before.len() as u64 * 400,
+            "{total} bytes"
+        );
         let mut meta = SnapshotMetadata {
             index: 30,
             term: 3,
@@ -1031,9 +1112,22 @@ mod tests {
         for i in 41..=60 {
             log.persist(&[entry(i, 3, &[1; 30])], None, true).unwrap();
         }
+        // Segments holding only trimmed entries are gone; the oldest left
+        // still holds entry 26 or an earlier one (nothing live was lost).
         let segs = segments(dir.path());
-        assert!(segs.len() <= 2, "old segments were removed: {segs:?}");
+        let oldest = segs
+            .iter()
+            .map(|n| dir.path().join(n))
+            .find(|p| last_index_in(p) > 0)
+            .unwrap();
+        assert!(
+            !segs.contains(&before[0]),
+            "the first segment went: {segs:?}"
+        );
+        assert!(last_index_in(&oldest) >= 26, "{segs:?}");
         drop(log);
+        // Replay starts after the deleted segments: the first entries left
+        // follow a gap that the trim record closes.
         let log = RaftLog::open_with_segment_limit(dir.path(), 300).unwrap();
         assert_eq!((log.first_index(), log.last_index()), (26, 60));
         assert_eq!(log.hard_state().term, 3);
@@ -1045,6 +1139,42 @@ mod tests {
             .unwrap();
         assert_eq!(got.len(), 35);
         assert!(got.iter().zip(26..).all(|(e, i)| e.index == i));
+        drop(log);
+        // Trimmed right up to a segment's last entry, the next one is
+        // replayed from a gap whose trim record names its very start.
+        let mut log = RaftLog::open_with_segment_limit(dir.path(), 300).unwrap();
+        let segs = segments(dir.path());
+        let edge = last_index_in(&dir.path().join(&segs[segs.len() - 3]));
+        log.trim(edge).unwrap();
+        drop(log);
+        let log = RaftLog::open_with_segment_limit(dir.path(), 300).unwrap();
+        assert_eq!((log.first_index(), log.last_index()), (edge + 1, 60));
+        assert_eq!(log.term(edge).unwrap(), 3);
+    }
+
+    #[test]
+    fn a_gap_no_trim_record_explains_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = RaftLog::open_with_segment_limit(dir.path(), 300).unwrap();
+            log.apply_snapshot(&snapshot(1, 1, vec![1], b"s")).unwrap();
+            for i in 2..=30 {
+                log.persist(&[entry(i, 3, &[1; 30])], None, true).unwrap();
+            }
+        }
+        // Losing the oldest segments without a trim (a deleted file, a
+        // bad restore) must not pass for a shorter log.
+        let segs = segments(dir.path());
+        for n in &segs[..2] {
+            std::fs::remove_file(dir.path().join(n)).unwrap();
+        }
+        match RaftLog::open_with_segment_limit(dir.path(), 300) {
+            Err(StoreError::Corrupt { reason, .. }) => {
+                assert!(reason.contains("no trim record covers the gap"), "{reason}")
+            }
+            Err(other) => panic!("{other}"),
+            Ok(log) => panic!("accepted: {}..={}", log.first_index(), log.last_index()),
+        }
     }
 
     #[test]
