@@ -479,10 +479,8 @@ fn applying_owned_commands_without_a_reply_changes_the_state_the_same_way() {
             // With a reply wanted, the owned path answers like `apply`.
             let mut c2 = State::default();
             let mut d2 = State::default();
-            for (j, prev) in [(1, reg("n1", 2000, 2048))] {
-                c2.apply(j, &prev);
-                d2.apply(j, &prev);
-            }
+            c2.apply(1, &reg("n1", 2000, 2048));
+            d2.apply(1, &reg("n1", 2000, 2048));
             assert_eq!(
                 c2.apply(2, &c),
                 d2.apply_owned(2, c.clone(), true),
