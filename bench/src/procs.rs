@@ -6,11 +6,34 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A free loopback port (bound and released; fine for a benchmark).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// `n` distinct free loopback ports for servers to listen on, below the
+/// kernel's ephemeral range (32768 and up on Linux): a port handed out
+/// there could meanwhile become the local end of some outgoing connection
+/// (etcd's peers dial each other while Skiff's servers start), and the
+/// server meant for it would fail to bind. All are held until all are
+/// found, so no two are the same.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id()) << 32;
+    let mut held = Vec::new();
+    for _ in 0..10_000 {
+        if held.len() == n {
+            break;
+        }
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let port = 20_000 + ((seed >> 33) % 12_000) as u16;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+    }
+    assert_eq!(held.len(), n, "free ports between 20000 and 32000");
+    held.iter()
+        .map(|l| l.local_addr().expect("bound").port())
+        .collect()
 }
 
 /// Kills the child on drop.

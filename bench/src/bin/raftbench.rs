@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use skiff_bench::etcdpb::kv_client::KvClient;
 use skiff_bench::etcdpb::PutRequest;
-use skiff_bench::procs::{free_port, wait_until, Proc};
+use skiff_bench::procs::{free_ports, wait_until, Proc};
 use skiff_bench::stats::{ms, percentile};
 use skiff_client::Client;
 use skiff_model::JobSpec;
@@ -95,9 +95,8 @@ struct SkiffCluster {
 }
 
 impl SkiffCluster {
-    fn start(bin: &Path, dir: &Path) -> anyhow::Result<SkiffCluster> {
-        let peers: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let apis: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    fn start(bin: &Path, dir: &Path, ports: &[u16]) -> anyhow::Result<SkiffCluster> {
+        let (peers, apis) = ports.split_at(3);
         let peer_list: Vec<String> = peers
             .iter()
             .enumerate()
@@ -157,9 +156,8 @@ struct EtcdCluster {
 }
 
 impl EtcdCluster {
-    fn start(bin: &Path, dir: &Path) -> anyhow::Result<EtcdCluster> {
-        let peers: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let clients: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    fn start(bin: &Path, dir: &Path, ports: &[u16]) -> anyhow::Result<EtcdCluster> {
+        let (peers, clients) = ports.split_at(3);
         let initial: Vec<String> = peers
             .iter()
             .enumerate()
@@ -251,12 +249,15 @@ async fn run_phase(
                         spec.name = format!("b{}", (c * 7919 + n) % 1000);
                         spec.task.env.insert("V".into(), format!("{value}{n}"));
                         let t = Instant::now();
-                        client.apply_job(&spec).await?;
+                        client
+                            .apply_job(&spec)
+                            .await
+                            .with_context(|| format!("skiff write {n} of client {c} to {url}"))?;
                         lat.push(t.elapsed());
                     }
                 }
                 Target::Etcd => {
-                    let channel = tonic::transport::Endpoint::from_shared(url)?
+                    let channel = tonic::transport::Endpoint::from_shared(url.clone())?
                         .connect()
                         .await?;
                     let mut client = KvClient::new(channel);
@@ -269,7 +270,10 @@ async fn run_phase(
                             ..Default::default()
                         };
                         let t = Instant::now();
-                        client.put(req).await?;
+                        client
+                            .put(req)
+                            .await
+                            .with_context(|| format!("etcd write {n} of client {c} to {url}"))?;
                         lat.push(t.elapsed());
                     }
                 }
@@ -299,18 +303,30 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// Waits until every member accepts writes (each is checked: a member
+/// that failed to start would otherwise show up only mid-run).
 async fn wait_writable(target: Target, urls: &[String]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if run_phase(target, &urls[..1], 1, Duration::from_millis(100), 8)
-            .await
-            .is_ok()
-        {
-            return Ok(());
+    for url in urls {
+        loop {
+            let last = run_phase(
+                target,
+                std::slice::from_ref(url),
+                1,
+                Duration::from_millis(100),
+                8,
+            )
+            .await;
+            match last {
+                Ok(_) => break,
+                Err(e) if Instant::now() >= deadline => {
+                    bail!("{url} did not accept writes within 30 s: {e:#}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    bail!("the cluster did not accept writes within 30 s")
+    Ok(())
 }
 
 #[tokio::main]
@@ -318,8 +334,19 @@ async fn main() -> anyhow::Result<()> {
     let o = parse()?;
     let dir = tempfile::tempdir()?;
     eprintln!("data and logs in {}", dir.path().display());
-    let mut skiff = SkiffCluster::start(&o.skiff, dir.path())?;
-    let etcd = EtcdCluster::start(&o.etcd, dir.path())?;
+    let result = run(&o, dir.path()).await;
+    if result.is_err() {
+        // The servers' logs tell what went wrong: kept for a look.
+        eprintln!("kept {} for its logs", dir.keep().display());
+    }
+    result
+}
+
+async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
+    // Every port at once, so the two clusters never share one.
+    let ports = free_ports(12);
+    let mut skiff = SkiffCluster::start(&o.skiff, dir, &ports[..6])?;
+    let etcd = EtcdCluster::start(&o.etcd, dir, &ports[6..])?;
     wait_writable(Target::Skiff, &skiff.urls)
         .await
         .context("skiff")?;
@@ -337,8 +364,11 @@ async fn main() -> anyhow::Result<()> {
                 o.duration,
                 o.value_size,
             )
-            .await?;
-            let e = run_phase(Target::Etcd, &etcd.urls, clients, o.duration, o.value_size).await?;
+            .await
+            .with_context(|| format!("skiff, {clients} clients, round {round}"))?;
+            let e = run_phase(Target::Etcd, &etcd.urls, clients, o.duration, o.value_size)
+                .await
+                .with_context(|| format!("etcd, {clients} clients, round {round}"))?;
             for (name, p) in [("skiff", &s), ("etcd", &e)] {
                 println!(
                     "target={name} clients={clients} round={round} value_bytes={} writes={} writes_per_sec={:.0} p50_ms={} p99_ms={}",
