@@ -77,7 +77,8 @@ impl Machine {
         let Decoded::Command(c) = command::decode(&data) else {
             panic!("command decodes")
         };
-        self.state.apply_owned(self.index, *c, self.index % 3 == 0);
+        self.state
+            .apply_owned(self.index, *c, self.index.is_multiple_of(3));
         for (table, key) in std::mem::take(&mut self.state.changes) {
             let value = statedb::record_json(&self.state, table, &key);
             self.unsaved.insert((table, key), value);
