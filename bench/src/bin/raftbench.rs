@@ -151,7 +151,7 @@ impl SkiffCluster {
 }
 
 struct EtcdCluster {
-    _procs: Vec<Proc>,
+    procs: Vec<Proc>,
     urls: Vec<String>,
 }
 
@@ -190,7 +190,7 @@ impl EtcdCluster {
             )?);
         }
         Ok(EtcdCluster {
-            _procs: procs,
+            procs,
             urls: clients
                 .iter()
                 .map(|p| format!("http://127.0.0.1:{p}"))
@@ -294,6 +294,11 @@ async fn run_phase(
     })
 }
 
+/// Server CPU (USER_HZ ticks of 10 ms, all three servers) per write, in µs.
+fn us_per_write(ticks: u64, writes: usize) -> f64 {
+    ticks as f64 * 10_000.0 / writes.max(1) as f64
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -354,9 +359,16 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
         .await
         .context("etcd")?;
 
+    // Server CPU over the whole run: what each cluster does later (saves,
+    // compactions, collection) counts for it even when it happens while
+    // the other one is measured.
+    let cpu = |procs: &[Proc]| procs.iter().map(Proc::cpu_ticks).sum::<u64>();
+    let (skiff_cpu0, etcd_cpu0) = (cpu(&skiff.procs), cpu(&etcd.procs));
+    let (mut skiff_writes, mut etcd_writes) = (0usize, 0usize);
     for &clients in &o.clients {
         let (mut throughput, mut p99) = (Vec::new(), Vec::new());
         for round in 1..=o.rounds {
+            let before = cpu(&skiff.procs);
             let s = run_phase(
                 Target::Skiff,
                 &skiff.urls,
@@ -366,17 +378,23 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
             )
             .await
             .with_context(|| format!("skiff, {clients} clients, round {round}"))?;
+            let skiff_ticks = cpu(&skiff.procs).saturating_sub(before);
+            let before = cpu(&etcd.procs);
             let e = run_phase(Target::Etcd, &etcd.urls, clients, o.duration, o.value_size)
                 .await
                 .with_context(|| format!("etcd, {clients} clients, round {round}"))?;
-            for (name, p) in [("skiff", &s), ("etcd", &e)] {
+            let etcd_ticks = cpu(&etcd.procs).saturating_sub(before);
+            skiff_writes += s.writes;
+            etcd_writes += e.writes;
+            for (name, p, ticks) in [("skiff", &s, skiff_ticks), ("etcd", &e, etcd_ticks)] {
                 println!(
-                    "target={name} clients={clients} round={round} value_bytes={} writes={} writes_per_sec={:.0} p50_ms={} p99_ms={}",
+                    "target={name} clients={clients} round={round} value_bytes={} writes={} writes_per_sec={:.0} p50_ms={} p99_ms={} server_cpu_us_per_write={:.0}",
                     o.value_size,
                     p.writes,
                     p.writes as f64 / p.secs,
                     ms(p.p50),
-                    ms(p.p99)
+                    ms(p.p99),
+                    us_per_write(ticks, p.writes)
                 );
             }
             throughput.push(s.writes as f64 / e.writes.max(1) as f64);
@@ -395,6 +413,15 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
                 median(&mut p99)
             );
         }
+    }
+
+    if skiff_writes > 0 && etcd_writes > 0 {
+        let s = us_per_write(cpu(&skiff.procs).saturating_sub(skiff_cpu0), skiff_writes);
+        let e = us_per_write(cpu(&etcd.procs).saturating_sub(etcd_cpu0), etcd_writes);
+        println!(
+            "cpu whole_run server_cpu_us_per_write skiff={s:.0} etcd={e:.0} skiff_over_etcd={:.2}",
+            s / e.max(1e-9)
+        );
     }
 
     // Failover: SIGKILL the leader, time the next acknowledged write.
