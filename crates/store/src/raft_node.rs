@@ -332,7 +332,7 @@ impl Store {
             snapshot_entries: cfg.snapshot_entries,
             removed: false,
             unsaved: HashMap::new(),
-            last_save: Instant::now(),
+            next_save: Instant::now() + save_interval(),
             saved_index: resumable_from,
             compacted_at: resumable_from,
             compacted_before: resumable_from,
@@ -611,7 +611,8 @@ struct Driver {
     removed: bool,
     /// Records changed since the state was last written to sled, encoded.
     unsaved: Unsaved,
-    last_save: Instant,
+    /// When the timer saves next (see [`save_interval`]).
+    next_save: Instant,
     /// Batches for the saver thread, with where to answer.
     saver: std::sync::mpsc::SyncSender<SaveJob>,
     /// The answer of the save in flight.
@@ -635,6 +636,14 @@ struct Driver {
 /// version or rollout that is created and trimmed again within one
 /// interval is never written at all.
 const SAVE_EVERY: Duration = Duration::from_secs(30);
+
+/// [`SAVE_EVERY`] plus up to half of it, drawn anew for each save, so that
+/// servers started together do not all save at the same moment (a save
+/// takes a core for a while; three at once on a small machine show in
+/// every server's write latency).
+fn save_interval() -> Duration {
+    SAVE_EVERY + SAVE_EVERY.mul_f64(rand::random::<f64>() / 2.0)
+}
 /// ...or once this many records are waiting (bounds the memory they hold).
 const SAVE_RECORDS: usize = 50_000;
 
@@ -729,7 +738,7 @@ impl Driver {
                     next_tick = now + self.tick;
                 }
                 self.expire_reads(now);
-                if !self.unsaved.is_empty() && self.last_save.elapsed() >= SAVE_EVERY {
+                if !self.unsaved.is_empty() && Instant::now() >= self.next_save {
                     self.save_state_behind()?;
                 }
                 // Indexes held back by the throttle appear by the next tick
@@ -952,7 +961,7 @@ impl Driver {
         self.wait_saved()?;
         self.statedb.replace_all(&state)?;
         self.unsaved.clear();
-        self.last_save = Instant::now();
+        self.next_save = Instant::now() + save_interval();
         self.saved_index = index;
         {
             let mut guard = self
@@ -1146,7 +1155,7 @@ impl Driver {
                 }
             }
         }
-        if self.unsaved.len() >= SAVE_RECORDS || self.last_save.elapsed() >= SAVE_EVERY {
+        if self.unsaved.len() >= SAVE_RECORDS || Instant::now() >= self.next_save {
             self.save_state_behind()?;
         }
         if !new_events.is_empty() {
@@ -1202,7 +1211,7 @@ impl Driver {
         // up front, the map does not rehash as it fills.
         let capacity = self.unsaved.len();
         let records = std::mem::replace(&mut self.unsaved, Unsaved::with_capacity(capacity));
-        self.last_save = Instant::now();
+        self.next_save = Instant::now() + save_interval();
         let (done, wait) = std::sync::mpsc::channel();
         let job = SaveJob {
             records,
