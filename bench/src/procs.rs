@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free loopback port (bound and released; fine for a benchmark).
 /// `n` distinct free loopback ports for servers to listen on, below the
 /// kernel's ephemeral range (32768 and up on Linux): a port handed out
 /// there could meanwhile become the local end of some outgoing connection

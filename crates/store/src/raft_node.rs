@@ -219,11 +219,7 @@ impl Store {
         bootstrap: Bootstrap,
         transport: Arc<dyn Transport>,
     ) -> Result<Store, StoreError> {
-        let state_db = crate::statedb::open_db(
-            sled::Config::new()
-                .path(data_dir.join("state"))
-                .cache_capacity(32 << 20),
-        )?;
+        let state_db = crate::statedb::open_db(sled::Config::new().path(data_dir.join("state")))?;
         let mut log = RaftLog::open(&data_dir.join("raft"))?;
         let statedb = StateDb::open(state_db)?;
         if !log.is_initialized() {

@@ -204,7 +204,6 @@ pub struct PlanResult {
 }
 
 impl State {
-    /// Applies one command at raft `index`.
     /// [`State::apply`] for a command the caller no longer needs: a job's
     /// spec moves into the state instead of being copied, and without
     /// `reply` (nobody waits for the outcome on this server) a registered
@@ -221,6 +220,7 @@ impl State {
         }
     }
 
+    /// Applies one command at raft `index`.
     pub fn apply(&mut self, index: u64, command: &Command) -> Outcome {
         debug_assert!(index > self.index, "entries apply in order");
         self.index = index;
