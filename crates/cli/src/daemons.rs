@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use skiff_agent::AgentConfig;
 use skiff_server::evals::{Algorithm, SchedulerSettings};
-use skiff_server::liveness::LivenessConfig;
+use skiff_server::heartbeats::LivenessConfig;
 use skiff_server::ServerConfig;
 use skiff_store::RaftConfig;
 

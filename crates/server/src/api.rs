@@ -9,7 +9,7 @@ use skiff_store::{Command, Outcome};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use crate::Ctx;
+use crate::ctx::{now_ms, Ctx};
 
 pub struct ClusterApi {
     ctx: Ctx,
@@ -309,7 +309,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
                         0 => 3600,
                         s => s.min(365 * 24 * 3600),
                     };
-                    crate::drainer::now_ms() + secs * 1000
+                    now_ms() + secs * 1000
                 }),
             })
             .await?;
@@ -549,7 +549,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
             .propose(&Command::ControlRollout {
                 job: r.name.clone(),
                 action,
-                at_ms: crate::now_ms(),
+                at_ms: now_ms(),
             })
             .await?;
         match outcome {
@@ -578,7 +578,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
             .propose(&Command::UndoRollout {
                 job: r.name.clone(),
                 to_version: r.to_version,
-                at_ms: crate::now_ms(),
+                at_ms: now_ms(),
             })
             .await?;
         match outcome {

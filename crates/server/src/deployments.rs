@@ -40,7 +40,7 @@ pub async fn run(store: Store) {
         if store.is_leader() {
             let updates = {
                 let state = store.state();
-                decide_all(&state, crate::now_ms())
+                decide_all(&state, crate::ctx::now_ms())
             };
             for update in updates {
                 if !store.is_leader() {

@@ -14,21 +14,14 @@
 //! evaluation places a replacement on another node.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use skiff_model::{AllocStatus, Allocation, DesiredStatus, Job};
 use skiff_store::{Command, State};
 
-use crate::Ctx;
+use crate::ctx::{now_ms, Ctx};
 
 const PASS_EVERY: Duration = Duration::from_millis(500);
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// How many of a job's replicas may be unavailable while a node drains.
 fn budget(job: &Job) -> u32 {

@@ -83,7 +83,7 @@ pub fn plan_eval(state: &State, eval: &Evaluation, settings: SchedulerSettings) 
         evictions: plan.evictions,
         unplaced: plan.unplaced,
         explanation: plan.explanation,
-        at_ms: crate::now_ms(),
+        at_ms: crate::ctx::now_ms(),
     }
 }
 

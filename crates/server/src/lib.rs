@@ -1,27 +1,39 @@
 //! Skiff's control-plane server: the gRPC services (client API, node API,
 //! peer API) over the replicated store, and the leader-only controllers.
 //!
-//! - [`api`]: the `Cluster` service the CLI talks to;
-//! - [`nodes`]: the `NodeApi` service agents talk to, and the in-memory
-//!   heartbeat table;
-//! - [`peer`]: Raft messages between servers, and forwarding to the leader;
+//! The modules form a stack; each imports only those above it:
+//!
+//! - [`heartbeats`], [`transport`]: plain shared parts (the in-memory
+//!   heartbeat table and liveness settings; the outbound Raft links);
+//! - [`ctx`]: what every service shares (store, links, heartbeats, this
+//!   server's addresses) and proposing a command, reading current state;
 //! - [`members`]: joining, removing, listing servers; promoting learners;
+//! - [`liveness`]: declaring nodes down when their heartbeats stop;
+//! - [`nodes`]: the `NodeApi` service agents talk to;
+//! - [`peer`]: the inbound `Peer` service (Raft messages, relayed
+//!   heartbeats and membership changes);
+//! - [`api`]: the `Cluster` service the CLI talks to;
 //! - [`evals`]: the leader's evaluation loop (pending evaluation ->
 //!   scheduler -> plan -> Raft);
 //! - [`deployments`]: the leader's deployment controller (allocation
 //!   health, min_healthy, deadlines -> rollout progress, failure and
-//!   automatic rollback, as Raft commands).
+//!   automatic rollback, as Raft commands);
+//! - [`drainer`]: moving a draining node's allocations away at a pace
+//!   each job can bear.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod ctx;
 pub mod deployments;
 pub mod drainer;
 pub mod evals;
+pub mod heartbeats;
 pub mod liveness;
 pub mod members;
 pub mod nodes;
 pub mod peer;
+pub mod transport;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -31,16 +43,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use skiff_proto::pb;
-use skiff_store::{Bootstrap, Command, Outcome, RaftConfig, ServerInfo, Store, StoreError};
+use skiff_store::{Bootstrap, RaftConfig, ServerInfo, Store, StoreError};
 use tokio::net::TcpListener;
-use tonic::Status;
+
+use ctx::Ctx;
 
 /// Largest gRPC message the client and node APIs accept.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
-/// How long a write may wait for a leader before it is refused.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a linearizable read may wait to be confirmed.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -62,7 +71,7 @@ pub struct ServerConfig {
     /// How the leader's scheduler places work.
     pub scheduler: evals::SchedulerSettings,
     /// Heartbeat TTLs and how nodes are declared down.
-    pub liveness: liveness::LivenessConfig,
+    pub liveness: heartbeats::LivenessConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,67 +94,6 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error("the raft driver stopped: {0}")]
     RaftStopped(String),
-}
-
-/// What every service shares.
-#[derive(Clone)]
-pub struct Ctx {
-    pub store: Store,
-    pub peers: Arc<peer::PeerTransport>,
-    pub heartbeats: Arc<liveness::Heartbeats>,
-    pub liveness: Arc<liveness::LivenessConfig>,
-    pub me: ServerInfo,
-}
-
-impl Ctx {
-    /// Commits a command: proposed here, and carried to the leader inside
-    /// the Raft stream when this server follows. Waits while no leader is
-    /// known; reports a write whose fate is unknown (the leader changed
-    /// before it was applied here) as indeterminate rather than retrying it.
-    pub async fn propose(&self, cmd: &Command) -> Result<Outcome, Status> {
-        let data = skiff_store::command::encode(cmd);
-        let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
-        loop {
-            if let Some(reason) = self.store.status().fatal {
-                return Err(Status::unavailable(format!(
-                    "this server stopped: {reason}"
-                )));
-            }
-            match self.store.propose_encoded(data.clone()).await {
-                Err(StoreError::NotLeader { .. }) | Err(StoreError::NoLeader(_)) => {}
-                other => return other.map_err(store_status),
-            }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                return Err(Status::unavailable(format!(
-                    "no leader accepted the write within {WRITE_TIMEOUT:?}"
-                )));
-            }
-            let _ = self
-                .store
-                .wait_for_leader(left.min(Duration::from_millis(200)))
-                .await;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Waits until this server's state is current (linearizable), unless
-    /// the caller accepts a stale answer.
-    pub async fn read_barrier(&self, stale: bool) -> Result<(), Status> {
-        if stale {
-            return Ok(());
-        }
-        self.store
-            .read_barrier(READ_TIMEOUT)
-            .await
-            .map(|_| ())
-            .map_err(|e| match e {
-                StoreError::NoLeader(_) => Status::unavailable(
-                    "cannot confirm this server is current (no leader reachable); retry, or pass --stale to read its local state",
-                ),
-                other => store_status(other),
-            })
-    }
 }
 
 /// A started server: its context and listeners.
@@ -205,7 +153,7 @@ pub async fn start(cfg: &ServerConfig) -> Result<Running, ServerError> {
     };
     let mut fixed = cfg.peers.clone();
     fixed.remove(&id);
-    let peers = peer::PeerTransport::new(id, fixed, tokio::runtime::Handle::current());
+    let peers = transport::PeerTransport::new(id, fixed, tokio::runtime::Handle::current());
     let bootstrap = if cfg.join.is_some() {
         Bootstrap::Join
     } else if cfg.peers.is_empty() {
@@ -219,7 +167,7 @@ pub async fn start(cfg: &ServerConfig) -> Result<Running, ServerError> {
         &cfg.data_dir,
         cfg.raft.clone(),
         bootstrap,
-        Arc::new(peer::StoreTransport(peers.clone())),
+        Arc::new(transport::StoreTransport(peers.clone())),
     )?;
     peers.attach(store.clone());
     for s in store.state().servers.values() {
@@ -231,7 +179,7 @@ pub async fn start(cfg: &ServerConfig) -> Result<Running, ServerError> {
         ctx: Ctx {
             store,
             peers,
-            heartbeats: Arc::new(liveness::Heartbeats::default()),
+            heartbeats: Arc::new(heartbeats::Heartbeats::default()),
             liveness: Arc::new(cfg.liveness.clone()),
             me,
         },
@@ -279,7 +227,7 @@ pub async fn serve(
     let node_api = pb::node_api_server::NodeApiServer::new(nodes::NodeService::new(ctx.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let peer_api = pb::peer_server::PeerServer::new(peer::PeerService { ctx: ctx.clone() })
-        .max_decoding_message_size(peer::MAX_PEER_MESSAGE);
+        .max_decoding_message_size(transport::MAX_PEER_MESSAGE);
 
     tracing::info!(id = ctx.me.id, api = %api_addr, peer = %peer_addr, "serving");
     let mut fatal = store.watch_status();
@@ -332,24 +280,4 @@ pub async fn serve(
     let s = store.clone();
     let _ = tokio::task::spawn_blocking(move || s.shutdown()).await;
     result
-}
-
-/// The wall clock in milliseconds since the Unix epoch. Read only by
-/// servers, put into commands as data; never inside the state machine.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// Maps store errors to gRPC statuses a client can act on.
-pub(crate) fn store_status(e: StoreError) -> Status {
-    match e {
-        StoreError::NotLeader { .. } | StoreError::NoLeader(_) | StoreError::Stopped => {
-            Status::unavailable(e.to_string())
-        }
-        StoreError::Indeterminate => Status::deadline_exceeded(e.to_string()),
-        other => Status::internal(other.to_string()),
-    }
 }

@@ -8,7 +8,7 @@ use skiff_proto::pb;
 use skiff_store::{Command, ConfChangeType, Role, ServerInfo, StoreError};
 use tonic::Status;
 
-use crate::{store_status, Ctx};
+use crate::ctx::{not_leader_status, store_status, Ctx};
 
 /// A learner this close to the leader's last index is promoted.
 const CAUGHT_UP: u64 = 20;
@@ -83,7 +83,7 @@ pub async fn change_at_leader(
             if id == ctx.me.id {
                 hand_over_leadership(ctx).await?;
                 // Now a follower: let the new leader do the removal.
-                return Err(crate::peer::not_leader_status());
+                return Err(not_leader_status());
             }
             tracing::info!(id, "removing a server");
             ctx.store

@@ -13,7 +13,7 @@ use skiff_store::Command;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::Ctx;
+use crate::ctx::Ctx;
 
 /// Most status updates accepted in one request.
 const MAX_UPDATES: usize = 10_000;
@@ -397,7 +397,7 @@ impl pb::node_api_server::NodeApi for NodeService {
             .propose(&Command::UpdateAllocStatus {
                 node: r.node,
                 updates,
-                at_ms: crate::now_ms(),
+                at_ms: crate::ctx::now_ms(),
             })
             .await?;
         Ok(Response::new(pb::UpdateAllocStatusResponse {

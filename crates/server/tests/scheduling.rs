@@ -170,7 +170,7 @@ impl Server {
             raft: RaftConfig::default(),
             scheduler: SchedulerSettings::default(),
             // The nodes here are registered by the test and never heartbeat.
-            liveness: skiff_server::liveness::LivenessConfig {
+            liveness: skiff_server::heartbeats::LivenessConfig {
                 min_ttl: std::time::Duration::from_secs(3600),
                 ..Default::default()
             },
