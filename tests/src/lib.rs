@@ -141,6 +141,46 @@ where
     }
 }
 
+/// The wall clock as the servers read it for the timestamps they record
+/// (`healthy_since_ms`, ...): milliseconds since the Unix epoch. The test
+/// and its servers share the machine, so they share the clock.
+pub fn skiff_server_time_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Waits until `ready` holds for the job's allocations *and* the scheduler
+/// has seen them as they are: the job's latest evaluation is no longer
+/// pending and is at least as new as every allocation of the job. (A change
+/// that asks for the job to be planned again raises its pending
+/// evaluation's index, and a plan made before it leaves the evaluation
+/// pending; see the state machine's `create_eval`.) Whatever the scheduler
+/// would do about the present state has then been done, so a test can
+/// assert that nothing more happens without sleeping. Only for jobs whose
+/// allocation changes ask for an evaluation: a rollout in progress (or
+/// paused), a batch job, a gang.
+pub async fn wait_scheduler_saw(
+    client: &mut Client,
+    job: &str,
+    what: &str,
+    ready: impl Fn(&[Allocation]) -> bool,
+) -> Vec<Allocation> {
+    let limit = Duration::from_secs(60);
+    wait_for(&format!("{what}, seen by the scheduler"), limit, || {
+        let mut c = client.clone();
+        let ready = &ready;
+        async move {
+            let d = c.get_job(job).await.ok()?;
+            let eval = d.latest_eval?;
+            let newest = d.allocs.iter().map(|a| a.modify_index).max().unwrap_or(0);
+            (ready(&d.allocs) && eval.status != "pending" && eval.modify_index >= newest)
+                .then_some(d.allocs)
+        }
+    })
+    .await
+}
+
 /// A `skiff server` process.
 pub struct ServerProc {
     pub data_dir: PathBuf,

@@ -235,16 +235,45 @@ async fn while_the_agent_is_down_logs_grow_restart_counts_hold_and_exits_are_kep
         a.restart_count >= 3
     })
     .await;
-    wait_allocs(&mut client, "late", 1, AllocStatus::Running, START).await;
+    let late = wait_allocs(&mut client, "late", 1, AllocStatus::Running, START)
+        .await
+        .remove(0);
     let pid_before = agent
         .containers()
         .into_iter()
         .find(|(id, _, _)| id.ends_with(&t[0].id))
         .map(|c| c.1);
 
+    let out = skiff(&url, &["logs", &t[0].id]);
+    let last_tick = numbers(&String::from_utf8_lossy(&out.stdout), "tick ")
+        .last()
+        .copied()
+        .unwrap_or(0);
+
     agent.kill9();
-    // Down for three seconds: `late` exits meanwhile, `ticker` ticks on.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Down until `late` has exited (its shim records the exit) and the
+    // ticker's shim has written ten more ticks to its log file.
+    let exit_record = agent
+        .data_dir
+        .join("containers")
+        .join(&late.id)
+        .join("state/exit.json");
+    let ticker_log = agent
+        .data_dir
+        .join("logs")
+        .join(&t[0].id)
+        .join("container.log");
+    let wanted = format!("tick {}\n", last_tick + 10);
+    wait_for(
+        "late's exit record and ten more ticks while the agent is down",
+        START,
+        || {
+            let log = std::fs::read_to_string(&ticker_log).unwrap_or_default();
+            let done = exit_record.exists() && log.contains(&wanted);
+            async move { done.then_some(()) }
+        },
+    )
+    .await;
     let before_restart = client.list_allocs(Some("crashy"), None).await.unwrap()[0].restart_count;
     agent.restart();
 
@@ -269,7 +298,7 @@ async fn while_the_agent_is_down_logs_grow_restart_counts_hold_and_exits_are_kep
     // The shim kept writing the ticker's log while the agent was down.
     let out = skiff(&url, &["logs", &t[0].id]);
     let n = numbers(&String::from_utf8_lossy(&out.stdout), "tick ");
-    assert!(n.len() >= 25, "{n:?}");
+    assert!(n.len() as u32 > last_tick + 10, "{n:?}");
     assert!(consecutive(&n), "no gap in the log: {n:?}");
     let ticker = wait_allocs(&mut client, "ticker", 1, AllocStatus::Running, START).await;
     assert_eq!(ticker[0].restart_count, 0);

@@ -444,7 +444,24 @@ async fn a_gpu_that_fell_off_the_bus_is_not_offered_until_its_quiet_period_passe
     client.apply_job(&second).await.unwrap();
     let why = blocked_reason(&mut client, "second").await;
     assert!(why.ends_with("0/1 nodes: 1 insufficient gpu"), "{why}");
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Wait for the agent to have sampled the GPUs again after a whole quiet
+    // period since the fault was seen (samples travel with heartbeats; the
+    // server keeps when the latest came). The monitor forgets quiet GPUs
+    // right after each sample, so a GPU wrongly forgiven would have been
+    // registered healthy, and the job placed, by then. The margin covers
+    // one sampling interval (200 ms) and the heartbeat carrying it.
+    let quiet_over =
+        std::time::Instant::now() + Duration::from_secs(3) + Duration::from_millis(500);
+    wait_for("GPU samples from after the quiet period", START, || {
+        let mut c = client.clone();
+        async move {
+            let nodes = c.list_nodes().await.ok()?;
+            let n = nodes.into_iter().find(|n| n.node.name == "flaky")?;
+            let came = std::time::Instant::now().checked_sub(n.gpu_metrics_age?)?;
+            (came > quiet_over).then_some(())
+        }
+    })
+    .await;
     assert!(
         client.get_job("second").await.unwrap().allocs.is_empty(),
         "a GPU that is still lost stays unhealthy"

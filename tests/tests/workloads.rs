@@ -250,33 +250,89 @@ async fn a_good_update_completes_on_the_new_version_and_scale_moves_both_ways() 
     let jobs = skiff_ok(&server.url(), &["get", "jobs"]);
     assert!(jobs.contains("2/2"), "{jobs}");
 
-    // A paused rollout changes nothing until it is resumed.
+    // A paused rollout changes nothing until it is resumed, not even when
+    // its new allocation becomes healthy (which would move it on). The new
+    // version waits for a file the test creates after the pause.
     client
-        .apply_job(&service(2, "3", "true", update))
+        .apply_job(&service(
+            2,
+            "3",
+            "until [ -f /tmp/go ]; do sleep 0.1; done",
+            update,
+        ))
         .await
         .unwrap();
+    let gated = wait_for("a version 3 allocation running", LIMIT, || {
+        let mut c = client.clone();
+        async move {
+            let allocs = c.list_allocs(Some("web"), None).await.ok()?;
+            let ids: Vec<String> = allocs
+                .into_iter()
+                .filter(|a| a.job_version == 3 && a.status == AllocStatus::Running)
+                .map(|a| a.id)
+                .collect();
+            (!ids.is_empty()).then_some(ids)
+        }
+    })
+    .await;
     skiff_ok(&server.url(), &["rollout", "pause", "web"]);
     let (v, st, _) = rollout_status(&mut client).await;
     assert_eq!((v, st), (3, DeploymentStatus::Paused));
-    let frozen = |list: Vec<Allocation>| {
+    let frozen = |list: &[Allocation]| {
         let mut ids: Vec<(String, u64)> = list
-            .into_iter()
+            .iter()
             .filter(|a| a.desired == DesiredStatus::Run)
-            .map(|a| (a.id, a.job_version))
+            .map(|a| (a.id.clone(), a.job_version))
             .collect();
         ids.sort();
         ids
     };
-    let before = frozen(client.list_allocs(Some("web"), None).await.unwrap());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let during = frozen(client.list_allocs(Some("web"), None).await.unwrap());
-    assert_eq!(before, during, "allocations changed while paused");
+    let before = frozen(&wait_scheduler_saw(&mut client, "web", "the pause", |_| true).await);
+    for id in &gated {
+        let go = ["touch".to_string(), "/tmp/go".to_string()];
+        let out = client.exec(id, &go, None).await.unwrap();
+        assert_eq!(out.exit_code, 0, "{out:?}");
+    }
+    // Unpaused, the deployment controller would judge version 3 healthy
+    // once min_healthy (500 ms) has passed since the server recorded it
+    // healthy, at its next look (it looks on every applied entry and at
+    // least every 300 ms), and the scheduler would then move the rollout
+    // on. Wait for that moment by the server's own timestamps, then for the
+    // scheduler to have seen everything.
+    let during = wait_scheduler_saw(&mut client, "web", "version 3 healthy", |allocs| {
+        let now = skiff_server_time_ms();
+        allocs
+            .iter()
+            .filter(|a| gated.contains(&a.id))
+            .all(|a| healthy(a) && now.saturating_sub(a.healthy_since_ms) >= 500 + 2 * 300)
+    })
+    .await;
+    assert_eq!(before, frozen(&during), "allocations changed while paused");
     skiff_ok(&server.url(), &["rollout", "resume", "web"]);
+    // Every version 3 allocation waits for its file.
+    wait_for("2 healthy allocations of version 3", LIMIT, || {
+        let mut c = client.clone();
+        async move {
+            let allocs = c.list_allocs(Some("web"), None).await.ok()?;
+            for a in allocs
+                .iter()
+                .filter(|a| a.job_version == 3 && a.status == AllocStatus::Running && !healthy(a))
+            {
+                let go = ["touch".to_string(), "/tmp/go".to_string()];
+                let _ = c.exec(&a.id, &go, None).await;
+            }
+            let live: Vec<_> = allocs
+                .iter()
+                .filter(|a| a.desired == DesiredStatus::Run || a.status == AllocStatus::Running)
+                .collect();
+            (live.len() == 2 && live.iter().all(|a| a.job_version == 3 && healthy(a))).then_some(())
+        }
+    })
+    .await;
     skiff_ok(
         &server.url(),
         &["rollout", "status", "web", "--timeout", "60s"],
     );
-    wait_all_on(&mut client, 2, 3).await;
 
     // Undo to a named version.
     let out = skiff_ok(
@@ -336,9 +392,9 @@ async fn canaries_wait_for_promote_or_are_abandoned_by_undo() {
             },
         )
         .await;
-        // Nothing more happens while it waits.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let still = client.list_allocs(Some("web"), None).await.unwrap();
+        // Nothing more happens while it waits: once the scheduler has seen
+        // the healthy canary, the replicas are as they were.
+        let still = wait_scheduler_saw(&mut client, "web", "the healthy canary", |_| true).await;
         let count = |list: &[Allocation], ver: u64| {
             list.iter()
                 .filter(|a| a.job_version == ver && healthy(a))

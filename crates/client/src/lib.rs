@@ -115,6 +115,10 @@ pub struct EvalInfo {
     pub status: String,
     pub trigger: String,
     pub message: String,
+    /// The Raft index of its last change: a pending evaluation's rises with
+    /// every change that asks for the job to be planned again, and a
+    /// finished one's is the index it finished at.
+    pub modify_index: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -317,6 +321,7 @@ impl Client {
                 .to_string(),
                 trigger: e.trigger,
                 message: e.message,
+                modify_index: e.modify_index,
             }),
         })
     }
