@@ -14,6 +14,8 @@ use skiff_server::heartbeats::LivenessConfig;
 use skiff_server::ServerConfig;
 use skiff_store::RaftConfig;
 
+use crate::args::parse_duration;
+
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct ServerCmd {
@@ -26,27 +28,7 @@ pub struct ServerCmd {
 #[derive(clap::Subcommand)]
 pub enum ServerSub {
     /// List the control-plane servers, or remove one.
-    Members(MembersCmd),
-}
-
-#[derive(Args)]
-pub struct MembersCmd {
-    #[command(subcommand)]
-    pub action: Option<MembersAction>,
-    #[arg(short, long, value_enum, default_value = "table")]
-    pub output: crate::output::Format,
-    #[command(flatten)]
-    pub client: crate::ClientOpts,
-}
-
-#[derive(clap::Subcommand)]
-pub enum MembersAction {
-    /// Remove a server from the cluster (the leader hands over leadership first).
-    Remove {
-        id: u64,
-        #[command(flatten)]
-        client: crate::ClientOpts,
-    },
+    Members(crate::commands::MembersCmd),
 }
 
 #[derive(Args)]
@@ -310,11 +292,6 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("{s:?} must be KEY=VALUE with a non-empty KEY")),
     }
-}
-
-/// `500ms`, `10s`, `2m`, `1h`, `1m30s`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    skiff_model::duration::parse_duration(s)
 }
 
 /// `cpu=500m,memory=1Gi` (either may be left out).

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod args;
 mod commands;
 mod daemons;
 mod output;
@@ -11,7 +12,9 @@ mod rollout;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
+
+use crate::args::ClientOpts;
 
 #[derive(Parser)]
 #[command(
@@ -26,23 +29,6 @@ use clap::{Args, Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
-}
-
-#[derive(Args, Clone)]
-pub struct ClientOpts {
-    /// Server API address; several may be given, comma-separated, to fail over.
-    #[arg(
-        long,
-        global = true,
-        env = "SKIFF_SERVER",
-        default_value = skiff_client::DEFAULT_SERVER,
-        value_delimiter = ','
-    )]
-    server: Vec<String>,
-    /// Answer from the contacted server's own state, without confirming with
-    /// the leader that it is current (faster; works without a quorum).
-    #[arg(long, global = true)]
-    stale: bool,
 }
 
 #[derive(Subcommand)]

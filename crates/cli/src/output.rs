@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 use skiff_client::{JobSummary, NodeInfo};
-use skiff_model::quantity::{format_cpu, format_memory_human};
+use skiff_model::quantity::{format_cpu, format_memory, format_memory_human};
 use skiff_model::{Allocation, Job};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -380,6 +380,39 @@ pub fn age(d: std::time::Duration) -> String {
     } else {
         format!("{}h", s / 3600)
     }
+}
+
+/// `a, b`, or `-` when empty.
+pub(crate) fn list_or_dash<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
+    let parts: Vec<String> = items.map(|x| x.to_string()).collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+/// `cpu 2, memory 8Gi, 2 gpus (model A100), ports 8080`
+pub(crate) fn resources_text(r: &skiff_model::TaskResources) -> String {
+    let mut s = format!(
+        "cpu {}, memory {}",
+        format_cpu(r.cpu_millis),
+        format_memory(r.memory_bytes)
+    );
+    if r.gpus > 0 {
+        s.push_str(&format!(
+            ", {} gpu{}",
+            r.gpus,
+            if r.gpus == 1 { "" } else { "s" }
+        ));
+        if !r.gpu.is_empty() {
+            s.push_str(&format!(" ({})", r.gpu));
+        }
+    }
+    if !r.ports.is_empty() {
+        s.push_str(&format!(", ports {}", list_or_dash(r.ports.iter())));
+    }
+    s
 }
 
 #[cfg(test)]

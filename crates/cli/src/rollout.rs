@@ -9,9 +9,9 @@ use clap::{Args, Subcommand};
 use skiff_client::RolloutInfo;
 use skiff_model::{Deployment, DeploymentStatus, RolloutCounts};
 
+use crate::args::ClientOpts;
 use crate::commands::connect;
 use crate::output::{emit, print_list, Format};
-use crate::ClientOpts;
 
 #[derive(Subcommand)]
 pub enum RolloutCmd {
@@ -26,7 +26,7 @@ pub enum RolloutCmd {
         job: String,
         /// Give up after this long (e.g. 5m) and exit 1; waits for ever
         /// by default.
-        #[arg(long, value_parser = crate::daemons::parse_duration)]
+        #[arg(long, value_parser = crate::args::parse_duration)]
         timeout: Option<Duration>,
         #[command(flatten)]
         client: ClientOpts,

@@ -1,0 +1,194 @@
+//! `skiff get`: jobs, allocations, nodes as tables or JSON/YAML.
+
+use clap::Subcommand;
+use skiff_model::quantity::{format_cpu, format_memory_human};
+
+use super::connect;
+use crate::args::ClientOpts;
+use crate::output::{
+    age, gpu_health, gpu_models, gpu_usage, labels_text, list_or_dash, print_list, AllocOut,
+    Format, JobOut, NodeOut,
+};
+
+#[derive(Subcommand)]
+pub enum GetWhat {
+    /// List jobs with their allocation counts.
+    #[command(alias = "job")]
+    Jobs {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// List allocations (one per replica placed on a node).
+    #[command(alias = "alloc", alias = "allocations")]
+    Allocs {
+        /// Only this job's allocations.
+        #[arg(long)]
+        job: Option<String>,
+        /// Only the allocations on this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only allocations in this status.
+        #[arg(long, value_parser = ["pending", "running", "complete", "failed", "lost"])]
+        status: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// List nodes with their capacity and heartbeat age.
+    #[command(alias = "node")]
+    Nodes {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+pub async fn get(what: GetWhat) -> anyhow::Result<()> {
+    match what {
+        GetWhat::Jobs { output, client } => {
+            let jobs = connect(&client).await?.list_jobs().await?;
+            let items: Vec<JobOut> = jobs.iter().map(|(j, s)| JobOut::new(j, s)).collect();
+            print_list(
+                output,
+                &items,
+                &[
+                    "NAME",
+                    "TYPE",
+                    "VERSION",
+                    "READY",
+                    "STATUS",
+                    "SUCCEEDED",
+                    "FAILED",
+                    "PENDING",
+                    "IMAGE",
+                    "COMPLETE",
+                    "LOST",
+                ],
+                9,
+                |j| {
+                    let batch = j.job_type == "batch";
+                    vec![
+                        j.name.to_string(),
+                        j.job_type.to_string(),
+                        j.version.to_string(),
+                        format!("{}/{}", j.running, j.replicas),
+                        if j.state.is_empty() {
+                            "-".into()
+                        } else {
+                            j.state.to_string()
+                        },
+                        if batch {
+                            format!("{}/{}", j.succeeded, j.completions)
+                        } else {
+                            "-".into()
+                        },
+                        if batch {
+                            j.failed_runs.to_string()
+                        } else {
+                            j.failed.to_string()
+                        },
+                        j.pending.to_string(),
+                        j.image.clone(),
+                        j.complete.to_string(),
+                        j.lost.to_string(),
+                    ]
+                },
+            )
+        }
+        GetWhat::Allocs {
+            job,
+            node,
+            status,
+            output,
+            client,
+        } => {
+            let mut allocs = connect(&client)
+                .await?
+                .list_allocs(job.as_deref(), node.as_deref())
+                .await?;
+            if let Some(status) = status {
+                allocs.retain(|a| a.status.as_str() == status);
+            }
+            let items: Vec<AllocOut> = allocs.iter().map(Into::into).collect();
+            print_list(
+                output,
+                &items,
+                &[
+                    "ID", "JOB", "REPLICA", "NODE", "DESIRED", "STATUS", "READY", "RESTARTS",
+                    "EXIT", "MESSAGE", "GPUS", "PORTS",
+                ],
+                10,
+                |a| {
+                    vec![
+                        a.id[..8.min(a.id.len())].to_string(),
+                        a.job.to_string(),
+                        a.replica.to_string(),
+                        a.node.to_string(),
+                        a.desired.to_string(),
+                        a.shown_status().to_string(),
+                        a.ready().to_string(),
+                        a.restart_count.to_string(),
+                        a.exit_code
+                            .map(|c| c.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        a.shown_message(),
+                        list_or_dash(a.gpus.iter()),
+                        list_or_dash(a.ports.iter()),
+                    ]
+                },
+            )
+        }
+        GetWhat::Nodes { output, client } => {
+            let nodes = connect(&client).await?.list_nodes().await?;
+            let items: Vec<NodeOut> = nodes.iter().map(Into::into).collect();
+            print_list(
+                output,
+                &items,
+                &[
+                    "NAME",
+                    "STATUS",
+                    "CPU",
+                    "MEMORY",
+                    "CPU USED",
+                    "MEMORY USED",
+                    "HEARTBEAT",
+                    "ADDRESS",
+                    "GPUS",
+                    "GPU MODELS",
+                    "GPU HEALTH",
+                    "GPU UTIL",
+                    "GPU MEMORY",
+                    "GPU TEMP",
+                    "GPU POWER",
+                    "LABELS",
+                ],
+                8,
+                |n| {
+                    vec![
+                        n.name.to_string(),
+                        n.status.clone(),
+                        n.cpu.clone(),
+                        n.memory.clone(),
+                        format_cpu(n.cpu_used_millis),
+                        format_memory_human(n.memory_used_bytes),
+                        n.heartbeat_age_ms
+                            .map(|ms| format!("{} ago", age(std::time::Duration::from_millis(ms))))
+                            .unwrap_or_else(|| "-".into()),
+                        n.address.to_string(),
+                        format!("{}/{}", n.gpus_used, n.gpus_allocatable),
+                        gpu_models(n.gpus),
+                        gpu_health(n.gpus),
+                    ]
+                    .into_iter()
+                    .chain(gpu_usage(n.gpus, n.gpu_metrics))
+                    .chain([labels_text(n.labels)])
+                    .collect()
+                },
+            )
+        }
+    }
+}
