@@ -257,8 +257,113 @@ fn remove_stale_temps(cache: &Path) {
 mod tests {
     use super::*;
     use crate::image::testing::*;
+    use crate::image::Blob;
+    use oci_spec::image::Digest;
     use serde_json::{json, Value};
+    use std::io;
     use std::os::unix::fs::MetadataExt;
+
+    /// Blobs held in memory by digest: a source other than a layout
+    /// directory, as a registry will be, and one that cannot tell a blob's
+    /// size before it is read.
+    struct MemoryBlobs(HashMap<String, Vec<u8>>);
+
+    impl MemoryBlobs {
+        /// Every blob of the layout at `layout`.
+        fn from_layout(layout: &Path) -> MemoryBlobs {
+            let blobs = fs::read_dir(layout.join("blobs/sha256"))
+                .unwrap()
+                .map(|e| {
+                    let e = e.unwrap();
+                    let digest = format!("sha256:{}", e.file_name().to_str().unwrap());
+                    (digest, fs::read(e.path()).unwrap())
+                })
+                .collect();
+            MemoryBlobs(blobs)
+        }
+    }
+
+    impl BlobSource for MemoryBlobs {
+        fn name(&self) -> &str {
+            "memory"
+        }
+
+        fn open(&self, digest: &Digest) -> Result<Blob, ImageError> {
+            let path = PathBuf::from(format!("memory/{digest}"));
+            match self.0.get(&digest.to_string()) {
+                Some(bytes) => Ok(Blob {
+                    path,
+                    len: None,
+                    reader: Box::new(io::Cursor::new(bytes.clone())),
+                }),
+                None => Err(ImageError::Io {
+                    path,
+                    source: io::ErrorKind::NotFound.into(),
+                }),
+            }
+        }
+    }
+
+    fn descriptor_of(desc: &Value) -> Descriptor {
+        serde_json::from_value(desc.clone()).unwrap()
+    }
+
+    #[test]
+    fn an_image_from_another_blob_source_lands_in_the_same_cache_entry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = tmp.path().join("layout");
+        let manifest = simple_image(&layout, "m");
+        write_index(&layout, vec![tagged(manifest.clone(), "latest")]);
+        let memory = MemoryBlobs::from_layout(&layout);
+        let store = ImageStore::new(tmp.path().join("images"));
+
+        let from_memory = store.unpack(&memory, &descriptor_of(&manifest)).unwrap();
+        let digest = manifest["digest"].as_str().unwrap();
+        assert_eq!(from_memory.manifest_digest, digest);
+        assert_eq!(
+            from_memory.rootfs,
+            store.root().join("rootfs").join(&digest[7..])
+        );
+        assert_eq!(read(&from_memory.rootfs.join("marker")), "m");
+        assert_eq!(from_memory.config.cmd, vec!["m"]);
+
+        // The layout's own copy of the layer is gone: only the entry the
+        // other source filled can serve this prepare.
+        let parsed: Value =
+            serde_json::from_slice(&fs::read(blob_file(&layout, &manifest)).unwrap()).unwrap();
+        fs::remove_file(blob_file(&layout, &parsed["layers"][0])).unwrap();
+        let from_layout = store.prepare(&image_ref(&layout, None)).unwrap();
+        assert_eq!(from_layout, from_memory);
+        assert_eq!(cache_entries(&store), vec![digest[7..].to_string()]);
+    }
+
+    #[test]
+    fn blobs_from_a_source_that_does_not_know_their_size_are_still_verified() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = tmp.path().join("layout");
+        let manifest = simple_image(&layout, "m");
+        let parsed: Value =
+            serde_json::from_slice(&fs::read(blob_file(&layout, &manifest)).unwrap()).unwrap();
+        let layer = parsed["layers"][0]["digest"].as_str().unwrap().to_string();
+        let store = ImageStore::new(tmp.path().join("images"));
+
+        let mut truncated = MemoryBlobs::from_layout(&layout);
+        truncated.0.get_mut(&layer).unwrap().pop();
+        let err = store
+            .unpack(&truncated, &descriptor_of(&manifest))
+            .unwrap_err();
+        assert!(matches!(err, ImageError::SizeMismatch { .. }), "{err:?}");
+        assert!(err.to_string().contains(&layer), "{err}");
+
+        let mut flipped = MemoryBlobs::from_layout(&layout);
+        flipped.0.get_mut(&layer).unwrap()[10] ^= 0x01;
+        let err = store
+            .unpack(&flipped, &descriptor_of(&manifest))
+            .unwrap_err();
+        assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err:?}");
+        assert!(err.to_string().contains(&layer), "{err}");
+        assert!(cache_entries(&store).is_empty());
+    }
 
     #[test]
     fn prepare_unpacks_layers_in_order_verifies_them_and_maps_the_config() {
