@@ -5,14 +5,16 @@
 //! read-only lower layer of an overlay mounted at `bundle/rootfs`, and the
 //! container's writes go to `bundle/overlay/upper`: starting another
 //! replica of an image copies and unpacks nothing. Otherwise the cached
-//! tree is copied.
+//! tree is copied: [`copy_rootfs`] keeps modes, owners, mtimes, symlinks
+//! and hard links.
 
-use std::fs;
+use std::collections::HashMap;
+use std::fs::{self, DirBuilder, OpenOptions};
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
-use crate::image::{copy_rootfs, ImageError};
+use tracing::{debug, warn};
 
 /// How container root filesystems are made (`skiff agent --rootfs`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -49,9 +51,22 @@ pub enum RootfsError {
     #[error("cannot mount an overlay at {path}: {source}")]
     Overlay { path: String, source: io::Error },
     #[error("copying the image's rootfs: {0}")]
-    Copy(#[from] ImageError),
+    Copy(#[from] CopyError),
     #[error("{path}: {source}")]
     Io { path: String, source: io::Error },
+}
+
+/// What can go wrong copying a rootfs tree.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} already exists; a rootfs is only copied to a new path", path.display())]
+    DestinationExists { path: PathBuf },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RootfsError + '_ {
@@ -104,6 +119,141 @@ fn mount_overlay(lower: &Path, bundle: &Path) -> Result<(), RootfsError> {
     })
 }
 
+// ---------------------------------------------------------------------------
+// Copying a prepared rootfs
+// ---------------------------------------------------------------------------
+
+fn copy_err(path: &Path) -> impl FnOnce(io::Error) -> CopyError + '_ {
+    move |source| CopyError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Copies the rootfs tree `src` to `dest`, which must not exist yet (its
+/// parent is created if missing). Modes, ownership, file mtimes and symlinks
+/// are preserved, hard links within the tree stay hard links; device nodes,
+/// fifos and sockets are skipped. On failure the partial copy is removed.
+pub fn copy_rootfs(src: &Path, dest: &Path) -> Result<(), CopyError> {
+    let src_meta = fs::symlink_metadata(src).map_err(copy_err(src))?;
+    if !src_meta.is_dir() {
+        return Err(CopyError::Io {
+            path: src.to_path_buf(),
+            source: io::Error::new(
+                io::ErrorKind::NotADirectory,
+                "rootfs to copy is not a directory",
+            ),
+        });
+    }
+    match fs::symlink_metadata(dest) {
+        Ok(_) => {
+            return Err(CopyError::DestinationExists {
+                path: dest.to_path_buf(),
+            })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(copy_err(dest)(e)),
+    }
+    if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(copy_err(parent))?;
+    }
+    if let Err(e) = DirBuilder::new().mode(0o700).create(dest) {
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            return Err(CopyError::DestinationExists {
+                path: dest.to_path_buf(),
+            });
+        }
+        return Err(copy_err(dest)(e));
+    }
+    let result = copy_tree(src, dest, src_meta);
+    if result.is_err() {
+        if let Err(e) = fs::remove_dir_all(dest) {
+            warn!(path = %dest.display(), error = %e, "could not remove partial rootfs copy");
+        }
+    }
+    result
+}
+
+fn copy_tree(src: &Path, dest: &Path, src_meta: fs::Metadata) -> Result<(), CopyError> {
+    let mut dirs = vec![(dest.to_path_buf(), src_meta)];
+    let mut stack = vec![(src.to_path_buf(), dest.to_path_buf())];
+    let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    while let Some((from_dir, to_dir)) = stack.pop() {
+        for entry in fs::read_dir(&from_dir).map_err(copy_err(&from_dir))? {
+            let entry = entry.map_err(copy_err(&from_dir))?;
+            let from = entry.path();
+            let to = to_dir.join(entry.file_name());
+            let meta = fs::symlink_metadata(&from).map_err(copy_err(&from))?;
+            let kind = meta.file_type();
+            if kind.is_dir() {
+                DirBuilder::new()
+                    .mode(0o700)
+                    .create(&to)
+                    .map_err(copy_err(&to))?;
+                dirs.push((to.clone(), meta));
+                stack.push((from, to));
+            } else if kind.is_symlink() {
+                let target = fs::read_link(&from).map_err(copy_err(&from))?;
+                std::os::unix::fs::symlink(&target, &to).map_err(copy_err(&to))?;
+                chown_if_needed_path(&to, &meta)?;
+            } else if kind.is_file() {
+                if meta.nlink() > 1 {
+                    let key = (meta.dev(), meta.ino());
+                    if let Some(first) = links.get(&key) {
+                        fs::hard_link(first, &to).map_err(copy_err(&to))?;
+                        continue;
+                    }
+                    links.insert(key, to.clone());
+                }
+                copy_file(&from, &to, &meta)?;
+            } else {
+                debug!(path = %from.display(), "skipping special file while copying rootfs");
+            }
+        }
+    }
+    // Children were created; now fix directory owners and modes, deepest first.
+    for (dir, meta) in dirs.iter().rev() {
+        chown_if_needed_path(dir, meta)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(meta.mode() & 0o7777))
+            .map_err(copy_err(dir))?;
+    }
+    Ok(())
+}
+
+fn chown_if_needed_path(path: &Path, want: &fs::Metadata) -> Result<(), CopyError> {
+    let have = fs::symlink_metadata(path).map_err(copy_err(path))?;
+    if have.uid() != want.uid() || have.gid() != want.gid() {
+        std::os::unix::fs::lchown(path, Some(want.uid()), Some(want.gid()))
+            .map_err(copy_err(path))?;
+    }
+    Ok(())
+}
+
+fn copy_file(from: &Path, to: &Path, meta: &fs::Metadata) -> Result<(), CopyError> {
+    let mut src = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(from)
+        .map_err(copy_err(from))?;
+    let mut dst = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)
+        .map_err(copy_err(to))?;
+    io::copy(&mut src, &mut dst).map_err(copy_err(to))?;
+    if let Ok(t) = meta.modified() {
+        dst.set_modified(t).map_err(copy_err(to))?;
+    }
+    let have = dst.metadata().map_err(copy_err(to))?;
+    if have.uid() != meta.uid() || have.gid() != meta.gid() {
+        std::os::unix::fs::fchown(&dst, Some(meta.uid()), Some(meta.gid()))
+            .map_err(copy_err(to))?;
+    }
+    dst.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))
+        .map_err(copy_err(to))
+}
+
 /// Unmounts `bundle/rootfs` if it is an overlay and removes the bundle.
 pub fn release(bundle: &Path) -> io::Result<()> {
     let target = bundle.join("rootfs");
@@ -136,6 +286,8 @@ pub fn is_overlay_mount(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::testing::{apply, busybox_layout, image_ref, read, tree, LayerTar, BUSYBOX};
+    use crate::image::ImageStore;
 
     fn image_tree() -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
@@ -196,5 +348,74 @@ mod tests {
             image.path().join("bin/tool").is_file(),
             "the image is untouched"
         );
+    }
+
+    #[test]
+    fn copy_rootfs_preserves_modes_owners_symlinks_and_hardlinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir(&src).unwrap();
+        apply(
+            &src,
+            LayerTar::new()
+                .dir("./", 0o755)
+                .dir_with("home/u", 0o700, 1000, 1000)
+                .file_with("home/u/note", "hi", 0o600, 1000, 1000)
+                .file_with("bin/su", "su", 0o4755, 0, 0)
+                .hardlink("bin/su2", "bin/su")
+                .symlink("bin/sh", "/bin/busybox")
+                .dir("ro", 0o555)
+                .file("ro/f", "r"),
+        )
+        .unwrap();
+        let dest = tmp.path().join("containers/c1/rootfs");
+        copy_rootfs(&src, &dest).unwrap();
+
+        assert_eq!(tree(&src), tree(&dest));
+        for rel in ["home/u", "home/u/note", "bin/su", "ro", "ro/f", "."] {
+            let a = fs::symlink_metadata(src.join(rel)).unwrap();
+            let b = fs::symlink_metadata(dest.join(rel)).unwrap();
+            assert_eq!(
+                (a.mode(), a.uid(), a.gid()),
+                (b.mode(), b.uid(), b.gid()),
+                "{rel}"
+            );
+        }
+        assert_eq!(read(&dest.join("home/u/note")), "hi");
+        assert_eq!(
+            fs::metadata(dest.join("bin/su")).unwrap().mtime(),
+            1_600_000_000
+        );
+        assert_eq!(
+            fs::read_link(dest.join("bin/sh")).unwrap(),
+            Path::new("/bin/busybox")
+        );
+        let su = fs::metadata(dest.join("bin/su")).unwrap();
+        let su2 = fs::metadata(dest.join("bin/su2")).unwrap();
+        assert_eq!(su.ino(), su2.ino());
+        assert_ne!(su.ino(), fs::metadata(src.join("bin/su")).unwrap().ino());
+
+        let err = copy_rootfs(&src, &dest).unwrap_err();
+        assert!(
+            matches!(err, CopyError::DestinationExists { .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(&dest.display().to_string()));
+    }
+
+    #[test]
+    fn a_prepared_umoci_busybox_image_copies_byte_for_byte() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = busybox_layout(tmp.path());
+        let prepared = ImageStore::new(tmp.path().join("images"))
+            .prepare(&image_ref(&layout, None))
+            .unwrap();
+        let copy = tmp.path().join("c1/rootfs");
+        copy_rootfs(&prepared.rootfs, &copy).unwrap();
+        assert_eq!(
+            fs::read(copy.join("bin/busybox")).unwrap(),
+            fs::read(BUSYBOX).unwrap()
+        );
+        assert_eq!(tree(&prepared.rootfs), tree(&copy));
     }
 }
