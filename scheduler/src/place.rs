@@ -25,9 +25,9 @@ use skiff_model::fit::{binpack_score, fits_free, Usage};
 use skiff_model::{JobSpec, Resources, TaskResources};
 
 use crate::bitset::Bitset;
+use crate::config::{Algorithm, Config};
 use crate::gpus::{choose, GpuChoice};
 use crate::view::{least_key, mix, ClusterView, IndexEntry, IndexSet, NodeIdx, NO_NODE};
-use crate::{Algorithm, Config};
 
 /// Weight of GPU closeness (1 for an all-NVLink set, 0 across the system)
 /// against fullness (0 to 1) for multi-GPU replicas.

@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use super::*;
 use skiff_model::{
     AllocStatus, Allocation, DeploymentStatus, Gpu, GpuLink, JobSpec, LinkLevel, Node, NodeStatus,
-    Resources,
+    Placement, Resources,
 };
 
 fn node(name: &str, cpu: u64, mem_mi: u64) -> Node {

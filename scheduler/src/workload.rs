@@ -21,8 +21,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use skiff_model::workload::{batch_progress, BatchState};
 use skiff_model::{AllocStatus, Deployment, DeploymentStatus, GangFailure, Plan};
 
+use crate::ctx::{stop, Ctx};
 use crate::view::{AllocRec, NodeIdx, NO_NODE};
-use crate::{stop, Ctx};
 
 /// Allocations of the job's current version, and the rest.
 struct Split<'r, 'a> {

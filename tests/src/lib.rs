@@ -10,6 +10,7 @@
 pub mod cluster;
 pub mod gpus;
 pub mod linearizability;
+pub mod structure;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
