@@ -223,7 +223,8 @@ impl Containers {
 
     /// One pass: from the servers' allocation set, the exits recorded
     /// since the last pass (of containers running or stopping) and the
-    /// time, to the actions to take and the statuses to report.
+    /// time, to the actions to take and the statuses to report. The steps
+    /// run in this order, each on what the one before left.
     pub fn decide(
         &mut self,
         desired: &[Allocation],
@@ -232,10 +233,19 @@ impl Containers {
     ) -> Decision {
         let by_id: HashMap<&str, &Allocation> =
             desired.iter().map(|a| (a.id.as_str(), a)).collect();
-        let grace = self.default_grace;
         let mut actions = Vec::new();
+        self.learn_listings(&by_id);
+        self.notice_exits(exits, &mut actions);
+        self.follow_exits(&by_id);
+        self.start_and_stop(desired, now.wall, &mut actions);
+        self.watch_and_probe(&mut actions);
+        self.clean_up(&mut actions);
+        let report = self.report_and_forget(desired, now.mono, &mut actions);
+        Decision { actions, report }
+    }
 
-        // Learn tasks; mark what the servers no longer list.
+    /// Learns tasks; marks what the servers no longer list.
+    fn learn_listings(&mut self, by_id: &HashMap<&str, &Allocation>) {
         for (id, c) in self.map.iter_mut() {
             match (by_id.get(id.as_str()), &c.listing) {
                 (Some(a), Listing::Unknown) => c.listing = Listing::Listed(a.task.clone()),
@@ -247,8 +257,10 @@ impl Containers {
                 }
             }
         }
+    }
 
-        // Notice exits.
+    /// Notices the exits of running and stopping containers.
+    fn notice_exits(&mut self, exits: &HashMap<String, ExitRecord>, actions: &mut Vec<Action>) {
         for (id, c) in self.map.iter_mut() {
             if !matches!(c.state, State::Running { .. } | State::Stopping { .. }) {
                 continue;
@@ -267,8 +279,10 @@ impl Containers {
                 _ => State::Ended(record.clone()),
             };
         }
+    }
 
-        // Decide what follows an exit: a restart after a back-off, or the end.
+    /// Decides what follows an exit: a restart after a back-off, or the end.
+    fn follow_exits(&mut self, by_id: &HashMap<&str, &Allocation>) {
         for (id, c) in self.map.iter_mut() {
             let State::Ended(record) = &c.state else {
                 continue;
@@ -302,8 +316,17 @@ impl Containers {
                 },
             };
         }
+    }
 
-        // Start, restart and stop.
+    /// Starts what is new, restarts what waited out its back-off (and is
+    /// cleaned up), stops what the servers want stopped or no longer list.
+    fn start_and_stop(
+        &mut self,
+        desired: &[Allocation],
+        now: SystemTime,
+        actions: &mut Vec<Action>,
+    ) {
+        let grace = self.default_grace;
         for a in desired {
             match (a.desired, self.map.get_mut(&a.id)) {
                 (DesiredStatus::Run, None) if a.status == AllocStatus::Pending => {
@@ -318,42 +341,40 @@ impl Containers {
                         run: 0,
                     });
                 }
-                (DesiredStatus::Run, Some(c)) => {
-                    let State::BackOff {
+                (DesiredStatus::Run, Some(c)) => match c.state {
+                    State::BackOff {
                         until,
                         cleanup: Cleanup::Done,
                         ..
-                    } = c.state
-                    else {
-                        continue;
-                    };
-                    if now.wall < until {
-                        continue;
+                    } if now >= until => {
+                        c.restarts.count += 1;
+                        c.restarts.step += 1;
+                        actions.push(Action::SaveRestarts {
+                            id: a.id.clone(),
+                            restarts: c.restarts,
+                        });
+                        c.state = State::Starting;
+                        c.last_killed_for = c.killed_for.take();
+                        actions.push(Action::Start {
+                            alloc: Box::new(a.clone()),
+                            run: c.restarts.count,
+                        });
                     }
-                    c.restarts.count += 1;
-                    c.restarts.step += 1;
-                    actions.push(Action::SaveRestarts {
-                        id: a.id.clone(),
-                        restarts: c.restarts,
-                    });
-                    c.state = State::Starting;
-                    c.last_killed_for = c.killed_for.take();
-                    actions.push(Action::Start {
-                        alloc: Box::new(a.clone()),
-                        run: c.restarts.count,
-                    });
-                }
-                (DesiredStatus::Stop, Some(c)) => stop(&a.id, c, grace, &mut actions),
+                    _ => {}
+                },
+                (DesiredStatus::Stop, Some(c)) => stop(&a.id, c, grace, actions),
                 _ => {}
             }
         }
         for (id, c) in self.map.iter_mut() {
             if c.listing.gone() {
-                stop(id, c, grace, &mut actions);
+                stop(id, c, grace, actions);
             }
         }
+    }
 
-        // Learn of exits as they happen, and probe what runs.
+    /// Watches for the exits of what runs, and probes it.
+    fn watch_and_probe(&mut self, actions: &mut Vec<Action>) {
         for (id, c) in self.map.iter_mut() {
             let State::Running { watched, probed } = &mut c.state else {
                 continue;
@@ -371,8 +392,10 @@ impl Containers {
                 });
             }
         }
+    }
 
-        // Clean up what ended (and what waits to start again).
+    /// Cleans up what ended (and what waits to start again).
+    fn clean_up(&mut self, actions: &mut Vec<Action>) {
         for (id, c) in self.map.iter_mut() {
             if let Some(cleanup) = c.state.cleanup_mut() {
                 if *cleanup == Cleanup::Due {
@@ -382,8 +405,17 @@ impl Containers {
                 }
             }
         }
+    }
 
-        // Report, and forget what the servers have recorded as finished.
+    /// The statuses worth reporting; forgets what the servers have
+    /// recorded as finished, and what they no longer list, once it is
+    /// cleaned up.
+    fn report_and_forget(
+        &mut self,
+        desired: &[Allocation],
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) -> Vec<Observed> {
         let done = |c: &Container| c.state.terminal() && c.state.cleanup() == Some(Cleanup::Done);
         let mut report = Vec::new();
         let mut forget = Vec::new();
@@ -394,7 +426,7 @@ impl Containers {
                 None => observe_untracked(a),
             };
             if let Some(o) = observed {
-                if self.sent.due(a, &o, now.mono) {
+                if self.sent.due(a, &o, now) {
                     report.push(o);
                 }
             }
@@ -414,7 +446,7 @@ impl Containers {
                 actions.push(Action::Forget { id });
             }
         }
-        Decision { actions, report }
+        report
     }
 }
 

@@ -891,3 +891,27 @@ async fn a_failing_liveness_probe_kills_through_the_runtime_and_waits_to_restart
         ]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_loop_sends_a_report_again_when_it_did_not_arrive_and_not_when_it_did() {
+    let rig = Rig::new(FakeRuntime::new(), MemRecords::new());
+    let tx = rig.rec.events.clone();
+    let sent: Arc<std::sync::Mutex<Vec<Vec<Observed>>>> = Default::default();
+    let calls = sent.clone();
+    let looping = tokio::spawn(super::run_loop(rig.rec, rig.events, move |updates| {
+        let mut calls = calls.lock().unwrap();
+        calls.push(updates);
+        // The first report is lost on the way; the second arrives.
+        let arrived = calls.len() > 1;
+        async move { arrived }
+    }));
+    let mut a = alloc_of(A, task("{}"));
+    a.desired = DesiredStatus::Stop;
+    tx.send(Event::Desired(vec![a])).await.unwrap();
+    tokio::time::sleep(secs(2)).await;
+    let calls = sent.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[0], calls[1]);
+    assert_eq!(calls[0][0].message, "stopped before it started");
+    looping.abort();
+}
