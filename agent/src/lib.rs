@@ -2,14 +2,18 @@
 //!
 //! - [`agent`]: the process: registration, heartbeats, the allocation
 //!   watch, and the log service;
-//! - [`reconcile`]: makes the node's containers match its allocations;
+//! - [`reconcile`]: makes the node's containers match its allocations: a
+//!   pure decision over one state per container, and an executor;
+//! - [`clock`]: the time as the agent reads it (one `now_ms`, and the
+//!   reconciler's clock, which tests move by hand);
 //! - [`gpu`]: the GPU inventory (NVML, or a fake from a file), health,
 //!   live metrics, and injecting exactly a container's GPUs;
 //! - [`image`]: OCI image layouts, unpacked into a per-image cache;
 //! - [`bundle`]: the OCI runtime spec for each container;
 //! - [`seccomp`]: the default seccomp profile;
 //! - [`rootfs`]: each container's root filesystem (overlayfs or a copy);
-//! - [`runtime`]: runc, behind a small trait, and the runtime choice;
+//! - [`runtime`]: runc, behind a small trait (with a recording fake for
+//!   tests), and the runtime choice;
 //! - [`shim`]: the per-container monitor that outlives the agent;
 //! - [`crilog`] and [`logs`]: the CRI-format log files and reading them;
 //! - [`probe`]: exec, http and tcp health probes;
@@ -17,6 +21,7 @@
 
 pub mod agent;
 pub mod bundle;
+pub mod clock;
 pub mod crilog;
 pub mod gpu;
 pub mod host;

@@ -23,11 +23,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use skiff_model::{Gpu, GpuDriver, GpuLink, GpuMetrics};
 use tokio::sync::watch;
 
+use crate::clock::now_ms;
 use health::{HealthEvent, HealthTracker, Unhealthy};
 pub use inject::ContainerEdits;
 
@@ -159,12 +160,6 @@ impl Default for GpuConfig {
 
 /// The CDI directories NVIDIA's toolkit writes to.
 pub const DEFAULT_CDI_DIRS: [&str; 2] = ["/etc/cdi", "/var/run/cdi"];
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 struct Shared {
     inventory: Inventory,

@@ -1,5 +1,9 @@
 //! The container runtime edge: a runc-compatible CLI, driven through the
-//! shim for create/start and directly for kill, delete and state.
+//! shim for create/start and directly for kill, delete and state. Tests
+//! use the recording fake in `fake.rs`.
+
+#[cfg(test)]
+pub mod fake;
 
 use std::ffi::OsString;
 use std::future::Future;

@@ -1,0 +1,485 @@
+//! The reconciler's decisions, and nothing else. From the allocations the
+//! servers want, the exits the shims recorded, the events of the tasks it
+//! spawned and the time, [`Containers`] works out each container's next
+//! [`State`] and the [`Action`]s that get it there. No I/O, no tokio, no
+//! clock: every input is an argument, so a test drives every rule without
+//! root and without waiting (see `tests.rs`). The executor carries the
+//! actions out; the decisions only log what they decided.
+//!
+//! A pass is idempotent: run twice on the same inputs, the second finds
+//! nothing to do.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant, SystemTime};
+
+use skiff_model::alloc::reason;
+use skiff_model::duration::format_duration;
+use skiff_model::{AllocStatus, Allocation, DesiredStatus, TaskSpec};
+
+use super::observe::{observe, observe_untracked, Observed, Sent};
+use super::restarts::{after_exit, AfterExit, Restarts};
+use super::state::{Cleanup, Container, Ending, Found, Listing, State};
+use super::stop::stop_signal;
+use crate::clock::{self, Now};
+use crate::probe::ProbeEvent;
+use crate::shim::ExitRecord;
+
+/// What the executor is asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Start run `run` (the restart count) of the allocation's container.
+    Start { alloc: Box<Allocation>, run: u32 },
+    /// Send `signal`, wait `grace`, then SIGKILL.
+    Stop {
+        id: String,
+        signal: String,
+        grace: Duration,
+    },
+    /// Delete the runtime's container and remove the bundle.
+    Cleanup { id: String },
+    /// Wait for the container's shim to exit, to notice the exit at once.
+    Watch { id: String },
+    /// Run the task's probes against run `run`.
+    Probe {
+        id: String,
+        task: Box<TaskSpec>,
+        run: u32,
+    },
+    /// Stop the container's probes, if they run.
+    EndProbes { id: String },
+    /// Keep the restart bookkeeping across agent restarts.
+    SaveRestarts { id: String, restarts: Restarts },
+    /// Remove the container's records: the servers have its end.
+    Forget { id: String },
+}
+
+/// The outcome of one pass: what to do, and what to tell the servers.
+#[derive(Debug, Default)]
+pub struct Decision {
+    pub actions: Vec<Action>,
+    pub report: Vec<Observed>,
+}
+
+/// Every container this agent tracks, and the reports that reached the
+/// servers.
+#[derive(Debug)]
+pub struct Containers {
+    map: BTreeMap<String, Container>,
+    sent: Sent,
+    /// Time between the stop signal and SIGKILL, unless a task says.
+    default_grace: Duration,
+}
+
+impl Containers {
+    pub fn new(default_grace: Duration) -> Containers {
+        Containers {
+            map: BTreeMap::new(),
+            sent: Sent::default(),
+            default_grace,
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Container> {
+        self.map.get(id)
+    }
+
+    /// How many containers this agent tracks.
+    pub fn tracked(&self) -> usize {
+        self.map.len()
+    }
+
+    /// The containers whose exit the next pass looks for.
+    pub fn awaiting_exit(&self) -> impl Iterator<Item = &str> {
+        self.map
+            .iter()
+            .filter(|(_, c)| matches!(c.state, State::Running { .. } | State::Stopping { .. }))
+            .map(|(id, _)| id.as_str())
+    }
+
+    /// Takes on a container an earlier run of the agent left.
+    pub fn adopt(&mut self, id: String, found: Found, restarts: Restarts) {
+        let state = State::adopted(found);
+        tracing::info!(alloc = %id, phase = ?state, restarts = restarts.count, "re-adopted container");
+        self.map
+            .insert(id, Container::new(state, Listing::Unknown, restarts));
+    }
+
+    /// A start task ended; `run` says which run it started.
+    pub fn started(&mut self, id: &str, run: u32, result: Result<(), String>, took: Duration) {
+        let Some(c) = self.map.get_mut(id) else {
+            return;
+        };
+        if c.state != State::Starting || run != c.restarts.count {
+            return;
+        }
+        // A stop asked for meanwhile happens on the next pass.
+        c.state = match result {
+            Ok(()) => {
+                tracing::info!(
+                    alloc = %id,
+                    run,
+                    start_ms = took.as_secs_f64() * 1000.0,
+                    "container started"
+                );
+                State::running()
+            }
+            Err(message) => {
+                tracing::warn!(alloc = %id, error = %message, "container failed to start");
+                State::Failed {
+                    message,
+                    reason: reason::START_FAILED,
+                    cleanup: Cleanup::Due,
+                }
+            }
+        };
+    }
+
+    /// Whether a stop task for `id` is under way (its end is worth
+    /// reading the exit record for).
+    pub fn stopping(&self, id: &str) -> bool {
+        self.map
+            .get(id)
+            .is_some_and(|c| matches!(c.state, State::Stopping { .. }))
+    }
+
+    /// A stop task ended; `record` is the exit its shim recorded, if any.
+    pub fn stop_done(&mut self, id: &str, record: Option<ExitRecord>) -> Vec<Action> {
+        let Some(c) = self.map.get_mut(id) else {
+            return Vec::new();
+        };
+        let State::Stopping { requested } = c.state else {
+            return Vec::new();
+        };
+        c.state = match record {
+            Some(record) if requested => State::Exited {
+                record,
+                ending: Ending::Stopped,
+                cleanup: Cleanup::Due,
+            },
+            Some(record) => State::Ended(record),
+            None => State::Failed {
+                message: "stopped; its exit code was not recorded".into(),
+                reason: reason::STOPPED,
+                cleanup: Cleanup::Due,
+            },
+        };
+        vec![Action::EndProbes { id: id.into() }]
+    }
+
+    /// A cleanup task ended.
+    pub fn cleaned(&mut self, id: &str) {
+        if let Some(cleanup) = self.map.get_mut(id).and_then(|c| c.state.cleanup_mut()) {
+            *cleanup = Cleanup::Done;
+        }
+    }
+
+    /// A probe verdict about run `run`.
+    pub fn probe(&mut self, id: &str, run: u32, event: ProbeEvent) -> Vec<Action> {
+        let Some(c) = self.map.get_mut(id) else {
+            return Vec::new();
+        };
+        if !matches!(c.state, State::Running { .. }) || run != c.restarts.count {
+            return Vec::new(); // about an earlier run
+        }
+        match event {
+            ProbeEvent::Ready(ready) => {
+                if c.healthy != Some(ready) {
+                    tracing::info!(alloc = %id, ready, "readiness changed");
+                }
+                c.healthy = Some(ready);
+                Vec::new()
+            }
+            ProbeEvent::Failed { probe, message } => {
+                tracing::info!(alloc = %id, probe, error = %message, "probe failed; stopping the container");
+                c.killed_for = Some(format!("{probe} probe failed: {message}"));
+                c.healthy = Some(false);
+                c.state = State::Stopping { requested: false };
+                vec![stop_action(id, c.listing.task(), self.default_grace)]
+            }
+        }
+    }
+
+    /// Records that these updates reached the servers at `now`.
+    pub fn sent(&mut self, updates: &[Observed], now: Instant) {
+        self.sent.record(updates, now);
+    }
+
+    /// When the next pass has something to do that no event will
+    /// announce: the end of the earliest back-off.
+    pub fn next_wakeup(&self) -> Option<SystemTime> {
+        self.map
+            .values()
+            .filter_map(|c| match c.state {
+                // Until it is cleaned up, the Cleaned event wakes us.
+                State::BackOff {
+                    until,
+                    cleanup: Cleanup::Done,
+                    ..
+                } => Some(until),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// One pass: from the servers' allocation set, the exits recorded
+    /// since the last pass (of containers running or stopping) and the
+    /// time, to the actions to take and the statuses to report. The steps
+    /// run in this order, each on what the one before left.
+    pub fn decide(
+        &mut self,
+        desired: &[Allocation],
+        exits: &HashMap<String, ExitRecord>,
+        now: Now,
+    ) -> Decision {
+        let by_id: HashMap<&str, &Allocation> =
+            desired.iter().map(|a| (a.id.as_str(), a)).collect();
+        let mut actions = Vec::new();
+        self.learn_listings(&by_id);
+        self.notice_exits(exits, &mut actions);
+        self.follow_exits(&by_id);
+        self.start_and_stop(desired, now.wall, &mut actions);
+        self.watch_and_probe(&mut actions);
+        self.clean_up(&mut actions);
+        let report = self.report_and_forget(desired, now.mono, &mut actions);
+        Decision { actions, report }
+    }
+
+    /// Learns tasks; marks what the servers no longer list.
+    fn learn_listings(&mut self, by_id: &HashMap<&str, &Allocation>) {
+        for (id, c) in self.map.iter_mut() {
+            match (by_id.get(id.as_str()), &c.listing) {
+                (Some(a), Listing::Unknown) => c.listing = Listing::Listed(a.task.clone()),
+                (Some(a), Listing::Gone(None)) => c.listing = Listing::Gone(Some(a.task.clone())),
+                (Some(_), _) | (None, Listing::Gone(_)) => {}
+                (None, listing) => {
+                    tracing::info!(alloc = %id, "the servers no longer list this allocation; removing it");
+                    c.listing = Listing::Gone(listing.task().cloned());
+                }
+            }
+        }
+    }
+
+    /// Notices the exits of running and stopping containers.
+    fn notice_exits(&mut self, exits: &HashMap<String, ExitRecord>, actions: &mut Vec<Action>) {
+        for (id, c) in self.map.iter_mut() {
+            if !matches!(c.state, State::Running { .. } | State::Stopping { .. }) {
+                continue;
+            }
+            let Some(record) = exits.get(id) else {
+                continue;
+            };
+            tracing::info!(alloc = %id, code = record.exit_code, oom = record.oom_killed, "container exited");
+            actions.push(Action::EndProbes { id: id.clone() });
+            c.state = match c.state {
+                State::Stopping { requested: true } => State::Exited {
+                    record: record.clone(),
+                    ending: Ending::Stopped,
+                    cleanup: Cleanup::Due,
+                },
+                _ => State::Ended(record.clone()),
+            };
+        }
+    }
+
+    /// Decides what follows an exit: a restart after a back-off, or the end.
+    fn follow_exits(&mut self, by_id: &HashMap<&str, &Allocation>) {
+        for (id, c) in self.map.iter_mut() {
+            let State::Ended(record) = &c.state else {
+                continue;
+            };
+            let record = record.clone();
+            let stop_wanted = c.listing.gone()
+                || by_id
+                    .get(id.as_str())
+                    .is_some_and(|a| a.desired == DesiredStatus::Stop);
+            c.last_exit = Some(record.clone());
+            c.healthy = None;
+            c.state = match after_exit(&record, c.listing.task(), c.restarts.step, stop_wanted) {
+                AfterExit::Restart { delay, step } => {
+                    c.restarts.step = step;
+                    let until = clock::from_ms(record.finished_at_ms) + delay;
+                    tracing::info!(alloc = %id, delay = %format_duration(delay), restarts = c.restarts.count, "container exited; restarting after its back-off");
+                    State::BackOff {
+                        until,
+                        delay,
+                        cleanup: Cleanup::Due,
+                    }
+                }
+                AfterExit::Done { stopped } => State::Exited {
+                    record,
+                    ending: if stopped {
+                        Ending::Stopped
+                    } else {
+                        Ending::Exit
+                    },
+                    cleanup: Cleanup::Due,
+                },
+            };
+        }
+    }
+
+    /// Starts what is new, restarts what waited out its back-off (and is
+    /// cleaned up), stops what the servers want stopped or no longer list.
+    fn start_and_stop(
+        &mut self,
+        desired: &[Allocation],
+        now: SystemTime,
+        actions: &mut Vec<Action>,
+    ) {
+        let grace = self.default_grace;
+        for a in desired {
+            match (a.desired, self.map.get_mut(&a.id)) {
+                (DesiredStatus::Run, None) if a.status == AllocStatus::Pending => {
+                    let c = Container::new(
+                        State::Starting,
+                        Listing::Listed(a.task.clone()),
+                        Restarts::default(),
+                    );
+                    self.map.insert(a.id.clone(), c);
+                    actions.push(Action::Start {
+                        alloc: Box::new(a.clone()),
+                        run: 0,
+                    });
+                }
+                (DesiredStatus::Run, Some(c)) => match c.state {
+                    State::BackOff {
+                        until,
+                        cleanup: Cleanup::Done,
+                        ..
+                    } if now >= until => {
+                        c.restarts.count += 1;
+                        c.restarts.step += 1;
+                        actions.push(Action::SaveRestarts {
+                            id: a.id.clone(),
+                            restarts: c.restarts,
+                        });
+                        c.state = State::Starting;
+                        c.last_killed_for = c.killed_for.take();
+                        actions.push(Action::Start {
+                            alloc: Box::new(a.clone()),
+                            run: c.restarts.count,
+                        });
+                    }
+                    _ => {}
+                },
+                (DesiredStatus::Stop, Some(c)) => stop(&a.id, c, grace, actions),
+                _ => {}
+            }
+        }
+        for (id, c) in self.map.iter_mut() {
+            if c.listing.gone() {
+                stop(id, c, grace, actions);
+            }
+        }
+    }
+
+    /// Watches for the exits of what runs, and probes it.
+    fn watch_and_probe(&mut self, actions: &mut Vec<Action>) {
+        for (id, c) in self.map.iter_mut() {
+            let State::Running { watched, probed } = &mut c.state else {
+                continue;
+            };
+            if !*watched {
+                *watched = true;
+                actions.push(Action::Watch { id: id.clone() });
+            }
+            if let (false, Some(task)) = (*probed, c.listing.task()) {
+                *probed = true;
+                actions.push(Action::Probe {
+                    id: id.clone(),
+                    task: Box::new(task.clone()),
+                    run: c.restarts.count,
+                });
+            }
+        }
+    }
+
+    /// Cleans up what ended (and what waits to start again).
+    fn clean_up(&mut self, actions: &mut Vec<Action>) {
+        for (id, c) in self.map.iter_mut() {
+            if let Some(cleanup) = c.state.cleanup_mut() {
+                if *cleanup == Cleanup::Due {
+                    *cleanup = Cleanup::Running;
+                    actions.push(Action::EndProbes { id: id.clone() });
+                    actions.push(Action::Cleanup { id: id.clone() });
+                }
+            }
+        }
+    }
+
+    /// The statuses worth reporting; forgets what the servers have
+    /// recorded as finished, and what they no longer list, once it is
+    /// cleaned up.
+    fn report_and_forget(
+        &mut self,
+        desired: &[Allocation],
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) -> Vec<Observed> {
+        let done = |c: &Container| c.state.terminal() && c.state.cleanup() == Some(Cleanup::Done);
+        let mut report = Vec::new();
+        let mut forget = Vec::new();
+        for a in desired {
+            let c = self.map.get(&a.id);
+            let observed = match c {
+                Some(c) => observe(a, c),
+                None => observe_untracked(a),
+            };
+            if let Some(o) = observed {
+                if self.sent.due(a, &o, now) {
+                    report.push(o);
+                }
+            }
+            if a.status.is_terminal() && c.is_some_and(done) {
+                forget.push(a.id.clone());
+            }
+        }
+        for (id, c) in &self.map {
+            if c.listing.gone() && done(c) {
+                forget.push(id.clone());
+            }
+        }
+        for id in forget {
+            if self.map.remove(&id).is_some() {
+                self.sent.forget(&id);
+                actions.push(Action::EndProbes { id: id.clone() });
+                actions.push(Action::Forget { id });
+            }
+        }
+        report
+    }
+}
+
+/// The servers want the container stopped (or no longer list it).
+fn stop(id: &str, c: &mut Container, grace: Duration, actions: &mut Vec<Action>) {
+    match &c.state {
+        State::Running { .. } => {
+            c.state = State::Stopping { requested: true };
+            actions.push(stop_action(id, c.listing.task(), grace));
+        }
+        State::Stopping { requested: false } => {
+            c.state = State::Stopping { requested: true };
+        }
+        State::BackOff { cleanup, .. } => {
+            // Its last run ended by itself (a failure, or the policy
+            // would not restart it): that end, not the stop, says how it
+            // went.
+            let record = c.last_exit.clone().expect("a back-off follows an exit");
+            c.state = State::Exited {
+                record,
+                ending: Ending::StoppedInBackOff,
+                cleanup: *cleanup,
+            };
+        }
+        _ => {}
+    }
+}
+
+/// Stopping a task's container: its signal and grace period.
+fn stop_action(id: &str, task: Option<&TaskSpec>, default_grace: Duration) -> Action {
+    Action::Stop {
+        id: id.to_string(),
+        signal: stop_signal(task),
+        grace: task.and_then(|t| t.stop_grace).unwrap_or(default_grace),
+    }
+}

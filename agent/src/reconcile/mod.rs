@@ -1,0 +1,317 @@
+//! The agent's reconciler: makes the containers on this node match the
+//! allocations the servers assigned to it, restarts them as their restart
+//! policy says, runs their probes, and reports what it observes.
+//!
+//! One task owns all local state. It wakes on a new allocation set, on the
+//! end of a start, stop or cleanup it spawned, on a probe verdict, or on a
+//! timer, and then: notices exits (from the shims' exit records), decides
+//! whether an exited container starts again (after its back-off) or is
+//! done, starts what should run, stops what should not, cleans up, and
+//! sends the server every status that differs from what the server holds.
+//! Each step is idempotent, so it is safe to run as often as it likes.
+//!
+//! Restarts happen in place: the allocation keeps its id and node, its
+//! `restart_count` grows, and while it waits out its back-off it stays
+//! `running` with reason `back_off`. The servers never see a terminal
+//! status until the restart policy gives up.
+//!
+//! The rooms: `state.rs` names where a container is in its life (one
+//! [`State`] per container); `decide.rs` is the pure decision, from the
+//! servers' allocations, the recorded exits and the time to [`Action`]s;
+//! `execute.rs` carries the actions out through the [`Runtime`] and the
+//! [`Records`]; `start.rs` is the start pipeline (image, root filesystem,
+//! bundle, shim); `stop.rs` the stop signal, grace period and SIGKILL;
+//! `restarts.rs` the restart policy, back-off and `restarts.json`;
+//! `observe.rs` what to report and when not to send it again. This file
+//! owns the state, applies events, and runs the loop.
+
+mod decide;
+mod execute;
+mod observe;
+mod records;
+mod restarts;
+mod start;
+mod state;
+mod stop;
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff_model::Allocation;
+use tokio::sync::mpsc;
+
+pub use observe::Observed;
+pub use records::{FileRecords, Records};
+pub use restarts::Restarts;
+pub use state::{Cleanup, Ending, State};
+
+use decide::{Containers, Decision};
+use state::Found;
+
+use crate::clock::{Clock, SystemClock};
+use crate::gpu::GpuNode;
+use crate::paths::{container_id, Paths};
+use crate::probe::ProbeEvent;
+use crate::rootfs::RootfsMode;
+use crate::runtime::Runtime;
+use execute::Executor;
+
+/// How often the reconciler looks at its containers without being woken.
+const RESYNC: Duration = Duration::from_millis(500);
+
+/// How the agent runs containers (from its flags).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub runtime_binary: PathBuf,
+    /// Time between the stop signal and SIGKILL, unless a task says.
+    pub stop_grace: Duration,
+    pub log_max_size: u64,
+    pub log_max_files: u32,
+    pub rootfs: RootfsMode,
+    /// The node's GPUs, for containers given some.
+    pub gpus: Option<Arc<GpuNode>>,
+}
+
+/// What wakes the reconciler.
+pub enum Event {
+    /// The full set of allocations the servers assigned to this node.
+    Desired(Vec<Allocation>),
+    Started {
+        id: String,
+        /// Which run of the container (its restart count) this was.
+        run: u32,
+        result: Result<(), String>,
+        /// From the allocation reaching the reconciler (or the back-off
+        /// ending) to the container running.
+        took: Duration,
+    },
+    /// A report to the servers finished; `sent` says whether it arrived.
+    Reported {
+        updates: Vec<Observed>,
+        sent: bool,
+    },
+    StopDone {
+        id: String,
+    },
+    Cleaned {
+        id: String,
+    },
+    Probe {
+        id: String,
+        run: u32,
+        event: ProbeEvent,
+    },
+    /// A container's shim exited (its exit record is written): look now
+    /// rather than at the next tick.
+    ShimExited {
+        id: String,
+    },
+}
+
+/// The reconciler: the containers' state and the decisions about it
+/// ([`Containers`]), the executor that carries them out, and the edges it
+/// reads: the runtime, the per-container records and the clock.
+pub struct Reconciler<R: Runtime, X: Records = FileRecords, C: Clock = SystemClock> {
+    containers: Containers,
+    executor: Executor<R, X>,
+    runtime: Arc<R>,
+    records: Arc<X>,
+    clock: C,
+    desired: Option<Vec<Allocation>>,
+    /// A report to the servers is under way (one at a time).
+    reporting: bool,
+    events: mpsc::Sender<Event>,
+}
+
+impl<R: Runtime> Reconciler<R> {
+    /// A reconciler on the agent's data directory and the real clock.
+    pub fn new(
+        runtime: Arc<R>,
+        paths: Paths,
+        settings: Settings,
+        events: mpsc::Sender<Event>,
+    ) -> Self {
+        let records = Arc::new(FileRecords::new(paths.clone()));
+        Reconciler::with_edges(runtime, records, SystemClock, paths, settings, events)
+    }
+}
+
+impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
+    /// A reconciler on the given records and clock (tests pass fakes).
+    pub fn with_edges(
+        runtime: Arc<R>,
+        records: Arc<X>,
+        clock: C,
+        paths: Paths,
+        settings: Settings,
+        events: mpsc::Sender<Event>,
+    ) -> Self {
+        Reconciler {
+            containers: Containers::new(settings.stop_grace),
+            executor: Executor::new(
+                runtime.clone(),
+                records.clone(),
+                paths,
+                settings,
+                events.clone(),
+            ),
+            runtime,
+            records,
+            clock,
+            desired: None,
+            reporting: false,
+            events,
+        }
+    }
+
+    /// Re-adopts the containers a previous run of the agent left behind:
+    /// running ones keep running, and ones that exited meanwhile are
+    /// reported with the exit code their shim recorded (and restarted if
+    /// their policy says so).
+    pub async fn adopt(&mut self) {
+        for id in self.records.containers() {
+            let restarts = self.records.restarts(&id);
+            let found = if let Some(record) = self.records.exit(&id) {
+                Found::Exited(record)
+            } else if self.records.shim_alive(&id) {
+                Found::Running
+            } else {
+                let cid = container_id(&id);
+                let was_running = matches!(
+                    self.runtime.state(&cid).await,
+                    Ok(Some(ref s)) if s.status == "running"
+                );
+                let _ = self.runtime.delete(&cid, true).await;
+                Found::Lost { was_running }
+            };
+            self.containers.adopt(id, found, restarts);
+        }
+    }
+
+    pub fn handle(&mut self, event: Event) {
+        match event {
+            Event::Desired(allocs) => self.desired = Some(allocs),
+            Event::Reported { updates, sent } => {
+                self.reporting = false;
+                if sent {
+                    self.sent(&updates);
+                }
+            }
+            Event::Started {
+                id,
+                run,
+                result,
+                took,
+            } => self.containers.started(&id, run, result, took),
+            Event::StopDone { id } => {
+                let record = if self.containers.stopping(&id) {
+                    self.records.exit(&id)
+                } else {
+                    None
+                };
+                let actions = self.containers.stop_done(&id, record);
+                self.executor.execute(actions);
+            }
+            Event::ShimExited { id } => {
+                tracing::debug!(alloc = %id, "shim exited");
+            }
+            Event::Cleaned { id } => self.containers.cleaned(&id),
+            Event::Probe { id, run, event } => {
+                let actions = self.containers.probe(&id, run, event);
+                self.executor.execute(actions);
+            }
+        }
+    }
+
+    /// One pass: decide, act, and return the statuses to report.
+    pub fn reconcile(&mut self) -> Vec<Observed> {
+        let Some(desired) = &self.desired else {
+            return Vec::new(); // nothing heard from the servers yet
+        };
+        let exits: HashMap<String, _> = self
+            .containers
+            .awaiting_exit()
+            .filter_map(|id| Some((id.to_string(), self.records.exit(id)?)))
+            .collect();
+        let now = self.clock.now();
+        let Decision { actions, report } = self.containers.decide(desired, &exits, now);
+        self.executor.execute(actions);
+        report
+    }
+
+    /// Records that these updates reached the server.
+    pub fn sent(&mut self, updates: &[Observed]) {
+        let now = self.clock.now().mono;
+        self.containers.sent(updates, now);
+    }
+
+    /// How many containers this agent is tracking.
+    pub fn tracked(&self) -> usize {
+        self.containers.tracked()
+    }
+
+    pub fn state(&self, alloc_id: &str) -> Option<&State> {
+        self.containers.get(alloc_id).map(|c| &c.state)
+    }
+
+    /// How long until the reconciler next has something to do that no
+    /// event will announce (the end of the earliest back-off).
+    fn next_wakeup(&self) -> Option<Duration> {
+        let now = self.clock.now().wall;
+        self.containers
+            .next_wakeup()
+            .map(|t| t.duration_since(now).unwrap_or_default())
+    }
+}
+
+/// Drives a reconciler: applies events, reconciles, and hands the
+/// resulting updates to `report` (which returns whether they were sent).
+/// Reports run beside the loop, one at a time, so a slow server never
+/// holds up starting or stopping containers.
+pub async fn run_loop<R, X, C, F, Fut>(
+    mut rec: Reconciler<R, X, C>,
+    mut events: mpsc::Receiver<Event>,
+    mut report: F,
+) where
+    R: Runtime,
+    X: Records,
+    C: Clock,
+    F: FnMut(Vec<Observed>) -> Fut,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    let mut tick = tokio::time::interval(RESYNC);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        // Wake when a back-off ends, not at the next tick after it.
+        let wake = rec.next_wakeup().unwrap_or(RESYNC).min(RESYNC);
+        tokio::select! {
+            _ = tokio::time::sleep(wake) => {}
+            ev = events.recv() => match ev {
+                Some(ev) => {
+                    rec.handle(ev);
+                    while let Ok(ev) = events.try_recv() {
+                        rec.handle(ev);
+                    }
+                }
+                None => return,
+            },
+            _ = tick.tick() => {}
+        }
+        let updates = rec.reconcile();
+        if !updates.is_empty() && !rec.reporting {
+            rec.reporting = true;
+            let done = rec.events.clone();
+            let send = report(updates.clone());
+            tokio::spawn(async move {
+                let sent = send.await;
+                let _ = done.send(Event::Reported { updates, sent }).await;
+            });
+        }
+    }
+}

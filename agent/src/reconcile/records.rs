@@ -1,0 +1,176 @@
+//! What is kept on disk per container, behind [`Records`]: the exit
+//! record and pid file its shim writes, and the agent's own
+//! `restarts.json`. [`FileRecords`] reads the data directory; tests use
+//! the in-memory [`MemRecords`].
+
+use std::future::Future;
+use std::io;
+
+use super::restarts::{Restarts, RESTARTS_FILE};
+use crate::paths::Paths;
+use crate::shim::{self, ExitRecord};
+
+/// The per-container records the reconciler reads and writes.
+pub trait Records: Send + Sync + 'static {
+    /// The allocations that have a container directory (left by an
+    /// earlier run of the agent, when it starts).
+    fn containers(&self) -> Vec<String>;
+    /// How the container ended, once its shim recorded it.
+    fn exit(&self, id: &str) -> Option<ExitRecord>;
+    /// The container's shim still runs.
+    fn shim_alive(&self, id: &str) -> bool;
+    /// Resolves when the container's shim exits; `None` when no shim is
+    /// recorded to wait for.
+    fn shim_exit(&self, id: &str) -> Option<impl Future<Output = io::Result<()>> + Send + 'static>;
+    /// The restart bookkeeping (none when nothing was recorded).
+    fn restarts(&self, id: &str) -> Restarts;
+    fn save_restarts(&self, id: &str, restarts: Restarts) -> io::Result<()>;
+    /// Removes the container's records (the logs stay for `skiff logs`).
+    fn remove(&self, id: &str);
+}
+
+/// The records in the agent's data directory:
+/// `containers/ID/{state/exit.json,state/shim.pid,restarts.json}`.
+#[derive(Debug, Clone)]
+pub struct FileRecords {
+    paths: Paths,
+}
+
+impl FileRecords {
+    pub fn new(paths: Paths) -> FileRecords {
+        FileRecords { paths }
+    }
+}
+
+impl Records for FileRecords {
+    fn containers(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.paths.containers()) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|id| crate::logs::valid_alloc_id(id))
+            .collect()
+    }
+
+    fn exit(&self, id: &str) -> Option<ExitRecord> {
+        ExitRecord::read(&self.paths.state_dir(id))
+    }
+
+    fn shim_alive(&self, id: &str) -> bool {
+        shim::shim_alive(&self.paths.state_dir(id))
+    }
+
+    fn shim_exit(&self, id: &str) -> Option<impl Future<Output = io::Result<()>> + Send + 'static> {
+        let (pid, start) = shim::read_shim_pid(&self.paths.state_dir(id))?;
+        Some(crate::sys::wait_process_exit(pid, start))
+    }
+
+    fn restarts(&self, id: &str) -> Restarts {
+        Restarts::read(&self.paths.container_dir(id).join(RESTARTS_FILE))
+    }
+
+    fn save_restarts(&self, id: &str, restarts: Restarts) -> io::Result<()> {
+        restarts.write(&self.paths.container_dir(id).join(RESTARTS_FILE))
+    }
+
+    fn remove(&self, id: &str) {
+        let _ = std::fs::remove_dir_all(self.paths.container_dir(id));
+    }
+}
+
+/// Records in memory, for tests: what a test puts in is what the
+/// reconciler finds.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub struct MemRecords(std::sync::Mutex<Mem>);
+
+#[cfg(test)]
+#[derive(Debug, Default)]
+struct Mem {
+    containers: std::collections::BTreeSet<String>,
+    exits: std::collections::HashMap<String, ExitRecord>,
+    alive: std::collections::HashSet<String>,
+    restarts: std::collections::HashMap<String, Restarts>,
+    removed: Vec<String>,
+}
+
+#[cfg(test)]
+impl MemRecords {
+    pub fn new() -> MemRecords {
+        MemRecords::default()
+    }
+
+    /// A container directory, as an earlier run of the agent left it.
+    pub fn add(&self, id: &str, restarts: Restarts) {
+        let mut m = self.0.lock().unwrap();
+        m.containers.insert(id.to_string());
+        m.restarts.insert(id.to_string(), restarts);
+    }
+
+    /// The shim records the container's exit (and ends).
+    pub fn record_exit(&self, id: &str, record: ExitRecord) {
+        let mut m = self.0.lock().unwrap();
+        m.alive.remove(id);
+        m.exits.insert(id.to_string(), record);
+    }
+
+    pub fn set_alive(&self, id: &str, alive: bool) {
+        let mut m = self.0.lock().unwrap();
+        if alive {
+            m.alive.insert(id.to_string());
+        } else {
+            m.alive.remove(id);
+        }
+    }
+
+    /// The containers whose records were removed, in order.
+    pub fn removed(&self) -> Vec<String> {
+        self.0.lock().unwrap().removed.clone()
+    }
+}
+
+#[cfg(test)]
+impl Records for MemRecords {
+    fn containers(&self) -> Vec<String> {
+        self.0.lock().unwrap().containers.iter().cloned().collect()
+    }
+
+    fn exit(&self, id: &str) -> Option<ExitRecord> {
+        self.0.lock().unwrap().exits.get(id).cloned()
+    }
+
+    fn shim_alive(&self, id: &str) -> bool {
+        self.0.lock().unwrap().alive.contains(id)
+    }
+
+    fn shim_exit(
+        &self,
+        _id: &str,
+    ) -> Option<impl Future<Output = io::Result<()>> + Send + 'static> {
+        // Nothing to wait on: the reconciler's resync notices exits.
+        None::<std::future::Ready<io::Result<()>>>
+    }
+
+    fn restarts(&self, id: &str) -> Restarts {
+        let m = self.0.lock().unwrap();
+        m.restarts.get(id).copied().unwrap_or_default()
+    }
+
+    fn save_restarts(&self, id: &str, restarts: Restarts) -> io::Result<()> {
+        let mut m = self.0.lock().unwrap();
+        m.containers.insert(id.to_string());
+        m.restarts.insert(id.to_string(), restarts);
+        Ok(())
+    }
+
+    fn remove(&self, id: &str) {
+        let mut m = self.0.lock().unwrap();
+        m.containers.remove(id);
+        m.exits.remove(id);
+        m.alive.remove(id);
+        m.restarts.remove(id);
+        m.removed.push(id.to_string());
+    }
+}

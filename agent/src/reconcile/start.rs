@@ -1,0 +1,103 @@
+//! The start pipeline of one run: image -> root filesystem -> bundle
+//! (the runtime spec) -> shim. Each step's error becomes the message the
+//! servers see for a container that failed to start.
+
+use std::time::Instant;
+
+use skiff_model::Allocation;
+
+use super::Settings;
+use crate::bundle::{build_spec, BundleInput};
+use crate::image::ImageStore;
+use crate::paths::{container_id, Paths};
+use crate::rootfs;
+use crate::runtime::Runtime;
+use crate::shim::ShimArgs;
+
+/// Prepares the image, writes the bundle and starts the container.
+pub async fn start<R: Runtime>(
+    runtime: &R,
+    paths: &Paths,
+    images: &ImageStore,
+    settings: &Settings,
+    alloc: &Allocation,
+) -> Result<(), String> {
+    let t0 = Instant::now();
+    let image_ref = alloc.task.image.clone();
+    let images = images.clone();
+    let prepared = tokio::task::spawn_blocking(move || images.prepare(&image_ref))
+        .await
+        .map_err(|e| format!("image preparation panicked: {e}"))?
+        .map_err(|e| format!("image {}: {e}", alloc.task.image))?;
+
+    let bundle = paths.bundle(&alloc.id);
+    let rootfs = bundle.join("rootfs");
+    let (src, b, mode) = (prepared.rootfs.clone(), bundle.clone(), settings.rootfs);
+    let kind = tokio::task::spawn_blocking(move || {
+        rootfs::release(&b).map_err(|e| format!("removing the old bundle {}: {e}", b.display()))?;
+        std::fs::create_dir_all(&b).map_err(|e| format!("creating {}: {e}", b.display()))?;
+        rootfs::prepare(&src, &b, mode).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| format!("rootfs preparation panicked: {e}"))??;
+    let t_rootfs = Instant::now();
+
+    let cid = container_id(&alloc.id);
+    // Exactly the GPUs the servers gave it: their device nodes, the
+    // driver's files and the variables that name them.
+    let gpu_edits = if alloc.gpus.is_empty() {
+        None
+    } else {
+        let node = settings
+            .gpus
+            .as_ref()
+            .ok_or_else(|| "this node has no GPUs".to_string())?;
+        Some(node.edits_for(&alloc.gpus)?)
+    };
+    let spec = build_spec(&BundleInput {
+        alloc,
+        container_id: &cid,
+        image: &prepared.config,
+        rootfs: &rootfs,
+        gpu_edits: gpu_edits.as_ref(),
+    })
+    .map_err(|e| e.to_string())?;
+    let cgroup = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().clone())
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    spec.save(bundle.join("config.json"))
+        .map_err(|e| format!("writing config.json: {e}"))?;
+
+    let log_dir = paths.log_dir(&alloc.id);
+    std::fs::create_dir_all(&log_dir)
+        .map_err(|e| format!("creating {}: {e}", log_dir.display()))?;
+    let state_dir = paths.state_dir(&alloc.id);
+    let _ = std::fs::remove_dir_all(&state_dir);
+    let t_spec = Instant::now();
+    let args = ShimArgs {
+        id: cid,
+        bundle,
+        state_dir,
+        runtime: settings.runtime_binary.clone(),
+        runtime_root: paths.runtime_root(),
+        log_dir,
+        log_max_size: settings.log_max_size,
+        log_max_files: settings.log_max_files,
+        cgroup,
+    };
+    let result = runtime.start(&args).await.map_err(|e| e.to_string());
+    let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1000.0;
+    let done = Instant::now();
+    tracing::debug!(
+        alloc = %alloc.id,
+        ?kind,
+        image_and_rootfs_ms = ms(t0, t_rootfs),
+        spec_ms = ms(t_rootfs, t_spec),
+        shim_ms = ms(t_spec, done),
+        "start phases"
+    );
+    result
+}
