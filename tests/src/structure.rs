@@ -537,8 +537,8 @@ fn parse_paths(module: &str, code: &str) -> Paths {
     let chars: Vec<char> = inline.chars().collect();
     let mut i = 0;
     while i < chars.len() {
-        let at_start = is_ident(chars[i])
-            && (i == 0 || (!is_ident(chars[i - 1]) && chars[i - 1] != ':'));
+        let at_start =
+            is_ident(chars[i]) && (i == 0 || (!is_ident(chars[i - 1]) && chars[i - 1] != ':'));
         if !at_start {
             i += 1;
             continue;

@@ -17,14 +17,10 @@ use oci_spec::image::{
 };
 use sha2::{Digest as _, Sha256};
 
-use super::{io_err, Blob, BlobSource, ImageError};
+use super::{io_err, Blob, BlobSource, ImageError, MAX_INDEX_DEPTH, MAX_JSON_BYTES};
 
 /// Annotation that names a manifest in a layout's `index.json` (the tag).
 pub(super) const REF_NAME: &str = "org.opencontainers.image.ref.name";
-/// Largest JSON blob (index, manifest, config) read into memory.
-pub(super) const MAX_JSON_BYTES: u64 = 16 * 1024 * 1024;
-/// Deepest chain of nested indexes followed.
-pub(super) const MAX_INDEX_DEPTH: usize = 4;
 
 pub(super) const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";

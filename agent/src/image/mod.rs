@@ -29,7 +29,10 @@ pub use layer::apply_layer;
 pub use layout::Layout;
 pub use store::{ImageConfig, ImageStore, PreparedImage};
 
-use layout::{MAX_INDEX_DEPTH, MAX_JSON_BYTES};
+/// Largest JSON blob (index, manifest, config) read into memory.
+const MAX_JSON_BYTES: u64 = 16 * 1024 * 1024;
+/// Deepest chain of nested indexes followed.
+const MAX_INDEX_DEPTH: usize = 4;
 
 /// Where an image's blobs come from, addressed by digest.
 ///

@@ -13,8 +13,9 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use super::decide::Action;
+use super::event::{Event, Settings};
 use super::records::Records;
-use super::{start, stop, Event, Settings};
+use super::{start, stop};
 use crate::image::ImageStore;
 use crate::paths::{container_id, Paths};
 use crate::probe::{self, ContainerChecker};

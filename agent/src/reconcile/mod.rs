@@ -26,6 +26,7 @@
 //! owns the state, applies events, and runs the loop.
 
 mod decide;
+mod event;
 mod execute;
 mod observe;
 mod records;
@@ -39,13 +40,13 @@ mod testing;
 mod tests;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use skiff_model::Allocation;
 use tokio::sync::mpsc;
 
+pub use event::{Event, Settings};
 pub use observe::Observed;
 pub use records::{FileRecords, Records};
 pub use restarts::Restarts;
@@ -55,64 +56,12 @@ use decide::{Containers, Decision};
 use state::Found;
 
 use crate::clock::{Clock, SystemClock};
-use crate::gpu::GpuNode;
 use crate::paths::{container_id, Paths};
-use crate::probe::ProbeEvent;
-use crate::rootfs::RootfsMode;
 use crate::runtime::Runtime;
 use execute::Executor;
 
 /// How often the reconciler looks at its containers without being woken.
 const RESYNC: Duration = Duration::from_millis(500);
-
-/// How the agent runs containers (from its flags).
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub runtime_binary: PathBuf,
-    /// Time between the stop signal and SIGKILL, unless a task says.
-    pub stop_grace: Duration,
-    pub log_max_size: u64,
-    pub log_max_files: u32,
-    pub rootfs: RootfsMode,
-    /// The node's GPUs, for containers given some.
-    pub gpus: Option<Arc<GpuNode>>,
-}
-
-/// What wakes the reconciler.
-pub enum Event {
-    /// The full set of allocations the servers assigned to this node.
-    Desired(Vec<Allocation>),
-    Started {
-        id: String,
-        /// Which run of the container (its restart count) this was.
-        run: u32,
-        result: Result<(), String>,
-        /// From the allocation reaching the reconciler (or the back-off
-        /// ending) to the container running.
-        took: Duration,
-    },
-    /// A report to the servers finished; `sent` says whether it arrived.
-    Reported {
-        updates: Vec<Observed>,
-        sent: bool,
-    },
-    StopDone {
-        id: String,
-    },
-    Cleaned {
-        id: String,
-    },
-    Probe {
-        id: String,
-        run: u32,
-        event: ProbeEvent,
-    },
-    /// A container's shim exited (its exit record is written): look now
-    /// rather than at the next tick.
-    ShimExited {
-        id: String,
-    },
-}
 
 /// The reconciler: the containers' state and the decisions about it
 /// ([`Containers`]), the executor that carries them out, and the edges it

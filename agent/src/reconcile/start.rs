@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use skiff_model::Allocation;
 
-use super::Settings;
+use super::event::Settings;
 use crate::bundle::{build_spec, BundleInput};
 use crate::image::ImageStore;
 use crate::paths::{container_id, Paths};

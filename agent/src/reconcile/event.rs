@@ -1,0 +1,63 @@
+//! What the reconciler is given: its settings (from the agent's flags) and
+//! the events that wake it. Plain data, shared by the loop, the executor
+//! and the start pipeline.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff_model::Allocation;
+
+use super::observe::Observed;
+use crate::gpu::GpuNode;
+use crate::probe::ProbeEvent;
+use crate::rootfs::RootfsMode;
+
+/// How the agent runs containers (from its flags).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub runtime_binary: PathBuf,
+    /// Time between the stop signal and SIGKILL, unless a task says.
+    pub stop_grace: Duration,
+    pub log_max_size: u64,
+    pub log_max_files: u32,
+    pub rootfs: RootfsMode,
+    /// The node's GPUs, for containers given some.
+    pub gpus: Option<Arc<GpuNode>>,
+}
+
+/// What wakes the reconciler.
+pub enum Event {
+    /// The full set of allocations the servers assigned to this node.
+    Desired(Vec<Allocation>),
+    Started {
+        id: String,
+        /// Which run of the container (its restart count) this was.
+        run: u32,
+        result: Result<(), String>,
+        /// From the allocation reaching the reconciler (or the back-off
+        /// ending) to the container running.
+        took: Duration,
+    },
+    /// A report to the servers finished; `sent` says whether it arrived.
+    Reported {
+        updates: Vec<Observed>,
+        sent: bool,
+    },
+    StopDone {
+        id: String,
+    },
+    Cleaned {
+        id: String,
+    },
+    Probe {
+        id: String,
+        run: u32,
+        event: ProbeEvent,
+    },
+    /// A container's shim exited (its exit record is written): look now
+    /// rather than at the next tick.
+    ShimExited {
+        id: String,
+    },
+}
