@@ -1,0 +1,219 @@
+use skiff_model as m;
+
+use crate::pb;
+
+fn spec() -> m::JobSpec {
+    m::JobSpec::from_yaml(
+            "name: web\nreplicas: 3\ntask: {image: 'oci:/img:v1', command: [sh], env: {A: b}, network: none, resources: {cpu: 250m, memory: 64Mi}}",
+        )
+        .unwrap()
+}
+
+#[test]
+fn job_spec_survives_the_wire() {
+    let wire: pb::JobSpec = (&spec()).into();
+    let back: m::JobSpec = wire.try_into().unwrap();
+    assert_eq!(back, spec());
+}
+
+#[test]
+fn lifecycle_fields_survive_the_wire() {
+    let spec = m::JobSpec::from_yaml(
+        r#"
+name: web
+task:
+  image: oci:/img
+  restart: {policy: never, backoff: {initial: 1s, max: 2s, reset_after: 3s}}
+  probes:
+    liveness: {exec: {command: [cat, /x]}, period: 1s}
+    readiness: {http: {path: /h, port: 80}, success_threshold: 2, initial_delay: 5s}
+    startup: {tcp: {port: 81}}
+  security: {read_only_rootfs: true, user: "1:2", cap_add: [NET_ADMIN], cap_drop: [ALL]}
+  stop_signal: SIGINT
+  stop_grace: 0s
+  pids_limit: 10
+"#,
+    )
+    .unwrap();
+    let wire: pb::JobSpec = (&spec).into();
+    let back: m::JobSpec = wire.try_into().unwrap();
+    assert_eq!(back, spec);
+}
+
+#[test]
+fn scheduling_fields_survive_the_wire() {
+    let s = m::JobSpec::from_yaml(
+            "name: train\nreplicas: 4\npriority: 0\ngang: true\ndistinct_hosts: true\n\
+             constraints: [{label: zone, op: in, values: [a, b]}, {label: cores, op: '>', value: 8}]\n\
+             spread: {label: rack, max_skew: 2}\n\
+             affinities: [{label: ssd, op: exists, weight: -30}]\n\
+             task: {image: 'oci:/i', resources: {cpu: 2, memory: 1Gi, gpus: 2, gpu: {model: A100, min_memory: 40Gi, uuids: [u1, u2], mig: 1g.10gb}, ports: [80, 443]}}",
+        )
+        .unwrap();
+    let wire: pb::JobSpec = (&s).into();
+    assert_eq!(m::JobSpec::try_from(wire).unwrap(), s);
+}
+
+#[test]
+fn a_wire_spec_without_priority_gets_the_default_and_bad_ones_are_named() {
+    let mut wire: pb::JobSpec = (&spec()).into();
+    wire.priority = None;
+    assert_eq!(m::JobSpec::try_from(wire.clone()).unwrap().priority, 50);
+    wire.priority = Some(300);
+    wire.constraints.push(pb::Constraint {
+        label: "zone".into(),
+        op: 99,
+        values: vec![],
+    });
+    wire.task.as_mut().unwrap().ports = vec![70000];
+    let err = m::JobSpec::try_from(wire.clone()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "task.resources.ports[0]: 70000 must be a port number from 1 to 65535"
+    );
+    wire.task.as_mut().unwrap().ports = vec![];
+    let err = m::JobSpec::try_from(wire).unwrap_err();
+    let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, ["priority", "constraints[0].op"]);
+}
+
+#[test]
+fn workload_fields_survive_the_wire() {
+    for yaml in [
+            "name: web\nreplicas: 4\nversions_kept: 3\nupdate: {max_unavailable: 1, max_surge: 50%, min_healthy: 1s, healthy_deadline: 30s, progress_deadline: 1m, auto_rollback: false, canary: 2}\ntask: {image: 'oci:/i'}",
+            "name: b\ntype: batch\ncompletions: 5\nparallelism: 2\nbackoff_limit: 0\ntask: {image: 'oci:/i'}",
+            "name: g\ntype: batch\ngang: true\nreplicas: 3\ngang_failure: fail\nmaster_port: 23456\ntask: {image: 'oci:/i'}",
+        ] {
+            let s = m::JobSpec::from_yaml(yaml).unwrap();
+            let wire: pb::JobSpec = (&s).into();
+            assert_eq!(m::JobSpec::try_from(wire).unwrap(), s, "{yaml}");
+        }
+    let mut wire: pb::JobSpec = (&spec()).into();
+    wire.r#type = "cron".into();
+    wire.gang_failure = "shrug".into();
+    wire.update = Some(pb::UpdateSpec {
+        max_surge: "lots".into(),
+        ..Default::default()
+    });
+    let err = m::JobSpec::try_from(wire).unwrap_err();
+    let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, ["type", "gang_failure", "update.max_surge"]);
+}
+
+#[test]
+fn a_gpu_node_survives_the_wire() {
+    let n = m::Node {
+        name: "g".into(),
+        labels: Default::default(),
+        capacity: m::Resources::new(8000, 1 << 34).with_gpus(2),
+        allocatable: m::Resources::new(8000, 1 << 34).with_gpus(1),
+        gpus: vec![
+            m::Gpu {
+                uuid: "GPU-0".into(),
+                model: "A100".into(),
+                memory_bytes: 80 << 30,
+                healthy: true,
+                ..m::Gpu::default()
+            },
+            m::Gpu {
+                uuid: "GPU-1".into(),
+                model: "A100".into(),
+                memory_bytes: 80 << 30,
+                healthy: false,
+                health_reason: "XID 79".into(),
+                index: 1,
+                compute_capability: "8.0".into(),
+                pci_bus_id: "00000000:07:00.0".into(),
+                pcie_generation: 4,
+                pcie_width: 16,
+                power_limit_mw: 400_000,
+                max_sm_clock_mhz: 1410,
+                max_memory_clock_mhz: 1593,
+                numa_node: Some(1),
+                mig_enabled: true,
+                mig_profile: None,
+                parent: None,
+                nvlink_peers: vec!["GPU-0".into()],
+            },
+            m::Gpu {
+                mig_profile: Some("1g.10gb".into()),
+                parent: Some("GPU-1".into()),
+                ..m::Gpu::new("MIG-1", "A100", 10 << 30)
+            },
+        ],
+        gpu_driver: m::GpuDriver {
+            driver_version: "550.54.15".into(),
+            cuda_version: "12.4".into(),
+        },
+        gpu_links: vec![m::GpuLink {
+            a: "GPU-0".into(),
+            b: "GPU-1".into(),
+            level: m::LinkLevel::PcieSwitch,
+        }],
+        cordoned: true,
+        draining: false,
+        drain_deadline_ms: None,
+        drained: false,
+        address: "127.0.0.1:1".into(),
+        status: m::NodeStatus::Ready,
+        agent_version: "t".into(),
+        create_index: 1,
+        modify_index: 2,
+    };
+    let wire: pb::Node = (&n).into();
+    assert_eq!(m::Node::try_from(wire).unwrap(), n);
+}
+
+#[test]
+fn malformed_wire_spec_names_the_fields() {
+    let mut wire: pb::JobSpec = (&spec()).into();
+    let task = wire.task.as_mut().unwrap();
+    task.image = "nginx".into();
+    task.network = 42;
+    task.resources = None;
+    let err = m::JobSpec::try_from(wire).unwrap_err();
+    let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, ["task.image", "task.network", "task.resources"]);
+
+    let mut wire: pb::JobSpec = (&spec()).into();
+    wire.task = None;
+    assert_eq!(
+        m::JobSpec::try_from(wire).unwrap_err().to_string(),
+        "task: is required"
+    );
+}
+
+#[test]
+fn allocation_survives_the_wire() {
+    let a = m::Allocation {
+        id: "0123456789abcdef0123456789abcdef".into(),
+        job: "web".into(),
+        job_version: 2,
+        replica: 1,
+        node: "n1".into(),
+        task: spec().task,
+        gpus: vec!["GPU-1".into()],
+        ports: vec![8080],
+        unhealthy_gpus: vec!["GPU-1: XID 79 (fell off the bus)".into()],
+        desired: m::DesiredStatus::Stop,
+        status: m::AllocStatus::Failed,
+        exit_code: Some(3),
+        message: "exited with code 3".into(),
+        restart_count: 4,
+        healthy: Some(false),
+        reason: "oom_killed".into(),
+        deploy_health: Some(true),
+        healthy_since_ms: 1234,
+        create_time_ms: 1000,
+        gang: Some(m::GangRank {
+            rank: 1,
+            world_size: 3,
+            master_addr: "10.0.0.1".into(),
+            master_port: 29500,
+        }),
+        create_index: 5,
+        modify_index: 9,
+    };
+    let wire: pb::Allocation = (&a).into();
+    assert_eq!(m::Allocation::try_from(wire).unwrap(), a);
+}
