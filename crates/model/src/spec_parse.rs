@@ -9,14 +9,15 @@ use serde_json::{Map, Value};
 use crate::duration::{format_duration, parse_duration};
 use crate::error::{FieldError, SpecError};
 use crate::job::{
-    ImageRef, JobSpec, NetworkMode, TaskResources, TaskSpec, DEFAULT_CPU_MILLIS,
-    DEFAULT_MEMORY_BYTES, DEFAULT_PRIORITY, MAX_REPLICAS, MIN_MEMORY_BYTES,
+    ImageRef, JobSpec, NetworkMode, TaskSpec, DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES,
+    DEFAULT_PRIORITY, MAX_REPLICAS, MIN_MEMORY_BYTES,
 };
 use crate::lifecycle::{
     normalize_capability, normalize_signal, Backoff, Probe, ProbeAction, Probes, RestartPolicy,
     RestartSpec, Security, UserId, CAPABILITIES,
 };
 use crate::quantity::{format_memory, parse_cpu, parse_memory};
+use crate::resources::TaskResources;
 use crate::spec_sched;
 use crate::spec_workload;
 

@@ -6,9 +6,10 @@
 use serde_json::{Map, Value};
 
 use crate::gpu::{GpuFilter, MAX_GPUS_PER_NODE};
-use crate::job::{JobSpec, NetworkMode, TaskResources, TaskSpec, MAX_PRIORITY};
+use crate::job::{JobSpec, NetworkMode, TaskSpec, MAX_PRIORITY};
 use crate::placement::{label_number, Affinity, Constraint, ConstraintOp, Spread, MAX_VALUES};
 use crate::quantity::parse_memory;
+use crate::resources::TaskResources;
 use crate::spec_parse::{
     as_object, as_string, check_unknown, join, kind, scalar_text, string_list, Errors,
 };

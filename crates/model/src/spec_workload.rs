@@ -9,13 +9,13 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::duration::{format_duration, parse_duration};
-use crate::job::{JobSpec, MAX_REPLICAS};
+use crate::job::{
+    Amount, GangFailure, JobSpec, JobType, UpdateSpec, DEFAULT_VERSIONS_KEPT, MAX_REPLICAS,
+    MAX_VERSIONS_KEPT,
+};
 use crate::lifecycle::RestartPolicy;
 use crate::spec_parse::{check_unknown, join, kind, Errors};
-use crate::workload::{
-    Amount, GangFailure, JobType, UpdateSpec, DEFAULT_VERSIONS_KEPT, MAX_BACKOFF_LIMIT,
-    MAX_COMPLETIONS, MAX_VERSIONS_KEPT,
-};
+use crate::workload::{MAX_BACKOFF_LIMIT, MAX_COMPLETIONS};
 
 const UPDATE_FIELDS: &[&str] = &[
     "max_unavailable",
@@ -409,7 +409,7 @@ pub(crate) fn validate_workload(spec: &JobSpec, errs: &mut Errors) {
 
 #[cfg(test)]
 mod tests {
-    use crate::workload::{Amount, GangFailure, JobType};
+    use crate::job::{Amount, GangFailure, JobType};
     use crate::{JobSpec, RestartPolicy};
     use std::time::Duration;
 
