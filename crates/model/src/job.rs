@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::error::SpecError;
 use crate::lifecycle::{Probes, RestartSpec, Security};
 use crate::placement::{Affinity, Constraint, Spread};
 use crate::resources::TaskResources;
@@ -548,20 +547,6 @@ impl JobSpec {
         }
     }
 
-    /// Parses and validates a job written in YAML (JSON is YAML too).
-    /// Every broken rule is reported, each naming its field.
-    pub fn from_yaml(text: &str) -> Result<JobSpec, SpecError> {
-        if text.len() > crate::MAX_SPEC_BYTES {
-            return Err(SpecError::TooLarge {
-                size: text.len(),
-                limit: crate::MAX_SPEC_BYTES,
-            });
-        }
-        let value: serde_json::Value =
-            serde_yaml_ng::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))?;
-        crate::spec_parse::parse_job(&value)
-    }
-
     /// How many replicas may be unavailable at once while a node drains:
     /// the job's `update.max_unavailable` as a count (see
     /// [`JobSpec::max_unavailable`]), at least one so a drain always
@@ -574,17 +559,6 @@ impl JobSpec {
     /// rather than serve until stopped.
     pub fn runs_to_completion(&self) -> bool {
         self.is_batch()
-    }
-
-    /// Checks the rules that hold for a spec however it was built (from YAML,
-    /// or from a gRPC message). Returns every broken rule.
-    pub fn validate(&self) -> Result<(), SpecError> {
-        let errors = crate::spec_parse::validate_job(self);
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(SpecError::Invalid(errors))
-        }
     }
 
     /// A hash of what [`JobSpec::same_version`] compares: specs of the same
@@ -663,5 +637,21 @@ mod tests {
             .unwrap_err()
             .contains("more than 100%"));
         assert!(Amount::parse("a lot").unwrap_err().contains("percentage"));
+    }
+
+    #[test]
+    fn image_refs_follow_skopeo_syntax() {
+        let r = ImageRef::parse("oci:/var/images/bb:1.36").unwrap();
+        assert_eq!(
+            (r.path.as_str(), r.tag.as_deref()),
+            ("/var/images/bb", Some("1.36"))
+        );
+        let r = ImageRef::parse("oci:/var/images/bb").unwrap();
+        assert_eq!((r.path.as_str(), r.tag), ("/var/images/bb", None));
+        let r = ImageRef::parse("oci:rel/dir").unwrap();
+        assert!(r.is_relative());
+        assert!(ImageRef::parse("busybox:latest").is_err());
+        assert!(ImageRef::parse("oci::tag").is_err());
+        assert!(ImageRef::parse("oci:/x:bad tag").is_err());
     }
 }

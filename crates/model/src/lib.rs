@@ -24,9 +24,7 @@ pub mod placement;
 pub mod plan;
 pub mod quantity;
 pub mod resources;
-mod spec_parse;
-mod spec_sched;
-mod spec_workload;
+mod spec;
 pub mod workload;
 
 pub use alloc::{AllocStatus, Allocation, DesiredStatus, GangRank};
@@ -44,7 +42,5 @@ pub use node::{Node, NodeStatus};
 pub use placement::{Affinity, Constraint, ConstraintOp, Spread};
 pub use plan::{Placement, Plan, Stop};
 pub use resources::{Resources, TaskResources};
+pub use spec::MAX_SPEC_BYTES;
 pub use workload::{AllocFacts, BatchProgress, BatchState, RolloutCounts};
-
-/// Largest job spec accepted, in bytes of YAML or JSON text.
-pub const MAX_SPEC_BYTES: usize = 1024 * 1024;
