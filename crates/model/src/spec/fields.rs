@@ -308,3 +308,141 @@ pub(super) fn check_span(
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fmt;
+
+    use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
+    use serde_json::Value;
+
+    use super::*;
+    use crate::gpu::GpuFilter;
+    use crate::job::{JobSpec, TaskSpec, UpdateSpec};
+    use crate::lifecycle::{Backoff, Probe, ProbeAction, Probes, RestartSpec, Security};
+    use crate::placement::{Affinity, Constraint, Spread};
+    use crate::resources::TaskResources;
+
+    /// The field names `T`'s `Deserialize` asks for, as serde's derive
+    /// lists them (renames applied, skipped fields left out), whatever the
+    /// values: a new field shows up here the moment it is declared.
+    fn serde_fields<T: DeserializeOwned>() -> Vec<&'static str> {
+        let mut fields = None;
+        let _ = T::deserialize(FieldNames(&mut fields));
+        let mut fields = fields
+            .expect("the type deserializes from a struct")
+            .to_vec();
+        fields.sort_unstable();
+        fields
+    }
+
+    /// A deserializer that only records the field list of the first struct
+    /// asked of it, then stops.
+    struct FieldNames<'a>(&'a mut Option<&'static [&'static str]>);
+
+    #[derive(Debug)]
+    struct Stop;
+
+    impl fmt::Display for Stop {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("stopped after reading the field names")
+        }
+    }
+
+    impl std::error::Error for Stop {}
+
+    impl de::Error for Stop {
+        fn custom<T: fmt::Display>(_: T) -> Self {
+            Stop
+        }
+    }
+
+    impl<'de> Deserializer<'de> for FieldNames<'_> {
+        type Error = Stop;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+            Err(Stop)
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Stop> {
+            *self.0 = Some(fields);
+            Err(Stop)
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+
+    fn sorted(list: &[&'static str]) -> Vec<&'static str> {
+        let mut list = list.to_vec();
+        list.sort_unstable();
+        list
+    }
+
+    /// The keys of the map a probe's action is written as.
+    fn action_keys(action: ProbeAction) -> Vec<String> {
+        let kind = action.kind();
+        let form = serde_json::to_value(Probe::new(action)).unwrap();
+        let Value::Object(inner) = &form[kind] else {
+            panic!("{kind} is not written as a map: {form}");
+        };
+        let mut keys: Vec<String> = inner.keys().cloned().collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    #[test]
+    fn every_key_list_matches_the_serde_form_of_its_type() {
+        let cases: [(&str, &[&str], Vec<&str>); 12] = [
+            ("job", JOB_FIELDS, serde_fields::<JobSpec>()),
+            ("task", TASK_FIELDS, serde_fields::<TaskSpec>()),
+            (
+                "resources",
+                RESOURCE_FIELDS,
+                serde_fields::<TaskResources>(),
+            ),
+            ("resources.gpu", GPU_FIELDS, serde_fields::<GpuFilter>()),
+            ("restart", RESTART_FIELDS, serde_fields::<RestartSpec>()),
+            ("restart.backoff", BACKOFF_FIELDS, serde_fields::<Backoff>()),
+            ("probes", PROBES_FIELDS, serde_fields::<Probes>()),
+            ("probe", PROBE_FIELDS, serde_fields::<Probe>()),
+            ("security", SECURITY_FIELDS, serde_fields::<Security>()),
+            ("affinity", AFFINITY_FIELDS, serde_fields::<Affinity>()),
+            ("spread", SPREAD_FIELDS, serde_fields::<Spread>()),
+            ("update", UPDATE_FIELDS, serde_fields::<UpdateSpec>()),
+        ];
+        for (map, list, serde) in cases {
+            assert_eq!(sorted(list), serde, "the keys of `{map}`");
+        }
+        // A constraint is written like an affinity, less the weight its
+        // serde form refuses once read.
+        let mut constraint = serde_fields::<Constraint>();
+        constraint.retain(|f| *f != "weight");
+        assert_eq!(sorted(RULE_FIELDS), constraint, "the keys of a constraint");
+        // The probe actions are private forms behind Probe's own
+        // Serialize: compare with what it writes.
+        let actions = [
+            (EXEC_FIELDS, ProbeAction::Exec { command: vec![] }),
+            (
+                HTTP_FIELDS,
+                ProbeAction::Http {
+                    path: "/".into(),
+                    port: 80,
+                },
+            ),
+            (TCP_FIELDS, ProbeAction::Tcp { port: 80 }),
+        ];
+        for (list, action) in actions {
+            let kind = action.kind();
+            assert_eq!(sorted(list), action_keys(action), "the keys of `{kind}`");
+        }
+    }
+}
