@@ -23,6 +23,7 @@ pub mod node;
 pub mod placement;
 pub mod plan;
 pub mod quantity;
+pub mod registration;
 pub mod resources;
 mod spec;
 pub mod workload;
