@@ -24,6 +24,9 @@ mod sched;
 mod task;
 mod workload;
 
+#[cfg(test)]
+mod properties;
+
 use serde_json::Value;
 
 use crate::error::{FieldError, SpecError};
