@@ -6,6 +6,10 @@
 //! resource arithmetic ([`fit`]) that the scheduler and the state machine's plan
 //! check share, so the two can never disagree about whether something fits.
 //!
+//! The vocabulary (`job`, `resources`, `alloc`, `node`, `gpu`, ...) imports
+//! no rules; the rules (`spec`, which parses and validates job specs,
+//! [`registration`], [`fit`], [`workload`]) import the vocabulary.
+//!
 //! No I/O, no async, no clock: everything here is a plain value.
 
 #![forbid(unsafe_code)]
