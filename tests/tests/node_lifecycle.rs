@@ -198,7 +198,7 @@ async fn a_drain_never_takes_more_than_max_unavailable_down() {
     );
     let mut client = server.client().await;
     let mut spec = shell_job("steady", 3, "trap 'exit 0' TERM; sleep 3600 & wait");
-    spec.update.max_unavailable = skiff_model::workload::Amount::Count(1);
+    spec.update.max_unavailable = skiff_model::Amount::Count(1);
     client.apply_job(&spec).await.unwrap();
     wait_allocs(&mut client, "steady", 3, AllocStatus::Running, LIMIT).await;
     let _b = AgentProc::start(

@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::{Resources, TaskSpec};
-use crate::workload::{AllocFacts, GangRank};
+use crate::job::TaskSpec;
+use crate::resources::Resources;
 
 /// What the servers want to happen to an allocation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +122,32 @@ pub struct Allocation {
     pub modify_index: u64,
 }
 
+/// What a replica of a gang learns about its gang, as environment
+/// variables (`SKIFF_RANK`, `RANK`, `WORLD_SIZE`, `MASTER_ADDR`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GangRank {
+    /// The replica's rank, 0 to `world_size - 1`.
+    pub rank: u32,
+    pub world_size: u32,
+    /// The host part of the address of rank 0's node.
+    pub master_addr: String,
+    pub master_port: u16,
+}
+
+impl GangRank {
+    /// The variables the container gets, PyTorch's included.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("SKIFF_RANK", self.rank.to_string()),
+            ("SKIFF_WORLD_SIZE", self.world_size.to_string()),
+            ("RANK", self.rank.to_string()),
+            ("WORLD_SIZE", self.world_size.to_string()),
+            ("MASTER_ADDR", self.master_addr.clone()),
+            ("MASTER_PORT", self.master_port.to_string()),
+        ]
+    }
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }
@@ -218,34 +244,4 @@ pub fn failures_of(status: AllocStatus, restart_count: u32, reason: &str) -> u32
     let now =
         status == AllocStatus::Failed || (reason == reason::BACK_OFF && !status.is_terminal());
     restart_count.saturating_add(u32::from(now))
-}
-
-impl AllocFacts for Allocation {
-    fn replica(&self) -> u32 {
-        self.replica
-    }
-    fn version(&self) -> u64 {
-        self.job_version
-    }
-    fn create_index(&self) -> u64 {
-        self.create_index
-    }
-    fn desired(&self) -> DesiredStatus {
-        self.desired
-    }
-    fn status(&self) -> AllocStatus {
-        self.status
-    }
-    fn failures(&self) -> u32 {
-        failures_of(self.status, self.restart_count, &self.reason)
-    }
-    fn succeeded(&self) -> bool {
-        self.status == AllocStatus::Complete && self.reason == reason::COMPLETED
-    }
-    fn healthy_now(&self) -> bool {
-        self.status == AllocStatus::Running && self.healthy == Some(true)
-    }
-    fn deploy_health(&self) -> Option<bool> {
-        self.deploy_health
-    }
 }

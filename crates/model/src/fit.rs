@@ -11,8 +11,8 @@ use std::fmt;
 
 use crate::alloc::Allocation;
 use crate::gpu::bits;
-use crate::job::{Resources, TaskResources};
 use crate::node::{Node, NodeStatus};
+use crate::resources::{Resources, TaskResources};
 
 /// What the allocations holding resources on one node hold together.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::quantity::{format_memory, parse_memory};
+use crate::quantity::{format_memory, format_memory_exact, parse_memory};
 
 /// Most GPUs one node may report (and one task may ask for).
 pub const MAX_GPUS_PER_NODE: usize = 64;
@@ -314,7 +314,7 @@ impl Serialize for GpuFilter {
         GpuFilterForm {
             model: self.model.clone(),
             min_memory: (self.min_memory_bytes > 0)
-                .then(|| crate::job::format_memory_exact(self.min_memory_bytes)),
+                .then(|| format_memory_exact(self.min_memory_bytes)),
             uuids: self.uuids.clone(),
             mig: self.mig.clone(),
         }

@@ -1,5 +1,10 @@
 //! Jobs: what an operator asks for ([`JobSpec`]) and what the cluster stores
-//! ([`Job`]).
+//! ([`Job`]), with the words a spec is written in: its [`JobType`], how a
+//! service rolls out ([`UpdateSpec`]), what a failure does to a gang
+//! ([`GangFailure`]).
+//!
+//! Parsing a spec from YAML and the rules it must pass live in `spec/`,
+//! which depends on this module and never the other way round.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -7,12 +12,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::error::SpecError;
-use crate::gpu::GpuFilter;
 use crate::lifecycle::{Probes, RestartSpec, Security};
 use crate::placement::{Affinity, Constraint, Spread};
-use crate::quantity::{format_cpu, format_memory, parse_cpu, parse_memory};
-use crate::workload::{GangFailure, JobType, UpdateSpec, DEFAULT_VERSIONS_KEPT};
+use crate::resources::TaskResources;
 
 /// Default CPU for a task that names none: a tenth of a core.
 pub const DEFAULT_CPU_MILLIS: u64 = 100;
@@ -22,6 +24,10 @@ pub const DEFAULT_MEMORY_BYTES: u64 = 128 << 20;
 pub const MIN_MEMORY_BYTES: u64 = 4 << 20;
 /// Largest replica count one job may ask for.
 pub const MAX_REPLICAS: u32 = 1000;
+/// A job's versions kept in its history when the spec names no number.
+pub const DEFAULT_VERSIONS_KEPT: u32 = 10;
+/// Most versions a job may keep.
+pub const MAX_VERSIONS_KEPT: u32 = 100;
 /// A job's priority when it names none (0 to 100).
 pub const DEFAULT_PRIORITY: u8 = 50;
 /// Highest priority.
@@ -48,6 +54,249 @@ fn default_versions_kept() -> u32 {
 
 fn is_default_versions_kept(n: &u32) -> bool {
     *n == DEFAULT_VERSIONS_KEPT
+}
+
+/// What a job's allocations are for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobType {
+    /// Runs forever: `replicas` copies kept running, updated by rollouts.
+    #[default]
+    Service,
+    /// Runs to completion: `completions` successful runs, at most
+    /// `parallelism` at once (or, with `gang: true`, `replicas` ranks
+    /// together).
+    Batch,
+}
+
+impl JobType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobType::Service => "service",
+            JobType::Batch => "batch",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<JobType> {
+        match text {
+            "service" => Some(JobType::Service),
+            "batch" => Some(JobType::Batch),
+            _ => None,
+        }
+    }
+
+    pub fn is_service(&self) -> bool {
+        *self == JobType::Service
+    }
+}
+
+/// A number of replicas, or a percentage of `replicas`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Amount {
+    Count(u32),
+    Percent(u32),
+}
+
+impl Amount {
+    /// The count this amount stands for out of `total`; a percentage is
+    /// rounded up or down as asked.
+    pub fn of(self, total: u32, round_up: bool) -> u32 {
+        match self {
+            Amount::Count(n) => n,
+            Amount::Percent(p) => {
+                let x = u64::from(total) * u64::from(p);
+                let n = if round_up { x.div_ceil(100) } else { x / 100 };
+                n.min(u64::from(u32::MAX)) as u32
+            }
+        }
+    }
+
+    pub fn is_zero(self) -> bool {
+        matches!(self, Amount::Count(0) | Amount::Percent(0))
+    }
+
+    /// `3`, `25%`; anything else is an error in words.
+    pub fn parse(text: &str) -> Result<Amount, String> {
+        let t = text.trim();
+        let bad = || {
+            format!("{text:?} must be a number of replicas (e.g. 1) or a percentage of replicas (e.g. 25%)")
+        };
+        match t.strip_suffix('%') {
+            Some(p) => {
+                let n: u32 = p.trim().parse().map_err(|_| bad())?;
+                if n > 100 {
+                    return Err(format!("{text:?} is more than 100%"));
+                }
+                Ok(Amount::Percent(n))
+            }
+            None => t.parse().map(Amount::Count).map_err(|_| bad()),
+        }
+    }
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Amount::Count(n) => write!(f, "{n}"),
+            Amount::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl Serialize for Amount {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Amount::Count(n) => s.serialize_u32(*n),
+            Amount::Percent(_) => s.collect_str(self),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Amount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            N(u32),
+            S(String),
+        }
+        match Form::deserialize(d)? {
+            Form::N(n) => Ok(Amount::Count(n)),
+            Form::S(s) => Amount::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// How a service moves to a new version (the `update:` block).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSpec {
+    /// How many replicas may be unavailable during a rollout (default 25%,
+    /// rounded down).
+    #[serde(default = "default_quarter", skip_serializing_if = "is_quarter")]
+    pub max_unavailable: Amount,
+    /// How many allocations may run above `replicas` during a rollout
+    /// (default 25%, rounded up).
+    #[serde(default = "default_quarter", skip_serializing_if = "is_quarter")]
+    pub max_surge: Amount,
+    /// How long a new allocation must stay healthy to count (default 10s).
+    #[serde(
+        default = "default_min_healthy",
+        skip_serializing_if = "is_default_min_healthy",
+        with = "crate::duration::text"
+    )]
+    pub min_healthy: Duration,
+    /// A new allocation not healthy this long after it was placed fails
+    /// the rollout (default 5m).
+    #[serde(
+        default = "default_healthy_deadline",
+        skip_serializing_if = "is_default_healthy_deadline",
+        with = "crate::duration::text"
+    )]
+    pub healthy_deadline: Duration,
+    /// A rollout with no allocation becoming healthy for this long fails
+    /// (default 10m).
+    #[serde(
+        default = "default_progress_deadline",
+        skip_serializing_if = "is_default_progress_deadline",
+        with = "crate::duration::text"
+    )]
+    pub progress_deadline: Duration,
+    /// A failed rollout rolls back to the last version that rolled out
+    /// successfully (default true).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub auto_rollback: bool,
+    /// New allocations started beside the old ones before the rollout
+    /// waits for `skiff rollout promote` (default 0: no canaries).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub canary: u32,
+}
+
+fn default_quarter() -> Amount {
+    Amount::Percent(25)
+}
+fn is_quarter(a: &Amount) -> bool {
+    *a == Amount::Percent(25)
+}
+fn default_min_healthy() -> Duration {
+    Duration::from_secs(10)
+}
+fn is_default_min_healthy(d: &Duration) -> bool {
+    *d == default_min_healthy()
+}
+fn default_healthy_deadline() -> Duration {
+    Duration::from_secs(300)
+}
+fn is_default_healthy_deadline(d: &Duration) -> bool {
+    *d == default_healthy_deadline()
+}
+fn default_progress_deadline() -> Duration {
+    Duration::from_secs(600)
+}
+fn is_default_progress_deadline(d: &Duration) -> bool {
+    *d == default_progress_deadline()
+}
+fn yes() -> bool {
+    true
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl Default for UpdateSpec {
+    fn default() -> Self {
+        UpdateSpec {
+            max_unavailable: default_quarter(),
+            max_surge: default_quarter(),
+            min_healthy: default_min_healthy(),
+            healthy_deadline: default_healthy_deadline(),
+            progress_deadline: default_progress_deadline(),
+            auto_rollback: true,
+            canary: 0,
+        }
+    }
+}
+
+impl UpdateSpec {
+    pub fn is_default(&self) -> bool {
+        *self == UpdateSpec::default()
+    }
+}
+
+/// What happens to a gang when one of its replicas fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GangFailure {
+    /// Stop every replica and start the whole gang again (counted against
+    /// `backoff_limit`).
+    #[default]
+    RestartGang,
+    /// Stop every replica; the job has failed.
+    Fail,
+}
+
+impl GangFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GangFailure::RestartGang => "restart_gang",
+            GangFailure::Fail => "fail",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<GangFailure> {
+        match text {
+            "restart_gang" => Some(GangFailure::RestartGang),
+            "fail" => Some(GangFailure::Fail),
+            _ => None,
+        }
+    }
+
+    pub fn is_default(&self) -> bool {
+        *self == GangFailure::RestartGang
+    }
 }
 
 /// A job as the operator wrote it, after validation. Its serialized form is
@@ -176,196 +425,6 @@ impl TaskSpec {
     }
 }
 
-/// Amounts of CPU (millicores), memory (bytes) and GPUs (whole devices):
-/// what a node offers and what allocations hold, added and subtracted
-/// exactly. Serialized as quantities (`{cpu: 250m, memory: 64Mi, gpus: 1}`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct Resources {
-    pub cpu_millis: u64,
-    pub memory_bytes: u64,
-    pub gpus: u32,
-}
-
-impl Resources {
-    pub const ZERO: Resources = Resources {
-        cpu_millis: 0,
-        memory_bytes: 0,
-        gpus: 0,
-    };
-
-    pub fn new(cpu_millis: u64, memory_bytes: u64) -> Self {
-        Self {
-            cpu_millis,
-            memory_bytes,
-            gpus: 0,
-        }
-    }
-
-    pub fn with_gpus(self, gpus: u32) -> Self {
-        Self { gpus, ..self }
-    }
-
-    pub fn saturating_add(self, other: Resources) -> Resources {
-        Resources {
-            cpu_millis: self.cpu_millis.saturating_add(other.cpu_millis),
-            memory_bytes: self.memory_bytes.saturating_add(other.memory_bytes),
-            gpus: self.gpus.saturating_add(other.gpus),
-        }
-    }
-
-    pub fn saturating_sub(self, other: Resources) -> Resources {
-        Resources {
-            cpu_millis: self.cpu_millis.saturating_sub(other.cpu_millis),
-            memory_bytes: self.memory_bytes.saturating_sub(other.memory_bytes),
-            gpus: self.gpus.saturating_sub(other.gpus),
-        }
-    }
-
-    /// True when every dimension of `self` is at most that of `other`.
-    pub fn fits_in(self, other: Resources) -> bool {
-        self.cpu_millis <= other.cpu_millis
-            && self.memory_bytes <= other.memory_bytes
-            && self.gpus <= other.gpus
-    }
-}
-
-impl fmt::Display for Resources {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "cpu={} memory={}",
-            format_cpu(self.cpu_millis),
-            format_memory(self.memory_bytes)
-        )?;
-        if self.gpus > 0 {
-            write!(f, " gpus={}", self.gpus)?;
-        }
-        Ok(())
-    }
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ResourcesForm {
-    cpu: String,
-    memory: String,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    gpus: u32,
-}
-
-impl Serialize for Resources {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        ResourcesForm {
-            cpu: format_cpu(self.cpu_millis),
-            memory: format_memory_exact(self.memory_bytes),
-            gpus: self.gpus,
-        }
-        .serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for Resources {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let form = ResourcesForm::deserialize(d)?;
-        Ok(Resources {
-            cpu_millis: parse_cpu(&form.cpu).map_err(serde::de::Error::custom)?,
-            memory_bytes: parse_memory(&form.memory).map_err(serde::de::Error::custom)?,
-            gpus: form.gpus,
-        })
-    }
-}
-
-/// What one replica of a task asks for: amounts of CPU, memory and GPUs,
-/// which GPUs it accepts, and the host ports it needs to itself.
-/// Serialized as `{cpu: 2, memory: 8Gi, gpus: 1, gpu: {model: ...}, ports: [8080]}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct TaskResources {
-    pub cpu_millis: u64,
-    pub memory_bytes: u64,
-    /// Whole GPUs, each given to this replica alone.
-    pub gpus: u32,
-    /// Which GPUs are acceptable (any healthy one when empty).
-    pub gpu: GpuFilter,
-    /// Host ports no other allocation on the node may hold.
-    pub ports: Vec<u16>,
-}
-
-impl TaskResources {
-    pub fn new(cpu_millis: u64, memory_bytes: u64) -> Self {
-        TaskResources {
-            cpu_millis,
-            memory_bytes,
-            ..Default::default()
-        }
-    }
-
-    /// The amounts, for resource arithmetic.
-    pub fn amount(&self) -> Resources {
-        Resources {
-            cpu_millis: self.cpu_millis,
-            memory_bytes: self.memory_bytes,
-            gpus: self.gpus,
-        }
-    }
-}
-
-fn no_filter(f: &GpuFilter) -> bool {
-    f.is_empty()
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TaskResourcesForm {
-    cpu: String,
-    memory: String,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    gpus: u32,
-    #[serde(default, skip_serializing_if = "no_filter")]
-    gpu: GpuFilter,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    ports: Vec<u16>,
-}
-
-impl Serialize for TaskResources {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        TaskResourcesForm {
-            cpu: format_cpu(self.cpu_millis),
-            memory: format_memory_exact(self.memory_bytes),
-            gpus: self.gpus,
-            gpu: self.gpu.clone(),
-            ports: self.ports.clone(),
-        }
-        .serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for TaskResources {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let form = TaskResourcesForm::deserialize(d)?;
-        Ok(TaskResources {
-            cpu_millis: parse_cpu(&form.cpu).map_err(serde::de::Error::custom)?,
-            memory_bytes: parse_memory(&form.memory).map_err(serde::de::Error::custom)?,
-            gpus: form.gpus,
-            gpu: form.gpu,
-            ports: form.ports,
-        })
-    }
-}
-
-/// Like [`format_memory`], but never rounds: falls back to plain bytes.
-pub(crate) fn format_memory_exact(bytes: u64) -> String {
-    let shown = format_memory(bytes);
-    if shown.contains('.') {
-        bytes.to_string()
-    } else {
-        shown
-    }
-}
-
 /// Which network namespace a container gets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Hash, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -488,20 +547,6 @@ impl JobSpec {
         }
     }
 
-    /// Parses and validates a job written in YAML (JSON is YAML too).
-    /// Every broken rule is reported, each naming its field.
-    pub fn from_yaml(text: &str) -> Result<JobSpec, SpecError> {
-        if text.len() > crate::MAX_SPEC_BYTES {
-            return Err(SpecError::TooLarge {
-                size: text.len(),
-                limit: crate::MAX_SPEC_BYTES,
-            });
-        }
-        let value: serde_json::Value =
-            serde_yaml_ng::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))?;
-        crate::spec_parse::parse_job(&value)
-    }
-
     /// How many replicas may be unavailable at once while a node drains:
     /// the job's `update.max_unavailable` as a count (see
     /// [`JobSpec::max_unavailable`]), at least one so a drain always
@@ -514,17 +559,6 @@ impl JobSpec {
     /// rather than serve until stopped.
     pub fn runs_to_completion(&self) -> bool {
         self.is_batch()
-    }
-
-    /// Checks the rules that hold for a spec however it was built (from YAML,
-    /// or from a gRPC message). Returns every broken rule.
-    pub fn validate(&self) -> Result<(), SpecError> {
-        let errors = crate::spec_parse::validate_job(self);
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(SpecError::Invalid(errors))
-        }
     }
 
     /// A hash of what [`JobSpec::same_version`] compares: specs of the same
@@ -578,5 +612,46 @@ pub struct Job {
 impl Job {
     pub fn name(&self) -> &str {
         &self.spec.name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentages_round_as_kubernetes_does() {
+        assert_eq!(Amount::Percent(25).of(10, false), 2);
+        assert_eq!(Amount::Percent(25).of(10, true), 3);
+        assert_eq!(Amount::Percent(25).of(4, false), 1);
+        assert_eq!(Amount::Percent(25).of(1, false), 0);
+        assert_eq!(Amount::Percent(25).of(1, true), 1);
+        assert_eq!(Amount::Count(3).of(1, true), 3);
+    }
+
+    #[test]
+    fn amounts_parse_as_counts_or_percentages() {
+        assert_eq!(Amount::parse("2"), Ok(Amount::Count(2)));
+        assert_eq!(Amount::parse("30%"), Ok(Amount::Percent(30)));
+        assert!(Amount::parse("150%")
+            .unwrap_err()
+            .contains("more than 100%"));
+        assert!(Amount::parse("a lot").unwrap_err().contains("percentage"));
+    }
+
+    #[test]
+    fn image_refs_follow_skopeo_syntax() {
+        let r = ImageRef::parse("oci:/var/images/bb:1.36").unwrap();
+        assert_eq!(
+            (r.path.as_str(), r.tag.as_deref()),
+            ("/var/images/bb", Some("1.36"))
+        );
+        let r = ImageRef::parse("oci:/var/images/bb").unwrap();
+        assert_eq!((r.path.as_str(), r.tag), ("/var/images/bb", None));
+        let r = ImageRef::parse("oci:rel/dir").unwrap();
+        assert!(r.is_relative());
+        assert!(ImageRef::parse("busybox:latest").is_err());
+        assert!(ImageRef::parse("oci::tag").is_err());
+        assert!(ImageRef::parse("oci:/x:bad tag").is_err());
     }
 }

@@ -6,6 +6,10 @@
 //! resource arithmetic ([`fit`]) that the scheduler and the state machine's plan
 //! check share, so the two can never disagree about whether something fits.
 //!
+//! The vocabulary (`job`, `resources`, `alloc`, `node`, `gpu`, ...) imports
+//! no rules; the rules (`spec`, which parses and validates job specs,
+//! [`registration`], [`fit`], [`workload`]) import the vocabulary.
+//!
 //! No I/O, no async, no clock: everything here is a plain value.
 
 #![forbid(unsafe_code)]
@@ -23,27 +27,25 @@ pub mod node;
 pub mod placement;
 pub mod plan;
 pub mod quantity;
-mod spec_parse;
-mod spec_sched;
-mod spec_workload;
+pub mod registration;
+pub mod resources;
+mod spec;
 pub mod workload;
 
-pub use alloc::{AllocStatus, Allocation, DesiredStatus};
+pub use alloc::{AllocStatus, Allocation, DesiredStatus, GangRank};
 pub use deployment::{Deployment, DeploymentStatus, JobHistory, JobVersion};
 pub use error::{FieldError, SpecError};
 pub use eval::{EvalStatus, EvalTrigger, Evaluation};
 pub use gpu::{Gpu, GpuDriver, GpuFilter, GpuLink, GpuMetrics, LinkLevel};
-pub use job::{ImageRef, Job, JobSpec, NetworkMode, Resources, TaskResources, TaskSpec};
+pub use job::{
+    Amount, GangFailure, ImageRef, Job, JobSpec, JobType, NetworkMode, TaskSpec, UpdateSpec,
+};
 pub use lifecycle::{
     Backoff, Probe, ProbeAction, Probes, RestartPolicy, RestartSpec, Security, UserId,
 };
 pub use node::{Node, NodeStatus};
 pub use placement::{Affinity, Constraint, ConstraintOp, Spread};
 pub use plan::{Placement, Plan, Stop};
-pub use workload::{
-    AllocFacts, Amount, BatchProgress, BatchState, GangFailure, GangRank, JobType, RolloutCounts,
-    UpdateSpec,
-};
-
-/// Largest job spec accepted, in bytes of YAML or JSON text.
-pub const MAX_SPEC_BYTES: usize = 1024 * 1024;
+pub use resources::{Resources, TaskResources};
+pub use spec::MAX_SPEC_BYTES;
+pub use workload::{AllocFacts, BatchProgress, BatchState, RolloutCounts};

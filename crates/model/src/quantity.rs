@@ -165,6 +165,16 @@ pub fn format_memory_human(bytes: u64) -> String {
     format!("{bytes}")
 }
 
+/// Like [`format_memory`], but never rounds: falls back to plain bytes.
+pub(crate) fn format_memory_exact(bytes: u64) -> String {
+    let shown = format_memory(bytes);
+    if shown.contains('.') {
+        bytes.to_string()
+    } else {
+        shown
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

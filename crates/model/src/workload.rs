@@ -1,6 +1,8 @@
-//! What kind of work a job is and how it changes: services roll out new
-//! versions under an `update` policy, batch jobs run to a number of
-//! successful completions, gangs start and restart all together.
+//! How a job's kind of work plays out: services roll out new versions
+//! under their `update` policy, batch jobs run to a number of successful
+//! completions, gangs start and restart all together. The words for these
+//! ([`JobType`](crate::JobType), [`UpdateSpec`](crate::UpdateSpec),
+//! [`GangFailure`]) are in [`crate::job`].
 //!
 //! The counting rules here (which allocations count as succeeded, failed,
 //! healthy, updated) are shared by the scheduler, the state machine and the
@@ -8,18 +10,10 @@
 //! `skiff get jobs` shows can never disagree.
 
 use std::collections::BTreeSet;
-use std::fmt;
-use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use crate::alloc::{failures_of, reason, AllocStatus, Allocation, DesiredStatus};
+use crate::job::{GangFailure, Job, JobSpec, JobType};
 
-use crate::alloc::{AllocStatus, DesiredStatus};
-use crate::job::{Job, JobSpec};
-
-/// A job's versions kept in its history when the spec names no number.
-pub const DEFAULT_VERSIONS_KEPT: u32 = 10;
-/// Most versions a job may keep.
-pub const MAX_VERSIONS_KEPT: u32 = 100;
 /// Failed runs a batch job tolerates when the spec names no number
 /// (Kubernetes' `backoffLimit` default).
 pub const DEFAULT_BACKOFF_LIMIT: u32 = 6;
@@ -29,275 +23,6 @@ pub const MAX_BACKOFF_LIMIT: u32 = 10_000;
 pub const MAX_COMPLETIONS: u32 = 100_000;
 /// The port PyTorch's rendezvous listens on by default.
 pub const DEFAULT_MASTER_PORT: u16 = 29500;
-
-/// What a job's allocations are for.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JobType {
-    /// Runs forever: `replicas` copies kept running, updated by rollouts.
-    #[default]
-    Service,
-    /// Runs to completion: `completions` successful runs, at most
-    /// `parallelism` at once (or, with `gang: true`, `replicas` ranks
-    /// together).
-    Batch,
-}
-
-impl JobType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobType::Service => "service",
-            JobType::Batch => "batch",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<JobType> {
-        match text {
-            "service" => Some(JobType::Service),
-            "batch" => Some(JobType::Batch),
-            _ => None,
-        }
-    }
-
-    pub fn is_service(&self) -> bool {
-        *self == JobType::Service
-    }
-}
-
-/// A number of replicas, or a percentage of `replicas`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Amount {
-    Count(u32),
-    Percent(u32),
-}
-
-impl Amount {
-    /// The count this amount stands for out of `total`; a percentage is
-    /// rounded up or down as asked.
-    pub fn of(self, total: u32, round_up: bool) -> u32 {
-        match self {
-            Amount::Count(n) => n,
-            Amount::Percent(p) => {
-                let x = u64::from(total) * u64::from(p);
-                let n = if round_up { x.div_ceil(100) } else { x / 100 };
-                n.min(u64::from(u32::MAX)) as u32
-            }
-        }
-    }
-
-    pub fn is_zero(self) -> bool {
-        matches!(self, Amount::Count(0) | Amount::Percent(0))
-    }
-
-    /// `3`, `25%`; anything else is an error in words.
-    pub fn parse(text: &str) -> Result<Amount, String> {
-        let t = text.trim();
-        let bad = || {
-            format!("{text:?} must be a number of replicas (e.g. 1) or a percentage of replicas (e.g. 25%)")
-        };
-        match t.strip_suffix('%') {
-            Some(p) => {
-                let n: u32 = p.trim().parse().map_err(|_| bad())?;
-                if n > 100 {
-                    return Err(format!("{text:?} is more than 100%"));
-                }
-                Ok(Amount::Percent(n))
-            }
-            None => t.parse().map(Amount::Count).map_err(|_| bad()),
-        }
-    }
-}
-
-impl fmt::Display for Amount {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Amount::Count(n) => write!(f, "{n}"),
-            Amount::Percent(p) => write!(f, "{p}%"),
-        }
-    }
-}
-
-impl Serialize for Amount {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Amount::Count(n) => s.serialize_u32(*n),
-            Amount::Percent(_) => s.collect_str(self),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Amount {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Form {
-            N(u32),
-            S(String),
-        }
-        match Form::deserialize(d)? {
-            Form::N(n) => Ok(Amount::Count(n)),
-            Form::S(s) => Amount::parse(&s).map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-/// How a service moves to a new version (the `update:` block).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateSpec {
-    /// How many replicas may be unavailable during a rollout (default 25%,
-    /// rounded down).
-    #[serde(default = "default_quarter", skip_serializing_if = "is_quarter")]
-    pub max_unavailable: Amount,
-    /// How many allocations may run above `replicas` during a rollout
-    /// (default 25%, rounded up).
-    #[serde(default = "default_quarter", skip_serializing_if = "is_quarter")]
-    pub max_surge: Amount,
-    /// How long a new allocation must stay healthy to count (default 10s).
-    #[serde(
-        default = "default_min_healthy",
-        skip_serializing_if = "is_default_min_healthy",
-        with = "crate::duration::text"
-    )]
-    pub min_healthy: Duration,
-    /// A new allocation not healthy this long after it was placed fails
-    /// the rollout (default 5m).
-    #[serde(
-        default = "default_healthy_deadline",
-        skip_serializing_if = "is_default_healthy_deadline",
-        with = "crate::duration::text"
-    )]
-    pub healthy_deadline: Duration,
-    /// A rollout with no allocation becoming healthy for this long fails
-    /// (default 10m).
-    #[serde(
-        default = "default_progress_deadline",
-        skip_serializing_if = "is_default_progress_deadline",
-        with = "crate::duration::text"
-    )]
-    pub progress_deadline: Duration,
-    /// A failed rollout rolls back to the last version that rolled out
-    /// successfully (default true).
-    #[serde(default = "yes", skip_serializing_if = "is_true")]
-    pub auto_rollback: bool,
-    /// New allocations started beside the old ones before the rollout
-    /// waits for `skiff rollout promote` (default 0: no canaries).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub canary: u32,
-}
-
-fn default_quarter() -> Amount {
-    Amount::Percent(25)
-}
-fn is_quarter(a: &Amount) -> bool {
-    *a == Amount::Percent(25)
-}
-fn default_min_healthy() -> Duration {
-    Duration::from_secs(10)
-}
-fn is_default_min_healthy(d: &Duration) -> bool {
-    *d == default_min_healthy()
-}
-fn default_healthy_deadline() -> Duration {
-    Duration::from_secs(300)
-}
-fn is_default_healthy_deadline(d: &Duration) -> bool {
-    *d == default_healthy_deadline()
-}
-fn default_progress_deadline() -> Duration {
-    Duration::from_secs(600)
-}
-fn is_default_progress_deadline(d: &Duration) -> bool {
-    *d == default_progress_deadline()
-}
-fn yes() -> bool {
-    true
-}
-fn is_true(b: &bool) -> bool {
-    *b
-}
-fn is_zero(n: &u32) -> bool {
-    *n == 0
-}
-
-impl Default for UpdateSpec {
-    fn default() -> Self {
-        UpdateSpec {
-            max_unavailable: default_quarter(),
-            max_surge: default_quarter(),
-            min_healthy: default_min_healthy(),
-            healthy_deadline: default_healthy_deadline(),
-            progress_deadline: default_progress_deadline(),
-            auto_rollback: true,
-            canary: 0,
-        }
-    }
-}
-
-impl UpdateSpec {
-    pub fn is_default(&self) -> bool {
-        *self == UpdateSpec::default()
-    }
-}
-
-/// What happens to a gang when one of its replicas fails.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GangFailure {
-    /// Stop every replica and start the whole gang again (counted against
-    /// `backoff_limit`).
-    #[default]
-    RestartGang,
-    /// Stop every replica; the job has failed.
-    Fail,
-}
-
-impl GangFailure {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GangFailure::RestartGang => "restart_gang",
-            GangFailure::Fail => "fail",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<GangFailure> {
-        match text {
-            "restart_gang" => Some(GangFailure::RestartGang),
-            "fail" => Some(GangFailure::Fail),
-            _ => None,
-        }
-    }
-
-    pub fn is_default(&self) -> bool {
-        *self == GangFailure::RestartGang
-    }
-}
-
-/// What a replica of a gang learns about its gang, as environment
-/// variables (`SKIFF_RANK`, `RANK`, `WORLD_SIZE`, `MASTER_ADDR`, ...).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GangRank {
-    /// The replica's rank, 0 to `world_size - 1`.
-    pub rank: u32,
-    pub world_size: u32,
-    /// The host part of the address of rank 0's node.
-    pub master_addr: String,
-    pub master_port: u16,
-}
-
-impl GangRank {
-    /// The variables the container gets, PyTorch's included.
-    pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("SKIFF_RANK", self.rank.to_string()),
-            ("SKIFF_WORLD_SIZE", self.world_size.to_string()),
-            ("RANK", self.rank.to_string()),
-            ("WORLD_SIZE", self.world_size.to_string()),
-            ("MASTER_ADDR", self.master_addr.clone()),
-            ("MASTER_PORT", self.master_port.to_string()),
-        ]
-    }
-}
 
 /// The host part of `host:port`, `[v6]:port`, or the text itself.
 pub fn host_of(address: &str) -> String {
@@ -410,6 +135,36 @@ pub trait AllocFacts {
 
     fn is_live(&self) -> bool {
         self.desired() == DesiredStatus::Run && !self.status().is_terminal()
+    }
+}
+
+impl AllocFacts for Allocation {
+    fn replica(&self) -> u32 {
+        self.replica
+    }
+    fn version(&self) -> u64 {
+        self.job_version
+    }
+    fn create_index(&self) -> u64 {
+        self.create_index
+    }
+    fn desired(&self) -> DesiredStatus {
+        self.desired
+    }
+    fn status(&self) -> AllocStatus {
+        self.status
+    }
+    fn failures(&self) -> u32 {
+        failures_of(self.status, self.restart_count, &self.reason)
+    }
+    fn succeeded(&self) -> bool {
+        self.status == AllocStatus::Complete && self.reason == reason::COMPLETED
+    }
+    fn healthy_now(&self) -> bool {
+        self.status == AllocStatus::Running && self.healthy == Some(true)
+    }
+    fn deploy_health(&self) -> Option<bool> {
+        self.deploy_health
     }
 }
 
@@ -557,26 +312,6 @@ pub fn rollout_counts<'a, A: AllocFacts + 'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percentages_round_as_kubernetes_does() {
-        assert_eq!(Amount::Percent(25).of(10, false), 2);
-        assert_eq!(Amount::Percent(25).of(10, true), 3);
-        assert_eq!(Amount::Percent(25).of(4, false), 1);
-        assert_eq!(Amount::Percent(25).of(1, false), 0);
-        assert_eq!(Amount::Percent(25).of(1, true), 1);
-        assert_eq!(Amount::Count(3).of(1, true), 3);
-    }
-
-    #[test]
-    fn amounts_parse_as_counts_or_percentages() {
-        assert_eq!(Amount::parse("2"), Ok(Amount::Count(2)));
-        assert_eq!(Amount::parse("30%"), Ok(Amount::Percent(30)));
-        assert!(Amount::parse("150%")
-            .unwrap_err()
-            .contains("more than 100%"));
-        assert!(Amount::parse("a lot").unwrap_err().contains("percentage"));
-    }
 
     #[test]
     fn the_host_part_of_an_address() {

@@ -6,7 +6,8 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use skiff_model::{Allocation, GpuMetrics};
+use skiff_model::registration::{check_registration, Registration};
+use skiff_model::{Allocation, FieldError, Gpu, GpuLink, GpuMetrics, Resources};
 use skiff_proto::pb;
 use skiff_store::command::{AllocUpdate, NodeRegistration};
 use skiff_store::Command;
@@ -81,117 +82,14 @@ pub(crate) async fn heartbeat(
     }
 }
 
-/// Node names: host-name characters, 1 to 253 of them.
-fn check_node_name(name: &str) -> Result<(), Status> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Status::invalid_argument(format!(
-            "name: {name:?} must be 1 to 253 letters, digits, '-', '.' or '_'"
-        )))
-    }
+/// A broken model rule, as the agent is told it.
+fn refused(e: FieldError) -> Status {
+    Status::invalid_argument(e.to_string())
 }
 
-/// A node's GPUs: at most 64, each with a unique UUID; links only between
-/// two different GPUs of the node.
-fn check_gpus(
-    gpus: Vec<pb::Gpu>,
-    links: Vec<pb::GpuLink>,
-) -> Result<(Vec<skiff_model::Gpu>, Vec<skiff_model::GpuLink>), Status> {
-    use skiff_model::gpu::MAX_GPUS_PER_NODE;
-    if gpus.len() > MAX_GPUS_PER_NODE {
-        return Err(Status::invalid_argument(format!(
-            "gpus: {} GPUs; a node may report at most {MAX_GPUS_PER_NODE}",
-            gpus.len()
-        )));
-    }
-    let gpus: Vec<skiff_model::Gpu> = gpus.into_iter().map(Into::into).collect();
-    for (i, g) in gpus.iter().enumerate() {
-        if g.uuid.is_empty() || g.uuid.len() > 253 {
-            return Err(Status::invalid_argument(format!(
-                "gpus[{i}].uuid: must be 1 to 253 characters"
-            )));
-        }
-        if g.model.len() > 253 {
-            return Err(Status::invalid_argument(format!(
-                "gpus[{i}].model: must be at most 253 characters"
-            )));
-        }
-        if gpus[..i].iter().any(|o| o.uuid == g.uuid) {
-            return Err(Status::invalid_argument(format!(
-                "gpus[{i}].uuid: {:?} is reported twice",
-                g.uuid
-            )));
-        }
-        let texts = [
-            ("health_reason", &g.health_reason, 1024),
-            ("compute_capability", &g.compute_capability, 16),
-            ("pci_bus_id", &g.pci_bus_id, 64),
-        ];
-        for (field, text, max) in texts {
-            if text.len() > max {
-                return Err(Status::invalid_argument(format!(
-                    "gpus[{i}].{field}: must be at most {max} characters"
-                )));
-            }
-        }
-        if let Some(p) = &g.mig_profile {
-            if p.is_empty() || p.len() > 32 {
-                return Err(Status::invalid_argument(format!(
-                    "gpus[{i}].mig_profile: must be 1 to 32 characters"
-                )));
-            }
-        }
-        if g.mig_enabled && g.mig_profile.is_some() {
-            return Err(Status::invalid_argument(format!(
-                "gpus[{i}]: a MIG instance cannot be in MIG mode itself"
-            )));
-        }
-        if let Some(parent) = &g.parent {
-            if !gpus.iter().any(|o| o.uuid == *parent && o.mig_enabled) {
-                return Err(Status::invalid_argument(format!(
-                    "gpus[{i}].parent: {parent:?} is not one of the node's GPUs in MIG mode"
-                )));
-            }
-        }
-        if g.nvlink_peers.len() > 64 || g.nvlink_peers.iter().any(|p| p.len() > 253) {
-            return Err(Status::invalid_argument(format!(
-                "gpus[{i}].nvlink_peers: at most 64 peers of at most 253 characters"
-            )));
-        }
-    }
-    let max_links = MAX_GPUS_PER_NODE * MAX_GPUS_PER_NODE;
-    if links.len() > max_links {
-        return Err(Status::invalid_argument(format!(
-            "gpu_links: {} links; at most {max_links}",
-            links.len()
-        )));
-    }
-    let mut out = Vec::with_capacity(links.len());
-    for (i, l) in links.into_iter().enumerate() {
-        let path = format!("gpu_links[{i}]");
-        let l = skiff_proto::gpu_link_from_wire(l, &path)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        for (field, uuid) in [("a", &l.a), ("b", &l.b)] {
-            if !gpus.iter().any(|g| g.uuid == *uuid) {
-                return Err(Status::invalid_argument(format!(
-                    "{path}.{field}: {uuid:?} is not one of the node's gpus"
-                )));
-            }
-        }
-        if l.a == l.b {
-            return Err(Status::invalid_argument(format!(
-                "{path}: links a GPU to itself"
-            )));
-        }
-        out.push(l);
-    }
-    Ok((gpus, out))
+/// Node names: host-name characters, 1 to 253 of them (the model's rule).
+fn check_node_name(name: &str) -> Result<(), Status> {
+    skiff_model::registration::check_node_name(name).map_err(refused)
 }
 
 /// GPU samples from a heartbeat: at most one per reportable GPU, with
@@ -229,35 +127,31 @@ impl pb::node_api_server::NodeApi for NodeService {
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let r = req.into_inner();
         check_node_name(&r.name)?;
-        let capacity: skiff_model::Resources = r
+        // The wire message becomes model values at the edge (a link level
+        // this server does not know is refused here), then the model's
+        // rules decide.
+        let capacity: Resources = r
             .capacity
             .ok_or_else(|| Status::invalid_argument("capacity: is required"))?
             .into();
-        if capacity.cpu_millis == 0 || capacity.memory_bytes == 0 {
-            return Err(Status::invalid_argument(
-                "capacity: cpu and memory must both be more than 0",
-            ));
-        }
-        if r.address.parse::<std::net::SocketAddr>().is_err() {
-            return Err(Status::invalid_argument(format!(
-                "address: {:?} must be IP:PORT",
-                r.address
-            )));
-        }
-        for key in r.labels.keys() {
-            if key.is_empty() || key.len() > 253 {
-                return Err(Status::invalid_argument(format!(
-                    "labels: key {key:?} must be 1 to 253 characters"
-                )));
-            }
-        }
-        let reserved: skiff_model::Resources = r.reserved.map(Into::into).unwrap_or_default();
-        if reserved.gpus > 0 {
-            return Err(Status::invalid_argument(
-                "reserved.gpus: GPUs cannot be reserved; leave them out of gpus instead",
-            ));
-        }
-        let (gpus, gpu_links) = check_gpus(r.gpus, r.gpu_links)?;
+        let reserved: Resources = r.reserved.map(Into::into).unwrap_or_default();
+        let gpus: Vec<Gpu> = r.gpus.into_iter().map(Into::into).collect();
+        let gpu_links = r
+            .gpu_links
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| skiff_proto::gpu_link_from_wire(l, &format!("gpu_links[{i}]")))
+            .collect::<Result<Vec<GpuLink>, _>>()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        check_registration(&Registration {
+            labels: &r.labels,
+            capacity,
+            reserved,
+            address: &r.address,
+            gpus: &gpus,
+            gpu_links: &gpu_links,
+        })
+        .map_err(refused)?;
         let registration = NodeRegistration {
             name: r.name.clone(),
             labels: r.labels,

@@ -501,9 +501,7 @@ impl TryFrom<pb::JobSpec> for m::JobSpec {
             replicas: s.replicas,
             priority,
             update,
-            versions_kept: s
-                .versions_kept
-                .unwrap_or(m::workload::DEFAULT_VERSIONS_KEPT),
+            versions_kept: s.versions_kept.unwrap_or(m::job::DEFAULT_VERSIONS_KEPT),
             completions: s.completions,
             parallelism: s.parallelism,
             backoff_limit: s.backoff_limit,

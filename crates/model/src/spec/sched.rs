@@ -1,33 +1,31 @@
 //! Parsing and validation of the job fields the scheduler reads: `priority`,
 //! `gang`, `constraints`, `spread`, `distinct_hosts`, `affinities`, and the
-//! task's `resources.gpus`, `resources.gpu` and `resources.ports`. Same
-//! habits as `spec_parse`: every broken rule is collected with its field.
+//! task's `resources.gpus`, `resources.gpu` and `resources.ports`. The
+//! types are in [`crate::placement`] and [`crate::gpu`].
 
 use serde_json::{Map, Value};
 
 use crate::gpu::{GpuFilter, MAX_GPUS_PER_NODE};
-use crate::job::{JobSpec, NetworkMode, TaskResources, TaskSpec, MAX_PRIORITY};
+use crate::job::{JobSpec, NetworkMode, TaskSpec, MAX_PRIORITY};
 use crate::placement::{label_number, Affinity, Constraint, ConstraintOp, Spread, MAX_VALUES};
 use crate::quantity::parse_memory;
-use crate::spec_parse::{
-    as_object, as_string, check_unknown, join, kind, scalar_text, string_list, Errors,
+use crate::resources::TaskResources;
+
+use super::fields::{
+    self, as_object, as_string, check_unknown, join, kind, scalar_text, string_list, Errors,
+    AFFINITY_FIELDS, GPU_FIELDS, RULE_FIELDS, SPREAD_FIELDS,
 };
 
 /// Most constraints (and, separately, affinities) one job may list.
-pub const MAX_RULES: usize = 64;
+const MAX_RULES: usize = 64;
 /// Most host ports one task may claim.
-pub const MAX_PORTS: usize = 64;
+const MAX_PORTS: usize = 64;
 /// Longest label key or value a rule may name.
 const MAX_LABEL: usize = 253;
 
-const RULE_FIELDS: &[&str] = &["label", "op", "value", "values"];
-const AFFINITY_FIELDS: &[&str] = &["label", "op", "value", "values", "weight"];
-const SPREAD_FIELDS: &[&str] = &["label", "max_skew"];
-const GPU_FIELDS: &[&str] = &["model", "min_memory", "uuids", "mig"];
-
 /// The scheduling fields of a job, as parsed (before value rules).
 #[derive(Default)]
-pub(crate) struct JobRules {
+pub(super) struct JobRules {
     pub priority: Option<u8>,
     pub gang: bool,
     pub constraints: Vec<Constraint>,
@@ -36,44 +34,24 @@ pub(crate) struct JobRules {
     pub affinities: Vec<Affinity>,
 }
 
-fn parse_bool(obj: &Map<String, Value>, field: &str, errs: &mut Errors) -> bool {
-    match obj.get(field) {
-        None => false,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => {
-            errs.push(field, format!("must be true or false, not {}", kind(other)));
-            false
-        }
-    }
+/// A top-level flag: false when absent (or broken, which is reported).
+fn flag(obj: &Map<String, Value>, field: &str, errs: &mut Errors) -> bool {
+    obj.get(field)
+        .and_then(|v| fields::boolean(v, field, errs))
+        .unwrap_or(false)
 }
 
-fn whole_number(v: &Value, path: &str, max: u64, errs: &mut Errors) -> Option<u64> {
-    match v {
-        Value::Number(n) => match n.as_u64() {
-            Some(x) if x <= max => Some(x),
-            _ => {
-                errs.push(path, format!("{n} must be a whole number from 0 to {max}"));
-                None
-            }
-        },
-        other => {
-            errs.push(path, format!("must be a number, not {}", kind(other)));
-            None
-        }
-    }
-}
-
-pub(crate) fn parse_job_rules(obj: &Map<String, Value>, errs: &mut Errors) -> JobRules {
+pub(super) fn parse_job_rules(obj: &Map<String, Value>, errs: &mut Errors) -> JobRules {
     let mut rules = JobRules {
-        gang: parse_bool(obj, "gang", errs),
-        distinct_hosts: parse_bool(obj, "distinct_hosts", errs),
+        gang: flag(obj, "gang", errs),
+        distinct_hosts: flag(obj, "distinct_hosts", errs),
         ..JobRules::default()
     };
     if let Some(v) = obj.get("priority") {
         // Out-of-range values are reported here; validate_job_rules only
         // sees what fit in a u8.
         rules.priority =
-            whole_number(v, "priority", u64::from(MAX_PRIORITY), errs).map(|p| p as u8);
+            fields::number(v, "priority", 0, u64::from(MAX_PRIORITY), errs).map(|p| p as u8);
     }
     if let Some(v) = obj.get("constraints") {
         for (i, item) in list(v, "constraints", errs).iter().enumerate() {
@@ -278,7 +256,7 @@ fn parse_spread(v: &Value, path: &str, errs: &mut Errors) -> Option<Spread> {
     };
     let max_skew = match obj.get("max_skew") {
         None => Some(1),
-        Some(v) => whole_number(v, &join(path, "max_skew"), 1000, errs).map(|n| n as u32),
+        Some(v) => fields::number(v, &join(path, "max_skew"), 0, 1000, errs).map(|n| n as u32),
     };
     Some(Spread {
         label: label?,
@@ -287,14 +265,14 @@ fn parse_spread(v: &Value, path: &str, errs: &mut Errors) -> Option<Spread> {
 }
 
 /// Reads `gpus`, `gpu` and `ports` of a task's `resources` map into `r`.
-pub(crate) fn parse_task_resources(
+pub(super) fn parse_task_resources(
     obj: &Map<String, Value>,
     path: &str,
     r: &mut TaskResources,
     errs: &mut Errors,
 ) {
     if let Some(v) = obj.get("gpus") {
-        if let Some(n) = whole_number(v, &join(path, "gpus"), MAX_GPUS_PER_NODE as u64, errs) {
+        if let Some(n) = fields::number(v, &join(path, "gpus"), 0, MAX_GPUS_PER_NODE as u64, errs) {
             r.gpus = n as u32;
         }
     }
@@ -307,15 +285,10 @@ pub(crate) fn parse_task_resources(
                 filter.model = as_string(m, &join(&gpath, "model"), errs);
             }
             if let Some(m) = g.get("min_memory") {
-                match scalar_text(m) {
-                    Some(t) => match parse_memory(&t) {
-                        Ok(b) => filter.min_memory_bytes = b,
-                        Err(e) => errs.push(&join(&gpath, "min_memory"), e.to_string()),
-                    },
-                    None => errs.push(
-                        &join(&gpath, "min_memory"),
-                        format!("must be a quantity, not {}", kind(m)),
-                    ),
+                if let Some(b) =
+                    fields::quantity(m, &join(&gpath, "min_memory"), parse_memory, errs)
+                {
+                    filter.min_memory_bytes = b;
                 }
             }
             if let Some(u) = g.get("uuids") {
@@ -342,19 +315,9 @@ pub(crate) fn parse_task_resources(
                 let mut ports = Vec::new();
                 let mut all_ok = true;
                 for (i, item) in items.iter().enumerate() {
-                    let ipath = format!("{ppath}[{i}]");
-                    match item.as_u64() {
-                        Some(p) if (1..=65535).contains(&p) => ports.push(p as u16),
-                        _ => {
-                            all_ok = false;
-                            errs.push(
-                                &ipath,
-                                format!(
-                                    "{} must be a port number from 1 to 65535",
-                                    serde_json::to_string(item).unwrap_or_default()
-                                ),
-                            )
-                        }
+                    match fields::port(item, &format!("{ppath}[{i}]"), errs) {
+                        Some(p) => ports.push(p),
+                        None => all_ok = false,
                     }
                 }
                 // The list's own rules (duplicates) name positions; check
@@ -373,7 +336,7 @@ pub(crate) fn parse_task_resources(
 
 /// A MIG profile name as NVIDIA writes it: `[Cc.]Gg.Mgb`, optionally with
 /// a `+me`-style suffix (`1g.10gb`, `1c.3g.40gb`, `1g.10gb+me`).
-pub(crate) fn valid_mig_profile(p: &str) -> bool {
+pub(super) fn valid_mig_profile(p: &str) -> bool {
     fn number_then<'a>(s: &'a str, unit: &str) -> Option<&'a str> {
         let digits = s.bytes().take_while(u8::is_ascii_digit).count();
         (digits > 0 && digits <= 4)
@@ -397,7 +360,7 @@ pub(crate) fn valid_mig_profile(p: &str) -> bool {
 }
 
 /// Value rules of the task's GPU and port requests.
-pub(crate) fn validate_task_resources(task: &TaskSpec, path: &str, errs: &mut Errors) {
+pub(super) fn validate_task_resources(task: &TaskSpec, path: &str, errs: &mut Errors) {
     let r = &task.resources;
     let rpath = join(path, "resources");
     if r.gpus as usize > MAX_GPUS_PER_NODE {
@@ -489,7 +452,7 @@ pub(crate) fn validate_task_resources(task: &TaskSpec, path: &str, errs: &mut Er
 }
 
 /// Value rules of the job's scheduling fields, however the spec was built.
-pub(crate) fn validate_job_rules(spec: &JobSpec, errs: &mut Errors) {
+pub(super) fn validate_job_rules(spec: &JobSpec, errs: &mut Errors) {
     validate_rules(
         spec.priority,
         &spec.constraints,
@@ -500,7 +463,7 @@ pub(crate) fn validate_job_rules(spec: &JobSpec, errs: &mut Errors) {
 }
 
 /// The rules [`parse_job_rules`] does not check item by item as it goes.
-pub(crate) fn validate_parsed_rules(rules: &JobRules, errs: &mut Errors) {
+pub(super) fn validate_parsed_rules(rules: &JobRules, errs: &mut Errors) {
     if let Some(s) = &rules.spread {
         validate_spread(s, errs);
     }

@@ -1,38 +1,29 @@
 //! Parsing and validation of the workload fields: `type`, `update`,
 //! `versions_kept`, the batch fields (`completions`, `parallelism`,
 //! `backoff_limit`) and the gang fields (`gang_failure`, `master_port`).
-//! Same habits as `spec_parse`: every broken rule is collected with its
-//! field.
+//! The types are in [`crate::job`]; how the fields resolve to counts is in
+//! [`crate::workload`].
 
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::duration::{format_duration, parse_duration};
-use crate::job::{JobSpec, MAX_REPLICAS};
-use crate::lifecycle::RestartPolicy;
-use crate::spec_parse::{check_unknown, join, kind, Errors};
-use crate::workload::{
-    Amount, GangFailure, JobType, UpdateSpec, DEFAULT_VERSIONS_KEPT, MAX_BACKOFF_LIMIT,
-    MAX_COMPLETIONS, MAX_VERSIONS_KEPT,
+use crate::duration::format_duration;
+use crate::job::{
+    Amount, GangFailure, JobSpec, JobType, UpdateSpec, DEFAULT_VERSIONS_KEPT, MAX_REPLICAS,
+    MAX_VERSIONS_KEPT,
 };
+use crate::lifecycle::RestartPolicy;
+use crate::workload::{MAX_BACKOFF_LIMIT, MAX_COMPLETIONS};
 
-const UPDATE_FIELDS: &[&str] = &[
-    "max_unavailable",
-    "max_surge",
-    "min_healthy",
-    "healthy_deadline",
-    "progress_deadline",
-    "auto_rollback",
-    "canary",
-];
+use super::fields::{self, check_span, check_unknown, join, kind, number, Errors, UPDATE_FIELDS};
 /// Shortest healthy or progress deadline accepted.
 const MIN_DEADLINE: Duration = Duration::from_secs(1);
 /// Longest `min_healthy`, `healthy_deadline` or `progress_deadline`.
 const MAX_UPDATE_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// The workload fields as parsed.
-pub(crate) struct Workload {
+pub(super) struct Workload {
     pub job_type: JobType,
     pub update: UpdateSpec,
     pub versions_kept: u32,
@@ -41,42 +32,6 @@ pub(crate) struct Workload {
     pub backoff_limit: Option<u32>,
     pub gang_failure: GangFailure,
     pub master_port: Option<u16>,
-}
-
-fn number(v: &Value, path: &str, min: u64, max: u64, errs: &mut Errors) -> Option<u64> {
-    match v {
-        Value::Number(n) => match n.as_u64() {
-            Some(x) if (min..=max).contains(&x) => Some(x),
-            _ => {
-                errs.push(
-                    path,
-                    format!("{n} must be a whole number from {min} to {max}"),
-                );
-                None
-            }
-        },
-        other => {
-            errs.push(path, format!("must be a number, not {}", kind(other)));
-            None
-        }
-    }
-}
-
-fn duration(v: &Value, path: &str, errs: &mut Errors) -> Option<Duration> {
-    match v {
-        Value::String(s) => parse_duration(s).map_err(|e| errs.push(path, e)).ok(),
-        Value::Number(n) => {
-            errs.push(path, format!("{n} needs a unit: ms, s, m or h (e.g. {n}s)"));
-            None
-        }
-        other => {
-            errs.push(
-                path,
-                format!("must be a duration like 10s, not {}", kind(other)),
-            );
-            None
-        }
-    }
 }
 
 fn amount(v: &Value, path: &str, errs: &mut Errors) -> Option<Amount> {
@@ -120,18 +75,15 @@ fn parse_update(v: &Value, errs: &mut Errors) -> UpdateSpec {
         ("progress_deadline", &mut u.progress_deadline),
     ] {
         if let Some(v) = obj.get(field) {
-            if let Some(d) = duration(v, &path(field), errs) {
+            if let Some(d) = fields::duration(v, &path(field), errs) {
                 *slot = d;
             }
         }
     }
-    match obj.get("auto_rollback") {
-        None => {}
-        Some(Value::Bool(b)) => u.auto_rollback = *b,
-        Some(other) => errs.push(
-            &path("auto_rollback"),
-            format!("must be true or false, not {}", kind(other)),
-        ),
+    if let Some(v) = obj.get("auto_rollback") {
+        if let Some(b) = fields::boolean(v, &path("auto_rollback"), errs) {
+            u.auto_rollback = b;
+        }
     }
     if let Some(v) = obj.get("canary") {
         if let Some(n) = number(v, &path("canary"), 0, u64::from(MAX_REPLICAS), errs) {
@@ -141,7 +93,7 @@ fn parse_update(v: &Value, errs: &mut Errors) -> UpdateSpec {
     u
 }
 
-pub(crate) fn parse_workload(obj: &Map<String, Value>, errs: &mut Errors) -> Workload {
+pub(super) fn parse_workload(obj: &Map<String, Value>, errs: &mut Errors) -> Workload {
     let mut w = Workload {
         job_type: JobType::Service,
         update: UpdateSpec::default(),
@@ -203,7 +155,7 @@ pub(crate) fn parse_workload(obj: &Map<String, Value>, errs: &mut Errors) -> Wor
 }
 
 /// Whether the task in `root` names its restart policy.
-pub(crate) fn restart_policy_given(root: &Map<String, Value>) -> bool {
+pub(super) fn restart_policy_given(root: &Map<String, Value>) -> bool {
     root.get("task")
         .and_then(|t| t.get("restart"))
         .and_then(|r| r.get("policy"))
@@ -213,7 +165,7 @@ pub(crate) fn restart_policy_given(root: &Map<String, Value>) -> bool {
 /// The default restart policy of a batch job's task: `on-failure` (the
 /// node retries the run in place), or `never` for a gang (the whole gang
 /// restarts instead, see `gang_failure`).
-pub(crate) fn batch_default_restart(spec: &JobSpec) -> RestartPolicy {
+pub(super) fn batch_default_restart(spec: &JobSpec) -> RestartPolicy {
     if spec.gang {
         RestartPolicy::Never
     } else {
@@ -221,30 +173,13 @@ pub(crate) fn batch_default_restart(spec: &JobSpec) -> RestartPolicy {
     }
 }
 
-fn check_span(d: Duration, field: &str, min: Duration, errs: &mut Errors) {
-    if d < min {
-        errs.push(
-            field,
-            format!(
-                "{} is below the minimum of {}",
-                format_duration(d),
-                format_duration(min)
-            ),
-        );
-    } else if d > MAX_UPDATE_DURATION {
-        errs.push(
-            field,
-            format!(
-                "{} is above the maximum of {}",
-                format_duration(d),
-                format_duration(MAX_UPDATE_DURATION)
-            ),
-        );
-    }
+/// A rollout's span from `min` to a day.
+fn check_update_span(d: Duration, field: &str, min: Duration, errs: &mut Errors) {
+    check_span(d, field, min, MAX_UPDATE_DURATION, errs);
 }
 
 /// Value rules of the workload fields, however the spec was built.
-pub(crate) fn validate_workload(spec: &JobSpec, errs: &mut Errors) {
+pub(super) fn validate_workload(spec: &JobSpec, errs: &mut Errors) {
     let u = &spec.update;
     if !u.is_default() && !spec.rolls_out() {
         let why = if spec.is_batch() {
@@ -275,14 +210,14 @@ pub(crate) fn validate_workload(spec: &JobSpec, errs: &mut Errors) {
                 _ => {}
             }
         }
-        check_span(u.min_healthy, "update.min_healthy", Duration::ZERO, errs);
-        check_span(
+        check_update_span(u.min_healthy, "update.min_healthy", Duration::ZERO, errs);
+        check_update_span(
             u.healthy_deadline,
             "update.healthy_deadline",
             MIN_DEADLINE,
             errs,
         );
-        check_span(
+        check_update_span(
             u.progress_deadline,
             "update.progress_deadline",
             MIN_DEADLINE,
@@ -409,7 +344,7 @@ pub(crate) fn validate_workload(spec: &JobSpec, errs: &mut Errors) {
 
 #[cfg(test)]
 mod tests {
-    use crate::workload::{Amount, GangFailure, JobType};
+    use crate::job::{Amount, GangFailure, JobType};
     use crate::{JobSpec, RestartPolicy};
     use std::time::Duration;
 

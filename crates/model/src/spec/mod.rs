@@ -1,0 +1,310 @@
+//! Reading a job spec and the rules it must pass.
+//!
+//! [`JobSpec::from_yaml`] turns an untyped YAML/JSON tree into a
+//! [`JobSpec`], collecting every broken rule with the dotted path of its
+//! field instead of stopping at the first; [`JobSpec::validate`] checks the
+//! rules on values however the spec was built (from YAML, or from a gRPC
+//! message). The job's top level is read here; each group of fields has
+//! its own module:
+//!
+//! - [`fields`]: the shared toolkit (paths, the error list, readers for one
+//!   value, the keys each map may hold);
+//! - [`task`]: the task's image, command, environment and amounts;
+//! - [`lifecycle`]: restart, probes, security and stop fields;
+//! - [`sched`]: the fields the scheduler reads (priority, constraints,
+//!   spread, affinities, GPU and port requests);
+//! - [`workload`]: type, update, batch and gang fields.
+//!
+//! The types themselves are in [`crate::job`] and the modules it uses;
+//! nothing there depends on this module.
+
+mod fields;
+mod lifecycle;
+mod sched;
+mod task;
+mod workload;
+
+#[cfg(test)]
+mod properties;
+
+use serde_json::Value;
+
+use crate::error::{FieldError, SpecError};
+use crate::job::{JobSpec, DEFAULT_PRIORITY, MAX_REPLICAS};
+
+use fields::{as_string, check_unknown, kind, Errors, JOB_FIELDS};
+
+/// Largest job spec accepted, in bytes of YAML or JSON text.
+pub const MAX_SPEC_BYTES: usize = 1024 * 1024;
+
+impl JobSpec {
+    /// Parses and validates a job written in YAML (JSON is YAML too).
+    /// Every broken rule is reported, each naming its field.
+    pub fn from_yaml(text: &str) -> Result<JobSpec, SpecError> {
+        if text.len() > MAX_SPEC_BYTES {
+            return Err(SpecError::TooLarge {
+                size: text.len(),
+                limit: MAX_SPEC_BYTES,
+            });
+        }
+        let value: Value =
+            serde_yaml_ng::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))?;
+        parse_job(&value)
+    }
+
+    /// Checks the rules that hold for a spec however it was built (from YAML,
+    /// or from a gRPC message). Returns every broken rule.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let errors = validate_job(self);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(SpecError::Invalid(errors))
+        }
+    }
+}
+
+fn parse_job(root: &Value) -> Result<JobSpec, SpecError> {
+    let mut errs = Errors::new();
+    let spec = parse_job_inner(root, &mut errs);
+    match spec {
+        Some(spec) if errs.0.is_empty() => Ok(spec),
+        _ => Err(SpecError::Invalid(errs.0)),
+    }
+}
+
+fn parse_job_inner(root: &Value, errs: &mut Errors) -> Option<JobSpec> {
+    let obj = match root {
+        Value::Object(m) => m,
+        Value::Null => {
+            errs.push("", "spec is empty");
+            return None;
+        }
+        other => {
+            errs.push("", format!("spec must be a map, not {}", kind(other)));
+            return None;
+        }
+    };
+    check_unknown(obj, "", JOB_FIELDS, errs);
+
+    let name = match obj.get("name") {
+        Some(v) => as_string(v, "name", errs).inspect(|n| validate_name(n, errs)),
+        None => {
+            errs.push("name", "is required");
+            None
+        }
+    };
+    let workload = workload::parse_workload(obj, errs);
+    let replicas = match obj.get("replicas") {
+        None => Some(1),
+        Some(v) => {
+            fields::number(v, "replicas", 0, u64::from(MAX_REPLICAS), errs).map(|r| r as u32)
+        }
+    };
+    let task = match obj.get("task") {
+        Some(v) => task::parse_task(v, "task", errs),
+        None => {
+            errs.push("task", "is required");
+            None
+        }
+    };
+    let rules = sched::parse_job_rules(obj, errs);
+    sched::validate_parsed_rules(&rules, errs);
+    let mut spec = JobSpec {
+        name: name?,
+        job_type: workload.job_type,
+        replicas: replicas?,
+        priority: rules.priority.unwrap_or(DEFAULT_PRIORITY),
+        gang: rules.gang,
+        constraints: rules.constraints,
+        spread: rules.spread,
+        distinct_hosts: rules.distinct_hosts,
+        affinities: rules.affinities,
+        update: workload.update,
+        versions_kept: workload.versions_kept,
+        completions: workload.completions,
+        parallelism: workload.parallelism,
+        backoff_limit: workload.backoff_limit,
+        gang_failure: workload.gang_failure,
+        master_port: workload.master_port,
+        task: task?,
+    };
+    if spec.is_batch() && !workload::restart_policy_given(obj) {
+        spec.task.restart.policy = workload::batch_default_restart(&spec);
+    }
+    workload::validate_workload(&spec, errs);
+    Some(spec)
+}
+
+/// Rules on values, whatever form the spec arrived in.
+fn validate_job(spec: &JobSpec) -> Vec<FieldError> {
+    let mut errs = Errors::new();
+    validate_name(&spec.name, &mut errs);
+    if spec.replicas > MAX_REPLICAS {
+        errs.push(
+            "replicas",
+            format!(
+                "{} must be a whole number from 0 to {MAX_REPLICAS}",
+                spec.replicas
+            ),
+        );
+    }
+    task::validate_task(&spec.task, "task", &mut errs);
+    sched::validate_job_rules(spec, &mut errs);
+    workload::validate_workload(spec, &mut errs);
+    errs.0
+}
+
+fn validate_name(name: &str, errs: &mut Errors) {
+    if let Err(rule) = check_dns_label(name) {
+        errs.push("name", format!("{name:?} {rule}"));
+    }
+}
+
+/// Kubernetes' DNS-1123 label rule.
+fn check_dns_label(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("must not be empty");
+    }
+    if name.len() > 63 {
+        return Err("must be at most 63 characters");
+    }
+    let bytes = name.as_bytes();
+    let ok_inner = bytes
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if !ok_inner || !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
+        return Err("must be a DNS-1123 label: lowercase letters, digits and '-', starting and ending with a letter or digit");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::NetworkMode;
+    use crate::resources::TaskResources;
+
+    const HELLO: &str = r#"
+name: hello
+replicas: 2
+task:
+  image: oci:./images/busybox:latest
+  command: ["sh", "-c", "echo hello from $SKIFF_ALLOC_ID; sleep 3600"]
+  env: {GREETING: hi}
+  resources: {cpu: 250m, memory: 64Mi}
+"#;
+
+    fn errors_of(text: &str) -> Vec<String> {
+        match JobSpec::from_yaml(text) {
+            Ok(spec) => panic!("expected errors, got {spec:?}"),
+            Err(e) => e.field_errors().iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_readme_example_parses() {
+        let spec = JobSpec::from_yaml(HELLO).unwrap();
+        assert_eq!(spec.name, "hello");
+        assert_eq!(spec.replicas, 2);
+        assert_eq!(spec.task.image.path, "./images/busybox");
+        assert_eq!(spec.task.image.tag.as_deref(), Some("latest"));
+        assert_eq!(spec.task.resources, TaskResources::new(250, 64 << 20));
+        assert_eq!(spec.task.env["GREETING"], "hi");
+        assert_eq!(spec.task.network, NetworkMode::Host);
+    }
+
+    #[test]
+    fn every_error_is_listed_not_only_the_first() {
+        let text = r#"
+name: Hello_World
+replicas: -1
+colour: blue
+task:
+  image: docker.io/busybox
+  imagee: typo
+  env: {"1BAD": x, SKIFF_JOB: y}
+  resources: {cpu: lots, memory: 64Q, disk: 1Gi}
+  network: bridge
+"#;
+        let errs = errors_of(text);
+        let expect = [
+            "colour: unknown field",
+            "name: \"Hello_World\" must be a DNS-1123 label",
+            "replicas: -1 must be a whole number from 0 to 1000",
+            "task.imagee: unknown field",
+            "task.image: \"docker.io/busybox\" must be oci:PATH[:TAG]",
+            "task.resources.disk: unknown field",
+            "task.resources.cpu: \"lots\" is not a quantity",
+            "task.resources.memory: \"64Q\" is not a quantity",
+            "task.network: \"bridge\" is not a network mode",
+        ];
+        for e in expect {
+            assert!(
+                errs.iter().any(|got| got.starts_with(e)),
+                "missing {e:?} in {errs:#?}"
+            );
+        }
+        // The value rules that need a whole spec (name, env names) are still
+        // checked once the shape is right.
+        let shaped = text
+            .replace("replicas: -1", "replicas: 1")
+            .replace("colour: blue\n", "")
+            .replace("docker.io/busybox", "oci:/img")
+            .replace("  imagee: typo\n", "")
+            .replace("cpu: lots, memory: 64Q, disk: 1Gi", "cpu: 1")
+            .replace("bridge", "none");
+        let errs = errors_of(&shaped);
+        assert_eq!(errs.len(), 3, "{errs:#?}");
+        assert!(errs[0].starts_with("name: "));
+        assert!(errs[1].starts_with("task.env.1BAD: is not a valid variable name"));
+        assert!(errs[2].starts_with("task.env.SKIFF_JOB: names starting with SKIFF_ are reserved"));
+    }
+
+    #[test]
+    fn missing_required_fields_are_named() {
+        assert_eq!(
+            errors_of("replicas: 1"),
+            vec!["name: is required", "task: is required"]
+        );
+        assert_eq!(
+            errors_of("name: x\ntask: {}"),
+            vec!["task.image: is required"]
+        );
+        assert_eq!(errors_of(""), vec!["spec is empty"]);
+        assert_eq!(errors_of("[1, 2]"), vec!["spec must be a map, not a list"]);
+    }
+
+    #[test]
+    fn syntax_errors_and_oversized_specs_are_refused() {
+        assert!(matches!(
+            JobSpec::from_yaml("name: [unclosed"),
+            Err(SpecError::Syntax(_))
+        ));
+        let big = format!("name: x\n# {}", "a".repeat(crate::MAX_SPEC_BYTES));
+        assert!(matches!(
+            JobSpec::from_yaml(&big),
+            Err(SpecError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn serialized_spec_is_valid_input_again() {
+        let spec = JobSpec::from_yaml(HELLO).unwrap();
+        let yaml = serde_yaml_ng::to_string(&spec).unwrap();
+        assert_eq!(JobSpec::from_yaml(&yaml).unwrap(), spec);
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(serde_json::from_str::<JobSpec>(&json).unwrap(), spec);
+    }
+
+    #[test]
+    fn dns_labels() {
+        for ok in ["a", "web-1", "0abc", &"a".repeat(63)] {
+            assert!(check_dns_label(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"a".repeat(64)] {
+            assert!(check_dns_label(bad).is_err(), "{bad}");
+        }
+    }
+}
