@@ -12,13 +12,14 @@ export SKIFF_SERVER ?= http://$(DEV_API)
 APT_PACKAGES := runc busybox-static protobuf-compiler umoci skopeo iproute2 gcc
 APT_COMMANDS := runc busybox protoc umoci skopeo ip cc
 
-.PHONY: help deps build image run stop status test lint fmt clean
+.PHONY: help deps build image run stop status test lint fmt clean structure
 
 help:
 	@echo "make run    build, start 'skiff dev' (server + agent) and run examples/hello.yaml"
 	@echo "make stop   delete the sample job and stop 'skiff dev'"
 	@echo "make test   install what the tests need and run the whole suite"
 	@echo "make lint   cargo fmt --check and clippy -D warnings"
+	@echo "make structure  each crate's modules and what they import (no circles allowed)"
 
 ## Installs the Debian packages that are missing (needs root and apt).
 deps:
@@ -86,6 +87,10 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+## The structure drawing: every crate's modules, their size, what each imports.
+structure:
+	@SKIFF_STRUCTURE=1 $(CARGO) test -q -p skiff-tests --test structure every_crate -- --nocapture 2>&1 | sed -n '/^skiff/,/^$$/p'
 
 clean:
 	-$(MAKE) stop
