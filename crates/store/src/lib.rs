@@ -16,8 +16,9 @@ pub mod state;
 pub mod statedb;
 
 pub use command::Command;
+pub use command::ServerInfo;
 pub use error::StoreError;
 pub use raft::eraftpb::{ConfChangeType, Message as RaftMessage};
 pub use raft_node::{Bootstrap, Compacted, Event, RaftConfig, RaftStatus, Role, Store, Transport};
+pub use state::Table;
 pub use state::{Outcome, State};
-pub use state::{ServerInfo, Table};

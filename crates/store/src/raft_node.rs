@@ -33,10 +33,11 @@ use serde::{Deserialize, Serialize};
 use slog::Drain as _;
 use tokio::sync::{oneshot, watch};
 
+use crate::command::ServerInfo;
 use crate::command::{self, Command, Decoded};
 use crate::error::StoreError;
 use crate::log::RaftLog;
-use crate::state::{Outcome, ServerInfo, State, Table};
+use crate::state::{Outcome, State, Table};
 use crate::statedb::{self, StateDb, Unsaved};
 
 /// Timing and identity of this Raft member.

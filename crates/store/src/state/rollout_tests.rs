@@ -3,8 +3,8 @@
 
 use super::tests::{job_spec, reg, Harness};
 use super::*;
-use crate::command::{AllocUpdate, DeploymentUpdate, NewAlloc, RolloutAction};
-use skiff_model::{DeploymentStatus, Placement};
+use crate::command::{AllocUpdate, DeploymentUpdate, NewAlloc, PlanCommand, RolloutAction};
+use skiff_model::{AllocStatus, DeploymentStatus, DesiredStatus, JobSpec, Placement};
 
 fn web(image: &str, replicas: u32) -> JobSpec {
     job_spec(&format!(

@@ -1,7 +1,9 @@
 use super::*;
-use crate::command::NewAlloc;
+use crate::command::{AllocUpdate, NewAlloc, NodeRegistration, PlanCommand};
 use skiff_model::fit::used_on;
-use skiff_model::{Gpu, Placement, Resources, Stop};
+use skiff_model::{
+    AllocStatus, DesiredStatus, Gpu, JobSpec, NodeStatus, Placement, Resources, Stop,
+};
 
 pub(super) fn spec(name: &str, replicas: u32, mem: &str) -> JobSpec {
     JobSpec::from_yaml(&format!(
