@@ -21,4 +21,4 @@ pub use error::StoreError;
 pub use raft::eraftpb::{ConfChangeType, Message as RaftMessage};
 pub use raft_node::{Bootstrap, Compacted, Event, RaftConfig, RaftStatus, Role, Store, Transport};
 pub use state::Table;
-pub use state::{Outcome, State};
+pub use state::{Outcome, Refusal, State};

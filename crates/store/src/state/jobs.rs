@@ -4,7 +4,7 @@
 use skiff_model::deployment::free_slot;
 use skiff_model::{EvalTrigger, Job, JobHistory, JobSpec, JobVersion};
 
-use super::{Outcome, State, Table};
+use super::{Outcome, Refusal, State, Table};
 
 /// The parts of a job's previous state `upsert_job` needs.
 struct OldJob {
@@ -156,7 +156,7 @@ impl State {
 
     pub(super) fn delete_job(&mut self, index: u64, name: &str) -> Outcome {
         if self.jobs.remove(name).is_none() {
-            return Outcome::Refused(format!("job {name:?} not found"));
+            return Outcome::Refused(Refusal::job_not_found(name));
         }
         self.touch(Table::Job, name);
         if let Some(list) = self.deployments.remove(name) {

@@ -11,6 +11,7 @@
 //! - `plan`: committing the scheduler's plan after the plan check;
 //! - `allocs`: what agents report about their allocations;
 //! - `rollout`: versions, rollouts and scaling;
+//! - `refusal`: why a well-formed command changed nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -25,7 +26,10 @@ mod allocs;
 mod jobs;
 mod nodes;
 mod plan;
+mod refusal;
 mod rollout;
+
+pub use refusal::Refusal;
 
 /// Rollouts kept per job (the current one and those before it).
 pub const DEPLOYMENTS_KEPT: usize = 10;
@@ -34,7 +38,8 @@ pub const DEPLOYMENTS_KEPT: usize = 10;
 const TOUCH_LOOKBACK: usize = 8;
 
 /// Which collection a changed key belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Table {
     Job,
     Node,
@@ -173,7 +178,7 @@ pub enum Outcome {
     },
     /// The command was well-formed but refused (e.g. deleting a job that
     /// does not exist); nothing changed.
-    Refused(String),
+    Refused(Refusal),
     /// An entry this build does not understand; nothing changed.
     Skipped,
     /// Applied where nobody waits for the answer (see

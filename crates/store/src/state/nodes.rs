@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use skiff_model::{AllocStatus, DesiredStatus, EvalTrigger, Node, NodeStatus};
 
-use super::{Outcome, State, Table};
+use super::{Outcome, Refusal, State, Table};
 use crate::command::NodeRegistration;
 
 impl State {
@@ -107,7 +107,7 @@ impl State {
         reason: &str,
     ) -> Outcome {
         let Some(node) = self.nodes.get_mut(name) else {
-            return Outcome::Refused(format!("node {name:?} not found"));
+            return Outcome::Refused(Refusal::node_not_found(name));
         };
         if node.status == status {
             return Outcome::NodeStatusSet { lost: 0 };
@@ -163,7 +163,7 @@ impl State {
         drain_deadline_ms: Option<u64>,
     ) -> Outcome {
         let Some(node) = self.nodes.get_mut(name) else {
-            return Outcome::Refused(format!("node {name:?} not found"));
+            return Outcome::Refused(Refusal::node_not_found(name));
         };
         let was_schedulable = node.schedulable();
         // Draining implies cordoned. The drain itself (moving allocations a
@@ -201,7 +201,9 @@ impl State {
         reason: &str,
     ) -> Outcome {
         if !self.nodes.get(node).is_some_and(|n| n.draining) {
-            return Outcome::Refused(format!("node {node:?} is not draining"));
+            return Outcome::Refused(Refusal::NodeNotDraining {
+                node: node.to_string(),
+            });
         }
         let mut jobs = BTreeSet::new();
         let mut moved = Vec::new();
@@ -236,10 +238,12 @@ impl State {
             .values()
             .any(|a| a.node == name && a.holds_resources());
         let Some(node) = self.nodes.get_mut(name) else {
-            return Outcome::Refused(format!("node {name:?} not found"));
+            return Outcome::Refused(Refusal::node_not_found(name));
         };
         if !node.draining || busy {
-            return Outcome::Refused(format!("node {name:?} is not an empty, draining node"));
+            return Outcome::Refused(Refusal::NodeNotDrained {
+                node: name.to_string(),
+            });
         }
         node.draining = false;
         node.drain_deadline_ms = None;

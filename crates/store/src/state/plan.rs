@@ -11,7 +11,7 @@ use skiff_model::{
     AllocFacts, AllocStatus, Allocation, DesiredStatus, EvalStatus, EvalTrigger, GangRank, Job,
 };
 
-use super::{Outcome, PlanResult, State, Table};
+use super::{Outcome, PlanResult, Refusal, State, Table};
 use crate::command::{NewAlloc, PlanCommand};
 
 impl State {
@@ -19,10 +19,9 @@ impl State {
         match self.evals.get(&plan.eval_id) {
             Some(e) if e.status == EvalStatus::Pending => {}
             _ => {
-                return Outcome::Refused(format!(
-                    "evaluation {} is not pending; plan dropped",
-                    plan.eval_id
-                ))
+                return Outcome::Refused(Refusal::EvalNotPending {
+                    eval: plan.eval_id.clone(),
+                })
             }
         }
         let mut result = PlanResult::default();

@@ -350,7 +350,7 @@ fn deleting_a_job_queues_an_eval_and_unknown_jobs_are_refused() {
         h.apply(Command::DeleteJob {
             name: "nope".into()
         }),
-        Outcome::Refused("job \"nope\" not found".into())
+        Outcome::Refused(Refusal::job_not_found("nope"))
     );
     h.apply(Command::UpsertJob {
         spec: spec("web", 1, "64Mi"),
@@ -785,7 +785,7 @@ fn cordon_survives_reregistration_and_a_drain_moves_work_then_finishes() {
     // Not empty yet: a drain cannot finish.
     assert!(matches!(
         h.apply(Command::FinishDrain { node: "n1".into() }),
-        Outcome::Refused(_)
+        Outcome::Refused(Refusal::NodeNotDrained { .. })
     ));
     let out = h.apply(Command::MigrateAllocs {
         node: "n1".into(),
@@ -824,7 +824,7 @@ fn cordon_survives_reregistration_and_a_drain_moves_work_then_finishes() {
             alloc_ids: vec![],
             reason: String::new(),
         }),
-        Outcome::Refused(_)
+        Outcome::Refused(Refusal::NodeNotDraining { .. })
     ));
     h.apply(Command::SetNodeEligibility {
         name: "n1".into(),
@@ -840,7 +840,7 @@ fn cordon_survives_reregistration_and_a_drain_moves_work_then_finishes() {
             draining: false,
             drain_deadline_ms: None,
         }),
-        Outcome::Refused(_)
+        Outcome::Refused(r) if r.is_not_found()
     ));
 }
 
