@@ -11,7 +11,7 @@
 pub mod command;
 mod error;
 pub mod log;
-pub mod raft_node;
+pub mod driver;
 pub mod state;
 pub mod statedb;
 
@@ -19,6 +19,6 @@ pub use command::Command;
 pub use command::ServerInfo;
 pub use error::StoreError;
 pub use raft::eraftpb::{ConfChangeType, Message as RaftMessage};
-pub use raft_node::{Bootstrap, Compacted, Event, RaftConfig, RaftStatus, Role, Store, Transport};
+pub use driver::{Bootstrap, Compacted, Event, RaftConfig, RaftStatus, Role, Store, Transport};
 pub use state::Table;
 pub use state::{Outcome, Refusal, State};
