@@ -4,160 +4,48 @@
 //!
 //! 1. send the leader's messages (they may go out before the local write);
 //! 2. install a snapshot from the leader, if any (log first, then state);
-//! 3. append new entries and the hard state in one atomic, fsynced batch
-//!    (conflicting tails dropped);
-//! 4. apply committed entries; save the changed records with the applied
-//!    index in one batch;
+//! 3. append new entries and the hard state in one write to the log,
+//!    fdatasynced (conflicting tails dropped);
+//! 4. apply committed entries, and hand the changed records to the saver
+//!    (`saver.rs`), which writes them with the applied index in one batch
+//!    from time to time;
 //! 5. send the messages that had to wait for the write;
 //! 6. advance, persist the new commit index, send and apply what it adds;
-//! 7. compact the log behind a snapshot when it has grown long enough.
+//! 7. trim the log once it has grown long enough, and take a snapshot
+//!    when raft-rs asks for one for a peer (`driver/compact.rs`).
 //!
-//! The thread is a plain OS thread: sled's fsync blocks, and nothing here
-//! needs to await. Callers talk to it over a channel and get answers
-//! through oneshot channels, so async code never blocks on it.
+//! Applying entries and installing snapshots are in `driver/apply.rs`.
+//! The thread is a plain OS thread: the log's fdatasync blocks, and
+//! nothing here needs to await. The handle (`handle.rs`) talks to it over
+//! a channel of [`Request`]s and reads what it publishes in [`Shared`].
 
-use std::collections::{HashMap, VecDeque};
-use std::path::Path;
+use std::collections::HashMap;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use protobuf::Message as _;
 use raft::eraftpb::{
-    ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType,
-    Snapshot, SnapshotMetadata,
+    ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, Message, MessageType, Snapshot,
 };
 use raft::{RawNode, SnapshotStatus, StateRole};
-use raft_proto::ConfChangeI as _;
 use serde::{Deserialize, Serialize};
 use slog::Drain as _;
 use tokio::sync::{oneshot, watch};
 
 use crate::command::ServerInfo;
-use crate::command::{self, Command, Decoded};
 use crate::error::StoreError;
+use crate::events::EventLog;
 use crate::log::RaftLog;
-use crate::state::{Outcome, State, Table};
-use crate::statedb::{self, StateDb, Unsaved};
+use crate::member::{RaftConfig, RaftStatus, Role, Transport};
+use crate::saver::Saver;
+use crate::state::{Outcome, State};
+use crate::statedb::StateDb;
 
-/// Timing and identity of this Raft member.
-#[derive(Debug, Clone)]
-pub struct RaftConfig {
-    pub id: u64,
-    /// One Raft tick.
-    pub tick: Duration,
-    /// Ticks without a heartbeat before a follower campaigns.
-    pub election_tick: usize,
-    /// Ticks between a leader's heartbeats.
-    pub heartbeat_tick: usize,
-    /// How long a write waits to be committed before it is reported as
-    /// indeterminate.
-    pub propose_timeout: Duration,
-    /// Take a snapshot and compact the log once it holds this many entries
-    /// past the last snapshot (0: never). Half of them are kept behind the
-    /// snapshot so followers a little behind catch up from the log.
-    pub snapshot_entries: u64,
-}
+mod apply;
+mod compact;
 
-impl Default for RaftConfig {
-    fn default() -> Self {
-        RaftConfig {
-            id: 1,
-            tick: Duration::from_millis(100),
-            election_tick: 10,
-            heartbeat_tick: 2,
-            propose_timeout: Duration::from_secs(10),
-            snapshot_entries: 10_000,
-        }
-    }
-}
-
-/// How a server's Raft state starts on first boot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Bootstrap {
-    /// A new cluster with these voters (ignored once initialized).
-    Voters(Vec<u64>),
-    /// Join an existing cluster: start empty and wait for the leader to
-    /// send a snapshot.
-    Join,
-}
-
-/// Where Raft messages go. Implementations must not block; delivery
-/// failures are reported back with [`Store::report_unreachable`] and, for
-/// snapshots, [`Store::report_snapshot`].
-pub trait Transport: Send + Sync + 'static {
-    fn send(&self, msg: Message);
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    #[default]
-    Follower,
-    Candidate,
-    Leader,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Follower => "follower",
-            Role::Candidate => "candidate",
-            Role::Leader => "leader",
-        }
-    }
-}
-
-/// What this member knows about the cluster's Raft state.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RaftStatus {
-    pub id: u64,
-    /// 0 when no leader is known.
-    pub leader_id: u64,
-    pub term: u64,
-    pub role: Role,
-    pub commit: u64,
-    pub applied: u64,
-    pub first_index: u64,
-    pub last_index: u64,
-    pub snapshot_index: u64,
-    pub voters: Vec<u64>,
-    pub learners: Vec<u64>,
-    /// On the leader: each peer's replicated (matched) index.
-    pub progress: Vec<(u64, u64)>,
-    /// This server was removed from the cluster.
-    pub removed: bool,
-    /// Set when the driver stopped (on request, or on an error it cannot
-    /// recover from).
-    pub fatal: Option<String>,
-}
-
-/// One change of the state, for watchers: `value` is the record's JSON
-/// after the change, `None` when it was deleted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    pub index: u64,
-    pub table: Table,
-    pub key: String,
-    pub value: Option<Arc<str>>,
-}
-
-/// The watch history no longer reaches back to the index asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Compacted {
-    /// The oldest index a watch may resume from.
-    pub first: u64,
-}
-
-/// Most recent events kept for watchers to resume from.
-const EVENT_HISTORY: usize = 20_000;
-
-struct EventLog {
-    events: VecDeque<Event>,
-    /// Watches may resume from any index >= this one.
-    resumable_from: u64,
-}
-
+/// What a membership change carries in its entry's context: the proposal
+/// to answer, and the addresses of a server being added.
 #[derive(Serialize, Deserialize)]
 struct ConfChangeContext {
     proposal: u64,
@@ -165,7 +53,8 @@ struct ConfChangeContext {
     server: Option<ServerInfo>,
 }
 
-enum Request {
+/// What the handle asks of the driver.
+pub(crate) enum Request {
     Propose {
         data: Vec<u8>,
         reply: oneshot::Sender<Result<Outcome, StoreError>>,
@@ -191,343 +80,102 @@ enum Request {
     },
 }
 
-struct Shared {
-    state: RwLock<State>,
-    events: RwLock<EventLog>,
+/// What the driver publishes for the handle to read.
+pub(crate) struct Shared {
+    pub(crate) state: RwLock<State>,
+    pub(crate) events: RwLock<EventLog>,
     /// The commit and last log index as of the latest Ready: `status()`
     /// reads them here, always current, while the published status may
     /// hold them back a few milliseconds (see `STATUS_EVERY`).
-    commit: std::sync::atomic::AtomicU64,
-    last_index: std::sync::atomic::AtomicU64,
+    pub(crate) commit: std::sync::atomic::AtomicU64,
+    pub(crate) last_index: std::sync::atomic::AtomicU64,
 }
 
-/// A cheap, clonable handle on the replicated store.
-#[derive(Clone)]
-pub struct Store {
-    tx: mpsc::Sender<Request>,
-    shared: Arc<Shared>,
-    applied: watch::Receiver<u64>,
-    status: watch::Receiver<RaftStatus>,
-    propose_timeout: Duration,
+/// The handle's ends of a started driver.
+pub(crate) struct Started {
+    pub(crate) tx: mpsc::Sender<Request>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) applied: watch::Receiver<u64>,
+    pub(crate) status: watch::Receiver<RaftStatus>,
 }
 
-impl Store {
-    /// Opens the store under `data_dir` (`raft/` for the log, `state/` for
-    /// the state machine) and starts the driver thread.
-    pub fn open(
-        data_dir: &Path,
-        cfg: RaftConfig,
-        bootstrap: Bootstrap,
-        transport: Arc<dyn Transport>,
-    ) -> Result<Store, StoreError> {
-        let state_db = crate::statedb::open_db(sled::Config::new().path(data_dir.join("state")))?;
-        let mut log = RaftLog::open(&data_dir.join("raft"))?;
-        let statedb = StateDb::open(state_db)?;
-        if !log.is_initialized() {
-            if let Bootstrap::Voters(voters) = &bootstrap {
-                // Every founding member starts from the same snapshot at
-                // index 1: an empty state and the initial voters. A server
-                // that joins later receives the leader's snapshot instead.
-                let mut snap = Snapshot::default();
-                let meta = snap.mut_metadata();
-                meta.index = 1;
-                meta.term = 1;
-                meta.mut_conf_state().voters = voters.clone();
-                let empty = State {
-                    index: 1,
-                    ..State::default()
-                };
-                snap.data = serde_json::to_vec(&empty).expect("state serializes").into();
-                log.apply_snapshot(&snap)?;
-                statedb.replace_all(&empty)?;
-            }
-        }
-        let mut state = statedb.load()?;
-        if log.snapshot_index() > state.index && log.first_index() > state.index + 1 {
-            // A snapshot was installed but the state machine did not catch
-            // up before a crash: restore it from the copy in the log.
-            let snap = log
-                .latest_snapshot()?
-                .ok_or_else(|| StoreError::corrupt("raft log", "m:snap", "missing"))?;
-            state = decode_state(&snap)?;
-            statedb.replace_all(&state)?;
-        }
-        if state.index > log.last_index() {
-            return Err(StoreError::Corrupt {
-                what: "state",
-                key: "meta/applied".into(),
-                reason: format!(
-                    "applied index {} is past the last log entry {}",
-                    state.index,
-                    log.last_index()
-                ),
-            });
-        }
-        if state.index > log.hard_state().commit {
-            // Entries are applied only once committed, so a commit index
-            // that was not yet fsynced can safely be raised to match.
-            log.set_commit(state.index, true)?;
-        }
-
-        let raft_cfg = raft::Config {
-            id: cfg.id,
-            election_tick: cfg.election_tick,
-            heartbeat_tick: cfg.heartbeat_tick,
-            applied: state.index,
-            pre_vote: true,
-            check_quorum: true,
-            max_size_per_msg: 1024 * 1024,
-            max_inflight_msgs: 256,
-            ..Default::default()
-        };
-        raft_cfg.validate()?;
-        let logger = slog::Logger::root(
-            tracing_slog::TracingSlogDrain.fuse(),
-            slog::o!("raft_id" => cfg.id),
-        );
-        let single_voter =
-            log.conf_state().voters == [cfg.id] && log.conf_state().learners.is_empty();
-        let mut raw = RawNode::new(&raft_cfg, log, &logger)?;
-        if single_voter {
-            // Alone in the cluster: no need to wait out an election timeout.
-            raw.campaign()?;
-        }
-
-        let (tx, rx) = mpsc::channel();
-        let (applied_tx, applied) = watch::channel(state.index);
-        let (status_tx, status) = watch::channel(RaftStatus {
-            id: cfg.id,
-            applied: state.index,
-            ..Default::default()
-        });
-        let resumable_from = state.index;
-        let shared = Arc::new(Shared {
-            state: RwLock::new(state),
-            events: RwLock::new(EventLog {
-                events: VecDeque::new(),
-                resumable_from,
-            }),
-            commit: Default::default(),
-            last_index: Default::default(),
-        });
-        let statedb_for_saver = statedb.clone();
-        let driver = Driver {
-            id: cfg.id,
-            raw,
-            statedb,
-            shared: shared.clone(),
-            rx,
-            transport,
-            applied_tx,
-            status_tx,
-            pending: HashMap::new(),
-            proposals: Vec::new(),
-            pending_conf: HashMap::new(),
-            pending_reads: HashMap::new(),
-            next_id: rand::random::<u64>(),
-            tick: cfg.tick,
-            snapshot_entries: cfg.snapshot_entries,
-            removed: false,
-            unsaved: HashMap::new(),
-            next_save: Instant::now() + save_interval(),
-            saved_index: resumable_from,
-            compacted_at: resumable_from,
-            compacted_before: resumable_from,
-            status_published: Instant::now(),
-            saver: spawn_saver(statedb_for_saver)?,
-            save_in_flight: None,
-        };
-        std::thread::Builder::new()
-            .name(format!("raft-{}", cfg.id))
-            .spawn(move || driver.run())
-            .map_err(|e| StoreError::corrupt("driver", "thread", e))?;
-        Ok(Store {
-            tx,
-            shared,
-            applied,
-            status,
-            propose_timeout: cfg.propose_timeout,
-        })
+/// Starts the Raft thread over an opened log and the state loaded from
+/// `statedb` (applied up to `state.index`), with the saver thread beside it.
+pub(crate) fn start(
+    cfg: &RaftConfig,
+    log: RaftLog,
+    statedb: StateDb,
+    state: State,
+    transport: Arc<dyn Transport>,
+) -> Result<Started, StoreError> {
+    let raft_cfg = raft::Config {
+        id: cfg.id,
+        election_tick: cfg.election_tick,
+        heartbeat_tick: cfg.heartbeat_tick,
+        applied: state.index,
+        pre_vote: true,
+        check_quorum: true,
+        max_size_per_msg: 1024 * 1024,
+        max_inflight_msgs: 256,
+        ..Default::default()
+    };
+    raft_cfg.validate()?;
+    let logger = slog::Logger::root(
+        tracing_slog::TracingSlogDrain.fuse(),
+        slog::o!("raft_id" => cfg.id),
+    );
+    let single_voter = log.conf_state().voters == [cfg.id] && log.conf_state().learners.is_empty();
+    let mut raw = RawNode::new(&raft_cfg, log, &logger)?;
+    if single_voter {
+        // Alone in the cluster: no need to wait out an election timeout.
+        raw.campaign()?;
     }
 
-    /// Replicates `command` and returns what applying it did. On a follower
-    /// the proposal travels to the leader inside the Raft stream and is
-    /// answered when this server applies it. Waits (up to the propose
-    /// timeout) for a leader when none is known yet.
-    pub async fn propose(&self, command: &Command) -> Result<Outcome, StoreError> {
-        self.propose_encoded(command::encode(command)).await
-    }
-
-    /// [`Store::propose`] for a command already encoded (forwarded by a
-    /// follower).
-    pub async fn propose_encoded(&self, data: Vec<u8>) -> Result<Outcome, StoreError> {
-        self.wait_for_leader(self.propose_timeout).await?;
-        let (reply, rx) = oneshot::channel();
-        self.send(Request::Propose { data, reply })?;
-        match tokio::time::timeout(self.propose_timeout, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(StoreError::Stopped),
-            Err(_) => Err(StoreError::Indeterminate),
-        }
-    }
-
-    /// Proposes a membership change (this server must lead) and waits until
-    /// it is applied. `server` carries the addresses of a server being added.
-    pub async fn change_membership(
-        &self,
-        changes: Vec<(u64, ConfChangeType)>,
-        server: Option<ServerInfo>,
-    ) -> Result<(), StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Request::ConfChange {
-            changes,
-            server,
-            reply,
-        })?;
-        match tokio::time::timeout(self.propose_timeout, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(StoreError::Stopped),
-            // raft-rs silently drops a conf change while another is pending.
-            Err(_) => Err(StoreError::Indeterminate),
-        }
-    }
-
-    /// A linearizable read barrier: returns once this server has applied
-    /// everything committed before the call (Raft's ReadIndex, confirmed by
-    /// a quorum). Reads Raft dropped (no leader yet, a new leader without a
-    /// commit in its term) are retried until `limit`.
-    pub async fn read_barrier(&self, limit: Duration) -> Result<u64, StoreError> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let (reply, rx) = oneshot::channel();
-            self.send(Request::ReadIndex { reply })?;
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match tokio::time::timeout(left, rx).await {
-                Ok(Ok(Ok(index))) => {
-                    let mut applied = self.applied.clone();
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    return match tokio::time::timeout(left, applied.wait_for(|a| *a >= index)).await
-                    {
-                        Ok(Ok(_)) => Ok(index),
-                        Ok(Err(_)) => Err(StoreError::Stopped),
-                        Err(_) => Err(StoreError::NoLeader(limit)),
-                    };
-                }
-                Ok(Ok(Err(StoreError::Stopped))) | Ok(Err(_)) => return Err(StoreError::Stopped),
-                Ok(Ok(Err(_))) => {} // dropped by Raft: try again
-                Err(_) => return Err(StoreError::NoLeader(limit)),
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(StoreError::NoLeader(limit));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Waits until some leader is known.
-    pub async fn wait_for_leader(&self, limit: Duration) -> Result<u64, StoreError> {
-        let mut status = self.status.clone();
-        let waited = tokio::time::timeout(limit, async {
-            status
-                .wait_for(|s| s.leader_id != 0 || s.fatal.is_some())
-                .await
-                .map(|s| (s.leader_id, s.fatal.is_none()))
-        })
-        .await;
-        match waited {
-            Ok(Ok((leader, true))) => Ok(leader),
-            Ok(_) => Err(StoreError::Stopped),
-            Err(_) => Err(StoreError::NoLeader(limit)),
-        }
-    }
-
-    fn send(&self, req: Request) -> Result<(), StoreError> {
-        self.tx.send(req).map_err(|_| StoreError::Stopped)
-    }
-
-    /// Hands a message from a peer to Raft.
-    pub fn step(&self, msg: Message) {
-        let _ = self.send(Request::Step(Box::new(msg)));
-    }
-
-    /// The transport could not deliver to `peer`.
-    pub fn report_unreachable(&self, peer: u64) {
-        let _ = self.send(Request::Unreachable(peer));
-    }
-
-    /// A snapshot sent to `peer` arrived (`ok`) or did not.
-    pub fn report_snapshot(&self, peer: u64, ok: bool) {
-        let _ = self.send(Request::SnapshotDone { to: peer, ok });
-    }
-
-    /// Asks the leader (this server) to hand leadership to `peer`.
-    pub fn transfer_leader(&self, peer: u64) {
-        let _ = self.send(Request::TransferLeader(peer));
-    }
-
-    /// Read access to the applied state. Hold it briefly: the driver waits
-    /// for it to apply entries.
-    pub fn state(&self) -> RwLockReadGuard<'_, State> {
-        self.shared
-            .state
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Events with an index greater than `after`, oldest first, at most
-    /// `limit` of them.
-    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, Compacted> {
-        let log = self
-            .shared
-            .events
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if after < log.resumable_from {
-            return Err(Compacted {
-                first: log.resumable_from,
-            });
-        }
-        let start = log.events.partition_point(|e| e.index <= after);
-        Ok(log.events.iter().skip(start).take(limit).cloned().collect())
-    }
-
-    /// Fires each time entries are applied, with the applied index.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.applied.clone()
-    }
-
-    pub fn status(&self) -> RaftStatus {
-        use std::sync::atomic::Ordering;
-        let mut s = self.status.borrow().clone();
-        if s.fatal.is_none() {
-            s.commit = s.commit.max(self.shared.commit.load(Ordering::Acquire));
-            let last = self.shared.last_index.load(Ordering::Acquire);
-            if last > 0 {
-                s.last_index = last;
-            }
-            s.applied = s.applied.max(*self.applied.borrow());
-        }
-        s
-    }
-
-    /// Fires on every change of the Raft status (leader, term, commit).
-    pub fn watch_status(&self) -> watch::Receiver<RaftStatus> {
-        self.status.clone()
-    }
-
-    pub fn is_leader(&self) -> bool {
-        self.status.borrow().role == Role::Leader
-    }
-
-    /// Stops the driver and waits until its databases are flushed and
-    /// closed. Blocking: call it from a blocking context. Later proposals
-    /// fail with [`StoreError::Stopped`].
-    pub fn shutdown(&self) {
-        let (done, wait) = mpsc::channel();
-        if self.tx.send(Request::Shutdown { done }).is_ok() {
-            let _ = wait.recv();
-        }
-    }
+    let (tx, rx) = mpsc::channel();
+    let (applied_tx, applied) = watch::channel(state.index);
+    let (status_tx, status) = watch::channel(RaftStatus {
+        id: cfg.id,
+        applied: state.index,
+        ..Default::default()
+    });
+    let index = state.index;
+    let shared = Arc::new(Shared {
+        state: RwLock::new(state),
+        events: RwLock::new(EventLog::new(index)),
+        commit: Default::default(),
+        last_index: Default::default(),
+    });
+    let driver = Driver {
+        id: cfg.id,
+        raw,
+        shared: shared.clone(),
+        rx,
+        transport,
+        applied_tx,
+        status_tx,
+        pending: HashMap::new(),
+        proposals: Vec::new(),
+        pending_conf: HashMap::new(),
+        pending_reads: HashMap::new(),
+        next_id: rand::random::<u64>(),
+        tick: cfg.tick,
+        snapshot_entries: cfg.snapshot_entries,
+        removed: false,
+        saver: Saver::start(statedb, index)?,
+        compacted_at: index,
+        compacted_before: index,
+        status_published: Instant::now(),
+    };
+    std::thread::Builder::new()
+        .name(format!("raft-{}", cfg.id))
+        .spawn(move || driver.run())
+        .map_err(|e| StoreError::corrupt("driver", "thread", e))?;
+    Ok(Started {
+        tx,
+        shared,
+        applied,
+        status,
+    })
 }
 
 /// An entry's context: the proposing server and its proposal number.
@@ -545,7 +193,8 @@ fn own_proposal(ctx: &[u8], me: u64) -> Option<u64> {
         .then(|| u64::from_be_bytes(ctx[8..].try_into().unwrap()))
 }
 
-fn decode_state(snap: &Snapshot) -> Result<State, StoreError> {
+/// The state a snapshot carries, as of the snapshot's index.
+pub(crate) fn decode_state(snap: &Snapshot) -> Result<State, StoreError> {
     let mut state: State = serde_json::from_slice(&snap.data)
         .map_err(|e| StoreError::corrupt("snapshot", snap.get_metadata().index.to_string(), e))?;
     state.index = snap.get_metadata().index;
@@ -555,43 +204,9 @@ fn decode_state(snap: &Snapshot) -> Result<State, StoreError> {
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
-/// Records to save, the applied index and unblock index they bring the
-/// saved state to, and where to answer.
-struct SaveJob {
-    records: Unsaved,
-    index: u64,
-    unblock: u64,
-    done: std::sync::mpsc::Sender<Result<(), StoreError>>,
-}
-
-/// The thread that writes state batches to sled, one at a time, so the
-/// Raft thread never waits on sled (except when it must: before trimming
-/// the log, installing a snapshot or stopping).
-fn spawn_saver(db: StateDb) -> Result<std::sync::mpsc::SyncSender<SaveJob>, StoreError> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<SaveJob>(1);
-    std::thread::Builder::new()
-        .name("state-saver".into())
-        .spawn(move || {
-            for job in rx {
-                // Flushed before it counts as saved: the log is trimmed up
-                // to a saved index, so that index must survive a crash.
-                let result = db
-                    .commit(job.records, job.index, job.unblock)
-                    .and_then(|()| db.flush());
-                let _ = job.done.send(result);
-            }
-        })
-        .map_err(|source| StoreError::Io {
-            path: "the state-saver thread".into(),
-            source,
-        })?;
-    Ok(tx)
-}
-
 struct Driver {
     id: u64,
     raw: RawNode<RaftLog>,
-    statedb: StateDb,
     shared: Arc<Shared>,
     rx: mpsc::Receiver<Request>,
     transport: Arc<dyn Transport>,
@@ -606,43 +221,14 @@ struct Driver {
     tick: Duration,
     snapshot_entries: u64,
     removed: bool,
-    /// Records changed since the state was last written to sled, encoded.
-    unsaved: Unsaved,
-    /// When the timer saves next (see [`save_interval`]).
-    next_save: Instant,
-    /// Batches for the saver thread, with where to answer.
-    saver: std::sync::mpsc::SyncSender<SaveJob>,
-    /// The answer of the save in flight.
-    save_in_flight: Option<(u64, std::sync::mpsc::Receiver<Result<(), StoreError>>)>,
-    /// The applied index of the last save written: the log is never
-    /// trimmed past it, so a restart can apply the rest again.
-    saved_index: u64,
+    /// The records changed since the last save, and the saves.
+    saver: Saver,
     /// The applied index at the last compaction and at the one before.
     compacted_at: u64,
     compacted_before: u64,
     /// When the status was last published.
     status_published: Instant,
 }
-
-/// How often the state machine's changed records are written to sled. The
-/// Raft log holds every applied entry durably (and is not trimmed past the
-/// last save), so a crash loses nothing: the entries after the saved index
-/// are applied again on start. Writing each record once per interval, not
-/// once per entry, saves most of sled's work when the same records change
-/// often (a busy job's record, its history and rollout indexes), and a
-/// version or rollout that is created and trimmed again within one
-/// interval is never written at all.
-const SAVE_EVERY: Duration = Duration::from_secs(30);
-
-/// [`SAVE_EVERY`] plus up to half of it, drawn anew for each save, so that
-/// servers started together do not all save at the same moment (a save
-/// takes a core for a while; three at once on a small machine show in
-/// every server's write latency).
-fn save_interval() -> Duration {
-    SAVE_EVERY + SAVE_EVERY.mul_f64(rand::random::<f64>() / 2.0)
-}
-/// ...or once this many records are waiting (bounds the memory they hold).
-const SAVE_RECORDS: usize = 50_000;
 
 /// How often a status that differs only in its indexes is published.
 const STATUS_EVERY: Duration = Duration::from_millis(20);
@@ -670,15 +256,15 @@ impl Driver {
             s.leader_id = 0;
         });
         self.fail_pending(|| StoreError::Stopped);
-        if let Err(e) = self.save_state() {
+        if let Err(e) = self.save_behind().and_then(|()| self.saver.wait()) {
             tracing::error!(error = %e, "saving state on shutdown");
         }
-        if let Err(e) = self.statedb.flush() {
+        if let Err(e) = self.saver.flush() {
             tracing::error!(error = %e, "flushing state on shutdown");
         }
-        let Driver { raw, statedb, .. } = self;
+        let Driver { raw, saver, .. } = self;
         drop(raw);
-        drop(statedb);
+        drop(saver);
         if let Ok(Some(done)) = result {
             let _ = done.send(());
         }
@@ -735,8 +321,8 @@ impl Driver {
                     next_tick = now + self.tick;
                 }
                 self.expire_reads(now);
-                if !self.unsaved.is_empty() && Instant::now() >= self.next_save {
-                    self.save_state_behind()?;
+                if self.saver.due_on_tick() {
+                    self.save_behind()?;
                 }
                 // Indexes held back by the throttle appear by the next tick
                 // even when nothing else happens (a lone server, idle).
@@ -947,40 +533,6 @@ impl Driver {
         }
     }
 
-    fn install_snapshot(&mut self, snap: Snapshot) -> Result<(), StoreError> {
-        let index = snap.get_metadata().index;
-        let state = decode_state(&snap)?;
-        tracing::info!(index, "installing a snapshot from the leader");
-        // Log first: if we crash before the state is replaced, the next
-        // start restores the state from the snapshot kept in the log.
-        self.raw.mut_store().apply_snapshot(&snap)?;
-        // A save in flight must land before, not after, the replacement.
-        self.wait_saved()?;
-        self.statedb.replace_all(&state)?;
-        self.unsaved.clear();
-        self.next_save = Instant::now() + save_interval();
-        self.saved_index = index;
-        {
-            let mut guard = self
-                .shared
-                .state
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            *guard = state;
-        }
-        {
-            let mut events = self
-                .shared
-                .events
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            events.events.clear();
-            events.resumable_from = index;
-        }
-        self.applied_tx.send_replace(index);
-        Ok(())
-    }
-
     fn on_role_change(&mut self) {
         if self.raw.raft.state != StateRole::Leader {
             // Proposals made here (as leader, or forwarded to a leader that
@@ -1065,137 +617,9 @@ impl Driver {
         });
     }
 
-    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), StoreError> {
-        let Some(last) = entries.last().map(|e| e.index) else {
-            return Ok(());
-        };
-        let mut replies = Vec::new();
-        let mut conf_replies = Vec::new();
-        let mut new_events = Vec::new();
-        {
-            let mut state = self
-                .shared
-                .state
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            for e in entries {
-                if e.index <= state.index {
-                    continue;
-                }
-                match e.get_entry_type() {
-                    EntryType::EntryNormal if e.data.is_empty() => state.skip(e.index),
-                    EntryType::EntryNormal => {
-                        let waiting = own_proposal(&e.context, self.id)
-                            .is_some_and(|id| self.pending.contains_key(&id));
-                        let outcome = match command::decode(&e.data) {
-                            Decoded::Command(c) => {
-                                let kind = c.kind();
-                                let out = state.apply_owned(e.index, *c, waiting);
-                                tracing::debug!(index = e.index, kind, "applied");
-                                out
-                            }
-                            Decoded::Unknown { version, reason } => {
-                                tracing::warn!(index = e.index, version, %reason, "skipping a command this server does not understand");
-                                state.skip(e.index);
-                                Outcome::Skipped
-                            }
-                        };
-                        if let Some(id) = own_proposal(&e.context, self.id) {
-                            if let Some(reply) = self.pending.remove(&id) {
-                                replies.push((reply, outcome));
-                            }
-                        }
-                    }
-                    EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                        let was_member = self.is_member();
-                        let cc = if e.get_entry_type() == EntryType::EntryConfChange {
-                            raft::eraftpb::ConfChange::parse_from_bytes(&e.data)
-                                .map_err(raft::Error::from)?
-                                .into_v2()
-                        } else {
-                            ConfChangeV2::parse_from_bytes(&e.data).map_err(raft::Error::from)?
-                        };
-                        let cs = self.raw.apply_conf_change(&cc)?;
-                        tracing::info!(index = e.index, voters = ?cs.voters, learners = ?cs.learners, "membership changed");
-                        self.raw.mut_store().set_conf_state(cs)?;
-                        let ctx: Option<ConfChangeContext> =
-                            serde_json::from_slice(&e.context).ok();
-                        let removed: Vec<u64> = cc
-                            .get_changes()
-                            .iter()
-                            .filter(|c| c.get_change_type() == ConfChangeType::RemoveNode)
-                            .map(|c| c.node_id)
-                            .collect();
-                        let added = ctx.as_ref().and_then(|c| c.server.as_ref());
-                        state.apply_membership(e.index, added, &removed);
-                        if let Some(ctx) = ctx {
-                            if let Some(reply) = self.pending_conf.remove(&ctx.proposal) {
-                                conf_replies.push(reply);
-                            }
-                        }
-                        if was_member && !self.is_member() {
-                            self.removed = true;
-                        }
-                    }
-                }
-                // Each changed record is encoded once: for the watchers
-                // here, and for the batch that persists it below.
-                for (table, key) in std::mem::take(&mut state.changes) {
-                    let value = statedb::record_json(&state, table, &key);
-                    self.unsaved.insert((table, key.clone()), value.clone());
-                    new_events.push(Event {
-                        index: e.index,
-                        table,
-                        key,
-                        value,
-                    });
-                }
-            }
-        }
-        if self.unsaved.len() >= SAVE_RECORDS || Instant::now() >= self.next_save {
-            self.save_state_behind()?;
-        }
-        if !new_events.is_empty() {
-            let mut log = self
-                .shared
-                .events
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            log.events.extend(new_events);
-            while log.events.len() > EVENT_HISTORY {
-                if let Some(old) = log.events.pop_front() {
-                    log.resumable_from = log.resumable_from.max(old.index);
-                }
-            }
-        }
-        self.applied_tx.send_replace(last);
-        for (reply, outcome) in replies {
-            let _ = reply.send(Ok(outcome));
-        }
-        for reply in conf_replies {
-            let _ = reply.send(Ok(()));
-        }
-        Ok(())
-    }
-
-    fn is_member(&self) -> bool {
-        let cs = self.raw.store().conf_state();
-        cs.voters.contains(&self.id) || cs.learners.contains(&self.id)
-    }
-
-    /// Writes the changed records and the applied index to sled (one atomic
-    /// batch).
-    fn save_state(&mut self) -> Result<(), StoreError> {
-        self.save_state_behind()?;
-        self.wait_saved()
-    }
-
-    /// Starts a save: the batch is made here (briefly holding the state),
-    /// and written by the saver thread while this one goes on with Raft.
-    /// At most one save is in flight; its error, if any, surfaces at the
-    /// next save or wait.
-    fn save_state_behind(&mut self) -> Result<(), StoreError> {
-        self.wait_saved()?;
+    /// Starts a save of the records changed so far, at the applied
+    /// state's indexes (see [`Saver::save_behind`]).
+    fn save_behind(&mut self) -> Result<(), StoreError> {
         let (index, unblock) = {
             let state = self
                 .shared
@@ -1204,124 +628,6 @@ impl Driver {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             (state.index, state.last_unblock_index)
         };
-        // The next interval likely changes as many records: sized for them
-        // up front, the map does not rehash as it fills.
-        let capacity = self.unsaved.len();
-        let records = std::mem::replace(&mut self.unsaved, Unsaved::with_capacity(capacity));
-        self.next_save = Instant::now() + save_interval();
-        let (done, wait) = std::sync::mpsc::channel();
-        let job = SaveJob {
-            records,
-            index,
-            unblock,
-            done,
-        };
-        match self.saver.send(job) {
-            Ok(()) => {
-                self.save_in_flight = Some((index, wait));
-                Ok(())
-            }
-            Err(std::sync::mpsc::SendError(job)) => {
-                self.statedb.commit(job.records, job.index, job.unblock)?;
-                self.statedb.flush()?;
-                self.saved_index = index;
-                Ok(())
-            }
-        }
-    }
-
-    /// Waits until the save in flight, if any, is written.
-    fn wait_saved(&mut self) -> Result<(), StoreError> {
-        match self.save_in_flight.take() {
-            Some((index, wait)) => {
-                wait.recv().unwrap_or(Err(StoreError::Stopped))?;
-                self.saved_index = index;
-                Ok(())
-            }
-            None => Ok(()),
-        }
-    }
-
-    /// Notes a save that has finished, without waiting for one that has not.
-    fn poll_saved(&mut self) -> Result<(), StoreError> {
-        if let Some((index, wait)) = &self.save_in_flight {
-            match wait.try_recv() {
-                Ok(result) => {
-                    let index = *index;
-                    self.save_in_flight = None;
-                    result?;
-                    self.saved_index = index;
-                }
-                Err(std::sync::mpsc::TryRecvError::Empty) => {}
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                    self.save_in_flight = None;
-                    return Err(StoreError::Stopped);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Trims the log once enough entries piled up (up to the last save:
-    /// the saved state covers what is dropped), and makes a snapshot of the
-    /// state when Raft asked for one (a peer is behind the log's start).
-    fn maybe_compact(&mut self) -> Result<(), StoreError> {
-        let applied = *self.applied_tx.borrow();
-        let store = self.raw.store();
-        let requested = store.take_snapshot_request() && applied > store.snapshot_index();
-        let since = self.compacted_at;
-        let due = self.snapshot_entries > 0 && applied >= since + self.snapshot_entries;
-        if !requested && !due {
-            return Ok(());
-        }
-        let before = self.compacted_before;
-        self.compacted_before = since;
-        self.compacted_at = applied;
-        self.poll_saved()?;
-        if self.saved_index < before && self.save_in_flight.is_none() {
-            // The log can be trimmed only up to the last save: one two
-            // compactions ago at the latest, so the log stays about three
-            // compactions long however rarely the timer saves. (Each save
-            // writes every record changed since the last, once: under
-            // sustained writes to the same jobs, fewer saves is less work.)
-            self.save_state_behind()?;
-        }
-        let trim_to = if self.snapshot_entries == 0 {
-            0 // snapshots only for peers that need one; the log is kept
-        } else {
-            // Keep a tail so that followers a little behind catch up from
-            // the log, and nothing after the last save: a restart applies
-            // that again (later saves let later compactions trim more).
-            applied
-                .saturating_sub(self.snapshot_entries / 2)
-                .min(self.saved_index)
-        };
-        if !requested {
-            tracing::debug!(index = applied, trim_to, "compacting the log");
-            return self.raw.mut_store().trim(trim_to);
-        }
-        let store = self.raw.store();
-        let term = raft::Storage::term(store, applied)?;
-        let mut meta = SnapshotMetadata {
-            index: applied,
-            term,
-            ..Default::default()
-        };
-        meta.set_conf_state(store.conf_state().clone());
-        let data = {
-            let state = self
-                .shared
-                .state
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            serde_json::to_vec(&*state).expect("state serializes")
-        };
-        tracing::info!(
-            index = applied,
-            trim_to,
-            bytes = data.len(),
-            "snapshot taken for a peer; compacting the log"
-        );
-        self.raw.mut_store().compact(meta, data, trim_to)
+        self.saver.save_behind(index, unblock)
     }
 }

@@ -11,7 +11,8 @@
 //! - `plan`: committing the scheduler's plan after the plan check;
 //! - `allocs`: what agents report about their allocations;
 //! - `rollout`: versions, rollouts and scaling;
-//! - `refusal`: why a well-formed command changed nothing.
+//! - `refusal`: why a well-formed command changed nothing;
+//! - `table`: the collections of records, as the store saves and watches them.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -28,63 +29,16 @@ mod nodes;
 mod plan;
 mod refusal;
 mod rollout;
+mod table;
 
 pub use refusal::Refusal;
+pub use table::Table;
 
 /// Rollouts kept per job (the current one and those before it).
 pub const DEPLOYMENTS_KEPT: usize = 10;
 
 /// How many of the latest changes `touch` looks at for a repeat.
 const TOUCH_LOOKBACK: usize = 8;
-
-/// Which collection a changed key belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Table {
-    Job,
-    Node,
-    Alloc,
-    Eval,
-    Server,
-    Deployment,
-    History,
-}
-
-impl Table {
-    pub const ALL: [Table; 7] = [
-        Table::Job,
-        Table::Node,
-        Table::Alloc,
-        Table::Eval,
-        Table::Server,
-        Table::Deployment,
-        Table::History,
-    ];
-
-    pub fn prefix(self) -> &'static str {
-        match self {
-            Table::Job => "job/",
-            Table::Node => "node/",
-            Table::Alloc => "alloc/",
-            Table::Eval => "eval/",
-            Table::Server => "server/",
-            Table::Deployment => "deployment/",
-            Table::History => "history/",
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Table::Job => "job",
-            Table::Node => "node",
-            Table::Alloc => "alloc",
-            Table::Eval => "eval",
-            Table::Server => "server",
-            Table::Deployment => "deployment",
-            Table::History => "history",
-        }
-    }
-}
 
 /// Everything the cluster knows, as of `index`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use skiff_model::job::MAX_REPLICAS;
 use skiff_model::DeploymentStatus;
 
-use super::Table;
+use super::table::Table;
 use crate::command::RolloutAction;
 
 /// A command the state machine refused; nothing changed.
