@@ -18,6 +18,8 @@
 #![forbid(unsafe_code)]
 
 pub mod command;
+#[cfg(test)]
+mod conformance;
 mod driver;
 mod error;
 pub mod events;
