@@ -34,6 +34,6 @@ pub use command::{Command, ServerInfo};
 pub use error::StoreError;
 pub use events::{Compacted, Event};
 pub use handle::Store;
-pub use member::{Bootstrap, RaftConfig, RaftStatus, Role, Transport};
+pub use member::{Bootstrap, RaftConfig, RaftStatus, Role, Transport, SNAPSHOT_ENTRIES};
 pub use raft::eraftpb::{ConfChangeType, Message as RaftMessage};
 pub use state::{Outcome, Refusal, State, Table};

@@ -8,6 +8,11 @@ use std::time::Duration;
 use raft::eraftpb::Message;
 use serde::{Deserialize, Serialize};
 
+/// The default of [`RaftConfig::snapshot_entries`]: one number for the
+/// store, `skiff dev`, and `skiff server --snapshot-entries`, whose
+/// default reads it.
+pub const SNAPSHOT_ENTRIES: u64 = 20_000;
+
 /// Timing and identity of this Raft member.
 #[derive(Debug, Clone)]
 pub struct RaftConfig {
@@ -36,7 +41,7 @@ impl Default for RaftConfig {
             election_tick: 10,
             heartbeat_tick: 2,
             propose_timeout: Duration::from_secs(10),
-            snapshot_entries: 10_000,
+            snapshot_entries: SNAPSHOT_ENTRIES,
         }
     }
 }
