@@ -1,6 +1,7 @@
 //! Where the state machine's records are saved: the [`RecordStore`] trait,
 //! and [`MemRecords`], an implementation in memory. The sled one is in
-//! `sled.rs`; both pass the same conformance suite (`src/conformance/`).
+//! `sled_records.rs`; both pass the same conformance suite
+//! (`src/conformance/`).
 //!
 //! A record is named by its table and key (`job` + `web`) and holds JSON.
 //! Beside the records a store keeps its [`SavePoint`]: the applied index
