@@ -57,8 +57,9 @@ pub enum Bootstrap {
 }
 
 /// Where Raft messages go. Implementations must not block; delivery
-/// failures are reported back with [`Store::report_unreachable`] and, for
-/// snapshots, [`Store::report_snapshot`].
+/// failures are reported back with
+/// [`Store::report_unreachable`](crate::Store::report_unreachable) and,
+/// for snapshots, [`Store::report_snapshot`](crate::Store::report_snapshot).
 pub trait Transport: Send + Sync + 'static {
     fn send(&self, msg: Message);
 }
