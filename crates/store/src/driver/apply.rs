@@ -15,6 +15,9 @@ use crate::state::Outcome;
 use crate::statedb;
 
 impl Driver {
+    /// Applies committed entries in order (those already applied are
+    /// skipped), publishes their changes to watchers, hands the changed
+    /// records to the saver, and answers the proposals made here.
     pub(super) fn apply(&mut self, entries: Vec<Entry>) -> Result<(), StoreError> {
         let Some(last) = entries.last().map(|e| e.index) else {
             return Ok(());
@@ -127,6 +130,7 @@ impl Driver {
         cs.voters.contains(&self.id) || cs.learners.contains(&self.id)
     }
 
+    /// Replaces the log and the state with a snapshot from the leader.
     pub(super) fn install_snapshot(&mut self, snap: Snapshot) -> Result<(), StoreError> {
         let index = snap.get_metadata().index;
         let state = decode_state(&snap)?;
@@ -143,13 +147,11 @@ impl Driver {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             *guard = state;
         }
-        {
-            self.shared
-                .events
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .reset(index);
-        }
+        self.shared
+            .events
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .reset(index);
         self.applied_tx.send_replace(index);
         Ok(())
     }
