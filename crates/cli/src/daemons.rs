@@ -66,7 +66,7 @@ pub struct ServerArgs {
     /// Compact the Raft log every N entries, keeping the newest half and
     /// nothing past the last state save (0: never; snapshots are then made
     /// only for servers that need one).
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = RaftConfig::default().snapshot_entries)]
     snapshot_entries: u64,
     #[command(flatten)]
     liveness: LivenessOpts,
@@ -537,6 +537,21 @@ mod tests {
         assert!(parse_xids("13,x")
             .unwrap_err()
             .contains("\"x\" is not an XID"));
+    }
+
+    #[test]
+    fn the_snapshot_entries_flag_defaults_to_the_stores_default() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: ServerArgs,
+        }
+        let cli = <Cli as clap::Parser>::parse_from(["skiff-server"]);
+        assert_eq!(
+            cli.args.snapshot_entries,
+            RaftConfig::default().snapshot_entries
+        );
+        assert_eq!(cli.args.snapshot_entries, 20_000);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use skiff_model::{AllocStatus, Allocation, JobSpec, SpecError};
 use skiff_proto::pb;
 use skiff_store::command::RolloutAction;
-use skiff_store::{Command, Outcome};
+use skiff_store::{Command, Outcome, Refusal};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
@@ -79,13 +79,15 @@ pub(crate) fn summary(
     s
 }
 
-/// A refused rollout command: NOT_FOUND for a missing job, otherwise
-/// FAILED_PRECONDITION with the reason.
-fn refused(why: String) -> Status {
-    if why.contains("not found") {
-        Status::not_found(why)
+/// The status for a command the state machine refused, with its reason:
+/// NOT_FOUND when it names a job or node that does not exist, otherwise
+/// FAILED_PRECONDITION (the job or rollout is not in a state the command
+/// applies to).
+fn refusal_status(refusal: &Refusal) -> Status {
+    if refusal.is_not_found() {
+        Status::not_found(refusal.to_string())
     } else {
-        Status::failed_precondition(why)
+        Status::failed_precondition(refusal.to_string())
     }
 }
 
@@ -156,7 +158,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
                     index: self.ctx.store.state().index,
                 }))
             }
-            Outcome::Refused(why) => Err(Status::not_found(why)),
+            Outcome::Refused(why) => Err(refusal_status(&why)),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
     }
@@ -321,7 +323,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
                     index: self.ctx.store.state().index,
                 }))
             }
-            Outcome::Refused(why) => Err(Status::not_found(why)),
+            Outcome::Refused(why) => Err(refusal_status(&why)),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
     }
@@ -559,7 +561,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
                     deployment: deployment.as_deref().map(Into::into),
                 }))
             }
-            Outcome::Refused(why) => Err(refused(why)),
+            Outcome::Refused(why) => Err(refusal_status(&why)),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
     }
@@ -589,7 +591,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
                     deployment: deployment.as_deref().map(Into::into),
                 }))
             }
-            Outcome::Refused(why) => Err(refused(why)),
+            Outcome::Refused(why) => Err(refusal_status(&why)),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
     }
@@ -621,7 +623,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
                     job: Some(job.as_ref().into()),
                 }))
             }
-            Outcome::Refused(why) => Err(refused(why)),
+            Outcome::Refused(why) => Err(refusal_status(&why)),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
     }
@@ -745,5 +747,33 @@ pub(crate) fn resolve_alloc<'s>(
             "alloc_id: prefix {id:?} matches several allocations; give more characters"
         ))),
         (None, _) => Err(Status::not_found(format!("allocation {id:?} not found"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_naming_something_missing_is_not_found_and_any_other_a_failed_precondition() {
+        for (refusal, code) in [
+            (Refusal::job_not_found("web"), tonic::Code::NotFound),
+            (Refusal::node_not_found("n1"), tonic::Code::NotFound),
+            (
+                Refusal::NoRollout { job: "web".into() },
+                tonic::Code::FailedPrecondition,
+            ),
+            (
+                Refusal::AlreadyRuns {
+                    job: "web".into(),
+                    version: 2,
+                },
+                tonic::Code::FailedPrecondition,
+            ),
+        ] {
+            let status = refusal_status(&refusal);
+            assert_eq!(status.code(), code, "{refusal}");
+            assert_eq!(status.message(), refusal.to_string());
+        }
     }
 }

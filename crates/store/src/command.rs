@@ -55,7 +55,7 @@ pub enum Command {
     /// The leader's drainer found a draining node empty.
     FinishDrain { node: String },
     /// A control-plane server records where it can be reached.
-    RegisterServer { info: crate::state::ServerInfo },
+    RegisterServer { info: ServerInfo },
     /// Sets a job's replicas (`skiff scale`); the version stays.
     ScaleJob { name: String, replicas: u32 },
     /// Pauses, resumes or promotes the job's rollout.
@@ -85,6 +85,17 @@ pub enum Command {
         #[serde(default)]
         reason: String,
     },
+}
+
+/// Where a control-plane server can be reached. Membership itself (voter
+/// or learner) lives in Raft's configuration; this is the address book.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub id: u64,
+    /// Client and node API address (`host:port`).
+    pub api_addr: String,
+    /// Raft peer address (`host:port`).
+    pub peer_addr: String,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -1,23 +1,39 @@
 //! Skiff's replicated state machine.
 //!
-//! - [`command`]: the typed, versioned commands that change state;
+//! - [`command`]: the typed, versioned commands that change state, and
+//!   the servers' address book entry ([`ServerInfo`]);
 //! - [`state`]: the state and its deterministic `apply`;
-//! - [`log`]: the raft-rs `Storage` over sled (entries, hard state, conf state);
-//! - [`statedb`]: the state machine's records in sled;
-//! - [`raft_node`]: the task that owns the `RawNode` and runs the Ready loop.
+//! - [`log`]: the Raft log, our own write-ahead log behind raft-rs's
+//!   `Storage` (entries, hard state, conf state, snapshots);
+//! - [`statedb`]: the state machine's records as saved (sled on disk);
+//! - [`handle`]: [`Store`], the handle the server holds: open, propose,
+//!   read, watch;
+//! - `driver`: the thread that owns the `RawNode` and runs the Ready
+//!   loop, applies entries and compacts the log;
+//! - `saver`: the thread that saves the changed records, and when;
+//! - [`member`]: a member's configuration and status, which the handle
+//!   and the driver share;
+//! - [`events`]: the watch history.
 
 #![forbid(unsafe_code)]
 
 pub mod command;
+#[cfg(test)]
+mod conformance;
+mod driver;
 mod error;
+pub mod events;
+pub mod handle;
 pub mod log;
-pub mod raft_node;
+pub mod member;
+mod saver;
 pub mod state;
 pub mod statedb;
 
-pub use command::Command;
+pub use command::{Command, ServerInfo};
 pub use error::StoreError;
+pub use events::{Compacted, Event};
+pub use handle::Store;
+pub use member::{Bootstrap, RaftConfig, RaftStatus, Role, Transport, SNAPSHOT_ENTRIES};
 pub use raft::eraftpb::{ConfChangeType, Message as RaftMessage};
-pub use raft_node::{Bootstrap, Compacted, Event, RaftConfig, RaftStatus, Role, Store, Transport};
-pub use state::{Outcome, State};
-pub use state::{ServerInfo, Table};
+pub use state::{Outcome, Refusal, State, Table};

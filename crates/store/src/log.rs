@@ -645,7 +645,7 @@ impl RaftLog {
     }
 
     /// Drops entries up to `trim_to` without taking a snapshot: the state
-    /// machine's saved copy (in sled, flushed) already covers them. A peer
+    /// machine's saved copy (flushed) already covers them. A peer
     /// that needs them gets a snapshot made when it asks.
     pub fn trim(&mut self, trim_to: u64) -> Result<(), StoreError> {
         let trim_to = trim_to.min(self.last_index());

@@ -7,7 +7,7 @@ use skiff_model::job::MAX_REPLICAS;
 use skiff_model::workload::rollout_counts;
 use skiff_model::{Deployment, DeploymentStatus, EvalTrigger, Job, JobVersion};
 
-use super::{Outcome, State, Table, DEPLOYMENTS_KEPT};
+use super::{Outcome, Refusal, State, Table, DEPLOYMENTS_KEPT};
 use crate::command::{DeploymentUpdate, RolloutAction};
 
 impl State {
@@ -171,28 +171,26 @@ impl State {
                 job: Box::new(j.clone()),
                 deployment: self.deployment(job).cloned().map(Box::new),
             },
-            None => Outcome::Refused(format!("job {job:?} not found")),
+            None => Outcome::Refused(Refusal::job_not_found(job)),
         }
     }
 
     pub(super) fn scale_job(&mut self, index: u64, name: &str, replicas: u32) -> Outcome {
         let Some(job) = self.jobs.get(name) else {
-            return Outcome::Refused(format!("job {name:?} not found"));
+            return Outcome::Refused(Refusal::job_not_found(name));
         };
         if job.spec.is_batch() && !job.spec.gang {
-            return Outcome::Refused(format!(
-                "job {name:?} is a batch job: it runs `completions` allocations, `parallelism` at once; change those in its spec"
-            ));
+            return Outcome::Refused(Refusal::BatchNotScalable {
+                job: name.to_string(),
+            });
         }
         if job.spec.gang && job.spec.replicas != replicas {
-            return Outcome::Refused(format!(
-                "job {name:?} is a gang: its ranks share WORLD_SIZE, so its size cannot change while it runs; delete it and apply it with the new replicas"
-            ));
+            return Outcome::Refused(Refusal::GangNotResizable {
+                job: name.to_string(),
+            });
         }
         if replicas > MAX_REPLICAS {
-            return Outcome::Refused(format!(
-                "replicas: {replicas} must be a whole number from 0 to {MAX_REPLICAS}"
-            ));
+            return Outcome::Refused(Refusal::ReplicasOutOfRange { replicas });
         }
         if job.spec.replicas != replicas {
             let mut job = job.clone();
@@ -216,18 +214,18 @@ impl State {
         at_ms: u64,
     ) -> Outcome {
         if !self.jobs.contains_key(job) {
-            return Outcome::Refused(format!("job {job:?} not found"));
+            return Outcome::Refused(Refusal::job_not_found(job));
         }
         let Some(d) = self.deployment_mut(job) else {
-            return Outcome::Refused(format!(
-                "job {job:?} has no rollout (batch jobs and gangs are replaced whole)"
-            ));
+            return Outcome::Refused(Refusal::NoRollout {
+                job: job.to_string(),
+            });
         };
-        let what = format!(
-            "the rollout of version {} is {}",
-            d.version,
-            d.status.as_str()
-        );
+        let nothing_to = Refusal::NothingTo {
+            action,
+            version: d.version,
+            status: d.status,
+        };
         match action {
             RolloutAction::Pause => match d.status {
                 DeploymentStatus::Running => {
@@ -235,7 +233,7 @@ impl State {
                     d.reason = "paused by an operator".into();
                 }
                 DeploymentStatus::Paused => return self.rollout_outcome(job),
-                _ => return Outcome::Refused(format!("{what}; there is nothing to pause")),
+                _ => return Outcome::Refused(nothing_to),
             },
             RolloutAction::Resume => match d.status {
                 DeploymentStatus::Paused => {
@@ -244,17 +242,14 @@ impl State {
                     d.progress_ms = at_ms;
                 }
                 DeploymentStatus::Running => return self.rollout_outcome(job),
-                _ => return Outcome::Refused(format!("{what}; there is nothing to resume")),
+                _ => return Outcome::Refused(nothing_to),
             },
             RolloutAction::Promote => {
                 if !d.status.is_active() {
-                    return Outcome::Refused(format!("{what}; there is nothing to promote"));
+                    return Outcome::Refused(nothing_to);
                 }
                 if !d.awaiting_promotion() {
-                    return Outcome::Refused(format!(
-                        "the rollout of version {} has no canaries waiting for promotion",
-                        d.version
-                    ));
+                    return Outcome::Refused(Refusal::NoCanariesWaiting { version: d.version });
                 }
                 d.promoted = true;
                 d.reason = "canaries promoted".into();
@@ -275,12 +270,12 @@ impl State {
         at_ms: u64,
     ) -> Outcome {
         let Some(job) = self.jobs.get(name) else {
-            return Outcome::Refused(format!("job {name:?} not found"));
+            return Outcome::Refused(Refusal::job_not_found(name));
         };
         if job.spec.is_batch() {
-            return Outcome::Refused(format!(
-                "job {name:?} is a batch job: it has no rollouts to undo; apply the spec you want to run"
-            ));
+            return Outcome::Refused(Refusal::BatchNotUndoable {
+                job: name.to_string(),
+            });
         }
         let current = job.version;
         let hist = self.histories.get(name).cloned().unwrap_or_default();
@@ -289,25 +284,24 @@ impl State {
             None => match hist.last_stable(current).or_else(|| hist.previous(current)) {
                 Some(v) => v,
                 None => {
-                    return Outcome::Refused(format!(
-                        "job {name:?} has no earlier version to return to"
-                    ))
+                    return Outcome::Refused(Refusal::NoEarlierVersion {
+                        job: name.to_string(),
+                    })
                 }
             },
         };
         if target == current {
-            return Outcome::Refused(format!("job {name:?} already runs version {target}"));
+            return Outcome::Refused(Refusal::AlreadyRuns {
+                job: name.to_string(),
+                version: target,
+            });
         }
         if hist.get(target).is_none() {
-            let kept: Vec<String> = hist
-                .versions
-                .iter()
-                .map(|v| v.version.to_string())
-                .collect();
-            return Outcome::Refused(format!(
-                "version {target} of job {name:?} is not in its history (kept: {})",
-                kept.join(", ")
-            ));
+            return Outcome::Refused(Refusal::VersionNotKept {
+                job: name.to_string(),
+                version: target,
+                kept: hist.versions.iter().map(|v| v.version).collect(),
+            });
         }
         self.rollback_to(
             index,
@@ -370,16 +364,15 @@ impl State {
 
     pub(super) fn update_deployment(&mut self, index: u64, u: &DeploymentUpdate) -> Outcome {
         let Some(job) = self.jobs.get(&u.job).cloned() else {
-            return Outcome::Refused(format!("job {:?} not found", u.job));
+            return Outcome::Refused(Refusal::job_not_found(&u.job));
         };
         let Some(d) = self.deployment(&u.job).cloned() else {
-            return Outcome::Refused(format!("job {:?} has no rollout", u.job));
+            return Outcome::Refused(Refusal::NoRolloutToUpdate { job: u.job.clone() });
         };
         if d.id != u.deployment_id || !d.status.is_active() || d.version != job.version {
-            return Outcome::Refused(format!(
-                "deployment {} is not the job's active rollout; update dropped",
-                u.deployment_id
-            ));
+            return Outcome::Refused(Refusal::DeploymentNotActive {
+                deployment: u.deployment_id.clone(),
+            });
         }
         let mut d = d;
         let status_before = d.status;

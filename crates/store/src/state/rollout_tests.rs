@@ -3,8 +3,8 @@
 
 use super::tests::{job_spec, reg, Harness};
 use super::*;
-use crate::command::{AllocUpdate, DeploymentUpdate, NewAlloc, RolloutAction};
-use skiff_model::{DeploymentStatus, Placement};
+use crate::command::{AllocUpdate, DeploymentUpdate, NewAlloc, PlanCommand, RolloutAction};
+use skiff_model::{AllocStatus, DeploymentStatus, DesiredStatus, JobSpec, Placement};
 
 fn web(image: &str, replicas: u32) -> JobSpec {
     job_spec(&format!(
@@ -227,7 +227,10 @@ fn canaries_are_asked_for_only_beside_another_version() {
         at_ms: 8_000,
     });
     assert!(
-        matches!(&again, Outcome::Refused(r) if r.contains("no canaries waiting")),
+        matches!(
+            &again,
+            Outcome::Refused(Refusal::NoCanariesWaiting { version: 2 })
+        ),
         "{again:?}"
     );
 }
@@ -346,7 +349,7 @@ fn undo_returns_to_the_last_stable_version_or_the_one_named() {
         at_ms: 9_000,
     });
     assert!(
-        matches!(&out, Outcome::Refused(r) if r.contains("version 7 of job \"web\" is not in its history (kept: 1, 2)")),
+        matches!(&out, Outcome::Refused(Refusal::VersionNotKept { version: 7, kept, .. }) if kept == &[1, 2]),
         "{out:?}"
     );
     let out = h.apply(Command::UndoRollout {
@@ -422,7 +425,7 @@ fn scaling_keeps_the_version_and_batch_jobs_are_refused() {
         replicas: 2,
     });
     assert!(
-        matches!(&out, Outcome::Refused(r) if r.contains("batch job")),
+        matches!(&out, Outcome::Refused(Refusal::BatchNotScalable { .. })),
         "{out:?}"
     );
     let out = h.apply(Command::ScaleJob {
@@ -430,7 +433,7 @@ fn scaling_keeps_the_version_and_batch_jobs_are_refused() {
         replicas: 2,
     });
     assert!(
-        matches!(&out, Outcome::Refused(r) if r.contains("not found")),
+        matches!(&out, Outcome::Refused(r) if r.is_not_found()),
         "{out:?}"
     );
 }
@@ -560,7 +563,7 @@ fn a_batch_job_never_returns_to_an_old_version_and_a_gang_keeps_its_size() {
         at_ms: 0,
     });
     assert!(
-        matches!(&out, Outcome::Refused(r) if r.contains("batch job")),
+        matches!(&out, Outcome::Refused(Refusal::BatchNotUndoable { .. })),
         "{out:?}"
     );
 
@@ -575,7 +578,7 @@ fn a_batch_job_never_returns_to_an_old_version_and_a_gang_keeps_its_size() {
         replicas: 4,
     });
     assert!(
-        matches!(&out, Outcome::Refused(r) if r.contains("gang")),
+        matches!(&out, Outcome::Refused(Refusal::GangNotResizable { .. })),
         "{out:?}"
     );
     // Applying another size replaces the gang whole: a new version.

@@ -1,7 +1,9 @@
 use super::*;
-use crate::command::NewAlloc;
+use crate::command::{AllocUpdate, NewAlloc, NodeRegistration, PlanCommand};
 use skiff_model::fit::used_on;
-use skiff_model::{Gpu, Placement, Resources, Stop};
+use skiff_model::{
+    AllocStatus, DesiredStatus, Gpu, JobSpec, NodeStatus, Placement, Resources, Stop,
+};
 
 pub(super) fn spec(name: &str, replicas: u32, mem: &str) -> JobSpec {
     JobSpec::from_yaml(&format!(
@@ -348,7 +350,7 @@ fn deleting_a_job_queues_an_eval_and_unknown_jobs_are_refused() {
         h.apply(Command::DeleteJob {
             name: "nope".into()
         }),
-        Outcome::Refused("job \"nope\" not found".into())
+        Outcome::Refused(Refusal::job_not_found("nope"))
     );
     h.apply(Command::UpsertJob {
         spec: spec("web", 1, "64Mi"),
@@ -783,7 +785,7 @@ fn cordon_survives_reregistration_and_a_drain_moves_work_then_finishes() {
     // Not empty yet: a drain cannot finish.
     assert!(matches!(
         h.apply(Command::FinishDrain { node: "n1".into() }),
-        Outcome::Refused(_)
+        Outcome::Refused(Refusal::NodeNotDrained { .. })
     ));
     let out = h.apply(Command::MigrateAllocs {
         node: "n1".into(),
@@ -822,7 +824,7 @@ fn cordon_survives_reregistration_and_a_drain_moves_work_then_finishes() {
             alloc_ids: vec![],
             reason: String::new(),
         }),
-        Outcome::Refused(_)
+        Outcome::Refused(Refusal::NodeNotDraining { .. })
     ));
     h.apply(Command::SetNodeEligibility {
         name: "n1".into(),
@@ -838,7 +840,7 @@ fn cordon_survives_reregistration_and_a_drain_moves_work_then_finishes() {
             draining: false,
             drain_deadline_ms: None,
         }),
-        Outcome::Refused(_)
+        Outcome::Refused(r) if r.is_not_found()
     ));
 }
 

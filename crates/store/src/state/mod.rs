@@ -1,0 +1,409 @@
+//! The state machine: cluster state as plain values and the deterministic
+//! `apply` that changes it. No Raft, no disk, no clock here; the store
+//! persists whatever `apply` records as changed.
+//!
+//! This module holds the state itself, the outcome of a command, the
+//! dispatch from a command to its rule, the change bookkeeping and the
+//! evaluation queue every rule uses, and the read-only lookups. The rules
+//! live beside it, one room per subject:
+//! - `jobs`: registering and deleting jobs;
+//! - `nodes`: registration, status, cordon and drain;
+//! - `plan`: committing the scheduler's plan after the plan check;
+//! - `allocs`: what agents report about their allocations;
+//! - `rollout`: versions, rollouts and scaling;
+//! - `refusal`: why a well-formed command changed nothing;
+//! - `table`: the collections of records, as the store saves and watches them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use skiff_model::{
+    Allocation, Deployment, EvalStatus, EvalTrigger, Evaluation, Job, JobHistory, Node,
+};
+
+use crate::command::{Command, ServerInfo};
+
+mod allocs;
+mod jobs;
+mod nodes;
+mod plan;
+mod refusal;
+mod rollout;
+mod table;
+
+pub use refusal::Refusal;
+pub use table::Table;
+
+/// Rollouts kept per job (the current one and those before it).
+pub const DEPLOYMENTS_KEPT: usize = 10;
+
+/// How many of the latest changes `touch` looks at for a repeat.
+const TOUCH_LOOKBACK: usize = 8;
+
+/// Everything the cluster knows, as of `index`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct State {
+    pub jobs: BTreeMap<String, Job>,
+    pub nodes: BTreeMap<String, Node>,
+    pub allocs: BTreeMap<String, Allocation>,
+    pub evals: BTreeMap<String, Evaluation>,
+    /// Control-plane servers' addresses, by Raft id.
+    #[serde(default)]
+    pub servers: BTreeMap<u64, ServerInfo>,
+    /// The rollouts of each service, by job name, oldest first (the last
+    /// [`DEPLOYMENTS_KEPT`]); the last one is the job's current rollout.
+    #[serde(default)]
+    pub deployments: BTreeMap<String, Vec<Deployment>>,
+    /// The kept versions of each job, by job name.
+    #[serde(default)]
+    pub histories: BTreeMap<String, JobHistory>,
+    /// Raft index of the last applied entry.
+    pub index: u64,
+    /// Index of the last change that may let blocked work fit (a node
+    /// joined, an allocation released its resources).
+    pub last_unblock_index: u64,
+    /// Keys changed since the store last took them (after each entry: it
+    /// turns them into watch events and remembers them for the next save),
+    /// in order, each once per entry. Not part of the state.
+    #[serde(skip)]
+    pub changes: Vec<(Table, String)>,
+    /// Evaluation ids by job, derived from `evals` (see
+    /// [`State::rebuild_indexes`]). Not part of the state.
+    #[serde(skip)]
+    pub(crate) evals_by_job: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// Two states are equal when their records and indexes are; the change
+/// bookkeeping is not part of the state.
+impl PartialEq for State {
+    fn eq(&self, other: &Self) -> bool {
+        self.jobs == other.jobs
+            && self.nodes == other.nodes
+            && self.allocs == other.allocs
+            && self.evals == other.evals
+            && self.servers == other.servers
+            && self.deployments == other.deployments
+            && self.histories == other.histories
+            && self.index == other.index
+            && self.last_unblock_index == other.last_unblock_index
+    }
+}
+
+impl Eq for State {}
+
+/// The result of applying one command. Deterministic: every server computes
+/// the same outcome for the same entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    JobUpserted {
+        job: Box<Job>,
+        changed: bool,
+    },
+    JobDeleted,
+    NodeRegistered,
+    /// The drainer asked `moved` allocations to stop and move.
+    AllocsMigrated {
+        moved: u32,
+    },
+    /// A node's status changed; `lost` allocations were on it.
+    NodeStatusSet {
+        lost: u32,
+    },
+    /// A node was cordoned, drained or uncordoned; `stopped` allocations
+    /// were asked to stop (draining).
+    NodeEligibilitySet {
+        stopped: u32,
+    },
+    ServerRegistered,
+    PlanApplied(PlanResult),
+    AllocsUpdated {
+        applied: u32,
+    },
+    /// A job was scaled, its rollout paused, resumed or promoted, or it
+    /// returned to an earlier version; the job and its rollout as they are
+    /// now.
+    Rollout {
+        job: Box<Job>,
+        deployment: Option<Box<Deployment>>,
+    },
+    /// The deployment controller's update was recorded.
+    DeploymentUpdated {
+        deployment: Box<Deployment>,
+    },
+    /// The command was well-formed but refused (e.g. deleting a job that
+    /// does not exist); nothing changed.
+    Refused(Refusal),
+    /// An entry this build does not understand; nothing changed.
+    Skipped,
+    /// Applied where nobody waits for the answer (see
+    /// [`State::apply_owned`]): the outcome was not built.
+    Unanswered,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanResult {
+    pub placed: u32,
+    pub stopped: u32,
+    /// Allocations of lower-priority jobs stopped for this plan.
+    pub evicted: u32,
+    /// Placements refused by the re-check (no longer fit, or a stale plan).
+    pub rejected: u32,
+    pub eval_status: Option<EvalStatus>,
+}
+
+impl State {
+    /// [`State::apply`] for a command the caller no longer needs: a job's
+    /// spec moves into the state instead of being copied, and without
+    /// `reply` (nobody waits for the outcome on this server) a registered
+    /// job's outcome is [`Outcome::Unanswered`] instead of a copy of it.
+    /// The state changes exactly as with `apply`.
+    pub fn apply_owned(&mut self, index: u64, command: Command, reply: bool) -> Outcome {
+        match command {
+            Command::UpsertJob { spec } => {
+                debug_assert!(index > self.index, "entries apply in order");
+                self.index = index;
+                self.upsert_job(index, spec, reply)
+            }
+            other => self.apply(index, &other),
+        }
+    }
+
+    /// Applies one command at raft `index`.
+    pub fn apply(&mut self, index: u64, command: &Command) -> Outcome {
+        debug_assert!(index > self.index, "entries apply in order");
+        self.index = index;
+        match command {
+            Command::UpsertJob { spec } => self.upsert_job(index, spec.clone(), true),
+            Command::DeleteJob { name } => self.delete_job(index, name),
+            Command::RegisterNode { registration } => self.register_node(index, registration),
+            Command::ApplyPlan { plan } => self.apply_plan(index, plan),
+            Command::UpdateAllocStatus {
+                node,
+                updates,
+                at_ms,
+            } => self.update_alloc_status(index, node, updates, *at_ms),
+            Command::SetNodeEligibility {
+                name,
+                cordoned,
+                draining,
+                drain_deadline_ms,
+            } => self.set_node_eligibility(index, name, *cordoned, *draining, *drain_deadline_ms),
+            Command::MigrateAllocs {
+                node,
+                alloc_ids,
+                reason,
+            } => self.migrate_allocs(index, node, alloc_ids, reason),
+            Command::FinishDrain { node } => self.finish_drain(index, node),
+            Command::SetNodeStatus {
+                name,
+                status,
+                reason,
+            } => self.set_node_status(index, name, *status, reason),
+            Command::RegisterServer { info } => {
+                if self.servers.get(&info.id) != Some(info) {
+                    self.servers.insert(info.id, info.clone());
+                    self.touch(Table::Server, &info.id.to_string());
+                }
+                Outcome::ServerRegistered
+            }
+            Command::ScaleJob { name, replicas } => self.scale_job(index, name, *replicas),
+            Command::ControlRollout { job, action, at_ms } => {
+                self.control_rollout(index, job, *action, *at_ms)
+            }
+            Command::UndoRollout {
+                job,
+                to_version,
+                at_ms,
+            } => self.undo_rollout(index, job, *to_version, *at_ms),
+            Command::UpdateDeployment { update } => self.update_deployment(index, update),
+        }
+    }
+
+    /// Applies a membership change Raft committed at `index`: a server
+    /// joining brings its addresses, a removed one loses them.
+    pub fn apply_membership(&mut self, index: u64, added: Option<&ServerInfo>, removed: &[u64]) {
+        self.index = index;
+        if let Some(info) = added {
+            if self.servers.get(&info.id) != Some(info) {
+                self.servers.insert(info.id, info.clone());
+                self.touch(Table::Server, &info.id.to_string());
+            }
+        }
+        for id in removed {
+            if self.servers.remove(id).is_some() {
+                self.touch(Table::Server, &id.to_string());
+            }
+        }
+    }
+
+    /// Advances the index for an entry that changes nothing (a leader's
+    /// empty entry, a conf change, or an unknown command).
+    pub fn skip(&mut self, index: u64) {
+        self.index = index;
+    }
+
+    /// Records that a key changed. An entry often touches a record twice
+    /// in a row (a job's history index, the version just added); those
+    /// repeats are dropped here so each is encoded once.
+    fn touch(&mut self, table: Table, key: &str) {
+        let recent = self.changes.iter().rev().take(TOUCH_LOOKBACK);
+        if recent.into_iter().any(|(t, k)| *t == table && k == key) {
+            return;
+        }
+        self.changes.push((table, key.to_string()));
+    }
+
+    /// Marks a job's latest rollout changed: the small index record
+    /// (`JOB`: the order of rollouts) and that rollout (`JOB/SLOT`).
+    pub(crate) fn touch_deployment(&mut self, job: &str) {
+        self.touch(Table::Deployment, job);
+        if let Some(slot) = self
+            .deployments
+            .get(job)
+            .and_then(|l| l.last())
+            .map(|d| d.slot)
+        {
+            self.touch(Table::Deployment, &format!("{job}/{slot}"));
+        }
+    }
+
+    /// Marks a job's history changed: its small index record (`JOB`: the
+    /// order of versions and the next number) and the version records in
+    /// the slots given (`JOB/SLOT`), so a write stores one version, not all.
+    pub(crate) fn touch_history(&mut self, job: &str, slots: impl IntoIterator<Item = u32>) {
+        self.touch(Table::History, job);
+        for slot in slots {
+            self.touch(Table::History, &format!("{job}/{slot}"));
+        }
+    }
+
+    /// Queues an evaluation of `job`, unless one is already pending (it
+    /// will see this change too). Older finished evaluations of the job are
+    /// dropped so they do not pile up.
+    fn create_eval(&mut self, index: u64, job: &str, trigger: EvalTrigger) {
+        let mine: Vec<String> = self
+            .evals_by_job
+            .get(job)
+            .map(|ids| ids.iter().cloned().collect())
+            .unwrap_or_default();
+        // One pending evaluation per job is enough, but it must see this
+        // change: a plan made from a snapshot older than `index` leaves it
+        // pending (see `apply_plan`), so it runs again.
+        if let Some(pending) = mine.iter().find(|id| {
+            self.evals
+                .get(*id)
+                .is_some_and(|e| e.status == EvalStatus::Pending)
+        }) {
+            let pending = pending.clone();
+            if let Some(e) = self.evals.get_mut(&pending) {
+                e.modify_index = index;
+            }
+            self.touch(Table::Eval, &pending);
+            return;
+        }
+        for id in mine {
+            self.evals.remove(&id);
+            self.touch(Table::Eval, &id);
+        }
+        // One entry may queue several jobs (a node going down): the index
+        // names the first, a suffix the others.
+        let mut id = format!("{index:016x}");
+        let mut n = 1;
+        while self.evals.contains_key(&id) {
+            id = format!("{index:016x}.{n}");
+            n += 1;
+        }
+        self.evals_by_job
+            .insert(job.to_string(), BTreeSet::from([id.clone()]));
+        self.evals.insert(
+            id.clone(),
+            Evaluation {
+                id: id.clone(),
+                job: job.to_string(),
+                trigger,
+                status: EvalStatus::Pending,
+                message: String::new(),
+                create_index: index,
+                modify_index: index,
+            },
+        );
+        self.touch(Table::Eval, &id);
+    }
+
+    /// Something may fit now that did not: blocked evaluations run again.
+    fn unblock(&mut self, index: u64) {
+        self.last_unblock_index = index;
+        let blocked: Vec<String> = self
+            .evals
+            .values()
+            .filter(|e| e.status == EvalStatus::Blocked)
+            .map(|e| e.id.clone())
+            .collect();
+        for id in blocked {
+            if let Some(e) = self.evals.get_mut(&id) {
+                e.status = EvalStatus::Pending;
+                e.modify_index = index;
+            }
+            self.touch(Table::Eval, &id);
+        }
+    }
+
+    /// The job's current (latest) rollout.
+    pub fn deployment(&self, job: &str) -> Option<&Deployment> {
+        self.deployments.get(job).and_then(|v| v.last())
+    }
+
+    fn deployment_mut(&mut self, job: &str) -> Option<&mut Deployment> {
+        self.deployments.get_mut(job).and_then(|v| v.last_mut())
+    }
+
+    /// The allocations of one job, in replica order.
+    pub fn allocs_of_job(&self, job: &str) -> Vec<&Allocation> {
+        let mut v: Vec<&Allocation> = self.allocs.values().filter(|a| a.job == job).collect();
+        v.sort_by_key(|a| (a.replica, a.create_index));
+        v
+    }
+
+    /// The allocations placed on one node.
+    pub fn allocs_on_node(&self, node: &str) -> Vec<&Allocation> {
+        self.allocs.values().filter(|a| a.node == node).collect()
+    }
+
+    /// The most recent evaluation of a job.
+    pub fn latest_eval(&self, job: &str) -> Option<&Evaluation> {
+        self.evals_by_job
+            .get(job)?
+            .iter()
+            .filter_map(|id| self.evals.get(id))
+            .max_by_key(|e| e.create_index)
+    }
+
+    /// Rebuilds the derived lookup tables after the records were loaded
+    /// from disk or a snapshot.
+    pub fn rebuild_indexes(&mut self) {
+        for h in self.histories.values_mut() {
+            h.fill_fingerprints();
+        }
+        self.evals_by_job.clear();
+        for e in self.evals.values() {
+            self.evals_by_job
+                .entry(e.job.clone())
+                .or_default()
+                .insert(e.id.clone());
+        }
+    }
+
+    /// A stable digest of the state (not of `changes`), for comparing servers.
+    pub fn digest(&self) -> u64 {
+        // FNV-1a over the canonical JSON form: stable across runs and builds.
+        let bytes = serde_json::to_vec(self).expect("state serializes");
+        bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+        })
+    }
+}
+
+#[cfg(test)]
+mod rollout_tests;
+#[cfg(test)]
+mod tests;

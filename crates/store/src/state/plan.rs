@@ -1,0 +1,278 @@
+//! The scheduler's plan in the state machine: the plan check (the same fit
+//! rule the scheduler used, against the state as it is now) and the
+//! placements, stops and evictions it lets through.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use skiff_model::fit::{fits_assignment, Usage};
+use skiff_model::job::PREEMPTION_GAP;
+use skiff_model::workload::host_of;
+use skiff_model::{
+    AllocFacts, AllocStatus, Allocation, DesiredStatus, EvalStatus, EvalTrigger, GangRank, Job,
+};
+
+use super::{Outcome, PlanResult, Refusal, State, Table};
+use crate::command::{NewAlloc, PlanCommand};
+
+impl State {
+    pub(super) fn apply_plan(&mut self, index: u64, plan: &PlanCommand) -> Outcome {
+        match self.evals.get(&plan.eval_id) {
+            Some(e) if e.status == EvalStatus::Pending => {}
+            _ => {
+                return Outcome::Refused(Refusal::EvalNotPending {
+                    eval: plan.eval_id.clone(),
+                })
+            }
+        }
+        let mut result = PlanResult::default();
+        let job_modify_index = self.jobs.get(&plan.job).map_or(0, |j| j.modify_index);
+        if job_modify_index != plan.job_modify_index {
+            // The job changed after the snapshot: the plan is stale.
+            result.rejected = plan.placements.len() as u32;
+            self.finish_eval(index, &plan.eval_id, EvalStatus::Pending, String::new());
+            result.eval_status = Some(EvalStatus::Pending);
+            return Outcome::PlanApplied(result);
+        }
+
+        for stop in &plan.stops {
+            if let Some(a) = self.allocs.get_mut(&stop.alloc_id) {
+                if a.job == plan.job && a.desired == DesiredStatus::Run {
+                    a.desired = DesiredStatus::Stop;
+                    // A run that already ended keeps the words of its end.
+                    if !a.status.is_terminal() {
+                        a.message = stop.reason.clone();
+                    }
+                    a.modify_index = index;
+                    result.stopped += 1;
+                    self.touch(Table::Alloc, &stop.alloc_id);
+                }
+            }
+        }
+
+        let (accepted, evictions, rejected) = match self.jobs.get(&plan.job) {
+            Some(job) => self.check_placements(job, plan),
+            None => (Vec::new(), Vec::new(), plan.placements.len() as u32),
+        };
+        result.rejected = rejected;
+
+        if let Some(job) = self.jobs.get(&plan.job).cloned() {
+            let reason = format!(
+                "preempted by job {} (priority {})",
+                job.spec.name, job.spec.priority
+            );
+            let mut victim_jobs = BTreeSet::new();
+            for id in evictions {
+                if let Some(a) = self.allocs.get_mut(&id) {
+                    a.desired = DesiredStatus::Stop;
+                    a.message = reason.clone();
+                    a.modify_index = index;
+                    victim_jobs.insert(a.job.clone());
+                    result.evicted += 1;
+                    self.touch(Table::Alloc, &id);
+                }
+            }
+            // The victims' jobs look for room elsewhere.
+            for victim in victim_jobs {
+                if self.jobs.contains_key(&victim) {
+                    self.create_eval(index, &victim, EvalTrigger::Preemption);
+                }
+            }
+            // A gang's replicas learn where rank 0 runs: placed in this
+            // plan, or already running.
+            let master_addr = job.spec.gang.then(|| {
+                let rank0 = accepted
+                    .iter()
+                    .find(|n| n.placement.replica == 0)
+                    .map(|n| n.placement.node.clone())
+                    .or_else(|| {
+                        self.allocs
+                            .values()
+                            .find(|a| {
+                                a.job == plan.job
+                                    && a.job_version == job.version
+                                    && a.replica == 0
+                                    && a.is_live()
+                            })
+                            .map(|a| a.node.clone())
+                    });
+                rank0
+                    .and_then(|n| self.nodes.get(&n))
+                    .map(|n| host_of(&n.address))
+                    .unwrap_or_default()
+            });
+            for new in accepted {
+                let mut alloc = Allocation::new(
+                    new.id.clone(),
+                    plan.job.clone(),
+                    job.version,
+                    new.placement.replica,
+                    new.placement.node.clone(),
+                    job.spec.task.clone(),
+                );
+                alloc.gpus = new.placement.gpus.clone();
+                alloc.create_time_ms = plan.at_ms;
+                alloc.create_index = index;
+                alloc.modify_index = index;
+                alloc.gang = master_addr.as_ref().map(|addr| GangRank {
+                    rank: new.placement.replica,
+                    world_size: job.spec.replicas,
+                    master_addr: addr.clone(),
+                    master_port: job.spec.master_port(),
+                });
+                self.allocs.insert(new.id.clone(), alloc);
+                self.touch(Table::Alloc, &new.id);
+                result.placed += 1;
+            }
+        }
+
+        // Something that needs this job evaluated happened after the
+        // plan's snapshot (see `create_eval`): plan again from a newer one.
+        let changed_since = self
+            .evals
+            .get(&plan.eval_id)
+            .is_some_and(|e| e.modify_index > plan.snapshot_index);
+        let status = if result.rejected > 0 || changed_since {
+            EvalStatus::Pending
+        } else if plan.unplaced > 0 {
+            if self.last_unblock_index > plan.snapshot_index {
+                // Room may have appeared after the snapshot was taken.
+                EvalStatus::Pending
+            } else {
+                EvalStatus::Blocked
+            }
+        } else {
+            EvalStatus::Complete
+        };
+        let message = if plan.unplaced > 0 {
+            format!(
+                "{} replica(s) not placed: {}",
+                plan.unplaced, plan.explanation
+            )
+        } else {
+            String::new()
+        };
+        self.finish_eval(index, &plan.eval_id, status, message);
+        result.eval_status = Some(status);
+        Outcome::PlanApplied(result)
+    }
+
+    /// The plan check. Each node's changes are taken whole or not at all:
+    /// its evictions must be of allocations of other jobs at least
+    /// [`PREEMPTION_GAP`] priority points lower, and with those counted as
+    /// free every placement on it must pass the same fit rule the scheduler
+    /// used (`fits_assignment`: cpu, memory, ports, and exactly the GPUs
+    /// named, free and acceptable). A gang's placements are all rejected if
+    /// any is. Returns the accepted placements, the evictions to apply and
+    /// how many placements were rejected.
+    fn check_placements<'p>(
+        &self,
+        job: &Job,
+        plan: &'p PlanCommand,
+    ) -> (Vec<&'p NewAlloc>, Vec<String>, u32) {
+        let mut by_node: BTreeMap<&str, Vec<&'p NewAlloc>> = BTreeMap::new();
+        for new in &plan.placements {
+            by_node
+                .entry(new.placement.node.as_str())
+                .or_default()
+                .push(new);
+        }
+        let mut evict_on: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for e in &plan.evictions {
+            if let Some(a) = self.allocs.get(&e.alloc_id) {
+                evict_on
+                    .entry(a.node.as_str())
+                    .or_default()
+                    .push(e.alloc_id.as_str());
+            }
+        }
+        // Replica slots of this version already filled: for a service,
+        // by anything but a lost allocation; for a batch job, by a run
+        // that goes on or succeeded (a failed one is replaced).
+        let batch = job.spec.is_batch();
+        let mut taken: BTreeSet<u32> = self
+            .allocs
+            .values()
+            .filter(|a| {
+                a.job == plan.job
+                    && a.job_version == plan.job_version
+                    && a.desired == DesiredStatus::Run
+                    && if batch {
+                        !a.status.is_terminal() || a.succeeded()
+                    } else {
+                        a.status != AllocStatus::Lost
+                    }
+            })
+            .map(|a| a.replica)
+            .collect();
+        let ask = &job.spec.task.resources;
+        let mut accepted = Vec::new();
+        let mut evictions = Vec::new();
+        let mut rejected = 0u32;
+        for (node_name, news) in by_node {
+            let evicted: Vec<&str> = evict_on.get(node_name).cloned().unwrap_or_default();
+            let node_ok = self.nodes.get(node_name).is_some_and(|node| {
+                let victims_ok = evicted.iter().all(|id| {
+                    let a = &self.allocs[*id];
+                    let priority = self.jobs.get(&a.job).map_or(0, |j| j.spec.priority);
+                    a.job != plan.job
+                        && a.desired == DesiredStatus::Run
+                        && u16::from(priority) + u16::from(PREEMPTION_GAP)
+                            <= u16::from(job.spec.priority)
+                });
+                if !victims_ok || plan.job_version != job.version {
+                    return false;
+                }
+                let mut usage = Usage::default();
+                for a in self.allocs.values() {
+                    if a.node == node.name
+                        && a.holds_resources()
+                        && !evicted.contains(&a.id.as_str())
+                    {
+                        usage.add_alloc(node, a);
+                    }
+                }
+                let mut slots = BTreeSet::new();
+                news.iter().all(|new| {
+                    let replica = new.placement.replica;
+                    if taken.contains(&replica)
+                        || !slots.insert(replica)
+                        || self.allocs.contains_key(&new.id)
+                    {
+                        return false;
+                    }
+                    match fits_assignment(node, &usage, ask, &new.placement.gpus) {
+                        Ok(mask) => {
+                            usage.add(ask.amount().with_gpus(mask.count_ones()), mask, &ask.ports);
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                })
+            });
+            if node_ok {
+                for new in &news {
+                    taken.insert(new.placement.replica);
+                }
+                accepted.extend(news);
+                evictions.extend(evicted.into_iter().map(String::from));
+            } else {
+                rejected += news.len() as u32;
+            }
+        }
+        if job.spec.gang && rejected > 0 {
+            rejected += accepted.len() as u32;
+            accepted.clear();
+            evictions.clear();
+        }
+        (accepted, evictions, rejected)
+    }
+
+    fn finish_eval(&mut self, index: u64, id: &str, status: EvalStatus, message: String) {
+        if let Some(e) = self.evals.get_mut(id) {
+            e.status = status;
+            e.message = message;
+            e.modify_index = index;
+            self.touch(Table::Eval, id);
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! The collections of the state's records, as the store saves them and
+//! watchers see them change.
+
+use serde::{Deserialize, Serialize};
+
+/// Which collection a changed key belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Table {
+    Job,
+    Node,
+    Alloc,
+    Eval,
+    Server,
+    Deployment,
+    History,
+}
+
+impl Table {
+    pub const ALL: [Table; 7] = [
+        Table::Job,
+        Table::Node,
+        Table::Alloc,
+        Table::Eval,
+        Table::Server,
+        Table::Deployment,
+        Table::History,
+    ];
+
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Table::Job => "job/",
+            Table::Node => "node/",
+            Table::Alloc => "alloc/",
+            Table::Eval => "eval/",
+            Table::Server => "server/",
+            Table::Deployment => "deployment/",
+            Table::History => "history/",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Table::Job => "job",
+            Table::Node => "node",
+            Table::Alloc => "alloc",
+            Table::Eval => "eval",
+            Table::Server => "server",
+            Table::Deployment => "deployment",
+            Table::History => "history",
+        }
+    }
+}
