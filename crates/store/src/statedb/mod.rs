@@ -11,7 +11,7 @@
 //! the state and its index always agree; entries after that index are
 //! applied again from the (durable) Raft log, which is not trimmed past it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -24,11 +24,8 @@ use crate::state::{State, Table};
 mod records;
 mod sled_records;
 
-pub use records::{MemRecords, RecordStore, SavePoint, Visit};
+pub use records::{MemRecords, RecordStore, SavePoint, Unsaved, Visit};
 pub use sled_records::{open_db, SledRecords};
-
-/// Records changed since the last save, encoded (`None`: removed).
-pub type Unsaved = HashMap<(Table, String), Option<Arc<str>>>;
 
 /// The state's records in a [`RecordStore`]; cheap to clone (the saver
 /// thread holds one).

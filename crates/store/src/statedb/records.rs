@@ -9,13 +9,14 @@
 //! point move together, in one atomic batch, so after a crash they always
 //! agree.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use crate::error::StoreError;
 use crate::state::Table;
 
-use super::Unsaved;
+/// Records changed since the last save, encoded (`None`: removed).
+pub type Unsaved = HashMap<(Table, String), Option<Arc<str>>>;
 
 /// The indexes the saved records are as of.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

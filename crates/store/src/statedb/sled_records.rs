@@ -6,8 +6,7 @@
 use crate::error::StoreError;
 use crate::state::Table;
 
-use super::records::{RecordStore, SavePoint, Visit};
-use super::Unsaved;
+use super::records::{RecordStore, SavePoint, Unsaved, Visit};
 
 const KEY_APPLIED: &[u8] = b"meta/applied";
 const KEY_UNBLOCK: &[u8] = b"meta/unblock";
