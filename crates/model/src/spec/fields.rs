@@ -196,6 +196,29 @@ pub(super) fn string_list(v: &Value, path: &str, errs: &mut Errors) -> Vec<Strin
         .collect()
 }
 
+/// One word of a closed set (`parse` says which), or an error naming the
+/// value, what it is not, and what is expected.
+pub(super) fn one_of<T>(
+    v: &Value,
+    path: &str,
+    what: &str,
+    expected: &str,
+    parse: impl Fn(&str) -> Option<T>,
+    errs: &mut Errors,
+) -> Option<T> {
+    let found = v.as_str().and_then(parse);
+    if found.is_none() {
+        errs.push(
+            path,
+            format!(
+                "{} is not a {what}; expected {expected}",
+                serde_json::to_string(v).unwrap_or_default()
+            ),
+        );
+    }
+    found
+}
+
 /// `true` or `false`; anything else is reported.
 pub(super) fn boolean(v: &Value, path: &str, errs: &mut Errors) -> Option<bool> {
     match v {

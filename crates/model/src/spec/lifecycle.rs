@@ -14,9 +14,9 @@ use crate::lifecycle::{
 };
 
 use super::fields::{
-    self, as_object, as_string, check_span, check_unknown, join, kind, scalar_text, string_list,
-    Errors, BACKOFF_FIELDS, EXEC_FIELDS, HTTP_FIELDS, PROBES_FIELDS, PROBE_FIELDS, RESTART_FIELDS,
-    SECURITY_FIELDS, TCP_FIELDS,
+    self, as_object, as_string, check_span, check_unknown, join, kind, one_of, scalar_text,
+    string_list, Errors, BACKOFF_FIELDS, EXEC_FIELDS, HTTP_FIELDS, PROBES_FIELDS, PROBE_FIELDS,
+    RESTART_FIELDS, SECURITY_FIELDS, TCP_FIELDS,
 };
 
 /// Shortest probe period accepted (Kubernetes' is 1 s; shorter periods
@@ -53,19 +53,14 @@ pub(super) fn parse_restart(v: &Value, path: &str, errs: &mut Errors) -> Option<
     check_unknown(obj, path, RESTART_FIELDS, errs);
     let policy = match obj.get("policy") {
         None => Some(RestartPolicy::default()),
-        Some(v) => match v.as_str().and_then(RestartPolicy::parse) {
-            Some(p) => Some(p),
-            None => {
-                errs.push(
-                    &join(path, "policy"),
-                    format!(
-                        "{} is not a restart policy; expected always, on-failure or never",
-                        serde_json::to_string(v).unwrap_or_default()
-                    ),
-                );
-                None
-            }
-        },
+        Some(v) => one_of(
+            v,
+            &join(path, "policy"),
+            "restart policy",
+            "always, on-failure or never",
+            RestartPolicy::parse,
+            errs,
+        ),
     };
     let backoff = match obj.get("backoff") {
         None => Some(Backoff::default()),
@@ -394,6 +389,7 @@ fn validate_probe(p: &Probe, name: &str, path: &str, errs: &mut Errors) {
 
 #[cfg(test)]
 mod tests {
+    use crate::spec::errors_of;
     use std::time::Duration;
 
     use crate::job::JobSpec;
@@ -413,13 +409,6 @@ task:
   stop_grace: 3s
   pids_limit: 64
 "#;
-
-    fn errors_of(text: &str) -> Vec<String> {
-        match JobSpec::from_yaml(text) {
-            Ok(spec) => panic!("expected errors, got {spec:?}"),
-            Err(e) => e.field_errors().iter().map(|e| e.to_string()).collect(),
-        }
-    }
 
     #[test]
     fn lifecycle_fields_parse_with_kubernetes_defaults_filled_in() {

@@ -180,6 +180,16 @@ fn check_dns_label(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Every error `from_yaml` reports for `text`, as the user reads them
+/// (the tests of each room of `spec/` use it).
+#[cfg(test)]
+fn errors_of(text: &str) -> Vec<String> {
+    match JobSpec::from_yaml(text) {
+        Ok(spec) => panic!("expected errors, got {spec:?}"),
+        Err(e) => e.field_errors().iter().map(|e| e.to_string()).collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,13 +205,6 @@ task:
   env: {GREETING: hi}
   resources: {cpu: 250m, memory: 64Mi}
 "#;
-
-    fn errors_of(text: &str) -> Vec<String> {
-        match JobSpec::from_yaml(text) {
-            Ok(spec) => panic!("expected errors, got {spec:?}"),
-            Err(e) => e.field_errors().iter().map(|e| e.to_string()).collect(),
-        }
-    }
 
     #[test]
     fn the_readme_example_parses() {

@@ -15,8 +15,8 @@ use crate::quantity::{format_memory, parse_cpu, parse_memory};
 use crate::resources::TaskResources;
 
 use super::fields::{
-    self, as_object, as_string, check_unknown, join, kind, scalar_text, string_list, Errors,
-    RESOURCE_FIELDS, TASK_FIELDS,
+    self, as_object, as_string, check_unknown, join, kind, one_of, scalar_text, string_list,
+    Errors, RESOURCE_FIELDS, TASK_FIELDS,
 };
 use super::{lifecycle, sched};
 
@@ -81,20 +81,18 @@ pub(super) fn parse_task(v: &Value, path: &str, errs: &mut Errors) -> Option<Tas
     };
     let network = match obj.get("network") {
         None => Some(NetworkMode::Host),
-        Some(v) => match v.as_str() {
-            Some("host") => Some(NetworkMode::Host),
-            Some("none") => Some(NetworkMode::None),
-            _ => {
-                errs.push(
-                    &join(path, "network"),
-                    format!(
-                        "{} is not a network mode; expected host or none",
-                        serde_json::to_string(v).unwrap_or_default()
-                    ),
-                );
-                None
-            }
-        },
+        Some(v) => one_of(
+            v,
+            &join(path, "network"),
+            "network mode",
+            "host or none",
+            |s| match s {
+                "host" => Some(NetworkMode::Host),
+                "none" => Some(NetworkMode::None),
+                _ => None,
+            },
+            errs,
+        ),
     };
     let restart = match obj.get("restart") {
         None => Some(RestartSpec::default()),
@@ -227,6 +225,7 @@ fn is_env_name(name: &str) -> bool {
 mod tests {
     use crate::job::{JobSpec, DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES};
     use crate::resources::TaskResources;
+    use crate::spec::errors_of;
 
     const HELLO: &str = r#"
 name: hello
@@ -235,13 +234,6 @@ task:
   image: oci:./images/busybox:latest
   resources: {cpu: 250m, memory: 64Mi}
 "#;
-
-    fn errors_of(text: &str) -> Vec<String> {
-        match JobSpec::from_yaml(text) {
-            Ok(spec) => panic!("expected errors, got {spec:?}"),
-            Err(e) => e.field_errors().iter().map(|e| e.to_string()).collect(),
-        }
-    }
 
     #[test]
     fn a_bad_quantity_names_the_field_and_the_rule() {

@@ -16,7 +16,9 @@ use crate::job::{
 use crate::lifecycle::RestartPolicy;
 use crate::workload::{MAX_BACKOFF_LIMIT, MAX_COMPLETIONS};
 
-use super::fields::{self, check_span, check_unknown, join, kind, number, Errors, UPDATE_FIELDS};
+use super::fields::{
+    self, check_span, check_unknown, join, kind, number, one_of, Errors, UPDATE_FIELDS,
+};
 /// Shortest healthy or progress deadline accepted.
 const MIN_DEADLINE: Duration = Duration::from_secs(1);
 /// Longest `min_healthy`, `healthy_deadline` or `progress_deadline`.
@@ -137,15 +139,16 @@ pub(super) fn parse_workload(obj: &Map<String, Value>, errs: &mut Errors) -> Wor
             number(v, "backoff_limit", 0, u64::from(MAX_BACKOFF_LIMIT), errs).map(|n| n as u32);
     }
     if let Some(v) = obj.get("gang_failure") {
-        match v.as_str().and_then(GangFailure::parse) {
-            Some(g) => w.gang_failure = g,
-            None => errs.push(
-                "gang_failure",
-                format!(
-                    "{} is not a gang failure policy; expected restart_gang (stop every replica and start the gang again) or fail",
-                    serde_json::to_string(v).unwrap_or_default()
-                ),
-            ),
+        let expected = "restart_gang (stop every replica and start the gang again) or fail";
+        if let Some(g) = one_of(
+            v,
+            "gang_failure",
+            "gang failure policy",
+            expected,
+            GangFailure::parse,
+            errs,
+        ) {
+            w.gang_failure = g;
         }
     }
     if let Some(v) = obj.get("master_port") {
@@ -345,15 +348,9 @@ pub(super) fn validate_workload(spec: &JobSpec, errs: &mut Errors) {
 #[cfg(test)]
 mod tests {
     use crate::job::{Amount, GangFailure, JobType};
+    use crate::spec::errors_of;
     use crate::{JobSpec, RestartPolicy};
     use std::time::Duration;
-
-    fn errors_of(text: &str) -> Vec<String> {
-        match JobSpec::from_yaml(text) {
-            Ok(spec) => panic!("expected errors, got {spec:?}"),
-            Err(e) => e.field_errors().iter().map(|e| e.to_string()).collect(),
-        }
-    }
 
     fn has(errs: &[String], prefix: &str) {
         assert!(
