@@ -301,8 +301,8 @@ fn with_gpus(base: &pb::RegisterRequest, gpus: &GpuNode) -> (pb::RegisterRequest
 /// accepts.
 async fn register_gpus(servers: &Servers, base: &pb::RegisterRequest, gpus: &GpuNode) {
     let (reg, generation) = with_gpus(base, gpus);
-    register(servers, &reg).await;
-    gpus.mark_registered(generation);
+    let index = register(servers, &reg).await;
+    gpus.mark_registered(generation, index);
 }
 
 /// Registers again whenever the GPUs or their health change: the only
@@ -322,13 +322,15 @@ async fn registration_loop(servers: Servers, base: pb::RegisterRequest, gpus: Ar
 }
 
 /// Registers until a server accepts.
-async fn register(servers: &Servers, reg: &pb::RegisterRequest) {
+/// Registers until a server accepts; returns the registration's Raft
+/// index.
+async fn register(servers: &Servers, reg: &pb::RegisterRequest) -> u64 {
     let mut backoff = Duration::from_millis(200);
     loop {
         match tokio::time::timeout(RPC_TIMEOUT, servers.client().register(reg.clone())).await {
-            Ok(Ok(_)) => {
+            Ok(Ok(resp)) => {
                 tracing::info!(node = %reg.name, "registered");
-                return;
+                return resp.into_inner().index;
             }
             Ok(Err(status)) => {
                 tracing::warn!(error = %status.message(), "registration failed; retrying");
@@ -435,7 +437,7 @@ async fn report(servers: &Servers, node: &str, updates: Vec<Observed>) -> bool {
                 message: u.message,
                 restart_count: u.restart_count,
                 healthy: u.healthy,
-                reason: u.reason,
+                reason: skiff_proto::reason_to_wire(&u.reason) as i32,
             })
             .collect(),
     };

@@ -131,18 +131,18 @@ impl Assembler {
     }
 }
 
-fn to_pb(s: Stream) -> pb::log_chunk::Stream {
+fn to_pb(s: Stream) -> pb::agent_logs_response::Stream {
     match s {
-        Stream::Stdout => pb::log_chunk::Stream::Stdout,
-        Stream::Stderr => pb::log_chunk::Stream::Stderr,
+        Stream::Stdout => pb::agent_logs_response::Stream::Stdout,
+        Stream::Stderr => pb::agent_logs_response::Stream::Stderr,
     }
 }
 
 /// Streams an allocation's log into `tx` (the body of `AgentApi.Logs`).
 pub async fn stream_logs(
     paths: Paths,
-    r: pb::LogsRequest,
-    tx: tokio::sync::mpsc::Sender<Result<pb::LogChunk, Status>>,
+    r: pb::AgentLogsRequest,
+    tx: tokio::sync::mpsc::Sender<Result<pb::AgentLogsResponse, Status>>,
 ) {
     let dir = paths.log_dir(&r.alloc_id);
     let state_dir = paths.state_dir(&r.alloc_id);
@@ -176,7 +176,7 @@ pub async fn stream_logs(
             first = false;
         }
         for (stream, data) in asm.take() {
-            let chunk = pb::LogChunk {
+            let chunk = pb::AgentLogsResponse {
                 stream: to_pb(stream) as i32,
                 data,
             };

@@ -43,13 +43,16 @@ fn check_id(id: &str) -> Result<(), Status> {
     }
 }
 
-type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
+type LogStream = Pin<Box<dyn Stream<Item = Result<pb::AgentLogsResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl<R: Runtime> pb::agent_api_server::AgentApi for AgentService<R> {
     type LogsStream = LogStream;
 
-    async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<LogStream>, Status> {
+    async fn logs(
+        &self,
+        req: Request<pb::AgentLogsRequest>,
+    ) -> Result<Response<LogStream>, Status> {
         let r = req.into_inner();
         check_id(&r.alloc_id)?;
         if !self.paths.log_dir(&r.alloc_id).is_dir() {
@@ -85,13 +88,14 @@ impl<R: Runtime> pb::agent_api_server::AgentApi for AgentService<R> {
             uuid,
             was_unhealthy: was.is_some(),
             reason: was.map(|w| w.reason).unwrap_or_default(),
+            index: self.gpus.registered_index(),
         }))
     }
 
     async fn exec(
         &self,
-        req: Request<pb::ExecRequest>,
-    ) -> Result<Response<pb::ExecResponse>, Status> {
+        req: Request<pb::AgentExecRequest>,
+    ) -> Result<Response<pb::AgentExecResponse>, Status> {
         let r = req.into_inner();
         check_id(&r.alloc_id)?;
         if r.command.first().is_none_or(|c| c.is_empty()) {
@@ -124,7 +128,7 @@ impl<R: Runtime> pb::agent_api_server::AgentApi for AgentService<R> {
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         tracing::info!(alloc = %r.alloc_id, program = %r.command[0], exit_code = out.exit_code, timed_out = out.timed_out, "exec");
-        Ok(Response::new(pb::ExecResponse {
+        Ok(Response::new(pb::AgentExecResponse {
             exit_code: out.exit_code,
             stdout: out.stdout,
             stderr: out.stderr,

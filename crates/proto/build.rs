@@ -1,9 +1,15 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files: Vec<_> = ["model.proto", "cluster.proto", "node.proto", "peer.proto"]
-        .iter()
-        .map(|f| root.join("skiff/v1").join(f))
-        .collect();
+    let files: Vec<_> = [
+        "model.proto",
+        "cluster.proto",
+        "node.proto",
+        "agent.proto",
+        "peer.proto",
+    ]
+    .iter()
+    .map(|f| root.join("skiff/v1").join(f))
+    .collect();
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }
@@ -14,9 +20,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .into(),
         );
     }
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    let descriptors = out.join("skiff_descriptor.bin");
     tonic_prost_build::configure()
         .btree_map(".")
+        .file_descriptor_set_path(&descriptors)
         .compile_protos(&files, &[root])?;
+    // serde impls that follow the proto3 JSON mapping, for the messages
+    // clients see as JSON (watch events).
+    pbjson_build::Builder::new()
+        .register_descriptors(&std::fs::read(&descriptors)?)?
+        .btree_map(["."])
+        .build(&[".skiff.v1"])?;
     Ok(())
 }
 

@@ -121,7 +121,7 @@ async fn writes_survive_leader_kill9s_and_the_history_is_linearizable() {
                         let r =
                             tokio::time::timeout(Duration::from_secs(12), cl.get_job(&key)).await;
                         let seen = match r {
-                            Ok(Ok(d)) => Some(d.job.map(|j| j.spec.task.env["V"].clone())),
+                            Ok(Ok(d)) => Some(Some(d.job.spec.task.env["V"].clone())),
                             Ok(Err(e)) if e.code() == Some(skiff_client::Code::NotFound) => {
                                 Some(None)
                             }
@@ -499,7 +499,7 @@ async fn a_watch_resumes_on_another_server_without_loss_or_repeats() {
     let mut got = Vec::new();
     while got.len() < 15 {
         let e = first.next().await.unwrap().unwrap();
-        got.push((e.index, e.kind.clone(), e.key.clone(), e.value.clone()));
+        got.push((e.index, e.kind.clone(), e.key.clone(), e.json.clone()));
     }
     cluster.kill9(a).await;
     for i in 20..40 {
@@ -530,12 +530,12 @@ async fn a_watch_resumes_on_another_server_without_loss_or_repeats() {
             .expect("the resumed watch stopped short of the last write")
             .unwrap()
             .unwrap();
-        got.push((e.index, e.kind.clone(), e.key.clone(), e.value.clone()));
+        got.push((e.index, e.kind.clone(), e.key.clone(), e.json.clone()));
     }
     let mut want = Vec::new();
     while want.len() < got.len() {
         let e = reference.next().await.unwrap().unwrap();
-        want.push((e.index, e.kind.clone(), e.key.clone(), e.value.clone()));
+        want.push((e.index, e.kind.clone(), e.key.clone(), e.json.clone()));
     }
     assert_eq!(got, want, "the resumed watch lost or repeated events");
     let writes: BTreeMap<String, usize> =

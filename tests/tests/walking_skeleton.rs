@@ -62,7 +62,7 @@ task:
     server.restart();
     let mut client = server.client().await;
     let detail = client.get_job("hello").await.unwrap();
-    assert_eq!(detail.job.as_ref().unwrap().spec, applied.job.spec);
+    assert_eq!(detail.job.spec, applied.job.spec);
     assert_eq!(detail.allocs.len(), 2);
     // The containers kept running through the server's death.
     let after: Vec<_> = agent.containers();
@@ -90,10 +90,8 @@ task:
         allocs.iter().all(|a| a.status == AllocStatus::Complete),
         "{allocs:#?}"
     );
-    assert!(matches!(
-        client.get_job("hello").await.map(|d| d.job),
-        Ok(None)
-    ));
+    let gone = client.get_job("hello").await.unwrap_err();
+    assert_eq!(gone.code(), Some(skiff_client::Code::NotFound), "{gone}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

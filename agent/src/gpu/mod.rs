@@ -83,6 +83,7 @@ pub struct GpuNode {
     shared: Mutex<Shared>,
     changed: watch::Sender<u64>,
     registered: watch::Sender<u64>,
+    registered_index: std::sync::atomic::AtomicU64,
     health_file: Option<PathBuf>,
     cdi_dirs: Vec<PathBuf>,
 }
@@ -127,6 +128,7 @@ impl GpuNode {
             }),
             changed: watch::Sender::new(1),
             registered: watch::Sender::new(0),
+            registered_index: std::sync::atomic::AtomicU64::new(0),
             health_file,
             cdi_dirs,
         }
@@ -200,8 +202,10 @@ impl GpuNode {
         *self.registered.borrow()
     }
 
-    /// The registration loop says which generation the servers have.
-    pub fn mark_registered(&self, generation: u64) {
+    /// The registration loop says which generation the servers have, and
+    /// the Raft index of the registration that carried it.
+    pub fn mark_registered(&self, generation: u64, index: u64) {
+        self.registered_index.fetch_max(index, Ordering::Relaxed);
         self.registered.send_if_modified(|g| {
             let newer = generation > *g;
             if newer {
@@ -209,6 +213,11 @@ impl GpuNode {
             }
             newer
         });
+    }
+
+    /// The Raft index of the latest registration the servers accepted.
+    pub fn registered_index(&self) -> u64 {
+        self.registered_index.load(Ordering::Relaxed)
     }
 
     /// Waits until the servers have `generation` (or `limit` passes).

@@ -6,14 +6,18 @@
 
 use std::time::Duration;
 
-use skiff_model::{
-    Allocation, Deployment, Job, JobSpec, JobVersion, Node, Resources, RolloutCounts,
-};
+use skiff_model::{Allocation, Deployment, Job, JobSpec, JobVersion};
 use skiff_proto::pb;
 use skiff_proto::WireError;
 use tonic::transport::{Channel, Endpoint};
 
 pub use tonic::Code;
+
+mod streams;
+mod types;
+
+pub use streams::{LogReader, Watch};
+pub use types::*;
 
 /// Default server address.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7700";
@@ -48,145 +52,8 @@ impl ClientError {
     }
 }
 
-/// Counts of a job's allocations by status.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct JobSummary {
-    /// Replicas of a service, parallelism of a batch job.
-    pub desired: u32,
-    pub pending: u32,
-    pub running: u32,
-    pub complete: u32,
-    pub failed: u32,
-    pub lost: u32,
-    /// Batch: completion slots that succeeded, out of `completions`.
-    pub succeeded: u32,
-    pub completions: u32,
-    /// Batch: failed runs of the current version, restarts included.
-    pub failed_runs: u32,
-    /// Batch: `running`, `complete` or `failed`; a service: its rollout's
-    /// status (empty without one).
-    pub state: String,
-}
-
-impl From<pb::JobSummary> for JobSummary {
-    fn from(s: pb::JobSummary) -> Self {
-        JobSummary {
-            desired: s.desired,
-            pending: s.pending,
-            running: s.running,
-            complete: s.complete,
-            failed: s.failed,
-            lost: s.lost,
-            succeeded: s.succeeded,
-            completions: s.completions,
-            failed_runs: s.failed_runs,
-            state: s.state,
-        }
-    }
-}
-
-/// A job's rollouts and versions, as `skiff rollout` shows them.
-#[derive(Debug, Clone)]
-pub struct RolloutInfo {
-    pub job: Job,
-    /// Oldest first; the last is the current rollout.
-    pub deployments: Vec<Deployment>,
-    pub counts: RolloutCounts,
-    /// Kept versions, oldest first.
-    pub history: Vec<JobVersion>,
-    pub summary: JobSummary,
-}
-
-impl RolloutInfo {
-    /// The job's current rollout.
-    pub fn current(&self) -> Option<&Deployment> {
-        self.deployments.last()
-    }
-}
-
-fn missing(field: &str) -> WireError {
+pub(crate) fn missing(field: &str) -> WireError {
     WireError(vec![skiff_model::FieldError::new(field, "is required")])
-}
-
-/// The latest evaluation of a job, as `describe` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EvalInfo {
-    pub id: String,
-    pub status: String,
-    pub trigger: String,
-    pub message: String,
-    /// The Raft index of its last change: a pending evaluation's rises with
-    /// every change that asks for the job to be planned again, and a
-    /// finished one's is the index it finished at.
-    pub modify_index: u64,
-}
-
-#[derive(Debug, Clone)]
-pub struct JobDetail {
-    /// `None` when the job was deleted but allocations remain.
-    pub job: Option<Job>,
-    pub summary: JobSummary,
-    pub allocs: Vec<Allocation>,
-    pub latest_eval: Option<EvalInfo>,
-}
-
-#[derive(Debug, Clone)]
-pub struct NodeInfo {
-    pub node: Node,
-    pub heartbeat_age: Option<Duration>,
-    pub used: Resources,
-    /// The node's latest GPU samples, as the answering server got them
-    /// with heartbeats (empty when it has none).
-    pub gpu_metrics: Vec<skiff_model::GpuMetrics>,
-    /// How old those samples are.
-    pub gpu_metrics_age: Option<Duration>,
-}
-
-/// The answer to a GPU reset.
-#[derive(Debug, Clone)]
-pub struct GpuReset {
-    /// The full UUID that was reset.
-    pub uuid: String,
-    /// It was unhealthy before, and why.
-    pub was_unhealthy: bool,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct Applied {
-    pub job: Job,
-    /// False when the stored spec was already identical.
-    pub changed: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogStream {
-    Stdout,
-    Stderr,
-}
-
-/// What `skiff exec` got back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecOutput {
-    pub exit_code: i32,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-    /// Output past the agent's limit (4 MiB per stream) was dropped.
-    pub truncated: bool,
-    /// The command ran past its timeout and was killed.
-    pub timed_out: bool,
-}
-
-/// How to read a log.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LogOptions {
-    /// Keep streaming until the container exits.
-    pub follow: bool,
-    /// Only the last N lines (0: all).
-    pub tail: u32,
-    pub stderr_only: bool,
-    /// Prefix each line with the time the node received it.
-    pub timestamps: bool,
 }
 
 #[derive(Clone)]
@@ -196,28 +63,8 @@ pub struct Client {
     stale: bool,
 }
 
-/// One control-plane server, as `skiff server members` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
-    pub id: u64,
-    pub api_addr: String,
-    pub peer_addr: String,
-    /// leader, follower, learner, candidate, or unreachable
-    pub role: String,
-    pub applied_index: Option<u64>,
-    pub voter: bool,
-}
-
-/// A change of the cluster's state, from `watch`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WatchEvent {
-    pub index: u64,
-    /// job, node, alloc, eval, server
-    pub kind: String,
-    pub key: String,
-    /// The object as JSON after the change; `None` when it was deleted.
-    pub value: Option<String>,
-}
+/// Items asked for per page when a client reads a whole list.
+const LIST_PAGE: u32 = 500;
 
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -303,77 +150,161 @@ impl Client {
             .await?
             .into_inner();
         Ok(JobDetail {
-            job: r.job.map(Job::try_from).transpose()?,
+            job: r.job.ok_or_else(|| missing("job"))?.try_into()?,
             summary: r.summary.unwrap_or_default().into(),
             allocs: r
                 .allocs
                 .into_iter()
                 .map(Allocation::try_from)
                 .collect::<Result<_, _>>()?,
-            latest_eval: r.latest_eval.map(|e| EvalInfo {
-                id: e.id,
-                status: match pb::EvalStatus::try_from(e.status) {
-                    Ok(pb::EvalStatus::Pending) => "pending",
-                    Ok(pb::EvalStatus::Complete) => "complete",
-                    Ok(pb::EvalStatus::Blocked) => "blocked",
-                    _ => "unknown",
-                }
-                .to_string(),
-                trigger: e.trigger,
-                message: e.message,
-                modify_index: e.modify_index,
-            }),
+            latest_eval: r
+                .latest_eval
+                .map(skiff_model::Evaluation::try_from)
+                .transpose()?
+                .map(|e| EvalInfo {
+                    id: e.id,
+                    status: e.status.as_str().to_string(),
+                    trigger: e.trigger.as_str().to_string(),
+                    message: e.message,
+                    modify_index: e.modify_index,
+                }),
         })
     }
 
+    /// Every job, with its summary (read a page at a time).
     pub async fn list_jobs(&mut self) -> Result<Vec<(Job, JobSummary)>, ClientError> {
-        let r = self
-            .cluster
-            .list_jobs(pb::ListJobsRequest { stale: self.stale })
-            .await?
-            .into_inner();
-        r.jobs
-            .into_iter()
-            .map(|item| {
-                let job = item
-                    .job
-                    .ok_or_else(|| {
-                        WireError(vec![skiff_model::FieldError::new("job", "is required")])
-                    })?
-                    .try_into()?;
-                Ok((job, item.summary.unwrap_or_default().into()))
-            })
-            .collect()
+        let mut all = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self.list_jobs_page(LIST_PAGE, token.take()).await?;
+            all.extend(page.items);
+            match page.next {
+                Some(next) => token = Some(next),
+                None => return Ok(all),
+            }
+        }
     }
 
-    /// Allocations, optionally only those of one job and/or one node.
+    /// One page of jobs, in name order; `token` is the last page's `next`.
+    pub async fn list_jobs_page(
+        &mut self,
+        page_size: u32,
+        token: Option<String>,
+    ) -> Result<Page<(Job, JobSummary)>, ClientError> {
+        let r = self
+            .cluster
+            .list_jobs(pb::ListJobsRequest {
+                stale: self.stale,
+                page_size,
+                page_token: token.unwrap_or_default(),
+            })
+            .await?
+            .into_inner();
+        let items = r
+            .jobs
+            .into_iter()
+            .map(|item| {
+                let job = item.job.ok_or_else(|| missing("job"))?.try_into()?;
+                Ok((job, item.summary.unwrap_or_default().into()))
+            })
+            .collect::<Result<_, ClientError>>()?;
+        Ok(Page {
+            items,
+            next: (!r.next_page_token.is_empty()).then_some(r.next_page_token),
+        })
+    }
+
+    /// Allocations, optionally only those of one job and/or one node (read
+    /// a page at a time), by job, then replica, then age.
     pub async fn list_allocs(
         &mut self,
         job: Option<&str>,
         node: Option<&str>,
     ) -> Result<Vec<Allocation>, ClientError> {
+        let mut all = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .list_allocs_page(job, node, LIST_PAGE, token.take())
+                .await?;
+            all.extend(page.items);
+            match page.next {
+                Some(next) => token = Some(next),
+                None => {
+                    all.sort_by(|a: &Allocation, b: &Allocation| {
+                        (&a.job, a.replica, a.create_index).cmp(&(
+                            &b.job,
+                            b.replica,
+                            b.create_index,
+                        ))
+                    });
+                    return Ok(all);
+                }
+            }
+        }
+    }
+
+    /// One page of allocations, in id order.
+    pub async fn list_allocs_page(
+        &mut self,
+        job: Option<&str>,
+        node: Option<&str>,
+        page_size: u32,
+        token: Option<String>,
+    ) -> Result<Page<Allocation>, ClientError> {
         let r = self
             .cluster
             .list_allocs(pb::ListAllocsRequest {
                 job: job.unwrap_or_default().into(),
                 node: node.unwrap_or_default().into(),
                 stale: self.stale,
+                page_size,
+                page_token: token.unwrap_or_default(),
             })
             .await?
             .into_inner();
-        Ok(r.allocs
-            .into_iter()
-            .map(Allocation::try_from)
-            .collect::<Result<_, _>>()?)
+        Ok(Page {
+            items: r
+                .allocs
+                .into_iter()
+                .map(Allocation::try_from)
+                .collect::<Result<_, _>>()?,
+            next: (!r.next_page_token.is_empty()).then_some(r.next_page_token),
+        })
     }
 
+    /// Every node (read a page at a time).
     pub async fn list_nodes(&mut self) -> Result<Vec<NodeInfo>, ClientError> {
+        let mut all = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self.list_nodes_page(LIST_PAGE, token.take()).await?;
+            all.extend(page.items);
+            match page.next {
+                Some(next) => token = Some(next),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// One page of nodes, in name order.
+    pub async fn list_nodes_page(
+        &mut self,
+        page_size: u32,
+        token: Option<String>,
+    ) -> Result<Page<NodeInfo>, ClientError> {
         let r = self
             .cluster
-            .list_nodes(pb::ListNodesRequest { stale: self.stale })
+            .list_nodes(pb::ListNodesRequest {
+                stale: self.stale,
+                page_size,
+                page_token: token.unwrap_or_default(),
+            })
             .await?
             .into_inner();
-        r.nodes
+        let next = (!r.next_page_token.is_empty()).then_some(r.next_page_token);
+        let items = r
+            .nodes
             .into_iter()
             .map(|item| {
                 Ok(NodeInfo {
@@ -389,7 +320,8 @@ impl Client {
                     gpu_metrics_age: item.gpu_metrics_age_ms.map(Duration::from_millis),
                 })
             })
-            .collect()
+            .collect::<Result<_, ClientError>>()?;
+        Ok(Page { items, next })
     }
 
     /// Cordons (`cordoned`), drains (`draining`, which implies cordoned)
@@ -498,12 +430,27 @@ impl Client {
         })
     }
 
-    pub async fn status(&mut self) -> Result<pb::StatusResponse, ClientError> {
-        Ok(self
+    pub async fn status(&mut self) -> Result<ServerStatus, ClientError> {
+        let s = self
             .cluster
             .status(pb::StatusRequest {})
             .await?
-            .into_inner())
+            .into_inner();
+        Ok(ServerStatus {
+            id: s.id,
+            leader_id: s.leader_id,
+            term: s.term,
+            commit_index: s.commit_index,
+            applied_index: s.applied_index,
+            version: s.version,
+            role: role_word(s.role).to_string(),
+            first_index: s.first_index,
+            last_index: s.last_index,
+            snapshot_index: s.snapshot_index,
+            voters: s.voters,
+            learners: s.learners,
+            state_digest: s.state_digest,
+        })
     }
 
     /// The control-plane servers and the current leader's id (0: none).
@@ -520,7 +467,7 @@ impl Client {
                 id: m.id,
                 api_addr: m.api_addr,
                 peer_addr: m.peer_addr,
-                role: m.role,
+                role: role_word(m.role).to_string(),
                 applied_index: m.applied_index,
                 voter: m.voter,
             })
@@ -569,11 +516,23 @@ impl Client {
         name: &str,
         action: &str,
     ) -> Result<Option<Deployment>, ClientError> {
+        let action = match action {
+            "pause" => pb::RolloutAction::Pause,
+            "resume" => pb::RolloutAction::Resume,
+            "promote" => pb::RolloutAction::Promote,
+            other => {
+                return Err(ClientError::Status(tonic::Status::invalid_argument(
+                    format!(
+                    "action: {other:?} is not a rollout action; expected pause, resume or promote"
+                ),
+                )))
+            }
+        };
         let r = self
             .cluster
             .control_rollout(pb::ControlRolloutRequest {
                 name: name.into(),
-                action: action.into(),
+                action: action as i32,
             })
             .await?
             .into_inner();
@@ -616,58 +575,40 @@ impl Client {
 
     /// Changes after `from_index` (0: from now on), oldest first.
     pub async fn watch(&mut self, from_index: u64) -> Result<Watch, ClientError> {
+        self.watch_with(WatchOptions {
+            from_index,
+            ..WatchOptions::default()
+        })
+        .await
+    }
+
+    /// Changes the options ask for, oldest first.
+    pub async fn watch_with(&mut self, o: WatchOptions) -> Result<Watch, ClientError> {
+        let mut kinds = Vec::new();
+        for k in &o.kinds {
+            match OBJECT_KINDS.iter().find(|(word, _)| word == k) {
+                Some((_, kind)) => kinds.push(*kind as i32),
+                None => {
+                    return Err(ClientError::Status(tonic::Status::invalid_argument(
+                        format!(
+                            "kinds: {k:?} is not a kind; expected one of {}",
+                            OBJECT_KINDS.map(|(w, _)| w).join(", ")
+                        ),
+                    )))
+                }
+            }
+        }
         let stream = self
             .cluster
-            .watch(pb::WatchRequest { from_index })
+            .watch(pb::WatchRequest {
+                from_index: o.from_index,
+                kinds,
+                job: o.job.unwrap_or_default(),
+                node: o.node.unwrap_or_default(),
+            })
             .await?
             .into_inner();
         Ok(Watch { stream })
-    }
-}
-
-/// A stream of [`WatchEvent`]s.
-pub struct Watch {
-    stream: tonic::Streaming<pb::WatchEvent>,
-}
-
-impl Watch {
-    pub async fn next(&mut self) -> Result<Option<WatchEvent>, ClientError> {
-        Ok(self.stream.message().await?.map(|e| WatchEvent {
-            index: e.index,
-            kind: e.kind,
-            key: e.key,
-            value: (!e.deleted).then_some(e.value_json),
-        }))
-    }
-}
-
-/// Pieces of a log as they arrive.
-pub struct LogReader {
-    stream: tonic::Streaming<pb::LogChunk>,
-}
-
-impl LogReader {
-    pub async fn next(&mut self) -> Result<Option<(LogStream, Vec<u8>)>, ClientError> {
-        Ok(self.stream.message().await?.map(|c| {
-            let which = if c.stream == pb::log_chunk::Stream::Stderr as i32 {
-                LogStream::Stderr
-            } else {
-                LogStream::Stdout
-            };
-            (which, c.data)
-        }))
-    }
-
-    /// Reads everything (for a log that is not followed).
-    pub async fn collect(mut self) -> Result<(Vec<u8>, Vec<u8>), ClientError> {
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        while let Some((which, data)) = self.next().await? {
-            match which {
-                LogStream::Stdout => out.extend(data),
-                LogStream::Stderr => err.extend(data),
-            }
-        }
-        Ok((out, err))
     }
 }
 

@@ -10,11 +10,12 @@
 #[allow(clippy::all, missing_docs, unreachable_pub)]
 pub mod pb {
     tonic::include_proto!("skiff.v1");
+    include!(concat!(env!("OUT_DIR"), "/skiff.v1.serde.rs"));
 }
 
 mod convert;
 
-pub use convert::{alloc_status_from_wire, gpu_link_from_wire, WireError};
+pub use convert::*;
 
 /// Most bytes of output one exec returns per stream; more is dropped and
 /// flagged as truncated.

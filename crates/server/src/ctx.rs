@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use skiff_store::{Command, Outcome, ServerInfo, Store, StoreError};
+use skiff_store::{Applied, Command, Outcome, ServerInfo, Store, StoreError};
 use tonic::Status;
 
 use crate::heartbeats::{Heartbeats, LivenessConfig};
@@ -34,6 +34,12 @@ impl Ctx {
     /// known; reports a write whose fate is unknown (the leader changed
     /// before it was applied here) as indeterminate rather than retrying it.
     pub async fn propose(&self, cmd: &Command) -> Result<Outcome, Status> {
+        Ok(self.commit(cmd).await?.outcome)
+    }
+
+    /// [`Ctx::propose`], also saying at which Raft index the command was
+    /// applied (what write responses report as their `index`).
+    pub async fn commit(&self, cmd: &Command) -> Result<Applied, Status> {
         let data = skiff_store::command::encode(cmd);
         let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
         loop {

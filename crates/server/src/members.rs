@@ -34,8 +34,9 @@ fn known_servers(ctx: &Ctx) -> Vec<pb::ServerAddress> {
 pub async fn change_at_leader(
     ctx: &Ctx,
     req: pb::MembershipRequest,
-) -> Result<Vec<pb::ServerAddress>, Status> {
+) -> Result<(Vec<pb::ServerAddress>, u64), Status> {
     let status = ctx.store.status();
+    let mut index = ctx.store.state().index;
     match req.change {
         Some(pb::membership_request::Change::Add(s)) => {
             if s.id == 0 {
@@ -65,7 +66,8 @@ pub async fn change_at_leader(
             } else {
                 ctx.peers.learn(info.id, &info.peer_addr);
                 tracing::info!(id = info.id, peer = %info.peer_addr, "adding a server as a learner");
-                ctx.store
+                index = ctx
+                    .store
                     .change_membership(vec![(info.id, ConfChangeType::AddLearnerNode)], Some(info))
                     .await
                     .map_err(membership_error)?;
@@ -86,14 +88,15 @@ pub async fn change_at_leader(
                 return Err(not_leader_status());
             }
             tracing::info!(id, "removing a server");
-            ctx.store
+            index = ctx
+                .store
                 .change_membership(vec![(id, ConfChangeType::RemoveNode)], None)
                 .await
                 .map_err(membership_error)?;
         }
         None => return Err(Status::invalid_argument("change: is required")),
     }
-    Ok(known_servers(ctx))
+    Ok((known_servers(ctx), index))
 }
 
 fn membership_error(e: StoreError) -> Status {
@@ -138,7 +141,7 @@ async fn hand_over_leadership(ctx: &Ctx) -> Result<(), Status> {
 pub async fn change(
     ctx: &Ctx,
     req: pb::MembershipRequest,
-) -> Result<Vec<pb::ServerAddress>, Status> {
+) -> Result<(Vec<pb::ServerAddress>, u64), Status> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let status = ctx.store.status();
@@ -151,12 +154,15 @@ pub async fn change(
             pb::peer_client::PeerClient::new(channel)
                 .change_membership(req.clone())
                 .await
-                .map(|r| r.into_inner().servers)
+                .map(|r| {
+                    let r = r.into_inner();
+                    (r.servers, r.index)
+                })
         } else {
             Err(Status::unavailable("no leader known yet"))
         };
         match attempt {
-            Ok(servers) => return Ok(servers),
+            Ok(done) => return Ok(done),
             Err(s)
                 if matches!(
                     s.code(),
@@ -285,7 +291,7 @@ async fn try_join(ctx: &Ctx, url: &str) -> Result<(), String> {
         })
         .await
         .map_err(|s| s.message().to_string())?;
-    for s in resp.into_inner().servers {
+    for s in resp.into_inner().members {
         ctx.peers.learn(s.id, &s.peer_addr);
     }
     Ok(())
@@ -314,13 +320,13 @@ pub async fn list(ctx: &Ctx) -> pb::MembersResponse {
         asks.push(tokio::spawn(async move {
             let answer = if id == ctx.me.id {
                 let s = ctx.store.status();
-                Some((role_name(&s, id), s.applied))
+                Some((role_of(&s, id) as i32, s.applied))
             } else {
                 ask_status(&info.api_addr).await
             };
             let (role, applied) = match answer {
                 Some((role, applied)) => (role, Some(applied)),
-                None => ("unreachable".to_string(), None),
+                None => (pb::ServerRole::Unreachable as i32, None),
             };
             pb::Member {
                 id,
@@ -344,15 +350,19 @@ pub async fn list(ctx: &Ctx) -> pb::MembersResponse {
     }
 }
 
-pub fn role_name(s: &skiff_store::RaftStatus, id: u64) -> String {
+/// Server `id`'s role as `s` (its own status) says.
+pub fn role_of(s: &skiff_store::RaftStatus, id: u64) -> pb::ServerRole {
     if s.learners.contains(&id) {
-        "learner".into()
-    } else {
-        s.role.as_str().into()
+        return pb::ServerRole::Learner;
+    }
+    match s.role {
+        Role::Leader => pb::ServerRole::Leader,
+        Role::Follower => pb::ServerRole::Follower,
+        Role::Candidate => pb::ServerRole::Candidate,
     }
 }
 
-async fn ask_status(api_addr: &str) -> Option<(String, u64)> {
+async fn ask_status(api_addr: &str) -> Option<(i32, u64)> {
     if api_addr.is_empty() {
         return None;
     }

@@ -166,8 +166,9 @@ impl pb::node_api_server::NodeApi for NodeService {
                 cuda_version: r.cuda_version.chars().take(32).collect(),
             },
         };
-        self.ctx
-            .propose(&Command::RegisterNode { registration })
+        let applied = self
+            .ctx
+            .commit(&Command::RegisterNode { registration })
             .await?;
         let nodes = self.ctx.store.state().nodes.len();
         self.ctx
@@ -175,7 +176,7 @@ impl pb::node_api_server::NodeApi for NodeService {
             .beat(&r.name, self.ctx.liveness.ttl(nodes));
         tracing::info!(node = %r.name, "node registered");
         Ok(Response::new(pb::RegisterResponse {
-            index: self.ctx.store.state().index,
+            index: applied.index,
         }))
     }
 
@@ -284,18 +285,20 @@ impl pb::node_api_server::NodeApi for NodeService {
                 message: u.message.chars().take(1024).collect(),
                 restart_count: u.restart_count,
                 healthy: u.healthy,
-                reason: u.reason.chars().take(64).collect(),
+                reason: skiff_proto::reason_from_wire(u.reason, &format!("updates[{i}].reason"))
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
             });
         }
-        self.ctx
-            .propose(&Command::UpdateAllocStatus {
+        let applied = self
+            .ctx
+            .commit(&Command::UpdateAllocStatus {
                 node: r.node,
                 updates,
                 at_ms: crate::ctx::now_ms(),
             })
             .await?;
         Ok(Response::new(pb::UpdateAllocStatusResponse {
-            index: self.ctx.store.state().index,
+            index: applied.index,
         }))
     }
 }

@@ -92,7 +92,8 @@ impl pb::peer_server::Peer for PeerService {
         if !self.ctx.store.is_leader() {
             return Err(not_leader_status());
         }
-        let servers = crate::members::change_at_leader(&self.ctx, req.into_inner()).await?;
-        Ok(Response::new(pb::MembershipResponse { servers }))
+        let (servers, index) =
+            crate::members::change_at_leader(&self.ctx, req.into_inner()).await?;
+        Ok(Response::new(pb::MembershipResponse { servers, index }))
     }
 }

@@ -385,7 +385,8 @@ async fn gpu_jobs_get_tight_gpu_sets_and_higher_priorities_preempt() {
     // The victim's job is evaluated again and waits for room.
     let b = wait_job(ch.clone(), "batch", "re-evaluated", |r| {
         r.latest_eval.as_ref().is_some_and(|e| {
-            e.trigger == "preemption" && e.status == pb::EvalStatus::Blocked as i32
+            e.trigger == pb::EvalTrigger::Preemption as i32
+                && e.status == pb::EvalStatus::Blocked as i32
         })
     })
     .await;

@@ -38,7 +38,7 @@ use crate::events::EventLog;
 use crate::log::RaftLog;
 use crate::member::{RaftConfig, RaftStatus, Role, Transport};
 use crate::saver::Saver;
-use crate::state::{Outcome, State};
+use crate::state::{Applied, State};
 use crate::statedb::StateDb;
 
 mod apply;
@@ -57,12 +57,12 @@ struct ConfChangeContext {
 pub(crate) enum Request {
     Propose {
         data: Vec<u8>,
-        reply: oneshot::Sender<Result<Outcome, StoreError>>,
+        reply: oneshot::Sender<Result<Applied, StoreError>>,
     },
     ConfChange {
         changes: Vec<(u64, ConfChangeType)>,
         server: Option<ServerInfo>,
-        reply: oneshot::Sender<Result<(), StoreError>>,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
     },
     ReadIndex {
         reply: oneshot::Sender<Result<u64, StoreError>>,
@@ -212,10 +212,10 @@ struct Driver {
     transport: Arc<dyn Transport>,
     applied_tx: watch::Sender<u64>,
     status_tx: watch::Sender<RaftStatus>,
-    pending: HashMap<u64, Reply<Outcome>>,
+    pending: HashMap<u64, Reply<Applied>>,
     /// Proposals taken since the last `flush_proposals`.
-    proposals: Vec<(u64, Vec<u8>, Reply<Outcome>)>,
-    pending_conf: HashMap<u64, Reply<()>>,
+    proposals: Vec<(u64, Vec<u8>, Reply<Applied>)>,
+    pending_conf: HashMap<u64, Reply<u64>>,
     pending_reads: HashMap<u64, (Instant, Reply<u64>)>,
     next_id: u64,
     tick: Duration,

@@ -21,7 +21,7 @@ use crate::error::StoreError;
 use crate::events::{Compacted, Event};
 use crate::log::RaftLog;
 use crate::member::{Bootstrap, RaftConfig, RaftStatus, Role, Transport};
-use crate::state::{Outcome, State};
+use crate::state::{Applied, Outcome, State};
 use crate::statedb::StateDb;
 
 /// A cheap, clonable handle on the replicated store.
@@ -107,12 +107,15 @@ impl Store {
     /// answered when this server applies it. Waits (up to the propose
     /// timeout) for a leader when none is known yet.
     pub async fn propose(&self, command: &Command) -> Result<Outcome, StoreError> {
-        self.propose_encoded(command::encode(command)).await
+        Ok(self
+            .propose_encoded(command::encode(command))
+            .await?
+            .outcome)
     }
 
     /// [`Store::propose`] for a command already encoded (forwarded by a
     /// follower).
-    pub async fn propose_encoded(&self, data: Vec<u8>) -> Result<Outcome, StoreError> {
+    pub async fn propose_encoded(&self, data: Vec<u8>) -> Result<Applied, StoreError> {
         self.wait_for_leader(self.propose_timeout).await?;
         let (reply, rx) = oneshot::channel();
         self.send(Request::Propose { data, reply })?;
@@ -124,12 +127,13 @@ impl Store {
     }
 
     /// Proposes a membership change (this server must lead) and waits until
-    /// it is applied. `server` carries the addresses of a server being added.
+    /// it is applied; returns the Raft index of its entry. `server` carries
+    /// the addresses of a server being added.
     pub async fn change_membership(
         &self,
         changes: Vec<(u64, ConfChangeType)>,
         server: Option<ServerInfo>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.send(Request::ConfChange {
             changes,

@@ -36,4 +36,4 @@ pub use events::{Compacted, Event};
 pub use handle::Store;
 pub use member::{Bootstrap, RaftConfig, RaftStatus, Role, Transport, SNAPSHOT_ENTRIES};
 pub use raft::eraftpb::{ConfChangeType, Message as RaftMessage};
-pub use state::{Outcome, Refusal, State, Table};
+pub use state::{Applied, Outcome, Refusal, State, Table};

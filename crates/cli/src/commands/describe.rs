@@ -313,145 +313,139 @@ async fn describe_job(name: &str, client: &ClientOpts) -> anyhow::Result<()> {
     let name = name.to_string();
     let d = connect(client).await?.get_job(&name).await?;
     let mut out = String::new();
-    match &d.job {
-        Some(job) => {
-            let t = &job.spec.task;
-            out.push_str(&format!("Name:       {}\n", job.spec.name));
-            out.push_str(&format!("Type:       {}\n", job.spec.job_type.as_str()));
-            out.push_str(&format!("Version:    {}\n", job.version));
-            let s = &job.spec;
-            if s.is_batch() {
-                out.push_str(&format!(
-                    "Batch:      {} ({} of {} succeeded, {} failed run(s), backoff_limit {}, parallelism {})\n",
-                    if d.summary.state.is_empty() { "-" } else { &d.summary.state },
-                    d.summary.succeeded,
-                    d.summary.completions,
-                    d.summary.failed_runs,
-                    s.backoff_limit(),
-                    s.parallelism()
-                ));
-            } else if d.summary.state == "awaiting promotion" {
-                out.push_str(&format!(
-                    "Rollout:    canaries awaiting promotion (`skiff rollout promote {0}` goes on, `skiff rollout undo {0}` abandons them)\n",
-                    s.name
-                ));
-            } else if !d.summary.state.is_empty() {
-                out.push_str(&format!(
-                    "Rollout:    {} (`skiff rollout status {}`)\n",
-                    d.summary.state, s.name
-                ));
-            }
-            if s.rolls_out() {
-                let u = &s.update;
-                let (down, up) = s.rolling_limits();
-                out.push_str(&format!(
-                    "Update:     max_unavailable {} ({down}), max_surge {} ({up}), min_healthy {}, healthy_deadline {}, progress_deadline {}, auto_rollback {}{}\n",
-                    u.max_unavailable,
-                    u.max_surge,
-                    format_duration(u.min_healthy),
-                    format_duration(u.healthy_deadline),
-                    format_duration(u.progress_deadline),
-                    if u.auto_rollback { "on" } else { "off" },
-                    if u.canary > 0 { format!(", canary {}", u.canary) } else { String::new() }
-                ));
-            }
+    let job = &d.job;
+    let t = &job.spec.task;
+    out.push_str(&format!("Name:       {}\n", job.spec.name));
+    out.push_str(&format!("Type:       {}\n", job.spec.job_type.as_str()));
+    out.push_str(&format!("Version:    {}\n", job.version));
+    let s = &job.spec;
+    if s.is_batch() {
+        out.push_str(&format!(
+            "Batch:      {} ({} of {} succeeded, {} failed run(s), backoff_limit {}, parallelism {})\n",
+            if d.summary.state.is_empty() { "-" } else { &d.summary.state },
+            d.summary.succeeded,
+            d.summary.completions,
+            d.summary.failed_runs,
+            s.backoff_limit(),
+            s.parallelism()
+        ));
+    } else if d.summary.state == "awaiting promotion" {
+        out.push_str(&format!(
+            "Rollout:    canaries awaiting promotion (`skiff rollout promote {0}` goes on, `skiff rollout undo {0}` abandons them)\n",
+            s.name
+        ));
+    } else if !d.summary.state.is_empty() {
+        out.push_str(&format!(
+            "Rollout:    {} (`skiff rollout status {}`)\n",
+            d.summary.state, s.name
+        ));
+    }
+    if s.rolls_out() {
+        let u = &s.update;
+        let (down, up) = s.rolling_limits();
+        out.push_str(&format!(
+            "Update:     max_unavailable {} ({down}), max_surge {} ({up}), min_healthy {}, healthy_deadline {}, progress_deadline {}, auto_rollback {}{}\n",
+            u.max_unavailable,
+            u.max_surge,
+            format_duration(u.min_healthy),
+            format_duration(u.healthy_deadline),
+            format_duration(u.progress_deadline),
+            if u.auto_rollback { "on" } else { "off" },
+            if u.canary > 0 { format!(", canary {}", u.canary) } else { String::new() }
+        ));
+    }
+    out.push_str(&format!(
+        "Replicas:   {} desired, {} running, {} pending, {} complete, {} failed, {} lost\n",
+        d.summary.desired,
+        d.summary.running,
+        d.summary.pending,
+        d.summary.complete,
+        d.summary.failed,
+        d.summary.lost
+    ));
+    out.push_str(&format!("Image:      {}\n", t.image));
+    if !t.command.is_empty() {
+        out.push_str(&format!("Command:    {:?}\n", t.command));
+    }
+    if !t.args.is_empty() {
+        out.push_str(&format!("Args:       {:?}\n", t.args));
+    }
+    out.push_str(&format!("Resources:  {}\n", resources_text(&t.resources)));
+    let s = &job.spec;
+    out.push_str(&format!("Priority:   {}\n", s.priority));
+    if s.gang {
+        out.push_str(&format!(
+            "Gang:       yes (all replicas are placed together or none; on a failure: {}; MASTER_PORT {})\n",
+            s.gang_failure.as_str(),
+            s.master_port()
+        ));
+    }
+    if !s.constraints.is_empty() {
+        let c: Vec<String> = s.constraints.iter().map(|c| c.to_string()).collect();
+        out.push_str(&format!("Constraints: {}\n", c.join("; ")));
+    }
+    if s.distinct_hosts {
+        out.push_str("Distinct hosts: yes\n");
+    }
+    if let Some(sp) = &s.spread {
+        out.push_str(&format!(
+            "Spread:     over {} (max_skew {})\n",
+            sp.label, sp.max_skew
+        ));
+    }
+    if !s.affinities.is_empty() {
+        let a: Vec<String> = s
+            .affinities
+            .iter()
+            .map(|a| format!("{} (weight {})", a.rule, a.weight))
+            .collect();
+        out.push_str(&format!("Affinities: {}\n", a.join("; ")));
+    }
+    out.push_str(&format!("Network:    {}\n", t.network.as_str()));
+    let b = &t.restart.backoff;
+    out.push_str(&format!(
+        "Restart:    {} (back-off {} doubling to {}, reset after {})\n",
+        t.restart.policy.as_str(),
+        format_duration(b.initial),
+        format_duration(b.max),
+        format_duration(b.reset_after)
+    ));
+    for (name, p) in [
+        ("startup", &t.probes.startup),
+        ("liveness", &t.probes.liveness),
+        ("readiness", &t.probes.readiness),
+    ] {
+        if let Some(p) = p {
             out.push_str(&format!(
-                "Replicas:   {} desired, {} running, {} pending, {} complete, {} failed, {} lost\n",
-                d.summary.desired,
-                d.summary.running,
-                d.summary.pending,
-                d.summary.complete,
-                d.summary.failed,
-                d.summary.lost
+                "Probe:      {name} {} every {}, timeout {}, {} to pass, {} to fail\n",
+                p.action,
+                format_duration(p.period),
+                format_duration(p.timeout),
+                p.success_threshold,
+                p.failure_threshold
             ));
-            out.push_str(&format!("Image:      {}\n", t.image));
-            if !t.command.is_empty() {
-                out.push_str(&format!("Command:    {:?}\n", t.command));
-            }
-            if !t.args.is_empty() {
-                out.push_str(&format!("Args:       {:?}\n", t.args));
-            }
-            out.push_str(&format!("Resources:  {}\n", resources_text(&t.resources)));
-            let s = &job.spec;
-            out.push_str(&format!("Priority:   {}\n", s.priority));
-            if s.gang {
-                out.push_str(&format!(
-                    "Gang:       yes (all replicas are placed together or none; on a failure: {}; MASTER_PORT {})\n",
-                    s.gang_failure.as_str(),
-                    s.master_port()
-                ));
-            }
-            if !s.constraints.is_empty() {
-                let c: Vec<String> = s.constraints.iter().map(|c| c.to_string()).collect();
-                out.push_str(&format!("Constraints: {}\n", c.join("; ")));
-            }
-            if s.distinct_hosts {
-                out.push_str("Distinct hosts: yes\n");
-            }
-            if let Some(sp) = &s.spread {
-                out.push_str(&format!(
-                    "Spread:     over {} (max_skew {})\n",
-                    sp.label, sp.max_skew
-                ));
-            }
-            if !s.affinities.is_empty() {
-                let a: Vec<String> = s
-                    .affinities
-                    .iter()
-                    .map(|a| format!("{} (weight {})", a.rule, a.weight))
-                    .collect();
-                out.push_str(&format!("Affinities: {}\n", a.join("; ")));
-            }
-            out.push_str(&format!("Network:    {}\n", t.network.as_str()));
-            let b = &t.restart.backoff;
-            out.push_str(&format!(
-                "Restart:    {} (back-off {} doubling to {}, reset after {})\n",
-                t.restart.policy.as_str(),
-                format_duration(b.initial),
-                format_duration(b.max),
-                format_duration(b.reset_after)
-            ));
-            for (name, p) in [
-                ("startup", &t.probes.startup),
-                ("liveness", &t.probes.liveness),
-                ("readiness", &t.probes.readiness),
-            ] {
-                if let Some(p) = p {
-                    out.push_str(&format!(
-                        "Probe:      {name} {} every {}, timeout {}, {} to pass, {} to fail\n",
-                        p.action,
-                        format_duration(p.period),
-                        format_duration(p.timeout),
-                        p.success_threshold,
-                        p.failure_threshold
-                    ));
-                }
-            }
-            let s = &t.security;
-            if !s.is_default() {
-                let mut parts = Vec::new();
-                if s.read_only_rootfs {
-                    parts.push("read-only rootfs".to_string());
-                }
-                if let Some(u) = s.user {
-                    parts.push(format!("user {u}"));
-                }
-                if !s.cap_add.is_empty() {
-                    parts.push(format!("cap_add {}", s.cap_add.join(",")));
-                }
-                if !s.cap_drop.is_empty() {
-                    parts.push(format!("cap_drop {}", s.cap_drop.join(",")));
-                }
-                out.push_str(&format!("Security:   {}\n", parts.join("; ")));
-            }
-            if !t.env.is_empty() {
-                let keys: Vec<&str> = t.env.keys().map(String::as_str).collect();
-                out.push_str(&format!("Env:        {}\n", keys.join(", ")));
-            }
         }
-        None => out.push_str(&format!(
-            "Name:       {name} (deleted; allocations remain)\n"
-        )),
+    }
+    let s = &t.security;
+    if !s.is_default() {
+        let mut parts = Vec::new();
+        if s.read_only_rootfs {
+            parts.push("read-only rootfs".to_string());
+        }
+        if let Some(u) = s.user {
+            parts.push(format!("user {u}"));
+        }
+        if !s.cap_add.is_empty() {
+            parts.push(format!("cap_add {}", s.cap_add.join(",")));
+        }
+        if !s.cap_drop.is_empty() {
+            parts.push(format!("cap_drop {}", s.cap_drop.join(",")));
+        }
+        out.push_str(&format!("Security:   {}\n", parts.join("; ")));
+    }
+    if !t.env.is_empty() {
+        let keys: Vec<&str> = t.env.keys().map(String::as_str).collect();
+        out.push_str(&format!("Env:        {}\n", keys.join(", ")));
     }
     if let Some(e) = &d.latest_eval {
         out.push_str(&format!("Evaluation: {} ({})\n", e.status, e.trigger));

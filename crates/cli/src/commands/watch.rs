@@ -7,15 +7,27 @@ use crate::args::ClientOpts;
 use crate::output::{emit, print_list, Format};
 
 #[derive(Args)]
+#[command(after_help = "Examples:\n  \
+    skiff watch --job web                 everything about job web\n  \
+    skiff watch --kind allocation --node gpu-3 -o json\n  \
+    skiff watch --from 1234               resume after the last index seen\n\
+    Kinds: job, node, allocation, evaluation, deployment, job_version, server.")]
 pub struct WatchArgs {
     /// Print changes after this index (default: from now on). Use the last
     /// index printed to resume, on any server.
     #[arg(long, value_name = "INDEX", default_value_t = 0)]
     from: u64,
-    /// Only changes of this kind.
-    #[arg(long, value_parser = ["job", "node", "alloc", "eval", "server", "deployment", "history"])]
-    kind: Option<String>,
-    /// Print each event as one JSON line.
+    /// Only changes of these kinds (repeat, or separate with commas).
+    #[arg(long, value_delimiter = ',', value_parser = skiff_client::OBJECT_KINDS.map(|(w, _)| w))]
+    kind: Vec<String>,
+    /// Only the job, its allocations, evaluations, rollouts and versions.
+    #[arg(long)]
+    job: Option<String>,
+    /// Only the node and the allocations on it.
+    #[arg(long)]
+    node: Option<String>,
+    /// `json` prints each event as one line: index, kind, key, deleted and
+    /// the object in the proto3 JSON mapping.
     #[arg(short, long, value_enum, default_value = "table")]
     output: Format,
     #[command(flatten)]
@@ -24,32 +36,36 @@ pub struct WatchArgs {
 
 pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
     let mut client = connect(&args.client).await?;
-    let mut events = client.watch(args.from).await?;
+    let mut events = client
+        .watch_with(skiff_client::WatchOptions {
+            from_index: args.from,
+            kinds: args.kind,
+            job: args.job,
+            node: args.node,
+        })
+        .await?;
     while let Some(e) = events.next().await? {
-        if args.kind.as_deref().is_some_and(|k| k != e.kind) {
-            continue;
-        }
         let line = match args.output {
             Format::Table => format!(
-                "{:>8}  {:<6} {:<34} {}\n",
+                "{:>8}  {:<11} {:<34} {}\n",
                 e.index,
                 e.kind,
                 e.key,
-                if e.value.is_some() {
+                if e.json.is_some() {
                     "updated"
                 } else {
                     "deleted"
                 }
             ),
             _ => {
-                let value: serde_json::Value = e
-                    .value
+                let object: serde_json::Value = e
+                    .json
                     .as_deref()
                     .and_then(|v| serde_json::from_str(v).ok())
                     .unwrap_or(serde_json::Value::Null);
                 format!(
                     "{}\n",
-                    serde_json::json!({"index": e.index, "kind": e.kind, "key": e.key, "deleted": e.value.is_none(), "value": value})
+                    serde_json::json!({"index": e.index, "kind": e.kind, "key": e.key, "deleted": e.json.is_none(), "object": object})
                 )
             }
         };

@@ -30,7 +30,7 @@ mod properties;
 use serde_json::Value;
 
 use crate::error::{FieldError, SpecError};
-use crate::job::{JobSpec, DEFAULT_PRIORITY, MAX_REPLICAS};
+use crate::job::{JobSpec, TaskSpec, DEFAULT_PRIORITY, MAX_REPLICAS};
 
 use fields::{as_string, check_unknown, kind, Errors, JOB_FIELDS};
 
@@ -52,6 +52,14 @@ impl JobSpec {
         parse_job(&value)
     }
 
+    /// Reads a job from the untyped tree of its YAML form (what
+    /// `from_yaml` reads after the YAML syntax), filling in left-out fields
+    /// and checking every rule. The gRPC API turns its messages into this
+    /// tree, so a spec means the same whichever way it came.
+    pub fn from_value(value: &Value) -> Result<JobSpec, SpecError> {
+        parse_job(value)
+    }
+
     /// Checks the rules that hold for a spec however it was built (from YAML,
     /// or from a gRPC message). Returns every broken rule.
     pub fn validate(&self) -> Result<(), SpecError> {
@@ -60,6 +68,19 @@ impl JobSpec {
             Ok(())
         } else {
             Err(SpecError::Invalid(errors))
+        }
+    }
+}
+
+impl TaskSpec {
+    /// Reads a task from the untyped tree of its YAML form (the `task:` of
+    /// a job), as [`JobSpec::from_value`] does; errors name `task.FIELD`.
+    pub fn from_value(value: &Value) -> Result<TaskSpec, SpecError> {
+        let mut errs = Errors::new();
+        let task = task::parse_task(value, "task", &mut errs);
+        match task {
+            Some(task) if errs.0.is_empty() => Ok(task),
+            _ => Err(SpecError::Invalid(errs.0)),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! `From`/`TryFrom`; a malformed message fails with a [`WireError`] that
 //! names each bad field.
 
+mod enums;
 mod resources;
 mod spec;
 mod state;
@@ -17,8 +18,9 @@ use std::time::Duration;
 use skiff_model as m;
 use skiff_model::FieldError;
 
+pub use enums::*;
 pub use resources::gpu_link_from_wire;
-pub use state::alloc_status_from_wire;
+pub use spec::{gang_failure_to_wire, job_type_to_wire, spec_tree, wire_field};
 
 /// A wire message that cannot become a domain value; names every bad field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,6 +36,15 @@ impl WireError {
 impl From<WireError> for m::SpecError {
     fn from(e: WireError) -> Self {
         m::SpecError::Invalid(e.0)
+    }
+}
+
+impl From<m::SpecError> for WireError {
+    fn from(e: m::SpecError) -> Self {
+        match e {
+            m::SpecError::Invalid(errors) => WireError(errors),
+            other => WireError::one("spec", other.to_string()),
+        }
     }
 }
 

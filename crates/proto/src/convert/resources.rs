@@ -144,15 +144,6 @@ pub fn gpu_link_from_wire(l: pb::GpuLink, path: &str) -> Result<m::GpuLink, Wire
     })
 }
 
-pub(super) fn gpu_filter_to_wire(f: &m::GpuFilter) -> Option<pb::GpuFilter> {
-    (!f.is_empty()).then(|| pb::GpuFilter {
-        model: f.model.clone(),
-        min_memory_bytes: f.min_memory_bytes,
-        uuids: f.uuids.clone(),
-        mig: f.mig.clone(),
-    })
-}
-
 pub(super) fn ports_from_wire(
     ports: Vec<u32>,
     path: &str,

@@ -1,16 +1,23 @@
-//! A job's spec across the wire: the task and its lifecycle, probes and
-//! security, placement rules, the update strategy.
+//! A job's spec across the wire.
+//!
+//! Out (stored spec -> wire) every field is written, defaults included.
+//! In (wire -> spec) the message is turned into the same untyped tree the
+//! YAML form is (`task.resources.cpu: "250m"`, `task.stop_grace: "1500ms"`)
+//! with only the fields the sender set, and read by
+//! [`m::JobSpec::from_value`], the YAML form's own reader. So a spec means
+//! the same whichever path it came by: one source of defaults (a left-out
+//! `replicas` is 1, left-out resources are 100m and 128Mi, a batch job's
+//! restart policy is on-failure) and of rules, every broken one reported at
+//! once. Errors name the YAML path; [`wire_field`] gives the field path of
+//! the request for google.rpc.BadRequest.
 
-use std::time::Duration;
-
+use serde_json::{json, Map, Value};
 use skiff_model as m;
-use skiff_model::FieldError;
 
-use super::resources::{gpu_filter_to_wire, ports_from_wire};
-use super::{duration_ms, required, WireError};
+use super::duration_ms;
 use crate::pb;
 
-// ---- placement rules -------------------------------------------------------
+// ---- out: stored spec -> wire ---------------------------------------------
 
 fn op_to_wire(op: m::ConstraintOp) -> pb::ConstraintOp {
     match op {
@@ -32,50 +39,30 @@ fn constraint_to_wire(c: &m::Constraint) -> pb::Constraint {
     }
 }
 
-fn constraint_from_wire(
-    c: pb::Constraint,
-    path: &str,
-    errors: &mut Vec<FieldError>,
-) -> Option<m::Constraint> {
-    let op = match pb::ConstraintOp::try_from(c.op) {
-        Ok(pb::ConstraintOp::Eq) => m::ConstraintOp::Eq,
-        Ok(pb::ConstraintOp::Ne) => m::ConstraintOp::Ne,
-        Ok(pb::ConstraintOp::In) => m::ConstraintOp::In,
-        Ok(pb::ConstraintOp::NotIn) => m::ConstraintOp::NotIn,
-        Ok(pb::ConstraintOp::Exists) => m::ConstraintOp::Exists,
-        Ok(pb::ConstraintOp::Lt) => m::ConstraintOp::Lt,
-        Ok(pb::ConstraintOp::Gt) => m::ConstraintOp::Gt,
-        _ => {
-            errors.push(FieldError::new(
-                format!("{path}.op"),
-                format!("{} is not a constraint operator", c.op),
-            ));
-            return None;
-        }
-    };
-    Some(m::Constraint {
-        label: c.label,
-        op,
-        values: c.values,
-    })
-}
-
-// ---- job spec --------------------------------------------------------------
-
 impl From<&m::TaskSpec> for pb::TaskSpec {
     fn from(t: &m::TaskSpec) -> Self {
+        let r = &t.resources;
         pb::TaskSpec {
             image: t.image.to_string(),
             command: t.command.clone(),
             args: t.args.clone(),
             env: t.env.clone(),
             workdir: t.workdir.clone(),
-            resources: Some(t.resources.amount().into()),
+            resources: Some(pb::TaskResources {
+                cpu_millis: Some(r.cpu_millis),
+                memory_bytes: Some(r.memory_bytes),
+                gpus: r.gpus,
+            }),
             network: match t.network {
                 m::NetworkMode::Host => pb::NetworkMode::Host,
                 m::NetworkMode::None => pb::NetworkMode::None,
             } as i32,
-            restart: Some(restart_to_wire(&t.restart)),
+            restart: Some(pb::RestartSpec {
+                policy: restart_policy_to_wire(t.restart.policy) as i32,
+                backoff_initial_ms: Some(duration_ms(t.restart.backoff.initial)),
+                backoff_max_ms: Some(duration_ms(t.restart.backoff.max)),
+                backoff_reset_after_ms: Some(duration_ms(t.restart.backoff.reset_after)),
+            }),
             probes: Some(pb::Probes {
                 liveness: t.probes.liveness.as_ref().map(probe_to_wire),
                 readiness: t.probes.readiness.as_ref().map(probe_to_wire),
@@ -90,61 +77,26 @@ impl From<&m::TaskSpec> for pb::TaskSpec {
             stop_signal: t.stop_signal.clone().unwrap_or_default(),
             stop_grace_ms: t.stop_grace.map(duration_ms),
             pids_limit: t.pids_limit,
-            gpu: gpu_filter_to_wire(&t.resources.gpu),
-            ports: t.resources.ports.iter().map(|&p| u32::from(p)).collect(),
+            gpu: gpu_filter_to_wire(&r.gpu),
+            ports: r.ports.iter().map(|&p| u32::from(p)).collect(),
         }
     }
 }
 
-fn restart_to_wire(r: &m::RestartSpec) -> pb::RestartSpec {
-    pb::RestartSpec {
-        policy: match r.policy {
-            m::RestartPolicy::Always => pb::RestartPolicy::Always,
-            m::RestartPolicy::OnFailure => pb::RestartPolicy::OnFailure,
-            m::RestartPolicy::Never => pb::RestartPolicy::Never,
-        } as i32,
-        backoff_initial_ms: duration_ms(r.backoff.initial),
-        backoff_max_ms: duration_ms(r.backoff.max),
-        backoff_reset_after_ms: duration_ms(r.backoff.reset_after),
-    }
+pub(super) fn gpu_filter_to_wire(g: &m::GpuFilter) -> Option<pb::GpuFilter> {
+    (*g != m::GpuFilter::default()).then(|| pb::GpuFilter {
+        model: g.model.clone(),
+        min_memory_bytes: g.min_memory_bytes,
+        uuids: g.uuids.clone(),
+        mig: g.mig.clone(),
+    })
 }
 
-fn restart_from_wire(
-    r: Option<pb::RestartSpec>,
-    path: &str,
-    errors: &mut Vec<FieldError>,
-) -> m::RestartSpec {
-    let Some(r) = r else {
-        return m::RestartSpec::default();
-    };
-    let policy = match pb::RestartPolicy::try_from(r.policy) {
-        Ok(pb::RestartPolicy::Unspecified | pb::RestartPolicy::Always) => m::RestartPolicy::Always,
-        Ok(pb::RestartPolicy::OnFailure) => m::RestartPolicy::OnFailure,
-        Ok(pb::RestartPolicy::Never) => m::RestartPolicy::Never,
-        Err(_) => {
-            errors.push(FieldError::new(
-                format!("{path}.policy"),
-                format!("{} is not a restart policy", r.policy),
-            ));
-            m::RestartPolicy::Always
-        }
-    };
-    // Zero means "not set": the default applies.
-    let d = m::Backoff::default();
-    let or = |ms: u64, default: Duration| {
-        if ms == 0 {
-            default
-        } else {
-            Duration::from_millis(ms)
-        }
-    };
-    m::RestartSpec {
-        policy,
-        backoff: m::Backoff {
-            initial: or(r.backoff_initial_ms, d.initial),
-            max: or(r.backoff_max_ms, d.max),
-            reset_after: or(r.backoff_reset_after_ms, d.reset_after),
-        },
+fn restart_policy_to_wire(p: m::RestartPolicy) -> pb::RestartPolicy {
+    match p {
+        m::RestartPolicy::Always => pb::RestartPolicy::Always,
+        m::RestartPolicy::OnFailure => pb::RestartPolicy::OnFailure,
+        m::RestartPolicy::Never => pb::RestartPolicy::Never,
     }
 }
 
@@ -163,179 +115,27 @@ fn probe_to_wire(p: &m::Probe) -> pb::Probe {
                 port: u32::from(*port),
             }),
         }),
-        period_ms: duration_ms(p.period),
-        timeout_ms: duration_ms(p.timeout),
-        success_threshold: p.success_threshold,
-        failure_threshold: p.failure_threshold,
-        initial_delay_ms: duration_ms(p.initial_delay),
+        period_ms: Some(duration_ms(p.period)),
+        timeout_ms: Some(duration_ms(p.timeout)),
+        success_threshold: Some(p.success_threshold),
+        failure_threshold: Some(p.failure_threshold),
+        initial_delay_ms: Some(duration_ms(p.initial_delay)),
     }
 }
 
-fn probe_from_wire(p: pb::Probe, path: &str, errors: &mut Vec<FieldError>) -> Option<m::Probe> {
-    use pb::probe::Action;
-    let port = |port: u32, field: &str, errors: &mut Vec<FieldError>| match u16::try_from(port) {
-        Ok(p) if p > 0 => Some(p),
-        _ => {
-            errors.push(FieldError::new(
-                format!("{path}.{field}"),
-                format!("{port} must be a port number from 1 to 65535"),
-            ));
-            None
-        }
-    };
-    let action = match p.action {
-        Some(Action::Exec(e)) => m::ProbeAction::Exec { command: e.command },
-        Some(Action::Http(h)) => m::ProbeAction::Http {
-            path: if h.path.is_empty() {
-                "/".into()
-            } else {
-                h.path
-            },
-            port: port(h.port, "http.port", errors)?,
-        },
-        Some(Action::Tcp(t)) => m::ProbeAction::Tcp {
-            port: port(t.port, "tcp.port", errors)?,
-        },
-        None => {
-            errors.push(FieldError::new(
-                path,
-                "needs one of exec, http or tcp".to_string(),
-            ));
-            return None;
-        }
-    };
-    let mut probe = m::Probe::new(action);
-    // Zero means "not set": Kubernetes' default applies.
-    if p.period_ms > 0 {
-        probe.period = Duration::from_millis(p.period_ms);
-    }
-    if p.timeout_ms > 0 {
-        probe.timeout = Duration::from_millis(p.timeout_ms);
-    }
-    if p.success_threshold > 0 {
-        probe.success_threshold = p.success_threshold;
-    }
-    if p.failure_threshold > 0 {
-        probe.failure_threshold = p.failure_threshold;
-    }
-    probe.initial_delay = Duration::from_millis(p.initial_delay_ms);
-    Some(probe)
-}
-
-fn probes_from_wire(p: Option<pb::Probes>, path: &str, errors: &mut Vec<FieldError>) -> m::Probes {
-    let Some(p) = p else {
-        return m::Probes::default();
-    };
-    let mut one = |probe: Option<pb::Probe>, name: &str| {
-        probe.and_then(|probe| probe_from_wire(probe, &format!("{path}.{name}"), errors))
-    };
-    m::Probes {
-        liveness: one(p.liveness, "liveness"),
-        readiness: one(p.readiness, "readiness"),
-        startup: one(p.startup, "startup"),
+/// The wire form of a job type.
+pub fn job_type_to_wire(t: m::JobType) -> pb::JobType {
+    match t {
+        m::JobType::Service => pb::JobType::Service,
+        m::JobType::Batch => pb::JobType::Batch,
     }
 }
 
-fn security_from_wire(
-    s: Option<pb::Security>,
-    path: &str,
-    errors: &mut Vec<FieldError>,
-) -> m::Security {
-    let Some(s) = s else {
-        return m::Security::default();
-    };
-    let user = if s.user.is_empty() {
-        None
-    } else {
-        m::UserId::parse(&s.user)
-            .map_err(|e| errors.push(FieldError::new(format!("{path}.user"), e)))
-            .ok()
-    };
-    let norm = |caps: Vec<String>| {
-        caps.iter()
-            .map(|c| m::lifecycle::normalize_capability(c))
-            .collect()
-    };
-    m::Security {
-        read_only_rootfs: s.read_only_rootfs,
-        user,
-        cap_add: norm(s.cap_add),
-        cap_drop: norm(s.cap_drop),
-    }
-}
-
-pub(super) fn task_from_wire(t: pb::TaskSpec, path: &str) -> Result<m::TaskSpec, WireError> {
-    let mut errors = Vec::new();
-    let image = m::ImageRef::parse(&t.image)
-        .map_err(|e| errors.push(FieldError::new(format!("{path}.image"), e)))
-        .ok();
-    let network = match pb::NetworkMode::try_from(t.network) {
-        Ok(pb::NetworkMode::Unspecified | pb::NetworkMode::Host) => Some(m::NetworkMode::Host),
-        Ok(pb::NetworkMode::None) => Some(m::NetworkMode::None),
-        Err(_) => {
-            errors.push(FieldError::new(
-                format!("{path}.network"),
-                format!("{} is not a network mode", t.network),
-            ));
-            None
-        }
-    };
-    let ports = ports_from_wire(t.ports, &format!("{path}.resources.ports"), &mut errors);
-    let resources = match t.resources {
-        Some(r) => {
-            let gpu = t.gpu.map_or_else(m::GpuFilter::default, |g| m::GpuFilter {
-                model: g.model,
-                min_memory_bytes: g.min_memory_bytes,
-                uuids: g.uuids,
-                mig: g.mig,
-            });
-            Some(m::TaskResources {
-                cpu_millis: r.cpu_millis,
-                memory_bytes: r.memory_bytes,
-                gpus: r.gpus,
-                gpu,
-                ports,
-            })
-        }
-        None => {
-            errors.push(FieldError::new(format!("{path}.resources"), "is required"));
-            None
-        }
-    };
-    let restart = restart_from_wire(t.restart, &format!("{path}.restart"), &mut errors);
-    let probes = probes_from_wire(t.probes, &format!("{path}.probes"), &mut errors);
-    let security = security_from_wire(t.security, &format!("{path}.security"), &mut errors);
-    let stop_signal = if t.stop_signal.is_empty() {
-        None
-    } else {
-        match m::lifecycle::normalize_signal(&t.stop_signal) {
-            Some(s) => Some(s.to_string()),
-            None => {
-                errors.push(FieldError::new(
-                    format!("{path}.stop_signal"),
-                    format!("{:?} is not a stop signal", t.stop_signal),
-                ));
-                None
-            }
-        }
-    };
-    match (image, network, resources) {
-        (Some(image), Some(network), Some(resources)) if errors.is_empty() => Ok(m::TaskSpec {
-            image,
-            command: t.command,
-            args: t.args,
-            env: t.env,
-            workdir: t.workdir,
-            resources,
-            network,
-            restart,
-            probes,
-            security,
-            stop_signal,
-            stop_grace: t.stop_grace_ms.map(Duration::from_millis),
-            pids_limit: t.pids_limit,
-        }),
-        _ => Err(WireError(errors)),
+/// The wire form of a gang failure policy.
+pub fn gang_failure_to_wire(g: m::GangFailure) -> pb::GangFailure {
+    match g {
+        m::GangFailure::RestartGang => pb::GangFailure::RestartGang,
+        m::GangFailure::Fail => pb::GangFailure::Fail,
     }
 }
 
@@ -343,7 +143,7 @@ impl From<&m::JobSpec> for pb::JobSpec {
     fn from(s: &m::JobSpec) -> Self {
         pb::JobSpec {
             name: s.name.clone(),
-            replicas: s.replicas,
+            replicas: Some(s.replicas),
             task: Some((&s.task).into()),
             priority: Some(u32::from(s.priority)),
             gang: s.gang,
@@ -361,161 +161,382 @@ impl From<&m::JobSpec> for pb::JobSpec {
                     weight: a.weight,
                 })
                 .collect(),
-            r#type: s.job_type.as_str().to_string(),
-            update: (!s.update.is_default()).then(|| update_to_wire(&s.update)),
+            r#type: job_type_to_wire(s.job_type) as i32,
+            // Only a service has one; the default is left out, as the YAML
+            // form leaves it out.
+            update: (!s.update.is_default()).then(|| pb::UpdateSpec {
+                max_unavailable: s.update.max_unavailable.to_string(),
+                max_surge: s.update.max_surge.to_string(),
+                min_healthy_ms: Some(duration_ms(s.update.min_healthy)),
+                healthy_deadline_ms: Some(duration_ms(s.update.healthy_deadline)),
+                progress_deadline_ms: Some(duration_ms(s.update.progress_deadline)),
+                auto_rollback: Some(s.update.auto_rollback),
+                canary: s.update.canary,
+            }),
             versions_kept: Some(s.versions_kept),
             completions: s.completions,
             parallelism: s.parallelism,
             backoff_limit: s.backoff_limit,
-            gang_failure: s.gang_failure.as_str().to_string(),
+            gang_failure: gang_failure_to_wire(s.gang_failure) as i32,
             master_port: s.master_port.map(u32::from),
         }
     }
 }
 
-fn update_to_wire(u: &m::UpdateSpec) -> pb::UpdateSpec {
-    pb::UpdateSpec {
-        max_unavailable: u.max_unavailable.to_string(),
-        max_surge: u.max_surge.to_string(),
-        min_healthy_ms: Some(duration_ms(u.min_healthy)),
-        healthy_deadline_ms: Some(duration_ms(u.healthy_deadline)),
-        progress_deadline_ms: Some(duration_ms(u.progress_deadline)),
-        auto_rollback: Some(u.auto_rollback),
-        canary: u.canary,
-    }
-}
-
-fn update_from_wire(u: Option<pb::UpdateSpec>, errors: &mut Vec<FieldError>) -> m::UpdateSpec {
-    let mut out = m::UpdateSpec::default();
-    let Some(u) = u else {
-        return out;
-    };
-    for (field, text, slot) in [
-        (
-            "update.max_unavailable",
-            &u.max_unavailable,
-            &mut out.max_unavailable,
-        ),
-        ("update.max_surge", &u.max_surge, &mut out.max_surge),
-    ] {
-        if !text.is_empty() {
-            match m::Amount::parse(text) {
-                Ok(a) => *slot = a,
-                Err(e) => errors.push(FieldError::new(field, e)),
-            }
-        }
-    }
-    if let Some(ms) = u.min_healthy_ms {
-        out.min_healthy = Duration::from_millis(ms);
-    }
-    if let Some(ms) = u.healthy_deadline_ms {
-        out.healthy_deadline = Duration::from_millis(ms);
-    }
-    if let Some(ms) = u.progress_deadline_ms {
-        out.progress_deadline = Duration::from_millis(ms);
-    }
-    if let Some(b) = u.auto_rollback {
-        out.auto_rollback = b;
-    }
-    out.canary = u.canary;
-    out
-}
+// ---- in: wire -> the YAML form's tree -> spec ------------------------------
 
 impl TryFrom<pb::JobSpec> for m::JobSpec {
-    type Error = WireError;
-    fn try_from(s: pb::JobSpec) -> Result<Self, WireError> {
-        let task = task_from_wire(required(s.task, "task")?, "task")?;
-        let mut errors = Vec::new();
-        let priority = match s.priority {
-            None => m::job::DEFAULT_PRIORITY,
-            Some(p) if p <= u32::from(m::job::MAX_PRIORITY) => p as u8,
-            Some(p) => {
-                errors.push(FieldError::new(
-                    "priority",
-                    format!("{p} must be a whole number from 0 to 100"),
-                ));
-                0
-            }
-        };
-        let constraints = s
-            .constraints
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, c)| constraint_from_wire(c, &format!("constraints[{i}]"), &mut errors))
-            .collect();
-        let mut affinities = Vec::new();
-        for (i, a) in s.affinities.into_iter().enumerate() {
-            let path = format!("affinities[{i}]");
-            match a.rule {
-                Some(rule) => {
-                    if let Some(rule) = constraint_from_wire(rule, &path, &mut errors) {
-                        affinities.push(m::Affinity {
-                            rule,
-                            weight: a.weight,
-                        });
-                    }
-                }
-                None => errors.push(FieldError::new(format!("{path}.rule"), "is required")),
-            }
-        }
-        let job_type = match s.r#type.as_str() {
-            "" => m::JobType::Service,
-            t => m::JobType::parse(t).unwrap_or_else(|| {
-                errors.push(FieldError::new(
-                    "type",
-                    format!("{t:?} is not a job type; expected service or batch"),
-                ));
-                m::JobType::Service
-            }),
-        };
-        let gang_failure = match s.gang_failure.as_str() {
-            "" => m::GangFailure::default(),
-            g => m::GangFailure::parse(g).unwrap_or_else(|| {
-                errors.push(FieldError::new(
-                    "gang_failure",
-                    format!("{g:?} is not a gang failure policy; expected restart_gang or fail"),
-                ));
-                m::GangFailure::default()
-            }),
-        };
-        let master_port = match s.master_port {
-            None => None,
-            Some(p) => match u16::try_from(p) {
-                Ok(p) => Some(p),
-                Err(_) => {
-                    errors.push(FieldError::new(
-                        "master_port",
-                        format!("{p} must be a port number from 1 to 65535"),
-                    ));
-                    None
-                }
-            },
-        };
-        let update = update_from_wire(s.update, &mut errors);
-        if !errors.is_empty() {
-            return Err(WireError(errors));
-        }
-        Ok(m::JobSpec {
-            name: s.name,
-            job_type,
-            replicas: s.replicas,
-            priority,
-            update,
-            versions_kept: s.versions_kept.unwrap_or(m::job::DEFAULT_VERSIONS_KEPT),
-            completions: s.completions,
-            parallelism: s.parallelism,
-            backoff_limit: s.backoff_limit,
-            gang_failure,
-            master_port,
-            gang: s.gang,
-            constraints,
-            spread: s.spread.map(|sp| m::Spread {
-                label: sp.label,
-                max_skew: sp.max_skew,
-            }),
-            distinct_hosts: s.distinct_hosts,
-            affinities,
-            task,
-        })
+    type Error = m::SpecError;
+    /// Fills in left-out fields and checks every rule, as `from_yaml` does.
+    fn try_from(s: pb::JobSpec) -> Result<Self, m::SpecError> {
+        m::JobSpec::from_value(&spec_tree(&s))
     }
+}
+
+/// Puts `value` under `key` when there is one.
+fn put(map: &mut Map<String, Value>, key: &str, value: Option<Value>) {
+    if let Some(v) = value {
+        map.insert(key.to_string(), v);
+    }
+}
+
+fn ms(v: u64) -> Value {
+    Value::String(format!("{v}ms"))
+}
+
+/// A closed set's word for a wire enum number; a number the set does not
+/// know stays a number, which the reader refuses naming it.
+fn word(number: i32, words: &[(i32, &str)]) -> Option<Value> {
+    if number == 0 {
+        return None; // unspecified: the default
+    }
+    Some(
+        words
+            .iter()
+            .find(|(n, _)| *n == number)
+            .map_or_else(|| json!(number), |(_, w)| json!(w)),
+    )
+}
+
+/// The job as the YAML form's tree, with only what the sender set.
+pub fn spec_tree(s: &pb::JobSpec) -> Value {
+    let mut job = Map::new();
+    job.insert("name".into(), json!(s.name));
+    put(&mut job, "replicas", s.replicas.map(|r| json!(r)));
+    put(&mut job, "task", s.task.as_ref().map(task_tree));
+    put(&mut job, "priority", s.priority.map(|p| json!(p)));
+    if s.gang {
+        job.insert("gang".into(), json!(true));
+    }
+    if !s.constraints.is_empty() {
+        let rules = s.constraints.iter().map(|c| Value::Object(rule_tree(c)));
+        job.insert("constraints".into(), Value::Array(rules.collect()));
+    }
+    put(
+        &mut job,
+        "spread",
+        s.spread.as_ref().map(|sp| {
+            let mut m = Map::new();
+            m.insert("label".into(), json!(sp.label));
+            if sp.max_skew != 0 {
+                m.insert("max_skew".into(), json!(sp.max_skew));
+            }
+            Value::Object(m)
+        }),
+    );
+    if s.distinct_hosts {
+        job.insert("distinct_hosts".into(), json!(true));
+    }
+    if !s.affinities.is_empty() {
+        let affinities = s.affinities.iter().map(|a| {
+            let mut m = a.rule.as_ref().map(rule_tree).unwrap_or_default();
+            m.insert("weight".into(), json!(a.weight));
+            Value::Object(m)
+        });
+        job.insert("affinities".into(), Value::Array(affinities.collect()));
+    }
+    let types = [
+        (pb::JobType::Service as i32, "service"),
+        (pb::JobType::Batch as i32, "batch"),
+    ];
+    put(&mut job, "type", word(s.r#type, &types));
+    put(&mut job, "update", s.update.as_ref().map(update_tree));
+    put(&mut job, "versions_kept", s.versions_kept.map(|v| json!(v)));
+    put(&mut job, "completions", s.completions.map(|v| json!(v)));
+    put(&mut job, "parallelism", s.parallelism.map(|v| json!(v)));
+    put(&mut job, "backoff_limit", s.backoff_limit.map(|v| json!(v)));
+    let failures = [
+        (pb::GangFailure::RestartGang as i32, "restart_gang"),
+        (pb::GangFailure::Fail as i32, "fail"),
+    ];
+    put(&mut job, "gang_failure", word(s.gang_failure, &failures));
+    put(&mut job, "master_port", s.master_port.map(|v| json!(v)));
+    Value::Object(job)
+}
+
+fn rule_tree(c: &pb::Constraint) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("label".into(), json!(c.label));
+    let op = pb::ConstraintOp::try_from(c.op).ok().and_then(|op| {
+        Some(match op {
+            pb::ConstraintOp::Unspecified => return None,
+            pb::ConstraintOp::Eq => m::ConstraintOp::Eq,
+            pb::ConstraintOp::Ne => m::ConstraintOp::Ne,
+            pb::ConstraintOp::In => m::ConstraintOp::In,
+            pb::ConstraintOp::NotIn => m::ConstraintOp::NotIn,
+            pb::ConstraintOp::Exists => m::ConstraintOp::Exists,
+            pb::ConstraintOp::Lt => m::ConstraintOp::Lt,
+            pb::ConstraintOp::Gt => m::ConstraintOp::Gt,
+        })
+    });
+    match op {
+        Some(op) => {
+            m.insert("op".into(), json!(op.as_str()));
+            // The YAML form takes one `value` for operators of one value,
+            // and `values` for the others.
+            let (_, most) = op.arity();
+            if most == 1 && c.values.len() == 1 {
+                m.insert("value".into(), json!(c.values[0]));
+            } else if !c.values.is_empty() {
+                m.insert("values".into(), json!(c.values));
+            }
+        }
+        None => {
+            if c.op != 0 {
+                m.insert("op".into(), json!(c.op));
+            }
+            if !c.values.is_empty() {
+                m.insert("values".into(), json!(c.values));
+            }
+        }
+    }
+    m
+}
+
+/// A task as the YAML form's tree (the `task:` of a job).
+pub(super) fn task_tree(t: &pb::TaskSpec) -> Value {
+    let mut task = Map::new();
+    task.insert("image".into(), json!(t.image));
+    if !t.command.is_empty() {
+        task.insert("command".into(), json!(t.command));
+    }
+    if !t.args.is_empty() {
+        task.insert("args".into(), json!(t.args));
+    }
+    if !t.env.is_empty() {
+        task.insert("env".into(), json!(t.env));
+    }
+    put(&mut task, "workdir", t.workdir.as_ref().map(|w| json!(w)));
+    let mut res = Map::new();
+    if let Some(r) = &t.resources {
+        put(
+            &mut res,
+            "cpu",
+            r.cpu_millis.map(|c| json!(format!("{c}m"))),
+        );
+        put(&mut res, "memory", r.memory_bytes.map(|b| json!(b)));
+        if r.gpus != 0 {
+            res.insert("gpus".into(), json!(r.gpus));
+        }
+    }
+    if let Some(g) = &t.gpu {
+        let mut gpu = Map::new();
+        put(&mut gpu, "model", g.model.as_ref().map(|v| json!(v)));
+        if g.min_memory_bytes != 0 {
+            gpu.insert("min_memory".into(), json!(g.min_memory_bytes));
+        }
+        if !g.uuids.is_empty() {
+            gpu.insert("uuids".into(), json!(g.uuids));
+        }
+        put(&mut gpu, "mig", g.mig.as_ref().map(|v| json!(v)));
+        res.insert("gpu".into(), Value::Object(gpu));
+    }
+    if !t.ports.is_empty() {
+        res.insert("ports".into(), json!(t.ports));
+    }
+    if t.resources.is_some() || !res.is_empty() {
+        task.insert("resources".into(), Value::Object(res));
+    }
+    let networks = [
+        (pb::NetworkMode::Host as i32, "host"),
+        (pb::NetworkMode::None as i32, "none"),
+    ];
+    put(&mut task, "network", word(t.network, &networks));
+    put(&mut task, "restart", t.restart.as_ref().map(restart_tree));
+    if let Some(p) = &t.probes {
+        let mut probes = Map::new();
+        put(&mut probes, "liveness", p.liveness.as_ref().map(probe_tree));
+        put(
+            &mut probes,
+            "readiness",
+            p.readiness.as_ref().map(probe_tree),
+        );
+        put(&mut probes, "startup", p.startup.as_ref().map(probe_tree));
+        task.insert("probes".into(), Value::Object(probes));
+    }
+    if let Some(s) = &t.security {
+        let mut sec = Map::new();
+        if s.read_only_rootfs {
+            sec.insert("read_only_rootfs".into(), json!(true));
+        }
+        if !s.user.is_empty() {
+            sec.insert("user".into(), json!(s.user));
+        }
+        if !s.cap_add.is_empty() {
+            sec.insert("cap_add".into(), json!(s.cap_add));
+        }
+        if !s.cap_drop.is_empty() {
+            sec.insert("cap_drop".into(), json!(s.cap_drop));
+        }
+        task.insert("security".into(), Value::Object(sec));
+    }
+    if !t.stop_signal.is_empty() {
+        task.insert("stop_signal".into(), json!(t.stop_signal));
+    }
+    put(&mut task, "stop_grace", t.stop_grace_ms.map(ms));
+    put(&mut task, "pids_limit", t.pids_limit.map(|p| json!(p)));
+    Value::Object(task)
+}
+
+fn restart_tree(r: &pb::RestartSpec) -> Value {
+    let mut restart = Map::new();
+    let policies = [
+        (pb::RestartPolicy::Always as i32, "always"),
+        (pb::RestartPolicy::OnFailure as i32, "on-failure"),
+        (pb::RestartPolicy::Never as i32, "never"),
+    ];
+    put(&mut restart, "policy", word(r.policy, &policies));
+    let mut backoff = Map::new();
+    put(&mut backoff, "initial", r.backoff_initial_ms.map(ms));
+    put(&mut backoff, "max", r.backoff_max_ms.map(ms));
+    put(
+        &mut backoff,
+        "reset_after",
+        r.backoff_reset_after_ms.map(ms),
+    );
+    if !backoff.is_empty() {
+        restart.insert("backoff".into(), Value::Object(backoff));
+    }
+    Value::Object(restart)
+}
+
+fn probe_tree(p: &pb::Probe) -> Value {
+    use pb::probe::Action;
+    let mut probe = Map::new();
+    match &p.action {
+        Some(Action::Exec(e)) => {
+            probe.insert("exec".into(), json!({ "command": e.command }));
+        }
+        Some(Action::Http(h)) => {
+            let mut http = Map::new();
+            if !h.path.is_empty() {
+                http.insert("path".into(), json!(h.path));
+            }
+            http.insert("port".into(), json!(h.port));
+            probe.insert("http".into(), Value::Object(http));
+        }
+        Some(Action::Tcp(t)) => {
+            probe.insert("tcp".into(), json!({ "port": t.port }));
+        }
+        None => {}
+    }
+    put(&mut probe, "period", p.period_ms.map(ms));
+    put(&mut probe, "timeout", p.timeout_ms.map(ms));
+    put(
+        &mut probe,
+        "success_threshold",
+        p.success_threshold.map(|v| json!(v)),
+    );
+    put(
+        &mut probe,
+        "failure_threshold",
+        p.failure_threshold.map(|v| json!(v)),
+    );
+    put(&mut probe, "initial_delay", p.initial_delay_ms.map(ms));
+    Value::Object(probe)
+}
+
+fn update_tree(u: &pb::UpdateSpec) -> Value {
+    let mut update = Map::new();
+    if !u.max_unavailable.is_empty() {
+        update.insert("max_unavailable".into(), json!(u.max_unavailable));
+    }
+    if !u.max_surge.is_empty() {
+        update.insert("max_surge".into(), json!(u.max_surge));
+    }
+    put(&mut update, "min_healthy", u.min_healthy_ms.map(ms));
+    put(
+        &mut update,
+        "healthy_deadline",
+        u.healthy_deadline_ms.map(ms),
+    );
+    put(
+        &mut update,
+        "progress_deadline",
+        u.progress_deadline_ms.map(ms),
+    );
+    put(
+        &mut update,
+        "auto_rollback",
+        u.auto_rollback.map(|b| json!(b)),
+    );
+    if u.canary != 0 {
+        update.insert("canary".into(), json!(u.canary));
+    }
+    Value::Object(update)
+}
+
+/// The request field a YAML path of a spec names (for BadRequest field
+/// violations): `task.resources.cpu` -> `spec.task.resources.cpu_millis`,
+/// `task.stop_grace` -> `spec.task.stop_grace_ms`, `affinities[0].op` ->
+/// `spec.affinities[0].rule.op`.
+pub fn wire_field(path: &str) -> String {
+    if path.is_empty() {
+        return "spec".into();
+    }
+    let mut parts: Vec<String> = path.split('.').map(String::from).collect();
+    let name = |p: &String| p.split('[').next().unwrap_or_default().to_string();
+    let at = |parts: &[String], i: usize| parts.get(i).map(name).unwrap_or_default();
+    match (at(&parts, 0).as_str(), at(&parts, 1).as_str()) {
+        ("task", "resources") => match at(&parts, 2).as_str() {
+            "cpu" => parts[2] = "cpu_millis".into(),
+            "memory" => parts[2] = "memory_bytes".into(),
+            // GPU filter and ports sit on the task itself on the wire.
+            "gpu" | "ports" => {
+                parts.remove(1);
+                if at(&parts, 2) == "min_memory" {
+                    parts[2] = "min_memory_bytes".into();
+                }
+            }
+            _ => {}
+        },
+        ("task", "stop_grace") => parts[1] = "stop_grace_ms".into(),
+        ("task", "restart") if at(&parts, 2) == "backoff" && parts.len() > 3 => {
+            let field = format!("backoff_{}_ms", parts[3]);
+            parts.truncate(2);
+            parts.push(field);
+        }
+        ("task", "probes") if parts.len() > 3 => {
+            if matches!(parts[3].as_str(), "period" | "timeout" | "initial_delay") {
+                parts[3].push_str("_ms");
+            }
+        }
+        ("update", _) if parts.len() > 1 => {
+            if matches!(
+                parts[1].as_str(),
+                "min_healthy" | "healthy_deadline" | "progress_deadline"
+            ) {
+                parts[1].push_str("_ms");
+            }
+        }
+        ("constraints", "value") => parts[1] = "values".into(),
+        ("affinities", field) if field != "weight" && !field.is_empty() => {
+            if field == "value" {
+                parts[1] = "values".into();
+            }
+            parts.insert(1, "rule".into());
+        }
+        _ => {}
+    }
+    format!("spec.{}", parts.join("."))
 }

@@ -4,8 +4,13 @@
 use skiff_model as m;
 use skiff_model::FieldError;
 
+use super::enums::{
+    alloc_status_from_wire, deployment_status_from_wire, deployment_status_to_wire,
+    desired_from_wire, desired_to_wire, eval_status_from_wire, eval_status_to_wire,
+    eval_trigger_from_wire, eval_trigger_to_wire, reason_from_wire, reason_to_wire,
+};
 use super::resources::{gpu_link_from_wire, ports_from_wire};
-use super::spec::task_from_wire;
+use super::spec::task_tree;
 use super::{required, WireError};
 use crate::pb;
 
@@ -24,7 +29,7 @@ impl TryFrom<pb::Job> for m::Job {
     type Error = WireError;
     fn try_from(j: pb::Job) -> Result<Self, WireError> {
         Ok(m::Job {
-            spec: required(j.spec, "spec")?.try_into()?,
+            spec: m::JobSpec::try_from(required(j.spec, "spec")?)?,
             version: j.version,
             create_index: j.create_index,
             modify_index: j.modify_index,
@@ -112,35 +117,6 @@ impl TryFrom<pb::Node> for m::Node {
 
 // ---- allocations -----------------------------------------------------------
 
-impl From<m::AllocStatus> for pb::AllocStatus {
-    fn from(s: m::AllocStatus) -> Self {
-        match s {
-            m::AllocStatus::Pending => pb::AllocStatus::Pending,
-            m::AllocStatus::Running => pb::AllocStatus::Running,
-            m::AllocStatus::Complete => pb::AllocStatus::Complete,
-            m::AllocStatus::Failed => pb::AllocStatus::Failed,
-            m::AllocStatus::Lost => pb::AllocStatus::Lost,
-        }
-    }
-}
-
-/// Reads an alloc status off the wire; `field` names it in the error.
-pub fn alloc_status_from_wire(v: i32, field: &str) -> Result<m::AllocStatus, WireError> {
-    Ok(match pb::AllocStatus::try_from(v) {
-        Ok(pb::AllocStatus::Pending) => m::AllocStatus::Pending,
-        Ok(pb::AllocStatus::Running) => m::AllocStatus::Running,
-        Ok(pb::AllocStatus::Complete) => m::AllocStatus::Complete,
-        Ok(pb::AllocStatus::Failed) => m::AllocStatus::Failed,
-        Ok(pb::AllocStatus::Lost) => m::AllocStatus::Lost,
-        _ => {
-            return Err(WireError::one(
-                field,
-                format!("{v} is not an allocation status"),
-            ))
-        }
-    })
-}
-
 impl From<&m::Allocation> for pb::Allocation {
     fn from(a: &m::Allocation) -> Self {
         pb::Allocation {
@@ -150,10 +126,7 @@ impl From<&m::Allocation> for pb::Allocation {
             replica: a.replica,
             node: a.node.clone(),
             task: Some((&a.task).into()),
-            desired: match a.desired {
-                m::DesiredStatus::Run => pb::DesiredStatus::Run,
-                m::DesiredStatus::Stop => pb::DesiredStatus::Stop,
-            } as i32,
+            desired: desired_to_wire(a.desired) as i32,
             status: pb::AllocStatus::from(a.status) as i32,
             exit_code: a.exit_code,
             message: a.message.clone(),
@@ -161,7 +134,7 @@ impl From<&m::Allocation> for pb::Allocation {
             modify_index: a.modify_index,
             restart_count: a.restart_count,
             healthy: a.healthy,
-            reason: a.reason.clone(),
+            reason: reason_to_wire(&a.reason) as i32,
             gpus: a.gpus.clone(),
             ports: a.ports.iter().map(|&p| u32::from(p)).collect(),
             unhealthy_gpus: a.unhealthy_gpus.clone(),
@@ -181,16 +154,7 @@ impl From<&m::Allocation> for pb::Allocation {
 impl TryFrom<pb::Allocation> for m::Allocation {
     type Error = WireError;
     fn try_from(a: pb::Allocation) -> Result<Self, WireError> {
-        let desired = match pb::DesiredStatus::try_from(a.desired) {
-            Ok(pb::DesiredStatus::Run) => m::DesiredStatus::Run,
-            Ok(pb::DesiredStatus::Stop) => m::DesiredStatus::Stop,
-            _ => {
-                return Err(WireError::one(
-                    "desired",
-                    format!("{} is not a desired status", a.desired),
-                ))
-            }
-        };
+        let desired = desired_from_wire(a.desired, "desired")?;
         let mut errors = Vec::new();
         let ports = ports_from_wire(a.ports, "ports", &mut errors);
         let gang = match a.gang {
@@ -223,7 +187,7 @@ impl TryFrom<pb::Allocation> for m::Allocation {
             ports,
             unhealthy_gpus: a.unhealthy_gpus,
             status: alloc_status_from_wire(a.status, "status")?,
-            task: task_from_wire(required(a.task, "task")?, "task")?,
+            task: m::TaskSpec::from_value(&task_tree(&required(a.task, "task")?))?,
             id: a.id,
             job: a.job,
             job_version: a.job_version,
@@ -234,7 +198,7 @@ impl TryFrom<pb::Allocation> for m::Allocation {
             message: a.message,
             restart_count: a.restart_count,
             healthy: a.healthy,
-            reason: a.reason,
+            reason: reason_from_wire(a.reason, "reason")?,
             create_index: a.create_index,
             modify_index: a.modify_index,
         })
@@ -250,7 +214,7 @@ impl From<&m::Deployment> for pb::Deployment {
             job: d.job.clone(),
             version: d.version,
             from_version: d.from_version,
-            status: d.status.as_str().to_string(),
+            status: deployment_status_to_wire(d.status) as i32,
             reason: d.reason.clone(),
             canary: d.canary,
             promoted: d.promoted,
@@ -267,9 +231,7 @@ impl From<&m::Deployment> for pb::Deployment {
 impl TryFrom<pb::Deployment> for m::Deployment {
     type Error = WireError;
     fn try_from(d: pb::Deployment) -> Result<Self, WireError> {
-        let status = m::DeploymentStatus::parse(&d.status).ok_or_else(|| {
-            WireError::one("status", format!("{:?} is not a rollout status", d.status))
-        })?;
+        let status = deployment_status_from_wire(d.status, "status")?;
         Ok(m::Deployment {
             id: d.id,
             job: d.job,
@@ -307,7 +269,7 @@ impl TryFrom<pb::JobVersion> for m::JobVersion {
     fn try_from(v: pb::JobVersion) -> Result<Self, WireError> {
         Ok(m::JobVersion {
             version: v.version,
-            spec: Box::new(required(v.spec, "spec")?.try_into()?),
+            spec: Box::new(m::JobSpec::try_from(required(v.spec, "spec")?)?),
             create_index: v.create_index,
             stable: v.stable,
             note: v.note,
@@ -350,15 +312,26 @@ impl From<&m::Evaluation> for pb::Evaluation {
         pb::Evaluation {
             id: e.id.clone(),
             job: e.job.clone(),
-            trigger: e.trigger.as_str().to_string(),
-            status: match e.status {
-                m::EvalStatus::Pending => pb::EvalStatus::Pending,
-                m::EvalStatus::Complete => pb::EvalStatus::Complete,
-                m::EvalStatus::Blocked => pb::EvalStatus::Blocked,
-            } as i32,
+            trigger: eval_trigger_to_wire(e.trigger) as i32,
+            status: eval_status_to_wire(e.status) as i32,
             message: e.message.clone(),
             create_index: e.create_index,
             modify_index: e.modify_index,
         }
+    }
+}
+
+impl TryFrom<pb::Evaluation> for m::Evaluation {
+    type Error = WireError;
+    fn try_from(e: pb::Evaluation) -> Result<Self, WireError> {
+        Ok(m::Evaluation {
+            id: e.id,
+            job: e.job,
+            trigger: eval_trigger_from_wire(e.trigger, "trigger")?,
+            status: eval_status_from_wire(e.status, "status")?,
+            message: e.message,
+            create_index: e.create_index,
+            modify_index: e.modify_index,
+        })
     }
 }

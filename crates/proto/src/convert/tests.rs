@@ -54,8 +54,15 @@ fn scheduling_fields_survive_the_wire() {
     assert_eq!(m::JobSpec::try_from(wire).unwrap(), s);
 }
 
+fn fields(err: &m::SpecError) -> Vec<&str> {
+    err.field_errors()
+        .iter()
+        .map(|e| e.field.as_str())
+        .collect()
+}
+
 #[test]
-fn a_wire_spec_without_priority_gets_the_default_and_bad_ones_are_named() {
+fn a_wire_spec_without_priority_gets_the_default_and_every_bad_field_is_named_at_once() {
     let mut wire: pb::JobSpec = (&spec()).into();
     wire.priority = None;
     assert_eq!(m::JobSpec::try_from(wire.clone()).unwrap().priority, 50);
@@ -66,15 +73,63 @@ fn a_wire_spec_without_priority_gets_the_default_and_bad_ones_are_named() {
         values: vec![],
     });
     wire.task.as_mut().unwrap().ports = vec![70000];
-    let err = m::JobSpec::try_from(wire.clone()).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "task.resources.ports[0]: 70000 must be a port number from 1 to 65535"
-    );
-    wire.task.as_mut().unwrap().ports = vec![];
     let err = m::JobSpec::try_from(wire).unwrap_err();
-    let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
-    assert_eq!(fields, ["priority", "constraints[0].op"]);
+    let mut got = fields(&err);
+    got.sort();
+    assert_eq!(
+        got,
+        ["constraints[0].op", "priority", "task.resources.ports[0]"],
+        "{err}"
+    );
+}
+
+#[test]
+fn left_out_fields_mean_what_they_mean_in_yaml() {
+    for yaml in [
+        "name: web\ntask: {image: 'oci:/i'}",
+        "name: b\ntype: batch\ntask: {image: 'oci:/i', restart: {backoff: {initial: 2s}}}",
+        "name: p\ntask: {image: 'oci:/i', resources: {memory: 1Gi}, probes: {readiness: {tcp: {port: 80}}}}",
+        "name: u\nupdate: {canary: 1}\ntask: {image: 'oci:/i'}",
+    ] {
+        let from_yaml = m::JobSpec::from_yaml(yaml).unwrap();
+        // The same fields set on the wire, the rest left out.
+        let mut wire = pb::JobSpec {
+            name: from_yaml.name.clone(),
+            task: Some(pb::TaskSpec {
+                image: "oci:/i".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let task = wire.task.as_mut().unwrap();
+        if yaml.contains("batch") {
+            wire.r#type = pb::JobType::Batch as i32;
+            task.restart = Some(pb::RestartSpec {
+                backoff_initial_ms: Some(2000),
+                ..Default::default()
+            });
+        }
+        if yaml.contains("memory") {
+            task.resources = Some(pb::TaskResources {
+                memory_bytes: Some(1 << 30),
+                ..Default::default()
+            });
+            task.probes = Some(pb::Probes {
+                readiness: Some(pb::Probe {
+                    action: Some(pb::probe::Action::Tcp(pb::TcpAction { port: 80 })),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        if yaml.contains("canary") {
+            wire.update = Some(pb::UpdateSpec {
+                canary: 1,
+                ..Default::default()
+            });
+        }
+        assert_eq!(m::JobSpec::try_from(wire).unwrap(), from_yaml, "{yaml}");
+    }
 }
 
 #[test]
@@ -89,15 +144,52 @@ fn workload_fields_survive_the_wire() {
             assert_eq!(m::JobSpec::try_from(wire).unwrap(), s, "{yaml}");
         }
     let mut wire: pb::JobSpec = (&spec()).into();
-    wire.r#type = "cron".into();
-    wire.gang_failure = "shrug".into();
+    wire.r#type = 99;
+    wire.gang_failure = 77;
     wire.update = Some(pb::UpdateSpec {
         max_surge: "lots".into(),
         ..Default::default()
     });
     let err = m::JobSpec::try_from(wire).unwrap_err();
-    let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
-    assert_eq!(fields, ["type", "gang_failure", "update.max_surge"]);
+    let mut got = fields(&err);
+    got.sort();
+    assert_eq!(got, ["gang_failure", "type", "update.max_surge"], "{err}");
+}
+
+#[test]
+fn yaml_paths_name_the_request_fields_they_came_from() {
+    for (yaml, wire) in [
+        ("", "spec"),
+        ("name", "spec.name"),
+        ("task.resources.cpu", "spec.task.resources.cpu_millis"),
+        ("task.resources.memory", "spec.task.resources.memory_bytes"),
+        ("task.resources.gpus", "spec.task.resources.gpus"),
+        (
+            "task.resources.gpu.min_memory",
+            "spec.task.gpu.min_memory_bytes",
+        ),
+        ("task.resources.ports[1]", "spec.task.ports[1]"),
+        ("task.stop_grace", "spec.task.stop_grace_ms"),
+        (
+            "task.restart.backoff.initial",
+            "spec.task.restart.backoff_initial_ms",
+        ),
+        ("task.restart.policy", "spec.task.restart.policy"),
+        (
+            "task.probes.readiness.period",
+            "spec.task.probes.readiness.period_ms",
+        ),
+        (
+            "task.probes.liveness.http.port",
+            "spec.task.probes.liveness.http.port",
+        ),
+        ("update.min_healthy", "spec.update.min_healthy_ms"),
+        ("constraints[0].value", "spec.constraints[0].values"),
+        ("affinities[2].op", "spec.affinities[2].rule.op"),
+        ("affinities[2].weight", "spec.affinities[2].weight"),
+    ] {
+        assert_eq!(crate::wire_field(yaml), wire, "{yaml}");
+    }
 }
 
 #[test]
@@ -172,15 +264,13 @@ fn malformed_wire_spec_names_the_fields() {
     task.network = 42;
     task.resources = None;
     let err = m::JobSpec::try_from(wire).unwrap_err();
-    let fields: Vec<_> = err.0.iter().map(|e| e.field.as_str()).collect();
-    assert_eq!(fields, ["task.image", "task.network", "task.resources"]);
+    assert_eq!(fields(&err), ["task.image", "task.network"], "{err}");
 
     let mut wire: pb::JobSpec = (&spec()).into();
     wire.task = None;
-    assert_eq!(
-        m::JobSpec::try_from(wire).unwrap_err().to_string(),
-        "task: is required"
-    );
+    let err = m::JobSpec::try_from(wire).unwrap_err();
+    assert_eq!(fields(&err), ["task"], "{err}");
+    assert_eq!(err.field_errors()[0].to_string(), "task: is required");
 }
 
 #[test]

@@ -11,7 +11,7 @@ use super::{decode_state, own_proposal, ConfChangeContext, Driver};
 use crate::command::{self, Decoded};
 use crate::error::StoreError;
 use crate::events::Event;
-use crate::state::Outcome;
+use crate::state::{Applied, Outcome};
 use crate::statedb;
 
 impl Driver {
@@ -55,7 +55,13 @@ impl Driver {
                         };
                         if let Some(id) = own_proposal(&e.context, self.id) {
                             if let Some(reply) = self.pending.remove(&id) {
-                                replies.push((reply, outcome));
+                                replies.push((
+                                    reply,
+                                    Applied {
+                                        index: e.index,
+                                        outcome,
+                                    },
+                                ));
                             }
                         }
                     }
@@ -83,7 +89,7 @@ impl Driver {
                         state.apply_membership(e.index, added, &removed);
                         if let Some(ctx) = ctx {
                             if let Some(reply) = self.pending_conf.remove(&ctx.proposal) {
-                                conf_replies.push(reply);
+                                conf_replies.push((reply, e.index));
                             }
                         }
                         if was_member && !self.is_member() {
@@ -119,8 +125,8 @@ impl Driver {
         for (reply, outcome) in replies {
             let _ = reply.send(Ok(outcome));
         }
-        for reply in conf_replies {
-            let _ = reply.send(Ok(()));
+        for (reply, index) in conf_replies {
+            let _ = reply.send(Ok(index));
         }
         Ok(())
     }

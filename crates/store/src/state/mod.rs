@@ -91,6 +91,14 @@ impl PartialEq for State {
 
 impl Eq for State {}
 
+/// A committed command's outcome, and the Raft index of its entry (the
+/// index a client can watch from, or read at, to see its effect).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub index: u64,
+    pub outcome: Outcome,
+}
+
 /// The result of applying one command. Deterministic: every server computes
 /// the same outcome for the same entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

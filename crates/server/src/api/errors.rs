@@ -1,0 +1,130 @@
+//! How the client API says no: one place that turns a broken rule or a
+//! refusal into a gRPC status. Every INVALID_ARGUMENT names its fields in
+//! the message (`field: rule`, one per line) and again as
+//! google.rpc.BadRequest field violations in the status details, which
+//! gRPC's richer error model lets any client decode.
+
+use skiff_model::SpecError;
+use skiff_store::{Outcome, Refusal};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+/// INVALID_ARGUMENT for one field of the request.
+pub(crate) fn invalid(field: &str, rule: impl Into<String>) -> Status {
+    let rule = rule.into();
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("{field}: {rule}"),
+        ErrorDetails::with_bad_request_violation(field, rule),
+    )
+}
+
+/// A refused spec: every broken rule, in the message and as field
+/// violations whose fields are paths of the request
+/// (`spec.task.resources.cpu_millis`).
+pub(crate) fn invalid_spec(e: &SpecError) -> Status {
+    let violations: Vec<FieldViolation> = e
+        .field_errors()
+        .iter()
+        .map(|f| FieldViolation::new(skiff_proto::wire_field(&f.field), f.message.clone()))
+        .collect();
+    let violations = if violations.is_empty() {
+        vec![FieldViolation::new("spec", e.to_string())]
+    } else {
+        violations
+    };
+    Status::with_error_details(
+        Code::InvalidArgument,
+        e.to_string(),
+        ErrorDetails::with_bad_request(violations),
+    )
+}
+
+/// The status for a command the state machine refused, with its reason:
+/// NOT_FOUND when it names a job or node that does not exist, otherwise
+/// FAILED_PRECONDITION (the job or rollout is not in a state the command
+/// applies to).
+pub(crate) fn refusal_status(refusal: &Refusal) -> Status {
+    if refusal.is_not_found() {
+        Status::not_found(refusal.to_string())
+    } else {
+        Status::failed_precondition(refusal.to_string())
+    }
+}
+
+/// A refusal as its status; any other outcome a command should not have
+/// had as INTERNAL.
+pub(crate) fn not_done(outcome: Outcome) -> Status {
+    match outcome {
+        Outcome::Refused(why) => refusal_status(&why),
+        other => Status::internal(format!("unexpected outcome {other:?}")),
+    }
+}
+
+/// A name the request must carry: present, and not absurdly long.
+pub(crate) fn check_name(field: &str, name: &str) -> Result<(), Status> {
+    if name.is_empty() {
+        return Err(invalid(field, "is required"));
+    }
+    if name.len() > 253 {
+        return Err(invalid(field, "must be at most 253 characters"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_naming_something_missing_is_not_found_and_any_other_a_failed_precondition() {
+        for (refusal, code) in [
+            (Refusal::job_not_found("web"), Code::NotFound),
+            (Refusal::node_not_found("n1"), Code::NotFound),
+            (
+                Refusal::NoRollout { job: "web".into() },
+                Code::FailedPrecondition,
+            ),
+            (
+                Refusal::AlreadyRuns {
+                    job: "web".into(),
+                    version: 2,
+                },
+                Code::FailedPrecondition,
+            ),
+        ] {
+            let status = refusal_status(&refusal);
+            assert_eq!(status.code(), code, "{refusal}");
+            assert_eq!(status.message(), refusal.to_string());
+        }
+    }
+
+    #[test]
+    fn a_broken_spec_names_every_field_in_the_message_and_the_details() {
+        let err = skiff_model::JobSpec::from_yaml(
+            "name: Web\nreplicas: 5000\ntask: {image: 'oci:/i', stop_grace: 5}",
+        )
+        .unwrap_err();
+        let status = invalid_spec(&err);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("name:"), "{}", status.message());
+        let bad = status
+            .get_details_bad_request()
+            .expect("BadRequest details");
+        let fields: Vec<&str> = bad
+            .field_violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        assert_eq!(
+            fields,
+            ["spec.name", "spec.replicas", "spec.task.stop_grace_ms"],
+            "{}",
+            status.message()
+        );
+        let one = invalid("name", "is required");
+        assert_eq!(one.message(), "name: is required");
+        let bad = one.get_details_bad_request().unwrap();
+        assert_eq!(bad.field_violations[0].field, "name");
+    }
+}

@@ -1,0 +1,238 @@
+//! Jobs: apply, delete, get, list, scale; and a job's summary.
+
+use skiff_model::{AllocStatus, Allocation, DeploymentStatus, FieldError, JobSpec, SpecError};
+use skiff_proto::pb;
+use skiff_store::{Command, Outcome};
+use tonic::Status;
+
+use super::errors::{check_name, invalid, invalid_spec, not_done};
+use super::pages::PageRequest;
+use crate::ctx::Ctx;
+
+/// A job as the client sent it, read as the YAML form is: defaults filled
+/// in, every rule checked, all broken ones reported at once.
+pub(crate) fn spec_from_wire(wire: pb::JobSpec) -> Result<JobSpec, Status> {
+    // The CLI resolves a relative layout path against its directory; the
+    // server has no directory to resolve against.
+    let relative = skiff_model::ImageRef::parse(&wire.task.as_ref().map_or("", |t| &t.image))
+        .ok()
+        .filter(|i| i.is_relative())
+        .map(|image| {
+            FieldError::new(
+                "task.image",
+                format!(
+                    "{image} must name an absolute layout path (the CLI resolves relative paths; other clients must send absolute ones)"
+                ),
+            )
+        });
+    let mut errors = match JobSpec::try_from(wire) {
+        Ok(spec) => match spec.validate() {
+            Ok(()) if relative.is_none() => return Ok(spec),
+            Ok(()) => Vec::new(),
+            Err(e) => e.field_errors().to_vec(),
+        },
+        Err(e) => match e {
+            SpecError::Invalid(errors) => errors,
+            other => return Err(invalid_spec(&other)),
+        },
+    };
+    errors.extend(relative);
+    Err(invalid_spec(&SpecError::Invalid(errors)))
+}
+
+pub(crate) async fn apply(
+    ctx: &Ctx,
+    r: pb::ApplyJobRequest,
+) -> Result<pb::ApplyJobResponse, Status> {
+    let wire = r.spec.ok_or_else(|| invalid("spec", "is required"))?;
+    let spec = spec_from_wire(wire)?;
+    let name = spec.name.clone();
+    let applied = ctx.commit(&Command::UpsertJob { spec }).await?;
+    match applied.outcome {
+        Outcome::JobUpserted { job, changed } => {
+            tracing::debug!(job = %name, version = job.version, changed, "job applied");
+            Ok(pb::ApplyJobResponse {
+                job: Some(job.as_ref().into()),
+                changed,
+                index: applied.index,
+            })
+        }
+        other => Err(not_done(other)),
+    }
+}
+
+pub(crate) async fn delete(
+    ctx: &Ctx,
+    r: pb::DeleteJobRequest,
+) -> Result<pb::DeleteJobResponse, Status> {
+    check_name("name", &r.name)?;
+    let applied = ctx
+        .commit(&Command::DeleteJob {
+            name: r.name.clone(),
+        })
+        .await?;
+    match applied.outcome {
+        Outcome::JobDeleted => {
+            tracing::info!(job = %r.name, "job deleted");
+            Ok(pb::DeleteJobResponse {
+                index: applied.index,
+            })
+        }
+        other => Err(not_done(other)),
+    }
+}
+
+pub(crate) async fn get(ctx: &Ctx, r: pb::GetJobRequest) -> Result<pb::GetJobResponse, Status> {
+    check_name("name", &r.name)?;
+    ctx.read_barrier(r.stale).await?;
+    let state = ctx.store.state();
+    let Some(job) = state.jobs.get(&r.name) else {
+        return Err(Status::not_found(format!("job {:?} not found", r.name)));
+    };
+    let allocs = state.allocs_of_job(&r.name);
+    Ok(pb::GetJobResponse {
+        job: Some(job.into()),
+        summary: Some(summary(Some(job), &allocs, state.deployment(&r.name))),
+        allocs: allocs.iter().map(|a| (*a).into()).collect(),
+        latest_eval: state.latest_eval(&r.name).map(Into::into),
+    })
+}
+
+pub(crate) async fn list(
+    ctx: &Ctx,
+    r: pb::ListJobsRequest,
+) -> Result<pb::ListJobsResponse, Status> {
+    let page = PageRequest::parse(r.page_size, &r.page_token)?;
+    ctx.read_barrier(r.stale).await?;
+    let state = ctx.store.state();
+    let (jobs, next_page_token) = page.take(state.jobs.iter().map(|(name, j)| {
+        let item = pb::JobListItem {
+            job: Some(j.into()),
+            summary: Some(summary(
+                Some(j),
+                &state.allocs_of_job(name),
+                state.deployment(name),
+            )),
+        };
+        (name.as_str(), item)
+    }));
+    Ok(pb::ListJobsResponse {
+        jobs,
+        next_page_token,
+        index: state.index,
+    })
+}
+
+pub(crate) async fn scale(
+    ctx: &Ctx,
+    r: pb::ScaleJobRequest,
+) -> Result<pb::ScaleJobResponse, Status> {
+    check_name("name", &r.name)?;
+    if r.replicas > skiff_model::job::MAX_REPLICAS {
+        return Err(invalid(
+            "replicas",
+            format!(
+                "{} must be a whole number from 0 to {}",
+                r.replicas,
+                skiff_model::job::MAX_REPLICAS
+            ),
+        ));
+    }
+    let applied = ctx
+        .commit(&Command::ScaleJob {
+            name: r.name.clone(),
+            replicas: r.replicas,
+        })
+        .await?;
+    match applied.outcome {
+        Outcome::Rollout { job, .. } => {
+            tracing::info!(job = %r.name, replicas = r.replicas, "job scaled");
+            Ok(pb::ScaleJobResponse {
+                job: Some(job.as_ref().into()),
+                index: applied.index,
+            })
+        }
+        other => Err(not_done(other)),
+    }
+}
+
+/// Counts of a job's allocations and where it stands.
+pub(crate) fn summary(
+    job: Option<&skiff_model::Job>,
+    allocs: &[&Allocation],
+    deployment: Option<&skiff_model::Deployment>,
+) -> pb::JobSummary {
+    let mut s = pb::JobSummary {
+        desired: job.map_or(0, |j| j.spec.wanted()),
+        ..Default::default()
+    };
+    for a in allocs {
+        // Count what the job is now: not allocations being stopped, and
+        // not those of an earlier job of the same name.
+        if a.desired == skiff_model::DesiredStatus::Stop && !a.status.is_terminal() {
+            continue;
+        }
+        if job.is_some_and(|j| a.create_index < j.create_index) {
+            continue;
+        }
+        match a.status {
+            AllocStatus::Pending => s.pending += 1,
+            AllocStatus::Running => s.running += 1,
+            AllocStatus::Complete => s.complete += 1,
+            AllocStatus::Failed => s.failed += 1,
+            AllocStatus::Lost => s.lost += 1,
+        }
+    }
+    let state = match job {
+        Some(j) if j.spec.is_batch() => {
+            let p = skiff_model::workload::batch_progress(j, allocs.iter().copied());
+            s.succeeded = p.succeeded;
+            s.failed_runs = p.failed;
+            s.completions = j.spec.completions();
+            match p.state {
+                skiff_model::BatchState::Running => pb::JobState::Running,
+                skiff_model::BatchState::Complete => pb::JobState::Complete,
+                skiff_model::BatchState::Failed => pb::JobState::Failed,
+            }
+        }
+        Some(_) => match deployment {
+            Some(d) if d.status == DeploymentStatus::Running && d.awaiting_promotion() => {
+                pb::JobState::AwaitingPromotion
+            }
+            Some(d) => match d.status {
+                DeploymentStatus::Running => pb::JobState::Running,
+                DeploymentStatus::Paused => pb::JobState::Paused,
+                DeploymentStatus::Successful => pb::JobState::Successful,
+                DeploymentStatus::Failed => pb::JobState::Failed,
+                DeploymentStatus::RolledBack => pb::JobState::RolledBack,
+                DeploymentStatus::Cancelled => pb::JobState::Cancelled,
+            },
+            None => pb::JobState::Unspecified,
+        },
+        None => pb::JobState::Unspecified,
+    };
+    s.state = state as i32;
+    s
+}
+
+pub(crate) async fn list_allocs(
+    ctx: &Ctx,
+    r: pb::ListAllocsRequest,
+) -> Result<pb::ListAllocsResponse, Status> {
+    let page = PageRequest::parse(r.page_size, &r.page_token)?;
+    ctx.read_barrier(r.stale).await?;
+    let state = ctx.store.state();
+    let (allocs, next_page_token) = page.take(
+        state
+            .allocs
+            .iter()
+            .filter(|(_, a)| r.job.is_empty() || a.job == r.job)
+            .filter(|(_, a)| r.node.is_empty() || a.node == r.node)
+            .map(|(id, a)| (id.as_str(), pb::Allocation::from(a))),
+    );
+    Ok(pb::ListAllocsResponse {
+        allocs,
+        next_page_token,
+        index: state.index,
+    })
+}

@@ -1,0 +1,182 @@
+//! The `Cluster` service: what the CLI and operators' tools call. Each RPC
+//! is a function in the room for its objects; this file only dispatches.
+//!
+//! - `jobs.rs`: apply, delete, get, list, scale; a job's summary;
+//! - `rollouts.rs`: a job's rollouts, pause/resume/promote, undo;
+//! - `admin.rs`: nodes, cordon/drain, the server's status, members;
+//! - `relay.rs`: logs, exec and GPU resets, relayed to the node's agent;
+//! - `watch.rs`: the change stream, filtered and as public objects;
+//! - `pages.rs`: page sizes and tokens of the lists;
+//! - `errors.rs`: how refusals and broken rules become statuses.
+
+mod admin;
+mod errors;
+mod jobs;
+mod pages;
+mod relay;
+mod rollouts;
+mod watch;
+
+use skiff_proto::pb;
+use tonic::{Request, Response, Status};
+
+use crate::ctx::Ctx;
+
+pub struct ClusterApi {
+    ctx: Ctx,
+}
+
+impl ClusterApi {
+    pub fn new(ctx: Ctx) -> Self {
+        ClusterApi { ctx }
+    }
+}
+
+type Answer<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterApi {
+    async fn apply_job(&self, req: Request<pb::ApplyJobRequest>) -> Answer<pb::ApplyJobResponse> {
+        jobs::apply(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn delete_job(
+        &self,
+        req: Request<pb::DeleteJobRequest>,
+    ) -> Answer<pb::DeleteJobResponse> {
+        jobs::delete(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Answer<pb::GetJobResponse> {
+        jobs::get(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_jobs(&self, req: Request<pb::ListJobsRequest>) -> Answer<pb::ListJobsResponse> {
+        jobs::list(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_allocs(
+        &self,
+        req: Request<pb::ListAllocsRequest>,
+    ) -> Answer<pb::ListAllocsResponse> {
+        jobs::list_allocs(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_nodes(
+        &self,
+        req: Request<pb::ListNodesRequest>,
+    ) -> Answer<pb::ListNodesResponse> {
+        admin::list_nodes(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn set_node_eligibility(
+        &self,
+        req: Request<pb::SetNodeEligibilityRequest>,
+    ) -> Answer<pb::SetNodeEligibilityResponse> {
+        admin::set_eligibility(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn reset_node_gpu(
+        &self,
+        req: Request<pb::ResetNodeGpuRequest>,
+    ) -> Answer<pb::ResetNodeGpuResponse> {
+        relay::reset_gpu(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type LogsStream = relay::LogStream;
+
+    async fn logs(&self, req: Request<pb::LogsRequest>) -> Answer<Self::LogsStream> {
+        relay::logs(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn exec(&self, req: Request<pb::ExecRequest>) -> Answer<pb::ExecResponse> {
+        relay::exec(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn status(&self, _req: Request<pb::StatusRequest>) -> Answer<pb::StatusResponse> {
+        Ok(Response::new(admin::status(&self.ctx)))
+    }
+
+    type WatchStream = watch::WatchStream;
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Answer<Self::WatchStream> {
+        watch::watch(self.ctx.store.clone(), req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn members(&self, _req: Request<pb::MembersRequest>) -> Answer<pb::MembersResponse> {
+        Ok(Response::new(crate::members::list(&self.ctx).await))
+    }
+
+    async fn add_member(
+        &self,
+        req: Request<pb::AddMemberRequest>,
+    ) -> Answer<pb::AddMemberResponse> {
+        admin::add_member(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Answer<pb::RemoveMemberResponse> {
+        admin::remove_member(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_rollout(
+        &self,
+        req: Request<pb::GetRolloutRequest>,
+    ) -> Answer<pb::GetRolloutResponse> {
+        rollouts::get(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn control_rollout(
+        &self,
+        req: Request<pb::ControlRolloutRequest>,
+    ) -> Answer<pb::ControlRolloutResponse> {
+        rollouts::control(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn undo_rollout(
+        &self,
+        req: Request<pb::UndoRolloutRequest>,
+    ) -> Answer<pb::UndoRolloutResponse> {
+        rollouts::undo(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn scale_job(&self, req: Request<pb::ScaleJobRequest>) -> Answer<pb::ScaleJobResponse> {
+        jobs::scale(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+}
