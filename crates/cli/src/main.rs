@@ -5,6 +5,7 @@
 
 mod args;
 mod commands;
+mod completion;
 mod daemons;
 mod output;
 mod rollout;
@@ -12,7 +13,7 @@ mod rollout;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::args::ClientOpts;
 
@@ -91,6 +92,9 @@ enum Cmd {
     },
     /// Set how many replicas a job runs; its version stays.
     Scale(rollout::ScaleArgs),
+    /// Print a shell completion script (bash, zsh, fish); it completes job,
+    /// node and allocation names from the cluster.
+    Completion(completion::CompletionArgs),
 }
 
 /// mimalloc for `skiff server` and `skiff dev`, the system allocator for
@@ -107,6 +111,8 @@ fn main() -> ExitCode {
     if args.nth(1).is_some_and(|a| a == "shim") {
         return ExitCode::from(skiff_agent::shim::main(args) as u8);
     }
+    // A TAB in a shell that sourced `skiff completion SHELL`: answer and exit.
+    completion::answer_if_asked(Cli::command);
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -137,6 +143,7 @@ fn main() -> ExitCode {
             Cmd::Watch(args) => ok(commands::watch(args).await),
             Cmd::Rollout { what } => rollout::rollout(what).await,
             Cmd::Scale(args) => ok(rollout::scale(args).await),
+            Cmd::Completion(args) => ok(completion::print_script(args)),
         }
     });
     match result {

@@ -15,6 +15,7 @@ use crate::output::emit;
 pub enum DeleteWhat {
     /// Delete a job and stop its containers.
     Job {
+        #[arg(value_name = "JOB")]
         name: String,
         #[command(flatten)]
         client: ClientOpts,

@@ -13,12 +13,14 @@ use crate::output::{age, emit, labels_text, list_or_dash, resources_text, table,
 pub enum DescribeWhat {
     /// A job: its spec, allocations, and why any replica waits.
     Job {
+        #[arg(value_name = "JOB")]
         name: String,
         #[command(flatten)]
         client: ClientOpts,
     },
     /// A node: capacity and use, GPUs and how they are connected, allocations.
     Node {
+        #[arg(value_name = "NODE")]
         name: String,
         #[command(flatten)]
         client: ClientOpts,

@@ -9,6 +9,7 @@ use crate::output::emit;
 #[derive(Args)]
 pub struct NodeArgs {
     /// The node's name, as `skiff get nodes` shows it.
+    #[arg(value_name = "NODE")]
     name: String,
     #[command(flatten)]
     client: ClientOpts,
