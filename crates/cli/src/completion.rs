@@ -363,6 +363,8 @@ mod tests {
             ("skiff drain", "name", "Nodes"),
             ("skiff uncordon", "name", "Nodes"),
             ("skiff get allocs", "node", "Nodes"),
+            ("skiff watch", "job", "Jobs"),
+            ("skiff watch", "node", "Nodes"),
             ("skiff logs", "alloc", "Allocs"),
             ("skiff exec", "alloc", "RunningAllocs"),
         ]
