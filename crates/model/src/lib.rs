@@ -30,6 +30,8 @@ pub mod quantity;
 pub mod registration;
 pub mod resources;
 mod spec;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod workload;
 
 pub use alloc::{AllocStatus, Allocation, DesiredStatus, GangRank};

@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 
 use crate::alloc::{failures_of, reason, AllocStatus, Allocation, DesiredStatus};
 use crate::job::{GangFailure, Job, JobSpec, JobType};
+use crate::lifecycle::RestartPolicy;
 
 /// Failed runs a batch job tolerates when the spec names no number
 /// (Kubernetes' `backoffLimit` default).
@@ -98,6 +99,18 @@ impl JobSpec {
 
     pub fn backoff_limit(&self) -> u32 {
         self.backoff_limit.unwrap_or(DEFAULT_BACKOFF_LIMIT)
+    }
+
+    /// The task's restart policy when the spec names none: `always` for a
+    /// service; `on-failure` for a batch job (the node retries the run in
+    /// place), or `never` for a batch gang (the whole gang restarts
+    /// instead, see `gang_failure`).
+    pub fn default_restart_policy(&self) -> RestartPolicy {
+        match (self.is_batch(), self.gang) {
+            (false, _) => RestartPolicy::Always,
+            (true, false) => RestartPolicy::OnFailure,
+            (true, true) => RestartPolicy::Never,
+        }
     }
 
     pub fn master_port(&self) -> u16 {

@@ -151,7 +151,7 @@ fn parse_job_inner(root: &Value, errs: &mut Errors) -> Option<JobSpec> {
         task: task?,
     };
     if spec.is_batch() && !workload::restart_policy_given(obj) {
-        spec.task.restart.policy = workload::batch_default_restart(&spec);
+        spec.task.restart.policy = spec.default_restart_policy();
     }
     workload::validate_workload(&spec, errs);
     Some(spec)

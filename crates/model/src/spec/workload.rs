@@ -165,17 +165,6 @@ pub(super) fn restart_policy_given(root: &Map<String, Value>) -> bool {
         .is_some()
 }
 
-/// The default restart policy of a batch job's task: `on-failure` (the
-/// node retries the run in place), or `never` for a gang (the whole gang
-/// restarts instead, see `gang_failure`).
-pub(super) fn batch_default_restart(spec: &JobSpec) -> RestartPolicy {
-    if spec.gang {
-        RestartPolicy::Never
-    } else {
-        RestartPolicy::OnFailure
-    }
-}
-
 /// A rollout's span from `min` to a day.
 fn check_update_span(d: Duration, field: &str, min: Duration, errs: &mut Errors) {
     check_span(d, field, min, MAX_UPDATE_DURATION, errs);

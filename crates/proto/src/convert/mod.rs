@@ -7,6 +7,8 @@
 //! names each bad field.
 
 mod enums;
+#[cfg(test)]
+mod properties;
 mod resources;
 mod spec;
 mod state;

@@ -307,3 +307,81 @@ fn allocation_survives_the_wire() {
     let wire: pb::Allocation = (&a).into();
     assert_eq!(m::Allocation::try_from(wire).unwrap(), a);
 }
+
+/// Every value of a wire enum but UNSPECIFIED, by its number.
+fn wire_values(from: impl Fn(i32) -> bool) -> Vec<i32> {
+    (1..64).filter(|v| from(*v)).collect()
+}
+
+#[test]
+fn every_closed_set_round_trips_as_an_enum() {
+    use crate::convert::*;
+    use std::collections::BTreeSet;
+
+    // Model -> wire -> model, for every member; and no two members share a
+    // wire value, and every wire value names a member.
+    let mut seen = BTreeSet::new();
+    for s in ALL_DEPLOYMENT_STATUSES {
+        let w = deployment_status_to_wire(s) as i32;
+        assert!(seen.insert(w));
+        assert_eq!(deployment_status_from_wire(w, "f").unwrap(), s);
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        wire_values(|v| pb::DeploymentStatus::try_from(v).is_ok())
+    );
+    let mut seen = BTreeSet::new();
+    for t in ALL_EVAL_TRIGGERS {
+        let w = eval_trigger_to_wire(t) as i32;
+        assert!(seen.insert(w));
+        assert_eq!(eval_trigger_from_wire(w, "f").unwrap(), t);
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        wire_values(|v| pb::EvalTrigger::try_from(v).is_ok())
+    );
+    let mut seen = BTreeSet::new();
+    for s in ALL_EVAL_STATUSES {
+        let w = eval_status_to_wire(s) as i32;
+        assert!(seen.insert(w));
+        assert_eq!(eval_status_from_wire(w, "f").unwrap(), s);
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        wire_values(|v| pb::EvalStatus::try_from(v).is_ok())
+    );
+    let mut seen = BTreeSet::new();
+    for (word, wire) in ALL_REASONS {
+        assert!(seen.insert(wire as i32));
+        assert_eq!(reason_to_wire(word), wire);
+        assert_eq!(reason_from_wire(wire as i32, "f").unwrap(), word);
+    }
+    assert!(seen.remove(&0), "no reason is UNSPECIFIED");
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        wire_values(|v| pb::AllocReason::try_from(v).is_ok())
+    );
+    for s in [
+        m::AllocStatus::Pending,
+        m::AllocStatus::Running,
+        m::AllocStatus::Complete,
+        m::AllocStatus::Failed,
+        m::AllocStatus::Lost,
+    ] {
+        let w = pb::AllocStatus::from(s) as i32;
+        assert_eq!(alloc_status_from_wire(w, "f").unwrap(), s);
+    }
+    for d in [m::DesiredStatus::Run, m::DesiredStatus::Stop] {
+        assert_eq!(desired_from_wire(desired_to_wire(d) as i32, "f").unwrap(), d);
+    }
+    for t in [m::JobType::Service, m::JobType::Batch] {
+        assert_eq!(job_type_from_wire(job_type_to_wire(t) as i32, "f").unwrap(), t);
+    }
+    for g in [m::GangFailure::RestartGang, m::GangFailure::Fail] {
+        let w = gang_failure_to_wire(g) as i32;
+        assert_eq!(gang_failure_from_wire(w, "f").unwrap(), g);
+    }
+    // A number no member has is refused naming the field.
+    let e = eval_trigger_from_wire(99, "latest_eval.trigger").unwrap_err();
+    assert_eq!(e.to_string(), "latest_eval.trigger: 99 is not an evaluation trigger");
+}
