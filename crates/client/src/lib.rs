@@ -50,6 +50,25 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// The fields an INVALID_ARGUMENT names, with the rule each broke, as
+    /// the status details carry them (google.rpc.BadRequest): request
+    /// paths such as `spec.task.resources.memory_bytes`.
+    pub fn field_violations(&self) -> Vec<(String, String)> {
+        use tonic_types::StatusExt;
+        match self {
+            ClientError::Status(s) => s
+                .get_details_bad_request()
+                .map(|b| {
+                    b.field_violations
+                        .into_iter()
+                        .map(|v| (v.field, v.description))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 pub(crate) fn missing(field: &str) -> WireError {
@@ -130,14 +149,18 @@ impl Client {
         Ok(Applied {
             job,
             changed: resp.changed,
+            index: resp.index,
         })
     }
 
-    pub async fn delete_job(&mut self, name: &str) -> Result<(), ClientError> {
-        self.cluster
+    /// Deletes a job; returns the Raft index of the write.
+    pub async fn delete_job(&mut self, name: &str) -> Result<u64, ClientError> {
+        Ok(self
+            .cluster
             .delete_job(pb::DeleteJobRequest { name: name.into() })
-            .await?;
-        Ok(())
+            .await?
+            .into_inner()
+            .index)
     }
 
     pub async fn get_job(&mut self, name: &str) -> Result<JobDetail, ClientError> {

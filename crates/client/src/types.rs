@@ -138,6 +138,8 @@ pub struct Applied {
     pub job: Job,
     /// False when the stored spec was already identical.
     pub changed: bool,
+    /// The Raft index of the write.
+    pub index: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -26,7 +26,10 @@ fn undocumented(file: &Path) -> Vec<(String, usize, String)> {
             && line.ends_with(';')
             && line.contains(" = ")
             && words.len() >= 4
-            && !matches!(words[0], "option" | "reserved" | "syntax" | "package" | "import");
+            && !matches!(
+                words[0],
+                "option" | "reserved" | "syntax" | "package" | "import"
+            );
         if (is_rpc || is_field) && !documented {
             out.push((name.clone(), i + 1, line.to_string()));
         }

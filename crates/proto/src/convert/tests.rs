@@ -372,10 +372,16 @@ fn every_closed_set_round_trips_as_an_enum() {
         assert_eq!(alloc_status_from_wire(w, "f").unwrap(), s);
     }
     for d in [m::DesiredStatus::Run, m::DesiredStatus::Stop] {
-        assert_eq!(desired_from_wire(desired_to_wire(d) as i32, "f").unwrap(), d);
+        assert_eq!(
+            desired_from_wire(desired_to_wire(d) as i32, "f").unwrap(),
+            d
+        );
     }
     for t in [m::JobType::Service, m::JobType::Batch] {
-        assert_eq!(job_type_from_wire(job_type_to_wire(t) as i32, "f").unwrap(), t);
+        assert_eq!(
+            job_type_from_wire(job_type_to_wire(t) as i32, "f").unwrap(),
+            t
+        );
     }
     for g in [m::GangFailure::RestartGang, m::GangFailure::Fail] {
         let w = gang_failure_to_wire(g) as i32;
@@ -383,5 +389,8 @@ fn every_closed_set_round_trips_as_an_enum() {
     }
     // A number no member has is refused naming the field.
     let e = eval_trigger_from_wire(99, "latest_eval.trigger").unwrap_err();
-    assert_eq!(e.to_string(), "latest_eval.trigger: 99 is not an evaluation trigger");
+    assert_eq!(
+        e.to_string(),
+        "latest_eval.trigger: 99 is not an evaluation trigger"
+    );
 }
