@@ -14,7 +14,7 @@ use crate::ctx::Ctx;
 pub(crate) fn spec_from_wire(wire: pb::JobSpec) -> Result<JobSpec, Status> {
     // The CLI resolves a relative layout path against its directory; the
     // server has no directory to resolve against.
-    let relative = skiff_model::ImageRef::parse(&wire.task.as_ref().map_or("", |t| &t.image))
+    let relative = skiff_model::ImageRef::parse(wire.task.as_ref().map_or("", |t| &t.image))
         .ok()
         .filter(|i| i.is_relative())
         .map(|image| {
