@@ -25,12 +25,11 @@ pub(crate) fn spec_from_wire(wire: pb::JobSpec) -> Result<JobSpec, Status> {
                 ),
             )
         });
+    // The reader checks every rule `JobSpec::validate` does (a property
+    // test of the model holds it to that), so nothing is checked twice.
     let mut errors = match JobSpec::try_from(wire) {
-        Ok(spec) => match spec.validate() {
-            Ok(()) if relative.is_none() => return Ok(spec),
-            Ok(()) => Vec::new(),
-            Err(e) => e.field_errors().to_vec(),
-        },
+        Ok(spec) if relative.is_none() => return Ok(spec),
+        Ok(_) => Vec::new(),
         Err(e) => match e {
             SpecError::Invalid(errors) => errors,
             other => return Err(invalid_spec(&other)),
