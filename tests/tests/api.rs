@@ -160,6 +160,15 @@ async fn a_watch_sends_only_what_its_filters_ask_for() {
         all.windows(2).all(|w| w[0].index <= w[1].index),
         "in index order"
     );
+    // (The read stopped at the first event of index `last`.)
+    for (i, e) in all.iter().enumerate().filter(|(_, e)| e.index < last) {
+        let last_of_its_index = all.get(i + 1).is_none_or(|next| next.index != e.index);
+        assert_eq!(
+            e.last_in_index, last_of_its_index,
+            "only the last event of index {} says the index is complete",
+            e.index
+        );
+    }
 
     let web_allocs: usize = all
         .iter()

@@ -37,6 +37,7 @@ impl Watch {
             kind: kind.to_string(),
             key: e.key,
             json: json.filter(|_| !e.deleted),
+            last_in_index: e.last_in_index,
         }))
     }
 }

@@ -217,6 +217,9 @@ pub struct WatchEvent {
     /// The object after the change, in the proto3 JSON mapping; `None`
     /// when it was deleted.
     pub json: Option<String>,
+    /// The last event of its index: a watch resumed from `index` misses
+    /// nothing.
+    pub last_in_index: bool,
 }
 
 /// Which changes a watch sends.

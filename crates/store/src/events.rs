@@ -42,8 +42,10 @@ impl EventLog {
         }
     }
 
-    /// Events with an index greater than `after`, oldest first, at most
-    /// `limit` of them.
+    /// Events with an index greater than `after`, oldest first: about
+    /// `limit` of them, but never part of an index (the events of one entry
+    /// all come, or none), so a reader that goes on after the last index it
+    /// got misses nothing.
     pub(crate) fn after(&self, after: u64, limit: usize) -> Result<Vec<Event>, Compacted> {
         if after < self.resumable_from {
             return Err(Compacted {
@@ -51,13 +53,24 @@ impl EventLog {
             });
         }
         let start = self.events.partition_point(|e| e.index <= after);
-        Ok(self
+        let mut out: Vec<Event> = self
             .events
             .iter()
             .skip(start)
             .take(limit)
             .cloned()
-            .collect())
+            .collect();
+        if let Some(last) = out.last().map(|e| e.index) {
+            let rest = self
+                .events
+                .iter()
+                .skip(start + out.len())
+                .take_while(|e| e.index == last)
+                .cloned()
+                .collect::<Vec<_>>();
+            out.extend(rest);
+        }
+        Ok(out)
     }
 
     /// Appends the events of newly applied entries, dropping the oldest
@@ -76,5 +89,37 @@ impl EventLog {
     pub(crate) fn reset(&mut self, index: u64) {
         self.events.clear();
         self.resumable_from = index;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(index: u64, key: &str) -> Event {
+        Event {
+            index,
+            table: crate::state::Table::Alloc,
+            key: key.into(),
+            value: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_of_events_never_ends_inside_an_index() {
+        let mut log = EventLog::new(0);
+        log.extend(vec![
+            event(1, "a"),
+            event(2, "b"),
+            event(2, "c"),
+            event(2, "d"),
+            event(3, "e"),
+        ]);
+        let first = log.after(0, 2).unwrap();
+        let keys: Vec<&str> = first.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["a", "b", "c", "d"], "index 2 comes whole");
+        let next = log.after(first.last().unwrap().index, 2).unwrap();
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].key, "e");
     }
 }

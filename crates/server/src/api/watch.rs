@@ -119,6 +119,7 @@ impl Filter {
             kind: kind as i32,
             key,
             deleted: object.is_none(),
+            last_in_index: false,
             object: object.map(Obj::into_wire),
         })
     }
@@ -262,11 +263,22 @@ pub(crate) async fn watch(store: Store, r: pb::WatchRequest) -> Result<WatchStre
         loop {
             match store.events_after(cursor, WATCH_BATCH) {
                 Ok(events) if !events.is_empty() => {
-                    for e in events {
-                        cursor = e.index;
-                        let Some(event) = filter.event(&e) else {
-                            continue;
-                        };
+                    // A batch holds whole indexes: the last event this
+                    // watch sends of each index says the index is complete.
+                    let mut out: Vec<pb::WatchEvent> = Vec::new();
+                    for e in &events {
+                        if let Some(event) = filter.event(e) {
+                            if let Some(prev) = out.last_mut() {
+                                prev.last_in_index = prev.index != event.index;
+                            }
+                            out.push(event);
+                        }
+                    }
+                    if let Some(last) = out.last_mut() {
+                        last.last_in_index = true;
+                    }
+                    cursor = events.last().map_or(cursor, |e| e.index);
+                    for event in out {
                         if tx.send(Ok(event)).await.is_err() {
                             return;
                         }
