@@ -9,8 +9,12 @@ DEV_API   ?= 127.0.0.1:7700
 export SKIFF_SERVER ?= http://$(DEV_API)
 
 # Debian packages the build, the agent and the tests need.
-APT_PACKAGES := runc busybox-static protobuf-compiler umoci skopeo iproute2 gcc
-APT_COMMANDS := runc busybox protoc umoci skopeo ip cc
+APT_PACKAGES := runc busybox-static protobuf-compiler umoci skopeo iproute2 gcc protobuf-compiler-grpc
+APT_COMMANDS := runc busybox protoc umoci skopeo ip cc grpc_python_plugin
+# Modules of Debian's /usr/bin/python3 the Python client's test needs
+# (clients/python), and their packages.
+APT_PY_PACKAGES := python3-grpcio python3-protobuf
+APT_PY_MODULES  := grpc google.protobuf
 
 .PHONY: help deps build image run stop status test lint fmt clean structure
 
@@ -27,6 +31,10 @@ deps:
 	for i in $$(seq 1 $(words $(APT_COMMANDS))); do \
 	  cmd=$$(echo $(APT_COMMANDS) | cut -d' ' -f$$i); pkg=$$(echo $(APT_PACKAGES) | cut -d' ' -f$$i); \
 	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	for i in $$(seq 1 $(words $(APT_PY_MODULES))); do \
+	  mod=$$(echo $(APT_PY_MODULES) | cut -d' ' -f$$i); pkg=$$(echo $(APT_PY_PACKAGES) | cut -d' ' -f$$i); \
+	  /usr/bin/python3 -c "import $$mod" >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \

@@ -8,6 +8,7 @@
 #![allow(unsafe_code)]
 
 pub mod cluster;
+pub mod dev;
 pub mod gpus;
 pub mod linearizability;
 pub mod structure;
@@ -468,16 +469,30 @@ impl Drop for AgentProc {
     /// exit), and unmounts the containers' overlay root filesystems.
     fn drop(&mut self) {
         self.kill9();
-        for (id, _, _) in self.containers() {
-            let _ = Command::new("runc")
-                .arg("--root")
-                .arg(self.runc_root())
-                .args(["delete", "--force", &id])
-                .output();
-        }
-        for (point, _, _) in mounts_under(&self.data_dir) {
-            let _ = Command::new("umount").arg("-l").arg(&point).output();
-        }
+        remove_containers(&self.data_dir);
+    }
+}
+
+/// Removes every runc container an agent whose data directory is
+/// `agent_dir` left (their shims then exit), and unmounts their overlay
+/// root filesystems. The agent must be gone.
+pub fn remove_containers(agent_dir: &Path) {
+    let runc_root = agent_dir.join("runc");
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(&runc_root)
+        .args(["list", "-q"])
+        .output();
+    let ids = out.map(|o| o.stdout).unwrap_or_default();
+    for id in String::from_utf8_lossy(&ids).split_whitespace() {
+        let _ = Command::new("runc")
+            .arg("--root")
+            .arg(&runc_root)
+            .args(["delete", "--force", id])
+            .output();
+    }
+    for (point, _, _) in mounts_under(agent_dir) {
+        let _ = Command::new("umount").arg("-l").arg(&point).output();
     }
 }
 

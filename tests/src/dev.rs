@@ -1,0 +1,83 @@
+//! `skiff dev`: a server and an agent in one process, as a developer
+//! starts it on one machine, on a free loopback port.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{log_file, remove_containers, skiff_bin};
+
+/// A `skiff dev` process; dropping it kills it and removes the containers
+/// its agent left.
+pub struct DevProc {
+    pub data_dir: PathBuf,
+    /// The client API's address (host:port).
+    pub addr: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl DevProc {
+    /// Starts `skiff dev` with `--api 127.0.0.1:0` and `extra` arguments,
+    /// and waits until the server wrote the address it listens on.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> DevProc {
+        crate::require_container_host();
+        std::fs::create_dir_all(data_dir).unwrap();
+        let addr_file = data_dir.join("server").join("api.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = data_dir.join("dev.log");
+        let child = Command::new(skiff_bin())
+            .args(["dev", "--api", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log_file(&log))
+            .spawn()
+            .expect("spawn skiff dev");
+        let mut dev = DevProc {
+            data_dir: data_dir.to_path_buf(),
+            addr: String::new(),
+            child: Some(child),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        dev.addr = loop {
+            if let Ok(a) = std::fs::read_to_string(&addr_file) {
+                break a.trim().to_string();
+            }
+            assert!(
+                Instant::now() < deadline && dev.is_running(),
+                "skiff dev did not start; its log:\n{}",
+                dev.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        dev
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for DevProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        remove_containers(&self.data_dir.join("agent"));
+    }
+}
