@@ -248,7 +248,9 @@ class Client:
         """The cluster's changes after ``from_index`` (0: from now), oldest
         first, then as they happen, as ``pb.WatchEvent``s. ``kinds`` are
         ``pb.OBJECT_KIND_*`` values or names (``"job"``, ``"allocation"``);
-        ``job`` and ``node`` keep only their objects. Ends with a
+        ``job`` and ``node`` keep only their objects. To resume without
+        loss, pass the ``index`` of the last event with ``last_in_index``
+        set (its index is complete). Ends with a
         ``grpc.RpcError`` (DEADLINE_EXCEEDED) after ``timeout`` seconds, or
         OUT_OF_RANGE when ``from_index`` is older than the history kept.
         Closing the iterator cancels the call."""

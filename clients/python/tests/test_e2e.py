@@ -155,9 +155,15 @@ def main():
     seen = {"job": 0, "paused": False, "running": None}
     last_index = before
     events = client.watch(kinds=["job", "allocation", "deployment"], job=WEB, from_index=before, timeout=60)
+    open_index = None  # an index whose last event has not come yet
     for ev in events:
         check(ev.index > before, f"event index {ev.index} after {before}")
         check(ev.index >= last_index, f"events in index order: {ev.index} after {last_index}")
+        check(
+            open_index in (None, ev.index),
+            f"index {open_index} was not closed by last_in_index before {ev.index}",
+        )
+        open_index = None if ev.last_in_index else ev.index
         last_index = ev.index
         check(ev.kind in kinds, f"only the kinds asked for, not {pb.ObjectKind.Name(ev.kind)}")
         which = ev.WhichOneof("object")
