@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use skiff_proto::pb;
 use skiff_store::{Applied, Command, Outcome, ServerInfo, Store, StoreError};
 use tonic::Status;
 
@@ -63,6 +64,31 @@ impl Ctx {
                 .wait_for_leader(left.min(Duration::from_millis(200)))
                 .await;
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The heartbeat ages and GPU samples this server holds, as the peer
+    /// API sends them (the leader's are authoritative).
+    pub fn heartbeat_ages(&self) -> pb::HeartbeatAgesResponse {
+        pb::HeartbeatAgesResponse {
+            age_ms: self
+                .heartbeats
+                .ages()
+                .into_iter()
+                .map(|(n, d)| (n, d.as_millis() as u64))
+                .collect(),
+            gpu: self
+                .heartbeats
+                .all_gpu_metrics()
+                .into_iter()
+                .map(|(n, (m, age))| {
+                    let samples = pb::NodeGpuSamples {
+                        metrics: m.iter().map(Into::into).collect(),
+                        age_ms: age.as_millis() as u64,
+                    };
+                    (n, samples)
+                })
+                .collect(),
         }
     }
 

@@ -61,28 +61,7 @@ impl pb::peer_server::Peer for PeerService {
         &self,
         _req: Request<pb::HeartbeatAgesRequest>,
     ) -> Result<Response<pb::HeartbeatAgesResponse>, Status> {
-        Ok(Response::new(pb::HeartbeatAgesResponse {
-            age_ms: self
-                .ctx
-                .heartbeats
-                .ages()
-                .into_iter()
-                .map(|(n, d)| (n, d.as_millis() as u64))
-                .collect(),
-            gpu: self
-                .ctx
-                .heartbeats
-                .all_gpu_metrics()
-                .into_iter()
-                .map(|(n, (m, age))| {
-                    let samples = pb::NodeGpuSamples {
-                        metrics: m.iter().map(Into::into).collect(),
-                        age_ms: age.as_millis() as u64,
-                    };
-                    (n, samples)
-                })
-                .collect(),
-        }))
+        Ok(Response::new(self.ctx.heartbeat_ages()))
     }
 
     async fn change_membership(

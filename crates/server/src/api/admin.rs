@@ -141,26 +141,7 @@ pub(crate) async fn remove_member(
 /// Heartbeat ages and GPU samples, as the leader (which tracks them) sees
 /// them; this server's own view when the leader cannot be asked.
 async fn heartbeat_view(ctx: &Ctx) -> pb::HeartbeatAgesResponse {
-    let local = || pb::HeartbeatAgesResponse {
-        age_ms: ctx
-            .heartbeats
-            .ages()
-            .into_iter()
-            .map(|(n, d)| (n, d.as_millis() as u64))
-            .collect(),
-        gpu: ctx
-            .heartbeats
-            .all_gpu_metrics()
-            .into_iter()
-            .map(|(n, (m, age))| {
-                let samples = pb::NodeGpuSamples {
-                    metrics: m.iter().map(Into::into).collect(),
-                    age_ms: age.as_millis() as u64,
-                };
-                (n, samples)
-            })
-            .collect(),
-    };
+    let local = || ctx.heartbeat_ages();
     let status = ctx.store.status();
     if status.role == skiff_store::Role::Leader || status.leader_id == 0 {
         return local();
