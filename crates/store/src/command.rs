@@ -85,6 +85,23 @@ pub enum Command {
         #[serde(default)]
         reason: String,
     },
+    /// Records the cluster CA (the first server, or each founding server
+    /// of a static cluster, with the same CA).
+    SetCa { ca: CaRecord },
+    /// An admin made a join token (its secret only as a hash).
+    CreateToken { token: TokenRecord },
+    /// An admin revoked a join token.
+    RevokeToken { id: String },
+    /// An admin removed a node for good (`skiff node remove`).
+    RemoveNode { name: String },
+    /// A joiner presented a token whose secret hashes to `secret_hash`, at
+    /// `at_ms` (as the taking server read its clock).
+    Join {
+        token_id: String,
+        secret_hash: String,
+        joiner: Joiner,
+        at_ms: u64,
+    },
 }
 
 /// Where a control-plane server can be reached. Membership itself (voter
@@ -166,6 +183,11 @@ impl Command {
             Command::UndoRollout { .. } => "undo_rollout",
             Command::UpdateDeployment { .. } => "update_deployment",
             Command::SetNodeStatus { .. } => "set_node_status",
+            Command::SetCa { .. } => "set_ca",
+            Command::CreateToken { .. } => "create_token",
+            Command::RevokeToken { .. } => "revoke_token",
+            Command::RemoveNode { .. } => "remove_node",
+            Command::Join { .. } => "join",
         }
     }
 }
@@ -312,4 +334,60 @@ mod tests {
         }
         assert!(matches!(decode(b"\x00garbage"), Decoded::Unknown { .. }));
     }
+}
+
+/// What a join token lets its holder become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JoinRole {
+    Node,
+    Server,
+}
+
+impl JoinRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JoinRole::Node => "node",
+            JoinRole::Server => "server",
+        }
+    }
+}
+
+/// A join token as the servers keep it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub role: JoinRole,
+    /// sha256 of the secret, hex.
+    pub secret_hash: String,
+    pub expires_ms: u64,
+    #[serde(default)]
+    pub revoked: bool,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub uses: u32,
+    pub create_index: u64,
+}
+
+/// The cluster CA, PEM. The key signs every certificate; it is kept here so
+/// every server can sign, and never leaves the servers.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRecord {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CaRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CaRecord { key: <secret> }")
+    }
+}
+
+/// Who a join makes of its holder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Joiner {
+    Node { name: String },
+    Server { id: u64 },
 }

@@ -191,6 +191,8 @@ fn decode<T: serde::de::DeserializeOwned>(
 fn public(e: &Event) -> Option<(pb::ObjectKind, String, Option<Obj>)> {
     use pb::ObjectKind as K;
     Some(match e.table {
+        // The CA's key and token hashes are never sent to anyone.
+        Table::Access => return None,
         Table::Job => (
             K::Job,
             e.key.clone(),

@@ -23,6 +23,7 @@ use skiff_model::{
 
 use crate::command::{Command, ServerInfo};
 
+mod access;
 mod allocs;
 mod jobs;
 mod nodes;
@@ -31,6 +32,12 @@ mod refusal;
 mod rollout;
 mod table;
 
+pub use access::Access;
+
+/// The key of the one access record.
+pub fn access_key() -> &'static str {
+    access::ACCESS_KEY
+}
 pub use refusal::Refusal;
 pub use table::Table;
 
@@ -57,6 +64,9 @@ pub struct State {
     /// The kept versions of each job, by job name.
     #[serde(default)]
     pub histories: BTreeMap<String, JobHistory>,
+    /// The CA, join tokens and joined names.
+    #[serde(default)]
+    pub access: Access,
     /// Raft index of the last applied entry.
     pub index: u64,
     /// Index of the last change that may let blocked work fit (a node
@@ -84,6 +94,7 @@ impl PartialEq for State {
             && self.servers == other.servers
             && self.deployments == other.deployments
             && self.histories == other.histories
+            && self.access == other.access
             && self.index == other.index
             && self.last_unblock_index == other.last_unblock_index
     }
@@ -103,6 +114,10 @@ pub struct Applied {
 /// the same outcome for the same entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
+    /// The CA, a token or a join was recorded.
+    AccessChanged,
+    /// A node was removed for good.
+    NodeRemoved,
     JobUpserted {
         job: Box<Job>,
         changed: bool,
@@ -224,6 +239,19 @@ impl State {
                 at_ms,
             } => self.undo_rollout(index, job, *to_version, *at_ms),
             Command::UpdateDeployment { update } => self.update_deployment(index, update),
+            Command::SetCa { ca } => self.set_ca(ca),
+            Command::CreateToken { token } => self.create_token(index, token),
+            Command::RevokeToken { id } => self.revoke_token(id),
+            Command::RemoveNode { name } => self.remove_node(index, name),
+            Command::Join {
+                token_id,
+                secret_hash,
+                joiner,
+                at_ms,
+            } => {
+                self.prune_tokens(*at_ms);
+                self.join(index, token_id, secret_hash, joiner, *at_ms)
+            }
         }
     }
 
@@ -241,6 +269,7 @@ impl State {
             if self.servers.remove(id).is_some() {
                 self.touch(Table::Server, &id.to_string());
             }
+            self.remember_removed_server(*id);
         }
     }
 

@@ -85,6 +85,30 @@ pub enum Refusal {
     DeploymentNotActive {
         deployment: String,
     },
+    /// A cluster has one CA; another was offered.
+    CaAlreadySet,
+    /// A token id is taken (a random id met another).
+    TokenExists {
+        id: String,
+    },
+    TokenNotFound {
+        id: String,
+    },
+    /// A join whose token is unknown, revoked, expired or of another role.
+    TokenRefused {
+        why: String,
+    },
+    /// Another credential holds this node name.
+    NodeNameTaken {
+        node: String,
+    },
+    /// A removed server's id is never given out again.
+    ServerIdRemoved {
+        id: u64,
+    },
+    ServerIdTaken {
+        id: u64,
+    },
 }
 
 impl Refusal {
@@ -105,7 +129,15 @@ impl Refusal {
     /// The command named something that does not exist (rather than
     /// something in the wrong state for it).
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Refusal::NotFound { .. })
+        matches!(
+            self,
+            Refusal::NotFound { .. } | Refusal::TokenNotFound { .. }
+        )
+    }
+
+    /// A join refused for its credential (rather than for the state).
+    pub fn is_unauthenticated(&self) -> bool {
+        matches!(self, Refusal::TokenRefused { .. })
     }
 }
 
@@ -173,6 +205,24 @@ impl std::fmt::Display for Refusal {
                 f,
                 "deployment {deployment} is not the job's active rollout; update dropped"
             ),
+            Refusal::CaAlreadySet => write!(
+                f,
+                "this cluster already has a CA; a server with another CA cannot join it"
+            ),
+            Refusal::TokenExists { id } => write!(f, "token {id} exists already"),
+            Refusal::TokenNotFound { id } => write!(f, "token {id:?} not found"),
+            Refusal::TokenRefused { why } => write!(f, "join refused: {why}"),
+            Refusal::NodeNameTaken { node } => write!(
+                f,
+                "node {node:?} has joined already with another credential; if this machine replaces it, run `skiff node remove {node}` first"
+            ),
+            Refusal::ServerIdRemoved { id } => write!(
+                f,
+                "server id {id} was removed from this cluster and is never reused; join with a new id"
+            ),
+            Refusal::ServerIdTaken { id } => {
+                write!(f, "server id {id} is a member already; join with a new id")
+            }
         }
     }
 }

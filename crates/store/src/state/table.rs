@@ -14,10 +14,13 @@ pub enum Table {
     Server,
     Deployment,
     History,
+    /// The CA, join tokens and joined names: one record, never sent to
+    /// watchers.
+    Access,
 }
 
 impl Table {
-    pub const ALL: [Table; 7] = [
+    pub const ALL: [Table; 8] = [
         Table::Job,
         Table::Node,
         Table::Alloc,
@@ -25,6 +28,7 @@ impl Table {
         Table::Server,
         Table::Deployment,
         Table::History,
+        Table::Access,
     ];
 
     pub fn prefix(self) -> &'static str {
@@ -36,6 +40,7 @@ impl Table {
             Table::Server => "server/",
             Table::Deployment => "deployment/",
             Table::History => "history/",
+            Table::Access => "access/",
         }
     }
 
@@ -48,6 +53,7 @@ impl Table {
             Table::Server => "server",
             Table::Deployment => "deployment",
             Table::History => "history",
+            Table::Access => "access",
         }
     }
 }

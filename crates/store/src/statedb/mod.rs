@@ -102,6 +102,9 @@ impl StateDb {
                             indexes.insert(key, decode(&k(), v)?);
                         }
                     },
+                    Table::Access => {
+                        state.access = decode(&k(), v)?;
+                    }
                 }
                 Ok(())
             })?;
@@ -204,6 +207,13 @@ impl StateDb {
                 put(Table::History, format!("{job}/{}", v.slot), encode(v));
             }
         }
+        if state.access != crate::state::Access::default() {
+            put(
+                Table::Access,
+                crate::state::access_key().to_string(),
+                encode(&state.access),
+            );
+        }
         let at = SavePoint {
             applied: state.index,
             unblock: state.last_unblock_index,
@@ -238,6 +248,10 @@ pub fn record_json(state: &State, table: Table, key: &str) -> Option<Arc<str>> {
 /// written) when it no longer exists.
 fn write_record(state: &State, table: Table, key: &str, out: &mut Vec<u8>) -> Option<()> {
     match table {
+        Table::Access => {
+            write(out, &state.access);
+            Some(())
+        }
         Table::Job => state.jobs.get(key).map(|v| write(out, v)),
         Table::Node => state.nodes.get(key).map(|v| write(out, v)),
         Table::Alloc => state.allocs.get(key).map(|v| write(out, v)),
