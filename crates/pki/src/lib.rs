@@ -1,12 +1,15 @@
 //! Skiff's public key infrastructure: the cluster CA and the certificates
 //! it signs, each naming one identity (a server, a node, a user), join
 //! tokens, and writing credentials so only their owner can read them.
-//! No network and no cluster state here: the server keeps the CA in Raft
-//! and decides who gets what; this crate only makes and reads the objects.
+//! No cluster state here: the server keeps the CA in Raft and decides who
+//! gets what; this crate only makes and reads the objects. Its one network
+//! call reads the chain a server presents, to check a join token's pin
+//! before trusting the server (`discover.rs`).
 
 #![forbid(unsafe_code)]
 
 pub mod ca;
+pub mod discover;
 pub mod files;
 pub mod identity;
 pub mod token;
