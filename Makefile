@@ -6,7 +6,8 @@ CARGO     ?= cargo
 SKIFF     := target/debug/skiff
 DEV_DIR   := $(CURDIR)/.skiff-dev
 DEV_API   ?= 127.0.0.1:7700
-export SKIFF_SERVER ?= http://$(DEV_API)
+# The administrator's credentials that `skiff dev` writes (mutual TLS).
+export SKIFF_CONFIG ?= $(DEV_DIR)/data/server/admin.conf
 
 # Debian packages the build, the agent and the tests need.
 APT_PACKAGES := runc busybox-static protobuf-compiler umoci skopeo iproute2 gcc protobuf-compiler-grpc
@@ -54,7 +55,7 @@ image: deps
 run: build image
 	@mkdir -p $(DEV_DIR)
 	@if $(SKIFF) get nodes >/dev/null 2>&1; then \
-	  echo "skiff dev is already running at $(SKIFF_SERVER)"; \
+	  echo "skiff dev is already running at https://$(DEV_API)"; \
 	else \
 	  echo "starting skiff dev (log: $(DEV_DIR)/dev.log)"; \
 	  nohup $(SKIFF) dev --data-dir $(DEV_DIR)/data --api $(DEV_API) >>$(DEV_DIR)/dev.log 2>&1 & echo $$! > $(DEV_DIR)/dev.pid; \

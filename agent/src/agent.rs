@@ -18,6 +18,7 @@ use crate::paths::Paths;
 use crate::reconcile::{self, Event, Observed, Reconciler, Settings};
 use crate::rootfs::RootfsMode;
 use crate::runtime::{choose_runtime, Runc, RuntimeChoiceError};
+use crate::tls::AgentTls;
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -49,6 +50,8 @@ pub struct AgentConfig {
     pub rootfs: RootfsMode,
     /// Where the GPU inventory comes from and how GPU health is judged.
     pub gpu: GpuConfig,
+    /// The node's credentials: a join token, or `--insecure`.
+    pub security: crate::tls::Security,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +83,10 @@ pub enum AgentError {
     Gpu(#[from] InventoryError),
     #[error("cannot start the GPU monitor: {0}")]
     GpuMonitor(std::io::Error),
+    #[error("credentials: {0}")]
+    Credentials(#[from] crate::tls::CredentialsError),
+    #[error("TLS for the agent's API: {0}")]
+    Tls(String),
 }
 
 /// Rotates through the configured servers when one stops answering.
@@ -90,19 +97,32 @@ struct Servers {
 }
 
 impl Servers {
-    fn new(urls: &[String]) -> Result<Servers, AgentError> {
+    fn new(urls: &[String], tls: &AgentTls) -> Result<Servers, AgentError> {
         if urls.is_empty() {
             return Err(AgentError::NoServers);
         }
         let mut channels = Vec::new();
         for url in urls {
-            let ep = Endpoint::from_shared(url.clone())
-                .map_err(|e| AgentError::BadServer {
-                    url: url.clone(),
-                    reason: e.to_string(),
-                })?
+            let bad = |reason: String| AgentError::BadServer {
+                url: url.clone(),
+                reason,
+            };
+            let mut ep = Endpoint::from_shared(url.clone())
+                .map_err(|e| bad(e.to_string()))?
                 .connect_timeout(Duration::from_secs(3))
                 .tcp_nodelay(true);
+            match (tls.to_servers(), url.starts_with("https://")) {
+                (Some(config), true) => {
+                    ep = ep.tls_config(config).map_err(|e| bad(e.to_string()))?
+                }
+                (None, false) => {}
+                (Some(_), false) => return Err(bad("the servers speak TLS: use https://".into())),
+                (None, true) => {
+                    return Err(bad(
+                        "--insecure speaks plaintext: use http:// (and --insecure servers)".into(),
+                    ))
+                }
+            }
             channels.push((url.clone(), ep.connect_lazy()));
         }
         Ok(Servers {
@@ -170,7 +190,8 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         std::fs::create_dir_all(&dir)
             .map_err(|source| AgentError::DataDir { path: dir, source })?;
     }
-    let servers = Servers::new(&cfg.servers)?;
+    let tls = crate::tls::credentials(&cfg.security, paths.root(), &cfg.name, &cfg.servers).await?;
+    let servers = Servers::new(&cfg.servers, &tls)?;
 
     // GPUs: a machine without the driver has none (said once, in the log);
     // a fake inventory that cannot be read stops the agent.
@@ -210,18 +231,19 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         shim_program: cfg.shim_program.clone(),
         shim_prefix: cfg.shim_prefix.clone(),
     });
-    let api = pb::agent_api_server::AgentApiServer::new(crate::service::AgentService::new(
-        paths.clone(),
-        runtime.clone(),
-        gpus.clone(),
-    ));
-    let api_server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(api)
-            .serve_with_incoming(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            ),
+    let api = pb::agent_api_server::AgentApiServer::with_interceptor(
+        crate::service::AgentService::new(paths.clone(), runtime.clone(), gpus.clone()),
+        crate::tls::only_servers,
     );
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(config) = tls.listener() {
+        builder = builder
+            .tls_config(config)
+            .map_err(|e| AgentError::Tls(e.to_string()))?;
+    }
+    let api_server = tokio::spawn(builder.add_service(api).serve_with_incoming(
+        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+    ));
     tracing::info!(
         node = %cfg.name,
         listen = %bound,

@@ -17,7 +17,8 @@
 //! - [`shim`]: the per-container monitor that outlives the agent;
 //! - [`crilog`] and [`logs`]: the CRI-format log files and reading them;
 //! - [`probe`]: exec, http and tcp health probes;
-//! - [`service`]: the agent's own API (logs, exec).
+//! - [`service`]: the agent's own API (logs, exec);
+//! - [`tls`]: the node's credentials (joining with a token) and its TLS.
 
 pub mod agent;
 pub mod bundle;
@@ -36,6 +37,7 @@ pub mod seccomp;
 pub mod service;
 pub mod shim;
 mod sys;
+pub mod tls;
 
 pub use agent::{run, AgentConfig, AgentError};
 

@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod creds;
 pub mod procs;
 pub mod sched;
 pub mod stats;

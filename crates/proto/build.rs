@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "node.proto",
         "agent.proto",
         "peer.proto",
+        "access.proto",
     ]
     .iter()
     .map(|f| root.join("skiff/v1").join(f))

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use skiff_client::Client;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -138,7 +137,7 @@ impl ServerCluster {
 
     pub async fn status(&self, i: usize) -> Option<skiff_client_status::Status> {
         let url = self.url(i);
-        let mut c = tokio::time::timeout(Duration::from_secs(2), Client::connect(&url))
+        let mut c = tokio::time::timeout(Duration::from_secs(2), crate::connect(&url))
             .await
             .ok()?
             .ok()?;

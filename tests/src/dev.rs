@@ -19,7 +19,9 @@ pub struct DevProc {
 
 impl DevProc {
     /// Starts `skiff dev` with `--api 127.0.0.1:0` and `extra` arguments,
-    /// and waits until the server wrote the address it listens on.
+    /// and waits until the server wrote the address it listens on. Its
+    /// HOME is DATA_DIR/home, so the `~/.skiff/config` it writes is its
+    /// own.
     pub fn start(data_dir: &Path, extra: &[&str]) -> DevProc {
         crate::require_container_host();
         std::fs::create_dir_all(data_dir).unwrap();
@@ -30,6 +32,7 @@ impl DevProc {
             .args(["dev", "--api", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
+            .env("HOME", data_dir.join("home"))
             .stdout(Stdio::null())
             .stderr(log_file(&log))
             .spawn()
@@ -56,7 +59,17 @@ impl DevProc {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("https://{}", self.addr)
+    }
+
+    /// The administrator's credentials the server wrote.
+    pub fn admin_conf(&self) -> PathBuf {
+        self.data_dir.join("server").join("admin.conf")
+    }
+
+    /// The `~/.skiff/config` `skiff dev` wrote for its user.
+    pub fn user_config(&self) -> PathBuf {
+        self.data_dir.join("home").join(".skiff").join("config")
     }
 
     /// True while the process runs.

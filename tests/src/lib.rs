@@ -11,7 +11,10 @@ pub mod cluster;
 pub mod dev;
 pub mod gpus;
 pub mod linearizability;
+pub mod pki;
 pub mod structure;
+
+pub use pki::{connect, join_token, skiff_command, test_pki};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -71,7 +74,7 @@ pub fn busybox_layout() -> &'static Path {
     static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
     LAYOUT.get_or_init(|| {
         require_container_host();
-        remove_stale_image_dirs();
+        remove_stale_dirs("skiff-test-images-");
         let dir = std::env::temp_dir().join(format!("skiff-test-images-{}", std::process::id()));
         let layout = dir.join("busybox");
         let status = Command::new("bash")
@@ -86,14 +89,15 @@ pub fn busybox_layout() -> &'static Path {
     })
 }
 
-/// Removes image directories left by test processes that have ended.
-fn remove_stale_image_dirs() {
+/// Removes the temporary directories named `PREFIX<pid>` that test
+/// processes which have ended left.
+pub(crate) fn remove_stale_dirs(prefix: &str) {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return;
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name.strip_prefix("skiff-test-images-") {
+        if let Some(pid) = name.strip_prefix(prefix) {
             if !Path::new("/proc").join(pid).exists() {
                 let _ = std::fs::remove_dir_all(e.path());
             }
@@ -190,6 +194,7 @@ pub struct ServerProc {
     child: Option<Child>,
     log: PathBuf,
     extra: Vec<String>,
+    insecure: bool,
 }
 
 impl ServerProc {
@@ -205,8 +210,28 @@ impl ServerProc {
     }
 
     /// Like [`ServerProc::start_on`], with extra arguments (`--id`,
-    /// `--peers`, `--join`, ...) that a restart repeats.
+    /// `--peers`, `--join`, ...) that a restart repeats. The server is a
+    /// founding server of the test CA ([`test_pki`]); with `--join URL` it
+    /// joins with a server token from that server instead; with
+    /// `--insecure`, neither.
     pub fn start_with(data_dir: &Path, addr: &str, extra: &[&str]) -> ServerProc {
+        let has = |flag: &str| extra.contains(&flag);
+        let insecure = has("--insecure");
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if let Some(i) = extra.iter().position(|a| a == "--join") {
+            if !has("--token") {
+                let token = join_token(&extra[i + 1], "server");
+                extra.extend(["--token".to_string(), token]);
+            }
+        } else if !has("--insecure") && !has("--ca-cert") {
+            let pki = test_pki();
+            extra.extend([
+                "--ca-cert".to_string(),
+                pki.ca_cert.display().to_string(),
+                "--ca-key".to_string(),
+                pki.ca_key.display().to_string(),
+            ]);
+        }
         std::fs::create_dir_all(data_dir).unwrap();
         let addr_file = data_dir.join("api.addr");
         let _ = std::fs::remove_file(&addr_file);
@@ -221,7 +246,7 @@ impl ServerProc {
                 "--data-dir",
             ])
             .arg(data_dir)
-            .args(extra)
+            .args(&extra)
             .stdout(Stdio::null())
             .stderr(log_file(&log))
             .spawn()
@@ -243,14 +268,19 @@ impl ServerProc {
             addr: bound.trim().to_string(),
             child: Some(child),
             log,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra,
+            insecure,
         }
     }
 
+    /// `https://ADDR` (`http://` for an `--insecure` server).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.insecure { "http" } else { "https" };
+        format!("{scheme}://{}", self.addr)
     }
 
+    /// A client with the administrator's credentials, once the server
+    /// takes connections.
     pub async fn client(&self) -> Client {
         let url = self.url();
         wait_for(
@@ -258,7 +288,7 @@ impl ServerProc {
             Duration::from_secs(20),
             || {
                 let url = url.clone();
-                async move { Client::connect(&url).await.ok() }
+                async move { connect(&url).await.ok() }
             },
         )
         .await
@@ -322,13 +352,25 @@ pub struct AgentProc {
 }
 
 impl AgentProc {
+    /// Starts `skiff agent` for node `name`. Unless `extra` says
+    /// `--insecure` or brings a `--token`, the node joins with a node token
+    /// from the first of the servers in `server_url` (once: a restart finds
+    /// its credentials in DATA_DIR/tls).
     pub fn start(data_dir: &Path, server_url: &str, name: &str, extra: &[&str]) -> AgentProc {
         require_container_host();
+        let has = |flag: &str| extra.contains(&flag);
+        let needs_token = !has("--insecure") && !has("--token") && !data_dir.join("tls").exists();
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if needs_token {
+            let first = server_url.split(',').next().unwrap_or(server_url);
+            let token = join_token(first, "node");
+            extra.extend(["--token".to_string(), token]);
+        }
         let mut a = AgentProc {
             name: name.to_string(),
             data_dir: data_dir.to_path_buf(),
             server_url: server_url.to_string(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra,
             child: None,
             log: data_dir.join("agent.log"),
         };
@@ -583,9 +625,10 @@ pub async fn wait_alloc(
     }
 }
 
-/// Runs the `skiff` CLI against `server_url` and returns what it did.
+/// Runs the `skiff` CLI against `server_url`, as the administrator, and
+/// returns what it did.
 pub fn skiff(server_url: &str, args: &[&str]) -> std::process::Output {
-    Command::new(skiff_bin())
+    skiff_command()
         .args(args)
         .env("SKIFF_SERVER", server_url)
         .output()

@@ -243,7 +243,7 @@ async fn stopping_sends_the_stop_signal_then_sigkill_after_the_grace_period() {
             let url = server.url();
             let id = id.clone();
             async move {
-                let mut c = skiff_client::Client::connect(&url).await.ok()?;
+                let mut c = skiff_tests::connect(&url).await.ok()?;
                 stdout_of(&mut c, &id).await.contains("ready").then_some(())
             }
         })

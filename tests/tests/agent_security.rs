@@ -239,7 +239,7 @@ async fn replicas_share_the_unpacked_image_through_overlays_and_keep_their_write
     wait_for("the replicas to stop", START, || {
         let url = server.url();
         async move {
-            let mut c = skiff_client::Client::connect(&url).await.ok()?;
+            let mut c = skiff_tests::connect(&url).await.ok()?;
             let a = allocs_of(&mut c, "ten").await;
             a.iter()
                 .all(|a| a.status == AllocStatus::Complete)
@@ -331,7 +331,7 @@ async fn crun_is_refused_at_startup_on_a_hybrid_cgroup_host() {
     wait_for("the runc agent to register", START, || {
         let url = server.url();
         async move {
-            let mut c = skiff_client::Client::connect(&url).await.ok()?;
+            let mut c = skiff_tests::connect(&url).await.ok()?;
             let nodes = c.list_nodes().await.ok()?;
             nodes
                 .iter()
@@ -362,7 +362,7 @@ async fn reserved_resources_lower_what_the_node_offers() {
     let node = wait_for("the node to register", START, || {
         let url = server.url();
         async move {
-            let mut c = skiff_client::Client::connect(&url).await.ok()?;
+            let mut c = skiff_tests::connect(&url).await.ok()?;
             c.list_nodes()
                 .await
                 .ok()?
@@ -384,7 +384,7 @@ async fn reserved_resources_lower_what_the_node_offers() {
     let why = wait_for("an explanation", START, || {
         let url = server.url();
         async move {
-            let mut c = skiff_client::Client::connect(&url).await.ok()?;
+            let mut c = skiff_tests::connect(&url).await.ok()?;
             let d = c.get_job("big").await.ok()?;
             d.latest_eval
                 .filter(|e| e.status == "blocked")

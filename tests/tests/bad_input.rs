@@ -2,12 +2,12 @@
 //! nothing is stored.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use skiff_tests::*;
 
 fn skiff(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
-    let mut child = Command::new(skiff_bin())
+    let mut child = skiff_tests::skiff_command()
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -84,10 +84,10 @@ async fn wrong_flags_and_unknown_objects_get_clear_errors() {
     assert_eq!(code, 1);
     assert!(err.contains("allocation \"nope\" not found"), "{err}");
     // No server at all: say where we looked and what to do.
-    let (code, _, err) = skiff(&["get", "jobs", "--server", "http://127.0.0.1:1"], None);
+    let (code, _, err) = skiff(&["get", "jobs", "--server", "https://127.0.0.1:1"], None);
     assert_eq!(code, 1);
     assert!(
-        err.contains("cannot reach the server at http://127.0.0.1:1"),
+        err.contains("cannot reach the server at https://127.0.0.1:1"),
         "{err}"
     );
 }
@@ -132,7 +132,7 @@ impl JobSpecExt {
 async fn a_closed_stdout_ends_output_quietly() {
     let tmp = tempfile::tempdir().unwrap();
     let server = ServerProc::start(tmp.path());
-    let mut child = Command::new(skiff_bin())
+    let mut child = skiff_tests::skiff_command()
         .args(["get", "jobs", "-o", "json", "--server", &server.url()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

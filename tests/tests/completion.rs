@@ -15,7 +15,7 @@ const START: Duration = Duration::from_secs(60);
 /// What a TAB after `words` offers, as fish asks for it (the last word is
 /// the one being completed): the values, without their descriptions.
 fn tab(server_url: &str, words: &[&str]) -> (Vec<String>, Output) {
-    let out = Command::new(skiff_bin())
+    let out = skiff_tests::skiff_command()
         .arg("--")
         .arg("skiff")
         .args(words)
@@ -125,6 +125,7 @@ async fn a_tab_in_bash_fills_compreply_with_the_job_name() {
         .arg("bash")
         .arg(&script_file)
         .env("SKIFF_SERVER", server.url())
+        .env("SKIFF_CONFIG", &test_pki().admin_conf)
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");

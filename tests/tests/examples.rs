@@ -57,7 +57,7 @@ async fn the_web_with_probes_example_becomes_ready() {
             let url = server.url();
             let id = id.clone();
             async move {
-                let mut c = skiff_client::Client::connect(&url).await.ok()?;
+                let mut c = skiff_tests::connect(&url).await.ok()?;
                 let all = c.list_allocs(Some("web"), None).await.ok()?;
                 all.iter()
                     .any(|x| x.id == id && x.healthy == Some(true))

@@ -25,9 +25,7 @@ async fn the_agent_fails_over_and_its_watch_resumes_without_repeats() {
         &["--stop-grace", "1s"],
     );
     let other = (leader + 1) % 3;
-    let mut client = skiff_client::Client::connect(&cluster.url(other))
-        .await
-        .unwrap();
+    let mut client = skiff_tests::connect(&cluster.url(other)).await.unwrap();
     client
         .apply_job(&shell_job("ha", 1, "sleep 3600"))
         .await
@@ -38,15 +36,13 @@ async fn the_agent_fails_over_and_its_watch_resumes_without_repeats() {
 
     cluster.kill9(leader).await;
     // Scale up through a surviving server: the agent must hear of it.
-    let mut client = skiff_client::Client::connect(&cluster.url(other))
-        .await
-        .unwrap();
+    let mut client = skiff_tests::connect(&cluster.url(other)).await.unwrap();
     let spec = shell_job("ha", 2, "sleep 3600");
     wait_for("the scale-up to be accepted", LIMIT, || {
         let url = cluster.url(other);
         let spec = spec.clone();
         async move {
-            let mut c = skiff_client::Client::connect(&url).await.ok()?;
+            let mut c = skiff_tests::connect(&url).await.ok()?;
             c.apply_job(&spec).await.ok()
         }
     })
@@ -70,7 +66,7 @@ async fn the_agent_fails_over_and_its_watch_resumes_without_repeats() {
 
     // The CLI fails over too: a dead first address is skipped.
     let dead = cluster.url(leader);
-    let out = std::process::Command::new(skiff_bin())
+    let out = skiff_tests::skiff_command()
         .args(["get", "allocs", "--job", "ha", "-o", "json", "--server"])
         .arg(format!("{dead},{}", cluster.url(other)))
         .output()

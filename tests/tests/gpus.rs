@@ -610,7 +610,7 @@ async fn gpu_samples_sent_to_one_server_are_seen_from_another() {
     let node = wait_for("the other follower to show the GPU samples", START, || {
         let url = url.clone();
         async move {
-            let mut c = Client::connect(&url).await.ok()?;
+            let mut c = skiff_tests::connect(&url).await.ok()?;
             let n = c.list_nodes().await.ok()?.into_iter().next()?;
             (n.gpu_metrics.len() == 4 && n.heartbeat_age.is_some()).then_some(n)
         }

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use skiff_client::Client;
 use skiff_model::{AllocStatus, DesiredStatus};
 use skiff_tests::*;
 
@@ -26,7 +25,7 @@ fn sample_running_per_replica(
         let mut client = None;
         while !flag.load(std::sync::atomic::Ordering::Relaxed) {
             if client.is_none() {
-                client = Client::connect(&url).await.ok();
+                client = skiff_tests::connect(&url).await.ok();
             }
             if let Some(c) = client.as_mut() {
                 if let Ok(allocs) = c.list_allocs(Some(job), None).await {
@@ -60,7 +59,7 @@ async fn a_lost_machine_s_work_runs_elsewhere_and_never_twice() {
     wait_for("node-b to register", LIMIT, || {
         let url = server.url();
         async move {
-            let mut c = Client::connect(&url).await.ok()?;
+            let mut c = skiff_tests::connect(&url).await.ok()?;
             (c.list_nodes().await.ok()?.len() == 2).then_some(())
         }
     })
@@ -72,7 +71,7 @@ async fn a_lost_machine_s_work_runs_elsewhere_and_never_twice() {
     let moved = wait_for("the replicas to run on node-b", LIMIT, || {
         let url = server.url();
         async move {
-            let mut c = Client::connect(&url).await.ok()?;
+            let mut c = skiff_tests::connect(&url).await.ok()?;
             let allocs = c.list_allocs(Some("web"), None).await.ok()?;
             let running: Vec<_> = allocs
                 .iter()
@@ -135,7 +134,7 @@ async fn a_node_that_comes_back_stops_what_was_replaced() {
     let replaced = wait_for("the replacement to run on node-b", LIMIT, || {
         let url = server.url();
         async move {
-            let mut c = Client::connect(&url).await.ok()?;
+            let mut c = skiff_tests::connect(&url).await.ok()?;
             let allocs = c.list_allocs(Some("svc"), None).await.ok()?;
             allocs
                 .iter()
@@ -159,7 +158,7 @@ async fn a_node_that_comes_back_stops_what_was_replaced() {
     wait_for("node-a to be ready again", LIMIT, || {
         let url = server.url();
         async move {
-            let mut c = Client::connect(&url).await.ok()?;
+            let mut c = skiff_tests::connect(&url).await.ok()?;
             let nodes = c.list_nodes().await.ok()?;
             nodes
                 .iter()
@@ -210,7 +209,7 @@ async fn a_drain_never_takes_more_than_max_unavailable_down() {
     wait_for("node-b to register", LIMIT, || {
         let url = server.url();
         async move {
-            let mut c = Client::connect(&url).await.ok()?;
+            let mut c = skiff_tests::connect(&url).await.ok()?;
             (c.list_nodes().await.ok()?.len() == 2).then_some(())
         }
     })
@@ -223,7 +222,7 @@ async fn a_drain_never_takes_more_than_max_unavailable_down() {
         async move {
             let mut fewest = usize::MAX;
             let mut samples = 0;
-            let mut client = Client::connect(&url).await.unwrap();
+            let mut client = skiff_tests::connect(&url).await.unwrap();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 if let Ok(allocs) = client.list_allocs(Some("steady"), None).await {
                     let serving = allocs
@@ -245,7 +244,7 @@ async fn a_drain_never_takes_more_than_max_unavailable_down() {
     let out = tokio::task::spawn_blocking({
         let url = server.url();
         move || {
-            std::process::Command::new(skiff_bin())
+            skiff_tests::skiff_command()
                 .args(["node", "drain", "node-a", "--wait", "--server", &url])
                 .output()
                 .unwrap()
@@ -273,7 +272,7 @@ async fn a_drain_never_takes_more_than_max_unavailable_down() {
         .collect();
     assert_eq!(serving.len(), 3);
     assert!(serving.iter().all(|a| a.node == "node-b"));
-    let out = std::process::Command::new(skiff_bin())
+    let out = skiff_tests::skiff_command()
         .args(["get", "nodes", "--server", &server.url()])
         .output()
         .unwrap();
@@ -292,7 +291,7 @@ async fn a_new_leader_does_not_declare_live_nodes_down() {
     urls.extend((0..3).filter(|i| *i != leader).map(|i| cluster.url(i)));
     let _agent = AgentProc::start(&tmp.path().join("agent"), &urls.join(","), "survivor", &[]);
     let other = (leader + 1) % 3;
-    let mut client = Client::connect(&cluster.url(other)).await.unwrap();
+    let mut client = skiff_tests::connect(&cluster.url(other)).await.unwrap();
     client
         .apply_job(&shell_job(
             "calm",
@@ -314,7 +313,9 @@ async fn a_new_leader_does_not_declare_live_nodes_down() {
     // untouched: the new leader gave it a grace window, and its heartbeats
     // reach the new leader through whichever server it talks to.
     let until = Instant::now() + Duration::from_secs(15);
-    let mut client = Client::connect(&cluster.url(new_leader)).await.unwrap();
+    let mut client = skiff_tests::connect(&cluster.url(new_leader))
+        .await
+        .unwrap();
     while Instant::now() < until {
         let nodes = client.list_nodes().await.unwrap();
         assert_eq!(

@@ -29,10 +29,17 @@ fn client_dir() -> PathBuf {
     repo_root().join("clients/python")
 }
 
-/// Runs a Python script against `server_url` with its output (stdout and
+/// Runs a Python script against `server_url`, with the credentials in
+/// `config`, with its output (stdout and
 /// stderr, in order) in a file; kills it after `limit`. Returns whether it
 /// exited 0, and its output.
-fn run_script(script: &Path, server_url: &str, log: &Path, limit: Duration) -> (bool, String) {
+fn run_script(
+    script: &Path,
+    server_url: &str,
+    config: &Path,
+    log: &Path,
+    limit: Duration,
+) -> (bool, String) {
     let out = std::fs::File::create(log).expect("create the script's log");
     let mut child = Command::new(python())
         .arg(script)
@@ -40,6 +47,7 @@ fn run_script(script: &Path, server_url: &str, log: &Path, limit: Duration) -> (
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PYTHONUNBUFFERED", "1")
         .env("SKIFF_SERVER", server_url)
+        .env("SKIFF_CONFIG", config)
         .env("SKIFF_IMAGE", busybox_image())
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
@@ -108,7 +116,13 @@ fn the_python_client_applies_watches_pages_execs_and_reads_field_errors_against_
     ] {
         let started = Instant::now();
         let log = tmp.path().join(script.replace('/', "-") + ".log");
-        let (ok, output) = run_script(&client_dir().join(script), &dev.url(), &log, limit);
+        let (ok, output) = run_script(
+            &client_dir().join(script),
+            &dev.url(),
+            &dev.admin_conf(),
+            &log,
+            limit,
+        );
         assert!(
             ok && output.contains(expect),
             "clients/python/{script} failed after {:?}; its output:\n{output}\n\nskiff dev's log (end):\n{}",

@@ -26,7 +26,8 @@ fn register_job(name: &str, value: &str) -> JobSpec {
 async fn connect_from(urls: &[String], start: usize) -> Option<Client> {
     for k in 0..urls.len() {
         let url = &urls[(start + k) % urls.len()];
-        if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(1), Client::connect(url)).await
+        if let Ok(Ok(c)) =
+            tokio::time::timeout(Duration::from_secs(1), skiff_tests::connect(url)).await
         {
             return Some(c);
         }
@@ -191,7 +192,7 @@ async fn writes_survive_leader_kill9s_and_the_history_is_linearizable() {
     // Every acknowledged job is there, on every server.
     cluster.converged(&[0, 1, 2], SETTLE).await;
     for i in 0..3 {
-        let mut c = Client::connect(&cluster.url(i)).await.unwrap();
+        let mut c = skiff_tests::connect(&cluster.url(i)).await.unwrap();
         let names: HashSet<String> = job_names(&mut c).await.into_iter().collect();
         let missing: Vec<&String> = created.iter().filter(|n| !names.contains(*n)).collect();
         assert!(
@@ -210,7 +211,7 @@ async fn a_minority_cannot_commit_and_all_converge_after_healing() {
     let tmp = tempfile::tempdir().unwrap();
     let cluster = ServerCluster::start(tmp.path(), 3, &[]).await;
     let old = cluster.leader(SETTLE).await;
-    let mut c = Client::connect(&cluster.url(old)).await.unwrap();
+    let mut c = skiff_tests::connect(&cluster.url(old)).await.unwrap();
     c.apply_job(&register_job("before", "1")).await.unwrap();
     // If the job needed an evaluation, the leader commits its plan right
     // after the job: wait for that, so no write of the leader's own is in
@@ -218,7 +219,7 @@ async fn a_minority_cannot_commit_and_all_converge_after_healing() {
     skiff_tests::wait_for("no evaluation of the job to be pending", SETTLE, || {
         let url = cluster.url(old);
         async move {
-            let mut c = Client::connect(&url).await.ok()?;
+            let mut c = skiff_tests::connect(&url).await.ok()?;
             let d = c.get_job("before").await.ok()?;
             d.latest_eval
                 .is_none_or(|e| e.status == "complete")
@@ -254,7 +255,7 @@ async fn a_minority_cannot_commit_and_all_converge_after_healing() {
         assert!(Instant::now() < deadline, "the majority elected no leader");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let mut m = Client::connect(&cluster.url(new)).await.unwrap();
+    let mut m = skiff_tests::connect(&cluster.url(new)).await.unwrap();
     m.apply_job(&register_job("majority", "1")).await.unwrap();
     let isolated = cluster.status(old).await.unwrap();
     assert_eq!(
@@ -263,17 +264,20 @@ async fn a_minority_cannot_commit_and_all_converge_after_healing() {
     );
     assert_ne!(isolated.role, "leader", "check_quorum made it step down");
     // Its local state can be read with --stale, and lacks the new job.
-    let mut stale = Client::connect(&cluster.url(old))
+    let mut stale = skiff_tests::connect(&cluster.url(old))
         .await
         .unwrap()
         .stale(true);
     let names: Vec<String> = job_names(&mut stale).await.into_iter().collect();
     assert!(!names.contains(&"majority".to_string()));
     // A linearizable read there is refused rather than answered stale.
-    let mut strict = Client::connect(&cluster.url(old)).await.unwrap();
+    let mut strict = skiff_tests::connect(&cluster.url(old)).await.unwrap();
     assert!(strict.list_jobs().await.is_err());
     for i in &majority {
-        let mut c = Client::connect(&cluster.url(*i)).await.unwrap().stale(true);
+        let mut c = skiff_tests::connect(&cluster.url(*i))
+            .await
+            .unwrap()
+            .stale(true);
         let names: Vec<String> = job_names(&mut c).await.into_iter().collect();
         assert!(names.contains(&"majority".to_string()));
         assert!(
@@ -284,7 +288,7 @@ async fn a_minority_cannot_commit_and_all_converge_after_healing() {
 
     cluster.heal();
     cluster.converged(&[0, 1, 2], SETTLE).await;
-    let mut c = Client::connect(&cluster.url(old)).await.unwrap();
+    let mut c = skiff_tests::connect(&cluster.url(old)).await.unwrap();
     let names: Vec<String> = job_names(&mut c).await.into_iter().collect();
     assert!(names.contains(&"majority".to_string()));
 }
@@ -298,7 +302,7 @@ async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
     let leader = cluster.leader(SETTLE).await;
     let follower = (0..3).find(|i| *i != leader).unwrap();
     cluster.kill9(follower).await;
-    let mut c = Client::connect(&cluster.url(leader)).await.unwrap();
+    let mut c = skiff_tests::connect(&cluster.url(leader)).await.unwrap();
     for i in 0..200 {
         c.apply_job(&register_job(&format!("j{i}"), "v"))
             .await
@@ -318,7 +322,7 @@ async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
         log.contains("installing a snapshot from the leader"),
         "{log}"
     );
-    let mut c = Client::connect(&cluster.url(follower)).await.unwrap();
+    let mut c = skiff_tests::connect(&cluster.url(follower)).await.unwrap();
     assert_eq!(c.list_jobs().await.unwrap().len(), 200);
 }
 
@@ -327,7 +331,7 @@ async fn servers_join_and_leave_and_the_cluster_keeps_serving() {
     let tmp = tempfile::tempdir().unwrap();
     let cluster = ServerCluster::start(tmp.path(), 3, &["--snapshot-entries", "30"]).await;
     let leader = cluster.leader(SETTLE).await;
-    let mut c = Client::connect(&cluster.url(leader)).await.unwrap();
+    let mut c = skiff_tests::connect(&cluster.url(leader)).await.unwrap();
     for i in 0..50 {
         c.apply_job(&register_job(&format!("j{i}"), "v"))
             .await
@@ -351,7 +355,7 @@ async fn servers_join_and_leave_and_the_cluster_keeps_serving() {
     };
     let deadline = Instant::now() + SETTLE;
     loop {
-        let (members, _) = Client::connect(&fourth.url())
+        let (members, _) = skiff_tests::connect(&fourth.url())
             .await
             .unwrap()
             .members()
@@ -362,11 +366,12 @@ async fn servers_join_and_leave_and_the_cluster_keeps_serving() {
         }
         assert!(
             Instant::now() < deadline,
-            "the fourth server was not promoted: {members:?}"
+            "the fourth server was not promoted: {members:?}\n{}",
+            fourth.log()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let mut c4 = Client::connect(&fourth.url()).await.unwrap();
+    let mut c4 = skiff_tests::connect(&fourth.url()).await.unwrap();
     assert_eq!(
         c4.list_jobs().await.unwrap().len(),
         50,
@@ -406,7 +411,7 @@ async fn servers_join_and_leave_and_the_cluster_keeps_serving() {
         .map(|(_, u)| u.clone())
         .collect();
     for u in survivors {
-        let mut c = Client::connect(&u).await.unwrap();
+        let mut c = skiff_tests::connect(&u).await.unwrap();
         assert_eq!(c.list_jobs().await.unwrap().len(), 53);
     }
 }
@@ -472,18 +477,18 @@ async fn a_watch_resumes_on_another_server_without_loss_or_repeats() {
     let leader = cluster.leader(SETTLE).await;
     let a = (leader + 1) % 3; // the server the first watch uses, then killed
     let b = (leader + 2) % 3;
-    let mut writer = Client::connect(&cluster.url(leader)).await.unwrap();
+    let mut writer = skiff_tests::connect(&cluster.url(leader)).await.unwrap();
     writer.apply_job(&register_job("seed", "0")).await.unwrap();
     let start = cluster.status(leader).await.unwrap().applied;
 
     // A reference watch on the leader sees everything from `start`.
-    let mut reference = Client::connect(&cluster.url(leader))
+    let mut reference = skiff_tests::connect(&cluster.url(leader))
         .await
         .unwrap()
         .watch(start)
         .await
         .unwrap();
-    let mut first = Client::connect(&cluster.url(a))
+    let mut first = skiff_tests::connect(&cluster.url(a))
         .await
         .unwrap()
         .watch(start)
@@ -513,7 +518,7 @@ async fn a_watch_resumes_on_another_server_without_loss_or_repeats() {
     // resume from the one before, as a client tracking complete indexes does.
     got.retain(|e| e.0 < resume_from);
     let last_complete = got.last().map(|e| e.0).unwrap_or(start);
-    let mut second = Client::connect(&cluster.url(b))
+    let mut second = skiff_tests::connect(&cluster.url(b))
         .await
         .unwrap()
         .watch(last_complete)

@@ -12,7 +12,7 @@ const START: Duration = Duration::from_secs(60);
 /// Runs the `skiff` binary against `url`; returns stdout, failing the test
 /// when the command fails.
 fn skiff(url: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new(skiff_bin())
+    let out = skiff_tests::skiff_command()
         .args(args)
         .args(["--server", url])
         .output()
@@ -30,7 +30,7 @@ async fn blocked_reason(url: &str, job: &str) -> String {
     wait_for(&format!("{job} to be blocked"), START, || {
         let (url, job) = (url.to_string(), job.to_string());
         async move {
-            let mut c = skiff_client::Client::connect(&url).await.ok()?;
+            let mut c = skiff_tests::connect(&url).await.ok()?;
             let d = c.get_job(&job).await.ok()?;
             d.latest_eval
                 .filter(|e| e.status == "blocked")
@@ -133,7 +133,7 @@ async fn a_cordoned_node_takes_no_new_work_until_uncordoned() {
     wait_for("the node to register", START, || {
         let url = url.clone();
         async move {
-            let mut c = skiff_client::Client::connect(&url).await.ok()?;
+            let mut c = skiff_tests::connect(&url).await.ok()?;
             let n = c.list_nodes().await.ok()?;
             (!n.is_empty()).then_some(())
         }
@@ -173,7 +173,7 @@ async fn a_cordoned_node_takes_no_new_work_until_uncordoned() {
     wait_for("the drained allocation to stop", START, || {
         let url = url.clone();
         async move {
-            let mut c = skiff_client::Client::connect(&url).await.ok()?;
+            let mut c = skiff_tests::connect(&url).await.ok()?;
             let a = c.list_allocs(Some("waits"), None).await.ok()?;
             (a.len() == 1 && a[0].status == AllocStatus::Complete).then_some(())
         }

@@ -46,7 +46,7 @@ task:
             let id = id.clone();
             let url = server.url();
             async move {
-                let mut c = skiff_client::Client::connect(&url).await.ok()?;
+                let mut c = skiff_tests::connect(&url).await.ok()?;
                 let out = stdout_of(&mut c, &id).await;
                 out.contains("hello from").then_some(out)
             }
@@ -218,7 +218,7 @@ async fn a_job_that_fits_nowhere_waits_and_says_why() {
     let why = wait_for("an explanation", START, || {
         let url = server.url();
         async move {
-            let mut c = skiff_client::Client::connect(&url).await.ok()?;
+            let mut c = skiff_tests::connect(&url).await.ok()?;
             let d = c.get_job("huge").await.ok()?;
             d.latest_eval
                 .filter(|e| e.status == "blocked")
@@ -314,7 +314,7 @@ async fn logs_follow_streams_until_the_container_exits() {
     let out = tokio::task::spawn_blocking({
         let (url, id) = (server.url(), a[0].short_id().to_string());
         move || {
-            std::process::Command::new(skiff_bin())
+            skiff_tests::skiff_command()
                 .args(["logs", "-f", &id, "--server", &url])
                 .output()
                 .unwrap()

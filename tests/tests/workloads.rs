@@ -69,7 +69,7 @@ fn sampler(
         let mut client = None;
         while !flag.load(Ordering::Relaxed) {
             if client.is_none() {
-                client = Client::connect(&url).await.ok();
+                client = skiff_tests::connect(&url).await.ok();
             }
             if let Some(c) = client.as_mut() {
                 if let Ok(allocs) = c.list_allocs(Some(job), None).await {

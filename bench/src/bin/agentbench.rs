@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use skiff_client::Client;
+use skiff_bench::creds::{global as creds, set_global, Creds};
 use skiff_model::{AllocStatus, JobSpec};
 
 struct Opts {
@@ -206,7 +206,9 @@ async fn run(o: &Opts) -> Result<(), String> {
         async move { std::fs::read_to_string(f).ok() }
     })
     .await?;
-    let url = format!("http://{}", addr.trim());
+    set_global(Creds::from_admin_conf(&server_dir).map_err(|e| e.to_string())?);
+    let url = creds().url(&addr);
+    let join = creds().agent_args(&url).await.map_err(|e| e.to_string())?;
     let agent_log = agent_dir.join("agent.log");
     let agent = Command::new(&o.skiff)
         .args([
@@ -222,6 +224,7 @@ async fn run(o: &Opts) -> Result<(), String> {
         .arg(&url)
         .arg("--data-dir")
         .arg(&agent_dir)
+        .args(&join)
         .env("SKIFF_LOG", "info,skiff_agent=debug,slog=warn")
         .stderr(log(&agent_log)?)
         .spawn()
@@ -230,13 +233,13 @@ async fn run(o: &Opts) -> Result<(), String> {
     procs.0.push(agent);
     let mut client = wait_for("a client connection", Duration::from_secs(20), || {
         let url = url.clone();
-        async move { Client::connect(&url).await.ok() }
+        async move { creds().connect(&url).await.ok() }
     })
     .await?;
     wait_for("the agent to register", Duration::from_secs(20), || {
         let url = url.clone();
         async move {
-            let mut c = Client::connect(&url).await.ok()?;
+            let mut c = creds().connect(&url).await.ok()?;
             (!c.list_nodes().await.ok()?.is_empty()).then_some(())
         }
     })
@@ -274,7 +277,7 @@ async fn run(o: &Opts) -> Result<(), String> {
             || {
                 let url = url.clone();
                 async move {
-                    let mut c = Client::connect(&url).await.ok()?;
+                    let mut c = creds().connect(&url).await.ok()?;
                     let a = c.list_allocs(Some("lat"), None).await.ok()?;
                     let new_running = a
                         .iter()
@@ -354,7 +357,7 @@ async fn run(o: &Opts) -> Result<(), String> {
     wait_for("every replica to run", Duration::from_secs(600), || {
         let url = url.clone();
         async move {
-            let mut c = Client::connect(&url).await.ok()?;
+            let mut c = creds().connect(&url).await.ok()?;
             let a = c.list_allocs(Some("bench"), None).await.ok()?;
             (a.iter()
                 .filter(|a| a.status == AllocStatus::Running)
@@ -445,7 +448,7 @@ async fn run(o: &Opts) -> Result<(), String> {
     let _ = wait_for("the containers to stop", Duration::from_secs(120), || {
         let url = url.clone();
         async move {
-            let mut c = Client::connect(&url).await.ok()?;
+            let mut c = creds().connect(&url).await.ok()?;
             let a = c.list_allocs(Some("bench"), None).await.ok()?;
             a.iter().all(|a| a.status.is_terminal()).then_some(())
         }

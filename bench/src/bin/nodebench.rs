@@ -16,9 +16,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use skiff_bench::creds::{global as creds, set_global, Creds};
 use skiff_bench::procs::{wait_until, Proc};
 use skiff_bench::stats::{ms, percentile};
-use skiff_client::Client;
 use skiff_model::{AllocStatus, JobSpec};
 
 struct Opts {
@@ -65,9 +65,9 @@ struct Node {
 }
 
 impl Node {
-    fn start(skiff: &Path, dir: &Path, name: &str, url: &str) -> anyhow::Result<Node> {
+    async fn start(skiff: &Path, dir: &Path, name: &str, url: &str) -> anyhow::Result<Node> {
         std::fs::create_dir_all(dir)?;
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "agent".into(),
             "--listen".into(),
             "127.0.0.1:0".into(),
@@ -78,6 +78,7 @@ impl Node {
             "--data-dir".into(),
             dir.display().to_string(),
         ];
+        args.extend(creds().agent_args(url).await?);
         Ok(Node {
             name: name.into(),
             dir: dir.to_path_buf(),
@@ -142,7 +143,7 @@ impl Node {
 }
 
 async fn running_on(url: &str, node: &str, n: usize) -> bool {
-    let Ok(mut c) = Client::connect(url).await else {
+    let Ok(mut c) = creds().connect(url).await else {
         return false;
     };
     let Ok(allocs) = c.list_allocs(Some("moving"), None).await else {
@@ -189,16 +190,17 @@ async fn main() -> anyhow::Result<()> {
     if !wait_until(Duration::from_secs(20), || addr_file.is_file()) {
         bail!("the server did not start");
     }
-    let url = format!("http://{}", std::fs::read_to_string(&addr_file)?.trim());
+    set_global(Creds::from_admin_conf(&server_dir)?);
+    let url = creds().url(&std::fs::read_to_string(&addr_file)?);
     let spec = JobSpec::from_yaml(&format!(
         "name: moving\nreplicas: {}\ntask:\n  image: oci:{}:latest\n  command: [sh, -c, 'trap \"exit 0\" TERM; sleep 3600 & wait']\n  resources: {{cpu: 100m, memory: 32Mi}}\n",
         o.replicas,
         layout.display()
     ))?;
 
-    let mut current = Node::start(&o.skiff, &work.path().join("node-0"), "node-0", &url)?;
+    let mut current = Node::start(&o.skiff, &work.path().join("node-0"), "node-0", &url).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut client = Client::connect(&url).await?;
+    let mut client = creds().connect(&url).await?;
     client.apply_job(&spec).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while !running_on(&url, &current.name, o.replicas as usize).await {
@@ -211,7 +213,7 @@ async fn main() -> anyhow::Result<()> {
     let mut dead = Vec::new();
     for round in 1..=o.rounds {
         let name = format!("node-{round}");
-        let next = Node::start(&o.skiff, &work.path().join(&name), &name, &url)?;
+        let next = Node::start(&o.skiff, &work.path().join(&name), &name, &url).await?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let nodes = client.list_nodes().await?;

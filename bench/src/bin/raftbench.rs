@@ -23,11 +23,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use skiff_bench::creds::{global as creds, set_global, Creds};
 use skiff_bench::etcdpb::kv_client::KvClient;
 use skiff_bench::etcdpb::PutRequest;
 use skiff_bench::procs::{free_ports, wait_until, Proc};
 use skiff_bench::stats::{ms, percentile};
-use skiff_client::Client;
 use skiff_model::JobSpec;
 
 struct Opts {
@@ -38,6 +38,7 @@ struct Opts {
     failovers: usize,
     skiff: PathBuf,
     etcd: PathBuf,
+    insecure: bool,
 }
 
 fn parse() -> anyhow::Result<Opts> {
@@ -50,6 +51,7 @@ fn parse() -> anyhow::Result<Opts> {
         failovers: 5,
         skiff: exe.parent().map(|d| d.join("skiff")).unwrap_or_default(),
         etcd: PathBuf::from("/usr/bin/etcd"),
+        insecure: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -67,8 +69,9 @@ fn parse() -> anyhow::Result<Opts> {
             "--failovers" => o.failovers = val()?.parse()?,
             "--skiff" => o.skiff = val()?.into(),
             "--etcd" => o.etcd = val()?.into(),
+            "--insecure" => o.insecure = true,
             "-h" | "--help" => {
-                println!("raftbench [--duration SECS] [--clients 1,64] [--rounds N] [--value-size BYTES] [--failovers N] [--skiff PATH] [--etcd PATH]");
+                println!("raftbench [--duration SECS] [--clients 1,64] [--rounds N] [--value-size BYTES] [--failovers N] [--skiff PATH] [--etcd PATH] [--insecure (Skiff without TLS)]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (see --help)"),
@@ -95,7 +98,12 @@ struct SkiffCluster {
 }
 
 impl SkiffCluster {
-    fn start(bin: &Path, dir: &Path, ports: &[u16]) -> anyhow::Result<SkiffCluster> {
+    fn start(
+        bin: &Path,
+        dir: &Path,
+        ports: &[u16],
+        security: &[String],
+    ) -> anyhow::Result<SkiffCluster> {
         let (peers, apis) = ports.split_at(3);
         let peer_list: Vec<String> = peers
             .iter()
@@ -104,7 +112,7 @@ impl SkiffCluster {
             .collect();
         let mut procs = Vec::new();
         for i in 0..3 {
-            let args: Vec<String> = vec![
+            let mut args: Vec<String> = vec![
                 "server".into(),
                 "--id".into(),
                 (i + 1).to_string(),
@@ -117,6 +125,7 @@ impl SkiffCluster {
                 "--peers".into(),
                 peer_list.join(","),
             ];
+            args.extend_from_slice(security);
             procs.push(Proc::spawn(
                 bin,
                 &args,
@@ -127,7 +136,7 @@ impl SkiffCluster {
             procs,
             urls: apis
                 .iter()
-                .map(|p| format!("http://127.0.0.1:{p}"))
+                .map(|p| creds().url(&format!("127.0.0.1:{p}")))
                 .collect(),
         })
     }
@@ -135,7 +144,7 @@ impl SkiffCluster {
     async fn leader(&self) -> Option<usize> {
         for (i, url) in self.urls.iter().enumerate() {
             if let Ok(Ok(mut c)) =
-                tokio::time::timeout(Duration::from_millis(500), Client::connect(url)).await
+                tokio::time::timeout(Duration::from_millis(500), creds().connect(url)).await
             {
                 if let Ok(Ok(s)) =
                     tokio::time::timeout(Duration::from_millis(500), c.status()).await
@@ -239,7 +248,7 @@ async fn run_phase(
             let mut n = 0usize;
             match target {
                 Target::Skiff => {
-                    let mut client = Client::connect(&url).await?;
+                    let mut client = creds().connect(&url).await?;
                     // Parse the spec once; each write only changes the name
                     // and the value, as an etcd Put only changes key and value.
                     let mut spec = job("b0", &value);
@@ -350,7 +359,21 @@ async fn main() -> anyhow::Result<()> {
 async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
     // Every port at once, so the two clusters never share one.
     let ports = free_ports(12);
-    let mut skiff = SkiffCluster::start(&o.skiff, dir, &ports[..6])?;
+    let (c, security) = if o.insecure {
+        (Creds::insecure(), vec!["--insecure".to_string()])
+    } else {
+        Creds::shared_ca(&dir.join("ca"))?
+    };
+    set_global(c);
+    println!(
+        "skiff: {}",
+        if o.insecure {
+            "--insecure (plaintext)"
+        } else {
+            "mutual TLS"
+        }
+    );
+    let mut skiff = SkiffCluster::start(&o.skiff, dir, &ports[..6], &security)?;
     let etcd = EtcdCluster::start(&o.etcd, dir, &ports[6..])?;
     wait_writable(Target::Skiff, &skiff.urls)
         .await
@@ -443,7 +466,7 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
             .collect();
         let mut clients = Vec::new();
         for u in &survivors {
-            clients.push(Client::connect(u).await?);
+            clients.push(creds().connect(u).await?);
         }
         let killed_at = Instant::now();
         skiff.procs[leader].kill9();
@@ -473,7 +496,12 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
         let urls = skiff.urls.clone();
         tokio::task::spawn_blocking(move || {
             wait_until(Duration::from_secs(30), || {
-                std::net::TcpStream::connect(urls[leader].trim_start_matches("http://")).is_ok()
+                std::net::TcpStream::connect(
+                    urls[leader]
+                        .trim_start_matches("https://")
+                        .trim_start_matches("http://"),
+                )
+                .is_ok()
             })
         })
         .await?;

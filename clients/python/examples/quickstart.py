@@ -4,7 +4,7 @@ command in it, see a refused spec's field errors, delete it.
 Run it against a server (`skiff dev`) with the stubs generated
 (clients/python/generate.sh) and clients/python on the module path:
 
-    PYTHONPATH=clients/python SKIFF_SERVER=http://127.0.0.1:7700 \
+    PYTHONPATH=clients/python SKIFF_CONFIG=~/.skiff/config \
         SKIFF_IMAGE=oci:/abs/path/to/busybox:latest python3 clients/python/examples/quickstart.py
 """
 
@@ -15,9 +15,10 @@ import grpc
 
 from skiff_client import Client, field_violations, pb
 
-server = os.environ.get("SKIFF_SERVER", "http://127.0.0.1:7700")
 image = os.environ.get("SKIFF_IMAGE", "oci:/srv/images/busybox:latest")
-client = Client(server, timeout=15)
+# The servers and credentials come from SKIFF_CONFIG (or ~/.skiff/config,
+# which `skiff dev` writes); SKIFF_SERVER picks another server.
+client = Client(timeout=15)
 
 # Only what matters; the server fills in the rest as the YAML form does
 # (1 replica, 100m CPU, 128Mi memory, restart always, ...).

@@ -5,8 +5,14 @@ watches as iterators, a deadline on every unary call. ``pb`` holds every
 message and enum; ``field_violations`` reads the BadRequest details of an
 INVALID_ARGUMENT. Anything the wrapper does not cover is one call away on
 ``Client.stub``. docs/api.md describes the API; run ``generate.sh`` first.
+
+Credentials come from the client configuration file Skiff writes
+(``config=PATH``, else ``$SKIFF_CONFIG``, else ``~/.skiff/config``):
+``https://`` servers are reached over mutual TLS with its CA and
+certificate; ``http://`` only reaches a cluster started with --insecure.
 """
 
+import os
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import grpc
@@ -19,7 +25,9 @@ except ImportError as e:  # pragma: no cover - a clear message is the point
         "skiff_client's generated stubs are missing: run clients/python/generate.sh"
     ) from e
 
+from . import config as _config
 from . import pb
+from .config import ClientConfig
 from .errors import Detail, FieldViolation, field_violations, status_details
 
 __all__ = [
@@ -31,9 +39,10 @@ __all__ = [
     "FieldViolation",
     "Detail",
     "DEFAULT_SERVER",
+    "ClientConfig",
 ]
 
-DEFAULT_SERVER = "http://127.0.0.1:7700"
+DEFAULT_SERVER = "https://127.0.0.1:7700"
 # The server takes requests up to 4 MiB; answers may be larger (an exec's
 # two 4 MiB streams, a page of 1000 allocations).
 MAX_RECEIVE_BYTES = 64 * 1024 * 1024
@@ -50,11 +59,10 @@ class Listing(list):
 
 
 def _target(url: str) -> str:
-    if url.startswith("http://"):
-        url = url[len("http://") :]
-    elif "://" in url:
-        raise ValueError(f"{url!r}: Skiff serves plain gRPC; use http://HOST:PORT")
-    return url.rstrip("/")
+    for scheme in ("https://", "http://"):
+        if url.startswith(scheme):
+            return url[len(scheme) :].rstrip("/")
+    raise ValueError(f"{url!r}: use https://HOST:PORT (http:// for an --insecure cluster)")
 
 
 def _kind(k: Union[int, str]) -> int:
@@ -74,16 +82,33 @@ class Client:
     ``grpc.RpcError``; see docs/api.md for the codes.
     """
 
-    def __init__(self, url: str = DEFAULT_SERVER, timeout: float = 30.0):
+    def __init__(
+        self,
+        url: Optional[str] = None,
+        timeout: float = 30.0,
+        config: Optional[str] = None,
+    ):
+        conf = _config.load(config)
+        url = url or os.environ.get("SKIFF_SERVER") or (conf.servers[0] if conf and conf.servers else DEFAULT_SERVER)
         self.url = url
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(
-            _target(url),
-            options=[
-                ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
-                ("grpc.max_send_message_length", MAX_SEND_BYTES),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+            ("grpc.max_send_message_length", MAX_SEND_BYTES),
+        ]
+        if url.startswith("https://"):
+            if conf is None or conf.ca is None:
+                raise ValueError(
+                    f"{url}: an https:// server needs the cluster's CA and your credentials: "
+                    "pass config=PATH or set SKIFF_CONFIG (the admin.conf a founding server writes)"
+                )
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=conf.ca, private_key=conf.key, certificate_chain=conf.cert
+            )
+            options.append(("grpc.ssl_target_name_override", _config.SERVER_NAME))
+            self.channel = grpc.secure_channel(_target(url), creds, options=options)
+        else:
+            self.channel = grpc.insecure_channel(_target(url), options=options)
         self.stub = cluster_pb2_grpc.ClusterStub(self.channel)
 
     def close(self) -> None:

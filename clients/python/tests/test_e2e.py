@@ -1,9 +1,9 @@
 """End to end, as a client developer in Python would use Skiff: against a
-running `skiff dev` (SKIFF_SERVER) with a busybox image (SKIFF_IMAGE, an
+running `skiff dev` (SKIFF_SERVER, with its credentials in SKIFF_CONFIG) with a busybox image (SKIFF_IMAGE, an
 absolute `oci:` layout). tests/tests/python_client.rs runs it after
 generating the stubs; it can be run by hand the same way:
 
-    PYTHONPATH=clients/python SKIFF_SERVER=http://127.0.0.1:7700 \
+    PYTHONPATH=clients/python SKIFF_SERVER=https://127.0.0.1:7700 SKIFF_CONFIG=~/.skiff/config \
         SKIFF_IMAGE=oci:/abs/busybox:latest /usr/bin/python3 clients/python/tests/test_e2e.py
 
 Every wait has a limit; each step prints what it checked. Exits 0 when

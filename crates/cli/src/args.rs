@@ -1,26 +1,52 @@
-//! Argument pieces every command shares: where the servers are, and the
-//! value parsers clap uses for durations. A leaf: it imports no other room
-//! of the binary.
+//! Argument pieces every command shares: where the servers are and whose
+//! credentials to use, and the value parsers clap uses for durations. A
+//! leaf: it imports no other room of the binary.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use skiff_client::ClientConfig;
 
 #[derive(Args, Clone)]
 pub struct ClientOpts {
-    /// Server API address; several may be given, comma-separated, to fail over.
-    #[arg(
-        long,
-        global = true,
-        env = "SKIFF_SERVER",
-        default_value = skiff_client::DEFAULT_SERVER,
-        value_delimiter = ','
-    )]
+    /// Server API URL (https://HOST:PORT); several may be given,
+    /// comma-separated, to fail over. Default: the servers the
+    /// configuration file names, else https://127.0.0.1:7700.
+    #[arg(long, global = true, env = "SKIFF_SERVER", value_delimiter = ',')]
     pub server: Vec<String>,
+    /// The client configuration file: the servers, the cluster CA and your
+    /// certificate (a founding server writes one as DATA_DIR/admin.conf;
+    /// `skiff dev` also copies it to ~/.skiff/config). Default:
+    /// ~/.skiff/config.
+    #[arg(long, global = true, env = "SKIFF_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Answer from the contacted server's own state, without confirming with
     /// the leader that it is current (faster; works without a quorum).
     #[arg(long, global = true)]
     pub stale: bool,
+}
+
+impl ClientOpts {
+    /// The configuration to connect with: the file (`--config`,
+    /// `SKIFF_CONFIG`, or `~/.skiff/config` when it exists), its servers
+    /// replaced by `--server` when given.
+    pub fn client_config(&self) -> Result<ClientConfig, skiff_client::ClientError> {
+        let mut config = match &self.config {
+            Some(path) => ClientConfig::load(path)?,
+            None => match ClientConfig::default_path().filter(|p| p.exists()) {
+                Some(path) => ClientConfig::load(&path)?,
+                None => ClientConfig::default(),
+            },
+        };
+        if !self.server.is_empty() {
+            config.servers = self.server.clone();
+        }
+        if config.servers.is_empty() {
+            config.servers = vec![skiff_client::DEFAULT_SERVER.to_string()];
+        }
+        Ok(config)
+    }
 }
 
 /// `500ms`, `10s`, `2m`, `1h`, `1m30s`.

@@ -23,7 +23,9 @@ use clap::{Arg, Args, Command, ValueEnum};
 use clap_complete::engine::{ArgValueCandidates, CompletionCandidate};
 use clap_complete::env::EnvCompleter;
 use clap_complete::CompleteEnv;
-use skiff_client::Client;
+use skiff_client::{Client, ClientConfig};
+
+use crate::args::ClientOpts;
 use skiff_model::{AllocStatus, JobType};
 
 /// The variable that asks the binary for completions instead of running a
@@ -184,7 +186,18 @@ pub fn names_for(command: &str, arg: &Arg) -> Option<Names> {
 /// when none answers within [`FETCH_LIMIT`].
 fn fetch(names: Names) -> Vec<CompletionCandidate> {
     let env = std::env::var("SKIFF_SERVER").ok();
-    let servers = servers_in(&typed_words(std::env::args_os()), env.as_deref());
+    let words = typed_words(std::env::args_os());
+    let opts = ClientOpts {
+        server: servers_in(&words, env.as_deref()),
+        config: option_in(&words, "config")
+            .pop()
+            .or_else(|| std::env::var("SKIFF_CONFIG").ok())
+            .map(PathBuf::from),
+        stale: true,
+    };
+    let Ok(config) = opts.client_config() else {
+        return Vec::new();
+    };
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -192,14 +205,14 @@ fn fetch(names: Names) -> Vec<CompletionCandidate> {
         return Vec::new();
     };
     runtime
-        .block_on(async { tokio::time::timeout(FETCH_LIMIT, ask(names, &servers)).await })
+        .block_on(async { tokio::time::timeout(FETCH_LIMIT, ask(names, &config)).await })
         .ok()
         .flatten()
         .unwrap_or_default()
 }
 
-async fn ask(names: Names, servers: &[String]) -> Option<Vec<CompletionCandidate>> {
-    let mut client = Client::connect_any(servers).await.ok()?.stale(true);
+async fn ask(names: Names, config: &ClientConfig) -> Option<Vec<CompletionCandidate>> {
+    let mut client = Client::connect_config(config).await.ok()?.stale(true);
     let candidates = match names {
         Names::Jobs => {
             let mut jobs = client.list_jobs().await.ok()?;
@@ -263,26 +276,33 @@ fn typed_words(args: impl IntoIterator<Item = OsString>) -> Vec<String> {
         .collect()
 }
 
-/// The servers a command typed as `words` (program name first) would
-/// contact: its `--server` options, else `SKIFF_SERVER` (`env`), else the
-/// default; comma-separated lists are split, as the commands do. Words
-/// after a `--` of their own (`skiff exec ID -- cmd`) are the container's.
-pub fn servers_in(words: &[String], env: Option<&str>) -> Vec<String> {
+/// The values of `--NAME` in a command typed as `words` (program name
+/// first), up to a `--` of its own (after it, `skiff exec ID -- cmd`, the
+/// words are the container's).
+fn option_in(words: &[String], name: &str) -> Vec<String> {
     let mut given = Vec::new();
     let mut rest = words.iter().skip(1);
+    let flag = format!("--{name}");
+    let prefix = format!("--{name}=");
     while let Some(w) = rest.next() {
         if w == "--" {
             break;
-        } else if w == "--server" {
+        } else if *w == flag {
             given.extend(rest.next().cloned());
-        } else if let Some(v) = w.strip_prefix("--server=") {
+        } else if let Some(v) = w.strip_prefix(&prefix) {
             given.push(v.to_string());
         }
     }
+    given
+}
+
+/// The servers a command typed as `words` names: its `--server` options,
+/// else `SKIFF_SERVER` (`env`); comma-separated lists are split, as the
+/// commands do. Empty: the configuration file's servers (or the default).
+pub fn servers_in(words: &[String], env: Option<&str>) -> Vec<String> {
+    let given = option_in(words, "server");
     let list = if given.is_empty() {
-        env.filter(|e| !e.trim().is_empty())
-            .unwrap_or(skiff_client::DEFAULT_SERVER)
-            .to_string()
+        env.unwrap_or_default().to_string()
     } else {
         given.join(",")
     };
@@ -358,6 +378,7 @@ mod tests {
             ("skiff node cordon", "name", "Nodes"),
             ("skiff node drain", "name", "Nodes"),
             ("skiff node uncordon", "name", "Nodes"),
+            ("skiff node remove", "name", "Nodes"),
             ("skiff node gpu reset", "node", "Nodes"),
             ("skiff cordon", "name", "Nodes"),
             ("skiff drain", "name", "Nodes"),
@@ -486,7 +507,7 @@ mod tests {
     }
 
     #[test]
-    fn names_come_from_the_servers_the_command_line_names_else_skiff_server_else_the_default() {
+    fn names_come_from_the_servers_the_command_line_names_else_skiff_server_else_the_config() {
         let env = Some("http://a:7700,http://b:7700");
         assert_eq!(
             servers_in(&words("skiff describe job --server http://x:1 w"), env),
@@ -500,13 +521,11 @@ mod tests {
             servers_in(&words("skiff scale w"), env),
             ["http://a:7700", "http://b:7700"]
         );
+        assert!(servers_in(&words("skiff scale w"), None).is_empty());
+        assert!(servers_in(&words("skiff exec 3f -- prog --server http://x:1"), None).is_empty());
         assert_eq!(
-            servers_in(&words("skiff scale w"), None),
-            [skiff_client::DEFAULT_SERVER]
-        );
-        assert_eq!(
-            servers_in(&words("skiff exec 3f -- prog --server http://x:1"), None),
-            [skiff_client::DEFAULT_SERVER]
+            option_in(&words("skiff get jobs --config /c/admin.conf"), "config"),
+            ["/c/admin.conf"]
         );
     }
 

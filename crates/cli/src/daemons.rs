@@ -52,10 +52,13 @@ pub struct ServerArgs {
     #[arg(long, value_delimiter = ',', value_parser = parse_peer, conflicts_with = "join")]
     peers: Vec<(u64, String)>,
     /// Join an existing cluster through any of its servers' API URL
-    /// (e.g. http://10.0.0.1:7700). The server joins as a learner and is
-    /// promoted to voter once it caught up.
+    /// (e.g. https://10.0.0.1:7700), with a server join token (--token).
+    /// The server joins as a learner and is promoted to voter once it
+    /// caught up.
     #[arg(long, value_name = "URL")]
     join: Option<String>,
+    #[command(flatten)]
+    security: ServerSecurityOpts,
     /// API address other servers and clients should use, when --api binds
     /// a wildcard such as 0.0.0.0.
     #[arg(long, value_name = "HOST:PORT")]
@@ -72,6 +75,83 @@ pub struct ServerArgs {
     liveness: LivenessOpts,
     #[command(flatten)]
     scheduler: SchedulerOpts,
+}
+
+#[derive(Args)]
+struct ServerSecurityOpts {
+    /// A server join token for --join (`skiff token create --role server`);
+    /// needed once: the server keeps its credentials in DATA_DIR/tls.
+    #[arg(
+        long,
+        env = "SKIFF_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true,
+        requires = "join"
+    )]
+    token: Option<String>,
+    /// The cluster CA's certificate, for the founding servers of a static
+    /// cluster (made once with `skiff ca create`); with --ca-key. A single
+    /// founding server makes its own CA when none is given.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "ca_key",
+        conflicts_with = "join",
+        help_heading = "Security"
+    )]
+    ca_cert: Option<PathBuf>,
+    /// The cluster CA's private key (with --ca-cert).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "ca_cert",
+        help_heading = "Security"
+    )]
+    ca_key: Option<PathBuf>,
+    /// How long the certificates this server signs stay valid.
+    #[arg(long, default_value = "8760h", value_parser = parse_duration, hide = true)]
+    cert_lifetime: Duration,
+    #[command(flatten)]
+    insecure: InsecureOpt,
+}
+
+#[derive(Args)]
+struct InsecureOpt {
+    /// Plaintext on every port, and every caller trusted: anyone who
+    /// reaches a port can run anything on every node. Only for a throwaway
+    /// cluster on a network nobody else reaches.
+    #[arg(long, help_heading = "Security")]
+    insecure: bool,
+}
+
+impl ServerSecurityOpts {
+    fn security(&self) -> anyhow::Result<skiff_server::bootstrap::Security> {
+        let ca = match (&self.ca_cert, &self.ca_key) {
+            (Some(cert), Some(key)) => {
+                let read = |p: &PathBuf| {
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("cannot read {}", p.display()))
+                };
+                let ca = skiff_pki::Ca(skiff_pki::CertKey {
+                    cert_pem: read(cert)?,
+                    key_pem: read(key)?,
+                });
+                ca.pin()
+                    .with_context(|| format!("{} is not a CA certificate", cert.display()))?;
+                Some(ca)
+            }
+            _ => None,
+        };
+        if self.insecure.insecure && (ca.is_some() || self.token.is_some()) {
+            anyhow::bail!("--insecure cannot be combined with --ca-cert or --token");
+        }
+        Ok(skiff_server::bootstrap::Security {
+            insecure: self.insecure.insecure,
+            ca,
+            join_token: self.token.clone(),
+            leaf_lifetime: self.cert_lifetime,
+        })
+    }
 }
 
 #[derive(Args)]
@@ -130,9 +210,22 @@ fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
 
 #[derive(Args)]
 pub struct AgentArgs {
-    /// Server API address(es), comma-separated.
+    /// Server API URL(s), comma-separated (https://HOST:PORT; http:// with
+    /// --insecure).
     #[arg(long, env = "SKIFF_SERVER", default_value = skiff_client::DEFAULT_SERVER, value_delimiter = ',')]
     server: Vec<String>,
+    /// A node join token (`skiff token create --role node`), needed once:
+    /// the agent keeps the node's credentials in DATA_DIR/tls.
+    #[arg(
+        long,
+        env = "SKIFF_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true,
+        help_heading = "Security"
+    )]
+    token: Option<String>,
+    #[command(flatten)]
+    insecure: InsecureOpt,
     /// Where containers, logs and the image cache live.
     #[arg(long, default_value = "/var/lib/skiff/agent")]
     data_dir: PathBuf,
@@ -265,6 +358,8 @@ pub struct DevArgs {
     scheduler: SchedulerOpts,
     #[command(flatten)]
     liveness: LivenessOpts,
+    #[command(flatten)]
+    insecure: InsecureOpt,
 }
 
 /// `ID=HOST:PORT`.
@@ -370,6 +465,7 @@ fn server_config(args: ServerArgs) -> anyhow::Result<ServerConfig> {
         advertise_peer: args.advertise_peer,
         peers,
         join: args.join,
+        security: args.security.security()?,
         raft: RaftConfig {
             id: args.id,
             snapshot_entries: args.snapshot_entries,
@@ -386,6 +482,7 @@ fn agent_config(
     node: NodeOpts,
     listen: SocketAddr,
     advertise: Option<SocketAddr>,
+    security: skiff_agent::tls::Security,
 ) -> anyhow::Result<AgentConfig> {
     let shim_program =
         std::env::current_exe().context("cannot find the skiff binary to start shims")?;
@@ -406,6 +503,7 @@ fn agent_config(
         log_max_files: node.log_max_files,
         rootfs: skiff_agent::rootfs::RootfsMode::parse(&node.rootfs).unwrap_or_default(),
         gpu: node.gpu.config(),
+        security,
     })
 }
 
@@ -422,12 +520,20 @@ pub async fn server(cmd: ServerCmd) -> anyhow::Result<()> {
 
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     init_logging();
+    let security = skiff_agent::tls::Security {
+        insecure: args.insecure.insecure,
+        join_token: args.token,
+    };
+    if security.insecure && security.join_token.is_some() {
+        anyhow::bail!("--insecure cannot be combined with --token");
+    }
     let cfg = agent_config(
         args.server,
         args.data_dir,
         args.node,
         args.listen,
         args.advertise,
+        security,
     )?;
     skiff_agent::run(cfg, shutdown_signal()).await?;
     Ok(())
@@ -435,34 +541,56 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
 
 pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     init_logging();
+    let insecure = args.insecure.insecure;
+    let server_dir = args.data_dir.join("server");
     let server_cfg = ServerConfig {
-        data_dir: args.data_dir.join("server"),
+        data_dir: server_dir.clone(),
         api_addr: args.api,
         peer_addr: "127.0.0.1:0".parse().expect("valid address"),
         advertise_api: None,
         advertise_peer: None,
         peers: Default::default(),
         join: None,
+        security: skiff_server::bootstrap::Security {
+            insecure,
+            ca: None,
+            join_token: None,
+            leaf_lifetime: skiff_pki::LEAF_LIFETIME,
+        },
         raft: RaftConfig::default(),
         scheduler: args.scheduler.settings(),
         liveness: args.liveness.config()?,
     };
     let running = skiff_server::start(&server_cfg).await?;
-    let url = format!("http://{}", running.api_addr);
-    let agent_cfg = agent_config(
-        vec![url.clone()],
-        args.data_dir.join("agent"),
-        args.node,
-        "127.0.0.1:0".parse().expect("valid address"),
-        None,
-    )?;
-    tracing::info!(api = %url, data_dir = %args.data_dir.display(), "skiff dev: one server and one agent in this process");
+    let scheme = if insecure { "http" } else { "https" };
+    let url = format!("{scheme}://{}", running.api_addr);
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut server_stop = stop_tx.subscribe();
     let mut agent_stop = stop_tx.subscribe();
     let mut server = tokio::spawn(skiff_server::serve(running, async move {
         let _ = server_stop.recv().await;
     }));
+    let agent_dir = args.data_dir.join("agent");
+    let mut security = skiff_agent::tls::Security {
+        insecure,
+        join_token: None,
+    };
+    if !insecure {
+        let admin = server_dir.join(skiff_server::bootstrap::ADMIN_CONF);
+        if skiff_agent::tls::NodeCreds::load(&agent_dir)?.is_none() {
+            security.join_token = Some(dev_node_token(&admin, &url).await?);
+        }
+        install_user_config(&admin, &args.data_dir);
+    }
+    let agent_cfg = agent_config(
+        vec![url.clone()],
+        agent_dir,
+        args.node,
+        "127.0.0.1:0".parse().expect("valid address"),
+        None,
+        security,
+    )?;
+    tracing::info!(api = %url, data_dir = %args.data_dir.display(), "skiff dev: one server and one agent in this process");
     let mut agent = tokio::spawn(skiff_agent::run(agent_cfg, async move {
         let _ = agent_stop.recv().await;
     }));
@@ -483,6 +611,69 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let _ = agent.await;
     server.await.context("the server panicked")??;
     Ok(())
+}
+
+/// A short-lived node token for `skiff dev`'s own agent, made with the
+/// administrator's credentials over loopback, as an operator would.
+async fn dev_node_token(admin: &std::path::Path, url: &str) -> anyhow::Result<String> {
+    let mut config = skiff_client::ClientConfig::load(admin)?;
+    config.servers = vec![url.to_string()];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let made = async {
+            skiff_client::Client::connect_config(&config)
+                .await?
+                .create_token(skiff_client::JoinRole::Node, 600, "skiff dev's own agent")
+                .await
+        }
+        .await;
+        match made {
+            Ok(t) => return Ok(t.token),
+            Err(e) if std::time::Instant::now() > deadline => {
+                return Err(e).context("cannot make a join token for the dev agent")
+            }
+            Err(e) => tracing::debug!(error = %e, "the server is not ready for a token yet"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The first line of a `~/.skiff/config` that `skiff dev` wrote.
+const DEV_MARK: &str = "# written by skiff dev for ";
+
+/// Copies the administrator's credentials to `~/.skiff/config`, so plain
+/// `skiff get nodes` works, unless that file holds something else (then
+/// the log says how to point the CLI at them).
+fn install_user_config(admin: &std::path::Path, data_dir: &std::path::Path) {
+    let Some(path) = skiff_client::ClientConfig::default_path() else {
+        return;
+    };
+    let mark = format!("{DEV_MARK}{}\n", data_dir.display());
+    let ours = match std::fs::read_to_string(&path) {
+        Ok(text) => text.starts_with(DEV_MARK),
+        Err(_) => true,
+    };
+    let written = ours
+        && std::fs::read_to_string(admin)
+            .ok()
+            .and_then(|text| {
+                let dir = path.parent()?;
+                skiff_pki::files::private_dir(dir).ok()?;
+                skiff_pki::files::write_private(&path, format!("{mark}{text}").as_bytes()).ok()
+            })
+            .is_some();
+    if written {
+        tracing::info!(
+            "the administrator's credentials are in {} (the skiff CLI reads them)",
+            path.display()
+        );
+    } else {
+        tracing::info!(
+            "{} holds other credentials; for this cluster use `skiff --config {}` or SKIFF_CONFIG",
+            path.display(),
+            admin.display()
+        );
+    }
 }
 
 #[cfg(test)]

@@ -68,7 +68,7 @@ enum Cmd {
         #[command(subcommand)]
         what: commands::DeleteWhat,
     },
-    /// Cordon, drain or uncordon a node; reset a GPU's health.
+    /// Cordon, drain, uncordon or remove a node; reset a GPU's health.
     Node {
         #[command(subcommand)]
         what: commands::NodeCmd,
@@ -92,6 +92,16 @@ enum Cmd {
     },
     /// Set how many replicas a job runs; its version stays.
     Scale(rollout::ScaleArgs),
+    /// Make, list and revoke join tokens (for new nodes and servers).
+    Token {
+        #[command(subcommand)]
+        what: commands::TokenCmd,
+    },
+    /// Make the CA the founding servers of a static cluster share.
+    Ca {
+        #[command(subcommand)]
+        what: commands::CaCmd,
+    },
     /// Print a shell completion script (bash, zsh, fish); it completes job,
     /// node and allocation names from the cluster.
     Completion(completion::CompletionArgs),
@@ -143,6 +153,8 @@ fn main() -> ExitCode {
             Cmd::Watch(args) => ok(commands::watch(args).await),
             Cmd::Rollout { what } => rollout::rollout(what).await,
             Cmd::Scale(args) => ok(rollout::scale(args).await),
+            Cmd::Token { what } => ok(commands::token(what).await),
+            Cmd::Ca { what } => ok(commands::ca(what)),
             Cmd::Completion(args) => ok(completion::print_script(args)),
         }
     });

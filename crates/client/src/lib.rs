@@ -13,14 +13,19 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use tonic::Code;
 
+mod access;
+pub mod config;
+pub mod join;
 mod streams;
 mod types;
 
+pub use access::{CreatedToken, JoinRole, TokenInfo};
+pub use config::{ClientConfig, ClientTls};
 pub use streams::{LogReader, Watch};
 pub use types::*;
 
 /// Default server address.
-pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7700";
+pub const DEFAULT_SERVER: &str = "https://127.0.0.1:7700";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -28,6 +33,10 @@ pub enum ClientError {
     BadUrl { url: String, reason: String },
     #[error("cannot reach the server at {url}: {reason}")]
     Connect { url: String, reason: String },
+    #[error("client configuration {path}: {reason}")]
+    Config { path: String, reason: String },
+    #[error("{0}")]
+    Join(String),
     /// The server answered with an error; the message says why. (Not a
     /// `source`: the status would only repeat the message.)
     #[error("{}", .0.message())]
@@ -43,6 +52,19 @@ impl From<tonic::Status> for ClientError {
 }
 
 impl ClientError {
+    /// Whether trying again later may work: the server could not be
+    /// reached, or answered that it cannot serve now (no leader yet).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Connect { .. } => true,
+            ClientError::Status(s) => matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+            ),
+            _ => false,
+        }
+    }
+
     /// The gRPC code, when the server answered.
     pub fn code(&self) -> Option<tonic::Code> {
         match self {
@@ -78,6 +100,7 @@ pub(crate) fn missing(field: &str) -> WireError {
 #[derive(Clone)]
 pub struct Client {
     cluster: pb::cluster_client::ClusterClient<Channel>,
+    access: pb::access_client::AccessClient<Channel>,
     url: String,
     stale: bool,
 }
@@ -88,11 +111,27 @@ const LIST_PAGE: u32 = 500;
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 impl Client {
-    /// Connects to the first of `urls` that answers.
+    /// Connects to the first of `urls` that answers, with no credentials
+    /// (`http://` servers of an `--insecure` cluster).
     pub async fn connect_any(urls: &[String]) -> Result<Client, ClientError> {
+        Self::connect_any_with(urls, None).await
+    }
+
+    /// Connects to the first server of `config` that answers, with its
+    /// credentials.
+    pub async fn connect_config(config: &ClientConfig) -> Result<Client, ClientError> {
+        Self::connect_any_with(&config.servers, config.tls.as_ref()).await
+    }
+
+    /// Connects to the first of `urls` that answers, with `tls` for
+    /// `https://` ones.
+    pub async fn connect_any_with(
+        urls: &[String],
+        tls: Option<&ClientTls>,
+    ) -> Result<Client, ClientError> {
         let mut last = None;
         for url in urls {
-            match Client::connect(url).await {
+            match Client::connect_with(url, tls).await {
                 Ok(c) => return Ok(c),
                 Err(e) => last = Some(e),
             }
@@ -103,21 +142,19 @@ impl Client {
         }))
     }
 
+    /// Connects to one server without credentials (plaintext `http://`).
     pub async fn connect(url: &str) -> Result<Client, ClientError> {
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| ClientError::BadUrl {
-                url: url.to_string(),
-                reason: e.to_string(),
-            })?
-            .connect_timeout(Duration::from_secs(3))
-            .tcp_nodelay(true);
-        let channel = endpoint.connect().await.map_err(|e| ClientError::Connect {
-            url: url.to_string(),
-            reason: source_chain(&e),
-        })?;
+        Self::connect_with(url, None).await
+    }
+
+    /// Connects to one server: `https://` with `tls` (mutual TLS when it
+    /// holds a certificate), `http://` in plaintext.
+    pub async fn connect_with(url: &str, tls: Option<&ClientTls>) -> Result<Client, ClientError> {
+        let channel = channel(url, tls).await?;
         Ok(Client {
-            cluster: pb::cluster_client::ClusterClient::new(channel)
+            cluster: pb::cluster_client::ClusterClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            access: pb::access_client::AccessClient::new(channel),
             url: url.to_string(),
             stale: false,
         })
@@ -635,7 +672,37 @@ impl Client {
     }
 }
 
-fn source_chain(e: &dyn std::error::Error) -> String {
+/// A connected channel to `url`.
+pub(crate) async fn channel(url: &str, tls: Option<&ClientTls>) -> Result<Channel, ClientError> {
+    let bad = |reason: String| ClientError::BadUrl {
+        url: url.to_string(),
+        reason,
+    };
+    let mut endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| bad(e.to_string()))?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true);
+    if url.starts_with("https://") {
+        let tls = tls.ok_or_else(|| {
+            bad("an https:// server needs the cluster's CA and your credentials: give --config FILE \
+                 (the admin.conf a founding server writes) or set SKIFF_CONFIG"
+                .into())
+        })?;
+        endpoint = endpoint
+            .tls_config(tls.tonic())
+            .map_err(|e| bad(source_chain(&e)))?;
+    } else if !url.starts_with("http://") {
+        return Err(bad(
+            "must start with https:// (or http:// for an --insecure cluster)".into(),
+        ));
+    }
+    endpoint.connect().await.map_err(|e| ClientError::Connect {
+        url: url.to_string(),
+        reason: source_chain(&e),
+    })
+}
+
+pub(crate) fn source_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(inner) = cur {

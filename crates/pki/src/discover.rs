@@ -133,7 +133,10 @@ mod tests {
     fn the_pinned_certificate_is_found_and_a_stranger_is_refused() {
         let ca = Ca::generate(CA_LIFETIME).unwrap();
         let other = Ca::generate(CA_LIFETIME).unwrap();
-        let chain = vec![der_of(other.cert_pem()).unwrap(), der_of(ca.cert_pem()).unwrap()];
+        let chain = vec![
+            der_of(other.cert_pem()).unwrap(),
+            der_of(ca.cert_pem()).unwrap(),
+        ];
         let found = pinned_ca(&chain, &ca.pin().unwrap()).unwrap();
         assert_eq!(der_of(&found).unwrap(), der_of(ca.cert_pem()).unwrap());
         let stranger = Ca::generate(CA_LIFETIME).unwrap().pin().unwrap();

@@ -12,6 +12,7 @@ use skiff_store::{Applied, Command, Outcome, ServerInfo, Store, StoreError};
 use tonic::Status;
 
 use crate::heartbeats::{Heartbeats, LivenessConfig};
+use crate::tls::Tls;
 use crate::transport::PeerTransport;
 
 /// How long a write may wait for a leader before it is refused.
@@ -27,6 +28,10 @@ pub struct Ctx {
     pub heartbeats: Arc<Heartbeats>,
     pub liveness: Arc<LivenessConfig>,
     pub me: ServerInfo,
+    /// This server's TLS (or `--insecure`).
+    pub tls: Tls,
+    /// How long the certificates this server signs are valid.
+    pub leaf_lifetime: std::time::Duration,
 }
 
 impl Ctx {

@@ -23,7 +23,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod api;
+pub mod auth;
+pub mod bootstrap;
 pub mod ctx;
 pub mod deployments;
 pub mod drainer;
@@ -33,6 +36,7 @@ pub mod liveness;
 pub mod members;
 pub mod nodes;
 pub mod peer;
+pub mod tls;
 pub mod transport;
 
 use std::collections::HashMap;
@@ -72,6 +76,8 @@ pub struct ServerConfig {
     pub scheduler: evals::SchedulerSettings,
     /// Heartbeat TTLs and how nodes are declared down.
     pub liveness: heartbeats::LivenessConfig,
+    /// TLS and credentials (or `--insecure`).
+    pub security: bootstrap::Security,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +100,8 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error("the raft driver stopped: {0}")]
     RaftStopped(String),
+    #[error("credentials: {0}")]
+    Credentials(String),
 }
 
 /// A started server: its context and listeners.
@@ -105,6 +113,7 @@ pub struct Running {
     peer: TcpListener,
     join: Option<String>,
     scheduler: evals::SchedulerSettings,
+    founding_ca: Option<skiff_pki::Ca>,
 }
 
 fn write_addr(dir: &std::path::Path, name: &str, addr: &str) {
@@ -151,9 +160,23 @@ pub async fn start(cfg: &ServerConfig) -> Result<Running, ServerError> {
             .clone()
             .unwrap_or_else(|| peer_addr.to_string()),
     };
+    let start = bootstrap::Start {
+        data_dir: &cfg.data_dir,
+        join: cfg.join.as_deref(),
+        alone: cfg.peers.is_empty(),
+        security: &cfg.security,
+    };
+    let creds = bootstrap::credentials(&start, &me)
+        .await
+        .map_err(|e| ServerError::Credentials(e.0))?;
     let mut fixed = cfg.peers.clone();
     fixed.remove(&id);
-    let peers = transport::PeerTransport::new(id, fixed, tokio::runtime::Handle::current());
+    let peers = transport::PeerTransport::new(
+        id,
+        fixed,
+        tokio::runtime::Handle::current(),
+        creds.tls.clone(),
+    );
     let bootstrap = if cfg.join.is_some() {
         Bootstrap::Join
     } else if cfg.peers.is_empty() {
@@ -182,6 +205,8 @@ pub async fn start(cfg: &ServerConfig) -> Result<Running, ServerError> {
             heartbeats: Arc::new(heartbeats::Heartbeats::default()),
             liveness: Arc::new(cfg.liveness.clone()),
             me,
+            tls: creds.tls,
+            leaf_lifetime: cfg.security.leaf_lifetime,
         },
         api_addr,
         peer_addr,
@@ -189,6 +214,7 @@ pub async fn start(cfg: &ServerConfig) -> Result<Running, ServerError> {
         peer,
         join: cfg.join.clone(),
         scheduler: cfg.scheduler,
+        founding_ca: creds.founding_ca,
     })
 }
 
@@ -206,6 +232,7 @@ pub async fn serve(
         peer,
         join,
         scheduler,
+        founding_ca,
     } = running;
     let store = ctx.store.clone();
     tracing::info!(algorithm = %scheduler.algorithm, "scheduler");
@@ -221,10 +248,15 @@ pub async fn serve(
     if let Some(url) = join {
         background.push(tokio::spawn(members::join(ctx.clone(), url)));
     }
+    if let Some(ca) = founding_ca {
+        background.push(tokio::spawn(bootstrap::record_ca(ctx.clone(), ca)));
+    }
 
     let cluster = pb::cluster_server::ClusterServer::new(api::ClusterApi::new(ctx.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let node_api = pb::node_api_server::NodeApiServer::new(nodes::NodeService::new(ctx.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let access_api = pb::access_server::AccessServer::new(access::AccessService::new(ctx.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let peer_api = pb::peer_server::PeerServer::new(peer::PeerService { ctx: ctx.clone() })
         .max_decoding_message_size(transport::MAX_PEER_MESSAGE);
@@ -241,16 +273,25 @@ pub async fn serve(
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut stop_api = stop_tx.subscribe();
     let mut stop_peer = stop_tx.subscribe();
-    let api_server = tonic::transport::Server::builder()
+    let mut api_builder = tonic::transport::Server::builder();
+    if let Some(tls) = ctx.tls.api_listener() {
+        api_builder = api_builder.tls_config(tls)?;
+    }
+    let mut peer_builder = tonic::transport::Server::builder();
+    if let Some(tls) = ctx.tls.peer_listener() {
+        peer_builder = peer_builder.tls_config(tls)?;
+    }
+    let api_server = api_builder
         .add_service(cluster)
         .add_service(node_api)
+        .add_service(access_api)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(api).with_nodelay(Some(true)),
             async move {
                 let _ = stop_api.recv().await;
             },
         );
-    let peer_server = tonic::transport::Server::builder()
+    let peer_server = peer_builder
         .add_service(peer_api)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(peer).with_nodelay(Some(true)),

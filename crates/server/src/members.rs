@@ -277,8 +277,10 @@ pub async fn join(ctx: Ctx, url: String) {
 }
 
 async fn try_join(ctx: &Ctx, url: &str) -> Result<(), String> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-        .map_err(|e| format!("{url:?} is not a URL: {e}"))?
+    let channel = ctx
+        .tls
+        .to_server(crate::tls::authority(url))
+        .map_err(|e| format!("{url:?} is not a URL: {}", e.message()))?
         .connect_timeout(Duration::from_secs(3))
         .connect()
         .await
@@ -322,7 +324,7 @@ pub async fn list(ctx: &Ctx) -> pb::MembersResponse {
                 let s = ctx.store.status();
                 Some((role_of(&s, id) as i32, s.applied))
             } else {
-                ask_status(&info.api_addr).await
+                ask_status(&ctx, &info.api_addr).await
             };
             let (role, applied) = match answer {
                 Some((role, applied)) => (role, Some(applied)),
@@ -362,11 +364,13 @@ pub fn role_of(s: &skiff_store::RaftStatus, id: u64) -> pb::ServerRole {
     }
 }
 
-async fn ask_status(api_addr: &str) -> Option<(i32, u64)> {
+async fn ask_status(ctx: &Ctx, api_addr: &str) -> Option<(i32, u64)> {
     if api_addr.is_empty() {
         return None;
     }
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{api_addr}"))
+    let channel = ctx
+        .tls
+        .to_server(api_addr)
         .ok()?
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(1))

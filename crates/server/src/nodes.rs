@@ -125,8 +125,10 @@ impl pb::node_api_server::NodeApi for NodeService {
         &self,
         req: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let who = crate::auth::caller(&req, &self.ctx.tls)?;
         let r = req.into_inner();
         check_node_name(&r.name)?;
+        who.require_node(&self.ctx, &r.name, "register")?;
         // The wire message becomes model values at the edge (a link level
         // this server does not know is refused here), then the model's
         // rules decide.
@@ -184,9 +186,11 @@ impl pb::node_api_server::NodeApi for NodeService {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let who = crate::auth::caller(&req, &self.ctx.tls)?;
         let r = req.into_inner();
         let name = r.name;
         check_node_name(&name)?;
+        who.require_node(&self.ctx, &name, "heartbeat")?;
         if !self.ctx.store.state().nodes.contains_key(&name) {
             return Err(Status::not_found(format!(
                 "node {name:?} is not registered; register first"
@@ -202,8 +206,10 @@ impl pb::node_api_server::NodeApi for NodeService {
         &self,
         req: Request<pb::WatchAllocationsRequest>,
     ) -> Result<Response<Self::WatchAllocationsStream>, Status> {
+        let who = crate::auth::caller(&req, &self.ctx.tls)?;
         let r = req.into_inner();
         check_node_name(&r.node)?;
+        who.require_node(&self.ctx, &r.node, "watch allocations")?;
         let store = self.ctx.store.clone();
         let mut applied = store.subscribe();
         // An agent resuming here after a failover has seen `min_index`:
@@ -265,8 +271,10 @@ impl pb::node_api_server::NodeApi for NodeService {
         &self,
         req: Request<pb::UpdateAllocStatusRequest>,
     ) -> Result<Response<pb::UpdateAllocStatusResponse>, Status> {
+        let who = crate::auth::caller(&req, &self.ctx.tls)?;
         let r = req.into_inner();
         check_node_name(&r.node)?;
+        who.require_node(&self.ctx, &r.node, "report allocations")?;
         if r.updates.len() > MAX_UPDATES {
             return Err(Status::invalid_argument(format!(
                 "updates: {} entries; at most {MAX_UPDATES} per request",

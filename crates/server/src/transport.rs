@@ -11,7 +11,9 @@ use protobuf::Message as _;
 use skiff_proto::pb;
 use skiff_store::{RaftMessage, Store, Transport};
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+
+use crate::tls::Tls;
 
 /// Messages queued for one peer before new ones are dropped (Raft resends).
 const LINK_QUEUE: usize = 4096;
@@ -29,10 +31,16 @@ pub struct PeerTransport {
     channels: Mutex<HashMap<String, Channel>>,
     store: OnceLock<Store>,
     runtime: tokio::runtime::Handle,
+    tls: Tls,
 }
 
 impl PeerTransport {
-    pub fn new(id: u64, fixed: HashMap<u64, String>, runtime: tokio::runtime::Handle) -> Arc<Self> {
+    pub fn new(
+        id: u64,
+        fixed: HashMap<u64, String>,
+        runtime: tokio::runtime::Handle,
+        tls: Tls,
+    ) -> Arc<Self> {
         Arc::new(PeerTransport {
             id,
             fixed,
@@ -41,6 +49,7 @@ impl PeerTransport {
             channels: Mutex::new(HashMap::new()),
             store: OnceLock::new(),
             runtime,
+            tls,
         })
     }
 
@@ -78,7 +87,9 @@ impl PeerTransport {
         if let Some(c) = channels.get(&addr) {
             return Some(c.clone());
         }
-        let ep = Endpoint::from_shared(format!("http://{addr}"))
+        let ep = self
+            .tls
+            .to_server(&addr)
             .ok()?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)

@@ -148,9 +148,12 @@ async fn racing_plans_from_one_snapshot_never_overcommit_a_node() {
     shutdown(store).await;
 }
 
-/// A server on a free loopback port, serving until the test ends.
+/// A server on a free loopback port, serving until the test ends: the
+/// founding server of a CA the test makes, reached over mutual TLS as the
+/// administrator, or as a node that joined with a token.
 struct Server {
     url: String,
+    admin: skiff_client::ClientTls,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), ServerError>>>,
     _dir: tempfile::TempDir,
@@ -159,6 +162,17 @@ struct Server {
 impl Server {
     async fn start() -> Server {
         let dir = tempfile::tempdir().unwrap();
+        let ca = skiff_pki::Ca::generate(Duration::from_secs(3600)).unwrap();
+        let admin = ca
+            .issue(
+                &skiff_pki::Identity::User("admin".into()),
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        let admin = skiff_client::ClientTls {
+            ca_pem: ca.cert_pem().to_string(),
+            identity: Some((admin.cert_pem, admin.key_pem)),
+        };
         let cfg = ServerConfig {
             data_dir: dir.path().join("server"),
             api_addr: "127.0.0.1:0".parse().unwrap(),
@@ -167,6 +181,11 @@ impl Server {
             advertise_peer: None,
             peers: Default::default(),
             join: None,
+            security: skiff_server::bootstrap::Security {
+                ca: Some(ca),
+                leaf_lifetime: Duration::from_secs(3600),
+                ..Default::default()
+            },
             raft: RaftConfig::default(),
             scheduler: SchedulerSettings::default(),
             // The nodes here are registered by the test and never heartbeat.
@@ -176,21 +195,55 @@ impl Server {
             },
         };
         let running = skiff_server::start(&cfg).await.unwrap();
-        let url = format!("http://{}", running.api_addr);
+        let url = format!("https://{}", running.api_addr);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(skiff_server::serve(running, async move {
             let _ = rx.await;
         }));
         Server {
             url,
+            admin,
             stop: Some(tx),
             task: Some(task),
             _dir: dir,
         }
     }
 
+    /// A channel as the administrator.
     async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url.clone())
+        Self::connect(&self.url, &self.admin).await
+    }
+
+    /// A channel as node `name`, which joins with a node token first.
+    async fn node_channel(&self, name: &str) -> Channel {
+        let token = skiff_client::Client::connect_with(&self.url, Some(&self.admin))
+            .await
+            .unwrap()
+            .create_token(skiff_client::JoinRole::Node, 600, "test")
+            .await
+            .unwrap();
+        let who = skiff_client::join::Joiner::Node(name.into());
+        let joined = skiff_client::join::join(&self.url, &token.token, &who)
+            .await
+            .unwrap();
+        let tls = skiff_client::ClientTls {
+            ca_pem: joined.ca_pem,
+            identity: Some((joined.cert_pem, joined.key_pem)),
+        };
+        Self::connect(&self.url, &tls).await
+    }
+
+    async fn connect(url: &str, tls: &skiff_client::ClientTls) -> Channel {
+        let config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem))
+            .domain_name(skiff_pki::SERVER_DNS);
+        let config = match &tls.identity {
+            Some((c, k)) => config.identity(tonic::transport::Identity::from_pem(c, k)),
+            None => config,
+        };
+        Channel::from_shared(url.to_string())
+            .unwrap()
+            .tls_config(config)
             .unwrap()
             .connect()
             .await
@@ -312,8 +365,8 @@ fn eval_message(r: &pb::GetJobResponse) -> String {
 async fn gpu_jobs_get_tight_gpu_sets_and_higher_priorities_preempt() {
     let server = Server::start().await;
     let ch = server.channel().await;
-    register(ch.clone(), "g1", "a", 8).await;
-    register(ch.clone(), "g2", "b", 8).await;
+    register(server.node_channel("g1").await, "g1", "a", 8).await;
+    register(server.node_channel("g2").await, "g2", "b", 8).await;
 
     // Two 4-GPU replicas, spread over the zones: each gets one whole NVLink
     // group, on different nodes.
@@ -402,8 +455,8 @@ async fn gpu_jobs_get_tight_gpu_sets_and_higher_priorities_preempt() {
 async fn a_gang_waits_whole_and_cordoned_nodes_take_nothing() {
     let server = Server::start().await;
     let ch = server.channel().await;
-    register(ch.clone(), "g1", "a", 8).await;
-    register(ch.clone(), "g2", "a", 8).await;
+    register(server.node_channel("g1").await, "g1", "a", 8).await;
+    register(server.node_channel("g2").await, "g2", "a", 8).await;
 
     apply(
         ch.clone(),
@@ -481,7 +534,7 @@ async fn a_gang_waits_whole_and_cordoned_nodes_take_nothing() {
 #[tokio::test]
 async fn registration_refuses_malformed_gpu_inventories() {
     let server = Server::start().await;
-    let mut nodes = pb::node_api_client::NodeApiClient::new(server.channel().await);
+    let mut nodes = pb::node_api_client::NodeApiClient::new(server.node_channel("g").await);
     let base = pb::RegisterRequest {
         name: "g".into(),
         labels: Default::default(),

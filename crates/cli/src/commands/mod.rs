@@ -1,7 +1,9 @@
 //! The client commands, one room each: `apply`/`delete` (specs), `get`
 //! (lists), `describe` (one object in detail), `node` (cordon, drain, GPU
-//! resets), `container` (logs, exec), `watch` (changes, members).
+//! resets), `container` (logs, exec), `watch` (changes, members),
+//! `access` (join tokens, the CA of a static cluster, removing nodes).
 
+mod access;
 mod apply;
 mod container;
 mod describe;
@@ -14,6 +16,7 @@ use skiff_client::Client;
 
 use crate::args::ClientOpts;
 
+pub use access::{ca, remove_node, token, CaCmd, TokenCmd};
 pub use apply::{apply, delete, DeleteWhat};
 pub use container::{exec, logs, ExecArgs, LogsArgs};
 pub use describe::{describe, DescribeWhat};
@@ -22,8 +25,16 @@ pub use node::{node, DrainArgs, NodeArgs, NodeCmd};
 pub use watch::{members, watch, MembersCmd, WatchArgs};
 
 pub(crate) async fn connect(opts: &ClientOpts) -> anyhow::Result<Client> {
-    let client = Client::connect_any(&opts.server).await.with_context(|| {
-        "is `skiff server` or `skiff dev` running? Point --server or SKIFF_SERVER at it".to_string()
+    let config = opts.client_config()?;
+    let client = Client::connect_config(&config).await.with_context(|| {
+        let from = match &config.source {
+            Some(p) => format!(" (servers from {})", p.display()),
+            None => String::new(),
+        };
+        format!(
+            "is `skiff server` or `skiff dev` running at {}{from}? Point --server or SKIFF_SERVER at it, and --config or SKIFF_CONFIG at your credentials",
+            config.servers.join(", ")
+        )
     })?;
     Ok(client.stale(opts.stale))
 }

@@ -1,4 +1,4 @@
-//! `skiff node`: cordon, drain, uncordon, GPU resets.
+//! `skiff node`: cordon, drain, uncordon, remove, GPU resets.
 
 use clap::{Args, Subcommand};
 
@@ -43,6 +43,10 @@ pub enum NodeCmd {
     Drain(DrainArgs),
     /// Let a cordoned or drained node take new work again.
     Uncordon(NodeArgs),
+    /// Forget a node: its allocations are replaced elsewhere, its
+    /// certificate stops working at once, and its name may join again
+    /// with a new token. Drain it first to move its work gently.
+    Remove(NodeArgs),
     /// A node's GPUs.
     Gpu {
         #[command(subcommand)]
@@ -78,6 +82,7 @@ pub async fn node(cmd: NodeCmd) -> anyhow::Result<()> {
                 .await?;
             emit(&format!("node/{} uncordoned\n", args.name));
         }
+        NodeCmd::Remove(args) => super::remove_node(&args.name, &args.client).await?,
         NodeCmd::Gpu {
             action: GpuAction::Reset { node, uuid, client },
         } => {

@@ -20,7 +20,10 @@ mod watch;
 use skiff_proto::pb;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{self, Caller};
 use crate::ctx::Ctx;
+
+pub(crate) use errors::{invalid, refusal_status};
 
 pub struct ClusterApi {
     ctx: Ctx,
@@ -30,6 +33,10 @@ impl ClusterApi {
     pub fn new(ctx: Ctx) -> Self {
         ClusterApi { ctx }
     }
+
+    fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        auth::caller(req, &self.ctx.tls)
+    }
 }
 
 type Answer<T> = Result<Response<T>, Status>;
@@ -37,6 +44,7 @@ type Answer<T> = Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterApi {
     async fn apply_job(&self, req: Request<pb::ApplyJobRequest>) -> Answer<pb::ApplyJobResponse> {
+        self.caller(&req)?.require_admin("apply jobs")?;
         jobs::apply(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
@@ -46,18 +54,21 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         req: Request<pb::DeleteJobRequest>,
     ) -> Answer<pb::DeleteJobResponse> {
+        self.caller(&req)?.require_admin("delete jobs")?;
         jobs::delete(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Answer<pb::GetJobResponse> {
+        self.caller(&req)?.require_admin("read jobs")?;
         jobs::get(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
     }
 
     async fn list_jobs(&self, req: Request<pb::ListJobsRequest>) -> Answer<pb::ListJobsResponse> {
+        self.caller(&req)?.require_admin("list jobs")?;
         jobs::list(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
@@ -67,6 +78,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         req: Request<pb::ListAllocsRequest>,
     ) -> Answer<pb::ListAllocsResponse> {
+        self.caller(&req)?.require_admin("list allocations")?;
         jobs::list_allocs(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
@@ -76,6 +88,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         req: Request<pb::ListNodesRequest>,
     ) -> Answer<pb::ListNodesResponse> {
+        self.caller(&req)?.require_admin("list nodes")?;
         admin::list_nodes(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
@@ -85,6 +98,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         req: Request<pb::SetNodeEligibilityRequest>,
     ) -> Answer<pb::SetNodeEligibilityResponse> {
+        self.caller(&req)?.require_admin("cordon or drain nodes")?;
         admin::set_eligibility(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
@@ -94,6 +108,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         req: Request<pb::ResetNodeGpuRequest>,
     ) -> Answer<pb::ResetNodeGpuResponse> {
+        self.caller(&req)?.require_admin("reset GPUs")?;
         relay::reset_gpu(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
@@ -102,30 +117,37 @@ impl pb::cluster_server::Cluster for ClusterApi {
     type LogsStream = relay::LogStream;
 
     async fn logs(&self, req: Request<pb::LogsRequest>) -> Answer<Self::LogsStream> {
+        self.caller(&req)?.require_admin("read logs")?;
         relay::logs(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
     }
 
     async fn exec(&self, req: Request<pb::ExecRequest>) -> Answer<pb::ExecResponse> {
+        self.caller(&req)?.require_admin("exec in containers")?;
         relay::exec(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
     }
 
-    async fn status(&self, _req: Request<pb::StatusRequest>) -> Answer<pb::StatusResponse> {
+    async fn status(&self, req: Request<pb::StatusRequest>) -> Answer<pb::StatusResponse> {
+        self.caller(&req)?
+            .require_admin_or_server(&self.ctx, "read the server status")?;
         Ok(Response::new(admin::status(&self.ctx)))
     }
 
     type WatchStream = watch::WatchStream;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Answer<Self::WatchStream> {
+        self.caller(&req)?.require_admin("watch the cluster")?;
         watch::watch(self.ctx.store.clone(), req.into_inner())
             .await
             .map(Response::new)
     }
 
-    async fn members(&self, _req: Request<pb::MembersRequest>) -> Answer<pb::MembersResponse> {
+    async fn members(&self, req: Request<pb::MembersRequest>) -> Answer<pb::MembersResponse> {
+        self.caller(&req)?
+            .require_admin_or_server(&self.ctx, "list the servers")?;
         Ok(Response::new(crate::members::list(&self.ctx).await))
     }
 
@@ -133,6 +155,12 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         req: Request<pb::AddMemberRequest>,
     ) -> Answer<pb::AddMemberResponse> {
+        // A server joining adds itself (it joined with a token and holds a
+        // certificate for its id); an admin may add any.
+        match self.caller(&req)? {
+            Caller::Server(id) if id == req.get_ref().id => {}
+            other => other.require_admin("add servers")?,
+        }
         admin::add_member(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
@@ -142,6 +170,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         req: Request<pb::RemoveMemberRequest>,
     ) -> Answer<pb::RemoveMemberResponse> {
+        self.caller(&req)?.require_admin("remove servers")?;
         admin::remove_member(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
@@ -151,6 +180,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         req: Request<pb::GetRolloutRequest>,
     ) -> Answer<pb::GetRolloutResponse> {
+        self.caller(&req)?.require_admin("read rollouts")?;
         rollouts::get(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
@@ -160,6 +190,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         req: Request<pb::ControlRolloutRequest>,
     ) -> Answer<pb::ControlRolloutResponse> {
+        self.caller(&req)?.require_admin("control rollouts")?;
         rollouts::control(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
@@ -169,12 +200,14 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         req: Request<pb::UndoRolloutRequest>,
     ) -> Answer<pb::UndoRolloutResponse> {
+        self.caller(&req)?.require_admin("undo rollouts")?;
         rollouts::undo(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
     }
 
     async fn scale_job(&self, req: Request<pb::ScaleJobRequest>) -> Answer<pb::ScaleJobResponse> {
+        self.caller(&req)?.require_admin("scale jobs")?;
         jobs::scale(&self.ctx, req.into_inner())
             .await
             .map(Response::new)

@@ -103,7 +103,7 @@ pub(crate) async fn reset_gpu(
         };
         (gpu.uuid.clone(), node.address.clone())
     };
-    let mut agent = agent_client(&address).await?;
+    let mut agent = agent_client(ctx, &address, &r.node).await?;
     let resp = agent
         .reset_gpu(pb::ResetGpuRequest { uuid: uuid.clone() })
         .await?
@@ -120,21 +120,22 @@ pub(crate) async fn reset_gpu(
 /// The full id of an allocation (given by id or prefix) and a client for
 /// the agent of the node it runs on.
 async fn agent_for(ctx: &Ctx, id: &str) -> Result<(String, AgentClient), Status> {
-    let (alloc_id, address) = {
+    let (alloc_id, address, node) = {
         let state = ctx.store.state();
         let alloc = resolve_alloc(&state, id)?;
         let node = state.nodes.get(&alloc.node).ok_or_else(|| {
             Status::not_found(format!("node {:?} of the allocation is gone", alloc.node))
         })?;
-        (alloc.id.clone(), node.address.clone())
+        (alloc.id.clone(), node.address.clone(), node.name.clone())
     };
-    Ok((alloc_id, agent_client(&address).await?))
+    Ok((alloc_id, agent_client(ctx, &address, &node).await?))
 }
 
-/// A client for the agent API at `address` (`host:port`).
-async fn agent_client(address: &str) -> Result<AgentClient, Status> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| Status::internal(format!("bad agent address {address:?}: {e}")))?
+/// A client for the agent API of `node` at `address` (`host:port`).
+async fn agent_client(ctx: &Ctx, address: &str, node: &str) -> Result<AgentClient, Status> {
+    let endpoint = ctx
+        .tls
+        .to_agent(address, node)?
         .connect_timeout(std::time::Duration::from_secs(5));
     let channel = endpoint
         .connect()

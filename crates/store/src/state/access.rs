@@ -5,35 +5,11 @@
 //! machine checks again (token known, not revoked, not expired at the time
 //! the server read, role, name free) before anything is signed.
 
-use std::collections::{BTreeMap, BTreeSet};
-
-use serde::{Deserialize, Serialize};
-
+use super::access_record::ACCESS_KEY;
 use super::refusal::Refusal;
 use super::table::Table;
 use super::{Outcome, State};
 use crate::command::{CaRecord, JoinRole, Joiner, TokenRecord};
-
-/// The record every access change rewrites.
-pub const ACCESS_KEY: &str = "access";
-
-/// Access state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Access {
-    #[serde(default)]
-    pub ca: Option<CaRecord>,
-    /// Join tokens by id.
-    #[serde(default)]
-    pub tokens: BTreeMap<String, TokenRecord>,
-    /// Node names a credential holds, with the index of the join that
-    /// took each: another join under the name is refused until an admin
-    /// removes the node.
-    #[serde(default)]
-    pub nodes: BTreeMap<String, u64>,
-    /// Raft ids removed from the cluster: never given out again.
-    #[serde(default)]
-    pub removed_servers: BTreeSet<u64>,
-}
 
 impl State {
     fn touch_access(&mut self) {

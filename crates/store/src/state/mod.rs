@@ -24,6 +24,7 @@ use skiff_model::{
 use crate::command::{Command, ServerInfo};
 
 mod access;
+mod access_record;
 mod allocs;
 mod jobs;
 mod nodes;
@@ -32,11 +33,11 @@ mod refusal;
 mod rollout;
 mod table;
 
-pub use access::Access;
+pub use access_record::Access;
 
 /// The key of the one access record.
 pub fn access_key() -> &'static str {
-    access::ACCESS_KEY
+    access_record::ACCESS_KEY
 }
 pub use refusal::Refusal;
 pub use table::Table;

@@ -1,0 +1,146 @@
+//! The `Access` service: join tokens and removing nodes (admin calls).
+//! Joining itself is in `join.rs`: a joiner has no credentials yet.
+
+use skiff_proto::pb;
+
+use crate::{Client, ClientError};
+
+/// What a join token lets its holder become.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinRole {
+    Node,
+    Server,
+}
+
+impl JoinRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JoinRole::Node => "node",
+            JoinRole::Server => "server",
+        }
+    }
+
+    pub(crate) fn wire(self) -> pb::JoinRole {
+        match self {
+            JoinRole::Node => pb::JoinRole::Node,
+            JoinRole::Server => pb::JoinRole::Server,
+        }
+    }
+
+    fn from_wire(v: i32) -> Option<JoinRole> {
+        match pb::JoinRole::try_from(v) {
+            Ok(pb::JoinRole::Node) => Some(JoinRole::Node),
+            Ok(pb::JoinRole::Server) => Some(JoinRole::Server),
+            _ => None,
+        }
+    }
+}
+
+impl std::str::FromStr for JoinRole {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "node" => Ok(JoinRole::Node),
+            "server" => Ok(JoinRole::Server),
+            _ => Err(format!("{s:?} is not a role; expected node or server")),
+        }
+    }
+}
+
+/// A token just made: `token` is shown this once (the cluster keeps only
+/// a hash of its secret).
+#[derive(Clone)]
+pub struct CreatedToken {
+    pub token: String,
+    pub id: String,
+    pub expires_ms: u64,
+    pub index: u64,
+}
+
+impl std::fmt::Debug for CreatedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedToken")
+            .field("id", &self.id)
+            .field("expires_ms", &self.expires_ms)
+            .finish()
+    }
+}
+
+/// A join token as listed (never its secret).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub id: String,
+    pub role: Option<JoinRole>,
+    pub expires_ms: u64,
+    pub revoked: bool,
+    pub description: String,
+    pub uses: u32,
+    pub create_index: u64,
+}
+
+impl Client {
+    /// Makes a join token for `role`, valid for `ttl_seconds` (0: a day).
+    pub async fn create_token(
+        &mut self,
+        role: JoinRole,
+        ttl_seconds: u64,
+        description: &str,
+    ) -> Result<CreatedToken, ClientError> {
+        let r = self
+            .access
+            .create_token(pb::CreateTokenRequest {
+                role: role.wire() as i32,
+                ttl_seconds,
+                description: description.into(),
+            })
+            .await?
+            .into_inner();
+        Ok(CreatedToken {
+            token: r.token,
+            id: r.id,
+            expires_ms: r.expires_ms,
+            index: r.index,
+        })
+    }
+
+    pub async fn list_tokens(&mut self) -> Result<Vec<TokenInfo>, ClientError> {
+        let r = self
+            .access
+            .list_tokens(pb::ListTokensRequest {})
+            .await?
+            .into_inner();
+        Ok(r.tokens
+            .into_iter()
+            .map(|t| TokenInfo {
+                id: t.id,
+                role: JoinRole::from_wire(t.role),
+                expires_ms: t.expires_ms,
+                revoked: t.revoked,
+                description: t.description,
+                uses: t.uses,
+                create_index: t.create_index,
+            })
+            .collect())
+    }
+
+    /// Revokes a token by its id; the Raft index of the write.
+    pub async fn revoke_token(&mut self, id: &str) -> Result<u64, ClientError> {
+        let r = self
+            .access
+            .revoke_token(pb::RevokeTokenRequest { id: id.into() })
+            .await?
+            .into_inner();
+        Ok(r.index)
+    }
+
+    /// Forgets a node: its certificate stops working, its name may join
+    /// again. The Raft index of the write.
+    pub async fn remove_node(&mut self, name: &str) -> Result<u64, ClientError> {
+        let r = self
+            .access
+            .remove_node(pb::RemoveNodeRequest { name: name.into() })
+            .await?
+            .into_inner();
+        Ok(r.index)
+    }
+}

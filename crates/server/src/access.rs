@@ -1,0 +1,317 @@
+//! The `Access` service: joining with a token, renewing a certificate,
+//! managing join tokens. The secret of a token is compared here and never
+//! proposed; the state machine checks the token again when the join is
+//! applied, and only then is a certificate signed.
+
+use skiff_pki::{Ca, CertKey, Identity, JoinToken};
+use skiff_proto::pb;
+use skiff_store::command::{CaRecord, Command, JoinRole, Joiner, TokenRecord};
+use skiff_store::Outcome;
+use tonic::{Request, Response, Status};
+
+use crate::api::refusal_status;
+use crate::auth::{caller, Caller};
+use crate::ctx::{now_ms, Ctx};
+
+/// Longest a join token may live.
+const MAX_TTL_SECONDS: u64 = 365 * 24 * 3600;
+/// A token's life when the request does not say.
+const DEFAULT_TTL_SECONDS: u64 = 24 * 3600;
+
+pub struct AccessService {
+    ctx: Ctx,
+}
+
+impl AccessService {
+    pub fn new(ctx: Ctx) -> Self {
+        AccessService { ctx }
+    }
+
+    /// The cluster CA, from the replicated state.
+    fn ca(&self) -> Result<Ca, Status> {
+        let state = self.ctx.store.state();
+        let rec: &CaRecord = state.access.ca.as_ref().ok_or_else(|| {
+            Status::unavailable(
+                "the cluster CA is not recorded yet (the cluster is starting); retry",
+            )
+        })?;
+        Ok(Ca(CertKey {
+            cert_pem: rec.cert_pem.clone(),
+            key_pem: rec.key_pem.clone(),
+        }))
+    }
+
+    fn sign(&self, csr: &str, who: &Identity) -> Result<String, Status> {
+        self.ca()?
+            .sign_request(csr, who, self.ctx.leaf_lifetime)
+            .map_err(|e| crate::api::invalid("csr_pem", e.to_string()))
+    }
+}
+
+fn role_from_wire(v: i32) -> Result<JoinRole, Status> {
+    match pb::JoinRole::try_from(v) {
+        Ok(pb::JoinRole::Node) => Ok(JoinRole::Node),
+        Ok(pb::JoinRole::Server) => Ok(JoinRole::Server),
+        _ => Err(crate::api::invalid(
+            "role",
+            format!("{v} is not a join role; expected JOIN_ROLE_NODE or JOIN_ROLE_SERVER"),
+        )),
+    }
+}
+
+fn role_to_wire(r: JoinRole) -> pb::JoinRole {
+    match r {
+        JoinRole::Node => pb::JoinRole::Node,
+        JoinRole::Server => pb::JoinRole::Server,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::access_server::Access for AccessService {
+    async fn join(
+        &self,
+        req: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        if !self.ctx.tls.is_on() {
+            return Err(Status::failed_precondition(
+                "this cluster runs with --insecure: there are no credentials to join with",
+            ));
+        }
+        let r = req.into_inner();
+        let role = role_from_wire(r.role)?;
+        let (joiner, identity) = match role {
+            JoinRole::Node => {
+                skiff_model::registration::check_node_name(&r.node)
+                    .map_err(|e| crate::api::invalid("node", e.message))?;
+                (
+                    Joiner::Node {
+                        name: r.node.clone(),
+                    },
+                    Identity::Node(r.node.clone()),
+                )
+            }
+            JoinRole::Server => {
+                if r.server_id == 0 {
+                    return Err(crate::api::invalid("server_id", "must be more than 0"));
+                }
+                (
+                    Joiner::Server { id: r.server_id },
+                    Identity::Server(r.server_id),
+                )
+            }
+        };
+        // Checked here first, so a wrong secret costs no Raft write.
+        let hash = skiff_pki::token::hash_secret(&r.token_secret);
+        let known = self
+            .ctx
+            .store
+            .state()
+            .access
+            .tokens
+            .get(&r.token_id)
+            .is_some_and(|t| t.secret_hash == hash);
+        if !known {
+            tracing::info!(token = %r.token_id, "join refused: unknown token");
+            return Err(Status::unauthenticated("join refused: unknown token"));
+        }
+        let applied = self
+            .ctx
+            .commit(&Command::Join {
+                token_id: r.token_id.clone(),
+                secret_hash: hash,
+                joiner,
+                at_ms: now_ms(),
+            })
+            .await?;
+        match applied.outcome {
+            Outcome::AccessChanged => {}
+            Outcome::Refused(why) if why.is_unauthenticated() => {
+                return Err(Status::unauthenticated(why.to_string()))
+            }
+            Outcome::Refused(why) => return Err(refusal_status(&why)),
+            other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+        let cert_pem = self.sign(&r.csr_pem, &identity)?;
+        tracing::info!(token = %r.token_id, who = %identity, "joined");
+        let servers = self
+            .ctx
+            .store
+            .state()
+            .servers
+            .values()
+            .map(|s| pb::Member {
+                id: s.id,
+                api_addr: s.api_addr.clone(),
+                peer_addr: s.peer_addr.clone(),
+                ..Default::default()
+            })
+            .collect();
+        Ok(Response::new(pb::JoinResponse {
+            cert_pem,
+            ca_pem: self.ca()?.cert_pem().to_string(),
+            servers,
+        }))
+    }
+
+    async fn renew_certificate(
+        &self,
+        req: Request<pb::RenewCertificateRequest>,
+    ) -> Result<Response<pb::RenewCertificateResponse>, Status> {
+        let who = caller(&req, &self.ctx.tls)?;
+        let identity = match &who {
+            Caller::Trusted => {
+                return Err(Status::failed_precondition(
+                    "this cluster runs with --insecure: there is nothing to renew",
+                ))
+            }
+            Caller::Node(n) => {
+                who.require_node(&self.ctx, n, "renew its certificate")?;
+                Identity::Node(n.clone())
+            }
+            Caller::Server(id) => {
+                who.require_server(&self.ctx, "renew its certificate")?;
+                Identity::Server(*id)
+            }
+            Caller::User(u) => Identity::User(u.clone()),
+        };
+        let cert_pem = self.sign(&req.into_inner().csr_pem, &identity)?;
+        tracing::info!(who = %identity, "certificate renewed");
+        Ok(Response::new(pb::RenewCertificateResponse { cert_pem }))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        caller(&req, &self.ctx.tls)?.require_admin("create join tokens")?;
+        let r = req.into_inner();
+        let role = role_from_wire(r.role)?;
+        let ttl = match r.ttl_seconds {
+            0 => DEFAULT_TTL_SECONDS,
+            s if s <= MAX_TTL_SECONDS => s,
+            s => {
+                return Err(crate::api::invalid(
+                    "ttl_seconds",
+                    format!("{s} is longer than a year"),
+                ))
+            }
+        };
+        if r.description.len() > 256 {
+            return Err(crate::api::invalid(
+                "description",
+                "must be at most 256 characters",
+            ));
+        }
+        // This server's own copy of the CA: the same as the replicated one,
+        // and there before the founding server recorded it.
+        let pin = match &self.ctx.tls {
+            crate::tls::Tls::On(c) => skiff_pki::ca::pin_of(&c.ca_pem),
+            crate::tls::Tls::Off => {
+                return Err(Status::failed_precondition(
+                    "this cluster runs with --insecure: there is nothing to join with",
+                ))
+            }
+        }
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let token = JoinToken::generate(&pin);
+        let expires_ms = now_ms() + ttl * 1000;
+        let applied = self
+            .ctx
+            .commit(&Command::CreateToken {
+                token: TokenRecord {
+                    id: token.id.clone(),
+                    role,
+                    secret_hash: skiff_pki::token::hash_secret(&token.secret),
+                    expires_ms,
+                    revoked: false,
+                    description: r.description,
+                    uses: 0,
+                    create_index: 0,
+                },
+            })
+            .await?;
+        match applied.outcome {
+            Outcome::AccessChanged => {
+                tracing::info!(token = %token.id, role = role.as_str(), "join token created");
+                Ok(Response::new(pb::CreateTokenResponse {
+                    token: token.reveal(),
+                    id: token.id,
+                    expires_ms,
+                    index: applied.index,
+                }))
+            }
+            Outcome::Refused(why) => Err(refusal_status(&why)),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn list_tokens(
+        &self,
+        req: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        caller(&req, &self.ctx.tls)?.require_admin("list join tokens")?;
+        self.ctx.read_barrier(false).await?;
+        let state = self.ctx.store.state();
+        let tokens = state
+            .access
+            .tokens
+            .values()
+            .map(|t| pb::TokenInfo {
+                id: t.id.clone(),
+                role: role_to_wire(t.role) as i32,
+                expires_ms: t.expires_ms,
+                revoked: t.revoked,
+                description: t.description.clone(),
+                uses: t.uses,
+                create_index: t.create_index,
+            })
+            .collect();
+        Ok(Response::new(pb::ListTokensResponse { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        caller(&req, &self.ctx.tls)?.require_admin("revoke join tokens")?;
+        let r = req.into_inner();
+        let applied = self
+            .ctx
+            .commit(&Command::RevokeToken { id: r.id.clone() })
+            .await?;
+        match applied.outcome {
+            Outcome::AccessChanged => {
+                tracing::info!(token = %r.id, "join token revoked");
+                Ok(Response::new(pb::RevokeTokenResponse {
+                    index: applied.index,
+                }))
+            }
+            Outcome::Refused(why) => Err(refusal_status(&why)),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        caller(&req, &self.ctx.tls)?.require_admin("remove nodes")?;
+        let r = req.into_inner();
+        let applied = self
+            .ctx
+            .commit(&Command::RemoveNode {
+                name: r.name.clone(),
+            })
+            .await?;
+        match applied.outcome {
+            Outcome::NodeRemoved => {
+                tracing::info!(node = %r.name, "node removed");
+                Ok(Response::new(pb::RemoveNodeResponse {
+                    index: applied.index,
+                }))
+            }
+            Outcome::Refused(why) => Err(refusal_status(&why)),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+}

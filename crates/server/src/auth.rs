@@ -1,0 +1,124 @@
+//! Who is calling, and whether they may. The caller is the identity its
+//! client certificate names (one URI SAN, read with `skiff_pki`), checked
+//! against the replicated state on every call, not only at the handshake:
+//! a removed node's certificate stops working at once.
+//!
+//! The rules: the client API serves users (today the one admin user the
+//! first server makes) and, for the calls servers make of each other, other
+//! servers; the node API serves each node for itself only (Kubernetes'
+//! NodeRestriction); the peer port serves current members only.
+
+use tonic::{Request, Status};
+
+use crate::ctx::Ctx;
+use crate::tls::Tls;
+
+/// The user `admin.conf` holds: allowed everything.
+pub const ADMIN: &str = "admin";
+
+/// Who made a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// `--insecure`: nobody is checked.
+    Trusted,
+    Server(u64),
+    Node(String),
+    User(String),
+}
+
+fn unauthenticated(why: &str) -> Status {
+    Status::unauthenticated(why.to_string())
+}
+
+/// The caller of `req`, from its client certificate. Without TLS every
+/// caller is trusted; with it, a call without a certificate is refused
+/// (the joins, which carry a token instead, do not ask).
+pub fn caller<T>(req: &Request<T>, tls: &Tls) -> Result<Caller, Status> {
+    if !tls.is_on() {
+        return Ok(Caller::Trusted);
+    }
+    let certs = req.peer_certs().ok_or_else(|| {
+        unauthenticated("this call needs a client certificate: use the credentials `skiff` writes (admin.conf), or join with a token")
+    })?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| unauthenticated("no client certificate"))?;
+    match skiff_pki::Identity::of_certificate(leaf.as_ref()) {
+        Ok(skiff_pki::Identity::Server(id)) => Ok(Caller::Server(id)),
+        Ok(skiff_pki::Identity::Node(name)) => Ok(Caller::Node(name)),
+        Ok(skiff_pki::Identity::User(name)) => Ok(Caller::User(name)),
+        Err(e) => Err(unauthenticated(&e.to_string())),
+    }
+}
+
+fn denied(caller: &Caller, what: &str) -> Status {
+    let who = match caller {
+        Caller::Trusted => "this caller".to_string(),
+        Caller::Server(id) => format!("server {id}"),
+        Caller::Node(n) => format!("node {n:?}"),
+        Caller::User(u) => format!("user {u:?}"),
+    };
+    Status::permission_denied(format!("{who} may not {what}"))
+}
+
+impl Caller {
+    /// An administrator: every call of the client API.
+    pub fn require_admin(&self, what: &str) -> Result<(), Status> {
+        match self {
+            Caller::Trusted => Ok(()),
+            Caller::User(u) if u == ADMIN => Ok(()),
+            other => Err(denied(other, what)),
+        }
+    }
+
+    /// An administrator, or a current member server (the calls servers
+    /// make of each other's client API).
+    pub fn require_admin_or_server(&self, ctx: &Ctx, what: &str) -> Result<(), Status> {
+        match self {
+            Caller::Server(_) => self.require_server(ctx, what).map(|_| ()),
+            _ => self.require_admin(what),
+        }
+    }
+
+    /// The agent of `node` itself, whose credential still holds the name.
+    pub fn require_node(&self, ctx: &Ctx, node: &str, what: &str) -> Result<(), Status> {
+        match self {
+            Caller::Trusted => Ok(()),
+            Caller::Node(n) if n == node => {
+                if ctx.store.state().access.nodes.contains_key(n) {
+                    Ok(())
+                } else {
+                    Err(Status::permission_denied(format!(
+                        "node {n:?} was removed; join again with a token"
+                    )))
+                }
+            }
+            other => Err(denied(other, &format!("{what} for node {node:?}"))),
+        }
+    }
+
+    /// A server that is a member now (voter or learner), or any server of
+    /// the cluster while this one has just joined; its id.
+    pub fn require_server(&self, ctx: &Ctx, what: &str) -> Result<u64, Status> {
+        match self {
+            Caller::Trusted => Ok(0),
+            Caller::Server(id) => {
+                let s = ctx.store.status();
+                // A server that has just joined knows no configuration
+                // until the leader's first snapshot arrives: it takes
+                // messages from any server the cluster CA certified.
+                let waiting = s.voters.is_empty() && s.learners.is_empty();
+                let member = waiting || s.voters.contains(id) || s.learners.contains(id);
+                let removed = ctx.store.state().access.removed_servers.contains(id);
+                if member && !removed {
+                    Ok(*id)
+                } else {
+                    Err(Status::permission_denied(format!(
+                        "server {id} is not a member of this cluster"
+                    )))
+                }
+            }
+            other => Err(denied(other, what)),
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! The access record: what `access.rs` changes, kept apart so the state
+//! can hold it without importing the rules that change it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{CaRecord, TokenRecord};
+
+/// The record every access change rewrites.
+pub const ACCESS_KEY: &str = "access";
+
+/// Access state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Access {
+    #[serde(default)]
+    pub ca: Option<CaRecord>,
+    /// Join tokens by id.
+    #[serde(default)]
+    pub tokens: BTreeMap<String, TokenRecord>,
+    /// Node names a credential holds, with the index of the join that
+    /// took each: another join under the name is refused until an admin
+    /// removes the node.
+    #[serde(default)]
+    pub nodes: BTreeMap<String, u64>,
+    /// Raft ids removed from the cluster: never given out again.
+    #[serde(default)]
+    pub removed_servers: BTreeSet<u64>,
+}

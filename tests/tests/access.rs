@@ -1,0 +1,382 @@
+//! Access control as an attacker and an operator meet it: real servers and
+//! agents over mutual TLS on loopback, credentials generated for the test
+//! (a CA made with `skiff ca create`, tokens made with `skiff token
+//! create`). What is checked is what each would notice: a refused call and
+//! its code, a cluster whose state did not move.
+
+use std::time::Duration;
+
+use skiff_client::join::{join, Joiner};
+use skiff_client::{Client, ClientTls, Code};
+use skiff_pki::{Ca, Identity, CA_LIFETIME};
+use skiff_proto::pb;
+use skiff_tests::cluster::ServerCluster;
+use skiff_tests::*;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// Credentials for `who`, signed by `ca`.
+fn creds(ca: &Ca, who: Identity) -> ClientTls {
+    let leaf = ca.issue(&who, HOUR).unwrap();
+    ClientTls {
+        ca_pem: test_pki().ca.cert_pem().to_string(),
+        identity: Some((leaf.cert_pem, leaf.key_pem)),
+    }
+}
+
+/// A TLS channel to `addr` (host:port) presenting `tls`'s certificate.
+async fn channel(addr: &str, tls: &ClientTls) -> Result<Channel, tonic::transport::Error> {
+    let mut config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+        .domain_name(skiff_pki::SERVER_DNS);
+    if let Some((c, k)) = &tls.identity {
+        config = config.identity(tonic::transport::Identity::from_pem(c, k));
+    }
+    Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(config)?
+        .connect()
+        .await
+}
+
+fn registration(name: &str) -> pb::RegisterRequest {
+    pb::RegisterRequest {
+        name: name.into(),
+        capacity: Some(pb::Resources {
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+            gpus: 0,
+        }),
+        address: "127.0.0.1:1".into(),
+        agent_version: "test".into(),
+        ..Default::default()
+    }
+}
+
+/// A node that joined with a token through `url`: its credentials.
+async fn joined_node(url: &str, name: &str) -> ClientTls {
+    let token = join_token(url, "node");
+    let j = join(url, &token, &Joiner::Node(name.into())).await.unwrap();
+    ClientTls {
+        ca_pem: j.ca_pem,
+        identity: Some((j.cert_pem, j.key_pem)),
+    }
+}
+
+#[tokio::test]
+async fn the_client_api_wants_a_certificate_of_the_cluster_and_the_right_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&tmp.path().join("s"));
+    let url = server.url();
+    let mut admin = server.client().await;
+
+    // No client certificate: only the join call is open.
+    let anonymous = ClientTls {
+        ca_pem: test_pki().ca.cert_pem().to_string(),
+        identity: None,
+    };
+    let err = Client::connect_with(&url, Some(&anonymous))
+        .await
+        .unwrap()
+        .apply_job(&shell_job("intruder", 1, "true"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(Code::Unauthenticated), "{err}");
+    assert!(err.to_string().contains("client certificate"), "{err}");
+
+    // A certificate from another CA does not get past the handshake.
+    let other = Ca::generate(CA_LIFETIME).unwrap();
+    let stranger = creds(&other, Identity::User("admin".into()));
+    let refused = match Client::connect_with(&url, Some(&stranger)).await {
+        Err(_) => true,
+        Ok(mut c) => c.list_jobs().await.is_err(),
+    };
+    assert!(refused, "a certificate of another CA was accepted");
+
+    // Plaintext to a TLS port gets nowhere.
+    let plain = format!("http://{}", server.addr);
+    let refused = match Client::connect(&plain).await {
+        Err(_) => true,
+        Ok(mut c) => c.list_jobs().await.is_err(),
+    };
+    assert!(refused, "a plaintext client was answered");
+
+    // A node's certificate is for the node API only.
+    let node = joined_node(&url, "n1").await;
+    let err = Client::connect_with(&url, Some(&node))
+        .await
+        .unwrap()
+        .apply_job(&shell_job("intruder", 1, "true"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(Code::PermissionDenied), "{err}");
+    assert!(err.to_string().contains("node \"n1\" may not"), "{err}");
+
+    // A user other than admin has no rights yet.
+    let bob = creds(&test_pki().ca, Identity::User("bob".into()));
+    let err = Client::connect_with(&url, Some(&bob))
+        .await
+        .unwrap()
+        .list_jobs()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(Code::PermissionDenied), "{err}");
+
+    // None of them got a job in.
+    assert!(admin.list_jobs().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_node_speaks_only_for_itself_and_not_after_it_is_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&tmp.path().join("s"));
+    let url = server.url();
+    let mut admin = server.client().await;
+    let a = joined_node(&url, "node-a").await;
+    let mut as_a =
+        pb::node_api_client::NodeApiClient::new(channel(&server.addr, &a).await.unwrap());
+
+    as_a.register(registration("node-a")).await.unwrap();
+    let err = as_a.register(registration("node-b")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    let err = as_a
+        .heartbeat(pb::HeartbeatRequest {
+            name: "node-b".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    let nodes: Vec<String> = admin
+        .list_nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.node.name)
+        .collect();
+    assert_eq!(nodes, ["node-a"], "node-b was never registered");
+
+    // The name is taken: another machine with a fresh token cannot be node-a.
+    let token = join_token(&url, "node");
+    let err = join(&url, &token, &Joiner::Node("node-a".into()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("has joined already"), "{err}");
+
+    // Removed: the old certificate stops working at once, the name is free.
+    let out = skiff(&url, &["node", "remove", "node-a"]);
+    assert!(out.status.success(), "{out:?}");
+    let err = as_a
+        .heartbeat(pb::HeartbeatRequest {
+            name: "node-a".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("was removed"), "{err:?}");
+    assert!(admin.list_nodes().await.unwrap().is_empty());
+    join(&url, &token, &Joiner::Node("node-a".into()))
+        .await
+        .expect("the name may join again after `skiff node remove`");
+}
+
+#[tokio::test]
+async fn expired_revoked_and_foreign_tokens_cannot_join_and_no_secret_is_logged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&tmp.path().join("s"));
+    let url = server.url();
+    let mut admin = server.client().await;
+
+    // Revoked with the CLI: refused, and `skiff token ls` says so.
+    let revoked = join_token(&url, "node");
+    let id = revoked.split('.').nth(2).unwrap().to_string();
+    let out = skiff(&url, &["token", "revoke", &id]);
+    assert!(out.status.success(), "{out:?}");
+    let err = join(&url, &revoked, &Joiner::Node("r".into()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("revoked"), "{err}");
+    let ls = skiff(&url, &["token", "ls"]);
+    let ls = String::from_utf8_lossy(&ls.stdout).into_owned();
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with(&id) && l.contains("revoked")),
+        "{ls}"
+    );
+
+    // Expired: a token of one second, tried once its time is up.
+    let short = admin
+        .create_token(skiff_client::JoinRole::Node, 1, "short")
+        .await
+        .unwrap();
+    let left = short.expires_ms.saturating_sub(skiff_server_time_ms());
+    tokio::time::sleep(Duration::from_millis(left + 50)).await;
+    let err = join(&url, &short.token, &Joiner::Node("late".into()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("expired"), "{err}");
+
+    // A node token does not make a server.
+    let node_token = join_token(&url, "node");
+    let err = join(&url, &node_token, &Joiner::Server(7))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("node"), "{err}");
+
+    // A wrong secret, and a token whose pin names another CA: the second is
+    // refused before anything is sent to the server.
+    let mut parts: Vec<&str> = node_token.split('.').collect();
+    parts[3] = "wrongsecretwrong";
+    let err = join(&url, &parts.join("."), &Joiner::Node("w".into()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown token"), "{err}");
+    let other_pin = Ca::generate(CA_LIFETIME).unwrap().pin().unwrap();
+    let mut parts: Vec<&str> = node_token.split('.').collect();
+    parts[1] = &other_pin;
+    let err = join(&url, &parts.join("."), &Joiner::Node("p".into()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("pin"), "{err}");
+    let err = join(&url, "skiff1.garbage", &Joiner::Node("g".into()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("skiff1."), "{err}");
+
+    // Nobody joined with any of them.
+    assert!(admin.list_nodes().await.unwrap().is_empty());
+    let tokens = admin.list_tokens().await.unwrap();
+    assert!(tokens.iter().all(|t| t.uses == 0), "{tokens:?}");
+
+    // The secrets were never written to the server's log.
+    let log = server.log();
+    for token in [&revoked, &short.token, &node_token] {
+        let secret = token.rsplit('.').next().unwrap();
+        assert!(!log.contains(secret), "a token secret is in the server log");
+    }
+}
+
+#[tokio::test]
+async fn a_member_cannot_send_raft_messages_as_another_and_outsiders_cannot_send_any() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = ServerCluster::start(tmp.path(), 3, &[]).await;
+    let leader = cluster.leader(Duration::from_secs(30)).await;
+    let mut admin = connect(&cluster.url(leader)).await.unwrap();
+    admin
+        .apply_job(&shell_job("steady", 0, "true"))
+        .await
+        .unwrap();
+    let digest = cluster.converged(&[0, 1, 2], Duration::from_secs(30)).await;
+    let target = (leader + 1) % 3;
+    let target_id = target as u64 + 1;
+    let peer_addr = std::fs::read_to_string(
+        cluster.servers[target]
+            .lock()
+            .unwrap()
+            .data_dir
+            .join("peer.addr"),
+    )
+    .unwrap();
+    let member = (target + 1) % 3;
+    let member_id = member as u64 + 1;
+    let forged_from = 6 - target_id - member_id; // the third server
+                                                 // A heartbeat with a far higher term would depose the target's leader
+                                                 // if it were believed.
+    let raft = |from: u64, to: u64| {
+        let mut m = skiff_store::RaftMessage::default();
+        m.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+        m.from = from;
+        m.to = to;
+        m.term = 1_000;
+        pb::RaftEnvelope {
+            message: protobuf::Message::write_to_bytes(&m).unwrap(),
+        }
+    };
+    let send = |who: ClientTls, env: pb::RaftEnvelope| {
+        let addr = peer_addr.trim().to_string();
+        async move {
+            let ch = channel(&addr, &who).await.map_err(|e| e.to_string())?;
+            pb::peer_client::PeerClient::new(ch)
+                .raft(tokio_stream::iter(vec![env]))
+                .await
+                .map(|_| ())
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+        }
+    };
+    let as_member = creds(&test_pki().ca, Identity::Server(member_id));
+    let err = send(as_member.clone(), raft(forged_from, target_id))
+        .await
+        .unwrap_err();
+    assert!(err.starts_with("PermissionDenied"), "{err}");
+    let err = send(as_member, raft(member_id, 99)).await.unwrap_err();
+    assert!(err.starts_with("PermissionDenied"), "{err}");
+    let stranger = creds(&test_pki().ca, Identity::Server(9));
+    let err = send(stranger, raft(9, target_id)).await.unwrap_err();
+    assert!(err.contains("not a member"), "{err}");
+    let user = creds(&test_pki().ca, Identity::User("admin".into()));
+    let err = send(user, raft(forged_from, target_id)).await.unwrap_err();
+    assert!(err.starts_with("PermissionDenied"), "{err}");
+
+    // Nothing moved: the same leader, term and state everywhere.
+    let after = cluster.converged(&[0, 1, 2], Duration::from_secs(30)).await;
+    assert_eq!(after, digest);
+    let status = cluster.status(target).await.unwrap();
+    assert_eq!(status.leader_id, leader as u64 + 1);
+}
+
+#[tokio::test]
+async fn only_servers_may_call_an_agent_and_insecure_mode_still_serves_plaintext() {
+    require_container_host();
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&tmp.path().join("s"));
+    let _agent = AgentProc::start(&tmp.path().join("a"), &server.url(), "worker", &[]);
+    let admin = server.client().await;
+    let address = wait_for("the agent to register", Duration::from_secs(30), || {
+        let mut c = admin.clone();
+        async move { Some(c.list_nodes().await.ok()?.first()?.node.address.clone()) }
+    })
+    .await;
+    assert!(
+        _agent.data_dir.join("tls").join("node.key").exists(),
+        "the node keeps its credentials"
+    );
+
+    // The administrator's own certificate is not a server's.
+    let admin_tls = creds(&test_pki().ca, Identity::User("admin".into()));
+    let config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&admin_tls.ca_pem))
+        .identity(tonic::transport::Identity::from_pem(
+            &admin_tls.identity.as_ref().unwrap().0,
+            &admin_tls.identity.as_ref().unwrap().1,
+        ))
+        .domain_name(skiff_pki::identity::node_dns("worker"));
+    let ch = Channel::from_shared(format!("https://{address}"))
+        .unwrap()
+        .tls_config(config)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let err = pb::agent_api_client::AgentApiClient::new(ch)
+        .exec(pb::AgentExecRequest {
+            alloc_id: "0".repeat(32),
+            command: vec!["id".into()],
+            timeout_ms: 1000,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+
+    // --insecure: plaintext, nobody checked (and the log says so).
+    let plain = ServerProc::start_with(&tmp.path().join("p"), "127.0.0.1:0", &["--insecure"]);
+    assert!(plain.url().starts_with("http://"));
+    let mut c = wait_for("the insecure server", Duration::from_secs(20), || {
+        let url = plain.url();
+        async move { Client::connect(&url).await.ok() }
+    })
+    .await;
+    c.apply_job(&shell_job("open", 0, "true")).await.unwrap();
+    assert!(plain.log().contains("INSECURE"));
+}
