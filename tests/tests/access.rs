@@ -326,6 +326,99 @@ async fn a_member_cannot_send_raft_messages_as_another_and_outsiders_cannot_send
     assert_eq!(status.leader_id, leader as u64 + 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cannot_stop_a_server_with_a_heartbeat_past_its_log_nor_send_snapshots_by_the_stream(
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = ServerCluster::start(tmp.path(), 3, &[]).await;
+    let leader = cluster.leader(Duration::from_secs(30)).await;
+    let mut admin = connect(&cluster.url(leader)).await.unwrap();
+    admin
+        .apply_job(&shell_job("kept", 0, "true"))
+        .await
+        .unwrap();
+    let digest = cluster.converged(&[0, 1, 2], Duration::from_secs(30)).await;
+    let target = (leader + 1) % 3;
+    let target_id = target as u64 + 1;
+    let peer_addr = std::fs::read_to_string(
+        cluster.servers[target]
+            .lock()
+            .unwrap()
+            .data_dir
+            .join("peer.addr"),
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    let member_id = ((target + 1) % 3) as u64 + 1;
+    let as_member = creds(&test_pki().ca, Identity::Server(member_id));
+    let message = |kind: raft::eraftpb::MessageType, commit: u64| {
+        let mut m = skiff_store::RaftMessage::default();
+        m.set_msg_type(kind);
+        m.from = member_id;
+        m.to = target_id;
+        m.term = 1_000;
+        m.commit = commit;
+        pb::RaftEnvelope {
+            message: protobuf::Message::write_to_bytes(&m).unwrap(),
+        }
+    };
+    let stream = |env: pb::RaftEnvelope| {
+        let (addr, who) = (peer_addr.clone(), as_member.clone());
+        async move {
+            let ch = channel(&addr, &who).await.map_err(|e| e.to_string())?;
+            pb::peer_client::PeerClient::new(ch)
+                .raft(tokio_stream::iter(vec![env]))
+                .await
+                .map(|_| ())
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+        }
+    };
+
+    // The review's crash: a heartbeat that commits a billion entries.
+    stream(message(
+        raft::eraftpb::MessageType::MsgHeartbeat,
+        1_000_000_000,
+    ))
+    .await
+    .unwrap();
+    // A snapshot on the Raft stream is not taken, whatever it holds.
+    let err = stream(message(raft::eraftpb::MessageType::MsgSnapshot, 0))
+        .await
+        .unwrap_err();
+    assert!(err.starts_with("InvalidArgument"), "{err}");
+    // A node's certificate is refused before a large body is read.
+    let node = creds(&test_pki().ca, Identity::Node("n1".into()));
+    let ch = channel(&peer_addr, &node).await.unwrap();
+    let err = pb::peer_snapshot_client::PeerSnapshotClient::new(ch)
+        .max_encoding_message_size(usize::MAX)
+        .snapshot(pb::RaftEnvelope {
+            message: vec![0; 8 << 20],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    // A relayed heartbeat with a huge node name is refused by its rule.
+    let ch = channel(&peer_addr, &as_member).await.unwrap();
+    let err = pb::peer_client::PeerClient::new(ch)
+        .heartbeat(pb::HeartbeatRequest {
+            name: "n".repeat(1 << 20),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().starts_with("name:"), "{err:?}");
+
+    // The target still serves, under the same leader, with the same state.
+    let after = cluster.converged(&[0, 1, 2], Duration::from_secs(30)).await;
+    assert_eq!(after, digest);
+    let status = cluster.status(target).await.unwrap();
+    assert_eq!(status.leader_id, leader as u64 + 1);
+    let log = cluster.servers[target].lock().unwrap().log();
+    assert!(log.contains("committing past the end of the log"), "{log}");
+}
+
 #[tokio::test]
 async fn only_servers_may_call_an_agent_and_insecure_mode_still_serves_plaintext() {
     require_container_host();

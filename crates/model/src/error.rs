@@ -68,3 +68,13 @@ fn render_fields(errors: &[FieldError]) -> String {
     }
     out
 }
+
+/// At most 64 characters of a value, and "..." when there was more: what an
+/// error message quotes of something a caller sent (never a whole 50 MB
+/// name back in a reply's header).
+pub fn clipped(value: &str) -> String {
+    match value.char_indices().nth(64) {
+        Some((i, _)) => format!("{}...", &value[..i]),
+        None => value.to_string(),
+    }
+}

@@ -48,7 +48,10 @@ pub fn check_node_name(name: &str) -> Result<(), FieldError> {
     } else {
         Err(FieldError::new(
             "name",
-            format!("{name:?} must be 1 to 253 letters, digits, '-', '.' or '_'"),
+            format!(
+                "{:?} must be 1 to 253 letters, digits, '-', '.' or '_'",
+                crate::error::clipped(name)
+            ),
         ))
     }
 }

@@ -258,8 +258,18 @@ pub async fn serve(
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let access_api = pb::access_server::AccessServer::new(access::AccessService::new(ctx.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let peer_api = pb::peer_server::PeerServer::new(peer::PeerService { ctx: ctx.clone() })
-        .max_decoding_message_size(transport::MAX_PEER_MESSAGE);
+    let peer_api = tonic::service::interceptor::InterceptedService::new(
+        pb::peer_server::PeerServer::new(peer::PeerService { ctx: ctx.clone() })
+            .max_decoding_message_size(transport::MAX_PEER_MESSAGE),
+        peer::members_only(ctx.clone()),
+    );
+    let snapshot_api = tonic::service::interceptor::InterceptedService::new(
+        pb::peer_snapshot_server::PeerSnapshotServer::new(peer::PeerSnapshotService {
+            peer: peer::PeerService { ctx: ctx.clone() },
+        })
+        .max_decoding_message_size(transport::MAX_SNAPSHOT_MESSAGE),
+        peer::members_only(ctx.clone()),
+    );
 
     tracing::info!(id = ctx.me.id, api = %api_addr, peer = %peer_addr, "serving");
     let mut fatal = store.watch_status();
@@ -293,6 +303,7 @@ pub async fn serve(
         );
     let peer_server = peer_builder
         .add_service(peer_api)
+        .add_service(snapshot_api)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(peer).with_nodelay(Some(true)),
             async move {

@@ -44,6 +44,66 @@ fn decode(env: &pb::RaftEnvelope) -> Result<RaftMessage, Status> {
         .map_err(|e| Status::invalid_argument(format!("message: not a Raft message: {e}")))
 }
 
+/// Refuses, before any message body is read, a call whose certificate is
+/// not a current member server's: a node or user certificate of the same
+/// CA cannot make a peer decode even one large message.
+pub fn members_only(ctx: Ctx) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |req: Request<()>| {
+        caller(&req, &ctx.tls)?.require_server(&ctx, "use the peer port")?;
+        Ok(req)
+    }
+}
+
+/// The kinds of Raft message a peer may send on the Raft stream: what
+/// raft-rs sends between servers, except snapshots (their own service).
+fn streamable(msg: &RaftMessage) -> Result<(), Status> {
+    use skiff_store::RaftMessageType as T;
+    match msg.get_msg_type() {
+        T::MsgAppend
+        | T::MsgAppendResponse
+        | T::MsgRequestVote
+        | T::MsgRequestVoteResponse
+        | T::MsgRequestPreVote
+        | T::MsgRequestPreVoteResponse
+        | T::MsgHeartbeat
+        | T::MsgHeartbeatResponse
+        | T::MsgPropose
+        | T::MsgReadIndex
+        | T::MsgReadIndexResp
+        | T::MsgTransferLeader
+        | T::MsgTimeoutNow => Ok(()),
+        other => Err(Status::invalid_argument(format!(
+            "message: {other:?} is not sent between servers on the Raft stream"
+        ))),
+    }
+}
+
+/// The snapshot side of the peer port: the one service that takes
+/// messages as large as the whole state.
+pub struct PeerSnapshotService {
+    pub peer: PeerService,
+}
+
+#[tonic::async_trait]
+impl pb::peer_snapshot_server::PeerSnapshot for PeerSnapshotService {
+    async fn snapshot(
+        &self,
+        req: Request<pb::RaftEnvelope>,
+    ) -> Result<Response<pb::PeerAck>, Status> {
+        let ctx = &self.peer.ctx;
+        let from = caller(&req, &ctx.tls)?.require_server(ctx, "send snapshots")?;
+        let msg = decode(req.get_ref())?;
+        if msg.get_msg_type() != skiff_store::RaftMessageType::MsgSnapshot {
+            return Err(Status::invalid_argument(
+                "message: only MsgSnapshot is taken here",
+            ));
+        }
+        self.peer.check_sender(from, &msg)?;
+        ctx.store.step(msg);
+        Ok(Response::new(pb::PeerAck {}))
+    }
+}
+
 #[tonic::async_trait]
 impl pb::peer_server::Peer for PeerService {
     async fn raft(
@@ -54,20 +114,10 @@ impl pb::peer_server::Peer for PeerService {
         let mut stream = req.into_inner();
         while let Some(env) = stream.message().await? {
             let msg = decode(&env)?;
+            streamable(&msg)?;
             self.check_sender(from, &msg)?;
             self.ctx.store.step(msg);
         }
-        Ok(Response::new(pb::PeerAck {}))
-    }
-
-    async fn snapshot(
-        &self,
-        req: Request<pb::RaftEnvelope>,
-    ) -> Result<Response<pb::PeerAck>, Status> {
-        let from = caller(&req, &self.ctx.tls)?.require_server(&self.ctx, "send snapshots")?;
-        let msg = decode(req.get_ref())?;
-        self.check_sender(from, &msg)?;
-        self.ctx.store.step(msg);
         Ok(Response::new(pb::PeerAck {}))
     }
 
@@ -76,10 +126,12 @@ impl pb::peer_server::Peer for PeerService {
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         caller(&req, &self.ctx.tls)?.require_server(&self.ctx, "relay heartbeats")?;
+        let r = req.into_inner();
+        skiff_model::registration::check_node_name(&r.name)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if !self.ctx.store.is_leader() {
             return Err(not_leader_status());
         }
-        let r = req.into_inner();
         let metrics = crate::nodes::check_gpu_metrics(r.gpu_metrics)?;
         Ok(Response::new(
             crate::nodes::heartbeat(&self.ctx, &r.name, metrics).await,

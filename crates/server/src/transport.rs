@@ -17,8 +17,12 @@ use crate::tls::Tls;
 
 /// Messages queued for one peer before new ones are dropped (Raft resends).
 const LINK_QUEUE: usize = 4096;
-/// Largest message on the peer port (snapshots carry the whole state).
-pub const MAX_PEER_MESSAGE: usize = 512 * 1024 * 1024;
+/// Largest message on the peer port's Raft stream and other calls: an
+/// append carries about 1 MiB of entries, or one entry as large as the
+/// leader made it (a plan for a very large job).
+pub const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
+/// Largest snapshot (the whole state), taken only by the snapshot service.
+pub const MAX_SNAPSHOT_MESSAGE: usize = 1024 * 1024 * 1024;
 
 /// The peers' addresses and one outbound link per peer.
 pub struct PeerTransport {
@@ -133,7 +137,9 @@ impl PeerTransport {
                 tokio::time::sleep(backoff).await;
                 continue;
             };
-            let mut client = pb::peer_client::PeerClient::new(channel)
+            let mut snapshots = pb::peer_snapshot_client::PeerSnapshotClient::new(channel.clone())
+                .max_encoding_message_size(MAX_SNAPSHOT_MESSAGE);
+            let client = pb::peer_client::PeerClient::new(channel)
                 .max_encoding_message_size(MAX_PEER_MESSAGE);
             let (stream_tx, stream_rx) = mpsc::channel::<pb::RaftEnvelope>(256);
             let call = tokio::spawn({
@@ -154,7 +160,7 @@ impl PeerTransport {
                     },
                 };
                 if msg.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
-                    let ok = send_snapshot(&mut client, &msg).await;
+                    let ok = send_snapshot(&mut snapshots, &msg).await;
                     self.report_snapshot(to, ok);
                     if !ok {
                         break true;
@@ -190,7 +196,7 @@ impl PeerTransport {
 }
 
 async fn send_snapshot(
-    client: &mut pb::peer_client::PeerClient<Channel>,
+    client: &mut pb::peer_snapshot_client::PeerSnapshotClient<Channel>,
     msg: &RaftMessage,
 ) -> bool {
     let Ok(bytes) = msg.write_to_bytes() else {

@@ -442,6 +442,19 @@ impl Driver {
                 self.pending_reads.insert(id, (Instant::now(), reply));
             }
             Request::Step(msg) => {
+                // raft-rs stops the process on a heartbeat that commits
+                // past the end of this log; a leader never sends one (it
+                // sends min(match, commit)), so it is dropped, not stepped.
+                if msg.get_msg_type() == MessageType::MsgHeartbeat
+                    && msg.commit > self.raw.raft.raft_log.last_index()
+                {
+                    tracing::warn!(
+                        from = msg.from,
+                        commit = msg.commit,
+                        "a heartbeat committing past the end of the log; dropped"
+                    );
+                    return None;
+                }
                 if let Err(e) = self.raw.step(*msg) {
                     tracing::debug!(error = %e, "peer message refused");
                 }

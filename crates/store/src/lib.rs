@@ -2,6 +2,7 @@
 //!
 //! - [`command`]: the typed, versioned commands that change state, and
 //!   the servers' address book entry ([`ServerInfo`]);
+//! - [`check`]: the rules of a command's shape, checked again at apply;
 //! - [`state`]: the state and its deterministic `apply`;
 //! - [`log`]: the Raft log, our own write-ahead log behind raft-rs's
 //!   `Storage` (entries, hard state, conf state, snapshots);
@@ -17,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod command;
 #[cfg(test)]
 mod conformance;
@@ -35,5 +37,5 @@ pub use error::StoreError;
 pub use events::{Compacted, Event};
 pub use handle::Store;
 pub use member::{Bootstrap, RaftConfig, RaftStatus, Role, Transport, SNAPSHOT_ENTRIES};
-pub use raft::eraftpb::{ConfChangeType, Message as RaftMessage};
+pub use raft::eraftpb::{ConfChangeType, Message as RaftMessage, MessageType as RaftMessageType};
 pub use state::{Applied, Outcome, Refusal, State, Table};

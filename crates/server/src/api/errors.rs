@@ -47,6 +47,8 @@ pub(crate) fn invalid_spec(e: &SpecError) -> Status {
 pub(crate) fn refusal_status(refusal: &Refusal) -> Status {
     if refusal.is_not_found() {
         Status::not_found(refusal.to_string())
+    } else if refusal.is_invalid() {
+        Status::invalid_argument(refusal.to_string())
     } else {
         Status::failed_precondition(refusal.to_string())
     }

@@ -182,6 +182,9 @@ impl State {
     /// job's outcome is [`Outcome::Unanswered`] instead of a copy of it.
     /// The state changes exactly as with `apply`.
     pub fn apply_owned(&mut self, index: u64, command: Command, reply: bool) -> Outcome {
+        if let Err(why) = crate::check::check(&command) {
+            return self.refuse_invalid(index, why);
+        }
         match command {
             Command::UpsertJob { spec } => {
                 debug_assert!(index > self.index, "entries apply in order");
@@ -194,6 +197,9 @@ impl State {
 
     /// Applies one command at raft `index`.
     pub fn apply(&mut self, index: u64, command: &Command) -> Outcome {
+        if let Err(why) = crate::check::check(command) {
+            return self.refuse_invalid(index, why);
+        }
         debug_assert!(index > self.index, "entries apply in order");
         self.index = index;
         match command {
@@ -272,6 +278,15 @@ impl State {
             }
             self.remember_removed_server(*id);
         }
+    }
+
+    /// A command that breaks a rule of its shape changes nothing but the
+    /// index, on every server alike.
+    fn refuse_invalid(&mut self, index: u64, why: String) -> Outcome {
+        debug_assert!(index > self.index, "entries apply in order");
+        self.index = index;
+        tracing::warn!(index, %why, "an entry that breaks a rule was refused");
+        Outcome::Refused(Refusal::Invalid { why })
     }
 
     /// Advances the index for an entry that changes nothing (a leader's

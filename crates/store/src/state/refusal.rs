@@ -15,6 +15,11 @@ use crate::command::RolloutAction;
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Refusal {
+    /// The command breaks a rule of its shape (checked again at apply,
+    /// whoever proposed it); names the field and the rule.
+    Invalid {
+        why: String,
+    },
     /// The job or node the command names does not exist.
     NotFound {
         kind: Table,
@@ -135,6 +140,11 @@ impl Refusal {
         )
     }
 
+    /// The command itself broke a rule (rather than the state's).
+    pub fn is_invalid(&self) -> bool {
+        matches!(self, Refusal::Invalid { .. })
+    }
+
     /// A join refused for its credential (rather than for the state).
     pub fn is_unauthenticated(&self) -> bool {
         matches!(self, Refusal::TokenRefused { .. })
@@ -144,6 +154,7 @@ impl Refusal {
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Refusal::Invalid { why } => f.write_str(why),
             Refusal::NotFound { kind, name } => write!(f, "{} {name:?} not found", kind.as_str()),
             Refusal::EvalNotPending { eval } => {
                 write!(f, "evaluation {eval} is not pending; plan dropped")

@@ -1039,3 +1039,40 @@ fn jobs_queued_by_one_entry_get_an_evaluation_each() {
         );
     }
 }
+
+#[test]
+fn an_entry_that_breaks_a_rule_changes_nothing_but_the_index_whoever_proposed_it() {
+    // What a forged MsgPropose (or an older server) could put in the log:
+    // a spec the API would have refused, and a node name that is a path.
+    let mut s = State::default();
+    let mut bad = spec("web", 1, "64Mi");
+    bad.task.security.cap_add = vec!["NOT A CAPABILITY".into()];
+    let out = s.apply(1, &Command::UpsertJob { spec: bad.clone() });
+    match out {
+        Outcome::Refused(r) => {
+            assert!(r.is_invalid(), "{r}");
+            assert!(r.to_string().contains("cap_add"), "{r}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let out = s.apply_owned(2, Command::UpsertJob { spec: bad }, true);
+    assert!(matches!(out, Outcome::Refused(Refusal::Invalid { .. })));
+    let out = s.apply(3, &reg("../../etc", 1000, 1024));
+    assert!(matches!(out, Outcome::Refused(Refusal::Invalid { .. })));
+    assert!(s.jobs.is_empty() && s.nodes.is_empty());
+    assert_eq!(s.index, 3);
+    // The same commands with good values apply.
+    assert!(!matches!(
+        s.apply(
+            4,
+            &Command::UpsertJob {
+                spec: spec("web", 1, "64Mi")
+            }
+        ),
+        Outcome::Refused(_)
+    ));
+    assert!(!matches!(
+        s.apply(5, &reg("n1", 1000, 1024)),
+        Outcome::Refused(_)
+    ));
+}
