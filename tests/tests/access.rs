@@ -473,3 +473,82 @@ async fn only_servers_may_call_an_agent_and_insecure_mode_still_serves_plaintext
     c.apply_job(&shell_job("open", 0, "true")).await.unwrap();
     assert!(plain.log().contains("INSECURE"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_server_audits_changes_and_denials_and_skiff_audit_merges_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = ServerCluster::start(tmp.path(), 3, &[]).await;
+    let leader = cluster.leader(Duration::from_secs(30)).await;
+    let follower = (leader + 1) % 3;
+    // A change through a follower, by the admin.
+    let mut admin = connect(&cluster.url(follower)).await.unwrap();
+    admin
+        .apply_job(&shell_job("audited", 0, "true"))
+        .await
+        .unwrap();
+    // A denial at the leader: a node's certificate cannot apply jobs.
+    let node = creds(&test_pki().ca, Identity::Node("intruder".into()));
+    let mut as_node = Client::connect_with(&cluster.url(leader), Some(&node))
+        .await
+        .unwrap();
+    let err = as_node
+        .apply_job(&shell_job("forged", 0, "true"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(Code::PermissionDenied), "{err}");
+    // A token: its id may be audited, its secret never.
+    let word = join_token(&cluster.url(leader), "node");
+
+    let out = skiff_command()
+        .args(["audit", "-o", "json", "--since", "1h", "--server"])
+        .arg(cluster.url(leader))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let find = |method: &str, object: &str| {
+        records
+            .iter()
+            .find(|r| r["method"] == method && r["object"] == object)
+            .unwrap_or_else(|| panic!("no {method} of {object} in {records:#?}"))
+            .clone()
+    };
+    let applied = find("Cluster/ApplyJob", "job/audited");
+    assert_eq!(applied["identity"], "user/admin");
+    assert_eq!(applied["outcome"], "OK");
+    assert_eq!(applied["server"], follower as u64 + 1);
+    let denied = find("Cluster/ApplyJob", "job/forged");
+    assert_eq!(denied["identity"], "node/intruder");
+    assert_eq!(denied["outcome"], "PERMISSION_DENIED");
+    assert_eq!(denied["server"], leader as u64 + 1);
+    let id = word.trim().split('.').nth(2).unwrap();
+    assert_eq!(
+        find("Access/CreateToken", &format!("token/{id}"))["outcome"],
+        "OK"
+    );
+    let times: Vec<u64> = records
+        .iter()
+        .map(|r| r["time_ms"].as_u64().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "merged by time");
+
+    // The files are the servers' own, private, and hold no secret.
+    let secret = word.trim().rsplit('.').next().unwrap();
+    for s in &cluster.servers {
+        let dir = s.lock().unwrap().data_dir.join("audit");
+        let file = dir.join("audit.log");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            !text.contains(secret),
+            "a token's secret in {}",
+            file.display()
+        );
+    }
+}

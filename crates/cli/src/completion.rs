@@ -12,7 +12,7 @@
 //! [`FETCH_LIMIT`], and nothing at all (no error in the shell) when no
 //! server answers.
 //!
-//! Imports no other room of the binary.
+//! Imports only `args` (how to reach the cluster) of the binary's rooms.
 
 use std::ffi::OsString;
 use std::io::Write;

@@ -102,6 +102,9 @@ enum Cmd {
         #[command(subcommand)]
         what: commands::CaCmd,
     },
+    /// Show who changed what and who was refused: every server's audit
+    /// log (mutating calls and denials), merged by time. Admin only.
+    Audit(commands::AuditArgs),
     /// Print a shell completion script (bash, zsh, fish); it completes job,
     /// node and allocation names from the cluster.
     Completion(completion::CompletionArgs),
@@ -155,6 +158,7 @@ fn main() -> ExitCode {
             Cmd::Scale(args) => ok(rollout::scale(args).await),
             Cmd::Token { what } => ok(commands::token(what).await),
             Cmd::Ca { what } => ok(commands::ca(what)),
+            Cmd::Audit(args) => ok(commands::audit(args).await),
             Cmd::Completion(args) => ok(completion::print_script(args)),
         }
     });

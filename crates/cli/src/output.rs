@@ -439,3 +439,36 @@ mod tests {
         assert_eq!(age(Duration::from_secs(300)), "5m");
     }
 }
+
+/// A time (ms since the Unix epoch) as `YYYY-MM-DDTHH:MM:SS.mmmZ`, UTC.
+pub fn utc(ms: u64) -> String {
+    let (secs, millis) = (ms / 1000, ms % 1000);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // The civil date of a day count (proleptic Gregorian, eras of 400 years).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod utc_tests {
+    #[test]
+    fn utc_names_the_calendar_day() {
+        assert_eq!(super::utc(0), "1970-01-01T00:00:00.000Z");
+        // 2024-02-29 (a leap day) 12:34:56.789
+        assert_eq!(super::utc(1_709_210_096_789), "2024-02-29T12:34:56.789Z");
+        assert_eq!(super::utc(1_798_761_600_000), "2027-01-01T00:00:00.000Z");
+    }
+}

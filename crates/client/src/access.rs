@@ -1,4 +1,5 @@
-//! The `Access` service: join tokens and removing nodes (admin calls).
+//! The `Access` service: join tokens, removing nodes and the audit log
+//! (admin calls).
 //! Joining itself is in `join.rs`: a joiner has no credentials yet.
 
 use skiff_proto::pb;
@@ -143,4 +144,53 @@ impl Client {
             .into_inner();
         Ok(r.index)
     }
+
+    /// The answering server's own audit records at or after `since_ms`
+    /// (oldest first, the newest `limit` when there are more; 0: 1,000),
+    /// and whether older ones were left out. `skiff audit` asks every
+    /// member and merges.
+    pub async fn read_audit(
+        &mut self,
+        since_ms: u64,
+        limit: u32,
+    ) -> Result<(Vec<AuditRecord>, bool), ClientError> {
+        let r = self
+            .access
+            .read_audit(pb::ReadAuditRequest { since_ms, limit })
+            .await?
+            .into_inner();
+        let records = r
+            .records
+            .into_iter()
+            .map(|a| AuditRecord {
+                time_ms: a.time_ms,
+                server: a.server,
+                identity: a.identity,
+                peer: a.peer,
+                method: a.method,
+                object: a.object,
+                outcome: a.outcome,
+            })
+            .collect();
+        Ok((records, r.truncated))
+    }
+}
+
+/// One audited call, as a server recorded it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AuditRecord {
+    /// When the call ended, ms since the Unix epoch.
+    pub time_ms: u64,
+    /// The server that served it.
+    pub server: u64,
+    /// `user/NAME`, `node/NAME`, `server/N`, `anonymous` or `insecure`.
+    pub identity: String,
+    /// The caller's address.
+    pub peer: String,
+    /// `Service/Method`.
+    pub method: String,
+    /// What it named (`job/web`), or empty.
+    pub object: String,
+    /// The gRPC status name it ended with (`OK`, `PERMISSION_DENIED`).
+    pub outcome: String,
 }

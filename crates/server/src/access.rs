@@ -314,4 +314,38 @@ impl pb::access_server::Access for AccessService {
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
     }
+
+    async fn read_audit(
+        &self,
+        req: Request<pb::ReadAuditRequest>,
+    ) -> Result<Response<pb::ReadAuditResponse>, Status> {
+        caller(&req, &self.ctx.tls)?.require_admin("read the audit log")?;
+        let r = req.into_inner();
+        let limit = match r.limit {
+            0 => 1_000,
+            n if n > 10_000 => {
+                return Err(crate::api::invalid("limit", "must be at most 10000"));
+            }
+            n => n as usize,
+        };
+        let log = self.ctx.audit.clone();
+        let (records, truncated) = tokio::task::spawn_blocking(move || log.read(r.since_ms, limit))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::ReadAuditResponse {
+            records: records
+                .into_iter()
+                .map(|r| pb::AuditRecord {
+                    time_ms: r.time_ms,
+                    server: r.server,
+                    identity: r.identity,
+                    peer: r.peer,
+                    method: r.method,
+                    object: r.object,
+                    outcome: r.outcome,
+                })
+                .collect(),
+            truncated,
+        }))
+    }
 }

@@ -32,6 +32,8 @@ pub struct Ctx {
     pub tls: Tls,
     /// How long the certificates this server signs are valid.
     pub leaf_lifetime: std::time::Duration,
+    /// This server's audit log.
+    pub audit: Arc<crate::audit::AuditLog>,
 }
 
 impl Ctx {
@@ -46,6 +48,9 @@ impl Ctx {
     /// [`Ctx::propose`], also saying at which Raft index the command was
     /// applied (what write responses report as their `index`).
     pub async fn commit(&self, cmd: &Command) -> Result<Applied, Status> {
+        if let Some(object) = crate::audit::object_of(cmd) {
+            crate::audit::name_object(object);
+        }
         let data = skiff_store::command::encode(cmd);
         let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
         loop {

@@ -7,6 +7,8 @@
 //!   heartbeat table and liveness settings; the outbound Raft links);
 //! - [`ctx`]: what every service shares (store, links, heartbeats, this
 //!   server's addresses) and proposing a command, reading current state;
+//! - [`audit`]: the audit log and the wrapper that records each service's
+//!   mutating calls and denials;
 //! - [`members`]: joining, removing, listing servers; promoting learners;
 //! - [`liveness`]: declaring nodes down when their heartbeats stop;
 //! - [`nodes`]: the `NodeApi` service agents talk to;
@@ -25,6 +27,7 @@
 
 pub mod access;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod bootstrap;
 pub mod ctx;
@@ -102,6 +105,8 @@ pub enum ServerError {
     RaftStopped(String),
     #[error("credentials: {0}")]
     Credentials(String),
+    #[error("cannot open the audit log: {0}")]
+    Audit(std::io::Error),
 }
 
 /// A started server: its context and listeners.
@@ -196,6 +201,7 @@ pub async fn start(cfg: &ServerConfig) -> Result<Running, ServerError> {
     for s in store.state().servers.values() {
         peers.learn(s.id, &s.peer_addr);
     }
+    let audit = Arc::new(audit::AuditLog::open(&cfg.data_dir, id).map_err(ServerError::Audit)?);
     write_addr(&cfg.data_dir, "api.addr", &api_addr.to_string());
     write_addr(&cfg.data_dir, "peer.addr", &peer_addr.to_string());
     Ok(Running {
@@ -207,6 +213,7 @@ pub async fn start(cfg: &ServerConfig) -> Result<Running, ServerError> {
             me,
             tls: creds.tls,
             leaf_lifetime: cfg.security.leaf_lifetime,
+            audit,
         },
         api_addr,
         peer_addr,
@@ -291,10 +298,11 @@ pub async fn serve(
     if let Some(tls) = ctx.tls.peer_listener() {
         peer_builder = peer_builder.tls_config(tls)?;
     }
+    let tls_on = ctx.tls.is_on();
     let api_server = api_builder
-        .add_service(cluster)
-        .add_service(node_api)
-        .add_service(access_api)
+        .add_service(audit::Audited::new(cluster, ctx.audit.clone(), tls_on))
+        .add_service(audit::Audited::new(node_api, ctx.audit.clone(), tls_on))
+        .add_service(audit::Audited::new(access_api, ctx.audit.clone(), tls_on))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(api).with_nodelay(Some(true)),
             async move {
@@ -302,8 +310,8 @@ pub async fn serve(
             },
         );
     let peer_server = peer_builder
-        .add_service(peer_api)
-        .add_service(snapshot_api)
+        .add_service(audit::Audited::new(peer_api, ctx.audit.clone(), tls_on))
+        .add_service(audit::Audited::new(snapshot_api, ctx.audit.clone(), tls_on))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(peer).with_nodelay(Some(true)),
             async move {

@@ -9,6 +9,9 @@
 //! each write a new env value, so each write is a new version and a
 //! rollout, and each job already has a full history.
 //!
+//! `check_at_apply` times the shape check every command gets again at
+//! apply (`skiff_store::check`), for the same job write.
+//!
 //! `cargo bench -p skiff-store --bench state_write` (it lives here, not in
 //! bench/, because it drives the store's internals directly).
 
@@ -115,6 +118,14 @@ fn bench(c: &mut Criterion) {
                 m.write(job, n);
             }
         })
+    });
+    // What checking a command again at apply costs of that write.
+    let cmd = Command::UpsertJob {
+        spec: spec(&m.template, "b1", 1),
+    };
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("check_at_apply", |b| {
+        b.iter(|| skiff_store::check::check(std::hint::black_box(&cmd)))
     });
     g.finish();
 }

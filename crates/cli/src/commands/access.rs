@@ -1,5 +1,5 @@
 //! `skiff token` (join tokens), `skiff ca create` (the CA the founding
-//! servers of a static cluster share), `skiff node remove`.
+//! servers of a static cluster share), `skiff node remove`, `skiff audit`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use skiff_client::JoinRole;
 
 use super::connect;
 use crate::args::ClientOpts;
-use crate::output::{age, emit, print_list, Format};
+use crate::output::{age, emit, print_list, utc, Format};
 
 #[derive(Subcommand)]
 pub enum TokenCmd {
@@ -197,4 +197,79 @@ pub async fn remove_node(name: &str, client: &ClientOpts) -> anyhow::Result<()> 
         "node/{name} removed (its certificate no longer works; the name may join again with a new token)\n"
     ));
     Ok(())
+}
+
+#[derive(Args)]
+#[command(after_help = "Examples:\n  \
+    skiff audit --since 1h\n  \
+    skiff audit --since 24h -o json | jq 'select(.outcome != \"OK\")'")]
+pub struct AuditArgs {
+    /// Only records of the last DURATION (e.g. 30m, 24h); all kept ones
+    /// when left out.
+    #[arg(long, value_parser = crate::args::parse_duration)]
+    since: Option<Duration>,
+    /// At most this many records from each server (its newest).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    limit: u32,
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Format,
+    #[command(flatten)]
+    client: ClientOpts,
+}
+
+/// `skiff audit`: every server's audit records, merged by time. A server
+/// that cannot be reached is named on stderr, and the rest still shown.
+pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
+    let config = args.client.client_config()?;
+    let since_ms = args
+        .since
+        .map_or(0, |d| now_ms().saturating_sub(d.as_millis() as u64));
+    let (members, _) = connect(&args.client).await?.members().await?;
+    let secure = config.servers.iter().all(|u| u.starts_with("https://"));
+    let scheme = if secure { "https" } else { "http" };
+    let mut records = Vec::new();
+    for m in &members {
+        let url = format!("{scheme}://{}", m.api_addr);
+        let got = async {
+            let mut c = skiff_client::Client::connect_with(&url, config.tls.as_ref()).await?;
+            c.read_audit(since_ms, args.limit).await
+        }
+        .await;
+        match got {
+            Ok((mut r, truncated)) => {
+                if truncated {
+                    eprintln!(
+                        "server {}: older records left out (--limit {}; narrow --since)",
+                        m.id, args.limit
+                    );
+                }
+                records.append(&mut r);
+            }
+            Err(e) => eprintln!("server {} ({}): not read: {e}", m.id, m.api_addr),
+        }
+    }
+    records.sort_by_key(|r| (r.time_ms, r.server));
+    print_list(
+        args.output,
+        &records,
+        &[
+            "TIME", "SERVER", "IDENTITY", "METHOD", "OBJECT", "OUTCOME", "PEER",
+        ],
+        6,
+        |r| {
+            vec![
+                utc(r.time_ms),
+                r.server.to_string(),
+                r.identity.clone(),
+                r.method.clone(),
+                if r.object.is_empty() {
+                    "-".into()
+                } else {
+                    r.object.clone()
+                },
+                r.outcome.clone(),
+                r.peer.clone(),
+            ]
+        },
+    )
 }

@@ -16,7 +16,7 @@ use skiff_client::Client;
 
 use crate::args::ClientOpts;
 
-pub use access::{ca, remove_node, token, CaCmd, TokenCmd};
+pub use access::{audit, ca, remove_node, token, AuditArgs, CaCmd, TokenCmd};
 pub use apply::{apply, delete, DeleteWhat};
 pub use container::{exec, logs, ExecArgs, LogsArgs};
 pub use describe::{describe, DescribeWhat};

@@ -20,6 +20,9 @@ mod watch;
 use skiff_proto::pb;
 use tonic::{Request, Response, Status};
 
+use skiff_model::error::clipped;
+
+use crate::audit;
 use crate::auth::{self, Caller};
 use crate::ctx::Ctx;
 
@@ -44,6 +47,9 @@ type Answer<T> = Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterApi {
     async fn apply_job(&self, req: Request<pb::ApplyJobRequest>) -> Answer<pb::ApplyJobResponse> {
+        if let Some(spec) = &req.get_ref().spec {
+            audit::name_object(format!("job/{}", clipped(&spec.name)));
+        }
         self.caller(&req)?.require_admin("apply jobs")?;
         jobs::apply(&self.ctx, req.into_inner())
             .await
@@ -54,6 +60,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         req: Request<pb::DeleteJobRequest>,
     ) -> Answer<pb::DeleteJobResponse> {
+        audit::name_object(format!("job/{}", clipped(&req.get_ref().name)));
         self.caller(&req)?.require_admin("delete jobs")?;
         jobs::delete(&self.ctx, req.into_inner())
             .await
@@ -98,6 +105,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         req: Request<pb::SetNodeEligibilityRequest>,
     ) -> Answer<pb::SetNodeEligibilityResponse> {
+        audit::name_object(format!("node/{}", clipped(&req.get_ref().name)));
         self.caller(&req)?.require_admin("cordon or drain nodes")?;
         admin::set_eligibility(&self.ctx, req.into_inner())
             .await
@@ -108,6 +116,12 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         req: Request<pb::ResetNodeGpuRequest>,
     ) -> Answer<pb::ResetNodeGpuResponse> {
+        let r = req.get_ref();
+        audit::name_object(format!(
+            "node/{} gpu/{}",
+            clipped(&r.node),
+            clipped(&r.uuid)
+        ));
         self.caller(&req)?.require_admin("reset GPUs")?;
         relay::reset_gpu(&self.ctx, req.into_inner())
             .await
@@ -124,6 +138,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
     }
 
     async fn exec(&self, req: Request<pb::ExecRequest>) -> Answer<pb::ExecResponse> {
+        audit::name_object(format!("alloc/{}", clipped(&req.get_ref().alloc_id)));
         self.caller(&req)?.require_admin("exec in containers")?;
         relay::exec(&self.ctx, req.into_inner())
             .await
@@ -155,6 +170,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         req: Request<pb::AddMemberRequest>,
     ) -> Answer<pb::AddMemberResponse> {
+        audit::name_object(format!("server/{}", req.get_ref().id));
         // A server joining adds itself (it joined with a token and holds a
         // certificate for its id); an admin may add any.
         match self.caller(&req)? {
@@ -170,6 +186,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         req: Request<pb::RemoveMemberRequest>,
     ) -> Answer<pb::RemoveMemberResponse> {
+        audit::name_object(format!("server/{}", req.get_ref().id));
         self.caller(&req)?.require_admin("remove servers")?;
         admin::remove_member(&self.ctx, req.into_inner())
             .await
@@ -190,6 +207,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         req: Request<pb::ControlRolloutRequest>,
     ) -> Answer<pb::ControlRolloutResponse> {
+        audit::name_object(format!("job/{}", clipped(&req.get_ref().name)));
         self.caller(&req)?.require_admin("control rollouts")?;
         rollouts::control(&self.ctx, req.into_inner())
             .await
@@ -200,6 +218,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         req: Request<pb::UndoRolloutRequest>,
     ) -> Answer<pb::UndoRolloutResponse> {
+        audit::name_object(format!("job/{}", clipped(&req.get_ref().name)));
         self.caller(&req)?.require_admin("undo rollouts")?;
         rollouts::undo(&self.ctx, req.into_inner())
             .await
@@ -207,6 +226,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
     }
 
     async fn scale_job(&self, req: Request<pb::ScaleJobRequest>) -> Answer<pb::ScaleJobResponse> {
+        audit::name_object(format!("job/{}", clipped(&req.get_ref().name)));
         self.caller(&req)?.require_admin("scale jobs")?;
         jobs::scale(&self.ctx, req.into_inner())
             .await
