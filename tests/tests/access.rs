@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use skiff_client::join::{join, Joiner};
-use skiff_client::{Client, ClientTls, Code};
+use skiff_client::{Client, ClientTls, Code, JoinRole};
 use skiff_pki::{Ca, Identity, CA_LIFETIME};
 use skiff_proto::pb;
 use skiff_tests::cluster::ServerCluster;
@@ -113,7 +113,7 @@ async fn the_client_api_wants_a_certificate_of_the_cluster_and_the_right_identit
     assert_eq!(err.code(), Some(Code::PermissionDenied), "{err}");
     assert!(err.to_string().contains("node \"n1\" may not"), "{err}");
 
-    // A user other than admin has no rights yet.
+    // A user the cluster never made has no rights, whoever signed for it.
     let bob = creds(&test_pki().ca, Identity::User("bob".into()));
     let err = Client::connect_with(&url, Some(&bob))
         .await
@@ -551,4 +551,135 @@ async fn every_server_audits_changes_and_denials_and_skiff_audit_merges_them() {
             file.display()
         );
     }
+}
+
+/// A user made with `skiff user create`: its configuration file.
+fn make_user(url: &str, dir: &std::path::Path, name: &str, role: &str) -> std::path::PathBuf {
+    let out = dir.join(format!("{name}.conf"));
+    let run = skiff_command()
+        .args([
+            "user", "create", name, "--role", role, "--server", url, "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out
+}
+
+async fn as_user(conf: &std::path::Path) -> Client {
+    let config = skiff_client::config::ClientConfig::load(conf).unwrap();
+    Client::connect_config(&config).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_may_do_what_its_row_says_and_a_revoked_user_is_refused_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&tmp.path().join("s"));
+    let url = server.url();
+    let mut admin = server.client().await;
+    admin
+        .apply_job(&shell_job("existing", 0, "true"))
+        .await
+        .unwrap();
+    let viewer = make_user(&url, tmp.path(), "vic", "viewer");
+    let developer = make_user(&url, tmp.path(), "dev", "developer");
+    let operator = make_user(&url, tmp.path(), "otto", "operator");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&viewer).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let denied = |r: Result<_, skiff_client::ClientError>| {
+        let err = r.expect_err("refused");
+        assert_eq!(err.code(), Some(Code::PermissionDenied), "{err}");
+        err.to_string()
+    };
+
+    // viewer: reads, never writes.
+    let mut vic = as_user(&viewer).await;
+    assert_eq!(vic.list_jobs().await.unwrap().len(), 1);
+    let err = denied(vic.apply_job(&shell_job("v", 0, "true")).await.map(|_| ()));
+    assert!(
+        err.contains("user \"vic\" (viewer) may not apply jobs"),
+        "{err}"
+    );
+    denied(
+        vic.set_node_eligibility("n1", true, false, None)
+            .await
+            .map(|_| ()),
+    );
+
+    // developer: changes jobs; runs no node, makes no token.
+    let mut dev = as_user(&developer).await;
+    dev.apply_job(&shell_job("by-dev", 0, "true"))
+        .await
+        .unwrap();
+    denied(
+        dev.set_node_eligibility("n1", true, false, None)
+            .await
+            .map(|_| ()),
+    );
+    denied(dev.create_token(JoinRole::Node, 60, "").await.map(|_| ()));
+    denied(dev.list_users().await.map(|_| ()));
+
+    // operator: runs nodes (this one is unknown: past the permission, a
+    // NOT_FOUND), changes no job, execs into nothing.
+    let mut otto = as_user(&operator).await;
+    let err = otto
+        .set_node_eligibility("n1", true, false, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(Code::NotFound), "{err}");
+    denied(otto.apply_job(&shell_job("o", 0, "true")).await.map(|_| ()));
+    denied(otto.delete_job("existing").await.map(|_| ()));
+    denied(
+        otto.exec(&"0".repeat(32), &["id".to_string()], None)
+            .await
+            .map(|_| ()),
+    );
+
+    // Revoked: the very next call on the same connection is refused, and
+    // the name is never given out again.
+    let out = skiff_command()
+        .args(["user", "revoke", "vic", "--server", &url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = denied(vic.list_jobs().await.map(|_| ()));
+    assert!(err.contains("unknown or revoked"), "{err}");
+    let again = skiff_command()
+        .args([
+            "user", "create", "vic", "--role", "admin", "--server", &url, "--out",
+        ])
+        .arg(tmp.path().join("vic2.conf"))
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("never given out again"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let users = admin.list_users().await.unwrap();
+    let names: Vec<(&str, bool)> = users.iter().map(|u| (u.name.as_str(), u.revoked)).collect();
+    assert_eq!(names, [("dev", false), ("otto", false), ("vic", true)]);
+
+    // Only the jobs the admin and the developer applied exist.
+    let mut jobs: Vec<String> = admin
+        .list_jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(j, _)| j.name().to_string())
+        .collect();
+    jobs.sort();
+    assert_eq!(jobs, ["by-dev", "existing"]);
 }

@@ -102,6 +102,12 @@ enum Cmd {
         #[command(subcommand)]
         what: commands::CaCmd,
     },
+    /// Make, list and revoke users of the client API, each with a role
+    /// (admin, operator, developer, viewer).
+    User {
+        #[command(subcommand)]
+        what: commands::UserCmd,
+    },
     /// Show who changed what and who was refused: every server's audit
     /// log (mutating calls and denials), merged by time. Admin only.
     Audit(commands::AuditArgs),
@@ -159,6 +165,7 @@ fn main() -> ExitCode {
             Cmd::Token { what } => ok(commands::token(what).await),
             Cmd::Ca { what } => ok(commands::ca(what)),
             Cmd::Audit(args) => ok(commands::audit(args).await),
+            Cmd::User { what } => ok(commands::user(what).await),
             Cmd::Completion(args) => ok(completion::print_script(args)),
         }
     });

@@ -48,6 +48,77 @@ impl std::str::FromStr for JoinRole {
     }
 }
 
+/// What a user may do (docs/security.md has the table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UserRole {
+    Admin,
+    Operator,
+    Developer,
+    Viewer,
+}
+
+impl UserRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserRole::Admin => "admin",
+            UserRole::Operator => "operator",
+            UserRole::Developer => "developer",
+            UserRole::Viewer => "viewer",
+        }
+    }
+
+    fn wire(self) -> pb::UserRole {
+        match self {
+            UserRole::Admin => pb::UserRole::Admin,
+            UserRole::Operator => pb::UserRole::Operator,
+            UserRole::Developer => pb::UserRole::Developer,
+            UserRole::Viewer => pb::UserRole::Viewer,
+        }
+    }
+
+    fn from_wire(v: i32) -> Option<UserRole> {
+        match pb::UserRole::try_from(v) {
+            Ok(pb::UserRole::Admin) => Some(UserRole::Admin),
+            Ok(pb::UserRole::Operator) => Some(UserRole::Operator),
+            Ok(pb::UserRole::Developer) => Some(UserRole::Developer),
+            Ok(pb::UserRole::Viewer) => Some(UserRole::Viewer),
+            _ => None,
+        }
+    }
+}
+
+impl std::str::FromStr for UserRole {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "admin" => Ok(UserRole::Admin),
+            "operator" => Ok(UserRole::Operator),
+            "developer" => Ok(UserRole::Developer),
+            "viewer" => Ok(UserRole::Viewer),
+            _ => Err(format!(
+                "{s:?} is not a role; expected admin, operator, developer or viewer"
+            )),
+        }
+    }
+}
+
+/// A user as the cluster keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserInfo {
+    pub name: String,
+    pub role: Option<UserRole>,
+    pub revoked: bool,
+    pub create_index: u64,
+}
+
+/// A user just made: its certificate and the cluster CA (PEM).
+#[derive(Clone, Debug)]
+pub struct CreatedUser {
+    pub cert_pem: String,
+    pub ca_pem: String,
+    pub index: u64,
+}
+
 /// A token just made: `token` is shown this once (the cluster keeps only
 /// a hash of its secret).
 #[derive(Clone)]
@@ -140,6 +211,57 @@ impl Client {
         let r = self
             .access
             .remove_node(pb::RemoveNodeRequest { name: name.into() })
+            .await?
+            .into_inner();
+        Ok(r.index)
+    }
+
+    /// Makes user `name` with `role`; `csr_pem` is a signing request for
+    /// the user's own key (which never leaves the caller).
+    pub async fn create_user(
+        &mut self,
+        name: &str,
+        role: UserRole,
+        csr_pem: &str,
+    ) -> Result<CreatedUser, ClientError> {
+        let r = self
+            .access
+            .create_user(pb::CreateUserRequest {
+                name: name.into(),
+                role: role.wire() as i32,
+                csr_pem: csr_pem.into(),
+            })
+            .await?
+            .into_inner();
+        Ok(CreatedUser {
+            cert_pem: r.cert_pem,
+            ca_pem: r.ca_pem,
+            index: r.index,
+        })
+    }
+
+    pub async fn list_users(&mut self) -> Result<Vec<UserInfo>, ClientError> {
+        let r = self
+            .access
+            .list_users(pb::ListUsersRequest {})
+            .await?
+            .into_inner();
+        Ok(r.users
+            .into_iter()
+            .map(|u| UserInfo {
+                name: u.name,
+                role: UserRole::from_wire(u.role),
+                revoked: u.revoked,
+                create_index: u.create_index,
+            })
+            .collect())
+    }
+
+    /// Revokes a user at once; the Raft index of the write.
+    pub async fn revoke_user(&mut self, name: &str) -> Result<u64, ClientError> {
+        let r = self
+            .access
+            .revoke_user(pb::RevokeUserRequest { name: name.into() })
             .await?
             .into_inner();
         Ok(r.index)

@@ -37,7 +37,7 @@ impl std::fmt::Debug for ClientTls {
 }
 
 impl ClientTls {
-    /// The rustls settings tonic uses: TLS 1.3 to a server of this CA,
+    /// The rustls settings tonic uses: TLS to a server of this CA,
     /// presenting the client's certificate when it has one.
     pub(crate) fn tonic(&self) -> ClientTlsConfig {
         let tls = ClientTlsConfig::new()
@@ -134,6 +134,24 @@ impl ClientConfig {
     pub fn default_path() -> Option<PathBuf> {
         std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".skiff").join("config"))
     }
+}
+
+/// A client configuration file's text: `header` as comment lines, then
+/// `servers`, `ca`, `cert` and `key` (what [`ClientConfig::load`] reads).
+pub fn config_text(header: &str, servers: &[String], ca: &str, cert: &str, key: &str) -> String {
+    let block = |pem: &str| pem.lines().map(|l| format!("  {l}\n")).collect::<String>();
+    let mut out: String = header.lines().map(|l| format!("# {l}\n")).collect();
+    out.push_str("servers:\n");
+    for s in servers {
+        out.push_str(&format!("  - {s}\n"));
+    }
+    out.push_str("ca: |\n");
+    out.push_str(&block(ca));
+    out.push_str("cert: |\n");
+    out.push_str(&block(cert));
+    out.push_str("key: |\n");
+    out.push_str(&block(key));
+    out
 }
 
 #[cfg(test)]

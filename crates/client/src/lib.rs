@@ -19,7 +19,7 @@ pub mod join;
 mod streams;
 mod types;
 
-pub use access::{AuditRecord, CreatedToken, JoinRole, TokenInfo};
+pub use access::{AuditRecord, CreatedToken, CreatedUser, JoinRole, TokenInfo, UserInfo, UserRole};
 pub use config::{ClientConfig, ClientTls};
 pub use streams::{LogReader, Watch};
 pub use types::*;

@@ -5,12 +5,14 @@
 
 use skiff_pki::{Ca, CertKey, Identity, JoinToken};
 use skiff_proto::pb;
-use skiff_store::command::{CaRecord, Command, JoinRole, Joiner, TokenRecord};
-use skiff_store::Outcome;
+use skiff_store::command::{
+    CaRecord, Command, JoinRole, Joiner, TokenRecord, UserRecord, UserRole,
+};
+use skiff_store::{Outcome, Refusal};
 use tonic::{Request, Response, Status};
 
 use crate::api::refusal_status;
-use crate::auth::{caller, Caller};
+use crate::auth::{caller, Action, Caller};
 use crate::ctx::{now_ms, Ctx};
 
 /// Longest a join token may live.
@@ -172,7 +174,10 @@ impl pb::access_server::Access for AccessService {
                 who.require_server(&self.ctx, "renew its certificate")?;
                 Identity::Server(*id)
             }
-            Caller::User(u) => Identity::User(u.clone()),
+            Caller::User(u) => {
+                who.require(&self.ctx, Action::Read, "renew its certificate")?;
+                Identity::User(u.clone())
+            }
         };
         let cert_pem = self.sign(&req.into_inner().csr_pem, &identity)?;
         tracing::info!(who = %identity, "certificate renewed");
@@ -183,7 +188,7 @@ impl pb::access_server::Access for AccessService {
         &self,
         req: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
-        caller(&req, &self.ctx.tls)?.require_admin("create join tokens")?;
+        caller(&req, &self.ctx.tls)?.require(&self.ctx, Action::Admin, "create join tokens")?;
         let r = req.into_inner();
         let role = role_from_wire(r.role)?;
         let ttl = match r.ttl_seconds {
@@ -249,7 +254,7 @@ impl pb::access_server::Access for AccessService {
         &self,
         req: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
-        caller(&req, &self.ctx.tls)?.require_admin("list join tokens")?;
+        caller(&req, &self.ctx.tls)?.require(&self.ctx, Action::Admin, "list join tokens")?;
         self.ctx.read_barrier(false).await?;
         let state = self.ctx.store.state();
         let tokens = state
@@ -273,7 +278,7 @@ impl pb::access_server::Access for AccessService {
         &self,
         req: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
-        caller(&req, &self.ctx.tls)?.require_admin("revoke join tokens")?;
+        caller(&req, &self.ctx.tls)?.require(&self.ctx, Action::Admin, "revoke join tokens")?;
         let r = req.into_inner();
         let applied = self
             .ctx
@@ -295,7 +300,7 @@ impl pb::access_server::Access for AccessService {
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
-        caller(&req, &self.ctx.tls)?.require_admin("remove nodes")?;
+        caller(&req, &self.ctx.tls)?.require(&self.ctx, Action::RunNodes, "remove nodes")?;
         let r = req.into_inner();
         let applied = self
             .ctx
@@ -319,7 +324,7 @@ impl pb::access_server::Access for AccessService {
         &self,
         req: Request<pb::ReadAuditRequest>,
     ) -> Result<Response<pb::ReadAuditResponse>, Status> {
-        caller(&req, &self.ctx.tls)?.require_admin("read the audit log")?;
+        caller(&req, &self.ctx.tls)?.require(&self.ctx, Action::Admin, "read the audit log")?;
         let r = req.into_inner();
         let limit = match r.limit {
             0 => 1_000,
@@ -347,5 +352,127 @@ impl pb::access_server::Access for AccessService {
                 .collect(),
             truncated,
         }))
+    }
+
+    async fn create_user(
+        &self,
+        req: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::CreateUserResponse>, Status> {
+        crate::audit::name_object(format!(
+            "user/{}",
+            skiff_model::error::clipped(&req.get_ref().name)
+        ));
+        caller(&req, &self.ctx.tls)?.require(&self.ctx, Action::Admin, "create users")?;
+        if !self.ctx.tls.is_on() {
+            return Err(Status::failed_precondition(
+                "this cluster runs with --insecure: users need certificates, and there are none",
+            ));
+        }
+        let r = req.into_inner();
+        skiff_model::registration::check_node_name(&r.name)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let role = user_role_of_wire(r.role)?;
+        // The request is checked before anything is written.
+        let ca = self.ca()?;
+        let identity = Identity::User(r.name.clone());
+        let cert_pem = self.sign(&r.csr_pem, &identity)?;
+        let applied = self
+            .ctx
+            .commit(&Command::CreateUser {
+                user: UserRecord {
+                    name: r.name.clone(),
+                    role,
+                    revoked: false,
+                    create_index: 0,
+                },
+            })
+            .await?;
+        match applied.outcome {
+            Outcome::AccessChanged => {
+                tracing::info!(user = %r.name, role = role.as_str(), "user created");
+                Ok(Response::new(pb::CreateUserResponse {
+                    cert_pem,
+                    ca_pem: ca.cert_pem().to_string(),
+                    index: applied.index,
+                }))
+            }
+            Outcome::Refused(why @ Refusal::UserExists { .. }) => {
+                Err(Status::already_exists(why.to_string()))
+            }
+            Outcome::Refused(why) => Err(refusal_status(&why)),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn list_users(
+        &self,
+        req: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        caller(&req, &self.ctx.tls)?.require(&self.ctx, Action::Admin, "list users")?;
+        let users = self
+            .ctx
+            .store
+            .state()
+            .access
+            .users
+            .values()
+            .map(|u| pb::UserInfo {
+                name: u.name.clone(),
+                role: user_role_wire(u.role) as i32,
+                revoked: u.revoked,
+                create_index: u.create_index,
+            })
+            .collect();
+        Ok(Response::new(pb::ListUsersResponse { users }))
+    }
+
+    async fn revoke_user(
+        &self,
+        req: Request<pb::RevokeUserRequest>,
+    ) -> Result<Response<pb::RevokeUserResponse>, Status> {
+        crate::audit::name_object(format!(
+            "user/{}",
+            skiff_model::error::clipped(&req.get_ref().name)
+        ));
+        caller(&req, &self.ctx.tls)?.require(&self.ctx, Action::Admin, "revoke users")?;
+        let r = req.into_inner();
+        let applied = self
+            .ctx
+            .commit(&Command::RevokeUser {
+                name: r.name.clone(),
+            })
+            .await?;
+        match applied.outcome {
+            Outcome::AccessChanged => {
+                tracing::info!(user = %r.name, "user revoked");
+                Ok(Response::new(pb::RevokeUserResponse {
+                    index: applied.index,
+                }))
+            }
+            Outcome::Refused(why) => Err(refusal_status(&why)),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+}
+
+fn user_role_of_wire(v: i32) -> Result<UserRole, Status> {
+    match pb::UserRole::try_from(v) {
+        Ok(pb::UserRole::Admin) => Ok(UserRole::Admin),
+        Ok(pb::UserRole::Operator) => Ok(UserRole::Operator),
+        Ok(pb::UserRole::Developer) => Ok(UserRole::Developer),
+        Ok(pb::UserRole::Viewer) => Ok(UserRole::Viewer),
+        _ => Err(crate::api::invalid(
+            "role",
+            "must be one of admin, operator, developer, viewer",
+        )),
+    }
+}
+
+fn user_role_wire(r: UserRole) -> pb::UserRole {
+    match r {
+        UserRole::Admin => pb::UserRole::Admin,
+        UserRole::Operator => pb::UserRole::Operator,
+        UserRole::Developer => pb::UserRole::Developer,
+        UserRole::Viewer => pb::UserRole::Viewer,
     }
 }

@@ -44,6 +44,8 @@ const MUTATING: &[&str] = &[
     "CreateToken",
     "RevokeToken",
     "RemoveNode",
+    "CreateUser",
+    "RevokeUser",
     "Register",
 ];
 
@@ -224,6 +226,8 @@ pub fn object_of(cmd: &Command) -> Option<String> {
         }
         Command::CreateToken { token } => format!("token/{}", token.id),
         Command::RevokeToken { id } => format!("token/{id}"),
+        Command::CreateUser { user } => format!("user/{}", user.name),
+        Command::RevokeUser { name } => format!("user/{name}"),
         Command::Join {
             token_id, joiner, ..
         } => match joiner {

@@ -8,13 +8,55 @@
 //! servers; the node API serves each node for itself only (Kubernetes'
 //! NodeRestriction); the peer port serves current members only.
 
+use skiff_store::command::UserRole;
 use tonic::{Request, Status};
 
 use crate::ctx::Ctx;
 use crate::tls::Tls;
 
-/// The user `admin.conf` holds: allowed everything.
-pub const ADMIN: &str = "admin";
+/// The user `admin.conf` holds: allowed everything, never revoked.
+pub const ADMIN: &str = skiff_store::state::ADMIN_USER;
+
+/// What a call of the client API does, for the role table
+/// (docs/security.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Jobs, allocations, nodes, rollouts, the watch, servers.
+    Read,
+    Logs,
+    Exec,
+    /// Apply, delete, scale jobs; steer and undo rollouts.
+    WriteJobs,
+    /// Cordon, drain, reset GPUs, remove nodes.
+    RunNodes,
+    /// Tokens, users, servers, the audit log.
+    Admin,
+}
+
+/// Whether `role` may do `action`.
+pub fn allows(role: UserRole, action: Action) -> bool {
+    matches!(
+        (role, action),
+        (UserRole::Admin, _)
+            | (_, Action::Read | Action::Logs)
+            | (UserRole::Operator, Action::RunNodes)
+            | (UserRole::Developer, Action::WriteJobs | Action::Exec)
+    )
+}
+
+/// The role of user `name` now, if it is one (not revoked).
+pub fn user_role(ctx: &Ctx, name: &str) -> Option<UserRole> {
+    if name == ADMIN {
+        return Some(UserRole::Admin);
+    }
+    let state = ctx.store.state();
+    state
+        .access
+        .users
+        .get(name)
+        .filter(|u| !u.revoked)
+        .map(|u| u.role)
+}
 
 /// Who made a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,21 +104,37 @@ fn denied(caller: &Caller, what: &str) -> Status {
 }
 
 impl Caller {
-    /// An administrator: every call of the client API.
-    pub fn require_admin(&self, what: &str) -> Result<(), Status> {
+    /// A user whose role allows `action` (read from the replicated state,
+    /// so a revocation holds from the next call on); `--insecure` trusts
+    /// every caller.
+    pub fn require(&self, ctx: &Ctx, action: Action, what: &str) -> Result<(), Status> {
         match self {
             Caller::Trusted => Ok(()),
-            Caller::User(u) if u == ADMIN => Ok(()),
+            Caller::User(u) => {
+                let role = user_role(ctx, u).ok_or_else(|| {
+                    Status::permission_denied(format!(
+                        "user {u:?} is not a user of this cluster (unknown or revoked)"
+                    ))
+                })?;
+                if allows(role, action) {
+                    Ok(())
+                } else {
+                    Err(Status::permission_denied(format!(
+                        "user {u:?} ({}) may not {what}",
+                        role.as_str()
+                    )))
+                }
+            }
             other => Err(denied(other, what)),
         }
     }
 
-    /// An administrator, or a current member server (the calls servers
+    /// A user who may read, or a current member server (the calls servers
     /// make of each other's client API).
-    pub fn require_admin_or_server(&self, ctx: &Ctx, what: &str) -> Result<(), Status> {
+    pub fn require_read_or_server(&self, ctx: &Ctx, what: &str) -> Result<(), Status> {
         match self {
             Caller::Server(_) => self.require_server(ctx, what).map(|_| ()),
-            _ => self.require_admin(what),
+            _ => self.require(ctx, Action::Read, what),
         }
     }
 

@@ -171,22 +171,15 @@ pub fn write_admin_conf(
     skiff_pki::files::write_private(&data_dir.join(ADMIN_CONF), text.as_bytes()).map_err(fail)
 }
 
-/// The client configuration file: YAML with `servers`, `ca`, `cert`, `key`.
+/// The administrator's client configuration file (`admin.conf`).
 pub fn admin_conf_text(servers: &[String], ca: &str, cert: &str, key: &str) -> String {
-    let block = |pem: &str| pem.lines().map(|l| format!("  {l}\n")).collect::<String>();
-    let mut out = String::from(
-        "# Skiff client credentials: the administrator (user \"admin\").\n# Keep this file private (mode 0600); anyone who reads it owns the cluster.\nservers:\n",
-    );
-    for s in servers {
-        out.push_str(&format!("  - {s}\n"));
-    }
-    out.push_str("ca: |\n");
-    out.push_str(&block(ca));
-    out.push_str("cert: |\n");
-    out.push_str(&block(cert));
-    out.push_str("key: |\n");
-    out.push_str(&block(key));
-    out
+    skiff_client::config::config_text(
+        "Skiff client credentials: the administrator (user \"admin\").\nKeep this file private (mode 0600); anyone who reads it owns the cluster.",
+        servers,
+        ca,
+        cert,
+        key,
+    )
 }
 
 /// Joins through the server at `url` (its CA found by the token's pin)

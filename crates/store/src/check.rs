@@ -88,6 +88,8 @@ pub fn check(command: &Command) -> Result<(), String> {
             text_rule("description", &token.description)
         }
         Command::RevokeToken { id } => name_rule("id", id),
+        Command::CreateUser { user } => node_rule(&user.name),
+        Command::RevokeUser { name } => node_rule(name),
         Command::Join {
             token_id,
             secret_hash,

@@ -94,6 +94,11 @@ pub enum Command {
     RevokeToken { id: String },
     /// An admin removed a node for good (`skiff node remove`).
     RemoveNode { name: String },
+    /// An admin made a user (its certificate is signed once this applied).
+    CreateUser { user: UserRecord },
+    /// An admin revoked a user: its certificate stops working at once, and
+    /// its name is never given out again.
+    RevokeUser { name: String },
     /// A joiner presented a token whose secret hashes to `secret_hash`, at
     /// `at_ms` (as the taking server read its clock).
     Join {
@@ -187,6 +192,8 @@ impl Command {
             Command::CreateToken { .. } => "create_token",
             Command::RevokeToken { .. } => "revoke_token",
             Command::RemoveNode { .. } => "remove_node",
+            Command::CreateUser { .. } => "create_user",
+            Command::RevokeUser { .. } => "revoke_user",
             Command::Join { .. } => "join",
         }
     }
@@ -351,6 +358,55 @@ impl JoinRole {
             JoinRole::Server => "server",
         }
     }
+}
+
+/// What a user may do; the table is in docs/security.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserRole {
+    /// Everything.
+    Admin,
+    /// Reads everything, logs, and runs the nodes (cordon, drain, GPU
+    /// reset, remove); changes no job and execs into nothing.
+    Operator,
+    /// Reads, changes jobs, logs and exec; reads nodes.
+    Developer,
+    /// Reads and logs.
+    Viewer,
+}
+
+impl UserRole {
+    pub const ALL: [UserRole; 4] = [
+        UserRole::Admin,
+        UserRole::Operator,
+        UserRole::Developer,
+        UserRole::Viewer,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserRole::Admin => "admin",
+            UserRole::Operator => "operator",
+            UserRole::Developer => "developer",
+            UserRole::Viewer => "viewer",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<UserRole> {
+        UserRole::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// A user as the servers keep it: its identity is its name, in its
+/// certificate; its role is read from here on every call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub name: String,
+    pub role: UserRole,
+    #[serde(default)]
+    pub revoked: bool,
+    #[serde(default)]
+    pub create_index: u64,
 }
 
 /// A join token as the servers keep it.

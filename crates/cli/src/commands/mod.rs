@@ -9,6 +9,7 @@ mod container;
 mod describe;
 mod get;
 mod node;
+mod user;
 mod watch;
 
 use anyhow::Context;
@@ -22,6 +23,7 @@ pub use container::{exec, logs, ExecArgs, LogsArgs};
 pub use describe::{describe, DescribeWhat};
 pub use get::{get, GetWhat};
 pub use node::{node, DrainArgs, NodeArgs, NodeCmd};
+pub use user::{user, UserCmd};
 pub use watch::{members, watch, MembersCmd, WatchArgs};
 
 pub(crate) async fn connect(opts: &ClientOpts) -> anyhow::Result<Client> {

@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 use skiff_model::error::clipped;
 
 use crate::audit;
-use crate::auth::{self, Caller};
+use crate::auth::{self, Action, Caller};
 use crate::ctx::Ctx;
 
 pub(crate) use errors::{invalid, refusal_status};
@@ -50,7 +50,8 @@ impl pb::cluster_server::Cluster for ClusterApi {
         if let Some(spec) = &req.get_ref().spec {
             audit::name_object(format!("job/{}", clipped(&spec.name)));
         }
-        self.caller(&req)?.require_admin("apply jobs")?;
+        self.caller(&req)?
+            .require(&self.ctx, Action::WriteJobs, "apply jobs")?;
         jobs::apply(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
@@ -61,21 +62,24 @@ impl pb::cluster_server::Cluster for ClusterApi {
         req: Request<pb::DeleteJobRequest>,
     ) -> Answer<pb::DeleteJobResponse> {
         audit::name_object(format!("job/{}", clipped(&req.get_ref().name)));
-        self.caller(&req)?.require_admin("delete jobs")?;
+        self.caller(&req)?
+            .require(&self.ctx, Action::WriteJobs, "delete jobs")?;
         jobs::delete(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Answer<pb::GetJobResponse> {
-        self.caller(&req)?.require_admin("read jobs")?;
+        self.caller(&req)?
+            .require(&self.ctx, Action::Read, "read jobs")?;
         jobs::get(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
     }
 
     async fn list_jobs(&self, req: Request<pb::ListJobsRequest>) -> Answer<pb::ListJobsResponse> {
-        self.caller(&req)?.require_admin("list jobs")?;
+        self.caller(&req)?
+            .require(&self.ctx, Action::Read, "list jobs")?;
         jobs::list(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
@@ -85,7 +89,8 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         req: Request<pb::ListAllocsRequest>,
     ) -> Answer<pb::ListAllocsResponse> {
-        self.caller(&req)?.require_admin("list allocations")?;
+        self.caller(&req)?
+            .require(&self.ctx, Action::Read, "list allocations")?;
         jobs::list_allocs(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
@@ -95,7 +100,8 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         req: Request<pb::ListNodesRequest>,
     ) -> Answer<pb::ListNodesResponse> {
-        self.caller(&req)?.require_admin("list nodes")?;
+        self.caller(&req)?
+            .require(&self.ctx, Action::Read, "list nodes")?;
         admin::list_nodes(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
@@ -106,7 +112,8 @@ impl pb::cluster_server::Cluster for ClusterApi {
         req: Request<pb::SetNodeEligibilityRequest>,
     ) -> Answer<pb::SetNodeEligibilityResponse> {
         audit::name_object(format!("node/{}", clipped(&req.get_ref().name)));
-        self.caller(&req)?.require_admin("cordon or drain nodes")?;
+        self.caller(&req)?
+            .require(&self.ctx, Action::RunNodes, "cordon or drain nodes")?;
         admin::set_eligibility(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
@@ -122,7 +129,8 @@ impl pb::cluster_server::Cluster for ClusterApi {
             clipped(&r.node),
             clipped(&r.uuid)
         ));
-        self.caller(&req)?.require_admin("reset GPUs")?;
+        self.caller(&req)?
+            .require(&self.ctx, Action::RunNodes, "reset GPUs")?;
         relay::reset_gpu(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
@@ -131,7 +139,8 @@ impl pb::cluster_server::Cluster for ClusterApi {
     type LogsStream = relay::LogStream;
 
     async fn logs(&self, req: Request<pb::LogsRequest>) -> Answer<Self::LogsStream> {
-        self.caller(&req)?.require_admin("read logs")?;
+        self.caller(&req)?
+            .require(&self.ctx, Action::Logs, "read logs")?;
         relay::logs(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
@@ -139,7 +148,8 @@ impl pb::cluster_server::Cluster for ClusterApi {
 
     async fn exec(&self, req: Request<pb::ExecRequest>) -> Answer<pb::ExecResponse> {
         audit::name_object(format!("alloc/{}", clipped(&req.get_ref().alloc_id)));
-        self.caller(&req)?.require_admin("exec in containers")?;
+        self.caller(&req)?
+            .require(&self.ctx, Action::Exec, "exec in containers")?;
         relay::exec(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
@@ -147,14 +157,15 @@ impl pb::cluster_server::Cluster for ClusterApi {
 
     async fn status(&self, req: Request<pb::StatusRequest>) -> Answer<pb::StatusResponse> {
         self.caller(&req)?
-            .require_admin_or_server(&self.ctx, "read the server status")?;
+            .require_read_or_server(&self.ctx, "read the server status")?;
         Ok(Response::new(admin::status(&self.ctx)))
     }
 
     type WatchStream = watch::WatchStream;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Answer<Self::WatchStream> {
-        self.caller(&req)?.require_admin("watch the cluster")?;
+        self.caller(&req)?
+            .require(&self.ctx, Action::Read, "watch the cluster")?;
         watch::watch(self.ctx.store.clone(), req.into_inner())
             .await
             .map(Response::new)
@@ -162,7 +173,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
 
     async fn members(&self, req: Request<pb::MembersRequest>) -> Answer<pb::MembersResponse> {
         self.caller(&req)?
-            .require_admin_or_server(&self.ctx, "list the servers")?;
+            .require_read_or_server(&self.ctx, "list the servers")?;
         Ok(Response::new(crate::members::list(&self.ctx).await))
     }
 
@@ -175,7 +186,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         // certificate for its id); an admin may add any.
         match self.caller(&req)? {
             Caller::Server(id) if id == req.get_ref().id => {}
-            other => other.require_admin("add servers")?,
+            other => other.require(&self.ctx, Action::Admin, "add servers")?,
         }
         admin::add_member(&self.ctx, req.into_inner())
             .await
@@ -187,7 +198,8 @@ impl pb::cluster_server::Cluster for ClusterApi {
         req: Request<pb::RemoveMemberRequest>,
     ) -> Answer<pb::RemoveMemberResponse> {
         audit::name_object(format!("server/{}", req.get_ref().id));
-        self.caller(&req)?.require_admin("remove servers")?;
+        self.caller(&req)?
+            .require(&self.ctx, Action::Admin, "remove servers")?;
         admin::remove_member(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
@@ -197,7 +209,8 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         req: Request<pb::GetRolloutRequest>,
     ) -> Answer<pb::GetRolloutResponse> {
-        self.caller(&req)?.require_admin("read rollouts")?;
+        self.caller(&req)?
+            .require(&self.ctx, Action::Read, "read rollouts")?;
         rollouts::get(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
@@ -208,7 +221,8 @@ impl pb::cluster_server::Cluster for ClusterApi {
         req: Request<pb::ControlRolloutRequest>,
     ) -> Answer<pb::ControlRolloutResponse> {
         audit::name_object(format!("job/{}", clipped(&req.get_ref().name)));
-        self.caller(&req)?.require_admin("control rollouts")?;
+        self.caller(&req)?
+            .require(&self.ctx, Action::WriteJobs, "control rollouts")?;
         rollouts::control(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
@@ -219,7 +233,8 @@ impl pb::cluster_server::Cluster for ClusterApi {
         req: Request<pb::UndoRolloutRequest>,
     ) -> Answer<pb::UndoRolloutResponse> {
         audit::name_object(format!("job/{}", clipped(&req.get_ref().name)));
-        self.caller(&req)?.require_admin("undo rollouts")?;
+        self.caller(&req)?
+            .require(&self.ctx, Action::WriteJobs, "undo rollouts")?;
         rollouts::undo(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
@@ -227,7 +242,8 @@ impl pb::cluster_server::Cluster for ClusterApi {
 
     async fn scale_job(&self, req: Request<pb::ScaleJobRequest>) -> Answer<pb::ScaleJobResponse> {
         audit::name_object(format!("job/{}", clipped(&req.get_ref().name)));
-        self.caller(&req)?.require_admin("scale jobs")?;
+        self.caller(&req)?
+            .require(&self.ctx, Action::WriteJobs, "scale jobs")?;
         jobs::scale(&self.ctx, req.into_inner())
             .await
             .map(Response::new)

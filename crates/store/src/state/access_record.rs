@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{CaRecord, TokenRecord};
+use crate::command::{CaRecord, TokenRecord, UserRecord};
 
 /// The record every access change rewrites.
 pub const ACCESS_KEY: &str = "access";
@@ -26,4 +26,8 @@ pub struct Access {
     /// Raft ids removed from the cluster: never given out again.
     #[serde(default)]
     pub removed_servers: BTreeSet<u64>,
+    /// Users by name (revoked ones stay, so a name is never reused: a
+    /// certificate names only its user).
+    #[serde(default)]
+    pub users: BTreeMap<String, UserRecord>,
 }

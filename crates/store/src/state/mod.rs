@@ -32,6 +32,7 @@ mod plan;
 mod refusal;
 mod rollout;
 mod table;
+mod users;
 
 pub use access_record::Access;
 
@@ -41,6 +42,7 @@ pub fn access_key() -> &'static str {
 }
 pub use refusal::Refusal;
 pub use table::Table;
+pub use users::ADMIN_USER;
 
 /// Rollouts kept per job (the current one and those before it).
 pub const DEPLOYMENTS_KEPT: usize = 10;
@@ -250,6 +252,8 @@ impl State {
             Command::CreateToken { token } => self.create_token(index, token),
             Command::RevokeToken { id } => self.revoke_token(id),
             Command::RemoveNode { name } => self.remove_node(index, name),
+            Command::CreateUser { user } => self.create_user(index, user),
+            Command::RevokeUser { name } => self.revoke_user(name),
             Command::Join {
                 token_id,
                 secret_hash,

@@ -114,6 +114,14 @@ pub enum Refusal {
     ServerIdTaken {
         id: u64,
     },
+    /// A user name is taken (or was, by a revoked user, or is `admin`).
+    UserExists {
+        name: String,
+        revoked: bool,
+    },
+    UserNotFound {
+        name: String,
+    },
 }
 
 impl Refusal {
@@ -136,7 +144,7 @@ impl Refusal {
     pub fn is_not_found(&self) -> bool {
         matches!(
             self,
-            Refusal::NotFound { .. } | Refusal::TokenNotFound { .. }
+            Refusal::NotFound { .. } | Refusal::TokenNotFound { .. } | Refusal::UserNotFound { .. }
         )
     }
 
@@ -155,6 +163,14 @@ impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Refusal::Invalid { why } => f.write_str(why),
+            Refusal::UserExists { name, revoked: false } => {
+                write!(f, "user {name:?} already exists")
+            }
+            Refusal::UserExists { name, revoked: true } => write!(
+                f,
+                "user {name:?} was revoked; a name is never given out again (its old certificate names it): choose another"
+            ),
+            Refusal::UserNotFound { name } => write!(f, "user {name:?} not found"),
             Refusal::NotFound { kind, name } => write!(f, "{} {name:?} not found", kind.as_str()),
             Refusal::EvalNotPending { eval } => {
                 write!(f, "evaluation {eval} is not pending; plan dropped")

@@ -1,0 +1,131 @@
+//! `skiff user create|ls|revoke`: users of the client API, each with a
+//! role, identified by a certificate the cluster signs.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use serde::Serialize;
+use skiff_client::UserRole;
+
+use super::connect;
+use crate::args::ClientOpts;
+use crate::output::{emit, print_list, Format};
+
+#[derive(Subcommand)]
+pub enum UserCmd {
+    /// Make a user and write its client configuration file (its own key,
+    /// made here, and the certificate the cluster signs for it). Roles:
+    /// admin (everything), operator (read, logs, cordon/drain/GPU
+    /// reset/remove nodes), developer (read, change jobs and rollouts,
+    /// logs, exec), viewer (read, logs). Give the file to the user; they
+    /// point SKIFF_CONFIG or --config at it.
+    #[command(after_help = "Examples:\n  \
+        skiff user create ana --role developer --out ana.conf\n  \
+        SKIFF_CONFIG=ana.conf skiff get jobs")]
+    Create {
+        /// The user's name: host-name characters, 1 to 253; not `admin`.
+        name: String,
+        /// admin, operator, developer or viewer.
+        #[arg(long, value_parser = parse_role)]
+        role: UserRole,
+        /// Where to write the configuration file (0600; never overwritten).
+        /// Default: NAME.conf in the current directory.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// List users and their roles (revoked ones too: names are never
+    /// reused).
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Revoke a user: its certificate is refused from the next call on, on
+    /// every server. The name is never given out again.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+fn parse_role(s: &str) -> Result<UserRole, String> {
+    s.parse()
+}
+
+#[derive(Serialize)]
+struct UserOut<'a> {
+    name: &'a str,
+    role: &'a str,
+    revoked: bool,
+    create_index: u64,
+}
+
+pub async fn user(cmd: UserCmd) -> anyhow::Result<()> {
+    match cmd {
+        UserCmd::Create {
+            name,
+            role,
+            out,
+            client,
+        } => {
+            let out = out.unwrap_or_else(|| PathBuf::from(format!("{name}.conf")));
+            if out.exists() {
+                anyhow::bail!("{} exists; choose another --out", out.display());
+            }
+            let config = client.client_config()?;
+            let (key, csr) = skiff_pki::ca::request()?;
+            let made = connect(&client)
+                .await?
+                .create_user(&name, role, &csr)
+                .await?;
+            let text = skiff_client::config::config_text(
+                &format!(
+                    "Skiff client credentials: user {name:?}, role {}.\nKeep this file private (mode 0600).",
+                    role.as_str()
+                ),
+                &config.servers,
+                &made.ca_pem,
+                &made.cert_pem,
+                &key,
+            );
+            skiff_pki::files::write_private(&out, text.as_bytes())?;
+            emit(&format!(
+                "user/{name} created ({}); credentials in {} (SKIFF_CONFIG={} skiff get jobs)\n",
+                role.as_str(),
+                out.display(),
+                out.display()
+            ));
+        }
+        UserCmd::Ls { output, client } => {
+            let users = connect(&client).await?.list_users().await?;
+            let rows: Vec<UserOut> = users
+                .iter()
+                .map(|u| UserOut {
+                    name: &u.name,
+                    role: u.role.map_or("?", UserRole::as_str),
+                    revoked: u.revoked,
+                    create_index: u.create_index,
+                })
+                .collect();
+            print_list(output, &rows, &["NAME", "ROLE", "STATE"], 3, |u| {
+                vec![
+                    u.name.to_string(),
+                    u.role.to_string(),
+                    if u.revoked { "revoked" } else { "active" }.to_string(),
+                ]
+            })?;
+        }
+        UserCmd::Revoke { name, client } => {
+            connect(&client).await?.revoke_user(&name).await?;
+            emit(&format!(
+                "user/{name} revoked (its certificate is refused from now on)\n"
+            ));
+        }
+    }
+    Ok(())
+}
