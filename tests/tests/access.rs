@@ -258,27 +258,55 @@ async fn expired_revoked_and_foreign_tokens_cannot_join_and_no_secret_is_logged(
     }
 }
 
+/// Three servers holding one job, converged: the leader, the state's
+/// digest, and a follower (`target`) with its peer address.
+struct Steady {
+    cluster: ServerCluster,
+    leader: usize,
+    digest: u64,
+    target: usize,
+    target_id: u64,
+    peer_addr: String,
+}
+
+impl Steady {
+    async fn start(dir: &std::path::Path) -> Steady {
+        let cluster = ServerCluster::start(dir, 3, &[]).await;
+        let leader = cluster.leader(Duration::from_secs(30)).await;
+        let mut admin = connect(&cluster.url(leader)).await.unwrap();
+        admin
+            .apply_job(&shell_job("steady", 0, "true"))
+            .await
+            .unwrap();
+        let digest = cluster.converged(&[0, 1, 2], Duration::from_secs(30)).await;
+        let target = (leader + 1) % 3;
+        let data_dir = cluster.servers[target].lock().unwrap().data_dir.clone();
+        let peer_addr = std::fs::read_to_string(data_dir.join("peer.addr"))
+            .unwrap()
+            .trim()
+            .to_string();
+        Steady {
+            cluster,
+            leader,
+            digest,
+            target,
+            target_id: target as u64 + 1,
+            peer_addr,
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_member_cannot_send_raft_messages_as_another_and_outsiders_cannot_send_any() {
     let tmp = tempfile::tempdir().unwrap();
-    let cluster = ServerCluster::start(tmp.path(), 3, &[]).await;
-    let leader = cluster.leader(Duration::from_secs(30)).await;
-    let mut admin = connect(&cluster.url(leader)).await.unwrap();
-    admin
-        .apply_job(&shell_job("steady", 0, "true"))
-        .await
-        .unwrap();
-    let digest = cluster.converged(&[0, 1, 2], Duration::from_secs(30)).await;
-    let target = (leader + 1) % 3;
-    let target_id = target as u64 + 1;
-    let peer_addr = std::fs::read_to_string(
-        cluster.servers[target]
-            .lock()
-            .unwrap()
-            .data_dir
-            .join("peer.addr"),
-    )
-    .unwrap();
+    let Steady {
+        cluster,
+        leader,
+        digest,
+        target,
+        target_id,
+        peer_addr,
+    } = Steady::start(tmp.path()).await;
     let member = (target + 1) % 3;
     let member_id = member as u64 + 1;
     let forged_from = 6 - target_id - member_id; // the third server
@@ -330,26 +358,14 @@ async fn a_member_cannot_send_raft_messages_as_another_and_outsiders_cannot_send
 async fn a_member_cannot_stop_a_server_with_a_heartbeat_past_its_log_nor_send_snapshots_by_the_stream(
 ) {
     let tmp = tempfile::tempdir().unwrap();
-    let cluster = ServerCluster::start(tmp.path(), 3, &[]).await;
-    let leader = cluster.leader(Duration::from_secs(30)).await;
-    let mut admin = connect(&cluster.url(leader)).await.unwrap();
-    admin
-        .apply_job(&shell_job("kept", 0, "true"))
-        .await
-        .unwrap();
-    let digest = cluster.converged(&[0, 1, 2], Duration::from_secs(30)).await;
-    let target = (leader + 1) % 3;
-    let target_id = target as u64 + 1;
-    let peer_addr = std::fs::read_to_string(
-        cluster.servers[target]
-            .lock()
-            .unwrap()
-            .data_dir
-            .join("peer.addr"),
-    )
-    .unwrap()
-    .trim()
-    .to_string();
+    let Steady {
+        cluster,
+        leader,
+        digest,
+        target,
+        target_id,
+        peer_addr,
+    } = Steady::start(tmp.path()).await;
     let member_id = ((target + 1) % 3) as u64 + 1;
     let as_member = creds(&test_pki().ca, Identity::Server(member_id));
     let message = |kind: raft::eraftpb::MessageType, commit: u64| {
