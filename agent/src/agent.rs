@@ -89,15 +89,50 @@ pub enum AgentError {
     Tls(String),
 }
 
+/// Each server's URL and the connection to it.
+type ServerList = Vec<(String, Channel)>;
+
 /// Rotates through the configured servers when one stops answering.
 #[derive(Clone)]
 struct Servers {
-    channels: Arc<Vec<(String, Channel)>>,
+    /// Replaced whole when the node's certificate is renewed.
+    channels: Arc<std::sync::RwLock<Arc<ServerList>>>,
     current: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Servers {
     fn new(urls: &[String], tls: &AgentTls) -> Result<Servers, AgentError> {
+        Ok(Servers {
+            channels: Arc::new(std::sync::RwLock::new(Arc::new(Servers::channels(
+                urls, tls,
+            )?))),
+            current: Default::default(),
+        })
+    }
+
+    /// New connections with `tls` (a renewed certificate); calls under
+    /// way finish on the old ones.
+    fn refresh(&self, tls: &AgentTls) -> Result<(), AgentError> {
+        let urls: Vec<String> = self.list().iter().map(|(u, _)| u.clone()).collect();
+        let fresh = Arc::new(Servers::channels(&urls, tls)?);
+        *self.channels.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
+    }
+
+    fn list(&self) -> Arc<ServerList> {
+        self.channels
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn channel(&self) -> Channel {
+        let list = self.list();
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % list.len();
+        list[i].1.clone()
+    }
+
+    fn channels(urls: &[String], tls: &AgentTls) -> Result<ServerList, AgentError> {
         if urls.is_empty() {
             return Err(AgentError::NoServers);
         }
@@ -125,15 +160,11 @@ impl Servers {
             }
             channels.push((url.clone(), ep.connect_lazy()));
         }
-        Ok(Servers {
-            channels: Arc::new(channels),
-            current: Default::default(),
-        })
+        Ok(channels)
     }
 
     fn client(&self) -> pb::node_api_client::NodeApiClient<Channel> {
-        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.channels.len();
-        pb::node_api_client::NodeApiClient::new(self.channels[i].1.clone())
+        pb::node_api_client::NodeApiClient::new(self.channel())
             .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
     }
 
@@ -142,13 +173,14 @@ impl Servers {
         if matches!(
             status.code(),
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
-        ) && self.channels.len() > 1
+        ) && self.list().len() > 1
         {
             let i = self
                 .current
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                 + 1;
-            tracing::info!(server = %self.channels[i % self.channels.len()].0, "failing over");
+            let list = self.list();
+            tracing::info!(server = %list[i % list.len()].0, "failing over");
         }
     }
 }
@@ -233,17 +265,16 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     });
     let api = pb::agent_api_server::AgentApiServer::with_interceptor(
         crate::service::AgentService::new(paths.clone(), runtime.clone(), gpus.clone()),
-        crate::tls::only_servers,
+        crate::tls::only_servers as fn(_) -> _,
     );
-    let mut builder = tonic::transport::Server::builder();
+    let (tls_tx, tls_rx) = tokio::sync::watch::channel(tls.clone());
+    // Fail at start, not later, on a certificate the listener cannot use.
     if let Some(config) = tls.listener() {
-        builder = builder
+        tonic::transport::Server::builder()
             .tls_config(config)
             .map_err(|e| AgentError::Tls(e.to_string()))?;
     }
-    let api_server = tokio::spawn(builder.add_service(api).serve_with_incoming(
-        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-    ));
+    let api_server = tokio::spawn(serve_api(api, listener, bound, tls_rx));
     tracing::info!(
         node = %cfg.name,
         listen = %bound,
@@ -277,6 +308,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         rootfs: cfg.rootfs,
         gpus: Some(gpus.clone()),
     };
+    let data_root = paths.root().to_path_buf();
     let mut rec = Reconciler::new(runtime, paths, settings, events_tx.clone());
     rec.adopt().await;
 
@@ -293,7 +325,8 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
             let n = report_node.clone();
             async move { report(&s, &n, updates).await }
         });
-        tokio::join!(hb, again, watch, rec_loop);
+        let renew = renew_loop(servers.clone(), data_root, tls, tls_tx);
+        tokio::join!(hb, again, watch, rec_loop, renew);
     };
     tokio::select! {
         _ = tasks => {}
@@ -304,6 +337,108 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// The agent's API service with its check that callers are servers.
+type AgentApi = tonic::service::interceptor::InterceptedService<
+    pb::agent_api_server::AgentApiServer<crate::service::AgentService<Runc>>,
+    fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
+>;
+
+/// Serves the agent's API, again on the same address with the renewed
+/// certificate each time `tls` changes.
+async fn serve_api(
+    api: AgentApi,
+    first: tokio::net::TcpListener,
+    bound: SocketAddr,
+    mut tls: tokio::sync::watch::Receiver<AgentTls>,
+) {
+    let mut listener = Some(first);
+    loop {
+        let current = tls.borrow_and_update().clone();
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(config) = current.listener() {
+            builder = match builder.tls_config(config) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "the renewed certificate cannot serve; keeping the old one");
+                    if tls.changed().await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+        }
+        let l = match listener.take() {
+            Some(l) => l,
+            None => match tokio::net::TcpListener::bind(bound).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, addr = %bound, "cannot listen again after renewing the certificate");
+                    return;
+                }
+            },
+        };
+        let mut changed = tls.clone();
+        let served = builder
+            .add_service(api.clone())
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
+                async move {
+                    let _ = changed.changed().await;
+                },
+            );
+        if let Err(e) = served.await {
+            tracing::error!(error = %e, "the agent's API stopped");
+            return;
+        }
+        tracing::info!("serving the agent's API with the renewed certificate");
+    }
+}
+
+/// Renews the node's certificate two thirds into its lifetime, saves it,
+/// and moves the connections to the servers and the agent's API to it.
+/// Retries every 30 s while no server renews it.
+async fn renew_loop(
+    servers: Servers,
+    data_dir: PathBuf,
+    tls: AgentTls,
+    tx: tokio::sync::watch::Sender<AgentTls>,
+) {
+    let AgentTls::On(mut creds) = tls else {
+        return; // --insecure
+    };
+    loop {
+        let wait = match creds.renew_in() {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the node's certificate; it will not be renewed");
+                return;
+            }
+        };
+        // At least a second apart, whatever the certificate says.
+        tokio::time::sleep(wait.max(Duration::from_secs(1))).await;
+        let renewed = match creds.renewed(servers.channel()).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "certificate not renewed; retrying in 30s");
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                continue;
+            }
+        };
+        if let Err(e) = renewed.save(&data_dir) {
+            tracing::error!(error = %e, "cannot save the renewed certificate; retrying in 30s");
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            continue;
+        }
+        creds = Arc::new(renewed);
+        let tls = AgentTls::On(creds.clone());
+        if let Err(e) = servers.refresh(&tls) {
+            tracing::error!(error = %e, "cannot use the renewed certificate");
+        }
+        let _ = tx.send(tls);
+        tracing::info!("node certificate renewed");
+    }
 }
 
 /// The registration with the node's GPUs as they are now, and the GPU

@@ -93,6 +93,40 @@ impl NodeCreds {
         w("node.key", &self.key_pem)
     }
 
+    /// When to renew the certificate (two thirds into its lifetime), and
+    /// whether that is past.
+    pub fn renew_in(&self) -> Result<Duration, CredentialsError> {
+        let at = skiff_pki::ca::renew_at(&self.cert_pem).map_err(creds_error)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        Ok(Duration::from_secs(at.saturating_sub(now).max(0) as u64))
+    }
+
+    /// A new certificate for the same node, with a new key, signed by the
+    /// server behind `channel` (which checks the current one is still
+    /// valid and the node not removed).
+    pub async fn renewed(
+        &self,
+        channel: tonic::transport::Channel,
+    ) -> Result<NodeCreds, CredentialsError> {
+        let (key_pem, csr_pem) = skiff_pki::ca::request().map_err(creds_error)?;
+        let r = skiff_proto::pb::access_client::AccessClient::new(channel)
+            .renew_certificate(skiff_proto::pb::RenewCertificateRequest { csr_pem })
+            .await
+            .map_err(|s| creds_error(format!("renewing the certificate: {}", s.message())))?
+            .into_inner();
+        let renewed = NodeCreds {
+            ca_pem: self.ca_pem.clone(),
+            cert_pem: r.cert_pem,
+            key_pem,
+        };
+        if renewed.node()? != self.node()? {
+            return Err(creds_error("the renewed certificate names another node"));
+        }
+        Ok(renewed)
+    }
+
     /// The node the certificate names.
     pub fn node(&self) -> Result<String, CredentialsError> {
         let der = skiff_pki::ca::der_of(&self.cert_pem).map_err(creds_error)?;
@@ -184,6 +218,16 @@ pub async fn credentials(
         if named != name {
             return Err(creds_error(format!(
                 "{} holds the credentials of node {named:?}, not {name:?}: start with --name {named}, or remove the directory and join again with a token",
+                dir(data_dir).display()
+            )));
+        }
+        let (_, until) = skiff_pki::ca::validity(&creds.cert_pem).map_err(creds_error)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if until <= now {
+            return Err(creds_error(format!(
+                "the certificate of node {name:?} in {} expired (the agent renews it while it runs; it was stopped too long): remove that directory and join again with a token",
                 dir(data_dir).display()
             )));
         }

@@ -699,3 +699,91 @@ async fn each_role_may_do_what_its_row_says_and_a_revoked_user_is_refused_at_onc
     jobs.sort();
     assert_eq!(jobs, ["by-dev", "existing"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_renews_its_certificate_before_it_expires_and_keeps_working() {
+    require_container_host();
+    let tmp = tempfile::tempdir().unwrap();
+    // Certificates for joins and renewals last 9 s: renewed after 6.
+    let server = ServerProc::start_with(
+        &tmp.path().join("s"),
+        "127.0.0.1:0",
+        &["--cert-lifetime", "9s"],
+    );
+    let agent = AgentProc::start(&tmp.path().join("a"), &server.url(), "renewer", &[]);
+    let mut admin = server.client().await;
+    let cert_file = agent.data_dir.join("tls").join("node.crt");
+    let first = wait_for("the node to join", Duration::from_secs(30), || {
+        let f = cert_file.clone();
+        async move { std::fs::read_to_string(f).ok() }
+    })
+    .await;
+    let (_, first_until) = skiff_pki::ca::validity(&first).unwrap();
+    let joined_at = skiff_tests::skiff_server_time_ms() as i64 / 1000;
+    assert!(
+        first_until - joined_at <= 10,
+        "the join got the short lifetime"
+    );
+
+    // Past the first certificate's end: a newer one is in use, the node
+    // still heartbeats, and the servers still reach its API (logs).
+    wait_for(
+        "the first certificate to expire",
+        Duration::from_secs(30),
+        || {
+            let now = skiff_tests::skiff_server_time_ms() as i64 / 1000;
+            async move { (now > first_until + 1).then_some(()) }
+        },
+    )
+    .await;
+    let now = std::fs::read_to_string(&cert_file).unwrap();
+    assert_ne!(now, first, "the certificate was renewed");
+    assert!(skiff_pki::ca::validity(&now).unwrap().1 > first_until);
+    let key_mode = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(agent.data_dir.join("tls/node.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+    };
+    assert_eq!(key_mode & 0o777, 0o600);
+    wait_for("a fresh heartbeat", Duration::from_secs(20), || {
+        let mut c = admin.clone();
+        async move {
+            let n = c.list_nodes().await.ok()?.into_iter().next()?;
+            (n.heartbeat_age? < Duration::from_secs(2)).then_some(())
+        }
+    })
+    .await;
+    admin
+        .apply_job(&shell_job("after-renewal", 1, "echo renewed; sleep 600"))
+        .await
+        .unwrap();
+    let a = wait_alloc(
+        &mut admin,
+        "after-renewal",
+        "running",
+        Duration::from_secs(30),
+        |a| a.status == skiff_model::AllocStatus::Running,
+    )
+    .await;
+    let out = wait_for(
+        "its output through the agent's API",
+        Duration::from_secs(20),
+        || {
+            let (mut c, id) = (admin.clone(), a.id.clone());
+            async move {
+                let out = stdout_of(&mut c, &id).await;
+                out.contains("renewed").then_some(out)
+            }
+        },
+    )
+    .await;
+    assert!(out.contains("renewed"));
+    let log = agent.log();
+    assert!(log.contains("node certificate renewed"), "{log}");
+    assert!(
+        log.contains("serving the agent's API with the renewed certificate"),
+        "{log}"
+    );
+}

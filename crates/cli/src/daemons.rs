@@ -108,7 +108,8 @@ struct ServerSecurityOpts {
         help_heading = "Security"
     )]
     ca_key: Option<PathBuf>,
-    /// How long the certificates this server signs stay valid.
+    /// How long the certificates this server signs for joins and renewals
+    /// stay valid (for tests of renewal).
     #[arg(long, default_value = "8760h", value_parser = parse_duration, hide = true)]
     cert_lifetime: Duration,
     #[command(flatten)]

@@ -60,7 +60,7 @@ impl Ca {
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.not_before = offset(Duration::ZERO) - time::Duration::minutes(5);
+        params.not_before = offset(Duration::ZERO) - BACKDATE;
         params.not_after = offset(lifetime);
         let cert = params.self_signed(&key).map_err(rc)?;
         Ok(Ca(CertKey {
@@ -145,7 +145,7 @@ fn leaf_params(who: &Identity, lifetime: Duration) -> Result<CertificateParams, 
             .subject_alt_names
             .push(SanType::DnsName(dns.try_into().map_err(rc)?));
     }
-    params.not_before = offset(Duration::ZERO) - time::Duration::minutes(5);
+    params.not_before = offset(Duration::ZERO) - BACKDATE;
     params.not_after = offset(lifetime);
     Ok(params)
 }
@@ -167,6 +167,30 @@ pub fn expires_at(cert_pem: &str) -> Result<i64, PkiError> {
     Ok(cert.validity().not_after.timestamp())
 }
 
+/// When a certificate (PEM) starts and stops being valid, in seconds
+/// since the Unix epoch.
+pub fn validity(cert_pem: &str) -> Result<(i64, i64), PkiError> {
+    let der = der_of(cert_pem)?;
+    let (_, cert) = X509Certificate::from_der(&der)
+        .map_err(|e| PkiError::Certificate(format!("not a certificate: {e}")))?;
+    Ok((
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+    ))
+}
+
+/// How far back a certificate's start is set, for clocks a little behind.
+const BACKDATE: time::Duration = time::Duration::minutes(5);
+
+/// When a holder renews its certificate (PEM): two thirds into its
+/// lifetime as issued (the backdated start not counted), in seconds since
+/// the Unix epoch.
+pub fn renew_at(cert_pem: &str) -> Result<i64, PkiError> {
+    let (from, until) = validity(cert_pem)?;
+    let issued = (from + BACKDATE.whole_seconds()).min(until);
+    Ok(issued + (until - issued) * 2 / 3)
+}
+
 /// The DER of the first certificate in a PEM text.
 pub fn der_of(cert_pem: &str) -> Result<Vec<u8>, PkiError> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
@@ -177,6 +201,21 @@ pub fn der_of(cert_pem: &str) -> Result<Vec<u8>, PkiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_certificate_is_renewed_two_thirds_into_its_lifetime_as_issued() {
+        let ca = Ca::generate(CA_LIFETIME).unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let leaf = ca
+            .issue(&Identity::Node("n".into()), Duration::from_secs(900))
+            .unwrap();
+        let (from, until) = validity(&leaf.cert_pem).unwrap();
+        assert!(from <= now - 299, "started early, for clock skew");
+        let at = renew_at(&leaf.cert_pem).unwrap();
+        // 600 s after issue, not counting the backdated 5 minutes.
+        assert!((now + 598..=now + 602).contains(&at), "{at} vs {now}");
+        assert!(at < until);
+    }
 
     #[test]
     fn a_leaf_names_its_identity_and_the_pin_is_the_cas_key() {

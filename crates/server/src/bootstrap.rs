@@ -112,8 +112,11 @@ pub(crate) async fn credentials(
             ))
         }
     };
+    // The founding server's own certificate and admin.conf get the
+    // default lifetime; `leaf_lifetime` is for what it signs later (joins,
+    // renewals).
     let leaf = ca
-        .issue(&Identity::Server(me.id), cfg.security.leaf_lifetime)
+        .issue(&Identity::Server(me.id), skiff_pki::LEAF_LIFETIME)
         .map_err(fail)?;
     let creds = ServerCreds {
         ca_pem: ca.cert_pem().to_string(),
@@ -126,7 +129,7 @@ pub(crate) async fn credentials(
         cfg.data_dir,
         &ca,
         &format!("https://{}", me.api_addr),
-        cfg.security.leaf_lifetime,
+        skiff_pki::LEAF_LIFETIME,
     )?;
     tracing::info!(
         "made this cluster's credentials: {} (the CA and this server's certificate) and {} (the administrator's)",
