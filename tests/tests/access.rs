@@ -698,6 +698,29 @@ async fn each_role_may_do_what_its_row_says_and_a_revoked_user_is_refused_at_onc
         .collect();
     jobs.sort();
     assert_eq!(jobs, ["by-dev", "existing"]);
+
+    // A user renews its own certificate into its own file, which then
+    // works as before; a revoked one cannot.
+    let before = std::fs::read_to_string(&developer).unwrap();
+    let renew = |conf: &std::path::Path| {
+        skiff_command()
+            .args(["user", "renew", "--server", &url, "--config"])
+            .arg(conf)
+            .output()
+            .unwrap()
+    };
+    let out = renew(&developer);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = std::fs::read_to_string(&developer).unwrap();
+    assert_ne!(before, after);
+    let mode = std::fs::metadata(&developer).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    as_user(&developer).await.list_jobs().await.unwrap();
+    assert!(!renew(&viewer).status.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

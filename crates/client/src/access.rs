@@ -257,6 +257,19 @@ impl Client {
             .collect())
     }
 
+    /// A new certificate for the caller's own identity (its current one
+    /// must still be valid), for a signing request of a new key.
+    pub async fn renew_certificate(&mut self, csr_pem: &str) -> Result<String, ClientError> {
+        let r = self
+            .access
+            .renew_certificate(pb::RenewCertificateRequest {
+                csr_pem: csr_pem.into(),
+            })
+            .await?
+            .into_inner();
+        Ok(r.cert_pem)
+    }
+
     /// Revokes a user at once; the Raft index of the write.
     pub async fn revoke_user(&mut self, name: &str) -> Result<u64, ClientError> {
         let r = self

@@ -44,6 +44,14 @@ pub enum UserCmd {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Renew your own certificate (before it expires; a year by default):
+    /// a new key and certificate written over the configuration file in
+    /// use (--config, SKIFF_CONFIG or ~/.skiff/config). Works for
+    /// admin.conf too.
+    Renew {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Revoke a user: its certificate is refused from the next call on, on
     /// every server. The name is never given out again.
     Revoke {
@@ -119,6 +127,35 @@ pub async fn user(cmd: UserCmd) -> anyhow::Result<()> {
                     if u.revoked { "revoked" } else { "active" }.to_string(),
                 ]
             })?;
+        }
+        UserCmd::Renew { client } => {
+            let config = client.client_config()?;
+            let Some(path) = config.source.clone() else {
+                anyhow::bail!(
+                    "no configuration file to renew: point --config or SKIFF_CONFIG at one"
+                );
+            };
+            let Some(tls) = &config.tls else {
+                anyhow::bail!("{} holds no certificate", path.display());
+            };
+            let (key, csr) = skiff_pki::ca::request()?;
+            let cert = connect(&client).await?.renew_certificate(&csr).await?;
+            // The file's own servers, not a --server given for this call.
+            let servers = skiff_client::config::ClientConfig::load(&path)?.servers;
+            let text = skiff_client::config::config_text(
+                "Skiff client credentials (renewed with `skiff user renew`).\nKeep this file private (mode 0600).",
+                &servers,
+                &tls.ca_pem,
+                &cert,
+                &key,
+            );
+            skiff_pki::files::write_private(&path, text.as_bytes())?;
+            let until = skiff_pki::ca::validity(&cert)?.1;
+            emit(&format!(
+                "renewed: {} holds a new key and a certificate valid until {}\n",
+                path.display(),
+                crate::output::utc(until as u64 * 1000)
+            ));
         }
         UserCmd::Revoke { name, client } => {
             connect(&client).await?.revoke_user(&name).await?;
