@@ -810,3 +810,79 @@ async fn a_node_renews_its_certificate_before_it_expires_and_keeps_working() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_renews_its_certificate_and_keeps_serving_and_replicating() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lifetime = ["--cert-lifetime", "9s"];
+    let first = ServerProc::start_with(&tmp.path().join("s1"), "127.0.0.1:0", &lifetime);
+    let via = first.url();
+    let second = tokio::task::spawn_blocking({
+        let dir = tmp.path().join("s2");
+        move || {
+            ServerProc::start_with(
+                &dir,
+                "127.0.0.1:0",
+                &["--id", "2", "--join", &via, "--cert-lifetime", "9s"],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    // The joined server's certificate lasts 9 s (its signer's setting).
+    let cert_file = second.data_dir.join("tls").join("server.crt");
+    let original = std::fs::read_to_string(&cert_file).unwrap();
+    let (_, until) = skiff_pki::ca::validity(&original).unwrap();
+    assert!(until - skiff_tests::skiff_server_time_ms() as i64 / 1000 <= 10);
+    wait_for(
+        "the second server to be promoted",
+        Duration::from_secs(30),
+        || {
+            let url = first.url();
+            async move {
+                let (m, _) = connect(&url).await.ok()?.members().await.ok()?;
+                (m.iter().filter(|m| m.voter).count() == 2).then_some(())
+            }
+        },
+    )
+    .await;
+
+    wait_for(
+        "its first certificate to expire",
+        Duration::from_secs(30),
+        || {
+            let now = skiff_tests::skiff_server_time_ms() as i64 / 1000;
+            async move { (now > until + 1).then_some(()) }
+        },
+    )
+    .await;
+    let now = std::fs::read_to_string(&cert_file).unwrap();
+    assert_ne!(now, original, "renewed");
+    assert!(skiff_pki::ca::validity(&now).unwrap().1 > until);
+    // A new TLS connection to its API (the old certificate would fail the
+    // handshake now), a write through it, replicated to the first server.
+    let mut c2 = connect(&second.url()).await.unwrap();
+    c2.apply_job(&shell_job("after-server-renewal", 0, "true"))
+        .await
+        .unwrap();
+    wait_for(
+        "the write on the first server",
+        Duration::from_secs(20),
+        || {
+            let url = first.url();
+            async move {
+                let jobs = connect(&url).await.ok()?.list_jobs().await.ok()?;
+                jobs.iter()
+                    .any(|(j, _)| j.name() == "after-server-renewal")
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let log = second.log();
+    assert!(log.contains("server certificate renewed"), "{log}");
+    assert!(
+        log.contains("serving again with the renewed certificate"),
+        "{log}"
+    );
+}

@@ -210,7 +210,7 @@ impl pb::access_server::Access for AccessService {
         // This server's own copy of the CA: the same as the replicated one,
         // and there before the founding server recorded it.
         let pin = match &self.ctx.tls {
-            crate::tls::Tls::On(c) => skiff_pki::ca::pin_of(&c.ca_pem),
+            crate::tls::Tls::On(c) => skiff_pki::ca::pin_of(&c.current().ca_pem),
             crate::tls::Tls::Off => {
                 return Err(Status::failed_precondition(
                     "this cluster runs with --insecure: there is nothing to join with",

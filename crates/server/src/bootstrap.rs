@@ -85,7 +85,7 @@ pub(crate) async fn credentials(
     if let Some(creds) = ServerCreds::load(cfg.data_dir).map_err(fail)? {
         let founding_ca = read_ca(&dir)?;
         return Ok(Credentials {
-            tls: Tls::On(creds.into()),
+            tls: Tls::from(creds),
             founding_ca,
         });
     }
@@ -99,7 +99,7 @@ pub(crate) async fn credentials(
         creds.save(cfg.data_dir).map_err(fail)?;
         tracing::info!(via = %url, "joined with a token; credentials in {}", dir.display());
         return Ok(Credentials {
-            tls: Tls::On(creds.into()),
+            tls: Tls::from(creds),
             founding_ca: None,
         });
     }
@@ -137,7 +137,7 @@ pub(crate) async fn credentials(
         cfg.data_dir.join(ADMIN_CONF).display()
     );
     Ok(Credentials {
-        tls: Tls::On(creds.into()),
+        tls: Tls::from(creds),
         founding_ca: Some(ca),
     })
 }
@@ -226,4 +226,74 @@ pub(crate) async fn record_ca(ctx: Ctx, ca: Ca) {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Renews this server's certificate two thirds into its lifetime, signed
+/// with the cluster CA from the replicated state (every server holds it),
+/// for `ctx.leaf_lifetime`: saved, then used by new connections and the
+/// listeners. Retries every 30 s while it cannot (no CA recorded yet, a
+/// write error).
+pub(crate) async fn renew(ctx: Ctx, data_dir: std::path::PathBuf) {
+    let Tls::On(cell) = ctx.tls.clone() else {
+        return; // --insecure
+    };
+    loop {
+        let creds = cell.current();
+        let at = match skiff_pki::ca::renew_at(&creds.cert_pem) {
+            Ok(at) => at,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read this server's certificate; it will not be renewed");
+                return;
+            }
+        };
+        let now = crate::ctx::now_ms() as i64 / 1000;
+        let wait = Duration::from_secs(at.saturating_sub(now).max(1) as u64);
+        tokio::time::sleep(wait).await;
+        match renewed(&ctx, &creds) {
+            Ok(fresh) => match fresh.save(&data_dir) {
+                Ok(()) => {
+                    cell.replace(fresh);
+                    ctx.peers.forget_channels();
+                    tracing::info!("server certificate renewed");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot save the renewed certificate; retrying in 30s")
+                }
+            },
+            Err(e) => tracing::warn!(error = %e, "certificate not renewed; retrying in 30s"),
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+}
+
+fn renewed(ctx: &Ctx, creds: &ServerCreds) -> Result<ServerCreds, String> {
+    let record = ctx
+        .store
+        .state()
+        .access
+        .ca
+        .clone()
+        .ok_or("the cluster CA is not recorded yet")?;
+    if ctx
+        .store
+        .state()
+        .access
+        .removed_servers
+        .contains(&ctx.me.id)
+    {
+        return Err("this server was removed from the cluster".into());
+    }
+    let ca = Ca(skiff_pki::CertKey {
+        cert_pem: record.cert_pem,
+        key_pem: record.key_pem,
+    });
+    let leaf = ca
+        .issue(&Identity::Server(ctx.me.id), ctx.leaf_lifetime)
+        .map_err(|e| e.to_string())?;
+    Ok(ServerCreds {
+        ca_pem: creds.ca_pem.clone(),
+        cert_pem: leaf.cert_pem,
+        key_pem: leaf.key_pem,
+    })
 }

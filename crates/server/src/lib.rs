@@ -109,6 +109,75 @@ pub enum ServerError {
     Audit(std::io::Error),
 }
 
+/// Which port a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Port {
+    Api,
+    Peer,
+}
+
+/// Serves one port until `stop`; each time this server's certificate is
+/// renewed, serves it again on the same address with the new one
+/// (connections under way are let finish).
+async fn serve_port<F>(
+    port: Port,
+    first: TcpListener,
+    addr: SocketAddr,
+    tls: tls::Tls,
+    mut stop: tokio::sync::broadcast::Receiver<()>,
+    routes: F,
+) -> Result<(), ServerError>
+where
+    F: Fn(&mut tonic::transport::Server) -> tonic::transport::server::Router,
+{
+    let mut renewed = match &tls {
+        tls::Tls::On(cell) => Some(cell.subscribe()),
+        tls::Tls::Off => None,
+    };
+    let mut listener = Some(first);
+    loop {
+        let mut builder = tonic::transport::Server::builder();
+        let config = match port {
+            Port::Api => tls.api_listener(),
+            Port::Peer => tls.peer_listener(),
+        };
+        if let Some(config) = config {
+            builder = builder.tls_config(config)?;
+        }
+        let l = match listener.take() {
+            Some(l) => l,
+            None => TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Listen { addr, source })?,
+        };
+        let again = std::sync::atomic::AtomicBool::new(false);
+        let until = async {
+            let renewal = async {
+                match renewed.as_mut() {
+                    Some(r) => {
+                        let _ = r.changed().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = stop.recv() => {}
+                _ = renewal => again.store(true, std::sync::atomic::Ordering::Relaxed),
+            }
+        };
+        routes(&mut builder)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
+                until,
+            )
+            .await?;
+        if !again.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        tracing::info!(?port, %addr, "serving again with the renewed certificate");
+    }
+}
+
 /// A started server: its context and listeners.
 pub struct Running {
     pub ctx: Ctx,
@@ -119,6 +188,7 @@ pub struct Running {
     join: Option<String>,
     scheduler: evals::SchedulerSettings,
     founding_ca: Option<skiff_pki::Ca>,
+    data_dir: PathBuf,
 }
 
 fn write_addr(dir: &std::path::Path, name: &str, addr: &str) {
@@ -222,6 +292,7 @@ pub async fn start(cfg: &ServerConfig) -> Result<Running, ServerError> {
         join: cfg.join.clone(),
         scheduler: cfg.scheduler,
         founding_ca: creds.founding_ca,
+        data_dir: cfg.data_dir.clone(),
     })
 }
 
@@ -240,6 +311,7 @@ pub async fn serve(
         join,
         scheduler,
         founding_ca,
+        data_dir,
     } = running;
     let store = ctx.store.clone();
     tracing::info!(algorithm = %scheduler.algorithm, "scheduler");
@@ -255,6 +327,7 @@ pub async fn serve(
     if let Some(url) = join {
         background.push(tokio::spawn(members::join(ctx.clone(), url)));
     }
+    background.push(tokio::spawn(bootstrap::renew(ctx.clone(), data_dir)));
     if let Some(ca) = founding_ca {
         background.push(tokio::spawn(bootstrap::record_ca(ctx.clone(), ca)));
     }
@@ -288,40 +361,54 @@ pub async fn serve(
             .unwrap_or_default()
     };
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-    let mut stop_api = stop_tx.subscribe();
-    let mut stop_peer = stop_tx.subscribe();
-    let mut api_builder = tonic::transport::Server::builder();
-    if let Some(tls) = ctx.tls.api_listener() {
-        api_builder = api_builder.tls_config(tls)?;
-    }
-    let mut peer_builder = tonic::transport::Server::builder();
-    if let Some(tls) = ctx.tls.peer_listener() {
-        peer_builder = peer_builder.tls_config(tls)?;
-    }
     let tls_on = ctx.tls.is_on();
-    let api_server = api_builder
-        .add_service(audit::Audited::new(cluster, ctx.audit.clone(), tls_on))
-        .add_service(audit::Audited::new(node_api, ctx.audit.clone(), tls_on))
-        .add_service(audit::Audited::new(access_api, ctx.audit.clone(), tls_on))
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(api).with_nodelay(Some(true)),
-            async move {
-                let _ = stop_api.recv().await;
-            },
-        );
-    let peer_server = peer_builder
-        .add_service(audit::Audited::new(peer_api, ctx.audit.clone(), tls_on))
-        .add_service(audit::Audited::new(snapshot_api, ctx.audit.clone(), tls_on))
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(peer).with_nodelay(Some(true)),
-            async move {
-                let _ = stop_peer.recv().await;
-            },
-        );
+    let api_server = serve_port(
+        Port::Api,
+        api,
+        api_addr,
+        ctx.tls.clone(),
+        stop_tx.subscribe(),
+        |b: &mut tonic::transport::Server| {
+            b.add_service(audit::Audited::new(
+                cluster.clone(),
+                ctx.audit.clone(),
+                tls_on,
+            ))
+            .add_service(audit::Audited::new(
+                node_api.clone(),
+                ctx.audit.clone(),
+                tls_on,
+            ))
+            .add_service(audit::Audited::new(
+                access_api.clone(),
+                ctx.audit.clone(),
+                tls_on,
+            ))
+        },
+    );
+    let peer_server = serve_port(
+        Port::Peer,
+        peer,
+        peer_addr,
+        ctx.tls.clone(),
+        stop_tx.subscribe(),
+        |b: &mut tonic::transport::Server| {
+            b.add_service(audit::Audited::new(
+                peer_api.clone(),
+                ctx.audit.clone(),
+                tls_on,
+            ))
+            .add_service(audit::Audited::new(
+                snapshot_api.clone(),
+                ctx.audit.clone(),
+                tls_on,
+            ))
+        },
+    );
     let servers = async { tokio::try_join!(api_server, peer_server) };
     tokio::pin!(servers);
     let result = tokio::select! {
-        r = &mut servers => r.map(|_| ()).map_err(ServerError::from),
+        r = &mut servers => r.map(|_| ()),
         _ = shutdown => Ok(()),
         (reason, removed) = raft_stopped => {
             if removed {

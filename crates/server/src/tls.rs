@@ -76,15 +76,66 @@ pub fn authority(url: &str) -> &str {
     rest.trim_end_matches('/')
 }
 
+/// This server's current credentials, replaced when it renews its
+/// certificate; the listeners watch for that to serve with the new one.
+pub struct CredsCell {
+    current: std::sync::RwLock<Arc<ServerCreds>>,
+    renewed: tokio::sync::watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for CredsCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CredsCell { .. }")
+    }
+}
+
+impl CredsCell {
+    pub fn current(&self) -> Arc<ServerCreds> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Uses `creds` from now on: new connections, and the listeners after
+    /// they restart.
+    pub fn replace(&self, creds: ServerCreds) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(creds);
+        self.renewed.send_modify(|n| *n += 1);
+    }
+
+    /// Changes each time the credentials are replaced.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.renewed.subscribe()
+    }
+}
+
 /// TLS, or `--insecure` plaintext.
 #[derive(Clone, Debug)]
 pub enum Tls {
     /// Plaintext, every caller trusted: for a lab's own throwaway cluster.
     Off,
-    On(Arc<ServerCreds>),
+    On(Arc<CredsCell>),
+}
+
+impl From<ServerCreds> for Tls {
+    fn from(creds: ServerCreds) -> Tls {
+        Tls::On(Arc::new(CredsCell {
+            current: std::sync::RwLock::new(Arc::new(creds)),
+            renewed: tokio::sync::watch::channel(0).0,
+        }))
+    }
 }
 
 impl Tls {
+    /// The credentials in use now (`None` with `--insecure`).
+    pub fn creds(&self) -> Option<Arc<ServerCreds>> {
+        match self {
+            Tls::Off => None,
+            Tls::On(cell) => Some(cell.current()),
+        }
+    }
+
     pub fn is_on(&self) -> bool {
         matches!(self, Tls::On(_))
     }
@@ -109,9 +160,7 @@ impl Tls {
     }
 
     fn listener(&self, client_optional: bool) -> Option<ServerTlsConfig> {
-        let Tls::On(c) = self else {
-            return None;
-        };
+        let c = self.creds()?;
         Some(
             ServerTlsConfig::new()
                 .identity(c.presented())
@@ -136,9 +185,9 @@ impl Tls {
     fn endpoint(&self, addr: &str, name: &str) -> Result<Endpoint, Status> {
         let ep = Endpoint::from_shared(format!("{}://{addr}", self.scheme()))
             .map_err(|e| Status::internal(format!("bad address {addr:?}: {e}")))?;
-        match self {
-            Tls::Off => Ok(ep),
-            Tls::On(c) => ep
+        match self.creds() {
+            None => Ok(ep),
+            Some(c) => ep
                 .tls_config(
                     ClientTlsConfig::new()
                         .ca_certificate(Certificate::from_pem(&c.ca_pem))

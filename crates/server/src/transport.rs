@@ -84,6 +84,15 @@ impl PeerTransport {
         })
     }
 
+    /// Drops the cached channels, so the next links connect with this
+    /// server's renewed certificate (streams under way finish on theirs).
+    pub fn forget_channels(&self) {
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     /// A (cached, lazily connecting) channel to a peer's `Peer` service.
     pub fn channel(&self, id: u64) -> Option<Channel> {
         let addr = self.address(id)?;
