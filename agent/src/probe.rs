@@ -491,7 +491,12 @@ mod tests {
         let err = http_get(port, "/healthz", t).unwrap_err();
         assert!(err.contains("status 503"), "{err}");
         server.join().unwrap();
-        // Nothing listens there any more.
+        // A port held by a socket that does not listen: connecting is
+        // refused, and no other test can take the port meanwhile (the
+        // closed listener's port could be reused at once).
+        let held = tokio::net::TcpSocket::new_v4().unwrap();
+        held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = held.local_addr().unwrap().port();
         assert!(tcp_connect(port, t).is_err());
     }
 }

@@ -886,3 +886,45 @@ async fn a_server_renews_its_certificate_and_keeps_serving_and_replicating() {
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn every_port_speaks_tls_1_3_only() {
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&tmp.path().join("s"));
+    server.client().await;
+    let peer_addr = std::fs::read_to_string(server.data_dir.join("peer.addr")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = skiff_pki::ca::der_of(test_pki().ca.cert_pem()).unwrap();
+    roots.add(CertificateDer::from(ca)).unwrap();
+    let handshake = |version: &'static rustls::SupportedProtocolVersion, addr: String| {
+        let roots = roots.clone();
+        async move {
+            let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            let tcp = tokio::net::TcpStream::connect(addr.trim()).await.unwrap();
+            tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+                .connect(ServerName::try_from("server.skiff").unwrap(), tcp)
+                .await
+                .map(|_| ())
+        }
+    };
+    for addr in [server.addr.to_string(), peer_addr] {
+        handshake(&rustls::version::TLS13, addr.clone())
+            .await
+            .unwrap_or_else(|e| panic!("TLS 1.3 to {addr}: {e}"));
+        let err = handshake(&rustls::version::TLS12, addr.clone())
+            .await
+            .expect_err("a TLS 1.2 client was answered");
+        assert!(
+            err.to_string().to_lowercase().contains("handshake")
+                || err.to_string().to_lowercase().contains("alert"),
+            "{addr}: {err}"
+        );
+    }
+}

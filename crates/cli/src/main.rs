@@ -133,6 +133,8 @@ fn main() -> ExitCode {
     // A TAB in a shell that sourced `skiff completion SHELL`: answer and exit.
     completion::answer_if_asked(Cli::command);
     let cli = Cli::parse();
+    // Every listener and client of this process: TLS 1.3 only.
+    skiff_pki::use_tls13_only();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -63,7 +63,7 @@ impl ServerCertVerifier for Collect {
 /// The chain (DER, leaf first) the TLS server at `addr` (`host:port`)
 /// presents.
 pub async fn presented_chain(addr: &str) -> Result<Vec<Vec<u8>>, PkiError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(crate::tls13_provider());
     let collect = Arc::new(Collect {
         chain: std::sync::Mutex::new(Vec::new()),
         schemes: provider

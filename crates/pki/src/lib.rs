@@ -15,6 +15,24 @@ pub mod identity;
 pub mod token;
 
 pub use ca::{Ca, CertKey, CA_LIFETIME, LEAF_LIFETIME};
+
+/// ring's TLS with its TLS 1.3 cipher suites only: a peer that offers no
+/// TLS 1.3 finds nothing in common and the handshake fails.
+pub fn tls13_provider() -> rustls::crypto::CryptoProvider {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .retain(|s| s.version() == &rustls::version::TLS13);
+    provider
+}
+
+/// Makes [`tls13_provider`] the process's default, which tonic's TLS
+/// (listeners and clients) builds on: every Skiff process speaks TLS 1.3
+/// only. Call once, before any TLS is set up; a second call changes
+/// nothing.
+pub fn use_tls13_only() {
+    let _ = tls13_provider().install_default();
+}
 pub use identity::{Identity, SERVER_DNS};
 pub use token::JoinToken;
 
