@@ -8,7 +8,7 @@ use skiff_proto::pb;
 use skiff_store::command::{
     CaRecord, Command, JoinRole, Joiner, TokenRecord, UserRecord, UserRole,
 };
-use skiff_store::{Outcome, Refusal};
+use skiff_store::Outcome;
 use tonic::{Request, Response, Status};
 
 use crate::api::refusal_status;
@@ -395,9 +395,6 @@ impl pb::access_server::Access for AccessService {
                     ca_pem: ca.cert_pem().to_string(),
                     index: applied.index,
                 }))
-            }
-            Outcome::Refused(why @ Refusal::UserExists { .. }) => {
-                Err(Status::already_exists(why.to_string()))
             }
             Outcome::Refused(why) => Err(refusal_status(&why)),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),

@@ -49,6 +49,8 @@ pub(crate) fn refusal_status(refusal: &Refusal) -> Status {
         Status::not_found(refusal.to_string())
     } else if refusal.is_invalid() {
         Status::invalid_argument(refusal.to_string())
+    } else if refusal.is_already_exists() {
+        Status::already_exists(refusal.to_string())
     } else {
         Status::failed_precondition(refusal.to_string())
     }
@@ -79,7 +81,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_refusal_naming_something_missing_is_not_found_and_any_other_a_failed_precondition() {
+    fn a_refusal_maps_to_the_code_of_its_kind() {
         for (refusal, code) in [
             (Refusal::job_not_found("web"), Code::NotFound),
             (Refusal::node_not_found("n1"), Code::NotFound),
@@ -93,6 +95,16 @@ mod tests {
                     version: 2,
                 },
                 Code::FailedPrecondition,
+            ),
+            (
+                Refusal::NodeNameTaken { node: "n1".into() },
+                Code::AlreadyExists,
+            ),
+            (
+                Refusal::Invalid {
+                    why: "name: too long".into(),
+                },
+                Code::InvalidArgument,
             ),
         ] {
             let status = refusal_status(&refusal);

@@ -148,6 +148,18 @@ impl Refusal {
         )
     }
 
+    /// Something the command would create already exists (a name or an
+    /// id another holds).
+    pub fn is_already_exists(&self) -> bool {
+        matches!(
+            self,
+            Refusal::NodeNameTaken { .. }
+                | Refusal::ServerIdTaken { .. }
+                | Refusal::TokenExists { .. }
+                | Refusal::UserExists { .. }
+        )
+    }
+
     /// The command itself broke a rule (rather than the state's).
     pub fn is_invalid(&self) -> bool {
         matches!(self, Refusal::Invalid { .. })
