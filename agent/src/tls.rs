@@ -97,9 +97,7 @@ impl NodeCreds {
     /// whether that is past.
     pub fn renew_in(&self) -> Result<Duration, CredentialsError> {
         let at = skiff_pki::ca::renew_at(&self.cert_pem).map_err(creds_error)?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = (crate::clock::now_ms() / 1000) as i64;
         Ok(Duration::from_secs(at.saturating_sub(now).max(0) as u64))
     }
 
@@ -222,9 +220,7 @@ pub async fn credentials(
             )));
         }
         let (_, until) = skiff_pki::ca::validity(&creds.cert_pem).map_err(creds_error)?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = (crate::clock::now_ms() / 1000) as i64;
         if until <= now {
             return Err(creds_error(format!(
                 "the certificate of node {name:?} in {} expired (the agent renews it while it runs; it was stopped too long): remove that directory and join again with a token",

@@ -11,7 +11,7 @@ use skiff_store::command::{
 use skiff_store::Outcome;
 use tonic::{Request, Response, Status};
 
-use crate::api::refusal_status;
+use crate::api::not_done;
 use crate::auth::{caller, Action, Caller};
 use crate::ctx::{now_ms, Ctx};
 
@@ -130,8 +130,7 @@ impl pb::access_server::Access for AccessService {
             Outcome::Refused(why) if why.is_unauthenticated() => {
                 return Err(Status::unauthenticated(why.to_string()))
             }
-            Outcome::Refused(why) => return Err(refusal_status(&why)),
-            other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
+            other => return Err(not_done(other)),
         }
         let cert_pem = self.sign(&r.csr_pem, &identity)?;
         tracing::info!(token = %r.token_id, who = %identity, "joined");
@@ -245,8 +244,7 @@ impl pb::access_server::Access for AccessService {
                     index: applied.index,
                 }))
             }
-            Outcome::Refused(why) => Err(refusal_status(&why)),
-            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+            other => Err(not_done(other)),
         }
     }
 
@@ -291,8 +289,7 @@ impl pb::access_server::Access for AccessService {
                     index: applied.index,
                 }))
             }
-            Outcome::Refused(why) => Err(refusal_status(&why)),
-            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+            other => Err(not_done(other)),
         }
     }
 
@@ -315,8 +312,7 @@ impl pb::access_server::Access for AccessService {
                     index: applied.index,
                 }))
             }
-            Outcome::Refused(why) => Err(refusal_status(&why)),
-            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+            other => Err(not_done(other)),
         }
     }
 
@@ -396,8 +392,7 @@ impl pb::access_server::Access for AccessService {
                     index: applied.index,
                 }))
             }
-            Outcome::Refused(why) => Err(refusal_status(&why)),
-            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+            other => Err(not_done(other)),
         }
     }
 
@@ -446,8 +441,7 @@ impl pb::access_server::Access for AccessService {
                     index: applied.index,
                 }))
             }
-            Outcome::Refused(why) => Err(refusal_status(&why)),
-            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+            other => Err(not_done(other)),
         }
     }
 }

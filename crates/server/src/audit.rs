@@ -242,35 +242,49 @@ pub fn object_of(cmd: &Command) -> Option<String> {
     })
 }
 
-/// The identity a request's client certificate names, in the log's words.
-fn identity_of<B>(req: &http::Request<B>, tls_on: bool) -> (String, String) {
+/// The identity the caller's client certificate names, read once per call
+/// by [`Audited`] and left in the request's extensions for
+/// `auth::caller`. `None`: no certificate.
+#[derive(Clone, Debug)]
+pub struct PeerIdentity(pub Option<Result<skiff_pki::Identity, String>>);
+
+impl PeerIdentity {
+    /// Reads the certificate of the connection `req` came on.
+    pub fn of(extensions: &http::Extensions) -> PeerIdentity {
+        use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+        let identity = extensions
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|t| t.peer_certs())
+            .and_then(|certs| {
+                certs.first().map(|c| {
+                    skiff_pki::Identity::of_certificate(c.as_ref()).map_err(|e| e.to_string())
+                })
+            });
+        PeerIdentity(identity)
+    }
+
+    /// In the log's words.
+    fn name(&self) -> String {
+        match &self.0 {
+            Some(Ok(skiff_pki::Identity::Server(n))) => format!("server/{n}"),
+            Some(Ok(skiff_pki::Identity::Node(n))) => format!("node/{n}"),
+            Some(Ok(skiff_pki::Identity::User(n))) => format!("user/{n}"),
+            Some(Err(_)) => "unknown-certificate".into(),
+            None => "anonymous".into(),
+        }
+    }
+}
+
+/// The caller's address.
+fn peer_of<B>(req: &http::Request<B>) -> String {
     use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-    let tls = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
-    let tcp = tls
+    req.extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
         .map(|t| t.get_ref())
-        .or_else(|| req.extensions().get::<TcpConnectInfo>());
-    let peer = tcp
+        .or_else(|| req.extensions().get::<TcpConnectInfo>())
         .and_then(|t| t.remote_addr())
         .map(|a| a.to_string())
-        .unwrap_or_default();
-    if !tls_on {
-        return ("insecure".into(), peer);
-    }
-    let who = tls
-        .and_then(|t| t.peer_certs())
-        .and_then(|certs| {
-            certs
-                .first()
-                .map(|c| skiff_pki::Identity::of_certificate(c.as_ref()))
-        })
-        .map(|id| match id {
-            Ok(skiff_pki::Identity::Server(n)) => format!("server/{n}"),
-            Ok(skiff_pki::Identity::Node(n)) => format!("node/{n}"),
-            Ok(skiff_pki::Identity::User(n)) => format!("user/{n}"),
-            Err(_) => "unknown-certificate".into(),
-        })
-        .unwrap_or_else(|| "anonymous".into());
-    (who, peer)
+        .unwrap_or_default()
 }
 
 /// `grpc-status` of a response that ended at its headers (every refusal
@@ -337,7 +351,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let path = req.uri().path();
         // "/skiff.v1.Cluster/ApplyJob" -> "Cluster/ApplyJob"
         let method = path
@@ -345,7 +359,15 @@ where
             .trim_start_matches("skiff.v1.")
             .to_string();
         let mutating = MUTATING.contains(&method.rsplit('/').next().unwrap_or(""));
-        let (identity, peer) = identity_of(&req, self.tls_on);
+        let peer = peer_of(&req);
+        let identity = if self.tls_on {
+            let id = PeerIdentity::of(req.extensions());
+            let name = id.name();
+            req.extensions_mut().insert(id);
+            name
+        } else {
+            "insecure".to_string()
+        };
         let log = self.log.clone();
         let slot = Arc::new(Mutex::new(String::new()));
         let fut = OBJECT.scope(slot.clone(), self.inner.call(req));

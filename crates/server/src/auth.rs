@@ -11,6 +11,7 @@
 use skiff_store::command::UserRole;
 use tonic::{Request, Status};
 
+use crate::audit::PeerIdentity;
 use crate::ctx::Ctx;
 use crate::tls::Tls;
 
@@ -79,17 +80,23 @@ pub fn caller<T>(req: &Request<T>, tls: &Tls) -> Result<Caller, Status> {
     if !tls.is_on() {
         return Ok(Caller::Trusted);
     }
-    let certs = req.peer_certs().ok_or_else(|| {
-        unauthenticated("this call needs a client certificate: use the credentials `skiff` writes (admin.conf), or join with a token")
-    })?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| unauthenticated("no client certificate"))?;
-    match skiff_pki::Identity::of_certificate(leaf.as_ref()) {
-        Ok(skiff_pki::Identity::Server(id)) => Ok(Caller::Server(id)),
-        Ok(skiff_pki::Identity::Node(name)) => Ok(Caller::Node(name)),
-        Ok(skiff_pki::Identity::User(name)) => Ok(Caller::User(name)),
-        Err(e) => Err(unauthenticated(&e.to_string())),
+    // Read once per call by the audit wrapper every service sits in.
+    let read;
+    let id = match req.extensions().get::<PeerIdentity>() {
+        Some(id) => id,
+        None => {
+            read = PeerIdentity::of(req.extensions());
+            &read
+        }
+    };
+    match &id.0 {
+        None => Err(unauthenticated(
+            "this call needs a client certificate: use the credentials `skiff` writes (admin.conf), or join with a token",
+        )),
+        Some(Ok(skiff_pki::Identity::Server(id))) => Ok(Caller::Server(*id)),
+        Some(Ok(skiff_pki::Identity::Node(name))) => Ok(Caller::Node(name.clone())),
+        Some(Ok(skiff_pki::Identity::User(name))) => Ok(Caller::User(name.clone())),
+        Some(Err(e)) => Err(unauthenticated(e)),
     }
 }
 

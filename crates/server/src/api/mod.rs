@@ -26,7 +26,7 @@ use crate::audit;
 use crate::auth::{self, Action, Caller};
 use crate::ctx::Ctx;
 
-pub(crate) use errors::{invalid, refusal_status};
+pub(crate) use errors::{invalid, not_done};
 
 pub struct ClusterApi {
     ctx: Ctx,
