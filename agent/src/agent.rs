@@ -52,6 +52,9 @@ pub struct AgentConfig {
     pub gpu: GpuConfig,
     /// The node's credentials: a join token, or `--insecure`.
     pub security: crate::tls::Security,
+    /// Directories under which `oci:` layouts may be read
+    /// (`--image-roots`).
+    pub image_roots: Vec<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -285,7 +288,9 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         "agent starting"
     );
 
+    let images = crate::image::ImagePolicy::new(cfg.image_roots.clone());
     let registration = pb::RegisterRequest {
+        image_roots: images.roots(),
         name: cfg.name.clone(),
         labels: cfg.labels.clone(),
         capacity: Some(capacity.into()),
@@ -307,6 +312,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         log_max_files: cfg.log_max_files,
         rootfs: cfg.rootfs,
         gpus: Some(gpus.clone()),
+        images: images.clone(),
     };
     let data_root = paths.root().to_path_buf();
     let mut rec = Reconciler::new(runtime, paths, settings, events_tx.clone());
@@ -317,7 +323,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         register_gpus(&servers, &registration, &gpus).await;
         let hb = heartbeat_loop(servers.clone(), registration.clone(), gpus.clone());
         let again = registration_loop(servers.clone(), registration.clone(), gpus.clone());
-        let watch = watch_loop(servers.clone(), node.clone(), events_tx);
+        let watch = watch_loop(servers.clone(), node.clone(), events_tx, images);
         let report_servers = servers.clone();
         let report_node = node.clone();
         let rec_loop = reconcile::run_loop(rec, events_rx, move |updates| {
@@ -529,7 +535,12 @@ async fn heartbeat_loop(servers: Servers, reg: pb::RegisterRequest, gpus: Arc<Gp
 
 /// Follows the node's allocations, reconnecting (and failing over) when
 /// the stream breaks.
-async fn watch_loop(servers: Servers, node: String, events: mpsc::Sender<Event>) {
+async fn watch_loop(
+    servers: Servers,
+    node: String,
+    events: mpsc::Sender<Event>,
+    images: crate::image::ImagePolicy,
+) {
     let mut backoff = Duration::from_millis(200);
     // The index of the last set received: a server we fail over to never
     // answers with an older view, nor repeats a set we already have.
@@ -547,6 +558,12 @@ async fn watch_loop(servers: Servers, node: String, events: mpsc::Sender<Event>)
                         Ok(Some(set)) => {
                             backoff = Duration::from_millis(200);
                             seen = seen.max(set.index);
+                            images.set_namespaces(
+                                set.image_paths
+                                    .into_iter()
+                                    .map(|(ns, p)| (ns, p.paths))
+                                    .collect(),
+                            );
                             let allocs: Vec<Allocation> = set
                                 .allocs
                                 .into_iter()

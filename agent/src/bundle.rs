@@ -90,7 +90,9 @@ pub fn resolve_env(alloc: &Allocation, image: &ImageConfig) -> Vec<String> {
         env.insert(k.clone(), v.clone());
     }
     env.insert("SKIFF_ALLOC_ID".into(), alloc.id.clone());
-    env.insert("SKIFF_JOB".into(), alloc.job.clone());
+    let (namespace, job) = skiff_model::split_job_key(&alloc.job);
+    env.insert("SKIFF_JOB".into(), job.to_string());
+    env.insert("SKIFF_NAMESPACE".into(), namespace.to_string());
     env.insert("SKIFF_NODE".into(), alloc.node.clone());
     env.insert("SKIFF_REPLICA".into(), alloc.replica.to_string());
     if alloc.gpus.is_empty() {
@@ -307,7 +309,11 @@ pub fn build_spec(input: &BundleInput<'_>) -> Result<Spec, BundleError> {
         .seccomp(crate::seccomp::profile(&cap_names)?)
         .build()?;
 
-    let mut hostname = format!("{}-{}", alloc.job, alloc.replica);
+    let mut hostname = format!(
+        "{}-{}",
+        skiff_model::split_job_key(&alloc.job).1,
+        alloc.replica
+    );
     hostname.truncate(63);
     let annotations: HashMap<String, String> = [
         ("io.skiff.alloc-id".to_string(), alloc.id.clone()),

@@ -35,7 +35,8 @@ impl Ctx<'_, '_> {
         );
         let reason = format!(
             "preempted by job {} (priority {})",
-            job.spec.name, job.spec.priority
+            job.key(),
+            job.spec.priority
         );
         let placed_before = plan.placements.len();
         let evicted_before = plan.evictions.len();

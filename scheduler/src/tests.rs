@@ -8,6 +8,7 @@ use skiff_model::{
 
 fn node(name: &str, cpu: u64, mem_mi: u64) -> Node {
     Node {
+        image_roots: Vec::new(),
         name: name.into(),
         labels: Default::default(),
         capacity: Resources::new(cpu, mem_mi << 20),

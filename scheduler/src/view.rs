@@ -441,7 +441,7 @@ impl<'a> ClusterView<'a> {
     /// state). Placements on nodes the view does not know are skipped.
     pub fn commit(&mut self, job: &Job, plan: &Plan, ids: &[String], index: u64) {
         let priority = job.spec.priority;
-        let j = self.job_entry(Cow::Owned(job.spec.name.clone()), &|_| Some(priority));
+        let j = self.job_entry(Cow::Owned(job.key()), &|_| Some(priority));
         self.jobs[j as usize].priority = priority;
         let mut touched: BTreeMap<NodeIdx, Resources> = BTreeMap::new();
         for (p, id) in plan.placements.iter().zip(ids) {

@@ -108,6 +108,7 @@ fn random_node(rng: &mut Rng, i: usize) -> Node {
     labels.insert("cores".to_string(), (cpu / 1000).to_string());
     let healthy = gpu_list.iter().filter(|g| g.healthy).count() as u32;
     Node {
+        image_roots: Vec::new(),
         name,
         labels,
         capacity: Resources::new(cpu, mem).with_gpus(gpus as u32),
@@ -453,6 +454,7 @@ fn rollout_case(seed: u64) -> RolloutCase {
         .map(|i| {
             let cpu = if rng.chance(70) { 16_000 } else { 1_000 };
             Node {
+                image_roots: Vec::new(),
                 name: format!("n{i}"),
                 labels: BTreeMap::new(),
                 capacity: Resources::new(cpu, 64 << 30),
@@ -657,6 +659,7 @@ fn batch_case(seed: u64) -> (Vec<Node>, Vec<Allocation>, Job) {
         modify_index: 1,
     };
     let nodes = vec![Node {
+        image_roots: Vec::new(),
         name: "n0".into(),
         labels: BTreeMap::new(),
         capacity: Resources::new(64_000, 64 << 30),

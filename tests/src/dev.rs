@@ -31,6 +31,7 @@ impl DevProc {
         let child = Command::new(skiff_bin())
             .args(["dev", "--api", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(crate::test_image_roots(extra))
             .args(extra)
             .env("HOME", data_dir.join("home"))
             .stdout(Stdio::null())

@@ -70,6 +70,18 @@ pub fn which(name: &str) -> Option<PathBuf> {
 }
 
 /// A busybox OCI layout built once per test process with umoci.
+/// `--image-roots` for a test agent that names none itself: the system's
+/// temporary directory, where the tests build and copy their layouts.
+pub fn test_image_roots<S: AsRef<std::ffi::OsStr>>(extra: &[S]) -> Vec<String> {
+    if extra.iter().any(|a| a.as_ref() == "--image-roots") {
+        return Vec::new();
+    }
+    vec![
+        "--image-roots".to_string(),
+        std::env::temp_dir().display().to_string(),
+    ]
+}
+
 pub fn busybox_layout() -> &'static Path {
     static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
     LAYOUT.get_or_init(|| {
@@ -386,6 +398,7 @@ impl AgentProc {
             .arg(&self.server_url)
             .arg("--data-dir")
             .arg(&self.data_dir)
+            .args(test_image_roots(&self.extra))
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log_file(&self.log))

@@ -122,7 +122,7 @@ struct JobSpecExt;
 impl JobSpecExt {
     fn trivial(name: &str) -> skiff_model::JobSpec {
         skiff_model::JobSpec::from_yaml(&format!(
-            "name: {name}\nreplicas: 0\ntask: {{image: 'oci:/none'}}"
+            "name: {name}\nreplicas: 0\ntask: {{image: 'oci:/tmp/none'}}"
         ))
         .unwrap()
     }

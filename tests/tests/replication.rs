@@ -17,7 +17,7 @@ const SETTLE: Duration = Duration::from_secs(30);
 /// A job whose env var `V` holds `value`: writing it is a register write.
 fn register_job(name: &str, value: &str) -> JobSpec {
     JobSpec::from_yaml(&format!(
-        "name: {name}\nreplicas: 0\ntask: {{image: 'oci:/none', env: {{V: '{value}'}}}}"
+        "name: {name}\nreplicas: 0\ntask: {{image: 'oci:/tmp/none', env: {{V: '{value}'}}}}"
     ))
     .unwrap()
 }

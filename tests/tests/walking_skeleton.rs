@@ -102,7 +102,7 @@ async fn every_acknowledged_job_survives_kill9_of_the_server() {
     let mut acked = Vec::new();
     for i in 0..100 {
         let spec = JobSpec::from_yaml(&format!(
-            "name: durable-{i}\nreplicas: 0\ntask: {{image: 'oci:/nowhere'}}"
+            "name: durable-{i}\nreplicas: 0\ntask: {{image: 'oci:/tmp/nowhere'}}"
         ))
         .unwrap();
         client.apply_job(&spec).await.unwrap();
@@ -121,7 +121,7 @@ async fn every_acknowledged_job_survives_kill9_of_the_server() {
     }
     // And it keeps accepting writes after the restart.
     let spec =
-        JobSpec::from_yaml("name: after\nreplicas: 0\ntask: {image: 'oci:/nowhere'}").unwrap();
+        JobSpec::from_yaml("name: after\nreplicas: 0\ntask: {image: 'oci:/tmp/nowhere'}").unwrap();
     assert!(client.apply_job(&spec).await.unwrap().changed);
 }
 

@@ -21,12 +21,14 @@ use oci_spec::image::Digest;
 
 mod layer;
 mod layout;
+mod roots;
 mod store;
 #[cfg(test)]
 pub(crate) mod testing;
 
 pub use layer::apply_layer;
 pub use layout::Layout;
+pub use roots::ImagePolicy;
 pub use store::{ImageConfig, ImageStore, PreparedImage};
 
 /// Largest JSON blob (index, manifest, config) read into memory.

@@ -24,6 +24,8 @@ pub struct Settings {
     pub rootfs: RootfsMode,
     /// The node's GPUs, for containers given some.
     pub gpus: Option<Arc<GpuNode>>,
+    /// Where `oci:` layouts may be read from.
+    pub images: crate::image::ImagePolicy,
 }
 
 /// What wakes the reconciler.

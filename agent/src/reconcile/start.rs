@@ -24,6 +24,10 @@ pub async fn start<R: Runtime>(
 ) -> Result<(), String> {
     let t0 = Instant::now();
     let image_ref = alloc.task.image.clone();
+    let ns = skiff_model::split_job_key(&alloc.job).0;
+    settings
+        .images
+        .check(std::path::Path::new(&image_ref.path), ns)?;
     let images = images.clone();
     let prepared = tokio::task::spawn_blocking(move || images.prepare(&image_ref))
         .await

@@ -683,6 +683,7 @@ impl Rig {
             log_max_files: 2,
             rootfs: RootfsMode::Copy,
             gpus: None,
+            images: crate::image::ImagePolicy::unrestricted(),
         };
         let rec = Reconciler::with_edges(
             runtime.clone(),

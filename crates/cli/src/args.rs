@@ -25,9 +25,35 @@ pub struct ClientOpts {
     /// the leader that it is current (faster; works without a quorum).
     #[arg(long, global = true)]
     pub stale: bool,
+    /// The namespace of the jobs you name, and the one lists and watches
+    /// show (default: `default`). For `skiff user create`: the namespaces
+    /// a developer or viewer is granted, comma-separated.
+    #[arg(
+        short = 'n',
+        long,
+        global = true,
+        env = "SKIFF_NAMESPACE",
+        value_name = "NAMESPACE"
+    )]
+    pub namespace: Option<String>,
+    /// Lists and watches show every namespace you may read.
+    #[arg(short = 'A', long, global = true, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
 }
 
 impl ClientOpts {
+    /// The namespace requests name jobs in; empty with `-A` (lists show
+    /// every namespace the caller may read).
+    pub fn namespace(&self) -> String {
+        if self.all_namespaces {
+            String::new()
+        } else {
+            self.namespace
+                .clone()
+                .unwrap_or_else(|| skiff_model::DEFAULT_NAMESPACE.to_string())
+        }
+    }
+
     /// The configuration to connect with: the file (`--config`,
     /// `SKIFF_CONFIG`, or `~/.skiff/config` when it exists), its servers
     /// replaced by `--server` when given.

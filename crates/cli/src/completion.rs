@@ -194,6 +194,10 @@ fn fetch(names: Names) -> Vec<CompletionCandidate> {
             .or_else(|| std::env::var("SKIFF_CONFIG").ok())
             .map(PathBuf::from),
         stale: true,
+        namespace: option_in(&words, "namespace")
+            .pop()
+            .or_else(|| std::env::var("SKIFF_NAMESPACE").ok()),
+        all_namespaces: false,
     };
     let Ok(config) = opts.client_config() else {
         return Vec::new();

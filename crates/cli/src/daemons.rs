@@ -272,6 +272,16 @@ struct NodeOpts {
     /// `overlay` (overlayfs), `copy`, or `auto` (overlayfs where it works).
     #[arg(long, default_value = "auto", value_parser = ["auto", "overlay", "copy"])]
     rootfs: String,
+    /// Directories under which jobs may name `oci:` image layouts,
+    /// comma-separated; a namespace's policy (`skiff namespace apply`) may
+    /// allow more. `skiff dev` also allows the directory it started in.
+    #[arg(
+        long,
+        value_name = "DIRS",
+        value_delimiter = ',',
+        default_value = "/var/lib/skiff/images,/srv/images"
+    )]
+    image_roots: Vec<PathBuf>,
     #[command(flatten)]
     gpu: GpuOpts,
 }
@@ -477,6 +487,12 @@ fn server_config(args: ServerArgs) -> anyhow::Result<ServerConfig> {
     })
 }
 
+/// Paths made absolute against the current directory.
+fn absolute(paths: Vec<PathBuf>) -> anyhow::Result<Vec<PathBuf>> {
+    let here = std::env::current_dir().context("cannot read the current directory")?;
+    Ok(paths.into_iter().map(|p| here.join(p)).collect())
+}
+
 fn agent_config(
     servers: Vec<String>,
     data_dir: PathBuf,
@@ -505,6 +521,7 @@ fn agent_config(
         rootfs: skiff_agent::rootfs::RootfsMode::parse(&node.rootfs).unwrap_or_default(),
         gpu: node.gpu.config(),
         security,
+        image_roots: absolute(node.image_roots)?,
     })
 }
 
@@ -583,10 +600,13 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         }
         install_user_config(&admin, &args.data_dir);
     }
+    let mut node = args.node;
+    // The examples name layouts next to them.
+    node.image_roots.push(".".into());
     let agent_cfg = agent_config(
         vec![url.clone()],
         agent_dir,
-        args.node,
+        node,
         "127.0.0.1:0".parse().expect("valid address"),
         None,
         security,

@@ -108,6 +108,13 @@ enum Cmd {
         #[command(subcommand)]
         what: commands::UserCmd,
     },
+    /// Describe, list and delete namespaces: what their jobs may ask for
+    /// (policy) and how much they may hold (quota).
+    #[command(alias = "ns")]
+    Namespace {
+        #[command(subcommand)]
+        what: commands::NamespaceCmd,
+    },
     /// Show who changed what and who was refused: every server's audit
     /// log (mutating calls and denials), merged by time. Admin only.
     Audit(commands::AuditArgs),
@@ -168,6 +175,7 @@ fn main() -> ExitCode {
             Cmd::Ca { what } => ok(commands::ca(what)),
             Cmd::Audit(args) => ok(commands::audit(args).await),
             Cmd::User { what } => ok(commands::user(what).await),
+            Cmd::Namespace { what } => ok(commands::namespace(what).await),
             Cmd::Completion(args) => ok(completion::print_script(args)),
         }
     });

@@ -170,6 +170,7 @@ impl<'a> From<&'a NodeInfo> for NodeOut<'a> {
 #[derive(Serialize)]
 pub struct JobOut<'a> {
     pub name: &'a str,
+    pub namespace: &'a str,
     /// `service` or `batch`.
     pub job_type: &'static str,
     pub version: u64,
@@ -194,6 +195,7 @@ impl<'a> JobOut<'a> {
     pub fn new(job: &'a Job, s: &JobSummary) -> Self {
         JobOut {
             name: &job.spec.name,
+            namespace: &job.spec.namespace,
             job_type: job.spec.job_type.as_str(),
             version: job.version,
             replicas: s.desired,

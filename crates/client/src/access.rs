@@ -109,6 +109,15 @@ pub struct UserInfo {
     pub role: Option<UserRole>,
     pub revoked: bool,
     pub create_index: u64,
+    /// The namespaces a developer or viewer is granted.
+    pub namespaces: Vec<String>,
+}
+
+/// What a namespace's jobs hold, and how many there are.
+#[derive(Clone, Debug, Default)]
+pub struct NamespaceUsage {
+    pub usage: skiff_model::namespace::Usage,
+    pub jobs: u32,
 }
 
 /// A user just made: its certificate and the cluster CA (PEM).
@@ -216,12 +225,14 @@ impl Client {
         Ok(r.index)
     }
 
-    /// Makes user `name` with `role`; `csr_pem` is a signing request for
-    /// the user's own key (which never leaves the caller).
+    /// Makes user `name` with `role`, granted `namespaces` (developers
+    /// and viewers); `csr_pem` is a signing request for the user's own key
+    /// (which never leaves the caller).
     pub async fn create_user(
         &mut self,
         name: &str,
         role: UserRole,
+        namespaces: &[String],
         csr_pem: &str,
     ) -> Result<CreatedUser, ClientError> {
         let r = self
@@ -230,6 +241,7 @@ impl Client {
                 name: name.into(),
                 role: role.wire() as i32,
                 csr_pem: csr_pem.into(),
+                namespaces: namespaces.to_vec(),
             })
             .await?
             .into_inner();
@@ -253,6 +265,7 @@ impl Client {
                 role: UserRole::from_wire(u.role),
                 revoked: u.revoked,
                 create_index: u.create_index,
+                namespaces: u.namespaces,
             })
             .collect())
     }
@@ -275,6 +288,61 @@ impl Client {
         let r = self
             .access
             .revoke_user(pb::RevokeUserRequest { name: name.into() })
+            .await?
+            .into_inner();
+        Ok(r.index)
+    }
+
+    /// Describes namespace `ns` (new or again); the Raft index of the
+    /// write.
+    pub async fn apply_namespace(
+        &mut self,
+        ns: &skiff_model::namespace::Namespace,
+    ) -> Result<u64, ClientError> {
+        let r = self
+            .access
+            .apply_namespace(pb::ApplyNamespaceRequest {
+                namespace: Some(ns.into()),
+            })
+            .await?
+            .into_inner();
+        Ok(r.index)
+    }
+
+    /// Every namespace, with what its jobs hold and how many there are.
+    pub async fn list_namespaces(
+        &mut self,
+    ) -> Result<Vec<(skiff_model::namespace::Namespace, NamespaceUsage)>, ClientError> {
+        let r = self
+            .access
+            .list_namespaces(pb::ListNamespacesRequest {})
+            .await?
+            .into_inner();
+        Ok(r.namespaces
+            .into_iter()
+            .map(|i| {
+                let used = i.used.unwrap_or_default();
+                (
+                    i.namespace.unwrap_or_default().into(),
+                    NamespaceUsage {
+                        usage: skiff_model::namespace::Usage {
+                            cpu_millis: used.cpu_millis,
+                            memory_bytes: used.memory_bytes,
+                            allocations: used.allocations,
+                            gpu_units: used.gpu_units.into_iter().collect(),
+                        },
+                        jobs: used.jobs,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Deletes namespace `name` (no job may live in it); the Raft index.
+    pub async fn delete_namespace(&mut self, name: &str) -> Result<u64, ClientError> {
+        let r = self
+            .access
+            .delete_namespace(pb::DeleteNamespaceRequest { name: name.into() })
             .await?
             .into_inner();
         Ok(r.index)

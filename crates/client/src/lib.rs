@@ -103,6 +103,7 @@ pub struct Client {
     access: pb::access_client::AccessClient<Channel>,
     url: String,
     stale: bool,
+    namespace: String,
 }
 
 /// Items asked for per page when a client reads a whole list.
@@ -157,7 +158,16 @@ impl Client {
             access: pb::access_client::AccessClient::new(channel),
             url: url.to_string(),
             stale: false,
+            namespace: String::new(),
         })
+    }
+
+    /// The namespace of the jobs this client names, and the only one its
+    /// lists and watches show; empty (the default): jobs are named in
+    /// `default`, and lists show every namespace the caller may read.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Client {
+        self.namespace = namespace.into();
+        self
     }
 
     /// Reads are linearizable by default; `stale(true)` lets the server
@@ -194,7 +204,10 @@ impl Client {
     pub async fn delete_job(&mut self, name: &str) -> Result<u64, ClientError> {
         Ok(self
             .cluster
-            .delete_job(pb::DeleteJobRequest { name: name.into() })
+            .delete_job(pb::DeleteJobRequest {
+                name: name.into(),
+                namespace: self.namespace.clone(),
+            })
             .await?
             .into_inner()
             .index)
@@ -204,6 +217,7 @@ impl Client {
         let r = self
             .cluster
             .get_job(pb::GetJobRequest {
+                namespace: self.namespace.clone(),
                 name: name.into(),
                 stale: self.stale,
             })
@@ -254,6 +268,7 @@ impl Client {
         let r = self
             .cluster
             .list_jobs(pb::ListJobsRequest {
+                namespace: self.namespace.clone(),
                 stale: self.stale,
                 page_size,
                 page_token: token.unwrap_or_default(),
@@ -315,6 +330,7 @@ impl Client {
         let r = self
             .cluster
             .list_allocs(pb::ListAllocsRequest {
+                namespace: self.namespace.clone(),
                 job: job.unwrap_or_default().into(),
                 node: node.unwrap_or_default().into(),
                 stale: self.stale,
@@ -547,6 +563,7 @@ impl Client {
         let r = self
             .cluster
             .get_rollout(pb::GetRolloutRequest {
+                namespace: self.namespace.clone(),
                 name: name.into(),
                 stale: self.stale,
             })
@@ -591,6 +608,7 @@ impl Client {
         let r = self
             .cluster
             .control_rollout(pb::ControlRolloutRequest {
+                namespace: self.namespace.clone(),
                 name: name.into(),
                 action: action as i32,
             })
@@ -609,6 +627,7 @@ impl Client {
         let r = self
             .cluster
             .undo_rollout(pb::UndoRolloutRequest {
+                namespace: self.namespace.clone(),
                 name: name.into(),
                 to_version,
             })
@@ -625,6 +644,7 @@ impl Client {
         let r = self
             .cluster
             .scale_job(pb::ScaleJobRequest {
+                namespace: self.namespace.clone(),
                 name: name.into(),
                 replicas,
             })
@@ -661,6 +681,7 @@ impl Client {
         let stream = self
             .cluster
             .watch(pb::WatchRequest {
+                namespace: self.namespace.clone(),
                 from_index: o.from_index,
                 kinds,
                 job: o.job.unwrap_or_default(),

@@ -304,8 +304,16 @@ impl GangFailure {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
-    /// DNS-1123 label, unique in the cluster.
+    /// DNS-1123 label, unique in its namespace.
     pub name: String,
+    /// The namespace the job lives in (a DNS-1123 label); `default` when
+    /// the spec names none. Who may touch the job, its policy and its
+    /// quota follow from it.
+    #[serde(
+        default = "default_namespace",
+        skip_serializing_if = "is_default_namespace"
+    )]
+    pub namespace: String,
     /// `service` (the default) or `batch`.
     #[serde(rename = "type", default, skip_serializing_if = "JobType::is_service")]
     pub job_type: JobType,
@@ -528,6 +536,7 @@ impl JobSpec {
     pub fn new(name: impl Into<String>, replicas: u32, task: TaskSpec) -> JobSpec {
         JobSpec {
             name: name.into(),
+            namespace: default_namespace(),
             job_type: JobType::Service,
             replicas,
             priority: DEFAULT_PRIORITY,
@@ -612,6 +621,47 @@ pub struct Job {
 impl Job {
     pub fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    /// The key the cluster knows the job by (see [`job_key`]).
+    pub fn key(&self) -> String {
+        self.spec.key()
+    }
+}
+
+/// The namespace of a job whose spec names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+fn default_namespace() -> String {
+    DEFAULT_NAMESPACE.to_string()
+}
+
+fn is_default_namespace(ns: &String) -> bool {
+    ns == DEFAULT_NAMESPACE
+}
+
+/// The key of job `name` in namespace `ns`: the bare name in the default
+/// namespace, `NS/NAME` in any other. Names and namespaces are DNS labels,
+/// so the slash cannot be part of either and a key has one reading. It is
+/// what allocations, evaluations and deployments name their job by, and
+/// what `skiff get allocs` shows.
+pub fn job_key(ns: &str, name: &str) -> String {
+    if ns.is_empty() || ns == DEFAULT_NAMESPACE {
+        name.to_string()
+    } else {
+        format!("{ns}/{name}")
+    }
+}
+
+/// The namespace and the name of a job key.
+pub fn split_job_key(key: &str) -> (&str, &str) {
+    key.split_once('/').unwrap_or((DEFAULT_NAMESPACE, key))
+}
+
+impl JobSpec {
+    /// The key the cluster knows this job by (see [`job_key`]).
+    pub fn key(&self) -> String {
+        job_key(&self.namespace, &self.name)
     }
 }
 

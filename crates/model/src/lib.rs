@@ -23,6 +23,7 @@ pub mod fit;
 pub mod gpu;
 pub mod job;
 pub mod lifecycle;
+pub mod namespace;
 pub mod node;
 pub mod placement;
 pub mod plan;
@@ -30,6 +31,7 @@ pub mod quantity;
 pub mod registration;
 pub mod resources;
 mod spec;
+pub use spec::check_dns_label;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod workload;
@@ -40,7 +42,8 @@ pub use error::{FieldError, SpecError};
 pub use eval::{EvalStatus, EvalTrigger, Evaluation};
 pub use gpu::{Gpu, GpuDriver, GpuFilter, GpuLink, GpuMetrics, LinkLevel};
 pub use job::{
-    Amount, GangFailure, ImageRef, Job, JobSpec, JobType, NetworkMode, TaskSpec, UpdateSpec,
+    job_key, split_job_key, Amount, GangFailure, ImageRef, Job, JobSpec, JobType, NetworkMode,
+    TaskSpec, UpdateSpec, DEFAULT_NAMESPACE,
 };
 pub use lifecycle::{
     Backoff, Probe, ProbeAction, Probes, RestartPolicy, RestartSpec, Security, UserId,

@@ -62,6 +62,10 @@ pub struct Node {
     #[serde(default)]
     pub drained: bool,
     /// Where the agent answers log and exec requests (`host:port`).
+    /// Directories under which its agent runs `oci:` layouts
+    /// (`--image-roots`), as it registered them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_roots: Vec<String>,
     pub address: String,
     pub status: NodeStatus,
     /// Version of the agent binary.

@@ -316,6 +316,27 @@ impl pb::access_server::Access for AccessService {
         }
     }
 
+    async fn apply_namespace(
+        &self,
+        req: Request<pb::ApplyNamespaceRequest>,
+    ) -> Result<Response<pb::ApplyNamespaceResponse>, Status> {
+        crate::namespaces::apply(&self.ctx, req).await
+    }
+
+    async fn list_namespaces(
+        &self,
+        req: Request<pb::ListNamespacesRequest>,
+    ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
+        crate::namespaces::list(&self.ctx, req).await
+    }
+
+    async fn delete_namespace(
+        &self,
+        req: Request<pb::DeleteNamespaceRequest>,
+    ) -> Result<Response<pb::DeleteNamespaceResponse>, Status> {
+        crate::namespaces::delete(&self.ctx, req).await
+    }
+
     async fn read_audit(
         &self,
         req: Request<pb::ReadAuditRequest>,
@@ -368,6 +389,7 @@ impl pb::access_server::Access for AccessService {
         skiff_model::registration::check_node_name(&r.name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let role = user_role_of_wire(r.role)?;
+        let namespaces = user_namespaces(role, r.namespaces)?;
         // The request is checked before anything is written.
         let ca = self.ca()?;
         let identity = Identity::User(r.name.clone());
@@ -376,6 +398,7 @@ impl pb::access_server::Access for AccessService {
             .ctx
             .commit(&Command::CreateUser {
                 user: UserRecord {
+                    namespaces,
                     name: r.name.clone(),
                     role,
                     revoked: false,
@@ -413,6 +436,7 @@ impl pb::access_server::Access for AccessService {
                 role: user_role_wire(u.role) as i32,
                 revoked: u.revoked,
                 create_index: u.create_index,
+                namespaces: u.namespaces.clone(),
             })
             .collect();
         Ok(Response::new(pb::ListUsersResponse { users }))
@@ -465,5 +489,33 @@ fn user_role_wire(r: UserRole) -> pb::UserRole {
         UserRole::Operator => pb::UserRole::Operator,
         UserRole::Developer => pb::UserRole::Developer,
         UserRole::Viewer => pb::UserRole::Viewer,
+    }
+}
+
+/// The namespaces a new user is granted: admins and operators act in all
+/// (a grant would mean nothing); a developer without any gets `default`.
+fn user_namespaces(role: UserRole, mut granted: Vec<String>) -> Result<Vec<String>, Status> {
+    for (i, ns) in granted.iter().enumerate() {
+        skiff_model::check_dns_label(ns).map_err(|rule| {
+            crate::api::invalid(&format!("namespaces[{i}]"), format!("{ns:?} {rule}"))
+        })?;
+    }
+    match role {
+        UserRole::Admin | UserRole::Operator if !granted.is_empty() => Err(crate::api::invalid(
+            "namespaces",
+            format!(
+                "a{} {} acts in every namespace; grants are for developers and viewers",
+                if role == UserRole::Admin { "n" } else { "" },
+                role.as_str()
+            ),
+        )),
+        UserRole::Developer if granted.is_empty() => {
+            Ok(vec![skiff_model::DEFAULT_NAMESPACE.to_string()])
+        }
+        _ => {
+            granted.sort();
+            granted.dedup();
+            Ok(granted)
+        }
     }
 }

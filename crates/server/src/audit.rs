@@ -215,7 +215,7 @@ pub fn name_object(object: impl Into<String>) {
 /// What a command is about, for the audit log; never a secret.
 pub fn object_of(cmd: &Command) -> Option<String> {
     Some(match cmd {
-        Command::UpsertJob { spec } => format!("job/{}", spec.name),
+        Command::UpsertJob { spec } => format!("job/{}", spec.key()),
         Command::DeleteJob { name } | Command::ScaleJob { name, .. } => format!("job/{name}"),
         Command::ControlRollout { job, .. } | Command::UndoRollout { job, .. } => {
             format!("job/{job}")

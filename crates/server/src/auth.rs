@@ -45,10 +45,22 @@ pub fn allows(role: UserRole, action: Action) -> bool {
     )
 }
 
-/// The role of user `name` now, if it is one (not revoked).
-pub fn user_role(ctx: &Ctx, name: &str) -> Option<UserRole> {
+/// Whether a user of `role`, granted `granted`, may act in namespace
+/// `ns`: admins and operators everywhere; developers in their grants;
+/// viewers in their grants, or everywhere when granted none.
+pub fn grants(role: UserRole, granted: &[String], ns: &str) -> bool {
+    match role {
+        UserRole::Admin | UserRole::Operator => true,
+        UserRole::Developer => granted.iter().any(|g| g == ns),
+        UserRole::Viewer => granted.is_empty() || granted.iter().any(|g| g == ns),
+    }
+}
+
+/// The role and namespace grants of user `name` now, if it is one (not
+/// revoked).
+pub fn user_grant(ctx: &Ctx, name: &str) -> Option<(UserRole, Vec<String>)> {
     if name == ADMIN {
-        return Some(UserRole::Admin);
+        return Some((UserRole::Admin, Vec::new()));
     }
     let state = ctx.store.state();
     state
@@ -56,7 +68,39 @@ pub fn user_role(ctx: &Ctx, name: &str) -> Option<UserRole> {
         .users
         .get(name)
         .filter(|u| !u.revoked)
-        .map(|u| u.role)
+        .map(|u| (u.role, u.namespaces.clone()))
+}
+
+/// The role of user `name` now, if it is one (not revoked).
+pub fn user_role(ctx: &Ctx, name: &str) -> Option<UserRole> {
+    user_grant(ctx, name).map(|(role, _)| role)
+}
+
+/// Which namespaces a caller may see in a list or a watch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Scope {
+    #[default]
+    All,
+    Only(Vec<String>),
+}
+
+impl Scope {
+    pub fn sees(&self, ns: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Only(list) => list.iter().any(|n| n == ns),
+        }
+    }
+
+    /// The scope of a request that names `ns` (empty: every namespace
+    /// the caller may read), within what the caller may read.
+    pub fn narrowed(self, ns: &str) -> Scope {
+        if ns.is_empty() {
+            self
+        } else {
+            Scope::Only(vec![ns.to_string()])
+        }
+    }
 }
 
 /// Who made a call.
@@ -134,6 +178,50 @@ impl Caller {
             }
             other => Err(denied(other, what)),
         }
+    }
+
+    /// A user whose role allows `action` in namespace `ns`.
+    pub fn require_in(
+        &self,
+        ctx: &Ctx,
+        action: Action,
+        ns: &str,
+        what: &str,
+    ) -> Result<(), Status> {
+        self.require(ctx, action, what)?;
+        if let Caller::User(u) = self {
+            let (role, granted) = user_grant(ctx, u).unwrap_or((UserRole::Viewer, Vec::new()));
+            if !grants(role, &granted, ns) {
+                return Err(Status::permission_denied(format!(
+                    "user {u:?} ({}) may not {what} in namespace {ns:?} (granted: {})",
+                    role.as_str(),
+                    if granted.is_empty() {
+                        "none".to_string()
+                    } else {
+                        granted.join(", ")
+                    }
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// What the caller may read, after checking it may read at all; a
+    /// request naming a namespace the caller may not read is refused.
+    pub fn read_scope(&self, ctx: &Ctx, ns: &str, what: &str) -> Result<Scope, Status> {
+        if !ns.is_empty() {
+            self.require_in(ctx, Action::Read, ns, what)?;
+            return Ok(Scope::Only(vec![ns.to_string()]));
+        }
+        self.require(ctx, Action::Read, what)?;
+        Ok(match self {
+            Caller::User(u) => match user_grant(ctx, u) {
+                Some((UserRole::Developer, granted)) => Scope::Only(granted),
+                Some((UserRole::Viewer, granted)) if !granted.is_empty() => Scope::Only(granted),
+                _ => Scope::All,
+            },
+            _ => Scope::All,
+        })
     }
 
     /// A user who may read, or a current member server (the calls servers

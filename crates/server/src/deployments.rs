@@ -96,14 +96,15 @@ pub fn decide(state: &State, job: &Job, d: &Deployment, now_ms: u64) -> Option<D
     } else {
         d.started_ms
     };
+    let key = job.key();
     let mut out = DeploymentUpdate {
-        job: job.spec.name.clone(),
+        job: key.clone(),
         deployment_id: d.id.clone(),
         at_ms: now_ms,
         ..DeploymentUpdate::default()
     };
     let mut say = d.started_ms == 0;
-    let allocs = state.allocs_of_job(&job.spec.name);
+    let allocs = state.allocs_of_job(&key);
     let mut failure: Option<String> = None;
     for a in allocs.iter().filter(|a| {
         a.job_version == d.version
@@ -153,8 +154,8 @@ pub fn decide(state: &State, job: &Job, d: &Deployment, now_ms: u64) -> Option<D
             "waiting for promotion: {} canar{} healthy; `skiff rollout promote {}` goes on, `skiff rollout undo {}` abandons",
             counts.healthy,
             if counts.healthy == 1 { "y" } else { "ies" },
-            job.spec.name,
-            job.spec.name
+            promote_args(&job.spec),
+            promote_args(&job.spec)
         );
         if d.reason != reason {
             out.reason = Some(reason);
@@ -171,7 +172,7 @@ pub fn decide(state: &State, job: &Job, d: &Deployment, now_ms: u64) -> Option<D
                 "no allocation proved healthy within progress_deadline ({})",
                 format_duration(u.progress_deadline)
             );
-            if let Some(e) = state.latest_eval(&job.spec.name) {
+            if let Some(e) = state.latest_eval(&key) {
                 if !e.message.is_empty() {
                     why.push_str(&format!("; {}", e.message));
                 }
@@ -224,6 +225,16 @@ fn crashed(a: &Allocation) -> String {
     )
 }
 
+/// How the CLI names a job: `NAME`, with `-n NAMESPACE` outside the
+/// default namespace.
+fn promote_args(spec: &skiff_model::JobSpec) -> String {
+    if spec.namespace == skiff_model::DEFAULT_NAMESPACE {
+        spec.name.clone()
+    } else {
+        format!("{} -n {}", spec.name, spec.namespace)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,6 +252,7 @@ mod tests {
             };
             h.apply(Command::RegisterNode {
                 registration: NodeRegistration {
+                    image_roots: Vec::new(),
                     name: "n1".into(),
                     labels: Default::default(),
                     capacity: Resources::new(8000, 8 << 30),

@@ -37,6 +37,7 @@ pub mod evals;
 pub mod heartbeats;
 pub mod liveness;
 pub mod members;
+pub mod namespaces;
 pub mod nodes;
 pub mod peer;
 pub mod tls;

@@ -155,6 +155,7 @@ impl pb::node_api_server::NodeApi for NodeService {
         })
         .map_err(refused)?;
         let registration = NodeRegistration {
+            image_roots: r.image_roots,
             name: r.name.clone(),
             labels: r.labels,
             capacity,
@@ -240,9 +241,23 @@ impl pb::node_api_server::NodeApi for NodeService {
                         allocs.iter().map(|a| a.modify_index).max().unwrap_or(0),
                         allocs.len(),
                     );
+                    let image_paths = allocs
+                        .iter()
+                        .filter_map(|a| {
+                            let ns = skiff_model::split_job_key(&a.job).0;
+                            let paths = &state.access.namespaces.get(ns)?.policy.image_paths;
+                            (!paths.is_empty()).then(|| {
+                                let paths = pb::ImagePaths {
+                                    paths: paths.clone(),
+                                };
+                                (ns.to_string(), paths)
+                            })
+                        })
+                        .collect();
                     let set = pb::AllocationSet {
                         index: state.index,
                         allocs: allocs.into_iter().map(Into::into).collect(),
+                        image_paths,
                     };
                     (set, fp)
                 };

@@ -55,6 +55,7 @@ async fn racing_plans_from_one_snapshot_never_overcommit_a_node() {
     store
         .propose(&Command::RegisterNode {
             registration: NodeRegistration {
+                image_roots: Vec::new(),
                 name: "n1".into(),
                 labels: Default::default(),
                 capacity: skiff_model::Resources::new(4_000, 8 << 30),
@@ -322,6 +323,7 @@ async fn wait_job(
     loop {
         let r = client
             .get_job(pb::GetJobRequest {
+                namespace: String::new(),
                 name: job.into(),
                 stale: false,
             })

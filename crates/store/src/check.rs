@@ -88,8 +88,19 @@ pub fn check(command: &Command) -> Result<(), String> {
             text_rule("description", &token.description)
         }
         Command::RevokeToken { id } => name_rule("id", id),
-        Command::CreateUser { user } => node_rule(&user.name),
+        Command::CreateUser { user } => {
+            node_rule(&user.name)?;
+            count_rule("namespaces", user.namespaces.len())?;
+            user.namespaces.iter().try_for_each(|ns| {
+                skiff_model::check_dns_label(ns)
+                    .map_err(|rule| format!("namespaces: {ns:?} {rule}"))
+            })
+        }
         Command::RevokeUser { name } => node_rule(name),
+        Command::PutNamespace { namespace } => namespace.validate().map_err(|e| e.to_string()),
+        Command::DeleteNamespace { name } => {
+            skiff_model::check_dns_label(name).map_err(|rule| format!("name: {name:?} {rule}"))
+        }
         Command::Join {
             token_id,
             secret_hash,
@@ -189,6 +200,17 @@ fn registration_rule(r: &NodeRegistration) -> Result<(), String> {
         gpu_links: &r.gpu_links,
     })
     .map_err(|e| e.to_string())?;
+    if r.image_roots.len() > 64 {
+        return Err("image_roots: at most 64 directories".into());
+    }
+    for root in &r.image_roots {
+        if !root.starts_with('/') || root.len() > 4096 || root.split('/').any(|c| c == "..") {
+            return Err(format!(
+                "image_roots: {:?} must be an absolute path without `..`",
+                clipped(root)
+            ));
+        }
+    }
     text_rule("agent_version", &r.agent_version)
 }
 

@@ -99,6 +99,12 @@ pub enum Command {
     /// An admin revoked a user: its certificate stops working at once, and
     /// its name is never given out again.
     RevokeUser { name: String },
+    /// An admin described a namespace (its policy and quota), new or again.
+    PutNamespace {
+        namespace: skiff_model::namespace::Namespace,
+    },
+    /// An admin deleted a namespace no job lives in.
+    DeleteNamespace { name: String },
     /// A joiner presented a token whose secret hashes to `secret_hash`, at
     /// `at_ms` (as the taking server read its clock).
     Join {
@@ -194,6 +200,8 @@ impl Command {
             Command::RemoveNode { .. } => "remove_node",
             Command::CreateUser { .. } => "create_user",
             Command::RevokeUser { .. } => "revoke_user",
+            Command::PutNamespace { .. } => "put_namespace",
+            Command::DeleteNamespace { .. } => "delete_namespace",
             Command::Join { .. } => "join",
         }
     }
@@ -215,6 +223,9 @@ pub struct NodeRegistration {
     pub gpu_links: Vec<GpuLink>,
     #[serde(default, skip_serializing_if = "GpuDriver::is_empty")]
     pub gpu_driver: GpuDriver,
+    /// Directories under which the agent runs `oci:` layouts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_roots: Vec<String>,
 }
 
 /// A plan as it travels through Raft: the scheduler's plan plus the ids the
@@ -403,6 +414,10 @@ impl UserRole {
 pub struct UserRecord {
     pub name: String,
     pub role: UserRole,
+    /// The namespaces a developer or viewer is granted (a viewer with
+    /// none reads all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
     #[serde(default)]
     pub revoked: bool,
     #[serde(default)]

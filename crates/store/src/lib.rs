@@ -38,4 +38,4 @@ pub use events::{Compacted, Event};
 pub use handle::Store;
 pub use member::{Bootstrap, RaftConfig, RaftStatus, Role, Transport, SNAPSHOT_ENTRIES};
 pub use raft::eraftpb::{ConfChangeType, Message as RaftMessage, MessageType as RaftMessageType};
-pub use state::{Applied, Outcome, Refusal, State, Table};
+pub use state::{split_slot_key, Applied, Outcome, Refusal, State, Table};

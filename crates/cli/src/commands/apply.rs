@@ -24,7 +24,7 @@ pub enum DeleteWhat {
 
 /// Reads the spec, resolving a relative `oci:` layout path against the
 /// current directory (as skopeo does).
-fn read_spec(file: &Path) -> anyhow::Result<JobSpec> {
+fn read_spec(file: &Path, namespace: Option<&str>) -> anyhow::Result<JobSpec> {
     let text = if file == Path::new("-") {
         let mut s = String::new();
         std::io::stdin()
@@ -47,6 +47,25 @@ fn read_spec(file: &Path) -> anyhow::Result<JobSpec> {
     };
     let mut spec =
         JobSpec::from_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    // `-n` places a spec that names no namespace; one that names another
+    // is a mistake worth stopping for.
+    let named = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("namespace").cloned())
+        .is_some();
+    if let Some(ns) = namespace {
+        if !named {
+            spec.namespace = ns.to_string();
+        } else if spec.namespace != ns {
+            bail!(
+                "{}: the spec names namespace {:?}, --namespace says {ns:?}",
+                file.display(),
+                spec.namespace
+            );
+        }
+    }
+    spec.validate()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     if spec.task.image.is_relative() {
         let cwd = std::env::current_dir().context("cannot resolve the image path")?;
         let abs = cwd.join(&spec.task.image.path);
@@ -80,7 +99,7 @@ fn normalize(p: &Path) -> String {
 }
 
 pub async fn apply(opts: &ClientOpts, file: &Path) -> anyhow::Result<()> {
-    let spec = read_spec(file)?;
+    let spec = read_spec(file, opts.namespace.as_deref())?;
     let mut client = connect(opts).await?;
     let applied = client.apply_job(&spec).await?;
     let what = if !applied.changed {
@@ -92,7 +111,8 @@ pub async fn apply(opts: &ClientOpts, file: &Path) -> anyhow::Result<()> {
     };
     emit(&format!(
         "job/{} {what} (version {})\n",
-        applied.job.spec.name, applied.job.version
+        applied.job.key(),
+        applied.job.version
     ));
     Ok(())
 }

@@ -52,52 +52,56 @@ pub async fn get(what: GetWhat) -> anyhow::Result<()> {
         GetWhat::Jobs { output, client } => {
             let jobs = connect(&client).await?.list_jobs().await?;
             let items: Vec<JobOut> = jobs.iter().map(|(j, s)| JobOut::new(j, s)).collect();
-            print_list(
-                output,
-                &items,
-                &[
-                    "NAME",
-                    "TYPE",
-                    "VERSION",
-                    "READY",
-                    "STATUS",
-                    "SUCCEEDED",
-                    "FAILED",
-                    "PENDING",
-                    "IMAGE",
-                    "COMPLETE",
-                    "LOST",
-                ],
-                9,
-                |j| {
-                    let batch = j.job_type == "batch";
-                    vec![
-                        j.name.to_string(),
-                        j.job_type.to_string(),
-                        j.version.to_string(),
-                        format!("{}/{}", j.running, j.replicas),
-                        if j.state.is_empty() {
-                            "-".into()
-                        } else {
-                            j.state.to_string()
-                        },
-                        if batch {
-                            format!("{}/{}", j.succeeded, j.completions)
-                        } else {
-                            "-".into()
-                        },
-                        if batch {
-                            j.failed_runs.to_string()
-                        } else {
-                            j.failed.to_string()
-                        },
-                        j.pending.to_string(),
-                        j.image.clone(),
-                        j.complete.to_string(),
-                        j.lost.to_string(),
-                    ]
-                },
-            )
+            // `-A` shows whose each job is, as kubectl does.
+            let all = client.all_namespaces;
+            let mut headers = vec![
+                "NAME",
+                "TYPE",
+                "VERSION",
+                "READY",
+                "STATUS",
+                "SUCCEEDED",
+                "FAILED",
+                "PENDING",
+                "IMAGE",
+                "COMPLETE",
+                "LOST",
+            ];
+            if all {
+                headers.insert(0, "NAMESPACE");
+            }
+            print_list(output, &items, &headers, 9 + usize::from(all), |j| {
+                let batch = j.job_type == "batch";
+                let mut row = vec![
+                    j.name.to_string(),
+                    j.job_type.to_string(),
+                    j.version.to_string(),
+                    format!("{}/{}", j.running, j.replicas),
+                    if j.state.is_empty() {
+                        "-".into()
+                    } else {
+                        j.state.to_string()
+                    },
+                    if batch {
+                        format!("{}/{}", j.succeeded, j.completions)
+                    } else {
+                        "-".into()
+                    },
+                    if batch {
+                        j.failed_runs.to_string()
+                    } else {
+                        j.failed.to_string()
+                    },
+                    j.pending.to_string(),
+                    j.image.clone(),
+                    j.complete.to_string(),
+                    j.lost.to_string(),
+                ];
+                if all {
+                    row.insert(0, j.namespace.to_string());
+                }
+                row
+            })
         }
         GetWhat::Allocs {
             job,

@@ -8,6 +8,7 @@ mod apply;
 mod container;
 mod describe;
 mod get;
+mod namespace;
 mod node;
 mod user;
 mod watch;
@@ -22,6 +23,7 @@ pub use apply::{apply, delete, DeleteWhat};
 pub use container::{exec, logs, ExecArgs, LogsArgs};
 pub use describe::{describe, DescribeWhat};
 pub use get::{get, GetWhat};
+pub use namespace::{namespace, NamespaceCmd};
 pub use node::{node, DrainArgs, NodeArgs, NodeCmd};
 pub use user::{user, UserCmd};
 pub use watch::{members, watch, MembersCmd, WatchArgs};
@@ -38,5 +40,5 @@ pub(crate) async fn connect(opts: &ClientOpts) -> anyhow::Result<Client> {
             config.servers.join(", ")
         )
     })?;
-    Ok(client.stale(opts.stale))
+    Ok(client.stale(opts.stale).namespace(opts.namespace()))
 }

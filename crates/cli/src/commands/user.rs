@@ -19,9 +19,12 @@ pub enum UserCmd {
     /// reset/remove nodes), developer (read, change jobs and rollouts,
     /// logs, exec), viewer (read, logs). Give the file to the user; they
     /// point SKIFF_CONFIG or --config at it.
+    /// Developers act in the namespaces `--namespace` grants
+    /// (comma-separated; `default` when none is given); viewers read
+    /// those, or every namespace when none is given.
     #[command(after_help = "Examples:\n  \
-        skiff user create ana --role developer --out ana.conf\n  \
-        SKIFF_CONFIG=ana.conf skiff get jobs")]
+        skiff user create ana --role developer --namespace ml,web --out ana.conf\n  \
+        SKIFF_CONFIG=ana.conf skiff get jobs -n ml")]
     Create {
         /// The user's name: host-name characters, 1 to 253; not `admin`.
         name: String,
@@ -71,6 +74,7 @@ struct UserOut<'a> {
     role: &'a str,
     revoked: bool,
     create_index: u64,
+    namespaces: &'a [String],
 }
 
 pub async fn user(cmd: UserCmd) -> anyhow::Result<()> {
@@ -87,9 +91,16 @@ pub async fn user(cmd: UserCmd) -> anyhow::Result<()> {
             }
             let config = client.client_config()?;
             let (key, csr) = skiff_pki::ca::request()?;
+            let grants: Vec<String> = client
+                .namespace
+                .iter()
+                .flat_map(|n| n.split(','))
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect();
             let made = connect(&client)
                 .await?
-                .create_user(&name, role, &csr)
+                .create_user(&name, role, &grants, &csr)
                 .await?;
             let text = skiff_client::config::config_text(
                 &format!(
@@ -118,15 +129,26 @@ pub async fn user(cmd: UserCmd) -> anyhow::Result<()> {
                     role: u.role.map_or("?", UserRole::as_str),
                     revoked: u.revoked,
                     create_index: u.create_index,
+                    namespaces: &u.namespaces,
                 })
                 .collect();
-            print_list(output, &rows, &["NAME", "ROLE", "STATE"], 3, |u| {
-                vec![
-                    u.name.to_string(),
-                    u.role.to_string(),
-                    if u.revoked { "revoked" } else { "active" }.to_string(),
-                ]
-            })?;
+            print_list(
+                output,
+                &rows,
+                &["NAME", "ROLE", "NAMESPACES", "STATE"],
+                4,
+                |u| {
+                    vec![
+                        u.name.to_string(),
+                        u.role.to_string(),
+                        match (u.role, u.namespaces.is_empty()) {
+                            ("admin" | "operator", _) | ("viewer", true) => "*".to_string(),
+                            _ => u.namespaces.join(","),
+                        },
+                        if u.revoked { "revoked" } else { "active" }.to_string(),
+                    ]
+                },
+            )?;
         }
         UserCmd::Renew { client } => {
             let config = client.client_config()?;

@@ -24,6 +24,7 @@ const MAX_ARGS: usize = 1024;
 
 pub(super) const JOB_FIELDS: &[&str] = &[
     "name",
+    "namespace",
     "type",
     "replicas",
     "priority",

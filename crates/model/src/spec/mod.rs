@@ -20,6 +20,7 @@
 
 mod fields;
 mod lifecycle;
+mod namespace;
 mod sched;
 mod task;
 mod workload;
@@ -115,6 +116,10 @@ fn parse_job_inner(root: &Value, errs: &mut Errors) -> Option<JobSpec> {
             None
         }
     };
+    let namespace = match obj.get("namespace") {
+        None => Some(crate::job::DEFAULT_NAMESPACE.to_string()),
+        Some(v) => as_string(v, "namespace", errs).inspect(|n| validate_namespace(n, errs)),
+    };
     let workload = workload::parse_workload(obj, errs);
     let replicas = match obj.get("replicas") {
         None => Some(1),
@@ -133,6 +138,7 @@ fn parse_job_inner(root: &Value, errs: &mut Errors) -> Option<JobSpec> {
     sched::validate_parsed_rules(&rules, errs);
     let mut spec = JobSpec {
         name: name?,
+        namespace: namespace?,
         job_type: workload.job_type,
         replicas: replicas?,
         priority: rules.priority.unwrap_or(DEFAULT_PRIORITY),
@@ -161,6 +167,7 @@ fn parse_job_inner(root: &Value, errs: &mut Errors) -> Option<JobSpec> {
 fn validate_job(spec: &JobSpec) -> Vec<FieldError> {
     let mut errs = Errors::new();
     validate_name(&spec.name, &mut errs);
+    validate_namespace(&spec.namespace, &mut errs);
     if spec.replicas > MAX_REPLICAS {
         errs.push(
             "replicas",
@@ -182,8 +189,14 @@ fn validate_name(name: &str, errs: &mut Errors) {
     }
 }
 
+fn validate_namespace(ns: &str, errs: &mut Errors) {
+    if let Err(rule) = check_dns_label(ns) {
+        errs.push("namespace", format!("{ns:?} {rule}"));
+    }
+}
+
 /// Kubernetes' DNS-1123 label rule.
-fn check_dns_label(name: &str) -> Result<(), &'static str> {
+pub fn check_dns_label(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
         return Err("must not be empty");
     }

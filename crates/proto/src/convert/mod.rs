@@ -7,6 +7,7 @@
 //! names each bad field.
 
 mod enums;
+mod namespace;
 #[cfg(test)]
 mod properties;
 mod resources;

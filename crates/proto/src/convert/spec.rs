@@ -142,6 +142,7 @@ pub fn gang_failure_to_wire(g: m::GangFailure) -> pb::GangFailure {
 impl From<&m::JobSpec> for pb::JobSpec {
     fn from(s: &m::JobSpec) -> Self {
         pb::JobSpec {
+            namespace: s.namespace.clone(),
             name: s.name.clone(),
             replicas: Some(s.replicas),
             task: Some((&s.task).into()),
@@ -222,6 +223,9 @@ fn word(number: i32, words: &[(i32, &str)]) -> Option<Value> {
 pub fn spec_tree(s: &pb::JobSpec) -> Value {
     let mut job = Map::new();
     job.insert("name".into(), json!(s.name));
+    if !s.namespace.is_empty() {
+        job.insert("namespace".into(), json!(s.namespace));
+    }
     put(&mut job, "replicas", s.replicas.map(|r| json!(r)));
     put(&mut job, "task", s.task.as_ref().map(task_tree));
     put(&mut job, "priority", s.priority.map(|p| json!(p)));

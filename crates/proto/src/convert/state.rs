@@ -56,6 +56,7 @@ impl From<&m::Node> for pb::Node {
             capacity: Some(n.capacity.into()),
             allocatable: Some(n.allocatable.into()),
             address: n.address.clone(),
+            image_roots: n.image_roots.clone(),
             status: pb::NodeStatus::from(n.status) as i32,
             agent_version: n.agent_version.clone(),
             create_index: n.create_index,
@@ -92,6 +93,7 @@ impl TryFrom<pb::Node> for m::Node {
             .map(|(i, l)| gpu_link_from_wire(l, &format!("gpu_links[{i}]")))
             .collect::<Result<_, _>>()?;
         Ok(m::Node {
+            image_roots: n.image_roots,
             name: n.name,
             labels: n.labels,
             capacity: required(n.capacity, "capacity")?.into(),

@@ -4,6 +4,7 @@
 //! google.rpc.BadRequest field violations in the status details, which
 //! gRPC's richer error model lets any client decode.
 
+use skiff_model::error::clipped;
 use skiff_model::SpecError;
 use skiff_store::{Outcome, Refusal};
 use tonic::{Code, Status};
@@ -41,7 +42,9 @@ pub(crate) fn invalid_spec(e: &SpecError) -> Status {
 }
 
 /// The status for a command the state machine refused, with its reason:
-/// NOT_FOUND when it names a job or node that does not exist, otherwise
+/// NOT_FOUND when it names a job or node that does not exist,
+/// PERMISSION_DENIED when a namespace's policy forbids it,
+/// RESOURCE_EXHAUSTED when its quota does not hold it, otherwise
 /// FAILED_PRECONDITION (the job or rollout is not in a state the command
 /// applies to).
 pub(crate) fn refusal_status(refusal: &Refusal) -> Status {
@@ -51,6 +54,10 @@ pub(crate) fn refusal_status(refusal: &Refusal) -> Status {
         Status::invalid_argument(refusal.to_string())
     } else if refusal.is_already_exists() {
         Status::already_exists(refusal.to_string())
+    } else if refusal.is_policy_denied() {
+        Status::permission_denied(refusal.to_string())
+    } else if refusal.is_quota_exceeded() {
+        Status::resource_exhausted(refusal.to_string())
     } else {
         Status::failed_precondition(refusal.to_string())
     }
@@ -63,6 +70,32 @@ pub(crate) fn not_done(outcome: Outcome) -> Status {
         Outcome::Refused(why) => refusal_status(&why),
         other => Status::internal(format!("unexpected outcome {other:?}")),
     }
+}
+
+/// The namespace a request names: empty means `default`; else a DNS
+/// label.
+pub(crate) fn namespace_of(ns: &str) -> Result<&str, Status> {
+    if ns.is_empty() {
+        return Ok(skiff_model::DEFAULT_NAMESPACE);
+    }
+    skiff_model::check_dns_label(ns)
+        .map_err(|rule| invalid("namespace", format!("{:?} {rule}", clipped(ns))))?;
+    Ok(ns)
+}
+
+/// The namespace a list or watch is narrowed to (empty: none).
+pub(crate) fn namespace_filter(ns: &str) -> Result<&str, Status> {
+    if ns.is_empty() {
+        Ok(ns)
+    } else {
+        namespace_of(ns)
+    }
+}
+
+/// The key of the job a request names by `name` in namespace `ns`.
+pub(crate) fn job_key(ns: &str, name: &str) -> Result<String, Status> {
+    check_name("name", name)?;
+    Ok(skiff_model::job_key(namespace_of(ns)?, name))
 }
 
 /// A name the request must carry: present, and not absurdly long.

@@ -5,8 +5,9 @@ use skiff_proto::pb;
 use skiff_store::{Command, Outcome};
 use tonic::Status;
 
-use super::errors::{check_name, invalid, invalid_spec, not_done};
+use super::errors::{invalid, invalid_spec, job_key, not_done};
 use super::pages::PageRequest;
+use crate::auth::Scope;
 use crate::ctx::Ctx;
 
 /// A job as the client sent it, read as the YAML form is: defaults filled
@@ -39,13 +40,49 @@ pub(crate) fn spec_from_wire(wire: pb::JobSpec) -> Result<JobSpec, Status> {
     Err(invalid_spec(&SpecError::Invalid(errors)))
 }
 
+/// An `oci:` layout must lie under an image root some node reported, or
+/// under a path the namespace's policy allows (the agent checks again
+/// before it reads the layout, with links resolved). Until a node with
+/// image roots has registered there is nothing to check against, and the
+/// agents' own check is the only one.
+fn check_image_path(state: &skiff_store::State, spec: &JobSpec) -> Result<(), Status> {
+    let roots: Vec<String> = state
+        .nodes
+        .values()
+        .flat_map(|n| n.image_roots.iter().cloned())
+        .collect();
+    if roots.is_empty() {
+        return Ok(());
+    }
+    let none = skiff_model::namespace::Namespace::default();
+    let ns = state
+        .access
+        .namespaces
+        .get(&spec.namespace)
+        .unwrap_or(&none);
+    let path = &spec.task.image.path;
+    if ns.image_path_allowed(path, &roots) {
+        return Ok(());
+    }
+    let mut places: Vec<&String> = roots.iter().chain(&ns.policy.image_paths).collect();
+    places.sort();
+    places.dedup();
+    let places: Vec<&str> = places.iter().map(|s| s.as_str()).collect();
+    Err(Status::permission_denied(format!(
+        "task.image: {path} is outside the nodes' image roots and the paths namespace {:?} may use ({}); an agent's --image-roots or the namespace's policy.image_paths must include it",
+        spec.namespace,
+        places.join(", ")
+    )))
+}
+
 pub(crate) async fn apply(
     ctx: &Ctx,
     r: pb::ApplyJobRequest,
 ) -> Result<pb::ApplyJobResponse, Status> {
     let wire = r.spec.ok_or_else(|| invalid("spec", "is required"))?;
     let spec = spec_from_wire(wire)?;
-    let name = spec.name.clone();
+    check_image_path(&ctx.store.state(), &spec)?;
+    let name = spec.key();
     let applied = ctx.commit(&Command::UpsertJob { spec }).await?;
     match applied.outcome {
         Outcome::JobUpserted { job, changed } => {
@@ -64,15 +101,13 @@ pub(crate) async fn delete(
     ctx: &Ctx,
     r: pb::DeleteJobRequest,
 ) -> Result<pb::DeleteJobResponse, Status> {
-    check_name("name", &r.name)?;
+    let key = job_key(&r.namespace, &r.name)?;
     let applied = ctx
-        .commit(&Command::DeleteJob {
-            name: r.name.clone(),
-        })
+        .commit(&Command::DeleteJob { name: key.clone() })
         .await?;
     match applied.outcome {
         Outcome::JobDeleted => {
-            tracing::info!(job = %r.name, "job deleted");
+            tracing::info!(job = %key, "job deleted");
             Ok(pb::DeleteJobResponse {
                 index: applied.index,
             })
@@ -82,29 +117,34 @@ pub(crate) async fn delete(
 }
 
 pub(crate) async fn get(ctx: &Ctx, r: pb::GetJobRequest) -> Result<pb::GetJobResponse, Status> {
-    check_name("name", &r.name)?;
+    let key = job_key(&r.namespace, &r.name)?;
     ctx.read_barrier(r.stale).await?;
     let state = ctx.store.state();
-    let Some(job) = state.jobs.get(&r.name) else {
-        return Err(Status::not_found(format!("job {:?} not found", r.name)));
+    let Some(job) = state.jobs.get(&key) else {
+        return Err(Status::not_found(format!("job {:?} not found", key)));
     };
-    let allocs = state.allocs_of_job(&r.name);
+    let allocs = state.allocs_of_job(&key);
     Ok(pb::GetJobResponse {
         job: Some(job.into()),
-        summary: Some(summary(Some(job), &allocs, state.deployment(&r.name))),
+        summary: Some(summary(Some(job), &allocs, state.deployment(&key))),
         allocs: allocs.iter().map(|a| (*a).into()).collect(),
-        latest_eval: state.latest_eval(&r.name).map(Into::into),
+        latest_eval: state.latest_eval(&key).map(Into::into),
     })
 }
 
 pub(crate) async fn list(
     ctx: &Ctx,
     r: pb::ListJobsRequest,
+    scope: &Scope,
 ) -> Result<pb::ListJobsResponse, Status> {
     let page = PageRequest::parse(r.page_size, &r.page_token)?;
     ctx.read_barrier(r.stale).await?;
     let state = ctx.store.state();
-    let (jobs, next_page_token) = page.take(state.jobs.iter().map(|(name, j)| {
+    let visible = state
+        .jobs
+        .iter()
+        .filter(|(key, _)| scope.sees(skiff_model::split_job_key(key).0));
+    let (jobs, next_page_token) = page.take(visible.map(|(name, j)| {
         let item = pb::JobListItem {
             job: Some(j.into()),
             summary: Some(summary(
@@ -126,7 +166,7 @@ pub(crate) async fn scale(
     ctx: &Ctx,
     r: pb::ScaleJobRequest,
 ) -> Result<pb::ScaleJobResponse, Status> {
-    check_name("name", &r.name)?;
+    let key = job_key(&r.namespace, &r.name)?;
     if r.replicas > skiff_model::job::MAX_REPLICAS {
         return Err(invalid(
             "replicas",
@@ -139,13 +179,13 @@ pub(crate) async fn scale(
     }
     let applied = ctx
         .commit(&Command::ScaleJob {
-            name: r.name.clone(),
+            name: key.clone(),
             replicas: r.replicas,
         })
         .await?;
     match applied.outcome {
         Outcome::Rollout { job, .. } => {
-            tracing::info!(job = %r.name, replicas = r.replicas, "job scaled");
+            tracing::info!(job = %key, replicas = r.replicas, "job scaled");
             Ok(pb::ScaleJobResponse {
                 job: Some(job.as_ref().into()),
                 index: applied.index,
@@ -217,15 +257,22 @@ pub(crate) fn summary(
 pub(crate) async fn list_allocs(
     ctx: &Ctx,
     r: pb::ListAllocsRequest,
+    scope: &Scope,
 ) -> Result<pb::ListAllocsResponse, Status> {
     let page = PageRequest::parse(r.page_size, &r.page_token)?;
+    let job = if r.job.is_empty() {
+        String::new()
+    } else {
+        job_key(&r.namespace, &r.job)?
+    };
     ctx.read_barrier(r.stale).await?;
     let state = ctx.store.state();
     let (allocs, next_page_token) = page.take(
         state
             .allocs
             .iter()
-            .filter(|(_, a)| r.job.is_empty() || a.job == r.job)
+            .filter(|(_, a)| job.is_empty() || a.job == job)
+            .filter(|(_, a)| scope.sees(skiff_model::split_job_key(&a.job).0))
             .filter(|(_, a)| r.node.is_empty() || a.node == r.node)
             .map(|(id, a)| (id.as_str(), pb::Allocation::from(a))),
     );

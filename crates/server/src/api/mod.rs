@@ -26,7 +26,7 @@ use crate::audit;
 use crate::auth::{self, Action, Caller};
 use crate::ctx::Ctx;
 
-pub(crate) use errors::{invalid, not_done};
+pub(crate) use errors::{invalid, invalid_spec, not_done};
 
 pub struct ClusterApi {
     ctx: Ctx,
@@ -47,11 +47,19 @@ type Answer<T> = Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterApi {
     async fn apply_job(&self, req: Request<pb::ApplyJobRequest>) -> Answer<pb::ApplyJobResponse> {
-        if let Some(spec) = &req.get_ref().spec {
-            audit::name_object(format!("job/{}", clipped(&spec.name)));
-        }
+        let ns = match &req.get_ref().spec {
+            Some(spec) => {
+                let ns = errors::namespace_of(&spec.namespace)?.to_string();
+                audit::name_object(format!(
+                    "job/{}",
+                    clipped(&skiff_model::job_key(&ns, &spec.name))
+                ));
+                ns
+            }
+            None => skiff_model::DEFAULT_NAMESPACE.to_string(),
+        };
         self.caller(&req)?
-            .require(&self.ctx, Action::WriteJobs, "apply jobs")?;
+            .require_in(&self.ctx, Action::WriteJobs, &ns, "apply jobs")?;
         jobs::apply(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
@@ -61,26 +69,33 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         req: Request<pb::DeleteJobRequest>,
     ) -> Answer<pb::DeleteJobResponse> {
-        audit::name_object(format!("job/{}", clipped(&req.get_ref().name)));
+        let r = req.get_ref();
+        let ns = errors::namespace_of(&r.namespace)?.to_string();
+        audit::name_object(format!(
+            "job/{}",
+            clipped(&skiff_model::job_key(&ns, &r.name))
+        ));
         self.caller(&req)?
-            .require(&self.ctx, Action::WriteJobs, "delete jobs")?;
+            .require_in(&self.ctx, Action::WriteJobs, &ns, "delete jobs")?;
         jobs::delete(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Answer<pb::GetJobResponse> {
+        let r = req.get_ref();
+        let ns = errors::namespace_of(&r.namespace)?.to_string();
         self.caller(&req)?
-            .require(&self.ctx, Action::Read, "read jobs")?;
+            .require_in(&self.ctx, Action::Read, &ns, "read jobs")?;
         jobs::get(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
     }
 
     async fn list_jobs(&self, req: Request<pb::ListJobsRequest>) -> Answer<pb::ListJobsResponse> {
-        self.caller(&req)?
-            .require(&self.ctx, Action::Read, "list jobs")?;
-        jobs::list(&self.ctx, req.into_inner())
+        let ns = errors::namespace_filter(&req.get_ref().namespace)?.to_string();
+        let scope = self.caller(&req)?.read_scope(&self.ctx, &ns, "list jobs")?;
+        jobs::list(&self.ctx, req.into_inner(), &scope)
             .await
             .map(Response::new)
     }
@@ -89,9 +104,18 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         req: Request<pb::ListAllocsRequest>,
     ) -> Answer<pb::ListAllocsResponse> {
-        self.caller(&req)?
-            .require(&self.ctx, Action::Read, "list allocations")?;
-        jobs::list_allocs(&self.ctx, req.into_inner())
+        let r = req.get_ref();
+        // A job is named in `default` when no namespace is given.
+        let ns = if r.job.is_empty() {
+            errors::namespace_filter(&r.namespace)?
+        } else {
+            errors::namespace_of(&r.namespace)?
+        }
+        .to_string();
+        let scope = self
+            .caller(&req)?
+            .read_scope(&self.ctx, &ns, "list allocations")?;
+        jobs::list_allocs(&self.ctx, req.into_inner(), &scope)
             .await
             .map(Response::new)
     }
@@ -139,8 +163,10 @@ impl pb::cluster_server::Cluster for ClusterApi {
     type LogsStream = relay::LogStream;
 
     async fn logs(&self, req: Request<pb::LogsRequest>) -> Answer<Self::LogsStream> {
-        self.caller(&req)?
-            .require(&self.ctx, Action::Logs, "read logs")?;
+        let caller = self.caller(&req)?;
+        caller.require(&self.ctx, Action::Logs, "read logs")?;
+        let ns = relay::alloc_namespace(&self.ctx, &req.get_ref().alloc_id);
+        caller.require_in(&self.ctx, Action::Logs, &ns, "read logs")?;
         relay::logs(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
@@ -148,8 +174,10 @@ impl pb::cluster_server::Cluster for ClusterApi {
 
     async fn exec(&self, req: Request<pb::ExecRequest>) -> Answer<pb::ExecResponse> {
         audit::name_object(format!("alloc/{}", clipped(&req.get_ref().alloc_id)));
-        self.caller(&req)?
-            .require(&self.ctx, Action::Exec, "exec in containers")?;
+        let caller = self.caller(&req)?;
+        caller.require(&self.ctx, Action::Exec, "exec in containers")?;
+        let ns = relay::alloc_namespace(&self.ctx, &req.get_ref().alloc_id);
+        caller.require_in(&self.ctx, Action::Exec, &ns, "exec in containers")?;
         relay::exec(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
@@ -164,9 +192,17 @@ impl pb::cluster_server::Cluster for ClusterApi {
     type WatchStream = watch::WatchStream;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Answer<Self::WatchStream> {
-        self.caller(&req)?
-            .require(&self.ctx, Action::Read, "watch the cluster")?;
-        watch::watch(self.ctx.store.clone(), req.into_inner())
+        let r = req.get_ref();
+        let ns = if r.job.is_empty() {
+            errors::namespace_filter(&r.namespace)?
+        } else {
+            errors::namespace_of(&r.namespace)?
+        }
+        .to_string();
+        let scope = self
+            .caller(&req)?
+            .read_scope(&self.ctx, &ns, "watch the cluster")?;
+        watch::watch(self.ctx.store.clone(), req.into_inner(), scope)
             .await
             .map(Response::new)
     }
@@ -209,8 +245,10 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         req: Request<pb::GetRolloutRequest>,
     ) -> Answer<pb::GetRolloutResponse> {
+        let r = req.get_ref();
+        let ns = errors::namespace_of(&r.namespace)?.to_string();
         self.caller(&req)?
-            .require(&self.ctx, Action::Read, "read rollouts")?;
+            .require_in(&self.ctx, Action::Read, &ns, "read rollouts")?;
         rollouts::get(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
@@ -220,9 +258,14 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         req: Request<pb::ControlRolloutRequest>,
     ) -> Answer<pb::ControlRolloutResponse> {
-        audit::name_object(format!("job/{}", clipped(&req.get_ref().name)));
+        let r = req.get_ref();
+        let ns = errors::namespace_of(&r.namespace)?.to_string();
+        audit::name_object(format!(
+            "job/{}",
+            clipped(&skiff_model::job_key(&ns, &r.name))
+        ));
         self.caller(&req)?
-            .require(&self.ctx, Action::WriteJobs, "control rollouts")?;
+            .require_in(&self.ctx, Action::WriteJobs, &ns, "control rollouts")?;
         rollouts::control(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
@@ -232,18 +275,28 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         req: Request<pb::UndoRolloutRequest>,
     ) -> Answer<pb::UndoRolloutResponse> {
-        audit::name_object(format!("job/{}", clipped(&req.get_ref().name)));
+        let r = req.get_ref();
+        let ns = errors::namespace_of(&r.namespace)?.to_string();
+        audit::name_object(format!(
+            "job/{}",
+            clipped(&skiff_model::job_key(&ns, &r.name))
+        ));
         self.caller(&req)?
-            .require(&self.ctx, Action::WriteJobs, "undo rollouts")?;
+            .require_in(&self.ctx, Action::WriteJobs, &ns, "undo rollouts")?;
         rollouts::undo(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
     }
 
     async fn scale_job(&self, req: Request<pb::ScaleJobRequest>) -> Answer<pb::ScaleJobResponse> {
-        audit::name_object(format!("job/{}", clipped(&req.get_ref().name)));
+        let r = req.get_ref();
+        let ns = errors::namespace_of(&r.namespace)?.to_string();
+        audit::name_object(format!(
+            "job/{}",
+            clipped(&skiff_model::job_key(&ns, &r.name))
+        ));
         self.caller(&req)?
-            .require(&self.ctx, Action::WriteJobs, "scale jobs")?;
+            .require_in(&self.ctx, Action::WriteJobs, &ns, "scale jobs")?;
         jobs::scale(&self.ctx, req.into_inner())
             .await
             .map(Response::new)

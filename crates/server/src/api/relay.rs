@@ -167,3 +167,13 @@ pub(crate) fn resolve_alloc<'s>(
         (None, _) => Err(Status::not_found(format!("allocation {id:?} not found"))),
     }
 }
+
+/// The namespace of the job of the allocation `id` names (`default` when
+/// it names none: the call then fails on the id, after the check).
+pub(crate) fn alloc_namespace(ctx: &Ctx, id: &str) -> String {
+    let state = ctx.store.state();
+    resolve_alloc(&state, id).map_or_else(
+        |_| skiff_model::DEFAULT_NAMESPACE.to_string(),
+        |a| skiff_model::split_job_key(&a.job).0.to_string(),
+    )
+}

@@ -5,7 +5,7 @@ use skiff_store::command::RolloutAction;
 use skiff_store::{Command, Outcome};
 use tonic::Status;
 
-use super::errors::{check_name, invalid, not_done};
+use super::errors::{invalid, job_key, not_done};
 use super::jobs::summary;
 use crate::ctx::{now_ms, Ctx};
 
@@ -13,28 +13,28 @@ pub(crate) async fn get(
     ctx: &Ctx,
     r: pb::GetRolloutRequest,
 ) -> Result<pb::GetRolloutResponse, Status> {
-    check_name("name", &r.name)?;
+    let key = job_key(&r.namespace, &r.name)?;
     ctx.read_barrier(r.stale).await?;
     let state = ctx.store.state();
-    let Some(job) = state.jobs.get(&r.name) else {
-        return Err(Status::not_found(format!("job {:?} not found", r.name)));
+    let Some(job) = state.jobs.get(&key) else {
+        return Err(Status::not_found(format!("job {:?} not found", key)));
     };
-    let allocs = state.allocs_of_job(&r.name);
+    let allocs = state.allocs_of_job(&key);
     let counts = skiff_model::workload::rollout_counts(job, allocs.iter().copied());
     Ok(pb::GetRolloutResponse {
         job: Some(job.into()),
         deployments: state
             .deployments
-            .get(&r.name)
+            .get(&key)
             .map(|v| v.iter().map(Into::into).collect())
             .unwrap_or_default(),
         counts: Some(counts.into()),
         history: state
             .histories
-            .get(&r.name)
+            .get(&key)
             .map(|h| h.versions.iter().map(Into::into).collect())
             .unwrap_or_default(),
-        summary: Some(summary(Some(job), &allocs, state.deployment(&r.name))),
+        summary: Some(summary(Some(job), &allocs, state.deployment(&key))),
     })
 }
 
@@ -50,7 +50,7 @@ pub(crate) async fn control(
     ctx: &Ctx,
     r: pb::ControlRolloutRequest,
 ) -> Result<pb::ControlRolloutResponse, Status> {
-    check_name("name", &r.name)?;
+    let key = job_key(&r.namespace, &r.name)?;
     let action = ACTIONS
         .iter()
         .find(|(wire, _)| *wire as i32 == r.action)
@@ -66,14 +66,14 @@ pub(crate) async fn control(
         })?;
     let applied = ctx
         .commit(&Command::ControlRollout {
-            job: r.name.clone(),
+            job: key.clone(),
             action,
             at_ms: now_ms(),
         })
         .await?;
     match applied.outcome {
         Outcome::Rollout { deployment, .. } => {
-            tracing::info!(job = %r.name, action = action.as_str(), "rollout controlled");
+            tracing::info!(job = %key, action = action.as_str(), "rollout controlled");
             Ok(pb::ControlRolloutResponse {
                 deployment: deployment.as_deref().map(Into::into),
                 index: applied.index,
@@ -87,20 +87,20 @@ pub(crate) async fn undo(
     ctx: &Ctx,
     r: pb::UndoRolloutRequest,
 ) -> Result<pb::UndoRolloutResponse, Status> {
-    check_name("name", &r.name)?;
+    let key = job_key(&r.namespace, &r.name)?;
     if r.to_version == Some(0) {
         return Err(invalid("to_version", "versions start at 1"));
     }
     let applied = ctx
         .commit(&Command::UndoRollout {
-            job: r.name.clone(),
+            job: key.clone(),
             to_version: r.to_version,
             at_ms: now_ms(),
         })
         .await?;
     match applied.outcome {
         Outcome::Rollout { job, deployment } => {
-            tracing::info!(job = %r.name, version = job.version, "rollout undone");
+            tracing::info!(job = %key, version = job.version, "rollout undone");
             Ok(pb::UndoRolloutResponse {
                 job: Some(job.as_ref().into()),
                 deployment: deployment.as_deref().map(Into::into),

@@ -4,6 +4,7 @@
 //! versions and rollouts) are not sent. Filters (kinds, a job, a node) are
 //! applied here, so a client gets only what it asked for.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashSet};
 use std::pin::Pin;
 use std::time::Duration;
@@ -13,7 +14,9 @@ use skiff_store::{Event, State, Store, Table};
 use tokio_stream::Stream;
 use tonic::Status;
 
-use super::errors::invalid;
+use super::errors::{invalid, job_key};
+use crate::auth::Scope;
+use skiff_model::split_job_key;
 
 /// Events sent per wake-up of a watch stream.
 const WATCH_BATCH: usize = 1000;
@@ -25,8 +28,12 @@ pub(crate) type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, S
 pub(crate) struct Filter {
     /// Empty: every kind.
     kinds: BTreeSet<i32>,
+    /// The job's key.
     job: Option<String>,
     node: Option<String>,
+    /// The namespaces whose jobs' objects pass (nodes and servers are in
+    /// none, and always pass).
+    scope: Scope,
     /// Allocations and evaluations the watch may send, by key, when it
     /// filters by job or node: a deleted record no longer says whose it
     /// was, so its deletion is sent when the watch knew the record.
@@ -34,7 +41,7 @@ pub(crate) struct Filter {
 }
 
 impl Filter {
-    pub(crate) fn new(r: &pb::WatchRequest) -> Result<Filter, Status> {
+    pub(crate) fn new(r: &pb::WatchRequest, scope: Scope) -> Result<Filter, Status> {
         let mut kinds = BTreeSet::new();
         for (i, k) in r.kinds.iter().enumerate() {
             match pb::ObjectKind::try_from(*k) {
@@ -51,8 +58,13 @@ impl Filter {
         }
         Ok(Filter {
             kinds,
-            job: (!r.job.is_empty()).then(|| r.job.clone()),
+            job: if r.job.is_empty() {
+                None
+            } else {
+                Some(job_key(&r.namespace, &r.job)?)
+            },
             node: (!r.node.is_empty()).then(|| r.node.clone()),
+            scope,
             known: HashSet::new(),
         })
     }
@@ -60,7 +72,7 @@ impl Filter {
     /// Learns the allocations and evaluations that match, from the state a
     /// watch starts at.
     fn learn(&mut self, state: &State) {
-        if self.job.is_none() && self.node.is_none() {
+        if !self.filtered() {
             return;
         }
         for a in state.allocs.values() {
@@ -75,13 +87,18 @@ impl Filter {
         }
     }
 
+    /// Whether the watch sends only some jobs' or nodes' objects.
+    fn filtered(&self) -> bool {
+        self.job.is_some() || self.node.is_some() || self.scope != Scope::All
+    }
+
     /// Whether an object of `job` on `node` (`None`: it belongs to no job,
-    /// or to no node) passes the job and node filters.
+    /// or to no node) passes the job, namespace and node filters.
     fn wants_owner(&self, job: Option<&str>, node: Option<&str>) -> bool {
         let job_ok = match &self.job {
             Some(j) => job == Some(j.as_str()),
             None => true,
-        };
+        } && job.is_none_or(|j| self.scope.sees(split_job_key(j).0));
         let node_ok = match &self.node {
             Some(n) => node == Some(n.as_str()),
             None => true,
@@ -95,7 +112,7 @@ impl Filter {
         if !self.kinds.is_empty() && !self.kinds.contains(&(kind as i32)) {
             return None;
         }
-        let filtered = self.job.is_some() || self.node.is_some();
+        let filtered = self.filtered();
         let pass = match &object {
             None => match kind {
                 pb::ObjectKind::Job => self.wants_owner(Some(&key), None),
@@ -107,7 +124,7 @@ impl Filter {
             },
             Some(o) => {
                 let (job, node) = owner(o);
-                let pass = self.wants_owner(job, node);
+                let pass = self.wants_owner(job.as_deref(), node);
                 if pass && filtered && matches!(o, Obj::Allocation(_) | Obj::Evaluation(_)) {
                     self.known.insert(key.clone());
                 }
@@ -157,14 +174,14 @@ impl Obj {
 }
 
 /// The job and node an object belongs to, for the filters.
-fn owner(o: &Obj) -> (Option<&str>, Option<&str>) {
+fn owner(o: &Obj) -> (Option<Cow<'_, str>>, Option<&str>) {
     match o {
-        Obj::Job(j) => (Some(j.name()), None),
+        Obj::Job(j) => (Some(Cow::Owned(j.key())), None),
         Obj::Node(n) => (None, Some(&n.name)),
-        Obj::Allocation(a) => (Some(&a.job), Some(&a.node)),
-        Obj::Evaluation(e) => (Some(&e.job), None),
-        Obj::Deployment(d) => (Some(&d.job), None),
-        Obj::JobVersion(job, _) => (Some(job), None),
+        Obj::Allocation(a) => (Some(Cow::Borrowed(&a.job)), Some(&a.node)),
+        Obj::Evaluation(e) => (Some(Cow::Borrowed(&e.job)), None),
+        Obj::Deployment(d) => (Some(Cow::Borrowed(&d.job)), None),
+        Obj::JobVersion(job, _) => (Some(Cow::Borrowed(job)), None),
         Obj::Server(_) => (None, None),
     }
 }
@@ -215,8 +232,8 @@ fn public(e: &Event) -> Option<(pb::ObjectKind, String, Option<Obj>)> {
         ),
         Table::Server => (K::Server, e.key.clone(), decode(&e.value)?.map(Obj::Server)),
         Table::Deployment => {
-            // `JOB/SLOT` holds a rollout; `JOB` the store's index of them.
-            e.key.split_once('/')?;
+            // `JOB#SLOT` holds a rollout; `JOB` the store's index of them.
+            skiff_store::split_slot_key(&e.key)?;
             let d: skiff_model::Deployment = decode(&e.value)??;
             (
                 K::Deployment,
@@ -225,7 +242,7 @@ fn public(e: &Event) -> Option<(pb::ObjectKind, String, Option<Obj>)> {
             )
         }
         Table::History => {
-            let (job, _slot) = e.key.rsplit_once('/')?;
+            let (job, _slot) = skiff_store::split_slot_key(&e.key)?;
             let v: skiff_model::JobVersion = decode(&e.value)??;
             (
                 K::JobVersion,
@@ -236,8 +253,12 @@ fn public(e: &Event) -> Option<(pb::ObjectKind, String, Option<Obj>)> {
     })
 }
 
-pub(crate) async fn watch(store: Store, r: pb::WatchRequest) -> Result<WatchStream, Status> {
-    let mut filter = Filter::new(&r)?;
+pub(crate) async fn watch(
+    store: Store,
+    r: pb::WatchRequest,
+    scope: Scope,
+) -> Result<WatchStream, Status> {
+    let mut filter = Filter::new(&r, scope)?;
     let mut cursor = match r.from_index {
         0 => store.state().index,
         from => from,

@@ -170,8 +170,8 @@ fn records_come_back_in_key_order_and_tables_keep_apart<E: Engine>() {
     e.store()
         .commit(
             records(&[
-                (Table::Deployment, "web/2", Some("c")),
-                (Table::Deployment, "web/10", Some("b")),
+                (Table::Deployment, "web#2", Some("c")),
+                (Table::Deployment, "web#10", Some("b")),
                 (Table::Deployment, "web", Some("a")),
                 (Table::Deployment, "api", Some("z")),
                 (Table::Job, "web", Some("j")),
@@ -182,7 +182,7 @@ fn records_come_back_in_key_order_and_tables_keep_apart<E: Engine>() {
         .unwrap();
     assert_eq!(
         scan(e.store(), Table::Deployment),
-        rows(&[("api", "z"), ("web", "a"), ("web/10", "b"), ("web/2", "c")])
+        rows(&[("api", "z"), ("web", "a"), ("web#10", "b"), ("web#2", "c")])
     );
     assert_eq!(scan(e.store(), Table::Job), rows(&[("web", "j")]));
     assert_eq!(scan(e.store(), Table::History), rows(&[("web", "h")]));
@@ -259,6 +259,7 @@ fn replace_all_keeps_only_what_it_is_given_and_is_durable_at_once<E: Engine>() {
 fn node(name: &str) -> Command {
     Command::RegisterNode {
         registration: NodeRegistration {
+            image_roots: Vec::new(),
             name: name.into(),
             labels: [("zone".to_string(), "a".to_string())].into(),
             capacity: Resources::new(2000, 1 << 30),

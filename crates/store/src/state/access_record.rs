@@ -30,4 +30,7 @@ pub struct Access {
     /// certificate names only its user).
     #[serde(default)]
     pub users: BTreeMap<String, UserRecord>,
+    /// Namespaces an admin described, by name (`default` needs none).
+    #[serde(default)]
+    pub namespaces: BTreeMap<String, skiff_model::namespace::Namespace>,
 }

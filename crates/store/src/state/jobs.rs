@@ -19,7 +19,7 @@ impl State {
     /// Registers or updates a job. `reply`: somebody waits for the outcome
     /// (without, the job is not copied into one).
     pub(super) fn upsert_job(&mut self, index: u64, spec: JobSpec, reply: bool) -> Outcome {
-        let name = spec.name.clone();
+        let name = spec.key();
         let replicas = spec.replicas;
         // What is needed of the job as it was, without copying its spec.
         let old = match self.jobs.get(&name) {
@@ -40,6 +40,9 @@ impl State {
             }),
             None => None,
         };
+        if let Err(why) = self.admit(&name, &spec) {
+            return Outcome::Refused(why);
+        }
         let job = match old {
             Some(old) if old.same_version => {
                 // Replicas, priority or the update policy changed: same
@@ -162,7 +165,7 @@ impl State {
         if let Some(list) = self.deployments.remove(name) {
             self.touch(Table::Deployment, name);
             for d in list {
-                self.touch(Table::Deployment, &format!("{name}/{}", d.slot));
+                self.touch(Table::Deployment, &super::table::slot_key(&name, d.slot));
             }
         }
         if let Some(h) = self.histories.remove(name) {

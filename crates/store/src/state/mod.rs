@@ -27,6 +27,7 @@ mod access;
 mod access_record;
 mod allocs;
 mod jobs;
+mod namespaces;
 mod nodes;
 mod plan;
 mod refusal;
@@ -41,7 +42,7 @@ pub fn access_key() -> &'static str {
     access_record::ACCESS_KEY
 }
 pub use refusal::Refusal;
-pub use table::Table;
+pub use table::{slot_key, split_slot_key, Table};
 pub use users::ADMIN_USER;
 
 /// Rollouts kept per job (the current one and those before it).
@@ -254,6 +255,8 @@ impl State {
             Command::RemoveNode { name } => self.remove_node(index, name),
             Command::CreateUser { user } => self.create_user(index, user),
             Command::RevokeUser { name } => self.revoke_user(name),
+            Command::PutNamespace { namespace } => self.put_namespace(namespace),
+            Command::DeleteNamespace { name } => self.delete_namespace(name),
             Command::Join {
                 token_id,
                 secret_hash,
@@ -311,7 +314,7 @@ impl State {
     }
 
     /// Marks a job's latest rollout changed: the small index record
-    /// (`JOB`: the order of rollouts) and that rollout (`JOB/SLOT`).
+    /// (`JOB`: the order of rollouts) and that rollout (`JOB#SLOT`).
     pub(crate) fn touch_deployment(&mut self, job: &str) {
         self.touch(Table::Deployment, job);
         if let Some(slot) = self
@@ -320,17 +323,17 @@ impl State {
             .and_then(|l| l.last())
             .map(|d| d.slot)
         {
-            self.touch(Table::Deployment, &format!("{job}/{slot}"));
+            self.touch(Table::Deployment, &table::slot_key(job, slot));
         }
     }
 
     /// Marks a job's history changed: its small index record (`JOB`: the
     /// order of versions and the next number) and the version records in
-    /// the slots given (`JOB/SLOT`), so a write stores one version, not all.
+    /// the slots given (`JOB#SLOT`), so a write stores one version, not all.
     pub(crate) fn touch_history(&mut self, job: &str, slots: impl IntoIterator<Item = u32>) {
         self.touch(Table::History, job);
         for slot in slots {
-            self.touch(Table::History, &format!("{job}/{slot}"));
+            self.touch(Table::History, &table::slot_key(job, slot));
         }
     }
 

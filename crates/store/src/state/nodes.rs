@@ -41,6 +41,7 @@ impl State {
             draining,
             drain_deadline_ms,
             drained,
+            image_roots: reg.image_roots.clone(),
             address: reg.address.clone(),
             status: NodeStatus::Ready,
             agent_version: reg.agent_version.clone(),

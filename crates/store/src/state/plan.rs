@@ -58,7 +58,7 @@ impl State {
         if let Some(job) = self.jobs.get(&plan.job).cloned() {
             let reason = format!(
                 "preempted by job {} (priority {})",
-                job.spec.name, job.spec.priority
+                plan.job, job.spec.priority
             );
             let mut victim_jobs = BTreeSet::new();
             for id in evictions {

@@ -122,6 +122,23 @@ pub enum Refusal {
     UserNotFound {
         name: String,
     },
+    /// A job names a namespace no admin described.
+    NamespaceMissing {
+        name: String,
+    },
+    /// A namespace is deleted only once no job lives in it.
+    NamespaceInUse {
+        name: String,
+        jobs: usize,
+    },
+    /// The namespace's policy does not allow what the spec asks for.
+    PolicyDenied {
+        why: String,
+    },
+    /// The namespace's quota does not hold the spec with the rest.
+    QuotaExceeded {
+        why: String,
+    },
 }
 
 impl Refusal {
@@ -144,7 +161,10 @@ impl Refusal {
     pub fn is_not_found(&self) -> bool {
         matches!(
             self,
-            Refusal::NotFound { .. } | Refusal::TokenNotFound { .. } | Refusal::UserNotFound { .. }
+            Refusal::NotFound { .. }
+                | Refusal::TokenNotFound { .. }
+                | Refusal::UserNotFound { .. }
+                | Refusal::NamespaceMissing { .. }
         )
     }
 
@@ -166,6 +186,14 @@ impl Refusal {
     }
 
     /// A join refused for its credential (rather than for the state).
+    pub fn is_policy_denied(&self) -> bool {
+        matches!(self, Refusal::PolicyDenied { .. })
+    }
+
+    pub fn is_quota_exceeded(&self) -> bool {
+        matches!(self, Refusal::QuotaExceeded { .. })
+    }
+
     pub fn is_unauthenticated(&self) -> bool {
         matches!(self, Refusal::TokenRefused { .. })
     }
@@ -174,7 +202,17 @@ impl Refusal {
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Refusal::Invalid { why } => f.write_str(why),
+            Refusal::Invalid { why }
+            | Refusal::PolicyDenied { why }
+            | Refusal::QuotaExceeded { why } => f.write_str(why),
+            Refusal::NamespaceMissing { name } => write!(
+                f,
+                "namespace {name:?} not found: an admin creates it with `skiff namespace apply`"
+            ),
+            Refusal::NamespaceInUse { name, jobs } => write!(
+                f,
+                "namespace {name:?} still holds {jobs} job(s); delete them first"
+            ),
             Refusal::UserExists { name, revoked: false } => {
                 write!(f, "user {name:?} already exists")
             }

@@ -15,7 +15,7 @@ impl State {
     /// creation index and `stable` kept), newest last, trimmed to
     /// `versions_kept`.
     pub(super) fn record_version(&mut self, index: u64, job: &Job, note: &str) {
-        let name = job.spec.name.clone();
+        let name = job.spec.key();
         let hist = self.histories.entry(name.clone()).or_default();
         let before: Vec<(u64, u32)> = hist.versions.iter().map(|v| (v.version, v.slot)).collect();
         let added = match hist.versions.iter().position(|v| v.version == job.version) {
@@ -73,7 +73,7 @@ impl State {
         rollback: bool,
         at_ms: u64,
     ) {
-        let name = job.spec.name.clone();
+        let name = job.spec.key();
         if let Some(d) = self.deployment_mut(&name) {
             if d.status.is_active() {
                 d.status = DeploymentStatus::Cancelled;
@@ -160,7 +160,7 @@ impl State {
             d.slot = slot;
         }
         if let Some(freed) = trimmed.filter(|s| *s != slot) {
-            self.touch(Table::Deployment, &format!("{name}/{freed}"));
+            self.touch(Table::Deployment, &super::table::slot_key(&name, freed));
         }
         self.touch_deployment(&name);
     }
@@ -195,6 +195,13 @@ impl State {
         if job.spec.replicas != replicas {
             let mut job = job.clone();
             job.spec.replicas = replicas;
+            // Only growing can break a quota (or meet a policy an admin
+            // tightened since): scaling down always works.
+            if let Err(why) = self.admit(name, &job.spec) {
+                if replicas > self.jobs[name].spec.replicas {
+                    return Outcome::Refused(why);
+                }
+            }
             job.modify_index = index;
             self.jobs.insert(name.to_string(), job.clone());
             self.touch(Table::Job, name);
@@ -296,12 +303,20 @@ impl State {
                 version: target,
             });
         }
-        if hist.get(target).is_none() {
+        let Some(entry) = hist.get(target) else {
             return Outcome::Refused(Refusal::VersionNotKept {
                 job: name.to_string(),
                 version: target,
                 kept: hist.versions.iter().map(|v| v.version).collect(),
             });
+        };
+        // The old version must pass today's policy and quota.
+        let mut spec = (*entry.spec).clone();
+        if !spec.gang {
+            spec.replicas = job.spec.replicas;
+        }
+        if let Err(why) = self.admit(name, &spec) {
+            return Outcome::Refused(why);
         }
         self.rollback_to(
             index,

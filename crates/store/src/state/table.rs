@@ -19,6 +19,21 @@ pub enum Table {
     Access,
 }
 
+/// The key of slot `slot` of job `job`'s rollouts or kept versions (the
+/// job's own key holds their index). `#` is in no job key (those are
+/// `NAME` or `NAMESPACE/NAME`), so the two never meet.
+pub fn slot_key(job: &str, slot: u32) -> String {
+    format!("{job}#{slot}")
+}
+
+/// The job and slot of a slot key; `None` for a job's index key.
+pub fn split_slot_key(key: &str) -> Option<(&str, u32)> {
+    if let Some((job, slot)) = key.rsplit_once('#') {
+        return slot.parse().ok().map(|s| (job, s));
+    }
+    None
+}
+
 impl Table {
     pub const ALL: [Table; 8] = [
         Table::Job,

@@ -15,6 +15,7 @@ pub(super) fn spec(name: &str, replicas: u32, mem: &str) -> JobSpec {
 pub(super) fn reg(name: &str, cpu: u64, mem_mi: u64) -> Command {
     Command::RegisterNode {
         registration: NodeRegistration {
+            image_roots: Vec::new(),
             name: name.into(),
             labels: Default::default(),
             capacity: Resources::new(cpu, mem_mi << 20),

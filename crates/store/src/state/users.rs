@@ -58,6 +58,7 @@ mod tests {
             user: UserRecord {
                 name: name.into(),
                 role,
+                namespaces: Vec::new(),
                 revoked: false,
                 create_index: 0,
             },

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use skiff_model::{Deployment, JobHistory, JobVersion};
 
 use crate::error::StoreError;
-use crate::state::{State, Table};
+use crate::state::{slot_key, split_slot_key, State, Table};
 
 mod records;
 mod sled_records;
@@ -83,8 +83,8 @@ impl StateDb {
                             .map_err(|_| StoreError::corrupt("state", k(), "not a server id"))?;
                         state.servers.insert(id, decode(&k(), v)?);
                     }
-                    Table::Deployment => match key.split_once('/') {
-                        Some((job, _)) => {
+                    Table::Deployment => match saved_slot(&key) {
+                        Some(job) => {
                             let d: Deployment = decode(&k(), v)?;
                             rollouts.entry(job.to_string()).or_default().push(d);
                         }
@@ -93,8 +93,8 @@ impl StateDb {
                             rollout_order.insert(key, order.order);
                         }
                     },
-                    Table::History => match key.rsplit_once('/') {
-                        Some((job, _)) => {
+                    Table::History => match saved_slot(&key) {
+                        Some(job) => {
                             let v: JobVersion = decode(&k(), v)?;
                             versions.entry(job.to_string()).or_default().push(v);
                         }
@@ -198,13 +198,13 @@ impl StateDb {
                 encode(&DeploymentIndex::of(list)),
             );
             for d in list {
-                put(Table::Deployment, format!("{job}/{}", d.slot), encode(d));
+                put(Table::Deployment, slot_key(job, d.slot), encode(d));
             }
         }
         for (job, h) in &state.histories {
             put(Table::History, job.clone(), encode(&HistoryIndex::of(h)));
             for v in &h.versions {
-                put(Table::History, format!("{job}/{}", v.slot), encode(v));
+                put(Table::History, slot_key(job, v.slot), encode(v));
             }
         }
         if state.access != crate::state::Access::default() {
@@ -261,32 +261,26 @@ fn write_record(state: &State, table: Table, key: &str, out: &mut Vec<u8>) -> Op
             .ok()
             .and_then(|id| state.servers.get(&id))
             .map(|v| write(out, v)),
-        Table::Deployment => match key.split_once('/') {
-            Some((job, slot)) => {
-                let slot: u32 = slot.parse().ok()?;
-                state
-                    .deployments
-                    .get(job)?
-                    .iter()
-                    .find(|d| d.slot == slot)
-                    .map(|v| write(out, v))
-            }
+        Table::Deployment => match split_slot_key(key) {
+            Some((job, slot)) => state
+                .deployments
+                .get(job)?
+                .iter()
+                .find(|d| d.slot == slot)
+                .map(|v| write(out, v)),
             None => state
                 .deployments
                 .get(key)
                 .map(|l| write(out, &DeploymentIndex::of(l))),
         },
-        Table::History => match key.rsplit_once('/') {
-            Some((job, slot)) => {
-                let slot: u32 = slot.parse().ok()?;
-                state
-                    .histories
-                    .get(job)?
-                    .versions
-                    .iter()
-                    .find(|v| v.slot == slot)
-                    .map(|v| write(out, v))
-            }
+        Table::History => match split_slot_key(key) {
+            Some((job, slot)) => state
+                .histories
+                .get(job)?
+                .versions
+                .iter()
+                .find(|v| v.slot == slot)
+                .map(|v| write(out, v)),
             None => state
                 .histories
                 .get(key)
@@ -341,4 +335,10 @@ fn encode<T: Serialize>(v: &T) -> String {
 
 fn decode<T: DeserializeOwned>(key: &str, v: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(v).map_err(|e| StoreError::corrupt("state", key, e))
+}
+
+/// The job of a saved rollout or kept-version record (`JOB#SLOT`); `None`
+/// for a job's index record (`JOB`).
+fn saved_slot(key: &str) -> Option<&str> {
+    split_slot_key(key).map(|(job, _)| job)
 }
