@@ -62,13 +62,17 @@ echo uid=$(id -u) gid=$(id -g)"#;
         ))
         .await
         .unwrap();
-    client
-        .apply_job(&with_none(
-            "netadmin",
-            "  security: {cap_add: [NET_ADMIN]}\n",
-        ))
-        .await
-        .unwrap();
+    // A capability beyond Docker's defaults needs the namespace's policy.
+    let netadmin = with_none("netadmin", "  security: {cap_add: [NET_ADMIN]}\n");
+    let err = client.apply_job(&netadmin).await.unwrap_err();
+    assert_eq!(err.code(), Some(skiff_client::Code::PermissionDenied), "{err}");
+    assert!(err.to_string().contains("NET_ADMIN"), "{err}");
+    let policy = skiff_model::namespace::Namespace::from_yaml(
+        "name: default\npolicy: {capabilities: [NET_ADMIN]}\n",
+    )
+    .unwrap();
+    client.apply_namespace(&policy).await.unwrap();
+    client.apply_job(&netadmin).await.unwrap();
 
     let plain = wait_allocs(&mut client, "plain", 1, AllocStatus::Complete, START).await;
     let out = stdout_of(&mut client, &plain[0].id).await;

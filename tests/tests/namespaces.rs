@@ -1,0 +1,285 @@
+//! Namespaces as a lab's teams meet them, on real servers and agents over
+//! mutual TLS: a developer works in the namespaces granted and nowhere
+//! else, asks only for what the namespace's policy allows, and a quota
+//! holds under concurrent applies; an agent runs layouts only from its
+//! image roots or the paths the namespace's policy adds.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use skiff_client::{Client, ClientError, Code, WatchOptions};
+use skiff_model::namespace::Namespace;
+use skiff_model::{AllocStatus, JobSpec};
+use skiff_tests::*;
+
+const START: Duration = Duration::from_secs(60);
+
+/// A user made with `skiff user create`, granted `namespaces`.
+fn make_user(url: &str, dir: &Path, name: &str, role: &str, namespaces: &str) -> PathBuf {
+    let out = dir.join(format!("{name}.conf"));
+    let mut cmd = skiff_command();
+    cmd.args(["user", "create", name, "--role", role, "--server", url]);
+    if !namespaces.is_empty() {
+        cmd.args(["--namespace", namespaces]);
+    }
+    let run = cmd.arg("--out").arg(&out).output().unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out
+}
+
+async fn as_user(conf: &Path) -> Client {
+    let config = skiff_client::config::ClientConfig::load(conf).unwrap();
+    Client::connect_config(&config).await.unwrap()
+}
+
+fn namespace(yaml: &str) -> Namespace {
+    Namespace::from_yaml(yaml).unwrap()
+}
+
+fn in_ns(ns: &str, spec: JobSpec) -> JobSpec {
+    let mut spec = spec;
+    spec.namespace = ns.to_string();
+    spec
+}
+
+fn code_of<T>(r: Result<T, ClientError>) -> (Option<Code>, String) {
+    match r {
+        Ok(_) => panic!("expected a refusal"),
+        Err(e) => (e.code(), e.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn developers_act_only_in_their_namespaces_and_ask_only_what_the_policy_allows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&tmp.path().join("s"));
+    let url = server.url();
+    let mut admin = server.client().await;
+
+    // A namespace nobody described holds no job.
+    let (code, msg) = code_of(admin.apply_job(&in_ns("ml", shell_job("t", 0, "true"))).await);
+    assert_eq!(code, Some(Code::NotFound), "{msg}");
+    assert!(msg.contains("skiff namespace apply"), "{msg}");
+    for ns in ["ml", "web"] {
+        admin
+            .apply_namespace(&namespace(&format!("name: {ns}\n")))
+            .await
+            .unwrap();
+    }
+    admin.apply_job(&shell_job("shared", 0, "true")).await.unwrap();
+    admin
+        .apply_job(&in_ns("web", shell_job("site", 0, "true")))
+        .await
+        .unwrap();
+    // The same name in two namespaces is two jobs.
+    admin
+        .apply_job(&in_ns("ml", shell_job("site", 0, "true")))
+        .await
+        .unwrap();
+
+    let dev = make_user(&url, tmp.path(), "dev", "developer", "ml");
+    let vic = make_user(&url, tmp.path(), "vic", "viewer", "web");
+    let mut dev = as_user(&dev).await.namespace("ml");
+
+    dev.apply_job(&in_ns("ml", shell_job("train", 0, "true")))
+        .await
+        .unwrap();
+    dev.scale_job("train", 0).await.unwrap();
+    // Another namespace: neither written nor read.
+    let (code, msg) = code_of(dev.apply_job(&shell_job("sneak", 0, "true")).await);
+    assert_eq!(code, Some(Code::PermissionDenied), "{msg}");
+    assert!(
+        msg.contains("may not apply jobs in namespace \"default\" (granted: ml)"),
+        "{msg}"
+    );
+    let mut dev_in_web = dev.clone().namespace("web");
+    let (code, _) = code_of(dev_in_web.delete_job("site").await);
+    assert_eq!(code, Some(Code::PermissionDenied));
+    let (code, _) = code_of(dev_in_web.get_job("site").await);
+    assert_eq!(code, Some(Code::PermissionDenied));
+    // A list without a namespace shows what the caller may read.
+    let mut dev_all = dev.clone().namespace("");
+    let keys: Vec<String> = dev_all
+        .list_jobs()
+        .await
+        .unwrap()
+        .iter()
+        .map(|(j, _)| j.key())
+        .collect();
+    assert_eq!(keys, ["ml/site", "ml/train"]);
+    // So does a watch: nothing of another namespace comes through.
+    let mut watch = dev_all
+        .watch_with(WatchOptions {
+            kinds: vec!["job".into()],
+            ..WatchOptions::default()
+        })
+        .await
+        .unwrap();
+    admin.apply_job(&shell_job("shared", 0, "echo again")).await.unwrap();
+    dev.apply_job(&in_ns("ml", shell_job("after", 0, "true")))
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), watch.next())
+        .await
+        .expect("an event")
+        .expect("the watch goes on")
+        .expect("an event, not the end");
+    assert_eq!(first.key, "ml/after", "the default job's change is not sent");
+
+    // Capabilities beyond Docker's defaults need the namespace's policy.
+    let mut sys_admin = in_ns("ml", shell_job("priv", 0, "true"));
+    sys_admin.task.security.cap_add = vec!["SYS_ADMIN".into()];
+    let (code, msg) = code_of(dev.apply_job(&sys_admin).await);
+    assert_eq!(code, Some(Code::PermissionDenied), "{msg}");
+    assert!(
+        msg.contains("task.security.cap_add[0]: SYS_ADMIN is beyond Docker's default capabilities"),
+        "{msg}"
+    );
+    // Only an admin sets a policy.
+    let (code, _) = code_of(
+        dev.apply_namespace(&namespace("name: ml\npolicy: {capabilities: [SYS_ADMIN]}\n"))
+            .await,
+    );
+    assert_eq!(code, Some(Code::PermissionDenied));
+    admin
+        .apply_namespace(&namespace("name: ml\npolicy: {capabilities: [SYS_ADMIN]}\n"))
+        .await
+        .unwrap();
+    dev.apply_job(&sys_admin).await.unwrap();
+
+    // A viewer granted `web` reads web only, writes nothing.
+    let mut vic = as_user(&vic).await;
+    let keys: Vec<String> = vic
+        .list_jobs()
+        .await
+        .unwrap()
+        .iter()
+        .map(|(j, _)| j.key())
+        .collect();
+    assert_eq!(keys, ["web/site"]);
+    let (code, _) = code_of(vic.clone().namespace("ml").list_jobs().await);
+    assert_eq!(code, Some(Code::PermissionDenied));
+
+    // A namespace goes only once its jobs have.
+    let (code, msg) = code_of(admin.delete_namespace("web").await);
+    assert_eq!(code, Some(Code::FailedPrecondition), "{msg}");
+    admin.clone().namespace("web").delete_job("site").await.unwrap();
+    admin.delete_namespace("web").await.unwrap();
+    let names: Vec<String> = admin
+        .list_namespaces()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n.name)
+        .collect();
+    assert_eq!(names, ["default", "ml"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_is_never_exceeded_under_concurrent_applies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&tmp.path().join("s"));
+    let mut admin = server.client().await;
+    admin
+        .apply_namespace(&namespace(
+            "name: lab\nquota: {cpu: 1, memory: 1Gi, allocations: 3, gpus: {any: 0}}\n",
+        ))
+        .await
+        .unwrap();
+    let lab = admin.clone().namespace("lab");
+    // Twelve clients at once, each asking for one more allocation of the
+    // three the quota holds.
+    let tries: Vec<_> = (0..12)
+        .map(|i| {
+            let mut c = lab.clone();
+            tokio::spawn(async move {
+                c.apply_job(&in_ns("lab", shell_job(&format!("j{i}"), 1, "true")))
+                    .await
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    let mut refusals = Vec::new();
+    for t in tries {
+        match t.await.unwrap() {
+            Ok(_) => admitted += 1,
+            Err(e) => {
+                assert_eq!(e.code(), Some(Code::ResourceExhausted), "{e}");
+                refusals.push(e.to_string());
+            }
+        }
+    }
+    assert_eq!(admitted, 3, "{refusals:?}");
+    assert!(
+        refusals[0].contains("quota of namespace \"lab\" exceeded: allocations 3 used of 3, 0 left"),
+        "{}",
+        refusals[0]
+    );
+    let jobs = lab.clone().list_jobs().await.unwrap();
+    assert_eq!(jobs.len(), 3);
+    // Scaling up past the quota is refused as well; down always works.
+    let name = jobs[0].0.name().to_string();
+    let (code, _) = code_of(lab.clone().scale_job(&name, 2).await);
+    assert_eq!(code, Some(Code::ResourceExhausted));
+    lab.clone().scale_job(&name, 0).await.unwrap();
+    // GPUs the quota does not list are not allowed at all.
+    let mut gpu = in_ns("lab", shell_job("gpu", 1, "true"));
+    gpu.task.resources.gpus = 1;
+    let (code, msg) = code_of(lab.clone().apply_job(&gpu).await);
+    assert_eq!(code, Some(Code::ResourceExhausted), "{msg}");
+    assert!(msg.contains("GPUs naming no model (`any`) 0 used of 0"), "{msg}");
+    // What is used shows in the list.
+    let list = admin.list_namespaces().await.unwrap();
+    let (_, used) = list.iter().find(|(n, _)| n.name == "lab").unwrap();
+    assert_eq!((used.jobs, used.usage.allocations), (3, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layouts_outside_the_image_roots_need_the_namespace_policy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&tmp.path().join("s"));
+    let roots = tmp.path().join("images");
+    std::fs::create_dir_all(&roots).unwrap();
+    let _agent = AgentProc::start(
+        &tmp.path().join("a"),
+        &server.url(),
+        "n1",
+        &["--image-roots", roots.to_str().unwrap()],
+    );
+    let admin = server.client().await;
+    let node = wait_for("the node to register", START, || {
+        let mut c = admin.clone();
+        async move { c.list_nodes().await.ok()?.into_iter().next() }
+    })
+    .await;
+    let mut admin = admin;
+    assert_eq!(node.node.image_roots, [roots.display().to_string()]);
+
+    // The busybox layout lies outside the node's roots.
+    let (code, msg) = code_of(admin.apply_job(&shell_job("outside", 1, "true")).await);
+    assert_eq!(code, Some(Code::PermissionDenied), "{msg}");
+    assert!(msg.contains("outside the nodes' image roots"), "{msg}");
+
+    // A namespace whose policy names its directory may run it: the servers
+    // send the policy's paths to the agent, which checks again.
+    let dir = busybox_layout().parent().unwrap().display().to_string();
+    admin
+        .apply_namespace(&namespace(&format!(
+            "name: lab\npolicy: {{image_paths: ['{dir}']}}\n"
+        )))
+        .await
+        .unwrap();
+    let mut lab = admin.clone().namespace("lab");
+    lab.apply_job(&in_ns(
+        "lab",
+        job_yaml("inside", 1, "echo ran", "  restart: {policy: never}\n"),
+    ))
+    .await
+    .unwrap();
+    let done = wait_allocs(&mut lab, "inside", 1, AllocStatus::Complete, START).await;
+    assert_eq!(done[0].job, "lab/inside");
+}
