@@ -65,7 +65,11 @@ echo uid=$(id -u) gid=$(id -g)"#;
     // A capability beyond Docker's defaults needs the namespace's policy.
     let netadmin = with_none("netadmin", "  security: {cap_add: [NET_ADMIN]}\n");
     let err = client.apply_job(&netadmin).await.unwrap_err();
-    assert_eq!(err.code(), Some(skiff_client::Code::PermissionDenied), "{err}");
+    assert_eq!(
+        err.code(),
+        Some(skiff_client::Code::PermissionDenied),
+        "{err}"
+    );
     assert!(err.to_string().contains("NET_ADMIN"), "{err}");
     let policy = skiff_model::namespace::Namespace::from_yaml(
         "name: default\npolicy: {capabilities: [NET_ADMIN]}\n",

@@ -61,7 +61,11 @@ async fn developers_act_only_in_their_namespaces_and_ask_only_what_the_policy_al
     let mut admin = server.client().await;
 
     // A namespace nobody described holds no job.
-    let (code, msg) = code_of(admin.apply_job(&in_ns("ml", shell_job("t", 0, "true"))).await);
+    let (code, msg) = code_of(
+        admin
+            .apply_job(&in_ns("ml", shell_job("t", 0, "true")))
+            .await,
+    );
     assert_eq!(code, Some(Code::NotFound), "{msg}");
     assert!(msg.contains("skiff namespace apply"), "{msg}");
     for ns in ["ml", "web"] {
@@ -70,7 +74,10 @@ async fn developers_act_only_in_their_namespaces_and_ask_only_what_the_policy_al
             .await
             .unwrap();
     }
-    admin.apply_job(&shell_job("shared", 0, "true")).await.unwrap();
+    admin
+        .apply_job(&shell_job("shared", 0, "true"))
+        .await
+        .unwrap();
     admin
         .apply_job(&in_ns("web", shell_job("site", 0, "true")))
         .await
@@ -119,7 +126,10 @@ async fn developers_act_only_in_their_namespaces_and_ask_only_what_the_policy_al
         })
         .await
         .unwrap();
-    admin.apply_job(&shell_job("shared", 0, "echo again")).await.unwrap();
+    admin
+        .apply_job(&shell_job("shared", 0, "echo again"))
+        .await
+        .unwrap();
     dev.apply_job(&in_ns("ml", shell_job("after", 0, "true")))
         .await
         .unwrap();
@@ -128,7 +138,10 @@ async fn developers_act_only_in_their_namespaces_and_ask_only_what_the_policy_al
         .expect("an event")
         .expect("the watch goes on")
         .expect("an event, not the end");
-    assert_eq!(first.key, "ml/after", "the default job's change is not sent");
+    assert_eq!(
+        first.key, "ml/after",
+        "the default job's change is not sent"
+    );
 
     // Capabilities beyond Docker's defaults need the namespace's policy.
     let mut sys_admin = in_ns("ml", shell_job("priv", 0, "true"));
@@ -141,12 +154,16 @@ async fn developers_act_only_in_their_namespaces_and_ask_only_what_the_policy_al
     );
     // Only an admin sets a policy.
     let (code, _) = code_of(
-        dev.apply_namespace(&namespace("name: ml\npolicy: {capabilities: [SYS_ADMIN]}\n"))
-            .await,
+        dev.apply_namespace(&namespace(
+            "name: ml\npolicy: {capabilities: [SYS_ADMIN]}\n",
+        ))
+        .await,
     );
     assert_eq!(code, Some(Code::PermissionDenied));
     admin
-        .apply_namespace(&namespace("name: ml\npolicy: {capabilities: [SYS_ADMIN]}\n"))
+        .apply_namespace(&namespace(
+            "name: ml\npolicy: {capabilities: [SYS_ADMIN]}\n",
+        ))
         .await
         .unwrap();
     dev.apply_job(&sys_admin).await.unwrap();
@@ -167,7 +184,12 @@ async fn developers_act_only_in_their_namespaces_and_ask_only_what_the_policy_al
     // A namespace goes only once its jobs have.
     let (code, msg) = code_of(admin.delete_namespace("web").await);
     assert_eq!(code, Some(Code::FailedPrecondition), "{msg}");
-    admin.clone().namespace("web").delete_job("site").await.unwrap();
+    admin
+        .clone()
+        .namespace("web")
+        .delete_job("site")
+        .await
+        .unwrap();
     admin.delete_namespace("web").await.unwrap();
     let names: Vec<String> = admin
         .list_namespaces()
@@ -215,7 +237,8 @@ async fn a_quota_is_never_exceeded_under_concurrent_applies() {
     }
     assert_eq!(admitted, 3, "{refusals:?}");
     assert!(
-        refusals[0].contains("quota of namespace \"lab\" exceeded: allocations 3 used of 3, 0 left"),
+        refusals[0]
+            .contains("quota of namespace \"lab\" exceeded: allocations 3 used of 3, 0 left"),
         "{}",
         refusals[0]
     );
@@ -231,7 +254,10 @@ async fn a_quota_is_never_exceeded_under_concurrent_applies() {
     gpu.task.resources.gpus = 1;
     let (code, msg) = code_of(lab.clone().apply_job(&gpu).await);
     assert_eq!(code, Some(Code::ResourceExhausted), "{msg}");
-    assert!(msg.contains("GPUs naming no model (`any`) 0 used of 0"), "{msg}");
+    assert!(
+        msg.contains("GPUs naming no model (`any`) 0 used of 0"),
+        "{msg}"
+    );
     // What is used shows in the list.
     let list = admin.list_namespaces().await.unwrap();
     let (_, used) = list.iter().find(|(n, _)| n.name == "lab").unwrap();

@@ -140,9 +140,13 @@ pub fn mig_units(profile: &str, model: Option<&str>) -> u64 {
     (slices.min(of) * GPU_UNITS).div_ceil(of)
 }
 
+/// One amount of a quota check: its name, cap, use, request and how to
+/// print it.
+type Check<'a> = (&'a str, Option<u64>, u64, u64, &'a dyn Fn(u64) -> String);
+
 /// A number of GPUs in quota units, as people read it (`2`, `0.29`).
 pub fn format_gpus(units: u64) -> String {
-    if units % GPU_UNITS == 0 {
+    if units.is_multiple_of(GPU_UNITS) {
         (units / GPU_UNITS).to_string()
     } else {
         format!("{:.2}", units as f64 / GPU_UNITS as f64)
@@ -194,7 +198,7 @@ impl Namespace {
             )
         };
         let plain = |n: u64| n.to_string();
-        let checks: [(&str, Option<u64>, u64, u64, &dyn Fn(u64) -> String); 3] = [
+        let checks: [Check; 3] = [
             (
                 "cpu",
                 q.cpu_millis,

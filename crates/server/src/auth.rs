@@ -91,16 +91,6 @@ impl Scope {
             Scope::Only(list) => list.iter().any(|n| n == ns),
         }
     }
-
-    /// The scope of a request that names `ns` (empty: every namespace
-    /// the caller may read), within what the caller may read.
-    pub fn narrowed(self, ns: &str) -> Scope {
-        if ns.is_empty() {
-            self
-        } else {
-            Scope::Only(vec![ns.to_string()])
-        }
-    }
 }
 
 /// Who made a call.

@@ -165,7 +165,7 @@ impl State {
         if let Some(list) = self.deployments.remove(name) {
             self.touch(Table::Deployment, name);
             for d in list {
-                self.touch(Table::Deployment, &super::table::slot_key(&name, d.slot));
+                self.touch(Table::Deployment, &super::table::slot_key(name, d.slot));
             }
         }
         if let Some(h) = self.histories.remove(name) {
