@@ -42,6 +42,7 @@ impl Creds {
         )?;
         let creds = Creds {
             tls: Some(ClientTls {
+                token: None,
                 ca_pem: ca.cert_pem().to_string(),
                 identity: Some((admin.cert_pem, admin.key_pem)),
             }),

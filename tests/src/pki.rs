@@ -54,6 +54,7 @@ pub fn test_pki() -> &'static TestPki {
         write_conf(&admin_conf, &ca, &admin);
         TestPki {
             admin: ClientTls {
+                token: None,
                 ca_pem: ca.cert_pem().to_string(),
                 identity: Some((admin.cert_pem, admin.key_pem)),
             },

@@ -20,6 +20,7 @@ const HOUR: Duration = Duration::from_secs(3600);
 fn creds(ca: &Ca, who: Identity) -> ClientTls {
     let leaf = ca.issue(&who, HOUR).unwrap();
     ClientTls {
+        token: None,
         ca_pem: test_pki().ca.cert_pem().to_string(),
         identity: Some((leaf.cert_pem, leaf.key_pem)),
     }
@@ -59,6 +60,7 @@ async fn joined_node(url: &str, name: &str) -> ClientTls {
     let token = join_token(url, "node");
     let j = join(url, &token, &Joiner::Node(name.into())).await.unwrap();
     ClientTls {
+        token: None,
         ca_pem: j.ca_pem,
         identity: Some((j.cert_pem, j.key_pem)),
     }
@@ -73,6 +75,7 @@ async fn the_client_api_wants_a_certificate_of_the_cluster_and_the_right_identit
 
     // No client certificate: only the join call is open.
     let anonymous = ClientTls {
+        token: None,
         ca_pem: test_pki().ca.cert_pem().to_string(),
         identity: None,
     };

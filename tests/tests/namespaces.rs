@@ -309,3 +309,89 @@ async fn layouts_outside_the_image_roots_need_the_namespace_policy() {
     let done = wait_allocs(&mut lab, "inside", 1, AllocStatus::Complete, START).await;
     assert_eq!(done[0].job, "lab/inside");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bearer_token_acts_as_its_user_until_it_is_revoked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&tmp.path().join("s"));
+    let url = server.url();
+    let mut admin = server.client().await;
+    admin
+        .apply_namespace(&namespace("name: ml\n"))
+        .await
+        .unwrap();
+    make_user(&url, tmp.path(), "ci", "developer", "ml");
+    let conf = tmp.path().join("ci-token.conf");
+    let out = skiff_command()
+        .args([
+            "user", "token", "ci", "--ttl", "1h", "--server", &url, "--out",
+        ])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(token.starts_with("skiffu1."), "{token}");
+    let id = token.split('.').nth(1).unwrap().to_string();
+
+    // The file holds the CA and the token, no certificate: the calls act
+    // as the developer, in its namespace only.
+    let mut ci = as_user(&conf).await.namespace("ml");
+    ci.apply_job(&in_ns("ml", shell_job("by-token", 0, "true")))
+        .await
+        .unwrap();
+    let (code, _) = code_of(ci.apply_job(&shell_job("elsewhere", 0, "true")).await);
+    assert_eq!(code, Some(Code::PermissionDenied));
+    let (code, _) = code_of(ci.create_user_token("ci", 60).await);
+    assert_eq!(
+        code,
+        Some(Code::PermissionDenied),
+        "a developer makes no tokens"
+    );
+    // The CLI takes it from SKIFF_TOKEN too.
+    let listed = skiff_command()
+        .args(["get", "jobs", "-n", "ml", "--server", &url])
+        .env("SKIFF_TOKEN", &token)
+        .output()
+        .unwrap();
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("by-token"));
+
+    // A wrong secret is no credential.
+    let forged = format!("{}{}", &token[..token.len() - 4], "aaaa");
+    let forged_tls = skiff_client::ClientTls {
+        token: Some(forged),
+        identity: None,
+        ..skiff_client::config::ClientConfig::load(&conf)
+            .unwrap()
+            .tls
+            .unwrap()
+    };
+    let mut forged = Client::connect_with(&url, Some(&forged_tls)).await.unwrap();
+    let (code, _) = code_of(forged.list_jobs().await);
+    assert_eq!(code, Some(Code::Unauthenticated));
+
+    // Revoked: refused from the next call on.
+    admin.revoke_user_token(&id).await.unwrap();
+    let (code, msg) = code_of(ci.list_jobs().await);
+    assert_eq!(code, Some(Code::Unauthenticated), "{msg}");
+    assert!(msg.contains(&id) && msg.contains("revoked"), "{msg}");
+
+    // The audit names the token by its id; its secret is nowhere.
+    let secret = token.rsplit('.').next().unwrap();
+    assert!(
+        !server.log().contains(secret),
+        "a token secret is in the log"
+    );
+    let audit = std::fs::read_to_string(tmp.path().join("s/audit/audit.log")).unwrap();
+    assert!(audit.contains(&format!("user-token/{id}")), "{audit}");
+    assert!(!audit.contains(secret));
+}

@@ -293,6 +293,34 @@ impl Client {
         Ok(r.index)
     }
 
+    /// A bearer token for user `user`, living `ttl_seconds` (0: 30 days):
+    /// the word (shown only here), its id and when it expires (ms).
+    pub async fn create_user_token(
+        &mut self,
+        user: &str,
+        ttl_seconds: u64,
+    ) -> Result<(String, String, u64), ClientError> {
+        let r = self
+            .access
+            .create_user_token(pb::CreateUserTokenRequest {
+                user: user.into(),
+                ttl_seconds,
+            })
+            .await?
+            .into_inner();
+        Ok((r.token, r.id, r.expires_ms))
+    }
+
+    /// Revokes a user's bearer token; the Raft index of the write.
+    pub async fn revoke_user_token(&mut self, id: &str) -> Result<u64, ClientError> {
+        let r = self
+            .access
+            .revoke_user_token(pb::RevokeUserTokenRequest { id: id.into() })
+            .await?
+            .into_inner();
+        Ok(r.index)
+    }
+
     /// Describes namespace `ns` (new or again); the Raft index of the
     /// write.
     pub async fn apply_namespace(

@@ -23,6 +23,9 @@ pub const SERVER_NAME: &str = "server.skiff";
 pub struct ClientTls {
     pub ca_pem: String,
     pub identity: Option<(String, String)>,
+    /// A user's bearer token (`skiff user token`), sent with every call
+    /// instead of a certificate.
+    pub token: Option<String>,
 }
 
 impl std::fmt::Debug for ClientTls {
@@ -32,6 +35,7 @@ impl std::fmt::Debug for ClientTls {
                 "identity",
                 &self.identity.as_ref().map(|_| "<cert and key>"),
             )
+            .field("token", &self.token.as_ref().map(|_| "<token>"))
             .finish()
     }
 }
@@ -68,6 +72,7 @@ struct File {
     ca: Option<String>,
     cert: Option<String>,
     key: Option<String>,
+    token: Option<String>,
 }
 
 fn bad(path: &str, reason: impl std::fmt::Display) -> ClientError {
@@ -105,12 +110,19 @@ impl ClientConfig {
             (None, None) => None,
             _ => return Err(bad(path, "cert and key: give both or neither")),
         };
+        if f.token.is_some() && identity.is_some() {
+            return Err(bad(path, "token: give a certificate or a token, not both"));
+        }
         let tls = match f.ca {
-            Some(ca_pem) => Some(ClientTls { ca_pem, identity }),
-            None if identity.is_some() => {
+            Some(ca_pem) => Some(ClientTls {
+                ca_pem,
+                identity,
+                token: f.token,
+            }),
+            None if identity.is_some() || f.token.is_some() => {
                 return Err(bad(
                     path,
-                    "ca: a certificate needs the cluster CA beside it",
+                    "ca: a certificate or token needs the cluster CA beside it",
                 ))
             }
             None => None,
@@ -151,6 +163,21 @@ pub fn config_text(header: &str, servers: &[String], ca: &str, cert: &str, key: 
     out.push_str(&block(cert));
     out.push_str("key: |\n");
     out.push_str(&block(key));
+    out
+}
+
+/// A client configuration file holding a bearer token instead of a
+/// certificate: `header` as comments, then `servers`, `ca` and `token`.
+pub fn token_config_text(header: &str, servers: &[String], ca: &str, token: &str) -> String {
+    let block = |pem: &str| pem.lines().map(|l| format!("  {l}\n")).collect::<String>();
+    let mut out: String = header.lines().map(|l| format!("# {l}\n")).collect();
+    out.push_str("servers:\n");
+    for s in servers {
+        out.push_str(&format!("  - {s}\n"));
+    }
+    out.push_str("ca: |\n");
+    out.push_str(&block(ca));
+    out.push_str(&format!("token: {token}\n"));
     out
 }
 

@@ -56,6 +56,7 @@ pub async fn join(url: &str, token: &str, who: &Joiner) -> Result<Joined, Client
     let ca_pem = skiff_pki::discover::pinned_ca(&chain, &token.pin).map_err(fail)?;
     let (key_pem, csr_pem) = skiff_pki::ca::request().map_err(fail)?;
     let tls = ClientTls {
+        token: None,
         ca_pem: ca_pem.clone(),
         identity: None,
     };

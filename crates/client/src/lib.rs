@@ -99,8 +99,8 @@ pub(crate) fn missing(field: &str) -> WireError {
 
 #[derive(Clone)]
 pub struct Client {
-    cluster: pb::cluster_client::ClusterClient<Channel>,
-    access: pb::access_client::AccessClient<Channel>,
+    cluster: pb::cluster_client::ClusterClient<Authed>,
+    access: pb::access_client::AccessClient<Authed>,
     url: String,
     stale: bool,
     namespace: String,
@@ -152,10 +152,14 @@ impl Client {
     /// holds a certificate), `http://` in plaintext.
     pub async fn connect_with(url: &str, tls: Option<&ClientTls>) -> Result<Client, ClientError> {
         let channel = channel(url, tls).await?;
+        let bearer = Bearer::of(tls)?;
         Ok(Client {
-            cluster: pb::cluster_client::ClusterClient::new(channel.clone())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            access: pb::access_client::AccessClient::new(channel),
+            cluster: pb::cluster_client::ClusterClient::with_interceptor(
+                channel.clone(),
+                bearer.clone(),
+            )
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            access: pb::access_client::AccessClient::with_interceptor(channel, bearer),
             url: url.to_string(),
             stale: false,
             namespace: String::new(),
@@ -690,6 +694,38 @@ impl Client {
             .await?
             .into_inner();
         Ok(Watch { stream })
+    }
+}
+
+/// A channel whose calls carry the bearer token, if the client has one.
+type Authed = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+
+/// Adds `authorization: Bearer TOKEN` to every call of a client that
+/// holds a token (and nothing to one that holds a certificate).
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    fn of(tls: Option<&ClientTls>) -> Result<Bearer, ClientError> {
+        match tls.and_then(|t| t.token.as_deref()) {
+            None => Ok(Bearer(None)),
+            Some(token) => format!("Bearer {}", token.trim())
+                .parse()
+                .map(|v| Bearer(Some(v)))
+                .map_err(|_| ClientError::Config {
+                    path: "token".into(),
+                    reason: "a token is one word of printable characters".into(),
+                }),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
     }
 }
 

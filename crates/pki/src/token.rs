@@ -93,9 +93,83 @@ pub fn bearer_secret() -> String {
     random(32)
 }
 
+const BEARER_PREFIX: &str = "skiffu1";
+const BEARER_ID_LEN: usize = 8;
+
+/// A user's bearer token (`skiff user token`), for scripts that hold no
+/// certificate: one word, `skiffu1.<id>.<secret>`, sent as
+/// `authorization: Bearer WORD` over TLS. The id names it; the servers
+/// keep a hash of the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerToken {
+    pub id: String,
+    pub secret: String,
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BearerToken {{ id: {:?}, secret: <secret> }}", self.id)
+    }
+}
+
+impl BearerToken {
+    pub fn generate() -> BearerToken {
+        BearerToken {
+            id: random(BEARER_ID_LEN),
+            secret: bearer_secret(),
+        }
+    }
+
+    /// The word to hand out; it holds the secret.
+    pub fn reveal(&self) -> String {
+        format!("{BEARER_PREFIX}.{}.{}", self.id, self.secret)
+    }
+
+    /// Reads a token word (an `authorization` header's value without
+    /// `Bearer `), naming what is wrong with it but never echoing it.
+    pub fn parse(word: &str) -> Result<BearerToken, PkiError> {
+        let bad = |why: &str| PkiError::Token(format!("not a Skiff user token: {why}"));
+        let parts: Vec<&str> = word.trim().split('.').collect();
+        let [prefix, id, secret] = parts.as_slice() else {
+            return Err(bad("expected skiffu1.ID.SECRET"));
+        };
+        if *prefix != BEARER_PREFIX {
+            return Err(bad("it does not start with skiffu1."));
+        }
+        let word_ok = |s: &str, len| s.len() == len && s.bytes().all(|b| ALPHABET.contains(&b));
+        if !word_ok(id, BEARER_ID_LEN) || !word_ok(secret, 32) {
+            return Err(bad("the id or secret has the wrong length or characters"));
+        }
+        Ok(BearerToken {
+            id: id.to_string(),
+            secret: secret.to_string(),
+        })
+    }
+}
+
+/// Compares two secrets' hashes in time that does not depend on where
+/// they differ.
+pub fn same_hash(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bearer_token_survives_its_word() {
+        let t = BearerToken::generate();
+        assert_eq!(BearerToken::parse(&t.reveal()).unwrap(), t);
+        assert!(!format!("{t:?}").contains(&t.secret));
+        assert!(BearerToken::parse("skiffu1.short.x").is_err());
+        assert!(same_hash(&hash_secret("a"), &hash_secret("a")));
+        assert!(!same_hash(&hash_secret("a"), &hash_secret("b")));
+    }
 
     #[test]
     fn a_token_survives_its_word_and_malformed_ones_say_why() {

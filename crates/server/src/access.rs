@@ -177,6 +177,11 @@ impl pb::access_server::Access for AccessService {
                 who.require(&self.ctx, Action::Read, "renew its certificate")?;
                 Identity::User(u.clone())
             }
+            Caller::Token { .. } => {
+                return Err(Status::permission_denied(
+                    "a bearer token cannot get a certificate; ask an admin for one (`skiff user create`)",
+                ))
+            }
         };
         let cert_pem = self.sign(&req.into_inner().csr_pem, &identity)?;
         tracing::info!(who = %identity, "certificate renewed");
@@ -314,6 +319,20 @@ impl pb::access_server::Access for AccessService {
             }
             other => Err(not_done(other)),
         }
+    }
+
+    async fn create_user_token(
+        &self,
+        req: Request<pb::CreateUserTokenRequest>,
+    ) -> Result<Response<pb::CreateUserTokenResponse>, Status> {
+        crate::user_tokens::create(&self.ctx, req).await
+    }
+
+    async fn revoke_user_token(
+        &self,
+        req: Request<pb::RevokeUserTokenRequest>,
+    ) -> Result<Response<pb::RevokeUserTokenResponse>, Status> {
+        crate::user_tokens::revoke(&self.ctx, req).await
     }
 
     async fn apply_namespace(

@@ -46,6 +46,10 @@ const MUTATING: &[&str] = &[
     "RemoveNode",
     "CreateUser",
     "RevokeUser",
+    "CreateUserToken",
+    "RevokeUserToken",
+    "ApplyNamespace",
+    "DeleteNamespace",
     "Register",
 ];
 
@@ -275,6 +279,17 @@ impl PeerIdentity {
     }
 }
 
+/// `user-token/ID` for a call that shows a bearer token (checked later).
+fn bearer_id(headers: &http::HeaderMap) -> Option<String> {
+    let word = headers
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")?;
+    let token = skiff_pki::BearerToken::parse(word).ok()?;
+    Some(format!("user-token/{}", token.id))
+}
+
 /// The caller's address.
 fn peer_of<B>(req: &http::Request<B>) -> String {
     use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -362,7 +377,11 @@ where
         let peer = peer_of(&req);
         let identity = if self.tls_on {
             let id = PeerIdentity::of(req.extensions());
-            let name = id.name();
+            let name = match &id.0 {
+                // A bearer token's public id; never its secret.
+                None => bearer_id(req.headers()).unwrap_or_else(|| id.name()),
+                Some(_) => id.name(),
+            };
             req.extensions_mut().insert(id);
             name
         } else {

@@ -101,6 +101,12 @@ pub enum Caller {
     Server(u64),
     Node(String),
     User(String),
+    /// A bearer token (`skiff user token`), not yet checked against the
+    /// state: its id and the hash of the secret it showed.
+    Token {
+        id: String,
+        secret_hash: String,
+    },
 }
 
 fn unauthenticated(why: &str) -> Status {
@@ -124,14 +130,36 @@ pub fn caller<T>(req: &Request<T>, tls: &Tls) -> Result<Caller, Status> {
         }
     };
     match &id.0 {
-        None => Err(unauthenticated(
-            "this call needs a client certificate: use the credentials `skiff` writes (admin.conf), or join with a token",
-        )),
+        None => match bearer(req.metadata())? {
+            Some(token) => Ok(Caller::Token {
+                id: token.id,
+                secret_hash: skiff_pki::token::hash_secret(&token.secret),
+            }),
+            None => Err(unauthenticated(
+                "this call needs a client certificate or a bearer token: use the credentials `skiff` writes (admin.conf), `skiff user token`, or join with a token",
+            )),
+        },
         Some(Ok(skiff_pki::Identity::Server(id))) => Ok(Caller::Server(*id)),
         Some(Ok(skiff_pki::Identity::Node(name))) => Ok(Caller::Node(name.clone())),
         Some(Ok(skiff_pki::Identity::User(name))) => Ok(Caller::User(name.clone())),
         Some(Err(e)) => Err(unauthenticated(e)),
     }
+}
+
+/// The bearer token of a call's `authorization` header, if it has one.
+fn bearer(meta: &tonic::metadata::MetadataMap) -> Result<Option<skiff_pki::BearerToken>, Status> {
+    let Some(value) = meta.get("authorization") else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| unauthenticated("the authorization header is not text"))?;
+    let word = text
+        .strip_prefix("Bearer ")
+        .ok_or_else(|| unauthenticated("the authorization header must be `Bearer TOKEN`"))?;
+    skiff_pki::BearerToken::parse(word)
+        .map(Some)
+        .map_err(|e| unauthenticated(&e.to_string()))
 }
 
 fn denied(caller: &Caller, what: &str) -> Status {
@@ -140,16 +168,36 @@ fn denied(caller: &Caller, what: &str) -> Status {
         Caller::Server(id) => format!("server {id}"),
         Caller::Node(n) => format!("node {n:?}"),
         Caller::User(u) => format!("user {u:?}"),
+        Caller::Token { id, .. } => format!("token {id:?}"),
     };
     Status::permission_denied(format!("{who} may not {what}"))
 }
 
 impl Caller {
+    /// A bearer token becomes the user it was made for, if it is known,
+    /// not revoked, not expired and its secret matches; other callers stay
+    /// as they are.
+    fn resolved(&self, ctx: &Ctx) -> Result<std::borrow::Cow<'_, Caller>, Status> {
+        let Caller::Token { id, secret_hash } = self else {
+            return Ok(std::borrow::Cow::Borrowed(self));
+        };
+        let state = ctx.store.state();
+        let refused = || unauthenticated(&format!("token {id:?} is unknown, revoked or expired"));
+        let t = state.access.user_tokens.get(id).ok_or_else(refused)?;
+        if t.revoked
+            || t.expires_ms <= crate::ctx::now_ms()
+            || !skiff_pki::token::same_hash(&t.secret_hash, secret_hash)
+        {
+            return Err(refused());
+        }
+        Ok(std::borrow::Cow::Owned(Caller::User(t.user.clone())))
+    }
+
     /// A user whose role allows `action` (read from the replicated state,
     /// so a revocation holds from the next call on); `--insecure` trusts
     /// every caller.
     pub fn require(&self, ctx: &Ctx, action: Action, what: &str) -> Result<(), Status> {
-        match self {
+        match self.resolved(ctx)?.as_ref() {
             Caller::Trusted => Ok(()),
             Caller::User(u) => {
                 let role = user_role(ctx, u).ok_or_else(|| {
@@ -179,7 +227,7 @@ impl Caller {
         what: &str,
     ) -> Result<(), Status> {
         self.require(ctx, action, what)?;
-        if let Caller::User(u) = self {
+        if let Caller::User(u) = self.resolved(ctx)?.as_ref() {
             let (role, granted) = user_grant(ctx, u).unwrap_or((UserRole::Viewer, Vec::new()));
             if !grants(role, &granted, ns) {
                 return Err(Status::permission_denied(format!(
@@ -204,7 +252,7 @@ impl Caller {
             return Ok(Scope::Only(vec![ns.to_string()]));
         }
         self.require(ctx, Action::Read, what)?;
-        Ok(match self {
+        Ok(match self.resolved(ctx)?.as_ref() {
             Caller::User(u) => match user_grant(ctx, u) {
                 Some((UserRole::Developer, granted)) => Scope::Only(granted),
                 Some((UserRole::Viewer, granted)) if !granted.is_empty() => Scope::Only(granted),

@@ -42,6 +42,7 @@ pub mod nodes;
 pub mod peer;
 pub mod tls;
 pub mod transport;
+pub mod user_tokens;
 
 use std::collections::HashMap;
 use std::future::Future;

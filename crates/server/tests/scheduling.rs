@@ -171,6 +171,7 @@ impl Server {
             )
             .unwrap();
         let admin = skiff_client::ClientTls {
+            token: None,
             ca_pem: ca.cert_pem().to_string(),
             identity: Some((admin.cert_pem, admin.key_pem)),
         };
@@ -228,6 +229,7 @@ impl Server {
             .await
             .unwrap();
         let tls = skiff_client::ClientTls {
+            token: None,
             ca_pem: joined.ca_pem,
             identity: Some((joined.cert_pem, joined.key_pem)),
         };

@@ -97,6 +97,12 @@ pub fn check(command: &Command) -> Result<(), String> {
             })
         }
         Command::RevokeUser { name } => node_rule(name),
+        Command::CreateUserToken { token } => {
+            name_rule("id", &token.id)?;
+            node_rule(&token.user)?;
+            hash_rule("secret_hash", &token.secret_hash)
+        }
+        Command::RevokeUserToken { id } => name_rule("id", id),
         Command::PutNamespace { namespace } => namespace.validate().map_err(|e| e.to_string()),
         Command::DeleteNamespace { name } => {
             skiff_model::check_dns_label(name).map_err(|rule| format!("name: {name:?} {rule}"))

@@ -99,6 +99,11 @@ pub enum Command {
     /// An admin revoked a user: its certificate stops working at once, and
     /// its name is never given out again.
     RevokeUser { name: String },
+    /// An admin made a bearer token for a user (its secret only as a
+    /// hash).
+    CreateUserToken { token: UserTokenRecord },
+    /// An admin revoked a user's bearer token.
+    RevokeUserToken { id: String },
     /// An admin described a namespace (its policy and quota), new or again.
     PutNamespace {
         namespace: skiff_model::namespace::Namespace,
@@ -201,6 +206,8 @@ impl Command {
             Command::CreateUser { .. } => "create_user",
             Command::RevokeUser { .. } => "revoke_user",
             Command::PutNamespace { .. } => "put_namespace",
+            Command::CreateUserToken { .. } => "create_user_token",
+            Command::RevokeUserToken { .. } => "revoke_user_token",
             Command::DeleteNamespace { .. } => "delete_namespace",
             Command::Join { .. } => "join",
         }
@@ -418,6 +425,21 @@ pub struct UserRecord {
     /// none reads all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<String>,
+    #[serde(default)]
+    pub revoked: bool,
+    #[serde(default)]
+    pub create_index: u64,
+}
+
+/// A user's bearer token as the servers keep it: whose it is, a hash of
+/// its secret, when it expires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserTokenRecord {
+    pub id: String,
+    pub user: String,
+    /// sha256 of the secret, hex.
+    pub secret_hash: String,
+    pub expires_ms: u64,
     #[serde(default)]
     pub revoked: bool,
     #[serde(default)]

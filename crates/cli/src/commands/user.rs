@@ -55,6 +55,34 @@ pub enum UserCmd {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Make a bearer token for a user, for scripts and tools that hold no
+    /// certificate: they send `authorization: Bearer TOKEN` over TLS (the
+    /// CLI does with SKIFF_TOKEN set, or a configuration file holding
+    /// `token:`). It acts as the user, with the user's role and grants,
+    /// until it expires or is revoked (or the user is). Printed once.
+    #[command(after_help = "Examples:\n  \
+        skiff user token ci --ttl 720h\n  \
+        SKIFF_TOKEN=skiffu1.... skiff get jobs\n  \
+        skiff user token ci --out ci.conf   # servers, CA and token in one file")]
+    Token {
+        /// The user the token acts as.
+        name: String,
+        /// How long it works (e.g. 24h, 720h); at most a year.
+        #[arg(long, default_value = "720h", value_parser = crate::args::parse_duration)]
+        ttl: std::time::Duration,
+        /// Also write a client configuration file holding the servers, the
+        /// CA and the token (0600; never overwritten).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Revoke a bearer token (by the id `skiff user token` printed).
+    RevokeToken {
+        id: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Revoke a user: its certificate is refused from the next call on, on
     /// every server. The name is never given out again.
     Revoke {
@@ -178,6 +206,45 @@ pub async fn user(cmd: UserCmd) -> anyhow::Result<()> {
                 path.display(),
                 crate::output::utc(until as u64 * 1000)
             ));
+        }
+        UserCmd::Token {
+            name,
+            ttl,
+            out,
+            client,
+        } => {
+            if out.as_ref().is_some_and(|o| o.exists()) {
+                anyhow::bail!("{} exists; choose another --out", out.unwrap().display());
+            }
+            let config = client.client_config()?;
+            let (token, id, expires_ms) = connect(&client)
+                .await?
+                .create_user_token(&name, ttl.as_secs().max(1))
+                .await?;
+            if let Some(out) = out {
+                let ca = config
+                    .tls
+                    .as_ref()
+                    .map(|t| t.ca_pem.clone())
+                    .unwrap_or_default();
+                let text = skiff_client::config::token_config_text(
+                    &format!("Skiff client credentials: a bearer token of user {name:?} (id {id}).\nKeep this file private (mode 0600)."),
+                    &config.servers,
+                    &ca,
+                    &token,
+                );
+                skiff_pki::files::write_private(&out, text.as_bytes())?;
+                eprintln!("wrote {}", out.display());
+            }
+            eprintln!(
+                "token {id} of user {name}, valid until {} (revoke: skiff user revoke-token {id})",
+                crate::output::utc(expires_ms)
+            );
+            emit(&format!("{token}\n"));
+        }
+        UserCmd::RevokeToken { id, client } => {
+            connect(&client).await?.revoke_user_token(&id).await?;
+            emit(&format!("token {id} revoked\n"));
         }
         UserCmd::Revoke { name, client } => {
             connect(&client).await?.revoke_user(&name).await?;

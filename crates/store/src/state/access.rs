@@ -156,7 +156,11 @@ impl State {
         self.access
             .tokens
             .retain(|_, t| t.expires_ms.saturating_add(24 * 3600 * 1000) > now_ms);
-        if self.access.tokens.len() != before {
+        let before_users = self.access.user_tokens.len();
+        self.access
+            .user_tokens
+            .retain(|_, t| t.expires_ms.saturating_add(24 * 3600 * 1000) > now_ms);
+        if self.access.tokens.len() != before || self.access.user_tokens.len() != before_users {
             self.touch_access();
         }
     }

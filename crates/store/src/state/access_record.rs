@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{CaRecord, TokenRecord, UserRecord};
+use crate::command::{CaRecord, TokenRecord, UserRecord, UserTokenRecord};
 
 /// The record every access change rewrites.
 pub const ACCESS_KEY: &str = "access";
@@ -30,6 +30,9 @@ pub struct Access {
     /// certificate names only its user).
     #[serde(default)]
     pub users: BTreeMap<String, UserRecord>,
+    /// Users' bearer tokens by id.
+    #[serde(default)]
+    pub user_tokens: BTreeMap<String, UserTokenRecord>,
     /// Namespaces an admin described, by name (`default` needs none).
     #[serde(default)]
     pub namespaces: BTreeMap<String, skiff_model::namespace::Namespace>,

@@ -256,6 +256,8 @@ impl State {
             Command::CreateUser { user } => self.create_user(index, user),
             Command::RevokeUser { name } => self.revoke_user(name),
             Command::PutNamespace { namespace } => self.put_namespace(namespace),
+            Command::CreateUserToken { token } => self.create_user_token(index, token),
+            Command::RevokeUserToken { id } => self.revoke_user_token(id),
             Command::DeleteNamespace { name } => self.delete_namespace(name),
             Command::Join {
                 token_id,

@@ -7,7 +7,7 @@ use super::access_record::ACCESS_KEY;
 use super::refusal::Refusal;
 use super::table::Table;
 use super::{Outcome, State};
-use crate::command::UserRecord;
+use crate::command::{UserRecord, UserTokenRecord};
 
 /// The administrator `admin.conf` holds; not a record, never revoked.
 pub const ADMIN_USER: &str = "admin";
@@ -32,6 +32,42 @@ impl State {
         self.access.users.insert(user.name.clone(), user);
         self.touch(Table::Access, ACCESS_KEY);
         Outcome::AccessChanged
+    }
+
+    /// A bearer token for a user who exists and is not revoked.
+    pub(super) fn create_user_token(&mut self, index: u64, token: &UserTokenRecord) -> Outcome {
+        if !self
+            .access
+            .users
+            .get(&token.user)
+            .is_some_and(|u| !u.revoked)
+        {
+            return Outcome::Refused(Refusal::UserNotFound {
+                name: token.user.clone(),
+            });
+        }
+        if self.access.user_tokens.contains_key(&token.id) {
+            return Outcome::Refused(Refusal::TokenExists {
+                id: token.id.clone(),
+            });
+        }
+        let mut token = token.clone();
+        token.create_index = index;
+        token.revoked = false;
+        self.access.user_tokens.insert(token.id.clone(), token);
+        self.touch(Table::Access, ACCESS_KEY);
+        Outcome::AccessChanged
+    }
+
+    pub(super) fn revoke_user_token(&mut self, id: &str) -> Outcome {
+        match self.access.user_tokens.get_mut(id) {
+            Some(t) => {
+                t.revoked = true;
+                self.touch(Table::Access, ACCESS_KEY);
+                Outcome::AccessChanged
+            }
+            None => Outcome::Refused(Refusal::TokenNotFound { id: id.to_string() }),
+        }
     }
 
     pub(super) fn revoke_user(&mut self, name: &str) -> Outcome {
