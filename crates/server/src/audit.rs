@@ -246,6 +246,30 @@ pub fn object_of(cmd: &Command) -> Option<String> {
     })
 }
 
+/// Certificates seen lately and the identities they name: a connection's
+/// every call shows the same certificate, and parsing it (X.509, a few
+/// microseconds) on every call was a measurable share of a write's cost.
+/// The handshake has checked the certificate; this only reads its name,
+/// so the bytes are the key. Bounded: emptied when full.
+fn identity_of(der: &[u8]) -> Result<skiff_pki::Identity, String> {
+    use std::collections::HashMap;
+    use std::sync::OnceLock;
+    const KEPT: usize = 4096;
+    type Seen = Mutex<HashMap<Box<[u8]>, Result<skiff_pki::Identity, String>>>;
+    static SEEN: OnceLock<Seen> = OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    if let Some(known) = seen.lock().unwrap_or_else(|p| p.into_inner()).get(der) {
+        return known.clone();
+    }
+    let id = skiff_pki::Identity::of_certificate(der).map_err(|e| e.to_string());
+    let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+    if seen.len() >= KEPT {
+        seen.clear();
+    }
+    seen.insert(der.into(), id.clone());
+    id
+}
+
 /// The identity the caller's client certificate names, read once per call
 /// by [`Audited`] and left in the request's extensions for
 /// `auth::caller`. `None`: no certificate.
@@ -259,11 +283,7 @@ impl PeerIdentity {
         let identity = extensions
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(|t| t.peer_certs())
-            .and_then(|certs| {
-                certs.first().map(|c| {
-                    skiff_pki::Identity::of_certificate(c.as_ref()).map_err(|e| e.to_string())
-                })
-            });
+            .and_then(|certs| certs.first().map(|c| identity_of(c.as_ref())));
         PeerIdentity(identity)
     }
 
