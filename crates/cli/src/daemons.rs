@@ -487,10 +487,27 @@ fn server_config(args: ServerArgs) -> anyhow::Result<ServerConfig> {
     })
 }
 
-/// Paths made absolute against the current directory.
+/// Paths made absolute against the current directory, without `.` or
+/// `..` (the servers compare image paths with them as text).
 fn absolute(paths: Vec<PathBuf>) -> anyhow::Result<Vec<PathBuf>> {
+    use std::path::Component;
     let here = std::env::current_dir().context("cannot read the current directory")?;
-    Ok(paths.into_iter().map(|p| here.join(p)).collect())
+    Ok(paths
+        .into_iter()
+        .map(|p| {
+            let mut out = PathBuf::from("/");
+            for c in here.join(p).components() {
+                match c {
+                    Component::Normal(s) => out.push(s),
+                    Component::ParentDir => {
+                        out.pop();
+                    }
+                    _ => {}
+                }
+            }
+            out
+        })
+        .collect())
 }
 
 fn agent_config(

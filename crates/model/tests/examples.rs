@@ -2,8 +2,21 @@
 
 use skiff_model::JobSpec;
 
-/// Example files that are not jobs (the agent reads them).
-const NOT_JOBS: &[&str] = &["fake-gpus.yaml"];
+/// Example files that are not jobs (the agent reads the first; the second
+/// is a namespace, checked below).
+const NOT_JOBS: &[&str] = &["fake-gpus.yaml", "namespace.yaml"];
+
+/// The namespace example reads as a namespace.
+#[test]
+fn the_namespace_example_parses() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/namespace.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let ns = skiff_model::namespace::Namespace::from_yaml(&text)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(ns.name, "ml");
+    assert_eq!(ns.quota.gpus["any"], 2);
+}
 
 /// Every file under examples/ parses and survives its own serialized form.
 #[test]

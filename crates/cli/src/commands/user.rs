@@ -119,8 +119,9 @@ pub async fn user(cmd: UserCmd) -> anyhow::Result<()> {
             }
             let config = client.client_config()?;
             let (key, csr) = skiff_pki::ca::request()?;
-            let grants: Vec<String> = client
-                .namespace
+            // Grants come from the command line only: a SKIFF_NAMESPACE
+            // exported for everyday use must not grant anything.
+            let grants: Vec<String> = given_on_command_line(client.namespace.as_deref())
                 .iter()
                 .flat_map(|n| n.split(','))
                 .map(|n| n.trim().to_string())
@@ -254,4 +255,17 @@ pub async fn user(cmd: UserCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `value` when the command line gave it with `-n`/`--namespace` (not
+/// only the environment's SKIFF_NAMESPACE).
+fn given_on_command_line(value: Option<&str>) -> Option<String> {
+    let value = value?;
+    let given = std::env::args().any(|a| {
+        a == "-n"
+            || a == "--namespace"
+            || a.starts_with("--namespace=")
+            || (a.starts_with("-n") && a.len() > 2 && !a.starts_with("--"))
+    });
+    given.then(|| value.to_string())
 }
