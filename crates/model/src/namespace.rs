@@ -158,18 +158,7 @@ impl Namespace {
     /// beyond Docker's defaults must be allowed. The error names the field
     /// and the rule.
     pub fn check_capabilities(&self, spec: &JobSpec) -> Result<(), String> {
-        for (i, cap) in spec.task.security.cap_add.iter().enumerate() {
-            if DEFAULT_CAPABILITIES.contains(&cap.as_str())
-                || self.policy.capabilities.iter().any(|c| c == cap)
-            {
-                continue;
-            }
-            return Err(format!(
-                "task.security.cap_add[{i}]: {cap} is beyond Docker's default capabilities and the policy of namespace {:?} does not allow it (an admin allows it with `policy: {{capabilities: [{cap}]}}` in `skiff namespace apply`)",
-                self.name
-            ));
-        }
-        Ok(())
+        check_capabilities(&self.name, &self.policy.capabilities, spec)
     }
 
     /// Whether an `oci:` layout at `path` (absolute) is allowed: under one
@@ -249,6 +238,20 @@ impl Namespace {
         }
         Ok(())
     }
+}
+
+/// Checks that every capability `spec` adds is in Docker's default set or
+/// in `allowed`, the policy of namespace `ns`.
+pub fn check_capabilities(ns: &str, allowed: &[String], spec: &JobSpec) -> Result<(), String> {
+    for (i, cap) in spec.task.security.cap_add.iter().enumerate() {
+        if DEFAULT_CAPABILITIES.contains(&cap.as_str()) || allowed.iter().any(|c| c == cap) {
+            continue;
+        }
+        return Err(format!(
+            "task.security.cap_add[{i}]: {cap} is beyond Docker's default capabilities and the policy of namespace {ns:?} does not allow it (an admin allows it with `policy: {{capabilities: [{cap}]}}` in `skiff namespace apply`)"
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `path` is `root` or below it, by whole components (`/srv/a`

@@ -74,11 +74,11 @@ impl State {
                 name: name.to_string(),
             });
         }
-        let default = Namespace {
-            name: name.to_string(),
-            ..Namespace::default()
+        let Some(ns) = self.access.namespaces.get(name) else {
+            // `default`, undescribed: Docker's capabilities, no quota.
+            return skiff_model::namespace::check_capabilities(name, &[], spec)
+                .map_err(|why| Refusal::PolicyDenied { why });
         };
-        let ns = self.access.namespaces.get(name).unwrap_or(&default);
         ns.check_capabilities(spec)
             .map_err(|why| Refusal::PolicyDenied { why })?;
         if !ns.quota.is_empty() {

@@ -36,12 +36,7 @@ impl State {
 
     /// A bearer token for a user who exists and is not revoked.
     pub(super) fn create_user_token(&mut self, index: u64, token: &UserTokenRecord) -> Outcome {
-        if !self
-            .access
-            .users
-            .get(&token.user)
-            .is_some_and(|u| !u.revoked)
-        {
+        if self.access.users.get(&token.user).is_none_or(|u| u.revoked) {
             return Outcome::Refused(Refusal::UserNotFound {
                 name: token.user.clone(),
             });
