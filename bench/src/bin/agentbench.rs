@@ -224,6 +224,9 @@ async fn run(o: &Opts) -> Result<(), String> {
         .arg(&url)
         .arg("--data-dir")
         .arg(&agent_dir)
+        // The bench's image layout lies in its work directory.
+        .arg("--image-roots")
+        .arg(&o.work)
         .args(&join)
         .env("SKIFF_LOG", "info,skiff_agent=debug,slog=warn")
         .stderr(log(&agent_log)?)

@@ -77,6 +77,9 @@ impl Node {
             url.into(),
             "--data-dir".into(),
             dir.display().to_string(),
+            // The bench's image layout lies beside the nodes' directories.
+            "--image-roots".into(),
+            dir.parent().unwrap_or(dir).display().to_string(),
         ];
         args.extend(creds().agent_args(url).await?);
         Ok(Node {

@@ -17,6 +17,11 @@
 //! Both systems fsync every commit (etcd by default; Skiff always). Each
 //! client sends one write at a time over its own connection; clients are
 //! spread over the three members (followers forward to the leader).
+//!
+//! Like for like: both run mutual TLS on their client and peer ports
+//! (certificates of one CA the bench makes, etcd's for 127.0.0.1), or
+//! both plaintext with `--insecure`; `--etcd-plaintext` keeps etcd in
+//! plaintext beside a TLS Skiff (the comparison of earlier figures).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,6 +44,9 @@ struct Opts {
     skiff: PathBuf,
     etcd: PathBuf,
     insecure: bool,
+    /// etcd without TLS even when Skiff has it (the comparison before
+    /// both had TLS).
+    etcd_plaintext: bool,
 }
 
 fn parse() -> anyhow::Result<Opts> {
@@ -52,6 +60,7 @@ fn parse() -> anyhow::Result<Opts> {
         skiff: exe.parent().map(|d| d.join("skiff")).unwrap_or_default(),
         etcd: PathBuf::from("/usr/bin/etcd"),
         insecure: false,
+        etcd_plaintext: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -70,8 +79,9 @@ fn parse() -> anyhow::Result<Opts> {
             "--skiff" => o.skiff = val()?.into(),
             "--etcd" => o.etcd = val()?.into(),
             "--insecure" => o.insecure = true,
+            "--etcd-plaintext" => o.etcd_plaintext = true,
             "-h" | "--help" => {
-                println!("raftbench [--duration SECS] [--clients 1,64] [--rounds N] [--value-size BYTES] [--failovers N] [--skiff PATH] [--etcd PATH] [--insecure (Skiff without TLS)]");
+                println!("raftbench [--duration SECS] [--clients 1,64] [--rounds N] [--value-size BYTES] [--failovers N] [--skiff PATH] [--etcd PATH] [--insecure (Skiff and etcd without TLS)] [--etcd-plaintext (etcd without TLS, Skiff with)]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (see --help)"),
@@ -164,19 +174,85 @@ struct EtcdCluster {
     urls: Vec<String>,
 }
 
+/// What etcd runs with when it runs TLS, as Skiff does: certificates of
+/// Skiff's bench CA for 127.0.0.1, client certificates required on both
+/// its ports.
+struct EtcdTls {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+}
+
+/// The TLS the bench's etcd clients use, when etcd runs it.
+static ETCD_CLIENT_TLS: std::sync::OnceLock<tonic::transport::ClientTlsConfig> =
+    std::sync::OnceLock::new();
+
+impl EtcdTls {
+    /// Certificates under `dir/ca` (where `Creds::shared_ca` wrote the CA).
+    fn make(dir: &Path) -> anyhow::Result<EtcdTls> {
+        let ca_dir = dir.join("ca");
+        let ca = skiff_pki::Ca(skiff_pki::CertKey {
+            cert_pem: std::fs::read_to_string(ca_dir.join("ca.crt"))?,
+            key_pem: std::fs::read_to_string(ca_dir.join("ca.key"))?,
+        });
+        let host = ca.issue_for_host(
+            "etcd",
+            &["127.0.0.1".parse()?],
+            Duration::from_secs(24 * 3600),
+        )?;
+        let t = EtcdTls {
+            cert: ca_dir.join("etcd.crt"),
+            key: ca_dir.join("etcd.key"),
+            ca: ca_dir.join("ca.crt"),
+        };
+        skiff_pki::files::write_private(&t.cert, host.cert_pem.as_bytes())?;
+        skiff_pki::files::write_private(&t.key, host.key_pem.as_bytes())?;
+        let _ = ETCD_CLIENT_TLS.set(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca.cert_pem()))
+                .identity(tonic::transport::Identity::from_pem(
+                    &host.cert_pem,
+                    &host.key_pem,
+                ))
+                .domain_name("127.0.0.1"),
+        );
+        Ok(t)
+    }
+
+    fn args(&self) -> Vec<String> {
+        let (cert, key, ca) = (self.cert.display(), self.key.display(), self.ca.display());
+        vec![
+            format!("--cert-file={cert}"),
+            format!("--key-file={key}"),
+            format!("--trusted-ca-file={ca}"),
+            "--client-cert-auth".into(),
+            format!("--peer-cert-file={cert}"),
+            format!("--peer-key-file={key}"),
+            format!("--peer-trusted-ca-file={ca}"),
+            "--peer-client-cert-auth".into(),
+        ]
+    }
+}
+
 impl EtcdCluster {
-    fn start(bin: &Path, dir: &Path, ports: &[u16]) -> anyhow::Result<EtcdCluster> {
+    fn start(
+        bin: &Path,
+        dir: &Path,
+        ports: &[u16],
+        tls: Option<&EtcdTls>,
+    ) -> anyhow::Result<EtcdCluster> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let (peers, clients) = ports.split_at(3);
         let initial: Vec<String> = peers
             .iter()
             .enumerate()
-            .map(|(i, p)| format!("e{}=http://127.0.0.1:{p}", i + 1))
+            .map(|(i, p)| format!("e{}={scheme}://127.0.0.1:{p}", i + 1))
             .collect();
         let mut procs = Vec::new();
         for i in 0..3 {
-            let client = format!("http://127.0.0.1:{}", clients[i]);
-            let peer = format!("http://127.0.0.1:{}", peers[i]);
-            let args: Vec<String> = vec![
+            let client = format!("{scheme}://127.0.0.1:{}", clients[i]);
+            let peer = format!("{scheme}://127.0.0.1:{}", peers[i]);
+            let mut args: Vec<String> = vec![
                 format!("--name=e{}", i + 1),
                 format!(
                     "--data-dir={}",
@@ -192,6 +268,7 @@ impl EtcdCluster {
                 "--logger=zap".into(),
                 "--log-level=error".into(),
             ];
+            args.extend(tls.map(EtcdTls::args).unwrap_or_default());
             procs.push(Proc::spawn(
                 bin,
                 &args,
@@ -202,7 +279,7 @@ impl EtcdCluster {
             procs,
             urls: clients
                 .iter()
-                .map(|p| format!("http://127.0.0.1:{p}"))
+                .map(|p| format!("{scheme}://127.0.0.1:{p}"))
                 .collect(),
         })
     }
@@ -266,9 +343,11 @@ async fn run_phase(
                     }
                 }
                 Target::Etcd => {
-                    let channel = tonic::transport::Endpoint::from_shared(url.clone())?
-                        .connect()
-                        .await?;
+                    let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())?;
+                    if let Some(tls) = ETCD_CLIENT_TLS.get() {
+                        endpoint = endpoint.tls_config(tls.clone())?;
+                    }
+                    let channel = endpoint.connect().await?;
                     let mut client = KvClient::new(channel);
                     tokio::time::sleep_until(start.into()).await;
                     while Instant::now() < deadline {
@@ -374,7 +453,20 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
         }
     );
     let mut skiff = SkiffCluster::start(&o.skiff, dir, &ports[..6], &security)?;
-    let etcd = EtcdCluster::start(&o.etcd, dir, &ports[6..])?;
+    let etcd_tls = if o.insecure || o.etcd_plaintext {
+        None
+    } else {
+        Some(EtcdTls::make(dir)?)
+    };
+    println!(
+        "etcd: {}",
+        if etcd_tls.is_some() {
+            "mutual TLS (client and peer ports)"
+        } else {
+            "plaintext"
+        }
+    );
+    let etcd = EtcdCluster::start(&o.etcd, dir, &ports[6..], etcd_tls.as_ref())?;
     wait_writable(Target::Skiff, &skiff.urls)
         .await
         .context("skiff")?;

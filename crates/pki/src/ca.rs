@@ -96,6 +96,39 @@ impl Ca {
         })
     }
 
+    /// A fresh key and a certificate for a host that is both a TLS server
+    /// and client at `ips` (no Skiff identity): for other programs a tool
+    /// runs beside Skiff, such as raftbench's etcd.
+    pub fn issue_for_host(
+        &self,
+        name: &str,
+        ips: &[std::net::IpAddr],
+        lifetime: Duration,
+    ) -> Result<CertKey, PkiError> {
+        let key = KeyPair::generate().map_err(rc)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.subject_alt_names = ips.iter().map(|ip| SanType::IpAddress(*ip)).collect();
+        params.not_before = offset(Duration::ZERO) - BACKDATE;
+        params.not_after = offset(lifetime);
+        let cert = params.signed_by(&key, &self.issuer()?).map_err(rc)?;
+        Ok(CertKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
     /// Signs a certificate signing request for `who`: only the requester's
     /// public key is taken from it; names, usages and lifetime are the
     /// CA's own choice.
