@@ -58,6 +58,9 @@ impl StateDb {
         let mut rollouts: BTreeMap<String, Vec<Deployment>> = BTreeMap::new();
         let mut rollout_order: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut indexes: BTreeMap<String, HistoryIndex> = BTreeMap::new();
+        // Records saved before namespaces, under `JOB/SLOT`: read, then
+        // everything is written again under today's keys.
+        let mut legacy = false;
         let mut versions: BTreeMap<String, Vec<JobVersion>> = BTreeMap::new();
         for table in Table::ALL {
             self.records.scan(table, &mut |key, v| {
@@ -88,19 +91,34 @@ impl StateDb {
                             let d: Deployment = decode(&k(), v)?;
                             rollouts.entry(job.to_string()).or_default().push(d);
                         }
-                        None => {
-                            let order: DeploymentIndex = decode(&k(), v)?;
-                            rollout_order.insert(key, order.order);
-                        }
+                        None => match decode::<DeploymentIndex>(&k(), v) {
+                            Ok(order) => {
+                                rollout_order.insert(key, order.order);
+                            }
+                            Err(e) => {
+                                let job = legacy_slot(&key).ok_or(e)?;
+                                let d: Deployment = decode(&k(), v)?;
+                                rollouts.entry(job.to_string()).or_default().push(d);
+                                legacy = true;
+                            }
+                        },
                     },
                     Table::History => match saved_slot(&key) {
                         Some(job) => {
                             let v: JobVersion = decode(&k(), v)?;
                             versions.entry(job.to_string()).or_default().push(v);
                         }
-                        None => {
-                            indexes.insert(key, decode(&k(), v)?);
-                        }
+                        None => match decode::<HistoryIndex>(&k(), v) {
+                            Ok(index) => {
+                                indexes.insert(key, index);
+                            }
+                            Err(e) => {
+                                let job = legacy_slot(&key).ok_or(e)?;
+                                let v: JobVersion = decode(&k(), v)?;
+                                versions.entry(job.to_string()).or_default().push(v);
+                                legacy = true;
+                            }
+                        },
                     },
                     Table::Access => {
                         state.access = decode(&k(), v)?;
@@ -142,6 +160,12 @@ impl StateDb {
             );
         }
         state.rebuild_indexes();
+        if legacy {
+            tracing::info!(
+                "state records saved by an earlier version rewritten under today's keys"
+            );
+            self.replace_all(&state)?;
+        }
         Ok(state)
     }
 
@@ -341,4 +365,75 @@ fn decode<T: DeserializeOwned>(key: &str, v: &[u8]) -> Result<T, StoreError> {
 /// for a job's index record (`JOB`).
 fn saved_slot(key: &str) -> Option<&str> {
     split_slot_key(key).map(|(job, _)| job)
+}
+
+/// The job of a record saved before namespaces as `JOB/SLOT` (job names
+/// had no slash then); only asked of a record that is not an index.
+fn legacy_slot(key: &str) -> Option<&str> {
+    let (job, slot) = key.split_once('/')?;
+    (!slot.contains('/') && slot.parse::<u32>().is_ok()).then_some(job)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Command;
+
+    /// Two jobs, each applied in three versions: rollouts and kept
+    /// versions in several slots.
+    fn state_with_rollouts() -> State {
+        let mut state = State::default();
+        let mut index = 0;
+        for job in ["web", "api"] {
+            for image in ["a", "b", "c"] {
+                index += 1;
+                let spec = skiff_model::JobSpec::from_yaml(&format!(
+                    "name: {job}\nreplicas: 1\ntask: {{image: 'oci:/i/{image}'}}"
+                ))
+                .unwrap();
+                state.apply(index, &Command::UpsertJob { spec });
+            }
+        }
+        state.changes.clear();
+        assert!(!state.deployments.is_empty() && !state.histories.is_empty());
+        state
+    }
+
+    #[test]
+    fn records_saved_before_namespaces_are_read_and_rewritten() {
+        let state = state_with_rollouts();
+        let db = StateDb::new(MemRecords::new());
+        db.replace_all(&state).unwrap();
+        // The same records under the keys an earlier version used.
+        let mut old = Unsaved::new();
+        for table in [Table::Deployment, Table::History] {
+            db.records
+                .scan(table, &mut |key, v| {
+                    if let Some((job, slot)) = split_slot_key(key) {
+                        old.insert((table, key.to_string()), None);
+                        old.insert(
+                            (table, format!("{job}/{slot}")),
+                            Some(Arc::from(std::str::from_utf8(v).unwrap())),
+                        );
+                    }
+                    Ok(())
+                })
+                .unwrap();
+        }
+        assert!(!old.is_empty());
+        db.commit(old, state.index, state.last_unblock_index)
+            .unwrap();
+        let loaded = db.load().unwrap();
+        assert_eq!(loaded, state);
+        // Rewritten: a second load reads today's keys only, no slot twice.
+        let mut slash = 0;
+        db.records
+            .scan(Table::Deployment, &mut |key, _| {
+                slash += usize::from(legacy_slot(key).is_some());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(slash, 0);
+        assert_eq!(db.load().unwrap(), state);
+    }
 }
