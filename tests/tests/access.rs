@@ -931,3 +931,100 @@ async fn every_port_speaks_tls_1_3_only() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_ca_is_renewed_with_its_key_and_every_holder_keeps_working() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A CA of 9 s, renewed for 9 s each time.
+    let ca = Ca::generate(Duration::from_secs(9)).unwrap();
+    let (cert, key) = (tmp.path().join("ca.crt"), tmp.path().join("ca.key"));
+    std::fs::write(&cert, ca.cert_pem()).unwrap();
+    std::fs::write(&key, &ca.0.key_pem).unwrap();
+    let (_, old_until) = skiff_pki::ca::validity(ca.cert_pem()).unwrap();
+    let server = ServerProc::start_with(
+        &tmp.path().join("s"),
+        "127.0.0.1:0",
+        &[
+            "--ca-cert",
+            cert.to_str().unwrap(),
+            "--ca-key",
+            key.to_str().unwrap(),
+            "--ca-lifetime",
+            "9s",
+        ],
+    );
+    let url = server.url();
+    let admin_conf = server.data_dir.join("admin.conf");
+    let as_admin = |args: &[&str]| {
+        let out = std::process::Command::new(skiff_bin())
+            .args(args)
+            .args(["--server", &url])
+            .env("SKIFF_CONFIG", &admin_conf)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let token = as_admin(&["token", "create", "--role", "node", "--ttl", "1h"]);
+    let _agent = AgentProc::start(&tmp.path().join("a"), &url, "n1", &["--token", &token]);
+    let config = skiff_client::config::ClientConfig::load(&admin_conf).unwrap();
+    let mut admin = Client::connect_config(&config).await.unwrap();
+
+    // Two thirds into its life the leader renews it: same key, new dates.
+    wait_for("the CA to be renewed", Duration::from_secs(30), || {
+        let log = server.log();
+        async move { log.contains("cluster CA certificate renewed").then_some(()) }
+    })
+    .await;
+    let (_, csr) = skiff_pki::ca::request().unwrap();
+    let made = admin
+        .create_user("after-renewal", skiff_client::UserRole::Viewer, &[], &csr)
+        .await
+        .unwrap();
+    let (_, new_until) = skiff_pki::ca::validity(&made.ca_pem).unwrap();
+    assert!(new_until > old_until, "{new_until} > {old_until}");
+    assert_eq!(
+        skiff_pki::ca::pin_of(&made.ca_pem).unwrap(),
+        ca.pin().unwrap(),
+        "the pin join tokens carry is unchanged"
+    );
+
+    // Past the first certificate's end, whoever still holds it (the
+    // admin's file, the agent) keeps working: new connections, and a
+    // container placed, started and reported through the agent.
+    wait_for(
+        "the first CA certificate to expire",
+        Duration::from_secs(30),
+        || {
+            let now = skiff_tests::skiff_server_time_ms() as i64 / 1000;
+            async move { (now > old_until + 1).then_some(()) }
+        },
+    )
+    .await;
+    let mut fresh = Client::connect_config(&config).await.unwrap();
+    fresh
+        .apply_job(&job_yaml(
+            "after-ca-renewal",
+            1,
+            "echo ok",
+            "  restart: {policy: never}\n",
+        ))
+        .await
+        .unwrap();
+    wait_allocs(
+        &mut fresh,
+        "after-ca-renewal",
+        1,
+        skiff_model::AllocStatus::Complete,
+        Duration::from_secs(60),
+    )
+    .await;
+    // A node joining now, with a token made now, still finds the cluster
+    // by the same pin.
+    let token = as_admin(&["token", "create", "--role", "node", "--ttl", "1h"]);
+    assert!(token.contains(&ca.pin().unwrap()));
+}

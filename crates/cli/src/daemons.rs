@@ -112,6 +112,10 @@ struct ServerSecurityOpts {
     /// stay valid (for tests of renewal).
     #[arg(long, default_value = "8760h", value_parser = parse_duration, hide = true)]
     cert_lifetime: Duration,
+    /// How long the CA a founding server makes, and each renewal of it,
+    /// stays valid (for tests of its renewal).
+    #[arg(long, default_value = "87600h", value_parser = parse_duration, hide = true)]
+    ca_lifetime: Duration,
     #[command(flatten)]
     insecure: InsecureOpt,
 }
@@ -151,6 +155,7 @@ impl ServerSecurityOpts {
             ca,
             join_token: self.token.clone(),
             leaf_lifetime: self.cert_lifetime,
+            ca_lifetime: self.ca_lifetime,
         })
     }
 }
@@ -591,6 +596,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
             ca: None,
             join_token: None,
             leaf_lifetime: skiff_pki::LEAF_LIFETIME,
+            ca_lifetime: skiff_pki::CA_LIFETIME,
         },
         raft: RaftConfig::default(),
         scheduler: args.scheduler.settings(),

@@ -53,7 +53,18 @@ fn rc(e: rcgen::Error) -> PkiError {
 impl Ca {
     /// A new CA valid for `lifetime`.
     pub fn generate(lifetime: Duration) -> Result<Ca, PkiError> {
-        let key = KeyPair::generate().map_err(rc)?;
+        Self::self_signed(KeyPair::generate().map_err(rc)?, lifetime)
+    }
+
+    /// The same CA (its key and name) in a new certificate valid for
+    /// `lifetime` from now: every certificate it signed stays valid under
+    /// it, and its pin (a hash of the public key) is unchanged, so join
+    /// tokens keep working.
+    pub fn renewed(&self, lifetime: Duration) -> Result<Ca, PkiError> {
+        Self::self_signed(KeyPair::from_pem(&self.0.key_pem).map_err(rc)?, lifetime)
+    }
+
+    fn self_signed(key: KeyPair, lifetime: Duration) -> Result<Ca, PkiError> {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, "Skiff cluster CA");
@@ -229,6 +240,71 @@ pub fn der_of(cert_pem: &str) -> Result<Vec<u8>, PkiError> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
         .map_err(|e| PkiError::Certificate(format!("not PEM: {e}")))?;
     Ok(pem.contents)
+}
+
+#[cfg(test)]
+mod renewal_tests {
+    use super::*;
+
+    #[test]
+    fn a_renewed_ca_keeps_its_key_pin_and_leaves() {
+        let ca = Ca::generate(Duration::from_secs(60)).unwrap();
+        let leaf = ca
+            .issue(&Identity::User("ann".into()), Duration::from_secs(3600))
+            .unwrap();
+        let again = ca.renewed(Duration::from_secs(7200)).unwrap();
+        assert_eq!(again.pin().unwrap(), ca.pin().unwrap());
+        assert_eq!(again.0.key_pem, ca.0.key_pem);
+        assert!(validity(again.cert_pem()).unwrap().1 > validity(ca.cert_pem()).unwrap().1);
+        // A leaf the old certificate signed verifies under the new one.
+        let roots = {
+            let mut r = rustls::RootCertStore::empty();
+            r.add(rustls::pki_types::CertificateDer::from(
+                der_of(again.cert_pem()).unwrap(),
+            ))
+            .unwrap();
+            std::sync::Arc::new(r)
+        };
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots,
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        let der = rustls::pki_types::CertificateDer::from(der_of(&leaf.cert_pem).unwrap());
+        verifier
+            .verify_client_cert(&der, &[], rustls::pki_types::UnixTime::now())
+            .unwrap();
+    }
+
+    /// Who still holds the old CA certificate after it expired (an agent
+    /// that has not renewed since) still accepts what the renewed CA signs:
+    /// a trust anchor is its name and key, its own dates are not checked.
+    #[test]
+    fn the_old_ca_certificate_still_anchors_after_it_expired() {
+        let ca = Ca::generate(Duration::from_secs(1)).unwrap();
+        let again = ca.renewed(Duration::from_secs(3600)).unwrap();
+        let leaf = again
+            .issue(&Identity::Node("n1".into()), Duration::from_secs(3600))
+            .unwrap();
+        let later = rustls::pki_types::UnixTime::since_unix_epoch(Duration::from_secs(
+            validity(ca.cert_pem()).unwrap().1 as u64 + 60,
+        ));
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from(
+                der_of(ca.cert_pem()).unwrap(),
+            ))
+            .unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        let der = rustls::pki_types::CertificateDer::from(der_of(&leaf.cert_pem).unwrap());
+        verifier.verify_client_cert(&der, &[], later).unwrap();
+    }
 }
 
 #[cfg(test)]

@@ -31,6 +31,20 @@ pub struct Security {
     pub join_token: Option<String>,
     /// How long the certificates this server signs are valid.
     pub leaf_lifetime: Duration,
+    /// How long the CA a founding server makes, and each renewal of it,
+    /// is valid (zero: [`CA_LIFETIME`]).
+    pub ca_lifetime: Duration,
+}
+
+impl Security {
+    /// The CA's lifetime, the default when none was set.
+    pub fn ca_lifetime(&self) -> Duration {
+        if self.ca_lifetime.is_zero() {
+            CA_LIFETIME
+        } else {
+            self.ca_lifetime
+        }
+    }
 }
 
 impl std::fmt::Debug for Security {
@@ -40,6 +54,7 @@ impl std::fmt::Debug for Security {
             .field("ca", &self.ca.is_some())
             .field("join_token", &self.join_token.is_some())
             .field("leaf_lifetime", &self.leaf_lifetime)
+            .field("ca_lifetime", &self.ca_lifetime)
             .finish()
     }
 }
@@ -105,7 +120,7 @@ pub(crate) async fn credentials(
     }
     let ca = match &cfg.security.ca {
         Some(ca) => ca.clone(),
-        None if cfg.alone => Ca::generate(CA_LIFETIME).map_err(fail)?,
+        None if cfg.alone => Ca::generate(cfg.security.ca_lifetime()).map_err(fail)?,
         None => {
             return Err(fail(
                 "the founding servers of a cluster share one CA: make it once with `skiff ca create --dir DIR` and give each server --ca-cert DIR/ca.crt --ca-key DIR/ca.key (or join servers one by one with --join and a token)",
@@ -296,4 +311,65 @@ fn renewed(ctx: &Ctx, creds: &ServerCreds) -> Result<ServerCreds, String> {
         cert_pem: leaf.cert_pem,
         key_pem: leaf.key_pem,
     })
+}
+
+/// Renews the cluster CA's certificate two thirds into its life: the
+/// leader signs the same key and name with new dates
+/// ([`Ca::renewed`]) and proposes it; the state machine takes it only
+/// with the same key. Everything the CA signed stays valid, the pin in
+/// join tokens is unchanged, and holders of the old certificate keep
+/// trusting what it signs (a trust anchor is its name and key, not its
+/// dates); joins and new users get the new one.
+pub(crate) async fn renew_ca(ctx: Ctx, lifetime: Duration) {
+    if !ctx.tls.is_on() {
+        return;
+    }
+    loop {
+        let Some(record) = ctx.store.state().access.ca.clone() else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        let at = match skiff_pki::ca::renew_at(&record.cert_pem) {
+            Ok(at) => at,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the cluster CA's certificate; it will not be renewed");
+                return;
+            }
+        };
+        let now = crate::ctx::now_ms() as i64 / 1000;
+        if now < at {
+            // Looked at again now and then: another server may renew it.
+            tokio::time::sleep(Duration::from_secs((at - now).clamp(1, 60) as u64)).await;
+            continue;
+        }
+        if ctx.store.status().role != skiff_store::Role::Leader {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        let ca = Ca(skiff_pki::CertKey {
+            cert_pem: record.cert_pem,
+            key_pem: record.key_pem,
+        });
+        let renewed = match ca.renewed(lifetime) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew the cluster CA; retrying in 30s");
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                continue;
+            }
+        };
+        let command = Command::RenewCa {
+            ca: CaRecord {
+                cert_pem: renewed.0.cert_pem,
+                key_pem: renewed.0.key_pem,
+            },
+        };
+        match ctx.commit(&command).await {
+            Ok(_) => tracing::info!("cluster CA certificate renewed (same key)"),
+            Err(e) => {
+                tracing::warn!(error = %e.message(), "cluster CA not renewed; retrying in 30s");
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+        }
+    }
 }

@@ -191,6 +191,8 @@ pub struct Running {
     scheduler: evals::SchedulerSettings,
     founding_ca: Option<skiff_pki::Ca>,
     data_dir: PathBuf,
+    /// How long each renewal of the CA's certificate is valid.
+    ca_lifetime: std::time::Duration,
 }
 
 fn write_addr(dir: &std::path::Path, name: &str, addr: &str) {
@@ -295,6 +297,7 @@ pub async fn start(cfg: &ServerConfig) -> Result<Running, ServerError> {
         scheduler: cfg.scheduler,
         founding_ca: creds.founding_ca,
         data_dir: cfg.data_dir.clone(),
+        ca_lifetime: cfg.security.ca_lifetime(),
     })
 }
 
@@ -314,6 +317,7 @@ pub async fn serve(
         scheduler,
         founding_ca,
         data_dir,
+        ca_lifetime,
     } = running;
     let store = ctx.store.clone();
     tracing::info!(algorithm = %scheduler.algorithm, "scheduler");
@@ -330,6 +334,7 @@ pub async fn serve(
         background.push(tokio::spawn(members::join(ctx.clone(), url)));
     }
     background.push(tokio::spawn(bootstrap::renew(ctx.clone(), data_dir)));
+    background.push(tokio::spawn(bootstrap::renew_ca(ctx.clone(), ca_lifetime)));
     if let Some(ca) = founding_ca {
         background.push(tokio::spawn(bootstrap::record_ca(ctx.clone(), ca)));
     }

@@ -76,7 +76,7 @@ pub fn check(command: &Command) -> Result<(), String> {
                 .chain(&update.unhealthy)
                 .try_for_each(|id| alloc_id_rule("healthy", id))
         }
-        Command::SetCa { ca } => {
+        Command::SetCa { ca } | Command::RenewCa { ca } => {
             if ca.cert_pem.is_empty() || ca.key_pem.is_empty() {
                 return Err("ca: a certificate and its key are both required".into());
             }

@@ -88,6 +88,8 @@ pub enum Command {
     /// Records the cluster CA (the first server, or each founding server
     /// of a static cluster, with the same CA).
     SetCa { ca: CaRecord },
+    /// The leader renewed the CA's certificate: the same key, new dates.
+    RenewCa { ca: CaRecord },
     /// An admin made a join token (its secret only as a hash).
     CreateToken { token: TokenRecord },
     /// An admin revoked a join token.
@@ -200,6 +202,7 @@ impl Command {
             Command::UpdateDeployment { .. } => "update_deployment",
             Command::SetNodeStatus { .. } => "set_node_status",
             Command::SetCa { .. } => "set_ca",
+            Command::RenewCa { .. } => "renew_ca",
             Command::CreateToken { .. } => "create_token",
             Command::RevokeToken { .. } => "revoke_token",
             Command::RemoveNode { .. } => "remove_node",

@@ -30,6 +30,26 @@ impl State {
         }
     }
 
+    /// A new certificate for the cluster's CA: only with the same key (a
+    /// renewal, not a replacement), so everything it signed stays valid.
+    pub(super) fn renew_ca(&mut self, ca: &CaRecord) -> Outcome {
+        match &self.access.ca {
+            Some(known) if known.key_pem == ca.key_pem => {
+                if known != ca {
+                    self.access.ca = Some(ca.clone());
+                    self.touch_access();
+                }
+                Outcome::AccessChanged
+            }
+            Some(_) => Outcome::Refused(Refusal::Invalid {
+                why: "ca: a renewal must keep the cluster CA's key".into(),
+            }),
+            None => Outcome::Refused(Refusal::Invalid {
+                why: "ca: there is no cluster CA to renew yet".into(),
+            }),
+        }
+    }
+
     pub(super) fn create_token(&mut self, index: u64, token: &TokenRecord) -> Outcome {
         if self.access.tokens.contains_key(&token.id) {
             return Outcome::Refused(Refusal::TokenExists {

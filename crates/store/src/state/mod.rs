@@ -250,6 +250,7 @@ impl State {
             } => self.undo_rollout(index, job, *to_version, *at_ms),
             Command::UpdateDeployment { update } => self.update_deployment(index, update),
             Command::SetCa { ca } => self.set_ca(ca),
+            Command::RenewCa { ca } => self.renew_ca(ca),
             Command::CreateToken { token } => self.create_token(index, token),
             Command::RevokeToken { id } => self.revoke_token(id),
             Command::RemoveNode { name } => self.remove_node(index, name),
