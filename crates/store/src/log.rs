@@ -22,7 +22,9 @@
 //! rebuilds the log; a batch starting at or before the last index replaces
 //! the tail from there (Raft's conflict truncation). A torn record at the
 //! end of the last segment (a crash mid-write) is cut off; anything else
-//! that fails its checksum is corruption and stops the server.
+//! that fails its checksum, or a length that does not fit with data after
+//! it, is corruption and stops the server, naming the file and offset
+//! (acknowledged entries after it are never dropped).
 //!
 //! Each `persist` is one `write` and one `fdatasync`: the new entries and
 //! the hard state are durable together before anything is acknowledged.
@@ -54,6 +56,20 @@ use crate::error::StoreError;
 pub const SEGMENT_BYTES: u64 = 64 << 20;
 /// Largest record accepted when reading back (a snapshot is not a record).
 const MAX_RECORD: usize = 1 << 30;
+/// Whether a whole record (a plausible length, its payload inside `data`,
+/// its checksum right) starts anywhere at or after `from`. Only asked on
+/// the error path at start-up, so a scan is affordable.
+fn record_after(data: &[u8], from: usize) -> bool {
+    (from..data.len().saturating_sub(8)).any(|at| {
+        let len = u32::from_be_bytes(data[at..at + 4].try_into().unwrap()) as usize;
+        let crc = u32::from_be_bytes(data[at + 4..at + 8].try_into().unwrap());
+        len > 0
+            && len <= MAX_RECORD
+            && data.len() - at - 8 >= len
+            && crc32fast::hash(&data[at + 8..at + 8 + len]) == crc
+    })
+}
+
 /// How far past its last record a segment is filled with zeros ahead of
 /// time (see the module's doc).
 pub const ZERO_AHEAD: u64 = 1 << 20;
@@ -296,6 +312,18 @@ impl RaftLog {
             let len = u32::from_be_bytes(data[at..at + 4].try_into().unwrap()) as usize;
             let crc = u32::from_be_bytes(data[at + 4..at + 8].try_into().unwrap());
             if len == 0 || len > MAX_RECORD || data.len() - at - 8 < len {
+                // A header that cannot be read is a torn write only if no
+                // whole record follows it: one that does was acknowledged
+                // after it, so this is damage in the middle.
+                if record_after(&data, at + 1) {
+                    return Err(StoreError::corrupt(
+                        "raft log",
+                        &name,
+                        format!(
+                            "a record's length ({len} bytes) at offset {at} does not fit, with data after it: damage, not a torn write; nothing was cut"
+                        ),
+                    ));
+                }
                 return torn("short record");
             }
             let payload = &data[at + 8..at + 8 + len];
@@ -965,9 +993,15 @@ mod tests {
             let es: Vec<_> = (1..=3).map(|i| entry(i, 1, b"x")).collect();
             log.persist(&es, None, true).unwrap();
         }
-        // A crash in the middle of the next write leaves half a record.
+        // A segment without zeros ahead (as one written before they were,
+        // or one whose zeros were given back): a crash in the middle of
+        // the next write leaves half a record at the very end.
         let seg = dir.path().join(&segments(dir.path())[0]);
-        let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+        let data = std::fs::read(&seg).unwrap();
+        let end = data.iter().rposition(|b| *b != 0).unwrap() + 1;
+        let mut f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        f.set_len(end as u64).unwrap();
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0)).unwrap();
         std::io::Write::write_all(&mut f, &[0, 0, 0, 40, 1, 2, 3, 4, 1, 9]).unwrap();
         drop(f);
         let mut log = open(dir.path());
@@ -1049,6 +1083,41 @@ mod tests {
             data,
             "the file was left as it was"
         );
+    }
+
+    #[test]
+    fn a_damaged_length_in_the_middle_is_refused_not_taken_for_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = open(dir.path());
+            for i in 1..=20 {
+                log.persist(&[entry(i, 1, &[7; 40])], None, true).unwrap();
+            }
+        }
+        // The first record's length now claims more than the file holds:
+        // before the fix everything from there on was cut off as torn.
+        let seg = dir.path().join(&segments(dir.path())[0]);
+        let mut data = std::fs::read(&seg).unwrap();
+        data[0] = 0x7f;
+        std::fs::write(&seg, &data).unwrap();
+        match RaftLog::open(dir.path()) {
+            Err(StoreError::Corrupt { reason, .. }) => {
+                assert!(
+                    reason.contains("length") && reason.contains("offset 0"),
+                    "{reason}"
+                );
+            }
+            Err(other) => panic!("{other}"),
+            Ok(log) => panic!(
+                "a damaged log was accepted, last index {}",
+                log.last_index()
+            ),
+        }
+        assert_eq!(std::fs::read(&seg).unwrap(), data, "nothing was cut");
+        // A zero length with records after it is damage too.
+        data[..4].copy_from_slice(&[0, 0, 0, 0]);
+        std::fs::write(&seg, &data).unwrap();
+        assert!(RaftLog::open(dir.path()).is_err());
     }
 
     /// The highest entry index in a segment file (0: none).
