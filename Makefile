@@ -66,7 +66,12 @@ run: build image
 	@$(SKIFF) apply -f examples/hello.yaml
 	@for i in $$(seq 1 150); do \
 	  [ "$$($(SKIFF) get allocs --job hello --status running -o json | grep -c '"id"')" -ge 2 ] && break; sleep 0.2; \
-	done
+	done; \
+	if [ "$$($(SKIFF) get allocs --job hello --status running -o json | grep -c '"id"')" -lt 2 ]; then \
+	  echo; echo "the sample's containers did not start:"; \
+	  $(SKIFF) get allocs --job hello; echo; $(SKIFF) describe job hello; \
+	  echo; echo "(skiff dev's log: $(DEV_DIR)/dev.log)"; exit 1; \
+	fi
 	@echo; echo "$$ skiff get allocs"; $(SKIFF) get allocs --job hello
 	@id=$$($(SKIFF) get allocs --job hello --status running -o json | sed -n 's/.*"id": "\([0-9a-f]*\)".*/\1/p' | head -1); \
 	  for i in $$(seq 1 50); do out=$$($(SKIFF) logs $$id 2>/dev/null); [ -n "$$out" ] && break; sleep 0.2; done; \

@@ -106,6 +106,24 @@ async fn read_capped(mut r: impl tokio::io::AsyncRead + Unpin, limit: usize) -> 
     }
 }
 
+/// Where `runc exec` writes the pid of a command: a fresh name in a 0700
+/// directory beside runc's state (never a guessable name in a shared
+/// /tmp, where another user could plant a link or read it first).
+fn exec_pid_file(runtime_root: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = runtime_root.parent().unwrap_or(runtime_root).join("exec");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(dir.join(format!(
+        "{}-{}.pid",
+        std::process::id(),
+        EXEC_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )))
+}
+
 /// runc (or crun/youki, which take the same verbs).
 #[derive(Debug, Clone)]
 pub struct Runc {
@@ -254,11 +272,10 @@ impl Runtime for Runc {
     ) -> Result<ExecOutput, RuntimeError> {
         // runc writes the process's host pid here, so a command that runs
         // too long can be killed itself, not only runc's client.
-        let pid_file = std::env::temp_dir().join(format!(
-            "skiff-exec-{}-{}.pid",
-            std::process::id(),
-            EXEC_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
+        let pid_file = exec_pid_file(&self.root).map_err(|source| RuntimeError::Spawn {
+            program: self.binary.display().to_string(),
+            source,
+        })?;
         let mut c = self.command();
         c.arg("exec")
             .arg("--pid-file")
@@ -414,6 +431,23 @@ pub fn find_program(name: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exec_pid_files_live_in_a_private_directory_under_the_data_dir() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("runc");
+        let a = exec_pid_file(&root).unwrap();
+        let b = exec_pid_file(&root).unwrap();
+        assert_ne!(a, b);
+        assert!(a.starts_with(tmp.path()), "{}", a.display());
+        assert!(!a.starts_with(std::env::temp_dir().join("skiff-exec")));
+        let mode = std::fs::metadata(a.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
 
     fn fake_sys(v2_controllers: Option<&str>, v1: bool) -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();

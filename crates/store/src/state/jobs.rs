@@ -2,7 +2,7 @@
 //! rollout when its task changes) and deleting it.
 
 use skiff_model::deployment::free_slot;
-use skiff_model::{EvalTrigger, Job, JobHistory, JobSpec, JobVersion};
+use skiff_model::{DesiredStatus, EvalTrigger, Job, JobHistory, JobSpec, JobVersion};
 
 use super::{Outcome, Refusal, State, Table};
 
@@ -171,6 +171,21 @@ impl State {
         if let Some(h) = self.histories.remove(name) {
             let gone: Vec<u32> = h.versions.iter().map(|v| v.slot).collect();
             self.touch_history(name, gone);
+        }
+        // Finished allocations run nothing the scheduler would stop: they
+        // are marked here, so none of a deleted job still says `run`.
+        let finished: Vec<String> = self
+            .allocs
+            .values()
+            .filter(|a| a.job == name && a.status.is_terminal() && a.desired == DesiredStatus::Run)
+            .map(|a| a.id.clone())
+            .collect();
+        for id in finished {
+            if let Some(a) = self.allocs.get_mut(&id) {
+                a.desired = DesiredStatus::Stop;
+                a.modify_index = index;
+                self.touch(Table::Alloc, &id);
+            }
         }
         if self.needs_scheduling(name, 0) {
             self.create_eval(index, name, EvalTrigger::JobDeregister);

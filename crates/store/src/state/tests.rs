@@ -368,6 +368,32 @@ fn deleting_a_job_queues_an_eval_and_unknown_jobs_are_refused() {
 }
 
 #[test]
+fn deleting_a_job_marks_its_failed_allocations_desired_stop_too() {
+    let mut h = Harness::new();
+    h.apply(reg("n1", 4000, 4096));
+    h.apply(Command::UpsertJob {
+        spec: spec("web", 2, "64Mi"),
+    });
+    h.apply(h.plan("web", &[(0, "n1"), (1, "n1")], 0));
+    h.apply(Command::UpdateAllocStatus {
+        at_ms: 0,
+        node: "n1".into(),
+        updates: vec![AllocUpdate {
+            alloc_id: "web-0-n1".into(),
+            status: AllocStatus::Failed,
+            exit_code: Some(1),
+            ..AllocUpdate::default()
+        }],
+    });
+    h.apply(Command::DeleteJob { name: "web".into() });
+    assert_eq!(
+        h.state.allocs["web-0-n1"].desired,
+        DesiredStatus::Stop,
+        "a failed allocation of a deleted job no longer says run"
+    );
+}
+
+#[test]
 fn stops_mark_allocations_desired_stop() {
     let mut h = Harness::new();
     h.apply(reg("n1", 4000, 4096));
