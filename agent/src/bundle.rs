@@ -39,6 +39,12 @@ pub enum BundleError {
     UnknownUser { user: String },
     #[error("task.security: {0:?} is not a capability this runtime knows")]
     UnknownCapability(String),
+    #[error("working directory {dir:?} (from the {from}) {rule}")]
+    Workdir {
+        dir: String,
+        from: &'static str,
+        rule: &'static str,
+    },
     #[error("building the runtime spec: {0}")]
     Spec(#[from] oci_spec::OciSpecError),
     #[error(transparent)]
@@ -217,11 +223,17 @@ pub fn build_spec(input: &BundleInput<'_>) -> Result<Spec, BundleError> {
         Some(u) => (u.uid, u.gid),
         None => resolve_user(input.image.user.as_deref(), input.rootfs)?,
     };
-    let cwd = task
-        .workdir
-        .clone()
-        .or_else(|| input.image.workdir.clone().filter(|w| w.starts_with('/')))
-        .unwrap_or_else(|| "/".to_string());
+    let (cwd, from) = match (&task.workdir, &input.image.workdir) {
+        (Some(dir), _) => (dir.clone(), "task"),
+        (None, Some(dir)) if dir.starts_with('/') => (dir.clone(), "image config"),
+        _ => ("/".to_string(), "default"),
+    };
+    // Checked again here: an image's config is not checked anywhere else.
+    skiff_model::lifecycle::check_workdir(&cwd).map_err(|rule| BundleError::Workdir {
+        dir: cwd.clone(),
+        from,
+        rule,
+    })?;
 
     let cap_names = effective_capabilities(&task.security);
     let caps: HashSet<Capability> = cap_names
@@ -381,6 +393,60 @@ mod tests {
             gpu_edits: None,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn a_working_directory_under_proc_is_refused_from_the_spec_and_the_image() {
+        // From a spec: refused when the spec is read (the API), and again
+        // here for a task that reached the agent some other way.
+        let err =
+            JobSpec::from_yaml("name: web\ntask: {image: 'oci:/i', workdir: /proc/self/fd/7}")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("task.workdir: \"/proc/self/fd/7\" must not be under /proc"),
+            "{err}"
+        );
+        let mut a = alloc("{image: 'oci:/i'}");
+        a.task.workdir = Some("/proc/self/fd/7".into());
+        let dir = tempfile::tempdir().unwrap();
+        let built = build_spec(&BundleInput {
+            alloc: &a,
+            container_id: "sk-1",
+            image: &image(),
+            rootfs: dir.path(),
+            gpu_edits: None,
+        });
+        assert!(matches!(
+            built,
+            Err(BundleError::Workdir { from: "task", .. })
+        ));
+        // From an image's config, which nothing else checks.
+        let a = alloc("{image: 'oci:/i'}");
+        for bad in ["/proc/self/fd/7", "/srv/../proc/1/cwd", "//proc/./self/cwd"] {
+            let img = ImageConfig {
+                workdir: Some(bad.into()),
+                ..image()
+            };
+            let built = build_spec(&BundleInput {
+                alloc: &a,
+                container_id: "sk-1",
+                image: &img,
+                rootfs: dir.path(),
+                gpu_edits: None,
+            });
+            match built {
+                Err(
+                    e @ BundleError::Workdir {
+                        from: "image config",
+                        ..
+                    },
+                ) => {
+                    assert!(e.to_string().contains(bad), "{e}")
+                }
+                other => panic!("{bad}: {:?}", other.map(|_| ())),
+            }
+        }
     }
 
     #[test]

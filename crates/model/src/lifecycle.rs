@@ -404,6 +404,27 @@ pub const CAPABILITIES: &[&str] = &[
     "CHECKPOINT_RESTORE",
 ];
 
+/// The rule a container's working directory follows, from a spec or an
+/// image: absolute, without `..`, and not under `/proc` (a working
+/// directory of `/proc/self/fd/N` was CVE-2024-21626's way out of the
+/// container through a descriptor runc leaked).
+pub fn check_workdir(dir: &str) -> Result<(), &'static str> {
+    if !dir.starts_with('/') {
+        return Err("must be an absolute path");
+    }
+    if dir.split('/').any(|c| c == "..") {
+        return Err("must not contain `..`");
+    }
+    let clean: Vec<&str> = dir
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    if clean.first() == Some(&"proc") {
+        return Err("must not be under /proc");
+    }
+    Ok(())
+}
+
 /// Docker's default capability set, which every container starts from.
 pub const DEFAULT_CAPABILITIES: &[&str] = &[
     "CHOWN",

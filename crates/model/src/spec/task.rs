@@ -187,11 +187,8 @@ pub(super) fn validate_task(task: &TaskSpec, path: &str, errs: &mut Errors) {
         }
     }
     if let Some(dir) = &task.workdir {
-        if !dir.starts_with('/') {
-            errs.push(
-                &join(path, "workdir"),
-                format!("{dir:?} must be an absolute path"),
-            );
+        if let Err(rule) = crate::lifecycle::check_workdir(dir) {
+            errs.push(&join(path, "workdir"), format!("{dir:?} {rule}"));
         }
     }
     lifecycle::validate_lifecycle(task, path, errs);
