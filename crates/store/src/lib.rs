@@ -27,6 +27,7 @@ mod error;
 pub mod events;
 pub mod handle;
 pub mod log;
+mod log_record;
 pub mod member;
 mod saver;
 pub mod state;

@@ -51,104 +51,24 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
 use crate::error::StoreError;
+use crate::log_record::{
+    decode_batch, encode_batch, frame, index_term, is_zero, pb_bytes, read_index_term,
+    record_after, KIND_CONF_STATE, KIND_ENTRIES, KIND_HARD_STATE, KIND_RESET, KIND_SNAPSHOT,
+    KIND_TRIM, MAX_RECORD,
+};
 
 /// A segment is closed and a new one started past this size.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
-/// Largest record accepted when reading back (a snapshot is not a record).
-const MAX_RECORD: usize = 1 << 30;
-/// Whether a whole record (a plausible length, its payload inside `data`,
-/// its checksum right) starts anywhere at or after `from`. Only asked on
-/// the error path at start-up, so a scan is affordable.
-fn record_after(data: &[u8], from: usize) -> bool {
-    (from..data.len().saturating_sub(8)).any(|at| {
-        let len = u32::from_be_bytes(data[at..at + 4].try_into().unwrap()) as usize;
-        let crc = u32::from_be_bytes(data[at + 4..at + 8].try_into().unwrap());
-        len > 0
-            && len <= MAX_RECORD
-            && data.len() - at - 8 >= len
-            && crc32fast::hash(&data[at + 8..at + 8 + len]) == crc
-    })
-}
-
 /// How far past its last record a segment is filled with zeros ahead of
 /// time (see the module's doc).
 pub const ZERO_AHEAD: u64 = 1 << 20;
 static ZEROS: [u8; ZERO_AHEAD as usize] = [0; ZERO_AHEAD as usize];
-
-const KIND_ENTRIES: u8 = 1;
-const KIND_HARD_STATE: u8 = 2;
-const KIND_CONF_STATE: u8 = 3;
-const KIND_TRIM: u8 = 4;
-const KIND_RESET: u8 = 5;
-const KIND_SNAPSHOT: u8 = 6;
-
-fn pb_bytes<M: protobuf::Message>(m: &M) -> Result<Vec<u8>, StoreError> {
-    Ok(m.write_to_bytes().map_err(raft::Error::from)?)
-}
 
 fn io_err(path: &Path, e: std::io::Error) -> StoreError {
     StoreError::Io {
         path: path.to_path_buf(),
         source: e,
     }
-}
-
-/// Appends one framed record to `buf`.
-fn frame(buf: &mut Vec<u8>, kind: u8, body: &[u8]) {
-    let len = (body.len() + 1) as u32;
-    let mut h = crc32fast::Hasher::new();
-    h.update(&[kind]);
-    h.update(body);
-    buf.extend_from_slice(&len.to_be_bytes());
-    buf.extend_from_slice(&h.finalize().to_be_bytes());
-    buf.push(kind);
-    buf.extend_from_slice(body);
-}
-
-fn index_term(index: u64, term: u64) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    b[..8].copy_from_slice(&index.to_be_bytes());
-    b[8..].copy_from_slice(&term.to_be_bytes());
-    b
-}
-
-fn read_index_term(body: &[u8]) -> Option<(u64, u64)> {
-    (body.len() == 16).then(|| {
-        (
-            u64::from_be_bytes(body[..8].try_into().unwrap()),
-            u64::from_be_bytes(body[8..].try_into().unwrap()),
-        )
-    })
-}
-
-/// Entries as `(u32 length, protobuf bytes)*`.
-fn encode_batch(entries: &[Entry]) -> Result<Vec<u8>, StoreError> {
-    let mut out = Vec::new();
-    for e in entries {
-        let bytes = pb_bytes(e)?;
-        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-        out.extend_from_slice(&bytes);
-    }
-    Ok(out)
-}
-
-fn decode_batch(what: &str, mut data: &[u8]) -> Result<Vec<Entry>, StoreError> {
-    let mut out = Vec::new();
-    while !data.is_empty() {
-        if data.len() < 4 {
-            return Err(StoreError::corrupt("raft log", what, "truncated length"));
-        }
-        let len = u32::from_be_bytes(data[..4].try_into().unwrap()) as usize;
-        if data.len() < 4 + len {
-            return Err(StoreError::corrupt("raft log", what, "truncated entry"));
-        }
-        out.push(
-            Entry::parse_from_bytes(&data[4..4 + len])
-                .map_err(|e| StoreError::corrupt("raft log", what, e))?,
-        );
-        data = &data[4 + len..];
-    }
-    Ok(out)
 }
 
 fn segment_name(n: u64) -> String {
@@ -721,11 +641,6 @@ fn open_segment(path: &Path) -> Result<File, StoreError> {
         .write(true)
         .open(path)
         .map_err(|e| io_err(path, e))
-}
-
-/// True when `data` holds only zero bytes.
-fn is_zero(data: &[u8]) -> bool {
-    data.iter().all(|b| *b == 0)
 }
 
 /// A throwaway file handle to fill the struct while the real segment is
