@@ -18,6 +18,7 @@
 //! The types themselves are in [`crate::job`] and the modules it uses;
 //! nothing there depends on this module.
 
+mod depth;
 mod fields;
 mod lifecycle;
 mod namespace;
@@ -48,6 +49,7 @@ impl JobSpec {
                 limit: MAX_SPEC_BYTES,
             });
         }
+        depth::check_depth(text)?;
         let value: Value =
             serde_yaml_ng::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))?;
         parse_job(&value)

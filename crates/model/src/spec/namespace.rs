@@ -26,6 +26,7 @@ impl Namespace {
                 limit: MAX_SPEC_BYTES,
             });
         }
+        super::depth::check_depth(text)?;
         let value: Value =
             serde_yaml_ng::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))?;
         let mut errs = Errors::new();
