@@ -51,6 +51,15 @@ pub enum BundleError {
     Gpu(#[from] crate::gpu::inject::InjectError),
 }
 
+/// The paths hidden from a container: runc's defaults and the power
+/// capping counters (`/sys/devices/virtual/powercap`, whose energy
+/// readings leak what other tenants compute), as Docker hides them.
+fn masked_paths() -> Vec<String> {
+    let mut paths = get_default_maskedpaths();
+    paths.push("/sys/devices/virtual/powercap".into());
+    paths
+}
+
 /// What the spec is built from.
 pub struct BundleInput<'a> {
     pub alloc: &'a Allocation,
@@ -301,6 +310,14 @@ pub fn build_spec(input: &BundleInput<'_>) -> Result<Spec, BundleError> {
         namespace(LinuxNamespaceType::Cgroup)?,
     ];
     let mut mounts = get_default_mounts();
+    // /proc as Docker mounts it: nothing set-user-id, executable or a
+    // device node is reached through it.
+    for m in mounts
+        .iter_mut()
+        .filter(|m| m.destination() == Path::new("/proc"))
+    {
+        m.set_options(Some(vec!["nosuid".into(), "noexec".into(), "nodev".into()]));
+    }
     match task.network {
         NetworkMode::None => namespaces.push(namespace(LinuxNamespaceType::Network)?),
         NetworkMode::Host => {
@@ -316,7 +333,7 @@ pub fn build_spec(input: &BundleInput<'_>) -> Result<Spec, BundleError> {
         .namespaces(namespaces)
         .resources(resources)
         .cgroups_path(format!("/skiff/{}", input.container_id))
-        .masked_paths(get_default_maskedpaths())
+        .masked_paths(masked_paths())
         .readonly_paths(get_default_readonly_paths())
         .seccomp(crate::seccomp::profile(&cap_names)?)
         .build()?;
@@ -447,6 +464,29 @@ mod tests {
                 other => panic!("{bad}: {:?}", other.map(|_| ())),
             }
         }
+    }
+
+    #[test]
+    fn proc_is_mounted_nosuid_noexec_nodev_and_powercap_is_masked() {
+        let spec = spec_for(&alloc("{image: 'oci:/i'}"));
+        let proc_mount = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == Path::new("/proc"))
+            .expect("a /proc mount");
+        let opts = proc_mount.options().clone().unwrap_or_default();
+        for o in ["nosuid", "noexec", "nodev"] {
+            assert!(opts.iter().any(|x| x == o), "{o} in {opts:?}");
+        }
+        let linux = spec.linux().as_ref().unwrap();
+        assert!(linux
+            .masked_paths()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|p| p == "/sys/devices/virtual/powercap"));
     }
 
     #[test]

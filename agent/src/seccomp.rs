@@ -110,7 +110,7 @@ const ALWAYS: &[&str] = &[
     "get_thread_area", "getcpu", "getegid", "getegid32", "geteuid", "geteuid32", "getgid",
     "getgid32", "getgroups", "getgroups32", "getpgid", "getpgrp", "getpid", "getppid",
     "getpriority", "getresgid", "getresgid32", "getresuid", "getresuid32", "getrlimit",
-    "getrusage", "getsid", "gettid", "getuid", "getuid32", "kcmp", "kill", "pidfd_open",
+    "getrusage", "getsid", "gettid", "getuid", "getuid32", "kill", "pidfd_open",
     "pidfd_send_signal", "prctl", "prlimit64", "process_mrelease", "process_vm_readv",
     "process_vm_writev", "ptrace", "rseq", "sched_get_priority_max", "sched_get_priority_min",
     "sched_getaffinity", "sched_getattr", "sched_getparam", "sched_getscheduler",
@@ -232,7 +232,9 @@ const RULES: &[Rule] = &[
     allow_with(&["SYS_PACCT"], &["acct"]),
     allow_with(
         &["SYS_PTRACE"],
-        &["pidfd_getfd", "process_madvise"],
+        // kcmp compares other processes' kernel objects: Docker allows it
+        // only with SYS_PTRACE too.
+        &["kcmp", "pidfd_getfd", "process_madvise"],
     ),
     allow_with(&["SYS_RAWIO"], &["iopl", "ioperm"]),
     allow_with(
@@ -407,6 +409,14 @@ mod tests {
             .filter(|c| c != "SYS_CHROOT")
             .collect();
         assert!(!allowed_contains(&no_chroot, "chroot"));
+    }
+
+    #[test]
+    fn kcmp_needs_sys_ptrace_as_in_dockers_profile() {
+        assert!(!allowed_contains(&defaults(), "kcmp"));
+        let mut caps = defaults();
+        caps.push("SYS_PTRACE".into());
+        assert!(allowed_contains(&caps, "kcmp"));
     }
 
     fn allowed_contains(caps: &[String], call: &str) -> bool {
