@@ -163,9 +163,13 @@ impl Namespace {
 
     /// Whether an `oci:` layout at `path` (absolute) is allowed: under one
     /// of `roots` (the nodes' image roots) or the policy's image paths.
-    pub fn image_path_allowed(&self, path: &str, roots: &[String]) -> bool {
+    pub fn image_path_allowed<'a>(
+        &'a self,
+        path: &str,
+        roots: impl IntoIterator<Item = &'a String>,
+    ) -> bool {
         roots
-            .iter()
+            .into_iter()
             .chain(&self.policy.image_paths)
             .any(|root| path_under(path, root))
     }

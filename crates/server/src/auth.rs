@@ -71,11 +71,6 @@ pub fn user_grant(ctx: &Ctx, name: &str) -> Option<(UserRole, Vec<String>)> {
         .map(|u| (u.role, u.namespaces.clone()))
 }
 
-/// The role of user `name` now, if it is one (not revoked).
-pub fn user_role(ctx: &Ctx, name: &str) -> Option<UserRole> {
-    user_grant(ctx, name).map(|(role, _)| role)
-}
-
 /// Which namespaces a caller may see in a list or a watch.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Scope {
@@ -197,25 +192,7 @@ impl Caller {
     /// so a revocation holds from the next call on); `--insecure` trusts
     /// every caller.
     pub fn require(&self, ctx: &Ctx, action: Action, what: &str) -> Result<(), Status> {
-        match self.resolved(ctx)?.as_ref() {
-            Caller::Trusted => Ok(()),
-            Caller::User(u) => {
-                let role = user_role(ctx, u).ok_or_else(|| {
-                    Status::permission_denied(format!(
-                        "user {u:?} is not a user of this cluster (unknown or revoked)"
-                    ))
-                })?;
-                if allows(role, action) {
-                    Ok(())
-                } else {
-                    Err(Status::permission_denied(format!(
-                        "user {u:?} ({}) may not {what}",
-                        role.as_str()
-                    )))
-                }
-            }
-            other => Err(denied(other, what)),
-        }
+        self.grant_for(ctx, action, None, what).map(|_| ())
     }
 
     /// A user whose role allows `action` in namespace `ns`.
@@ -226,9 +203,53 @@ impl Caller {
         ns: &str,
         what: &str,
     ) -> Result<(), Status> {
-        self.require(ctx, action, what)?;
-        if let Caller::User(u) = self.resolved(ctx)?.as_ref() {
-            let (role, granted) = user_grant(ctx, u).unwrap_or((UserRole::Viewer, Vec::new()));
+        self.grant_for(ctx, action, Some(ns), what).map(|_| ())
+    }
+
+    /// What the caller may read, after checking it may read at all; a
+    /// request naming a namespace the caller may not read is refused.
+    pub fn read_scope(&self, ctx: &Ctx, ns: &str, what: &str) -> Result<Scope, Status> {
+        if !ns.is_empty() {
+            self.require_in(ctx, Action::Read, ns, what)?;
+            return Ok(Scope::Only(vec![ns.to_string()]));
+        }
+        Ok(match self.grant_for(ctx, Action::Read, None, what)? {
+            Some((UserRole::Developer, granted)) => Scope::Only(granted),
+            Some((UserRole::Viewer, granted)) if !granted.is_empty() => Scope::Only(granted),
+            _ => Scope::All,
+        })
+    }
+
+    /// The one check behind `require`, `require_in` and `read_scope`: the
+    /// caller (a token resolved to its user) must be a user whose role
+    /// allows `action` and, with `ns`, whose grants reach that namespace;
+    /// read from the replicated state once. The user's role and grants
+    /// (`None` for a trusted caller).
+    fn grant_for(
+        &self,
+        ctx: &Ctx,
+        action: Action,
+        ns: Option<&str>,
+        what: &str,
+    ) -> Result<Option<(UserRole, Vec<String>)>, Status> {
+        let who = self.resolved(ctx)?;
+        let u = match who.as_ref() {
+            Caller::Trusted => return Ok(None),
+            Caller::User(u) => u,
+            other => return Err(denied(other, what)),
+        };
+        let (role, granted) = user_grant(ctx, u).ok_or_else(|| {
+            Status::permission_denied(format!(
+                "user {u:?} is not a user of this cluster (unknown or revoked)"
+            ))
+        })?;
+        if !allows(role, action) {
+            return Err(Status::permission_denied(format!(
+                "user {u:?} ({}) may not {what}",
+                role.as_str()
+            )));
+        }
+        if let Some(ns) = ns {
             if !grants(role, &granted, ns) {
                 return Err(Status::permission_denied(format!(
                     "user {u:?} ({}) may not {what} in namespace {ns:?} (granted: {})",
@@ -241,25 +262,7 @@ impl Caller {
                 )));
             }
         }
-        Ok(())
-    }
-
-    /// What the caller may read, after checking it may read at all; a
-    /// request naming a namespace the caller may not read is refused.
-    pub fn read_scope(&self, ctx: &Ctx, ns: &str, what: &str) -> Result<Scope, Status> {
-        if !ns.is_empty() {
-            self.require_in(ctx, Action::Read, ns, what)?;
-            return Ok(Scope::Only(vec![ns.to_string()]));
-        }
-        self.require(ctx, Action::Read, what)?;
-        Ok(match self.resolved(ctx)?.as_ref() {
-            Caller::User(u) => match user_grant(ctx, u) {
-                Some((UserRole::Developer, granted)) => Scope::Only(granted),
-                Some((UserRole::Viewer, granted)) if !granted.is_empty() => Scope::Only(granted),
-                _ => Scope::All,
-            },
-            _ => Scope::All,
-        })
+        Ok(Some((role, granted)))
     }
 
     /// A user who may read, or a current member server (the calls servers

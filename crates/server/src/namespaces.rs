@@ -4,7 +4,7 @@
 //! (`skiff_store::state::namespaces`).
 
 use skiff_model::namespace::Namespace;
-use skiff_model::{split_job_key, DEFAULT_NAMESPACE};
+use skiff_model::DEFAULT_NAMESPACE;
 use skiff_proto::pb;
 use skiff_store::{Command, Outcome};
 use tonic::{Request, Response, Status};
@@ -64,11 +64,7 @@ pub(crate) async fn list(
         .iter()
         .map(|ns| {
             let mut used = pb::NamespaceUsage::from(&state.namespace_usage(&ns.name, ""));
-            used.jobs = state
-                .jobs
-                .keys()
-                .filter(|k| split_job_key(k).0 == ns.name)
-                .count() as u32;
+            used.jobs = state.jobs_in(&ns.name).count() as u32;
             pb::NamespaceInfo {
                 namespace: Some(ns.into()),
                 used: Some(used),

@@ -92,6 +92,17 @@ pub(crate) fn namespace_filter(ns: &str) -> Result<&str, Status> {
     }
 }
 
+/// The namespace a list or watch reads: the one given, and with a job
+/// named but no namespace, `default` (where the job is named); empty when
+/// neither narrows it.
+pub(crate) fn listed_namespace(job: &str, ns: &str) -> Result<String, Status> {
+    if job.is_empty() {
+        namespace_filter(ns).map(str::to_string)
+    } else {
+        namespace_of(ns).map(str::to_string)
+    }
+}
+
 /// The key of the job a request names by `name` in namespace `ns`.
 pub(crate) fn job_key(ns: &str, name: &str) -> Result<String, Status> {
     check_name("name", name)?;

@@ -46,12 +46,9 @@ pub(crate) fn spec_from_wire(wire: pb::JobSpec) -> Result<JobSpec, Status> {
 /// image roots has registered there is nothing to check against, and the
 /// agents' own check is the only one.
 fn check_image_path(state: &skiff_store::State, spec: &JobSpec) -> Result<(), Status> {
-    let roots: Vec<String> = state
-        .nodes
-        .values()
-        .flat_map(|n| n.image_roots.iter().cloned())
-        .collect();
-    if roots.is_empty() {
+    // Read in place: an apply copies no node's roots unless it is refused.
+    let roots = || state.nodes.values().flat_map(|n| &n.image_roots);
+    if roots().next().is_none() {
         return Ok(());
     }
     let none = skiff_model::namespace::Namespace::default();
@@ -61,10 +58,10 @@ fn check_image_path(state: &skiff_store::State, spec: &JobSpec) -> Result<(), St
         .get(&spec.namespace)
         .unwrap_or(&none);
     let path = &spec.task.image.path;
-    if ns.image_path_allowed(path, &roots) {
+    if ns.image_path_allowed(path, roots()) {
         return Ok(());
     }
-    let mut places: Vec<&String> = roots.iter().chain(&ns.policy.image_paths).collect();
+    let mut places: Vec<&String> = roots().chain(&ns.policy.image_paths).collect();
     places.sort();
     places.dedup();
     let places: Vec<&str> = places.iter().map(|s| s.as_str()).collect();

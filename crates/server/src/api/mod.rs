@@ -105,13 +105,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         req: Request<pb::ListAllocsRequest>,
     ) -> Answer<pb::ListAllocsResponse> {
         let r = req.get_ref();
-        // A job is named in `default` when no namespace is given.
-        let ns = if r.job.is_empty() {
-            errors::namespace_filter(&r.namespace)?
-        } else {
-            errors::namespace_of(&r.namespace)?
-        }
-        .to_string();
+        let ns = errors::listed_namespace(&r.job, &r.namespace)?;
         let scope = self
             .caller(&req)?
             .read_scope(&self.ctx, &ns, "list allocations")?;
@@ -193,12 +187,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Answer<Self::WatchStream> {
         let r = req.get_ref();
-        let ns = if r.job.is_empty() {
-            errors::namespace_filter(&r.namespace)?
-        } else {
-            errors::namespace_of(&r.namespace)?
-        }
-        .to_string();
+        let ns = errors::listed_namespace(&r.job, &r.namespace)?;
         let scope = self
             .caller(&req)?
             .read_scope(&self.ctx, &ns, "watch the cluster")?;
