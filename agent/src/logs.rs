@@ -18,12 +18,6 @@ const CHUNK: usize = 64 * 1024;
 /// How often a followed log is checked for new data.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
-/// Allocation ids are 32 lowercase hex digits; anything else could name a
-/// path outside the log directory.
-pub fn valid_alloc_id(id: &str) -> bool {
-    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
 /// Which entries to show and how.
 #[derive(Debug, Clone, Copy)]
 pub struct Selection {
@@ -144,8 +138,13 @@ pub async fn stream_logs(
     r: pb::AgentLogsRequest,
     tx: tokio::sync::mpsc::Sender<Result<pb::AgentLogsResponse, Status>>,
 ) {
-    let dir = paths.log_dir(&r.alloc_id);
-    let state_dir = paths.state_dir(&r.alloc_id);
+    let (dir, state_dir) = match (paths.log_dir(&r.alloc_id), paths.state_dir(&r.alloc_id)) {
+        (Ok(d), Ok(s)) => (d, s),
+        (Err(e), _) | (_, Err(e)) => {
+            let _ = tx.send(Err(Status::invalid_argument(format!("alloc_id: {e}")))).await;
+            return;
+        }
+    };
     let sel = Selection {
         stderr_only: r.stderr_only,
         timestamps: r.timestamps,
@@ -216,14 +215,6 @@ fn read_rotated(dir: &Path, asm: &mut Assembler) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use crate::crilog::{LineSplitter, LogWriter};
-
-    #[test]
-    fn alloc_ids_that_could_escape_are_refused() {
-        assert!(valid_alloc_id("0123456789abcdef0123456789abcdef"));
-        assert!(!valid_alloc_id("../../../../etc/passwd"));
-        assert!(!valid_alloc_id("0123456789ABCDEF0123456789abcdef"));
-        assert!(!valid_alloc_id(""));
-    }
 
     fn write_log(dir: &Path, max_size: u64) {
         let mut w = LogWriter::open(dir, max_size, 10).unwrap();

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use tracing::{debug, warn};
 
+use crate::paths::Paths;
+
 /// How container root filesystems are made (`skiff agent --rootfs`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum RootfsMode {
@@ -255,7 +257,8 @@ fn copy_file(from: &Path, to: &Path, meta: &fs::Metadata) -> Result<(), CopyErro
 }
 
 /// Unmounts `bundle/rootfs` if it is an overlay and removes the bundle.
-pub fn release(bundle: &Path) -> io::Result<()> {
+pub fn release(paths: &Paths, bundle: &Path) -> io::Result<()> {
+    paths.confined(bundle)?;
     let target = bundle.join("rootfs");
     match crate::sys::unmount(&target) {
         Ok(()) => {}
@@ -263,10 +266,7 @@ pub fn release(bundle: &Path) -> io::Result<()> {
         Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => {}
         Err(e) => return Err(e),
     }
-    match fs::remove_dir_all(bundle) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        other => other,
-    }
+    paths.remove_dir_all(bundle)
 }
 
 /// True when `path` is the mount point of an overlay (from
@@ -308,9 +308,10 @@ mod tests {
             RootfsKind::Copy
         );
         assert!(b.join("rootfs/bin/tool").is_file());
-        release(&b).unwrap();
+        let paths = Paths::new(bundle.path());
+        release(&paths, &b).unwrap();
         assert!(!b.exists());
-        release(&b).unwrap();
+        release(&paths, &b).unwrap();
     }
 
     #[test]
@@ -340,8 +341,9 @@ mod tests {
         );
         let mode = fs::metadata(a.join("rootfs")).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o755, "the merged root looks like the image's root");
+        let paths = Paths::new(bundles.path());
         for x in [&a, &b] {
-            release(x).unwrap();
+            release(&paths, x).unwrap();
             assert!(!x.exists());
         }
         assert!(

@@ -10,7 +10,8 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::gpu::GpuNode;
-use crate::logs::{stream_logs, valid_alloc_id};
+use crate::logs::stream_logs;
+use crate::paths::valid_alloc_id;
 use crate::paths::{container_id, Paths};
 use crate::runtime::Runtime;
 
@@ -55,7 +56,7 @@ impl<R: Runtime> pb::agent_api_server::AgentApi for AgentService<R> {
     ) -> Result<Response<LogStream>, Status> {
         let r = req.into_inner();
         check_id(&r.alloc_id)?;
-        if !self.paths.log_dir(&r.alloc_id).is_dir() {
+        if !self.paths.log_dir(&r.alloc_id).is_ok_and(|d| d.is_dir()) {
             return Err(Status::not_found(format!(
                 "no logs for allocation {} on this node (it may not have started yet)",
                 r.alloc_id

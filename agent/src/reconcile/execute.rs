@@ -140,17 +140,19 @@ impl<R: Runtime, X: Records> Executor<R, X> {
 
     fn spawn_cleanup(&self, id: String) {
         let runtime = self.runtime.clone();
-        let bundle = self.paths.bundle(&id);
+        let paths = self.paths.clone();
         let events = self.events.clone();
         tokio::spawn(async move {
             let cid = container_id(&id);
+            let id2 = id.clone();
             if let Err(e) = runtime.delete(&cid, false).await {
                 tracing::debug!(alloc = %id, error = %e, "delete failed; forcing");
                 if let Err(e) = runtime.delete(&cid, true).await {
                     tracing::warn!(alloc = %id, error = %e, "could not delete the container");
                 }
             }
-            match tokio::task::spawn_blocking(move || rootfs::release(&bundle)).await {
+            let release = move || rootfs::release(&paths, &paths.bundle(&id2)?);
+            match tokio::task::spawn_blocking(release).await {
                 Ok(Err(e)) => {
                     tracing::warn!(alloc = %id, error = %e, "could not remove the bundle")
                 }
@@ -166,7 +168,9 @@ impl<R: Runtime, X: Records> Executor<R, X> {
         let netns = match task.network {
             NetworkMode::Host => None,
             NetworkMode::None => {
-                std::fs::read_to_string(self.paths.state_dir(id).join(shim::INIT_PID))
+                self.paths
+                    .state_dir(id)
+                    .and_then(|d| std::fs::read_to_string(d.join(shim::INIT_PID)))
                     .ok()
                     .and_then(|p| p.trim().parse::<i32>().ok())
                     .map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net")))

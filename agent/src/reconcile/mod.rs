@@ -145,7 +145,19 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
 
     pub fn handle(&mut self, event: Event) {
         match event {
-            Event::Desired(allocs) => self.desired = Some(allocs),
+            Event::Desired(mut allocs) => {
+                // Ids become directory names: one that is not an id the
+                // leader makes is never acted on (nor adopted, see
+                // `FileRecords::containers`), whoever sent it.
+                allocs.retain(|a| {
+                    let ok = crate::paths::valid_alloc_id(&a.id);
+                    if !ok {
+                        tracing::warn!(alloc = ?a.id, job = %a.job, "ignoring an allocation whose id is not an allocation id");
+                    }
+                    ok
+                });
+                self.desired = Some(allocs)
+            }
             Event::Reported { updates, sent } => {
                 self.reporting = false;
                 if sent {

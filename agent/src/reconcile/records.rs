@@ -50,33 +50,46 @@ impl Records for FileRecords {
         entries
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|id| crate::logs::valid_alloc_id(id))
+            .filter(|id| crate::paths::valid_alloc_id(id))
             .collect()
     }
 
     fn exit(&self, id: &str) -> Option<ExitRecord> {
-        ExitRecord::read(&self.paths.state_dir(id))
+        ExitRecord::read(&self.paths.state_dir(id).ok()?)
     }
 
     fn shim_alive(&self, id: &str) -> bool {
-        shim::shim_alive(&self.paths.state_dir(id))
+        self.paths
+            .state_dir(id)
+            .is_ok_and(|dir| shim::shim_alive(&dir))
     }
 
     fn shim_exit(&self, id: &str) -> Option<impl Future<Output = io::Result<()>> + Send + 'static> {
-        let (pid, start) = shim::read_shim_pid(&self.paths.state_dir(id))?;
+        let (pid, start) = shim::read_shim_pid(&self.paths.state_dir(id).ok()?)?;
         Some(crate::sys::wait_process_exit(pid, start))
     }
 
     fn restarts(&self, id: &str) -> Restarts {
-        Restarts::read(&self.paths.container_dir(id).join(RESTARTS_FILE))
+        match self.paths.container_dir(id) {
+            Ok(dir) => Restarts::read(&dir.join(RESTARTS_FILE)),
+            Err(_) => Restarts::default(),
+        }
     }
 
     fn save_restarts(&self, id: &str, restarts: Restarts) -> io::Result<()> {
-        restarts.write(&self.paths.container_dir(id).join(RESTARTS_FILE))
+        let path = self.paths.container_dir(id)?.join(RESTARTS_FILE);
+        self.paths.confined(&path)?;
+        restarts.write(&path)
     }
 
     fn remove(&self, id: &str) {
-        let _ = std::fs::remove_dir_all(self.paths.container_dir(id));
+        if let Err(e) = self
+            .paths
+            .container_dir(id)
+            .and_then(|dir| self.paths.remove_dir_all(&dir))
+        {
+            tracing::warn!(alloc = %id, error = %e, "could not remove the container's records");
+        }
     }
 }
 

@@ -34,12 +34,15 @@ pub async fn start<R: Runtime>(
         .map_err(|e| format!("image preparation panicked: {e}"))?
         .map_err(|e| format!("image {}: {e}", alloc.task.image))?;
 
-    let bundle = paths.bundle(&alloc.id);
+    let bundle = paths.bundle(&alloc.id).map_err(|e| e.to_string())?;
     let rootfs = bundle.join("rootfs");
     let (src, b, mode) = (prepared.rootfs.clone(), bundle.clone(), settings.rootfs);
+    let p = paths.clone();
     let kind = tokio::task::spawn_blocking(move || {
-        rootfs::release(&b).map_err(|e| format!("removing the old bundle {}: {e}", b.display()))?;
-        std::fs::create_dir_all(&b).map_err(|e| format!("creating {}: {e}", b.display()))?;
+        rootfs::release(&p, &b)
+            .map_err(|e| format!("removing the old bundle {}: {e}", b.display()))?;
+        p.create_dir_all(&b)
+            .map_err(|e| format!("creating {}: {e}", b.display()))?;
         rootfs::prepare(&src, &b, mode).map_err(|e| e.to_string())
     })
     .await
@@ -75,11 +78,14 @@ pub async fn start<R: Runtime>(
     spec.save(bundle.join("config.json"))
         .map_err(|e| format!("writing config.json: {e}"))?;
 
-    let log_dir = paths.log_dir(&alloc.id);
-    std::fs::create_dir_all(&log_dir)
+    let log_dir = paths.log_dir(&alloc.id).map_err(|e| e.to_string())?;
+    paths
+        .create_dir_all(&log_dir)
         .map_err(|e| format!("creating {}: {e}", log_dir.display()))?;
-    let state_dir = paths.state_dir(&alloc.id);
-    let _ = std::fs::remove_dir_all(&state_dir);
+    let state_dir = paths.state_dir(&alloc.id).map_err(|e| e.to_string())?;
+    paths
+        .remove_dir_all(&state_dir)
+        .map_err(|e| format!("removing {}: {e}", state_dir.display()))?;
     let t_spec = Instant::now();
     let args = ShimArgs {
         id: cid,

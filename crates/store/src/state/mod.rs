@@ -441,6 +441,22 @@ impl State {
             .max_by_key(|e| e.create_index)
     }
 
+    /// Checks what commands check but records loaded from disk or a
+    /// snapshot did not go through: every allocation is filed under its
+    /// own id and that id is one an agent may turn into a directory name.
+    /// Returns the offending key and the rule.
+    pub fn check_loaded(&self) -> Result<(), (String, String)> {
+        for (key, a) in &self.allocs {
+            if key != &a.id {
+                return Err((key.clone(), format!("allocation filed under another id {:?}", a.id)));
+            }
+            if !crate::check::valid_alloc_id(key) {
+                return Err((key.clone(), "not an allocation id".to_string()));
+            }
+        }
+        Ok(())
+    }
+
     /// Rebuilds the derived lookup tables after the records were loaded
     /// from disk or a snapshot.
     pub fn rebuild_indexes(&mut self) {

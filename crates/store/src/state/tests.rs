@@ -1103,3 +1103,30 @@ fn an_entry_that_breaks_a_rule_changes_nothing_but_the_index_whoever_proposed_it
         Outcome::Refused(_)
     ));
 }
+
+#[test]
+fn a_snapshot_or_saved_state_with_an_allocation_id_that_names_a_path_is_refused() {
+    let mut h = Harness::new();
+    h.apply(reg("n1", 1000, 1024));
+    h.apply(Command::UpsertJob {
+        spec: spec("web", 1, "64Mi"),
+    });
+    h.apply(h.plan("web", &[(0, "n1")], 0));
+    assert_eq!(h.state.check_loaded(), Ok(()));
+    let mut forged = h.state.allocs.values().next().unwrap().clone();
+    forged.id = "../../../victim".into();
+    let mut bad = h.state.clone();
+    bad.allocs.insert(forged.id.clone(), forged.clone());
+    let (key, why) = bad.check_loaded().unwrap_err();
+    assert_eq!((key.as_str(), why.as_str()), ("../../../victim", "not an allocation id"));
+    // Filed under a good key but carrying a forged id.
+    let mut bad = h.state.clone();
+    bad.allocs.insert("0123456789abcdef0123456789abcdef".into(), forged);
+    assert!(bad.check_loaded().unwrap_err().1.contains("filed under another id"));
+    // The snapshot a leader sends is decoded through the same check.
+    let mut snap = raft::prelude::Snapshot::default();
+    snap.set_data(serde_json::to_vec(&bad).unwrap().into());
+    snap.mut_metadata().index = 7;
+    let e = crate::driver::decode_state(&snap).unwrap_err().to_string();
+    assert!(e.contains("filed under another id"), "{e}");
+}

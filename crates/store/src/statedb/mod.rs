@@ -159,6 +159,9 @@ impl StateDb {
                 },
             );
         }
+        state
+            .check_loaded()
+            .map_err(|(key, why)| StoreError::corrupt("allocation record", key, why))?;
         state.rebuild_indexes();
         if legacy {
             tracing::info!(
