@@ -207,7 +207,10 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     }
     // Absolute, so runc, the shims and overlay mounts never depend on a
     // working directory.
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| AgentError::DataDir {
+    // 0700: host users must not reach a container's root filesystem (a
+    // setuid file made inside it would be theirs to run), its bundle
+    // (config.json holds the environment) or its logs.
+    skiff_pki::files::make_private_dir(&cfg.data_dir).map_err(|source| AgentError::DataDir {
         path: cfg.data_dir.clone(),
         source,
     })?;
@@ -222,7 +225,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         paths.runtime_root(),
         paths.root().join("logs"),
     ] {
-        std::fs::create_dir_all(&dir)
+        skiff_pki::files::make_private_dir(&dir)
             .map_err(|source| AgentError::DataDir { path: dir, source })?;
     }
     let tls = crate::tls::credentials(&cfg.security, paths.root(), &cfg.name, &cfg.servers).await?;

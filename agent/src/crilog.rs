@@ -14,6 +14,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -120,6 +121,7 @@ impl LogWriter {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(dir.join(LOG_FILE))?;
         let size = file.metadata()?.len();
         Ok(LogWriter {
@@ -169,7 +171,11 @@ impl LogWriter {
             }
             fs::rename(&base, numbered(1))?;
         }
-        self.file = OpenOptions::new().create(true).append(true).open(&base)?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&base)?;
         self.size = 0;
         Ok(())
     }

@@ -141,7 +141,9 @@ pub async fn stream_logs(
     let (dir, state_dir) = match (paths.log_dir(&r.alloc_id), paths.state_dir(&r.alloc_id)) {
         (Ok(d), Ok(s)) => (d, s),
         (Err(e), _) | (_, Err(e)) => {
-            let _ = tx.send(Err(Status::invalid_argument(format!("alloc_id: {e}")))).await;
+            let _ = tx
+                .send(Err(Status::invalid_argument(format!("alloc_id: {e}"))))
+                .await;
             return;
         }
     };

@@ -86,9 +86,9 @@ impl Paths {
     /// creating or removing it cannot reach outside. Call it right before
     /// the operation.
     pub fn confined(&self, path: &Path) -> io::Result<()> {
-        let rest = path.strip_prefix(&self.root).map_err(|_| {
-            escape(path, "is not inside the agent's data directory")
-        })?;
+        let rest = path
+            .strip_prefix(&self.root)
+            .map_err(|_| escape(path, "is not inside the agent's data directory"))?;
         let mut at = self.root.clone();
         let mut parts = rest.components().peekable();
         while let Some(part) = parts.next() {
@@ -98,10 +98,16 @@ impl Paths {
             }
             match std::fs::symlink_metadata(&at) {
                 Ok(meta) if meta.file_type().is_symlink() => {
-                    return Err(escape(path, &format!("{} is a symbolic link", at.display())))
+                    return Err(escape(
+                        path,
+                        &format!("{} is a symbolic link", at.display()),
+                    ))
                 }
                 Ok(meta) if parts.peek().is_some() && !meta.is_dir() => {
-                    return Err(escape(path, &format!("{} is not a directory", at.display())))
+                    return Err(escape(
+                        path,
+                        &format!("{} is not a directory", at.display()),
+                    ))
                 }
                 Ok(_) => {}
                 // Nothing further exists to be swapped.
@@ -153,7 +159,9 @@ mod tests {
         let p = Paths::new("/var/lib/skiff");
         assert_eq!(
             p.bundle(ID).unwrap(),
-            Path::new("/var/lib/skiff/containers").join(ID).join("bundle")
+            Path::new("/var/lib/skiff/containers")
+                .join(ID)
+                .join("bundle")
         );
         for bad in [
             "../../../victim",
@@ -163,7 +171,12 @@ mod tests {
             "0123456789abcdef0123456789abcde/",
             "0123456789abcdef0123456789abcdef0",
         ] {
-            for made in [p.container_dir(bad), p.bundle(bad), p.state_dir(bad), p.log_dir(bad)] {
+            for made in [
+                p.container_dir(bad),
+                p.bundle(bad),
+                p.state_dir(bad),
+                p.log_dir(bad),
+            ] {
                 let e = made.unwrap_err();
                 assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{bad:?}");
                 assert!(e.to_string().contains("not an allocation id"), "{e}");

@@ -17,9 +17,10 @@
 //! is kept small (no tokio, no allocation per line beyond its buffers).
 
 use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -244,6 +245,7 @@ fn monitor(args: &ShimArgs, mut report: std::io::PipeWriter) -> i32 {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(args.state_dir.join(SHIM_LOG))?;
         sys::redirect_stdio(&log)?;
         let me = std::process::id() as i32;
@@ -475,9 +477,23 @@ pub fn last_runtime_error(path: &Path) -> Option<String> {
 /// reads half a file, and the rename gives that. (An fsync here cost
 /// milliseconds on every container start.)
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_with_mode(path, data, 0o644)
+}
+
+/// [`write_atomic`] for a file only its owner may read (0600).
+pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_with_mode(path, data, 0o600)
+}
+
+fn write_with_mode(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
-        let mut f = File::create(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(data)?;
     }
     fs::rename(&tmp, path)

@@ -416,3 +416,121 @@ async fn reserved_resources_lower_what_the_node_offers() {
         greedy.log()
     );
 }
+
+/// Runs `sh -c script` as the unprivileged host user `nobody` (uid and gid
+/// 65534, no supplementary groups) and returns its stdout.
+fn as_nobody(script: &str) -> String {
+    use std::os::unix::process::CommandExt;
+    let out = std::process::Command::new("/bin/sh")
+        .args(["-c", script])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("runs sh as nobody");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn mode_of(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_users_cannot_reach_a_containers_files_its_setuid_binaries_logs_or_the_cluster_state()
+{
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    // Like /var/lib: anyone may pass through the parent.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let server = ServerProc::start(&tmp.path().join("server"));
+    let agent_dir = tmp.path().join("agent");
+    let _agent = AgentProc::start(
+        &agent_dir,
+        &server.url(),
+        "private",
+        &["--stop-grace", "1s"],
+    );
+    let mut client = server.client().await;
+    // Root in the container (default capabilities) makes a setuid-root
+    // copy of its shell, and prints a secret from its environment.
+    let spec = job_yaml(
+        "suid",
+        1,
+        "cp /bin/busybox /tmp/rootshell && chmod 4755 /tmp/rootshell && echo made $SECRET_TOKEN; sleep 3600",
+        "  env: {SECRET_TOKEN: hunter2}\n",
+    );
+    client.apply_job(&spec).await.unwrap();
+    let alloc = wait_allocs(&mut client, "suid", 1, AllocStatus::Running, START)
+        .await
+        .remove(0);
+    let bundle = agent_dir.join("containers").join(&alloc.id).join("bundle");
+    let made = [
+        bundle.join("overlay/upper/tmp/rootshell"),
+        bundle.join("rootfs/tmp/rootshell"),
+    ];
+    // The container made it setuid (cp, then chmod).
+    wait_for("the setuid file", START, || async {
+        made.iter()
+            .all(|p| p.exists() && mode_of(p) & 0o4000 != 0)
+            .then_some(())
+    })
+    .await;
+
+    // What a host user would go after.
+    let log = agent_dir.join("logs").join(&alloc.id);
+    let mut targets: Vec<std::path::PathBuf> = made.to_vec();
+    targets.push(bundle.join("config.json"));
+    targets.push(log.clone());
+    targets.push(tmp.path().join("server/raft"));
+    targets.push(tmp.path().join("server/state"));
+    targets.push(agent_dir.join("images"));
+    let list = targets
+        .iter()
+        .map(|p| format!("'{}'", p.display()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let reached = as_nobody(&format!(
+        "for p in {list}; do if [ -e \"$p\" ] || [ -r \"$p\" ]; then echo \"reached $p\"; fi; done; \
+         '{}' id -u 2>/dev/null; cat '{}' 2>/dev/null; echo done",
+        made[0].display(),
+        bundle.join("config.json").display()
+    ));
+    assert_eq!(reached.trim(), "done", "a host user reached: {reached}");
+
+    // And the files themselves are their owner's only, should a directory
+    // above ever be opened up.
+    for dir in [
+        agent_dir.clone(),
+        tmp.path().join("server"),
+        tmp.path().join("server/raft"),
+        tmp.path().join("server/state"),
+    ] {
+        assert_eq!(mode_of(&dir), 0o700, "{}", dir.display());
+    }
+    assert_eq!(mode_of(&bundle.join("config.json")), 0o600);
+    let logs: Vec<_> = std::fs::read_dir(&log).unwrap().flatten().collect();
+    assert!(!logs.is_empty());
+    for f in logs {
+        assert_eq!(mode_of(&f.path()) & 0o077, 0, "{}", f.path().display());
+    }
+    for f in std::fs::read_dir(tmp.path().join("server/raft"))
+        .unwrap()
+        .flatten()
+    {
+        assert_eq!(mode_of(&f.path()) & 0o077, 0, "{}", f.path().display());
+    }
+    // The container itself still works as before.
+    let out = client
+        .exec(
+            &alloc.id,
+            &[
+                "sh".into(),
+                "-c".into(),
+                "ls -l /tmp/rootshell && id -u".into(),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 0, "{out:?}");
+}

@@ -167,14 +167,13 @@ impl<R: Runtime, X: Records> Executor<R, X> {
         let (tx, mut rx) = mpsc::channel(8);
         let netns = match task.network {
             NetworkMode::Host => None,
-            NetworkMode::None => {
-                self.paths
-                    .state_dir(id)
-                    .and_then(|d| std::fs::read_to_string(d.join(shim::INIT_PID)))
-                    .ok()
-                    .and_then(|p| p.trim().parse::<i32>().ok())
-                    .map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net")))
-            }
+            NetworkMode::None => self
+                .paths
+                .state_dir(id)
+                .and_then(|d| std::fs::read_to_string(d.join(shim::INIT_PID)))
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+                .map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net"))),
         };
         let checker = ContainerChecker {
             runtime: self.runtime.clone(),

@@ -75,7 +75,9 @@ pub async fn start<R: Runtime>(
         .and_then(|l| l.cgroups_path().clone())
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    spec.save(bundle.join("config.json"))
+    // 0600: it holds the environment's values.
+    let json = serde_json::to_vec(&spec).map_err(|e| format!("writing config.json: {e}"))?;
+    crate::shim::write_private(&bundle.join("config.json"), &json)
         .map_err(|e| format!("writing config.json: {e}"))?;
 
     let log_dir = paths.log_dir(&alloc.id).map_err(|e| e.to_string())?;

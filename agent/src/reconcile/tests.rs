@@ -918,19 +918,25 @@ async fn the_loop_sends_a_report_again_when_it_did_not_arrive_and_not_when_it_di
 }
 
 #[tokio::test(start_paused = true)]
-async fn forged_allocation_ids_from_the_servers_are_ignored_and_touch_nothing_outside_the_data_dir() {
+async fn forged_allocation_ids_from_the_servers_are_ignored_and_touch_nothing_outside_the_data_dir()
+{
     let mut rig = Rig::new(FakeRuntime::new(), MemRecords::new());
     // `containers/../victim` is a directory beside `containers`.
     let victim = rig._dir.path().join("victim");
     std::fs::create_dir_all(victim.join("bundle")).unwrap();
     std::fs::write(victim.join("bundle/keep"), b"x").unwrap();
-    for forged in ["../victim", "../../../../tmp/victim", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"] {
+    for forged in [
+        "../victim",
+        "../../../../tmp/victim",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    ] {
         let mut run = alloc_of(forged, task("{}"));
         run.desired = DesiredStatus::Run;
         let mut stop = running_alloc(forged, task("{}"));
         stop.desired = DesiredStatus::Stop;
         for a in [run, stop] {
-            rig.rec.handle(Event::Desired(vec![a, alloc_of(A, task("{}"))]));
+            rig.rec
+                .handle(Event::Desired(vec![a, alloc_of(A, task("{}"))]));
             let report = rig.rec.reconcile();
             assert!(
                 report.iter().all(|o| o.alloc_id == A),
@@ -944,9 +950,15 @@ async fn forged_allocation_ids_from_the_servers_are_ignored_and_touch_nothing_ou
     }
     assert_eq!(rig.rec.tracked(), 1, "only the real allocation is tracked");
     assert!(
-        rig.runtime.calls().iter().all(|c| format!("{c:?}").contains(A)),
+        rig.runtime
+            .calls()
+            .iter()
+            .all(|c| format!("{c:?}").contains(A)),
         "the runtime only heard of the real allocation: {:?}",
         rig.runtime.calls()
     );
-    assert!(victim.join("bundle/keep").is_file(), "the directory outside is untouched");
+    assert!(
+        victim.join("bundle/keep").is_file(),
+        "the directory outside is untouched"
+    );
 }

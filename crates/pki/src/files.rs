@@ -18,12 +18,16 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
 /// Creates `dir` (and its parents) with mode 0700; tightens it if it
 /// exists.
 pub fn private_dir(dir: &Path) -> Result<(), PkiError> {
+    make_private_dir(dir).map_err(io(dir))
+}
+
+/// [`private_dir`] with the plain I/O error.
+pub fn make_private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(dir)
-        .map_err(io(dir))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 /// Writes `data` to `path` with mode 0600.

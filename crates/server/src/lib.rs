@@ -218,7 +218,7 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError
 
 /// Opens the store and binds both ports; `serve` then runs everything.
 pub async fn start(cfg: &ServerConfig) -> Result<Running, ServerError> {
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ServerError::DataDir {
+    skiff_store::private::private_dir(&cfg.data_dir).map_err(|source| ServerError::DataDir {
         path: cfg.data_dir.clone(),
         source,
     })?;

@@ -199,7 +199,11 @@ pub(crate) fn decode_state(snap: &Snapshot) -> Result<State, StoreError> {
         .map_err(|e| StoreError::corrupt("snapshot", snap.get_metadata().index.to_string(), e))?;
     state.index = snap.get_metadata().index;
     state.check_loaded().map_err(|(key, why)| {
-        StoreError::corrupt("snapshot", format!("{} (allocation {key:?})", snap.get_metadata().index), why)
+        StoreError::corrupt(
+            "snapshot",
+            format!("{} (allocation {key:?})", snap.get_metadata().index),
+            why,
+        )
     })?;
     state.rebuild_indexes();
     Ok(state)

@@ -43,7 +43,18 @@ impl Store {
         bootstrap: Bootstrap,
         transport: Arc<dyn Transport>,
     ) -> Result<Store, StoreError> {
-        let state_db = crate::statedb::open_db(sled::Config::new().path(data_dir.join("state")))?;
+        let state_dir = data_dir.join("state");
+        crate::private::private_dir(&state_dir).map_err(|source| StoreError::Io {
+            path: state_dir.clone(),
+            source,
+        })?;
+        let state_db = crate::statedb::open_db(sled::Config::new().path(&state_dir))?;
+        // sled creates its files with the process's umask; the Raft
+        // log's records and the state are for the server's user only.
+        crate::private::tighten_files(&state_dir).map_err(|source| StoreError::Io {
+            path: state_dir.clone(),
+            source,
+        })?;
         let mut log = RaftLog::open(&data_dir.join("raft"))?;
         let statedb = StateDb::open(state_db)?;
         if !log.is_initialized() {

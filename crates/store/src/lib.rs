@@ -29,6 +29,7 @@ pub mod handle;
 pub mod log;
 mod log_record;
 pub mod member;
+pub mod private;
 mod saver;
 pub mod state;
 pub mod statedb;

@@ -44,6 +44,7 @@
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use protobuf::Message as _;
@@ -125,7 +126,7 @@ impl RaftLog {
 
     /// [`RaftLog::open`] with another segment size (tests use small ones).
     pub fn open_with_segment_limit(dir: &Path, segment_limit: u64) -> Result<RaftLog, StoreError> {
-        fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        crate::private::private_dir(dir).map_err(|e| io_err(dir, e))?;
         let mut segments: Vec<u64> = fs::read_dir(dir)
             .map_err(|e| io_err(dir, e))?
             .filter_map(|e| e.ok())
@@ -515,7 +516,7 @@ impl RaftLog {
         let path = self.dir.join(snapshot_name(index));
         let tmp = path.with_extension("tmp");
         {
-            let mut f = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+            let mut f = crate::private::create_private(&tmp).map_err(|e| io_err(&tmp, e))?;
             f.write_all(data).map_err(|e| io_err(&tmp, e))?;
             f.sync_all().map_err(|e| io_err(&tmp, e))?;
         }
@@ -639,6 +640,7 @@ fn open_segment(path: &Path) -> Result<File, StoreError> {
         .truncate(false)
         .read(true)
         .write(true)
+        .mode(0o600)
         .open(path)
         .map_err(|e| io_err(path, e))
 }

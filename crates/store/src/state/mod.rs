@@ -448,7 +448,10 @@ impl State {
     pub fn check_loaded(&self) -> Result<(), (String, String)> {
         for (key, a) in &self.allocs {
             if key != &a.id {
-                return Err((key.clone(), format!("allocation filed under another id {:?}", a.id)));
+                return Err((
+                    key.clone(),
+                    format!("allocation filed under another id {:?}", a.id),
+                ));
             }
             if !crate::check::valid_alloc_id(key) {
                 return Err((key.clone(), "not an allocation id".to_string()));

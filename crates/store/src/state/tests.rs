@@ -1118,11 +1118,19 @@ fn a_snapshot_or_saved_state_with_an_allocation_id_that_names_a_path_is_refused(
     let mut bad = h.state.clone();
     bad.allocs.insert(forged.id.clone(), forged.clone());
     let (key, why) = bad.check_loaded().unwrap_err();
-    assert_eq!((key.as_str(), why.as_str()), ("../../../victim", "not an allocation id"));
+    assert_eq!(
+        (key.as_str(), why.as_str()),
+        ("../../../victim", "not an allocation id")
+    );
     // Filed under a good key but carrying a forged id.
     let mut bad = h.state.clone();
-    bad.allocs.insert("0123456789abcdef0123456789abcdef".into(), forged);
-    assert!(bad.check_loaded().unwrap_err().1.contains("filed under another id"));
+    bad.allocs
+        .insert("0123456789abcdef0123456789abcdef".into(), forged);
+    assert!(bad
+        .check_loaded()
+        .unwrap_err()
+        .1
+        .contains("filed under another id"));
     // The snapshot a leader sends is decoded through the same check.
     let mut snap = raft::prelude::Snapshot::default();
     snap.set_data(serde_json::to_vec(&bad).unwrap().into());
