@@ -55,6 +55,9 @@ pub struct AgentConfig {
     /// Directories under which `oci:` layouts may be read
     /// (`--image-roots`).
     pub image_roots: Vec<PathBuf>,
+    /// How long preparing an image (verifying and unpacking its layers)
+    /// may take before the start fails (`--image-timeout`).
+    pub image_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -311,6 +314,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     let settings = Settings {
         runtime_binary,
         stop_grace: cfg.stop_grace,
+        image_timeout: cfg.image_timeout,
         log_max_size: cfg.log_max_size,
         log_max_files: cfg.log_max_files,
         rootfs: cfg.rootfs,

@@ -255,6 +255,43 @@ pub fn mount_overlay(
 
 /// Detaches the mount at `target` (lazily, so a process still inside it
 /// does not make the unmount fail).
+/// Opens the file `names` leads to below the directory `dir`, one
+/// component at a time with `openat` and `O_NOFOLLOW`, so no symbolic
+/// link is followed at any step (`ELOOP` or `ENOTDIR` when one is there).
+/// The file is opened `O_NONBLOCK`, so a FIFO cannot block the open; the
+/// caller checks what kind of file it got.
+pub fn open_beneath(dir: &std::path::Path, names: &[&str]) -> io::Result<std::fs::File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut at = std::fs::File::open(dir)?;
+    for (i, name) in names.iter().enumerate() {
+        if name.is_empty() || *name == "." || *name == ".." || name.contains('/') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{name:?} is not a plain file name"),
+            ));
+        }
+        let last = i + 1 == names.len();
+        let flags = libc::O_RDONLY
+            | libc::O_NOFOLLOW
+            | libc::O_CLOEXEC
+            | if last {
+                libc::O_NONBLOCK
+            } else {
+                libc::O_DIRECTORY
+            };
+        let c = std::ffi::CString::new(*name)?;
+        // SAFETY: `at` is an open descriptor and `c` a NUL-terminated
+        // string, both alive for the call.
+        let fd = unsafe { libc::openat(at.as_raw_fd(), c.as_ptr(), flags) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: openat just returned this descriptor; nothing else owns it.
+        at = unsafe { std::fs::File::from_raw_fd(fd) };
+    }
+    Ok(at)
+}
+
 pub fn unmount(target: &std::path::Path) -> io::Result<()> {
     let t = cstring(target)?;
     // SAFETY: `t` is a valid NUL-terminated string for the call.

@@ -56,7 +56,7 @@ impl Layout {
 
     fn read_index(&self) -> Result<ImageIndex, ImageError> {
         let path = self.dir.join("index.json");
-        let file = File::open(&path).map_err(io_err(&path))?;
+        let (file, _) = self.open_regular(&["index.json"])?;
         let mut bytes = Vec::new();
         file.take(MAX_JSON_BYTES + 1)
             .read_to_end(&mut bytes)
@@ -138,6 +138,56 @@ impl Layout {
     }
 }
 
+impl Layout {
+    /// Opens a file of the layout without following a symbolic link at
+    /// any step below the layout's directory, and only when it is a
+    /// regular file: a FIFO would block a reader forever and a device
+    /// (or a link to /dev/zero) would never end. Returns it and its size.
+    fn open_regular(&self, names: &[&str]) -> Result<(File, u64), ImageError> {
+        let path = names.iter().fold(self.dir.clone(), |p, n| p.join(n));
+        let refused = |reason: String| ImageError::NotAFile {
+            layout: self.name.clone(),
+            path: names.join("/"),
+            reason,
+        };
+        let file = match crate::sys::open_beneath(&self.dir, names) {
+            Ok(f) => f,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
+                return Err(refused(
+                    "it (or a directory on the way) is a symbolic link or not a directory; links are not followed in a layout".into(),
+                ))
+            }
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let meta = file.metadata().map_err(io_err(&path))?;
+        if !meta.file_type().is_file() {
+            return Err(refused(format!(
+                "it is {}, not a regular file",
+                kind_of(&meta)
+            )));
+        }
+        Ok((file, meta.len()))
+    }
+}
+
+fn kind_of(meta: &fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
 impl BlobSource for Layout {
     fn name(&self) -> &str {
         &self.name
@@ -152,12 +202,12 @@ impl BlobSource for Layout {
             });
         }
         let path = self.dir.join("blobs").join("sha256").join(digest.digest());
-        let file = File::open(&path).map_err(io_err(&path))?;
-        let len = file.metadata().map_err(io_err(&path))?.len();
+        let (file, len) = self.open_regular(&["blobs", "sha256", digest.digest()])?;
         Ok(Blob {
             path,
             len: Some(len),
-            reader: Box::new(file),
+            // Never more than the file held when it was opened.
+            reader: Box::new(file.take(len)),
         })
     }
 }
@@ -514,6 +564,72 @@ mod tests {
         assert!(err
             .to_string()
             .contains(parsed["layers"][0]["digest"].as_str().unwrap()));
+    }
+
+    /// Prepares the image on another thread and gives up after 20 s, so a
+    /// blob that blocks shows as a failure instead of a hung test.
+    fn prepare_within(store_dir: &std::path::Path, layout: &std::path::Path) -> ImageError {
+        let (store_dir, layout) = (store_dir.to_path_buf(), layout.to_path_buf());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(ImageStore::new(store_dir).prepare(&image_ref(&layout, None)));
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(20)) {
+            Ok(r) => r.expect_err("the image must be refused"),
+            Err(_) => panic!("preparing the image blocked"),
+        }
+    }
+
+    #[test]
+    fn a_blob_that_is_a_fifo_a_device_or_a_link_is_refused_without_reading_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = tmp.path().join("layout");
+        let manifest = simple_image(&layout, "m");
+        write_index(&layout, vec![manifest.clone()]);
+        let parsed: Value =
+            serde_json::from_slice(&fs::read(blob_file(&layout, &manifest)).unwrap()).unwrap();
+        let layer = blob_file(&layout, &parsed["layers"][0]);
+        let good = fs::read(&layer).unwrap();
+        let elsewhere = tmp.path().join("elsewhere");
+        fs::write(&elsewhere, &good).unwrap();
+        let make: [(&str, &dyn Fn()); 3] = [
+            ("a FIFO", &|| {
+                let st = std::process::Command::new("mkfifo")
+                    .arg(&layer)
+                    .status()
+                    .unwrap();
+                assert!(st.success());
+            }),
+            ("symbolic link", &|| {
+                std::os::unix::fs::symlink("/dev/zero", &layer).unwrap()
+            }),
+            ("symbolic link", &|| {
+                std::os::unix::fs::symlink(&elsewhere, &layer).unwrap()
+            }),
+        ];
+        for (i, (said, make)) in make.iter().enumerate() {
+            fs::remove_file(&layer).unwrap();
+            make();
+            let err = prepare_within(&tmp.path().join(format!("images{i}")), &layout);
+            assert!(matches!(err, ImageError::NotAFile { .. }), "{err:?}");
+            assert!(err.to_string().contains(said), "{err}");
+        }
+        // A directory on the way that is a link (to a copy of the same
+        // blobs) is not followed either.
+        fs::remove_file(&layer).unwrap();
+        fs::write(&layer, &good).unwrap();
+        let blobs = layout.join("blobs");
+        let moved = tmp.path().join("blobs-copy");
+        fs::rename(&blobs, &moved).unwrap();
+        std::os::unix::fs::symlink(&moved, &blobs).unwrap();
+        let err = prepare_within(&tmp.path().join("images-link"), &layout);
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        // Put back, the same layout is fine.
+        fs::remove_file(&blobs).unwrap();
+        fs::rename(&moved, &blobs).unwrap();
+        ImageStore::new(tmp.path().join("images-ok"))
+            .prepare(&image_ref(&layout, None))
+            .unwrap();
     }
 
     #[test]

@@ -73,6 +73,12 @@ pub enum ImageError {
         #[source]
         source: io::Error,
     },
+    #[error("{path} in image layout {layout} is refused: {reason}")]
+    NotAFile {
+        layout: String,
+        path: String,
+        reason: String,
+    },
     #[error("no OCI image layout at {layout}: {reason}")]
     NotALayout { layout: String, reason: String },
     #[error("{what} in image layout {layout} is not valid: {source}")]

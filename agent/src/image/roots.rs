@@ -50,9 +50,11 @@ impl ImagePolicy {
 
     /// Checks that the layout at `layout` may be read for a job of
     /// namespace `ns`; the error says where layouts may be.
-    pub fn check(&self, layout: &Path, ns: &str) -> Result<(), String> {
+    /// Returns the layout's path with its links resolved: read it from
+    /// there.
+    pub fn check(&self, layout: &Path, ns: &str) -> Result<PathBuf, String> {
         let Some(roots) = &self.roots else {
-            return Ok(());
+            return Ok(layout.to_path_buf());
         };
         let extra = self
             .by_namespace
@@ -69,7 +71,7 @@ impl ImagePolicy {
             .chain(&extra)
             .any(|root| std::fs::canonicalize(root).is_ok_and(|root| real.starts_with(root)));
         if allowed {
-            return Ok(());
+            return Ok(real);
         }
         let mut places: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
         places.extend(extra.iter().map(|r| r.display().to_string()));

@@ -26,6 +26,8 @@ pub struct Settings {
     pub gpus: Option<Arc<GpuNode>>,
     /// Where `oci:` layouts may be read from.
     pub images: crate::image::ImagePolicy,
+    /// The deadline for preparing an image.
+    pub image_timeout: Duration,
 }
 
 /// What wakes the reconciler.

@@ -23,14 +23,26 @@ pub async fn start<R: Runtime>(
     alloc: &Allocation,
 ) -> Result<(), String> {
     let t0 = Instant::now();
-    let image_ref = alloc.task.image.clone();
+    let mut image_ref = alloc.task.image.clone();
     let ns = skiff_model::split_job_key(&alloc.job).0;
-    settings
+    // Checked now, at the moment of use, and read from where the check
+    // found it (links resolved), so a link swapped in later is not
+    // followed out of a root.
+    let real = settings
         .images
         .check(std::path::Path::new(&image_ref.path), ns)?;
+    image_ref.path = real.display().to_string();
     let images = images.clone();
-    let prepared = tokio::task::spawn_blocking(move || images.prepare(&image_ref))
+    let deadline = settings.image_timeout;
+    let prepare = tokio::task::spawn_blocking(move || images.prepare(&image_ref));
+    let prepared = tokio::time::timeout(deadline, prepare)
         .await
+        .map_err(|_| {
+            format!(
+                "image {}: not prepared within {:?} (the agent's --image-timeout)",
+                alloc.task.image, deadline
+            )
+        })?
         .map_err(|e| format!("image preparation panicked: {e}"))?
         .map_err(|e| format!("image {}: {e}", alloc.task.image))?;
 

@@ -684,6 +684,7 @@ impl Rig {
             rootfs: RootfsMode::Copy,
             gpus: None,
             images: crate::image::ImagePolicy::unrestricted(),
+            image_timeout: secs(600),
         };
         let rec = Reconciler::with_edges(
             runtime.clone(),

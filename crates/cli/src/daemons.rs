@@ -273,6 +273,10 @@ struct NodeOpts {
     /// Log files kept per container, the current one included.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     log_max_files: u32,
+    /// How long verifying and unpacking an image may take before the
+    /// container's start fails (e.g. 10m, 90s).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    image_timeout: Duration,
     /// How a container's root filesystem is made from the image cache:
     /// `overlay` (overlayfs), `copy`, or `auto` (overlayfs where it works).
     #[arg(long, default_value = "auto", value_parser = ["auto", "overlay", "copy"])]
@@ -544,6 +548,7 @@ fn agent_config(
         gpu: node.gpu.config(),
         security,
         image_roots: absolute(node.image_roots)?,
+        image_timeout: node.image_timeout,
     })
 }
 
