@@ -385,6 +385,83 @@ pub enum RuntimeChoiceError {
     CrunOnHybrid { root: String, controllers: String },
     #[error("container runtime {0:?} not found: install runc (`apt-get install runc`) or pass --runtime PATH")]
     Missing(PathBuf),
+    #[error(
+        "runc at {path} is version {version}, which lacks the fix for CVE-2024-21626 (a container \
+         escape through a leaked directory descriptor, fixed in runc 1.1.12 and in Debian's \
+         1.1.5+ds1-1+deb12u1): install a fixed runc (`apt-get install runc` on Debian 12, or \
+         upstream 1.2.8 or later) and pass --runtime PATH if it is not the one on PATH"
+    )]
+    Vulnerable { path: String, version: String },
+    #[error(
+        "cannot tell which runc {path} is: `{path} --version` printed {printed:?}; pass \
+         --runtime with a runc that reports its version"
+    )]
+    UnknownVersion { path: String, printed: String },
+}
+
+/// What `runc --version` says about the fixes a runc carries.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RuncCheck {
+    /// Carries every fix known here.
+    Current,
+    /// Fixed for CVE-2024-21626 but older than the November 2025 fixes;
+    /// the text is the warning to log once.
+    Outdated(String),
+}
+
+/// Judges a runc by its `--version` text: upstream releases before 1.1.12
+/// lack the fix for CVE-2024-21626 and are refused, except Debian 12's
+/// build, which carries the fix as a backport (`+deb12u1` and later);
+/// releases before 1.2.8, and 1.3 before 1.3.3, lack the fixes for
+/// CVE-2025-31133, CVE-2025-52565 and CVE-2025-52881 and get a warning.
+pub fn check_runc_version(path: &Path, text: &str) -> Result<RuncCheck, RuntimeChoiceError> {
+    let unknown = || RuntimeChoiceError::UnknownVersion {
+        path: path.display().to_string(),
+        printed: text.chars().take(200).collect(),
+    };
+    let first = text.lines().next().unwrap_or("");
+    let full = first
+        .split_whitespace()
+        .skip_while(|w| *w != "version")
+        .nth(1)
+        .ok_or_else(unknown)?;
+    let numbers: Vec<u32> = full
+        .split(|c: char| !c.is_ascii_digit() && c != '.')
+        .next()
+        .unwrap_or("")
+        .split('.')
+        .map(|n| n.parse().ok())
+        .collect::<Option<Vec<u32>>>()
+        .filter(|v| v.len() == 3)
+        .ok_or_else(unknown)?;
+    let v = (numbers[0], numbers[1], numbers[2]);
+    if v < (1, 1, 12) && !debian_backport(text) {
+        return Err(RuntimeChoiceError::Vulnerable {
+            path: path.display().to_string(),
+            version: full.to_string(),
+        });
+    }
+    if v < (1, 2, 8) || ((1, 3, 0)..(1, 3, 3)).contains(&v) {
+        return Ok(RuncCheck::Outdated(format!(
+            "runc {full} at {} predates the fixes for CVE-2025-31133, CVE-2025-52565 and \
+             CVE-2025-52881 (container escapes through /dev/null, /dev/console and /proc \
+             writes by a malicious image; fixed in runc 1.2.8 and 1.3.3); install a newer runc \
+             and pass --runtime PATH",
+            path.display()
+        )));
+    }
+    Ok(RuncCheck::Current)
+}
+
+/// Debian 12's runc (1.1.5) carries the CVE-2024-21626 fix from
+/// `1.1.5+ds1-1+deb12u1` on; its version text names the package version.
+fn debian_backport(text: &str) -> bool {
+    text.split(|c: char| c.is_whitespace())
+        .filter_map(|w| w.split_once("+deb12u").map(|(_, n)| n))
+        .any(|n| {
+            let digits: String = n.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<u32>().is_ok_and(|u| u >= 1)
+        })
 }
 
 /// Resolves `--runtime` (`runc`, `crun` or a path) and refuses a choice
@@ -413,6 +490,11 @@ pub fn choose_runtime(
         }
     }
     let binary = binary.ok_or_else(|| RuntimeChoiceError::Missing(requested.to_path_buf()))?;
+    if flavor == Flavor::Runc {
+        if let RuncCheck::Outdated(warning) = check_runc_version(&binary, &version)? {
+            tracing::warn!("{warning}");
+        }
+    }
     Ok((binary, flavor))
 }
 
@@ -479,6 +561,77 @@ mod tests {
             hybrid_v2_controllers(fake_sys(Some("cpu memory"), false).path()),
             None
         );
+    }
+
+    #[test]
+    fn a_runc_without_the_cve_2024_21626_fix_is_refused_and_an_old_one_is_warned_about() {
+        let p = Path::new("/usr/sbin/runc");
+        let debian = "runc version 1.1.5+ds1\ncommit: 1.1.5+ds1-1+deb12u1\nspec: 1.0.2-dev\n";
+        let outdated = check_runc_version(p, debian).unwrap();
+        let RuncCheck::Outdated(warning) = outdated else {
+            panic!("{outdated:?}")
+        };
+        for cve in [
+            "CVE-2025-31133",
+            "CVE-2025-52565",
+            "CVE-2025-52881",
+            "1.2.8",
+            "1.3.3",
+        ] {
+            assert!(warning.contains(cve), "{warning}");
+        }
+        let later_debian = "runc version 1.1.5+ds1\ncommit: 1.1.5+ds1-1+deb12u3\n";
+        assert!(check_runc_version(p, later_debian).is_ok());
+        for vulnerable in [
+            "runc version 1.1.5+ds1\ncommit: 1.1.5+ds1-1\n",
+            "runc version 1.1.5+ds1\ncommit: 1.1.5+ds1-1+deb12u0\n",
+            "runc version 1.1.11\ncommit: v1.1.11-0-g4bccb38c\n",
+            "runc version 1.0.0-rc93\n",
+        ] {
+            let err = check_runc_version(p, vulnerable).unwrap_err();
+            assert!(
+                matches!(err, RuntimeChoiceError::Vulnerable { .. }),
+                "{vulnerable}: {err}"
+            );
+            let msg = err.to_string();
+            assert!(
+                msg.contains("CVE-2024-21626") && msg.contains("--runtime"),
+                "{msg}"
+            );
+        }
+        assert!(matches!(
+            check_runc_version(p, "runc version 1.1.12\n").unwrap(),
+            RuncCheck::Outdated(_)
+        ));
+        assert!(matches!(
+            check_runc_version(p, "runc version 1.3.2\n").unwrap(),
+            RuncCheck::Outdated(_)
+        ));
+        for current in [
+            "runc version 1.2.8\n",
+            "runc version 1.3.3\n",
+            "runc version 1.4.0\n",
+        ] {
+            assert_eq!(check_runc_version(p, current).unwrap(), RuncCheck::Current);
+        }
+        let err = check_runc_version(p, "runc: unknown flag\n").unwrap_err();
+        assert!(err.to_string().contains("cannot tell which runc"), "{err}");
+        // The agent's own choice goes through the check: a runtime that
+        // says it is an unfixed runc is refused at startup.
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("runc");
+        std::fs::write(&fake, "#!/bin/sh\necho 'runc version 1.1.11'\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let v2 = fake_sys(Some("cpu memory pids"), false);
+        assert!(matches!(
+            choose_runtime(&fake, v2.path()),
+            Err(RuntimeChoiceError::Vulnerable { .. })
+        ));
+        // The runc this machine has is accepted (Debian's backport, or newer).
+        if let Some(real) = find_program(Path::new("runc")) {
+            choose_runtime(&real, v2.path()).unwrap();
+        }
     }
 
     #[test]
