@@ -338,3 +338,106 @@ async fn a_new_leader_does_not_declare_live_nodes_down() {
         "heartbeats reach the new leader: {age:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_down_past_the_heartbeat_ttl_comes_back_to_its_containers_still_running() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Default heartbeat settings (5 s TTL); the agent stays away longer.
+    let server = ServerProc::start(&tmp.path().join("server"));
+    let mut a = AgentProc::start(
+        &tmp.path().join("a"),
+        &server.url(),
+        "solo",
+        &["--stop-grace", "1s"],
+    );
+    let mut client = server.client().await;
+    let mut spec = shell_job(
+        "keep",
+        2,
+        "cat /proc/sys/kernel/random/uuid > /tmp/run-id; trap 'exit 0' TERM; sleep 3600 & wait",
+    );
+    spec.task.restart.policy = skiff_model::RestartPolicy::Always;
+    client.apply_job(&spec).await.unwrap();
+    let first = wait_allocs(&mut client, "keep", 2, AllocStatus::Running, LIMIT).await;
+    let run_id = |client: &mut skiff_client::Client, id: String| {
+        let client = client.clone();
+        async move {
+            wait_for("the run id", LIMIT, || {
+                let (mut c, id) = (client.clone(), id.clone());
+                async move {
+                    let out = c
+                        .exec(&id, &["cat".into(), "/tmp/run-id".into()], None)
+                        .await
+                        .ok()?;
+                    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                    (out.exit_code == 0 && !text.is_empty()).then_some(text)
+                }
+            })
+            .await
+        }
+    };
+    let mut before = Vec::new();
+    for al in &first {
+        before.push(run_id(&mut client, al.id.clone()).await);
+    }
+
+    // The agent dies; its containers run on. The node is declared down
+    // and what it ran is lost.
+    a.kill9();
+    wait_for("the allocations to be lost", LIMIT, || {
+        let url = server.url();
+        async move {
+            let mut c = skiff_tests::connect(&url).await.ok()?;
+            let allocs = c.list_allocs(Some("keep"), None).await.ok()?;
+            allocs
+                .iter()
+                .filter(|al| al.status == AllocStatus::Lost)
+                .count()
+                .eq(&2)
+                .then_some(())
+        }
+    })
+    .await;
+    a.restart();
+
+    // Back: the same two allocations run again, and nothing else does.
+    let kept = wait_for("the originals to be kept", LIMIT, || {
+        let url = server.url();
+        let ids: Vec<String> = first.iter().map(|al| al.id.clone()).collect();
+        async move {
+            let mut c = skiff_tests::connect(&url).await.ok()?;
+            let allocs = c.list_allocs(Some("keep"), None).await.ok()?;
+            let live: Vec<_> = allocs
+                .iter()
+                .filter(|al| al.desired == DesiredStatus::Run && !al.status.is_terminal())
+                .collect();
+            let settled = allocs
+                .iter()
+                .all(|al| al.desired == DesiredStatus::Run || al.status.is_terminal());
+            (settled
+                && live.len() == 2
+                && live
+                    .iter()
+                    .all(|al| ids.contains(&al.id) && al.status == AllocStatus::Running))
+            .then_some(allocs)
+        }
+    })
+    .await;
+    for al in kept.iter().filter(|al| first.iter().any(|f| f.id == al.id)) {
+        assert!(
+            al.message.contains("came back while it still ran; kept"),
+            "{al:?}"
+        );
+        assert_eq!(al.restart_count, 0, "{al:?}");
+    }
+    let mut after = Vec::new();
+    for al in &first {
+        after.push(run_id(&mut client, al.id.clone()).await);
+    }
+    assert_eq!(before, after, "the same containers, never restarted");
+    wait_for("only the two originals to run on the node", LIMIT, || {
+        let running = a.containers().iter().filter(|c| c.2 == "running").count();
+        async move { (running == 2).then_some(()) }
+    })
+    .await;
+}

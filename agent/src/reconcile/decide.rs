@@ -100,8 +100,9 @@ impl Containers {
     pub fn adopt(&mut self, id: String, found: Found, restarts: Restarts) {
         let state = State::adopted(found);
         tracing::info!(alloc = %id, phase = ?state, restarts = restarts.count, "re-adopted container");
-        self.map
-            .insert(id, Container::new(state, Listing::Unknown, restarts));
+        let mut c = Container::new(state, Listing::Unknown, restarts);
+        c.adopted = true;
+        self.map.insert(id, c);
     }
 
     /// A start task ended; `run` says which run it started.
@@ -183,6 +184,7 @@ impl Containers {
         }
         match event {
             ProbeEvent::Ready(ready) => {
+                c.adopted = false;
                 if c.healthy != Some(ready) {
                     tracing::info!(alloc = %id, ready, "readiness changed");
                 }
@@ -294,6 +296,7 @@ impl Containers {
                     .is_some_and(|a| a.desired == DesiredStatus::Stop);
             c.last_exit = Some(record.clone());
             c.healthy = None;
+            c.adopted = false;
             c.state = match after_exit(&record, c.listing.task(), c.restarts.step, stop_wanted) {
                 AfterExit::Restart { delay, step } => {
                     c.restarts.step = step;

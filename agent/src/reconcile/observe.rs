@@ -59,6 +59,7 @@ pub fn observe(a: &Allocation, c: &Container) -> Option<Observed> {
                 (_, Some(h)) => Some(h),
                 // Without probes a running container is ready at once.
                 (Some(t), None) if t.probes.is_empty() => Some(true),
+                (_, None) if c.adopted => None,
                 _ => Some(false),
             };
             running(healthy, "", restarted())
@@ -151,6 +152,14 @@ pub fn observe_untracked(a: &Allocation) -> Option<Observed> {
             "the container is gone from this node (its state was lost)",
             reason::ERROR,
         ))
+    } else if a.desired == DesiredStatus::Run && a.status == AllocStatus::Lost {
+        // Its node was declared down and came back without it: say so,
+        // and the servers stop waiting for it.
+        Some(gone(
+            AllocStatus::Lost,
+            "not running on this node when it came back",
+            reason::ERROR,
+        ))
     } else {
         None
     }
@@ -196,6 +205,37 @@ mod tests {
     use crate::reconcile::state::{Cleanup, Listing};
     use crate::reconcile::testing::{alloc, exit};
     use std::time::SystemTime;
+
+    #[test]
+    fn an_adopted_container_is_of_unknown_readiness_and_a_lost_one_that_is_gone_says_so() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let mut a = alloc(id, "{policy: always}");
+        a.task = crate::reconcile::testing::spec(
+            "probes: {readiness: {exec: {command: [cat, /tmp/ready]}}}",
+        );
+        assert!(!a.task.probes.is_empty());
+        let mut c = Container::new(
+            State::running(),
+            Listing::Listed(a.task.clone()),
+            Restarts::default(),
+        );
+        c.adopted = true;
+        assert_eq!(observe(&a, &c).unwrap().healthy, None, "not known yet");
+        c.adopted = false;
+        assert_eq!(
+            observe(&a, &c).unwrap().healthy,
+            Some(false),
+            "a fresh run is not ready yet"
+        );
+        // Lost, still wanted, and this node came back without it.
+        a.status = AllocStatus::Lost;
+        let o = observe_untracked(&a).unwrap();
+        assert_eq!(o.status, AllocStatus::Lost);
+        assert_eq!(o.message, "not running on this node when it came back");
+        // Once the servers stopped it, nothing more is said.
+        a.desired = DesiredStatus::Stop;
+        assert_eq!(observe_untracked(&a), None);
+    }
 
     #[test]
     fn a_waiting_or_oom_killed_allocation_says_so() {

@@ -122,6 +122,10 @@ pub struct Container {
     pub killed_for: Option<String>,
     /// The same for the run before the current one.
     pub last_killed_for: Option<String>,
+    /// Taken over from an earlier run of the agent, and its probes have
+    /// not answered since: its readiness is not known (rather than "not
+    /// ready", which would tell the servers it is unhealthy).
+    pub adopted: bool,
 }
 
 impl Container {
@@ -134,6 +138,7 @@ impl Container {
             healthy: None,
             killed_for: None,
             last_killed_for: None,
+            adopted: false,
         }
     }
 }

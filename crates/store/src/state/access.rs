@@ -154,6 +154,24 @@ impl State {
                 "removed by an operator",
             );
         }
+        // Gone for good: nothing it ran comes back.
+        let lost: Vec<String> = self
+            .allocs
+            .values()
+            .filter(|a| {
+                a.node == name
+                    && a.status == skiff_model::AllocStatus::Lost
+                    && a.desired == skiff_model::DesiredStatus::Run
+            })
+            .map(|a| a.id.clone())
+            .collect();
+        for id in lost {
+            if let Some(a) = self.allocs.get_mut(&id) {
+                a.desired = skiff_model::DesiredStatus::Stop;
+                a.modify_index = index;
+            }
+            self.touch(Table::Alloc, &id);
+        }
         if self.nodes.remove(name).is_some() {
             self.touch(Table::Node, name);
         }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use skiff_model::{DesiredStatus, EvalTrigger};
+use skiff_model::{AllocStatus, DesiredStatus, EvalTrigger};
 
 use super::{Outcome, State, Table};
 use crate::command::AllocUpdate;
@@ -19,10 +19,17 @@ impl State {
         let mut applied = 0;
         let mut released = false;
         let mut moved_jobs = BTreeSet::new();
+        let mut returned = Vec::new();
         for u in updates {
             let Some(a) = self.allocs.get_mut(&u.alloc_id) else {
                 continue;
             };
+            // Its node was declared down while it ran: the node is back
+            // and says how it is (see `reconnect`).
+            if a.node == node && a.status == AllocStatus::Lost && a.desired == DesiredStatus::Run {
+                returned.push(u);
+                continue;
+            }
             // An agent speaks only for its own node, and a terminal status
             // never changes again.
             if a.node != node || a.status.is_terminal() {
@@ -69,6 +76,10 @@ impl State {
             let id = u.alloc_id.clone();
             self.touch(Table::Alloc, &id);
         }
+        for u in returned {
+            self.reconnect(index, node, u, at_ms);
+            applied += 1;
+        }
         if released {
             self.unblock(index);
         }
@@ -85,5 +96,100 @@ impl State {
             }
         }
         Outcome::AllocsUpdated { applied }
+    }
+
+    /// An allocation whose node was declared down (so it was marked lost
+    /// and replaced) is reported again by that node, which came back.
+    /// Nomad's disconnect rule: when it still runs, is not unhealthy, and
+    /// no replacement is healthy yet, the original is kept and the
+    /// replacements are stopped, so a node's short absence never restarts
+    /// work that was fine. Otherwise (it ended, a replacement already
+    /// serves, the job changed (a new version), a batch or gang job, or
+    /// it no longer fits where it is) it stays lost and is stopped.
+    fn reconnect(&mut self, index: u64, node: &str, u: &AllocUpdate, at_ms: u64) {
+        let Some(a) = self.allocs.get(&u.alloc_id) else {
+            return;
+        };
+        // A report that beats the node's return (its heartbeat) waits:
+        // the agent sends it again.
+        if self
+            .nodes
+            .get(node)
+            .is_none_or(|n| n.status != skiff_model::NodeStatus::Ready)
+        {
+            return;
+        }
+        let still_runs =
+            u.status == AllocStatus::Running && u.reason.is_empty() && u.healthy != Some(false);
+        let job_same = self
+            .jobs
+            .get(&a.job)
+            .is_some_and(|j| !j.spec.is_batch() && !j.spec.gang && j.version == a.job_version);
+        let replacements: Vec<&skiff_model::Allocation> = self
+            .allocs
+            .values()
+            .filter(|r| r.job == a.job && r.replica == a.replica && r.id != a.id && r.is_live())
+            .collect();
+        let replaced = replacements
+            .iter()
+            .any(|r| r.status == AllocStatus::Running && r.healthy == Some(true));
+        // It holds its resources again: they must still be free, leaving
+        // out what its replacements on the same node hold. (A cordon does
+        // not matter: it keeps new work away, not what runs.)
+        let fits = self.nodes.get(node).is_some_and(|n| {
+            let usage = skiff_model::fit::usage_on(
+                n,
+                self.allocs
+                    .values()
+                    .filter(|o| o.node == node && !replacements.iter().any(|r| r.id == o.id)),
+            );
+            let mut ask = a.task.resources.clone();
+            ask.gpus = 0; // its own GPUs, by mask below
+            usage.gpus & n.gpu_mask(&a.gpus) == 0
+                && skiff_model::fit::fits_free(n.allocatable, usage.amount, 0, &usage.ports, &ask)
+                    .is_ok()
+        });
+        let replacement_ids: Vec<String> = replacements.iter().map(|r| r.id.clone()).collect();
+        let keep = still_runs && job_same && !replaced && fits;
+        let a = self.allocs.get_mut(&u.alloc_id).expect("looked up above");
+        a.modify_index = index;
+        if !keep {
+            // It stays lost; the agent stops it.
+            a.desired = DesiredStatus::Stop;
+            let why = if !still_runs {
+                "it was no longer running"
+            } else if replaced {
+                "a replacement already runs"
+            } else if !job_same {
+                "its job changed meanwhile"
+            } else {
+                "its resources were given to other work"
+            };
+            a.message = format!("{}; node {node} came back, but {why}", a.message);
+            let id = a.id.clone();
+            self.touch(Table::Alloc, &id);
+            return;
+        }
+        a.status = u.status;
+        a.exit_code = u.exit_code;
+        a.restart_count = u.restart_count;
+        a.healthy = u.healthy;
+        a.healthy_since_ms = if u.healthy == Some(true) { at_ms } else { 0 };
+        a.reason = u.reason.clone();
+        let short = a.short_id().to_string();
+        a.message = if replacement_ids.is_empty() {
+            format!("node {node} came back while it still ran; kept")
+        } else {
+            format!("node {node} came back while it still ran; kept, its replacement stopped")
+        };
+        let id = a.id.clone();
+        self.touch(Table::Alloc, &id);
+        for rid in replacement_ids {
+            let r = self.allocs.get_mut(&rid).expect("listed above");
+            r.desired = DesiredStatus::Stop;
+            r.message = format!("not needed: {short} kept running on node {node}, which came back");
+            r.modify_index = index;
+            self.touch(Table::Alloc, &rid);
+        }
     }
 }

@@ -128,10 +128,12 @@ impl State {
                 let mut ids = Vec::new();
                 for a in self.allocs.values_mut() {
                     if a.node == name && !a.status.is_terminal() {
-                        // Lost is final; desired stop tells the agent, should
-                        // it come back, to stop what it still runs.
+                        // Lost, and replaced by the job's evaluation. The
+                        // desired status stays (run, unless it was being
+                        // stopped): should the node come back with it still
+                        // running, its report decides whether it is kept or
+                        // stopped (`State::reconnect`).
                         a.status = AllocStatus::Lost;
-                        a.desired = DesiredStatus::Stop;
                         a.message = message.clone();
                         a.modify_index = index;
                         jobs.insert(a.job.clone());

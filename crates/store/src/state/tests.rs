@@ -954,7 +954,8 @@ fn a_node_going_down_loses_its_allocations_and_queues_their_replacement() {
     let a = &h.state.allocs["web-0-n1"];
     assert_eq!(
         (a.status, a.desired),
-        (AllocStatus::Lost, DesiredStatus::Stop)
+        (AllocStatus::Lost, DesiredStatus::Run),
+        "lost, and still wanted should the node come back with it"
     );
     assert_eq!(a.message, "node n1 is down: no heartbeat for 6s");
     assert!(
@@ -966,7 +967,7 @@ fn a_node_going_down_loses_its_allocations_and_queues_their_replacement() {
         EvalStatus::Pending
     );
     assert!(!h.state.nodes["n1"].schedulable());
-    // Lost is final: a late report from the agent changes nothing.
+    // A report while the node is still down changes nothing.
     h.apply(Command::UpdateAllocStatus {
         at_ms: 0,
         node: "n1".into(),
@@ -1137,4 +1138,123 @@ fn a_snapshot_or_saved_state_with_an_allocation_id_that_names_a_path_is_refused(
     snap.mut_metadata().index = 7;
     let e = crate::driver::decode_state(&snap).unwrap_err().to_string();
     assert!(e.contains("filed under another id"), "{e}");
+}
+
+#[test]
+fn a_node_that_comes_back_keeps_what_still_runs_unless_a_replacement_already_serves() {
+    let mut h = Harness::new();
+    h.apply(reg("n1", 4000, 4096));
+    h.apply(reg("n2", 4000, 4096));
+    h.apply(Command::UpsertJob {
+        spec: spec("web", 3, "64Mi"),
+    });
+    h.apply(h.plan("web", &[(0, "n1"), (1, "n1"), (2, "n1")], 0));
+    let report =
+        |h: &mut Harness, node: &str, id: &str, status: AllocStatus, healthy: Option<bool>| {
+            h.apply(Command::UpdateAllocStatus {
+                at_ms: 1,
+                node: node.into(),
+                updates: vec![AllocUpdate {
+                    alloc_id: id.into(),
+                    status,
+                    healthy,
+                    ..Default::default()
+                }],
+            })
+        };
+    for r in 0..3 {
+        report(
+            &mut h,
+            "n1",
+            &format!("web-{r}-n1"),
+            AllocStatus::Running,
+            Some(true),
+        );
+    }
+    // Its first rollout is done.
+    let d = h.state.deployment("web").unwrap().clone();
+    h.apply(Command::UpdateDeployment {
+        update: crate::command::DeploymentUpdate {
+            job: "web".into(),
+            deployment_id: d.id,
+            at_ms: 5_000,
+            healthy: (0..3).map(|r| format!("web-{r}-n1")).collect(),
+            unhealthy: vec![],
+            progress: true,
+            fail: None,
+            reason: None,
+        },
+    });
+    assert!(!h.state.deployment("web").unwrap().status.is_active());
+    h.apply(Command::SetNodeStatus {
+        name: "n1".into(),
+        status: NodeStatus::Down,
+        reason: "no heartbeat for 6s".into(),
+    });
+    // Replacements on n2; replica 1's is already serving.
+    h.apply(h.plan("web", &[(0, "n2"), (1, "n2"), (2, "n2")], 0));
+    report(&mut h, "n2", "web-1-n2", AllocStatus::Running, Some(true));
+    // n1 is back: it still runs replicas 0 and 1; replica 2 had exited.
+    h.apply(Command::SetNodeStatus {
+        name: "n1".into(),
+        status: NodeStatus::Ready,
+        reason: String::new(),
+    });
+    report(&mut h, "n1", "web-0-n1", AllocStatus::Running, Some(true));
+    report(&mut h, "n1", "web-1-n1", AllocStatus::Running, Some(true));
+    report(&mut h, "n1", "web-2-n1", AllocStatus::Failed, None);
+    let at = |id: &str| {
+        let a = &h.state.allocs[id];
+        (a.status, a.desired, a.message.clone())
+    };
+    let (status, desired, message) = at("web-0-n1");
+    assert_eq!(
+        (status, desired),
+        (AllocStatus::Running, DesiredStatus::Run),
+        "{message}"
+    );
+    assert!(
+        message.contains("came back while it still ran; kept"),
+        "{message}"
+    );
+    let (_, desired, message) = at("web-0-n2");
+    assert_eq!(desired, DesiredStatus::Stop, "the replacement is stopped");
+    assert!(message.contains("kept running on node n1"), "{message}");
+    let (status, desired, message) = at("web-1-n1");
+    assert_eq!((status, desired), (AllocStatus::Lost, DesiredStatus::Stop));
+    assert!(message.contains("a replacement already runs"), "{message}");
+    assert_eq!(at("web-1-n2").1, DesiredStatus::Run);
+    let (status, desired, message) = at("web-2-n1");
+    assert_eq!((status, desired), (AllocStatus::Lost, DesiredStatus::Stop));
+    assert!(message.contains("no longer running"), "{message}");
+    assert_eq!(at("web-2-n2").1, DesiredStatus::Run);
+    // Three replicas count, one per slot.
+    let live: Vec<u32> = {
+        let mut v: Vec<u32> = h
+            .state
+            .allocs
+            .values()
+            .filter(|a| a.is_live())
+            .map(|a| a.replica)
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(live, [0, 1, 2]);
+}
+
+#[test]
+fn a_removed_node_s_lost_allocations_are_stopped_for_good() {
+    let mut h = Harness::new();
+    h.apply(reg("n1", 4000, 4096));
+    h.apply(Command::UpsertJob {
+        spec: spec("web", 1, "64Mi"),
+    });
+    h.apply(h.plan("web", &[(0, "n1")], 0));
+    h.apply(Command::RemoveNode { name: "n1".into() });
+    let a = &h.state.allocs["web-0-n1"];
+    assert_eq!(
+        (a.status, a.desired),
+        (AllocStatus::Lost, DesiredStatus::Stop)
+    );
 }
