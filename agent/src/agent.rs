@@ -540,6 +540,50 @@ async fn heartbeat_loop(servers: Servers, reg: pb::RegisterRequest, gpus: Arc<Gp
     }
 }
 
+/// The node's allocations as the watch's messages built them up: a reset
+/// starts over, each message adds, replaces and removes, and a change is
+/// complete at the first message that is not `partial`.
+#[derive(Debug, Default)]
+pub struct AllocView {
+    allocs: BTreeMap<String, Allocation>,
+}
+
+impl AllocView {
+    /// Takes one message; returns the namespaces' image paths once the
+    /// change it belongs to is complete.
+    pub fn apply(&mut self, set: pb::AllocationSet) -> Option<BTreeMap<String, Vec<String>>> {
+        if set.reset {
+            self.allocs.clear();
+        }
+        for id in &set.removed {
+            self.allocs.remove(id);
+        }
+        for a in set.allocs {
+            let id = a.id.clone();
+            match Allocation::try_from(a) {
+                Ok(a) => {
+                    self.allocs.insert(id, a);
+                }
+                Err(e) => {
+                    // Not acted on, as if not listed.
+                    self.allocs.remove(&id);
+                    tracing::warn!(alloc = ?id, error = %e, "ignoring a malformed allocation");
+                }
+            }
+        }
+        (!set.partial).then(|| {
+            set.image_paths
+                .into_iter()
+                .map(|(ns, p)| (ns, p.paths))
+                .collect()
+        })
+    }
+
+    pub fn allocations(&self) -> Vec<Allocation> {
+        self.allocs.values().cloned().collect()
+    }
+}
+
 /// Follows the node's allocations, reconnecting (and failing over) when
 /// the stream breaks.
 async fn watch_loop(
@@ -560,29 +604,18 @@ async fn watch_loop(
         match servers.client().watch_allocations(req).await {
             Ok(resp) => {
                 let mut stream = resp.into_inner();
+                let mut view = AllocView::default();
                 loop {
                     match stream.message().await {
                         Ok(Some(set)) => {
                             backoff = Duration::from_millis(200);
                             seen = seen.max(set.index);
-                            images.set_namespaces(
-                                set.image_paths
-                                    .into_iter()
-                                    .map(|(ns, p)| (ns, p.paths))
-                                    .collect(),
-                            );
-                            let allocs: Vec<Allocation> = set
-                                .allocs
-                                .into_iter()
-                                .filter_map(|a| match Allocation::try_from(a) {
-                                    Ok(a) => Some(a),
-                                    Err(e) => {
-                                        tracing::warn!(error = %e, "ignoring a malformed allocation");
-                                        None
-                                    }
-                                })
-                                .collect();
-                            tracing::debug!(index = set.index, count = allocs.len(), "allocations");
+                            let Some(paths) = view.apply(set) else {
+                                continue; // more of this change follows
+                            };
+                            images.set_namespaces(paths);
+                            let allocs = view.allocations();
+                            tracing::debug!(index = seen, count = allocs.len(), "allocations");
                             if events.send(Event::Desired(allocs)).await.is_err() {
                                 return;
                             }
@@ -630,5 +663,66 @@ async fn report(servers: &Servers, node: &str, updates: Vec<Observed>) -> bool {
             false
         }
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pb_alloc(id: &str) -> pb::Allocation {
+        let task = skiff_model::JobSpec::from_yaml("name: j\ntask: {image: 'oci:/i'}")
+            .unwrap()
+            .task;
+        (&Allocation::new(id, "j", 1, 0, "n", task)).into()
+    }
+
+    #[test]
+    fn the_view_follows_resets_changes_removals_and_acts_only_on_whole_changes() {
+        let mut view = AllocView::default();
+        let (a, b, c) = ("a".repeat(32), "b".repeat(32), "c".repeat(32));
+        let part = pb::AllocationSet {
+            reset: true,
+            partial: true,
+            allocs: vec![pb_alloc(&a)],
+            ..Default::default()
+        };
+        assert_eq!(view.apply(part), None, "more of the change follows");
+        let rest = pb::AllocationSet {
+            allocs: vec![pb_alloc(&b)],
+            image_paths: [(
+                "ns".to_string(),
+                pb::ImagePaths {
+                    paths: vec!["/srv".into()],
+                },
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let paths = view.apply(rest).expect("the change is whole");
+        assert_eq!(paths["ns"], ["/srv"]);
+        let ids = |v: &AllocView| {
+            v.allocations()
+                .into_iter()
+                .map(|x| x.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&view), [a.clone(), b.clone()]);
+        // A change: one removed, one added.
+        view.apply(pb::AllocationSet {
+            removed: vec![a.clone()],
+            allocs: vec![pb_alloc(&c)],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(ids(&view), [b.clone(), c.clone()]);
+        // A new stream starts over.
+        view.apply(pb::AllocationSet {
+            reset: true,
+            allocs: vec![pb_alloc(&a)],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(ids(&view), [a]);
     }
 }

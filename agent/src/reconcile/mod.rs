@@ -73,6 +73,8 @@ pub struct Reconciler<R: Runtime, X: Records = FileRecords, C: Clock = SystemClo
     records: Arc<X>,
     clock: C,
     desired: Option<Vec<Allocation>>,
+    /// The ids the servers listed last time.
+    listed: std::collections::HashSet<String>,
     /// A report to the servers is under way (one at a time).
     reporting: bool,
     events: mpsc::Sender<Event>,
@@ -114,6 +116,7 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
             records,
             clock,
             desired: None,
+            listed: Default::default(),
             reporting: false,
             events,
         }
@@ -143,6 +146,17 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
         }
     }
 
+    /// Removes the logs of allocations the servers no longer list (they
+    /// collected them) and that have no container here.
+    fn drop_logs(&self, listed: &std::collections::HashSet<String>) {
+        for id in self.records.logged() {
+            if !listed.contains(&id) && self.containers.get(&id).is_none() {
+                tracing::info!(alloc = %id, "removing the logs of a collected allocation");
+                self.records.remove_logs(&id);
+            }
+        }
+    }
+
     pub fn handle(&mut self, event: Event) {
         match event {
             Event::Desired(mut allocs) => {
@@ -156,6 +170,13 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
                     }
                     ok
                 });
+                let listed: std::collections::HashSet<String> =
+                    allocs.iter().map(|a| a.id.clone()).collect();
+                let first = self.desired.is_none();
+                if first || self.listed.iter().any(|id| !listed.contains(id)) {
+                    self.drop_logs(&listed);
+                }
+                self.listed = listed;
                 self.desired = Some(allocs)
             }
             Event::Reported { updates, sent } => {

@@ -27,6 +27,10 @@ pub trait Records: Send + Sync + 'static {
     fn save_restarts(&self, id: &str, restarts: Restarts) -> io::Result<()>;
     /// Removes the container's records (the logs stay for `skiff logs`).
     fn remove(&self, id: &str);
+    /// The allocations that have a log directory.
+    fn logged(&self) -> Vec<String>;
+    /// Removes an allocation's logs (the servers dropped it).
+    fn remove_logs(&self, id: &str);
 }
 
 /// The records in the agent's data directory:
@@ -91,6 +95,27 @@ impl Records for FileRecords {
             tracing::warn!(alloc = %id, error = %e, "could not remove the container's records");
         }
     }
+
+    fn logged(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.paths.root().join("logs")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|id| crate::paths::valid_alloc_id(id))
+            .collect()
+    }
+
+    fn remove_logs(&self, id: &str) {
+        if let Err(e) = self
+            .paths
+            .log_dir(id)
+            .and_then(|dir| self.paths.remove_dir_all(&dir))
+        {
+            tracing::warn!(alloc = %id, error = %e, "could not remove the allocation's logs");
+        }
+    }
 }
 
 /// Records in memory, for tests: what a test puts in is what the
@@ -107,6 +132,7 @@ struct Mem {
     alive: std::collections::HashSet<String>,
     restarts: std::collections::HashMap<String, Restarts>,
     removed: Vec<String>,
+    logs: std::collections::BTreeSet<String>,
 }
 
 #[cfg(test)]
@@ -141,6 +167,11 @@ impl MemRecords {
     /// The containers whose records were removed, in order.
     pub fn removed(&self) -> Vec<String> {
         self.0.lock().unwrap().removed.clone()
+    }
+
+    /// A log directory, as a container leaves it.
+    pub fn add_logs(&self, id: &str) {
+        self.0.lock().unwrap().logs.insert(id.to_string());
     }
 }
 
@@ -185,5 +216,13 @@ impl Records for MemRecords {
         m.alive.remove(id);
         m.restarts.remove(id);
         m.removed.push(id.to_string());
+    }
+
+    fn logged(&self) -> Vec<String> {
+        self.0.lock().unwrap().logs.iter().cloned().collect()
+    }
+
+    fn remove_logs(&self, id: &str) {
+        self.0.lock().unwrap().logs.remove(id);
     }
 }

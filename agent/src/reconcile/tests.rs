@@ -963,3 +963,29 @@ async fn forged_allocation_ids_from_the_servers_are_ignored_and_touch_nothing_ou
         "the directory outside is untouched"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn logs_of_allocations_the_servers_no_longer_list_are_removed_unless_a_container_remains() {
+    let records = MemRecords::new();
+    for id in [A, B, C] {
+        records.add_logs(id);
+    }
+    // C's container is still here (being stopped, say).
+    records.add(C, Restarts::default());
+    records.set_alive(C, true);
+    let mut rig = Rig::new(FakeRuntime::new(), records);
+    rig.rec.adopt().await;
+    // The first listing names A only: B's logs go, C's stay with its container.
+    rig.rec
+        .handle(Event::Desired(vec![running_alloc(A, task("{}"))]));
+    let mut logged = rig.records.logged();
+    logged.sort();
+    assert_eq!(logged, [A, C]);
+    // A listed again: nothing goes.
+    rig.rec
+        .handle(Event::Desired(vec![running_alloc(A, task("{}"))]));
+    assert_eq!(rig.records.logged().len(), 2);
+    // A collected: its logs go.
+    rig.rec.handle(Event::Desired(vec![]));
+    assert_eq!(rig.records.logged(), [C]);
+}

@@ -75,6 +75,8 @@ pub struct ServerArgs {
     liveness: LivenessOpts,
     #[command(flatten)]
     scheduler: SchedulerOpts,
+    #[command(flatten)]
+    gc: GcOpts,
 }
 
 #[derive(Args)]
@@ -173,6 +175,32 @@ impl SchedulerOpts {
     fn settings(&self) -> SchedulerSettings {
         SchedulerSettings {
             algorithm: self.algorithm,
+        }
+    }
+}
+
+#[derive(Args)]
+struct GcOpts {
+    /// Finished allocations (complete, failed, lost) kept per job, newest
+    /// first, however old; older ones go once past --gc-keep-for, and
+    /// their logs with them.
+    #[arg(long, default_value_t = 5)]
+    gc_keep_finished: u32,
+    /// Finished allocations younger than this are always kept (e.g. 1h,
+    /// 30m).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    gc_keep_for: Duration,
+    /// Time between the leader's collection passes.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, hide = true)]
+    gc_every: Duration,
+}
+
+impl GcOpts {
+    fn settings(&self) -> skiff_server::gc::GcSettings {
+        skiff_server::gc::GcSettings {
+            keep_finished: self.gc_keep_finished,
+            keep_for: self.gc_keep_for,
+            every: self.gc_every.max(Duration::from_millis(100)),
         }
     }
 }
@@ -379,6 +407,8 @@ pub struct DevArgs {
     #[command(flatten)]
     liveness: LivenessOpts,
     #[command(flatten)]
+    gc: GcOpts,
+    #[command(flatten)]
     insecure: InsecureOpt,
 }
 
@@ -493,6 +523,7 @@ fn server_config(args: ServerArgs) -> anyhow::Result<ServerConfig> {
         },
         scheduler: args.scheduler.settings(),
         liveness: args.liveness.config()?,
+        gc: args.gc.settings(),
     })
 }
 
@@ -606,6 +637,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         raft: RaftConfig::default(),
         scheduler: args.scheduler.settings(),
         liveness: args.liveness.config()?,
+        gc: args.gc.settings(),
     };
     let running = skiff_server::start(&server_cfg).await?;
     let scheme = if insecure { "http" } else { "https" };

@@ -24,6 +24,12 @@ pub const DEFAULT_MEMORY_BYTES: u64 = 128 << 20;
 pub const MIN_MEMORY_BYTES: u64 = 4 << 20;
 /// Largest replica count one job may ask for.
 pub const MAX_REPLICAS: u32 = 1000;
+/// Largest env value, command word or argument, in bytes. Every
+/// allocation carries its task to its node, so a task's size is paid once
+/// per replica in each node's allocation stream.
+pub const MAX_STRING_BYTES: usize = 32 * 1024;
+/// Largest job, in bytes of its stored (JSON) form, whichever way it came.
+pub const MAX_JOB_BYTES: usize = 256 * 1024;
 /// A job's versions kept in its history when the spec names no number.
 pub const DEFAULT_VERSIONS_KEPT: u32 = 10;
 /// Most versions a job may keep.

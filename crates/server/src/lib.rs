@@ -34,6 +34,7 @@ pub mod ctx;
 pub mod deployments;
 pub mod drainer;
 pub mod evals;
+pub mod gc;
 pub mod heartbeats;
 pub mod liveness;
 pub mod members;
@@ -83,6 +84,8 @@ pub struct ServerConfig {
     pub liveness: heartbeats::LivenessConfig,
     /// TLS and credentials (or `--insecure`).
     pub security: bootstrap::Security,
+    /// How long finished allocations are kept.
+    pub gc: gc::GcSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +196,7 @@ pub struct Running {
     data_dir: PathBuf,
     /// How long each renewal of the CA's certificate is valid.
     ca_lifetime: std::time::Duration,
+    gc: gc::GcSettings,
 }
 
 fn write_addr(dir: &std::path::Path, name: &str, addr: &str) {
@@ -298,6 +302,7 @@ pub async fn start(cfg: &ServerConfig) -> Result<Running, ServerError> {
         founding_ca: creds.founding_ca,
         data_dir: cfg.data_dir.clone(),
         ca_lifetime: cfg.security.ca_lifetime(),
+        gc: cfg.gc,
     })
 }
 
@@ -318,6 +323,7 @@ pub async fn serve(
         founding_ca,
         data_dir,
         ca_lifetime,
+        gc: cfg_gc,
     } = running;
     let store = ctx.store.clone();
     tracing::info!(algorithm = %scheduler.algorithm, "scheduler");
@@ -329,6 +335,7 @@ pub async fn serve(
         tokio::spawn(members::register_self(ctx.clone())),
         tokio::spawn(liveness::run(ctx.clone(), (*ctx.liveness).clone())),
         tokio::spawn(drainer::run(ctx.clone())),
+        tokio::spawn(gc::run(ctx.clone(), cfg_gc)),
     ];
     if let Some(url) = join {
         background.push(tokio::spawn(members::join(ctx.clone(), url)));

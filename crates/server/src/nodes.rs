@@ -3,6 +3,7 @@
 //! Heartbeats never go through Raft: they only refresh a timestamp in the
 //! memory of the server that receives them.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -230,45 +231,23 @@ impl pb::node_api_server::NodeApi for NodeService {
         let node = r.node;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
-            // Send the node's allocations whenever any of them changes; a
-            // resumed watch skips the set the agent already has.
-            let mut last: Option<(u64, usize)> = None;
+            // What this stream has sent: id -> modify index. The first
+            // message resets the agent's view; later ones carry changes.
+            let mut sent: HashMap<String, u64> = HashMap::new();
+            let mut first = true;
             loop {
-                let (set, fingerprint) = {
+                let change = {
                     let state = store.state();
-                    let allocs: Vec<&Allocation> = state.allocs_on_node(&node);
-                    let fp = (
-                        allocs.iter().map(|a| a.modify_index).max().unwrap_or(0),
-                        allocs.len(),
-                    );
-                    let image_paths = allocs
-                        .iter()
-                        .filter_map(|a| {
-                            let ns = skiff_model::split_job_key(&a.job).0;
-                            let paths = &state.access.namespaces.get(ns)?.policy.image_paths;
-                            (!paths.is_empty()).then(|| {
-                                let paths = pb::ImagePaths {
-                                    paths: paths.clone(),
-                                };
-                                (ns.to_string(), paths)
-                            })
-                        })
-                        .collect();
-                    let set = pb::AllocationSet {
-                        index: state.index,
-                        allocs: allocs.into_iter().map(Into::into).collect(),
-                        image_paths,
-                    };
-                    (set, fp)
+                    alloc_changes(&state, &node, &mut sent, first)
                 };
-                let send = match last {
-                    None => r.min_index == 0 || fingerprint.0 > r.min_index,
-                    Some(prev) => prev != fingerprint,
-                };
-                last = Some(fingerprint);
-                if send && tx.send(Ok(set)).await.is_err() {
-                    return; // the agent went away
+                if let Some(messages) = change {
+                    for m in messages {
+                        if tx.send(Ok(m)).await.is_err() {
+                            return; // the agent went away
+                        }
+                    }
                 }
+                first = false;
                 if applied.changed().await.is_err() {
                     let _ = tx
                         .send(Err(Status::unavailable("the server is shutting down")))
@@ -323,5 +302,150 @@ impl pb::node_api_server::NodeApi for NodeService {
         Ok(Response::new(pb::UpdateAllocStatusResponse {
             index: applied.index,
         }))
+    }
+}
+
+/// Most bytes of allocations in one message of the allocation watch (an
+/// agent takes messages of up to 16 MiB).
+const WATCH_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The messages that bring an agent following `node` from what `sent`
+/// records to the state's allocations (all of them, with a reset, when
+/// `reset`); `None` when nothing changed. Updates `sent`. Only what changed
+/// is converted.
+pub fn alloc_changes(
+    state: &skiff_store::State,
+    node: &str,
+    sent: &mut HashMap<String, u64>,
+    reset: bool,
+) -> Option<Vec<pb::AllocationSet>> {
+    alloc_changes_within(state, node, sent, reset, WATCH_MESSAGE_BYTES)
+}
+
+fn alloc_changes_within(
+    state: &skiff_store::State,
+    node: &str,
+    sent: &mut HashMap<String, u64>,
+    reset: bool,
+    budget: usize,
+) -> Option<Vec<pb::AllocationSet>> {
+    use prost::Message as _;
+    let allocs: Vec<&Allocation> = state.allocs_on_node(node);
+    if reset {
+        sent.clear();
+    }
+    let changed: Vec<&Allocation> = allocs
+        .iter()
+        .copied()
+        .filter(|a| sent.get(&a.id) != Some(&a.modify_index))
+        .collect();
+    let listed: std::collections::HashSet<&str> = allocs.iter().map(|a| a.id.as_str()).collect();
+    let mut removed: Vec<String> = sent
+        .keys()
+        .filter(|id| !listed.contains(id.as_str()))
+        .cloned()
+        .collect();
+    removed.sort();
+    if !reset && changed.is_empty() && removed.is_empty() {
+        return None;
+    }
+    for id in &removed {
+        sent.remove(id);
+    }
+    let image_paths: std::collections::BTreeMap<String, pb::ImagePaths> = allocs
+        .iter()
+        .filter_map(|a| {
+            let ns = skiff_model::split_job_key(&a.job).0;
+            let paths = &state.access.namespaces.get(ns)?.policy.image_paths;
+            (!paths.is_empty()).then(|| {
+                let paths = pb::ImagePaths {
+                    paths: paths.clone(),
+                };
+                (ns.to_string(), paths)
+            })
+        })
+        .collect();
+    let mut messages = vec![pb::AllocationSet {
+        index: state.index,
+        reset,
+        removed,
+        ..Default::default()
+    }];
+    let mut bytes = 0;
+    for a in changed {
+        sent.insert(a.id.clone(), a.modify_index);
+        let m: pb::Allocation = a.into();
+        let len = m.encoded_len();
+        let current = messages.last_mut().expect("one message at least");
+        if bytes > 0 && bytes + len > budget {
+            current.partial = true;
+            messages.push(pb::AllocationSet {
+                index: state.index,
+                ..Default::default()
+            });
+            bytes = 0;
+        }
+        bytes += len;
+        messages.last_mut().expect("just pushed").allocs.push(m);
+    }
+    messages
+        .last_mut()
+        .expect("one message at least")
+        .image_paths = image_paths;
+    Some(messages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_model::JobSpec;
+
+    fn alloc(id: &str, node: &str, env_bytes: usize) -> Allocation {
+        let mut task = JobSpec::from_yaml("name: j\ntask: {image: 'oci:/i'}")
+            .unwrap()
+            .task;
+        task.env.insert("PAD".into(), "x".repeat(env_bytes));
+        let mut a = Allocation::new(id, "j", 1, 0, node, task);
+        a.modify_index = 1;
+        a
+    }
+
+    #[test]
+    fn the_allocation_watch_sends_changes_and_splits_large_ones() {
+        let mut state = skiff_store::State::default();
+        for i in 0..10 {
+            let a = alloc(&format!("a{i}"), "n1", 1000);
+            state.allocs.insert(a.id.clone(), a);
+        }
+        let other = alloc("b0", "n2", 10);
+        state.allocs.insert(other.id.clone(), other);
+        let mut sent = HashMap::new();
+        // The first message set is everything, in parts of at most ~3 KB.
+        let first = alloc_changes_within(&state, "n1", &mut sent, true, 3000).unwrap();
+        assert!(first.len() >= 4, "{}", first.len());
+        assert!(first[0].reset && first[1..].iter().all(|m| !m.reset));
+        assert!(first[..first.len() - 1].iter().all(|m| m.partial));
+        assert!(!first.last().unwrap().partial);
+        let ids: Vec<&str> = first
+            .iter()
+            .flat_map(|m| m.allocs.iter().map(|a| a.id.as_str()))
+            .collect();
+        assert_eq!(ids.len(), 10, "all of n1's, none of n2's: {ids:?}");
+        // Nothing changed: nothing to send.
+        assert!(alloc_changes_within(&state, "n1", &mut sent, false, 3000).is_none());
+        // One changes, one goes: only those.
+        state.allocs.get_mut("a3").unwrap().modify_index = 2;
+        state.allocs.remove("a7");
+        let next = alloc_changes_within(&state, "n1", &mut sent, false, 3000).unwrap();
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].allocs.len(), 1);
+        assert_eq!(next[0].allocs[0].id, "a3");
+        assert_eq!(next[0].removed, ["a7"]);
+        assert!(!next[0].reset && !next[0].partial);
+        // A new stream starts over with everything.
+        let again = alloc_changes_within(&state, "n1", &mut sent, true, usize::MAX).unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].allocs.len(), 9);
+        assert!(again[0].reset);
     }
 }

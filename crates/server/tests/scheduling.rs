@@ -195,6 +195,7 @@ impl Server {
                 min_ttl: std::time::Duration::from_secs(3600),
                 ..Default::default()
             },
+            gc: Default::default(),
         };
         let running = skiff_server::start(&cfg).await.unwrap();
         let url = format!("https://{}", running.api_addr);

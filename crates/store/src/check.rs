@@ -58,6 +58,12 @@ pub fn check(command: &Command) -> Result<(), String> {
                 .iter()
                 .try_for_each(|id| alloc_id_rule("alloc_ids", id))
         }
+        Command::CollectAllocs { alloc_ids } => {
+            count_rule("alloc_ids", alloc_ids.len())?;
+            alloc_ids
+                .iter()
+                .try_for_each(|id| alloc_id_rule("alloc_ids", id))
+        }
         Command::RegisterServer { info } => {
             if info.id == 0 {
                 return Err("id: a server id is at least 1".into());

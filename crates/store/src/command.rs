@@ -54,6 +54,9 @@ pub enum Command {
     },
     /// The leader's drainer found a draining node empty.
     FinishDrain { node: String },
+    /// The leader's garbage collector drops finished allocations it no
+    /// longer keeps (see `State::collect_allocs`).
+    CollectAllocs { alloc_ids: Vec<String> },
     /// A control-plane server records where it can be reached.
     RegisterServer { info: ServerInfo },
     /// Sets a job's replicas (`skiff scale`); the version stays.
@@ -195,6 +198,7 @@ impl Command {
             Command::SetNodeEligibility { .. } => "set_node_eligibility",
             Command::MigrateAllocs { .. } => "migrate_allocs",
             Command::FinishDrain { .. } => "finish_drain",
+            Command::CollectAllocs { .. } => "collect_allocs",
             Command::RegisterServer { .. } => "register_server",
             Command::ScaleJob { .. } => "scale_job",
             Command::ControlRollout { .. } => "control_rollout",

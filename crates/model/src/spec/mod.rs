@@ -88,9 +88,26 @@ impl TaskSpec {
     }
 }
 
+/// The whole job as it is stored, and copied into every allocation.
+fn check_size(spec: &JobSpec, errs: &mut Errors) {
+    let size = serde_json::to_vec(spec).map_or(usize::MAX, |v| v.len());
+    if size > crate::job::MAX_JOB_BYTES {
+        errs.push(
+            "",
+            format!(
+                "the job is {size} bytes once stored; at most {} (its env, command and args are copied into every replica)",
+                crate::job::MAX_JOB_BYTES
+            ),
+        );
+    }
+}
+
 fn parse_job(root: &Value) -> Result<JobSpec, SpecError> {
     let mut errs = Errors::new();
     let spec = parse_job_inner(root, &mut errs);
+    if let (Some(spec), true) = (&spec, errs.0.is_empty()) {
+        check_size(spec, &mut errs);
+    }
     match spec {
         Some(spec) if errs.0.is_empty() => Ok(spec),
         _ => Err(SpecError::Invalid(errs.0)),
@@ -182,6 +199,9 @@ fn validate_job(spec: &JobSpec) -> Vec<FieldError> {
     task::validate_task(&spec.task, "task", &mut errs);
     sched::validate_job_rules(spec, &mut errs);
     workload::validate_workload(spec, &mut errs);
+    if errs.0.is_empty() {
+        check_size(spec, &mut errs);
+    }
     errs.0
 }
 
@@ -299,6 +319,50 @@ task:
         assert!(errs[0].starts_with("name: "));
         assert!(errs[1].starts_with("task.env.1BAD: is not a valid variable name"));
         assert!(errs[2].starts_with("task.env.SKIFF_JOB: names starting with SKIFF_ are reserved"));
+    }
+
+    #[test]
+    fn large_strings_and_large_jobs_are_refused_naming_the_field_and_the_limit() {
+        let job = |env: &str, args: &str| {
+            format!("name: big\nreplicas: 20\ntask: {{image: 'oci:/i', env: {{{env}}}, args: [{args}]}}")
+        };
+        // The review's spec: 15 variables of 64 KB.
+        let env: Vec<String> = (0..15)
+            .map(|i| format!("V{i}: {}", "x".repeat(64_000)))
+            .collect();
+        let errs = errors_of(&job(&env.join(", "), ""));
+        assert_eq!(errs.len(), 15, "{errs:#?}");
+        assert!(
+            errs[0].starts_with("task.env.V0: is 64000 bytes; at most 32768"),
+            "{}",
+            errs[0]
+        );
+        let errs = errors_of(&job("", &format!("'{}'", "a".repeat(40_000))));
+        assert!(
+            errs[0].starts_with("task.args[0]: is 40000 bytes; at most 32768"),
+            "{errs:?}"
+        );
+        // Each variable within the limit, the whole job over its own.
+        let env: Vec<String> = (0..9)
+            .map(|i| format!("V{i}: {}", "x".repeat(30_000)))
+            .collect();
+        let errs = errors_of(&job(&env.join(", "), ""));
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert!(
+            errs[0].contains("once stored; at most 262144"),
+            "{}",
+            errs[0]
+        );
+        // The same rules hold for a spec built another way (the API's).
+        let mut spec = JobSpec::from_yaml(&job("A: b", "")).unwrap();
+        spec.task.env.insert("HUGE".into(), "y".repeat(40_000));
+        let e = spec.validate().unwrap_err().to_string();
+        assert!(e.contains("task.env.HUGE: is 40000 bytes"), "{e}");
+        // Just within: accepted.
+        let env: Vec<String> = (0..7)
+            .map(|i| format!("V{i}: {}", "x".repeat(32_768)))
+            .collect();
+        assert!(JobSpec::from_yaml(&job(&env.join(", "), "")).is_ok());
     }
 
     #[test]

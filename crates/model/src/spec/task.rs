@@ -159,8 +159,19 @@ pub(super) fn validate_task(task: &TaskSpec, path: &str, errs: &mut Errors) {
             );
         }
     }
+    let long = |s: &str| s.len() > crate::job::MAX_STRING_BYTES;
+    let too_long = |s: &str| {
+        format!(
+            "is {} bytes; at most {} (put large data in a file in the image or a volume)",
+            s.len(),
+            crate::job::MAX_STRING_BYTES
+        )
+    };
     for (key, value) in &task.env {
         let field = join(path, &format!("env.{key}"));
+        if long(value) {
+            errs.push(&field, too_long(value));
+        }
         if !is_env_name(key) {
             errs.push(
                 &field,
@@ -178,6 +189,9 @@ pub(super) fn validate_task(task: &TaskSpec, path: &str, errs: &mut Errors) {
     }
     for (list, items) in [("command", &task.command), ("args", &task.args)] {
         for (i, arg) in items.iter().enumerate() {
+            if long(arg) {
+                errs.push(&join(path, &format!("{list}[{i}]")), too_long(arg));
+            }
             if arg.contains('\0') {
                 errs.push(
                     &join(path, &format!("{list}[{i}]")),

@@ -98,6 +98,47 @@ impl State {
         Outcome::AllocsUpdated { applied }
     }
 
+    /// Drops the listed allocations that are finished, except the newest
+    /// allocation of each replica slot of a job that still exists: a batch
+    /// job's finished runs say which of its replicas are done, and a
+    /// gang's say how it ended.
+    pub(super) fn collect_allocs(&mut self, ids: &[String]) -> Outcome {
+        let jobs: BTreeSet<&str> = ids
+            .iter()
+            .filter_map(|id| self.allocs.get(id))
+            .map(|a| a.job.as_str())
+            .filter(|j| self.jobs.contains_key(*j))
+            .collect();
+        let mut newest: std::collections::HashMap<(&str, u32), u64> = Default::default();
+        for a in self
+            .allocs
+            .values()
+            .filter(|a| jobs.contains(a.job.as_str()))
+        {
+            let at = newest.entry((a.job.as_str(), a.replica)).or_default();
+            *at = (*at).max(a.create_index);
+        }
+        let drop: Vec<String> = ids
+            .iter()
+            .filter(|id| {
+                self.allocs.get(*id).is_some_and(|a| {
+                    a.status.is_terminal()
+                        && newest
+                            .get(&(a.job.as_str(), a.replica))
+                            .is_none_or(|&n| n > a.create_index)
+                })
+            })
+            .cloned()
+            .collect();
+        for id in &drop {
+            self.allocs.remove(id);
+            self.touch(Table::Alloc, id);
+        }
+        Outcome::AllocsCollected {
+            removed: drop.len() as u32,
+        }
+    }
+
     /// An allocation whose node was declared down (so it was marked lost
     /// and replaced) is reported again by that node, which came back.
     /// Nomad's disconnect rule: when it still runs, is not unhealthy, and

@@ -146,6 +146,10 @@ pub enum Outcome {
     AllocsUpdated {
         applied: u32,
     },
+    /// Finished allocations were dropped.
+    AllocsCollected {
+        removed: u32,
+    },
     /// A job was scaled, its rollout paused, resumed or promoted, or it
     /// returned to an earlier version; the job and its rollout as they are
     /// now.
@@ -227,6 +231,7 @@ impl State {
                 reason,
             } => self.migrate_allocs(index, node, alloc_ids, reason),
             Command::FinishDrain { node } => self.finish_drain(index, node),
+            Command::CollectAllocs { alloc_ids } => self.collect_allocs(alloc_ids),
             Command::SetNodeStatus {
                 name,
                 status,

@@ -1258,3 +1258,48 @@ fn a_removed_node_s_lost_allocations_are_stopped_for_good() {
         (AllocStatus::Lost, DesiredStatus::Stop)
     );
 }
+
+#[test]
+fn collecting_drops_finished_allocations_but_keeps_the_newest_of_each_slot_of_a_live_job() {
+    let mut h = Harness::new();
+    h.apply(reg("n1", 4000, 4096));
+    h.apply(Command::UpsertJob {
+        spec: spec("web", 1, "64Mi"),
+    });
+    h.apply(h.plan("web", &[(0, "n1")], 0));
+    let first = "web-0-n1".to_string();
+    h.apply(Command::UpdateAllocStatus {
+        at_ms: 0,
+        node: "n1".into(),
+        updates: vec![AllocUpdate {
+            alloc_id: first.clone(),
+            status: AllocStatus::Failed,
+            ..Default::default()
+        }],
+    });
+    // Only finished, and the newest of its slot: kept.
+    let out = h.apply(Command::CollectAllocs {
+        alloc_ids: vec![first.clone(), "no-such".into()],
+    });
+    assert_eq!(out, Outcome::AllocsCollected { removed: 0 });
+    // A newer allocation of the slot: the old one may go; a live one never.
+    let mut newer = h.state.allocs[&first].clone();
+    newer.id = "0123456789abcdef0123456789abcdef".into();
+    newer.status = AllocStatus::Running;
+    newer.create_index = h.state.index + 1;
+    h.state.allocs.insert(newer.id.clone(), newer.clone());
+    let out = h.apply(Command::CollectAllocs {
+        alloc_ids: vec![first.clone(), newer.id.clone()],
+    });
+    assert_eq!(out, Outcome::AllocsCollected { removed: 1 });
+    assert!(!h.state.allocs.contains_key(&first));
+    assert!(h.state.allocs.contains_key(&newer.id));
+    // A deleted job's finished allocations all go.
+    h.state.allocs.get_mut(&newer.id).unwrap().status = AllocStatus::Complete;
+    h.apply(Command::DeleteJob { name: "web".into() });
+    let out = h.apply(Command::CollectAllocs {
+        alloc_ids: vec![newer.id.clone()],
+    });
+    assert_eq!(out, Outcome::AllocsCollected { removed: 1 });
+    assert!(h.state.allocs.is_empty());
+}
