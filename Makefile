@@ -17,13 +17,14 @@ APT_COMMANDS := runc busybox protoc umoci skopeo ip cc grpc_python_plugin
 APT_PY_PACKAGES := python3-grpcio python3-protobuf
 APT_PY_MODULES  := grpc google.protobuf
 
-.PHONY: help deps build image run stop status test lint fmt clean structure
+.PHONY: help deps build image run sample stop status test lint fmt clean structure fuzz fuzz-seeds
 
 help:
 	@echo "make run    build, start 'skiff dev' (server + agent) and run examples/hello.yaml"
 	@echo "make stop   delete the sample job and stop 'skiff dev'"
 	@echo "make test   install what the tests need and run the whole suite"
 	@echo "make lint   cargo fmt --check and clippy -D warnings"
+	@echo "make fuzz   run every fuzz target for FUZZ_SECONDS (default 60) each"
 	@echo "make structure  each crate's modules and what they import (no circles allowed)"
 
 ## Installs the Debian packages that are missing (needs root and apt).
@@ -53,21 +54,32 @@ image: deps
 
 ## Starts `skiff dev` in the background, applies the sample job, shows it running.
 run: build image
+	@$(MAKE) --no-print-directory sample
+
+## `make run` without the build: starts `skiff dev` if it is not running
+## (with DEV_FLAGS), applies SAMPLE (a job named hello) and waits for its two
+## replicas to run; exits 1 showing why when they do not.
+SAMPLE    ?= examples/hello.yaml
+DEV_FLAGS ?=
+sample:
 	@mkdir -p $(DEV_DIR)
 	@if $(SKIFF) get nodes >/dev/null 2>&1; then \
 	  echo "skiff dev is already running at https://$(DEV_API)"; \
 	else \
 	  echo "starting skiff dev (log: $(DEV_DIR)/dev.log)"; \
-	  nohup $(SKIFF) dev --data-dir $(DEV_DIR)/data --api $(DEV_API) >>$(DEV_DIR)/dev.log 2>&1 & echo $$! > $(DEV_DIR)/dev.pid; \
+	  nohup $(SKIFF) dev --data-dir $(DEV_DIR)/data --api $(DEV_API) $(DEV_FLAGS) >>$(DEV_DIR)/dev.log 2>&1 & echo $$! > $(DEV_DIR)/dev.pid; \
 	  for i in $$(seq 1 100); do $(SKIFF) get nodes 2>/dev/null | grep -q ready && break; sleep 0.2; done; \
 	fi
 	@$(SKIFF) get nodes
-	@echo; echo "$$ skiff apply -f examples/hello.yaml"
-	@$(SKIFF) apply -f examples/hello.yaml
-	@for i in $$(seq 1 150); do \
-	  [ "$$($(SKIFF) get allocs --job hello --status running -o json | grep -c '"id"')" -ge 2 ] && break; sleep 0.2; \
+	@echo; echo "$$ skiff apply -f $(SAMPLE)"
+	@$(SKIFF) apply -f $(SAMPLE)
+	@ready() { $(SKIFF) get allocs --job hello --status running -o json | grep -c '"healthy": true'; }; \
+	for i in $$(seq 1 150); do \
+	  [ "$$(ready)" -ge 2 ] && break; \
+	  $(SKIFF) get allocs --job hello -o json | grep -q -e '"status": "failed"' -e '"reason": "back_off"' && break; \
+	  sleep 0.2; \
 	done; \
-	if [ "$$($(SKIFF) get allocs --job hello --status running -o json | grep -c '"id"')" -lt 2 ]; then \
+	if [ "$$(ready)" -lt 2 ]; then \
 	  echo; echo "the sample's containers did not start:"; \
 	  $(SKIFF) get allocs --job hello; echo; $(SKIFF) describe job hello; \
 	  echo; echo "(skiff dev's log: $(DEV_DIR)/dev.log)"; exit 1; \
@@ -94,6 +106,30 @@ status:
 test: deps
 	$(CARGO) build -p skiff
 	$(CARGO) test --workspace
+
+## Fuzzing (cargo-fuzz, libFuzzer). The targets' bodies are in
+## crates/fuzzing; `make test` replays fuzz/corpus/ through them. cargo-fuzz
+## passes -Z flags, which the stable toolchain takes with RUSTC_BOOTSTRAP=1;
+## `-s none` builds without a sanitizer (FUZZ_SANITIZER=address for ASan,
+## a slower build). New inputs go to target/fuzz-corpus/TARGET, crashes to
+## fuzz/artifacts/TARGET: once fixed, copy a crash into fuzz/corpus/TARGET.
+FUZZ_SECONDS   ?= 60
+FUZZ_SANITIZER ?= none
+FUZZ_TARGETS   ?= spec cluster_api node_api peer agent_api layer wal
+FUZZ           := RUSTC_BOOTSTRAP=1 cargo fuzz
+fuzz:
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	$(FUZZ) build -s $(FUZZ_SANITIZER)
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p target/fuzz-corpus/$$t; \
+	  echo "== fuzzing $$t for $(FUZZ_SECONDS)s"; \
+	  $(FUZZ) run -s $(FUZZ_SANITIZER) $$t target/fuzz-corpus/$$t fuzz/corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -timeout=30 -rss_limit_mb=4096 -print_final_stats=1 || exit 1; \
+	done
+
+## Rewrites the seed inputs of fuzz/corpus/ (crates/fuzzing/src/bin/fuzz-seeds.rs).
+fuzz-seeds:
+	$(CARGO) run -q -p skiff-fuzzing --bin fuzz-seeds
 
 lint:
 	$(CARGO) fmt --all -- --check

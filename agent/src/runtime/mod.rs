@@ -2,7 +2,7 @@
 //! shim for create/start and directly for kill, delete and state. Tests
 //! use the recording fake in `fake.rs`.
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fake-runtime"))]
 pub mod fake;
 
 use std::ffi::OsString;

@@ -17,6 +17,30 @@ pub struct PeerService {
 }
 
 impl PeerService {
+    /// Takes one message of the Raft stream from member `from` (0 under
+    /// `--insecure`): decoded, of a kind servers send there, from its
+    /// sender and for this server, then handed to Raft.
+    pub fn take_message(&self, from: u64, env: &pb::RaftEnvelope) -> Result<(), Status> {
+        let msg = decode(env)?;
+        streamable(&msg)?;
+        self.check_sender(from, &msg)?;
+        self.ctx.store.step(msg);
+        Ok(())
+    }
+
+    /// Takes one snapshot message from member `from`.
+    pub fn take_snapshot(&self, from: u64, env: &pb::RaftEnvelope) -> Result<(), Status> {
+        let msg = decode(env)?;
+        if msg.get_msg_type() != skiff_store::RaftMessageType::MsgSnapshot {
+            return Err(Status::invalid_argument(
+                "message: only MsgSnapshot is taken here",
+            ));
+        }
+        self.check_sender(from, &msg)?;
+        self.ctx.store.step(msg);
+        Ok(())
+    }
+
     /// A Raft message must come from the server whose certificate carried
     /// it, and be for this server: a member cannot speak for another.
     fn check_sender(&self, from: u64, msg: &RaftMessage) -> Result<(), Status> {
@@ -92,14 +116,7 @@ impl pb::peer_snapshot_server::PeerSnapshot for PeerSnapshotService {
     ) -> Result<Response<pb::PeerAck>, Status> {
         let ctx = &self.peer.ctx;
         let from = caller(&req, &ctx.tls)?.require_server(ctx, "send snapshots")?;
-        let msg = decode(req.get_ref())?;
-        if msg.get_msg_type() != skiff_store::RaftMessageType::MsgSnapshot {
-            return Err(Status::invalid_argument(
-                "message: only MsgSnapshot is taken here",
-            ));
-        }
-        self.peer.check_sender(from, &msg)?;
-        ctx.store.step(msg);
+        self.peer.take_snapshot(from, req.get_ref())?;
         Ok(Response::new(pb::PeerAck {}))
     }
 }
@@ -113,10 +130,7 @@ impl pb::peer_server::Peer for PeerService {
         let from = caller(&req, &self.ctx.tls)?.require_server(&self.ctx, "send Raft messages")?;
         let mut stream = req.into_inner();
         while let Some(env) = stream.message().await? {
-            let msg = decode(&env)?;
-            streamable(&msg)?;
-            self.check_sender(from, &msg)?;
-            self.ctx.store.step(msg);
+            self.take_message(from, &env)?;
         }
         Ok(Response::new(pb::PeerAck {}))
     }
