@@ -43,6 +43,7 @@ use crate::statedb::StateDb;
 
 mod apply;
 mod compact;
+mod guard;
 
 /// What a membership change carries in its entry's context: the proposal
 /// to answer, and the addresses of a server being added.
@@ -449,16 +450,12 @@ impl Driver {
                 self.pending_reads.insert(id, (Instant::now(), reply));
             }
             Request::Step(msg) => {
-                // raft-rs stops the process on a heartbeat that commits
-                // past the end of this log; a leader never sends one (it
-                // sends min(match, commit)), so it is dropped, not stepped.
-                if msg.get_msg_type() == MessageType::MsgHeartbeat
-                    && msg.commit > self.raw.raft.raft_log.last_index()
-                {
+                // What raft-rs would stop the process on is dropped.
+                if let Some(why) = self.unsafe_to_step(&msg) {
                     tracing::warn!(
                         from = msg.from,
-                        commit = msg.commit,
-                        "a heartbeat committing past the end of the log; dropped"
+                        kind = ?msg.get_msg_type(),
+                        "a peer message with {why}; dropped"
                     );
                     return None;
                 }

@@ -416,3 +416,56 @@ async fn servers_join_as_learners_get_promoted_and_can_be_removed() {
     c.converged().await;
     c.shutdown().await;
 }
+
+/// Messages raft-rs would stop the process on (found by the `peer` fuzz
+/// target): a member that sends one must not bring the server down.
+#[tokio::test]
+async fn peer_messages_that_would_crash_raft_are_dropped_and_the_server_keeps_serving() {
+    use raft::eraftpb::{Entry, MessageType};
+    let c = Cluster::new(&[1], 0);
+    for i in 0..3 {
+        c.store(1).propose(&job(&format!("j{i}"), 1)).await.unwrap();
+    }
+    let committed = c.store(1).status().commit;
+    let msg = |t: MessageType, f: &dyn Fn(&mut RaftMessage)| {
+        let mut m = RaftMessage::default();
+        m.set_msg_type(t);
+        m.from = 2;
+        m.to = 1;
+        m.term = c.store(1).status().term;
+        f(&mut m);
+        m
+    };
+    let entry = |index: u64, term: u64| Entry {
+        index,
+        term,
+        data: b"{}".to_vec().into(),
+        ..Default::default()
+    };
+    let hostile = [
+        msg(MessageType::MsgPropose, &|_| {}),
+        msg(MessageType::MsgReadIndex, &|_| {}),
+        msg(MessageType::MsgReadIndexResp, &|_| {}),
+        msg(MessageType::MsgHeartbeat, &|m| m.commit = committed + 100),
+        msg(MessageType::MsgAppend, &|m| {
+            m.index = 0;
+            m.log_term = 0;
+            m.entries = vec![entry(1, 99)].into();
+        }),
+        msg(MessageType::MsgAppend, &|m| {
+            m.index = 1;
+            m.log_term = 1;
+            m.entries = vec![entry(5, 1), entry(3, 1)].into();
+        }),
+    ];
+    for m in hostile {
+        let kind = m.get_msg_type();
+        c.store(1).step(m);
+        // It still commits: the Raft thread lives.
+        c.store(1)
+            .propose(&job("after", 1))
+            .await
+            .unwrap_or_else(|e| panic!("after {kind:?}: {e}"));
+    }
+    assert_eq!(c.store(1).status().fatal, None);
+}
