@@ -48,14 +48,7 @@ impl FileRecords {
 
 impl Records for FileRecords {
     fn containers(&self) -> Vec<String> {
-        let Ok(entries) = std::fs::read_dir(self.paths.containers()) else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|id| crate::paths::valid_alloc_id(id))
-            .collect()
+        ids_in(&self.paths.containers())
     }
 
     fn exit(&self, id: &str) -> Option<ExitRecord> {
@@ -97,14 +90,7 @@ impl Records for FileRecords {
     }
 
     fn logged(&self) -> Vec<String> {
-        let Ok(entries) = std::fs::read_dir(self.paths.root().join("logs")) else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|id| crate::paths::valid_alloc_id(id))
-            .collect()
+        ids_in(&self.paths.root().join("logs"))
     }
 
     fn remove_logs(&self, id: &str) {
@@ -116,6 +102,19 @@ impl Records for FileRecords {
             tracing::warn!(alloc = %id, error = %e, "could not remove the allocation's logs");
         }
     }
+}
+
+/// The allocation ids that name entries of `dir` (none when it is not
+/// there).
+fn ids_in(dir: &std::path::Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|id| crate::paths::valid_alloc_id(id))
+        .collect()
 }
 
 /// Records in memory, for tests: what a test puts in is what the
