@@ -65,10 +65,22 @@ async fn a_node_whose_allocations_exceed_one_message_runs_them_and_stops_a_delet
         async move { (running == 1).then_some(()) }
     })
     .await;
-    let allocs = allocs_of(&mut client, "big").await;
-    assert!(allocs
-        .iter()
-        .all(|a| a.desired == DesiredStatus::Stop && a.status.is_terminal()));
+    wait_for(
+        "the big job's allocations to be reported stopped",
+        LIMIT,
+        || {
+            let url = server.url();
+            async move {
+                let mut c = skiff_tests::connect(&url).await.ok()?;
+                let allocs = c.list_allocs(Some("big"), None).await.ok()?;
+                allocs
+                    .iter()
+                    .all(|a| a.desired == DesiredStatus::Stop && a.status.is_terminal())
+                    .then_some(())
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
