@@ -29,6 +29,7 @@ pub mod placement;
 pub mod plan;
 pub mod quantity;
 pub mod registration;
+pub mod registry_ref;
 pub mod resources;
 mod spec;
 pub use spec::check_dns_label;
