@@ -12,6 +12,7 @@ pub mod dev;
 pub mod gpus;
 pub mod linearizability;
 pub mod pki;
+pub mod registry;
 pub mod structure;
 
 pub use pki::{connect, join_token, skiff_command, test_pki};

@@ -1,0 +1,183 @@
+//! A real OCI registry for the image tests: Debian's `docker-registry`
+//! (the CNCF distribution registry) on a loopback port, plain or with TLS
+//! from a test CA and htpasswd basic auth, seeded with `skopeo copy` from
+//! layouts built by umoci. Stopped when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How the registry is reached.
+pub struct RegistryOpts {
+    /// Serve HTTPS with a certificate from a fresh test CA.
+    pub tls: bool,
+    /// Require this user and password (htpasswd, bcrypt).
+    pub user: Option<(String, String)>,
+}
+
+pub struct Registry {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    /// The test CA's certificate (PEM file) when `tls`.
+    pub ca_file: Option<PathBuf>,
+    user: Option<(String, String)>,
+    dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+impl Registry {
+    pub fn start(opts: RegistryOpts) -> Registry {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        );
+        let mut ca_file = None;
+        if opts.tls {
+            let ca = skiff_pki::Ca::generate(Duration::from_secs(3600)).expect("a test CA");
+            let leaf = ca
+                .issue_for_host(
+                    "registry",
+                    &["127.0.0.1".parse().expect("an address")],
+                    Duration::from_secs(3600),
+                )
+                .expect("a registry certificate");
+            let (cert, key, ca_pem) = (
+                dir.path().join("cert.pem"),
+                dir.path().join("key.pem"),
+                dir.path().join("ca.pem"),
+            );
+            std::fs::write(&cert, &leaf.cert_pem).expect("cert written");
+            std::fs::write(&key, &leaf.key_pem).expect("key written");
+            std::fs::write(&ca_pem, ca.cert_pem()).expect("CA written");
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ));
+            ca_file = Some(ca_pem);
+        }
+        if let Some((user, pass)) = &opts.user {
+            let file = dir.path().join("htpasswd");
+            let st = Command::new("htpasswd")
+                .args(["-Bbc"])
+                .arg(&file)
+                .args([user, pass])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("htpasswd runs (apache2-utils)");
+            assert!(st.success(), "htpasswd failed");
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: skiff-test\n    path: {}\n",
+                file.display()
+            ));
+        }
+        let config_file = dir.path().join("config.yml");
+        std::fs::write(&config_file, config).expect("config written");
+        let log = std::fs::File::create(dir.path().join("registry.log")).expect("log file");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config_file)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry runs (Debian's docker-registry package)");
+        let registry = Registry {
+            child,
+            addr,
+            ca_file,
+            user: opts.user,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&registry.addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the registry did not listen on {}: {}",
+                registry.addr,
+                registry.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        registry
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// skopeo's flags to reach this registry as `side` (`src` or `dest`).
+    fn skopeo_flags(&self, side: &str) -> Vec<String> {
+        let mut flags = Vec::new();
+        match &self.ca_file {
+            // skopeo takes a directory of `*.crt` CAs.
+            Some(ca) => {
+                let certs = self.dir.path().join("certs.d");
+                std::fs::create_dir_all(&certs).expect("certs dir");
+                std::fs::copy(ca, certs.join("ca.crt")).expect("CA copied");
+                flags.push(format!("--{side}-cert-dir={}", certs.display()));
+            }
+            None => flags.push(format!("--{side}-tls-verify=false")),
+        }
+        if let Some((u, p)) = &self.user {
+            flags.push(format!("--{side}-creds={u}:{p}"));
+        }
+        flags
+    }
+
+    /// Pushes the layout's `latest` as `repo:tag`; returns its manifest
+    /// digest as the registry has it.
+    pub fn push(&self, layout: &Path, repo: &str, tag: &str) -> String {
+        let out = Command::new("skopeo")
+            .arg("copy")
+            .args(self.skopeo_flags("dest"))
+            .arg(format!("oci:{}:latest", layout.display()))
+            .arg(format!("docker://{}/{repo}:{tag}", self.addr))
+            .output()
+            .expect("skopeo runs");
+        assert!(
+            out.status.success(),
+            "skopeo copy to {repo}:{tag} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        self.digest(&format!("{}/{repo}:{tag}", self.addr))
+            .expect("the pushed image resolves")
+    }
+
+    /// The manifest digest `reference` resolves to, as skopeo reads it.
+    pub fn digest(&self, reference: &str) -> Result<String, String> {
+        let out = Command::new("skopeo")
+            .arg("inspect")
+            .args(
+                self.skopeo_flags("src")
+                    .into_iter()
+                    .map(|f| f.replace("--src-", "--")),
+            )
+            .args(["--format", "{{.Digest}}"])
+            .arg(format!("docker://{reference}"))
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
