@@ -74,3 +74,72 @@ fn a_tls_registry_with_basic_auth_takes_its_user_and_refuses_others() {
         .unwrap();
     assert!(!untrusted.status.success());
 }
+
+fn blobs_in(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir.join("blobs/sha256"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_pulls_by_tag_and_by_digest_into_one_content_store_and_unpacks_it() {
+    use skiff_agent::image::registry::{Puller, RegistrySettings};
+    let layout = busybox_layout();
+    let r = Registry::start(RegistryOpts {
+        tls: false,
+        user: None,
+    });
+    let digest = r.push(layout, "team/busybox", "v1");
+    r.push(layout, "team/busybox", "v2");
+    let tmp = tempfile::tempdir().unwrap();
+    let content = tmp.path().join("content");
+    let puller = Puller::new(
+        &content,
+        &RegistrySettings {
+            insecure: vec![r.addr.clone()],
+        },
+    )
+    .unwrap();
+    let anonymous = oci_client::secrets::RegistryAuth::Anonymous;
+    let v1 = RegistryRef::parse(&format!("{}/team/busybox:v1", r.addr)).unwrap();
+    let top = puller.pull(&v1, &anonymous).await.unwrap();
+    assert_eq!(top.digest().to_string(), digest);
+    let kept = blobs_in(&content);
+    assert!(kept >= 3, "manifest, config and a layer: {kept}");
+    // The same image under another tag, and by digest: nothing new.
+    let v2 = RegistryRef::parse(&format!("{}/team/busybox:v2", r.addr)).unwrap();
+    puller.pull(&v2, &anonymous).await.unwrap();
+    let mut pinned = v1.pinned(&digest);
+    pinned.tag = None;
+    assert_eq!(
+        puller
+            .pull(&pinned, &anonymous)
+            .await
+            .unwrap()
+            .digest()
+            .to_string(),
+        digest
+    );
+    assert_eq!(blobs_in(&content), kept, "stored once, shared");
+    // What was pulled unpacks like any layout: busybox is there.
+    let store = skiff_agent::image::ImageStore::new(tmp.path().join("images"));
+    let prepared = store.unpack(&puller.source().unwrap(), &top).unwrap();
+    assert!(
+        prepared.rootfs.join("bin/busybox").is_file() || prepared.rootfs.join("bin/sh").exists()
+    );
+    // A tag that is not there: the error names the registry and the reference.
+    let missing = RegistryRef::parse(&format!("{}/team/busybox:nope", r.addr)).unwrap();
+    let e = puller
+        .pull(&missing, &anonymous)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&r.addr) && e.contains("team/busybox:nope"),
+        "{e}"
+    );
+    // Without --insecure-registry the plain registry is not spoken to
+    // over HTTP.
+    let strict = Puller::new(&tmp.path().join("strict"), &RegistrySettings::default()).unwrap();
+    assert!(strict.pull(&v1, &anonymous).await.is_err());
+}

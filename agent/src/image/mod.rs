@@ -21,6 +21,7 @@ use oci_spec::image::Digest;
 
 mod layer;
 mod layout;
+pub mod registry;
 mod roots;
 mod store;
 #[cfg(test)]
@@ -72,6 +73,12 @@ pub enum ImageError {
         path: PathBuf,
         #[source]
         source: io::Error,
+    },
+    #[error("pulling {reference} from {registry}: {reason}")]
+    Pull {
+        registry: String,
+        reference: String,
+        reason: String,
     },
     #[error("{path} in image layout {layout} is refused: {reason}")]
     NotAFile {
