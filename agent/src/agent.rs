@@ -58,6 +58,9 @@ pub struct AgentConfig {
     /// How long preparing an image (verifying and unpacking its layers)
     /// may take before the start fails (`--image-timeout`).
     pub image_timeout: Duration,
+    /// Registries (`host:port`) spoken to over plain HTTP
+    /// (`--insecure-registry`).
+    pub insecure_registries: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +90,8 @@ pub enum AgentError {
     NoServers,
     #[error(transparent)]
     Gpu(#[from] InventoryError),
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
     #[error("cannot start the GPU monitor: {0}")]
     GpuMonitor(std::io::Error),
     #[error("credentials: {0}")]
@@ -315,6 +320,12 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         runtime_binary,
         stop_grace: cfg.stop_grace,
         image_timeout: cfg.image_timeout,
+        registry: std::sync::Arc::new(crate::image::registry::Puller::new(
+            &paths.images().join("content"),
+            &crate::image::registry::RegistrySettings {
+                insecure: cfg.insecure_registries.clone(),
+            },
+        )?),
         log_max_size: cfg.log_max_size,
         log_max_files: cfg.log_max_files,
         rootfs: cfg.rootfs,

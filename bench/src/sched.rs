@@ -141,6 +141,7 @@ pub fn job(name: String, replicas: u32, ask: TaskResources) -> Job {
                 ..TaskSpec::new(ImageRef {
                     path: "/images/bench".into(),
                     tag: None,
+                    registry: None,
                 })
             },
         ),

@@ -54,6 +54,7 @@ fn task(resources: TaskResources) -> TaskSpec {
         ..TaskSpec::new(ImageRef {
             path: "/i".into(),
             tag: None,
+            registry: None,
         })
     }
 }

@@ -4,6 +4,7 @@
 //! it serves.
 
 use std::process::Command;
+use std::time::Duration;
 
 use skiff_model::registry_ref::RegistryRef;
 use skiff_tests::registry::{Registry, RegistryOpts};
@@ -142,4 +143,76 @@ async fn the_agent_pulls_by_tag_and_by_digest_into_one_content_store_and_unpacks
     // over HTTP.
     let strict = Puller::new(&tmp.path().join("strict"), &RegistrySettings::default()).unwrap();
     assert!(strict.pull(&v1, &anonymous).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_an_image_pulled_by_tag_and_by_digest_from_a_registry() {
+    use skiff_model::{AllocStatus, JobSpec};
+    let layout = busybox_layout();
+    let r = Registry::start(RegistryOpts {
+        tls: false,
+        user: None,
+    });
+    let digest = r.push(layout, "team/busybox", "v1");
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&tmp.path().join("server"));
+    let agent_dir = tmp.path().join("agent");
+    let _agent = AgentProc::start(
+        &agent_dir,
+        &server.url(),
+        "puller",
+        &["--insecure-registry", &r.addr, "--stop-grace", "1s"],
+    );
+    let mut client = server.client().await;
+    for (name, image) in [
+        ("by-tag", format!("{}/team/busybox:v1", r.addr)),
+        ("by-digest", format!("{}/team/busybox@{digest}", r.addr)),
+    ] {
+        let spec = JobSpec::from_yaml(&format!(
+            "name: {name}\ntask:\n  image: {image}\n  command: [sh, -c, 'echo pulled; sleep 3600']\n  resources: {{cpu: 100m, memory: 32Mi}}\n"
+        ))
+        .unwrap();
+        client.apply_job(&spec).await.unwrap();
+        let a = wait_allocs(
+            &mut client,
+            name,
+            1,
+            AllocStatus::Running,
+            Duration::from_secs(60),
+        )
+        .await
+        .remove(0);
+        let out = client
+            .exec(
+                &a.id,
+                &["sh".into(), "-c".into(), "echo $((6*7))".into()],
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+    }
+    // One content store on the node, the blobs once.
+    let blobs = blobs_in(&agent_dir.join("images/content"));
+    assert!(blobs >= 3, "{blobs}");
+    // A tag the registry does not have: the allocation fails, saying so.
+    let spec = JobSpec::from_yaml(&format!(
+        "name: missing\ntask:\n  image: {}/team/busybox:nope\n  restart: {{policy: never}}\n  resources: {{cpu: 100m, memory: 32Mi}}\n",
+        r.addr
+    ))
+    .unwrap();
+    client.apply_job(&spec).await.unwrap();
+    let failed = wait_alloc(
+        &mut client,
+        "missing",
+        "the pull to fail",
+        Duration::from_secs(60),
+        |a| a.status == AllocStatus::Failed,
+    )
+    .await;
+    assert!(
+        failed.message.contains("team/busybox:nope") && failed.message.contains(&r.addr),
+        "{}",
+        failed.message
+    );
 }

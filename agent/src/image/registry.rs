@@ -47,6 +47,14 @@ pub struct Puller {
     content: PathBuf,
 }
 
+impl std::fmt::Debug for Puller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Puller")
+            .field("content", &self.content)
+            .finish_non_exhaustive()
+    }
+}
+
 fn pull_err(image: &RegistryRef, e: impl std::fmt::Display) -> ImageError {
     ImageError::Pull {
         registry: image.registry.clone(),

@@ -237,6 +237,7 @@ pub(crate) fn image_ref(layout: &Path, tag: Option<&str>) -> ImageRef {
     ImageRef {
         path: layout.to_str().unwrap().to_string(),
         tag: tag.map(str::to_string),
+        registry: None,
     }
 }
 

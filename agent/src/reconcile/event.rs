@@ -28,6 +28,8 @@ pub struct Settings {
     pub images: crate::image::ImagePolicy,
     /// The deadline for preparing an image.
     pub image_timeout: Duration,
+    /// Pulls registry images into the node's content store.
+    pub registry: Arc<crate::image::registry::Puller>,
 }
 
 /// What wakes the reconciler.

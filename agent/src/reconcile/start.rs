@@ -23,28 +23,15 @@ pub async fn start<R: Runtime>(
     alloc: &Allocation,
 ) -> Result<(), String> {
     let t0 = Instant::now();
-    let mut image_ref = alloc.task.image.clone();
-    let ns = skiff_model::split_job_key(&alloc.job).0;
-    // Checked now, at the moment of use, and read from where the check
-    // found it (links resolved), so a link swapped in later is not
-    // followed out of a root.
-    let real = settings
-        .images
-        .check(std::path::Path::new(&image_ref.path), ns)?;
-    image_ref.path = real.display().to_string();
-    let images = images.clone();
     let deadline = settings.image_timeout;
-    let prepare = tokio::task::spawn_blocking(move || images.prepare(&image_ref));
-    let prepared = tokio::time::timeout(deadline, prepare)
+    let prepared = tokio::time::timeout(deadline, prepare_image(images, settings, alloc))
         .await
         .map_err(|_| {
             format!(
                 "image {}: not prepared within {:?} (the agent's --image-timeout)",
                 alloc.task.image, deadline
             )
-        })?
-        .map_err(|e| format!("image preparation panicked: {e}"))?
-        .map_err(|e| format!("image {}: {e}", alloc.task.image))?;
+        })??;
 
     let bundle = paths.bundle(&alloc.id).map_err(|e| e.to_string())?;
     let rootfs = bundle.join("rootfs");
@@ -124,4 +111,37 @@ pub async fn start<R: Runtime>(
         "start phases"
     );
     result
+}
+
+/// The image's root filesystem, unpacked in the node's cache: a layout is
+/// checked against the image roots at the moment of use and read from
+/// where the check found it (links resolved, so a link swapped in later is
+/// not followed out of a root); a registry image is pulled into the
+/// node's content store first.
+async fn prepare_image(
+    images: &ImageStore,
+    settings: &Settings,
+    alloc: &Allocation,
+) -> Result<crate::image::PreparedImage, String> {
+    let mut image_ref = alloc.task.image.clone();
+    let images = images.clone();
+    let shown = alloc.task.image.to_string();
+    let unpacked = if let Some(reference) = image_ref.registry.clone() {
+        let puller = settings.registry.clone();
+        let top = puller
+            .pull(&reference, &oci_client::secrets::RegistryAuth::Anonymous)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::task::spawn_blocking(move || images.unpack(&puller.source()?, &top)).await
+    } else {
+        let ns = skiff_model::split_job_key(&alloc.job).0;
+        let real = settings
+            .images
+            .check(std::path::Path::new(&image_ref.path), ns)?;
+        image_ref.path = real.display().to_string();
+        tokio::task::spawn_blocking(move || images.prepare(&image_ref)).await
+    };
+    unpacked
+        .map_err(|e| format!("image preparation panicked: {e}"))?
+        .map_err(|e| format!("image {shown}: {e}"))
 }

@@ -685,6 +685,13 @@ impl Rig {
             gpus: None,
             images: crate::image::ImagePolicy::unrestricted(),
             image_timeout: secs(600),
+            registry: Arc::new(
+                crate::image::registry::Puller::new(
+                    &dir.path().join("content"),
+                    &Default::default(),
+                )
+                .unwrap(),
+            ),
         };
         let rec = Reconciler::with_edges(
             runtime.clone(),

@@ -305,6 +305,10 @@ struct NodeOpts {
     /// container's start fails (e.g. 10m, 90s).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     image_timeout: Duration,
+    /// A registry (HOST:PORT) to pull from over plain HTTP instead of
+    /// HTTPS; repeat for several. Only for registries on a trusted network.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registries: Vec<String>,
     /// How a container's root filesystem is made from the image cache:
     /// `overlay` (overlayfs), `copy`, or `auto` (overlayfs where it works).
     #[arg(long, default_value = "auto", value_parser = ["auto", "overlay", "copy"])]
@@ -580,6 +584,7 @@ fn agent_config(
         security,
         image_roots: absolute(node.image_roots)?,
         image_timeout: node.image_timeout,
+        insecure_registries: node.insecure_registries,
     })
 }
 

@@ -459,24 +459,36 @@ impl NetworkMode {
     }
 }
 
-/// A reference to an image: for now an OCI image layout on the agent's disk,
-/// written as skopeo does, `oci:PATH[:TAG]`.
+/// A reference to an image: an OCI image layout on the agent's disk,
+/// written as skopeo does, `oci:PATH[:TAG]`, or an image in a registry
+/// (`alpine:3.20`, `registry.lab:5000/team/train:v3`, `...@sha256:...`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ImageRef {
-    /// Directory holding `oci-layout` and `index.json`.
+    /// A layout: the directory holding `oci-layout` and `index.json`
+    /// (empty for a registry image).
     pub path: String,
-    /// The `org.opencontainers.image.ref.name` annotation to select; `None`
-    /// selects the only manifest, or `latest` when there are several.
+    /// A layout: the `org.opencontainers.image.ref.name` annotation to
+    /// select; `None` selects the only manifest, or `latest` when there
+    /// are several.
     pub tag: Option<String>,
+    /// A registry image, normalised (then `path` is empty, `tag` `None`).
+    pub registry: Option<crate::registry_ref::RegistryRef>,
 }
 
 impl ImageRef {
-    /// Parses `oci:PATH[:TAG]`. The tag is whatever follows the last `:`
-    /// when that part holds no `/`.
+    /// Parses `oci:PATH[:TAG]` (the tag is whatever follows the last `:`
+    /// when that part holds no `/`) or a registry reference.
     pub fn parse(text: &str) -> Result<ImageRef, String> {
-        let rest = text.strip_prefix("oci:").ok_or_else(|| {
-            format!("{text:?} must be oci:PATH[:TAG] (an OCI image layout on the node; registries are not supported yet)")
-        })?;
+        let Some(rest) = text.strip_prefix("oci:") else {
+            let r = crate::registry_ref::RegistryRef::parse(text).map_err(|e| {
+                format!("{e} (or write oci:PATH[:TAG] for an OCI image layout on the node)")
+            })?;
+            return Ok(ImageRef {
+                path: String::new(),
+                tag: None,
+                registry: Some(r),
+            });
+        };
         let (path, tag) = match rest.rsplit_once(':') {
             Some((p, t)) if !t.contains('/') => (p, Some(t)),
             _ => (rest, None),
@@ -504,18 +516,27 @@ impl ImageRef {
         Ok(ImageRef {
             path: path.to_string(),
             tag: tag.map(str::to_string),
+            registry: None,
         })
     }
 
     /// True when the layout path is relative (resolved by the client against
     /// its working directory before the job is sent).
     pub fn is_relative(&self) -> bool {
-        !self.path.starts_with('/')
+        self.registry.is_none() && !self.path.starts_with('/')
+    }
+
+    /// An image on the node's disk (`oci:`), not in a registry.
+    pub fn is_layout(&self) -> bool {
+        self.registry.is_none()
     }
 }
 
 impl fmt::Display for ImageRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(r) = &self.registry {
+            return write!(f, "{r}");
+        }
         match &self.tag {
             Some(tag) => write!(f, "oci:{}:{}", self.path, tag),
             None => write!(f, "oci:{}", self.path),
@@ -706,7 +727,11 @@ mod tests {
         assert_eq!((r.path.as_str(), r.tag), ("/var/images/bb", None));
         let r = ImageRef::parse("oci:rel/dir").unwrap();
         assert!(r.is_relative());
-        assert!(ImageRef::parse("busybox:latest").is_err());
+        let r = ImageRef::parse("busybox:latest").unwrap();
+        assert!(!r.is_layout() && !r.is_relative());
+        assert_eq!(r.to_string(), "docker.io/library/busybox:latest");
+        let e = ImageRef::parse("Busybox").unwrap_err();
+        assert!(e.contains("or write oci:PATH[:TAG]"), "{e}");
         assert!(ImageRef::parse("oci::tag").is_err());
         assert!(ImageRef::parse("oci:/x:bad tag").is_err());
     }

@@ -190,7 +190,11 @@ fn task() -> impl Strategy<Value = TaskSpec> {
         "/?[a-z0-9._-]{1,8}(/[a-z0-9._-]{1,8}){0,2}",
         option::of("[A-Za-z0-9_.-]{1,10}"),
     )
-        .prop_map(|(path, tag)| ImageRef { path, tag });
+        .prop_map(|(path, tag)| ImageRef {
+            path,
+            tag,
+            registry: None,
+        });
     let command = option::of(("[a-z/]{1,8}", vec(text(), 0..3)))
         .prop_map(|c| c.map(|(first, rest)| std::iter::once(first).chain(rest).collect()));
     let env = btree_map("[A-Z_][A-Z0-9_]{0,8}", text(), 0..4).prop_map(|env| {

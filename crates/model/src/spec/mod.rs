@@ -281,7 +281,7 @@ name: Hello_World
 replicas: -1
 colour: blue
 task:
-  image: docker.io/busybox
+  image: docker.io/Busybox
   imagee: typo
   env: {"1BAD": x, SKIFF_JOB: y}
   resources: {cpu: lots, memory: 64Q, disk: 1Gi}
@@ -293,7 +293,7 @@ task:
             "name: \"Hello_World\" must be a DNS-1123 label",
             "replicas: -1 must be a whole number from 0 to 1000",
             "task.imagee: unknown field",
-            "task.image: \"docker.io/busybox\" must be oci:PATH[:TAG]",
+            "task.image: \"docker.io/Busybox\" is not an image reference",
             "task.resources.disk: unknown field",
             "task.resources.cpu: \"lots\" is not a quantity",
             "task.resources.memory: \"64Q\" is not a quantity",
@@ -310,7 +310,7 @@ task:
         let shaped = text
             .replace("replicas: -1", "replicas: 1")
             .replace("colour: blue\n", "")
-            .replace("docker.io/busybox", "oci:/img")
+            .replace("docker.io/Busybox", "oci:/img")
             .replace("  imagee: typo\n", "")
             .replace("cpu: lots, memory: 64Q, disk: 1Gi", "cpu: 1")
             .replace("bridge", "none");

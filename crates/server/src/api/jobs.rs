@@ -48,7 +48,7 @@ pub(crate) fn spec_from_wire(wire: pb::JobSpec) -> Result<JobSpec, Status> {
 fn check_image_path(state: &skiff_store::State, spec: &JobSpec) -> Result<(), Status> {
     // Read in place: an apply copies no node's roots unless it is refused.
     let roots = || state.nodes.values().flat_map(|n| &n.image_roots);
-    if roots().next().is_none() {
+    if !spec.task.image.is_layout() || roots().next().is_none() {
         return Ok(());
     }
     let none = skiff_model::namespace::Namespace::default();
