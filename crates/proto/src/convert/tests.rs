@@ -261,7 +261,7 @@ fn a_gpu_node_survives_the_wire() {
 fn malformed_wire_spec_names_the_fields() {
     let mut wire: pb::JobSpec = (&spec()).into();
     let task = wire.task.as_mut().unwrap();
-    task.image = "nginx".into();
+    task.image = "Nginx".into();
     task.network = 42;
     task.resources = None;
     let err = m::JobSpec::try_from(wire).unwrap_err();
