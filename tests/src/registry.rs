@@ -25,7 +25,7 @@ pub struct Registry {
     dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free loopback port")
@@ -34,8 +34,13 @@ fn free_port() -> u16 {
 
 impl Registry {
     pub fn start(opts: RegistryOpts) -> Registry {
+        Registry::start_on(&format!("127.0.0.1:{}", free_port()), opts)
+    }
+
+    /// [`Registry::start`] on a given loopback address.
+    pub fn start_on(addr: &str, opts: RegistryOpts) -> Registry {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let addr = format!("127.0.0.1:{}", free_port());
+        let addr = addr.to_string();
         let mut config = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             dir.path().join("data").display()
@@ -83,14 +88,7 @@ impl Registry {
         }
         let config_file = dir.path().join("config.yml");
         std::fs::write(&config_file, config).expect("config written");
-        let log = std::fs::File::create(dir.path().join("registry.log")).expect("log file");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config_file)
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("docker-registry runs (Debian's docker-registry package)");
+        let child = spawn(dir.path());
         let registry = Registry {
             child,
             addr,
@@ -98,17 +96,34 @@ impl Registry {
             user: opts.user,
             dir,
         };
+        registry.wait_listening();
+        registry
+    }
+
+    fn wait_listening(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&registry.addr).is_err() {
+        while std::net::TcpStream::connect(&self.addr).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "the registry did not listen on {}: {}",
-                registry.addr,
-                registry.log()
+                self.addr,
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        registry
+    }
+
+    /// Stops the registry, keeping what it stores.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same address, with what it stored.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = spawn(self.dir.path());
+        self.wait_listening();
     }
 
     pub fn log(&self) -> String {
@@ -173,6 +188,21 @@ impl Registry {
             Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
         }
     }
+}
+
+fn spawn(dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("registry.log"))
+        .expect("log file");
+    Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.join("config.yml"))
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("docker-registry runs (Debian's docker-registry package)")
 }
 
 impl Drop for Registry {

@@ -216,3 +216,52 @@ async fn a_job_runs_an_image_pulled_by_tag_and_by_digest_from_a_registry() {
         failed.message
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_tries_again_while_the_registry_is_unreachable_and_not_when_it_refuses() {
+    use skiff_agent::image::registry::{Puller, RegistrySettings};
+    let layout = busybox_layout();
+    let mut registry = Registry::start(RegistryOpts {
+        tls: false,
+        user: None,
+    });
+    let digest = registry.push(layout, "team/busybox", "v1");
+    let addr = registry.addr.clone();
+    registry.stop();
+    let tmp = tempfile::tempdir().unwrap();
+    let puller = Puller::new(
+        &tmp.path().join("content"),
+        &RegistrySettings {
+            insecure: vec![addr.clone()],
+        },
+    )
+    .unwrap();
+    let image = RegistryRef::parse(&format!("{addr}/team/busybox:v1")).unwrap();
+    // The registry is back a second after the pull began (its tries span
+    // 3.5 s of back-off).
+    let back = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        registry.restart();
+        registry
+    });
+    let anonymous = oci_client::secrets::RegistryAuth::Anonymous;
+    let began = std::time::Instant::now();
+    let pulled = puller.pull(&image, &anonymous).await;
+    let registry = back.join().unwrap();
+    let top =
+        pulled.unwrap_or_else(|e| panic!("after {:?}: {e}\n{}", began.elapsed(), registry.log()));
+    assert_eq!(top.digest().to_string(), digest);
+    assert!(
+        began.elapsed() >= Duration::from_millis(900),
+        "it waited for the registry"
+    );
+    // A refusal (the tag is not there) is answered at once, not retried.
+    let missing = RegistryRef::parse(&format!("{addr}/team/busybox:nope")).unwrap();
+    let began = std::time::Instant::now();
+    assert!(puller.pull(&missing, &anonymous).await.is_err());
+    assert!(
+        began.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        began.elapsed()
+    );
+}

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use oci_spec::image::{Arch, Descriptor, Digest, ImageIndex, ImageManifest, MediaType, Os};
@@ -25,6 +26,42 @@ use super::{io_err, ImageError, Layout};
 
 /// Layers fetched at once per image (containerd's default).
 const CONCURRENT_LAYERS: usize = 3;
+/// Tries of one request that fails on the way (unreachable, timed out, a
+/// 5xx or 429 answer); a refusal (not found, unauthorised) is not retried.
+const ATTEMPTS: u32 = 4;
+/// The first wait between tries; it doubles.
+const FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Whether a failed request may succeed if tried again.
+fn transient(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::RequestError(_) | OciDistributionError::IoError(_) => true,
+        OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
+        _ => false,
+    }
+}
+
+/// Runs `call` until it succeeds, fails for good, or has been tried
+/// [`ATTEMPTS`] times, waiting longer each time.
+async fn retrying<T, F, Fut>(what: &str, mut call: F) -> Result<T, OciDistributionError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, OciDistributionError>>,
+{
+    let mut delay = FIRST_BACKOFF;
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(e) if attempt < ATTEMPTS && transient(&e) => {
+                tracing::warn!(what, attempt, error = %e, "registry request failed; trying again");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
 
 const MANIFEST_TYPES: &[&str] = &[
     "application/vnd.oci.image.manifest.v1+json",
@@ -122,11 +159,12 @@ impl Puller {
         let reference: Reference = reference_of(image)
             .parse()
             .map_err(|e| pull_err(image, e))?;
-        let (bytes, digest) = self
-            .client
-            .pull_manifest_raw(&reference, auth, MANIFEST_TYPES)
-            .await
-            .map_err(|e| pull_err(image, e))?;
+        let (bytes, digest) = retrying("manifest", || {
+            self.client
+                .pull_manifest_raw(&reference, auth, MANIFEST_TYPES)
+        })
+        .await
+        .map_err(|e| pull_err(image, e))?;
         let top = self.keep_manifest(image, &bytes, &digest)?;
         let manifest_bytes = if is_index(top.media_type()) {
             let index: ImageIndex = serde_json::from_slice(&bytes)
@@ -145,11 +183,11 @@ impl Puller {
                 format!("{}/{}@{}", image.registry, image.repository, entry.digest())
                     .parse()
                     .map_err(|e| pull_err(image, e))?;
-            let (b, d) = self
-                .client
-                .pull_manifest_raw(&pinned, auth, MANIFEST_TYPES)
-                .await
-                .map_err(|e| pull_err(image, e))?;
+            let (b, d) = retrying("manifest", || {
+                self.client.pull_manifest_raw(&pinned, auth, MANIFEST_TYPES)
+            })
+            .await
+            .map_err(|e| pull_err(image, e))?;
             self.keep_manifest(image, &b, &d)?;
             b
         } else {
@@ -247,17 +285,24 @@ async fn fetch_blob(
     desc: &Descriptor,
     path: &Path,
 ) -> Result<(), ImageError> {
+    use tokio::io::AsyncWriteExt as _;
     let tmp = path.with_extension(format!("partial-{}", std::process::id()));
-    let file = tokio::fs::File::create(&tmp).await.map_err(io_err(&tmp))?;
-    let mut out = tokio::io::BufWriter::new(file);
     let digest = desc.digest().to_string();
-    let fetched = client.pull_blob(reference, digest.as_str(), &mut out).await;
+    // Each try starts the file over.
+    let fetched = retrying("blob", || async {
+        let file = tokio::fs::File::create(&tmp).await?;
+        let mut out = tokio::io::BufWriter::new(file);
+        client
+            .pull_blob(reference, digest.as_str(), &mut out)
+            .await?;
+        out.flush().await?;
+        Ok(())
+    })
+    .await;
     if let Err(e) = fetched {
         let _ = tokio::fs::remove_file(&tmp).await;
         return Err(pull_err(image, format!("blob {digest}: {e}")));
     }
-    use tokio::io::AsyncWriteExt as _;
-    out.flush().await.map_err(io_err(&tmp))?;
     let len = tokio::fs::metadata(&tmp).await.map_err(io_err(&tmp))?.len();
     if len != desc.size() {
         let _ = tokio::fs::remove_file(&tmp).await;
