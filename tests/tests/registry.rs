@@ -265,3 +265,136 @@ async fn a_pull_tries_again_while_the_registry_is_unreachable_and_not_when_it_re
         began.elapsed()
     );
 }
+
+/// A copy of the busybox layout whose `latest` has one more variable: a
+/// different image (another manifest digest).
+fn variant_layout(dir: &std::path::Path) -> std::path::PathBuf {
+    let copy = dir.join("variant");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(busybox_layout())
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let st = Command::new("umoci")
+        .args(["config", "--config.env", "MOVED=yes", "--image"])
+        .arg(format!("{}:latest", copy.display()))
+        .status()
+        .unwrap();
+    assert!(st.success(), "umoci config");
+    copy
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_pin_a_tag_to_its_digest_so_a_moved_tag_changes_nothing_until_applied_again() {
+    use skiff_model::{AllocStatus, JobSpec};
+    let tmp = tempfile::tempdir().unwrap();
+    let r = Registry::start(RegistryOpts {
+        tls: false,
+        user: None,
+    });
+    let first = r.push(busybox_layout(), "team/app", "v1");
+    let server = ServerProc::start_with(
+        &tmp.path().join("server"),
+        "127.0.0.1:0",
+        &["--insecure-registry", &r.addr],
+    );
+    let _agent = AgentProc::start(
+        &tmp.path().join("agent"),
+        &server.url(),
+        "pin",
+        &["--insecure-registry", &r.addr, "--stop-grace", "1s"],
+    );
+    let mut client = server.client().await;
+    let spec = JobSpec::from_yaml(&format!(
+        "name: app\ntask:\n  image: {}/team/app:v1\n  command: [sh, -c, 'sleep 3600']\n  resources: {{cpu: 100m, memory: 32Mi}}\n",
+        r.addr
+    ))
+    .unwrap();
+    let applied = client.apply_job(&spec).await.unwrap();
+    assert!(
+        applied.image_note.contains(&format!("resolved to {first}")),
+        "{}",
+        applied.image_note
+    );
+    assert_eq!(
+        applied
+            .job
+            .spec
+            .task
+            .image
+            .registry
+            .as_ref()
+            .unwrap()
+            .digest
+            .as_deref(),
+        Some(first.as_str()),
+        "the version records the digest"
+    );
+    let execs = client.clone();
+    let moved = |a: &skiff_model::Allocation| {
+        let (mut c, id) = (execs.clone(), a.id.clone());
+        async move {
+            let out = c
+                .exec(
+                    &id,
+                    &["sh".into(), "-c".into(), "echo ${MOVED:-no}".into()],
+                    None,
+                )
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        }
+    };
+    let one = wait_allocs(
+        &mut client,
+        "app",
+        1,
+        AllocStatus::Running,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(moved(&one[0]).await, "no");
+    // The tag moves to another image. A new replica of the same version
+    // still runs the bytes the version names.
+    let second = r.push(&variant_layout(tmp.path()), "team/app", "v1");
+    assert_ne!(second, first);
+    client.scale_job("app", 2).await.unwrap();
+    let two = wait_allocs(
+        &mut client,
+        "app",
+        2,
+        AllocStatus::Running,
+        Duration::from_secs(60),
+    )
+    .await;
+    for a in &two {
+        assert_eq!(moved(a).await, "no", "{}", a.id);
+    }
+    // Applying the same spec again resolves the tag again: a new version.
+    let again = client.apply_job(&spec).await.unwrap();
+    assert!(again.changed, "a new digest is a new version");
+    assert_eq!(again.job.version, 2);
+    assert!(
+        again.image_note.contains(&format!("resolved to {second}")),
+        "{}",
+        again.image_note
+    );
+    // A registry the servers cannot reach: the tag stays, and the apply
+    // says so.
+    let unreachable = JobSpec::from_yaml(
+        "name: far\ntask:\n  image: 127.0.0.1:1/team/app:v1\n  resources: {cpu: 100m, memory: 32Mi}\n",
+    )
+    .unwrap();
+    let far = client.apply_job(&unreachable).await.unwrap();
+    assert!(
+        far.image_note.contains("not resolved"),
+        "{}",
+        far.image_note
+    );
+    assert_eq!(
+        far.job.spec.task.image.registry.as_ref().unwrap().digest,
+        None
+    );
+}

@@ -77,6 +77,11 @@ pub struct ServerArgs {
     scheduler: SchedulerOpts,
     #[command(flatten)]
     gc: GcOpts,
+    /// A registry (HOST:PORT) reached over plain HTTP when a job's image
+    /// tag is resolved to its digest at apply; give the servers the same
+    /// list as the agents. Repeat for several.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registries: Vec<String>,
 }
 
 #[derive(Args)]
@@ -528,6 +533,10 @@ fn server_config(args: ServerArgs) -> anyhow::Result<ServerConfig> {
         scheduler: args.scheduler.settings(),
         liveness: args.liveness.config()?,
         gc: args.gc.settings(),
+        registries: skiff_server::resolve::RegistryAccess {
+            insecure: args.insecure_registries,
+            offline: false,
+        },
     })
 }
 
@@ -643,6 +652,10 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         scheduler: args.scheduler.settings(),
         liveness: args.liveness.config()?,
         gc: args.gc.settings(),
+        registries: skiff_server::resolve::RegistryAccess {
+            insecure: args.node.insecure_registries.clone(),
+            offline: false,
+        },
     };
     let running = skiff_server::start(&server_cfg).await?;
     let scheme = if insecure { "http" } else { "https" };

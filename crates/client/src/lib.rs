@@ -201,6 +201,7 @@ impl Client {
             job,
             changed: resp.changed,
             index: resp.index,
+            image_note: resp.image_note,
         })
     }
 

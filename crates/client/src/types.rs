@@ -140,6 +140,9 @@ pub struct Applied {
     pub changed: bool,
     /// The Raft index of the write.
     pub index: u64,
+    /// The digest a registry tag was resolved to, or why it was not
+    /// (empty for a layout or a pinned image).
+    pub image_note: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

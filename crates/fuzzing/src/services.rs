@@ -59,6 +59,11 @@ fn start() -> Harness {
         scheduler: Default::default(),
         liveness: Default::default(),
         gc: Default::default(),
+        // Inputs name any host: no registry is ever contacted.
+        registries: skiff_server::resolve::RegistryAccess {
+            insecure: Vec::new(),
+            offline: true,
+        },
     };
     let ctx = rt.block_on(async {
         let running = skiff_server::start(&cfg).await.expect("the server starts");

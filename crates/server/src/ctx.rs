@@ -34,6 +34,8 @@ pub struct Ctx {
     pub leaf_lifetime: std::time::Duration,
     /// This server's audit log.
     pub audit: Arc<crate::audit::AuditLog>,
+    /// How registries are reached, to resolve image tags at apply.
+    pub registries: Arc<crate::resolve::RegistryAccess>,
 }
 
 impl Ctx {

@@ -41,6 +41,7 @@ pub mod members;
 pub mod namespaces;
 pub mod nodes;
 pub mod peer;
+pub mod resolve;
 pub mod tls;
 pub mod transport;
 pub mod user_tokens;
@@ -86,6 +87,8 @@ pub struct ServerConfig {
     pub security: bootstrap::Security,
     /// How long finished allocations are kept.
     pub gc: gc::GcSettings,
+    /// How registries are reached (tags are resolved at apply).
+    pub registries: resolve::RegistryAccess,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -292,6 +295,7 @@ pub async fn start(cfg: &ServerConfig) -> Result<Running, ServerError> {
             tls: creds.tls,
             leaf_lifetime: cfg.security.leaf_lifetime,
             audit,
+            registries: Arc::new(cfg.registries.clone()),
         },
         api_addr,
         peer_addr,

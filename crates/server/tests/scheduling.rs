@@ -196,6 +196,7 @@ impl Server {
                 ..Default::default()
             },
             gc: Default::default(),
+            registries: Default::default(),
         };
         let running = skiff_server::start(&cfg).await.unwrap();
         let url = format!("https://{}", running.api_addr);

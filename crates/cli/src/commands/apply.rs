@@ -114,6 +114,9 @@ pub async fn apply(opts: &ClientOpts, file: &Path) -> anyhow::Result<()> {
         applied.job.key(),
         applied.job.version
     ));
+    if !applied.image_note.is_empty() {
+        emit(&format!("  {}\n", applied.image_note));
+    }
     Ok(())
 }
 

@@ -77,8 +77,9 @@ pub(crate) async fn apply(
     r: pb::ApplyJobRequest,
 ) -> Result<pb::ApplyJobResponse, Status> {
     let wire = r.spec.ok_or_else(|| invalid("spec", "is required"))?;
-    let spec = spec_from_wire(wire)?;
+    let mut spec = spec_from_wire(wire)?;
     check_image_path(&ctx.store.state(), &spec)?;
+    let image_note = ctx.registries.resolve(&mut spec).await;
     let name = spec.key();
     let applied = ctx.commit(&Command::UpsertJob { spec }).await?;
     match applied.outcome {
@@ -88,6 +89,7 @@ pub(crate) async fn apply(
                 job: Some(job.as_ref().into()),
                 changed,
                 index: applied.index,
+                image_note,
             })
         }
         other => Err(not_done(other)),
