@@ -58,9 +58,9 @@ pub struct AgentConfig {
     /// How long preparing an image (verifying and unpacking its layers)
     /// may take before the start fails (`--image-timeout`).
     pub image_timeout: Duration,
-    /// Registries (`host:port`) spoken to over plain HTTP
-    /// (`--insecure-registry`).
-    pub insecure_registries: Vec<String>,
+    /// How registries are reached (`--insecure-registry`,
+    /// `--registry-ca`, `--registry-auth`).
+    pub registry: skiff_registry::AccessConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +92,8 @@ pub enum AgentError {
     Gpu(#[from] InventoryError),
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
+    #[error(transparent)]
+    Registry(#[from] skiff_registry::RegistryError),
     #[error("cannot start the GPU monitor: {0}")]
     GpuMonitor(std::io::Error),
     #[error("credentials: {0}")]
@@ -322,9 +324,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         image_timeout: cfg.image_timeout,
         registry: std::sync::Arc::new(crate::image::registry::Puller::new(
             &paths.images().join("content"),
-            &crate::image::registry::RegistrySettings {
-                insecure: cfg.insecure_registries.clone(),
-            },
+            std::sync::Arc::new(skiff_registry::RegistryAccess::load(&cfg.registry)?),
         )?),
         log_max_size: cfg.log_max_size,
         log_max_files: cfg.log_max_files,

@@ -76,6 +76,17 @@ fn a_tls_registry_with_basic_auth_takes_its_user_and_refuses_others() {
     assert!(!untrusted.status.success());
 }
 
+/// Registry access that speaks plain HTTP to `addr`.
+fn insecure_access(addr: &str) -> std::sync::Arc<skiff_registry::RegistryAccess> {
+    std::sync::Arc::new(
+        skiff_registry::RegistryAccess::load(&skiff_registry::AccessConfig {
+            insecure: vec![addr.to_string()],
+            ..Default::default()
+        })
+        .unwrap(),
+    )
+}
+
 fn blobs_in(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir.join("blobs/sha256"))
         .map(|d| d.count())
@@ -84,7 +95,7 @@ fn blobs_in(dir: &std::path::Path) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_pulls_by_tag_and_by_digest_into_one_content_store_and_unpacks_it() {
-    use skiff_agent::image::registry::{Puller, RegistrySettings};
+    use skiff_agent::image::registry::Puller;
     let layout = busybox_layout();
     let r = Registry::start(RegistryOpts {
         tls: false,
@@ -94,31 +105,19 @@ async fn the_agent_pulls_by_tag_and_by_digest_into_one_content_store_and_unpacks
     r.push(layout, "team/busybox", "v2");
     let tmp = tempfile::tempdir().unwrap();
     let content = tmp.path().join("content");
-    let puller = Puller::new(
-        &content,
-        &RegistrySettings {
-            insecure: vec![r.addr.clone()],
-        },
-    )
-    .unwrap();
-    let anonymous = oci_client::secrets::RegistryAuth::Anonymous;
+    let puller = Puller::new(&content, insecure_access(&r.addr)).unwrap();
     let v1 = RegistryRef::parse(&format!("{}/team/busybox:v1", r.addr)).unwrap();
-    let top = puller.pull(&v1, &anonymous).await.unwrap();
+    let top = puller.pull(&v1).await.unwrap();
     assert_eq!(top.digest().to_string(), digest);
     let kept = blobs_in(&content);
     assert!(kept >= 3, "manifest, config and a layer: {kept}");
     // The same image under another tag, and by digest: nothing new.
     let v2 = RegistryRef::parse(&format!("{}/team/busybox:v2", r.addr)).unwrap();
-    puller.pull(&v2, &anonymous).await.unwrap();
+    puller.pull(&v2).await.unwrap();
     let mut pinned = v1.pinned(&digest);
     pinned.tag = None;
     assert_eq!(
-        puller
-            .pull(&pinned, &anonymous)
-            .await
-            .unwrap()
-            .digest()
-            .to_string(),
+        puller.pull(&pinned).await.unwrap().digest().to_string(),
         digest
     );
     assert_eq!(blobs_in(&content), kept, "stored once, shared");
@@ -130,19 +129,15 @@ async fn the_agent_pulls_by_tag_and_by_digest_into_one_content_store_and_unpacks
     );
     // A tag that is not there: the error names the registry and the reference.
     let missing = RegistryRef::parse(&format!("{}/team/busybox:nope", r.addr)).unwrap();
-    let e = puller
-        .pull(&missing, &anonymous)
-        .await
-        .unwrap_err()
-        .to_string();
+    let e = puller.pull(&missing).await.unwrap_err().to_string();
     assert!(
         e.contains(&r.addr) && e.contains("team/busybox:nope"),
         "{e}"
     );
     // Without --insecure-registry the plain registry is not spoken to
     // over HTTP.
-    let strict = Puller::new(&tmp.path().join("strict"), &RegistrySettings::default()).unwrap();
-    assert!(strict.pull(&v1, &anonymous).await.is_err());
+    let strict = Puller::new(&tmp.path().join("strict"), Default::default()).unwrap();
+    assert!(strict.pull(&v1).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,7 +214,7 @@ async fn a_job_runs_an_image_pulled_by_tag_and_by_digest_from_a_registry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pull_tries_again_while_the_registry_is_unreachable_and_not_when_it_refuses() {
-    use skiff_agent::image::registry::{Puller, RegistrySettings};
+    use skiff_agent::image::registry::Puller;
     let layout = busybox_layout();
     let mut registry = Registry::start(RegistryOpts {
         tls: false,
@@ -229,13 +224,7 @@ async fn a_pull_tries_again_while_the_registry_is_unreachable_and_not_when_it_re
     let addr = registry.addr.clone();
     registry.stop();
     let tmp = tempfile::tempdir().unwrap();
-    let puller = Puller::new(
-        &tmp.path().join("content"),
-        &RegistrySettings {
-            insecure: vec![addr.clone()],
-        },
-    )
-    .unwrap();
+    let puller = Puller::new(&tmp.path().join("content"), insecure_access(&addr)).unwrap();
     let image = RegistryRef::parse(&format!("{addr}/team/busybox:v1")).unwrap();
     // The registry is back a second after the pull began (its tries span
     // 3.5 s of back-off).
@@ -244,9 +233,8 @@ async fn a_pull_tries_again_while_the_registry_is_unreachable_and_not_when_it_re
         registry.restart();
         registry
     });
-    let anonymous = oci_client::secrets::RegistryAuth::Anonymous;
     let began = std::time::Instant::now();
-    let pulled = puller.pull(&image, &anonymous).await;
+    let pulled = puller.pull(&image).await;
     let registry = back.join().unwrap();
     let top =
         pulled.unwrap_or_else(|e| panic!("after {:?}: {e}\n{}", began.elapsed(), registry.log()));
@@ -258,7 +246,7 @@ async fn a_pull_tries_again_while_the_registry_is_unreachable_and_not_when_it_re
     // A refusal (the tag is not there) is answered at once, not retried.
     let missing = RegistryRef::parse(&format!("{addr}/team/busybox:nope")).unwrap();
     let began = std::time::Instant::now();
-    assert!(puller.pull(&missing, &anonymous).await.is_err());
+    assert!(puller.pull(&missing).await.is_err());
     assert!(
         began.elapsed() < Duration::from_millis(400),
         "{:?}",
@@ -396,5 +384,128 @@ async fn the_servers_pin_a_tag_to_its_digest_so_a_moved_tag_changes_nothing_unti
     assert_eq!(
         far.job.spec.task.image.registry.as_ref().unwrap().digest,
         None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_tls_registry_is_pulled_from_with_its_ca_and_credentials_and_wrong_ones_are_named(
+) {
+    use skiff_model::{AllocStatus, JobSpec};
+    let tmp = tempfile::tempdir().unwrap();
+    let r = Registry::start(RegistryOpts {
+        tls: true,
+        user: Some(("ana".into(), "s3cret".into())),
+    });
+    let digest = r.push(busybox_layout(), "team/private", "v1");
+    let ca = format!("{}={}", r.addr, r.ca_file.as_ref().unwrap().display());
+    let auth_file = |name: &str, pass: &str| {
+        let path = tmp.path().join(name);
+        let token = {
+            use std::io::Write as _;
+            // base64 of "ana:PASS", by the base64 program coreutils has.
+            let mut child = Command::new("base64")
+                .arg("-w0")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(format!("ana:{pass}").as_bytes())
+                .unwrap();
+            String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+        };
+        std::fs::write(
+            &path,
+            format!(r#"{{"auths": {{"{}": {{"auth": "{token}"}}}}}}"#, r.addr),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    let (good, bad) = (
+        auth_file("good.json", "s3cret"),
+        auth_file("bad.json", "wrong"),
+    );
+    let flags = |auth: &str| -> Vec<String> {
+        vec![
+            "--registry-ca".into(),
+            ca.clone(),
+            "--registry-auth".into(),
+            auth.into(),
+        ]
+    };
+    let server_flags = flags(&good);
+    let server = ServerProc::start_with(
+        &tmp.path().join("server"),
+        "127.0.0.1:0",
+        &server_flags.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let mut agent_flags = flags(&good);
+    agent_flags.extend(["--stop-grace".to_string(), "1s".to_string()]);
+    let _agent = AgentProc::start(
+        &tmp.path().join("agent"),
+        &server.url(),
+        "private",
+        &agent_flags.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let mut client = server.client().await;
+    let spec = |name: &str| {
+        JobSpec::from_yaml(&format!(
+            "name: {name}\ntask:\n  image: {}/team/private:v1\n  command: [sh, -c, 'sleep 3600']\n  restart: {{policy: never}}\n  resources: {{cpu: 100m, memory: 32Mi}}\n",
+            r.addr
+        ))
+        .unwrap()
+    };
+    let applied = client.apply_job(&spec("private")).await.unwrap();
+    assert!(
+        applied
+            .image_note
+            .contains(&format!("resolved to {digest}")),
+        "{}",
+        applied.image_note
+    );
+    wait_allocs(
+        &mut client,
+        "private",
+        1,
+        AllocStatus::Running,
+        Duration::from_secs(60),
+    )
+    .await;
+    // Another agent, whose credentials are wrong: its pull fails, naming
+    // the registry, the image and the refusal.
+    let mut wrong_flags = flags(&bad);
+    wrong_flags.extend(["--label".to_string(), "creds=wrong".to_string()]);
+    let _wrong = AgentProc::start(
+        &tmp.path().join("wrong"),
+        &server.url(),
+        "wrong",
+        &wrong_flags.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let there = JobSpec::from_yaml(&format!(
+        "name: there\nconstraints: [{{label: creds, op: in, values: [wrong]}}]\ntask:\n  image: {}/team/private:v1\n  restart: {{policy: never}}\n  resources: {{cpu: 100m, memory: 32Mi}}\n",
+        r.addr
+    ))
+    .unwrap();
+    client.apply_job(&there).await.unwrap();
+    let failed = wait_alloc(
+        &mut client,
+        "there",
+        "the pull to be refused",
+        Duration::from_secs(60),
+        |a| a.status == AllocStatus::Failed,
+    )
+    .await;
+    assert_eq!(failed.node, "wrong");
+    assert!(
+        failed.message.contains(&r.addr) && failed.message.to_lowercase().contains("auth"),
+        "{}",
+        failed.message
+    );
+    assert!(
+        !failed.message.contains("wrong") || !failed.message.contains("ana:"),
+        "no secret shown"
     );
 }

@@ -9,18 +9,18 @@
 //! digest while streaming, and renamed into place only then, so nothing
 //! half-written is ever found under its digest; a crash leaves only a
 //! temporary file, removed by the next pull of that blob. Layers are
-//! fetched a few at a time.
+//! fetched a few at a time. How each registry is reached (plain HTTP,
+//! its CA, credentials) is `skiff_registry::RegistryAccess`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
-use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use oci_spec::image::{Arch, Descriptor, Digest, ImageIndex, ImageManifest, MediaType, Os};
 use sha2::{Digest as _, Sha256};
 use skiff_model::registry_ref::RegistryRef;
+use skiff_registry::RegistryAccess;
 
 use super::{io_err, ImageError, Layout};
 
@@ -70,17 +70,9 @@ const MANIFEST_TYPES: &[&str] = &[
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
 
-/// How registries are reached (the agent's flags).
-#[derive(Debug, Clone, Default)]
-pub struct RegistrySettings {
-    /// `host:port` of registries served over plain HTTP
-    /// (`--insecure-registry`); every other one is HTTPS.
-    pub insecure: Vec<String>,
-}
-
 /// Pulls images into the content store at `content`.
 pub struct Puller {
-    client: Client,
+    access: Arc<RegistryAccess>,
     content: PathBuf,
 }
 
@@ -102,8 +94,7 @@ fn pull_err(image: &RegistryRef, e: impl std::fmt::Display) -> ImageError {
 
 impl Puller {
     /// A puller writing into `content` (made an empty layout if new).
-    pub fn new(content: &Path, settings: &RegistrySettings) -> Result<Puller, ImageError> {
-        skiff_pki::use_tls13_only();
+    pub fn new(content: &Path, access: Arc<RegistryAccess>) -> Result<Puller, ImageError> {
         let blobs = content.join("blobs").join("sha256");
         std::fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
         for (name, text) in [
@@ -115,23 +106,8 @@ impl Puller {
                 std::fs::write(&path, text).map_err(io_err(&path))?;
             }
         }
-        let config = ClientConfig {
-            protocol: if settings.insecure.is_empty() {
-                ClientProtocol::Https
-            } else {
-                ClientProtocol::HttpsExcept(settings.insecure.clone())
-            },
-            read_timeout: Some(std::time::Duration::from_secs(60)),
-            connect_timeout: Some(std::time::Duration::from_secs(30)),
-            ..Default::default()
-        };
-        let client = Client::try_from(config).map_err(|e| ImageError::Pull {
-            registry: String::new(),
-            reference: String::new(),
-            reason: format!("cannot make the registry client: {e}"),
-        })?;
         Ok(Puller {
-            client,
+            access,
             content: content.to_path_buf(),
         })
     }
@@ -151,17 +127,20 @@ impl Puller {
     /// content store (what is there already is not fetched again) and
     /// returns the descriptor of the manifest (or index) it names, with
     /// its digest: what the unpacker starts from.
-    pub async fn pull(
-        &self,
-        image: &RegistryRef,
-        auth: &RegistryAuth,
-    ) -> Result<Descriptor, ImageError> {
+    pub async fn pull(&self, image: &RegistryRef) -> Result<Descriptor, ImageError> {
+        if self.access.offline() {
+            return Err(pull_err(image, "registries are not contacted (offline)"));
+        }
+        let client = self
+            .access
+            .client_for(&image.registry)
+            .map_err(|e| pull_err(image, e))?;
+        let auth = &self.access.auth_for(&image.registry);
         let reference: Reference = reference_of(image)
             .parse()
             .map_err(|e| pull_err(image, e))?;
         let (bytes, digest) = retrying("manifest", || {
-            self.client
-                .pull_manifest_raw(&reference, auth, MANIFEST_TYPES)
+            client.pull_manifest_raw(&reference, auth, MANIFEST_TYPES)
         })
         .await
         .map_err(|e| pull_err(image, e))?;
@@ -184,7 +163,7 @@ impl Puller {
                     .parse()
                     .map_err(|e| pull_err(image, e))?;
             let (b, d) = retrying("manifest", || {
-                self.client.pull_manifest_raw(&pinned, auth, MANIFEST_TYPES)
+                client.pull_manifest_raw(&pinned, auth, MANIFEST_TYPES)
             })
             .await
             .map_err(|e| pull_err(image, e))?;
@@ -210,8 +189,7 @@ impl Puller {
             if path.is_file() {
                 continue; // kept already, shared
             }
-            let (client, reference, limit) =
-                (self.client.clone(), reference.clone(), limit.clone());
+            let (client, reference, limit) = (client.clone(), reference.clone(), limit.clone());
             let image = image.clone();
             tasks.spawn(async move {
                 let _slot = limit.acquire().await;

@@ -686,11 +686,8 @@ impl Rig {
             images: crate::image::ImagePolicy::unrestricted(),
             image_timeout: secs(600),
             registry: Arc::new(
-                crate::image::registry::Puller::new(
-                    &dir.path().join("content"),
-                    &Default::default(),
-                )
-                .unwrap(),
+                crate::image::registry::Puller::new(&dir.path().join("content"), Arc::default())
+                    .unwrap(),
             ),
         };
         let rec = Reconciler::with_edges(

@@ -77,11 +77,8 @@ pub struct ServerArgs {
     scheduler: SchedulerOpts,
     #[command(flatten)]
     gc: GcOpts,
-    /// A registry (HOST:PORT) reached over plain HTTP when a job's image
-    /// tag is resolved to its digest at apply; give the servers the same
-    /// list as the agents. Repeat for several.
-    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
-    insecure_registries: Vec<String>,
+    #[command(flatten)]
+    registries: RegistryOpts,
 }
 
 #[derive(Args)]
@@ -180,6 +177,35 @@ impl SchedulerOpts {
     fn settings(&self) -> SchedulerSettings {
         SchedulerSettings {
             algorithm: self.algorithm,
+        }
+    }
+}
+
+/// How registries are reached: agents pull with these, servers resolve
+/// tags with them (give both the same).
+#[derive(Args, Clone)]
+struct RegistryOpts {
+    /// A registry (HOST:PORT) spoken to over plain HTTP instead of HTTPS;
+    /// repeat for several. Only for registries on a trusted network.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registries: Vec<String>,
+    /// A registry's own CA, trusted for that registry only:
+    /// HOST:PORT=PEM_FILE; repeat for several.
+    #[arg(long = "registry-ca", value_name = "HOST:PORT=PEM_FILE")]
+    registry_cas: Vec<String>,
+    /// Registry credentials in Docker's config.json format (`auths`);
+    /// never logged nor stored in specs.
+    #[arg(long = "registry-auth", value_name = "FILE")]
+    registry_auth: Option<PathBuf>,
+}
+
+impl RegistryOpts {
+    fn config(&self) -> skiff_registry::AccessConfig {
+        skiff_registry::AccessConfig {
+            insecure: self.insecure_registries.clone(),
+            cas: self.registry_cas.clone(),
+            auth_file: self.registry_auth.clone(),
+            offline: false,
         }
     }
 }
@@ -310,10 +336,8 @@ struct NodeOpts {
     /// container's start fails (e.g. 10m, 90s).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     image_timeout: Duration,
-    /// A registry (HOST:PORT) to pull from over plain HTTP instead of
-    /// HTTPS; repeat for several. Only for registries on a trusted network.
-    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
-    insecure_registries: Vec<String>,
+    #[command(flatten)]
+    registries: RegistryOpts,
     /// How a container's root filesystem is made from the image cache:
     /// `overlay` (overlayfs), `copy`, or `auto` (overlayfs where it works).
     #[arg(long, default_value = "auto", value_parser = ["auto", "overlay", "copy"])]
@@ -533,10 +557,7 @@ fn server_config(args: ServerArgs) -> anyhow::Result<ServerConfig> {
         scheduler: args.scheduler.settings(),
         liveness: args.liveness.config()?,
         gc: args.gc.settings(),
-        registries: skiff_server::resolve::RegistryAccess {
-            insecure: args.insecure_registries,
-            offline: false,
-        },
+        registries: args.registries.config(),
     })
 }
 
@@ -593,7 +614,7 @@ fn agent_config(
         security,
         image_roots: absolute(node.image_roots)?,
         image_timeout: node.image_timeout,
-        insecure_registries: node.insecure_registries,
+        registry: node.registries.config(),
     })
 }
 
@@ -652,10 +673,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         scheduler: args.scheduler.settings(),
         liveness: args.liveness.config()?,
         gc: args.gc.settings(),
-        registries: skiff_server::resolve::RegistryAccess {
-            insecure: args.node.insecure_registries.clone(),
-            offline: false,
-        },
+        registries: args.node.registries.config(),
     };
     let running = skiff_server::start(&server_cfg).await?;
     let scheme = if insecure { "http" } else { "https" };

@@ -60,9 +60,9 @@ fn start() -> Harness {
         liveness: Default::default(),
         gc: Default::default(),
         // Inputs name any host: no registry is ever contacted.
-        registries: skiff_server::resolve::RegistryAccess {
-            insecure: Vec::new(),
+        registries: skiff_registry::AccessConfig {
             offline: true,
+            ..Default::default()
         },
     };
     let ctx = rt.block_on(async {

@@ -35,7 +35,7 @@ pub struct Ctx {
     /// This server's audit log.
     pub audit: Arc<crate::audit::AuditLog>,
     /// How registries are reached, to resolve image tags at apply.
-    pub registries: Arc<crate::resolve::RegistryAccess>,
+    pub registries: Arc<skiff_registry::RegistryAccess>,
 }
 
 impl Ctx {

@@ -88,7 +88,7 @@ pub struct ServerConfig {
     /// How long finished allocations are kept.
     pub gc: gc::GcSettings,
     /// How registries are reached (tags are resolved at apply).
-    pub registries: resolve::RegistryAccess,
+    pub registries: skiff_registry::AccessConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +103,8 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Registry(#[from] skiff_registry::RegistryError),
     #[error("--peers must include this server's id {0}")]
     SelfNotInPeers(u64),
     #[error(transparent)]
@@ -295,7 +297,7 @@ pub async fn start(cfg: &ServerConfig) -> Result<Running, ServerError> {
             tls: creds.tls,
             leaf_lifetime: cfg.security.leaf_lifetime,
             audit,
-            registries: Arc::new(cfg.registries.clone()),
+            registries: Arc::new(skiff_registry::RegistryAccess::load(&cfg.registries)?),
         },
         api_addr,
         peer_addr,

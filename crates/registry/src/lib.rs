@@ -1,0 +1,292 @@
+//! How Skiff reaches image registries, shared by agents (pulls) and
+//! servers (resolving tags at apply), from the same flags on both:
+//!
+//! - `--insecure-registry HOST:PORT`: the only way to speak plain HTTP;
+//! - `--registry-ca HOST:PORT=PEM_FILE`: a registry's own CA, trusted for
+//!   that registry only (besides the system's);
+//! - `--registry-auth FILE`: credentials in Docker's `config.json` format
+//!   (`auths` with `auth` = base64 `user:password`, or `username` and
+//!   `password`), sent to their registry only; bearer tokens are then
+//!   negotiated as the registry asks.
+//!
+//! Credentials are never logged: the `Debug` form names registries only.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::Client;
+
+/// Docker Hub's names, as Docker's `config.json` and references spell them.
+const DOCKER_HUB: &[&str] = &[
+    "docker.io",
+    "index.docker.io",
+    "registry-1.docker.io",
+    "https://index.docker.io/v1/",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("--registry-ca {0:?} must be HOST:PORT=PEM_FILE")]
+    CaFlag(String),
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not Docker's config.json format: {reason}")]
+    AuthFile { path: String, reason: String },
+    #[error("cannot make a registry client for {registry}: {reason}")]
+    Client { registry: String, reason: String },
+}
+
+/// The flags, as given.
+#[derive(Debug, Clone, Default)]
+pub struct AccessConfig {
+    /// `--insecure-registry`.
+    pub insecure: Vec<String>,
+    /// `--registry-ca`: `HOST:PORT=PEM_FILE`.
+    pub cas: Vec<String>,
+    /// `--registry-auth`.
+    pub auth_file: Option<PathBuf>,
+    /// Never contact a registry (the fuzz harness).
+    pub offline: bool,
+}
+
+/// What the flags say, read once.
+pub struct RegistryAccess {
+    insecure: Vec<String>,
+    cas: BTreeMap<String, Vec<u8>>,
+    auths: BTreeMap<String, (String, String)>,
+    offline: bool,
+    clients: Mutex<HashMap<String, Client>>,
+}
+
+impl std::fmt::Debug for RegistryAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAccess")
+            .field("insecure", &self.insecure)
+            .field("cas", &self.cas.keys().collect::<Vec<_>>())
+            .field("credentials_for", &self.auths.keys().collect::<Vec<_>>())
+            .field("offline", &self.offline)
+            .finish()
+    }
+}
+
+impl Default for RegistryAccess {
+    fn default() -> Self {
+        RegistryAccess {
+            insecure: Vec::new(),
+            cas: BTreeMap::new(),
+            auths: BTreeMap::new(),
+            offline: false,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// `https://host:port/v1/` and `host:port` name the same registry; Docker
+/// Hub has several names.
+fn registry_key(name: &str) -> String {
+    if DOCKER_HUB.contains(&name) {
+        return "docker.io".to_string();
+    }
+    let bare = name
+        .strip_prefix("https://")
+        .or_else(|| name.strip_prefix("http://"))
+        .unwrap_or(name);
+    let host = bare.split('/').next().unwrap_or(bare);
+    if DOCKER_HUB.contains(&host) {
+        "docker.io".to_string()
+    } else {
+        host.to_string()
+    }
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, RegistryError> {
+    std::fs::read(path).map_err(|source| RegistryError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The `auths` of a Docker `config.json`: registry -> (user, password).
+fn parse_auths(
+    text: &[u8],
+    path: &str,
+) -> Result<BTreeMap<String, (String, String)>, RegistryError> {
+    let bad = |reason: String| RegistryError::AuthFile {
+        path: path.to_string(),
+        reason,
+    };
+    let doc: serde_json::Value = serde_json::from_slice(text).map_err(|e| bad(e.to_string()))?;
+    let mut out = BTreeMap::new();
+    let Some(auths) = doc.get("auths").and_then(|a| a.as_object()) else {
+        return Ok(out);
+    };
+    for (registry, entry) in auths {
+        let field = |k: &str| entry.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+        let (user, pass) = if !field("auth").is_empty() {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(field("auth"))
+                .map_err(|_| bad(format!("auths.{registry:?}.auth is not base64")))?;
+            let text = String::from_utf8(decoded)
+                .map_err(|_| bad(format!("auths.{registry:?}.auth is not text")))?;
+            let (u, p) = text
+                .split_once(':')
+                .ok_or_else(|| bad(format!("auths.{registry:?}.auth is not user:password")))?;
+            (u.to_string(), p.to_string())
+        } else if !field("username").is_empty() {
+            (field("username").to_string(), field("password").to_string())
+        } else {
+            continue; // identity or registry tokens: not supported here
+        };
+        out.insert(registry_key(registry), (user, pass));
+    }
+    Ok(out)
+}
+
+impl RegistryAccess {
+    /// Reads the CA and credential files the flags name.
+    pub fn load(cfg: &AccessConfig) -> Result<RegistryAccess, RegistryError> {
+        let mut cas = BTreeMap::new();
+        for flag in &cfg.cas {
+            let (host, file) = flag
+                .split_once('=')
+                .filter(|(h, f)| !h.is_empty() && !f.is_empty())
+                .ok_or_else(|| RegistryError::CaFlag(flag.clone()))?;
+            cas.insert(registry_key(host), read(std::path::Path::new(file))?);
+        }
+        let auths = match &cfg.auth_file {
+            Some(p) => parse_auths(&read(p)?, &p.display().to_string())?,
+            None => BTreeMap::new(),
+        };
+        Ok(RegistryAccess {
+            insecure: cfg.insecure.clone(),
+            cas,
+            auths,
+            offline: cfg.offline,
+            clients: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Registries must not be contacted.
+    pub fn offline(&self) -> bool {
+        self.offline
+    }
+
+    /// The credentials for `registry` (anonymous when none are given).
+    pub fn auth_for(&self, registry: &str) -> RegistryAuth {
+        match self.auths.get(&registry_key(registry)) {
+            Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
+            None => RegistryAuth::Anonymous,
+        }
+    }
+
+    /// A client for `registry` (one per registry, kept: it holds the
+    /// tokens the registry handed out).
+    pub fn client_for(&self, registry: &str) -> Result<Client, RegistryError> {
+        let key = registry_key(registry);
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(&key) {
+            return Ok(c.clone());
+        }
+        skiff_pki::use_tls13_only();
+        let protocol = if self.insecure.iter().any(|h| registry_key(h) == key) {
+            ClientProtocol::Http
+        } else {
+            ClientProtocol::Https
+        };
+        let config = ClientConfig {
+            protocol,
+            extra_root_certificates: self
+                .cas
+                .get(&key)
+                .map(|pem| {
+                    vec![Certificate {
+                        encoding: CertificateEncoding::Pem,
+                        data: pem.clone(),
+                    }]
+                })
+                .unwrap_or_default(),
+            read_timeout: Some(Duration::from_secs(60)),
+            connect_timeout: Some(Duration::from_secs(30)),
+            ..Default::default()
+        };
+        let client = Client::try_from(config).map_err(|e| RegistryError::Client {
+            registry: key.clone(),
+            reason: e.to_string(),
+        })?;
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_config_credentials_are_found_by_registry_and_never_shown() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("config.json");
+        let ana = base64::engine::general_purpose::STANDARD.encode("ana:s3cret");
+        std::fs::write(
+            &file,
+            format!(
+                r#"{{"auths": {{"https://index.docker.io/v1/": {{"auth": "{ana}"}},
+                   "registry.lab:5000": {{"username": "bo", "password": "pw"}},
+                   "ghcr.io": {{"identitytoken": "x"}}}}}}"#
+            ),
+        )
+        .unwrap();
+        let access = RegistryAccess::load(&AccessConfig {
+            auth_file: Some(file),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(
+            matches!(access.auth_for("docker.io"), RegistryAuth::Basic(u, p) if u == "ana" && p == "s3cret")
+        );
+        assert!(
+            matches!(access.auth_for("registry.lab:5000"), RegistryAuth::Basic(u, _) if u == "bo")
+        );
+        assert!(matches!(
+            access.auth_for("ghcr.io"),
+            RegistryAuth::Anonymous
+        ));
+        assert!(matches!(
+            access.auth_for("other.lab"),
+            RegistryAuth::Anonymous
+        ));
+        let shown = format!("{access:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("pw"),
+            "{shown}"
+        );
+        assert!(shown.contains("registry.lab:5000"), "{shown}");
+    }
+
+    #[test]
+    fn bad_flags_and_files_are_named() {
+        let e = RegistryAccess::load(&AccessConfig {
+            cas: vec!["no-equals".into()],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("HOST:PORT=PEM_FILE"), "{e}");
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("config.json");
+        std::fs::write(&file, r#"{"auths": {"x": {"auth": "!!"}}}"#).unwrap();
+        let e = RegistryAccess::load(&AccessConfig {
+            auth_file: Some(file),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("not base64"), "{e}");
+    }
+}
