@@ -97,6 +97,12 @@ impl Puller {
     pub fn new(content: &Path, access: Arc<RegistryAccess>) -> Result<Puller, ImageError> {
         let blobs = content.join("blobs").join("sha256");
         std::fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
+        // What a pull cut short by a crash left: never used, started over.
+        for entry in std::fs::read_dir(&blobs).map_err(io_err(&blobs))?.flatten() {
+            if entry.file_name().to_string_lossy().contains(".partial") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         for (name, text) in [
             ("oci-layout", r#"{"imageLayoutVersion":"1.0.0"}"#),
             ("index.json", r#"{"schemaVersion":2,"manifests":[]}"#),
@@ -293,4 +299,25 @@ async fn fetch_blob(
         ));
     }
     tokio::fs::rename(&tmp, path).await.map_err(io_err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_crashed_pull_left_is_removed_and_kept_blobs_stay() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blobs = tmp.path().join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).unwrap();
+        let kept = blobs.join("a".repeat(64));
+        let half = blobs.join(format!("{}.partial-4242", "b".repeat(64)));
+        std::fs::write(&kept, b"whole").unwrap();
+        std::fs::write(&half, b"ha").unwrap();
+        let puller = Puller::new(tmp.path(), Arc::default()).unwrap();
+        assert!(kept.is_file());
+        assert!(!half.exists(), "a partial download is started over");
+        // The store is a layout the unpacker can open.
+        puller.source().unwrap();
+    }
 }
