@@ -152,10 +152,17 @@ impl Registry {
     /// Pushes the layout's `latest` as `repo:tag`; returns its manifest
     /// digest as the registry has it.
     pub fn push(&self, layout: &Path, repo: &str, tag: &str) -> String {
+        self.push_tag(layout, "latest", repo, tag)
+    }
+
+    /// Pushes the layout's `from` tag (a manifest, or an index with every
+    /// manifest it lists) as `repo:tag`; returns the digest the registry
+    /// has for it.
+    pub fn push_tag(&self, layout: &Path, from: &str, repo: &str, tag: &str) -> String {
         let out = Command::new("skopeo")
-            .arg("copy")
+            .args(["copy", "--all"])
             .args(self.skopeo_flags("dest"))
-            .arg(format!("oci:{}:latest", layout.display()))
+            .arg(format!("oci:{}:{from}", layout.display()))
             .arg(format!("docker://{}/{repo}:{tag}", self.addr))
             .output()
             .expect("skopeo runs");
@@ -167,6 +174,18 @@ impl Registry {
         );
         self.digest(&format!("{}/{repo}:{tag}", self.addr))
             .expect("the pushed image resolves")
+    }
+
+    /// Where the registry keeps the bytes of blob `digest` (to damage
+    /// them).
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
     }
 
     /// The manifest digest `reference` resolves to, as skopeo reads it.

@@ -107,17 +107,22 @@ async fn the_agent_pulls_by_tag_and_by_digest_into_one_content_store_and_unpacks
     let content = tmp.path().join("content");
     let puller = Puller::new(&content, insecure_access(&r.addr)).unwrap();
     let v1 = RegistryRef::parse(&format!("{}/team/busybox:v1", r.addr)).unwrap();
-    let top = puller.pull(&v1).await.unwrap();
+    let top = puller.pull(&v1, Default::default()).await.unwrap();
     assert_eq!(top.digest().to_string(), digest);
     let kept = blobs_in(&content);
     assert!(kept >= 3, "manifest, config and a layer: {kept}");
     // The same image under another tag, and by digest: nothing new.
     let v2 = RegistryRef::parse(&format!("{}/team/busybox:v2", r.addr)).unwrap();
-    puller.pull(&v2).await.unwrap();
+    puller.pull(&v2, Default::default()).await.unwrap();
     let mut pinned = v1.pinned(&digest);
     pinned.tag = None;
     assert_eq!(
-        puller.pull(&pinned).await.unwrap().digest().to_string(),
+        puller
+            .pull(&pinned, Default::default())
+            .await
+            .unwrap()
+            .digest()
+            .to_string(),
         digest
     );
     assert_eq!(blobs_in(&content), kept, "stored once, shared");
@@ -129,7 +134,11 @@ async fn the_agent_pulls_by_tag_and_by_digest_into_one_content_store_and_unpacks
     );
     // A tag that is not there: the error names the registry and the reference.
     let missing = RegistryRef::parse(&format!("{}/team/busybox:nope", r.addr)).unwrap();
-    let e = puller.pull(&missing).await.unwrap_err().to_string();
+    let e = puller
+        .pull(&missing, Default::default())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains(&r.addr) && e.contains("team/busybox:nope"),
         "{e}"
@@ -137,7 +146,7 @@ async fn the_agent_pulls_by_tag_and_by_digest_into_one_content_store_and_unpacks
     // Without --insecure-registry the plain registry is not spoken to
     // over HTTP.
     let strict = Puller::new(&tmp.path().join("strict"), Default::default()).unwrap();
-    assert!(strict.pull(&v1).await.is_err());
+    assert!(strict.pull(&v1, Default::default()).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,7 +243,7 @@ async fn a_pull_tries_again_while_the_registry_is_unreachable_and_not_when_it_re
         registry
     });
     let began = std::time::Instant::now();
-    let pulled = puller.pull(&image).await;
+    let pulled = puller.pull(&image, Default::default()).await;
     let registry = back.join().unwrap();
     let top =
         pulled.unwrap_or_else(|e| panic!("after {:?}: {e}\n{}", began.elapsed(), registry.log()));
@@ -246,7 +255,7 @@ async fn a_pull_tries_again_while_the_registry_is_unreachable_and_not_when_it_re
     // A refusal (the tag is not there) is answered at once, not retried.
     let missing = RegistryRef::parse(&format!("{addr}/team/busybox:nope")).unwrap();
     let began = std::time::Instant::now();
-    assert!(puller.pull(&missing).await.is_err());
+    assert!(puller.pull(&missing, Default::default()).await.is_err());
     assert!(
         began.elapsed() < Duration::from_millis(400),
         "{:?}",
@@ -508,4 +517,305 @@ async fn a_private_tls_registry_is_pulled_from_with_its_ca_and_credentials_and_w
         !failed.message.contains("wrong") || !failed.message.contains("ana:"),
         "no secret shown"
     );
+}
+
+/// `umoci` with these arguments, which must succeed.
+fn umoci(args: &[&str]) {
+    let out = Command::new("umoci").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "umoci {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The OCI name of this machine's architecture, and another one.
+fn arches() -> (&'static str, &'static str) {
+    match std::env::consts::ARCH {
+        "x86_64" => ("amd64", "arm64"),
+        "aarch64" => ("arm64", "amd64"),
+        other => panic!("no OCI name known for {other}"),
+    }
+}
+
+/// A copy of the busybox layout with more tags, each one layer more:
+/// `base` (busybox + /etc/base.txt), `a` (base + /etc/a.txt), `b` (base +
+/// a layer that whites /etc/base.txt out and adds /etc/b.txt), and `multi`, an index naming
+/// `a` for this machine's platform and `b` for another one. Returns the
+/// layout and the digests of `multi`, `a`'s manifest and `b`'s manifest.
+fn layered_layout(dir: &std::path::Path) -> (std::path::PathBuf, String, String, String) {
+    let layout = dir.join("layered");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(busybox_layout())
+        .arg(&layout)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // Each tag: unpack its parent, change the tree, repack as one layer
+    // more (umoci 0.4's `insert` writes truncated tars).
+    let derive = |from: &str, to: &str, edit: &dyn Fn(&std::path::Path)| {
+        let bundle = dir.join(format!("bundle-{to}"));
+        let image = |tag: &str| format!("{}:{tag}", layout.display());
+        umoci(&["unpack", "--image", &image(from), bundle.to_str().unwrap()]);
+        edit(&bundle.join("rootfs/etc"));
+        umoci(&["repack", "--image", &image(to), bundle.to_str().unwrap()]);
+        std::fs::remove_dir_all(&bundle).unwrap();
+    };
+    let write = |name: &'static str| {
+        move |etc: &std::path::Path| std::fs::write(etc.join(name), format!("{name}\n")).unwrap()
+    };
+    derive("latest", "base", &write("base.txt"));
+    derive("base", "a", &write("a.txt"));
+    derive("base", "b", &|etc| {
+        std::fs::remove_file(etc.join("base.txt")).unwrap();
+        write("b.txt")(etc);
+    });
+
+    // The index for `multi`, written as a blob and tagged in index.json.
+    let index_file = layout.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_file).unwrap()).unwrap();
+    let tagged = |tag: &str| {
+        index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+            .unwrap_or_else(|| panic!("tag {tag} in {index}"))
+            .clone()
+    };
+    let (here, there) = arches();
+    let entry = |tag: &str, arch: &str| {
+        let mut m = tagged(tag);
+        m.as_object_mut().unwrap().remove("annotations");
+        m["platform"] = serde_json::json!({"os": "linux", "architecture": arch});
+        m
+    };
+    let (a_digest, b_digest) = (
+        tagged("a")["digest"].as_str().unwrap().to_string(),
+        tagged("b")["digest"].as_str().unwrap().to_string(),
+    );
+    let multi = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry("b", there), entry("a", here)],
+    }))
+    .unwrap();
+    let hex = {
+        use std::io::Write as _;
+        let mut sum = Command::new("sha256sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        sum.stdin.take().unwrap().write_all(&multi).unwrap();
+        let out = sum.wait_with_output().unwrap();
+        String::from_utf8(out.stdout).unwrap()[..64].to_string()
+    };
+    std::fs::write(layout.join("blobs/sha256").join(&hex), &multi).unwrap();
+    index["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": format!("sha256:{hex}"),
+            "size": multi.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }));
+    std::fs::write(&index_file, serde_json::to_vec(&index).unwrap()).unwrap();
+    (layout, format!("sha256:{hex}"), a_digest, b_digest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_are_fetched_once_per_node_shared_across_images_and_concurrent_pulls() {
+    use skiff_agent::image::registry::Puller;
+    let tmp = tempfile::tempdir().unwrap();
+    let (layout, _, a_digest, _) = layered_layout(tmp.path());
+    let r = Registry::start(RegistryOpts {
+        tls: false,
+        user: None,
+    });
+    assert_eq!(r.push_tag(&layout, "a", "lab/a", "1"), a_digest);
+    r.push_tag(&layout, "b", "lab/b", "1");
+    let content = tmp.path().join("content");
+    let puller = Puller::new(&content, insecure_access(&r.addr)).unwrap();
+    let a = RegistryRef::parse(&format!("{}/lab/a:1", r.addr)).unwrap();
+    let b = RegistryRef::parse(&format!("{}/lab/b:1", r.addr)).unwrap();
+    // Three starts of the same image at once wait for one pull: a config
+    // and three layers (busybox, base.txt, a.txt) are downloaded once.
+    let (p1, p2, p3) = tokio::join!(
+        puller.pull(&a, Default::default()),
+        puller.pull(&a, Default::default()),
+        puller.pull(&a, Default::default())
+    );
+    for p in [&p1, &p2, &p3] {
+        assert_eq!(p.as_ref().unwrap().digest().to_string(), a_digest);
+    }
+    assert_eq!(puller.blobs_fetched(), 4, "config + 3 layers, once");
+    // Image b shares two layers with a: only its config and its own
+    // layer are fetched.
+    let b_top = puller.pull(&b, Default::default()).await.unwrap();
+    assert_eq!(
+        puller.blobs_fetched(),
+        4 + 2,
+        "shared layers are stored once"
+    );
+    // Both unpack with every layer applied, whiteouts included.
+    let store = skiff_agent::image::ImageStore::new(tmp.path().join("images"));
+    let source = puller.source().unwrap();
+    let a_fs = store.unpack(&source, p1.as_ref().unwrap()).unwrap().rootfs;
+    let b_fs = store.unpack(&source, &b_top).unwrap().rootfs;
+    assert!(a_fs.join("etc/base.txt").is_file() && a_fs.join("etc/a.txt").is_file());
+    assert!(a_fs.join("bin/busybox").exists() || a_fs.join("bin/sh").exists());
+    assert!(!b_fs.join("etc/base.txt").exists(), "whited out in b");
+    assert!(b_fs.join("etc/b.txt").is_file() && !b_fs.join("etc/a.txt").exists());
+    // Named by digest and held whole, the image is used without asking
+    // the registry (if-not-present): it works with the registry gone.
+    drop(r);
+    let mut pinned = a.pinned(&a_digest);
+    pinned.tag = None;
+    let again = puller.pull(&pinned, Default::default()).await.unwrap();
+    assert_eq!(again.digest().to_string(), a_digest);
+    // `pull: always` asks the registry at every start, so it fails now,
+    // naming the registry and the reference.
+    let e = puller
+        .pull(&pinned, skiff_model::PullPolicy::Always)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&pinned.registry) && e.contains("lab/a"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_platform_index_pulls_only_this_nodes_platform() {
+    use skiff_agent::image::registry::Puller;
+    let tmp = tempfile::tempdir().unwrap();
+    let (layout, multi_digest, a_digest, b_digest) = layered_layout(tmp.path());
+    let r = Registry::start(RegistryOpts {
+        tls: false,
+        user: None,
+    });
+    r.push_tag(&layout, "multi", "lab/multi", "1");
+    let content = tmp.path().join("content");
+    let puller = Puller::new(&content, insecure_access(&r.addr)).unwrap();
+    let image = RegistryRef::parse(&format!("{}/lab/multi:1", r.addr)).unwrap();
+    let top = puller.pull(&image, Default::default()).await.unwrap();
+    assert_eq!(top.digest().to_string(), multi_digest, "the index itself");
+    let held = |d: &str| content.join("blobs/sha256").join(&d[7..]).is_file();
+    assert!(held(&a_digest), "this platform's manifest is fetched");
+    assert!(!held(&b_digest), "the other platform's is not");
+    assert_eq!(
+        puller.blobs_fetched(),
+        4,
+        "a's config and three layers only"
+    );
+    let store = skiff_agent::image::ImageStore::new(tmp.path().join("images"));
+    let prepared = store.unpack(&puller.source().unwrap(), &top).unwrap();
+    assert_eq!(prepared.manifest_digest, a_digest);
+    assert!(prepared.rootfs.join("etc/a.txt").is_file());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_whose_bytes_do_not_match_its_digest_is_refused_and_not_kept() {
+    use skiff_agent::image::registry::Puller;
+    let tmp = tempfile::tempdir().unwrap();
+    let (layout, _, _, _) = layered_layout(tmp.path());
+    let r = Registry::start(RegistryOpts {
+        tls: false,
+        user: None,
+    });
+    r.push_tag(&layout, "a", "lab/a", "1");
+    // The registry's copy of the top layer (a.txt) is damaged in place.
+    let manifest: serde_json::Value = {
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let d = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "a")
+            .unwrap()["digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(&d[7..])).unwrap())
+            .unwrap()
+    };
+    let top_layer = manifest["layers"].as_array().unwrap().last().unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let file = r.blob_file(&top_layer);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+
+    let content = tmp.path().join("content");
+    let puller = Puller::new(&content, insecure_access(&r.addr)).unwrap();
+    let image = RegistryRef::parse(&format!("{}/lab/a:1", r.addr)).unwrap();
+    let e = puller
+        .pull(&image, Default::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&r.addr) && e.contains("lab/a:1") && e.contains(&top_layer),
+        "names the registry, reference and blob: {e}"
+    );
+    assert!(e.to_lowercase().contains("digest"), "says why: {e}");
+    let names: Vec<String> = std::fs::read_dir(content.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names
+            .iter()
+            .any(|n| top_layer.ends_with(n.as_str()) || n.contains("partial")),
+        "nothing of the bad layer is kept: {names:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrors_are_asked_first_in_order_and_the_registry_last() {
+    use skiff_agent::image::registry::Puller;
+    let tmp = tempfile::tempdir().unwrap();
+    let (layout, _, a_digest, b_digest) = layered_layout(tmp.path());
+    let plain = || RegistryOpts {
+        tls: false,
+        user: None,
+    };
+    // The registry holds b only; its mirror holds a; the first mirror
+    // named is down.
+    let upstream = Registry::start(plain());
+    let mirror = Registry::start(plain());
+    let dead = format!("127.0.0.1:{}", registry::free_port());
+    upstream.push_tag(&layout, "b", "lab/b", "1");
+    mirror.push_tag(&layout, "a", "lab/a", "1");
+    let access = skiff_registry::RegistryAccess::load(&skiff_registry::AccessConfig {
+        insecure: vec![upstream.addr.clone(), mirror.addr.clone(), dead.clone()],
+        mirrors: vec![
+            format!("{}=http://{dead}", upstream.addr),
+            format!("{}=http://{}", upstream.addr, mirror.addr),
+        ],
+        ..Default::default()
+    })
+    .unwrap();
+    let puller = Puller::new(&tmp.path().join("content"), std::sync::Arc::new(access)).unwrap();
+    let a = RegistryRef::parse(&format!("{}/lab/a:1", upstream.addr)).unwrap();
+    let top = puller.pull(&a, Default::default()).await.unwrap();
+    assert_eq!(top.digest().to_string(), a_digest, "served by the mirror");
+    // What no mirror has comes from the registry itself.
+    let b = RegistryRef::parse(&format!("{}/lab/b:1", upstream.addr)).unwrap();
+    let top = puller.pull(&b, Default::default()).await.unwrap();
+    assert_eq!(top.digest().to_string(), b_digest);
+    // What nobody has fails with the registry's own answer, naming it.
+    let c = RegistryRef::parse(&format!("{}/lab/c:1", upstream.addr)).unwrap();
+    let e = puller
+        .pull(&c, Default::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&upstream.addr) && e.contains("lab/c:1"), "{e}");
 }

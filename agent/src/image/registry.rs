@@ -1,25 +1,33 @@
-//! Fetching images from registries into the node's content store (issue
-//! 18's pull, first part): the store is itself an OCI image layout
-//! (`DATA_DIR/images/content`, `blobs/sha256/<hex>`), so every blob is
-//! kept once per node by digest, shared by every image that names it, and
-//! the unpacker reads it like any other layout, checking each blob again.
+//! Fetching images from registries into the node's content store: the
+//! store is itself an OCI image layout (`DATA_DIR/images/content`,
+//! `blobs/sha256/<hex>`), so every blob is kept once per node by digest,
+//! shared by every image that names it, and the unpacker reads it like any
+//! other layout, checking each blob again.
 //!
 //! The registry client is oci-client: manifests are read whole (they are
 //! small), blobs are streamed to a temporary file, verified against their
-//! digest while streaming, and renamed into place only then, so nothing
-//! half-written is ever found under its digest; a crash leaves only a
-//! temporary file, removed by the next pull of that blob. Layers are
-//! fetched a few at a time. How each registry is reached (plain HTTP,
-//! its CA, credentials) is `skiff_registry::RegistryAccess`.
+//! digest while streaming, synced and renamed into place only then, so
+//! nothing half-written is ever found under its digest; a crash leaves
+//! only a temporary file, removed when the agent starts again. Layers are
+//! fetched a few at a time, and one blob by one download at a time: pulls
+//! that need a blob being fetched wait for it. An image named by digest
+//! that the store holds whole is used without asking a registry
+//! (`pull: if-not-present`); `pull: always` asks for the manifest at every
+//! start. A registry's mirrors are asked first (once each), the registry
+//! last (with retries). How each registry is reached (plain HTTP, its CA,
+//! credentials, mirrors) is `skiff_registry::RegistryAccess`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use oci_client::errors::OciDistributionError;
 use oci_client::{Client, Reference};
 use oci_spec::image::{Arch, Descriptor, Digest, ImageIndex, ImageManifest, MediaType, Os};
 use sha2::{Digest as _, Sha256};
 use skiff_model::registry_ref::RegistryRef;
+use skiff_model::PullPolicy;
 use skiff_registry::RegistryAccess;
 
 use super::{io_err, ImageError, Layout};
@@ -42,8 +50,8 @@ fn transient(e: &OciDistributionError) -> bool {
 }
 
 /// Runs `call` until it succeeds, fails for good, or has been tried
-/// [`ATTEMPTS`] times, waiting longer each time.
-async fn retrying<T, F, Fut>(what: &str, mut call: F) -> Result<T, OciDistributionError>
+/// `tries` times, waiting longer each time.
+async fn retrying<T, F, Fut>(what: &str, tries: u32, mut call: F) -> Result<T, OciDistributionError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, OciDistributionError>>,
@@ -52,7 +60,7 @@ where
     let mut attempt = 1;
     loop {
         match call().await {
-            Err(e) if attempt < ATTEMPTS && transient(&e) => {
+            Err(e) if attempt < tries && transient(&e) => {
                 tracing::warn!(what, attempt, error = %e, "registry request failed; trying again");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
@@ -74,6 +82,12 @@ const MANIFEST_TYPES: &[&str] = &[
 pub struct Puller {
     access: Arc<RegistryAccess>,
     content: PathBuf,
+    /// One lock per blob being fetched: pulls that need the same blob (the
+    /// same image started twice, or two images sharing a base layer) wait
+    /// for one download.
+    inflight: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Blobs downloaded (not found in the store), for tests and metrics.
+    fetched: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Puller {
@@ -90,6 +104,37 @@ fn pull_err(image: &RegistryRef, e: impl std::fmt::Display) -> ImageError {
         reference: image.to_string(),
         reason: e.to_string(),
     }
+}
+
+/// The entry of `index` for this node's platform.
+fn platform_entry(index: &ImageIndex) -> Option<&Descriptor> {
+    let (os, arch) = (Os::default(), Arch::default());
+    index.manifests().iter().find(|m| {
+        m.platform()
+            .as_ref()
+            .is_some_and(|p| *p.os() == os && *p.architecture() == arch)
+    })
+}
+
+/// A manifest's (or index's) descriptor, from its bytes and digest.
+fn descriptor_of(bytes: &[u8], digest: &str) -> Option<Descriptor> {
+    let media: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let media_type = media
+        .get("mediaType")
+        .and_then(|m| m.as_str())
+        .map(MediaType::from)
+        .unwrap_or(MediaType::ImageManifest);
+    let digest: Digest = digest.parse().ok()?;
+    Some(Descriptor::new(media_type, bytes.len() as u64, digest))
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A temporary name beside `path`, unique in this process; what a crash
+/// leaves under such a name is removed by [`Puller::new`].
+fn partial_path(path: &Path) -> PathBuf {
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    path.with_extension(format!("partial-{}-{n}", std::process::id()))
 }
 
 impl Puller {
@@ -115,6 +160,8 @@ impl Puller {
         Ok(Puller {
             access,
             content: content.to_path_buf(),
+            inflight: Default::default(),
+            fetched: Default::default(),
         })
     }
 
@@ -123,56 +170,150 @@ impl Puller {
         Layout::open(&self.content.display().to_string())
     }
 
+    /// How many blobs this puller has downloaded so far.
+    pub fn blobs_fetched(&self) -> u64 {
+        self.fetched.load(Ordering::Relaxed)
+    }
+
     fn blob_path(&self, digest: &str) -> Option<PathBuf> {
         let hex = digest.strip_prefix("sha256:")?;
         (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
             .then(|| self.content.join("blobs").join("sha256").join(hex))
     }
 
-    /// Fetches everything `image` needs for this node's platform into the
-    /// content store (what is there already is not fetched again) and
-    /// returns the descriptor of the manifest (or index) it names, with
-    /// its digest: what the unpacker starts from.
-    pub async fn pull(&self, image: &RegistryRef) -> Result<Descriptor, ImageError> {
+    /// The descriptor of the manifest (or index) `digest` when the store
+    /// holds it and every blob this node's platform needs from it. The
+    /// bytes are checked against their digests when they are unpacked.
+    fn held(&self, digest: &str) -> Option<Descriptor> {
+        let bytes = std::fs::read(self.blob_path(digest)?).ok()?;
+        let top = descriptor_of(&bytes, digest)?;
+        let manifest_bytes = if is_index(top.media_type()) {
+            let index: ImageIndex = serde_json::from_slice(&bytes).ok()?;
+            let entry = platform_entry(&index)?;
+            std::fs::read(self.blob_path(entry.digest().as_ref())?).ok()?
+        } else {
+            bytes
+        };
+        let manifest: ImageManifest = serde_json::from_slice(&manifest_bytes).ok()?;
+        std::iter::once(manifest.config())
+            .chain(manifest.layers())
+            .all(|d| {
+                self.blob_path(d.digest().as_ref())
+                    .is_some_and(|p| p.is_file())
+            })
+            .then_some(top)
+    }
+
+    /// Makes sure the content store holds everything `image` needs for
+    /// this node's platform and returns the descriptor of the manifest (or
+    /// index) it names, with its digest: what the unpacker starts from.
+    ///
+    /// With [`PullPolicy::IfNotPresent`] an image named by digest that the
+    /// store holds whole is used without asking any registry; otherwise
+    /// the manifest is fetched (from the registry's mirrors first, then
+    /// the registry) and only the blobs the store lacks are downloaded.
+    pub async fn pull(
+        &self,
+        image: &RegistryRef,
+        policy: PullPolicy,
+    ) -> Result<Descriptor, ImageError> {
+        if policy == PullPolicy::IfNotPresent {
+            if let Some(top) = image.digest.as_deref().and_then(|d| self.held(d)) {
+                return Ok(top);
+            }
+        }
         if self.access.offline() {
             return Err(pull_err(image, "registries are not contacted (offline)"));
         }
+        let mut failure = None;
+        for source in self.access.sources(&image.registry) {
+            if source == image.registry {
+                return self.pull_from(image, &source, ATTEMPTS).await;
+            }
+            // A mirror is tried once: the registry is the fallback.
+            match self.pull_from(image, &source, 1).await {
+                Ok(top) => return Ok(top),
+                Err(e) => {
+                    tracing::warn!(image = %image, mirror = %source, error = %e, "pulling from a registry mirror failed; trying the next source");
+                    failure = Some(e);
+                }
+            }
+        }
+        Err(failure.unwrap_or_else(|| pull_err(image, "no source to pull from")))
+    }
+
+    /// [`Puller::pull`] from one source: the registry or a mirror of it
+    /// (which serves the same repositories).
+    async fn pull_from(
+        &self,
+        image: &RegistryRef,
+        source: &str,
+        tries: u32,
+    ) -> Result<Descriptor, ImageError> {
+        let mut asked = image.clone();
+        asked.registry = source.to_string();
+        let image = &asked;
         let client = self
             .access
-            .client_for(&image.registry)
+            .client_for(source)
             .map_err(|e| pull_err(image, e))?;
-        let auth = &self.access.auth_for(&image.registry);
+        let auth = &self.access.auth_for(source);
         let reference: Reference = reference_of(image)
             .parse()
             .map_err(|e| pull_err(image, e))?;
-        let (bytes, digest) = retrying("manifest", || {
+        let (bytes, digest) = retrying("manifest", tries, || {
             client.pull_manifest_raw(&reference, auth, MANIFEST_TYPES)
         })
         .await
         .map_err(|e| pull_err(image, e))?;
+        // Asked by digest, the answer must be that manifest, whoever
+        // serves it (a mirror's tags are trusted, digests are checked).
+        if let Some(named) = image.digest.as_deref().filter(|n| *n != digest) {
+            return Err(pull_err(
+                image,
+                format!("the registry answered {named} with {digest}"),
+            ));
+        }
         let top = self.keep_manifest(image, &bytes, &digest)?;
         let manifest_bytes = if is_index(top.media_type()) {
             let index: ImageIndex = serde_json::from_slice(&bytes)
                 .map_err(|e| pull_err(image, format!("its index: {e}")))?;
-            let (os, arch) = (Os::default(), Arch::default());
-            let entry = index
-                .manifests()
-                .iter()
-                .find(|m| {
-                    m.platform()
-                        .as_ref()
-                        .is_some_and(|p| *p.os() == os && *p.architecture() == arch)
-                })
-                .ok_or_else(|| pull_err(image, format!("no manifest for {os}/{arch}")))?;
+            let entry = platform_entry(&index).ok_or_else(|| {
+                let have: Vec<String> = index
+                    .manifests()
+                    .iter()
+                    .filter_map(|m| m.platform().as_ref())
+                    .map(|p| format!("{}/{}", p.os(), p.architecture()))
+                    .collect();
+                pull_err(
+                    image,
+                    format!(
+                        "no manifest for {}/{} (the index has: {})",
+                        Os::default(),
+                        Arch::default(),
+                        if have.is_empty() {
+                            "none".to_string()
+                        } else {
+                            have.join(", ")
+                        }
+                    ),
+                )
+            })?;
             let pinned: Reference =
                 format!("{}/{}@{}", image.registry, image.repository, entry.digest())
                     .parse()
                     .map_err(|e| pull_err(image, e))?;
-            let (b, d) = retrying("manifest", || {
+            let (b, d) = retrying("manifest", tries, || {
                 client.pull_manifest_raw(&pinned, auth, MANIFEST_TYPES)
             })
             .await
             .map_err(|e| pull_err(image, e))?;
+            if d != entry.digest().as_ref() {
+                return Err(pull_err(
+                    image,
+                    format!("the registry answered {} with {d}", entry.digest()),
+                ));
+            }
             self.keep_manifest(image, &b, &d)?;
             b
         } else {
@@ -196,16 +337,43 @@ impl Puller {
                 continue; // kept already, shared
             }
             let (client, reference, limit) = (client.clone(), reference.clone(), limit.clone());
-            let image = image.clone();
+            let (image, lock, fetched) =
+                (image.clone(), self.blob_lock(&digest), self.fetched.clone());
             tasks.spawn(async move {
+                // Whoever fetches this blob holds its lock; the others wait
+                // and then find it in the store.
+                let _fetching = lock.lock().await;
+                if path.is_file() {
+                    return Ok(());
+                }
                 let _slot = limit.acquire().await;
-                fetch_blob(&client, &reference, &image, &desc, &path).await
+                fetch_blob(&client, &reference, &image, &desc, &path, tries).await?;
+                fetched.fetch_add(1, Ordering::Relaxed);
+                Ok::<(), ImageError>(())
             });
         }
         while let Some(done) = tasks.join_next().await {
-            done.map_err(|e| pull_err(image, e))??;
+            let failed = match done {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e,
+                Err(e) => pull_err(image, e),
+            };
+            // The other downloads stop, and their temporary files are gone
+            // before the failure is reported.
+            tasks.shutdown().await;
+            return Err(failed);
         }
         Ok(top)
+    }
+
+    /// The lock held while the blob `digest` is fetched.
+    fn blob_lock(&self, digest: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        // Locks nobody holds or waits for are dropped as the map grows.
+        if locks.len() > 1024 {
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        locks.entry(digest.to_string()).or_default().clone()
     }
 
     /// Checks a manifest's bytes against their digest and keeps them.
@@ -225,15 +393,11 @@ impl Puller {
         let path = self
             .blob_path(digest)
             .ok_or_else(|| pull_err(image, format!("manifest digest {digest} is not sha256")))?;
-        write_new(&path, bytes).map_err(io_err(&path))?;
-        let media: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
-        let media_type = media
-            .get("mediaType")
-            .and_then(|m| m.as_str())
-            .map(MediaType::from)
-            .unwrap_or(MediaType::ImageManifest);
-        let digest: Digest = digest.parse().map_err(|e| pull_err(image, e))?;
-        Ok(Descriptor::new(media_type, bytes.len() as u64, digest))
+        if !path.is_file() {
+            write_new(&path, bytes).map_err(io_err(&path))?;
+        }
+        descriptor_of(bytes, digest)
+            .ok_or_else(|| pull_err(image, format!("manifest {digest} is not JSON")))
     }
 }
 
@@ -255,7 +419,7 @@ fn is_index(media: &MediaType) -> bool {
 
 /// Writes `bytes` to `path` through a temporary file renamed into place.
 fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("partial");
+    let tmp = partial_path(path);
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
 }
@@ -268,28 +432,34 @@ async fn fetch_blob(
     image: &RegistryRef,
     desc: &Descriptor,
     path: &Path,
+    tries: u32,
 ) -> Result<(), ImageError> {
     use tokio::io::AsyncWriteExt as _;
-    let tmp = path.with_extension(format!("partial-{}", std::process::id()));
+    // Removed however this ends (an error, or the pull dropped because
+    // another of its blobs failed), unless renamed into place.
+    let tmp = Partial(partial_path(path));
     let digest = desc.digest().to_string();
     // Each try starts the file over.
-    let fetched = retrying("blob", || async {
-        let file = tokio::fs::File::create(&tmp).await?;
+    let fetched = retrying("blob", tries, || async {
+        let file = tokio::fs::File::create(&tmp.0).await?;
         let mut out = tokio::io::BufWriter::new(file);
         client
             .pull_blob(reference, digest.as_str(), &mut out)
             .await?;
         out.flush().await?;
+        // On disk before it is found under its digest.
+        out.get_ref().sync_all().await?;
         Ok(())
     })
     .await;
     if let Err(e) = fetched {
-        let _ = tokio::fs::remove_file(&tmp).await;
         return Err(pull_err(image, format!("blob {digest}: {e}")));
     }
-    let len = tokio::fs::metadata(&tmp).await.map_err(io_err(&tmp))?.len();
+    let len = tokio::fs::metadata(&tmp.0)
+        .await
+        .map_err(io_err(&tmp.0))?
+        .len();
     if len != desc.size() {
-        let _ = tokio::fs::remove_file(&tmp).await;
         return Err(pull_err(
             image,
             format!(
@@ -298,7 +468,20 @@ async fn fetch_blob(
             ),
         ));
     }
-    tokio::fs::rename(&tmp, path).await.map_err(io_err(path))
+    tokio::fs::rename(&tmp.0, path)
+        .await
+        .map_err(io_err(path))?;
+    std::mem::forget(tmp);
+    Ok(())
+}
+
+/// A temporary download, removed when dropped.
+struct Partial(PathBuf);
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 #[cfg(test)]

@@ -128,7 +128,10 @@ async fn prepare_image(
     let shown = alloc.task.image.to_string();
     let unpacked = if let Some(reference) = image_ref.registry.clone() {
         let puller = settings.registry.clone();
-        let top = puller.pull(&reference).await.map_err(|e| e.to_string())?;
+        let top = puller
+            .pull(&reference, alloc.task.pull)
+            .await
+            .map_err(|e| e.to_string())?;
         tokio::task::spawn_blocking(move || images.unpack(&puller.source()?, &top)).await
     } else {
         let ns = skiff_model::split_job_key(&alloc.job).0;

@@ -197,6 +197,12 @@ struct RegistryOpts {
     /// never logged nor stored in specs.
     #[arg(long = "registry-auth", value_name = "FILE")]
     registry_auth: Option<PathBuf>,
+    /// A pull-through cache asked first for REGISTRY's images (the
+    /// registry itself is asked last): REGISTRY=URL, e.g.
+    /// docker.io=https://mirror.lab:5000; repeat for several (tried in
+    /// order). An http:// mirror needs --insecure-registry too.
+    #[arg(long = "registry-mirror", value_name = "REGISTRY=URL")]
+    registry_mirrors: Vec<String>,
 }
 
 impl RegistryOpts {
@@ -205,6 +211,7 @@ impl RegistryOpts {
             insecure: self.insecure_registries.clone(),
             cas: self.registry_cas.clone(),
             auth_file: self.registry_auth.clone(),
+            mirrors: self.registry_mirrors.clone(),
             offline: false,
         }
     }

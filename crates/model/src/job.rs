@@ -416,6 +416,36 @@ pub struct TaskSpec {
     /// Most processes the container may run at once (4096 when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids_limit: Option<u32>,
+    /// When a registry image is fetched again (`if-not-present` when
+    /// unset).
+    #[serde(default, skip_serializing_if = "PullPolicy::is_default")]
+    pub pull: PullPolicy,
+}
+
+/// When the agent asks the registry for an image it already holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Hash, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullPolicy {
+    /// Use what the node holds; ask the registry only for what it lacks
+    /// (and for a tag the servers could not pin to a digest).
+    #[default]
+    IfNotPresent,
+    /// Fetch the manifest again at every start, so a start fails when
+    /// the node may no longer read the image.
+    Always,
+}
+
+impl PullPolicy {
+    pub fn is_default(&self) -> bool {
+        *self == PullPolicy::IfNotPresent
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PullPolicy::IfNotPresent => "if-not-present",
+            PullPolicy::Always => "always",
+        }
+    }
 }
 
 impl TaskSpec {
@@ -435,6 +465,7 @@ impl TaskSpec {
             stop_signal: None,
             stop_grace: None,
             pids_limit: None,
+            pull: PullPolicy::IfNotPresent,
         }
     }
 }

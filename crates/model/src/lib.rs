@@ -44,7 +44,7 @@ pub use eval::{EvalStatus, EvalTrigger, Evaluation};
 pub use gpu::{Gpu, GpuDriver, GpuFilter, GpuLink, GpuMetrics, LinkLevel};
 pub use job::{
     job_key, split_job_key, Amount, GangFailure, ImageRef, Job, JobSpec, JobType, NetworkMode,
-    TaskSpec, UpdateSpec, DEFAULT_NAMESPACE,
+    PullPolicy, TaskSpec, UpdateSpec, DEFAULT_NAMESPACE,
 };
 pub use lifecycle::{
     Backoff, Probe, ProbeAction, Probes, RestartPolicy, RestartSpec, Security, UserId,

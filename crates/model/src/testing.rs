@@ -270,6 +270,11 @@ fn task() -> impl Strategy<Value = TaskSpec> {
                 security,
                 stop_signal,
                 stop_grace,
+                pull: if pids_limit.is_some_and(|n| n % 2 == 0) {
+                    crate::job::PullPolicy::Always
+                } else {
+                    crate::job::PullPolicy::IfNotPresent
+                },
                 pids_limit,
             }
         })

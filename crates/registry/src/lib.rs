@@ -7,7 +7,11 @@
 //! - `--registry-auth FILE`: credentials in Docker's `config.json` format
 //!   (`auths` with `auth` = base64 `user:password`, or `username` and
 //!   `password`), sent to their registry only; bearer tokens are then
-//!   negotiated as the registry asks.
+//!   negotiated as the registry asks;
+//! - `--registry-mirror REGISTRY=URL`: a pull-through cache asked first
+//!   for that registry's images (in the order given), the registry itself
+//!   last. A mirror is trusted for tags as the registry would be; what it
+//!   serves is checked against digests like anything else.
 //!
 //! Credentials are never logged: the `Debug` form names registries only.
 
@@ -33,6 +37,8 @@ const DOCKER_HUB: &[&str] = &[
 pub enum RegistryError {
     #[error("--registry-ca {0:?} must be HOST:PORT=PEM_FILE")]
     CaFlag(String),
+    #[error("--registry-mirror {flag:?}: {reason}")]
+    MirrorFlag { flag: String, reason: String },
     #[error("reading {path}: {source}")]
     Read {
         path: String,
@@ -53,6 +59,8 @@ pub struct AccessConfig {
     pub cas: Vec<String>,
     /// `--registry-auth`.
     pub auth_file: Option<PathBuf>,
+    /// `--registry-mirror`: `REGISTRY=URL`.
+    pub mirrors: Vec<String>,
     /// Never contact a registry (the fuzz harness).
     pub offline: bool,
 }
@@ -62,6 +70,8 @@ pub struct RegistryAccess {
     insecure: Vec<String>,
     cas: BTreeMap<String, Vec<u8>>,
     auths: BTreeMap<String, (String, String)>,
+    /// Registry -> the hosts of its mirrors, in the order given.
+    mirrors: BTreeMap<String, Vec<String>>,
     offline: bool,
     clients: Mutex<HashMap<String, Client>>,
 }
@@ -72,6 +82,7 @@ impl std::fmt::Debug for RegistryAccess {
             .field("insecure", &self.insecure)
             .field("cas", &self.cas.keys().collect::<Vec<_>>())
             .field("credentials_for", &self.auths.keys().collect::<Vec<_>>())
+            .field("mirrors", &self.mirrors)
             .field("offline", &self.offline)
             .finish()
     }
@@ -83,6 +94,7 @@ impl Default for RegistryAccess {
             insecure: Vec::new(),
             cas: BTreeMap::new(),
             auths: BTreeMap::new(),
+            mirrors: BTreeMap::new(),
             offline: false,
             clients: Mutex::new(HashMap::new()),
         }
@@ -112,6 +124,42 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, RegistryError> {
         path: path.display().to_string(),
         source,
     })
+}
+
+/// `REGISTRY=URL` -> (registry key, mirror host). A plain `http://`
+/// mirror must also be named by `--insecure-registry`, the one way to
+/// allow plain HTTP.
+fn parse_mirror(flag: &str, insecure: &[String]) -> Result<(String, String), RegistryError> {
+    let bad = |reason: &str| RegistryError::MirrorFlag {
+        flag: flag.to_string(),
+        reason: reason.to_string(),
+    };
+    let (registry, url) = flag
+        .split_once('=')
+        .filter(|(r, u)| !r.is_empty() && !u.is_empty())
+        .ok_or_else(|| bad("must be REGISTRY=URL, e.g. docker.io=https://mirror.lab:5000"))?;
+    let (plain, rest) = match url.split_once("://") {
+        Some(("http", rest)) => (true, rest),
+        Some(("https", rest)) => (false, rest),
+        Some((scheme, _)) => return Err(bad(&format!("scheme {scheme:?} is not http or https"))),
+        None => (false, url),
+    };
+    let host = rest.trim_end_matches('/');
+    if host.is_empty() || host.contains('/') {
+        return Err(bad(
+            "the URL must name a host[:port] only (a mirror serves the registry's repositories at its root)",
+        ));
+    }
+    if plain
+        && !insecure
+            .iter()
+            .any(|h| registry_key(h) == registry_key(host))
+    {
+        return Err(bad(&format!(
+            "plain HTTP needs --insecure-registry {host} as well"
+        )));
+    }
+    Ok((registry_key(registry), host.to_string()))
 }
 
 /// The `auths` of a Docker `config.json`: registry -> (user, password).
@@ -165,13 +213,31 @@ impl RegistryAccess {
             Some(p) => parse_auths(&read(p)?, &p.display().to_string())?,
             None => BTreeMap::new(),
         };
+        let mut mirrors: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for flag in &cfg.mirrors {
+            let (registry, host) = parse_mirror(flag, &cfg.insecure)?;
+            mirrors.entry(registry).or_default().push(host);
+        }
         Ok(RegistryAccess {
             insecure: cfg.insecure.clone(),
             cas,
             auths,
+            mirrors,
             offline: cfg.offline,
             clients: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Where `registry`'s images are asked for, in order: its mirrors,
+    /// then the registry itself.
+    pub fn sources(&self, registry: &str) -> Vec<String> {
+        let mut out = self
+            .mirrors
+            .get(&registry_key(registry))
+            .cloned()
+            .unwrap_or_default();
+        out.push(registry.to_string());
+        out
     }
 
     /// Registries must not be contacted.
@@ -288,5 +354,43 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.to_string().contains("not base64"), "{e}");
+    }
+
+    #[test]
+    fn mirrors_come_first_in_the_order_given_and_plain_http_needs_the_insecure_flag() {
+        let access = RegistryAccess::load(&AccessConfig {
+            mirrors: vec![
+                "docker.io=https://mirror.lab:5000/".into(),
+                "index.docker.io=http://127.0.0.1:5001".into(),
+            ],
+            insecure: vec!["127.0.0.1:5001".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            access.sources("docker.io"),
+            ["mirror.lab:5000", "127.0.0.1:5001", "docker.io"]
+        );
+        assert_eq!(access.sources("ghcr.io"), ["ghcr.io"]);
+        for (flag, why) in [
+            (
+                "docker.io=http://127.0.0.1:5001",
+                "--insecure-registry 127.0.0.1:5001",
+            ),
+            ("docker.io", "REGISTRY=URL"),
+            ("docker.io=ftp://m", "not http or https"),
+            ("docker.io=https://m/sub", "host[:port] only"),
+        ] {
+            let e = RegistryAccess::load(&AccessConfig {
+                mirrors: vec![flag.into()],
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains(why) && e.contains("--registry-mirror"),
+                "{flag}: {e}"
+            );
+        }
     }
 }

@@ -27,20 +27,36 @@ pub async fn resolve(access: &RegistryAccess, spec: &mut JobSpec) -> String {
         return String::new();
     }
     let shown = image.to_string();
-    let registry = image.registry.clone();
-    let digest = async {
-        let reference: Reference = shown.parse().map_err(|e| format!("{e}"))?;
-        let client = access.client_for(&registry).map_err(|e| e.to_string())?;
-        let auth = access.auth_for(&registry);
-        tokio::time::timeout(
-            RESOLVE_LIMIT,
-            client.fetch_manifest_digest(&reference, &auth),
-        )
-        .await
-        .map_err(|_| format!("no answer within {RESOLVE_LIMIT:?}"))?
-        .map_err(|e| e.to_string())
+    let mut digest = Err(String::new());
+    // Mirrors first, as the agents pull: the first that answers wins.
+    for source in access.sources(&image.registry) {
+        let mut asked = image.clone();
+        asked.registry = source.clone();
+        let found = async {
+            let reference: Reference = asked.to_string().parse().map_err(|e| format!("{e}"))?;
+            let client = access.client_for(&source).map_err(|e| e.to_string())?;
+            let auth = access.auth_for(&source);
+            tokio::time::timeout(
+                RESOLVE_LIMIT,
+                client.fetch_manifest_digest(&reference, &auth),
+            )
+            .await
+            .map_err(|_| format!("no answer within {RESOLVE_LIMIT:?}"))?
+            .map_err(|e| e.to_string())
+        }
+        .await;
+        match found {
+            Ok(d) => {
+                digest = Ok(d);
+                break;
+            }
+            Err(e) if source != image.registry => {
+                tracing::warn!(image = %shown, mirror = %source, error = %e, "a registry mirror could not resolve a tag; trying the next");
+                digest = Err(format!("mirror {source}: {e}"));
+            }
+            Err(e) => digest = Err(e),
+        }
     }
-    .await;
     match digest {
         Ok(d) => {
             image.digest = Some(d.clone());

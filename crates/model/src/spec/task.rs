@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::job::{
-    ImageRef, NetworkMode, TaskSpec, DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES, MIN_MEMORY_BYTES,
+    ImageRef, NetworkMode, PullPolicy, TaskSpec, DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES,
+    MIN_MEMORY_BYTES,
 };
 use crate::lifecycle::{Probes, RestartSpec, Security};
 use crate::quantity::{format_memory, parse_cpu, parse_memory};
@@ -115,6 +116,21 @@ pub(super) fn parse_task(v: &Value, path: &str, errs: &mut Errors) -> Option<Tas
     let pids_limit = obj.get("pids_limit").map(|v| {
         fields::number(v, &join(path, "pids_limit"), 0, u64::from(u32::MAX), errs).map(|n| n as u32)
     });
+    let pull = match obj.get("pull") {
+        None => Some(PullPolicy::IfNotPresent),
+        Some(v) => one_of(
+            v,
+            &join(path, "pull"),
+            "pull policy",
+            "if-not-present or always",
+            |s| match s {
+                "if-not-present" => Some(PullPolicy::IfNotPresent),
+                "always" => Some(PullPolicy::Always),
+                _ => None,
+            },
+            errs,
+        ),
+    };
     let task = TaskSpec {
         image: image?,
         command,
@@ -129,6 +145,7 @@ pub(super) fn parse_task(v: &Value, path: &str, errs: &mut Errors) -> Option<Tas
         stop_signal,
         stop_grace: stop_grace.map(|d| d.ok_or(())).transpose().ok()?,
         pids_limit: pids_limit.map(|n| n.ok_or(())).transpose().ok()?,
+        pull: pull?,
     };
     validate_task(&task, path, errs);
     Some(task)
@@ -275,5 +292,24 @@ task:
         assert_eq!(spec.task.env["PORT"], "80");
         assert_eq!(spec.task.env["DEBUG"], "true");
         assert_eq!(spec.task.resources, TaskResources::new(500, 64 << 20));
+    }
+
+    #[test]
+    fn the_pull_policy_defaults_to_if_not_present_and_names_its_values() {
+        use crate::job::PullPolicy;
+        let spec = JobSpec::from_yaml("name: x\ntask: {image: 'alpine:3.20'}").unwrap();
+        assert_eq!(spec.task.pull, PullPolicy::IfNotPresent);
+        let yaml = serde_yaml_ng::to_string(&spec).unwrap();
+        assert!(!yaml.contains("pull"), "the default is not written: {yaml}");
+        let spec =
+            JobSpec::from_yaml("name: x\ntask: {image: 'alpine:3.20', pull: always}").unwrap();
+        assert_eq!(spec.task.pull, PullPolicy::Always);
+        let e = JobSpec::from_yaml("name: x\ntask: {image: 'alpine:3.20', pull: never}")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("task.pull") && e.contains("if-not-present or always"),
+            "{e}"
+        );
     }
 }

@@ -77,6 +77,11 @@ impl From<&m::TaskSpec> for pb::TaskSpec {
             stop_signal: t.stop_signal.clone().unwrap_or_default(),
             stop_grace_ms: t.stop_grace.map(duration_ms),
             pids_limit: t.pids_limit,
+            pull: if t.pull.is_default() {
+                String::new()
+            } else {
+                t.pull.as_str().to_string()
+            },
             gpu: gpu_filter_to_wire(&r.gpu),
             ports: r.ports.iter().map(|&p| u32::from(p)).collect(),
         }
@@ -399,6 +404,9 @@ pub(super) fn task_tree(t: &pb::TaskSpec) -> Value {
     }
     put(&mut task, "stop_grace", t.stop_grace_ms.map(ms));
     put(&mut task, "pids_limit", t.pids_limit.map(|p| json!(p)));
+    if !t.pull.is_empty() {
+        task.insert("pull".into(), json!(t.pull));
+    }
     Value::Object(task)
 }
 
