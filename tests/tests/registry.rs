@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use skiff_model::registry_ref::RegistryRef;
-use skiff_tests::registry::{Registry, RegistryOpts};
+use skiff_tests::registry::{self, Registry, RegistryOpts};
 use skiff_tests::*;
 
 #[test]
@@ -818,4 +818,112 @@ async fn mirrors_are_asked_first_in_order_and_the_registry_last() {
         .unwrap_err()
         .to_string();
     assert!(e.contains(&upstream.addr) && e.contains("lab/c:1"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_pull_starts_over_and_never_uses_half_a_layer() {
+    use skiff_model::{AllocStatus, JobSpec};
+    const BIG: usize = 6 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    // busybox + one layer holding 6 MiB of random bytes (gzip cannot
+    // shrink them), served through a proxy passing 1.5 MiB/s.
+    let layout = tmp.path().join("big");
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(busybox_layout())
+        .arg(&layout)
+        .status()
+        .unwrap()
+        .success());
+    let bundle = tmp.path().join("bundle");
+    let (image, bundle_s) = (
+        format!("{}:latest", layout.display()),
+        bundle.display().to_string(),
+    );
+    umoci(&["unpack", "--image", &image, &bundle_s]);
+    let mut noise = vec![0u8; BIG];
+    let mut urandom = std::fs::File::open("/dev/urandom").unwrap();
+    std::io::Read::read_exact(&mut urandom, &mut noise).unwrap();
+    std::fs::write(bundle.join("rootfs/big.bin"), &noise).unwrap();
+    umoci(&["repack", "--image", &image, &bundle_s]);
+    let r = Registry::start(RegistryOpts {
+        tls: false,
+        user: None,
+    });
+    r.push(&layout, "lab/big", "1");
+    let proxy = registry::SlowProxy::start(&r.addr, 3 << 19);
+
+    let server = ServerProc::start(&tmp.path().join("server"));
+    let agent_dir = tmp.path().join("agent");
+    let mut agent = AgentProc::start(
+        &agent_dir,
+        &server.url(),
+        "puller",
+        &["--insecure-registry", &proxy.addr, "--stop-grace", "1s"],
+    );
+    let mut client = server.client().await;
+    let spec = JobSpec::from_yaml(&format!(
+        "name: big\ntask:\n  image: {}/lab/big:1\n  command: [sh, -c, 'sleep 3600']\n  resources: {{cpu: 100m, memory: 32Mi}}\n",
+        proxy.addr
+    ))
+    .unwrap();
+    client.apply_job(&spec).await.unwrap();
+    // Killed once part of the big layer is on disk.
+    let blobs = agent_dir.join("images/content/blobs/sha256");
+    let partial = || {
+        std::fs::read_dir(&blobs).ok().and_then(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().contains(".partial"))
+                .find(|e| e.metadata().is_ok_and(|m| m.len() > (1 << 20)))
+                .map(|e| e.path())
+        })
+    };
+    let half = wait_for("a download under way", Duration::from_secs(60), || async {
+        partial()
+    })
+    .await;
+    agent.kill9();
+    let held_whole: Vec<String> = std::fs::read_dir(&blobs)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.metadata().is_ok_and(|m| m.len() >= BIG as u64))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        held_whole.iter().all(|n| n.contains(".partial")),
+        "the big layer was not complete when the agent died, so only a partial file may hold it: {held_whole:?}"
+    );
+    // Started again, the agent drops what the dead one left, fetches the
+    // layer again and runs the container on the whole image.
+    agent.restart();
+    let a = wait_allocs(
+        &mut client,
+        "big",
+        1,
+        AllocStatus::Running,
+        Duration::from_secs(90),
+    )
+    .await
+    .remove(0);
+    assert!(!half.exists(), "the dead agent's partial download is gone");
+    let out = client
+        .exec(
+            &a.id,
+            &["sh".into(), "-c".into(), "wc -c < /big.bin".into()],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        BIG.to_string(),
+        "the container sees the whole layer"
+    );
+    let left: Vec<String> = std::fs::read_dir(&blobs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".partial"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
