@@ -826,7 +826,7 @@ async fn an_agent_killed_mid_pull_starts_over_and_never_uses_half_a_layer() {
     const BIG: usize = 6 << 20;
     let tmp = tempfile::tempdir().unwrap();
     // busybox + one layer holding 6 MiB of random bytes (gzip cannot
-    // shrink them), served through a proxy passing 1.5 MiB/s.
+    // shrink them), served through a proxy passing 1 MiB/s.
     let layout = tmp.path().join("big");
     assert!(Command::new("cp")
         .arg("-a")
@@ -851,7 +851,7 @@ async fn an_agent_killed_mid_pull_starts_over_and_never_uses_half_a_layer() {
         user: None,
     });
     r.push(&layout, "lab/big", "1");
-    let proxy = registry::SlowProxy::start(&r.addr, 3 << 19);
+    let proxy = registry::SlowProxy::start(&r.addr, 1 << 20);
 
     let server = ServerProc::start(&tmp.path().join("server"));
     let agent_dir = tmp.path().join("agent");
@@ -868,6 +868,29 @@ async fn an_agent_killed_mid_pull_starts_over_and_never_uses_half_a_layer() {
     ))
     .unwrap();
     client.apply_job(&spec).await.unwrap();
+    // While it pulls, the allocation says so and how far it has got.
+    let pulling = wait_alloc(
+        &mut client,
+        "big",
+        "its pull under way",
+        Duration::from_secs(60),
+        |a| a.reason == "pulling" && a.message.contains(" MiB of "),
+    )
+    .await;
+    assert_eq!(pulling.status, AllocStatus::Pending);
+    assert!(
+        pulling
+            .message
+            .contains(&format!("{}/lab/big:1", proxy.addr)),
+        "{}",
+        pulling.message
+    );
+    let shown = skiff(&server.url(), &["get", "allocs", "-o", "wide"]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("pulling") && shown.contains(" MiB of "),
+        "{shown}"
+    );
     // Killed once part of the big layer is on disk.
     let blobs = agent_dir.join("images/content/blobs/sha256");
     let partial = || {

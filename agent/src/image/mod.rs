@@ -21,6 +21,7 @@ use oci_spec::image::Digest;
 
 mod layer;
 mod layout;
+pub mod progress;
 pub mod registry;
 mod roots;
 mod store;

@@ -30,6 +30,7 @@ use skiff_model::registry_ref::RegistryRef;
 use skiff_model::PullPolicy;
 use skiff_registry::RegistryAccess;
 
+use super::progress::{Counting, Counts, PullProgress, Tracked};
 use super::{io_err, ImageError, Layout};
 
 /// Layers fetched at once per image (containerd's default).
@@ -88,6 +89,7 @@ pub struct Puller {
     inflight: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     /// Blobs downloaded (not found in the store), for tests and metrics.
     fetched: Arc<AtomicU64>,
+    progress: Arc<PullProgress>,
 }
 
 impl std::fmt::Debug for Puller {
@@ -162,12 +164,18 @@ impl Puller {
             content: content.to_path_buf(),
             inflight: Default::default(),
             fetched: Default::default(),
+            progress: Default::default(),
         })
     }
 
     /// The content store as a source of blobs, for the unpacker.
     pub fn source(&self) -> Result<Layout, ImageError> {
         Layout::open(&self.content.display().to_string())
+    }
+
+    /// The pulls under way and how far they have got.
+    pub fn progress(&self) -> Arc<PullProgress> {
+        self.progress.clone()
     }
 
     /// How many blobs this puller has downloaded so far.
@@ -225,13 +233,14 @@ impl Puller {
         if self.access.offline() {
             return Err(pull_err(image, "registries are not contacted (offline)"));
         }
+        let tracked = self.progress.track(&image.to_string());
         let mut failure = None;
         for source in self.access.sources(&image.registry) {
             if source == image.registry {
-                return self.pull_from(image, &source, ATTEMPTS).await;
+                return self.pull_from(image, &source, ATTEMPTS, &tracked).await;
             }
             // A mirror is tried once: the registry is the fallback.
-            match self.pull_from(image, &source, 1).await {
+            match self.pull_from(image, &source, 1, &tracked).await {
                 Ok(top) => return Ok(top),
                 Err(e) => {
                     tracing::warn!(image = %image, mirror = %source, error = %e, "pulling from a registry mirror failed; trying the next source");
@@ -249,6 +258,7 @@ impl Puller {
         image: &RegistryRef,
         source: &str,
         tries: u32,
+        tracked: &Tracked,
     ) -> Result<Descriptor, ImageError> {
         let mut asked = image.clone();
         asked.registry = source.to_string();
@@ -323,6 +333,31 @@ impl Puller {
             .map_err(|e| pull_err(image, format!("its manifest: {e}")))?;
         let mut wanted = vec![manifest.config().clone()];
         wanted.extend(manifest.layers().iter().cloned());
+        // The first pull of an image keeps its counts; one joining it
+        // counts into a scratch copy, so nothing is counted twice.
+        let counts = if tracked.first {
+            tracked.counts.clone()
+        } else {
+            Arc::default()
+        };
+        if tracked.first {
+            let held = |d: &Descriptor| {
+                self.blob_path(d.digest().as_ref())
+                    .is_some_and(|p| p.is_file())
+            };
+            let size = |d: &Descriptor| d.size();
+            counts
+                .total
+                .store(wanted.iter().map(size).sum(), Ordering::Relaxed);
+            counts.done.store(
+                wanted.iter().filter(|d| held(d)).map(size).sum(),
+                Ordering::Relaxed,
+            );
+            counts.blobs_left.store(
+                wanted.iter().filter(|d| !held(d)).count() as u64,
+                Ordering::Relaxed,
+            );
+        }
         let limit = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_LAYERS));
         let mut tasks = tokio::task::JoinSet::new();
         for desc in wanted {
@@ -339,16 +374,20 @@ impl Puller {
             let (client, reference, limit) = (client.clone(), reference.clone(), limit.clone());
             let (image, lock, fetched) =
                 (image.clone(), self.blob_lock(&digest), self.fetched.clone());
+            let counts = counts.clone();
             tasks.spawn(async move {
                 // Whoever fetches this blob holds its lock; the others wait
                 // and then find it in the store.
                 let _fetching = lock.lock().await;
-                if path.is_file() {
-                    return Ok(());
+                if !path.is_file() {
+                    let _slot = limit.acquire().await;
+                    fetch_blob(&client, &reference, &image, &desc, &path, tries, &counts).await?;
+                    fetched.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    // Fetched meanwhile by a pull of another image.
+                    counts.done.fetch_add(desc.size(), Ordering::Relaxed);
                 }
-                let _slot = limit.acquire().await;
-                fetch_blob(&client, &reference, &image, &desc, &path, tries).await?;
-                fetched.fetch_add(1, Ordering::Relaxed);
+                counts.blobs_left.fetch_sub(1, Ordering::Relaxed);
                 Ok::<(), ImageError>(())
             });
         }
@@ -433,26 +472,40 @@ async fn fetch_blob(
     desc: &Descriptor,
     path: &Path,
     tries: u32,
+    counts: &Arc<Counts>,
 ) -> Result<(), ImageError> {
     use tokio::io::AsyncWriteExt as _;
     // Removed however this ends (an error, or the pull dropped because
     // another of its blobs failed), unless renamed into place.
     let tmp = Partial(partial_path(path));
     let digest = desc.digest().to_string();
+    // Bytes of the current try, taken back from the progress when the
+    // try fails.
+    let attempt = Arc::new(AtomicU64::new(0));
+    let take_back = || {
+        let n = attempt.swap(0, Ordering::Relaxed);
+        counts.done.fetch_sub(n, Ordering::Relaxed);
+    };
     // Each try starts the file over.
     let fetched = retrying("blob", tries, || async {
+        take_back();
         let file = tokio::fs::File::create(&tmp.0).await?;
-        let mut out = tokio::io::BufWriter::new(file);
+        let mut out = Counting {
+            inner: tokio::io::BufWriter::new(file),
+            done: counts.clone(),
+            attempt: attempt.clone(),
+        };
         client
             .pull_blob(reference, digest.as_str(), &mut out)
             .await?;
         out.flush().await?;
         // On disk before it is found under its digest.
-        out.get_ref().sync_all().await?;
+        out.inner.get_ref().sync_all().await?;
         Ok(())
     })
     .await;
     if let Err(e) = fetched {
+        take_back();
         return Err(pull_err(image, format!("blob {digest}: {e}")));
     }
     let len = tokio::fs::metadata(&tmp.0)

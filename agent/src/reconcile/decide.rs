@@ -10,17 +10,19 @@
 //! nothing to do.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use skiff_model::alloc::reason;
 use skiff_model::duration::format_duration;
 use skiff_model::{AllocStatus, Allocation, DesiredStatus, TaskSpec};
 
-use super::observe::{observe, observe_untracked, Observed, Sent};
+use super::observe::{observe, observe_pull, observe_untracked, Observed, Sent};
 use super::restarts::{after_exit, AfterExit, Restarts};
 use super::state::{Cleanup, Container, Ending, Found, Listing, State};
 use super::stop::stop_signal;
 use crate::clock::{self, Now};
+use crate::image::progress::PullProgress;
 use crate::probe::ProbeEvent;
 use crate::shim::ExitRecord;
 
@@ -68,14 +70,17 @@ pub struct Containers {
     sent: Sent,
     /// Time between the stop signal and SIGKILL, unless a task says.
     default_grace: Duration,
+    /// How far the image pulls under way have got.
+    pulls: Arc<PullProgress>,
 }
 
 impl Containers {
-    pub fn new(default_grace: Duration) -> Containers {
+    pub fn new(default_grace: Duration, pulls: Arc<PullProgress>) -> Containers {
         Containers {
             map: BTreeMap::new(),
             sent: Sent::default(),
             default_grace,
+            pulls,
         }
     }
 
@@ -425,6 +430,7 @@ impl Containers {
         for a in desired {
             let c = self.map.get(&a.id);
             let observed = match c {
+                Some(c) if matches!(c.state, State::Starting) => observe_pull(a, &self.pulls),
                 Some(c) => observe(a, c),
                 None => observe_untracked(a),
             };

@@ -104,7 +104,7 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
         events: mpsc::Sender<Event>,
     ) -> Self {
         Reconciler {
-            containers: Containers::new(settings.stop_grace),
+            containers: Containers::new(settings.stop_grace, settings.registry.progress()),
             executor: Executor::new(
                 runtime.clone(),
                 records.clone(),

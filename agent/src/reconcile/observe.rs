@@ -10,10 +10,15 @@ use skiff_model::duration::format_duration;
 use skiff_model::{AllocStatus, Allocation, DesiredStatus};
 
 use super::state::{Container, Ending, State};
+use crate::image::progress::{describe, PullProgress};
 
 /// A status sent to the server is not sent again for this long, unless it
 /// changes, while the server's view catches up.
 pub const RESEND_AFTER: Duration = Duration::from_secs(5);
+
+/// Pull progress is reported at most this often per allocation (each
+/// report is a replicated write).
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// A status update for the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +133,23 @@ pub fn observe(a: &Allocation, c: &Container) -> Option<Observed> {
     })
 }
 
+/// What the server should record for an allocation whose container is
+/// being started: `pending` with reason `pulling` and how far the pull of
+/// its image has got, while one is under way.
+pub fn observe_pull(a: &Allocation, pulls: &PullProgress) -> Option<Observed> {
+    let image = a.task.image.registry.as_ref()?.to_string();
+    let (done, total, left) = pulls.of(&image)?;
+    Some(Observed {
+        alloc_id: a.id.clone(),
+        status: AllocStatus::Pending,
+        exit_code: None,
+        message: describe(&image, done, total, left),
+        restart_count: a.restart_count,
+        healthy: None,
+        reason: reason::PULLING.into(),
+    })
+}
+
 /// What the server should record for an allocation this agent has no
 /// container for.
 pub fn observe_untracked(a: &Allocation) -> Option<Observed> {
@@ -179,10 +201,13 @@ impl Sent {
             && a.healthy == o.healthy
             && a.reason == o.reason
             && (o.message.is_empty() || a.message == o.message);
-        let recently_sent = self
-            .0
-            .get(&a.id)
-            .is_some_and(|(s, t)| s == o && now.saturating_duration_since(*t) < RESEND_AFTER);
+        let recently_sent = self.0.get(&a.id).is_some_and(|(s, t)| {
+            let age = now.saturating_duration_since(*t);
+            (s == o && age < RESEND_AFTER)
+                || (s.reason == reason::PULLING
+                    && o.reason == reason::PULLING
+                    && age < PROGRESS_EVERY)
+        });
         !server_has && !recently_sent
     }
 

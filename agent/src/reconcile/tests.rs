@@ -79,7 +79,7 @@ struct Node {
 impl Node {
     fn new(desired: Vec<Allocation>) -> Node {
         Node {
-            c: Containers::new(secs(10)),
+            c: Containers::new(secs(10), Default::default()),
             now: Now {
                 wall: clock::from_ms(T0_MS),
                 mono: Instant::now(),

@@ -74,11 +74,13 @@ impl<'a> From<&'a Allocation> for AllocOut<'a> {
 impl AllocOut<'_> {
     /// The STATUS column: the status, or what keeps a running allocation
     /// from running right now (`back-off`, as Kubernetes shows
-    /// CrashLoopBackOff), or why it failed (`oom-killed`).
+    /// CrashLoopBackOff), or why it failed (`oom-killed`), or that its
+    /// image is being pulled (`pulling`, the message says how far).
     pub fn shown_status(&self) -> String {
         match (self.status, self.reason) {
             ("running", "back_off") => "back-off".into(),
             ("failed", "oom_killed") => "oom-killed".into(),
+            ("pending", "pulling") => "pulling".into(),
             (s, _) => s.into(),
         }
     }

@@ -172,6 +172,8 @@ pub mod reason {
     pub const PROBE_FAILED: &str = "probe_failed";
     /// The container could not be started.
     pub const START_FAILED: &str = "start_failed";
+    /// Pending while its image is pulled; the message says how far.
+    pub const PULLING: &str = "pulling";
 }
 
 impl Allocation {

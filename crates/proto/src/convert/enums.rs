@@ -58,7 +58,7 @@ pub fn alloc_status_from_wire(v: i32, field: &str) -> Result<m::AllocStatus, Wir
 
 /// Every reason an allocation may give (`skiff_model::alloc::reason`), and
 /// its wire value; "" is none.
-pub const ALL_REASONS: [(&str, pb::AllocReason); 8] = [
+pub const ALL_REASONS: [(&str, pb::AllocReason); 9] = [
     ("", pb::AllocReason::Unspecified),
     (reason::OOM_KILLED, pb::AllocReason::OomKilled),
     (reason::ERROR, pb::AllocReason::Error),
@@ -67,6 +67,7 @@ pub const ALL_REASONS: [(&str, pb::AllocReason); 8] = [
     (reason::BACK_OFF, pb::AllocReason::BackOff),
     (reason::PROBE_FAILED, pb::AllocReason::ProbeFailed),
     (reason::START_FAILED, pb::AllocReason::StartFailed),
+    (reason::PULLING, pb::AllocReason::Pulling),
 ];
 
 /// The wire form of an allocation's reason; one the set does not know

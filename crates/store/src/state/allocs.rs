@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use skiff_model::alloc::reason;
 use skiff_model::{AllocStatus, DesiredStatus, EvalTrigger};
 
 use super::{Outcome, State, Table};
@@ -56,6 +57,8 @@ impl State {
             } else if a.healthy != Some(true) || a.restart_count != u.restart_count {
                 a.healthy_since_ms = at_ms;
             }
+            // Pull progress is said in the message; it ends with the pull.
+            let was_pulling = a.reason == reason::PULLING && u.reason != reason::PULLING;
             a.status = u.status;
             a.exit_code = u.exit_code;
             a.restart_count = u.restart_count;
@@ -67,7 +70,7 @@ impl State {
                 if u.status.is_terminal() && !u.message.is_empty() {
                     a.message = format!("{}; {}", a.message, u.message);
                 }
-            } else if !u.message.is_empty() || u.status.is_terminal() {
+            } else if !u.message.is_empty() || u.status.is_terminal() || was_pulling {
                 a.message = u.message.clone();
             }
             a.modify_index = index;

@@ -308,6 +308,42 @@ fn agents_update_only_their_own_allocations_and_terminal_is_final() {
 }
 
 #[test]
+fn pull_progress_is_shown_while_pending_and_gone_once_running() {
+    let mut h = Harness::new();
+    h.apply(reg("n1", 4000, 4096));
+    h.apply(Command::UpsertJob {
+        spec: spec("web", 1, "64Mi"),
+    });
+    h.apply(h.plan("web", &[(0, "n1")], 0));
+    let id = "web-0-n1".to_string();
+    let update = |status, reason: &str, message: &str| Command::UpdateAllocStatus {
+        at_ms: 0,
+        node: "n1".into(),
+        updates: vec![AllocUpdate {
+            alloc_id: id.clone(),
+            status,
+            reason: reason.into(),
+            message: message.into(),
+            ..AllocUpdate::default()
+        }],
+    };
+    let pulling = "pulling lab/a:1: 1.0 MiB of 8.0 MiB (2 blobs left)";
+    h.apply(update(AllocStatus::Pending, "pulling", pulling));
+    let a = &h.state.allocs[&id];
+    assert_eq!(
+        (a.status, a.reason.as_str(), a.message.as_str()),
+        (AllocStatus::Pending, "pulling", pulling)
+    );
+    h.apply(update(AllocStatus::Running, "", ""));
+    let a = &h.state.allocs[&id];
+    assert_eq!(
+        (a.status, a.message.as_str()),
+        (AllocStatus::Running, ""),
+        "the progress does not outlive the pull"
+    );
+}
+
+#[test]
 fn restarts_health_and_reasons_are_recorded_while_running() {
     let mut h = Harness::new();
     h.apply(reg("n1", 4000, 4096));
