@@ -61,6 +61,11 @@ pub struct AgentConfig {
     /// How registries are reached (`--insecure-registry`,
     /// `--registry-ca`, `--registry-auth`).
     pub registry: skiff_registry::AccessConfig,
+    /// When unused images are removed (`--image-gc-high`, `--image-gc-low`,
+    /// `--image-cache-size`).
+    pub image_gc: crate::image::gc::GcPolicy,
+    /// How often the image cache is checked.
+    pub image_gc_every: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -331,7 +336,15 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         rootfs: cfg.rootfs,
         gpus: Some(gpus.clone()),
         images: images.clone(),
+        images_in_use: Default::default(),
     };
+    let image_gc = image_gc_loop(
+        crate::image::gc::ImageCache::new(paths.images()),
+        cfg.image_gc,
+        cfg.image_gc_every,
+        settings.images_in_use.clone(),
+        settings.registry.progress(),
+    );
     let data_root = paths.root().to_path_buf();
     let mut rec = Reconciler::new(runtime, paths, settings, events_tx.clone());
     rec.adopt().await;
@@ -350,7 +363,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
             async move { report(&s, &n, updates).await }
         });
         let renew = renew_loop(servers.clone(), data_root, tls, tls_tx);
-        tokio::join!(hb, again, watch, rec_loop, renew);
+        tokio::join!(hb, again, watch, rec_loop, renew, image_gc);
     };
     tokio::select! {
         _ = tasks => {}
@@ -361,6 +374,48 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// Collects unused images now and then (see [`crate::image::gc`]); the
+/// references the node's allocations want are kept.
+async fn image_gc_loop(
+    cache: crate::image::gc::ImageCache,
+    policy: crate::image::gc::GcPolicy,
+    every: Duration,
+    in_use: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    pulls: std::sync::Arc<crate::image::progress::PullProgress>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // Not while a pull is under way: its blobs are not recorded yet.
+        if !pulls.idle() {
+            continue;
+        }
+        let wanted = in_use.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let cache = cache.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            cache.collect(&policy, &wanted, &mut || match cache.fs_percent() {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the image filesystem's use");
+                    0
+                }
+            })
+        })
+        .await;
+        if let Ok(r) = done {
+            if !r.images_removed.is_empty() || r.blobs_removed > 0 {
+                tracing::info!(
+                    images = r.images_removed.len(),
+                    blobs = r.blobs_removed,
+                    bytes = r.bytes_freed,
+                    "image garbage collection"
+                );
+            }
+        }
+    }
 }
 
 /// The agent's API service with its check that callers are servers.

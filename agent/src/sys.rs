@@ -396,3 +396,23 @@ pub async fn wait_process_exit(pid: i32, start_time: u64) -> io::Result<()> {
     let _ready = afd.readable().await?;
     Ok(())
 }
+
+/// Percent of the filesystem holding `path` in use, as `df` counts it
+/// (blocks not available to unprivileged users count as used).
+pub fn fs_percent_used(path: &std::path::Path) -> io::Result<u8> {
+    let c =
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // SAFETY: statvfs is plain data; all-zero is a valid value of it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated string and `st` a struct we
+    // own for the call to fill.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let total = u128::from(st.f_blocks);
+    if total == 0 {
+        return Ok(0);
+    }
+    let used = total - u128::from(st.f_bavail.min(st.f_blocks));
+    Ok((used * 100 / total) as u8)
+}

@@ -950,3 +950,104 @@ async fn an_agent_killed_mid_pull_starts_over_and_never_uses_half_a_layer() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_gc_frees_an_unused_image_and_keeps_the_one_in_use() {
+    use skiff_model::{AllocStatus, JobSpec};
+    let tmp = tempfile::tempdir().unwrap();
+    let (layout, _, a_digest, b_digest) = layered_layout(tmp.path());
+    let r = Registry::start(RegistryOpts {
+        tls: false,
+        user: None,
+    });
+    r.push_tag(&layout, "a", "lab/a", "1");
+    r.push_tag(&layout, "b", "lab/b", "1");
+    let server = ServerProc::start(&tmp.path().join("server"));
+    let agent_dir = tmp.path().join("agent");
+    // A cache capped far below two images: whatever is not in use goes
+    // (the 2-minute minimum age is lifted for the test).
+    let _agent = AgentProc::start(
+        &agent_dir,
+        &server.url(),
+        "gc",
+        &[
+            "--insecure-registry",
+            &r.addr,
+            "--stop-grace",
+            "1s",
+            "--image-cache-size",
+            "4Ki",
+            "--image-gc-min-age",
+            "0s",
+            "--image-gc-every",
+            "200ms",
+        ],
+    );
+    let mut client = server.client().await;
+    for (name, repo) in [("keep", "lab/a"), ("drop", "lab/b")] {
+        let spec = JobSpec::from_yaml(&format!(
+            "name: {name}\ntask:\n  image: {}/{repo}:1\n  command: [sh, -c, 'sleep 3600']\n  resources: {{cpu: 100m, memory: 32Mi}}\n",
+            r.addr
+        ))
+        .unwrap();
+        client.apply_job(&spec).await.unwrap();
+    }
+    for name in ["keep", "drop"] {
+        wait_allocs(
+            &mut client,
+            name,
+            1,
+            AllocStatus::Running,
+            Duration::from_secs(60),
+        )
+        .await;
+    }
+    let images = agent_dir.join("images");
+    let blob = |d: &str| images.join("content/blobs/sha256").join(&d[7..]);
+    let tree = |d: &str| images.join("rootfs").join(&d[7..]);
+    let layers = |manifest: &str| -> Vec<String> {
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(blob(manifest)).unwrap()).unwrap();
+        let mut out = vec![m["config"]["digest"].as_str().unwrap().to_string()];
+        out.extend(
+            m["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["digest"].as_str().unwrap().to_string()),
+        );
+        out
+    };
+    let (a_blobs, b_blobs) = (layers(&a_digest), layers(&b_digest));
+    let b_only: Vec<&String> = b_blobs.iter().filter(|d| !a_blobs.contains(d)).collect();
+    assert_eq!(b_only.len(), 2, "b's config and its own layer");
+    // Both in use: both kept, however small the cap.
+    assert!(tree(&a_digest).is_dir() && tree(&b_digest).is_dir());
+
+    client.delete_job("drop").await.unwrap();
+    wait_for("b to be collected", Duration::from_secs(60), || async {
+        (!tree(&b_digest).exists() && b_only.iter().all(|d| !blob(d).exists())).then_some(())
+    })
+    .await;
+    assert!(!blob(&b_digest).exists(), "b's manifest goes too");
+    // a, in use, is whole: its tree, its manifest and every blob, the
+    // layers it shared with b included.
+    assert!(tree(&a_digest).is_dir());
+    for d in a_blobs.iter().chain([&a_digest]) {
+        assert!(blob(d).is_file(), "{d} of the image in use is kept");
+    }
+    let a = wait_allocs(
+        &mut client,
+        "keep",
+        1,
+        AllocStatus::Running,
+        Duration::from_secs(10),
+    )
+    .await
+    .remove(0);
+    let out = client
+        .exec(&a.id, &["cat".into(), "/etc/a.txt".into()], None)
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "a.txt");
+}

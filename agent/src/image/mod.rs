@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::image::Digest;
 
+pub mod gc;
 mod layer;
 mod layout;
 pub mod progress;

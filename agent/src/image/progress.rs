@@ -49,6 +49,14 @@ impl PullProgress {
         }
     }
 
+    /// No pull is under way.
+    pub fn idle(&self) -> bool {
+        self.pulls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
     /// `(bytes held, bytes needed, blobs still to fetch)` of a pull of
     /// `image` under way, once its manifest is known.
     pub fn of(&self, image: &str) -> Option<(u64, u64, u64)> {

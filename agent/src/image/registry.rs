@@ -212,6 +212,37 @@ impl Puller {
             .then_some(top)
     }
 
+    /// The content-store blobs the image `top` needs on this node: itself,
+    /// its platform's manifest (for an index), the config and the layers.
+    pub fn blobs_of(&self, top: &Descriptor) -> Vec<String> {
+        let digest = top.digest().to_string();
+        let mut out = vec![digest.clone()];
+        let read = |d: &str| self.blob_path(d).and_then(|p| std::fs::read(p).ok());
+        let Some(bytes) = read(&digest) else {
+            return out;
+        };
+        let manifest_bytes = if is_index(top.media_type()) {
+            let Some(entry) = serde_json::from_slice::<ImageIndex>(&bytes)
+                .ok()
+                .and_then(|i| platform_entry(&i).map(|e| e.digest().to_string()))
+            else {
+                return out;
+            };
+            out.push(entry.clone());
+            match read(&entry) {
+                Some(b) => b,
+                None => return out,
+            }
+        } else {
+            bytes
+        };
+        if let Ok(m) = serde_json::from_slice::<ImageManifest>(&manifest_bytes) {
+            out.push(m.config().digest().to_string());
+            out.extend(m.layers().iter().map(|l| l.digest().to_string()));
+        }
+        out
+    }
+
     /// Makes sure the content store holds everything `image` needs for
     /// this node's platform and returns the descriptor of the manifest (or
     /// index) it names, with its digest: what the unpacker starts from.
@@ -448,7 +479,8 @@ fn reference_of(image: &RegistryRef) -> String {
     }
 }
 
-fn is_index(media: &MediaType) -> bool {
+/// Whether a descriptor names an index (OCI or Docker manifest list).
+pub fn is_index(media: &MediaType) -> bool {
     match media {
         MediaType::ImageIndex => true,
         MediaType::Other(s) => s == "application/vnd.docker.distribution.manifest.list.v2+json",

@@ -88,6 +88,15 @@ impl Containers {
         self.map.get(id)
     }
 
+    /// The images of the containers not yet cleaned up (their root
+    /// filesystems may stand on them).
+    pub fn images(&self) -> impl Iterator<Item = String> + '_ {
+        self.map
+            .values()
+            .filter(|c| c.state.cleanup() != Some(Cleanup::Done))
+            .filter_map(|c| c.listing.task().map(|t| t.image.to_string()))
+    }
+
     /// How many containers this agent tracks.
     pub fn tracked(&self) -> usize {
         self.map.len()

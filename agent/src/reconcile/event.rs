@@ -30,6 +30,10 @@ pub struct Settings {
     pub image_timeout: Duration,
     /// Pulls registry images into the node's content store.
     pub registry: Arc<crate::image::registry::Puller>,
+    /// The images (as tasks name them) that allocations on this node want
+    /// or run: the image garbage collector keeps them. Kept up to date by
+    /// the reconciler.
+    pub images_in_use: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// What wakes the reconciler.

@@ -43,7 +43,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use skiff_model::Allocation;
+use skiff_model::{Allocation, DesiredStatus};
 use tokio::sync::mpsc;
 
 pub use event::{Event, Settings};
@@ -78,6 +78,8 @@ pub struct Reconciler<R: Runtime, X: Records = FileRecords, C: Clock = SystemClo
     /// A report to the servers is under way (one at a time).
     reporting: bool,
     events: mpsc::Sender<Event>,
+    /// Published for the image garbage collector.
+    images_in_use: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl<R: Runtime> Reconciler<R> {
@@ -105,6 +107,7 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
     ) -> Self {
         Reconciler {
             containers: Containers::new(settings.stop_grace, settings.registry.progress()),
+            images_in_use: settings.images_in_use.clone(),
             executor: Executor::new(
                 runtime.clone(),
                 records.clone(),
@@ -224,6 +227,19 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
         let now = self.clock.now();
         let Decision { actions, report } = self.containers.decide(desired, &exits, now);
         self.executor.execute(actions);
+        // What the image garbage collector must keep: what allocations
+        // want to run, and what containers not yet cleaned up stand on.
+        let in_use: std::collections::HashSet<String> = desired
+            .iter()
+            .filter(|a| a.desired == DesiredStatus::Run && !a.status.is_terminal())
+            .map(|a| a.task.image.to_string())
+            .chain(self.containers.images())
+            .collect();
+        let mut published = self.images_in_use.lock().unwrap_or_else(|p| p.into_inner());
+        if *published != in_use {
+            *published = in_use;
+        }
+        drop(published);
         report
     }
 

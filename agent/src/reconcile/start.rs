@@ -126,20 +126,52 @@ async fn prepare_image(
     let mut image_ref = alloc.task.image.clone();
     let images = images.clone();
     let shown = alloc.task.image.to_string();
+    // Each start is a use of the image, for the image garbage collector.
+    let cache = crate::image::gc::ImageCache::new(images.root());
+    let reference = shown.clone();
+    let record = move |prepared: &crate::image::PreparedImage, top: String, blobs| {
+        let (m, tree) = (&prepared.manifest_digest, &prepared.rootfs);
+        if let Err(e) = cache.record_use(&reference, &top, m, blobs, tree) {
+            tracing::warn!(image = %reference, error = %e, "could not record the image's use");
+        }
+    };
     let unpacked = if let Some(reference) = image_ref.registry.clone() {
         let puller = settings.registry.clone();
         let top = puller
             .pull(&reference, alloc.task.pull)
             .await
             .map_err(|e| e.to_string())?;
-        tokio::task::spawn_blocking(move || images.unpack(&puller.source()?, &top)).await
+        tokio::task::spawn_blocking(move || {
+            let blobs = puller.blobs_of(&top);
+            // Recorded before unpacking (no tree yet), so the collector
+            // never takes its blobs for unreferenced ones.
+            let manifest = match blobs.get(1) {
+                Some(m) if crate::image::registry::is_index(top.media_type()) => m.clone(),
+                _ => top.digest().to_string(),
+            };
+            let early = crate::image::PreparedImage {
+                manifest_digest: manifest,
+                rootfs: images.root().join("rootfs").join(".not-yet"),
+                config: Default::default(),
+            };
+            record(&early, top.digest().to_string(), blobs.clone());
+            let prepared = images.unpack(&puller.source()?, &top)?;
+            record(&prepared, top.digest().to_string(), blobs);
+            Ok::<_, crate::image::ImageError>(prepared)
+        })
+        .await
     } else {
         let ns = skiff_model::split_job_key(&alloc.job).0;
         let real = settings
             .images
             .check(std::path::Path::new(&image_ref.path), ns)?;
         image_ref.path = real.display().to_string();
-        tokio::task::spawn_blocking(move || images.prepare(&image_ref)).await
+        tokio::task::spawn_blocking(move || {
+            let prepared = images.prepare(&image_ref)?;
+            record(&prepared, prepared.manifest_digest.clone(), Vec::new());
+            Ok::<_, crate::image::ImageError>(prepared)
+        })
+        .await
     };
     unpacked
         .map_err(|e| format!("image preparation panicked: {e}"))?

@@ -684,6 +684,7 @@ impl Rig {
             rootfs: RootfsMode::Copy,
             gpus: None,
             images: crate::image::ImagePolicy::unrestricted(),
+            images_in_use: Default::default(),
             image_timeout: secs(600),
             registry: Arc::new(
                 crate::image::registry::Puller::new(&dir.path().join("content"), Arc::default())

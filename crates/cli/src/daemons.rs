@@ -343,6 +343,23 @@ struct NodeOpts {
     /// container's start fails (e.g. 10m, 90s).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     image_timeout: Duration,
+    /// Percent use of the image cache's filesystem that starts image
+    /// garbage collection (least recently used first).
+    #[arg(long, default_value_t = 85, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=100))]
+    image_gc_high: u8,
+    /// Percent use image garbage collection brings it down to.
+    #[arg(long, default_value_t = 80, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=99))]
+    image_gc_low: u8,
+    /// A cap on the image cache (unpacked images and pulled blobs), e.g.
+    /// 50Gi: passing it also starts garbage collection.
+    #[arg(long, value_name = "SIZE", value_parser = parse_log_size)]
+    image_cache_size: Option<u64>,
+    /// Images used within this long are never collected.
+    #[arg(long, default_value = "2m", value_parser = parse_duration, hide = true)]
+    image_gc_min_age: Duration,
+    /// How often the image cache is checked.
+    #[arg(long, default_value = "1m", value_parser = parse_duration, hide = true)]
+    image_gc_every: Duration,
     #[command(flatten)]
     registries: RegistryOpts,
     /// How a container's root filesystem is made from the image cache:
@@ -622,6 +639,22 @@ fn agent_config(
         image_roots: absolute(node.image_roots)?,
         image_timeout: node.image_timeout,
         registry: node.registries.config(),
+        image_gc: {
+            if node.image_gc_low >= node.image_gc_high {
+                anyhow::bail!(
+                    "--image-gc-low {} must be below --image-gc-high {}",
+                    node.image_gc_low,
+                    node.image_gc_high
+                );
+            }
+            skiff_agent::image::gc::GcPolicy {
+                high: node.image_gc_high,
+                low: node.image_gc_low,
+                cap: node.image_cache_size,
+                min_age: node.image_gc_min_age,
+            }
+        },
+        image_gc_every: node.image_gc_every.max(Duration::from_millis(100)),
     })
 }
 
