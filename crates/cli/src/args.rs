@@ -87,3 +87,12 @@ impl ClientOpts {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     skiff_model::duration::parse_duration(s)
 }
+
+/// A size of at least 4Ki (`10Mi`, `50Gi`).
+pub fn parse_log_size(s: &str) -> Result<u64, String> {
+    let n = skiff_model::quantity::parse_memory(s).map_err(|e| e.to_string())?;
+    if n < 4096 {
+        return Err(format!("{s:?} is below the minimum of 4Ki"));
+    }
+    Ok(n)
+}

@@ -14,7 +14,8 @@ use skiff_server::heartbeats::LivenessConfig;
 use skiff_server::ServerConfig;
 use skiff_store::RaftConfig;
 
-use crate::args::parse_duration;
+use crate::args::{parse_duration, parse_log_size};
+use crate::image_opts::{ImageGcOpts, RegistryOpts};
 
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -181,42 +182,6 @@ impl SchedulerOpts {
     }
 }
 
-/// How registries are reached: agents pull with these, servers resolve
-/// tags with them (give both the same).
-#[derive(Args, Clone)]
-struct RegistryOpts {
-    /// A registry (HOST:PORT) spoken to over plain HTTP instead of HTTPS;
-    /// repeat for several. Only for registries on a trusted network.
-    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
-    insecure_registries: Vec<String>,
-    /// A registry's own CA, trusted for that registry only:
-    /// HOST:PORT=PEM_FILE; repeat for several.
-    #[arg(long = "registry-ca", value_name = "HOST:PORT=PEM_FILE")]
-    registry_cas: Vec<String>,
-    /// Registry credentials in Docker's config.json format (`auths`);
-    /// never logged nor stored in specs.
-    #[arg(long = "registry-auth", value_name = "FILE")]
-    registry_auth: Option<PathBuf>,
-    /// A pull-through cache asked first for REGISTRY's images (the
-    /// registry itself is asked last): REGISTRY=URL, e.g.
-    /// docker.io=https://mirror.lab:5000; repeat for several (tried in
-    /// order). An http:// mirror needs --insecure-registry too.
-    #[arg(long = "registry-mirror", value_name = "REGISTRY=URL")]
-    registry_mirrors: Vec<String>,
-}
-
-impl RegistryOpts {
-    fn config(&self) -> skiff_registry::AccessConfig {
-        skiff_registry::AccessConfig {
-            insecure: self.insecure_registries.clone(),
-            cas: self.registry_cas.clone(),
-            auth_file: self.registry_auth.clone(),
-            mirrors: self.registry_mirrors.clone(),
-            offline: false,
-        }
-    }
-}
-
 #[derive(Args)]
 struct GcOpts {
     /// Finished allocations (complete, failed, lost) kept per job, newest
@@ -343,23 +308,8 @@ struct NodeOpts {
     /// container's start fails (e.g. 10m, 90s).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     image_timeout: Duration,
-    /// Percent use of the image cache's filesystem that starts image
-    /// garbage collection (least recently used first).
-    #[arg(long, default_value_t = 85, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=100))]
-    image_gc_high: u8,
-    /// Percent use image garbage collection brings it down to.
-    #[arg(long, default_value_t = 80, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=99))]
-    image_gc_low: u8,
-    /// A cap on the image cache (unpacked images and pulled blobs), e.g.
-    /// 50Gi: passing it also starts garbage collection.
-    #[arg(long, value_name = "SIZE", value_parser = parse_log_size)]
-    image_cache_size: Option<u64>,
-    /// Images used within this long are never collected.
-    #[arg(long, default_value = "2m", value_parser = parse_duration, hide = true)]
-    image_gc_min_age: Duration,
-    /// How often the image cache is checked.
-    #[arg(long, default_value = "1m", value_parser = parse_duration, hide = true)]
-    image_gc_every: Duration,
+    #[command(flatten)]
+    image_gc: ImageGcOpts,
     #[command(flatten)]
     registries: RegistryOpts,
     /// How a container's root filesystem is made from the image cache:
@@ -517,13 +467,6 @@ fn parse_reserve(s: &str) -> Result<skiff_model::Resources, String> {
 }
 
 /// A log size: a memory quantity of at least 4Ki.
-fn parse_log_size(s: &str) -> Result<u64, String> {
-    let n = skiff_model::quantity::parse_memory(s).map_err(|e| e.to_string())?;
-    if n < 4096 {
-        return Err(format!("{s:?} is below the minimum of 4Ki"));
-    }
-    Ok(n)
-}
 
 fn init_logging() {
     use std::io::IsTerminal;
@@ -639,22 +582,8 @@ fn agent_config(
         image_roots: absolute(node.image_roots)?,
         image_timeout: node.image_timeout,
         registry: node.registries.config(),
-        image_gc: {
-            if node.image_gc_low >= node.image_gc_high {
-                anyhow::bail!(
-                    "--image-gc-low {} must be below --image-gc-high {}",
-                    node.image_gc_low,
-                    node.image_gc_high
-                );
-            }
-            skiff_agent::image::gc::GcPolicy {
-                high: node.image_gc_high,
-                low: node.image_gc_low,
-                cap: node.image_cache_size,
-                min_age: node.image_gc_min_age,
-            }
-        },
-        image_gc_every: node.image_gc_every.max(Duration::from_millis(100)),
+        image_gc: node.image_gc.policy()?,
+        image_gc_every: node.image_gc.every(),
     })
 }
 

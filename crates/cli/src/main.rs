@@ -7,6 +7,7 @@ mod args;
 mod commands;
 mod completion;
 mod daemons;
+mod image_opts;
 mod output;
 mod rollout;
 
