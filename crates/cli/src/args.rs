@@ -88,7 +88,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     skiff_model::duration::parse_duration(s)
 }
 
-/// A size of at least 4Ki (`10Mi`, `50Gi`).
+/// A size (a memory quantity such as `10Mi` or `50Gi`) of at least 4Ki.
 pub fn parse_log_size(s: &str) -> Result<u64, String> {
     let n = skiff_model::quantity::parse_memory(s).map_err(|e| e.to_string())?;
     if n < 4096 {

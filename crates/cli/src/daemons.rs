@@ -466,8 +466,6 @@ fn parse_reserve(s: &str) -> Result<skiff_model::Resources, String> {
     Ok(r)
 }
 
-/// A log size: a memory quantity of at least 4Ki.
-
 fn init_logging() {
     use std::io::IsTerminal;
     // raft-rs logs through slog, bridged to the `slog` target; its routine
