@@ -284,8 +284,19 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         shim_program: cfg.shim_program.clone(),
         shim_prefix: cfg.shim_prefix.clone(),
     });
+    let puller = std::sync::Arc::new(crate::image::registry::Puller::new(
+        &paths.images().join("content"),
+        std::sync::Arc::new(skiff_registry::RegistryAccess::load(&cfg.registry)?),
+    )?);
+    let images_in_use: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>> =
+        Default::default();
     let api = pb::agent_api_server::AgentApiServer::with_interceptor(
-        crate::service::AgentService::new(paths.clone(), runtime.clone(), gpus.clone()),
+        crate::service::AgentService::new(paths.clone(), runtime.clone(), gpus.clone())
+            .with_images(crate::service::ImageTools {
+                puller: puller.clone(),
+                store: crate::image::ImageStore::new(paths.images()),
+                in_use: images_in_use.clone(),
+            }),
         crate::tls::only_servers as fn(_) -> _,
     );
     let (tls_tx, tls_rx) = tokio::sync::watch::channel(tls.clone());
@@ -327,16 +338,13 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         runtime_binary,
         stop_grace: cfg.stop_grace,
         image_timeout: cfg.image_timeout,
-        registry: std::sync::Arc::new(crate::image::registry::Puller::new(
-            &paths.images().join("content"),
-            std::sync::Arc::new(skiff_registry::RegistryAccess::load(&cfg.registry)?),
-        )?),
+        registry: puller,
         log_max_size: cfg.log_max_size,
         log_max_files: cfg.log_max_files,
         rootfs: cfg.rootfs,
         gpus: Some(gpus.clone()),
         images: images.clone(),
-        images_in_use: Default::default(),
+        images_in_use,
     };
     let image_gc = image_gc_loop(
         crate::image::gc::ImageCache::new(paths.images()),

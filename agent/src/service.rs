@@ -19,6 +19,16 @@ pub struct AgentService<R: Runtime> {
     paths: Paths,
     runtime: Arc<R>,
     gpus: Arc<GpuNode>,
+    images: Option<ImageTools>,
+}
+
+/// What the image calls need: the puller, the unpacked cache, and what
+/// the reconciler says is in use.
+#[derive(Clone)]
+pub struct ImageTools {
+    pub puller: Arc<crate::image::registry::Puller>,
+    pub store: crate::image::ImageStore,
+    pub in_use: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl<R: Runtime> AgentService<R> {
@@ -27,7 +37,38 @@ impl<R: Runtime> AgentService<R> {
             paths,
             runtime,
             gpus,
+            images: None,
         }
+    }
+
+    /// Serves the image calls too.
+    pub fn with_images(mut self, images: ImageTools) -> Self {
+        self.images = Some(images);
+        self
+    }
+
+    fn image_tools(&self) -> Result<&ImageTools, Status> {
+        self.images
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented("this agent serves no image calls"))
+    }
+}
+
+fn cached_image(
+    record: crate::image::gc::ImageRecord,
+    size: u64,
+    in_use: &std::collections::HashSet<String>,
+) -> pb::CachedImage {
+    pb::CachedImage {
+        in_use: in_use.contains(&record.reference)
+            || in_use
+                .iter()
+                .any(|w| w.ends_with(&format!("@{}", record.top))),
+        reference: record.reference,
+        digest: record.top,
+        manifest: record.manifest,
+        size_bytes: size,
+        last_used_ms: record.last_used_ms,
     }
 }
 
@@ -91,6 +132,77 @@ impl<R: Runtime> pb::agent_api_server::AgentApi for AgentService<R> {
             reason: was.map(|w| w.reason).unwrap_or_default(),
             index: self.gpus.registered_index(),
         }))
+    }
+
+    async fn list_images(
+        &self,
+        _req: Request<pb::ListImagesRequest>,
+    ) -> Result<Response<pb::ListImagesResponse>, Status> {
+        let tools = self.image_tools()?;
+        let in_use = tools
+            .in_use
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let cache = crate::image::gc::ImageCache::new(tools.store.root());
+        let images = tokio::task::spawn_blocking(move || cache.list())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .into_iter()
+            .map(|(r, size)| cached_image(r, size, &in_use))
+            .collect();
+        Ok(Response::new(pb::ListImagesResponse { images }))
+    }
+
+    async fn pull_image(
+        &self,
+        req: Request<pb::PullImageRequest>,
+    ) -> Result<Response<pb::PullImageResponse>, Status> {
+        let tools = self.image_tools()?.clone();
+        let text = req.into_inner().image;
+        let image = skiff_model::registry_ref::RegistryRef::parse(&text)
+            .map_err(|e| Status::invalid_argument(format!("image: {e}")))?;
+        let top = tools
+            .puller
+            .pull(&image, skiff_model::PullPolicy::IfNotPresent)
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let reference = image.to_string();
+        let (puller, store) = (tools.puller.clone(), tools.store.clone());
+        let record = tokio::task::spawn_blocking(move || {
+            let prepared = store.unpack(&puller.source()?, &top)?;
+            let cache = crate::image::gc::ImageCache::new(store.root());
+            let blobs = puller.blobs_of(&top);
+            let top = top.digest().to_string();
+            cache
+                .record_use(
+                    &reference,
+                    &top,
+                    &prepared.manifest_digest,
+                    blobs,
+                    &prepared.rootfs,
+                )
+                .map_err(|e| crate::image::ImageError::Io {
+                    path: store.root().join("used"),
+                    source: e,
+                })?;
+            Ok::<_, crate::image::ImageError>(
+                cache
+                    .list()
+                    .into_iter()
+                    .find(|(r, _)| r.manifest == prepared.manifest_digest),
+            )
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::failed_precondition(format!("image {text}: {e}")))?;
+        let in_use = tools
+            .in_use
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let image = record.map(|(r, size)| cached_image(r, size, &in_use));
+        Ok(Response::new(pb::PullImageResponse { image }))
     }
 
     async fn exec(

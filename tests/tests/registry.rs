@@ -1051,3 +1051,101 @@ async fn image_gc_frees_an_unused_image_and_keeps_the_one_in_use() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "a.txt");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_pre_pulls_an_image_on_a_node_and_lists_the_cache() {
+    use skiff_model::{AllocStatus, JobSpec};
+    let tmp = tempfile::tempdir().unwrap();
+    let r = Registry::start(RegistryOpts {
+        tls: false,
+        user: None,
+    });
+    let digest = r.push(busybox_layout(), "team/busybox", "v1");
+    let server = ServerProc::start(&tmp.path().join("server"));
+    let agent_dir = tmp.path().join("agent");
+    let _agent = AgentProc::start(
+        &agent_dir,
+        &server.url(),
+        "prepull",
+        &["--insecure-registry", &r.addr, "--stop-grace", "1s"],
+    );
+    let mut client = server.client().await;
+    wait_for("the node", Duration::from_secs(30), || {
+        let mut c = client.clone();
+        async move { (!c.list_nodes().await.ok()?.is_empty()).then_some(()) }
+    })
+    .await;
+    let image = format!("{}/team/busybox:v1", r.addr);
+    let out = skiff(
+        &server.url(),
+        &["image", "pull", "--node", "prepull", &image],
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains(&digest) && said.contains("node/prepull pulled"),
+        "{said}"
+    );
+    // Listed with its size, not in use yet.
+    let ls = |args: &[&str]| {
+        let mut all = vec!["image", "ls"];
+        all.extend_from_slice(args);
+        let out = skiff(&server.url(), &all);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listed: serde_json::Value =
+        serde_json::from_str(&ls(&["--node", "prepull", "-o", "json"])).unwrap();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["reference"], image.as_str());
+    assert_eq!(listed[0]["digest"], digest.as_str());
+    assert!(
+        listed[0]["size_bytes"].as_u64().unwrap() > 100_000,
+        "busybox's tree and blobs"
+    );
+    assert_eq!(listed[0]["in_use"], false);
+    // A job on it starts from the cache and marks it in use.
+    let spec = JobSpec::from_yaml(&format!(
+        "name: warm\ntask:\n  image: {image}\n  command: [sh, -c, 'sleep 3600']\n  resources: {{cpu: 100m, memory: 32Mi}}\n"
+    ))
+    .unwrap();
+    client.apply_job(&spec).await.unwrap();
+    wait_allocs(
+        &mut client,
+        "warm",
+        1,
+        AllocStatus::Running,
+        Duration::from_secs(60),
+    )
+    .await;
+    let table = ls(&[]);
+    assert!(
+        table.contains("prepull") && table.contains("yes"),
+        "{table}"
+    );
+    // Layouts are not pulled; unknown nodes are named.
+    let out = skiff(
+        &server.url(),
+        &["image", "pull", "--node", "prepull", "oci:/srv/images/x:1"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("only registry images are pulled"),
+        "{err}"
+    );
+    let out = skiff(&server.url(), &["image", "pull", "--node", "nope", &image]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("\"nope\" not found"),
+        "{err}"
+    );
+}

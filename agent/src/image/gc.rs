@@ -175,6 +175,27 @@ impl ImageCache {
             .collect()
     }
 
+    /// Every image with its bytes on the node (its tree and the blobs it
+    /// needs), newest use first.
+    pub fn list(&self) -> Vec<(ImageRecord, u64)> {
+        let mut out: Vec<(ImageRecord, u64)> = self
+            .records()
+            .into_iter()
+            .map(|r| {
+                let blobs: u64 = r
+                    .blobs
+                    .iter()
+                    .filter_map(|b| std::fs::metadata(self.blobs_dir().join(hex_of(b))).ok())
+                    .map(|m| m.len())
+                    .sum();
+                let size = r.size + blobs;
+                (r, size)
+            })
+            .collect();
+        out.sort_by_key(|(r, _)| std::cmp::Reverse(r.last_used_ms));
+        out
+    }
+
     /// Bytes the cache holds: the recorded trees and every blob.
     pub fn bytes(&self) -> u64 {
         let trees: u64 = self.records().iter().map(|r| r.size).sum();

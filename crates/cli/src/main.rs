@@ -74,6 +74,11 @@ enum Cmd {
         #[command(subcommand)]
         what: commands::NodeCmd,
     },
+    /// The images cached on the nodes; pull one on a node ahead of time.
+    Image {
+        #[command(subcommand)]
+        what: commands::ImageCmd,
+    },
     /// Same as `skiff node cordon`.
     #[command(hide = true)]
     Cordon(commands::NodeArgs),
@@ -166,6 +171,7 @@ fn main() -> ExitCode {
             Cmd::Exec(args) => commands::exec(args).await,
             Cmd::Delete { what } => ok(commands::delete(what).await),
             Cmd::Node { what } => ok(commands::node(what).await),
+            Cmd::Image { what } => ok(commands::image(what).await),
             Cmd::Cordon(args) => ok(commands::node(commands::NodeCmd::Cordon(args)).await),
             Cmd::Drain(args) => ok(commands::node(commands::NodeCmd::Drain(args)).await),
             Cmd::Uncordon(args) => ok(commands::node(commands::NodeCmd::Uncordon(args)).await),

@@ -11,6 +11,7 @@ use skiff_proto::pb;
 use skiff_proto::WireError;
 use tonic::transport::{Channel, Endpoint};
 
+pub use skiff_proto::pb::{CachedImage, NodeImages};
 pub use tonic::Code;
 
 mod access;
@@ -446,6 +447,39 @@ impl Client {
             was_unhealthy: r.was_unhealthy,
             reason: r.reason,
         })
+    }
+
+    /// The images cached on `node`, or on every node when `None`, as their
+    /// agents report them.
+    pub async fn list_images(
+        &mut self,
+        node: Option<&str>,
+    ) -> Result<Vec<NodeImages>, ClientError> {
+        Ok(self
+            .cluster
+            .list_node_images(pb::ListNodeImagesRequest {
+                node: node.unwrap_or_default().into(),
+            })
+            .await?
+            .into_inner()
+            .nodes)
+    }
+
+    /// Pulls a registry image on `node` ahead of its allocations.
+    pub async fn pull_image(
+        &mut self,
+        node: &str,
+        image: &str,
+    ) -> Result<Option<CachedImage>, ClientError> {
+        Ok(self
+            .cluster
+            .pull_node_image(pb::PullNodeImageRequest {
+                node: node.into(),
+                image: image.into(),
+            })
+            .await?
+            .into_inner()
+            .image)
     }
 
     /// Streams an allocation's log; `id` may be a unique prefix.

@@ -36,6 +36,7 @@ const MUTATING: &[&str] = &[
     "UndoRollout",
     "SetNodeEligibility",
     "ResetNodeGpu",
+    "PullNodeImage",
     "Exec",
     "AddMember",
     "RemoveMember",

@@ -1,6 +1,7 @@
 //! The client commands, one room each: `apply`/`delete` (specs), `get`
 //! (lists), `describe` (one object in detail), `node` (cordon, drain, GPU
-//! resets), `container` (logs, exec), `watch` (changes, members),
+//! resets), `image` (cached images, pulls), `container` (logs, exec),
+//! `watch` (changes, members),
 //! `access` (join tokens, the CA of a static cluster, removing nodes).
 
 mod access;
@@ -8,6 +9,7 @@ mod apply;
 mod container;
 mod describe;
 mod get;
+mod image;
 mod namespace;
 mod node;
 mod user;
@@ -23,6 +25,7 @@ pub use apply::{apply, delete, DeleteWhat};
 pub use container::{exec, logs, ExecArgs, LogsArgs};
 pub use describe::{describe, DescribeWhat};
 pub use get::{get, GetWhat};
+pub use image::{image, ImageCmd};
 pub use namespace::{namespace, NamespaceCmd};
 pub use node::{node, DrainArgs, NodeArgs, NodeCmd};
 pub use user::{user, UserCmd};

@@ -11,6 +11,7 @@
 
 mod admin;
 mod errors;
+mod images;
 mod jobs;
 mod pages;
 mod relay;
@@ -150,6 +151,34 @@ impl pb::cluster_server::Cluster for ClusterApi {
         self.caller(&req)?
             .require(&self.ctx, Action::RunNodes, "reset GPUs")?;
         relay::reset_gpu(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_node_images(
+        &self,
+        req: Request<pb::ListNodeImagesRequest>,
+    ) -> Answer<pb::ListNodeImagesResponse> {
+        self.caller(&req)?
+            .require(&self.ctx, Action::Read, "list images")?;
+        images::list(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn pull_node_image(
+        &self,
+        req: Request<pb::PullNodeImageRequest>,
+    ) -> Answer<pb::PullNodeImageResponse> {
+        let r = req.get_ref();
+        audit::name_object(format!(
+            "node/{} image/{}",
+            clipped(&r.node),
+            clipped(&r.image)
+        ));
+        self.caller(&req)?
+            .require(&self.ctx, Action::RunNodes, "pull images on nodes")?;
+        images::pull(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
     }

@@ -132,7 +132,11 @@ async fn agent_for(ctx: &Ctx, id: &str) -> Result<(String, AgentClient), Status>
 }
 
 /// A client for the agent API of `node` at `address` (`host:port`).
-async fn agent_client(ctx: &Ctx, address: &str, node: &str) -> Result<AgentClient, Status> {
+pub(crate) async fn agent_client(
+    ctx: &Ctx,
+    address: &str,
+    node: &str,
+) -> Result<AgentClient, Status> {
     let endpoint = ctx
         .tls
         .to_agent(address, node)?
