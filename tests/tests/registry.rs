@@ -1149,3 +1149,105 @@ async fn an_operator_pre_pulls_an_image_on_a_node_and_lists_the_cache() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_the_servers_cannot_resolve_is_pinned_by_the_first_node_that_pulls_it() {
+    use skiff_model::{AllocStatus, JobSpec};
+    let tmp = tempfile::tempdir().unwrap();
+    let r = Registry::start(RegistryOpts {
+        tls: false,
+        user: None,
+    });
+    let digest = r.push(busybox_layout(), "team/busybox", "v1");
+    // The servers may not speak plain HTTP to this registry; the node may.
+    let server = ServerProc::start(&tmp.path().join("server"));
+    let _agent = AgentProc::start(
+        &tmp.path().join("agent"),
+        &server.url(),
+        "first",
+        &["--insecure-registry", &r.addr, "--stop-grace", "1s"],
+    );
+    let mut client = server.client().await;
+    let spec = JobSpec::from_yaml(&format!(
+        "name: pin\ntask:\n  image: {}/team/busybox:v1\n  command: [sh, -c, 'sleep 3600']\n  resources: {{cpu: 100m, memory: 32Mi}}\n",
+        r.addr
+    ))
+    .unwrap();
+    let applied = client.apply_job(&spec).await.unwrap();
+    assert!(
+        applied
+            .image_note
+            .contains("the first node to pull it pins"),
+        "{}",
+        applied.image_note
+    );
+    assert!(applied
+        .job
+        .spec
+        .task
+        .image
+        .registry
+        .as_ref()
+        .unwrap()
+        .digest
+        .is_none());
+    wait_allocs(
+        &mut client,
+        "pin",
+        1,
+        AllocStatus::Running,
+        Duration::from_secs(60),
+    )
+    .await;
+    // The node said what it pulled: the version now names those bytes.
+    let pinned = wait_for("the version to be pinned", Duration::from_secs(30), || {
+        let mut c = client.clone();
+        async move {
+            let job = c.get_job("pin").await.ok()?.job;
+            job.spec
+                .task
+                .image
+                .registry
+                .as_ref()?
+                .digest
+                .clone()
+                .map(|d| (d, job.version))
+        }
+    })
+    .await;
+    assert_eq!(pinned.0, digest);
+    assert_eq!(
+        pinned.1, applied.job.version,
+        "pinned in place, no new version"
+    );
+    // A replica placed now is given the digest.
+    client.scale_job("pin", 2).await.unwrap();
+    let allocs = wait_allocs(
+        &mut client,
+        "pin",
+        2,
+        AllocStatus::Running,
+        Duration::from_secs(60),
+    )
+    .await;
+    for a in &allocs {
+        assert_eq!(
+            a.task.image.registry.as_ref().unwrap().digest.as_deref(),
+            Some(digest.as_str())
+        );
+    }
+    // Applying the same spec again while the servers still cannot reach
+    // the registry keeps the pinned digest: no new version (only the
+    // replica count goes back to the spec's).
+    let again = client.apply_job(&spec).await.unwrap();
+    assert_eq!(
+        again.job.version, applied.job.version,
+        "{}",
+        again.image_note
+    );
+    assert!(
+        again.image_note.contains(&format!("keeping {digest}")),
+        "{}",
+        again.image_note
+    );
+}

@@ -120,7 +120,13 @@ impl Containers {
     }
 
     /// A start task ended; `run` says which run it started.
-    pub fn started(&mut self, id: &str, run: u32, result: Result<(), String>, took: Duration) {
+    pub fn started(
+        &mut self,
+        id: &str,
+        run: u32,
+        result: Result<Option<String>, String>,
+        took: Duration,
+    ) {
         let Some(c) = self.map.get_mut(id) else {
             return;
         };
@@ -129,7 +135,8 @@ impl Containers {
         }
         // A stop asked for meanwhile happens on the next pass.
         c.state = match result {
-            Ok(()) => {
+            Ok(pulled) => {
+                c.pulled_digest = pulled;
                 tracing::info!(
                     alloc = %id,
                     run,
@@ -438,11 +445,25 @@ impl Containers {
         let mut forget = Vec::new();
         for a in desired {
             let c = self.map.get(&a.id);
-            let observed = match c {
+            let mut observed = match c {
                 Some(c) if matches!(c.state, State::Starting) => observe_pull(a, &self.pulls),
                 Some(c) => observe(a, c),
                 None => observe_untracked(a),
             };
+            // A tag the servers could not pin: say what this node pulled.
+            let unpinned = a
+                .task
+                .image
+                .registry
+                .as_ref()
+                .is_some_and(|r| r.digest.is_none());
+            if let (Some(o), Some(d)) =
+                (observed.as_mut(), c.and_then(|c| c.pulled_digest.as_ref()))
+            {
+                if unpinned && o.status == AllocStatus::Running {
+                    o.image_digest = d.clone();
+                }
+            }
             if let Some(o) = observed {
                 if self.sent.due(a, &o, now) {
                     report.push(o);

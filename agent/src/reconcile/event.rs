@@ -44,7 +44,8 @@ pub enum Event {
         id: String,
         /// Which run of the container (its restart count) this was.
         run: u32,
-        result: Result<(), String>,
+        /// `Ok` with the digest pulled for an image named by tag only.
+        result: Result<Option<String>, String>,
         /// From the allocation reaching the reconciler (or the back-off
         /// ending) to the container running.
         took: Duration,

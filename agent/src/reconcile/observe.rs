@@ -30,6 +30,8 @@ pub struct Observed {
     pub restart_count: u32,
     pub healthy: Option<bool>,
     pub reason: String,
+    /// The digest pulled for an image the task names by tag only.
+    pub image_digest: String,
 }
 
 /// What the server should record for an allocation whose container this
@@ -44,6 +46,7 @@ pub fn observe(a: &Allocation, c: &Container) -> Option<Observed> {
         restart_count: c.restarts.count,
         healthy,
         reason: reason.into(),
+        image_digest: String::new(),
     };
     let restarted = || match last {
         Some(r) if c.restarts.count > 0 => format!(
@@ -117,6 +120,7 @@ pub fn observe(a: &Allocation, c: &Container) -> Option<Observed> {
                 restart_count: c.restarts.count,
                 healthy: None,
                 reason: why.into(),
+                image_digest: String::new(),
             }
         }
         State::Failed {
@@ -129,6 +133,7 @@ pub fn observe(a: &Allocation, c: &Container) -> Option<Observed> {
             restart_count: c.restarts.count,
             healthy: None,
             reason: (*reason).into(),
+            image_digest: String::new(),
         },
     })
 }
@@ -147,6 +152,7 @@ pub fn observe_pull(a: &Allocation, pulls: &PullProgress) -> Option<Observed> {
         restart_count: a.restart_count,
         healthy: None,
         reason: reason::PULLING.into(),
+        image_digest: String::new(),
     })
 }
 
@@ -161,6 +167,7 @@ pub fn observe_untracked(a: &Allocation) -> Option<Observed> {
         restart_count: a.restart_count,
         healthy: None,
         reason: why.into(),
+        image_digest: String::new(),
     };
     if a.desired == DesiredStatus::Stop && !a.status.is_terminal() {
         Some(gone(
@@ -200,7 +207,13 @@ impl Sent {
             && a.restart_count == o.restart_count
             && a.healthy == o.healthy
             && a.reason == o.reason
-            && (o.message.is_empty() || a.message == o.message);
+            && (o.message.is_empty() || a.message == o.message)
+            && (o.image_digest.is_empty()
+                || a.task
+                    .image
+                    .registry
+                    .as_ref()
+                    .is_some_and(|r| r.digest.is_some()));
         let recently_sent = self.0.get(&a.id).is_some_and(|(s, t)| {
             let age = now.saturating_duration_since(*t);
             (s == o && age < RESEND_AFTER)

@@ -15,16 +15,18 @@ use crate::runtime::Runtime;
 use crate::shim::ShimArgs;
 
 /// Prepares the image, writes the bundle and starts the container.
+/// Answers the digest pulled when the task names a registry image by tag
+/// only (the servers pin the version to it).
 pub async fn start<R: Runtime>(
     runtime: &R,
     paths: &Paths,
     images: &ImageStore,
     settings: &Settings,
     alloc: &Allocation,
-) -> Result<(), String> {
+) -> Result<Option<String>, String> {
     let t0 = Instant::now();
     let deadline = settings.image_timeout;
-    let prepared = tokio::time::timeout(deadline, prepare_image(images, settings, alloc))
+    let (prepared, pulled) = tokio::time::timeout(deadline, prepare_image(images, settings, alloc))
         .await
         .map_err(|_| {
             format!(
@@ -99,7 +101,11 @@ pub async fn start<R: Runtime>(
         log_max_files: settings.log_max_files,
         cgroup,
     };
-    let result = runtime.start(&args).await.map_err(|e| e.to_string());
+    let result = runtime
+        .start(&args)
+        .await
+        .map(|()| pulled)
+        .map_err(|e| e.to_string());
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1000.0;
     let done = Instant::now();
     tracing::debug!(
@@ -122,7 +128,13 @@ async fn prepare_image(
     images: &ImageStore,
     settings: &Settings,
     alloc: &Allocation,
-) -> Result<crate::image::PreparedImage, String> {
+) -> Result<(crate::image::PreparedImage, Option<String>), String> {
+    let unpinned = alloc
+        .task
+        .image
+        .registry
+        .as_ref()
+        .is_some_and(|r| r.digest.is_none());
     let mut image_ref = alloc.task.image.clone();
     let images = images.clone();
     let shown = alloc.task.image.to_string();
@@ -135,12 +147,16 @@ async fn prepare_image(
             tracing::warn!(image = %reference, error = %e, "could not record the image's use");
         }
     };
+    let mut pulled = None;
     let unpacked = if let Some(reference) = image_ref.registry.clone() {
         let puller = settings.registry.clone();
         let top = puller
             .pull(&reference, alloc.task.pull)
             .await
             .map_err(|e| e.to_string())?;
+        if unpinned {
+            pulled = Some(top.digest().to_string());
+        }
         tokio::task::spawn_blocking(move || {
             let blobs = puller.blobs_of(&top);
             // Recorded before unpacking (no tree yet), so the collector
@@ -173,7 +189,8 @@ async fn prepare_image(
         })
         .await
     };
-    unpacked
+    let prepared = unpacked
         .map_err(|e| format!("image preparation panicked: {e}"))?
-        .map_err(|e| format!("image {shown}: {e}"))
+        .map_err(|e| format!("image {shown}: {e}"))?;
+    Ok((prepared, pulled))
 }

@@ -126,6 +126,9 @@ pub struct Container {
     /// not answered since: its readiness is not known (rather than "not
     /// ready", which would tell the servers it is unhealthy).
     pub adopted: bool,
+    /// The digest pulled for its image, when the task names it by tag
+    /// only (reported so the servers pin the version).
+    pub pulled_digest: Option<String>,
 }
 
 impl Container {
@@ -139,6 +142,7 @@ impl Container {
             killed_for: None,
             last_killed_for: None,
             adopted: false,
+            pulled_digest: None,
         }
     }
 }

@@ -18,8 +18,15 @@ const RESOLVE_LIMIT: Duration = Duration::from_secs(10);
 
 /// Pins `spec`'s registry image to the digest its tag names now; returns
 /// the note for the person applying (empty when there was nothing to
-/// resolve).
-pub async fn resolve(access: &RegistryAccess, spec: &mut JobSpec) -> String {
+/// resolve). `current` is the image of the job's version as stored: when
+/// the registry cannot be reached and it names the same tag, pinned (by
+/// these servers earlier, or by the first node that pulled it), its
+/// digest is kept, so applying the same spec again changes nothing.
+pub async fn resolve(
+    access: &RegistryAccess,
+    spec: &mut JobSpec,
+    current: Option<&skiff_model::registry_ref::RegistryRef>,
+) -> String {
     let Some(image) = spec.task.image.registry.as_mut() else {
         return String::new();
     };
@@ -64,9 +71,22 @@ pub async fn resolve(access: &RegistryAccess, spec: &mut JobSpec) -> String {
         }
         Err(why) => {
             tracing::warn!(image = %shown, error = %why, "could not resolve an image tag");
-            format!(
-                "image {shown} not resolved to a digest ({why}); each node pulls the tag as it finds it"
-            )
+            let same_tag = current.filter(|c| {
+                c.registry == image.registry
+                    && c.repository == image.repository
+                    && c.tag == image.tag
+            });
+            match same_tag.and_then(|c| c.digest.clone()) {
+                Some(d) => {
+                    image.digest = Some(d.clone());
+                    format!(
+                        "image {shown} not resolved to a digest ({why}); keeping {d}, which the job's version already pins"
+                    )
+                }
+                None => format!(
+                    "image {shown} not resolved to a digest ({why}); the first node to pull it pins the version to the digest it gets"
+                ),
+            }
         }
     }
 }

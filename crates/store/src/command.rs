@@ -293,6 +293,10 @@ pub struct AllocUpdate {
     /// Machine-readable reason (`oom_killed`, `back_off`, ...).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// The digest the node pulled for an image its task names by tag
+    /// only: the job's version is pinned to it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub image_digest: String,
 }
 
 /// A raft entry's data: `{"v": VERSION, "c": {"upsert_job": {...}}}`. The

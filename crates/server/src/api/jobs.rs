@@ -79,7 +79,13 @@ pub(crate) async fn apply(
     let wire = r.spec.ok_or_else(|| invalid("spec", "is required"))?;
     let mut spec = spec_from_wire(wire)?;
     check_image_path(&ctx.store.state(), &spec)?;
-    let image_note = crate::resolve::resolve(&ctx.registries, &mut spec).await;
+    let current = ctx
+        .store
+        .state()
+        .jobs
+        .get(&spec.key())
+        .and_then(|j| j.spec.task.image.registry.clone());
+    let image_note = crate::resolve::resolve(&ctx.registries, &mut spec, current.as_ref()).await;
     let name = spec.key();
     let applied = ctx.commit(&Command::UpsertJob { spec }).await?;
     match applied.outcome {

@@ -21,6 +21,7 @@ impl State {
         let mut released = false;
         let mut moved_jobs = BTreeSet::new();
         let mut returned = Vec::new();
+        let mut pins = Vec::new();
         for u in updates {
             let Some(a) = self.allocs.get_mut(&u.alloc_id) else {
                 continue;
@@ -35,6 +36,20 @@ impl State {
             // never changes again.
             if a.node != node || a.status.is_terminal() {
                 continue;
+            }
+            // The servers could not resolve the tag at apply; the first
+            // node to pull it names the bytes for the whole version.
+            if let Some(image) = a.task.image.registry.as_mut() {
+                if image.digest.is_none() && valid_digest(&u.image_digest) {
+                    image.digest = Some(u.image_digest.clone());
+                    a.modify_index = index;
+                    pins.push((
+                        u.alloc_id.clone(),
+                        a.job.clone(),
+                        a.job_version,
+                        u.image_digest.clone(),
+                    ));
+                }
             }
             if a.status == u.status
                 && a.exit_code == u.exit_code
@@ -83,6 +98,10 @@ impl State {
             self.reconnect(index, node, u, at_ms);
             applied += 1;
         }
+        for (id, job, version, digest) in pins {
+            self.touch(Table::Alloc, &id);
+            self.pin_image(index, &job, version, &digest);
+        }
         if released {
             self.unblock(index);
         }
@@ -99,6 +118,29 @@ impl State {
             }
         }
         Outcome::AllocsUpdated { applied }
+    }
+
+    /// Pins version `version` of `job` (when it is still the job's
+    /// version and names its registry image by tag only) to `digest`:
+    /// allocations placed from now on, and an undo to it, use those bytes.
+    fn pin_image(&mut self, index: u64, job: &str, version: u64, digest: &str) {
+        let Some(j) = self.jobs.get_mut(job) else {
+            return;
+        };
+        if j.version != version {
+            return;
+        }
+        let Some(image) = j.spec.task.image.registry.as_mut() else {
+            return;
+        };
+        if image.digest.is_some() {
+            return;
+        }
+        image.digest = Some(digest.to_string());
+        j.modify_index = index;
+        let pinned = j.clone();
+        self.touch(Table::Job, job);
+        self.record_version(index, &pinned, "");
     }
 
     /// Drops the listed allocations that are finished, except the newest
@@ -236,4 +278,10 @@ impl State {
             self.touch(Table::Alloc, &rid);
         }
     }
+}
+
+/// `sha256:` and 64 lowercase hex digits.
+fn valid_digest(d: &str) -> bool {
+    d.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }

@@ -308,6 +308,76 @@ fn agents_update_only_their_own_allocations_and_terminal_is_final() {
 }
 
 #[test]
+fn the_first_node_to_pull_an_unresolved_tag_pins_the_version() {
+    let mut h = Harness::new();
+    h.apply(reg("n1", 4000, 4096));
+    let tagged = JobSpec::from_yaml(
+        "name: web\ntask: {image: 'registry.lab:5000/a:1', resources: {cpu: 500m, memory: 64Mi}}",
+    )
+    .unwrap();
+    h.apply(Command::UpsertJob { spec: tagged });
+    h.apply(h.plan("web", &[(0, "n1")], 0));
+    let id = "web-0-n1".to_string();
+    let report = |digest: &str| Command::UpdateAllocStatus {
+        at_ms: 0,
+        node: "n1".into(),
+        updates: vec![AllocUpdate {
+            alloc_id: id.clone(),
+            status: AllocStatus::Running,
+            image_digest: digest.into(),
+            ..AllocUpdate::default()
+        }],
+    };
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    // Not a digest: ignored.
+    h.apply(report("sha256:nothex"));
+    assert_eq!(
+        h.state.jobs["web"]
+            .spec
+            .task
+            .image
+            .registry
+            .as_ref()
+            .unwrap()
+            .digest,
+        None
+    );
+    h.apply(report(&digest));
+    let pinned = |s: &State| {
+        s.jobs["web"]
+            .spec
+            .task
+            .image
+            .registry
+            .as_ref()
+            .unwrap()
+            .digest
+            .clone()
+    };
+    assert_eq!(pinned(&h.state), Some(digest.clone()));
+    assert_eq!(h.state.jobs["web"].version, 1, "the same version, pinned");
+    let kept = h.state.histories["web"].get(1).unwrap();
+    assert_eq!(
+        kept.spec.task.image.registry.as_ref().unwrap().digest,
+        Some(digest.clone()),
+        "an undo to this version gets the same bytes"
+    );
+    assert_eq!(
+        h.state.allocs[&id]
+            .task
+            .image
+            .registry
+            .as_ref()
+            .unwrap()
+            .digest,
+        Some(digest.clone())
+    );
+    // A later report of another digest changes nothing.
+    h.apply(report(&format!("sha256:{}", "cd".repeat(32))));
+    assert_eq!(pinned(&h.state), Some(digest));
+}
+
+#[test]
 fn pull_progress_is_shown_while_pending_and_gone_once_running() {
     let mut h = Harness::new();
     h.apply(reg("n1", 4000, 4096));
