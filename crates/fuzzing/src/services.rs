@@ -89,11 +89,29 @@ fn start() -> Harness {
     .expect("a log line");
     let runtime = Arc::new(skiff_agent::runtime::fake::FakeRuntime::new());
     runtime.set_state(&skiff_agent::paths::container_id(AGENT_ALLOC), "running");
+    // Its image calls, offline: a pull fails before any request is made.
+    let offline = skiff_registry::RegistryAccess::load(&skiff_registry::AccessConfig {
+        offline: true,
+        ..Default::default()
+    })
+    .expect("offline registry access");
+    let images = skiff_agent::service::ImageTools {
+        puller: Arc::new(
+            skiff_agent::image::registry::Puller::new(
+                &paths.images().join("content"),
+                Arc::new(offline),
+            )
+            .expect("a content store"),
+        ),
+        store: skiff_agent::image::ImageStore::new(paths.images()),
+        in_use: Default::default(),
+    };
     let agent = skiff_agent::service::AgentService::new(
         paths,
         runtime,
         Arc::new(skiff_agent::gpu::GpuNode::empty()),
-    );
+    )
+    .with_images(images);
     Harness {
         cluster: skiff_server::api::ClusterApi::new(ctx.clone()),
         access: skiff_server::access::AccessService::new(ctx.clone()),
@@ -158,8 +176,8 @@ macro_rules! streaming {
     };
 }
 
-/// The API port: the Cluster service (first byte 0-18) and the Access
-/// service (19 and up).
+/// The API port: the Cluster service (first byte 0-18, 34 and 35) and the
+/// Access service (19-33), modulo 36.
 pub fn cluster_api(data: &[u8]) {
     use pb::access_server::Access as _;
     use pb::cluster_server::Cluster as _;
@@ -168,7 +186,7 @@ pub fn cluster_api(data: &[u8]) {
     };
     let h = harness();
     let (c, a) = (&h.cluster, &h.access);
-    match pick % 35 {
+    match pick % 36 {
         0 => unary!(h, c, apply_job, pb::ApplyJobRequest, rest),
         1 => unary!(h, c, delete_job, pb::DeleteJobRequest, rest),
         2 => unary!(h, c, get_job, pb::GetJobRequest, rest),
@@ -208,7 +226,9 @@ pub fn cluster_api(data: &[u8]) {
         30 => unary!(h, a, revoke_user_token, pb::RevokeUserTokenRequest, rest),
         31 => unary!(h, a, apply_namespace, pb::ApplyNamespaceRequest, rest),
         32 => unary!(h, a, list_namespaces, pb::ListNamespacesRequest, rest),
-        _ => unary!(h, a, delete_namespace, pb::DeleteNamespaceRequest, rest),
+        33 => unary!(h, a, delete_namespace, pb::DeleteNamespaceRequest, rest),
+        34 => unary!(h, c, list_node_images, pb::ListNodeImagesRequest, rest),
+        _ => unary!(h, c, pull_node_image, pb::PullNodeImageRequest, rest),
     }
 }
 
@@ -278,7 +298,8 @@ fn raft_survived(h: &Harness) {
     }
 }
 
-/// An agent's port: logs, exec and GPU resets, as the servers relay them.
+/// An agent's port: logs, exec, images and GPU resets, as the servers
+/// relay them.
 pub fn agent_api(data: &[u8]) {
     use pb::agent_api_server::AgentApi as _;
     let Some((&pick, rest)) = data.split_first() else {
@@ -286,9 +307,11 @@ pub fn agent_api(data: &[u8]) {
     };
     let h = harness();
     let a = &h.agent;
-    match pick % 3 {
+    match pick % 5 {
         0 => streaming!(h, a, logs, pb::AgentLogsRequest, rest),
         1 => unary!(h, a, exec, pb::AgentExecRequest, rest),
+        2 => unary!(h, a, list_images, pb::ListImagesRequest, rest),
+        3 => unary!(h, a, pull_image, pb::PullImageRequest, rest),
         _ => unary!(h, a, reset_gpu, pb::ResetGpuRequest, rest),
     }
 }

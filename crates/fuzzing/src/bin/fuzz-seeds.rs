@@ -177,6 +177,22 @@ fn cluster_api(dir: &Path) {
             },
         ),
     );
+    put(
+        dir,
+        "list-node-images",
+        &call(34, &pb::ListNodeImagesRequest { node: "n1".into() }),
+    );
+    put(
+        dir,
+        "pull-node-image",
+        &call(
+            35,
+            &pb::PullNodeImageRequest {
+                node: "n1".into(),
+                image: "alpine:3.20".into(),
+            },
+        ),
+    );
 }
 
 fn node_api(dir: &Path) {
@@ -368,9 +384,20 @@ fn agent_api(dir: &Path) {
         dir,
         "reset-gpu",
         &call(
-            2,
+            4,
             &pb::ResetGpuRequest {
                 uuid: "GPU-0".into(),
+            },
+        ),
+    );
+    put(dir, "list-images", &call(2, &pb::ListImagesRequest {}));
+    put(
+        dir,
+        "pull-image",
+        &call(
+            3,
+            &pb::PullImageRequest {
+                image: "registry.lab:5000/team/app:v1".into(),
             },
         ),
     );
