@@ -238,6 +238,7 @@ pub struct SlowProxy {
     /// `127.0.0.1:PORT`, to name as the registry.
     pub addr: String,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    served: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SlowProxy {
@@ -248,7 +249,8 @@ impl SlowProxy {
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("its address").to_string();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (upstream, stopping) = (upstream.to_string(), stop.clone());
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (upstream, stopping, counted) = (upstream.to_string(), stop.clone(), served.clone());
         std::thread::spawn(move || {
             while !stopping.load(Ordering::Relaxed) {
                 let client = match listener.accept() {
@@ -272,7 +274,8 @@ impl SlowProxy {
                     let _ = s_out.shutdown(std::net::Shutdown::Write);
                 });
                 // Answers come down slowly.
-                let (mut s_in, mut c_out, stopping) = (server, client, stopping.clone());
+                let (mut s_in, mut c_out, stopping, counted) =
+                    (server, client, stopping.clone(), counted.clone());
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 16 * 1024];
                     while !stopping.load(Ordering::Relaxed) {
@@ -283,6 +286,7 @@ impl SlowProxy {
                         if c_out.write_all(&buf[..n]).is_err() {
                             break;
                         }
+                        counted.fetch_add(n as u64, Ordering::Relaxed);
                         std::thread::sleep(Duration::from_micros(
                             n as u64 * 1_000_000 / bytes_per_sec.max(1),
                         ));
@@ -291,7 +295,12 @@ impl SlowProxy {
                 });
             }
         });
-        SlowProxy { addr, stop }
+        SlowProxy { addr, stop, served }
+    }
+
+    /// Bytes passed from the registry to its clients so far.
+    pub fn served(&self) -> u64 {
+        self.served.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

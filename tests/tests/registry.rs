@@ -821,7 +821,7 @@ async fn mirrors_are_asked_first_in_order_and_the_registry_last() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_killed_mid_pull_starts_over_and_never_uses_half_a_layer() {
+async fn an_agent_killed_mid_pull_resumes_and_never_uses_half_a_layer() {
     use skiff_model::{AllocStatus, JobSpec};
     const BIG: usize = 6 << 20;
     let tmp = tempfile::tempdir().unwrap();
@@ -891,13 +891,13 @@ async fn an_agent_killed_mid_pull_starts_over_and_never_uses_half_a_layer() {
         shown.contains("pulling") && shown.contains(" MiB of "),
         "{shown}"
     );
-    // Killed once part of the big layer is on disk.
+    // Killed once half of the big layer is on disk.
     let blobs = agent_dir.join("images/content/blobs/sha256");
     let partial = || {
         std::fs::read_dir(&blobs).ok().and_then(|d| {
             d.flatten()
                 .filter(|e| e.file_name().to_string_lossy().contains(".partial"))
-                .find(|e| e.metadata().is_ok_and(|m| m.len() > (1 << 20)))
+                .find(|e| e.metadata().is_ok_and(|m| m.len() > (3 << 20)))
                 .map(|e| e.path())
         })
     };
@@ -906,6 +906,8 @@ async fn an_agent_killed_mid_pull_starts_over_and_never_uses_half_a_layer() {
     })
     .await;
     agent.kill9();
+    let held_before_restart = std::fs::metadata(&half).map_or(0, |m| m.len());
+    let served_before_restart = proxy.served();
     let held_whole: Vec<String> = std::fs::read_dir(&blobs)
         .unwrap()
         .flatten()
@@ -916,8 +918,9 @@ async fn an_agent_killed_mid_pull_starts_over_and_never_uses_half_a_layer() {
         held_whole.iter().all(|n| n.contains(".partial")),
         "the big layer was not complete when the agent died, so only a partial file may hold it: {held_whole:?}"
     );
-    // Started again, the agent drops what the dead one left, fetches the
-    // layer again and runs the container on the whole image.
+    // Started again, the agent resumes the download where the dead one
+    // stopped (a range request), checks the whole layer against its
+    // digest, and runs the container on the whole image.
     agent.restart();
     let a = wait_allocs(
         &mut client,
@@ -928,7 +931,17 @@ async fn an_agent_killed_mid_pull_starts_over_and_never_uses_half_a_layer() {
     )
     .await
     .remove(0);
-    assert!(!half.exists(), "the dead agent's partial download is gone");
+    assert!(!half.exists(), "the partial download became the blob");
+    let fetched_after = proxy.served() - served_before_restart;
+    assert!(
+        held_before_restart > (3 << 20) && fetched_after < (BIG as u64) - (held_before_restart / 2),
+        "resumed: {held_before_restart} bytes were on disk, {fetched_after} more fetched for a {BIG}-byte layer"
+    );
+    assert!(
+        agent.log().contains("resuming a download"),
+        "{}",
+        agent.log()
+    );
     let out = client
         .exec(
             &a.id,
@@ -1250,4 +1263,41 @@ async fn a_tag_the_servers_cannot_resolve_is_pinned_by_the_first_node_that_pulls
         "{}",
         again.image_note
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_left_download_that_does_not_match_its_digest_is_started_over() {
+    use skiff_agent::image::registry::Puller;
+    let tmp = tempfile::tempdir().unwrap();
+    let (layout, _, a_digest, _) = layered_layout(tmp.path());
+    let r = Registry::start(RegistryOpts {
+        tls: false,
+        user: None,
+    });
+    r.push_tag(&layout, "a", "lab/a", "1");
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(layout.join("blobs/sha256").join(&a_digest[7..])).unwrap(),
+    )
+    .unwrap();
+    let top_layer = manifest["layers"].as_array().unwrap().last().unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // An earlier agent left 10 bytes of the top layer, and they are wrong.
+    let content = tmp.path().join("content");
+    let blobs = content.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::write(
+        blobs.join(format!("{}.partial", &top_layer[7..])),
+        b"0123456789",
+    )
+    .unwrap();
+    let puller = Puller::new(&content, insecure_access(&r.addr)).unwrap();
+    let image = RegistryRef::parse(&format!("{}/lab/a:1", r.addr)).unwrap();
+    let top = puller.pull(&image, Default::default()).await.unwrap();
+    // Resumed, found wrong as a whole, fetched again: the blob is right.
+    let store = skiff_agent::image::ImageStore::new(tmp.path().join("images"));
+    let prepared = store.unpack(&puller.source().unwrap(), &top).unwrap();
+    assert!(prepared.rootfs.join("etc/a.txt").is_file());
+    assert!(!blobs.join(format!("{}.partial", &top_layer[7..])).exists());
 }

@@ -33,6 +33,9 @@ use skiff_registry::RegistryAccess;
 use super::progress::{Counting, Counts, PullProgress, Tracked};
 use super::{io_err, ImageError, Layout};
 
+/// A download cut short by a crash is resumed within this long.
+const RESUME_FOR: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// Layers fetched at once per image (containerd's default).
 const CONCURRENT_LAYERS: usize = 3;
 /// Tries of one request that fails on the way (unreachable, timed out, a
@@ -144,9 +147,22 @@ impl Puller {
     pub fn new(content: &Path, access: Arc<RegistryAccess>) -> Result<Puller, ImageError> {
         let blobs = content.join("blobs").join("sha256");
         std::fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
-        // What a pull cut short by a crash left: never used, started over.
+        // What a pull cut short by a crash left is never used as it is: a
+        // blob's download (`<hex>.partial`) is resumed by the next pull of
+        // it, unless a day old; other temporary files are removed.
         for entry in std::fs::read_dir(&blobs).map_err(io_err(&blobs))?.flatten() {
-            if entry.file_name().to_string_lossy().contains(".partial") {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.contains(".partial") {
+                continue;
+            }
+            let resumable = name
+                .strip_suffix(".partial")
+                .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+            let fresh = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < RESUME_FOR));
+            if !(resumable && fresh) {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -495,8 +511,11 @@ fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Streams one blob to a temporary file (oci-client checks its digest as
-/// it streams) and renames it into place once its size is right too.
+/// Streams one blob to `<hex>.partial` and renames it into place once its
+/// size and digest are right: oci-client checks the digest while it
+/// streams a whole blob; a download an earlier agent left half done is
+/// resumed with a range request and the whole file hashed at the end (a
+/// mismatch starts it over).
 async fn fetch_blob(
     client: &Client,
     reference: &Reference,
@@ -506,10 +525,9 @@ async fn fetch_blob(
     tries: u32,
     counts: &Arc<Counts>,
 ) -> Result<(), ImageError> {
-    use tokio::io::AsyncWriteExt as _;
-    // Removed however this ends (an error, or the pull dropped because
-    // another of its blobs failed), unless renamed into place.
-    let tmp = Partial(partial_path(path));
+    // Removed if this pull fails or is dropped; a crash leaves it to be
+    // resumed.
+    let tmp = Partial(path.with_extension("partial"));
     let digest = desc.digest().to_string();
     // Bytes of the current try, taken back from the progress when the
     // try fails.
@@ -518,9 +536,22 @@ async fn fetch_blob(
         let n = attempt.swap(0, Ordering::Relaxed);
         counts.done.fetch_sub(n, Ordering::Relaxed);
     };
-    // Each try starts the file over.
+    use tokio::io::AsyncWriteExt as _;
+    let held = tokio::fs::metadata(&tmp.0).await.map_or(0, |m| m.len());
+    // Only the first try resumes; later ones start over.
+    let resume = AtomicU64::new(if held < desc.size() { held } else { 0 });
     let fetched = retrying("blob", tries, || async {
         take_back();
+        let from = resume.swap(0, Ordering::Relaxed);
+        if from > 0 {
+            match resume_blob(client, reference, &digest, &tmp.0, from, counts, &attempt).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(blob = %digest, error = %e, "resuming a download failed; starting it over");
+                    take_back();
+                }
+            }
+        }
         let file = tokio::fs::File::create(&tmp.0).await?;
         let mut out = Counting {
             inner: tokio::io::BufWriter::new(file),
@@ -560,6 +591,60 @@ async fn fetch_blob(
     Ok(())
 }
 
+/// Appends the rest of a blob from byte `from` to the file that holds its
+/// start, then checks the whole file against the digest.
+async fn resume_blob(
+    client: &Client,
+    reference: &Reference,
+    digest: &str,
+    file: &Path,
+    from: u64,
+    counts: &Arc<Counts>,
+    attempt: &Arc<AtomicU64>,
+) -> Result<(), OciDistributionError> {
+    use tokio::io::AsyncWriteExt as _;
+    use tokio_stream::StreamExt as _;
+    let answer = client
+        .pull_blob_stream_partial(reference, digest, from, None)
+        .await?;
+    let oci_client::client::BlobResponse::Partial(mut stream) = answer else {
+        // The registry sent it whole: start over (the caller does).
+        return Err(std::io::Error::other("the registry does not serve ranges").into());
+    };
+    tracing::info!(blob = %digest, from, "resuming a download");
+    counts.done.fetch_add(from, Ordering::Relaxed);
+    attempt.fetch_add(from, Ordering::Relaxed);
+    let opened = tokio::fs::OpenOptions::new()
+        .append(true)
+        .open(file)
+        .await?;
+    let mut out = Counting {
+        inner: tokio::io::BufWriter::new(opened),
+        done: counts.clone(),
+        attempt: attempt.clone(),
+    };
+    while let Some(chunk) = stream.stream.next().await {
+        out.write_all(&chunk?).await?;
+    }
+    out.flush().await?;
+    out.inner.get_ref().sync_all().await?;
+    let path = file.to_path_buf();
+    let actual = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+        let mut f = std::fs::File::open(&path)?;
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut f, &mut hasher)?;
+        Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    if actual != digest {
+        return Err(
+            std::io::Error::other(format!("the resumed download hashes to {actual}")).into(),
+        );
+    }
+    Ok(())
+}
+
 /// A temporary download, removed when dropped.
 struct Partial(PathBuf);
 
@@ -574,7 +659,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn what_a_crashed_pull_left_is_removed_and_kept_blobs_stay() {
+    fn what_a_crashed_pull_left_is_resumed_or_removed_and_kept_blobs_stay() {
         let tmp = tempfile::tempdir().unwrap();
         let blobs = tmp.path().join("blobs/sha256");
         std::fs::create_dir_all(&blobs).unwrap();
@@ -582,9 +667,25 @@ mod tests {
         let half = blobs.join(format!("{}.partial-4242", "b".repeat(64)));
         std::fs::write(&kept, b"whole").unwrap();
         std::fs::write(&half, b"ha").unwrap();
+        let resumable = blobs.join(format!("{}.partial", "c".repeat(64)));
+        std::fs::write(&resumable, b"hal").unwrap();
+        let stale = blobs.join(format!("{}.partial", "d".repeat(64)));
+        std::fs::write(&stale, b"h").unwrap();
+        let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(48 * 3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(two_days_ago)
+            .unwrap();
         let puller = Puller::new(tmp.path(), Arc::default()).unwrap();
         assert!(kept.is_file());
-        assert!(!half.exists(), "a partial download is started over");
+        assert!(
+            !half.exists(),
+            "a temporary file of a dead agent is removed"
+        );
+        assert!(resumable.is_file(), "a blob's download is kept to resume");
+        assert!(!stale.exists(), "unless it is a day old");
         // The store is a layout the unpacker can open.
         puller.source().unwrap();
     }
