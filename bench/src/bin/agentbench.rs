@@ -123,21 +123,14 @@ impl Drop for Procs {
     }
 }
 
-async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> Result<T, String>
+async fn wait_for<T, F, Fut>(what: &str, limit: Duration, f: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            return Err(format!("timed out waiting for {what}"));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    skiff_bench::procs::wait_for(what, limit, f)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn start_ms_lines(log: &str) -> Vec<f64> {

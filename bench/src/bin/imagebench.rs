@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use skiff_bench::creds::{global as creds, set_global, Creds};
-use skiff_bench::procs::{free_ports, wait_until, Proc};
+use skiff_bench::procs::{free_ports, wait_for, wait_until, Proc};
 use skiff_model::{AllocStatus, JobSpec};
 
 struct Opts {
@@ -178,21 +178,20 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Deletes job `img` and waits until its allocations have ended.
+async fn delete_and_wait(url: &str) -> anyhow::Result<()> {
+    let mut c = creds().connect(url).await?;
+    let _ = c.delete_job("img").await;
+    wait_for(
+        "the job's containers to go",
+        Duration::from_secs(60),
+        || async {
+            let mut c = creds().connect(url).await.ok()?;
+            let a = c.list_allocs(Some("img"), None).await.ok()?;
+            a.iter().all(|a| a.status.is_terminal()).then_some(())
+        },
+    )
+    .await
 }
 
 /// Applies version `round` of job `img` and waits for it to run alone;
@@ -325,18 +324,7 @@ async fn bench(o: &Opts) -> anyhow::Result<()> {
 
         // Skiff, from an empty cache: the job's container gone, the agent
         // stopped, its images removed, the agent back.
-        let mut c = creds().connect(&url).await?;
-        let _ = c.delete_job("img").await;
-        wait_for(
-            "the job's containers to go",
-            Duration::from_secs(60),
-            || async {
-                let mut c = creds().connect(&url).await.ok()?;
-                let a = c.list_allocs(Some("img"), None).await.ok()?;
-                a.iter().all(|a| a.status.is_terminal()).then_some(())
-            },
-        )
-        .await?;
+        delete_and_wait(&url).await?;
         wait_until(Duration::from_secs(30), || {
             !agent_dir.join("containers").exists()
                 || std::fs::read_dir(agent_dir.join("containers"))
@@ -377,18 +365,7 @@ async fn bench(o: &Opts) -> anyhow::Result<()> {
         median(warm),
         median(warm_apply)
     );
-    let mut c = creds().connect(&url).await?;
-    let _ = c.delete_job("img").await;
-    let _ = wait_for(
-        "the job's containers to go",
-        Duration::from_secs(60),
-        || async {
-            let mut c = creds().connect(&url).await.ok()?;
-            let a = c.list_allocs(Some("img"), None).await.ok()?;
-            a.iter().all(|a| a.status.is_terminal()).then_some(())
-        },
-    )
-    .await;
+    delete_and_wait(&url).await?;
     Ok(())
 }
 
