@@ -388,6 +388,8 @@ mod tests {
             ("skiff drain", "name", "Nodes"),
             ("skiff uncordon", "name", "Nodes"),
             ("skiff get allocs", "node", "Nodes"),
+            ("skiff image ls", "node", "Nodes"),
+            ("skiff image pull", "node", "Nodes"),
             ("skiff watch", "job", "Jobs"),
             ("skiff watch", "node", "Nodes"),
             ("skiff logs", "alloc", "Allocs"),
