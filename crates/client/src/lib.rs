@@ -16,6 +16,7 @@ pub use tonic::Code;
 
 mod access;
 pub mod config;
+mod images;
 pub mod join;
 mod streams;
 mod types;
@@ -447,39 +448,6 @@ impl Client {
             was_unhealthy: r.was_unhealthy,
             reason: r.reason,
         })
-    }
-
-    /// The images cached on `node`, or on every node when `None`, as their
-    /// agents report them.
-    pub async fn list_images(
-        &mut self,
-        node: Option<&str>,
-    ) -> Result<Vec<NodeImages>, ClientError> {
-        Ok(self
-            .cluster
-            .list_node_images(pb::ListNodeImagesRequest {
-                node: node.unwrap_or_default().into(),
-            })
-            .await?
-            .into_inner()
-            .nodes)
-    }
-
-    /// Pulls a registry image on `node` ahead of its allocations.
-    pub async fn pull_image(
-        &mut self,
-        node: &str,
-        image: &str,
-    ) -> Result<Option<CachedImage>, ClientError> {
-        Ok(self
-            .cluster
-            .pull_node_image(pb::PullNodeImageRequest {
-                node: node.into(),
-                image: image.into(),
-            })
-            .await?
-            .into_inner()
-            .image)
     }
 
     /// Streams an allocation's log; `id` may be a unique prefix.

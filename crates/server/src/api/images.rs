@@ -7,7 +7,7 @@ use tonic::Status;
 
 use super::errors::{check_name, invalid};
 use super::relay::agent_client;
-use crate::Ctx;
+use crate::ctx::Ctx;
 
 /// Longest a pull through `skiff image pull` may take.
 const PULL_LIMIT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
