@@ -288,8 +288,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         &paths.images().join("content"),
         std::sync::Arc::new(skiff_registry::RegistryAccess::load(&cfg.registry)?),
     )?);
-    let images_in_use: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>> =
-        Default::default();
+    let images_in_use: crate::image::gc::InUse = Default::default();
     let api = pb::agent_api_server::AgentApiServer::with_interceptor(
         crate::service::AgentService::new(paths.clone(), runtime.clone(), gpus.clone())
             .with_images(crate::service::ImageTools {
@@ -390,21 +389,16 @@ async fn image_gc_loop(
     cache: crate::image::gc::ImageCache,
     policy: crate::image::gc::GcPolicy,
     every: Duration,
-    in_use: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    in_use: crate::image::gc::InUse,
     pulls: std::sync::Arc<crate::image::progress::PullProgress>,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        // Not while a pull is under way: its blobs are not recorded yet.
-        if !pulls.idle() {
-            continue;
-        }
-        let wanted = in_use.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let cache = cache.clone();
+        let (cache, in_use, pulls) = (cache.clone(), in_use.clone(), pulls.clone());
         let done = tokio::task::spawn_blocking(move || {
-            cache.collect(&policy, &wanted, &mut || match cache.fs_percent() {
+            cache.collect_round(&policy, &in_use, &pulls, &mut || match cache.fs_percent() {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the image filesystem's use");
@@ -413,7 +407,7 @@ async fn image_gc_loop(
             })
         })
         .await;
-        if let Ok(r) = done {
+        if let Ok(Some(r)) = done {
             if !r.images_removed.is_empty() || r.blobs_removed > 0 {
                 tracing::info!(
                     images = r.images_removed.len(),

@@ -28,7 +28,7 @@ pub struct AgentService<R: Runtime> {
 pub struct ImageTools {
     pub puller: Arc<crate::image::registry::Puller>,
     pub store: crate::image::ImageStore,
-    pub in_use: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    pub in_use: crate::image::gc::InUse,
 }
 
 impl<R: Runtime> AgentService<R> {
@@ -143,7 +143,8 @@ impl<R: Runtime> pb::agent_api_server::AgentApi for AgentService<R> {
             .in_use
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
+            .clone()
+            .unwrap_or_default();
         let cache = crate::image::gc::ImageCache::new(tools.store.root());
         let images = tokio::task::spawn_blocking(move || cache.list())
             .await
@@ -200,7 +201,8 @@ impl<R: Runtime> pb::agent_api_server::AgentApi for AgentService<R> {
             .in_use
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
+            .clone()
+            .unwrap_or_default();
         let image = record.map(|(r, size)| cached_image(r, size, &in_use));
         Ok(Response::new(pb::PullImageResponse { image }))
     }

@@ -18,6 +18,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+/// The images (as tasks name them) that allocations on this node want or
+/// run, published by the reconciler; `None` until it has heard from the
+/// servers, and nothing is collected until then.
+pub type InUse = std::sync::Arc<std::sync::Mutex<Option<HashSet<String>>>>;
+
 /// What the cache keeps, from the agent's flags.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GcPolicy {
@@ -215,6 +220,23 @@ impl ImageCache {
         crate::sys::fs_percent_used(&self.root)
     }
 
+    /// One round of the agent's collector: none while a pull is under way
+    /// (its blobs are not recorded yet) or before the reconciler has said
+    /// what the node runs (`in_use` still `None`, right after a start).
+    pub fn collect_round(
+        &self,
+        policy: &GcPolicy,
+        in_use: &InUse,
+        pulls: &crate::image::progress::PullProgress,
+        fs_percent: &mut dyn FnMut() -> u8,
+    ) -> Option<GcReport> {
+        if !pulls.idle() {
+            return None;
+        }
+        let wanted = in_use.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
+        Some(self.collect(policy, &wanted, fs_percent))
+    }
+
     /// One collection: `wanted` are the references the allocations on
     /// this node want or run; `fs_percent` reads the filesystem's use (a
     /// parameter so tests can play a full disk).
@@ -383,6 +405,28 @@ mod tests {
         let r = cache.collect(&policy(), &wanted, &mut || 99);
         assert_eq!(r.images_removed, vec![format!("lab/b@{}", digest('b'))]);
         assert_eq!(cache.records().len(), 1, "a is wanted");
+    }
+
+    #[test]
+    fn nothing_is_collected_before_the_node_knows_what_it_runs_nor_during_a_pull() {
+        let (_tmp, cache) = cache();
+        let in_use: InUse = Default::default();
+        let pulls = std::sync::Arc::new(crate::image::progress::PullProgress::default());
+        assert_eq!(
+            cache.collect_round(&policy(), &in_use, &pulls, &mut || 99),
+            None
+        );
+        *in_use.lock().unwrap() = Some(HashSet::new());
+        let pulling = pulls.track("lab/c:1");
+        assert_eq!(
+            cache.collect_round(&policy(), &in_use, &pulls, &mut || 99),
+            None
+        );
+        drop(pulling);
+        let r = cache
+            .collect_round(&policy(), &in_use, &pulls, &mut || 99)
+            .unwrap();
+        assert_eq!(r.images_removed.len(), 2, "at 99 %, nothing in use");
     }
 
     #[test]

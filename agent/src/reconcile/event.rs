@@ -33,7 +33,7 @@ pub struct Settings {
     /// The images (as tasks name them) that allocations on this node want
     /// or run: the image garbage collector keeps them. Kept up to date by
     /// the reconciler.
-    pub images_in_use: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    pub images_in_use: crate::image::gc::InUse,
 }
 
 /// What wakes the reconciler.

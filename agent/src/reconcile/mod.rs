@@ -79,7 +79,7 @@ pub struct Reconciler<R: Runtime, X: Records = FileRecords, C: Clock = SystemClo
     reporting: bool,
     events: mpsc::Sender<Event>,
     /// Published for the image garbage collector.
-    images_in_use: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    images_in_use: crate::image::gc::InUse,
 }
 
 impl<R: Runtime> Reconciler<R> {
@@ -236,8 +236,8 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
             .chain(self.containers.images())
             .collect();
         let mut published = self.images_in_use.lock().unwrap_or_else(|p| p.into_inner());
-        if *published != in_use {
-            *published = in_use;
+        if published.as_ref() != Some(&in_use) {
+            *published = Some(in_use);
         }
         drop(published);
         report
