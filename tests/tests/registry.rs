@@ -891,6 +891,12 @@ async fn an_agent_killed_mid_pull_resumes_and_never_uses_half_a_layer() {
         shown.contains("pulling") && shown.contains(" MiB of "),
         "{shown}"
     );
+    let described = skiff(&server.url(), &["describe", "alloc", &pulling.id[..8]]);
+    let described = String::from_utf8_lossy(&described.stdout);
+    assert!(
+        described.contains("Status:    pulling") && described.contains(" MiB of "),
+        "{described}"
+    );
     // Killed once half of the big layer is on disk.
     let blobs = agent_dir.join("images/content/blobs/sha256");
     let partial = || {

@@ -379,6 +379,7 @@ mod tests {
             ("skiff scale", "job", "Jobs"),
             ("skiff get allocs", "job", "Jobs"),
             ("skiff describe node", "name", "Nodes"),
+            ("skiff describe alloc", "id", "Allocs"),
             ("skiff node cordon", "name", "Nodes"),
             ("skiff node drain", "name", "Nodes"),
             ("skiff node uncordon", "name", "Nodes"),

@@ -1,4 +1,4 @@
-//! `skiff describe`: one job or node in detail, with its GPUs.
+//! `skiff describe`: one job, node or allocation in detail.
 
 use anyhow::bail;
 use clap::Subcommand;
@@ -25,13 +25,65 @@ pub enum DescribeWhat {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// An allocation: where it runs, its status and why (a pull under way
+    /// says how far it has got), its image, restarts and last exit.
+    #[command(alias = "allocation")]
+    Alloc {
+        /// An allocation id, or a unique prefix of one (as `skiff get
+        /// allocs` shows).
+        #[arg(value_name = "ALLOC")]
+        id: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
 }
 
 pub async fn describe(what: DescribeWhat) -> anyhow::Result<()> {
     match what {
         DescribeWhat::Job { name, client } => describe_job(&name, &client).await,
         DescribeWhat::Node { name, client } => describe_node(&name, &client).await,
+        DescribeWhat::Alloc { id, client } => describe_alloc(&id, &client).await,
     }
+}
+
+async fn describe_alloc(id: &str, opts: &ClientOpts) -> anyhow::Result<()> {
+    let mut client = connect(opts).await?;
+    let allocs = client.list_allocs(None, None).await?;
+    let mut matches = allocs.iter().filter(|a| a.id.starts_with(id));
+    let a = match (matches.next(), matches.next()) {
+        (Some(a), None) if !id.is_empty() => a,
+        (Some(_), Some(_)) => bail!("{id:?} matches several allocations; give more characters"),
+        _ => bail!("allocation {id:?} not found"),
+    };
+    let shown = AllocOut::from(a);
+    let or_dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
+    let mut out = String::new();
+    out.push_str(&format!("ID:        {}\n", a.id));
+    out.push_str(&format!(
+        "Job:       {} (version {}, replica {})\n",
+        a.job, a.job_version, a.replica
+    ));
+    out.push_str(&format!("Node:      {}\n", or_dash(a.node.clone())));
+    out.push_str(&format!("Desired:   {}\n", shown.desired));
+    out.push_str(&format!("Status:    {}\n", shown.shown_status()));
+    out.push_str(&format!("Reason:    {}\n", or_dash(a.reason.clone())));
+    out.push_str(&format!("Message:   {}\n", or_dash(shown.shown_message())));
+    out.push_str(&format!("Ready:     {}\n", shown.ready()));
+    out.push_str(&format!("Restarts:  {}\n", a.restart_count));
+    out.push_str(&format!(
+        "Exit code: {}\n",
+        a.exit_code.map_or("-".to_string(), |c| c.to_string())
+    ));
+    out.push_str(&format!("Image:     {}\n", a.task.image));
+    out.push_str(&format!("Resources: {}\n", resources_text(&a.task.resources)));
+    out.push_str(&format!("GPUs:      {}\n", list_or_dash(a.gpus.iter())));
+    out.push_str(&format!("Ports:     {}\n", list_or_dash(a.ports.iter())));
+    out.push_str(&format!(
+        "Indexes:   created {}, modified {}\n",
+        a.create_index, a.modify_index
+    ));
+    emit(&out);
+    Ok(())
 }
 
 async fn describe_node(name: &str, opts: &ClientOpts) -> anyhow::Result<()> {
