@@ -75,7 +75,10 @@ async fn describe_alloc(id: &str, opts: &ClientOpts) -> anyhow::Result<()> {
         a.exit_code.map_or("-".to_string(), |c| c.to_string())
     ));
     out.push_str(&format!("Image:     {}\n", a.task.image));
-    out.push_str(&format!("Resources: {}\n", resources_text(&a.task.resources)));
+    out.push_str(&format!(
+        "Resources: {}\n",
+        resources_text(&a.task.resources)
+    ));
     out.push_str(&format!("GPUs:      {}\n", list_or_dash(a.gpus.iter())));
     out.push_str(&format!("Ports:     {}\n", list_or_dash(a.ports.iter())));
     out.push_str(&format!(
