@@ -54,16 +54,24 @@ impl<R: Runtime> AgentService<R> {
     }
 }
 
+impl ImageTools {
+    /// What the reconciler last said is in use (nothing before it has).
+    fn in_use_now(&self) -> std::collections::HashSet<String> {
+        self.in_use
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_default()
+    }
+}
+
 fn cached_image(
     record: crate::image::gc::ImageRecord,
     size: u64,
     in_use: &std::collections::HashSet<String>,
 ) -> pb::CachedImage {
     pb::CachedImage {
-        in_use: in_use.contains(&record.reference)
-            || in_use
-                .iter()
-                .any(|w| w.ends_with(&format!("@{}", record.top))),
+        in_use: record.in_use(in_use),
         reference: record.reference,
         digest: record.top,
         manifest: record.manifest,
@@ -139,12 +147,7 @@ impl<R: Runtime> pb::agent_api_server::AgentApi for AgentService<R> {
         _req: Request<pb::ListImagesRequest>,
     ) -> Result<Response<pb::ListImagesResponse>, Status> {
         let tools = self.image_tools()?;
-        let in_use = tools
-            .in_use
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .unwrap_or_default();
+        let in_use = tools.in_use_now();
         let cache = crate::image::gc::ImageCache::new(tools.store.root());
         let images = tokio::task::spawn_blocking(move || cache.list())
             .await
@@ -197,12 +200,7 @@ impl<R: Runtime> pb::agent_api_server::AgentApi for AgentService<R> {
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e| Status::failed_precondition(format!("image {text}: {e}")))?;
-        let in_use = tools
-            .in_use
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .unwrap_or_default();
+        let in_use = tools.in_use_now();
         let image = record.map(|(r, size)| cached_image(r, size, &in_use));
         Ok(Response::new(pb::PullImageResponse { image }))
     }

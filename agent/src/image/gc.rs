@@ -65,6 +65,15 @@ pub struct ImageRecord {
     pub last_used_ms: u64,
 }
 
+impl ImageRecord {
+    /// Whether an allocation wants or runs this image: by the reference it
+    /// was started by, or by its digest under any tag.
+    pub fn in_use(&self, wanted: &HashSet<String>) -> bool {
+        let pinned = format!("@{}", self.top);
+        wanted.contains(&self.reference) || wanted.iter().any(|w| w.ends_with(&pinned))
+    }
+}
+
 /// What one collection did.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct GcReport {
@@ -84,7 +93,7 @@ fn hex_of(digest: &str) -> &str {
 }
 
 fn valid_hex(h: &str) -> bool {
-    h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())
+    super::is_sha256_hex(h)
 }
 
 /// Bytes a tree takes on disk (allocated blocks), not following links.
@@ -258,7 +267,9 @@ impl ImageCache {
             };
             pct > limit || cap.is_some_and(|c| bytes > c)
         };
-        if !over(self.bytes(), fs_percent(), false) {
+        // Read once; each removal takes off what it freed.
+        let mut bytes = self.bytes();
+        if !over(bytes, fs_percent(), false) {
             return report;
         }
         let now = now_ms();
@@ -267,12 +278,10 @@ impl ImageCache {
         records.sort_by_key(|r| r.last_used_ms);
         let mut kept: Vec<ImageRecord> = records.clone();
         for r in records {
-            if !over(self.bytes(), fs_percent(), true) {
+            if !over(bytes, fs_percent(), true) {
                 break;
             }
-            let in_use = wanted.contains(&r.reference)
-                || wanted.iter().any(|w| w.ends_with(&format!("@{}", r.top)));
-            if in_use || now.saturating_sub(r.last_used_ms) < min_age {
+            if r.in_use(wanted) || now.saturating_sub(r.last_used_ms) < min_age {
                 continue;
             }
             let hex = hex_of(&r.manifest).to_string();
@@ -285,11 +294,11 @@ impl ImageCache {
             let _ = std::fs::remove_file(self.used_dir().join(format!("{hex}.json")));
             tracing::info!(image = %r.reference, manifest = %r.manifest, bytes = r.size, "image garbage-collected");
             report.images_removed.push(r.reference.clone());
-            report.bytes_freed += r.size;
             kept.retain(|k| k.manifest != r.manifest);
-            let (n, bytes) = self.sweep_blobs(&kept, min_age, now);
+            let (n, swept) = self.sweep_blobs(&kept, min_age, now);
             report.blobs_removed += n;
-            report.bytes_freed += bytes;
+            report.bytes_freed += r.size + swept;
+            bytes = bytes.saturating_sub(r.size + swept);
         }
         report
     }

@@ -157,7 +157,7 @@ impl Puller {
             }
             let resumable = name
                 .strip_suffix(".partial")
-                .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+                .is_some_and(super::is_sha256_hex);
             let fresh = entry
                 .metadata()
                 .and_then(|m| m.modified())
@@ -201,8 +201,7 @@ impl Puller {
 
     fn blob_path(&self, digest: &str) -> Option<PathBuf> {
         let hex = digest.strip_prefix("sha256:")?;
-        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| self.content.join("blobs").join("sha256").join(hex))
+        super::is_sha256_hex(hex).then(|| self.content.join("blobs").join("sha256").join(hex))
     }
 
     /// The descriptor of the manifest (or index) `digest` when the store

@@ -141,9 +141,8 @@ async fn prepare_image(
     // Each start is a use of the image, for the image garbage collector.
     let cache = crate::image::gc::ImageCache::new(images.root());
     let reference = shown.clone();
-    let record = move |prepared: &crate::image::PreparedImage, top: String, blobs| {
-        let (m, tree) = (&prepared.manifest_digest, &prepared.rootfs);
-        if let Err(e) = cache.record_use(&reference, &top, m, blobs, tree) {
+    let record = move |manifest: &str, tree: &std::path::Path, top: &str, blobs| {
+        if let Err(e) = cache.record_use(&reference, top, manifest, blobs, tree) {
             tracing::warn!(image = %reference, error = %e, "could not record the image's use");
         }
     };
@@ -165,14 +164,16 @@ async fn prepare_image(
                 Some(m) if crate::image::registry::is_index(top.media_type()) => m.clone(),
                 _ => top.digest().to_string(),
             };
-            let early = crate::image::PreparedImage {
-                manifest_digest: manifest,
-                rootfs: images.root().join("rootfs").join(".not-yet"),
-                config: Default::default(),
-            };
-            record(&early, top.digest().to_string(), blobs.clone());
+            let top_digest = top.digest().to_string();
+            let no_tree_yet = images.root().join("rootfs").join(".not-yet");
+            record(&manifest, &no_tree_yet, &top_digest, blobs.clone());
             let prepared = images.unpack(&puller.source()?, &top)?;
-            record(&prepared, top.digest().to_string(), blobs);
+            record(
+                &prepared.manifest_digest,
+                &prepared.rootfs,
+                &top_digest,
+                blobs,
+            );
             Ok::<_, crate::image::ImageError>(prepared)
         })
         .await
@@ -184,7 +185,8 @@ async fn prepare_image(
         image_ref.path = real.display().to_string();
         tokio::task::spawn_blocking(move || {
             let prepared = images.prepare(&image_ref)?;
-            record(&prepared, prepared.manifest_digest.clone(), Vec::new());
+            let m = &prepared.manifest_digest;
+            record(m, &prepared.rootfs, m, Vec::new());
             Ok::<_, crate::image::ImageError>(prepared)
         })
         .await

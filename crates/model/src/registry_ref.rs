@@ -171,7 +171,9 @@ fn check_tag(tag: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_digest(d: &str) -> Result<String, String> {
+/// A digest as references write it (`sha256:` and 64 lowercase hex
+/// digits, or sha384/sha512), or why not.
+pub fn check_digest(d: &str) -> Result<String, String> {
     let (alg, hex) = d
         .split_once(':')
         .ok_or_else(|| format!("digest {d:?} must be ALGORITHM:HEX"))?;

@@ -280,15 +280,10 @@ impl pb::node_api_server::NodeApi for NodeService {
             let status =
                 skiff_proto::alloc_status_from_wire(u.status, &format!("updates[{i}].status"))
                     .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            let digest_ok = u.image_digest.is_empty()
-                || u.image_digest.strip_prefix("sha256:").is_some_and(|h| {
-                    h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-                });
-            if !digest_ok {
-                return Err(Status::invalid_argument(format!(
-                    "updates[{i}].image_digest: {:?} must be sha256: and 64 lowercase hex digits",
-                    u.image_digest.chars().take(80).collect::<String>()
-                )));
+            if !u.image_digest.is_empty() {
+                skiff_model::registry_ref::check_digest(&u.image_digest).map_err(|why| {
+                    Status::invalid_argument(format!("updates[{i}].image_digest: {why}"))
+                })?;
             }
             updates.push(AllocUpdate {
                 image_digest: u.image_digest,

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 use skiff_model::alloc::reason;
+use skiff_model::registry_ref::check_digest;
 use skiff_model::{AllocStatus, DesiredStatus, EvalTrigger};
 
 use super::{Outcome, State, Table};
@@ -40,7 +41,7 @@ impl State {
             // The servers could not resolve the tag at apply; the first
             // node to pull it names the bytes for the whole version.
             if let Some(image) = a.task.image.registry.as_mut() {
-                if image.digest.is_none() && valid_digest(&u.image_digest) {
+                if image.digest.is_none() && check_digest(&u.image_digest).is_ok() {
                     image.digest = Some(u.image_digest.clone());
                     a.modify_index = index;
                     pins.push((
@@ -278,10 +279,4 @@ impl State {
             self.touch(Table::Alloc, &rid);
         }
     }
-}
-
-/// `sha256:` and 64 lowercase hex digits.
-fn valid_digest(d: &str) -> bool {
-    d.strip_prefix("sha256:")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
