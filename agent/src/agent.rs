@@ -617,9 +617,9 @@ pub struct AllocView {
 }
 
 impl AllocView {
-    /// Takes one message; returns the namespaces' image paths once the
-    /// change it belongs to is complete.
-    pub fn apply(&mut self, set: pb::AllocationSet) -> Option<BTreeMap<String, Vec<String>>> {
+    /// Takes one message; returns what the servers say of the namespaces
+    /// once the change it belongs to is complete.
+    pub fn apply(&mut self, set: pb::AllocationSet) -> Option<NamespaceNews> {
         if set.reset {
             self.allocs.clear();
         }
@@ -639,17 +639,43 @@ impl AllocView {
                 }
             }
         }
-        (!set.partial).then(|| {
-            set.image_paths
+        (!set.partial).then(|| NamespaceNews {
+            image_paths: set
+                .image_paths
                 .into_iter()
                 .map(|(ns, p)| (ns, p.paths))
-                .collect()
+                .collect(),
+            logins: set
+                .registry_logins
+                .into_iter()
+                .map(|(ns, l)| {
+                    let logins = l
+                        .logins
+                        .into_iter()
+                        .map(|l| skiff_registry::Login {
+                            registry: l.registry,
+                            username: l.username,
+                            password: l.password,
+                        })
+                        .collect();
+                    (ns, logins)
+                })
+                .collect(),
         })
     }
 
     pub fn allocations(&self) -> Vec<Allocation> {
         self.allocs.values().cloned().collect()
     }
+}
+
+/// What the servers say of the namespaces of the node's allocations.
+#[derive(Debug, Default)]
+pub struct NamespaceNews {
+    /// Where each may read `oci:` layouts besides the node's roots.
+    pub image_paths: BTreeMap<String, Vec<String>>,
+    /// The registry logins each holds.
+    pub logins: BTreeMap<String, Vec<skiff_registry::Login>>,
 }
 
 /// Follows the node's allocations, reconnecting (and failing over) when
@@ -678,10 +704,11 @@ async fn watch_loop(
                         Ok(Some(set)) => {
                             backoff = Duration::from_millis(200);
                             seen = seen.max(set.index);
-                            let Some(paths) = view.apply(set) else {
+                            let Some(news) = view.apply(set) else {
                                 continue; // more of this change follows
                             };
-                            images.set_namespaces(paths);
+                            images.set_namespaces(news.image_paths);
+                            images.set_logins(news.logins);
                             let allocs = view.allocations();
                             tracing::debug!(index = seen, count = allocs.len(), "allocations");
                             if events.send(Event::Desired(allocs)).await.is_err() {
@@ -756,7 +783,7 @@ mod tests {
             allocs: vec![pb_alloc(&a)],
             ..Default::default()
         };
-        assert_eq!(view.apply(part), None, "more of the change follows");
+        assert!(view.apply(part).is_none(), "more of the change follows");
         let rest = pb::AllocationSet {
             allocs: vec![pb_alloc(&b)],
             image_paths: [(
@@ -766,10 +793,23 @@ mod tests {
                 },
             )]
             .into(),
+            registry_logins: [(
+                "ns".to_string(),
+                pb::RegistryLogins {
+                    logins: vec![pb::RegistryLogin {
+                        registry: "r.lab:5000".into(),
+                        username: "u".into(),
+                        password: "p".into(),
+                    }],
+                },
+            )]
+            .into(),
             ..Default::default()
         };
-        let paths = view.apply(rest).expect("the change is whole");
-        assert_eq!(paths["ns"], ["/srv"]);
+        let news = view.apply(rest).expect("the change is whole");
+        assert_eq!(news.image_paths["ns"], ["/srv"]);
+        assert_eq!(news.logins["ns"][0].username, "u");
+        assert_eq!(news.logins["ns"][0].password, "p");
         let ids = |v: &AllocView| {
             v.allocations()
                 .into_iter()

@@ -168,7 +168,11 @@ impl<R: Runtime> pb::agent_api_server::AgentApi for AgentService<R> {
             .map_err(|e| Status::invalid_argument(format!("image: {e}")))?;
         let top = tools
             .puller
-            .pull(&image, skiff_model::PullPolicy::IfNotPresent)
+            .pull(
+                &image,
+                skiff_model::PullPolicy::IfNotPresent,
+                &crate::image::grants::Asker::node(),
+            )
             .await
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
         let reference = image.to_string();

@@ -25,6 +25,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = out.join("skiff_descriptor.bin");
     tonic_prost_build::configure()
         .btree_map(".")
+        // Messages that carry a secret: their Debug (src/secret_debug.rs)
+        // shows everything but it.
+        .skip_debug([
+            ".skiff.v1.RegistryLogin",
+            ".skiff.v1.SetRegistryLoginRequest",
+            ".skiff.v1.SecretsKeyResponse",
+        ])
         .file_descriptor_set_path(&descriptors)
         .compile_protos(&files, &[root])?;
     // serde impls that follow the proto3 JSON mapping, for the messages

@@ -6,6 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use skiff_agent::image::grants::Asker;
 use skiff_model::registry_ref::RegistryRef;
 use skiff_tests::registry::{self, Registry, RegistryOpts};
 use skiff_tests::*;
@@ -107,18 +108,24 @@ async fn the_agent_pulls_by_tag_and_by_digest_into_one_content_store_and_unpacks
     let content = tmp.path().join("content");
     let puller = Puller::new(&content, insecure_access(&r.addr)).unwrap();
     let v1 = RegistryRef::parse(&format!("{}/team/busybox:v1", r.addr)).unwrap();
-    let top = puller.pull(&v1, Default::default()).await.unwrap();
+    let top = puller
+        .pull(&v1, Default::default(), &Asker::node())
+        .await
+        .unwrap();
     assert_eq!(top.digest().to_string(), digest);
     let kept = blobs_in(&content);
     assert!(kept >= 3, "manifest, config and a layer: {kept}");
     // The same image under another tag, and by digest: nothing new.
     let v2 = RegistryRef::parse(&format!("{}/team/busybox:v2", r.addr)).unwrap();
-    puller.pull(&v2, Default::default()).await.unwrap();
+    puller
+        .pull(&v2, Default::default(), &Asker::node())
+        .await
+        .unwrap();
     let mut pinned = v1.pinned(&digest);
     pinned.tag = None;
     assert_eq!(
         puller
-            .pull(&pinned, Default::default())
+            .pull(&pinned, Default::default(), &Asker::node())
             .await
             .unwrap()
             .digest()
@@ -135,7 +142,7 @@ async fn the_agent_pulls_by_tag_and_by_digest_into_one_content_store_and_unpacks
     // A tag that is not there: the error names the registry and the reference.
     let missing = RegistryRef::parse(&format!("{}/team/busybox:nope", r.addr)).unwrap();
     let e = puller
-        .pull(&missing, Default::default())
+        .pull(&missing, Default::default(), &Asker::node())
         .await
         .unwrap_err()
         .to_string();
@@ -146,7 +153,10 @@ async fn the_agent_pulls_by_tag_and_by_digest_into_one_content_store_and_unpacks
     // Without --insecure-registry the plain registry is not spoken to
     // over HTTP.
     let strict = Puller::new(&tmp.path().join("strict"), Default::default()).unwrap();
-    assert!(strict.pull(&v1, Default::default()).await.is_err());
+    assert!(strict
+        .pull(&v1, Default::default(), &Asker::node())
+        .await
+        .is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,7 +253,9 @@ async fn a_pull_tries_again_while_the_registry_is_unreachable_and_not_when_it_re
         registry
     });
     let began = std::time::Instant::now();
-    let pulled = puller.pull(&image, Default::default()).await;
+    let pulled = puller
+        .pull(&image, Default::default(), &Asker::node())
+        .await;
     let registry = back.join().unwrap();
     let top =
         pulled.unwrap_or_else(|e| panic!("after {:?}: {e}\n{}", began.elapsed(), registry.log()));
@@ -255,7 +267,10 @@ async fn a_pull_tries_again_while_the_registry_is_unreachable_and_not_when_it_re
     // A refusal (the tag is not there) is answered at once, not retried.
     let missing = RegistryRef::parse(&format!("{addr}/team/busybox:nope")).unwrap();
     let began = std::time::Instant::now();
-    assert!(puller.pull(&missing, Default::default()).await.is_err());
+    assert!(puller
+        .pull(&missing, Default::default(), &Asker::node())
+        .await
+        .is_err());
     assert!(
         began.elapsed() < Duration::from_millis(400),
         "{:?}",
@@ -644,10 +659,11 @@ async fn layers_are_fetched_once_per_node_shared_across_images_and_concurrent_pu
     let b = RegistryRef::parse(&format!("{}/lab/b:1", r.addr)).unwrap();
     // Three starts of the same image at once wait for one pull: a config
     // and three layers (busybox, base.txt, a.txt) are downloaded once.
+    let node = Asker::node();
     let (p1, p2, p3) = tokio::join!(
-        puller.pull(&a, Default::default()),
-        puller.pull(&a, Default::default()),
-        puller.pull(&a, Default::default())
+        puller.pull(&a, Default::default(), &node),
+        puller.pull(&a, Default::default(), &node),
+        puller.pull(&a, Default::default(), &node)
     );
     for p in [&p1, &p2, &p3] {
         assert_eq!(p.as_ref().unwrap().digest().to_string(), a_digest);
@@ -655,7 +671,10 @@ async fn layers_are_fetched_once_per_node_shared_across_images_and_concurrent_pu
     assert_eq!(puller.blobs_fetched(), 4, "config + 3 layers, once");
     // Image b shares two layers with a: only its config and its own
     // layer are fetched.
-    let b_top = puller.pull(&b, Default::default()).await.unwrap();
+    let b_top = puller
+        .pull(&b, Default::default(), &Asker::node())
+        .await
+        .unwrap();
     assert_eq!(
         puller.blobs_fetched(),
         4 + 2,
@@ -675,12 +694,15 @@ async fn layers_are_fetched_once_per_node_shared_across_images_and_concurrent_pu
     drop(r);
     let mut pinned = a.pinned(&a_digest);
     pinned.tag = None;
-    let again = puller.pull(&pinned, Default::default()).await.unwrap();
+    let again = puller
+        .pull(&pinned, Default::default(), &Asker::node())
+        .await
+        .unwrap();
     assert_eq!(again.digest().to_string(), a_digest);
     // `pull: always` asks the registry at every start, so it fails now,
     // naming the registry and the reference.
     let e = puller
-        .pull(&pinned, skiff_model::PullPolicy::Always)
+        .pull(&pinned, skiff_model::PullPolicy::Always, &Asker::node())
         .await
         .unwrap_err()
         .to_string();
@@ -700,7 +722,10 @@ async fn a_multi_platform_index_pulls_only_this_nodes_platform() {
     let content = tmp.path().join("content");
     let puller = Puller::new(&content, insecure_access(&r.addr)).unwrap();
     let image = RegistryRef::parse(&format!("{}/lab/multi:1", r.addr)).unwrap();
-    let top = puller.pull(&image, Default::default()).await.unwrap();
+    let top = puller
+        .pull(&image, Default::default(), &Asker::node())
+        .await
+        .unwrap();
     assert_eq!(top.digest().to_string(), multi_digest, "the index itself");
     let held = |d: &str| content.join("blobs/sha256").join(&d[7..]).is_file();
     assert!(held(&a_digest), "this platform's manifest is fetched");
@@ -756,7 +781,7 @@ async fn a_layer_whose_bytes_do_not_match_its_digest_is_refused_and_not_kept() {
     let puller = Puller::new(&content, insecure_access(&r.addr)).unwrap();
     let image = RegistryRef::parse(&format!("{}/lab/a:1", r.addr)).unwrap();
     let e = puller
-        .pull(&image, Default::default())
+        .pull(&image, Default::default(), &Asker::node())
         .await
         .unwrap_err()
         .to_string();
@@ -804,16 +829,22 @@ async fn mirrors_are_asked_first_in_order_and_the_registry_last() {
     .unwrap();
     let puller = Puller::new(&tmp.path().join("content"), std::sync::Arc::new(access)).unwrap();
     let a = RegistryRef::parse(&format!("{}/lab/a:1", upstream.addr)).unwrap();
-    let top = puller.pull(&a, Default::default()).await.unwrap();
+    let top = puller
+        .pull(&a, Default::default(), &Asker::node())
+        .await
+        .unwrap();
     assert_eq!(top.digest().to_string(), a_digest, "served by the mirror");
     // What no mirror has comes from the registry itself.
     let b = RegistryRef::parse(&format!("{}/lab/b:1", upstream.addr)).unwrap();
-    let top = puller.pull(&b, Default::default()).await.unwrap();
+    let top = puller
+        .pull(&b, Default::default(), &Asker::node())
+        .await
+        .unwrap();
     assert_eq!(top.digest().to_string(), b_digest);
     // What nobody has fails with the registry's own answer, naming it.
     let c = RegistryRef::parse(&format!("{}/lab/c:1", upstream.addr)).unwrap();
     let e = puller
-        .pull(&c, Default::default())
+        .pull(&c, Default::default(), &Asker::node())
         .await
         .unwrap_err()
         .to_string();
@@ -1300,7 +1331,10 @@ async fn a_left_download_that_does_not_match_its_digest_is_started_over() {
     .unwrap();
     let puller = Puller::new(&content, insecure_access(&r.addr)).unwrap();
     let image = RegistryRef::parse(&format!("{}/lab/a:1", r.addr)).unwrap();
-    let top = puller.pull(&image, Default::default()).await.unwrap();
+    let top = puller
+        .pull(&image, Default::default(), &Asker::node())
+        .await
+        .unwrap();
     // Resumed, found wrong as a whole, fetched again: the blob is right.
     let store = skiff_agent::image::ImageStore::new(tmp.path().join("images"));
     let prepared = store.unpack(&puller.source().unwrap(), &top).unwrap();

@@ -292,6 +292,7 @@ impl ImageCache {
                 let _ = std::fs::remove_dir_all(&doomed);
             }
             let _ = std::fs::remove_file(self.used_dir().join(format!("{hex}.json")));
+            super::grants::Grants::new(&self.root.join("content")).forget(&r.top);
             tracing::info!(image = %r.reference, manifest = %r.manifest, bytes = r.size, "image garbage-collected");
             report.images_removed.push(r.reference.clone());
             kept.retain(|k| k.manifest != r.manifest);

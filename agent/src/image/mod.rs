@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::image::Digest;
 
 pub mod gc;
+pub mod grants;
 mod layer;
 mod layout;
 pub mod progress;

@@ -14,7 +14,9 @@
 //! that the store holds whole is used without asking a registry
 //! (`pull: if-not-present`); `pull: always` asks for the manifest at every
 //! start. A registry's mirrors are asked first (once each), the registry
-//! last (with retries). How each registry is reached (plain HTTP, its CA,
+//! last (with retries). A namespace's registry login is used for its
+//! registry's images, and a held image pulled with one is used without
+//! asking only by that namespace (`grants.rs`). How each registry is reached (plain HTTP, its CA,
 //! credentials, mirrors) is `skiff_registry::RegistryAccess`.
 
 use std::collections::HashMap;
@@ -30,6 +32,7 @@ use skiff_model::registry_ref::RegistryRef;
 use skiff_model::PullPolicy;
 use skiff_registry::RegistryAccess;
 
+use super::grants::{Asker, Grants};
 use super::progress::{Counting, Counts, PullProgress, Tracked};
 use super::{io_err, ImageError, Layout};
 
@@ -93,6 +96,7 @@ pub struct Puller {
     /// Blobs downloaded (not found in the store), for tests and metrics.
     fetched: Arc<AtomicU64>,
     progress: Arc<PullProgress>,
+    grants: Grants,
 }
 
 impl std::fmt::Debug for Puller {
@@ -181,6 +185,7 @@ impl Puller {
             inflight: Default::default(),
             fetched: Default::default(),
             progress: Default::default(),
+            grants: Grants::new(content),
         })
     }
 
@@ -263,17 +268,22 @@ impl Puller {
     /// index) it names, with its digest: what the unpacker starts from.
     ///
     /// With [`PullPolicy::IfNotPresent`] an image named by digest that the
-    /// store holds whole is used without asking any registry; otherwise
-    /// the manifest is fetched (from the registry's mirrors first, then
-    /// the registry) and only the blobs the store lacks are downloaded.
+    /// store holds whole, and `asker` may use (`grants.rs`), is used
+    /// without asking any registry; otherwise the manifest is fetched
+    /// (from the registry's mirrors first, then the registry, with the
+    /// asker's login for that registry if it holds one) and only the blobs
+    /// the store lacks are downloaded.
     pub async fn pull(
         &self,
         image: &RegistryRef,
         policy: PullPolicy,
+        asker: &Asker,
     ) -> Result<Descriptor, ImageError> {
         if policy == PullPolicy::IfNotPresent {
             if let Some(top) = image.digest.as_deref().and_then(|d| self.held(d)) {
-                return Ok(top);
+                if self.grants.allows(top.digest().as_ref(), asker) {
+                    return Ok(top);
+                }
             }
         }
         if self.access.offline() {
@@ -283,10 +293,12 @@ impl Puller {
         let mut failure = None;
         for source in self.access.sources(&image.registry) {
             if source == image.registry {
-                return self.pull_from(image, &source, ATTEMPTS, &tracked).await;
+                return self
+                    .pull_from(image, &source, ATTEMPTS, &tracked, asker)
+                    .await;
             }
             // A mirror is tried once: the registry is the fallback.
-            match self.pull_from(image, &source, 1, &tracked).await {
+            match self.pull_from(image, &source, 1, &tracked, asker).await {
                 Ok(top) => return Ok(top),
                 Err(e) => {
                     tracing::warn!(image = %image, mirror = %source, error = %e, "pulling from a registry mirror failed; trying the next source");
@@ -305,15 +317,17 @@ impl Puller {
         source: &str,
         tries: u32,
         tracked: &Tracked,
+        asker: &Asker,
     ) -> Result<Descriptor, ImageError> {
         let mut asked = image.clone();
         asked.registry = source.to_string();
         let image = &asked;
+        let login = asker.login_for(source);
         let client = self
             .access
-            .client_for(source)
+            .client_for(source, login)
             .map_err(|e| pull_err(image, e))?;
-        let auth = &self.access.auth_for(source);
+        let auth = &self.access.auth_for(source, login);
         let reference: Reference = reference_of(image)
             .parse()
             .map_err(|e| pull_err(image, e))?;
@@ -331,6 +345,9 @@ impl Puller {
             ));
         }
         let top = self.keep_manifest(image, &bytes, &digest)?;
+        if let Err(e) = self.grants.record(&digest, asker, login) {
+            tracing::warn!(image = %image, error = %e, "could not record who may use the image");
+        }
         let manifest_bytes = if is_index(top.media_type()) {
             let index: ImageIndex = serde_json::from_slice(&bytes)
                 .map_err(|e| pull_err(image, format!("its index: {e}")))?;

@@ -4,6 +4,8 @@
 //! servers send with the node's allocations). The servers check the same
 //! at admission; the agent checks again before it reads a layout, after
 //! resolving symbolic links, so a link inside a root cannot lead out.
+//! The servers send each namespace's registry logins the same way; they
+//! are kept here, in memory only, for that namespace's pulls.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,7 @@ pub struct ImagePolicy {
     /// `None`: every path is allowed (unit tests of the reconciler).
     roots: Option<Arc<Vec<PathBuf>>>,
     by_namespace: Arc<RwLock<BTreeMap<String, Vec<PathBuf>>>>,
+    logins: Arc<RwLock<BTreeMap<String, Vec<skiff_registry::Login>>>>,
 }
 
 impl ImagePolicy {
@@ -22,6 +25,7 @@ impl ImagePolicy {
         ImagePolicy {
             roots: Some(Arc::new(roots)),
             by_namespace: Arc::default(),
+            logins: Arc::default(),
         }
     }
 
@@ -46,6 +50,25 @@ impl ImagePolicy {
             .map(|(ns, list)| (ns, list.into_iter().map(PathBuf::from).collect()))
             .collect();
         *self.by_namespace.write().unwrap_or_else(|p| p.into_inner()) = paths;
+    }
+
+    /// The registry logins of each namespace, as the servers last sent.
+    pub fn set_logins(&self, logins: BTreeMap<String, Vec<skiff_registry::Login>>) {
+        *self.logins.write().unwrap_or_else(|p| p.into_inner()) = logins;
+    }
+
+    /// Who asks for an image for an allocation of namespace `ns`.
+    pub fn asker(&self, ns: &str) -> super::grants::Asker {
+        super::grants::Asker {
+            namespace: Some(ns.to_string()),
+            logins: self
+                .logins
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(ns)
+                .cloned()
+                .unwrap_or_default(),
+        }
     }
 
     /// Checks that the layout at `layout` may be read for a job of

@@ -149,8 +149,11 @@ async fn prepare_image(
     let mut pulled = None;
     let unpacked = if let Some(reference) = image_ref.registry.clone() {
         let puller = settings.registry.clone();
+        let asker = settings
+            .images
+            .asker(skiff_model::split_job_key(&alloc.job).0);
         let top = puller
-            .pull(&reference, alloc.task.pull)
+            .pull(&reference, alloc.task.pull, &asker)
             .await
             .map_err(|e| e.to_string())?;
         if unpinned {

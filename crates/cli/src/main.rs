@@ -79,6 +79,11 @@ enum Cmd {
         #[command(subcommand)]
         what: commands::ImageCmd,
     },
+    /// The registry logins namespaces hold for their private images.
+    Registry {
+        #[command(subcommand)]
+        what: commands::RegistryCmd,
+    },
     /// Same as `skiff node cordon`.
     #[command(hide = true)]
     Cordon(commands::NodeArgs),
@@ -172,6 +177,7 @@ fn main() -> ExitCode {
             Cmd::Delete { what } => ok(commands::delete(what).await),
             Cmd::Node { what } => ok(commands::node(what).await),
             Cmd::Image { what } => ok(commands::image(what).await),
+            Cmd::Registry { what } => ok(commands::registry(what).await),
             Cmd::Cordon(args) => ok(commands::node(commands::NodeCmd::Cordon(args)).await),
             Cmd::Drain(args) => ok(commands::node(commands::NodeCmd::Drain(args)).await),
             Cmd::Uncordon(args) => ok(commands::node(commands::NodeCmd::Uncordon(args)).await),

@@ -376,6 +376,70 @@ impl Client {
         Ok(r.index)
     }
 
+    /// Stores `namespace`'s login for `registry` (admin only); the servers
+    /// seal the password before it is replicated. The Raft index.
+    pub async fn set_registry_login(
+        &mut self,
+        namespace: &str,
+        registry: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<u64, ClientError> {
+        let r = self
+            .access
+            .set_registry_login(pb::SetRegistryLoginRequest {
+                namespace: namespace.into(),
+                registry: registry.into(),
+                username: username.into(),
+                password: password.into(),
+            })
+            .await?
+            .into_inner();
+        Ok(r.index)
+    }
+
+    /// The registry logins namespaces hold (`namespace`'s only, unless
+    /// empty), without passwords (admin only).
+    pub async fn list_registry_logins(
+        &mut self,
+        namespace: &str,
+    ) -> Result<Vec<RegistryLoginInfo>, ClientError> {
+        let r = self
+            .access
+            .list_registry_logins(pb::ListRegistryLoginsRequest {
+                namespace: namespace.into(),
+            })
+            .await?
+            .into_inner();
+        Ok(r.logins
+            .into_iter()
+            .map(|l| RegistryLoginInfo {
+                namespace: l.namespace,
+                registry: l.registry,
+                username: l.username,
+                set_at_ms: l.set_at_ms,
+            })
+            .collect())
+    }
+
+    /// Forgets `namespace`'s login for `registry` (admin only); the Raft
+    /// index.
+    pub async fn delete_registry_login(
+        &mut self,
+        namespace: &str,
+        registry: &str,
+    ) -> Result<u64, ClientError> {
+        let r = self
+            .access
+            .delete_registry_login(pb::DeleteRegistryLoginRequest {
+                namespace: namespace.into(),
+                registry: registry.into(),
+            })
+            .await?
+            .into_inner();
+        Ok(r.index)
+    }
+
     /// The answering server's own audit records at or after `since_ms`
     /// (oldest first, the newest `limit` when there are more; 0: 1,000),
     /// and whether older ones were left out. `skiff audit` asks every
@@ -424,4 +488,14 @@ pub struct AuditRecord {
     pub object: String,
     /// The gRPC status name it ended with (`OK`, `PERMISSION_DENIED`).
     pub outcome: String,
+}
+
+/// A namespace's login for a registry, as listed (never its password).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RegistryLoginInfo {
+    pub namespace: String,
+    pub registry: String,
+    pub username: String,
+    /// When it was set, ms since the Unix epoch.
+    pub set_at_ms: u64,
 }

@@ -21,7 +21,10 @@ pub mod join;
 mod streams;
 mod types;
 
-pub use access::{AuditRecord, CreatedToken, CreatedUser, JoinRole, TokenInfo, UserInfo, UserRole};
+pub use access::{
+    AuditRecord, CreatedToken, CreatedUser, JoinRole, RegistryLoginInfo, TokenInfo, UserInfo,
+    UserRole,
+};
 pub use config::{ClientConfig, ClientTls};
 pub use streams::{LogReader, Watch};
 pub use types::*;

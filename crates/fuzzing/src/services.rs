@@ -187,7 +187,7 @@ pub fn cluster_api(data: &[u8]) {
     };
     let h = harness();
     let (c, a) = (&h.cluster, &h.access);
-    match pick % 36 {
+    match pick % 39 {
         0 => unary!(h, c, apply_job, pb::ApplyJobRequest, rest),
         1 => unary!(h, c, delete_job, pb::DeleteJobRequest, rest),
         2 => unary!(h, c, get_job, pb::GetJobRequest, rest),
@@ -229,7 +229,22 @@ pub fn cluster_api(data: &[u8]) {
         32 => unary!(h, a, list_namespaces, pb::ListNamespacesRequest, rest),
         33 => unary!(h, a, delete_namespace, pb::DeleteNamespaceRequest, rest),
         34 => unary!(h, c, list_node_images, pb::ListNodeImagesRequest, rest),
-        _ => unary!(h, c, pull_node_image, pb::PullNodeImageRequest, rest),
+        35 => unary!(h, c, pull_node_image, pb::PullNodeImageRequest, rest),
+        36 => unary!(h, a, set_registry_login, pb::SetRegistryLoginRequest, rest),
+        37 => unary!(
+            h,
+            a,
+            list_registry_logins,
+            pb::ListRegistryLoginsRequest,
+            rest
+        ),
+        _ => unary!(
+            h,
+            a,
+            delete_registry_login,
+            pb::DeleteRegistryLoginRequest,
+            rest
+        ),
     }
 }
 
@@ -264,10 +279,10 @@ pub fn peer(data: &[u8]) {
     };
     let h = harness();
     let p = &h.peer;
-    match pick % 5 {
+    match pick % 6 {
         0 | 1 => {
             if let Some(req) = decode::<pb::RaftEnvelope>(rest) {
-                let taken = if pick % 5 == 0 {
+                let taken = if pick % 6 == 0 {
                     p.take_message(0, req.get_ref())
                 } else {
                     p.take_snapshot(0, req.get_ref())
@@ -279,6 +294,7 @@ pub fn peer(data: &[u8]) {
         }
         2 => unary!(h, p, heartbeat, pb::HeartbeatRequest, rest),
         3 => unary!(h, p, heartbeat_ages, pb::HeartbeatAgesRequest, rest),
+        4 => unary!(h, p, secrets_key, pb::SecretsKeyRequest, rest),
         _ => unary!(h, p, change_membership, pb::MembershipRequest, rest),
     }
 }

@@ -103,6 +103,52 @@ impl fmt::Display for RegistryRef {
     }
 }
 
+/// Docker Hub's other names, as `config.json` files and references
+/// spell them.
+const DOCKER_HUB_ALIASES: &[&str] = &["index.docker.io", "registry-1.docker.io"];
+
+/// A registry as logins name it: `HOST[:PORT]` (Docker Hub's other names
+/// become `docker.io`), or why not.
+pub fn check_registry_host(name: &str) -> Result<String, String> {
+    let name = if DOCKER_HUB_ALIASES.contains(&name) {
+        DEFAULT_REGISTRY
+    } else {
+        name
+    };
+    let (host, port) = match name.rsplit_once(':') {
+        Some((h, _)) if !h.ends_with(']') && h.contains(':') => (name, None),
+        Some((h, p)) => (h, Some(p)),
+        None => (name, None),
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && (host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+            || (host.starts_with('[') && host.ends_with(']')))
+        && !host.starts_with(['.', '-']);
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+    if host_ok && port_ok {
+        Ok(name.to_string())
+    } else {
+        Err(format!(
+            "{name:?} must be a registry's HOST[:PORT] as image references name it (no scheme, no path), e.g. registry.lab:5000 or docker.io"
+        ))
+    }
+}
+
+/// A registry user name: 1 to 256 characters, no control characters and
+/// no ':' (basic authentication ends the name at the first one).
+pub fn check_registry_username(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.chars().count() > 256 {
+        return Err("must be 1 to 256 characters".into());
+    }
+    if name.chars().any(|c| c.is_control() || c == ':') {
+        return Err("must hold no control characters and no ':'".into());
+    }
+    Ok(())
+}
+
 /// Docker's rule: the first component is a registry when it is
 /// `localhost`, holds a `.` or a `:`, or has an uppercase letter; else
 /// the name is on Docker Hub. `index.docker.io` is `docker.io`.
@@ -200,6 +246,36 @@ pub fn check_digest(d: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_login_names_a_registry_as_references_do() {
+        assert_eq!(
+            check_registry_host("registry.lab:5000").unwrap(),
+            "registry.lab:5000"
+        );
+        assert_eq!(check_registry_host("index.docker.io").unwrap(), "docker.io");
+        assert_eq!(
+            check_registry_host("127.0.0.1:5000").unwrap(),
+            "127.0.0.1:5000"
+        );
+        assert_eq!(check_registry_host("[::1]:5000").unwrap(), "[::1]:5000");
+        for bad in [
+            "",
+            "https://r.lab",
+            "r.lab/v2",
+            "r.lab:0",
+            "r.lab:99999",
+            "-r",
+            "r lab",
+        ] {
+            let e = check_registry_host(bad).unwrap_err();
+            assert!(e.contains("HOST[:PORT]"), "{bad}: {e}");
+        }
+        check_registry_username("alice").unwrap();
+        assert!(check_registry_username("a:b").unwrap_err().contains("':'"));
+        assert!(check_registry_username("").is_err());
+        assert!(check_registry_username("a\nb").is_err());
+    }
 
     fn norm(text: &str) -> String {
         RegistryRef::parse(text)

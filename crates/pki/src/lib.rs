@@ -12,6 +12,7 @@ pub mod ca;
 pub mod discover;
 pub mod files;
 pub mod identity;
+pub mod secrets;
 pub mod token;
 
 pub use ca::{Ca, CertKey, CA_LIFETIME, LEAF_LIFETIME};

@@ -14,6 +14,7 @@ pub mod pb {
 }
 
 mod convert;
+mod secret_debug;
 
 pub use convert::*;
 

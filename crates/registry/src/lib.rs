@@ -50,6 +50,32 @@ pub enum RegistryError {
     Client { registry: String, reason: String },
 }
 
+/// A namespace's login for one registry, which the servers hand out with
+/// the namespace's work; its `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Login {
+    /// HOST[:PORT].
+    pub registry: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("registry", &self.registry)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Login {
+    /// Whether this login is for `registry` (Docker Hub by any name).
+    pub fn is_for(&self, registry: &str) -> bool {
+        registry_key(&self.registry) == registry_key(registry)
+    }
+}
+
 /// The flags, as given.
 #[derive(Debug, Clone, Default)]
 pub struct AccessConfig {
@@ -245,20 +271,43 @@ impl RegistryAccess {
         self.offline
     }
 
-    /// The credentials for `registry` (anonymous when none are given).
-    pub fn auth_for(&self, registry: &str) -> RegistryAuth {
+    /// The credentials for `registry`: `login` when it is for that
+    /// registry (a namespace's), else the node's from `--registry-auth`
+    /// (anonymous when none are given).
+    pub fn auth_for(&self, registry: &str, login: Option<&Login>) -> RegistryAuth {
+        if let Some(l) = login.filter(|l| l.is_for(registry)) {
+            return RegistryAuth::Basic(l.username.clone(), l.password.clone());
+        }
         match self.auths.get(&registry_key(registry)) {
             Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
             None => RegistryAuth::Anonymous,
         }
     }
 
-    /// A client for `registry` (one per registry, kept: it holds the
-    /// tokens the registry handed out).
-    pub fn client_for(&self, registry: &str) -> Result<Client, RegistryError> {
+    /// A client for `registry`, used with [`RegistryAccess::auth_for`]'s
+    /// answer for the same `login`. One is kept per registry and
+    /// credentials: a client keeps the tokens a registry handed it, which
+    /// must never serve a pull made with other credentials.
+    pub fn client_for(
+        &self,
+        registry: &str,
+        login: Option<&Login>,
+    ) -> Result<Client, RegistryError> {
         let key = registry_key(registry);
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = clients.get(&key) {
+        let held_key = match login.filter(|l| l.is_for(registry)) {
+            Some(l) => {
+                use sha2::Digest as _;
+                let mut h = sha2::Sha256::new();
+                for part in [&l.username, &l.password] {
+                    h.update((part.len() as u64).to_be_bytes());
+                    h.update(part.as_bytes());
+                }
+                format!("{key} {}", hex::encode(&h.finalize()[..16]))
+            }
+            None => key.clone(),
+        };
+        if let Some(c) = clients.get(&held_key) {
             return Ok(c.clone());
         }
         skiff_pki::use_tls13_only();
@@ -287,7 +336,7 @@ impl RegistryAccess {
             registry: key.clone(),
             reason: e.to_string(),
         })?;
-        clients.insert(key, client.clone());
+        clients.insert(held_key, client.clone());
         Ok(client)
     }
 }
@@ -316,17 +365,17 @@ mod tests {
         })
         .unwrap();
         assert!(
-            matches!(access.auth_for("docker.io"), RegistryAuth::Basic(u, p) if u == "ana" && p == "s3cret")
+            matches!(access.auth_for("docker.io", None), RegistryAuth::Basic(u, p) if u == "ana" && p == "s3cret")
         );
         assert!(
-            matches!(access.auth_for("registry.lab:5000"), RegistryAuth::Basic(u, _) if u == "bo")
+            matches!(access.auth_for("registry.lab:5000", None), RegistryAuth::Basic(u, _) if u == "bo")
         );
         assert!(matches!(
-            access.auth_for("ghcr.io"),
+            access.auth_for("ghcr.io", None),
             RegistryAuth::Anonymous
         ));
         assert!(matches!(
-            access.auth_for("other.lab"),
+            access.auth_for("other.lab", None),
             RegistryAuth::Anonymous
         ));
         let shown = format!("{access:?}");
@@ -335,6 +384,34 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("registry.lab:5000"), "{shown}");
+        // A namespace's login wins for its registry only, and gets a
+        // client of its own (tokens never cross credentials).
+        let login = Login {
+            registry: "registry.lab:5000".into(),
+            username: "team".into(),
+            password: "team-pw".into(),
+        };
+        assert!(
+            matches!(access.auth_for("registry.lab:5000", Some(&login)), RegistryAuth::Basic(u, p) if u == "team" && p == "team-pw")
+        );
+        assert!(
+            matches!(access.auth_for("docker.io", Some(&login)), RegistryAuth::Basic(u, _) if u == "ana")
+        );
+        assert!(!format!("{login:?}").contains("team-pw"));
+        skiff_pki::use_tls13_only();
+        access.client_for("registry.lab:5000", None).unwrap();
+        access
+            .client_for("registry.lab:5000", Some(&login))
+            .unwrap();
+        access
+            .client_for("registry.lab:5000", Some(&login))
+            .unwrap();
+        access.client_for("docker.io", Some(&login)).unwrap();
+        let held = access.clients.lock().unwrap().len();
+        assert_eq!(
+            held, 3,
+            "the node's and the team's for registry.lab, the node's for docker.io"
+        );
     }
 
     #[test]

@@ -356,6 +356,27 @@ impl pb::access_server::Access for AccessService {
         crate::namespaces::delete(&self.ctx, req).await
     }
 
+    async fn set_registry_login(
+        &self,
+        req: Request<pb::SetRegistryLoginRequest>,
+    ) -> Result<Response<pb::SetRegistryLoginResponse>, Status> {
+        crate::registry_logins::set(&self.ctx, req).await
+    }
+
+    async fn list_registry_logins(
+        &self,
+        req: Request<pb::ListRegistryLoginsRequest>,
+    ) -> Result<Response<pb::ListRegistryLoginsResponse>, Status> {
+        crate::registry_logins::list(&self.ctx, req).await
+    }
+
+    async fn delete_registry_login(
+        &self,
+        req: Request<pb::DeleteRegistryLoginRequest>,
+    ) -> Result<Response<pb::DeleteRegistryLoginResponse>, Status> {
+        crate::registry_logins::delete(&self.ctx, req).await
+    }
+
     async fn read_audit(
         &self,
         req: Request<pb::ReadAuditRequest>,

@@ -36,6 +36,8 @@ pub struct Ctx {
     pub audit: Arc<crate::audit::AuditLog>,
     /// How registries are reached, to resolve image tags at apply.
     pub registries: Arc<skiff_registry::RegistryAccess>,
+    /// The servers' secrets key, which seals namespaces' registry logins.
+    pub secrets: crate::secrets::Keyring,
 }
 
 impl Ctx {

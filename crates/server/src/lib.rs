@@ -36,12 +36,15 @@ pub mod drainer;
 pub mod evals;
 pub mod gc;
 pub mod heartbeats;
+pub mod key_agreement;
 pub mod liveness;
 pub mod members;
 pub mod namespaces;
 pub mod nodes;
 pub mod peer;
+pub mod registry_logins;
 pub mod resolve;
+pub mod secrets;
 pub mod tls;
 pub mod transport;
 pub mod user_tokens;
@@ -298,6 +301,8 @@ pub async fn start(cfg: &ServerConfig) -> Result<Running, ServerError> {
             leaf_lifetime: cfg.security.leaf_lifetime,
             audit,
             registries: Arc::new(skiff_registry::RegistryAccess::load(&cfg.registries)?),
+            secrets: secrets::Keyring::open(&cfg.data_dir)
+                .map_err(|e| ServerError::Credentials(e.to_string()))?,
         },
         api_addr,
         peer_addr,
@@ -346,6 +351,10 @@ pub async fn serve(
     if let Some(url) = join {
         background.push(tokio::spawn(members::join(ctx.clone(), url)));
     }
+    background.push(tokio::spawn(key_agreement::agree(
+        ctx.clone(),
+        data_dir.clone(),
+    )));
     background.push(tokio::spawn(bootstrap::renew(ctx.clone(), data_dir)));
     background.push(tokio::spawn(bootstrap::renew_ca(ctx.clone(), ca_lifetime)));
     if let Some(ca) = founding_ca {

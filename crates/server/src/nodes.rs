@@ -229,16 +229,18 @@ impl pb::node_api_server::NodeApi for NodeService {
             )));
         }
         let node = r.node;
+        let secrets = self.ctx.secrets.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
-            // What this stream has sent: id -> modify index. The first
-            // message resets the agent's view; later ones carry changes.
-            let mut sent: HashMap<String, u64> = HashMap::new();
+            // What this stream has sent. The first message resets the
+            // agent's view; later ones carry changes.
+            let mut sent = Sent::default();
             let mut first = true;
             loop {
                 let change = {
                     let state = store.state();
-                    alloc_changes(&state, &node, &mut sent, first)
+                    let key = secrets.current();
+                    alloc_changes(&state, &node, &mut sent, first, &key)
                 };
                 if let Some(messages) = change {
                     for m in messages {
@@ -315,31 +317,62 @@ impl pb::node_api_server::NodeApi for NodeService {
 /// agent takes messages of up to 16 MiB).
 const WATCH_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// What an allocation watch has sent.
+#[derive(Debug, Default)]
+pub struct Sent {
+    /// Allocation id -> the modify index sent.
+    allocs: HashMap<String, u64>,
+    /// A fingerprint of the namespaces' image paths and sealed registry
+    /// logins sent: a change of either alone is sent too.
+    namespaces: u64,
+}
+
 /// The messages that bring an agent following `node` from what `sent`
 /// records to the state's allocations (all of them, with a reset, when
 /// `reset`); `None` when nothing changed. Updates `sent`. Only what changed
-/// is converted.
+/// is converted; registry logins are opened with `key`.
 pub fn alloc_changes(
     state: &skiff_store::State,
     node: &str,
-    sent: &mut HashMap<String, u64>,
+    sent: &mut Sent,
     reset: bool,
+    key: &skiff_pki::secrets::SecretsKey,
 ) -> Option<Vec<pb::AllocationSet>> {
-    alloc_changes_within(state, node, sent, reset, WATCH_MESSAGE_BYTES)
+    alloc_changes_within(state, node, sent, reset, key, WATCH_MESSAGE_BYTES)
 }
 
 fn alloc_changes_within(
     state: &skiff_store::State,
     node: &str,
-    sent: &mut HashMap<String, u64>,
+    sent_all: &mut Sent,
     reset: bool,
+    key: &skiff_pki::secrets::SecretsKey,
     budget: usize,
 ) -> Option<Vec<pb::AllocationSet>> {
     use prost::Message as _;
+    use std::hash::{Hash, Hasher};
     let allocs: Vec<&Allocation> = state.allocs_on_node(node);
+    let sent = &mut sent_all.allocs;
     if reset {
         sent.clear();
     }
+    let namespaces: std::collections::BTreeSet<&str> = allocs
+        .iter()
+        .map(|a| skiff_model::split_job_key(&a.job).0)
+        .collect();
+    let fingerprint = {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for ns in &namespaces {
+            ns.hash(&mut h);
+            if let Some(n) = state.access.namespaces.get(*ns) {
+                n.policy.image_paths.hash(&mut h);
+            }
+            for l in state.access.registry_logins.get(*ns).into_iter().flatten() {
+                (&l.1.registry, &l.1.username, &l.1.sealed).hash(&mut h);
+            }
+        }
+        h.finish()
+    };
     let changed: Vec<&Allocation> = allocs
         .iter()
         .copied()
@@ -352,9 +385,11 @@ fn alloc_changes_within(
         .cloned()
         .collect();
     removed.sort();
-    if !reset && changed.is_empty() && removed.is_empty() {
+    if !reset && changed.is_empty() && removed.is_empty() && fingerprint == sent_all.namespaces {
         return None;
     }
+    sent_all.namespaces = fingerprint;
+    let sent = &mut sent_all.allocs;
     for id in &removed {
         sent.remove(id);
     }
@@ -394,10 +429,16 @@ fn alloc_changes_within(
         bytes += len;
         messages.last_mut().expect("just pushed").allocs.push(m);
     }
-    messages
-        .last_mut()
-        .expect("one message at least")
-        .image_paths = image_paths;
+    let registry_logins = namespaces
+        .iter()
+        .filter_map(|ns| {
+            let logins = crate::registry_logins::opened(key, state, ns);
+            (!logins.is_empty()).then(|| (ns.to_string(), pb::RegistryLogins { logins }))
+        })
+        .collect();
+    let last = messages.last_mut().expect("one message at least");
+    last.image_paths = image_paths;
+    last.registry_logins = registry_logins;
     Some(messages)
 }
 
@@ -425,9 +466,10 @@ mod tests {
         }
         let other = alloc("b0", "n2", 10);
         state.allocs.insert(other.id.clone(), other);
-        let mut sent = HashMap::new();
+        let mut sent = Sent::default();
+        let key = skiff_pki::secrets::SecretsKey::generate();
         // The first message set is everything, in parts of at most ~3 KB.
-        let first = alloc_changes_within(&state, "n1", &mut sent, true, 3000).unwrap();
+        let first = alloc_changes_within(&state, "n1", &mut sent, true, &key, 3000).unwrap();
         assert!(first.len() >= 4, "{}", first.len());
         assert!(first[0].reset && first[1..].iter().all(|m| !m.reset));
         assert!(first[..first.len() - 1].iter().all(|m| m.partial));
@@ -438,20 +480,87 @@ mod tests {
             .collect();
         assert_eq!(ids.len(), 10, "all of n1's, none of n2's: {ids:?}");
         // Nothing changed: nothing to send.
-        assert!(alloc_changes_within(&state, "n1", &mut sent, false, 3000).is_none());
+        assert!(alloc_changes_within(&state, "n1", &mut sent, false, &key, 3000).is_none());
         // One changes, one goes: only those.
         state.allocs.get_mut("a3").unwrap().modify_index = 2;
         state.allocs.remove("a7");
-        let next = alloc_changes_within(&state, "n1", &mut sent, false, 3000).unwrap();
+        let next = alloc_changes_within(&state, "n1", &mut sent, false, &key, 3000).unwrap();
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].allocs.len(), 1);
         assert_eq!(next[0].allocs[0].id, "a3");
         assert_eq!(next[0].removed, ["a7"]);
         assert!(!next[0].reset && !next[0].partial);
         // A new stream starts over with everything.
-        let again = alloc_changes_within(&state, "n1", &mut sent, true, usize::MAX).unwrap();
+        let again = alloc_changes_within(&state, "n1", &mut sent, true, &key, usize::MAX).unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].allocs.len(), 9);
         assert!(again[0].reset);
+    }
+
+    #[test]
+    fn a_namespaces_registry_login_reaches_its_nodes_alone_and_its_change_is_sent() {
+        use skiff_store::command::Command;
+        let mut state = skiff_store::State::default();
+        let key = skiff_pki::secrets::SecretsKey::generate();
+        let mut index = 0;
+        let mut apply = |state: &mut skiff_store::State, cmd: Command| {
+            index += 10;
+            state.apply(index, &cmd)
+        };
+        apply(
+            &mut state,
+            Command::SetSecretsKey {
+                key_id: key.id().into(),
+            },
+        );
+        for (ns, node) in [("lab", "n1"), ("ops", "n2")] {
+            apply(
+                &mut state,
+                Command::PutNamespace {
+                    namespace: skiff_model::namespace::Namespace {
+                        name: ns.into(),
+                        ..Default::default()
+                    },
+                },
+            );
+            let mut a = alloc(&format!("{ns}-a"), node, 10);
+            a.job = format!("{ns}/j");
+            state.allocs.insert(a.id.clone(), a);
+            let login =
+                crate::secrets::seal_login(&key, ns, "r.lab:5000", ns, &format!("pw-{ns}"), 1);
+            apply(
+                &mut state,
+                Command::PutRegistryLogin {
+                    namespace: ns.into(),
+                    login,
+                },
+            );
+        }
+        let mut sent = Sent::default();
+        let first = alloc_changes(&state, "n1", &mut sent, true, &key).unwrap();
+        let logins = &first.last().unwrap().registry_logins;
+        assert_eq!(
+            logins.keys().collect::<Vec<_>>(),
+            ["lab"],
+            "n1 runs lab's only"
+        );
+        assert_eq!(logins["lab"].logins[0].password, "pw-lab");
+        assert!(alloc_changes(&state, "n1", &mut sent, false, &key).is_none());
+        // A new password alone is sent.
+        let login = crate::secrets::seal_login(&key, "lab", "r.lab:5000", "lab", "pw-new", 2);
+        apply(
+            &mut state,
+            Command::PutRegistryLogin {
+                namespace: "lab".into(),
+                login,
+            },
+        );
+        let next = alloc_changes(&state, "n1", &mut sent, false, &key).unwrap();
+        assert!(next[0].allocs.is_empty());
+        assert_eq!(next[0].registry_logins["lab"].logins[0].password, "pw-new");
+        // Another server's key opens nothing: nothing is sent in its stead.
+        let stranger = skiff_pki::secrets::SecretsKey::generate();
+        let again = alloc_changes(&state, "n1", &mut sent, true, &stranger).unwrap();
+        assert!(again[0].registry_logins.is_empty());
     }
 }

@@ -160,6 +160,18 @@ impl pb::peer_server::Peer for PeerService {
         Ok(Response::new(self.ctx.heartbeat_ages()))
     }
 
+    async fn secrets_key(
+        &self,
+        req: Request<pb::SecretsKeyRequest>,
+    ) -> Result<Response<pb::SecretsKeyResponse>, Status> {
+        caller(&req, &self.ctx.tls)?.require_server(&self.ctx, "read the secrets key")?;
+        let key = self.ctx.secrets.current();
+        Ok(Response::new(pb::SecretsKeyResponse {
+            key: key.bytes().to_vec(),
+            key_id: key.id().to_string(),
+        }))
+    }
+
     async fn change_membership(
         &self,
         req: Request<pb::MembershipRequest>,

@@ -22,8 +22,10 @@ const RESOLVE_LIMIT: Duration = Duration::from_secs(10);
 /// the registry cannot be reached and it names the same tag, pinned (by
 /// these servers earlier, or by the first node that pulled it), its
 /// digest is kept, so applying the same spec again changes nothing.
+/// `logins` are the job's namespace's (each for its registry only).
 pub async fn resolve(
     access: &RegistryAccess,
+    logins: &[skiff_registry::Login],
     spec: &mut JobSpec,
     current: Option<&skiff_model::registry_ref::RegistryRef>,
 ) -> String {
@@ -41,8 +43,11 @@ pub async fn resolve(
         asked.registry = source.clone();
         let found = async {
             let reference: Reference = asked.to_string().parse().map_err(|e| format!("{e}"))?;
-            let client = access.client_for(&source).map_err(|e| e.to_string())?;
-            let auth = access.auth_for(&source);
+            let login = logins.iter().find(|l| l.is_for(&source));
+            let client = access
+                .client_for(&source, login)
+                .map_err(|e| e.to_string())?;
+            let auth = access.auth_for(&source, login);
             tokio::time::timeout(
                 RESOLVE_LIMIT,
                 client.fetch_manifest_digest(&reference, &auth),

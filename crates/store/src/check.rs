@@ -113,6 +113,33 @@ pub fn check(command: &Command) -> Result<(), String> {
         Command::DeleteNamespace { name } => {
             skiff_model::check_dns_label(name).map_err(|rule| format!("name: {name:?} {rule}"))
         }
+        Command::SetSecretsKey { key_id } => key_id_rule(key_id),
+        Command::PutRegistryLogin { namespace, login } => {
+            skiff_model::check_dns_label(namespace)
+                .map_err(|rule| format!("namespace: {namespace:?} {rule}"))?;
+            skiff_model::registry_ref::check_registry_host(&login.registry)
+                .map_err(|rule| format!("registry: {rule}"))?;
+            skiff_model::registry_ref::check_registry_username(&login.username)
+                .map_err(|rule| format!("username: {rule}"))?;
+            key_id_rule(&login.key_id)?;
+            if login.sealed.is_empty()
+                || login.sealed.len() > SEALED_MAX
+                || !login.sealed.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                return Err(format!("sealed: must be 1 to {SEALED_MAX} hex digits"));
+            }
+            Ok(())
+        }
+        Command::DeleteRegistryLogin {
+            namespace,
+            registry,
+        } => {
+            skiff_model::check_dns_label(namespace)
+                .map_err(|rule| format!("namespace: {namespace:?} {rule}"))?;
+            skiff_model::registry_ref::check_registry_host(registry)
+                .map(|_| ())
+                .map_err(|rule| format!("registry: {rule}"))
+        }
         Command::Join {
             token_id,
             secret_hash,
@@ -242,6 +269,18 @@ fn plan_rule(plan: &PlanCommand) -> Result<(), String> {
         alloc_id_rule("stops.alloc_id", &s.alloc_id)?;
     }
     Ok(())
+}
+
+/// Most hex digits of a sealed registry password (8 KiB of password,
+/// sealed).
+const SEALED_MAX: usize = 2 * (8 * 1024 + 64);
+
+fn key_id_rule(id: &str) -> Result<(), String> {
+    if id.len() == 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(())
+    } else {
+        Err(format!("key_id: {id:?} must be 16 lowercase hex digits"))
+    }
 }
 
 #[cfg(test)]

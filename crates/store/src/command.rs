@@ -113,8 +113,21 @@ pub enum Command {
     PutNamespace {
         namespace: skiff_model::namespace::Namespace,
     },
-    /// An admin deleted a namespace no job lives in.
+    /// An admin deleted a namespace no job lives in (and its registry
+    /// logins with it).
     DeleteNamespace { name: String },
+    /// The servers' secrets key, by id: the first proposed is the
+    /// cluster's; a server holding another fetches this one from a peer.
+    SetSecretsKey { key_id: String },
+    /// An admin set a namespace's login for a registry; the password
+    /// arrives sealed with the secrets key `key_id` names (which must be
+    /// the cluster's).
+    PutRegistryLogin {
+        namespace: String,
+        login: RegistryLoginRecord,
+    },
+    /// An admin removed a namespace's login for a registry.
+    DeleteRegistryLogin { namespace: String, registry: String },
     /// A joiner presented a token whose secret hashes to `secret_hash`, at
     /// `at_ms` (as the taking server read its clock).
     Join {
@@ -216,6 +229,9 @@ impl Command {
             Command::CreateUserToken { .. } => "create_user_token",
             Command::RevokeUserToken { .. } => "revoke_user_token",
             Command::DeleteNamespace { .. } => "delete_namespace",
+            Command::SetSecretsKey { .. } => "set_secrets_key",
+            Command::PutRegistryLogin { .. } => "put_registry_login",
+            Command::DeleteRegistryLogin { .. } => "delete_registry_login",
             Command::Join { .. } => "join",
         }
     }
@@ -485,6 +501,32 @@ pub struct CaRecord {
 impl std::fmt::Debug for CaRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("CaRecord { key: <secret> }")
+    }
+}
+
+/// A namespace's login for one registry: the password only sealed
+/// (AEAD with the servers' secrets key, bound to the namespace, registry
+/// and user name), never in the clear.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryLoginRecord {
+    /// HOST[:PORT], normalised (`docker.io` for Docker Hub).
+    pub registry: String,
+    pub username: String,
+    /// Hex: nonce, then ciphertext and tag.
+    pub sealed: String,
+    /// The secrets key it was sealed with.
+    pub key_id: String,
+    /// When it was set, ms since the Unix epoch.
+    pub set_at_ms: u64,
+}
+
+impl std::fmt::Debug for RegistryLoginRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryLoginRecord")
+            .field("registry", &self.registry)
+            .field("username", &self.username)
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
     }
 }
 

@@ -1,6 +1,7 @@
 //! The client commands, one room each: `apply`/`delete` (specs), `get`
 //! (lists), `describe` (one object in detail), `node` (cordon, drain, GPU
-//! resets), `image` (cached images, pulls), `container` (logs, exec),
+//! resets), `image` (cached images, pulls), `registry` (namespaces'
+//! registry logins), `container` (logs, exec),
 //! `watch` (changes, members),
 //! `access` (join tokens, the CA of a static cluster, removing nodes).
 
@@ -12,6 +13,7 @@ mod get;
 mod image;
 mod namespace;
 mod node;
+mod registry;
 mod user;
 mod watch;
 
@@ -28,6 +30,7 @@ pub use get::{get, GetWhat};
 pub use image::{image, ImageCmd};
 pub use namespace::{namespace, NamespaceCmd};
 pub use node::{node, DrainArgs, NodeArgs, NodeCmd};
+pub use registry::{registry, RegistryCmd};
 pub use user::{user, UserCmd};
 pub use watch::{members, watch, MembersCmd, WatchArgs};
 

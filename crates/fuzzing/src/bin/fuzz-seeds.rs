@@ -193,6 +193,35 @@ fn cluster_api(dir: &Path) {
             },
         ),
     );
+    put(
+        dir,
+        "set-registry-login",
+        &call(
+            36,
+            &pb::SetRegistryLoginRequest {
+                namespace: "default".into(),
+                registry: "registry.lab:5000".into(),
+                username: "ci".into(),
+                password: "pw".into(),
+            },
+        ),
+    );
+    put(
+        dir,
+        "list-registry-logins",
+        &call(37, &pb::ListRegistryLoginsRequest::default()),
+    );
+    put(
+        dir,
+        "delete-registry-login",
+        &call(
+            38,
+            &pb::DeleteRegistryLoginRequest {
+                namespace: "default".into(),
+                registry: "registry.lab:5000".into(),
+            },
+        ),
+    );
 }
 
 fn node_api(dir: &Path) {
@@ -331,11 +360,12 @@ fn peer(dir: &Path) {
         ),
     );
     put(dir, "ages", &call(3, &pb::HeartbeatAgesRequest {}));
+    put(dir, "secrets-key", &call(4, &pb::SecretsKeyRequest {}));
     put(
         dir,
         "membership",
         &call(
-            4,
+            5,
             &pb::MembershipRequest {
                 change: Some(pb::membership_request::Change::Remove(7)),
             },

@@ -85,7 +85,18 @@ pub(crate) async fn apply(
         .jobs
         .get(&spec.key())
         .and_then(|j| j.spec.task.image.registry.clone());
-    let image_note = crate::resolve::resolve(&ctx.registries, &mut spec, current.as_ref()).await;
+    // The namespace's registry logins, so its private tags resolve.
+    let logins: Vec<skiff_registry::Login> =
+        crate::registry_logins::opened(&ctx.secrets.current(), &ctx.store.state(), &spec.namespace)
+            .into_iter()
+            .map(|l| skiff_registry::Login {
+                registry: l.registry,
+                username: l.username,
+                password: l.password,
+            })
+            .collect();
+    let image_note =
+        crate::resolve::resolve(&ctx.registries, &logins, &mut spec, current.as_ref()).await;
     let name = spec.key();
     let applied = ctx.commit(&Command::UpsertJob { spec }).await?;
     match applied.outcome {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{CaRecord, TokenRecord, UserRecord, UserTokenRecord};
+use crate::command::{CaRecord, RegistryLoginRecord, TokenRecord, UserRecord, UserTokenRecord};
 
 /// The record every access change rewrites.
 pub const ACCESS_KEY: &str = "access";
@@ -36,4 +36,11 @@ pub struct Access {
     /// Namespaces an admin described, by name (`default` needs none).
     #[serde(default)]
     pub namespaces: BTreeMap<String, skiff_model::namespace::Namespace>,
+    /// The id of the servers' secrets key (the key itself never enters
+    /// Raft: each server keeps it in its data directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_key: Option<String>,
+    /// Registry logins by namespace, then registry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub registry_logins: BTreeMap<String, BTreeMap<String, RegistryLoginRecord>>,
 }

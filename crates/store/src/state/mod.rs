@@ -31,6 +31,7 @@ mod namespaces;
 mod nodes;
 mod plan;
 mod refusal;
+mod registry_logins;
 mod rollout;
 mod table;
 mod users;
@@ -265,6 +266,14 @@ impl State {
             Command::CreateUserToken { token } => self.create_user_token(index, token),
             Command::RevokeUserToken { id } => self.revoke_user_token(id),
             Command::DeleteNamespace { name } => self.delete_namespace(name),
+            Command::SetSecretsKey { key_id } => self.set_secrets_key(key_id),
+            Command::PutRegistryLogin { namespace, login } => {
+                self.put_registry_login(namespace, login)
+            }
+            Command::DeleteRegistryLogin {
+                namespace,
+                registry,
+            } => self.delete_registry_login(namespace, registry),
             Command::Join {
                 token_id,
                 secret_hash,

@@ -33,6 +33,7 @@ impl State {
                 name: name.to_string(),
             });
         }
+        self.access.registry_logins.remove(name);
         self.touch(Table::Access, ACCESS_KEY);
         Outcome::AccessChanged
     }

@@ -139,6 +139,17 @@ pub enum Refusal {
     QuotaExceeded {
         why: String,
     },
+    /// A registry login sealed with a key other than the cluster's
+    /// secrets key (or before the cluster has one).
+    SecretsKeyMismatch {
+        sealed_with: String,
+        cluster: Option<String>,
+    },
+    /// A namespace holds no login for that registry.
+    RegistryLoginMissing {
+        namespace: String,
+        registry: String,
+    },
 }
 
 impl Refusal {
@@ -165,6 +176,7 @@ impl Refusal {
                 | Refusal::TokenNotFound { .. }
                 | Refusal::UserNotFound { .. }
                 | Refusal::NamespaceMissing { .. }
+                | Refusal::RegistryLoginMissing { .. }
         )
     }
 
@@ -205,6 +217,24 @@ impl std::fmt::Display for Refusal {
             Refusal::Invalid { why }
             | Refusal::PolicyDenied { why }
             | Refusal::QuotaExceeded { why } => f.write_str(why),
+            Refusal::SecretsKeyMismatch {
+                sealed_with,
+                cluster: Some(cluster),
+            } => write!(
+                f,
+                "sealed with secrets key {sealed_with}, but the cluster's is {cluster}: this server does not hold the cluster's key yet; try again"
+            ),
+            Refusal::SecretsKeyMismatch { cluster: None, .. } => write!(
+                f,
+                "the cluster has no secrets key yet; try again once its servers agreed on one"
+            ),
+            Refusal::RegistryLoginMissing {
+                namespace,
+                registry,
+            } => write!(
+                f,
+                "namespace {namespace:?} holds no login for registry {registry:?}"
+            ),
             Refusal::NamespaceMissing { name } => write!(
                 f,
                 "namespace {name:?} not found: an admin creates it with `skiff namespace apply`"
