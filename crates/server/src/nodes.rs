@@ -432,7 +432,14 @@ fn alloc_changes_within(
     let registry_logins = namespaces
         .iter()
         .filter_map(|ns| {
-            let logins = crate::registry_logins::opened(key, state, ns);
+            let logins: Vec<pb::RegistryLogin> = crate::registry_logins::opened(key, state, ns)
+                .into_iter()
+                .map(|l| pb::RegistryLogin {
+                    registry: l.registry,
+                    username: l.username,
+                    password: l.password,
+                })
+                .collect();
             (!logins.is_empty()).then(|| (ns.to_string(), pb::RegistryLogins { logins }))
         })
         .collect();

@@ -149,7 +149,7 @@ pub fn opened(
     key: &skiff_pki::secrets::SecretsKey,
     state: &skiff_store::State,
     namespace: &str,
-) -> Vec<pb::RegistryLogin> {
+) -> Vec<skiff_registry::Login> {
     let Some(logins) = state.access.registry_logins.get(namespace) else {
         return Vec::new();
     };

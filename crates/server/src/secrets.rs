@@ -7,7 +7,6 @@
 //! agreement runs in `key_agreement.rs`.
 
 use skiff_pki::secrets::SecretsKey;
-use skiff_proto::pb;
 use skiff_store::command::RegistryLoginRecord;
 use std::sync::{Arc, RwLock};
 
@@ -78,10 +77,10 @@ pub fn open_login(
     key: &SecretsKey,
     namespace: &str,
     record: &RegistryLoginRecord,
-) -> Option<pb::RegistryLogin> {
+) -> Option<skiff_registry::Login> {
     let ctx = context(namespace, &record.registry, &record.username);
     match key.open(&record.key_id, &ctx, &record.sealed) {
-        Ok(bytes) => Some(pb::RegistryLogin {
+        Ok(bytes) => Some(skiff_registry::Login {
             registry: record.registry.clone(),
             username: record.username.clone(),
             password: String::from_utf8_lossy(&bytes).into_owned(),

@@ -77,10 +77,7 @@ pub async fn registry(cmd: RegistryCmd) -> anyhow::Result<()> {
             client,
         } => {
             let password = password_from(std::io::stdin().lock())?;
-            let ns = client
-                .namespace
-                .clone()
-                .unwrap_or_else(|| skiff_model::DEFAULT_NAMESPACE.to_string());
+            let ns = client.namespace();
             connect(&client)
                 .await?
                 .set_registry_login(&ns, &registry, &username, &password)
@@ -112,10 +109,7 @@ pub async fn registry(cmd: RegistryCmd) -> anyhow::Result<()> {
             )?;
         }
         RegistryCmd::Logout { registry, client } => {
-            let ns = client
-                .namespace
-                .clone()
-                .unwrap_or_else(|| skiff_model::DEFAULT_NAMESPACE.to_string());
+            let ns = client.namespace();
             connect(&client)
                 .await?
                 .delete_registry_login(&ns, &registry)
