@@ -66,6 +66,8 @@ pub struct AgentConfig {
     pub image_gc: crate::image::gc::GcPolicy,
     /// How often the image cache is checked.
     pub image_gc_every: Duration,
+    /// The bridge network (`--bridge`, `--network-subnet`, `--cni-path`).
+    pub network: crate::network::NetworkConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +97,8 @@ pub enum AgentError {
     NoServers,
     #[error(transparent)]
     Gpu(#[from] InventoryError),
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
     #[error(transparent)]
@@ -344,6 +348,10 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         gpus: Some(gpus.clone()),
         images: images.clone(),
         images_in_use,
+        network: Some(Arc::new(crate::network::Network::new(
+            paths.root(),
+            cfg.network.clone(),
+        )?)),
     };
     let image_gc = image_gc_loop(
         crate::image::gc::ImageCache::new(paths.images()),

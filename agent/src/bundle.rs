@@ -35,6 +35,8 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 pub enum BundleError {
     #[error("nothing to run: the job sets no command and the image has no entrypoint or cmd")]
     NoCommand,
+    #[error("network: bridge, but no bridge network was set up for it")]
+    NoNetwork,
     #[error("image user {user:?} is not in the image's /etc/passwd")]
     UnknownUser { user: String },
     #[error("task.security: {0:?} is not a capability this runtime knows")]
@@ -69,6 +71,8 @@ pub struct BundleInput<'a> {
     pub rootfs: &'a Path,
     /// What the container needs for its GPUs, when it has any.
     pub gpu_edits: Option<&'a crate::gpu::ContainerEdits>,
+    /// `network: bridge`: the namespace set up for it, and its address.
+    pub network: Option<&'a crate::network::Attachment>,
 }
 
 /// The program and arguments, the way Kubernetes combines them: `command`
@@ -259,7 +263,13 @@ pub fn build_spec(input: &BundleInput<'_>) -> Result<Spec, BundleError> {
         .terminal(false)
         .user(UserBuilder::default().uid(uid).gid(gid).build()?)
         .args(args)
-        .env(resolve_env(alloc, input.image))
+        .env({
+            let mut env = resolve_env(alloc, input.image);
+            if let Some(ip) = input.network.and_then(|n| n.address.as_deref()) {
+                env.push(format!("SKIFF_IP={ip}"));
+            }
+            env
+        })
         .cwd(cwd)
         .no_new_privileges(true)
         .capabilities(
@@ -320,6 +330,20 @@ pub fn build_spec(input: &BundleInput<'_>) -> Result<Spec, BundleError> {
     }
     match task.network {
         NetworkMode::None => namespaces.push(namespace(LinuxNamespaceType::Network)?),
+        NetworkMode::Bridge => {
+            let attached = input.network.ok_or(BundleError::NoNetwork)?;
+            namespaces.push(
+                LinuxNamespaceBuilder::default()
+                    .typ(LinuxNamespaceType::Network)
+                    .path(attached.netns.clone())
+                    .build()?,
+            );
+            // Names resolve as on the host until the node's DNS serves
+            // the cluster's names.
+            if Path::new("/etc/resolv.conf").is_file() {
+                mounts.push(bind_ro("/etc/resolv.conf", "/etc/resolv.conf")?);
+            }
+        }
         NetworkMode::Host => {
             // Sharing the host's network means sharing how it resolves names.
             for f in ["/etc/resolv.conf", "/etc/hosts"] {
@@ -408,8 +432,49 @@ mod tests {
             image: &image(),
             rootfs: dir.path(),
             gpu_edits: None,
+            network: None,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn a_bridged_container_joins_the_namespace_set_up_for_it() {
+        let a = alloc("{image: 'oci:/i', network: bridge}");
+        let dir = tempfile::tempdir().unwrap();
+        let input = |network| BundleInput {
+            alloc: &a,
+            container_id: "sk-1",
+            image: &image(),
+            rootfs: dir.path(),
+            gpu_edits: None,
+            network,
+        };
+        assert!(matches!(
+            build_spec(&input(None)),
+            Err(BundleError::NoNetwork)
+        ));
+        let attached = crate::network::Attachment {
+            netns: "/data/network/netns/x".into(),
+            address: Some("10.88.0.9".into()),
+        };
+        let spec = build_spec(&input(Some(&attached))).unwrap();
+        let net = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|n| n.typ() == LinuxNamespaceType::Network)
+            .cloned()
+            .unwrap();
+        assert_eq!(
+            net.path().as_deref(),
+            Some(Path::new("/data/network/netns/x"))
+        );
+        let env = spec.process().as_ref().unwrap().env().clone().unwrap();
+        assert!(env.contains(&"SKIFF_IP=10.88.0.9".to_string()), "{env:?}");
     }
 
     #[test]
@@ -433,6 +498,7 @@ mod tests {
             image: &image(),
             rootfs: dir.path(),
             gpu_edits: None,
+            network: None,
         });
         assert!(matches!(
             built,
@@ -451,6 +517,7 @@ mod tests {
                 image: &img,
                 rootfs: dir.path(),
                 gpu_edits: None,
+                network: None,
             });
             match built {
                 Err(

@@ -28,6 +28,7 @@ pub mod gpu;
 pub mod host;
 pub mod image;
 pub mod logs;
+pub mod network;
 pub mod paths;
 pub mod probe;
 pub mod reconcile;

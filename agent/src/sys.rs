@@ -416,3 +416,63 @@ pub fn fs_percent_used(path: &std::path::Path) -> io::Result<u8> {
     let used = total - u128::from(st.f_bavail.min(st.f_blocks));
     Ok((used * 100 / total) as u8)
 }
+
+fn c_path(path: &std::path::Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt as _;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in a path"))
+}
+
+fn zero_or_errno(r: libc::c_int) -> io::Result<()> {
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `mount --bind SRC DST`.
+pub fn bind_mount(src: &std::path::Path, dst: &std::path::Path) -> io::Result<()> {
+    let (s, d) = (c_path(src)?, c_path(dst)?);
+    // SAFETY: both are valid NUL-terminated strings that outlive the call;
+    // a bind mount takes no file system type nor data (null is allowed).
+    zero_or_errno(unsafe {
+        libc::mount(
+            s.as_ptr(),
+            d.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    })
+}
+
+/// `mount --make-shared PATH`.
+pub fn make_shared(path: &std::path::Path) -> io::Result<()> {
+    let p = c_path(path)?;
+    // SAFETY: a valid NUL-terminated string; a propagation change takes
+    // no source, type nor data.
+    zero_or_errno(unsafe {
+        libc::mount(
+            std::ptr::null(),
+            p.as_ptr(),
+            std::ptr::null(),
+            libc::MS_SHARED,
+            std::ptr::null(),
+        )
+    })
+}
+
+/// `umount --lazy PATH`.
+pub fn umount_detach(path: &std::path::Path) -> io::Result<()> {
+    let p = c_path(path)?;
+    // SAFETY: a valid NUL-terminated string.
+    zero_or_errno(unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) })
+}
+
+/// Moves the calling thread (only it) into a new network namespace.
+pub fn unshare_network() -> io::Result<()> {
+    // SAFETY: unshare has no memory-safety preconditions; it changes only
+    // the calling thread's namespace.
+    zero_or_errno(unsafe { libc::unshare(libc::CLONE_NEWNET) })
+}

@@ -34,6 +34,9 @@ pub struct Settings {
     /// or run: the image garbage collector keeps them. Kept up to date by
     /// the reconciler.
     pub images_in_use: crate::image::gc::InUse,
+    /// The node's bridge network (`network: bridge`); none in tests that
+    /// do not use it.
+    pub network: Option<Arc<crate::network::Network>>,
 }
 
 /// What wakes the reconciler.

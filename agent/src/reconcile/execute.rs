@@ -106,6 +106,11 @@ impl<R: Runtime, X: Records> Executor<R, X> {
         });
     }
 
+    /// The node's bridge network, if any.
+    pub fn network(&self) -> Option<Arc<crate::network::Network>> {
+        self.settings.network.clone()
+    }
+
     fn spawn_start(&self, alloc: Allocation, run: u32) {
         let runtime = self.runtime.clone();
         let paths = self.paths.clone();
@@ -142,6 +147,7 @@ impl<R: Runtime, X: Records> Executor<R, X> {
         let runtime = self.runtime.clone();
         let paths = self.paths.clone();
         let events = self.events.clone();
+        let network = self.settings.network.clone();
         tokio::spawn(async move {
             let cid = container_id(&id);
             let id2 = id.clone();
@@ -159,6 +165,11 @@ impl<R: Runtime, X: Records> Executor<R, X> {
                 Err(e) => tracing::warn!(alloc = %id, error = %e, "bundle removal panicked"),
                 Ok(Ok(())) => {}
             }
+            if let Some(net) = network {
+                if let Err(e) = net.teardown(&id).await {
+                    tracing::warn!(alloc = %id, error = %e, "could not tear down the network");
+                }
+            }
             let _ = events.send(Event::Cleaned { id }).await;
         });
     }
@@ -167,7 +178,7 @@ impl<R: Runtime, X: Records> Executor<R, X> {
         let (tx, mut rx) = mpsc::channel(8);
         let netns = match task.network {
             NetworkMode::Host => None,
-            NetworkMode::None => self
+            NetworkMode::None | NetworkMode::Bridge => self
                 .paths
                 .state_dir(id)
                 .and_then(|d| std::fs::read_to_string(d.join(shim::INIT_PID)))

@@ -147,6 +147,12 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
             };
             self.containers.adopt(id, found, restarts);
         }
+        // Networks no container record explains were left by a crash
+        // (the rest are torn down when their containers are cleaned up).
+        if let Some(net) = self.executor.network() {
+            let known = self.records.containers().into_iter().collect();
+            net.orphans(&known).await;
+        }
     }
 
     /// Removes the logs of allocations the servers no longer list (they

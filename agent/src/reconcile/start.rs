@@ -62,12 +62,28 @@ pub async fn start<R: Runtime>(
             .ok_or_else(|| "this node has no GPUs".to_string())?;
         Some(node.edits_for(&alloc.gpus)?)
     };
+    // Its own namespace on the node's bridge (torn down by the cleanup
+    // of this run).
+    let network = match alloc.task.network {
+        skiff_model::NetworkMode::Bridge => {
+            let net = settings.network.as_ref().ok_or_else(|| {
+                "network: bridge, but this agent has no bridge network".to_string()
+            })?;
+            Some(
+                net.setup(&alloc.id)
+                    .await
+                    .map_err(|e| format!("network: {e}"))?,
+            )
+        }
+        _ => None,
+    };
     let spec = build_spec(&BundleInput {
         alloc,
         container_id: &cid,
         image: &prepared.config,
         rootfs: &rootfs,
         gpu_edits: gpu_edits.as_ref(),
+        network: network.as_ref(),
     })
     .map_err(|e| e.to_string())?;
     let cgroup = spec

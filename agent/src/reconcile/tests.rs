@@ -685,6 +685,7 @@ impl Rig {
             gpus: None,
             images: crate::image::ImagePolicy::unrestricted(),
             images_in_use: Default::default(),
+            network: None,
             image_timeout: secs(600),
             registry: Arc::new(
                 crate::image::registry::Puller::new(&dir.path().join("content"), Arc::default())

@@ -16,6 +16,7 @@ use skiff_store::RaftConfig;
 
 use crate::args::{parse_duration, parse_log_size};
 use crate::image_opts::{ImageGcOpts, RegistryOpts};
+use crate::network_opts::NetworkOpts;
 
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -312,6 +313,8 @@ struct NodeOpts {
     image_gc: ImageGcOpts,
     #[command(flatten)]
     registries: RegistryOpts,
+    #[command(flatten)]
+    network: NetworkOpts,
     /// How a container's root filesystem is made from the image cache:
     /// `overlay` (overlayfs), `copy`, or `auto` (overlayfs where it works).
     #[arg(long, default_value = "auto", value_parser = ["auto", "overlay", "copy"])]
@@ -582,6 +585,7 @@ fn agent_config(
         registry: node.registries.config(),
         image_gc: node.image_gc.policy()?,
         image_gc_every: node.image_gc.every(),
+        network: node.network.config()?,
     })
 }
 

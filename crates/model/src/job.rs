@@ -479,6 +479,9 @@ pub enum NetworkMode {
     Host,
     /// A fresh namespace with only loopback.
     None,
+    /// Its own namespace on the node's bridge: an address of the node's
+    /// subnet, loopback and outbound NAT (set up with CNI).
+    Bridge,
 }
 
 impl NetworkMode {
@@ -486,6 +489,7 @@ impl NetworkMode {
         match self {
             NetworkMode::Host => "host",
             NetworkMode::None => "none",
+            NetworkMode::Bridge => "bridge",
         }
     }
 }

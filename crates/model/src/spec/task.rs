@@ -86,10 +86,11 @@ pub(super) fn parse_task(v: &Value, path: &str, errs: &mut Errors) -> Option<Tas
             v,
             &join(path, "network"),
             "network mode",
-            "host or none",
+            "host, bridge or none",
             |s| match s {
                 "host" => Some(NetworkMode::Host),
                 "none" => Some(NetworkMode::None),
+                "bridge" => Some(NetworkMode::Bridge),
                 _ => None,
             },
             errs,

@@ -56,6 +56,7 @@ impl From<&m::TaskSpec> for pb::TaskSpec {
             network: match t.network {
                 m::NetworkMode::Host => pb::NetworkMode::Host,
                 m::NetworkMode::None => pb::NetworkMode::None,
+                m::NetworkMode::Bridge => pb::NetworkMode::Bridge,
             } as i32,
             restart: Some(pb::RestartSpec {
                 policy: restart_policy_to_wire(t.restart.policy) as i32,
@@ -369,6 +370,7 @@ pub(super) fn task_tree(t: &pb::TaskSpec) -> Value {
     let networks = [
         (pb::NetworkMode::Host as i32, "host"),
         (pb::NetworkMode::None as i32, "none"),
+        (pb::NetworkMode::Bridge as i32, "bridge"),
     ];
     put(&mut task, "network", word(t.network, &networks));
     put(&mut task, "restart", t.restart.as_ref().map(restart_tree));

@@ -1,0 +1,373 @@
+//! `network: bridge`: each allocation's own network namespace on the
+//! node's bridge, set up by the standard CNI plugins (loopback, then
+//! bridge with host-local addresses and outbound NAT) and torn down when
+//! its run is cleaned up. Everything lives under `DATA_DIR/network`:
+//! `netns/<alloc>` (the namespaces), `cni/<alloc>.json` (what was sent to
+//! each plugin and what it answered, written before the first call so a
+//! crash mid-setup can still be undone), `ipam/` (host-local's leases).
+//! Setup and teardown are idempotent; what a crash leaves is torn down
+//! when the agent starts again (`orphans`).
+
+pub mod cni;
+pub mod netns;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// The network's name in CNI configurations (and host-local's leases).
+const NETWORK: &str = "skiff";
+
+/// How the node's bridge network is made (the agent's flags).
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    /// `--bridge`: the bridge's name (at most 15 characters).
+    pub bridge: String,
+    /// `--network-subnet`: the node's IPv4 subnet, `A.B.C.D/N`.
+    pub subnet: String,
+    /// `--cni-path`: where the CNI plugins are.
+    pub cni_path: Vec<PathBuf>,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            bridge: "skiff0".into(),
+            subnet: "10.88.0.0/24".into(),
+            cni_path: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("--bridge {0:?}: 1 to 15 letters, digits, '-', '_' or '.'")]
+    Bridge(String),
+    #[error("--network-subnet {0:?}: an IPv4 subnet A.B.C.D/N with N from 8 to 30")]
+    Subnet(String),
+}
+
+impl NetworkConfig {
+    pub fn check(&self) -> Result<(), NetworkError> {
+        let b = &self.bridge;
+        if b.is_empty()
+            || b.len() > 15
+            || !b
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        {
+            return Err(NetworkError::Bridge(b.clone()));
+        }
+        let ok = self.subnet.split_once('/').is_some_and(|(ip, n)| {
+            ip.parse::<std::net::Ipv4Addr>().is_ok()
+                && n.parse::<u8>().is_ok_and(|n| (8..=30).contains(&n))
+        });
+        if !ok {
+            return Err(NetworkError::Subnet(self.subnet.clone()));
+        }
+        Ok(())
+    }
+}
+
+/// What a set-up allocation has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// The namespace the container joins.
+    pub netns: PathBuf,
+    /// Its IPv4 address on the bridge.
+    pub address: Option<String>,
+}
+
+/// One interface's plugin call as sent, and what it answered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Step {
+    ifname: String,
+    config: Value,
+    #[serde(default)]
+    result: Value,
+}
+
+/// `cni/<alloc>.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Cached {
+    container_id: String,
+    netns: PathBuf,
+    steps: Vec<Step>,
+}
+
+/// The node's bridge network.
+#[derive(Debug)]
+pub struct Network {
+    cfg: NetworkConfig,
+    dir: PathBuf,
+    prepared: AtomicBool,
+    /// One setup or teardown at a time per allocation.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Network {
+    pub fn new(data_dir: &Path, cfg: NetworkConfig) -> Result<Network, NetworkError> {
+        cfg.check()?;
+        Ok(Network {
+            cfg,
+            dir: data_dir.join("network"),
+            prepared: AtomicBool::new(false),
+            locks: Mutex::default(),
+        })
+    }
+
+    pub fn config(&self) -> &NetworkConfig {
+        &self.cfg
+    }
+
+    fn netns_dir(&self) -> PathBuf {
+        self.dir.join("netns")
+    }
+
+    fn netns_path(&self, id: &str) -> PathBuf {
+        self.netns_dir().join(id)
+    }
+
+    fn cache_path(&self, id: &str) -> PathBuf {
+        self.dir.join("cni").join(format!("{id}.json"))
+    }
+
+    fn lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The plugins' configurations, each with the interface it makes.
+    fn plan(&self) -> Vec<(&'static str, Value)> {
+        let ipam_dir = self.dir.join("ipam");
+        vec![
+            ("lo", json!({"type": "loopback"})),
+            (
+                "eth0",
+                json!({
+                    "type": "bridge",
+                    "bridge": self.cfg.bridge,
+                    "isGateway": true,
+                    "ipMasq": true,
+                    "hairpinMode": true,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": self.cfg.subnet}]],
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                        "dataDir": ipam_dir,
+                    },
+                }),
+            ),
+        ]
+    }
+
+    /// Gives allocation `id` its namespace on the bridge (tearing down
+    /// first whatever an earlier run left).
+    pub async fn setup(&self, id: &str) -> Result<Attachment, String> {
+        if !crate::paths::valid_alloc_id(id) {
+            return Err(crate::paths::bad_alloc_id(id).to_string());
+        }
+        let lock = self.lock(id);
+        let _held = lock.lock().await;
+        self.teardown_locked(id).await?;
+        let netns = self.netns_path(id);
+        let dir = self.netns_dir();
+        let prepared = self.prepared.load(Ordering::Relaxed);
+        let ns = netns.clone();
+        tokio::task::spawn_blocking(move || {
+            if !prepared {
+                netns::prepare_dir(&dir)?;
+            }
+            netns::create(&ns)
+        })
+        .await
+        .map_err(|e| format!("making the network namespace: {e}"))?
+        .map_err(|e| format!("making the network namespace {}: {e}", netns.display()))?;
+        self.prepared.store(true, Ordering::Relaxed);
+        let mut cached = Cached {
+            container_id: crate::paths::container_id(id),
+            netns: netns.clone(),
+            steps: self
+                .plan()
+                .into_iter()
+                .map(|(ifname, plugin)| Step {
+                    ifname: ifname.to_string(),
+                    config: cni::with_network(&plugin, NETWORK, None),
+                    result: Value::Null,
+                })
+                .collect(),
+        };
+        // Written before any plugin runs: a crash from here on is undone
+        // from it.
+        self.save(id, &cached)?;
+        for i in 0..cached.steps.len() {
+            let step = &cached.steps[i];
+            let added = cni::run(
+                &self.cfg.cni_path,
+                cni::Call {
+                    command: "ADD",
+                    container_id: &cached.container_id,
+                    netns: &netns,
+                    ifname: &step.ifname,
+                    config: &step.config,
+                },
+            )
+            .await;
+            match added {
+                Ok(result) => {
+                    cached.steps[i].result = result;
+                    self.save(id, &cached)?;
+                }
+                Err(e) => {
+                    if let Err(undo) = self.teardown_locked(id).await {
+                        tracing::warn!(alloc = %id, error = %undo, "undoing a failed network setup");
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let address = cached
+            .steps
+            .iter()
+            .filter(|s| s.ifname != "lo")
+            .find_map(|s| cni::first_ipv4(&s.result));
+        Ok(Attachment { netns, address })
+    }
+
+    fn save(&self, id: &str, cached: &Cached) -> Result<(), String> {
+        let path = self.cache_path(id);
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(path.parent().expect("a parent"))?;
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, serde_json::to_vec(cached)?)?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| format!("writing {}: {e}", path.display()))
+    }
+
+    /// Undoes allocation `id`'s network: each plugin's DEL in reverse
+    /// order with what it was sent and answered, then the namespace.
+    /// Nothing set up is not an error; a failed DEL keeps what it needs
+    /// to be tried again.
+    pub async fn teardown(&self, id: &str) -> Result<(), String> {
+        if !crate::paths::valid_alloc_id(id) {
+            return Err(crate::paths::bad_alloc_id(id).to_string());
+        }
+        let lock = self.lock(id);
+        let _held = lock.lock().await;
+        let done = self.teardown_locked(id).await;
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        done
+    }
+
+    async fn teardown_locked(&self, id: &str) -> Result<(), String> {
+        let path = self.cache_path(id);
+        if let Ok(bytes) = std::fs::read(&path) {
+            let cached: Cached =
+                serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+            for step in cached.steps.iter().rev() {
+                let prev = (!step.result.is_null()).then_some(&step.result);
+                let config = cni::with_network(&step.config, NETWORK, prev);
+                cni::run(
+                    &self.cfg.cni_path,
+                    cni::Call {
+                        command: "DEL",
+                        container_id: &cached.container_id,
+                        netns: &cached.netns,
+                        ifname: &step.ifname,
+                        config: &config,
+                    },
+                )
+                .await?;
+            }
+        }
+        let ns = self.netns_path(id);
+        tokio::task::spawn_blocking(move || netns::remove(&ns))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("releasing the network namespace: {e}"))?;
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(format!("removing {}: {e}", path.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The allocations with something set up here (a namespace or a
+    /// cached plugin call).
+    pub fn attached(&self) -> Vec<String> {
+        let mut ids: Vec<String> = std::fs::read_dir(self.dir.join("cni"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_suffix(".json")
+                    .map(str::to_string)
+            })
+            .chain(
+                std::fs::read_dir(self.netns_dir())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str().map(str::to_string)),
+            )
+            .filter(|id| crate::paths::valid_alloc_id(id))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// Tears down what is set up for allocations not in `keep` (what a
+    /// crash left behind).
+    pub async fn orphans(&self, keep: &std::collections::HashSet<String>) {
+        for id in self.attached() {
+            if keep.contains(&id) {
+                continue;
+            }
+            match self.teardown(&id).await {
+                Ok(()) => tracing::info!(alloc = %id, "removed a network left behind"),
+                Err(e) => {
+                    tracing::warn!(alloc = %id, error = %e, "cannot remove a network left behind")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_flags_are_named() {
+        let cfg = |bridge: &str, subnet: &str| NetworkConfig {
+            bridge: bridge.into(),
+            subnet: subnet.into(),
+            ..NetworkConfig::default()
+        };
+        cfg("skiff0", "10.88.0.0/24").check().unwrap();
+        let e = cfg("a-bridge-name-too-long", "10.88.0.0/24")
+            .check()
+            .unwrap_err();
+        assert!(e.to_string().contains("--bridge"), "{e}");
+        for bad in ["10.88.0.0", "10.88.0.0/31", "fd00::/64", "10.88.0/24"] {
+            let e = cfg("skiff0", bad).check().unwrap_err();
+            assert!(e.to_string().contains("--network-subnet"), "{e}");
+        }
+    }
+}

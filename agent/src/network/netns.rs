@@ -1,0 +1,112 @@
+//! Network namespaces the agent makes for allocations: a file under
+//! `DATA_DIR/network/netns/` with the namespace bind-mounted on it (what
+//! `ip netns add` does under /run/netns, kept in the agent's own data
+//! directory so several agents on one machine never share names). The
+//! directory is a shared mount of itself, as iproute2 makes /run/netns, so
+//! unmounting a namespace here also unmounts copies another mount
+//! namespace took; a namespace lives until its file is unmounted.
+
+use std::io;
+use std::path::Path;
+
+use crate::sys;
+
+/// Whether `path` is a mount point (its device differs from its parent's).
+fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let (Ok(me), Some(Ok(parent))) = (
+        std::fs::metadata(path),
+        path.parent().map(std::fs::metadata),
+    ) else {
+        return false;
+    };
+    me.dev() != parent.dev() || me.ino() == parent.ino()
+}
+
+/// Makes `dir` (created if missing) a shared mount of itself, once.
+pub fn prepare_dir(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(&*dir.to_string_lossy()));
+    if !mounted {
+        sys::bind_mount(dir, dir)?;
+    }
+    sys::make_shared(dir)
+}
+
+/// A new network namespace held by the file `path` (its directory made
+/// ready by [`prepare_dir`]). Made on a thread of its own, which alone
+/// enters the namespace and then ends.
+pub fn create(path: &Path) -> io::Result<()> {
+    if path.exists() && is_mount_point(path) {
+        return Ok(()); // made before (an agent restarted mid-start)
+    }
+    std::fs::File::create(path)?;
+    let target = path.to_path_buf();
+    let made = std::thread::spawn(move || -> io::Result<()> {
+        sys::unshare_network()?;
+        sys::bind_mount(Path::new("/proc/thread-self/ns/net"), &target)
+    })
+    .join()
+    .map_err(|_| io::Error::other("the namespace thread panicked"))?;
+    if made.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    made
+}
+
+/// Releases the namespace held by `path` and removes the file; nothing
+/// there is not an error.
+pub fn remove(path: &Path) -> io::Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    if let Err(e) = sys::umount_detach(path) {
+        // EINVAL: not a mount point (a file a crash left unmounted).
+        if e.raw_os_error() != Some(libc::EINVAL) {
+            return Err(e);
+        }
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_namespace_is_made_held_and_released() {
+        if !crate::sys::is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("netns");
+        prepare_dir(&dir).unwrap();
+        prepare_dir(&dir).unwrap();
+        let ns = dir.join("a");
+        create(&ns).unwrap();
+        create(&ns).unwrap();
+        let mine = std::fs::read_link("/proc/self/ns/net").unwrap();
+        // The file is a namespace of its own, not ours.
+        let held = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", ns.display()))
+            .args(["readlink", "/proc/self/ns/net"])
+            .output()
+            .unwrap();
+        assert!(held.status.success());
+        assert_ne!(
+            String::from_utf8_lossy(&held.stdout).trim(),
+            mine.to_string_lossy()
+        );
+        remove(&ns).unwrap();
+        assert!(!ns.exists());
+        remove(&ns).unwrap();
+        sys::umount_detach(&dir).unwrap();
+    }
+}

@@ -1,0 +1,299 @@
+//! `network: bridge` end to end with real runc and Debian's CNI plugins:
+//! each allocation gets its own network namespace on the node's bridge
+//! and an address of the node's subnet, so replicas on one node all
+//! listen on the same port; stopping, deleting, cycling and an agent
+//! SIGKILL leave no namespace, veth, address lease, NAT rule or cached
+//! plugin result behind.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use skiff_model::AllocStatus;
+use skiff_tests::*;
+
+/// A bridge of this test's own (tests run in parallel), removed when
+/// the test ends, passed or not, so no route to its subnet is left.
+struct TestBridge {
+    name: String,
+    subnet: String,
+}
+
+impl Drop for TestBridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .status();
+    }
+}
+
+fn bridge_for(n: u8) -> TestBridge {
+    let b = TestBridge {
+        name: format!("sk{}t{n}", std::process::id() % 10_000),
+        // A subnet of this run's own too: NAT rules a killed earlier run
+        // left for its subnet are not this run's.
+        subnet: format!("10.{}.{n}.0/24", 100 + std::process::id() % 100),
+    };
+    let _ = Command::new("ip").args(["link", "del", &b.name]).status();
+    b
+}
+
+fn require_cni() {
+    require_container_host();
+    assert!(
+        Path::new("/usr/lib/cni/bridge").is_file(),
+        "the CNI plugins are not installed: apt-get install containernetworking-plugins"
+    );
+}
+
+/// What is set up for bridged allocations on the node: namespaces,
+/// cached plugin results, address leases, veths on the bridge, NAT rules
+/// for the subnet.
+#[derive(Debug, PartialEq, Eq)]
+struct Leftovers {
+    netns: usize,
+    cached: usize,
+    leases: usize,
+    veths: usize,
+    nat_rules: usize,
+}
+
+fn count_entries(dir: &Path, keep: impl Fn(&str) -> bool) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| keep(&e.file_name().to_string_lossy()))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn leftovers(agent_dir: &Path, bridge: &str, subnet: &str) -> Leftovers {
+    let net = agent_dir.join("network");
+    let veths = Command::new("ip")
+        .args(["-o", "link", "show", "master", bridge])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+        .unwrap_or(0);
+    let nat = Command::new("iptables")
+        .args(["-t", "nat", "-S", "POSTROUTING"])
+        .output()
+        .unwrap();
+    let prefix = subnet.trim_end_matches("0/24");
+    let nat_rules = String::from_utf8_lossy(&nat.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("-s {prefix}")))
+        .count();
+    Leftovers {
+        netns: count_entries(&net.join("netns"), |_| true),
+        cached: count_entries(&net.join("cni"), |n| n.ends_with(".json")),
+        // host-local keeps one file per leased address, named by it.
+        leases: count_entries(&net.join("ipam").join("skiff"), |n| n.starts_with("10.")),
+        veths,
+        nat_rules,
+    }
+}
+
+const NONE: Leftovers = Leftovers {
+    netns: 0,
+    cached: 0,
+    leases: 0,
+    veths: 0,
+    nat_rules: 0,
+};
+
+/// `GET /` from `addr`, the body.
+fn http_get(addr: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// A web job whose replicas serve their allocation id on 8080 and print
+/// their address.
+fn web(name: &str, replicas: u32) -> skiff_model::JobSpec {
+    job_yaml(
+        name,
+        replicas,
+        "mkdir -p /tmp/www && echo \"$SKIFF_ALLOC_ID\" > /tmp/www/index.html && echo \"ip=$SKIFF_IP\" && exec httpd -f -p 8080 -h /tmp/www",
+        "  network: bridge\n",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_one_node_each_get_an_address_and_all_listen_on_one_port() {
+    require_cni();
+    let tmp = tempfile::tempdir().unwrap();
+    let test_bridge = bridge_for(1);
+    let (bridge, subnet) = (test_bridge.name.clone(), test_bridge.subnet.clone());
+    let server = ServerProc::start(&tmp.path().join("server"));
+    let agent_dir = tmp.path().join("agent");
+    let _agent = AgentProc::start(
+        &agent_dir,
+        &server.url(),
+        "n1",
+        &[
+            "--bridge",
+            &bridge,
+            "--network-subnet",
+            &subnet,
+            "--stop-grace",
+            "1s",
+        ],
+    );
+    let mut client = server.client().await;
+    client.apply_job(&web("web", 2)).await.unwrap();
+    let allocs = wait_allocs(
+        &mut client,
+        "web",
+        2,
+        AllocStatus::Running,
+        Duration::from_secs(60),
+    )
+    .await;
+    let prefix = subnet.trim_end_matches("0/24");
+    let mut seen = Vec::new();
+    for a in &allocs {
+        let ip = wait_for(
+            "the replica to print its address",
+            Duration::from_secs(20),
+            || {
+                let mut c = client.clone();
+                let id = a.id.clone();
+                async move {
+                    let out = stdout_of(&mut c, &id).await;
+                    out.lines()
+                        .find_map(|l| l.strip_prefix("ip="))
+                        .filter(|ip| !ip.is_empty())
+                        .map(str::to_string)
+                }
+            },
+        )
+        .await;
+        assert!(ip.starts_with(prefix), "{ip} is not in {subnet}");
+        // Both listen on 8080, each in its own namespace: each answers
+        // with its own id.
+        let body = wait_for(
+            "the replica to answer on 8080",
+            Duration::from_secs(20),
+            || {
+                let addr = format!("{ip}:8080");
+                async move { http_get(&addr).ok() }
+            },
+        )
+        .await;
+        assert!(body.contains(&a.id), "{ip} answered {body}");
+        seen.push(ip);
+    }
+    assert_ne!(seen[0], seen[1], "two replicas, two addresses");
+    let up = leftovers(&agent_dir, &bridge, &subnet);
+    assert_eq!(
+        (up.netns, up.cached, up.leases, up.veths),
+        (2, 2, 2, 2),
+        "{up:?}"
+    );
+    assert_eq!(up.nat_rules, 2, "one NAT rule per address: {up:?}");
+
+    client.delete_job("web").await.unwrap();
+    wait_for(
+        "everything to be torn down",
+        Duration::from_secs(60),
+        || {
+            let now = leftovers(&agent_dir, &bridge, &subnet);
+            async move { (now == NONE).then_some(()) }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_stop_cycles_and_an_agent_sigkill_leave_nothing_behind() {
+    require_cni();
+    let tmp = tempfile::tempdir().unwrap();
+    let test_bridge = bridge_for(2);
+    let (bridge, subnet) = (test_bridge.name.clone(), test_bridge.subnet.clone());
+    let server = ServerProc::start(&tmp.path().join("server"));
+    let agent_dir = tmp.path().join("agent");
+    let mut agent = AgentProc::start(
+        &agent_dir,
+        &server.url(),
+        "n1",
+        &[
+            "--bridge",
+            &bridge,
+            "--network-subnet",
+            &subnet,
+            "--stop-grace",
+            "1s",
+        ],
+    );
+    let mut client = server.client().await;
+    // Cycles: a job started and deleted again and again (bounded).
+    const CYCLES: usize = 8;
+    for i in 0..CYCLES {
+        let name = format!("cycle{i}");
+        client.apply_job(&web(&name, 2)).await.unwrap();
+        wait_allocs(
+            &mut client,
+            &name,
+            2,
+            AllocStatus::Running,
+            Duration::from_secs(60),
+        )
+        .await;
+        client.delete_job(&name).await.unwrap();
+    }
+    wait_for("every cycle torn down", Duration::from_secs(90), || {
+        let now = leftovers(&agent_dir, &bridge, &subnet);
+        async move { (now == NONE).then_some(()) }
+    })
+    .await;
+
+    // The agent is killed while two replicas run, and their job deleted
+    // while it is down: started again, it stops them and tears down.
+    client.apply_job(&web("kept", 2)).await.unwrap();
+    wait_allocs(
+        &mut client,
+        "kept",
+        2,
+        AllocStatus::Running,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(leftovers(&agent_dir, &bridge, &subnet).netns, 2);
+    agent.kill9();
+    client.delete_job("kept").await.unwrap();
+    agent.restart();
+    wait_for(
+        "the killed agent's networks torn down",
+        Duration::from_secs(90),
+        || {
+            let now = leftovers(&agent_dir, &bridge, &subnet);
+            async move { (now == NONE).then_some(()) }
+        },
+    )
+    .await;
+
+    // What a crash mid-setup leaves (a namespace and a cached call, no
+    // container) is torn down when the agent starts.
+    agent.kill9();
+    let orphan = "0123456789abcdef0123456789abcdef";
+    let net = agent_dir.join("network");
+    std::fs::write(net.join("netns").join(orphan), b"").unwrap();
+    std::fs::write(
+        net.join("cni").join(format!("{orphan}.json")),
+        r#"{"container_id":"skiff-0123456789abcdef0123456789abcdef","netns":"/nonexistent","steps":[]}"#,
+    )
+    .unwrap();
+    agent.restart();
+    wait_for("the orphan removed", Duration::from_secs(30), || {
+        let now = leftovers(&agent_dir, &bridge, &subnet);
+        async move { (now == NONE).then_some(()) }
+    })
+    .await;
+}
