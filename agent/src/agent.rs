@@ -756,6 +756,7 @@ async fn report(servers: &Servers, node: &str, updates: Vec<Observed>) -> bool {
                 healthy: u.healthy,
                 reason: skiff_proto::reason_to_wire(&u.reason) as i32,
                 image_digest: u.image_digest,
+                address: u.address,
             })
             .collect(),
     };

@@ -441,10 +441,11 @@ mod tests {
     fn a_bridged_container_joins_the_namespace_set_up_for_it() {
         let a = alloc("{image: 'oci:/i', network: bridge}");
         let dir = tempfile::tempdir().unwrap();
+        let img = image();
         let input = |network| BundleInput {
             alloc: &a,
             container_id: "sk-1",
-            image: &image(),
+            image: &img,
             rootfs: dir.path(),
             gpu_edits: None,
             network,

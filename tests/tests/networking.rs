@@ -121,7 +121,7 @@ fn web(name: &str, replicas: u32) -> skiff_model::JobSpec {
         name,
         replicas,
         "mkdir -p /tmp/www && echo \"$SKIFF_ALLOC_ID\" > /tmp/www/index.html && echo \"ip=$SKIFF_IP\" && exec httpd -f -p 8080 -h /tmp/www",
-        "  network: bridge\n",
+        "  network: bridge\n  probes:\n    readiness: {http: {path: /, port: 8080}, period: 200ms}\n",
     )
 }
 
@@ -190,6 +190,40 @@ async fn replicas_on_one_node_each_get_an_address_and_all_listen_on_one_port() {
         assert!(body.contains(&a.id), "{ip} answered {body}");
         seen.push(ip);
     }
+    // The servers know each replica's address, and its readiness probe
+    // (http on 8080, run inside its namespace) passes.
+    let ready = wait_for(
+        "both replicas ready, with addresses",
+        Duration::from_secs(30),
+        || {
+            let mut c = client.clone();
+            async move {
+                let allocs = allocs_of(&mut c, "web").await;
+                (allocs.len() == 2
+                    && allocs
+                        .iter()
+                        .all(|a| a.healthy == Some(true) && !a.address.is_empty()))
+                .then_some(allocs)
+            }
+        },
+    )
+    .await;
+    let mut known: Vec<String> = ready.iter().map(|a| a.address.clone()).collect();
+    known.sort();
+    seen.sort();
+    assert_eq!(known, seen);
+    let wide = skiff(&server.url(), &["get", "allocs", "-o", "wide"]);
+    let wide = String::from_utf8_lossy(&wide.stdout).to_string();
+    assert!(
+        wide.contains("ADDRESS") && seen.iter().all(|ip| wide.contains(ip.as_str())),
+        "{wide}"
+    );
+    let described = skiff(&server.url(), &["describe", "alloc", &ready[0].id]);
+    let described = String::from_utf8_lossy(&described.stdout).to_string();
+    assert!(
+        described.contains(&format!("Network:   bridge, address {}", ready[0].address)),
+        "{described}"
+    );
     assert_ne!(seen[0], seen[1], "two replicas, two addresses");
     let up = leftovers(&agent_dir, &bridge, &subnet);
     assert_eq!(

@@ -124,7 +124,7 @@ impl Containers {
         &mut self,
         id: &str,
         run: u32,
-        result: Result<Option<String>, String>,
+        result: Result<super::event::StartedRun, String>,
         took: Duration,
     ) {
         let Some(c) = self.map.get_mut(id) else {
@@ -135,8 +135,9 @@ impl Containers {
         }
         // A stop asked for meanwhile happens on the next pass.
         c.state = match result {
-            Ok(pulled) => {
-                c.pulled_digest = pulled;
+            Ok(started) => {
+                c.pulled_digest = started.pulled;
+                c.address = started.address;
                 tracing::info!(
                     alloc = %id,
                     run,
@@ -462,6 +463,11 @@ impl Containers {
             {
                 if unpinned && o.status == AllocStatus::Running {
                     o.image_digest = d.clone();
+                }
+            }
+            if let (Some(o), Some(addr)) = (observed.as_mut(), c.and_then(|c| c.address.as_ref())) {
+                if o.status == AllocStatus::Running {
+                    o.address = addr.clone();
                 }
             }
             if let Some(o) = observed {

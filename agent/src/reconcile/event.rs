@@ -39,6 +39,15 @@ pub struct Settings {
     pub network: Option<Arc<crate::network::Network>>,
 }
 
+/// What a start that succeeded says of its run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StartedRun {
+    /// The digest pulled for an image named by tag only.
+    pub pulled: Option<String>,
+    /// `network: bridge`: the container's address.
+    pub address: Option<String>,
+}
+
 /// What wakes the reconciler.
 pub enum Event {
     /// The full set of allocations the servers assigned to this node.
@@ -47,8 +56,7 @@ pub enum Event {
         id: String,
         /// Which run of the container (its restart count) this was.
         run: u32,
-        /// `Ok` with the digest pulled for an image named by tag only.
-        result: Result<Option<String>, String>,
+        result: Result<StartedRun, String>,
         /// From the allocation reaching the reconciler (or the back-off
         /// ending) to the container running.
         took: Duration,

@@ -32,6 +32,8 @@ pub struct Observed {
     pub reason: String,
     /// The digest pulled for an image the task names by tag only.
     pub image_digest: String,
+    /// `network: bridge`: the running container's address.
+    pub address: String,
 }
 
 /// What the server should record for an allocation whose container this
@@ -47,6 +49,7 @@ pub fn observe(a: &Allocation, c: &Container) -> Option<Observed> {
         healthy,
         reason: reason.into(),
         image_digest: String::new(),
+        address: String::new(),
     };
     let restarted = || match last {
         Some(r) if c.restarts.count > 0 => format!(
@@ -121,6 +124,7 @@ pub fn observe(a: &Allocation, c: &Container) -> Option<Observed> {
                 healthy: None,
                 reason: why.into(),
                 image_digest: String::new(),
+                address: String::new(),
             }
         }
         State::Failed {
@@ -134,6 +138,7 @@ pub fn observe(a: &Allocation, c: &Container) -> Option<Observed> {
             healthy: None,
             reason: (*reason).into(),
             image_digest: String::new(),
+            address: String::new(),
         },
     })
 }
@@ -153,6 +158,7 @@ pub fn observe_pull(a: &Allocation, pulls: &PullProgress) -> Option<Observed> {
         healthy: None,
         reason: reason::PULLING.into(),
         image_digest: String::new(),
+        address: String::new(),
     })
 }
 
@@ -168,6 +174,7 @@ pub fn observe_untracked(a: &Allocation) -> Option<Observed> {
         healthy: None,
         reason: why.into(),
         image_digest: String::new(),
+        address: String::new(),
     };
     if a.desired == DesiredStatus::Stop && !a.status.is_terminal() {
         Some(gone(
@@ -208,6 +215,7 @@ impl Sent {
             && a.healthy == o.healthy
             && a.reason == o.reason
             && (o.message.is_empty() || a.message == o.message)
+            && (o.address.is_empty() || a.address == o.address)
             && (o.image_digest.is_empty()
                 || a.task
                     .image

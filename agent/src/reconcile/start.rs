@@ -16,14 +16,15 @@ use crate::shim::ShimArgs;
 
 /// Prepares the image, writes the bundle and starts the container.
 /// Answers the digest pulled when the task names a registry image by tag
-/// only (the servers pin the version to it).
+/// only (the servers pin the version to it), and the container's address
+/// on the bridge.
 pub async fn start<R: Runtime>(
     runtime: &R,
     paths: &Paths,
     images: &ImageStore,
     settings: &Settings,
     alloc: &Allocation,
-) -> Result<Option<String>, String> {
+) -> Result<super::event::StartedRun, String> {
     let t0 = Instant::now();
     let deadline = settings.image_timeout;
     let (prepared, pulled) = tokio::time::timeout(deadline, prepare_image(images, settings, alloc))
@@ -120,7 +121,10 @@ pub async fn start<R: Runtime>(
     let result = runtime
         .start(&args)
         .await
-        .map(|()| pulled)
+        .map(|()| super::event::StartedRun {
+            pulled,
+            address: network.and_then(|n| n.address),
+        })
         .map_err(|e| e.to_string());
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1000.0;
     let done = Instant::now();

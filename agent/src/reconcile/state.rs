@@ -129,6 +129,8 @@ pub struct Container {
     /// The digest pulled for its image, when the task names it by tag
     /// only (reported so the servers pin the version).
     pub pulled_digest: Option<String>,
+    /// `network: bridge`: its address on the node's bridge (this run's).
+    pub address: Option<String>,
 }
 
 impl Container {
@@ -143,6 +145,7 @@ impl Container {
             last_killed_for: None,
             adopted: false,
             pulled_digest: None,
+            address: None,
         }
     }
 }

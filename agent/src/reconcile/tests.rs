@@ -129,7 +129,7 @@ impl Node {
     fn started(&mut self, id: &str) {
         let run = self.c.get(id).unwrap().restarts.count;
         self.exits.remove(id);
-        self.c.started(id, run, Ok(None), ms(5));
+        self.c.started(id, run, Ok(Default::default()), ms(5));
     }
 
     /// The shim records an exit with `code` now, after a run of `ran`.

@@ -37,6 +37,8 @@ pub struct AllocOut<'a> {
     pub gpus: &'a [String],
     /// Host ports it holds.
     pub ports: &'a [u16],
+    /// `network: bridge`: its address on its node's bridge.
+    pub address: &'a str,
     /// Its GPUs that are unhealthy now (`UUID: reason`).
     pub unhealthy_gpus: &'a [String],
     pub create_index: u64,
@@ -64,6 +66,7 @@ impl<'a> From<&'a Allocation> for AllocOut<'a> {
             image: a.task.image.to_string(),
             gpus: &a.gpus,
             ports: &a.ports,
+            address: &a.address,
             unhealthy_gpus: &a.unhealthy_gpus,
             create_index: a.create_index,
             modify_index: a.modify_index,

@@ -118,6 +118,10 @@ pub struct Allocation {
     /// For a replica of a gang: its rank and where rank 0 runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gang: Option<GangRank>,
+    /// `network: bridge`: the container's address on its node's bridge,
+    /// as the agent reported it for its latest run.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub address: String,
     pub create_index: u64,
     pub modify_index: u64,
 }
@@ -233,6 +237,7 @@ impl Allocation {
             healthy_since_ms: 0,
             create_time_ms: 0,
             gang: None,
+            address: String::new(),
             create_index: 0,
             modify_index: 0,
         }

@@ -287,8 +287,15 @@ impl pb::node_api_server::NodeApi for NodeService {
                     Status::invalid_argument(format!("updates[{i}].image_digest: {why}"))
                 })?;
             }
+            if !u.address.is_empty() && u.address.parse::<std::net::IpAddr>().is_err() {
+                return Err(Status::invalid_argument(format!(
+                    "updates[{i}].address: {:?} is not an IP address",
+                    skiff_model::error::clipped(&u.address)
+                )));
+            }
             updates.push(AllocUpdate {
                 image_digest: u.image_digest,
+                address: u.address,
                 alloc_id: u.alloc_id,
                 status,
                 exit_code: u.exit_code,

@@ -313,6 +313,9 @@ pub struct AllocUpdate {
     /// only: the job's version is pinned to it.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub image_digest: String,
+    /// `network: bridge`: the running container's address.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub address: String,
 }
 
 /// A raft entry's data: `{"v": VERSION, "c": {"upsert_job": {...}}}`. The

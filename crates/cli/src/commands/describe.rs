@@ -82,6 +82,15 @@ async fn describe_alloc(id: &str, opts: &ClientOpts) -> anyhow::Result<()> {
     out.push_str(&format!("GPUs:      {}\n", list_or_dash(a.gpus.iter())));
     out.push_str(&format!("Ports:     {}\n", list_or_dash(a.ports.iter())));
     out.push_str(&format!(
+        "Network:   {}{}\n",
+        a.task.network.as_str(),
+        if a.address.is_empty() {
+            String::new()
+        } else {
+            format!(", address {}", a.address)
+        }
+    ));
+    out.push_str(&format!(
         "Indexes:   created {}, modified {}\n",
         a.create_index, a.modify_index
     ));

@@ -123,7 +123,7 @@ pub async fn get(what: GetWhat) -> anyhow::Result<()> {
                 &items,
                 &[
                     "ID", "JOB", "REPLICA", "NODE", "DESIRED", "STATUS", "READY", "RESTARTS",
-                    "EXIT", "MESSAGE", "GPUS", "PORTS",
+                    "EXIT", "MESSAGE", "GPUS", "PORTS", "ADDRESS",
                 ],
                 10,
                 |a| {
@@ -142,6 +142,11 @@ pub async fn get(what: GetWhat) -> anyhow::Result<()> {
                         a.shown_message(),
                         list_or_dash(a.gpus.iter()),
                         list_or_dash(a.ports.iter()),
+                        if a.address.is_empty() {
+                            "-".to_string()
+                        } else {
+                            a.address.to_string()
+                        },
                     ]
                 },
             )

@@ -143,6 +143,7 @@ impl From<&m::Allocation> for pb::Allocation {
             deploy_health: a.deploy_health,
             healthy_since_ms: a.healthy_since_ms,
             create_time_ms: a.create_time_ms,
+            address: a.address.clone(),
             gang: a.gang.as_ref().map(|g| pb::GangRank {
                 rank: g.rank,
                 world_size: g.world_size,
@@ -181,6 +182,7 @@ impl TryFrom<pb::Allocation> for m::Allocation {
             return Err(WireError(errors));
         }
         Ok(m::Allocation {
+            address: a.address,
             deploy_health: a.deploy_health,
             healthy_since_ms: a.healthy_since_ms,
             create_time_ms: a.create_time_ms,

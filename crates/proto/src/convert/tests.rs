@@ -296,6 +296,7 @@ fn allocation_survives_the_wire() {
         deploy_health: Some(true),
         healthy_since_ms: 1234,
         create_time_ms: 1000,
+        address: "10.88.0.7".into(),
         gang: Some(m::GangRank {
             rank: 1,
             world_size: 3,

@@ -58,8 +58,13 @@ impl State {
                 && a.restart_count == u.restart_count
                 && a.healthy == u.healthy
                 && a.reason == u.reason
+                && (u.address.is_empty() || a.address == u.address)
             {
                 continue;
+            }
+            // The latest run's address is kept after it ends (`describe`).
+            if !u.address.is_empty() {
+                a.address = u.address.clone();
             }
             if a.status != u.status
                 || a.healthy != u.healthy
