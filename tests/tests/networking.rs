@@ -15,7 +15,8 @@ use skiff_model::AllocStatus;
 use skiff_tests::*;
 
 /// A bridge of this test's own (tests run in parallel), removed when
-/// the test ends, passed or not, so no route to its subnet is left.
+/// the test ends, passed or not, with its isolation table, so no route
+/// to its subnet and no rule is left.
 struct TestBridge {
     name: String,
     subnet: String,
@@ -330,4 +331,103 @@ async fn start_stop_cycles_and_an_agent_sigkill_leave_nothing_behind() {
         async move { (now == NONE).then_some(()) }
     })
     .await;
+}
+
+/// What a container printed: `reached` or `blocked`.
+async fn verdict(client: &mut skiff_client::Client, job: &str) -> String {
+    let allocs = wait_allocs(
+        client,
+        job,
+        1,
+        AllocStatus::Running,
+        Duration::from_secs(60),
+    )
+    .await;
+    let id = allocs[0].id.clone();
+    wait_for("the container's verdict", Duration::from_secs(30), || {
+        let mut c = client.clone();
+        let id = id.clone();
+        async move {
+            let out = stdout_of(&mut c, &id).await;
+            ["reached", "blocked"]
+                .into_iter()
+                .find(|v| out.lines().any(|l| l == *v))
+                .map(str::to_string)
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridged_container_cannot_reach_the_hosts_ports() {
+    require_cni();
+    let tmp = tempfile::tempdir().unwrap();
+    let test_bridge = bridge_for(3);
+    let (bridge, subnet) = (test_bridge.name.clone(), test_bridge.subnet.clone());
+    let gateway = format!("{}1", subnet.trim_end_matches("0/24"));
+    // A host service on every interface, as an agent or server started
+    // with `--listen 0.0.0.0:...` would be; it counts who gets in.
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    // Each connection is taken and closed at once (nc then ends).
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            drop(conn);
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let server = ServerProc::start(&tmp.path().join("server"));
+    let _agent = AgentProc::start(
+        &tmp.path().join("agent"),
+        &server.url(),
+        "n1",
+        &[
+            "--bridge",
+            &bridge,
+            "--network-subnet",
+            &subnet,
+            "--stop-grace",
+            "1s",
+        ],
+    );
+    let mut client = server.client().await;
+    let probe = |name: &str, target: &str, network: &str| {
+        job_yaml(
+            name,
+            1,
+            &format!("if timeout 5 nc -w 2 {target} {port} </dev/null; then echo reached; else echo blocked; fi; sleep 3600"),
+            &format!("  network: {network}\n"),
+        )
+    };
+    // From the bridge: neither the gateway address nor the host's loopback
+    // answers.
+    client
+        .apply_job(&probe("bridged", &gateway, "bridge"))
+        .await
+        .unwrap();
+    assert_eq!(verdict(&mut client, "bridged").await, "blocked");
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a bridged container got into a host port"
+    );
+    // The same check from the host's network does get in: the probe works.
+    client
+        .apply_job(&probe("hosted", "127.0.0.1", "host"))
+        .await
+        .unwrap();
+    assert_eq!(verdict(&mut client, "hosted").await, "reached");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Yet the host reaches a bridged container (answers pass back).
+    let ruleset = Command::new("nft")
+        .args(["list", "table", "inet", &format!("skiff_{bridge}")])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&ruleset.stdout).contains(&format!("iifname \"{bridge}\" drop")),
+        "{}",
+        String::from_utf8_lossy(&ruleset.stderr)
+    );
 }

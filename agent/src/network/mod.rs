@@ -6,9 +6,12 @@
 //! each plugin and what it answered, written before the first call so a
 //! crash mid-setup can still be undone), `ipam/` (host-local's leases).
 //! Setup and teardown are idempotent; what a crash leaves is torn down
-//! when the agent starts again (`orphans`).
+//! when the agent starts again (`orphans`). Before the first setup the
+//! node's isolation rules are loaded (`firewall.rs`): containers reach no
+//! port on the host.
 
 pub mod cni;
+pub mod firewall;
 pub mod netns;
 
 use std::collections::HashMap;
@@ -105,6 +108,8 @@ pub struct Network {
     cfg: NetworkConfig,
     dir: PathBuf,
     prepared: AtomicBool,
+    /// The isolation rules are loaded.
+    firewalled: AtomicBool,
     /// One setup or teardown at a time per allocation.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -116,6 +121,7 @@ impl Network {
             cfg,
             dir: data_dir.join("network"),
             prepared: AtomicBool::new(false),
+            firewalled: AtomicBool::new(false),
             locks: Mutex::default(),
         })
     }
@@ -174,6 +180,10 @@ impl Network {
     pub async fn setup(&self, id: &str) -> Result<Attachment, String> {
         if !crate::paths::valid_alloc_id(id) {
             return Err(crate::paths::bad_alloc_id(id).to_string());
+        }
+        if !self.firewalled.load(Ordering::Relaxed) {
+            firewall::ensure(&self.cfg.bridge).await?;
+            self.firewalled.store(true, Ordering::Relaxed);
         }
         let lock = self.lock(id);
         let _held = lock.lock().await;

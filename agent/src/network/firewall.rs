@@ -1,0 +1,87 @@
+//! The rules that keep bridged containers away from the host: a table of
+//! Skiff's own per bridge (`table inet skiff_<bridge>`, nftables), made
+//! whole in one transaction each time it is ensured. Its input chain drops
+//! every new connection that arrives from the bridge, so a container
+//! reaches no port on the host (the Skiff server, peer, agent and metrics
+//! ports, and anything else listening on 0.0.0.0 or on the bridge's
+//! gateway address); answers to connections the host made pass. A drop is
+//! final in nftables whatever other tables accept (iptables-nft's
+//! included); the table stays while the node runs bridged allocations.
+
+use std::process::Stdio;
+
+use tokio::io::AsyncWriteExt as _;
+
+/// The table's name for `bridge` (letters, digits and `_`).
+pub fn table(bridge: &str) -> String {
+    let safe: String = bridge
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("skiff_{safe}")
+}
+
+/// The ruleset for `bridge`, replacing any earlier one atomically.
+pub fn ruleset(bridge: &str) -> String {
+    let t = table(bridge);
+    format!(
+        "table inet {t} {{}}\n\
+         delete table inet {t}\n\
+         table inet {t} {{\n\
+         \tchain input {{\n\
+         \t\ttype filter hook input priority filter; policy accept;\n\
+         \t\tiifname \"{bridge}\" ct state established,related accept\n\
+         \t\tiifname \"{bridge}\" drop\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
+/// Loads [`ruleset`] with `nft`.
+pub async fn ensure(bridge: &str) -> Result<(), String> {
+    let mut child = tokio::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            format!("cannot run nft (apt-get install nftables) to isolate containers from the host: {e}")
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(ruleset(bridge).as_bytes())
+            .await
+            .map_err(|e| format!("nft: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| format!("nft: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "nft refused the isolation rules: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ruleset_drops_what_comes_from_the_bridge_and_replaces_itself() {
+        assert_eq!(table("skiff0"), "skiff_skiff0");
+        assert_eq!(table("br-lab.1"), "skiff_br_lab_1");
+        let r = ruleset("skiff0");
+        // Made, deleted and made again in one transaction: idempotent.
+        assert!(r.starts_with("table inet skiff_skiff0 {}\ndelete table inet skiff_skiff0\n"));
+        let drop = r.find("iifname \"skiff0\" drop").unwrap();
+        let answers = r.find("ct state established,related accept").unwrap();
+        assert!(answers < drop, "answers pass before the drop: {r}");
+    }
+}
