@@ -27,6 +27,11 @@ impl Drop for TestBridge {
         let _ = Command::new("ip")
             .args(["link", "del", &self.name])
             .status();
+        let table = format!("skiff_{}", self.name);
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &table])
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 
