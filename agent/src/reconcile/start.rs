@@ -78,6 +78,7 @@ pub async fn start<R: Runtime>(
         }
         _ => None,
     };
+    let t_network = Instant::now();
     let spec = build_spec(&BundleInput {
         alloc,
         container_id: &cid,
@@ -132,7 +133,8 @@ pub async fn start<R: Runtime>(
         alloc = %alloc.id,
         ?kind,
         image_and_rootfs_ms = ms(t0, t_rootfs),
-        spec_ms = ms(t_rootfs, t_spec),
+        network_ms = ms(t_rootfs, t_network),
+        spec_ms = ms(t_network, t_spec),
         shim_ms = ms(t_spec, done),
         "start phases"
     );

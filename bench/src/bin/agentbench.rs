@@ -32,6 +32,8 @@ struct Opts {
     containers: usize,
     starts: usize,
     work: PathBuf,
+    /// Also time `--starts` starts with `network: bridge`.
+    bridge: bool,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -40,6 +42,7 @@ fn parse_args() -> Result<Opts, String> {
         containers: 100,
         starts: 100,
         work: std::env::temp_dir().join(format!("skiff-agentbench-{}", std::process::id())),
+        bridge: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -57,8 +60,15 @@ fn parse_args() -> Result<Opts, String> {
                     .map_err(|_| "--starts must be a number".to_string())?
             }
             "--work-dir" => o.work = value()?.into(),
+            "--network" => {
+                o.bridge = match value()?.as_str() {
+                    "bridge" => true,
+                    "host" => false,
+                    _ => return Err("--network is host or bridge".into()),
+                }
+            }
             "-h" | "--help" => return Err(
-                "usage: agentbench [--containers N] [--starts N] [--skiff PATH] [--work-dir DIR]"
+                "usage: agentbench [--containers N] [--starts N] [--skiff PATH] [--work-dir DIR] [--network host|bridge]"
                     .into(),
             ),
             other => return Err(format!("unknown argument {other:?}")),
@@ -203,6 +213,8 @@ async fn run(o: &Opts) -> Result<(), String> {
     let url = creds().url(&addr);
     let join = creds().agent_args(&url).await.map_err(|e| e.to_string())?;
     let agent_log = agent_dir.join("agent.log");
+    // The bench's own bridge (removed at the end with its rules).
+    let bridge = format!("skb{}", std::process::id() % 10_000);
     let agent = Command::new(&o.skiff)
         .args([
             "agent",
@@ -220,6 +232,7 @@ async fn run(o: &Opts) -> Result<(), String> {
         // The bench's image layout lies in its work directory.
         .arg("--image-roots")
         .arg(&o.work)
+        .args(["--bridge", &bridge, "--network-subnet", "10.239.0.0/24"])
         .args(&join)
         .env("SKIFF_LOG", "info,skiff_agent=debug,slog=warn")
         .stderr(log(&agent_log)?)
@@ -338,6 +351,41 @@ async fn run(o: &Opts) -> Result<(), String> {
     client.delete_job("lat").await.map_err(|e| e.to_string())?;
     let latency_log = std::fs::read_to_string(&agent_log).unwrap_or_default();
 
+    // 1b. The same starts with `network: bridge` (CNI setup included),
+    // in the same run.
+    let mut bridge_log = String::new();
+    if o.bridge {
+        for round in 0..=o.starts {
+            let mut spec = lat_spec(round)?;
+            spec.name = "latb".into();
+            spec.task.network = skiff_model::NetworkMode::Bridge;
+            let applied = client.apply_job(&spec).await.map_err(|e| e.to_string())?;
+            let version = applied.job.version;
+            wait_for(
+                "the bridged version to run alone",
+                Duration::from_secs(60),
+                || {
+                    let url = url.clone();
+                    async move {
+                        let mut c = creds().connect(&url).await.ok()?;
+                        let a = c.list_allocs(Some("latb"), None).await.ok()?;
+                        let new_running = a
+                            .iter()
+                            .any(|a| a.job_version == version && a.status == AllocStatus::Running);
+                        let old_done = a
+                            .iter()
+                            .all(|a| a.job_version == version || a.status.is_terminal());
+                        (new_running && old_done).then_some(())
+                    }
+                },
+            )
+            .await?;
+        }
+        client.delete_job("latb").await.map_err(|e| e.to_string())?;
+        let all = std::fs::read_to_string(&agent_log).unwrap_or_default();
+        bridge_log = all.get(latency_log.len()..).unwrap_or_default().to_string();
+    }
+
     // 2. Footprint: `--containers` small containers at once.
     let rss_spec = JobSpec::from_yaml(&format!(
         "name: bench\nreplicas: {}\ntask:\n  image: oci:{}:latest\n  command: [sh, -c, 'trap \"exit 0\" TERM; sleep 3600 & wait']\n  resources: {{cpu: 10m, memory: 16Mi}}\n",
@@ -435,6 +483,26 @@ async fn run(o: &Opts) -> Result<(), String> {
     for key in ["image_and_rootfs_ms", "spec_ms", "shim_ms"] {
         println!("agent_{key}_p50={:.1}", phase_median(&log_text, key));
     }
+    if o.bridge {
+        let mut b = start_ms_lines(&bridge_log);
+        if !b.is_empty() {
+            b.remove(0); // the warm-up round
+        }
+        b.sort_by(f64::total_cmp);
+        let (b50, b99) = (percentile(&b, 50.0), percentile(&b, 99.0));
+        println!("bridge_starts={}", b.len());
+        println!("bridge_start_p50_ms={b50:.1}");
+        println!("bridge_start_p99_ms={b99:.1}");
+        println!(
+            "bridge_network_ms_p50={:.1}",
+            phase_median(&bridge_log, "network_ms")
+        );
+        println!("bridge_added_p50_ms={:.1}", b50 - p50);
+        println!(
+            "bridge_overhead_vs_runc_p50_pct={:.1}",
+            (b50 / r50 - 1.0) * 100.0
+        );
+    }
 
     // Clean up: stop the containers through the agent, then everything.
     client
@@ -452,6 +520,11 @@ async fn run(o: &Opts) -> Result<(), String> {
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     drop(procs);
+    let _ = Command::new("ip").args(["link", "del", &bridge]).status();
+    let _ = Command::new("nft")
+        .args(["delete", "table", "inet", &format!("skiff_{bridge}")])
+        .stderr(Stdio::null())
+        .status();
     // Whatever the agent had no time to clean: containers, overlays, and
     // the plain runs' parent cgroup.
     let agent_root = agent_dir.join("runc");
