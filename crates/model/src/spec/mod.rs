@@ -285,7 +285,7 @@ task:
   imagee: typo
   env: {"1BAD": x, SKIFF_JOB: y}
   resources: {cpu: lots, memory: 64Q, disk: 1Gi}
-  network: bridge
+  network: bridged
 "#;
         let errs = errors_of(text);
         let expect = [
@@ -297,7 +297,7 @@ task:
             "task.resources.disk: unknown field",
             "task.resources.cpu: \"lots\" is not a quantity",
             "task.resources.memory: \"64Q\" is not a quantity",
-            "task.network: \"bridge\" is not a network mode",
+            "task.network: \"bridged\" is not a network mode",
         ];
         for e in expect {
             assert!(
@@ -313,7 +313,7 @@ task:
             .replace("docker.io/Busybox", "oci:/img")
             .replace("  imagee: typo\n", "")
             .replace("cpu: lots, memory: 64Q, disk: 1Gi", "cpu: 1")
-            .replace("bridge", "none");
+            .replace("network: bridged", "network: none");
         let errs = errors_of(&shaped);
         assert_eq!(errs.len(), 3, "{errs:#?}");
         assert!(errs[0].starts_with("name: "));
