@@ -102,6 +102,34 @@ struct Cached {
     steps: Vec<Step>,
 }
 
+/// Runs `futures` at once, their outputs in order.
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut pinned: Vec<_> = futures.map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in pinned.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
+}
+
 /// The node's bridge network.
 #[derive(Debug)]
 pub struct Network {
@@ -218,9 +246,10 @@ impl Network {
         // Written before any plugin runs: a crash from here on is undone
         // from it.
         self.save(id, &cached)?;
-        for i in 0..cached.steps.len() {
-            let step = &cached.steps[i];
-            let added = cni::run(
+        // Each interface is a network of its own (loopback, the bridge):
+        // their ADDs do not depend on each other and run at once.
+        let added = futures_join_all(cached.steps.iter().map(|step| {
+            cni::run(
                 &self.cfg.cni_path,
                 cni::Call {
                     command: "ADD",
@@ -230,20 +259,22 @@ impl Network {
                     config: &step.config,
                 },
             )
-            .await;
-            match added {
-                Ok(result) => {
-                    cached.steps[i].result = result;
-                    self.save(id, &cached)?;
-                }
-                Err(e) => {
-                    if let Err(undo) = self.teardown_locked(id).await {
-                        tracing::warn!(alloc = %id, error = %undo, "undoing a failed network setup");
-                    }
-                    return Err(e);
-                }
+        }))
+        .await;
+        let mut failed = None;
+        for (step, result) in cached.steps.iter_mut().zip(added) {
+            match result {
+                Ok(r) => step.result = r,
+                Err(e) => failed = failed.or(Some(e)),
             }
         }
+        if let Some(e) = failed {
+            if let Err(undo) = self.teardown_locked(id).await {
+                tracing::warn!(alloc = %id, error = %undo, "undoing a failed network setup");
+            }
+            return Err(e);
+        }
+        self.save(id, &cached)?;
         let address = cached
             .steps
             .iter()
