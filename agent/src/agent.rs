@@ -334,6 +334,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         gpu_links: Vec::new(),
         gpu_driver_version: String::new(),
         cuda_version: String::new(),
+        subnet: cfg.network.subnet.clone(),
     };
 
     let (events_tx, events_rx) = mpsc::channel(256);
@@ -361,12 +362,15 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         settings.registry.progress(),
     );
     let data_root = paths.root().to_path_buf();
+    let network = settings.network.clone();
     let mut rec = Reconciler::new(runtime, paths, settings, events_tx.clone());
     rec.adopt().await;
 
     let node = cfg.name.clone();
     let tasks = async {
-        register_gpus(&servers, &registration, &gpus).await;
+        let subnet = register_gpus(&servers, &registration, &gpus).await;
+        // The node keeps its subnet from then on (as given, or assigned).
+        network.iter().for_each(|n| n.set_subnet(&subnet));
         let hb = heartbeat_loop(servers.clone(), registration.clone(), gpus.clone());
         let again = registration_loop(servers.clone(), registration.clone(), gpus.clone());
         let watch = watch_loop(servers.clone(), node.clone(), events_tx, images);
@@ -544,11 +548,12 @@ fn with_gpus(base: &pb::RegisterRequest, gpus: &GpuNode) -> (pb::RegisterRequest
 }
 
 /// Registers the node with its GPUs as they are now, until a server
-/// accepts.
-async fn register_gpus(servers: &Servers, base: &pb::RegisterRequest, gpus: &GpuNode) {
+/// accepts; answers the node's subnet.
+async fn register_gpus(servers: &Servers, base: &pb::RegisterRequest, gpus: &GpuNode) -> String {
     let (reg, generation) = with_gpus(base, gpus);
-    let index = register(servers, &reg).await;
-    gpus.mark_registered(generation, index);
+    let answer = register(servers, &reg).await;
+    gpus.mark_registered(generation, answer.index);
+    answer.subnet
 }
 
 /// Registers again whenever the GPUs or their health change: the only
@@ -567,16 +572,14 @@ async fn registration_loop(servers: Servers, base: pb::RegisterRequest, gpus: Ar
     }
 }
 
-/// Registers until a server accepts.
-/// Registers until a server accepts; returns the registration's Raft
-/// index.
-async fn register(servers: &Servers, reg: &pb::RegisterRequest) -> u64 {
+/// Registers until a server accepts; returns its answer.
+async fn register(servers: &Servers, reg: &pb::RegisterRequest) -> pb::RegisterResponse {
     let mut backoff = Duration::from_millis(200);
     loop {
         match tokio::time::timeout(RPC_TIMEOUT, servers.client().register(reg.clone())).await {
             Ok(Ok(resp)) => {
                 tracing::info!(node = %reg.name, "registered");
-                return resp.into_inner().index;
+                return resp.into_inner();
             }
             Ok(Err(status)) => {
                 tracing::warn!(error = %status.message(), "registration failed; retrying");

@@ -68,6 +68,7 @@ impl std::str::FromStr for Shape {
 fn bare_node(name: String, cap: Resources) -> Node {
     Node {
         image_roots: Vec::new(),
+        subnet: String::new(),
         name,
         labels: Default::default(),
         capacity: cap,

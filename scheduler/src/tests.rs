@@ -9,6 +9,7 @@ use skiff_model::{
 fn node(name: &str, cpu: u64, mem_mi: u64) -> Node {
     Node {
         image_roots: Vec::new(),
+        subnet: String::new(),
         name: name.into(),
         labels: Default::default(),
         capacity: Resources::new(cpu, mem_mi << 20),

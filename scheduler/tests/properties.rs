@@ -110,6 +110,7 @@ fn random_node(rng: &mut Rng, i: usize) -> Node {
     let healthy = gpu_list.iter().filter(|g| g.healthy).count() as u32;
     Node {
         image_roots: Vec::new(),
+        subnet: String::new(),
         name,
         labels,
         capacity: Resources::new(cpu, mem).with_gpus(gpus as u32),
@@ -456,6 +457,7 @@ fn rollout_case(seed: u64) -> RolloutCase {
             let cpu = if rng.chance(70) { 16_000 } else { 1_000 };
             Node {
                 image_roots: Vec::new(),
+                subnet: String::new(),
                 name: format!("n{i}"),
                 labels: BTreeMap::new(),
                 capacity: Resources::new(cpu, 64 << 30),
@@ -661,6 +663,7 @@ fn batch_case(seed: u64) -> (Vec<Node>, Vec<Allocation>, Job) {
     };
     let nodes = vec![Node {
         image_roots: Vec::new(),
+        subnet: String::new(),
         name: "n0".into(),
         labels: BTreeMap::new(),
         capacity: Resources::new(64_000, 64 << 30),

@@ -26,6 +26,7 @@ impl Drop for TestBridge {
     fn drop(&mut self) {
         let _ = Command::new("ip")
             .args(["link", "del", &self.name])
+            .stderr(std::process::Stdio::null())
             .status();
         let table = format!("skiff_{}", self.name);
         let _ = Command::new("nft")
@@ -42,7 +43,10 @@ fn bridge_for(n: u8) -> TestBridge {
         // left for its subnet are not this run's.
         subnet: format!("10.{}.{n}.0/24", 100 + std::process::id() % 100),
     };
-    let _ = Command::new("ip").args(["link", "del", &b.name]).status();
+    let _ = Command::new("ip")
+        .args(["link", "del", &b.name])
+        .stderr(std::process::Stdio::null())
+        .status();
     b
 }
 
@@ -435,4 +439,123 @@ async fn a_bridged_container_cannot_reach_the_hosts_ports() {
         "{}",
         String::from_utf8_lossy(&ruleset.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_give_each_node_a_subnet_of_its_own_and_it_keeps_it() {
+    require_cni();
+    let tmp = tempfile::tempdir().unwrap();
+    let (b1, b2) = (bridge_for(4), bridge_for(5));
+    let range = format!("10.{}.0.0/16", 100 + std::process::id() % 100);
+    let server = ServerProc::start_with(
+        &tmp.path().join("server"),
+        "127.0.0.1:0",
+        &["--node-subnets", &range],
+    );
+    // Neither agent names a subnet.
+    let mut agents = Vec::new();
+    for (name, b) in [("n1", &b1), ("n2", &b2)] {
+        agents.push(AgentProc::start(
+            &tmp.path().join(name),
+            &server.url(),
+            name,
+            &[
+                "--bridge",
+                &b.name,
+                "--label",
+                &format!("at={name}"),
+                "--stop-grace",
+                "1s",
+            ],
+        ));
+    }
+    let mut client = server.client().await;
+    let subnets = wait_for(
+        "both nodes to hold a subnet",
+        Duration::from_secs(30),
+        || {
+            let mut c = client.clone();
+            async move {
+                let nodes = c.list_nodes().await.ok()?;
+                let s: Vec<String> = nodes.iter().map(|n| n.node.subnet.clone()).collect();
+                (s.len() == 2 && s.iter().all(|s| !s.is_empty())).then_some(s)
+            }
+        },
+    )
+    .await;
+    let prefix = range.trim_end_matches("0.0/16");
+    assert_ne!(subnets[0], subnets[1]);
+    assert!(
+        subnets
+            .iter()
+            .all(|s| s.starts_with(prefix) && s.ends_with(".0/24")),
+        "{subnets:?}"
+    );
+    // A bridged allocation on each node takes its address from that
+    // node's subnet.
+    for node in ["n1", "n2"] {
+        let name = format!("on-{node}");
+        client
+            .apply_job(&job_yaml(
+                &name,
+                1,
+                "sleep 3600",
+                &format!(
+                    "  network: bridge\nconstraints: [{{label: at, op: in, values: [{node}]}}]\n"
+                ),
+            ))
+            .await
+            .unwrap();
+        let a = wait_for("the address", Duration::from_secs(60), || {
+            let mut c = client.clone();
+            let name = name.clone();
+            async move {
+                let a = allocs_of(&mut c, &name).await.into_iter().next()?;
+                (a.status == AllocStatus::Running && !a.address.is_empty()).then_some(a)
+            }
+        })
+        .await;
+        let nodes = client.list_nodes().await.unwrap();
+        let subnet = &nodes
+            .iter()
+            .find(|n| n.node.name == node)
+            .unwrap()
+            .node
+            .subnet;
+        assert!(
+            a.address.starts_with(subnet.trim_end_matches("0/24")),
+            "{} is not in {node}'s {subnet}",
+            a.address
+        );
+    }
+    // Restarted, a node keeps its subnet.
+    let before = subnets.clone();
+    agents[0].restart();
+    wait_for("n1 to register again", Duration::from_secs(30), || {
+        let mut c = client.clone();
+        async move {
+            let nodes = c.list_nodes().await.ok()?;
+            (nodes
+                .iter()
+                .filter(|n| n.node.status == skiff_model::NodeStatus::Ready)
+                .count()
+                == 2)
+                .then_some(())
+        }
+    })
+    .await;
+    let mut after: Vec<String> = client
+        .list_nodes()
+        .await
+        .unwrap()
+        .iter()
+        .map(|n| n.node.subnet.clone())
+        .collect();
+    let mut before = before;
+    before.sort();
+    after.sort();
+    assert_eq!(before, after);
+    for name in ["on-n1", "on-n2"] {
+        client.delete_job(name).await.unwrap();
+    }
 }

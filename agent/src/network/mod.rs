@@ -30,7 +30,8 @@ const NETWORK: &str = "skiff";
 pub struct NetworkConfig {
     /// `--bridge`: the bridge's name (at most 15 characters).
     pub bridge: String,
-    /// `--network-subnet`: the node's IPv4 subnet, `A.B.C.D/N`.
+    /// `--network-subnet`: the node's IPv4 subnet, `A.B.C.D/N`; empty:
+    /// the one the servers assign when the node registers.
     pub subnet: String,
     /// `--cni-path`: where the CNI plugins are.
     pub cni_path: Vec<PathBuf>,
@@ -40,7 +41,7 @@ impl Default for NetworkConfig {
     fn default() -> Self {
         NetworkConfig {
             bridge: "skiff0".into(),
-            subnet: "10.88.0.0/24".into(),
+            subnet: String::new(),
             cni_path: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
         }
     }
@@ -50,7 +51,9 @@ impl Default for NetworkConfig {
 pub enum NetworkError {
     #[error("--bridge {0:?}: 1 to 15 letters, digits, '-', '_' or '.'")]
     Bridge(String),
-    #[error("--network-subnet {0:?}: an IPv4 subnet A.B.C.D/N with N from 8 to 30")]
+    #[error(
+        "--network-subnet {0:?}: an IPv4 subnet A.B.C.D/N with N from 8 to 30, its host bits zero"
+    )]
     Subnet(String),
 }
 
@@ -65,11 +68,7 @@ impl NetworkConfig {
         {
             return Err(NetworkError::Bridge(b.clone()));
         }
-        let ok = self.subnet.split_once('/').is_some_and(|(ip, n)| {
-            ip.parse::<std::net::Ipv4Addr>().is_ok()
-                && n.parse::<u8>().is_ok_and(|n| (8..=30).contains(&n))
-        });
-        if !ok {
+        if !self.subnet.is_empty() && skiff_model::subnet::Subnet::parse(&self.subnet).is_err() {
             return Err(NetworkError::Subnet(self.subnet.clone()));
         }
         Ok(())
@@ -134,6 +133,8 @@ async fn futures_join_all<F: std::future::Future>(
 #[derive(Debug)]
 pub struct Network {
     cfg: NetworkConfig,
+    /// The node's subnet (the flag's, else the servers' once registered).
+    subnet: std::sync::RwLock<String>,
     dir: PathBuf,
     prepared: AtomicBool,
     /// The isolation rules are loaded.
@@ -146,6 +147,7 @@ impl Network {
     pub fn new(data_dir: &Path, cfg: NetworkConfig) -> Result<Network, NetworkError> {
         cfg.check()?;
         Ok(Network {
+            subnet: std::sync::RwLock::new(cfg.subnet.clone()),
             cfg,
             dir: data_dir.join("network"),
             prepared: AtomicBool::new(false),
@@ -156,6 +158,22 @@ impl Network {
 
     pub fn config(&self) -> &NetworkConfig {
         &self.cfg
+    }
+
+    /// The node's subnet as the servers recorded it (its flag's, or the
+    /// one they assigned); ignored when empty.
+    pub fn set_subnet(&self, subnet: &str) {
+        if !subnet.is_empty() {
+            *self.subnet.write().unwrap_or_else(|p| p.into_inner()) = subnet.to_string();
+        }
+    }
+
+    /// The node's subnet, once known.
+    pub fn subnet(&self) -> String {
+        self.subnet
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn netns_dir(&self) -> PathBuf {
@@ -180,7 +198,7 @@ impl Network {
     }
 
     /// The plugins' configurations, each with the interface it makes.
-    fn plan(&self) -> Vec<(&'static str, Value)> {
+    fn plan(&self, subnet: &str) -> Vec<(&'static str, Value)> {
         let ipam_dir = self.dir.join("ipam");
         vec![
             ("lo", json!({"type": "loopback"})),
@@ -194,7 +212,7 @@ impl Network {
                     "hairpinMode": true,
                     "ipam": {
                         "type": "host-local",
-                        "ranges": [[{"subnet": self.cfg.subnet}]],
+                        "ranges": [[{"subnet": subnet}]],
                         "routes": [{"dst": "0.0.0.0/0"}],
                         "dataDir": ipam_dir,
                     },
@@ -208,6 +226,10 @@ impl Network {
     pub async fn setup(&self, id: &str) -> Result<Attachment, String> {
         if !crate::paths::valid_alloc_id(id) {
             return Err(crate::paths::bad_alloc_id(id).to_string());
+        }
+        let subnet = self.subnet();
+        if subnet.is_empty() {
+            return Err("this node has no subnet yet: the servers assign one when it registers (--node-subnets), or give the agent --network-subnet".into());
         }
         if !self.firewalled.load(Ordering::Relaxed) {
             firewall::ensure(&self.cfg.bridge).await?;
@@ -234,7 +256,7 @@ impl Network {
             container_id: crate::paths::container_id(id),
             netns: netns.clone(),
             steps: self
-                .plan()
+                .plan(&subnet)
                 .into_iter()
                 .map(|(ifname, plugin)| Step {
                     ifname: ifname.to_string(),

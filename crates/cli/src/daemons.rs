@@ -16,7 +16,7 @@ use skiff_store::RaftConfig;
 
 use crate::args::{parse_duration, parse_log_size};
 use crate::image_opts::{ImageGcOpts, RegistryOpts};
-use crate::network_opts::NetworkOpts;
+use crate::network_opts::{NetworkOpts, NodeSubnetsOpts};
 
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -81,6 +81,8 @@ pub struct ServerArgs {
     gc: GcOpts,
     #[command(flatten)]
     registries: RegistryOpts,
+    #[command(flatten)]
+    node_subnets: NodeSubnetsOpts,
 }
 
 #[derive(Args)]
@@ -526,6 +528,7 @@ fn server_config(args: ServerArgs) -> anyhow::Result<ServerConfig> {
         liveness: args.liveness.config()?,
         gc: args.gc.settings(),
         registries: args.registries.config(),
+        node_subnets: args.node_subnets.range()?,
     })
 }
 
@@ -645,6 +648,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         liveness: args.liveness.config()?,
         gc: args.gc.settings(),
         registries: args.node.registries.config(),
+        node_subnets: crate::network_opts::default_node_subnets(),
     };
     let running = skiff_server::start(&server_cfg).await?;
     let scheme = if insecure { "http" } else { "https" };

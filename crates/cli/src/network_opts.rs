@@ -12,8 +12,15 @@ pub(crate) struct NetworkOpts {
     #[arg(long, default_value = "skiff0", value_name = "NAME")]
     bridge: String,
     /// The node's IPv4 subnet for `network: bridge` allocations: each gets
-    /// an address from it, the bridge the first. Give each node its own.
-    #[arg(long, default_value = "10.88.0.0/24", value_name = "CIDR")]
+    /// an address from it, the bridge the first. Default: a /24 the
+    /// servers assign from their --node-subnets when the node registers
+    /// (kept from then on). No two nodes' subnets may overlap.
+    #[arg(
+        long,
+        default_value = "",
+        hide_default_value = true,
+        value_name = "CIDR"
+    )]
     network_subnet: String,
     /// Directories holding the CNI plugins (bridge, host-local, loopback;
     /// Debian's containernetworking-plugins), comma-separated.
@@ -36,4 +43,30 @@ impl NetworkOpts {
         cfg.check()?;
         Ok(cfg)
     }
+}
+
+/// The servers' flag: where nodes' subnets come from.
+#[derive(Args, Clone)]
+pub(crate) struct NodeSubnetsOpts {
+    /// The IPv4 range each node's `network: bridge` subnet (a /24) is
+    /// assigned from, when its agent names none; `none`: agents must
+    /// name their own (--network-subnet).
+    #[arg(long, default_value = "10.88.0.0/16", value_name = "CIDR|none")]
+    node_subnets: String,
+}
+
+impl NodeSubnetsOpts {
+    pub(crate) fn range(&self) -> anyhow::Result<Option<skiff_model::subnet::Subnet>> {
+        if self.node_subnets == "none" {
+            return Ok(None);
+        }
+        skiff_model::subnet::Subnet::parse(&self.node_subnets)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("--node-subnets: {e}"))
+    }
+}
+
+/// What `skiff dev` and the servers assign from by default.
+pub(crate) fn default_node_subnets() -> Option<skiff_model::subnet::Subnet> {
+    skiff_model::subnet::Subnet::parse("10.88.0.0/16").ok()
 }

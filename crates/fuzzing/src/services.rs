@@ -65,6 +65,7 @@ fn start() -> Harness {
             offline: true,
             ..Default::default()
         },
+        node_subnets: skiff_model::subnet::Subnet::parse("10.88.0.0/16").ok(),
     };
     let ctx = rt.block_on(async {
         let running = skiff_server::start(&cfg).await.expect("the server starts");

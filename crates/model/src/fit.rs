@@ -217,6 +217,7 @@ mod tests {
     fn node(gpus: usize) -> Node {
         Node {
             image_roots: Vec::new(),
+            subnet: String::new(),
             name: "n".into(),
             labels: Default::default(),
             capacity: Resources::new(4000, 8 << 30).with_gpus(gpus as u32),

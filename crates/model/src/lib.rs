@@ -32,6 +32,7 @@ pub mod registration;
 pub mod registry_ref;
 pub mod resources;
 mod spec;
+pub mod subnet;
 pub use spec::check_dns_label;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

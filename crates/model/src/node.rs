@@ -66,6 +66,10 @@ pub struct Node {
     /// (`--image-roots`), as it registered them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_roots: Vec<String>,
+    /// Its IPv4 subnet for `network: bridge` (assigned by the servers or
+    /// given by its agent); no two nodes' overlap.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subnet: String,
     pub address: String,
     pub status: NodeStatus,
     /// Version of the agent binary.

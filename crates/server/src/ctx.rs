@@ -38,6 +38,8 @@ pub struct Ctx {
     pub registries: Arc<skiff_registry::RegistryAccess>,
     /// The servers' secrets key, which seals namespaces' registry logins.
     pub secrets: crate::secrets::Keyring,
+    /// Where nodes' subnets are assigned from.
+    pub node_subnets: Option<skiff_model::subnet::Subnet>,
 }
 
 impl Ctx {

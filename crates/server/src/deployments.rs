@@ -253,6 +253,7 @@ mod tests {
             h.apply(Command::RegisterNode {
                 registration: NodeRegistration {
                     image_roots: Vec::new(),
+                    subnet: String::new(),
                     name: "n1".into(),
                     labels: Default::default(),
                     capacity: Resources::new(8000, 8 << 30),

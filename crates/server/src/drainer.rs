@@ -154,6 +154,7 @@ mod tests {
     fn node(name: &str, draining: bool) -> Node {
         Node {
             image_roots: Vec::new(),
+            subnet: String::new(),
             name: name.into(),
             labels: Default::default(),
             capacity: Resources::new(4000, 4 << 30),

@@ -92,6 +92,9 @@ pub struct ServerConfig {
     pub gc: gc::GcSettings,
     /// How registries are reached (tags are resolved at apply).
     pub registries: skiff_registry::AccessConfig,
+    /// The range each node's `network: bridge` subnet (a /24) is
+    /// assigned from (`--node-subnets`).
+    pub node_subnets: Option<skiff_model::subnet::Subnet>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -301,6 +304,7 @@ pub async fn start(cfg: &ServerConfig) -> Result<Running, ServerError> {
             leaf_lifetime: cfg.security.leaf_lifetime,
             audit,
             registries: Arc::new(skiff_registry::RegistryAccess::load(&cfg.registries)?),
+            node_subnets: cfg.node_subnets,
             secrets: secrets::Keyring::open(&cfg.data_dir)
                 .map_err(|e| ServerError::Credentials(e.to_string()))?,
         },

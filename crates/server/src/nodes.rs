@@ -120,6 +120,33 @@ pub(crate) fn check_gpu_metrics(metrics: Vec<pb::GpuMetrics>) -> Result<Vec<GpuM
 
 type AllocStream = Pin<Box<dyn Stream<Item = Result<pb::AllocationSet, Status>> + Send>>;
 
+impl NodeService {
+    /// The subnet node `name` holds, else the first free one of the
+    /// range (empty when no range is set).
+    fn assign_subnet(&self, name: &str) -> Result<String, Status> {
+        use skiff_model::subnet::{first_free, Subnet};
+        let state = self.ctx.store.state();
+        if let Some(held) = state.nodes.get(name).filter(|n| !n.subnet.is_empty()) {
+            return Ok(held.subnet.clone());
+        }
+        let Some(range) = self.ctx.node_subnets else {
+            return Ok(String::new());
+        };
+        let taken: Vec<Subnet> = state
+            .nodes
+            .values()
+            .filter_map(|n| Subnet::parse(&n.subnet).ok())
+            .collect();
+        first_free(&range, &taken)
+            .map(|s| s.to_string())
+            .ok_or_else(|| {
+                Status::resource_exhausted(format!(
+                    "no /24 of --node-subnets {range} is free for node {name:?}; give the servers a larger range"
+                ))
+            })
+    }
+}
+
 #[tonic::async_trait]
 impl pb::node_api_server::NodeApi for NodeService {
     async fn register(
@@ -155,7 +182,13 @@ impl pb::node_api_server::NodeApi for NodeService {
             gpu_links: &gpu_links,
         })
         .map_err(refused)?;
-        let registration = NodeRegistration {
+        if !r.subnet.is_empty() {
+            skiff_model::subnet::Subnet::parse(&r.subnet)
+                .map_err(|e| Status::invalid_argument(format!("subnet: {e}")))?;
+        }
+        let asked = r.subnet.clone();
+        let mut registration = NodeRegistration {
+            subnet: r.subnet,
             image_roots: r.image_roots,
             name: r.name.clone(),
             labels: r.labels,
@@ -170,10 +203,39 @@ impl pb::node_api_server::NodeApi for NodeService {
                 cuda_version: r.cuda_version.chars().take(32).collect(),
             },
         };
-        let applied = self
+        // A subnet of the range for a node that has none (another server
+        // may hand out the same one at once: the state machine refuses
+        // the second, which then takes the next).
+        let mut applied;
+        let mut tries = 0;
+        loop {
+            if asked.is_empty() {
+                registration.subnet = self.assign_subnet(&r.name)?;
+            }
+            applied = self
+                .ctx
+                .commit(&Command::RegisterNode {
+                    registration: registration.clone(),
+                })
+                .await?;
+            match &applied.outcome {
+                skiff_store::Outcome::Refused(why @ skiff_store::Refusal::SubnetTaken { .. }) => {
+                    tries += 1;
+                    if !asked.is_empty() || tries >= 5 {
+                        return Err(Status::already_exists(why.to_string()));
+                    }
+                }
+                _ => break,
+            }
+        }
+        let subnet = self
             .ctx
-            .commit(&Command::RegisterNode { registration })
-            .await?;
+            .store
+            .state()
+            .nodes
+            .get(&r.name)
+            .map(|n| n.subnet.clone())
+            .unwrap_or_default();
         let nodes = self.ctx.store.state().nodes.len();
         self.ctx
             .heartbeats
@@ -181,6 +243,7 @@ impl pb::node_api_server::NodeApi for NodeService {
         tracing::info!(node = %r.name, "node registered");
         Ok(Response::new(pb::RegisterResponse {
             index: applied.index,
+            subnet,
         }))
     }
 

@@ -56,6 +56,7 @@ async fn racing_plans_from_one_snapshot_never_overcommit_a_node() {
         .propose(&Command::RegisterNode {
             registration: NodeRegistration {
                 image_roots: Vec::new(),
+                subnet: String::new(),
                 name: "n1".into(),
                 labels: Default::default(),
                 capacity: skiff_model::Resources::new(4_000, 8 << 30),
@@ -197,6 +198,7 @@ impl Server {
             },
             gc: Default::default(),
             registries: Default::default(),
+            node_subnets: None,
         };
         let running = skiff_server::start(&cfg).await.unwrap();
         let url = format!("https://{}", running.api_addr);

@@ -250,6 +250,9 @@ fn registration_rule(r: &NodeRegistration) -> Result<(), String> {
             ));
         }
     }
+    if !r.subnet.is_empty() {
+        skiff_model::subnet::Subnet::parse(&r.subnet).map_err(|e| format!("subnet: {e}"))?;
+    }
     text_rule("agent_version", &r.agent_version)
 }
 

@@ -256,6 +256,10 @@ pub struct NodeRegistration {
     /// Directories under which the agent runs `oci:` layouts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_roots: Vec<String>,
+    /// The node's subnet for `network: bridge` (empty: keep the one it
+    /// holds); refused when it overlaps another node's.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subnet: String,
 }
 
 /// A plan as it travels through Raft: the scheduler's plan plus the ids the

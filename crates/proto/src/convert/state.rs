@@ -57,6 +57,7 @@ impl From<&m::Node> for pb::Node {
             allocatable: Some(n.allocatable.into()),
             address: n.address.clone(),
             image_roots: n.image_roots.clone(),
+            subnet: n.subnet.clone(),
             status: pb::NodeStatus::from(n.status) as i32,
             agent_version: n.agent_version.clone(),
             create_index: n.create_index,
@@ -94,6 +95,7 @@ impl TryFrom<pb::Node> for m::Node {
             .collect::<Result<_, _>>()?;
         Ok(m::Node {
             image_roots: n.image_roots,
+            subnet: n.subnet,
             name: n.name,
             labels: n.labels,
             capacity: required(n.capacity, "capacity")?.into(),

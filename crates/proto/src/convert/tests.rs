@@ -196,6 +196,7 @@ fn yaml_paths_name_the_request_fields_they_came_from() {
 fn a_gpu_node_survives_the_wire() {
     let n = m::Node {
         image_roots: Vec::new(),
+        subnet: String::new(),
         name: "g".into(),
         labels: Default::default(),
         capacity: m::Resources::new(8000, 1 << 34).with_gpus(2),

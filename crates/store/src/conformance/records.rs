@@ -260,6 +260,7 @@ fn node(name: &str) -> Command {
     Command::RegisterNode {
         registration: NodeRegistration {
             image_roots: Vec::new(),
+            subnet: String::new(),
             name: name.into(),
             labels: [("zone".to_string(), "a".to_string())].into(),
             capacity: Resources::new(2000, 1 << 30),

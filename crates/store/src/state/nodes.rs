@@ -22,6 +22,26 @@ impl State {
         let capacity = reg.capacity.with_gpus(units);
         let allocatable = reg.capacity.saturating_sub(reg.reserved).with_gpus(healthy);
         let old = self.nodes.get(&reg.name);
+        // Its subnet: the one registered, else the one it holds; never
+        // one that overlaps another node's.
+        let subnet = if reg.subnet.is_empty() {
+            old.map(|n| n.subnet.clone()).unwrap_or_default()
+        } else {
+            reg.subnet.clone()
+        };
+        if let Ok(mine) = skiff_model::subnet::Subnet::parse(&subnet) {
+            let clash = self.nodes.values().find(|n| {
+                n.name != reg.name
+                    && skiff_model::subnet::Subnet::parse(&n.subnet)
+                        .is_ok_and(|s| s.overlaps(&mine))
+            });
+            if let Some(other) = clash {
+                return Outcome::Refused(Refusal::SubnetTaken {
+                    subnet,
+                    node: other.name.clone(),
+                });
+            }
+        }
         let create_index = old.map(|n| n.create_index).unwrap_or(index);
         // Cordon and drain are the operator's, not the agent's: they
         // survive a re-registration.
@@ -42,6 +62,7 @@ impl State {
             drain_deadline_ms,
             drained,
             image_roots: reg.image_roots.clone(),
+            subnet,
             address: reg.address.clone(),
             status: NodeStatus::Ready,
             agent_version: reg.agent_version.clone(),

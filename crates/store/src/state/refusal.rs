@@ -145,6 +145,11 @@ pub enum Refusal {
         sealed_with: String,
         cluster: Option<String>,
     },
+    /// A node's subnet overlaps another node's.
+    SubnetTaken {
+        subnet: String,
+        node: String,
+    },
     /// A namespace holds no login for that registry.
     RegistryLoginMissing {
         namespace: String,
@@ -227,6 +232,10 @@ impl std::fmt::Display for Refusal {
             Refusal::SecretsKeyMismatch { cluster: None, .. } => write!(
                 f,
                 "the cluster has no secrets key yet; try again once its servers agreed on one"
+            ),
+            Refusal::SubnetTaken { subnet, node } => write!(
+                f,
+                "subnet {subnet} overlaps node {node:?}'s; give each node its own (--network-subnet), or let the servers assign one"
             ),
             Refusal::RegistryLoginMissing {
                 namespace,

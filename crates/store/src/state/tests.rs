@@ -16,6 +16,7 @@ pub(super) fn reg(name: &str, cpu: u64, mem_mi: u64) -> Command {
     Command::RegisterNode {
         registration: NodeRegistration {
             image_roots: Vec::new(),
+            subnet: String::new(),
             name: name.into(),
             labels: Default::default(),
             capacity: Resources::new(cpu, mem_mi << 20),
@@ -1408,4 +1409,41 @@ fn collecting_drops_finished_allocations_but_keeps_the_newest_of_each_slot_of_a_
     });
     assert_eq!(out, Outcome::AllocsCollected { removed: 1 });
     assert!(h.state.allocs.is_empty());
+}
+
+#[test]
+fn a_nodes_subnet_is_kept_and_never_overlaps_another_nodes() {
+    let with_subnet = |name: &str, subnet: &str| {
+        let Command::RegisterNode { mut registration } = reg(name, 1000, 1024) else {
+            unreachable!()
+        };
+        registration.subnet = subnet.into();
+        Command::RegisterNode { registration }
+    };
+    let mut s = State::default();
+    assert_eq!(
+        s.apply(1, &with_subnet("a", "10.88.0.0/24")),
+        Outcome::NodeRegistered
+    );
+    // Registering again without one keeps it.
+    s.apply(2, &with_subnet("a", ""));
+    assert_eq!(s.nodes["a"].subnet, "10.88.0.0/24");
+    // Another node may not take an overlapping one; the refusal names both.
+    let Outcome::Refused(why) = s.apply(3, &with_subnet("b", "10.88.0.0/16")) else {
+        panic!("an overlapping subnet was taken")
+    };
+    assert!(
+        why.to_string().contains("10.88.0.0/16") && why.to_string().contains("\"a\""),
+        "{why}"
+    );
+    assert!(!s.nodes.contains_key("b"));
+    assert_eq!(
+        s.apply(4, &with_subnet("b", "10.88.1.0/24")),
+        Outcome::NodeRegistered
+    );
+    // A subnet that is not one is refused by the command's rules.
+    let Outcome::Refused(why) = s.apply(5, &with_subnet("c", "10.88.2.1/24")) else {
+        panic!("a bad subnet was taken")
+    };
+    assert!(why.to_string().contains("subnet:"), "{why}");
 }

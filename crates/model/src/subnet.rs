@@ -1,0 +1,132 @@
+//! IPv4 subnets as nodes hold them for `network: bridge`: each node one,
+//! assigned by the servers from a cluster range (a /24 each by default)
+//! or given by the agent; no two nodes' subnets overlap.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+/// `A.B.C.D/N`, its host bits zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    base: u32,
+    prefix: u8,
+}
+
+impl Subnet {
+    /// Parses `A.B.C.D/N` (N from 8 to 30, host bits zero), or says why
+    /// not.
+    pub fn parse(text: &str) -> Result<Subnet, String> {
+        let bad = || {
+            format!("{text:?} is not an IPv4 subnet A.B.C.D/N with N from 8 to 30 and the host bits zero")
+        };
+        let (ip, n) = text.split_once('/').ok_or_else(bad)?;
+        let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
+        let prefix: u8 = n.parse().map_err(|_| bad())?;
+        if !(8..=30).contains(&prefix) {
+            return Err(bad());
+        }
+        let base = u32::from(ip);
+        if base & !mask(prefix) != 0 {
+            return Err(bad());
+        }
+        Ok(Subnet { base, prefix })
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// Whether the two share an address.
+    pub fn overlaps(&self, other: &Subnet) -> bool {
+        let m = mask(self.prefix.min(other.prefix));
+        self.base & m == other.base & m
+    }
+
+    /// The `i`th subnet of length `prefix` inside this one, if there is
+    /// one.
+    pub fn nth(&self, prefix: u8, i: u32) -> Option<Subnet> {
+        if prefix < self.prefix || prefix > 30 {
+            return None;
+        }
+        let count = 1u64 << (prefix - self.prefix);
+        if u64::from(i) >= count {
+            return None;
+        }
+        let step = 1u32 << (32 - prefix);
+        Some(Subnet {
+            base: self.base + i * step,
+            prefix,
+        })
+    }
+
+    /// How many subnets of length `prefix` this one holds.
+    pub fn count(&self, prefix: u8) -> u64 {
+        if prefix < self.prefix {
+            0
+        } else {
+            1u64 << (prefix - self.prefix)
+        }
+    }
+}
+
+fn mask(prefix: u8) -> u32 {
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix)
+    }
+}
+
+impl fmt::Display for Subnet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", Ipv4Addr::from(self.base), self.prefix)
+    }
+}
+
+/// The length of the subnet each node gets from the cluster range.
+pub const NODE_PREFIX: u8 = 24;
+
+/// The first /24 of `range` that overlaps none of `taken`.
+pub fn first_free(range: &Subnet, taken: &[Subnet]) -> Option<Subnet> {
+    let prefix = NODE_PREFIX.max(range.prefix());
+    (0..range.count(prefix).min(u64::from(u32::MAX)) as u32)
+        .filter_map(|i| range.nth(prefix, i))
+        .find(|s| !taken.iter().any(|t| t.overlaps(s)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets_parse_overlap_and_are_handed_out_in_order() {
+        let range = Subnet::parse("10.88.0.0/16").unwrap();
+        assert_eq!(range.to_string(), "10.88.0.0/16");
+        for bad in [
+            "10.88.0.1/16",
+            "10.88.0.0",
+            "10.88.0.0/31",
+            "fd00::/64",
+            "x/24",
+        ] {
+            assert!(
+                Subnet::parse(bad).unwrap_err().contains("IPv4 subnet"),
+                "{bad}"
+            );
+        }
+        let a = Subnet::parse("10.88.0.0/24").unwrap();
+        let b = Subnet::parse("10.88.1.0/24").unwrap();
+        assert!(range.overlaps(&a) && a.overlaps(&range));
+        assert!(!a.overlaps(&b));
+        assert_eq!(first_free(&range, &[]).unwrap(), a);
+        assert_eq!(first_free(&range, &[a]).unwrap(), b);
+        let wide = Subnet::parse("10.88.0.0/23").unwrap();
+        assert_eq!(
+            first_free(&range, &[wide]).unwrap().to_string(),
+            "10.88.2.0/24"
+        );
+        let tiny = Subnet::parse("10.1.2.0/24").unwrap();
+        assert_eq!(first_free(&tiny, &[]).unwrap(), tiny);
+        assert!(first_free(&tiny, &[tiny]).is_none());
+    }
+}
