@@ -138,6 +138,8 @@ pub struct NodeOut<'a> {
     pub gpu_metrics: &'a [skiff_model::GpuMetrics],
     pub gpu_metrics_age_ms: Option<u64>,
     pub address: &'a str,
+    /// Its subnet for `network: bridge`.
+    pub subnet: &'a str,
     pub labels: &'a std::collections::BTreeMap<String, String>,
     pub heartbeat_age_ms: Option<u64>,
     pub agent_version: &'a str,
@@ -165,6 +167,7 @@ impl<'a> From<&'a NodeInfo> for NodeOut<'a> {
             gpu_metrics: &n.gpu_metrics,
             gpu_metrics_age_ms: n.gpu_metrics_age.map(|d| d.as_millis() as u64),
             address: &n.node.address,
+            subnet: &n.node.subnet,
             labels: &n.node.labels,
             heartbeat_age_ms: n.heartbeat_age.map(|d| d.as_millis() as u64),
             agent_version: &n.node.agent_version,

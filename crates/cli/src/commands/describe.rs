@@ -109,6 +109,10 @@ async fn describe_node(name: &str, opts: &ClientOpts) -> anyhow::Result<()> {
     out.push_str(&format!("Name:        {}\n", n.name));
     out.push_str(&format!("Status:      {}\n", n.status_text()));
     out.push_str(&format!("Address:     {}\n", n.address));
+    out.push_str(&format!(
+        "Subnet:      {}\n",
+        if n.subnet.is_empty() { "-" } else { &n.subnet }
+    ));
     out.push_str(&format!("Labels:      {}\n", labels_text(&n.labels)));
     out.push_str(&format!(
         "Allocatable: cpu {}, memory {}, gpus {}\n",
