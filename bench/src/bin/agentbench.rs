@@ -167,6 +167,34 @@ fn phase_median(log: &str, key: &str) -> f64 {
     percentile(&v, 50.0)
 }
 
+/// Waits until `job`'s version `version` runs and no older one does;
+/// answers the job's allocations.
+async fn running_alone(
+    url: &str,
+    job: &str,
+    version: u64,
+) -> Result<Vec<skiff_model::Allocation>, String> {
+    wait_for(
+        "the new version to run alone",
+        Duration::from_secs(60),
+        || {
+            let (url, job) = (url.to_string(), job.to_string());
+            async move {
+                let mut c = creds().connect(&url).await.ok()?;
+                let a = c.list_allocs(Some(&job), None).await.ok()?;
+                let new_running = a
+                    .iter()
+                    .any(|a| a.job_version == version && a.status == AllocStatus::Running);
+                let old_done = a
+                    .iter()
+                    .all(|a| a.job_version == version || a.status.is_terminal());
+                (new_running && old_done).then_some(a)
+            }
+        },
+    )
+    .await
+}
+
 fn runc(root: &Path) -> Command {
     let mut c = Command::new("runc");
     c.arg("--root").arg(root);
@@ -280,25 +308,7 @@ async fn run(o: &Opts) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
         let version = applied.job.version;
-        let allocs = wait_for(
-            "the new version to run alone",
-            Duration::from_secs(60),
-            || {
-                let url = url.clone();
-                async move {
-                    let mut c = creds().connect(&url).await.ok()?;
-                    let a = c.list_allocs(Some("lat"), None).await.ok()?;
-                    let new_running = a
-                        .iter()
-                        .any(|a| a.job_version == version && a.status == AllocStatus::Running);
-                    let old_done = a
-                        .iter()
-                        .all(|a| a.job_version == version || a.status.is_terminal());
-                    (new_running && old_done).then_some(a)
-                }
-            },
-        )
-        .await?;
+        let allocs = running_alone(&url, "lat", version).await?;
         if round == 0 {
             // The same bundle for plain runc: the agent's config.json and a
             // plain copy of the same image rootfs.
@@ -361,25 +371,7 @@ async fn run(o: &Opts) -> Result<(), String> {
             spec.task.network = skiff_model::NetworkMode::Bridge;
             let applied = client.apply_job(&spec).await.map_err(|e| e.to_string())?;
             let version = applied.job.version;
-            wait_for(
-                "the bridged version to run alone",
-                Duration::from_secs(60),
-                || {
-                    let url = url.clone();
-                    async move {
-                        let mut c = creds().connect(&url).await.ok()?;
-                        let a = c.list_allocs(Some("latb"), None).await.ok()?;
-                        let new_running = a
-                            .iter()
-                            .any(|a| a.job_version == version && a.status == AllocStatus::Running);
-                        let old_done = a
-                            .iter()
-                            .all(|a| a.job_version == version || a.status.is_terminal());
-                        (new_running && old_done).then_some(())
-                    }
-                },
-            )
-            .await?;
+            running_alone(&url, "latb", version).await?;
         }
         client.delete_job("latb").await.map_err(|e| e.to_string())?;
         let all = std::fs::read_to_string(&agent_log).unwrap_or_default();
