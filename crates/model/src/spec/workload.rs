@@ -172,6 +172,12 @@ fn check_update_span(d: Duration, field: &str, min: Duration, errs: &mut Errors)
 
 /// Value rules of the workload fields, however the spec was built.
 pub(super) fn validate_workload(spec: &JobSpec, errs: &mut Errors) {
+    if spec.gang && spec.task.network == crate::job::NetworkMode::Bridge {
+        errs.push(
+            "task.network",
+            "a gang's ranks reach rank 0 at its node's address (MASTER_ADDR): use network: host (bridge for gangs needs routes between nodes, not there yet)",
+        );
+    }
     let u = &spec.update;
     if !u.is_default() && !spec.rolls_out() {
         let why = if spec.is_batch() {
@@ -346,6 +352,20 @@ mod tests {
             errs.iter().any(|e| e.starts_with(prefix)),
             "missing {prefix:?} in {errs:#?}"
         );
+    }
+
+    #[test]
+    fn a_bridged_gang_is_refused_for_now() {
+        let e = JobSpec::from_yaml(
+            "name: g\ngang: true\nreplicas: 2\ntask: {image: 'oci:/i', network: bridge}",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("task.network: a gang's ranks reach rank 0"),
+            "{e}"
+        );
+        JobSpec::from_yaml("name: g\ngang: true\nreplicas: 2\ntask: {image: 'oci:/i'}").unwrap();
     }
 
     #[test]
