@@ -659,24 +659,22 @@ impl AllocView {
             logins: set
                 .registry_logins
                 .into_iter()
-                .map(|(ns, l)| {
-                    let logins = l
-                        .logins
-                        .into_iter()
-                        .map(|l| skiff_registry::Login {
-                            registry: l.registry,
-                            username: l.username,
-                            password: l.password,
-                        })
-                        .collect();
-                    (ns, logins)
-                })
+                .map(|(ns, l)| (ns, l.logins.into_iter().map(login_from_wire).collect()))
                 .collect(),
         })
     }
 
     pub fn allocations(&self) -> Vec<Allocation> {
         self.allocs.values().cloned().collect()
+    }
+}
+
+/// A registry login as the servers send it.
+pub fn login_from_wire(l: pb::RegistryLogin) -> skiff_registry::Login {
+    skiff_registry::Login {
+        registry: l.registry,
+        username: l.username,
+        password: l.password,
     }
 }
 

@@ -163,16 +163,20 @@ impl<R: Runtime> pb::agent_api_server::AgentApi for AgentService<R> {
         req: Request<pb::PullImageRequest>,
     ) -> Result<Response<pb::PullImageResponse>, Status> {
         let tools = self.image_tools()?.clone();
-        let text = req.into_inner().image;
-        let image = skiff_model::registry_ref::RegistryRef::parse(&text)
+        let r = req.into_inner();
+        let image = skiff_model::registry_ref::RegistryRef::parse(&r.image)
             .map_err(|e| Status::invalid_argument(format!("image: {e}")))?;
+        let asker = crate::image::grants::Asker {
+            namespace: (!r.namespace.is_empty()).then_some(r.namespace),
+            logins: r
+                .logins
+                .into_iter()
+                .map(crate::agent::login_from_wire)
+                .collect(),
+        };
         let top = tools
             .puller
-            .pull(
-                &image,
-                skiff_model::PullPolicy::IfNotPresent,
-                &crate::image::grants::Asker::node(),
-            )
+            .pull(&image, skiff_model::PullPolicy::IfNotPresent, &asker)
             .await
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
         let reference = image.to_string();
@@ -203,7 +207,7 @@ impl<R: Runtime> pb::agent_api_server::AgentApi for AgentService<R> {
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::failed_precondition(format!("image {text}: {e}")))?;
+        .map_err(|e| Status::failed_precondition(format!("image {image}: {e}")))?;
         let in_use = tools.in_use_now();
         let image = record.map(|(r, size)| cached_image(r, size, &in_use));
         Ok(Response::new(pb::PullImageResponse { image }))

@@ -211,6 +211,22 @@ async fn a_namespaces_login_pulls_its_private_image_and_no_other_namespace_can_u
     assert!(!server.log().contains(PASSWORD));
     assert!(!agent.log().contains(PASSWORD));
 
+    // An operator's pre-pull uses the node's credentials (none here),
+    // or, with -n, the namespace's login.
+    let node_only = skiff(&server.url(), &["image", "pull", "--node", "n1", &by_tag]);
+    assert!(!node_only.status.success());
+    assert!(
+        text(&node_only).to_lowercase().contains("auth"),
+        "{}",
+        text(&node_only)
+    );
+    let as_ml = skiff(
+        &server.url(),
+        &["image", "pull", "--node", "n1", "-n", "ml", &by_tag],
+    );
+    assert!(as_ml.status.success(), "{}", text(&as_ml));
+    assert!(text(&as_ml).contains(&digest), "{}", text(&as_ml));
+
     // Logged out, the namespace's next pull has no credentials.
     let out = skiff(&server.url(), &["registry", "logout", "-n", "ml", &r.addr]);
     assert!(out.status.success(), "{}", text(&out));

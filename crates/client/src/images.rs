@@ -21,17 +21,21 @@ impl Client {
             .nodes)
     }
 
-    /// Pulls a registry image on `node` ahead of its allocations.
+    /// Pulls a registry image on `node` ahead of its allocations: with
+    /// `namespace`'s registry logins (the image is then held for that
+    /// namespace), or the node's own credentials when empty.
     pub async fn pull_image(
         &mut self,
         node: &str,
         image: &str,
+        namespace: &str,
     ) -> Result<Option<CachedImage>, ClientError> {
         Ok(self
             .cluster
             .pull_node_image(pb::PullNodeImageRequest {
                 node: node.into(),
                 image: image.into(),
+                namespace: namespace.into(),
             })
             .await?
             .into_inner()

@@ -23,7 +23,8 @@ pub enum ImageCmd {
         client: ClientOpts,
     },
     /// Pull a registry image on a node now, so the allocations that need it
-    /// start without waiting for it (operators and admins).
+    /// start without waiting for it (operators and admins). With -n NS, it
+    /// is pulled with namespace NS's registry logins and held for NS.
     #[command(
         after_help = "Example: skiff image pull --node gpu-7 registry.lab:5000/team/train:v3"
     )]
@@ -123,7 +124,12 @@ pub async fn image(cmd: ImageCmd) -> anyhow::Result<()> {
             image,
             client,
         } => {
-            let pulled = connect(&client).await?.pull_image(&node, &image).await?;
+            // With -n: that namespace's registry logins (`skiff registry`).
+            let namespace = client.namespace.clone().unwrap_or_default();
+            let pulled = connect(&client)
+                .await?
+                .pull_image(&node, &image, &namespace)
+                .await?;
             match pulled {
                 Some(i) => emit(&format!(
                     "node/{node} pulled {} ({}, {})\n",

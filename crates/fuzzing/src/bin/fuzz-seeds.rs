@@ -190,6 +190,7 @@ fn cluster_api(dir: &Path) {
             &pb::PullNodeImageRequest {
                 node: "n1".into(),
                 image: "alpine:3.20".into(),
+                namespace: "default".into(),
             },
         ),
     );
@@ -428,6 +429,12 @@ fn agent_api(dir: &Path) {
             3,
             &pb::PullImageRequest {
                 image: "registry.lab:5000/team/app:v1".into(),
+                namespace: "default".into(),
+                logins: vec![pb::RegistryLogin {
+                    registry: "registry.lab:5000".into(),
+                    username: "ci".into(),
+                    password: "pw".into(),
+                }],
             },
         ),
     );

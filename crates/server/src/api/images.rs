@@ -102,9 +102,33 @@ pub(crate) async fn pull(
         }
         n.address.clone()
     };
+    // A namespace's logins, for a pull made in its name.
+    let logins = if r.namespace.is_empty() {
+        Vec::new()
+    } else {
+        skiff_model::check_dns_label(&r.namespace)
+            .map_err(|rule| invalid("namespace", format!("{:?} {rule}", r.namespace)))?;
+        let state = ctx.store.state();
+        if !state.namespace_exists(&r.namespace) {
+            return Err(Status::not_found(format!(
+                "namespace {:?} not found",
+                r.namespace
+            )));
+        }
+        crate::registry_logins::opened(&ctx.secrets.current(), &state, &r.namespace)
+            .into_iter()
+            .map(|l| pb::RegistryLogin {
+                registry: l.registry,
+                username: l.username,
+                password: l.password,
+            })
+            .collect()
+    };
     let mut agent = agent_client(ctx, &address, &r.node).await?;
     let mut req = tonic::Request::new(pb::PullImageRequest {
         image: image.to_string(),
+        namespace: r.namespace.clone(),
+        logins,
     });
     req.set_timeout(PULL_LIMIT);
     let answer = agent.pull_image(req).await?.into_inner();
