@@ -559,3 +559,131 @@ async fn the_servers_give_each_node_a_subnet_of_its_own_and_it_keeps_it() {
         client.delete_job(name).await.unwrap();
     }
 }
+
+/// A neighbouring host: a network namespace of the test's own, linked to
+/// this host by a veth pair, routing `subnet` through this host (what
+/// any machine on a node's network could do). Removed when dropped.
+struct Neighbour {
+    netns: String,
+    veth: String,
+}
+
+impl Neighbour {
+    fn new(n: u8, subnet: &str) -> Neighbour {
+        let pid = std::process::id() % 10_000;
+        let nb = Neighbour {
+            netns: format!("skpeer{pid}n{n}"),
+            veth: format!("skv{pid}n{n}"),
+        };
+        let peer_end = format!("{}p", nb.veth);
+        let link = format!("10.{}.250", 100 + std::process::id() % 100);
+        let ip = |args: &[&str]| {
+            let ok = Command::new("ip").args(args).status().unwrap().success();
+            assert!(ok, "ip {args:?} failed");
+        };
+        let _ = Command::new("ip")
+            .args(["netns", "del", &nb.netns])
+            .stderr(std::process::Stdio::null())
+            .status();
+        ip(&["netns", "add", &nb.netns]);
+        ip(&[
+            "link", "add", &nb.veth, "type", "veth", "peer", "name", &peer_end,
+        ]);
+        ip(&["link", "set", &peer_end, "netns", &nb.netns]);
+        ip(&["addr", "add", &format!("{link}.1/30"), "dev", &nb.veth]);
+        ip(&["link", "set", &nb.veth, "up"]);
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", &nb.netns, "ip"];
+            all.extend_from_slice(args);
+            ip(&all);
+        };
+        inside(&["addr", "add", &format!("{link}.2/30"), "dev", &peer_end]);
+        inside(&["link", "set", &peer_end, "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        inside(&["route", "add", subnet, "via", &format!("{link}.1")]);
+        nb
+    }
+
+    /// `GET /` from inside the neighbour: the answer, or nothing.
+    fn http_get(&self, addr: &str) -> String {
+        let (host, port) = addr.split_once(':').unwrap();
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "busybox", "sh", "-c"])
+            .arg(format!(
+                "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox timeout 5 busybox nc -w 2 {host} {port}"
+            ))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Neighbour {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_host_that_routes_the_subnet_opens_no_connection_into_the_bridge() {
+    require_cni();
+    let tmp = tempfile::tempdir().unwrap();
+    let test_bridge = bridge_for(6);
+    let (bridge, subnet) = (test_bridge.name.clone(), test_bridge.subnet.clone());
+    let server = ServerProc::start(&tmp.path().join("server"));
+    let _agent = AgentProc::start(
+        &tmp.path().join("agent"),
+        &server.url(),
+        "n1",
+        &[
+            "--bridge",
+            &bridge,
+            "--network-subnet",
+            &subnet,
+            "--stop-grace",
+            "1s",
+        ],
+    );
+    let mut client = server.client().await;
+    client.apply_job(&web("web", 1)).await.unwrap();
+    let a = wait_for("the replica's address", Duration::from_secs(60), || {
+        let mut c = client.clone();
+        async move {
+            let a = allocs_of(&mut c, "web").await.into_iter().next()?;
+            (a.healthy == Some(true) && !a.address.is_empty()).then_some(a)
+        }
+    })
+    .await;
+    let target = format!("{}:8080", a.address);
+    // The host itself reaches it.
+    assert!(http_get(&target).unwrap().contains(&a.id));
+    let neighbour = Neighbour::new(6, &subnet);
+    // A neighbour routing the subnet through this host gets nothing.
+    assert!(
+        !neighbour.http_get(&target).contains("HTTP/1."),
+        "the neighbour got in"
+    );
+    // Without the forward rules it would: the check itself works.
+    let dropped = Command::new("nft")
+        .args([
+            "delete",
+            "chain",
+            "inet",
+            &format!("skiff_{bridge}"),
+            "forward",
+        ])
+        .status()
+        .unwrap();
+    assert!(dropped.success());
+    let body = neighbour.http_get(&target);
+    assert!(
+        body.contains(&a.id),
+        "without the rules the neighbour should get in: {body:?}"
+    );
+}

@@ -4,7 +4,10 @@
 //! every new connection that arrives from the bridge, so a container
 //! reaches no port on the host (the Skiff server, peer, agent and metrics
 //! ports, and anything else listening on 0.0.0.0 or on the bridge's
-//! gateway address); answers to connections the host made pass. A drop is
+//! gateway address); answers to connections the host made pass. Its
+//! forward chain drops new connections routed into the bridge from
+//! elsewhere (another host that routes the node's subnet to it): only
+//! answers, and what a port mapping forwarded (DNAT), get in. A drop is
 //! final in nftables whatever other tables accept (iptables-nft's
 //! included); the table stays while the node runs bridged allocations.
 
@@ -32,6 +35,12 @@ pub fn ruleset(bridge: &str) -> String {
          \t\ttype filter hook input priority filter; policy accept;\n\
          \t\tiifname \"{bridge}\" ct state established,related accept\n\
          \t\tiifname \"{bridge}\" drop\n\
+         \t}}\n\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority filter; policy accept;\n\
+         \t\toifname \"{bridge}\" ct state established,related accept\n\
+         \t\toifname \"{bridge}\" ct status dnat accept\n\
+         \t\toifname \"{bridge}\" iifname != \"{bridge}\" drop\n\
          \t}}\n\
          }}\n"
     )
@@ -83,5 +92,10 @@ mod tests {
         let drop = r.find("iifname \"skiff0\" drop").unwrap();
         let answers = r.find("ct state established,related accept").unwrap();
         assert!(answers < drop, "answers pass before the drop: {r}");
+        let routed_in = r
+            .find("oifname \"skiff0\" iifname != \"skiff0\" drop")
+            .unwrap();
+        let mapped = r.find("ct status dnat accept").unwrap();
+        assert!(mapped < routed_in, "mapped ports pass before the drop: {r}");
     }
 }
