@@ -659,22 +659,21 @@ impl AllocView {
             logins: set
                 .registry_logins
                 .into_iter()
-                .map(|(ns, l)| (ns, l.logins.into_iter().map(login_from_wire).collect()))
+                .map(|(ns, l)| {
+                    (
+                        ns,
+                        l.logins
+                            .into_iter()
+                            .map(crate::image::grants::login_from_wire)
+                            .collect(),
+                    )
+                })
                 .collect(),
         })
     }
 
     pub fn allocations(&self) -> Vec<Allocation> {
         self.allocs.values().cloned().collect()
-    }
-}
-
-/// A registry login as the servers send it.
-pub fn login_from_wire(l: pb::RegistryLogin) -> skiff_registry::Login {
-    skiff_registry::Login {
-        registry: l.registry,
-        username: l.username,
-        password: l.password,
     }
 }
 

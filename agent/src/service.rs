@@ -171,7 +171,7 @@ impl<R: Runtime> pb::agent_api_server::AgentApi for AgentService<R> {
             logins: r
                 .logins
                 .into_iter()
-                .map(crate::agent::login_from_wire)
+                .map(crate::image::grants::login_from_wire)
                 .collect(),
         };
         let top = tools

@@ -13,6 +13,16 @@ use std::path::{Path, PathBuf};
 
 use skiff_registry::Login;
 
+/// A registry login as the servers send it (with a namespace's
+/// allocations, or with a pull made in its name).
+pub fn login_from_wire(l: skiff_proto::pb::RegistryLogin) -> Login {
+    Login {
+        registry: l.registry,
+        username: l.username,
+        password: l.password,
+    }
+}
+
 /// Who asks for an image: the namespace of the allocation (none for an
 /// operator's pre-pull) and the registry logins that namespace holds.
 #[derive(Debug, Clone, Default)]

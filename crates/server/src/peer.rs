@@ -80,9 +80,26 @@ pub fn members_only(ctx: Ctx) -> impl Fn(Request<()>) -> Result<Request<()>, Sta
 
 /// The kinds of Raft message a peer may send on the Raft stream: what
 /// raft-rs sends between servers, except snapshots (their own service).
+/// Votes and pre-votes (and their answers) always carry a term: raft-rs
+/// takes a term of 0 for a local message and stops the process when it
+/// would answer one.
 fn streamable(msg: &RaftMessage) -> Result<(), Status> {
     use skiff_store::RaftMessageType as T;
-    match msg.get_msg_type() {
+    let kind = msg.get_msg_type();
+    if msg.term == 0
+        && matches!(
+            kind,
+            T::MsgRequestVote
+                | T::MsgRequestVoteResponse
+                | T::MsgRequestPreVote
+                | T::MsgRequestPreVoteResponse
+        )
+    {
+        return Err(Status::invalid_argument(format!(
+            "message: a {kind:?} must carry a term (more than 0)"
+        )));
+    }
+    match kind {
         T::MsgAppend
         | T::MsgAppendResponse
         | T::MsgRequestVote
@@ -183,5 +200,34 @@ impl pb::peer_server::Peer for PeerService {
         let (servers, index) =
             crate::members::change_at_leader(&self.ctx, req.into_inner()).await?;
         Ok(Response::new(pb::MembershipResponse { servers, index }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_store::RaftMessageType as T;
+
+    #[test]
+    fn a_vote_without_a_term_is_refused_before_raft_sees_it() {
+        // raft-rs stops the process when it would answer one (the peer
+        // fuzzer found it).
+        for kind in [
+            T::MsgRequestVote,
+            T::MsgRequestVoteResponse,
+            T::MsgRequestPreVote,
+            T::MsgRequestPreVoteResponse,
+        ] {
+            let mut m = RaftMessage::default();
+            m.set_msg_type(kind);
+            let e = streamable(&m).unwrap_err();
+            assert!(e.message().contains("must carry a term"), "{}", e.message());
+            m.term = 3;
+            streamable(&m).unwrap();
+        }
+        // A follower's forwarded proposal has no term, as raft-rs sends it.
+        let mut m = RaftMessage::default();
+        m.set_msg_type(T::MsgPropose);
+        streamable(&m).unwrap();
     }
 }
