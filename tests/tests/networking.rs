@@ -50,6 +50,25 @@ fn bridge_for(n: u8) -> TestBridge {
     b
 }
 
+/// A server and one agent (node `n1`, data in `DIR/agent`) on `bridge`.
+fn bridged_node(dir: &Path, bridge: &TestBridge) -> (ServerProc, AgentProc) {
+    let server = ServerProc::start(&dir.join("server"));
+    let agent = AgentProc::start(
+        &dir.join("agent"),
+        &server.url(),
+        "n1",
+        &[
+            "--bridge",
+            &bridge.name,
+            "--network-subnet",
+            &bridge.subnet,
+            "--stop-grace",
+            "1s",
+        ],
+    );
+    (server, agent)
+}
+
 fn require_cni() {
     require_container_host();
     assert!(
@@ -141,21 +160,8 @@ async fn replicas_on_one_node_each_get_an_address_and_all_listen_on_one_port() {
     let tmp = tempfile::tempdir().unwrap();
     let test_bridge = bridge_for(1);
     let (bridge, subnet) = (test_bridge.name.clone(), test_bridge.subnet.clone());
-    let server = ServerProc::start(&tmp.path().join("server"));
+    let (server, _agent) = bridged_node(tmp.path(), &test_bridge);
     let agent_dir = tmp.path().join("agent");
-    let _agent = AgentProc::start(
-        &agent_dir,
-        &server.url(),
-        "n1",
-        &[
-            "--bridge",
-            &bridge,
-            "--network-subnet",
-            &subnet,
-            "--stop-grace",
-            "1s",
-        ],
-    );
     let mut client = server.client().await;
     client.apply_job(&web("web", 2)).await.unwrap();
     let allocs = wait_allocs(
@@ -261,21 +267,8 @@ async fn start_stop_cycles_and_an_agent_sigkill_leave_nothing_behind() {
     let tmp = tempfile::tempdir().unwrap();
     let test_bridge = bridge_for(2);
     let (bridge, subnet) = (test_bridge.name.clone(), test_bridge.subnet.clone());
-    let server = ServerProc::start(&tmp.path().join("server"));
+    let (server, mut agent) = bridged_node(tmp.path(), &test_bridge);
     let agent_dir = tmp.path().join("agent");
-    let mut agent = AgentProc::start(
-        &agent_dir,
-        &server.url(),
-        "n1",
-        &[
-            "--bridge",
-            &bridge,
-            "--network-subnet",
-            &subnet,
-            "--stop-grace",
-            "1s",
-        ],
-    );
     let mut client = server.client().await;
     // Cycles: a job started and deleted again and again (bounded).
     const CYCLES: usize = 8;
@@ -387,20 +380,7 @@ async fn a_bridged_container_cannot_reach_the_hosts_ports() {
             counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     });
-    let server = ServerProc::start(&tmp.path().join("server"));
-    let _agent = AgentProc::start(
-        &tmp.path().join("agent"),
-        &server.url(),
-        "n1",
-        &[
-            "--bridge",
-            &bridge,
-            "--network-subnet",
-            &subnet,
-            "--stop-grace",
-            "1s",
-        ],
-    );
+    let (server, _agent) = bridged_node(tmp.path(), &test_bridge);
     let mut client = server.client().await;
     let probe = |name: &str, target: &str, network: &str| {
         job_yaml(
@@ -636,20 +616,7 @@ async fn another_host_that_routes_the_subnet_opens_no_connection_into_the_bridge
     let tmp = tempfile::tempdir().unwrap();
     let test_bridge = bridge_for(6);
     let (bridge, subnet) = (test_bridge.name.clone(), test_bridge.subnet.clone());
-    let server = ServerProc::start(&tmp.path().join("server"));
-    let _agent = AgentProc::start(
-        &tmp.path().join("agent"),
-        &server.url(),
-        "n1",
-        &[
-            "--bridge",
-            &bridge,
-            "--network-subnet",
-            &subnet,
-            "--stop-grace",
-            "1s",
-        ],
-    );
+    let (server, _agent) = bridged_node(tmp.path(), &test_bridge);
     let mut client = server.client().await;
     client.apply_job(&web("web", 1)).await.unwrap();
     let a = wait_for("the replica's address", Duration::from_secs(60), || {

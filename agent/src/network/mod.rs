@@ -101,34 +101,6 @@ struct Cached {
     steps: Vec<Step>,
 }
 
-/// Runs `futures` at once, their outputs in order.
-async fn futures_join_all<F: std::future::Future>(
-    futures: impl Iterator<Item = F>,
-) -> Vec<F::Output> {
-    let mut pinned: Vec<_> = futures.map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, slot) in pinned.iter_mut().zip(out.iter_mut()) {
-            if slot.is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *slot = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter()
-        .map(|o| o.expect("every future finished"))
-        .collect()
-}
-
 /// The node's bridge network.
 #[derive(Debug)]
 pub struct Network {
@@ -154,10 +126,6 @@ impl Network {
             firewalled: AtomicBool::new(false),
             locks: Mutex::default(),
         })
-    }
-
-    pub fn config(&self) -> &NetworkConfig {
-        &self.cfg
     }
 
     /// The node's subnet as the servers recorded it (its flag's, or the
@@ -198,9 +166,9 @@ impl Network {
     }
 
     /// The plugins' configurations, each with the interface it makes.
-    fn plan(&self, subnet: &str) -> Vec<(&'static str, Value)> {
+    fn plan(&self, subnet: &str) -> [(&'static str, Value); 2] {
         let ipam_dir = self.dir.join("ipam");
-        vec![
+        [
             ("lo", json!({"type": "loopback"})),
             (
                 "eth0",
@@ -270,31 +238,22 @@ impl Network {
         self.save(id, &cached)?;
         // Each interface is a network of its own (loopback, the bridge):
         // their ADDs do not depend on each other and run at once.
-        let added = futures_join_all(cached.steps.iter().map(|step| {
-            cni::run(
-                &self.cfg.cni_path,
-                cni::Call {
-                    command: "ADD",
-                    container_id: &cached.container_id,
-                    netns: &netns,
-                    ifname: &step.ifname,
-                    config: &step.config,
-                },
-            )
-        }))
-        .await;
-        let mut failed = None;
-        for (step, result) in cached.steps.iter_mut().zip(added) {
-            match result {
-                Ok(r) => step.result = r,
-                Err(e) => failed = failed.or(Some(e)),
+        let (cid, steps) = (&cached.container_id, &cached.steps);
+        let added = tokio::join!(
+            self.add(cid, &netns, &steps[0]),
+            self.add(cid, &netns, &steps[1])
+        );
+        let results = match added {
+            (Ok(lo), Ok(eth0)) => [lo, eth0],
+            (Err(e), _) | (_, Err(e)) => {
+                if let Err(undo) = self.teardown_locked(id).await {
+                    tracing::warn!(alloc = %id, error = %undo, "undoing a failed network setup");
+                }
+                return Err(e);
             }
-        }
-        if let Some(e) = failed {
-            if let Err(undo) = self.teardown_locked(id).await {
-                tracing::warn!(alloc = %id, error = %undo, "undoing a failed network setup");
-            }
-            return Err(e);
+        };
+        for (step, result) in cached.steps.iter_mut().zip(results) {
+            step.result = result;
         }
         self.save(id, &cached)?;
         let address = cached
@@ -303,6 +262,21 @@ impl Network {
             .filter(|s| s.ifname != "lo")
             .find_map(|s| cni::first_ipv4(&s.result));
         Ok(Attachment { netns, address })
+    }
+
+    /// One plugin's ADD for `step`.
+    async fn add(&self, container_id: &str, netns: &Path, step: &Step) -> Result<Value, String> {
+        cni::run(
+            &self.cfg.cni_path,
+            cni::Call {
+                command: "ADD",
+                container_id,
+                netns,
+                ifname: &step.ifname,
+                config: &step.config,
+            },
+        )
+        .await
     }
 
     fn save(&self, id: &str, cached: &Cached) -> Result<(), String> {
@@ -323,6 +297,10 @@ impl Network {
     pub async fn teardown(&self, id: &str) -> Result<(), String> {
         if !crate::paths::valid_alloc_id(id) {
             return Err(crate::paths::bad_alloc_id(id).to_string());
+        }
+        // Every run's cleanup calls this; most runs have nothing here.
+        if !self.cache_path(id).exists() && !self.netns_path(id).exists() {
+            return Ok(());
         }
         let lock = self.lock(id);
         let _held = lock.lock().await;

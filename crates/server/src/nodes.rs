@@ -302,8 +302,7 @@ impl pb::node_api_server::NodeApi for NodeService {
             loop {
                 let change = {
                     let state = store.state();
-                    let key = secrets.current();
-                    alloc_changes(&state, &node, &mut sent, first, &key)
+                    alloc_changes(&state, &node, &mut sent, first, &secrets)
                 };
                 if let Some(messages) = change {
                     for m in messages {
@@ -400,15 +399,16 @@ pub struct Sent {
 /// The messages that bring an agent following `node` from what `sent`
 /// records to the state's allocations (all of them, with a reset, when
 /// `reset`); `None` when nothing changed. Updates `sent`. Only what changed
-/// is converted; registry logins are opened with `key`.
+/// is converted; registry logins are opened with the ring's key (read
+/// only when a namespace of the node holds some).
 pub fn alloc_changes(
     state: &skiff_store::State,
     node: &str,
     sent: &mut Sent,
     reset: bool,
-    key: &skiff_pki::secrets::SecretsKey,
+    keys: &crate::secrets::Keyring,
 ) -> Option<Vec<pb::AllocationSet>> {
-    alloc_changes_within(state, node, sent, reset, key, WATCH_MESSAGE_BYTES)
+    alloc_changes_within(state, node, sent, reset, keys, WATCH_MESSAGE_BYTES)
 }
 
 fn alloc_changes_within(
@@ -416,7 +416,7 @@ fn alloc_changes_within(
     node: &str,
     sent_all: &mut Sent,
     reset: bool,
-    key: &skiff_pki::secrets::SecretsKey,
+    keys: &crate::secrets::Keyring,
     budget: usize,
 ) -> Option<Vec<pb::AllocationSet>> {
     use prost::Message as _;
@@ -499,17 +499,22 @@ fn alloc_changes_within(
         bytes += len;
         messages.last_mut().expect("just pushed").allocs.push(m);
     }
+    let holding = namespaces
+        .iter()
+        .any(|ns| state.access.registry_logins.contains_key(*ns));
+    let key = holding.then(|| keys.current());
     let registry_logins = namespaces
         .iter()
         .filter_map(|ns| {
-            let logins: Vec<pb::RegistryLogin> = crate::registry_logins::opened(key, state, ns)
-                .into_iter()
-                .map(|l| pb::RegistryLogin {
-                    registry: l.registry,
-                    username: l.username,
-                    password: l.password,
-                })
-                .collect();
+            let logins: Vec<pb::RegistryLogin> =
+                crate::registry_logins::opened(key.as_ref()?, state, ns)
+                    .into_iter()
+                    .map(|l| pb::RegistryLogin {
+                        registry: l.registry,
+                        username: l.username,
+                        password: l.password,
+                    })
+                    .collect();
             (!logins.is_empty()).then(|| (ns.to_string(), pb::RegistryLogins { logins }))
         })
         .collect();
@@ -544,7 +549,7 @@ mod tests {
         let other = alloc("b0", "n2", 10);
         state.allocs.insert(other.id.clone(), other);
         let mut sent = Sent::default();
-        let key = skiff_pki::secrets::SecretsKey::generate();
+        let key = crate::secrets::Keyring::holding(skiff_pki::secrets::SecretsKey::generate());
         // The first message set is everything, in parts of at most ~3 KB.
         let first = alloc_changes_within(&state, "n1", &mut sent, true, &key, 3000).unwrap();
         assert!(first.len() >= 4, "{}", first.len());
@@ -614,7 +619,8 @@ mod tests {
             );
         }
         let mut sent = Sent::default();
-        let first = alloc_changes(&state, "n1", &mut sent, true, &key).unwrap();
+        let keys = crate::secrets::Keyring::holding(key.clone());
+        let first = alloc_changes(&state, "n1", &mut sent, true, &keys).unwrap();
         let logins = &first.last().unwrap().registry_logins;
         assert_eq!(
             logins.keys().collect::<Vec<_>>(),
@@ -622,7 +628,7 @@ mod tests {
             "n1 runs lab's only"
         );
         assert_eq!(logins["lab"].logins[0].password, "pw-lab");
-        assert!(alloc_changes(&state, "n1", &mut sent, false, &key).is_none());
+        assert!(alloc_changes(&state, "n1", &mut sent, false, &keys).is_none());
         // A new password alone is sent.
         let login = crate::secrets::seal_login(&key, "lab", "r.lab:5000", "lab", "pw-new", 2);
         apply(
@@ -632,11 +638,11 @@ mod tests {
                 login,
             },
         );
-        let next = alloc_changes(&state, "n1", &mut sent, false, &key).unwrap();
+        let next = alloc_changes(&state, "n1", &mut sent, false, &keys).unwrap();
         assert!(next[0].allocs.is_empty());
         assert_eq!(next[0].registry_logins["lab"].logins[0].password, "pw-new");
         // Another server's key opens nothing: nothing is sent in its stead.
-        let stranger = skiff_pki::secrets::SecretsKey::generate();
+        let stranger = crate::secrets::Keyring::holding(skiff_pki::secrets::SecretsKey::generate());
         let again = alloc_changes(&state, "n1", &mut sent, true, &stranger).unwrap();
         assert!(again[0].registry_logins.is_empty());
     }

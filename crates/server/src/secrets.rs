@@ -34,9 +34,10 @@ impl Keyring {
         Ok(Keyring(Arc::new(RwLock::new(key))))
     }
 
-    /// A key held in memory only (tests).
-    pub fn ephemeral() -> Keyring {
-        Keyring(Arc::new(RwLock::new(SecretsKey::generate())))
+    /// A ring holding `key` in memory only.
+    #[cfg(test)]
+    pub(crate) fn holding(key: SecretsKey) -> Keyring {
+        Keyring(Arc::new(RwLock::new(key)))
     }
 
     pub fn current(&self) -> SecretsKey {

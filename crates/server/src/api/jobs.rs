@@ -85,16 +85,19 @@ pub(crate) async fn apply(
         .jobs
         .get(&spec.key())
         .and_then(|j| j.spec.task.image.registry.clone());
-    // The namespace's registry logins, so its private tags resolve.
-    let logins: Vec<skiff_registry::Login> =
+    // The namespace's registry logins, so its private tags resolve
+    // (opened only when there is a tag to resolve).
+    let unpinned = spec
+        .task
+        .image
+        .registry
+        .as_ref()
+        .is_some_and(|r| r.digest.is_none());
+    let logins = if unpinned {
         crate::registry_logins::opened(&ctx.secrets.current(), &ctx.store.state(), &spec.namespace)
-            .into_iter()
-            .map(|l| skiff_registry::Login {
-                registry: l.registry,
-                username: l.username,
-                password: l.password,
-            })
-            .collect();
+    } else {
+        Vec::new()
+    };
     let image_note =
         crate::resolve::resolve(&ctx.registries, &logins, &mut spec, current.as_ref()).await;
     let name = spec.key();
