@@ -475,12 +475,26 @@ impl AgentProc {
 
     /// Containers runc knows under this agent's root: (id, pid, status).
     pub fn containers(&self) -> Vec<(String, i64, String)> {
-        let out = Command::new("runc")
-            .arg("--root")
-            .arg(self.runc_root())
-            .args(["list", "--format", "json"])
-            .output()
-            .expect("runc list");
+        // `runc list` skips, with a line on stderr, a container it cannot
+        // read at that moment (one being made or removed beside it, a
+        // state it could not load under load): ask again, a bounded
+        // number of times, rather than read a partial list as the truth.
+        let list = || {
+            Command::new("runc")
+                .arg("--root")
+                .arg(self.runc_root())
+                .args(["list", "--format", "json"])
+                .output()
+                .expect("runc list")
+        };
+        let mut out = list();
+        for _ in 0..40 {
+            if out.status.success() && out.stderr.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            out = list();
+        }
         let v: serde_json::Value =
             serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
         v.as_array()
