@@ -353,6 +353,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
             paths.root(),
             cfg.network.clone(),
         )?)),
+        node_host: advertise.ip().to_string(),
     };
     let image_gc = image_gc_loop(
         crate::image::gc::ImageCache::new(paths.images()),

@@ -73,6 +73,8 @@ pub struct BundleInput<'a> {
     pub gpu_edits: Option<&'a crate::gpu::ContainerEdits>,
     /// `network: bridge`: the namespace set up for it, and its address.
     pub network: Option<&'a crate::network::Attachment>,
+    /// The node's address (host part), for published ports' `SKIFF_ADDR_*`.
+    pub node_host: &'a str,
 }
 
 /// The program and arguments, the way Kubernetes combines them: `command`
@@ -265,8 +267,12 @@ pub fn build_spec(input: &BundleInput<'_>) -> Result<Spec, BundleError> {
         .args(args)
         .env({
             let mut env = resolve_env(alloc, input.image);
-            if let Some(ip) = input.network.and_then(|n| n.address.as_deref()) {
+            let ip = input.network.and_then(|n| n.address.as_deref());
+            if let Some(ip) = ip {
                 env.push(format!("SKIFF_IP={ip}"));
+            }
+            for (k, v) in skiff_model::ports::port_env(alloc, input.node_host, ip) {
+                env.push(format!("{k}={v}"));
             }
             env
         })
@@ -433,6 +439,7 @@ mod tests {
             rootfs: dir.path(),
             gpu_edits: None,
             network: None,
+            node_host: "127.0.0.1",
         })
         .unwrap()
     }
@@ -449,6 +456,7 @@ mod tests {
             rootfs: dir.path(),
             gpu_edits: None,
             network,
+            node_host: "127.0.0.1",
         };
         assert!(matches!(
             build_spec(&input(None)),
@@ -500,6 +508,7 @@ mod tests {
             rootfs: dir.path(),
             gpu_edits: None,
             network: None,
+            node_host: "127.0.0.1",
         });
         assert!(matches!(
             built,
@@ -519,6 +528,7 @@ mod tests {
                 rootfs: dir.path(),
                 gpu_edits: None,
                 network: None,
+                node_host: "127.0.0.1",
             });
             match built {
                 Err(

@@ -67,6 +67,7 @@ impl Ctx<'_, '_> {
                         replica,
                         node: node.name.clone(),
                         gpus: node.gpu_uuids(c.gpus),
+                        ports: c.ports,
                     });
                 }
                 None => {

@@ -44,7 +44,7 @@ impl Placer<'_, '_> {
             usage.amount,
             self.acceptable_gpus(n) & !usage.gpus,
             &usage.ports,
-            self.ask,
+            &self.ask,
         ) {
             return Reason::Misfit(m);
         }

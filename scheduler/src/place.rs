@@ -19,6 +19,7 @@
 //! rule (`skiff_model::fit::fits_free`: GPUs, cpu, memory, ports),
 //! `distinct_hosts`, `spread`.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use skiff_model::fit::{binpack_score, fits_free, Usage};
@@ -58,6 +59,8 @@ pub(crate) struct Overlay {
     pub usage: Usage,
     /// GPU masks of this evaluation's replicas on the node.
     pub placed: Vec<u64>,
+    /// Host ports picked for them.
+    pub picked: Vec<u16>,
 }
 
 /// Per-label-value replica counts for a `spread` rule.
@@ -97,10 +100,12 @@ struct Candidate {
 }
 
 /// The result of placing one replica.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Choice {
     pub node: NodeIdx,
     pub gpus: u64,
+    /// Host ports picked for the task's `host: 0` ports.
+    pub ports: Vec<u16>,
 }
 
 pub(crate) struct Placer<'v, 'a> {
@@ -109,7 +114,9 @@ pub(crate) struct Placer<'v, 'a> {
     pub spec: &'v JobSpec,
     /// The job's position in the view, if it has allocations there.
     pub job: Option<u32>,
-    pub ask: &'v TaskResources,
+    /// `spec.task.ask()`: its resources with its fixed host ports and how
+    /// many it needs picked.
+    pub ask: Cow<'v, TaskResources>,
     pub amount: Resources,
     /// Nodes the job's constraints allow; `None`: all of them.
     pub feasible: Option<Bitset>,
@@ -140,7 +147,7 @@ impl<'v, 'a> Placer<'v, 'a> {
         job: Option<u32>,
         placed: impl IntoIterator<Item = NodeIdx>,
     ) -> Self {
-        let ask = &spec.task.resources;
+        let ask = spec.task.ask();
         let n = view.nodes.len();
         let feasible = (!spec.constraints.is_empty()).then(|| {
             let mut b = Bitset::new(n);
@@ -234,8 +241,8 @@ impl<'v, 'a> Placer<'v, 'a> {
             cfg,
             spec,
             job,
-            ask,
             amount: ask.amount(),
+            ask,
             feasible,
             filter_masks,
             overlay: Vec::new(),
@@ -302,7 +309,7 @@ impl<'v, 'a> Placer<'v, 'a> {
                 usage.amount,
                 self.acceptable_gpus(n) & !usage.gpus,
                 &usage.ports,
-                self.ask,
+                &self.ask,
             )
             .is_ok()
             && self.shape_allows(n)
@@ -452,12 +459,11 @@ impl<'v, 'a> Placer<'v, 'a> {
                 a
             }
         })?;
-        let choice = Choice {
+        Some(self.take(Choice {
             node: best.node,
             gpus: best.gpus.mask,
-        };
-        self.take(choice);
-        Some(choice)
+            ports: Vec::new(),
+        }))
     }
 
     /// Walks several ordered index sets as one (fullest first when
@@ -517,6 +523,7 @@ impl<'v, 'a> Placer<'v, 'a> {
                 node: n,
                 usage: self.view.nodes[n as usize].used.clone(),
                 placed: Vec::new(),
+                picked: Vec::new(),
             });
         }
         self.overlay
@@ -525,12 +532,22 @@ impl<'v, 'a> Placer<'v, 'a> {
             .expect("touched nodes have an overlay")
     }
 
-    /// Records one replica placed on `c.node`.
-    pub fn take(&mut self, c: Choice) {
-        let (amount, ports) = (self.amount, self.ask.ports.clone());
+    /// Records one replica placed on `c.node`, picking its `host: 0`
+    /// ports there.
+    pub fn take(&mut self, mut c: Choice) -> Choice {
+        let (amount, ports, dynamic) =
+            (self.amount, self.ask.ports.clone(), self.ask.dynamic_ports);
+        let seed = mix(u64::from(c.node), self.cfg.seed);
         let o = self.overlay_mut(c.node);
         o.usage.add(amount, c.gpus, &ports);
         o.placed.push(c.gpus);
+        if dynamic > 0 {
+            // `passes` saw enough of them free.
+            c.ports =
+                skiff_model::ports::pick_dynamic(&o.usage.ports, dynamic, seed).unwrap_or_default();
+            o.usage.add(Resources::ZERO, 0, &c.ports);
+            o.picked.extend(&c.ports);
+        }
         if let Some(counts) = self.counts.as_mut() {
             *counts.entry(c.node).or_default() += 1;
         }
@@ -540,6 +557,7 @@ impl<'v, 'a> Placer<'v, 'a> {
                 sp.counts[v as usize] += 1;
             }
         }
+        c
     }
 
     /// Recomputes a node's overlay usage from its allocations, leaving out
@@ -559,6 +577,7 @@ impl<'v, 'a> Placer<'v, 'a> {
         for &g in &o.placed {
             usage.add(amount, g, &ports);
         }
+        usage.add(Resources::ZERO, 0, &o.picked);
         o.usage = usage;
     }
 }

@@ -13,6 +13,7 @@
 
 use skiff_model::fit::{fits_free, Usage};
 use skiff_model::job::PREEMPTION_GAP;
+use skiff_model::Resources;
 
 use crate::gpus::choose;
 use crate::place::{Choice, Placer};
@@ -37,6 +38,7 @@ impl Placer<'_, '_> {
                 for &g in &o.placed {
                     u.add(self.amount, g, &self.ask.ports);
                 }
+                u.add(Resources::ZERO, 0, &o.picked);
             }
         }
         u
@@ -50,7 +52,7 @@ impl Placer<'_, '_> {
             u.amount,
             self.acceptable_gpus(n) & !u.gpus,
             &u.ports,
-            self.ask,
+            &self.ask,
         )
         .is_ok()
     }
@@ -176,11 +178,11 @@ impl Placer<'_, '_> {
         let usage = self.usage(n).clone();
         let free = self.acceptable_gpus(n) & !usage.gpus;
         let gpus = choose(view.nodes[n as usize].topo.as_ref(), free, self.ask.gpus);
-        let choice = Choice {
+        let choice = self.take(Choice {
             node: n,
             gpus: gpus.mask,
-        };
-        self.take(choice);
+            ports: Vec::new(),
+        });
         Some((choice, victims))
     }
 }

@@ -201,7 +201,8 @@ fn finished_replicas_are_not_replaced_but_lost_ones_are() {
         vec![Placement {
             replica: 1,
             node: "a".into(),
-            gpus: vec![]
+            gpus: vec![],
+            ports: vec![],
         }]
     );
 }
@@ -500,6 +501,40 @@ fn a_host_port_is_never_given_twice_on_a_node() {
     used.sort();
     assert_eq!(used, ["a", "b"]);
     assert_eq!(p.explanation, "0/2 nodes: 2 port 8080 in use");
+}
+
+#[test]
+fn dynamic_ports_are_picked_once_per_node_from_the_range() {
+    let nodes = [node("a", 8000, 8192)];
+    let spec = JobSpec::from_yaml(
+        "name: web\nreplicas: 3\ntask:\n  image: 'oci:/i'\n  network: bridge\n  resources: {cpu: 1, memory: 64Mi}\n  ports: [{name: http, container: 8080, host: 0}, {name: admin, container: 9, host: 0}]\n",
+    )
+    .unwrap();
+    let j = Job {
+        spec,
+        version: 1,
+        create_index: 1,
+        modify_index: 1,
+    };
+    // A port already held on the node is never picked.
+    let other = job_yaml("other", "", "{cpu: 1, memory: 64Mi}");
+    let mut held = alloc("h", &other, 0, "a");
+    held.ports = skiff_model::ports::DYNAMIC_PORTS.step_by(2).collect();
+    let p = plan(&j, &nodes, &[held.clone()]);
+    assert_eq!(p.unplaced, 0, "{}", p.explanation);
+    let mut picked: Vec<u16> = p.placements.iter().flat_map(|p| p.ports.clone()).collect();
+    assert!(p.placements.iter().all(|p| p.ports.len() == 2));
+    assert!(picked
+        .iter()
+        .all(|x| skiff_model::ports::DYNAMIC_PORTS.contains(x) && !held.ports.contains(x)));
+    picked.sort();
+    picked.dedup();
+    assert_eq!(picked.len(), 6, "six distinct ports");
+    // A node whose range is full takes none, and says why.
+    held.ports = skiff_model::ports::DYNAMIC_PORTS.collect();
+    let p = plan_with(&j, &nodes, &[held], &[&other], &Config::default());
+    assert_eq!(p.unplaced, 3, "{:?}", p.evictions);
+    assert_eq!(p.explanation, "0/1 nodes: 1 no free port in 20000-32000");
 }
 
 #[test]

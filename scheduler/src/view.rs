@@ -468,7 +468,7 @@ impl<'a> ClusterView<'a> {
                     .amount()
                     .with_gpus(p.gpus.len() as u32),
                 gpus,
-                ports: job.spec.task.resources.ports.clone(),
+                ports: job.spec.task.held_ports(&p.ports),
                 failures: 0,
                 succeeded: false,
                 healthy_now: false,

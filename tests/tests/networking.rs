@@ -540,6 +540,121 @@ async fn the_servers_give_each_node_a_subnet_of_its_own_and_it_keeps_it() {
     }
 }
 
+/// The host's address on a neighbour's link (made by `Neighbour::new(n)`).
+fn host_on_link(n: u8) -> String {
+    format!("10.{}.{}.1", 100 + std::process::id() % 100, 240 + n)
+}
+
+/// Lines of the NAT table that name container `cid` (portmap's rules).
+fn nat_rules_of(cid: &str) -> usize {
+    let out = Command::new("iptables-save")
+        .args(["-t", "nat"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(cid))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_ports_get_a_host_port_each_and_forward_to_their_replica() {
+    require_cni();
+    let tmp = tempfile::tempdir().unwrap();
+    let test_bridge = bridge_for(7);
+    let (bridge, subnet) = (test_bridge.name.clone(), test_bridge.subnet.clone());
+    let (server, _agent) = bridged_node(tmp.path(), &test_bridge);
+    let agent_dir = tmp.path().join("agent");
+    let mut client = server.client().await;
+    let spec = job_yaml(
+        "pub",
+        2,
+        "mkdir -p /tmp/www && echo \"$SKIFF_ALLOC_ID\" > /tmp/www/index.html && echo \"port=$SKIFF_PORT_HTTP host=$SKIFF_HOST_PORT_HTTP addr=$SKIFF_ADDR_HTTP\" && exec httpd -f -p $SKIFF_PORT_HTTP -h /tmp/www",
+        "  network: bridge\n  ports: [{name: http, container: 8080, host: 0}]\n  probes:\n    readiness: {http: {path: /, port: 8080}, period: 200ms}\n",
+    );
+    client.apply_job(&spec).await.unwrap();
+    let ready = wait_for("both replicas ready", Duration::from_secs(60), || {
+        let mut c = client.clone();
+        async move {
+            let allocs = allocs_of(&mut c, "pub").await;
+            (allocs.len() == 2 && allocs.iter().all(|a| a.healthy == Some(true))).then_some(allocs)
+        }
+    })
+    .await;
+    let neighbour = Neighbour::new(7, &subnet);
+    let mut host_ports = Vec::new();
+    for a in &ready {
+        assert_eq!(a.ports.len(), 1, "one host port each: {:?}", a.ports);
+        let port = a.ports[0];
+        assert!((20000..=32000).contains(&port), "{port}");
+        host_ports.push(port);
+        let out = stdout_of(&mut client, &a.id).await;
+        assert!(
+            out.contains(&format!("port=8080 host={port} addr=127.0.0.1:{port}")),
+            "{out}"
+        );
+        // The node forwards its port to this replica: from the node
+        // itself, and from another host on the node's network.
+        let body = http_get(&format!("127.0.0.1:{port}")).unwrap();
+        assert!(body.contains(&a.id), "127.0.0.1:{port} answered {body}");
+        let body = neighbour.http_get(&format!("{}:{port}", host_on_link(7)));
+        assert!(body.contains(&a.id), "the neighbour got {body:?}");
+        assert!(nat_rules_of(&format!("skiff-{}", a.id)) > 0);
+    }
+    assert_ne!(host_ports[0], host_ports[1], "two replicas, two host ports");
+    let described = skiff(&server.url(), &["describe", "alloc", &ready[0].id]);
+    let described = String::from_utf8_lossy(&described.stdout).to_string();
+    assert!(
+        described.contains(&format!(
+            "Ports:     http 8080 -> 127.0.0.1:{}",
+            host_ports[0]
+        )),
+        "{described}"
+    );
+
+    // network: host with a picked port: the task listens on it.
+    let host_spec = job_yaml(
+        "hostport",
+        1,
+        "mkdir -p /tmp/www && echo \"$SKIFF_ALLOC_ID\" > /tmp/www/index.html && exec httpd -f -p $SKIFF_PORT_HTTP -h /tmp/www",
+        "  ports: [{name: http, host: 0}]\n",
+    );
+    client.apply_job(&host_spec).await.unwrap();
+    let h = wait_allocs(
+        &mut client,
+        "hostport",
+        1,
+        AllocStatus::Running,
+        Duration::from_secs(60),
+    )
+    .await
+    .remove(0);
+    let port = h.ports[0];
+    assert!((20000..=32000).contains(&port) && !host_ports.contains(&port));
+    let body = wait_for(
+        "the host-network task to answer",
+        Duration::from_secs(20),
+        || {
+            let addr = format!("127.0.0.1:{port}");
+            async move { http_get(&addr).ok() }
+        },
+    )
+    .await;
+    assert!(body.contains(&h.id), "{body}");
+
+    client.delete_job("pub").await.unwrap();
+    client.delete_job("hostport").await.unwrap();
+    wait_for("everything torn down", Duration::from_secs(60), || {
+        let now = leftovers(&agent_dir, &bridge, &subnet);
+        let rules: usize = ready
+            .iter()
+            .map(|a| nat_rules_of(&format!("skiff-{}", a.id)))
+            .sum();
+        async move { (now == NONE && rules == 0).then_some(()) }
+    })
+    .await;
+}
+
 /// A neighbouring host: a network namespace of the test's own, linked to
 /// this host by a veth pair, routing `subnet` through this host (what
 /// any machine on a node's network could do). Removed when dropped.
@@ -556,7 +671,8 @@ impl Neighbour {
             veth: format!("skv{pid}n{n}"),
         };
         let peer_end = format!("{}p", nb.veth);
-        let link = format!("10.{}.250", 100 + std::process::id() % 100);
+        // A link of each neighbour's own: tests run in parallel.
+        let link = format!("10.{}.{}", 100 + std::process::id() % 100, 240 + n);
         let ip = |args: &[&str]| {
             let ok = Command::new("ip").args(args).status().unwrap().success();
             assert!(ok, "ip {args:?} failed");

@@ -165,10 +165,12 @@ impl Network {
             .clone()
     }
 
-    /// The plugins' configurations, each with the interface it makes.
-    fn plan(&self, subnet: &str) -> [(&'static str, Value); 2] {
+    /// The plugins' configurations, each with the interface it works on:
+    /// loopback, the bridge, then (with published ports, `(host,
+    /// container)`) portmap chained after the bridge.
+    fn plan(&self, subnet: &str, published: &[(u16, u16)]) -> Vec<(&'static str, Value)> {
         let ipam_dir = self.dir.join("ipam");
-        [
+        let mut plan = vec![
             ("lo", json!({"type": "loopback"})),
             (
                 "eth0",
@@ -186,12 +188,32 @@ impl Network {
                     },
                 }),
             ),
-        ]
+        ];
+        if !published.is_empty() {
+            let mappings: Vec<Value> = published
+                .iter()
+                .map(|&(host, container)| {
+                    json!({"hostPort": host, "containerPort": container, "protocol": "tcp"})
+                })
+                .collect();
+            plan.push((
+                "eth0",
+                json!({
+                    "type": "portmap",
+                    "capabilities": {"portMappings": true},
+                    "runtimeConfig": {"portMappings": mappings},
+                    // Reachable from the node itself (127.0.0.1 too).
+                    "snat": true,
+                }),
+            ));
+        }
+        plan
     }
 
-    /// Gives allocation `id` its namespace on the bridge (tearing down
-    /// first whatever an earlier run left).
-    pub async fn setup(&self, id: &str) -> Result<Attachment, String> {
+    /// Gives allocation `id` its namespace on the bridge, publishing
+    /// `published` (`(host port, container port)`, TCP) on the node
+    /// (tearing down first whatever an earlier run left).
+    pub async fn setup(&self, id: &str, published: &[(u16, u16)]) -> Result<Attachment, String> {
         if !crate::paths::valid_alloc_id(id) {
             return Err(crate::paths::bad_alloc_id(id).to_string());
         }
@@ -224,7 +246,7 @@ impl Network {
             container_id: crate::paths::container_id(id),
             netns: netns.clone(),
             steps: self
-                .plan(&subnet)
+                .plan(&subnet, published)
                 .into_iter()
                 .map(|(ifname, plugin)| Step {
                     ifname: ifname.to_string(),
@@ -243,9 +265,26 @@ impl Network {
             self.add(cid, &netns, &steps[0]),
             self.add(cid, &netns, &steps[1])
         );
+        // Portmap is chained after the bridge: it takes the bridge's
+        // result and passes it on.
+        let added = match added {
+            (Ok(lo), Ok(eth0)) => match steps.get(2) {
+                Some(portmap) => {
+                    let chained = Step {
+                        config: cni::with_network(&portmap.config, NETWORK, Some(&eth0)),
+                        ..portmap.clone()
+                    };
+                    self.add(cid, &netns, &chained)
+                        .await
+                        .map(|pm| vec![lo, eth0, pm])
+                }
+                None => Ok(vec![lo, eth0]),
+            },
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
         let results = match added {
-            (Ok(lo), Ok(eth0)) => [lo, eth0],
-            (Err(e), _) | (_, Err(e)) => {
+            Ok(results) => results,
+            Err(e) => {
                 if let Err(undo) = self.teardown_locked(id).await {
                     tracing::warn!(alloc = %id, error = %undo, "undoing a failed network setup");
                 }

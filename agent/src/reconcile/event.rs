@@ -37,6 +37,9 @@ pub struct Settings {
     /// The node's bridge network (`network: bridge`); none in tests that
     /// do not use it.
     pub network: Option<Arc<crate::network::Network>>,
+    /// The node's address as the servers know it, without the port (for
+    /// `SKIFF_ADDR_*` of published ports).
+    pub node_host: String,
 }
 
 /// What a start that succeeded says of its run.

@@ -70,8 +70,13 @@ pub async fn start<R: Runtime>(
             let net = settings.network.as_ref().ok_or_else(|| {
                 "network: bridge, but this agent has no bridge network".to_string()
             })?;
+            // Published ports: host port to container port.
+            let published: Vec<(u16, u16)> = skiff_model::ports::published(alloc)
+                .iter()
+                .filter_map(|p| Some((p.host?, p.container)))
+                .collect();
             Some(
-                net.setup(&alloc.id)
+                net.setup(&alloc.id, &published)
                     .await
                     .map_err(|e| format!("network: {e}"))?,
             )
@@ -86,6 +91,7 @@ pub async fn start<R: Runtime>(
         rootfs: &rootfs,
         gpu_edits: gpu_edits.as_ref(),
         network: network.as_ref(),
+        node_host: &settings.node_host,
     })
     .map_err(|e| e.to_string())?;
     let cgroup = spec

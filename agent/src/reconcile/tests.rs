@@ -686,6 +686,7 @@ impl Rig {
             images: crate::image::ImagePolicy::unrestricted(),
             images_in_use: Default::default(),
             network: None,
+            node_host: "127.0.0.1".into(),
             image_timeout: secs(600),
             registry: Arc::new(
                 crate::image::registry::Puller::new(&dir.path().join("content"), Arc::default())

@@ -215,7 +215,7 @@ impl Allocation {
         node: impl Into<String>,
         task: TaskSpec,
     ) -> Allocation {
-        let ports = task.resources.ports.clone();
+        let ports = task.held_ports(&[]);
         Allocation {
             id: id.into(),
             job: job.into(),

@@ -76,6 +76,8 @@ pub enum Misfit {
     Memory,
     /// The host port is held by another allocation.
     Port(u16),
+    /// Too few ports of [`crate::ports::DYNAMIC_PORTS`] are free.
+    DynamicPorts,
     /// The plan names GPUs that are not the node's, not free, not
     /// acceptable to the task, or not as many as it asks for.
     GpuAssignment,
@@ -92,6 +94,12 @@ impl fmt::Display for Misfit {
             Misfit::Cpu => f.write_str("insufficient cpu"),
             Misfit::Memory => f.write_str("insufficient memory"),
             Misfit::Port(p) => write!(f, "port {p} in use"),
+            Misfit::DynamicPorts => write!(
+                f,
+                "no free port in {}-{}",
+                crate::ports::DYNAMIC_PORTS.start(),
+                crate::ports::DYNAMIC_PORTS.end()
+            ),
             Misfit::GpuAssignment => f.write_str("gpus not available"),
         }
     }
@@ -134,6 +142,9 @@ pub fn fits_free(
         if used_ports.binary_search(&p).is_ok() {
             return Err(Misfit::Port(p));
         }
+    }
+    if ask.dynamic_ports > 0 && crate::ports::dynamic_free(used_ports) < ask.dynamic_ports {
+        return Err(Misfit::DynamicPorts);
     }
     Ok(())
 }

@@ -420,6 +420,9 @@ pub struct TaskSpec {
     /// unset).
     #[serde(default, skip_serializing_if = "PullPolicy::is_default")]
     pub pull: PullPolicy,
+    /// Named ports (`ports: [{name: http, container: 8080, host: 0}]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<crate::ports::PortSpec>,
 }
 
 /// When the agent asks the registry for an image it already holds.
@@ -466,6 +469,7 @@ impl TaskSpec {
             stop_grace: None,
             pids_limit: None,
             pull: PullPolicy::IfNotPresent,
+            ports: Vec::new(),
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod namespace;
 pub mod node;
 pub mod placement;
 pub mod plan;
+pub mod ports;
 pub mod quantity;
 pub mod registration;
 pub mod registry_ref;
@@ -53,6 +54,7 @@ pub use lifecycle::{
 pub use node::{Node, NodeStatus};
 pub use placement::{Affinity, Constraint, ConstraintOp, Spread};
 pub use plan::{Placement, Plan, Stop};
+pub use ports::PortSpec;
 pub use resources::{Resources, TaskResources};
 pub use spec::MAX_SPEC_BYTES;
 pub use workload::{AllocFacts, BatchProgress, BatchState, RolloutCounts};

@@ -11,6 +11,9 @@ pub struct Placement {
     /// UUIDs of the node's GPUs the replica gets (as many as it asks for).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gpus: Vec<String>,
+    /// Host ports picked for the task's `host: 0` ports, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
 }
 
 /// Stop an allocation, for the reason given.

@@ -125,6 +125,10 @@ pub struct TaskResources {
     pub gpu: GpuFilter,
     /// Host ports no other allocation on the node may hold.
     pub ports: Vec<u16>,
+    /// How many more host ports the scheduler picks for the replica (the
+    /// task's `ports` with `host: 0`); set by [`crate::TaskSpec::ask`],
+    /// never stored.
+    pub dynamic_ports: u32,
 }
 
 impl TaskResources {
@@ -185,6 +189,7 @@ impl<'de> Deserialize<'de> for TaskResources {
             gpus: form.gpus,
             gpu: form.gpu,
             ports: form.ports,
+            dynamic_ports: 0,
         })
     }
 }

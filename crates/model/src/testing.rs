@@ -168,6 +168,7 @@ fn resources() -> impl Strategy<Value = TaskResources> {
                 gpus,
                 gpu: GpuFilter::default(),
                 ports,
+                dynamic_ports: 0,
             };
             if gpus > 0 {
                 r.gpu = GpuFilter {
@@ -274,6 +275,17 @@ fn task() -> impl Strategy<Value = TaskSpec> {
                     crate::job::PullPolicy::Always
                 } else {
                     crate::job::PullPolicy::IfNotPresent
+                },
+                // A named port the scheduler picks, on some host-network
+                // tasks.
+                ports: if network == NetworkMode::Host && stop_grace.is_some() {
+                    vec![crate::ports::PortSpec {
+                        name: "http".into(),
+                        container: 0,
+                        host: Some(0),
+                    }]
+                } else {
+                    Vec::new()
                 },
                 pids_limit,
             }

@@ -296,6 +296,7 @@ mod tests {
                                 replica: r as u32,
                                 node: "n1".into(),
                                 gpus: vec![],
+                                ports: vec![],
                             },
                         })
                         .collect(),

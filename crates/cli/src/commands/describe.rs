@@ -46,6 +46,32 @@ pub async fn describe(what: DescribeWhat) -> anyhow::Result<()> {
     }
 }
 
+/// `http 8080 -> 192.0.2.1:20004, admin 9000`, the host ports of
+/// `resources.ports` first.
+fn ports_text(
+    a: &skiff_model::Allocation,
+    named: &[skiff_model::ports::Published<'_>],
+    node_host: Option<&str>,
+) -> String {
+    let mut parts: Vec<String> = a.task.resources.ports.iter().map(u16::to_string).collect();
+    for p in named {
+        parts.push(match p.host {
+            Some(h) => format!(
+                "{} {} -> {}",
+                p.name,
+                p.container,
+                skiff_model::ports::join_host_port(node_host.unwrap_or("node"), h)
+            ),
+            None => format!("{} {}", p.name, p.container),
+        });
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
 async fn describe_alloc(id: &str, opts: &ClientOpts) -> anyhow::Result<()> {
     let mut client = connect(opts).await?;
     let allocs = client.list_allocs(None, None).await?;
@@ -80,7 +106,21 @@ async fn describe_alloc(id: &str, opts: &ClientOpts) -> anyhow::Result<()> {
         resources_text(&a.task.resources)
     ));
     out.push_str(&format!("GPUs:      {}\n", list_or_dash(a.gpus.iter())));
-    out.push_str(&format!("Ports:     {}\n", list_or_dash(a.ports.iter())));
+    let named = skiff_model::ports::published(a);
+    let node_host = if named.iter().any(|p| p.host.is_some()) {
+        client
+            .list_nodes()
+            .await?
+            .into_iter()
+            .find(|n| n.node.name == a.node)
+            .map(|n| skiff_model::workload::host_of(&n.node.address))
+    } else {
+        None
+    };
+    out.push_str(&format!(
+        "Ports:     {}\n",
+        ports_text(a, &named, node_host.as_deref())
+    ));
     out.push_str(&format!(
         "Network:   {}{}\n",
         a.task.network.as_str(),

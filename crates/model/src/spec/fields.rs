@@ -57,6 +57,7 @@ pub(super) const TASK_FIELDS: &[&str] = &[
     "stop_grace",
     "pids_limit",
     "pull",
+    "ports",
 ];
 pub(super) const RESOURCE_FIELDS: &[&str] = &["cpu", "memory", "gpus", "gpu", "ports"];
 pub(super) const GPU_FIELDS: &[&str] = &["model", "min_memory", "uuids", "mig"];

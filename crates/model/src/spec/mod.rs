@@ -22,6 +22,7 @@ mod depth;
 mod fields;
 mod lifecycle;
 mod namespace;
+mod ports;
 mod sched;
 mod task;
 mod workload;

@@ -132,6 +132,10 @@ pub(super) fn parse_task(v: &Value, path: &str, errs: &mut Errors) -> Option<Tas
             errs,
         ),
     };
+    let ports = match obj.get("ports") {
+        None => Some(Vec::new()),
+        Some(v) => super::ports::parse_ports(v, &join(path, "ports"), errs),
+    };
     let task = TaskSpec {
         image: image?,
         command,
@@ -147,6 +151,7 @@ pub(super) fn parse_task(v: &Value, path: &str, errs: &mut Errors) -> Option<Tas
         stop_grace: stop_grace.map(|d| d.ok_or(())).transpose().ok()?,
         pids_limit: pids_limit.map(|n| n.ok_or(())).transpose().ok()?,
         pull: pull?,
+        ports: ports?,
     };
     validate_task(&task, path, errs);
     Some(task)
@@ -226,6 +231,7 @@ pub(super) fn validate_task(task: &TaskSpec, path: &str, errs: &mut Errors) {
     lifecycle::validate_lifecycle(task, path, errs);
     let r = &task.resources;
     sched::validate_task_resources(task, path, errs);
+    super::ports::validate_ports(task, path, errs);
     let cpu = join(path, "resources.cpu");
     if r.cpu_millis == 0 {
         errs.push(&cpu, "must be more than 0");

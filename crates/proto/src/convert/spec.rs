@@ -85,6 +85,15 @@ impl From<&m::TaskSpec> for pb::TaskSpec {
             },
             gpu: gpu_filter_to_wire(&r.gpu),
             ports: r.ports.iter().map(|&p| u32::from(p)).collect(),
+            named_ports: t
+                .ports
+                .iter()
+                .map(|p| pb::PortSpec {
+                    name: p.name.clone(),
+                    container: u32::from(p.container),
+                    host: p.host.map(u32::from),
+                })
+                .collect(),
         }
     }
 }
@@ -409,6 +418,18 @@ pub(super) fn task_tree(t: &pb::TaskSpec) -> Value {
     if !t.pull.is_empty() {
         task.insert("pull".into(), json!(t.pull));
     }
+    if !t.named_ports.is_empty() {
+        let ports = t.named_ports.iter().map(|p| {
+            let mut port = Map::new();
+            port.insert("name".into(), json!(p.name));
+            if p.container != 0 {
+                port.insert("container".into(), json!(p.container));
+            }
+            put(&mut port, "host", p.host.map(|h| json!(h)));
+            Value::Object(port)
+        });
+        task.insert("ports".into(), Value::Array(ports.collect()));
+    }
     Value::Object(task)
 }
 
@@ -525,6 +546,7 @@ pub fn wire_field(path: &str) -> String {
             _ => {}
         },
         ("task", "stop_grace") => parts[1] = "stop_grace_ms".into(),
+        ("task", "ports") => parts[1] = parts[1].replacen("ports", "named_ports", 1),
         ("task", "restart") if at(&parts, 2) == "backoff" && parts.len() > 3 => {
             let field = format!("backoff_{}_ms", parts[3]);
             parts.truncate(2);

@@ -237,6 +237,7 @@ impl State {
             );
             let mut ask = a.task.resources.clone();
             ask.gpus = 0; // its own GPUs, by mask below
+            ask.ports = a.ports.clone(); // and its own ports, picked ones too
             usage.gpus & n.gpu_mask(&a.gpus) == 0
                 && skiff_model::fit::fits_free(n.allocatable, usage.amount, 0, &usage.ports, &ask)
                     .is_ok()

@@ -110,6 +110,7 @@ impl State {
                     job.spec.task.clone(),
                 );
                 alloc.gpus = new.placement.gpus.clone();
+                alloc.ports = job.spec.task.held_ports(&new.placement.ports);
                 alloc.create_time_ms = plan.at_ms;
                 alloc.create_index = index;
                 alloc.modify_index = index;
@@ -204,7 +205,8 @@ impl State {
             })
             .map(|a| a.replica)
             .collect();
-        let ask = &job.spec.task.resources;
+        let ask = job.spec.task.ask();
+        let ask = ask.as_ref();
         let mut accepted = Vec::new();
         let mut evictions = Vec::new();
         let mut rejected = 0u32;
@@ -240,12 +242,22 @@ impl State {
                     {
                         return false;
                     }
+                    let picked = &new.placement.ports;
+                    // The picked ports: as many as asked, each free and
+                    // named once.
+                    let picked_ok = picked.len() == ask.dynamic_ports as usize
+                        && picked.iter().enumerate().all(|(i, p)| {
+                            !usage.holds_port(*p)
+                                && !ask.ports.contains(p)
+                                && !picked[..i].contains(p)
+                        });
                     match fits_assignment(node, &usage, ask, &new.placement.gpus) {
-                        Ok(mask) => {
-                            usage.add(ask.amount().with_gpus(mask.count_ones()), mask, &ask.ports);
+                        Ok(mask) if picked_ok => {
+                            let held = job.spec.task.held_ports(picked);
+                            usage.add(ask.amount().with_gpus(mask.count_ones()), mask, &held);
                             true
                         }
-                        Err(_) => false,
+                        _ => false,
                     }
                 })
             });

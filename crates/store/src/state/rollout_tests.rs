@@ -34,6 +34,7 @@ impl Harness {
                             replica: *r,
                             node: node.into(),
                             gpus: vec![],
+                            ports: vec![],
                         },
                     })
                     .collect(),
@@ -522,6 +523,7 @@ fn a_gang_learns_its_ranks_and_the_address_of_rank_zeros_node() {
                         replica: *r,
                         node: n.to_string(),
                         gpus: vec![],
+                        ports: vec![],
                     },
                 })
                 .collect(),

@@ -93,6 +93,7 @@ impl Harness {
                             replica: *r,
                             node: n.to_string(),
                             gpus: vec![],
+                            ports: vec![],
                         },
                     })
                     .collect(),
@@ -676,6 +677,7 @@ fn plan_gpus(
                 replica: *r,
                 node: n.to_string(),
                 gpus: g.iter().map(|s| s.to_string()).collect(),
+                ports: vec![],
             },
         })
         .collect();
@@ -816,6 +818,34 @@ fn racing_plans_never_give_one_port_twice() {
     assert_eq!(applied(h.apply(pa)).placed, 1);
     assert_eq!(h.state.allocs["a-0-n"].ports, [8080]);
     assert_eq!(applied(h.apply(pb)).rejected, 1);
+}
+
+#[test]
+fn a_plan_picking_a_held_or_missing_port_is_refused() {
+    let mut h = Harness::new();
+    h.apply(reg("n", 8000, 8192));
+    h.apply(Command::UpsertJob {
+        spec: job_spec("name: a\nreplicas: 2\ntask: {image: 'oci:/i', network: bridge, resources: {cpu: 100m, memory: 64Mi}, ports: [{name: http, container: 80, host: 0}]}"),
+    });
+    let with_ports = |h: &Harness, picks: &[&[u16]]| {
+        let mut c = h.plan("a", &[(0, "n"), (1, "n")], 0);
+        let Command::ApplyPlan { plan } = &mut c else {
+            unreachable!()
+        };
+        for (new, ports) in plan.placements.iter_mut().zip(picks) {
+            new.placement.ports = ports.to_vec();
+        }
+        c
+    };
+    // Twice the same port, or a replica without its port: refused.
+    let r = applied(h.apply(with_ports(&h, &[&[20001], &[20001]])));
+    assert_eq!((r.placed, r.rejected), (0, 2));
+    let r = applied(h.apply(with_ports(&h, &[&[20001], &[]])));
+    assert_eq!((r.placed, r.rejected), (0, 2));
+    let r = applied(h.apply(with_ports(&h, &[&[20001], &[20002]])));
+    assert_eq!(r.placed, 2);
+    assert_eq!(h.state.allocs["a-0-n"].ports, [20001]);
+    assert_eq!(h.state.allocs["a-1-n"].ports, [20002]);
 }
 
 fn preemption_setup(victim_priority: u8) -> Harness {
