@@ -374,7 +374,13 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         network.iter().for_each(|n| n.set_subnet(&subnet));
         let hb = heartbeat_loop(servers.clone(), registration.clone(), gpus.clone());
         let again = registration_loop(servers.clone(), registration.clone(), gpus.clone());
-        let watch = watch_loop(servers.clone(), node.clone(), events_tx, images);
+        let watch = watch_loop(
+            servers.clone(),
+            node.clone(),
+            events_tx,
+            images,
+            network.clone(),
+        );
         let report_servers = servers.clone();
         let report_node = node.clone();
         let rec_loop = reconcile::run_loop(rec, events_rx, move |updates| {
@@ -652,6 +658,7 @@ impl AllocView {
             }
         }
         (!set.partial).then(|| NamespaceNews {
+            peers: set.peers.map(crate::network::peers::Peers::from_wire),
             image_paths: set
                 .image_paths
                 .into_iter()
@@ -685,6 +692,8 @@ pub struct NamespaceNews {
     pub image_paths: BTreeMap<String, Vec<String>>,
     /// The registry logins each holds.
     pub logins: BTreeMap<String, Vec<skiff_registry::Login>>,
+    /// The other nodes and servers, when they changed.
+    pub peers: Option<crate::network::peers::Peers>,
 }
 
 /// Follows the node's allocations, reconnecting (and failing over) when
@@ -694,6 +703,7 @@ async fn watch_loop(
     node: String,
     events: mpsc::Sender<Event>,
     images: crate::image::ImagePolicy,
+    network: Option<Arc<crate::network::Network>>,
 ) {
     let mut backoff = Duration::from_millis(200);
     // The index of the last set received: a server we fail over to never
@@ -718,6 +728,9 @@ async fn watch_loop(
                             };
                             images.set_namespaces(news.image_paths);
                             images.set_logins(news.logins);
+                            if let (Some(net), Some(peers)) = (&network, news.peers) {
+                                net.set_peers(peers).await;
+                            }
                             let allocs = view.allocations();
                             tracing::debug!(index = seen, count = allocs.len(), "allocations");
                             if events.send(Event::Desired(allocs)).await.is_err() {

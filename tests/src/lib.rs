@@ -362,14 +362,41 @@ pub struct AgentProc {
     extra: Vec<String>,
     child: Option<Child>,
     log: PathBuf,
+    /// Run inside this network namespace (`ip netns add`), listening on
+    /// `listen`.
+    netns: Option<String>,
+    listen: String,
 }
 
 impl AgentProc {
+    /// [`AgentProc::start`] inside network namespace `netns` (a simulated
+    /// host the test made), its API on `listen` (`IP:0`).
+    pub fn start_in(
+        netns: &str,
+        listen: &str,
+        data_dir: &Path,
+        server_url: &str,
+        name: &str,
+        extra: &[&str],
+    ) -> AgentProc {
+        let mut a = Self::prepare(data_dir, server_url, name, extra);
+        a.netns = Some(netns.to_string());
+        a.listen = listen.to_string();
+        a.spawn();
+        a
+    }
+
     /// Starts `skiff agent` for node `name`. Unless `extra` says
     /// `--insecure` or brings a `--token`, the node joins with a node token
     /// from the first of the servers in `server_url` (once: a restart finds
     /// its credentials in DATA_DIR/tls).
     pub fn start(data_dir: &Path, server_url: &str, name: &str, extra: &[&str]) -> AgentProc {
+        let mut a = Self::prepare(data_dir, server_url, name, extra);
+        a.spawn();
+        a
+    }
+
+    fn prepare(data_dir: &Path, server_url: &str, name: &str, extra: &[&str]) -> AgentProc {
         require_container_host();
         let has = |flag: &str| extra.contains(&flag);
         let needs_token = !has("--insecure") && !has("--token") && !data_dir.join("tls").exists();
@@ -379,22 +406,34 @@ impl AgentProc {
             let token = join_token(first, "node");
             extra.extend(["--token".to_string(), token]);
         }
-        let mut a = AgentProc {
+        AgentProc {
             name: name.to_string(),
             data_dir: data_dir.to_path_buf(),
             server_url: server_url.to_string(),
             extra,
             child: None,
             log: data_dir.join("agent.log"),
-        };
-        a.spawn();
-        a
+            netns: None,
+            listen: "127.0.0.1:0".into(),
+        }
     }
 
     fn spawn(&mut self) {
         std::fs::create_dir_all(&self.data_dir).unwrap();
-        let child = Command::new(skiff_bin())
-            .args(["agent", "--listen", "127.0.0.1:0", "--name", &self.name])
+        let mut cmd = match &self.netns {
+            // nsenter, not `ip netns exec`: that mounts a /sys of the
+            // namespace's own, hiding the cgroup file system from runc.
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}"))
+                    .arg("--")
+                    .arg(skiff_bin());
+                c
+            }
+            None => Command::new(skiff_bin()),
+        };
+        let child = cmd
+            .args(["agent", "--listen", &self.listen, "--name", &self.name])
             .arg("--server")
             .arg(&self.server_url)
             .arg("--data-dir")

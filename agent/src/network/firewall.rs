@@ -7,13 +7,21 @@
 //! gateway address); answers to connections the host made pass. Its
 //! forward chain drops new connections routed into the bridge from
 //! elsewhere (another host that routes the node's subnet to it): only
-//! answers, and what a port mapping forwarded (DNAT), get in. A drop is
-//! final in nftables whatever other tables accept (iptables-nft's
-//! included); the table stays while the node runs bridged allocations.
+//! answers, what a port mapping forwarded (DNAT), and connections from the
+//! other nodes' containers (their subnets, `@peer_subnets`) get in; and it
+//! lets containers open only published ports (20000-32000) on the other
+//! nodes and the servers (`@cluster_hosts`). Its postrouting chain is the
+//! outbound NAT: what leaves the subnet for anywhere but the subnet and
+//! the other nodes' subnets is masqueraded (containers reach each other
+//! across nodes by their own addresses). A drop is final in nftables
+//! whatever other tables accept (iptables-nft's included); the table stays
+//! while the node runs bridged allocations.
 
 use std::process::Stdio;
 
 use tokio::io::AsyncWriteExt as _;
+
+use super::peers::Peers;
 
 /// The table's name for `bridge` (letters, digits and `_`).
 pub fn table(bridge: &str) -> String {
@@ -24,13 +32,31 @@ pub fn table(bridge: &str) -> String {
     format!("skiff_{safe}")
 }
 
-/// The ruleset for `bridge`, replacing any earlier one atomically.
-pub fn ruleset(bridge: &str) -> String {
+/// `elements = { a, b };` or nothing for an empty set.
+fn elements(items: &[String]) -> String {
+    if items.is_empty() {
+        String::new()
+    } else {
+        format!("elements = {{ {} }}; ", items.join(", "))
+    }
+}
+
+/// The ruleset for `bridge` whose containers have addresses of `subnet`,
+/// replacing any earlier one atomically.
+pub fn ruleset(bridge: &str, subnet: &str, peers: &Peers) -> String {
     let t = table(bridge);
+    let subnets: Vec<String> = peers.nodes.iter().map(|n| n.subnet.to_string()).collect();
+    let hosts: Vec<String> = peers.hosts.iter().map(|h| h.to_string()).collect();
+    let (lo, hi) = (
+        skiff_model::ports::DYNAMIC_PORTS.start(),
+        skiff_model::ports::DYNAMIC_PORTS.end(),
+    );
     format!(
         "table inet {t} {{}}\n\
          delete table inet {t}\n\
          table inet {t} {{\n\
+         \tset peer_subnets {{ type ipv4_addr; flags interval; {} }}\n\
+         \tset cluster_hosts {{ type ipv4_addr; {} }}\n\
          \tchain input {{\n\
          \t\ttype filter hook input priority filter; policy accept;\n\
          \t\tiifname \"{bridge}\" ct state established,related accept\n\
@@ -40,14 +66,22 @@ pub fn ruleset(bridge: &str) -> String {
          \t\ttype filter hook forward priority filter; policy accept;\n\
          \t\toifname \"{bridge}\" ct state established,related accept\n\
          \t\toifname \"{bridge}\" ct status dnat accept\n\
+         \t\toifname \"{bridge}\" ip saddr @peer_subnets accept\n\
          \t\toifname \"{bridge}\" iifname != \"{bridge}\" drop\n\
+         \t\tiifname \"{bridge}\" ct state new ip daddr @cluster_hosts tcp dport != {lo}-{hi} drop\n\
          \t}}\n\
-         }}\n"
+         \tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         \t\tip saddr {subnet} ip daddr != {subnet} ip daddr != @peer_subnets masquerade\n\
+         \t}}\n\
+         }}\n",
+        elements(&subnets),
+        elements(&hosts),
     )
 }
 
 /// Loads [`ruleset`] with `nft`.
-pub async fn ensure(bridge: &str) -> Result<(), String> {
+pub async fn ensure(bridge: &str, subnet: &str, peers: &Peers) -> Result<(), String> {
     let mut child = tokio::process::Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -60,7 +94,7 @@ pub async fn ensure(bridge: &str) -> Result<(), String> {
         })?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
-            .write_all(ruleset(bridge).as_bytes())
+            .write_all(ruleset(bridge, subnet, peers).as_bytes())
             .await
             .map_err(|e| format!("nft: {e}"))?;
     }
@@ -86,7 +120,7 @@ mod tests {
     fn the_ruleset_drops_what_comes_from_the_bridge_and_replaces_itself() {
         assert_eq!(table("skiff0"), "skiff_skiff0");
         assert_eq!(table("br-lab.1"), "skiff_br_lab_1");
-        let r = ruleset("skiff0");
+        let r = ruleset("skiff0", "10.88.0.0/24", &Peers::default());
         // Made, deleted and made again in one transaction: idempotent.
         assert!(r.starts_with("table inet skiff_skiff0 {}\ndelete table inet skiff_skiff0\n"));
         let drop = r.find("iifname \"skiff0\" drop").unwrap();

@@ -13,6 +13,7 @@
 pub mod cni;
 pub mod firewall;
 pub mod netns;
+pub mod peers;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -111,6 +112,9 @@ pub struct Network {
     prepared: AtomicBool,
     /// The isolation rules are loaded.
     firewalled: AtomicBool,
+    /// The rest of the cluster, as the servers last said.
+    peers: Mutex<peers::Peers>,
+    applying: tokio::sync::Mutex<()>,
     /// One setup or teardown at a time per allocation.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -124,6 +128,8 @@ impl Network {
             dir: data_dir.join("network"),
             prepared: AtomicBool::new(false),
             firewalled: AtomicBool::new(false),
+            peers: Mutex::default(),
+            applying: tokio::sync::Mutex::default(),
             locks: Mutex::default(),
         })
     }
@@ -178,7 +184,9 @@ impl Network {
                     "type": "bridge",
                     "bridge": self.cfg.bridge,
                     "isGateway": true,
-                    "ipMasq": true,
+                    // Outbound NAT is the node's table's (firewall.rs):
+                    // it leaves the other nodes' subnets alone.
+                    "ipMasq": false,
                     "hairpinMode": true,
                     "ipam": {
                         "type": "host-local",
@@ -222,8 +230,12 @@ impl Network {
             return Err("this node has no subnet yet: the servers assign one when it registers (--node-subnets), or give the agent --network-subnet".into());
         }
         if !self.firewalled.load(Ordering::Relaxed) {
-            firewall::ensure(&self.cfg.bridge).await?;
+            // Set first: peers arriving meanwhile are applied after this.
             self.firewalled.store(true, Ordering::Relaxed);
+            if let Err(e) = self.apply_peers(&subnet).await {
+                self.firewalled.store(false, Ordering::Relaxed);
+                return Err(e);
+            }
         }
         let lock = self.lock(id);
         let _held = lock.lock().await;
@@ -301,6 +313,33 @@ impl Network {
             .filter(|s| s.ifname != "lo")
             .find_map(|s| cni::first_ipv4(&s.result));
         Ok(Attachment { netns, address })
+    }
+
+    /// The rest of the cluster changed: routes and rules follow (once the
+    /// node has set up a bridged allocation; until then they are kept for
+    /// it).
+    pub async fn set_peers(&self, peers: peers::Peers) {
+        let changed = {
+            let mut held = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = *held != peers;
+            *held = peers;
+            changed
+        };
+        if changed && self.firewalled.load(Ordering::Relaxed) {
+            if let Err(e) = self.apply_peers(&self.subnet()).await {
+                tracing::warn!(error = %e, "updating the routes to the other nodes");
+            }
+        }
+    }
+
+    /// Loads the node's rules and routes for the peers held (one load at
+    /// a time, each with the latest peers).
+    async fn apply_peers(&self, subnet: &str) -> Result<(), String> {
+        let _one = self.applying.lock().await;
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        firewall::ensure(&self.cfg.bridge, subnet, &peers).await?;
+        let own = skiff_model::subnet::Subnet::parse(subnet).ok();
+        peers::sync_routes(&peers.routes(own.as_ref())).await
     }
 
     /// One plugin's ADD for `step`.

@@ -394,6 +394,43 @@ pub struct Sent {
     /// A fingerprint of the namespaces' image paths and sealed registry
     /// logins sent: a change of either alone is sent too.
     namespaces: u64,
+    /// A fingerprint of the peers sent (the other nodes' subnets and
+    /// addresses, the servers' addresses); 0: none sent yet.
+    peers: u64,
+}
+
+/// The other nodes and the servers, as an agent's bridge network needs
+/// them, with a fingerprint of them. Walks every node: cheap on the small
+/// clusters Skiff is for (a large one would keep the list in the state).
+fn peers_of(state: &skiff_store::State, node: &str) -> (pb::Peers, u64) {
+    use skiff_model::workload::host_of;
+    use std::hash::{Hash, Hasher};
+    let mut peers = pb::Peers::default();
+    let mut hosts = std::collections::BTreeSet::new();
+    for n in state.nodes.values().filter(|n| n.name != node) {
+        let address = host_of(&n.address);
+        if !n.subnet.is_empty() {
+            peers.nodes.push(pb::PeerNode {
+                name: n.name.clone(),
+                subnet: n.subnet.clone(),
+                address: address.clone(),
+            });
+        }
+        hosts.insert(address);
+    }
+    for s in state.servers.values() {
+        hosts.insert(host_of(&s.api_addr));
+        hosts.insert(host_of(&s.peer_addr));
+    }
+    hosts.remove("");
+    peers.hosts = hosts.into_iter().collect();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for n in &peers.nodes {
+        (&n.name, &n.subnet, &n.address).hash(&mut h);
+    }
+    peers.hosts.hash(&mut h);
+    // Never 0, which means "none sent".
+    (peers, h.finish() | 1)
 }
 
 /// The messages that bring an agent following `node` from what `sent`
@@ -455,10 +492,18 @@ fn alloc_changes_within(
         .cloned()
         .collect();
     removed.sort();
-    if !reset && changed.is_empty() && removed.is_empty() && fingerprint == sent_all.namespaces {
+    let (peers, peers_print) = peers_of(state, node);
+    let peers_changed = reset || peers_print != sent_all.peers;
+    if !reset
+        && changed.is_empty()
+        && removed.is_empty()
+        && fingerprint == sent_all.namespaces
+        && !peers_changed
+    {
         return None;
     }
     sent_all.namespaces = fingerprint;
+    sent_all.peers = peers_print;
     let sent = &mut sent_all.allocs;
     for id in &removed {
         sent.remove(id);
@@ -521,6 +566,7 @@ fn alloc_changes_within(
     let last = messages.last_mut().expect("one message at least");
     last.image_paths = image_paths;
     last.registry_logins = registry_logins;
+    last.peers = peers_changed.then_some(peers);
     Some(messages)
 }
 
@@ -577,6 +623,66 @@ mod tests {
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].allocs.len(), 9);
         assert!(again[0].reset);
+    }
+
+    #[test]
+    fn the_other_nodes_subnets_are_sent_at_the_start_and_when_they_change() {
+        let mut state = skiff_store::State::default();
+        let node = |name: &str, subnet: &str, address: &str| {
+            let n = skiff_model::Node {
+                image_roots: Vec::new(),
+                subnet: subnet.into(),
+                name: name.into(),
+                labels: Default::default(),
+                capacity: Default::default(),
+                allocatable: Default::default(),
+                gpus: vec![],
+                gpu_links: vec![],
+                gpu_driver: Default::default(),
+                cordoned: false,
+                draining: false,
+                drain_deadline_ms: None,
+                drained: false,
+                address: address.into(),
+                status: skiff_model::NodeStatus::Ready,
+                agent_version: String::new(),
+                create_index: 1,
+                modify_index: 1,
+            };
+            (name.to_string(), n)
+        };
+        state.nodes.extend([
+            node("n1", "10.88.0.0/24", "192.0.2.1:7001"),
+            node("n2", "10.88.1.0/24", "192.0.2.2:7001"),
+            node("n3", "", "192.0.2.3:7001"),
+        ]);
+        let mut sent = Sent::default();
+        let key = crate::secrets::Keyring::holding(skiff_pki::secrets::SecretsKey::generate());
+        let first = alloc_changes_within(&state, "n1", &mut sent, true, &key, 3000).unwrap();
+        let peers = first
+            .last()
+            .unwrap()
+            .peers
+            .clone()
+            .expect("sent with the reset");
+        // The others only; a node without a subnet is no route, but its
+        // address is a host containers may not open.
+        assert_eq!(peers.nodes.len(), 1);
+        assert_eq!(
+            (
+                peers.nodes[0].subnet.as_str(),
+                peers.nodes[0].address.as_str()
+            ),
+            ("10.88.1.0/24", "192.0.2.2")
+        );
+        assert_eq!(peers.hosts, ["192.0.2.2", "192.0.2.3"]);
+        assert!(alloc_changes_within(&state, "n1", &mut sent, false, &key, 3000).is_none());
+        // A node joins: the whole list again.
+        state
+            .nodes
+            .extend([node("n4", "10.88.2.0/24", "192.0.2.4:7001")]);
+        let next = alloc_changes_within(&state, "n1", &mut sent, false, &key, 3000).unwrap();
+        assert_eq!(next.last().unwrap().peers.as_ref().unwrap().nodes.len(), 2);
     }
 
     #[test]

@@ -1,0 +1,276 @@
+//! Bridged containers on two hosts: each host is a network namespace the
+//! test makes (one agent in each, both on a test LAN bridge with the
+//! server on the host side). The agents route each other's subnets via
+//! each other's addresses, so a container on one host reaches a container
+//! on the other at its own address (not masqueraded), reaches the world
+//! outside the cluster through outbound NAT, and opens no Skiff port on
+//! the server's host or on the other node.
+
+use std::io::{Read as _, Write as _};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use skiff_tests::*;
+
+/// A LAN of `hosts` simulated hosts: a bridge on this host (address
+/// `P.1/24`) and one network namespace per host (`P.2`, `P.3`, ...),
+/// all removed when dropped.
+struct Lan {
+    bridge: String,
+    prefix: String,
+    hosts: Vec<String>,
+}
+
+fn run(args: &[&str]) {
+    let ok = Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "{args:?} failed");
+}
+
+impl Lan {
+    fn new(hosts: usize) -> Lan {
+        let pid = std::process::id() % 10_000;
+        let lan = Lan {
+            bridge: format!("skl{pid}"),
+            prefix: format!("10.{}.230", 100 + std::process::id() % 100),
+            hosts: (0..hosts).map(|i| format!("skh{pid}h{i}")).collect(),
+        };
+        lan.remove();
+        run(&["ip", "link", "add", &lan.bridge, "type", "bridge"]);
+        let host_ip = format!("{}.1/24", lan.prefix);
+        run(&["ip", "addr", "add", &host_ip, "dev", &lan.bridge]);
+        run(&["ip", "link", "set", &lan.bridge, "up"]);
+        for (i, ns) in lan.hosts.iter().enumerate() {
+            let veth = format!("{}v{i}", lan.bridge);
+            run(&["ip", "netns", "add", ns]);
+            run(&[
+                "ip", "link", "add", &veth, "type", "veth", "peer", "name", "lan0", "netns", ns,
+            ]);
+            run(&["ip", "link", "set", &veth, "master", &lan.bridge, "up"]);
+            let ip = format!("{}/24", lan.host(i));
+            run(&["ip", "-n", ns, "addr", "add", &ip, "dev", "lan0"]);
+            run(&["ip", "-n", ns, "link", "set", "lan0", "up"]);
+            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        lan
+    }
+
+    /// Host `i`'s address.
+    fn host(&self, i: usize) -> String {
+        format!("{}.{}", self.prefix, i + 2)
+    }
+
+    /// This host's address on the LAN.
+    fn server_ip(&self) -> String {
+        format!("{}.1", self.prefix)
+    }
+
+    fn remove(&self) {
+        for ns in &self.hosts {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// A job of one replica pinned to the node labelled `host=HOST`.
+fn pinned(name: &str, host: &str, script: &str, task_extra: &str) -> skiff_model::JobSpec {
+    let yaml = format!(
+        "name: {name}\nconstraints: [{{label: host, op: '=', value: {host}}}]\ntask:\n  image: {}\n  command: [sh, -c, {}]\n  network: bridge\n  resources: {{cpu: 100m, memory: 32Mi}}\n{task_extra}",
+        busybox_image(),
+        serde_json::to_string(script).unwrap()
+    );
+    skiff_model::JobSpec::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+}
+
+/// A service outside the cluster's containers, on this host's LAN
+/// address at a port of the published range (which containers may open):
+/// it answers each request with the address it came from.
+fn outside_service(ip: &str) -> u16 {
+    let listener = (31_000..31_500)
+        .find_map(|p| std::net::TcpListener::bind((ip, p)).ok())
+        .expect("a free port");
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut conn = conn;
+            let from = conn
+                .peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = conn.read(&mut [0u8; 1024]);
+            let _ = write!(conn, "HTTP/1.0 200 OK\r\n\r\nfrom={from}\n");
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_on_two_hosts_reach_each_other_but_no_skiff_port() {
+    require_container_host();
+    assert!(
+        Path::new("/usr/lib/cni/bridge").is_file(),
+        "install containernetworking-plugins"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let lan = Lan::new(2);
+    let x = 100 + std::process::id() % 100;
+    let server = ServerProc::start_with(
+        &tmp.path().join("server"),
+        &format!("{}:0", lan.server_ip()),
+        &["--node-subnets", &format!("10.{x}.128.0/20")],
+    );
+    let agents: Vec<AgentProc> = (0..2)
+        .map(|i| {
+            AgentProc::start_in(
+                &lan.hosts[i],
+                &format!("{}:0", lan.host(i)),
+                &tmp.path().join(format!("agent{i}")),
+                &server.url(),
+                &format!("h{i}"),
+                &["--label", &format!("host=h{i}"), "--stop-grace", "1s"],
+            )
+        })
+        .collect();
+    let mut client = server.client().await;
+    wait_for("both hosts registered", Duration::from_secs(30), || {
+        let mut c = client.clone();
+        async move { (c.list_nodes().await.ok()?.len() == 2).then_some(()) }
+    })
+    .await;
+    let nodes = client.list_nodes().await.unwrap();
+    let agent_port = |i: usize| {
+        let name = format!("h{i}");
+        let n = nodes.iter().find(|n| n.node.name == name).unwrap();
+        n.node.address.rsplit_once(':').unwrap().1.to_string()
+    };
+
+    // A web server on h1.
+    client
+        .apply_job(&pinned(
+            "web",
+            "h1",
+            "mkdir -p /tmp/www && echo \"$SKIFF_ALLOC_ID\" > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www",
+            "  probes:\n    readiness: {http: {path: /, port: 8080}, period: 200ms}\n",
+        ))
+        .await
+        .unwrap();
+    let web = wait_for("the web replica ready", Duration::from_secs(60), || {
+        let mut c = client.clone();
+        async move {
+            let a = allocs_of(&mut c, "web").await.into_iter().next()?;
+            (a.healthy == Some(true) && !a.address.is_empty()).then_some(a)
+        }
+    })
+    .await;
+    assert!(
+        web.address.starts_with(&format!("10.{x}.129.")),
+        "h1's subnet: {}",
+        web.address
+    );
+
+    // A client on h0: the web replica by its address; the world outside
+    // (NAT); the server's API port and h1's agent port (both refused).
+    let outside = outside_service(&lan.server_ip());
+    let api_port = server.addr.rsplit_once(':').unwrap().1.to_string();
+    let probe = |target: &str, port: &str, what: &str| {
+        format!("if timeout 5 nc -w 2 {target} {port} </dev/null; then echo {what}=reached; else echo {what}=blocked; fi")
+    };
+    let script = format!(
+        // (nc, not busybox's wget, which crashes in Debian's build.)
+        "get() {{ printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 5 nc -w 2 $1 $2 | tail -n 1; }}; for i in $(seq 1 50); do body=$(get {} 8080) && [ -n \"$body\" ] && break; sleep 0.2; done; echo \"web=$body\"; echo \"outside=$(get {} {outside})\"; {}; {}; echo done; sleep 3600",
+        web.address,
+        lan.server_ip(),
+        probe(&lan.server_ip(), &api_port, "api"),
+        probe(&lan.host(1), &agent_port(1), "agent"),
+    );
+    client
+        .apply_job(&pinned("client", "h0", &script, ""))
+        .await
+        .unwrap();
+    let c = wait_for("the client running on h0", Duration::from_secs(60), || {
+        let mut c = client.clone();
+        async move {
+            allocs_of(&mut c, "client")
+                .await
+                .into_iter()
+                .find(|a| !a.address.is_empty())
+        }
+    })
+    .await;
+    assert!(
+        c.address.starts_with(&format!("10.{x}.128.")),
+        "h0's subnet: {}",
+        c.address
+    );
+    let out = wait_for("the client's report", Duration::from_secs(60), || {
+        let mut cl = client.clone();
+        let id = c.id.clone();
+        async move {
+            let out = stdout_of(&mut cl, &id).await;
+            out.lines().any(|l| l == "done").then_some(out)
+        }
+    })
+    .await;
+    // (h1 lets in new connections from h0's subnet only: had h0
+    // masqueraded it, h1's forward chain would have dropped it.)
+    assert!(
+        out.contains(&format!("web={}", web.id)),
+        "across hosts: {out}"
+    );
+    // Outbound NAT: the world outside sees h0's address.
+    assert!(
+        out.contains(&format!("outside=from={}", lan.host(0))),
+        "{out}"
+    );
+    assert!(
+        out.contains("api=blocked"),
+        "a container opened the server's API: {out}"
+    );
+    assert!(
+        out.contains("agent=blocked"),
+        "a container opened another node's agent: {out}"
+    );
+
+    // The routes are the agents' own, and go with the other node.
+    let routes = Command::new("ip")
+        .args(["-n", &lan.hosts[0], "route", "show", "proto", "83"])
+        .output()
+        .unwrap();
+    let routes = String::from_utf8_lossy(&routes.stdout).to_string();
+    assert!(
+        routes.contains(&format!("10.{x}.129.0/24 via {}", lan.host(1))),
+        "{routes}"
+    );
+    client.delete_job("web").await.unwrap();
+    client.delete_job("client").await.unwrap();
+    // Both hosts tear their containers' networks down.
+    wait_for("both hosts torn down", Duration::from_secs(60), || {
+        let left: usize = (0..2)
+            .map(|i| {
+                let dir = tmp.path().join(format!("agent{i}/network/netns"));
+                std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+            })
+            .sum();
+        async move { (left == 0).then_some(()) }
+    })
+    .await;
+    drop(agents);
+}
