@@ -271,7 +271,7 @@ pub fn build_spec(input: &BundleInput<'_>) -> Result<Spec, BundleError> {
             if let Some(ip) = ip {
                 env.push(format!("SKIFF_IP={ip}"));
             }
-            for (k, v) in skiff_model::ports::port_env(alloc, input.node_host, ip) {
+            for (k, v) in alloc.port_env(input.node_host, ip) {
                 env.push(format!("{k}={v}"));
             }
             env

@@ -71,7 +71,8 @@ pub async fn start<R: Runtime>(
                 "network: bridge, but this agent has no bridge network".to_string()
             })?;
             // Published ports: host port to container port.
-            let published: Vec<(u16, u16)> = skiff_model::ports::published(alloc)
+            let published: Vec<(u16, u16)> = alloc
+                .published()
                 .iter()
                 .filter_map(|p| Some((p.host?, p.container)))
                 .collect();

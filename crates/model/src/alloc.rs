@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::TaskSpec;
+use crate::job::{NetworkMode, TaskSpec};
 use crate::resources::Resources;
 
 /// What the servers want to happen to an allocation.
@@ -251,4 +251,81 @@ pub fn failures_of(status: AllocStatus, restart_count: u32, reason: &str) -> u32
     let now =
         status == AllocStatus::Failed || (reason == reason::BACK_OFF && !status.is_terminal());
     restart_count.saturating_add(u32::from(now))
+}
+
+impl Allocation {
+    /// The ports of allocation `a` with the host port each got.
+    pub fn published(&self) -> Vec<crate::ports::Published<'_>> {
+        let a = self;
+        let mut held = a.ports.iter().skip(a.task.resources.ports.len()).copied();
+        a.task
+            .ports
+            .iter()
+            .map(|p| {
+                let host = p.host.and_then(|_| held.next());
+                let container = match (p.container, a.task.network) {
+                    (0, NetworkMode::Host) => host.unwrap_or(0),
+                    (c, _) => c,
+                };
+                crate::ports::Published {
+                    name: &p.name,
+                    container,
+                    host,
+                }
+            })
+            .collect()
+    }
+
+    /// The `SKIFF_PORT_*`, `SKIFF_HOST_PORT_*` and `SKIFF_ADDR_*` variables of
+    /// allocation `a`, given the node's address (host part) and the
+    /// container's own (bridge), if any. `SKIFF_ADDR_*` is where a client
+    /// reaches the port: the node's address and host port when published,
+    /// the container's address and port otherwise.
+    pub fn port_env(&self, node_host: &str, container_ip: Option<&str>) -> Vec<(String, String)> {
+        let a = self;
+        let mut env = Vec::new();
+        for p in a.published() {
+            let suffix = crate::ports::env_suffix(p.name);
+            env.push((format!("SKIFF_PORT_{suffix}"), p.container.to_string()));
+            let addr = match p.host {
+                Some(h) => {
+                    env.push((format!("SKIFF_HOST_PORT_{suffix}"), h.to_string()));
+                    Some(crate::ports::join_host_port(node_host, h))
+                }
+                None => container_ip.map(|ip| crate::ports::join_host_port(ip, p.container)),
+            };
+            if let Some(addr) = addr {
+                env.push((format!("SKIFF_ADDR_{suffix}"), addr));
+            }
+        }
+        env
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_variables_name_each_port() {
+        let spec = crate::JobSpec::from_yaml(
+            "name: web\ntask:\n  image: 'oci:/i'\n  network: bridge\n  ports:\n  - {name: http-alt, container: 8080, host: 0}\n  - {name: admin, container: 9000}\n  - {name: fixed, container: 70, host: 7070}\n",
+        )
+        .unwrap();
+        assert_eq!(spec.task.dynamic_ports(), 1);
+        assert_eq!(spec.task.ask().ports, [7070]);
+        assert_eq!(spec.task.ask().dynamic_ports, 1);
+        let mut a = Allocation::new("a1", "web", 1, 0, "n1", spec.task.clone());
+        a.ports = spec.task.held_ports(&[20005]);
+        assert_eq!(a.ports, [20005, 7070]);
+        let env = a.port_env("192.0.2.1", Some("10.88.0.5"));
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("SKIFF_PORT_HTTP_ALT"), Some("8080"));
+        assert_eq!(get("SKIFF_HOST_PORT_HTTP_ALT"), Some("20005"));
+        assert_eq!(get("SKIFF_ADDR_HTTP_ALT"), Some("192.0.2.1:20005"));
+        assert_eq!(get("SKIFF_PORT_ADMIN"), Some("9000"));
+        assert_eq!(get("SKIFF_HOST_PORT_ADMIN"), None);
+        assert_eq!(get("SKIFF_ADDR_ADMIN"), Some("10.88.0.5:9000"));
+        assert_eq!(get("SKIFF_ADDR_FIXED"), Some("192.0.2.1:7070"));
+    }
 }

@@ -731,6 +731,42 @@ impl JobSpec {
     }
 }
 
+impl TaskSpec {
+    /// How many of its ports ask the scheduler for a host port (`host: 0`).
+    pub fn dynamic_ports(&self) -> u32 {
+        self.ports.iter().filter(|p| p.host == Some(0)).count() as u32
+    }
+
+    /// What one replica asks of a node: `resources`, with the fixed host
+    /// ports of `ports` added to the ports it holds and the number of
+    /// ports it needs picked for it.
+    pub fn ask(&self) -> std::borrow::Cow<'_, TaskResources> {
+        if self.ports.iter().all(|p| p.host.is_none()) {
+            return std::borrow::Cow::Borrowed(&self.resources);
+        }
+        let mut r = self.resources.clone();
+        r.ports
+            .extend(self.ports.iter().filter_map(|p| p.host.filter(|&h| h > 0)));
+        r.dynamic_ports = self.dynamic_ports();
+        std::borrow::Cow::Owned(r)
+    }
+
+    /// The host ports an allocation of this task holds, given the ports
+    /// picked for its `host: 0` entries (in order).
+    pub fn held_ports(&self, picked: &[u16]) -> Vec<u16> {
+        let mut picked = picked.iter();
+        let mut held = self.resources.ports.clone();
+        for p in &self.ports {
+            match p.host {
+                Some(0) => held.extend(picked.next()),
+                Some(h) => held.push(h),
+                None => {}
+            }
+        }
+        held
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

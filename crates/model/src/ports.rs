@@ -5,16 +5,12 @@
 //! An allocation's [`Allocation::ports`] lists every host port it holds:
 //! first the task's `resources.ports`, then, in the order of `task.ports`,
 //! the host port of each published entry (its fixed `host`, or the one the
-//! scheduler picked for `host: 0`). [`published`] reads that order back.
+//! scheduler picked for `host: 0`). `Allocation::published` reads that
+//! order back.
 
-use std::borrow::Cow;
 use std::ops::RangeInclusive;
 
 use serde::{Deserialize, Serialize};
-
-use crate::alloc::Allocation;
-use crate::job::{NetworkMode, TaskSpec};
-use crate::resources::TaskResources;
 
 /// Where `host: 0` ports are picked from, on every node.
 pub const DYNAMIC_PORTS: RangeInclusive<u16> = 20000..=32000;
@@ -49,94 +45,9 @@ pub struct Published<'a> {
     pub host: Option<u16>,
 }
 
-impl TaskSpec {
-    /// How many of its ports ask the scheduler for a host port (`host: 0`).
-    pub fn dynamic_ports(&self) -> u32 {
-        self.ports.iter().filter(|p| p.host == Some(0)).count() as u32
-    }
-
-    /// What one replica asks of a node: `resources`, with the fixed host
-    /// ports of `ports` added to the ports it holds and the number of
-    /// ports it needs picked for it.
-    pub fn ask(&self) -> Cow<'_, TaskResources> {
-        if self.ports.iter().all(|p| p.host.is_none()) {
-            return Cow::Borrowed(&self.resources);
-        }
-        let mut r = self.resources.clone();
-        r.ports
-            .extend(self.ports.iter().filter_map(|p| p.host.filter(|&h| h > 0)));
-        r.dynamic_ports = self.dynamic_ports();
-        Cow::Owned(r)
-    }
-
-    /// The host ports an allocation of this task holds, given the ports
-    /// picked for its `host: 0` entries (in order).
-    pub fn held_ports(&self, picked: &[u16]) -> Vec<u16> {
-        let mut picked = picked.iter();
-        let mut held = self.resources.ports.clone();
-        for p in &self.ports {
-            match p.host {
-                Some(0) => held.extend(picked.next()),
-                Some(h) => held.push(h),
-                None => {}
-            }
-        }
-        held
-    }
-}
-
-/// The ports of allocation `a` with the host port each got.
-pub fn published(a: &Allocation) -> Vec<Published<'_>> {
-    let mut held = a.ports.iter().skip(a.task.resources.ports.len()).copied();
-    a.task
-        .ports
-        .iter()
-        .map(|p| {
-            let host = p.host.and_then(|_| held.next());
-            let container = match (p.container, a.task.network) {
-                (0, NetworkMode::Host) => host.unwrap_or(0),
-                (c, _) => c,
-            };
-            Published {
-                name: &p.name,
-                container,
-                host,
-            }
-        })
-        .collect()
-}
-
 /// `http-alt` → `HTTP_ALT`, the suffix of a port's variables.
 pub fn env_suffix(name: &str) -> String {
     name.to_ascii_uppercase().replace('-', "_")
-}
-
-/// The `SKIFF_PORT_*`, `SKIFF_HOST_PORT_*` and `SKIFF_ADDR_*` variables of
-/// allocation `a`, given the node's address (host part) and the
-/// container's own (bridge), if any. `SKIFF_ADDR_*` is where a client
-/// reaches the port: the node's address and host port when published,
-/// the container's address and port otherwise.
-pub fn port_env(
-    a: &Allocation,
-    node_host: &str,
-    container_ip: Option<&str>,
-) -> Vec<(String, String)> {
-    let mut env = Vec::new();
-    for p in published(a) {
-        let suffix = env_suffix(p.name);
-        env.push((format!("SKIFF_PORT_{suffix}"), p.container.to_string()));
-        let addr = match p.host {
-            Some(h) => {
-                env.push((format!("SKIFF_HOST_PORT_{suffix}"), h.to_string()));
-                Some(join_host_port(node_host, h))
-            }
-            None => container_ip.map(|ip| join_host_port(ip, p.container)),
-        };
-        if let Some(addr) = addr {
-            env.push((format!("SKIFF_ADDR_{suffix}"), addr));
-        }
-    }
-    env
 }
 
 /// `ip:port`, with an IPv6 address in brackets.
@@ -191,28 +102,5 @@ mod tests {
         assert_eq!(pick_dynamic(&all, 1, 7), None);
         // Ports outside the range do not count against it.
         assert_eq!(dynamic_free(&[80, 8080, 40000]), 12001);
-    }
-
-    #[test]
-    fn the_variables_name_each_port() {
-        let spec = crate::JobSpec::from_yaml(
-            "name: web\ntask:\n  image: 'oci:/i'\n  network: bridge\n  ports:\n  - {name: http-alt, container: 8080, host: 0}\n  - {name: admin, container: 9000}\n  - {name: fixed, container: 70, host: 7070}\n",
-        )
-        .unwrap();
-        assert_eq!(spec.task.dynamic_ports(), 1);
-        assert_eq!(spec.task.ask().ports, [7070]);
-        assert_eq!(spec.task.ask().dynamic_ports, 1);
-        let mut a = Allocation::new("a1", "web", 1, 0, "n1", spec.task.clone());
-        a.ports = spec.task.held_ports(&[20005]);
-        assert_eq!(a.ports, [20005, 7070]);
-        let env = port_env(&a, "192.0.2.1", Some("10.88.0.5"));
-        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-        assert_eq!(get("SKIFF_PORT_HTTP_ALT"), Some("8080"));
-        assert_eq!(get("SKIFF_HOST_PORT_HTTP_ALT"), Some("20005"));
-        assert_eq!(get("SKIFF_ADDR_HTTP_ALT"), Some("192.0.2.1:20005"));
-        assert_eq!(get("SKIFF_PORT_ADMIN"), Some("9000"));
-        assert_eq!(get("SKIFF_HOST_PORT_ADMIN"), None);
-        assert_eq!(get("SKIFF_ADDR_ADMIN"), Some("10.88.0.5:9000"));
-        assert_eq!(get("SKIFF_ADDR_FIXED"), Some("192.0.2.1:7070"));
     }
 }

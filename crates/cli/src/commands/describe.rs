@@ -106,7 +106,7 @@ async fn describe_alloc(id: &str, opts: &ClientOpts) -> anyhow::Result<()> {
         resources_text(&a.task.resources)
     ));
     out.push_str(&format!("GPUs:      {}\n", list_or_dash(a.gpus.iter())));
-    let named = skiff_model::ports::published(a);
+    let named = a.published();
     let node_host = if named.iter().any(|p| p.host.is_some()) {
         client
             .list_nodes()
