@@ -364,6 +364,7 @@ async fn run(o: &Opts) -> Result<(), String> {
     // 1b. The same starts with `network: bridge` (CNI setup included),
     // in the same run.
     let mut bridge_log = String::new();
+    let mut published_log = String::new();
     if o.bridge {
         for round in 0..=o.starts {
             let mut spec = lat_spec(round)?;
@@ -376,6 +377,27 @@ async fn run(o: &Opts) -> Result<(), String> {
         client.delete_job("latb").await.map_err(|e| e.to_string())?;
         let all = std::fs::read_to_string(&agent_log).unwrap_or_default();
         bridge_log = all.get(latency_log.len()..).unwrap_or_default().to_string();
+        // 1c. And with one published port (portmap chained after the
+        // bridge).
+        for round in 0..=o.starts {
+            let mut spec = lat_spec(round)?;
+            spec.name = "latp".into();
+            spec.task.network = skiff_model::NetworkMode::Bridge;
+            spec.task.ports = vec![skiff_model::PortSpec {
+                name: "http".into(),
+                container: 8080,
+                host: Some(0),
+            }];
+            let applied = client.apply_job(&spec).await.map_err(|e| e.to_string())?;
+            let version = applied.job.version;
+            running_alone(&url, "latp", version).await?;
+        }
+        client.delete_job("latp").await.map_err(|e| e.to_string())?;
+        let all = std::fs::read_to_string(&agent_log).unwrap_or_default();
+        published_log = all
+            .get(latency_log.len() + bridge_log.len()..)
+            .unwrap_or_default()
+            .to_string();
     }
 
     // 2. Footprint: `--containers` small containers at once.
@@ -494,6 +516,20 @@ async fn run(o: &Opts) -> Result<(), String> {
             "bridge_overhead_vs_runc_p50_pct={:.1}",
             (b50 / r50 - 1.0) * 100.0
         );
+        let mut p = start_ms_lines(&published_log);
+        if !p.is_empty() {
+            p.remove(0); // the warm-up round
+        }
+        p.sort_by(f64::total_cmp);
+        let (p50p, p99p) = (percentile(&p, 50.0), percentile(&p, 99.0));
+        println!("published_starts={}", p.len());
+        println!("published_start_p50_ms={p50p:.1}");
+        println!("published_start_p99_ms={p99p:.1}");
+        println!(
+            "published_network_ms_p50={:.1}",
+            phase_median(&published_log, "network_ms")
+        );
+        println!("published_added_p50_ms={:.1}", p50p - p50);
     }
 
     // Clean up: stop the containers through the agent, then everything.
