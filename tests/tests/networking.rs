@@ -622,6 +622,29 @@ async fn published_ports_get_a_host_port_each_and_forward_to_their_replica() {
         "{described}"
     );
 
+    // Its endpoints: both ready replicas, inside and published.
+    let eps = skiff(&server.url(), &["get", "endpoints", "pub", "-o", "json"]);
+    let eps: serde_json::Value = serde_json::from_slice(&eps.stdout).unwrap();
+    let eps = eps.as_array().unwrap();
+    assert_eq!(eps.len(), 2, "{eps:?}");
+    for a in &ready {
+        let e = eps.iter().find(|e| e["alloc_id"] == a.id.as_str()).unwrap();
+        assert_eq!(e["ports"][0]["address"], format!("{}:8080", a.address));
+        assert_eq!(
+            e["ports"][0]["published"],
+            format!("127.0.0.1:{}", a.ports[0])
+        );
+    }
+    let table = skiff(&server.url(), &["get", "endpoints"]);
+    let table = String::from_utf8_lossy(&table.stdout).to_string();
+    assert!(
+        table.contains(&format!(
+            "http={}:8080 (127.0.0.1:{})",
+            ready[0].address, ready[0].ports[0]
+        )),
+        "{table}"
+    );
+
     // network: host with a picked port: the task listens on it.
     let host_spec = job_yaml(
         "hostport",

@@ -37,6 +37,19 @@ pub enum GetWhat {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// List a job's endpoints (or every job's): its ready replicas, each
+    /// with its address and where each port is reached (published ones at
+    /// the node's address and host port).
+    #[command(alias = "endpoint", alias = "ep")]
+    Endpoints {
+        /// Only this job's endpoints.
+        #[arg(value_name = "JOB")]
+        job: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// List nodes with their capacity and heartbeat age.
     #[command(alias = "node")]
     Nodes {
@@ -151,6 +164,11 @@ pub async fn get(what: GetWhat) -> anyhow::Result<()> {
                 },
             )
         }
+        GetWhat::Endpoints {
+            job,
+            output,
+            client,
+        } => super::endpoints::get_endpoints(job.as_deref(), output, &client).await,
         GetWhat::Nodes { output, client } => {
             let nodes = connect(&client).await?.list_nodes().await?;
             let items: Vec<NodeOut> = nodes.iter().map(Into::into).collect();

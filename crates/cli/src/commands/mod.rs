@@ -9,6 +9,7 @@ mod access;
 mod apply;
 mod container;
 mod describe;
+mod endpoints;
 mod get;
 mod image;
 mod namespace;
