@@ -432,13 +432,18 @@ mod tests {
 
     fn spec_for(a: &Allocation) -> Spec {
         let dir = tempfile::tempdir().unwrap();
+        // A bridged task (the default) joins the namespace set up for it.
+        let attached = crate::network::Attachment {
+            netns: "/data/network/netns/x".into(),
+            address: Some("10.88.0.9".into()),
+        };
         build_spec(&BundleInput {
             alloc: a,
             container_id: "sk-1",
             image: &image(),
             rootfs: dir.path(),
             gpu_edits: None,
-            network: None,
+            network: (a.task.network == skiff_model::NetworkMode::Bridge).then_some(&attached),
             node_host: "127.0.0.1",
         })
         .unwrap()
@@ -707,7 +712,7 @@ mod tests {
                 .any(|n| n.typ() == LinuxNamespaceType::Network)
         };
         assert!(has_net(&alloc("{image: 'oci:/i', network: none}")));
-        assert!(!has_net(&alloc("{image: 'oci:/i'}")));
+        assert!(!has_net(&alloc("{image: 'oci:/i', network: host}")));
     }
 
     #[test]

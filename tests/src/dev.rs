@@ -15,6 +15,8 @@ pub struct DevProc {
     pub addr: String,
     child: Option<Child>,
     log: PathBuf,
+    /// The bridge the harness gave it, removed when it is dropped.
+    own_bridge: Option<String>,
 }
 
 impl DevProc {
@@ -28,10 +30,24 @@ impl DevProc {
         let addr_file = data_dir.join("server").join("api.addr");
         let _ = std::fs::remove_file(&addr_file);
         let log = data_dir.join("dev.log");
+        // A bridge and subnet of its own, unless the test names them.
+        let slot = crate::net_slot();
+        let bridge = crate::slot_bridge('d', slot);
+        let own: Vec<String> = if extra.contains(&"--bridge") {
+            Vec::new()
+        } else {
+            vec![
+                "--bridge".into(),
+                bridge.clone(),
+                "--network-subnet".into(),
+                crate::slot_subnets(slot).1,
+            ]
+        };
         let child = Command::new(skiff_bin())
             .args(["dev", "--api", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(crate::test_image_roots(extra))
+            .args(&own)
             .args(extra)
             .env("HOME", data_dir.join("home"))
             .stdout(Stdio::null())
@@ -39,6 +55,7 @@ impl DevProc {
             .spawn()
             .expect("spawn skiff dev");
         let mut dev = DevProc {
+            own_bridge: (!own.is_empty()).then_some(bridge),
             data_dir: data_dir.to_path_buf(),
             addr: String::new(),
             child: Some(child),
@@ -93,5 +110,8 @@ impl Drop for DevProc {
             let _ = c.wait();
         }
         remove_containers(&self.data_dir.join("agent"));
+        if let Some(b) = &self.own_bridge {
+            crate::remove_bridge(b);
+        }
     }
 }

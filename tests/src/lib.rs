@@ -200,6 +200,39 @@ pub async fn wait_scheduler_saw(
     .await
 }
 
+/// Bridges and subnets of each test's own: tests run in parallel, each
+/// server and `skiff dev` takes a slot (a /21 of node subnets), each
+/// agent a bridge, so no two share a bridge, a subnet or a NAT rule.
+static NET_SLOT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn net_slot() -> u32 {
+    NET_SLOT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+}
+
+/// The /21 of node subnets of slot `slot`: `10.(200..249).X.0/21`, the
+/// second number from this process (other test binaries run at once).
+fn slot_subnets(slot: u32) -> (String, String) {
+    let (b, c) = (200 + std::process::id() % 50, (slot % 32) * 8);
+    (format!("10.{b}.{c}.0/21"), format!("10.{b}.{c}.0/24"))
+}
+
+/// A bridge name of this process's own (at most 15 characters).
+fn slot_bridge(kind: char, slot: u32) -> String {
+    format!("sk{}{kind}{slot}", std::process::id() % 10_000)
+}
+
+/// Removes a test's bridge and its isolation table, if there.
+pub fn remove_bridge(name: &str) {
+    let _ = Command::new("ip")
+        .args(["link", "del", name])
+        .stderr(Stdio::null())
+        .status();
+    let _ = Command::new("nft")
+        .args(["delete", "table", "inet", &format!("skiff_{name}")])
+        .stderr(Stdio::null())
+        .status();
+}
+
 /// A `skiff server` process.
 pub struct ServerProc {
     pub data_dir: PathBuf,
@@ -236,7 +269,11 @@ impl ServerProc {
                 let token = join_token(&extra[i + 1], "server");
                 extra.extend(["--token".to_string(), token]);
             }
-        } else if !has("--insecure") && !has("--ca-cert") {
+        }
+        if !has("--node-subnets") {
+            extra.extend(["--node-subnets".to_string(), slot_subnets(net_slot()).0]);
+        }
+        if !has("--join") && !has("--insecure") && !has("--ca-cert") {
             let pki = test_pki();
             extra.extend([
                 "--ca-cert".to_string(),
@@ -366,6 +403,8 @@ pub struct AgentProc {
     /// `listen`.
     netns: Option<String>,
     listen: String,
+    /// The bridge the harness gave it, removed when it is dropped.
+    own_bridge: Option<String>,
 }
 
 impl AgentProc {
@@ -401,6 +440,12 @@ impl AgentProc {
         let has = |flag: &str| extra.contains(&flag);
         let needs_token = !has("--insecure") && !has("--token") && !data_dir.join("tls").exists();
         let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        // A bridge of its own (removed when dropped), unless the test
+        // names one.
+        let own_bridge = (!has("--bridge")).then(|| slot_bridge('a', net_slot()));
+        if let Some(b) = &own_bridge {
+            extra.extend(["--bridge".to_string(), b.clone()]);
+        }
         if needs_token {
             let first = server_url.split(',').next().unwrap_or(server_url);
             let token = join_token(first, "node");
@@ -415,6 +460,7 @@ impl AgentProc {
             log: data_dir.join("agent.log"),
             netns: None,
             listen: "127.0.0.1:0".into(),
+            own_bridge,
         }
     }
 
@@ -579,6 +625,9 @@ impl Drop for AgentProc {
     fn drop(&mut self) {
         self.kill9();
         remove_containers(&self.data_dir);
+        if let (Some(b), None) = (&self.own_bridge, &self.netns) {
+            remove_bridge(b);
+        }
     }
 }
 
@@ -714,7 +763,10 @@ pub fn mounts_under(dir: &Path) -> Vec<(PathBuf, String, String)> {
             let mut r = rest.split(' ');
             let fstype = r.next()?.to_string();
             let options = r.nth(1).unwrap_or_default().to_string();
-            point.starts_with(dir).then_some((point, fstype, options))
+            // The agent's namespace directory is a bind mount of itself
+            // that stays while it runs (the namespaces in it are listed).
+            let ns_dir = point.ends_with("network/netns");
+            (point.starts_with(dir) && !ns_dir).then_some((point, fstype, options))
         })
         .collect()
 }

@@ -650,7 +650,7 @@ async fn published_ports_get_a_host_port_each_and_forward_to_their_replica() {
         "hostport",
         1,
         "mkdir -p /tmp/www && echo \"$SKIFF_ALLOC_ID\" > /tmp/www/index.html && exec httpd -f -p $SKIFF_PORT_HTTP -h /tmp/www",
-        "  ports: [{name: http, host: 0}]\n",
+        "  network: host\n  ports: [{name: http, host: 0}]\n",
     );
     client.apply_job(&host_spec).await.unwrap();
     let h = wait_allocs(

@@ -13,7 +13,9 @@
 //! nodes and the servers (`@cluster_hosts`). Its postrouting chain is the
 //! outbound NAT: what leaves the subnet for anywhere but the subnet and
 //! the other nodes' subnets is masqueraded (containers reach each other
-//! across nodes by their own addresses). A drop is final in nftables
+//! across nodes by their own addresses), and what the node itself sends
+//! from loopback to a published port (DNAT) leaves with the bridge's
+//! address. A drop is final in nftables
 //! whatever other tables accept (iptables-nft's included); the table stays
 //! while the node runs bridged allocations.
 
@@ -73,6 +75,7 @@ pub fn ruleset(bridge: &str, subnet: &str, peers: &Peers) -> String {
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
          \t\tip saddr {subnet} ip daddr != {subnet} ip daddr != @peer_subnets masquerade\n\
+         \t\toifname \"{bridge}\" ip saddr 127.0.0.0/8 masquerade\n\
          \t}}\n\
          }}\n",
         elements(&subnets),

@@ -70,11 +70,20 @@ pub async fn start<R: Runtime>(
             let net = settings.network.as_ref().ok_or_else(|| {
                 "network: bridge, but this agent has no bridge network".to_string()
             })?;
-            // Published ports: host port to container port.
+            // Published ports: host port to container port (a plain
+            // `resources.ports` entry to the same port inside).
             let published: Vec<(u16, u16)> = alloc
-                .published()
+                .task
+                .resources
+                .ports
                 .iter()
-                .filter_map(|p| Some((p.host?, p.container)))
+                .map(|&p| (p, p))
+                .chain(
+                    alloc
+                        .published()
+                        .iter()
+                        .filter_map(|p| Some((p.host?, p.container))),
+                )
                 .collect();
             Some(
                 net.setup(&alloc.id, &published)

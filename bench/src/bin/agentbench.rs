@@ -291,7 +291,7 @@ async fn run(o: &Opts) -> Result<(), String> {
     // once (max_surge 0), not after a rolling update's min_healthy.
     let lat_spec = |round: usize| {
         JobSpec::from_yaml(&format!(
-            "name: lat\nupdate: {{max_unavailable: 1, max_surge: 0}}\ntask:\n  image: oci:{}:latest\n  command: [sh, -c, 'trap \"exit 0\" TERM; sleep 3600 & wait']\n  env: {{ROUND: '{round}'}}\n  resources: {{cpu: 500m, memory: 32Mi}}\n",
+            "name: lat\nupdate: {{max_unavailable: 1, max_surge: 0}}\ntask:\n  image: oci:{}:latest\n  command: [sh, -c, 'trap \"exit 0\" TERM; sleep 3600 & wait']\n  env: {{ROUND: '{round}'}}\n  network: host\n  resources: {{cpu: 500m, memory: 32Mi}}\n",
             layout.display()
         ))
         .map_err(|e| e.to_string())
@@ -402,7 +402,7 @@ async fn run(o: &Opts) -> Result<(), String> {
 
     // 2. Footprint: `--containers` small containers at once.
     let rss_spec = JobSpec::from_yaml(&format!(
-        "name: bench\nreplicas: {}\ntask:\n  image: oci:{}:latest\n  command: [sh, -c, 'trap \"exit 0\" TERM; sleep 3600 & wait']\n  resources: {{cpu: 10m, memory: 16Mi}}\n",
+        "name: bench\nreplicas: {}\ntask:\n  image: oci:{}:latest\n  command: [sh, -c, 'trap \"exit 0\" TERM; sleep 3600 & wait']\n  network: host\n  resources: {{cpu: 10m, memory: 16Mi}}\n",
         o.containers,
         layout.display()
     ))

@@ -378,6 +378,7 @@ mod tests {
             ("skiff rollout promote", "job", "Jobs"),
             ("skiff scale", "job", "Jobs"),
             ("skiff get allocs", "job", "Jobs"),
+            ("skiff get endpoints", "job", "Jobs"),
             ("skiff describe node", "name", "Nodes"),
             ("skiff describe alloc", "id", "Allocs"),
             ("skiff node cordon", "name", "Nodes"),

@@ -474,7 +474,9 @@ impl TaskSpec {
     }
 }
 
-/// Which network namespace a container gets.
+/// Which network namespace a container gets. A job file that leaves it
+/// out gets `bridge` (`host` for a gang); `Host` is the serde default only
+/// for records written before the bridge existed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Hash, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {

@@ -33,7 +33,7 @@ mod properties;
 use serde_json::Value;
 
 use crate::error::{FieldError, SpecError};
-use crate::job::{JobSpec, TaskSpec, DEFAULT_PRIORITY, MAX_REPLICAS};
+use crate::job::{JobSpec, NetworkMode, TaskSpec, DEFAULT_PRIORITY, MAX_REPLICAS};
 
 use fields::{as_string, check_unknown, kind, Errors, JOB_FIELDS};
 
@@ -81,7 +81,7 @@ impl TaskSpec {
     /// a job), as [`JobSpec::from_value`] does; errors name `task.FIELD`.
     pub fn from_value(value: &Value) -> Result<TaskSpec, SpecError> {
         let mut errs = Errors::new();
-        let task = task::parse_task(value, "task", &mut errs);
+        let task = task::parse_task(value, "task", NetworkMode::Bridge, &mut errs);
         match task {
             Some(task) if errs.0.is_empty() => Ok(task),
             _ => Err(SpecError::Invalid(errs.0)),
@@ -148,7 +148,17 @@ fn parse_job_inner(root: &Value, errs: &mut Errors) -> Option<JobSpec> {
         }
     };
     let task = match obj.get("task") {
-        Some(v) => task::parse_task(v, "task", errs),
+        // A gang's ranks talk over the host's network (NCCL); everything
+        // else gets its own namespace on the node's bridge.
+        Some(v) => {
+            let gang = obj.get("gang").and_then(Value::as_bool) == Some(true);
+            let default = if gang {
+                NetworkMode::Host
+            } else {
+                NetworkMode::Bridge
+            };
+            task::parse_task(v, "task", default, errs)
+        }
         None => {
             errs.push("task", "is required");
             None
@@ -272,7 +282,10 @@ task:
         assert_eq!(spec.task.image.tag.as_deref(), Some("latest"));
         assert_eq!(spec.task.resources, TaskResources::new(250, 64 << 20));
         assert_eq!(spec.task.env["GREETING"], "hi");
-        assert_eq!(spec.task.network, NetworkMode::Host);
+        // The default network is the bridge; a gang's is the host's.
+        assert_eq!(spec.task.network, NetworkMode::Bridge);
+        let gang = JobSpec::from_yaml(&format!("{HELLO}gang: true\n")).unwrap();
+        assert_eq!(gang.task.network, NetworkMode::Host);
     }
 
     #[test]

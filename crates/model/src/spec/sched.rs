@@ -439,14 +439,10 @@ pub(super) fn validate_task_resources(task: &TaskSpec, path: &str, errs: &mut Er
             );
         }
     }
-    if !r.ports.is_empty() && task.network != NetworkMode::Host {
+    if !r.ports.is_empty() && task.network == NetworkMode::None {
         errs.push(
             &ppath,
-            format!(
-                "host ports need {}.network: host (this task uses {})",
-                path,
-                task.network.as_str()
-            ),
+            format!("host ports need {path}.network: host or bridge (this task uses none)"),
         );
     }
 }

@@ -26,7 +26,14 @@ const MAX_CPU_MILLIS: u64 = 1024 * 1000;
 /// Most variables in `env`.
 const MAX_ENV: usize = 1024;
 
-pub(super) fn parse_task(v: &Value, path: &str, errs: &mut Errors) -> Option<TaskSpec> {
+/// Reads a task; `network` left out is `default_network` (bridge, host for
+/// gangs).
+pub(super) fn parse_task(
+    v: &Value,
+    path: &str,
+    default_network: NetworkMode,
+    errs: &mut Errors,
+) -> Option<TaskSpec> {
     let obj = as_object(v, path, errs)?;
     check_unknown(obj, path, TASK_FIELDS, errs);
 
@@ -81,7 +88,7 @@ pub(super) fn parse_task(v: &Value, path: &str, errs: &mut Errors) -> Option<Tas
         None => Some(TaskResources::new(DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES)),
     };
     let network = match obj.get("network") {
-        None => Some(NetworkMode::Host),
+        None => Some(default_network),
         Some(v) => one_of(
             v,
             &join(path, "network"),

@@ -72,7 +72,13 @@ fn sparse(spec: &m::JobSpec, wire: &mut pb::JobSpec, omit: &mut Omit) {
     if res.cpu_millis.is_none() && res.memory_bytes.is_none() && res.gpus == 0 && omit.take() {
         task.resources = None;
     }
-    if t.network == m::NetworkMode::Host && omit.take() {
+    // Left out, a task's network is the bridge (a gang's the host's).
+    let default_network = if spec.gang {
+        m::NetworkMode::Host
+    } else {
+        m::NetworkMode::Bridge
+    };
+    if t.network == default_network && omit.take() {
         task.network = pb::NetworkMode::Unspecified as i32;
     }
     let r = task.restart.as_mut().expect("restart");
