@@ -233,6 +233,16 @@ pub fn remove_bridge(name: &str) {
         .status();
 }
 
+/// Lets the `default` namespace's tasks use `network: host` (a namespace
+/// policy; without it such a job is refused).
+pub async fn allow_host_network(client: &mut Client) {
+    let ns = skiff_model::namespace::Namespace::from_yaml(
+        "name: default\npolicy: {host_network: true}\n",
+    )
+    .unwrap();
+    client.apply_namespace(&ns).await.unwrap();
+}
+
 /// A `skiff server` process.
 pub struct ServerProc {
     pub data_dir: PathBuf,

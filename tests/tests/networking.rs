@@ -413,6 +413,17 @@ async fn a_bridged_container_cannot_reach_the_hosts_ports() {
         "a bridged container got into a host port"
     );
     // The same check from the host's network does get in: the probe works.
+    // (network: host needs the namespace's leave; refused without it.)
+    let refused = client
+        .apply_job(&probe("hosted", "127.0.0.1", "host"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("task.network: host is not allowed in namespace \"default\""),
+        "{refused}"
+    );
+    allow_host_network(&mut client).await;
     client
         .apply_job(&probe("hosted", "127.0.0.1", "host"))
         .await
@@ -646,6 +657,7 @@ async fn published_ports_get_a_host_port_each_and_forward_to_their_replica() {
     );
 
     // network: host with a picked port: the task listens on it.
+    allow_host_network(&mut client).await;
     let host_spec = job_yaml(
         "hostport",
         1,

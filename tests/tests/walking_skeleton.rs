@@ -157,6 +157,7 @@ async fn exit_codes_env_limits_and_network_modes_reach_the_user() {
     let mut host = shell_job("shared", 1, probe);
     host.task.network = skiff_model::NetworkMode::Host;
     client.apply_job(&none).await.unwrap();
+    allow_host_network(&mut client).await;
     client.apply_job(&host).await.unwrap();
     let iso = wait_allocs(&mut client, "isolated", 1, AllocStatus::Complete, START).await;
     let shared = wait_allocs(&mut client, "shared", 1, AllocStatus::Complete, START).await;

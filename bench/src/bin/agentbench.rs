@@ -281,6 +281,15 @@ async fn run(o: &Opts) -> Result<(), String> {
         }
     })
     .await?;
+    // The host-network rounds need the namespace's leave.
+    let ns = skiff_model::namespace::Namespace::from_yaml(
+        "name: default\npolicy: {host_network: true}\n",
+    )
+    .map_err(|e| e.to_string())?;
+    client
+        .apply_namespace(&ns)
+        .await
+        .map_err(|e| e.to_string())?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle = mem_of(agent_pid).ok_or("cannot read the agent's memory")?;
 

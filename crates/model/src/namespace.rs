@@ -45,12 +45,28 @@ pub struct Policy {
     /// layouts may be named.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_paths: Vec<String>,
+    /// Tasks may use `network: host` (gangs always may): they share the
+    /// node's network, its loopback and every port on it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
 }
 
 impl Policy {
     pub fn is_empty(&self) -> bool {
-        self.capabilities.is_empty() && self.image_paths.is_empty()
+        self.capabilities.is_empty() && self.image_paths.is_empty() && !self.host_network
     }
+}
+
+/// Checks `spec`'s network against namespace `name`'s policy: `network:
+/// host` needs `host_network: true`, except for a gang (whose ranks talk
+/// over the host's network).
+pub fn check_network(name: &str, host_network: bool, spec: &JobSpec) -> Result<(), String> {
+    if spec.task.network == crate::job::NetworkMode::Host && !spec.gang && !host_network {
+        return Err(format!(
+            "task.network: host is not allowed in namespace {name:?}: it would share the node's network, loopback and ports; use bridge (the default), or have an admin set policy.host_network: true (skiff namespace apply)"
+        ));
+    }
+    Ok(())
 }
 
 /// The most the namespace's jobs may hold at once; a missing amount is

@@ -12,7 +12,7 @@ use super::fields::{as_object, as_string, check_unknown, number, quantity, strin
 use super::{check_dns_label, MAX_SPEC_BYTES};
 
 const NAMESPACE_FIELDS: &[&str] = &["name", "policy", "quota"];
-const POLICY_FIELDS: &[&str] = &["capabilities", "image_paths"];
+const POLICY_FIELDS: &[&str] = &["capabilities", "image_paths", "host_network"];
 const QUOTA_FIELDS: &[&str] = &["cpu", "memory", "allocations", "gpus"];
 /// Most GPUs a quota may name for one model.
 const MAX_GPUS: u64 = 1 << 20;
@@ -70,6 +70,10 @@ fn parse(root: &Value, errs: &mut Errors) -> Option<Namespace> {
         }
         if let Some(v) = p.get("image_paths") {
             policy.image_paths = string_list(v, "policy.image_paths", errs);
+        }
+        if let Some(v) = p.get("host_network") {
+            policy.host_network =
+                super::fields::boolean(v, "policy.host_network", errs).unwrap_or(false);
         }
     }
     let mut quota = Quota::default();

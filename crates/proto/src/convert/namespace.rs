@@ -12,6 +12,7 @@ impl From<&m::Namespace> for pb::Namespace {
             policy: Some(pb::NamespacePolicy {
                 capabilities: n.policy.capabilities.clone(),
                 image_paths: n.policy.image_paths.clone(),
+                host_network: n.policy.host_network,
             }),
             quota: Some(pb::NamespaceQuota {
                 cpu_millis: n.quota.cpu_millis,
@@ -36,6 +37,7 @@ impl From<pb::Namespace> for m::Namespace {
                     .map(|c| skiff_model::lifecycle::normalize_capability(c))
                     .collect(),
                 image_paths: policy.image_paths,
+                host_network: policy.host_network,
             },
             quota: m::Quota {
                 cpu_millis: quota.cpu_millis,
@@ -66,9 +68,10 @@ mod tests {
     #[test]
     fn a_namespace_survives_the_wire() {
         let ns = m::Namespace::from_yaml(
-            "name: lab\npolicy: {capabilities: [NET_ADMIN], image_paths: [/data]}\nquota: {cpu: 2, gpus: {any: 1}}\n",
+            "name: lab\npolicy: {capabilities: [NET_ADMIN], image_paths: [/data], host_network: true}\nquota: {cpu: 2, gpus: {any: 1}}\n",
         )
         .unwrap();
+        assert!(ns.policy.host_network);
         assert_eq!(m::Namespace::from(pb::Namespace::from(&ns)), ns);
     }
 }

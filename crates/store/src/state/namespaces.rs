@@ -76,10 +76,15 @@ impl State {
             });
         }
         let Some(ns) = self.access.namespaces.get(name) else {
-            // `default`, undescribed: Docker's capabilities, no quota.
+            // `default`, undescribed: Docker's capabilities, no host
+            // network, no quota.
+            skiff_model::namespace::check_network(name, false, spec)
+                .map_err(|why| Refusal::PolicyDenied { why })?;
             return skiff_model::namespace::check_capabilities(name, &[], spec)
                 .map_err(|why| Refusal::PolicyDenied { why });
         };
+        skiff_model::namespace::check_network(name, ns.policy.host_network, spec)
+            .map_err(|why| Refusal::PolicyDenied { why })?;
         ns.check_capabilities(spec)
             .map_err(|why| Refusal::PolicyDenied { why })?;
         if !ns.quota.is_empty() {
@@ -109,6 +114,44 @@ mod tests {
             Outcome::Refused(r) => r,
             other => panic!("expected a refusal, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_host_network_needs_the_namespaces_leave_except_for_a_gang() {
+        let mut s = State::default();
+        let mut host = in_ns("default", "web", 1);
+        host.task.network = skiff_model::NetworkMode::Host;
+        let upsert = |spec: &JobSpec| Command::UpsertJob { spec: spec.clone() };
+        let Refusal::PolicyDenied { why } = refusal(s.apply(1, &upsert(&host))) else {
+            panic!("not a policy refusal")
+        };
+        assert!(why.contains("task.network: host is not allowed"), "{why}");
+        // A gang's ranks talk over the host's network: always allowed.
+        let mut gang = host.clone();
+        gang.name = "train".into();
+        gang.gang = true;
+        assert!(matches!(
+            s.apply(2, &upsert(&gang)),
+            Outcome::JobUpserted { .. }
+        ));
+        let allowing = Namespace {
+            name: "default".into(),
+            policy: Policy {
+                host_network: true,
+                ..Policy::default()
+            },
+            ..Namespace::default()
+        };
+        s.apply(
+            3,
+            &Command::PutNamespace {
+                namespace: allowing,
+            },
+        );
+        assert!(matches!(
+            s.apply(4, &upsert(&host)),
+            Outcome::JobUpserted { .. }
+        ));
     }
 
     #[test]
