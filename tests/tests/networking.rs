@@ -280,8 +280,39 @@ async fn start_stop_cycles_and_an_agent_sigkill_leave_nothing_behind() {
     let (server, mut agent) = bridged_node(tmp.path(), &test_bridge);
     let agent_dir = tmp.path().join("agent");
     let mut client = server.client().await;
-    // Cycles: a job started and deleted again and again (bounded).
-    const CYCLES: usize = 8;
+    // 200 start/stop cycles: a batch job's 200 short runs, ten at a
+    // time, each with a namespace, an address, a veth and a lease of its
+    // own, each torn down when it ends.
+    const RUNS: u32 = 200;
+    let batch = skiff_model::JobSpec::from_yaml(&format!(
+        "name: runs\ntype: batch\ncompletions: {RUNS}\nparallelism: 10\ntask:\n  image: {}\n  command: [sh, -c, 'test -n \"$SKIFF_IP\"']\n  resources: {{cpu: 10m, memory: 16Mi}}\n",
+        busybox_image()
+    ))
+    .unwrap();
+    client.apply_job(&batch).await.unwrap();
+    let done = wait_for("200 runs", Duration::from_secs(240), || {
+        let mut c = client.clone();
+        async move {
+            let allocs = allocs_of(&mut c, "runs").await;
+            let ok = allocs
+                .iter()
+                .filter(|a| a.status == AllocStatus::Complete)
+                .count();
+            (ok >= RUNS as usize).then_some(allocs)
+        }
+    })
+    .await;
+    assert!(
+        done.iter().all(|a| a.status != AllocStatus::Failed),
+        "a run failed (no address?)"
+    );
+    wait_for("every run torn down", Duration::from_secs(60), || {
+        let now = leftovers(&agent_dir, &bridge, &subnet);
+        async move { (now == NONE).then_some(()) }
+    })
+    .await;
+    // And services started and deleted again (bounded).
+    const CYCLES: usize = 3;
     for i in 0..CYCLES {
         let name = format!("cycle{i}");
         client.apply_job(&web(&name, 2)).await.unwrap();
