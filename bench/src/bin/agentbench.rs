@@ -507,38 +507,27 @@ async fn run(o: &Opts) -> Result<(), String> {
         println!("agent_{key}_p50={:.1}", phase_median(&log_text, key));
     }
     if o.bridge {
-        let mut b = start_ms_lines(&bridge_log);
-        if !b.is_empty() {
-            b.remove(0); // the warm-up round
+        // Each against the host-network starts (p50) and plain runc (r50).
+        for (name, log) in [("bridge", &bridge_log), ("published", &published_log)] {
+            let mut b = start_ms_lines(log);
+            if !b.is_empty() {
+                b.remove(0); // the warm-up round
+            }
+            b.sort_by(f64::total_cmp);
+            let (b50, b99) = (percentile(&b, 50.0), percentile(&b, 99.0));
+            println!("{name}_starts={}", b.len());
+            println!("{name}_start_p50_ms={b50:.1}");
+            println!("{name}_start_p99_ms={b99:.1}");
+            println!(
+                "{name}_network_ms_p50={:.1}",
+                phase_median(log, "network_ms")
+            );
+            println!("{name}_added_p50_ms={:.1}", b50 - p50);
+            println!(
+                "{name}_overhead_vs_runc_p50_pct={:.1}",
+                (b50 / r50 - 1.0) * 100.0
+            );
         }
-        b.sort_by(f64::total_cmp);
-        let (b50, b99) = (percentile(&b, 50.0), percentile(&b, 99.0));
-        println!("bridge_starts={}", b.len());
-        println!("bridge_start_p50_ms={b50:.1}");
-        println!("bridge_start_p99_ms={b99:.1}");
-        println!(
-            "bridge_network_ms_p50={:.1}",
-            phase_median(&bridge_log, "network_ms")
-        );
-        println!("bridge_added_p50_ms={:.1}", b50 - p50);
-        println!(
-            "bridge_overhead_vs_runc_p50_pct={:.1}",
-            (b50 / r50 - 1.0) * 100.0
-        );
-        let mut p = start_ms_lines(&published_log);
-        if !p.is_empty() {
-            p.remove(0); // the warm-up round
-        }
-        p.sort_by(f64::total_cmp);
-        let (p50p, p99p) = (percentile(&p, 50.0), percentile(&p, 99.0));
-        println!("published_starts={}", p.len());
-        println!("published_start_p50_ms={p50p:.1}");
-        println!("published_start_p99_ms={p99p:.1}");
-        println!(
-            "published_network_ms_p50={:.1}",
-            phase_median(&published_log, "network_ms")
-        );
-        println!("published_added_p50_ms={:.1}", p50p - p50);
     }
 
     // Clean up: stop the containers through the agent, then everything.
