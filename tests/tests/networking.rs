@@ -846,3 +846,52 @@ async fn another_host_that_routes_the_subnet_opens_no_connection_into_the_bridge
         "without the rules the neighbour should get in: {body:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_leaves_its_endpoints_before_it_is_stopped() {
+    require_cni();
+    let tmp = tempfile::tempdir().unwrap();
+    let test_bridge = bridge_for(8);
+    let (server, _agent) = bridged_node(tmp.path(), &test_bridge);
+    let mut client = server.client().await;
+    let mut spec = web("slow", 1);
+    spec.task.shutdown_delay = Some(Duration::from_secs(5));
+    client.apply_job(&spec).await.unwrap();
+    let a = wait_for("the replica ready", Duration::from_secs(60), || {
+        let mut c = client.clone();
+        async move {
+            let a = allocs_of(&mut c, "slow").await.into_iter().next()?;
+            (a.healthy == Some(true) && !a.address.is_empty()).then_some(a)
+        }
+    })
+    .await;
+    let endpoints = |url: String| {
+        let out = skiff(&url, &["get", "endpoints", "slow", "-o", "json"]);
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+    };
+    assert_eq!(endpoints(server.url()).len(), 1);
+    client.delete_job("slow").await.unwrap();
+    // It leaves the endpoints at once, and keeps serving meanwhile (its
+    // shutdown delay): clients that saw it still get answers.
+    let url = server.url();
+    wait_for(
+        "the replica to leave the endpoints",
+        Duration::from_secs(10),
+        || {
+            let left = endpoints(url.clone()).is_empty();
+            async move { left.then_some(()) }
+        },
+    )
+    .await;
+    let body = http_get(&format!("{}:8080", a.address)).unwrap();
+    assert!(body.contains(&a.id), "{body}");
+    // Then it is stopped.
+    wait_for("the replica stopped", Duration::from_secs(30), || {
+        let mut c = client.clone();
+        async move {
+            let a = allocs_of(&mut c, "slow").await.into_iter().next()?;
+            a.status.is_terminal().then_some(())
+        }
+    })
+    .await;
+}

@@ -36,6 +36,9 @@ pub enum Action {
         id: String,
         signal: String,
         grace: Duration,
+        /// The task's `shutdown_delay` when the servers asked for the
+        /// stop: the container keeps running that long first.
+        delay: Duration,
     },
     /// Delete the runtime's container and remove the bundle.
     Cleanup { id: String },
@@ -218,7 +221,7 @@ impl Containers {
                 c.killed_for = Some(format!("{probe} probe failed: {message}"));
                 c.healthy = Some(false);
                 c.state = State::Stopping { requested: false };
-                vec![stop_action(id, c.listing.task(), self.default_grace)]
+                vec![stop_action(id, c.listing.task(), self.default_grace, false)]
             }
         }
     }
@@ -500,7 +503,7 @@ fn stop(id: &str, c: &mut Container, grace: Duration, actions: &mut Vec<Action>)
     match &c.state {
         State::Running { .. } => {
             c.state = State::Stopping { requested: true };
-            actions.push(stop_action(id, c.listing.task(), grace));
+            actions.push(stop_action(id, c.listing.task(), grace, true));
         }
         State::Stopping { requested: false } => {
             c.state = State::Stopping { requested: true };
@@ -520,11 +523,16 @@ fn stop(id: &str, c: &mut Container, grace: Duration, actions: &mut Vec<Action>)
     }
 }
 
-/// Stopping a task's container: its signal and grace period.
-fn stop_action(id: &str, task: Option<&TaskSpec>, default_grace: Duration) -> Action {
+/// Stopping a task's container: its signal and grace period, after its
+/// shutdown delay when the servers `asked` (not for a failed probe).
+fn stop_action(id: &str, task: Option<&TaskSpec>, default_grace: Duration, asked: bool) -> Action {
     Action::Stop {
         id: id.to_string(),
         signal: stop_signal(task),
         grace: task.and_then(|t| t.stop_grace).unwrap_or(default_grace),
+        delay: task
+            .and_then(|t| t.shutdown_delay)
+            .filter(|_| asked)
+            .unwrap_or_default(),
     }
 }

@@ -62,7 +62,12 @@ impl<R: Runtime, X: Records> Executor<R, X> {
     fn run(&mut self, action: Action) {
         match action {
             Action::Start { alloc, run } => self.spawn_start(*alloc, run),
-            Action::Stop { id, signal, grace } => self.spawn_stop(id, signal, grace),
+            Action::Stop {
+                id,
+                signal,
+                grace,
+                delay,
+            } => self.spawn_stop(id, signal, grace, delay),
             Action::Cleanup { id } => self.spawn_cleanup(id),
             Action::Watch { id } => self.spawn_exit_watch(id),
             Action::Probe { id, task, run } => {
@@ -133,12 +138,12 @@ impl<R: Runtime, X: Records> Executor<R, X> {
         });
     }
 
-    fn spawn_stop(&self, id: String, signal: String, grace: Duration) {
+    fn spawn_stop(&self, id: String, signal: String, grace: Duration, delay: Duration) {
         let runtime = self.runtime.clone();
         let records = self.records.clone();
         let events = self.events.clone();
         tokio::spawn(async move {
-            stop::stop(&*runtime, &*records, &id, &signal, grace).await;
+            stop::stop(&*runtime, &*records, &id, &signal, grace, delay).await;
             let _ = events.send(Event::StopDone { id }).await;
         });
     }

@@ -31,20 +31,22 @@ pub fn stop_signal(task: Option<&TaskSpec>) -> String {
         .map_or_else(|| "15".to_string(), |(_, num)| num.to_string())
 }
 
-/// The stop signal, a grace period, SIGKILL; returns once the shim
-/// recorded the exit of allocation `id`'s container (or it is clear it
-/// never will).
+/// The shutdown delay, the stop signal, a grace period, SIGKILL; returns
+/// once the shim recorded the exit of allocation `id`'s container (or it
+/// is clear it never will).
 pub async fn stop<R: Runtime, X: Records>(
     runtime: &R,
     records: &X,
     id: &str,
     signal: &str,
     grace: Duration,
+    delay: Duration,
 ) {
     let cid = container_id(id);
     let cid = cid.as_str();
     let exited = || records.exit(id).is_some();
-    if exited() {
+    // It has left its job's endpoints: clients move away meanwhile.
+    if exited() || wait_until(exited, delay).await {
         return;
     }
     if let Err(e) = runtime.kill(cid, signal).await {
@@ -137,16 +139,57 @@ mod tests {
     async fn a_container_that_obeys_its_stop_signal_gets_nothing_more() {
         let (runtime, records) = exits_on("10", Duration::from_millis(300));
         let t = Instant::now();
-        stop(&*runtime, &*records, ID, "10", Duration::from_secs(20)).await;
+        stop(
+            &*runtime,
+            &*records,
+            ID,
+            "10",
+            Duration::from_secs(20),
+            Duration::ZERO,
+        )
+        .await;
         assert_eq!(runtime.calls(), [kill("10")]);
         assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_shutdown_delay_comes_before_the_stop_signal() {
+        let (runtime, records) = exits_on("15", Duration::from_millis(100));
+        let t = Instant::now();
+        let stopping = stop(
+            &*runtime,
+            &*records,
+            ID,
+            "15",
+            Duration::from_secs(10),
+            Duration::from_secs(2),
+        );
+        tokio::pin!(stopping);
+        // Still serving during the delay: no signal yet.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1900), &mut stopping)
+                .await
+                .is_err()
+        );
+        assert!(runtime.calls().is_empty(), "{:?}", runtime.calls());
+        stopping.await;
+        assert_eq!(runtime.calls(), [kill("15")]);
+        assert!(t.elapsed() >= Duration::from_secs(2), "{:?}", t.elapsed());
     }
 
     #[tokio::test(start_paused = true)]
     async fn one_that_ignores_it_gets_sigkill_after_the_grace_period() {
         let (runtime, records) = exits_on("9", Duration::from_millis(100));
         let t = Instant::now();
-        stop(&*runtime, &*records, ID, "15", Duration::from_secs(3)).await;
+        stop(
+            &*runtime,
+            &*records,
+            ID,
+            "15",
+            Duration::from_secs(3),
+            Duration::ZERO,
+        )
+        .await;
         assert_eq!(runtime.calls(), [kill("15"), kill("9")]);
         let took = t.elapsed();
         assert!(
@@ -160,7 +203,15 @@ mod tests {
         let runtime = FakeRuntime::new();
         let records = MemRecords::new();
         let t = Instant::now();
-        stop(&runtime, &records, ID, "15", Duration::from_secs(2)).await;
+        stop(
+            &runtime,
+            &records,
+            ID,
+            "15",
+            Duration::from_secs(2),
+            Duration::ZERO,
+        )
+        .await;
         assert_eq!(
             runtime.calls(),
             [
@@ -184,7 +235,15 @@ mod tests {
         let runtime = FakeRuntime::new();
         let records = MemRecords::new();
         records.record_exit(ID, exit(0, 1, false));
-        stop(&runtime, &records, ID, "15", Duration::from_secs(2)).await;
+        stop(
+            &runtime,
+            &records,
+            ID,
+            "15",
+            Duration::from_secs(2),
+            Duration::ZERO,
+        )
+        .await;
         assert!(runtime.calls().is_empty());
     }
 
@@ -193,7 +252,15 @@ mod tests {
         let runtime = FakeRuntime::new();
         runtime.fail("kill", "container not running");
         let records = MemRecords::new();
-        stop(&runtime, &records, ID, "15", Duration::from_secs(1)).await;
+        stop(
+            &runtime,
+            &records,
+            ID,
+            "15",
+            Duration::from_secs(1),
+            Duration::ZERO,
+        )
+        .await;
         assert_eq!(
             runtime.calls(),
             [

@@ -50,11 +50,23 @@ fn render(actions: &[Action]) -> Vec<String> {
         .iter()
         .map(|a| match a {
             Action::Start { alloc, run } => format!("start {} {run}", alloc.id),
-            Action::Stop { id, signal, grace } => {
-                format!(
+            Action::Stop {
+                id,
+                signal,
+                grace,
+                delay,
+            } => {
+                let mut s = format!(
                     "stop {id} {signal} {}",
                     skiff_model::duration::format_duration(*grace)
-                )
+                );
+                if !delay.is_zero() {
+                    s.push_str(&format!(
+                        " after {}",
+                        skiff_model::duration::format_duration(*delay)
+                    ));
+                }
+                s
             }
             Action::Cleanup { id } => format!("cleanup {id}"),
             Action::Watch { id } => format!("watch {id}"),

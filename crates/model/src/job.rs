@@ -413,6 +413,15 @@ pub struct TaskSpec {
         with = "crate::duration::opt_text"
     )]
     pub stop_grace: Option<Duration>,
+    /// Time between the servers asking for a stop (the replica has left
+    /// its job's endpoints by then) and the stop signal, so clients move
+    /// away first; none when unset.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::duration::opt_text"
+    )]
+    pub shutdown_delay: Option<Duration>,
     /// Most processes the container may run at once (4096 when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids_limit: Option<u32>,
@@ -467,6 +476,7 @@ impl TaskSpec {
             security: Security::default(),
             stop_signal: None,
             stop_grace: None,
+            shutdown_delay: None,
             pids_limit: None,
             pull: PullPolicy::IfNotPresent,
             ports: Vec::new(),

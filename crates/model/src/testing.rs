@@ -271,6 +271,7 @@ fn task() -> impl Strategy<Value = TaskSpec> {
                 security,
                 stop_signal,
                 stop_grace,
+                shutdown_delay: stop_grace.filter(|_| pids_limit.is_some()),
                 pull: if pids_limit.is_some_and(|n| n % 2 == 0) {
                     crate::job::PullPolicy::Always
                 } else {

@@ -55,6 +55,7 @@ pub(super) const TASK_FIELDS: &[&str] = &[
     "security",
     "stop_signal",
     "stop_grace",
+    "shutdown_delay",
     "pids_limit",
     "pull",
     "ports",

@@ -312,6 +312,9 @@ pub(super) fn validate_lifecycle(task: &TaskSpec, path: &str, errs: &mut Errors)
     if let Some(g) = task.stop_grace {
         check_duration(g, &join(path, "stop_grace"), Duration::ZERO, errs);
     }
+    if let Some(d) = task.shutdown_delay {
+        check_duration(d, &join(path, "shutdown_delay"), Duration::ZERO, errs);
+    }
     if let Some(n) = task.pids_limit {
         if n == 0 || n > MAX_PIDS_LIMIT {
             errs.push(

@@ -121,6 +121,9 @@ pub(super) fn parse_task(
     let stop_grace = obj
         .get("stop_grace")
         .map(|v| fields::duration(v, &join(path, "stop_grace"), errs));
+    let shutdown_delay = obj
+        .get("shutdown_delay")
+        .map(|v| fields::duration(v, &join(path, "shutdown_delay"), errs));
     let pids_limit = obj.get("pids_limit").map(|v| {
         fields::number(v, &join(path, "pids_limit"), 0, u64::from(u32::MAX), errs).map(|n| n as u32)
     });
@@ -156,6 +159,7 @@ pub(super) fn parse_task(
         security: security?,
         stop_signal,
         stop_grace: stop_grace.map(|d| d.ok_or(())).transpose().ok()?,
+        shutdown_delay: shutdown_delay.map(|d| d.ok_or(())).transpose().ok()?,
         pids_limit: pids_limit.map(|n| n.ok_or(())).transpose().ok()?,
         pull: pull?,
         ports: ports?,

@@ -77,6 +77,7 @@ impl From<&m::TaskSpec> for pb::TaskSpec {
             }),
             stop_signal: t.stop_signal.clone().unwrap_or_default(),
             stop_grace_ms: t.stop_grace.map(duration_ms),
+            shutdown_delay_ms: t.shutdown_delay.map(duration_ms),
             pids_limit: t.pids_limit,
             pull: if t.pull.is_default() {
                 String::new()
@@ -414,6 +415,7 @@ pub(super) fn task_tree(t: &pb::TaskSpec) -> Value {
         task.insert("stop_signal".into(), json!(t.stop_signal));
     }
     put(&mut task, "stop_grace", t.stop_grace_ms.map(ms));
+    put(&mut task, "shutdown_delay", t.shutdown_delay_ms.map(ms));
     put(&mut task, "pids_limit", t.pids_limit.map(|p| json!(p)));
     if !t.pull.is_empty() {
         task.insert("pull".into(), json!(t.pull));
@@ -546,6 +548,7 @@ pub fn wire_field(path: &str) -> String {
             _ => {}
         },
         ("task", "stop_grace") => parts[1] = "stop_grace_ms".into(),
+        ("task", "shutdown_delay") => parts[1] = "shutdown_delay_ms".into(),
         ("task", "ports") => parts[1] = parts[1].replacen("ports", "named_ports", 1),
         ("task", "restart") if at(&parts, 2) == "backoff" && parts.len() > 3 => {
             let field = format!("backoff_{}_ms", parts[3]);

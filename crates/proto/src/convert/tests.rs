@@ -171,6 +171,7 @@ fn yaml_paths_name_the_request_fields_they_came_from() {
         ("task.resources.ports[1]", "spec.task.ports[1]"),
         ("task.ports[1].host", "spec.task.named_ports[1].host"),
         ("task.stop_grace", "spec.task.stop_grace_ms"),
+        ("task.shutdown_delay", "spec.task.shutdown_delay_ms"),
         (
             "task.restart.backoff.initial",
             "spec.task.restart.backoff_initial_ms",
