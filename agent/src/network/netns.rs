@@ -23,8 +23,13 @@ fn is_mount_point(path: &Path) -> bool {
     me.dev() != parent.dev() || me.ino() == parent.ino()
 }
 
-/// Makes `dir` (created if missing) a shared mount of itself, once.
+/// Makes `dir` (created if missing) a shared mount of itself, once. One
+/// caller at a time: two first setups racing would otherwise both find it
+/// unmounted and mount it twice, and the second mount would hide the
+/// namespace the first had just made under it.
 pub fn prepare_dir(dir: &Path) -> io::Result<()> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _held = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     std::fs::create_dir_all(dir)?;
     let mounted = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
@@ -107,6 +112,46 @@ mod tests {
         remove(&ns).unwrap();
         assert!(!ns.exists());
         remove(&ns).unwrap();
+        sys::umount_detach(&dir).unwrap();
+    }
+
+    /// Several first setups at once (a fresh agent given several bridged
+    /// allocations): the directory is mounted once, and every namespace
+    /// made in it stays visible (a second mount of the directory would
+    /// hide the ones made before it, seen once as "unknown FS magic").
+    #[test]
+    fn first_setups_racing_mount_the_directory_once() {
+        if !crate::sys::is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("netns");
+        let made: Vec<_> = (0..6)
+            .map(|i| {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    prepare_dir(&dir).unwrap();
+                    let ns = dir.join(format!("n{i}"));
+                    create(&ns).unwrap();
+                    ns
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        let point = dir.to_string_lossy().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.split(' ').nth(4) == Some(point.as_str()))
+            .count();
+        assert_eq!(mounts, 1, "the directory is mounted once");
+        for ns in &made {
+            assert!(is_mount_point(ns), "{} is hidden", ns.display());
+            remove(ns).unwrap();
+        }
         sys::umount_detach(&dir).unwrap();
     }
 }
