@@ -641,10 +641,62 @@ impl Drop for AgentProc {
     }
 }
 
+/// Undoes the port mappings of the bridged allocations an agent left set
+/// up (what its teardown would have done): portmap's rules live in the
+/// host's NAT table, outside the data directory, and would otherwise
+/// forward a later test's port to a container long gone. Runs each cached
+/// portmap call's DEL, as the agent does.
+fn remove_port_mappings(agent_dir: &Path) {
+    let Ok(dir) = std::fs::read_dir(agent_dir.join("network").join("cni")) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let Ok(cached) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        let cid = cached["container_id"].as_str().unwrap_or_default();
+        let netns = cached["netns"].as_str().unwrap_or_default();
+        for step in cached["steps"].as_array().into_iter().flatten() {
+            if step["config"]["type"] != "portmap" {
+                continue;
+            }
+            let mut config = step["config"].clone();
+            config["cniVersion"] = "1.0.0".into();
+            config["name"] = "skiff".into();
+            if !step["result"].is_null() {
+                config["prevResult"] = step["result"].clone();
+            }
+            let Ok(mut child) = Command::new("/usr/lib/cni/portmap")
+                .env("CNI_COMMAND", "DEL")
+                .env("CNI_CONTAINERID", cid)
+                .env("CNI_NETNS", netns)
+                .env("CNI_IFNAME", step["ifname"].as_str().unwrap_or("eth0"))
+                .env("CNI_PATH", "/usr/lib/cni")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+            else {
+                continue;
+            };
+            if let Some(mut stdin) = child.stdin.take() {
+                use std::io::Write as _;
+                let _ = stdin.write_all(config.to_string().as_bytes());
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Removes every runc container an agent whose data directory is
-/// `agent_dir` left (their shims then exit), and unmounts their overlay
-/// root filesystems. The agent must be gone.
+/// `agent_dir` left (their shims then exit), unmounts their overlay
+/// root filesystems, and undoes their port mappings. The agent must be
+/// gone.
 pub fn remove_containers(agent_dir: &Path) {
+    remove_port_mappings(agent_dir);
     let runc_root = agent_dir.join("runc");
     let out = Command::new("runc")
         .arg("--root")

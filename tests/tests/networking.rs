@@ -895,3 +895,112 @@ async fn a_replica_leaves_its_endpoints_before_it_is_stopped() {
     })
     .await;
 }
+
+/// A job's ready replicas as a client would look them up: wanted,
+/// running, ready, with an address.
+async fn ready_endpoints(
+    client: &mut skiff_client::Client,
+    job: &str,
+) -> Vec<skiff_model::Allocation> {
+    allocs_of(client, job)
+        .await
+        .into_iter()
+        .filter(|a| {
+            a.desired == skiff_model::DesiredStatus::Run
+                && a.status == AllocStatus::Running
+                && a.healthy == Some(true)
+                && !a.address.is_empty()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_on_one_node_collides_on_no_port_and_fails_no_request() {
+    require_cni();
+    let tmp = tempfile::tempdir().unwrap();
+    let test_bridge = bridge_for(9);
+    let (server, _agent) = bridged_node(tmp.path(), &test_bridge);
+    let mut client = server.client().await;
+    let version = |v: u32| {
+        job_yaml(
+            "roll",
+            2,
+            &format!("mkdir -p /tmp/www && echo \"v{v} $SKIFF_ALLOC_ID\" > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"),
+            "  ports: [{name: http, container: 8080, host: 0}]\n  shutdown_delay: 2s\n  probes:\n    readiness: {http: {path: /, port: 8080}, period: 200ms}\n",
+        )
+    };
+    let mut v1 = version(1);
+    v1.update.max_surge = skiff_model::Amount::Count(1);
+    v1.update.max_unavailable = skiff_model::Amount::Count(0);
+    v1.update.min_healthy = Duration::from_secs(1);
+    let mut v2 = version(2);
+    v2.update = v1.update.clone();
+    client.apply_job(&v1).await.unwrap();
+    wait_for("two v1 replicas ready", Duration::from_secs(60), || {
+        let mut c = client.clone();
+        async move { (ready_endpoints(&mut c, "roll").await.len() == 2).then_some(()) }
+    })
+    .await;
+    client.apply_job(&v2).await.unwrap();
+    // Requests all through the update (bounded), each to a replica the
+    // servers list as an endpoint at that moment: by its address, and by
+    // its published port on the node.
+    let (mut sent, mut failed, mut v1_seen, mut v2_seen) = (0, Vec::new(), false, false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let eps = ready_endpoints(&mut client, "roll").await;
+        if eps.len() == 2 && eps.iter().all(|a| a.job_version == 2) && sent > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the update did not finish"
+        );
+        for (i, a) in eps.iter().enumerate() {
+            let addr = if (sent + i) % 2 == 0 {
+                format!("{}:8080", a.address)
+            } else {
+                format!("127.0.0.1:{}", a.ports[0])
+            };
+            sent += 1;
+            match http_get(&addr) {
+                Ok(body) if body.contains(&a.id) => {
+                    v1_seen |= body.contains("v1 ");
+                    v2_seen |= body.contains("v2 ");
+                }
+                other => failed.push((addr, other.map_err(|e| e.to_string()))),
+            }
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} requests failed: {failed:?}",
+        failed.len()
+    );
+    assert!(
+        v1_seen && v2_seen,
+        "the loop saw both versions ({sent} requests)"
+    );
+    // Old and new ran side by side on one node: their host ports differ.
+    let all = allocs_of(&mut client, "roll").await;
+    let n = all.iter().map(|a| a.ports.len()).sum::<usize>();
+    assert!(n >= 3, "a surge replica ran beside the old ones: {n} ports");
+    // No two replicas alive at once hold the same host port.
+    let live: Vec<u16> = all
+        .iter()
+        .filter(|a| !a.status.is_terminal())
+        .flat_map(|a| a.ports.clone())
+        .collect();
+    let mut distinct = live.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), live.len(), "{live:?}");
+    client.delete_job("roll").await.unwrap();
+    let agent_dir = tmp.path().join("agent");
+    let (bridge, subnet) = (test_bridge.name.clone(), test_bridge.subnet.clone());
+    wait_for("the replicas torn down", Duration::from_secs(60), || {
+        let now = leftovers(&agent_dir, &bridge, &subnet);
+        async move { (now == NONE).then_some(()) }
+    })
+    .await;
+}
