@@ -31,8 +31,8 @@ impl DevProc {
         let _ = std::fs::remove_file(&addr_file);
         let log = data_dir.join("dev.log");
         // A bridge and subnet of its own, unless the test names them.
-        let slot = crate::net_slot();
-        let bridge = crate::slot_bridge('d', slot);
+        let slot = crate::net::net_slot();
+        let bridge = crate::net::slot_bridge('d', slot);
         let own: Vec<String> = if extra.contains(&"--bridge") {
             Vec::new()
         } else {
@@ -40,7 +40,7 @@ impl DevProc {
                 "--bridge".into(),
                 bridge.clone(),
                 "--network-subnet".into(),
-                crate::slot_subnets(slot).1,
+                crate::net::slot_subnets(slot).1,
             ]
         };
         let child = Command::new(skiff_bin())
@@ -111,7 +111,7 @@ impl Drop for DevProc {
         }
         remove_containers(&self.data_dir.join("agent"));
         if let Some(b) = &self.own_bridge {
-            crate::remove_bridge(b);
+            crate::net::remove_bridge(b);
         }
     }
 }
