@@ -307,12 +307,9 @@ async fn start_stop_cycles_and_an_agent_sigkill_leave_nothing_behind() {
         .filter(|a| a.status == AllocStatus::Failed)
         .map(|a| (a.short_id(), a.message.as_str()))
         .collect();
-    // A failed run is retried by the batch job; once, under heavy load
-    // here, one of 200 failed (its reason not kept). Many would be a bug.
-    if !failed.is_empty() {
-        eprintln!("runs failed: {failed:?}");
-    }
-    assert!(failed.len() <= 4, "runs failed: {failed:?}");
+    // (A failed run would be retried by the batch job, but each is a bug:
+    // the namespace-directory race failed runs here.)
+    assert!(failed.is_empty(), "runs failed: {failed:?}");
     wait_for("every run torn down", Duration::from_secs(60), || {
         let now = leftovers(&agent_dir, &bridge, &subnet);
         async move { (now == NONE).then_some(()) }
