@@ -537,14 +537,15 @@ impl<'v, 'a> Placer<'v, 'a> {
     pub fn take(&mut self, mut c: Choice) -> Choice {
         let (amount, ports, dynamic) =
             (self.amount, self.ask.ports.clone(), self.ask.dynamic_ports);
-        let seed = mix(u64::from(c.node), self.cfg.seed);
+        let seed = self.cfg.seed;
         let o = self.overlay_mut(c.node);
         o.usage.add(amount, c.gpus, &ports);
         o.placed.push(c.gpus);
         if dynamic > 0 {
             // `passes` saw enough of them free.
-            c.ports =
-                skiff_model::ports::pick_dynamic(&o.usage.ports, dynamic, seed).unwrap_or_default();
+            let start = mix(u64::from(c.node), seed);
+            c.ports = skiff_model::ports::pick_dynamic(&o.usage.ports, dynamic, start)
+                .unwrap_or_default();
             o.usage.add(Resources::ZERO, 0, &c.ports);
             o.picked.extend(&c.ports);
         }

@@ -909,12 +909,7 @@ async fn ready_endpoints(
     allocs_of(client, job)
         .await
         .into_iter()
-        .filter(|a| {
-            a.desired == skiff_model::DesiredStatus::Run
-                && a.status == AllocStatus::Running
-                && a.healthy == Some(true)
-                && !a.address.is_empty()
-        })
+        .filter(|a| a.is_endpoint() && !a.address.is_empty())
         .collect()
 }
 

@@ -372,41 +372,32 @@ async fn run(o: &Opts) -> Result<(), String> {
 
     // 1b. The same starts with `network: bridge` (CNI setup included),
     // in the same run.
-    let mut bridge_log = String::new();
-    let mut published_log = String::new();
+    // 1c. And with one published port (portmap chained after the bridge).
+    let (mut bridge_log, mut published_log) = (String::new(), String::new());
     if o.bridge {
-        for round in 0..=o.starts {
-            let mut spec = lat_spec(round)?;
-            spec.name = "latb".into();
-            spec.task.network = skiff_model::NetworkMode::Bridge;
-            let applied = client.apply_job(&spec).await.map_err(|e| e.to_string())?;
-            let version = applied.job.version;
-            running_alone(&url, "latb", version).await?;
+        let http = skiff_model::PortSpec {
+            name: "http".into(),
+            container: 8080,
+            host: Some(0),
+        };
+        let mut seen = latency_log.len();
+        for (name, ports, log) in [
+            ("latb", vec![], &mut bridge_log),
+            ("latp", vec![http], &mut published_log),
+        ] {
+            for round in 0..=o.starts {
+                let mut spec = lat_spec(round)?;
+                spec.name = name.into();
+                spec.task.network = skiff_model::NetworkMode::Bridge;
+                spec.task.ports = ports.clone();
+                let applied = client.apply_job(&spec).await.map_err(|e| e.to_string())?;
+                running_alone(&url, name, applied.job.version).await?;
+            }
+            client.delete_job(name).await.map_err(|e| e.to_string())?;
+            let all = std::fs::read_to_string(&agent_log).unwrap_or_default();
+            *log = all.get(seen..).unwrap_or_default().to_string();
+            seen = all.len();
         }
-        client.delete_job("latb").await.map_err(|e| e.to_string())?;
-        let all = std::fs::read_to_string(&agent_log).unwrap_or_default();
-        bridge_log = all.get(latency_log.len()..).unwrap_or_default().to_string();
-        // 1c. And with one published port (portmap chained after the
-        // bridge).
-        for round in 0..=o.starts {
-            let mut spec = lat_spec(round)?;
-            spec.name = "latp".into();
-            spec.task.network = skiff_model::NetworkMode::Bridge;
-            spec.task.ports = vec![skiff_model::PortSpec {
-                name: "http".into(),
-                container: 8080,
-                host: Some(0),
-            }];
-            let applied = client.apply_job(&spec).await.map_err(|e| e.to_string())?;
-            let version = applied.job.version;
-            running_alone(&url, "latp", version).await?;
-        }
-        client.delete_job("latp").await.map_err(|e| e.to_string())?;
-        let all = std::fs::read_to_string(&agent_log).unwrap_or_default();
-        published_log = all
-            .get(latency_log.len() + bridge_log.len()..)
-            .unwrap_or_default()
-            .to_string();
     }
 
     // 2. Footprint: `--containers` small containers at once.

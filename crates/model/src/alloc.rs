@@ -254,16 +254,27 @@ pub fn failures_of(status: AllocStatus, restart_count: u32, reason: &str) -> u32
 }
 
 impl Allocation {
-    /// The ports of allocation `a` with the host port each got.
+    /// One of its job's endpoints: wanted, running and ready. A replica
+    /// being stopped leaves them at once (before its shutdown delay).
+    pub fn is_endpoint(&self) -> bool {
+        self.desired == DesiredStatus::Run
+            && self.status == AllocStatus::Running
+            && self.healthy == Some(true)
+    }
+
+    /// Its named ports with the host port each got.
     pub fn published(&self) -> Vec<crate::ports::Published<'_>> {
-        let a = self;
-        let mut held = a.ports.iter().skip(a.task.resources.ports.len()).copied();
-        a.task
+        let mut held = self
+            .ports
+            .iter()
+            .skip(self.task.resources.ports.len())
+            .copied();
+        self.task
             .ports
             .iter()
             .map(|p| {
                 let host = p.host.and_then(|_| held.next());
-                let container = match (p.container, a.task.network) {
+                let container = match (p.container, self.task.network) {
                     (0, NetworkMode::Host) => host.unwrap_or(0),
                     (c, _) => c,
                 };
@@ -277,14 +288,13 @@ impl Allocation {
     }
 
     /// The `SKIFF_PORT_*`, `SKIFF_HOST_PORT_*` and `SKIFF_ADDR_*` variables of
-    /// allocation `a`, given the node's address (host part) and the
+    /// the allocation, given the node's address (host part) and the
     /// container's own (bridge), if any. `SKIFF_ADDR_*` is where a client
     /// reaches the port: the node's address and host port when published,
     /// the container's address and port otherwise.
     pub fn port_env(&self, node_host: &str, container_ip: Option<&str>) -> Vec<(String, String)> {
-        let a = self;
         let mut env = Vec::new();
-        for p in a.published() {
+        for p in self.published() {
             let suffix = crate::ports::env_suffix(p.name);
             env.push((format!("SKIFF_PORT_{suffix}"), p.container.to_string()));
             let addr = match p.host {

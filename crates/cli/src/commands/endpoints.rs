@@ -3,7 +3,7 @@
 //! published port, the node's address and host port.
 
 use serde::Serialize;
-use skiff_model::{AllocStatus, Allocation, DesiredStatus};
+use skiff_model::Allocation;
 
 use super::connect;
 use crate::args::ClientOpts;
@@ -31,11 +31,6 @@ pub struct PortOut {
     /// `node-ip:host-port`, when published.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub published: String,
-}
-
-/// Whether `a` serves: wanted, running and ready.
-pub fn is_endpoint(a: &Allocation) -> bool {
-    a.desired == DesiredStatus::Run && a.status == AllocStatus::Running && a.healthy == Some(true)
 }
 
 /// The endpoint of `a`, given its node's address (host part).
@@ -104,7 +99,7 @@ pub async fn get_endpoints(
     };
     let mut items: Vec<EndpointOut> = allocs
         .iter()
-        .filter(|a| is_endpoint(a))
+        .filter(|a| a.is_endpoint())
         .map(|a| endpoint(a, &host_of(&a.node)))
         .collect();
     items.sort_by(|a, b| {
@@ -137,6 +132,7 @@ pub async fn get_endpoints(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use skiff_model::{AllocStatus, DesiredStatus};
 
     #[test]
     fn an_endpoint_names_each_port_inside_and_published() {
@@ -161,11 +157,11 @@ mod tests {
         );
         assert_eq!((e.namespace.as_str(), e.job.as_str()), ("default", "web"));
         // Only a running, ready replica that is wanted serves.
-        assert!(!is_endpoint(&a));
+        assert!(!a.is_endpoint());
         a.status = AllocStatus::Running;
         a.healthy = Some(true);
-        assert!(is_endpoint(&a));
+        assert!(a.is_endpoint());
         a.desired = DesiredStatus::Stop;
-        assert!(!is_endpoint(&a));
+        assert!(!a.is_endpoint());
     }
 }
