@@ -39,6 +39,7 @@ pub mod service;
 pub mod shim;
 mod sys;
 pub mod tls;
+pub mod watch;
 
 pub use agent::{run, AgentConfig, AgentError};
 
