@@ -344,10 +344,14 @@ pub fn build_spec(input: &BundleInput<'_>) -> Result<Spec, BundleError> {
                     .path(attached.netns.clone())
                     .build()?,
             );
-            // Names resolve as on the host until the node's DNS serves
-            // the cluster's names.
-            if Path::new("/etc/resolv.conf").is_file() {
-                mounts.push(bind_ro("/etc/resolv.conf", "/etc/resolv.conf")?);
+            // The node's DNS (cluster names, then the host's resolvers);
+            // without it, names resolve as on the host.
+            match &attached.resolv_conf {
+                Some(own) => mounts.push(bind_ro(&own.to_string_lossy(), "/etc/resolv.conf")?),
+                None if Path::new("/etc/resolv.conf").is_file() => {
+                    mounts.push(bind_ro("/etc/resolv.conf", "/etc/resolv.conf")?);
+                }
+                None => {}
             }
         }
         NetworkMode::Host => {
@@ -436,6 +440,7 @@ mod tests {
         let attached = crate::network::Attachment {
             netns: "/data/network/netns/x".into(),
             address: Some("10.88.0.9".into()),
+            resolv_conf: None,
         };
         build_spec(&BundleInput {
             alloc: a,
@@ -470,8 +475,22 @@ mod tests {
         let attached = crate::network::Attachment {
             netns: "/data/network/netns/x".into(),
             address: Some("10.88.0.9".into()),
+            resolv_conf: Some("/data/network/resolv/x.conf".into()),
         };
         let spec = build_spec(&input(Some(&attached))).unwrap();
+        // It resolves names with the node's DNS.
+        let resolv = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == Path::new("/etc/resolv.conf"))
+            .unwrap()
+            .clone();
+        assert_eq!(
+            resolv.source().as_deref(),
+            Some(Path::new("/data/network/resolv/x.conf"))
+        );
         let net = spec
             .linux()
             .as_ref()

@@ -46,6 +46,7 @@ impl AllocView {
         }
         (!set.partial).then(|| NamespaceNews {
             peers: set.peers.map(crate::network::peers::Peers::from_wire),
+            endpoints: set.endpoints,
             image_paths: set
                 .image_paths
                 .into_iter()
@@ -81,6 +82,8 @@ pub struct NamespaceNews {
     pub logins: BTreeMap<String, Vec<skiff_registry::Login>>,
     /// The other nodes and servers, when they changed.
     pub peers: Option<crate::network::peers::Peers>,
+    /// The cluster's endpoints (for the node's DNS), when they changed.
+    pub endpoints: Option<pb::Endpoints>,
 }
 
 /// Follows the node's allocations, reconnecting (and failing over) when
@@ -117,6 +120,9 @@ pub(crate) async fn watch_loop(
                             images.set_logins(news.logins);
                             if let (Some(net), Some(peers)) = (&network, news.peers) {
                                 net.set_peers(peers).await;
+                            }
+                            if let (Some(net), Some(e)) = (&network, news.endpoints) {
+                                net.set_endpoints(&e).await;
                             }
                             let allocs = view.allocations();
                             tracing::debug!(index = seen, count = allocs.len(), "allocations");

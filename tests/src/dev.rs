@@ -41,6 +41,8 @@ impl DevProc {
                 bridge.clone(),
                 "--network-subnet".into(),
                 crate::net::slot_subnets(slot).1,
+                "--dns-upstream".into(),
+                "none".into(),
             ]
         };
         let child = Command::new(skiff_bin())

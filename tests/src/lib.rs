@@ -418,6 +418,10 @@ impl AgentProc {
         if let Some(b) = &own_bridge {
             extra.extend(["--bridge".to_string(), b.clone()]);
         }
+        // Tests reach no resolver outside the machine.
+        if !has("--dns-upstream") {
+            extra.extend(["--dns-upstream".to_string(), "none".to_string()]);
+        }
         if needs_token {
             let first = server_url.split(',').next().unwrap_or(server_url);
             let token = join_token(first, "node");

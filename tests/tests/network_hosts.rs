@@ -4,7 +4,8 @@
 //! each other's addresses, so a container on one host reaches a container
 //! on the other at its own address (not masqueraded), reaches the world
 //! outside the cluster through outbound NAT, and opens no Skiff port on
-//! the server's host or on the other node.
+//! the server's host or on the other node. It finds the other host's
+//! replicas by name through its own node's DNS (A and SRV records).
 
 use std::io::{Read as _, Write as _};
 use std::path::Path;
@@ -169,24 +170,29 @@ async fn containers_on_two_hosts_reach_each_other_but_no_skiff_port() {
         n.node.address.rsplit_once(':').unwrap().1.to_string()
     };
 
-    // A web server on h1.
-    client
-        .apply_job(&pinned(
-            "web",
-            "h1",
-            "mkdir -p /tmp/www && echo \"$SKIFF_ALLOC_ID\" > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www",
-            "  probes:\n    readiness: {http: {path: /, port: 8080}, period: 200ms}\n",
-        ))
-        .await
-        .unwrap();
-    let web = wait_for("the web replica ready", Duration::from_secs(60), || {
+    // Two web servers on h1, both on port 8080 (each in its own network
+    // namespace).
+    let mut spec = pinned(
+        "web",
+        "h1",
+        "mkdir -p /tmp/www && echo \"$SKIFF_ALLOC_ID\" > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www",
+        "  ports: [{name: http, container: 8080}]\n  probes:\n    readiness: {http: {path: /, port: 8080}, period: 200ms}\n",
+    );
+    spec.replicas = 2;
+    client.apply_job(&spec).await.unwrap();
+    let webs = wait_for("both web replicas ready", Duration::from_secs(60), || {
         let mut c = client.clone();
         async move {
-            let a = allocs_of(&mut c, "web").await.into_iter().next()?;
-            (a.healthy == Some(true) && !a.address.is_empty()).then_some(a)
+            let all = allocs_of(&mut c, "web").await;
+            let ready = all
+                .iter()
+                .filter(|a| a.healthy == Some(true) && !a.address.is_empty())
+                .count();
+            (ready == 2).then_some(all)
         }
     })
     .await;
+    let web = webs[0].clone();
     assert!(
         web.address.starts_with(&prefix(1)),
         "h1's subnet: {}",
@@ -200,9 +206,13 @@ async fn containers_on_two_hosts_reach_each_other_but_no_skiff_port() {
     let probe = |target: &str, port: &str, what: &str| {
         format!("if timeout 5 nc -w 2 {target} {port} </dev/null; then echo {what}=reached; else echo {what}=blocked; fi")
     };
+    // By name: the job's SRV records (each replica's port and name;
+    // busybox's nslookup searches only for names without a dot),
+    // each name's address, then a request to each; and the A records.
+    let by_name = "for i in $(seq 1 150); do srv=$(nslookup -type=srv _http._tcp.web.default.skiff 2>&1); [ $(echo \"$srv\" | grep -c 'service = ') -ge 2 ] && break; sleep 0.2; done; echo \"$srv\" | grep 'service = ' | while read -r _ _ _ _ _ port target; do ip=$(nslookup \"$target\" | awk '/^Address: /{print $2}' | tail -n 1); echo \"srv=$(get $ip $port) at $ip:$port\"; done; echo \"a=$(nslookup web | awk '/^Address: /{print $2}' | sort | tr '\\n' ' ')\"";
     let script = format!(
         // (nc, not busybox's wget, which crashes in Debian's build.)
-        "get() {{ printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 5 nc -w 2 $1 $2 | tail -n 1; }}; for i in $(seq 1 50); do body=$(get {} 8080) && [ -n \"$body\" ] && break; sleep 0.2; done; echo \"web=$body\"; echo \"outside=$(get {} {outside})\"; {}; {}; echo done; sleep 3600",
+        "get() {{ printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 5 nc -w 2 $1 $2 | tail -n 1; }}; for i in $(seq 1 50); do body=$(get {} 8080) && [ -n \"$body\" ] && break; sleep 0.2; done; echo \"web=$body\"; echo \"outside=$(get {} {outside})\"; {}; {}; {by_name}; echo done; sleep 3600",
         web.address,
         lan.server_ip(),
         probe(&lan.server_ip(), &api_port, "api"),
@@ -254,6 +264,21 @@ async fn containers_on_two_hosts_reach_each_other_but_no_skiff_port() {
     assert!(
         out.contains("agent=blocked"),
         "a container opened another node's agent: {out}"
+    );
+    // By name: both replicas, through their SRV records and addresses.
+    for w in &webs {
+        assert!(
+            out.contains(&format!("srv={} at {}:8080", w.id, w.address)),
+            "replica {} at {} by its SRV record: {out}",
+            w.id,
+            w.address
+        );
+    }
+    let mut addresses: Vec<&str> = webs.iter().map(|w| w.address.as_str()).collect();
+    addresses.sort();
+    assert!(
+        out.contains(&format!("a={} ", addresses.join(" "))),
+        "the job's name has both addresses: {out}"
     );
 
     // The routes are the agents' own, and go with the other node.

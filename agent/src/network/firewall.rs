@@ -4,7 +4,8 @@
 //! every new connection that arrives from the bridge, so a container
 //! reaches no port on the host (the Skiff server, peer, agent and metrics
 //! ports, and anything else listening on 0.0.0.0 or on the bridge's
-//! gateway address); answers to connections the host made pass. Its
+//! gateway address) but the node's DNS (port 53 of the gateway
+//! address); answers to connections the host made pass. Its
 //! forward chain drops new connections routed into the bridge from
 //! elsewhere (another host that routes the node's subnet to it): only
 //! answers, what a port mapping forwarded (DNAT), and connections from the
@@ -47,6 +48,16 @@ fn elements(items: &[String]) -> String {
 /// replacing any earlier one atomically.
 pub fn ruleset(bridge: &str, subnet: &str, peers: &Peers) -> String {
     let t = table(bridge);
+    // The node's DNS, on the bridge's gateway address: the one port of
+    // the host containers may reach.
+    let dns = match skiff_model::subnet::Subnet::parse(subnet) {
+        Ok(s) => format!(
+            "\t\tiifname \"{bridge}\" ip daddr {gw} udp dport 53 accept\n\
+             \t\tiifname \"{bridge}\" ip daddr {gw} tcp dport 53 accept\n",
+            gw = s.gateway()
+        ),
+        Err(_) => String::new(),
+    };
     let subnets: Vec<String> = peers.nodes.iter().map(|n| n.subnet.to_string()).collect();
     let hosts: Vec<String> = peers.hosts.iter().map(|h| h.to_string()).collect();
     let (lo, hi) = (
@@ -62,6 +73,7 @@ pub fn ruleset(bridge: &str, subnet: &str, peers: &Peers) -> String {
          \tchain input {{\n\
          \t\ttype filter hook input priority filter; policy accept;\n\
          \t\tiifname \"{bridge}\" ct state established,related accept\n\
+         {dns}\
          \t\tiifname \"{bridge}\" drop\n\
          \t}}\n\
          \tchain forward {{\n\
@@ -124,11 +136,16 @@ mod tests {
         assert_eq!(table("skiff0"), "skiff_skiff0");
         assert_eq!(table("br-lab.1"), "skiff_br_lab_1");
         let r = ruleset("skiff0", "10.88.0.0/24", &Peers::default());
+        let dns = r
+            .find("iifname \"skiff0\" ip daddr 10.88.0.1 udp dport 53 accept")
+            .unwrap();
         // Made, deleted and made again in one transaction: idempotent.
         assert!(r.starts_with("table inet skiff_skiff0 {}\ndelete table inet skiff_skiff0\n"));
         let drop = r.find("iifname \"skiff0\" drop").unwrap();
         let answers = r.find("ct state established,related accept").unwrap();
         assert!(answers < drop, "answers pass before the drop: {r}");
+        assert!(dns < drop, "the node's DNS is reachable: {r}");
+        assert!(r.contains("ip daddr 10.88.0.1 tcp dport 53 accept"), "{r}");
         let routed_in = r
             .find("oifname \"skiff0\" iifname != \"skiff0\" drop")
             .unwrap();

@@ -11,6 +11,7 @@
 //! port on the host.
 
 pub mod cni;
+pub mod dns;
 pub mod firewall;
 pub mod netns;
 pub mod peers;
@@ -36,6 +37,9 @@ pub struct NetworkConfig {
     pub subnet: String,
     /// `--cni-path`: where the CNI plugins are.
     pub cni_path: Vec<PathBuf>,
+    /// `--dns-upstream`: where the node's DNS sends names outside the
+    /// cluster.
+    pub dns_upstream: dns::Upstream,
 }
 
 impl Default for NetworkConfig {
@@ -44,6 +48,7 @@ impl Default for NetworkConfig {
             bridge: "skiff0".into(),
             subnet: String::new(),
             cni_path: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
+            dns_upstream: dns::Upstream::Host,
         }
     }
 }
@@ -83,6 +88,9 @@ pub struct Attachment {
     pub netns: PathBuf,
     /// Its IPv4 address on the bridge.
     pub address: Option<String>,
+    /// Its `/etc/resolv.conf`, naming the node's DNS (none when the node
+    /// cannot serve it: the host's then).
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// One interface's plugin call as sent, and what it answered.
@@ -117,12 +125,18 @@ pub struct Network {
     applying: tokio::sync::Mutex<()>,
     /// One setup or teardown at a time per allocation.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The node's DNS for its containers.
+    dns: dns::Dns,
+    /// A failure to serve DNS was logged (once is enough).
+    dns_warned: AtomicBool,
 }
 
 impl Network {
     pub fn new(data_dir: &Path, cfg: NetworkConfig) -> Result<Network, NetworkError> {
         cfg.check()?;
         Ok(Network {
+            dns: dns::Dns::new(cfg.dns_upstream.clone()),
+            dns_warned: AtomicBool::new(false),
             subnet: std::sync::RwLock::new(cfg.subnet.clone()),
             cfg,
             dir: data_dir.join("network"),
@@ -160,6 +174,56 @@ impl Network {
 
     fn cache_path(&self, id: &str) -> PathBuf {
         self.dir.join("cni").join(format!("{id}.json"))
+    }
+
+    fn resolv_path(&self, id: &str) -> PathBuf {
+        self.dir.join("resolv").join(format!("{id}.conf"))
+    }
+
+    /// Where the node's DNS listens: the bridge's gateway address, port 53.
+    fn dns_addr(&self) -> Option<std::net::SocketAddr> {
+        let subnet = skiff_model::subnet::Subnet::parse(&self.subnet()).ok()?;
+        Some((subnet.gateway(), 53).into())
+    }
+
+    /// The servers sent the cluster's endpoints: the node's DNS answers
+    /// with them. Serves DNS if the bridge is already there (an agent
+    /// restarted under running containers); otherwise the first setup does.
+    pub async fn set_endpoints(&self, endpoints: &skiff_proto::pb::Endpoints) {
+        self.dns.set_endpoints(endpoints);
+        if let Some(addr) = self.dns_addr() {
+            if let Err(e) = self.dns.serve(addr).await {
+                tracing::debug!(error = %e, "no DNS until the bridge is made");
+            }
+        }
+    }
+
+    /// Serves the node's DNS (the bridge is there now) and writes the
+    /// container's resolv.conf naming it; `None` when DNS cannot be served
+    /// (logged once: the container resolves as the host does).
+    async fn resolv_conf(&self, id: &str, namespace: &str) -> Result<Option<PathBuf>, String> {
+        let Some(addr) = self.dns_addr() else {
+            return Ok(None);
+        };
+        let served = match self.dns.serve(addr).await {
+            Ok(at) => at,
+            Err(e) => {
+                if !self.dns_warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "containers resolve names as the host does: no cluster names");
+                }
+                return Ok(None);
+            }
+        };
+        let std::net::IpAddr::V4(ip) = served.ip() else {
+            return Ok(None);
+        };
+        let path = self.resolv_path(id);
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(path.parent().expect("a parent"))?;
+            std::fs::write(&path, dns::resolv_conf(ip, namespace))
+        };
+        write().map_err(|e| format!("writing {}: {e}", path.display()))?;
+        Ok(Some(path))
     }
 
     fn lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -218,10 +282,15 @@ impl Network {
         plan
     }
 
-    /// Gives allocation `id` its namespace on the bridge, publishing
-    /// `published` (`(host port, container port)`, TCP) on the node
-    /// (tearing down first whatever an earlier run left).
-    pub async fn setup(&self, id: &str, published: &[(u16, u16)]) -> Result<Attachment, String> {
+    /// Gives allocation `id` (of a job in `namespace`) its namespace on
+    /// the bridge, publishing `published` (`(host port, container port)`,
+    /// TCP) on the node (tearing down first whatever an earlier run left).
+    pub async fn setup(
+        &self,
+        id: &str,
+        namespace: &str,
+        published: &[(u16, u16)],
+    ) -> Result<Attachment, String> {
         if !crate::paths::valid_alloc_id(id) {
             return Err(crate::paths::bad_alloc_id(id).to_string());
         }
@@ -312,7 +381,12 @@ impl Network {
             .iter()
             .filter(|s| s.ifname != "lo")
             .find_map(|s| cni::first_ipv4(&s.result));
-        Ok(Attachment { netns, address })
+        let resolv_conf = self.resolv_conf(id, namespace).await?;
+        Ok(Attachment {
+            netns,
+            address,
+            resolv_conf,
+        })
     }
 
     /// The rest of the cluster changed: routes and rules follow (once the
@@ -416,12 +490,15 @@ impl Network {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("releasing the network namespace: {e}"))?;
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(format!("removing {}: {e}", path.display()))
+        for path in [self.resolv_path(id), path] {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(format!("removing {}: {e}", path.display()))
+                }
+                _ => {}
             }
-            _ => Ok(()),
         }
+        Ok(())
     }
 
     /// The allocations with something set up here (a namespace or a

@@ -86,9 +86,13 @@ pub async fn start<R: Runtime>(
                 )
                 .collect();
             Some(
-                net.setup(&alloc.id, &published)
-                    .await
-                    .map_err(|e| format!("network: {e}"))?,
+                net.setup(
+                    &alloc.id,
+                    skiff_model::split_job_key(&alloc.job).0,
+                    &published,
+                )
+                .await
+                .map_err(|e| format!("network: {e}"))?,
             )
         }
         _ => None,

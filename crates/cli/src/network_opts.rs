@@ -31,6 +31,12 @@ pub(crate) struct NetworkOpts {
         value_name = "DIRS"
     )]
     cni_path: Vec<PathBuf>,
+    /// Where the node's DNS (which answers bridged containers' questions
+    /// for JOB.NAMESPACE.skiff) sends other names: `host` (the resolvers
+    /// of the host's /etc/resolv.conf), `none` (only cluster
+    /// names resolve), or resolvers as IP or IP:PORT, comma-separated.
+    #[arg(long, default_value = "host", value_name = "host|none|IP[:PORT],...")]
+    dns_upstream: String,
 }
 
 impl NetworkOpts {
@@ -39,6 +45,8 @@ impl NetworkOpts {
             bridge: self.bridge.clone(),
             subnet: self.network_subnet.clone(),
             cni_path: self.cni_path.clone(),
+            dns_upstream: skiff_agent::network::dns::Upstream::parse(&self.dns_upstream)
+                .map_err(anyhow::Error::msg)?,
         };
         cfg.check()?;
         Ok(cfg)

@@ -59,6 +59,12 @@ impl Subnet {
         })
     }
 
+    /// Its first address: the bridge's own, the containers' gateway
+    /// (what the CNI bridge plugin and host-local give it).
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.base + 1)
+    }
+
     /// How many subnets of length `prefix` this one holds.
     pub fn count(&self, prefix: u8) -> u64 {
         if prefix < self.prefix {

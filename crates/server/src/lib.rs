@@ -33,6 +33,7 @@ pub mod bootstrap;
 pub mod ctx;
 pub mod deployments;
 pub mod drainer;
+pub mod endpoints;
 pub mod evals;
 pub mod gc;
 pub mod heartbeats;

@@ -397,6 +397,8 @@ pub struct Sent {
     /// A fingerprint of the peers sent (the other nodes' subnets and
     /// addresses, the servers' addresses); 0: none sent yet.
     peers: u64,
+    /// A fingerprint of the cluster's endpoints sent; 0: none sent yet.
+    endpoints: u64,
 }
 
 /// The other nodes and the servers, as an agent's bridge network needs
@@ -494,16 +496,20 @@ fn alloc_changes_within(
     removed.sort();
     let (peers, peers_print) = peers_of(state, node);
     let peers_changed = reset || peers_print != sent_all.peers;
+    let (endpoints, endpoints_print) = crate::endpoints::endpoints_of(state);
+    let endpoints_changed = reset || endpoints_print != sent_all.endpoints;
     if !reset
         && changed.is_empty()
         && removed.is_empty()
         && fingerprint == sent_all.namespaces
         && !peers_changed
+        && !endpoints_changed
     {
         return None;
     }
     sent_all.namespaces = fingerprint;
     sent_all.peers = peers_print;
+    sent_all.endpoints = endpoints_print;
     let sent = &mut sent_all.allocs;
     for id in &removed {
         sent.remove(id);
@@ -567,6 +573,7 @@ fn alloc_changes_within(
     last.image_paths = image_paths;
     last.registry_logins = registry_logins;
     last.peers = peers_changed.then_some(peers);
+    last.endpoints = endpoints_changed.then_some(endpoints);
     Some(messages)
 }
 

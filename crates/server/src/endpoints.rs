@@ -1,0 +1,170 @@
+//! The cluster's endpoints as the agents' DNS serves them: every job's
+//! ready allocations ([`Allocation::is_endpoint`]) that have an address
+//! (the container's on a bridge, the node's in host network mode), with
+//! their named ports. Sent on each node's allocation watch when they
+//! change (`AllocationSet.endpoints`, compared by fingerprint).
+
+use std::hash::{Hash, Hasher};
+
+use skiff_model::{workload::host_of, Allocation, NetworkMode};
+use skiff_proto::pb;
+
+/// Where clients reach `a`, if anywhere: its container's address, or its
+/// node's in host network mode (`network: none` has none).
+fn address_of(state: &skiff_store::State, a: &Allocation) -> Option<String> {
+    if !a.address.is_empty() {
+        return Some(a.address.clone());
+    }
+    if a.task.network != NetworkMode::Host {
+        return None;
+    }
+    let host = host_of(&state.nodes.get(&a.node)?.address);
+    // DNS answers with IPv4 addresses only (A records).
+    host.parse::<std::net::Ipv4Addr>().ok().map(|_| host)
+}
+
+/// The endpoint of `a`, if it is one.
+fn endpoint(state: &skiff_store::State, a: &Allocation) -> Option<pb::Endpoint> {
+    if !a.is_endpoint() {
+        return None;
+    }
+    let address = address_of(state, a)?;
+    let (namespace, job) = skiff_model::split_job_key(&a.job);
+    let host_mode = a.task.network == NetworkMode::Host;
+    Some(pb::Endpoint {
+        namespace: namespace.to_string(),
+        job: job.to_string(),
+        alloc_id: a.id.clone(),
+        address,
+        ports: a
+            .published()
+            .iter()
+            .map(|p| pb::EndpointPort {
+                name: p.name.to_string(),
+                // In host network mode the container listens on the host port.
+                port: u32::from(match (host_mode, p.host) {
+                    (true, Some(h)) => h,
+                    _ => p.container,
+                }),
+            })
+            .collect(),
+    })
+}
+
+/// Every endpoint in the cluster, in the state's order (by allocation id),
+/// and a fingerprint of them (never 0, which means "none sent").
+pub fn endpoints_of(state: &skiff_store::State) -> (pb::Endpoints, u64) {
+    let endpoints: Vec<pb::Endpoint> = state
+        .allocs
+        .values()
+        .filter_map(|a| endpoint(state, a))
+        .collect();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for e in &endpoints {
+        (&e.namespace, &e.job, &e.alloc_id, &e.address).hash(&mut h);
+        for p in &e.ports {
+            (&p.name, p.port).hash(&mut h);
+        }
+    }
+    (pb::Endpoints { endpoints }, h.finish() | 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_model::{AllocStatus, JobSpec};
+
+    fn ready(id: &str, job: &str, yaml_task: &str, address: &str) -> Allocation {
+        let task = JobSpec::from_yaml(&format!("name: j\ntask: {yaml_task}"))
+            .unwrap()
+            .task;
+        let mut a = Allocation::new(id, job, 1, 0, "n1", task);
+        a.status = AllocStatus::Running;
+        a.healthy = Some(true);
+        a.address = address.into();
+        a
+    }
+
+    #[test]
+    fn ready_replicas_with_an_address_are_endpoints_with_their_named_ports() {
+        let mut state = skiff_store::State::default();
+        let node = skiff_model::Node {
+            image_roots: Vec::new(),
+            subnet: "10.88.0.0/24".into(),
+            name: "n1".into(),
+            labels: Default::default(),
+            capacity: Default::default(),
+            allocatable: Default::default(),
+            gpus: vec![],
+            gpu_links: vec![],
+            gpu_driver: Default::default(),
+            cordoned: false,
+            draining: false,
+            drain_deadline_ms: None,
+            drained: false,
+            address: "192.0.2.7:7001".into(),
+            status: skiff_model::NodeStatus::Ready,
+            agent_version: String::new(),
+            create_index: 1,
+            modify_index: 1,
+        };
+        state.nodes.insert("n1".into(), node);
+        let bridged = "{image: 'oci:/i', ports: [{name: http, container: 8080}]}";
+        let a = ready(&"a".repeat(32), "lab/web", bridged, "10.88.0.5");
+        let mut starting = ready(&"b".repeat(32), "lab/web", bridged, "10.88.0.6");
+        starting.healthy = None;
+        let mut host = ready(
+            &"c".repeat(32),
+            "db",
+            "{image: 'oci:/i', network: host, ports: [{name: pg, host: 5432}]}",
+            "",
+        );
+        host.ports = vec![5432];
+        let none = ready(
+            &"d".repeat(32),
+            "batch",
+            "{image: 'oci:/i', network: none}",
+            "",
+        );
+        for x in [a, starting, host, none] {
+            state.allocs.insert(x.id.clone(), x);
+        }
+        let (list, print) = endpoints_of(&state);
+        let shown: Vec<(String, String, String, Vec<(String, u32)>)> = list
+            .endpoints
+            .iter()
+            .map(|e| {
+                (
+                    e.namespace.clone(),
+                    e.job.clone(),
+                    e.address.clone(),
+                    e.ports.iter().map(|p| (p.name.clone(), p.port)).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                (
+                    "lab".into(),
+                    "web".into(),
+                    "10.88.0.5".into(),
+                    vec![("http".into(), 8080)]
+                ),
+                (
+                    "default".into(),
+                    "db".into(),
+                    "192.0.2.7".into(),
+                    vec![("pg".into(), 5432)]
+                ),
+            ]
+        );
+        // A replica turning ready changes the fingerprint; nothing else does.
+        assert_eq!(endpoints_of(&state).1, print);
+        let b = "b".repeat(32);
+        state.allocs.get_mut(&b).unwrap().healthy = Some(true);
+        let (more, again) = endpoints_of(&state);
+        assert_eq!(more.endpoints.len(), 3);
+        assert_ne!(again, print);
+    }
+}
