@@ -31,8 +31,8 @@ use skiff_proto::pb;
 
 /// How long clients may keep an answer, in seconds: a replica that stops
 /// being ready leaves their caches this long after it leaves ours (the
-/// default `shutdown_delay` waits at least this).
-pub const TTL: u32 = 5;
+/// default `shutdown_delay` of a task with named ports waits as long).
+pub const TTL: u32 = skiff_model::job::DEFAULT_SHUTDOWN_DELAY.as_secs() as u32;
 
 /// The cluster's domain.
 pub const DOMAIN: &str = "skiff";

@@ -531,7 +531,7 @@ fn stop_action(id: &str, task: Option<&TaskSpec>, default_grace: Duration, asked
         signal: stop_signal(task),
         grace: task.and_then(|t| t.stop_grace).unwrap_or(default_grace),
         delay: task
-            .and_then(|t| t.shutdown_delay)
+            .map(TaskSpec::effective_shutdown_delay)
             .filter(|_| asked)
             .unwrap_or_default(),
     }

@@ -375,6 +375,11 @@ pub struct JobSpec {
     pub task: TaskSpec,
 }
 
+/// The shutdown delay of a task with named ports when it sets none: the
+/// node DNS's TTL (5 s), so clients' cached answers expire before the
+/// replica stops.
+pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
+
 /// The one task a job runs, `replicas` times.
 #[derive(Debug, Clone, PartialEq, Hash, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -415,7 +420,9 @@ pub struct TaskSpec {
     pub stop_grace: Option<Duration>,
     /// Time between the servers asking for a stop (the replica has left
     /// its job's endpoints by then) and the stop signal, so clients move
-    /// away first; none when unset.
+    /// away first; when unset, [`DEFAULT_SHUTDOWN_DELAY`] for a task with
+    /// named `ports`, none otherwise (see
+    /// [`TaskSpec::effective_shutdown_delay`]).
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -744,6 +751,18 @@ impl JobSpec {
 }
 
 impl TaskSpec {
+    /// How long a replica waits, once asked to stop, before its stop
+    /// signal: `shutdown_delay`, else [`DEFAULT_SHUTDOWN_DELAY`] for a
+    /// task that names ports (what clients find by name: the cached
+    /// answers naming it expire first), else none.
+    pub fn effective_shutdown_delay(&self) -> Duration {
+        match self.shutdown_delay {
+            Some(d) => d,
+            None if !self.ports.is_empty() => DEFAULT_SHUTDOWN_DELAY,
+            None => Duration::ZERO,
+        }
+    }
+
     /// How many of its ports ask the scheduler for a host port (`host: 0`).
     pub fn dynamic_ports(&self) -> u32 {
         self.ports.iter().filter(|p| p.host == Some(0)).count() as u32
@@ -782,6 +801,27 @@ impl TaskSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_task_with_named_ports_waits_out_the_dns_ttl_before_stopping() {
+        let task = |extra: &str| {
+            JobSpec::from_yaml(&format!("name: j\ntask: {{image: 'oci:/i'{extra}}}"))
+                .unwrap()
+                .task
+        };
+        let named = ", ports: [{name: http, container: 80}]";
+        assert_eq!(task("").effective_shutdown_delay(), Duration::ZERO);
+        assert_eq!(
+            task(named).effective_shutdown_delay(),
+            DEFAULT_SHUTDOWN_DELAY
+        );
+        let set = format!("{named}, shutdown_delay: 0s");
+        assert_eq!(task(&set).effective_shutdown_delay(), Duration::ZERO);
+        assert_eq!(
+            task(", shutdown_delay: 12s").effective_shutdown_delay(),
+            Duration::from_secs(12)
+        );
+    }
 
     #[test]
     fn percentages_round_as_kubernetes_does() {
