@@ -874,6 +874,9 @@ async fn a_replica_leaves_its_endpoints_before_it_is_stopped() {
         serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
     };
     assert_eq!(endpoints(server.url()).len(), 1);
+    // The node's DNS (on the bridge's gateway address) names it.
+    let gateway = test_bridge.subnet.replace(".0/24", ".1");
+    assert_eq!(lookup("slow.default.skiff", &gateway), [a.address.clone()]);
     client.delete_job("slow").await.unwrap();
     // It leaves the endpoints at once, and keeps serving meanwhile (its
     // shutdown delay): clients that saw it still get answers.
@@ -887,6 +890,12 @@ async fn a_replica_leaves_its_endpoints_before_it_is_stopped() {
         },
     )
     .await;
+    // The node's DNS no longer names it, while it still serves.
+    wait_for("the replica to leave DNS", Duration::from_secs(10), || {
+        let gone = lookup("slow.default.skiff", &gateway).is_empty();
+        async move { gone.then_some(()) }
+    })
+    .await;
     let body = http_get(&format!("{}:8080", a.address)).unwrap();
     assert!(body.contains(&a.id), "{body}");
     // Then it is stopped.
@@ -898,6 +907,22 @@ async fn a_replica_leaves_its_endpoints_before_it_is_stopped() {
         }
     })
     .await;
+}
+
+/// The addresses DNS server `server` gives `name` (busybox's nslookup).
+fn lookup(name: &str, server: &str) -> Vec<String> {
+    let out = Command::new("busybox")
+        .args(["nslookup", name, server])
+        .output()
+        .unwrap();
+    let mut ips: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        // Answers; the server's own line is `Address:<tab>IP:53`.
+        .filter_map(|l| l.strip_prefix("Address: "))
+        .map(|ip| ip.trim().to_string())
+        .collect();
+    ips.sort();
+    ips
 }
 
 /// A job's ready replicas as a client would look them up: wanted,
