@@ -876,7 +876,10 @@ async fn a_replica_leaves_its_endpoints_before_it_is_stopped() {
     assert_eq!(endpoints(server.url()).len(), 1);
     // The node's DNS (on the bridge's gateway address) names it.
     let gateway = test_bridge.subnet.replace(".0/24", ".1");
-    assert_eq!(lookup("slow.default.skiff", &gateway), [a.address.clone()]);
+    assert_eq!(
+        lookup("slow.default.skiff", &gateway),
+        std::slice::from_ref(&a.address)
+    );
     client.delete_job("slow").await.unwrap();
     // It leaves the endpoints at once, and keeps serving meanwhile (its
     // shutdown delay): clients that saw it still get answers.

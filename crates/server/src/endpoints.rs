@@ -130,33 +130,29 @@ mod tests {
             state.allocs.insert(x.id.clone(), x);
         }
         let (list, print) = endpoints_of(&state);
-        let shown: Vec<(String, String, String, Vec<(String, u32)>)> = list
+        let shown: Vec<String> = list
             .endpoints
             .iter()
             .map(|e| {
-                (
-                    e.namespace.clone(),
-                    e.job.clone(),
-                    e.address.clone(),
-                    e.ports.iter().map(|p| (p.name.clone(), p.port)).collect(),
+                let ports: Vec<String> = e
+                    .ports
+                    .iter()
+                    .map(|p| format!("{}={}", p.name, p.port))
+                    .collect();
+                format!(
+                    "{}/{} {} {}",
+                    e.namespace,
+                    e.job,
+                    e.address,
+                    ports.join(",")
                 )
             })
             .collect();
         assert_eq!(
             shown,
             [
-                (
-                    "lab".into(),
-                    "web".into(),
-                    "10.88.0.5".into(),
-                    vec![("http".into(), 8080)]
-                ),
-                (
-                    "default".into(),
-                    "db".into(),
-                    "192.0.2.7".into(),
-                    vec![("pg".into(), 5432)]
-                ),
+                "lab/web 10.88.0.5 http=8080",
+                "default/db 192.0.2.7 pg=5432"
             ]
         );
         // A replica turning ready changes the fingerprint; nothing else does.
