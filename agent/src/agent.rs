@@ -15,10 +15,11 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::gpu::{GpuConfig, GpuNode, InventoryError};
 use crate::paths::Paths;
-use crate::reconcile::{self, Observed, Reconciler, Settings};
+use crate::reconcile::{self, Event, Observed, Reconciler, Settings};
 use crate::rootfs::RootfsMode;
 use crate::runtime::{choose_runtime, Runc, RuntimeChoiceError};
 use crate::tls::AgentTls;
+use crate::watch::AllocView;
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -116,7 +117,7 @@ type ServerList = Vec<(String, Channel)>;
 
 /// Rotates through the configured servers when one stops answering.
 #[derive(Clone)]
-pub(crate) struct Servers {
+struct Servers {
     /// Replaced whole when the node's certificate is renewed.
     channels: Arc<std::sync::RwLock<Arc<ServerList>>>,
     current: Arc<std::sync::atomic::AtomicUsize>,
@@ -185,13 +186,13 @@ impl Servers {
         Ok(channels)
     }
 
-    pub(crate) fn client(&self) -> pb::node_api_client::NodeApiClient<Channel> {
+    fn client(&self) -> pb::node_api_client::NodeApiClient<Channel> {
         pb::node_api_client::NodeApiClient::new(self.channel())
             .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
     }
 
     /// Moves to the next server after an error that says this one cannot help.
-    pub(crate) fn failed(&self, status: &tonic::Status) {
+    fn failed(&self, status: &tonic::Status) {
         if matches!(
             status.code(),
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
@@ -374,7 +375,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         network.iter().for_each(|n| n.set_subnet(&subnet));
         let hb = heartbeat_loop(servers.clone(), registration.clone(), gpus.clone());
         let again = registration_loop(servers.clone(), registration.clone(), gpus.clone());
-        let watch = crate::watch::watch_loop(
+        let watch = watch_loop(
             servers.clone(),
             node.clone(),
             events_tx,
@@ -623,6 +624,69 @@ async fn heartbeat_loop(servers: Servers, reg: pb::RegisterRequest, gpus: Arc<Gp
             }
             Err(_) => tracing::warn!("heartbeat timed out"),
         }
+    }
+}
+
+/// Follows the node's allocations, reconnecting (and failing over) when
+/// the stream breaks.
+async fn watch_loop(
+    servers: Servers,
+    node: String,
+    events: mpsc::Sender<Event>,
+    images: crate::image::ImagePolicy,
+    network: Option<Arc<crate::network::Network>>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    // The index of the last set received: a server we fail over to never
+    // answers with an older view, nor repeats a set we already have.
+    let mut seen = 0u64;
+    loop {
+        let req = pb::WatchAllocationsRequest {
+            node: node.clone(),
+            min_index: seen,
+        };
+        match servers.client().watch_allocations(req).await {
+            Ok(resp) => {
+                let mut stream = resp.into_inner();
+                let mut view = AllocView::default();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(set)) => {
+                            backoff = Duration::from_millis(200);
+                            seen = seen.max(set.index);
+                            let Some(news) = view.apply(set) else {
+                                continue; // more of this change follows
+                            };
+                            images.set_namespaces(news.image_paths);
+                            images.set_logins(news.logins);
+                            if let (Some(net), Some(peers)) = (&network, news.peers) {
+                                net.set_peers(peers).await;
+                            }
+                            if let (Some(net), Some(e)) = (&network, news.endpoints) {
+                                net.set_endpoints(&e).await;
+                            }
+                            let allocs = view.allocations();
+                            tracing::debug!(index = seen, count = allocs.len(), "allocations");
+                            if events.send(Event::Desired(allocs)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(status) => {
+                            tracing::warn!(error = %status.message(), "allocation stream broke");
+                            servers.failed(&status);
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(status) => {
+                tracing::warn!(error = %status.message(), "cannot watch allocations");
+                servers.failed(&status);
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 

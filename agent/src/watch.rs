@@ -1,17 +1,11 @@
-//! The allocation watch: the node's allocations as the servers' stream
-//! builds them up, and what comes with them (image paths, registry
+//! The allocation watch's view: the node's allocations as the servers'
+//! stream builds them up, and what comes with them (image paths, registry
 //! logins, the other nodes, the cluster's endpoints).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
 
 use skiff_model::Allocation;
 use skiff_proto::pb;
-use tokio::sync::mpsc;
-
-use crate::agent::Servers;
-use crate::reconcile::Event;
 
 /// The node's allocations as the watch's messages built them up: a reset
 /// starts over, each message adds, replaces and removes, and a change is
@@ -84,69 +78,6 @@ pub struct NamespaceNews {
     pub peers: Option<crate::network::peers::Peers>,
     /// The cluster's endpoints (for the node's DNS), when they changed.
     pub endpoints: Option<pb::Endpoints>,
-}
-
-/// Follows the node's allocations, reconnecting (and failing over) when
-/// the stream breaks.
-pub(crate) async fn watch_loop(
-    servers: Servers,
-    node: String,
-    events: mpsc::Sender<Event>,
-    images: crate::image::ImagePolicy,
-    network: Option<Arc<crate::network::Network>>,
-) {
-    let mut backoff = Duration::from_millis(200);
-    // The index of the last set received: a server we fail over to never
-    // answers with an older view, nor repeats a set we already have.
-    let mut seen = 0u64;
-    loop {
-        let req = pb::WatchAllocationsRequest {
-            node: node.clone(),
-            min_index: seen,
-        };
-        match servers.client().watch_allocations(req).await {
-            Ok(resp) => {
-                let mut stream = resp.into_inner();
-                let mut view = AllocView::default();
-                loop {
-                    match stream.message().await {
-                        Ok(Some(set)) => {
-                            backoff = Duration::from_millis(200);
-                            seen = seen.max(set.index);
-                            let Some(news) = view.apply(set) else {
-                                continue; // more of this change follows
-                            };
-                            images.set_namespaces(news.image_paths);
-                            images.set_logins(news.logins);
-                            if let (Some(net), Some(peers)) = (&network, news.peers) {
-                                net.set_peers(peers).await;
-                            }
-                            if let (Some(net), Some(e)) = (&network, news.endpoints) {
-                                net.set_endpoints(&e).await;
-                            }
-                            let allocs = view.allocations();
-                            tracing::debug!(index = seen, count = allocs.len(), "allocations");
-                            if events.send(Event::Desired(allocs)).await.is_err() {
-                                return;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(status) => {
-                            tracing::warn!(error = %status.message(), "allocation stream broke");
-                            servers.failed(&status);
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(status) => {
-                tracing::warn!(error = %status.message(), "cannot watch allocations");
-                servers.failed(&status);
-            }
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
 }
 
 #[cfg(test)]
