@@ -665,6 +665,9 @@ async fn watch_loop(
                             if let (Some(net), Some(e)) = (&network, news.endpoints) {
                                 net.set_endpoints(&e).await;
                             }
+                            if let (Some(net), Some(m)) = (&network, news.members) {
+                                net.set_members(m).await;
+                            }
                             let allocs = view.allocations();
                             tracing::debug!(index = seen, count = allocs.len(), "allocations");
                             if events.send(Event::Desired(allocs)).await.is_err() {

@@ -41,6 +41,9 @@ impl AllocView {
         (!set.partial).then(|| NamespaceNews {
             peers: set.peers.map(crate::network::peers::Peers::from_wire),
             endpoints: set.endpoints,
+            members: set
+                .members
+                .map(crate::network::firewall::Members::from_wire),
             image_paths: set
                 .image_paths
                 .into_iter()
@@ -78,6 +81,8 @@ pub struct NamespaceNews {
     pub peers: Option<crate::network::peers::Peers>,
     /// The cluster's endpoints (for the node's DNS), when they changed.
     pub endpoints: Option<pb::Endpoints>,
+    /// The cluster's containers by namespace, when they changed.
+    pub members: Option<crate::network::firewall::Members>,
 }
 
 #[cfg(test)]

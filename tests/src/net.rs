@@ -34,10 +34,12 @@ pub fn remove_bridge(name: &str) {
         .args(["link", "del", name])
         .stderr(Stdio::null())
         .status();
-    let _ = Command::new("nft")
-        .args(["delete", "table", "inet", &format!("skiff_{name}")])
-        .stderr(Stdio::null())
-        .status();
+    for family in ["inet", "bridge"] {
+        let _ = Command::new("nft")
+            .args(["delete", "table", family, &format!("skiff_{name}")])
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 /// Lets the `default` namespace's tasks use `network: host` (a namespace

@@ -6,6 +6,8 @@
 //! outside the cluster through outbound NAT, and opens no Skiff port on
 //! the server's host or on the other node. It finds the other host's
 //! replicas by name through its own node's DNS (A and SRV records).
+//! Containers of another namespace reach them (on the same host and
+//! across) only while the web's namespace lets that one in.
 
 use std::io::{Read as _, Write as _};
 use std::path::Path;
@@ -291,6 +293,109 @@ async fn containers_on_two_hosts_reach_each_other_but_no_skiff_port() {
         routes.contains(&format!("{}0/24 via {}", prefix(1), lan.host(1))),
         "{routes}"
     );
+    // Another namespace's containers, one on each host, try both web
+    // replicas over and over.
+    let tries = webs
+        .iter()
+        .map(|w| format!("if timeout 3 nc -w 1 {ip} 8080 </dev/null; then echo {ip}=reached; else echo {ip}=blocked; fi", ip = w.address))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let other = skiff_model::namespace::Namespace::from_yaml("name: other\n").unwrap();
+    client.apply_namespace(&other).await.unwrap();
+    let mut peeks = Vec::new();
+    for host in ["h0", "h1"] {
+        let mut spec = pinned(
+            &format!("peek-{host}"),
+            host,
+            &format!("while true; do {tries}; echo round; sleep 0.3; done"),
+            "",
+        );
+        spec.namespace = "other".into();
+        client.apply_job(&spec).await.unwrap();
+        let a = wait_for(
+            "the other namespace's client running",
+            Duration::from_secs(60),
+            || {
+                let mut c = client.clone().namespace("other");
+                let key = format!("peek-{host}");
+                async move {
+                    allocs_of(&mut c, &key)
+                        .await
+                        .into_iter()
+                        .find(|a| !a.address.is_empty())
+                }
+            },
+        )
+        .await;
+        peeks.push(a.id);
+    }
+    // Rounds printed from now on, of every peek.
+    let watcher = client.clone();
+    let rounds_after = |start: Vec<usize>| {
+        let client = watcher.clone();
+        let peeks = peeks.clone();
+        async move {
+            let mut all = Vec::new();
+            for (id, from) in peeks.iter().zip(start) {
+                let out = stdout_of(&mut client.clone(), id).await;
+                all.push(out.get(from.min(out.len())..).unwrap_or("").to_string());
+            }
+            all
+        }
+    };
+    let lengths = || async {
+        let mut v = Vec::new();
+        for id in &peeks {
+            v.push(stdout_of(&mut watcher.clone(), id).await.len());
+        }
+        v
+    };
+    // Let in: every try of a later round reaches both replicas.
+    let policy = |from: &str| {
+        skiff_model::namespace::Namespace::from_yaml(&format!(
+            "name: default\npolicy: {{network_from: [{from}]}}\n"
+        ))
+        .unwrap()
+    };
+    client.apply_namespace(&policy("other")).await.unwrap();
+    let start = lengths().await;
+    let reached_all = |out: &str| {
+        out.split("round\n").any(|r| {
+            webs.iter()
+                .all(|w| r.contains(&format!("{}=reached", w.address)))
+        })
+    };
+    wait_for(
+        "the other namespace let in",
+        Duration::from_secs(30),
+        || {
+            let f = rounds_after(start.clone());
+            async move { f.await.iter().all(|o| reached_all(o)).then_some(()) }
+        },
+    )
+    .await;
+    // Not let in (the default): a later round is blocked on both.
+    client.apply_namespace(&policy("lab")).await.unwrap();
+    let start = lengths().await;
+    let blocked_all = |out: &str| {
+        out.split("round\n").skip(1).any(|r| {
+            webs.iter()
+                .all(|w| r.contains(&format!("{}=blocked", w.address)))
+        })
+    };
+    wait_for(
+        "the other namespace kept out",
+        Duration::from_secs(30),
+        || {
+            let f = rounds_after(start.clone());
+            async move { f.await.iter().all(|o| blocked_all(o)).then_some(()) }
+        },
+    )
+    .await;
+    let mut in_other = client.clone().namespace("other");
+    for host in ["h0", "h1"] {
+        in_other.delete_job(&format!("peek-{host}")).await.unwrap();
+    }
     client.delete_job("web").await.unwrap();
     client.delete_job("client").await.unwrap();
     // Both hosts tear their containers' networks down.

@@ -28,11 +28,7 @@ impl Drop for TestBridge {
             .args(["link", "del", &self.name])
             .stderr(std::process::Stdio::null())
             .status();
-        let table = format!("skiff_{}", self.name);
-        let _ = Command::new("nft")
-            .args(["delete", "table", "inet", &table])
-            .stderr(std::process::Stdio::null())
-            .status();
+        skiff_tests::net::remove_bridge(&self.name);
     }
 }
 

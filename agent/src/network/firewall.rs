@@ -20,11 +20,68 @@
 //! whatever other tables accept (iptables-nft's included); the table stays
 //! while the node runs bridged allocations.
 
+use std::net::Ipv4Addr;
 use std::process::Stdio;
 
+use skiff_proto::pb;
 use tokio::io::AsyncWriteExt as _;
 
 use super::peers::Peers;
+
+/// One namespace's containers and the namespaces it lets in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceMembers {
+    pub name: String,
+    pub addresses: Vec<Ipv4Addr>,
+    /// `policy.network_from`: other namespaces whose containers may open
+    /// connections to these (`*`: all).
+    pub from: Vec<String>,
+}
+
+/// The cluster's containers by namespace, as the servers last sent them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Members {
+    pub namespaces: Vec<NamespaceMembers>,
+}
+
+impl Members {
+    /// What the servers sent (addresses that are not IPv4 left out).
+    pub fn from_wire(m: pb::NetworkMembers) -> Members {
+        Members {
+            namespaces: m
+                .namespaces
+                .into_iter()
+                .map(|n| NamespaceMembers {
+                    name: n.namespace,
+                    addresses: n.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
+                    from: n.network_from,
+                })
+                .collect(),
+        }
+    }
+
+    /// For each namespace: its containers, and every container allowed to
+    /// open connections to them (its own namespace's and those of the
+    /// namespaces its policy names).
+    fn allowed(&self) -> Vec<(Vec<String>, Vec<String>)> {
+        let shown = |ips: &[Ipv4Addr]| ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>();
+        self.namespaces
+            .iter()
+            .filter(|n| !n.addresses.is_empty())
+            .map(|n| {
+                let mut from: Vec<String> = self
+                    .namespaces
+                    .iter()
+                    .filter(|m| m.name == n.name || n.from.iter().any(|f| f == "*" || *f == m.name))
+                    .flat_map(|m| shown(&m.addresses))
+                    .collect();
+                from.sort();
+                from.dedup();
+                (shown(&n.addresses), from)
+            })
+            .collect()
+    }
+}
 
 /// The table's name for `bridge` (letters, digits and `_`).
 pub fn table(bridge: &str) -> String {
@@ -45,9 +102,17 @@ fn elements(items: &[String]) -> String {
 }
 
 /// The ruleset for `bridge` whose containers have addresses of `subnet`,
-/// replacing any earlier one atomically.
-pub fn ruleset(bridge: &str, subnet: &str, peers: &Peers) -> String {
+/// replacing any earlier one atomically: the `inet` table (the host, the
+/// routed traffic, NAT) and the `bridge` table (between containers of
+/// this bridge, which never reaches the inet hooks).
+pub fn ruleset(bridge: &str, subnet: &str, peers: &Peers, members: &Members) -> String {
     let t = table(bridge);
+    let subnets: Vec<String> = peers.nodes.iter().map(|n| n.subnet.to_string()).collect();
+    let hosts: Vec<String> = peers.hosts.iter().map(|h| h.to_string()).collect();
+    let (lo, hi) = (
+        skiff_model::ports::DYNAMIC_PORTS.start(),
+        skiff_model::ports::DYNAMIC_PORTS.end(),
+    );
     // The node's DNS, on the bridge's gateway address: the one port of
     // the host containers may reach.
     let dns = match skiff_model::subnet::Subnet::parse(subnet) {
@@ -58,18 +123,30 @@ pub fn ruleset(bridge: &str, subnet: &str, peers: &Peers) -> String {
         ),
         Err(_) => String::new(),
     };
-    let subnets: Vec<String> = peers.nodes.iter().map(|n| n.subnet.to_string()).collect();
-    let hosts: Vec<String> = peers.hosts.iter().map(|h| h.to_string()).collect();
-    let (lo, hi) = (
-        skiff_model::ports::DYNAMIC_PORTS.start(),
-        skiff_model::ports::DYNAMIC_PORTS.end(),
-    );
+    // Per namespace with containers: `m<i>` its containers, `f<i>` those
+    // that may open connections to them.
+    let allowed = members.allowed();
+    let mut sets = String::new();
+    let (mut inbound, mut allow, mut answers) = (String::new(), String::new(), String::new());
+    for (i, (inside, from)) in allowed.iter().enumerate() {
+        sets.push_str(&format!(
+            "\tset m{i} {{ type ipv4_addr; {} }}\n\tset f{i} {{ type ipv4_addr; {} }}\n",
+            elements(inside),
+            elements(from)
+        ));
+        inbound.push_str(&format!(
+            "\t\toifname \"{bridge}\" ip daddr @m{i} ip saddr @f{i} accept\n"
+        ));
+        allow.push_str(&format!("\t\tip daddr @m{i} ip saddr @f{i} accept\n"));
+        answers.push_str(&format!("\t\tip saddr @m{i} ip daddr @f{i} accept\n"));
+    }
     format!(
         "table inet {t} {{}}\n\
          delete table inet {t}\n\
          table inet {t} {{\n\
          \tset peer_subnets {{ type ipv4_addr; flags interval; {} }}\n\
          \tset cluster_hosts {{ type ipv4_addr; {} }}\n\
+         {sets}\
          \tchain input {{\n\
          \t\ttype filter hook input priority filter; policy accept;\n\
          \t\tiifname \"{bridge}\" ct state established,related accept\n\
@@ -80,7 +157,7 @@ pub fn ruleset(bridge: &str, subnet: &str, peers: &Peers) -> String {
          \t\ttype filter hook forward priority filter; policy accept;\n\
          \t\toifname \"{bridge}\" ct state established,related accept\n\
          \t\toifname \"{bridge}\" ct status dnat accept\n\
-         \t\toifname \"{bridge}\" ip saddr @peer_subnets accept\n\
+         {inbound}\
          \t\toifname \"{bridge}\" iifname != \"{bridge}\" drop\n\
          \t\tiifname \"{bridge}\" ct state new ip daddr @cluster_hosts tcp dport != {lo}-{hi} drop\n\
          \t}}\n\
@@ -89,6 +166,21 @@ pub fn ruleset(bridge: &str, subnet: &str, peers: &Peers) -> String {
          \t\tip saddr {subnet} ip daddr != {subnet} ip daddr != @peer_subnets masquerade\n\
          \t\toifname \"{bridge}\" ip saddr 127.0.0.0/8 masquerade\n\
          \t}}\n\
+         }}\n\
+         table bridge {t} {{}}\n\
+         delete table bridge {t}\n\
+         table bridge {t} {{\n\
+         {sets}\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority filter; policy accept;\n\
+         \t\tip saddr {subnet} ip daddr {subnet} jump between\n\
+         \t}}\n\
+         \tchain between {{\n\
+         {allow}\
+         \t\ttcp flags & (syn | ack) == syn drop\n\
+         {answers}\
+         \t\tdrop\n\
+         \t}}\n\
          }}\n",
         elements(&subnets),
         elements(&hosts),
@@ -96,7 +188,12 @@ pub fn ruleset(bridge: &str, subnet: &str, peers: &Peers) -> String {
 }
 
 /// Loads [`ruleset`] with `nft`.
-pub async fn ensure(bridge: &str, subnet: &str, peers: &Peers) -> Result<(), String> {
+pub async fn ensure(
+    bridge: &str,
+    subnet: &str,
+    peers: &Peers,
+    members: &Members,
+) -> Result<(), String> {
     let mut child = tokio::process::Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -109,7 +206,7 @@ pub async fn ensure(bridge: &str, subnet: &str, peers: &Peers) -> Result<(), Str
         })?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
-            .write_all(ruleset(bridge, subnet, peers).as_bytes())
+            .write_all(ruleset(bridge, subnet, peers, members).as_bytes())
             .await
             .map_err(|e| format!("nft: {e}"))?;
     }
@@ -135,7 +232,12 @@ mod tests {
     fn the_ruleset_drops_what_comes_from_the_bridge_and_replaces_itself() {
         assert_eq!(table("skiff0"), "skiff_skiff0");
         assert_eq!(table("br-lab.1"), "skiff_br_lab_1");
-        let r = ruleset("skiff0", "10.88.0.0/24", &Peers::default());
+        let r = ruleset(
+            "skiff0",
+            "10.88.0.0/24",
+            &Peers::default(),
+            &Members::default(),
+        );
         let dns = r
             .find("iifname \"skiff0\" ip daddr 10.88.0.1 udp dport 53 accept")
             .unwrap();
@@ -151,5 +253,46 @@ mod tests {
             .unwrap();
         let mapped = r.find("ct status dnat accept").unwrap();
         assert!(mapped < routed_in, "mapped ports pass before the drop: {r}");
+        // Between the bridge's containers: the bridge table, which drops
+        // all with no namespaces known.
+        assert!(r.contains("delete table bridge skiff_skiff0\n"), "{r}");
+        assert!(r.contains("ip saddr 10.88.0.0/24 ip daddr 10.88.0.0/24 jump between"));
+    }
+
+    #[test]
+    fn containers_reach_their_own_namespace_and_those_that_let_them_in() {
+        let ns = |name: &str, ips: &[&str], from: &[&str]| NamespaceMembers {
+            name: name.into(),
+            addresses: ips.iter().map(|ip| ip.parse().unwrap()).collect(),
+            from: from.iter().map(|s| s.to_string()).collect(),
+        };
+        let members = Members {
+            namespaces: vec![
+                ns("db", &["10.88.0.2"], &["web"]),
+                ns("web", &["10.88.0.3", "10.88.1.3"], &[]),
+                ns("lab", &["10.88.0.4"], &["*"]),
+            ],
+        };
+        let allowed = members.allowed();
+        // db: its own and web's; web: only its own; lab: everyone's.
+        assert_eq!(allowed[0].1, ["10.88.0.2", "10.88.0.3", "10.88.1.3"]);
+        assert_eq!(allowed[1].1, ["10.88.0.3", "10.88.1.3"]);
+        assert_eq!(allowed[2].1.len(), 4);
+        let r = ruleset("skiff0", "10.88.0.0/24", &Peers::default(), &members);
+        assert!(
+            r.contains("set m0 { type ipv4_addr; elements = { 10.88.0.2 }; "),
+            "{r}"
+        );
+        // From another node (routed), and on this bridge: allowed pairs
+        // pass; a new connection otherwise is dropped before answers to
+        // allowed ones pass.
+        assert!(
+            r.contains("oifname \"skiff0\" ip daddr @m1 ip saddr @f1 accept"),
+            "{r}"
+        );
+        let allow = r.find("\t\tip daddr @m2 ip saddr @f2 accept").unwrap();
+        let syn = r.find("tcp flags & (syn | ack) == syn drop").unwrap();
+        let answer = r.find("\t\tip saddr @m0 ip daddr @f0 accept").unwrap();
+        assert!(allow < syn && syn < answer, "{r}");
     }
 }

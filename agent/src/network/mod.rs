@@ -122,6 +122,8 @@ pub struct Network {
     firewalled: AtomicBool,
     /// The rest of the cluster, as the servers last said.
     peers: Mutex<peers::Peers>,
+    /// The cluster's containers by namespace, as the servers last said.
+    members: Mutex<firewall::Members>,
     applying: tokio::sync::Mutex<()>,
     /// One setup or teardown at a time per allocation.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -143,6 +145,7 @@ impl Network {
             prepared: AtomicBool::new(false),
             firewalled: AtomicBool::new(false),
             peers: Mutex::default(),
+            members: Mutex::default(),
             applying: tokio::sync::Mutex::default(),
             locks: Mutex::default(),
         })
@@ -399,19 +402,54 @@ impl Network {
             *held = peers;
             changed
         };
-        if changed && self.firewalled.load(Ordering::Relaxed) {
+        if changed && self.rules_wanted() {
             if let Err(e) = self.apply_peers(&self.subnet()).await {
                 tracing::warn!(error = %e, "updating the routes to the other nodes");
             }
         }
     }
 
-    /// Loads the node's rules and routes for the peers held (one load at
-    /// a time, each with the latest peers).
+    /// The cluster's containers by namespace changed: the rules between
+    /// containers follow (once the node has set up a bridged allocation).
+    pub async fn set_members(&self, members: firewall::Members) {
+        let changed = {
+            let mut held = self.members.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = *held != members;
+            *held = members;
+            changed
+        };
+        if changed && self.rules_wanted() {
+            if let Err(e) = self.apply_peers(&self.subnet()).await {
+                tracing::warn!(error = %e, "updating the rules between containers");
+            }
+        }
+    }
+
+    /// Whether the node's rules are loaded and kept: since its first
+    /// bridged setup, or at once when an agent restarts under bridged
+    /// containers.
+    fn rules_wanted(&self) -> bool {
+        if self.firewalled.load(Ordering::Relaxed) {
+            return true;
+        }
+        let adopted = !self.attached().is_empty() && !self.subnet().is_empty();
+        if adopted {
+            self.firewalled.store(true, Ordering::Relaxed);
+        }
+        adopted
+    }
+
+    /// Loads the node's rules and routes for the peers and members held
+    /// (one load at a time, each with the latest).
     async fn apply_peers(&self, subnet: &str) -> Result<(), String> {
         let _one = self.applying.lock().await;
         let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        firewall::ensure(&self.cfg.bridge, subnet, &peers).await?;
+        let members = self
+            .members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        firewall::ensure(&self.cfg.bridge, subnet, &peers, &members).await?;
         let own = skiff_model::subnet::Subnet::parse(subnet).ok();
         peers::sync_routes(&peers.routes(own.as_ref())).await
     }

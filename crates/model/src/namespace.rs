@@ -49,11 +49,25 @@ pub struct Policy {
     /// node's network, its loopback and every port on it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub host_network: bool,
+    /// The other namespaces whose containers may open connections to this
+    /// one's (`*`: every namespace). A namespace's own containers always
+    /// may; others may not unless named here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_from: Vec<String>,
 }
 
 impl Policy {
     pub fn is_empty(&self) -> bool {
-        self.capabilities.is_empty() && self.image_paths.is_empty() && !self.host_network
+        self.capabilities.is_empty()
+            && self.image_paths.is_empty()
+            && !self.host_network
+            && self.network_from.is_empty()
+    }
+
+    /// Whether containers of namespace `from` may open connections to
+    /// containers of the namespace `own` this policy is of.
+    pub fn lets_in(&self, own: &str, from: &str) -> bool {
+        from == own || self.network_from.iter().any(|n| n == "*" || n == from)
     }
 }
 

@@ -2,7 +2,9 @@
 //! ready allocations ([`Allocation::is_endpoint`]) that have an address
 //! (the container's on a bridge, the node's in host network mode), with
 //! their named ports. Sent on each node's allocation watch when they
-//! change (`AllocationSet.endpoints`, compared by fingerprint).
+//! change (`AllocationSet.endpoints`, compared by fingerprint). And the
+//! containers of each namespace with who may reach them
+//! (`AllocationSet.members`), for the agents' isolation rules.
 
 use std::hash::{Hash, Hasher};
 
@@ -67,6 +69,40 @@ pub fn endpoints_of(state: &skiff_store::State) -> (pb::Endpoints, u64) {
         }
     }
     (pb::Endpoints { endpoints }, h.finish() | 1)
+}
+
+/// Every namespace's containers (allocations not finished that have an
+/// address) and the namespaces its policy lets in, by namespace, with a
+/// fingerprint (never 0).
+pub fn members_of(state: &skiff_store::State) -> (pb::NetworkMembers, u64) {
+    let mut by_ns: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for a in state.allocs.values() {
+        if !a.address.is_empty() && !a.status.is_terminal() {
+            let ns = skiff_model::split_job_key(&a.job).0;
+            by_ns.entry(ns).or_default().push(a.address.clone());
+        }
+    }
+    let namespaces: Vec<pb::NamespaceMembers> = by_ns
+        .into_iter()
+        .map(|(ns, mut addresses)| {
+            addresses.sort();
+            pb::NamespaceMembers {
+                namespace: ns.to_string(),
+                addresses,
+                network_from: state
+                    .access
+                    .namespaces
+                    .get(ns)
+                    .map(|n| n.policy.network_from.clone())
+                    .unwrap_or_default(),
+            }
+        })
+        .collect();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for n in &namespaces {
+        (&n.namespace, &n.addresses, &n.network_from).hash(&mut h);
+    }
+    (pb::NetworkMembers { namespaces }, h.finish() | 1)
 }
 
 #[cfg(test)]
@@ -162,5 +198,23 @@ mod tests {
         let (more, again) = endpoints_of(&state);
         assert_eq!(more.endpoints.len(), 3);
         assert_ne!(again, print);
+
+        // Members: every container with an address, ready or not, by
+        // namespace, with the policy's allow-list.
+        let mut policy = skiff_model::namespace::Namespace::from_yaml(
+            "name: lab\npolicy: {network_from: [default]}\n",
+        )
+        .unwrap();
+        state.access.namespaces.insert("lab".into(), policy.clone());
+        let (members, print) = members_of(&state);
+        let shown: Vec<String> = members
+            .namespaces
+            .iter()
+            .map(|n| format!("{} {:?} {:?}", n.namespace, n.addresses, n.network_from))
+            .collect();
+        assert_eq!(shown, [r#"lab ["10.88.0.5", "10.88.0.6"] ["default"]"#]);
+        policy.policy.network_from.clear();
+        state.access.namespaces.insert("lab".into(), policy);
+        assert_ne!(members_of(&state).1, print, "a policy change is sent");
     }
 }

@@ -399,6 +399,8 @@ pub struct Sent {
     peers: u64,
     /// A fingerprint of the cluster's endpoints sent; 0: none sent yet.
     endpoints: u64,
+    /// A fingerprint of the namespaces' members sent; 0: none sent yet.
+    members: u64,
 }
 
 /// The other nodes and the servers, as an agent's bridge network needs
@@ -498,18 +500,22 @@ fn alloc_changes_within(
     let peers_changed = reset || peers_print != sent_all.peers;
     let (endpoints, endpoints_print) = crate::endpoints::endpoints_of(state);
     let endpoints_changed = reset || endpoints_print != sent_all.endpoints;
+    let (members, members_print) = crate::endpoints::members_of(state);
+    let members_changed = reset || members_print != sent_all.members;
     if !reset
         && changed.is_empty()
         && removed.is_empty()
         && fingerprint == sent_all.namespaces
         && !peers_changed
         && !endpoints_changed
+        && !members_changed
     {
         return None;
     }
     sent_all.namespaces = fingerprint;
     sent_all.peers = peers_print;
     sent_all.endpoints = endpoints_print;
+    sent_all.members = members_print;
     let sent = &mut sent_all.allocs;
     for id in &removed {
         sent.remove(id);
@@ -574,6 +580,7 @@ fn alloc_changes_within(
     last.registry_logins = registry_logins;
     last.peers = peers_changed.then_some(peers);
     last.endpoints = endpoints_changed.then_some(endpoints);
+    last.members = members_changed.then_some(members);
     Some(messages)
 }
 

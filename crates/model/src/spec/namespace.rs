@@ -12,7 +12,12 @@ use super::fields::{as_object, as_string, check_unknown, number, quantity, strin
 use super::{check_dns_label, MAX_SPEC_BYTES};
 
 const NAMESPACE_FIELDS: &[&str] = &["name", "policy", "quota"];
-const POLICY_FIELDS: &[&str] = &["capabilities", "image_paths", "host_network"];
+const POLICY_FIELDS: &[&str] = &[
+    "capabilities",
+    "image_paths",
+    "host_network",
+    "network_from",
+];
 const QUOTA_FIELDS: &[&str] = &["cpu", "memory", "allocations", "gpus"];
 /// Most GPUs a quota may name for one model.
 const MAX_GPUS: u64 = 1 << 20;
@@ -75,6 +80,9 @@ fn parse(root: &Value, errs: &mut Errors) -> Option<Namespace> {
             policy.host_network =
                 super::fields::boolean(v, "policy.host_network", errs).unwrap_or(false);
         }
+        if let Some(v) = p.get("network_from") {
+            policy.network_from = string_list(v, "policy.network_from", errs);
+        }
     }
     let mut quota = Quota::default();
     if let Some(q) = obj.get("quota").and_then(|v| as_object(v, "quota", errs)) {
@@ -126,6 +134,14 @@ fn validate(ns: &Namespace, errs: &mut Errors) {
             );
         }
     }
+    for (i, from) in ns.policy.network_from.iter().enumerate() {
+        if from != "*" && check_dns_label(from).is_err() {
+            errs.push(
+                &format!("policy.network_from[{i}]"),
+                format!("{from:?} must be a namespace name (a DNS label) or `*` (every namespace)"),
+            );
+        }
+    }
     for (model, n) in &ns.quota.gpus {
         if model.is_empty() || model.len() > 256 || *n > MAX_GPUS {
             errs.push(
@@ -151,6 +167,14 @@ mod tests {
         assert_eq!(ns.quota.memory_bytes, Some(8 << 30));
         assert_eq!(ns.quota.allocations, Some(10));
         assert_eq!(ns.quota.gpus["any"], 2);
+        assert!(ns.policy.lets_in("team-a", "team-a"));
+        assert!(!ns.policy.lets_in("team-a", "team-b"));
+        let open = Namespace::from_yaml("name: db\npolicy: {network_from: [web, ops]}\n").unwrap();
+        assert!(open.policy.lets_in("db", "web") && !open.policy.lets_in("db", "lab"));
+        let all = Namespace::from_yaml("name: dns\npolicy: {network_from: ['*']}\n").unwrap();
+        assert!(all.policy.lets_in("dns", "anyone"));
+        let e = Namespace::from_yaml("name: db\npolicy: {network_from: [Web_1]}\n").unwrap_err();
+        assert!(e.to_string().contains("policy.network_from[0]"), "{e}");
         // Its serialized form reads back the same.
         let text = serde_json::to_string(&ns).unwrap();
         assert_eq!(serde_json::from_str::<Namespace>(&text).unwrap(), ns);

@@ -13,6 +13,7 @@ impl From<&m::Namespace> for pb::Namespace {
                 capabilities: n.policy.capabilities.clone(),
                 image_paths: n.policy.image_paths.clone(),
                 host_network: n.policy.host_network,
+                network_from: n.policy.network_from.clone(),
             }),
             quota: Some(pb::NamespaceQuota {
                 cpu_millis: n.quota.cpu_millis,
@@ -38,6 +39,7 @@ impl From<pb::Namespace> for m::Namespace {
                     .collect(),
                 image_paths: policy.image_paths,
                 host_network: policy.host_network,
+                network_from: policy.network_from,
             },
             quota: m::Quota {
                 cpu_millis: quota.cpu_millis,
