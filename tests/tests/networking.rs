@@ -74,15 +74,17 @@ fn require_cni() {
 }
 
 /// What is set up for bridged allocations on the node: namespaces,
-/// cached plugin results, address leases, veths on the bridge, NAT rules
-/// for the subnet.
+/// cached plugin results, resolv.conf files, address leases, veths on the
+/// bridge, NAT rules for the subnet, addresses in the isolation rules.
 #[derive(Debug, PartialEq, Eq)]
 struct Leftovers {
     netns: usize,
     cached: usize,
+    resolv: usize,
     leases: usize,
     veths: usize,
     nat_rules: usize,
+    members: usize,
 }
 
 fn count_entries(dir: &Path, keep: impl Fn(&str) -> bool) -> usize {
@@ -111,9 +113,22 @@ fn leftovers(agent_dir: &Path, bridge: &str, subnet: &str) -> Leftovers {
         .lines()
         .filter(|l| l.contains(&format!("-s {prefix}")))
         .count();
+    // The namespaces' container addresses in the bridge table's sets.
+    let table = Command::new("nft")
+        .args(["list", "table", "bridge", &format!("skiff_{bridge}")])
+        .output()
+        .unwrap();
+    let members = String::from_utf8_lossy(&table.stdout)
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter(|t| t.starts_with(prefix) && *t != format!("{prefix}0"))
+        .map(str::to_string)
+        .collect::<std::collections::HashSet<String>>()
+        .len();
     Leftovers {
         netns: count_entries(&net.join("netns"), |_| true),
         cached: count_entries(&net.join("cni"), |n| n.ends_with(".json")),
+        resolv: count_entries(&net.join("resolv"), |_| true),
+        members,
         // host-local keeps one file per leased address, named by it.
         leases: count_entries(&net.join("ipam").join("skiff"), |n| n.starts_with("10.")),
         veths,
@@ -124,6 +139,8 @@ fn leftovers(agent_dir: &Path, bridge: &str, subnet: &str) -> Leftovers {
 const NONE: Leftovers = Leftovers {
     netns: 0,
     cached: 0,
+    resolv: 0,
+    members: 0,
     leases: 0,
     veths: 0,
     nat_rules: 0,
@@ -239,12 +256,22 @@ async fn replicas_on_one_node_each_get_an_address_and_all_listen_on_one_port() {
     assert_ne!(seen[0], seen[1], "two replicas, two addresses");
     let up = leftovers(&agent_dir, &bridge, &subnet);
     assert_eq!(
-        (up.netns, up.cached, up.leases, up.veths),
-        (2, 2, 2, 2),
+        (up.netns, up.cached, up.resolv, up.leases, up.veths),
+        (2, 2, 2, 2, 2),
         "{up:?}"
     );
     // Outbound NAT is one rule of the node's table, not one per address.
     assert_eq!(up.nat_rules, 0, "no NAT rule per address: {up:?}");
+    // The isolation rules learn both addresses (from the servers).
+    wait_for(
+        "both addresses in the rules",
+        Duration::from_secs(10),
+        || {
+            let members = leftovers(&agent_dir, &bridge, &subnet).members;
+            async move { (members == 2).then_some(()) }
+        },
+    )
+    .await;
     let table = Command::new("nft")
         .args(["list", "table", "inet", &format!("skiff_{bridge}")])
         .output()
