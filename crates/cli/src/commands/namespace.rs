@@ -18,7 +18,8 @@ pub enum NamespaceCmd {
     /// Describe a namespace from a YAML file (new or again; admin only):
     /// `policy` (capabilities beyond Docker's defaults, `oci:` paths
     /// beyond the nodes' image roots, `host_network: true` to allow
-    /// `network: host`) and `quota` (cpu, memory,
+    /// `network: host`, `network_from` the namespaces whose containers
+    /// may connect to this one's) and `quota` (cpu, memory,
     /// allocations, gpus by model or `any`). Jobs may live only in
     /// `default` and in described namespaces.
     #[command(after_help = "Example (examples/namespace.yaml):\n  \
