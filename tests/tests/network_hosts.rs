@@ -7,7 +7,8 @@
 //! the server's host or on the other node. It finds the other host's
 //! replicas by name through its own node's DNS (A and SRV records).
 //! Containers of another namespace reach them (on the same host and
-//! across) only while the web's namespace lets that one in.
+//! across) only while the web's namespace lets that one in. A bridged
+//! gang's rank on one host reaches rank 0 on the other by MASTER_ADDR.
 
 use std::io::{Read as _, Write as _};
 use std::path::Path;
@@ -392,6 +393,42 @@ async fn containers_on_two_hosts_reach_each_other_but_no_skiff_port() {
         },
     )
     .await;
+    // A bridged gang, one rank per host: rank 1 reaches rank 0 at
+    // MASTER_ADDR (rank 0's DNS name), MASTER_PORT.
+    let gang = skiff_model::JobSpec::from_yaml(&format!(
+        "name: ddp\ntype: batch\ngang: true\nreplicas: 2\nspread: {{label: host, max_skew: 1}}\ntask:\n  image: {}\n  network: bridge\n  resources: {{cpu: 100m, memory: 32Mi}}\n  command: [sh, -c, {}]\n",
+        busybox_image(),
+        serde_json::to_string(
+            "echo \"rank $RANK: rank 0 at $MASTER_ADDR:$MASTER_PORT\"; if [ \"$RANK\" = 0 ]; then nc -l -p \"$MASTER_PORT\"; else for i in $(seq 1 100); do echo \"heard from rank $RANK\" | nc -w 2 \"$MASTER_ADDR\" \"$MASTER_PORT\" && break; sleep 0.3; done; fi"
+        )
+        .unwrap()
+    ))
+    .unwrap();
+    client.apply_job(&gang).await.unwrap();
+    let ranks = wait_for("both ranks done", Duration::from_secs(90), || {
+        let mut c = client.clone();
+        async move {
+            let all = allocs_of(&mut c, "ddp").await;
+            (all.len() == 2
+                && all
+                    .iter()
+                    .all(|a| a.status == skiff_model::AllocStatus::Complete))
+            .then_some(all)
+        }
+    })
+    .await;
+    let rank0 = ranks
+        .iter()
+        .find(|a| a.gang.as_ref().map(|g| g.rank) == Some(0))
+        .unwrap();
+    assert_ne!(ranks[0].node, ranks[1].node, "one rank per host");
+    let heard = stdout_of(&mut client, &rank0.id).await;
+    assert!(
+        heard.contains(&format!("rank 0 at {}.ddp.default.skiff:29500", rank0.id)),
+        "{heard}"
+    );
+    assert!(heard.contains("heard from rank 1"), "{heard}");
+    client.delete_job("ddp").await.unwrap();
     let mut in_other = client.clone().namespace("other");
     for host in ["h0", "h1"] {
         in_other.delete_job(&format!("peek-{host}")).await.unwrap();

@@ -133,7 +133,9 @@ pub struct GangRank {
     /// The replica's rank, 0 to `world_size - 1`.
     pub rank: u32,
     pub world_size: u32,
-    /// The host part of the address of rank 0's node.
+    /// Where the ranks reach rank 0: the host part of its node's address
+    /// (host network), or its DNS name, `ALLOC-ID.JOB.NAMESPACE.skiff`
+    /// (bridge).
     pub master_addr: String,
     pub master_port: u16,
 }

@@ -16,6 +16,7 @@
 
 pub mod alloc;
 pub mod deployment;
+pub mod dns;
 pub mod duration;
 pub mod error;
 pub mod eval;

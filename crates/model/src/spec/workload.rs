@@ -172,12 +172,6 @@ fn check_update_span(d: Duration, field: &str, min: Duration, errs: &mut Errors)
 
 /// Value rules of the workload fields, however the spec was built.
 pub(super) fn validate_workload(spec: &JobSpec, errs: &mut Errors) {
-    if spec.gang && spec.task.network == crate::job::NetworkMode::Bridge {
-        errs.push(
-            "task.network",
-            "a gang's ranks reach rank 0 at its node's address (MASTER_ADDR): use network: host (bridge for gangs needs routes between nodes, not there yet)",
-        );
-    }
     let u = &spec.update;
     if !u.is_default() && !spec.rolls_out() {
         let why = if spec.is_batch() {
@@ -355,17 +349,15 @@ mod tests {
     }
 
     #[test]
-    fn a_bridged_gang_is_refused_for_now() {
-        let e = JobSpec::from_yaml(
+    fn a_gang_runs_on_the_host_network_unless_it_asks_for_the_bridge() {
+        let g = JobSpec::from_yaml("name: g\ngang: true\nreplicas: 2\ntask: {image: 'oci:/i'}")
+            .unwrap();
+        assert_eq!(g.task.network, crate::job::NetworkMode::Host);
+        let b = JobSpec::from_yaml(
             "name: g\ngang: true\nreplicas: 2\ntask: {image: 'oci:/i', network: bridge}",
         )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("task.network: a gang's ranks reach rank 0"),
-            "{e}"
-        );
-        JobSpec::from_yaml("name: g\ngang: true\nreplicas: 2\ntask: {image: 'oci:/i'}").unwrap();
+        .unwrap();
+        assert_eq!(b.task.network, crate::job::NetworkMode::Bridge);
     }
 
     #[test]

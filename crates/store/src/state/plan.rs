@@ -77,13 +77,15 @@ impl State {
                     self.create_eval(index, &victim, EvalTrigger::Preemption);
                 }
             }
-            // A gang's replicas learn where rank 0 runs: placed in this
-            // plan, or already running.
+            // A gang's replicas learn where rank 0 runs (placed in this
+            // plan, or already running): its node's address on the host's
+            // network, its DNS name on a bridge (its container's address
+            // is known only once it runs).
             let master_addr = job.spec.gang.then(|| {
                 let rank0 = accepted
                     .iter()
                     .find(|n| n.placement.replica == 0)
-                    .map(|n| n.placement.node.clone())
+                    .map(|n| (n.id.clone(), n.placement.node.clone()))
                     .or_else(|| {
                         self.allocs
                             .values()
@@ -93,12 +95,17 @@ impl State {
                                     && a.replica == 0
                                     && a.is_live()
                             })
-                            .map(|a| a.node.clone())
+                            .map(|a| (a.id.clone(), a.node.clone()))
                     });
-                rank0
-                    .and_then(|n| self.nodes.get(&n))
-                    .map(|n| host_of(&n.address))
-                    .unwrap_or_default()
+                match (rank0, job.spec.task.network) {
+                    (Some((id, _)), skiff_model::NetworkMode::Bridge) => {
+                        skiff_model::dns::alloc_name(&id, &plan.job)
+                    }
+                    (rank0, _) => rank0
+                        .and_then(|(_, n)| self.nodes.get(&n))
+                        .map(|n| host_of(&n.address))
+                        .unwrap_or_default(),
+                }
             });
             for new in accepted {
                 let mut alloc = Allocation::new(

@@ -495,6 +495,12 @@ fn a_batch_slot_whose_run_failed_takes_a_new_allocation_but_a_succeeded_one_does
 
 #[test]
 fn a_gang_learns_its_ranks_and_the_address_of_rank_zeros_node() {
+    gang_learns_rank_zero("", "10.1.2.3");
+    // On a bridge: rank 0's DNS name (its address comes once it runs).
+    gang_learns_rank_zero(", network: bridge", "g-0.train.default.skiff");
+}
+
+fn gang_learns_rank_zero(network: &str, master_addr: &str) {
     let mut h = Harness::new();
     h.apply(reg("n1", 8000, 8192));
     let Command::RegisterNode { mut registration } = reg("n2", 8000, 8192) else {
@@ -504,7 +510,7 @@ fn a_gang_learns_its_ranks_and_the_address_of_rank_zeros_node() {
     h.apply(Command::RegisterNode { registration });
     h.apply(Command::UpsertJob {
         spec: job_spec(
-            "name: train\ntype: batch\ngang: true\nreplicas: 3\nmaster_port: 23456\ntask: {image: 'oci:/i', resources: {cpu: 100m, memory: 16Mi}}",
+            &format!("name: train\ntype: batch\ngang: true\nreplicas: 3\nmaster_port: 23456\ntask: {{image: 'oci:/i', resources: {{cpu: 100m, memory: 16Mi}}{network}}}"),
         ),
     });
     let j = &h.state.jobs["train"];
@@ -539,7 +545,7 @@ fn a_gang_learns_its_ranks_and_the_address_of_rank_zeros_node() {
         let g = h.state.allocs[&format!("g-{r}")].gang.clone().unwrap();
         assert_eq!(g.rank, r);
         assert_eq!(g.world_size, 3);
-        assert_eq!(g.master_addr, "10.1.2.3");
+        assert_eq!(g.master_addr, master_addr);
         assert_eq!(g.master_port, 23456);
     }
 }
