@@ -1054,3 +1054,92 @@ async fn a_rolling_update_on_one_node_collides_on_no_port_and_fails_no_request()
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_port_is_published_and_named_under_udp() {
+    require_cni();
+    let tmp = tempfile::tempdir().unwrap();
+    let test_bridge = bridge_for(10);
+    let (server, _agent) = bridged_node(tmp.path(), &test_bridge);
+    let agent_dir = tmp.path().join("agent");
+    let mut client = server.client().await;
+    let spec = job_yaml(
+        "udp",
+        1,
+        "exec sleep 3600",
+        "  ports: [{name: echo, container: 7000, host: 0, protocol: udp}]\n",
+    );
+    client.apply_job(&spec).await.unwrap();
+    let a = wait_for("the replica ready", Duration::from_secs(60), || {
+        let mut c = client.clone();
+        async move {
+            let a = allocs_of(&mut c, "udp").await.into_iter().next()?;
+            (a.healthy == Some(true) && !a.address.is_empty()).then_some(a)
+        }
+    })
+    .await;
+    assert_eq!(a.ports.len(), 1, "{:?}", a.ports);
+    let port = a.ports[0];
+    // A listener on the container's port, inside its network namespace
+    // (busybox has no UDP server): python, entered into it.
+    let netns = agent_dir.join("network/netns").join(&a.id);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", netns.display()))
+            .args([
+                "python3",
+                "-c",
+                "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 7000)); s.settimeout(30); print(s.recvfrom(64)[0].decode(), flush=True)",
+            ])
+            .output()
+            .unwrap();
+        let _ = tx.send(Some(
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        ));
+    });
+    // Datagrams to the node's port until the container's side has one
+    // (bounded).
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut got = None;
+    for _ in 0..100 {
+        sender
+            .send_to(b"hello over udp", ("127.0.0.1", port))
+            .unwrap();
+        if let Ok(m) = rx.recv_timeout(Duration::from_millis(200)) {
+            got = m;
+            break;
+        }
+    }
+    assert_eq!(
+        got.as_deref(),
+        Some("hello over udp"),
+        "to 127.0.0.1:{port}"
+    );
+    let described = skiff(&server.url(), &["describe", "alloc", &a.id]);
+    let described = String::from_utf8_lossy(&described.stdout).to_string();
+    assert!(
+        described.contains(&format!("Ports:     echo 7000/udp -> 127.0.0.1:{port}")),
+        "{described}"
+    );
+    // The node's DNS names it under `_udp`.
+    let gateway = test_bridge.subnet.replace(".0/24", ".1");
+    let srv = wait_for("the SRV record", Duration::from_secs(10), || {
+        let out = Command::new("busybox")
+            .args([
+                "nslookup",
+                "-type=srv",
+                "_echo._udp.udp.default.skiff",
+                &gateway,
+            ])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&out.stdout).to_string();
+        async move { out.contains("service = ").then_some(out) }
+    })
+    .await;
+    assert!(
+        srv.contains(&format!("service = 0 10 7000 {}.udp.default.skiff", a.id)),
+        "{srv}"
+    );
+}

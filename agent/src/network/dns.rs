@@ -5,9 +5,9 @@
 //!
 //! - `JOB.NAMESPACE.skiff`: A, the job's ready replicas' addresses;
 //! - `ALLOC.JOB.NAMESPACE.skiff`: A, one replica's address;
-//! - `_PORT._tcp.JOB.NAMESPACE.skiff`: SRV, one per ready replica with a
-//!   port of that name: its port and its `ALLOC…` name (the address rides
-//!   along as an additional record).
+//! - `_PORT._tcp.JOB.NAMESPACE.skiff` (`_udp` for a UDP port): SRV, one
+//!   per ready replica with a port of that name: its port and its
+//!   `ALLOC…` name (the address rides along as an additional record).
 //!
 //! Every answer lives [`TTL`] seconds. Other names are forwarded to the
 //! `--dns-upstream` resolvers (the host's by default), or do not exist
@@ -133,8 +133,9 @@ impl Records {
                 let Ok(port) = u16::try_from(p.port) else {
                     continue;
                 };
+                let proto = if p.protocol == "udp" { "_udp" } else { "_tcp" };
                 let Ok(srv) = job
-                    .prepend_label("_tcp")
+                    .prepend_label(proto)
                     .and_then(|n| n.prepend_label(format!("_{}", p.name)))
                 else {
                     continue;
@@ -150,9 +151,10 @@ impl Records {
             for parent in [&namespace, &zone] {
                 names.entry(parent.into()).or_default();
             }
-            if let Ok(tcp) = job.prepend_label("_tcp") {
-                if !e.ports.is_empty() {
-                    names.entry((&tcp).into()).or_default();
+            for p in &e.ports {
+                let proto = if p.protocol == "udp" { "_udp" } else { "_tcp" };
+                if let Ok(under) = job.prepend_label(proto) {
+                    names.entry((&under).into()).or_default();
                 }
             }
         }
@@ -410,10 +412,18 @@ mod tests {
             job: job.into(),
             alloc_id: id.to_string().repeat(32),
             address: ip.into(),
-            ports: vec![pb::EndpointPort {
-                name: "http".into(),
-                port,
-            }],
+            ports: vec![
+                pb::EndpointPort {
+                    name: "http".into(),
+                    port,
+                    protocol: "tcp".into(),
+                },
+                pb::EndpointPort {
+                    name: "dns".into(),
+                    port: 53,
+                    protocol: "udp".into(),
+                },
+            ],
         }
     }
 
@@ -488,6 +498,11 @@ mod tests {
         let b_name = format!("{}.web.lab.skiff.", "b".repeat(32));
         assert_eq!(srv, [(8080, a_name.clone()), (8080, b_name)]);
         assert_eq!(m.additionals.len(), 2, "{m:?}");
+        // A UDP port is under `_udp`.
+        let m = ask(at, "_dns._udp.web.other.skiff.", RecordType::SRV).await;
+        assert_eq!(m.answers.len(), 1, "{m:?}");
+        let m = ask(at, "_dns._tcp.web.other.skiff.", RecordType::SRV).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
         let m = ask(at, &a_name, RecordType::A).await;
         assert_eq!(a_records(&m), [Ipv4Addr::new(10, 88, 0, 5)]);
         // A name that exists, asked for another type: empty, not missing.

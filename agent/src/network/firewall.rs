@@ -10,8 +10,8 @@
 //! elsewhere (another host that routes the node's subnet to it): only
 //! answers, what a port mapping forwarded (DNAT), and connections from the
 //! other nodes' containers (their subnets, `@peer_subnets`) get in; and it
-//! lets containers open only published ports (20000-32000) on the other
-//! nodes and the servers (`@cluster_hosts`). Its postrouting chain is the
+//! lets containers open only published ports (20000-32000, TCP or UDP) on
+//! the other nodes and the servers (`@cluster_hosts`). Its postrouting chain is the
 //! outbound NAT: what leaves the subnet for anywhere but the subnet and
 //! the other nodes' subnets is masqueraded (containers reach each other
 //! across nodes by their own addresses), and what the node itself sends
@@ -160,6 +160,7 @@ pub fn ruleset(bridge: &str, subnet: &str, peers: &Peers, members: &Members) -> 
          {inbound}\
          \t\toifname \"{bridge}\" iifname != \"{bridge}\" drop\n\
          \t\tiifname \"{bridge}\" ct state new ip daddr @cluster_hosts tcp dport != {lo}-{hi} drop\n\
+         \t\tiifname \"{bridge}\" ct state new ip daddr @cluster_hosts udp dport != {lo}-{hi} drop\n\
          \t}}\n\
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\

@@ -81,6 +81,14 @@ impl NetworkConfig {
     }
 }
 
+/// A published port: the node's `host` port forwards to the container's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapping {
+    pub host: u16,
+    pub container: u16,
+    pub protocol: skiff_model::ports::Protocol,
+}
+
 /// What a set-up allocation has.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attachment {
@@ -239,9 +247,9 @@ impl Network {
     }
 
     /// The plugins' configurations, each with the interface it works on:
-    /// loopback, the bridge, then (with published ports, `(host,
-    /// container)`) portmap chained after the bridge.
-    fn plan(&self, subnet: &str, published: &[(u16, u16)]) -> Vec<(&'static str, Value)> {
+    /// loopback, the bridge, then (with published ports) portmap chained
+    /// after the bridge.
+    fn plan(&self, subnet: &str, published: &[Mapping]) -> Vec<(&'static str, Value)> {
         let ipam_dir = self.dir.join("ipam");
         let mut plan = vec![
             ("lo", json!({"type": "loopback"})),
@@ -267,8 +275,8 @@ impl Network {
         if !published.is_empty() {
             let mappings: Vec<Value> = published
                 .iter()
-                .map(|&(host, container)| {
-                    json!({"hostPort": host, "containerPort": container, "protocol": "tcp"})
+                .map(|m| {
+                    json!({"hostPort": m.host, "containerPort": m.container, "protocol": m.protocol.as_str()})
                 })
                 .collect();
             plan.push((
@@ -286,13 +294,13 @@ impl Network {
     }
 
     /// Gives allocation `id` (of a job in `namespace`) its namespace on
-    /// the bridge, publishing `published` (`(host port, container port)`,
-    /// TCP) on the node (tearing down first whatever an earlier run left).
+    /// the bridge, publishing `published` on the node (tearing down first
+    /// whatever an earlier run left).
     pub async fn setup(
         &self,
         id: &str,
         namespace: &str,
-        published: &[(u16, u16)],
+        published: &[Mapping],
     ) -> Result<Attachment, String> {
         if !crate::paths::valid_alloc_id(id) {
             return Err(crate::paths::bad_alloc_id(id).to_string());

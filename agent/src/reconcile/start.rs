@@ -71,19 +71,25 @@ pub async fn start<R: Runtime>(
                 "network: bridge, but this agent has no bridge network".to_string()
             })?;
             // Published ports: host port to container port (a plain
-            // `resources.ports` entry to the same port inside).
-            let published: Vec<(u16, u16)> = alloc
+            // `resources.ports` entry to the same port inside, TCP).
+            use crate::network::Mapping;
+            let published: Vec<Mapping> = alloc
                 .task
                 .resources
                 .ports
                 .iter()
-                .map(|&p| (p, p))
-                .chain(
-                    alloc
-                        .published()
-                        .iter()
-                        .filter_map(|p| Some((p.host?, p.container))),
-                )
+                .map(|&p| Mapping {
+                    host: p,
+                    container: p,
+                    protocol: skiff_model::ports::Protocol::Tcp,
+                })
+                .chain(alloc.published().iter().filter_map(|p| {
+                    Some(Mapping {
+                        host: p.host?,
+                        container: p.container,
+                        protocol: p.protocol,
+                    })
+                }))
                 .collect();
             Some(
                 net.setup(

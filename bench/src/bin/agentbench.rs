@@ -379,6 +379,7 @@ async fn run(o: &Opts) -> Result<(), String> {
             name: "http".into(),
             container: 8080,
             host: Some(0),
+            protocol: skiff_model::ports::Protocol::Tcp,
         };
         let mut seen = latency_log.len();
         for (name, ports, log) in [

@@ -284,6 +284,7 @@ impl Allocation {
                     name: &p.name,
                     container,
                     host,
+                    protocol: p.protocol,
                 }
             })
             .collect()

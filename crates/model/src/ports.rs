@@ -29,6 +29,42 @@ pub struct PortSpec {
     /// [`DYNAMIC_PORTS`], `Some(n)` that port; `None`: not published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<u16>,
+    /// TCP (the default) or UDP. A host port is held whole whatever the
+    /// protocol: a UDP port and a TCP port never share a number on a node.
+    #[serde(default, skip_serializing_if = "Protocol::is_tcp")]
+    pub protocol: Protocol,
+}
+
+/// A port's transport protocol.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn is_tcp(&self) -> bool {
+        *self == Protocol::Tcp
+    }
+
+    /// `tcp` or `udp` (CNI's and DNS SRV's spelling).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+
+    /// `tcp` (or empty) or `udp`.
+    pub fn parse(text: &str) -> Option<Protocol> {
+        match text {
+            "" | "tcp" => Some(Protocol::Tcp),
+            "udp" => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
 }
 
 fn is_zero(n: &u16) -> bool {
@@ -43,6 +79,7 @@ pub struct Published<'a> {
     pub container: u16,
     /// The node's port that forwards to it; `None`: not published.
     pub host: Option<u16>,
+    pub protocol: Protocol,
 }
 
 /// `http-alt` → `HTTP_ALT`, the suffix of a port's variables.

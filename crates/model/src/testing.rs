@@ -284,6 +284,7 @@ fn task() -> impl Strategy<Value = TaskSpec> {
                         name: "http".into(),
                         container: 0,
                         host: Some(0),
+                        protocol: crate::ports::Protocol::Tcp,
                     }]
                 } else {
                     Vec::new()

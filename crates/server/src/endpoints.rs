@@ -48,6 +48,7 @@ fn endpoint(state: &skiff_store::State, a: &Allocation) -> Option<pb::Endpoint> 
                     (true, Some(h)) => h,
                     _ => p.container,
                 }),
+                protocol: p.protocol.as_str().to_string(),
             })
             .collect(),
     })

@@ -55,14 +55,19 @@ fn ports_text(
 ) -> String {
     let mut parts: Vec<String> = a.task.resources.ports.iter().map(u16::to_string).collect();
     for p in named {
+        // `8080`, or `53/udp`.
+        let port = if p.protocol.is_tcp() {
+            p.container.to_string()
+        } else {
+            format!("{}/{}", p.container, p.protocol.as_str())
+        };
         parts.push(match p.host {
             Some(h) => format!(
-                "{} {} -> {}",
+                "{} {port} -> {}",
                 p.name,
-                p.container,
                 skiff_model::ports::join_host_port(node_host.unwrap_or("node"), h)
             ),
-            None => format!("{} {}", p.name, p.container),
+            None => format!("{} {port}", p.name),
         });
     }
     if parts.is_empty() {

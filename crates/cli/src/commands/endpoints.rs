@@ -25,6 +25,8 @@ pub struct EndpointOut {
 pub struct PortOut {
     pub name: String,
     pub container: u16,
+    /// `tcp` or `udp`.
+    pub protocol: &'static str,
     /// `ip:port` inside the cluster (the container's), when it has an address.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub address: String,
@@ -49,6 +51,7 @@ pub fn endpoint(a: &Allocation, node_host: &str) -> EndpointOut {
             .map(|p| PortOut {
                 name: p.name.to_string(),
                 container: p.container,
+                protocol: p.protocol.as_str(),
                 address: if a.address.is_empty() {
                     String::new()
                 } else {
@@ -67,11 +70,14 @@ fn ports_cell(e: &EndpointOut) -> String {
     e.ports
         .iter()
         .map(|p| {
-            let inside = if p.address.is_empty() {
+            let mut inside = if p.address.is_empty() {
                 p.container.to_string()
             } else {
                 p.address.clone()
             };
+            if p.protocol != "tcp" {
+                inside = format!("{inside}/{}", p.protocol);
+            }
             if p.published.is_empty() {
                 format!("{}={inside}", p.name)
             } else {

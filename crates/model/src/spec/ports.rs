@@ -9,7 +9,7 @@ use super::fields::{self, as_object, as_string, check_unknown, join, kind, Error
 
 /// Most named ports one task may have.
 const MAX_NAMED_PORTS: usize = 32;
-const PORT_FIELDS: &[&str] = &["name", "container", "host"];
+const PORT_FIELDS: &[&str] = &["name", "container", "host", "protocol"];
 
 /// Reads `ports: [{name, container, host}]`; the rules are checked by
 /// [`validate_ports`].
@@ -57,11 +57,27 @@ pub(super) fn parse_ports(v: &Value, path: &str, errs: &mut Errors) -> Option<Ve
                 fields::number(h, &join(&ipath, "host"), 0, 65535, errs).map(|n| Some(n as u16))
             }
         };
-        if let (Some(name), Some(container), Some(host)) = (name, container, host) {
+        let protocol = match obj.get("protocol") {
+            None => Some(crate::ports::Protocol::Tcp),
+            Some(p) => {
+                let ppath = join(&ipath, "protocol");
+                as_string(p, &ppath, errs).and_then(|text| {
+                    let parsed = crate::ports::Protocol::parse(&text);
+                    if parsed.is_none() {
+                        errs.push(&ppath, format!("{text:?} must be tcp or udp"));
+                    }
+                    parsed
+                })
+            }
+        };
+        if let (Some(name), Some(container), Some(host), Some(protocol)) =
+            (name, container, host, protocol)
+        {
             ports.push(PortSpec {
                 name,
                 container,
                 host,
+                protocol,
             });
         } else {
             all_ok = false;
@@ -161,6 +177,21 @@ mod tests {
     }
 
     #[test]
+    fn a_port_is_tcp_unless_it_says_udp() {
+        assert_eq!(
+            task("[{name: dns, container: 53, protocol: sctp}]", "bridge"),
+            ["task.ports[0].protocol: \"sctp\" must be tcp or udp"]
+        );
+        let spec = crate::JobSpec::from_yaml(
+            "name: x\ntask: {image: 'oci:/i', ports: [{name: dns, container: 53, protocol: udp}, {name: http, container: 80}]}",
+        )
+        .unwrap();
+        let protocols: Vec<_> = spec.task.ports.iter().map(|p| p.protocol).collect();
+        use crate::ports::Protocol;
+        assert_eq!(protocols, [Protocol::Udp, Protocol::Tcp]);
+    }
+
+    #[test]
     fn bad_ports_name_the_field_and_the_rule() {
         assert_eq!(
             task("[{name: HTTP, container: 80}]", "bridge"),
@@ -171,7 +202,7 @@ mod tests {
             [
                 "task.ports[1].container: 70000 must be a port number from 1 to 65535",
                 "task.ports[2].name: is required",
-                "task.ports[3].x: unknown field; expected one of: name, container, host",
+                "task.ports[3].x: unknown field; expected one of: name, container, host, protocol",
                 "task.ports[3].host: 99999 must be a whole number from 0 to 65535",
             ]
         );

@@ -93,6 +93,11 @@ impl From<&m::TaskSpec> for pb::TaskSpec {
                     name: p.name.clone(),
                     container: u32::from(p.container),
                     host: p.host.map(u32::from),
+                    protocol: if p.protocol.is_tcp() {
+                        String::new()
+                    } else {
+                        p.protocol.as_str().to_string()
+                    },
                 })
                 .collect(),
         }
@@ -428,6 +433,9 @@ pub(super) fn task_tree(t: &pb::TaskSpec) -> Value {
                 port.insert("container".into(), json!(p.container));
             }
             put(&mut port, "host", p.host.map(|h| json!(h)));
+            if !p.protocol.is_empty() {
+                port.insert("protocol".into(), json!(p.protocol));
+            }
             Value::Object(port)
         });
         task.insert("ports".into(), Value::Array(ports.collect()));
