@@ -281,6 +281,22 @@ impl Steady {
             .apply_job(&shell_job("steady", 0, "true"))
             .await
             .unwrap();
+        // Quiet first: every server has recorded its addresses (each
+        // record is a change of the state, which a loaded machine may
+        // see late).
+        wait_for(
+            "every server's addresses recorded",
+            Duration::from_secs(30),
+            || {
+                let mut c = admin.clone();
+                async move {
+                    let (members, _) = c.members().await.ok()?;
+                    (members.len() == 3 && members.iter().all(|m| !m.api_addr.is_empty()))
+                        .then_some(())
+                }
+            },
+        )
+        .await;
         let digest = cluster.converged(&[0, 1, 2], Duration::from_secs(30)).await;
         let target = (leader + 1) % 3;
         let data_dir = cluster.servers[target].lock().unwrap().data_dir.clone();
