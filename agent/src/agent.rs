@@ -310,7 +310,22 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
             .tls_config(config)
             .map_err(|e| AgentError::Tls(e.to_string()))?;
     }
-    let api_server = tokio::spawn(serve_api(api, listener, bound, tls_rx));
+    // grpc.health.v1 (serving while the servers take the node's
+    // heartbeats) and reflection, for servers only like the API.
+    let (health, health_service) = skiff_proto::introspection::health();
+    let reflection = skiff_proto::introspection::reflection()
+        .map_err(|e| AgentError::Tls(format!("the reflection service: {e}")))?;
+    let only_servers = crate::tls::only_servers as fn(_) -> _;
+    let services = tonic::service::Routes::new(api)
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            health_service,
+            only_servers,
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            reflection,
+            only_servers,
+        ));
+    let api_server = tokio::spawn(serve_api(services, listener, bound, tls_rx));
     tracing::info!(
         node = %cfg.name,
         listen = %bound,
@@ -373,7 +388,12 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         let subnet = register_gpus(&servers, &registration, &gpus).await;
         // The node keeps its subnet from then on (as given, or assigned).
         network.iter().for_each(|n| n.set_subnet(&subnet));
-        let hb = heartbeat_loop(servers.clone(), registration.clone(), gpus.clone());
+        let hb = heartbeat_loop(
+            servers.clone(),
+            registration.clone(),
+            gpus.clone(),
+            health.clone(),
+        );
         let again = registration_loop(servers.clone(), registration.clone(), gpus.clone());
         let watch = watch_loop(
             servers.clone(),
@@ -440,16 +460,11 @@ async fn image_gc_loop(
     }
 }
 
-/// The agent's API service with its check that callers are servers.
-type AgentApi = tonic::service::interceptor::InterceptedService<
-    pb::agent_api_server::AgentApiServer<crate::service::AgentService<Runc>>,
-    fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
->;
-
-/// Serves the agent's API, again on the same address with the renewed
-/// certificate each time `tls` changes.
+/// Serves the agent's API (with health and reflection, each behind the
+/// check that callers are servers), again on the same address with the
+/// renewed certificate each time `tls` changes.
 async fn serve_api(
-    api: AgentApi,
+    services: tonic::service::Routes,
     first: tokio::net::TcpListener,
     bound: SocketAddr,
     mut tls: tokio::sync::watch::Receiver<AgentTls>,
@@ -482,7 +497,7 @@ async fn serve_api(
         };
         let mut changed = tls.clone();
         let served = builder
-            .add_service(api.clone())
+            .add_routes(services.clone())
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
                 async move {
@@ -600,7 +615,26 @@ async fn register(servers: &Servers, reg: &pb::RegisterRequest) -> pb::RegisterR
     }
 }
 
-async fn heartbeat_loop(servers: Servers, reg: pb::RegisterRequest, gpus: Arc<GpuNode>) {
+/// What the agent's health service answers: SERVING while the servers
+/// take its heartbeats.
+async fn set_health(health: &tonic_health::server::HealthReporter, up: bool) {
+    use skiff_proto::introspection::{set_status, ServingStatus};
+    let status = if up {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    set_status(health, &[pb::agent_api_server::SERVICE_NAME], status).await;
+}
+
+async fn heartbeat_loop(
+    servers: Servers,
+    reg: pb::RegisterRequest,
+    gpus: Arc<GpuNode>,
+    health: tonic_health::server::HealthReporter,
+) {
+    // Registered: the servers know the node.
+    set_health(&health, true).await;
     let mut period = Duration::from_secs(2);
     loop {
         tokio::time::sleep(period).await;
@@ -613,16 +647,22 @@ async fn heartbeat_loop(servers: Servers, reg: pb::RegisterRequest, gpus: Arc<Gp
                 // Beat three times per TTL, so one lost beat does not matter.
                 let ttl = Duration::from_millis(resp.into_inner().ttl_ms.max(300));
                 period = ttl / 3;
+                set_health(&health, true).await;
             }
             Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
                 tracing::warn!("the servers do not know this node; registering again");
+                set_health(&health, false).await;
                 register_gpus(&servers, &reg, &gpus).await;
             }
             Ok(Err(status)) => {
                 tracing::warn!(error = %status.message(), "heartbeat failed");
+                set_health(&health, false).await;
                 servers.failed(&status);
             }
-            Err(_) => tracing::warn!("heartbeat timed out"),
+            Err(_) => {
+                tracing::warn!("heartbeat timed out");
+                set_health(&health, false).await;
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod pb {
 }
 
 mod convert;
+pub mod introspection;
 mod secret_debug;
 
 pub use convert::*;

@@ -37,6 +37,7 @@ pub mod endpoints;
 pub mod evals;
 pub mod gc;
 pub mod heartbeats;
+pub mod introspection;
 pub mod key_agreement;
 pub mod liveness;
 pub mod members;
@@ -124,6 +125,8 @@ pub enum ServerError {
     Credentials(String),
     #[error("cannot open the audit log: {0}")]
     Audit(std::io::Error),
+    #[error("the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
 }
 
 /// Which port a listener serves.
@@ -365,6 +368,21 @@ pub async fn serve(
     if let Some(ca) = founding_ca {
         background.push(tokio::spawn(bootstrap::record_ca(ctx.clone(), ca)));
     }
+    // grpc.health.v1 (serving while a leader is known) and reflection.
+    let (reporter, health) = skiff_proto::introspection::health();
+    background.push(tokio::spawn(introspection::follow_leader(
+        reporter,
+        store.clone(),
+    )));
+    let reflection = skiff_proto::introspection::reflection()?;
+    let peer_health = tonic::service::interceptor::InterceptedService::new(
+        health.clone(),
+        peer::members_only(ctx.clone()),
+    );
+    let peer_reflection = tonic::service::interceptor::InterceptedService::new(
+        reflection.clone(),
+        peer::members_only(ctx.clone()),
+    );
 
     let cluster = pb::cluster_server::ClusterServer::new(api::ClusterApi::new(ctx.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
@@ -418,6 +436,9 @@ pub async fn serve(
                 ctx.audit.clone(),
                 tls_on,
             ))
+            // Without a client certificate, like a join.
+            .add_service(health.clone())
+            .add_service(reflection.clone())
         },
     );
     let peer_server = serve_port(
@@ -437,6 +458,8 @@ pub async fn serve(
                 ctx.audit.clone(),
                 tls_on,
             ))
+            .add_service(peer_health.clone())
+            .add_service(peer_reflection.clone())
         },
     );
     let servers = async { tokio::try_join!(api_server, peer_server) };
