@@ -83,6 +83,8 @@ pub struct ServerArgs {
     registries: RegistryOpts,
     #[command(flatten)]
     node_subnets: NodeSubnetsOpts,
+    #[command(flatten)]
+    log: crate::logging::LogOpts,
 }
 
 #[derive(Args)]
@@ -250,6 +252,8 @@ fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
 
 #[derive(Args)]
 pub struct AgentArgs {
+    #[command(flatten)]
+    log: crate::logging::LogOpts,
     /// Server API URL(s), comma-separated (https://HOST:PORT; http:// with
     /// --insecure).
     #[arg(long, env = "SKIFF_SERVER", default_value = skiff_client::DEFAULT_SERVER, value_delimiter = ',')]
@@ -406,6 +410,8 @@ impl GpuOpts {
 
 #[derive(Args)]
 pub struct DevArgs {
+    #[command(flatten)]
+    log: crate::logging::LogOpts,
     /// Holds `server/` and `agent/`.
     #[arg(long, default_value = "/var/lib/skiff/dev")]
     data_dir: PathBuf,
@@ -469,20 +475,6 @@ fn parse_reserve(s: &str) -> Result<skiff_model::Resources, String> {
         }
     }
     Ok(r)
-}
-
-fn init_logging() {
-    use std::io::IsTerminal;
-    // raft-rs logs through slog, bridged to the `slog` target; its routine
-    // lines are noise at info level.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,slog=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 async fn shutdown_signal() {
@@ -596,7 +588,7 @@ pub async fn server(cmd: ServerCmd) -> anyhow::Result<()> {
     if let Some(ServerSub::Members(m)) = cmd.sub {
         return crate::commands::members(m).await;
     }
-    init_logging();
+    cmd.args.log.init();
     let cfg = server_config(cmd.args)?;
     let running = skiff_server::start(&cfg).await?;
     skiff_server::serve(running, shutdown_signal()).await?;
@@ -604,7 +596,7 @@ pub async fn server(cmd: ServerCmd) -> anyhow::Result<()> {
 }
 
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
-    init_logging();
+    args.log.init();
     let security = skiff_agent::tls::Security {
         insecure: args.insecure.insecure,
         join_token: args.token,
@@ -625,7 +617,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
 }
 
 pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
-    init_logging();
+    args.log.init();
     let insecure = args.insecure.insecure;
     let server_dir = args.data_dir.join("server");
     let server_cfg = ServerConfig {

@@ -8,6 +8,7 @@ mod commands;
 mod completion;
 mod daemons;
 mod image_opts;
+mod logging;
 mod network_opts;
 mod output;
 mod rollout;

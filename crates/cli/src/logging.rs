@@ -1,0 +1,47 @@
+//! How the daemons (`skiff server`, `skiff agent`, `skiff dev`) log: to
+//! standard error, filtered by `SKIFF_LOG` (an `EnvFilter`, default
+//! `info`), as text for people or as one JSON object per line for log
+//! collectors (`--log-format json`).
+
+use clap::{Args, ValueEnum};
+
+/// The lines' format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// `2026-12-04T21:15:02.123Z  INFO serving id=1 api=...`, coloured on a
+    /// terminal.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `fields` (with
+    /// `message`) and the span's fields; for journald, Loki, Elasticsearch.
+    Json,
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct LogOpts {
+    /// How log lines are written to standard error: `text` for people,
+    /// `json` (one object per line) for log collectors. Filter with
+    /// SKIFF_LOG (e.g. SKIFF_LOG=debug, or info,skiff_agent=debug).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    log_format: LogFormat,
+}
+
+impl LogOpts {
+    /// Starts logging (once per process; later calls do nothing).
+    pub(crate) fn init(&self) {
+        use std::io::IsTerminal;
+        // raft-rs logs through slog, bridged to the `slog` target; its
+        // routine lines are noise at info level.
+        let filter = tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,slog=warn"));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_target(false)
+            .with_writer(std::io::stderr);
+        let _ = match self.log_format {
+            LogFormat::Text => builder
+                .with_ansi(std::io::stderr().is_terminal())
+                .try_init(),
+            LogFormat::Json => builder.json().with_ansi(false).try_init(),
+        };
+    }
+}
