@@ -10,8 +10,8 @@ DEV_API   ?= 127.0.0.1:7700
 export SKIFF_CONFIG ?= $(DEV_DIR)/data/server/admin.conf
 
 # Debian packages the build, the agent and the tests need.
-APT_PACKAGES := runc busybox-static protobuf-compiler umoci skopeo iproute2 gcc protobuf-compiler-grpc docker-registry apache2-utils containernetworking-plugins iptables nftables systemd
-APT_COMMANDS := runc busybox protoc umoci skopeo ip cc grpc_python_plugin docker-registry htpasswd /usr/lib/cni/bridge iptables nft systemd-analyze
+APT_PACKAGES := runc busybox-static protobuf-compiler umoci skopeo iproute2 gcc protobuf-compiler-grpc docker-registry apache2-utils containernetworking-plugins iptables nftables systemd prometheus
+APT_COMMANDS := runc busybox protoc umoci skopeo ip cc grpc_python_plugin docker-registry htpasswd /usr/lib/cni/bridge iptables nft systemd-analyze promtool
 # Modules of Debian's /usr/bin/python3 the Python client's test needs
 # (clients/python), and their packages.
 APT_PY_PACKAGES := python3-grpcio python3-protobuf
@@ -43,7 +43,7 @@ deps:
 	  if [ "$$(id -u)" != 0 ]; then echo "error: run as root to install$$missing" >&2; exit 1; fi; \
 	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	  systemctl disable --now docker-registry >/dev/null 2>&1 || true; \
+	  for u in docker-registry prometheus prometheus-node-exporter; do systemctl disable --now $$u >/dev/null 2>&1 || true; done; \
 	fi
 
 build: deps

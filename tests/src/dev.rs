@@ -46,7 +46,14 @@ impl DevProc {
             ]
         };
         let child = Command::new(skiff_bin())
-            .args(["dev", "--api", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "dev",
+                "--api",
+                "127.0.0.1:0",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .args(crate::test_image_roots(extra))
             .args(&own)

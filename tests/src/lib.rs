@@ -265,6 +265,9 @@ impl ServerProc {
                 addr,
                 "--peer-addr",
                 "127.0.0.1:0",
+                // Tests run side by side: a free port each.
+                "--metrics-addr",
+                "127.0.0.1:0",
                 "--data-dir",
             ])
             .arg(data_dir)

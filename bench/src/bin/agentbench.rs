@@ -226,7 +226,14 @@ async fn run(o: &Opts) -> Result<(), String> {
     std::fs::create_dir_all(&agent_dir).map_err(|e| e.to_string())?;
     let log = |p: &Path| std::fs::File::create(p).map_err(|e| e.to_string());
     let server = Command::new(&o.skiff)
-        .args(["server", "--api", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "server",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--api",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(&server_dir)
         .stderr(log(&server_dir.join("server.log"))?)
         .spawn()

@@ -252,6 +252,8 @@ async fn bench(o: &Opts) -> anyhow::Result<()> {
         &o.skiff,
         &[
             "server".into(),
+            "--metrics-addr".into(),
+            "127.0.0.1:0".into(),
             "--api".into(),
             "127.0.0.1:0".into(),
             "--data-dir".into(),

@@ -180,6 +180,8 @@ async fn main() -> anyhow::Result<()> {
         &o.skiff,
         &[
             "server".into(),
+            "--metrics-addr".into(),
+            "127.0.0.1:0".into(),
             "--api".into(),
             "127.0.0.1:0".into(),
             "--peer-addr".into(),

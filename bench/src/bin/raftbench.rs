@@ -124,6 +124,8 @@ impl SkiffCluster {
         for i in 0..3 {
             let mut args: Vec<String> = vec![
                 "server".into(),
+                "--metrics-addr".into(),
+                "127.0.0.1:0".into(),
                 "--id".into(),
                 (i + 1).to_string(),
                 "--data-dir".into(),

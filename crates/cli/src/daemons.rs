@@ -85,6 +85,8 @@ pub struct ServerArgs {
     node_subnets: NodeSubnetsOpts,
     #[command(flatten)]
     log: crate::logging::LogOpts,
+    #[command(flatten)]
+    metrics: crate::logging::MetricsOpts,
 }
 
 #[derive(Args)]
@@ -412,6 +414,8 @@ impl GpuOpts {
 pub struct DevArgs {
     #[command(flatten)]
     log: crate::logging::LogOpts,
+    #[command(flatten)]
+    metrics: crate::logging::MetricsOpts,
     /// Holds `server/` and `agent/`.
     #[arg(long, default_value = "/var/lib/skiff/dev")]
     data_dir: PathBuf,
@@ -521,6 +525,7 @@ fn server_config(args: ServerArgs) -> anyhow::Result<ServerConfig> {
         gc: args.gc.settings(),
         registries: args.registries.config(),
         node_subnets: args.node_subnets.range()?,
+        metrics_addr: args.metrics.addr()?,
     })
 }
 
@@ -641,6 +646,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         gc: args.gc.settings(),
         registries: args.node.registries.config(),
         node_subnets: crate::network_opts::default_node_subnets(),
+        metrics_addr: args.metrics.addr()?,
     };
     let running = skiff_server::start(&server_cfg).await?;
     let scheme = if insecure { "http" } else { "https" };

@@ -1,4 +1,5 @@
-//! How the daemons (`skiff server`, `skiff agent`, `skiff dev`) log: to
+//! How the daemons (`skiff server`, `skiff agent`, `skiff dev`) report:
+//! where a server serves its metrics, and how they log: to
 //! standard error, filtered by `SKIFF_LOG` (an `EnvFilter`, default
 //! `info`), as text for people or as one JSON object per line for log
 //! collectors (`--log-format json`).
@@ -43,5 +44,32 @@ impl LogOpts {
                 .try_init(),
             LogFormat::Json => builder.json().with_ansi(false).try_init(),
         };
+    }
+}
+
+/// Where a server serves `GET /metrics`.
+#[derive(Args, Clone)]
+pub(crate) struct MetricsOpts {
+    /// Where `GET /metrics` (Prometheus text format) is served, plain
+    /// HTTP: a loopback address (other hosts need HTTPS and a metrics
+    /// token, not there yet), port 0 for a free one (written to
+    /// DATA_DIR/metrics.addr), or `none`.
+    #[arg(long, default_value = "127.0.0.1:7710", value_name = "HOST:PORT|none")]
+    metrics_addr: String,
+}
+
+impl MetricsOpts {
+    pub(crate) fn addr(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
+        if self.metrics_addr == "none" {
+            return Ok(None);
+        }
+        let addr: std::net::SocketAddr = self.metrics_addr.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "--metrics-addr {:?}: HOST:PORT (e.g. 127.0.0.1:7710) or none",
+                self.metrics_addr
+            )
+        })?;
+        skiff_server::metrics::check_addr(addr)?;
+        Ok(Some(addr))
     }
 }

@@ -41,6 +41,7 @@ pub mod introspection;
 pub mod key_agreement;
 pub mod liveness;
 pub mod members;
+pub mod metrics;
 pub mod namespaces;
 pub mod nodes;
 pub mod peer;
@@ -97,6 +98,9 @@ pub struct ServerConfig {
     /// The range each node's `network: bridge` subnet (a /24) is
     /// assigned from (`--node-subnets`).
     pub node_subnets: Option<skiff_model::subnet::Subnet>,
+    /// Where `GET /metrics` is served (plain HTTP, loopback only; port 0
+    /// picks one, written to `DATA_DIR/metrics.addr`); `None`: nowhere.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +131,8 @@ pub enum ServerError {
     Audit(std::io::Error),
     #[error("the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    MetricsAddr(#[from] metrics::MetricsAddrError),
 }
 
 /// Which port a listener serves.
@@ -212,6 +218,8 @@ pub struct Running {
     /// How long each renewal of the CA's certificate is valid.
     ca_lifetime: std::time::Duration,
     gc: gc::GcSettings,
+    /// `GET /metrics`'s listener, if any.
+    metrics: Option<TcpListener>,
 }
 
 fn write_addr(dir: &std::path::Path, name: &str, addr: &str) {
@@ -245,8 +253,15 @@ pub async fn start(cfg: &ServerConfig) -> Result<Running, ServerError> {
     if !cfg.peers.is_empty() && !cfg.peers.contains_key(&id) {
         return Err(ServerError::SelfNotInPeers(id));
     }
+    if let Some(addr) = cfg.metrics_addr {
+        metrics::check_addr(addr)?;
+    }
     let (api, api_addr) = bind(cfg.api_addr).await?;
     let (peer, peer_addr) = bind(cfg.peer_addr).await?;
+    let metrics = match cfg.metrics_addr {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     let me = ServerInfo {
         id,
         api_addr: cfg
@@ -297,6 +312,9 @@ pub async fn start(cfg: &ServerConfig) -> Result<Running, ServerError> {
     let audit = Arc::new(audit::AuditLog::open(&cfg.data_dir, id).map_err(ServerError::Audit)?);
     write_addr(&cfg.data_dir, "api.addr", &api_addr.to_string());
     write_addr(&cfg.data_dir, "peer.addr", &peer_addr.to_string());
+    if let Some((_, addr)) = &metrics {
+        write_addr(&cfg.data_dir, "metrics.addr", &addr.to_string());
+    }
     Ok(Running {
         ctx: Ctx {
             store,
@@ -322,6 +340,7 @@ pub async fn start(cfg: &ServerConfig) -> Result<Running, ServerError> {
         data_dir: cfg.data_dir.clone(),
         ca_lifetime: cfg.security.ca_lifetime(),
         gc: cfg.gc,
+        metrics: metrics.map(|(l, _)| l),
     })
 }
 
@@ -343,6 +362,7 @@ pub async fn serve(
         data_dir,
         ca_lifetime,
         gc: cfg_gc,
+        metrics: metrics_listener,
     } = running;
     let store = ctx.store.clone();
     tracing::info!(algorithm = %scheduler.algorithm, "scheduler");
@@ -367,6 +387,13 @@ pub async fn serve(
     background.push(tokio::spawn(bootstrap::renew_ca(ctx.clone(), ca_lifetime)));
     if let Some(ca) = founding_ca {
         background.push(tokio::spawn(bootstrap::record_ca(ctx.clone(), ca)));
+    }
+    if let Some(l) = metrics_listener {
+        background.push(tokio::spawn(metrics::serve(
+            l,
+            store.clone(),
+            std::future::pending(),
+        )));
     }
     // grpc.health.v1 (serving while a leader is known) and reflection.
     let (reporter, health) = skiff_proto::introspection::health();

@@ -199,6 +199,7 @@ impl Server {
             gc: Default::default(),
             registries: Default::default(),
             node_subnets: None,
+            metrics_addr: None,
         };
         let running = skiff_server::start(&cfg).await.unwrap();
         let url = format!("https://{}", running.api_addr);
