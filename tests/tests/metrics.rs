@@ -1,5 +1,6 @@
 //! `GET /metrics` on a server: the Prometheus text format, counting what
-//! the test did (a node registered, an allocation running), clean under
+//! the test did (a node registered, an allocation running, the calls it
+//! made), clean under
 //! Prometheus' own linter (`promtool check metrics`), and only on
 //! loopback for now.
 
@@ -90,6 +91,31 @@ async fn a_server_exports_what_happened_in_prometheus_format() {
         "{body}"
     );
     assert!(sample(&body, "skiff_raft_applied_index").unwrap() > 0.0);
+    // The calls it answered: the apply, by method and code, and timed.
+    assert_eq!(
+        sample(
+            &body,
+            "skiff_grpc_requests_total{method=\"Cluster/ApplyJob\",code=\"OK\"}"
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "skiff_grpc_request_duration_seconds_count{method=\"Cluster/ApplyJob\"}"
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert!(
+        sample(
+            &body,
+            "skiff_grpc_requests_total{method=\"NodeApi/Register\",code=\"OK\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "the agent's registration: {body}"
+    );
 
     // Prometheus' linter: names, HELP, types.
     let mut lint = Command::new("promtool")

@@ -47,6 +47,9 @@ struct Opts {
     /// etcd without TLS even when Skiff has it (the comparison before
     /// both had TLS).
     etcd_plaintext: bool,
+    /// Servers without `/metrics` (and so without counting their calls),
+    /// to measure what serving metrics costs.
+    no_metrics: bool,
 }
 
 fn parse() -> anyhow::Result<Opts> {
@@ -61,6 +64,7 @@ fn parse() -> anyhow::Result<Opts> {
         etcd: PathBuf::from("/usr/bin/etcd"),
         insecure: false,
         etcd_plaintext: false,
+        no_metrics: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -80,8 +84,9 @@ fn parse() -> anyhow::Result<Opts> {
             "--etcd" => o.etcd = val()?.into(),
             "--insecure" => o.insecure = true,
             "--etcd-plaintext" => o.etcd_plaintext = true,
+            "--no-metrics" => o.no_metrics = true,
             "-h" | "--help" => {
-                println!("raftbench [--duration SECS] [--clients 1,64] [--rounds N] [--value-size BYTES] [--failovers N] [--skiff PATH] [--etcd PATH] [--insecure (Skiff and etcd without TLS)] [--etcd-plaintext (etcd without TLS, Skiff with)]");
+                println!("raftbench [--duration SECS] [--clients 1,64] [--rounds N] [--value-size BYTES] [--failovers N] [--skiff PATH] [--etcd PATH] [--insecure (Skiff and etcd without TLS)] [--etcd-plaintext (etcd without TLS, Skiff with)] [--no-metrics (servers without /metrics)]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (see --help)"),
@@ -113,6 +118,7 @@ impl SkiffCluster {
         dir: &Path,
         ports: &[u16],
         security: &[String],
+        metrics: &str,
     ) -> anyhow::Result<SkiffCluster> {
         let (peers, apis) = ports.split_at(3);
         let peer_list: Vec<String> = peers
@@ -125,7 +131,7 @@ impl SkiffCluster {
             let mut args: Vec<String> = vec![
                 "server".into(),
                 "--metrics-addr".into(),
-                "127.0.0.1:0".into(),
+                metrics.into(),
                 "--id".into(),
                 (i + 1).to_string(),
                 "--data-dir".into(),
@@ -454,7 +460,9 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
             "mutual TLS"
         }
     );
-    let mut skiff = SkiffCluster::start(&o.skiff, dir, &ports[..6], &security)?;
+    let metrics = if o.no_metrics { "none" } else { "127.0.0.1:0" };
+    println!("skiff metrics: {metrics}");
+    let mut skiff = SkiffCluster::start(&o.skiff, dir, &ports[..6], &security, metrics)?;
     let etcd_tls = if o.insecure || o.etcd_plaintext {
         None
     } else {

@@ -337,7 +337,7 @@ fn outcome_of<B>(resp: &http::Response<B>) -> tonic::Code {
         .unwrap_or(tonic::Code::Ok)
 }
 
-fn code_name(code: tonic::Code) -> String {
+pub(crate) fn code_name(code: tonic::Code) -> String {
     let debug = format!("{code:?}");
     // CamelCase to SCREAMING_SNAKE, as the gRPC docs name codes.
     let mut out = String::new();
@@ -363,11 +363,24 @@ pub struct Audited<S> {
     inner: S,
     log: Arc<AuditLog>,
     tls_on: bool,
+    metrics: Option<Arc<crate::metrics::ApiMetrics>>,
 }
 
 impl<S> Audited<S> {
     pub fn new(inner: S, log: Arc<AuditLog>, tls_on: bool) -> Audited<S> {
-        Audited { inner, log, tls_on }
+        Audited {
+            inner,
+            log,
+            tls_on,
+            metrics: None,
+        }
+    }
+
+    /// Also counts each call in `metrics`, if any (by method and code,
+    /// with its duration).
+    pub fn counted(mut self, metrics: Option<Arc<crate::metrics::ApiMetrics>>) -> Audited<S> {
+        self.metrics = metrics;
+        self
     }
 }
 
@@ -411,6 +424,8 @@ where
             "insecure".to_string()
         };
         let log = self.log.clone();
+        let metrics = self.metrics.clone();
+        let started = std::time::Instant::now();
         let slot = Arc::new(Mutex::new(String::new()));
         let fut = OBJECT.scope(slot.clone(), self.inner.call(req));
         Box::pin(async move {
@@ -419,6 +434,9 @@ where
                 Ok(resp) => outcome_of(resp),
                 Err(_) => tonic::Code::Unknown,
             };
+            if let Some(m) = &metrics {
+                m.record(&method, code, started.elapsed());
+            }
             let denied = matches!(
                 code,
                 tonic::Code::PermissionDenied | tonic::Code::Unauthenticated

@@ -388,10 +388,15 @@ pub async fn serve(
     if let Some(ca) = founding_ca {
         background.push(tokio::spawn(bootstrap::record_ca(ctx.clone(), ca)));
     }
-    if let Some(l) = metrics_listener {
+    // Calls are counted only when metrics are served.
+    let api_metrics = metrics_listener
+        .is_some()
+        .then(|| Arc::new(metrics::ApiMetrics::default()));
+    if let (Some(l), Some(api)) = (metrics_listener, &api_metrics) {
         background.push(tokio::spawn(metrics::serve(
             l,
             store.clone(),
+            api.clone(),
             std::future::pending(),
         )));
     }
@@ -448,21 +453,18 @@ pub async fn serve(
         ctx.tls.clone(),
         stop_tx.subscribe(),
         |b: &mut tonic::transport::Server| {
-            b.add_service(audit::Audited::new(
-                cluster.clone(),
-                ctx.audit.clone(),
-                tls_on,
-            ))
-            .add_service(audit::Audited::new(
-                node_api.clone(),
-                ctx.audit.clone(),
-                tls_on,
-            ))
-            .add_service(audit::Audited::new(
-                access_api.clone(),
-                ctx.audit.clone(),
-                tls_on,
-            ))
+            b.add_service(
+                audit::Audited::new(cluster.clone(), ctx.audit.clone(), tls_on)
+                    .counted(api_metrics.clone()),
+            )
+            .add_service(
+                audit::Audited::new(node_api.clone(), ctx.audit.clone(), tls_on)
+                    .counted(api_metrics.clone()),
+            )
+            .add_service(
+                audit::Audited::new(access_api.clone(), ctx.audit.clone(), tls_on)
+                    .counted(api_metrics.clone()),
+            )
             // Without a client certificate, like a join.
             .add_service(health.clone())
             .add_service(reflection.clone())
@@ -475,16 +477,14 @@ pub async fn serve(
         ctx.tls.clone(),
         stop_tx.subscribe(),
         |b: &mut tonic::transport::Server| {
-            b.add_service(audit::Audited::new(
-                peer_api.clone(),
-                ctx.audit.clone(),
-                tls_on,
-            ))
-            .add_service(audit::Audited::new(
-                snapshot_api.clone(),
-                ctx.audit.clone(),
-                tls_on,
-            ))
+            b.add_service(
+                audit::Audited::new(peer_api.clone(), ctx.audit.clone(), tls_on)
+                    .counted(api_metrics.clone()),
+            )
+            .add_service(
+                audit::Audited::new(snapshot_api.clone(), ctx.audit.clone(), tls_on)
+                    .counted(api_metrics.clone()),
+            )
             .add_service(peer_health.clone())
             .add_service(peer_reflection.clone())
         },

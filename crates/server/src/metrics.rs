@@ -1,16 +1,20 @@
 //! `GET /metrics` on the server's metrics address (`--metrics-addr`,
 //! plain HTTP on loopback): the Prometheus text format (0.0.4), encoded
-//! with prometheus-client from the Raft status and the replicated state
-//! as they are at the scrape, so serving metrics costs nothing between
-//! scrapes. Every series is a gauge with a bounded label set (statuses,
-//! job types): no per-request, per-job or per-allocation labels.
+//! with prometheus-client. The gauges are built from the Raft status and
+//! the replicated state at the scrape (nothing to keep up between
+//! scrapes); the gRPC calls are counted as they are answered
+//! ([`ApiMetrics`], fed by the audit wrapper every service goes
+//! through). Labels are bounded: statuses, job types, the API's methods
+//! and gRPC codes; no per-job or per-allocation labels.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use prometheus_client::encoding::text::encode_registry;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use skiff_store::{RaftStatus, Role, State, Store};
 use tokio::net::TcpListener;
@@ -36,6 +40,48 @@ pub fn check_addr(addr: SocketAddr) -> Result<(), MetricsAddrError> {
 
 type Labels = Vec<(String, String)>;
 
+/// The gRPC calls this server answered: by method and code, and how long
+/// each took to answer (its response's head, for a stream).
+#[derive(Debug, Clone)]
+pub struct ApiMetrics {
+    requests: Family<Labels, Counter>,
+    durations: Family<Labels, Histogram>,
+}
+
+impl Default for ApiMetrics {
+    fn default() -> Self {
+        ApiMetrics {
+            requests: Family::default(),
+            // 0.5 ms to about 16 s.
+            durations: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+            }),
+        }
+    }
+}
+
+impl ApiMetrics {
+    /// Counts one call of `method` (`Cluster/ApplyJob`) that ended with
+    /// `code` after `took`. A method the server does not have counts as
+    /// `other`, so garbage cannot make new series.
+    pub fn record(&self, method: &str, code: tonic::Code, took: std::time::Duration) {
+        let method = if code == tonic::Code::Unimplemented {
+            "other"
+        } else {
+            method
+        };
+        self.requests
+            .get_or_create(&vec![
+                ("method".to_string(), method.to_string()),
+                ("code".to_string(), crate::audit::code_name(code)),
+            ])
+            .inc();
+        self.durations
+            .get_or_create(&vec![("method".to_string(), method.to_string())])
+            .observe(took.as_secs_f64());
+    }
+}
+
 /// A gauge family with one label, set from `counts` (every key of `all`
 /// present, 0 when none).
 fn by_label(label: &str, all: &[&str], counts: &BTreeMap<&str, i64>) -> Family<Labels, Gauge> {
@@ -55,9 +101,19 @@ fn gauge(v: u64) -> Gauge {
     g
 }
 
-/// The exposition for this server's Raft `status` and `state`.
-pub fn render(status: &RaftStatus, state: &State) -> String {
+/// The exposition for this server's Raft `status`, `state` and calls.
+pub fn render(status: &RaftStatus, state: &State, api: &ApiMetrics) -> String {
     let mut reg = Registry::with_prefix("skiff");
+    reg.register(
+        "grpc_requests",
+        "gRPC calls answered, by method and code",
+        api.requests.clone(),
+    );
+    reg.register(
+        "grpc_request_duration_seconds",
+        "Time to answer a gRPC call (to its response's head for a stream), by method",
+        api.durations.clone(),
+    );
     let info = Family::<Labels, Gauge>::default();
     info.get_or_create(&vec![(
         "version".to_string(),
@@ -148,6 +204,34 @@ pub fn render(status: &RaftStatus, state: &State) -> String {
     let mut out = String::new();
     // Writing to a String does not fail.
     let _ = encode_registry(&mut out, &reg);
+    counters_as_0_0_4(&out)
+}
+
+/// prometheus-client writes a counter's HELP and TYPE under its name
+/// without `_total` (OpenMetrics); the 0.0.4 format wants them under the
+/// samples' name.
+fn counters_as_0_0_4(text: &str) -> String {
+    let counters: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len() + 16 * counters.len());
+    for line in text.lines() {
+        let renamed = counters.iter().find_map(|name| {
+            for kind in ["# HELP ", "# TYPE "] {
+                if let Some(rest) = line
+                    .strip_prefix(kind)
+                    .and_then(|r| r.strip_prefix(name))
+                    .filter(|r| r.starts_with(' '))
+                {
+                    return Some(format!("{kind}{name}_total{rest}"));
+                }
+            }
+            None
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
     out
 }
 
@@ -155,14 +239,16 @@ pub fn render(status: &RaftStatus, state: &State) -> String {
 pub async fn serve(
     listener: TcpListener,
     store: Store,
+    api: std::sync::Arc<ApiMetrics>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let store = store.clone();
+            let api = api.clone();
             async move {
-                let body = render(&store.status(), &store.state());
+                let body = render(&store.status(), &store.state(), &api);
                 ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], body)
             }
         }),
@@ -199,8 +285,23 @@ mod tests {
             voters: vec![1],
             ..Default::default()
         };
-        let text = render(&status, &state);
+        let api = ApiMetrics::default();
+        api.record(
+            "Cluster/ListJobs",
+            tonic::Code::Ok,
+            std::time::Duration::from_millis(2),
+        );
+        api.record(
+            "Cluster/Nope",
+            tonic::Code::Unimplemented,
+            Default::default(),
+        );
+        let text = render(&status, &state, &api);
         for line in [
+            "# TYPE skiff_grpc_requests_total counter",
+            "skiff_grpc_requests_total{method=\"Cluster/ListJobs\",code=\"OK\"} 1",
+            "skiff_grpc_requests_total{method=\"other\",code=\"UNIMPLEMENTED\"} 1",
+            "skiff_grpc_request_duration_seconds_count{method=\"Cluster/ListJobs\"} 1",
             "# TYPE skiff_raft_term gauge",
             "skiff_raft_term 3",
             "skiff_raft_applied_index 9",
