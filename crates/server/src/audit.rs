@@ -337,7 +337,7 @@ fn outcome_of<B>(resp: &http::Response<B>) -> tonic::Code {
         .unwrap_or(tonic::Code::Ok)
 }
 
-pub(crate) fn code_name(code: tonic::Code) -> String {
+fn code_name(code: tonic::Code) -> String {
     let debug = format!("{code:?}");
     // CamelCase to SCREAMING_SNAKE, as the gRPC docs name codes.
     let mut out = String::new();
@@ -435,7 +435,7 @@ where
                 Err(_) => tonic::Code::Unknown,
             };
             if let Some(m) = &metrics {
-                m.record(&method, code, started.elapsed());
+                m.record(&method, code, &code_name(code), started.elapsed());
             }
             let denied = matches!(
                 code,
