@@ -165,3 +165,106 @@ fn a_metrics_address_off_loopback_is_refused_for_now() {
         "{err}"
     );
 }
+
+/// A process killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `query` asked of Prometheus' HTTP API at `addr`: the first result's
+/// value, if any.
+fn prom_query(addr: &str, query: &str) -> Option<String> {
+    let encoded: String = query
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'_' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /api/v1/query?query={encoded} HTTP/1.0\r\nHost: {addr}\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let body = out.split_once("\r\n\r\n")?.1;
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    Some(v["data"]["result"][0]["value"][1].as_str()?.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_a_server_with_the_shipped_configuration() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&tmp.path().join("server"));
+    let _agent = AgentProc::start(&tmp.path().join("agent"), &server.url(), "n1", &[]);
+    let mut client = server.client().await;
+    let target = std::fs::read_to_string(tmp.path().join("server/metrics.addr")).unwrap();
+    let target = target.trim();
+    // deploy/prometheus/prometheus.yml, aimed at this server, scraping
+    // often.
+    let shipped =
+        std::fs::read_to_string(repo_root().join("deploy/prometheus/prometheus.yml")).unwrap();
+    let config = shipped
+        .replace("127.0.0.1:7710", target)
+        .replace("scrape_interval: 15s", "scrape_interval: 500ms");
+    assert!(
+        config.contains(target) && config.contains("500ms"),
+        "{config}"
+    );
+    let config_path = tmp.path().join("prometheus.yml");
+    std::fs::write(&config_path, config).unwrap();
+    let web = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let log = std::fs::File::create(tmp.path().join("prometheus.log")).unwrap();
+    let _prometheus = Killed(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!("--web.listen-address={web}"))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                tmp.path().join("tsdb").display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("prometheus (apt-get install prometheus)"),
+    );
+    // The server is up for Prometheus.
+    wait_for(
+        "Prometheus to scrape the server",
+        Duration::from_secs(60),
+        || {
+            let up = prom_query(&web, "up{job=\"skiff-servers\"}");
+            async move { (up.as_deref() == Some("1")).then_some(()) }
+        },
+    )
+    .await;
+    // And what the test does shows in what Prometheus stored.
+    client
+        .apply_job(&job_yaml("web", 1, "exec sleep 3600", ""))
+        .await
+        .unwrap();
+    wait_for(
+        "a running allocation in Prometheus",
+        Duration::from_secs(60),
+        || {
+            let n = prom_query(&web, "skiff_allocations{status=\"running\"}");
+            async move { (n.as_deref() == Some("1")).then_some(()) }
+        },
+    )
+    .await;
+    client.delete_job("web").await.unwrap();
+}
