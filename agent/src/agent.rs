@@ -616,15 +616,20 @@ async fn register(servers: &Servers, reg: &pb::RegisterRequest) -> pb::RegisterR
 }
 
 /// What the agent's health service answers: SERVING while the servers
-/// take its heartbeats.
-async fn set_health(health: &tonic_health::server::HealthReporter, up: bool) {
+/// take its heartbeats. Sets it only when it changes from `was`; returns
+/// `up`.
+async fn set_health(health: &tonic_health::server::HealthReporter, was: bool, up: bool) -> bool {
     use skiff_proto::introspection::{set_status, ServingStatus};
+    if was == up {
+        return up;
+    }
     let status = if up {
         ServingStatus::Serving
     } else {
         ServingStatus::NotServing
     };
     set_status(health, &[pb::agent_api_server::SERVICE_NAME], status).await;
+    up
 }
 
 async fn heartbeat_loop(
@@ -633,8 +638,9 @@ async fn heartbeat_loop(
     gpus: Arc<GpuNode>,
     health: tonic_health::server::HealthReporter,
 ) {
-    // Registered: the servers know the node.
-    set_health(&health, true).await;
+    // Registered: the servers know the node. Set again only when it
+    // changes (each set wakes the health service's watchers).
+    let mut up = set_health(&health, false, true).await;
     let mut period = Duration::from_secs(2);
     loop {
         tokio::time::sleep(period).await;
@@ -647,21 +653,21 @@ async fn heartbeat_loop(
                 // Beat three times per TTL, so one lost beat does not matter.
                 let ttl = Duration::from_millis(resp.into_inner().ttl_ms.max(300));
                 period = ttl / 3;
-                set_health(&health, true).await;
+                up = set_health(&health, up, true).await;
             }
             Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
                 tracing::warn!("the servers do not know this node; registering again");
-                set_health(&health, false).await;
+                up = set_health(&health, up, false).await;
                 register_gpus(&servers, &reg, &gpus).await;
             }
             Ok(Err(status)) => {
                 tracing::warn!(error = %status.message(), "heartbeat failed");
-                set_health(&health, false).await;
+                up = set_health(&health, up, false).await;
                 servers.failed(&status);
             }
             Err(_) => {
                 tracing::warn!("heartbeat timed out");
-                set_health(&health, false).await;
+                up = set_health(&health, up, false).await;
             }
         }
     }

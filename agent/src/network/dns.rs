@@ -34,8 +34,7 @@ use skiff_proto::pb;
 /// default `shutdown_delay` of a task with named ports waits as long).
 pub const TTL: u32 = skiff_model::job::DEFAULT_SHUTDOWN_DELAY.as_secs() as u32;
 
-/// The cluster's domain.
-pub const DOMAIN: &str = "skiff";
+pub use skiff_model::dns::DOMAIN;
 
 /// Where names outside the cluster go (`--dns-upstream`).
 #[derive(Debug, Clone, PartialEq, Eq)]

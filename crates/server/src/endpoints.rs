@@ -66,7 +66,7 @@ pub fn endpoints_of(state: &skiff_store::State) -> (pb::Endpoints, u64) {
     for e in &endpoints {
         (&e.namespace, &e.job, &e.alloc_id, &e.address).hash(&mut h);
         for p in &e.ports {
-            (&p.name, p.port).hash(&mut h);
+            (&p.name, p.port, &p.protocol).hash(&mut h);
         }
     }
     (pb::Endpoints { endpoints }, h.finish() | 1)
@@ -104,6 +104,50 @@ pub fn members_of(state: &skiff_store::State) -> (pb::NetworkMembers, u64) {
         (&n.namespace, &n.addresses, &n.network_from).hash(&mut h);
     }
     (pb::NetworkMembers { namespaces }, h.finish() | 1)
+}
+
+/// The cluster's endpoints and members with their fingerprints, as of one
+/// applied index.
+#[derive(Debug)]
+pub struct ClusterNetwork {
+    pub endpoints: pb::Endpoints,
+    pub endpoints_print: u64,
+    pub members: pb::NetworkMembers,
+    pub members_print: u64,
+}
+
+impl ClusterNetwork {
+    pub fn of(state: &skiff_store::State) -> ClusterNetwork {
+        let (endpoints, endpoints_print) = endpoints_of(state);
+        let (members, members_print) = members_of(state);
+        ClusterNetwork {
+            endpoints,
+            endpoints_print,
+            members,
+            members_print,
+        }
+    }
+}
+
+/// [`ClusterNetwork`] computed once per applied index and shared by every
+/// node's allocation watch (each would otherwise walk every allocation
+/// after every change).
+#[derive(Debug, Default)]
+pub struct NetworkCache(std::sync::Mutex<Option<(u64, std::sync::Arc<ClusterNetwork>)>>);
+
+impl NetworkCache {
+    /// The cluster's network as of `state`.
+    pub fn get(&self, state: &skiff_store::State) -> std::sync::Arc<ClusterNetwork> {
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match &*held {
+            Some((index, net)) if *index == state.index => net.clone(),
+            _ => {
+                let net = std::sync::Arc::new(ClusterNetwork::of(state));
+                *held = Some((state.index, net.clone()));
+                net
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -217,5 +261,16 @@ mod tests {
         policy.policy.network_from.clear();
         state.access.namespaces.insert("lab".into(), policy);
         assert_ne!(members_of(&state).1, print, "a policy change is sent");
+    }
+
+    #[test]
+    fn every_watch_shares_one_computation_per_applied_index() {
+        let mut state = skiff_store::State::default();
+        state.index = 7;
+        let cache = NetworkCache::default();
+        let first = cache.get(&state);
+        assert!(std::sync::Arc::ptr_eq(&first, &cache.get(&state)));
+        state.index = 8;
+        assert!(!std::sync::Arc::ptr_eq(&first, &cache.get(&state)));
     }
 }

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use skiff_model::registration::{check_registration, Registration};
@@ -16,17 +17,23 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::ctx::Ctx;
+use crate::endpoints::ClusterNetwork;
 
 /// Most status updates accepted in one request.
 const MAX_UPDATES: usize = 10_000;
 
 pub struct NodeService {
     ctx: Ctx,
+    /// The cluster's endpoints and members, shared by every watch.
+    network: Arc<crate::endpoints::NetworkCache>,
 }
 
 impl NodeService {
     pub fn new(ctx: Ctx) -> Self {
-        NodeService { ctx }
+        NodeService {
+            ctx,
+            network: Arc::default(),
+        }
     }
 }
 
@@ -293,6 +300,7 @@ impl pb::node_api_server::NodeApi for NodeService {
         }
         let node = r.node;
         let secrets = self.ctx.secrets.clone();
+        let network = self.network.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             // What this stream has sent. The first message resets the
@@ -302,7 +310,8 @@ impl pb::node_api_server::NodeApi for NodeService {
             loop {
                 let change = {
                     let state = store.state();
-                    alloc_changes(&state, &node, &mut sent, first, &secrets)
+                    let net = network.get(&state);
+                    alloc_changes(&state, &net, &node, &mut sent, first, &secrets)
                 };
                 if let Some(messages) = change {
                     for m in messages {
@@ -444,16 +453,18 @@ fn peers_of(state: &skiff_store::State, node: &str) -> (pb::Peers, u64) {
 /// only when a namespace of the node holds some).
 pub fn alloc_changes(
     state: &skiff_store::State,
+    net: &ClusterNetwork,
     node: &str,
     sent: &mut Sent,
     reset: bool,
     keys: &crate::secrets::Keyring,
 ) -> Option<Vec<pb::AllocationSet>> {
-    alloc_changes_within(state, node, sent, reset, keys, WATCH_MESSAGE_BYTES)
+    alloc_changes_within(state, net, node, sent, reset, keys, WATCH_MESSAGE_BYTES)
 }
 
 fn alloc_changes_within(
     state: &skiff_store::State,
+    net: &ClusterNetwork,
     node: &str,
     sent_all: &mut Sent,
     reset: bool,
@@ -498,10 +509,8 @@ fn alloc_changes_within(
     removed.sort();
     let (peers, peers_print) = peers_of(state, node);
     let peers_changed = reset || peers_print != sent_all.peers;
-    let (endpoints, endpoints_print) = crate::endpoints::endpoints_of(state);
-    let endpoints_changed = reset || endpoints_print != sent_all.endpoints;
-    let (members, members_print) = crate::endpoints::members_of(state);
-    let members_changed = reset || members_print != sent_all.members;
+    let endpoints_changed = reset || net.endpoints_print != sent_all.endpoints;
+    let members_changed = reset || net.members_print != sent_all.members;
     if !reset
         && changed.is_empty()
         && removed.is_empty()
@@ -514,8 +523,8 @@ fn alloc_changes_within(
     }
     sent_all.namespaces = fingerprint;
     sent_all.peers = peers_print;
-    sent_all.endpoints = endpoints_print;
-    sent_all.members = members_print;
+    sent_all.endpoints = net.endpoints_print;
+    sent_all.members = net.members_print;
     let sent = &mut sent_all.allocs;
     for id in &removed {
         sent.remove(id);
@@ -579,8 +588,8 @@ fn alloc_changes_within(
     last.image_paths = image_paths;
     last.registry_logins = registry_logins;
     last.peers = peers_changed.then_some(peers);
-    last.endpoints = endpoints_changed.then_some(endpoints);
-    last.members = members_changed.then_some(members);
+    last.endpoints = endpoints_changed.then(|| net.endpoints.clone());
+    last.members = members_changed.then(|| net.members.clone());
     Some(messages)
 }
 
@@ -611,7 +620,16 @@ mod tests {
         let mut sent = Sent::default();
         let key = crate::secrets::Keyring::holding(skiff_pki::secrets::SecretsKey::generate());
         // The first message set is everything, in parts of at most ~3 KB.
-        let first = alloc_changes_within(&state, "n1", &mut sent, true, &key, 3000).unwrap();
+        let first = alloc_changes_within(
+            &state,
+            &ClusterNetwork::of(&state),
+            "n1",
+            &mut sent,
+            true,
+            &key,
+            3000,
+        )
+        .unwrap();
         assert!(first.len() >= 4, "{}", first.len());
         assert!(first[0].reset && first[1..].iter().all(|m| !m.reset));
         assert!(first[..first.len() - 1].iter().all(|m| m.partial));
@@ -622,18 +640,45 @@ mod tests {
             .collect();
         assert_eq!(ids.len(), 10, "all of n1's, none of n2's: {ids:?}");
         // Nothing changed: nothing to send.
-        assert!(alloc_changes_within(&state, "n1", &mut sent, false, &key, 3000).is_none());
+        assert!(alloc_changes_within(
+            &state,
+            &ClusterNetwork::of(&state),
+            "n1",
+            &mut sent,
+            false,
+            &key,
+            3000
+        )
+        .is_none());
         // One changes, one goes: only those.
         state.allocs.get_mut("a3").unwrap().modify_index = 2;
         state.allocs.remove("a7");
-        let next = alloc_changes_within(&state, "n1", &mut sent, false, &key, 3000).unwrap();
+        let next = alloc_changes_within(
+            &state,
+            &ClusterNetwork::of(&state),
+            "n1",
+            &mut sent,
+            false,
+            &key,
+            3000,
+        )
+        .unwrap();
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].allocs.len(), 1);
         assert_eq!(next[0].allocs[0].id, "a3");
         assert_eq!(next[0].removed, ["a7"]);
         assert!(!next[0].reset && !next[0].partial);
         // A new stream starts over with everything.
-        let again = alloc_changes_within(&state, "n1", &mut sent, true, &key, usize::MAX).unwrap();
+        let again = alloc_changes_within(
+            &state,
+            &ClusterNetwork::of(&state),
+            "n1",
+            &mut sent,
+            true,
+            &key,
+            usize::MAX,
+        )
+        .unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].allocs.len(), 9);
         assert!(again[0].reset);
@@ -672,7 +717,16 @@ mod tests {
         ]);
         let mut sent = Sent::default();
         let key = crate::secrets::Keyring::holding(skiff_pki::secrets::SecretsKey::generate());
-        let first = alloc_changes_within(&state, "n1", &mut sent, true, &key, 3000).unwrap();
+        let first = alloc_changes_within(
+            &state,
+            &ClusterNetwork::of(&state),
+            "n1",
+            &mut sent,
+            true,
+            &key,
+            3000,
+        )
+        .unwrap();
         let peers = first
             .last()
             .unwrap()
@@ -690,12 +744,30 @@ mod tests {
             ("10.88.1.0/24", "192.0.2.2")
         );
         assert_eq!(peers.hosts, ["192.0.2.2", "192.0.2.3"]);
-        assert!(alloc_changes_within(&state, "n1", &mut sent, false, &key, 3000).is_none());
+        assert!(alloc_changes_within(
+            &state,
+            &ClusterNetwork::of(&state),
+            "n1",
+            &mut sent,
+            false,
+            &key,
+            3000
+        )
+        .is_none());
         // A node joins: the whole list again.
         state
             .nodes
             .extend([node("n4", "10.88.2.0/24", "192.0.2.4:7001")]);
-        let next = alloc_changes_within(&state, "n1", &mut sent, false, &key, 3000).unwrap();
+        let next = alloc_changes_within(
+            &state,
+            &ClusterNetwork::of(&state),
+            "n1",
+            &mut sent,
+            false,
+            &key,
+            3000,
+        )
+        .unwrap();
         assert_eq!(next.last().unwrap().peers.as_ref().unwrap().nodes.len(), 2);
     }
 
@@ -740,7 +812,15 @@ mod tests {
         }
         let mut sent = Sent::default();
         let keys = crate::secrets::Keyring::holding(key.clone());
-        let first = alloc_changes(&state, "n1", &mut sent, true, &keys).unwrap();
+        let first = alloc_changes(
+            &state,
+            &ClusterNetwork::of(&state),
+            "n1",
+            &mut sent,
+            true,
+            &keys,
+        )
+        .unwrap();
         let logins = &first.last().unwrap().registry_logins;
         assert_eq!(
             logins.keys().collect::<Vec<_>>(),
@@ -748,7 +828,15 @@ mod tests {
             "n1 runs lab's only"
         );
         assert_eq!(logins["lab"].logins[0].password, "pw-lab");
-        assert!(alloc_changes(&state, "n1", &mut sent, false, &keys).is_none());
+        assert!(alloc_changes(
+            &state,
+            &ClusterNetwork::of(&state),
+            "n1",
+            &mut sent,
+            false,
+            &keys
+        )
+        .is_none());
         // A new password alone is sent.
         let login = crate::secrets::seal_login(&key, "lab", "r.lab:5000", "lab", "pw-new", 2);
         apply(
@@ -758,12 +846,28 @@ mod tests {
                 login,
             },
         );
-        let next = alloc_changes(&state, "n1", &mut sent, false, &keys).unwrap();
+        let next = alloc_changes(
+            &state,
+            &ClusterNetwork::of(&state),
+            "n1",
+            &mut sent,
+            false,
+            &keys,
+        )
+        .unwrap();
         assert!(next[0].allocs.is_empty());
         assert_eq!(next[0].registry_logins["lab"].logins[0].password, "pw-new");
         // Another server's key opens nothing: nothing is sent in its stead.
         let stranger = crate::secrets::Keyring::holding(skiff_pki::secrets::SecretsKey::generate());
-        let again = alloc_changes(&state, "n1", &mut sent, true, &stranger).unwrap();
+        let again = alloc_changes(
+            &state,
+            &ClusterNetwork::of(&state),
+            "n1",
+            &mut sent,
+            true,
+            &stranger,
+        )
+        .unwrap();
         assert!(again[0].registry_logins.is_empty());
     }
 }
