@@ -69,6 +69,8 @@ pub struct AgentConfig {
     pub image_gc_every: Duration,
     /// The bridge network (`--bridge`, `--network-subnet`, `--cni-path`).
     pub network: crate::network::NetworkConfig,
+    /// Where `/metrics` is served, and dcgm-exporter's job mapping.
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -336,6 +338,9 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         "agent starting"
     );
 
+    let served = crate::metrics::setup(&cfg.metrics, &cfg.name, &gpus, &puller, paths.root())
+        .await
+        .map_err(|(addr, source)| AgentError::Listen { addr, source })?;
     let images = crate::image::ImagePolicy::new(cfg.image_roots.clone());
     let registration = pb::RegisterRequest {
         image_roots: images.roots(),
@@ -351,6 +356,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         gpu_driver_version: String::new(),
         cuda_version: String::new(),
         subnet: cfg.network.subnet.clone(),
+        metrics_address: served.address.clone(),
     };
 
     let (events_tx, events_rx) = mpsc::channel(256);
@@ -370,6 +376,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
             cfg.network.clone(),
         )?)),
         node_host: advertise.ip().to_string(),
+        live: served.live.clone(),
     };
     let image_gc = image_gc_loop(
         crate::image::gc::ImageCache::new(paths.images()),
@@ -417,6 +424,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         _ = shutdown => tracing::info!("agent stopping; containers keep running"),
     }
     api_server.abort();
+    served.task.iter().for_each(|t| t.abort());
     if let Some(stop) = monitor_stop {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }

@@ -16,6 +16,8 @@
 //!   tests), and the runtime choice;
 //! - [`shim`]: the per-container monitor that outlives the agent;
 //! - [`crilog`] and [`logs`]: the CRI-format log files and reading them;
+//! - [`metrics`]: the agent's Prometheus metrics (allocations' cgroups,
+//!   image pulls, container starts, GPUs under DCGM's names);
 //! - [`probe`]: exec, http and tcp health probes;
 //! - [`service`]: the agent's own API (logs, exec);
 //! - [`tls`]: the node's credentials (joining with a token) and its TLS.
@@ -28,6 +30,7 @@ pub mod gpu;
 pub mod host;
 pub mod image;
 pub mod logs;
+pub mod metrics;
 pub mod network;
 pub mod paths;
 pub mod probe;

@@ -67,6 +67,7 @@ impl std::str::FromStr for Shape {
 
 fn bare_node(name: String, cap: Resources) -> Node {
     Node {
+        metrics_address: String::new(),
         image_roots: Vec::new(),
         subnet: String::new(),
         name,

@@ -8,6 +8,7 @@ use skiff_model::{
 
 fn node(name: &str, cpu: u64, mem_mi: u64) -> Node {
     Node {
+        metrics_address: String::new(),
         image_roots: Vec::new(),
         subnet: String::new(),
         name: name.into(),

@@ -109,6 +109,7 @@ fn random_node(rng: &mut Rng, i: usize) -> Node {
     labels.insert("cores".to_string(), (cpu / 1000).to_string());
     let healthy = gpu_list.iter().filter(|g| g.healthy).count() as u32;
     Node {
+        metrics_address: String::new(),
         image_roots: Vec::new(),
         subnet: String::new(),
         name,
@@ -456,6 +457,7 @@ fn rollout_case(seed: u64) -> RolloutCase {
         .map(|i| {
             let cpu = if rng.chance(70) { 16_000 } else { 1_000 };
             Node {
+                metrics_address: String::new(),
                 image_roots: Vec::new(),
                 subnet: String::new(),
                 name: format!("n{i}"),
@@ -662,6 +664,7 @@ fn batch_case(seed: u64) -> (Vec<Node>, Vec<Allocation>, Job) {
         modify_index: 1,
     };
     let nodes = vec![Node {
+        metrics_address: String::new(),
         image_roots: Vec::new(),
         subnet: String::new(),
         name: "n0".into(),

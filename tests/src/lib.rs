@@ -13,6 +13,7 @@ pub mod gpus;
 pub mod linearizability;
 pub mod net;
 pub mod pki;
+pub mod prom;
 pub mod registry;
 pub mod structure;
 
@@ -424,6 +425,10 @@ impl AgentProc {
         // Tests reach no resolver outside the machine.
         if !has("--dns-upstream") {
             extra.extend(["--dns-upstream".to_string(), "none".to_string()]);
+        }
+        // Metrics on a free port (DATA_DIR/metrics.addr names it).
+        if !has("--metrics-addr") {
+            extra.extend(["--metrics-addr".to_string(), "127.0.0.1:0".to_string()]);
         }
         if needs_token {
             let first = server_url.split(',').next().unwrap_or(server_url);

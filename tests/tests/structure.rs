@@ -15,6 +15,7 @@ const CRATES: &[(&str, &str)] = &[
     ("skiff-client", "crates/client/src"),
     ("skiff (cli)", "crates/cli/src"),
     ("skiff-alloc", "crates/alloc/src"),
+    ("skiff-metrics", "crates/metrics/src"),
     ("skiff-agent", "agent/src"),
     ("skiff-scheduler", "scheduler/src"),
     ("skiff-tests", "tests/src"),

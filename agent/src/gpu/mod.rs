@@ -72,6 +72,8 @@ struct Shared {
     metrics: Vec<GpuMetrics>,
     /// Last ECC uncorrectable counts seen, to notice new errors.
     ecc: BTreeMap<String, u64>,
+    /// The last XID seen on each GPU (an XID without a GPU: on all).
+    last_xid: BTreeMap<String, u64>,
     /// Grows whenever what the servers must know changes.
     generation: u64,
 }
@@ -124,6 +126,7 @@ impl GpuNode {
                 tracker,
                 metrics: Vec::new(),
                 ecc: BTreeMap::new(),
+                last_xid: BTreeMap::new(),
                 generation: 1,
             }),
             changed: watch::Sender::new(1),
@@ -182,6 +185,12 @@ impl GpuNode {
 
     pub fn metrics(&self) -> Vec<GpuMetrics> {
         self.lock().metrics.clone()
+    }
+
+    /// The last XID seen on each GPU since the agent started (application
+    /// XIDs included, as DCGM reports them).
+    pub fn last_xids(&self) -> BTreeMap<String, u64> {
+        self.lock().last_xid.clone()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -251,6 +260,12 @@ impl GpuNode {
                 if s.inventory.find(u).is_none() {
                     tracing::debug!(gpu = u, "health event for a GPU not in the inventory");
                     continue;
+                }
+            }
+            if let HealthEvent::Xid { xid, .. } = e {
+                let on: Vec<String> = e.uuid().map_or(all.clone(), |u| vec![u.to_string()]);
+                for u in on {
+                    s.last_xid.insert(u, *xid);
                 }
             }
             turned |= s.tracker.record(e, &all, now_ms);

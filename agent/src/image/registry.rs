@@ -95,8 +95,21 @@ pub struct Puller {
     inflight: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     /// Blobs downloaded (not found in the store), for tests and metrics.
     fetched: Arc<AtomicU64>,
+    /// Pulls by how they ended, for metrics.
+    counts: Arc<[AtomicU64; 3]>,
     progress: Arc<PullProgress>,
     grants: Grants,
+}
+
+/// How pulls ended since the agent started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PullCounts {
+    /// From a registry (or a mirror).
+    pub pulled: u64,
+    /// Held already (named by digest): no registry asked.
+    pub cached: u64,
+    /// Every source failed.
+    pub failed: u64,
 }
 
 impl std::fmt::Debug for Puller {
@@ -184,6 +197,7 @@ impl Puller {
             content: content.to_path_buf(),
             inflight: Default::default(),
             fetched: Default::default(),
+            counts: Default::default(),
             progress: Default::default(),
             grants: Grants::new(content),
         })
@@ -282,10 +296,33 @@ impl Puller {
         if policy == PullPolicy::IfNotPresent {
             if let Some(top) = image.digest.as_deref().and_then(|d| self.held(d)) {
                 if self.grants.allows(top.digest().as_ref(), asker) {
+                    self.counts[1].fetch_add(1, Ordering::Relaxed);
                     return Ok(top);
                 }
             }
         }
+        let pulled = self.pull_from_sources(image, asker).await;
+        self.counts[if pulled.is_ok() { 0 } else { 2 }].fetch_add(1, Ordering::Relaxed);
+        pulled
+    }
+
+    /// How many pulls ended in each way since the agent started.
+    pub fn pull_counts(&self) -> PullCounts {
+        let n = |i: usize| self.counts[i].load(Ordering::Relaxed);
+        PullCounts {
+            pulled: n(0),
+            cached: n(1),
+            failed: n(2),
+        }
+    }
+
+    /// The registry's part of [`Puller::pull`]: the mirrors, then the
+    /// registry.
+    async fn pull_from_sources(
+        &self,
+        image: &RegistryRef,
+        asker: &Asker,
+    ) -> Result<Descriptor, ImageError> {
         if self.access.offline() {
             return Err(pull_err(image, "registries are not contacted (offline)"));
         }

@@ -297,6 +297,7 @@ impl Containers {
             };
             tracing::info!(alloc = %id, code = record.exit_code, oom = record.oom_killed, "container exited");
             actions.push(Action::EndProbes { id: id.clone() });
+            c.oom_kills += u32::from(record.oom_killed);
             c.state = match c.state {
                 State::Stopping { requested: true } => State::Exited {
                     record: record.clone(),

@@ -40,6 +40,9 @@ pub struct Settings {
     /// The node's address as the servers know it, without the port (for
     /// `SKIFF_ADDR_*` of published ports).
     pub node_host: String,
+    /// What the reconciler tracks, published for the metrics and the
+    /// heartbeats.
+    pub live: Arc<crate::metrics::LiveAllocs>,
 }
 
 /// What a start that succeeded says of its run.

@@ -56,6 +56,7 @@ use decide::{Containers, Decision};
 use state::Found;
 
 use crate::clock::{Clock, SystemClock};
+use crate::metrics::LiveAlloc;
 use crate::paths::{container_id, Paths};
 use crate::runtime::Runtime;
 use execute::Executor;
@@ -80,6 +81,8 @@ pub struct Reconciler<R: Runtime, X: Records = FileRecords, C: Clock = SystemClo
     events: mpsc::Sender<Event>,
     /// Published for the image garbage collector.
     images_in_use: crate::image::gc::InUse,
+    /// Published for the metrics and the heartbeats.
+    live: Arc<crate::metrics::LiveAllocs>,
 }
 
 impl<R: Runtime> Reconciler<R> {
@@ -108,6 +111,7 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
         Reconciler {
             containers: Containers::new(settings.stop_grace, settings.registry.progress()),
             images_in_use: settings.images_in_use.clone(),
+            live: settings.live.clone(),
             executor: Executor::new(
                 runtime.clone(),
                 records.clone(),
@@ -199,7 +203,12 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
                 run,
                 result,
                 took,
-            } => self.containers.started(&id, run, result, took),
+            } => {
+                if result.is_ok() {
+                    self.live.started(took);
+                }
+                self.containers.started(&id, run, result, took)
+            }
             Event::StopDone { id } => {
                 let record = if self.containers.stopping(&id) {
                     self.records.exit(&id)
@@ -246,7 +255,36 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
             *published = Some(in_use);
         }
         drop(published);
+        self.live.publish(self.live_view(desired));
         report
+    }
+
+    /// The allocations the servers list that have a container here, as
+    /// the metrics see them.
+    fn live_view(&self, desired: &[Allocation]) -> std::collections::BTreeMap<String, LiveAlloc> {
+        desired
+            .iter()
+            .filter_map(|a| {
+                let c = self.containers.get(&a.id)?;
+                let (namespace, job) = skiff_model::job::split_job_key(&a.job);
+                let want = a.task.resources.amount();
+                Some((
+                    a.id.clone(),
+                    LiveAlloc {
+                        namespace: namespace.to_string(),
+                        job: job.to_string(),
+                        running: matches!(c.state, State::Running { .. } | State::Stopping { .. }),
+                        cgroup: format!("/skiff/{}", container_id(&a.id)),
+                        restarts: c.restarts.count,
+                        oom_kills: c.oom_kills,
+                        ready: c.healthy,
+                        gpus: a.gpus.clone(),
+                        cpu_millis: want.cpu_millis,
+                        memory_bytes: want.memory_bytes,
+                    },
+                ))
+            })
+            .collect()
     }
 
     /// Records that these updates reached the server.

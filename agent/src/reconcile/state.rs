@@ -131,6 +131,8 @@ pub struct Container {
     pub pulled_digest: Option<String>,
     /// `network: bridge`: its address on the node's bridge (this run's).
     pub address: Option<String>,
+    /// Runs that ended killed by the OOM killer (since this agent started).
+    pub oom_kills: u32,
 }
 
 impl Container {
@@ -146,6 +148,7 @@ impl Container {
             adopted: false,
             pulled_digest: None,
             address: None,
+            oom_kills: 0,
         }
     }
 }

@@ -699,6 +699,7 @@ impl Rig {
             images_in_use: Default::default(),
             network: None,
             node_host: "127.0.0.1".into(),
+            live: Default::default(),
             image_timeout: secs(600),
             registry: Arc::new(
                 crate::image::registry::Puller::new(&dir.path().join("content"), Arc::default())

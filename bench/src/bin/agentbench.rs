@@ -255,6 +255,8 @@ async fn run(o: &Opts) -> Result<(), String> {
             "agent",
             "--listen",
             "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
             "--name",
             "bench",
             "--stop-grace",

@@ -276,6 +276,8 @@ async fn bench(o: &Opts) -> anyhow::Result<()> {
         "agent",
         "--listen",
         "127.0.0.1:0",
+        "--metrics-addr",
+        "127.0.0.1:0",
         "--name",
         "bench",
         "--stop-grace",

@@ -71,6 +71,8 @@ impl Node {
             "agent".into(),
             "--listen".into(),
             "127.0.0.1:0".into(),
+            "--metrics-addr".into(),
+            "127.0.0.1:0".into(),
             "--name".into(),
             name.into(),
             "--server".into(),

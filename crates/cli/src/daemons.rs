@@ -285,6 +285,8 @@ pub struct AgentArgs {
     /// Address the servers use to reach this agent (default: the --listen address).
     #[arg(long)]
     advertise: Option<SocketAddr>,
+    #[command(flatten)]
+    metrics: crate::logging::AgentMetricsOpts,
 }
 
 #[derive(Args)]
@@ -526,6 +528,7 @@ fn server_config(args: ServerArgs) -> anyhow::Result<ServerConfig> {
         registries: args.registries.config(),
         node_subnets: args.node_subnets.range()?,
         metrics_addr: args.metrics.addr()?,
+        metrics_appendix: Default::default(),
     })
 }
 
@@ -586,6 +589,7 @@ fn agent_config(
         image_gc: node.image_gc.policy()?,
         image_gc_every: node.image_gc.every(),
         network: node.network.config()?,
+        metrics: Default::default(),
     })
 }
 
@@ -609,7 +613,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     if security.insecure && security.join_token.is_some() {
         anyhow::bail!("--insecure cannot be combined with --token");
     }
-    let cfg = agent_config(
+    let mut cfg = agent_config(
         args.server,
         args.data_dir,
         args.node,
@@ -617,6 +621,8 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         args.advertise,
         security,
     )?;
+    cfg.metrics.addr = args.metrics.addr()?;
+    cfg.metrics.dcgm_job_mapping_dir = args.metrics.job_mapping_dir();
     skiff_agent::run(cfg, shutdown_signal()).await?;
     Ok(())
 }
@@ -625,6 +631,8 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     args.log.init();
     let insecure = args.insecure.insecure;
     let server_dir = args.data_dir.join("server");
+    // The agent's metrics are served on the server's metrics address.
+    let appendix = skiff_metrics::Appendix::default();
     let server_cfg = ServerConfig {
         data_dir: server_dir.clone(),
         api_addr: args.api,
@@ -647,6 +655,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         registries: args.node.registries.config(),
         node_subnets: crate::network_opts::default_node_subnets(),
         metrics_addr: args.metrics.addr()?,
+        metrics_appendix: appendix.clone(),
     };
     let running = skiff_server::start(&server_cfg).await?;
     let scheme = if insecure { "http" } else { "https" };
@@ -672,7 +681,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let mut node = args.node;
     // The examples name layouts next to them.
     node.image_roots.push(".".into());
-    let agent_cfg = agent_config(
+    let mut agent_cfg = agent_config(
         vec![url.clone()],
         agent_dir,
         node,
@@ -680,6 +689,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
         None,
         security,
     )?;
+    agent_cfg.metrics.appendix = Some(appendix);
     tracing::info!(api = %url, data_dir = %args.data_dir.display(), "skiff dev: one server and one agent in this process");
     let mut agent = tokio::spawn(skiff_agent::run(agent_cfg, async move {
         let _ = agent_stop.recv().await;

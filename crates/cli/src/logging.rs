@@ -47,7 +47,8 @@ impl LogOpts {
     }
 }
 
-/// Where a server serves `GET /metrics`.
+/// Where a server (or `skiff dev`, for its server and agent) serves
+/// `GET /metrics`.
 #[derive(Args, Clone)]
 pub(crate) struct MetricsOpts {
     /// Where `GET /metrics` (Prometheus text format) is served, plain
@@ -60,16 +61,45 @@ pub(crate) struct MetricsOpts {
 
 impl MetricsOpts {
     pub(crate) fn addr(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
-        if self.metrics_addr == "none" {
-            return Ok(None);
-        }
-        let addr: std::net::SocketAddr = self.metrics_addr.parse().map_err(|_| {
-            anyhow::anyhow!(
-                "--metrics-addr {:?}: HOST:PORT (e.g. 127.0.0.1:7710) or none",
-                self.metrics_addr
-            )
-        })?;
-        skiff_server::metrics::check_addr(addr)?;
-        Ok(Some(addr))
+        parse_metrics_addr(&self.metrics_addr)
+    }
+}
+
+/// `--metrics-addr`: HOST:PORT on loopback, or `none`.
+fn parse_metrics_addr(text: &str) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    if text == "none" {
+        return Ok(None);
+    }
+    let addr: std::net::SocketAddr = text.parse().map_err(|_| {
+        anyhow::anyhow!("--metrics-addr {text:?}: HOST:PORT (e.g. 127.0.0.1:7710) or none")
+    })?;
+    skiff_metrics::check_addr(addr)?;
+    Ok(Some(addr))
+}
+
+/// Where an agent serves `GET /metrics`.
+#[derive(Args, Clone)]
+pub(crate) struct AgentMetricsOpts {
+    /// Where `GET /metrics` (Prometheus text format: allocations' cpu,
+    /// memory, restarts and OOM kills, image pulls, container starts, GPUs
+    /// under DCGM's names) is served, plain HTTP: a loopback address, port
+    /// 0 for a free one (written to DATA_DIR/metrics.addr), or `none`. The
+    /// servers list it for Prometheus' service discovery.
+    #[arg(long, default_value = "127.0.0.1:7712", value_name = "HOST:PORT|none")]
+    metrics_addr: String,
+    /// Keep NVIDIA dcgm-exporter's HPC job-mapping files in DIR (its
+    /// `--hpc-job-mapping-dir`): one file per GPU index listing the jobs
+    /// on it, so its series carry `hpc_job`.
+    #[arg(long, value_name = "DIR")]
+    dcgm_job_mapping_dir: Option<std::path::PathBuf>,
+}
+
+impl AgentMetricsOpts {
+    pub(crate) fn addr(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
+        parse_metrics_addr(&self.metrics_addr)
+    }
+
+    pub(crate) fn job_mapping_dir(&self) -> Option<std::path::PathBuf> {
+        self.dcgm_job_mapping_dir.clone()
     }
 }

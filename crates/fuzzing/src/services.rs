@@ -67,6 +67,7 @@ fn start() -> Harness {
         },
         node_subnets: skiff_model::subnet::Subnet::parse("10.88.0.0/16").ok(),
         metrics_addr: None,
+        metrics_appendix: Default::default(),
     };
     let ctx = rt.block_on(async {
         let running = skiff_server::start(&cfg).await.expect("the server starts");

@@ -227,6 +227,7 @@ mod tests {
 
     fn node(gpus: usize) -> Node {
         Node {
+            metrics_address: String::new(),
             image_roots: Vec::new(),
             subnet: String::new(),
             name: "n".into(),

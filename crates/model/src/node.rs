@@ -70,6 +70,10 @@ pub struct Node {
     /// given by its agent); no two nodes' overlap.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub subnet: String,
+    /// Where its agent serves Prometheus metrics (`host:port`, its
+    /// `--metrics-addr`); empty when it serves none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub metrics_address: String,
     pub address: String,
     pub status: NodeStatus,
     /// Version of the agent binary.

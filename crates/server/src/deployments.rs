@@ -252,6 +252,7 @@ mod tests {
             };
             h.apply(Command::RegisterNode {
                 registration: NodeRegistration {
+                    metrics_address: String::new(),
                     image_roots: Vec::new(),
                     subnet: String::new(),
                     name: "n1".into(),

@@ -153,6 +153,7 @@ mod tests {
 
     fn node(name: &str, draining: bool) -> Node {
         Node {
+            metrics_address: String::new(),
             image_roots: Vec::new(),
             subnet: String::new(),
             name: name.into(),

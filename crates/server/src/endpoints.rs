@@ -170,6 +170,7 @@ mod tests {
     fn ready_replicas_with_an_address_are_endpoints_with_their_named_ports() {
         let mut state = skiff_store::State::default();
         let node = skiff_model::Node {
+            metrics_address: String::new(),
             image_roots: Vec::new(),
             subnet: "10.88.0.0/24".into(),
             name: "n1".into(),

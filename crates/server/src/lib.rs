@@ -101,6 +101,9 @@ pub struct ServerConfig {
     /// Where `GET /metrics` is served (plain HTTP, loopback only; port 0
     /// picks one, written to `DATA_DIR/metrics.addr`); `None`: nowhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// More exposition served after the server's own on its metrics
+    /// address (`skiff dev`'s agent).
+    pub metrics_appendix: skiff_metrics::Appendix,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -218,8 +221,9 @@ pub struct Running {
     /// How long each renewal of the CA's certificate is valid.
     ca_lifetime: std::time::Duration,
     gc: gc::GcSettings,
-    /// `GET /metrics`'s listener, if any.
+    /// `GET /metrics`'s listener, if any, and what it appends.
     metrics: Option<TcpListener>,
+    metrics_appendix: skiff_metrics::Appendix,
 }
 
 fn write_addr(dir: &std::path::Path, name: &str, addr: &str) {
@@ -313,7 +317,7 @@ pub async fn start(cfg: &ServerConfig) -> Result<Running, ServerError> {
     write_addr(&cfg.data_dir, "api.addr", &api_addr.to_string());
     write_addr(&cfg.data_dir, "peer.addr", &peer_addr.to_string());
     if let Some((_, addr)) = &metrics {
-        write_addr(&cfg.data_dir, "metrics.addr", &addr.to_string());
+        write_addr(&cfg.data_dir, skiff_metrics::ADDR_FILE, &addr.to_string());
     }
     Ok(Running {
         ctx: Ctx {
@@ -341,6 +345,7 @@ pub async fn start(cfg: &ServerConfig) -> Result<Running, ServerError> {
         ca_lifetime: cfg.security.ca_lifetime(),
         gc: cfg.gc,
         metrics: metrics.map(|(l, _)| l),
+        metrics_appendix: cfg.metrics_appendix.clone(),
     })
 }
 
@@ -363,6 +368,7 @@ pub async fn serve(
         ca_lifetime,
         gc: cfg_gc,
         metrics: metrics_listener,
+        metrics_appendix,
     } = running;
     let store = ctx.store.clone();
     tracing::info!(algorithm = %scheduler.algorithm, "scheduler");
@@ -397,6 +403,7 @@ pub async fn serve(
             l,
             store.clone(),
             api.clone(),
+            metrics_appendix,
             std::future::pending(),
         )));
     }

@@ -7,38 +7,17 @@
 //! through). Labels are bounded: statuses, job types, the API's methods
 //! and gRPC codes; no per-job or per-allocation labels.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-
-use prometheus_client::encoding::text::encode_registry;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use skiff_store::{RaftStatus, Role, State, Store};
+use std::collections::BTreeMap;
 use tokio::net::TcpListener;
 
-/// The content type of the Prometheus text format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// Why a metrics address is refused.
-#[derive(Debug, thiserror::Error)]
-pub enum MetricsAddrError {
-    #[error("--metrics-addr {0}: only a loopback address for now (127.0.0.1:PORT or [::1]:PORT); serving metrics to other hosts needs HTTPS and a metrics token, which are not there yet")]
-    NotLoopback(SocketAddr),
-}
-
-/// Checks a metrics address: loopback only, for now.
-pub fn check_addr(addr: SocketAddr) -> Result<(), MetricsAddrError> {
-    if addr.ip().is_loopback() {
-        Ok(())
-    } else {
-        Err(MetricsAddrError::NotLoopback(addr))
-    }
-}
-
-type Labels = Vec<(String, String)>;
+pub use skiff_metrics::{check_addr, MetricsAddrError};
+use skiff_metrics::{gauge, Labels};
 
 /// The gRPC calls this server answered: by method and code, and how long
 /// each took to answer (its response's head, for a stream).
@@ -100,12 +79,6 @@ fn by_label(label: &str, all: &[&str], counts: &BTreeMap<&str, i64>) -> Family<L
             .set(n);
     }
     family
-}
-
-fn gauge(v: u64) -> Gauge {
-    let g = Gauge::default();
-    g.set(i64::try_from(v).unwrap_or(i64::MAX));
-    g
 }
 
 /// The exposition for this server's Raft `status`, `state` and calls.
@@ -208,64 +181,61 @@ pub fn render(status: &RaftStatus, state: &State, api: &ApiMetrics) -> String {
         "Evaluations by status (pending: the scheduler's queue)",
         by_label("status", &["pending", "complete", "blocked"], &evals),
     );
-    let mut out = String::new();
-    // Writing to a String does not fail.
-    let _ = encode_registry(&mut out, &reg);
-    counters_as_0_0_4(&out)
+    skiff_metrics::encode(&reg)
 }
 
-/// prometheus-client writes a counter's HELP and TYPE under its name
-/// without `_total` (OpenMetrics); the 0.0.4 format wants them under the
-/// samples' name.
-fn counters_as_0_0_4(text: &str) -> String {
-    let counters: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+/// The agents' metrics addresses as Prometheus' HTTP service discovery
+/// wants them: one target group per node that serves metrics, labelled
+/// with the node's name and status (`[]` when there are none).
+pub fn agent_targets(state: &State) -> String {
+    let groups: Vec<serde_json::Value> = state
+        .nodes
+        .values()
+        .filter(|n| !n.metrics_address.is_empty())
+        .map(|n| {
+            serde_json::json!({
+                "targets": [n.metrics_address],
+                "labels": {
+                    "node": n.name,
+                    "__meta_skiff_node_status": n.status.as_str(),
+                    "__meta_skiff_agent_version": n.agent_version,
+                },
+            })
+        })
         .collect();
-    let mut out = String::with_capacity(text.len() + 16 * counters.len());
-    for line in text.lines() {
-        let renamed = counters.iter().find_map(|name| {
-            for kind in ["# HELP ", "# TYPE "] {
-                if let Some(rest) = line
-                    .strip_prefix(kind)
-                    .and_then(|r| r.strip_prefix(name))
-                    .filter(|r| r.starts_with(' '))
-                {
-                    return Some(format!("{kind}{name}_total{rest}"));
-                }
-            }
-            None
-        });
-        out.push_str(renamed.as_deref().unwrap_or(line));
-        out.push('\n');
-    }
-    out
+    serde_json::Value::Array(groups).to_string()
 }
 
-/// Serves `GET /metrics` on `listener` until `stop` resolves.
+/// The path of the agents' service discovery on a server's metrics
+/// address.
+pub const AGENTS_SD_PATH: &str = "/v1/sd/agents";
+
+/// Serves `GET /metrics` and the agents' service discovery
+/// ([`AGENTS_SD_PATH`]) on `listener` until `stop` resolves.
 pub async fn serve(
     listener: TcpListener,
     store: Store,
     api: std::sync::Arc<ApiMetrics>,
+    appendix: skiff_metrics::Appendix,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let app = axum::Router::new().route(
-        "/metrics",
+    let scrape = store.clone();
+    let app = skiff_metrics::route(move || {
+        render(&scrape.status(), &scrape.state(), &api) + &appendix.render()
+    })
+    .route(
+        AGENTS_SD_PATH,
         axum::routing::get(move || {
-            let store = store.clone();
-            let api = api.clone();
+            let body = agent_targets(&store.state());
             async move {
-                let body = render(&store.status(), &store.state(), &api);
-                ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], body)
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    body,
+                )
             }
         }),
     );
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::warn!(error = %e, "the metrics listener stopped");
-    }
+    skiff_metrics::serve(listener, app, stop).await
 }
 
 #[cfg(test)]
@@ -324,13 +294,5 @@ mod tests {
             assert!(text.contains(line), "{line:?} in\n{text}");
         }
         assert!(!text.contains("# EOF"), "0.0.4, not OpenMetrics:\n{text}");
-    }
-
-    #[test]
-    fn only_loopback_addresses_serve_metrics_for_now() {
-        check_addr("127.0.0.1:7710".parse().unwrap()).unwrap();
-        check_addr("[::1]:7710".parse().unwrap()).unwrap();
-        let e = check_addr("0.0.0.0:7710".parse().unwrap()).unwrap_err();
-        assert!(e.to_string().contains("--metrics-addr 0.0.0.0:7710"), "{e}");
     }
 }

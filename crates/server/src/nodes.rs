@@ -195,6 +195,7 @@ impl pb::node_api_server::NodeApi for NodeService {
         }
         let asked = r.subnet.clone();
         let mut registration = NodeRegistration {
+            metrics_address: r.metrics_address,
             subnet: r.subnet,
             image_roots: r.image_roots,
             name: r.name.clone(),
@@ -689,6 +690,7 @@ mod tests {
         let mut state = skiff_store::State::default();
         let node = |name: &str, subnet: &str, address: &str| {
             let n = skiff_model::Node {
+                metrics_address: String::new(),
                 image_roots: Vec::new(),
                 subnet: subnet.into(),
                 name: name.into(),

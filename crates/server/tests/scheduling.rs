@@ -55,6 +55,7 @@ async fn racing_plans_from_one_snapshot_never_overcommit_a_node() {
     store
         .propose(&Command::RegisterNode {
             registration: NodeRegistration {
+                metrics_address: String::new(),
                 image_roots: Vec::new(),
                 subnet: String::new(),
                 name: "n1".into(),
@@ -200,6 +201,7 @@ impl Server {
             registries: Default::default(),
             node_subnets: None,
             metrics_addr: None,
+            metrics_appendix: Default::default(),
         };
         let running = skiff_server::start(&cfg).await.unwrap();
         let url = format!("https://{}", running.api_addr);

@@ -260,6 +260,9 @@ pub struct NodeRegistration {
     /// holds); refused when it overlaps another node's.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub subnet: String,
+    /// Where the agent serves Prometheus metrics; empty: none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub metrics_address: String,
 }
 
 /// A plan as it travels through Raft: the scheduler's plan plus the ids the

@@ -58,6 +58,7 @@ impl From<&m::Node> for pb::Node {
             address: n.address.clone(),
             image_roots: n.image_roots.clone(),
             subnet: n.subnet.clone(),
+            metrics_address: n.metrics_address.clone(),
             status: pb::NodeStatus::from(n.status) as i32,
             agent_version: n.agent_version.clone(),
             create_index: n.create_index,
@@ -96,6 +97,7 @@ impl TryFrom<pb::Node> for m::Node {
         Ok(m::Node {
             image_roots: n.image_roots,
             subnet: n.subnet,
+            metrics_address: n.metrics_address,
             name: n.name,
             labels: n.labels,
             capacity: required(n.capacity, "capacity")?.into(),

@@ -197,6 +197,7 @@ fn yaml_paths_name_the_request_fields_they_came_from() {
 #[test]
 fn a_gpu_node_survives_the_wire() {
     let n = m::Node {
+        metrics_address: "127.0.0.1:7712".into(),
         image_roots: Vec::new(),
         subnet: String::new(),
         name: "g".into(),

@@ -259,6 +259,7 @@ fn replace_all_keeps_only_what_it_is_given_and_is_durable_at_once<E: Engine>() {
 fn node(name: &str) -> Command {
     Command::RegisterNode {
         registration: NodeRegistration {
+            metrics_address: String::new(),
             image_roots: Vec::new(),
             subnet: String::new(),
             name: name.into(),

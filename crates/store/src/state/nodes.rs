@@ -63,6 +63,7 @@ impl State {
             drained,
             image_roots: reg.image_roots.clone(),
             subnet,
+            metrics_address: reg.metrics_address.clone(),
             address: reg.address.clone(),
             status: NodeStatus::Ready,
             agent_version: reg.agent_version.clone(),

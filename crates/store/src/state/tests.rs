@@ -15,6 +15,7 @@ pub(super) fn spec(name: &str, replicas: u32, mem: &str) -> JobSpec {
 pub(super) fn reg(name: &str, cpu: u64, mem_mi: u64) -> Command {
     Command::RegisterNode {
         registration: NodeRegistration {
+            metrics_address: String::new(),
             image_roots: Vec::new(),
             subnet: String::new(),
             name: name.into(),

@@ -1,0 +1,216 @@
+//! `GET /metrics` on an agent: what each allocation's cgroup used, its
+//! restarts and OOM kills, container starts, and the GPUs under DCGM's
+//! names with the job holding them (fake inventory); dcgm-exporter's
+//! job-mapping files; the servers' service discovery listing the agent;
+//! series gone with their allocation; clean under `promtool`.
+
+use std::time::Duration;
+
+use skiff_model::{AllocStatus, JobSpec};
+use skiff_tests::gpus::{test_uuid, FakeGpuHost, NVIDIA_MAJOR};
+use skiff_tests::prom::{http_get, metrics_addr, promtool_check, sample, sample_with, scrape};
+use skiff_tests::*;
+
+const START: Duration = Duration::from_secs(60);
+
+/// Two fake GPUs with live samples.
+fn two_gpus(h: &FakeGpuHost) -> String {
+    let mut yaml = h.common_yaml();
+    yaml.push_str("gpus:\n");
+    for i in 0..2u32 {
+        let dev = h.device(&format!("nvidia{i}"), NVIDIA_MAJOR, i);
+        yaml.push_str(&format!(
+            "  - {{uuid: {}, model: NVIDIA H200, memory: 80Gi, index: {i}, device: {}, pci_bus_id: '00000000:0{i}:00.0', metrics: {{utilization: {}, memory_used: 10Gi, temperature: 50, power_watts: 250, ecc_corrected: 3}}}}\n",
+            test_uuid(7, i),
+            dev.display(),
+            40 + i,
+        ));
+    }
+    yaml
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_exports_its_allocations_gpus_and_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = FakeGpuHost::new();
+    let file = host.write(&two_gpus(&host));
+    let mapping = tmp.path().join("dcgm-jobs");
+    let server = ServerProc::start(&tmp.path().join("server"));
+    let (file_arg, mapping_arg) = (file.display().to_string(), mapping.display().to_string());
+    let _agent = AgentProc::start(
+        &tmp.path().join("agent"),
+        &server.url(),
+        "n1",
+        &[
+            "--fake-gpus",
+            &file_arg,
+            "--gpu-metrics-interval",
+            "500ms",
+            "--dcgm-job-mapping-dir",
+            &mapping_arg,
+        ],
+    );
+    let mut client = server.client().await;
+    let addr = metrics_addr(&tmp.path().join("agent"));
+
+    // The servers list the agent for Prometheus' service discovery.
+    let (head, sd) = http_get(&metrics_addr(&tmp.path().join("server")), "/v1/sd/agents");
+    assert!(head.contains("application/json"), "{head}");
+    let groups: serde_json::Value = serde_json::from_str(&sd).unwrap();
+    assert_eq!(groups[0]["targets"][0], addr.as_str(), "{sd}");
+    assert_eq!(groups[0]["labels"]["node"], "n1", "{sd}");
+
+    client
+        .apply_job(&job_yaml("web", 1, "exec sleep 3600", ""))
+        .await
+        .unwrap();
+    // OOM-killed at each run, started again a second later.
+    client
+        .apply_job(&job_yaml(
+            "hog",
+            1,
+            "exec dd if=/dev/zero of=/dev/null bs=64M count=1",
+            "  restart: {policy: on-failure, backoff: {initial: 1s, max: 1s}}\n  resources: {cpu: 100m, memory: 16Mi}\n",
+        ))
+        .await
+        .unwrap();
+    let train = JobSpec::from_yaml(&format!(
+        "name: train\ntask:\n  image: {}\n  command: [sh, -c, 'exec sleep 3600']\n  resources: {{cpu: 100m, memory: 32Mi, gpus: 1}}\n",
+        busybox_image()
+    ))
+    .unwrap();
+    client.apply_job(&train).await.unwrap();
+    let web = wait_allocs(&mut client, "web", 1, AllocStatus::Running, START).await;
+    let train = wait_allocs(&mut client, "train", 1, AllocStatus::Running, START).await;
+    let web_id = web[0].id.clone();
+    let gpu = train[0].gpus[0].clone();
+
+    let body = wait_for("the OOM kills and restarts counted", START, || {
+        let (_, body) = scrape(&addr);
+        async move {
+            let hog = [("job", "hog"), ("namespace", "default")];
+            let ooms = sample_with(&body, "skiff_alloc_oom_kills_total", &hog)?;
+            let restarts = sample_with(&body, "skiff_alloc_restarts_total", &hog)?;
+            (ooms >= 1.0 && restarts >= 1.0).then_some(body)
+        }
+    })
+    .await;
+    let web_labels = [
+        ("namespace", "default"),
+        ("job", "web"),
+        ("alloc", web_id.as_str()),
+        ("task", "web"),
+    ];
+    let memory = sample_with(&body, "skiff_alloc_memory_working_set_bytes", &web_labels);
+    assert!(memory.is_some_and(|m| m > 0.0), "{body}");
+    assert!(
+        sample_with(&body, "skiff_alloc_pids", &web_labels).is_some_and(|n| n >= 1.0),
+        "{body}"
+    );
+    assert!(
+        sample_with(&body, "skiff_alloc_cpu_seconds_total", &web_labels).is_some(),
+        "{body}"
+    );
+    assert_eq!(
+        sample_with(&body, "skiff_alloc_ready", &web_labels),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample_with(&body, "skiff_alloc_memory_request_bytes", &web_labels),
+        Some(32.0 * 1024.0 * 1024.0),
+        "{body}"
+    );
+    assert!(
+        sample(&body, "skiff_container_start_duration_seconds_count").is_some_and(|n| n >= 3.0),
+        "{body}"
+    );
+
+    // The GPUs, as dcgm-exporter names them, the held one with its job.
+    let held = wait_for("the GPU samples", START, || {
+        let (_, body) = scrape(&addr);
+        let gpu = gpu.clone();
+        async move {
+            sample_with(
+                &body,
+                "DCGM_FI_DEV_GPU_UTIL",
+                &[("UUID", &gpu), ("job", "train"), ("Hostname", "n1")],
+            )
+            .map(|v| (v, body))
+        }
+    })
+    .await;
+    let (util, body) = held;
+    assert!(util == 40.0 || util == 41.0, "{body}");
+    assert_eq!(
+        sample_with(&body, "DCGM_FI_DEV_FB_USED", &[("UUID", &gpu)]),
+        Some(10240.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample_with(&body, "DCGM_FI_DEV_POWER_USAGE", &[("UUID", &gpu)]),
+        Some(250.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample_with(&body, "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL", &[("UUID", &gpu)]),
+        Some(3.0),
+        "{body}"
+    );
+    assert!(body.contains("# TYPE DCGM_FI_DEV_ECC_SBE_VOL_TOTAL counter"));
+    // dcgm-exporter's job-mapping file for the held GPU's index.
+    let index = if gpu == test_uuid(7, 0) { "0" } else { "1" };
+    let other = if index == "0" { "1" } else { "0" };
+    let read = |n: &str| std::fs::read_to_string(mapping.join(n)).unwrap_or_default();
+    assert_eq!(read(index), "default/train\n");
+    assert_eq!(read(other), "");
+
+    // Skiff's own series pass Prometheus' linter (DCGM's camelCase labels
+    // and counter names are dcgm-exporter's, kept on purpose).
+    let ours: String = body
+        .lines()
+        .filter(|l| l.contains("skiff_"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let said = promtool_check(&ours);
+    assert!(said.is_empty(), "promtool: {said}");
+
+    // An allocation's series go with it.
+    client.delete_job("web").await.unwrap();
+    wait_for("the deleted allocation's series to go", START, || {
+        let (_, body) = scrape(&addr);
+        let gone = !body.contains(&web_id);
+        async move { gone.then_some(()) }
+    })
+    .await;
+    client.delete_job("train").await.unwrap();
+    wait_for("the GPU's job-mapping file to empty", START, || {
+        let empty = read(index).is_empty();
+        async move { empty.then_some(()) }
+    })
+    .await;
+    client.delete_job("hog").await.unwrap();
+}
+
+#[test]
+fn skiff_dev_serves_its_server_and_agent_metrics_on_one_address() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = skiff_tests::dev::DevProc::start(&tmp.path().join("dev"), &[]);
+    let addr = metrics_addr(&dev.data_dir.join("server"));
+    let deadline = std::time::Instant::now() + START;
+    let body = loop {
+        let (_, body) = scrape(&addr);
+        if body.contains("skiff_agent_build_info") {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(sample(&body, "skiff_raft_leader_known").is_some(), "{body}");
+    assert_eq!(sample(&body, "skiff_agent_allocations"), Some(0.0), "{body}");
+    // The agent has no address of its own to discover.
+    let (_, sd) = http_get(&addr, "/v1/sd/agents");
+    assert_eq!(sd.trim(), "[]");
+    let said = promtool_check(&body);
+    assert!(said.is_empty(), "promtool: {said}");
+}
