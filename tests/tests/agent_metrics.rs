@@ -207,7 +207,11 @@ fn skiff_dev_serves_its_server_and_agent_metrics_on_one_address() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(sample(&body, "skiff_raft_leader_known").is_some(), "{body}");
-    assert_eq!(sample(&body, "skiff_agent_allocations"), Some(0.0), "{body}");
+    assert_eq!(
+        sample(&body, "skiff_agent_allocations"),
+        Some(0.0),
+        "{body}"
+    );
     // The agent has no address of its own to discover.
     let (_, sd) = http_get(&addr, "/v1/sd/agents");
     assert_eq!(sd.trim(), "[]");

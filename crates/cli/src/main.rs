@@ -97,6 +97,9 @@ enum Cmd {
     Uncordon(commands::NodeArgs),
     /// Print changes of the cluster's state as they happen.
     Watch(commands::WatchArgs),
+    /// What happened in the cluster, in words: allocations placed, failed
+    /// or OOM-killed, nodes down, rollouts and rollbacks (`-f` follows).
+    Events(commands::EventsArgs),
     /// Follow, inspect and steer a service's rollouts: status, history,
     /// undo, pause, resume, promote.
     Rollout {
@@ -184,6 +187,7 @@ fn main() -> ExitCode {
             Cmd::Drain(args) => ok(commands::node(commands::NodeCmd::Drain(args)).await),
             Cmd::Uncordon(args) => ok(commands::node(commands::NodeCmd::Uncordon(args)).await),
             Cmd::Watch(args) => ok(commands::watch(args).await),
+            Cmd::Events(args) => ok(commands::events(args).await),
             Cmd::Rollout { what } => rollout::rollout(what).await,
             Cmd::Scale(args) => ok(rollout::scale(args).await),
             Cmd::Token { what } => ok(commands::token(what).await),

@@ -18,6 +18,7 @@ mod access;
 pub mod config;
 mod images;
 pub mod join;
+mod observe;
 mod streams;
 mod types;
 
@@ -26,6 +27,7 @@ pub use access::{
     UserRole,
 };
 pub use config::{ClientConfig, ClientTls};
+pub use observe::{ClusterEvent, Events, EventsRequest};
 pub use streams::{LogReader, Watch};
 pub use types::*;
 

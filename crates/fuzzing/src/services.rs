@@ -180,8 +180,8 @@ macro_rules! streaming {
     };
 }
 
-/// The API port: the Cluster service (first byte 0-18, 34 and 35) and the
-/// Access service (19-33), modulo 36.
+/// The API port: the Cluster service (first byte 0-18, 34, 35 and 39) and
+/// the Access service (19-33, 36-38), modulo 40.
 pub fn cluster_api(data: &[u8]) {
     use pb::access_server::Access as _;
     use pb::cluster_server::Cluster as _;
@@ -190,7 +190,7 @@ pub fn cluster_api(data: &[u8]) {
     };
     let h = harness();
     let (c, a) = (&h.cluster, &h.access);
-    match pick % 39 {
+    match pick % 40 {
         0 => unary!(h, c, apply_job, pb::ApplyJobRequest, rest),
         1 => unary!(h, c, delete_job, pb::DeleteJobRequest, rest),
         2 => unary!(h, c, get_job, pb::GetJobRequest, rest),
@@ -241,13 +241,14 @@ pub fn cluster_api(data: &[u8]) {
             pb::ListRegistryLoginsRequest,
             rest
         ),
-        _ => unary!(
+        38 => unary!(
             h,
             a,
             delete_registry_login,
             pb::DeleteRegistryLoginRequest,
             rest
         ),
+        _ => streaming!(h, c, events, pb::EventsRequest, rest),
     }
 }
 

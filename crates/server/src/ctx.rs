@@ -40,6 +40,8 @@ pub struct Ctx {
     pub secrets: crate::secrets::Keyring,
     /// Where nodes' subnets are assigned from.
     pub node_subnets: Option<skiff_model::subnet::Subnet>,
+    /// What happened in the cluster, as this server applied it.
+    pub events: Arc<crate::events::Journal>,
 }
 
 impl Ctx {

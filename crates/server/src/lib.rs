@@ -35,6 +35,7 @@ pub mod deployments;
 pub mod drainer;
 pub mod endpoints;
 pub mod evals;
+pub mod events;
 pub mod gc;
 pub mod heartbeats;
 pub mod introspection;
@@ -331,6 +332,7 @@ pub async fn start(cfg: &ServerConfig) -> Result<Running, ServerError> {
             audit,
             registries: Arc::new(skiff_registry::RegistryAccess::load(&cfg.registries)?),
             node_subnets: cfg.node_subnets,
+            events: Default::default(),
             secrets: secrets::Keyring::open(&cfg.data_dir)
                 .map_err(|e| ServerError::Credentials(e.to_string()))?,
         },
@@ -373,6 +375,7 @@ pub async fn serve(
     let store = ctx.store.clone();
     tracing::info!(algorithm = %scheduler.algorithm, "scheduler");
     let mut background = vec![
+        tokio::spawn(events::record(store.clone(), ctx.events.clone())),
         tokio::spawn(evals::run(store.clone(), scheduler)),
         tokio::spawn(deployments::run(store.clone())),
         tokio::spawn(members::promote_learners(ctx.clone())),

@@ -141,6 +141,18 @@ fn cluster_api(dir: &Path) {
     put(dir, "watch", &call(11, &pb::WatchRequest::default()));
     put(
         dir,
+        "events",
+        &call(
+            39,
+            &pb::EventsRequest {
+                follow: true,
+                types: vec!["warning".into()],
+                ..Default::default()
+            },
+        ),
+    );
+    put(
+        dir,
         "scale",
         &call(
             18,

@@ -11,6 +11,7 @@
 
 mod admin;
 mod errors;
+mod events;
 mod images;
 mod jobs;
 mod pages;
@@ -213,6 +214,16 @@ impl pb::cluster_server::Cluster for ClusterApi {
     }
 
     type WatchStream = watch::WatchStream;
+    type EventsStream = events::EventStream;
+
+    async fn events(&self, req: Request<pb::EventsRequest>) -> Answer<Self::EventsStream> {
+        let r = req.get_ref();
+        let ns = errors::listed_namespace(&r.job, &r.namespace)?;
+        let scope = self
+            .caller(&req)?
+            .read_scope(&self.ctx, &ns, "read the cluster's events")?;
+        events::events(self.ctx.events.clone(), req.into_inner(), scope).map(Response::new)
+    }
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Answer<Self::WatchStream> {
         let r = req.get_ref();
