@@ -400,6 +400,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
             registration.clone(),
             gpus.clone(),
             health.clone(),
+            crate::metrics::usage::UsageSampler::new(served.metrics.clone()),
         );
         let again = registration_loop(servers.clone(), registration.clone(), gpus.clone());
         let watch = watch_loop(
@@ -645,6 +646,7 @@ async fn heartbeat_loop(
     reg: pb::RegisterRequest,
     gpus: Arc<GpuNode>,
     health: tonic_health::server::HealthReporter,
+    mut usage: crate::metrics::usage::UsageSampler,
 ) {
     // Registered: the servers know the node. Set again only when it
     // changes (each set wakes the health service's watchers).
@@ -655,6 +657,7 @@ async fn heartbeat_loop(
         let req = pb::HeartbeatRequest {
             name: reg.name.clone(),
             gpu_metrics: gpus.metrics().iter().map(Into::into).collect(),
+            usage: Some(usage.sample()),
         };
         match tokio::time::timeout(RPC_TIMEOUT, servers.client().heartbeat(req)).await {
             Ok(Ok(resp)) => {

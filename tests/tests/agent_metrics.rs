@@ -218,3 +218,68 @@ fn skiff_dev_serves_its_server_and_agent_metrics_on_one_address() {
     let said = promtool_check(&body);
     assert!(said.is_empty(), "promtool: {said}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skiff_top_shows_what_nodes_and_allocations_use_against_their_requests() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&tmp.path().join("server"));
+    let _agent = AgentProc::start(&tmp.path().join("agent"), &server.url(), "n1", &[]);
+    let mut client = server.client().await;
+    // Busy on a quarter core, holding some memory in its working set.
+    client
+        .apply_job(&job_yaml(
+            "busy",
+            1,
+            "head -c 8m /dev/zero > /tmp/blob; cat /tmp/blob /tmp/blob > /dev/null; while :; do :; done",
+            "",
+        ))
+        .await
+        .unwrap();
+    let busy = wait_allocs(&mut client, "busy", 1, AllocStatus::Running, START).await;
+    let id = busy[0].id.clone();
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = skiff(&server.url(), args);
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let alloc = wait_for("the allocation's use in skiff top", START, || {
+        let all = json(&["top", "allocs", "-o", "json"]);
+        let id = id.clone();
+        async move {
+            let a = all
+                .as_array()?
+                .iter()
+                .find(|a| a["allocId"] == id.as_str())?;
+            let cpu: u64 = a["cpuMillis"].as_str()?.parse().ok()?;
+            (a["sampled"] == true && cpu > 20).then(|| a.clone())
+        }
+    })
+    .await;
+    let num = |v: &serde_json::Value| v.as_str().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    // The job's default request is 100m; the loop uses what its quota
+    // lets it (about that), never much more.
+    assert_eq!(num(&alloc["cpuRequestedMillis"]), 100, "{alloc}");
+    assert!(num(&alloc["cpuMillis"]) <= 200, "{alloc}");
+    assert!(num(&alloc["memoryBytes"]) > 0, "{alloc}");
+    assert_eq!(num(&alloc["memoryRequestedBytes"]), 32 << 20, "{alloc}");
+    assert_eq!(alloc["job"], "busy");
+
+    let nodes = json(&["top", "nodes", "-o", "json"]);
+    let n = &nodes[0];
+    assert_eq!(n["node"], "n1", "{nodes}");
+    assert_eq!(num(&n["cpuRequestedMillis"]), 100, "{nodes}");
+    assert!(num(&n["cpuMillis"]) > 0, "{nodes}");
+    assert!(num(&n["memoryBytes"]) > 0, "{nodes}");
+    assert!(n["ageMs"].is_string(), "reported: {nodes}");
+    // The table names the columns a person reads.
+    let table = skiff(&server.url(), &["top", "nodes"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("CPU%") && text.contains("MEMORY ASKED") && text.contains("n1"),
+        "{text}"
+    );
+    let table = skiff(&server.url(), &["top", "allocs", "--job", "busy"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains(&id[..8]) && text.contains("100m"), "{text}");
+    client.delete_job("busy").await.unwrap();
+}

@@ -12,6 +12,7 @@
 
 pub mod cgroup;
 pub mod dcgm;
+pub mod usage;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -323,6 +324,8 @@ pub struct MetricsConfig {
 pub struct Served {
     /// What the reconciler publishes to.
     pub live: Arc<LiveAllocs>,
+    /// What a scrape reads (the heartbeats' use samples read it too).
+    pub metrics: AgentMetrics,
     /// The bound address to register (empty: none of its own).
     pub address: String,
     /// The listener's task.
@@ -350,6 +353,7 @@ pub async fn setup(
         cgroup_root: crate::shim::CGROUP_ROOT.into(),
     };
     let mut served = Served {
+        metrics: metrics.clone(),
         live,
         address: String::new(),
         task: None,

@@ -100,6 +100,12 @@ enum Cmd {
     /// What happened in the cluster, in words: allocations placed, failed
     /// or OOM-killed, nodes down, rollouts and rollbacks (`-f` follows).
     Events(commands::EventsArgs),
+    /// What nodes and allocations use now (cpu, memory, GPUs) against what
+    /// they offer and asked for.
+    Top {
+        #[command(subcommand)]
+        what: commands::TopWhat,
+    },
     /// Follow, inspect and steer a service's rollouts: status, history,
     /// undo, pause, resume, promote.
     Rollout {
@@ -188,6 +194,7 @@ fn main() -> ExitCode {
             Cmd::Uncordon(args) => ok(commands::node(commands::NodeCmd::Uncordon(args)).await),
             Cmd::Watch(args) => ok(commands::watch(args).await),
             Cmd::Events(args) => ok(commands::events(args).await),
+            Cmd::Top { what } => ok(commands::top(what).await),
             Cmd::Rollout { what } => rollout::rollout(what).await,
             Cmd::Scale(args) => ok(rollout::scale(args).await),
             Cmd::Token { what } => ok(commands::token(what).await),

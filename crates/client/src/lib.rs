@@ -27,7 +27,9 @@ pub use access::{
     UserRole,
 };
 pub use config::{ClientConfig, ClientTls};
-pub use observe::{ClusterEvent, Events, EventsRequest};
+pub use observe::{
+    AllocTop, ClusterEvent, Events, EventsRequest, NodeTop, TopRequest, TopResponse,
+};
 pub use streams::{LogReader, Watch};
 pub use types::*;
 

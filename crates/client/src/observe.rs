@@ -1,10 +1,13 @@
-//! What the cluster did and uses: its events (`skiff events`).
+//! What the cluster did and uses: its events (`skiff events`) and what
+//! nodes and allocations use now (`skiff top`).
 
 use skiff_proto::pb;
 
 use crate::{Client, ClientError};
 
-pub use skiff_proto::pb::{ClusterEvent, EventsRequest};
+pub use skiff_proto::pb::{
+    AllocTop, ClusterEvent, EventsRequest, NodeTop, TopRequest, TopResponse,
+};
 
 /// A stream of the cluster's events.
 pub struct Events {
@@ -28,5 +31,15 @@ impl Client {
         }
         let stream = self.cluster.events(r).await?.into_inner();
         Ok(Events { stream })
+    }
+
+    /// What nodes (and, with `r.allocs`, running allocations) use now
+    /// against what they offer and asked for; an empty namespace is this
+    /// client's.
+    pub async fn top(&mut self, mut r: TopRequest) -> Result<TopResponse, ClientError> {
+        if r.namespace.is_empty() {
+            r.namespace = self.namespace.clone();
+        }
+        Ok(self.cluster.top(r).await?.into_inner())
     }
 }

@@ -107,6 +107,7 @@ impl Ctx {
                     (n, samples)
                 })
                 .collect(),
+            usage: self.heartbeats.all_usage().into_iter().collect(),
         }
     }
 

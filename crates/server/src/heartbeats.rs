@@ -69,6 +69,9 @@ pub struct Heartbeats {
     beats: Mutex<HashMap<String, Beat>>,
     /// The GPU samples the latest heartbeats carried, and when they came.
     gpu: Mutex<HashMap<String, (Vec<GpuMetrics>, Instant)>>,
+    /// What each node and its allocations used, as its latest heartbeat
+    /// said, and when it came.
+    usage: Mutex<HashMap<String, (skiff_proto::pb::NodeUsage, Instant)>>,
 }
 
 impl Heartbeats {
@@ -93,6 +96,29 @@ impl Heartbeats {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(node.to_string(), (metrics, Instant::now()));
+    }
+
+    /// Keeps the use a heartbeat reported (none: the last stays).
+    pub fn record_usage(&self, node: &str, usage: Option<skiff_proto::pb::NodeUsage>) {
+        if let Some(u) = usage {
+            self.usage
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(node.to_string(), (u, Instant::now()));
+        }
+    }
+
+    /// Every node's last reported use, its `age_ms` set.
+    pub fn all_usage(&self) -> HashMap<String, skiff_proto::pb::NodeUsage> {
+        let usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        usage
+            .iter()
+            .map(|(n, (u, at))| {
+                let mut u = u.clone();
+                u.age_ms = at.elapsed().as_millis() as u64;
+                (n.clone(), u)
+            })
+            .collect()
     }
 
     /// The node's last GPU samples and their age, if this server got any.

@@ -44,9 +44,11 @@ pub(crate) async fn heartbeat(
     ctx: &Ctx,
     node: &str,
     gpu_metrics: Vec<GpuMetrics>,
+    usage: Option<pb::NodeUsage>,
 ) -> pb::HeartbeatResponse {
     let wire_metrics: Vec<pb::GpuMetrics> = gpu_metrics.iter().map(Into::into).collect();
     ctx.heartbeats.record_gpu_metrics(node, gpu_metrics);
+    ctx.heartbeats.record_usage(node, usage.clone());
     let nodes = ctx.store.state().nodes.len();
     let status = ctx.store.status();
     if status.role == skiff_store::Role::Leader {
@@ -66,6 +68,7 @@ pub(crate) async fn heartbeat(
             pb::peer_client::PeerClient::new(channel).heartbeat(pb::HeartbeatRequest {
                 name: node.to_string(),
                 gpu_metrics: wire_metrics,
+                usage,
             }),
         )
         .await
@@ -98,6 +101,34 @@ fn refused(e: FieldError) -> Status {
 /// Node names: host-name characters, 1 to 253 of them (the model's rule).
 fn check_node_name(name: &str) -> Result<(), Status> {
     skiff_model::registration::check_node_name(name).map_err(refused)
+}
+
+/// Allocations a heartbeat may report the use of.
+pub(crate) const MAX_USAGE_ALLOCS: usize = 4096;
+
+/// The use a heartbeat reports: a bounded number of allocations, each
+/// named by an id of at most 64 characters.
+pub(crate) fn check_usage(usage: Option<pb::NodeUsage>) -> Result<Option<pb::NodeUsage>, Status> {
+    let Some(mut u) = usage else {
+        return Ok(None);
+    };
+    if u.allocs.len() > MAX_USAGE_ALLOCS {
+        return Err(Status::invalid_argument(format!(
+            "usage.allocs: {} allocations; at most {MAX_USAGE_ALLOCS}",
+            u.allocs.len()
+        )));
+    }
+    if let Some(i) = u
+        .allocs
+        .iter()
+        .position(|a| a.alloc_id.is_empty() || a.alloc_id.len() > 64)
+    {
+        return Err(Status::invalid_argument(format!(
+            "usage.allocs[{i}].alloc_id: must be 1 to 64 characters"
+        )));
+    }
+    u.age_ms = 0;
+    Ok(Some(u))
 }
 
 /// GPU samples from a heartbeat: at most one per reportable GPU, with
@@ -270,7 +301,10 @@ impl pb::node_api_server::NodeApi for NodeService {
             )));
         }
         let metrics = check_gpu_metrics(r.gpu_metrics)?;
-        Ok(Response::new(heartbeat(&self.ctx, &name, metrics).await))
+        let usage = check_usage(r.usage)?;
+        Ok(Response::new(
+            heartbeat(&self.ctx, &name, metrics, usage).await,
+        ))
     }
 
     type WatchAllocationsStream = AllocStream;

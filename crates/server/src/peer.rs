@@ -164,8 +164,9 @@ impl pb::peer_server::Peer for PeerService {
             return Err(not_leader_status());
         }
         let metrics = crate::nodes::check_gpu_metrics(r.gpu_metrics)?;
+        let usage = crate::nodes::check_usage(r.usage)?;
         Ok(Response::new(
-            crate::nodes::heartbeat(&self.ctx, &r.name, metrics).await,
+            crate::nodes::heartbeat(&self.ctx, &r.name, metrics, usage).await,
         ))
     }
 

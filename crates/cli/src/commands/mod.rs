@@ -16,6 +16,7 @@ mod image;
 mod namespace;
 mod node;
 mod registry;
+mod top;
 mod user;
 mod watch;
 
@@ -34,6 +35,7 @@ pub use image::{image, ImageCmd};
 pub use namespace::{namespace, NamespaceCmd};
 pub use node::{node, DrainArgs, NodeArgs, NodeCmd};
 pub use registry::{registry, RegistryCmd};
+pub use top::{top, TopWhat};
 pub use user::{user, UserCmd};
 pub use watch::{members, watch, MembersCmd, WatchArgs};
 

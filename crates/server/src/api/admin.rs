@@ -140,7 +140,7 @@ pub(crate) async fn remove_member(
 
 /// Heartbeat ages and GPU samples, as the leader (which tracks them) sees
 /// them; this server's own view when the leader cannot be asked.
-async fn heartbeat_view(ctx: &Ctx) -> pb::HeartbeatAgesResponse {
+pub(super) async fn heartbeat_view(ctx: &Ctx) -> pb::HeartbeatAgesResponse {
     let local = || ctx.heartbeat_ages();
     let status = ctx.store.status();
     if status.role == skiff_store::Role::Leader || status.leader_id == 0 {

@@ -17,6 +17,7 @@ mod jobs;
 mod pages;
 mod relay;
 mod rollouts;
+mod top;
 mod watch;
 
 use skiff_proto::pb;
@@ -215,6 +216,17 @@ impl pb::cluster_server::Cluster for ClusterApi {
 
     type WatchStream = watch::WatchStream;
     type EventsStream = events::EventStream;
+
+    async fn top(&self, req: Request<pb::TopRequest>) -> Answer<pb::TopResponse> {
+        let r = req.get_ref();
+        let ns = errors::listed_namespace(&r.job, &r.namespace)?;
+        let scope = self
+            .caller(&req)?
+            .read_scope(&self.ctx, &ns, "read what the cluster uses")?;
+        top::top(&self.ctx, req.into_inner(), scope)
+            .await
+            .map(Response::new)
+    }
 
     async fn events(&self, req: Request<pb::EventsRequest>) -> Answer<Self::EventsStream> {
         let r = req.get_ref();
