@@ -52,7 +52,8 @@ async fn a_server_exports_what_happened_in_prometheus_format() {
         || {
             let (_, body) = scrape(&addr);
             async move {
-                (sample(&body, "skiff_allocations{status=\"running\"}") == Some(1.0))
+                (sample(&body, "skiff_allocations{status=\"running\"}") == Some(1.0)
+                    && sample(&body, "skiff_heartbeats_received_total").unwrap_or(0.0) >= 1.0)
                     .then_some(body)
             }
         },
@@ -69,6 +70,25 @@ async fn a_server_exports_what_happened_in_prometheus_format() {
         "{body}"
     );
     assert!(sample(&body, "skiff_raft_applied_index").unwrap() > 0.0);
+    // The writes, the scheduler's work and the node's heartbeats.
+    for (series, at_least) in [
+        ("skiff_raft_proposals_total{result=\"ok\"}", 2.0),
+        ("skiff_raft_proposal_duration_seconds_count", 2.0),
+        ("skiff_scheduler_placements_total", 1.0),
+        ("skiff_scheduler_evaluation_duration_seconds_count", 1.0),
+        ("skiff_heartbeats_received_total", 1.0),
+        ("skiff_raft_leader_changes_total", 0.0),
+        ("skiff_nodes_declared_down_total", 0.0),
+    ] {
+        assert!(
+            sample(&body, series).is_some_and(|v| v >= at_least),
+            "{series} >= {at_least} in:\n{body}"
+        );
+    }
+    assert!(
+        sample(&body, "skiff_rollouts{state=\"running\"}").is_some(),
+        "{body}"
+    );
     // The calls it answered: the apply, by method and code, and timed.
     assert_eq!(
         sample(

@@ -394,6 +394,12 @@ mod tests {
             ("skiff image pull", "node", "Nodes"),
             ("skiff watch", "job", "Jobs"),
             ("skiff watch", "node", "Nodes"),
+            ("skiff events", "job", "Jobs"),
+            ("skiff events", "node", "Nodes"),
+            ("skiff top nodes", "job", "Jobs"),
+            ("skiff top nodes", "node", "Nodes"),
+            ("skiff top allocs", "job", "Jobs"),
+            ("skiff top allocs", "node", "Nodes"),
             ("skiff logs", "alloc", "Allocs"),
             ("skiff exec", "alloc", "RunningAllocs"),
         ]

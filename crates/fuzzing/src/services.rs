@@ -180,8 +180,8 @@ macro_rules! streaming {
     };
 }
 
-/// The API port: the Cluster service (first byte 0-18, 34, 35 and 39) and
-/// the Access service (19-33, 36-38), modulo 40.
+/// The API port: the Cluster service (first byte 0-18, 34, 35, 39 and 40)
+/// and the Access service (19-33, 36-38), modulo 41.
 pub fn cluster_api(data: &[u8]) {
     use pb::access_server::Access as _;
     use pb::cluster_server::Cluster as _;
@@ -190,7 +190,7 @@ pub fn cluster_api(data: &[u8]) {
     };
     let h = harness();
     let (c, a) = (&h.cluster, &h.access);
-    match pick % 40 {
+    match pick % 41 {
         0 => unary!(h, c, apply_job, pb::ApplyJobRequest, rest),
         1 => unary!(h, c, delete_job, pb::DeleteJobRequest, rest),
         2 => unary!(h, c, get_job, pb::GetJobRequest, rest),
@@ -248,7 +248,8 @@ pub fn cluster_api(data: &[u8]) {
             pb::DeleteRegistryLoginRequest,
             rest
         ),
-        _ => streaming!(h, c, events, pb::EventsRequest, rest),
+        39 => streaming!(h, c, events, pb::EventsRequest, rest),
+        _ => unary!(h, c, top, pb::TopRequest, rest),
     }
 }
 

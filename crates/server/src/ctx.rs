@@ -42,6 +42,8 @@ pub struct Ctx {
     pub node_subnets: Option<skiff_model::subnet::Subnet>,
     /// What happened in the cluster, as this server applied it.
     pub events: Arc<crate::events::Journal>,
+    /// What this server counts for `/metrics`.
+    pub metrics: Arc<crate::metrics::ServerMetrics>,
 }
 
 impl Ctx {
@@ -59,7 +61,13 @@ impl Ctx {
         if let Some(object) = crate::audit::object_of(cmd) {
             crate::audit::name_object(object);
         }
-        let data = skiff_store::command::encode(cmd);
+        let started = std::time::Instant::now();
+        let applied = self.commit_encoded(skiff_store::command::encode(cmd)).await;
+        self.metrics.proposed(applied.is_ok(), started.elapsed());
+        applied
+    }
+
+    async fn commit_encoded(&self, data: Vec<u8>) -> Result<Applied, Status> {
         let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
         loop {
             if let Some(reason) = self.store.status().fatal {

@@ -17,7 +17,11 @@ pub struct SchedulerSettings {
 }
 
 /// Runs forever; does work only while this server leads.
-pub async fn run(store: Store, settings: SchedulerSettings) {
+pub async fn run(
+    store: Store,
+    settings: SchedulerSettings,
+    metrics: std::sync::Arc<crate::metrics::ServerMetrics>,
+) {
     let mut applied = store.subscribe();
     loop {
         if store.is_leader() {
@@ -26,7 +30,12 @@ pub async fn run(store: Store, settings: SchedulerSettings) {
                 if !store.is_leader() {
                     break;
                 }
-                if let Err(e) = process(&store, &eval, settings).await {
+                let started = std::time::Instant::now();
+                let done = process(&store, &eval, settings, &metrics).await;
+                metrics
+                    .scheduling_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                if let Err(e) = done {
                     tracing::warn!(eval = %eval.id, job = %eval.job, error = %e, "evaluation failed; will retry");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -92,6 +101,7 @@ async fn process(
     store: &Store,
     eval: &Evaluation,
     settings: SchedulerSettings,
+    metrics: &crate::metrics::ServerMetrics,
 ) -> Result<(), skiff_store::StoreError> {
     let plan = plan_eval(&store.state(), eval, settings);
     let (placements, stops, evictions) = (
@@ -99,9 +109,14 @@ async fn process(
         plan.stops.len(),
         plan.evictions.len(),
     );
-    let outcome = store.propose(&Command::ApplyPlan { plan }).await?;
-    match outcome {
+    let started = std::time::Instant::now();
+    let outcome = store.propose(&Command::ApplyPlan { plan }).await;
+    metrics.proposed(outcome.is_ok(), started.elapsed());
+    match outcome? {
         Outcome::PlanApplied(r) => {
+            metrics.placements.inc_by(u64::from(r.placed));
+            metrics.plan_rejections.inc_by(u64::from(r.rejected));
+            metrics.preemptions.inc_by(u64::from(r.evicted));
             tracing::info!(
                 eval = %eval.id, job = %eval.job, planned = placements, stops, evictions,
                 placed = r.placed, evicted = r.evicted, rejected = r.rejected, status = ?r.eval_status,

@@ -333,6 +333,7 @@ pub async fn start(cfg: &ServerConfig) -> Result<Running, ServerError> {
             registries: Arc::new(skiff_registry::RegistryAccess::load(&cfg.registries)?),
             node_subnets: cfg.node_subnets,
             events: Default::default(),
+            metrics: Default::default(),
             secrets: secrets::Keyring::open(&cfg.data_dir)
                 .map_err(|e| ServerError::Credentials(e.to_string()))?,
         },
@@ -376,7 +377,8 @@ pub async fn serve(
     tracing::info!(algorithm = %scheduler.algorithm, "scheduler");
     let mut background = vec![
         tokio::spawn(events::record(store.clone(), ctx.events.clone())),
-        tokio::spawn(evals::run(store.clone(), scheduler)),
+        tokio::spawn(evals::run(store.clone(), scheduler, ctx.metrics.clone())),
+        tokio::spawn(metrics::follow_leader(store.clone(), ctx.metrics.clone())),
         tokio::spawn(deployments::run(store.clone())),
         tokio::spawn(members::promote_learners(ctx.clone())),
         tokio::spawn(members::keep_address_book(ctx.clone())),
@@ -406,6 +408,7 @@ pub async fn serve(
             l,
             store.clone(),
             api.clone(),
+            ctx.metrics.clone(),
             metrics_appendix,
             std::future::pending(),
         )));

@@ -57,8 +57,13 @@ pub async fn run(ctx: Ctx, cfg: LivenessConfig) {
                 status: NodeStatus::Down,
                 reason,
             };
-            if let Err(e) = ctx.propose(&cmd).await {
-                tracing::warn!(%node, error = %e.message(), "could not declare the node down; will retry");
+            match ctx.propose(&cmd).await {
+                Ok(_) => {
+                    ctx.metrics.nodes_declared_down.inc();
+                }
+                Err(e) => {
+                    tracing::warn!(%node, error = %e.message(), "could not declare the node down; will retry")
+                }
             }
         }
     }

@@ -68,6 +68,124 @@ impl ApiMetrics {
     }
 }
 
+/// What this server counted since it started: its writes, the scheduler's
+/// work, heartbeats and liveness. Always kept (atomics; cheap), served
+/// when `/metrics` is.
+#[derive(Debug)]
+pub struct ServerMetrics {
+    /// Writes proposed (by the API and the scheduler), by result.
+    pub proposals: Family<Labels, Counter>,
+    /// From a write's proposal to its application here.
+    pub proposal_seconds: Histogram,
+    /// Evaluations the scheduler planned, and how long each took.
+    pub scheduling_seconds: Histogram,
+    /// Allocations the scheduler's plans placed.
+    pub placements: Counter,
+    /// Placements the state machine refused (the plan raced a change).
+    pub plan_rejections: Counter,
+    /// Allocations stopped to make room for higher-priority work.
+    pub preemptions: Counter,
+    /// Heartbeats this server took (relayed ones included).
+    pub heartbeats: Counter,
+    /// Nodes this server, leading, declared down.
+    pub nodes_declared_down: Counter,
+    /// Times the leader this server knows changed.
+    pub leader_changes: Counter,
+}
+
+impl Default for ServerMetrics {
+    fn default() -> Self {
+        ServerMetrics {
+            proposals: Family::default(),
+            // 0.5 ms to about 16 s.
+            proposal_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            // 0.1 ms to about 3 s.
+            scheduling_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            placements: Counter::default(),
+            plan_rejections: Counter::default(),
+            preemptions: Counter::default(),
+            heartbeats: Counter::default(),
+            nodes_declared_down: Counter::default(),
+            leader_changes: Counter::default(),
+        }
+    }
+}
+
+impl ServerMetrics {
+    /// A write that took `took` and ended `ok` or not.
+    pub fn proposed(&self, ok: bool, took: std::time::Duration) {
+        let result = if ok { "ok" } else { "failed" };
+        self.proposals
+            .get_or_create(&vec![("result".to_string(), result.to_string())])
+            .inc();
+        self.proposal_seconds.observe(took.as_secs_f64());
+    }
+
+    fn register(&self, reg: &mut Registry) {
+        reg.register(
+            "raft_proposals",
+            "Writes proposed to Raft from this server, by result",
+            self.proposals.clone(),
+        );
+        reg.register(
+            "raft_proposal_duration_seconds",
+            "From a write's proposal to its application on this server",
+            self.proposal_seconds.clone(),
+        );
+        reg.register(
+            "raft_leader_changes",
+            "Times the leader this server knows changed",
+            self.leader_changes.clone(),
+        );
+        reg.register(
+            "scheduler_evaluation_duration_seconds",
+            "Time to plan and commit one evaluation (on the leader)",
+            self.scheduling_seconds.clone(),
+        );
+        reg.register(
+            "scheduler_placements",
+            "Allocations placed by the scheduler's plans",
+            self.placements.clone(),
+        );
+        reg.register(
+            "scheduler_plan_rejections",
+            "Placements refused because the plan raced another change",
+            self.plan_rejections.clone(),
+        );
+        reg.register(
+            "scheduler_preemptions",
+            "Allocations stopped to make room for higher-priority work",
+            self.preemptions.clone(),
+        );
+        reg.register(
+            "heartbeats_received",
+            "Node heartbeats this server took (relayed ones included)",
+            self.heartbeats.clone(),
+        );
+        reg.register(
+            "nodes_declared_down",
+            "Nodes this server, leading, declared down for missed heartbeats",
+            self.nodes_declared_down.clone(),
+        );
+    }
+}
+
+/// Counts the leader changes this server sees, for as long as the store
+/// runs.
+pub async fn follow_leader(store: Store, metrics: std::sync::Arc<ServerMetrics>) {
+    let mut status = store.watch_status();
+    let mut leader = status.borrow().leader_id;
+    while status.changed().await.is_ok() {
+        let now = status.borrow().leader_id;
+        if now != leader && now != 0 {
+            metrics.leader_changes.inc();
+        }
+        if now != 0 {
+            leader = now;
+        }
+    }
+}
+
 /// A gauge family with one label, set from `counts` (every key of `all`
 /// present, 0 when none).
 fn by_label(label: &str, all: &[&str], counts: &BTreeMap<&str, i64>) -> Family<Labels, Gauge> {
@@ -82,8 +200,39 @@ fn by_label(label: &str, all: &[&str], counts: &BTreeMap<&str, i64>) -> Family<L
 }
 
 /// The exposition for this server's Raft `status`, `state` and calls.
-pub fn render(status: &RaftStatus, state: &State, api: &ApiMetrics) -> String {
+pub fn render(
+    status: &RaftStatus,
+    state: &State,
+    api: &ApiMetrics,
+    server: &ServerMetrics,
+) -> String {
     let mut reg = Registry::with_prefix("skiff");
+    server.register(&mut reg);
+    reg.register(
+        "raft_snapshot_index",
+        "The Raft index of this server's latest snapshot",
+        gauge(status.snapshot_index),
+    );
+    let mut rollouts: BTreeMap<&str, i64> = BTreeMap::new();
+    for d in state.deployments.values().flatten() {
+        *rollouts.entry(d.status.as_str()).or_default() += 1;
+    }
+    reg.register(
+        "rollouts",
+        "Rollouts the cluster keeps, by state",
+        by_label(
+            "state",
+            &[
+                "running",
+                "paused",
+                "successful",
+                "failed",
+                "rolled_back",
+                "cancelled",
+            ],
+            &rollouts,
+        ),
+    );
     reg.register(
         "grpc_requests",
         "gRPC calls answered, by method and code",
@@ -216,12 +365,13 @@ pub async fn serve(
     listener: TcpListener,
     store: Store,
     api: std::sync::Arc<ApiMetrics>,
+    server: std::sync::Arc<ServerMetrics>,
     appendix: skiff_metrics::Appendix,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let scrape = store.clone();
     let app = skiff_metrics::route(move || {
-        render(&scrape.status(), &scrape.state(), &api) + &appendix.render()
+        render(&scrape.status(), &scrape.state(), &api, &server) + &appendix.render()
     })
     .route(
         AGENTS_SD_PATH,
@@ -275,7 +425,7 @@ mod tests {
             "UNIMPLEMENTED",
             Default::default(),
         );
-        let text = render(&status, &state, &api);
+        let text = render(&status, &state, &api, &ServerMetrics::default());
         for line in [
             "# TYPE skiff_grpc_requests_total counter",
             "skiff_grpc_requests_total{method=\"Cluster/ListJobs\",code=\"OK\"} 1",

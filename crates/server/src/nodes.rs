@@ -49,6 +49,7 @@ pub(crate) async fn heartbeat(
     let wire_metrics: Vec<pb::GpuMetrics> = gpu_metrics.iter().map(Into::into).collect();
     ctx.heartbeats.record_gpu_metrics(node, gpu_metrics);
     ctx.heartbeats.record_usage(node, usage.clone());
+    ctx.metrics.heartbeats.inc();
     let nodes = ctx.store.state().nodes.len();
     let status = ctx.store.status();
     if status.role == skiff_store::Role::Leader {

@@ -141,6 +141,17 @@ fn cluster_api(dir: &Path) {
     put(dir, "watch", &call(11, &pb::WatchRequest::default()));
     put(
         dir,
+        "top",
+        &call(
+            40,
+            &pb::TopRequest {
+                allocs: true,
+                ..Default::default()
+            },
+        ),
+    );
+    put(
+        dir,
         "events",
         &call(
             39,
