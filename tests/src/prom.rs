@@ -180,3 +180,50 @@ impl Drop for Prometheus {
         let _ = self.child.wait();
     }
 }
+
+/// The metric names a Grafana dashboard's queries use (every `skiff_*`
+/// and `DCGM_*` identifier of every panel's `expr` and every variable's
+/// query).
+pub fn dashboard_metrics(dashboard: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("expr" | "query" | "definition", serde_json::Value::String(s)) => {
+                            out.push(s.clone())
+                        }
+                        _ => exprs(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| exprs(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    exprs(dashboard, &mut all);
+    let mut names = std::collections::BTreeSet::new();
+    for e in all {
+        for token in e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if token.starts_with("skiff_") || token.starts_with("DCGM_") {
+                names.insert(token.to_string());
+            }
+        }
+    }
+    names
+}
+
+/// Whether `name` is a series of `body`'s families (a histogram's
+/// `_bucket`, `_sum` and `_count` included).
+pub fn serves(body: &str, name: &str) -> bool {
+    let family = |n: &str| {
+        body.lines()
+            .any(|l| l == format!("# TYPE {n} {}", l.rsplit(' ').next().unwrap_or("")))
+    };
+    let base = ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|s| name.strip_suffix(s))
+        .filter(|b| family(b));
+    family(name) || base.is_some()
+}

@@ -175,6 +175,26 @@ async fn an_agent_exports_its_allocations_gpus_and_starts() {
     let said = promtool_check(&ours);
     assert!(said.is_empty(), "promtool: {said}");
 
+    // Every series the shipped Grafana dashboard asks for is one a server
+    // or this agent serves.
+    let (_, server_body) = scrape(&metrics_addr(&tmp.path().join("server")));
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("deploy/grafana/skiff-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let used = skiff_tests::prom::dashboard_metrics(&dashboard);
+    assert!(used.len() > 20, "{used:?}");
+    let unknown: Vec<&String> = used
+        .iter()
+        .filter(|n| {
+            !skiff_tests::prom::serves(&body, n) && !skiff_tests::prom::serves(&server_body, n)
+        })
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "the dashboard asks for series nobody serves: {unknown:?}"
+    );
+
     // An allocation's series go with it.
     client.delete_job("web").await.unwrap();
     wait_for("the deleted allocation's series to go", START, || {

@@ -142,6 +142,68 @@ fn holders(allocs: &BTreeMap<String, LiveAlloc>) -> BTreeMap<String, dcgm::Holde
         .collect()
 }
 
+/// What a scrape reads besides what is published: each running
+/// allocation's use and OOM kills (from its cgroup), and the pulls.
+struct Readings<'a> {
+    usage: &'a dyn Fn(&LiveAlloc) -> Option<cgroup::Usage>,
+    ooms: &'a dyn Fn(&LiveAlloc) -> u64,
+    pulls: Option<(crate::image::registry::PullCounts, u64)>,
+}
+
+/// Every series the agent serves, with made-up values (one allocation
+/// holding one GPU): what the metrics reference in the docs is made from.
+pub fn example() -> String {
+    use crate::gpu::{GpuDevice, Inventory, Sample};
+    let mut gpu = skiff_model::Gpu::new("GPU-0", "NVIDIA H200", 80 << 30);
+    gpu.pci_bus_id = "00000000:01:00.0".into();
+    let inventory = Inventory {
+        gpus: vec![GpuDevice {
+            gpu,
+            devices: Vec::new(),
+            cdi_names: Vec::new(),
+        }],
+        ..Inventory::default()
+    };
+    let gpus = Arc::new(GpuNode::new(inventory, &Default::default(), None));
+    gpus.record_samples(
+        vec![Sample::Ok(skiff_model::GpuMetrics {
+            uuid: "GPU-0".into(),
+            utilization_pct: 50,
+            ..Default::default()
+        })],
+        0,
+    );
+    let live = Arc::new(LiveAllocs::default());
+    live.publish(BTreeMap::from([(
+        "a1".to_string(),
+        LiveAlloc {
+            namespace: "default".into(),
+            job: "train".into(),
+            running: true,
+            cgroup: "/skiff/skiff-a1".into(),
+            restarts: 0,
+            oom_kills: 0,
+            ready: Some(true),
+            gpus: vec!["GPU-0".into()],
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+        },
+    )]));
+    live.started(std::time::Duration::from_millis(300));
+    let m = AgentMetrics {
+        node: "n1".into(),
+        live,
+        gpus,
+        puller: None,
+        cgroup_root: PathBuf::new(),
+    };
+    m.render_from(&Readings {
+        usage: &|_| Some(cgroup::Usage::default()),
+        ooms: &|_| 0,
+        pulls: Some(Default::default()),
+    })
+}
+
 /// Everything a scrape of the agent reads.
 #[derive(Clone)]
 pub struct AgentMetrics {
@@ -166,6 +228,22 @@ impl AgentMetrics {
 
     /// The exposition: Skiff's series, then the GPUs' under DCGM's names.
     pub fn render(&self) -> String {
+        let usage = |a: &LiveAlloc| cgroup::usage(&self.cgroup_root, &a.cgroup);
+        let ooms =
+            |a: &LiveAlloc| crate::shim::oom_kills(&self.cgroup_root, &a.cgroup).unwrap_or(0);
+        let pulls = self
+            .puller
+            .as_ref()
+            .map(|p| (p.pull_counts(), p.blobs_fetched()));
+        self.render_from(&Readings {
+            usage: &usage,
+            ooms: &ooms,
+            pulls,
+        })
+    }
+
+    /// The exposition from `r`'s readings.
+    fn render_from(&self, r: &Readings) -> String {
         let allocs = self.live.snapshot();
         let mut reg = Registry::with_prefix("skiff");
         let info = Family::<Labels, Gauge>::default();
@@ -198,14 +276,14 @@ impl AgentMetrics {
             ]);
             let mut oom = u64::from(a.oom_kills);
             if a.running {
-                if let Some(u) = cgroup::usage(&self.cgroup_root, &a.cgroup) {
+                if let Some(u) = (r.usage)(a) {
                     cpu.get_or_create(&l).inc_by(u.cpu_seconds);
                     memory
                         .get_or_create(&l)
                         .set(i64::try_from(u.memory_working_set_bytes).unwrap_or(i64::MAX));
                     pids.get_or_create(&l).set(u.pids as i64);
                 }
-                oom += crate::shim::oom_kills(&self.cgroup_root, &a.cgroup).unwrap_or(0);
+                oom += (r.ooms)(a);
             }
             restarts.get_or_create(&l).inc_by(a.restarts.into());
             ooms.get_or_create(&l).inc_by(oom);
@@ -264,9 +342,8 @@ impl AgentMetrics {
             "From an allocation reaching the agent (or its back-off ending) to its container running",
             self.live.start_seconds.clone(),
         );
-        if let Some(p) = &self.puller {
+        if let Some((counts, blobs)) = r.pulls {
             let pulls = Family::<Labels, Counter>::default();
-            let counts = p.pull_counts();
             for (result, n) in [
                 ("pulled", counts.pulled),
                 ("cached", counts.cached),
@@ -282,7 +359,7 @@ impl AgentMetrics {
                 pulls,
             );
             let fetched = Counter::<u64>::default();
-            fetched.inc_by(p.blobs_fetched());
+            fetched.inc_by(blobs);
             reg.register(
                 "image_blobs_fetched",
                 "Image blobs downloaded from registries",

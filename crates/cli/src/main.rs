@@ -9,6 +9,8 @@ mod completion;
 mod daemons;
 mod image_opts;
 mod logging;
+#[cfg(test)]
+mod metrics_doc;
 mod network_opts;
 mod output;
 mod rollout;

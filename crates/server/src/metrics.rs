@@ -333,6 +333,21 @@ pub fn render(
     skiff_metrics::encode(&reg)
 }
 
+/// Every series a server serves, with made-up values: what the metrics
+/// reference in the docs is made from.
+pub fn example() -> String {
+    let api = ApiMetrics::default();
+    api.record(
+        "Cluster/ListJobs",
+        tonic::Code::Ok,
+        "OK",
+        std::time::Duration::from_millis(1),
+    );
+    let server = ServerMetrics::default();
+    server.proposed(true, std::time::Duration::from_millis(1));
+    render(&RaftStatus::default(), &State::default(), &api, &server)
+}
+
 /// The agents' metrics addresses as Prometheus' HTTP service discovery
 /// wants them: one target group per node that serves metrics, labelled
 /// with the node's name and status (`[]` when there are none).
