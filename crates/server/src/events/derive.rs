@@ -5,11 +5,86 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use serde::Deserialize;
 use skiff_model::alloc::reason;
-use skiff_model::{
-    AllocStatus, Allocation, Deployment, DeploymentStatus, DesiredStatus, Job, Node, NodeStatus,
-};
+use skiff_model::{AllocStatus, DeploymentStatus, DesiredStatus, NodeStatus};
 use skiff_store::{Event, State, Table};
+
+// What a change is read for: only the fields an event needs, so reading
+// skips the rest of the record (a task spec, a node's GPU inventory).
+
+#[derive(Deserialize)]
+struct JobView {
+    version: u64,
+}
+
+#[derive(Deserialize)]
+struct AllocView {
+    id: String,
+    job: String,
+    #[serde(default)]
+    replica: u32,
+    #[serde(default)]
+    job_version: u64,
+    node: String,
+    #[serde(default)]
+    desired: DesiredStatus,
+    #[serde(default)]
+    status: AllocStatus,
+    #[serde(default)]
+    restart_count: u32,
+    #[serde(default)]
+    healthy: Option<bool>,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct GpuView {
+    uuid: String,
+    #[serde(default = "yes")]
+    healthy: bool,
+    #[serde(default)]
+    health_reason: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+struct NodeView {
+    name: String,
+    #[serde(default)]
+    status: NodeStatus,
+    #[serde(default)]
+    cordoned: bool,
+    #[serde(default)]
+    draining: bool,
+    #[serde(default)]
+    drained: bool,
+    #[serde(default)]
+    gpus: Vec<GpuView>,
+    #[serde(default)]
+    agent_version: String,
+}
+
+#[derive(Deserialize)]
+struct RolloutView {
+    id: String,
+    job: String,
+    version: u64,
+    #[serde(default)]
+    from_version: u64,
+    #[serde(default)]
+    status: DeploymentStatus,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    rollback: bool,
+}
 
 /// Normal, or worth a person's attention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,7 +144,7 @@ pub struct Seen {
     rollouts: HashMap<String, DeploymentStatus>,
 }
 
-fn alloc_seen(a: &Allocation) -> AllocSeen {
+fn alloc_seen(a: &AllocView) -> AllocSeen {
     AllocSeen {
         status: a.status,
         desired: a.desired,
@@ -79,7 +154,7 @@ fn alloc_seen(a: &Allocation) -> AllocSeen {
     }
 }
 
-fn node_seen(n: &Node) -> NodeSeen {
+fn node_seen(n: &NodeView) -> NodeSeen {
     NodeSeen {
         status: n.status,
         cordoned: n.cordoned,
@@ -106,12 +181,35 @@ impl Seen {
             allocs: state
                 .allocs
                 .iter()
-                .map(|(k, a)| (k.clone(), alloc_seen(a)))
+                .map(|(k, a)| {
+                    let seen = AllocSeen {
+                        status: a.status,
+                        desired: a.desired,
+                        restarts: a.restart_count,
+                        healthy: a.healthy,
+                        backing_off: a.reason == reason::BACK_OFF,
+                    };
+                    (k.clone(), seen)
+                })
                 .collect(),
             nodes: state
                 .nodes
                 .iter()
-                .map(|(k, n)| (k.clone(), node_seen(n)))
+                .map(|(k, n)| {
+                    let seen = NodeSeen {
+                        status: n.status,
+                        cordoned: n.cordoned,
+                        draining: n.draining,
+                        drained: n.drained,
+                        unhealthy: n
+                            .gpus
+                            .iter()
+                            .filter(|g| !g.healthy)
+                            .map(|g| (g.uuid.clone(), g.health_reason.clone()))
+                            .collect(),
+                    };
+                    (k.clone(), seen)
+                })
                 .collect(),
             rollouts: state
                 .deployments
@@ -126,7 +224,7 @@ impl Seen {
     pub fn change(&mut self, e: &Event) -> Vec<Happened> {
         let json = e.value.as_deref();
         match e.table {
-            Table::Job => match json.map(serde_json::from_str::<Job>) {
+            Table::Job => match json.map(serde_json::from_str::<JobView>) {
                 None => self
                     .jobs
                     .remove(&e.key)
@@ -136,7 +234,7 @@ impl Seen {
                 Some(Ok(j)) => self.job(&e.key, &j),
                 Some(Err(_)) => Vec::new(),
             },
-            Table::Alloc => match json.map(serde_json::from_str::<Allocation>) {
+            Table::Alloc => match json.map(serde_json::from_str::<AllocView>) {
                 None => {
                     self.allocs.remove(&e.key);
                     Vec::new()
@@ -144,7 +242,7 @@ impl Seen {
                 Some(Ok(a)) => self.alloc(&a),
                 Some(Err(_)) => Vec::new(),
             },
-            Table::Node => match json.map(serde_json::from_str::<Node>) {
+            Table::Node => match json.map(serde_json::from_str::<NodeView>) {
                 None => {
                     self.nodes.remove(&e.key);
                     Vec::new()
@@ -154,7 +252,7 @@ impl Seen {
             },
             // `JOB#SLOT` holds a rollout; the job's key the store's index.
             Table::Deployment if skiff_store::split_slot_key(&e.key).is_some() => {
-                match json.map(serde_json::from_str::<Deployment>) {
+                match json.map(serde_json::from_str::<RolloutView>) {
                     Some(Ok(d)) => self.rollout(&d),
                     _ => Vec::new(),
                 }
@@ -163,7 +261,7 @@ impl Seen {
         }
     }
 
-    fn job(&mut self, key: &str, j: &Job) -> Vec<Happened> {
+    fn job(&mut self, key: &str, j: &JobView) -> Vec<Happened> {
         let before = self.jobs.insert(key.to_string(), j.version);
         if before == Some(j.version) {
             return Vec::new();
@@ -182,7 +280,7 @@ impl Seen {
         }]
     }
 
-    fn alloc(&mut self, a: &Allocation) -> Vec<Happened> {
+    fn alloc(&mut self, a: &AllocView) -> Vec<Happened> {
         let now = alloc_seen(a);
         let before = self.allocs.insert(a.id.clone(), now);
         let say = |kind, reason, message: String| Happened {
@@ -260,7 +358,7 @@ impl Seen {
         out
     }
 
-    fn node(&mut self, n: &Node) -> Vec<Happened> {
+    fn node(&mut self, n: &NodeView) -> Vec<Happened> {
         let now = node_seen(n);
         let before = self.nodes.insert(n.name.clone(), now.clone());
         let say = |kind, reason, message: String| Happened {
@@ -276,7 +374,7 @@ impl Seen {
             return vec![say(
                 Kind::Normal,
                 "Registered",
-                format!("agent {} joined with {}", n.agent_version, n.capacity),
+                format!("agent {} joined", n.agent_version),
             )];
         };
         let mut out = Vec::new();
@@ -336,7 +434,7 @@ impl Seen {
         out
     }
 
-    fn rollout(&mut self, d: &Deployment) -> Vec<Happened> {
+    fn rollout(&mut self, d: &RolloutView) -> Vec<Happened> {
         let before = self.rollouts.insert(d.id.clone(), d.status);
         if before == Some(d.status) {
             return Vec::new();
