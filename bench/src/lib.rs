@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod creds;
+pub mod http;
 pub mod procs;
 pub mod sched;
 pub mod stats;

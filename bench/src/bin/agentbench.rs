@@ -437,6 +437,11 @@ async fn run(o: &Opts) -> Result<(), String> {
     .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let busy = mem_of(agent_pid).ok_or("cannot read the agent's memory")?;
+    // One Prometheus scrape of the agent with every container running.
+    let metrics_addr = std::fs::read_to_string(agent_dir.join("metrics.addr"))
+        .map_err(|e| format!("the agent's metrics.addr: {e}"))?;
+    let (scrape50, scrape99, scrape_bytes) =
+        skiff_bench::http::cost(metrics_addr.trim(), "/metrics", 50).map_err(|e| e.to_string())?;
     let mut shims = Vec::new();
     for entry in std::fs::read_dir(agent_dir.join("containers")).map_err(|e| e.to_string())? {
         let pid_file = entry
@@ -477,6 +482,9 @@ async fn run(o: &Opts) -> Result<(), String> {
     println!("agent_busy_pss_kib={}", busy.pss);
     println!("agent_busy_private_kib={}", busy.private);
     println!("shims={}", shims.len());
+    println!("agent_scrape_p50_ms={scrape50:.2}");
+    println!("agent_scrape_p99_ms={scrape99:.2}");
+    println!("agent_scrape_bytes={scrape_bytes}");
     let rss: Vec<u64> = shims.iter().map(|m| m.rss).collect();
     println!(
         "shim_rss_kib_min={}",
