@@ -217,3 +217,114 @@ async fn a_real_prometheus_scrapes_a_server_and_its_agents_with_the_shipped_conf
     client.delete_job("web").await.unwrap();
     client.delete_job("crash").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_real_prometheus_scrapes_skiff_dev_and_a_three_server_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = skiff_tests::dev::DevProc::start(&tmp.path().join("dev"), &[]);
+    let cluster =
+        skiff_tests::cluster::ServerCluster::start(&tmp.path().join("servers"), 3, &[]).await;
+    let leader = cluster.leader(Duration::from_secs(60)).await;
+    let _agent = AgentProc::start(
+        &tmp.path().join("agent"),
+        &cluster.urls().join(","),
+        "n1",
+        &[],
+    );
+    let dev_target = metrics_addr(&dev.data_dir.join("server"));
+    let servers: Vec<String> = (1..=3)
+        .map(|i| metrics_addr(&cluster.root.join(format!("s{i}"))))
+        .collect();
+    // The shipped configuration with one line per server (the dev's and
+    // the cluster's) and the service discovery of every cluster server.
+    let shipped =
+        std::fs::read_to_string(repo_root().join("deploy/prometheus/prometheus.yml")).unwrap();
+    let targets: Vec<String> = std::iter::once(dev_target.clone())
+        .chain(servers.iter().cloned())
+        .map(|t| format!("\"{t}\""))
+        .collect();
+    let sd: String = servers
+        .iter()
+        .map(|s| format!("      - url: http://{s}/v1/sd/agents\n        refresh_interval: 1s\n"))
+        .collect();
+    let config = shipped
+        .replace(
+            "- targets: [\"127.0.0.1:7710\"]",
+            &format!("- targets: [{}]", targets.join(", ")),
+        )
+        .replace(
+            "      - url: http://127.0.0.1:7710/v1/sd/agents\n        refresh_interval: 30s\n",
+            &sd,
+        )
+        .replace("scrape_interval: 15s", "scrape_interval: 500ms");
+    assert!(
+        config.contains(&servers[2]) && config.contains(&format!("http://{}/v1/sd", servers[1])),
+        "{config}"
+    );
+    let prometheus = Prometheus::start(tmp.path(), &config);
+    // Five targets up: the dev, three servers, and the agent the cluster's
+    // servers list (once, however many of them list it).
+    let up = wait_for("every target up", Duration::from_secs(90), || {
+        let up = prometheus.query("up");
+        async move { (up.len() == 5 && up.iter().all(|(_, v)| v == "1")).then_some(up) }
+    })
+    .await;
+    assert_eq!(
+        up.iter()
+            .filter(|(l, _)| l["job"] == "skiff-agents")
+            .count(),
+        1,
+        "{up:?}"
+    );
+    // One leader among the cluster's servers, seen by Prometheus; the dev
+    // leads itself.
+    let leaders = wait_for("the leaders in Prometheus", Duration::from_secs(30), || {
+        let l = prometheus.query("skiff_raft_leader == 1");
+        async move { (l.len() == 2).then_some(l) }
+    })
+    .await;
+    let leader_target = &servers[leader];
+    assert!(
+        leaders
+            .iter()
+            .any(|(l, _)| l["instance"] == leader_target.as_str()),
+        "{leaders:?}"
+    );
+    // The dev's agent series come through its one address.
+    wait_for("the dev agent's series", Duration::from_secs(30), || {
+        let n = prometheus.value(&format!(
+            "skiff_agent_allocations{{instance=\"{dev_target}\"}}"
+        ));
+        async move { n.map(|_| ()) }
+    })
+    .await;
+    // A write moves every cluster server's applied index past where it was.
+    let before: f64 = prometheus
+        .value(&format!(
+            "skiff_raft_applied_index{{instance=\"{}\"}}",
+            servers[0]
+        ))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut client = skiff_tests::connect(&cluster.url(leader)).await.unwrap();
+    client
+        .apply_job(&job_yaml("web", 1, "exec sleep 3600", ""))
+        .await
+        .unwrap();
+    wait_for(
+        "the write in every server's applied index",
+        Duration::from_secs(60),
+        || {
+            let moved = servers.iter().all(|s| {
+                prometheus
+                    .value(&format!("skiff_raft_applied_index{{instance=\"{s}\"}}"))
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .is_some_and(|v| v > before)
+            });
+            async move { moved.then_some(()) }
+        },
+    )
+    .await;
+    client.delete_job("web").await.unwrap();
+}
