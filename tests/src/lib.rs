@@ -246,6 +246,10 @@ impl ServerProc {
                 net::slot_subnets(net::net_slot()).0,
             ]);
         }
+        // Tests run side by side: a free port each.
+        if !has("--metrics-addr") {
+            extra.extend(["--metrics-addr".to_string(), "127.0.0.1:0".to_string()]);
+        }
         if !has("--join") && !has("--insecure") && !has("--ca-cert") {
             let pki = test_pki();
             extra.extend([
@@ -265,9 +269,6 @@ impl ServerProc {
                 "--api",
                 addr,
                 "--peer-addr",
-                "127.0.0.1:0",
-                // Tests run side by side: a free port each.
-                "--metrics-addr",
                 "127.0.0.1:0",
                 "--data-dir",
             ])

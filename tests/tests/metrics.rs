@@ -122,11 +122,12 @@ async fn a_server_exports_what_happened_in_prometheus_format() {
 }
 
 #[test]
-fn a_metrics_address_off_loopback_is_refused_for_now() {
+fn metrics_off_loopback_are_refused_without_tls_and_for_agents() {
     let tmp = tempfile::tempdir().unwrap();
     let out = Command::new(skiff_bin())
         .args([
             "server",
+            "--insecure",
             "--api",
             "127.0.0.1:0",
             "--peer-addr",
@@ -139,8 +140,126 @@ fn a_metrics_address_off_loopback_is_refused_for_now() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("--metrics-addr 0.0.0.0:7710: only a loopback address"),
+        err.contains("--metrics-addr 0.0.0.0:7710") && err.contains("--insecure"),
         "{err}"
+    );
+    let out = Command::new(skiff_bin())
+        .args(["agent", "--metrics-addr", "0.0.0.0:7712"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--metrics-addr 0.0.0.0:7712: an agent serves metrics on loopback only"),
+        "{err}"
+    );
+}
+
+/// `skiff user create NAME --role ROLE` then `skiff user token NAME`: the
+/// token.
+fn user_token(url: &str, dir: &std::path::Path, name: &str, role: &str) -> String {
+    let made = skiff_command()
+        .args([
+            "user", "create", name, "--role", role, "--server", url, "--out",
+        ])
+        .arg(dir.join(format!("{name}.conf")))
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let out = skiff_command()
+        .args(["user", "token", name, "--ttl", "1h", "--server", url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_loopback_a_server_serves_https_to_a_metrics_token_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Bound to every address (so: HTTPS with a token), reached on loopback.
+    let server = ServerProc::start_with(
+        &tmp.path().join("server"),
+        "127.0.0.1:0",
+        &["--metrics-addr", "0.0.0.0:0"],
+    );
+    let bound = metrics_addr(&tmp.path().join("server"));
+    let port = bound.rsplit(':').next().unwrap();
+    let target = format!("127.0.0.1:{port}");
+    // Plain HTTP gets nothing: the listener speaks TLS.
+    let plain = std::panic::catch_unwind(|| scrape(&target));
+    assert!(plain.is_err(), "a plain GET was answered: {plain:?}");
+
+    let url = server.url();
+    let prom = user_token(&url, tmp.path(), "prom", "metrics");
+    let viewer = user_token(&url, tmp.path(), "vera", "viewer");
+    // A metrics token calls nothing on the API.
+    let conf = tmp.path().join("prom-token.conf");
+    let out = skiff_command()
+        .args([
+            "user", "token", "prom", "--ttl", "1h", "--server", &url, "--out",
+        ])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let denied = skiff_command()
+        .env("SKIFF_CONFIG", &conf)
+        .args(["get", "jobs"])
+        .output()
+        .unwrap();
+    assert!(!denied.status.success());
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("may not"),
+        "{denied:?}"
+    );
+
+    // Prometheus over HTTPS: with the metrics token it scrapes; with a
+    // viewer's token, or none, it is refused.
+    let ca = tmp.path().join("server/tls/ca.crt");
+    let job = |name: &str, token: Option<&str>| {
+        let auth = token.map_or(String::new(), |t| {
+            format!("    authorization: {{credentials: \"{t}\"}}\n")
+        });
+        format!(
+            "  - job_name: {name}\n    scheme: https\n    tls_config: {{ca_file: \"{}\", server_name: server.skiff}}\n{auth}    static_configs:\n      - targets: [\"{target}\"]\n",
+            ca.display()
+        )
+    };
+    let config = format!(
+        "global:\n  scrape_interval: 500ms\nscrape_configs:\n{}{}{}",
+        job("with-metrics-token", Some(&prom)),
+        job("with-viewer-token", Some(&viewer)),
+        job("without-token", None)
+    );
+    let prometheus = Prometheus::start(tmp.path(), &config);
+    let up = wait_for("the three jobs scraped", Duration::from_secs(60), || {
+        let up = prometheus.query("up");
+        async move { (up.len() == 3).then_some(up) }
+    })
+    .await;
+    let of = |job: &str| {
+        up.iter()
+            .find(|(l, _)| l["job"] == job)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    wait_for(
+        "the metrics token's scrape up",
+        Duration::from_secs(30),
+        || {
+            let v = prometheus.value("up{job=\"with-metrics-token\"}");
+            async move { (v.as_deref() == Some("1")).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(of("with-viewer-token"), "0", "{up:?}");
+    assert_eq!(of("without-token"), "0", "{up:?}");
+    assert!(
+        prometheus
+            .value("skiff_raft_leader_known{job=\"with-metrics-token\"}")
+            .is_some(),
+        "the series are stored"
     );
 }
 

@@ -51,10 +51,12 @@ impl LogOpts {
 /// `GET /metrics`.
 #[derive(Args, Clone)]
 pub(crate) struct MetricsOpts {
-    /// Where `GET /metrics` (Prometheus text format) is served, plain
-    /// HTTP: a loopback address (other hosts need HTTPS and a metrics
-    /// token, not there yet), port 0 for a free one (written to
-    /// DATA_DIR/metrics.addr), or `none`.
+    /// Where `GET /metrics` (Prometheus text format) and the agents'
+    /// service discovery (`/v1/sd/agents`) are served: on loopback plain
+    /// HTTP to anyone on the machine; elsewhere HTTPS with the server's
+    /// certificate, to a bearer token of a `metrics` user (`skiff user
+    /// create prom --role metrics`, `skiff user token prom`). Port 0 picks
+    /// a free one (written to DATA_DIR/metrics.addr); `none` turns it off.
     #[arg(long, default_value = "127.0.0.1:7710", value_name = "HOST:PORT|none")]
     metrics_addr: String,
 }
@@ -65,7 +67,7 @@ impl MetricsOpts {
     }
 }
 
-/// `--metrics-addr`: HOST:PORT on loopback, or `none`.
+/// `--metrics-addr`: HOST:PORT, or `none`.
 fn parse_metrics_addr(text: &str) -> anyhow::Result<Option<std::net::SocketAddr>> {
     if text == "none" {
         return Ok(None);
@@ -73,7 +75,6 @@ fn parse_metrics_addr(text: &str) -> anyhow::Result<Option<std::net::SocketAddr>
     let addr: std::net::SocketAddr = text.parse().map_err(|_| {
         anyhow::anyhow!("--metrics-addr {text:?}: HOST:PORT (e.g. 127.0.0.1:7710) or none")
     })?;
-    skiff_metrics::check_addr(addr)?;
     Ok(Some(addr))
 }
 
@@ -82,8 +83,9 @@ fn parse_metrics_addr(text: &str) -> anyhow::Result<Option<std::net::SocketAddr>
 pub(crate) struct AgentMetricsOpts {
     /// Where `GET /metrics` (Prometheus text format: allocations' cpu,
     /// memory, restarts and OOM kills, image pulls, container starts, GPUs
-    /// under DCGM's names) is served, plain HTTP: a loopback address, port
-    /// 0 for a free one (written to DATA_DIR/metrics.addr), or `none`. The
+    /// under DCGM's names) is served, plain HTTP: a loopback address (an
+    /// agent's metrics are not served to other hosts yet), port 0 for a
+    /// free one (written to DATA_DIR/metrics.addr), or `none`. The
     /// servers list it for Prometheus' service discovery.
     #[arg(long, default_value = "127.0.0.1:7712", value_name = "HOST:PORT|none")]
     metrics_addr: String,
@@ -96,7 +98,11 @@ pub(crate) struct AgentMetricsOpts {
 
 impl AgentMetricsOpts {
     pub(crate) fn addr(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
-        parse_metrics_addr(&self.metrics_addr)
+        let addr = parse_metrics_addr(&self.metrics_addr)?;
+        if let Some(a) = addr {
+            skiff_metrics::check_addr(a)?;
+        }
+        Ok(addr)
     }
 
     pub(crate) fn job_mapping_dir(&self) -> Option<std::path::PathBuf> {

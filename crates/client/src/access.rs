@@ -55,6 +55,7 @@ pub enum UserRole {
     Operator,
     Developer,
     Viewer,
+    Metrics,
 }
 
 impl UserRole {
@@ -64,6 +65,7 @@ impl UserRole {
             UserRole::Operator => "operator",
             UserRole::Developer => "developer",
             UserRole::Viewer => "viewer",
+            UserRole::Metrics => "metrics",
         }
     }
 
@@ -73,6 +75,7 @@ impl UserRole {
             UserRole::Operator => pb::UserRole::Operator,
             UserRole::Developer => pb::UserRole::Developer,
             UserRole::Viewer => pb::UserRole::Viewer,
+            UserRole::Metrics => pb::UserRole::Metrics,
         }
     }
 
@@ -82,6 +85,7 @@ impl UserRole {
             Ok(pb::UserRole::Operator) => Some(UserRole::Operator),
             Ok(pb::UserRole::Developer) => Some(UserRole::Developer),
             Ok(pb::UserRole::Viewer) => Some(UserRole::Viewer),
+            Ok(pb::UserRole::Metrics) => Some(UserRole::Metrics),
             _ => None,
         }
     }
@@ -95,8 +99,9 @@ impl std::str::FromStr for UserRole {
             "operator" => Ok(UserRole::Operator),
             "developer" => Ok(UserRole::Developer),
             "viewer" => Ok(UserRole::Viewer),
+            "metrics" => Ok(UserRole::Metrics),
             _ => Err(format!(
-                "{s:?} is not a role; expected admin, operator, developer or viewer"
+                "{s:?} is not a role; expected admin, operator, developer, viewer or metrics"
             )),
         }
     }

@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 pub use prometheus_client;
+pub use rustls::ServerConfig as TlsConfig;
 
 /// The content type of the Prometheus text format 0.0.4.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -93,30 +94,104 @@ pub const ADDR_FILE: &str = "metrics.addr";
 /// Why a metrics address is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsAddrError {
-    #[error("--metrics-addr {0}: only a loopback address for now (127.0.0.1:PORT or [::1]:PORT); serving metrics to other hosts needs HTTPS and a metrics token, which are not there yet")]
+    #[error("--metrics-addr {0}: an agent serves metrics on loopback only for now (127.0.0.1:PORT or [::1]:PORT); run Prometheus on the node")]
     NotLoopback(SocketAddr),
+    #[error("--metrics-addr {0}: off loopback, metrics are served over HTTPS to a bearer token of a `metrics` user, which needs TLS; this server runs with --insecure (use a loopback address)")]
+    Insecure(SocketAddr),
 }
 
-/// Checks a metrics address: loopback only, for now.
+/// Whether `addr` is served over HTTPS with a token (off loopback) rather
+/// than plain HTTP to anyone on the machine.
+pub fn needs_tls(addr: SocketAddr) -> bool {
+    !addr.ip().is_loopback()
+}
+
+/// Checks a loopback-only metrics address (an agent's, for now).
 pub fn check_addr(addr: SocketAddr) -> Result<(), MetricsAddrError> {
-    if addr.ip().is_loopback() {
-        Ok(())
-    } else {
+    if needs_tls(addr) {
         Err(MetricsAddrError::NotLoopback(addr))
+    } else {
+        Ok(())
     }
 }
 
-/// `GET /metrics` answered with `render()`'s text.
+/// Who may read a metrics listener: anyone who reaches it (plain HTTP on
+/// loopback), or callers whose `Authorization` header passes a check
+/// (HTTPS elsewhere: a bearer token of a `metrics` user).
+#[derive(Clone)]
+pub enum Access {
+    Open,
+    Guarded(std::sync::Arc<Check>),
+}
+
+/// Checks an `Authorization` header (absent: `None`); `Err` says why not.
+pub type Check = dyn Fn(Option<&str>) -> Result<(), String> + Send + Sync;
+
+impl Access {
+    fn check(&self, headers: &axum::http::HeaderMap) -> Result<(), String> {
+        match self {
+            Access::Open => Ok(()),
+            Access::Guarded(check) => check(
+                headers
+                    .get(axum::http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok()),
+            ),
+        }
+    }
+}
+
+/// A request `access` refuses: 401 with the reason and a `Bearer`
+/// challenge.
+fn refused(why: String) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        axum::http::StatusCode::UNAUTHORIZED,
+        [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+        format!("{why}\n"),
+    )
+        .into_response()
+}
+
+/// `GET path` answered with `body()`'s text (of `content_type`), for
+/// callers `access` lets in.
+pub fn guarded_get<F>(
+    router: axum::Router,
+    path: &str,
+    content_type: &'static str,
+    access: Access,
+    body: F,
+) -> axum::Router
+where
+    F: Fn() -> String + Clone + Send + Sync + 'static,
+{
+    router.route(
+        path,
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
+            let (body, access) = (body.clone(), access.clone());
+            async move {
+                use axum::response::IntoResponse;
+                match access.check(&headers) {
+                    Ok(()) => {
+                        ([(axum::http::header::CONTENT_TYPE, content_type)], body()).into_response()
+                    }
+                    Err(why) => refused(why),
+                }
+            }
+        }),
+    )
+}
+
+/// `GET /metrics` answered with `render()`'s text, for everyone.
 pub fn route<F>(render: F) -> axum::Router
 where
     F: Fn() -> String + Clone + Send + Sync + 'static,
 {
-    axum::Router::new().route(
+    guarded_get(
+        axum::Router::new(),
         "/metrics",
-        axum::routing::get(move || {
-            let render = render.clone();
-            async move { ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], render()) }
-        }),
+        CONTENT_TYPE,
+        Access::Open,
+        render,
     )
 }
 
@@ -126,6 +201,89 @@ pub async fn serve(
     app: axum::Router,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::warn!(error = %e, "the metrics listener stopped");
+    }
+}
+
+/// The TLS configuration of the moment (a certificate is renewed while the
+/// process runs); `None` when it cannot be had.
+pub type CurrentTls = dyn Fn() -> Option<std::sync::Arc<rustls::ServerConfig>> + Send + Sync;
+
+/// A TLS server configuration for HTTPS metrics from a PEM certificate
+/// (chain) and key: HTTP/1.1, no client certificate.
+pub fn tls_config(cert_pem: &str, key_pem: &str) -> Result<rustls::ServerConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("the certificate: {e}"))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("the key: {e}"))?;
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| std::sync::Arc::new(rustls::crypto::ring::default_provider()));
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| e.to_string())?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// A TCP listener whose connections are TLS (handshakes one at a time, at
+/// most 10 s each; one that fails is dropped and the next taken).
+struct TlsListener {
+    tcp: TcpListener,
+    tls: std::sync::Arc<CurrentTls>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, addr) = match self.tcp.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "metrics: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Some(config) = (self.tls)() else {
+                continue;
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream))
+                .await
+            {
+                Ok(Ok(tls)) => return (tls, addr),
+                Ok(Err(e)) => tracing::debug!(%addr, error = %e, "metrics: TLS handshake failed"),
+                Err(_) => tracing::debug!(%addr, "metrics: TLS handshake timed out"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// Serves `app` over HTTPS on `listener` until `stop` resolves.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: std::sync::Arc<CurrentTls>,
+    app: axum::Router,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let listener = TlsListener { tcp: listener, tls };
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop)
         .await

@@ -516,9 +516,10 @@ fn user_role_of_wire(v: i32) -> Result<UserRole, Status> {
         Ok(pb::UserRole::Operator) => Ok(UserRole::Operator),
         Ok(pb::UserRole::Developer) => Ok(UserRole::Developer),
         Ok(pb::UserRole::Viewer) => Ok(UserRole::Viewer),
+        Ok(pb::UserRole::Metrics) => Ok(UserRole::Metrics),
         _ => Err(crate::api::invalid(
             "role",
-            "must be one of admin, operator, developer, viewer",
+            "must be one of admin, operator, developer, viewer, metrics",
         )),
     }
 }
@@ -529,6 +530,7 @@ fn user_role_wire(r: UserRole) -> pb::UserRole {
         UserRole::Operator => pb::UserRole::Operator,
         UserRole::Developer => pb::UserRole::Developer,
         UserRole::Viewer => pb::UserRole::Viewer,
+        UserRole::Metrics => pb::UserRole::Metrics,
     }
 }
 
@@ -541,6 +543,10 @@ fn user_namespaces(role: UserRole, mut granted: Vec<String>) -> Result<Vec<Strin
         })?;
     }
     match role {
+        UserRole::Metrics if !granted.is_empty() => Err(crate::api::invalid(
+            "namespaces",
+            "a metrics user reads only /metrics; grants are for developers and viewers",
+        )),
         UserRole::Admin | UserRole::Operator if !granted.is_empty() => Err(crate::api::invalid(
             "namespaces",
             format!(

@@ -36,13 +36,15 @@ pub enum Action {
 
 /// Whether `role` may do `action`.
 pub fn allows(role: UserRole, action: Action) -> bool {
-    matches!(
-        (role, action),
-        (UserRole::Admin, _)
-            | (_, Action::Read | Action::Logs)
-            | (UserRole::Operator, Action::RunNodes)
-            | (UserRole::Developer, Action::WriteJobs | Action::Exec)
-    )
+    // A metrics user scrapes `/metrics` (outside gRPC) and calls nothing.
+    role != UserRole::Metrics
+        && matches!(
+            (role, action),
+            (UserRole::Admin, _)
+                | (_, Action::Read | Action::Logs)
+                | (UserRole::Operator, Action::RunNodes)
+                | (UserRole::Developer, Action::WriteJobs | Action::Exec)
+        )
 }
 
 /// Whether a user of `role`, granted `granted`, may act in namespace
@@ -53,6 +55,7 @@ pub fn grants(role: UserRole, granted: &[String], ns: &str) -> bool {
         UserRole::Admin | UserRole::Operator => true,
         UserRole::Developer => granted.iter().any(|g| g == ns),
         UserRole::Viewer => granted.is_empty() || granted.iter().any(|g| g == ns),
+        UserRole::Metrics => false,
     }
 }
 
@@ -314,5 +317,38 @@ impl Caller {
             }
             other => Err(denied(other, what)),
         }
+    }
+}
+
+/// Whether an HTTP `Authorization` header holds a live bearer token of a
+/// `metrics` user (or an admin): what metrics served off loopback ask.
+/// `Err` says why not, for the 401's body.
+pub fn metrics_bearer(ctx: &Ctx, header: Option<&str>) -> Result<(), String> {
+    let header = header.ok_or(
+        "this address needs `Authorization: Bearer TOKEN` (a `skiff user token` of a user made with --role metrics)",
+    )?;
+    let word = header
+        .strip_prefix("Bearer ")
+        .ok_or("the authorization header must be `Bearer TOKEN`")?;
+    let token = skiff_pki::BearerToken::parse(word).map_err(|e| e.to_string())?;
+    let caller = Caller::Token {
+        id: token.id,
+        secret_hash: skiff_pki::token::hash_secret(&token.secret),
+    };
+    let user = match caller
+        .resolved(ctx)
+        .map_err(|s| s.message().to_string())?
+        .as_ref()
+    {
+        Caller::User(u) => u.clone(),
+        _ => return Err("not a user's token".into()),
+    };
+    match user_grant(ctx, &user) {
+        Some((UserRole::Metrics | UserRole::Admin, _)) => Ok(()),
+        Some((role, _)) => Err(format!(
+            "user {user:?} ({}) may not read metrics: make one with `skiff user create NAME --role metrics`",
+            role.as_str()
+        )),
+        None => Err(format!("user {user:?} is revoked")),
     }
 }

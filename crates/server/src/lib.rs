@@ -248,6 +248,39 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError
     Ok((l, bound))
 }
 
+/// Who may read metrics served off loopback, and the TLS configuration
+/// of the moment (this server's certificate, renewed as it is).
+fn metrics_security(ctx: &Ctx) -> (skiff_metrics::Access, Arc<skiff_metrics::CurrentTls>) {
+    let check_ctx = ctx.clone();
+    let access = skiff_metrics::Access::Guarded(Arc::new(move |header: Option<&str>| {
+        auth::metrics_bearer(&check_ctx, header)
+    }));
+    let tls = ctx.tls.clone();
+    let cache: std::sync::Mutex<Option<(Arc<tls::ServerCreds>, Arc<skiff_metrics::TlsConfig>)>> =
+        Default::default();
+    let current = move || {
+        let creds = tls.creds()?;
+        let mut cached = cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((c, config)) = cached.as_ref() {
+            if Arc::ptr_eq(c, &creds) {
+                return Some(config.clone());
+            }
+        }
+        match skiff_metrics::tls_config(&creds.cert_pem, &creds.key_pem) {
+            Ok(config) => {
+                let config = Arc::new(config);
+                *cached = Some((creds, config.clone()));
+                Some(config)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: cannot use this server's certificate");
+                None
+            }
+        }
+    };
+    (access, Arc::new(current))
+}
+
 /// Opens the store and binds both ports; `serve` then runs everything.
 pub async fn start(cfg: &ServerConfig) -> Result<Running, ServerError> {
     skiff_store::private::private_dir(&cfg.data_dir).map_err(|source| ServerError::DataDir {
@@ -259,7 +292,9 @@ pub async fn start(cfg: &ServerConfig) -> Result<Running, ServerError> {
         return Err(ServerError::SelfNotInPeers(id));
     }
     if let Some(addr) = cfg.metrics_addr {
-        metrics::check_addr(addr)?;
+        if skiff_metrics::needs_tls(addr) && cfg.security.insecure {
+            return Err(metrics::MetricsAddrError::Insecure(addr).into());
+        }
     }
     let (api, api_addr) = bind(cfg.api_addr).await?;
     let (peer, peer_addr) = bind(cfg.peer_addr).await?;
@@ -404,12 +439,21 @@ pub async fn serve(
         .is_some()
         .then(|| Arc::new(metrics::ApiMetrics::default()));
     if let (Some(l), Some(api)) = (metrics_listener, &api_metrics) {
+        // Off loopback: HTTPS with this server's certificate, to a bearer
+        // token of a metrics user.
+        let secured = l
+            .local_addr()
+            .is_ok_and(skiff_metrics::needs_tls)
+            .then(|| metrics_security(&ctx));
         background.push(tokio::spawn(metrics::serve(
             l,
-            store.clone(),
-            api.clone(),
-            ctx.metrics.clone(),
-            metrics_appendix,
+            metrics::Served {
+                store: store.clone(),
+                api: api.clone(),
+                server: ctx.metrics.clone(),
+                appendix: metrics_appendix,
+            },
+            secured,
             std::future::pending(),
         )));
     }

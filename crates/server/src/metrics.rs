@@ -16,7 +16,7 @@ use skiff_store::{RaftStatus, Role, State, Store};
 use std::collections::BTreeMap;
 use tokio::net::TcpListener;
 
-pub use skiff_metrics::{check_addr, MetricsAddrError};
+pub use skiff_metrics::MetricsAddrError;
 use skiff_metrics::{gauge, Labels};
 
 /// The gRPC calls this server answered: by method and code, and how long
@@ -374,33 +374,52 @@ pub fn agent_targets(state: &State) -> String {
 /// address.
 pub const AGENTS_SD_PATH: &str = "/v1/sd/agents";
 
+/// What a scrape of a server reads.
+pub struct Served {
+    pub store: Store,
+    pub api: std::sync::Arc<ApiMetrics>,
+    pub server: std::sync::Arc<ServerMetrics>,
+    /// More exposition after the server's (`skiff dev`'s agent).
+    pub appendix: skiff_metrics::Appendix,
+}
+
 /// Serves `GET /metrics` and the agents' service discovery
-/// ([`AGENTS_SD_PATH`]) on `listener` until `stop` resolves.
+/// ([`AGENTS_SD_PATH`]) on `listener` until `stop` resolves: plain HTTP to
+/// everyone, or, with `secured`, HTTPS to the callers its access lets in.
 pub async fn serve(
     listener: TcpListener,
-    store: Store,
-    api: std::sync::Arc<ApiMetrics>,
-    server: std::sync::Arc<ServerMetrics>,
-    appendix: skiff_metrics::Appendix,
+    served: Served,
+    secured: Option<(
+        skiff_metrics::Access,
+        std::sync::Arc<skiff_metrics::CurrentTls>,
+    )>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    let access = secured
+        .as_ref()
+        .map_or(skiff_metrics::Access::Open, |(a, _)| a.clone());
+    let Served {
+        store,
+        api,
+        server,
+        appendix,
+    } = served;
     let scrape = store.clone();
-    let app = skiff_metrics::route(move || {
-        render(&scrape.status(), &scrape.state(), &api, &server) + &appendix.render()
-    })
-    .route(
-        AGENTS_SD_PATH,
-        axum::routing::get(move || {
-            let body = agent_targets(&store.state());
-            async move {
-                (
-                    [(axum::http::header::CONTENT_TYPE, "application/json")],
-                    body,
-                )
-            }
-        }),
+    let app = skiff_metrics::guarded_get(
+        axum::Router::new(),
+        "/metrics",
+        skiff_metrics::CONTENT_TYPE,
+        access.clone(),
+        move || render(&scrape.status(), &scrape.state(), &api, &server) + &appendix.render(),
     );
-    skiff_metrics::serve(listener, app, stop).await
+    let app =
+        skiff_metrics::guarded_get(app, AGENTS_SD_PATH, "application/json", access, move || {
+            agent_targets(&store.state())
+        });
+    match secured {
+        Some((_, tls)) => skiff_metrics::serve_tls(listener, tls, app, stop).await,
+        None => skiff_metrics::serve(listener, app, stop).await,
+    }
 }
 
 #[cfg(test)]

@@ -428,14 +428,18 @@ pub enum UserRole {
     Developer,
     /// Reads and logs.
     Viewer,
+    /// Scrapes servers' and agents' `/metrics` (with a bearer token) and
+    /// nothing else: what Prometheus is given.
+    Metrics,
 }
 
 impl UserRole {
-    pub const ALL: [UserRole; 4] = [
+    pub const ALL: [UserRole; 5] = [
         UserRole::Admin,
         UserRole::Operator,
         UserRole::Developer,
         UserRole::Viewer,
+        UserRole::Metrics,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -444,6 +448,7 @@ impl UserRole {
             UserRole::Operator => "operator",
             UserRole::Developer => "developer",
             UserRole::Viewer => "viewer",
+            UserRole::Metrics => "metrics",
         }
     }
 

@@ -172,6 +172,7 @@ pub async fn user(cmd: UserCmd) -> anyhow::Result<()> {
                         u.role.to_string(),
                         match (u.role, u.namespaces.is_empty()) {
                             ("admin" | "operator", _) | ("viewer", true) => "*".to_string(),
+                            ("metrics", _) => "-".to_string(),
                             _ => u.namespaces.join(","),
                         },
                         if u.revoked { "revoked" } else { "active" }.to_string(),
