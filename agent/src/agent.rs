@@ -11,13 +11,13 @@ use std::time::Duration;
 use skiff_model::Resources;
 use skiff_proto::pb;
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::gpu::{GpuConfig, GpuNode, InventoryError};
 use crate::paths::Paths;
 use crate::reconcile::{self, Event, Observed, Reconciler, Settings};
 use crate::rootfs::RootfsMode;
 use crate::runtime::{choose_runtime, Runc, RuntimeChoiceError};
+use crate::servers::Servers;
 use crate::tls::AgentTls;
 use crate::watch::AllocView;
 
@@ -94,10 +94,8 @@ pub enum AgentError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("server address {url:?} is not a URL: {reason}")]
-    BadServer { url: String, reason: String },
-    #[error("no server address given")]
-    NoServers,
+    #[error(transparent)]
+    Servers(#[from] crate::servers::ServersError),
     #[error(transparent)]
     Gpu(#[from] InventoryError),
     #[error(transparent)]
@@ -112,102 +110,6 @@ pub enum AgentError {
     Credentials(#[from] crate::tls::CredentialsError),
     #[error("TLS for the agent's API: {0}")]
     Tls(String),
-}
-
-/// Each server's URL and the connection to it.
-type ServerList = Vec<(String, Channel)>;
-
-/// Rotates through the configured servers when one stops answering.
-#[derive(Clone)]
-struct Servers {
-    /// Replaced whole when the node's certificate is renewed.
-    channels: Arc<std::sync::RwLock<Arc<ServerList>>>,
-    current: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl Servers {
-    fn new(urls: &[String], tls: &AgentTls) -> Result<Servers, AgentError> {
-        Ok(Servers {
-            channels: Arc::new(std::sync::RwLock::new(Arc::new(Servers::channels(
-                urls, tls,
-            )?))),
-            current: Default::default(),
-        })
-    }
-
-    /// New connections with `tls` (a renewed certificate); calls under
-    /// way finish on the old ones.
-    fn refresh(&self, tls: &AgentTls) -> Result<(), AgentError> {
-        let urls: Vec<String> = self.list().iter().map(|(u, _)| u.clone()).collect();
-        let fresh = Arc::new(Servers::channels(&urls, tls)?);
-        *self.channels.write().unwrap_or_else(|p| p.into_inner()) = fresh;
-        Ok(())
-    }
-
-    fn list(&self) -> Arc<ServerList> {
-        self.channels
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    fn channel(&self) -> Channel {
-        let list = self.list();
-        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % list.len();
-        list[i].1.clone()
-    }
-
-    fn channels(urls: &[String], tls: &AgentTls) -> Result<ServerList, AgentError> {
-        if urls.is_empty() {
-            return Err(AgentError::NoServers);
-        }
-        let mut channels = Vec::new();
-        for url in urls {
-            let bad = |reason: String| AgentError::BadServer {
-                url: url.clone(),
-                reason,
-            };
-            let mut ep = Endpoint::from_shared(url.clone())
-                .map_err(|e| bad(e.to_string()))?
-                .connect_timeout(Duration::from_secs(3))
-                .tcp_nodelay(true);
-            match (tls.to_servers(), url.starts_with("https://")) {
-                (Some(config), true) => {
-                    ep = ep.tls_config(config).map_err(|e| bad(e.to_string()))?
-                }
-                (None, false) => {}
-                (Some(_), false) => return Err(bad("the servers speak TLS: use https://".into())),
-                (None, true) => {
-                    return Err(bad(
-                        "--insecure speaks plaintext: use http:// (and --insecure servers)".into(),
-                    ))
-                }
-            }
-            channels.push((url.clone(), ep.connect_lazy()));
-        }
-        Ok(channels)
-    }
-
-    fn client(&self) -> pb::node_api_client::NodeApiClient<Channel> {
-        pb::node_api_client::NodeApiClient::new(self.channel())
-            .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
-    }
-
-    /// Moves to the next server after an error that says this one cannot help.
-    fn failed(&self, status: &tonic::Status) {
-        if matches!(
-            status.code(),
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
-        ) && self.list().len() > 1
-        {
-            let i = self
-                .current
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                + 1;
-            let list = self.list();
-            tracing::info!(server = %list[i % list.len()].0, "failing over");
-        }
-    }
 }
 
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -338,9 +240,19 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         "agent starting"
     );
 
-    let served = crate::metrics::setup(&cfg.metrics, &cfg.name, &gpus, &puller, paths.root())
-        .await
-        .map_err(|(addr, source)| AgentError::Listen { addr, source })?;
+    let secure = || crate::metrics::secure::security(servers.clone(), tls_tx.subscribe());
+    let host = advertise.ip();
+    let served = crate::metrics::setup(
+        &cfg.metrics,
+        &cfg.name,
+        &gpus,
+        &puller,
+        paths.root(),
+        host,
+        secure,
+    )
+    .await
+    .map_err(|(addr, source)| AgentError::Listen { addr, source })?;
     let images = crate::image::ImagePolicy::new(cfg.image_roots.clone());
     let registration = pb::RegisterRequest {
         image_roots: images.roots(),

@@ -19,6 +19,7 @@
 //! - [`metrics`]: the agent's Prometheus metrics (allocations' cgroups,
 //!   image pulls, container starts, GPUs under DCGM's names);
 //! - [`probe`]: exec, http and tcp health probes;
+//! - [`servers`]: the servers' connections and failing over between them;
 //! - [`service`]: the agent's own API (logs, exec);
 //! - [`tls`]: the node's credentials (joining with a token) and its TLS.
 
@@ -38,6 +39,7 @@ pub mod reconcile;
 pub mod rootfs;
 pub mod runtime;
 pub mod seccomp;
+pub mod servers;
 pub mod service;
 pub mod shim;
 mod sys;

@@ -122,7 +122,7 @@ async fn a_server_exports_what_happened_in_prometheus_format() {
 }
 
 #[test]
-fn metrics_off_loopback_are_refused_without_tls_and_for_agents() {
+fn metrics_off_loopback_are_refused_without_tls() {
     let tmp = tempfile::tempdir().unwrap();
     let out = Command::new(skiff_bin())
         .args([
@@ -144,13 +144,15 @@ fn metrics_off_loopback_are_refused_without_tls_and_for_agents() {
         "{err}"
     );
     let out = Command::new(skiff_bin())
-        .args(["agent", "--metrics-addr", "0.0.0.0:7712"])
+        .args(["agent", "--insecure", "--metrics-addr", "0.0.0.0:7712"])
+        .args(["--server", "http://127.0.0.1:9", "--data-dir"])
+        .arg(tmp.path().join("agent"))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("--metrics-addr 0.0.0.0:7712: an agent serves metrics on loopback only"),
+        err.contains("--metrics-addr 0.0.0.0:7712") && err.contains("--insecure"),
         "{err}"
     );
 }
@@ -175,7 +177,7 @@ fn user_token(url: &str, dir: &std::path::Path, name: &str, role: &str) -> Strin
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn off_loopback_a_server_serves_https_to_a_metrics_token_only() {
+async fn off_loopback_servers_and_agents_serve_https_to_a_metrics_token_only() {
     let tmp = tempfile::tempdir().unwrap();
     // Bound to every address (so: HTTPS with a token), reached on loopback.
     let server = ServerProc::start_with(
@@ -183,12 +185,23 @@ async fn off_loopback_a_server_serves_https_to_a_metrics_token_only() {
         "127.0.0.1:0",
         &["--metrics-addr", "0.0.0.0:0"],
     );
-    let bound = metrics_addr(&tmp.path().join("server"));
-    let port = bound.rsplit(':').next().unwrap();
-    let target = format!("127.0.0.1:{port}");
-    // Plain HTTP gets nothing: the listener speaks TLS.
-    let plain = std::panic::catch_unwind(|| scrape(&target));
-    assert!(plain.is_err(), "a plain GET was answered: {plain:?}");
+    let _agent = AgentProc::start(
+        &tmp.path().join("agent"),
+        &server.url(),
+        "n1",
+        &["--metrics-addr", "0.0.0.0:0"],
+    );
+    let on_loopback = |dir: &str| {
+        let bound = metrics_addr(&tmp.path().join(dir));
+        format!("127.0.0.1:{}", bound.rsplit(':').next().unwrap())
+    };
+    let target = on_loopback("server");
+    let agent_target = on_loopback("agent");
+    // Plain HTTP gets nothing: the listeners speak TLS.
+    for t in [&target, &agent_target] {
+        let plain = std::panic::catch_unwind(|| scrape(t));
+        assert!(plain.is_err(), "a plain GET of {t} was answered: {plain:?}");
+    }
 
     let url = server.url();
     let prom = user_token(&url, tmp.path(), "prom", "metrics");
@@ -214,28 +227,41 @@ async fn off_loopback_a_server_serves_https_to_a_metrics_token_only() {
         "{denied:?}"
     );
 
-    // Prometheus over HTTPS: with the metrics token it scrapes; with a
-    // viewer's token, or none, it is refused.
+    // Prometheus over HTTPS (checking the servers' name, and the name
+    // every agent's certificate carries): with the metrics token it
+    // scrapes; with a viewer's token, or none, it is refused.
     let ca = tmp.path().join("server/tls/ca.crt");
-    let job = |name: &str, token: Option<&str>| {
+    let job = |name: &str, target: &str, server_name: &str, token: Option<&str>| {
         let auth = token.map_or(String::new(), |t| {
             format!("    authorization: {{credentials: \"{t}\"}}\n")
         });
         format!(
-            "  - job_name: {name}\n    scheme: https\n    tls_config: {{ca_file: \"{}\", server_name: server.skiff}}\n{auth}    static_configs:\n      - targets: [\"{target}\"]\n",
+            "  - job_name: {name}\n    scheme: https\n    tls_config: {{ca_file: \"{}\", server_name: {server_name}}}\n{auth}    static_configs:\n      - targets: [\"{target}\"]\n",
             ca.display()
         )
     };
     let config = format!(
-        "global:\n  scrape_interval: 500ms\nscrape_configs:\n{}{}{}",
-        job("with-metrics-token", Some(&prom)),
-        job("with-viewer-token", Some(&viewer)),
-        job("without-token", None)
+        "global:\n  scrape_interval: 500ms\nscrape_configs:\n{}{}{}{}{}",
+        job("with-metrics-token", &target, "server.skiff", Some(&prom)),
+        job("with-viewer-token", &target, "server.skiff", Some(&viewer)),
+        job("without-token", &target, "server.skiff", None),
+        job(
+            "agent-with-metrics-token",
+            &agent_target,
+            "agent.skiff",
+            Some(&prom)
+        ),
+        job(
+            "agent-with-viewer-token",
+            &agent_target,
+            "agent.skiff",
+            Some(&viewer)
+        ),
     );
     let prometheus = Prometheus::start(tmp.path(), &config);
-    let up = wait_for("the three jobs scraped", Duration::from_secs(60), || {
+    let up = wait_for("the five jobs scraped", Duration::from_secs(60), || {
         let up = prometheus.query("up");
-        async move { (up.len() == 3).then_some(up) }
+        async move { (up.len() == 5).then_some(up) }
     })
     .await;
     let of = |job: &str| {
@@ -244,22 +270,31 @@ async fn off_loopback_a_server_serves_https_to_a_metrics_token_only() {
             .map(|(_, v)| v.clone())
             .unwrap_or_default()
     };
-    wait_for(
-        "the metrics token's scrape up",
-        Duration::from_secs(30),
-        || {
-            let v = prometheus.value("up{job=\"with-metrics-token\"}");
-            async move { (v.as_deref() == Some("1")).then_some(()) }
-        },
-    )
-    .await;
+    for job in ["with-metrics-token", "agent-with-metrics-token"] {
+        wait_for(
+            "the metrics token's scrapes up",
+            Duration::from_secs(30),
+            || {
+                let v = prometheus.value(&format!("up{{job=\"{job}\"}}"));
+                async move { (v.as_deref() == Some("1")).then_some(()) }
+            },
+        )
+        .await;
+    }
     assert_eq!(of("with-viewer-token"), "0", "{up:?}");
+    assert_eq!(of("agent-with-viewer-token"), "0", "{up:?}");
     assert_eq!(of("without-token"), "0", "{up:?}");
     assert!(
         prometheus
             .value("skiff_raft_leader_known{job=\"with-metrics-token\"}")
             .is_some(),
         "the series are stored"
+    );
+    assert!(
+        prometheus
+            .value("skiff_agent_allocations{job=\"agent-with-metrics-token\"}")
+            .is_some(),
+        "the agent's series are stored"
     );
 }
 

@@ -12,6 +12,7 @@
 
 pub mod cgroup;
 pub mod dcgm;
+pub mod secure;
 pub mod usage;
 
 use std::collections::BTreeMap;
@@ -411,12 +412,15 @@ pub struct Served {
 
 /// Starts serving the agent's metrics as `cfg` says; a listener that
 /// cannot bind fails with its address.
+/// Off loopback `secure` gives who may read and the TLS to serve with.
 pub async fn setup(
     cfg: &MetricsConfig,
     node: &str,
     gpus: &Arc<GpuNode>,
     puller: &Arc<Puller>,
     data_dir: &std::path::Path,
+    advertise: std::net::IpAddr,
+    secure: impl FnOnce() -> Security,
 ) -> Result<Served, (std::net::SocketAddr, std::io::Error)> {
     let live = Arc::new(match &cfg.dcgm_job_mapping_dir {
         Some(dir) => LiveAllocs::with_job_mapping(dir.clone(), gpus),
@@ -438,10 +442,16 @@ pub async fn setup(
     if let Some(appendix) = &cfg.appendix {
         appendix.set(move || metrics.render());
     } else if let Some(addr) = cfg.addr {
-        let (bound, task) = start(addr, metrics, data_dir)
+        let secured = skiff_metrics::needs_tls(addr).then(secure);
+        let (bound, task) = start(addr, metrics, data_dir, secured)
             .await
             .map_err(|e| (addr, e))?;
-        served.address = bound.to_string();
+        // Bound to every address: the servers list it at the node's.
+        served.address = if bound.ip().is_unspecified() {
+            std::net::SocketAddr::new(advertise, bound.port()).to_string()
+        } else {
+            bound.to_string()
+        };
         served.task = Some(task);
     }
     Ok(served)
@@ -450,10 +460,14 @@ pub async fn setup(
 /// Binds `addr` and serves the agent's `/metrics` there (until the
 /// returned task is aborted); returns the bound address.
 /// The bound address is also written to `DATA_DIR/metrics.addr`.
+/// Who may read metrics off loopback, and the TLS to serve them with.
+pub type Security = (skiff_metrics::Access, Arc<skiff_metrics::CurrentTls>);
+
 pub async fn start(
     addr: std::net::SocketAddr,
     metrics: AgentMetrics,
     data_dir: &std::path::Path,
+    secured: Option<Security>,
 ) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
@@ -461,8 +475,30 @@ pub async fn start(
         &data_dir.join(skiff_metrics::ADDR_FILE),
         bound.to_string().as_bytes(),
     )?;
-    tracing::info!(addr = %bound, "serving metrics at http://{bound}/metrics");
-    let app = skiff_metrics::route(move || metrics.render());
-    let task = tokio::spawn(skiff_metrics::serve(listener, app, std::future::pending()));
+    let access = secured
+        .as_ref()
+        .map_or(skiff_metrics::Access::Open, |(a, _)| a.clone());
+    let app = skiff_metrics::guarded_get(
+        skiff_metrics::Router::new(),
+        "/metrics",
+        skiff_metrics::CONTENT_TYPE,
+        access,
+        move || metrics.render(),
+    );
+    let task = match secured {
+        Some((_, tls)) => {
+            tracing::info!(addr = %bound, "serving metrics at https://{bound}/metrics (a metrics token needed)");
+            tokio::spawn(skiff_metrics::serve_tls(
+                listener,
+                tls,
+                app,
+                std::future::pending(),
+            ))
+        }
+        None => {
+            tracing::info!(addr = %bound, "serving metrics at http://{bound}/metrics");
+            tokio::spawn(skiff_metrics::serve(listener, app, std::future::pending()))
+        }
+    };
     Ok((bound, task))
 }

@@ -622,6 +622,9 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         security,
     )?;
     cfg.metrics.addr = args.metrics.addr()?;
+    if let Some(addr) = cfg.metrics.addr {
+        skiff_metrics::check_addr(addr, args.insecure.insecure)?;
+    }
     cfg.metrics.dcgm_job_mapping_dir = args.metrics.job_mapping_dir();
     skiff_agent::run(cfg, shutdown_signal()).await?;
     Ok(())

@@ -261,15 +261,22 @@ pub fn node_api(data: &[u8]) {
     };
     let h = harness();
     let n = &h.nodes;
-    match pick % 4 {
+    match pick % 5 {
         0 => unary!(h, n, register, pb::RegisterRequest, rest),
         1 => unary!(h, n, heartbeat, pb::HeartbeatRequest, rest),
         2 => streaming!(h, n, watch_allocations, pb::WatchAllocationsRequest, rest),
-        _ => unary!(
+        3 => unary!(
             h,
             n,
             update_alloc_status,
             pb::UpdateAllocStatusRequest,
+            rest
+        ),
+        _ => unary!(
+            h,
+            n,
+            check_metrics_token,
+            pb::CheckMetricsTokenRequest,
             rest
         ),
     }

@@ -16,6 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+pub use axum::Router;
 pub use prometheus_client;
 pub use rustls::ServerConfig as TlsConfig;
 
@@ -94,9 +95,7 @@ pub const ADDR_FILE: &str = "metrics.addr";
 /// Why a metrics address is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsAddrError {
-    #[error("--metrics-addr {0}: an agent serves metrics on loopback only for now (127.0.0.1:PORT or [::1]:PORT); run Prometheus on the node")]
-    NotLoopback(SocketAddr),
-    #[error("--metrics-addr {0}: off loopback, metrics are served over HTTPS to a bearer token of a `metrics` user, which needs TLS; this server runs with --insecure (use a loopback address)")]
+    #[error("--metrics-addr {0}: off loopback, metrics are served over HTTPS to a bearer token of a `metrics` user, which needs TLS; this process runs with --insecure (use a loopback address)")]
     Insecure(SocketAddr),
 }
 
@@ -106,10 +105,11 @@ pub fn needs_tls(addr: SocketAddr) -> bool {
     !addr.ip().is_loopback()
 }
 
-/// Checks a loopback-only metrics address (an agent's, for now).
-pub fn check_addr(addr: SocketAddr) -> Result<(), MetricsAddrError> {
-    if needs_tls(addr) {
-        Err(MetricsAddrError::NotLoopback(addr))
+/// Checks a metrics address for a process with or without TLS: off
+/// loopback it needs TLS.
+pub fn check_addr(addr: SocketAddr, insecure: bool) -> Result<(), MetricsAddrError> {
+    if needs_tls(addr) && insecure {
+        Err(MetricsAddrError::Insecure(addr))
     } else {
         Ok(())
     }
@@ -125,17 +125,26 @@ pub enum Access {
 }
 
 /// Checks an `Authorization` header (absent: `None`); `Err` says why not.
-pub type Check = dyn Fn(Option<&str>) -> Result<(), String> + Send + Sync;
+/// Asynchronous: an agent asks the servers.
+pub type Check = dyn Fn(Option<String>) -> CheckFuture + Send + Sync;
+
+/// What a [`Check`] answers.
+pub type CheckFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
 
 impl Access {
-    fn check(&self, headers: &axum::http::HeaderMap) -> Result<(), String> {
+    async fn check(&self, headers: &axum::http::HeaderMap) -> Result<(), String> {
         match self {
             Access::Open => Ok(()),
-            Access::Guarded(check) => check(
-                headers
-                    .get(axum::http::header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok()),
-            ),
+            Access::Guarded(check) => {
+                check(
+                    headers
+                        .get(axum::http::header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string),
+                )
+                .await
+            }
         }
     }
 }
@@ -170,7 +179,7 @@ where
             let (body, access) = (body.clone(), access.clone());
             async move {
                 use axum::response::IntoResponse;
-                match access.check(&headers) {
+                match access.check(&headers).await {
                     Ok(()) => {
                         ([(axum::http::header::CONTENT_TYPE, content_type)], body()).into_response()
                     }
@@ -317,10 +326,12 @@ mod tests {
     }
 
     #[test]
-    fn only_loopback_addresses_serve_metrics_for_now() {
-        check_addr("127.0.0.1:7710".parse().unwrap()).unwrap();
-        check_addr("[::1]:7710".parse().unwrap()).unwrap();
-        let e = check_addr("0.0.0.0:7710".parse().unwrap()).unwrap_err();
+    fn off_loopback_metrics_need_tls() {
+        check_addr("127.0.0.1:7710".parse().unwrap(), true).unwrap();
+        check_addr("[::1]:7710".parse().unwrap(), true).unwrap();
+        check_addr("0.0.0.0:7710".parse().unwrap(), false).unwrap();
+        let e = check_addr("0.0.0.0:7710".parse().unwrap(), true).unwrap_err();
         assert!(e.to_string().contains("--metrics-addr 0.0.0.0:7710"), "{e}");
+        assert!(e.to_string().contains("--insecure"), "{e}");
     }
 }

@@ -189,6 +189,12 @@ fn leaf_params(who: &Identity, lifetime: Duration) -> Result<CertificateParams, 
             .subject_alt_names
             .push(SanType::DnsName(dns.try_into().map_err(rc)?));
     }
+    if matches!(who, Identity::Node(_)) {
+        let shared = crate::identity::AGENT_DNS.to_string();
+        params
+            .subject_alt_names
+            .push(SanType::DnsName(shared.try_into().map_err(rc)?));
+    }
     params.not_before = offset(Duration::ZERO) - BACKDATE;
     params.not_after = offset(lifetime);
     Ok(params)

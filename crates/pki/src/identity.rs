@@ -16,6 +16,11 @@ pub const TRUST_DOMAIN: &str = "skiff";
 /// The DNS name every server certificate carries: clients verify servers
 /// by it, whatever address they dialled.
 pub const SERVER_DNS: &str = "server.skiff";
+/// A DNS name every node's certificate also carries, besides its own: what
+/// Prometheus checks when it scrapes agents' metrics over HTTPS (it cannot
+/// check a name per target). Servers reaching an agent check the node's
+/// own name.
+pub const AGENT_DNS: &str = "agent.skiff";
 
 /// What the holder of a certificate is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -34,7 +34,7 @@ pub fn tls13_provider() -> rustls::crypto::CryptoProvider {
 pub fn use_tls13_only() {
     let _ = tls13_provider().install_default();
 }
-pub use identity::{Identity, SERVER_DNS};
+pub use identity::{Identity, AGENT_DNS, SERVER_DNS};
 pub use token::{BearerToken, JoinToken};
 
 /// What can go wrong making or reading PKI objects; messages say which.

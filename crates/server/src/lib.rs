@@ -252,8 +252,9 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError
 /// of the moment (this server's certificate, renewed as it is).
 fn metrics_security(ctx: &Ctx) -> (skiff_metrics::Access, Arc<skiff_metrics::CurrentTls>) {
     let check_ctx = ctx.clone();
-    let access = skiff_metrics::Access::Guarded(Arc::new(move |header: Option<&str>| {
-        auth::metrics_bearer(&check_ctx, header)
+    let access = skiff_metrics::Access::Guarded(Arc::new(move |header: Option<String>| {
+        let said = auth::metrics_bearer(&check_ctx, header.as_deref());
+        Box::pin(std::future::ready(said)) as skiff_metrics::CheckFuture
     }));
     let tls = ctx.tls.clone();
     let cache: std::sync::Mutex<Option<(Arc<tls::ServerCreds>, Arc<skiff_metrics::TlsConfig>)>> =
@@ -292,9 +293,7 @@ pub async fn start(cfg: &ServerConfig) -> Result<Running, ServerError> {
         return Err(ServerError::SelfNotInPeers(id));
     }
     if let Some(addr) = cfg.metrics_addr {
-        if skiff_metrics::needs_tls(addr) && cfg.security.insecure {
-            return Err(metrics::MetricsAddrError::Insecure(addr).into());
-        }
+        skiff_metrics::check_addr(addr, cfg.security.insecure)?;
     }
     let (api, api_addr) = bind(cfg.api_addr).await?;
     let (peer, peer_addr) = bind(cfg.peer_addr).await?;

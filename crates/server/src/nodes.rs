@@ -370,6 +370,35 @@ impl pb::node_api_server::NodeApi for NodeService {
         )))
     }
 
+    async fn check_metrics_token(
+        &self,
+        req: Request<pb::CheckMetricsTokenRequest>,
+    ) -> Result<Response<pb::CheckMetricsTokenResponse>, Status> {
+        let who = crate::auth::caller(&req, &self.ctx.tls)?;
+        match &who {
+            crate::auth::Caller::Node(n) => {
+                who.require_node(&self.ctx, n, "check metrics tokens")?
+            }
+            crate::auth::Caller::Trusted => {}
+            _ => {
+                return Err(Status::permission_denied(
+                    "only nodes ask whether a metrics token holds",
+                ))
+            }
+        }
+        let r = req.into_inner();
+        if r.authorization.len() > 1024 {
+            return Err(Status::invalid_argument(
+                "authorization: at most 1024 bytes",
+            ));
+        }
+        let said = crate::auth::metrics_bearer(&self.ctx, Some(&r.authorization));
+        Ok(Response::new(pb::CheckMetricsTokenResponse {
+            allowed: said.is_ok(),
+            reason: said.err().unwrap_or_default(),
+        }))
+    }
+
     async fn update_alloc_status(
         &self,
         req: Request<pb::UpdateAllocStatusRequest>,

@@ -263,6 +263,16 @@ fn node_api(dir: &Path) {
     put(dir, "register", &call(0, &register));
     put(
         dir,
+        "check-metrics-token",
+        &call(
+            4,
+            &pb::CheckMetricsTokenRequest {
+                authorization: "Bearer skiffu1.abc.def".into(),
+            },
+        ),
+    );
+    put(
+        dir,
         "heartbeat",
         &call(
             1,
