@@ -79,6 +79,9 @@ async fn a_server_exports_what_happened_in_prometheus_format() {
         ("skiff_heartbeats_received_total", 1.0),
         ("skiff_raft_leader_changes_total", 0.0),
         ("skiff_nodes_declared_down_total", 0.0),
+        ("skiff_raft_log_bytes", 1.0),
+        ("skiff_state_db_bytes", 1.0),
+        ("skiff_state_saves_total", 0.0),
     ] {
         assert!(
             sample(&body, series).is_some_and(|v| v >= at_least),

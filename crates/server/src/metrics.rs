@@ -170,6 +170,58 @@ impl ServerMetrics {
     }
 }
 
+/// What the store holds on disk and what saving it took, read at the
+/// scrape.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Disk {
+    pub use_: skiff_store::DiskUse,
+    pub saves: skiff_store::SaveCounts,
+}
+
+impl Disk {
+    pub fn of(store: &Store) -> Disk {
+        Disk {
+            use_: store.disk_use(),
+            saves: store.save_counts(),
+        }
+    }
+
+    fn register(&self, reg: &mut Registry) {
+        reg.register(
+            "raft_log_bytes",
+            "Bytes of this server's Raft log segments on disk",
+            gauge(self.use_.log_bytes),
+        );
+        reg.register(
+            "state_db_bytes",
+            "Bytes of this server's state database on disk (what snapshots are made from)",
+            gauge(self.use_.state_bytes),
+        );
+        let saves = Counter::<u64>::default();
+        saves.inc_by(self.saves.saves);
+        reg.register(
+            "state_saves",
+            "Saves of the applied state to the state database",
+            saves,
+        );
+        let records = Counter::<u64>::default();
+        records.inc_by(self.saves.records);
+        reg.register("state_saved_records", "Records the saves wrote", records);
+        let seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        seconds.inc_by(self.saves.total.as_secs_f64());
+        reg.register(
+            "state_save_seconds",
+            "Time the saves took (writing and flushing), all together",
+            seconds,
+        );
+        reg.register(
+            "state_last_save_duration_seconds",
+            "How long the last save took",
+            skiff_metrics::gauge_f64(self.saves.last.as_secs_f64()),
+        );
+    }
+}
+
 /// Counts the leader changes this server sees, for as long as the store
 /// runs.
 pub async fn follow_leader(store: Store, metrics: std::sync::Arc<ServerMetrics>) {
@@ -205,9 +257,11 @@ pub fn render(
     state: &State,
     api: &ApiMetrics,
     server: &ServerMetrics,
+    disk: &Disk,
 ) -> String {
     let mut reg = Registry::with_prefix("skiff");
     server.register(&mut reg);
+    disk.register(&mut reg);
     reg.register(
         "raft_snapshot_index",
         "The Raft index of this server's latest snapshot",
@@ -345,7 +399,13 @@ pub fn example() -> String {
     );
     let server = ServerMetrics::default();
     server.proposed(true, std::time::Duration::from_millis(1));
-    render(&RaftStatus::default(), &State::default(), &api, &server)
+    render(
+        &RaftStatus::default(),
+        &State::default(),
+        &api,
+        &server,
+        &Disk::default(),
+    )
 }
 
 /// The agents' metrics addresses as Prometheus' HTTP service discovery
@@ -410,7 +470,10 @@ pub async fn serve(
         "/metrics",
         skiff_metrics::CONTENT_TYPE,
         access.clone(),
-        move || render(&scrape.status(), &scrape.state(), &api, &server) + &appendix.render(),
+        move || {
+            let disk = Disk::of(&scrape);
+            render(&scrape.status(), &scrape.state(), &api, &server, &disk) + &appendix.render()
+        },
     );
     let app =
         skiff_metrics::guarded_get(app, AGENTS_SD_PATH, "application/json", access, move || {
@@ -459,7 +522,13 @@ mod tests {
             "UNIMPLEMENTED",
             Default::default(),
         );
-        let text = render(&status, &state, &api, &ServerMetrics::default());
+        let text = render(
+            &status,
+            &state,
+            &api,
+            &ServerMetrics::default(),
+            &Disk::default(),
+        );
         for line in [
             "# TYPE skiff_grpc_requests_total counter",
             "skiff_grpc_requests_total{method=\"Cluster/ListJobs\",code=\"OK\"} 1",

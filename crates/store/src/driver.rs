@@ -90,6 +90,8 @@ pub(crate) struct Shared {
     /// hold them back a few milliseconds (see `STATUS_EVERY`).
     pub(crate) commit: std::sync::atomic::AtomicU64,
     pub(crate) last_index: std::sync::atomic::AtomicU64,
+    /// What the saver thread did.
+    pub(crate) saves: Arc<crate::saver::SaveStats>,
 }
 
 /// The handle's ends of a started driver.
@@ -145,6 +147,7 @@ pub(crate) fn start(
         events: RwLock::new(EventLog::new(index)),
         commit: Default::default(),
         last_index: Default::default(),
+        saves: Default::default(),
     });
     let driver = Driver {
         id: cfg.id,
@@ -162,7 +165,7 @@ pub(crate) fn start(
         tick: cfg.tick,
         snapshot_entries: cfg.snapshot_entries,
         removed: false,
-        saver: Saver::start(statedb, index)?,
+        saver: Saver::start(statedb, index, shared.saves.clone())?,
         compacted_at: index,
         compacted_before: index,
         status_published: Instant::now(),

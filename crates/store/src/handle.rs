@@ -32,6 +32,31 @@ pub struct Store {
     applied: watch::Receiver<u64>,
     status: watch::Receiver<RaftStatus>,
     propose_timeout: Duration,
+    data_dir: std::path::PathBuf,
+}
+
+/// Bytes a store holds on disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskUse {
+    /// The Raft log's segments (`raft/`).
+    pub log_bytes: u64,
+    /// The state database (`state/`): what a snapshot is made from.
+    pub state_bytes: u64,
+}
+
+/// Bytes of the files under `dir`, its subdirectories included.
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 impl Store {
@@ -110,6 +135,7 @@ impl Store {
             applied: started.applied,
             status: started.status,
             propose_timeout: cfg.propose_timeout,
+            data_dir: data_dir.to_path_buf(),
         })
     }
 
@@ -254,6 +280,20 @@ impl Store {
     /// Fires each time entries are applied, with the applied index.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.applied.clone()
+    }
+
+    /// What the state saver did since the store opened.
+    pub fn save_counts(&self) -> crate::saver::SaveCounts {
+        self.shared.saves.read()
+    }
+
+    /// Bytes the log and the state database hold on disk now (read from
+    /// the file system: for metrics, not a hot path).
+    pub fn disk_use(&self) -> DiskUse {
+        DiskUse {
+            log_bytes: dir_bytes(&self.data_dir.join("raft")),
+            state_bytes: dir_bytes(&self.data_dir.join("state")),
+        }
     }
 
     pub fn status(&self) -> RaftStatus {

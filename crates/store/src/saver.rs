@@ -7,6 +7,7 @@
 //! the last save, so a crash loses nothing: the entries after the saved
 //! index are applied again on start.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +33,46 @@ fn save_interval() -> Duration {
 }
 /// ...or once this many records are waiting (bounds the memory they hold).
 const SAVE_RECORDS: usize = 50_000;
+
+/// What the saver thread did since the store opened: saves, the records
+/// they wrote, and how long they took (the commit and the flush).
+#[derive(Debug, Default)]
+pub struct SaveStats {
+    saves: AtomicU64,
+    records: AtomicU64,
+    micros: AtomicU64,
+    last_micros: AtomicU64,
+}
+
+/// [`SaveStats`] as read at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SaveCounts {
+    pub saves: u64,
+    pub records: u64,
+    /// Time spent saving, all saves together.
+    pub total: Duration,
+    /// How long the last save took.
+    pub last: Duration,
+}
+
+impl SaveStats {
+    fn saved(&self, records: usize, took: Duration) {
+        let micros = took.as_micros() as u64;
+        self.saves.fetch_add(1, Ordering::Relaxed);
+        self.records.fetch_add(records as u64, Ordering::Relaxed);
+        self.micros.fetch_add(micros, Ordering::Relaxed);
+        self.last_micros.store(micros, Ordering::Relaxed);
+    }
+
+    pub fn read(&self) -> SaveCounts {
+        SaveCounts {
+            saves: self.saves.load(Ordering::Relaxed),
+            records: self.records.load(Ordering::Relaxed),
+            total: Duration::from_micros(self.micros.load(Ordering::Relaxed)),
+            last: Duration::from_micros(self.last_micros.load(Ordering::Relaxed)),
+        }
+    }
+}
 
 /// Records to save, the applied index and unblock index they bring the
 /// saved state to, and where to answer.
@@ -62,9 +103,13 @@ pub(crate) struct Saver {
 
 impl Saver {
     /// Starts the saver thread for `db`, whose saved state is at `index`.
-    pub(crate) fn start(db: StateDb, index: u64) -> Result<Saver, StoreError> {
+    pub(crate) fn start(
+        db: StateDb,
+        index: u64,
+        stats: Arc<SaveStats>,
+    ) -> Result<Saver, StoreError> {
         Ok(Saver {
-            jobs: spawn_saver(db.clone())?,
+            jobs: spawn_saver(db.clone(), stats)?,
             db,
             unsaved: Unsaved::new(),
             next_save: Instant::now() + save_interval(),
@@ -180,7 +225,7 @@ impl Saver {
 }
 
 /// The thread that writes state batches, one at a time.
-fn spawn_saver(db: StateDb) -> Result<SyncSender<SaveJob>, StoreError> {
+fn spawn_saver(db: StateDb, stats: Arc<SaveStats>) -> Result<SyncSender<SaveJob>, StoreError> {
     let (tx, rx) = mpsc::sync_channel::<SaveJob>(1);
     std::thread::Builder::new()
         .name("state-saver".into())
@@ -188,9 +233,11 @@ fn spawn_saver(db: StateDb) -> Result<SyncSender<SaveJob>, StoreError> {
             for job in rx {
                 // Flushed before it counts as saved: the log is trimmed up
                 // to a saved index, so that index must survive a crash.
+                let (records, started) = (job.records.len(), Instant::now());
                 let result = db
                     .commit(job.records, job.index, job.unblock)
                     .and_then(|()| db.flush());
+                stats.saved(records, started.elapsed());
                 let _ = job.done.send(result);
             }
         })
