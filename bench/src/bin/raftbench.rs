@@ -50,6 +50,9 @@ struct Opts {
     /// Servers without `/metrics` (and so without counting their calls),
     /// to measure what serving metrics costs.
     no_metrics: bool,
+    /// With metrics: scrape every server's `/metrics` this often while
+    /// the bench runs (as Prometheus would; 0: never).
+    scrape_every: Duration,
 }
 
 fn parse() -> anyhow::Result<Opts> {
@@ -65,6 +68,7 @@ fn parse() -> anyhow::Result<Opts> {
         insecure: false,
         etcd_plaintext: false,
         no_metrics: false,
+        scrape_every: Duration::from_secs(1),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -85,8 +89,16 @@ fn parse() -> anyhow::Result<Opts> {
             "--insecure" => o.insecure = true,
             "--etcd-plaintext" => o.etcd_plaintext = true,
             "--no-metrics" => o.no_metrics = true,
+            "--scrape-every" => {
+                o.scrape_every = Duration::from_secs_f64(
+                    args.next()
+                        .context("--scrape-every needs seconds")?
+                        .parse()
+                        .context("--scrape-every: seconds")?,
+                )
+            }
             "-h" | "--help" => {
-                println!("raftbench [--duration SECS] [--clients 1,64] [--rounds N] [--value-size BYTES] [--failovers N] [--skiff PATH] [--etcd PATH] [--insecure (Skiff and etcd without TLS)] [--etcd-plaintext (etcd without TLS, Skiff with)] [--no-metrics (servers without /metrics)]");
+                println!("raftbench [--duration SECS] [--clients 1,64] [--rounds N] [--value-size BYTES] [--failovers N] [--skiff PATH] [--etcd PATH] [--insecure (Skiff and etcd without TLS)] [--etcd-plaintext (etcd without TLS, Skiff with)] [--no-metrics (servers without /metrics)] [--scrape-every SECS (1; 0: never)]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (see --help)"),
@@ -105,6 +117,44 @@ fn parse() -> anyhow::Result<Opts> {
         );
     }
     Ok(o)
+}
+
+/// A thread that scrapes the three servers' `/metrics` every so often.
+struct Scraper {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(usize, Duration, usize)>,
+}
+
+impl Scraper {
+    fn start(dir: &Path, every: Duration) -> Scraper {
+        let files: Vec<PathBuf> = (1..=3)
+            .map(|i| dir.join(format!("skiff{i}/metrics.addr")))
+            .collect();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut n, mut total, mut bytes) = (0, Duration::ZERO, 0);
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                for f in &files {
+                    let Ok(addr) = std::fs::read_to_string(f) else {
+                        continue;
+                    };
+                    if let Ok((took, b)) = skiff_bench::http::get(addr.trim(), "/metrics") {
+                        (n, total, bytes) = (n + 1, total + took, b);
+                    }
+                }
+                std::thread::sleep(every);
+            }
+            (n, total, bytes)
+        });
+        Scraper { stop, thread }
+    }
+
+    /// Stops; how many scrapes, their time together, the last's bytes.
+    fn stop(self) -> (usize, Duration, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
 }
 
 struct SkiffCluster {
@@ -489,6 +539,9 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
     // the other one is measured.
     let cpu = |procs: &[Proc]| procs.iter().map(Proc::cpu_ticks).sum::<u64>();
     let (skiff_cpu0, etcd_cpu0) = (cpu(&skiff.procs), cpu(&etcd.procs));
+    // As Prometheus would: every server's /metrics, now and then.
+    let scraping =
+        (!o.no_metrics && !o.scrape_every.is_zero()).then(|| Scraper::start(dir, o.scrape_every));
     let (mut skiff_writes, mut etcd_writes) = (0usize, 0usize);
     for &clients in &o.clients {
         let (mut throughput, mut p99) = (Vec::new(), Vec::new());
@@ -540,6 +593,14 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
         }
     }
 
+    if let Some(s) = scraping {
+        let (n, total, bytes) = s.stop();
+        println!(
+            "scrapes={n} scrape_mean_ms={:.2} scrape_bytes={bytes} every_secs={}",
+            total.as_secs_f64() * 1000.0 / n.max(1) as f64,
+            o.scrape_every.as_secs_f64()
+        );
+    }
     if skiff_writes > 0 && etcd_writes > 0 {
         let s = us_per_write(cpu(&skiff.procs).saturating_sub(skiff_cpu0), skiff_writes);
         let e = us_per_write(cpu(&etcd.procs).saturating_sub(etcd_cpu0), etcd_writes);
