@@ -113,6 +113,9 @@ async fn measure(o: &Opts, nodes: usize) -> anyhow::Result<()> {
         "127.0.0.1:0",
         "--metrics-addr",
         "127.0.0.1:0",
+        // A /24 per node for thousands of nodes.
+        "--node-subnets",
+        "10.0.0.0/8",
         "--data-dir",
     ]
     .iter()

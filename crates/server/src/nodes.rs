@@ -26,13 +26,21 @@ pub struct NodeService {
     ctx: Ctx,
     /// The cluster's endpoints and members, shared by every watch.
     network: Arc<crate::endpoints::NetworkCache>,
+    /// Subnets this server handed to registrations not yet applied, and
+    /// when: registrations at once (a rack of agents starting) each get
+    /// another one instead of racing for the first free one.
+    offered: Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>,
 }
+
+/// How long a subnet offered to a registration is held back from others.
+const OFFER_HELD: Duration = Duration::from_secs(30);
 
 impl NodeService {
     pub fn new(ctx: Ctx) -> Self {
         NodeService {
             ctx,
             network: Arc::default(),
+            offered: Arc::default(),
         }
     }
 }
@@ -171,13 +179,21 @@ impl NodeService {
         let Some(range) = self.ctx.node_subnets else {
             return Ok(String::new());
         };
+        let mut offered = self.offered.lock().unwrap_or_else(|p| p.into_inner());
+        offered.retain(|_, at| at.elapsed() < OFFER_HELD);
         let taken: Vec<Subnet> = state
             .nodes
             .values()
-            .filter_map(|n| Subnet::parse(&n.subnet).ok())
+            .map(|n| n.subnet.as_str())
+            .chain(offered.keys().map(String::as_str))
+            .filter_map(|s| Subnet::parse(s).ok())
             .collect();
         first_free(&range, &taken)
-            .map(|s| s.to_string())
+            .map(|s| {
+                let s = s.to_string();
+                offered.insert(s.clone(), std::time::Instant::now());
+                s
+            })
             .ok_or_else(|| {
                 Status::resource_exhausted(format!(
                     "no /24 of --node-subnets {range} is free for node {name:?}; give the servers a larger range"

@@ -164,6 +164,12 @@ struct Server {
 
 impl Server {
     async fn start() -> Server {
+        Server::start_with_subnets(None).await
+    }
+
+    /// A server that assigns nodes their `network: bridge` subnets from
+    /// `range`.
+    async fn start_with_subnets(range: Option<&str>) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let ca = skiff_pki::Ca::generate(Duration::from_secs(3600)).unwrap();
         let admin = ca
@@ -199,7 +205,7 @@ impl Server {
             },
             gc: Default::default(),
             registries: Default::default(),
-            node_subnets: None,
+            node_subnets: range.map(|r| skiff_model::subnet::Subnet::parse(r).unwrap()),
             metrics_addr: None,
             metrics_appendix: Default::default(),
         };
@@ -624,5 +630,45 @@ async fn registration_refuses_malformed_gpu_inventories() {
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.message().starts_with(want), "{}", err.message());
     }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_registering_at_once_each_get_their_own_subnet_first_time() {
+    let server = Server::start_with_subnets(Some("10.77.0.0/20")).await;
+    let mut channels = Vec::new();
+    for i in 0..12 {
+        let name = format!("rack-{i}");
+        channels.push((name.clone(), server.node_channel(&name).await));
+    }
+    // Twelve registrations at once, each asking the servers for a subnet.
+    let tasks: Vec<_> = channels
+        .into_iter()
+        .map(|(name, ch)| {
+            tokio::spawn(async move {
+                pb::node_api_client::NodeApiClient::new(ch)
+                    .register(pb::RegisterRequest {
+                        name,
+                        capacity: Some(pb::Resources {
+                            cpu_millis: 4_000,
+                            memory_bytes: 8 << 30,
+                            gpus: 0,
+                        }),
+                        address: "127.0.0.1:7702".into(),
+                        agent_version: "test".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|r| r.into_inner().subnet)
+            })
+        })
+        .collect();
+    let mut subnets = std::collections::BTreeSet::new();
+    for t in tasks {
+        let subnet = t.await.unwrap().expect("every registration succeeds");
+        assert!(subnet.starts_with("10.77."), "{subnet}");
+        subnets.insert(subnet);
+    }
+    assert_eq!(subnets.len(), 12, "{subnets:?}");
     server.stop().await;
 }
