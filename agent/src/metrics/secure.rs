@@ -90,32 +90,12 @@ pub fn security(
             said
         })
     };
-    let cache: Mutex<Option<(Arc<crate::tls::NodeCreds>, Arc<skiff_metrics::TlsConfig>)>> =
-        Mutex::default();
-    let current = move || {
-        let AgentTls::On(creds) = tls.borrow().clone() else {
-            return None;
-        };
-        let mut cached = cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((c, config)) = cached.as_ref() {
-            if Arc::ptr_eq(c, &creds) {
-                return Some(config.clone());
-            }
-        }
-        match skiff_metrics::tls_config(&creds.cert_pem, &creds.key_pem) {
-            Ok(config) => {
-                let config = Arc::new(config);
-                *cached = Some((creds, config.clone()));
-                Some(config)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics: cannot use the node's certificate");
-                None
-            }
-        }
-    };
-    (
-        skiff_metrics::Access::Guarded(Arc::new(check)),
-        Arc::new(current),
-    )
+    let current = skiff_metrics::follow_creds(
+        move || match &*tls.borrow() {
+            AgentTls::On(creds) => Some(creds.clone()),
+            AgentTls::Off => None,
+        },
+        |c: &crate::tls::NodeCreds| (c.cert_pem.as_str(), c.key_pem.as_str()),
+    );
+    (skiff_metrics::Access::Guarded(Arc::new(check)), current)
 }

@@ -245,6 +245,41 @@ pub fn tls_config(cert_pem: &str, key_pem: &str) -> Result<rustls::ServerConfig,
     Ok(config)
 }
 
+/// The TLS configuration of the moment from credentials that are renewed
+/// while the process runs: `creds()` gives the current ones (`None`: no
+/// TLS), `pem` their certificate and key; a configuration is built once
+/// per credentials, whenever `creds()` hands out new ones.
+pub fn follow_creds<K, C, P>(creds: C, pem: P) -> std::sync::Arc<CurrentTls>
+where
+    K: Send + Sync + 'static,
+    C: Fn() -> Option<std::sync::Arc<K>> + Send + Sync + 'static,
+    P: Fn(&K) -> (&str, &str) + Send + Sync + 'static,
+{
+    type Cached<K> = Option<(std::sync::Arc<K>, std::sync::Arc<rustls::ServerConfig>)>;
+    let cache: std::sync::Mutex<Cached<K>> = std::sync::Mutex::new(None);
+    std::sync::Arc::new(move || {
+        let now = creds()?;
+        let mut cached = cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((c, config)) = cached.as_ref() {
+            if std::sync::Arc::ptr_eq(c, &now) {
+                return Some(config.clone());
+            }
+        }
+        let (cert, key) = pem(&now);
+        match tls_config(cert, key) {
+            Ok(config) => {
+                let config = std::sync::Arc::new(config);
+                *cached = Some((now, config.clone()));
+                Some(config)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: cannot use this process's certificate");
+                None
+            }
+        }
+    })
+}
+
 /// A TCP listener whose connections are TLS (handshakes one at a time, at
 /// most 10 s each; one that fails is dropped and the next taken).
 struct TlsListener {

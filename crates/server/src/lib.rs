@@ -257,29 +257,11 @@ fn metrics_security(ctx: &Ctx) -> (skiff_metrics::Access, Arc<skiff_metrics::Cur
         Box::pin(std::future::ready(said)) as skiff_metrics::CheckFuture
     }));
     let tls = ctx.tls.clone();
-    let cache: std::sync::Mutex<Option<(Arc<tls::ServerCreds>, Arc<skiff_metrics::TlsConfig>)>> =
-        Default::default();
-    let current = move || {
-        let creds = tls.creds()?;
-        let mut cached = cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((c, config)) = cached.as_ref() {
-            if Arc::ptr_eq(c, &creds) {
-                return Some(config.clone());
-            }
-        }
-        match skiff_metrics::tls_config(&creds.cert_pem, &creds.key_pem) {
-            Ok(config) => {
-                let config = Arc::new(config);
-                *cached = Some((creds, config.clone()));
-                Some(config)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics: cannot use this server's certificate");
-                None
-            }
-        }
-    };
-    (access, Arc::new(current))
+    let current = skiff_metrics::follow_creds(
+        move || tls.creds(),
+        |c: &tls::ServerCreds| (c.cert_pem.as_str(), c.key_pem.as_str()),
+    );
+    (access, current)
 }
 
 /// Opens the store and binds both ports; `serve` then runs everything.

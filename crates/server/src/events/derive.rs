@@ -144,6 +144,46 @@ pub struct Seen {
     rollouts: HashMap<String, DeploymentStatus>,
 }
 
+impl From<&skiff_model::Allocation> for AllocView {
+    fn from(a: &skiff_model::Allocation) -> AllocView {
+        AllocView {
+            id: a.id.clone(),
+            job: a.job.clone(),
+            replica: a.replica,
+            job_version: a.job_version,
+            node: a.node.clone(),
+            desired: a.desired,
+            status: a.status,
+            restart_count: a.restart_count,
+            healthy: a.healthy,
+            reason: a.reason.clone(),
+            message: String::new(),
+        }
+    }
+}
+
+impl From<&skiff_model::Node> for NodeView {
+    fn from(n: &skiff_model::Node) -> NodeView {
+        NodeView {
+            name: n.name.clone(),
+            status: n.status,
+            cordoned: n.cordoned,
+            draining: n.draining,
+            drained: n.drained,
+            gpus: n
+                .gpus
+                .iter()
+                .map(|g| GpuView {
+                    uuid: g.uuid.clone(),
+                    healthy: g.healthy,
+                    health_reason: g.health_reason.clone(),
+                })
+                .collect(),
+            agent_version: String::new(),
+        }
+    }
+}
+
 fn alloc_seen(a: &AllocView) -> AllocSeen {
     AllocSeen {
         status: a.status,
@@ -181,35 +221,12 @@ impl Seen {
             allocs: state
                 .allocs
                 .iter()
-                .map(|(k, a)| {
-                    let seen = AllocSeen {
-                        status: a.status,
-                        desired: a.desired,
-                        restarts: a.restart_count,
-                        healthy: a.healthy,
-                        backing_off: a.reason == reason::BACK_OFF,
-                    };
-                    (k.clone(), seen)
-                })
+                .map(|(k, a)| (k.clone(), alloc_seen(&AllocView::from(a))))
                 .collect(),
             nodes: state
                 .nodes
                 .iter()
-                .map(|(k, n)| {
-                    let seen = NodeSeen {
-                        status: n.status,
-                        cordoned: n.cordoned,
-                        draining: n.draining,
-                        drained: n.drained,
-                        unhealthy: n
-                            .gpus
-                            .iter()
-                            .filter(|g| !g.healthy)
-                            .map(|g| (g.uuid.clone(), g.health_reason.clone()))
-                            .collect(),
-                    };
-                    (k.clone(), seen)
-                })
+                .map(|(k, n)| (k.clone(), node_seen(&NodeView::from(n))))
                 .collect(),
             rollouts: state
                 .deployments
