@@ -22,6 +22,7 @@ mod gpus;
 mod place;
 mod preempt;
 mod view;
+pub mod work;
 mod workload;
 
 use skiff_model::{Deployment, DesiredStatus, Job, Plan};

@@ -120,9 +120,6 @@ pub(crate) struct Placer<'v, 'a> {
     pub amount: Resources,
     /// Nodes the job's constraints allow; `None`: all of them.
     pub feasible: Option<Bitset>,
-    /// Per node, the healthy GPUs the job's filter accepts; `None` when the
-    /// job has no filter (then every healthy GPU).
-    pub filter_masks: Option<Vec<u64>>,
     pub overlay: Vec<Overlay>,
     touched: Option<Bitset>,
     /// Replicas of the job per node (kept for distinct_hosts and spread).
@@ -161,14 +158,6 @@ impl<'v, 'a> Placer<'v, 'a> {
                 }
             }
             b
-        });
-        // Even an empty filter narrows the healthy GPUs down: it accepts
-        // whole GPUs only, not MIG instances.
-        let filter_masks = (ask.gpus > 0).then(|| {
-            view.nodes
-                .iter()
-                .map(|s| s.node.eligible_gpus(&ask.gpu))
-                .collect()
         });
         let track = spec.distinct_hosts || spec.spread.is_some();
         let mut counts: Option<BTreeMap<NodeIdx, u32>> = track.then(BTreeMap::new);
@@ -244,7 +233,6 @@ impl<'v, 'a> Placer<'v, 'a> {
             amount: ask.amount(),
             ask,
             feasible,
-            filter_masks,
             overlay: Vec::new(),
             touched: None,
             counts,
@@ -273,10 +261,18 @@ impl<'v, 'a> Placer<'v, 'a> {
     }
 
     /// Healthy GPUs of the node the job accepts (free or not).
+    ///
+    /// Read from the node when asked, not computed for every node up
+    /// front: a GPU job's evaluation looks at a handful of nodes, and
+    /// doing it for all of them made each evaluation O(nodes).
     pub fn acceptable_gpus(&self, n: NodeIdx) -> u64 {
-        match &self.filter_masks {
-            Some(m) => m[n as usize],
-            None => self.view.nodes[n as usize].healthy,
+        let slot = &self.view.nodes[n as usize];
+        if self.ask.gpus > 0 {
+            // Even an empty filter narrows the healthy GPUs down: it
+            // accepts whole GPUs only, not MIG instances.
+            slot.node.eligible_gpus(&self.ask.gpu)
+        } else {
+            slot.healthy
         }
     }
 
@@ -414,6 +410,7 @@ impl<'v, 'a> Placer<'v, 'a> {
     pub fn place_one(&mut self) -> Option<Choice> {
         self.buf.clear();
         if self.scan {
+            crate::work::visited(self.view.nodes.len() as u64);
             for n in 0..self.view.nodes.len() as NodeIdx {
                 self.offer(n, true);
             }
@@ -441,8 +438,25 @@ impl<'v, 'a> Placer<'v, 'a> {
                     buckets
                 };
                 match self.cfg.algorithm {
+                    // Fullest first, but from the nodes that have enough
+                    // of the resource the cluster uses most: walking the
+                    // combined key from the fullest passed every node
+                    // short of it (most of a filling cluster) for every
+                    // replica.
                     Algorithm::Binpack => {
-                        self.walk(sets.iter().map(|b| b.range(range.clone())), true, want)
+                        let mem_scarcer = self.shares.is_some_and(|[c, m, _]| m > c);
+                        let (all, buckets, from) = if mem_scarcer {
+                            (&class.by_mem, &class.buckets_mem, self.ask.memory_bytes)
+                        } else {
+                            (&class.by_cpu, &class.buckets_cpu, self.ask.cpu_millis)
+                        };
+                        let sets: &[IndexSet] = if k == 0 {
+                            std::slice::from_ref(all)
+                        } else {
+                            buckets.get(k..).unwrap_or_default()
+                        };
+                        let start = (from, 0, 0, 0, 0)..;
+                        self.walk(sets.iter().map(|b| b.range(start.clone())), true, want)
                     }
                     Algorithm::Spread => self.walk(
                         sets.iter().map(|b| b.range(range.clone()).rev()),
@@ -501,6 +515,7 @@ impl<'v, 'a> Placer<'v, 'a> {
                 p.1
             };
             walked += 1;
+            crate::work::visited(1);
             let (_, _, n, free_cpu, free_mem) = e;
             // Most nodes the walk passes lack cpu or memory: turn them
             // away without reading the node.

@@ -131,6 +131,67 @@ pub(crate) struct Class {
     /// For classes with GPUs, the same nodes by number of free GPUs: a
     /// replica asking `k` GPUs walks buckets `k..` only.
     pub buckets: Vec<IndexSet>,
+    /// The same nodes by free cpu, and by free memory (the entry's first
+    /// field is that amount, not the key): a walk for a replica without
+    /// GPUs starts at the nodes with enough of the scarcer resource and
+    /// never passes the many nodes that lack it.
+    pub by_cpu: IndexSet,
+    pub by_mem: IndexSet,
+    /// The buckets again, by free cpu and by free memory.
+    pub buckets_cpu: Vec<IndexSet>,
+    pub buckets_mem: Vec<IndexSet>,
+}
+
+/// A node's entries in the by-cpu and by-memory indexes, from its entry.
+pub(crate) fn dim_entries(e: IndexEntry) -> (IndexEntry, IndexEntry) {
+    let (_, tie, n, cpu, mem) = e;
+    ((cpu, tie, n, cpu, mem), (mem, tie, n, cpu, mem))
+}
+
+impl Class {
+    fn new(cap: Resources) -> Class {
+        let buckets = if cap.gpus > 0 {
+            cap.gpus as usize + 1
+        } else {
+            0
+        };
+        Class {
+            cap,
+            all: BTreeSet::new(),
+            buckets: vec![BTreeSet::new(); buckets],
+            by_cpu: BTreeSet::new(),
+            by_mem: BTreeSet::new(),
+            buckets_cpu: vec![BTreeSet::new(); buckets],
+            buckets_mem: vec![BTreeSet::new(); buckets],
+        }
+    }
+
+    /// Files a node's entry, in GPU bucket `bucket`.
+    fn insert(&mut self, e: IndexEntry, bucket: u32) {
+        let (c, m) = dim_entries(e);
+        self.all.insert(e);
+        self.by_cpu.insert(c);
+        self.by_mem.insert(m);
+        let b = bucket as usize;
+        if b < self.buckets.len() {
+            self.buckets[b].insert(e);
+            self.buckets_cpu[b].insert(c);
+            self.buckets_mem[b].insert(m);
+        }
+    }
+
+    fn remove(&mut self, e: &IndexEntry, bucket: u32) {
+        let (c, m) = dim_entries(*e);
+        self.all.remove(e);
+        self.by_cpu.remove(&c);
+        self.by_mem.remove(&m);
+        let b = bucket as usize;
+        if b < self.buckets.len() {
+            self.buckets[b].remove(e);
+            self.buckets_cpu[b].remove(&c);
+            self.buckets_mem[b].remove(&m);
+        }
+    }
 }
 
 /// An indexed, read-only view of the nodes and allocations the scheduler
@@ -331,21 +392,12 @@ impl<'a> ClusterView<'a> {
                 .entry((c.cpu_millis, c.memory_bytes, c.gpus))
                 .or_insert(next);
             if class == next {
-                let buckets = if c.gpus > 0 { c.gpus as usize + 1 } else { 0 };
-                view.classes.push(Class {
-                    cap: c,
-                    all: BTreeSet::new(),
-                    buckets: vec![BTreeSet::new(); buckets],
-                });
+                view.classes.push(Class::new(c));
             }
             let key = free_key(c, &slot.used, slot.healthy);
             let bucket = free_gpus(slot);
             let entry = index_entry(slot, key, i as NodeIdx);
-            let cl = &mut view.classes[class as usize];
-            cl.all.insert(entry);
-            if let Some(b) = cl.buckets.get_mut(bucket as usize) {
-                b.insert(entry);
-            }
+            view.classes[class as usize].insert(entry, bucket);
             view.total_cap = view.total_cap.saturating_add(c);
             view.total_used = view.total_used.saturating_add(slot.used.amount);
             let slot = &mut view.nodes[i];
@@ -421,14 +473,8 @@ impl<'a> ClusterView<'a> {
         }
         let (class, old_bucket) = (slot.class, slot.bucket);
         let cl = &mut self.classes[class as usize];
-        cl.all.remove(&old);
-        cl.all.insert(entry);
-        if let Some(b) = cl.buckets.get_mut(old_bucket as usize) {
-            b.remove(&old);
-        }
-        if let Some(b) = cl.buckets.get_mut(bucket as usize) {
-            b.insert(entry);
-        }
+        cl.remove(&old, old_bucket);
+        cl.insert(entry, bucket);
         let slot = &mut self.nodes[n as usize];
         slot.entry = entry;
         slot.bucket = bucket;
