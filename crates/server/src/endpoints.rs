@@ -114,6 +114,25 @@ pub struct ClusterNetwork {
     pub endpoints_print: u64,
     pub members: pb::NetworkMembers,
     pub members_print: u64,
+    /// A fingerprint of every node's name, subnet and host and every
+    /// server's hosts: a node's watch sends it its peers (every node but
+    /// itself) only when this changed, instead of building the list on
+    /// every applied entry to find out.
+    pub peers_print: u64,
+}
+
+/// See [`ClusterNetwork::peers_print`] (never 0, which means "none sent").
+fn peers_print(state: &skiff_store::State) -> u64 {
+    use skiff_model::workload::host_of;
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for n in state.nodes.values() {
+        (&n.name, &n.subnet, host_of(&n.address)).hash(&mut h);
+    }
+    for s in state.servers.values() {
+        (host_of(&s.api_addr), host_of(&s.peer_addr)).hash(&mut h);
+    }
+    h.finish() | 1
 }
 
 impl ClusterNetwork {
@@ -125,6 +144,7 @@ impl ClusterNetwork {
             endpoints_print,
             members,
             members_print,
+            peers_print: peers_print(state),
         }
     }
 }

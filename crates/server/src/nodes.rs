@@ -494,11 +494,10 @@ pub struct Sent {
 }
 
 /// The other nodes and the servers, as an agent's bridge network needs
-/// them, with a fingerprint of them. Walks every node: cheap on the small
-/// clusters Skiff is for (a large one would keep the list in the state).
-fn peers_of(state: &skiff_store::State, node: &str) -> (pb::Peers, u64) {
+/// them. Walks every node: built only when the cluster's peers changed
+/// (`ClusterNetwork::peers_print`), not on every applied entry.
+fn peers_of(state: &skiff_store::State, node: &str) -> pb::Peers {
     use skiff_model::workload::host_of;
-    use std::hash::{Hash, Hasher};
     let mut peers = pb::Peers::default();
     let mut hosts = std::collections::BTreeSet::new();
     for n in state.nodes.values().filter(|n| n.name != node) {
@@ -518,13 +517,7 @@ fn peers_of(state: &skiff_store::State, node: &str) -> (pb::Peers, u64) {
     }
     hosts.remove("");
     peers.hosts = hosts.into_iter().collect();
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for n in &peers.nodes {
-        (&n.name, &n.subnet, &n.address).hash(&mut h);
-    }
-    peers.hosts.hash(&mut h);
-    // Never 0, which means "none sent".
-    (peers, h.finish() | 1)
+    peers
 }
 
 /// The messages that bring an agent following `node` from what `sent`
@@ -588,8 +581,7 @@ fn alloc_changes_within(
         .cloned()
         .collect();
     removed.sort();
-    let (peers, peers_print) = peers_of(state, node);
-    let peers_changed = reset || peers_print != sent_all.peers;
+    let peers_changed = reset || net.peers_print != sent_all.peers;
     let endpoints_changed = reset || net.endpoints_print != sent_all.endpoints;
     let members_changed = reset || net.members_print != sent_all.members;
     if !reset
@@ -603,7 +595,7 @@ fn alloc_changes_within(
         return None;
     }
     sent_all.namespaces = fingerprint;
-    sent_all.peers = peers_print;
+    sent_all.peers = net.peers_print;
     sent_all.endpoints = net.endpoints_print;
     sent_all.members = net.members_print;
     let sent = &mut sent_all.allocs;
@@ -668,7 +660,7 @@ fn alloc_changes_within(
     let last = messages.last_mut().expect("one message at least");
     last.image_paths = image_paths;
     last.registry_logins = registry_logins;
-    last.peers = peers_changed.then_some(peers);
+    last.peers = peers_changed.then(|| peers_of(state, node));
     last.endpoints = endpoints_changed.then(|| net.endpoints.clone());
     last.members = members_changed.then(|| net.members.clone());
     Some(messages)
@@ -698,6 +690,7 @@ mod tests {
         }
         let other = alloc("b0", "n2", 10);
         state.allocs.insert(other.id.clone(), other);
+        state.rebuild_indexes();
         let mut sent = Sent::default();
         let key = crate::secrets::Keyring::holding(skiff_pki::secrets::SecretsKey::generate());
         // The first message set is everything, in parts of at most ~3 KB.
@@ -892,6 +885,7 @@ mod tests {
                 },
             );
         }
+        state.rebuild_indexes();
         let mut sent = Sent::default();
         let keys = crate::secrets::Keyring::holding(key.clone());
         let first = alloc_changes(

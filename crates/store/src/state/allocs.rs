@@ -182,7 +182,7 @@ impl State {
             .cloned()
             .collect();
         for id in &drop {
-            self.allocs.remove(id);
+            self.remove_alloc(id);
             self.touch(Table::Alloc, id);
         }
         Outcome::AllocsCollected {

@@ -152,7 +152,7 @@ impl State {
             .map(|a| a.id.clone())
             .collect();
         for id in finished {
-            self.allocs.remove(&id);
+            self.remove_alloc(&id);
             self.touch(Table::Alloc, &id);
         }
     }

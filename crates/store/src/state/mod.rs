@@ -86,6 +86,11 @@ pub struct State {
     /// [`State::rebuild_indexes`]). Not part of the state.
     #[serde(skip)]
     pub(crate) evals_by_job: BTreeMap<String, BTreeSet<String>>,
+    /// Allocation ids by node, derived from `allocs` (see
+    /// [`State::rebuild_indexes`]): what each node's watch reads on every
+    /// applied entry. Not part of the state.
+    #[serde(skip)]
+    pub(crate) allocs_by_node: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// Two states are equal when their records and indexes are; the change
@@ -443,7 +448,33 @@ impl State {
 
     /// The allocations placed on one node.
     pub fn allocs_on_node(&self, node: &str) -> Vec<&Allocation> {
-        self.allocs.values().filter(|a| a.node == node).collect()
+        self.allocs_by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.allocs.get(id))
+            .collect()
+    }
+
+    /// Adds an allocation, indexed by its node.
+    pub(crate) fn insert_alloc(&mut self, a: Allocation) {
+        self.allocs_by_node
+            .entry(a.node.clone())
+            .or_default()
+            .insert(a.id.clone());
+        self.allocs.insert(a.id.clone(), a);
+    }
+
+    /// Removes an allocation and its index entry.
+    pub(crate) fn remove_alloc(&mut self, id: &str) -> Option<Allocation> {
+        let a = self.allocs.remove(id)?;
+        if let Some(ids) = self.allocs_by_node.get_mut(&a.node) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.allocs_by_node.remove(&a.node);
+            }
+        }
+        Some(a)
     }
 
     /// The most recent evaluation of a job.
@@ -479,6 +510,13 @@ impl State {
     pub fn rebuild_indexes(&mut self) {
         for h in self.histories.values_mut() {
             h.fill_fingerprints();
+        }
+        self.allocs_by_node.clear();
+        for a in self.allocs.values() {
+            self.allocs_by_node
+                .entry(a.node.clone())
+                .or_default()
+                .insert(a.id.clone());
         }
         self.evals_by_job.clear();
         for e in self.evals.values() {

@@ -127,7 +127,7 @@ impl State {
                     master_addr: addr.clone(),
                     master_port: job.spec.master_port(),
                 });
-                self.allocs.insert(new.id.clone(), alloc);
+                self.insert_alloc(alloc);
                 self.touch(Table::Alloc, &new.id);
                 result.placed += 1;
             }

@@ -660,6 +660,60 @@ fn recreating_a_deleted_job_drops_the_old_finished_allocations() {
     assert!(h.state.changes.contains(&(Table::Alloc, "web-0-n1".into())));
 }
 
+#[test]
+fn each_nodes_allocations_are_found_through_the_index_as_they_come_and_go() {
+    let mut h = Harness::new();
+    h.apply(reg("n1", 4000, 4096));
+    h.apply(reg("n2", 4000, 4096));
+    h.apply(Command::UpsertJob {
+        spec: spec("web", 3, "64Mi"),
+    });
+    h.apply(h.plan("web", &[(0, "n1"), (1, "n2"), (2, "n1")], 0));
+    let on = |s: &State, node: &str| -> Vec<String> {
+        let mut ids: Vec<String> = s
+            .allocs_on_node(node)
+            .iter()
+            .map(|a| a.id.clone())
+            .collect();
+        ids.sort();
+        // The same as looking at every allocation.
+        let mut scan: Vec<String> = s
+            .allocs
+            .values()
+            .filter(|a| a.node == node)
+            .map(|a| a.id.clone())
+            .collect();
+        scan.sort();
+        assert_eq!(ids, scan, "{node}");
+        ids
+    };
+    assert_eq!(on(&h.state, "n1"), ["web-0-n1", "web-2-n1"]);
+    assert_eq!(on(&h.state, "n2"), ["web-1-n2"]);
+    // Finished, the job deleted and made again: the old ones are gone.
+    h.apply(Command::UpdateAllocStatus {
+        at_ms: 0,
+        node: "n1".into(),
+        updates: vec![AllocUpdate {
+            alloc_id: "web-0-n1".into(),
+            status: AllocStatus::Complete,
+            exit_code: Some(0),
+            ..AllocUpdate::default()
+        }],
+    });
+    h.apply(Command::DeleteJob { name: "web".into() });
+    h.apply(Command::UpsertJob {
+        spec: spec("web", 1, "64Mi"),
+    });
+    assert_eq!(on(&h.state, "n1"), ["web-2-n1"]);
+    // A state loaded (or a snapshot installed) rebuilds the index.
+    let mut loaded: State =
+        serde_json::from_str(&serde_json::to_string(&h.state).unwrap()).unwrap();
+    assert!(loaded.allocs_on_node("n1").is_empty(), "not serialized");
+    loaded.rebuild_indexes();
+    assert_eq!(on(&loaded, "n1"), ["web-2-n1"]);
+    assert_eq!(on(&loaded, "n2"), ["web-1-n2"]);
+}
+
 /// A plan for `job` placing `(replica, node, gpus)` and evicting `evict`.
 fn plan_gpus(
     h: &Harness,
