@@ -36,6 +36,12 @@ impl Subnet {
         self.prefix
     }
 
+    /// Its first and last address, as numbers.
+    fn span(&self) -> (u64, u64) {
+        let start = u64::from(self.base);
+        (start, start + (1u64 << (32 - self.prefix)) - 1)
+    }
+
     /// Whether the two share an address.
     pub fn overlaps(&self, other: &Subnet) -> bool {
         let m = mask(self.prefix.min(other.prefix));
@@ -95,9 +101,28 @@ pub const NODE_PREFIX: u8 = 24;
 /// The first /24 of `range` that overlaps none of `taken`.
 pub fn first_free(range: &Subnet, taken: &[Subnet]) -> Option<Subnet> {
     let prefix = NODE_PREFIX.max(range.prefix());
+    // The taken addresses as sorted, merged intervals: each candidate is
+    // checked against the one interval that can hold it, so a burst of
+    // registrations is not quadratic in the nodes.
+    let mut spans: Vec<(u64, u64)> = taken.iter().map(Subnet::span).collect();
+    spans.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(spans.len());
+    for (start, end) in spans {
+        match merged.last_mut() {
+            Some(last) if start <= last.1 + 1 => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    let mut next = 0;
     (0..range.count(prefix).min(u64::from(u32::MAX)) as u32)
         .filter_map(|i| range.nth(prefix, i))
-        .find(|s| !taken.iter().any(|t| t.overlaps(s)))
+        .find(|s| {
+            let (start, end) = s.span();
+            while next < merged.len() && merged[next].1 < start {
+                next += 1;
+            }
+            next == merged.len() || merged[next].0 > end
+        })
 }
 
 #[cfg(test)]
@@ -134,5 +159,32 @@ mod tests {
         let tiny = Subnet::parse("10.1.2.0/24").unwrap();
         assert_eq!(first_free(&tiny, &[]).unwrap(), tiny);
         assert!(first_free(&tiny, &[tiny]).is_none());
+    }
+
+    #[test]
+    fn the_first_free_subnet_skips_every_taken_one_in_any_order() {
+        let range = Subnet::parse("10.0.0.0/16").unwrap();
+        let p = |t: &str| Subnet::parse(t).unwrap();
+        // Taken out of order, one bigger than a node's, one outside.
+        let taken = [
+            p("10.0.2.0/24"),
+            p("10.0.0.0/24"),
+            p("10.0.4.0/23"),
+            p("10.0.1.0/24"),
+            p("192.168.0.0/24"),
+        ];
+        assert_eq!(first_free(&range, &taken), Some(p("10.0.3.0/24")));
+        let more = [&taken[..], &[p("10.0.3.0/24")]].concat();
+        assert_eq!(first_free(&range, &more), Some(p("10.0.6.0/24")));
+        // The same answer as checking every taken subnet, for many.
+        let many: Vec<Subnet> = (0..300u32)
+            .filter(|i| i % 7 != 3)
+            .filter_map(|i| range.nth(24, i))
+            .collect();
+        let slow = (0..256u32)
+            .filter_map(|i| range.nth(24, i))
+            .find(|s| !many.iter().any(|t| t.overlaps(s)));
+        assert_eq!(first_free(&range, &many), slow);
+        assert!(first_free(&p("10.0.0.0/24"), &[p("10.0.0.0/24")]).is_none());
     }
 }
