@@ -8,6 +8,7 @@ pub mod creds;
 pub mod http;
 pub mod procs;
 pub mod sched;
+pub mod simnodes;
 pub mod stats;
 
 pub use sched::*;
