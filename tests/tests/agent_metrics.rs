@@ -53,12 +53,20 @@ async fn an_agent_exports_its_allocations_gpus_and_starts() {
     let mut client = server.client().await;
     let addr = metrics_addr(&tmp.path().join("agent"));
 
-    // The servers list the agent for Prometheus' service discovery.
-    let (head, sd) = http_get(&metrics_addr(&tmp.path().join("server")), "/v1/sd/agents");
+    // The servers list the agent for Prometheus' service discovery, once
+    // it registered.
+    let server_metrics = metrics_addr(&tmp.path().join("server"));
+    let (head, groups) = wait_for("the agent in the service discovery", START, || {
+        let (head, sd) = http_get(&server_metrics, "/v1/sd/agents");
+        async move {
+            let groups: serde_json::Value = serde_json::from_str(&sd).ok()?;
+            (!groups.as_array()?.is_empty()).then_some((head, groups))
+        }
+    })
+    .await;
     assert!(head.contains("application/json"), "{head}");
-    let groups: serde_json::Value = serde_json::from_str(&sd).unwrap();
-    assert_eq!(groups[0]["targets"][0], addr.as_str(), "{sd}");
-    assert_eq!(groups[0]["labels"]["node"], "n1", "{sd}");
+    assert_eq!(groups[0]["targets"][0], addr.as_str(), "{groups}");
+    assert_eq!(groups[0]["labels"]["node"], "n1", "{groups}");
 
     client
         .apply_job(&job_yaml("web", 1, "exec sleep 3600", ""))
