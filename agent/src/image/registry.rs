@@ -605,7 +605,11 @@ async fn fetch_blob(
                 }
             }
         }
-        let file = tokio::fs::File::create(&tmp.0).await?;
+        // Created synchronously: a pull cut short (a sibling layer failed)
+        // drops this future, and the `Partial` guard removes the file; an
+        // asynchronous create still running on the blocking pool then
+        // would make it again afterwards, left behind.
+        let file = tokio::fs::File::from_std(std::fs::File::create(&tmp.0)?);
         let mut out = Counting {
             inner: tokio::io::BufWriter::new(file),
             done: counts.clone(),
