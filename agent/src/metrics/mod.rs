@@ -101,12 +101,17 @@ impl LiveAllocs {
         if *held == now {
             return;
         }
-        let holders_changed = holders(&held) != holders(&now);
+        // Who holds which GPU matters only for dcgm-exporter's files.
+        let Some((dir, index_of)) = &self.mapping else {
+            *held = now;
+            return;
+        };
+        let holders_now = holders(&now);
+        let changed = holders(&held) != holders_now;
         *held = now;
-        if let (true, Some((dir, index_of))) = (holders_changed, &self.mapping) {
-            let holders = holders(&held);
-            drop(held);
-            if let Err(e) = dcgm::write_job_mapping(dir, index_of, &holders) {
+        drop(held);
+        if changed {
+            if let Err(e) = dcgm::write_job_mapping(dir, index_of, &holders_now) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot write the DCGM job-mapping files");
             }
         }

@@ -18,7 +18,6 @@ use tokio::net::TcpListener;
 
 pub use axum::Router;
 pub use prometheus_client;
-pub use rustls::ServerConfig as TlsConfig;
 
 /// The content type of the Prometheus text format 0.0.4.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -187,20 +186,6 @@ where
                 }
             }
         }),
-    )
-}
-
-/// `GET /metrics` answered with `render()`'s text, for everyone.
-pub fn route<F>(render: F) -> axum::Router
-where
-    F: Fn() -> String + Clone + Send + Sync + 'static,
-{
-    guarded_get(
-        axum::Router::new(),
-        "/metrics",
-        CONTENT_TYPE,
-        Access::Open,
-        render,
     )
 }
 
