@@ -13,6 +13,8 @@ use skiff_proto::pb;
 #[derive(Debug, Default)]
 pub struct AllocView {
     allocs: BTreeMap<String, Allocation>,
+    /// The other nodes as the servers listed them (whole, then changes).
+    peers: BTreeMap<String, pb::PeerNode>,
 }
 
 impl AllocView {
@@ -38,8 +40,9 @@ impl AllocView {
                 }
             }
         }
+        let peers = set.peers.map(|p| self.follow_peers(p));
         (!set.partial).then(|| NamespaceNews {
-            peers: set.peers.map(crate::network::peers::Peers::from_wire),
+            peers,
             endpoints: set.endpoints,
             members: set
                 .members
@@ -63,6 +66,21 @@ impl AllocView {
                 })
                 .collect(),
         })
+    }
+
+    /// Takes a peer list (whole, or the changes since the last) and
+    /// returns the whole as the network needs it.
+    fn follow_peers(&mut self, p: pb::Peers) -> crate::network::peers::Peers {
+        if !p.delta {
+            self.peers.clear();
+        }
+        for name in &p.removed {
+            self.peers.remove(name);
+        }
+        for n in p.nodes {
+            self.peers.insert(n.name.clone(), n);
+        }
+        crate::network::peers::Peers::from_list(self.peers.values(), &p.hosts)
     }
 
     pub fn allocations(&self) -> Vec<Allocation> {
@@ -156,5 +174,56 @@ mod tests {
         })
         .unwrap();
         assert_eq!(ids(&view), [a]);
+    }
+
+    #[test]
+    fn the_view_keeps_the_peer_list_whole_from_a_first_list_and_changes() {
+        let peer = |name: &str, subnet: &str, last: u8| pb::PeerNode {
+            name: name.into(),
+            subnet: subnet.into(),
+            address: format!("192.0.2.{last}"),
+        };
+        let mut view = AllocView::default();
+        let whole = pb::AllocationSet {
+            reset: true,
+            peers: Some(pb::Peers {
+                nodes: vec![peer("a", "10.88.1.0/24", 1), peer("b", "10.88.2.0/24", 2)],
+                hosts: vec!["192.0.2.100".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let peers = view.apply(whole).unwrap().peers.unwrap();
+        assert_eq!(peers.nodes.len(), 2);
+        assert_eq!(peers.hosts.len(), 3);
+        let change = pb::AllocationSet {
+            peers: Some(pb::Peers {
+                nodes: vec![peer("c", "", 3), peer("a", "10.88.1.0/24", 9)],
+                hosts: vec!["192.0.2.100".into()],
+                delta: true,
+                removed: vec!["b".into()],
+            }),
+            ..Default::default()
+        };
+        let peers = view.apply(change).unwrap().peers.unwrap();
+        let routes: Vec<(String, String)> = peers
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.via.to_string()))
+            .collect();
+        assert_eq!(routes, [("a".to_string(), "192.0.2.9".to_string())]);
+        let hosts: Vec<String> = peers.hosts.iter().map(|h| h.to_string()).collect();
+        assert_eq!(hosts, ["192.0.2.3", "192.0.2.9", "192.0.2.100"]);
+        // A list that is not a change replaces what was held.
+        let again = pb::AllocationSet {
+            peers: Some(pb::Peers {
+                nodes: vec![peer("d", "10.88.4.0/24", 4)],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let peers = view.apply(again).unwrap().peers.unwrap();
+        assert_eq!(peers.nodes.len(), 1);
+        assert_eq!(peers.nodes[0].name, "d");
     }
 }

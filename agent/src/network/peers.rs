@@ -32,28 +32,51 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// What the servers sent; entries that are not IPv4 (a node on IPv6
-    /// or a hostname) are left out, with a warning.
-    pub fn from_wire(p: pb::Peers) -> Peers {
+    /// The list the servers sent (every other node, and the servers'
+    /// hosts): a route for each node with a subnet, and every IPv4
+    /// address among the nodes' and servers' as a host. Entries that are
+    /// not IPv4 (a node on IPv6 or a hostname) are left out, with one
+    /// warning naming the first.
+    pub fn from_list<'a>(
+        list: impl IntoIterator<Item = &'a pb::PeerNode>,
+        servers: &[String],
+    ) -> Peers {
         let mut nodes = Vec::new();
-        for n in p.nodes {
-            match (Subnet::parse(&n.subnet), n.address.parse::<Ipv4Addr>()) {
+        let mut hosts = std::collections::BTreeSet::new();
+        let mut unusable: Option<(&pb::PeerNode, usize)> = None;
+        for n in list {
+            let via = n.address.parse::<Ipv4Addr>();
+            if let Ok(via) = via {
+                hosts.insert(via);
+            }
+            if n.subnet.is_empty() {
+                continue; // no subnet yet: a host, no route
+            }
+            match (Subnet::parse(&n.subnet), via) {
                 (Ok(subnet), Ok(via)) => nodes.push(PeerNode {
-                    name: n.name,
+                    name: n.name.clone(),
                     subnet,
                     via,
                 }),
-                _ => tracing::warn!(
-                    node = %n.name,
-                    subnet = %n.subnet,
-                    address = %n.address,
-                    "no route to this node's subnet: its subnet or IPv4 address is unusable"
-                ),
+                _ => match &mut unusable {
+                    Some((_, count)) => *count += 1,
+                    None => unusable = Some((n, 1)),
+                },
             }
         }
+        if let Some((n, count)) = unusable {
+            tracing::warn!(
+                node = %n.name,
+                subnet = %n.subnet,
+                address = %n.address,
+                nodes = count,
+                "no route to these nodes' subnets: a subnet or IPv4 address is unusable"
+            );
+        }
+        hosts.extend(servers.iter().filter_map(|h| h.parse::<Ipv4Addr>().ok()));
         Peers {
             nodes,
-            hosts: p.hosts.iter().filter_map(|h| h.parse().ok()).collect(),
+            hosts: hosts.into_iter().collect(),
         }
     }
 
@@ -167,12 +190,23 @@ mod tests {
                     subnet: "10.88.3.0/24".into(),
                     address: "2001:db8::1".into(),
                 },
+                pb::PeerNode {
+                    name: "joining".into(),
+                    subnet: String::new(),
+                    address: "192.0.2.11".into(),
+                },
             ],
-            hosts: vec!["192.0.2.9".into(), "server.lab".into()],
+            hosts: vec!["192.0.2.1".into(), "server.lab".into()],
+            ..Default::default()
         };
-        let peers = Peers::from_wire(wire);
+        let peers = Peers::from_list(&wire.nodes, &wire.hosts);
         assert_eq!(peers.nodes.len(), 3, "the IPv6 node has no route");
-        assert_eq!(peers.hosts, [Ipv4Addr::new(192, 0, 2, 9)]);
+        let host = |d| Ipv4Addr::new(192, 0, 2, d);
+        assert_eq!(
+            peers.hosts,
+            [Ipv4Addr::LOCALHOST, host(1), host(9), host(10), host(11)],
+            "the nodes' and the servers' IPv4 addresses, sorted"
+        );
         let own = Subnet::parse("10.88.0.0/24").unwrap();
         assert_eq!(
             peers.routes(Some(&own)),

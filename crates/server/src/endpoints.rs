@@ -110,41 +110,64 @@ pub fn members_of(state: &skiff_store::State) -> (pb::NetworkMembers, u64) {
 /// applied index.
 #[derive(Debug)]
 pub struct ClusterNetwork {
-    pub endpoints: pb::Endpoints,
+    pub endpoints: std::sync::Arc<pb::Endpoints>,
     pub endpoints_print: u64,
-    pub members: pb::NetworkMembers,
+    pub members: std::sync::Arc<pb::NetworkMembers>,
     pub members_print: u64,
-    /// A fingerprint of every node's name, subnet and host and every
-    /// server's hosts: a node's watch sends it its peers (every node but
-    /// itself) only when this changed, instead of building the list on
-    /// every applied entry to find out.
-    pub peers_print: u64,
-}
-
-/// See [`ClusterNetwork::peers_print`] (never 0, which means "none sent").
-fn peers_print(state: &skiff_store::State) -> u64 {
-    use skiff_model::workload::host_of;
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for n in state.nodes.values() {
-        (&n.name, &n.subnet, host_of(&n.address)).hash(&mut h);
-    }
-    for s in state.servers.values() {
-        (host_of(&s.api_addr), host_of(&s.peer_addr)).hash(&mut h);
-    }
-    h.finish() | 1
+    /// The other nodes and the servers, with the recent changes: a node's
+    /// watch sends the whole list once, then what changed.
+    pub peers: std::sync::Arc<crate::peer_list::PeerList>,
 }
 
 impl ClusterNetwork {
+    /// The network as of `state`, with no history of peers.
     pub fn of(state: &skiff_store::State) -> ClusterNetwork {
+        Self::after(None, state)
+    }
+
+    /// The network as of `state`, following `previous` (made at index
+    /// `since`): its peer list goes on from the previous one's, and what
+    /// no entry since could have changed (the state's marks) is kept, so
+    /// an entry that moved no address costs no walk over every
+    /// allocation.
+    fn after(
+        previous: Option<(u64, &ClusterNetwork)>,
+        state: &skiff_store::State,
+    ) -> ClusterNetwork {
+        use std::sync::Arc;
+        let Some((since, previous)) = previous else {
+            let (endpoints, endpoints_print) = endpoints_of(state);
+            let (members, members_print) = members_of(state);
+            return ClusterNetwork {
+                endpoints: Arc::new(endpoints),
+                endpoints_print,
+                members: Arc::new(members),
+                members_print,
+                peers: Arc::new(crate::peer_list::PeerList::of(state)),
+            };
+        };
+        let peers = if state.nodes_changed_at() <= since {
+            previous.peers.clone()
+        } else {
+            previous.peers.next(state)
+        };
+        if state.network_changed_at() <= since {
+            return ClusterNetwork {
+                endpoints: previous.endpoints.clone(),
+                endpoints_print: previous.endpoints_print,
+                members: previous.members.clone(),
+                members_print: previous.members_print,
+                peers,
+            };
+        }
         let (endpoints, endpoints_print) = endpoints_of(state);
         let (members, members_print) = members_of(state);
         ClusterNetwork {
-            endpoints,
+            endpoints: Arc::new(endpoints),
             endpoints_print,
-            members,
+            members: Arc::new(members),
             members_print,
-            peers_print: peers_print(state),
+            peers,
         }
     }
 }
@@ -161,8 +184,9 @@ impl NetworkCache {
         let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
         match &*held {
             Some((index, net)) if *index == state.index => net.clone(),
-            _ => {
-                let net = std::sync::Arc::new(ClusterNetwork::of(state));
+            previous => {
+                let previous = previous.as_ref().map(|(at, net)| (*at, net.as_ref()));
+                let net = std::sync::Arc::new(ClusterNetwork::after(previous, state));
                 *held = Some((state.index, net.clone()));
                 net
             }

@@ -46,6 +46,7 @@ pub mod metrics;
 pub mod namespaces;
 pub mod nodes;
 pub mod peer;
+pub mod peer_list;
 pub mod registry_logins;
 pub mod resolve;
 pub mod secrets;

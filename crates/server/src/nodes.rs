@@ -484,40 +484,15 @@ pub struct Sent {
     /// A fingerprint of the namespaces' image paths and sealed registry
     /// logins sent: a change of either alone is sent too.
     namespaces: u64,
-    /// A fingerprint of the peers sent (the other nodes' subnets and
-    /// addresses, the servers' addresses); 0: none sent yet.
+    /// The version of the peer list sent (`PeerList::version`); 0: none
+    /// sent yet.
     peers: u64,
     /// A fingerprint of the cluster's endpoints sent; 0: none sent yet.
     endpoints: u64,
     /// A fingerprint of the namespaces' members sent; 0: none sent yet.
     members: u64,
-}
-
-/// The other nodes and the servers, as an agent's bridge network needs
-/// them. Walks every node: built only when the cluster's peers changed
-/// (`ClusterNetwork::peers_print`), not on every applied entry.
-fn peers_of(state: &skiff_store::State, node: &str) -> pb::Peers {
-    use skiff_model::workload::host_of;
-    let mut peers = pb::Peers::default();
-    let mut hosts = std::collections::BTreeSet::new();
-    for n in state.nodes.values().filter(|n| n.name != node) {
-        let address = host_of(&n.address);
-        if !n.subnet.is_empty() {
-            peers.nodes.push(pb::PeerNode {
-                name: n.name.clone(),
-                subnet: n.subnet.clone(),
-                address: address.clone(),
-            });
-        }
-        hosts.insert(address);
-    }
-    for s in state.servers.values() {
-        hosts.insert(host_of(&s.api_addr));
-        hosts.insert(host_of(&s.peer_addr));
-    }
-    hosts.remove("");
-    peers.hosts = hosts.into_iter().collect();
-    peers
+    /// The state's index when this was last brought up to date; 0: never.
+    index: u64,
 }
 
 /// The messages that bring an agent following `node` from what `sent`
@@ -547,6 +522,19 @@ fn alloc_changes_within(
 ) -> Option<Vec<pb::AllocationSet>> {
     use prost::Message as _;
     use std::hash::{Hash, Hasher};
+    // Most entries concern other nodes: skip them without looking at this
+    // node's allocations.
+    let seen = std::mem::replace(&mut sent_all.index, state.index);
+    if !reset
+        && seen != 0
+        && state.allocs_changed_on(node) <= seen
+        && state.access_changed_at() <= seen
+        && net.peers.version == sent_all.peers
+        && net.endpoints_print == sent_all.endpoints
+        && net.members_print == sent_all.members
+    {
+        return None;
+    }
     let allocs: Vec<&Allocation> = state.allocs_on_node(node);
     let sent = &mut sent_all.allocs;
     if reset {
@@ -581,21 +569,24 @@ fn alloc_changes_within(
         .cloned()
         .collect();
     removed.sort();
-    let peers_changed = reset || net.peers_print != sent_all.peers;
+    if reset {
+        sent_all.peers = 0;
+    }
+    let peers = net.peers.message_for(node, sent_all.peers);
     let endpoints_changed = reset || net.endpoints_print != sent_all.endpoints;
     let members_changed = reset || net.members_print != sent_all.members;
     if !reset
         && changed.is_empty()
         && removed.is_empty()
         && fingerprint == sent_all.namespaces
-        && !peers_changed
+        && peers.is_none()
         && !endpoints_changed
         && !members_changed
     {
         return None;
     }
     sent_all.namespaces = fingerprint;
-    sent_all.peers = net.peers_print;
+    sent_all.peers = net.peers.version;
     sent_all.endpoints = net.endpoints_print;
     sent_all.members = net.members_print;
     let sent = &mut sent_all.allocs;
@@ -660,9 +651,9 @@ fn alloc_changes_within(
     let last = messages.last_mut().expect("one message at least");
     last.image_paths = image_paths;
     last.registry_logins = registry_logins;
-    last.peers = peers_changed.then(|| peers_of(state, node));
-    last.endpoints = endpoints_changed.then(|| net.endpoints.clone());
-    last.members = members_changed.then(|| net.members.clone());
+    last.peers = peers;
+    last.endpoints = endpoints_changed.then(|| net.endpoints.as_ref().clone());
+    last.members = members_changed.then(|| net.members.as_ref().clone());
     Some(messages)
 }
 
@@ -808,17 +799,16 @@ mod tests {
             .peers
             .clone()
             .expect("sent with the reset");
-        // The others only; a node without a subnet is no route, but its
-        // address is a host containers may not open.
-        assert_eq!(peers.nodes.len(), 1);
-        assert_eq!(
-            (
-                peers.nodes[0].subnet.as_str(),
-                peers.nodes[0].address.as_str()
-            ),
-            ("10.88.1.0/24", "192.0.2.2")
-        );
-        assert_eq!(peers.hosts, ["192.0.2.2", "192.0.2.3"]);
+        // The others only, the whole list; a node without a subnet is no
+        // route, but its address is a host containers may not open.
+        assert!(!peers.delta);
+        let listed: Vec<(&str, &str)> = peers
+            .nodes
+            .iter()
+            .map(|n| (n.subnet.as_str(), n.address.as_str()))
+            .collect();
+        assert_eq!(listed, [("10.88.1.0/24", "192.0.2.2"), ("", "192.0.2.3")]);
+        assert!(peers.hosts.is_empty(), "no servers in this state");
         assert!(alloc_changes_within(
             &state,
             &ClusterNetwork::of(&state),
@@ -829,13 +819,17 @@ mod tests {
             3000
         )
         .is_none());
-        // A node joins: the whole list again.
+        // A node joins: that node alone.
+        let before = ClusterNetwork::of(&state);
         state
             .nodes
             .extend([node("n4", "10.88.2.0/24", "192.0.2.4:7001")]);
         let next = alloc_changes_within(
             &state,
-            &ClusterNetwork::of(&state),
+            &ClusterNetwork {
+                peers: before.peers.next(&state),
+                ..ClusterNetwork::of(&state)
+            },
             "n1",
             &mut sent,
             false,
@@ -843,7 +837,10 @@ mod tests {
             3000,
         )
         .unwrap();
-        assert_eq!(next.last().unwrap().peers.as_ref().unwrap().nodes.len(), 2);
+        let delta = next.last().unwrap().peers.clone().unwrap();
+        assert!(delta.delta);
+        assert_eq!(delta.nodes.len(), 1);
+        assert_eq!(delta.nodes[0].name, "n4");
     }
 
     #[test]

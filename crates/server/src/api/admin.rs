@@ -25,7 +25,7 @@ pub(crate) async fn list_nodes(
         let item = pb::NodeListItem {
             node: Some(n.into()),
             heartbeat_age_ms: view.age_ms.get(name).copied(),
-            used: Some(skiff_model::fit::used_on(name, state.allocs.values()).into()),
+            used: Some(skiff_model::fit::used_on(name, state.allocs_on_node(name)).into()),
             gpu_metrics,
             gpu_metrics_age_ms: gpu_age,
         };

@@ -27,6 +27,7 @@ mod access;
 mod access_record;
 mod allocs;
 mod jobs;
+mod marks;
 mod namespaces;
 mod nodes;
 mod plan;
@@ -91,6 +92,10 @@ pub struct State {
     /// applied entry. Not part of the state.
     #[serde(skip)]
     pub(crate) allocs_by_node: BTreeMap<String, BTreeSet<String>>,
+    /// Where the latest changes were, for watchers (see `marks.rs`). Not
+    /// part of the state.
+    #[serde(skip)]
+    pub(crate) marks: marks::Marks,
 }
 
 /// Two states are equal when their records and indexes are; the change
@@ -328,6 +333,14 @@ impl State {
     /// in a row (a job's history index, the version just added); those
     /// repeats are dropped here so each is encoded once.
     fn touch(&mut self, table: Table, key: &str) {
+        match table {
+            Table::Alloc => {
+                if let Some(a) = self.allocs.get(key) {
+                    self.marks.alloc(self.index, a);
+                }
+            }
+            other => self.marks.table(self.index, other),
+        }
         let recent = self.changes.iter().rev().take(TOUCH_LOOKBACK);
         if recent.into_iter().any(|(t, k)| *t == table && k == key) {
             return;
@@ -458,6 +471,7 @@ impl State {
 
     /// Adds an allocation, indexed by its node.
     pub(crate) fn insert_alloc(&mut self, a: Allocation) {
+        self.marks.alloc(self.index, &a);
         self.allocs_by_node
             .entry(a.node.clone())
             .or_default()
@@ -468,6 +482,7 @@ impl State {
     /// Removes an allocation and its index entry.
     pub(crate) fn remove_alloc(&mut self, id: &str) -> Option<Allocation> {
         let a = self.allocs.remove(id)?;
+        self.marks.alloc(self.index, &a);
         if let Some(ids) = self.allocs_by_node.get_mut(&a.node) {
             ids.remove(id);
             if ids.is_empty() {
@@ -508,6 +523,7 @@ impl State {
     /// Rebuilds the derived lookup tables after the records were loaded
     /// from disk or a snapshot.
     pub fn rebuild_indexes(&mut self) {
+        self.marks = marks::Marks::starting_at(self.index);
         for h in self.histories.values_mut() {
             h.fill_fingerprints();
         }

@@ -1532,3 +1532,56 @@ fn a_nodes_subnet_is_kept_and_never_overlaps_another_nodes() {
     };
     assert!(why.to_string().contains("subnet:"), "{why}");
 }
+
+#[test]
+fn marks_say_which_nodes_and_views_an_entry_changed() {
+    let mut h = Harness::new();
+    h.apply(reg("n1", 4000, 4096));
+    h.apply(reg("n2", 4000, 4096));
+    let joined = h.state.index;
+    assert_eq!(h.state.nodes_changed_at(), joined);
+    h.apply(Command::UpsertJob {
+        spec: spec("web", 1, "64Mi"),
+    });
+    let plan = h.plan("web", &[(0, "n1")], 0);
+    h.apply(plan);
+    let placed = h.state.index;
+    assert_eq!(h.state.allocs_changed_on("n1"), placed);
+    assert_eq!(h.state.allocs_changed_on("n2"), 0, "nothing of n2's");
+    assert_eq!(h.state.nodes_changed_at(), joined);
+    let id = h.state.allocs.keys().next().unwrap().clone();
+    // Running without an address: n1's watch wakes, the network view does
+    // not change.
+    let network = h.state.network_changed_at();
+    h.apply(Command::UpdateAllocStatus {
+        at_ms: 0,
+        node: "n1".into(),
+        updates: vec![AllocUpdate {
+            alloc_id: id.clone(),
+            status: AllocStatus::Running,
+            ..AllocUpdate::default()
+        }],
+    });
+    assert_eq!(h.state.allocs_changed_on("n1"), h.state.index);
+    assert_eq!(h.state.network_changed_at(), network);
+    // With an address, it does.
+    h.apply(Command::UpdateAllocStatus {
+        at_ms: 0,
+        node: "n1".into(),
+        updates: vec![AllocUpdate {
+            alloc_id: id.clone(),
+            status: AllocStatus::Running,
+            address: "10.88.0.5".into(),
+            healthy: Some(true),
+            ..AllocUpdate::default()
+        }],
+    });
+    assert_eq!(h.state.network_changed_at(), h.state.index);
+    assert_eq!(h.state.allocs_changed_on("n2"), 0);
+    // A loaded state knows nothing before its index: everything is new to
+    // a watcher that has seen less.
+    let at = h.state.index;
+    h.state.rebuild_indexes();
+    assert_eq!(h.state.allocs_changed_on("n2"), at);
+    assert_eq!(h.state.access_changed_at(), at);
+}
