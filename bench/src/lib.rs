@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod creds;
 pub mod http;
 pub mod procs;

@@ -49,6 +49,22 @@ pub struct SimStats {
     pub errors: AtomicU64,
     /// Times each allocation was reported running.
     pub starts: Mutex<HashMap<String, u32>>,
+    /// Allocations reported running, by job name (without its namespace).
+    pub started_by_job: Mutex<HashMap<String, u64>>,
+}
+
+impl SimStats {
+    /// Allocations reported running of the jobs whose names start with
+    /// `prefix`.
+    pub fn started(&self, prefix: &str) -> u64 {
+        self.started_by_job
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(job, _)| job.starts_with(prefix))
+            .map(|(_, n)| n)
+            .sum()
+    }
 }
 
 /// The simulated nodes, running until dropped.
@@ -65,43 +81,115 @@ impl Drop for SimNodes {
     }
 }
 
-/// Joins `names` to the cluster at `url` (TLS; `token` is a node join
-/// token) and runs them.
+/// How many nodes join at once (a lab's machines boot together).
+const JOINING_AT_ONCE: usize = 16;
+
+/// Joins `names` to the cluster whose servers are at `urls` (TLS; `token`
+/// is a node join token), node `i` first talking to server `i % len` and
+/// moving to the next when a call fails (as agents follow their server
+/// list), and runs them.
 pub async fn start(
-    url: &str,
+    urls: &[String],
     token: &str,
     names: &[String],
     opts: SimOptions,
 ) -> anyhow::Result<SimNodes> {
+    anyhow::ensure!(!urls.is_empty(), "no server to join");
     let stats = Arc::new(SimStats::default());
     let mut tasks = Vec::new();
-    for name in names {
-        let joined =
-            skiff_client::join::join(url, token, &skiff_client::join::Joiner::Node(name.clone()))
-                .await?;
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&joined.ca_pem))
-            .identity(Identity::from_pem(&joined.cert_pem, &joined.key_pem))
-            .domain_name(skiff_pki::SERVER_DNS);
-        let channel = Channel::from_shared(url.to_string())?
-            .tls_config(tls)?
-            .connect_lazy();
-        let node = SimNode {
-            name: name.clone(),
-            api: pb::node_api_client::NodeApiClient::new(channel)
-                .max_decoding_message_size(64 << 20),
-            opts: opts.clone(),
-            stats: stats.clone(),
-            reported: HashMap::new(),
-        };
-        tasks.push(tokio::spawn(node.run()));
+    let mut joining = tokio::task::JoinSet::new();
+    for (i, name) in names.iter().enumerate() {
+        if joining.len() >= JOINING_AT_ONCE {
+            tasks.push(start_one(&mut joining, &opts, &stats).await?);
+        }
+        let (urls, token, name) = (urls.to_vec(), token.to_string(), name.clone());
+        joining.spawn(async move {
+            let joiner = skiff_client::join::Joiner::Node(name.clone());
+            let mut last = None;
+            for attempt in 0..(3 * urls.len()) {
+                let url = &urls[(i + attempt) % urls.len()];
+                match skiff_client::join::join(url, &token, &joiner).await {
+                    Ok(joined) => return Ok((i, name, urls, joined)),
+                    Err(e) => last = Some(e),
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(anyhow::anyhow!("{name} cannot join: {last:?}"))
+        });
+    }
+    while !joining.is_empty() {
+        tasks.push(start_one(&mut joining, &opts, &stats).await?);
     }
     Ok(SimNodes { stats, tasks })
 }
 
+type Joined = anyhow::Result<(usize, String, Vec<String>, skiff_client::join::Joined)>;
+
+/// Waits for one join to end and starts that node.
+async fn start_one(
+    joining: &mut tokio::task::JoinSet<Joined>,
+    opts: &SimOptions,
+    stats: &Arc<SimStats>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let (i, name, urls, joined) = joining
+        .join_next()
+        .await
+        .expect("one is joining")
+        .map_err(|e| anyhow::anyhow!("a join task failed: {e}"))??;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&joined.ca_pem))
+        .identity(Identity::from_pem(&joined.cert_pem, &joined.key_pem))
+        .domain_name(skiff_pki::SERVER_DNS);
+    let mut clients = Vec::new();
+    for url in &urls {
+        let channel = Channel::from_shared(url.clone())?
+            .tls_config(tls.clone())?
+            .connect_lazy();
+        clients.push(
+            pb::node_api_client::NodeApiClient::new(channel).max_decoding_message_size(64 << 20),
+        );
+    }
+    let node = SimNode {
+        name,
+        route: Arc::new(Route {
+            current: std::sync::atomic::AtomicUsize::new(i % clients.len()),
+            clients,
+        }),
+        opts: opts.clone(),
+        stats: stats.clone(),
+        reported: HashMap::new(),
+    };
+    Ok(tokio::spawn(node.run()))
+}
+
+/// A node's clients, one per server, and the one it talks to now.
+struct Route {
+    clients: Vec<pb::node_api_client::NodeApiClient<Channel>>,
+    current: std::sync::atomic::AtomicUsize,
+}
+
+impl Route {
+    /// The server to call now and its client.
+    fn api(&self) -> (usize, pb::node_api_client::NodeApiClient<Channel>) {
+        let at = self.current.load(Ordering::Relaxed) % self.clients.len();
+        (at, self.clients[at].clone())
+    }
+
+    /// A call to server `at` failed: the next one, unless another call
+    /// moved on already.
+    fn failed(&self, at: usize) {
+        let _ = self.current.compare_exchange(
+            at,
+            (at + 1) % self.clients.len(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+}
+
 struct SimNode {
     name: String,
-    api: pb::node_api_client::NodeApiClient<Channel>,
+    route: Arc<Route>,
     opts: SimOptions,
     stats: Arc<SimStats>,
     /// What this node reported of each allocation (the servers' view
@@ -112,8 +200,8 @@ struct SimNode {
 impl SimNode {
     async fn run(mut self) {
         loop {
-            let reg = self
-                .api
+            let (at, mut api) = self.route.api();
+            let reg = api
                 .register(pb::RegisterRequest {
                     name: self.name.clone(),
                     capacity: Some(pb::Resources {
@@ -131,12 +219,13 @@ impl SimNode {
             if reg.is_ok() {
                 break;
             }
+            self.route.failed(at);
             self.stats.errors.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         self.stats.registered.fetch_add(1, Ordering::Relaxed);
         let beats = tokio::spawn(heartbeats(
-            self.api.clone(),
+            self.route.clone(),
             self.name.clone(),
             self.stats.clone(),
         ));
@@ -148,14 +237,15 @@ impl SimNode {
     async fn follow(&mut self) {
         let mut min_index = 0;
         loop {
-            let stream = self
-                .api
+            let (at, mut api) = self.route.api();
+            let stream = api
                 .watch_allocations(pb::WatchAllocationsRequest {
                     node: self.name.clone(),
                     min_index,
                 })
                 .await;
             let Ok(stream) = stream else {
+                self.route.failed(at);
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
@@ -177,6 +267,8 @@ impl SimNode {
                     self.act(&allocs).await;
                 }
             }
+            // The server went away or ended the stream: the next one.
+            self.route.failed(at);
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -190,6 +282,7 @@ impl SimNode {
             pb::AllocStatus::Running as i32,
         );
         let mut updates = Vec::new();
+        let mut jobs: HashMap<&str, &str> = HashMap::new();
         for a in allocs.values() {
             let status = if a.desired == run && a.status == pending {
                 pb::AllocStatus::Running
@@ -201,6 +294,8 @@ impl SimNode {
             if self.reported.get(&a.id) == Some(&(status as i32)) {
                 continue;
             }
+            let job = a.job.rsplit_once('/').map_or(a.job.as_str(), |(_, j)| j);
+            jobs.insert(&a.id, job);
             updates.push(pb::AllocStatusUpdate {
                 alloc_id: a.id.clone(),
                 status: status as i32,
@@ -217,51 +312,61 @@ impl SimNode {
             tokio::time::sleep(self.opts.start_delay).await;
         }
         for chunk in updates.chunks(1000) {
-            let sent = self
-                .api
-                .update_alloc_status(pb::UpdateAllocStatusRequest {
-                    node: self.name.clone(),
-                    updates: chunk.to_vec(),
-                })
-                .await;
-            match sent {
-                Ok(_) => {
+            // A report that fails (its server went away, a leader is being
+            // elected) is sent again, to the next server, as an agent does:
+            // no later message may come to bring it back.
+            for _ in 0..60 {
+                let (at, mut api) = self.route.api();
+                let sent = api
+                    .update_alloc_status(pb::UpdateAllocStatusRequest {
+                        node: self.name.clone(),
+                        updates: chunk.to_vec(),
+                    })
+                    .await;
+                if sent.is_ok() {
                     for u in chunk {
                         self.reported.insert(u.alloc_id.clone(), u.status);
                     }
                     let mut starts = self.stats.starts.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut by_job = self
+                        .stats
+                        .started_by_job
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
                     for u in chunk.iter().filter(|u| u.status == running) {
                         *starts.entry(u.alloc_id.clone()).or_default() += 1;
+                        let job = jobs.get(u.alloc_id.as_str()).copied().unwrap_or("");
+                        *by_job.entry(job.to_string()).or_default() += 1;
                     }
+                    break;
                 }
-                Err(_) => {
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                }
+                self.route.failed(at);
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }
 }
 
-async fn heartbeats(
-    mut api: pb::node_api_client::NodeApiClient<Channel>,
-    name: String,
-    stats: Arc<SimStats>,
-) {
+async fn heartbeats(route: Arc<Route>, name: String, stats: Arc<SimStats>) {
     let mut period = Duration::from_secs(1);
     loop {
         tokio::time::sleep(period).await;
-        match api
-            .heartbeat(pb::HeartbeatRequest {
-                name: name.clone(),
-                ..Default::default()
-            })
+        let (at, mut api) = route.api();
+        let beat = api.heartbeat(pb::HeartbeatRequest {
+            name: name.clone(),
+            ..Default::default()
+        });
+        match tokio::time::timeout(Duration::from_secs(2), beat)
             .await
+            .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in 2 s")))
         {
             Ok(r) => {
                 stats.heartbeats.fetch_add(1, Ordering::Relaxed);
                 period = Duration::from_millis(r.into_inner().ttl_ms.max(300)) / 3;
             }
             Err(_) => {
+                route.failed(at);
                 stats.errors.fetch_add(1, Ordering::Relaxed);
                 period = Duration::from_millis(500);
             }

@@ -23,7 +23,7 @@ async fn simulated_nodes_run_every_allocation_once_and_stay_up() {
     let token = join_token(&url, "node");
     let names: Vec<String> = (0..40).map(|i| format!("sim-{i:03}")).collect();
     let sim = simnodes::start(
-        &url,
+        std::slice::from_ref(&url),
         &token,
         &names,
         SimOptions {

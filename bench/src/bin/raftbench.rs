@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use skiff_bench::cluster::SkiffCluster;
 use skiff_bench::creds::{global as creds, set_global, Creds};
 use skiff_bench::etcdpb::kv_client::KvClient;
 use skiff_bench::etcdpb::PutRequest;
@@ -154,76 +155,6 @@ impl Scraper {
     fn stop(self) -> (usize, Duration, usize) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread.join().unwrap_or_default()
-    }
-}
-
-struct SkiffCluster {
-    procs: Vec<Proc>,
-    urls: Vec<String>,
-}
-
-impl SkiffCluster {
-    fn start(
-        bin: &Path,
-        dir: &Path,
-        ports: &[u16],
-        security: &[String],
-        metrics: &str,
-    ) -> anyhow::Result<SkiffCluster> {
-        let (peers, apis) = ports.split_at(3);
-        let peer_list: Vec<String> = peers
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
-            .collect();
-        let mut procs = Vec::new();
-        for i in 0..3 {
-            let mut args: Vec<String> = vec![
-                "server".into(),
-                "--metrics-addr".into(),
-                metrics.into(),
-                "--id".into(),
-                (i + 1).to_string(),
-                "--data-dir".into(),
-                dir.join(format!("skiff{}", i + 1)).display().to_string(),
-                "--api".into(),
-                format!("127.0.0.1:{}", apis[i]),
-                "--peer-addr".into(),
-                format!("127.0.0.1:{}", peers[i]),
-                "--peers".into(),
-                peer_list.join(","),
-            ];
-            args.extend_from_slice(security);
-            procs.push(Proc::spawn(
-                bin,
-                &args,
-                &dir.join(format!("skiff{}.log", i + 1)),
-            )?);
-        }
-        Ok(SkiffCluster {
-            procs,
-            urls: apis
-                .iter()
-                .map(|p| creds().url(&format!("127.0.0.1:{p}")))
-                .collect(),
-        })
-    }
-
-    async fn leader(&self) -> Option<usize> {
-        for (i, url) in self.urls.iter().enumerate() {
-            if let Ok(Ok(mut c)) =
-                tokio::time::timeout(Duration::from_millis(500), creds().connect(url)).await
-            {
-                if let Ok(Ok(s)) =
-                    tokio::time::timeout(Duration::from_millis(500), c.status()).await
-                {
-                    if s.role == "leader" {
-                        return Some(i);
-                    }
-                }
-            }
-        }
-        None
     }
 }
 
@@ -512,7 +443,7 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
     );
     let metrics = if o.no_metrics { "none" } else { "127.0.0.1:0" };
     println!("skiff metrics: {metrics}");
-    let mut skiff = SkiffCluster::start(&o.skiff, dir, &ports[..6], &security, metrics)?;
+    let mut skiff = SkiffCluster::start(&o.skiff, dir, &ports[..6], &security, metrics, &[])?;
     let etcd_tls = if o.insecure || o.etcd_plaintext {
         None
     } else {

@@ -1,56 +1,77 @@
 //! The control plane with many nodes, end to end, without containers: one
-//! `skiff server` (TLS, on loopback) and `--nodes` simulated nodes in this
-//! process (`skiff_bench::simnodes`: the real node API, allocations
-//! reported running after a short delay), then jobs totalling `--allocs`
-//! replicas applied at once. A first, single-server step towards issue
-//! 21's `scalebench --servers 3 --nodes 5000 --allocs 150000`.
+//! or three `skiff server` processes (mutual TLS, on loopback) and
+//! `--nodes` simulated nodes in this process (`skiff_bench::simnodes`: the
+//! real node API, allocations reported running after a short delay), then
+//! jobs totalling `--allocs` replicas applied at once; with three servers,
+//! the leader is killed once the cluster is full (issue 21).
 //!
 //! ```text
 //! cargo build --release -p skiff -p skiff-bench
-//! target/release/scalebench [--nodes 1000] [--allocs 10000] [--skiff target/release/skiff]
+//! target/release/scalebench [--servers 3] [--nodes 1000] [--allocs 10000]
+//!     [--skiff target/release/skiff] [--no-kill]
 //! ```
 //!
 //! Prints `key=value` lines: `allocs_running`, `seconds_to_running`,
 //! `placements_per_sec_e2e` (from the first apply to the last allocation
-//! reported running), `api_p50_ms_*`/`api_p99_ms_*` for a job get and a
-//! list of all nodes while the cluster fills, `false_downs`,
-//! `server_rss_mib_full`, and the simulated nodes' heartbeats.
+//! reported running), `api_p50_ms_*`/`api_p99_ms_*` for a job apply, a job
+//! get, a list of one job's allocations and a list of all nodes while the
+//! cluster fills (`_filling`) and once full (`_full`), the job apply alone
+//! before any work (`_idle`), `false_downs` (nodes the servers declared
+//! down, from their counters, and nodes not ready at the end),
+//! `server_rss_mib_*`, `leader_heartbeats_per_sec`, and after the leader
+//! kill `seconds_to_new_leader` and the same checks again.
 
-use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use skiff_bench::cluster::SkiffCluster;
 use skiff_bench::creds::{global as creds, set_global, Creds};
-use skiff_bench::procs::{wait_for, Proc};
+use skiff_bench::procs::{free_ports, wait_for, Proc};
 use skiff_bench::simnodes::{self, SimOptions};
 use skiff_bench::stats::percentile;
 use skiff_model::{AllocStatus, JobSpec, NodeStatus};
 
 struct Opts {
+    servers: usize,
     nodes: usize,
     allocs: usize,
     skiff: PathBuf,
+    kill: bool,
 }
+
+const USAGE: &str =
+    "usage: scalebench [--servers 1|3] [--nodes N] [--allocs N] [--skiff PATH] [--no-kill]";
 
 fn parse() -> anyhow::Result<Opts> {
     let mut o = Opts {
+        servers: 1,
         nodes: 1000,
         allocs: 10_000,
         skiff: PathBuf::from("target/release/skiff"),
+        kill: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || {
             args.next()
-                .ok_or_else(|| anyhow::anyhow!("{a} needs a value"))
+                .ok_or_else(|| anyhow::anyhow!("{a} needs a value\n{USAGE}"))
         };
         match a.as_str() {
+            "--servers" => o.servers = value()?.parse()?,
             "--nodes" => o.nodes = value()?.parse()?,
             "--allocs" => o.allocs = value()?.parse()?,
             "--skiff" => o.skiff = value()?.into(),
-            _ => anyhow::bail!("usage: scalebench [--nodes N] [--allocs N] [--skiff PATH]"),
+            "--no-kill" => o.kill = false,
+            _ => anyhow::bail!("{USAGE}"),
         }
     }
+    anyhow::ensure!(
+        o.servers == 1 || o.servers == 3,
+        "--servers: 1 or 3, not {}",
+        o.servers
+    );
     Ok(o)
 }
 
@@ -69,37 +90,219 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// The servers under test: their processes, API URLs and data dirs.
+struct Servers {
+    procs: Vec<Proc>,
+    urls: Vec<String>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Servers {
+    async fn start(o: &Opts, dir: &Path) -> anyhow::Result<Servers> {
+        // A /24 for every simulated node.
+        let subnets = ["--node-subnets".to_string(), "10.0.0.0/8".to_string()];
+        if o.servers == 3 {
+            let (c, security) = Creds::shared_ca(&dir.join("ca"))?;
+            set_global(c);
+            let ports = free_ports(6);
+            let cluster =
+                SkiffCluster::start(&o.skiff, dir, &ports, &security, "127.0.0.1:0", &subnets)?;
+            let servers = Servers {
+                procs: cluster.procs,
+                urls: cluster.urls,
+                dirs: (1..=3).map(|i| dir.join(format!("skiff{i}"))).collect(),
+            };
+            wait_for("a leader", Duration::from_secs(60), || servers.leader()).await?;
+            return Ok(servers);
+        }
+        let server_dir = dir.join("server");
+        std::fs::create_dir_all(&server_dir)?;
+        let mut args: Vec<String> = [
+            "server",
+            "--api",
+            "127.0.0.1:0",
+            "--peer-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([server_dir.display().to_string()])
+        .collect();
+        args.extend(subnets);
+        let server = Proc::spawn(&o.skiff, &args, &dir.join("server.log"))?;
+        let addr = wait_for("the server", Duration::from_secs(30), || {
+            let f = server_dir.join("api.addr");
+            async move { std::fs::read_to_string(f).ok() }
+        })
+        .await?;
+        set_global(Creds::from_admin_conf(&server_dir)?);
+        Ok(Servers {
+            procs: vec![server],
+            urls: vec![creds().url(&addr)],
+            dirs: vec![server_dir],
+        })
+    }
+
+    /// The server that says it leads, if one does.
+    async fn leader(&self) -> Option<usize> {
+        for (i, url) in self.urls.iter().enumerate() {
+            if self.procs[i].child.is_none() {
+                continue;
+            }
+            let Ok(Ok(mut c)) =
+                tokio::time::timeout(Duration::from_secs(2), creds().connect(url)).await
+            else {
+                continue;
+            };
+            if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), c.status()).await {
+                if s.role == "leader" {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    fn pid(&self, i: usize) -> u32 {
+        self.procs[i]
+            .child
+            .as_ref()
+            .map(std::process::Child::id)
+            .unwrap_or(0)
+    }
+
+    /// The largest RSS among the running servers, and the leader's.
+    fn rss(&self, leader: usize) -> (f64, f64) {
+        let max = (0..self.procs.len())
+            .map(|i| rss_mib(self.pid(i)))
+            .fold(0.0, f64::max);
+        (max, rss_mib(self.pid(leader)))
+    }
+
+    /// A counter of server `i`'s metrics (0 when it cannot be read).
+    fn counter(&self, i: usize, name: &str) -> f64 {
+        let Ok(addr) = std::fs::read_to_string(self.dirs[i].join("metrics.addr")) else {
+            return 0.0;
+        };
+        let Ok(body) = skiff_bench::http::body(addr.trim(), "/metrics") else {
+            return 0.0;
+        };
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Nodes declared down, summed over the running servers (each counts
+    /// the ones it declared while it led).
+    fn declared_down(&self) -> f64 {
+        (0..self.procs.len())
+            .filter(|i| self.procs[*i].child.is_some())
+            .map(|i| self.counter(i, "skiff_nodes_declared_down_total"))
+            .sum()
+    }
+}
+
+/// Latencies of the calls issue 21 names, sampled together.
+#[derive(Default)]
+struct Calls {
+    apply_job: Vec<Duration>,
+    get_job: Vec<Duration>,
+    list_job_allocs: Vec<Duration>,
+    list_nodes: Vec<Duration>,
+}
+
+impl Calls {
+    /// One round: a small job's new version, then (with `reads`) a job
+    /// get, one job's allocations and every node.
+    async fn sample(
+        &mut self,
+        client: &mut skiff_client::Client,
+        round: usize,
+        reads: bool,
+    ) -> anyhow::Result<()> {
+        let probe = JobSpec::from_yaml(&format!(
+            "name: probe\nreplicas: 1\ntask:\n  image: 'oci:{}/probe'\n  env: {{ROUND: '{round}'}}\n  resources: {{cpu: 10m, memory: 16Mi}}\n",
+            simnodes::IMAGE_ROOT
+        ))?;
+        let t = Instant::now();
+        client.apply_job(&probe).await?;
+        self.apply_job.push(t.elapsed());
+        if !reads {
+            return Ok(());
+        }
+        let t = Instant::now();
+        client.get_job("scale-00000").await?;
+        self.get_job.push(t.elapsed());
+        let t = Instant::now();
+        client.list_allocs(Some("scale-00000"), None).await?;
+        self.list_job_allocs.push(t.elapsed());
+        let t = Instant::now();
+        client.list_nodes().await?;
+        self.list_nodes.push(t.elapsed());
+        Ok(())
+    }
+
+    fn print(self, when: &str) {
+        for (name, mut v) in [
+            ("apply_job", self.apply_job),
+            ("get_job", self.get_job),
+            ("list_job_allocs", self.list_job_allocs),
+            ("list_nodes", self.list_nodes),
+        ] {
+            if v.is_empty() {
+                continue;
+            }
+            println!(
+                "api_p50_ms_{name}_{when}={:.1}",
+                ms(percentile(&mut v, 50.0))
+            );
+            println!(
+                "api_p99_ms_{name}_{when}={:.1}",
+                ms(percentile(&mut v, 99.0))
+            );
+        }
+        println!();
+    }
+}
+
+/// Nodes the servers list as not ready, and allocations they list
+/// running.
+async fn census(url: &str) -> anyhow::Result<(usize, usize)> {
+    let mut c = creds().connect(url).await?;
+    let not_ready = c
+        .list_nodes()
+        .await?
+        .iter()
+        .filter(|n| n.node.status != NodeStatus::Ready)
+        .count();
+    let running = c
+        .list_allocs(None, None)
+        .await?
+        .iter()
+        .filter(|a| a.status == AllocStatus::Running && a.job != "probe")
+        .count();
+    Ok((not_ready, running))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let o = parse()?;
     let dir = tempfile::tempdir()?;
-    let server_dir = dir.path().join("server");
-    let args: Vec<String> = [
-        "server",
-        "--api",
-        "127.0.0.1:0",
-        "--peer-addr",
-        "127.0.0.1:0",
-        "--metrics-addr",
-        "127.0.0.1:0",
-        // A /24 for every simulated node.
-        "--node-subnets",
-        "10.0.0.0/8",
-        "--data-dir",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([server_dir.display().to_string()])
-    .collect();
-    std::fs::create_dir_all(&server_dir)?;
-    let server = Proc::spawn(&o.skiff, &args, &dir.path().join("server.log"))?;
-    let addr = wait_for("the server", Duration::from_secs(30), || {
-        let f = server_dir.join("api.addr");
-        async move { std::fs::read_to_string(f).ok() }
-    })
-    .await?;
-    set_global(Creds::from_admin_conf(&server_dir)?);
-    let url = creds().url(&addr);
+    eprintln!("data and logs in {}", dir.path().display());
+    let result = run(&o, dir.path()).await;
+    if result.is_err() {
+        eprintln!("kept {} for its logs", dir.keep().display());
+    }
+    result
+}
+
+async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
+    let mut servers = Servers::start(o, dir).await?;
+    let leader = servers.leader().await.unwrap_or(0);
+    let url = servers.urls[leader].clone();
     let join = creds().agent_args(&url).await?;
     let token = join
         .iter()
@@ -107,20 +310,16 @@ async fn main() -> anyhow::Result<()> {
         .nth(1)
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("no node token"))?;
-    let pid = server
-        .child
-        .as_ref()
-        .map(std::process::Child::id)
-        .unwrap_or(0);
+    println!("servers={}", o.servers);
     println!("nodes={}", o.nodes);
     println!("allocs={}", o.allocs);
-    println!("server_rss_mib_idle={:.1}", rss_mib(pid));
+    println!("server_rss_mib_idle={:.1}", servers.rss(leader).0);
 
     let names: Vec<String> = (0..o.nodes).map(|i| format!("sim-{i:05}")).collect();
     let joined = Instant::now();
-    let sim = simnodes::start(&url, &token, &names, SimOptions::default()).await?;
+    let sim = simnodes::start(&servers.urls, &token, &names, SimOptions::default()).await?;
     let mut client = creds().connect(&url).await?;
-    wait_for("every node ready", Duration::from_secs(600), || {
+    wait_for("every node ready", Duration::from_secs(1800), || {
         let url = url.clone();
         let n = o.nodes;
         async move {
@@ -135,8 +334,36 @@ async fn main() -> anyhow::Result<()> {
         "seconds_to_nodes_ready={:.1}",
         joined.elapsed().as_secs_f64()
     );
+    println!("server_rss_mib_nodes={:.1}", servers.rss(leader).0);
 
-    // Jobs of 100 replicas (the last takes the rest), applied at once.
+    // Writes and reads before any work: the idle figures.
+    let mut idle = Calls::default();
+    for round in 0..30 {
+        idle.sample(&mut client, round, false).await?;
+    }
+    idle.print("idle");
+
+    // Jobs of 100 replicas (the last takes the rest), applied at once;
+    // a second client samples the calls while the cluster fills.
+    let filling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (url, filling) = (url.clone(), filling.clone());
+        tokio::spawn(async move {
+            let mut calls = Calls::default();
+            let Ok(mut c) = creds().connect(&url).await else {
+                return calls;
+            };
+            let mut round = 1000;
+            while filling.load(Ordering::Relaxed) {
+                round += 1;
+                if calls.sample(&mut c, round, true).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            calls
+        })
+    };
     let jobs = o.allocs.div_ceil(100);
     let started = Instant::now();
     for j in 0..jobs {
@@ -148,33 +375,17 @@ async fn main() -> anyhow::Result<()> {
         client.apply_job(&spec).await?;
     }
     let applied = started.elapsed();
-    // API latency while the cluster fills, and the time to all running.
-    let (mut gets, mut lists) = (Vec::new(), Vec::new());
     let running = loop {
-        let t = Instant::now();
-        client.get_job("scale-00000").await?;
-        gets.push(t.elapsed());
-        let t = Instant::now();
-        client.list_nodes().await?;
-        lists.push(t.elapsed());
-        let n = sim.stats.starts.lock().map(|s| s.len()).unwrap_or(0);
-        if n >= o.allocs || started.elapsed() > Duration::from_secs(900) {
+        let n = sim.stats.started("scale-") as usize;
+        if n >= o.allocs || started.elapsed() > Duration::from_secs(1800) {
             break n;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let filled = started.elapsed();
-    // Confirmed from the servers' side.
-    let allocs = client.list_allocs(None, None).await?;
-    let confirmed = allocs
-        .iter()
-        .filter(|a| a.status == AllocStatus::Running)
-        .count();
-    let nodes = client.list_nodes().await?;
-    let downs = nodes
-        .iter()
-        .filter(|n| n.node.status != NodeStatus::Ready)
-        .count();
+    filling.store(false, Ordering::Relaxed);
+    let during = sampler.await?;
+    let (not_ready, confirmed) = census(&url).await?;
     let twice = sim
         .stats
         .starts
@@ -190,16 +401,62 @@ async fn main() -> anyhow::Result<()> {
         "placements_per_sec_e2e={:.0}",
         running as f64 / filled.as_secs_f64().max(1e-9)
     );
-    for (name, mut v) in [("get_job", gets), ("list_nodes", lists)] {
-        println!("api_p50_ms_{name}={:.1}", ms(percentile(&mut v, 50.0)));
-        println!("api_p99_ms_{name}={:.1}", ms(percentile(&mut v, 99.0)));
+    during.print("filling");
+    let mut full = Calls::default();
+    for round in 0..30 {
+        full.sample(&mut client, 5000 + round, true).await?;
     }
-    println!("false_downs={downs}");
-    println!("server_rss_mib_full={:.1}", rss_mib(pid));
+    full.print("full");
+    let beats = servers.counter(leader, "skiff_heartbeats_received_total");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let beats = servers.counter(leader, "skiff_heartbeats_received_total") - beats;
+    println!("leader_heartbeats_per_sec={:.0}", beats / 10.0);
+    let declared = servers.declared_down();
+    println!("false_downs={}", declared as usize + not_ready);
+    let (rss_max, rss_leader) = servers.rss(leader);
+    println!("server_rss_mib_full={rss_max:.1}");
+    println!("leader_rss_mib_full={rss_leader:.1}");
     println!(
         "sim_heartbeats={} sim_errors={}",
         sim.stats.heartbeats.load(Ordering::Relaxed),
         sim.stats.errors.load(Ordering::Relaxed)
     );
+
+    if o.servers == 3 && o.kill {
+        // The leader dies at full size; the others must take over without
+        // declaring a node down, and everything keeps running.
+        let killed = Instant::now();
+        servers.procs[leader].kill9();
+        let next = wait_for("a new leader", Duration::from_secs(120), || {
+            servers.leader()
+        })
+        .await?;
+        println!(
+            "seconds_to_new_leader={:.1}",
+            killed.elapsed().as_secs_f64()
+        );
+        // Past the new leader's grace window and a TTL after it.
+        let ttl = Duration::from_secs(5).max(Duration::from_secs_f64(o.nodes as f64 / 50.0));
+        tokio::time::sleep(ttl * 3).await;
+        let url = servers.urls[next].clone();
+        let mut after = Calls::default();
+        let mut c = creds().connect(&url).await?;
+        for round in 0..20 {
+            after.sample(&mut c, 9000 + round, true).await?;
+        }
+        after.print("after_kill");
+        let (not_ready, confirmed) = census(&url).await?;
+        let downs = servers.declared_down() as usize + not_ready;
+        let twice = sim
+            .stats
+            .starts
+            .lock()
+            .map(|s| s.values().filter(|n| **n > 1).count())
+            .unwrap_or(0);
+        println!("false_downs_after_kill={downs}");
+        println!("allocs_running_after_kill={confirmed}");
+        println!("allocs_started_twice_after_kill={twice}");
+        println!("server_rss_mib_after_kill={:.1}", servers.rss(next).0);
+    }
     Ok(())
 }
