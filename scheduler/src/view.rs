@@ -521,8 +521,19 @@ impl<'a> ClusterView<'a> {
                 deploy_health: None,
             });
         }
-        for s in plan.stops.iter().chain(&plan.evictions) {
-            if let Some(a) = self.allocs.iter_mut().find(|a| a.id == s.alloc_id) {
+        // One pass over the allocations for all of the plan's stops.
+        let stopped: std::collections::HashSet<&str> = plan
+            .stops
+            .iter()
+            .chain(&plan.evictions)
+            .map(|s| s.alloc_id.as_str())
+            .collect();
+        if !stopped.is_empty() {
+            for a in self
+                .allocs
+                .iter_mut()
+                .filter(|a| stopped.contains(a.id.as_ref()))
+            {
                 a.desired = DesiredStatus::Stop;
             }
         }

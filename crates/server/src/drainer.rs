@@ -207,6 +207,7 @@ mod tests {
                 );
             }
         }
+        s.rebuild_indexes();
         s
     }
 

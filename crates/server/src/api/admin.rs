@@ -17,20 +17,21 @@ pub(crate) async fn list_nodes(
     ctx.read_barrier(r.stale).await?;
     let view = heartbeat_view(ctx).await;
     let state = ctx.store.state();
-    let (nodes, next_page_token) = page.take(state.nodes.iter().map(|(name, n)| {
-        let (gpu_metrics, gpu_age) = match view.gpu.get(name) {
-            Some(s) => (s.metrics.clone(), Some(s.age_ms)),
-            None => (Vec::new(), None),
-        };
-        let item = pb::NodeListItem {
-            node: Some(n.into()),
-            heartbeat_age_ms: view.age_ms.get(name).copied(),
-            used: Some(skiff_model::fit::used_on(name, state.allocs_on_node(name)).into()),
-            gpu_metrics,
-            gpu_metrics_age_ms: gpu_age,
-        };
-        (name.as_str(), item)
-    }));
+    let (nodes, next_page_token) =
+        page.take(state.nodes.iter().map(|(k, n)| (k.as_str(), n)), |n| {
+            let name = &n.name;
+            let (gpu_metrics, gpu_age) = match view.gpu.get(name) {
+                Some(s) => (s.metrics.clone(), Some(s.age_ms)),
+                None => (Vec::new(), None),
+            };
+            pb::NodeListItem {
+                node: Some(n.into()),
+                heartbeat_age_ms: view.age_ms.get(name).copied(),
+                used: Some(skiff_model::fit::used_on(name, state.allocs_on_node(name)).into()),
+                gpu_metrics,
+                gpu_metrics_age_ms: gpu_age,
+            }
+        });
     Ok(pb::ListNodesResponse {
         nodes,
         next_page_token,

@@ -163,17 +163,17 @@ pub(crate) async fn list(
         .jobs
         .iter()
         .filter(|(key, _)| scope.sees(skiff_model::split_job_key(key).0));
-    let (jobs, next_page_token) = page.take(visible.map(|(name, j)| {
-        let item = pb::JobListItem {
+    let (jobs, next_page_token) = page.take(
+        visible.map(|(name, j)| (name.as_str(), (name, j))),
+        |(name, j)| pb::JobListItem {
             job: Some(j.into()),
             summary: Some(summary(
                 Some(j),
                 &state.allocs_of_job(name),
                 state.deployment(name),
             )),
-        };
-        (name.as_str(), item)
-    }));
+        },
+    );
     Ok(pb::ListJobsResponse {
         jobs,
         next_page_token,
@@ -286,14 +286,22 @@ pub(crate) async fn list_allocs(
     };
     ctx.read_barrier(r.stale).await?;
     let state = ctx.store.state();
+    // In id order, from the narrowest index that answers: one job's or one
+    // node's allocations, not every allocation in the cluster.
+    let candidates: Box<dyn Iterator<Item = &skiff_model::Allocation>> = if !job.is_empty() {
+        Box::new(state.allocs_of(&job))
+    } else if !r.node.is_empty() {
+        Box::new(state.allocs_on_node(&r.node).into_iter())
+    } else {
+        Box::new(state.allocs.values())
+    };
     let (allocs, next_page_token) = page.take(
-        state
-            .allocs
-            .iter()
-            .filter(|(_, a)| job.is_empty() || a.job == job)
-            .filter(|(_, a)| scope.sees(skiff_model::split_job_key(&a.job).0))
-            .filter(|(_, a)| r.node.is_empty() || a.node == r.node)
-            .map(|(id, a)| (id.as_str(), pb::Allocation::from(a))),
+        candidates
+            .filter(|a| job.is_empty() || a.job == job)
+            .filter(|a| scope.sees(skiff_model::split_job_key(&a.job).0))
+            .filter(|a| r.node.is_empty() || a.node == r.node)
+            .map(|a| (a.id.as_str(), a)),
+        pb::Allocation::from,
     );
     Ok(pb::ListAllocsResponse {
         allocs,

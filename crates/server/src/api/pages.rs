@@ -44,11 +44,13 @@ impl PageRequest {
         Ok(PageRequest { size, after })
     }
 
-    /// The page of `items` (in key order) this request asks for, and the
-    /// token of the next page (empty after the last).
-    pub(crate) fn take<'a, T: 'a>(
+    /// The page of `items` (in key order) this request asks for, each
+    /// made by `make` (only the page's: the ones skipped cost nothing but
+    /// their keys), and the token of the next page (empty after the last).
+    pub(crate) fn take<'a, S: 'a, T>(
         &self,
-        items: impl Iterator<Item = (&'a str, T)>,
+        items: impl Iterator<Item = (&'a str, S)>,
+        mut make: impl FnMut(S) -> T,
     ) -> (Vec<T>, String) {
         let mut page = Vec::new();
         let mut last = None;
@@ -60,7 +62,7 @@ impl PageRequest {
                 break;
             };
             last = Some(key);
-            page.push(item);
+            page.push(make(item));
         }
         let next = match (last, items.peek()) {
             (Some(key), Some(_)) => format!("{TOKEN_TAG}{}", hex::encode(key)),
@@ -86,7 +88,7 @@ mod tests {
         let mut pages = 0;
         loop {
             let req = PageRequest::parse(3, &token).unwrap();
-            let (page, next) = req.take(all.iter().map(|k| (k.as_str(), k.clone())));
+            let (page, next) = req.take(all.iter().map(|k| (k.as_str(), k)), Clone::clone);
             seen.extend(page);
             pages += 1;
             if next.is_empty() {
@@ -98,7 +100,7 @@ mod tests {
         assert_eq!(pages, 3);
         // An exact multiple ends without an empty page after it.
         let req = PageRequest::parse(7, "").unwrap();
-        let (page, next) = req.take(all.iter().map(|k| (k.as_str(), ())));
+        let (page, next) = req.take(all.iter().map(|k| (k.as_str(), ())), |u| u);
         assert_eq!((page.len(), next.as_str()), (7, ""));
     }
 
@@ -122,7 +124,7 @@ mod tests {
         let all = keys(5);
         let token = format!("{TOKEN_TAG}{}", hex::encode("job-001x"));
         let req = PageRequest::parse(2, &token).unwrap();
-        let (page, _) = req.take(all.iter().map(|k| (k.as_str(), k.clone())));
+        let (page, _) = req.take(all.iter().map(|k| (k.as_str(), k)), Clone::clone);
         assert_eq!(page, ["job-002", "job-003"]);
     }
 }

@@ -156,8 +156,8 @@ impl State {
         }
         // Gone for good: nothing it ran comes back.
         let lost: Vec<String> = self
-            .allocs
-            .values()
+            .allocs_on_node(name)
+            .into_iter()
             .filter(|a| {
                 a.node == name
                     && a.status == skiff_model::AllocStatus::Lost

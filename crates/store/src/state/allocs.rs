@@ -161,11 +161,7 @@ impl State {
             .filter(|j| self.jobs.contains_key(*j))
             .collect();
         let mut newest: std::collections::HashMap<(&str, u32), u64> = Default::default();
-        for a in self
-            .allocs
-            .values()
-            .filter(|a| jobs.contains(a.job.as_str()))
-        {
+        for a in jobs.iter().flat_map(|j| self.allocs_of(j)) {
             let at = newest.entry((a.job.as_str(), a.replica)).or_default();
             *at = (*at).max(a.create_index);
         }
@@ -218,9 +214,8 @@ impl State {
             .get(&a.job)
             .is_some_and(|j| !j.spec.is_batch() && !j.spec.gang && j.version == a.job_version);
         let replacements: Vec<&skiff_model::Allocation> = self
-            .allocs
-            .values()
-            .filter(|r| r.job == a.job && r.replica == a.replica && r.id != a.id && r.is_live())
+            .allocs_of(&a.job)
+            .filter(|r| r.replica == a.replica && r.id != a.id && r.is_live())
             .collect();
         let replaced = replacements
             .iter()
@@ -231,8 +226,8 @@ impl State {
         let fits = self.nodes.get(node).is_some_and(|n| {
             let usage = skiff_model::fit::usage_on(
                 n,
-                self.allocs
-                    .values()
+                self.allocs_on_node(node)
+                    .into_iter()
                     .filter(|o| o.node == node && !replacements.iter().any(|r| r.id == o.id)),
             );
             let mut ask = a.task.resources.clone();

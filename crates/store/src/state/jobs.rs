@@ -146,9 +146,8 @@ impl State {
     /// history: the finished allocations of the old one are dropped.
     fn forget_finished_allocs(&mut self, job: &str) {
         let finished: Vec<String> = self
-            .allocs
-            .values()
-            .filter(|a| a.job == job && a.status.is_terminal())
+            .allocs_of(job)
+            .filter(|a| a.status.is_terminal())
             .map(|a| a.id.clone())
             .collect();
         for id in finished {
@@ -175,9 +174,8 @@ impl State {
         // Finished allocations run nothing the scheduler would stop: they
         // are marked here, so none of a deleted job still says `run`.
         let finished: Vec<String> = self
-            .allocs
-            .values()
-            .filter(|a| a.job == name && a.status.is_terminal() && a.desired == DesiredStatus::Run)
+            .allocs_of(name)
+            .filter(|a| a.status.is_terminal() && a.desired == DesiredStatus::Run)
             .map(|a| a.id.clone())
             .collect();
         for id in finished {
@@ -202,9 +200,6 @@ impl State {
                 .evals_by_job
                 .get(job)
                 .is_some_and(|ids| !ids.is_empty())
-            || self
-                .allocs
-                .values()
-                .any(|a| a.job == job && !a.status.is_terminal())
+            || self.allocs_of(job).any(|a| !a.status.is_terminal())
     }
 }

@@ -92,6 +92,11 @@ pub struct State {
     /// applied entry. Not part of the state.
     #[serde(skip)]
     pub(crate) allocs_by_node: BTreeMap<String, BTreeSet<String>>,
+    /// Allocation ids by job key, derived from `allocs` likewise: what
+    /// a plan's check, a rollout's progress and a job's writes read,
+    /// instead of every allocation. Not part of the state.
+    #[serde(skip)]
+    pub(crate) allocs_by_job: BTreeMap<String, BTreeSet<String>>,
     /// Where the latest changes were, for watchers (see `marks.rs`). Not
     /// part of the state.
     #[serde(skip)]
@@ -454,9 +459,26 @@ impl State {
 
     /// The allocations of one job, in replica order.
     pub fn allocs_of_job(&self, job: &str) -> Vec<&Allocation> {
-        let mut v: Vec<&Allocation> = self.allocs.values().filter(|a| a.job == job).collect();
+        let mut v: Vec<&Allocation> = self.allocs_of(job).collect();
         v.sort_by_key(|a| (a.replica, a.create_index));
         v
+    }
+
+    /// The allocations of one job, in id order.
+    pub fn allocs_of<'s>(&'s self, job: &str) -> impl Iterator<Item = &'s Allocation> + 's {
+        self.allocs_by_job
+            .get(job)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.allocs.get(id))
+    }
+
+    /// The ids of the allocations placed on one node.
+    pub(crate) fn alloc_ids_on(&self, node: &str) -> Vec<String> {
+        self.allocs_by_node
+            .get(node)
+            .map(|ids| ids.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The allocations placed on one node.
@@ -476,6 +498,10 @@ impl State {
             .entry(a.node.clone())
             .or_default()
             .insert(a.id.clone());
+        self.allocs_by_job
+            .entry(a.job.clone())
+            .or_default()
+            .insert(a.id.clone());
         self.allocs.insert(a.id.clone(), a);
     }
 
@@ -487,6 +513,12 @@ impl State {
             ids.remove(id);
             if ids.is_empty() {
                 self.allocs_by_node.remove(&a.node);
+            }
+        }
+        if let Some(ids) = self.allocs_by_job.get_mut(&a.job) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.allocs_by_job.remove(&a.job);
             }
         }
         Some(a)
@@ -528,9 +560,14 @@ impl State {
             h.fill_fingerprints();
         }
         self.allocs_by_node.clear();
+        self.allocs_by_job.clear();
         for a in self.allocs.values() {
             self.allocs_by_node
                 .entry(a.node.clone())
+                .or_default()
+                .insert(a.id.clone());
+            self.allocs_by_job
+                .entry(a.job.clone())
                 .or_default()
                 .insert(a.id.clone());
         }

@@ -88,11 +88,15 @@ impl State {
     /// unhealthy (or no longer reports at all), and clears the mark of
     /// those whose GPUs are healthy again.
     fn flag_unhealthy_gpus(&mut self, index: u64, node: &str) {
+        let ids = self.alloc_ids_on(node);
         let Some(n) = self.nodes.get(node) else {
             return;
         };
         let mut changed = Vec::new();
-        for a in self.allocs.values_mut() {
+        for id in &ids {
+            let Some(a) = self.allocs.get_mut(id) else {
+                continue;
+            };
             if a.node != node || a.gpus.is_empty() || !a.holds_resources() {
                 continue;
             }
@@ -148,7 +152,11 @@ impl State {
                 };
                 let mut jobs = BTreeSet::new();
                 let mut ids = Vec::new();
-                for a in self.allocs.values_mut() {
+                let on = self.alloc_ids_on(name);
+                for id in &on {
+                    let Some(a) = self.allocs.get_mut(id) else {
+                        continue;
+                    };
                     if a.node == name && !a.status.is_terminal() {
                         // Lost, and replaced by the job's evaluation. The
                         // desired status stays (run, unless it was being
@@ -259,9 +267,9 @@ impl State {
     /// A drain is over: nothing runs on the node any more.
     pub(super) fn finish_drain(&mut self, index: u64, name: &str) -> Outcome {
         let busy = self
-            .allocs
-            .values()
-            .any(|a| a.node == name && a.holds_resources());
+            .allocs_on_node(name)
+            .iter()
+            .any(|a| a.holds_resources());
         let Some(node) = self.nodes.get_mut(name) else {
             return Outcome::Refused(Refusal::node_not_found(name));
         };

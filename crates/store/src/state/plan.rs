@@ -87,8 +87,7 @@ impl State {
                     .find(|n| n.placement.replica == 0)
                     .map(|n| (n.id.clone(), n.placement.node.clone()))
                     .or_else(|| {
-                        self.allocs
-                            .values()
+                        self.allocs_of(&plan.job)
                             .find(|a| {
                                 a.job == plan.job
                                     && a.job_version == job.version
@@ -198,11 +197,9 @@ impl State {
         // that goes on or succeeded (a failed one is replaced).
         let batch = job.spec.is_batch();
         let mut taken: BTreeSet<u32> = self
-            .allocs
-            .values()
+            .allocs_of(&plan.job)
             .filter(|a| {
-                a.job == plan.job
-                    && a.job_version == plan.job_version
+                a.job_version == plan.job_version
                     && a.desired == DesiredStatus::Run
                     && if batch {
                         !a.status.is_terminal() || a.succeeded()
@@ -232,7 +229,7 @@ impl State {
                     return false;
                 }
                 let mut usage = Usage::default();
-                for a in self.allocs.values() {
+                for a in self.allocs_on_node(&node.name) {
                     if a.node == node.name
                         && a.holds_resources()
                         && !evicted.contains(&a.id.as_str())

@@ -460,7 +460,7 @@ impl State {
         // The rollout succeeded when every replica runs the version and
         // proved healthy, and nothing of another version is left.
         if d.status == DeploymentStatus::Running && !d.awaiting_promotion() {
-            let counts = rollout_counts(&job, self.allocs.values().filter(|a| a.job == u.job));
+            let counts = rollout_counts(&job, self.allocs_of(&u.job));
             if counts.done() {
                 d.status = DeploymentStatus::Successful;
                 d.reason = format!("{} of {} replicas healthy", counts.healthy, counts.desired);

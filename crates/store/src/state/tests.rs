@@ -1479,7 +1479,7 @@ fn collecting_drops_finished_allocations_but_keeps_the_newest_of_each_slot_of_a_
     newer.id = "0123456789abcdef0123456789abcdef".into();
     newer.status = AllocStatus::Running;
     newer.create_index = h.state.index + 1;
-    h.state.allocs.insert(newer.id.clone(), newer.clone());
+    h.state.insert_alloc(newer.clone());
     let out = h.apply(Command::CollectAllocs {
         alloc_ids: vec![first.clone(), newer.id.clone()],
     });
