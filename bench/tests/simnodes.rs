@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use skiff_bench::simnodes::{self, SimOptions};
 use skiff_model::{AllocStatus, JobSpec};
+use skiff_tests::cluster::ServerCluster;
 use skiff_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,4 +105,152 @@ async fn simulated_nodes_run_every_allocation_once_and_stay_up() {
         }
     })
     .await;
+}
+
+/// Allocations of jobs `scale-*` the simulated nodes reported running.
+fn started(sim: &simnodes::SimNodes) -> u64 {
+    sim.stats.started("scale-")
+}
+
+/// Nodes the given servers declared down, from their counters.
+fn declared_down(dirs: &[std::path::PathBuf]) -> f64 {
+    dirs.iter()
+        .map(|d| {
+            let (_, body) = skiff_tests::prom::scrape(&skiff_tests::prom::metrics_addr(d));
+            skiff_tests::prom::sample(&body, "skiff_nodes_declared_down_total").unwrap_or(0.0)
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_and_200_simulated_nodes_survive_a_leader_kill_at_full_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = ServerCluster::start(tmp.path(), 3, &["--node-subnets", "10.128.0.0/16"]).await;
+    let dirs: Vec<std::path::PathBuf> = (1..=3).map(|i| tmp.path().join(format!("s{i}"))).collect();
+    let leader = cluster.leader(Duration::from_secs(30)).await;
+    let token = join_token(&cluster.url(leader), "node");
+    let names: Vec<String> = (0..200).map(|i| format!("sim-{i:03}")).collect();
+    let sim = simnodes::start(
+        &cluster.urls(),
+        &token,
+        &names,
+        SimOptions {
+            start_delay: Duration::from_millis(20),
+            ..SimOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let url = cluster.url(leader);
+    wait_for("200 nodes ready", Duration::from_secs(120), || {
+        let url = url.clone();
+        async move {
+            let mut c = connect(&url).await.ok()?;
+            let nodes = c.list_nodes().await.ok()?;
+            (nodes.len() == 200
+                && nodes
+                    .iter()
+                    .all(|n| n.node.status == skiff_model::NodeStatus::Ready))
+            .then_some(())
+        }
+    })
+    .await;
+    // 5,000 allocations in 50 jobs, applied at once.
+    let mut client = connect(&url).await.unwrap();
+    let job = |name: &str, replicas: u32| {
+        JobSpec::from_yaml(&format!(
+            "name: {name}\nreplicas: {replicas}\ntask:\n  image: 'oci:{}/app'\n  resources: {{cpu: 100m, memory: 64Mi}}\n",
+            simnodes::IMAGE_ROOT
+        ))
+        .unwrap()
+    };
+    for j in 0..50 {
+        client
+            .apply_job(&job(&format!("scale-{j:02}"), 100))
+            .await
+            .unwrap();
+    }
+    wait_for(
+        "5,000 allocations running",
+        Duration::from_secs(300),
+        || {
+            let n = started(&sim);
+            async move { (n >= 5000).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(
+        declared_down(&dirs),
+        0.0,
+        "a node was declared down while filling"
+    );
+
+    // The leader dies at full size: another takes over, work goes on, and
+    // no node is declared down (the new leader gives every node a grace
+    // window; the nodes move their calls to the servers left).
+    cluster.kill9(leader).await;
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let next = cluster.leader(Duration::from_secs(60)).await;
+    assert_ne!(next, leader);
+    let url = cluster.url(next);
+    let mut client = connect(&url).await.unwrap();
+    client.apply_job(&job("scale-after", 50)).await.unwrap();
+    wait_for(
+        "the job applied after the kill running",
+        Duration::from_secs(120),
+        || {
+            let n = started(&sim);
+            async move { (n >= 5050).then_some(()) }
+        },
+    )
+    .await;
+    // Past the new leader's grace window and a TTL more.
+    let beats = sim
+        .stats
+        .heartbeats
+        .load(std::sync::atomic::Ordering::Relaxed);
+    wait_for(
+        "heartbeats past the grace window",
+        Duration::from_secs(120),
+        || {
+            let now = sim
+                .stats
+                .heartbeats
+                .load(std::sync::atomic::Ordering::Relaxed);
+            async move { (now >= beats + 3 * 200).then_some(()) }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let survivor_dirs: Vec<std::path::PathBuf> =
+        survivors.iter().map(|i| dirs[*i].clone()).collect();
+    assert_eq!(
+        declared_down(&survivor_dirs),
+        0.0,
+        "a node was declared down after the kill"
+    );
+    let nodes = client.list_nodes().await.unwrap();
+    assert!(nodes
+        .iter()
+        .all(|n| n.node.status == skiff_model::NodeStatus::Ready));
+
+    // Every allocation ran exactly once, and the servers say so too.
+    let starts = sim.stats.starts.lock().unwrap().clone();
+    let twice: Vec<_> = starts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "started more than once: {twice:?}");
+    assert_eq!(started(&sim), 5050);
+    let running = client
+        .list_allocs(None, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.status == AllocStatus::Running)
+        .count();
+    assert_eq!(running, 5050);
+
+    // The killed server comes back and all three hold the same state.
+    cluster.restart(leader).await;
+    cluster
+        .converged(&[0, 1, 2], Duration::from_secs(120))
+        .await;
 }
