@@ -359,13 +359,22 @@ impl pb::node_api_server::NodeApi for NodeService {
             // agent's view; later ones carry changes.
             let mut sent = Sent::default();
             let mut first = true;
+            // Peer changes go out at most once per PEER_GAP: a join storm
+            // of N nodes costs each watch a few messages, not N.
+            let mut peers_at = tokio::time::Instant::now();
             loop {
-                let change = {
+                let now = tokio::time::Instant::now();
+                sent.hold_peers = !first && now < peers_at + PEER_GAP;
+                let (change, pending) = {
                     let state = store.state();
                     let net = network.get(&state);
-                    alloc_changes(&state, &net, &node, &mut sent, first, &secrets)
+                    let change = alloc_changes(&state, &net, &node, &mut sent, first, &secrets);
+                    (change, net.peers.version != sent.peers)
                 };
                 if let Some(messages) = change {
+                    if messages.iter().any(|m| m.peers.is_some()) {
+                        peers_at = now;
+                    }
                     for m in messages {
                         if tx.send(Ok(m)).await.is_err() {
                             return; // the agent went away
@@ -373,7 +382,15 @@ impl pb::node_api_server::NodeApi for NodeService {
                     }
                 }
                 first = false;
-                if applied.changed().await.is_err() {
+                let next = applied.changed();
+                let woke = if pending {
+                    tokio::time::timeout_at(peers_at + PEER_GAP, next)
+                        .await
+                        .unwrap_or(Ok(()))
+                } else {
+                    next.await
+                };
+                if woke.is_err() {
                     let _ = tx
                         .send(Err(Status::unavailable("the server is shutting down")))
                         .await;
@@ -473,8 +490,13 @@ impl pb::node_api_server::NodeApi for NodeService {
 }
 
 /// Most bytes of allocations in one message of the allocation watch (an
-/// agent takes messages of up to 16 MiB).
-const WATCH_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// agent takes messages of up to 16 MiB). Small: a stream keeps a buffer
+/// the size of its largest message for as long as it lives, on every
+/// node's watch.
+const WATCH_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Most nodes in one message's peer list (about 40 bytes each).
+const PEERS_PER_MESSAGE: usize = 512;
 
 /// What an allocation watch has sent.
 #[derive(Debug, Default)]
@@ -493,7 +515,12 @@ pub struct Sent {
     members: u64,
     /// The state's index when this was last brought up to date; 0: never.
     index: u64,
+    /// Leave peer changes for later (the watch paces them).
+    pub hold_peers: bool,
 }
+
+/// The least time between two peer-list messages on one watch.
+const PEER_GAP: std::time::Duration = std::time::Duration::from_millis(1000);
 
 /// The messages that bring an agent following `node` from what `sent`
 /// records to the state's allocations (all of them, with a reset, when
@@ -529,7 +556,7 @@ fn alloc_changes_within(
         && seen != 0
         && state.allocs_changed_on(node) <= seen
         && state.access_changed_at() <= seen
-        && net.peers.version == sent_all.peers
+        && (sent_all.hold_peers || net.peers.version == sent_all.peers)
         && net.endpoints_print == sent_all.endpoints
         && net.members_print == sent_all.members
     {
@@ -572,7 +599,11 @@ fn alloc_changes_within(
     if reset {
         sent_all.peers = 0;
     }
-    let peers = net.peers.message_for(node, sent_all.peers);
+    let peers = if sent_all.hold_peers && !reset {
+        None
+    } else {
+        net.peers.message_for(node, sent_all.peers)
+    };
     let endpoints_changed = reset || net.endpoints_print != sent_all.endpoints;
     let members_changed = reset || net.members_print != sent_all.members;
     if !reset
@@ -586,7 +617,9 @@ fn alloc_changes_within(
         return None;
     }
     sent_all.namespaces = fingerprint;
-    sent_all.peers = net.peers.version;
+    if !sent_all.hold_peers || reset {
+        sent_all.peers = net.peers.version;
+    }
     sent_all.endpoints = net.endpoints_print;
     sent_all.members = net.members_print;
     let sent = &mut sent_all.allocs;
@@ -648,7 +681,32 @@ fn alloc_changes_within(
             (!logins.is_empty()).then(|| (ns.to_string(), pb::RegistryLogins { logins }))
         })
         .collect();
+    // A whole peer list goes in parts, a message each, so that no message
+    // (nor the buffer a stream keeps at its largest message's size) grows
+    // with the cluster: the first part replaces the agent's list, the
+    // others add to it.
+    let mut peers = peers;
+    if let Some(p) = peers.as_mut() {
+        while p.nodes.len() > PEERS_PER_MESSAGE {
+            let rest = p.nodes.split_off(PEERS_PER_MESSAGE);
+            let part = pb::Peers {
+                nodes: std::mem::replace(&mut p.nodes, rest),
+                hosts: p.hosts.clone(),
+                delta: p.delta,
+                removed: std::mem::take(&mut p.removed),
+            };
+            p.delta = true;
+            let current = messages.last_mut().expect("one message at least");
+            current.peers = Some(part);
+            current.partial = true;
+            messages.push(pb::AllocationSet {
+                index: state.index,
+                ..Default::default()
+            });
+        }
+    }
     let last = messages.last_mut().expect("one message at least");
+    last.partial = false;
     last.image_paths = image_paths;
     last.registry_logins = registry_logins;
     last.peers = peers;
@@ -942,5 +1000,107 @@ mod tests {
         )
         .unwrap();
         assert!(again[0].registry_logins.is_empty());
+    }
+
+    #[test]
+    fn a_large_peer_list_goes_in_parts_that_rebuild_it_whole() {
+        let mut state = skiff_store::State::default();
+        for i in 0..1200 {
+            let mut n = skiff_model::Node {
+                metrics_address: String::new(),
+                image_roots: Vec::new(),
+                subnet: format!("10.{}.{}.0/24", i / 256, i % 256),
+                name: format!("n{i:04}"),
+                labels: Default::default(),
+                capacity: Default::default(),
+                allocatable: Default::default(),
+                gpus: vec![],
+                gpu_links: vec![],
+                gpu_driver: Default::default(),
+                cordoned: false,
+                draining: false,
+                drain_deadline_ms: None,
+                drained: false,
+                address: format!("192.0.2.{}:7001", i % 250),
+                status: skiff_model::NodeStatus::Ready,
+                agent_version: String::new(),
+                create_index: 1,
+                modify_index: 1,
+            };
+            n.labels.clear();
+            state.nodes.insert(n.name.clone(), n);
+        }
+        let key = crate::secrets::Keyring::holding(skiff_pki::secrets::SecretsKey::generate());
+        let messages = alloc_changes(
+            &state,
+            &ClusterNetwork::of(&state),
+            "n0000",
+            &mut Sent::default(),
+            true,
+            &key,
+        )
+        .unwrap();
+        assert_eq!(messages.len(), 3, "1,199 peers in parts of 512");
+        assert!(messages[0].reset);
+        let (last, parts) = messages.split_last().unwrap();
+        assert!(parts.iter().all(|m| m.partial) && !last.partial);
+        let peers: Vec<&pb::Peers> = messages.iter().filter_map(|m| m.peers.as_ref()).collect();
+        assert!(!peers[0].delta, "the first part replaces");
+        assert!(peers[1..].iter().all(|p| p.delta), "the others add");
+        assert!(peers.iter().all(|p| p.nodes.len() <= PEERS_PER_MESSAGE));
+        let names: std::collections::BTreeSet<&str> = peers
+            .iter()
+            .flat_map(|p| p.nodes.iter().map(|n| n.name.as_str()))
+            .collect();
+        assert_eq!(names.len(), 1199);
+        assert!(!names.contains("n0000"));
+    }
+
+    #[test]
+    fn a_held_peer_change_is_sent_once_the_watch_lets_it_go() {
+        let mut state = skiff_store::State::default();
+        let key = crate::secrets::Keyring::holding(skiff_pki::secrets::SecretsKey::generate());
+        let node = |name: &str| skiff_model::Node {
+            metrics_address: String::new(),
+            image_roots: Vec::new(),
+            subnet: String::new(),
+            name: name.into(),
+            labels: Default::default(),
+            capacity: Default::default(),
+            allocatable: Default::default(),
+            gpus: vec![],
+            gpu_links: vec![],
+            gpu_driver: Default::default(),
+            cordoned: false,
+            draining: false,
+            drain_deadline_ms: None,
+            drained: false,
+            address: "192.0.2.1:7001".into(),
+            status: skiff_model::NodeStatus::Ready,
+            agent_version: String::new(),
+            create_index: 1,
+            modify_index: 1,
+        };
+        state.nodes.insert("n1".into(), node("n1"));
+        let net = ClusterNetwork::of(&state);
+        let mut sent = Sent::default();
+        assert!(alloc_changes(&state, &net, "n1", &mut sent, true, &key).is_some());
+        state.index = 2;
+        state.nodes.insert("n2".into(), node("n2"));
+        let net = ClusterNetwork {
+            peers: net.peers.next(&state),
+            ..ClusterNetwork::of(&state)
+        };
+        sent.hold_peers = true;
+        assert!(
+            alloc_changes(&state, &net, "n1", &mut sent, false, &key).is_none(),
+            "held"
+        );
+        sent.hold_peers = false;
+        let m = alloc_changes(&state, &net, "n1", &mut sent, false, &key).expect("let go");
+        let peers = m.last().unwrap().peers.clone().unwrap();
+        assert!(peers.delta);
+        assert_eq!(peers.nodes[0].name, "n2");
+        assert!(alloc_changes(&state, &net, "n1", &mut sent, false, &key).is_none());
     }
 }
