@@ -41,6 +41,9 @@ struct Opts {
     kill: bool,
 }
 
+/// Clients applying the jobs at once.
+const APPLIERS: usize = 8;
+
 const USAGE: &str =
     "usage: scalebench [--servers 1|3] [--nodes N] [--allocs N] [--skiff PATH] [--no-kill]";
 
@@ -364,15 +367,28 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
             calls
         })
     };
+    // Several clients apply at once (as a CI system or several people
+    // would): one client's round trips would measure the client.
     let jobs = o.allocs.div_ceil(100);
     let started = Instant::now();
-    for j in 0..jobs {
-        let replicas = (o.allocs - j * 100).min(100);
-        let spec = JobSpec::from_yaml(&format!(
-            "name: scale-{j:05}\nreplicas: {replicas}\ntask:\n  image: 'oci:{}/app'\n  resources: {{cpu: 100m, memory: 128Mi}}\n",
-            simnodes::IMAGE_ROOT
-        ))?;
-        client.apply_job(&spec).await?;
+    let mut appliers = tokio::task::JoinSet::new();
+    for first in 0..APPLIERS.min(jobs) {
+        let (url, allocs) = (url.clone(), o.allocs);
+        appliers.spawn(async move {
+            let mut c = creds().connect(&url).await?;
+            for j in (first..jobs).step_by(APPLIERS) {
+                let replicas = (allocs - j * 100).min(100);
+                let spec = JobSpec::from_yaml(&format!(
+                    "name: scale-{j:05}\nreplicas: {replicas}\ntask:\n  image: 'oci:{}/app'\n  resources: {{cpu: 100m, memory: 128Mi}}\n",
+                    simnodes::IMAGE_ROOT
+                ))?;
+                c.apply_job(&spec).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = appliers.join_next().await {
+        done??;
     }
     let applied = started.elapsed();
     let running = loop {
