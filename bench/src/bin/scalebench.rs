@@ -423,6 +423,19 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
         full.sample(&mut client, 5000 + round, true).await?;
     }
     full.print("full");
+    // How long planning held the state's lock (applies wait for it).
+    let lock = |what: &str| {
+        servers.counter(
+            leader,
+            &format!("skiff_scheduler_planning_lock_seconds_{what}"),
+        )
+    };
+    let (locked, batches) = (lock("sum"), lock("count"));
+    println!("planning_batches={batches}");
+    println!(
+        "planning_lock_ms_mean={:.1}",
+        1000.0 * locked / batches.max(1.0)
+    );
     let beats = servers.counter(leader, "skiff_heartbeats_received_total");
     tokio::time::sleep(Duration::from_secs(10)).await;
     let beats = servers.counter(leader, "skiff_heartbeats_received_total") - beats;

@@ -37,7 +37,15 @@ pub async fn run(
                     break;
                 }
                 let started = std::time::Instant::now();
-                let plans = plan_batch(&store.state(), batch, settings);
+                let plans = {
+                    let state = store.state();
+                    let locked = std::time::Instant::now();
+                    let plans = plan_batch(&state, batch, settings);
+                    metrics
+                        .planning_lock_seconds
+                        .observe(locked.elapsed().as_secs_f64());
+                    plans
+                };
                 let mut commits = tokio::task::JoinSet::new();
                 for plan in plans {
                     let (store, metrics) = (store.clone(), metrics.clone());

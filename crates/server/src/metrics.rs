@@ -79,6 +79,9 @@ pub struct ServerMetrics {
     pub proposal_seconds: Histogram,
     /// Evaluations the scheduler planned, and how long each took.
     pub scheduling_seconds: Histogram,
+    /// How long planning a batch held the state's read lock (the Raft
+    /// thread waits for it to apply).
+    pub planning_lock_seconds: Histogram,
     /// Allocations the scheduler's plans placed.
     pub placements: Counter,
     /// Placements the state machine refused (the plan raced a change).
@@ -101,6 +104,7 @@ impl Default for ServerMetrics {
             proposal_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             // 0.1 ms to about 3 s.
             scheduling_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            planning_lock_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             placements: Counter::default(),
             plan_rejections: Counter::default(),
             preemptions: Counter::default(),
@@ -141,6 +145,11 @@ impl ServerMetrics {
             "scheduler_evaluation_duration_seconds",
             "Time to plan and commit one evaluation (on the leader)",
             self.scheduling_seconds.clone(),
+        );
+        reg.register(
+            "scheduler_planning_lock_seconds",
+            "Time one batch of evaluations held the state's read lock while it was planned (applies wait for it)",
+            self.planning_lock_seconds.clone(),
         );
         reg.register(
             "scheduler_placements",

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use skiff_model::{Allocation, NetworkMode};
 
 use super::table::Table;
-use super::State;
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Marks {
@@ -55,6 +54,27 @@ impl Marks {
         }
     }
 
+    /// See `State::allocs_changed_on`.
+    pub(crate) fn allocs_on(&self, node: &str) -> u64 {
+        self.allocs_on
+            .get(node)
+            .copied()
+            .unwrap_or(0)
+            .max(self.since)
+    }
+
+    pub(crate) fn access(&self) -> u64 {
+        self.access.max(self.since)
+    }
+
+    pub(crate) fn nodes(&self) -> u64 {
+        self.nodes.max(self.since)
+    }
+
+    pub(crate) fn network(&self) -> u64 {
+        self.network.max(self.since)
+    }
+
     pub(crate) fn table(&mut self, index: u64, table: Table) {
         match table {
             Table::Access => {
@@ -67,33 +87,5 @@ impl Marks {
             }
             _ => {}
         }
-    }
-}
-
-impl State {
-    /// The index of the last entry that added, changed or removed an
-    /// allocation on `node` (or, when the state was loaded since, the
-    /// index it was loaded at).
-    pub fn allocs_changed_on(&self, node: &str) -> u64 {
-        let m = &self.marks;
-        m.allocs_on.get(node).copied().unwrap_or(0).max(m.since)
-    }
-
-    /// The index of the last entry that changed the access records
-    /// (namespaces, policies, registry logins, tokens, users).
-    pub fn access_changed_at(&self) -> u64 {
-        self.marks.access.max(self.marks.since)
-    }
-
-    /// The index of the last entry that changed a node or a server.
-    pub fn nodes_changed_at(&self) -> u64 {
-        self.marks.nodes.max(self.marks.since)
-    }
-
-    /// The index of the last entry that may have changed the cluster's
-    /// endpoints or network members: an allocation with an address or in
-    /// the host's network, a node, a server or the access records.
-    pub fn network_changed_at(&self) -> u64 {
-        self.marks.network.max(self.marks.since)
     }
 }

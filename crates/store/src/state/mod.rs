@@ -464,6 +464,31 @@ impl State {
         v
     }
 
+    /// The index of the last entry that added, changed or removed an
+    /// allocation on `node` (or, when the state was loaded since, the
+    /// index it was loaded at).
+    pub fn allocs_changed_on(&self, node: &str) -> u64 {
+        self.marks.allocs_on(node)
+    }
+
+    /// The index of the last entry that changed the access records
+    /// (namespaces, policies, registry logins, tokens, users).
+    pub fn access_changed_at(&self) -> u64 {
+        self.marks.access()
+    }
+
+    /// The index of the last entry that changed a node or a server.
+    pub fn nodes_changed_at(&self) -> u64 {
+        self.marks.nodes()
+    }
+
+    /// The index of the last entry that may have changed the cluster's
+    /// endpoints or network members: an allocation with an address or in
+    /// the host's network, a node, a server or the access records.
+    pub fn network_changed_at(&self) -> u64 {
+        self.marks.network()
+    }
+
     /// The allocations of one job, in id order.
     pub fn allocs_of<'s>(&'s self, job: &str) -> impl Iterator<Item = &'s Allocation> + 's {
         self.allocs_by_job
