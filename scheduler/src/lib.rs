@@ -30,7 +30,7 @@ use skiff_model::{Deployment, DesiredStatus, Job, Plan};
 pub use crate::config::{Algorithm, Config};
 use crate::ctx::{stop, Ctx};
 use crate::view::AllocRec;
-pub use crate::view::ClusterView;
+pub use crate::view::{AllocSummary, ClusterView, ViewInput};
 
 /// Computes the plan that moves `job_name` from what runs now towards what
 /// the job asks for. `job` is `None` when the job was deleted: everything it

@@ -294,12 +294,143 @@ pub(crate) fn least_key(cap: Resources, ask: Resources) -> Option<u64> {
     )
 }
 
+/// What the view reads of an allocation: the planning facts, where it runs
+/// and what it holds. [`Allocation`] has it, and so has [`AllocSummary`],
+/// the small owned copy a leader keeps to plan without holding the state.
+pub trait ViewInput: AllocFacts {
+    fn id(&self) -> &str;
+    fn job(&self) -> &str;
+    fn node(&self) -> &str;
+    /// The UUIDs of the GPUs it holds.
+    fn gpus(&self) -> &[String];
+    fn ports(&self) -> &[u16];
+    fn resources(&self) -> Resources;
+}
+
+impl ViewInput for Allocation {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn job(&self) -> &str {
+        &self.job
+    }
+    fn node(&self) -> &str {
+        &self.node
+    }
+    fn gpus(&self) -> &[String] {
+        &self.gpus
+    }
+    fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+    fn resources(&self) -> Resources {
+        Allocation::resources(self)
+    }
+}
+
+/// An allocation as the scheduler reads it: owned, and without its task
+/// (a few hundred bytes instead of the task's environment and mounts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocSummary {
+    pub id: String,
+    pub job: String,
+    pub node: String,
+    pub gpus: Vec<String>,
+    pub ports: Vec<u16>,
+    pub resources: Resources,
+    pub replica: u32,
+    pub version: u64,
+    pub create_index: u64,
+    pub desired: DesiredStatus,
+    pub status: AllocStatus,
+    pub failures: u32,
+    pub succeeded: bool,
+    pub healthy_now: bool,
+    pub deploy_health: Option<bool>,
+    /// The allocation's modify index when copied.
+    pub modify_index: u64,
+}
+
+impl From<&Allocation> for AllocSummary {
+    fn from(a: &Allocation) -> AllocSummary {
+        AllocSummary {
+            id: a.id.clone(),
+            job: a.job.clone(),
+            node: a.node.clone(),
+            gpus: a.gpus.clone(),
+            ports: a.ports.clone(),
+            resources: a.resources(),
+            replica: a.replica,
+            version: a.job_version,
+            create_index: a.create_index,
+            desired: a.desired,
+            status: a.status,
+            failures: a.failures(),
+            succeeded: a.succeeded(),
+            healthy_now: a.healthy_now(),
+            deploy_health: a.deploy_health,
+            modify_index: a.modify_index,
+        }
+    }
+}
+
+impl AllocFacts for AllocSummary {
+    fn replica(&self) -> u32 {
+        self.replica
+    }
+    fn version(&self) -> u64 {
+        self.version
+    }
+    fn create_index(&self) -> u64 {
+        self.create_index
+    }
+    fn desired(&self) -> DesiredStatus {
+        self.desired
+    }
+    fn status(&self) -> AllocStatus {
+        self.status
+    }
+    fn failures(&self) -> u32 {
+        self.failures
+    }
+    fn succeeded(&self) -> bool {
+        self.succeeded
+    }
+    fn healthy_now(&self) -> bool {
+        self.healthy_now
+    }
+    fn deploy_health(&self) -> Option<bool> {
+        self.deploy_health
+    }
+}
+
+impl ViewInput for AllocSummary {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn job(&self) -> &str {
+        &self.job
+    }
+    fn node(&self) -> &str {
+        &self.node
+    }
+    fn gpus(&self) -> &[String] {
+        &self.gpus
+    }
+    fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+    fn resources(&self) -> Resources {
+        self.resources
+    }
+}
+
 impl<'a> ClusterView<'a> {
     /// Builds the view. `priority_of` gives a job's current priority by
     /// name (allocations of jobs it does not know count as priority 0).
-    pub fn new(
+    pub fn new<A: ViewInput + 'a>(
         nodes: impl IntoIterator<Item = &'a Node>,
-        allocs: impl IntoIterator<Item = &'a Allocation>,
+        allocs: impl IntoIterator<Item = &'a A>,
         priority_of: impl Fn(&str) -> Option<u8>,
     ) -> ClusterView<'a> {
         let mut sorted: Vec<&'a Node> = nodes.into_iter().collect();
@@ -343,39 +474,35 @@ impl<'a> ClusterView<'a> {
 
         // Positions follow the ids, so the input's order does not matter.
         // A snapshot's allocations usually come sorted already.
-        let mut input: Vec<&'a Allocation> = allocs.into_iter().collect();
-        if !input.is_sorted_by(|a, b| a.id < b.id) {
-            input.sort_by(|a, b| a.id.cmp(&b.id));
-            input.dedup_by(|a, b| a.id == b.id);
+        let mut input: Vec<&'a A> = allocs.into_iter().collect();
+        if !input.is_sorted_by(|a, b| a.id() < b.id()) {
+            input.sort_by(|a, b| a.id().cmp(b.id()));
+            input.dedup_by(|a, b| a.id() == b.id());
         }
         view.allocs.reserve(input.len());
         for a in input {
-            let job = view.job_entry(Cow::Borrowed(a.job.as_str()), &priority_of);
-            let node = view
-                .by_name
-                .get(a.node.as_str())
-                .copied()
-                .unwrap_or(NO_NODE);
+            let job = view.job_entry(Cow::Borrowed(a.job()), &priority_of);
+            let node = view.by_name.get(a.node()).copied().unwrap_or(NO_NODE);
             let gpus = match node {
                 NO_NODE => 0,
-                n => view.nodes[n as usize].node.gpu_mask(&a.gpus),
+                n => view.nodes[n as usize].node.gpu_mask(a.gpus()),
             };
             view.push_alloc(AllocRec {
-                id: Cow::Borrowed(a.id.as_str()),
+                id: Cow::Borrowed(a.id()),
                 job,
-                replica: a.replica,
-                version: a.job_version,
-                create_index: a.create_index,
-                desired: a.desired,
-                status: a.status,
+                replica: a.replica(),
+                version: a.version(),
+                create_index: a.create_index(),
+                desired: a.desired(),
+                status: a.status(),
                 node,
                 amount: a.resources(),
                 gpus,
-                ports: a.ports.clone(),
+                ports: a.ports().to_vec(),
                 failures: a.failures(),
                 succeeded: a.succeeded(),
                 healthy_now: a.healthy_now(),
-                deploy_health: a.deploy_health,
+                deploy_health: a.deploy_health(),
             });
         }
 

@@ -1,16 +1,19 @@
 //! The leader's evaluation loop: pending evaluations are handed to the
-//! scheduler in batches, each batch planned on one view of the state (built
-//! once, each plan committed into it so the next one sees its placements),
-//! and the resulting plans go through Raft together, where the state
-//! machine checks each once more (a plan that raced a change is rejected
-//! and its evaluation stays pending). Building the view walks every node
-//! and allocation under the state's read lock, which the Raft thread needs
-//! to apply; one build per batch instead of one per evaluation keeps both
-//! the work and the stalls of applies in proportion to the batches.
+//! scheduler in batches, each batch planned on one view (built once, each
+//! plan committed into it so the next one sees its placements), and the
+//! resulting plans go through Raft together, where the state machine
+//! checks each once more (a plan that raced a change is rejected and its
+//! evaluation stays pending). The view is built from the scheduler's own
+//! copy of the nodes and allocation summaries (`sched_copy.rs`), brought up
+//! to date under the state's read lock by touching only the nodes whose
+//! allocations changed; building the view and planning hold no lock the
+//! Raft thread needs to apply.
 
 use std::time::Duration;
 
-use skiff_model::{EvalStatus, Evaluation};
+use std::collections::BTreeMap;
+
+use skiff_model::{Deployment, EvalStatus, Evaluation, Job};
 pub use skiff_scheduler::Algorithm;
 use skiff_scheduler::{reconcile_job, ClusterView, Config};
 use skiff_store::command::{NewAlloc, PlanCommand};
@@ -29,6 +32,7 @@ pub async fn run(
     metrics: std::sync::Arc<crate::metrics::ServerMetrics>,
 ) {
     let mut applied = store.subscribe();
+    let mut copy = crate::sched_copy::SchedCopy::default();
     loop {
         if store.is_leader() {
             let pending = pending_evals(&store);
@@ -37,15 +41,20 @@ pub async fn run(
                     break;
                 }
                 let started = std::time::Instant::now();
-                let plans = {
+                // Under the state's lock: bring the copy up to date (the
+                // nodes whose allocations changed) and copy the batch's
+                // jobs. Planning then holds no lock.
+                let inputs = {
                     let state = store.state();
                     let locked = std::time::Instant::now();
-                    let plans = plan_batch(&state, batch, settings);
+                    copy.sync(&state);
+                    let inputs = Batch::of(&state, batch);
                     metrics
                         .planning_lock_seconds
                         .observe(locked.elapsed().as_secs_f64());
-                    plans
+                    inputs
                 };
+                let plans = plan_copied(&copy, &inputs, batch, settings);
                 let mut commits = tokio::task::JoinSet::new();
                 for plan in plans {
                     let (store, metrics) = (store.clone(), metrics.clone());
@@ -117,39 +126,88 @@ pub fn plan_batch(
     let mut view = ClusterView::new(state.nodes.values(), state.allocs.values(), |name| {
         state.jobs.get(name).map(|j| j.spec.priority)
     });
+    plan_all(&Batch::of(state, evals), &mut view, evals, settings)
+}
+
+/// What a batch's plans read of the state besides the view: the index it
+/// was taken at, and its evaluations' jobs and current rollouts (copied,
+/// so planning holds no lock).
+#[derive(Debug, Default)]
+struct Batch {
+    index: u64,
+    jobs: BTreeMap<String, Job>,
+    deployments: BTreeMap<String, Deployment>,
+}
+
+impl Batch {
+    fn of(state: &State, evals: &[Evaluation]) -> Batch {
+        Batch {
+            index: state.index,
+            jobs: evals
+                .iter()
+                .filter_map(|e| Some((e.job.clone(), state.jobs.get(&e.job)?.clone())))
+                .collect(),
+            deployments: evals
+                .iter()
+                .filter_map(|e| Some((e.job.clone(), state.deployment(&e.job)?.clone())))
+                .collect(),
+        }
+    }
+}
+
+fn plan_all(
+    batch: &Batch,
+    view: &mut ClusterView<'_>,
+    evals: &[Evaluation],
+    settings: SchedulerSettings,
+) -> Vec<PlanCommand> {
     let last = evals.len().saturating_sub(1);
     evals
         .iter()
         .enumerate()
-        .map(|(i, eval)| plan_on(state, &mut view, eval, settings, i < last))
+        .map(|(i, eval)| plan_on(batch, view, eval, settings, i < last))
         .collect()
 }
 
+/// Plans `evals` from the scheduler's copy (`copy`, brought up to the
+/// state under its lock beforehand), holding no lock.
+fn plan_copied(
+    copy: &crate::sched_copy::SchedCopy,
+    batch: &Batch,
+    evals: &[Evaluation],
+    settings: SchedulerSettings,
+) -> Vec<PlanCommand> {
+    let mut view = ClusterView::new(&copy.nodes, copy.allocs.values(), |name| {
+        copy.priorities.get(name).copied()
+    });
+    plan_all(batch, &mut view, evals, settings)
+}
+
 fn plan_on(
-    state: &State,
+    batch: &Batch,
     view: &mut ClusterView<'_>,
     eval: &Evaluation,
     settings: SchedulerSettings,
     more: bool,
 ) -> PlanCommand {
-    let job = state.jobs.get(&eval.job);
+    let job = batch.jobs.get(&eval.job);
     let cfg = Config {
         algorithm: settings.algorithm,
         seed: eval.create_index,
         ..Config::default()
     };
-    let plan = reconcile_job(&eval.job, job, state.deployment(&eval.job), view, &cfg);
+    let plan = reconcile_job(&eval.job, job, batch.deployments.get(&eval.job), view, &cfg);
     let ids: Vec<String> = plan.placements.iter().map(|_| new_alloc_id()).collect();
     if let (Some(job), true) = (job, more) {
         // The next plan of the batch sees these placements and stops.
-        view.commit(job, &plan, &ids, state.index);
+        view.commit(job, &plan, &ids, batch.index);
     }
     PlanCommand {
         eval_id: eval.id.clone(),
         job: eval.job.clone(),
         job_version: job.map_or(0, |j| j.version),
         job_modify_index: job.map_or(0, |j| j.modify_index),
-        snapshot_index: state.index,
+        snapshot_index: batch.index,
         placements: plan
             .placements
             .into_iter()

@@ -49,6 +49,7 @@ pub mod peer;
 pub mod peer_list;
 pub mod registry_logins;
 pub mod resolve;
+pub mod sched_copy;
 pub mod secrets;
 pub mod tls;
 pub mod transport;

@@ -79,8 +79,8 @@ pub struct ServerMetrics {
     pub proposal_seconds: Histogram,
     /// Evaluations the scheduler planned, and how long each took.
     pub scheduling_seconds: Histogram,
-    /// How long planning a batch held the state's read lock (the Raft
-    /// thread waits for it to apply).
+    /// How long a batch held the state's read lock to bring the
+    /// scheduler's copy up to date (the Raft thread waits for it).
     pub planning_lock_seconds: Histogram,
     /// Allocations the scheduler's plans placed.
     pub placements: Counter,
@@ -148,7 +148,7 @@ impl ServerMetrics {
         );
         reg.register(
             "scheduler_planning_lock_seconds",
-            "Time one batch of evaluations held the state's read lock while it was planned (applies wait for it)",
+            "Time one batch of evaluations held the state's read lock to bring the scheduler's copy up to date (applies wait for it; planning holds none)",
             self.planning_lock_seconds.clone(),
         );
         reg.register(

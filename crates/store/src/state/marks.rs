@@ -63,6 +63,18 @@ impl Marks {
             .max(self.since)
     }
 
+    /// The nodes whose allocations changed after `index`; `None` when the
+    /// marks do not reach back that far.
+    pub(crate) fn nodes_after(&self, index: u64) -> Option<Vec<&str>> {
+        (self.since <= index).then(|| {
+            self.allocs_on
+                .iter()
+                .filter(|(_, at)| **at > index)
+                .map(|(node, _)| node.as_str())
+                .collect()
+        })
+    }
+
     pub(crate) fn access(&self) -> u64 {
         self.access.max(self.since)
     }

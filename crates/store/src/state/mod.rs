@@ -471,6 +471,13 @@ impl State {
         self.marks.allocs_on(node)
     }
 
+    /// The nodes where an allocation was added, changed or removed after
+    /// `index`, in no order; `None` when the state cannot tell (it was
+    /// loaded after `index`): everything may have changed.
+    pub fn nodes_with_alloc_changes_after(&self, index: u64) -> Option<Vec<&str>> {
+        self.marks.nodes_after(index)
+    }
+
     /// The index of the last entry that changed the access records
     /// (namespaces, policies, registry logins, tokens, users).
     pub fn access_changed_at(&self) -> u64 {

@@ -1,0 +1,226 @@
+//! The leader scheduler's own copy of what it plans from: every node, a
+//! small summary of every allocation (no task), and the jobs' priorities.
+//! Brought up to date under the state's read lock at the start of each
+//! batch, touching only the nodes whose allocations changed since (the
+//! state's marks), so the view is then built and the batch planned without
+//! holding a lock the Raft thread needs to apply.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use skiff_model::Node;
+use skiff_scheduler::AllocSummary;
+use skiff_store::State;
+
+#[derive(Debug, Default)]
+pub struct SchedCopy {
+    /// The state's index it matches; 0: never filled.
+    pub index: u64,
+    /// The index its nodes were copied at.
+    nodes_at: u64,
+    pub nodes: Vec<Node>,
+    /// By allocation id.
+    pub allocs: BTreeMap<String, AllocSummary>,
+    /// Allocation ids by node, as copied.
+    by_node: HashMap<String, BTreeSet<String>>,
+    /// Every job's priority.
+    pub priorities: HashMap<String, u8>,
+}
+
+impl SchedCopy {
+    /// Brings the copy to `state`. Returns how many allocation summaries
+    /// it made (the work done, for tests and metrics).
+    pub fn sync(&mut self, state: &State) -> usize {
+        if self.index == state.index && self.index != 0 {
+            return 0;
+        }
+        if self.index == 0 || state.nodes_changed_at() > self.nodes_at {
+            self.nodes = state.nodes.values().cloned().collect();
+            self.nodes_at = state.index;
+        }
+        self.priorities = state
+            .jobs
+            .iter()
+            .map(|(name, j)| (name.clone(), j.spec.priority))
+            .collect();
+        let changed = match state.nodes_with_alloc_changes_after(self.index) {
+            Some(nodes) if self.index != 0 => nodes,
+            _ => {
+                // Start over: every allocation.
+                self.allocs = state
+                    .allocs
+                    .iter()
+                    .map(|(id, a)| (id.clone(), AllocSummary::from(a)))
+                    .collect();
+                self.by_node.clear();
+                for a in self.allocs.values() {
+                    self.by_node
+                        .entry(a.node.clone())
+                        .or_default()
+                        .insert(a.id.clone());
+                }
+                self.index = state.index;
+                return self.allocs.len();
+            }
+        };
+        let mut made = 0;
+        for node in changed {
+            let now = state.allocs_on_node(node);
+            let held = self.by_node.entry(node.to_string()).or_default();
+            let listed: BTreeSet<&str> = now.iter().map(|a| a.id.as_str()).collect();
+            let gone: Vec<String> = held
+                .iter()
+                .filter(|id| !listed.contains(id.as_str()))
+                .cloned()
+                .collect();
+            for id in gone {
+                held.remove(&id);
+                self.allocs.remove(&id);
+            }
+            for a in now {
+                let current = self
+                    .allocs
+                    .get(&a.id)
+                    .is_some_and(|s| s.modify_index == a.modify_index);
+                if !current {
+                    self.allocs.insert(a.id.clone(), AllocSummary::from(a));
+                    held.insert(a.id.clone());
+                    made += 1;
+                }
+            }
+            if held.is_empty() {
+                self.by_node.remove(node);
+            }
+        }
+        self.index = state.index;
+        made
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_model::{AllocStatus, EvalStatus, JobSpec, Resources};
+    use skiff_store::command::{AllocUpdate, NodeRegistration};
+    use skiff_store::Command;
+
+    fn apply(state: &mut State, cmd: Command) {
+        let i = state.index + 1;
+        state.apply(i, &cmd);
+    }
+
+    fn fresh(state: &State) -> BTreeMap<String, AllocSummary> {
+        state
+            .allocs
+            .iter()
+            .map(|(id, a)| (id.clone(), AllocSummary::from(a)))
+            .collect()
+    }
+
+    #[test]
+    fn the_copy_follows_the_state_touching_only_what_changed() {
+        let mut state = State::default();
+        for n in ["n1", "n2", "n3"] {
+            apply(
+                &mut state,
+                Command::RegisterNode {
+                    registration: NodeRegistration {
+                        metrics_address: String::new(),
+                        image_roots: Vec::new(),
+                        subnet: String::new(),
+                        name: n.into(),
+                        labels: Default::default(),
+                        capacity: Resources::new(8_000, 8 << 30),
+                        reserved: Resources::ZERO,
+                        address: "127.0.0.1:7702".into(),
+                        agent_version: "test".into(),
+                        gpus: vec![],
+                        gpu_links: vec![],
+                        gpu_driver: Default::default(),
+                    },
+                },
+            );
+        }
+        let spec = JobSpec::from_yaml(
+            "name: web\nreplicas: 6\ntask: {image: 'oci:/i', resources: {cpu: 1, memory: 64Mi}}",
+        )
+        .unwrap();
+        apply(&mut state, Command::UpsertJob { spec });
+        let mut copy = SchedCopy::default();
+        assert_eq!(copy.sync(&state), 0, "no allocations yet");
+        assert_eq!(copy.nodes.len(), 3);
+        let eval = state
+            .evals
+            .values()
+            .find(|e| e.status == EvalStatus::Pending)
+            .cloned()
+            .unwrap();
+        let plan = crate::evals::plan_eval(&state, &eval, Default::default());
+        apply(&mut state, Command::ApplyPlan { plan });
+        assert_eq!(copy.sync(&state), 6);
+        assert_eq!(copy.allocs, fresh(&state));
+        assert_eq!(copy.sync(&state), 0, "nothing changed since");
+
+        // One allocation reports running: one summary is made again.
+        let (id, node) = {
+            let a = state.allocs.values().next().unwrap();
+            (a.id.clone(), a.node.clone())
+        };
+        apply(
+            &mut state,
+            Command::UpdateAllocStatus {
+                node,
+                updates: vec![AllocUpdate {
+                    alloc_id: id,
+                    status: AllocStatus::Running,
+                    healthy: Some(true),
+                    ..AllocUpdate::default()
+                }],
+                at_ms: 1,
+            },
+        );
+        assert_eq!(copy.sync(&state), 1);
+        assert_eq!(copy.allocs, fresh(&state));
+
+        // The job goes: its allocations are stopped, then collected.
+        apply(&mut state, Command::DeleteJob { name: "web".into() });
+        copy.sync(&state);
+        assert_eq!(copy.allocs, fresh(&state));
+        let ids: Vec<String> = state.allocs.keys().cloned().collect();
+        for id in &ids {
+            let node = state.allocs[id].node.clone();
+            apply(
+                &mut state,
+                Command::UpdateAllocStatus {
+                    node,
+                    updates: vec![AllocUpdate {
+                        alloc_id: id.clone(),
+                        status: AllocStatus::Complete,
+                        exit_code: Some(0),
+                        ..AllocUpdate::default()
+                    }],
+                    at_ms: 2,
+                },
+            );
+        }
+        apply(&mut state, Command::CollectAllocs { alloc_ids: ids });
+        copy.sync(&state);
+        assert_eq!(copy.allocs, fresh(&state));
+
+        // A state loaded since (a snapshot installed): copied whole again.
+        state.rebuild_indexes();
+        let before = copy.index;
+        apply(
+            &mut state,
+            Command::SetNodeEligibility {
+                name: "n1".into(),
+                cordoned: true,
+                draining: false,
+                drain_deadline_ms: None,
+            },
+        );
+        assert!(state.index > before);
+        copy.sync(&state);
+        assert!(copy.nodes.iter().any(|n| n.name == "n1" && n.cordoned));
+        assert_eq!(copy.allocs, fresh(&state));
+    }
+}
