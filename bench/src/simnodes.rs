@@ -54,6 +54,16 @@ pub struct SimStats {
 }
 
 impl SimStats {
+    /// Allocations reported running more than once.
+    pub fn started_twice(&self) -> usize {
+        self.starts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|n| **n > 1)
+            .count()
+    }
+
     /// Allocations reported running of the jobs whose names start with
     /// `prefix`.
     pub fn started(&self, prefix: &str) -> u64 {

@@ -402,12 +402,7 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
     filling.store(false, Ordering::Relaxed);
     let during = sampler.await?;
     let (not_ready, confirmed) = census(&url).await?;
-    let twice = sim
-        .stats
-        .starts
-        .lock()
-        .map(|s| s.values().filter(|n| **n > 1).count())
-        .unwrap_or(0);
+    let twice = sim.stats.started_twice();
     println!("apply_seconds={:.1}", applied.as_secs_f64());
     println!("allocs_running={confirmed}");
     println!("allocs_reported_running={running}");
@@ -476,12 +471,7 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
         after.print("after_kill");
         let (not_ready, confirmed) = census(&url).await?;
         let downs = servers.declared_down() as usize + not_ready;
-        let twice = sim
-            .stats
-            .starts
-            .lock()
-            .map(|s| s.values().filter(|n| **n > 1).count())
-            .unwrap_or(0);
+        let twice = sim.stats.started_twice();
         println!("false_downs_after_kill={downs}");
         println!("allocs_running_after_kill={confirmed}");
         println!("allocs_started_twice_after_kill={twice}");

@@ -213,27 +213,7 @@ mod tests {
     #[test]
     fn ready_replicas_with_an_address_are_endpoints_with_their_named_ports() {
         let mut state = skiff_store::State::default();
-        let node = skiff_model::Node {
-            metrics_address: String::new(),
-            image_roots: Vec::new(),
-            subnet: "10.88.0.0/24".into(),
-            name: "n1".into(),
-            labels: Default::default(),
-            capacity: Default::default(),
-            allocatable: Default::default(),
-            gpus: vec![],
-            gpu_links: vec![],
-            gpu_driver: Default::default(),
-            cordoned: false,
-            draining: false,
-            drain_deadline_ms: None,
-            drained: false,
-            address: "192.0.2.7:7001".into(),
-            status: skiff_model::NodeStatus::Ready,
-            agent_version: String::new(),
-            create_index: 1,
-            modify_index: 1,
-        };
+        let node = crate::peer_list::test_node("n1", "10.88.0.0/24", "192.0.2.7:7001");
         state.nodes.insert("n1".into(), node);
         let bridged = "{image: 'oci:/i', ports: [{name: http, container: 8080}]}";
         let a = ready(&"a".repeat(32), "lab/web", bridged, "10.88.0.5");

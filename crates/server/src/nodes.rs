@@ -811,27 +811,7 @@ mod tests {
     fn the_other_nodes_subnets_are_sent_at_the_start_and_when_they_change() {
         let mut state = skiff_store::State::default();
         let node = |name: &str, subnet: &str, address: &str| {
-            let n = skiff_model::Node {
-                metrics_address: String::new(),
-                image_roots: Vec::new(),
-                subnet: subnet.into(),
-                name: name.into(),
-                labels: Default::default(),
-                capacity: Default::default(),
-                allocatable: Default::default(),
-                gpus: vec![],
-                gpu_links: vec![],
-                gpu_driver: Default::default(),
-                cordoned: false,
-                draining: false,
-                drain_deadline_ms: None,
-                drained: false,
-                address: address.into(),
-                status: skiff_model::NodeStatus::Ready,
-                agent_version: String::new(),
-                create_index: 1,
-                modify_index: 1,
-            };
+            let n = crate::peer_list::test_node(name, subnet, address);
             (name.to_string(), n)
         };
         state.nodes.extend([
@@ -1006,28 +986,11 @@ mod tests {
     fn a_large_peer_list_goes_in_parts_that_rebuild_it_whole() {
         let mut state = skiff_store::State::default();
         for i in 0..1200 {
-            let mut n = skiff_model::Node {
-                metrics_address: String::new(),
-                image_roots: Vec::new(),
-                subnet: format!("10.{}.{}.0/24", i / 256, i % 256),
-                name: format!("n{i:04}"),
-                labels: Default::default(),
-                capacity: Default::default(),
-                allocatable: Default::default(),
-                gpus: vec![],
-                gpu_links: vec![],
-                gpu_driver: Default::default(),
-                cordoned: false,
-                draining: false,
-                drain_deadline_ms: None,
-                drained: false,
-                address: format!("192.0.2.{}:7001", i % 250),
-                status: skiff_model::NodeStatus::Ready,
-                agent_version: String::new(),
-                create_index: 1,
-                modify_index: 1,
-            };
-            n.labels.clear();
+            let n = crate::peer_list::test_node(
+                &format!("n{i:04}"),
+                &format!("10.{}.{}.0/24", i / 256, i % 256),
+                &format!("192.0.2.{}:7001", i % 250),
+            );
             state.nodes.insert(n.name.clone(), n);
         }
         let key = crate::secrets::Keyring::holding(skiff_pki::secrets::SecretsKey::generate());
@@ -1060,27 +1023,7 @@ mod tests {
     fn a_held_peer_change_is_sent_once_the_watch_lets_it_go() {
         let mut state = skiff_store::State::default();
         let key = crate::secrets::Keyring::holding(skiff_pki::secrets::SecretsKey::generate());
-        let node = |name: &str| skiff_model::Node {
-            metrics_address: String::new(),
-            image_roots: Vec::new(),
-            subnet: String::new(),
-            name: name.into(),
-            labels: Default::default(),
-            capacity: Default::default(),
-            allocatable: Default::default(),
-            gpus: vec![],
-            gpu_links: vec![],
-            gpu_driver: Default::default(),
-            cordoned: false,
-            draining: false,
-            drain_deadline_ms: None,
-            drained: false,
-            address: "192.0.2.1:7001".into(),
-            status: skiff_model::NodeStatus::Ready,
-            agent_version: String::new(),
-            create_index: 1,
-            modify_index: 1,
-        };
+        let node = |name: &str| crate::peer_list::test_node(name, "", "192.0.2.1:7001");
         state.nodes.insert("n1".into(), node("n1"));
         let net = ClusterNetwork::of(&state);
         let mut sent = Sent::default();

@@ -184,32 +184,39 @@ impl PeerList {
     }
 }
 
+/// A ready node with nothing but a name, a subnet and an address, for
+/// tests of what the servers send about nodes.
+#[cfg(test)]
+pub(crate) fn test_node(name: &str, subnet: &str, address: &str) -> skiff_model::Node {
+    skiff_model::Node {
+        metrics_address: String::new(),
+        image_roots: Vec::new(),
+        subnet: subnet.into(),
+        name: name.into(),
+        labels: Default::default(),
+        capacity: Default::default(),
+        allocatable: Default::default(),
+        gpus: vec![],
+        gpu_links: vec![],
+        gpu_driver: Default::default(),
+        cordoned: false,
+        draining: false,
+        drain_deadline_ms: None,
+        drained: false,
+        address: address.into(),
+        status: skiff_model::NodeStatus::Ready,
+        agent_version: String::new(),
+        create_index: 1,
+        modify_index: 1,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn node(name: &str, subnet: &str, address: &str) -> skiff_model::Node {
-        skiff_model::Node {
-            metrics_address: String::new(),
-            image_roots: Vec::new(),
-            subnet: subnet.into(),
-            name: name.into(),
-            labels: Default::default(),
-            capacity: Default::default(),
-            allocatable: Default::default(),
-            gpus: vec![],
-            gpu_links: vec![],
-            gpu_driver: Default::default(),
-            cordoned: false,
-            draining: false,
-            drain_deadline_ms: None,
-            drained: false,
-            address: address.into(),
-            status: skiff_model::NodeStatus::Ready,
-            agent_version: String::new(),
-            create_index: 1,
-            modify_index: 1,
-        }
+        test_node(name, subnet, address)
     }
 
     fn with(state: &mut skiff_store::State, n: skiff_model::Node) {
