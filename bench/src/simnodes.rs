@@ -7,7 +7,10 @@
 //! run containers for (issue 21's `simnodes`).
 //!
 //! Every start is counted per allocation id ([`SimStats::starts`]), so a
-//! test can check that each allocation ran exactly once.
+//! test can check that each allocation ran exactly once. Nodes can offer
+//! GPUs from a fake inventory (`SimOptions::gpus`; a node counts being
+//! told to use a GPU it lacks or one that is taken) and fail the
+//! allocations of chosen jobs (`SimOptions::fail_jobs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +32,12 @@ pub struct SimOptions {
     /// What each node offers.
     pub cpu_millis: u64,
     pub memory_bytes: u64,
+    /// GPUs each node registers (a fake inventory: `GPU-NODE-I`, 80 GB,
+    /// healthy).
+    pub gpus: u32,
+    /// Allocations of jobs whose names start with this fail at start
+    /// (reported `failed`, exit code 1) instead of running.
+    pub fail_jobs: Option<String>,
 }
 
 impl Default for SimOptions {
@@ -37,6 +46,8 @@ impl Default for SimOptions {
             start_delay: Duration::from_millis(200),
             cpu_millis: 32_000,
             memory_bytes: 128 << 30,
+            gpus: 0,
+            fail_jobs: None,
         }
     }
 }
@@ -51,6 +62,11 @@ pub struct SimStats {
     pub starts: Mutex<HashMap<String, u32>>,
     /// Allocations reported running, by job name (without its namespace).
     pub started_by_job: Mutex<HashMap<String, u64>>,
+    /// Allocations reported failed (`SimOptions::fail_jobs`).
+    pub failed: AtomicU64,
+    /// Times a node was told to run an allocation on a GPU it does not
+    /// have, or one that another allocation running there holds.
+    pub gpu_conflicts: AtomicU64,
 }
 
 impl SimStats {
@@ -217,8 +233,18 @@ impl SimNode {
                     capacity: Some(pb::Resources {
                         cpu_millis: self.opts.cpu_millis,
                         memory_bytes: self.opts.memory_bytes,
-                        gpus: 0,
+                        gpus: self.opts.gpus,
                     }),
+                    gpus: (0..self.opts.gpus)
+                        .map(|i| pb::Gpu {
+                            uuid: format!("GPU-{}-{i}", self.name),
+                            model: "simulated H100".into(),
+                            memory_bytes: 80 << 30,
+                            healthy: true,
+                            index: i,
+                            ..Default::default()
+                        })
+                        .collect(),
                     reserved: Some(pb::Resources::default()),
                     address: "127.0.0.1:9".into(),
                     agent_version: "simnode".into(),
@@ -293,8 +319,24 @@ impl SimNode {
         );
         let mut updates = Vec::new();
         let mut jobs: HashMap<&str, &str> = HashMap::new();
+        let failing = |job: &str| {
+            self.opts
+                .fail_jobs
+                .as_deref()
+                .is_some_and(|prefix| job.starts_with(prefix))
+        };
+        // The GPUs the allocations that run here hold.
+        let mut held: HashMap<&str, &str> = HashMap::new();
+        for a in allocs.values().filter(|a| a.status == running) {
+            for g in &a.gpus {
+                held.insert(g, &a.id);
+            }
+        }
         for a in allocs.values() {
-            let status = if a.desired == run && a.status == pending {
+            let job = a.job.rsplit_once('/').map_or(a.job.as_str(), |(_, j)| j);
+            let status = if a.desired == run && a.status == pending && failing(job) {
+                pb::AllocStatus::Failed
+            } else if a.desired == run && a.status == pending {
                 pb::AllocStatus::Running
             } else if a.desired != run && (a.status == pending || a.status == running) {
                 pb::AllocStatus::Complete
@@ -304,13 +346,25 @@ impl SimNode {
             if self.reported.get(&a.id) == Some(&(status as i32)) {
                 continue;
             }
-            let job = a.job.rsplit_once('/').map_or(a.job.as_str(), |(_, j)| j);
+            if status == pb::AllocStatus::Running {
+                let prefix = format!("GPU-{}-", self.name);
+                for g in &a.gpus {
+                    let theirs = held.insert(g, &a.id).is_some_and(|other| other != a.id);
+                    if theirs || !g.starts_with(&prefix) {
+                        self.stats.gpu_conflicts.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
             jobs.insert(&a.id, job);
             updates.push(pb::AllocStatusUpdate {
                 alloc_id: a.id.clone(),
                 status: status as i32,
                 healthy: (status == pb::AllocStatus::Running).then_some(true),
-                exit_code: (status == pb::AllocStatus::Complete).then_some(0),
+                exit_code: match status {
+                    pb::AllocStatus::Complete => Some(0),
+                    pb::AllocStatus::Failed => Some(1),
+                    _ => None,
+                },
                 ..Default::default()
             });
         }
@@ -343,6 +397,9 @@ impl SimNode {
                         .started_by_job
                         .lock()
                         .unwrap_or_else(|p| p.into_inner());
+                    let failed = pb::AllocStatus::Failed as i32;
+                    let fails = chunk.iter().filter(|u| u.status == failed).count();
+                    self.stats.failed.fetch_add(fails as u64, Ordering::Relaxed);
                     for u in chunk.iter().filter(|u| u.status == running) {
                         *starts.entry(u.alloc_id.clone()).or_default() += 1;
                         let job = jobs.get(u.alloc_id.as_str()).copied().unwrap_or("");

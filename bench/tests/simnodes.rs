@@ -254,3 +254,87 @@ async fn three_servers_and_200_simulated_nodes_survive_a_leader_kill_at_full_siz
         .converged(&[0, 1, 2], Duration::from_secs(120))
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_gpu_nodes_get_each_gpu_once_and_failures_reach_the_servers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start_with(
+        &tmp.path().join("server"),
+        "127.0.0.1:0",
+        &["--node-subnets", "10.128.0.0/16"],
+    );
+    let url = server.url();
+    let token = join_token(&url, "node");
+    let names: Vec<String> = (0..10).map(|i| format!("gpu-{i:02}")).collect();
+    let sim = simnodes::start(
+        std::slice::from_ref(&url),
+        &token,
+        &names,
+        SimOptions {
+            start_delay: Duration::from_millis(20),
+            gpus: 8,
+            fail_jobs: Some("crash".into()),
+            ..SimOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut client = server.client().await;
+    wait_for("10 GPU nodes ready", Duration::from_secs(60), || {
+        let url = url.clone();
+        async move {
+            let mut c = connect(&url).await.ok()?;
+            (c.list_nodes().await.ok()?.len() == 10).then_some(())
+        }
+    })
+    .await;
+    // Every one of the 80 GPUs, four to a replica.
+    let train = JobSpec::from_yaml(&format!(
+        "name: train\nreplicas: 20\ntask:\n  image: 'oci:{}/train'\n  resources: {{cpu: 1, memory: 1Gi, gpus: 4}}\n",
+        simnodes::IMAGE_ROOT
+    ))
+    .unwrap();
+    client.apply_job(&train).await.unwrap();
+    let running = wait_allocs(
+        &mut client,
+        "train",
+        20,
+        AllocStatus::Running,
+        Duration::from_secs(120),
+    )
+    .await;
+    let gpus: std::collections::BTreeSet<&str> = running
+        .iter()
+        .flat_map(|a| a.gpus.iter().map(String::as_str))
+        .collect();
+    assert_eq!(gpus.len(), 80, "each GPU given once");
+    assert_eq!(
+        sim.stats
+            .gpu_conflicts
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "no node was told to run on a GPU it lacks or that is taken"
+    );
+    // A job whose containers fail: the failures reach the servers.
+    let crash = JobSpec::from_yaml(&format!(
+        "name: crash\nreplicas: 2\ntask:\n  image: 'oci:{}/crash'\n  resources: {{cpu: 100m, memory: 64Mi}}\n",
+        simnodes::IMAGE_ROOT
+    ))
+    .unwrap();
+    client.apply_job(&crash).await.unwrap();
+    wait_for("the failures reported", Duration::from_secs(60), || {
+        let url = url.clone();
+        async move {
+            let mut c = connect(&url).await.ok()?;
+            let a = c.list_allocs(Some("crash"), None).await.ok()?;
+            let failed = a
+                .iter()
+                .filter(|a| a.status == AllocStatus::Failed && a.exit_code == Some(1))
+                .count();
+            (failed >= 2).then_some(())
+        }
+    })
+    .await;
+    assert!(sim.stats.failed.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+    assert_eq!(sim.stats.started("crash"), 0, "none of them ran");
+}
