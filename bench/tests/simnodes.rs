@@ -65,6 +65,17 @@ async fn simulated_nodes_run_every_allocation_once_and_stay_up() {
     // Spread over the nodes (32 cores each: at most 128 of these per node).
     let nodes: std::collections::BTreeSet<&str> = running.iter().map(|a| a.node.as_str()).collect();
     assert!(nodes.len() >= 4, "{nodes:?}");
+    // The nodes count a start once its report's call returns, a moment
+    // after the servers have it.
+    wait_for(
+        "the nodes' count of starts",
+        Duration::from_secs(30),
+        || {
+            let n = sim.stats.started("wide");
+            async move { (n >= 400).then_some(()) }
+        },
+    )
+    .await;
     let starts = sim.stats.starts.lock().unwrap().clone();
     assert_eq!(starts.len(), 400, "every allocation started");
     assert!(
@@ -335,6 +346,16 @@ async fn simulated_gpu_nodes_get_each_gpu_once_and_failures_reach_the_servers() 
         }
     })
     .await;
-    assert!(sim.stats.failed.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+    // The nodes count a report once its call returns, a moment after the
+    // servers have it.
+    wait_for(
+        "the nodes' count of failures",
+        Duration::from_secs(30),
+        || {
+            let n = sim.stats.failed.load(std::sync::atomic::Ordering::Relaxed);
+            async move { (n >= 2).then_some(()) }
+        },
+    )
+    .await;
     assert_eq!(sim.stats.started("crash"), 0, "none of them ran");
 }
