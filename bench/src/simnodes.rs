@@ -57,7 +57,13 @@ impl Default for SimOptions {
 pub struct SimStats {
     pub registered: AtomicU64,
     pub heartbeats: AtomicU64,
+    /// Calls that failed, all kinds together, and by kind below.
     pub errors: AtomicU64,
+    pub register_errors: AtomicU64,
+    pub heartbeat_errors: AtomicU64,
+    /// Watch calls refused, and watch streams that ended.
+    pub watch_errors: AtomicU64,
+    pub report_errors: AtomicU64,
     /// Times each allocation was reported running.
     pub starts: Mutex<HashMap<String, u32>>,
     /// Allocations reported running, by job name (without its namespace).
@@ -70,6 +76,12 @@ pub struct SimStats {
 }
 
 impl SimStats {
+    /// Counts a failed call of the kind `kind` counts.
+    fn failed_call(&self, kind: &AtomicU64) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        kind.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Allocations reported running more than once.
     pub fn started_twice(&self) -> usize {
         self.starts
@@ -256,7 +268,7 @@ impl SimNode {
                 break;
             }
             self.route.failed(at);
-            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            self.stats.failed_call(&self.stats.register_errors);
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         self.stats.registered.fetch_add(1, Ordering::Relaxed);
@@ -282,7 +294,7 @@ impl SimNode {
                 .await;
             let Ok(stream) = stream else {
                 self.route.failed(at);
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                self.stats.failed_call(&self.stats.watch_errors);
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             };
@@ -305,6 +317,7 @@ impl SimNode {
             }
             // The server went away or ended the stream: the next one.
             self.route.failed(at);
+            self.stats.failed_call(&self.stats.watch_errors);
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -408,7 +421,7 @@ impl SimNode {
                     break;
                 }
                 self.route.failed(at);
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                self.stats.failed_call(&self.stats.report_errors);
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
@@ -434,7 +447,7 @@ async fn heartbeats(route: Arc<Route>, name: String, stats: Arc<SimStats>) {
             }
             Err(_) => {
                 route.failed(at);
-                stats.errors.fetch_add(1, Ordering::Relaxed);
+                stats.failed_call(&stats.heartbeat_errors);
                 period = Duration::from_millis(500);
             }
         }

@@ -271,6 +271,19 @@ impl Calls {
     }
 }
 
+/// The simulated nodes' heartbeats and failed calls (so far), by kind.
+fn print_sim_stats(s: &simnodes::SimStats, when: &str) {
+    println!(
+        "sim_heartbeats{when}={} sim_errors{when}={} (register {}, heartbeat {}, watch {}, report {})",
+        s.heartbeats.load(Ordering::Relaxed),
+        s.errors.load(Ordering::Relaxed),
+        s.register_errors.load(Ordering::Relaxed),
+        s.heartbeat_errors.load(Ordering::Relaxed),
+        s.watch_errors.load(Ordering::Relaxed),
+        s.report_errors.load(Ordering::Relaxed),
+    );
+}
+
 /// Nodes the servers list as not ready, and allocations they list
 /// running.
 async fn census(url: &str) -> anyhow::Result<(usize, usize)> {
@@ -440,11 +453,7 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
     let (rss_max, rss_leader) = servers.rss(leader);
     println!("server_rss_mib_full={rss_max:.1}");
     println!("leader_rss_mib_full={rss_leader:.1}");
-    println!(
-        "sim_heartbeats={} sim_errors={}",
-        sim.stats.heartbeats.load(Ordering::Relaxed),
-        sim.stats.errors.load(Ordering::Relaxed)
-    );
+    print_sim_stats(&sim.stats, "");
 
     if o.servers == 3 && o.kill {
         // The leader dies at full size; the others must take over without
@@ -476,6 +485,7 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
         println!("allocs_running_after_kill={confirmed}");
         println!("allocs_started_twice_after_kill={twice}");
         println!("server_rss_mib_after_kill={:.1}", servers.rss(next).0);
+        print_sim_stats(&sim.stats, "_after_kill");
     }
     Ok(())
 }
