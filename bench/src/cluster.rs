@@ -67,19 +67,27 @@ impl SkiffCluster {
 
     /// The server that says it leads, if one does.
     pub async fn leader(&self) -> Option<usize> {
-        for (i, url) in self.urls.iter().enumerate() {
-            if let Ok(Ok(mut c)) =
-                tokio::time::timeout(Duration::from_millis(500), creds().connect(url)).await
-            {
-                if let Ok(Ok(s)) =
-                    tokio::time::timeout(Duration::from_millis(500), c.status()).await
-                {
-                    if s.role == "leader" {
-                        return Some(i);
-                    }
-                }
+        leader_among(&self.urls, |_| true, Duration::from_millis(500)).await
+    }
+}
+
+/// The position in `urls` of the server that says it leads, asking only
+/// those `alive` lets through, each given `patience` to connect and
+/// answer.
+pub async fn leader_among(
+    urls: &[String],
+    alive: impl Fn(usize) -> bool,
+    patience: Duration,
+) -> Option<usize> {
+    for (i, url) in urls.iter().enumerate().filter(|(i, _)| alive(*i)) {
+        let Ok(Ok(mut c)) = tokio::time::timeout(patience, creds().connect(url)).await else {
+            continue;
+        };
+        if let Ok(Ok(s)) = tokio::time::timeout(patience, c.status()).await {
+            if s.role == "leader" {
+                return Some(i);
             }
         }
-        None
     }
+    None
 }

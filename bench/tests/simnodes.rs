@@ -10,18 +10,51 @@ use skiff_model::{AllocStatus, JobSpec};
 use skiff_tests::cluster::ServerCluster;
 use skiff_tests::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn simulated_nodes_run_every_allocation_once_and_stay_up() {
-    let tmp = tempfile::tempdir().unwrap();
-    // A /24 for each of the 40 nodes (the harness's default range has 8);
-    // nothing is made on the host for them.
+/// A job for the simulated nodes: `replicas` of an image under their root,
+/// each asking `resources` (YAML flow mapping).
+fn sim_job(name: &str, replicas: u32, resources: &str) -> JobSpec {
+    JobSpec::from_yaml(&format!(
+        "name: {name}\nreplicas: {replicas}\ntask:\n  image: 'oci:{}/{name}'\n  resources: {{{resources}}}\n",
+        simnodes::IMAGE_ROOT
+    ))
+    .unwrap()
+}
+
+/// Waits until the server at `url` lists `n` nodes, all ready.
+async fn nodes_ready(url: &str, n: usize, limit: Duration) {
+    wait_for(&format!("{n} nodes ready"), limit, || {
+        let url = url.to_string();
+        async move {
+            let mut c = connect(&url).await.ok()?;
+            let nodes = c.list_nodes().await.ok()?;
+            (nodes.len() == n
+                && nodes
+                    .iter()
+                    .all(|x| x.node.status == skiff_model::NodeStatus::Ready))
+            .then_some(())
+        }
+    })
+    .await;
+}
+
+/// One server with a /24 for each of up to 256 simulated nodes (the
+/// harness's default range has 8; nothing is made on the host for them),
+/// and a node join token for it.
+fn one_server(root: &std::path::Path) -> (ServerProc, String, String) {
     let server = ServerProc::start_with(
-        &tmp.path().join("server"),
+        &root.join("server"),
         "127.0.0.1:0",
         &["--node-subnets", "10.128.0.0/16"],
     );
     let url = server.url();
     let token = join_token(&url, "node");
+    (server, url, token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_nodes_run_every_allocation_once_and_stay_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, url, token) = one_server(tmp.path());
     let names: Vec<String> = (0..40).map(|i| format!("sim-{i:03}")).collect();
     let sim = simnodes::start(
         std::slice::from_ref(&url),
@@ -35,24 +68,8 @@ async fn simulated_nodes_run_every_allocation_once_and_stay_up() {
     .await
     .unwrap();
     let mut client = server.client().await;
-    wait_for("40 nodes ready", Duration::from_secs(60), || {
-        let url = url.clone();
-        async move {
-            let mut c = connect(&url).await.ok()?;
-            let nodes = c.list_nodes().await.ok()?;
-            (nodes.len() == 40
-                && nodes
-                    .iter()
-                    .all(|n| n.node.status == skiff_model::NodeStatus::Ready))
-            .then_some(())
-        }
-    })
-    .await;
-    let job = JobSpec::from_yaml(&format!(
-        "name: wide\nreplicas: 400\ntask:\n  image: 'oci:{}/app'\n  resources: {{cpu: 250m, memory: 256Mi}}\n",
-        simnodes::IMAGE_ROOT
-    ))
-    .unwrap();
+    nodes_ready(&url, 40, Duration::from_secs(60)).await;
+    let job = sim_job("wide", 400, "cpu: 250m, memory: 256Mi");
     client.apply_job(&job).await.unwrap();
     let running = wait_allocs(
         &mut client,
@@ -153,28 +170,10 @@ async fn three_servers_and_200_simulated_nodes_survive_a_leader_kill_at_full_siz
     .await
     .unwrap();
     let url = cluster.url(leader);
-    wait_for("200 nodes ready", Duration::from_secs(120), || {
-        let url = url.clone();
-        async move {
-            let mut c = connect(&url).await.ok()?;
-            let nodes = c.list_nodes().await.ok()?;
-            (nodes.len() == 200
-                && nodes
-                    .iter()
-                    .all(|n| n.node.status == skiff_model::NodeStatus::Ready))
-            .then_some(())
-        }
-    })
-    .await;
+    nodes_ready(&url, 200, Duration::from_secs(120)).await;
     // 5,000 allocations in 50 jobs, applied at once.
     let mut client = connect(&url).await.unwrap();
-    let job = |name: &str, replicas: u32| {
-        JobSpec::from_yaml(&format!(
-            "name: {name}\nreplicas: {replicas}\ntask:\n  image: 'oci:{}/app'\n  resources: {{cpu: 100m, memory: 64Mi}}\n",
-            simnodes::IMAGE_ROOT
-        ))
-        .unwrap()
-    };
+    let job = |name: &str, replicas: u32| sim_job(name, replicas, "cpu: 100m, memory: 64Mi");
     for j in 0..50 {
         client
             .apply_job(&job(&format!("scale-{j:02}"), 100))
@@ -269,13 +268,7 @@ async fn three_servers_and_200_simulated_nodes_survive_a_leader_kill_at_full_siz
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_gpu_nodes_get_each_gpu_once_and_failures_reach_the_servers() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = ServerProc::start_with(
-        &tmp.path().join("server"),
-        "127.0.0.1:0",
-        &["--node-subnets", "10.128.0.0/16"],
-    );
-    let url = server.url();
-    let token = join_token(&url, "node");
+    let (server, url, token) = one_server(tmp.path());
     let names: Vec<String> = (0..10).map(|i| format!("gpu-{i:02}")).collect();
     let sim = simnodes::start(
         std::slice::from_ref(&url),
@@ -291,20 +284,9 @@ async fn simulated_gpu_nodes_get_each_gpu_once_and_failures_reach_the_servers() 
     .await
     .unwrap();
     let mut client = server.client().await;
-    wait_for("10 GPU nodes ready", Duration::from_secs(60), || {
-        let url = url.clone();
-        async move {
-            let mut c = connect(&url).await.ok()?;
-            (c.list_nodes().await.ok()?.len() == 10).then_some(())
-        }
-    })
-    .await;
+    nodes_ready(&url, 10, Duration::from_secs(60)).await;
     // Every one of the 80 GPUs, four to a replica.
-    let train = JobSpec::from_yaml(&format!(
-        "name: train\nreplicas: 20\ntask:\n  image: 'oci:{}/train'\n  resources: {{cpu: 1, memory: 1Gi, gpus: 4}}\n",
-        simnodes::IMAGE_ROOT
-    ))
-    .unwrap();
+    let train = sim_job("train", 20, "cpu: 1, memory: 1Gi, gpus: 4");
     client.apply_job(&train).await.unwrap();
     let running = wait_allocs(
         &mut client,
@@ -327,11 +309,7 @@ async fn simulated_gpu_nodes_get_each_gpu_once_and_failures_reach_the_servers() 
         "no node was told to run on a GPU it lacks or that is taken"
     );
     // A job whose containers fail: the failures reach the servers.
-    let crash = JobSpec::from_yaml(&format!(
-        "name: crash\nreplicas: 2\ntask:\n  image: 'oci:{}/crash'\n  resources: {{cpu: 100m, memory: 64Mi}}\n",
-        simnodes::IMAGE_ROOT
-    ))
-    .unwrap();
+    let crash = sim_job("crash", 2, "cpu: 100m, memory: 64Mi");
     client.apply_job(&crash).await.unwrap();
     wait_for("the failures reported", Duration::from_secs(60), || {
         let url = url.clone();

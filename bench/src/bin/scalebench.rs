@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use skiff_bench::cluster::SkiffCluster;
+use skiff_bench::cluster::{leader_among, SkiffCluster};
 use skiff_bench::creds::{global as creds, set_global, Creds};
 use skiff_bench::procs::{free_ports, wait_for, Proc};
 use skiff_bench::simnodes::{self, SimOptions};
@@ -151,22 +151,8 @@ impl Servers {
 
     /// The server that says it leads, if one does.
     async fn leader(&self) -> Option<usize> {
-        for (i, url) in self.urls.iter().enumerate() {
-            if self.procs[i].child.is_none() {
-                continue;
-            }
-            let Ok(Ok(mut c)) =
-                tokio::time::timeout(Duration::from_secs(2), creds().connect(url)).await
-            else {
-                continue;
-            };
-            if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), c.status()).await {
-                if s.role == "leader" {
-                    return Some(i);
-                }
-            }
-        }
-        None
+        let alive = |i: usize| self.procs[i].child.is_some();
+        leader_among(&self.urls, alive, Duration::from_secs(2)).await
     }
 
     fn pid(&self, i: usize) -> u32 {

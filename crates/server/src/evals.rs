@@ -118,7 +118,7 @@ pub fn plan_eval(state: &State, eval: &Evaluation, settings: SchedulerSettings) 
 /// Plans `evals` in order against one view of `state`, each plan committed
 /// into the view before the next is made, so they never count the same
 /// free room twice.
-pub fn plan_batch(
+fn plan_batch(
     state: &State,
     evals: &[Evaluation],
     settings: SchedulerSettings,

@@ -526,14 +526,8 @@ impl State {
     /// Adds an allocation, indexed by its node.
     pub(crate) fn insert_alloc(&mut self, a: Allocation) {
         self.marks.alloc(self.index, &a);
-        self.allocs_by_node
-            .entry(a.node.clone())
-            .or_default()
-            .insert(a.id.clone());
-        self.allocs_by_job
-            .entry(a.job.clone())
-            .or_default()
-            .insert(a.id.clone());
+        file_under(&mut self.allocs_by_node, &a.node, &a.id);
+        file_under(&mut self.allocs_by_job, &a.job, &a.id);
         self.allocs.insert(a.id.clone(), a);
     }
 
@@ -541,18 +535,8 @@ impl State {
     pub(crate) fn remove_alloc(&mut self, id: &str) -> Option<Allocation> {
         let a = self.allocs.remove(id)?;
         self.marks.alloc(self.index, &a);
-        if let Some(ids) = self.allocs_by_node.get_mut(&a.node) {
-            ids.remove(id);
-            if ids.is_empty() {
-                self.allocs_by_node.remove(&a.node);
-            }
-        }
-        if let Some(ids) = self.allocs_by_job.get_mut(&a.job) {
-            ids.remove(id);
-            if ids.is_empty() {
-                self.allocs_by_job.remove(&a.job);
-            }
-        }
+        unfile(&mut self.allocs_by_node, &a.node, id);
+        unfile(&mut self.allocs_by_job, &a.job, id);
         Some(a)
     }
 
@@ -594,21 +578,12 @@ impl State {
         self.allocs_by_node.clear();
         self.allocs_by_job.clear();
         for a in self.allocs.values() {
-            self.allocs_by_node
-                .entry(a.node.clone())
-                .or_default()
-                .insert(a.id.clone());
-            self.allocs_by_job
-                .entry(a.job.clone())
-                .or_default()
-                .insert(a.id.clone());
+            file_under(&mut self.allocs_by_node, &a.node, &a.id);
+            file_under(&mut self.allocs_by_job, &a.job, &a.id);
         }
         self.evals_by_job.clear();
         for e in self.evals.values() {
-            self.evals_by_job
-                .entry(e.job.clone())
-                .or_default()
-                .insert(e.id.clone());
+            file_under(&mut self.evals_by_job, &e.job, &e.id);
         }
     }
 
@@ -619,6 +594,28 @@ impl State {
         bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
             (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
         })
+    }
+}
+
+/// Files `id` under `key` in one of the state's derived lookup tables.
+fn file_under(index: &mut BTreeMap<String, BTreeSet<String>>, key: &str, id: &str) {
+    match index.get_mut(key) {
+        Some(ids) => {
+            ids.insert(id.to_string());
+        }
+        None => {
+            index.insert(key.to_string(), BTreeSet::from([id.to_string()]));
+        }
+    }
+}
+
+/// Takes `id` out from under `key`, dropping the key once it files none.
+fn unfile(index: &mut BTreeMap<String, BTreeSet<String>>, key: &str, id: &str) {
+    if let Some(ids) = index.get_mut(key) {
+        ids.remove(id);
+        if ids.is_empty() {
+            index.remove(key);
+        }
     }
 }
 
