@@ -14,6 +14,9 @@ pub(crate) struct Ctx<'v, 'a> {
     pub cfg: &'v Config,
     pub job: &'v Job,
     pub job_idx: Option<u32>,
+    /// Jobs whose allocations a queue admission may evict to make room
+    /// (see `Placer::reclaim`); `None` outside admission.
+    pub reclaim: Option<&'v std::collections::BTreeSet<u32>>,
 }
 
 impl Ctx<'_, '_> {
@@ -33,6 +36,7 @@ impl Ctx<'_, '_> {
             self.job_idx,
             kept.iter().copied(),
         );
+        placer.reclaim = self.reclaim;
         let reason = format!(
             "preempted by job {} (priority {})",
             job.key(),

@@ -21,6 +21,7 @@ mod explain;
 mod gpus;
 mod place;
 mod preempt;
+pub mod queues;
 mod view;
 pub mod work;
 mod workload;
@@ -51,6 +52,19 @@ pub fn reconcile_job(
     view: &ClusterView<'_>,
     cfg: &Config,
 ) -> Plan {
+    reconcile_inner(job_name, job, deployment, view, cfg, None)
+}
+
+/// [`reconcile_job`], where the allocations of the jobs in `reclaim`
+/// (view indexes) may be evicted whatever their priority or queue.
+pub(crate) fn reconcile_inner(
+    job_name: &str,
+    job: Option<&Job>,
+    deployment: Option<&Deployment>,
+    view: &ClusterView<'_>,
+    cfg: &Config,
+    reclaim: Option<&std::collections::BTreeSet<u32>>,
+) -> Plan {
     let mut plan = Plan::default();
     let job_idx = view.job_index(job_name);
     let all: Vec<&AllocRec<'_>> = job_idx
@@ -80,6 +94,7 @@ pub fn reconcile_job(
         cfg,
         job,
         job_idx,
+        reclaim,
     };
     if job.spec.is_batch() {
         workload::batch(&ctx, &all, &own, &mut plan);

@@ -20,7 +20,7 @@
 //! `distinct_hosts`, `spread`.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use skiff_model::fit::{binpack_score, fits_free, Usage};
 use skiff_model::{JobSpec, Resources, TaskResources};
@@ -127,6 +127,10 @@ pub(crate) struct Placer<'v, 'a> {
     pub spread: Option<SpreadState<'v>>,
     /// Allocations this evaluation evicts.
     pub evicted: Vec<u32>,
+    /// Jobs (view indexes) whose allocations may be evicted whatever
+    /// their priority or queue: borrowed capacity a queue admission
+    /// reclaims.
+    pub reclaim: Option<&'v BTreeSet<u32>>,
     scan: bool,
     buf: Vec<Candidate>,
     /// Cluster-wide use of cpu, memory and GPUs relative to the most used
@@ -238,6 +242,7 @@ impl<'v, 'a> Placer<'v, 'a> {
             counts,
             spread,
             evicted: Vec::new(),
+            reclaim: None,
             scan,
             buf: Vec::with_capacity(cfg.candidates.max(1) as usize * 2),
             shares,

@@ -10,6 +10,11 @@
 //! below it first, then drops every victim the replica does not need.
 //! Victims holding a port the replica needs are always in the set. GPUs are
 //! counted by UUID: a multi-GPU victim frees exactly the GPUs it holds.
+//!
+//! Priority preemption stays within one team queue (or among jobs in
+//! none). Across queues only the queue admission's reclaim evicts: it
+//! names the jobs whose allocations may go whatever their priority
+//! (`Placer::reclaim`).
 
 use skiff_model::fit::{fits_free, Usage};
 use skiff_model::job::PREEMPTION_GAP;
@@ -72,7 +77,7 @@ impl Placer<'_, '_> {
     }
 
     /// The cheapest set of victims on node `n`, if any set makes room.
-    fn victims_on(&self, n: NodeIdx, limit: u8) -> Option<(Cost, Vec<u32>)> {
+    fn victims_on(&self, n: NodeIdx, limit: Option<u8>) -> Option<(Cost, Vec<u32>)> {
         let view = self.view;
         let slot = &view.nodes[n as usize];
         let priority = |a: u32| view.jobs[view.allocs[a as usize].job as usize].priority;
@@ -84,9 +89,11 @@ impl Placer<'_, '_> {
             }
             let r = &view.allocs[a as usize];
             let holds_our_port = r.ports.iter().any(|p| self.ask.ports.contains(p));
+            let same_queue = view.queue_of_index(r.job) == self.spec.queue.as_deref();
+            let reclaimable = self.reclaim.is_some_and(|set| set.contains(&r.job));
             let evictable = Some(r.job) != self.job
                 && r.desired == skiff_model::DesiredStatus::Run
-                && priority(a) <= limit;
+                && ((same_queue && limit.is_some_and(|l| priority(a) <= l)) || reclaimable);
             match (holds_our_port, evictable) {
                 (true, true) => mandatory.push(a),
                 (true, false) => return None,
@@ -96,6 +103,10 @@ impl Placer<'_, '_> {
         }
         if mandatory.is_empty() && pool.is_empty() {
             return None;
+        }
+        if mandatory.is_empty() && self.fits_without(n, &[]) {
+            // Room already (what this evaluation evicted made it).
+            return Some(((0, 0, 0), Vec::new()));
         }
         let floor = mandatory.iter().map(|&a| priority(a)).max().unwrap_or(0);
         let mut levels: Vec<u8> = pool.iter().map(|&a| priority(a)).collect();
@@ -144,10 +155,12 @@ impl Placer<'_, '_> {
     /// priority allows and some node can make room. Returns the choice and
     /// the evicted allocations.
     pub fn preempt_one(&mut self) -> Option<(Choice, Vec<u32>)> {
-        if !self.cfg.preemption || self.spec.priority < PREEMPTION_GAP {
+        let by_priority = self.spec.priority >= PREEMPTION_GAP;
+        if !self.cfg.preemption || (!by_priority && self.reclaim.is_none()) {
             return None;
         }
-        let limit = self.spec.priority - PREEMPTION_GAP;
+        // None: only reclaim may evict.
+        let limit = self.spec.priority.checked_sub(PREEMPTION_GAP);
         let view = self.view;
         let mut best: Option<(Cost, u64, NodeIdx, Vec<u32>)> = None;
         for n in 0..view.nodes.len() as NodeIdx {

@@ -115,6 +115,9 @@ pub(crate) struct JobEntry {
     /// The job's current priority (0 for a deleted job).
     pub priority: u8,
     pub allocs: Vec<u32>,
+    /// The team queue the job is in, if any: priority preemption stays
+    /// within one queue (or among jobs in none).
+    pub queue: Option<String>,
 }
 
 /// An index entry: `(key, tie, node, free cpu, free memory)`. Entries
@@ -544,6 +547,7 @@ impl<'a> ClusterView<'a> {
         self.jobs.push(JobEntry {
             priority: priority_of(&name).unwrap_or(0),
             allocs: Vec::new(),
+            queue: None,
         });
         self.job_by_name.insert(name, j);
         j
@@ -559,6 +563,34 @@ impl<'a> ClusterView<'a> {
         }
         self.allocs.push(rec);
         id
+    }
+
+    /// Tells the view which team queue each job is in (`queue_of` by job
+    /// key; `None`: in none). Jobs default to none.
+    pub fn set_queues(&mut self, queue_of: impl Fn(&str) -> Option<String>) {
+        for (name, &j) in &self.job_by_name {
+            self.jobs[j as usize].queue = queue_of(name);
+        }
+    }
+
+    /// The queue the view has for job `name`.
+    pub(crate) fn queue_of_index(&self, j: u32) -> Option<&str> {
+        self.jobs[j as usize].queue.as_deref()
+    }
+
+    /// The ids of job `name`'s allocations that still run or are about
+    /// to (desired to run, not ended).
+    pub(crate) fn live_allocs_of(&self, name: &str) -> Vec<String> {
+        let Some(j) = self.job_index(name) else {
+            return Vec::new();
+        };
+        self.jobs[j as usize]
+            .allocs
+            .iter()
+            .map(|&a| &self.allocs[a as usize])
+            .filter(|a| a.desired == DesiredStatus::Run && !a.status.is_terminal())
+            .map(|a| a.id.to_string())
+            .collect()
     }
 
     /// Number of nodes in the view.
@@ -616,6 +648,7 @@ impl<'a> ClusterView<'a> {
         let priority = job.spec.priority;
         let j = self.job_entry(Cow::Owned(job.key()), &|_| Some(priority));
         self.jobs[j as usize].priority = priority;
+        self.jobs[j as usize].queue = job.spec.queue.clone();
         let mut touched: BTreeMap<NodeIdx, Resources> = BTreeMap::new();
         for (p, id) in plan.placements.iter().zip(ids) {
             let Some(n) = self.node_index(&p.node) else {

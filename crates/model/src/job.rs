@@ -320,6 +320,10 @@ pub struct JobSpec {
         skip_serializing_if = "is_default_namespace"
     )]
     pub namespace: String,
+    /// The team queue the job waits in until its whole request is
+    /// admitted (`skiff queue apply`); none: placed as soon as it fits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
     /// `service` (the default) or `batch`.
     #[serde(rename = "type", default, skip_serializing_if = "JobType::is_service")]
     pub job_type: JobType,
@@ -622,6 +626,7 @@ impl JobSpec {
         JobSpec {
             name: name.into(),
             namespace: default_namespace(),
+            queue: None,
             job_type: JobType::Service,
             replicas,
             priority: DEFAULT_PRIORITY,

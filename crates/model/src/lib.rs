@@ -30,6 +30,7 @@ pub mod placement;
 pub mod plan;
 pub mod ports;
 pub mod quantity;
+pub mod queue;
 pub mod registration;
 pub mod registry_ref;
 pub mod resources;

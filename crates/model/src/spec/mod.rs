@@ -23,6 +23,7 @@ mod fields;
 mod lifecycle;
 mod namespace;
 mod ports;
+mod queue;
 mod sched;
 mod task;
 mod workload;
@@ -140,6 +141,15 @@ fn parse_job_inner(root: &Value, errs: &mut Errors) -> Option<JobSpec> {
         None => Some(crate::job::DEFAULT_NAMESPACE.to_string()),
         Some(v) => as_string(v, "namespace", errs).inspect(|n| validate_namespace(n, errs)),
     };
+    let queue = obj.get("queue").and_then(|v| {
+        as_string(v, "queue", errs).filter(|q| match check_dns_label(q) {
+            Ok(()) => true,
+            Err(rule) => {
+                errs.push("queue", format!("{q:?} {rule}"));
+                false
+            }
+        })
+    });
     let workload = workload::parse_workload(obj, errs);
     let replicas = match obj.get("replicas") {
         None => Some(1),
@@ -169,6 +179,7 @@ fn parse_job_inner(root: &Value, errs: &mut Errors) -> Option<JobSpec> {
     let mut spec = JobSpec {
         name: name?,
         namespace: namespace?,
+        queue,
         job_type: workload.job_type,
         replicas: replicas?,
         priority: rules.priority.unwrap_or(DEFAULT_PRIORITY),

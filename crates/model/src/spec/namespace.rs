@@ -84,27 +84,10 @@ fn parse(root: &Value, errs: &mut Errors) -> Option<Namespace> {
             policy.network_from = string_list(v, "policy.network_from", errs);
         }
     }
-    let mut quota = Quota::default();
-    if let Some(q) = obj.get("quota").and_then(|v| as_object(v, "quota", errs)) {
-        check_unknown(q, "quota", QUOTA_FIELDS, errs);
-        quota.cpu_millis = q
-            .get("cpu")
-            .and_then(|v| quantity(v, "quota.cpu", parse_cpu, errs));
-        quota.memory_bytes = q
-            .get("memory")
-            .and_then(|v| quantity(v, "quota.memory", parse_memory, errs));
-        quota.allocations = q
-            .get("allocations")
-            .and_then(|v| number(v, "quota.allocations", 0, u64::from(u32::MAX), errs));
-        if let Some(g) = q.get("gpus").and_then(|v| as_object(v, "quota.gpus", errs)) {
-            for (model, v) in g {
-                let path = format!("quota.gpus.{model}");
-                if let Some(n) = number(v, &path, 0, MAX_GPUS, errs) {
-                    quota.gpus.insert(model.clone(), n);
-                }
-            }
-        }
-    }
+    let quota = obj
+        .get("quota")
+        .map(|v| parse_quota(v, "quota", errs))
+        .unwrap_or_default();
     let ns = Namespace {
         name: name?,
         policy,
@@ -112,6 +95,53 @@ fn parse(root: &Value, errs: &mut Errors) -> Option<Namespace> {
     };
     validate(&ns, errs);
     Some(ns)
+}
+
+/// Reads a quota (`{cpu, memory, allocations, gpus: {MODEL: N}}`) at
+/// `path`; namespaces and queues write them alike.
+pub(super) fn parse_quota(v: &Value, path: &str, errs: &mut Errors) -> Quota {
+    let mut quota = Quota::default();
+    let Some(q) = as_object(v, path, errs) else {
+        return quota;
+    };
+    check_unknown(q, path, QUOTA_FIELDS, errs);
+    quota.cpu_millis = q
+        .get("cpu")
+        .and_then(|v| quantity(v, &format!("{path}.cpu"), parse_cpu, errs));
+    quota.memory_bytes = q
+        .get("memory")
+        .and_then(|v| quantity(v, &format!("{path}.memory"), parse_memory, errs));
+    quota.allocations = q.get("allocations").and_then(|v| {
+        number(
+            v,
+            &format!("{path}.allocations"),
+            0,
+            u64::from(u32::MAX),
+            errs,
+        )
+    });
+    let gpus_path = format!("{path}.gpus");
+    if let Some(g) = q.get("gpus").and_then(|v| as_object(v, &gpus_path, errs)) {
+        for (model, v) in g {
+            let at = format!("{gpus_path}.{model}");
+            if let Some(n) = number(v, &at, 0, MAX_GPUS, errs) {
+                quota.gpus.insert(model.clone(), n);
+            }
+        }
+    }
+    quota
+}
+
+/// Checks a quota's GPU model names and counts.
+pub(super) fn validate_quota_gpus(q: &Quota, path: &str, errs: &mut Errors) {
+    for (model, n) in &q.gpus {
+        if model.is_empty() || model.len() > 256 || *n > MAX_GPUS {
+            errs.push(
+                &format!("{path}.gpus.{model}"),
+                format!("must name a GPU model (or `any`) with 0 to {MAX_GPUS} GPUs"),
+            );
+        }
+    }
 }
 
 fn validate(ns: &Namespace, errs: &mut Errors) {
@@ -142,14 +172,7 @@ fn validate(ns: &Namespace, errs: &mut Errors) {
             );
         }
     }
-    for (model, n) in &ns.quota.gpus {
-        if model.is_empty() || model.len() > 256 || *n > MAX_GPUS {
-            errs.push(
-                &format!("quota.gpus.{model}"),
-                format!("must name a GPU model (or `any`) with 0 to {MAX_GPUS} GPUs"),
-            );
-        }
-    }
+    validate_quota_gpus(&ns.quota, "quota", errs);
 }
 
 #[cfg(test)]

@@ -164,6 +164,7 @@ impl From<&m::JobSpec> for pb::JobSpec {
     fn from(s: &m::JobSpec) -> Self {
         pb::JobSpec {
             namespace: s.namespace.clone(),
+            queue: s.queue.clone().unwrap_or_default(),
             name: s.name.clone(),
             replicas: Some(s.replicas),
             task: Some((&s.task).into()),
@@ -246,6 +247,9 @@ pub fn spec_tree(s: &pb::JobSpec) -> Value {
     job.insert("name".into(), json!(s.name));
     if !s.namespace.is_empty() {
         job.insert("namespace".into(), json!(s.namespace));
+    }
+    if !s.queue.is_empty() {
+        job.insert("queue".into(), json!(s.queue));
     }
     put(&mut job, "replicas", s.replicas.map(|r| json!(r)));
     put(&mut job, "task", s.task.as_ref().map(task_tree));

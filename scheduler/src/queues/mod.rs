@@ -1,0 +1,336 @@
+//! Team queues: which waiting jobs are admitted, and what is reclaimed for
+//! them. A pure function of the queues, the workloads (jobs naming a
+//! queue) and the cluster view, like the rest of the scheduler.
+//!
+//! - **Quota.** A workload's whole request must fit its queue's unused
+//!   nominal quota, or borrowed quota: the cohort's queues lend what they
+//!   do not use (up to their lending limits), a queue borrows up to its
+//!   borrowing limit ([`QueueBook::quota_fit`]).
+//! - **Room.** It must also be placed whole by the bin-packer on the
+//!   view, or it is not admitted (a quota-only check would admit jobs
+//!   that fit no node).
+//! - **Order.** One round looks at each waiting workload once. Each step
+//!   takes the queues' heads (priority, then submission), those that fit
+//!   within nominal quota first, then the lowest fair share after
+//!   admission, and tries the first. A head that cannot go lets the ones
+//!   behind it try (backfill) until it has waited its queue's backfill
+//!   window; then its queue holds them so room gathers for it.
+//! - **Fair share** is Kueue's dominant resource share of *borrowed*
+//!   amounts: per resource, borrowed over what the cohort can lend, per
+//!   mille; the largest, over the weight ([`QueueBook::share`]).
+//! - **Reclaim.** A workload within its nominal quota that does not fit
+//!   because capacity is lent out evicts borrowed workloads of the
+//!   cohort's other queues (lowest priority, youngest first, whole jobs);
+//!   a borrowing one may evict borrowed workloads of queues whose share is
+//!   above its own after admission (no ping-pong). Only a queue's
+//!   borrowed slice is ever a candidate: its workloads are taken while
+//!   the queue is still above its nominal quota.
+
+mod admit;
+pub mod sim;
+
+use std::collections::BTreeMap;
+
+use skiff_model::queue::{self, Amounts, Queue};
+
+pub use admit::{Admission, Decision};
+
+/// A job that names a queue, as the book sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// The job's key.
+    pub job: String,
+    pub queue: String,
+    pub priority: u8,
+    /// Submission order (the job's creation index).
+    pub create_index: u64,
+    /// Its whole request (see `skiff_model::queue::request_of`).
+    pub request: Amounts,
+    /// The index it was admitted at; 0: waiting.
+    pub admitted_index: u64,
+    /// What it holds against its queue now: its request while admitted
+    /// and not done, what still runs otherwise.
+    pub holds: Amounts,
+    /// How long it has waited (ms, the caller's clock), for the backfill
+    /// window.
+    pub waited_ms: u64,
+}
+
+impl Workload {
+    pub fn is_admitted(&self) -> bool {
+        self.admitted_index > 0
+    }
+}
+
+/// Where a queue stands (`skiff queue ls`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStatus {
+    pub name: String,
+    pub cohort: Option<String>,
+    pub weight: u32,
+    pub nominal: Amounts,
+    pub usage: Amounts,
+    /// Usage above nominal, per resource.
+    pub borrowed: Amounts,
+    /// Of its unused nominal quota, what other queues of the cohort use.
+    pub lent: Amounts,
+    /// Weighted dominant share of borrowed resources, per mille
+    /// (`u64::MAX`: borrowing at weight 0).
+    pub share: u64,
+    pub admitted: u32,
+    pub pending: u32,
+}
+
+/// The queues and their workloads, with each queue's usage.
+#[derive(Debug, Clone, Default)]
+pub struct QueueBook {
+    pub(crate) queues: BTreeMap<String, Queue>,
+    /// Sorted by job key.
+    pub(crate) workloads: Vec<Workload>,
+    pub(crate) usage: BTreeMap<String, Amounts>,
+}
+
+/// How a request fits a queue's quota.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum QuotaFit {
+    /// Within the queue's unused nominal quota.
+    Nominal,
+    /// Only by borrowing from the cohort, within limits.
+    Borrowing,
+}
+
+/// Usage taken away, by queue (victims being considered).
+pub(crate) type Removed = BTreeMap<String, Amounts>;
+
+impl QueueBook {
+    pub fn new(queues: impl IntoIterator<Item = Queue>, mut workloads: Vec<Workload>) -> Self {
+        workloads.sort_by(|a, b| a.job.cmp(&b.job));
+        let queues: BTreeMap<String, Queue> =
+            queues.into_iter().map(|q| (q.name.clone(), q)).collect();
+        let mut usage: BTreeMap<String, Amounts> = BTreeMap::new();
+        for w in &workloads {
+            queue::add(usage.entry(w.queue.clone()).or_default(), &w.holds);
+        }
+        QueueBook {
+            queues,
+            workloads,
+            usage,
+        }
+    }
+
+    pub fn queue(&self, name: &str) -> Option<&Queue> {
+        self.queues.get(name)
+    }
+
+    pub fn workloads(&self) -> &[Workload] {
+        &self.workloads
+    }
+
+    pub(crate) fn workload_index(&self, job: &str) -> Option<usize> {
+        self.workloads
+            .binary_search_by(|w| w.job.as_str().cmp(job))
+            .ok()
+    }
+
+    /// What `queue` holds of resource `key`, less what `removed` takes.
+    pub(crate) fn used(&self, queue: &str, key: &str, removed: &Removed) -> u64 {
+        let u = self
+            .usage
+            .get(queue)
+            .and_then(|a| a.get(key))
+            .copied()
+            .unwrap_or(0);
+        let r = removed
+            .get(queue)
+            .and_then(|a| a.get(key))
+            .copied()
+            .unwrap_or(0);
+        u.saturating_sub(r)
+    }
+
+    /// The queues sharing with `q` (itself included), by name.
+    pub(crate) fn cohort_of<'s>(&'s self, q: &'s Queue) -> impl Iterator<Item = &'s Queue> + 's {
+        let key = q.cohort_key();
+        self.queues.values().filter(move |o| o.cohort_key() == key)
+    }
+
+    /// What the cohort can lend of `key` in all, and what its queues use
+    /// of that now (each queue's usage above the part of its nominal
+    /// quota it keeps for itself).
+    fn pool(&self, q: &Queue, key: &str, removed: &Removed) -> (u64, u64) {
+        let (mut pool, mut used) = (0u64, 0u64);
+        for o in self.cohort_of(q) {
+            let lendable = o.lendable_of(key);
+            let kept = o.nominal_of(key).unwrap_or(0).saturating_sub(lendable);
+            pool = pool.saturating_add(lendable);
+            used = used.saturating_add(self.used(&o.name, key, removed).saturating_sub(kept));
+        }
+        (pool, used)
+    }
+
+    /// Whether `request` fits queue `q`'s quota with `removed` taken
+    /// away; the error is the reason it waits, naming the resource.
+    pub(crate) fn quota_fit(
+        &self,
+        q: &Queue,
+        request: &Amounts,
+        removed: &Removed,
+    ) -> Result<QuotaFit, String> {
+        let mut fit = QuotaFit::Nominal;
+        for (key, &req) in request {
+            let Some(nominal) = q.nominal_of(key) else {
+                continue;
+            };
+            let used = self.used(&q.name, key, removed);
+            let need = used.saturating_add(req);
+            if need <= nominal {
+                continue;
+            }
+            let what = |v: u64| queue::format_amount(key, v);
+            let head = format!(
+                "queue {} uses {}/{} {}, job needs {}",
+                q.name,
+                what(used),
+                what(nominal),
+                queue::resource_name(key),
+                what(req)
+            );
+            let Some(cohort) = &q.cohort else {
+                return Err(format!("{head}; the queue has no cohort to borrow from"));
+            };
+            let borrow = need - nominal;
+            if let Some(limit) = q.borrowing_limit_of(key) {
+                if borrow > limit {
+                    return Err(format!(
+                        "{head}; that borrows {} beyond its borrowing limit of {}",
+                        what(borrow),
+                        what(limit)
+                    ));
+                }
+            }
+            let kept = nominal.saturating_sub(q.lendable_of(key));
+            let (pool, pool_used) = self.pool(q, key, removed);
+            let avail = pool.saturating_sub(pool_used);
+            let extra = need.saturating_sub(kept) - used.saturating_sub(kept);
+            if extra > avail {
+                let own_unused = q.lendable_of(key).saturating_sub(used.saturating_sub(kept));
+                return Err(format!(
+                    "{head}; cohort {cohort} has {} to lend",
+                    what(avail.saturating_sub(own_unused))
+                ));
+            }
+            fit = QuotaFit::Borrowing;
+        }
+        Ok(fit)
+    }
+
+    /// Whether queue `q` with `removed` taken away uses more than its
+    /// nominal quota of any resource in `keys` (it is borrowing).
+    pub(crate) fn borrows_any<'k>(
+        &self,
+        q: &Queue,
+        keys: impl IntoIterator<Item = &'k String>,
+        removed: &Removed,
+    ) -> bool {
+        keys.into_iter().any(|k| {
+            q.nominal_of(k)
+                .is_some_and(|n| self.used(&q.name, k, removed) > n)
+        })
+    }
+
+    /// Queue `name`'s weighted dominant share of borrowed resources, per
+    /// mille, with `extra` added to its usage: 0 when it borrows nothing,
+    /// `u64::MAX` when it borrows at weight 0.
+    pub fn share(&self, name: &str, extra: &Amounts) -> u64 {
+        let Some(q) = self.queues.get(name) else {
+            return 0;
+        };
+        let mut top = 0u64;
+        for (key, nominal) in q.nominal_amounts() {
+            let used = self
+                .used(name, &key, &Removed::new())
+                .saturating_add(extra.get(&key).copied().unwrap_or(0));
+            let borrowed = used.saturating_sub(nominal);
+            if borrowed == 0 {
+                continue;
+            }
+            let lendable: u64 = self.cohort_of(q).map(|o| o.lendable_of(&key)).sum();
+            let ratio = (u128::from(borrowed) * 1000 / u128::from(lendable.max(1))) as u64;
+            top = top.max(ratio.max(1));
+        }
+        match (top, q.weight) {
+            (0, _) => 0,
+            (_, 0) => u64::MAX,
+            (t, w) => t * 1000 / u64::from(w),
+        }
+    }
+
+    /// Every queue's standing, by name.
+    pub fn status(&self) -> Vec<QueueStatus> {
+        let mut rows = Vec::new();
+        for q in self.queues.values() {
+            let usage = self.usage.get(&q.name).cloned().unwrap_or_default();
+            let nominal = q.nominal_amounts();
+            let mut borrowed = Amounts::new();
+            for (k, n) in &nominal {
+                let u = usage.get(k).copied().unwrap_or(0);
+                if u > *n {
+                    borrowed.insert(k.clone(), u - n);
+                }
+            }
+            let (admitted, pending) =
+                self.workloads
+                    .iter()
+                    .filter(|w| w.queue == q.name)
+                    .fold((0, 0), |(a, p), w| {
+                        if w.is_admitted() {
+                            (a + 1, p)
+                        } else {
+                            (a, p + 1)
+                        }
+                    });
+            rows.push(QueueStatus {
+                name: q.name.clone(),
+                cohort: q.cohort.clone(),
+                weight: q.weight,
+                lent: self.lent_by(q),
+                nominal,
+                usage,
+                borrowed,
+                share: self.share(&q.name, &Amounts::new()),
+                admitted,
+                pending,
+            });
+        }
+        rows
+    }
+
+    /// What the cohort's borrowers use of `q`'s unused lendable quota:
+    /// the cohort's borrowed total, laid over the lenders in name order.
+    fn lent_by(&self, q: &Queue) -> Amounts {
+        let mut lent = Amounts::new();
+        for key in q.nominal_amounts().keys() {
+            let mut borrowed: u64 = self
+                .cohort_of(q)
+                .map(|o| {
+                    let n = o.nominal_of(key).unwrap_or(0);
+                    self.used(&o.name, key, &Removed::new()).saturating_sub(n)
+                })
+                .sum();
+            for o in self.cohort_of(q) {
+                let used = self.used(&o.name, key, &Removed::new());
+                let kept = o.nominal_of(key).unwrap_or(0) - o.lendable_of(key);
+                let unused = o.lendable_of(key).saturating_sub(used.saturating_sub(kept));
+                let take = unused.min(borrowed);
+                borrowed -= take;
+                if o.name == q.name && take > 0 {
+                    lent.insert(key.clone(), take);
+                }
+            }
+        }
+        lent
+    }
+}
+
+#[cfg(test)]
+mod tests;

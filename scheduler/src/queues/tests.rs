@@ -1,0 +1,353 @@
+use proptest::prelude::*;
+
+use super::sim::QueueSim;
+use super::*;
+use skiff_model::queue::{gpu_key, Queue};
+use skiff_model::{Gpu, JobSpec, Node, NodeStatus, Resources};
+
+fn gpu_node(name: &str, gpus: usize) -> Node {
+    Node {
+        metrics_address: String::new(),
+        image_roots: Vec::new(),
+        subnet: String::new(),
+        name: name.into(),
+        labels: Default::default(),
+        capacity: Resources::new(64_000, 256 << 30),
+        allocatable: Resources::new(64_000, 256 << 30),
+        gpus: (0..gpus)
+            .map(|i| Gpu {
+                uuid: format!("{name}-gpu{i}"),
+                model: "Fake GPU".into(),
+                memory_bytes: 80 << 30,
+                healthy: true,
+                ..Gpu::default()
+            })
+            .collect(),
+        gpu_links: vec![],
+        gpu_driver: Default::default(),
+        cordoned: false,
+        draining: false,
+        drain_deadline_ms: None,
+        drained: false,
+        address: String::new(),
+        status: NodeStatus::Ready,
+        agent_version: String::new(),
+        create_index: 1,
+        modify_index: 1,
+    }
+}
+
+fn queue(name: &str, cohort: Option<&str>, gpus: u64) -> Queue {
+    let cohort = cohort.map_or(String::new(), |c| format!("cohort: {c}\n"));
+    Queue::from_yaml(&format!(
+        "name: {name}\n{cohort}namespaces: ['*']\nnominal: {{gpus: {{any: {gpus}}}}}\n"
+    ))
+    .unwrap()
+}
+
+/// A batch job of `ranks` x `gpus` GPUs (a gang when more than one rank).
+fn job(name: &str, queue: &str, ranks: u32, gpus: u32, priority: u8) -> JobSpec {
+    let gang = if ranks > 1 { "gang: true\n" } else { "" };
+    JobSpec::from_yaml(&format!(
+        "name: {name}\ntype: batch\nqueue: {queue}\npriority: {priority}\n{gang}replicas: {ranks}\ntask: {{image: 'oci:/i', resources: {{cpu: 1, memory: 1Gi, gpus: {gpus}}}}}\n"
+    ))
+    .unwrap()
+}
+
+fn lab() -> QueueSim {
+    QueueSim::new(
+        vec![gpu_node("n1", 4), gpu_node("n2", 4)],
+        vec![
+            queue("team-a", Some("lab"), 4),
+            queue("team-b", Some("lab"), 4),
+        ],
+    )
+}
+
+fn admitted(d: &[Decision], job: &str) -> bool {
+    d.iter().any(|d| d.job == job && d.admission.is_some())
+}
+
+fn reason<'d>(d: &'d [Decision], job: &str) -> &'d str {
+    &d.iter().find(|d| d.job == job).expect("decided").reason
+}
+
+#[test]
+fn a_team_borrows_idle_gpus_and_gives_them_back_when_the_owner_asks() {
+    let mut sim = lab();
+    sim.submit(job("a1", "team-a", 1, 4, 50));
+    sim.submit(job("a2", "team-a", 2, 2, 90));
+    let d = sim.round();
+    assert!(admitted(&d, "a1") && admitted(&d, "a2"), "{d:?}");
+    let a2 = d.iter().find(|d| d.job == "a2").unwrap();
+    let a1 = d.iter().find(|d| d.job == "a1").unwrap();
+    assert!(
+        a2.admission.as_ref().unwrap().borrowing ^ a1.admission.as_ref().unwrap().borrowing,
+        "one of them borrows team-b's idle GPUs"
+    );
+    assert_eq!(sim.gpus_used_by("team-a"), 8);
+
+    // team-b asks for what it is owed: the borrowed job goes, whole (a
+    // gang of two ranks, or the single job), whatever its priority.
+    sim.submit(job("b1", "team-b", 1, 4, 10));
+    let d = sim.round();
+    assert!(admitted(&d, "b1"), "{d:?}");
+    let b1 = d
+        .iter()
+        .find(|d| d.job == "b1")
+        .unwrap()
+        .admission
+        .as_ref()
+        .unwrap();
+    assert_eq!(b1.reclaimed.len(), 1, "{b1:?}");
+    assert!(b1
+        .plan
+        .evictions
+        .iter()
+        .all(|e| e.reason.contains("reclaimed for job b1")));
+    assert_eq!(sim.gpus_used_by("team-a"), 4, "team-a keeps its nominal 4");
+    assert_eq!(sim.gpus_used_by("team-b"), 4);
+    assert_eq!(sim.preemptions, 1);
+
+    // The reclaimed job waits again, its reason naming the quota.
+    let victim = &b1.reclaimed[0];
+    let d = sim.round();
+    let why = reason(&d, victim);
+    assert!(
+        why.contains("queue team-a uses 4/4 GPUs (any model)")
+            && why.contains("cohort lab has 0 to lend"),
+        "{why}"
+    );
+}
+
+#[test]
+fn a_queue_without_a_cohort_waits_with_a_reason_naming_its_quota() {
+    let mut sim = QueueSim::new(vec![gpu_node("n1", 8)], vec![queue("solo", None, 4)]);
+    sim.submit(job("big", "solo", 1, 8, 50));
+    let d = sim.round();
+    assert_eq!(
+        reason(&d, "big"),
+        "queue solo uses 0/4 GPUs (any model), job needs 8; the queue has no cohort to borrow from"
+    );
+    assert!(sim.allocs.is_empty());
+}
+
+#[test]
+fn a_gang_that_fits_quota_but_no_node_layout_is_not_admitted() {
+    // 8 GPUs of quota, 8 GPUs in the cluster, but 3 are held: a gang of
+    // 2 x 4 fits the quota (8 - 3 held by another queue... within its own
+    // nominal) but not the nodes; nothing of it is placed.
+    let mut sim = QueueSim::new(
+        vec![gpu_node("n1", 4), gpu_node("n2", 4)],
+        vec![queue("a", None, 8), queue("b", None, 2)],
+    );
+    sim.submit(job("small", "b", 2, 1, 50));
+    sim.round();
+    sim.submit(job("gang", "a", 2, 4, 50));
+    let d = sim.round();
+    assert!(!admitted(&d, "gang"));
+    assert!(
+        reason(&d, "gang").starts_with("no room:"),
+        "{}",
+        reason(&d, "gang")
+    );
+    assert_eq!(sim.gpus_used_by("a"), 0);
+}
+
+#[test]
+fn a_head_past_its_backfill_window_holds_the_jobs_behind_it() {
+    let mut q = queue("a", None, 8);
+    q.backfill_window = Some(std::time::Duration::from_secs(60));
+    let mut sim = QueueSim::new(vec![gpu_node("n1", 8)], vec![q]);
+    sim.submit(job("running", "a", 1, 4, 50));
+    sim.round();
+    sim.submit(job("head", "a", 1, 8, 55));
+    sim.submit(job("small", "a", 1, 1, 50));
+    // Within the window the small job backfills past the head.
+    let d = sim.round();
+    assert!(!admitted(&d, "head") && admitted(&d, "small"), "{d:?}");
+    sim.finish("small");
+    sim.submit(job("small2", "a", 1, 1, 50));
+    sim.now_ms += 61_000;
+    let d = sim.round();
+    assert!(!admitted(&d, "small2"), "{d:?}");
+    assert!(reason(&d, "small2").starts_with("behind job head"), "{d:?}");
+    sim.finish("running");
+    let d = sim.round();
+    assert!(admitted(&d, "head"), "{d:?}");
+}
+
+#[test]
+fn priority_preemption_stays_within_a_queue() {
+    // Team b's job, priority 90, finds every GPU held by team a's
+    // priority-10 work within a's nominal: it may not evict across queues.
+    let mut sim = QueueSim::new(
+        vec![gpu_node("n1", 4)],
+        vec![queue("a", Some("lab"), 4), queue("b", Some("lab"), 0)],
+    );
+    sim.submit(job("low", "a", 1, 4, 10));
+    sim.round();
+    sim.submit(job("high", "b", 1, 1, 90));
+    let d = sim.round();
+    assert!(!admitted(&d, "high"), "{d:?}");
+    assert_eq!(sim.preemptions, 0);
+    // Within a's own queue the same job may.
+    sim.submit(job("high-a", "a", 1, 4, 90));
+    let d = sim.round();
+    assert!(admitted(&d, "high-a"), "{d:?}");
+}
+
+#[test]
+fn fair_sharing_converges_two_equal_teams_to_equal_gpu_shares() {
+    // 8 GPUs, two teams owed 2 each and 4 more in a third queue nobody
+    // uses: both want everything; as jobs finish, the lent GPUs split
+    // evenly.
+    let mut sim = QueueSim::new(
+        vec![gpu_node("n1", 4), gpu_node("n2", 4)],
+        vec![
+            queue("a", Some("lab"), 2),
+            queue("b", Some("lab"), 2),
+            queue("idle", Some("lab"), 4),
+        ],
+    );
+    for i in 0..12 {
+        sim.submit(job(&format!("a{i:02}"), "a", 1, 1, 50));
+    }
+    sim.round();
+    assert_eq!(sim.gpus_used_by("a"), 8, "a borrows everything idle");
+    for i in 0..12 {
+        sim.submit(job(&format!("b{i:02}"), "b", 1, 1, 50));
+    }
+    for _ in 0..8 {
+        sim.round();
+        // One of each team's oldest running jobs finishes.
+        for team in ["a", "b"] {
+            let done = sim.admitted.keys().find(|k| k.starts_with(team)).cloned();
+            if let Some(k) = done {
+                sim.finish(&k);
+            }
+        }
+    }
+    sim.round();
+    assert_eq!(
+        sim.gpus_used_by("a"),
+        sim.gpus_used_by("b"),
+        "{:?}",
+        sim.admitted
+    );
+    assert_eq!(sim.gpus_used(), 8, "nothing idles");
+}
+
+#[test]
+fn the_book_reports_usage_borrowing_and_lending() {
+    let mut sim = lab();
+    sim.submit(job("a1", "team-a", 1, 4, 50));
+    sim.submit(job("a2", "team-a", 1, 2, 50));
+    sim.submit(job("b-wait", "team-b", 1, 8, 50));
+    sim.round();
+    let rows = sim.book().status();
+    let any = gpu_key(None);
+    let (a, b) = (&rows[0], &rows[1]);
+    assert_eq!(a.usage[&any], 6 * 28);
+    assert_eq!(a.borrowed[&any], 2 * 28);
+    assert_eq!(b.lent[&any], 2 * 28);
+    assert!(a.share > 0 && b.share == 0);
+    assert_eq!((a.admitted, a.pending, b.admitted, b.pending), (2, 0, 0, 1));
+}
+
+/// A random history: queues of a cohort over 4 nodes of 8 GPUs (their
+/// nominal quotas sum to the 32 GPUs), jobs of 1-8 GPUs (one node each)
+/// and gangs, finishing at random.
+fn history() -> impl Strategy<Value = (Vec<(u64, Option<u64>)>, Vec<(u8, u8, u8, bool)>)> {
+    let queues = prop::sample::select(vec![
+        vec![(16, None), (16, None)],
+        vec![(8, Some(8)), (8, None), (16, Some(4))],
+        vec![(24, None), (4, Some(0)), (4, Some(16))],
+    ])
+    .prop_map(|v: Vec<(u64, Option<u64>)>| v);
+    let steps = prop::collection::vec((0u8..3, 0u8..4, 0u8..100, any::<bool>()), 1..40);
+    (queues, steps)
+}
+
+fn cohort(spec: &[(u64, Option<u64>)]) -> QueueSim {
+    let queues = spec
+        .iter()
+        .enumerate()
+        .map(|(i, (nominal, limit))| {
+            let mut q = queue(&format!("q{i}"), Some("lab"), *nominal);
+            if let Some(l) = limit {
+                q.borrowing_limit.gpus.insert("any".into(), *l);
+            }
+            q
+        })
+        .collect();
+    QueueSim::new(
+        (0..4).map(|i| gpu_node(&format!("n{i}"), 8)).collect(),
+        queues,
+    )
+}
+
+fn check_quota(sim: &QueueSim) -> Result<(), TestCaseError> {
+    let any = gpu_key(None);
+    let mut pool_used = 0;
+    for q in &sim.queues {
+        let used = sim.gpus_used_by(&q.name) * 28;
+        let nominal = q.nominal_of(&any).unwrap();
+        if let Some(limit) = q.borrowing_limit_of(&any) {
+            prop_assert!(
+                used <= nominal + limit,
+                "{} uses {used} > {nominal} + {limit}",
+                q.name
+            );
+        }
+        pool_used += used;
+    }
+    let pool: u64 = sim.queues.iter().map(|q| q.nominal_of(&any).unwrap()).sum();
+    prop_assert!(pool_used <= pool, "cohort uses {pool_used} of {pool}");
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn quota_holds_gangs_go_whole_and_owners_get_their_quota_back((queues, steps) in history()) {
+        let mut sim = cohort(&queues);
+        let n = queues.len() as u8;
+        for (i, (q, size, prio, finish)) in steps.iter().enumerate() {
+            let q = format!("q{}", q % n);
+            let (ranks, gpus) = [(1, 1), (1, 2), (2, 4), (1, 8)][*size as usize];
+            let key = sim.submit(job(&format!("j{i:03}"), &q, ranks, gpus, *prio));
+            let before = sim.clone();
+            let d = sim.round();
+            // The same input gives the same decisions.
+            let mut again = before.clone();
+            prop_assert_eq!(&again.round(), &d);
+            check_quota(&sim)?;
+            for dec in &d {
+                if let Some(a) = &dec.admission {
+                    let want = sim.jobs[&dec.job].spec.wanted() as usize;
+                    prop_assert_eq!(a.plan.placements.len(), want, "all or nothing: {}", dec.job);
+                }
+            }
+            if *finish {
+                let first = sim.admitted.keys().next().cloned();
+                if let Some(k) = first {
+                    sim.finish(&k);
+                }
+            }
+            let _ = key;
+        }
+        // A queue under its nominal quota asks for one GPU more, at the
+        // top priority: it gets it within one round, whoever borrowed.
+        for q in sim.queues.clone() {
+            let used = sim.gpus_used_by(&q.name) * 28;
+            if used + 28 <= q.nominal_of(&gpu_key(None)).unwrap() {
+                let key = sim.submit(job(&format!("owed-{}", q.name), &q.name, 1, 1, 100));
+                let d = sim.round();
+                prop_assert!(admitted(&d, &key), "{} owed a GPU: {:?}", q.name, d.iter().find(|x| x.job == key));
+                check_quota(&sim)?;
+            }
+        }
+    }
+}
