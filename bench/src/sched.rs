@@ -150,6 +150,7 @@ pub fn job(name: String, replicas: u32, ask: TaskResources) -> Job {
         version: 1,
         create_index: 1,
         modify_index: 1,
+        admitted_index: 0,
     }
 }
 

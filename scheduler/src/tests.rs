@@ -76,6 +76,7 @@ fn job_yaml(name: &str, extra: &str, task_resources: &str) -> Job {
         version: 1,
         create_index: 1,
         modify_index: 1,
+        admitted_index: 0,
     }
 }
 
@@ -516,6 +517,7 @@ fn dynamic_ports_are_picked_once_per_node_from_the_range() {
         version: 1,
         create_index: 1,
         modify_index: 1,
+        admitted_index: 0,
     };
     // A port already held on the node is never picked.
     let other = job_yaml("other", "", "{cpu: 1, memory: 64Mi}");

@@ -68,6 +68,7 @@ fn job(name: &str, replicas: u32, priority: u8, resources: TaskResources) -> Job
         version: 1,
         create_index: 1,
         modify_index: 1,
+        admitted_index: 0,
     }
 }
 
@@ -662,6 +663,7 @@ fn batch_case(seed: u64) -> (Vec<Node>, Vec<Allocation>, Job) {
         version: 1,
         create_index: 1,
         modify_index: 1,
+        admitted_index: 0,
     };
     let nodes = vec![Node {
         metrics_address: String::new(),

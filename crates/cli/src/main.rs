@@ -139,6 +139,14 @@ enum Cmd {
         #[command(subcommand)]
         what: commands::NamespaceCmd,
     },
+    /// Team queues for shared GPUs: describe, list and delete them, and
+    /// see why a job waits (quota per team, borrowing idle capacity,
+    /// fair sharing, reclaim).
+    #[command(alias = "queues")]
+    Queue {
+        #[command(subcommand)]
+        what: commands::QueueCmd,
+    },
     /// Show who changed what and who was refused: every server's audit
     /// log (mutating calls and denials), merged by time. Admin only.
     Audit(commands::AuditArgs),
@@ -204,6 +212,7 @@ fn main() -> ExitCode {
             Cmd::Audit(args) => ok(commands::audit(args).await),
             Cmd::User { what } => ok(commands::user(what).await),
             Cmd::Namespace { what } => ok(commands::namespace(what).await),
+            Cmd::Queue { what } => ok(commands::queue(what).await),
             Cmd::Completion(args) => ok(completion::print_script(args)),
         }
     });

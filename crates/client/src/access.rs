@@ -381,6 +381,52 @@ impl Client {
         Ok(r.index)
     }
 
+    /// Describes team queue `q` (new or again; admin only); the Raft
+    /// index of the write.
+    pub async fn apply_queue(&mut self, q: &skiff_model::queue::Queue) -> Result<u64, ClientError> {
+        let r = self
+            .access
+            .apply_queue(pb::ApplyQueueRequest {
+                queue: Some(q.into()),
+            })
+            .await?
+            .into_inner();
+        Ok(r.index)
+    }
+
+    /// Every team queue with where it stands, by name.
+    pub async fn list_queues(&mut self) -> Result<Vec<pb::QueueStatus>, ClientError> {
+        let r = self
+            .access
+            .list_queues(pb::ListQueuesRequest {})
+            .await?
+            .into_inner();
+        Ok(r.queues)
+    }
+
+    /// One team queue: where it stands, its admitted jobs and its waiting
+    /// ones with their reasons.
+    pub async fn describe_queue(
+        &mut self,
+        name: &str,
+    ) -> Result<pb::DescribeQueueResponse, ClientError> {
+        Ok(self
+            .access
+            .describe_queue(pb::DescribeQueueRequest { name: name.into() })
+            .await?
+            .into_inner())
+    }
+
+    /// Deletes team queue `name` (no job may name it); the Raft index.
+    pub async fn delete_queue(&mut self, name: &str) -> Result<u64, ClientError> {
+        let r = self
+            .access
+            .delete_queue(pb::DeleteQueueRequest { name: name.into() })
+            .await?
+            .into_inner();
+        Ok(r.index)
+    }
+
     /// Stores `namespace`'s login for `registry` (admin only); the servers
     /// seal the password before it is replicated. The Raft index.
     pub async fn set_registry_login(

@@ -11,7 +11,7 @@ use skiff_proto::pb;
 use skiff_proto::WireError;
 use tonic::transport::{Channel, Endpoint};
 
-pub use skiff_proto::pb::{CachedImage, NodeImages};
+pub use skiff_proto::pb::{CachedImage, DescribeQueueResponse, NodeImages, QueueJob, QueueStatus};
 pub use tonic::Code;
 
 mod access;

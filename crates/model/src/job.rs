@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use crate::key::{job_key, split_job_key};
+
 use crate::lifecycle::{Probes, RestartSpec, Security};
 use crate::placement::{Affinity, Constraint, Spread};
 use crate::resources::TaskResources;
@@ -706,6 +708,14 @@ pub struct Job {
     pub create_index: u64,
     /// Raft index of the command that last changed the job.
     pub modify_index: u64,
+    /// For a job in a team queue: the Raft index of the plan that admitted
+    /// it; 0 while it waits (and for jobs in no queue).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub admitted_index: u64,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Job {
@@ -728,31 +738,6 @@ fn default_namespace() -> String {
 
 fn is_default_namespace(ns: &String) -> bool {
     ns == DEFAULT_NAMESPACE
-}
-
-/// The key of job `name` in namespace `ns`: the bare name in the default
-/// namespace, `NS/NAME` in any other. Names and namespaces are DNS labels,
-/// so the slash cannot be part of either and a key has one reading. It is
-/// what allocations, evaluations and deployments name their job by, and
-/// what `skiff get allocs` shows.
-pub fn job_key(ns: &str, name: &str) -> String {
-    if ns.is_empty() || ns == DEFAULT_NAMESPACE {
-        name.to_string()
-    } else {
-        format!("{ns}/{name}")
-    }
-}
-
-/// The namespace and the name of a job key.
-pub fn split_job_key(key: &str) -> (&str, &str) {
-    key.split_once('/').unwrap_or((DEFAULT_NAMESPACE, key))
-}
-
-impl JobSpec {
-    /// The key the cluster knows this job by (see [`job_key`]).
-    pub fn key(&self) -> String {
-        job_key(&self.namespace, &self.name)
-    }
 }
 
 impl TaskSpec {

@@ -23,6 +23,7 @@ pub mod eval;
 pub mod fit;
 pub mod gpu;
 pub mod job;
+mod key;
 pub mod lifecycle;
 pub mod namespace;
 pub mod node;

@@ -356,6 +356,34 @@ impl pb::access_server::Access for AccessService {
         crate::namespaces::delete(&self.ctx, req).await
     }
 
+    async fn apply_queue(
+        &self,
+        req: Request<pb::ApplyQueueRequest>,
+    ) -> Result<Response<pb::ApplyQueueResponse>, Status> {
+        crate::queues::apply(&self.ctx, req).await
+    }
+
+    async fn list_queues(
+        &self,
+        req: Request<pb::ListQueuesRequest>,
+    ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        crate::queues::list(&self.ctx, req).await
+    }
+
+    async fn describe_queue(
+        &self,
+        req: Request<pb::DescribeQueueRequest>,
+    ) -> Result<Response<pb::DescribeQueueResponse>, Status> {
+        crate::queues::describe(&self.ctx, req).await
+    }
+
+    async fn delete_queue(
+        &self,
+        req: Request<pb::DeleteQueueRequest>,
+    ) -> Result<Response<pb::DeleteQueueResponse>, Status> {
+        crate::queues::delete(&self.ctx, req).await
+    }
+
     async fn set_registry_login(
         &self,
         req: Request<pb::SetRegistryLoginRequest>,

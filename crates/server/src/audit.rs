@@ -51,6 +51,8 @@ const MUTATING: &[&str] = &[
     "RevokeUserToken",
     "ApplyNamespace",
     "DeleteNamespace",
+    "ApplyQueue",
+    "DeleteQueue",
     "SetRegistryLogin",
     "DeleteRegistryLogin",
     "Register",

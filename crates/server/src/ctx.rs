@@ -163,3 +163,8 @@ pub fn store_status(e: StoreError) -> Status {
 pub fn not_leader_status() -> Status {
     Status::failed_precondition("not the leader")
 }
+
+/// A new allocation id: 128 random bits as 32 hex digits.
+pub fn new_alloc_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}

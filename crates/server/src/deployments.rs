@@ -283,6 +283,8 @@ mod tests {
             let eval = self.state.latest_eval("web").unwrap().id.clone();
             self.apply(Command::ApplyPlan {
                 plan: PlanCommand {
+                    admit: false,
+                    reclaims: Vec::new(),
                     eval_id: eval,
                     job: "web".into(),
                     job_version: j.version,

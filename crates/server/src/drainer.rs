@@ -190,6 +190,7 @@ mod tests {
                 version: 1,
                 create_index: 1,
                 modify_index: 1,
+                admitted_index: 0,
             },
         );
         for (node, list) in [("a", on_drained), ("b", elsewhere)] {

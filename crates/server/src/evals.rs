@@ -33,6 +33,7 @@ pub async fn run(
 ) {
     let mut applied = store.subscribe();
     let mut copy = crate::sched_copy::SchedCopy::default();
+    let mut admitter = crate::admission::Admitter::default();
     loop {
         if store.is_leader() {
             let pending = pending_evals(&store);
@@ -83,6 +84,11 @@ pub async fn run(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
+            if store.is_leader() {
+                admitter
+                    .round(&store, &mut copy, settings.algorithm, &metrics)
+                    .await;
+            }
         }
         // Wake on the next applied entry, or re-check leadership now and then.
         let _ = tokio::time::timeout(Duration::from_secs(1), applied.changed()).await;
@@ -126,6 +132,7 @@ fn plan_batch(
     let mut view = ClusterView::new(state.nodes.values(), state.allocs.values(), |name| {
         state.jobs.get(name).map(|j| j.spec.priority)
     });
+    view.set_queues(|name| state.jobs.get(name).and_then(|j| j.spec.queue.clone()));
     plan_all(&Batch::of(state, evals), &mut view, evals, settings)
 }
 
@@ -180,6 +187,7 @@ fn plan_copied(
     let mut view = ClusterView::new(&copy.nodes, copy.allocs.values(), |name| {
         copy.priorities.get(name).copied()
     });
+    view.set_queues(|name| copy.queues.get(name).cloned());
     plan_all(batch, &mut view, evals, settings)
 }
 
@@ -196,8 +204,19 @@ fn plan_on(
         seed: eval.create_index,
         ..Config::default()
     };
-    let plan = reconcile_job(&eval.job, job, batch.deployments.get(&eval.job), view, &cfg);
-    let ids: Vec<String> = plan.placements.iter().map(|_| new_alloc_id()).collect();
+    let plan = match job {
+        // A job in a queue is placed once its queue admits it whole
+        // (`admission.rs`); until then its evaluation waits.
+        Some(j) if j.spec.queue.is_some() && j.admitted_index == 0 => {
+            crate::queue_book::waiting_plan(j)
+        }
+        _ => reconcile_job(&eval.job, job, batch.deployments.get(&eval.job), view, &cfg),
+    };
+    let ids: Vec<String> = plan
+        .placements
+        .iter()
+        .map(|_| crate::ctx::new_alloc_id())
+        .collect();
     if let (Some(job), true) = (job, more) {
         // The next plan of the batch sees these placements and stops.
         view.commit(job, &plan, &ids, batch.index);
@@ -218,6 +237,8 @@ fn plan_on(
         evictions: plan.evictions,
         unplaced: plan.unplaced,
         explanation: plan.explanation,
+        admit: false,
+        reclaims: Vec::new(),
         at_ms: crate::ctx::now_ms(),
     }
 }
@@ -255,9 +276,4 @@ async fn commit(
             Ok(false)
         }
     }
-}
-
-/// 128 random bits as 32 hex digits.
-fn new_alloc_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
 }

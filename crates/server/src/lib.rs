@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod admission;
 pub mod api;
 pub mod audit;
 pub mod auth;
@@ -47,6 +48,8 @@ pub mod namespaces;
 pub mod nodes;
 pub mod peer;
 pub mod peer_list;
+pub mod queue_book;
+pub mod queues;
 pub mod registry_logins;
 pub mod resolve;
 pub mod sched_copy;

@@ -94,6 +94,15 @@ pub struct ServerMetrics {
     pub nodes_declared_down: Counter,
     /// Times the leader this server knows changed.
     pub leader_changes: Counter,
+    /// Jobs this server, leading, admitted from each queue.
+    pub queue_admissions: Family<Labels, Counter>,
+    /// Jobs evicted to give lent capacity back to each queue.
+    pub queue_reclaims: Family<Labels, Counter>,
+    /// How long admitted jobs waited in each queue (as the leader saw).
+    pub queue_admission_wait_seconds: Family<Labels, Histogram>,
+    /// Since when each job waits in its queue, as the leader saw it (for
+    /// the backfill window and `skiff queue describe`).
+    pub queue_waiting: std::sync::Mutex<crate::queue_book::WaitingSince>,
 }
 
 impl Default for ServerMetrics {
@@ -111,11 +120,29 @@ impl Default for ServerMetrics {
             heartbeats: Counter::default(),
             nodes_declared_down: Counter::default(),
             leader_changes: Counter::default(),
+            queue_admissions: Family::default(),
+            queue_reclaims: Family::default(),
+            // 1 s to about 4.5 days.
+            queue_admission_wait_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(1.0, 2.0, 19))
+            }),
+            queue_waiting: Default::default(),
         }
     }
 }
 
 impl ServerMetrics {
+    /// A job admitted from `queue` after `waited` seconds, reclaiming
+    /// `reclaimed` jobs.
+    pub fn queue_admitted(&self, queue: &str, waited: f64, reclaimed: u64) {
+        let labels = vec![("queue".to_string(), queue.to_string())];
+        self.queue_admissions.get_or_create(&labels).inc();
+        self.queue_reclaims.get_or_create(&labels).inc_by(reclaimed);
+        self.queue_admission_wait_seconds
+            .get_or_create(&labels)
+            .observe(waited);
+    }
+
     /// A write that took `took` and ended `ok` or not.
     pub fn proposed(&self, ok: bool, took: std::time::Duration) {
         let result = if ok { "ok" } else { "failed" };
@@ -165,6 +192,21 @@ impl ServerMetrics {
             "scheduler_preemptions",
             "Allocations stopped to make room for higher-priority work",
             self.preemptions.clone(),
+        );
+        reg.register(
+            "queue_admitted_jobs",
+            "Jobs this server, leading, admitted from each team queue",
+            self.queue_admissions.clone(),
+        );
+        reg.register(
+            "queue_reclaimed_jobs",
+            "Jobs evicted to give lent capacity back to each team queue (on the leader)",
+            self.queue_reclaims.clone(),
+        );
+        reg.register(
+            "queue_admission_wait_seconds",
+            "How long jobs admitted from each team queue waited (as the leader saw)",
+            self.queue_admission_wait_seconds.clone(),
         );
         reg.register(
             "heartbeats_received",
@@ -271,6 +313,7 @@ pub fn render(
     let mut reg = Registry::with_prefix("skiff");
     server.register(&mut reg);
     disk.register(&mut reg);
+    crate::queue_book::register_gauges(&mut reg, state);
     reg.register(
         "raft_snapshot_index",
         "The Raft index of this server's latest snapshot",
@@ -408,9 +451,16 @@ pub fn example() -> String {
     );
     let server = ServerMetrics::default();
     server.proposed(true, std::time::Duration::from_millis(1));
+    server.queue_admitted("team-a", 30.0, 1);
+    let mut state = State::default();
+    let queue = skiff_model::queue::Queue::from_yaml(
+        "name: team-a\ncohort: lab\nnamespaces: ['*']\nnominal: {gpus: {any: 4}}\n",
+    )
+    .expect("the example queue");
+    state.access.queues.insert(queue.name.clone(), queue);
     render(
         &RaftStatus::default(),
-        &State::default(),
+        &state,
         &api,
         &server,
         &Disk::default(),

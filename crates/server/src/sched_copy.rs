@@ -24,6 +24,8 @@ pub struct SchedCopy {
     by_node: HashMap<String, BTreeSet<String>>,
     /// Every job's priority.
     pub priorities: HashMap<String, u8>,
+    /// The team queue of every job in one.
+    pub queues: HashMap<String, String>,
 }
 
 impl SchedCopy {
@@ -41,6 +43,11 @@ impl SchedCopy {
             .jobs
             .iter()
             .map(|(name, j)| (name.clone(), j.spec.priority))
+            .collect();
+        self.queues = state
+            .jobs
+            .iter()
+            .filter_map(|(name, j)| Some((name.clone(), j.spec.queue.clone()?)))
             .collect();
         let changed = match state.nodes_with_alloc_changes_after(self.index) {
             Some(nodes) if self.index != 0 => nodes,

@@ -114,6 +114,10 @@ pub fn check(command: &Command) -> Result<(), String> {
             skiff_model::check_dns_label(name).map_err(|rule| format!("name: {name:?} {rule}"))
         }
         Command::SetSecretsKey { key_id } => key_id_rule(key_id),
+        Command::PutQueue { queue } => queue.validate().map_err(|e| e.to_string()),
+        Command::DeleteQueue { name } => {
+            skiff_model::check_dns_label(name).map_err(|rule| format!("name: {name:?} {rule}"))
+        }
         Command::PutRegistryLogin { namespace, login } => {
             skiff_model::check_dns_label(namespace)
                 .map_err(|rule| format!("namespace: {namespace:?} {rule}"))?;

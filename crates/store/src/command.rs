@@ -116,6 +116,10 @@ pub enum Command {
     /// An admin deleted a namespace no job lives in (and its registry
     /// logins with it).
     DeleteNamespace { name: String },
+    /// An admin described a team queue, new or again.
+    PutQueue { queue: skiff_model::queue::Queue },
+    /// An admin deleted a team queue no job names.
+    DeleteQueue { name: String },
     /// The servers' secrets key, by id: the first proposed is the
     /// cluster's; a server holding another fetches this one from a peer.
     SetSecretsKey { key_id: String },
@@ -230,6 +234,8 @@ impl Command {
             Command::RevokeUserToken { .. } => "revoke_user_token",
             Command::DeleteNamespace { .. } => "delete_namespace",
             Command::SetSecretsKey { .. } => "set_secrets_key",
+            Command::PutQueue { .. } => "put_queue",
+            Command::DeleteQueue { .. } => "delete_queue",
             Command::PutRegistryLogin { .. } => "put_registry_login",
             Command::DeleteRegistryLogin { .. } => "delete_registry_login",
             Command::Join { .. } => "join",
@@ -284,6 +290,13 @@ pub struct PlanCommand {
     /// Allocations of lower-priority jobs to stop so the placements fit.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub evictions: Vec<Stop>,
+    /// The plan admits its job (in a team queue) as a whole.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admit: bool,
+    /// Jobs of other queues of the cohort whose evictions give back lent
+    /// capacity (whatever their priority); they wait to be admitted again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reclaims: Vec<String>,
     pub unplaced: u32,
     pub explanation: String,
     /// When the leader planned (wall-clock ms, as data): new allocations

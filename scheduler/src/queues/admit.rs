@@ -219,8 +219,9 @@ impl QueueBook {
 
     /// The workloads that may be evicted for workload `wi`, in the order
     /// they are tried: borrowed slices of the cohort's other queues (and,
-    /// within its own queue, work at least the preemption gap lower),
-    /// lowest priority first, youngest first.
+    /// within its own queue, work at least the preemption gap lower);
+    /// those admitted beyond their queue's quota first, then lowest
+    /// priority, youngest.
     fn candidates(&self, wi: usize, within_nominal: bool) -> Vec<usize> {
         let w = &self.workloads[wi];
         let Some(q) = self.queues.get(&w.queue) else {
@@ -228,6 +229,7 @@ impl QueueBook {
         };
         let my_share = self.share(&q.name, &w.request);
         let mut out = Vec::new();
+        let mut beyond_all = BTreeSet::new();
         for other in self.cohort_of(q) {
             let mut mine: Vec<usize> = self
                 .workloads
@@ -254,7 +256,26 @@ impl QueueBook {
             if !within_nominal && self.share(&other.name, &Amounts::new()) <= my_share {
                 continue;
             }
-            // Its borrowed slice: taken while it is still above nominal.
+            // Its borrowed slice: the workloads admitted beyond its nominal
+            // quota (in admission order) first, then the rest; taken
+            // while the queue is still above nominal.
+            let mut by_admission = mine.clone();
+            by_admission.sort_by_key(|&i| self.workloads[i].admitted_index);
+            let mut running = Amounts::new();
+            let mut beyond = BTreeSet::new();
+            for &i in &by_admission {
+                queue::add(&mut running, &self.workloads[i].holds);
+                let over = w.request.keys().any(|k| {
+                    other
+                        .nominal_of(k)
+                        .is_some_and(|n| running.get(k).copied().unwrap_or(0) > n)
+                });
+                if over {
+                    beyond.insert(i);
+                }
+            }
+            mine.sort_by_key(|&i| !beyond.contains(&i));
+            beyond_all.extend(beyond);
             let mut removed = Removed::new();
             for i in mine {
                 if !self.borrows_any(other, w.request.keys(), &removed) {
@@ -267,10 +288,13 @@ impl QueueBook {
                 out.push(i);
             }
         }
+        // Other queues' workloads admitted beyond their quota first, then
+        // lowest priority, youngest.
         out.sort_by_key(|&i| {
             let v = &self.workloads[i];
             (
                 v.queue == w.queue,
+                !beyond_all.contains(&i),
                 v.priority,
                 std::cmp::Reverse(v.admitted_index),
                 v.job.clone(),

@@ -60,6 +60,7 @@ impl QueueSim {
                 version: 1,
                 create_index: self.index,
                 modify_index: self.index,
+                admitted_index: 0,
             },
         );
         self.queued_at.insert(key.clone(), self.now_ms);

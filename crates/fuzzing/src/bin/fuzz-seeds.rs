@@ -200,6 +200,30 @@ fn cluster_api(dir: &Path) {
             },
         ),
     );
+    let queue = skiff_model::queue::Queue::from_yaml(
+        "name: team-a\ncohort: lab\nnamespaces: [team-a]\nnominal: {gpus: {any: 4}}\n",
+    )
+    .unwrap();
+    put(
+        dir,
+        "apply-queue",
+        &call(
+            41,
+            &pb::ApplyQueueRequest {
+                queue: Some(pb::Queue::from(&queue)),
+            },
+        ),
+    );
+    put(
+        dir,
+        "describe-queue",
+        &call(
+            43,
+            &pb::DescribeQueueRequest {
+                name: "team-a".into(),
+            },
+        ),
+    );
     put(
         dir,
         "list-node-images",

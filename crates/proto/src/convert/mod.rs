@@ -10,6 +10,7 @@ mod enums;
 mod namespace;
 #[cfg(test)]
 mod properties;
+mod queue;
 mod resources;
 mod spec;
 mod state;

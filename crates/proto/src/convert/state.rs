@@ -21,6 +21,7 @@ impl From<&m::Job> for pb::Job {
             version: j.version,
             create_index: j.create_index,
             modify_index: j.modify_index,
+            admitted_index: j.admitted_index,
         }
     }
 }
@@ -33,6 +34,7 @@ impl TryFrom<pb::Job> for m::Job {
             version: j.version,
             create_index: j.create_index,
             modify_index: j.modify_index,
+            admitted_index: j.admitted_index,
         })
     }
 }

@@ -40,6 +40,9 @@ pub struct Access {
     /// Raft: each server keeps it in its data directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets_key: Option<String>,
+    /// Team queues an admin described, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub queues: BTreeMap<String, skiff_model::queue::Queue>,
     /// Registry logins by namespace, then registry.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub registry_logins: BTreeMap<String, BTreeMap<String, RegistryLoginRecord>>,

@@ -13,6 +13,21 @@ struct OldJob {
     modify_index: u64,
     /// The new spec keeps the version (same task and placement rules).
     same_version: bool,
+    /// Its queue admission, if the new spec keeps it.
+    admitted_index: u64,
+}
+
+/// The queue admission `old` keeps when its spec becomes `spec`: kept
+/// while the job stays in the same queue asking for the same amounts; a
+/// job that asks for more (or moves) waits to be admitted again.
+pub(super) fn kept_admission(old: &Job, spec: &JobSpec) -> u64 {
+    let same = old.spec.queue == spec.queue
+        && skiff_model::queue::request_of(&old.spec) == skiff_model::queue::request_of(spec);
+    if same {
+        old.admitted_index
+    } else {
+        0
+    }
 }
 
 impl State {
@@ -37,6 +52,7 @@ impl State {
                 create_index: old.create_index,
                 modify_index: old.modify_index,
                 same_version: old.spec.same_version(&spec),
+                admitted_index: kept_admission(old, &spec),
             }),
             None => None,
         };
@@ -52,6 +68,7 @@ impl State {
                     version: old.version,
                     create_index: old.create_index,
                     modify_index: index,
+                    admitted_index: old.admitted_index,
                 };
                 self.record_version(index, &job, "applied");
                 job
@@ -98,6 +115,7 @@ impl State {
                     version,
                     create_index: old.create_index,
                     modify_index: index,
+                    admitted_index: old.admitted_index,
                 };
                 if let Some(slot) = kept_old {
                     self.touch_history(&name, [slot]);
@@ -113,6 +131,7 @@ impl State {
                     version: 1,
                     create_index: index,
                     modify_index: index,
+                    admitted_index: 0,
                 };
                 self.histories.insert(
                     name.clone(),

@@ -281,6 +281,8 @@ impl State {
             Command::CreateUserToken { token } => self.create_user_token(index, token),
             Command::RevokeUserToken { id } => self.revoke_user_token(id),
             Command::DeleteNamespace { name } => self.delete_namespace(name),
+            Command::PutQueue { queue } => self.put_queue(queue),
+            Command::DeleteQueue { name } => self.delete_queue(name),
             Command::SetSecretsKey { key_id } => self.set_secrets_key(key_id),
             Command::PutRegistryLogin { namespace, login } => {
                 self.put_registry_login(namespace, login)

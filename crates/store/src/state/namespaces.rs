@@ -91,7 +91,57 @@ impl State {
             ns.check_quota(&self.namespace_usage(name, key), spec)
                 .map_err(|why| Refusal::QuotaExceeded { why })?;
         }
+        self.admit_to_queue(spec)
+    }
+
+    /// A job naming a queue: the queue exists and lets the job's
+    /// namespace submit.
+    fn admit_to_queue(&self, spec: &JobSpec) -> Result<(), Refusal> {
+        let Some(name) = &spec.queue else {
+            return Ok(());
+        };
+        let Some(q) = self.access.queues.get(name) else {
+            return Err(Refusal::QueueMissing { name: name.clone() });
+        };
+        if !q.admits_namespace(&spec.namespace) {
+            return Err(Refusal::PolicyDenied {
+                why: format!(
+                    "queue: namespace {:?} may not submit to queue {name:?} (it admits {}); an admin adds it with `skiff queue apply`",
+                    spec.namespace,
+                    q.namespaces.join(", ")
+                ),
+            });
+        }
         Ok(())
+    }
+
+    pub(super) fn put_queue(&mut self, q: &skiff_model::queue::Queue) -> Outcome {
+        if self.access.queues.get(&q.name) != Some(q) {
+            self.access.queues.insert(q.name.clone(), q.clone());
+            self.touch(Table::Access, ACCESS_KEY);
+        }
+        Outcome::AccessChanged
+    }
+
+    pub(super) fn delete_queue(&mut self, name: &str) -> Outcome {
+        let jobs = self
+            .jobs
+            .values()
+            .filter(|j| j.spec.queue.as_deref() == Some(name))
+            .count();
+        if jobs > 0 {
+            return Outcome::Refused(Refusal::QueueInUse {
+                name: name.to_string(),
+                jobs,
+            });
+        }
+        if self.access.queues.remove(name).is_none() {
+            return Outcome::Refused(Refusal::QueueMissing {
+                name: name.to_string(),
+            });
+        }
+        self.touch(Table::Access, ACCESS_KEY);
+        Outcome::AccessChanged
     }
 }
 

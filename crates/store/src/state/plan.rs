@@ -18,6 +18,8 @@ impl State {
     pub(super) fn apply_plan(&mut self, index: u64, plan: &PlanCommand) -> Outcome {
         match self.evals.get(&plan.eval_id) {
             Some(e) if e.status == EvalStatus::Pending => {}
+            // A waiting job's admission comes while its evaluation waits.
+            Some(e) if e.status == EvalStatus::Blocked && plan.admit => {}
             _ => {
                 return Outcome::Refused(Refusal::EvalNotPending {
                     eval: plan.eval_id.clone(),
@@ -60,15 +62,37 @@ impl State {
                 "preempted by job {} (priority {})",
                 plan.job, job.spec.priority
             );
+            let reclaimed = format!(
+                "reclaimed for job {} (queue {}): its queue had lent this capacity",
+                plan.job,
+                job.spec.queue.as_deref().unwrap_or("")
+            );
             let mut victim_jobs = BTreeSet::new();
             for id in evictions {
                 if let Some(a) = self.allocs.get_mut(&id) {
                     a.desired = DesiredStatus::Stop;
-                    a.message = reason.clone();
+                    a.message = if plan.reclaims.contains(&a.job) {
+                        reclaimed.clone()
+                    } else {
+                        reason.clone()
+                    };
                     a.modify_index = index;
                     victim_jobs.insert(a.job.clone());
                     result.evicted += 1;
                     self.touch(Table::Alloc, &id);
+                }
+            }
+            if plan.admit && result.rejected == 0 && !accepted.is_empty() {
+                if let Some(j) = self.jobs.get_mut(&plan.job) {
+                    j.admitted_index = index;
+                    self.touch(Table::Job, &plan.job);
+                }
+            }
+            // Reclaimed jobs wait in their queues to be admitted again.
+            for victim in plan.reclaims.iter().filter(|v| victim_jobs.contains(*v)) {
+                if let Some(j) = self.jobs.get_mut(victim) {
+                    j.admitted_index = 0;
+                    self.touch(Table::Job, victim);
                 }
             }
             // The victims' jobs look for room elsewhere.
@@ -219,11 +243,16 @@ impl State {
             let node_ok = self.nodes.get(node_name).is_some_and(|node| {
                 let victims_ok = evicted.iter().all(|id| {
                     let a = &self.allocs[*id];
-                    let priority = self.jobs.get(&a.job).map_or(0, |j| j.spec.priority);
+                    let victim = self.jobs.get(&a.job);
+                    let priority = victim.map_or(0, |j| j.spec.priority);
+                    let same_queue =
+                        victim.map_or(job.spec.queue.is_none(), |v| v.spec.queue == job.spec.queue);
+                    let by_priority = same_queue
+                        && u16::from(priority) + u16::from(PREEMPTION_GAP)
+                            <= u16::from(job.spec.priority);
                     a.job != plan.job
                         && a.desired == DesiredStatus::Run
-                        && u16::from(priority) + u16::from(PREEMPTION_GAP)
-                            <= u16::from(job.spec.priority)
+                        && (by_priority || self.reclaimable(job, plan, &a.job))
                 });
                 if !victims_ok || plan.job_version != job.version {
                     return false;
@@ -275,12 +304,32 @@ impl State {
                 rejected += news.len() as u32;
             }
         }
-        if job.spec.gang && rejected > 0 {
+        // A gang, or a job being admitted from its queue, goes whole.
+        if (job.spec.gang || plan.admit) && rejected > 0 {
             rejected += accepted.len() as u32;
             accepted.clear();
             evictions.clear();
         }
         (accepted, evictions, rejected)
+    }
+
+    /// Whether the plan may evict job `victim`'s allocations to reclaim
+    /// lent capacity for `job`: the plan names it, both are in queues of
+    /// one cohort (or the same queue), and the victim was admitted.
+    fn reclaimable(&self, job: &Job, plan: &PlanCommand, victim: &str) -> bool {
+        if !plan.admit || !plan.reclaims.iter().any(|r| r == victim) {
+            return false;
+        }
+        let Some(v) = self.jobs.get(victim) else {
+            return false;
+        };
+        let cohort = |name: &Option<String>| {
+            name.as_ref()
+                .and_then(|n| self.access.queues.get(n))
+                .map(|q| q.cohort_key())
+        };
+        let (mine, theirs) = (cohort(&job.spec.queue), cohort(&v.spec.queue));
+        v.admitted_index > 0 && mine.is_some() && mine == theirs
     }
 
     fn finish_eval(&mut self, index: u64, id: &str, status: EvalStatus, message: String) {

@@ -131,6 +131,15 @@ pub enum Refusal {
         name: String,
         jobs: usize,
     },
+    /// A job names a team queue no admin described.
+    QueueMissing {
+        name: String,
+    },
+    /// A queue is deleted only once no job names it.
+    QueueInUse {
+        name: String,
+        jobs: usize,
+    },
     /// The namespace's policy does not allow what the spec asks for.
     PolicyDenied {
         why: String,
@@ -181,6 +190,7 @@ impl Refusal {
                 | Refusal::TokenNotFound { .. }
                 | Refusal::UserNotFound { .. }
                 | Refusal::NamespaceMissing { .. }
+                | Refusal::QueueMissing { .. }
                 | Refusal::RegistryLoginMissing { .. }
         )
     }
@@ -247,6 +257,14 @@ impl std::fmt::Display for Refusal {
             Refusal::NamespaceMissing { name } => write!(
                 f,
                 "namespace {name:?} not found: an admin creates it with `skiff namespace apply`"
+            ),
+            Refusal::QueueMissing { name } => write!(
+                f,
+                "queue {name:?} not found: an admin creates it with `skiff queue apply`"
+            ),
+            Refusal::QueueInUse { name, jobs } => write!(
+                f,
+                "queue {name:?} is still named by {jobs} job(s); delete them or move them to another queue first"
             ),
             Refusal::NamespaceInUse { name, jobs } => write!(
                 f,

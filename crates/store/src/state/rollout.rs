@@ -356,6 +356,7 @@ impl State {
             spec.replicas = job.spec.replicas;
         }
         let job = Job {
+            admitted_index: super::jobs::kept_admission(&job, &spec),
             spec,
             version: target,
             create_index: job.create_index,

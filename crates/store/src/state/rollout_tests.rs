@@ -42,6 +42,8 @@ impl Harness {
                 evictions: vec![],
                 unplaced: 0,
                 explanation: String::new(),
+                admit: false,
+                reclaims: Vec::new(),
                 at_ms: 1_000,
             },
         };
@@ -487,6 +489,8 @@ fn a_batch_slot_whose_run_failed_takes_a_new_allocation_but_a_succeeded_one_does
             evictions: vec![],
             unplaced: 0,
             explanation: String::new(),
+            admit: false,
+            reclaims: Vec::new(),
             at_ms: 0,
         },
     };
@@ -537,6 +541,8 @@ fn gang_learns_rank_zero(network: &str, master_addr: &str) {
             evictions: vec![],
             unplaced: 0,
             explanation: String::new(),
+            admit: false,
+            reclaims: Vec::new(),
             at_ms: 0,
         },
     };

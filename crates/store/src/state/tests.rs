@@ -81,6 +81,8 @@ impl Harness {
         Command::ApplyPlan {
             plan: PlanCommand {
                 at_ms: 0,
+                admit: false,
+                reclaims: Vec::new(),
                 eval_id: self.pending_eval(job),
                 job: job.into(),
                 job_version: j.version,
@@ -527,6 +529,8 @@ fn stops_mark_allocations_desired_stop() {
             evictions: vec![],
             unplaced: 0,
             explanation: String::new(),
+            admit: false,
+            reclaims: Vec::new(),
         },
     };
     let Outcome::PlanApplied(r) = h.apply(plan) else {

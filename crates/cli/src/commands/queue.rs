@@ -1,0 +1,259 @@
+//! `skiff queue apply|ls|describe|delete`: team queues sharing a cluster's
+//! GPUs (nominal quota per team, borrowing idle capacity within a cohort,
+//! fair sharing, reclaim), and why a job waits.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Subcommand;
+use serde::Serialize;
+use skiff_client::{QueueJob, QueueStatus};
+use skiff_model::queue::{format_amount, resource_name, Queue};
+
+use super::connect;
+use crate::args::ClientOpts;
+use crate::output::{emit, print_list, Format};
+
+#[derive(Subcommand)]
+pub enum QueueCmd {
+    /// Describe a team queue from a YAML file (new or again; admin only):
+    /// `nominal` (what the team is owed: cpu, memory, allocations, gpus
+    /// by model or `any`), `cohort` (queues that lend each other unused
+    /// quota), `borrowing_limit`, `lending_limit`, `weight` (fair share)
+    /// and `namespaces` (who may submit; `*` for all). Jobs name it with
+    /// `queue:` and wait until their whole request is admitted.
+    #[command(after_help = "Example (examples/queue.yaml):\n  \
+        name: team-a\n  \
+        cohort: lab\n  \
+        namespaces: [team-a]\n  \
+        nominal: {gpus: {\"NVIDIA H100 80GB HBM3\": 16, any: 4}, cpu: 256, memory: 2Ti}\n  \
+        borrowing_limit: {gpus: {\"NVIDIA H100 80GB HBM3\": 8}}")]
+    Apply {
+        /// The queue's YAML file.
+        #[arg(short, long)]
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// List queues: usage against nominal quota, what each borrows and
+    /// lends, its fair share and its admitted and waiting jobs.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Show one queue: its admitted jobs, and its waiting jobs in order
+    /// with the reason each waits.
+    Describe {
+        name: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Delete a queue no job names (admin only).
+    Delete {
+        name: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+/// A queue as `ls -o json|yaml` shows it: amounts as people read them.
+#[derive(Serialize)]
+struct QueueOut {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cohort: Option<String>,
+    weight: u32,
+    /// `used/nominal` by resource.
+    usage: BTreeMap<String, String>,
+    borrowed: BTreeMap<String, String>,
+    lent: BTreeMap<String, String>,
+    /// Weighted dominant share of borrowed resources (1.0: all the
+    /// cohort can lend, at weight 1).
+    share: String,
+    admitted: u32,
+    pending: u32,
+}
+
+#[derive(Serialize)]
+struct JobOut {
+    job: String,
+    priority: u32,
+    request: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    reason: String,
+}
+
+#[derive(Serialize)]
+struct DescribeOut {
+    queue: QueueOut,
+    admitted: Vec<JobOut>,
+    pending: Vec<JobOut>,
+}
+
+fn readable(a: &BTreeMap<String, u64>) -> BTreeMap<String, String> {
+    a.iter()
+        .map(|(k, v)| (resource_name(k), format_amount(k, *v)))
+        .collect()
+}
+
+fn share_text(share: u64) -> String {
+    if share == u64::MAX {
+        "inf".into()
+    } else {
+        format!("{:.3}", share as f64 / 1e6)
+    }
+}
+
+fn queue_out(s: &QueueStatus) -> QueueOut {
+    let q = s.queue.clone().unwrap_or_default();
+    let mut keys: Vec<&String> = s.nominal.keys().chain(s.usage.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let usage = keys
+        .into_iter()
+        .map(|k| {
+            let used = format_amount(k, s.usage.get(k).copied().unwrap_or(0));
+            let text = match s.nominal.get(k) {
+                Some(n) => format!("{used}/{}", format_amount(k, *n)),
+                None => used,
+            };
+            (resource_name(k), text)
+        })
+        .collect();
+    QueueOut {
+        name: q.name,
+        cohort: (!q.cohort.is_empty()).then_some(q.cohort),
+        weight: q.weight.unwrap_or(1),
+        usage,
+        borrowed: readable(&s.borrowed),
+        lent: readable(&s.lent),
+        share: share_text(s.share),
+        admitted: s.admitted,
+        pending: s.pending,
+    }
+}
+
+fn job_out(j: &QueueJob) -> JobOut {
+    JobOut {
+        job: j.job.clone(),
+        priority: j.priority,
+        request: readable(&j.request),
+        reason: j.reason.clone(),
+    }
+}
+
+fn joined(m: &BTreeMap<String, String>) -> String {
+    if m.is_empty() {
+        return "-".into();
+    }
+    m.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub async fn queue(cmd: QueueCmd) -> anyhow::Result<()> {
+    match cmd {
+        QueueCmd::Apply { file, client } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let q =
+                Queue::from_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            connect(&client).await?.apply_queue(&q).await?;
+            emit(&format!("queue/{} applied\n", q.name));
+        }
+        QueueCmd::Ls { output, client } => {
+            let list = connect(&client).await?.list_queues().await?;
+            let rows: Vec<QueueOut> = list.iter().map(queue_out).collect();
+            print_list(
+                output,
+                &rows,
+                &[
+                    "NAME", "COHORT", "ADMITTED", "PENDING", "USAGE", "BORROWED", "LENT", "WEIGHT",
+                    "SHARE",
+                ],
+                7,
+                |r| {
+                    vec![
+                        r.name.clone(),
+                        r.cohort.clone().unwrap_or("-".into()),
+                        r.admitted.to_string(),
+                        r.pending.to_string(),
+                        joined(&r.usage),
+                        joined(&r.borrowed),
+                        joined(&r.lent),
+                        r.weight.to_string(),
+                        r.share.clone(),
+                    ]
+                },
+            )?;
+        }
+        QueueCmd::Describe {
+            name,
+            output,
+            client,
+        } => {
+            let d = connect(&client).await?.describe_queue(&name).await?;
+            let out = DescribeOut {
+                queue: d.status.as_ref().map(queue_out).context("no status")?,
+                admitted: d.admitted.iter().map(job_out).collect(),
+                pending: d.pending.iter().map(job_out).collect(),
+            };
+            match output {
+                Format::Json => emit(&format!("{}\n", serde_json::to_string_pretty(&out)?)),
+                Format::Yaml => emit(&serde_yaml_ng::to_string(&out)?),
+                Format::Table | Format::Wide => emit(&describe_text(&out)),
+            }
+        }
+        QueueCmd::Delete { name, client } => {
+            connect(&client).await?.delete_queue(&name).await?;
+            emit(&format!("queue/{name} deleted\n"));
+        }
+    }
+    Ok(())
+}
+
+fn describe_text(d: &DescribeOut) -> String {
+    use std::fmt::Write;
+    let q = &d.queue;
+    let mut s = String::new();
+    let _ = writeln!(s, "Name:      {}", q.name);
+    let _ = writeln!(
+        s,
+        "Cohort:    {} (weight {})",
+        q.cohort.as_deref().unwrap_or("-"),
+        q.weight
+    );
+    let _ = writeln!(s, "Usage:     {}", joined(&q.usage));
+    let _ = writeln!(s, "Borrowed:  {}", joined(&q.borrowed));
+    let _ = writeln!(s, "Lent:      {}", joined(&q.lent));
+    let _ = writeln!(s, "Share:     {}", q.share);
+    let _ = writeln!(s, "Admitted:  {}", d.admitted.len());
+    for j in &d.admitted {
+        let _ = writeln!(
+            s,
+            "  {}  priority {}  {}",
+            j.job,
+            j.priority,
+            joined(&j.request)
+        );
+    }
+    let _ = writeln!(s, "Waiting:   {}", d.pending.len());
+    for j in &d.pending {
+        let _ = writeln!(
+            s,
+            "  {}  priority {}  {}\n    {}",
+            j.job,
+            j.priority,
+            joined(&j.request),
+            j.reason
+        );
+    }
+    s
+}

@@ -1,0 +1,189 @@
+//! The team queues' book as a server's state stands: each queued job's
+//! request and what it holds, the queues' standing for `/metrics`, and a
+//! trial admission round for `skiff queue describe`. A leaf: it imports
+//! no service or controller.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use skiff_model::queue::{request_of, scale, Amounts};
+use skiff_model::workload::{batch_progress, BatchState};
+use skiff_model::{Job, Plan};
+use skiff_scheduler::queues::{Decision, QueueBook, Workload};
+use skiff_scheduler::{ClusterView, Config};
+use skiff_store::State;
+
+/// The plan of a queued job's evaluation while it waits: nothing moves.
+pub fn waiting_plan(job: &Job) -> Plan {
+    Plan {
+        unplaced: job.spec.wanted(),
+        explanation: format!(
+            "waiting in queue {} to be admitted whole (skiff queue describe {})",
+            job.spec.queue.as_deref().unwrap_or(""),
+            job.spec.queue.as_deref().unwrap_or("")
+        ),
+        ..Plan::default()
+    }
+}
+
+/// Since when each waiting job has waited, as this server saw it (the
+/// leader's clock; a new leader starts counting again).
+pub type WaitingSince = HashMap<String, Instant>;
+
+/// What job `job` holds against its queue: its whole request while
+/// admitted and not done, else what of it still runs.
+fn holds(state: &State, job: &Job, request: &Amounts) -> Amounts {
+    let key = job.key();
+    if job.admitted_index > 0 {
+        let done = job.spec.is_batch()
+            && batch_progress(job, state.allocs_of(&key)).state != BatchState::Running;
+        if !done {
+            return request.clone();
+        }
+    }
+    let live = state
+        .allocs_of(&key)
+        .filter(|a| a.is_live() && a.desired == skiff_model::DesiredStatus::Run)
+        .count() as u64;
+    if live == 0 {
+        Amounts::new()
+    } else {
+        scale(request, live, u64::from(job.spec.wanted().max(1)))
+    }
+}
+
+/// The book as `state` stands: every queue, every job naming one.
+pub fn book_of(state: &State, waiting: &WaitingSince) -> QueueBook {
+    let now = Instant::now();
+    let workloads = state
+        .jobs
+        .values()
+        .filter_map(|j| {
+            let queue = j.spec.queue.clone()?;
+            let request = request_of(&j.spec);
+            let key = j.key();
+            Some(Workload {
+                holds: holds(state, j, &request),
+                waited_ms: waiting
+                    .get(&key)
+                    .map_or(0, |t| now.duration_since(*t).as_millis() as u64),
+                job: key,
+                queue,
+                priority: j.spec.priority,
+                create_index: j.create_index,
+                request,
+                admitted_index: j.admitted_index,
+            })
+        })
+        .collect();
+    QueueBook::new(state.access.queues.values().cloned(), workloads)
+}
+
+/// Runs a round on `state` without committing it: where each queue's jobs
+/// stand, each waiting one with its reason.
+pub fn dry_run(state: &State, waiting: &WaitingSince) -> (QueueBook, Vec<Decision>) {
+    let book = book_of(state, waiting);
+    let mut trial = book.clone();
+    let mut view = ClusterView::new(state.nodes.values(), state.allocs.values(), |name| {
+        state.jobs.get(name).map(|j| j.spec.priority)
+    });
+    view.set_queues(|name| state.jobs.get(name).and_then(|j| j.spec.queue.clone()));
+    let jobs = &state.jobs;
+    let decisions = trial.round(
+        &mut view,
+        &|name| jobs.get(name),
+        &Config {
+            seed: state.index,
+            ..Config::default()
+        },
+        &mut || String::new(),
+        state.index,
+    );
+    (book, decisions)
+}
+
+/// The queues' standing as gauges (after Kueue's names): nominal quota,
+/// usage, borrowed and lent amounts by queue and resource (`cpu` in
+/// cores, `memory` in bytes, `allocations`, `gpu:MODEL` in GPUs), the
+/// weighted fair share, admitted and waiting jobs by queue.
+pub fn register_gauges(reg: &mut prometheus_client::registry::Registry, state: &State) {
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    type FGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+    let rows = book_of(state, &WaitingSince::new()).status();
+    let amounts = |pick: &dyn Fn(&skiff_scheduler::queues::QueueStatus) -> &Amounts| {
+        let family = Family::<skiff_metrics::Labels, FGauge>::default();
+        for row in &rows {
+            // Every governed resource, 0 when none is used.
+            let mut all = row.nominal.clone();
+            all.values_mut().for_each(|v| *v = 0);
+            all.extend(pick(row).iter().map(|(k, v)| (k.clone(), *v)));
+            for (key, v) in &all {
+                let value = match key.as_str() {
+                    skiff_model::queue::CPU => *v as f64 / 1000.0,
+                    k if k.starts_with(skiff_model::queue::GPU_PREFIX) => {
+                        skiff_model::queue::gpus_of(*v)
+                    }
+                    _ => *v as f64,
+                };
+                family
+                    .get_or_create(&vec![
+                        ("queue".to_string(), row.name.clone()),
+                        ("resource".to_string(), key.clone()),
+                    ])
+                    .set(value);
+            }
+        }
+        family
+    };
+    reg.register(
+        "queue_nominal_quota",
+        "Each team queue's nominal quota, by resource (cpu in cores, memory in bytes, gpu:MODEL in GPUs)",
+        amounts(&|r| &r.nominal),
+    );
+    reg.register(
+        "queue_resource_usage",
+        "What each team queue's admitted jobs hold, by resource",
+        amounts(&|r| &r.usage),
+    );
+    reg.register(
+        "queue_borrowed_resources",
+        "What each team queue uses beyond its nominal quota, by resource",
+        amounts(&|r| &r.borrowed),
+    );
+    reg.register(
+        "queue_lent_resources",
+        "Of each team queue's unused nominal quota, what its cohort's other queues use",
+        amounts(&|r| &r.lent),
+    );
+    let per_queue = |pick: &dyn Fn(&skiff_scheduler::queues::QueueStatus) -> f64| {
+        let family = Family::<skiff_metrics::Labels, FGauge>::default();
+        for row in &rows {
+            family
+                .get_or_create(&vec![("queue".to_string(), row.name.clone())])
+                .set(pick(row));
+        }
+        family
+    };
+    reg.register(
+        "queue_weighted_share",
+        "Each team queue's weighted dominant share of borrowed resources (0 while it borrows nothing; 1 is all its cohort can lend at weight 1; +Inf borrowing at weight 0)",
+        per_queue(&|r| {
+            if r.share == u64::MAX {
+                f64::INFINITY
+            } else {
+                r.share as f64 / 1e6
+            }
+        }),
+    );
+    reg.register(
+        "queue_admitted_workloads",
+        "Jobs admitted in each team queue",
+        per_queue(&|r| f64::from(r.admitted)),
+    );
+    reg.register(
+        "queue_pending_workloads",
+        "Jobs waiting in each team queue",
+        per_queue(&|r| f64::from(r.pending)),
+    );
+}

@@ -1,0 +1,233 @@
+//! Team queues end to end, with the fake GPU inventory, a real server,
+//! two real agents and real runc containers: two teams of a cohort share
+//! 8 GPUs; team A borrows team B's idle GPUs with a gang, team B submits
+//! within its quota, A's borrowed gang is evicted whole and B's job runs;
+//! the gang waits again with a reason naming the quota, in `skiff queue
+//! describe`, `skiff queue ls` and `/metrics`.
+
+use std::time::Duration;
+
+use skiff_client::Client;
+use skiff_model::namespace::Namespace;
+use skiff_model::{AllocStatus, DesiredStatus, JobSpec};
+use skiff_tests::gpus::{test_uuid, FakeGpuHost, NVIDIA_MAJOR};
+use skiff_tests::prom::{metrics_addr, sample_with, scrape};
+use skiff_tests::*;
+
+const START: Duration = Duration::from_secs(90);
+
+/// A node of four fake GPUs (host `n`'s UUIDs).
+fn four_gpus(h: &FakeGpuHost, n: u32) -> String {
+    let mut yaml = h.common_yaml();
+    yaml.push_str("gpus:\n");
+    for i in 0..4u32 {
+        let dev = h.device(&format!("nvidia{i}"), NVIDIA_MAJOR, i);
+        yaml.push_str(&format!(
+            "  - {{uuid: {}, model: Fake GPU, memory: 16Gi, index: {i}, device: {}}}\n",
+            test_uuid(n, i),
+            dev.display(),
+        ));
+    }
+    yaml
+}
+
+/// A batch job of team `team` asking `ranks` x `gpus` GPUs (a gang when
+/// more than one rank), sleeping.
+fn team_job(team: &str, name: &str, ranks: u32, gpus: u32, priority: u8) -> JobSpec {
+    let gang = if ranks > 1 { "gang: true\n" } else { "" };
+    let yaml = format!(
+        "name: {name}\nnamespace: {team}\nqueue: {team}\ntype: batch\npriority: {priority}\n{gang}replicas: {ranks}\ntask:\n  image: {}\n  command: [sh, -c, 'exec sleep 3600']\n  resources: {{cpu: 100m, memory: 32Mi, gpus: {gpus}}}\n",
+        busybox_image()
+    );
+    JobSpec::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+}
+
+fn skiff_ok(url: &str, args: &[&str]) -> String {
+    let out = skiff(url, args);
+    assert!(
+        out.status.success(),
+        "skiff {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// GPUs held by job `name`'s allocations that are wanted to run and running.
+async fn running_gpus(client: &mut Client, name: &str) -> usize {
+    allocs_of(client, name)
+        .await
+        .iter()
+        .filter(|a| a.desired == DesiredStatus::Run && a.status == AllocStatus::Running)
+        .map(|a| a.gpus.len())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_borrowed_gang_is_reclaimed_whole_when_its_lender_needs_its_quota() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (h1, h2) = (FakeGpuHost::new(), FakeGpuHost::new());
+    let (f1, f2) = (h1.write(&four_gpus(&h1, 1)), h2.write(&four_gpus(&h2, 2)));
+    let server = ServerProc::start(&tmp.path().join("server"));
+    let url = server.url();
+    let (f1, f2) = (f1.display().to_string(), f2.display().to_string());
+    let _a1 = AgentProc::start(&tmp.path().join("a1"), &url, "gpu-1", &["--fake-gpus", &f1]);
+    let _a2 = AgentProc::start(&tmp.path().join("a2"), &url, "gpu-2", &["--fake-gpus", &f2]);
+    let mut client = server.client().await;
+    wait_for("both GPU nodes", START, || {
+        let mut c = client.clone();
+        async move {
+            let nodes = c.list_nodes().await.ok()?;
+            (nodes.iter().filter(|n| n.node.gpus.len() == 4).count() == 2).then_some(())
+        }
+    })
+    .await;
+
+    for team in ["team-a", "team-b"] {
+        client
+            .apply_namespace(&Namespace::from_yaml(&format!("name: {team}\n")).unwrap())
+            .await
+            .unwrap();
+    }
+    // The queues from YAML files, through the CLI.
+    for team in ["team-a", "team-b"] {
+        let file = tmp.path().join(format!("{team}.yaml"));
+        std::fs::write(
+            &file,
+            format!(
+                "name: {team}\ncohort: lab\nnamespaces: [{team}]\nnominal: {{gpus: {{any: 4}}}}\n"
+            ),
+        )
+        .unwrap();
+        let out = skiff_ok(&url, &["queue", "apply", "-f", &file.display().to_string()]);
+        assert_eq!(out, format!("queue/{team} applied\n"));
+    }
+
+    // A job may submit only to a queue its namespace may use.
+    let mut wrong = team_job("team-b", "sneaky", 1, 1, 50);
+    wrong.queue = Some("team-a".into());
+    let err = client.apply_job(&wrong).await.unwrap_err().to_string();
+    assert!(
+        err.contains("namespace \"team-b\" may not submit to queue \"team-a\""),
+        "{err}"
+    );
+    let mut missing = team_job("team-b", "lost", 1, 1, 50);
+    missing.queue = Some("nope".into());
+    let err = client.apply_job(&missing).await.unwrap_err().to_string();
+    assert!(err.contains("queue \"nope\" not found"), "{err}");
+
+    let mut ta = client.clone().namespace("team-a");
+    let mut tb = client.clone().namespace("team-b");
+    // Team A: a job within its quota, then a gang of 2 x 2 GPUs on
+    // team B's idle quota (priority 55, above team B's job: reclaim ignores priority).
+    client
+        .apply_job(&team_job("team-a", "train", 1, 4, 50))
+        .await
+        .unwrap();
+    wait_allocs(&mut ta, "train", 1, AllocStatus::Running, START).await;
+    client
+        .apply_job(&team_job("team-a", "sweep", 2, 2, 55))
+        .await
+        .unwrap();
+    let gang = wait_allocs(&mut ta, "sweep", 2, AllocStatus::Running, START).await;
+    let ls = skiff_ok(&url, &["queue", "ls"]);
+    let a_line = ls.lines().find(|l| l.starts_with("team-a")).unwrap();
+    assert!(a_line.contains("GPUs (any model)=8/4"), "{ls}");
+    let b_line = ls.lines().find(|l| l.starts_with("team-b")).unwrap();
+    assert!(
+        b_line.contains("GPUs (any model)=4"),
+        "team-b lends 4: {ls}"
+    );
+
+    // Team B asks for its 4 GPUs: A's borrowed gang goes, whole, and B's
+    // job runs on what it held.
+    client
+        .apply_job(&team_job("team-b", "eval", 1, 4, 10))
+        .await
+        .unwrap();
+    let b = wait_allocs(&mut tb, "eval", 1, AllocStatus::Running, START)
+        .await
+        .remove(0);
+    let gang_gpus: Vec<&String> = gang.iter().flat_map(|a| &a.gpus).collect();
+    assert!(
+        b.gpus.iter().all(|g| gang_gpus.contains(&g)),
+        "{b:?} {gang:?}"
+    );
+    for old in &gang {
+        let a = allocs_of(&mut ta, "sweep")
+            .await
+            .into_iter()
+            .find(|a| a.id == old.id)
+            .unwrap();
+        assert_eq!(a.desired, DesiredStatus::Stop);
+        assert!(
+            a.message.contains("reclaimed for job team-b/eval"),
+            "{}",
+            a.message
+        );
+    }
+    assert_eq!(
+        running_gpus(&mut ta, "train").await,
+        4,
+        "within quota: kept"
+    );
+
+    // The gang waits again, with the reason naming the quota.
+    let described = wait_for("the gang waiting in team-a", START, || {
+        let url = url.clone();
+        async move {
+            let out = skiff_ok(&url, &["queue", "describe", "team-a"]);
+            out.contains("Waiting:   1").then_some(out)
+        }
+    })
+    .await;
+    assert!(
+        described.contains(
+            "queue team-a uses 4/4 GPUs (any model), job needs 4; cohort lab has 0 to lend"
+        ),
+        "{described}"
+    );
+    assert!(described.contains("team-a/train"), "{described}");
+    assert_eq!(running_gpus(&mut ta, "sweep").await, 0);
+
+    // The same in /metrics, after Kueue's names.
+    let addr = metrics_addr(&tmp.path().join("server"));
+    let (_, body) = scrape(&addr);
+    let usage = |q: &str| {
+        sample_with(
+            &body,
+            "skiff_queue_resource_usage",
+            &[("queue", q), ("resource", "gpu:any")],
+        )
+    };
+    assert_eq!(usage("team-a"), Some(4.0), "{body}");
+    assert_eq!(usage("team-b"), Some(4.0), "{body}");
+    assert_eq!(
+        sample_with(
+            &body,
+            "skiff_queue_pending_workloads",
+            &[("queue", "team-a")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample_with(
+            &body,
+            "skiff_queue_reclaimed_jobs_total",
+            &[("queue", "team-b")]
+        ),
+        Some(1.0),
+        "{body}"
+    );
+
+    // When team B is done, the gang is admitted again.
+    tb.delete_job("eval").await.unwrap();
+    wait_allocs(&mut ta, "sweep", 2, AllocStatus::Running, START).await;
+    // A queue still named by jobs is not deleted.
+    let out = skiff(&url, &["queue", "delete", "team-a"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("still named by 2 job(s)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
