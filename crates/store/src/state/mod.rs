@@ -622,6 +622,8 @@ fn unfile(index: &mut BTreeMap<String, BTreeSet<String>>, key: &str, id: &str) {
 }
 
 #[cfg(test)]
+mod queue_tests;
+#[cfg(test)]
 mod rollout_tests;
 #[cfg(test)]
 mod tests;

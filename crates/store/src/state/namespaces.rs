@@ -80,8 +80,9 @@ impl State {
             // network, no quota.
             skiff_model::namespace::check_network(name, false, spec)
                 .map_err(|why| Refusal::PolicyDenied { why })?;
-            return skiff_model::namespace::check_capabilities(name, &[], spec)
-                .map_err(|why| Refusal::PolicyDenied { why });
+            skiff_model::namespace::check_capabilities(name, &[], spec)
+                .map_err(|why| Refusal::PolicyDenied { why })?;
+            return self.admit_to_queue(spec);
         };
         skiff_model::namespace::check_network(name, ns.policy.host_network, spec)
             .map_err(|why| Refusal::PolicyDenied { why })?;
