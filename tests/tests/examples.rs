@@ -13,7 +13,7 @@ fn example(name: &str) -> JobSpec {
 }
 
 /// Example files that are not jobs (the agent reads them).
-const NOT_JOBS: &[&str] = &["fake-gpus.yaml", "namespace.yaml"];
+const NOT_JOBS: &[&str] = &["fake-gpus.yaml", "namespace.yaml", "queue.yaml"];
 
 #[test]
 fn every_example_is_a_valid_job() {

@@ -4,7 +4,7 @@ use skiff_model::JobSpec;
 
 /// Example files that are not jobs (the agent reads the first; the second
 /// is a namespace, checked below).
-const NOT_JOBS: &[&str] = &["fake-gpus.yaml", "namespace.yaml"];
+const NOT_JOBS: &[&str] = &["fake-gpus.yaml", "namespace.yaml", "queue.yaml"];
 
 /// The namespace example reads as a namespace.
 #[test]
@@ -16,6 +16,19 @@ fn the_namespace_example_parses() {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert_eq!(ns.name, "ml");
     assert_eq!(ns.quota.gpus["any"], 2);
+}
+
+/// The queue example reads as a queue, and the queued job names it.
+#[test]
+fn the_queue_example_parses() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let text = std::fs::read_to_string(dir.join("queue.yaml")).unwrap();
+    let q = skiff_model::queue::Queue::from_yaml(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(q.cohort.as_deref(), Some("lab"));
+    let job = std::fs::read_to_string(dir.join("queued-training.yaml")).unwrap();
+    let spec = JobSpec::from_yaml(&job).unwrap();
+    assert_eq!(spec.queue.as_deref(), Some(q.name.as_str()));
+    assert!(q.admits_namespace(&spec.namespace));
 }
 
 /// Every file under examples/ parses and survives its own serialized form.
