@@ -72,6 +72,7 @@ impl QueueBook {
             });
         }
         let mut decisions = Vec::new();
+        let mut seq = 0;
         // Queues whose head waited past its window: (queue, head job).
         let mut held: BTreeMap<String, String> = BTreeMap::new();
         let mut next: BTreeMap<String, usize> = waiting.keys().map(|q| (q.clone(), 0)).collect();
@@ -96,7 +97,7 @@ impl QueueBook {
                 }
                 let w = &self.workloads[list[at]];
                 let nominal = self.queues.get(q).is_some_and(|queue| {
-                    self.quota_fit(queue, &w.request, &Removed::new()) == Ok(QuotaFit::Nominal)
+                    self.quota_fit(queue, &w.request, &self.own(list[at])) == Ok(QuotaFit::Nominal)
                 });
                 let share = self.share(q, &w.request);
                 heads.push((
@@ -138,7 +139,10 @@ impl QueueBook {
                     if let Some(j) = job_of(&job) {
                         view.commit(j, &a.plan, &a.ids, index);
                     }
-                    self.record_admission(wi, &a, index);
+                    // Admissions of one round keep their order (the state
+                    // machine gives each its own index).
+                    seq += 1;
+                    self.record_admission(wi, &a, index + seq);
                     decisions.push(Decision {
                         job,
                         admission: Some(a),
@@ -170,9 +174,11 @@ impl QueueBook {
     fn record_admission(&mut self, wi: usize, a: &Admission, index: u64) {
         let w = &mut self.workloads[wi];
         w.admitted_index = index.max(1);
-        w.holds = w.request.clone();
+        let before = std::mem::replace(&mut w.holds, w.request.clone());
         let (q, req) = (w.queue.clone(), w.request.clone());
-        queue::add(self.usage.entry(q).or_default(), &req);
+        let usage = self.usage.entry(q).or_default();
+        queue::sub(usage, &before);
+        queue::add(usage, &req);
         for victim in &a.reclaimed {
             if let Some(vi) = self.workload_index(victim) {
                 let v = &mut self.workloads[vi];
@@ -184,12 +190,24 @@ impl QueueBook {
         }
     }
 
+    /// What workload `wi` itself holds (what still runs of it), taken
+    /// away: its whole request replaces it once admitted.
+    fn own(&self, wi: usize) -> Removed {
+        let w = &self.workloads[wi];
+        let mut r = Removed::new();
+        if !w.holds.is_empty() {
+            r.insert(w.queue.clone(), w.holds.clone());
+        }
+        r
+    }
+
     fn try_admit(&self, wi: usize, job: &Job, view: &ClusterView<'_>, cfg: &Config) -> Outcome {
         let w = &self.workloads[wi];
         let Some(q) = self.queues.get(&w.queue) else {
             return Outcome::Waits(format!("queue {} does not exist", w.queue));
         };
-        let fit = self.quota_fit(q, &w.request, &Removed::new());
+        let own = self.own(wi);
+        let fit = self.quota_fit(q, &w.request, &own);
         let room = match &fit {
             Ok(f) => {
                 let plan = place(job, view, cfg, None);
@@ -209,7 +227,7 @@ impl QueueBook {
         // take back what is lent. Otherwise only fair sharing may evict.
         let within_nominal = w.request.iter().all(|(k, r)| {
             q.nominal_of(k)
-                .is_none_or(|n| self.used(&q.name, k, &Removed::new()) + r <= n)
+                .is_none_or(|n| self.used(&q.name, k, &own) + r <= n)
         });
         match self.reclaim(wi, job, view, cfg, within_nominal) {
             Some(a) => Outcome::Admitted(a),
@@ -256,6 +274,7 @@ impl QueueBook {
             if !within_nominal && self.share(&other.name, &Amounts::new()) <= my_share {
                 continue;
             }
+            let none = Amounts::new();
             // Its borrowed slice: the workloads admitted beyond its nominal
             // quota (in admission order) first, then the rest; taken
             // while the queue is still above nominal.
@@ -285,6 +304,12 @@ impl QueueBook {
                     removed.entry(other.name.clone()).or_default(),
                     &self.workloads[i].holds,
                 );
+                // Fair sharing evicts only while the victim's queue keeps
+                // a share at least the evictor's after admission (so the
+                // evictor is never evicted back).
+                if !within_nominal && self.share_with(&other.name, &none, &removed) < my_share {
+                    break;
+                }
                 out.push(i);
             }
         }
@@ -320,7 +345,7 @@ impl QueueBook {
             return None;
         }
         let works = |set: &[usize]| -> Option<(Plan, QuotaFit)> {
-            let mut removed = Removed::new();
+            let mut removed = self.own(wi);
             for &i in set {
                 let v = &self.workloads[i];
                 queue::add(removed.entry(v.queue.clone()).or_default(), &v.holds);

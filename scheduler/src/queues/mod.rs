@@ -242,13 +242,18 @@ impl QueueBook {
     /// mille, with `extra` added to its usage: 0 when it borrows nothing,
     /// `u64::MAX` when it borrows at weight 0.
     pub fn share(&self, name: &str, extra: &Amounts) -> u64 {
+        self.share_with(name, extra, &Removed::new())
+    }
+
+    /// [`QueueBook::share`] with `removed` taken away too.
+    pub(crate) fn share_with(&self, name: &str, extra: &Amounts, removed: &Removed) -> u64 {
         let Some(q) = self.queues.get(name) else {
             return 0;
         };
         let mut top = 0u64;
         for (key, nominal) in q.nominal_amounts() {
             let used = self
-                .used(name, &key, &Removed::new())
+                .used(name, &key, removed)
                 .saturating_add(extra.get(&key).copied().unwrap_or(0));
             let borrowed = used.saturating_sub(nominal);
             if borrowed == 0 {

@@ -170,7 +170,9 @@ impl QueueSim {
                     },
                 );
             }
-            self.admitted.insert(d.job.clone(), index);
+            // Each admission its own index, as the state machine gives.
+            self.index += 1;
+            self.admitted.insert(d.job.clone(), self.index);
         }
         decisions
     }
