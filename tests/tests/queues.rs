@@ -188,6 +188,11 @@ async fn a_borrowed_gang_is_reclaimed_whole_when_its_lender_needs_its_quota() {
     );
     assert!(described.contains("team-a/train"), "{described}");
     assert_eq!(running_gpus(&mut ta, "sweep").await, 0);
+    let job = skiff_ok(&url, &["describe", "job", "-n", "team-a", "sweep"]);
+    assert!(
+        job.contains("Queue:      team-a, waiting to be admitted whole"),
+        "{job}"
+    );
 
     // The same in /metrics, after Kueue's names.
     let addr = metrics_addr(&tmp.path().join("server"));

@@ -488,6 +488,14 @@ async fn describe_job(name: &str, client: &ClientOpts) -> anyhow::Result<()> {
     out.push_str(&format!("Resources:  {}\n", resources_text(&t.resources)));
     let s = &job.spec;
     out.push_str(&format!("Priority:   {}\n", s.priority));
+    if let Some(q) = &s.queue {
+        let state = if job.admitted_index > 0 {
+            format!("admitted (index {})", job.admitted_index)
+        } else {
+            format!("waiting to be admitted whole (skiff queue describe {q})")
+        };
+        out.push_str(&format!("Queue:      {q}, {state}\n"));
+    }
     if s.gang {
         out.push_str(&format!(
             "Gang:       yes (all replicas are placed together or none; on a failure: {}; MASTER_PORT {})\n",
