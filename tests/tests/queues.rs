@@ -188,6 +188,20 @@ async fn a_borrowed_gang_is_reclaimed_whole_when_its_lender_needs_its_quota() {
     );
     assert!(described.contains("team-a/train"), "{described}");
     assert_eq!(running_gpus(&mut ta, "sweep").await, 0);
+    // `skiff events` says what happened to it, in words.
+    let events = wait_for("the reclaim in skiff events", START, || {
+        let url = url.clone();
+        async move {
+            let out = skiff_ok(&url, &["events", "-n", "team-a", "--job", "sweep"]);
+            (out.contains("Reclaimed") && out.contains("Requeued")).then_some(out)
+        }
+    })
+    .await;
+    assert!(events.contains("Admitted"), "{events}");
+    assert!(
+        events.contains("waits in queue team-a to be admitted again"),
+        "{events}"
+    );
     let job = skiff_ok(&url, &["describe", "job", "-n", "team-a", "sweep"]);
     assert!(
         job.contains("Queue:      team-a, waiting to be admitted whole"),

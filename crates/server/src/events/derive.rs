@@ -16,6 +16,16 @@ use skiff_store::{Event, State, Table};
 #[derive(Deserialize)]
 struct JobView {
     version: u64,
+    #[serde(default)]
+    admitted_index: u64,
+    #[serde(default)]
+    spec: JobSpecView,
+}
+
+#[derive(Deserialize, Default)]
+struct JobSpecView {
+    #[serde(default)]
+    queue: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -138,7 +148,8 @@ struct NodeSeen {
 /// with.
 #[derive(Debug, Default)]
 pub struct Seen {
-    jobs: HashMap<String, u64>,
+    /// Each job's version and whether its queue admitted it.
+    jobs: HashMap<String, (u64, bool)>,
     allocs: HashMap<String, AllocSeen>,
     nodes: HashMap<String, NodeSeen>,
     rollouts: HashMap<String, DeploymentStatus>,
@@ -216,7 +227,7 @@ impl Seen {
             jobs: state
                 .jobs
                 .iter()
-                .map(|(k, j)| (k.clone(), j.version))
+                .map(|(k, j)| (k.clone(), (j.version, j.admitted_index > 0)))
                 .collect(),
             allocs: state
                 .allocs
@@ -279,22 +290,45 @@ impl Seen {
     }
 
     fn job(&mut self, key: &str, j: &JobView) -> Vec<Happened> {
-        let before = self.jobs.insert(key.to_string(), j.version);
-        if before == Some(j.version) {
-            return Vec::new();
-        }
-        vec![Happened {
-            kind: Kind::Normal,
-            reason: "Applied",
+        let admitted = j.admitted_index > 0;
+        let before = self.jobs.insert(key.to_string(), (j.version, admitted));
+        let say = |kind, reason, message: String| Happened {
+            kind,
+            reason,
             object_kind: "job",
             object: key.to_string(),
             job: key.to_string(),
             node: String::new(),
-            message: match before {
-                None => format!("created at version {}", j.version),
-                Some(v) => format!("version {} (was {v})", j.version),
-            },
-        }]
+            message,
+        };
+        let mut out = Vec::new();
+        if before.map(|b| b.0) != Some(j.version) {
+            out.push(say(
+                Kind::Normal,
+                "Applied",
+                match before {
+                    None => format!("created at version {}", j.version),
+                    Some((v, _)) => format!("version {} (was {v})", j.version),
+                },
+            ));
+        }
+        let was_admitted = before.is_some_and(|b| b.1);
+        if let (Some(q), true) = (&j.spec.queue, admitted != was_admitted) {
+            out.push(if admitted {
+                say(
+                    Kind::Normal,
+                    "Admitted",
+                    format!("admitted whole from queue {q}"),
+                )
+            } else {
+                say(
+                    Kind::Warning,
+                    "Requeued",
+                    format!("waits in queue {q} to be admitted again"),
+                )
+            });
+        }
+        out
     }
 
     fn alloc(&mut self, a: &AllocView) -> Vec<Happened> {
@@ -323,6 +357,8 @@ impl Seen {
         if before.desired == DesiredStatus::Run && now.desired == DesiredStatus::Stop {
             if a.message.starts_with("preempted") {
                 out.push(say(Kind::Warning, "Preempted", a.message.clone()));
+            } else if a.message.starts_with("reclaimed") {
+                out.push(say(Kind::Warning, "Reclaimed", a.message.clone()));
             } else if !a.status.is_terminal() {
                 out.push(say(Kind::Normal, "Stopping", a.message.clone()));
             }
