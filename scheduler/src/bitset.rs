@@ -18,6 +18,12 @@ impl Bitset {
             .is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
 
+    pub fn remove(&mut self, i: usize) {
+        if let Some(w) = self.words.get_mut(i / 64) {
+            *w &= !(1 << (i % 64));
+        }
+    }
+
     pub fn insert(&mut self, i: usize) {
         if i / 64 >= self.words.len() {
             self.words.resize(i / 64 + 1, 0);

@@ -17,6 +17,8 @@ pub(crate) struct Ctx<'v, 'a> {
     /// Jobs whose allocations a queue admission may evict to make room
     /// (see `Placer::reclaim`); `None` outside admission.
     pub reclaim: Option<&'v std::collections::BTreeSet<u32>>,
+    /// Nodes held back for a queue's overdue head (see `Placer::hidden`).
+    pub hidden: Option<&'v crate::bitset::Bitset>,
 }
 
 impl Ctx<'_, '_> {
@@ -37,6 +39,7 @@ impl Ctx<'_, '_> {
             kept.iter().copied(),
         );
         placer.reclaim = self.reclaim;
+        placer.hidden = self.hidden;
         let reason = format!(
             "preempted by job {} (priority {})",
             job.key(),

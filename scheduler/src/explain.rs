@@ -15,6 +15,8 @@ use crate::view::NodeIdx;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Reason {
     Misfit(Misfit),
+    /// Held back for another queue's overdue head.
+    Reserved,
     /// Index into the job's constraints.
     Constraint(usize),
     DistinctHosts,
@@ -29,6 +31,9 @@ impl Placer<'_, '_> {
         let slot = &self.view.nodes[n as usize];
         if let Err(m) = slot.ready {
             return Reason::Misfit(m);
+        }
+        if self.hidden.is_some_and(|h| h.contains(n as usize)) {
+            return Reason::Reserved;
         }
         if let Some(i) = self
             .spec
@@ -70,6 +75,7 @@ impl Placer<'_, '_> {
     fn reason_text(&self, r: Reason) -> String {
         match r {
             Reason::Misfit(m) => m.to_string(),
+            Reason::Reserved => "reserved for a waiting queue head".to_string(),
             Reason::Constraint(i) => format!("constraint {}", self.spec.constraints[i]),
             Reason::DistinctHosts => "distinct_hosts (runs a replica already)".to_string(),
             Reason::SpreadLabelMissing => format!(

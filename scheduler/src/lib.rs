@@ -52,7 +52,7 @@ pub fn reconcile_job(
     view: &ClusterView<'_>,
     cfg: &Config,
 ) -> Plan {
-    reconcile_inner(job_name, job, deployment, view, cfg, None)
+    reconcile_inner(job_name, job, deployment, view, cfg, None, None)
 }
 
 /// [`reconcile_job`], where the allocations of the jobs in `reclaim`
@@ -64,6 +64,7 @@ pub(crate) fn reconcile_inner(
     view: &ClusterView<'_>,
     cfg: &Config,
     reclaim: Option<&std::collections::BTreeSet<u32>>,
+    hidden: Option<&crate::bitset::Bitset>,
 ) -> Plan {
     let mut plan = Plan::default();
     let job_idx = view.job_index(job_name);
@@ -95,6 +96,7 @@ pub(crate) fn reconcile_inner(
         job,
         job_idx,
         reclaim,
+        hidden,
     };
     if job.spec.is_batch() {
         workload::batch(&ctx, &all, &own, &mut plan);

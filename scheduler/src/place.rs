@@ -131,6 +131,9 @@ pub(crate) struct Placer<'v, 'a> {
     /// their priority or queue: borrowed capacity a queue admission
     /// reclaims.
     pub reclaim: Option<&'v BTreeSet<u32>>,
+    /// Nodes held back for another queue's overdue head: nothing of this
+    /// evaluation goes there.
+    pub hidden: Option<&'v Bitset>,
     scan: bool,
     buf: Vec<Candidate>,
     /// Cluster-wide use of cpu, memory and GPUs relative to the most used
@@ -243,6 +246,7 @@ impl<'v, 'a> Placer<'v, 'a> {
             spread,
             evicted: Vec::new(),
             reclaim: None,
+            hidden: None,
             scan,
             buf: Vec::with_capacity(cfg.candidates.max(1) as usize * 2),
             shares,
@@ -285,6 +289,7 @@ impl<'v, 'a> Placer<'v, 'a> {
         self.feasible
             .as_ref()
             .is_none_or(|f| f.contains(n as usize))
+            && self.hidden.is_none_or(|h| !h.contains(n as usize))
     }
 
     /// distinct_hosts and spread allow one more replica here.

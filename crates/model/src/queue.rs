@@ -32,8 +32,8 @@ pub const ALLOCATIONS: &str = "allocations";
 /// The prefix of GPU resource keys.
 pub const GPU_PREFIX: &str = "gpu:";
 
-/// How long the head of a queue that cannot be admitted lets smaller jobs
-/// behind it go first, when the queue does not say.
+/// How long the head of a queue waiting for room lets other jobs take what
+/// frees up before nodes are held for it, when the queue does not say.
 pub const DEFAULT_BACKFILL_WINDOW: Duration = Duration::from_secs(600);
 
 /// A team queue as an admin described it.
@@ -63,9 +63,10 @@ pub struct Queue {
     /// it does not use it; left out: all of it.
     #[serde(default, skip_serializing_if = "Quota::is_empty")]
     pub lending_limit: Quota,
-    /// How long the queue's head, when it cannot be admitted, lets smaller
-    /// jobs that fit go first; after that the queue holds them so room
-    /// gathers for the head. Left out: [`DEFAULT_BACKFILL_WINDOW`].
+    /// How long the queue's head, waiting for room, lets other jobs take
+    /// what frees up; after that nodes are held for it (nothing else is
+    /// admitted there) so they drain for it. Left out:
+    /// [`DEFAULT_BACKFILL_WINDOW`].
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",

@@ -8,6 +8,7 @@ use skiff_model::queue::{self, Amounts};
 use skiff_model::{Job, Plan, Stop};
 
 use super::{QueueBook, QuotaFit, Removed};
+use crate::bitset::Bitset;
 use crate::config::Config;
 use crate::view::ClusterView;
 
@@ -73,26 +74,40 @@ impl QueueBook {
         }
         let mut decisions = Vec::new();
         let mut seq = 0;
-        // Queues whose head waited past its window: (queue, head job).
-        let mut held: BTreeMap<String, String> = BTreeMap::new();
+        // A head that waited past its queue's backfill window for room
+        // (its quota fits) gets nodes held for it: nothing else this round
+        // is placed there. One per cohort (the first in admission order),
+        // so a cohort never drains more than one head's worth at once.
+        let mut overdue: BTreeMap<String, (u64, std::cmp::Reverse<u8>, u64, usize)> =
+            BTreeMap::new();
+        for (q, list) in &waiting {
+            let (Some(&head), Some(queue)) = (list.first(), self.queues.get(q)) else {
+                continue;
+            };
+            let window = queue.backfill_window().as_millis() as u64;
+            let w = &self.workloads[head];
+            if w.waited_ms < window || self.quota_fit(queue, &w.request, &self.own(head)).is_err() {
+                continue;
+            }
+            let key = (
+                self.share(q, &w.request),
+                std::cmp::Reverse(w.priority),
+                w.create_index,
+                head,
+            );
+            let best = overdue.entry(queue.cohort_key()).or_insert(key);
+            if key < *best {
+                *best = key;
+            }
+        }
+        let overdue: Vec<usize> = overdue.values().map(|k| k.3).collect();
+        let reserved = super::reserve::reserve(self, view, job_of, &overdue);
         let mut next: BTreeMap<String, usize> = waiting.keys().map(|q| (q.clone(), 0)).collect();
         loop {
             let mut heads: Vec<(u8, u64, std::cmp::Reverse<u8>, u64, usize)> = Vec::new();
             for (q, list) in &waiting {
                 let at = next[q];
                 if at >= list.len() {
-                    continue;
-                }
-                if let Some(head) = held.get(q) {
-                    for &i in &list[at..] {
-                        decisions.push(Decision {
-                            job: self.workloads[i].job.clone(),
-                            admission: None,
-                            reason: format!(
-                                "behind job {head} in queue {q}: it waited past the queue's backfill window, so the queue holds the jobs behind it until it is admitted"
-                            ),
-                        });
-                    }
                     continue;
                 }
                 let w = &self.workloads[list[at]];
@@ -108,12 +123,6 @@ impl QueueBook {
                     list[at],
                 ));
             }
-            // Held queues' remaining workloads were all reported above.
-            for q in held.keys() {
-                if let Some(list) = waiting.get(q) {
-                    next.insert(q.clone(), list.len());
-                }
-            }
             let Some(&(.., wi)) = heads.iter().min_by(|a, b| {
                 (a.0, a.1, a.2, a.3, &self.workloads[a.4].job).cmp(&(
                     b.0,
@@ -126,11 +135,11 @@ impl QueueBook {
                 break;
             };
             let qname = self.workloads[wi].queue.clone();
-            let is_head = next[&qname] == 0;
             *next.get_mut(&qname).expect("a waiting queue") += 1;
             let job = self.workloads[wi].job.clone();
+            let hidden = reserved.hidden_for(wi);
             let outcome = match job_of(&job) {
-                Some(j) => self.try_admit(wi, j, view, cfg),
+                Some(j) => self.try_admit(wi, j, view, cfg, hidden.as_ref()),
                 None => Outcome::Waits("its job is gone".into()),
             };
             match outcome {
@@ -149,14 +158,11 @@ impl QueueBook {
                         reason: String::new(),
                     });
                 }
-                Outcome::Waits(reason) => {
-                    let w = &self.workloads[wi];
-                    let window = self
-                        .queues
-                        .get(&qname)
-                        .map_or(0, |q| q.backfill_window().as_millis() as u64);
-                    if is_head && w.waited_ms >= window {
-                        held.insert(qname, job.clone());
+                Outcome::Waits(mut reason) => {
+                    if let Some(nodes) = reserved.nodes_of(wi, view) {
+                        reason.push_str(&format!(
+                            "; it waited past its queue's backfill window: {nodes} held for it while they drain"
+                        ));
                     }
                     decisions.push(Decision {
                         job,
@@ -201,7 +207,14 @@ impl QueueBook {
         r
     }
 
-    fn try_admit(&self, wi: usize, job: &Job, view: &ClusterView<'_>, cfg: &Config) -> Outcome {
+    fn try_admit(
+        &self,
+        wi: usize,
+        job: &Job,
+        view: &ClusterView<'_>,
+        cfg: &Config,
+        hidden: Option<&Bitset>,
+    ) -> Outcome {
         let w = &self.workloads[wi];
         let Some(q) = self.queues.get(&w.queue) else {
             return Outcome::Waits(format!("queue {} does not exist", w.queue));
@@ -210,7 +223,7 @@ impl QueueBook {
         let fit = self.quota_fit(q, &w.request, &own);
         let room = match &fit {
             Ok(f) => {
-                let plan = place(job, view, cfg, None);
+                let plan = place(job, view, cfg, None, hidden);
                 if plan.unplaced == 0 {
                     return Outcome::Admitted(Admission {
                         plan,
@@ -229,7 +242,7 @@ impl QueueBook {
             q.nominal_of(k)
                 .is_none_or(|n| self.used(&q.name, k, &own) + r <= n)
         });
-        match self.reclaim(wi, job, view, cfg, within_nominal) {
+        match self.reclaim(wi, job, view, cfg, within_nominal, hidden) {
             Some(a) => Outcome::Admitted(a),
             None => Outcome::Waits(room),
         }
@@ -337,6 +350,7 @@ impl QueueBook {
         view: &ClusterView<'_>,
         cfg: &Config,
         within_nominal: bool,
+        hidden: Option<&Bitset>,
     ) -> Option<Admission> {
         let w = &self.workloads[wi];
         let q = self.queues.get(&w.queue)?;
@@ -355,7 +369,7 @@ impl QueueBook {
                 .iter()
                 .filter_map(|&i| view.job_index(&self.workloads[i].job))
                 .collect();
-            let plan = place(job, view, cfg, Some(&jobs));
+            let plan = place(job, view, cfg, Some(&jobs), hidden);
             (plan.unplaced == 0).then_some((plan, fit))
         };
         let mut set = Vec::new();
@@ -407,9 +421,15 @@ impl QueueBook {
 
 /// The job's plan on `view` (evicting `reclaim`'s allocations where that
 /// makes room), kept only when every replica it wants is placed.
-fn place(job: &Job, view: &ClusterView<'_>, cfg: &Config, reclaim: Option<&BTreeSet<u32>>) -> Plan {
+fn place(
+    job: &Job,
+    view: &ClusterView<'_>,
+    cfg: &Config,
+    reclaim: Option<&BTreeSet<u32>>,
+    hidden: Option<&Bitset>,
+) -> Plan {
     let key = job.key();
-    let mut plan = crate::reconcile_inner(&key, Some(job), None, view, cfg, reclaim);
+    let mut plan = crate::reconcile_inner(&key, Some(job), None, view, cfg, reclaim, hidden);
     if plan.unplaced > 0 {
         plan.placements.clear();
         plan.evictions.clear();

@@ -13,8 +13,9 @@
 //!   takes the queues' heads (priority, then submission), those that fit
 //!   within nominal quota first, then the lowest fair share after
 //!   admission, and tries the first. A head that cannot go lets the ones
-//!   behind it try (backfill) until it has waited its queue's backfill
-//!   window; then its queue holds them so room gathers for it.
+//!   behind it try (backfill); once it has waited its queue's backfill
+//!   window for room, nodes are held for it (`reserve.rs`), one head per
+//!   cohort at a time.
 //! - **Fair share** is Kueue's dominant resource share of *borrowed*
 //!   amounts: per resource, borrowed over what the cohort can lend, per
 //!   mille; the largest, over the weight ([`QueueBook::share`]).
@@ -27,6 +28,7 @@
 //!   the queue is still above its nominal quota.
 
 mod admit;
+mod reserve;
 pub mod sim;
 
 use std::collections::BTreeMap;

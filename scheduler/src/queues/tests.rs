@@ -158,27 +158,63 @@ fn a_gang_that_fits_quota_but_no_node_layout_is_not_admitted() {
     assert_eq!(sim.gpus_used_by("a"), 0);
 }
 
+/// The nodes `job`'s allocations are on.
+fn on(sim: &QueueSim, job: &str) -> Vec<String> {
+    sim.allocs
+        .values()
+        .filter(|a| a.job == job)
+        .map(|a| a.node.clone())
+        .collect()
+}
+
 #[test]
-fn a_head_past_its_backfill_window_holds_the_jobs_behind_it() {
-    let mut q = queue("a", None, 8);
+fn a_head_past_its_backfill_window_gets_a_node_held_while_others_backfill() {
+    let mut q = queue("a", Some("lab"), 32);
     q.backfill_window = Some(std::time::Duration::from_secs(60));
-    let mut sim = QueueSim::new(vec![gpu_node("n1", 8)], vec![q]);
-    sim.submit(job("running", "a", 1, 4, 50));
+    let other = queue("b", Some("lab"), 0);
+    let mut sim = QueueSim::new(vec![gpu_node("n1", 8), gpu_node("n2", 8)], vec![q, other]);
+    sim.submit(job("r1", "a", 1, 6, 50));
+    sim.submit(job("r2", "a", 1, 6, 50));
     sim.round();
+    assert_eq!(sim.gpus_used(), 12);
     sim.submit(job("head", "a", 1, 8, 55));
     sim.submit(job("small", "a", 1, 1, 50));
-    // Within the window the small job backfills past the head.
+    // Within the window small jobs backfill past the head.
     let d = sim.round();
     assert!(!admitted(&d, "head") && admitted(&d, "small"), "{d:?}");
-    sim.finish("small");
-    sim.submit(job("small2", "a", 1, 1, 50));
+    assert!(reason(&d, "head").starts_with("no room:"), "{d:?}");
+    // Past it, the node with the most free GPUs is held for the head:
+    // small jobs (of any queue) go only to the other one.
     sim.now_ms += 61_000;
+    sim.submit(job("small2", "a", 1, 1, 50));
+    sim.submit(job("other", "b", 1, 4, 50));
     let d = sim.round();
-    assert!(!admitted(&d, "small2"), "{d:?}");
-    assert!(reason(&d, "small2").starts_with("behind job head"), "{d:?}");
-    sim.finish("running");
+    let why = reason(&d, "head");
+    assert!(why.contains("held for it while they drain"), "{why}");
+    let held = if why.contains("node n1") { "n1" } else { "n2" };
+    assert!(admitted(&d, "small2"), "{d:?}");
+    assert!(
+        on(&sim, "small2").iter().all(|n| n != held),
+        "{:?}",
+        on(&sim, "small2")
+    );
+    assert!(
+        reason(&d, "other").contains("reserved for a waiting queue head"),
+        "{d:?}"
+    );
+    // The held node drains as its work ends; the head then goes there.
+    let busy: Vec<String> = sim
+        .allocs
+        .values()
+        .filter(|a| a.node == held)
+        .map(|a| a.job.clone())
+        .collect();
+    for j in busy {
+        sim.finish(&j);
+    }
     let d = sim.round();
     assert!(admitted(&d, "head"), "{d:?}");
+    assert_eq!(on(&sim, "head"), [held]);
 }
 
 #[test]
