@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use skiff_bench::Rng;
 use skiff_model::queue::Queue;
-use skiff_model::{Gpu, JobSpec, Node, NodeStatus, Resources};
-use skiff_scheduler::queues::sim::QueueSim;
+use skiff_model::JobSpec;
+use skiff_scheduler::queues::sim::{gpu_node, gpu_queue as queue, QueueSim};
 
 const USAGE: &str = "usage: queuebench [--seed S] [--days D] [--load L] [--window-hours H]
        [--backfill-window MINUTES]
@@ -127,49 +127,6 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// A fake 8-GPU node with room to spare for cpu and memory: GPUs are the
-/// constraint.
-fn gpu_node(name: &str, gpus: usize) -> Node {
-    Node {
-        metrics_address: String::new(),
-        image_roots: Vec::new(),
-        subnet: String::new(),
-        name: name.into(),
-        labels: Default::default(),
-        capacity: Resources::new(64_000, 256 << 30),
-        allocatable: Resources::new(64_000, 256 << 30),
-        gpus: (0..gpus)
-            .map(|i| Gpu {
-                uuid: format!("{name}-gpu{i}"),
-                model: "Fake GPU".into(),
-                memory_bytes: 80 << 30,
-                healthy: true,
-                ..Gpu::default()
-            })
-            .collect(),
-        gpu_links: vec![],
-        gpu_driver: Default::default(),
-        cordoned: false,
-        draining: false,
-        drain_deadline_ms: None,
-        drained: false,
-        address: String::new(),
-        status: NodeStatus::Ready,
-        agent_version: String::new(),
-        create_index: 1,
-        modify_index: 1,
-    }
-}
-
-fn queue(name: &str, cohort: Option<&str>, gpus: u64) -> Queue {
-    let cohort = cohort.map_or(String::new(), |c| format!("cohort: {c}\n"));
-    Queue::from_yaml(&format!(
-        "name: {name}\n{cohort}namespaces: ['*']\nnominal: {{gpus: {{any: {gpus}}}}}\n"
-    ))
-    .expect("a valid queue")
-}
-
-/// A single-replica batch job of `gpus` GPUs in queue `queue`.
 fn job(name: &str, queue: &str, gpus: u32) -> JobSpec {
     JobSpec::from_yaml(&format!(
         "name: {name}\ntype: batch\nqueue: {queue}\nreplicas: 1\ntask: {{image: 'oci:/i', resources: {{cpu: 1, memory: 1Gi, gpus: {gpus}}}}}\n"

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use skiff_model::queue::{request_of, Amounts, Queue};
-use skiff_model::{AllocStatus, DesiredStatus, Job, JobSpec, Node};
+use skiff_model::{AllocStatus, DesiredStatus, Gpu, Job, JobSpec, Node, NodeStatus, Resources};
 
 use super::{Decision, QueueBook, Workload};
 use crate::config::Config;
@@ -194,4 +194,48 @@ impl QueueSim {
     pub fn gpus_used(&self) -> u64 {
         self.allocs.values().map(|a| a.gpus.len() as u64).sum()
     }
+}
+
+/// A ready node of `gpus` fake GPUs (`NAME-gpuI`, model `Fake GPU`) with
+/// cpu and memory to spare: GPUs are what counts.
+pub fn gpu_node(name: &str, gpus: usize) -> Node {
+    Node {
+        metrics_address: String::new(),
+        image_roots: Vec::new(),
+        subnet: String::new(),
+        name: name.into(),
+        labels: Default::default(),
+        capacity: Resources::new(64_000, 256 << 30),
+        allocatable: Resources::new(64_000, 256 << 30),
+        gpus: (0..gpus)
+            .map(|i| Gpu {
+                uuid: format!("{name}-gpu{i}"),
+                model: "Fake GPU".into(),
+                memory_bytes: 80 << 30,
+                healthy: true,
+                ..Gpu::default()
+            })
+            .collect(),
+        gpu_links: vec![],
+        gpu_driver: Default::default(),
+        cordoned: false,
+        draining: false,
+        drain_deadline_ms: None,
+        drained: false,
+        address: String::new(),
+        status: NodeStatus::Ready,
+        agent_version: String::new(),
+        create_index: 1,
+        modify_index: 1,
+    }
+}
+
+/// A queue owed `gpus` GPUs of any model, open to every namespace, in
+/// `cohort` if given.
+pub fn gpu_queue(name: &str, cohort: Option<&str>, gpus: u64) -> Queue {
+    let cohort = cohort.map_or(String::new(), |c| format!("cohort: {c}\n"));
+    Queue::from_yaml(&format!(
+        "name: {name}\n{cohort}namespaces: ['*']\nnominal: {{gpus: {{any: {gpus}}}}}\n"
+    ))
+    .expect("a valid queue")
 }

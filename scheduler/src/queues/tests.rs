@@ -1,49 +1,9 @@
 use proptest::prelude::*;
 
-use super::sim::QueueSim;
+use super::sim::{gpu_node, gpu_queue as queue, QueueSim};
 use super::*;
-use skiff_model::queue::{gpu_key, Queue};
-use skiff_model::{Gpu, JobSpec, Node, NodeStatus, Resources};
-
-fn gpu_node(name: &str, gpus: usize) -> Node {
-    Node {
-        metrics_address: String::new(),
-        image_roots: Vec::new(),
-        subnet: String::new(),
-        name: name.into(),
-        labels: Default::default(),
-        capacity: Resources::new(64_000, 256 << 30),
-        allocatable: Resources::new(64_000, 256 << 30),
-        gpus: (0..gpus)
-            .map(|i| Gpu {
-                uuid: format!("{name}-gpu{i}"),
-                model: "Fake GPU".into(),
-                memory_bytes: 80 << 30,
-                healthy: true,
-                ..Gpu::default()
-            })
-            .collect(),
-        gpu_links: vec![],
-        gpu_driver: Default::default(),
-        cordoned: false,
-        draining: false,
-        drain_deadline_ms: None,
-        drained: false,
-        address: String::new(),
-        status: NodeStatus::Ready,
-        agent_version: String::new(),
-        create_index: 1,
-        modify_index: 1,
-    }
-}
-
-fn queue(name: &str, cohort: Option<&str>, gpus: u64) -> Queue {
-    let cohort = cohort.map_or(String::new(), |c| format!("cohort: {c}\n"));
-    Queue::from_yaml(&format!(
-        "name: {name}\n{cohort}namespaces: ['*']\nnominal: {{gpus: {{any: {gpus}}}}}\n"
-    ))
-    .unwrap()
-}
+use skiff_model::queue::gpu_key;
+use skiff_model::JobSpec;
 
 /// A batch job of `ranks` x `gpus` GPUs (a gang when more than one rank).
 fn job(name: &str, queue: &str, ranks: u32, gpus: u32, priority: u8) -> JobSpec {

@@ -45,16 +45,7 @@ impl JobSpec {
     /// Parses and validates a job written in YAML (JSON is YAML too).
     /// Every broken rule is reported, each naming its field.
     pub fn from_yaml(text: &str) -> Result<JobSpec, SpecError> {
-        if text.len() > MAX_SPEC_BYTES {
-            return Err(SpecError::TooLarge {
-                size: text.len(),
-                limit: MAX_SPEC_BYTES,
-            });
-        }
-        depth::check_depth(text)?;
-        let value: Value =
-            serde_yaml_ng::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))?;
-        parse_job(&value)
+        parse_job(&read_document(text)?)
     }
 
     /// Reads a job from the untyped tree of its YAML form (what
@@ -88,6 +79,19 @@ impl TaskSpec {
             _ => Err(SpecError::Invalid(errs.0)),
         }
     }
+}
+
+/// The untyped tree of a YAML (or JSON) document, after the checks every
+/// spec gets before its fields are read: its size and its nesting.
+pub(super) fn read_document(text: &str) -> Result<Value, SpecError> {
+    if text.len() > MAX_SPEC_BYTES {
+        return Err(SpecError::TooLarge {
+            size: text.len(),
+            limit: MAX_SPEC_BYTES,
+        });
+    }
+    depth::check_depth(text)?;
+    serde_yaml_ng::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))
 }
 
 /// The whole job as it is stored, and copied into every allocation.

@@ -8,8 +8,8 @@ use crate::lifecycle::{normalize_capability, CAPABILITIES};
 use crate::namespace::{Namespace, Policy, Quota};
 use crate::quantity::{parse_cpu, parse_memory};
 
+use super::check_dns_label;
 use super::fields::{as_object, as_string, check_unknown, number, quantity, string_list, Errors};
-use super::{check_dns_label, MAX_SPEC_BYTES};
 
 const NAMESPACE_FIELDS: &[&str] = &["name", "policy", "quota"];
 const POLICY_FIELDS: &[&str] = &[
@@ -25,15 +25,7 @@ const MAX_GPUS: u64 = 1 << 20;
 impl Namespace {
     /// Parses and validates a namespace written in YAML (or JSON).
     pub fn from_yaml(text: &str) -> Result<Namespace, SpecError> {
-        if text.len() > MAX_SPEC_BYTES {
-            return Err(SpecError::TooLarge {
-                size: text.len(),
-                limit: MAX_SPEC_BYTES,
-            });
-        }
-        super::depth::check_depth(text)?;
-        let value: Value =
-            serde_yaml_ng::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))?;
+        let value = super::read_document(text)?;
         let mut errs = Errors::new();
         let ns = parse(&value, &mut errs);
         match ns {

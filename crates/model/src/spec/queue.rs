@@ -6,9 +6,9 @@ use serde_json::Value;
 use crate::error::SpecError;
 use crate::queue::Queue;
 
+use super::check_dns_label;
 use super::fields::{as_object, as_string, check_unknown, duration, number, string_list, Errors};
 use super::namespace::{parse_quota, validate_quota_gpus};
-use super::{check_dns_label, MAX_SPEC_BYTES};
 
 const QUEUE_FIELDS: &[&str] = &[
     "name",
@@ -26,15 +26,7 @@ const MAX_WEIGHT: u64 = 1_000;
 impl Queue {
     /// Parses and validates a queue written in YAML (or JSON).
     pub fn from_yaml(text: &str) -> Result<Queue, SpecError> {
-        if text.len() > MAX_SPEC_BYTES {
-            return Err(SpecError::TooLarge {
-                size: text.len(),
-                limit: MAX_SPEC_BYTES,
-            });
-        }
-        super::depth::check_depth(text)?;
-        let value: Value =
-            serde_yaml_ng::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))?;
+        let value = super::read_document(text)?;
         let mut errs = Errors::new();
         let q = parse(&value, &mut errs);
         match q {
