@@ -48,9 +48,20 @@ enum Cmd {
     Dev(daemons::DevArgs),
     /// Create or update a job from a YAML (or JSON) file.
     Apply {
-        /// The job spec; `-` reads standard input.
-        #[arg(short = 'f', long = "filename", value_name = "FILE")]
+        /// The job spec; `-` reads standard input. A file may hold several
+        /// YAML documents; a directory is read recursively (`.yaml`,
+        /// `.yml`, `.json`). Every spec is checked first: if any is
+        /// broken, nothing is applied.
+        #[arg(short = 'f', long = "filename", value_name = "FILE|DIR")]
         file: PathBuf,
+        /// Also delete the jobs the selector matches that the files no
+        /// longer describe (needs -l; never deletes anything else).
+        #[arg(long)]
+        prune: bool,
+        /// With --prune: the jobs that may be deleted, e.g. `owner=gitops`
+        /// (`key=value`, `key!=value`, `key`, comma-separated).
+        #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
+        selector: Option<String>,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -190,7 +201,12 @@ fn main() -> ExitCode {
             Cmd::Server(args) => ok(daemons::server(args).await),
             Cmd::Agent(args) => ok(daemons::agent(args).await),
             Cmd::Dev(args) => ok(daemons::dev(args).await),
-            Cmd::Apply { file, client } => ok(commands::apply(&client, &file).await),
+            Cmd::Apply {
+                file,
+                prune,
+                selector,
+                client,
+            } => ok(commands::apply(&client, &file, prune, selector.as_deref()).await),
             Cmd::Get { what } => ok(commands::get(what).await),
             Cmd::Describe { what } => ok(commands::describe(what).await),
             Cmd::Logs(args) => ok(commands::logs(args).await),

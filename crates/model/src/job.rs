@@ -322,6 +322,10 @@ pub struct JobSpec {
         skip_serializing_if = "is_default_namespace"
     )]
     pub namespace: String,
+    /// Metadata to select the job by (`skiff get jobs -l`, `skiff apply
+    /// --prune -l`); never part of its version.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     /// The team queue the job waits in until its whole request is
     /// admitted (`skiff queue apply`); none: placed as soon as it fits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -628,6 +632,7 @@ impl JobSpec {
         JobSpec {
             name: name.into(),
             namespace: default_namespace(),
+            labels: BTreeMap::new(),
             queue: None,
             job_type: JobType::Service,
             replicas,

@@ -24,6 +24,7 @@ pub mod fit;
 pub mod gpu;
 pub mod job;
 mod key;
+pub mod labels;
 pub mod lifecycle;
 pub mod namespace;
 pub mod node;

@@ -31,6 +31,23 @@ fn the_queue_example_parses() {
     assert!(q.admits_namespace(&spec.namespace));
 }
 
+/// The gitops directory's files hold jobs, one or several documents each,
+/// every one labelled with the owner the docs prune by.
+#[test]
+fn the_gitops_example_directory_holds_owned_jobs() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/gitops");
+    let mut jobs = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for doc in text.split("\n---\n") {
+            let spec = JobSpec::from_yaml(doc).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(spec.labels["owner"], "gitops");
+            jobs += 1;
+        }
+    }
+    assert_eq!(jobs, 3);
+}
+
 /// Every file under examples/ parses and survives its own serialized form.
 #[test]
 fn every_example_parses_and_round_trips() {

@@ -1,10 +1,12 @@
 //! `skiff apply` and `skiff delete`: reading a spec file, sending it.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
+use serde::Deserialize;
+use skiff_model::labels::Selector;
 use skiff_model::JobSpec;
 
 use super::connect;
@@ -22,10 +24,10 @@ pub enum DeleteWhat {
     },
 }
 
-/// Reads the spec, resolving a relative `oci:` layout path against the
-/// current directory (as skopeo does).
-fn read_spec(file: &Path, namespace: Option<&str>) -> anyhow::Result<JobSpec> {
-    let text = if file == Path::new("-") {
+/// Reads a spec file's text (`-`: standard input), refusing one larger
+/// than a spec may be.
+fn read_text(file: &Path) -> anyhow::Result<String> {
+    Ok(if file == Path::new("-") {
         let mut s = String::new();
         std::io::stdin()
             .take(skiff_model::MAX_SPEC_BYTES as u64 + 1)
@@ -44,12 +46,18 @@ fn read_spec(file: &Path, namespace: Option<&str>) -> anyhow::Result<JobSpec> {
             );
         }
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
-    };
+    })
+}
+
+/// Reads one spec from `text` (what file `file` holds), resolving a
+/// relative `oci:` layout path against the current directory (as skopeo
+/// does).
+fn read_spec(text: &str, file: &Path, namespace: Option<&str>) -> anyhow::Result<JobSpec> {
     let mut spec =
-        JobSpec::from_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        JobSpec::from_yaml(text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     // `-n` places a spec that names no namespace; one that names another
     // is a mistake worth stopping for.
-    let named = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text)
+    let named = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
         .ok()
         .and_then(|v| v.get("namespace").cloned())
         .is_some();
@@ -98,24 +106,175 @@ fn normalize(p: &Path) -> String {
     out
 }
 
-pub async fn apply(opts: &ClientOpts, file: &Path) -> anyhow::Result<()> {
-    let spec = read_spec(file, opts.namespace.as_deref())?;
-    let mut client = connect(opts).await?;
-    let applied = client.apply_job(&spec).await?;
-    let what = if !applied.changed {
-        "unchanged"
-    } else if applied.job.create_index == applied.job.modify_index {
-        "created"
+/// The spec files under `dir`, recursively, in path order: `.yaml`,
+/// `.yml`, `.json`.
+fn spec_files(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("cannot read {}", dir.display()))?;
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            spec_files(&p, out)?;
+        } else if p
+            .extension()
+            .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+        {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// Every spec in `file` (a file with one or more YAML documents, `-`, or
+/// a directory of them), each checked; every broken one is reported and
+/// none is returned if any is broken.
+fn read_all(file: &Path, namespace: Option<&str>) -> anyhow::Result<Vec<JobSpec>> {
+    let mut files = Vec::new();
+    if file != Path::new("-") && file.is_dir() {
+        spec_files(file, &mut files)?;
+        if files.is_empty() {
+            bail!("{}: no .yaml, .yml or .json files", file.display());
+        }
     } else {
-        "configured"
+        files.push(file.to_path_buf());
+    }
+    let mut specs: Vec<JobSpec> = Vec::new();
+    let mut errors = Vec::new();
+    for f in &files {
+        let text = match read_text(f) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(format!("{e:#}"));
+                continue;
+            }
+        };
+        let docs: Vec<serde_yaml_ng::Value> = match serde_yaml_ng::Deserializer::from_str(&text)
+            .map(serde_yaml_ng::Value::deserialize)
+            .collect()
+        {
+            Ok(d) => d,
+            Err(e) => {
+                errors.push(format!("{}: {e}", f.display()));
+                continue;
+            }
+        };
+        let several = docs.len() > 1;
+        for (i, doc) in docs.iter().enumerate() {
+            if doc.is_null() {
+                continue;
+            }
+            let shown = if several {
+                PathBuf::from(format!("{} (document {})", f.display(), i + 1))
+            } else {
+                f.clone()
+            };
+            let one = serde_yaml_ng::to_string(doc).unwrap_or_default();
+            match read_spec(&one, &shown, namespace) {
+                Ok(spec) => {
+                    if specs.iter().any(|s| s.key() == spec.key()) {
+                        errors.push(format!(
+                            "{}: job {} is described twice",
+                            shown.display(),
+                            spec.key()
+                        ));
+                    } else {
+                        specs.push(spec);
+                    }
+                }
+                Err(e) => errors.push(format!("{e:#}")),
+            }
+        }
+    }
+    if !errors.is_empty() {
+        bail!(
+            "{} broken spec(s); nothing applied:\n  {}",
+            errors.len(),
+            errors.join("\n  ")
+        );
+    }
+    if specs.is_empty() {
+        bail!("{}: no job specs", file.display());
+    }
+    Ok(specs)
+}
+
+/// `skiff apply -f FILE|DIR [--prune -l SELECTOR]`.
+pub async fn apply(
+    opts: &ClientOpts,
+    file: &Path,
+    prune: bool,
+    selector: Option<&str>,
+) -> anyhow::Result<()> {
+    let selector = match (prune, selector) {
+        (true, None) => {
+            bail!("--prune needs a selector (-l owner=NAME): only jobs it matches are ever deleted")
+        }
+        (_, Some(s)) => Some(Selector::parse(s).map_err(|e| anyhow::anyhow!("--selector: {e}"))?),
+        (false, None) => None,
     };
-    emit(&format!(
-        "job/{} {what} (version {})\n",
-        applied.job.key(),
-        applied.job.version
-    ));
-    if !applied.image_note.is_empty() {
-        emit(&format!("  {}\n", applied.image_note));
+    if selector.is_some() && !prune {
+        bail!("--selector with apply is for --prune (which jobs may be deleted)");
+    }
+    // Every spec is read and checked before anything is written.
+    let specs = read_all(file, opts.namespace.as_deref())?;
+    let mut client = connect(opts).await?;
+    let mut failed = 0;
+    for spec in &specs {
+        match client.apply_job(spec).await {
+            Ok(applied) => {
+                let what = if !applied.changed {
+                    "unchanged"
+                } else if applied.job.create_index == applied.job.modify_index {
+                    "created"
+                } else {
+                    "configured"
+                };
+                emit(&format!(
+                    "job/{} {what} (version {})\n",
+                    applied.job.key(),
+                    applied.job.version
+                ));
+                if !applied.image_note.is_empty() {
+                    emit(&format!("  {}\n", applied.image_note));
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("job/{} not applied: {e}", spec.key());
+            }
+        }
+    }
+    if failed > 0 {
+        bail!(
+            "{failed} of {} job(s) not applied{}",
+            specs.len(),
+            if prune { "; nothing pruned" } else { "" }
+        );
+    }
+    if let Some(sel) = selector {
+        // Only in the namespaces the files use (or -n's).
+        let keep: std::collections::BTreeSet<String> = specs.iter().map(JobSpec::key).collect();
+        let mut namespaces: std::collections::BTreeSet<&str> =
+            specs.iter().map(|s| s.namespace.as_str()).collect();
+        if let Some(ns) = opts.namespace.as_deref() {
+            namespaces.insert(ns);
+        }
+        for (job, _) in client.list_jobs().await? {
+            if sel.matches(&job.spec.labels)
+                && namespaces.contains(job.spec.namespace.as_str())
+                && !keep.contains(&job.key())
+            {
+                client
+                    .clone()
+                    .namespace(job.spec.namespace.clone())
+                    .delete_job(&job.spec.name)
+                    .await?;
+                emit(&format!("job/{} pruned\n", job.key()));
+            }
+        }
     }
     Ok(())
 }

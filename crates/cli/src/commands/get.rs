@@ -12,9 +12,14 @@ use crate::output::{
 
 #[derive(Subcommand)]
 pub enum GetWhat {
-    /// List jobs with their allocation counts.
+    /// List jobs with their allocation counts (`-o wide` adds their
+    /// labels).
     #[command(alias = "job")]
     Jobs {
+        /// Only jobs whose labels match: `key=value`, `key!=value` or
+        /// `key`, comma-separated (every term must hold).
+        #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
+        selector: Option<String>,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
         #[command(flatten)]
@@ -62,9 +67,23 @@ pub enum GetWhat {
 
 pub async fn get(what: GetWhat) -> anyhow::Result<()> {
     match what {
-        GetWhat::Jobs { output, client } => {
+        GetWhat::Jobs {
+            selector,
+            output,
+            client,
+        } => {
+            let selector = selector
+                .as_deref()
+                .map(skiff_model::labels::Selector::parse)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--selector: {e}"))?
+                .unwrap_or_default();
             let jobs = connect(&client).await?.list_jobs().await?;
-            let items: Vec<JobOut> = jobs.iter().map(|(j, s)| JobOut::new(j, s)).collect();
+            let items: Vec<JobOut> = jobs
+                .iter()
+                .filter(|(j, _)| selector.matches(&j.spec.labels))
+                .map(|(j, s)| JobOut::new(j, s))
+                .collect();
             // `-A` shows whose each job is, as kubectl does.
             let all = client.all_namespaces;
             let mut headers = vec![
@@ -79,6 +98,7 @@ pub async fn get(what: GetWhat) -> anyhow::Result<()> {
                 "IMAGE",
                 "COMPLETE",
                 "LOST",
+                "LABELS",
             ];
             if all {
                 headers.insert(0, "NAMESPACE");
@@ -109,6 +129,7 @@ pub async fn get(what: GetWhat) -> anyhow::Result<()> {
                     j.image.clone(),
                     j.complete.to_string(),
                     j.lost.to_string(),
+                    labels_text(&j.spec.labels),
                 ];
                 if all {
                     row.insert(0, j.namespace.to_string());

@@ -25,6 +25,7 @@ const MAX_ARGS: usize = 1024;
 pub(super) const JOB_FIELDS: &[&str] = &[
     "name",
     "namespace",
+    "labels",
     "queue",
     "type",
     "replicas",

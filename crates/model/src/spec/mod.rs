@@ -81,6 +81,39 @@ impl TaskSpec {
     }
 }
 
+/// `labels: {KEY: VALUE}`: every key and value checked, at most
+/// [`crate::labels::MAX_LABELS`].
+fn parse_labels(v: &Value, errs: &mut Errors) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let Some(map) = fields::as_object(v, "labels", errs) else {
+        return out;
+    };
+    if map.len() > crate::labels::MAX_LABELS {
+        errs.push(
+            "labels",
+            format!("at most {} labels", crate::labels::MAX_LABELS),
+        );
+    }
+    for (k, v) in map {
+        let path = format!("labels.{k}");
+        if let Err(e) = crate::labels::check_key(k) {
+            errs.push(&path, format!("key {e}"));
+            continue;
+        }
+        let Some(value) = fields::scalar_text(v) else {
+            errs.push(&path, "must be a string");
+            continue;
+        };
+        match crate::labels::check_value(&value) {
+            Ok(()) => {
+                out.insert(k.clone(), value);
+            }
+            Err(e) => errs.push(&path, format!("value {e}")),
+        }
+    }
+    out
+}
+
 /// The untyped tree of a YAML (or JSON) document, after the checks every
 /// spec gets before its fields are read: its size and its nesting.
 pub(super) fn read_document(text: &str) -> Result<Value, SpecError> {
@@ -145,6 +178,10 @@ fn parse_job_inner(root: &Value, errs: &mut Errors) -> Option<JobSpec> {
         None => Some(crate::job::DEFAULT_NAMESPACE.to_string()),
         Some(v) => as_string(v, "namespace", errs).inspect(|n| validate_namespace(n, errs)),
     };
+    let labels = obj
+        .get("labels")
+        .map(|v| parse_labels(v, errs))
+        .unwrap_or_default();
     let queue = obj.get("queue").and_then(|v| {
         as_string(v, "queue", errs).filter(|q| match check_dns_label(q) {
             Ok(()) => true,
@@ -183,6 +220,7 @@ fn parse_job_inner(root: &Value, errs: &mut Errors) -> Option<JobSpec> {
     let mut spec = JobSpec {
         name: name?,
         namespace: namespace?,
+        labels,
         queue,
         job_type: workload.job_type,
         replicas: replicas?,

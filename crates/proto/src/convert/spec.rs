@@ -165,6 +165,7 @@ impl From<&m::JobSpec> for pb::JobSpec {
         pb::JobSpec {
             namespace: s.namespace.clone(),
             queue: s.queue.clone().unwrap_or_default(),
+            labels: s.labels.clone().into_iter().collect(),
             name: s.name.clone(),
             replicas: Some(s.replicas),
             task: Some((&s.task).into()),
@@ -250,6 +251,10 @@ pub fn spec_tree(s: &pb::JobSpec) -> Value {
     }
     if !s.queue.is_empty() {
         job.insert("queue".into(), json!(s.queue));
+    }
+    if !s.labels.is_empty() {
+        let labels: std::collections::BTreeMap<&String, &String> = s.labels.iter().collect();
+        job.insert("labels".into(), json!(labels));
     }
     put(&mut job, "replicas", s.replicas.map(|r| json!(r)));
     put(&mut job, "task", s.task.as_ref().map(task_tree));
