@@ -55,8 +55,35 @@ async fn a_directory_is_applied_whole_or_not_at_all_and_prune_takes_only_what_it
     assert!(run(&url, &["apply", "-f", &manual]).0);
 
     let d = dir.display().to_string();
+    // The plan first: every job new, and the scheduler's dry run says why
+    // nothing can be placed yet (no node); exit code 2: changes.
+    let planned = skiff(&url, &["plan", "-f", &d]);
+    let text = String::from_utf8_lossy(&planned.stdout).into_owned();
+    assert_eq!(planned.status.code(), Some(2), "{text}");
+    assert!(text.contains("job/web: new, version 1"), "{text}");
+    assert!(
+        text.contains("cannot place 1 now: 0/0 nodes: no nodes are registered"),
+        "{text}"
+    );
+    assert!(
+        text.contains("4 job(s): 4 would change, 0 would be refused"),
+        "{text}"
+    );
+    assert!(
+        client.list_jobs().await.unwrap().len() == 1,
+        "plan wrote nothing"
+    );
+
     let (ok, out, err) = run(&url, &["apply", "-f", &d]);
     assert!(ok, "{err}");
+    let planned = skiff(&url, &["plan", "-f", &d]);
+    let text = String::from_utf8_lossy(&planned.stdout).into_owned();
+    assert_eq!(
+        planned.status.code(),
+        Some(0),
+        "nothing would change: {text}"
+    );
+    assert!(text.contains("job/api: no change (version 1)"), "{text}");
     for name in ["web", "api", "worker", "cron"] {
         assert!(
             out.contains(&format!("job/{name} created (version 1)")),
@@ -77,6 +104,24 @@ async fn a_directory_is_applied_whole_or_not_at_all_and_prune_takes_only_what_it
         &dir,
         "web.yaml",
         &job("web", "{owner: gitops, team: frontend}"),
+    );
+    let planned = skiff(&url, &["plan", "-f", &d]);
+    let text = String::from_utf8_lossy(&planned.stdout).into_owned();
+    assert_eq!(planned.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("job/web: changes labels; same version 1"),
+        "{text}"
+    );
+    let bigger = std::fs::read_to_string(dir.join("more/cron.json"))
+        .unwrap()
+        .replace("3600", "7200");
+    let cron_file = tmp.path().join("cron-next.json");
+    std::fs::write(&cron_file, &bigger).unwrap();
+    let planned = skiff(&url, &["plan", "-f", &cron_file.display().to_string()]);
+    let text = String::from_utf8_lossy(&planned.stdout).into_owned();
+    assert!(
+        text.contains("job/cron: changes task.command; new version 2 (a rollout)"),
+        "{text}"
     );
     let (ok, out, err) = run(&url, &["apply", "-f", &d]);
     assert!(ok, "{err}");
@@ -99,6 +144,7 @@ async fn a_directory_is_applied_whole_or_not_at_all_and_prune_takes_only_what_it
     let (ok, _, err) = run(&url, &["apply", "-f", &d, "--prune", "-l", "owner=gitops"]);
     assert!(!ok);
     assert!(err.contains("1 broken spec(s); nothing applied"), "{err}");
+    assert_eq!(skiff(&url, &["plan", "-f", &d]).status.code(), Some(1));
     assert!(
         err.contains("zz-broken.yaml: ") && err.contains("name:"),
         "{err}"

@@ -117,6 +117,25 @@ async fn a_borrowed_gang_is_reclaimed_whole_when_its_lender_needs_its_quota() {
 
     let mut ta = client.clone().namespace("team-a");
     let mut tb = client.clone().namespace("team-b");
+    // The plan of a queued job: it would wait for admission, and where
+    // the scheduler would put it now.
+    let plan_file = tmp.path().join("train.json");
+    std::fs::write(
+        &plan_file,
+        serde_json::to_string(&team_job("team-a", "train", 1, 4, 50)).unwrap(),
+    )
+    .unwrap();
+    let planned = skiff(&url, &["plan", "-f", &plan_file.display().to_string()]);
+    let text = String::from_utf8_lossy(&planned.stdout).into_owned();
+    assert_eq!(planned.status.code(), Some(2), "{text}");
+    assert!(text.contains("job/team-a/train: new, version 1"), "{text}");
+    assert!(
+        text.contains("waits in queue team-a until its whole request is admitted"),
+        "{text}"
+    );
+    assert!(text.contains("would place: replica 0 on gpu-"), "{text}");
+    assert!(text.contains("(GPUs GPU-0000000"), "{text}");
+
     // Team A: a job within its quota, then a gang of 2 x 2 GPUs on
     // team B's idle quota (priority 55, above team B's job: reclaim ignores priority).
     client

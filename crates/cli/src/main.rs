@@ -65,6 +65,20 @@ enum Cmd {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Show what `skiff apply -f FILE|DIR` would do, changing nothing: per
+    /// job, the fields that would change and whether a new version would
+    /// roll out, whether the write would be refused, and a scheduler dry
+    /// run (what would be placed where, what cannot be and why, what would
+    /// be evicted). Exit code 0 when nothing would change, 2 when
+    /// something would, 1 on an error (Terraform's -detailed-exitcode).
+    Plan {
+        /// The job spec, a file of several, or a directory (as apply reads
+        /// them); `-` reads standard input.
+        #[arg(short = 'f', long = "filename", value_name = "FILE|DIR")]
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// List jobs, allocations or nodes.
     Get {
         #[command(subcommand)]
@@ -207,6 +221,7 @@ fn main() -> ExitCode {
                 selector,
                 client,
             } => ok(commands::apply(&client, &file, prune, selector.as_deref()).await),
+            Cmd::Plan { file, client } => commands::plan(&client, &file).await,
             Cmd::Get { what } => ok(commands::get(what).await),
             Cmd::Describe { what } => ok(commands::describe(what).await),
             Cmd::Logs(args) => ok(commands::logs(args).await),

@@ -11,7 +11,9 @@ use skiff_proto::pb;
 use skiff_proto::WireError;
 use tonic::transport::{Channel, Endpoint};
 
-pub use skiff_proto::pb::{CachedImage, DescribeQueueResponse, NodeImages, QueueJob, QueueStatus};
+pub use skiff_proto::pb::{
+    CachedImage, DescribeQueueResponse, NodeImages, PlanJobResponse, QueueJob, QueueStatus,
+};
 pub use tonic::Code;
 
 mod access;
@@ -212,6 +214,19 @@ impl Client {
             index: resp.index,
             image_note: resp.image_note,
         })
+    }
+
+    /// What applying `spec` would do, changing nothing: the diff against
+    /// the stored job, a refusal if the write would be refused, and a
+    /// scheduler dry run.
+    pub async fn plan_job(&mut self, spec: &JobSpec) -> Result<pb::PlanJobResponse, ClientError> {
+        Ok(self
+            .cluster
+            .plan_job(pb::PlanJobRequest {
+                spec: Some(spec.into()),
+            })
+            .await?
+            .into_inner())
     }
 
     /// Deletes a job; returns the Raft index of the write.

@@ -279,6 +279,74 @@ pub async fn apply(
     Ok(())
 }
 
+/// `skiff plan -f FILE|DIR`: exit code 0 when nothing would change, 2
+/// when something would, 1 on an error.
+pub async fn plan(opts: &ClientOpts, file: &Path) -> anyhow::Result<std::process::ExitCode> {
+    let specs = read_all(file, opts.namespace.as_deref())?;
+    let mut client = connect(opts).await?;
+    let mut changes = 0;
+    let mut refused = 0;
+    for spec in &specs {
+        let p = client.plan_job(spec).await?;
+        let key = spec.key();
+        let head = if !p.exists {
+            format!("job/{key}: new, version 1")
+        } else if p.changed.is_empty() {
+            format!("job/{key}: no change (version {})", p.version)
+        } else if p.planned_version != p.version {
+            format!(
+                "job/{key}: changes {}; new version {} (a rollout)",
+                p.changed.join(", "),
+                p.planned_version
+            )
+        } else {
+            format!(
+                "job/{key}: changes {}; same version {}",
+                p.changed.join(", "),
+                p.version
+            )
+        };
+        emit(&format!("{head}\n"));
+        if !p.exists || !p.changed.is_empty() {
+            changes += 1;
+        }
+        if !p.refusal.is_empty() {
+            refused += 1;
+            emit(&format!("  would be refused: {}\n", p.refusal));
+            continue;
+        }
+        if !p.queue_note.is_empty() {
+            emit(&format!("  {}\n", p.queue_note));
+        }
+        if !p.placements.is_empty() {
+            emit(&format!("  would place: {}\n", p.placements.join("; ")));
+        }
+        if p.unplaced > 0 {
+            emit(&format!(
+                "  cannot place {} now: {}\n",
+                p.unplaced, p.explanation
+            ));
+        }
+        if !p.evictions.is_empty() {
+            emit(&format!("  would evict: {}\n", p.evictions.join("; ")));
+        }
+        if p.stops > 0 {
+            emit(&format!("  would stop {} of its allocations\n", p.stops));
+        }
+    }
+    emit(&format!(
+        "{} job(s): {changes} would change, {refused} would be refused\n",
+        specs.len()
+    ));
+    Ok(if refused > 0 {
+        std::process::ExitCode::FAILURE
+    } else if changes > 0 {
+        std::process::ExitCode::from(2)
+    } else {
+        std::process::ExitCode::SUCCESS
+    })
+}
+
 pub async fn delete(what: DeleteWhat) -> anyhow::Result<()> {
     let DeleteWhat::Job { name, client } = what;
     connect(&client).await?.delete_job(&name).await?;

@@ -27,7 +27,7 @@ use skiff_client::Client;
 use crate::args::ClientOpts;
 
 pub use access::{audit, ca, remove_node, token, AuditArgs, CaCmd, TokenCmd};
-pub use apply::{apply, delete, DeleteWhat};
+pub use apply::{apply, delete, plan, DeleteWhat};
 pub use container::{exec, logs, ExecArgs, LogsArgs};
 pub use describe::{describe, DescribeWhat};
 pub use events::{events, EventsArgs};

@@ -45,7 +45,7 @@ pub(crate) fn spec_from_wire(wire: pb::JobSpec) -> Result<JobSpec, Status> {
 /// before it reads the layout, with links resolved). Until a node with
 /// image roots has registered there is nothing to check against, and the
 /// agents' own check is the only one.
-fn check_image_path(state: &skiff_store::State, spec: &JobSpec) -> Result<(), Status> {
+pub(crate) fn check_image_path(state: &skiff_store::State, spec: &JobSpec) -> Result<(), Status> {
     // Read in place: an apply copies no node's roots unless it is refused.
     let roots = || state.nodes.values().flat_map(|n| &n.image_roots);
     if !spec.task.image.is_layout() || roots().next().is_none() {

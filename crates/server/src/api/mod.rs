@@ -15,6 +15,7 @@ mod events;
 mod images;
 mod jobs;
 mod pages;
+mod plan;
 mod relay;
 mod rollouts;
 mod top;
@@ -64,6 +65,18 @@ impl pb::cluster_server::Cluster for ClusterApi {
         self.caller(&req)?
             .require_in(&self.ctx, Action::WriteJobs, &ns, "apply jobs")?;
         jobs::apply(&self.ctx, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn plan_job(&self, req: Request<pb::PlanJobRequest>) -> Answer<pb::PlanJobResponse> {
+        let ns = match &req.get_ref().spec {
+            Some(spec) => errors::namespace_of(&spec.namespace)?.to_string(),
+            None => skiff_model::DEFAULT_NAMESPACE.to_string(),
+        };
+        self.caller(&req)?
+            .require_in(&self.ctx, Action::Read, &ns, "plan jobs")?;
+        plan::plan(&self.ctx, req.into_inner())
             .await
             .map(Response::new)
     }

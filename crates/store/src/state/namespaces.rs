@@ -95,6 +95,12 @@ impl State {
         self.admit_to_queue(spec)
     }
 
+    /// Why an upsert of `spec` would be refused now (its namespace, policy,
+    /// quota or queue), without applying anything: `skiff plan`.
+    pub fn refusal_of(&self, spec: &JobSpec) -> Option<Refusal> {
+        self.admit(&spec.key(), spec).err()
+    }
+
     /// A job naming a queue: the queue exists and lets the job's
     /// namespace submit.
     fn admit_to_queue(&self, spec: &JobSpec) -> Result<(), Refusal> {
