@@ -27,7 +27,15 @@ use crate::queue_book::book_of;
 pub struct Admitter {
     /// The state index of the last round.
     last_index: u64,
+    /// When the last round ran: on a busy cluster (an applied entry every
+    /// few milliseconds) rounds are at least [`ROUND_GAP`] apart.
+    last_round: Option<Instant>,
 }
+
+/// The least time between two admission rounds; the evaluation loop wakes
+/// at least every second, so a waiting job is looked at within about a
+/// second of the change that lets it in.
+const ROUND_GAP: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Admitter {
     /// One round, if the state moved since the last and a job waits.
@@ -42,10 +50,14 @@ impl Admitter {
         // and their evaluations.
         let (mut book, jobs, evals, index) = {
             let state = store.state();
-            if state.index == self.last_index || state.access.queues.is_empty() {
+            if state.index == self.last_index
+                || state.access.queues.is_empty()
+                || self.last_round.is_some_and(|t| t.elapsed() < ROUND_GAP)
+            {
                 return;
             }
             self.last_index = state.index;
+            self.last_round = Some(Instant::now());
             let waiting: Vec<&Job> = state
                 .jobs
                 .values()
