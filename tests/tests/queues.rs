@@ -130,7 +130,7 @@ async fn a_borrowed_gang_is_reclaimed_whole_when_its_lender_needs_its_quota() {
     assert_eq!(planned.status.code(), Some(2), "{text}");
     assert!(text.contains("job/team-a/train: new, version 1"), "{text}");
     assert!(
-        text.contains("waits in queue team-a until its whole request is admitted"),
+        text.contains("queue team-a would admit it whole now"),
         "{text}"
     );
     assert!(text.contains("would place: replica 0 on gpu-"), "{text}");
@@ -155,6 +155,20 @@ async fn a_borrowed_gang_is_reclaimed_whole_when_its_lender_needs_its_quota() {
     assert!(
         b_line.contains("GPUs (any model)=4"),
         "team-b lends 4: {ls}"
+    );
+
+    // The plan of team B's job says what its admission would take back.
+    let eval_file = tmp.path().join("eval.json");
+    std::fs::write(
+        &eval_file,
+        serde_json::to_string(&team_job("team-b", "eval", 1, 4, 10)).unwrap(),
+    )
+    .unwrap();
+    let planned = skiff(&url, &["plan", "-f", &eval_file.display().to_string()]);
+    let text = String::from_utf8_lossy(&planned.stdout).into_owned();
+    assert!(
+        text.contains("queue team-b would admit it whole now, reclaiming team-a/sweep"),
+        "{text}"
     );
 
     // Team B asks for its 4 GPUs: A's borrowed gang goes, whole, and B's

@@ -128,6 +128,27 @@ impl QueueBook {
         &self.workloads
     }
 
+    /// Puts `w` in the book in place of the workload of the same job, if
+    /// any (what it held moves with it): a spec being planned.
+    pub fn upsert(&mut self, mut w: Workload) {
+        match self.workload_index(&w.job) {
+            Some(i) => {
+                let old = std::mem::replace(&mut self.workloads[i], w);
+                let usage = self.usage.entry(old.queue.clone()).or_default();
+                queue::sub(usage, &old.holds);
+                let new = &self.workloads[i];
+                queue::add(self.usage.entry(new.queue.clone()).or_default(), &new.holds);
+            }
+            None => {
+                w.holds = Amounts::new();
+                let at = self
+                    .workloads
+                    .partition_point(|x| x.job.as_str() < w.job.as_str());
+                self.workloads.insert(at, w);
+            }
+        }
+    }
+
     pub(crate) fn workload_index(&self, job: &str) -> Option<usize> {
         self.workloads
             .binary_search_by(|w| w.job.as_str().cmp(job))

@@ -54,6 +54,78 @@ fn changed_fields(old: &JobSpec, new: &JobSpec) -> Vec<String> {
     out
 }
 
+/// What the next admission round would do with `job`, waiting in queue
+/// `q`: a trial round on this server's state with the planned spec in
+/// place of the stored one.
+fn admission_note(ctx: &Ctx, state: &skiff_store::State, job: &Job, q: &str) -> String {
+    let waiting = ctx
+        .metrics
+        .queue_waiting
+        .lock()
+        .expect("waiting map")
+        .clone();
+    let mut book = crate::queue_book::book_of(state, &waiting);
+    let key = job.key();
+    let holds = book
+        .workloads()
+        .iter()
+        .find(|w| w.job == key)
+        .map(|w| w.holds.clone())
+        .unwrap_or_default();
+    book.upsert(skiff_scheduler::queues::Workload {
+        job: key.clone(),
+        queue: q.to_string(),
+        priority: job.spec.priority,
+        create_index: job.create_index,
+        request: skiff_model::queue::request_of(&job.spec),
+        admitted_index: 0,
+        holds,
+        waited_ms: waiting
+            .get(&key)
+            .map_or(0, |t| t.elapsed().as_millis() as u64),
+    });
+    let mut view = ClusterView::new(state.nodes.values(), state.allocs.values(), |name| {
+        state.jobs.get(name).map(|j| j.spec.priority)
+    });
+    view.set_queues(|name| {
+        if name == key {
+            Some(q.to_string())
+        } else {
+            state.jobs.get(name).and_then(|j| j.spec.queue.clone())
+        }
+    });
+    let job_of = |name: &str| {
+        if name == key {
+            Some(job)
+        } else {
+            state.jobs.get(name)
+        }
+    };
+    let cfg = Config {
+        seed: state.index,
+        ..Config::default()
+    };
+    let decisions = book.round(&mut view, &job_of, &cfg, &mut String::new, state.index);
+    match decisions.into_iter().find(|d| d.job == key) {
+        Some(d) => match d.admission {
+            Some(a) if a.reclaimed.is_empty() => format!(
+                "queue {q} would admit it whole now{}",
+                if a.borrowing {
+                    ", borrowing from its cohort"
+                } else {
+                    ""
+                }
+            ),
+            Some(a) => format!(
+                "queue {q} would admit it whole now, reclaiming {}",
+                a.reclaimed.join(", ")
+            ),
+            None => format!("would wait in queue {q}: {}", d.reason),
+        },
+        None => format!("waits in queue {q} until its whole request is admitted"),
+    }
+}
+
 pub(crate) async fn plan(ctx: &Ctx, r: pb::PlanJobRequest) -> Result<pb::PlanJobResponse, Status> {
     let wire = r.spec.ok_or_else(|| invalid("spec", "is required"))?;
     let mut spec = spec_from_wire(wire)?;
@@ -100,18 +172,18 @@ pub(crate) async fn plan(ctx: &Ctx, r: pb::PlanJobRequest) -> Result<pb::PlanJob
             0
         }
     });
-    let queue_note = match &spec.queue {
-        Some(q) if admitted == 0 => format!(
-            "waits in queue {q} until its whole request is admitted (skiff queue describe {q})"
-        ),
-        _ => String::new(),
-    };
     let job = Job {
         create_index: current.map_or(state.index + 1, |j| j.create_index),
         modify_index: state.index + 1,
         version: planned_version,
         admitted_index: admitted,
         spec,
+    };
+    let queue_note = match &job.spec.queue {
+        Some(q) if admitted == 0 && state.access.queues.contains_key(q) => {
+            admission_note(ctx, &state, &job, q)
+        }
+        _ => String::new(),
     };
     let mut view = ClusterView::new(state.nodes.values(), state.allocs.values(), |name| {
         state.jobs.get(name).map(|j| j.spec.priority)
