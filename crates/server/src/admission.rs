@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use skiff_model::{EvalStatus, Job};
-use skiff_scheduler::{ClusterView, Config};
+use skiff_scheduler::Config;
 use skiff_store::command::{NewAlloc, PlanCommand};
 use skiff_store::{Command, Outcome, Store};
 
@@ -85,10 +85,7 @@ impl Admitter {
                 waiting.iter().map(|j| (j.key(), (*j).clone())).collect();
             (book, jobs, evals, state.index)
         };
-        let mut view = ClusterView::new(&copy.nodes, copy.allocs.values(), |name| {
-            copy.priorities.get(name).copied()
-        });
-        view.set_queues(|name| copy.queues.get(name).cloned());
+        let mut view = copy.view();
         let cfg = Config {
             algorithm,
             seed: index,

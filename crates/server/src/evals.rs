@@ -129,10 +129,7 @@ fn plan_batch(
     evals: &[Evaluation],
     settings: SchedulerSettings,
 ) -> Vec<PlanCommand> {
-    let mut view = ClusterView::new(state.nodes.values(), state.allocs.values(), |name| {
-        state.jobs.get(name).map(|j| j.spec.priority)
-    });
-    view.set_queues(|name| state.jobs.get(name).and_then(|j| j.spec.queue.clone()));
+    let mut view = crate::sched_copy::state_view(state);
     plan_all(&Batch::of(state, evals), &mut view, evals, settings)
 }
 
@@ -184,10 +181,7 @@ fn plan_copied(
     evals: &[Evaluation],
     settings: SchedulerSettings,
 ) -> Vec<PlanCommand> {
-    let mut view = ClusterView::new(&copy.nodes, copy.allocs.values(), |name| {
-        copy.priorities.get(name).copied()
-    });
-    view.set_queues(|name| copy.queues.get(name).cloned());
+    let mut view = copy.view();
     plan_all(batch, &mut view, evals, settings)
 }
 

@@ -10,7 +10,7 @@ use skiff_model::queue::{request_of, scale, Amounts};
 use skiff_model::workload::{batch_progress, BatchState};
 use skiff_model::{Job, Plan};
 use skiff_scheduler::queues::{Decision, QueueBook, Workload};
-use skiff_scheduler::{ClusterView, Config};
+use skiff_scheduler::Config;
 use skiff_store::State;
 
 /// The plan of a queued job's evaluation while it waits: nothing moves.
@@ -84,10 +84,7 @@ pub fn book_of(state: &State, waiting: &WaitingSince) -> QueueBook {
 pub fn dry_run(state: &State, waiting: &WaitingSince) -> (QueueBook, Vec<Decision>) {
     let book = book_of(state, waiting);
     let mut trial = book.clone();
-    let mut view = ClusterView::new(state.nodes.values(), state.allocs.values(), |name| {
-        state.jobs.get(name).map(|j| j.spec.priority)
-    });
-    view.set_queues(|name| state.jobs.get(name).and_then(|j| j.spec.queue.clone()));
+    let mut view = crate::sched_copy::state_view(state);
     let jobs = &state.jobs;
     let decisions = trial.round(
         &mut view,

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use skiff_model::Node;
-use skiff_scheduler::AllocSummary;
+use skiff_scheduler::{AllocSummary, ClusterView};
 use skiff_store::State;
 
 #[derive(Debug, Default)]
@@ -28,7 +28,27 @@ pub struct SchedCopy {
     pub queues: HashMap<String, String>,
 }
 
+/// A view of `state` as the scheduler reads it: every node and
+/// allocation, each job's priority and team queue (for planning from the
+/// state itself: tests, `PlanJob`, `skiff queue describe`).
+pub fn state_view(state: &State) -> ClusterView<'_> {
+    let mut view = ClusterView::new(state.nodes.values(), state.allocs.values(), |name| {
+        state.jobs.get(name).map(|j| j.spec.priority)
+    });
+    view.set_queues(|name| state.jobs.get(name).and_then(|j| j.spec.queue.clone()));
+    view
+}
+
 impl SchedCopy {
+    /// A view of the copy, as [`state_view`] is of the state.
+    pub fn view(&self) -> ClusterView<'_> {
+        let mut view = ClusterView::new(&self.nodes, self.allocs.values(), |name| {
+            self.priorities.get(name).copied()
+        });
+        view.set_queues(|name| self.queues.get(name).cloned());
+        view
+    }
+
     /// Brings the copy to `state`. Returns how many allocation summaries
     /// it made (the work done, for tests and metrics).
     pub fn sync(&mut self, state: &State) -> usize {

@@ -105,6 +105,14 @@ impl Errors {
     pub(super) fn push(&mut self, field: &str, message: impl Into<String>) {
         self.0.push(FieldError::new(field, message));
     }
+
+    /// `read` when nothing was broken, else every broken rule.
+    pub(super) fn finish<T>(self, read: Option<T>) -> Result<T, crate::error::SpecError> {
+        match read {
+            Some(v) if self.0.is_empty() => Ok(v),
+            _ => Err(crate::error::SpecError::Invalid(self.0)),
+        }
+    }
 }
 
 /// The dotted path of `child` under `parent` (`task` + `image`).

@@ -27,22 +27,15 @@ impl Namespace {
     pub fn from_yaml(text: &str) -> Result<Namespace, SpecError> {
         let value = super::read_document(text)?;
         let mut errs = Errors::new();
-        let ns = parse(&value, &mut errs);
-        match ns {
-            Some(ns) if errs.0.is_empty() => Ok(ns),
-            _ => Err(SpecError::Invalid(errs.0)),
-        }
+        let read = parse(&value, &mut errs);
+        errs.finish(read)
     }
 
     /// Checks the rules on values, however the namespace was built.
     pub fn validate(&self) -> Result<(), SpecError> {
         let mut errs = Errors::new();
         validate(self, &mut errs);
-        if errs.0.is_empty() {
-            Ok(())
-        } else {
-            Err(SpecError::Invalid(errs.0))
-        }
+        errs.finish(Some(()))
     }
 }
 

@@ -28,22 +28,15 @@ impl Queue {
     pub fn from_yaml(text: &str) -> Result<Queue, SpecError> {
         let value = super::read_document(text)?;
         let mut errs = Errors::new();
-        let q = parse(&value, &mut errs);
-        match q {
-            Some(q) if errs.0.is_empty() => Ok(q),
-            _ => Err(SpecError::Invalid(errs.0)),
-        }
+        let read = parse(&value, &mut errs);
+        errs.finish(read)
     }
 
     /// Checks the rules on values, however the queue was built.
     pub fn validate(&self) -> Result<(), SpecError> {
         let mut errs = Errors::new();
         validate(self, &mut errs);
-        if errs.0.is_empty() {
-            Ok(())
-        } else {
-            Err(SpecError::Invalid(errs.0))
-        }
+        errs.finish(Some(()))
     }
 }
 

@@ -6,7 +6,7 @@
 
 use skiff_model::{Job, JobSpec};
 use skiff_proto::pb;
-use skiff_scheduler::{reconcile_job, ClusterView, Config};
+use skiff_scheduler::{reconcile_job, Config};
 use tonic::Status;
 
 use super::errors::invalid;
@@ -84,9 +84,7 @@ fn admission_note(ctx: &Ctx, state: &skiff_store::State, job: &Job, q: &str) -> 
             .get(&key)
             .map_or(0, |t| t.elapsed().as_millis() as u64),
     });
-    let mut view = ClusterView::new(state.nodes.values(), state.allocs.values(), |name| {
-        state.jobs.get(name).map(|j| j.spec.priority)
-    });
+    let mut view = crate::sched_copy::state_view(state);
     view.set_queues(|name| {
         if name == key {
             Some(q.to_string())
@@ -185,10 +183,7 @@ pub(crate) async fn plan(ctx: &Ctx, r: pb::PlanJobRequest) -> Result<pb::PlanJob
         }
         _ => String::new(),
     };
-    let mut view = ClusterView::new(state.nodes.values(), state.allocs.values(), |name| {
-        state.jobs.get(name).map(|j| j.spec.priority)
-    });
-    view.set_queues(|name| state.jobs.get(name).and_then(|j| j.spec.queue.clone()));
+    let view = crate::sched_copy::state_view(&state);
     let cfg = Config {
         seed: state.index,
         ..Config::default()
