@@ -10,8 +10,8 @@ DEV_API   ?= 127.0.0.1:7700
 export SKIFF_CONFIG ?= $(DEV_DIR)/data/server/admin.conf
 
 # Debian packages the build, the agent and the tests need.
-APT_PACKAGES := runc busybox-static protobuf-compiler umoci skopeo iproute2 gcc protobuf-compiler-grpc docker-registry apache2-utils containernetworking-plugins iptables nftables systemd prometheus
-APT_COMMANDS := runc busybox protoc umoci skopeo ip cc grpc_python_plugin docker-registry htpasswd /usr/lib/cni/bridge iptables nft systemd-analyze promtool
+APT_PACKAGES := runc busybox-static protobuf-compiler umoci skopeo iproute2 gcc protobuf-compiler-grpc docker-registry apache2-utils containernetworking-plugins iptables nftables systemd prometheus git
+APT_COMMANDS := runc busybox protoc umoci skopeo ip cc grpc_python_plugin docker-registry htpasswd /usr/lib/cni/bridge iptables nft systemd-analyze promtool git
 # Modules of Debian's /usr/bin/python3 the Python client's test needs
 # (clients/python), and their packages.
 APT_PY_PACKAGES := python3-grpcio python3-protobuf

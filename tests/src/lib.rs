@@ -757,3 +757,28 @@ pub fn mounts_under(dir: &Path) -> Vec<(PathBuf, String, String)> {
         })
         .collect()
 }
+
+/// A user made with `skiff user create` as the administrator, granted
+/// `namespaces` (comma-separated; "" for the role's default): its
+/// configuration file.
+pub fn make_user(url: &str, dir: &Path, name: &str, role: &str, namespaces: &str) -> PathBuf {
+    let out = dir.join(format!("{name}.conf"));
+    let mut cmd = skiff_command();
+    cmd.args(["user", "create", name, "--role", role, "--server", url]);
+    if !namespaces.is_empty() {
+        cmd.args(["--namespace", namespaces]);
+    }
+    let run = cmd.arg("--out").arg(&out).output().unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out
+}
+
+/// A client with the credentials of a user's configuration file.
+pub async fn as_user(conf: &Path) -> Client {
+    let config = skiff_client::config::ClientConfig::load(conf).unwrap();
+    Client::connect_config(&config).await.unwrap()
+}

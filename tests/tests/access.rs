@@ -588,29 +588,6 @@ async fn every_server_audits_changes_and_denials_and_skiff_audit_merges_them() {
     }
 }
 
-/// A user made with `skiff user create`: its configuration file.
-fn make_user(url: &str, dir: &std::path::Path, name: &str, role: &str) -> std::path::PathBuf {
-    let out = dir.join(format!("{name}.conf"));
-    let run = skiff_command()
-        .args([
-            "user", "create", name, "--role", role, "--server", url, "--out",
-        ])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    out
-}
-
-async fn as_user(conf: &std::path::Path) -> Client {
-    let config = skiff_client::config::ClientConfig::load(conf).unwrap();
-    Client::connect_config(&config).await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_role_may_do_what_its_row_says_and_a_revoked_user_is_refused_at_once() {
     let tmp = tempfile::tempdir().unwrap();
@@ -621,9 +598,9 @@ async fn each_role_may_do_what_its_row_says_and_a_revoked_user_is_refused_at_onc
         .apply_job(&shell_job("existing", 0, "true"))
         .await
         .unwrap();
-    let viewer = make_user(&url, tmp.path(), "vic", "viewer");
-    let developer = make_user(&url, tmp.path(), "dev", "developer");
-    let operator = make_user(&url, tmp.path(), "otto", "operator");
+    let viewer = make_user(&url, tmp.path(), "vic", "viewer", "");
+    let developer = make_user(&url, tmp.path(), "dev", "developer", "");
+    let operator = make_user(&url, tmp.path(), "otto", "operator", "");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&viewer).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);

@@ -4,7 +4,6 @@
 //! holds under concurrent applies; an agent runs layouts only from its
 //! image roots or the paths the namespace's policy adds.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use skiff_client::{Client, ClientError, Code, WatchOptions};
@@ -13,28 +12,6 @@ use skiff_model::{AllocStatus, JobSpec};
 use skiff_tests::*;
 
 const START: Duration = Duration::from_secs(60);
-
-/// A user made with `skiff user create`, granted `namespaces`.
-fn make_user(url: &str, dir: &Path, name: &str, role: &str, namespaces: &str) -> PathBuf {
-    let out = dir.join(format!("{name}.conf"));
-    let mut cmd = skiff_command();
-    cmd.args(["user", "create", name, "--role", role, "--server", url]);
-    if !namespaces.is_empty() {
-        cmd.args(["--namespace", namespaces]);
-    }
-    let run = cmd.arg("--out").arg(&out).output().unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    out
-}
-
-async fn as_user(conf: &Path) -> Client {
-    let config = skiff_client::config::ClientConfig::load(conf).unwrap();
-    Client::connect_config(&config).await.unwrap()
-}
 
 fn namespace(yaml: &str) -> Namespace {
     Namespace::from_yaml(yaml).unwrap()

@@ -172,6 +172,14 @@ enum Cmd {
         #[command(subcommand)]
         what: commands::QueueCmd,
     },
+    /// Make a namespace follow a directory of specs in a git branch: the
+    /// leader applies each commit (all specs valid, or nothing), prunes
+    /// what the branch no longer describes and sets back jobs changed by
+    /// hand; `skiff sync status` says where each stands.
+    Sync {
+        #[command(subcommand)]
+        what: commands::SyncCmd,
+    },
     /// Show who changed what and who was refused: every server's audit
     /// log (mutating calls and denials), merged by time. Admin only.
     Audit(commands::AuditArgs),
@@ -244,6 +252,7 @@ fn main() -> ExitCode {
             Cmd::User { what } => ok(commands::user(what).await),
             Cmd::Namespace { what } => ok(commands::namespace(what).await),
             Cmd::Queue { what } => ok(commands::queue(what).await),
+            Cmd::Sync { what } => ok(commands::sync(what).await),
             Cmd::Completion(args) => ok(completion::print_script(args)),
         }
     });

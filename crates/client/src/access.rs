@@ -427,6 +427,48 @@ impl Client {
         Ok(r.index)
     }
 
+    /// Describes a sync from git (new or again; a user who may write jobs
+    /// in its namespace); the Raft index of the write.
+    pub async fn apply_sync(
+        &mut self,
+        source: &skiff_model::sync::SyncSource,
+    ) -> Result<u64, ClientError> {
+        let r = self
+            .access
+            .apply_sync(pb::ApplySyncRequest {
+                source: Some(source.into()),
+            })
+            .await?
+            .into_inner();
+        Ok(r.index)
+    }
+
+    /// Every sync with what the leader's controller last did, by name.
+    pub async fn list_syncs(&mut self) -> Result<Vec<skiff_model::sync::SyncRecord>, ClientError> {
+        let r = self
+            .access
+            .list_syncs(pb::ListSyncsRequest {})
+            .await?
+            .into_inner();
+        Ok(r.syncs
+            .into_iter()
+            .map(|s| skiff_model::sync::SyncRecord {
+                source: s.source.unwrap_or_default().into(),
+                status: s.status.unwrap_or_default().into(),
+            })
+            .collect())
+    }
+
+    /// Stops sync `name` (its jobs stay); the Raft index.
+    pub async fn delete_sync(&mut self, name: &str) -> Result<u64, ClientError> {
+        let r = self
+            .access
+            .delete_sync(pb::DeleteSyncRequest { name: name.into() })
+            .await?
+            .into_inner();
+        Ok(r.index)
+    }
+
     /// Stores `namespace`'s login for `registry` (admin only); the servers
     /// seal the password before it is replicated. The Raft index.
     pub async fn set_registry_login(

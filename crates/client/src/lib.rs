@@ -21,6 +21,7 @@ pub mod config;
 mod images;
 pub mod join;
 mod observe;
+pub mod specs;
 mod streams;
 mod types;
 

@@ -190,7 +190,7 @@ pub fn cluster_api(data: &[u8]) {
     };
     let h = harness();
     let (c, a) = (&h.cluster, &h.access);
-    match pick % 46 {
+    match pick % 49 {
         0 => unary!(h, c, apply_job, pb::ApplyJobRequest, rest),
         1 => unary!(h, c, delete_job, pb::DeleteJobRequest, rest),
         2 => unary!(h, c, get_job, pb::GetJobRequest, rest),
@@ -254,6 +254,9 @@ pub fn cluster_api(data: &[u8]) {
         43 => unary!(h, a, describe_queue, pb::DescribeQueueRequest, rest),
         44 => unary!(h, a, delete_queue, pb::DeleteQueueRequest, rest),
         45 => unary!(h, c, plan_job, pb::PlanJobRequest, rest),
+        46 => unary!(h, a, apply_sync, pb::ApplySyncRequest, rest),
+        47 => unary!(h, a, list_syncs, pb::ListSyncsRequest, rest),
+        48 => unary!(h, a, delete_sync, pb::DeleteSyncRequest, rest),
         _ => unary!(h, c, top, pb::TopRequest, rest),
     }
 }

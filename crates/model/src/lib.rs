@@ -38,6 +38,7 @@ pub mod registry_ref;
 pub mod resources;
 mod spec;
 pub mod subnet;
+pub mod sync;
 pub use spec::check_dns_label;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

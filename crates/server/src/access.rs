@@ -384,6 +384,27 @@ impl pb::access_server::Access for AccessService {
         crate::queues::delete(&self.ctx, req).await
     }
 
+    async fn apply_sync(
+        &self,
+        req: Request<pb::ApplySyncRequest>,
+    ) -> Result<Response<pb::ApplySyncResponse>, Status> {
+        crate::syncs::apply(&self.ctx, req).await
+    }
+
+    async fn list_syncs(
+        &self,
+        req: Request<pb::ListSyncsRequest>,
+    ) -> Result<Response<pb::ListSyncsResponse>, Status> {
+        crate::syncs::list(&self.ctx, req).await
+    }
+
+    async fn delete_sync(
+        &self,
+        req: Request<pb::DeleteSyncRequest>,
+    ) -> Result<Response<pb::DeleteSyncResponse>, Status> {
+        crate::syncs::delete(&self.ctx, req).await
+    }
+
     async fn set_registry_login(
         &self,
         req: Request<pb::SetRegistryLoginRequest>,

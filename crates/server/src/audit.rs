@@ -55,6 +55,8 @@ const MUTATING: &[&str] = &[
     "DeleteQueue",
     "SetRegistryLogin",
     "DeleteRegistryLogin",
+    "ApplySync",
+    "DeleteSync",
     "Register",
 ];
 
@@ -339,7 +341,7 @@ fn outcome_of<B>(resp: &http::Response<B>) -> tonic::Code {
         .unwrap_or(tonic::Code::Ok)
 }
 
-fn code_name(code: tonic::Code) -> String {
+pub(crate) fn code_name(code: tonic::Code) -> String {
     let debug = format!("{code:?}");
     // CamelCase to SCREAMING_SNAKE, as the gRPC docs name codes.
     let mut out = String::new();

@@ -54,6 +54,8 @@ pub mod registry_logins;
 pub mod resolve;
 pub mod sched_copy;
 pub mod secrets;
+pub mod sync;
+pub mod syncs;
 pub mod tls;
 pub mod transport;
 pub mod user_tokens;
@@ -415,6 +417,7 @@ pub async fn serve(
         ctx.clone(),
         data_dir.clone(),
     )));
+    background.push(tokio::spawn(sync::run(ctx.clone(), data_dir.clone())));
     background.push(tokio::spawn(bootstrap::renew(ctx.clone(), data_dir)));
     background.push(tokio::spawn(bootstrap::renew_ca(ctx.clone(), ca_lifetime)));
     if let Some(ca) = founding_ca {

@@ -115,6 +115,10 @@ pub fn check(command: &Command) -> Result<(), String> {
         }
         Command::SetSecretsKey { key_id } => key_id_rule(key_id),
         Command::PutQueue { queue } => queue.validate().map_err(|e| e.to_string()),
+        Command::PutSync { source } => source.validate().map_err(|e| e.to_string()),
+        Command::DeleteSync { name } | Command::ReportSync { name, .. } => {
+            skiff_model::check_dns_label(name).map_err(|rule| format!("name: {name:?} {rule}"))
+        }
         Command::DeleteQueue { name } => {
             skiff_model::check_dns_label(name).map_err(|rule| format!("name: {name:?} {rule}"))
         }

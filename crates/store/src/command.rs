@@ -132,6 +132,18 @@ pub enum Command {
     },
     /// An admin removed a namespace's login for a registry.
     DeleteRegistryLogin { namespace: String, registry: String },
+    /// A user described a sync from git, new or again (its status is
+    /// kept when only the source changes).
+    PutSync {
+        source: skiff_model::sync::SyncSource,
+    },
+    /// A user deleted a sync (its jobs stay).
+    DeleteSync { name: String },
+    /// The leader's sync controller recorded what it did.
+    ReportSync {
+        name: String,
+        status: skiff_model::sync::SyncStatus,
+    },
     /// A joiner presented a token whose secret hashes to `secret_hash`, at
     /// `at_ms` (as the taking server read its clock).
     Join {
@@ -238,6 +250,9 @@ impl Command {
             Command::DeleteQueue { .. } => "delete_queue",
             Command::PutRegistryLogin { .. } => "put_registry_login",
             Command::DeleteRegistryLogin { .. } => "delete_registry_login",
+            Command::PutSync { .. } => "put_sync",
+            Command::DeleteSync { .. } => "delete_sync",
+            Command::ReportSync { .. } => "report_sync",
             Command::Join { .. } => "join",
         }
     }

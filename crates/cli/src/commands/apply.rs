@@ -1,11 +1,11 @@
 //! `skiff apply` and `skiff delete`: reading a spec file, sending it.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use serde::Deserialize;
+use skiff_client::specs;
 use skiff_model::labels::Selector;
 use skiff_model::JobSpec;
 
@@ -24,62 +24,43 @@ pub enum DeleteWhat {
     },
 }
 
-/// Reads a spec file's text (`-`: standard input), refusing one larger
-/// than a spec may be.
-fn read_text(file: &Path) -> anyhow::Result<String> {
-    Ok(if file == Path::new("-") {
-        let mut s = String::new();
+/// Every spec in `file` (a file with one or more YAML documents, `-`, or
+/// a directory of them), each checked, a relative `oci:` layout path
+/// resolved against the current directory (as skopeo does); every broken
+/// one is reported and none is returned if any is broken.
+fn read_all(file: &Path, namespace: Option<&str>) -> anyhow::Result<Vec<JobSpec>> {
+    let files = if file == Path::new("-") {
+        let mut bytes = Vec::new();
         std::io::stdin()
             .take(skiff_model::MAX_SPEC_BYTES as u64 + 1)
-            .read_to_string(&mut s)
+            .read_to_end(&mut bytes)
             .context("reading the spec from standard input")?;
-        s
+        vec![specs::SpecFile {
+            name: "-".into(),
+            contents: Ok(bytes),
+        }]
+    } else if file.is_dir() {
+        specs::read_dir(file)?
     } else {
-        let meta =
-            std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;
-        if meta.len() > skiff_model::MAX_SPEC_BYTES as u64 {
-            bail!(
-                "{} is {} bytes; a spec may be at most {} bytes",
-                file.display(),
-                meta.len(),
-                skiff_model::MAX_SPEC_BYTES
-            );
+        vec![specs::read_file(file)]
+    };
+    let cwd = std::env::current_dir().context("cannot resolve the image path")?;
+    let resolve = |spec: &mut JobSpec| {
+        if spec.task.image.is_relative() {
+            spec.task.image.path = normalize(&cwd.join(&spec.task.image.path));
         }
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
-    })
-}
-
-/// Reads one spec from `text` (what file `file` holds), resolving a
-/// relative `oci:` layout path against the current directory (as skopeo
-/// does).
-fn read_spec(text: &str, file: &Path, namespace: Option<&str>) -> anyhow::Result<JobSpec> {
-    let mut spec =
-        JobSpec::from_yaml(text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    // `-n` places a spec that names no namespace; one that names another
-    // is a mistake worth stopping for.
-    let named = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
-        .ok()
-        .and_then(|v| v.get("namespace").cloned())
-        .is_some();
-    if let Some(ns) = namespace {
-        if !named {
-            spec.namespace = ns.to_string();
-        } else if spec.namespace != ns {
-            bail!(
-                "{}: the spec names namespace {:?}, --namespace says {ns:?}",
-                file.display(),
-                spec.namespace
-            );
-        }
-    }
-    spec.validate()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    if spec.task.image.is_relative() {
-        let cwd = std::env::current_dir().context("cannot resolve the image path")?;
-        let abs = cwd.join(&spec.task.image.path);
-        spec.task.image.path = normalize(&abs);
-    }
-    Ok(spec)
+        Ok(())
+    };
+    let ns = specs::Namespacing {
+        namespace,
+        said_by: "--namespace says",
+    };
+    Ok(specs::parse(
+        &files,
+        &file.display().to_string(),
+        ns,
+        &resolve,
+    )?)
 }
 
 /// Removes `.` and `..` components without touching the file system.
@@ -104,101 +85,6 @@ fn normalize(p: &Path) -> String {
         out.push('/');
     }
     out
-}
-
-/// The spec files under `dir`, recursively, in path order: `.yaml`,
-/// `.yml`, `.json`.
-fn spec_files(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read {}", dir.display()))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("cannot read {}", dir.display()))?;
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            spec_files(&p, out)?;
-        } else if p
-            .extension()
-            .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
-        {
-            out.push(p);
-        }
-    }
-    Ok(())
-}
-
-/// Every spec in `file` (a file with one or more YAML documents, `-`, or
-/// a directory of them), each checked; every broken one is reported and
-/// none is returned if any is broken.
-fn read_all(file: &Path, namespace: Option<&str>) -> anyhow::Result<Vec<JobSpec>> {
-    let mut files = Vec::new();
-    if file != Path::new("-") && file.is_dir() {
-        spec_files(file, &mut files)?;
-        if files.is_empty() {
-            bail!("{}: no .yaml, .yml or .json files", file.display());
-        }
-    } else {
-        files.push(file.to_path_buf());
-    }
-    let mut specs: Vec<JobSpec> = Vec::new();
-    let mut errors = Vec::new();
-    for f in &files {
-        let text = match read_text(f) {
-            Ok(t) => t,
-            Err(e) => {
-                errors.push(format!("{e:#}"));
-                continue;
-            }
-        };
-        let docs: Vec<serde_yaml_ng::Value> = match serde_yaml_ng::Deserializer::from_str(&text)
-            .map(serde_yaml_ng::Value::deserialize)
-            .collect()
-        {
-            Ok(d) => d,
-            Err(e) => {
-                errors.push(format!("{}: {e}", f.display()));
-                continue;
-            }
-        };
-        let several = docs.len() > 1;
-        for (i, doc) in docs.iter().enumerate() {
-            if doc.is_null() {
-                continue;
-            }
-            let shown = if several {
-                PathBuf::from(format!("{} (document {})", f.display(), i + 1))
-            } else {
-                f.clone()
-            };
-            let one = serde_yaml_ng::to_string(doc).unwrap_or_default();
-            match read_spec(&one, &shown, namespace) {
-                Ok(spec) => {
-                    if specs.iter().any(|s| s.key() == spec.key()) {
-                        errors.push(format!(
-                            "{}: job {} is described twice",
-                            shown.display(),
-                            spec.key()
-                        ));
-                    } else {
-                        specs.push(spec);
-                    }
-                }
-                Err(e) => errors.push(format!("{e:#}")),
-            }
-        }
-    }
-    if !errors.is_empty() {
-        bail!(
-            "{} broken spec(s); nothing applied:\n  {}",
-            errors.len(),
-            errors.join("\n  ")
-        );
-    }
-    if specs.is_empty() {
-        bail!("{}: no job specs", file.display());
-    }
-    Ok(specs)
 }
 
 /// `skiff apply -f FILE|DIR [--prune -l SELECTOR]`.

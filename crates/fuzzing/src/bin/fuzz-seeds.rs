@@ -214,6 +214,19 @@ fn cluster_api(dir: &Path) {
             },
         ),
     );
+    let mut sync = skiff_model::sync::SyncSource::new("lab", "/srv/git/lab.git", "default");
+    sync.path = "jobs".into();
+    sync.prune = Some("owner=gitops".into());
+    put(
+        dir,
+        "apply-sync",
+        &call(
+            46,
+            &pb::ApplySyncRequest {
+                source: Some(pb::SyncSource::from(&sync)),
+            },
+        ),
+    );
     put(
         dir,
         "describe-queue",

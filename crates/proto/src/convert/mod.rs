@@ -14,6 +14,7 @@ mod queue;
 mod resources;
 mod spec;
 mod state;
+mod sync;
 #[cfg(test)]
 mod tests;
 

@@ -54,6 +54,29 @@ fn changed_fields(old: &JobSpec, new: &JobSpec) -> Vec<String> {
     out
 }
 
+/// How `spec` differs from the stored job of its name: `None` when there
+/// is none, else the fields that would change (none: applying it changes
+/// nothing). A registry tag resolves to a digest at apply, so the same tag
+/// again is the same image: the stored digest is carried into `spec`.
+pub(crate) fn diff(state: &skiff_store::State, spec: &mut JobSpec) -> Option<Vec<String>> {
+    let current = state.jobs.get(&spec.key())?;
+    if let (Some(new), Some(old)) = (
+        spec.task.image.registry.as_mut(),
+        current.spec.task.image.registry.as_ref(),
+    ) {
+        let mut bare = old.clone();
+        bare.digest = None;
+        if new.digest.is_none() && bare == *new {
+            new.digest = old.digest.clone();
+        }
+    }
+    Some(if current.spec == *spec {
+        Vec::new()
+    } else {
+        changed_fields(&current.spec, spec)
+    })
+}
+
 /// What the next admission round would do with `job`, waiting in queue
 /// `q`: a trial round on this server's state with the planned spec in
 /// place of the stored one.
@@ -132,34 +155,15 @@ pub(crate) async fn plan(ctx: &Ctx, r: pb::PlanJobRequest) -> Result<pb::PlanJob
     check_image_path(&state, &spec)?;
     let key = spec.key();
     let current = state.jobs.get(&key);
-    // A registry tag resolves to a digest at apply: the same tag planned
-    // again is the same image.
-    if let (Some(new), Some(old)) = (
-        spec.task.image.registry.as_mut(),
-        current.and_then(|j| j.spec.task.image.registry.as_ref()),
-    ) {
-        let mut bare = old.clone();
-        bare.digest = None;
-        if new.digest.is_none() && bare == *new {
-            new.digest = old.digest.clone();
-        }
-    }
+    let changed = diff(&state, &mut spec).unwrap_or_default();
     let refusal = state
         .refusal_of(&spec)
         .map(|r| r.to_string())
         .unwrap_or_default();
-    let (changed, version, planned_version) = match current {
-        None => (Vec::new(), 0, 1),
-        Some(j) if j.spec == spec => (Vec::new(), j.version, j.version),
-        Some(j) => (
-            changed_fields(&j.spec, &spec),
-            j.version,
-            if j.spec.same_version(&spec) {
-                j.version
-            } else {
-                j.version + 1
-            },
-        ),
+    let (version, planned_version) = match current {
+        None => (0, 1),
+        Some(j) if j.spec.same_version(&spec) => (j.version, j.version),
+        Some(j) => (j.version, j.version + 1),
     };
     let admitted = current.map_or(0, |j| {
         let same = j.spec.queue == spec.queue

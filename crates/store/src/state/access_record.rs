@@ -46,4 +46,7 @@ pub struct Access {
     /// Registry logins by namespace, then registry.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub registry_logins: BTreeMap<String, BTreeMap<String, RegistryLoginRecord>>,
+    /// Syncs from git by name, each with what its controller last did.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub syncs: BTreeMap<String, skiff_model::sync::SyncRecord>,
 }

@@ -283,6 +283,9 @@ impl State {
             Command::DeleteNamespace { name } => self.delete_namespace(name),
             Command::PutQueue { queue } => self.put_queue(queue),
             Command::DeleteQueue { name } => self.delete_queue(name),
+            Command::PutSync { source } => self.put_sync(source),
+            Command::DeleteSync { name } => self.delete_sync(name),
+            Command::ReportSync { name, status } => self.report_sync(name, status),
             Command::SetSecretsKey { key_id } => self.set_secrets_key(key_id),
             Command::PutRegistryLogin { namespace, login } => {
                 self.put_registry_login(namespace, login)

@@ -150,6 +150,52 @@ impl State {
         self.touch(Table::Access, ACCESS_KEY);
         Outcome::AccessChanged
     }
+
+    pub(super) fn put_sync(&mut self, source: &skiff_model::sync::SyncSource) -> Outcome {
+        use skiff_model::sync::SyncRecord;
+        match self.access.syncs.get_mut(&source.name) {
+            Some(r) if r.source == *source => return Outcome::AccessChanged,
+            Some(r) => r.source = source.clone(),
+            None => {
+                self.access.syncs.insert(
+                    source.name.clone(),
+                    SyncRecord {
+                        source: source.clone(),
+                        status: Default::default(),
+                    },
+                );
+            }
+        }
+        self.touch(Table::Access, ACCESS_KEY);
+        Outcome::AccessChanged
+    }
+
+    pub(super) fn delete_sync(&mut self, name: &str) -> Outcome {
+        if self.access.syncs.remove(name).is_none() {
+            return Outcome::Refused(Refusal::SyncMissing {
+                name: name.to_string(),
+            });
+        }
+        self.touch(Table::Access, ACCESS_KEY);
+        Outcome::AccessChanged
+    }
+
+    pub(super) fn report_sync(
+        &mut self,
+        name: &str,
+        status: &skiff_model::sync::SyncStatus,
+    ) -> Outcome {
+        let Some(r) = self.access.syncs.get_mut(name) else {
+            return Outcome::Refused(Refusal::SyncMissing {
+                name: name.to_string(),
+            });
+        };
+        if r.status != *status {
+            r.status = status.clone();
+            self.touch(Table::Access, ACCESS_KEY);
+        }
+        Outcome::AccessChanged
+    }
 }
 
 #[cfg(test)]

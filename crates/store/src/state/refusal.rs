@@ -135,6 +135,10 @@ pub enum Refusal {
     QueueMissing {
         name: String,
     },
+    /// No sync by this name.
+    SyncMissing {
+        name: String,
+    },
     /// A queue is deleted only once no job names it.
     QueueInUse {
         name: String,
@@ -191,6 +195,7 @@ impl Refusal {
                 | Refusal::UserNotFound { .. }
                 | Refusal::NamespaceMissing { .. }
                 | Refusal::QueueMissing { .. }
+                | Refusal::SyncMissing { .. }
                 | Refusal::RegistryLoginMissing { .. }
         )
     }
@@ -261,6 +266,10 @@ impl std::fmt::Display for Refusal {
             Refusal::QueueMissing { name } => write!(
                 f,
                 "queue {name:?} not found: an admin creates it with `skiff queue apply`"
+            ),
+            Refusal::SyncMissing { name } => write!(
+                f,
+                "sync {name:?} not found: `skiff sync apply` describes it"
             ),
             Refusal::QueueInUse { name, jobs } => write!(
                 f,
