@@ -299,3 +299,106 @@ async fn a_sync_writes_only_where_its_describer_may_and_names_what_is_wrong() {
     .await;
     assert_eq!(r.status.commit, "");
 }
+
+/// `git daemon` serving `base` on a free loopback port; killed on drop.
+struct GitDaemon(std::process::Child, u16);
+
+impl GitDaemon {
+    fn start(base: &Path) -> GitDaemon {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // git-daemon itself (`git daemon` would leave it running as its
+        // child when killed).
+        let exec = git(Path::new("/"), &["--exec-path"]);
+        let child = std::process::Command::new(Path::new(&exec).join("git-daemon"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .arg("--reuseaddr")
+            .arg("--export-all")
+            .arg("--listen=127.0.0.1")
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", base.display()))
+            .arg(base)
+            .spawn()
+            .expect("git daemon (Debian's git package)");
+        GitDaemon(child, port)
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_branch_is_fetched_by_the_leader_and_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let server = ServerProc::start(&data);
+    let client = server.client().await;
+    let mut reader = client.clone();
+
+    let served = tmp.path().join("served");
+    let origin = served.join("lab.git");
+    std::fs::create_dir_all(&origin).unwrap();
+    git(&origin, &["init", "-q", "--bare", "-b", "main"]);
+    let work = tmp.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    git(
+        &work,
+        &["remote", "add", "origin", origin.to_str().unwrap()],
+    );
+    std::fs::write(work.join("web.yaml"), job("web", "one")).unwrap();
+    let first = commit(&work, "web");
+    let daemon = GitDaemon::start(&served);
+
+    let mut source = SyncSource::new(
+        "lab",
+        &format!("git://127.0.0.1:{}/lab.git", daemon.1),
+        "default",
+    );
+    source.interval_secs = 1;
+    reader.apply_sync(&source).await.unwrap();
+    // The daemon may still be starting: the first looks fail, and say so.
+    let r = wait_status(&client, "the remote's first commit applied", |r| {
+        r.status.commit == first
+    })
+    .await;
+    assert_eq!(r.status.error, "");
+    assert_eq!(job_version(&mut reader, "web").await, Some(1));
+    assert!(
+        data.join("sync/lab.git/HEAD").exists(),
+        "fetched into the data directory"
+    );
+
+    std::fs::write(work.join("web.yaml"), job("web", "two")).unwrap();
+    let second = commit(&work, "web two");
+    wait_status(&client, "the remote's second commit applied", |r| {
+        r.status.commit == second
+    })
+    .await;
+    assert_eq!(job_version(&mut reader, "web").await, Some(2));
+
+    // The remote gone: the error says so and the commit keeps running.
+    drop(daemon);
+    std::fs::write(work.join("web.yaml"), job("web", "three")).unwrap();
+    commit(&work, "web three, never fetched");
+    let r = wait_status(&client, "the unreachable remote reported", |r| {
+        r.status.error.contains("cannot fetch")
+    })
+    .await;
+    assert!(
+        r.status
+            .error
+            .contains(&format!("commit {} keeps running", &second[..12])),
+        "{}",
+        r.status.error
+    );
+    assert_eq!(job_version(&mut reader, "web").await, Some(2));
+}

@@ -302,6 +302,48 @@ fn by_label(label: &str, all: &[&str], counts: &BTreeMap<&str, i64>) -> Family<L
     family
 }
 
+/// `skiff_sync_*`: every sync's standing, from the replicated status (the
+/// same on every server).
+fn register_sync_gauges(
+    reg: &mut prometheus_client::registry::Registry,
+    state: &skiff_store::State,
+) {
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    let in_sync = Family::<skiff_metrics::Labels, Gauge>::default();
+    let applied = Family::<skiff_metrics::Labels, Gauge>::default();
+    let jobs = Family::<skiff_metrics::Labels, Gauge>::default();
+    for r in state.access.syncs.values() {
+        let labels = vec![
+            ("sync".to_string(), r.source.name.clone()),
+            ("namespace".to_string(), r.source.namespace.clone()),
+        ];
+        let ok = r.status.error.is_empty()
+            && !r.status.commit.is_empty()
+            && r.status.commit == r.status.head;
+        in_sync.get_or_create(&labels).set(i64::from(ok));
+        applied
+            .get_or_create(&labels)
+            .set((r.status.applied_at_ms / 1000) as i64);
+        jobs.get_or_create(&labels).set(r.status.jobs.len() as i64);
+    }
+    reg.register(
+        "sync_in_sync",
+        "1 when a sync's branch head is applied, 0 while it is pending or refused (skiff sync status says why)",
+        in_sync,
+    );
+    reg.register(
+        "sync_applied_timestamp_seconds",
+        "When the commit a sync's namespace runs was applied (Unix seconds; 0 before the first)",
+        applied,
+    );
+    reg.register(
+        "sync_jobs",
+        "Jobs the commit a sync applied describes",
+        jobs,
+    );
+}
+
 /// The exposition for this server's Raft `status`, `state` and calls.
 pub fn render(
     status: &RaftStatus,
@@ -314,6 +356,7 @@ pub fn render(
     server.register(&mut reg);
     disk.register(&mut reg);
     crate::queue_book::register_gauges(&mut reg, state);
+    register_sync_gauges(&mut reg, state);
     reg.register(
         "raft_snapshot_index",
         "The Raft index of this server's latest snapshot",
@@ -458,6 +501,15 @@ pub fn example() -> String {
     )
     .expect("the example queue");
     state.access.queues.insert(queue.name.clone(), queue);
+    let mut sync = skiff_model::sync::SyncRecord {
+        source: skiff_model::sync::SyncSource::new("lab", "/srv/git/lab.git", "default"),
+        status: Default::default(),
+    };
+    sync.status.commit = "4f1c2a9d03be".into();
+    sync.status.head = sync.status.commit.clone();
+    sync.status.applied_at_ms = 1_764_900_000_000;
+    sync.status.jobs = vec!["web".into()];
+    state.access.syncs.insert("lab".into(), sync);
     render(
         &RaftStatus::default(),
         &state,

@@ -92,8 +92,11 @@ async fn look(ctx: &Ctx, rec: &SyncRecord, cache: PathBuf) -> SyncStatus {
     let checkout = match read {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
-            status.error = kept(&e.to_string(), &status.commit);
-            tracing::warn!(sync = %name, error = %e, "cannot read the sync's branch");
+            let error = kept(&e.to_string(), &status.commit);
+            if status.error != error {
+                tracing::warn!(sync = %name, error = %e, "cannot read the sync's branch");
+            }
+            status.error = error;
             return status;
         }
         Err(e) => {
