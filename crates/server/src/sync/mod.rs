@@ -33,6 +33,10 @@ use skiff_store::Command;
 
 use crate::ctx::{now_ms, Ctx};
 
+/// The longest one look may wait for its repository (a remote that
+/// stopped answering); the others' looks go on after it.
+const READ_LIMIT: Duration = Duration::from_secs(120);
+
 /// How often the controller wakes to see which syncs are due.
 const TICK: Duration = Duration::from_millis(500);
 
@@ -88,19 +92,32 @@ async fn look(ctx: &Ctx, rec: &SyncRecord, cache: PathBuf) -> SyncStatus {
     let mut status = rec.status.clone();
     let source = rec.source.clone();
     let name = source.name.clone();
-    let read = tokio::task::spawn_blocking(move || git::read(&source, &cache)).await;
+    let read = tokio::time::timeout(
+        READ_LIMIT,
+        tokio::task::spawn_blocking(move || git::read(&source, &cache)),
+    )
+    .await;
     let checkout = match read {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            let error = kept(&e.to_string(), &status.commit);
+        Ok(Ok(Ok(c))) => c,
+        Ok(Ok(Err(e))) => {
+            let error = format!("{e} ({})", kept(&status.commit));
             if status.error != error {
                 tracing::warn!(sync = %name, error = %e, "cannot read the sync's branch");
             }
             status.error = error;
             return status;
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             status.error = format!("reading the repository failed: {e}");
+            return status;
+        }
+        Err(_) => {
+            // The read goes on on its thread; the other syncs do not wait.
+            status.error = format!(
+                "reading the repository took longer than {}s ({})",
+                READ_LIMIT.as_secs(),
+                kept(&status.commit)
+            );
             return status;
         }
     };
@@ -108,11 +125,15 @@ async fn look(ctx: &Ctx, rec: &SyncRecord, cache: PathBuf) -> SyncStatus {
     let specs = match checked(ctx, &rec.source, &checkout) {
         Ok(s) => s,
         Err(e) => {
-            let error = format!("commit {}: {e}", short(&checkout.commit));
-            if status.error != kept(&error, &status.commit) {
+            let error = format!(
+                "commit {} refused, {}: {e}",
+                short(&checkout.commit),
+                kept(&status.commit)
+            );
+            if status.error != error {
                 tracing::warn!(sync = %name, commit = %short(&checkout.commit), "the sync's head is refused; the last good commit keeps running");
             }
-            status.error = kept(&error, &status.commit);
+            status.error = error;
             return status;
         }
     };
@@ -146,13 +167,10 @@ async fn look(ctx: &Ctx, rec: &SyncRecord, cache: PathBuf) -> SyncStatus {
         }
     }
     if !failed.is_empty() {
-        status.error = kept(
-            &format!(
-                "commit {}: {}; nothing pruned",
-                short(&checkout.commit),
-                failed.join("; ")
-            ),
-            &status.commit,
+        status.error = format!(
+            "commit {} partly applied, nothing pruned: {}",
+            short(&checkout.commit),
+            failed.join("; ")
         );
         return status;
     }
@@ -181,12 +199,12 @@ async fn look(ctx: &Ctx, rec: &SyncRecord, cache: PathBuf) -> SyncStatus {
     status
 }
 
-/// An error, with what keeps running.
-fn kept(error: &str, commit: &str) -> String {
+/// What keeps running while the head is not applied.
+fn kept(commit: &str) -> String {
     if commit.is_empty() {
-        format!("{error}; nothing applied yet")
+        "nothing applied yet".into()
     } else {
-        format!("{error}; commit {} keeps running", short(commit))
+        format!("commit {} keeps running", short(commit))
     }
 }
 

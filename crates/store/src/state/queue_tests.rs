@@ -2,6 +2,7 @@
 //! and admit their namespace; a plan marked `admit` records the job's
 //! admission; evictions across queues pass only as reclaims the plan
 //! names, within one cohort, of admitted jobs, which then wait again.
+//! Syncs from git, kept in the same access record, are here too.
 
 use super::tests::{job_spec, reg, Harness};
 use super::*;
@@ -145,4 +146,48 @@ fn a_job_that_asks_for_more_or_moves_waits_to_be_admitted_again() {
     // Another queue, or a bigger request, does not.
     h.apply(queued("a1", "team-b", 60));
     assert_eq!(h.state.jobs["a1"].admitted_index, 0);
+}
+
+#[test]
+fn a_sync_keeps_its_status_when_its_source_changes_and_reports_need_it_to_exist() {
+    use skiff_model::sync::{SyncSource, SyncStatus};
+    let mut h = Harness::new();
+    let source = SyncSource::new("lab", "/srv/git/lab.git", "default");
+    let status = SyncStatus {
+        commit: "4f1c2a9d03be".into(),
+        head: "4f1c2a9d03be".into(),
+        jobs: vec!["web".into()],
+        ..SyncStatus::default()
+    };
+    let report = |status: &SyncStatus| Command::ReportSync {
+        name: "lab".into(),
+        status: status.clone(),
+    };
+    assert_eq!(
+        h.apply(report(&status)),
+        Outcome::Refused(Refusal::SyncMissing { name: "lab".into() })
+    );
+    assert_eq!(
+        h.apply(Command::PutSync {
+            source: source.clone()
+        }),
+        Outcome::AccessChanged
+    );
+    assert_eq!(h.apply(report(&status)), Outcome::AccessChanged);
+    // Another branch: the status stays (the controller reads it next).
+    let mut moved = source.clone();
+    moved.branch = "prod".into();
+    h.apply(Command::PutSync { source: moved });
+    let kept = &h.state.access.syncs["lab"];
+    assert_eq!(kept.source.branch, "prod");
+    assert_eq!(kept.status, status);
+    assert_eq!(
+        h.apply(Command::DeleteSync { name: "lab".into() }),
+        Outcome::AccessChanged
+    );
+    assert!(h.state.access.syncs.is_empty());
+    assert_eq!(
+        h.apply(Command::DeleteSync { name: "lab".into() }),
+        Outcome::Refused(Refusal::SyncMissing { name: "lab".into() })
+    );
 }
