@@ -30,6 +30,17 @@ fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// A bare repository at `origin` (branch main) and a work tree at `work`
+/// that pushes to it; the work tree.
+fn repository(origin: &Path, work: &Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(origin).unwrap();
+    git(origin, &["init", "-q", "--bare", "-b", "main"]);
+    std::fs::create_dir_all(work).unwrap();
+    git(work, &["init", "-q", "-b", "main"]);
+    git(work, &["remote", "add", "origin", origin.to_str().unwrap()]);
+    work.to_path_buf()
+}
+
 /// Commits the work tree and pushes it; the new head.
 fn commit(work: &Path, message: &str) -> String {
     git(work, &["add", "-A"]);
@@ -83,15 +94,7 @@ async fn a_namespace_follows_its_branch_and_a_bad_commit_changes_nothing() {
 
     // The lab's repository: a bare one, and a clone people commit in.
     let origin = tmp.path().join("origin.git");
-    std::fs::create_dir(&origin).unwrap();
-    git(&origin, &["init", "-q", "--bare", "-b", "main"]);
-    let work = tmp.path().join("work");
-    std::fs::create_dir(&work).unwrap();
-    git(&work, &["init", "-q", "-b", "main"]);
-    git(
-        &work,
-        &["remote", "add", "origin", origin.to_str().unwrap()],
-    );
+    let work = repository(&origin, &tmp.path().join("work"));
     let jobs = work.join("jobs");
     std::fs::create_dir_all(jobs.join("batch")).unwrap();
     std::fs::write(jobs.join("web.yaml"), job("web", "one")).unwrap();
@@ -345,15 +348,7 @@ async fn a_remote_branch_is_fetched_by_the_leader_and_followed() {
 
     let served = tmp.path().join("served");
     let origin = served.join("lab.git");
-    std::fs::create_dir_all(&origin).unwrap();
-    git(&origin, &["init", "-q", "--bare", "-b", "main"]);
-    let work = tmp.path().join("work");
-    std::fs::create_dir(&work).unwrap();
-    git(&work, &["init", "-q", "-b", "main"]);
-    git(
-        &work,
-        &["remote", "add", "origin", origin.to_str().unwrap()],
-    );
+    let work = repository(&origin, &tmp.path().join("work"));
     std::fs::write(work.join("web.yaml"), job("web", "one")).unwrap();
     let first = commit(&work, "web");
     let daemon = GitDaemon::start(&served);
