@@ -231,6 +231,18 @@ impl ServerProc {
     /// joins with a server token from that server instead; with
     /// `--insecure`, neither.
     pub fn start_with(data_dir: &Path, addr: &str, extra: &[&str]) -> ServerProc {
+        Self::start_with_env(data_dir, addr, extra, &[])
+    }
+
+    /// Like [`ServerProc::start_with`], with environment variables for
+    /// the process (`SSL_CERT_FILE`: the roots its HTTPS clients trust);
+    /// a restart does not repeat them.
+    pub fn start_with_env(
+        data_dir: &Path,
+        addr: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> ServerProc {
         let has = |flag: &str| extra.contains(&flag);
         let insecure = has("--insecure");
         let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
@@ -274,6 +286,7 @@ impl ServerProc {
             ])
             .arg(data_dir)
             .args(&extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log_file(&log))
             .spawn()

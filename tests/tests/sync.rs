@@ -3,7 +3,9 @@
 //! commit, pruning what the branch no longer describes, refusing a bad
 //! commit whole (the last good one keeps running, the error reported),
 //! setting back a job deleted by hand, and writing only where its
-//! describer may.
+//! describer may; remotes fetched by the leader over git:// (git daemon)
+//! and HTTPS (git-http-backend behind TLS, trusted through SSL_CERT_FILE),
+//! and what an unreachable or untrusted remote reports.
 
 use std::path::Path;
 use std::time::Duration;
@@ -396,4 +398,115 @@ async fn a_remote_branch_is_fetched_by_the_leader_and_followed() {
         r.status.error
     );
     assert_eq!(job_version(&mut reader, "web").await, Some(2));
+}
+
+/// git-http-backend over TLS (tests/scripts/git-https.py) serving `base`
+/// with a certificate for 127.0.0.1 from a fresh CA; killed on drop.
+struct GitHttps(std::process::Child, u16);
+
+impl GitHttps {
+    /// The server and the CA's certificate file.
+    fn start(base: &Path, dir: &Path) -> (GitHttps, std::path::PathBuf) {
+        let ca = skiff_pki::Ca::generate(Duration::from_secs(3600)).unwrap();
+        let leaf = ca
+            .issue_for_host(
+                "git",
+                &["127.0.0.1".parse().unwrap()],
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        let (cert, key, ca_file, port_file) = (
+            dir.join("git.crt"),
+            dir.join("git.key"),
+            dir.join("ca.crt"),
+            dir.join("git.port"),
+        );
+        std::fs::write(&cert, &leaf.cert_pem).unwrap();
+        std::fs::write(&key, &leaf.key_pem).unwrap();
+        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        let exec = git(Path::new("/"), &["--exec-path"]);
+        let child = std::process::Command::new("/usr/bin/python3")
+            .arg(repo_root().join("tests/scripts/git-https.py"))
+            .arg(base)
+            .arg(Path::new(&exec).join("git-http-backend"))
+            .args([&cert, &key, &port_file])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("python3");
+        let mut served = GitHttps(child, 0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        served.1 = loop {
+            if let Ok(p) = std::fs::read_to_string(&port_file) {
+                break p.trim().parse().unwrap();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the HTTPS git server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        (served, ca_file)
+    }
+}
+
+impl Drop for GitHttps {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_branch_is_fetched_over_https_with_the_servers_trust_roots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let served = tmp.path().join("served");
+    let work = repository(&served.join("lab.git"), &tmp.path().join("work"));
+    std::fs::write(work.join("web.yaml"), job("web", "one")).unwrap();
+    let first = commit(&work, "web");
+    let (https, ca) = GitHttps::start(&served, tmp.path());
+    // The servers' HTTPS clients trust the system's roots; SSL_CERT_FILE
+    // replaces them, as for any rustls-native-certs program.
+    let server = ServerProc::start_with_env(
+        &tmp.path().join("server"),
+        "127.0.0.1:0",
+        &[],
+        &[("SSL_CERT_FILE", ca.to_str().unwrap())],
+    );
+    let client = server.client().await;
+    let mut reader = client.clone();
+    let mut source = SyncSource::new(
+        "lab",
+        &format!("https://127.0.0.1:{}/lab.git", https.1),
+        "default",
+    );
+    source.interval_secs = 1;
+    reader.apply_sync(&source).await.unwrap();
+    let r = wait_status(&client, "the commit fetched over HTTPS applied", |r| {
+        r.status.commit == first || !r.status.error.is_empty()
+    })
+    .await;
+    assert_eq!(r.status.error, "");
+    assert_eq!(job_version(&mut reader, "web").await, Some(1));
+
+    // A server that does not trust the CA fetches nothing, and says so.
+    let other = ServerProc::start(&tmp.path().join("other"));
+    let client = other.client().await;
+    client.clone().apply_sync(&source).await.unwrap();
+    let r = wait_status(&client, "the untrusted certificate refused", |r| {
+        !r.status.error.is_empty()
+    })
+    .await;
+    assert!(
+        r.status
+            .error
+            .starts_with("cannot fetch https://127.0.0.1:"),
+        "{}",
+        r.status.error
+    );
+    assert!(
+        r.status.error.contains("invalid peer certificate"),
+        "the cause is named: {}",
+        r.status.error
+    );
+    assert_eq!(r.status.commit, "");
 }

@@ -76,9 +76,9 @@ pub fn read(source: &SyncSource, cache: &Path) -> Result<Checkout, GitError> {
         .ok_or_else(no_branch)?;
     let commit = reference.peel_to_commit().map_err(|_| no_branch())?;
     let id = commit.id.to_string();
-    let read_err = |e: &dyn std::fmt::Display| GitError::Read {
+    let read_err = |e: &dyn std::error::Error| GitError::Read {
         commit: id.clone(),
-        message: e.to_string(),
+        message: chain(e),
     };
     let mut tree = commit.tree().map_err(|e| read_err(&e))?;
     let dir = if source.path.is_empty() {
@@ -135,11 +135,27 @@ pub fn read(source: &SyncSource, cache: &Path) -> Result<Checkout, GitError> {
     Ok(Checkout { commit: id, files })
 }
 
+/// An error and its causes, outermost first (a TLS handshake that failed
+/// says why: an unknown issuer, an expired certificate).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 /// Fetches `source`'s branch into the cache's bare repository.
 fn fetch(source: &SyncSource, cache: &Path) -> Result<gix::Repository, GitError> {
-    let err = |e: &dyn std::fmt::Display| GitError::Fetch {
+    let err = |e: &dyn std::error::Error| GitError::Fetch {
         repo: source.repo.clone(),
-        message: e.to_string(),
+        message: chain(e),
     };
     let repo = if cache.join("HEAD").exists() {
         gix::open(cache).map_err(|e| err(&e))?
