@@ -269,6 +269,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         cuda_version: String::new(),
         subnet: cfg.network.subnet.clone(),
         metrics_address: served.address.clone(),
+        dynamic_ports: cfg.network.dynamic_ports.to_string(),
     };
 
     let (events_tx, events_rx) = mpsc::channel(256);

@@ -182,6 +182,7 @@ mod tests {
             name: name.into(),
             subnet: subnet.into(),
             address: format!("192.0.2.{last}"),
+            ..Default::default()
         };
         let mut view = AllocView::default();
         let whole = pb::AllocationSet {

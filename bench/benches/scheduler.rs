@@ -147,6 +147,7 @@ fn fit_rule(c: &mut Criterion) {
                 black_box(used),
                 black_box(0b1111_0000),
                 &ports,
+                black_box(Default::default()),
                 &ask,
             )
         })

@@ -69,6 +69,7 @@ fn bare_node(name: String, cap: Resources) -> Node {
     Node {
         metrics_address: String::new(),
         image_roots: Vec::new(),
+        dynamic_ports: Default::default(),
         subnet: String::new(),
         name,
         labels: Default::default(),
@@ -271,6 +272,7 @@ impl Free {
             self.used,
             self.healthy & !self.gpus_used,
             &[],
+            Default::default(),
             ask,
         )
         .is_ok()

@@ -49,6 +49,7 @@ impl Placer<'_, '_> {
             usage.amount,
             self.acceptable_gpus(n) & !usage.gpus,
             &usage.ports,
+            slot.node.dynamic_ports,
             &self.ask,
         ) {
             return Reason::Misfit(m);

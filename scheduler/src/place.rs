@@ -315,6 +315,7 @@ impl<'v, 'a> Placer<'v, 'a> {
                 usage.amount,
                 self.acceptable_gpus(n) & !usage.gpus,
                 &usage.ports,
+                slot.node.dynamic_ports,
                 &self.ask,
             )
             .is_ok()
@@ -563,13 +564,14 @@ impl<'v, 'a> Placer<'v, 'a> {
         let (amount, ports, dynamic) =
             (self.amount, self.ask.ports.clone(), self.ask.dynamic_ports);
         let seed = self.cfg.seed;
+        let range = self.view.nodes[c.node as usize].node.dynamic_ports;
         let o = self.overlay_mut(c.node);
         o.usage.add(amount, c.gpus, &ports);
         o.placed.push(c.gpus);
         if dynamic > 0 {
             // `passes` saw enough of them free.
             let start = mix(u64::from(c.node), seed);
-            c.ports = skiff_model::ports::pick_dynamic(&o.usage.ports, dynamic, start)
+            c.ports = skiff_model::ports::pick_dynamic(&o.usage.ports, dynamic, start, range)
                 .unwrap_or_default();
             o.usage.add(Resources::ZERO, 0, &c.ports);
             o.picked.extend(&c.ports);

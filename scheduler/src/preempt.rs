@@ -57,6 +57,7 @@ impl Placer<'_, '_> {
             u.amount,
             self.acceptable_gpus(n) & !u.gpus,
             &u.ports,
+            slot.node.dynamic_ports,
             &self.ask,
         )
         .is_ok()

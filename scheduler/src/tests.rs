@@ -10,6 +10,7 @@ fn node(name: &str, cpu: u64, mem_mi: u64) -> Node {
     Node {
         metrics_address: String::new(),
         image_roots: Vec::new(),
+        dynamic_ports: Default::default(),
         subnet: String::new(),
         name: name.into(),
         labels: Default::default(),
@@ -538,6 +539,42 @@ fn dynamic_ports_are_picked_once_per_node_from_the_range() {
     let p = plan_with(&j, &nodes, &[held], &[&other], &Config::default());
     assert_eq!(p.unplaced, 3, "{:?}", p.evictions);
     assert_eq!(p.explanation, "0/1 nodes: 1 no free port in 20000-32000");
+}
+
+#[test]
+fn each_node_picks_from_its_own_range() {
+    let range = skiff_model::ports::PortRange::parse("30000-30002").unwrap();
+    let mut narrow = node("a", 8000, 8192);
+    narrow.dynamic_ports = range;
+    let spec = JobSpec::from_yaml(
+        "name: web\nreplicas: 4\ntask:\n  image: 'oci:/i'\n  network: bridge\n  resources: {cpu: 1, memory: 64Mi}\n  ports: [{name: http, container: 8080, host: 0}]\n",
+    )
+    .unwrap();
+    let j = Job {
+        spec,
+        version: 1,
+        create_index: 1,
+        modify_index: 1,
+        admitted_index: 0,
+    };
+    // Three ports: three replicas, each its own port of the range.
+    let p = plan(&j, &[narrow.clone()], &[]);
+    let mut picked: Vec<u16> = p.placements.iter().flat_map(|p| p.ports.clone()).collect();
+    picked.sort();
+    assert_eq!(picked, [30000, 30001, 30002]);
+    assert_eq!(p.unplaced, 1);
+    assert_eq!(p.explanation, "0/1 nodes: 1 no free port in 30000-30002");
+    // Beside a node of the default range, the fourth goes there.
+    let p = plan(&j, &[narrow, node("b", 8000, 8192)], &[]);
+    assert_eq!(p.unplaced, 0, "{}", p.explanation);
+    for pl in &p.placements {
+        let want = if pl.node == "a" {
+            range
+        } else {
+            skiff_model::ports::PortRange::default()
+        };
+        assert!(pl.ports.iter().all(|x| want.contains(*x)), "{pl:?}");
+    }
 }
 
 #[test]

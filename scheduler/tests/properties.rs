@@ -112,6 +112,7 @@ fn random_node(rng: &mut Rng, i: usize) -> Node {
     Node {
         metrics_address: String::new(),
         image_roots: Vec::new(),
+        dynamic_ports: Default::default(),
         subnet: String::new(),
         name,
         labels,
@@ -460,6 +461,7 @@ fn rollout_case(seed: u64) -> RolloutCase {
             Node {
                 metrics_address: String::new(),
                 image_roots: Vec::new(),
+                dynamic_ports: Default::default(),
                 subnet: String::new(),
                 name: format!("n{i}"),
                 labels: BTreeMap::new(),
@@ -668,6 +670,7 @@ fn batch_case(seed: u64) -> (Vec<Node>, Vec<Allocation>, Job) {
     let nodes = vec![Node {
         metrics_address: String::new(),
         image_roots: Vec::new(),
+        dynamic_ports: Default::default(),
         subnet: String::new(),
         name: "n0".into(),
         labels: BTreeMap::new(),

@@ -48,20 +48,22 @@ fn bridge_for(n: u8) -> TestBridge {
 
 /// A server and one agent (node `n1`, data in `DIR/agent`) on `bridge`.
 fn bridged_node(dir: &Path, bridge: &TestBridge) -> (ServerProc, AgentProc) {
+    bridged_node_with(dir, bridge, &[])
+}
+
+/// [`bridged_node`] with more agent flags.
+fn bridged_node_with(dir: &Path, bridge: &TestBridge, extra: &[&str]) -> (ServerProc, AgentProc) {
     let server = ServerProc::start(&dir.join("server"));
-    let agent = AgentProc::start(
-        &dir.join("agent"),
-        &server.url(),
-        "n1",
-        &[
-            "--bridge",
-            &bridge.name,
-            "--network-subnet",
-            &bridge.subnet,
-            "--stop-grace",
-            "1s",
-        ],
-    );
+    let mut args = vec![
+        "--bridge",
+        &bridge.name,
+        "--network-subnet",
+        &bridge.subnet,
+        "--stop-grace",
+        "1s",
+    ];
+    args.extend_from_slice(extra);
+    let agent = AgentProc::start(&dir.join("agent"), &server.url(), "n1", &args);
     (server, agent)
 }
 
@@ -642,7 +644,13 @@ async fn published_ports_get_a_host_port_each_and_forward_to_their_replica() {
     let tmp = tempfile::tempdir().unwrap();
     let test_bridge = bridge_for(7);
     let (bridge, subnet) = (test_bridge.name.clone(), test_bridge.subnet.clone());
-    let (server, _agent) = bridged_node(tmp.path(), &test_bridge);
+    // The node's own range of three ports: the scheduler picks from it.
+    let (server, _agent) = bridged_node_with(
+        tmp.path(),
+        &test_bridge,
+        &["--dynamic-ports", "24000-24002"],
+    );
+    let range = 24000..=24002;
     let agent_dir = tmp.path().join("agent");
     let mut client = server.client().await;
     let spec = job_yaml(
@@ -665,7 +673,7 @@ async fn published_ports_get_a_host_port_each_and_forward_to_their_replica() {
     for a in &ready {
         assert_eq!(a.ports.len(), 1, "one host port each: {:?}", a.ports);
         let port = a.ports[0];
-        assert!((20000..=32000).contains(&port), "{port}");
+        assert!(range.contains(&port), "{port}");
         host_ports.push(port);
         let out = stdout_of(&mut client, &a.id).await;
         assert!(
@@ -733,7 +741,7 @@ async fn published_ports_get_a_host_port_each_and_forward_to_their_replica() {
     .await
     .remove(0);
     let port = h.ports[0];
-    assert!((20000..=32000).contains(&port) && !host_ports.contains(&port));
+    assert!(range.contains(&port) && !host_ports.contains(&port));
     let body = wait_for(
         "the host-network task to answer",
         Duration::from_secs(20),
@@ -744,6 +752,30 @@ async fn published_ports_get_a_host_port_each_and_forward_to_their_replica() {
     )
     .await;
     assert!(body.contains(&h.id), "{body}");
+    // The range is used up: one more published port waits, and says why.
+    let more = job_yaml(
+        "more",
+        1,
+        "sleep 3600",
+        "  network: host\n  ports: [{name: http, host: 0}]\n",
+    );
+    client.apply_job(&more).await.unwrap();
+    let why = wait_for("the fourth port refused", Duration::from_secs(30), || {
+        let mut c = client.clone();
+        async move {
+            let e = c.get_job("more").await.ok()?.latest_eval?;
+            e.message.contains("no free port").then_some(e.message)
+        }
+    })
+    .await;
+    assert!(why.contains("no free port in 24000-24002"), "{why}");
+    let node = skiff(&server.url(), &["describe", "node", "n1"]);
+    let node = String::from_utf8_lossy(&node.stdout).to_string();
+    assert!(
+        node.contains("Ports:       24000-24002 (host: 0)"),
+        "{node}"
+    );
+    client.delete_job("more").await.unwrap();
 
     client.delete_job("pub").await.unwrap();
     client.delete_job("hostport").await.unwrap();

@@ -10,7 +10,8 @@
 //! elsewhere (another host that routes the node's subnet to it): only
 //! answers, what a port mapping forwarded (DNAT), and connections from the
 //! other nodes' containers (their subnets, `@peer_subnets`) get in; and it
-//! lets containers open only published ports (20000-32000, TCP or UDP) on
+//! lets containers open only published ports (the nodes' dynamic ranges,
+//! 20000-32000 unless an agent's --dynamic-ports says, TCP or UDP) on
 //! the other nodes and the servers (`@cluster_hosts`). Its postrouting chain is the
 //! outbound NAT: what leaves the subnet for anywhere but the subnet and
 //! the other nodes' subnets is masqueraded (containers reach each other
@@ -109,10 +110,14 @@ pub fn ruleset(bridge: &str, subnet: &str, peers: &Peers, members: &Members) -> 
     let t = table(bridge);
     let subnets: Vec<String> = peers.nodes.iter().map(|n| n.subnet.to_string()).collect();
     let hosts: Vec<String> = peers.hosts.iter().map(|h| h.to_string()).collect();
-    let (lo, hi) = (
-        skiff_model::ports::DYNAMIC_PORTS.start(),
-        skiff_model::ports::DYNAMIC_PORTS.end(),
-    );
+    // The published ports every node's range allows (the default range
+    // when none is known).
+    let ranges: Vec<String> = if peers.ports.is_empty() {
+        vec![skiff_model::ports::PortRange::default().to_string()]
+    } else {
+        peers.ports.iter().map(|r| r.to_string()).collect()
+    };
+    let published = format!("{{ {} }}", ranges.join(", "));
     // The node's DNS, on the bridge's gateway address: the one port of
     // the host containers may reach.
     let dns = match skiff_model::subnet::Subnet::parse(subnet) {
@@ -159,8 +164,8 @@ pub fn ruleset(bridge: &str, subnet: &str, peers: &Peers, members: &Members) -> 
          \t\toifname \"{bridge}\" ct status dnat accept\n\
          {inbound}\
          \t\toifname \"{bridge}\" iifname != \"{bridge}\" drop\n\
-         \t\tiifname \"{bridge}\" ct state new ip daddr @cluster_hosts tcp dport != {lo}-{hi} drop\n\
-         \t\tiifname \"{bridge}\" ct state new ip daddr @cluster_hosts udp dport != {lo}-{hi} drop\n\
+         \t\tiifname \"{bridge}\" ct state new ip daddr @cluster_hosts tcp dport != {published} drop\n\
+         \t\tiifname \"{bridge}\" ct state new ip daddr @cluster_hosts udp dport != {published} drop\n\
          \t}}\n\
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
@@ -258,6 +263,24 @@ mod tests {
         // all with no namespaces known.
         assert!(r.contains("delete table bridge skiff_skiff0\n"), "{r}");
         assert!(r.contains("ip saddr 10.88.0.0/24 ip daddr 10.88.0.0/24 jump between"));
+        // To the cluster's hosts, only the default range with no node's
+        // known; every node's range once known.
+        assert!(
+            r.contains("ip daddr @cluster_hosts tcp dport != { 20000-32000 } drop"),
+            "{r}"
+        );
+        let peers = Peers {
+            ports: vec![
+                skiff_model::ports::PortRange::parse("20000-32000").unwrap(),
+                skiff_model::ports::PortRange::parse("40000-40010").unwrap(),
+            ],
+            ..Peers::default()
+        };
+        let r = ruleset("skiff0", "10.88.0.0/24", &peers, &Members::default());
+        assert!(
+            r.contains("ip daddr @cluster_hosts udp dport != { 20000-32000, 40000-40010 } drop"),
+            "{r}"
+        );
     }
 
     #[test]

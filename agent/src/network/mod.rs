@@ -40,6 +40,9 @@ pub struct NetworkConfig {
     /// `--dns-upstream`: where the node's DNS sends names outside the
     /// cluster.
     pub dns_upstream: dns::Upstream,
+    /// `--dynamic-ports`: where the scheduler picks this node's `host: 0`
+    /// ports from.
+    pub dynamic_ports: skiff_model::ports::PortRange,
 }
 
 impl Default for NetworkConfig {
@@ -49,6 +52,7 @@ impl Default for NetworkConfig {
             subnet: String::new(),
             cni_path: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
             dns_upstream: dns::Upstream::Host,
+            dynamic_ports: Default::default(),
         }
     }
 }
@@ -451,7 +455,13 @@ impl Network {
     /// (one load at a time, each with the latest).
     async fn apply_peers(&self, subnet: &str) -> Result<(), String> {
         let _one = self.applying.lock().await;
-        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // This node's own range too: its containers reach its published
+        // ports by the node's address.
+        if !peers.ports.contains(&self.cfg.dynamic_ports) {
+            peers.ports.push(self.cfg.dynamic_ports);
+            peers.ports.sort();
+        }
         let members = self
             .members
             .lock()

@@ -27,8 +27,11 @@ pub struct PeerNode {
 pub struct Peers {
     pub nodes: Vec<PeerNode>,
     /// Every other node's and every server's address: containers open
-    /// only published ports (20000-32000) there.
+    /// only published ports there...
     pub hosts: Vec<Ipv4Addr>,
+    /// ...the ports of the nodes' dynamic ranges (sorted, each once; the
+    /// default range when none is known).
+    pub ports: Vec<skiff_model::ports::PortRange>,
 }
 
 impl Peers {
@@ -44,7 +47,10 @@ impl Peers {
         let mut nodes = Vec::new();
         let mut hosts = std::collections::BTreeSet::new();
         let mut unusable: Option<(&pb::PeerNode, usize)> = None;
+        let mut ports = std::collections::BTreeSet::new();
         for n in list {
+            ports
+                .insert(skiff_model::ports::PortRange::parse(&n.dynamic_ports).unwrap_or_default());
             let via = n.address.parse::<Ipv4Addr>();
             if let Ok(via) = via {
                 hosts.insert(via);
@@ -77,6 +83,7 @@ impl Peers {
         Peers {
             nodes,
             hosts: hosts.into_iter().collect(),
+            ports: ports.into_iter().collect(),
         }
     }
 
@@ -174,26 +181,31 @@ mod tests {
                     name: "far".into(),
                     subnet: "10.88.1.0/24".into(),
                     address: "192.0.2.9".into(),
+                    dynamic_ports: "40000-40010".into(),
                 },
                 pb::PeerNode {
                     name: "same-machine".into(),
                     subnet: "10.88.2.0/24".into(),
                     address: "127.0.0.1".into(),
+                    ..Default::default()
                 },
                 pb::PeerNode {
                     name: "clash".into(),
                     subnet: "10.88.0.0/23".into(),
                     address: "192.0.2.10".into(),
+                    ..Default::default()
                 },
                 pb::PeerNode {
                     name: "v6".into(),
                     subnet: "10.88.3.0/24".into(),
                     address: "2001:db8::1".into(),
+                    ..Default::default()
                 },
                 pb::PeerNode {
                     name: "joining".into(),
                     subnet: String::new(),
                     address: "192.0.2.11".into(),
+                    ..Default::default()
                 },
             ],
             hosts: vec!["192.0.2.1".into(), "server.lab".into()],
@@ -206,6 +218,15 @@ mod tests {
             peers.hosts,
             [Ipv4Addr::LOCALHOST, host(1), host(9), host(10), host(11)],
             "the nodes' and the servers' IPv4 addresses, sorted"
+        );
+        assert_eq!(
+            peers
+                .ports
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>(),
+            ["20000-32000", "40000-40010"],
+            "every node's dynamic range, once each"
         );
         let own = Subnet::parse("10.88.0.0/24").unwrap();
         assert_eq!(

@@ -37,6 +37,13 @@ pub(crate) struct NetworkOpts {
     /// names resolve), or resolvers as IP or IP:PORT, comma-separated.
     #[arg(long, default_value = "host", value_name = "host|none|IP[:PORT],...")]
     dns_upstream: String,
+    /// The node's range of host ports for `ports: [{host: 0}]`, both ends
+    /// included: the scheduler picks each published port from it and
+    /// never gives one twice on the node. Keep it clear of the ports the
+    /// machine's own services and the kernel's ephemeral range
+    /// (/proc/sys/net/ipv4/ip_local_port_range) use.
+    #[arg(long, default_value = "20000-32000", value_name = "FIRST-LAST")]
+    dynamic_ports: String,
 }
 
 impl NetworkOpts {
@@ -47,6 +54,8 @@ impl NetworkOpts {
             cni_path: self.cni_path.clone(),
             dns_upstream: skiff_agent::network::dns::Upstream::parse(&self.dns_upstream)
                 .map_err(anyhow::Error::msg)?,
+            dynamic_ports: skiff_model::ports::PortRange::parse(&self.dynamic_ports)
+                .map_err(|rule| anyhow::anyhow!("--dynamic-ports: {rule}"))?,
         };
         cfg.check()?;
         Ok(cfg)

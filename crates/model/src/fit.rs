@@ -76,8 +76,8 @@ pub enum Misfit {
     Memory,
     /// The host port is held by another allocation.
     Port(u16),
-    /// Too few ports of [`crate::ports::DYNAMIC_PORTS`] are free.
-    DynamicPorts,
+    /// Too few ports of the node's dynamic range are free.
+    DynamicPorts(crate::ports::PortRange),
     /// The plan names GPUs that are not the node's, not free, not
     /// acceptable to the task, or not as many as it asks for.
     GpuAssignment,
@@ -94,12 +94,7 @@ impl fmt::Display for Misfit {
             Misfit::Cpu => f.write_str("insufficient cpu"),
             Misfit::Memory => f.write_str("insufficient memory"),
             Misfit::Port(p) => write!(f, "port {p} in use"),
-            Misfit::DynamicPorts => write!(
-                f,
-                "no free port in {}-{}",
-                crate::ports::DYNAMIC_PORTS.start(),
-                crate::ports::DYNAMIC_PORTS.end()
-            ),
+            Misfit::DynamicPorts(range) => write!(f, "no free port in {range}"),
             Misfit::GpuAssignment => f.write_str("gpus not available"),
         }
     }
@@ -127,6 +122,7 @@ pub fn fits_free(
     used: Resources,
     free_gpus: u64,
     used_ports: &[u16],
+    dynamic: crate::ports::PortRange,
     ask: &TaskResources,
 ) -> Result<(), Misfit> {
     if ask.gpus > 0 && free_gpus.count_ones() < ask.gpus {
@@ -143,8 +139,9 @@ pub fn fits_free(
             return Err(Misfit::Port(p));
         }
     }
-    if ask.dynamic_ports > 0 && crate::ports::dynamic_free(used_ports) < ask.dynamic_ports {
-        return Err(Misfit::DynamicPorts);
+    if ask.dynamic_ports > 0 && crate::ports::dynamic_free(used_ports, dynamic) < ask.dynamic_ports
+    {
+        return Err(Misfit::DynamicPorts(dynamic));
     }
     Ok(())
 }
@@ -153,7 +150,14 @@ pub fn fits_free(
 pub fn fits(node: &Node, usage: &Usage, ask: &TaskResources) -> Result<(), Misfit> {
     node_ready(node)?;
     let free_gpus = node.eligible_gpus(&ask.gpu) & !usage.gpus;
-    fits_free(node.allocatable, usage.amount, free_gpus, &usage.ports, ask)
+    fits_free(
+        node.allocatable,
+        usage.amount,
+        free_gpus,
+        &usage.ports,
+        node.dynamic_ports,
+        ask,
+    )
 }
 
 /// [`fits`], and the plan's choice of GPUs (`uuids`) is right: exactly
@@ -229,6 +233,7 @@ mod tests {
         Node {
             metrics_address: String::new(),
             image_roots: Vec::new(),
+            dynamic_ports: Default::default(),
             subnet: String::new(),
             name: "n".into(),
             labels: Default::default(),

@@ -66,6 +66,10 @@ pub struct Node {
     /// (`--image-roots`), as it registered them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_roots: Vec<String>,
+    /// Where the scheduler picks its `host: 0` ports from (its agent's
+    /// `--dynamic-ports`).
+    #[serde(default, skip_serializing_if = "crate::ports::PortRange::is_default")]
+    pub dynamic_ports: crate::ports::PortRange,
     /// Its IPv4 subnet for `network: bridge` (assigned by the servers or
     /// given by its agent); no two nodes' overlap.
     #[serde(default, skip_serializing_if = "String::is_empty")]

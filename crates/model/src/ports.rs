@@ -12,8 +12,87 @@ use std::ops::RangeInclusive;
 
 use serde::{Deserialize, Serialize};
 
-/// Where `host: 0` ports are picked from, on every node.
+/// Where `host: 0` ports are picked from on a node whose agent names no
+/// range (`skiff agent --dynamic-ports`).
 pub const DYNAMIC_PORTS: RangeInclusive<u16> = 20000..=32000;
+
+/// A node's range of dynamic host ports, both ends included (Nomad's
+/// `min_dynamic_port`/`max_dynamic_port`, per node as there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl Default for PortRange {
+    fn default() -> Self {
+        PortRange {
+            first: *DYNAMIC_PORTS.start(),
+            last: *DYNAMIC_PORTS.end(),
+        }
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+impl PortRange {
+    /// The least port a range may start at: below it are the well-known
+    /// ports, which a node's own services hold.
+    pub const LOWEST: u16 = 1024;
+
+    pub fn is_default(&self) -> bool {
+        *self == PortRange::default()
+    }
+
+    /// Reads `FIRST-LAST` ("" for the default); the error is the rule.
+    pub fn parse(text: &str) -> Result<PortRange, String> {
+        if text.is_empty() {
+            return Ok(PortRange::default());
+        }
+        let rule = || {
+            format!(
+                "{text:?} must be FIRST-LAST, two ports from {} to 65535, the first not above the last (e.g. 20000-32000)",
+                PortRange::LOWEST
+            )
+        };
+        let (a, b) = text.split_once('-').ok_or_else(rule)?;
+        let (first, last) = (
+            a.trim().parse::<u16>().map_err(|_| rule())?,
+            b.trim().parse::<u16>().map_err(|_| rule())?,
+        );
+        let r = PortRange { first, last };
+        r.check().map_err(|_| rule())?;
+        Ok(r)
+    }
+
+    /// The range's own rules.
+    pub fn check(&self) -> Result<(), String> {
+        if self.first < PortRange::LOWEST || self.first > self.last {
+            return Err(format!(
+                "{self} must be two ports from {} to 65535, the first not above the last",
+                PortRange::LOWEST
+            ));
+        }
+        Ok(())
+    }
+
+    /// How many ports it holds.
+    pub fn len(&self) -> u32 {
+        u32::from(self.last.saturating_sub(self.first)) + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
 
 /// One named port of a task.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -96,14 +175,14 @@ pub fn join_host_port(host: &str, port: u16) -> String {
     }
 }
 
-/// Picks `n` ports of [`DYNAMIC_PORTS`] that are not in `held` (sorted),
-/// starting the search at an offset drawn from `seed` so that a port
-/// given up is not handed out again at once. `None` when fewer are free.
-pub fn pick_dynamic(held: &[u16], n: u32, seed: u64) -> Option<Vec<u16>> {
+/// Picks `n` ports of `range` that are not in `held` (sorted), starting
+/// the search at an offset drawn from `seed` so that a port given up is
+/// not handed out again at once. `None` when fewer are free.
+pub fn pick_dynamic(held: &[u16], n: u32, seed: u64, range: PortRange) -> Option<Vec<u16>> {
     if n == 0 {
         return Some(Vec::new());
     }
-    let (lo, hi) = (*DYNAMIC_PORTS.start(), *DYNAMIC_PORTS.end());
+    let (lo, hi) = (range.first, range.last);
     let span = u64::from(hi - lo) + 1;
     let start = lo + (seed % span) as u16;
     let free = |p: &u16| held.binary_search(p).is_err();
@@ -115,12 +194,11 @@ pub fn pick_dynamic(held: &[u16], n: u32, seed: u64) -> Option<Vec<u16>> {
     (picked.len() == n as usize).then_some(picked)
 }
 
-/// How many ports of [`DYNAMIC_PORTS`] `held` (sorted) leaves free.
-pub fn dynamic_free(held: &[u16]) -> u32 {
-    let lo = held.partition_point(|&p| p < *DYNAMIC_PORTS.start());
-    let hi = held.partition_point(|&p| p <= *DYNAMIC_PORTS.end());
-    let span = u32::from(DYNAMIC_PORTS.end() - DYNAMIC_PORTS.start()) + 1;
-    span.saturating_sub((hi - lo) as u32)
+/// How many ports of `range` `held` (sorted) leaves free.
+pub fn dynamic_free(held: &[u16], range: PortRange) -> u32 {
+    let lo = held.partition_point(|&p| p < range.first);
+    let hi = held.partition_point(|&p| p <= range.last);
+    range.len().saturating_sub((hi - lo) as u32)
 }
 
 #[cfg(test)]
@@ -129,15 +207,31 @@ mod tests {
 
     #[test]
     fn picks_skip_held_ports_and_wrap_around() {
+        let d = PortRange::default();
         let held = [31999, 32000];
         let seed = 31999 - 20000;
-        assert_eq!(pick_dynamic(&held, 2, seed), Some(vec![20000, 20001]));
-        assert_eq!(pick_dynamic(&held, 0, seed), Some(vec![]));
-        assert_eq!(dynamic_free(&held), 12001 - 2);
+        assert_eq!(pick_dynamic(&held, 2, seed, d), Some(vec![20000, 20001]));
+        assert_eq!(pick_dynamic(&held, 0, seed, d), Some(vec![]));
+        assert_eq!(dynamic_free(&held, d), 12001 - 2);
         let all: Vec<u16> = DYNAMIC_PORTS.collect();
-        assert_eq!(dynamic_free(&all), 0);
-        assert_eq!(pick_dynamic(&all, 1, 7), None);
+        assert_eq!(dynamic_free(&all, d), 0);
+        assert_eq!(pick_dynamic(&all, 1, 7, d), None);
         // Ports outside the range do not count against it.
-        assert_eq!(dynamic_free(&[80, 8080, 40000]), 12001);
+        assert_eq!(dynamic_free(&[80, 8080, 40000], d), 12001);
+    }
+
+    #[test]
+    fn a_nodes_own_range_is_read_checked_and_picked_from() {
+        let r = PortRange::parse("30000-30002").unwrap();
+        assert_eq!((r.first, r.last, r.len()), (30000, 30002, 3));
+        assert_eq!(r.to_string(), "30000-30002");
+        assert_eq!(PortRange::parse(""), Ok(PortRange::default()));
+        for bad in ["30000", "80-90", "3-2000000", "40000-30000", "a-b"] {
+            let e = PortRange::parse(bad).unwrap_err();
+            assert!(e.contains("FIRST-LAST"), "{bad}: {e}");
+        }
+        assert_eq!(pick_dynamic(&[30000, 30001], 1, 5, r), Some(vec![30002]));
+        assert_eq!(pick_dynamic(&[30000, 30001], 2, 5, r), None);
+        assert_eq!(dynamic_free(&[20000, 30001], r), 2);
     }
 }

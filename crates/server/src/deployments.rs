@@ -254,6 +254,7 @@ mod tests {
                 registration: NodeRegistration {
                     metrics_address: String::new(),
                     image_roots: Vec::new(),
+                    dynamic_ports: Default::default(),
                     subnet: String::new(),
                     name: "n1".into(),
                     labels: Default::default(),

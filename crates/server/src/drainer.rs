@@ -155,6 +155,7 @@ mod tests {
         Node {
             metrics_address: String::new(),
             image_roots: Vec::new(),
+            dynamic_ports: Default::default(),
             subnet: String::new(),
             name: name.into(),
             labels: Default::default(),

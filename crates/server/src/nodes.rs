@@ -241,8 +241,11 @@ impl pb::node_api_server::NodeApi for NodeService {
             skiff_model::subnet::Subnet::parse(&r.subnet)
                 .map_err(|e| Status::invalid_argument(format!("subnet: {e}")))?;
         }
+        let dynamic_ports = skiff_model::ports::PortRange::parse(&r.dynamic_ports)
+            .map_err(|rule| Status::invalid_argument(format!("dynamic_ports: {rule}")))?;
         let asked = r.subnet.clone();
         let mut registration = NodeRegistration {
+            dynamic_ports,
             metrics_address: r.metrics_address,
             subnet: r.subnet,
             image_roots: r.image_roots,

@@ -63,6 +63,11 @@ fn entries_of(state: &skiff_store::State) -> (BTreeMap<String, pb::PeerNode>, Ve
                 name: n.name.clone(),
                 subnet: n.subnet.clone(),
                 address: host_of(&n.address),
+                dynamic_ports: if n.dynamic_ports.is_default() {
+                    String::new()
+                } else {
+                    n.dynamic_ports.to_string()
+                },
             };
             (n.name.clone(), entry)
         })
@@ -191,6 +196,7 @@ pub(crate) fn test_node(name: &str, subnet: &str, address: &str) -> skiff_model:
     skiff_model::Node {
         metrics_address: String::new(),
         image_roots: Vec::new(),
+        dynamic_ports: Default::default(),
         subnet: subnet.into(),
         name: name.into(),
         labels: Default::default(),

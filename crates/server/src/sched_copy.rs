@@ -153,6 +153,7 @@ mod tests {
                     registration: NodeRegistration {
                         metrics_address: String::new(),
                         image_roots: Vec::new(),
+                        dynamic_ports: Default::default(),
                         subnet: String::new(),
                         name: n.into(),
                         labels: Default::default(),

@@ -57,6 +57,7 @@ async fn racing_plans_from_one_snapshot_never_overcommit_a_node() {
             registration: NodeRegistration {
                 metrics_address: String::new(),
                 image_roots: Vec::new(),
+                dynamic_ports: Default::default(),
                 subnet: String::new(),
                 name: "n1".into(),
                 labels: Default::default(),

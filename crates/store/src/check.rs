@@ -250,6 +250,9 @@ fn registration_rule(r: &NodeRegistration) -> Result<(), String> {
     if r.image_roots.len() > 64 {
         return Err("image_roots: at most 64 directories".into());
     }
+    r.dynamic_ports
+        .check()
+        .map_err(|rule| format!("dynamic_ports: {rule}"))?;
     for root in &r.image_roots {
         if !root.starts_with('/') || root.len() > 4096 || root.split('/').any(|c| c == "..") {
             return Err(format!(

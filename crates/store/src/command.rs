@@ -284,6 +284,12 @@ pub struct NodeRegistration {
     /// Where the agent serves Prometheus metrics; empty: none.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub metrics_address: String,
+    /// Where the scheduler picks the node's `host: 0` ports from.
+    #[serde(
+        default,
+        skip_serializing_if = "skiff_model::ports::PortRange::is_default"
+    )]
+    pub dynamic_ports: skiff_model::ports::PortRange,
 }
 
 /// A plan as it travels through Raft: the scheduler's plan plus the ids the

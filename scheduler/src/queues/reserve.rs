@@ -81,7 +81,8 @@ pub(crate) fn reserve<'j>(
             } else {
                 slot.healthy
             };
-            if fits_free(slot.cap, Resources::ZERO, acceptable, &[], &ask).is_err() {
+            let range = slot.node.dynamic_ports;
+            if fits_free(slot.cap, Resources::ZERO, acceptable, &[], range, &ask).is_err() {
                 continue;
             }
             let free_gpus = (acceptable & !slot.used.gpus).count_ones();

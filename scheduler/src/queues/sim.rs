@@ -202,6 +202,7 @@ pub fn gpu_node(name: &str, gpus: usize) -> Node {
     Node {
         metrics_address: String::new(),
         image_roots: Vec::new(),
+        dynamic_ports: Default::default(),
         subnet: String::new(),
         name: name.into(),
         labels: Default::default(),

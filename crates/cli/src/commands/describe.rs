@@ -158,6 +158,7 @@ async fn describe_node(name: &str, opts: &ClientOpts) -> anyhow::Result<()> {
         "Subnet:      {}\n",
         if n.subnet.is_empty() { "-" } else { &n.subnet }
     ));
+    out.push_str(&format!("Ports:       {} (host: 0)\n", n.dynamic_ports));
     out.push_str(&format!("Labels:      {}\n", labels_text(&n.labels)));
     out.push_str(&format!(
         "Allocatable: cpu {}, memory {}, gpus {}\n",

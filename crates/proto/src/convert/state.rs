@@ -61,6 +61,7 @@ impl From<&m::Node> for pb::Node {
             image_roots: n.image_roots.clone(),
             subnet: n.subnet.clone(),
             metrics_address: n.metrics_address.clone(),
+            dynamic_ports: n.dynamic_ports.to_string(),
             status: pb::NodeStatus::from(n.status) as i32,
             agent_version: n.agent_version.clone(),
             create_index: n.create_index,
@@ -96,7 +97,10 @@ impl TryFrom<pb::Node> for m::Node {
             .enumerate()
             .map(|(i, l)| gpu_link_from_wire(l, &format!("gpu_links[{i}]")))
             .collect::<Result<_, _>>()?;
+        let dynamic_ports = skiff_model::ports::PortRange::parse(&n.dynamic_ports)
+            .map_err(|rule| WireError::one("dynamic_ports", rule))?;
         Ok(m::Node {
+            dynamic_ports,
             image_roots: n.image_roots,
             subnet: n.subnet,
             metrics_address: n.metrics_address,

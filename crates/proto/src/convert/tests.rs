@@ -199,6 +199,7 @@ fn a_gpu_node_survives_the_wire() {
     let n = m::Node {
         metrics_address: "127.0.0.1:7712".into(),
         image_roots: Vec::new(),
+        dynamic_ports: Default::default(),
         subnet: String::new(),
         name: "g".into(),
         labels: Default::default(),

@@ -356,6 +356,7 @@ mod tests {
             drain_deadline_ms: None,
             drained: false,
             image_roots: Vec::new(),
+            dynamic_ports: Default::default(),
             subnet: String::new(),
             metrics_address: String::new(),
             address: "127.0.0.1:7702".into(),

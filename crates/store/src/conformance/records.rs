@@ -261,6 +261,7 @@ fn node(name: &str) -> Command {
         registration: NodeRegistration {
             metrics_address: String::new(),
             image_roots: Vec::new(),
+            dynamic_ports: Default::default(),
             subnet: String::new(),
             name: name.into(),
             labels: [("zone".to_string(), "a".to_string())].into(),

@@ -234,8 +234,15 @@ impl State {
             ask.gpus = 0; // its own GPUs, by mask below
             ask.ports = a.ports.clone(); // and its own ports, picked ones too
             usage.gpus & n.gpu_mask(&a.gpus) == 0
-                && skiff_model::fit::fits_free(n.allocatable, usage.amount, 0, &usage.ports, &ask)
-                    .is_ok()
+                && skiff_model::fit::fits_free(
+                    n.allocatable,
+                    usage.amount,
+                    0,
+                    &usage.ports,
+                    n.dynamic_ports,
+                    &ask,
+                )
+                .is_ok()
         });
         let replacement_ids: Vec<String> = replacements.iter().map(|r| r.id.clone()).collect();
         let keep = still_runs && job_same && !replaced && fits;

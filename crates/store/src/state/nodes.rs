@@ -62,6 +62,7 @@ impl State {
             drain_deadline_ms,
             drained,
             image_roots: reg.image_roots.clone(),
+            dynamic_ports: reg.dynamic_ports,
             subnet,
             metrics_address: reg.metrics_address.clone(),
             address: reg.address.clone(),

@@ -17,6 +17,7 @@ pub(super) fn reg(name: &str, cpu: u64, mem_mi: u64) -> Command {
         registration: NodeRegistration {
             metrics_address: String::new(),
             image_roots: Vec::new(),
+            dynamic_ports: Default::default(),
             subnet: String::new(),
             name: name.into(),
             labels: Default::default(),
