@@ -510,3 +510,43 @@ async fn a_branch_is_fetched_over_https_with_the_servers_trust_roots() {
     );
     assert_eq!(r.status.commit, "");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_next_leader_carries_on_from_the_applied_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster =
+        skiff_tests::cluster::ServerCluster::start(&tmp.path().join("servers"), 3, &[]).await;
+    let leader = cluster.leader(WAIT).await;
+    let other = (leader + 1) % 3;
+    let client = skiff_tests::connect(&cluster.url(other)).await.unwrap();
+    let mut reader = client.clone();
+
+    let origin = tmp.path().join("origin.git");
+    let work = repository(&origin, &tmp.path().join("work"));
+    std::fs::write(work.join("web.yaml"), job("web", "one")).unwrap();
+    let first = commit(&work, "web");
+    let mut source = SyncSource::new("lab", origin.to_str().unwrap(), "default");
+    source.interval_secs = 1;
+    reader.apply_sync(&source).await.unwrap();
+    // Read through a follower: the status is replicated.
+    let r = wait_status(&client, "the first commit applied", |r| {
+        r.status.commit == first
+    })
+    .await;
+    let applied_at = r.status.applied_at_ms;
+
+    cluster.kill9(leader).await;
+    let next = cluster.leader(WAIT).await;
+    assert_ne!(next, leader);
+    std::fs::write(work.join("api.yaml"), job("api", "one")).unwrap();
+    let second = commit(&work, "api");
+    let client = skiff_tests::connect(&cluster.url(next)).await.unwrap();
+    let mut reader = client.clone();
+    let r = wait_status(&client, "the new leader applied the next commit", |r| {
+        r.status.commit == second
+    })
+    .await;
+    assert!(r.status.applied_at_ms >= applied_at);
+    assert_eq!(r.status.jobs, ["api", "web"]);
+    assert_eq!(job_version(&mut reader, "api").await, Some(1));
+}
