@@ -9,6 +9,12 @@
 //!   per ready replica with a port of that name: its port and its
 //!   `ALLOC…` name (the address rides along as an additional record).
 //!
+//! A container sees only the names of the namespaces it may connect to
+//! (its own, and those whose `policy.network_from` names its namespace or
+//! `*`, as the firewall rules say): any other namespace's names are
+//! NXDOMAIN to it. A question from an address that is no container's (the
+//! host) sees every name.
+//!
 //! Every answer lives [`TTL`] seconds. Other names are forwarded to the
 //! `--dns-upstream` resolvers (the host's by default), or do not exist
 //! when there are none. A name the cluster does not have is NXDOMAIN; a name it
@@ -28,6 +34,8 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::store::forwarder::{ForwardConfig, ForwardZoneHandler};
 use hickory_server::zone_handler::{Catalog, MessageResponseBuilder};
 use skiff_proto::pb;
+
+use super::firewall::Members;
 
 /// How long clients may keep an answer, in seconds: a replica that stops
 /// being ready leaves their caches this long after it leaves ours (the
@@ -96,8 +104,19 @@ fn nameservers(resolv_conf: &str) -> Vec<SocketAddr> {
 /// The records of one name.
 #[derive(Debug, Default)]
 struct Entry {
+    /// The namespace the name is under (`None`: the zone itself).
+    namespace: Option<String>,
     a: Vec<Record>,
     srv: Vec<Record>,
+}
+
+/// The entry of `name`, under namespace `ns`.
+fn under<'n>(names: &'n mut HashMap<LowerName, Entry>, name: &Name, ns: &str) -> &'n mut Entry {
+    let entry = names.entry(name.into()).or_default();
+    if entry.namespace.is_none() {
+        entry.namespace = Some(ns.to_string());
+    }
+    entry
 }
 
 /// The cluster's names, as of the servers' last endpoints.
@@ -125,18 +144,24 @@ impl Records {
             let Ok(alloc) = job.prepend_label(e.alloc_id.as_str()) else {
                 continue;
             };
+            names.entry((&zone).into()).or_default();
+            // Every name here is under the endpoint's namespace.
+            let ns = e.namespace.to_ascii_lowercase();
             let a = |name: &Name| Record::from_rdata(name.clone(), TTL, RData::A(A(ip)));
-            names.entry((&job).into()).or_default().a.push(a(&job));
-            names.entry((&alloc).into()).or_default().a.push(a(&alloc));
+            under(&mut names, &job, &ns).a.push(a(&job));
+            under(&mut names, &alloc, &ns).a.push(a(&alloc));
+            // The names above these exist too (with no records).
+            under(&mut names, &namespace, &ns);
             for p in &e.ports {
                 let Ok(port) = u16::try_from(p.port) else {
                     continue;
                 };
                 let proto = if p.protocol == "udp" { "_udp" } else { "_tcp" };
-                let Ok(srv) = job
-                    .prepend_label(proto)
-                    .and_then(|n| n.prepend_label(format!("_{}", p.name)))
-                else {
+                let Ok(by_proto) = job.prepend_label(proto) else {
+                    continue;
+                };
+                under(&mut names, &by_proto, &ns);
+                let Ok(srv) = by_proto.prepend_label(format!("_{}", p.name)) else {
                     continue;
                 };
                 let record = Record::from_rdata(
@@ -144,17 +169,7 @@ impl Records {
                     TTL,
                     RData::SRV(SRV::new(0, 10, port, alloc.clone())),
                 );
-                names.entry((&srv).into()).or_default().srv.push(record);
-            }
-            // The names above these exist too (with no records).
-            for parent in [&namespace, &zone] {
-                names.entry(parent.into()).or_default();
-            }
-            for p in &e.ports {
-                let proto = if p.protocol == "udp" { "_udp" } else { "_tcp" };
-                if let Ok(under) = job.prepend_label(proto) {
-                    names.entry((&under).into()).or_default();
-                }
+                under(&mut names, &srv, &ns).srv.push(record);
             }
         }
         Records { names }
@@ -162,8 +177,16 @@ impl Records {
 
     /// The answer to `name`/`kind`: the answers and their additional
     /// records, or `None` when the cluster has no such name.
-    fn answer(&self, name: &LowerName, kind: RecordType) -> Option<(Vec<Record>, Vec<Record>)> {
-        let entry = self.names.get(name)?;
+    fn answer(
+        &self,
+        name: &LowerName,
+        kind: RecordType,
+        sees: &dyn Fn(&str) -> bool,
+    ) -> Option<(Vec<Record>, Vec<Record>)> {
+        let entry = self
+            .names
+            .get(name)
+            .filter(|e| e.namespace.as_deref().is_none_or(sees))?;
         Some(match kind {
             RecordType::A => (entry.a.clone(), Vec::new()),
             RecordType::SRV => {
@@ -188,9 +211,43 @@ impl Records {
     }
 }
 
+/// The namespaces whose names a question from `from` may see: `None`
+/// for all (an address that is no container's), else the asker's own
+/// namespace and those that let it connect.
+fn visible_from(members: &Members, from: IpAddr) -> Option<Vec<String>> {
+    let IpAddr::V4(ip) = from else {
+        return None;
+    };
+    // Normally one namespace; several while an address just given up is
+    // reused (the servers' list lags): what any of them may see.
+    let askers: Vec<&str> = members
+        .namespaces
+        .iter()
+        .filter(|n| n.addresses.contains(&ip))
+        .map(|n| n.name.as_str())
+        .collect();
+    if askers.is_empty() {
+        return None;
+    }
+    let lets_in = |m: &super::firewall::NamespaceMembers, asker: &str| {
+        m.name == asker || m.from.iter().any(|f| f == "*" || f == asker)
+    };
+    Some(
+        members
+            .namespaces
+            .iter()
+            .filter(|m| askers.iter().any(|a| lets_in(m, a)))
+            .map(|m| m.name.as_str())
+            .chain(askers.iter().copied())
+            .map(str::to_ascii_lowercase)
+            .collect(),
+    )
+}
+
 /// Answers the cluster's names and hands the rest to the forwarder.
 struct Handler {
     records: Arc<RwLock<Records>>,
+    members: Arc<RwLock<Members>>,
     zone: LowerName,
     forward: Option<Catalog>,
 }
@@ -222,11 +279,16 @@ impl RequestHandler for Handler {
                 }
             };
         }
+        let visible = visible_from(
+            &self.members.read().unwrap_or_else(|p| p.into_inner()),
+            request.src().ip(),
+        );
+        let sees = |ns: &str| visible.as_ref().is_none_or(|v| v.iter().any(|n| n == ns));
         let found = self
             .records
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .answer(query.name(), query.query_type());
+            .answer(query.name(), query.query_type(), &sees);
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.authoritative = true;
         metadata.recursion_available = self.forward.is_some();
@@ -299,6 +361,7 @@ fn forwarder(servers: &[SocketAddr]) -> Result<Catalog, String> {
 pub struct Dns {
     upstream: Upstream,
     records: Arc<RwLock<Records>>,
+    members: Arc<RwLock<Members>>,
     serving: tokio::sync::Mutex<Option<(SocketAddr, hickory_server::Server<Handler>)>>,
 }
 
@@ -315,6 +378,7 @@ impl Dns {
         Dns {
             upstream,
             records: Arc::default(),
+            members: Arc::default(),
             serving: tokio::sync::Mutex::default(),
         }
     }
@@ -323,6 +387,12 @@ impl Dns {
     pub fn set_endpoints(&self, endpoints: &pb::Endpoints) {
         let records = Records::from_wire(endpoints);
         *self.records.write().unwrap_or_else(|p| p.into_inner()) = records;
+    }
+
+    /// The cluster's containers by namespace changed: who sees which
+    /// names follows.
+    pub fn set_members(&self, members: &Members) {
+        *self.members.write().unwrap_or_else(|p| p.into_inner()) = members.clone();
     }
 
     /// Listens on `addr` (UDP and TCP) unless it already does; port 0:
@@ -346,6 +416,7 @@ impl Dns {
         };
         let handler = Handler {
             records: self.records.clone(),
+            members: self.members.clone(),
             zone: LowerName::from(Name::from_ascii(format!("{DOMAIN}.")).expect("a valid name")),
             forward,
         };
@@ -523,6 +594,58 @@ mod tests {
         assert_eq!(a_records(&m), [Ipv4Addr::new(10, 88, 1, 9)]);
         let m = ask(at, &a_name, RecordType::A).await;
         assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    }
+
+    #[tokio::test]
+    async fn a_container_sees_the_names_of_the_namespaces_it_may_reach() {
+        use super::super::firewall::NamespaceMembers;
+        let dns = Dns::new(Upstream::None);
+        let at = dns.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        dns.set_endpoints(&pb::Endpoints {
+            endpoints: vec![
+                endpoint("lab", "web", 'a', "10.88.0.5", 8080),
+                endpoint("db", "pg", 'b', "10.88.0.6", 5432),
+                endpoint("shared", "cache", 'c', "10.88.0.7", 6379),
+                endpoint("open", "docs", 'd', "10.88.0.8", 80),
+            ],
+        });
+        let ns = |name: &str, ips: &[&str], from: &[&str]| NamespaceMembers {
+            name: name.into(),
+            addresses: ips.iter().map(|ip| ip.parse().unwrap()).collect(),
+            from: from.iter().map(|s| s.to_string()).collect(),
+        };
+        // The asking address (the test's 127.0.0.1) is a container of lab.
+        dns.set_members(&Members {
+            namespaces: vec![
+                ns("lab", &["127.0.0.1", "10.88.0.5"], &[]),
+                ns("db", &["10.88.0.6"], &["web"]),
+                ns("shared", &["10.88.0.7"], &["lab"]),
+                ns("open", &["10.88.0.8"], &["*"]),
+            ],
+        });
+        for (name, seen) in [
+            ("web.lab.skiff.", true),
+            ("cache.shared.skiff.", true),
+            ("docs.open.skiff.", true),
+            ("pg.db.skiff.", false),
+            ("db.skiff.", false),
+        ] {
+            let m = ask(at, name, RecordType::A).await;
+            let code = if seen {
+                ResponseCode::NoError
+            } else {
+                ResponseCode::NXDomain
+            };
+            assert_eq!(m.metadata.response_code, code, "{name}");
+        }
+        let m = ask(at, "_http._tcp.pg.db.skiff.", RecordType::SRV).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+        // An address that is no container's (the host) sees every name.
+        dns.set_members(&Members {
+            namespaces: vec![ns("lab", &["10.88.0.5"], &[])],
+        });
+        let m = ask(at, "pg.db.skiff.", RecordType::A).await;
+        assert_eq!(a_records(&m), [Ipv4Addr::new(10, 88, 0, 6)]);
     }
 
     #[tokio::test]

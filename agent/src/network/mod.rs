@@ -424,6 +424,7 @@ impl Network {
     /// The cluster's containers by namespace changed: the rules between
     /// containers follow (once the node has set up a bridged allocation).
     pub async fn set_members(&self, members: firewall::Members) {
+        self.dns.set_members(&members);
         let changed = {
             let mut held = self.members.lock().unwrap_or_else(|p| p.into_inner());
             let changed = *held != members;
