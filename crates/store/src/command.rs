@@ -133,7 +133,8 @@ pub enum Command {
     /// An admin removed a namespace's login for a registry.
     DeleteRegistryLogin { namespace: String, registry: String },
     /// A user described a sync from git, new or again (its status is
-    /// kept when only the source changes).
+    /// kept; the applied commit is forgotten when the repository, branch,
+    /// path or namespace changes).
     PutSync {
         source: skiff_model::sync::SyncSource,
     },

@@ -155,7 +155,26 @@ impl State {
         use skiff_model::sync::SyncRecord;
         match self.access.syncs.get_mut(&source.name) {
             Some(r) if r.source == *source => return Outcome::AccessChanged,
-            Some(r) => r.source = source.clone(),
+            Some(r) => {
+                // Another place to read from: what runs is no longer that
+                // place's commit, so the next look applies rather than
+                // calls the differences drift.
+                let moved = (
+                    &r.source.repo,
+                    &r.source.branch,
+                    &r.source.path,
+                    &r.source.namespace,
+                ) != (
+                    &source.repo,
+                    &source.branch,
+                    &source.path,
+                    &source.namespace,
+                );
+                if moved {
+                    r.status.commit.clear();
+                }
+                r.source = source.clone();
+            }
             None => {
                 self.access.syncs.insert(
                     source.name.clone(),

@@ -174,13 +174,22 @@ fn a_sync_keeps_its_status_when_its_source_changes_and_reports_need_it_to_exist(
         Outcome::AccessChanged
     );
     assert_eq!(h.apply(report(&status)), Outcome::AccessChanged);
-    // Another branch: the status stays (the controller reads it next).
-    let mut moved = source.clone();
+    // Another interval: the status stays.
+    let mut slower = source.clone();
+    slower.interval_secs = 300;
+    h.apply(Command::PutSync {
+        source: slower.clone(),
+    });
+    assert_eq!(h.state.access.syncs["lab"].status, status);
+    // Another branch: what runs is no longer its commit (the next look
+    // applies, and calls nothing drift); the rest of the status stays.
+    let mut moved = slower;
     moved.branch = "prod".into();
     h.apply(Command::PutSync { source: moved });
     let kept = &h.state.access.syncs["lab"];
     assert_eq!(kept.source.branch, "prod");
-    assert_eq!(kept.status, status);
+    assert_eq!(kept.status.commit, "");
+    assert_eq!(kept.status.jobs, status.jobs);
     assert_eq!(
         h.apply(Command::DeleteSync { name: "lab".into() }),
         Outcome::AccessChanged
