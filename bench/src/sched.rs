@@ -7,8 +7,7 @@
 
 use skiff_model::fit::fits_free;
 use skiff_model::{
-    Gpu, GpuLink, ImageRef, Job, JobSpec, LinkLevel, Node, NodeStatus, Resources, TaskResources,
-    TaskSpec,
+    Gpu, GpuLink, ImageRef, Job, JobSpec, LinkLevel, Node, Resources, TaskResources, TaskSpec,
 };
 
 /// SplitMix64: tiny, fast, and the same everywhere.
@@ -66,28 +65,7 @@ impl std::str::FromStr for Shape {
 }
 
 fn bare_node(name: String, cap: Resources) -> Node {
-    Node {
-        metrics_address: String::new(),
-        image_roots: Vec::new(),
-        dynamic_ports: Default::default(),
-        subnet: String::new(),
-        name,
-        labels: Default::default(),
-        capacity: cap,
-        allocatable: cap,
-        gpus: Vec::new(),
-        gpu_links: Vec::new(),
-        gpu_driver: Default::default(),
-        cordoned: false,
-        draining: false,
-        drain_deadline_ms: None,
-        drained: false,
-        address: String::new(),
-        status: NodeStatus::Ready,
-        agent_version: String::new(),
-        create_index: 1,
-        modify_index: 1,
-    }
+    Node::ready(&name, cap)
 }
 
 /// An 8-GPU server: NVLink inside {0..3} and {4..7}, a PCIe switch per

@@ -7,28 +7,7 @@ use skiff_model::{
 };
 
 fn node(name: &str, cpu: u64, mem_mi: u64) -> Node {
-    Node {
-        metrics_address: String::new(),
-        image_roots: Vec::new(),
-        dynamic_ports: Default::default(),
-        subnet: String::new(),
-        name: name.into(),
-        labels: Default::default(),
-        capacity: Resources::new(cpu, mem_mi << 20),
-        allocatable: Resources::new(cpu, mem_mi << 20),
-        gpus: vec![],
-        gpu_links: vec![],
-        gpu_driver: Default::default(),
-        cordoned: false,
-        draining: false,
-        drain_deadline_ms: None,
-        drained: false,
-        address: String::new(),
-        status: NodeStatus::Ready,
-        agent_version: String::new(),
-        create_index: 1,
-        modify_index: 1,
-    }
+    Node::ready(name, Resources::new(cpu, mem_mi << 20))
 }
 
 fn labelled(mut n: Node, labels: &[(&str, &str)]) -> Node {

@@ -110,30 +110,18 @@ fn random_node(rng: &mut Rng, i: usize) -> Node {
     labels.insert("cores".to_string(), (cpu / 1000).to_string());
     let healthy = gpu_list.iter().filter(|g| g.healthy).count() as u32;
     Node {
-        metrics_address: String::new(),
-        image_roots: Vec::new(),
-        dynamic_ports: Default::default(),
-        subnet: String::new(),
-        name,
         labels,
-        capacity: Resources::new(cpu, mem).with_gpus(gpus as u32),
         allocatable: Resources::new(cpu, mem).with_gpus(healthy),
         gpus: gpu_list,
         gpu_links: links,
-        gpu_driver: Default::default(),
         cordoned: rng.chance(8),
         draining: rng.chance(4),
-        drain_deadline_ms: None,
-        drained: false,
-        address: String::new(),
         status: if rng.chance(8) {
             NodeStatus::Down
         } else {
             NodeStatus::Ready
         },
-        agent_version: String::new(),
-        create_index: 1,
-        modify_index: 1,
+        ..Node::ready(&name, Resources::new(cpu, mem).with_gpus(gpus as u32))
     }
 }
 
@@ -458,28 +446,7 @@ fn rollout_case(seed: u64) -> RolloutCase {
     let nodes: Vec<Node> = (0..rng.range(1, 4))
         .map(|i| {
             let cpu = if rng.chance(70) { 16_000 } else { 1_000 };
-            Node {
-                metrics_address: String::new(),
-                image_roots: Vec::new(),
-                dynamic_ports: Default::default(),
-                subnet: String::new(),
-                name: format!("n{i}"),
-                labels: BTreeMap::new(),
-                capacity: Resources::new(cpu, 64 << 30),
-                allocatable: Resources::new(cpu, 64 << 30),
-                gpus: vec![],
-                gpu_links: vec![],
-                gpu_driver: Default::default(),
-                cordoned: false,
-                draining: false,
-                drain_deadline_ms: None,
-                drained: false,
-                address: String::new(),
-                status: NodeStatus::Ready,
-                agent_version: String::new(),
-                create_index: 1,
-                modify_index: 1,
-            }
+            Node::ready(&format!("n{i}"), Resources::new(cpu, 64 << 30))
         })
         .collect();
     let mut allocs = Vec::new();
@@ -667,28 +634,7 @@ fn batch_case(seed: u64) -> (Vec<Node>, Vec<Allocation>, Job) {
         modify_index: 1,
         admitted_index: 0,
     };
-    let nodes = vec![Node {
-        metrics_address: String::new(),
-        image_roots: Vec::new(),
-        dynamic_ports: Default::default(),
-        subnet: String::new(),
-        name: "n0".into(),
-        labels: BTreeMap::new(),
-        capacity: Resources::new(64_000, 64 << 30),
-        allocatable: Resources::new(64_000, 64 << 30),
-        gpus: vec![],
-        gpu_links: vec![],
-        gpu_driver: Default::default(),
-        cordoned: false,
-        draining: false,
-        drain_deadline_ms: None,
-        drained: false,
-        address: String::new(),
-        status: NodeStatus::Ready,
-        agent_version: String::new(),
-        create_index: 1,
-        modify_index: 1,
-    }];
+    let nodes = vec![Node::ready("n0", Resources::new(64_000, 64 << 30))];
     let runs = [
         (AllocStatus::Running, ""),
         (AllocStatus::Pending, ""),

@@ -231,14 +231,6 @@ mod tests {
 
     fn node(gpus: usize) -> Node {
         Node {
-            metrics_address: String::new(),
-            image_roots: Vec::new(),
-            dynamic_ports: Default::default(),
-            subnet: String::new(),
-            name: "n".into(),
-            labels: Default::default(),
-            capacity: Resources::new(4000, 8 << 30).with_gpus(gpus as u32),
-            allocatable: Resources::new(4000, 8 << 30).with_gpus(gpus as u32),
             gpus: (0..gpus)
                 .map(|i| Gpu {
                     uuid: format!("GPU-{i}"),
@@ -248,17 +240,7 @@ mod tests {
                     ..Gpu::default()
                 })
                 .collect(),
-            gpu_links: vec![],
-            gpu_driver: Default::default(),
-            cordoned: false,
-            draining: false,
-            drain_deadline_ms: None,
-            drained: false,
-            address: String::new(),
-            status: NodeStatus::Ready,
-            agent_version: String::new(),
-            create_index: 1,
-            modify_index: 1,
+            ..Node::ready("n", Resources::new(4000, 8 << 30).with_gpus(gpus as u32))
         }
     }
 

@@ -88,6 +88,34 @@ pub struct Node {
 }
 
 impl Node {
+    /// A ready node offering all of `capacity`, with nothing else known
+    /// (no GPUs, labels or address; the default port range): what tests,
+    /// simulations and benchmarks start from and then adjust.
+    pub fn ready(name: &str, capacity: Resources) -> Node {
+        Node {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            capacity,
+            allocatable: capacity,
+            gpus: Vec::new(),
+            gpu_links: Vec::new(),
+            gpu_driver: GpuDriver::default(),
+            cordoned: false,
+            draining: false,
+            drain_deadline_ms: None,
+            drained: false,
+            image_roots: Vec::new(),
+            dynamic_ports: crate::ports::PortRange::default(),
+            subnet: String::new(),
+            metrics_address: String::new(),
+            address: String::new(),
+            status: NodeStatus::Ready,
+            agent_version: String::new(),
+            create_index: 1,
+            modify_index: 1,
+        }
+    }
+
     /// True when the scheduler may place new work here.
     pub fn schedulable(&self) -> bool {
         self.status == NodeStatus::Ready && !self.cordoned && !self.draining

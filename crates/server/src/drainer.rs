@@ -149,30 +149,14 @@ pub async fn run(ctx: Ctx) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use skiff_model::{JobSpec, Node, NodeStatus, Resources};
+    use skiff_model::{JobSpec, Node, Resources};
 
     fn node(name: &str, draining: bool) -> Node {
         Node {
-            metrics_address: String::new(),
-            image_roots: Vec::new(),
-            dynamic_ports: Default::default(),
-            subnet: String::new(),
-            name: name.into(),
-            labels: Default::default(),
-            capacity: Resources::new(4000, 4 << 30),
-            allocatable: Resources::new(4000, 4 << 30),
-            gpus: vec![],
-            gpu_links: vec![],
-            gpu_driver: Default::default(),
             cordoned: draining,
             draining,
             drain_deadline_ms: draining.then_some(10_000),
-            drained: false,
-            address: String::new(),
-            status: NodeStatus::Ready,
-            agent_version: String::new(),
-            create_index: 1,
-            modify_index: 1,
+            ..Node::ready(name, Resources::new(4000, 4 << 30))
         }
     }
 

@@ -194,26 +194,9 @@ impl PeerList {
 #[cfg(test)]
 pub(crate) fn test_node(name: &str, subnet: &str, address: &str) -> skiff_model::Node {
     skiff_model::Node {
-        metrics_address: String::new(),
-        image_roots: Vec::new(),
-        dynamic_ports: Default::default(),
         subnet: subnet.into(),
-        name: name.into(),
-        labels: Default::default(),
-        capacity: Default::default(),
-        allocatable: Default::default(),
-        gpus: vec![],
-        gpu_links: vec![],
-        gpu_driver: Default::default(),
-        cordoned: false,
-        draining: false,
-        drain_deadline_ms: None,
-        drained: false,
         address: address.into(),
-        status: skiff_model::NodeStatus::Ready,
-        agent_version: String::new(),
-        create_index: 1,
-        modify_index: 1,
+        ..skiff_model::Node::ready(name, Default::default())
     }
 }
 

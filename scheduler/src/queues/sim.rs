@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use skiff_model::queue::{request_of, Amounts, Queue};
-use skiff_model::{AllocStatus, DesiredStatus, Gpu, Job, JobSpec, Node, NodeStatus, Resources};
+use skiff_model::{AllocStatus, DesiredStatus, Gpu, Job, JobSpec, Node, Resources};
 
 use super::{Decision, QueueBook, Workload};
 use crate::config::Config;
@@ -199,36 +199,17 @@ impl QueueSim {
 /// A ready node of `gpus` fake GPUs (`NAME-gpuI`, model `Fake GPU`) with
 /// cpu and memory to spare: GPUs are what counts.
 pub fn gpu_node(name: &str, gpus: usize) -> Node {
-    Node {
-        metrics_address: String::new(),
-        image_roots: Vec::new(),
-        dynamic_ports: Default::default(),
-        subnet: String::new(),
-        name: name.into(),
-        labels: Default::default(),
-        capacity: Resources::new(64_000, 256 << 30),
-        allocatable: Resources::new(64_000, 256 << 30),
-        gpus: (0..gpus)
-            .map(|i| Gpu {
-                uuid: format!("{name}-gpu{i}"),
-                model: "Fake GPU".into(),
-                memory_bytes: 80 << 30,
-                healthy: true,
-                ..Gpu::default()
-            })
-            .collect(),
-        gpu_links: vec![],
-        gpu_driver: Default::default(),
-        cordoned: false,
-        draining: false,
-        drain_deadline_ms: None,
-        drained: false,
-        address: String::new(),
-        status: NodeStatus::Ready,
-        agent_version: String::new(),
-        create_index: 1,
-        modify_index: 1,
-    }
+    let mut n = Node::ready(name, Resources::new(64_000, 256 << 30));
+    n.gpus = (0..gpus)
+        .map(|i| Gpu {
+            uuid: format!("{name}-gpu{i}"),
+            model: "Fake GPU".into(),
+            memory_bytes: 80 << 30,
+            healthy: true,
+            ..Gpu::default()
+        })
+        .collect();
+    n
 }
 
 /// A queue owed `gpus` GPUs of any model, open to every namespace, in

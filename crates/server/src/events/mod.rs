@@ -344,26 +344,10 @@ mod tests {
         let mut seen = Seen::default();
         let mut gpu = skiff_model::Gpu::new("GPU-1", "NVIDIA H200", 1 << 30);
         let mut n = skiff_model::Node {
-            name: "n1".into(),
-            labels: Default::default(),
-            capacity: Default::default(),
-            allocatable: Default::default(),
             gpus: vec![gpu.clone()],
-            gpu_links: Vec::new(),
-            gpu_driver: Default::default(),
-            cordoned: false,
-            draining: false,
-            drain_deadline_ms: None,
-            drained: false,
-            image_roots: Vec::new(),
-            dynamic_ports: Default::default(),
-            subnet: String::new(),
-            metrics_address: String::new(),
             address: "127.0.0.1:7702".into(),
-            status: skiff_model::NodeStatus::Ready,
             agent_version: "0.1.0".into(),
-            create_index: 1,
-            modify_index: 1,
+            ..skiff_model::Node::ready("n1", Default::default())
         };
         let mut step = |n: &skiff_model::Node| -> Vec<(Kind, &'static str, String)> {
             seen.change(&change(
