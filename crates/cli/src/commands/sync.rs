@@ -119,10 +119,11 @@ pub async fn sync(cmd: SyncCmd) -> anyhow::Result<()> {
             source.branch = branch;
             source.path = path.trim_matches('/').to_string();
             source.prune = selector;
-            source.interval_secs = u32::try_from(every.as_secs()).unwrap_or(u32::MAX);
             if every.subsec_nanos() != 0 || every.is_zero() {
                 bail!("--interval: {interval:?} must be whole seconds, at least 1s");
             }
+            // Above a day the model's rule names the limit.
+            source.interval_secs = u32::try_from(every.as_secs()).unwrap_or(u32::MAX);
             source
                 .validate()
                 .map_err(|e| anyhow::anyhow!("sync {name}: {e}"))?;

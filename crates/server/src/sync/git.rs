@@ -44,24 +44,25 @@ pub struct Checkout {
 /// The head of `source`'s branch and the spec files under its path.
 /// `cache` is where a remote is fetched to (one bare repository per sync).
 pub fn read(source: &SyncSource, cache: &Path) -> Result<Checkout, GitError> {
-    let repo = match repo_kind(&source.repo) {
-        Ok(RepoKind::Local(path)) => gix::open(&path).map_err(|e| GitError::Open {
-            repo: source.repo.clone(),
-            message: e.to_string(),
-        })?,
-        Ok(RepoKind::Remote) => fetch(source, cache)?,
+    // A local branch is read as it is; a remote's, where the fetch put it.
+    let (repo, refname) = match repo_kind(&source.repo) {
+        Ok(RepoKind::Local(path)) => (
+            gix::open(&path).map_err(|e| GitError::Open {
+                repo: source.repo.clone(),
+                message: e.to_string(),
+            })?,
+            format!("refs/heads/{}", source.branch),
+        ),
+        Ok(RepoKind::Remote) => (
+            fetch(source, cache)?,
+            format!("refs/remotes/origin/{}", source.branch),
+        ),
         Err(rule) => {
             return Err(GitError::Open {
                 repo: source.repo.clone(),
                 message: rule,
             })
         }
-    };
-    let local = matches!(repo_kind(&source.repo), Ok(RepoKind::Local(_)));
-    let refname = if local {
-        format!("refs/heads/{}", source.branch)
-    } else {
-        format!("refs/remotes/origin/{}", source.branch)
     };
     let no_branch = || GitError::NoBranch {
         repo: source.repo.clone(),
