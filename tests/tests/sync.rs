@@ -305,39 +305,41 @@ async fn a_sync_writes_only_where_its_describer_may_and_names_what_is_wrong() {
     assert_eq!(r.status.commit, "");
 }
 
-/// `git daemon` serving `base` on a free loopback port; killed on drop.
-struct GitDaemon(std::process::Child, u16);
+/// A git server the test started, and its loopback port; killed on drop.
+struct Served {
+    child: std::process::Child,
+    port: u16,
+}
 
-impl GitDaemon {
-    fn start(base: &Path) -> GitDaemon {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        // git-daemon itself (`git daemon` would leave it running as its
-        // child when killed).
-        let exec = git(Path::new("/"), &["--exec-path"]);
-        let child = std::process::Command::new(Path::new(&exec).join("git-daemon"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .arg("--reuseaddr")
-            .arg("--export-all")
-            .arg("--listen=127.0.0.1")
-            .arg(format!("--port={port}"))
-            .arg(format!("--base-path={}", base.display()))
-            .arg(base)
-            .spawn()
-            .expect("git daemon (Debian's git package)");
-        GitDaemon(child, port)
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-impl Drop for GitDaemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// `git daemon` serving `base` on a free loopback port.
+fn git_daemon(base: &Path) -> Served {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // git-daemon itself (`git daemon` would leave it running as its
+    // child when killed).
+    let exec = git(Path::new("/"), &["--exec-path"]);
+    let child = std::process::Command::new(Path::new(&exec).join("git-daemon"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .arg("--reuseaddr")
+        .arg("--export-all")
+        .arg("--listen=127.0.0.1")
+        .arg(format!("--port={port}"))
+        .arg(format!("--base-path={}", base.display()))
+        .arg(base)
+        .spawn()
+        .expect("git daemon (Debian's git package)");
+    Served { child, port }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,11 +355,11 @@ async fn a_remote_branch_is_fetched_by_the_leader_and_followed() {
     let work = repository(&origin, &tmp.path().join("work"));
     std::fs::write(work.join("web.yaml"), job("web", "one")).unwrap();
     let first = commit(&work, "web");
-    let daemon = GitDaemon::start(&served);
+    let daemon = git_daemon(&served);
 
     let mut source = SyncSource::new(
         "lab",
-        &format!("git://127.0.0.1:{}/lab.git", daemon.1),
+        &format!("git://127.0.0.1:{}/lab.git", daemon.port),
         "default",
     );
     source.interval_secs = 1;
@@ -401,59 +403,48 @@ async fn a_remote_branch_is_fetched_by_the_leader_and_followed() {
 }
 
 /// git-http-backend over TLS (tests/scripts/git-https.py) serving `base`
-/// with a certificate for 127.0.0.1 from a fresh CA; killed on drop.
-struct GitHttps(std::process::Child, u16);
-
-impl GitHttps {
-    /// The server and the CA's certificate file.
-    fn start(base: &Path, dir: &Path) -> (GitHttps, std::path::PathBuf) {
-        let ca = skiff_pki::Ca::generate(Duration::from_secs(3600)).unwrap();
-        let leaf = ca
-            .issue_for_host(
-                "git",
-                &["127.0.0.1".parse().unwrap()],
-                Duration::from_secs(3600),
-            )
-            .unwrap();
-        let (cert, key, ca_file, port_file) = (
-            dir.join("git.crt"),
-            dir.join("git.key"),
-            dir.join("ca.crt"),
-            dir.join("git.port"),
+/// with a certificate for 127.0.0.1 from a fresh CA; the server and the
+/// CA's certificate file.
+fn git_https(base: &Path, dir: &Path) -> (Served, std::path::PathBuf) {
+    let ca = skiff_pki::Ca::generate(Duration::from_secs(3600)).unwrap();
+    let leaf = ca
+        .issue_for_host(
+            "git",
+            &["127.0.0.1".parse().unwrap()],
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let (cert, key, ca_file, port_file) = (
+        dir.join("git.crt"),
+        dir.join("git.key"),
+        dir.join("ca.crt"),
+        dir.join("git.port"),
+    );
+    std::fs::write(&cert, &leaf.cert_pem).unwrap();
+    std::fs::write(&key, &leaf.key_pem).unwrap();
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let exec = git(Path::new("/"), &["--exec-path"]);
+    let child = std::process::Command::new("/usr/bin/python3")
+        .arg(repo_root().join("tests/scripts/git-https.py"))
+        .arg(base)
+        .arg(Path::new(&exec).join("git-http-backend"))
+        .args([&cert, &key, &port_file])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("python3");
+    let mut served = Served { child, port: 0 };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    served.port = loop {
+        if let Ok(p) = std::fs::read_to_string(&port_file) {
+            break p.trim().parse().unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the HTTPS git server did not start"
         );
-        std::fs::write(&cert, &leaf.cert_pem).unwrap();
-        std::fs::write(&key, &leaf.key_pem).unwrap();
-        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
-        let exec = git(Path::new("/"), &["--exec-path"]);
-        let child = std::process::Command::new("/usr/bin/python3")
-            .arg(repo_root().join("tests/scripts/git-https.py"))
-            .arg(base)
-            .arg(Path::new(&exec).join("git-http-backend"))
-            .args([&cert, &key, &port_file])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("python3");
-        let mut served = GitHttps(child, 0);
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        served.1 = loop {
-            if let Ok(p) = std::fs::read_to_string(&port_file) {
-                break p.trim().parse().unwrap();
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the HTTPS git server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        (served, ca_file)
-    }
-}
-
-impl Drop for GitHttps {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (served, ca_file)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -463,7 +454,7 @@ async fn a_branch_is_fetched_over_https_with_the_servers_trust_roots() {
     let work = repository(&served.join("lab.git"), &tmp.path().join("work"));
     std::fs::write(work.join("web.yaml"), job("web", "one")).unwrap();
     let first = commit(&work, "web");
-    let (https, ca) = GitHttps::start(&served, tmp.path());
+    let (https, ca) = git_https(&served, tmp.path());
     // The servers' HTTPS clients trust the system's roots; SSL_CERT_FILE
     // replaces them, as for any rustls-native-certs program.
     let server = ServerProc::start_with_env(
@@ -476,7 +467,7 @@ async fn a_branch_is_fetched_over_https_with_the_servers_trust_roots() {
     let mut reader = client.clone();
     let mut source = SyncSource::new(
         "lab",
-        &format!("https://127.0.0.1:{}/lab.git", https.1),
+        &format!("https://127.0.0.1:{}/lab.git", https.port),
         "default",
     );
     source.interval_secs = 1;

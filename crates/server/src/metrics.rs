@@ -132,6 +132,12 @@ impl Default for ServerMetrics {
 }
 
 impl ServerMetrics {
+    /// A copy of since when each job waits in its queue (what a trial
+    /// admission round on this server reads).
+    pub fn waiting_since(&self) -> crate::queue_book::WaitingSince {
+        self.queue_waiting.lock().expect("waiting map").clone()
+    }
+
     /// A job admitted from `queue` after `waited` seconds, reclaiming
     /// `reclaimed` jobs.
     pub fn queue_admitted(&self, queue: &str, waited: f64, reclaimed: u64) {

@@ -75,12 +75,7 @@ pub(crate) async fn list(
     caller(&req, &ctx.tls)?.require(ctx, Action::Read, "list queues")?;
     ctx.read_barrier(false).await?;
     let state = ctx.store.state();
-    let waiting = ctx
-        .metrics
-        .queue_waiting
-        .lock()
-        .expect("waiting map")
-        .clone();
+    let waiting = ctx.metrics.waiting_since();
     let book = crate::queue_book::book_of(&state, &waiting);
     let queues = book
         .status()
@@ -105,12 +100,7 @@ pub(crate) async fn describe(
             "queue {name:?} not found: an admin creates it with `skiff queue apply`"
         )));
     }
-    let waiting = ctx
-        .metrics
-        .queue_waiting
-        .lock()
-        .expect("waiting map")
-        .clone();
+    let waiting = ctx.metrics.waiting_since();
     let (book, decisions) = crate::queue_book::dry_run(&state, &waiting);
     let status = book
         .status()

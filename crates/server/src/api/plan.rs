@@ -81,12 +81,7 @@ pub(crate) fn diff(state: &skiff_store::State, spec: &mut JobSpec) -> Option<Vec
 /// `q`: a trial round on this server's state with the planned spec in
 /// place of the stored one.
 fn admission_note(ctx: &Ctx, state: &skiff_store::State, job: &Job, q: &str) -> String {
-    let waiting = ctx
-        .metrics
-        .queue_waiting
-        .lock()
-        .expect("waiting map")
-        .clone();
+    let waiting = ctx.metrics.waiting_since();
     let mut book = crate::queue_book::book_of(state, &waiting);
     let key = job.key();
     let holds = book
