@@ -211,43 +211,63 @@ impl Records {
     }
 }
 
-/// The namespaces whose names a question from `from` may see: `None`
-/// for all (an address that is no container's), else the asker's own
-/// namespace and those that let it connect.
-fn visible_from(members: &Members, from: IpAddr) -> Option<Vec<String>> {
-    let IpAddr::V4(ip) = from else {
-        return None;
-    };
-    // Normally one namespace; several while an address just given up is
-    // reused (the servers' list lags): what any of them may see.
-    let askers: Vec<&str> = members
-        .namespaces
-        .iter()
-        .filter(|n| n.addresses.contains(&ip))
-        .map(|n| n.name.as_str())
-        .collect();
-    if askers.is_empty() {
-        return None;
-    }
-    let lets_in = |m: &super::firewall::NamespaceMembers, asker: &str| {
-        m.name == asker || m.from.iter().any(|f| f == "*" || f == asker)
-    };
-    Some(
-        members
+/// Who sees which namespaces' names, built once per member list (a
+/// question looks its asker up by address instead of reading the list).
+#[derive(Debug, Default)]
+struct Visibility {
+    /// The namespaces (indices into `sees`) each container address is in:
+    /// normally one; several while an address just given up is reused
+    /// (the servers' list lags), and then it sees what any of them may.
+    of_address: HashMap<Ipv4Addr, Vec<usize>>,
+    /// Per namespace: its own name and those of the namespaces that let
+    /// it connect (lower-case).
+    sees: Vec<Vec<String>>,
+}
+
+impl Visibility {
+    fn of(members: &Members) -> Visibility {
+        let mut of_address: HashMap<Ipv4Addr, Vec<usize>> = HashMap::new();
+        for (i, n) in members.namespaces.iter().enumerate() {
+            for ip in &n.addresses {
+                of_address.entry(*ip).or_default().push(i);
+            }
+        }
+        let sees = members
             .namespaces
             .iter()
-            .filter(|m| askers.iter().any(|a| lets_in(m, a)))
-            .map(|m| m.name.as_str())
-            .chain(askers.iter().copied())
-            .map(str::to_ascii_lowercase)
-            .collect(),
-    )
+            .map(|asker| {
+                members
+                    .namespaces
+                    .iter()
+                    .filter(|m| {
+                        m.name == asker.name || m.from.iter().any(|f| f == "*" || *f == asker.name)
+                    })
+                    .map(|m| m.name.as_str())
+                    .chain(std::iter::once(asker.name.as_str()))
+                    .map(str::to_ascii_lowercase)
+                    .collect()
+            })
+            .collect();
+        Visibility { of_address, sees }
+    }
+
+    /// Whether a question from `from` may see namespace `ns`'s names: an
+    /// address that is no container's sees all.
+    fn sees(&self, from: IpAddr, ns: &str) -> bool {
+        let IpAddr::V4(ip) = from else {
+            return true;
+        };
+        match self.of_address.get(&ip) {
+            None => true,
+            Some(askers) => askers.iter().any(|&i| self.sees[i].iter().any(|n| n == ns)),
+        }
+    }
 }
 
 /// Answers the cluster's names and hands the rest to the forwarder.
 struct Handler {
     records: Arc<RwLock<Records>>,
-    members: Arc<RwLock<Members>>,
+    visibility: Arc<RwLock<Visibility>>,
     zone: LowerName,
     forward: Option<Catalog>,
 }
@@ -279,16 +299,16 @@ impl RequestHandler for Handler {
                 }
             };
         }
-        let visible = visible_from(
-            &self.members.read().unwrap_or_else(|p| p.into_inner()),
-            request.src().ip(),
-        );
-        let sees = |ns: &str| visible.as_ref().is_none_or(|v| v.iter().any(|n| n == ns));
-        let found = self
-            .records
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .answer(query.name(), query.query_type(), &sees);
+        let found = {
+            let visibility = self.visibility.read().unwrap_or_else(|p| p.into_inner());
+            let from = request.src().ip();
+            self.records
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .answer(query.name(), query.query_type(), &|ns: &str| {
+                    visibility.sees(from, ns)
+                })
+        };
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.authoritative = true;
         metadata.recursion_available = self.forward.is_some();
@@ -361,7 +381,7 @@ fn forwarder(servers: &[SocketAddr]) -> Result<Catalog, String> {
 pub struct Dns {
     upstream: Upstream,
     records: Arc<RwLock<Records>>,
-    members: Arc<RwLock<Members>>,
+    visibility: Arc<RwLock<Visibility>>,
     serving: tokio::sync::Mutex<Option<(SocketAddr, hickory_server::Server<Handler>)>>,
 }
 
@@ -378,7 +398,7 @@ impl Dns {
         Dns {
             upstream,
             records: Arc::default(),
-            members: Arc::default(),
+            visibility: Arc::default(),
             serving: tokio::sync::Mutex::default(),
         }
     }
@@ -392,7 +412,7 @@ impl Dns {
     /// The cluster's containers by namespace changed: who sees which
     /// names follows.
     pub fn set_members(&self, members: &Members) {
-        *self.members.write().unwrap_or_else(|p| p.into_inner()) = members.clone();
+        *self.visibility.write().unwrap_or_else(|p| p.into_inner()) = Visibility::of(members);
     }
 
     /// Listens on `addr` (UDP and TCP) unless it already does; port 0:
@@ -416,7 +436,7 @@ impl Dns {
         };
         let handler = Handler {
             records: self.records.clone(),
-            members: self.members.clone(),
+            visibility: self.visibility.clone(),
             zone: LowerName::from(Name::from_ascii(format!("{DOMAIN}.")).expect("a valid name")),
             forward,
         };
