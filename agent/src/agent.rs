@@ -187,12 +187,13 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         source,
     })?;
     let advertise = cfg.advertise.unwrap_or(bound);
-    let runtime = Arc::new(Runc {
-        binary: runtime_binary.clone(),
-        root: paths.runtime_root(),
-        shim_program: cfg.shim_program.clone(),
-        shim_prefix: cfg.shim_prefix.clone(),
-    });
+    let runtime = Arc::new(Runc::new(
+        runtime_binary.clone(),
+        paths.runtime_root(),
+        cfg.shim_program.clone(),
+        cfg.shim_prefix.clone(),
+    ));
+    runtime.refill_spare();
     let puller = std::sync::Arc::new(crate::image::registry::Puller::new(
         &paths.images().join("content"),
         std::sync::Arc::new(skiff_registry::RegistryAccess::load(&cfg.registry)?),

@@ -182,8 +182,16 @@ impl ExitRecord {
     }
 }
 
-/// `skiff shim FLAGS...`: parses its flags and runs; returns the exit code.
+/// The first argument that makes a shim a spare ([`spare`]).
+pub const SPARE: &str = "--spare";
+
+/// `skiff shim FLAGS...` (or `skiff shim --spare LABEL`): parses its flags
+/// and runs; returns the exit code.
 pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
+    let mut args = args.into_iter().peekable();
+    if args.peek().is_some_and(|a| a == SPARE) {
+        return spare();
+    }
     match ShimArgs::parse(args) {
         Ok(a) => run(&a),
         Err(e) => {
@@ -232,16 +240,103 @@ pub fn run(args: &ShimArgs) -> i32 {
         }
         Ok(Fork::Child) => {
             drop(reader);
-            monitor(args, writer)
+            monitor(args, writer, false)
         }
     }
 }
 
-fn monitor(args: &ShimArgs, mut report: std::io::PipeWriter) -> i32 {
+/// Leaves the caller's session, adopts the container's init once runc
+/// has gone, and ignores the hang-ups and broken pipes of a detached life.
+fn detach() -> std::io::Result<()> {
+    sys::setsid()?;
+    sys::set_child_subreaper()?;
+    sys::ignore_hup_and_pipe();
+    Ok(())
+}
+
+/// `skiff shim --spare LABEL`: a shim started before it is needed, so a
+/// container's start does not wait for the shim's own exec, loading, fork
+/// and detaching. It forks at once (the first process exits, for the
+/// agent to reap), detaches, and waits for its flags on stdin, each ended
+/// by a NUL byte; then it runs as a shim started with those flags would,
+/// reporting `ok PID` (or the reason it failed) on stdout and closing it.
+/// Stdin closed with nothing on it (the agent let it go, or ended) ends
+/// it quietly. LABEL is not read: the agent passes its runtime root, so
+/// `ps` tells whose spare it is.
+pub fn spare() -> i32 {
+    match sys::fork() {
+        Err(e) => {
+            eprintln!("shim: fork: {e}");
+            1
+        }
+        Ok(Fork::Parent) => 0,
+        Ok(Fork::Child) => spare_child(),
+    }
+}
+
+fn spare_child() -> i32 {
+    use std::os::fd::AsFd;
+    // Its stderr goes nowhere: an error is reported with the flags.
+    let detached = detach();
+    // The report's own descriptor: stdout itself goes to /dev/null with
+    // the rest of stdio once the container's log is open.
+    let mut report = match std::io::stdout().as_fd().try_clone_to_owned() {
+        Ok(fd) => fs::File::from(fd),
+        Err(e) => {
+            eprintln!("shim: stdout: {e}");
+            return 1;
+        }
+    };
+    let mut input = Vec::new();
+    if std::io::stdin().lock().read_to_end(&mut input).is_err() || input.is_empty() {
+        return 0;
+    }
+    if let Err(e) = detached {
+        let _ = writeln!(report, "shim: detaching: {e}");
+        return 1;
+    }
+    let args = match ShimArgs::parse(split_nul(&input)) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = writeln!(report, "skiff shim --spare: {e}");
+            return 2;
+        }
+    };
+    if let Err(e) = fs::create_dir_all(&args.state_dir) {
+        let _ = writeln!(
+            report,
+            "shim: cannot create {}: {e}",
+            args.state_dir.display()
+        );
+        return 1;
+    }
+    monitor(&args, report, true)
+}
+
+/// Flags as a spare reads them: each ended by a NUL byte.
+pub fn join_nul(args: &[OsString]) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = Vec::new();
+    for a in args {
+        out.extend_from_slice(a.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+fn split_nul(input: &[u8]) -> Vec<OsString> {
+    use std::os::unix::ffi::OsStringExt;
+    let body = input.strip_suffix(&[0]).unwrap_or(input);
+    body.split(|&b| b == 0)
+        .map(|a| OsString::from_vec(a.to_vec()))
+        .collect()
+}
+
+fn monitor(args: &ShimArgs, mut report: impl Write, detached: bool) -> i32 {
     let setup = || -> std::io::Result<LogWriter> {
-        sys::setsid()?;
-        sys::set_child_subreaper()?;
-        sys::ignore_hup_and_pipe();
+        if !detached {
+            detach()?;
+        }
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -533,6 +628,11 @@ mod tests {
             cgroup: "/skiff/skiff-1".into(),
         };
         assert_eq!(ShimArgs::parse(a.to_args()).unwrap(), a);
+        // As a spare reads them from stdin.
+        assert_eq!(
+            ShimArgs::parse(split_nul(&join_nul(&a.to_args()))).unwrap(),
+            a
+        );
         let err = ShimArgs::parse(vec!["--id".into()]).unwrap_err();
         assert!(err.contains("--id needs a value"), "{err}");
         let err = ShimArgs::parse(vec!["--colour".into(), "x".into()]).unwrap_err();

@@ -445,3 +445,112 @@ async fn probes_check_health_restart_on_liveness_and_gate_on_startup() {
         deaf.message
     );
 }
+
+/// The spare shims of the agent whose runc root is `root` (the agent keeps
+/// one started ahead of the next container): `skiff shim --spare ROOT`
+/// processes that are not yet a container's monitor (named by its
+/// `state/shim.pid`).
+fn spares_of(root: &std::path::Path) -> Vec<i32> {
+    let monitors: Vec<i32> = std::fs::read_dir(root.parent().unwrap().join("containers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|c| {
+            let text = std::fs::read_to_string(c.path().join("state/shim.pid")).ok()?;
+            text.split_whitespace().next()?.parse().ok()
+        })
+        .collect();
+    let root = root.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|p| {
+            let pid = p.file_name().to_string_lossy().parse::<i32>().ok()?;
+            let cmdline = std::fs::read(p.path().join("cmdline")).ok()?;
+            let words: Vec<String> = cmdline
+                .split(|&b| b == 0)
+                .map(|w| String::from_utf8_lossy(w).into_owned())
+                .collect();
+            let spare = words
+                .windows(3)
+                .any(|w| w[0] == "shim" && w[1] == "--spare" && w[2] == root);
+            (spare && !monitors.contains(&pid)).then_some(pid)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_go_through_a_spare_shim_that_is_replaced_when_lost_and_ends_with_the_agent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&tmp.path().join("server"));
+    let mut agent = AgentProc::start(&tmp.path().join("agent"), &server.url(), "spares", &[]);
+    let mut client = server.client().await;
+    let root = agent.runc_root();
+
+    // One spare waits from the agent's start.
+    let first = wait_for("a spare shim", START, || {
+        let s = spares_of(&root);
+        async move { (s.len() == 1).then(|| s[0]) }
+    })
+    .await;
+
+    // A container that cannot start: runc's reason reaches the user
+    // through the spare's report.
+    let missing = skiff_model::JobSpec::from_yaml(&format!(
+        "name: missing\ntask:\n  image: {}\n  command: [/no/such/program]\n  restart: {{policy: never}}\n  resources: {{cpu: 100m, memory: 32Mi}}\n",
+        busybox_image()
+    ))
+    .unwrap();
+    client.apply_job(&missing).await.unwrap();
+    let failed = wait_allocs(&mut client, "missing", 1, AllocStatus::Failed, START).await;
+    assert!(
+        failed[0].message.contains("/no/such/program"),
+        "{:?}",
+        failed[0].message
+    );
+
+    // The spare taken by that start was replaced by another.
+    let second = wait_for("a new spare shim", START, || {
+        let s = spares_of(&root);
+        async move { (s.len() == 1 && s[0] != first).then(|| s[0]) }
+    })
+    .await;
+    // A spare lost while waiting (killed here): the next start still runs
+    // its container, through a fresh shim.
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &second.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    client
+        .apply_job(&shell_job("after-loss", 1, "echo started; sleep 3600"))
+        .await
+        .unwrap();
+    let running = wait_allocs(&mut client, "after-loss", 1, AllocStatus::Running, START).await;
+    wait_for("the container's output", START, || {
+        let (url, id) = (server.url(), running[0].id.clone());
+        async move {
+            let out = skiff(&url, &["logs", &id]);
+            String::from_utf8_lossy(&out.stdout)
+                .contains("started")
+                .then_some(())
+        }
+    })
+    .await;
+    wait_for("a spare again", START, || {
+        let s = spares_of(&root);
+        async move { (s.len() == 1 && s[0] != second).then_some(()) }
+    })
+    .await;
+
+    // The agent gone, its spare ends by itself (its stdin closed); the
+    // running container's shim stays.
+    agent.kill9();
+    wait_for("the spare to end with the agent", START, || {
+        let s = spares_of(&root);
+        async move { s.is_empty().then_some(()) }
+    })
+    .await;
+    assert_eq!(agent.containers().len(), 1, "{:?}", agent.containers());
+    agent.kill_machine();
+}

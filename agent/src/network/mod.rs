@@ -558,6 +558,29 @@ impl Network {
         Ok(())
     }
 
+    /// The host ports allocation `id`'s network forwards (its portmap
+    /// step's mappings; none when nothing is set up).
+    pub fn host_ports(&self, id: &str) -> Vec<u16> {
+        let Ok(bytes) = std::fs::read(self.cache_path(id)) else {
+            return Vec::new();
+        };
+        let Ok(cached) = serde_json::from_slice::<Cached>(&bytes) else {
+            return Vec::new();
+        };
+        cached
+            .steps
+            .iter()
+            .filter_map(|s| {
+                s.config
+                    .pointer("/runtimeConfig/portMappings")?
+                    .as_array()
+                    .cloned()
+            })
+            .flatten()
+            .filter_map(|m| u16::try_from(m.get("hostPort")?.as_u64()?).ok())
+            .collect()
+    }
+
     /// The allocations with something set up here (a namespace or a
     /// cached plugin call).
     pub fn attached(&self) -> Vec<String> {

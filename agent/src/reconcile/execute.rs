@@ -14,6 +14,7 @@ use tokio::task::AbortHandle;
 
 use super::decide::Action;
 use super::event::{Event, Settings};
+use super::gate::StartGate;
 use super::records::Records;
 use super::{start, stop};
 use crate::image::ImageStore;
@@ -32,7 +33,12 @@ pub struct Executor<R: Runtime, X: Records> {
     events: mpsc::Sender<Event>,
     /// The probe task of each running container.
     probes: HashMap<String, AbortHandle>,
+    /// Starts in flight, which cleanups let go first.
+    starts: Arc<StartGate>,
 }
+
+/// How long a cleanup lets starts go first at most.
+const CLEANUP_YIELDS_AT_MOST: Duration = Duration::from_secs(10);
 
 impl<R: Runtime, X: Records> Executor<R, X> {
     pub fn new(
@@ -50,6 +56,7 @@ impl<R: Runtime, X: Records> Executor<R, X> {
             settings,
             events,
             probes: HashMap::new(),
+            starts: Arc::default(),
         }
     }
 
@@ -123,9 +130,11 @@ impl<R: Runtime, X: Records> Executor<R, X> {
         let settings = self.settings.clone();
         let events = self.events.clone();
         let began = Instant::now();
+        let starting = self.starts.enter(alloc.ports.clone());
         tokio::spawn(async move {
             let id = alloc.id.clone();
             let result = start::start(&*runtime, &paths, &images, &settings, &alloc).await;
+            drop(starting);
             let took = began.elapsed();
             let _ = events
                 .send(Event::Started {
@@ -153,7 +162,13 @@ impl<R: Runtime, X: Records> Executor<R, X> {
         let paths = self.paths.clone();
         let events = self.events.clone();
         let network = self.settings.network.clone();
+        let starts = self.starts.clone();
         tokio::spawn(async move {
+            let forwarded = network
+                .as_ref()
+                .map(|n| n.host_ports(&id))
+                .unwrap_or_default();
+            starts.wait_clear(&forwarded, CLEANUP_YIELDS_AT_MOST).await;
             let cid = container_id(&id);
             let id2 = id.clone();
             if let Err(e) = runtime.delete(&cid, false).await {

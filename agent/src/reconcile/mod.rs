@@ -28,6 +28,7 @@
 mod decide;
 mod event;
 mod execute;
+mod gate;
 mod observe;
 mod records;
 mod restarts;

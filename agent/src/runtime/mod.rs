@@ -12,8 +12,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::io::AsyncReadExt;
-use tokio::process::Command;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{ChildStdin, ChildStdout, Command};
 
 use crate::shim::{self, ShimArgs};
 
@@ -134,9 +136,89 @@ pub struct Runc {
     /// shim's own (for us: the `skiff` binary and `shim`).
     pub shim_program: PathBuf,
     pub shim_prefix: Vec<OsString>,
+    /// One shim started ahead of the next container ([`shim::spare`]).
+    spare: Arc<Mutex<Option<Spare>>>,
+}
+
+/// A spare shim's ends: its flags go in, its report comes out.
+#[derive(Debug)]
+struct Spare {
+    flags: ChildStdin,
+    report: ChildStdout,
 }
 
 impl Runc {
+    pub fn new(
+        binary: PathBuf,
+        root: PathBuf,
+        shim_program: PathBuf,
+        shim_prefix: Vec<OsString>,
+    ) -> Runc {
+        Runc {
+            binary,
+            root,
+            shim_program,
+            shim_prefix,
+            spare: Arc::default(),
+        }
+    }
+
+    /// Starts a shim that waits for its container; its first process
+    /// exits at once and is reaped by tokio (the child is dropped).
+    fn spawn_spare(&self) -> Result<Spare, RuntimeError> {
+        let mut c = Command::new(&self.shim_program);
+        c.args(&self.shim_prefix)
+            .arg(shim::SPARE)
+            .arg(&self.root)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = c.spawn().map_err(|source| RuntimeError::Spawn {
+            program: self.shim_program.display().to_string(),
+            source,
+        })?;
+        match (child.stdin.take(), child.stdout.take()) {
+            (Some(flags), Some(report)) => Ok(Spare { flags, report }),
+            _ => Err(RuntimeError::Start("the spare shim has no pipes".into())),
+        }
+    }
+
+    /// Keeps one spare shim waiting (called after each start, and once
+    /// when the agent starts, off any start's path).
+    pub fn refill_spare(&self) {
+        let mut held = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        if held.is_none() {
+            match self.spawn_spare() {
+                Ok(s) => *held = Some(s),
+                Err(e) => tracing::warn!(error = %e, "cannot start a spare shim"),
+            }
+        }
+    }
+
+    /// Hands `flags` to the spare shim (a fresh one when there is none,
+    /// or the one held has gone).
+    async fn hand_over(&self, flags: &[u8]) -> Result<ChildStdout, RuntimeError> {
+        let held = self.spare.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let mut spare = match held {
+            Some(s) => s,
+            None => self.spawn_spare()?,
+        };
+        if spare.flags.write_all(flags).await.is_err() {
+            spare = self.spawn_spare()?;
+            spare
+                .flags
+                .write_all(flags)
+                .await
+                .map_err(|source| RuntimeError::Spawn {
+                    program: self.shim_program.display().to_string(),
+                    source,
+                })?;
+        }
+        // Closing stdin tells the shim its flags are complete.
+        drop(spare.flags);
+        Ok(spare.report)
+    }
+
     fn command(&self) -> Command {
         let mut c = Command::new(&self.binary);
         c.arg("--root").arg(&self.root);
@@ -181,41 +263,32 @@ fn failure(verb: &'static str, id: &str, out: &std::process::Output) -> RuntimeE
 
 impl Runtime for Runc {
     async fn start(&self, args: &ShimArgs) -> Result<(), RuntimeError> {
-        let shim_log = args.state_dir.join(shim::SHIM_LOG);
-        std::fs::create_dir_all(&args.state_dir).map_err(|source| RuntimeError::Spawn {
-            program: "mkdir".into(),
-            source,
-        })?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&shim_log)
-            .map_err(|source| RuntimeError::Spawn {
-                program: shim_log.display().to_string(),
-                source,
-            })?;
-        let mut c = Command::new(&self.shim_program);
-        c.args(&self.shim_prefix)
-            .args(args.to_args())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        // The shim's first process exits as soon as the container started
-        // (or failed to); its detached child keeps watching the container.
-        let status = c.status().await.map_err(|source| RuntimeError::Spawn {
-            program: self.shim_program.display().to_string(),
-            source,
-        })?;
-        if status.success() {
+        // A spare shim, already loaded and detached, takes the container:
+        // it reports `ok PID` once the container runs and then closes its
+        // end, staying on as the container's monitor.
+        let report = self.hand_over(&shim::join_nul(&args.to_args())).await?;
+        let mut text = String::new();
+        let _ = report.take(64 * 1024).read_to_string(&mut text).await;
+        // The next spare starts now, while this container gets going.
+        let me = self.clone();
+        tokio::spawn(async move { me.refill_spare() });
+        if text.starts_with("ok ") {
             return Ok(());
         }
-        let text = std::fs::read_to_string(&shim_log).unwrap_or_default();
+        let from_log = || {
+            let log = std::fs::read_to_string(args.state_dir.join(shim::SHIM_LOG)).ok()?;
+            log.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::to_string)
+        };
         let message = text
             .lines()
             .rev()
             .find(|l| !l.trim().is_empty())
-            .unwrap_or("the shim failed without a message")
-            .to_string();
+            .map(str::to_string)
+            .or_else(from_log)
+            .unwrap_or_else(|| "the shim ended before the container started".to_string());
         Err(RuntimeError::Start(message))
     }
 
