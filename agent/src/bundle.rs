@@ -441,6 +441,7 @@ mod tests {
             netns: "/data/network/netns/x".into(),
             address: Some("10.88.0.9".into()),
             resolv_conf: None,
+            publish: None,
         };
         build_spec(&BundleInput {
             alloc: a,
@@ -476,6 +477,7 @@ mod tests {
             netns: "/data/network/netns/x".into(),
             address: Some("10.88.0.9".into()),
             resolv_conf: Some("/data/network/resolv/x.conf".into()),
+            publish: None,
         };
         let spec = build_spec(&input(Some(&attached))).unwrap();
         // It resolves names with the node's DNS.

@@ -103,10 +103,23 @@ pub struct Attachment {
     /// Its `/etc/resolv.conf`, naming the node's DNS (none when the node
     /// cannot serve it: the host's then).
     pub resolv_conf: Option<PathBuf>,
+    /// Its published ports, still to be forwarded ([`Network::publish`]).
+    pub publish: Option<Publish>,
+}
+
+/// The portmap call that forwards an allocation's published ports, chained
+/// after its bridge: it changes only the node's rules, never the
+/// container's namespace, so it runs while the container starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    id: String,
+    container_id: String,
+    netns: PathBuf,
+    step: Step,
 }
 
 /// One interface's plugin call as sent, and what it answered.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Step {
     ifname: String,
     config: Value,
@@ -361,21 +374,8 @@ impl Network {
             self.add(cid, &netns, &steps[0]),
             self.add(cid, &netns, &steps[1])
         );
-        // Portmap is chained after the bridge: it takes the bridge's
-        // result and passes it on.
         let added = match added {
-            (Ok(lo), Ok(eth0)) => match steps.get(2) {
-                Some(portmap) => {
-                    let chained = Step {
-                        config: cni::with_network(&portmap.config, NETWORK, Some(&eth0)),
-                        ..portmap.clone()
-                    };
-                    self.add(cid, &netns, &chained)
-                        .await
-                        .map(|pm| vec![lo, eth0, pm])
-                }
-                None => Ok(vec![lo, eth0]),
-            },
+            (Ok(lo), Ok(eth0)) => Ok(vec![lo, eth0]),
             (Err(e), _) | (_, Err(e)) => Err(e),
         };
         let results = match added {
@@ -396,12 +396,41 @@ impl Network {
             .iter()
             .filter(|s| s.ifname != "lo")
             .find_map(|s| cni::first_ipv4(&s.result));
+        // Portmap is chained after the bridge: it takes the bridge's
+        // result and passes it on.
+        let publish = cached.steps.get(2).map(|portmap| Publish {
+            id: id.to_string(),
+            container_id: cached.container_id.clone(),
+            netns: netns.clone(),
+            step: Step {
+                config: cni::with_network(&portmap.config, NETWORK, Some(&cached.steps[1].result)),
+                ..portmap.clone()
+            },
+        });
         let resolv_conf = self.resolv_conf(id, namespace).await?;
         Ok(Attachment {
             netns,
             address,
             resolv_conf,
+            publish,
         })
+    }
+
+    /// Forwards the published ports of a set-up allocation (its portmap
+    /// ADD). A failure leaves the call recorded for the allocation's
+    /// teardown to undo.
+    pub async fn publish(&self, p: &Publish) -> Result<(), String> {
+        let lock = self.lock(&p.id);
+        let _held = lock.lock().await;
+        let result = self.add(&p.container_id, &p.netns, &p.step).await?;
+        let path = self.cache_path(&p.id);
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut cached: Cached =
+            serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Some(step) = cached.steps.get_mut(2) {
+            step.result = result;
+        }
+        self.save(&p.id, &cached)
     }
 
     /// The rest of the cluster changed: routes and rules follow (once the

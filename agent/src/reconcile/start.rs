@@ -145,14 +145,31 @@ pub async fn start<R: Runtime>(
         log_max_files: settings.log_max_files,
         cgroup,
     };
-    let result = runtime
-        .start(&args)
-        .await
-        .map(|()| super::event::StartedRun {
+    // Published ports are forwarded while the container starts (portmap
+    // touches only the node's rules); the start counts once both are done.
+    let publish = async {
+        match (
+            &settings.network,
+            network.as_ref().and_then(|n| n.publish.as_ref()),
+        ) {
+            (Some(net), Some(p)) => net
+                .publish(p)
+                .await
+                .map_err(|e| format!("network: publishing ports: {e}")),
+            _ => Ok(()),
+        }
+    };
+    let (started, published) = tokio::join!(runtime.start(&args), publish);
+    let result = match (started, published) {
+        (Ok(()), Ok(())) => Ok(super::event::StartedRun {
             pulled,
             address: network.and_then(|n| n.address),
-        })
-        .map_err(|e| e.to_string());
+        }),
+        (Err(e), _) => Err(e.to_string()),
+        // The container runs unreachable: this start failed, and its
+        // cleanup removes both.
+        (Ok(()), Err(e)) => Err(e),
+    };
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1000.0;
     let done = Instant::now();
     tracing::debug!(
