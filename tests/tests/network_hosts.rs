@@ -202,6 +202,26 @@ async fn containers_on_two_hosts_reach_each_other_but_no_skiff_port() {
         web.address
     );
 
+    // A fixed host port published on h1 (outside the dynamic range, which
+    // containers elsewhere may open): open to containers on h0 too.
+    let fixed = pinned(
+        "fixed",
+        "h1",
+        "mkdir -p /tmp/www && echo \"$SKIFF_ALLOC_ID\" > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www",
+        "  ports: [{name: http, container: 8080, host: 18080}]\n  probes:\n    readiness: {http: {path: /, port: 8080}, period: 200ms}\n",
+    );
+    client.apply_job(&fixed).await.unwrap();
+    let fixed = wait_for("the fixed-port job ready", Duration::from_secs(60), || {
+        let mut c = client.clone();
+        async move {
+            allocs_of(&mut c, "fixed")
+                .await
+                .into_iter()
+                .find(|a| a.healthy == Some(true))
+        }
+    })
+    .await;
+
     // A client on h0: the web replica by its address; the world outside
     // (NAT); the server's API port and h1's agent port (both refused).
     let outside = outside_service(&lan.server_ip());
@@ -215,11 +235,12 @@ async fn containers_on_two_hosts_reach_each_other_but_no_skiff_port() {
     let by_name = "for i in $(seq 1 150); do srv=$(nslookup -type=srv _http._tcp.web.default.skiff 2>&1); [ $(echo \"$srv\" | grep -c 'service = ') -ge 2 ] && break; sleep 0.2; done; echo \"$srv\" | grep 'service = ' | while read -r _ _ _ _ _ port target; do ip=$(nslookup \"$target\" | awk '/^Address: /{print $2}' | tail -n 1); echo \"srv=$(get $ip $port) at $ip:$port\"; done; echo \"a=$(nslookup web | awk '/^Address: /{print $2}' | sort | tr '\\n' ' ')\"";
     let script = format!(
         // (nc, not busybox's wget, which crashes in Debian's build.)
-        "get() {{ printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 5 nc -w 2 $1 $2 | tail -n 1; }}; for i in $(seq 1 50); do body=$(get {} 8080) && [ -n \"$body\" ] && break; sleep 0.2; done; echo \"web=$body\"; echo \"outside=$(get {} {outside})\"; {}; {}; {by_name}; echo done; sleep 3600",
+        "get() {{ printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 5 nc -w 2 $1 $2 | tail -n 1; }}; for i in $(seq 1 50); do body=$(get {} 8080) && [ -n \"$body\" ] && break; sleep 0.2; done; echo \"web=$body\"; for i in $(seq 1 50); do fixed=$(get {h1} 18080) && [ -n \"$fixed\" ] && break; sleep 0.2; done; echo \"fixed=$fixed\"; echo \"outside=$(get {} {outside})\"; {}; {}; {by_name}; echo done; sleep 3600",
         web.address,
         lan.server_ip(),
         probe(&lan.server_ip(), &api_port, "api"),
         probe(&lan.host(1), &agent_port(1), "agent"),
+        h1 = lan.host(1),
     );
     client
         .apply_job(&pinned("client", "h0", &script, ""))
@@ -254,6 +275,10 @@ async fn containers_on_two_hosts_reach_each_other_but_no_skiff_port() {
     assert!(
         out.contains(&format!("web={}", web.id)),
         "across hosts: {out}"
+    );
+    assert!(
+        out.contains(&format!("fixed={}", fixed.id)),
+        "h1's fixed host port 18080 from a container on h0: {out}"
     );
     // Outbound NAT: the world outside sees h0's address.
     assert!(
@@ -435,6 +460,7 @@ async fn containers_on_two_hosts_reach_each_other_but_no_skiff_port() {
     }
     client.delete_job("web").await.unwrap();
     client.delete_job("client").await.unwrap();
+    client.delete_job("fixed").await.unwrap();
     // Both hosts tear their containers' networks down.
     wait_for("both hosts torn down", Duration::from_secs(60), || {
         let left: usize = (0..2)

@@ -642,6 +642,7 @@ mod tests {
                 ns("shared", &["10.88.0.7"], &["lab"]),
                 ns("open", &["10.88.0.8"], &["*"]),
             ],
+            ..Members::default()
         });
         for (name, seen) in [
             ("web.lab.skiff.", true),
@@ -663,6 +664,7 @@ mod tests {
         // An address that is no container's (the host) sees every name.
         dns.set_members(&Members {
             namespaces: vec![ns("lab", &["10.88.0.5"], &[])],
+            ..Members::default()
         });
         let m = ask(at, "pg.db.skiff.", RecordType::A).await;
         assert_eq!(a_records(&m), [Ipv4Addr::new(10, 88, 0, 6)]);

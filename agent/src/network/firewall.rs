@@ -43,6 +43,9 @@ pub struct NamespaceMembers {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Members {
     pub namespaces: Vec<NamespaceMembers>,
+    /// Fixed host ports published on the cluster's nodes (outside their
+    /// dynamic ranges), which containers may open too.
+    pub fixed_ports: Vec<(Ipv4Addr, u16)>,
 }
 
 impl Members {
@@ -56,6 +59,14 @@ impl Members {
                     name: n.namespace,
                     addresses: n.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
                     from: n.network_from,
+                })
+                .collect(),
+            fixed_ports: m
+                .fixed_ports
+                .iter()
+                .filter_map(|hp| {
+                    let (host, port) = hp.rsplit_once(':')?;
+                    Some((host.parse().ok()?, port.parse().ok()?))
                 })
                 .collect(),
         }
@@ -118,6 +129,12 @@ pub fn ruleset(bridge: &str, subnet: &str, peers: &Peers, members: &Members) -> 
         peers.ports.iter().map(|r| r.to_string()).collect()
     };
     let published = format!("{{ {} }}", ranges.join(", "));
+    // Fixed host ports published on the nodes: open too, on their node.
+    let fixed: Vec<String> = members
+        .fixed_ports
+        .iter()
+        .map(|(host, port)| format!("{host} . {port}"))
+        .collect();
     // The node's DNS, on the bridge's gateway address: the one port of
     // the host containers may reach.
     let dns = match skiff_model::subnet::Subnet::parse(subnet) {
@@ -151,6 +168,7 @@ pub fn ruleset(bridge: &str, subnet: &str, peers: &Peers, members: &Members) -> 
          table inet {t} {{\n\
          \tset peer_subnets {{ type ipv4_addr; flags interval; {} }}\n\
          \tset cluster_hosts {{ type ipv4_addr; {} }}\n\
+         \tset fixed_ports {{ type ipv4_addr . inet_service; {} }}\n\
          {sets}\
          \tchain input {{\n\
          \t\ttype filter hook input priority filter; policy accept;\n\
@@ -164,6 +182,8 @@ pub fn ruleset(bridge: &str, subnet: &str, peers: &Peers, members: &Members) -> 
          \t\toifname \"{bridge}\" ct status dnat accept\n\
          {inbound}\
          \t\toifname \"{bridge}\" iifname != \"{bridge}\" drop\n\
+         \t\tiifname \"{bridge}\" ct state new ip daddr . tcp dport @fixed_ports accept\n\
+         \t\tiifname \"{bridge}\" ct state new ip daddr . udp dport @fixed_ports accept\n\
          \t\tiifname \"{bridge}\" ct state new ip daddr @cluster_hosts tcp dport != {published} drop\n\
          \t\tiifname \"{bridge}\" ct state new ip daddr @cluster_hosts udp dport != {published} drop\n\
          \t}}\n\
@@ -190,6 +210,7 @@ pub fn ruleset(bridge: &str, subnet: &str, peers: &Peers, members: &Members) -> 
          }}\n",
         elements(&subnets),
         elements(&hosts),
+        elements(&fixed),
     )
 }
 
@@ -281,6 +302,23 @@ mod tests {
             r.contains("ip daddr @cluster_hosts udp dport != { 20000-32000, 40000-40010 } drop"),
             "{r}"
         );
+        // A fixed port published on a node: open on that node, before the
+        // drop of ports outside the ranges.
+        let members = Members::from_wire(pb::NetworkMembers {
+            fixed_ports: vec!["192.0.2.7:8080".into(), "bad".into()],
+            ..Default::default()
+        });
+        assert_eq!(members.fixed_ports, [("192.0.2.7".parse().unwrap(), 8080)]);
+        let r = ruleset("skiff0", "10.88.0.0/24", &peers, &members);
+        assert!(
+            r.contains("set fixed_ports { type ipv4_addr . inet_service; elements = { 192.0.2.7 . 8080 }; "),
+            "{r}"
+        );
+        let open = r.find("ip daddr . tcp dport @fixed_ports accept").unwrap();
+        let drop = r
+            .find("tcp dport != { 20000-32000, 40000-40010 } drop")
+            .unwrap();
+        assert!(open < drop, "{r}");
     }
 
     #[test]
@@ -296,6 +334,7 @@ mod tests {
                 ns("web", &["10.88.0.3", "10.88.1.3"], &[]),
                 ns("lab", &["10.88.0.4"], &["*"]),
             ],
+            ..Members::default()
         };
         let allowed = members.allowed();
         // db: its own and web's; web: only its own; lab: everyone's.

@@ -99,11 +99,44 @@ pub fn members_of(state: &skiff_store::State) -> (pb::NetworkMembers, u64) {
             }
         })
         .collect();
+    let fixed_ports = fixed_ports_of(state);
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for n in &namespaces {
         (&n.namespace, &n.addresses, &n.network_from).hash(&mut h);
     }
-    (pb::NetworkMembers { namespaces }, h.finish() | 1)
+    fixed_ports.hash(&mut h);
+    (
+        pb::NetworkMembers {
+            namespaces,
+            fixed_ports,
+        },
+        h.finish() | 1,
+    )
+}
+
+/// The host ports allocations not finished hold outside their node's
+/// dynamic range (a task's fixed `host:` ports), as `HOST:PORT` of the
+/// node's IPv4 address, sorted.
+fn fixed_ports_of(state: &skiff_store::State) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for a in state.allocs.values() {
+        if a.ports.is_empty() || a.status.is_terminal() {
+            continue;
+        }
+        let Some(node) = state.nodes.get(&a.node) else {
+            continue;
+        };
+        let host = host_of(&node.address);
+        if host.parse::<std::net::Ipv4Addr>().is_err() {
+            continue;
+        }
+        for p in a.ports.iter().filter(|&&p| !node.dynamic_ports.contains(p)) {
+            out.push(format!("{host}:{p}"));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The cluster's endpoints and members with their fingerprints, as of one
@@ -276,13 +309,23 @@ mod tests {
         )
         .unwrap();
         state.access.namespaces.insert("lab".into(), policy.clone());
-        let (members, print) = members_of(&state);
+        let (members, _) = members_of(&state);
         let shown: Vec<String> = members
             .namespaces
             .iter()
             .map(|n| format!("{} {:?} {:?}", n.namespace, n.addresses, n.network_from))
             .collect();
         assert_eq!(shown, [r#"lab ["10.88.0.5", "10.88.0.6"] ["default"]"#]);
+        // The host-network job's fixed port 5432, on its node's address; a
+        // dynamic port (inside the node's range) is not listed.
+        assert_eq!(members.fixed_ports, ["192.0.2.7:5432"]);
+        let b = "b".repeat(32);
+        state.allocs.get_mut(&b).unwrap().ports = vec![20_005];
+        assert_eq!(members_of(&state).0.fixed_ports, ["192.0.2.7:5432"]);
+        let c = "c".repeat(32);
+        state.allocs.get_mut(&c).unwrap().status = AllocStatus::Complete;
+        let (members, print) = members_of(&state);
+        assert!(members.fixed_ports.is_empty(), "{members:?}");
         policy.policy.network_from.clear();
         state.access.namespaces.insert("lab".into(), policy);
         assert_ne!(members_of(&state).1, print, "a policy change is sent");
