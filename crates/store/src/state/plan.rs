@@ -276,11 +276,12 @@ impl State {
                         return false;
                     }
                     let picked = &new.placement.ports;
-                    // The picked ports: as many as asked, each free and
-                    // named once.
+                    // The picked ports: as many as asked, each in the
+                    // node's dynamic range, free and named once.
                     let picked_ok = picked.len() == ask.dynamic_ports as usize
                         && picked.iter().enumerate().all(|(i, p)| {
-                            !usage.holds_port(*p)
+                            node.dynamic_ports.contains(*p)
+                                && !usage.holds_port(*p)
                                 && !ask.ports.contains(p)
                                 && !picked[..i].contains(p)
                         });

@@ -897,8 +897,11 @@ fn a_plan_picking_a_held_or_missing_port_is_refused() {
         }
         c
     };
-    // Twice the same port, or a replica without its port: refused.
+    // Twice the same port, a replica without its port, or a port outside
+    // the node's dynamic range (20000-32000 here): refused.
     let r = applied(h.apply(with_ports(&h, &[&[20001], &[20001]])));
+    assert_eq!((r.placed, r.rejected), (0, 2));
+    let r = applied(h.apply(with_ports(&h, &[&[20001], &[40000]])));
     assert_eq!((r.placed, r.rejected), (0, 2));
     let r = applied(h.apply(with_ports(&h, &[&[20001], &[]])));
     assert_eq!((r.placed, r.rejected), (0, 2));
