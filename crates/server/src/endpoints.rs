@@ -73,16 +73,21 @@ pub fn endpoints_of(state: &skiff_store::State) -> (pb::Endpoints, u64) {
 }
 
 /// Every namespace's containers (allocations not finished that have an
-/// address) and the namespaces its policy lets in, by namespace, with a
+/// address) and the namespaces its policy lets in, by namespace, and the
+/// fixed host ports those allocations hold, in one walk over them, with a
 /// fingerprint (never 0).
 pub fn members_of(state: &skiff_store::State) -> (pb::NetworkMembers, u64) {
     let mut by_ns: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
-    for a in state.allocs.values() {
-        if !a.address.is_empty() && !a.status.is_terminal() {
+    let mut fixed_ports = Vec::new();
+    for a in state.allocs.values().filter(|a| !a.status.is_terminal()) {
+        if !a.address.is_empty() {
             let ns = skiff_model::split_job_key(&a.job).0;
             by_ns.entry(ns).or_default().push(a.address.clone());
         }
+        fixed_ports_of(state, a, &mut fixed_ports);
     }
+    fixed_ports.sort();
+    fixed_ports.dedup();
     let namespaces: Vec<pb::NamespaceMembers> = by_ns
         .into_iter()
         .map(|(ns, mut addresses)| {
@@ -99,7 +104,6 @@ pub fn members_of(state: &skiff_store::State) -> (pb::NetworkMembers, u64) {
             }
         })
         .collect();
-    let fixed_ports = fixed_ports_of(state);
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for n in &namespaces {
         (&n.namespace, &n.addresses, &n.network_from).hash(&mut h);
@@ -114,29 +118,23 @@ pub fn members_of(state: &skiff_store::State) -> (pb::NetworkMembers, u64) {
     )
 }
 
-/// The host ports allocations not finished hold outside their node's
-/// dynamic range (a task's fixed `host:` ports), as `HOST:PORT` of the
-/// node's IPv4 address, sorted.
-fn fixed_ports_of(state: &skiff_store::State) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for a in state.allocs.values() {
-        if a.ports.is_empty() || a.status.is_terminal() {
-            continue;
-        }
-        let Some(node) = state.nodes.get(&a.node) else {
-            continue;
-        };
-        let host = host_of(&node.address);
-        if host.parse::<std::net::Ipv4Addr>().is_err() {
-            continue;
-        }
-        for p in a.ports.iter().filter(|&&p| !node.dynamic_ports.contains(p)) {
-            out.push(format!("{host}:{p}"));
-        }
+/// Adds to `out` the host ports `a` holds outside its node's dynamic
+/// range (a task's fixed `host:` ports), as `HOST:PORT` of the node's
+/// IPv4 address.
+fn fixed_ports_of(state: &skiff_store::State, a: &Allocation, out: &mut Vec<String>) {
+    if a.ports.is_empty() {
+        return;
     }
-    out.sort();
-    out.dedup();
-    out
+    let Some(node) = state.nodes.get(&a.node) else {
+        return;
+    };
+    let host = host_of(&node.address);
+    if host.parse::<std::net::Ipv4Addr>().is_err() {
+        return;
+    }
+    for p in a.ports.iter().filter(|&&p| !node.dynamic_ports.contains(p)) {
+        out.push(format!("{host}:{p}"));
+    }
 }
 
 /// The cluster's endpoints and members with their fingerprints, as of one
