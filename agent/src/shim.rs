@@ -11,7 +11,9 @@
 //! log files ([`crate::crilog`]). When init ends, the shim reads the
 //! cgroup's OOM-kill counter, writes `exit.json` (write-then-rename) and
 //! exits. The agent is never the container's parent and can restart at
-//! will.
+//! will. The agent starts its shims ahead as spares ([`spare`]): forked
+//! and detached at once, they take their flags on stdin and report on
+//! stdout; from there they run as described.
 //!
 //! The shim runs before any async runtime exists and starts no threads; it
 //! is kept small (no tokio, no allocation per line beyond its buffers).
@@ -185,8 +187,10 @@ impl ExitRecord {
 /// The first argument that makes a shim a spare ([`spare`]).
 pub const SPARE: &str = "--spare";
 
-/// `skiff shim FLAGS...` (or `skiff shim --spare LABEL`): parses its flags
-/// and runs; returns the exit code.
+/// `skiff shim --spare LABEL` (what the agent starts) or `skiff shim
+/// FLAGS...` (the form agents before spares start: kept, so an agent still
+/// running when its binary is replaced by a newer one keeps starting
+/// containers); returns the exit code.
 pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
     let mut args = args.into_iter().peekable();
     if args.peek().is_some_and(|a| a == SPARE) {
@@ -240,7 +244,12 @@ pub fn run(args: &ShimArgs) -> i32 {
         }
         Ok(Fork::Child) => {
             drop(reader);
-            monitor(args, writer, false)
+            let mut report = writer;
+            if let Err(e) = detach() {
+                let _ = writeln!(report, "shim setup failed: {e}");
+                return 1;
+            }
+            monitor(args, report)
         }
     }
 }
@@ -310,7 +319,7 @@ fn spare_child() -> i32 {
         );
         return 1;
     }
-    monitor(&args, report, true)
+    monitor(&args, report)
 }
 
 /// Flags as a spare reads them: each ended by a NUL byte.
@@ -332,11 +341,9 @@ fn split_nul(input: &[u8]) -> Vec<OsString> {
         .collect()
 }
 
-fn monitor(args: &ShimArgs, mut report: impl Write, detached: bool) -> i32 {
+/// Runs the container and watches it, once the caller has detached.
+fn monitor(args: &ShimArgs, mut report: impl Write) -> i32 {
     let setup = || -> std::io::Result<LogWriter> {
-        if !detached {
-            detach()?;
-        }
         let log = OpenOptions::new()
             .create(true)
             .append(true)

@@ -554,3 +554,117 @@ async fn starts_go_through_a_spare_shim_that_is_replaced_when_lost_and_ends_with
     assert_eq!(agent.containers().len(), 1, "{:?}", agent.containers());
     agent.kill_machine();
 }
+
+/// A stand-in for runc that needs no root: it starts `sleep` as the
+/// container's init, writes its pid where `--pid-file` says, and exits.
+fn fake_runtime(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("fake-runc");
+    std::fs::write(
+        &path,
+        "#!/bin/sh\nwhile [ $# -gt 0 ]; do [ \"$1\" = --pid-file ] && pidfile=$2; shift; done\nsleep 30 &\necho $! > \"$pidfile\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// The shim's flags for container `id` under `dir`.
+fn shim_flags(dir: &std::path::Path, id: &str, runtime: &std::path::Path) -> Vec<String> {
+    let d = |x: &str| dir.join(id).join(x).display().to_string();
+    [
+        ("--id", id.to_string()),
+        ("--bundle", d("bundle")),
+        ("--state-dir", d("state")),
+        ("--runtime", runtime.display().to_string()),
+        ("--runtime-root", d("root")),
+        ("--log-dir", d("logs")),
+        ("--log-max-size", "100000".into()),
+        ("--log-max-files", "2".into()),
+        ("--cgroup", format!("/skiff-test/{id}")),
+    ]
+    .into_iter()
+    .flat_map(|(f, v)| [f.to_string(), v])
+    .collect()
+}
+
+/// Kills the container's init and waits for the shim's exit record.
+async fn init_killed_and_recorded(state: std::path::PathBuf) {
+    let pid = std::fs::read_to_string(state.join("init.pid")).unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exit = wait_for("the exit record", START, || {
+        let text = std::fs::read_to_string(state.join("exit.json")).ok();
+        async move { text }
+    })
+    .await;
+    assert!(exit.contains("\"signal\":15"), "{exit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shim_monitors_a_container_as_a_spare_and_in_its_direct_form() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let runtime = fake_runtime(tmp.path());
+
+    // Direct: `skiff shim FLAGS` exits 0 once the container runs.
+    let direct = std::process::Command::new(skiff_bin())
+        .arg("shim")
+        .args(shim_flags(tmp.path(), "direct", &runtime))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(direct.status.success(), "{direct:?}");
+    init_killed_and_recorded(tmp.path().join("direct/state")).await;
+
+    // Spare: waits for its flags on stdin, reports `ok PID` on stdout.
+    let mut spare = std::process::Command::new(skiff_bin())
+        .args(["shim", "--spare", "label"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut flags = Vec::new();
+    for f in shim_flags(tmp.path(), "spare", &runtime) {
+        flags.extend_from_slice(f.as_bytes());
+        flags.push(0);
+    }
+    let mut stdin = spare.stdin.take().unwrap();
+    stdin.write_all(&flags).unwrap();
+    drop(stdin);
+    let mut report = String::new();
+    spare
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut report)
+        .unwrap();
+    let init = std::fs::read_to_string(tmp.path().join("spare/state/init.pid")).unwrap();
+    assert_eq!(report.trim(), format!("ok {}", init.trim()));
+    assert!(spare.wait().unwrap().success());
+    init_killed_and_recorded(tmp.path().join("spare/state")).await;
+
+    // A spare given broken flags says so, and starts nothing.
+    let mut bad = std::process::Command::new(skiff_bin())
+        .args(["shim", "--spare", "label"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    bad.stdin
+        .take()
+        .unwrap()
+        .write_all(b"--colour\0red\0")
+        .unwrap();
+    let mut report = String::new();
+    bad.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut report)
+        .unwrap();
+    assert!(report.contains("unknown flag \"--colour\""), "{report}");
+    assert!(bad.wait().unwrap().success());
+}
