@@ -51,6 +51,11 @@ fn job_yaml(name: &str, extra: &str, task_resources: &str) -> Job {
         "name: {name}\n{extra}\ntask: {{image: 'oci:/i', resources: {task_resources}}}"
     ))
     .unwrap_or_else(|e| panic!("{e}"));
+    first_version(spec)
+}
+
+/// `spec` as a job's first version, created and modified at index 1.
+fn first_version(spec: JobSpec) -> Job {
     Job {
         spec,
         version: 1,
@@ -492,13 +497,7 @@ fn dynamic_ports_are_picked_once_per_node_from_the_range() {
         "name: web\nreplicas: 3\ntask:\n  image: 'oci:/i'\n  network: bridge\n  resources: {cpu: 1, memory: 64Mi}\n  ports: [{name: http, container: 8080, host: 0}, {name: admin, container: 9, host: 0}]\n",
     )
     .unwrap();
-    let j = Job {
-        spec,
-        version: 1,
-        create_index: 1,
-        modify_index: 1,
-        admitted_index: 0,
-    };
+    let j = first_version(spec);
     // A port already held on the node is never picked.
     let other = job_yaml("other", "", "{cpu: 1, memory: 64Mi}");
     let mut held = alloc("h", &other, 0, "a");
@@ -529,13 +528,7 @@ fn each_node_picks_from_its_own_range() {
         "name: web\nreplicas: 4\ntask:\n  image: 'oci:/i'\n  network: bridge\n  resources: {cpu: 1, memory: 64Mi}\n  ports: [{name: http, container: 8080, host: 0}]\n",
     )
     .unwrap();
-    let j = Job {
-        spec,
-        version: 1,
-        create_index: 1,
-        modify_index: 1,
-        admitted_index: 0,
-    };
+    let j = first_version(spec);
     // Three ports: three replicas, each its own port of the range.
     let p = plan(&j, &[narrow.clone()], &[]);
     let mut picked: Vec<u16> = p.placements.iter().flat_map(|p| p.ports.clone()).collect();
