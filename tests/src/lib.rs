@@ -508,18 +508,12 @@ impl AgentProc {
     pub fn kill_machine(&mut self) {
         self.kill9();
         let dir = self.data_dir.to_string_lossy().into_owned();
-        if let Ok(procs) = std::fs::read_dir("/proc") {
-            for p in procs.flatten() {
-                let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
-                    continue;
-                };
-                let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
-                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-                if cmdline.contains(" shim ") && cmdline.contains(&dir) {
-                    // SAFETY: kill only sends a signal.
-                    unsafe {
-                        libc::kill(pid, libc::SIGKILL);
-                    }
+        for (pid, words) in processes() {
+            let shim = words.iter().skip(1).any(|w| w == "shim");
+            if shim && words.iter().any(|w| w.contains(&dir)) {
+                // SAFETY: kill only sends a signal.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
                 }
             }
         }
@@ -627,6 +621,27 @@ impl Drop for AgentProc {
             net::remove_bridge(b);
         }
     }
+}
+
+/// Every process this test can see: its pid and the words of its command
+/// line.
+pub fn processes() -> Vec<(i32, Vec<String>)> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|p| {
+            let pid = p.file_name().to_string_lossy().parse::<i32>().ok()?;
+            let cmdline = std::fs::read(p.path().join("cmdline")).ok()?;
+            let words = cmdline
+                .split(|&b| b == 0)
+                .filter(|w| !w.is_empty())
+                .map(|w| String::from_utf8_lossy(w).into_owned())
+                .collect();
+            Some((pid, words))
+        })
+        .collect()
 }
 
 /// Removes every runc container an agent whose data directory is

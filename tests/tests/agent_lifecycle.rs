@@ -461,21 +461,15 @@ fn spares_of(root: &std::path::Path) -> Vec<i32> {
         })
         .collect();
     let root = root.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|p| {
-            let pid = p.file_name().to_string_lossy().parse::<i32>().ok()?;
-            let cmdline = std::fs::read(p.path().join("cmdline")).ok()?;
-            let words: Vec<String> = cmdline
-                .split(|&b| b == 0)
-                .map(|w| String::from_utf8_lossy(w).into_owned())
-                .collect();
+    processes()
+        .into_iter()
+        .filter(|(pid, words)| {
             let spare = words
                 .windows(3)
                 .any(|w| w[0] == "shim" && w[1] == "--spare" && w[2] == root);
-            (spare && !monitors.contains(&pid)).then_some(pid)
+            spare && !monitors.contains(pid)
         })
+        .map(|(pid, _)| pid)
         .collect()
 }
 
