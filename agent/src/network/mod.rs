@@ -113,9 +113,9 @@ pub struct Attachment {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {
     id: String,
-    container_id: String,
-    netns: PathBuf,
-    step: Step,
+    /// The allocation's cache as setup saved it, the portmap step's
+    /// result still empty.
+    cached: Cached,
 }
 
 /// One interface's plugin call as sent, and what it answered.
@@ -128,7 +128,7 @@ struct Step {
 }
 
 /// `cni/<alloc>.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Cached {
     container_id: String,
     netns: PathBuf,
@@ -396,16 +396,9 @@ impl Network {
             .iter()
             .filter(|s| s.ifname != "lo")
             .find_map(|s| cni::first_ipv4(&s.result));
-        // Portmap is chained after the bridge: it takes the bridge's
-        // result and passes it on.
-        let publish = cached.steps.get(2).map(|portmap| Publish {
+        let publish = (cached.steps.len() > 2).then(|| Publish {
             id: id.to_string(),
-            container_id: cached.container_id.clone(),
-            netns: netns.clone(),
-            step: Step {
-                config: cni::with_network(&portmap.config, NETWORK, Some(&cached.steps[1].result)),
-                ..portmap.clone()
-            },
+            cached: cached.clone(),
         });
         let resolv_conf = self.resolv_conf(id, namespace).await?;
         Ok(Attachment {
@@ -422,14 +415,20 @@ impl Network {
     pub async fn publish(&self, p: &Publish) -> Result<(), String> {
         let lock = self.lock(&p.id);
         let _held = lock.lock().await;
-        let result = self.add(&p.container_id, &p.netns, &p.step).await?;
-        let path = self.cache_path(&p.id);
-        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut cached: Cached =
-            serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-        if let Some(step) = cached.steps.get_mut(2) {
-            step.result = result;
-        }
+        let mut cached = p.cached.clone();
+        let (Some(bridge), Some(portmap)) = (cached.steps.get(1), cached.steps.get(2)) else {
+            return Ok(());
+        };
+        // Portmap is chained after the bridge: it takes the bridge's
+        // result and passes it on.
+        let chained = Step {
+            config: cni::with_network(&portmap.config, NETWORK, Some(&bridge.result)),
+            ..portmap.clone()
+        };
+        let result = self
+            .add(&cached.container_id, &cached.netns, &chained)
+            .await?;
+        cached.steps[2].result = result;
         self.save(&p.id, &cached)
     }
 
