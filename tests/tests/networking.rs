@@ -929,12 +929,14 @@ async fn a_replica_leaves_its_endpoints_before_it_is_stopped() {
         serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
     };
     assert_eq!(endpoints(server.url()).len(), 1);
-    // The node's DNS (on the bridge's gateway address) names it.
+    // The node's DNS (on the bridge's gateway address) names it, once the
+    // endpoints the servers send after the readiness report reach it.
     let gateway = test_bridge.subnet.replace(".0/24", ".1");
-    assert_eq!(
-        lookup("slow.default.skiff", &gateway),
-        std::slice::from_ref(&a.address)
-    );
+    wait_for("the replica in DNS", Duration::from_secs(10), || {
+        let named = lookup("slow.default.skiff", &gateway) == std::slice::from_ref(&a.address);
+        async move { named.then_some(()) }
+    })
+    .await;
     client.delete_job("slow").await.unwrap();
     // It leaves the endpoints at once, and keeps serving meanwhile (its
     // shutdown delay): clients that saw it still get answers.
