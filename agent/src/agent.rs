@@ -14,12 +14,11 @@ use tokio::sync::mpsc;
 
 use crate::gpu::{GpuConfig, GpuNode, InventoryError};
 use crate::paths::Paths;
-use crate::reconcile::{self, Event, Observed, Reconciler, Settings};
+use crate::reconcile::{Reconciler, Settings};
 use crate::rootfs::RootfsMode;
 use crate::runtime::{choose_runtime, Runc, RuntimeChoiceError};
 use crate::servers::Servers;
 use crate::tls::AgentTls;
-use crate::watch::AllocView;
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -112,8 +111,6 @@ pub enum AgentError {
     Tls(String),
 }
 
-const RPC_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Runs the agent until `shutdown` resolves. Containers keep running
 /// after the agent stops; the next start re-adopts them.
 pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
@@ -153,7 +150,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
             .map_err(|source| AgentError::DataDir { path: dir, source })?;
     }
     let tls = crate::tls::credentials(&cfg.security, paths.root(), &cfg.name, &cfg.servers).await?;
-    let servers = Servers::new(&cfg.servers, &tls)?;
+    let servers = Servers::new(&cfg.servers, &tls)?.first_for(&cfg.name);
 
     // GPUs: a machine without the driver has none (said once, in the log);
     // a fake inventory that cannot be read stops the agent.
@@ -304,35 +301,21 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     let mut rec = Reconciler::new(runtime, paths, settings, events_tx.clone());
     rec.adopt().await;
 
-    let node = cfg.name.clone();
+    let session = crate::session::Session {
+        servers: servers.clone(),
+        registration,
+        gpus: gpus.clone(),
+        health: Some(health),
+        usage: Some(crate::metrics::usage::UsageSampler::new(
+            served.metrics.clone(),
+        )),
+        images,
+        network,
+        calls: Default::default(),
+    };
     let tasks = async {
-        let subnet = register_gpus(&servers, &registration, &gpus).await;
-        // The node keeps its subnet from then on (as given, or assigned).
-        network.iter().for_each(|n| n.set_subnet(&subnet));
-        let hb = heartbeat_loop(
-            servers.clone(),
-            registration.clone(),
-            gpus.clone(),
-            health.clone(),
-            crate::metrics::usage::UsageSampler::new(served.metrics.clone()),
-        );
-        let again = registration_loop(servers.clone(), registration.clone(), gpus.clone());
-        let watch = watch_loop(
-            servers.clone(),
-            node.clone(),
-            events_tx,
-            images,
-            network.clone(),
-        );
-        let report_servers = servers.clone();
-        let report_node = node.clone();
-        let rec_loop = reconcile::run_loop(rec, events_rx, move |updates| {
-            let s = report_servers.clone();
-            let n = report_node.clone();
-            async move { report(&s, &n, updates).await }
-        });
         let renew = renew_loop(servers.clone(), data_root, tls, tls_tx);
-        tokio::join!(hb, again, watch, rec_loop, renew, image_gc);
+        tokio::join!(session.run(rec, events_tx, events_rx), renew, image_gc);
     };
     tokio::select! {
         _ = tasks => {}
@@ -477,218 +460,5 @@ async fn renew_loop(
         }
         let _ = tx.send(tls);
         tracing::info!("node certificate renewed");
-    }
-}
-
-/// The registration with the node's GPUs as they are now, and the GPU
-/// generation it describes.
-fn with_gpus(base: &pb::RegisterRequest, gpus: &GpuNode) -> (pb::RegisterRequest, u64) {
-    let generation = gpus.generation();
-    let driver = gpus.driver();
-    let mut reg = base.clone();
-    reg.gpus = gpus.gpus().iter().map(Into::into).collect();
-    reg.gpu_links = gpus.links().iter().map(Into::into).collect();
-    reg.gpu_driver_version = driver.driver_version;
-    reg.cuda_version = driver.cuda_version;
-    (reg, generation)
-}
-
-/// Registers the node with its GPUs as they are now, until a server
-/// accepts; answers the node's subnet.
-async fn register_gpus(servers: &Servers, base: &pb::RegisterRequest, gpus: &GpuNode) -> String {
-    let (reg, generation) = with_gpus(base, gpus);
-    let answer = register(servers, &reg).await;
-    gpus.mark_registered(generation, answer.index);
-    answer.subnet
-}
-
-/// Registers again whenever the GPUs or their health change: the only
-/// GPU news that goes through Raft.
-async fn registration_loop(servers: Servers, base: pb::RegisterRequest, gpus: Arc<GpuNode>) {
-    let mut changes = gpus.subscribe();
-    loop {
-        if gpus.generation() > gpus.registered_generation() {
-            tracing::info!("GPU inventory or health changed; registering again");
-            register_gpus(&servers, &base, &gpus).await;
-            continue;
-        }
-        if changes.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Registers until a server accepts; returns its answer.
-async fn register(servers: &Servers, reg: &pb::RegisterRequest) -> pb::RegisterResponse {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match tokio::time::timeout(RPC_TIMEOUT, servers.client().register(reg.clone())).await {
-            Ok(Ok(resp)) => {
-                tracing::info!(node = %reg.name, "registered");
-                return resp.into_inner();
-            }
-            Ok(Err(status)) => {
-                tracing::warn!(error = %status.message(), "registration failed; retrying");
-                servers.failed(&status);
-            }
-            Err(_) => tracing::warn!("registration timed out; retrying"),
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
-}
-
-/// What the agent's health service answers: SERVING while the servers
-/// take its heartbeats. Sets it only when it changes from `was`; returns
-/// `up`.
-async fn set_health(health: &tonic_health::server::HealthReporter, was: bool, up: bool) -> bool {
-    use skiff_proto::introspection::{set_status, ServingStatus};
-    if was == up {
-        return up;
-    }
-    let status = if up {
-        ServingStatus::Serving
-    } else {
-        ServingStatus::NotServing
-    };
-    set_status(health, &[pb::agent_api_server::SERVICE_NAME], status).await;
-    up
-}
-
-async fn heartbeat_loop(
-    servers: Servers,
-    reg: pb::RegisterRequest,
-    gpus: Arc<GpuNode>,
-    health: tonic_health::server::HealthReporter,
-    mut usage: crate::metrics::usage::UsageSampler,
-) {
-    // Registered: the servers know the node. Set again only when it
-    // changes (each set wakes the health service's watchers).
-    let mut up = set_health(&health, false, true).await;
-    let mut period = Duration::from_secs(2);
-    loop {
-        tokio::time::sleep(period).await;
-        let req = pb::HeartbeatRequest {
-            name: reg.name.clone(),
-            gpu_metrics: gpus.metrics().iter().map(Into::into).collect(),
-            usage: Some(usage.sample()),
-        };
-        match tokio::time::timeout(RPC_TIMEOUT, servers.client().heartbeat(req)).await {
-            Ok(Ok(resp)) => {
-                // Beat three times per TTL, so one lost beat does not matter.
-                let ttl = Duration::from_millis(resp.into_inner().ttl_ms.max(300));
-                period = ttl / 3;
-                up = set_health(&health, up, true).await;
-            }
-            Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
-                tracing::warn!("the servers do not know this node; registering again");
-                up = set_health(&health, up, false).await;
-                register_gpus(&servers, &reg, &gpus).await;
-            }
-            Ok(Err(status)) => {
-                tracing::warn!(error = %status.message(), "heartbeat failed");
-                up = set_health(&health, up, false).await;
-                servers.failed(&status);
-            }
-            Err(_) => {
-                tracing::warn!("heartbeat timed out");
-                up = set_health(&health, up, false).await;
-            }
-        }
-    }
-}
-
-/// Follows the node's allocations, reconnecting (and failing over) when
-/// the stream breaks.
-async fn watch_loop(
-    servers: Servers,
-    node: String,
-    events: mpsc::Sender<Event>,
-    images: crate::image::ImagePolicy,
-    network: Option<Arc<crate::network::Network>>,
-) {
-    let mut backoff = Duration::from_millis(200);
-    // The index of the last set received: a server we fail over to never
-    // answers with an older view, nor repeats a set we already have.
-    let mut seen = 0u64;
-    loop {
-        let req = pb::WatchAllocationsRequest {
-            node: node.clone(),
-            min_index: seen,
-        };
-        match servers.client().watch_allocations(req).await {
-            Ok(resp) => {
-                let mut stream = resp.into_inner();
-                let mut view = AllocView::default();
-                loop {
-                    match stream.message().await {
-                        Ok(Some(set)) => {
-                            backoff = Duration::from_millis(200);
-                            seen = seen.max(set.index);
-                            let Some(news) = view.apply(set) else {
-                                continue; // more of this change follows
-                            };
-                            images.set_namespaces(news.image_paths);
-                            images.set_logins(news.logins);
-                            if let (Some(net), Some(peers)) = (&network, news.peers) {
-                                net.set_peers(peers).await;
-                            }
-                            if let (Some(net), Some(e)) = (&network, news.endpoints) {
-                                net.set_endpoints(&e).await;
-                            }
-                            if let (Some(net), Some(m)) = (&network, news.members) {
-                                net.set_members(m).await;
-                            }
-                            let allocs = view.allocations();
-                            tracing::debug!(index = seen, count = allocs.len(), "allocations");
-                            if events.send(Event::Desired(allocs)).await.is_err() {
-                                return;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(status) => {
-                            tracing::warn!(error = %status.message(), "allocation stream broke");
-                            servers.failed(&status);
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(status) => {
-                tracing::warn!(error = %status.message(), "cannot watch allocations");
-                servers.failed(&status);
-            }
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
-}
-
-async fn report(servers: &Servers, node: &str, updates: Vec<Observed>) -> bool {
-    let req = pb::UpdateAllocStatusRequest {
-        node: node.to_string(),
-        updates: updates
-            .into_iter()
-            .map(|u| pb::AllocStatusUpdate {
-                alloc_id: u.alloc_id,
-                status: pb::AllocStatus::from(u.status) as i32,
-                exit_code: u.exit_code,
-                message: u.message,
-                restart_count: u.restart_count,
-                healthy: u.healthy,
-                reason: skiff_proto::reason_to_wire(&u.reason) as i32,
-                image_digest: u.image_digest,
-                address: u.address,
-            })
-            .collect(),
-    };
-    match tokio::time::timeout(RPC_TIMEOUT, servers.client().update_alloc_status(req)).await {
-        Ok(Ok(_)) => true,
-        Ok(Err(status)) => {
-            tracing::warn!(error = %status.message(), "status update failed");
-            servers.failed(&status);
-            false
-        }
-        Err(_) => false,
     }
 }

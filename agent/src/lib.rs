@@ -20,6 +20,10 @@
 //!   image pulls, container starts, GPUs under DCGM's names);
 //! - [`probe`]: exec, http and tcp health probes;
 //! - [`servers`]: the servers' connections and failing over between them;
+//! - [`session`]: the node's side of the node API (registration,
+//!   heartbeats, the allocation watch, status reports);
+//! - `sim` (feature `sim`): simulated nodes on a pretend runtime, for the
+//!   control plane's benchmarks;
 //! - [`service`]: the agent's own API (logs, exec);
 //! - [`tls`]: the node's credentials (joining with a token) and its TLS.
 
@@ -41,7 +45,10 @@ pub mod runtime;
 pub mod seccomp;
 pub mod servers;
 pub mod service;
+pub mod session;
 pub mod shim;
+#[cfg(feature = "sim")]
+pub mod sim;
 mod sys;
 pub mod tls;
 pub mod watch;

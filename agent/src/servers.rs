@@ -39,6 +39,14 @@ impl Servers {
         })
     }
 
+    /// Talks first to the server [`first_server`] picks for node `name`.
+    pub fn first_for(self, name: &str) -> Servers {
+        let n = self.list().len();
+        self.current
+            .store(first_server(name, n), std::sync::atomic::Ordering::Relaxed);
+        self
+    }
+
     /// New connections with `tls` (a renewed certificate); calls under
     /// way finish on the old ones.
     pub fn refresh(&self, tls: &AgentTls) -> Result<(), ServersError> {
@@ -111,5 +119,32 @@ impl Servers {
             let list = self.list();
             tracing::info!(server = %list[i % list.len()].0, "failing over");
         }
+    }
+}
+
+/// Which of `n` servers node `name` talks to first: spread over them by
+/// the name (FNV-1a), so the nodes of a cluster given the same list do not
+/// all hold their allocation watches on the first server, and the same
+/// node picks the same one after a restart.
+pub fn first_server(name: &str, n: usize) -> usize {
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (hash % n.max(1) as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_server;
+
+    #[test]
+    fn nodes_are_spread_over_the_servers_and_keep_their_first_one() {
+        let mut counts = [0usize; 3];
+        for i in 0..3000 {
+            counts[first_server(&format!("node-{i:04}"), 3)] += 1;
+        }
+        assert!(counts.iter().all(|c| (900..1100).contains(c)), "{counts:?}");
+        assert_eq!(first_server("gpu-7", 3), first_server("gpu-7", 3));
+        assert_eq!(first_server("gpu-7", 1), 0);
     }
 }

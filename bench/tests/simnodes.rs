@@ -10,12 +10,12 @@ use skiff_model::{AllocStatus, JobSpec};
 use skiff_tests::cluster::ServerCluster;
 use skiff_tests::*;
 
-/// A job for the simulated nodes: `replicas` of an image under their root,
-/// each asking `resources` (YAML flow mapping).
-fn sim_job(name: &str, replicas: u32, resources: &str) -> JobSpec {
+/// A job for the simulated nodes: `replicas` of their image, each asking
+/// `resources` (YAML flow mapping).
+fn sim_job(sim: &simnodes::SimNodes, name: &str, replicas: u32, resources: &str) -> JobSpec {
     JobSpec::from_yaml(&format!(
-        "name: {name}\nreplicas: {replicas}\ntask:\n  image: 'oci:{}/{name}'\n  resources: {{{resources}}}\n",
-        simnodes::IMAGE_ROOT
+        "name: {name}\nreplicas: {replicas}\ntask:\n  image: '{}'\n  network: none\n  resources: {{{resources}}}\n",
+        sim.image
     ))
     .unwrap()
 }
@@ -57,6 +57,7 @@ async fn simulated_nodes_run_every_allocation_once_and_stay_up() {
     let (server, url, token) = one_server(tmp.path());
     let names: Vec<String> = (0..40).map(|i| format!("sim-{i:03}")).collect();
     let sim = simnodes::start(
+        &tmp.path().join("sim"),
         std::slice::from_ref(&url),
         &token,
         &names,
@@ -69,7 +70,7 @@ async fn simulated_nodes_run_every_allocation_once_and_stay_up() {
     .unwrap();
     let mut client = server.client().await;
     nodes_ready(&url, 40, Duration::from_secs(60)).await;
-    let job = sim_job("wide", 400, "cpu: 250m, memory: 256Mi");
+    let job = sim_job(&sim, "wide", 400, "cpu: 250m, memory: 256Mi");
     client.apply_job(&job).await.unwrap();
     let running = wait_allocs(
         &mut client,
@@ -93,25 +94,17 @@ async fn simulated_nodes_run_every_allocation_once_and_stay_up() {
         },
     )
     .await;
-    let starts = sim.stats.starts.lock().unwrap().clone();
+    let starts = sim.stats.starts();
     assert_eq!(starts.len(), 400, "every allocation started");
     assert!(
         starts.values().all(|n| *n == 1),
         "started more than once: {:?}",
         starts.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
     );
-    assert_eq!(
-        sim.stats
-            .registered
-            .load(std::sync::atomic::Ordering::Relaxed),
-        40
-    );
+    assert_eq!(sim.stats.registered(), 40);
     // Heartbeats keep every node up past its first TTL.
     wait_for("two rounds of heartbeats", Duration::from_secs(60), || {
-        let beats = sim
-            .stats
-            .heartbeats
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let beats = sim.stats.heartbeats();
         async move { (beats >= 80).then_some(()) }
     })
     .await;
@@ -159,6 +152,7 @@ async fn three_servers_and_200_simulated_nodes_survive_a_leader_kill_at_full_siz
     let token = join_token(&cluster.url(leader), "node");
     let names: Vec<String> = (0..200).map(|i| format!("sim-{i:03}")).collect();
     let sim = simnodes::start(
+        &tmp.path().join("sim"),
         &cluster.urls(),
         &token,
         &names,
@@ -173,7 +167,7 @@ async fn three_servers_and_200_simulated_nodes_survive_a_leader_kill_at_full_siz
     nodes_ready(&url, 200, Duration::from_secs(120)).await;
     // 5,000 allocations in 50 jobs, applied at once.
     let mut client = connect(&url).await.unwrap();
-    let job = |name: &str, replicas: u32| sim_job(name, replicas, "cpu: 100m, memory: 64Mi");
+    let job = |name: &str, replicas: u32| sim_job(&sim, name, replicas, "cpu: 100m, memory: 64Mi");
     for j in 0..50 {
         client
             .apply_job(&job(&format!("scale-{j:02}"), 100))
@@ -215,18 +209,12 @@ async fn three_servers_and_200_simulated_nodes_survive_a_leader_kill_at_full_siz
     )
     .await;
     // Past the new leader's grace window and a TTL more.
-    let beats = sim
-        .stats
-        .heartbeats
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let beats = sim.stats.heartbeats();
     wait_for(
         "heartbeats past the grace window",
         Duration::from_secs(120),
         || {
-            let now = sim
-                .stats
-                .heartbeats
-                .load(std::sync::atomic::Ordering::Relaxed);
+            let now = sim.stats.heartbeats();
             async move { (now >= beats + 3 * 200).then_some(()) }
         },
     )
@@ -245,7 +233,7 @@ async fn three_servers_and_200_simulated_nodes_survive_a_leader_kill_at_full_siz
         .all(|n| n.node.status == skiff_model::NodeStatus::Ready));
 
     // Every allocation ran exactly once, and the servers say so too.
-    let starts = sim.stats.starts.lock().unwrap().clone();
+    let starts = sim.stats.starts();
     let twice: Vec<_> = starts.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "started more than once: {twice:?}");
     assert_eq!(started(&sim), 5050);
@@ -271,6 +259,7 @@ async fn simulated_gpu_nodes_get_each_gpu_once_and_failures_reach_the_servers() 
     let (server, url, token) = one_server(tmp.path());
     let names: Vec<String> = (0..10).map(|i| format!("gpu-{i:02}")).collect();
     let sim = simnodes::start(
+        &tmp.path().join("sim"),
         std::slice::from_ref(&url),
         &token,
         &names,
@@ -286,7 +275,7 @@ async fn simulated_gpu_nodes_get_each_gpu_once_and_failures_reach_the_servers() 
     let mut client = server.client().await;
     nodes_ready(&url, 10, Duration::from_secs(60)).await;
     // Every one of the 80 GPUs, four to a replica.
-    let train = sim_job("train", 20, "cpu: 1, memory: 1Gi, gpus: 4");
+    let train = sim_job(&sim, "train", 20, "cpu: 1, memory: 1Gi, gpus: 4");
     client.apply_job(&train).await.unwrap();
     let running = wait_allocs(
         &mut client,
@@ -302,14 +291,12 @@ async fn simulated_gpu_nodes_get_each_gpu_once_and_failures_reach_the_servers() 
         .collect();
     assert_eq!(gpus.len(), 80, "each GPU given once");
     assert_eq!(
-        sim.stats
-            .gpu_conflicts
-            .load(std::sync::atomic::Ordering::Relaxed),
+        sim.stats.gpu_conflicts(),
         0,
         "no node was told to run on a GPU it lacks or that is taken"
     );
     // A job whose containers fail: the failures reach the servers.
-    let crash = sim_job("crash", 2, "cpu: 100m, memory: 64Mi");
+    let crash = sim_job(&sim, "crash", 2, "cpu: 100m, memory: 64Mi");
     client.apply_job(&crash).await.unwrap();
     wait_for("the failures reported", Duration::from_secs(60), || {
         let url = url.clone();
@@ -318,7 +305,7 @@ async fn simulated_gpu_nodes_get_each_gpu_once_and_failures_reach_the_servers() 
             let a = c.list_allocs(Some("crash"), None).await.ok()?;
             let failed = a
                 .iter()
-                .filter(|a| a.status == AllocStatus::Failed && a.exit_code == Some(1))
+                .filter(|a| a.status == AllocStatus::Failed && a.message.contains("simulated"))
                 .count();
             (failed >= 2).then_some(())
         }
@@ -330,7 +317,7 @@ async fn simulated_gpu_nodes_get_each_gpu_once_and_failures_reach_the_servers() 
         "the nodes' count of failures",
         Duration::from_secs(30),
         || {
-            let n = sim.stats.failed.load(std::sync::atomic::Ordering::Relaxed);
+            let n = sim.stats.failed();
             async move { (n >= 2).then_some(()) }
         },
     )

@@ -115,6 +115,18 @@ impl ServerCluster {
         (0..self.servers.len()).map(|i| self.url(i)).collect()
     }
 
+    /// Every server's URL, joined by commas, with server `first` at place
+    /// `at` (agents start at the place in their list their name picks:
+    /// `skiff_agent::servers::first_server`).
+    pub fn urls_with(&self, first: usize, at: usize) -> String {
+        let mut urls: Vec<String> = (0..self.servers.len())
+            .filter(|i| *i != first)
+            .map(|i| self.url(i))
+            .collect();
+        urls.insert(at.min(urls.len()), self.url(first));
+        urls.join(",")
+    }
+
     /// Cuts every link between `side` and the other servers (0-based).
     pub fn partition(&self, side: &[usize]) {
         let side: BTreeSet<usize> = side.iter().copied().collect();

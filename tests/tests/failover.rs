@@ -16,11 +16,10 @@ async fn the_agent_fails_over_and_its_watch_resumes_without_repeats() {
     let leader = cluster.leader(LIMIT).await;
     // The agent talks to the leader first: losing it loses both the watch
     // and the leader.
-    let mut urls = vec![cluster.url(leader)];
-    urls.extend((0..3).filter(|i| *i != leader).map(|i| cluster.url(i)));
+    let urls = cluster.urls_with(leader, skiff_agent::servers::first_server("ha-node", 3));
     let agent = AgentProc::start(
         &tmp.path().join("agent"),
-        &urls.join(","),
+        &urls,
         "ha-node",
         &["--stop-grace", "1s"],
     );

@@ -287,9 +287,8 @@ async fn a_new_leader_does_not_declare_live_nodes_down() {
     let leader = cluster.leader(LIMIT).await;
     // The agent talks to the leader first, so losing it also loses the
     // server the agent heartbeats to.
-    let mut urls = vec![cluster.url(leader)];
-    urls.extend((0..3).filter(|i| *i != leader).map(|i| cluster.url(i)));
-    let _agent = AgentProc::start(&tmp.path().join("agent"), &urls.join(","), "survivor", &[]);
+    let urls = cluster.urls_with(leader, skiff_agent::servers::first_server("survivor", 3));
+    let _agent = AgentProc::start(&tmp.path().join("agent"), &urls, "survivor", &[]);
     let other = (leader + 1) % 3;
     let mut client = skiff_tests::connect(&cluster.url(other)).await.unwrap();
     client

@@ -1,7 +1,8 @@
 //! The control plane with many nodes, end to end, without containers: one
 //! or three `skiff server` processes (mutual TLS, on loopback) and
 //! `--nodes` simulated nodes in this process (`skiff_bench::simnodes`: the
-//! real node API, allocations reported running after a short delay), then
+//! agent's own code on a pretend runtime whose containers start after a
+//! short delay), then
 //! jobs totalling `--allocs` replicas applied at once; with three servers,
 //! the leader is killed once the cluster is full (issue 21).
 //!
@@ -213,8 +214,8 @@ impl Calls {
         reads: bool,
     ) -> anyhow::Result<()> {
         let probe = JobSpec::from_yaml(&format!(
-            "name: probe\nreplicas: 1\ntask:\n  image: 'oci:{}/probe'\n  env: {{ROUND: '{round}'}}\n  resources: {{cpu: 10m, memory: 16Mi}}\n",
-            simnodes::IMAGE_ROOT
+            "name: probe\nreplicas: 1\ntask:\n  image: '{}'\n  network: none\n  env: {{ROUND: '{round}'}}\n  resources: {{cpu: 10m, memory: 16Mi}}\n",
+            IMAGE.get().map_or("", String::as_str)
         ))?;
         let t = Instant::now();
         client.apply_job(&probe).await?;
@@ -259,16 +260,20 @@ impl Calls {
 
 /// The simulated nodes' heartbeats and failed calls (so far), by kind.
 fn print_sim_stats(s: &simnodes::SimStats, when: &str) {
+    let c = &s.calls;
     println!(
         "sim_heartbeats{when}={} sim_errors{when}={} (register {}, heartbeat {}, watch {}, report {})",
-        s.heartbeats.load(Ordering::Relaxed),
-        s.errors.load(Ordering::Relaxed),
-        s.register_errors.load(Ordering::Relaxed),
-        s.heartbeat_errors.load(Ordering::Relaxed),
-        s.watch_errors.load(Ordering::Relaxed),
-        s.report_errors.load(Ordering::Relaxed),
+        s.heartbeats(),
+        c.errors(),
+        c.register_errors.load(Ordering::Relaxed),
+        c.heartbeat_errors.load(Ordering::Relaxed),
+        c.watch_errors.load(Ordering::Relaxed),
+        c.report_errors.load(Ordering::Relaxed),
     );
 }
+
+/// The image the simulated nodes' jobs name.
+static IMAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Nodes the servers list as not ready, and allocations they list
 /// running.
@@ -319,7 +324,15 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
 
     let names: Vec<String> = (0..o.nodes).map(|i| format!("sim-{i:05}")).collect();
     let joined = Instant::now();
-    let sim = simnodes::start(&servers.urls, &token, &names, SimOptions::default()).await?;
+    let sim = simnodes::start(
+        &dir.join("sim"),
+        &servers.urls,
+        &token,
+        &names,
+        SimOptions::default(),
+    )
+    .await?;
+    let _ = IMAGE.set(sim.image.clone());
     let mut client = creds().connect(&url).await?;
     wait_for("every node ready", Duration::from_secs(1800), || {
         let url = url.clone();
@@ -378,8 +391,8 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
             for j in (first..jobs).step_by(APPLIERS) {
                 let replicas = (allocs - j * 100).min(100);
                 let spec = JobSpec::from_yaml(&format!(
-                    "name: scale-{j:05}\nreplicas: {replicas}\ntask:\n  image: 'oci:{}/app'\n  resources: {{cpu: 100m, memory: 128Mi}}\n",
-                    simnodes::IMAGE_ROOT
+                    "name: scale-{j:05}\nreplicas: {replicas}\ntask:\n  image: '{}'\n  network: none\n  resources: {{cpu: 100m, memory: 128Mi}}\n",
+                    IMAGE.get().map_or("", String::as_str)
                 ))?;
                 c.apply_job(&spec).await?;
             }
