@@ -288,6 +288,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         )?)),
         node_host: advertise.ip().to_string(),
         live: served.live.clone(),
+        resync: crate::reconcile::RESYNC,
     };
     let image_gc = image_gc_loop(
         crate::image::gc::ImageCache::new(paths.images()),

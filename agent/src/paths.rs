@@ -34,25 +34,11 @@ pub fn bad_alloc_id(id: &str) -> io::Error {
 #[derive(Debug, Clone)]
 pub struct Paths {
     root: PathBuf,
-    /// The image cache when it is not `root/images`.
-    images: Option<PathBuf>,
 }
 
 impl Paths {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Paths {
-            root: root.into(),
-            images: None,
-        }
-    }
-
-    /// Paths whose image cache is `images`, shared with other data
-    /// directories (the simulated nodes of one process).
-    pub fn sharing_images(root: impl Into<PathBuf>, images: impl Into<PathBuf>) -> Self {
-        Paths {
-            root: root.into(),
-            images: Some(images.into()),
-        }
+        Paths { root: root.into() }
     }
 
     pub fn root(&self) -> &Path {
@@ -87,9 +73,7 @@ impl Paths {
     }
 
     pub fn images(&self) -> PathBuf {
-        self.images
-            .clone()
-            .unwrap_or_else(|| self.root.join("images"))
+        self.root.join("images")
     }
 
     pub fn runtime_root(&self) -> PathBuf {

@@ -8,8 +8,8 @@
 //! Only the runtime pretends ([`SimRuntime`] behind the agent's
 //! [`Runtime`] trait): a container "starts" after a delay, can be told to
 //! fail, and "exits" when signalled, recording its exit as a shim would.
-//! Nodes of one process share one unpacked image cache; there is no
-//! bridge network, no metrics listener and no GPU monitor thread.
+//! There is no bridge network, no metrics listener and no GPU monitor
+//! thread.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -241,9 +241,6 @@ pub struct SimNode {
     pub token: String,
     /// The node's own data directory.
     pub data_dir: PathBuf,
-    /// The unpacked image cache all nodes of the process share (see
-    /// [`warm_image`]).
-    pub images: PathBuf,
     /// Where `oci:` layouts may be read (`--image-roots`).
     pub image_roots: Vec<PathBuf>,
     /// What the node offers.
@@ -260,10 +257,11 @@ pub async fn run_node(
     runtime: Arc<SimRuntime>,
     calls: Arc<Calls>,
 ) -> Result<(), AgentError> {
-    let paths = Paths::sharing_images(&node.data_dir, &node.images);
+    let paths = Paths::new(&node.data_dir);
     for dir in [
         paths.root().to_path_buf(),
         paths.containers(),
+        paths.images(),
         paths.runtime_root(),
         paths.root().join("logs"),
     ] {
@@ -316,6 +314,10 @@ pub async fn run_node(
         network: None,
         node_host: "127.0.0.1".into(),
         live: Default::default(),
+        // The pretend containers exit only when signalled, and the stop
+        // that signals them finds the exit record at once: nothing is
+        // left for the agent's half-second look to find.
+        resync: Duration::from_secs(5),
     };
     let mut rec = Reconciler::new(runtime, paths, settings, tx.clone());
     rec.adopt().await;
@@ -388,14 +390,4 @@ pub fn write_image(layout: &Path) -> std::io::Result<()> {
     )?;
     let index = serde_json::json!({ "schemaVersion": 2, "manifests": [manifest] });
     std::fs::write(layout.join("index.json"), index.to_string())
-}
-
-/// Unpacks the layout at `layout` into the shared cache `images` once,
-/// before the nodes start (each node's image store has its own locks).
-pub fn warm_image(images: &Path, layout: &Path) -> Result<(), String> {
-    let image = skiff_model::ImageRef::parse(&format!("oci:{}", layout.display()))?;
-    crate::image::ImageStore::new(images)
-        .prepare(&image)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
 }

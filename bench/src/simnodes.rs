@@ -142,8 +142,6 @@ pub async fn start(
     anyhow::ensure!(!urls.is_empty(), "no server to join");
     let layout = image_root(dir).join("sim");
     sim::write_image(&layout)?;
-    let images = dir.join("images");
-    sim::warm_image(&images, &layout).map_err(|e| anyhow::anyhow!("the nodes' image: {e}"))?;
     let stats = Arc::new(SimStats::default());
     let behaviour = SimBehaviour {
         start_delay: opts.start_delay,
@@ -160,7 +158,6 @@ pub async fn start(
             servers: urls.to_vec(),
             token: token.to_string(),
             data_dir: node_dir,
-            images: images.clone(),
             image_roots: vec![image_root(dir)],
             capacity: skiff_model::Resources::new(opts.cpu_millis, opts.memory_bytes),
             fake_gpus,

@@ -43,6 +43,11 @@ pub struct Settings {
     /// What the reconciler tracks, published for the metrics and the
     /// heartbeats.
     pub live: Arc<crate::metrics::LiveAllocs>,
+    /// How often the reconciler looks at its containers without being
+    /// woken ([`crate::reconcile::RESYNC`] for the agent): what no event
+    /// announces, an exit record a shim wrote without its exit watch
+    /// noticing, is found at the latest then.
+    pub resync: Duration,
 }
 
 /// What a start that succeeded says of its run.

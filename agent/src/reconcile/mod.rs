@@ -62,8 +62,9 @@ use crate::paths::{container_id, Paths};
 use crate::runtime::Runtime;
 use execute::Executor;
 
-/// How often the reconciler looks at its containers without being woken.
-const RESYNC: Duration = Duration::from_millis(500);
+/// How often the agent's reconciler looks at its containers without
+/// being woken.
+pub const RESYNC: Duration = Duration::from_millis(500);
 
 /// The reconciler: the containers' state and the decisions about it
 /// ([`Containers`]), the executor that carries them out, and the edges it
@@ -84,6 +85,12 @@ pub struct Reconciler<R: Runtime, X: Records = FileRecords, C: Clock = SystemClo
     images_in_use: crate::image::gc::InUse,
     /// Published for the metrics and the heartbeats.
     live: Arc<crate::metrics::LiveAllocs>,
+    resync: Duration,
+    /// Containers whose shim exited since the last pass: a pass woken by
+    /// events looks for the exit records of these only (a look at every
+    /// container's is left to the resync), so its work follows what
+    /// changed, not how many containers run.
+    shims_exited: std::collections::HashSet<String>,
 }
 
 impl<R: Runtime> Reconciler<R> {
@@ -113,6 +120,8 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
             containers: Containers::new(settings.stop_grace, settings.registry.progress()),
             images_in_use: settings.images_in_use.clone(),
             live: settings.live.clone(),
+            resync: settings.resync,
+            shims_exited: Default::default(),
             executor: Executor::new(
                 runtime.clone(),
                 records.clone(),
@@ -221,6 +230,7 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
             }
             Event::ShimExited { id } => {
                 tracing::debug!(alloc = %id, "shim exited");
+                self.shims_exited.insert(id);
             }
             Event::Cleaned { id } => self.containers.cleaned(&id),
             Event::Probe { id, run, event } => {
@@ -230,14 +240,23 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
         }
     }
 
-    /// One pass: decide, act, and return the statuses to report.
+    /// One pass, looking for the exit record of every running container:
+    /// decide, act, and return the statuses to report.
     pub fn reconcile(&mut self) -> Vec<Observed> {
+        self.pass(true)
+    }
+
+    /// One pass that looks only for the exits of the containers whose
+    /// shims were seen to exit (`all` false) or of every running one.
+    fn pass(&mut self, all: bool) -> Vec<Observed> {
         let Some(desired) = &self.desired else {
             return Vec::new(); // nothing heard from the servers yet
         };
+        let exited = std::mem::take(&mut self.shims_exited);
         let exits: HashMap<String, _> = self
             .containers
             .awaiting_exit()
+            .filter(|id| all || exited.contains(*id))
             .filter_map(|id| Some((id.to_string(), self.records.exit(id)?)))
             .collect();
         let now = self.clock.now();
@@ -328,25 +347,29 @@ pub async fn run_loop<R, X, C, F, Fut>(
     F: FnMut(Vec<Observed>) -> Fut,
     Fut: std::future::Future<Output = bool> + Send + 'static,
 {
-    let mut tick = tokio::time::interval(RESYNC);
+    let resync = rec.resync;
+    let mut tick = tokio::time::interval(resync);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // Wake when a back-off ends, not at the next tick after it.
-        let wake = rec.next_wakeup().unwrap_or(RESYNC).min(RESYNC);
-        tokio::select! {
-            _ = tokio::time::sleep(wake) => {}
+        let wake = rec.next_wakeup().unwrap_or(resync).min(resync);
+        // Woken by the clock: every exit record is looked for (one a shim
+        // wrote without its exit watch noticing is found then).
+        let all = tokio::select! {
+            _ = tokio::time::sleep(wake) => true,
             ev = events.recv() => match ev {
                 Some(ev) => {
                     rec.handle(ev);
                     while let Ok(ev) = events.try_recv() {
                         rec.handle(ev);
                     }
+                    false
                 }
                 None => return,
             },
-            _ = tick.tick() => {}
-        }
-        let updates = rec.reconcile();
+            _ = tick.tick() => true,
+        };
+        let updates = rec.pass(all);
         if !updates.is_empty() && !rec.reporting {
             rec.reporting = true;
             let done = rec.events.clone();

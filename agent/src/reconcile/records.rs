@@ -132,6 +132,8 @@ struct Mem {
     restarts: std::collections::HashMap<String, Restarts>,
     removed: Vec<String>,
     logs: std::collections::BTreeSet<String>,
+    /// Exit records looked for.
+    exit_reads: u64,
 }
 
 #[cfg(test)]
@@ -163,6 +165,11 @@ impl MemRecords {
         }
     }
 
+    /// How many times an exit record was looked for.
+    pub fn exit_reads(&self) -> u64 {
+        self.0.lock().unwrap().exit_reads
+    }
+
     /// The containers whose records were removed, in order.
     pub fn removed(&self) -> Vec<String> {
         self.0.lock().unwrap().removed.clone()
@@ -181,7 +188,9 @@ impl Records for MemRecords {
     }
 
     fn exit(&self, id: &str) -> Option<ExitRecord> {
-        self.0.lock().unwrap().exits.get(id).cloned()
+        let mut m = self.0.lock().unwrap();
+        m.exit_reads += 1;
+        m.exits.get(id).cloned()
     }
 
     fn shim_alive(&self, id: &str) -> bool {

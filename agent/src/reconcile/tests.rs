@@ -700,6 +700,7 @@ impl Rig {
             network: None,
             node_host: "127.0.0.1".into(),
             live: Default::default(),
+            resync: super::RESYNC,
             image_timeout: secs(600),
             registry: Arc::new(
                 crate::image::registry::Puller::new(&dir.path().join("content"), Arc::default())
@@ -1008,4 +1009,37 @@ async fn logs_of_allocations_the_servers_no_longer_list_are_removed_unless_a_con
     // A collected: its logs go.
     rig.rec.handle(Event::Desired(vec![]));
     assert_eq!(rig.records.logged(), [C]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pass_woken_by_events_reads_only_the_exits_of_shims_seen_to_exit() {
+    let records = MemRecords::new();
+    for id in [A, B, C] {
+        records.add(id, Restarts::default());
+        records.set_alive(id, true);
+    }
+    let mut rig = Rig::new(FakeRuntime::new(), records);
+    rig.rec.adopt().await;
+    let allocs: Vec<Allocation> = [A, B, C]
+        .iter()
+        .map(|id| running_alloc(id, task("{}")))
+        .collect();
+    rig.rec.handle(Event::Desired(allocs.clone()));
+    let reads = || rig.records.exit_reads();
+    let before = reads();
+    assert_eq!(rig.rec.pass(false), [], "the servers hold them running");
+    assert_eq!(reads() - before, 0, "a new allocation set reads no exit record");
+    // B's shim exits after recording the exit: that one record is read.
+    rig.records.record_exit(B, super::testing::exit(3, 1, false));
+    rig.rec.handle(Event::ShimExited { id: B.into() });
+    let report = rig.rec.pass(false);
+    assert_eq!(reads() - before, 1);
+    assert_eq!(report.len(), 1);
+    assert_eq!(report[0].alloc_id, B);
+    assert_eq!(report[0].exit_code, Some(3));
+    // The clock's pass looks at every running container.
+    rig.rec.handle(Event::Desired(allocs));
+    let before = reads();
+    rig.rec.reconcile();
+    assert_eq!(reads() - before, 2, "A and C (B has ended)");
 }
