@@ -91,6 +91,9 @@ pub struct Reconciler<R: Runtime, X: Records = FileRecords, C: Clock = SystemClo
     /// container's is left to the resync), so its work follows what
     /// changed, not how many containers run.
     shims_exited: std::collections::HashSet<String>,
+    /// The servers listed an allocation not seen before: the images in
+    /// use are published at the next pass, not only at the clock's.
+    new_listed: bool,
 }
 
 impl<R: Runtime> Reconciler<R> {
@@ -122,6 +125,7 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
             live: settings.live.clone(),
             resync: settings.resync,
             shims_exited: Default::default(),
+            new_listed: true,
             executor: Executor::new(
                 runtime.clone(),
                 records.clone(),
@@ -199,6 +203,7 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
                 if first || self.listed.iter().any(|id| !listed.contains(id)) {
                     self.drop_logs(&listed);
                 }
+                self.new_listed |= listed.iter().any(|id| !self.listed.contains(id));
                 self.listed = listed;
                 self.desired = Some(allocs)
             }
@@ -262,6 +267,14 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
         let now = self.clock.now();
         let Decision { actions, report } = self.containers.decide(desired, &exits, now);
         self.executor.execute(actions);
+        // What the metrics, the heartbeats and the image garbage collector
+        // read is published by the clock's passes (twice a second), and at
+        // once when a new allocation may want an image no other does:
+        // not at every event, each of which would cost a walk over all.
+        if !all && !std::mem::take(&mut self.new_listed) {
+            return report;
+        }
+        self.new_listed = false;
         // What the image garbage collector must keep: what allocations
         // want to run, and what containers not yet cleaned up stand on.
         let in_use: std::collections::HashSet<String> = desired
