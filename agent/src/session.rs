@@ -278,6 +278,7 @@ async fn watch_loop(
         let req = pb::WatchAllocationsRequest {
             node: node.clone(),
             min_index: seen,
+            without_peers: network.is_none(),
         };
         match servers.client().watch_allocations(req).await {
             Ok(resp) => {

@@ -1028,9 +1028,14 @@ async fn a_pass_woken_by_events_reads_only_the_exits_of_shims_seen_to_exit() {
     let reads = || rig.records.exit_reads();
     let before = reads();
     assert_eq!(rig.rec.pass(false), [], "the servers hold them running");
-    assert_eq!(reads() - before, 0, "a new allocation set reads no exit record");
+    assert_eq!(
+        reads() - before,
+        0,
+        "a new allocation set reads no exit record"
+    );
     // B's shim exits after recording the exit: that one record is read.
-    rig.records.record_exit(B, super::testing::exit(3, 1, false));
+    rig.records
+        .record_exit(B, super::testing::exit(3, 1, false));
     rig.rec.handle(Event::ShimExited { id: B.into() });
     let report = rig.rec.pass(false);
     assert_eq!(reads() - before, 1);

@@ -354,25 +354,29 @@ impl pb::node_api_server::NodeApi for NodeService {
             )));
         }
         let node = r.node;
+        let without_peers = r.without_peers;
         let secrets = self.ctx.secrets.clone();
         let network = self.network.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             // What this stream has sent. The first message resets the
             // agent's view; later ones carry changes.
-            let mut sent = Sent::default();
+            let mut sent = Sent {
+                without_peers,
+                ..Sent::default()
+            };
             let mut first = true;
             // Peer changes go out at most once per PEER_GAP: a join storm
             // of N nodes costs each watch a few messages, not N.
             let mut peers_at = tokio::time::Instant::now();
             loop {
                 let now = tokio::time::Instant::now();
-                sent.hold_peers = !first && now < peers_at + PEER_GAP;
+                sent.hold_peers = without_peers || (!first && now < peers_at + PEER_GAP);
                 let (change, pending) = {
                     let state = store.state();
                     let net = network.get(&state);
                     let change = alloc_changes(&state, &net, &node, &mut sent, first, &secrets);
-                    (change, net.peers.version != sent.peers)
+                    (change, !without_peers && net.peers.version != sent.peers)
                 };
                 if let Some(messages) = change {
                     if messages.iter().any(|m| m.peers.is_some()) {
@@ -520,6 +524,8 @@ pub struct Sent {
     index: u64,
     /// Leave peer changes for later (the watch paces them).
     pub hold_peers: bool,
+    /// Never send the peer list (the node has no bridge network).
+    pub without_peers: bool,
 }
 
 /// The least time between two peer-list messages on one watch.
@@ -602,7 +608,7 @@ fn alloc_changes_within(
     if reset {
         sent_all.peers = 0;
     }
-    let peers = if sent_all.hold_peers && !reset {
+    let peers = if sent_all.without_peers || (sent_all.hold_peers && !reset) {
         None
     } else {
         net.peers.message_for(node, sent_all.peers)
@@ -1048,5 +1054,36 @@ mod tests {
         assert!(peers.delta);
         assert_eq!(peers.nodes[0].name, "n2");
         assert!(alloc_changes(&state, &net, "n1", &mut sent, false, &key).is_none());
+    }
+
+    #[test]
+    fn a_watch_without_peers_never_gets_the_node_list() {
+        let mut state = skiff_store::State::default();
+        let key = crate::secrets::Keyring::holding(skiff_pki::secrets::SecretsKey::generate());
+        let node = |name: &str| crate::peer_list::test_node(name, "", "192.0.2.1:7001");
+        state.nodes.insert("n1".into(), node("n1"));
+        state.nodes.insert("n2".into(), node("n2"));
+        let net = ClusterNetwork::of(&state);
+        let mut with = Sent::default();
+        let first = alloc_changes(&state, &net, "n1", &mut with, true, &key).unwrap();
+        assert!(first.iter().any(|m| m.peers.is_some()), "a bridged node's");
+        let mut without = Sent {
+            without_peers: true,
+            hold_peers: true,
+            ..Sent::default()
+        };
+        let first = alloc_changes(&state, &net, "n1", &mut without, true, &key).unwrap();
+        assert!(first.iter().all(|m| m.peers.is_none()));
+        assert!(first[0].reset, "the reset is sent all the same");
+        state.index = 2;
+        state.nodes.insert("n3".into(), node("n3"));
+        let net = ClusterNetwork {
+            peers: net.peers.next(&state),
+            ..ClusterNetwork::of(&state)
+        };
+        assert!(
+            alloc_changes(&state, &net, "n1", &mut without, false, &key).is_none(),
+            "a node joining is no news to it"
+        );
     }
 }

@@ -327,6 +327,7 @@ fn node_api(dir: &Path) {
             &pb::WatchAllocationsRequest {
                 node: "n1".into(),
                 min_index: 0,
+                without_peers: false,
             },
         ),
     );
