@@ -113,6 +113,9 @@ pub fn tree_size(path: &Path) -> u64 {
     total
 }
 
+/// How long a recorded use of an image stands for later uses.
+pub const USE_RECORDED_FOR_MS: u64 = 60_000;
+
 /// The node's image cache: `root/rootfs/<hex>` trees, `root/content`
 /// blobs and `root/used` records.
 #[derive(Debug, Clone)]
@@ -133,7 +136,8 @@ impl ImageCache {
         self.root.join("content").join("blobs").join("sha256")
     }
 
-    /// Records that a container started from this image now. The tree's
+    /// Records that a container started from this image now (a record
+    /// less than [`USE_RECORDED_FOR_MS`] old is kept as it is). The tree's
     /// size is measured once it is there. A registry image is recorded
     /// once pulled, before it is unpacked, so its blobs are never taken
     /// for unreferenced ones.
@@ -152,7 +156,18 @@ impl ImageCache {
         let dir = self.used_dir();
         std::fs::create_dir_all(&dir)?;
         let file = dir.join(format!("{hex}.json"));
-        let size = match self.read_record(&file) {
+        let now = now_ms();
+        let old = self.read_record(&file);
+        // Replicas started together use the image once as far as the
+        // collector can tell (it orders by the minute): the record is
+        // not written again for each of them.
+        if let Some(r) = &old {
+            let same = r.reference == reference && r.top == top && r.blobs == blobs;
+            if same && r.size > 0 && now.saturating_sub(r.last_used_ms) < USE_RECORDED_FOR_MS {
+                return Ok(());
+            }
+        }
+        let size = match old {
             Some(r) if r.size > 0 => r.size,
             _ => tree_size(rootfs),
         };
@@ -162,9 +177,12 @@ impl ImageCache {
             manifest: manifest.to_string(),
             blobs,
             size,
-            last_used_ms: now_ms(),
+            last_used_ms: now,
         };
-        let tmp = dir.join(format!(".{hex}.json.tmp-{}", std::process::id()));
+        // Unique per write: two starts of one image may record at once.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(".{hex}.json.tmp-{}-{n}", std::process::id()));
         std::fs::write(
             &tmp,
             serde_json::to_vec(&record).map_err(std::io::Error::other)?,
