@@ -140,15 +140,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         source,
     })?;
     let paths = Paths::new(data_dir);
-    for dir in [
-        paths.containers(),
-        paths.images(),
-        paths.runtime_root(),
-        paths.root().join("logs"),
-    ] {
-        skiff_pki::files::make_private_dir(&dir)
-            .map_err(|source| AgentError::DataDir { path: dir, source })?;
-    }
+    make_data_dirs(&paths)?;
     let tls = crate::tls::credentials(&cfg.security, paths.root(), &cfg.name, &cfg.servers).await?;
     let servers = Servers::new(&cfg.servers, &tls)?.first_for(&cfg.name);
 
@@ -326,6 +318,20 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     served.task.iter().for_each(|t| t.abort());
     if let Some(stop) = monitor_stop {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// The data directory's rooms, 0700 (see [`Paths`]).
+pub fn make_data_dirs(paths: &Paths) -> Result<(), AgentError> {
+    for dir in [
+        paths.containers(),
+        paths.images(),
+        paths.runtime_root(),
+        paths.root().join("logs"),
+    ] {
+        skiff_pki::files::make_private_dir(&dir)
+            .map_err(|source| AgentError::DataDir { path: dir, source })?;
     }
     Ok(())
 }

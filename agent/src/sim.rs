@@ -258,16 +258,11 @@ pub async fn run_node(
     calls: Arc<Calls>,
 ) -> Result<(), AgentError> {
     let paths = Paths::new(&node.data_dir);
-    for dir in [
-        paths.root().to_path_buf(),
-        paths.containers(),
-        paths.images(),
-        paths.runtime_root(),
-        paths.root().join("logs"),
-    ] {
-        skiff_pki::files::make_private_dir(&dir)
-            .map_err(|source| AgentError::DataDir { path: dir, source })?;
-    }
+    skiff_pki::files::make_private_dir(paths.root()).map_err(|source| AgentError::DataDir {
+        path: node.data_dir.clone(),
+        source,
+    })?;
+    crate::agent::make_data_dirs(&paths)?;
     let security = crate::tls::Security {
         insecure: false,
         join_token: Some(node.token.clone()),

@@ -58,25 +58,7 @@ impl Proc {
     /// CPU time the process has used so far (user and system, from
     /// `/proc/PID/stat`, in USER_HZ ticks of 10 ms); 0 once it is gone.
     pub fn cpu_ticks(&self) -> u64 {
-        let Some(pid) = self.child.as_ref().map(|c| c.id()) else {
-            return 0;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            return 0;
-        };
-        // Fields after the command name, which is in parentheses and may
-        // hold spaces: state is the first, utime the 12th, stime the 13th.
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            return 0;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let field = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        field(11) + field(12)
+        self.child.as_ref().map_or(0, |c| cpu_ticks_of(c.id()))
     }
 
     pub fn start(&mut self) -> anyhow::Result<()> {
@@ -137,4 +119,25 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// CPU time process `pid` has used so far (user and system, from
+/// `/proc/PID/stat`, in USER_HZ ticks of 10 ms); 0 once it is gone.
+pub fn cpu_ticks_of(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: state is the first, utime the 12th, stime the 13th.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
 }

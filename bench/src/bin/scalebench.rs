@@ -19,6 +19,7 @@
 //! cluster fills (`_filling`) and once full (`_full`), the job apply alone
 //! before any work (`_idle`), `false_downs` (nodes the servers declared
 //! down, from their counters, and nodes not ready at the end),
+//! `cpu_seconds_filling_simnodes` and `_servers` (who used the CPUs),
 //! `server_rss_mib_*`, `leader_heartbeats_per_sec`, and after the leader
 //! kill `seconds_to_new_leader` and the same checks again.
 
@@ -29,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use skiff_bench::cluster::{leader_among, SkiffCluster};
 use skiff_bench::creds::{global as creds, set_global, Creds};
-use skiff_bench::procs::{free_ports, wait_for, Proc};
+use skiff_bench::procs::{cpu_ticks_of, free_ports, wait_for, Proc};
 use skiff_bench::simnodes::{self, SimOptions};
 use skiff_bench::stats::percentile;
 use skiff_model::{AllocStatus, JobSpec, NodeStatus};
@@ -382,6 +383,13 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
     // Several clients apply at once (as a CI system or several people
     // would): one client's round trips would measure the client.
     let jobs = o.allocs.div_ceil(100);
+    // Who used the CPUs while filling: the simulated nodes (this process)
+    // and the servers.
+    let cpu = || {
+        let servers: u64 = servers.procs.iter().map(|p| p.cpu_ticks()).sum();
+        (cpu_ticks_of(std::process::id()), servers)
+    };
+    let cpu_before = cpu();
     let started = Instant::now();
     let mut appliers = tokio::task::JoinSet::new();
     for first in 0..APPLIERS.min(jobs) {
@@ -411,6 +419,7 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let filled = started.elapsed();
+    let cpu_after = cpu();
     filling.store(false, Ordering::Relaxed);
     let during = sampler.await?;
     let (not_ready, confirmed) = census(&url).await?;
@@ -420,6 +429,15 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
     println!("allocs_reported_running={running}");
     println!("allocs_started_twice={twice}");
     println!("seconds_to_running={:.1}", filled.as_secs_f64());
+    // USER_HZ ticks are 10 ms.
+    println!(
+        "cpu_seconds_filling_simnodes={:.1}",
+        cpu_after.0.saturating_sub(cpu_before.0) as f64 / 100.0
+    );
+    println!(
+        "cpu_seconds_filling_servers={:.1}",
+        cpu_after.1.saturating_sub(cpu_before.1) as f64 / 100.0
+    );
     println!(
         "placements_per_sec_e2e={:.0}",
         running as f64 / filled.as_secs_f64().max(1e-9)
