@@ -26,6 +26,8 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Calls {
     pub registered: AtomicU64,
     pub heartbeats: AtomicU64,
+    /// Status reports the servers took.
+    pub reports: AtomicU64,
     pub register_errors: AtomicU64,
     pub heartbeat_errors: AtomicU64,
     /// Watch calls refused, and watch streams that broke.
@@ -349,7 +351,10 @@ async fn report(servers: &Servers, node: &str, updates: Vec<Observed>, calls: &C
             .collect(),
     };
     match tokio::time::timeout(RPC_TIMEOUT, servers.client().update_alloc_status(req)).await {
-        Ok(Ok(_)) => true,
+        Ok(Ok(_)) => {
+            Calls::count(&calls.reports);
+            true
+        }
         Ok(Err(status)) => {
             tracing::warn!(error = %status.message(), "status update failed");
             servers.failed(&status);

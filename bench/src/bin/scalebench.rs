@@ -263,8 +263,9 @@ impl Calls {
 fn print_sim_stats(s: &simnodes::SimStats, when: &str) {
     let c = &s.calls;
     println!(
-        "sim_heartbeats{when}={} sim_errors{when}={} (register {}, heartbeat {}, watch {}, report {})",
+        "sim_heartbeats{when}={} sim_reports{when}={} sim_errors{when}={} (register {}, heartbeat {}, watch {}, report {})",
         s.heartbeats(),
+        c.reports.load(Ordering::Relaxed),
         c.errors(),
         c.register_errors.load(Ordering::Relaxed),
         c.heartbeat_errors.load(Ordering::Relaxed),
