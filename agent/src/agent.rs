@@ -1,5 +1,7 @@
-//! The agent process: registers the node, heartbeats, watches the node's
-//! allocations, runs the reconciler, and serves logs and exec.
+//! The agent process: sets up the data directory, credentials, GPUs and
+//! the bridge, serves logs and exec, renews the certificate and collects
+//! images, and runs the node's session (`session.rs`: registration,
+//! heartbeats, the allocation watch, the reconciler, status reports).
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -1,7 +1,8 @@
 //! Skiff's node agent.
 //!
-//! - [`agent`]: the process: registration, heartbeats, the allocation
-//!   watch, and the log service;
+//! - [`agent`]: the process: its data directory, credentials, the
+//!   agent's API (logs, exec), certificate renewal and image collection
+//!   around the node's [`session`];
 //! - [`reconcile`]: makes the node's containers match its allocations: a
 //!   pure decision over one state per container, and an executor;
 //! - [`clock`]: the time as the agent reads it (one `now_ms`, and the
