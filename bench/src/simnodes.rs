@@ -170,7 +170,7 @@ pub async fn start(
                 s.not_begun.fetch_add(1, Ordering::Relaxed);
             }
         }));
-        wait_begun(&stats, i as u64 + 1 - JOINING_AT_ONCE.min(i as u64 + 1)).await?;
+        wait_begun(&stats, (i as u64 + 1).saturating_sub(JOINING_AT_ONCE)).await?;
     }
     wait_begun(&stats, names.len() as u64).await?;
     Ok(SimNodes {

@@ -615,50 +615,36 @@ async fn the_shim_monitors_a_container_as_a_spare_and_in_its_direct_form() {
     init_killed_and_recorded(tmp.path().join("direct/state")).await;
 
     // Spare: waits for its flags on stdin, reports `ok PID` on stdout.
-    let mut spare = std::process::Command::new(skiff_bin())
-        .args(["shim", "--spare", "label"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    // Its report for the NUL-separated `flags`, once it exits.
+    let spare = |flags: &[u8]| {
+        let mut child = std::process::Command::new(skiff_bin())
+            .args(["shim", "--spare", "label"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(flags).unwrap();
+        let mut report = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut report)
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+        report
+    };
     let mut flags = Vec::new();
     for f in shim_flags(tmp.path(), "spare", &runtime) {
         flags.extend_from_slice(f.as_bytes());
         flags.push(0);
     }
-    let mut stdin = spare.stdin.take().unwrap();
-    stdin.write_all(&flags).unwrap();
-    drop(stdin);
-    let mut report = String::new();
-    spare
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut report)
-        .unwrap();
+    let report = spare(&flags);
     let init = std::fs::read_to_string(tmp.path().join("spare/state/init.pid")).unwrap();
     assert_eq!(report.trim(), format!("ok {}", init.trim()));
-    assert!(spare.wait().unwrap().success());
     init_killed_and_recorded(tmp.path().join("spare/state")).await;
 
     // A spare given broken flags says so, and starts nothing.
-    let mut bad = std::process::Command::new(skiff_bin())
-        .args(["shim", "--spare", "label"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    bad.stdin
-        .take()
-        .unwrap()
-        .write_all(b"--colour\0red\0")
-        .unwrap();
-    let mut report = String::new();
-    bad.stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut report)
-        .unwrap();
+    let report = spare(b"--colour\0red\0");
     assert!(report.contains("unknown flag \"--colour\""), "{report}");
-    assert!(bad.wait().unwrap().success());
 }

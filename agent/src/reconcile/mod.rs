@@ -271,10 +271,10 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
         // read is published by the clock's passes (twice a second), and at
         // once when a new allocation may want an image no other does:
         // not at every event, each of which would cost a walk over all.
-        if !all && !std::mem::take(&mut self.new_listed) {
+        let new_listed = std::mem::take(&mut self.new_listed);
+        if !all && !new_listed {
             return report;
         }
-        self.new_listed = false;
         // What the image garbage collector must keep: what allocations
         // want to run, and what containers not yet cleaned up stand on.
         let in_use: std::collections::HashSet<String> = desired

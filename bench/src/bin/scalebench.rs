@@ -211,12 +211,12 @@ impl Calls {
     async fn sample(
         &mut self,
         client: &mut skiff_client::Client,
+        image: &str,
         round: usize,
         reads: bool,
     ) -> anyhow::Result<()> {
         let probe = JobSpec::from_yaml(&format!(
-            "name: probe\nreplicas: 1\ntask:\n  image: '{}'\n  network: none\n  env: {{ROUND: '{round}'}}\n  resources: {{cpu: 10m, memory: 16Mi}}\n",
-            IMAGE.get().map_or("", String::as_str)
+            "name: probe\nreplicas: 1\ntask:\n  image: '{image}'\n  network: none\n  env: {{ROUND: '{round}'}}\n  resources: {{cpu: 10m, memory: 16Mi}}\n",
         ))?;
         let t = Instant::now();
         client.apply_job(&probe).await?;
@@ -273,9 +273,6 @@ fn print_sim_stats(s: &simnodes::SimStats, when: &str) {
         c.report_errors.load(Ordering::Relaxed),
     );
 }
-
-/// The image the simulated nodes' jobs name.
-static IMAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Nodes the servers list as not ready, and allocations they list
 /// running.
@@ -334,7 +331,7 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
         SimOptions::default(),
     )
     .await?;
-    let _ = IMAGE.set(sim.image.clone());
+    let image = sim.image.clone();
     let mut client = creds().connect(&url).await?;
     wait_for("every node ready", Duration::from_secs(1800), || {
         let url = url.clone();
@@ -356,7 +353,7 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
     // Writes and reads before any work: the idle figures.
     let mut idle = Calls::default();
     for round in 0..30 {
-        idle.sample(&mut client, round, false).await?;
+        idle.sample(&mut client, &image, round, false).await?;
     }
     idle.print("idle");
 
@@ -364,7 +361,7 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
     // a second client samples the calls while the cluster fills.
     let filling = Arc::new(AtomicBool::new(true));
     let sampler = {
-        let (url, filling) = (url.clone(), filling.clone());
+        let (url, filling, image) = (url.clone(), filling.clone(), image.clone());
         tokio::spawn(async move {
             let mut calls = Calls::default();
             let Ok(mut c) = creds().connect(&url).await else {
@@ -373,7 +370,7 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
             let mut round = 1000;
             while filling.load(Ordering::Relaxed) {
                 round += 1;
-                if calls.sample(&mut c, round, true).await.is_err() {
+                if calls.sample(&mut c, &image, round, true).await.is_err() {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -394,14 +391,14 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut appliers = tokio::task::JoinSet::new();
     for first in 0..APPLIERS.min(jobs) {
-        let (url, allocs) = (url.clone(), o.allocs);
+        let (url, allocs, image) = (url.clone(), o.allocs, image.clone());
         appliers.spawn(async move {
             let mut c = creds().connect(&url).await?;
             for j in (first..jobs).step_by(APPLIERS) {
                 let replicas = (allocs - j * 100).min(100);
                 let spec = JobSpec::from_yaml(&format!(
                     "name: scale-{j:05}\nreplicas: {replicas}\ntask:\n  image: '{}'\n  network: none\n  resources: {{cpu: 100m, memory: 128Mi}}\n",
-                    IMAGE.get().map_or("", String::as_str)
+                    image
                 ))?;
                 c.apply_job(&spec).await?;
             }
@@ -446,7 +443,7 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
     during.print("filling");
     let mut full = Calls::default();
     for round in 0..30 {
-        full.sample(&mut client, 5000 + round, true).await?;
+        full.sample(&mut client, &image, 5000 + round, true).await?;
     }
     full.print("full");
     // How long planning held the state's lock (applies wait for it).
@@ -493,7 +490,7 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
         let mut after = Calls::default();
         let mut c = creds().connect(&url).await?;
         for round in 0..20 {
-            after.sample(&mut c, 9000 + round, true).await?;
+            after.sample(&mut c, &image, 9000 + round, true).await?;
         }
         after.print("after_kill");
         let (not_ready, confirmed) = census(&url).await?;
