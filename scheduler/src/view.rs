@@ -593,6 +593,26 @@ impl<'a> ClusterView<'a> {
             .collect()
     }
 
+    /// Where job `name`'s live allocations are: each one's node and the
+    /// number of GPUs it holds there.
+    pub(crate) fn live_gpus_of(&self, name: &str) -> Vec<(NodeIdx, u32)> {
+        let Some(j) = self.job_index(name) else {
+            return Vec::new();
+        };
+        self.jobs[j as usize]
+            .allocs
+            .iter()
+            .map(|&a| &self.allocs[a as usize])
+            .filter(|a| a.desired == DesiredStatus::Run && !a.status.is_terminal())
+            .map(|a| (a.node, a.gpus.count_ones()))
+            .collect()
+    }
+
+    /// How many of node `n`'s GPUs are healthy and free.
+    pub(crate) fn free_gpus_on(&self, n: NodeIdx) -> u32 {
+        free_gpus(&self.nodes[n as usize])
+    }
+
     /// Number of nodes in the view.
     pub fn node_count(&self) -> usize {
         self.nodes.len()

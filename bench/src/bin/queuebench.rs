@@ -40,7 +40,9 @@ queues' own default, 10 minutes).
 Prints key=value lines: utilization, fairness_jain (Jain's index of each
 team's GPU-hours over its fair share, averaged over windows of H hours,
 default 6), p50/p99_wait_s_small (1-GPU jobs), p50/p99_wait_s_large (8-GPU
-jobs), preemptions, and the same keys prefixed fifo_ and partition_.";
+jobs), preemptions, lost_gpu_h and lost_share (GPU-hours of runs later
+reclaimed, and their part of all GPU-hours held: utilization counts
+them), and the same keys prefixed fifo_ and partition_.";
 
 const NODES: usize = 8;
 const GPUS_PER_NODE: usize = 8;
@@ -560,6 +562,9 @@ fn report(prefix: &str, o: &Outcome) {
     println!("{prefix}most_restarts_one_job={}", o.most_restarts);
     println!("{prefix}lost_gpu_h={:.3}", o.lost_gpu_h);
     let total: f64 = o.gpu_h_by_team.iter().sum();
+    // Of the GPU-hours held (what `utilization` counts), the part spent
+    // on runs later reclaimed.
+    println!("{prefix}lost_share={:.3}", o.lost_gpu_h / total.max(1e-9));
     for (team, h) in TEAMS.iter().zip(o.gpu_h_by_team) {
         let team = team.replace('-', "_");
         println!("{prefix}gpu_h_{team}={h:.3}");

@@ -10,7 +10,11 @@ use skiff_model::{Job, Plan, Stop};
 use super::{QueueBook, QuotaFit, Removed};
 use crate::bitset::Bitset;
 use crate::config::Config;
-use crate::view::ClusterView;
+use crate::view::{ClusterView, NodeIdx};
+
+/// How many nodes a reclaim searches one by one (those with the most
+/// GPUs its candidates hold first).
+const RECLAIM_NODES: usize = 32;
 
 /// A workload the round admits: its plan (placements, and evictions of
 /// what is reclaimed for it), the ids of its new allocations, and the
@@ -248,11 +252,13 @@ impl QueueBook {
         }
     }
 
-    /// The workloads that may be evicted for workload `wi`, in the order
-    /// they are tried: borrowed slices of the cohort's other queues (and,
-    /// within its own queue, work at least the preemption gap lower);
-    /// those admitted beyond their queue's quota first, then lowest
-    /// priority, youngest.
+    /// The workloads that may be evicted for workload `wi`, most
+    /// preferred first: within its own queue, work at least the
+    /// preemption gap lower; in the cohort's other queues that borrow
+    /// (and, when `wi` would borrow too, whose fair share is above its
+    /// own), every admitted workload, those admitted beyond their queue's
+    /// quota first, then lowest priority, youngest. Which of them may go
+    /// together is [`QueueBook::may_take`]'s rule.
     fn candidates(&self, wi: usize, within_nominal: bool) -> Vec<usize> {
         let w = &self.workloads[wi];
         let Some(q) = self.queues.get(&w.queue) else {
@@ -269,14 +275,6 @@ impl QueueBook {
                 .filter(|(_, v)| v.queue == other.name && v.is_admitted())
                 .map(|(i, _)| i)
                 .collect();
-            mine.sort_by_key(|&i| {
-                let v = &self.workloads[i];
-                (
-                    v.priority,
-                    std::cmp::Reverse(v.admitted_index),
-                    v.job.clone(),
-                )
-            });
             if other.name == q.name {
                 out.extend(
                     mine.into_iter()
@@ -284,18 +282,16 @@ impl QueueBook {
                 );
                 continue;
             }
-            if !within_nominal && self.share(&other.name, &Amounts::new()) <= my_share {
+            if !self.borrows_any(other, w.request.keys(), &Removed::new())
+                || (!within_nominal && self.share(&other.name, &Amounts::new()) <= my_share)
+            {
                 continue;
             }
-            let none = Amounts::new();
-            // Its borrowed slice: the workloads admitted beyond its nominal
-            // quota (in admission order) first, then the rest; taken
-            // while the queue is still above nominal.
-            let mut by_admission = mine.clone();
-            by_admission.sort_by_key(|&i| self.workloads[i].admitted_index);
+            // Its borrowed slice: the workloads admitted once it was
+            // beyond its nominal quota (in admission order).
+            mine.sort_by_key(|&i| self.workloads[i].admitted_index);
             let mut running = Amounts::new();
-            let mut beyond = BTreeSet::new();
-            for &i in &by_admission {
+            for &i in &mine {
                 queue::add(&mut running, &self.workloads[i].holds);
                 let over = w.request.keys().any(|k| {
                     other
@@ -303,31 +299,11 @@ impl QueueBook {
                         .is_some_and(|n| running.get(k).copied().unwrap_or(0) > n)
                 });
                 if over {
-                    beyond.insert(i);
+                    beyond_all.insert(i);
                 }
             }
-            mine.sort_by_key(|&i| !beyond.contains(&i));
-            beyond_all.extend(beyond);
-            let mut removed = Removed::new();
-            for i in mine {
-                if !self.borrows_any(other, w.request.keys(), &removed) {
-                    break;
-                }
-                queue::add(
-                    removed.entry(other.name.clone()).or_default(),
-                    &self.workloads[i].holds,
-                );
-                // Fair sharing evicts only while the victim's queue keeps
-                // a share at least the evictor's after admission (so the
-                // evictor is never evicted back).
-                if !within_nominal && self.share_with(&other.name, &none, &removed) < my_share {
-                    break;
-                }
-                out.push(i);
-            }
+            out.extend(mine);
         }
-        // Other queues' workloads admitted beyond their quota first, then
-        // lowest priority, youngest.
         out.sort_by_key(|&i| {
             let v = &self.workloads[i];
             (
@@ -341,8 +317,42 @@ impl QueueBook {
         out
     }
 
-    /// Finds the fewest candidates whose eviction lets workload `wi` fit
-    /// quota and room; the admission with their evictions.
+    /// Whether candidate `v` may be evicted for workload `wi` on top of
+    /// the victims already chosen (`removed`: what they hold, by queue).
+    /// Another queue's work goes only while that queue still borrows; for
+    /// a `wi` that would borrow itself, only while that queue keeps a
+    /// fair share at least `wi`'s after it (so the evictor is never
+    /// evicted back).
+    fn may_take(&self, wi: usize, v: usize, removed: &Removed, within_nominal: bool) -> bool {
+        let (w, x) = (&self.workloads[wi], &self.workloads[v]);
+        if x.queue == w.queue {
+            return true;
+        }
+        let Some(other) = self.queues.get(&x.queue) else {
+            return false;
+        };
+        if !self.borrows_any(other, w.request.keys(), removed) {
+            return false;
+        }
+        if within_nominal {
+            return true;
+        }
+        let mut after = removed.clone();
+        queue::add(after.entry(x.queue.clone()).or_default(), &x.holds);
+        self.share_with(&x.queue, &Amounts::new(), &after) >= self.share(&w.queue, &w.request)
+    }
+
+    /// Finds victims whose eviction lets workload `wi` fit quota and room;
+    /// the admission with their evictions. Two searches, each taking
+    /// candidates in preference order until the workload fits: one over
+    /// every candidate, and, for a workload owed its nominal quota that
+    /// waited past its backfill window, one per node over the candidates
+    /// running there (the [`RECLAIM_NODES`] nodes with the most to give
+    /// first), so that the GPUs freed are on one node rather than
+    /// scattered where no replica fits. Of
+    /// the sets found, the one evicting the lowest priority, then losing
+    /// the least work (GPUs held times how long ago admitted), wins; the
+    /// victims it does not need are put back.
     fn reclaim(
         &self,
         wi: usize,
@@ -372,16 +382,90 @@ impl QueueBook {
             let plan = place(job, view, cfg, Some(&jobs), hidden);
             (plan.unplaced == 0).then_some((plan, fit))
         };
-        let mut set = Vec::new();
-        let mut found = None;
-        for &c in &candidates {
-            set.push(c);
-            if let Some(ok) = works(&set) {
-                found = Some(ok);
-                break;
+        // Candidates from `order` while the rule allows, until it works
+        // (tried only once `ready` says the set could be enough).
+        let take = |order: &mut dyn Iterator<Item = usize>,
+                    ready: &dyn Fn(&[usize]) -> bool|
+         -> Option<(Vec<usize>, Plan, QuotaFit)> {
+            let (mut set, mut removed) = (Vec::new(), Removed::new());
+            for c in order {
+                if !self.may_take(wi, c, &removed, within_nominal) {
+                    continue;
+                }
+                let v = &self.workloads[c];
+                queue::add(removed.entry(v.queue.clone()).or_default(), &v.holds);
+                set.push(c);
+                if ready(&set) {
+                    if let Some((plan, fit)) = works(&set) {
+                        return Some((set, plan, fit));
+                    }
+                }
+            }
+            None
+        };
+        let frees: BTreeMap<usize, Vec<(NodeIdx, u32)>> = candidates
+            .iter()
+            .map(|&c| (c, view.live_gpus_of(&self.workloads[c].job)))
+            .collect();
+        let newest = self
+            .workloads
+            .iter()
+            .map(|v| v.admitted_index)
+            .max()
+            .unwrap_or(0);
+        let cost = |set: &[usize]| {
+            let top = set.iter().map(|&i| self.workloads[i].priority).max();
+            let lost: u128 = set
+                .iter()
+                .map(|&i| {
+                    let gpus: u32 = frees[&i].iter().map(|f| f.1).sum();
+                    let age = newest + 1 - self.workloads[i].admitted_index.min(newest);
+                    u128::from(1 + gpus) * u128::from(age)
+                })
+                .sum();
+            (top, lost)
+        };
+        let mut found = take(&mut candidates.iter().copied(), &|_| true);
+        let ask = job.spec.task.ask().gpus;
+        let mut on_node: BTreeMap<NodeIdx, u32> = BTreeMap::new();
+        for &(n, g) in frees.values().flatten() {
+            *on_node.entry(n).or_default() += g;
+        }
+        let mut nodes: Vec<(u32, NodeIdx)> = on_node
+            .iter()
+            .filter(|(&n, _)| hidden.is_none_or(|h| !h.contains(n as usize)))
+            .map(|(&n, &g)| (g + view.free_gpus_on(n), n))
+            .filter(|&(g, _)| g >= ask)
+            .collect();
+        nodes.sort_by_key(|&(g, n)| (std::cmp::Reverse(g), n));
+        // Node by node only for a workload owed its nominal quota that has
+        // waited past its queue's backfill window: until then, work ending
+        // by itself may give it room without losing anyone's work.
+        let overdue = w.waited_ms >= q.backfill_window().as_millis() as u64;
+        let per_node = if within_nominal && overdue {
+            RECLAIM_NODES
+        } else {
+            0
+        };
+        for &(_, n) in nodes.iter().take(per_node) {
+            let there = |c: &usize| frees[c].iter().any(|f| f.0 == n);
+            let ready = |set: &[usize]| {
+                let freed: u32 = set
+                    .iter()
+                    .flat_map(|c| &frees[c])
+                    .filter(|f| f.0 == n)
+                    .map(|f| f.1)
+                    .sum();
+                freed + view.free_gpus_on(n) >= ask
+            };
+            let Some(one) = take(&mut candidates.iter().copied().filter(there), &ready) else {
+                continue;
+            };
+            if found.as_ref().is_none_or(|f| cost(&one.0) < cost(&f.0)) {
+                found = Some(one);
             }
         }
-        let (mut plan, mut fit) = found?;
+        let (mut set, mut plan, mut fit) = found?;
         // Put back every victim not needed, the last taken first.
         for c in set.clone().into_iter().rev() {
             let without: Vec<usize> = set.iter().copied().filter(|&x| x != c).collect();

@@ -404,3 +404,60 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_owner_gets_a_whole_node_back_when_the_borrowed_gpus_are_scattered() {
+    let mut b = queue("team-b", Some("lab"), 8);
+    b.backfill_window = Some(std::time::Duration::from_secs(60));
+    let mut sim = QueueSim::new(
+        vec![gpu_node("n1", 8), gpu_node("n2", 8)],
+        vec![queue("team-a", Some("lab"), 8), b],
+    );
+    // team-a fills both nodes but one GPU (15 of 16, 7 borrowed); its
+    // youngest jobs are on both nodes.
+    for i in 0..4 {
+        sim.submit(job(&format!("x{i}"), "team-a", 1, 2, 50));
+    }
+    sim.round();
+    for i in 0..7 {
+        sim.submit(job(&format!("y{i}"), "team-a", 1, 1, 50));
+    }
+    sim.round();
+    sim.finish("x0");
+    for i in 0..2 {
+        sim.submit(job(&format!("z{i}"), "team-a", 1, 1, 50));
+        sim.round();
+    }
+    assert_eq!(sim.gpus_used_by("team-a"), 15);
+    let zs: Vec<String> = ["z0", "z1"]
+        .iter()
+        .filter(|z| on(&sim, &z.to_string()) == ["n1"])
+        .map(|z| z.to_string())
+        .collect();
+    assert_eq!(zs.len(), 1, "one young job on each node");
+
+    // team-b asks for the 8 GPUs it is owed, as one replica. Evicting
+    // team-a's 7 youngest frees GPUs on both nodes and 8 on neither: it
+    // waits while work may end by itself.
+    sim.submit(job("b8", "team-b", 1, 8, 50));
+    let d = sim.round();
+    assert!(!admitted(&d, "b8"), "{d:?}");
+    assert_eq!(sim.preemptions, 0);
+    // Past its backfill window the node where team-a's work can go
+    // whole (n2: 1 free, 7 of team-a's) is taken back; team-a keeps its
+    // nominal 8 on n1.
+    sim.now_ms += 61_000;
+    let d = sim.round();
+    let b8 = d
+        .iter()
+        .find(|d| d.job == "b8")
+        .and_then(|d| d.admission.clone())
+        .unwrap_or_else(|| panic!("{d:?}"));
+    // x1..x3 and the young job on n2, not the one on n1.
+    let mut want = vec!["x1", "x2", "x3", if zs[0] == "z0" { "z1" } else { "z0" }];
+    want.sort();
+    assert_eq!(b8.reclaimed, want);
+    assert_eq!(on(&sim, "b8"), ["n2"]);
+    assert_eq!(sim.gpus_used_by("team-a"), 8);
+    assert_eq!(sim.gpus_used_by("team-b"), 8);
+}
