@@ -429,10 +429,9 @@ fn an_owner_gets_a_whole_node_back_when_the_borrowed_gpus_are_scattered() {
         sim.round();
     }
     assert_eq!(sim.gpus_used_by("team-a"), 15);
-    let zs: Vec<String> = ["z0", "z1"]
-        .iter()
-        .filter(|z| on(&sim, &z.to_string()) == ["n1"])
-        .map(|z| z.to_string())
+    let zs: Vec<&str> = ["z0", "z1"]
+        .into_iter()
+        .filter(|z| on(&sim, z) == ["n1"])
         .collect();
     assert_eq!(zs.len(), 1, "one young job on each node");
 
