@@ -17,7 +17,15 @@
 //! itself. [`decide`] is a pure function of the state and the time, so the
 //! controller is idempotent: after a crash or a change of leader the next
 //! leader decides the same from the same state.
+//!
+//! Work in proportion to change: a rollout is looked at again only when
+//! its job, its rollout or one of its allocations changed since the last
+//! look (the state's per-job marks), or when the clock reaches the next
+//! time one of its deadlines could fire ([`Looks`]). A cluster filling
+//! with 1,500 rollouts of 100 replicas otherwise re-read all 150,000
+//! allocations every 50 ms.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use skiff_model::duration::format_duration;
@@ -36,11 +44,14 @@ const MIN_GAP: Duration = Duration::from_millis(50);
 /// Runs forever; does work only while this server leads.
 pub async fn run(store: Store) {
     let mut applied = store.subscribe();
+    let mut looks = Looks::default();
     loop {
-        if store.is_leader() {
+        if !store.is_leader() {
+            looks = Looks::default();
+        } else {
             let updates = {
                 let state = store.state();
-                decide_all(&state, crate::ctx::now_ms())
+                looks.decide(&state, crate::ctx::now_ms())
             };
             for update in updates {
                 if !store.is_leader() {
@@ -71,24 +82,74 @@ pub async fn run(store: Store) {
     }
 }
 
-/// The updates every running rollout needs at `now_ms`.
-pub fn decide_all(state: &State, now_ms: u64) -> Vec<DeploymentUpdate> {
-    state
-        .deployments
-        .keys()
-        .filter_map(|name| {
-            let job = state.jobs.get(name)?;
-            let d = state.deployment(name)?;
-            decide(state, job, d, now_ms)
-        })
-        .collect()
+/// What the controller saw of one rollout at its last look.
+#[derive(Debug, Clone, Copy)]
+struct Looked {
+    /// `State::job_changed_at` then.
+    changed_at: u64,
+    /// When the clock alone may change the decision (ms).
+    due_ms: u64,
+}
+
+/// The controller's memory between looks: which rollouts decided nothing,
+/// at which change of their job, until when.
+#[derive(Debug, Default)]
+pub struct Looks {
+    seen: HashMap<String, Looked>,
+    /// Rollouts decided so far (the work done, for tests).
+    pub decided: u64,
+}
+
+impl Looks {
+    /// The updates the running rollouts need at `now_ms`, deciding again
+    /// only those whose job changed since the last look or whose next
+    /// deadline has come. A rollout that gets an update is looked at
+    /// again next time (its update may not apply).
+    pub fn decide(&mut self, state: &State, now_ms: u64) -> Vec<DeploymentUpdate> {
+        self.seen
+            .retain(|name, _| state.deployments.contains_key(name));
+        let mut out = Vec::new();
+        for name in state.deployments.keys() {
+            let changed_at = state.job_changed_at(name);
+            let fresh = self
+                .seen
+                .get(name)
+                .is_some_and(|l| l.changed_at == changed_at && now_ms < l.due_ms);
+            if fresh {
+                continue;
+            }
+            let (Some(job), Some(d)) = (state.jobs.get(name), state.deployment(name)) else {
+                continue;
+            };
+            self.decided += 1;
+            match look(state, job, d, now_ms) {
+                (Some(update), _) => {
+                    self.seen.remove(name);
+                    out.push(update);
+                }
+                (None, due_ms) => {
+                    self.seen
+                        .insert(name.clone(), Looked { changed_at, due_ms });
+                }
+            }
+        }
+        out
+    }
 }
 
 /// What the controller says about one rollout at `now_ms`; `None` when
 /// there is nothing new.
 pub fn decide(state: &State, job: &Job, d: &Deployment, now_ms: u64) -> Option<DeploymentUpdate> {
+    look(state, job, d, now_ms).0
+}
+
+/// [`decide`], and the earliest time at which, with nothing else
+/// changed, the clock alone could change what it says (`u64::MAX`:
+/// never).
+fn look(state: &State, job: &Job, d: &Deployment, now_ms: u64) -> (Option<DeploymentUpdate>, u64) {
+    let mut due = u64::MAX;
     if d.status != DeploymentStatus::Running || d.version != job.version {
-        return None;
+        return (None, due);
     }
     let u = &job.spec.update;
     let started = if d.started_ms == 0 {
@@ -123,9 +184,12 @@ pub fn decide(state: &State, job: &Job, d: &Deployment, now_ms: u64) -> Option<D
             };
             if now_ms.saturating_sub(since) >= ms(u.min_healthy) {
                 out.healthy.push(a.id.clone());
+            } else {
+                due = due.min(since.saturating_add(ms(u.min_healthy)));
             }
         } else {
             let born = a.create_time_ms.max(started);
+            due = due.min(born.saturating_add(ms(u.healthy_deadline)));
             if now_ms.saturating_sub(born) >= ms(u.healthy_deadline) {
                 out.unhealthy.push(a.id.clone());
                 failure.get_or_insert_with(|| {
@@ -167,6 +231,7 @@ pub fn decide(state: &State, job: &Job, d: &Deployment, now_ms: u64) -> Option<D
         } else {
             d.progress_ms
         };
+        due = due.min(since.saturating_add(ms(u.progress_deadline)));
         if now_ms.saturating_sub(since) >= ms(u.progress_deadline) {
             let mut why = format!(
                 "no allocation proved healthy within progress_deadline ({})",
@@ -191,7 +256,7 @@ pub fn decide(state: &State, job: &Job, d: &Deployment, now_ms: u64) -> Option<D
         || !out.unhealthy.is_empty()
         || out.fail.is_some()
         || out.reason.is_some();
-    moved.then_some(out)
+    (moved.then_some(out), due)
 }
 
 fn ms(d: Duration) -> u64 {
@@ -369,6 +434,38 @@ mod tests {
         let d = h.state.deployment("web").unwrap();
         assert_eq!(d.status, DeploymentStatus::Successful, "{d:?}");
         assert!(h.decide(60_000).is_none(), "nothing more to say");
+    }
+
+    #[test]
+    fn a_rollout_is_looked_at_again_only_when_its_job_changes_or_a_deadline_comes() {
+        let mut h = H::new(FAST);
+        let mut looks = Looks::default();
+        let first = looks.decide(&h.state, 1_000);
+        assert_eq!(first.len(), 1, "the start is recorded");
+        h.apply(Command::UpdateDeployment {
+            update: first[0].clone(),
+        });
+        h.place(&["a", "b"], 1_000, 0);
+        h.report("a", Some(true), "", 2_000);
+        h.report("b", Some(true), "", 2_500);
+        // A look decides nothing (healthy for less than min_healthy);
+        // the next ones, with nothing changed, do no work at all.
+        assert!(looks.decide(&h.state, 3_000).is_empty());
+        let decided = looks.decided;
+        for now in [3_100, 3_500, 3_999] {
+            assert!(looks.decide(&h.state, now).is_empty());
+        }
+        assert_eq!(looks.decided, decided, "nothing changed, no deadline");
+        // An allocation's change is looked at at once...
+        h.report("b", None, "", 3_200);
+        assert!(looks.decide(&h.state, 3_300).is_empty());
+        assert_eq!(looks.decided, decided + 1);
+        // ...and the clock at the first deadline (a healthy since 2s +
+        // min_healthy 2s), which proves it.
+        let u = looks.decide(&h.state, 4_000);
+        assert_eq!(looks.decided, decided + 2);
+        assert_eq!(u.len(), 1);
+        assert_eq!(u[0].healthy, ["a"]);
     }
 
     #[test]

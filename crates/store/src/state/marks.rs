@@ -1,7 +1,8 @@
 //! Where the latest changes were: by node, the index of the last entry
 //! that added, changed or removed one of its allocations; and the last
 //! entry that changed access records, nodes or servers, or anything the
-//! cluster's network view is made of. Watchers read them to skip, in O(1),
+//! cluster's network view is made of; by job, the last entry that changed
+//! it, its rollouts or its allocations. Watchers read them to skip, in O(1),
 //! the entries that do not concern them (a cluster of 5,000 nodes applies
 //! entries that each concern a handful). Derived from `State::touch`, so
 //! every change that is saved is marked; not part of the state.
@@ -15,6 +16,9 @@ use super::table::Table;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Marks {
     allocs_on: HashMap<String, u64>,
+    /// By job: the last entry that changed the job, its rollouts or one
+    /// of its allocations.
+    jobs: HashMap<String, u64>,
     access: u64,
     nodes: u64,
     network: u64,
@@ -52,6 +56,22 @@ impl Marks {
         if in_network(a) {
             self.network = index;
         }
+        self.job(index, &a.job);
+    }
+
+    /// Job `job` (its record or its rollouts) changed at `index`.
+    pub(crate) fn job(&mut self, index: u64, job: &str) {
+        match self.jobs.get_mut(job) {
+            Some(at) => *at = index,
+            None => {
+                self.jobs.insert(job.to_string(), index);
+            }
+        }
+    }
+
+    /// See `State::job_changed_at`.
+    pub(crate) fn job_at(&self, job: &str) -> u64 {
+        self.jobs.get(job).copied().unwrap_or(0).max(self.since)
     }
 
     /// See `State::allocs_changed_on`.

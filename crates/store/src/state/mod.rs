@@ -349,6 +349,11 @@ impl State {
                     self.marks.alloc(self.index, a);
                 }
             }
+            Table::Job | Table::Deployment => {
+                let job = table::split_slot_key(key).map_or(key, |(job, _)| job);
+                self.marks.job(self.index, job);
+                self.marks.table(self.index, table);
+            }
             other => self.marks.table(self.index, other),
         }
         let recent = self.changes.iter().rev().take(TOUCH_LOOKBACK);
@@ -474,6 +479,13 @@ impl State {
     /// index it was loaded at).
     pub fn allocs_changed_on(&self, node: &str) -> u64 {
         self.marks.allocs_on(node)
+    }
+
+    /// The index of the last entry that changed job `job`, one of its
+    /// rollouts or one of its allocations (or, when the state was loaded
+    /// since, the index it was loaded at).
+    pub fn job_changed_at(&self, job: &str) -> u64 {
+        self.marks.job_at(job)
     }
 
     /// The nodes where an allocation was added, changed or removed after

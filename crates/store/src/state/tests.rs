@@ -1557,6 +1557,11 @@ fn marks_say_which_nodes_and_views_an_entry_changed() {
     assert_eq!(h.state.allocs_changed_on("n1"), placed);
     assert_eq!(h.state.allocs_changed_on("n2"), 0, "nothing of n2's");
     assert_eq!(h.state.nodes_changed_at(), joined);
+    assert_eq!(h.state.job_changed_at("web"), placed);
+    h.apply(Command::UpsertJob {
+        spec: spec("other", 1, "64Mi"),
+    });
+    assert_eq!(h.state.job_changed_at("web"), placed, "another job's entry");
     let id = h.state.allocs.keys().next().unwrap().clone();
     // Running without an address: n1's watch wakes, the network view does
     // not change.
@@ -1571,6 +1576,11 @@ fn marks_say_which_nodes_and_views_an_entry_changed() {
         }],
     });
     assert_eq!(h.state.allocs_changed_on("n1"), h.state.index);
+    assert_eq!(
+        h.state.job_changed_at("web"),
+        h.state.index,
+        "its allocation"
+    );
     assert_eq!(h.state.network_changed_at(), network);
     // With an address, it does.
     h.apply(Command::UpdateAllocStatus {
