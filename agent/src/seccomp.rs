@@ -303,12 +303,35 @@ fn to_oci(rule: &Rule) -> Result<LinuxSyscall, oci_spec::OciSpecError> {
     b.build()
 }
 
+/// The profiles built so far, by which of [`RULES`] apply: a container's
+/// capabilities only choose among the rules, so nearly every container of
+/// a node shares one profile, built once instead of at every start.
+static BUILT: std::sync::Mutex<Vec<(Vec<bool>, LinuxSeccomp)>> = std::sync::Mutex::new(Vec::new());
+
+/// At most this many profiles kept (far fewer combinations are in use).
+const KEPT: usize = 32;
+
 /// The profile for a container holding `caps` (names without `CAP_`).
 pub fn profile(caps: &[String]) -> Result<LinuxSeccomp, oci_spec::OciSpecError> {
+    let applies: Vec<bool> = RULES.iter().map(|r| rule_applies(r, caps)).collect();
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = built.iter().find(|(k, _)| *k == applies) {
+        return Ok(p.clone());
+    }
+    let p = build(&applies)?;
+    if built.len() < KEPT {
+        built.push((applies, p.clone()));
+    }
+    Ok(p)
+}
+
+/// The profile with the rules `applies` marks.
+fn build(applies: &[bool]) -> Result<LinuxSeccomp, oci_spec::OciSpecError> {
     let syscalls = RULES
         .iter()
-        .filter(|r| rule_applies(r, caps))
-        .map(to_oci)
+        .zip(applies)
+        .filter(|(_, &a)| a)
+        .map(|(r, _)| to_oci(r))
         .collect::<Result<Vec<_>, _>>()?;
     LinuxSeccompBuilder::default()
         .default_action(LinuxSeccompAction::ScmpActErrno)
@@ -417,6 +440,22 @@ mod tests {
         let mut caps = defaults();
         caps.push("SYS_PTRACE".into());
         assert!(allowed_contains(&caps, "kcmp"));
+    }
+
+    #[test]
+    fn a_kept_profile_is_the_one_its_capabilities_would_build() {
+        // Alternate between two capability sets: each answer is the
+        // profile built afresh for its own set, never the other's.
+        let mut admin = defaults();
+        admin.push("SYS_ADMIN".into());
+        for _ in 0..2 {
+            for caps in [defaults(), admin.clone()] {
+                let applies: Vec<bool> = RULES.iter().map(|r| rule_applies(r, &caps)).collect();
+                assert_eq!(profile(&caps).unwrap(), build(&applies).unwrap());
+            }
+        }
+        assert!(!allowed_contains(&defaults(), "mount"));
+        assert!(allowed_contains(&admin, "mount"));
     }
 
     fn allowed_contains(caps: &[String], call: &str) -> bool {
