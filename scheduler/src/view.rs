@@ -578,32 +578,27 @@ impl<'a> ClusterView<'a> {
         self.jobs[j as usize].queue.as_deref()
     }
 
-    /// The ids of job `name`'s allocations that still run or are about
-    /// to (desired to run, not ended).
-    pub(crate) fn live_allocs_of(&self, name: &str) -> Vec<String> {
-        let Some(j) = self.job_index(name) else {
-            return Vec::new();
-        };
-        self.jobs[j as usize]
-            .allocs
+    /// Job `name`'s allocations that still run or are about to (desired
+    /// to run, not ended).
+    fn live_of<'s>(&'s self, name: &str) -> impl Iterator<Item = &'s AllocRec<'a>> + 's {
+        let allocs = self
+            .job_index(name)
+            .map_or(&[][..], |j| &self.jobs[j as usize].allocs[..]);
+        allocs
             .iter()
             .map(|&a| &self.allocs[a as usize])
             .filter(|a| a.desired == DesiredStatus::Run && !a.status.is_terminal())
-            .map(|a| a.id.to_string())
-            .collect()
+    }
+
+    /// The ids of job `name`'s live allocations ([`Self::live_of`]).
+    pub(crate) fn live_allocs_of(&self, name: &str) -> Vec<String> {
+        self.live_of(name).map(|a| a.id.to_string()).collect()
     }
 
     /// Where job `name`'s live allocations are: each one's node and the
     /// number of GPUs it holds there.
     pub(crate) fn live_gpus_of(&self, name: &str) -> Vec<(NodeIdx, u32)> {
-        let Some(j) = self.job_index(name) else {
-            return Vec::new();
-        };
-        self.jobs[j as usize]
-            .allocs
-            .iter()
-            .map(|&a| &self.allocs[a as usize])
-            .filter(|a| a.desired == DesiredStatus::Run && !a.status.is_terminal())
+        self.live_of(name)
             .map(|a| (a.node, a.gpus.count_ones()))
             .collect()
     }

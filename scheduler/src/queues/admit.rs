@@ -349,10 +349,10 @@ impl QueueBook {
     /// waited past its backfill window, one per node over the candidates
     /// running there (the [`RECLAIM_NODES`] nodes with the most to give
     /// first), so that the GPUs freed are on one node rather than
-    /// scattered where no replica fits. Of
-    /// the sets found, the one evicting the lowest priority, then losing
-    /// the least work (GPUs held times how long ago admitted), wins; the
-    /// victims it does not need are put back.
+    /// scattered where no replica fits. Of the sets found, the one
+    /// evicting the lowest priority, then losing the least work (GPUs
+    /// held times how long ago admitted), wins; the victims it does not
+    /// need are put back.
     fn reclaim(
         &self,
         wi: usize,
@@ -403,66 +403,63 @@ impl QueueBook {
             }
             None
         };
-        let frees: BTreeMap<usize, Vec<(NodeIdx, u32)>> = candidates
-            .iter()
-            .map(|&c| (c, view.live_gpus_of(&self.workloads[c].job)))
-            .collect();
-        let newest = self
-            .workloads
-            .iter()
-            .map(|v| v.admitted_index)
-            .max()
-            .unwrap_or(0);
-        let cost = |set: &[usize]| {
-            let top = set.iter().map(|&i| self.workloads[i].priority).max();
-            let lost: u128 = set
-                .iter()
-                .map(|&i| {
-                    let gpus: u32 = frees[&i].iter().map(|f| f.1).sum();
-                    let age = newest + 1 - self.workloads[i].admitted_index.min(newest);
-                    u128::from(1 + gpus) * u128::from(age)
-                })
-                .sum();
-            (top, lost)
-        };
         let mut found = take(&mut candidates.iter().copied(), &|_| true);
-        let ask = job.spec.task.ask().gpus;
-        let mut on_node: BTreeMap<NodeIdx, u32> = BTreeMap::new();
-        for &(n, g) in frees.values().flatten() {
-            *on_node.entry(n).or_default() += g;
-        }
-        let mut nodes: Vec<(u32, NodeIdx)> = on_node
-            .iter()
-            .filter(|(&n, _)| hidden.is_none_or(|h| !h.contains(n as usize)))
-            .map(|(&n, &g)| (g + view.free_gpus_on(n), n))
-            .filter(|&(g, _)| g >= ask)
-            .collect();
-        nodes.sort_by_key(|&(g, n)| (std::cmp::Reverse(g), n));
         // Node by node only for a workload owed its nominal quota that has
         // waited past its queue's backfill window: until then, work ending
         // by itself may give it room without losing anyone's work.
         let overdue = w.waited_ms >= q.backfill_window().as_millis() as u64;
-        let per_node = if within_nominal && overdue {
-            RECLAIM_NODES
-        } else {
-            0
-        };
-        for &(_, n) in nodes.iter().take(per_node) {
-            let there = |c: &usize| frees[c].iter().any(|f| f.0 == n);
-            let ready = |set: &[usize]| {
-                let freed: u32 = set
+        if within_nominal && overdue {
+            let frees: BTreeMap<usize, Vec<(NodeIdx, u32)>> = candidates
+                .iter()
+                .map(|&c| (c, view.live_gpus_of(&self.workloads[c].job)))
+                .collect();
+            let newest = self
+                .workloads
+                .iter()
+                .map(|v| v.admitted_index)
+                .max()
+                .unwrap_or(0);
+            let cost = |set: &[usize]| {
+                let top = set.iter().map(|&i| self.workloads[i].priority).max();
+                let lost: u128 = set
                     .iter()
-                    .flat_map(|c| &frees[c])
-                    .filter(|f| f.0 == n)
-                    .map(|f| f.1)
+                    .map(|&i| {
+                        let gpus: u32 = frees[&i].iter().map(|f| f.1).sum();
+                        let age = newest + 1 - self.workloads[i].admitted_index.min(newest);
+                        u128::from(1 + gpus) * u128::from(age)
+                    })
                     .sum();
-                freed + view.free_gpus_on(n) >= ask
+                (top, lost)
             };
-            let Some(one) = take(&mut candidates.iter().copied().filter(there), &ready) else {
-                continue;
-            };
-            if found.as_ref().is_none_or(|f| cost(&one.0) < cost(&f.0)) {
-                found = Some(one);
+            let ask = job.spec.task.ask().gpus;
+            let mut on_node: BTreeMap<NodeIdx, u32> = BTreeMap::new();
+            for &(n, g) in frees.values().flatten() {
+                *on_node.entry(n).or_default() += g;
+            }
+            let mut nodes: Vec<(u32, NodeIdx)> = on_node
+                .iter()
+                .filter(|(&n, _)| hidden.is_none_or(|h| !h.contains(n as usize)))
+                .map(|(&n, &g)| (g + view.free_gpus_on(n), n))
+                .filter(|&(g, _)| g >= ask)
+                .collect();
+            nodes.sort_by_key(|&(g, n)| (std::cmp::Reverse(g), n));
+            for &(_, n) in nodes.iter().take(RECLAIM_NODES) {
+                let there = |c: &usize| frees[c].iter().any(|f| f.0 == n);
+                let ready = |set: &[usize]| {
+                    let freed: u32 = set
+                        .iter()
+                        .flat_map(|c| &frees[c])
+                        .filter(|f| f.0 == n)
+                        .map(|f| f.1)
+                        .sum();
+                    freed + view.free_gpus_on(n) >= ask
+                };
+                let Some(one) = take(&mut candidates.iter().copied().filter(there), &ready) else {
+                    continue;
+                };
+                if found.as_ref().is_none_or(|f| cost(&one.0) < cost(&f.0)) {
+                    found = Some(one);
+                }
             }
         }
         let (mut set, mut plan, mut fit) = found?;
