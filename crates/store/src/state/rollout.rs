@@ -378,6 +378,23 @@ impl State {
         self.create_eval(index, name, EvalTrigger::Rollout);
     }
 
+    /// Whether a rollout's step (a verdict, or its end) may give the
+    /// scheduler something to do: always, unless every replica already
+    /// runs the version and nothing of another version is left, and the
+    /// rollout did not fail (an evaluation of a job in that state plans
+    /// nothing; a cluster filling with new jobs made one per verdict,
+    /// each planned on a view of the whole cluster).
+    fn rollout_may_place(&self, job: &Job, d: &Deployment) -> bool {
+        if !matches!(
+            d.status,
+            DeploymentStatus::Running | DeploymentStatus::Successful
+        ) {
+            return true;
+        }
+        let counts = rollout_counts(job, self.allocs_of(&job.key()));
+        counts.old > 0 || counts.updated < counts.desired
+    }
+
     pub(super) fn update_deployment(&mut self, index: u64, u: &DeploymentUpdate) -> Outcome {
         let Some(job) = self.jobs.get(&u.job).cloned() else {
             return Outcome::Refused(Refusal::job_not_found(&u.job));
@@ -483,7 +500,7 @@ impl State {
             self.touch_deployment(&u.job);
         }
         *self.deployment_mut(&u.job).expect("checked above") = d.clone();
-        if health_moved || d.status != status_before {
+        if (health_moved || d.status != status_before) && self.rollout_may_place(&job, &d) {
             self.create_eval(index, &u.job, EvalTrigger::Rollout);
         }
         Outcome::DeploymentUpdated {

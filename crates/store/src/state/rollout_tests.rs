@@ -145,6 +145,41 @@ fn a_rollout_succeeds_once_every_replica_proved_healthy_and_its_version_becomes_
     }
 }
 
+/// Whether the last entry asked the scheduler to look at web (a new
+/// evaluation, or the pending one told to look again).
+fn asked(h: &Harness) -> bool {
+    h.state
+        .evals
+        .values()
+        .any(|e| e.job == "web" && e.modify_index == h.state.index)
+}
+
+#[test]
+fn a_verdict_asks_the_scheduler_only_when_the_rollout_may_place_or_stop() {
+    // A new job whose replicas are all placed, of one version: its
+    // verdicts and its success give the scheduler nothing to do.
+    let mut h = Harness::new();
+    h.apply(reg("n1", 8000, 8192));
+    h.apply(Command::UpsertJob { spec: web("a", 2) });
+    let v1 = h.place("web", "v1", &[0, 1], "n1");
+    h.healthy("n1", &v1, 2_000);
+    h.decide(&v1[..1], &[], None);
+    assert!(!asked(&h), "a verdict, all placed: {:?}", h.state.evals);
+    h.decide(&v1[1..], &[], None);
+    assert_eq!(h.deployment().status, DeploymentStatus::Successful);
+    assert!(!asked(&h), "success, all placed");
+    // A rolling update with the old version still running: a verdict
+    // may let the next replica be replaced, so it asks.
+    h.apply(Command::UpsertJob { spec: web("b", 2) });
+    let v2 = h.place("web", "v2", &[0], "n1");
+    h.healthy("n1", &v2, 6_000);
+    h.decide(&v2, &[], None);
+    assert!(asked(&h), "old replicas left");
+    // A failed verdict always asks (a rollback follows).
+    h.decide(&[], &[], Some("crashed"));
+    assert!(asked(&h), "failed");
+}
+
 #[test]
 fn a_new_task_starts_a_new_rollout_and_the_same_task_again_returns_to_its_version() {
     let (mut h, _) = stable_v1();
