@@ -5,7 +5,7 @@
 use skiff_model::deployment::free_slot;
 use skiff_model::job::MAX_REPLICAS;
 use skiff_model::workload::rollout_counts;
-use skiff_model::{Deployment, DeploymentStatus, EvalTrigger, Job, JobVersion};
+use skiff_model::{Deployment, DeploymentStatus, DesiredStatus, EvalTrigger, Job, JobVersion};
 
 use super::{Outcome, Refusal, State, Table, DEPLOYMENTS_KEPT};
 use crate::command::{DeploymentUpdate, RolloutAction};
@@ -379,11 +379,12 @@ impl State {
     }
 
     /// Whether a rollout's step (a verdict, or its end) may give the
-    /// scheduler something to do: always, unless every replica already
-    /// runs the version and nothing of another version is left, and the
-    /// rollout did not fail (an evaluation of a job in that state plans
-    /// nothing; a cluster filling with new jobs made one per verdict,
-    /// each planned on a view of the whole cluster).
+    /// scheduler something to do: always, unless the rollout did not fail
+    /// and the job's live allocations are exactly one of the version per
+    /// replica (nothing of another version, no extra, none missing). An
+    /// evaluation of a job in that state plans nothing; a cluster filling
+    /// with new jobs made one per verdict, each planned on a view of the
+    /// whole cluster.
     fn rollout_may_place(&self, job: &Job, d: &Deployment) -> bool {
         if !matches!(
             d.status,
@@ -391,8 +392,17 @@ impl State {
         ) {
             return true;
         }
-        let counts = rollout_counts(job, self.allocs_of(&job.key()));
-        counts.old > 0 || counts.updated < counts.desired
+        let mut slots = std::collections::BTreeSet::new();
+        for a in self.allocs_of(&job.key()) {
+            if a.desired != DesiredStatus::Run || a.status.is_terminal() {
+                continue;
+            }
+            let current = a.job_version == job.version && a.create_index >= job.create_index;
+            if !current || a.replica >= job.spec.replicas || !slots.insert(a.replica) {
+                return true;
+            }
+        }
+        slots.len() < job.spec.replicas as usize
     }
 
     pub(super) fn update_deployment(&mut self, index: u64, u: &DeploymentUpdate) -> Outcome {
