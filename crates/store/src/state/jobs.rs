@@ -207,6 +207,7 @@ impl State {
         if self.needs_scheduling(name, 0) {
             self.create_eval(index, name, EvalTrigger::JobDeregister);
         }
+        self.forget_job_if_gone(name);
         Outcome::JobDeleted
     }
 

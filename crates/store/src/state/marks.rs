@@ -69,6 +69,11 @@ impl Marks {
         }
     }
 
+    /// Forgets job `job`'s mark (it and its allocations are gone).
+    pub(crate) fn forget_job(&mut self, job: &str) {
+        self.jobs.remove(job);
+    }
+
     /// See `State::job_changed_at`.
     pub(crate) fn job_at(&self, job: &str) -> u64 {
         self.jobs.get(job).copied().unwrap_or(0).max(self.since)

@@ -554,7 +554,17 @@ impl State {
         self.marks.alloc(self.index, &a);
         unfile(&mut self.allocs_by_node, &a.node, id);
         unfile(&mut self.allocs_by_job, &a.job, id);
+        self.forget_job_if_gone(&a.job);
         Some(a)
+    }
+
+    /// Drops a job's change mark once neither it nor any of its
+    /// allocations is left, so the marks do not grow with every job ever
+    /// run (a job that comes back reads the marks' floor: new to all).
+    pub(crate) fn forget_job_if_gone(&mut self, job: &str) {
+        if !self.jobs.contains_key(job) && !self.allocs_by_job.contains_key(job) {
+            self.marks.forget_job(job);
+        }
     }
 
     /// The most recent evaluation of a job.

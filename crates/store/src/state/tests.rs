@@ -1502,6 +1502,8 @@ fn collecting_drops_finished_allocations_but_keeps_the_newest_of_each_slot_of_a_
     });
     assert_eq!(out, Outcome::AllocsCollected { removed: 1 });
     assert!(h.state.allocs.is_empty());
+    // Nothing of it is left, so neither is its change mark.
+    assert_eq!(h.state.job_changed_at("web"), 0);
 }
 
 #[test]
