@@ -320,10 +320,10 @@ impl QueueBook {
     /// Whether candidate `v` may be evicted for workload `wi` on top of
     /// the victims already chosen (`removed`: what they hold, by queue).
     /// Another queue's work goes only while that queue still borrows; for
-    /// a `wi` that would borrow itself, only while that queue keeps a
-    /// fair share at least `wi`'s after it (so the evictor is never
-    /// evicted back).
-    fn may_take(&self, wi: usize, v: usize, removed: &Removed, within_nominal: bool) -> bool {
+    /// a `wi` that would borrow itself (`my_share`: its share after
+    /// admission), only while that queue keeps a fair share at least that
+    /// after it (so the evictor is never evicted back).
+    fn may_take(&self, wi: usize, v: usize, removed: &Removed, my_share: Option<u64>) -> bool {
         let (w, x) = (&self.workloads[wi], &self.workloads[v]);
         if x.queue == w.queue {
             return true;
@@ -334,12 +334,12 @@ impl QueueBook {
         if !self.borrows_any(other, w.request.keys(), removed) {
             return false;
         }
-        if within_nominal {
+        let Some(my_share) = my_share else {
             return true;
-        }
+        };
         let mut after = removed.clone();
         queue::add(after.entry(x.queue.clone()).or_default(), &x.holds);
-        self.share_with(&x.queue, &Amounts::new(), &after) >= self.share(&w.queue, &w.request)
+        self.share_with(&x.queue, &Amounts::new(), &after) >= my_share
     }
 
     /// Finds victims whose eviction lets workload `wi` fit quota and room;
@@ -368,6 +368,7 @@ impl QueueBook {
         if candidates.is_empty() {
             return None;
         }
+        let my_share = (!within_nominal).then(|| self.share(&q.name, &w.request));
         let works = |set: &[usize]| -> Option<(Plan, QuotaFit)> {
             let mut removed = self.own(wi);
             for &i in set {
@@ -389,7 +390,7 @@ impl QueueBook {
          -> Option<(Vec<usize>, Plan, QuotaFit)> {
             let (mut set, mut removed) = (Vec::new(), Removed::new());
             for c in order {
-                if !self.may_take(wi, c, &removed, within_nominal) {
+                if !self.may_take(wi, c, &removed, my_share) {
                     continue;
                 }
                 let v = &self.workloads[c];

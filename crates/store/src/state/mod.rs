@@ -352,7 +352,6 @@ impl State {
             Table::Job | Table::Deployment => {
                 let job = table::split_slot_key(key).map_or(key, |(job, _)| job);
                 self.marks.job(self.index, job);
-                self.marks.table(self.index, table);
             }
             other => self.marks.table(self.index, other),
         }
