@@ -69,7 +69,7 @@ impl Ctx<'_, '_> {
             };
             match choice {
                 Some(c) => {
-                    let node = view.nodes[c.node as usize].node;
+                    let node = &view.nodes[c.node as usize].node;
                     plan.placements.push(Placement {
                         replica,
                         node: node.name.clone(),

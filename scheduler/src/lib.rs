@@ -23,6 +23,7 @@ mod place;
 mod preempt;
 pub mod queues;
 mod view;
+mod view_live;
 pub mod work;
 mod workload;
 
@@ -32,6 +33,7 @@ pub use crate::config::{Algorithm, Config};
 use crate::ctx::{stop, Ctx};
 use crate::view::AllocRec;
 pub use crate::view::{AllocSummary, ClusterView, ViewInput};
+pub use crate::view_live::ViewShape;
 
 /// Computes the plan that moves `job_name` from what runs now towards what
 /// the job asks for. `job` is `None` when the job was deleted: everything it

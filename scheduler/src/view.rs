@@ -27,7 +27,8 @@ pub(crate) const NO_NODE: NodeIdx = NodeIdx::MAX;
 const KEY_SCALE: u128 = 1 << 20;
 
 pub(crate) struct NodeSlot<'a> {
-    pub node: &'a Node,
+    /// Borrowed from a snapshot, or owned by a view a leader keeps.
+    pub node: Cow<'a, Node>,
     /// What the node offers; `gpus` is the number of healthy GPUs.
     pub cap: Resources,
     /// Mask of its healthy GPUs.
@@ -205,16 +206,33 @@ impl Class {
 /// ever iterates them, so their order cannot reach a plan.
 pub struct ClusterView<'a> {
     pub(crate) nodes: Vec<NodeSlot<'a>>,
-    by_name: HashMap<&'a str, NodeIdx>,
+    pub(crate) by_name: HashMap<Cow<'a, str>, NodeIdx>,
     pub(crate) allocs: Vec<AllocRec<'a>>,
     pub(crate) jobs: Vec<JobEntry>,
-    job_by_name: HashMap<Cow<'a, str>, u32>,
+    pub(crate) job_by_name: HashMap<Cow<'a, str>, u32>,
     pub(crate) classes: Vec<Class>,
     /// Number of nodes that take new work.
     pub(crate) ready_count: usize,
     /// What the nodes that take work offer, and what is used on them.
     pub(crate) total_cap: Resources,
     pub(crate) total_used: Resources,
+    /// What a view kept from one batch to the next needs besides
+    /// (`view_live.rs`); `None` for a view built from a snapshot.
+    pub(crate) live: Option<Box<Live>>,
+}
+
+/// The bookkeeping of a view kept from batch to batch (`view_live.rs`).
+#[derive(Default)]
+pub(crate) struct Live {
+    /// Position of every allocation the view holds (guesses too), by id.
+    pub by_id: HashMap<String, u32>,
+    /// Allocations at and after this position were committed by the
+    /// planner since the last refresh, not read from the state.
+    pub guesses_from: Option<u32>,
+    /// Allocations a guess marked to stop, with what they were before.
+    pub stopped: Vec<(u32, DesiredStatus)>,
+    /// Positions left empty by allocations that went.
+    pub dead: usize,
 }
 
 /// FNV-1a: small, stable across builds and platforms.
@@ -436,31 +454,51 @@ impl<'a> ClusterView<'a> {
         allocs: impl IntoIterator<Item = &'a A>,
         priority_of: impl Fn(&str) -> Option<u8>,
     ) -> ClusterView<'a> {
-        let mut sorted: Vec<&'a Node> = nodes.into_iter().collect();
+        ClusterView::build(
+            nodes.into_iter().map(Cow::Borrowed),
+            allocs,
+            |a| Cow::Borrowed(a.id()),
+            priority_of,
+        )
+    }
+
+    /// [`Self::new`], with how a node and an allocation id are held (borrowed
+    /// or owned) left to the caller.
+    pub(crate) fn build<'b, A: ViewInput + 'b>(
+        nodes: impl IntoIterator<Item = Cow<'a, Node>>,
+        allocs: impl IntoIterator<Item = &'b A>,
+        id_of: impl Fn(&'b A) -> Cow<'a, str>,
+        priority_of: impl Fn(&str) -> Option<u8>,
+    ) -> ClusterView<'a> {
+        let mut sorted: Vec<Cow<'a, Node>> = nodes.into_iter().collect();
         sorted.sort_by(|a, b| a.name.cmp(&b.name));
         sorted.dedup_by(|a, b| a.name == b.name);
         let mut by_name = HashMap::with_capacity(sorted.len());
         let mut slots = Vec::with_capacity(sorted.len());
         for (i, node) in sorted.into_iter().enumerate() {
-            by_name.insert(node.name.as_str(), i as NodeIdx);
+            let name = match &node {
+                Cow::Borrowed(n) => Cow::Borrowed(n.name.as_str()),
+                Cow::Owned(n) => Cow::Owned(n.name.clone()),
+            };
+            by_name.insert(name, i as NodeIdx);
             let healthy = node.schedulable_gpus();
             let topo = (node.gpus.len() >= 2 && !node.gpu_links.is_empty())
                 .then(|| Topology::new(&node.gpus, &node.gpu_links));
             slots.push(NodeSlot {
-                node,
                 cap: Resources {
                     gpus: healthy.count_ones(),
                     ..node.allocatable
                 },
                 healthy,
                 used: Usage::default(),
-                ready: node_ready(node),
+                ready: node_ready(&node),
                 class: 0,
                 entry: (0, 0, 0, 0, 0),
                 bucket: 0,
                 tie: fnv(node.name.as_bytes(), 0),
                 allocs: Vec::new(),
                 topo,
+                node,
             });
         }
         let mut view = ClusterView {
@@ -473,25 +511,26 @@ impl<'a> ClusterView<'a> {
             ready_count: 0,
             total_cap: Resources::ZERO,
             total_used: Resources::ZERO,
+            live: None,
         };
 
         // Positions follow the ids, so the input's order does not matter.
         // A snapshot's allocations usually come sorted already.
-        let mut input: Vec<&'a A> = allocs.into_iter().collect();
+        let mut input: Vec<&'b A> = allocs.into_iter().collect();
         if !input.is_sorted_by(|a, b| a.id() < b.id()) {
             input.sort_by(|a, b| a.id().cmp(b.id()));
             input.dedup_by(|a, b| a.id() == b.id());
         }
         view.allocs.reserve(input.len());
         for a in input {
-            let job = view.job_entry(Cow::Borrowed(a.job()), &priority_of);
+            let job = view.job_entry(a.job(), &priority_of);
             let node = view.by_name.get(a.node()).copied().unwrap_or(NO_NODE);
             let gpus = match node {
                 NO_NODE => 0,
                 n => view.nodes[n as usize].node.gpu_mask(a.gpus()),
             };
             view.push_alloc(AllocRec {
-                id: Cow::Borrowed(a.id()),
+                id: id_of(a),
                 job,
                 replica: a.replica(),
                 version: a.version(),
@@ -539,21 +578,25 @@ impl<'a> ClusterView<'a> {
         view
     }
 
-    fn job_entry(&mut self, name: Cow<'a, str>, priority_of: &impl Fn(&str) -> Option<u8>) -> u32 {
-        if let Some(&j) = self.job_by_name.get(name.as_ref()) {
+    pub(crate) fn job_entry(
+        &mut self,
+        name: &str,
+        priority_of: &impl Fn(&str) -> Option<u8>,
+    ) -> u32 {
+        if let Some(&j) = self.job_by_name.get(name) {
             return j;
         }
         let j = self.jobs.len() as u32;
         self.jobs.push(JobEntry {
-            priority: priority_of(&name).unwrap_or(0),
+            priority: priority_of(name).unwrap_or(0),
             allocs: Vec::new(),
             queue: None,
         });
-        self.job_by_name.insert(name, j);
+        self.job_by_name.insert(Cow::Owned(name.to_owned()), j);
         j
     }
 
-    fn push_alloc(&mut self, rec: AllocRec<'a>) -> u32 {
+    pub(crate) fn push_alloc(&mut self, rec: AllocRec<'a>) -> u32 {
         let id = self.allocs.len() as u32;
         self.jobs[rec.job as usize].allocs.push(id);
         if rec.node != NO_NODE && rec.holds_resources() {
@@ -629,7 +672,7 @@ impl<'a> ClusterView<'a> {
     }
 
     /// Re-files a node in its class's index after its usage changed.
-    fn reindex(&mut self, n: NodeIdx, before: Resources) {
+    pub(crate) fn reindex(&mut self, n: NodeIdx, before: Resources) {
         let slot = &self.nodes[n as usize];
         if slot.ready.is_err() {
             return;
@@ -661,10 +704,11 @@ impl<'a> ClusterView<'a> {
     /// state). Placements on nodes the view does not know are skipped.
     pub fn commit(&mut self, job: &Job, plan: &Plan, ids: &[String], index: u64) {
         let priority = job.spec.priority;
-        let j = self.job_entry(Cow::Owned(job.key()), &|_| Some(priority));
+        let j = self.job_entry(&job.key(), &|_| Some(priority));
         self.jobs[j as usize].priority = priority;
         self.jobs[j as usize].queue = job.spec.queue.clone();
         let mut touched: BTreeMap<NodeIdx, Resources> = BTreeMap::new();
+        self.begin_guesses();
         for (p, id) in plan.placements.iter().zip(ids) {
             let Some(n) = self.node_index(&p.node) else {
                 continue;
@@ -673,7 +717,7 @@ impl<'a> ClusterView<'a> {
                 .entry(n)
                 .or_insert(self.nodes[n as usize].used.amount);
             let gpus = self.nodes[n as usize].node.gpu_mask(&p.gpus);
-            self.push_alloc(AllocRec {
+            let at = self.push_alloc(AllocRec {
                 id: Cow::Owned(id.clone()),
                 job: j,
                 replica: p.replica,
@@ -695,21 +739,25 @@ impl<'a> ClusterView<'a> {
                 healthy_now: false,
                 deploy_health: None,
             });
+            self.note_guess(id, at);
         }
-        // One pass over the allocations for all of the plan's stops.
-        let stopped: std::collections::HashSet<&str> = plan
-            .stops
-            .iter()
-            .chain(&plan.evictions)
-            .map(|s| s.alloc_id.as_str())
-            .collect();
-        if !stopped.is_empty() {
-            for a in self
-                .allocs
-                .iter_mut()
-                .filter(|a| stopped.contains(a.id.as_ref()))
-            {
-                a.desired = DesiredStatus::Stop;
+        // A kept view finds the plan's stops by id; a snapshot's view makes
+        // one pass over the allocations for all of them.
+        if !self.stop_by_id(plan.stops.iter().chain(&plan.evictions)) {
+            let stopped: std::collections::HashSet<&str> = plan
+                .stops
+                .iter()
+                .chain(&plan.evictions)
+                .map(|s| s.alloc_id.as_str())
+                .collect();
+            if !stopped.is_empty() {
+                for a in self
+                    .allocs
+                    .iter_mut()
+                    .filter(|a| stopped.contains(a.id.as_ref()))
+                {
+                    a.desired = DesiredStatus::Stop;
+                }
             }
         }
         for (n, before) in touched {

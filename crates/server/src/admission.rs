@@ -85,14 +85,14 @@ impl Admitter {
                 waiting.iter().map(|j| (j.key(), (*j).clone())).collect();
             (book, jobs, evals, state.index)
         };
-        let mut view = copy.view();
+        let view = copy.view();
         let cfg = Config {
             algorithm,
             seed: index,
             ..Config::default()
         };
         let decisions = book.round(
-            &mut view,
+            view,
             &|name| jobs.get(name),
             &cfg,
             &mut crate::ctx::new_alloc_id,

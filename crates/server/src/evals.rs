@@ -55,7 +55,7 @@ pub async fn run(
                         .observe(locked.elapsed().as_secs_f64());
                     inputs
                 };
-                let plans = plan_copied(&copy, &inputs, batch, settings);
+                let plans = plan_copied(&mut copy, &inputs, batch, settings);
                 let mut commits = tokio::task::JoinSet::new();
                 for plan in plans {
                     let (store, metrics) = (store.clone(), metrics.clone());
@@ -176,13 +176,12 @@ fn plan_all(
 /// Plans `evals` from the scheduler's copy (`copy`, brought up to the
 /// state under its lock beforehand), holding no lock.
 fn plan_copied(
-    copy: &crate::sched_copy::SchedCopy,
+    copy: &mut crate::sched_copy::SchedCopy,
     batch: &Batch,
     evals: &[Evaluation],
     settings: SchedulerSettings,
 ) -> Vec<PlanCommand> {
-    let mut view = copy.view();
-    plan_all(batch, &mut view, evals, settings)
+    plan_all(batch, copy.view(), evals, settings)
 }
 
 fn plan_on(

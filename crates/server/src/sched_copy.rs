@@ -4,6 +4,13 @@
 //! batch, touching only the nodes whose allocations changed since (the
 //! state's marks), so the view is then built and the batch planned without
 //! holding a lock the Raft thread needs to apply.
+//!
+//! The view itself is kept too (`ClusterView::owned`): each sync hands it
+//! the allocations that went and those that changed, and undoes the
+//! guesses the last batch committed into it, so a batch costs work in
+//! proportion to what changed, not to every allocation. It is built again
+//! when a node changes (rare: a registration, a drain, a node going down)
+//! and when too many of its positions are empty.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -11,7 +18,7 @@ use skiff_model::Node;
 use skiff_scheduler::{AllocSummary, ClusterView};
 use skiff_store::State;
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct SchedCopy {
     /// The state's index it matches; 0: never filled.
     pub index: u64,
@@ -26,6 +33,10 @@ pub struct SchedCopy {
     pub priorities: HashMap<String, u8>,
     /// The team queue of every job in one.
     pub queues: HashMap<String, String>,
+    /// The kept view; `None`: build it at the next `view`.
+    kept: Option<ClusterView<'static>>,
+    /// How many times the view was built whole (for tests).
+    pub builds: u64,
 }
 
 /// A view of `state` as the scheduler reads it: every node and
@@ -40,24 +51,34 @@ pub fn state_view(state: &State) -> ClusterView<'_> {
 }
 
 impl SchedCopy {
-    /// A view of the copy, as [`state_view`] is of the state.
-    pub fn view(&self) -> ClusterView<'_> {
-        let mut view = ClusterView::new(&self.nodes, self.allocs.values(), |name| {
-            self.priorities.get(name).copied()
-        });
-        view.set_queues(|name| self.queues.get(name).cloned());
-        view
+    /// The kept view of the copy, as [`state_view`] is of the state.
+    /// Plans committed into it are undone at the next sync.
+    pub fn view(&mut self) -> &mut ClusterView<'static> {
+        let (nodes, allocs, priorities, queues) =
+            (&self.nodes, &self.allocs, &self.priorities, &self.queues);
+        let builds = &mut self.builds;
+        self.kept.get_or_insert_with(|| {
+            *builds += 1;
+            let mut view =
+                ClusterView::owned(nodes, allocs.values(), |name| priorities.get(name).copied());
+            view.set_queues(|name| queues.get(name).cloned());
+            view
+        })
     }
 
     /// Brings the copy to `state`. Returns how many allocation summaries
     /// it made (the work done, for tests and metrics).
     pub fn sync(&mut self, state: &State) -> usize {
+        if let Some(view) = &mut self.kept {
+            view.forget_guesses();
+        }
         if self.index == state.index && self.index != 0 {
             return 0;
         }
         if self.index == 0 || state.nodes_changed_at() > self.nodes_at {
             self.nodes = state.nodes.values().cloned().collect();
             self.nodes_at = state.index;
+            self.kept = None;
         }
         self.priorities = state
             .jobs
@@ -86,10 +107,13 @@ impl SchedCopy {
                         .insert(a.id.clone());
                 }
                 self.index = state.index;
+                self.kept = None;
                 return self.allocs.len();
             }
         };
         let mut made = 0;
+        let mut went = Vec::new();
+        let mut changed_ids = Vec::new();
         for node in changed {
             let now = state.allocs_on_node(node);
             let held = self.by_node.entry(node.to_string()).or_default();
@@ -102,6 +126,7 @@ impl SchedCopy {
             for id in gone {
                 held.remove(&id);
                 self.allocs.remove(&id);
+                went.push(id);
             }
             for a in now {
                 let current = self
@@ -111,6 +136,7 @@ impl SchedCopy {
                 if !current {
                     self.allocs.insert(a.id.clone(), AllocSummary::from(a));
                     held.insert(a.id.clone());
+                    changed_ids.push(a.id.as_str());
                     made += 1;
                 }
             }
@@ -119,6 +145,22 @@ impl SchedCopy {
             }
         }
         self.index = state.index;
+        if let Some(view) = &mut self.kept {
+            let (priorities, queues) = (&self.priorities, &self.queues);
+            view.refresh(
+                went.iter().map(String::as_str),
+                changed_ids.iter().filter_map(|id| self.allocs.get(*id)),
+                |name| priorities.get(name).copied(),
+            );
+            view.set_jobs(
+                |name| priorities.get(name).copied(),
+                |name| queues.get(name).cloned(),
+            );
+            let (empty, all) = view.garbage();
+            if empty > 4096 && empty * 2 > all {
+                self.kept = None;
+            }
+        }
         made
     }
 }
@@ -133,6 +175,12 @@ mod tests {
     fn apply(state: &mut State, cmd: Command) {
         let i = state.index + 1;
         state.apply(i, &cmd);
+    }
+
+    /// The copy and its kept view match `state` as if built afresh.
+    fn matches(copy: &mut SchedCopy, state: &State) {
+        assert_eq!(copy.allocs, fresh(state));
+        assert_eq!(copy.view().shape(), state_view(state).shape());
     }
 
     fn fresh(state: &State) -> BTreeMap<String, AllocSummary> {
@@ -182,11 +230,33 @@ mod tests {
             .find(|e| e.status == EvalStatus::Pending)
             .cloned()
             .unwrap();
+        // A guess committed into the kept view (as a batch's earlier plan
+        // is) is undone at the next sync when the state did not take it.
+        copy.sync(&state);
+        copy.view();
+        let builds = copy.builds;
+        let guess = crate::evals::plan_eval(&state, &eval, Default::default());
+        let job = state.jobs["web"].clone();
+        let plan = skiff_model::Plan {
+            placements: guess
+                .placements
+                .iter()
+                .map(|p| p.placement.clone())
+                .collect(),
+            ..Default::default()
+        };
+        let ids: Vec<String> = guess.placements.iter().map(|p| p.id.clone()).collect();
+        copy.view().commit(&job, &plan, &ids, state.index);
+        assert_ne!(copy.view().shape(), state_view(&state).shape());
+        copy.sync(&state);
+        matches(&mut copy, &state);
+
         let plan = crate::evals::plan_eval(&state, &eval, Default::default());
         apply(&mut state, Command::ApplyPlan { plan });
         assert_eq!(copy.sync(&state), 6);
-        assert_eq!(copy.allocs, fresh(&state));
+        matches(&mut copy, &state);
         assert_eq!(copy.sync(&state), 0, "nothing changed since");
+        assert_eq!(copy.builds, builds, "the view was kept, not built again");
 
         // One allocation reports running: one summary is made again.
         let (id, node) = {
@@ -207,12 +277,25 @@ mod tests {
             },
         );
         assert_eq!(copy.sync(&state), 1);
-        assert_eq!(copy.allocs, fresh(&state));
+        matches(&mut copy, &state);
+
+        // A guessed stop is undone too, even when nothing else changed.
+        let stop = skiff_model::Plan {
+            stops: vec![skiff_model::Stop {
+                alloc_id: state.allocs.keys().next().unwrap().clone(),
+                reason: "a guess".into(),
+            }],
+            ..Default::default()
+        };
+        copy.view().commit(&job, &stop, &[], state.index);
+        assert_ne!(copy.view().shape(), state_view(&state).shape());
+        assert_eq!(copy.sync(&state), 0);
+        matches(&mut copy, &state);
 
         // The job goes: its allocations are stopped, then collected.
         apply(&mut state, Command::DeleteJob { name: "web".into() });
         copy.sync(&state);
-        assert_eq!(copy.allocs, fresh(&state));
+        matches(&mut copy, &state);
         let ids: Vec<String> = state.allocs.keys().cloned().collect();
         for id in &ids {
             let node = state.allocs[id].node.clone();
@@ -232,7 +315,8 @@ mod tests {
         }
         apply(&mut state, Command::CollectAllocs { alloc_ids: ids });
         copy.sync(&state);
-        assert_eq!(copy.allocs, fresh(&state));
+        matches(&mut copy, &state);
+        assert_eq!(copy.builds, builds, "the view was kept, not built again");
 
         // A state loaded since (a snapshot installed): copied whole again.
         state.rebuild_indexes();
@@ -249,6 +333,6 @@ mod tests {
         assert!(state.index > before);
         copy.sync(&state);
         assert!(copy.nodes.iter().any(|n| n.name == "n1" && n.cordoned));
-        assert_eq!(copy.allocs, fresh(&state));
+        matches(&mut copy, &state);
     }
 }
