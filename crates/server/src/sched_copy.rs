@@ -5,10 +5,11 @@
 //! state's marks), so the view is then built and the batch planned without
 //! holding a lock the Raft thread needs to apply.
 //!
-//! The view itself is kept too (`ClusterView::owned`): each sync hands it
-//! the allocations that went and those that changed, and undoes the
-//! guesses the last batch committed into it, so a batch costs work in
-//! proportion to what changed, not to every allocation. It is built again
+//! The view itself is kept too (`ClusterView::owned`): each sync notes the
+//! allocations that went and those that changed, and the next `view` (out
+//! of the lock) hands them to it after undoing the guesses the last batch
+//! committed into it, so a batch costs work in proportion to what changed,
+//! not to every allocation. It is built again
 //! when a node changes (rare: a registration, a drain, a node going down)
 //! and when too many of its positions are empty.
 
@@ -35,6 +36,10 @@ pub struct SchedCopy {
     pub queues: HashMap<String, String>,
     /// The kept view; `None`: build it at the next `view`.
     kept: Option<ClusterView<'static>>,
+    /// Ids of the allocations that went, and of those added or changed,
+    /// since the kept view was last brought up to date.
+    went: Vec<String>,
+    changed: Vec<String>,
     /// How many times the view was built whole (for tests).
     pub builds: u64,
 }
@@ -54,6 +59,24 @@ impl SchedCopy {
     /// The kept view of the copy, as [`state_view`] is of the state.
     /// Plans committed into it are undone at the next sync.
     pub fn view(&mut self) -> &mut ClusterView<'static> {
+        if let Some(view) = &mut self.kept {
+            let (allocs, priorities, queues) = (&self.allocs, &self.priorities, &self.queues);
+            view.refresh(
+                self.went.iter().map(String::as_str),
+                self.changed.iter().filter_map(|id| allocs.get(id)),
+                |name| priorities.get(name).copied(),
+            );
+            view.set_jobs(
+                |name| priorities.get(name).copied(),
+                |name| queues.get(name).cloned(),
+            );
+            let (empty, all) = view.garbage();
+            if empty > 4096 && empty * 2 > all {
+                self.kept = None;
+            }
+        }
+        self.went.clear();
+        self.changed.clear();
         let (nodes, allocs, priorities, queues) =
             (&self.nodes, &self.allocs, &self.priorities, &self.queues);
         let builds = &mut self.builds;
@@ -69,9 +92,6 @@ impl SchedCopy {
     /// Brings the copy to `state`. Returns how many allocation summaries
     /// it made (the work done, for tests and metrics).
     pub fn sync(&mut self, state: &State) -> usize {
-        if let Some(view) = &mut self.kept {
-            view.forget_guesses();
-        }
         if self.index == state.index && self.index != 0 {
             return 0;
         }
@@ -112,8 +132,7 @@ impl SchedCopy {
             }
         };
         let mut made = 0;
-        let mut went = Vec::new();
-        let mut changed_ids = Vec::new();
+        let keep = self.kept.is_some();
         for node in changed {
             let now = state.allocs_on_node(node);
             let held = self.by_node.entry(node.to_string()).or_default();
@@ -126,7 +145,9 @@ impl SchedCopy {
             for id in gone {
                 held.remove(&id);
                 self.allocs.remove(&id);
-                went.push(id);
+                if keep {
+                    self.went.push(id);
+                }
             }
             for a in now {
                 let current = self
@@ -136,7 +157,9 @@ impl SchedCopy {
                 if !current {
                     self.allocs.insert(a.id.clone(), AllocSummary::from(a));
                     held.insert(a.id.clone());
-                    changed_ids.push(a.id.as_str());
+                    if keep {
+                        self.changed.push(a.id.clone());
+                    }
                     made += 1;
                 }
             }
@@ -145,22 +168,6 @@ impl SchedCopy {
             }
         }
         self.index = state.index;
-        if let Some(view) = &mut self.kept {
-            let (priorities, queues) = (&self.priorities, &self.queues);
-            view.refresh(
-                went.iter().map(String::as_str),
-                changed_ids.iter().filter_map(|id| self.allocs.get(*id)),
-                |name| priorities.get(name).copied(),
-            );
-            view.set_jobs(
-                |name| priorities.get(name).copied(),
-                |name| queues.get(name).cloned(),
-            );
-            let (empty, all) = view.garbage();
-            if empty > 4096 && empty * 2 > all {
-                self.kept = None;
-            }
-        }
         made
     }
 }
@@ -246,8 +253,9 @@ mod tests {
             ..Default::default()
         };
         let ids: Vec<String> = guess.placements.iter().map(|p| p.id.clone()).collect();
-        copy.view().commit(&job, &plan, &ids, state.index);
-        assert_ne!(copy.view().shape(), state_view(&state).shape());
+        let view = copy.view();
+        view.commit(&job, &plan, &ids, state.index);
+        assert_ne!(view.shape(), state_view(&state).shape());
         copy.sync(&state);
         matches(&mut copy, &state);
 
@@ -287,8 +295,9 @@ mod tests {
             }],
             ..Default::default()
         };
-        copy.view().commit(&job, &stop, &[], state.index);
-        assert_ne!(copy.view().shape(), state_view(&state).shape());
+        let view = copy.view();
+        view.commit(&job, &stop, &[], state.index);
+        assert_ne!(view.shape(), state_view(&state).shape());
         assert_eq!(copy.sync(&state), 0);
         matches(&mut copy, &state);
 
