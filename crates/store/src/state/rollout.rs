@@ -90,12 +90,12 @@ impl State {
         // runs (canaries make sense only beside one), whether anything
         // runs, and those of this version that failed an earlier rollout
         // of it (undo, or its spec applied again): they are judged anew.
+        // The job's own allocations through its index, not every one.
         let (mut others, mut any_live, mut judged_again) = (false, false, Vec::new());
-        for a in self
-            .allocs
-            .values_mut()
-            .filter(|a| a.job == name && a.is_live())
-        {
+        for id in self.allocs_by_job.get(&name).into_iter().flatten() {
+            let Some(a) = self.allocs.get_mut(id).filter(|a| a.is_live()) else {
+                continue;
+            };
             any_live = true;
             if a.job_version != job.version {
                 others = true;
