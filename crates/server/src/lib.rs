@@ -30,6 +30,7 @@ pub mod admission;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod bells;
 pub mod bootstrap;
 pub mod ctx;
 pub mod deployments;

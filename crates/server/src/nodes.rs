@@ -30,6 +30,8 @@ pub struct NodeService {
     /// when: registrations at once (a rack of agents starting) each get
     /// another one instead of racing for the first free one.
     offered: Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>,
+    /// What wakes each node's allocation watch (`bells.rs`).
+    bells: Arc<crate::bells::Bells>,
 }
 
 /// How long a subnet offered to a registration is held back from others.
@@ -41,6 +43,7 @@ impl NodeService {
             ctx,
             network: Arc::default(),
             offered: Arc::default(),
+            bells: Arc::default(),
         }
     }
 }
@@ -354,6 +357,9 @@ impl pb::node_api_server::NodeApi for NodeService {
             )));
         }
         let node = r.node;
+        // Subscribed before the first look at the state: no change after
+        // that look goes unrung.
+        let mut bell = self.bells.subscribe(&store, &node);
         let without_peers = r.without_peers;
         let secrets = self.ctx.secrets.clone();
         let network = self.network.clone();
@@ -389,7 +395,7 @@ impl pb::node_api_server::NodeApi for NodeService {
                     }
                 }
                 first = false;
-                let next = applied.changed();
+                let next = bell.changed();
                 let woke = if pending {
                     tokio::time::timeout_at(peers_at + PEER_GAP, next)
                         .await
