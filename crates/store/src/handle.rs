@@ -24,6 +24,9 @@ use crate::member::{Bootstrap, RaftConfig, RaftStatus, Role, Transport};
 use crate::state::{Applied, Outcome, State};
 use crate::statedb::StateDb;
 
+/// sled's page cache for the state database (see `Store::open`).
+const STATE_DB_CACHE_BYTES: u64 = 64 << 20;
+
 /// A cheap, clonable handle on the replicated store.
 #[derive(Clone)]
 pub struct Store {
@@ -73,7 +76,15 @@ impl Store {
             path: state_dir.clone(),
             source,
         })?;
-        let state_db = crate::statedb::open_db(sled::Config::new().path(&state_dir))?;
+        // The state lives in memory; its database is written behind and
+        // read only on start, so sled's page cache (1 GiB by default) need
+        // not hold what it wrote: a small one keeps the server's memory to
+        // the state itself.
+        let state_db = crate::statedb::open_db(
+            sled::Config::new()
+                .path(&state_dir)
+                .cache_capacity(STATE_DB_CACHE_BYTES),
+        )?;
         // sled creates its files with the process's umask; the Raft
         // log's records and the state are for the server's user only.
         crate::private::tighten_files(&state_dir).map_err(|source| StoreError::Io {
