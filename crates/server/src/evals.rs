@@ -137,14 +137,14 @@ fn plan_batch(
 /// was taken at, and its evaluations' jobs and current rollouts (copied,
 /// so planning holds no lock).
 #[derive(Debug, Default)]
-struct Batch {
+pub(crate) struct Batch {
     index: u64,
     jobs: BTreeMap<String, Job>,
     deployments: BTreeMap<String, Deployment>,
 }
 
 impl Batch {
-    fn of(state: &State, evals: &[Evaluation]) -> Batch {
+    pub(crate) fn of(state: &State, evals: &[Evaluation]) -> Batch {
         Batch {
             index: state.index,
             jobs: evals
@@ -175,7 +175,7 @@ fn plan_all(
 
 /// Plans `evals` from the scheduler's copy (`copy`, brought up to the
 /// state under its lock beforehand), holding no lock.
-fn plan_copied(
+pub(crate) fn plan_copied(
     copy: &mut crate::sched_copy::SchedCopy,
     batch: &Batch,
     evals: &[Evaluation],

@@ -344,4 +344,137 @@ mod tests {
         assert!(copy.nodes.iter().any(|n| n.name == "n1" && n.cordoned));
         matches(&mut copy, &state);
     }
+
+    /// A small deterministic generator (splitmix64), so a failure repeats.
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+            (z ^ (z >> 31)) % n
+        }
+    }
+
+    #[test]
+    fn the_kept_view_equals_a_fresh_one_through_random_batches_and_changes() {
+        let mut state = State::default();
+        for n in 0..6 {
+            apply(
+                &mut state,
+                Command::RegisterNode {
+                    registration: NodeRegistration {
+                        metrics_address: String::new(),
+                        image_roots: Vec::new(),
+                        dynamic_ports: Default::default(),
+                        subnet: String::new(),
+                        name: format!("n{n}"),
+                        labels: Default::default(),
+                        capacity: Resources::new(4_000 + 2_000 * (n % 2), 8 << 30),
+                        reserved: Resources::ZERO,
+                        address: "127.0.0.1:7702".into(),
+                        agent_version: "test".into(),
+                        gpus: vec![],
+                        gpu_links: vec![],
+                        gpu_driver: Default::default(),
+                    },
+                },
+            );
+        }
+        let mut copy = SchedCopy::default();
+        let mut rng = Rng(7);
+        let mut planned = 0;
+        for step in 0..400 {
+            match rng.below(6) {
+                0 | 1 => {
+                    let spec = JobSpec::from_yaml(&format!(
+                        "name: j{}\nreplicas: {}\npriority: {}\ntask: {{image: 'oci:/i', network: none, resources: {{cpu: {}m, memory: 64Mi}}}}",
+                        rng.below(5),
+                        rng.below(7),
+                        40 + rng.below(30),
+                        250 * (1 + rng.below(4)),
+                    ))
+                    .unwrap();
+                    apply(&mut state, Command::UpsertJob { spec });
+                }
+                2 => {
+                    // A batch as the leader plans it: on the kept view,
+                    // each plan committed into it; some plans then lost.
+                    let pending: Vec<_> = state
+                        .evals
+                        .values()
+                        .filter(|e| e.status == EvalStatus::Pending)
+                        .cloned()
+                        .collect();
+                    copy.sync(&state);
+                    let batch = crate::evals::Batch::of(&state, &pending);
+                    let plans =
+                        crate::evals::plan_copied(&mut copy, &batch, &pending, Default::default());
+                    for plan in plans {
+                        if rng.below(4) != 0 {
+                            planned += plan.placements.len();
+                            apply(&mut state, Command::ApplyPlan { plan });
+                        }
+                    }
+                }
+                3 => {
+                    let live: Vec<(String, String)> = state
+                        .allocs
+                        .values()
+                        .filter(|a| !a.status.is_terminal())
+                        .map(|a| (a.id.clone(), a.node.clone()))
+                        .collect();
+                    if live.is_empty() {
+                        continue;
+                    }
+                    let (id, node) = live[rng.below(live.len() as u64) as usize].clone();
+                    let (status, exit_code) = match rng.below(4) {
+                        0 => (AllocStatus::Failed, Some(1)),
+                        1 => (AllocStatus::Complete, Some(0)),
+                        _ => (AllocStatus::Running, None),
+                    };
+                    apply(
+                        &mut state,
+                        Command::UpdateAllocStatus {
+                            node,
+                            updates: vec![AllocUpdate {
+                                alloc_id: id,
+                                status,
+                                exit_code,
+                                healthy: (status == AllocStatus::Running).then_some(true),
+                                ..AllocUpdate::default()
+                            }],
+                            at_ms: step,
+                        },
+                    );
+                }
+                4 => {
+                    let name = format!("j{}", rng.below(5));
+                    apply(&mut state, Command::DeleteJob { name });
+                }
+                _ => {
+                    let ended: Vec<String> = state
+                        .allocs
+                        .values()
+                        .filter(|a| a.status.is_terminal())
+                        .map(|a| a.id.clone())
+                        .collect();
+                    apply(&mut state, Command::CollectAllocs { alloc_ids: ended });
+                }
+            }
+            if rng.below(3) == 0 {
+                copy.sync(&state);
+                matches(&mut copy, &state);
+            }
+        }
+        copy.sync(&state);
+        matches(&mut copy, &state);
+        assert!(planned > 50, "the batches placed work: {planned}");
+        assert!(
+            copy.builds < 10,
+            "the view was kept: {} builds",
+            copy.builds
+        );
+    }
 }
