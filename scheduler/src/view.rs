@@ -523,29 +523,8 @@ impl<'a> ClusterView<'a> {
         }
         view.allocs.reserve(input.len());
         for a in input {
-            let job = view.job_entry(a.job(), &priority_of);
-            let node = view.by_name.get(a.node()).copied().unwrap_or(NO_NODE);
-            let gpus = match node {
-                NO_NODE => 0,
-                n => view.nodes[n as usize].node.gpu_mask(a.gpus()),
-            };
-            view.push_alloc(AllocRec {
-                id: id_of(a),
-                job,
-                replica: a.replica(),
-                version: a.version(),
-                create_index: a.create_index(),
-                desired: a.desired(),
-                status: a.status(),
-                node,
-                amount: a.resources(),
-                gpus,
-                ports: a.ports().to_vec(),
-                failures: a.failures(),
-                succeeded: a.succeeded(),
-                healthy_now: a.healthy_now(),
-                deploy_health: a.deploy_health(),
-            });
+            let rec = view.rec_of(a, id_of(a), &priority_of);
+            view.push_alloc(rec);
         }
 
         // Classes and their indexes, over the nodes that take work.
@@ -594,6 +573,38 @@ impl<'a> ClusterView<'a> {
         });
         self.job_by_name.insert(Cow::Owned(name.to_owned()), j);
         j
+    }
+
+    /// The view's record of allocation `a`, under id `id` (its job entry
+    /// made if new, its node and GPUs resolved to positions).
+    pub(crate) fn rec_of<A: ViewInput>(
+        &mut self,
+        a: &A,
+        id: Cow<'a, str>,
+        priority_of: &impl Fn(&str) -> Option<u8>,
+    ) -> AllocRec<'a> {
+        let job = self.job_entry(a.job(), priority_of);
+        let node = self.node_index(a.node()).unwrap_or(NO_NODE);
+        AllocRec {
+            id,
+            job,
+            replica: a.replica(),
+            version: a.version(),
+            create_index: a.create_index(),
+            desired: a.desired(),
+            status: a.status(),
+            node,
+            amount: a.resources(),
+            gpus: match node {
+                NO_NODE => 0,
+                n => self.nodes[n as usize].node.gpu_mask(a.gpus()),
+            },
+            ports: a.ports().to_vec(),
+            failures: a.failures(),
+            succeeded: a.succeeded(),
+            healthy_now: a.healthy_now(),
+            deploy_health: a.deploy_health(),
+        }
     }
 
     pub(crate) fn push_alloc(&mut self, rec: AllocRec<'a>) -> u32 {
@@ -763,29 +774,5 @@ impl<'a> ClusterView<'a> {
         for (n, before) in touched {
             self.reindex(n, before);
         }
-    }
-
-    /// Marks an allocation finished (as an agent's report would), releasing
-    /// what it held. Returns false when the view does not know it.
-    pub fn finish(&mut self, alloc_id: &str, status: AllocStatus) -> bool {
-        let Some(i) = self.allocs.iter().position(|a| a.id == alloc_id) else {
-            return false;
-        };
-        let was_holding = self.allocs[i].holds_resources();
-        self.allocs[i].status = status;
-        let n = self.allocs[i].node;
-        if was_holding && !self.allocs[i].holds_resources() && n != NO_NODE {
-            let slot = &mut self.nodes[n as usize];
-            let before = slot.used.amount;
-            slot.allocs.retain(|&a| a as usize != i);
-            let mut used = Usage::default();
-            for &a in &slot.allocs {
-                let r = &self.allocs[a as usize];
-                used.add(r.amount, r.gpus, &r.ports);
-            }
-            slot.used = used;
-            self.reindex(n, before);
-        }
-        true
     }
 }

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use skiff_model::fit::Usage;
 use skiff_model::{DesiredStatus, Node, Resources, Stop};
 
-use crate::view::{AllocRec, ClusterView, Live, NodeIdx, ViewInput, NO_NODE};
+use crate::view::{ClusterView, Live, NodeIdx, ViewInput, NO_NODE};
 
 impl ClusterView<'static> {
     /// A view that owns its copy of `nodes` and of the allocations' ids,
@@ -156,28 +156,8 @@ impl<'a> ClusterView<'a> {
             self.jobs[j as usize].allocs.retain(|a| !went.contains(a));
         }
         for a in now {
-            let node = self.node_index(a.node()).unwrap_or(NO_NODE);
-            let job = self.job_entry(a.job(), &priority_of);
-            let rec = AllocRec {
-                id: Cow::Owned(a.id().to_owned()),
-                job,
-                replica: a.replica(),
-                version: a.version(),
-                create_index: a.create_index(),
-                desired: a.desired(),
-                status: a.status(),
-                node,
-                amount: a.resources(),
-                gpus: match node {
-                    NO_NODE => 0,
-                    n => self.nodes[n as usize].node.gpu_mask(a.gpus()),
-                },
-                ports: a.ports().to_vec(),
-                failures: a.failures(),
-                succeeded: a.succeeded(),
-                healthy_now: a.healthy_now(),
-                deploy_health: a.deploy_health(),
-            };
+            let rec = self.rec_of(a, Cow::Owned(a.id().to_owned()), &priority_of);
+            let (node, job) = (rec.node, rec.job);
             if node != NO_NODE && rec.holds_resources() {
                 touched
                     .entry(node)
@@ -232,6 +212,30 @@ impl<'a> ClusterView<'a> {
             self.live.as_deref().map_or(0, |l| l.dead),
             self.allocs.len(),
         )
+    }
+
+    /// Marks an allocation finished (as an agent's report would), releasing
+    /// what it held. Returns false when the view does not know it.
+    pub fn finish(&mut self, alloc_id: &str, status: skiff_model::AllocStatus) -> bool {
+        let found = match self.live.as_deref() {
+            Some(live) => live.by_id.get(alloc_id).copied(),
+            None => self
+                .allocs
+                .iter()
+                .position(|a| a.id == alloc_id)
+                .map(|i| i as u32),
+        };
+        let Some(at) = found else {
+            return false;
+        };
+        let mut touched = BTreeMap::new();
+        self.unhold(at, &mut touched);
+        self.allocs[at as usize].status = status;
+        self.hold(at);
+        for (n, before) in touched {
+            self.reindex(n, before);
+        }
+        true
     }
 
     /// Takes allocation `at` off its node (its resources are free again).

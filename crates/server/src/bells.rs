@@ -102,43 +102,16 @@ async fn ring(store: Store, bells: Weak<Bells>, mut seen: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use skiff_model::{AllocStatus, JobSpec, Resources};
-    use skiff_store::command::{AllocUpdate, NodeRegistration};
+    use crate::sched_copy::tests::{apply, register};
+    use skiff_model::{AllocStatus, JobSpec};
+    use skiff_store::command::AllocUpdate;
     use skiff_store::{Command, State};
-
-    fn apply(state: &mut State, cmd: Command) {
-        let i = state.index + 1;
-        state.apply(i, &cmd);
-    }
-
-    fn register(state: &mut State, name: &str) {
-        apply(
-            state,
-            Command::RegisterNode {
-                registration: NodeRegistration {
-                    metrics_address: String::new(),
-                    image_roots: Vec::new(),
-                    dynamic_ports: Default::default(),
-                    subnet: String::new(),
-                    name: name.into(),
-                    labels: Default::default(),
-                    capacity: Resources::new(8_000, 8 << 30),
-                    reserved: Resources::ZERO,
-                    address: "127.0.0.1:7702".into(),
-                    agent_version: "test".into(),
-                    gpus: vec![],
-                    gpu_links: vec![],
-                    gpu_driver: Default::default(),
-                },
-            },
-        );
-    }
 
     #[test]
     fn an_entry_rings_only_the_nodes_it_changed() {
         let mut state = State::default();
         for n in ["n1", "n2", "n3"] {
-            register(&mut state, n);
+            register(&mut state, n, 8_000);
         }
         let bells = Bells::default();
         let mut rx: Vec<watch::Receiver<u64>> = ["n1", "n2", "n3"]
@@ -203,7 +176,7 @@ mod tests {
 
         // A node joining changes what every watch reads: all ring.
         let seen = state.index;
-        register(&mut state, "n4");
+        register(&mut state, "n4", 8_000);
         assert_eq!(bells.ring_for(&state, seen), Rang::All);
         assert!(rx.iter().all(|r| r.has_changed().unwrap()));
     }

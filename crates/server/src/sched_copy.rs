@@ -173,15 +173,39 @@ impl SchedCopy {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use skiff_model::{AllocStatus, EvalStatus, JobSpec, Resources};
     use skiff_store::command::{AllocUpdate, NodeRegistration};
     use skiff_store::Command;
 
-    fn apply(state: &mut State, cmd: Command) {
+    pub(crate) fn apply(state: &mut State, cmd: Command) {
         let i = state.index + 1;
         state.apply(i, &cmd);
+    }
+
+    /// Registers node `name` offering `cpu_millis` and 8 GiB.
+    pub(crate) fn register(state: &mut State, name: &str, cpu_millis: u64) {
+        apply(
+            state,
+            Command::RegisterNode {
+                registration: NodeRegistration {
+                    metrics_address: String::new(),
+                    image_roots: Vec::new(),
+                    dynamic_ports: Default::default(),
+                    subnet: String::new(),
+                    name: name.into(),
+                    labels: Default::default(),
+                    capacity: Resources::new(cpu_millis, 8 << 30),
+                    reserved: Resources::ZERO,
+                    address: "127.0.0.1:7702".into(),
+                    agent_version: "test".into(),
+                    gpus: vec![],
+                    gpu_links: vec![],
+                    gpu_driver: Default::default(),
+                },
+            },
+        );
     }
 
     /// The copy and its kept view match `state` as if built afresh.
@@ -202,26 +226,7 @@ mod tests {
     fn the_copy_follows_the_state_touching_only_what_changed() {
         let mut state = State::default();
         for n in ["n1", "n2", "n3"] {
-            apply(
-                &mut state,
-                Command::RegisterNode {
-                    registration: NodeRegistration {
-                        metrics_address: String::new(),
-                        image_roots: Vec::new(),
-                        dynamic_ports: Default::default(),
-                        subnet: String::new(),
-                        name: n.into(),
-                        labels: Default::default(),
-                        capacity: Resources::new(8_000, 8 << 30),
-                        reserved: Resources::ZERO,
-                        address: "127.0.0.1:7702".into(),
-                        agent_version: "test".into(),
-                        gpus: vec![],
-                        gpu_links: vec![],
-                        gpu_driver: Default::default(),
-                    },
-                },
-            );
+            register(&mut state, n, 8_000);
         }
         let spec = JobSpec::from_yaml(
             "name: web\nreplicas: 6\ntask: {image: 'oci:/i', resources: {cpu: 1, memory: 64Mi}}",
@@ -361,26 +366,7 @@ mod tests {
     fn the_kept_view_equals_a_fresh_one_through_random_batches_and_changes() {
         let mut state = State::default();
         for n in 0..6 {
-            apply(
-                &mut state,
-                Command::RegisterNode {
-                    registration: NodeRegistration {
-                        metrics_address: String::new(),
-                        image_roots: Vec::new(),
-                        dynamic_ports: Default::default(),
-                        subnet: String::new(),
-                        name: format!("n{n}"),
-                        labels: Default::default(),
-                        capacity: Resources::new(4_000 + 2_000 * (n % 2), 8 << 30),
-                        reserved: Resources::ZERO,
-                        address: "127.0.0.1:7702".into(),
-                        agent_version: "test".into(),
-                        gpus: vec![],
-                        gpu_links: vec![],
-                        gpu_driver: Default::default(),
-                    },
-                },
-            );
+            register(&mut state, &format!("n{n}"), 4_000 + 2_000 * (n % 2));
         }
         let mut copy = SchedCopy::default();
         let mut rng = Rng(7);
