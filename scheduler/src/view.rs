@@ -206,7 +206,7 @@ impl Class {
 /// ever iterates them, so their order cannot reach a plan.
 pub struct ClusterView<'a> {
     pub(crate) nodes: Vec<NodeSlot<'a>>,
-    pub(crate) by_name: HashMap<Cow<'a, str>, NodeIdx>,
+    by_name: HashMap<Cow<'a, str>, NodeIdx>,
     pub(crate) allocs: Vec<AllocRec<'a>>,
     pub(crate) jobs: Vec<JobEntry>,
     pub(crate) job_by_name: HashMap<Cow<'a, str>, u32>,

@@ -85,7 +85,7 @@ impl<'a> ClusterView<'a> {
     }
 
     /// Undoes every plan committed since the last refresh.
-    pub fn forget_guesses(&mut self) {
+    fn forget_guesses(&mut self) {
         let Some(live) = self.live.as_deref_mut() else {
             return;
         };
@@ -124,14 +124,16 @@ impl<'a> ClusterView<'a> {
     }
 
     /// Brings a kept view up to date: the allocations with ids in `gone`
-    /// went, and those in `now` are new or changed. Undoes the guesses
-    /// first. `priority_of` names the priority of a job the view meets for
-    /// the first time. Does nothing to a view built from a snapshot.
+    /// went, and those in `now` are new or changed; every job's priority
+    /// and team queue are read again (a job the functions do not know has
+    /// priority 0 and no queue). Undoes the guesses first. Does nothing to
+    /// a view built from a snapshot.
     pub fn refresh<'x, A: ViewInput + 'x>(
         &mut self,
         gone: impl IntoIterator<Item = &'x str>,
         now: impl IntoIterator<Item = &'x A>,
         priority_of: impl Fn(&str) -> Option<u8>,
+        queue_of: impl Fn(&str) -> Option<String>,
     ) {
         if self.live.is_none() {
             return;
@@ -156,8 +158,9 @@ impl<'a> ClusterView<'a> {
             self.jobs[j as usize].allocs.retain(|a| !went.contains(a));
         }
         for a in now {
-            let rec = self.rec_of(a, Cow::Owned(a.id().to_owned()), &priority_of);
-            let (node, job) = (rec.node, rec.job);
+            // A new job's entry takes its priority below, with the rest.
+            let rec = self.rec_of(a, Cow::Owned(a.id().to_owned()), &|_| None);
+            let node = rec.node;
             if node != NO_NODE && rec.holds_resources() {
                 touched
                     .entry(node)
@@ -169,12 +172,10 @@ impl<'a> ClusterView<'a> {
                 .and_then(|l| l.by_id.get(a.id()).copied());
             match known {
                 Some(at) => {
+                    // An allocation never changes job: its entry's list
+                    // keeps the position.
+                    debug_assert_eq!(self.allocs[at as usize].job, rec.job);
                     self.unhold(at, &mut touched);
-                    let was = self.allocs[at as usize].job;
-                    if was != job {
-                        self.jobs[was as usize].allocs.retain(|&x| x != at);
-                        self.jobs[job as usize].allocs.push(at);
-                    }
                     self.allocs[at as usize] = rec;
                     self.hold(at);
                 }
@@ -188,15 +189,6 @@ impl<'a> ClusterView<'a> {
         for (n, before) in touched {
             self.reindex(n, before);
         }
-    }
-
-    /// Sets every job's priority and team queue (a job the functions do
-    /// not know has priority 0 and no queue).
-    pub fn set_jobs(
-        &mut self,
-        priority_of: impl Fn(&str) -> Option<u8>,
-        queue_of: impl Fn(&str) -> Option<String>,
-    ) {
         for (name, &j) in &self.job_by_name {
             let entry = &mut self.jobs[j as usize];
             entry.priority = priority_of(name).unwrap_or(0);

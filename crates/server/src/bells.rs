@@ -54,25 +54,25 @@ impl Bells {
     fn ring_for(&self, state: &skiff_store::State, seen: u64) -> Rang {
         let index = state.index;
         let everyone = state.access_changed_at() > seen || state.network_changed_at() > seen;
-        let nodes = match state.nodes_with_alloc_changes_after(seen) {
-            Some(nodes) if !everyone => nodes,
-            _ => {
-                let mut map = self.by_node.lock().unwrap_or_else(|p| p.into_inner());
-                // Bells nobody listens to any more go.
-                map.retain(|_, tx| tx.receiver_count() > 0);
-                for tx in map.values() {
-                    tx.send_replace(index);
-                }
-                return Rang::All;
-            }
+        // `None`: every bell (the marks do not reach back to `seen`).
+        let nodes = if everyone {
+            None
+        } else {
+            state.nodes_with_alloc_changes_after(seen)
         };
-        let map = self.by_node.lock().unwrap_or_else(|p| p.into_inner());
-        let mut rang = 0;
-        for node in nodes {
-            if let Some(tx) = map.get(node) {
+        let mut map = self.by_node.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(nodes) = nodes else {
+            // Bells nobody listens to any more go.
+            map.retain(|_, tx| tx.receiver_count() > 0);
+            for tx in map.values() {
                 tx.send_replace(index);
-                rang += 1;
             }
+            return Rang::All;
+        };
+        let mut rang = 0;
+        for tx in nodes.into_iter().filter_map(|node| map.get(node)) {
+            tx.send_replace(index);
+            rang += 1;
         }
         Rang::Some(rang)
     }
@@ -102,9 +102,8 @@ async fn ring(store: Store, bells: Weak<Bells>, mut seen: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sched_copy::tests::{apply, register};
+    use crate::sched_copy::tests::{apply, register, report};
     use skiff_model::{AllocStatus, JobSpec};
-    use skiff_store::command::AllocUpdate;
     use skiff_store::{Command, State};
 
     #[test]
@@ -159,18 +158,7 @@ mod tests {
         // The allocation reports running: its node's bell only.
         let id = state.allocs.keys().next().unwrap().clone();
         let seen = state.index;
-        apply(
-            &mut state,
-            Command::UpdateAllocStatus {
-                node: node.clone(),
-                updates: vec![AllocUpdate {
-                    alloc_id: id,
-                    status: AllocStatus::Running,
-                    ..AllocUpdate::default()
-                }],
-                at_ms: 1,
-            },
-        );
+        report(&mut state, &id, AllocStatus::Running, 1);
         assert_eq!(bells.ring_for(&state, seen), Rang::Some(1));
         assert!(rx[which].has_changed().unwrap());
 

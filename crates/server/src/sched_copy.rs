@@ -2,16 +2,16 @@
 //! small summary of every allocation (no task), and the jobs' priorities.
 //! Brought up to date under the state's read lock at the start of each
 //! batch, touching only the nodes whose allocations changed since (the
-//! state's marks), so the view is then built and the batch planned without
-//! holding a lock the Raft thread needs to apply.
+//! state's marks), so the batch is then planned without holding a lock the
+//! Raft thread needs to apply.
 //!
 //! The view itself is kept too (`ClusterView::owned`): each sync notes the
 //! allocations that went and those that changed, and the next `view` (out
 //! of the lock) hands them to it after undoing the guesses the last batch
 //! committed into it, so a batch costs work in proportion to what changed,
-//! not to every allocation. It is built again
-//! when a node changes (rare: a registration, a drain, a node going down)
-//! and when too many of its positions are empty.
+//! not to every allocation. It is built again when a node changes (rare: a
+//! registration, a drain, a node going down) and when too many of its
+//! positions are empty.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -64,9 +64,6 @@ impl SchedCopy {
             view.refresh(
                 self.went.iter().map(String::as_str),
                 self.changed.iter().filter_map(|id| allocs.get(id)),
-                |name| priorities.get(name).copied(),
-            );
-            view.set_jobs(
                 |name| priorities.get(name).copied(),
                 |name| queues.get(name).cloned(),
             );
@@ -208,6 +205,31 @@ pub(crate) mod tests {
         );
     }
 
+    /// Allocation `id`'s node reports it `status` (running and ready; or
+    /// ended with exit code 0 when complete, 1 when failed).
+    pub(crate) fn report(state: &mut State, id: &str, status: AllocStatus, at_ms: u64) {
+        let node = state.allocs[id].node.clone();
+        let exit_code = match status {
+            AllocStatus::Complete => Some(0),
+            AllocStatus::Failed => Some(1),
+            _ => None,
+        };
+        apply(
+            state,
+            Command::UpdateAllocStatus {
+                node,
+                updates: vec![AllocUpdate {
+                    alloc_id: id.to_string(),
+                    status,
+                    exit_code,
+                    healthy: (status == AllocStatus::Running).then_some(true),
+                    ..AllocUpdate::default()
+                }],
+                at_ms,
+            },
+        );
+    }
+
     /// The copy and its kept view match `state` as if built afresh.
     fn matches(copy: &mut SchedCopy, state: &State) {
         assert_eq!(copy.allocs, fresh(state));
@@ -272,23 +294,8 @@ pub(crate) mod tests {
         assert_eq!(copy.builds, builds, "the view was kept, not built again");
 
         // One allocation reports running: one summary is made again.
-        let (id, node) = {
-            let a = state.allocs.values().next().unwrap();
-            (a.id.clone(), a.node.clone())
-        };
-        apply(
-            &mut state,
-            Command::UpdateAllocStatus {
-                node,
-                updates: vec![AllocUpdate {
-                    alloc_id: id,
-                    status: AllocStatus::Running,
-                    healthy: Some(true),
-                    ..AllocUpdate::default()
-                }],
-                at_ms: 1,
-            },
-        );
+        let id = state.allocs.keys().next().unwrap().clone();
+        report(&mut state, &id, AllocStatus::Running, 1);
         assert_eq!(copy.sync(&state), 1);
         matches(&mut copy, &state);
 
@@ -312,20 +319,7 @@ pub(crate) mod tests {
         matches(&mut copy, &state);
         let ids: Vec<String> = state.allocs.keys().cloned().collect();
         for id in &ids {
-            let node = state.allocs[id].node.clone();
-            apply(
-                &mut state,
-                Command::UpdateAllocStatus {
-                    node,
-                    updates: vec![AllocUpdate {
-                        alloc_id: id.clone(),
-                        status: AllocStatus::Complete,
-                        exit_code: Some(0),
-                        ..AllocUpdate::default()
-                    }],
-                    at_ms: 2,
-                },
-            );
+            report(&mut state, id, AllocStatus::Complete, 2);
         }
         apply(&mut state, Command::CollectAllocs { alloc_ids: ids });
         copy.sync(&state);
@@ -405,35 +399,22 @@ pub(crate) mod tests {
                     }
                 }
                 3 => {
-                    let live: Vec<(String, String)> = state
+                    let live: Vec<String> = state
                         .allocs
                         .values()
                         .filter(|a| !a.status.is_terminal())
-                        .map(|a| (a.id.clone(), a.node.clone()))
+                        .map(|a| a.id.clone())
                         .collect();
                     if live.is_empty() {
                         continue;
                     }
-                    let (id, node) = live[rng.below(live.len() as u64) as usize].clone();
-                    let (status, exit_code) = match rng.below(4) {
-                        0 => (AllocStatus::Failed, Some(1)),
-                        1 => (AllocStatus::Complete, Some(0)),
-                        _ => (AllocStatus::Running, None),
+                    let id = &live[rng.below(live.len() as u64) as usize];
+                    let status = match rng.below(4) {
+                        0 => AllocStatus::Failed,
+                        1 => AllocStatus::Complete,
+                        _ => AllocStatus::Running,
                     };
-                    apply(
-                        &mut state,
-                        Command::UpdateAllocStatus {
-                            node,
-                            updates: vec![AllocUpdate {
-                                alloc_id: id,
-                                status,
-                                exit_code,
-                                healthy: (status == AllocStatus::Running).then_some(true),
-                                ..AllocUpdate::default()
-                            }],
-                            at_ms: step,
-                        },
-                    );
+                    report(&mut state, id, status, step);
                 }
                 4 => {
                     let name = format!("j{}", rng.below(5));
