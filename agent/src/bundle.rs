@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use oci_spec::runtime::{
     get_default_maskedpaths, get_default_mounts, get_default_readonly_paths, Capability,
@@ -229,8 +230,43 @@ fn bind_ro(source: &str, dest: &str) -> Result<Mount, BundleError> {
         .build()?)
 }
 
+/// A container's runtime spec, its seccomp profile kept beside it: the
+/// profile is shared by the node's containers and its JSON made once
+/// ([`crate::seccomp::Profile`]), so a start neither copies nor
+/// serialises its hundreds of syscall names.
+#[derive(Debug)]
+pub struct BuiltSpec {
+    /// Everything but `linux.seccomp`.
+    pub spec: Spec,
+    pub seccomp: Arc<crate::seccomp::Profile>,
+}
+
+impl BuiltSpec {
+    /// `config.json`: the spec's JSON with the profile's put into `linux`.
+    pub fn to_json(&self) -> Result<Vec<u8>, BundleError> {
+        let json = serde_json::to_vec(&self.spec).map_err(oci_spec::OciSpecError::from)?;
+        // The only object under the key "linux" is the spec's own (inside
+        // a string, the quotes of such a key would be escaped).
+        const KEY: &[u8] = br#""linux":{"#;
+        let at = json
+            .windows(KEY.len())
+            .position(|w| w == KEY)
+            .map(|i| i + KEY.len())
+            .ok_or_else(|| oci_spec::OciSpecError::Other("the spec has no linux section".into()))?;
+        let mut out = Vec::with_capacity(json.len() + self.seccomp.json.len() + 12);
+        out.extend_from_slice(&json[..at]);
+        out.extend_from_slice(br#""seccomp":"#);
+        out.extend_from_slice(&self.seccomp.json);
+        if json.get(at) != Some(&b'}') {
+            out.push(b',');
+        }
+        out.extend_from_slice(&json[at..]);
+        Ok(out)
+    }
+}
+
 /// Builds the runtime spec for one allocation.
-pub fn build_spec(input: &BundleInput<'_>) -> Result<Spec, BundleError> {
+pub fn build_spec(input: &BundleInput<'_>) -> Result<BuiltSpec, BundleError> {
     let alloc = input.alloc;
     let task = &alloc.task;
     let args = resolve_args(&task.command, &task.args, input.image)?;
@@ -369,8 +405,8 @@ pub fn build_spec(input: &BundleInput<'_>) -> Result<Spec, BundleError> {
         .cgroups_path(format!("/skiff/{}", input.container_id))
         .masked_paths(masked_paths())
         .readonly_paths(get_default_readonly_paths())
-        .seccomp(crate::seccomp::profile(&cap_names)?)
         .build()?;
+    let seccomp = crate::seccomp::profile(&cap_names)?;
 
     let mut hostname = format!(
         "{}-{}",
@@ -400,7 +436,7 @@ pub fn build_spec(input: &BundleInput<'_>) -> Result<Spec, BundleError> {
     if let Some(edits) = input.gpu_edits {
         crate::gpu::inject::apply(&mut spec, edits)?;
     }
-    Ok(spec)
+    Ok(BuiltSpec { spec, seccomp })
 }
 
 #[cfg(test)]
@@ -434,6 +470,11 @@ mod tests {
         }
     }
 
+    /// The spec as `config.json` holds it.
+    fn written(built: &BuiltSpec) -> Spec {
+        serde_json::from_slice(&built.to_json().unwrap()).unwrap()
+    }
+
     fn spec_for(a: &Allocation) -> Spec {
         let dir = tempfile::tempdir().unwrap();
         // A bridged task (the default) joins the namespace set up for it.
@@ -452,7 +493,31 @@ mod tests {
             network: (a.task.network == skiff_model::NetworkMode::Bridge).then_some(&attached),
             node_host: "127.0.0.1",
         })
+        .map(|b| written(&b))
         .unwrap()
+    }
+
+    #[test]
+    fn config_json_is_the_spec_with_the_shared_profile_in_its_linux_section() {
+        let a = alloc(r#"{image: 'oci:/i', network: none, env: {X: '"linux":{'}}"#);
+        let dir = tempfile::tempdir().unwrap();
+        let built = build_spec(&BundleInput {
+            alloc: &a,
+            container_id: "sk-1",
+            image: &image(),
+            rootfs: dir.path(),
+            gpu_edits: None,
+            network: None,
+            node_host: "127.0.0.1",
+        })
+        .unwrap();
+        let mut whole = built.spec.clone();
+        let mut linux = whole.linux().clone().unwrap();
+        linux.set_seccomp(Some(built.seccomp.oci.clone()));
+        whole.set_linux(Some(linux));
+        assert_eq!(written(&built), whole);
+        let env = whole.process().as_ref().unwrap().env().clone().unwrap();
+        assert!(env.contains(&r#"X="linux":{"#.to_string()), "{env:?}");
     }
 
     #[test]
@@ -479,7 +544,7 @@ mod tests {
             resolv_conf: Some("/data/network/resolv/x.conf".into()),
             publish: None,
         };
-        let spec = build_spec(&input(Some(&attached))).unwrap();
+        let spec = build_spec(&input(Some(&attached))).unwrap().spec;
         // It resolves names with the node's DNS.
         let resolv = spec
             .mounts()

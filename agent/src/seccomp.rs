@@ -10,6 +10,8 @@
 //! data; [`profile`] flattens it into the OCI form for the final
 //! capability set of one container.
 
+use std::sync::Arc;
+
 use oci_spec::runtime::{
     Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder,
     LinuxSeccompOperator, LinuxSyscall, LinuxSyscallBuilder,
@@ -303,22 +305,35 @@ fn to_oci(rule: &Rule) -> Result<LinuxSyscall, oci_spec::OciSpecError> {
     b.build()
 }
 
+/// A profile and its JSON, made once and shared by every container
+/// whose capabilities choose the same rules. Hundreds of syscall names:
+/// a copy per start (and its serialisation) cost more than the rest of
+/// the spec.
+#[derive(Debug, PartialEq)]
+pub struct Profile {
+    pub oci: LinuxSeccomp,
+    /// `oci` as `config.json` holds it.
+    pub json: Vec<u8>,
+}
+
 /// The profiles built so far, by which of [`RULES`] apply: a container's
 /// capabilities only choose among the rules, so nearly every container of
 /// a node shares one profile, built once instead of at every start.
-static BUILT: std::sync::Mutex<Vec<(Vec<bool>, LinuxSeccomp)>> = std::sync::Mutex::new(Vec::new());
+static BUILT: std::sync::Mutex<Vec<(Vec<bool>, Arc<Profile>)>> = std::sync::Mutex::new(Vec::new());
 
 /// At most this many profiles kept (far fewer combinations are in use).
 const KEPT: usize = 32;
 
 /// The profile for a container holding `caps` (names without `CAP_`).
-pub fn profile(caps: &[String]) -> Result<LinuxSeccomp, oci_spec::OciSpecError> {
+pub fn profile(caps: &[String]) -> Result<Arc<Profile>, oci_spec::OciSpecError> {
     let applies: Vec<bool> = RULES.iter().map(|r| rule_applies(r, caps)).collect();
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, p)) = built.iter().find(|(k, _)| *k == applies) {
         return Ok(p.clone());
     }
-    let p = build(&applies)?;
+    let oci = build(&applies)?;
+    let json = serde_json::to_vec(&oci)?;
+    let p = Arc::new(Profile { oci, json });
     if built.len() < KEPT {
         built.push((applies, p.clone()));
     }
@@ -366,6 +381,7 @@ mod tests {
     #[test]
     fn the_default_profile_refuses_what_escapes_the_container() {
         let p = profile(&defaults()).unwrap();
+        let p = &p.oci;
         assert_eq!(p.default_action(), LinuxSeccompAction::ScmpActErrno);
         assert_eq!(p.default_errno_ret(), Some(EPERM));
         let allowed = allowed(&p);
@@ -422,7 +438,7 @@ mod tests {
         let mut caps = defaults();
         caps.push("SYS_ADMIN".into());
         caps.push("SYS_TIME".into());
-        let allowed = allowed(&profile(&caps).unwrap());
+        let allowed = allowed(&profile(&caps).unwrap().oci);
         for call in ["mount", "unshare", "setns", "clone3", "settimeofday"] {
             assert!(allowed.contains(call), "{call} with SYS_ADMIN/SYS_TIME");
         }
@@ -451,7 +467,7 @@ mod tests {
         for _ in 0..2 {
             for caps in [defaults(), admin.clone()] {
                 let applies: Vec<bool> = RULES.iter().map(|r| rule_applies(r, &caps)).collect();
-                assert_eq!(profile(&caps).unwrap(), build(&applies).unwrap());
+                assert_eq!(profile(&caps).unwrap().oci, build(&applies).unwrap());
             }
         }
         assert!(!allowed_contains(&defaults(), "mount"));
@@ -459,7 +475,7 @@ mod tests {
     }
 
     fn allowed_contains(caps: &[String], call: &str) -> bool {
-        allowed(&profile(caps).unwrap()).contains(call)
+        allowed(&profile(caps).unwrap().oci).contains(call)
     }
 
     #[test]

@@ -17,6 +17,7 @@ use skiff_model::alloc::reason;
 use skiff_model::duration::format_duration;
 use skiff_model::{AllocStatus, Allocation, DesiredStatus, TaskSpec};
 
+use super::desired::Desired;
 use super::observe::{observe, observe_pull, observe_untracked, Observed, Sent};
 use super::restarts::{after_exit, AfterExit, Restarts};
 use super::state::{Cleanup, Container, Ending, Found, Listing, State};
@@ -75,6 +76,10 @@ pub struct Containers {
     default_grace: Duration,
     /// How far the image pulls under way have got.
     pulls: Arc<PullProgress>,
+    /// The generation of the allocation set whose listings the map has
+    /// learned (none after an adoption): the same set again is not
+    /// walked again.
+    learned: Option<u64>,
 }
 
 impl Containers {
@@ -84,6 +89,7 @@ impl Containers {
             sent: Sent::default(),
             default_grace,
             pulls,
+            learned: None,
         }
     }
 
@@ -120,6 +126,7 @@ impl Containers {
         let mut c = Container::new(state, Listing::Unknown, restarts);
         c.adopted = true;
         self.map.insert(id, c);
+        self.learned = None;
     }
 
     /// A start task ended; `run` says which run it started.
@@ -254,16 +261,17 @@ impl Containers {
     /// run in this order, each on what the one before left.
     pub fn decide(
         &mut self,
-        desired: &[Allocation],
+        desired: &Desired,
         exits: &HashMap<String, ExitRecord>,
         now: Now,
     ) -> Decision {
-        let by_id: HashMap<&str, &Allocation> =
-            desired.iter().map(|a| (a.id.as_str(), a)).collect();
         let mut actions = Vec::new();
-        self.learn_listings(&by_id);
+        if self.learned != Some(desired.generation()) {
+            self.learn_listings(desired);
+            self.learned = Some(desired.generation());
+        }
         self.notice_exits(exits, &mut actions);
-        self.follow_exits(&by_id);
+        self.follow_exits(desired);
         self.start_and_stop(desired, now.wall, &mut actions);
         self.watch_and_probe(&mut actions);
         self.clean_up(&mut actions);
@@ -271,10 +279,11 @@ impl Containers {
         Decision { actions, report }
     }
 
-    /// Learns tasks; marks what the servers no longer list.
-    fn learn_listings(&mut self, by_id: &HashMap<&str, &Allocation>) {
+    /// Learns tasks; marks what the servers no longer list. (Containers
+    /// made by later passes are listed from the start.)
+    fn learn_listings(&mut self, desired: &Desired) {
         for (id, c) in self.map.iter_mut() {
-            match (by_id.get(id.as_str()), &c.listing) {
+            match (desired.get(id), &c.listing) {
                 (Some(a), Listing::Unknown) => c.listing = Listing::Listed(a.task.clone()),
                 (Some(a), Listing::Gone(None)) => c.listing = Listing::Gone(Some(a.task.clone())),
                 (Some(_), _) | (None, Listing::Gone(_)) => {}
@@ -310,15 +319,15 @@ impl Containers {
     }
 
     /// Decides what follows an exit: a restart after a back-off, or the end.
-    fn follow_exits(&mut self, by_id: &HashMap<&str, &Allocation>) {
+    fn follow_exits(&mut self, desired: &Desired) {
         for (id, c) in self.map.iter_mut() {
             let State::Ended(record) = &c.state else {
                 continue;
             };
             let record = record.clone();
             let stop_wanted = c.listing.gone()
-                || by_id
-                    .get(id.as_str())
+                || desired
+                    .get(id)
                     .is_some_and(|a| a.desired == DesiredStatus::Stop);
             c.last_exit = Some(record.clone());
             c.healthy = None;
@@ -349,14 +358,9 @@ impl Containers {
 
     /// Starts what is new, restarts what waited out its back-off (and is
     /// cleaned up), stops what the servers want stopped or no longer list.
-    fn start_and_stop(
-        &mut self,
-        desired: &[Allocation],
-        now: SystemTime,
-        actions: &mut Vec<Action>,
-    ) {
+    fn start_and_stop(&mut self, desired: &Desired, now: SystemTime, actions: &mut Vec<Action>) {
         let grace = self.default_grace;
-        for a in desired {
+        for a in desired.iter() {
             match (a.desired, self.map.get_mut(&a.id)) {
                 (DesiredStatus::Run, None) if a.status == AllocStatus::Pending => {
                     let c = Container::new(
@@ -441,14 +445,14 @@ impl Containers {
     /// cleaned up.
     fn report_and_forget(
         &mut self,
-        desired: &[Allocation],
+        desired: &Desired,
         now: Instant,
         actions: &mut Vec<Action>,
     ) -> Vec<Observed> {
         let done = |c: &Container| c.state.terminal() && c.state.cleanup() == Some(Cleanup::Done);
         let mut report = Vec::new();
         let mut forget = Vec::new();
-        for a in desired {
+        for a in desired.iter() {
             let c = self.map.get(&a.id);
             let mut observed = match c {
                 Some(c) if matches!(c.state, State::Starting) => observe_pull(a, &self.pulls),

@@ -26,6 +26,7 @@
 //! owns the state, applies events, and runs the loop.
 
 mod decide;
+mod desired;
 mod event;
 mod execute;
 mod gate;
@@ -44,7 +45,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use skiff_model::{Allocation, DesiredStatus};
+use skiff_model::DesiredStatus;
 use tokio::sync::mpsc;
 
 pub use event::{Event, Settings};
@@ -54,6 +55,7 @@ pub use restarts::Restarts;
 pub use state::{Cleanup, Ending, State};
 
 use decide::{Containers, Decision};
+use desired::Desired;
 use state::Found;
 
 use crate::clock::{Clock, SystemClock};
@@ -66,6 +68,23 @@ use execute::Executor;
 /// being woken.
 pub const RESYNC: Duration = Duration::from_millis(500);
 
+/// How often the clock's pass also reads the exit record of every running
+/// container. Each shim's exit is watched and wakes a pass at once; this
+/// look finds one whose watch failed.
+pub const EXIT_SWEEP: Duration = Duration::from_secs(5);
+
+/// What woke a pass, and so what it looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Woken {
+    /// Events: the exits of shims seen to exit only.
+    Events,
+    /// The clock: also publishes what the metrics and the image
+    /// garbage collector read, when it changed.
+    Clock,
+    /// The clock, and the exit record of every running container.
+    Sweep,
+}
+
 /// The reconciler: the containers' state and the decisions about it
 /// ([`Containers`]), the executor that carries them out, and the edges it
 /// reads: the runtime, the per-container records and the clock.
@@ -75,9 +94,7 @@ pub struct Reconciler<R: Runtime, X: Records = FileRecords, C: Clock = SystemClo
     runtime: Arc<R>,
     records: Arc<X>,
     clock: C,
-    desired: Option<Vec<Allocation>>,
-    /// The ids the servers listed last time.
-    listed: std::collections::HashSet<String>,
+    desired: Option<Desired>,
     /// A report to the servers is under way (one at a time).
     reporting: bool,
     events: mpsc::Sender<Event>,
@@ -94,6 +111,12 @@ pub struct Reconciler<R: Runtime, X: Records = FileRecords, C: Clock = SystemClo
     /// The servers listed an allocation not seen before: the images in
     /// use are published at the next pass, not only at the clock's.
     new_listed: bool,
+    /// Something that what is published may follow from happened since
+    /// it was last published (an event, an action, an exit): a clock's
+    /// pass with nothing new publishes nothing.
+    unpublished: bool,
+    /// Times the live view was published (tests pin the work).
+    publishes: u64,
 }
 
 impl<R: Runtime> Reconciler<R> {
@@ -126,6 +149,8 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
             resync: settings.resync,
             shims_exited: Default::default(),
             new_listed: true,
+            unpublished: true,
+            publishes: 0,
             executor: Executor::new(
                 runtime.clone(),
                 records.clone(),
@@ -137,7 +162,6 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
             records,
             clock,
             desired: None,
-            listed: Default::default(),
             reporting: false,
             events,
         }
@@ -175,7 +199,7 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
 
     /// Removes the logs of allocations the servers no longer list (they
     /// collected them) and that have no container here.
-    fn drop_logs(&self, listed: &std::collections::HashSet<String>) {
+    fn drop_logs(&self, listed: &Desired) {
         for id in self.records.logged() {
             if !listed.contains(&id) && self.containers.get(&id).is_none() {
                 tracing::info!(alloc = %id, "removing the logs of a collected allocation");
@@ -185,6 +209,9 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
     }
 
     pub fn handle(&mut self, event: Event) {
+        if !matches!(event, Event::Reported { .. }) {
+            self.unpublished = true;
+        }
         match event {
             Event::Desired(mut allocs) => {
                 // Ids become directory names: one that is not an id the
@@ -197,15 +224,15 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
                     }
                     ok
                 });
-                let listed: std::collections::HashSet<String> =
-                    allocs.iter().map(|a| a.id.clone()).collect();
-                let first = self.desired.is_none();
-                if first || self.listed.iter().any(|id| !listed.contains(id)) {
-                    self.drop_logs(&listed);
+                let next = Desired::new(allocs);
+                let before = self.desired.as_ref();
+                if before.is_none_or(|b| b.iter().any(|a| !next.contains(&a.id))) {
+                    self.drop_logs(&next);
                 }
-                self.new_listed |= listed.iter().any(|id| !self.listed.contains(id));
-                self.listed = listed;
-                self.desired = Some(allocs)
+                self.new_listed |= next
+                    .iter()
+                    .any(|a| before.is_none_or(|b| !b.contains(&a.id)));
+                self.desired = Some(next)
             }
             Event::Reported { updates, sent } => {
                 self.reporting = false;
@@ -248,12 +275,11 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
     /// One pass, looking for the exit record of every running container:
     /// decide, act, and return the statuses to report.
     pub fn reconcile(&mut self) -> Vec<Observed> {
-        self.pass(true)
+        self.pass(Woken::Sweep)
     }
 
-    /// One pass that looks only for the exits of the containers whose
-    /// shims were seen to exit (`all` false) or of every running one.
-    fn pass(&mut self, all: bool) -> Vec<Observed> {
+    /// One pass; what woke it says which exit records it reads.
+    fn pass(&mut self, woken: Woken) -> Vec<Observed> {
         let Some(desired) = &self.desired else {
             return Vec::new(); // nothing heard from the servers yet
         };
@@ -261,20 +287,24 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
         let exits: HashMap<String, _> = self
             .containers
             .awaiting_exit()
-            .filter(|id| all || exited.contains(*id))
+            .filter(|id| woken == Woken::Sweep || exited.contains(*id))
             .filter_map(|id| Some((id.to_string(), self.records.exit(id)?)))
             .collect();
         let now = self.clock.now();
         let Decision { actions, report } = self.containers.decide(desired, &exits, now);
+        self.unpublished |= !actions.is_empty() || !exits.is_empty();
         self.executor.execute(actions);
         // What the metrics, the heartbeats and the image garbage collector
-        // read is published by the clock's passes (twice a second), and at
-        // once when a new allocation may want an image no other does:
-        // not at every event, each of which would cost a walk over all.
+        // read is published by the clock's passes (twice a second) when
+        // something happened since, and at once when a new allocation may
+        // want an image no other does: not at every event, each of which
+        // would cost a walk over all.
         let new_listed = std::mem::take(&mut self.new_listed);
-        if !all && !new_listed {
+        if !(new_listed || woken != Woken::Events && self.unpublished) {
             return report;
         }
+        self.unpublished = false;
+        self.publishes += 1;
         // What the image garbage collector must keep: what allocations
         // want to run, and what containers not yet cleaned up stand on.
         let in_use: std::collections::HashSet<String> = desired
@@ -294,7 +324,7 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
 
     /// The allocations the servers list that have a container here, as
     /// the metrics see them.
-    fn live_view(&self, desired: &[Allocation]) -> std::collections::BTreeMap<String, LiveAlloc> {
+    fn live_view(&self, desired: &Desired) -> std::collections::BTreeMap<String, LiveAlloc> {
         desired
             .iter()
             .filter_map(|a| {
@@ -363,26 +393,34 @@ pub async fn run_loop<R, X, C, F, Fut>(
     let resync = rec.resync;
     let mut tick = tokio::time::interval(resync);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let sweep_every = EXIT_SWEEP.max(resync);
+    let mut swept = tokio::time::Instant::now();
     loop {
         // Wake when a back-off ends, not at the next tick after it.
         let wake = rec.next_wakeup().unwrap_or(resync).min(resync);
-        // Woken by the clock: every exit record is looked for (one a shim
-        // wrote without its exit watch noticing is found then).
-        let all = tokio::select! {
-            _ = tokio::time::sleep(wake) => true,
+        let woken = tokio::select! {
+            _ = tokio::time::sleep(wake) => Woken::Clock,
             ev = events.recv() => match ev {
                 Some(ev) => {
                     rec.handle(ev);
                     while let Ok(ev) = events.try_recv() {
                         rec.handle(ev);
                     }
-                    false
+                    Woken::Events
                 }
                 None => return,
             },
-            _ = tick.tick() => true,
+            _ = tick.tick() => Woken::Clock,
         };
-        let updates = rec.pass(all);
+        // Now and then the clock's pass looks for every exit record (one
+        // a shim wrote without its exit watch noticing is found then).
+        let woken = if woken == Woken::Clock && swept.elapsed() >= sweep_every {
+            swept = tokio::time::Instant::now();
+            Woken::Sweep
+        } else {
+            woken
+        };
+        let updates = rec.pass(woken);
         if !updates.is_empty() && !rec.reporting {
             rec.reporting = true;
             let done = rec.events.clone();

@@ -222,6 +222,9 @@ impl Sent {
                     .registry
                     .as_ref()
                     .is_some_and(|r| r.digest.is_some()));
+        if server_has {
+            return false; // what most passes find, without a look-up
+        }
         let recently_sent = self.0.get(&a.id).is_some_and(|(s, t)| {
             let age = now.saturating_duration_since(*t);
             (s == o && age < RESEND_AFTER)
@@ -229,7 +232,7 @@ impl Sent {
                     && o.reason == reason::PULLING
                     && age < PROGRESS_EVERY)
         });
-        !server_has && !recently_sent
+        !recently_sent
     }
 
     /// Records that these updates reached the server at `now`.

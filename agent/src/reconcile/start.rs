@@ -104,7 +104,7 @@ pub async fn start<R: Runtime>(
         _ => None,
     };
     let t_network = Instant::now();
-    let spec = build_spec(&BundleInput {
+    let built = build_spec(&BundleInput {
         alloc,
         container_id: &cid,
         image: &prepared.config,
@@ -114,14 +114,17 @@ pub async fn start<R: Runtime>(
         node_host: &settings.node_host,
     })
     .map_err(|e| e.to_string())?;
-    let cgroup = spec
+    let cgroup = built
+        .spec
         .linux()
         .as_ref()
         .and_then(|l| l.cgroups_path().clone())
         .map(|p| p.display().to_string())
         .unwrap_or_default();
     // 0600: it holds the environment's values.
-    let json = serde_json::to_vec(&spec).map_err(|e| format!("writing config.json: {e}"))?;
+    let json = built
+        .to_json()
+        .map_err(|e| format!("writing config.json: {e}"))?;
     crate::shim::write_private(&bundle.join("config.json"), &json)
         .map_err(|e| format!("writing config.json: {e}"))?;
 

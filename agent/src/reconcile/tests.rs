@@ -103,7 +103,8 @@ impl Node {
 
     /// One pass, its report lost on the way.
     fn decide(&mut self) -> Decision {
-        self.c.decide(&self.desired, &self.exits, self.now)
+        let desired = super::desired::Desired::new(self.desired.clone());
+        self.c.decide(&desired, &self.exits, self.now)
     }
 
     /// One pass whose report reaches the servers, which then hold what it
@@ -1027,7 +1028,11 @@ async fn a_pass_woken_by_events_reads_only_the_exits_of_shims_seen_to_exit() {
     rig.rec.handle(Event::Desired(allocs.clone()));
     let reads = || rig.records.exit_reads();
     let before = reads();
-    assert_eq!(rig.rec.pass(false), [], "the servers hold them running");
+    assert_eq!(
+        rig.rec.pass(super::Woken::Events),
+        [],
+        "the servers hold them running"
+    );
     assert_eq!(
         reads() - before,
         0,
@@ -1037,7 +1042,7 @@ async fn a_pass_woken_by_events_reads_only_the_exits_of_shims_seen_to_exit() {
     rig.records
         .record_exit(B, super::testing::exit(3, 1, false));
     rig.rec.handle(Event::ShimExited { id: B.into() });
-    let report = rig.rec.pass(false);
+    let report = rig.rec.pass(super::Woken::Events);
     assert_eq!(reads() - before, 1);
     assert_eq!(report.len(), 1);
     assert_eq!(report[0].alloc_id, B);
@@ -1047,4 +1052,76 @@ async fn a_pass_woken_by_events_reads_only_the_exits_of_shims_seen_to_exit() {
     let before = reads();
     rig.rec.reconcile();
     assert_eq!(reads() - before, 2, "A and C (B has ended)");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_clocks_passes_read_every_exit_record_only_now_and_then_and_still_find_a_missed_exit() {
+    let records = Arc::new(MemRecords::new());
+    for id in [A, B, C] {
+        records.add(id, Restarts::default());
+        records.set_alive(id, true);
+    }
+    let mut rig = Rig::new(FakeRuntime::new(), records.clone());
+    rig.rec.adopt().await;
+    let tx = rig.rec.events.clone();
+    let sent: Arc<std::sync::Mutex<Vec<Observed>>> = Default::default();
+    let calls = sent.clone();
+    let looping = tokio::spawn(super::run_loop(rig.rec, rig.events, move |updates| {
+        calls.lock().unwrap().extend(updates);
+        async { true }
+    }));
+    let allocs: Vec<Allocation> = [A, B, C]
+        .iter()
+        .map(|id| running_alloc(id, task("{}")))
+        .collect();
+    tx.send(Event::Desired(allocs)).await.unwrap();
+    let before = records.exit_reads();
+    // Twenty of the clock's passes; two of them look at every record.
+    tokio::time::sleep(super::EXIT_SWEEP * 2 + secs(1) / 5).await;
+    assert_eq!(records.exit_reads() - before, 6, "two looks at A, B and C");
+    assert_eq!(
+        sent.lock().unwrap().len(),
+        0,
+        "the servers hold them running"
+    );
+    // B exits and its watch misses it: the next look finds it.
+    records.record_exit(B, super::testing::exit(3, 1, false));
+    tokio::time::sleep(super::EXIT_SWEEP).await;
+    let sent = sent.lock().unwrap().clone();
+    assert!(!sent.is_empty(), "the exit is reported");
+    assert_eq!((sent[0].alloc_id.as_str(), sent[0].exit_code), (B, Some(3)));
+    looping.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_clocks_pass_with_nothing_new_publishes_nothing() {
+    let records = MemRecords::new();
+    records.add(A, Restarts::default());
+    records.set_alive(A, true);
+    let mut rig = Rig::new(FakeRuntime::new(), records);
+    rig.rec.adopt().await;
+    rig.rec
+        .handle(Event::Desired(vec![running_alloc(A, task("{}"))]));
+    rig.rec.pass(super::Woken::Events);
+    assert_eq!(
+        rig.rec.publishes, 1,
+        "a new allocation is published at once"
+    );
+    for _ in 0..10 {
+        rig.rec.pass(super::Woken::Clock);
+    }
+    assert_eq!(rig.rec.publishes, 1, "nothing new, nothing published");
+    rig.rec.handle(Event::Probe {
+        id: A.into(),
+        run: 0,
+        event: crate::probe::ProbeEvent::Ready(false),
+    });
+    rig.rec.pass(super::Woken::Events);
+    assert_eq!(
+        rig.rec.publishes, 1,
+        "an event's pass leaves it to the clock"
+    );
+    rig.rec.pass(super::Woken::Clock);
+    assert_eq!(rig.rec.publishes, 2);
+    assert_eq!(rig.rec.live.snapshot()[A].ready, Some(false));
 }

@@ -186,6 +186,29 @@ impl Servers {
             .unwrap_or(0.0)
     }
 
+    /// The cumulative buckets of server `i`'s answer times for `method`
+    /// (`Cluster/GetJob`): (upper bound in seconds, calls at or under it).
+    fn buckets(&self, i: usize, method: &str) -> Vec<(f64, f64)> {
+        let Ok(addr) = std::fs::read_to_string(self.dirs[i].join("metrics.addr")) else {
+            return Vec::new();
+        };
+        let Ok(body) = skiff_bench::http::body(addr.trim(), "/metrics") else {
+            return Vec::new();
+        };
+        let head = format!("skiff_grpc_request_duration_seconds_bucket{{method=\"{method}\",le=\"");
+        body.lines()
+            .filter_map(|l| {
+                let (le, n) = l.strip_prefix(&head)?.split_once("\"} ")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, n.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
     /// Nodes declared down, summed over the running servers (each counts
     /// the ones it declared while it led).
     fn declared_down(&self) -> f64 {
@@ -256,6 +279,50 @@ impl Calls {
             );
         }
         println!();
+    }
+}
+
+/// The calls' answer times as server `i` saw them: by method, buckets
+/// [`Servers::buckets`] read at the start of a phase.
+struct ServerSide(Vec<(&'static str, Vec<(f64, f64)>)>);
+
+const METHODS: [(&str, &str); 4] = [
+    ("apply_job", "Cluster/ApplyJob"),
+    ("get_job", "Cluster/GetJob"),
+    ("list_job_allocs", "Cluster/ListAllocs"),
+    ("list_nodes", "Cluster/ListNodes"),
+];
+
+impl ServerSide {
+    fn read(servers: &Servers, i: usize) -> ServerSide {
+        ServerSide(
+            METHODS
+                .iter()
+                .map(|(name, method)| (*name, servers.buckets(i, method)))
+                .collect(),
+        )
+    }
+
+    /// Prints, for the calls answered since `self` was read, the bucket
+    /// bound under which 99% of them were answered
+    /// (`api_server_p99_ms_le_<call>_<when>`): the server's own share of
+    /// the latency, without the client's or the network's.
+    fn print_since(self, servers: &Servers, i: usize, when: &str) {
+        for (name, before) in self.0 {
+            let method = METHODS.iter().find(|m| m.0 == name).map_or("", |m| m.1);
+            let now = servers.buckets(i, method);
+            let count =
+                |v: &[(f64, f64)], le: f64| v.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1);
+            let total = now.last().map_or(0.0, |b| b.1) - before.last().map_or(0.0, |b| b.1);
+            if total <= 0.0 {
+                continue;
+            }
+            let p99 = now
+                .iter()
+                .find(|(le, n)| n - count(&before, *le) >= 0.99 * total)
+                .map_or(f64::INFINITY, |b| b.0);
+            println!("api_server_p99_ms_le_{name}_{when}={:.1}", p99 * 1000.0);
+        }
     }
 }
 
@@ -360,22 +427,30 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
     // Jobs of 100 replicas (the last takes the rest), applied at once;
     // a second client samples the calls while the cluster fills.
     let filling = Arc::new(AtomicBool::new(true));
+    // The sampler has a thread and a runtime of its own: queued behind
+    // thousands of simulated agents' tasks, it would time this process,
+    // not the servers (a real client is on another machine).
     let sampler = {
         let (url, filling, image) = (url.clone(), filling.clone(), image.clone());
-        tokio::spawn(async move {
-            let mut calls = Calls::default();
-            let Ok(mut c) = creds().connect(&url).await else {
-                return calls;
-            };
-            let mut round = 1000;
-            while filling.load(Ordering::Relaxed) {
-                round += 1;
-                if calls.sample(&mut c, &image, round, true).await.is_err() {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let mut calls = Calls::default();
+                let mut c = creds().connect(&url).await?;
+                // One round a second, as a steady client would call; a
+                // slow round delays the next, it does not pile them up.
+                let mut pace = tokio::time::interval(Duration::from_secs(1));
+                pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut round = 1000;
+                while filling.load(Ordering::Relaxed) {
+                    pace.tick().await;
+                    round += 1;
+                    let _ = calls.sample(&mut c, &image, round, true).await;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            calls
+                anyhow::Ok(calls)
+            })
         })
     };
     // Several clients apply at once (as a CI system or several people
@@ -388,6 +463,7 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
         (cpu_ticks_of(std::process::id()), servers)
     };
     let cpu_before = cpu();
+    let server_side = ServerSide::read(&servers, leader);
     let started = Instant::now();
     let mut appliers = tokio::task::JoinSet::new();
     for first in 0..APPLIERS.min(jobs) {
@@ -419,7 +495,9 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
     let filled = started.elapsed();
     let cpu_after = cpu();
     filling.store(false, Ordering::Relaxed);
-    let during = sampler.await?;
+    let during = tokio::task::spawn_blocking(move || sampler.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the sampler panicked"))??;
     let (not_ready, confirmed) = census(&url).await?;
     let twice = sim.stats.started_twice();
     println!("apply_seconds={:.1}", applied.as_secs_f64());
@@ -441,11 +519,16 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
         running as f64 / filled.as_secs_f64().max(1e-9)
     );
     during.print("filling");
+    server_side.print_since(&servers, leader, "filling");
+    println!();
+    let server_side = ServerSide::read(&servers, leader);
     let mut full = Calls::default();
     for round in 0..30 {
         full.sample(&mut client, &image, 5000 + round, true).await?;
     }
     full.print("full");
+    server_side.print_since(&servers, leader, "full");
+    println!();
     // How long planning held the state's lock (applies wait for it).
     let lock = |what: &str| {
         servers.counter(
