@@ -384,7 +384,7 @@ mod tests {
         let p = &p.oci;
         assert_eq!(p.default_action(), LinuxSeccompAction::ScmpActErrno);
         assert_eq!(p.default_errno_ret(), Some(EPERM));
-        let allowed = allowed(&p);
+        let allowed = allowed(p);
         for denied in [
             "mount",
             "umount2",
