@@ -238,6 +238,15 @@ impl Containers {
         self.sent.record(updates, now);
     }
 
+    /// Whether a container is starting (its pull's progress is reported
+    /// as time passes) or waiting out a back-off: a pass with no news may
+    /// still have something to do.
+    pub fn in_flight(&self) -> bool {
+        self.map
+            .values()
+            .any(|c| matches!(c.state, State::Starting | State::BackOff { .. }))
+    }
+
     /// When the next pass has something to do that no event will
     /// announce: the end of the earliest back-off.
     pub fn next_wakeup(&self) -> Option<SystemTime> {

@@ -117,6 +117,13 @@ pub struct Reconciler<R: Runtime, X: Records = FileRecords, C: Clock = SystemClo
     unpublished: bool,
     /// Times the live view was published (tests pin the work).
     publishes: u64,
+    /// The last pass had nothing to do, nothing to report and nothing in
+    /// flight, and no event came since (`stirred` false): a clock's pass
+    /// then has nothing to decide either, and skips the walk.
+    quiet: bool,
+    stirred: bool,
+    /// Passes that decided (tests pin the work).
+    decided: u64,
 }
 
 impl<R: Runtime> Reconciler<R> {
@@ -151,6 +158,9 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
             new_listed: true,
             unpublished: true,
             publishes: 0,
+            quiet: false,
+            stirred: false,
+            decided: 0,
             executor: Executor::new(
                 runtime.clone(),
                 records.clone(),
@@ -209,6 +219,7 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
     }
 
     pub fn handle(&mut self, event: Event) {
+        self.stirred = true;
         if !matches!(event, Event::Reported { .. }) {
             self.unpublished = true;
         }
@@ -283,6 +294,11 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
         let Some(desired) = &self.desired else {
             return Vec::new(); // nothing heard from the servers yet
         };
+        let stirred = std::mem::take(&mut self.stirred);
+        if woken == Woken::Clock && self.quiet && !stirred && !self.unpublished {
+            return Vec::new();
+        }
+        self.decided += 1;
         let exited = std::mem::take(&mut self.shims_exited);
         let exits: HashMap<String, _> = self
             .containers
@@ -293,6 +309,10 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
         let now = self.clock.now();
         let Decision { actions, report } = self.containers.decide(desired, &exits, now);
         self.unpublished |= !actions.is_empty() || !exits.is_empty();
+        self.quiet = actions.is_empty()
+            && report.is_empty()
+            && exits.is_empty()
+            && !self.containers.in_flight();
         self.executor.execute(actions);
         // What the metrics, the heartbeats and the image garbage collector
         // read is published by the clock's passes (twice a second) when

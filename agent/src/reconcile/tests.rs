@@ -1125,3 +1125,33 @@ async fn a_clocks_pass_with_nothing_new_publishes_nothing() {
     assert_eq!(rig.rec.publishes, 2);
     assert_eq!(rig.rec.live.snapshot()[A].ready, Some(false));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_clocks_pass_with_no_news_decides_nothing_unless_something_is_under_way() {
+    let records = MemRecords::new();
+    records.add(A, Restarts::default());
+    records.set_alive(A, true);
+    let mut rig = Rig::new(FakeRuntime::new(), records);
+    rig.rec.adopt().await;
+    rig.rec
+        .handle(Event::Desired(vec![running_alloc(A, task("{}"))]));
+    rig.rec.pass(super::Woken::Events);
+    rig.rec.pass(super::Woken::Clock);
+    let settled = rig.rec.decided;
+    for _ in 0..10 {
+        rig.rec.pass(super::Woken::Clock);
+    }
+    assert_eq!(rig.rec.decided, settled, "no news: nothing decided");
+    rig.rec.pass(super::Woken::Sweep);
+    assert_eq!(rig.rec.decided, settled + 1, "the sweep always looks");
+    // B is new: it starts, and while it does the clock's passes decide.
+    rig.rec.handle(Event::Desired(vec![
+        running_alloc(A, task("{}")),
+        alloc_of(B, task("{}")),
+    ]));
+    rig.rec.pass(super::Woken::Events);
+    assert_eq!(rig.rec.state(B), Some(&State::Starting));
+    rig.rec.pass(super::Woken::Clock);
+    rig.rec.pass(super::Woken::Clock);
+    assert_eq!(rig.rec.decided, settled + 4);
+}

@@ -9,8 +9,14 @@
 //! ```text
 //! cargo build --release -p skiff -p skiff-bench
 //! target/release/scalebench [--servers 3] [--nodes 1000] [--allocs 10000]
-//!     [--skiff target/release/skiff] [--no-kill]
+//!     [--skiff target/release/skiff] [--no-kill] [--sim-dir /dev/shm]
 //! ```
+//!
+//! The simulated nodes' data directories (every container's bundle, root
+//! filesystem, records and logs) are under the run's temporary directory,
+//! on one disk for all of them, unless `--sim-dir` names another place
+//! (a tmpfs takes the nodes' own disks out of the figure: on a real
+//! cluster each node writes to its own).
 //!
 //! Prints `key=value` lines: `allocs_running`, `seconds_to_running`,
 //! `placements_per_sec_e2e` (from the first apply to the last allocation
@@ -41,13 +47,13 @@ struct Opts {
     allocs: usize,
     skiff: PathBuf,
     kill: bool,
+    sim_dir: Option<PathBuf>,
 }
 
 /// Clients applying the jobs at once.
 const APPLIERS: usize = 8;
 
-const USAGE: &str =
-    "usage: scalebench [--servers 1|3] [--nodes N] [--allocs N] [--skiff PATH] [--no-kill]";
+const USAGE: &str = "usage: scalebench [--servers 1|3] [--nodes N] [--allocs N] [--skiff PATH] [--no-kill] [--sim-dir DIR]";
 
 fn parse() -> anyhow::Result<Opts> {
     let mut o = Opts {
@@ -56,6 +62,7 @@ fn parse() -> anyhow::Result<Opts> {
         allocs: 10_000,
         skiff: PathBuf::from("target/release/skiff"),
         kill: true,
+        sim_dir: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -69,6 +76,7 @@ fn parse() -> anyhow::Result<Opts> {
             "--allocs" => o.allocs = value()?.parse()?,
             "--skiff" => o.skiff = value()?.into(),
             "--no-kill" => o.kill = false,
+            "--sim-dir" => o.sim_dir = Some(value()?.into()),
             _ => anyhow::bail!("{USAGE}"),
         }
     }
@@ -390,8 +398,13 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
 
     let names: Vec<String> = (0..o.nodes).map(|i| format!("sim-{i:05}")).collect();
     let joined = Instant::now();
+    let sim_dir = match &o.sim_dir {
+        Some(d) => tempfile::tempdir_in(d)?,
+        None => tempfile::tempdir_in(dir)?,
+    };
+    println!("sim_dir={}", o.sim_dir.as_deref().unwrap_or(dir).display());
     let sim = simnodes::start(
-        &dir.join("sim"),
+        sim_dir.path(),
         &servers.urls,
         &token,
         &names,
