@@ -556,9 +556,21 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
         1000.0 * locked / batches.max(1.0)
     );
     let beats = servers.counter(leader, "skiff_heartbeats_received_total");
+    let cpu_before = cpu();
     tokio::time::sleep(Duration::from_secs(10)).await;
+    let cpu_after = cpu();
     let beats = servers.counter(leader, "skiff_heartbeats_received_total") - beats;
     println!("leader_heartbeats_per_sec={:.0}", beats / 10.0);
+    // Once full and nothing changing: what the nodes and the servers
+    // spend just keeping it so (percent of one CPU, over 10 s).
+    println!(
+        "cpu_percent_full_idle_simnodes={:.1}",
+        cpu_after.0.saturating_sub(cpu_before.0) as f64 / 10.0
+    );
+    println!(
+        "cpu_percent_full_idle_servers={:.1}",
+        cpu_after.1.saturating_sub(cpu_before.1) as f64 / 10.0
+    );
     let declared = servers.declared_down();
     println!("false_downs={}", declared as usize + not_ready);
     let (rss_max, rss_leader) = servers.rss(leader);
