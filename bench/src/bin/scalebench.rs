@@ -181,12 +181,16 @@ impl Servers {
         (max, rss_mib(self.pid(leader)))
     }
 
+    /// Server `i`'s metrics, as `GET /metrics` serves them (none when
+    /// they cannot be read).
+    fn metrics(&self, i: usize) -> Option<String> {
+        let addr = std::fs::read_to_string(self.dirs[i].join("metrics.addr")).ok()?;
+        skiff_bench::http::body(addr.trim(), "/metrics").ok()
+    }
+
     /// A counter of server `i`'s metrics (0 when it cannot be read).
     fn counter(&self, i: usize, name: &str) -> f64 {
-        let Ok(addr) = std::fs::read_to_string(self.dirs[i].join("metrics.addr")) else {
-            return 0.0;
-        };
-        let Ok(body) = skiff_bench::http::body(addr.trim(), "/metrics") else {
+        let Some(body) = self.metrics(i) else {
             return 0.0;
         };
         body.lines()
@@ -196,11 +200,8 @@ impl Servers {
 
     /// The cumulative buckets of server `i`'s answer times for `method`
     /// (`Cluster/GetJob`): (upper bound in seconds, calls at or under it).
-    fn buckets(&self, i: usize, method: &str) -> Vec<(f64, f64)> {
-        let Ok(addr) = std::fs::read_to_string(self.dirs[i].join("metrics.addr")) else {
-            return Vec::new();
-        };
-        let Ok(body) = skiff_bench::http::body(addr.trim(), "/metrics") else {
+    fn buckets(&self, i: usize, method: &str) -> Buckets {
+        let Some(body) = self.metrics(i) else {
             return Vec::new();
         };
         let head = format!("skiff_grpc_request_duration_seconds_bucket{{method=\"{method}\",le=\"");
@@ -230,6 +231,8 @@ impl Servers {
 /// Latencies of the calls issue 21 names, sampled together.
 #[derive(Default)]
 struct Calls {
+    /// Rounds that ended in an error (their calls are not timed).
+    failed: usize,
     apply_job: Vec<Duration>,
     get_job: Vec<Duration>,
     list_job_allocs: Vec<Duration>,
@@ -268,6 +271,7 @@ impl Calls {
     }
 
     fn print(self, when: &str) {
+        println!("api_failed_rounds_{when}={}", self.failed);
         for (name, mut v) in [
             ("apply_job", self.apply_job),
             ("get_job", self.get_job),
@@ -290,9 +294,13 @@ impl Calls {
     }
 }
 
-/// The calls' answer times as server `i` saw them: by method, buckets
-/// [`Servers::buckets`] read at the start of a phase.
-struct ServerSide(Vec<(&'static str, Vec<(f64, f64)>)>);
+/// The calls' answer times as server `i` saw them: for each call's name
+/// and method, the buckets [`Servers::buckets`] read at the start of a
+/// phase.
+struct ServerSide(Vec<(&'static str, &'static str, Buckets)>);
+
+/// Cumulative histogram buckets: (upper bound in seconds, count).
+type Buckets = Vec<(f64, f64)>;
 
 const METHODS: [(&str, &str); 4] = [
     ("apply_job", "Cluster/ApplyJob"),
@@ -306,7 +314,7 @@ impl ServerSide {
         ServerSide(
             METHODS
                 .iter()
-                .map(|(name, method)| (*name, servers.buckets(i, method)))
+                .map(|&(name, method)| (name, method, servers.buckets(i, method)))
                 .collect(),
         )
     }
@@ -316,8 +324,7 @@ impl ServerSide {
     /// (`api_server_p99_ms_le_<call>_<when>`): the server's own share of
     /// the latency, without the client's or the network's.
     fn print_since(self, servers: &Servers, i: usize, when: &str) {
-        for (name, before) in self.0 {
-            let method = METHODS.iter().find(|m| m.0 == name).map_or("", |m| m.1);
+        for (name, method, before) in self.0 {
             let now = servers.buckets(i, method);
             let count =
                 |v: &[(f64, f64)], le: f64| v.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1);
@@ -460,7 +467,9 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
                 while filling.load(Ordering::Relaxed) {
                     pace.tick().await;
                     round += 1;
-                    let _ = calls.sample(&mut c, &image, round, true).await;
+                    if calls.sample(&mut c, &image, round, true).await.is_err() {
+                        calls.failed += 1;
+                    }
                 }
                 anyhow::Ok(calls)
             })
