@@ -470,6 +470,19 @@ mod tests {
         }
     }
 
+    /// The spec of `a` with no network and no GPUs.
+    fn plain(a: &Allocation, image: &ImageConfig, rootfs: &Path) -> Result<BuiltSpec, BundleError> {
+        build_spec(&BundleInput {
+            alloc: a,
+            container_id: "sk-1",
+            image,
+            rootfs,
+            gpu_edits: None,
+            network: None,
+            node_host: "127.0.0.1",
+        })
+    }
+
     /// The spec as `config.json` holds it.
     fn written(built: &BuiltSpec) -> Spec {
         serde_json::from_slice(&built.to_json().unwrap()).unwrap()
@@ -501,16 +514,7 @@ mod tests {
     fn config_json_is_the_spec_with_the_shared_profile_in_its_linux_section() {
         let a = alloc(r#"{image: 'oci:/i', network: none, env: {X: '"linux":{'}}"#);
         let dir = tempfile::tempdir().unwrap();
-        let built = build_spec(&BundleInput {
-            alloc: &a,
-            container_id: "sk-1",
-            image: &image(),
-            rootfs: dir.path(),
-            gpu_edits: None,
-            network: None,
-            node_host: "127.0.0.1",
-        })
-        .unwrap();
+        let built = plain(&a, &image(), dir.path()).unwrap();
         let mut whole = built.spec.clone();
         let mut linux = whole.linux().clone().unwrap();
         linux.set_seccomp(Some(built.seccomp.oci.clone()));
@@ -592,15 +596,7 @@ mod tests {
         let mut a = alloc("{image: 'oci:/i'}");
         a.task.workdir = Some("/proc/self/fd/7".into());
         let dir = tempfile::tempdir().unwrap();
-        let built = build_spec(&BundleInput {
-            alloc: &a,
-            container_id: "sk-1",
-            image: &image(),
-            rootfs: dir.path(),
-            gpu_edits: None,
-            network: None,
-            node_host: "127.0.0.1",
-        });
+        let built = plain(&a, &image(), dir.path());
         assert!(matches!(
             built,
             Err(BundleError::Workdir { from: "task", .. })
@@ -612,15 +608,7 @@ mod tests {
                 workdir: Some(bad.into()),
                 ..image()
             };
-            let built = build_spec(&BundleInput {
-                alloc: &a,
-                container_id: "sk-1",
-                image: &img,
-                rootfs: dir.path(),
-                gpu_edits: None,
-                network: None,
-                node_host: "127.0.0.1",
-            });
+            let built = plain(&a, &img, dir.path());
             match built {
                 Err(
                     e @ BundleError::Workdir {

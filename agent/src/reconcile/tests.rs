@@ -1093,8 +1093,9 @@ async fn the_clocks_passes_read_every_exit_record_only_now_and_then_and_still_fi
     looping.abort();
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_clocks_pass_with_nothing_new_publishes_nothing() {
+/// A rig whose reconciler adopted A, running, and has passed once over
+/// the servers' list of it running.
+async fn adopted_a_running() -> Rig {
     let records = MemRecords::new();
     records.add(A, Restarts::default());
     records.set_alive(A, true);
@@ -1103,6 +1104,12 @@ async fn a_clocks_pass_with_nothing_new_publishes_nothing() {
     rig.rec
         .handle(Event::Desired(vec![running_alloc(A, task("{}"))]));
     rig.rec.pass(super::Woken::Events);
+    rig
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_clocks_pass_with_nothing_new_publishes_nothing() {
+    let mut rig = adopted_a_running().await;
     assert_eq!(
         rig.rec.publishes, 1,
         "a new allocation is published at once"
@@ -1128,14 +1135,7 @@ async fn a_clocks_pass_with_nothing_new_publishes_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn a_clocks_pass_with_no_news_decides_nothing_unless_something_is_under_way() {
-    let records = MemRecords::new();
-    records.add(A, Restarts::default());
-    records.set_alive(A, true);
-    let mut rig = Rig::new(FakeRuntime::new(), records);
-    rig.rec.adopt().await;
-    rig.rec
-        .handle(Event::Desired(vec![running_alloc(A, task("{}"))]));
-    rig.rec.pass(super::Woken::Events);
+    let mut rig = adopted_a_running().await;
     rig.rec.pass(super::Woken::Clock);
     let settled = rig.rec.decided;
     for _ in 0..10 {

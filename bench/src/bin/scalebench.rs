@@ -484,6 +484,14 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
         let servers: u64 = servers.procs.iter().map(|p| p.cpu_ticks()).sum();
         (cpu_ticks_of(std::process::id()), servers)
     };
+    // CPU seconds (nodes, servers) between two readings; USER_HZ ticks
+    // are 10 ms.
+    let used = |before: (u64, u64), after: (u64, u64)| {
+        (
+            after.0.saturating_sub(before.0) as f64 / 100.0,
+            after.1.saturating_sub(before.1) as f64 / 100.0,
+        )
+    };
     let cpu_before = cpu();
     let server_side = ServerSide::read(&servers, leader);
     let started = Instant::now();
@@ -527,15 +535,9 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
     println!("allocs_reported_running={running}");
     println!("allocs_started_twice={twice}");
     println!("seconds_to_running={:.1}", filled.as_secs_f64());
-    // USER_HZ ticks are 10 ms.
-    println!(
-        "cpu_seconds_filling_simnodes={:.1}",
-        cpu_after.0.saturating_sub(cpu_before.0) as f64 / 100.0
-    );
-    println!(
-        "cpu_seconds_filling_servers={:.1}",
-        cpu_after.1.saturating_sub(cpu_before.1) as f64 / 100.0
-    );
+    let (nodes_cpu, servers_cpu) = used(cpu_before, cpu_after);
+    println!("cpu_seconds_filling_simnodes={nodes_cpu:.1}");
+    println!("cpu_seconds_filling_servers={servers_cpu:.1}");
     println!(
         "placements_per_sec_e2e={:.0}",
         running as f64 / filled.as_secs_f64().max(1e-9)
@@ -572,14 +574,9 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
     println!("leader_heartbeats_per_sec={:.0}", beats / 10.0);
     // Once full and nothing changing: what the nodes and the servers
     // spend just keeping it so (percent of one CPU, over 10 s).
-    println!(
-        "cpu_percent_full_idle_simnodes={:.1}",
-        cpu_after.0.saturating_sub(cpu_before.0) as f64 / 10.0
-    );
-    println!(
-        "cpu_percent_full_idle_servers={:.1}",
-        cpu_after.1.saturating_sub(cpu_before.1) as f64 / 10.0
-    );
+    let (nodes_cpu, servers_cpu) = used(cpu_before, cpu_after);
+    println!("cpu_percent_full_idle_simnodes={:.1}", nodes_cpu * 10.0);
+    println!("cpu_percent_full_idle_servers={:.1}", servers_cpu * 10.0);
     let declared = servers.declared_down();
     println!("false_downs={}", declared as usize + not_ready);
     let (rss_max, rss_leader) = servers.rss(leader);
