@@ -6,7 +6,7 @@ use crate::job::{NetworkMode, TaskSpec};
 use crate::resources::Resources;
 
 /// What the servers want to happen to an allocation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DesiredStatus {
     #[default]
@@ -15,7 +15,7 @@ pub enum DesiredStatus {
 }
 
 /// What the agent last reported (or `lost`, decided by the servers).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AllocStatus {
     /// Placed, not yet running (image unpacking, container starting).
@@ -128,7 +128,7 @@ pub struct Allocation {
 
 /// What a replica of a gang learns about its gang, as environment
 /// variables (`SKIFF_RANK`, `RANK`, `WORLD_SIZE`, `MASTER_ADDR`, ...).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct GangRank {
     /// The replica's rank, 0 to `world_size - 1`.
     pub rank: u32,

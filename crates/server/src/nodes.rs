@@ -514,8 +514,9 @@ const PEERS_PER_MESSAGE: usize = 512;
 /// What an allocation watch has sent.
 #[derive(Debug, Default)]
 pub struct Sent {
-    /// Allocation id -> the modify index sent.
-    allocs: HashMap<String, u64>,
+    /// Allocation id -> the modify index seen and a fingerprint of what
+    /// was sent (a change the agent does not act on is not sent).
+    allocs: HashMap<String, (u64, u64)>,
     /// A fingerprint of the namespaces' image paths and sealed registry
     /// logins sent: a change of either alone is sent too.
     namespaces: u64,
@@ -551,6 +552,59 @@ pub fn alloc_changes(
     keys: &crate::secrets::Keyring,
 ) -> Option<Vec<pb::AllocationSet>> {
     alloc_changes_within(state, net, node, sent, reset, keys, WATCH_MESSAGE_BYTES)
+}
+
+/// A fingerprint of what an agent acts on in `a`: all but the servers'
+/// own bookkeeping (the indexes, and a rollout's verdict on the replica).
+/// Every field is named, so a new one is a decision here.
+fn agent_print(a: &Allocation) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let Allocation {
+        id,
+        job,
+        job_version,
+        replica,
+        node,
+        task,
+        gpus,
+        ports,
+        unhealthy_gpus,
+        desired,
+        status,
+        exit_code,
+        message,
+        restart_count,
+        healthy,
+        reason,
+        deploy_health: _,
+        healthy_since_ms,
+        create_time_ms,
+        gang,
+        address,
+        create_index: _,
+        modify_index: _,
+    } = a;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (id, job, job_version, replica, node, task, gpus, ports).hash(&mut h);
+    (
+        unhealthy_gpus,
+        desired,
+        status,
+        exit_code,
+        message,
+        restart_count,
+    )
+        .hash(&mut h);
+    (
+        healthy,
+        reason,
+        healthy_since_ms,
+        create_time_ms,
+        gang,
+        address,
+    )
+        .hash(&mut h);
+    h.finish()
 }
 
 fn alloc_changes_within(
@@ -599,11 +653,23 @@ fn alloc_changes_within(
         }
         h.finish()
     };
-    let changed: Vec<&Allocation> = allocs
-        .iter()
-        .copied()
-        .filter(|a| sent.get(&a.id) != Some(&a.modify_index))
-        .collect();
+    // What changed for the agent: a rollout's verdict on a replica
+    // (`deploy_health`) is the servers' business, and a write that set
+    // only that is not sent (it would wake the node for nothing).
+    let mut changed: Vec<pb::Allocation> = Vec::new();
+    for a in allocs.iter().copied() {
+        let held = sent.get(&a.id).copied();
+        if held.is_some_and(|(index, _)| index == a.modify_index) {
+            continue;
+        }
+        let print = agent_print(a);
+        sent.insert(a.id.clone(), (a.modify_index, print));
+        if held.is_none_or(|(_, before)| before != print) {
+            let mut m: pb::Allocation = a.into();
+            m.deploy_health = None;
+            changed.push(m);
+        }
+    }
     let listed: std::collections::HashSet<&str> = allocs.iter().map(|a| a.id.as_str()).collect();
     let mut removed: Vec<String> = sent
         .keys()
@@ -661,9 +727,7 @@ fn alloc_changes_within(
         ..Default::default()
     }];
     let mut bytes = 0;
-    for a in changed {
-        sent.insert(a.id.clone(), a.modify_index);
-        let m: pb::Allocation = a.into();
+    for m in changed {
         let len = m.encoded_len();
         let current = messages.last_mut().expect("one message at least");
         if bytes > 0 && bytes + len > budget {
@@ -788,8 +852,22 @@ mod tests {
             3000
         )
         .is_none());
+        // A rollout's verdict on a replica alone: the agent is not woken.
+        let a2 = state.allocs.get_mut("a2").unwrap();
+        (a2.deploy_health, a2.modify_index) = (Some(true), 2);
+        assert!(alloc_changes_within(
+            &state,
+            &ClusterNetwork::of(&state),
+            "n1",
+            &mut sent,
+            false,
+            &key,
+            3000
+        )
+        .is_none());
         // One changes, one goes: only those.
-        state.allocs.get_mut("a3").unwrap().modify_index = 2;
+        let a3 = state.allocs.get_mut("a3").unwrap();
+        (a3.status, a3.modify_index) = (skiff_model::AllocStatus::Running, 3);
         state.allocs.remove("a7");
         let next = alloc_changes_within(
             &state,
