@@ -799,6 +799,24 @@ mod tests {
     use super::*;
     use skiff_model::JobSpec;
 
+    /// What node n1's watch sends, in parts of at most ~3 KB.
+    fn n1_changes(
+        state: &skiff_store::State,
+        sent: &mut Sent,
+        reset: bool,
+        key: &crate::secrets::Keyring,
+    ) -> Option<Vec<pb::AllocationSet>> {
+        alloc_changes_within(
+            state,
+            &ClusterNetwork::of(state),
+            "n1",
+            sent,
+            reset,
+            key,
+            3000,
+        )
+    }
+
     fn alloc(id: &str, node: &str, env_bytes: usize) -> Allocation {
         let mut task = JobSpec::from_yaml("name: j\ntask: {image: 'oci:/i'}")
             .unwrap()
@@ -821,17 +839,8 @@ mod tests {
         state.rebuild_indexes();
         let mut sent = Sent::default();
         let key = crate::secrets::Keyring::holding(skiff_pki::secrets::SecretsKey::generate());
-        // The first message set is everything, in parts of at most ~3 KB.
-        let first = alloc_changes_within(
-            &state,
-            &ClusterNetwork::of(&state),
-            "n1",
-            &mut sent,
-            true,
-            &key,
-            3000,
-        )
-        .unwrap();
+        // The first message set is everything.
+        let first = n1_changes(&state, &mut sent, true, &key).unwrap();
         assert!(first.len() >= 4, "{}", first.len());
         assert!(first[0].reset && first[1..].iter().all(|m| !m.reset));
         assert!(first[..first.len() - 1].iter().all(|m| m.partial));
@@ -842,43 +851,16 @@ mod tests {
             .collect();
         assert_eq!(ids.len(), 10, "all of n1's, none of n2's: {ids:?}");
         // Nothing changed: nothing to send.
-        assert!(alloc_changes_within(
-            &state,
-            &ClusterNetwork::of(&state),
-            "n1",
-            &mut sent,
-            false,
-            &key,
-            3000
-        )
-        .is_none());
+        assert!(n1_changes(&state, &mut sent, false, &key).is_none());
         // A rollout's verdict on a replica alone: the agent is not woken.
         let a2 = state.allocs.get_mut("a2").unwrap();
         (a2.deploy_health, a2.modify_index) = (Some(true), 2);
-        assert!(alloc_changes_within(
-            &state,
-            &ClusterNetwork::of(&state),
-            "n1",
-            &mut sent,
-            false,
-            &key,
-            3000
-        )
-        .is_none());
+        assert!(n1_changes(&state, &mut sent, false, &key).is_none());
         // One changes, one goes: only those.
         let a3 = state.allocs.get_mut("a3").unwrap();
         (a3.status, a3.modify_index) = (skiff_model::AllocStatus::Running, 3);
         state.allocs.remove("a7");
-        let next = alloc_changes_within(
-            &state,
-            &ClusterNetwork::of(&state),
-            "n1",
-            &mut sent,
-            false,
-            &key,
-            3000,
-        )
-        .unwrap();
+        let next = n1_changes(&state, &mut sent, false, &key).unwrap();
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].allocs.len(), 1);
         assert_eq!(next[0].allocs[0].id, "a3");
@@ -914,16 +896,7 @@ mod tests {
         ]);
         let mut sent = Sent::default();
         let key = crate::secrets::Keyring::holding(skiff_pki::secrets::SecretsKey::generate());
-        let first = alloc_changes_within(
-            &state,
-            &ClusterNetwork::of(&state),
-            "n1",
-            &mut sent,
-            true,
-            &key,
-            3000,
-        )
-        .unwrap();
+        let first = n1_changes(&state, &mut sent, true, &key).unwrap();
         let peers = first
             .last()
             .unwrap()
@@ -940,16 +913,7 @@ mod tests {
             .collect();
         assert_eq!(listed, [("10.88.1.0/24", "192.0.2.2"), ("", "192.0.2.3")]);
         assert!(peers.hosts.is_empty(), "no servers in this state");
-        assert!(alloc_changes_within(
-            &state,
-            &ClusterNetwork::of(&state),
-            "n1",
-            &mut sent,
-            false,
-            &key,
-            3000
-        )
-        .is_none());
+        assert!(n1_changes(&state, &mut sent, false, &key).is_none());
         // A node joins: that node alone.
         let before = ClusterNetwork::of(&state);
         state

@@ -187,19 +187,11 @@ pub(crate) mod tests {
             state,
             Command::RegisterNode {
                 registration: NodeRegistration {
-                    metrics_address: String::new(),
-                    image_roots: Vec::new(),
-                    dynamic_ports: Default::default(),
-                    subnet: String::new(),
                     name: name.into(),
-                    labels: Default::default(),
                     capacity: Resources::new(cpu_millis, 8 << 30),
-                    reserved: Resources::ZERO,
                     address: "127.0.0.1:7702".into(),
                     agent_version: "test".into(),
-                    gpus: vec![],
-                    gpu_links: vec![],
-                    gpu_driver: Default::default(),
+                    ..Default::default()
                 },
             },
         );

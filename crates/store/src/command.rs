@@ -259,7 +259,7 @@ impl Command {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRegistration {
     pub name: String,
     pub labels: BTreeMap<String, String>,
