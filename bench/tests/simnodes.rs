@@ -146,7 +146,14 @@ fn declared_down(dirs: &[std::path::PathBuf]) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_servers_and_200_simulated_nodes_survive_a_leader_kill_at_full_size() {
     let tmp = tempfile::tempdir().unwrap();
-    let cluster = ServerCluster::start(tmp.path(), 3, &["--node-subnets", "10.128.0.0/16"]).await;
+    // Two planners at once (`--planners 2`), so the plans of both go
+    // through the state machine's check here, across the leader kill too.
+    let cluster = ServerCluster::start(
+        tmp.path(),
+        3,
+        &["--node-subnets", "10.128.0.0/16", "--planners", "2"],
+    )
+    .await;
     let dirs: Vec<std::path::PathBuf> = (1..=3).map(|i| tmp.path().join(format!("s{i}"))).collect();
     let leader = cluster.leader(Duration::from_secs(30)).await;
     let token = join_token(&cluster.url(leader), "node");

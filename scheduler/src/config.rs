@@ -57,6 +57,21 @@ pub struct Config {
     /// In index mode, how many fitting nodes per node class are scored for
     /// each replica (at least 1; 1 is pure best fit).
     pub candidates: u32,
+    /// With several planners at once: this planner's share of the nodes,
+    /// tried first so that planners working from the same view rarely
+    /// pick the same room (see [`Stripe`]).
+    pub stripe: Option<Stripe>,
+}
+
+/// One planner's share of the nodes when `of` planners plan at once from
+/// the same view: the nodes whose position in the view is `index` modulo
+/// `of`. A job is placed within its planner's share when it fits there,
+/// and on every node otherwise, so a stripe changes where work goes,
+/// never whether it fits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stripe {
+    pub index: u32,
+    pub of: u32,
 }
 
 impl Default for Config {
@@ -66,6 +81,7 @@ impl Default for Config {
             seed: 0,
             preemption: true,
             candidates: 4,
+            stripe: None,
         }
     }
 }

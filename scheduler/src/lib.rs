@@ -29,7 +29,7 @@ mod workload;
 
 use skiff_model::{Deployment, DesiredStatus, Job, Plan};
 
-pub use crate::config::{Algorithm, Config};
+pub use crate::config::{Algorithm, Config, Stripe};
 use crate::ctx::{stop, Ctx};
 use crate::view::AllocRec;
 pub use crate::view::{AllocSummary, ClusterView, ViewInput};
@@ -47,6 +47,9 @@ pub fn reconcile(job_name: &str, job: Option<&Job>, view: &ClusterView<'_>, cfg:
 /// [`reconcile`], knowing the job's current rollout: whether it is paused
 /// or failed (nothing moves), waiting for its canaries to be promoted, and
 /// whether new allocations must prove healthy before old ones stop.
+/// With `cfg.stripe`, the job is placed within that planner's share of the
+/// nodes when it fits there without evicting anything, and on every node
+/// otherwise.
 pub fn reconcile_job(
     job_name: &str,
     job: Option<&Job>,
@@ -54,6 +57,20 @@ pub fn reconcile_job(
     view: &ClusterView<'_>,
     cfg: &Config,
 ) -> Plan {
+    if let Some(stripe) = cfg.stripe.filter(|s| s.of > 1 && s.index < s.of) {
+        let mut others = crate::bitset::Bitset::new(view.nodes.len());
+        for n in 0..view.nodes.len() {
+            if n % stripe.of as usize != stripe.index as usize {
+                others.insert(n);
+            }
+        }
+        let plan = reconcile_inner(job_name, job, deployment, view, cfg, None, Some(&others));
+        // Evicting within the share while room waits elsewhere is not
+        // what a stripe is for: such a plan is made on every node.
+        if plan.unplaced == 0 && plan.evictions.is_empty() {
+            return plan;
+        }
+    }
     reconcile_inner(job_name, job, deployment, view, cfg, None, None)
 }
 

@@ -238,6 +238,51 @@ fn the_spread_algorithm_puts_each_replica_on_the_emptiest_node() {
 }
 
 #[test]
+fn planners_keep_to_their_stripes_while_the_work_fits_there() {
+    let nodes: Vec<Node> = (0..4).map(|i| node(&format!("n{i}"), 4000, 4096)).collect();
+    let on = |index: u32, job: &Job, allocs: &[Allocation], jobs: &[&Job]| {
+        let cfg = Config {
+            stripe: Some(Stripe { index, of: 2 }),
+            ..Config::default()
+        };
+        plan_with(job, &nodes, allocs, jobs, &cfg)
+    };
+    // Two planners from one empty view: without stripes both would fill
+    // the same node (the same best fit); with them they keep apart.
+    let web = job(4, "1", "1Gi");
+    assert_eq!(
+        nodes_of(&plan(&web, &nodes, &[])),
+        nodes_of(&plan(&web, &nodes, &[]))
+    );
+    let (a, b) = (on(0, &web, &[], &[]), on(1, &web, &[], &[]));
+    assert!(
+        nodes_of(&a).iter().all(|n| ["n0", "n2"].contains(n)),
+        "{a:?}"
+    );
+    assert!(
+        nodes_of(&b).iter().all(|n| ["n1", "n3"].contains(n)),
+        "{b:?}"
+    );
+    assert_eq!((a.placements.len(), b.placements.len()), (4, 4));
+    // More than the stripe holds: placed on every node, nothing left over.
+    let big = on(0, &job(12, "1", "1Gi"), &[], &[]);
+    assert_eq!(big.unplaced, 0, "{big:?}");
+    assert!(nodes_of(&big).iter().any(|n| ["n1", "n3"].contains(n)));
+    // Fitting in the stripe only by evicting lower priority work, while
+    // room waits outside it: nothing is evicted.
+    let low = job_yaml(
+        "batch",
+        "replicas: 2\npriority: 20",
+        "{cpu: 4, memory: 1Gi}",
+    );
+    let busy = [alloc("l0", &low, 0, "n0"), alloc("l1", &low, 1, "n2")];
+    let high = job_yaml("web", "priority: 30", "{cpu: 2, memory: 1Gi}");
+    let p = on(0, &high, &busy, &[&low]);
+    assert!(p.evictions.is_empty(), "{p:?}");
+    assert!(nodes_of(&p) == ["n1"] || nodes_of(&p) == ["n3"], "{p:?}");
+}
+
+#[test]
 fn work_that_needs_no_gpu_stays_off_gpu_nodes() {
     let nodes = [gpu_node("gpu", 4, "A100"), node("cpu", 64_000, 512 << 10)];
     let p = plan(&job(2, "1", "1Gi"), &nodes, &[]);

@@ -233,6 +233,11 @@ fn scenario(seed: u64, node_count: usize) -> Scenario {
         seed: rng.next(),
         preemption: rng.chance(80),
         candidates: rng.range(1, 8) as u32,
+        // One of three planners planning at once, now and then.
+        stripe: rng.chance(20).then(|| skiff_scheduler::Stripe {
+            index: rng.range(0, 2) as u32,
+            of: 3,
+        }),
     };
     Scenario {
         nodes,

@@ -48,12 +48,14 @@ struct Opts {
     skiff: PathBuf,
     kill: bool,
     sim_dir: Option<PathBuf>,
+    /// The servers' `--planners`.
+    planners: u16,
 }
 
 /// Clients applying the jobs at once.
 const APPLIERS: usize = 8;
 
-const USAGE: &str = "usage: scalebench [--servers 1|3] [--nodes N] [--allocs N] [--skiff PATH] [--no-kill] [--sim-dir DIR]";
+const USAGE: &str = "usage: scalebench [--servers 1|3] [--nodes N] [--allocs N] [--skiff PATH] [--no-kill] [--sim-dir DIR] [--planners N]";
 
 fn parse() -> anyhow::Result<Opts> {
     let mut o = Opts {
@@ -63,6 +65,7 @@ fn parse() -> anyhow::Result<Opts> {
         skiff: PathBuf::from("target/release/skiff"),
         kill: true,
         sim_dir: None,
+        planners: 1,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -77,6 +80,7 @@ fn parse() -> anyhow::Result<Opts> {
             "--skiff" => o.skiff = value()?.into(),
             "--no-kill" => o.kill = false,
             "--sim-dir" => o.sim_dir = Some(value()?.into()),
+            "--planners" => o.planners = value()?.parse()?,
             _ => anyhow::bail!("{USAGE}"),
         }
     }
@@ -113,7 +117,12 @@ struct Servers {
 impl Servers {
     async fn start(o: &Opts, dir: &Path) -> anyhow::Result<Servers> {
         // A /24 for every simulated node.
-        let subnets = ["--node-subnets".to_string(), "10.0.0.0/8".to_string()];
+        let subnets = [
+            "--node-subnets".to_string(),
+            "10.0.0.0/8".to_string(),
+            "--planners".to_string(),
+            o.planners.to_string(),
+        ];
         if o.servers == 3 {
             let (c, security) = Creds::shared_ca(&dir.join("ca"))?;
             set_global(c);
@@ -400,6 +409,7 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no node token"))?;
     println!("servers={}", o.servers);
     println!("nodes={}", o.nodes);
+    println!("planners={}", o.planners);
     println!("allocs={}", o.allocs);
     println!("server_rss_mib_idle={:.1}", servers.rss(leader).0);
 
@@ -562,6 +572,17 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
     };
     let (locked, batches) = (lock("sum"), lock("count"));
     println!("planning_batches={batches}");
+    println!(
+        "plan_rejections={}",
+        servers.counter(leader, "skiff_scheduler_plan_rejections_total")
+    );
+    for p in 0..o.planners {
+        let name = format!("skiff_scheduler_planned_evaluations_total{{planner=\"{p}\"}}");
+        println!(
+            "planned_evaluations_planner_{p}={}",
+            servers.counter(leader, &name)
+        );
+    }
     println!(
         "planning_lock_ms_mean={:.1}",
         1000.0 * locked / batches.max(1.0)

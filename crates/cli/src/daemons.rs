@@ -179,12 +179,21 @@ struct SchedulerOpts {
     /// emptiest (spreads load).
     #[arg(long = "scheduler", value_name = "ALGORITHM", default_value = "binpack", value_parser = parse_algorithm)]
     algorithm: Algorithm,
+    /// How many batches of evaluations the leader plans at once, each on
+    /// its own thread with its own copy of the cluster (memory grows by
+    /// about one copy each). Their plans are checked once more as they
+    /// commit; planners that picked the same room have the later plan
+    /// refused and planned again. More than 1 helps only with CPUs to
+    /// spare.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    planners: u16,
 }
 
 impl SchedulerOpts {
     fn settings(&self) -> SchedulerSettings {
         SchedulerSettings {
             algorithm: self.algorithm,
+            planners: usize::from(self.planners),
         }
     }
 }

@@ -7,7 +7,9 @@
 //! copy of the nodes and allocation summaries (`sched_copy.rs`), brought up
 //! to date under the state's read lock by touching only the nodes whose
 //! allocations changed; building the view and planning hold no lock the
-//! Raft thread needs to apply.
+//! Raft thread needs to apply. With `--planners N`, N batches are planned
+//! at once, each by its own planner and copy (`planners.rs`), and their
+//! plans committed together.
 
 use std::time::Duration;
 
@@ -15,14 +17,28 @@ use std::collections::BTreeMap;
 
 use skiff_model::{Deployment, EvalStatus, Evaluation, Job};
 pub use skiff_scheduler::Algorithm;
-use skiff_scheduler::{reconcile_job, ClusterView, Config};
+use skiff_scheduler::{reconcile_job, ClusterView, Config, Stripe};
 use skiff_store::command::{NewAlloc, PlanCommand};
 use skiff_store::{Command, Outcome, State, Store};
 
+use crate::sched_copy::SchedCopy;
+
 /// How the leader's scheduler places work (the server's `--scheduler`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SchedulerSettings {
     pub algorithm: Algorithm,
+    /// How many batches of evaluations are planned at once, each by its
+    /// own planner (the server's `--planners`; at least 1).
+    pub planners: usize,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        SchedulerSettings {
+            algorithm: Algorithm::default(),
+            planners: 1,
+        }
+    }
 }
 
 /// Runs forever; does work only while this server leads.
@@ -32,30 +48,53 @@ pub async fn run(
     metrics: std::sync::Arc<crate::metrics::ServerMetrics>,
 ) {
     let mut applied = store.subscribe();
-    let mut copy = crate::sched_copy::SchedCopy::default();
+    let mut copy = SchedCopy::default();
     let mut admitter = crate::admission::Admitter::default();
+    let planners = settings.planners.max(1);
+    let helpers = {
+        let (store, metrics) = (store.clone(), metrics.clone());
+        crate::planners::Helpers::start(
+            planners,
+            move |copy: &mut SchedCopy, evals: &[Evaluation], i| {
+                plan_synced(&store, copy, evals, settings, (i, planners), &metrics)
+            },
+        )
+    };
+    let planners = helpers.planners();
     loop {
         if store.is_leader() {
             let pending = pending_evals(&store);
-            for batch in pending.chunks(BATCH) {
+            for round in crate::planners::rounds(pending, planners, BATCH) {
                 if !store.is_leader() {
                     break;
                 }
                 let started = std::time::Instant::now();
-                // Under the state's lock: bring the copy up to date (the
-                // nodes whose allocations changed) and copy the batch's
-                // jobs. Planning then holds no lock.
-                let inputs = {
-                    let state = store.state();
-                    let locked = std::time::Instant::now();
-                    copy.sync(&state);
-                    let inputs = Batch::of(&state, batch);
-                    metrics
-                        .planning_lock_seconds
-                        .observe(locked.elapsed().as_secs_f64());
-                    inputs
-                };
-                let plans = plan_copied(&mut copy, &inputs, batch, settings);
+                // The other planners' batches first, so they plan while
+                // this loop plans its own (one they cannot take is
+                // planned here).
+                let mut round = round.into_iter();
+                let mut batch = round.next().unwrap_or_default();
+                let mut elsewhere = Vec::new();
+                for (i, evals) in round.enumerate() {
+                    if evals.is_empty() {
+                        continue;
+                    }
+                    match helpers.plan(i, evals) {
+                        Ok(rx) => elsewhere.push(rx),
+                        Err(evals) => batch.extend(evals),
+                    }
+                }
+                let mut plans =
+                    plan_synced(&store, &mut copy, &batch, settings, (0, planners), &metrics);
+                for rx in elsewhere {
+                    match rx.await {
+                        Ok(more) => plans.extend(more),
+                        // Its evaluations stay pending: planned next pass.
+                        Err(_) => {
+                            tracing::warn!("a planner thread ended; its batch is planned again")
+                        }
+                    }
+                }
                 let mut commits = tokio::task::JoinSet::new();
                 for plan in plans {
                     let (store, metrics) = (store.clone(), metrics.clone());
@@ -67,7 +106,10 @@ pub async fn run(
                         .scheduling_seconds
                         .observe(started.elapsed().as_secs_f64());
                     match done {
-                        Ok(Ok(raced)) => failed |= raced,
+                        // Planners working at once race each other by
+                        // design: their refused evaluations are planned
+                        // again at once (the commits are in by then).
+                        Ok(Ok(raced)) => failed |= raced && planners == 1,
                         Ok(Err((eval, job, e))) => {
                             tracing::warn!(%eval, %job, error = %e, "evaluation failed; will retry");
                             failed = true;
@@ -93,6 +135,33 @@ pub async fn run(
         // Wake on the next applied entry, or re-check leadership now and then.
         let _ = tokio::time::timeout(Duration::from_secs(1), applied.changed()).await;
     }
+}
+
+/// Planner `planner` of `of` plans a batch: under the state's lock, it
+/// brings its copy up to date (the nodes whose allocations changed) and
+/// copies the batch's jobs; then it plans holding no lock.
+fn plan_synced(
+    store: &Store,
+    copy: &mut SchedCopy,
+    evals: &[Evaluation],
+    settings: SchedulerSettings,
+    (planner, of): (usize, usize),
+    metrics: &crate::metrics::ServerMetrics,
+) -> Vec<PlanCommand> {
+    let inputs = {
+        let state = store.state();
+        let locked = std::time::Instant::now();
+        copy.sync(&state);
+        let inputs = Batch::of(&state, evals);
+        metrics
+            .planning_lock_seconds
+            .observe(locked.elapsed().as_secs_f64());
+        inputs
+    };
+    let stripe = crate::planners::stripe(planner, of);
+    let plans = plan_copied(copy, &inputs, evals, settings, stripe);
+    metrics.planned(planner, plans.len());
+    plans
 }
 
 fn pending_evals(store: &Store) -> Vec<Evaluation> {
@@ -130,7 +199,7 @@ fn plan_batch(
     settings: SchedulerSettings,
 ) -> Vec<PlanCommand> {
     let mut view = crate::sched_copy::state_view(state);
-    plan_all(&Batch::of(state, evals), &mut view, evals, settings)
+    plan_all(&Batch::of(state, evals), &mut view, evals, settings, None)
 }
 
 /// What a batch's plans read of the state besides the view: the index it
@@ -164,24 +233,27 @@ fn plan_all(
     view: &mut ClusterView<'_>,
     evals: &[Evaluation],
     settings: SchedulerSettings,
+    stripe: Option<Stripe>,
 ) -> Vec<PlanCommand> {
     let last = evals.len().saturating_sub(1);
     evals
         .iter()
         .enumerate()
-        .map(|(i, eval)| plan_on(batch, view, eval, settings, i < last))
+        .map(|(i, eval)| plan_on(batch, view, eval, settings, stripe, i < last))
         .collect()
 }
 
 /// Plans `evals` from the scheduler's copy (`copy`, brought up to the
-/// state under its lock beforehand), holding no lock.
+/// state under its lock beforehand), holding no lock; with `stripe`,
+/// each job is tried on that planner's share of the nodes first.
 pub(crate) fn plan_copied(
     copy: &mut crate::sched_copy::SchedCopy,
     batch: &Batch,
     evals: &[Evaluation],
     settings: SchedulerSettings,
+    stripe: Option<Stripe>,
 ) -> Vec<PlanCommand> {
-    plan_all(batch, copy.view(), evals, settings)
+    plan_all(batch, copy.view(), evals, settings, stripe)
 }
 
 fn plan_on(
@@ -189,12 +261,14 @@ fn plan_on(
     view: &mut ClusterView<'_>,
     eval: &Evaluation,
     settings: SchedulerSettings,
+    stripe: Option<Stripe>,
     more: bool,
 ) -> PlanCommand {
     let job = batch.jobs.get(&eval.job);
     let cfg = Config {
         algorithm: settings.algorithm,
         seed: eval.create_index,
+        stripe,
         ..Config::default()
     };
     let plan = match job {

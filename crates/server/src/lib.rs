@@ -49,6 +49,7 @@ pub mod namespaces;
 pub mod nodes;
 pub mod peer;
 pub mod peer_list;
+pub(crate) mod planners;
 pub mod queue_book;
 pub mod queues;
 pub mod registry_logins;

@@ -86,6 +86,8 @@ pub struct ServerMetrics {
     pub placements: Counter,
     /// Placements the state machine refused (the plan raced a change).
     pub plan_rejections: Counter,
+    /// Evaluations planned, by planner (`--planners`).
+    pub planned_evaluations: Family<Labels, Counter>,
     /// Allocations stopped to make room for higher-priority work.
     pub preemptions: Counter,
     /// Heartbeats this server took (relayed ones included).
@@ -116,6 +118,7 @@ impl Default for ServerMetrics {
             planning_lock_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             placements: Counter::default(),
             plan_rejections: Counter::default(),
+            planned_evaluations: Family::default(),
             preemptions: Counter::default(),
             heartbeats: Counter::default(),
             nodes_declared_down: Counter::default(),
@@ -136,6 +139,14 @@ impl ServerMetrics {
     /// admission round on this server reads).
     pub fn waiting_since(&self) -> crate::queue_book::WaitingSince {
         self.queue_waiting.lock().expect("waiting map").clone()
+    }
+
+    /// Planner `planner` planned `evals` evaluations.
+    pub fn planned(&self, planner: usize, evals: usize) {
+        let labels = vec![("planner".to_string(), planner.to_string())];
+        self.planned_evaluations
+            .get_or_create(&labels)
+            .inc_by(evals as u64);
     }
 
     /// A job admitted from `queue` after `waited` seconds, reclaiming
@@ -193,6 +204,11 @@ impl ServerMetrics {
             "scheduler_plan_rejections",
             "Placements refused because the plan raced another change",
             self.plan_rejections.clone(),
+        );
+        reg.register(
+            "scheduler_planned_evaluations",
+            "Evaluations planned, by planner (a server runs --planners of them at once)",
+            self.planned_evaluations.clone(),
         );
         reg.register(
             "scheduler_preemptions",
@@ -501,6 +517,7 @@ pub fn example() -> String {
     let server = ServerMetrics::default();
     server.proposed(true, std::time::Duration::from_millis(1));
     server.queue_admitted("team-a", 30.0, 1);
+    server.planned(0, 3);
     let mut state = State::default();
     let queue = skiff_model::queue::Queue::from_yaml(
         "name: team-a\ncohort: lab\nnamespaces: ['*']\nnominal: {gpus: {any: 4}}\n",

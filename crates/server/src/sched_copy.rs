@@ -381,8 +381,13 @@ pub(crate) mod tests {
                         .collect();
                     copy.sync(&state);
                     let batch = crate::evals::Batch::of(&state, &pending);
-                    let plans =
-                        crate::evals::plan_copied(&mut copy, &batch, &pending, Default::default());
+                    let plans = crate::evals::plan_copied(
+                        &mut copy,
+                        &batch,
+                        &pending,
+                        Default::default(),
+                        None,
+                    );
                     for plan in plans {
                         if rng.below(4) != 0 {
                             planned += plan.placements.len();
