@@ -42,7 +42,8 @@ team's GPU-hours over its fair share, averaged over windows of H hours,
 default 6), p50/p99_wait_s_small (1-GPU jobs), p50/p99_wait_s_large (8-GPU
 jobs), preemptions, lost_gpu_h and lost_share (GPU-hours of runs later
 reclaimed, and their part of all GPU-hours held: utilization counts
-them), and the same keys prefixed fifo_ and partition_.";
+them), goodput (utilization without those runs), and the same keys
+prefixed fifo_ and partition_.";
 
 const NODES: usize = 8;
 const GPUS_PER_NODE: usize = 8;
@@ -307,6 +308,8 @@ struct Meter {
     window_ms: u64,
     /// GPU-ms held, all teams.
     used: f64,
+    /// Of `used`, GPU-ms of runs later cut short by a reclaim.
+    lost: f64,
     /// Per window: GPU-ms each team held, and its fair share of GPU-ms.
     got: Vec<[f64; 4]>,
     fair: Vec<[f64; 4]>,
@@ -320,8 +323,18 @@ impl Meter {
             to_ms,
             window_ms,
             used: 0.0,
+            lost: 0.0,
             got: vec![[0.0; 4]; n],
             fair: vec![[0.0; 4]; n],
+        }
+    }
+
+    /// A run of `gpus` GPUs from `a` to `b` was cut short: what it held
+    /// in the measured span is lost.
+    fn lose(&mut self, a: u64, b: u64, gpus: u32) {
+        let (a, b) = (a.max(self.from_ms), b.min(self.to_ms));
+        if a < b {
+            self.lost += (u64::from(gpus) * (b - a)) as f64;
         }
     }
 
@@ -353,6 +366,8 @@ impl Meter {
 /// What one policy's run measured.
 struct Outcome {
     utilization: f64,
+    /// Utilisation without the runs later cut short by reclaims.
+    goodput: f64,
     fairness: Vec<f64>,
     /// Waits by job size ([`SIZES`] order).
     waits_s: [Vec<f64>; 4],
@@ -459,6 +474,7 @@ fn simulate(policy: Policy, arrivals: &[Arrival], setup: Setup) -> Outcome {
                 rec.generation += 1;
                 running[a.team] -= u64::from(a.gpus);
                 pending[a.team] += u64::from(a.gpus);
+                meter.lose(rec.started_ms, t, a.gpus);
                 let ran = ((t - rec.started_ms) * u64::from(a.gpus)) as f64;
                 lost_gpu_ms += ran;
                 gpu_ms_by_team[a.team] += ran;
@@ -506,9 +522,10 @@ fn simulate(policy: Policy, arrivals: &[Arrival], setup: Setup) -> Outcome {
             (!x.is_empty()).then(|| jain(&x))
         })
         .collect();
+    let span = CLUSTER_GPUS as f64 * (meter.to_ms - meter.from_ms).max(1) as f64;
     Outcome {
-        utilization: meter.used
-            / (CLUSTER_GPUS as f64 * (meter.to_ms - meter.from_ms).max(1) as f64),
+        utilization: meter.used / span,
+        goodput: (meter.used - meter.lost) / span,
         fairness,
         waits_s,
         small_waits_s,
@@ -535,6 +552,7 @@ impl Outcome {
 
 fn report(prefix: &str, o: &Outcome) {
     println!("{prefix}utilization={:.3}", o.utilization);
+    println!("{prefix}goodput={:.3}", o.goodput);
     println!("{prefix}fairness_jain={:.3}", o.fairness_mean());
     println!(
         "{prefix}fairness_jain_min={:.3}",
@@ -640,6 +658,7 @@ fn main() -> ExitCode {
             "utilization_vs_fifo={:.3}",
             q.utilization / f.utilization.max(1e-9)
         );
+        println!("goodput_vs_fifo={:.3}", q.goodput / f.goodput.max(1e-9));
         println!(
             "target_utilization_within_5pct_of_fifo={}",
             q.utilization >= 0.95 * f.utilization
