@@ -23,7 +23,7 @@ use skiff_model::JobSpec;
 use skiff_scheduler::queues::sim::{gpu_node, gpu_queue as queue, QueueSim};
 
 const USAGE: &str = "usage: queuebench [--seed S] [--days D] [--load L] [--window-hours H]
-       [--backfill-window MINUTES]
+       [--backfill-window MINUTES] [--lending-limit GPUS]
        [--policy all|queues|fifo|partition]
 
 Simulates D days (default 7) of GPU job submissions from 4 teams (team-a
@@ -35,7 +35,8 @@ nominal 16 GPUs each, weight 1), FIFO (one queue of 64 GPUs) and strict
 partitions (16 GPUs each, no cohort).
 
 --backfill-window sets every queue's backfill window (default: the
-queues' own default, 10 minutes).
+queues' own default, 10 minutes). --lending-limit caps what each team
+queue lends of its 16 GPUs (default: all of it; 0 is strict partitions).
 
 Prints key=value lines: utilization, fairness_jain (Jain's index of each
 team's GPU-hours over its fair share, averaged over windows of H hours,
@@ -69,6 +70,8 @@ struct Args {
     load: f64,
     window_hours: f64,
     backfill: Option<Duration>,
+    /// Every team queue's lending limit in GPUs (`queues` policy only).
+    lending: Option<u64>,
     policies: Vec<Policy>,
 }
 
@@ -79,6 +82,7 @@ fn parse_args() -> Result<Args, String> {
         load: 1.2,
         window_hours: 6.0,
         backfill: None,
+        lending: None,
         policies: vec![Policy::Queues, Policy::Fifo, Policy::Partition],
     };
     let mut it = std::env::args().skip(1);
@@ -110,6 +114,13 @@ fn parse_args() -> Result<Args, String> {
                     .filter(|x: &f64| x.is_finite() && *x >= 0.0)
                     .ok_or_else(|| format!("{flag}: {value:?} is not a number of minutes"))?;
                 args.backfill = Some(Duration::from_secs_f64(minutes * 60.0));
+            }
+            "--lending-limit" => {
+                args.lending = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("{flag}: {value:?} is not a whole number of GPUs"))?,
+                )
             }
             "--policy" => {
                 args.policies = match value.as_str() {
@@ -156,10 +167,25 @@ impl Policy {
         }
     }
 
-    fn queues(self) -> Vec<Queue> {
+    /// The policy's queues; `lending`: each team queue lends at most that
+    /// many GPUs of its quota.
+    fn queues(self, lending: Option<u64>) -> Vec<Queue> {
         let share = CLUSTER_GPUS / TEAMS.len() as u64;
         match self {
-            Policy::Queues => TEAMS.iter().map(|t| queue(t, Some("lab"), share)).collect(),
+            Policy::Queues => TEAMS
+                .iter()
+                .map(|t| {
+                    let mut q = queue(t, Some("lab"), share);
+                    if let Some(n) = lending {
+                        q.lending_limit = Queue::from_yaml(&format!(
+                            "name: x\nnamespaces: ['*']\nlending_limit: {{gpus: {{any: {n}}}}}\n"
+                        ))
+                        .expect("a valid lending limit")
+                        .lending_limit;
+                    }
+                    q
+                })
+                .collect(),
             Policy::Fifo => vec![queue("fifo", None, CLUSTER_GPUS)],
             Policy::Partition => TEAMS.iter().map(|t| queue(t, None, share)).collect(),
         }
@@ -393,6 +419,8 @@ struct Setup {
     window_ms: u64,
     /// Every queue's backfill window; `None`: the queues' default.
     backfill: Option<Duration>,
+    /// Every team queue's lending limit in GPUs; `None`: no limit.
+    lending: Option<u64>,
 }
 
 fn simulate(policy: Policy, arrivals: &[Arrival], setup: Setup) -> Outcome {
@@ -400,7 +428,7 @@ fn simulate(policy: Policy, arrivals: &[Arrival], setup: Setup) -> Outcome {
     let nodes = (0..NODES)
         .map(|i| gpu_node(&format!("n{i}"), GPUS_PER_NODE))
         .collect();
-    let mut queues = policy.queues();
+    let mut queues = policy.queues(setup.lending);
     for q in &mut queues {
         q.backfill_window = setup.backfill;
     }
@@ -612,12 +640,16 @@ fn main() -> ExitCode {
         days: args.days,
         window_ms: (args.window_hours * HOUR_MS as f64).max(1.0) as u64,
         backfill: args.backfill,
+        lending: args.lending,
     };
     println!("seed={}", args.seed);
     println!("days={:.3}", args.days);
     println!("load={:.3}", args.load);
     println!("gpus={CLUSTER_GPUS}");
     println!("window_hours={:.3}", args.window_hours);
+    if let Some(n) = args.lending {
+        println!("lending_limit_gpus={n}");
+    }
     let backfill = args
         .backfill
         .unwrap_or(skiff_model::queue::DEFAULT_BACKFILL_WINDOW);
