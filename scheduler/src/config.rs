@@ -65,9 +65,9 @@ pub struct Config {
 
 /// One planner's share of the nodes when `of` planners plan at once from
 /// the same view: the nodes whose position in the view is `index` modulo
-/// `of`. A job is placed within its planner's share when it fits there,
-/// and on every node otherwise, so a stripe changes where work goes,
-/// never whether it fits.
+/// `of`. A job is placed within its planner's share when it fits there
+/// without evicting anything, and on every node otherwise, so a stripe
+/// changes where work goes, never whether it fits or what it evicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stripe {
     pub index: u32,
