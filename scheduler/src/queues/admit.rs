@@ -58,6 +58,7 @@ impl QueueBook {
         new_id: &mut dyn FnMut() -> String,
         index: u64,
     ) -> Vec<Decision> {
+        self.round_index = index;
         // Waiting workloads by queue, in queue order.
         let mut waiting: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (i, w) in self.workloads.iter().enumerate() {
@@ -257,8 +258,11 @@ impl QueueBook {
     /// preemption gap lower; in the cohort's other queues that borrow
     /// (and, when `wi` would borrow too, whose fair share is above its
     /// own), every admitted workload, those admitted beyond their queue's
-    /// quota first, then lowest priority, youngest. Which of them may go
-    /// together is [`QueueBook::may_take`]'s rule.
+    /// quota first, then lowest priority, youngest. Never a workload this
+    /// round admitted: a round does not undo its own admissions (that
+    /// would restart work for nothing, and a fair-share eviction of one
+    /// can be answered by an eviction back in the next round). Which of
+    /// them may go together is [`QueueBook::may_take`]'s rule.
     fn candidates(&self, wi: usize, within_nominal: bool) -> Vec<usize> {
         let w = &self.workloads[wi];
         let Some(q) = self.queues.get(&w.queue) else {
@@ -272,7 +276,9 @@ impl QueueBook {
                 .workloads
                 .iter()
                 .enumerate()
-                .filter(|(_, v)| v.queue == other.name && v.is_admitted())
+                .filter(|(_, v)| {
+                    v.queue == other.name && v.is_admitted() && v.admitted_index <= self.round_index
+                })
                 .map(|(i, _)| i)
                 .collect();
             if other.name == q.name {

@@ -90,6 +90,9 @@ pub struct QueueBook {
     /// Sorted by job key.
     pub(crate) workloads: Vec<Workload>,
     pub(crate) usage: BTreeMap<String, Amounts>,
+    /// The index of the round under way: workloads admitted above it were
+    /// admitted by this round and are never its victims.
+    pub(crate) round_index: u64,
 }
 
 /// How a request fits a queue's quota.
@@ -117,6 +120,7 @@ impl QueueBook {
             queues,
             workloads,
             usage,
+            round_index: u64::MAX,
         }
     }
 
