@@ -66,13 +66,29 @@ pub struct PreparedImage {
 pub struct ImageStore {
     root: PathBuf,
     unpacking: Arc<Mutex<HashMap<String, Arc<Mutex<()>>>>>,
+    /// What each image met before resolved to, by where it came from and
+    /// its descriptor: a replica's start after the first reads no blob
+    /// and hashes nothing while the unpacked tree is still in the cache.
+    resolved: Arc<Mutex<HashMap<String, Resolved>>>,
 }
+
+/// An image whose blobs were read and checked, and which was unpacked.
+#[derive(Debug, Clone)]
+struct Resolved {
+    manifest_digest: String,
+    config: ImageConfig,
+}
+
+/// At most this many images are remembered as resolved (the memory is
+/// small; the bound keeps it so on a node that meets many images).
+const RESOLVED_KEPT: usize = 256;
 
 impl ImageStore {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         ImageStore {
             root: root.into(),
             unpacking: Default::default(),
+            resolved: Default::default(),
         }
     }
 
@@ -101,6 +117,58 @@ impl ImageStore {
     /// against its digest, and every uncompressed layer against the
     /// config's `rootfs.diff_ids`.
     pub fn unpack(
+        &self,
+        source: &dyn BlobSource,
+        image: &Descriptor,
+    ) -> Result<PreparedImage, ImageError> {
+        // Content is addressed by digest, so the same descriptor from the
+        // same source resolves the same way again. Keyed by the source
+        // too: another layout naming this digest must hold the blobs
+        // itself (knowing a digest is not access to the image).
+        let key = format!(
+            "{}\n{}\n{}\n{}",
+            source.name(),
+            image.digest(),
+            image.media_type(),
+            image.size()
+        );
+        if let Some(prepared) = self.remembered(&key) {
+            return Ok(prepared);
+        }
+        let prepared = self.resolve_and_unpack(source, image)?;
+        let mut resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+        if resolved.len() >= RESOLVED_KEPT {
+            resolved.clear();
+        }
+        resolved.insert(
+            key,
+            Resolved {
+                manifest_digest: prepared.manifest_digest.clone(),
+                config: prepared.config.clone(),
+            },
+        );
+        Ok(prepared)
+    }
+
+    /// An image resolved before whose unpacked tree is still cached (the
+    /// image collector may have removed it since).
+    fn remembered(&self, key: &str) -> Option<PreparedImage> {
+        let hit = self
+            .resolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()?;
+        let hex = hit.manifest_digest.strip_prefix("sha256:")?;
+        let rootfs = self.root.join("rootfs").join(hex);
+        is_dir(&rootfs).then_some(PreparedImage {
+            manifest_digest: hit.manifest_digest,
+            rootfs,
+            config: hit.config,
+        })
+    }
+
+    fn resolve_and_unpack(
         &self,
         source: &dyn BlobSource,
         image: &Descriptor,
@@ -454,6 +522,40 @@ mod tests {
                 .unwrap(),
             mtime
         );
+    }
+
+    #[test]
+    fn a_replica_after_the_first_reads_no_blob_but_another_layout_must_hold_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = tmp.path().join("layout");
+        let manifest = simple_image(&layout, "one");
+        write_index(&layout, vec![tagged(manifest.clone(), "latest")]);
+        let store = ImageStore::new(tmp.path().join("images"));
+        let first = store.prepare(&image_ref(&layout, Some("latest"))).unwrap();
+        // Without the manifest and config blobs, only the resolution
+        // remembered from the first start can serve the next.
+        let parsed: Value =
+            serde_json::from_slice(&fs::read(blob_file(&layout, &manifest)).unwrap()).unwrap();
+        fs::remove_file(blob_file(&layout, &parsed["config"])).unwrap();
+        fs::remove_file(blob_file(&layout, &manifest)).unwrap();
+        let again = store.prepare(&image_ref(&layout, Some("latest"))).unwrap();
+        assert_eq!(again, first);
+
+        // Another layout that names the same digest but holds no blobs
+        // is not served from what this one proved.
+        let other = tmp.path().join("other");
+        fs::create_dir_all(other.join("blobs/sha256")).unwrap();
+        for f in ["index.json", "oci-layout"] {
+            if layout.join(f).exists() {
+                fs::copy(layout.join(f), other.join(f)).unwrap();
+            }
+        }
+        assert!(store.prepare(&image_ref(&other, Some("latest"))).is_err());
+
+        // Once the image collector removed the unpacked tree, a start
+        // reads the blobs again (here gone, so it fails).
+        fs::remove_dir_all(&first.rootfs).unwrap();
+        assert!(store.prepare(&image_ref(&layout, Some("latest"))).is_err());
     }
 
     #[test]

@@ -41,6 +41,10 @@ impl Desired {
         self.index.contains_key(id)
     }
 
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
     pub fn iter(&self) -> std::slice::Iter<'_, Allocation> {
         self.list.iter()
     }

@@ -42,6 +42,7 @@ mod testing;
 mod tests;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -125,6 +126,23 @@ pub struct Reconciler<R: Runtime, X: Records = FileRecords, C: Clock = SystemClo
     /// Passes that decided (tests pin the work).
     decided: u64,
 }
+
+/// What the reconcilers of this process did, all together: a count of
+/// work, not of time (the simulated nodes of `scalebench` print it per
+/// placement).
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Passes that decided (a clock's pass with nothing new is not one).
+    pub passes: AtomicU64,
+    /// Allocations those passes looked at (each pass walks its node's).
+    pub looked_at: AtomicU64,
+}
+
+/// The tally of every reconciler in this process.
+pub static TALLY: Tally = Tally {
+    passes: AtomicU64::new(0),
+    looked_at: AtomicU64::new(0),
+};
 
 impl<R: Runtime> Reconciler<R> {
     /// A reconciler on the agent's data directory and the real clock.
@@ -299,6 +317,10 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
             return Vec::new();
         }
         self.decided += 1;
+        TALLY.passes.fetch_add(1, Ordering::Relaxed);
+        TALLY
+            .looked_at
+            .fetch_add(desired.len() as u64, Ordering::Relaxed);
         let exited = std::mem::take(&mut self.shims_exited);
         let exits: HashMap<String, _> = self
             .containers

@@ -350,6 +350,16 @@ impl ServerSide {
     }
 }
 
+/// The simulated nodes' reconcilers' passes and the allocations those
+/// looked at, so far.
+fn tally() -> (u64, u64) {
+    let t = &skiff_agent::reconcile::TALLY;
+    (
+        t.passes.load(Ordering::Relaxed),
+        t.looked_at.load(Ordering::Relaxed),
+    )
+}
+
 /// The simulated nodes' heartbeats and failed calls (so far), by kind.
 fn print_sim_stats(s: &simnodes::SimStats, when: &str) {
     let c = &s.calls;
@@ -503,6 +513,7 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
         )
     };
     let cpu_before = cpu();
+    let tally_before = tally();
     let server_side = ServerSide::read(&servers, leader);
     let started = Instant::now();
     let mut appliers = tokio::task::JoinSet::new();
@@ -548,6 +559,17 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
     let (nodes_cpu, servers_cpu) = used(cpu_before, cpu_after);
     println!("cpu_seconds_filling_simnodes={nodes_cpu:.1}");
     println!("cpu_seconds_filling_servers={servers_cpu:.1}");
+    // The nodes' reconcilers' work per placement, counted, not timed.
+    let (passes, looked_at) = tally();
+    let per = |n: u64, before: u64| (n - before) as f64 / running.max(1) as f64;
+    println!(
+        "sim_passes_per_placement_filling={:.2}",
+        per(passes, tally_before.0)
+    );
+    println!(
+        "sim_allocs_looked_at_per_placement_filling={:.1}",
+        per(looked_at, tally_before.1)
+    );
     println!(
         "placements_per_sec_e2e={:.0}",
         running as f64 / filled.as_secs_f64().max(1e-9)
