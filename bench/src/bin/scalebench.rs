@@ -50,12 +50,15 @@ struct Opts {
     sim_dir: Option<PathBuf>,
     /// The servers' `--planners`.
     planners: u16,
+    /// Each simulated node's CPU in millicores (the replicas ask for
+    /// 100m, so this bounds how many the bin-packer puts on one node).
+    node_cpu: u64,
 }
 
 /// Clients applying the jobs at once.
 const APPLIERS: usize = 8;
 
-const USAGE: &str = "usage: scalebench [--servers 1|3] [--nodes N] [--allocs N] [--skiff PATH] [--no-kill] [--sim-dir DIR] [--planners N]";
+const USAGE: &str = "usage: scalebench [--servers 1|3] [--nodes N] [--allocs N] [--skiff PATH] [--no-kill] [--sim-dir DIR] [--planners N] [--node-cpu MILLIS]";
 
 fn parse() -> anyhow::Result<Opts> {
     let mut o = Opts {
@@ -66,6 +69,7 @@ fn parse() -> anyhow::Result<Opts> {
         kill: true,
         sim_dir: None,
         planners: 1,
+        node_cpu: SimOptions::default().cpu_millis,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -81,9 +85,19 @@ fn parse() -> anyhow::Result<Opts> {
             "--no-kill" => o.kill = false,
             "--sim-dir" => o.sim_dir = Some(value()?.into()),
             "--planners" => o.planners = value()?.parse()?,
+            "--node-cpu" => o.node_cpu = value()?.parse()?,
             _ => anyhow::bail!("{USAGE}"),
         }
     }
+    // Room for every replica (100m each) and the sampler's jobs.
+    let room = o.nodes as u64 * (o.node_cpu / 100);
+    anyhow::ensure!(
+        room >= o.allocs as u64 + 100,
+        "--node-cpu {}: {} nodes hold {room} replicas of 100m, fewer than --allocs {} and the sampler's 100",
+        o.node_cpu,
+        o.nodes,
+        o.allocs
+    );
     anyhow::ensure!(
         o.servers == 1 || o.servers == 3,
         "--servers: 1 or 3, not {}",
@@ -420,6 +434,7 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
     println!("servers={}", o.servers);
     println!("nodes={}", o.nodes);
     println!("planners={}", o.planners);
+    println!("node_cpu_millis={}", o.node_cpu);
     println!("allocs={}", o.allocs);
     println!("server_rss_mib_idle={:.1}", servers.rss(leader).0);
 
@@ -435,7 +450,10 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
         &servers.urls,
         &token,
         &names,
-        SimOptions::default(),
+        SimOptions {
+            cpu_millis: o.node_cpu,
+            ..SimOptions::default()
+        },
     )
     .await?;
     let image = sim.image.clone();
