@@ -102,6 +102,14 @@ impl ImageStore {
         &self.root
     }
 
+    /// Where the tree unpacked from this manifest is cached.
+    fn tree(&self, manifest_digest: &str) -> PathBuf {
+        let hex = manifest_digest
+            .strip_prefix("sha256:")
+            .unwrap_or(manifest_digest);
+        self.root.join("rootfs").join(hex)
+    }
+
     /// Resolves `image` in its OCI image layout and unpacks it (see
     /// [`ImageStore::unpack`]).
     pub fn prepare(&self, image: &skiff_model::ImageRef) -> Result<PreparedImage, ImageError> {
@@ -159,8 +167,7 @@ impl ImageStore {
             .unwrap_or_else(|p| p.into_inner())
             .get(key)
             .cloned()?;
-        let hex = hit.manifest_digest.strip_prefix("sha256:")?;
-        let rootfs = self.root.join("rootfs").join(hex);
+        let rootfs = self.tree(&hit.manifest_digest);
         is_dir(&rootfs).then_some(PreparedImage {
             manifest_digest: hit.manifest_digest,
             rootfs,
@@ -212,8 +219,8 @@ impl ImageStore {
             .strip_prefix("sha256:")
             .unwrap_or(&manifest_digest)
             .to_string();
+        let rootfs = self.tree(&manifest_digest);
         let cache = self.root.join("rootfs");
-        let rootfs = cache.join(&hex);
         // Whoever unpacks this manifest holds its lock; the others wait
         // and then find it in the cache.
         let lock = self.manifest_lock(&hex);
@@ -494,22 +501,30 @@ mod tests {
         );
     }
 
+    /// One image tagged `latest` in a layout under `tmp`, prepared once
+    /// by a new store: the layout, the manifest's descriptor, its parsed
+    /// body, the store and what the first prepare gave.
+    fn prepared_once(tmp: &Path) -> (PathBuf, Value, Value, ImageStore, PreparedImage) {
+        let layout = tmp.join("layout");
+        let manifest = simple_image(&layout, "one");
+        write_index(&layout, vec![tagged(manifest.clone(), "latest")]);
+        let store = ImageStore::new(tmp.join("images"));
+        let first = store.prepare(&image_ref(&layout, Some("latest"))).unwrap();
+        let parsed: Value =
+            serde_json::from_slice(&fs::read(blob_file(&layout, &manifest)).unwrap()).unwrap();
+        (layout, manifest, parsed, store, first)
+    }
+
     #[test]
     fn second_prepare_reuses_the_cached_rootfs_without_unpacking() {
         let tmp = tempfile::tempdir().unwrap();
-        let layout = tmp.path().join("layout");
-        let manifest = simple_image(&layout, "one");
-        write_index(&layout, vec![tagged(manifest.clone(), "latest")]);
-        let store = ImageStore::new(tmp.path().join("images"));
-        let first = store.prepare(&image_ref(&layout, Some("latest"))).unwrap();
+        let (layout, _, parsed, store, first) = prepared_once(tmp.path());
         fs::write(first.rootfs.join("sentinel"), "kept").unwrap();
         let mtime = fs::metadata(first.rootfs.join("marker"))
             .unwrap()
             .modified()
             .unwrap();
         // Without its layer blob, only a cache hit can succeed.
-        let manifest_bytes = fs::read(blob_file(&layout, &manifest)).unwrap();
-        let parsed: Value = serde_json::from_slice(&manifest_bytes).unwrap();
         fs::remove_file(blob_file(&layout, &parsed["layers"][0])).unwrap();
 
         let second = store.prepare(&image_ref(&layout, None)).unwrap();
@@ -527,15 +542,9 @@ mod tests {
     #[test]
     fn a_replica_after_the_first_reads_no_blob_but_another_layout_must_hold_them() {
         let tmp = tempfile::tempdir().unwrap();
-        let layout = tmp.path().join("layout");
-        let manifest = simple_image(&layout, "one");
-        write_index(&layout, vec![tagged(manifest.clone(), "latest")]);
-        let store = ImageStore::new(tmp.path().join("images"));
-        let first = store.prepare(&image_ref(&layout, Some("latest"))).unwrap();
+        let (layout, manifest, parsed, store, first) = prepared_once(tmp.path());
         // Without the manifest and config blobs, only the resolution
         // remembered from the first start can serve the next.
-        let parsed: Value =
-            serde_json::from_slice(&fs::read(blob_file(&layout, &manifest)).unwrap()).unwrap();
         fs::remove_file(blob_file(&layout, &parsed["config"])).unwrap();
         fs::remove_file(blob_file(&layout, &manifest)).unwrap();
         let again = store.prepare(&image_ref(&layout, Some("latest"))).unwrap();
