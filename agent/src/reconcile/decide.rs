@@ -369,15 +369,21 @@ impl Containers {
     /// cleaned up), stops what the servers want stopped or no longer list.
     fn start_and_stop(&mut self, desired: &Desired, now: SystemTime, actions: &mut Vec<Action>) {
         let grace = self.default_grace;
+        let mut new = Vec::new();
+        // Both in id order: walked side by side, no look-up per container.
+        let mut containers = self.map.iter_mut().peekable();
         for a in desired.iter() {
-            match (a.desired, self.map.get_mut(&a.id)) {
+            while containers
+                .next_if(|(id, _)| id.as_str() < a.id.as_str())
+                .is_some()
+            {}
+            let c = match containers.peek_mut() {
+                Some((id, c)) if id.as_str() == a.id => Some(&mut **c),
+                _ => None,
+            };
+            match (a.desired, c) {
                 (DesiredStatus::Run, None) if a.status == AllocStatus::Pending => {
-                    let c = Container::new(
-                        State::Starting,
-                        Listing::Listed(a.task.clone()),
-                        Restarts::default(),
-                    );
-                    self.map.insert(a.id.clone(), c);
+                    new.push(a);
                     actions.push(Action::Start {
                         alloc: Box::new(a.clone()),
                         run: 0,
@@ -407,6 +413,14 @@ impl Containers {
                 (DesiredStatus::Stop, Some(c)) => stop(&a.id, c, grace, actions),
                 _ => {}
             }
+        }
+        for a in new {
+            let c = Container::new(
+                State::Starting,
+                Listing::Listed(a.task.clone()),
+                Restarts::default(),
+            );
+            self.map.insert(a.id.clone(), c);
         }
         for (id, c) in self.map.iter_mut() {
             if c.listing.gone() {
@@ -461,8 +475,17 @@ impl Containers {
         let done = |c: &Container| c.state.terminal() && c.state.cleanup() == Some(Cleanup::Done);
         let mut report = Vec::new();
         let mut forget = Vec::new();
+        // Both in id order: walked side by side, no look-up per container.
+        let mut containers = self.map.iter().peekable();
         for a in desired.iter() {
-            let c = self.map.get(&a.id);
+            while containers
+                .next_if(|(id, _)| id.as_str() < a.id.as_str())
+                .is_some()
+            {}
+            let c = containers
+                .peek()
+                .filter(|(id, _)| id.as_str() == a.id)
+                .map(|(_, c)| *c);
             let mut observed = match c {
                 Some(c) if matches!(c.state, State::Starting) => observe_pull(a, &self.pulls),
                 Some(c) => observe(a, c),

@@ -1,6 +1,9 @@
 //! The allocation set the servers last sent for this node, indexed by id
 //! once when it arrives: a pass looks ids up many times, and most passes
-//! (the clock's) see the same set again.
+//! (the clock's) see the same set again. The set is kept in id order (the
+//! order the node's watch holds it in), so a pass walks it beside the
+//! containers, which are kept in id order too, instead of looking each
+//! one up.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +13,7 @@ use skiff_model::Allocation;
 /// Sets made so far in this process: each set's `generation`.
 static MADE: AtomicU64 = AtomicU64::new(0);
 
-/// One allocation set from the servers, in the order they sent it.
+/// One allocation set from the servers, in id order, each id once.
 #[derive(Debug, Clone)]
 pub struct Desired {
     list: Vec<Allocation>,
@@ -19,7 +22,20 @@ pub struct Desired {
 }
 
 impl Desired {
-    pub fn new(list: Vec<Allocation>) -> Desired {
+    /// The set of `list`: sorted by id when it is not already (the
+    /// watch sends it sorted), and of an id listed twice, the later.
+    pub fn new(mut list: Vec<Allocation>) -> Desired {
+        if !list.is_sorted_by(|a, b| a.id < b.id) {
+            list.sort_by(|a, b| a.id.cmp(&b.id)); // stable: the later stays later
+            let mut kept: Vec<Allocation> = Vec::with_capacity(list.len());
+            for a in list {
+                match kept.last_mut() {
+                    Some(last) if last.id == a.id => *last = a,
+                    _ => kept.push(a),
+                }
+            }
+            list = kept;
+        }
         let index = list
             .iter()
             .enumerate()
@@ -45,6 +61,7 @@ impl Desired {
         self.list.len()
     }
 
+    /// The allocations in id order.
     pub fn iter(&self) -> std::slice::Iter<'_, Allocation> {
         self.list.iter()
     }
@@ -74,5 +91,22 @@ mod tests {
             "the same content, a new set"
         );
         assert_ne!(a.generation(), 0);
+    }
+
+    #[test]
+    fn a_set_is_walked_in_id_order_and_an_id_listed_twice_keeps_the_later() {
+        let (x, y, z) = (
+            "00000000000000000000000000000001",
+            "00000000000000000000000000000002",
+            "00000000000000000000000000000003",
+        );
+        let mut second = alloc(y, "{}");
+        second.restart_count = 7;
+        let set = Desired::new(vec![alloc(z, "{}"), alloc(y, "{}"), alloc(x, "{}"), second]);
+        let ids: Vec<&str> = set.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, [x, y, z]);
+        assert_eq!(set.len(), 3);
+        assert_eq!(set.get(y).map(|a| a.restart_count), Some(7));
+        assert_eq!(set.iter().nth(1).map(|a| a.restart_count), Some(7));
     }
 }

@@ -35,6 +35,8 @@ mod records;
 mod restarts;
 mod start;
 mod state;
+#[cfg(any(test, feature = "sim"))]
+mod steady;
 mod stop;
 #[cfg(test)]
 mod testing;
@@ -54,6 +56,8 @@ pub use observe::Observed;
 pub use records::{FileRecords, Records};
 pub use restarts::Restarts;
 pub use state::{Cleanup, Ending, State};
+#[cfg(feature = "sim")]
+pub use steady::SteadyNode;
 
 use decide::{Containers, Decision};
 use desired::Desired;

@@ -26,6 +26,8 @@
 //! before any work (`_idle`), `false_downs` (nodes the servers declared
 //! down, from their counters, and nodes not ready at the end),
 //! `cpu_seconds_filling_simnodes` and `_servers` (who used the CPUs),
+//! `raft_entries_per_placement_filling` and `raft_entries_filling_<kind>`
+//! (the replicated commands the fill took, from the leader's counters),
 //! `server_rss_mib_*`, `leader_heartbeats_per_sec`, and after the leader
 //! kill `seconds_to_new_leader` and the same checks again.
 
@@ -219,6 +221,21 @@ impl Servers {
         body.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
             .unwrap_or(0.0)
+    }
+
+    /// Server `i`'s applied commands by kind
+    /// (`skiff_raft_applied_entries_total{kind}`).
+    fn applied_by_kind(&self, i: usize) -> std::collections::BTreeMap<String, f64> {
+        let Some(body) = self.metrics(i) else {
+            return Default::default();
+        };
+        let head = "skiff_raft_applied_entries_total{kind=\"";
+        body.lines()
+            .filter_map(|l| {
+                let (kind, n) = l.strip_prefix(head)?.split_once("\"} ")?;
+                Some((kind.to_string(), n.trim().parse().ok()?))
+            })
+            .collect()
     }
 
     /// The cumulative buckets of server `i`'s answer times for `method`
@@ -532,6 +549,7 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
     };
     let cpu_before = cpu();
     let tally_before = tally();
+    let entries_before = servers.applied_by_kind(leader);
     let server_side = ServerSide::read(&servers, leader);
     let started = Instant::now();
     let mut appliers = tokio::task::JoinSet::new();
@@ -587,6 +605,21 @@ async fn run(o: &Opts, dir: &Path) -> anyhow::Result<()> {
     println!(
         "sim_allocs_looked_at_per_placement_filling={:.1}",
         per(looked_at, tally_before.1)
+    );
+    // The Raft entries behind each placement (every server applies each),
+    // by kind: counted, not timed.
+    let entries = servers.applied_by_kind(leader);
+    let mut all = 0.0;
+    for (kind, n) in &entries {
+        let d = n - entries_before.get(kind).copied().unwrap_or(0.0);
+        all += d;
+        if d > 0.0 {
+            println!("raft_entries_filling_{kind}={d}");
+        }
+    }
+    println!(
+        "raft_entries_per_placement_filling={:.3}",
+        all / running.max(1) as f64
     );
     println!(
         "placements_per_sec_e2e={:.0}",

@@ -245,10 +245,12 @@ impl ServerMetrics {
 
 /// What the store holds on disk and what saving it took, read at the
 /// scrape.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Disk {
     pub use_: skiff_store::DiskUse,
     pub saves: skiff_store::SaveCounts,
+    /// Commands applied since the store opened, by kind.
+    pub applied: BTreeMap<&'static str, u64>,
 }
 
 impl Disk {
@@ -256,6 +258,7 @@ impl Disk {
         Disk {
             use_: store.disk_use(),
             saves: store.save_counts(),
+            applied: store.applied_by_kind(),
         }
     }
 
@@ -269,6 +272,17 @@ impl Disk {
             "state_db_bytes",
             "Bytes of this server's state database on disk (what snapshots are made from)",
             gauge(self.use_.state_bytes),
+        );
+        let applied = Family::<Labels, Counter>::default();
+        for (kind, n) in &self.applied {
+            applied
+                .get_or_create(&vec![("kind".to_string(), kind.to_string())])
+                .inc_by(*n);
+        }
+        reg.register(
+            "raft_applied_entries",
+            "Commands this server applied since it started, by kind",
+            applied,
         );
         let saves = Counter::<u64>::default();
         saves.inc_by(self.saves.saves);
@@ -661,7 +675,10 @@ mod tests {
             &state,
             &api,
             &ServerMetrics::default(),
-            &Disk::default(),
+            &Disk {
+                applied: [("apply_plan", 2)].into_iter().collect(),
+                ..Disk::default()
+            },
         );
         for line in [
             "# TYPE skiff_grpc_requests_total counter",
@@ -673,6 +690,7 @@ mod tests {
             "skiff_raft_applied_index 9",
             "skiff_raft_log_entries 10",
             "skiff_raft_leader 1",
+            "skiff_raft_applied_entries_total{kind=\"apply_plan\"} 2",
             "skiff_allocations{status=\"running\"} 1",
             "skiff_allocations{status=\"pending\"} 0",
             "skiff_nodes{status=\"down\"} 0",

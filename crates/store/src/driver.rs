@@ -92,6 +92,9 @@ pub(crate) struct Shared {
     pub(crate) last_index: std::sync::atomic::AtomicU64,
     /// What the saver thread did.
     pub(crate) saves: Arc<crate::saver::SaveStats>,
+    /// Commands applied since the store opened, by kind
+    /// ([`crate::Command::kind`]): the work behind each placement, counted.
+    pub(crate) applied_kinds: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 /// The handle's ends of a started driver.
@@ -148,6 +151,7 @@ pub(crate) fn start(
         commit: Default::default(),
         last_index: Default::default(),
         saves: Default::default(),
+        applied_kinds: Default::default(),
     });
     let driver = Driver {
         id: cfg.id,

@@ -293,6 +293,16 @@ impl Store {
         self.applied.clone()
     }
 
+    /// Commands applied since the store opened, by kind
+    /// ([`crate::Command::kind`]).
+    pub fn applied_by_kind(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.shared
+            .applied_kinds
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
     /// What the state saver did since the store opened.
     pub fn save_counts(&self) -> crate::saver::SaveCounts {
         self.shared.saves.read()

@@ -25,6 +25,7 @@ impl Driver {
         let mut replies = Vec::new();
         let mut conf_replies = Vec::new();
         let mut new_events = Vec::new();
+        let mut kinds: Vec<&'static str> = Vec::new();
         {
             let mut state = self
                 .shared
@@ -43,6 +44,7 @@ impl Driver {
                         let outcome = match command::decode(&e.data) {
                             Decoded::Command(c) => {
                                 let kind = c.kind();
+                                kinds.push(kind);
                                 let out = state.apply_owned(e.index, *c, waiting);
                                 tracing::debug!(index = e.index, kind, "applied");
                                 out
@@ -109,6 +111,16 @@ impl Driver {
                         value,
                     });
                 }
+            }
+        }
+        if !kinds.is_empty() {
+            let mut counts = self
+                .shared
+                .applied_kinds
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for kind in kinds {
+                *counts.entry(kind).or_default() += 1;
             }
         }
         if self.saver.due() {
