@@ -3,6 +3,7 @@
 //! logins, the other nodes, the cluster's endpoints).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use skiff_model::Allocation;
 use skiff_proto::pb;
@@ -12,7 +13,9 @@ use skiff_proto::pb;
 /// complete at the first message that is not `partial`.
 #[derive(Debug, Default)]
 pub struct AllocView {
-    allocs: BTreeMap<String, Allocation>,
+    /// Shared with the sets handed to the reconciler: a new set costs a
+    /// reference per allocation, not a copy.
+    allocs: BTreeMap<String, Arc<Allocation>>,
     /// The other nodes as the servers listed them (whole, then changes).
     peers: BTreeMap<String, pb::PeerNode>,
 }
@@ -31,7 +34,7 @@ impl AllocView {
             let id = a.id.clone();
             match Allocation::try_from(a) {
                 Ok(a) => {
-                    self.allocs.insert(id, a);
+                    self.allocs.insert(id, Arc::new(a));
                 }
                 Err(e) => {
                     // Not acted on, as if not listed.
@@ -83,7 +86,8 @@ impl AllocView {
         crate::network::peers::Peers::from_list(self.peers.values(), &p.hosts)
     }
 
-    pub fn allocations(&self) -> Vec<Allocation> {
+    /// The node's allocations, in id order.
+    pub fn allocations(&self) -> Vec<Arc<Allocation>> {
         self.allocs.values().cloned().collect()
     }
 }
@@ -154,7 +158,7 @@ mod tests {
         let ids = |v: &AllocView| {
             v.allocations()
                 .into_iter()
-                .map(|x| x.id)
+                .map(|x| x.id.clone())
                 .collect::<Vec<_>>()
         };
         assert_eq!(ids(&view), [a.clone(), b.clone()]);

@@ -1,12 +1,12 @@
-//! The allocation set the servers last sent for this node, indexed by id
-//! once when it arrives: a pass looks ids up many times, and most passes
-//! (the clock's) see the same set again. The set is kept in id order (the
-//! order the node's watch holds it in), so a pass walks it beside the
-//! containers, which are kept in id order too, instead of looking each
-//! one up.
+//! The allocation set the servers last sent for this node, kept in id
+//! order (the order the node's watch holds it in): a pass walks it beside
+//! the containers, which are kept in id order too, instead of looking each
+//! one up, and a look-up by id is a binary search. Most passes (the
+//! clock's) see the same set again. The allocations are shared with the
+//! watch's view: a new set costs a reference each, not a copy.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use skiff_model::Allocation;
 
@@ -16,18 +16,18 @@ static MADE: AtomicU64 = AtomicU64::new(0);
 /// One allocation set from the servers, in id order, each id once.
 #[derive(Debug, Clone)]
 pub struct Desired {
-    list: Vec<Allocation>,
-    index: HashMap<String, usize>,
+    list: Vec<Arc<Allocation>>,
     generation: u64,
 }
 
 impl Desired {
     /// The set of `list`: sorted by id when it is not already (the
     /// watch sends it sorted), and of an id listed twice, the later.
-    pub fn new(mut list: Vec<Allocation>) -> Desired {
+    pub fn new<A: Into<Arc<Allocation>>>(list: Vec<A>) -> Desired {
+        let mut list: Vec<Arc<Allocation>> = list.into_iter().map(Into::into).collect();
         if !list.is_sorted_by(|a, b| a.id < b.id) {
             list.sort_by(|a, b| a.id.cmp(&b.id)); // stable: the later stays later
-            let mut kept: Vec<Allocation> = Vec::with_capacity(list.len());
+            let mut kept: Vec<Arc<Allocation>> = Vec::with_capacity(list.len());
             for a in list {
                 match kept.last_mut() {
                     Some(last) if last.id == a.id => *last = a,
@@ -36,25 +36,20 @@ impl Desired {
             }
             list = kept;
         }
-        let index = list
-            .iter()
-            .enumerate()
-            .map(|(i, a)| (a.id.clone(), i))
-            .collect();
         Desired {
             list,
-            index,
             generation: MADE.fetch_add(1, Ordering::Relaxed) + 1,
         }
     }
 
     /// The allocation with this id, if the set lists it.
     pub fn get(&self, id: &str) -> Option<&Allocation> {
-        self.index.get(id).map(|&i| &self.list[i])
+        let i = self.list.binary_search_by(|a| a.id.as_str().cmp(id)).ok()?;
+        Some(&self.list[i])
     }
 
     pub fn contains(&self, id: &str) -> bool {
-        self.index.contains_key(id)
+        self.get(id).is_some()
     }
 
     pub fn len(&self) -> usize {
@@ -62,8 +57,8 @@ impl Desired {
     }
 
     /// The allocations in id order.
-    pub fn iter(&self) -> std::slice::Iter<'_, Allocation> {
-        self.list.iter()
+    pub fn iter(&self) -> impl Iterator<Item = &Allocation> + Clone {
+        self.list.iter().map(|a| &**a)
     }
 
     /// Different for every set made in this process (never 0), so a pass
@@ -84,7 +79,7 @@ mod tests {
         assert_eq!(a.get(ID).map(|x| x.id.as_str()), Some(ID));
         assert!(a.get("ffffffffffffffffffffffffffffffff").is_none());
         assert_eq!(a.iter().count(), 1);
-        let b = Desired::new(a.iter().cloned().collect());
+        let b = Desired::new(a.iter().cloned().collect::<Vec<_>>());
         assert_ne!(
             a.generation(),
             b.generation(),

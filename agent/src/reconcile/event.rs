@@ -61,8 +61,9 @@ pub struct StartedRun {
 
 /// What wakes the reconciler.
 pub enum Event {
-    /// The full set of allocations the servers assigned to this node.
-    Desired(Vec<Allocation>),
+    /// The full set of allocations the servers assigned to this node
+    /// (shared with the watch's view).
+    Desired(Vec<std::sync::Arc<Allocation>>),
     Started {
         id: String,
         /// Which run of the container (its restart count) this was.

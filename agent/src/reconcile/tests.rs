@@ -80,6 +80,11 @@ fn render(actions: &[Action]) -> Vec<String> {
         .collect()
 }
 
+/// The servers' set as the watch hands it to the reconciler.
+fn desired_event(allocs: Vec<Allocation>) -> Event {
+    Event::Desired(allocs.into_iter().map(std::sync::Arc::new).collect())
+}
+
 /// One node's decisions, with the test as servers, shims and clock.
 struct Node {
     c: Containers,
@@ -793,11 +798,11 @@ async fn a_stop_without_an_exit_escalates_to_a_forced_delete_then_is_reported_an
     let mut rig = Rig::new(FakeRuntime::new(), records);
     rig.rec.adopt().await;
     let mut a = running_alloc(A, task("{}"));
-    rig.rec.handle(Event::Desired(vec![a.clone()]));
+    rig.rec.handle(desired_event(vec![a.clone()]));
     assert_eq!(rig.rec.reconcile(), [], "the servers hold it");
     assert_eq!(rig.rec.executor.probing(), 1);
     a.desired = DesiredStatus::Stop;
-    rig.rec.handle(Event::Desired(vec![a.clone()]));
+    rig.rec.handle(desired_event(vec![a.clone()]));
     rig.rec.reconcile();
     let began = tokio::time::Instant::now();
     rig.handle_until(|e| matches!(e, Event::StopDone { .. }))
@@ -815,7 +820,7 @@ async fn a_stop_without_an_exit_escalates_to_a_forced_delete_then_is_reported_an
     a.message = report[0].message.clone();
     a.reason = report[0].reason.clone();
     a.healthy = None;
-    rig.rec.handle(Event::Desired(vec![a]));
+    rig.rec.handle(desired_event(vec![a]));
     assert_eq!(rig.rec.reconcile(), []);
     assert_eq!(rig.rec.tracked(), 0);
     assert_eq!(rig.rec.executor.probing(), 0, "its probes ended");
@@ -856,7 +861,7 @@ async fn a_missed_exit_restarts_with_the_count_from_the_records() {
         task("{policy: on-failure, backoff: {initial: 1s, max: 1h}}"),
     );
     b.restart_count = 3;
-    rig.rec.handle(Event::Desired(vec![b]));
+    rig.rec.handle(desired_event(vec![b]));
     let report = rig.rec.reconcile();
     assert_eq!((report[0].exit_code, report[0].restart_count), (Some(5), 3));
     rig.handle_until(|e| matches!(e, Event::Cleaned { .. }))
@@ -892,7 +897,7 @@ async fn a_failing_liveness_probe_kills_through_the_runtime_and_waits_to_restart
     let t = spec(
         "stop_grace: 2s, probes: {liveness: {exec: {command: [cat, /tmp/alive]}, period: 1s, failure_threshold: 1}}",
     );
-    rig.rec.handle(Event::Desired(vec![running_alloc(A, t)]));
+    rig.rec.handle(desired_event(vec![running_alloc(A, t)]));
     rig.rec.reconcile();
     rig.handle_until(|e| matches!(e, Event::StopDone { .. }))
         .await;
@@ -931,7 +936,7 @@ async fn the_loop_sends_a_report_again_when_it_did_not_arrive_and_not_when_it_di
     }));
     let mut a = alloc_of(A, task("{}"));
     a.desired = DesiredStatus::Stop;
-    tx.send(Event::Desired(vec![a])).await.unwrap();
+    tx.send(desired_event(vec![a])).await.unwrap();
     tokio::time::sleep(secs(2)).await;
     let calls = sent.lock().unwrap().clone();
     assert_eq!(calls.len(), 2, "{calls:?}");
@@ -959,7 +964,7 @@ async fn forged_allocation_ids_from_the_servers_are_ignored_and_touch_nothing_ou
         stop.desired = DesiredStatus::Stop;
         for a in [run, stop] {
             rig.rec
-                .handle(Event::Desired(vec![a, alloc_of(A, task("{}"))]));
+                .handle(desired_event(vec![a, alloc_of(A, task("{}"))]));
             let report = rig.rec.reconcile();
             assert!(
                 report.iter().all(|o| o.alloc_id == A),
@@ -999,16 +1004,16 @@ async fn logs_of_allocations_the_servers_no_longer_list_are_removed_unless_a_con
     rig.rec.adopt().await;
     // The first listing names A only: B's logs go, C's stay with its container.
     rig.rec
-        .handle(Event::Desired(vec![running_alloc(A, task("{}"))]));
+        .handle(desired_event(vec![running_alloc(A, task("{}"))]));
     let mut logged = rig.records.logged();
     logged.sort();
     assert_eq!(logged, [A, C]);
     // A listed again: nothing goes.
     rig.rec
-        .handle(Event::Desired(vec![running_alloc(A, task("{}"))]));
+        .handle(desired_event(vec![running_alloc(A, task("{}"))]));
     assert_eq!(rig.records.logged().len(), 2);
     // A collected: its logs go.
-    rig.rec.handle(Event::Desired(vec![]));
+    rig.rec.handle(desired_event(vec![]));
     assert_eq!(rig.records.logged(), [C]);
 }
 
@@ -1025,7 +1030,7 @@ async fn a_pass_woken_by_events_reads_only_the_exits_of_shims_seen_to_exit() {
         .iter()
         .map(|id| running_alloc(id, task("{}")))
         .collect();
-    rig.rec.handle(Event::Desired(allocs.clone()));
+    rig.rec.handle(desired_event(allocs.clone()));
     let reads = || rig.records.exit_reads();
     let before = reads();
     assert_eq!(
@@ -1048,7 +1053,7 @@ async fn a_pass_woken_by_events_reads_only_the_exits_of_shims_seen_to_exit() {
     assert_eq!(report[0].alloc_id, B);
     assert_eq!(report[0].exit_code, Some(3));
     // The clock's pass looks at every running container.
-    rig.rec.handle(Event::Desired(allocs));
+    rig.rec.handle(desired_event(allocs));
     let before = reads();
     rig.rec.reconcile();
     assert_eq!(reads() - before, 2, "A and C (B has ended)");
@@ -1074,7 +1079,7 @@ async fn the_clocks_passes_read_every_exit_record_only_now_and_then_and_still_fi
         .iter()
         .map(|id| running_alloc(id, task("{}")))
         .collect();
-    tx.send(Event::Desired(allocs)).await.unwrap();
+    tx.send(desired_event(allocs)).await.unwrap();
     let before = records.exit_reads();
     // Twenty of the clock's passes; two of them look at every record.
     tokio::time::sleep(super::EXIT_SWEEP * 2 + secs(1) / 5).await;
@@ -1102,7 +1107,7 @@ async fn adopted_a_running() -> Rig {
     let mut rig = Rig::new(FakeRuntime::new(), records);
     rig.rec.adopt().await;
     rig.rec
-        .handle(Event::Desired(vec![running_alloc(A, task("{}"))]));
+        .handle(desired_event(vec![running_alloc(A, task("{}"))]));
     rig.rec.pass(super::Woken::Events);
     rig
 }
@@ -1145,7 +1150,7 @@ async fn a_clocks_pass_with_no_news_decides_nothing_unless_something_is_under_wa
     rig.rec.pass(super::Woken::Sweep);
     assert_eq!(rig.rec.decided, settled + 1, "the sweep always looks");
     // B is new: it starts, and while it does the clock's passes decide.
-    rig.rec.handle(Event::Desired(vec![
+    rig.rec.handle(desired_event(vec![
         running_alloc(A, task("{}")),
         alloc_of(B, task("{}")),
     ]));
