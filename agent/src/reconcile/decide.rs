@@ -373,14 +373,7 @@ impl Containers {
         // Both in id order: walked side by side, no look-up per container.
         let mut containers = self.map.iter_mut().peekable();
         for a in desired.iter() {
-            while containers
-                .next_if(|(id, _)| id.as_str() < a.id.as_str())
-                .is_some()
-            {}
-            let c = match containers.peek_mut() {
-                Some((id, c)) if id.as_str() == a.id => Some(&mut **c),
-                _ => None,
-            };
+            let c = walk_to(&mut containers, &a.id);
             match (a.desired, c) {
                 (DesiredStatus::Run, None) if a.status == AllocStatus::Pending => {
                     new.push(a);
@@ -478,14 +471,7 @@ impl Containers {
         // Both in id order: walked side by side, no look-up per container.
         let mut containers = self.map.iter().peekable();
         for a in desired.iter() {
-            while containers
-                .next_if(|(id, _)| id.as_str() < a.id.as_str())
-                .is_some()
-            {}
-            let c = containers
-                .peek()
-                .filter(|(id, _)| id.as_str() == a.id)
-                .map(|(_, c)| *c);
+            let c = walk_to(&mut containers, &a.id);
             let mut observed = match c {
                 Some(c) if matches!(c.state, State::Starting) => observe_pull(a, &self.pulls),
                 Some(c) => observe(a, c),
@@ -510,8 +496,9 @@ impl Containers {
                     o.address = addr.clone();
                 }
             }
-            if let Some(o) = observed {
+            if let Some(mut o) = observed {
                 if self.sent.due(a, &o, now) {
+                    o.alloc_id = a.id.clone();
                     report.push(o);
                 }
             }
@@ -532,6 +519,25 @@ impl Containers {
             }
         }
         report
+    }
+}
+
+/// Walks containers in id order to the one named `id`, if there is one,
+/// past those before it, each compared once: called with ids in rising
+/// order, a pass over the servers' set meets every container once.
+fn walk_to<'m, C>(
+    containers: &mut std::iter::Peekable<impl Iterator<Item = (&'m String, C)>>,
+    id: &str,
+) -> Option<C> {
+    loop {
+        let (key, _) = containers.peek()?;
+        match key.as_str().cmp(id) {
+            std::cmp::Ordering::Less => {
+                containers.next();
+            }
+            std::cmp::Ordering::Equal => return containers.next().map(|(_, c)| c),
+            std::cmp::Ordering::Greater => return None,
+        }
     }
 }
 

@@ -23,6 +23,9 @@ pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// A status update for the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
+    /// Empty as [`observe`] and its siblings make it: a pass names the
+    /// allocation only once the report is due (most are not, and a copy of
+    /// the id per container per pass is most of what a pass allocates).
     pub alloc_id: String,
     pub status: AllocStatus,
     pub exit_code: Option<i32>,
@@ -36,12 +39,38 @@ pub struct Observed {
     pub address: String,
 }
 
+impl Observed {
+    /// Says the same as `other` about its allocation (the id aside: a
+    /// report is looked up by it).
+    fn says_same(&self, other: &Observed) -> bool {
+        let Observed {
+            alloc_id: _,
+            status,
+            exit_code,
+            message,
+            restart_count,
+            healthy,
+            reason,
+            image_digest,
+            address,
+        } = self;
+        *status == other.status
+            && *exit_code == other.exit_code
+            && *message == other.message
+            && *restart_count == other.restart_count
+            && *healthy == other.healthy
+            && *reason == other.reason
+            && *image_digest == other.image_digest
+            && *address == other.address
+    }
+}
+
 /// What the server should record for an allocation whose container this
 /// agent tracks; `None` while there is nothing new to say.
 pub fn observe(a: &Allocation, c: &Container) -> Option<Observed> {
     let last = c.last_exit.as_ref();
     let running = |healthy: Option<bool>, reason: &str, message: String| Observed {
-        alloc_id: a.id.clone(),
+        alloc_id: String::new(),
         status: AllocStatus::Running,
         exit_code: last.map(|r| r.exit_code),
         message,
@@ -116,7 +145,7 @@ pub fn observe(a: &Allocation, c: &Container) -> Option<Observed> {
                 (AllocStatus::Failed, reason::ERROR, how)
             };
             Observed {
-                alloc_id: a.id.clone(),
+                alloc_id: String::new(),
                 status,
                 exit_code: Some(record.exit_code),
                 message,
@@ -130,7 +159,7 @@ pub fn observe(a: &Allocation, c: &Container) -> Option<Observed> {
         State::Failed {
             message, reason, ..
         } => Observed {
-            alloc_id: a.id.clone(),
+            alloc_id: String::new(),
             status: AllocStatus::Failed,
             exit_code: None,
             message: message.clone(),
@@ -150,7 +179,7 @@ pub fn observe_pull(a: &Allocation, pulls: &PullProgress) -> Option<Observed> {
     let image = a.task.image.registry.as_ref()?.to_string();
     let (done, total, left) = pulls.of(&image)?;
     Some(Observed {
-        alloc_id: a.id.clone(),
+        alloc_id: String::new(),
         status: AllocStatus::Pending,
         exit_code: None,
         message: describe(&image, done, total, left),
@@ -166,7 +195,7 @@ pub fn observe_pull(a: &Allocation, pulls: &PullProgress) -> Option<Observed> {
 /// container for.
 pub fn observe_untracked(a: &Allocation) -> Option<Observed> {
     let gone = |status, message: &str, why: &str| Observed {
-        alloc_id: a.id.clone(),
+        alloc_id: String::new(),
         status,
         exit_code: None,
         message: message.into(),
@@ -227,7 +256,7 @@ impl Sent {
         }
         let recently_sent = self.0.get(&a.id).is_some_and(|(s, t)| {
             let age = now.saturating_duration_since(*t);
-            (s == o && age < RESEND_AFTER)
+            (s.says_same(o) && age < RESEND_AFTER)
                 || (s.reason == reason::PULLING
                     && o.reason == reason::PULLING
                     && age < PROGRESS_EVERY)
