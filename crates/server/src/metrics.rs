@@ -552,7 +552,10 @@ pub fn example() -> String {
         &state,
         &api,
         &server,
-        &Disk::default(),
+        &Disk {
+            applied: [("apply_plan", 1)].into_iter().collect(),
+            ..Disk::default()
+        },
     )
 }
 
