@@ -52,6 +52,16 @@ impl Desired {
         self.get(id).is_some()
     }
 
+    /// Whether this set lists an allocation `other` does not: both in id
+    /// order, walked side by side.
+    pub fn lists_one_not_in(&self, other: &Desired) -> bool {
+        let mut theirs = other.list.iter().map(|a| a.id.as_str()).peekable();
+        self.list.iter().any(|a| {
+            while theirs.next_if(|id| *id < a.id.as_str()).is_some() {}
+            theirs.next_if(|id| *id == a.id).is_none()
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.list.len()
     }
@@ -103,5 +113,31 @@ mod tests {
         assert_eq!(set.len(), 3);
         assert_eq!(set.get(y).map(|a| a.restart_count), Some(7));
         assert_eq!(set.iter().nth(1).map(|a| a.restart_count), Some(7));
+    }
+
+    #[test]
+    fn a_set_tells_whether_it_lists_an_allocation_another_does_not() {
+        let ids = [
+            "00000000000000000000000000000001",
+            "00000000000000000000000000000002",
+            "00000000000000000000000000000003",
+        ];
+        let set = |pick: &[usize]| {
+            Desired::new(
+                pick.iter()
+                    .map(|&i| alloc(ids[i], "{}"))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let (all, ends, middle, none) = (set(&[0, 1, 2]), set(&[0, 2]), set(&[1]), set(&[]));
+        assert!(all.lists_one_not_in(&ends));
+        assert!(all.lists_one_not_in(&middle));
+        assert!(!ends.lists_one_not_in(&all));
+        assert!(!middle.lists_one_not_in(&all));
+        assert!(ends.lists_one_not_in(&middle));
+        assert!(middle.lists_one_not_in(&ends));
+        assert!(!none.lists_one_not_in(&all));
+        assert!(all.lists_one_not_in(&none));
+        assert!(!all.lists_one_not_in(&all));
     }
 }

@@ -259,12 +259,10 @@ impl<R: Runtime, X: Records, C: Clock> Reconciler<R, X, C> {
                 });
                 let next = Desired::new(allocs);
                 let before = self.desired.as_ref();
-                if before.is_none_or(|b| b.iter().any(|a| !next.contains(&a.id))) {
+                if before.is_none_or(|b| b.lists_one_not_in(&next)) {
                     self.drop_logs(&next);
                 }
-                self.new_listed |= next
-                    .iter()
-                    .any(|a| before.is_none_or(|b| !b.contains(&a.id)));
+                self.new_listed |= before.is_none_or(|b| next.lists_one_not_in(b));
                 self.desired = Some(next)
             }
             Event::Reported { updates, sent } => {
