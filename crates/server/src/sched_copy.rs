@@ -13,7 +13,7 @@
 //! registration, a drain, a node going down) and when too many of its
 //! positions are empty.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use skiff_model::Node;
 use skiff_scheduler::{AllocSummary, ClusterView};
@@ -28,8 +28,10 @@ pub struct SchedCopy {
     pub nodes: Vec<Node>,
     /// By allocation id.
     pub allocs: BTreeMap<String, AllocSummary>,
-    /// Allocation ids by node, as copied.
-    by_node: HashMap<String, BTreeSet<String>>,
+    /// Allocation ids by node, as copied, each with the modify index its
+    /// summary was made at (what a sync compares, walking a changed node's
+    /// ids beside the state's, without looking the summaries up).
+    by_node: HashMap<String, BTreeMap<String, u64>>,
     /// Every job's priority.
     pub priorities: HashMap<String, u8>,
     /// The team queue of every job in one.
@@ -121,7 +123,7 @@ impl SchedCopy {
                     self.by_node
                         .entry(a.node.clone())
                         .or_default()
-                        .insert(a.id.clone());
+                        .insert(a.id.clone(), a.modify_index);
                 }
                 self.index = state.index;
                 self.kept = None;
@@ -131,14 +133,39 @@ impl SchedCopy {
         let mut made = 0;
         let keep = self.kept.is_some();
         for node in changed {
-            let now = state.allocs_on_node(node);
             let held = self.by_node.entry(node.to_string()).or_default();
-            let listed: BTreeSet<&str> = now.iter().map(|a| a.id.as_str()).collect();
-            let gone: Vec<String> = held
-                .iter()
-                .filter(|id| !listed.contains(id.as_str()))
-                .cloned()
-                .collect();
+            // Both in id order: walked side by side, the state's
+            // allocations looked up (their modify index) but not the copy's.
+            let mut now = state.alloc_ids_on_node(node).peekable();
+            let mut had = held.iter().peekable();
+            let mut gone = Vec::new();
+            let mut fresh = Vec::new();
+            loop {
+                let order = match (had.peek(), now.peek()) {
+                    (None, None) => break,
+                    (Some(_), None) => std::cmp::Ordering::Less,
+                    (None, Some(_)) => std::cmp::Ordering::Greater,
+                    (Some((h, _)), Some(n)) => h.as_str().cmp(n),
+                };
+                match order {
+                    std::cmp::Ordering::Less => {
+                        gone.extend(had.next().map(|(id, _)| id.clone()));
+                    }
+                    std::cmp::Ordering::Equal => {
+                        let (_, &made_at) = had.next().expect("peeked");
+                        let id = now.next().expect("peeked");
+                        match state.allocs.get(id) {
+                            Some(a) if a.modify_index != made_at => fresh.push(a),
+                            Some(_) => {}
+                            None => gone.push(id.to_string()),
+                        }
+                    }
+                    std::cmp::Ordering::Greater => {
+                        let id = now.next().expect("peeked");
+                        fresh.extend(state.allocs.get(id));
+                    }
+                }
+            }
             for id in gone {
                 held.remove(&id);
                 self.allocs.remove(&id);
@@ -146,19 +173,13 @@ impl SchedCopy {
                     self.went.push(id);
                 }
             }
-            for a in now {
-                let current = self
-                    .allocs
-                    .get(&a.id)
-                    .is_some_and(|s| s.modify_index == a.modify_index);
-                if !current {
-                    self.allocs.insert(a.id.clone(), AllocSummary::from(a));
-                    held.insert(a.id.clone());
-                    if keep {
-                        self.changed.push(a.id.clone());
-                    }
-                    made += 1;
+            for a in fresh {
+                self.allocs.insert(a.id.clone(), AllocSummary::from(a));
+                held.insert(a.id.clone(), a.modify_index);
+                if keep {
+                    self.changed.push(a.id.clone());
                 }
+                made += 1;
             }
             if held.is_empty() {
                 self.by_node.remove(node);

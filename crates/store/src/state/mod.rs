@@ -529,6 +529,16 @@ impl State {
             .unwrap_or_default()
     }
 
+    /// The ids of the allocations placed on one node, in id order, without
+    /// looking the allocations up.
+    pub fn alloc_ids_on_node<'s>(&'s self, node: &str) -> impl Iterator<Item = &'s str> + 's {
+        self.allocs_by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+    }
+
     /// The allocations placed on one node.
     pub fn allocs_on_node(&self, node: &str) -> Vec<&Allocation> {
         self.allocs_by_node
