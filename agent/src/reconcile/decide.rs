@@ -17,7 +17,7 @@ use skiff_model::alloc::reason;
 use skiff_model::duration::format_duration;
 use skiff_model::{AllocStatus, Allocation, DesiredStatus, TaskSpec};
 
-use super::desired::Desired;
+use super::desired::{walk_to, Desired};
 use super::observe::{observe, observe_pull, observe_untracked, Observed, Sent};
 use super::restarts::{after_exit, AfterExit, Restarts};
 use super::state::{Cleanup, Container, Ending, Found, Listing, State};
@@ -519,25 +519,6 @@ impl Containers {
             }
         }
         report
-    }
-}
-
-/// Walks containers in id order to the one named `id`, if there is one,
-/// past those before it, each compared once: called with ids in rising
-/// order, a pass over the servers' set meets every container once.
-fn walk_to<'m, C>(
-    containers: &mut std::iter::Peekable<impl Iterator<Item = (&'m String, C)>>,
-    id: &str,
-) -> Option<C> {
-    loop {
-        let (key, _) = containers.peek()?;
-        match key.as_str().cmp(id) {
-            std::cmp::Ordering::Less => {
-                containers.next();
-            }
-            std::cmp::Ordering::Equal => return containers.next().map(|(_, c)| c),
-            std::cmp::Ordering::Greater => return None,
-        }
     }
 }
 

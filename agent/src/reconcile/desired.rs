@@ -55,11 +55,10 @@ impl Desired {
     /// Whether this set lists an allocation `other` does not: both in id
     /// order, walked side by side.
     pub fn lists_one_not_in(&self, other: &Desired) -> bool {
-        let mut theirs = other.list.iter().map(|a| a.id.as_str()).peekable();
-        self.list.iter().any(|a| {
-            while theirs.next_if(|id| *id < a.id.as_str()).is_some() {}
-            theirs.next_if(|id| *id == a.id).is_none()
-        })
+        let mut theirs = other.list.iter().map(|a| (&a.id, ())).peekable();
+        self.list
+            .iter()
+            .any(|a| walk_to(&mut theirs, &a.id).is_none())
     }
 
     pub fn len(&self) -> usize {
@@ -75,6 +74,25 @@ impl Desired {
     /// can tell a set it has already learned from a new one.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+}
+
+/// Walks entries keyed by id, in id order, to the one named `id`, if
+/// there is one, past those before it, each compared once: called with ids
+/// in rising order (a pass over a set), it meets every entry once.
+pub(super) fn walk_to<'m, C>(
+    containers: &mut std::iter::Peekable<impl Iterator<Item = (&'m String, C)>>,
+    id: &str,
+) -> Option<C> {
+    loop {
+        let (key, _) = containers.peek()?;
+        match key.as_str().cmp(id) {
+            std::cmp::Ordering::Less => {
+                containers.next();
+            }
+            std::cmp::Ordering::Equal => return containers.next().map(|(_, c)| c),
+            std::cmp::Ordering::Greater => return None,
+        }
     }
 }
 

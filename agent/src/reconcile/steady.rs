@@ -41,10 +41,15 @@ impl SteadyNode {
                 mono: Instant::now(),
             },
         };
-        for _ in 0..4 {
+        // Start, run, report: a few passes; bounded so a rule that never
+        // settles shows as a pass with work left, not as a hang.
+        for _ in 0..8 {
             let d = node
                 .containers
                 .decide(&node.desired, &HashMap::new(), node.now);
+            if d.actions.is_empty() && d.report.is_empty() {
+                break;
+            }
             for action in &d.actions {
                 if let super::decide::Action::Start { alloc, run } = action {
                     let started = Ok(StartedRun {

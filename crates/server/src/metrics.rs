@@ -243,8 +243,8 @@ impl ServerMetrics {
     }
 }
 
-/// What the store holds on disk and what saving it took, read at the
-/// scrape.
+/// What the store holds on disk, what saving it took and the commands it
+/// applied, read from the store at the scrape.
 #[derive(Debug, Clone, Default)]
 pub struct Disk {
     pub use_: skiff_store::DiskUse,
