@@ -485,7 +485,7 @@ pub fn render(
         by_label("status", &["ready", "down"], &nodes),
     );
     let mut allocs: BTreeMap<&str, i64> = BTreeMap::new();
-    for a in state.allocs.values() {
+    for a in state.allocs.values_any_order() {
         *allocs.entry(a.status.as_str()).or_default() += 1;
     }
     reg.register(

@@ -41,4 +41,4 @@ pub use handle::{DiskUse, Store};
 pub use member::{Bootstrap, RaftConfig, RaftStatus, Role, Transport, SNAPSHOT_ENTRIES};
 pub use raft::eraftpb::{ConfChangeType, Message as RaftMessage, MessageType as RaftMessageType};
 pub use saver::SaveCounts;
-pub use state::{split_slot_key, Applied, Outcome, Refusal, State, Table};
+pub use state::{split_slot_key, AllocTable, Applied, Outcome, Refusal, State, Table};

@@ -160,7 +160,7 @@ pub(crate) fn resolve_alloc<'s>(
     }
     let mut matches = state
         .allocs
-        .range(id.to_string()..)
+        .range_from(id)
         .take_while(|(k, _)| k.starts_with(id));
     match (matches.next(), matches.next()) {
         (Some((_, a)), None) => Ok(a),

@@ -75,7 +75,7 @@ impl Filter {
         if !self.filtered() {
             return;
         }
-        for a in state.allocs.values() {
+        for a in state.allocs.values_any_order() {
             if self.wants_owner(Some(&a.job), Some(&a.node)) {
                 self.known.insert(a.id.clone());
             }

@@ -25,6 +25,7 @@ use crate::command::{Command, ServerInfo};
 
 mod access;
 mod access_record;
+mod alloc_table;
 mod allocs;
 mod jobs;
 mod marks;
@@ -38,6 +39,7 @@ mod table;
 mod users;
 
 pub use access_record::Access;
+pub use alloc_table::AllocTable;
 
 /// The key of the one access record.
 pub fn access_key() -> &'static str {
@@ -58,7 +60,7 @@ const TOUCH_LOOKBACK: usize = 8;
 pub struct State {
     pub jobs: BTreeMap<String, Job>,
     pub nodes: BTreeMap<String, Node>,
-    pub allocs: BTreeMap<String, Allocation>,
+    pub allocs: AllocTable,
     pub evals: BTreeMap<String, Evaluation>,
     /// Control-plane servers' addresses, by Raft id.
     #[serde(default)]
@@ -613,7 +615,7 @@ impl State {
         }
         self.allocs_by_node.clear();
         self.allocs_by_job.clear();
-        for a in self.allocs.values() {
+        for a in self.allocs.values_any_order() {
             file_under(&mut self.allocs_by_node, &a.node, &a.id);
             file_under(&mut self.allocs_by_job, &a.job, &a.id);
         }
