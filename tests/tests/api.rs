@@ -66,6 +66,30 @@ async fn lists_come_a_page_at_a_time_in_order_without_loss_or_repeats() {
         }
     }
     assert_eq!(got, want, "allocations by id, each once");
+    // The whole cluster's allocations, a page at a time: each page starts
+    // where the last ended.
+    let mut everything: Vec<String> = client
+        .list_allocs(None, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    everything.sort();
+    let mut got = Vec::new();
+    loop {
+        let page = client
+            .list_allocs_page(None, None, 2, token.take())
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 2);
+        got.extend(page.items.into_iter().map(|a| a.id));
+        match page.next {
+            Some(next) => token = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(got, everything, "all allocations by id, each once");
 
     let nodes = client.list_nodes_page(1, None).await.unwrap();
     assert_eq!((nodes.items.len(), nodes.next), (1, None));

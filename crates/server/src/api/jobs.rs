@@ -293,7 +293,14 @@ pub(crate) async fn list_allocs(
     } else if !r.node.is_empty() {
         Box::new(state.allocs_on_node(&r.node).into_iter())
     } else {
-        Box::new(state.allocs.values())
+        // Seek to the page's start instead of walking past every earlier
+        // id: listing the whole cluster a page at a time stays linear.
+        Box::new(
+            state
+                .allocs
+                .range_from(page.after.as_deref().unwrap_or(""))
+                .map(|(_, a)| a),
+        )
     };
     let (allocs, next_page_token) = page.take(
         candidates
