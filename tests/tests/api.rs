@@ -6,11 +6,30 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use skiff_client::{Code, WatchOptions};
+use skiff_client::{Client, Code, WatchOptions};
 use skiff_model::{AllocStatus, JobSpec};
 use skiff_tests::*;
 
 const START: Duration = Duration::from_secs(60);
+
+/// The ids of a job's allocations (`None`: every allocation), listed two
+/// to a page, each page from the token of the one before.
+async fn alloc_ids_in_pages_of_two(client: &mut Client, job: Option<&str>) -> Vec<String> {
+    let mut got = Vec::new();
+    let mut token = None;
+    loop {
+        let page = client
+            .list_allocs_page(job, None, 2, token.take())
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 2);
+        got.extend(page.items.into_iter().map(|a| a.id));
+        match page.next {
+            Some(next) => token = Some(next),
+            None => return got,
+        }
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_come_a_page_at_a_time_in_order_without_loss_or_repeats() {
@@ -51,20 +70,7 @@ async fn lists_come_a_page_at_a_time_in_order_without_loss_or_repeats() {
     let allocs = wait_allocs(&mut client, "many", 5, AllocStatus::Running, START).await;
     let mut want: Vec<String> = allocs.into_iter().map(|a| a.id).collect();
     want.sort();
-    let mut got = Vec::new();
-    let mut token = None;
-    loop {
-        let page = client
-            .list_allocs_page(Some("many"), None, 2, token.take())
-            .await
-            .unwrap();
-        assert!(page.items.len() <= 2);
-        got.extend(page.items.into_iter().map(|a| a.id));
-        match page.next {
-            Some(next) => token = Some(next),
-            None => break,
-        }
-    }
+    let got = alloc_ids_in_pages_of_two(&mut client, Some("many")).await;
     assert_eq!(got, want, "allocations by id, each once");
     // The whole cluster's allocations, a page at a time: each page starts
     // where the last ended.
@@ -76,19 +82,7 @@ async fn lists_come_a_page_at_a_time_in_order_without_loss_or_repeats() {
         .map(|a| a.id)
         .collect();
     everything.sort();
-    let mut got = Vec::new();
-    loop {
-        let page = client
-            .list_allocs_page(None, None, 2, token.take())
-            .await
-            .unwrap();
-        assert!(page.items.len() <= 2);
-        got.extend(page.items.into_iter().map(|a| a.id));
-        match page.next {
-            Some(next) => token = Some(next),
-            None => break,
-        }
-    }
+    let got = alloc_ids_in_pages_of_two(&mut client, None).await;
     assert_eq!(got, everything, "all allocations by id, each once");
 
     let nodes = client.list_nodes_page(1, None).await.unwrap();
