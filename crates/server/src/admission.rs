@@ -37,6 +37,12 @@ pub struct Admitter {
 /// second of the change that lets it in.
 const ROUND_GAP: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// While a job waits, a round runs this often even when the state stays
+/// still: how long a head has waited (its backfill window: nodes held
+/// for it, an owner's node-by-node reclaim) changes with time alone, and
+/// a quiet cluster of long runs may apply nothing for hours.
+const IDLE_ROUND: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Admitter {
     /// One round, if the state moved since the last and a job waits.
     pub async fn round(
@@ -50,7 +56,9 @@ impl Admitter {
         // and their evaluations.
         let (mut book, jobs, evals, index) = {
             let state = store.state();
-            if state.index == self.last_index
+            let still = state.index == self.last_index
+                && self.last_round.is_some_and(|t| t.elapsed() < IDLE_ROUND);
+            if still
                 || state.access.queues.is_empty()
                 || self.last_round.is_some_and(|t| t.elapsed() < ROUND_GAP)
             {
@@ -131,7 +139,7 @@ impl Admitter {
             let outcome = store.propose(&Command::ApplyPlan { plan }).await;
             metrics.proposed(outcome.is_ok(), started.elapsed());
             match outcome {
-                Ok(Outcome::PlanApplied(r)) if r.rejected == 0 && r.placed > 0 => {
+                Ok(Outcome::PlanApplied(r)) if r.rejected == 0 => {
                     let queue = job.spec.queue.clone().unwrap_or_default();
                     let waited = metrics
                         .queue_waiting

@@ -18,12 +18,15 @@ struct OldJob {
 }
 
 /// The queue admission `old` keeps when its spec becomes `spec`: kept
-/// while the job stays in the same queue asking for the same amounts; a
-/// job that asks for more (or moves) waits to be admitted again.
+/// while the job stays in the same queue asking for no more of anything
+/// (fewer replicas, less of a resource); a job that asks for more of
+/// something (or moves to another queue) waits to be admitted again.
 pub(super) fn kept_admission(old: &Job, spec: &JobSpec) -> u64 {
-    let same = old.spec.queue == spec.queue
-        && skiff_model::queue::request_of(&old.spec) == skiff_model::queue::request_of(spec);
-    if same {
+    let before = skiff_model::queue::request_of(&old.spec);
+    let no_more = skiff_model::queue::request_of(spec)
+        .iter()
+        .all(|(k, v)| before.get(k).is_some_and(|b| v <= b));
+    if old.spec.queue == spec.queue && no_more {
         old.admitted_index
     } else {
         0

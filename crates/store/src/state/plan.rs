@@ -29,8 +29,9 @@ impl State {
         let mut result = PlanResult::default();
         let job_modify_index = self.jobs.get(&plan.job).map_or(0, |j| j.modify_index);
         if job_modify_index != plan.job_modify_index {
-            // The job changed after the snapshot: the plan is stale.
-            result.rejected = plan.placements.len() as u32;
+            // The job changed after the snapshot: the plan is stale (and
+            // refused, even one that places nothing).
+            result.rejected = plan.placements.len().max(1) as u32;
             self.finish_eval(index, &plan.eval_id, EvalStatus::Pending, String::new());
             result.eval_status = Some(EvalStatus::Pending);
             return Outcome::PlanApplied(result);
@@ -53,7 +54,7 @@ impl State {
 
         let (accepted, evictions, rejected) = match self.jobs.get(&plan.job) {
             Some(job) => self.check_placements(job, plan),
-            None => (Vec::new(), Vec::new(), plan.placements.len() as u32),
+            None => (Vec::new(), Vec::new(), plan.placements.len().max(1) as u32),
         };
         result.rejected = rejected;
 
@@ -82,7 +83,9 @@ impl State {
                     self.touch(Table::Alloc, &id);
                 }
             }
-            if plan.admit && result.rejected == 0 && !accepted.is_empty() {
+            // (An admission may place nothing: a job whose allocations
+            // still run, admitted again after a move to another queue.)
+            if plan.admit && result.rejected == 0 {
                 if let Some(j) = self.jobs.get_mut(&plan.job) {
                     j.admitted_index = index;
                     self.touch(Table::Job, &plan.job);
@@ -238,22 +241,35 @@ impl State {
         let mut accepted = Vec::new();
         let mut evictions = Vec::new();
         let mut rejected = 0u32;
+        // An admission's reclaims go whole, wherever the victims run (a
+        // gang's other ranks, or a job evicted only to free quota, may be
+        // on nodes this plan places nothing on): each of those evictions
+        // passes the victim rule, and every live allocation of each
+        // reclaimed job is evicted, or the admission is refused whole.
+        let reclaims_whole = !plan.admit
+            || (evict_on
+                .iter()
+                .filter(|(n, _)| !by_node.contains_key(*n))
+                .all(|(_, ids)| ids.iter().all(|id| self.may_evict(job, plan, id)))
+                && plan.reclaims.iter().all(|victim| {
+                    self.allocs_of(victim)
+                        .filter(|a| a.is_live())
+                        .all(|a| plan.evictions.iter().any(|e| e.alloc_id == a.id))
+                }));
+        if !reclaims_whole {
+            return (Vec::new(), Vec::new(), plan.placements.len().max(1) as u32);
+        }
+        if plan.admit {
+            for (node_name, ids) in &evict_on {
+                if !by_node.contains_key(node_name) {
+                    evictions.extend(ids.iter().map(|id| id.to_string()));
+                }
+            }
+        }
         for (node_name, news) in by_node {
             let evicted: Vec<&str> = evict_on.get(node_name).cloned().unwrap_or_default();
             let node_ok = self.nodes.get(node_name).is_some_and(|node| {
-                let victims_ok = evicted.iter().all(|id| {
-                    let a = &self.allocs[*id];
-                    let victim = self.jobs.get(&a.job);
-                    let priority = victim.map_or(0, |j| j.spec.priority);
-                    let same_queue =
-                        victim.map_or(job.spec.queue.is_none(), |v| v.spec.queue == job.spec.queue);
-                    let by_priority = same_queue
-                        && u16::from(priority) + u16::from(PREEMPTION_GAP)
-                            <= u16::from(job.spec.priority);
-                    a.job != plan.job
-                        && a.desired == DesiredStatus::Run
-                        && (by_priority || self.reclaimable(job, plan, &a.job))
-                });
+                let victims_ok = evicted.iter().all(|id| self.may_evict(job, plan, id));
                 if !victims_ok || plan.job_version != job.version {
                     return false;
                 }
@@ -312,6 +328,24 @@ impl State {
             evictions.clear();
         }
         (accepted, evictions, rejected)
+    }
+
+    /// Whether `plan` for `job` may evict allocation `id`: another job's,
+    /// desired to run, and either in the same queue (or both in none) at
+    /// least [`PREEMPTION_GAP`] priority points lower, or reclaimed.
+    fn may_evict(&self, job: &Job, plan: &PlanCommand, id: &str) -> bool {
+        let Some(a) = self.allocs.get(id) else {
+            return false;
+        };
+        let victim = self.jobs.get(&a.job);
+        let priority = victim.map_or(0, |j| j.spec.priority);
+        let same_queue =
+            victim.map_or(job.spec.queue.is_none(), |v| v.spec.queue == job.spec.queue);
+        let by_priority = same_queue
+            && u16::from(priority) + u16::from(PREEMPTION_GAP) <= u16::from(job.spec.priority);
+        a.job != plan.job
+            && a.desired == DesiredStatus::Run
+            && (by_priority || self.reclaimable(job, plan, &a.job))
     }
 
     /// Whether the plan may evict job `victim`'s allocations to reclaim

@@ -132,6 +132,89 @@ fn an_admission_is_recorded_and_a_reclaim_clears_the_victims() {
         .any(|e| e.job == "a1" && e.status == EvalStatus::Pending));
 }
 
+/// Team-a's gang `a1` of two ranks admitted on n1 and n2 (each node
+/// 2 cores, the queues' whole nominal quota), and team-b's `b1` waiting.
+fn gang_on_two_nodes() -> Harness {
+    let mut h = Harness::new();
+    h.apply(reg("n1", 2000, 1024));
+    h.apply(reg("n2", 2000, 1024));
+    h.apply(queue("team-a", "lab", "'*'"));
+    h.apply(queue("team-b", "lab", "'*'"));
+    h.apply(Command::UpsertJob {
+        spec: job_spec("name: a1\nqueue: team-a\ntype: batch\ngang: true\nreplicas: 2\ntask: {image: 'oci:/i', resources: {cpu: 2, memory: 64Mi}}"),
+    });
+    let Command::ApplyPlan { mut plan } = h.plan("a1", &[(0, "n1"), (1, "n2")], 0) else {
+        unreachable!()
+    };
+    plan.admit = true;
+    assert_eq!(placed(h.apply(Command::ApplyPlan { plan })), (2, 0));
+    h.apply(queued("b1", "team-b", 10));
+    h
+}
+
+#[test]
+fn a_reclaimed_gang_stops_on_every_node_not_only_where_the_owner_lands() {
+    let mut h = gang_on_two_nodes();
+    // b1 goes on n1; rank 1 on n2 is evicted too (the gang goes whole).
+    assert_eq!(
+        placed(h.apply(admit(&h, "b1", &["a1-0-n1", "a1-1-n2"], &["a1"]))),
+        (1, 2)
+    );
+    for id in ["a1-0-n1", "a1-1-n2"] {
+        let a = &h.state.allocs[id];
+        assert_eq!(a.desired, DesiredStatus::Stop, "{id} kept running");
+        assert!(a.message.contains("reclaimed for job b1"), "{}", a.message);
+    }
+    assert_eq!(h.state.jobs["a1"].admitted_index, 0);
+}
+
+#[test]
+fn an_admission_that_leaves_part_of_a_reclaimed_job_running_is_refused_whole() {
+    let mut h = gang_on_two_nodes();
+    // Only the rank where b1 lands: rank 1 would run on unadmitted.
+    assert_eq!(
+        placed(h.apply(admit(&h, "b1", &["a1-0-n1"], &["a1"]))),
+        (0, 0)
+    );
+    assert!(h
+        .state
+        .allocs
+        .values()
+        .all(|a| a.job != "a1" || a.desired == DesiredStatus::Run));
+    assert!(h.state.jobs["a1"].admitted_index > 0);
+    assert_eq!(h.state.jobs["b1"].admitted_index, 0);
+    // An eviction elsewhere that the victim rule refuses (not named as a
+    // reclaim) refuses the admission too.
+    assert_eq!(
+        placed(h.apply(admit(&h, "b1", &["a1-0-n1", "a1-1-n2"], &[]))),
+        (0, 0)
+    );
+    assert_eq!(h.state.allocs["a1-1-n2"].desired, DesiredStatus::Run);
+}
+
+#[test]
+fn a_victim_evicted_for_quota_alone_stops_on_its_own_node() {
+    let mut h = Harness::new();
+    h.apply(reg("n1", 2000, 1024));
+    h.apply(reg("n2", 2000, 1024));
+    h.apply(queue("team-a", "lab", "'*'"));
+    h.apply(queue("team-b", "lab", "'*'"));
+    h.apply(queued("a1", "team-a", 10));
+    let Command::ApplyPlan { mut plan } = h.plan("a1", &[(0, "n2")], 0) else {
+        unreachable!()
+    };
+    plan.admit = true;
+    assert_eq!(placed(h.apply(Command::ApplyPlan { plan })), (1, 0));
+    h.apply(queued("b1", "team-b", 10));
+    // b1 is placed on the free n1; a1 on n2 goes to give the quota back.
+    assert_eq!(
+        placed(h.apply(admit(&h, "b1", &["a1-0-n2"], &["a1"]))),
+        (1, 1)
+    );
+    assert_eq!(h.state.allocs["a1-0-n2"].desired, DesiredStatus::Stop);
+    assert_eq!(h.state.jobs["a1"].admitted_index, 0);
+}
+
 #[test]
 fn a_job_that_asks_for_more_or_moves_waits_to_be_admitted_again() {
     let mut h = Harness::new();
@@ -143,9 +226,31 @@ fn a_job_that_asks_for_more_or_moves_waits_to_be_admitted_again() {
     // The same request at another priority keeps its admission.
     h.apply(queued("a1", "team-a", 60));
     assert!(h.state.jobs["a1"].admitted_index > 0);
-    // Another queue, or a bigger request, does not.
-    h.apply(queued("a1", "team-b", 60));
+    // Asking for less keeps it too (it runs on what it was admitted for).
+    h.apply(Command::UpsertJob {
+        spec: job_spec("name: a1\nqueue: team-a\npriority: 60\ntask: {image: 'oci:/i', resources: {cpu: 1, memory: 64Mi}}"),
+    });
+    assert!(h.state.jobs["a1"].admitted_index > 0);
+    // A bigger request does not.
+    h.apply(queued("a1", "team-a", 60));
     assert_eq!(h.state.jobs["a1"].admitted_index, 0);
+    // Nor does another queue; while its allocation runs on, its
+    // admission there places nothing and is recorded all the same.
+    h.apply(queued("a2", "team-a", 50));
+    placed(h.apply(admit(&h, "a2", &[], &[])));
+    h.apply(queued("a2", "team-b", 50));
+    assert_eq!(h.state.jobs["a2"].admitted_index, 0);
+    let running = h.state.allocs_of("a2").filter(|a| a.is_live()).count();
+    assert_eq!(running, 1);
+    let Command::ApplyPlan { mut plan } = h.plan("a2", &[], 0) else {
+        unreachable!()
+    };
+    plan.admit = true;
+    let Outcome::PlanApplied(r) = h.apply(Command::ApplyPlan { plan }) else {
+        panic!("refused");
+    };
+    assert_eq!((r.placed, r.rejected), (0, 0));
+    assert!(h.state.jobs["a2"].admitted_index > 0, "admitted in team-b");
 }
 
 #[test]
