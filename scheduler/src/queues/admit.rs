@@ -83,8 +83,13 @@ impl QueueBook {
         // (its quota fits) gets nodes held for it: nothing else this round
         // is placed there. One per cohort (the first in admission order),
         // so a cohort never drains more than one head's worth at once.
+        // A head that no layout of the cluster could hold (a gang wider
+        // than the cluster, a replica bigger than any node) is never held
+        // for: it would hold every node it fits for ever.
         let mut overdue: BTreeMap<String, (u64, std::cmp::Reverse<u8>, u64, usize)> =
             BTreeMap::new();
+        let mut never: BTreeMap<usize, String> = BTreeMap::new();
+        let mut empty: Option<ClusterView<'_>> = None;
         for (q, list) in &waiting {
             let (Some(&head), Some(queue)) = (list.first(), self.queues.get(q)) else {
                 continue;
@@ -93,6 +98,20 @@ impl QueueBook {
             let w = &self.workloads[head];
             if w.waited_ms < window || self.quota_fit(queue, &w.request, &self.own(head)).is_err() {
                 continue;
+            }
+            if let Some(job) = job_of(&w.job) {
+                let empty = empty.get_or_insert_with(|| {
+                    ClusterView::new(
+                        view.nodes.iter().map(|s| s.node.as_ref()),
+                        std::iter::empty::<&skiff_model::Allocation>(),
+                        |_| None,
+                    )
+                });
+                let plan = place(job, empty, cfg, None, None);
+                if plan.unplaced > 0 {
+                    never.insert(head, plan.explanation);
+                    continue;
+                }
             }
             let key = (
                 self.share(q, &w.request),
@@ -105,6 +124,7 @@ impl QueueBook {
                 *best = key;
             }
         }
+        drop(empty);
         let overdue: Vec<usize> = overdue.values().map(|k| k.3).collect();
         let reserved = super::reserve::reserve(self, view, job_of, &overdue);
         let mut next: BTreeMap<String, usize> = waiting.keys().map(|q| (q.clone(), 0)).collect();
@@ -164,6 +184,11 @@ impl QueueBook {
                     });
                 }
                 Outcome::Waits(mut reason) => {
+                    if let Some(why) = never.get(&wi) {
+                        reason.push_str(&format!(
+                            "; it could not be placed even with every node empty ({why}), so no node is held for it"
+                        ));
+                    }
                     if let Some(nodes) = reserved.nodes_of(wi, view) {
                         reason.push_str(&format!(
                             "; it waited past its queue's backfill window: {nodes} held for it while they drain"

@@ -178,6 +178,35 @@ fn a_head_past_its_backfill_window_gets_a_node_held_while_others_backfill() {
 }
 
 #[test]
+fn a_gang_wider_than_the_cluster_holds_no_node_and_says_so() {
+    let mut sim = QueueSim::new(
+        vec![gpu_node("n1", 4), gpu_node("n2", 4)],
+        vec![
+            queue("team-a", Some("lab"), 12),
+            queue("team-b", Some("lab"), 4),
+            queue("solo", None, 4),
+        ],
+    );
+    // 3 x 4 GPUs on two nodes of 4: within team-a's quota, on no layout.
+    sim.submit(job("huge", "team-a", 3, 4, 50));
+    let d = sim.round();
+    assert!(!admitted(&d, "huge"));
+    // Past its backfill window it holds nothing: the others still go.
+    sim.now_ms += 11 * 60 * 1000;
+    sim.submit(job("b1", "team-b", 1, 1, 10));
+    sim.submit(job("s1", "solo", 1, 1, 10));
+    let d = sim.round();
+    assert!(admitted(&d, "b1"), "{d:?}");
+    assert!(admitted(&d, "s1"), "{d:?}");
+    let why = reason(&d, "huge");
+    assert!(
+        why.contains("could not be placed even with every node empty")
+            && why.contains("only 2 fit"),
+        "{why}"
+    );
+}
+
+#[test]
 fn priority_preemption_stays_within_a_queue() {
     // Team b's job, priority 90, finds every GPU held by team a's
     // priority-10 work within a's nominal: it may not evict across queues.
