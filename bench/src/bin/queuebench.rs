@@ -116,10 +116,15 @@ fn parse_args() -> Result<Args, String> {
                 args.backfill = Some(Duration::from_secs_f64(minutes * 60.0));
             }
             "--lending-limit" => {
+                let share = CLUSTER_GPUS / TEAMS.len() as u64;
                 args.lending = Some(
                     value
                         .parse()
-                        .map_err(|_| format!("{flag}: {value:?} is not a whole number of GPUs"))?,
+                        .ok()
+                        .filter(|n| *n <= share)
+                        .ok_or_else(|| {
+                            format!("{flag}: {value:?} is not a whole number of GPUs from 0 to {share} (a team's quota)")
+                        })?,
                 )
             }
             "--policy" => {

@@ -29,6 +29,13 @@ fn the_queue_example_parses() {
     let spec = JobSpec::from_yaml(&job).unwrap();
     assert_eq!(spec.queue.as_deref(), Some(q.name.as_str()));
     assert!(q.admits_namespace(&spec.namespace));
+    // The queue example's recipe applies the namespace example first: the
+    // job fits its quota.
+    let ns = std::fs::read_to_string(dir.join("namespace.yaml")).unwrap();
+    let ns = skiff_model::namespace::Namespace::from_yaml(&ns).unwrap();
+    assert_eq!(ns.name, spec.namespace);
+    ns.check_quota(&Default::default(), &spec)
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// The gitops directory's files hold jobs, one or several documents each,

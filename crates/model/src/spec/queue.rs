@@ -111,6 +111,31 @@ fn validate(q: &Queue, errs: &mut Errors) {
     ] {
         validate_quota_gpus(quota, field, errs);
     }
+    // A queue lends at most what it is owed, of what it is owed.
+    for (key, limit) in crate::queue::quota_amounts(&q.lending_limit) {
+        let field = match key.strip_prefix(crate::queue::GPU_PREFIX) {
+            Some(model) => format!("lending_limit.gpus.{model}"),
+            None => format!("lending_limit.{key}"),
+        };
+        let what = crate::queue::resource_name(&key);
+        match q.nominal_of(&key) {
+            None => errs.push(
+                &field,
+                format!(
+                    "the nominal quota does not govern {what}: a queue lends only what it is owed"
+                ),
+            ),
+            Some(n) if limit > n => errs.push(
+                &field,
+                format!(
+                    "{} is more than the nominal {} {what}: a queue lends at most what it is owed",
+                    crate::queue::format_amount(&key, limit),
+                    crate::queue::format_amount(&key, n)
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
     if q.cohort.is_none() && !q.borrowing_limit.is_empty() {
         errs.push(
             "borrowing_limit",
@@ -168,6 +193,21 @@ mod tests {
             "nominal.pods: unknown field",
             "nominal.gpus.H100:",
             "borrowing_limit: needs a cohort",
+        ] {
+            assert!(err.contains(part), "{part} missing from {err}");
+        }
+    }
+
+    #[test]
+    fn a_queue_lends_only_what_it_is_owed() {
+        let err = Queue::from_yaml(
+            "name: team-a\ncohort: lab\nnamespaces: ['*']\nnominal: {gpus: {any: 4}}\nlending_limit: {cpu: 2, gpus: {any: 40}}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for part in [
+            "lending_limit.gpus.any: 40 is more than the nominal 4",
+            "lending_limit.cpu: the nominal quota does not govern cpu",
         ] {
             assert!(err.contains(part), "{part} missing from {err}");
         }
