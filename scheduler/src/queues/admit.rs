@@ -313,7 +313,7 @@ impl QueueBook {
                 );
                 continue;
             }
-            if !self.borrows_any(other, w.request.keys(), &Removed::new())
+            if !self.borrows_any(other, contested(&w.request), &Removed::new())
                 || (!within_nominal && self.share(&other.name, &Amounts::new()) <= my_share)
             {
                 continue;
@@ -324,7 +324,7 @@ impl QueueBook {
             let mut running = Amounts::new();
             for &i in &mine {
                 queue::add(&mut running, &self.workloads[i].holds);
-                let over = w.request.keys().any(|k| {
+                let over = contested(&w.request).any(|k| {
                     other
                         .nominal_of(k)
                         .is_some_and(|n| running.get(k).copied().unwrap_or(0) > n)
@@ -362,7 +362,7 @@ impl QueueBook {
         let Some(other) = self.queues.get(&x.queue) else {
             return false;
         };
-        if !self.borrows_any(other, w.request.keys(), removed) {
+        if !self.borrows_any(other, contested(&w.request), removed) {
             return false;
         }
         let Some(my_share) = my_share else {
@@ -530,6 +530,19 @@ impl QueueBook {
             borrowing: fit == QuotaFit::Borrowing,
         })
     }
+}
+
+/// The resources a reclaim for `request` looks at in other queues: its
+/// GPU keys when it asks for GPUs (a queue that borrows a core keeps its
+/// GPU jobs within its GPU quota), else every resource it asks for.
+fn contested(request: &Amounts) -> impl Iterator<Item = &String> {
+    let gpus = request
+        .iter()
+        .any(|(k, &v)| k.starts_with(queue::GPU_PREFIX) && v > 0);
+    request
+        .iter()
+        .filter(move |(k, &v)| !gpus || (k.starts_with(queue::GPU_PREFIX) && v > 0))
+        .map(|(k, _)| k)
 }
 
 /// The job's plan on `view` (evicting `reclaim`'s allocations where that

@@ -207,6 +207,41 @@ fn a_gang_wider_than_the_cluster_holds_no_node_and_says_so() {
 }
 
 #[test]
+fn a_queue_borrowing_cores_keeps_its_gpu_jobs_within_its_gpu_quota() {
+    let q = |name: &str, cpu: u32| {
+        Queue::from_yaml(&format!(
+            "name: {name}\ncohort: lab\nnamespaces: ['*']\nnominal: {{cpu: {cpu}, gpus: {{any: 4}}}}\n"
+        ))
+        .unwrap()
+    };
+    let cjob = |name: &str, queue: &str, cpu: u32, gpus: u32, priority: u8| {
+        JobSpec::from_yaml(&format!(
+            "name: {name}\ntype: batch\nqueue: {queue}\npriority: {priority}\ntask: {{image: 'oci:/i', resources: {{cpu: {cpu}, memory: 1Gi, gpus: {gpus}}}}}\n"
+        ))
+        .unwrap()
+    };
+    let mut sim = QueueSim::new(
+        vec![gpu_node("n1", 4), gpu_node("n2", 4)],
+        vec![q("team-a", 100), q("team-b", 4)],
+    );
+    sim.cfg.algorithm = crate::config::Algorithm::Spread;
+    // team-b: a job of cores alone within its cpu quota, then two 2-GPU
+    // jobs (its GPU quota exactly) that take it a core beyond its cpu.
+    sim.submit(cjob("b3", "team-b", 4, 0, 90));
+    sim.round();
+    sim.submit(cjob("b1", "team-b", 1, 2, 10));
+    sim.submit(cjob("b2", "team-b", 1, 2, 10));
+    let d = sim.round();
+    assert!(admitted(&d, "b1") && admitted(&d, "b2"), "{d:?}");
+    // team-a, within its 4 GPUs, wants one 4-GPU replica: the GPUs it
+    // lacks are team-b's own, not lent, so nothing is reclaimed for it.
+    sim.submit(cjob("a1", "team-a", 1, 4, 50));
+    let d = sim.round();
+    assert!(!admitted(&d, "a1"), "{d:?}");
+    assert_eq!(sim.preemptions, 0);
+}
+
+#[test]
 fn priority_preemption_stays_within_a_queue() {
     // Team b's job, priority 90, finds every GPU held by team a's
     // priority-10 work within a's nominal: it may not evict across queues.
