@@ -270,7 +270,7 @@ impl QueueBook {
         // take back what is lent. Otherwise only fair sharing may evict.
         let within_nominal = w.request.iter().all(|(k, r)| {
             q.nominal_of(k)
-                .is_none_or(|n| self.used(&q.name, k, &own) + r <= n)
+                .is_none_or(|n| self.used(&q.name, k, &own).saturating_add(*r) <= n)
         });
         match self.reclaim(wi, job, view, cfg, within_nominal, hidden) {
             Some(a) => Outcome::Admitted(a),

@@ -186,7 +186,9 @@ impl QueueBook {
     /// quota it keeps for itself).
     fn pool(&self, q: &Queue, key: &str, removed: &Removed) -> (u64, u64) {
         let (mut pool, mut used) = (0u64, 0u64);
-        for o in self.cohort_of(q) {
+        // A queue whose nominal quota does not govern `key` neither
+        // lends nor borrows it: its use is outside the pool.
+        for o in self.cohort_of(q).filter(|o| o.nominal_of(key).is_some()) {
             let lendable = o.lendable_of(key);
             let kept = o.nominal_of(key).unwrap_or(0).saturating_sub(lendable);
             pool = pool.saturating_add(lendable);
@@ -286,14 +288,18 @@ impl QueueBook {
             if borrowed == 0 {
                 continue;
             }
-            let lendable: u64 = self.cohort_of(q).map(|o| o.lendable_of(&key)).sum();
-            let ratio = (u128::from(borrowed) * 1000 / u128::from(lendable.max(1))) as u64;
+            let lendable = self
+                .cohort_of(q)
+                .map(|o| o.lendable_of(&key))
+                .fold(0u64, u64::saturating_add);
+            let ratio = u64::try_from(u128::from(borrowed) * 1000 / u128::from(lendable.max(1)))
+                .unwrap_or(u64::MAX);
             top = top.max(ratio.max(1));
         }
         match (top, q.weight) {
             (0, _) => 0,
             (_, 0) => u64::MAX,
-            (t, w) => t * 1000 / u64::from(w),
+            (t, w) => t.saturating_mul(1000) / u64::from(w),
         }
     }
 
@@ -344,11 +350,11 @@ impl QueueBook {
         for key in q.nominal_amounts().keys() {
             let mut borrowed: u64 = self
                 .cohort_of(q)
-                .map(|o| {
-                    let n = o.nominal_of(key).unwrap_or(0);
-                    self.used(&o.name, key, &Removed::new()).saturating_sub(n)
+                .filter_map(|o| {
+                    let n = o.nominal_of(key)?;
+                    Some(self.used(&o.name, key, &Removed::new()).saturating_sub(n))
                 })
-                .sum();
+                .fold(0, u64::saturating_add);
             for o in self.cohort_of(q) {
                 let used = self.used(&o.name, key, &Removed::new());
                 let kept = o.nominal_of(key).unwrap_or(0) - o.lendable_of(key);

@@ -344,6 +344,30 @@ fn the_book_reports_usage_borrowing_and_lending() {
     assert_eq!((a.admitted, a.pending, b.admitted, b.pending), (2, 0, 0, 1));
 }
 
+#[test]
+fn a_resource_a_queue_does_not_govern_is_neither_borrowed_nor_lent() {
+    // team-a governs cores (2) and GPUs; vision only GPUs. vision's jobs
+    // hold cores too, outside any pool: team-a lends it none, and its
+    // own cores stay whole for it.
+    let q = |yaml: &str| Queue::from_yaml(yaml).unwrap();
+    let mut sim = QueueSim::new(
+        vec![gpu_node("n1", 4), gpu_node("n2", 4)],
+        vec![
+            q("name: team-a\ncohort: lab\nnamespaces: ['*']\nnominal: {cpu: 2, gpus: {any: 4}}\n"),
+            q("name: vision\ncohort: lab\nnamespaces: ['*']\nnominal: {gpus: {any: 4}}\n"),
+        ],
+    );
+    sim.submit(job("v1", "vision", 1, 1, 50));
+    sim.submit(job("v2", "vision", 1, 1, 50));
+    sim.round();
+    let rows = sim.book().status();
+    assert!(rows[0].lent.get("cpu").is_none(), "{:?}", rows[0]);
+    assert!(rows[1].borrowed.get("cpu").is_none(), "{:?}", rows[1]);
+    sim.submit(job("a1", "team-a", 2, 1, 50));
+    let d = sim.round();
+    assert!(admitted(&d, "a1"), "{d:?}");
+}
+
 /// A random history: queues of a cohort over 4 nodes of 8 GPUs (their
 /// nominal quotas sum to the 32 GPUs), jobs of 1-8 GPUs (one node each)
 /// and gangs, finishing at random.
@@ -432,7 +456,18 @@ proptest! {
                     }
                 }
             }
+            // (A queue whose own priority preemption lowered its share
+            // earlier in that round may: its composition changed.)
+            let mut preempted_within = std::collections::BTreeSet::new();
             for x in sim.clone().round() {
+                let q = queue_of(&x.job);
+                let own = x.admission.iter().flat_map(|a| &a.reclaimed).any(|v| queue_of(v) == q);
+                if own {
+                    preempted_within.insert(q.clone());
+                }
+                if preempted_within.contains(&q) {
+                    continue;
+                }
                 for v in x.admission.iter().filter(fair).flat_map(|a| &a.reclaimed) {
                     prop_assert!(
                         !evicted_from.iter().any(|(a, q)| a == v && *q == queue_of(&x.job)),
