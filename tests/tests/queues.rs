@@ -240,6 +240,15 @@ async fn a_borrowed_gang_is_reclaimed_whole_when_its_lender_needs_its_quota() {
         job.contains("Queue:      team-a, waiting to be admitted whole"),
         "{job}"
     );
+    assert!(job.contains("Batch:      queued ("), "{job}");
+    // Every day's list says so too, where the job within quota runs.
+    let jobs = skiff_ok(&url, &["get", "jobs", "-n", "team-a"]);
+    let status = |name: &str| {
+        let line = jobs.lines().find(|l| l.starts_with(name)).unwrap();
+        line.split_whitespace().nth(4).unwrap().to_string()
+    };
+    assert_eq!(status("sweep"), "queued", "{jobs}");
+    assert_eq!(status("train"), "running", "{jobs}");
 
     // The same in /metrics, after Kueue's names.
     let addr = metrics_addr(&tmp.path().join("server"));

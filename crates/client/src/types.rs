@@ -23,7 +23,8 @@ pub struct JobSummary {
     pub failed_runs: u32,
     /// Batch: `running`, `complete` or `failed`; a service: its rollout's
     /// status (`running`, `paused`, `awaiting promotion`, `successful`,
-    /// `failed`, `rolled_back`, `cancelled`; empty without one).
+    /// `failed`, `rolled_back`, `cancelled`; empty without one); `queued`
+    /// for a job waiting in its team queue.
     pub state: String,
 }
 
@@ -38,6 +39,7 @@ pub fn job_state_word(state: i32) -> &'static str {
         Ok(pb::JobState::Successful) => "successful",
         Ok(pb::JobState::RolledBack) => "rolled_back",
         Ok(pb::JobState::Cancelled) => "cancelled",
+        Ok(pb::JobState::Queued) => "queued",
         Ok(pb::JobState::Unspecified) | Err(_) => "",
     }
 }

@@ -269,6 +269,14 @@ pub(crate) fn summary(
         },
         None => pb::JobState::Unspecified,
     };
+    // Waiting in its team queue, unless it has already ended.
+    let queued = job.is_some_and(|j| j.spec.queue.is_some() && j.admitted_index == 0);
+    let ended = matches!(state, pb::JobState::Complete | pb::JobState::Failed);
+    let state = if queued && !ended {
+        pb::JobState::Queued
+    } else {
+        state
+    };
     s.state = state as i32;
     s
 }
