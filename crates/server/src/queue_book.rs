@@ -62,8 +62,14 @@ pub fn book_of(state: &State, waiting: &WaitingSince) -> QueueBook {
             let queue = j.spec.queue.clone()?;
             let request = request_of(&j.spec);
             let key = j.key();
+            let holds = holds(state, j, &request);
+            // Admitted once and done, holding nothing: no longer the
+            // queue's (not admitted work, not waiting).
+            if j.admitted_index > 0 && holds.is_empty() {
+                return None;
+            }
             Some(Workload {
-                holds: holds(state, j, &request),
+                holds,
                 waited_ms: waiting
                     .get(&key)
                     .map_or(0, |t| now.duration_since(*t).as_millis() as u64),
@@ -183,4 +189,85 @@ pub fn register_gauges(reg: &mut prometheus_client::registry::Registry, state: &
         "Jobs waiting in each team queue",
         per_queue(&|r| f64::from(r.pending)),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sched_copy::tests::{apply, register, report};
+    use skiff_model::queue::Queue;
+    use skiff_model::{AllocStatus, EvalStatus, JobSpec};
+    use skiff_store::Command;
+
+    #[test]
+    fn a_finished_batch_job_is_no_longer_counted_among_the_admitted() {
+        let mut state = State::default();
+        register(&mut state, "n1", 4_000);
+        let queue = Queue::from_yaml("name: q\nnamespaces: ['*']\nnominal: {cpu: 4}\n").unwrap();
+        apply(&mut state, Command::PutQueue { queue });
+        let spec = JobSpec::from_yaml(
+            "name: once\nqueue: q\ntype: batch\ntask: {image: 'oci:/i', network: none, resources: {cpu: 1, memory: 64Mi}}",
+        )
+        .unwrap();
+        apply(&mut state, Command::UpsertJob { spec });
+        let eval = state
+            .evals
+            .values()
+            .find(|e| e.status == EvalStatus::Pending)
+            .cloned()
+            .unwrap();
+        let job = &state.jobs[&eval.job];
+        let plan = skiff_store::command::PlanCommand {
+            eval_id: eval.id.clone(),
+            job: eval.job.clone(),
+            job_version: job.version,
+            job_modify_index: job.modify_index,
+            snapshot_index: state.index,
+            placements: vec![skiff_store::command::NewAlloc {
+                id: "once-0".into(),
+                placement: skiff_model::Placement {
+                    replica: 0,
+                    node: "n1".into(),
+                    gpus: vec![],
+                    ports: vec![],
+                },
+            }],
+            stops: vec![],
+            evictions: vec![],
+            unplaced: 0,
+            explanation: String::new(),
+            admit: true,
+            reclaims: vec![],
+            at_ms: 0,
+        };
+        apply(&mut state, Command::ApplyPlan { plan });
+        let row = |state: &State| {
+            let rows = book_of(state, &WaitingSince::new()).status();
+            let r = rows.into_iter().find(|r| r.name == "q").unwrap();
+            (
+                r.admitted,
+                r.pending,
+                r.usage.get("cpu").copied().unwrap_or(0),
+            )
+        };
+        assert_eq!(row(&state), (1, 0, 1_000));
+        report(&mut state, "once-0", AllocStatus::Running, 1);
+        assert_eq!(row(&state), (1, 0, 1_000), "running");
+        // It exits 0 on its own: the job is complete.
+        apply(
+            &mut state,
+            Command::UpdateAllocStatus {
+                node: "n1".into(),
+                updates: vec![skiff_store::command::AllocUpdate {
+                    alloc_id: "once-0".into(),
+                    status: AllocStatus::Complete,
+                    exit_code: Some(0),
+                    reason: skiff_model::alloc::reason::COMPLETED.into(),
+                    ..Default::default()
+                }],
+                at_ms: 2,
+            },
+        );
+        assert_eq!(row(&state), (0, 0, 0), "done: neither admitted nor waiting");
+    }
 }
