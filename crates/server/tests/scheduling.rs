@@ -342,8 +342,19 @@ async fn wait_job(
     what: &str,
     done: impl Fn(&pb::GetJobResponse) -> bool,
 ) -> pb::GetJobResponse {
+    wait_job_within(ch, job, what, Duration::from_secs(10), done).await
+}
+
+/// Polls the job until `done` holds, for at most `limit`.
+async fn wait_job_within(
+    ch: Channel,
+    job: &str,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&pb::GetJobResponse) -> bool,
+) -> pb::GetJobResponse {
     let mut client = pb::cluster_client::ClusterClient::new(ch);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         let r = client
             .get_job(pb::GetJobRequest {
@@ -746,6 +757,93 @@ async fn planners_at_once_place_every_replica_once_and_never_overcommit() {
         "planner 0: {}, planner 1: {}",
         planned("0"),
         planned("1")
+    );
+    server.stop().await;
+}
+
+/// Team queues on a quiet cluster: once nothing changes, the leader's
+/// admission round still runs now and then, so a head that has waited
+/// its backfill window gets the node-by-node reclaim it was waiting for
+/// without any other change to the state.
+#[tokio::test]
+async fn an_owner_past_its_backfill_window_is_admitted_on_a_quiet_cluster() {
+    let server = Server::start().await;
+    let ch = server.channel().await;
+    let nodes = [
+        server.node_channel("n1").await,
+        server.node_channel("n2").await,
+    ];
+    register(nodes[0].clone(), "n1", "a", 8).await;
+    register(nodes[1].clone(), "n2", "b", 8).await;
+    let mut admin = skiff_client::Client::connect_with(&server.url, Some(&server.admin))
+        .await
+        .unwrap();
+    for (name, window) in [("team-a", "10m"), ("team-b", "2s")] {
+        let q = skiff_model::queue::Queue::from_yaml(&format!(
+            "name: {name}\ncohort: lab\nnamespaces: ['*']\nnominal: {{gpus: {{any: 8}}}}\nbackfill_window: {window}\n"
+        ))
+        .unwrap();
+        admin.apply_queue(&q).await.unwrap();
+    }
+    let queued = |name: &str, queue: &str, gpus: u32| {
+        format!(
+            "name: {name}\nqueue: {queue}\ntype: batch\ntask: {{image: 'oci:/i', network: none, resources: {{cpu: 100m, memory: 64Mi, gpus: {gpus}}}}}"
+        )
+    };
+    let running =
+        |r: &pb::GetJobResponse| live(r).iter().any(|a| a.status != AllocStatus::Complete);
+    // team-a: four 2-GPU jobs, then seven of one GPU (15 of 16 GPUs, 7
+    // borrowed); the first 2-GPU job ends and two more of one GPU come.
+    for i in 0..4 {
+        apply(ch.clone(), &queued(&format!("x{i}"), "team-a", 2)).await;
+        wait_job(ch.clone(), &format!("x{i}"), "admitted", running).await;
+    }
+    for i in 0..7 {
+        apply(ch.clone(), &queued(&format!("y{i}"), "team-a", 1)).await;
+        wait_job(ch.clone(), &format!("y{i}"), "admitted", running).await;
+    }
+    let x0 = wait_job(ch.clone(), "x0", "placed", running).await;
+    let x0 = live(&x0).remove(0);
+    let on = nodes[usize::from(x0.node == "n2")].clone();
+    pb::node_api_client::NodeApiClient::new(on)
+        .update_alloc_status(pb::UpdateAllocStatusRequest {
+            node: x0.node.clone(),
+            updates: vec![pb::AllocStatusUpdate {
+                alloc_id: x0.id.clone(),
+                status: pb::AllocStatus::Complete as i32,
+                exit_code: Some(0),
+                reason: pb::AllocReason::Completed as i32,
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap();
+    wait_job(ch.clone(), "x0", "complete", |r| {
+        allocs(r).iter().all(|a| a.status == AllocStatus::Complete)
+    })
+    .await;
+    for i in 0..2 {
+        apply(ch.clone(), &queued(&format!("z{i}"), "team-a", 1)).await;
+        wait_job(ch.clone(), &format!("z{i}"), "admitted", running).await;
+    }
+    // team-b asks for the 8 GPUs it is owed as one replica: team-a's
+    // youngest borrowed GPUs are on both nodes, so it waits; once past
+    // its 2 s window, with nothing else happening, a node is taken back.
+    let started = std::time::Instant::now();
+    apply(ch.clone(), &queued("b8", "team-b", 8)).await;
+    // (A round runs at least every 5 s while a job waits.)
+    let b8 = wait_job_within(
+        ch.clone(),
+        "b8",
+        "admitted after its window",
+        Duration::from_secs(30),
+        running,
+    )
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "admitted before its backfill window: the layout did not scatter team-a's GPUs ({:?})",
+        live(&b8)
     );
     server.stop().await;
 }
