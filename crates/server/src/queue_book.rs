@@ -3,7 +3,7 @@
 //! trial admission round for `skiff queue describe`. A leaf: it imports
 //! no service or controller.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use skiff_model::queue::{request_of, scale, Amounts};
@@ -85,24 +85,52 @@ pub fn book_of(state: &State, waiting: &WaitingSince) -> QueueBook {
     QueueBook::new(state.access.queues.values().cloned(), workloads)
 }
 
-/// Runs a round on `state` without committing it: where each queue's jobs
-/// stand, each waiting one with its reason.
-pub fn dry_run(state: &State, waiting: &WaitingSince) -> (QueueBook, Vec<Decision>) {
-    let book = book_of(state, waiting);
-    let mut trial = book.clone();
-    let mut view = crate::sched_copy::state_view(state);
-    let jobs = &state.jobs;
-    let decisions = trial.round(
-        &mut view,
-        &|name| jobs.get(name),
-        &Config {
-            seed: state.index,
-            ..Config::default()
-        },
-        &mut || String::new(),
-        state.index,
-    );
-    (book, decisions)
+/// What a trial round needs, copied out of the state while its lock is
+/// held: the book, the scheduler's copy of the nodes and allocations, the
+/// waiting jobs. The round itself then runs holding no lock (the Raft
+/// thread applies meanwhile), as the leader's admission round does.
+pub struct Trial {
+    book: QueueBook,
+    copy: crate::sched_copy::SchedCopy,
+    jobs: BTreeMap<String, Job>,
+    index: u64,
+}
+
+/// Copies what a trial round on `state` needs.
+pub fn trial_of(state: &State, waiting: &WaitingSince) -> Trial {
+    let mut copy = crate::sched_copy::SchedCopy::default();
+    copy.sync(state);
+    Trial {
+        book: book_of(state, waiting),
+        copy,
+        jobs: state
+            .jobs
+            .values()
+            .filter(|j| j.spec.queue.is_some() && j.admitted_index == 0)
+            .map(|j| (j.key(), j.clone()))
+            .collect(),
+        index: state.index,
+    }
+}
+
+impl Trial {
+    /// Runs the round without committing it: where each queue's jobs
+    /// stand, each waiting one with its reason.
+    pub fn run(mut self) -> (QueueBook, Vec<Decision>) {
+        let mut trial = self.book.clone();
+        let jobs = &self.jobs;
+        let decisions = trial.round(
+            self.copy.view(),
+            &|name| jobs.get(name),
+            &Config {
+                seed: self.index,
+                ..Config::default()
+            },
+            &mut String::new,
+            self.index,
+        );
+        (self.book, decisions)
+    }
 }
 
 /// The queues' standing as gauges (after Kueue's names): nominal quota,

@@ -94,14 +94,17 @@ pub(crate) async fn describe(
     skiff_model::check_dns_label(&name)
         .map_err(|rule| invalid("name", format!("{name:?} {rule}")))?;
     ctx.read_barrier(false).await?;
-    let state = ctx.store.state();
-    if !state.access.queues.contains_key(&name) {
-        return Err(Status::not_found(format!(
-            "queue {name:?} not found: an admin creates it with `skiff queue apply`"
-        )));
-    }
-    let waiting = ctx.metrics.waiting_since();
-    let (book, decisions) = crate::queue_book::dry_run(&state, &waiting);
+    // Copied under the state's lock; the trial round runs without it.
+    let trial = {
+        let state = ctx.store.state();
+        if !state.access.queues.contains_key(&name) {
+            return Err(Status::not_found(format!(
+                "queue {name:?} not found: an admin creates it with `skiff queue apply`"
+            )));
+        }
+        crate::queue_book::trial_of(&state, &ctx.metrics.waiting_since())
+    };
+    let (book, decisions) = trial.run();
     let status = book
         .status()
         .iter()
