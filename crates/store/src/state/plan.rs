@@ -69,10 +69,22 @@ impl State {
                 job.spec.queue.as_deref().unwrap_or("")
             );
             let mut victim_jobs = BTreeSet::new();
+            // A victim of the job's own queue went for its priority, not
+            // to give back lent capacity.
+            let other_queue: BTreeSet<String> = plan
+                .reclaims
+                .iter()
+                .filter(|v| {
+                    self.jobs
+                        .get(*v)
+                        .is_some_and(|v| v.spec.queue != job.spec.queue)
+                })
+                .cloned()
+                .collect();
             for id in evictions {
                 if let Some(a) = self.allocs.get_mut(&id) {
                     a.desired = DesiredStatus::Stop;
-                    a.message = if plan.reclaims.contains(&a.job) {
+                    a.message = if other_queue.contains(&a.job) {
                         reclaimed.clone()
                     } else {
                         reason.clone()
@@ -349,8 +361,9 @@ impl State {
     }
 
     /// Whether the plan may evict job `victim`'s allocations to reclaim
-    /// lent capacity for `job`: the plan names it, both are in queues of
-    /// one cohort (or the same queue), and the victim was admitted.
+    /// lent capacity for `job`: the plan names it, it is in another queue
+    /// of the same cohort, and it was admitted. (A victim in the job's own
+    /// queue goes only by priority, [`PREEMPTION_GAP`] points lower.)
     fn reclaimable(&self, job: &Job, plan: &PlanCommand, victim: &str) -> bool {
         if !plan.admit || !plan.reclaims.iter().any(|r| r == victim) {
             return false;
@@ -364,7 +377,7 @@ impl State {
                 .map(|q| q.cohort_key())
         };
         let (mine, theirs) = (cohort(&job.spec.queue), cohort(&v.spec.queue));
-        v.admitted_index > 0 && mine.is_some() && mine == theirs
+        v.admitted_index > 0 && mine.is_some() && mine == theirs && v.spec.queue != job.spec.queue
     }
 
     fn finish_eval(&mut self, index: u64, id: &str, status: EvalStatus, message: String) {

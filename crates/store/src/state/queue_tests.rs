@@ -193,6 +193,33 @@ fn an_admission_that_leaves_part_of_a_reclaimed_job_running_is_refused_whole() {
 }
 
 #[test]
+fn a_victim_in_the_admitted_jobs_own_queue_goes_only_by_priority() {
+    let mut h = Harness::new();
+    h.apply(reg("n1", 2000, 1024));
+    h.apply(queue("team-a", "lab", "'*'"));
+    h.apply(queued("low", "team-a", 50));
+    assert_eq!(placed(h.apply(admit(&h, "low", &[], &[]))), (1, 0));
+    // Named as a reclaim, but of its own queue and not the preemption
+    // gap lower: refused.
+    h.apply(queued("near", "team-a", 55));
+    assert_eq!(
+        placed(h.apply(admit(&h, "near", &["low-0-n1"], &["low"]))),
+        (0, 0)
+    );
+    // The gap lower: it goes, for its priority (not "lent"), and waits
+    // in its queue again.
+    h.apply(queued("high", "team-a", 90));
+    assert_eq!(
+        placed(h.apply(admit(&h, "high", &["low-0-n1"], &["low"]))),
+        (1, 1)
+    );
+    let a = &h.state.allocs["low-0-n1"];
+    assert_eq!(a.desired, DesiredStatus::Stop);
+    assert!(a.message.contains("preempted by job high"), "{}", a.message);
+    assert_eq!(h.state.jobs["low"].admitted_index, 0);
+}
+
+#[test]
 fn a_victim_evicted_for_quota_alone_stops_on_its_own_node() {
     let mut h = Harness::new();
     h.apply(reg("n1", 2000, 1024));
