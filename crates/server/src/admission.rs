@@ -77,7 +77,8 @@ impl Admitter {
                 return;
             }
             let now = Instant::now();
-            since.retain(|k, _| waiting.iter().any(|j| &j.key() == k));
+            let keys: std::collections::HashSet<String> = waiting.iter().map(|j| j.key()).collect();
+            since.retain(|k, _| keys.contains(k));
             for j in &waiting {
                 since.entry(j.key()).or_insert(now);
             }
@@ -111,8 +112,11 @@ impl Admitter {
                 continue;
             };
             let Some(eval_id) = evals.get(&d.job) else {
+                // The decisions after it counted its admission (and what it
+                // reclaimed): they stop here, and the next round looks again.
                 tracing::debug!(job = %d.job, "admitted job has no waiting evaluation; next round");
-                continue;
+                self.last_index = 0;
+                break;
             };
             let plan = PlanCommand {
                 eval_id: eval_id.clone(),
