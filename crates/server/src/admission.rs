@@ -112,9 +112,14 @@ impl Admitter {
                 continue;
             };
             let Some(eval_id) = evals.get(&d.job) else {
-                // The decisions after it counted its admission (and what it
-                // reclaimed): they stop here, and the next round looks again.
                 tracing::debug!(job = %d.job, "admitted job has no waiting evaluation; next round");
+                if a.reclaimed.is_empty() {
+                    // What it would have held only made the decisions
+                    // after it more careful.
+                    continue;
+                }
+                // The decisions after it may use quota its victims would
+                // have freed: they stop here; the next round looks again.
                 self.last_index = 0;
                 break;
             };
