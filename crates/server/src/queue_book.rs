@@ -68,7 +68,22 @@ pub fn book_of(state: &State, waiting: &WaitingSince) -> QueueBook {
             if j.admitted_index > 0 && holds.is_empty() {
                 return None;
             }
+            // A namespace taken off the queue's list since the job was
+            // submitted: it stays, and waits, until an admin allows it again
+            // or the job moves.
+            let refused = state
+                .access
+                .queues
+                .get(&queue)
+                .filter(|q| !q.admits_namespace(&j.spec.namespace))
+                .map(|_| {
+                    format!(
+                        "namespace {:?} may no longer submit to queue {queue}: an admin adds it to the queue's namespaces, or the job moves to another queue",
+                        j.spec.namespace
+                    )
+                });
             Some(Workload {
+                refused,
                 holds,
                 waited_ms: waiting
                     .get(&key)
@@ -226,6 +241,40 @@ mod tests {
     use skiff_model::queue::Queue;
     use skiff_model::{AllocStatus, EvalStatus, JobSpec};
     use skiff_store::Command;
+
+    #[test]
+    fn a_job_whose_namespace_the_queue_no_longer_allows_waits_and_says_why() {
+        let mut state = State::default();
+        register(&mut state, "n1", 4_000);
+        let queue = |ns: &str| Command::PutQueue {
+            queue: Queue::from_yaml(&format!(
+                "name: q\nnamespaces: [{ns}]\nnominal: {{cpu: 4}}\n"
+            ))
+            .unwrap(),
+        };
+        apply(&mut state, queue("default"));
+        let spec = JobSpec::from_yaml(
+            "name: late\nqueue: q\ntype: batch\ntask: {image: 'oci:/i', network: none, resources: {cpu: 1, memory: 64Mi}}",
+        )
+        .unwrap();
+        apply(&mut state, Command::UpsertJob { spec });
+        let (_, d) = trial_of(&state, &WaitingSince::new()).run();
+        assert!(
+            d.iter().any(|d| d.job == "late" && d.admission.is_some()),
+            "{d:?}"
+        );
+        // The admin takes `default` off the queue's list before it is admitted.
+        apply(&mut state, queue("other"));
+        let (_, d) = trial_of(&state, &WaitingSince::new()).run();
+        let late = d.iter().find(|d| d.job == "late").unwrap();
+        assert!(late.admission.is_none(), "{d:?}");
+        assert!(
+            late.reason
+                .contains("namespace \"default\" may no longer submit to queue q"),
+            "{}",
+            late.reason
+        );
+    }
 
     #[test]
     fn a_finished_batch_job_is_no_longer_counted_among_the_admitted() {

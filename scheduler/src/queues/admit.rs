@@ -61,9 +61,18 @@ impl QueueBook {
         self.round_index = index;
         // Waiting workloads by queue, in queue order.
         let mut waiting: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut refused = Vec::new();
         for (i, w) in self.workloads.iter().enumerate() {
-            if !w.is_admitted() {
-                waiting.entry(w.queue.clone()).or_default().push(i);
+            if w.is_admitted() {
+                continue;
+            }
+            match &w.refused {
+                Some(why) => refused.push(Decision {
+                    job: w.job.clone(),
+                    admission: None,
+                    reason: why.clone(),
+                }),
+                None => waiting.entry(w.queue.clone()).or_default().push(i),
             }
         }
         for list in waiting.values_mut() {
@@ -77,7 +86,7 @@ impl QueueBook {
                 ))
             });
         }
-        let mut decisions = Vec::new();
+        let mut decisions = refused;
         let mut seq = 0;
         // A head that waited past its queue's backfill window for room
         // (its quota fits) gets nodes held for it: nothing else this round

@@ -56,6 +56,9 @@ pub struct Workload {
     /// How long it has waited (ms, the caller's clock), for the backfill
     /// window.
     pub waited_ms: u64,
+    /// Why it may not be admitted at all now (its namespace no longer
+    /// submits to the queue): it waits with this reason, behind nobody.
+    pub refused: Option<String>,
 }
 
 impl Workload {

@@ -100,6 +100,7 @@ impl QueueSim {
                     waited_ms: self
                         .now_ms
                         .saturating_sub(self.queued_at.get(&j.key()).copied().unwrap_or(0)),
+                    refused: None,
                 })
             })
             .collect();

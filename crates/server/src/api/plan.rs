@@ -101,6 +101,7 @@ fn admission_note(ctx: &Ctx, state: &skiff_store::State, job: &Job, q: &str) -> 
         waited_ms: waiting
             .get(&key)
             .map_or(0, |t| t.elapsed().as_millis() as u64),
+        refused: None,
     });
     let mut view = crate::sched_copy::state_view(state);
     view.set_queues(|name| {
