@@ -183,7 +183,7 @@ impl Policy {
                     let mut q = queue(t, Some("lab"), share);
                     if let Some(n) = lending {
                         q.lending_limit = Queue::from_yaml(&format!(
-                            "name: x\nnamespaces: ['*']\nlending_limit: {{gpus: {{any: {n}}}}}\n"
+                            "name: x\nnamespaces: ['*']\nnominal: {{gpus: {{any: {share}}}}}\nlending_limit: {{gpus: {{any: {n}}}}}\n"
                         ))
                         .expect("a valid lending limit")
                         .lending_limit;

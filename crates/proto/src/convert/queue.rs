@@ -76,7 +76,7 @@ mod tests {
     #[test]
     fn a_queue_survives_the_wire() {
         let q = m::Queue::from_yaml(
-            "name: team-a\ncohort: lab\nweight: 3\nnamespaces: [team-a, ml]\nnominal: {cpu: 8, gpus: {H100: 4, any: 1}}\nborrowing_limit: {gpus: {H100: 2}}\nlending_limit: {memory: 1Gi}\nbackfill_window: 90s\n",
+            "name: team-a\ncohort: lab\nweight: 3\nnamespaces: [team-a, ml]\nnominal: {cpu: 8, memory: 4Gi, gpus: {H100: 4, any: 1}}\nborrowing_limit: {gpus: {H100: 2}}\nlending_limit: {memory: 1Gi}\nbackfill_window: 90s\n",
         )
         .unwrap();
         assert_eq!(m::Queue::try_from(pb::Queue::from(&q)).unwrap(), q);
