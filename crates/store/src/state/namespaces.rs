@@ -131,15 +131,17 @@ impl State {
     }
 
     pub(super) fn delete_queue(&mut self, name: &str) -> Outcome {
-        let jobs = self
+        let named: Vec<&str> = self
             .jobs
-            .values()
-            .filter(|j| j.spec.queue.as_deref() == Some(name))
-            .count();
-        if jobs > 0 {
+            .iter()
+            .filter(|(_, j)| j.spec.queue.as_deref() == Some(name))
+            .map(|(k, _)| k.as_str())
+            .collect();
+        if !named.is_empty() {
             return Outcome::Refused(Refusal::QueueInUse {
                 name: name.to_string(),
-                jobs,
+                jobs: named.len(),
+                named: named.iter().take(5).map(|k| k.to_string()).collect(),
             });
         }
         if self.access.queues.remove(name).is_none() {

@@ -80,8 +80,17 @@ fn a_job_names_only_a_queue_that_exists_and_admits_its_namespace() {
         r,
         Outcome::Refused(Refusal::QueueInUse {
             name: "team-a".into(),
-            jobs: 1
+            jobs: 1,
+            named: vec!["a1".into()],
         })
+    );
+    let Outcome::Refused(why) = &r else {
+        panic!("{r:?}")
+    };
+    assert!(
+        why.to_string()
+            .contains("queue \"team-a\" is still named by 1 job(s) (a1); delete them"),
+        "{why}"
     );
     h.apply(Command::DeleteJob { name: "a1".into() });
     let r = h.apply(Command::DeleteQueue {

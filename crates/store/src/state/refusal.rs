@@ -143,6 +143,9 @@ pub enum Refusal {
     QueueInUse {
         name: String,
         jobs: usize,
+        /// The first few of them, by key.
+        #[serde(default)]
+        named: Vec<String>,
     },
     /// The namespace's policy does not allow what the spec asks for.
     PolicyDenied {
@@ -271,9 +274,11 @@ impl std::fmt::Display for Refusal {
                 f,
                 "sync {name:?} not found: `skiff sync apply` describes it"
             ),
-            Refusal::QueueInUse { name, jobs } => write!(
+            Refusal::QueueInUse { name, jobs, named } => write!(
                 f,
-                "queue {name:?} is still named by {jobs} job(s); delete them or move them to another queue first"
+                "queue {name:?} is still named by {jobs} job(s) ({}{}); delete them or move them to another queue first",
+                named.join(", "),
+                if *jobs > named.len() { ", ..." } else { "" }
             ),
             Refusal::NamespaceInUse { name, jobs } => write!(
                 f,
