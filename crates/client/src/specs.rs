@@ -177,6 +177,23 @@ fn one(
     ns: Namespacing<'_>,
     check: &dyn Fn(&mut JobSpec) -> Result<(), String>,
 ) -> Result<JobSpec, String> {
+    // Another kind of file given where jobs go: say which command takes it.
+    if doc.get("task").is_none() {
+        let has = |k: &str| doc.get(k).is_some();
+        if ["nominal", "cohort", "borrowing_limit", "lending_limit"]
+            .iter()
+            .any(|k| has(k))
+        {
+            return Err(
+                "this is a team queue, not a job: `skiff queue apply -f FILE` takes it".into(),
+            );
+        }
+        if has("quota") || has("policy") {
+            return Err(
+                "this is a namespace, not a job: `skiff namespace apply -f FILE` takes it".into(),
+            );
+        }
+    }
     let text = serde_yaml_ng::to_string(doc).map_err(|e| e.to_string())?;
     let mut spec = JobSpec::from_yaml(&text).map_err(|e| e.to_string())?;
     // A spec that names no namespace is placed; one that names another
@@ -224,6 +241,27 @@ mod tests {
         let specs = parse(&files, "dir", NS, &|_| Ok(())).unwrap();
         let keys: Vec<String> = specs.iter().map(JobSpec::key).collect();
         assert_eq!(keys, ["lab/web", "lab/api", "lab/cron"]);
+    }
+
+    #[test]
+    fn a_queue_or_a_namespace_file_is_named_for_its_own_command() {
+        let files = [
+            file(
+                "queue.yaml",
+                "name: team-a\ncohort: lab\nnominal: {gpus: {any: 4}}\n",
+            ),
+            file("ns.yaml", "name: ml\nquota: {cpu: 4}\n"),
+        ];
+        let Err(SpecsError::Broken(errors)) = parse(&files, "dir", NS, &|_| Ok(())) else {
+            panic!("taken as jobs");
+        };
+        assert_eq!(
+            errors,
+            [
+                "queue.yaml: this is a team queue, not a job: `skiff queue apply -f FILE` takes it",
+                "ns.yaml: this is a namespace, not a job: `skiff namespace apply -f FILE` takes it",
+            ]
+        );
     }
 
     #[test]

@@ -163,8 +163,20 @@ pub async fn queue(cmd: QueueCmd) -> anyhow::Result<()> {
         QueueCmd::Apply { file, client } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            let q =
-                Queue::from_yaml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let q = Queue::from_yaml(&text).map_err(|e| {
+                // A job given where a queue goes: say which command takes it.
+                let job = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text)
+                    .ok()
+                    .is_some_and(|v| v.get("task").is_some());
+                if job {
+                    anyhow::anyhow!(
+                        "{}: this is a job, not a team queue: `skiff apply -f FILE` takes it",
+                        file.display()
+                    )
+                } else {
+                    anyhow::anyhow!("{}: {e}", file.display())
+                }
+            })?;
             connect(&client).await?.apply_queue(&q).await?;
             emit(&format!("queue/{} applied\n", q.name));
         }
