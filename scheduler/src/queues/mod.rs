@@ -219,7 +219,7 @@ impl QueueBook {
                 continue;
             }
             let what = |v: u64| queue::format_amount(key, v);
-            let head = format!(
+            let mut head = format!(
                 "queue {} uses {}/{} {}, job needs {}",
                 q.name,
                 what(used),
@@ -227,6 +227,16 @@ impl QueueBook {
                 queue::resource_name(key),
                 what(req)
             );
+            // GPUs of no model in a queue owed GPUs only by model: the
+            // usual slip; say how to ask.
+            let models: Vec<&String> = q.nominal.gpus.keys().filter(|m| *m != "any").collect();
+            if key == &queue::gpu_key(None) && nominal == 0 && !models.is_empty() {
+                let names: Vec<&str> = models.iter().map(|m| m.as_str()).collect();
+                head.push_str(&format!(
+                    " (the queue is owed GPUs only by model: {}; ask for one with `gpu: {{model: ...}}`, or give the queue `any:`)",
+                    names.join(", ")
+                ));
+            }
             let Some(cohort) = &q.cohort else {
                 return Err(format!("{head}; the queue has no cohort to borrow from"));
             };

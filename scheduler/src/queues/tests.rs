@@ -242,6 +242,22 @@ fn a_queue_borrowing_cores_keeps_its_gpu_jobs_within_its_gpu_quota() {
 }
 
 #[test]
+fn a_job_naming_no_model_in_a_queue_owed_only_by_model_is_told_how_to_ask() {
+    let q = Queue::from_yaml(
+        "name: vision\ncohort: lab\nnamespaces: ['*']\nnominal: {gpus: {'NVIDIA H100 80GB HBM3': 8}}\n",
+    )
+    .unwrap();
+    let mut sim = QueueSim::new(vec![gpu_node("n1", 8)], vec![q]);
+    sim.submit(job("anygpu", "vision", 1, 1, 50));
+    let d = sim.round();
+    let why = reason(&d, "anygpu");
+    assert!(
+        why.contains("uses 0/0 GPUs (any model), job needs 1 (the queue is owed GPUs only by model: NVIDIA H100 80GB HBM3; ask for one with `gpu: {model: ...}`"),
+        "{why}"
+    );
+}
+
+#[test]
 fn priority_preemption_stays_within_a_queue() {
     // Team b's job, priority 90, finds every GPU held by team a's
     // priority-10 work within a's nominal: it may not evict across queues.
