@@ -237,9 +237,9 @@ pub fn register_gauges(reg: &mut prometheus_client::registry::Registry, state: &
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sched_copy::tests::{apply, register, report};
+    use crate::sched_copy::tests::{apply, pending_eval, register, report};
     use skiff_model::queue::Queue;
-    use skiff_model::{AllocStatus, EvalStatus, JobSpec};
+    use skiff_model::{AllocStatus, JobSpec};
     use skiff_store::Command;
 
     #[test]
@@ -287,12 +287,7 @@ mod tests {
         )
         .unwrap();
         apply(&mut state, Command::UpsertJob { spec });
-        let eval = state
-            .evals
-            .values()
-            .find(|e| e.status == EvalStatus::Pending)
-            .cloned()
-            .unwrap();
+        let eval = pending_eval(&state);
         let job = &state.jobs[&eval.job];
         let plan = skiff_store::command::PlanCommand {
             eval_id: eval.id.clone(),

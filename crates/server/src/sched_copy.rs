@@ -218,6 +218,16 @@ pub(crate) mod tests {
         );
     }
 
+    /// The first pending evaluation.
+    pub(crate) fn pending_eval(state: &State) -> skiff_model::Evaluation {
+        state
+            .evals
+            .values()
+            .find(|e| e.status == EvalStatus::Pending)
+            .cloned()
+            .expect("a pending evaluation")
+    }
+
     /// Allocation `id`'s node reports it `status` (running and ready; or
     /// ended with exit code 0 when complete, 1 when failed).
     pub(crate) fn report(state: &mut State, id: &str, status: AllocStatus, at_ms: u64) {
@@ -271,12 +281,7 @@ pub(crate) mod tests {
         let mut copy = SchedCopy::default();
         assert_eq!(copy.sync(&state), 0, "no allocations yet");
         assert_eq!(copy.nodes.len(), 3);
-        let eval = state
-            .evals
-            .values()
-            .find(|e| e.status == EvalStatus::Pending)
-            .cloned()
-            .unwrap();
+        let eval = pending_eval(&state);
         // A guess committed into the kept view (as a batch's earlier plan
         // is) is undone at the next sync when the state did not take it.
         copy.sync(&state);

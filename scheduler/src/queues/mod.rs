@@ -229,9 +229,14 @@ impl QueueBook {
             );
             // GPUs of no model in a queue owed GPUs only by model: the
             // usual slip; say how to ask.
-            let models: Vec<&String> = q.nominal.gpus.keys().filter(|m| *m != "any").collect();
-            if key == &queue::gpu_key(None) && nominal == 0 && !models.is_empty() {
-                let names: Vec<&str> = models.iter().map(|m| m.as_str()).collect();
+            let names: Vec<&str> = q
+                .nominal
+                .gpus
+                .keys()
+                .map(String::as_str)
+                .filter(|m| *m != skiff_model::namespace::ANY_GPU)
+                .collect();
+            if key == &queue::gpu_key(None) && nominal == 0 && !names.is_empty() {
                 head.push_str(&format!(
                     " (the queue is owed GPUs only by model: {}; ask for one with `gpu: {{model: ...}}`, or give the queue `any:`)",
                     names.join(", ")
