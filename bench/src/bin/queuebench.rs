@@ -24,7 +24,7 @@ use skiff_scheduler::queues::sim::{gpu_node, gpu_queue as queue, QueueSim};
 
 const USAGE: &str = "usage: queuebench [--seed S] [--days D] [--load L] [--window-hours H]
        [--backfill-window MINUTES] [--lending-limit GPUS]
-       [--policy all|queues|fifo|partition]
+       [--policy all|queues|fifo|partition] [--slowest N]
 
 Simulates D days (default 7) of GPU job submissions from 4 teams (team-a
 submits twice as much as each of the others) on 8 nodes x 8 fake GPUs,
@@ -37,6 +37,8 @@ partitions (16 GPUs each, no cohort).
 --backfill-window sets every queue's backfill window (default: the
 queues' own default, 10 minutes). --lending-limit caps what each team
 queue lends of its 16 GPUs (default: all of it; 0 is strict partitions).
+--slowest N also prints, per policy, the N slowest 1-GPU jobs (team,
+submission hour, wait, wait to first start, restarts, run time lost).
 
 Prints key=value lines: utilization, fairness_jain (Jain's index of each
 team's GPU-hours over its fair share, averaged over windows of H hours,
@@ -73,6 +75,7 @@ struct Args {
     /// Every team queue's lending limit in GPUs (`queues` policy only).
     lending: Option<u64>,
     policies: Vec<Policy>,
+    slowest: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -84,6 +87,7 @@ fn parse_args() -> Result<Args, String> {
         backfill: None,
         lending: None,
         policies: vec![Policy::Queues, Policy::Fifo, Policy::Partition],
+        slowest: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -126,6 +130,11 @@ fn parse_args() -> Result<Args, String> {
                             format!("{flag}: {value:?} is not a whole number of GPUs from 0 to {share} (a team's quota)")
                         })?,
                 )
+            }
+            "--slowest" => {
+                args.slowest = value
+                    .parse()
+                    .map_err(|_| format!("{flag}: {value:?} is not a whole number of jobs"))?
             }
             "--policy" => {
                 args.policies = match value.as_str() {
@@ -330,6 +339,9 @@ struct Rec {
     started_ms: u64,
     /// The start of its last (completed) run.
     final_start_ms: Option<u64>,
+    first_start_ms: Option<u64>,
+    /// Run time thrown away by reclaims.
+    lost_ms: u64,
 }
 
 /// Integrals over the measured window.
@@ -410,6 +422,8 @@ struct Outcome {
     by_borrowers: u64,
     /// The most times one job was reclaimed.
     most_restarts: u32,
+    /// The slowest 1-GPU jobs, slowest first (`--slowest`).
+    slowest: Vec<String>,
     lost_gpu_h: f64,
     gpu_h_by_team: [f64; 4],
     rounds: u64,
@@ -426,6 +440,8 @@ struct Setup {
     backfill: Option<Duration>,
     /// Every team queue's lending limit in GPUs; `None`: no limit.
     lending: Option<u64>,
+    /// How many of the slowest 1-GPU jobs to describe.
+    slowest: usize,
 }
 
 fn simulate(policy: Policy, arrivals: &[Arrival], setup: Setup) -> Outcome {
@@ -489,6 +505,8 @@ fn simulate(policy: Policy, arrivals: &[Arrival], setup: Setup) -> Outcome {
                 generation: 0,
                 started_ms: 0,
                 final_start_ms: None,
+                first_start_ms: None,
+                lost_ms: 0,
             });
             pending[a.team] += u64::from(a.gpus);
             next += 1;
@@ -505,6 +523,7 @@ fn simulate(policy: Policy, arrivals: &[Arrival], setup: Setup) -> Outcome {
                 // It waits again and will start over.
                 rec.running = false;
                 rec.generation += 1;
+                rec.lost_ms += t - rec.started_ms;
                 running[a.team] -= u64::from(a.gpus);
                 pending[a.team] += u64::from(a.gpus);
                 meter.lose(rec.started_ms, t, a.gpus);
@@ -521,6 +540,7 @@ fn simulate(policy: Policy, arrivals: &[Arrival], setup: Setup) -> Outcome {
             rec.running = true;
             rec.started_ms = t;
             rec.final_start_ms = Some(t);
+            rec.first_start_ms.get_or_insert(t);
             running[a.team] += u64::from(a.gpus);
             pending[a.team] -= u64::from(a.gpus);
             ends.push(Reverse((t + a.duration_ms, j, rec.generation)));
@@ -540,6 +560,29 @@ fn simulate(policy: Policy, arrivals: &[Arrival], setup: Setup) -> Outcome {
             small_waits_s[a.team].push(wait);
         }
     }
+    let mut small: Vec<(u64, usize)> = (0..recs.len())
+        .filter(|&j| arrivals[j].gpus == 1)
+        .map(|j| (recs[j].final_start_ms.unwrap_or(0) - arrivals[j].at_ms, j))
+        .collect();
+    small.sort_by_key(|&(w, j)| (Reverse(w), j));
+    let s = |ms: u64| ms / 1000;
+    let slowest = small
+        .iter()
+        .take(setup.slowest)
+        .map(|&(wait, j)| {
+            let (a, r) = (&arrivals[j], &recs[j]);
+            format!(
+                "{} submitted_h={:.1} wait_s={} first_start_wait_s={} restarts={} lost_run_s={} duration_s={}",
+                TEAMS[a.team].replace('-', "_"),
+                a.at_ms as f64 / HOUR_MS as f64,
+                s(wait),
+                s(r.first_start_ms.unwrap_or(0) - a.at_ms),
+                r.generation,
+                s(r.lost_ms),
+                s(a.duration_ms),
+            )
+        })
+        .collect();
     for w in waits_s.iter_mut().chain(&mut small_waits_s) {
         w.sort_by(f64::total_cmp);
     }
@@ -565,6 +608,7 @@ fn simulate(policy: Policy, arrivals: &[Arrival], setup: Setup) -> Outcome {
         preemptions: sim.preemptions,
         by_borrowers,
         most_restarts: recs.iter().map(|r| r.generation).max().unwrap_or(0),
+        slowest,
         lost_gpu_h: lost_gpu_ms / HOUR_MS as f64,
         gpu_h_by_team: gpu_ms_by_team.map(|v| v / HOUR_MS as f64),
         rounds,
@@ -627,6 +671,9 @@ fn report(prefix: &str, o: &Outcome) {
         o.makespan_ms as f64 / HOUR_MS as f64
     );
     println!("{prefix}wall_s={:.3}", o.wall_s);
+    for (i, line) in o.slowest.iter().enumerate() {
+        println!("{prefix}slowest_small_{}={line}", i + 1);
+    }
 }
 
 fn main() -> ExitCode {
@@ -646,6 +693,7 @@ fn main() -> ExitCode {
         window_ms: (args.window_hours * HOUR_MS as f64).max(1.0) as u64,
         backfill: args.backfill,
         lending: args.lending,
+        slowest: args.slowest,
     };
     println!("seed={}", args.seed);
     println!("days={:.3}", args.days);
