@@ -156,6 +156,22 @@ async fn a_borrowed_gang_is_reclaimed_whole_when_its_lender_needs_its_quota() {
         b_line.contains("GPUs (any model)=4"),
         "team-b lends 4: {ls}"
     );
+    // The same for scripts: amounts keyed as the queue's file keys them.
+    let json: serde_json::Value =
+        serde_json::from_str(&skiff_ok(&url, &["queue", "ls", "-o", "json"])).unwrap();
+    let a = json
+        .as_array()
+        .and_then(|qs| qs.iter().find(|q| q["name"] == "team-a"))
+        .unwrap_or_else(|| panic!("{json}"));
+    assert_eq!(a["nominal"]["gpus"]["any"], "4", "{a}");
+    assert_eq!(a["usage"]["gpus"]["any"], "8", "{a}");
+    assert_eq!(a["borrowed"]["gpus"]["any"], "4", "{a}");
+    assert!(a["share"].as_f64().is_some_and(|s| s > 0.0), "{a}");
+    assert_eq!(
+        (a["admitted"].as_u64(), a["pending"].as_u64()),
+        (Some(2), Some(0)),
+        "{a}"
+    );
 
     // The plan of team B's job says what its admission would take back.
     let eval_file = tmp.path().join("eval.json");

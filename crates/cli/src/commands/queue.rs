@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde::Serialize;
 use skiff_client::{QueueJob, QueueStatus};
-use skiff_model::queue::{format_amount, resource_name, Queue};
+use skiff_model::queue::{format_amount, resource_name, Amounts, Queue, GPU_PREFIX};
 
 use super::connect;
 use crate::args::ClientOpts;
@@ -62,20 +62,28 @@ pub enum QueueCmd {
     },
 }
 
-/// A queue as `ls -o json|yaml` shows it: amounts as people read them.
+/// A queue as `ls -o json|yaml` shows it. Amounts are written as in a
+/// queue's file (`cpu`, `memory`, `allocations`, `gpus: {MODEL|any: N}`),
+/// each a quantity string (`"500m"`, `"2Ti"`, `"16"`).
 #[derive(Serialize)]
 struct QueueOut {
     name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     cohort: Option<String>,
     weight: u32,
-    /// `used/nominal` by resource.
-    usage: BTreeMap<String, String>,
-    borrowed: BTreeMap<String, String>,
-    lent: BTreeMap<String, String>,
+    /// What the queue is owed, of each resource it governs.
+    #[serde(serialize_with = "amounts_out")]
+    nominal: Amounts,
+    /// What its admitted jobs hold.
+    #[serde(serialize_with = "amounts_out")]
+    usage: Amounts,
+    #[serde(serialize_with = "amounts_out")]
+    borrowed: Amounts,
+    #[serde(serialize_with = "amounts_out")]
+    lent: Amounts,
     /// Weighted dominant share of borrowed resources (1.0: all the
-    /// cohort can lend, at weight 1).
-    share: String,
+    /// cohort can lend, at weight 1); null: borrowing at weight 0.
+    share: Option<f64>,
     admitted: u32,
     pending: u32,
 }
@@ -84,7 +92,8 @@ struct QueueOut {
 struct JobOut {
     job: String,
     priority: u32,
-    request: BTreeMap<String, String>,
+    #[serde(serialize_with = "amounts_out")]
+    request: Amounts,
     #[serde(skip_serializing_if = "String::is_empty")]
     reason: String,
 }
@@ -96,54 +105,71 @@ struct DescribeOut {
     pending: Vec<JobOut>,
 }
 
-fn readable(a: &BTreeMap<String, u64>) -> BTreeMap<String, String> {
+/// Amounts keyed as a queue's file keys them, for JSON and YAML.
+fn amounts_out<S: serde::Serializer>(a: &Amounts, s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Out {
+        #[serde(flatten)]
+        plain: BTreeMap<String, String>,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        gpus: BTreeMap<String, String>,
+    }
+    let mut out = Out {
+        plain: BTreeMap::new(),
+        gpus: BTreeMap::new(),
+    };
+    for (k, v) in a {
+        match k.strip_prefix(GPU_PREFIX) {
+            Some(model) => out.gpus.insert(model.to_string(), format_amount(k, *v)),
+            None => out.plain.insert(k.clone(), format_amount(k, *v)),
+        };
+    }
+    out.serialize(s)
+}
+
+/// Amounts as people read them, for the tables.
+fn readable(a: &Amounts) -> BTreeMap<String, String> {
     a.iter()
         .map(|(k, v)| (resource_name(k), format_amount(k, *v)))
         .collect()
 }
 
-fn share_text(share: u64) -> String {
-    if share == u64::MAX {
-        "inf".into()
-    } else {
-        format!("{:.3}", share as f64 / 1e6)
-    }
+fn share_text(share: Option<f64>) -> String {
+    share.map_or("inf".into(), |s| format!("{s:.3}"))
 }
 
 fn queue_out(s: &QueueStatus) -> QueueOut {
     let q = s.queue.clone().unwrap_or_default();
-    let mut keys: Vec<&String> = s.nominal.keys().chain(s.usage.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    let usage = keys
-        .into_iter()
-        .map(|k| {
-            let used = format_amount(k, s.usage.get(k).copied().unwrap_or(0));
-            let text = match s.nominal.get(k) {
-                Some(n) => format!("{used}/{}", format_amount(k, *n)),
-                None => used,
-            };
-            (resource_name(k), text)
-        })
-        .collect();
     QueueOut {
         name: q.name,
         cohort: (!q.cohort.is_empty()).then_some(q.cohort),
         weight: q.weight.unwrap_or(1),
-        usage,
-        borrowed: readable(&s.borrowed),
-        lent: readable(&s.lent),
-        share: share_text(s.share),
+        nominal: s.nominal.clone(),
+        usage: s.usage.clone(),
+        borrowed: s.borrowed.clone(),
+        lent: s.lent.clone(),
+        share: (s.share != u64::MAX).then(|| s.share as f64 / 1e6),
         admitted: s.admitted,
         pending: s.pending,
     }
+}
+
+/// `used/nominal` by resource, for the table: every resource governed
+/// (0 when unused), then the others used.
+fn usage_text(q: &QueueOut) -> String {
+    let mut m = readable(&q.usage);
+    for (k, n) in &q.nominal {
+        let used = format_amount(k, q.usage.get(k).copied().unwrap_or(0));
+        m.insert(resource_name(k), format!("{used}/{}", format_amount(k, *n)));
+    }
+    joined(&m)
 }
 
 fn job_out(j: &QueueJob) -> JobOut {
     JobOut {
         job: j.job.clone(),
         priority: j.priority,
-        request: readable(&j.request),
+        request: j.request.clone(),
         reason: j.reason.clone(),
     }
 }
@@ -197,11 +223,11 @@ pub async fn queue(cmd: QueueCmd) -> anyhow::Result<()> {
                         r.cohort.clone().unwrap_or("-".into()),
                         r.admitted.to_string(),
                         r.pending.to_string(),
-                        joined(&r.usage),
-                        joined(&r.borrowed),
-                        joined(&r.lent),
+                        usage_text(r),
+                        joined(&readable(&r.borrowed)),
+                        joined(&readable(&r.lent)),
                         r.weight.to_string(),
-                        r.share.clone(),
+                        share_text(r.share),
                     ]
                 },
             )?;
@@ -242,10 +268,10 @@ fn describe_text(d: &DescribeOut) -> String {
         q.cohort.as_deref().unwrap_or("-"),
         q.weight
     );
-    let _ = writeln!(s, "Usage:     {}", joined(&q.usage));
-    let _ = writeln!(s, "Borrowed:  {}", joined(&q.borrowed));
-    let _ = writeln!(s, "Lent:      {}", joined(&q.lent));
-    let _ = writeln!(s, "Share:     {}", q.share);
+    let _ = writeln!(s, "Usage:     {}", usage_text(q));
+    let _ = writeln!(s, "Borrowed:  {}", joined(&readable(&q.borrowed)));
+    let _ = writeln!(s, "Lent:      {}", joined(&readable(&q.lent)));
+    let _ = writeln!(s, "Share:     {}", share_text(q.share));
     let _ = writeln!(s, "Admitted:  {}", d.admitted.len());
     for j in &d.admitted {
         let _ = writeln!(
@@ -253,7 +279,7 @@ fn describe_text(d: &DescribeOut) -> String {
             "  {}  priority {}  {}",
             j.job,
             j.priority,
-            joined(&j.request)
+            joined(&readable(&j.request))
         );
     }
     let _ = writeln!(s, "Waiting:   {}", d.pending.len());
@@ -263,7 +289,7 @@ fn describe_text(d: &DescribeOut) -> String {
             "  {}  priority {}  {}\n    {}",
             j.job,
             j.priority,
-            joined(&j.request),
+            joined(&readable(&j.request)),
             j.reason
         );
     }
