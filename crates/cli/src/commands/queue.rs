@@ -295,3 +295,46 @@ fn describe_text(d: &DescribeOut) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_queue_in_json_is_keyed_as_in_its_file_with_a_numeric_share() {
+        let gpus = |m: &str| format!("{GPU_PREFIX}{m}");
+        let units = skiff_model::namespace::GPU_UNITS;
+        let q = QueueOut {
+            name: "team-a".into(),
+            cohort: Some("lab".into()),
+            weight: 1,
+            nominal: [(gpus("any"), 4 * units), ("memory".into(), 64 << 30)].into(),
+            usage: [(gpus("any"), 8 * units), ("cpu".into(), 2500)].into(),
+            borrowed: [(gpus("any"), 4 * units + units / 2)].into(),
+            lent: Amounts::new(),
+            share: Some(0.5),
+            admitted: 2,
+            pending: 1,
+        };
+        let v = serde_json::to_value(&q).unwrap();
+        assert_eq!(v["nominal"]["gpus"]["any"], "4", "{v}");
+        assert_eq!(v["nominal"]["memory"], "64Gi", "{v}");
+        assert_eq!(v["usage"]["cpu"], "2500m", "{v}");
+        assert_eq!(v["usage"]["gpus"]["any"], "8", "{v}");
+        assert_eq!(v["borrowed"]["gpus"]["any"], "4.50", "{v}");
+        assert_eq!(v["lent"], serde_json::json!({}), "{v}");
+        assert_eq!(v["share"], 0.5, "{v}");
+        // The table still reads `used/nominal`, governed resources first
+        // named, then what is used of the others.
+        assert_eq!(
+            usage_text(&q),
+            "GPUs (any model)=8/4, cpu=2500m, memory=0/64Gi"
+        );
+        let inf = QueueOut { share: None, ..q };
+        assert_eq!(
+            serde_json::to_value(&inf).unwrap()["share"],
+            serde_json::Value::Null
+        );
+        assert_eq!(share_text(inf.share), "inf");
+    }
+}
