@@ -293,6 +293,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     );
     let data_root = paths.root().to_path_buf();
     let network = settings.network.clone();
+    let to_release = network.clone();
     let mut rec = Reconciler::new(runtime, paths, settings, events_tx.clone());
     rec.adopt().await;
 
@@ -318,6 +319,9 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
     }
     api_server.abort();
     served.task.iter().for_each(|t| t.abort());
+    if let Some(n) = to_release {
+        n.release();
+    }
     if let Some(stop) = monitor_stop {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }

@@ -192,6 +192,19 @@ impl Network {
             .clone()
     }
 
+    /// On the agent's stop: its namespaces' directory unmounted if no
+    /// allocation holds a namespace there any more (see
+    /// [`netns::release_dir`]).
+    pub fn release(&self) {
+        match netns::release_dir(&self.netns_dir()) {
+            Ok(true) => tracing::debug!("network namespaces' directory unmounted"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot unmount the network namespaces' directory")
+            }
+        }
+    }
+
     fn netns_dir(&self) -> PathBuf {
         self.dir.join("netns")
     }

@@ -41,6 +41,30 @@ pub fn prepare_dir(dir: &Path) -> io::Result<()> {
     sys::make_shared(dir)
 }
 
+/// Unmounts `dir` (made ready by [`prepare_dir`]) when no namespace is
+/// left in it, so that a data directory removed after the agent stops
+/// leaves no mount behind; with a namespace still held there (a running
+/// container's, which outlives the agent), it stays. Whether it was
+/// unmounted.
+pub fn release_dir(dir: &Path) -> io::Result<bool> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _held = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let empty = match std::fs::read_dir(dir) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(&*dir.to_string_lossy()));
+    if !empty || !mounted {
+        return Ok(false);
+    }
+    sys::umount_detach(dir)?;
+    Ok(true)
+}
+
 /// A new network namespace held by the file `path` (its directory made
 /// ready by [`prepare_dir`]). Made on a thread of its own, which alone
 /// enters the namespace and then ends.
@@ -113,6 +137,39 @@ mod tests {
         assert!(!ns.exists());
         remove(&ns).unwrap();
         sys::umount_detach(&dir).unwrap();
+    }
+
+    /// An agent that stops unmounts the directory only when no namespace
+    /// is left in it: the temporary data directories of the tests, and an
+    /// operator's removed one, leave no mount behind.
+    #[test]
+    fn the_directory_is_unmounted_once_no_namespace_is_left() {
+        if !crate::sys::is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("netns");
+        let mounted = || {
+            std::fs::read_to_string("/proc/self/mountinfo")
+                .unwrap()
+                .lines()
+                .any(|l| l.split(' ').nth(4) == Some(&*dir.to_string_lossy()))
+        };
+        assert!(!release_dir(&dir).unwrap(), "nothing there yet");
+        prepare_dir(&dir).unwrap();
+        let ns = dir.join("held");
+        create(&ns).unwrap();
+        assert!(!release_dir(&dir).unwrap(), "a namespace is still held");
+        assert!(mounted() && is_mount_point(&ns));
+        remove(&ns).unwrap();
+        assert!(release_dir(&dir).unwrap());
+        assert!(!mounted());
+        assert!(!release_dir(&dir).unwrap(), "once");
+        // The directory can be prepared again by the next agent.
+        prepare_dir(&dir).unwrap();
+        assert!(mounted());
+        assert!(release_dir(&dir).unwrap());
     }
 
     /// Several first setups at once (a fresh agent given several bridged
