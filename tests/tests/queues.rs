@@ -289,8 +289,8 @@ async fn a_borrowed_gang_is_reclaimed_whole_when_its_lender_needs_its_quota() {
     assert_eq!(
         sample_with(
             &body,
-            "skiff_queue_reclaimed_jobs_total",
-            &[("queue", "team-b")]
+            "skiff_queue_preempted_jobs_total",
+            &[("queue", "team-b"), ("reason", "reclaim")]
         ),
         Some(1.0),
         "{body}"

@@ -20,6 +20,7 @@ use skiff_scheduler::Config;
 use skiff_store::command::{NewAlloc, PlanCommand};
 use skiff_store::{Command, Outcome, Store};
 
+use crate::metrics::Preempted;
 use crate::queue_book::book_of;
 
 /// The leader's admission rounds.
@@ -156,7 +157,19 @@ impl Admitter {
                         .expect("waiting map")
                         .remove(&d.job)
                         .map_or(0.0, |t| t.elapsed().as_secs_f64());
-                    metrics.queue_admitted(&queue, waited, a.reclaimed.len() as u64);
+                    let why: Vec<Preempted> = a
+                        .reclaimed
+                        .iter()
+                        .map(|v| {
+                            let theirs = book.workloads().iter().find(|w| &w.job == v);
+                            match theirs {
+                                Some(w) if w.queue == queue => Preempted::Priority,
+                                _ if a.borrowing => Preempted::FairSharing,
+                                _ => Preempted::Reclaim,
+                            }
+                        })
+                        .collect();
+                    metrics.queue_admitted(&queue, waited, &why);
                     tracing::info!(job = %d.job, %queue, borrowing = a.borrowing, reclaimed = ?a.reclaimed, placed = r.placed, "admitted from its queue");
                 }
                 Ok(other) => {

@@ -99,7 +99,7 @@ pub struct ServerMetrics {
     /// Jobs this server, leading, admitted from each queue.
     pub queue_admissions: Family<Labels, Counter>,
     /// Jobs evicted to give lent capacity back to each queue.
-    pub queue_reclaims: Family<Labels, Counter>,
+    pub queue_preempted: Family<Labels, Counter>,
     /// How long admitted jobs waited in each queue (as the leader saw).
     pub queue_admission_wait_seconds: Family<Labels, Histogram>,
     /// Since when each job waits in its queue, as the leader saw it (for
@@ -124,7 +124,7 @@ impl Default for ServerMetrics {
             nodes_declared_down: Counter::default(),
             leader_changes: Counter::default(),
             queue_admissions: Family::default(),
-            queue_reclaims: Family::default(),
+            queue_preempted: Family::default(),
             // 1 s to about 4.5 days.
             queue_admission_wait_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(1.0, 2.0, 19))
@@ -149,12 +149,18 @@ impl ServerMetrics {
             .inc_by(evals as u64);
     }
 
-    /// A job admitted from `queue` after `waited` seconds, reclaiming
-    /// `reclaimed` jobs.
-    pub fn queue_admitted(&self, queue: &str, waited: f64, reclaimed: u64) {
+    /// A job admitted from `queue` after `waited` seconds, evicting the
+    /// jobs of `preempted` (one entry per job: why it went).
+    pub fn queue_admitted(&self, queue: &str, waited: f64, preempted: &[Preempted]) {
         let labels = vec![("queue".to_string(), queue.to_string())];
         self.queue_admissions.get_or_create(&labels).inc();
-        self.queue_reclaims.get_or_create(&labels).inc_by(reclaimed);
+        for why in preempted {
+            let labels = vec![
+                ("queue".to_string(), queue.to_string()),
+                ("reason".to_string(), why.as_str().to_string()),
+            ];
+            self.queue_preempted.get_or_create(&labels).inc();
+        }
         self.queue_admission_wait_seconds
             .get_or_create(&labels)
             .observe(waited);
@@ -221,9 +227,9 @@ impl ServerMetrics {
             self.queue_admissions.clone(),
         );
         reg.register(
-            "queue_reclaimed_jobs",
-            "Jobs evicted to give lent capacity back to each team queue (on the leader)",
-            self.queue_reclaims.clone(),
+            "queue_preempted_jobs",
+            "Jobs evicted for jobs admitted from each team queue (on the leader), by reason: reclaim (lent quota taken back), fair_sharing (from a queue above the borrower's share), priority (within the queue)",
+            self.queue_preempted.clone(),
         );
         reg.register(
             "queue_admission_wait_seconds",
@@ -518,6 +524,29 @@ pub fn render(
     skiff_metrics::encode(&reg)
 }
 
+/// Why an admission evicted a job (Kueue's preemption reasons, in our
+/// words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preempted {
+    /// Another queue's borrowed work, for a job within its own quota.
+    Reclaim,
+    /// Another queue's borrowed work, for a job that borrows too (that
+    /// queue's share stays at least the borrower's).
+    FairSharing,
+    /// Lower-priority work of the admitted job's own queue.
+    Priority,
+}
+
+impl Preempted {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Preempted::Reclaim => "reclaim",
+            Preempted::FairSharing => "fair_sharing",
+            Preempted::Priority => "priority",
+        }
+    }
+}
+
 /// Every series a server serves, with made-up values: what the metrics
 /// reference in the docs is made from.
 pub fn example() -> String {
@@ -530,7 +559,7 @@ pub fn example() -> String {
     );
     let server = ServerMetrics::default();
     server.proposed(true, std::time::Duration::from_millis(1));
-    server.queue_admitted("team-a", 30.0, 1);
+    server.queue_admitted("team-a", 30.0, &[Preempted::Reclaim]);
     server.planned(0, 3);
     let mut state = State::default();
     let queue = skiff_model::queue::Queue::from_yaml(
