@@ -299,6 +299,11 @@ async fn a_borrowed_gang_is_reclaimed_whole_when_its_lender_needs_its_quota() {
     // When team B is done, the gang is admitted again.
     tb.delete_job("eval").await.unwrap();
     wait_allocs(&mut ta, "sweep", 2, AllocStatus::Running, START).await;
+    let job = skiff_ok(&url, &["describe", "job", "-n", "team-a", "sweep"]);
+    assert!(
+        job.contains("Queue:      team-a, admitted (skiff queue describe team-a)"),
+        "{job}"
+    );
     // A queue still named by jobs is not deleted.
     let out = skiff(&url, &["queue", "delete", "team-a"]);
     assert!(!out.status.success());

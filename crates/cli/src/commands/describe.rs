@@ -491,7 +491,7 @@ async fn describe_job(name: &str, client: &ClientOpts) -> anyhow::Result<()> {
     out.push_str(&format!("Priority:   {}\n", s.priority));
     if let Some(q) = &s.queue {
         let state = if job.admitted_index > 0 {
-            format!("admitted (index {})", job.admitted_index)
+            format!("admitted (skiff queue describe {q})")
         } else {
             format!("waiting to be admitted whole (skiff queue describe {q})")
         };
