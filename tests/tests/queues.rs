@@ -186,6 +186,15 @@ async fn a_borrowed_gang_is_reclaimed_whole_when_its_lender_needs_its_quota() {
         text.contains("queue team-b would admit it whole now, reclaiming team-a/sweep"),
         "{text}"
     );
+    // Where it would go and what would stop for it, as the admission
+    // round plans it (the plain planner cannot evict another queue's
+    // work, and said it could not place the job).
+    assert!(text.contains("would place: replica 0 on gpu-"), "{text}");
+    assert!(
+        text.contains("(job team-a/sweep): reclaimed for job team-b/eval (queue team-b)"),
+        "{text}"
+    );
+    assert!(!text.contains("cannot place"), "{text}");
 
     // Team B asks for its 4 GPUs: A's borrowed gang goes, whole, and B's
     // job runs on what it held.

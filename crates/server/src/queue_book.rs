@@ -129,6 +129,39 @@ pub fn trial_of(state: &State, waiting: &WaitingSince) -> Trial {
 }
 
 impl Trial {
+    /// The trial with `job` (a planned spec, `skiff plan`) waiting in
+    /// queue `q` in place of the stored job of its name: what it already
+    /// holds counts, as when the leader admits it again.
+    pub fn with_planned(mut self, job: &Job, q: &str) -> Trial {
+        let key = job.key();
+        let holds = self
+            .book
+            .workloads()
+            .iter()
+            .find(|w| w.job == key)
+            .map(|w| w.holds.clone())
+            .unwrap_or_default();
+        let waited_ms = self
+            .book
+            .workloads()
+            .iter()
+            .find(|w| w.job == key)
+            .map_or(0, |w| w.waited_ms);
+        self.book.upsert(Workload {
+            job: key.clone(),
+            queue: q.to_string(),
+            priority: job.spec.priority,
+            create_index: job.create_index,
+            request: skiff_model::queue::request_of(&job.spec),
+            admitted_index: 0,
+            holds,
+            waited_ms,
+            refused: None,
+        });
+        self.jobs.insert(key, job.clone());
+        self
+    }
+
     /// Runs the round without committing it: where each queue's jobs
     /// stand, each waiting one with its reason.
     pub fn run(mut self) -> (QueueBook, Vec<Decision>) {

@@ -2,7 +2,10 @@
 //! plan`). The spec is read and checked as `ApplyJob` reads it; the diff
 //! is against the stored job; the refusal is the state machine's own
 //! admission check; the dry run is the scheduler's `reconcile_job` on a
-//! view of this server's state, as the leader would plan it now.
+//! view of this server's state, as the leader would plan it now, or, for
+//! a job waiting in its queue, a trial admission round on a copy of it
+//! (run holding no lock): whether the job would be admitted, where it
+//! would go and what it would reclaim.
 
 use skiff_model::{Job, JobSpec};
 use skiff_proto::pb;
@@ -78,68 +81,40 @@ pub(crate) fn diff(state: &skiff_store::State, spec: &mut JobSpec) -> Option<Vec
 }
 
 /// What the next admission round would do with `job`, waiting in queue
-/// `q`: a trial round on this server's state with the planned spec in
-/// place of the stored one.
-fn admission_note(ctx: &Ctx, state: &skiff_store::State, job: &Job, q: &str) -> String {
-    let waiting = ctx.metrics.waiting_since();
-    let mut book = crate::queue_book::book_of(state, &waiting);
-    let key = job.key();
-    let holds = book
-        .workloads()
-        .iter()
-        .find(|w| w.job == key)
-        .map(|w| w.holds.clone())
-        .unwrap_or_default();
-    book.upsert(skiff_scheduler::queues::Workload {
-        job: key.clone(),
-        queue: q.to_string(),
-        priority: job.spec.priority,
-        create_index: job.create_index,
-        request: skiff_model::queue::request_of(&job.spec),
-        admitted_index: 0,
-        holds,
-        waited_ms: waiting
-            .get(&key)
-            .map_or(0, |t| t.elapsed().as_millis() as u64),
-        refused: None,
-    });
-    let mut view = crate::sched_copy::state_view(state);
-    view.set_queues(|name| {
-        if name == key {
-            Some(q.to_string())
-        } else {
-            state.jobs.get(name).and_then(|j| j.spec.queue.clone())
-        }
-    });
-    let job_of = |name: &str| {
-        if name == key {
-            Some(job)
-        } else {
-            state.jobs.get(name)
-        }
-    };
-    let cfg = Config {
-        seed: state.index,
-        ..Config::default()
-    };
-    let decisions = book.round(&mut view, &job_of, &cfg, &mut String::new, state.index);
+/// `q` (a trial round run holding no lock): the note `skiff plan` prints,
+/// and the admission's plan when it would be admitted.
+fn admission_note(
+    trial: crate::queue_book::Trial,
+    key: &str,
+    q: &str,
+) -> (String, Option<skiff_scheduler::queues::Admission>) {
+    let (_, decisions) = trial.run();
     match decisions.into_iter().find(|d| d.job == key) {
         Some(d) => match d.admission {
-            Some(a) if a.reclaimed.is_empty() => format!(
-                "queue {q} would admit it whole now{}",
-                if a.borrowing {
-                    ", borrowing from its cohort"
-                } else {
-                    ""
-                }
-            ),
-            Some(a) => format!(
-                "queue {q} would admit it whole now, reclaiming {}",
-                a.reclaimed.join(", ")
-            ),
-            None => format!("would wait in queue {q}: {}", d.reason),
+            Some(a) if a.reclaimed.is_empty() => {
+                let note = format!(
+                    "queue {q} would admit it whole now{}",
+                    if a.borrowing {
+                        ", borrowing from its cohort"
+                    } else {
+                        ""
+                    }
+                );
+                (note, Some(a))
+            }
+            Some(a) => {
+                let note = format!(
+                    "queue {q} would admit it whole now, reclaiming {}",
+                    a.reclaimed.join(", ")
+                );
+                (note, Some(a))
+            }
+            None => (format!("would wait in queue {q}: {}", d.reason), None),
         },
-        None => format!("waits in queue {q} until its whole request is admitted"),
+        None => (
+            format!("waits in queue {q} until its whole request is admitted"),
+            None,
+        ),
     }
 }
 
@@ -151,6 +126,7 @@ pub(crate) async fn plan(ctx: &Ctx, r: pb::PlanJobRequest) -> Result<pb::PlanJob
     check_image_path(&state, &spec)?;
     let key = spec.key();
     let current = state.jobs.get(&key);
+    let exists = current.is_some();
     let changed = diff(&state, &mut spec).unwrap_or_default();
     let refusal = state
         .refusal_of(&spec)
@@ -177,18 +153,33 @@ pub(crate) async fn plan(ctx: &Ctx, r: pb::PlanJobRequest) -> Result<pb::PlanJob
         admitted_index: admitted,
         spec,
     };
-    let queue_note = match &job.spec.queue {
-        Some(q) if admitted == 0 && state.access.queues.contains_key(q) => {
-            admission_note(ctx, &state, &job, q)
+    // A job waiting in its queue is planned as the admission round would
+    // (its placements and what it reclaims), on a copy, with the lock let
+    // go; any other job as the leader's planner would, here.
+    let trial = match &job.spec.queue {
+        Some(q) if admitted == 0 && state.access.queues.contains_key(q) => Some((
+            q.clone(),
+            crate::queue_book::trial_of(&state, &ctx.metrics.waiting_since()).with_planned(&job, q),
+        )),
+        _ => None,
+    };
+    let (queue_note, plan) = match trial {
+        Some((q, trial)) => {
+            drop(state);
+            let (note, admission) = admission_note(trial, &key, &q);
+            (note, admission.map(|a| a.plan).unwrap_or_default())
         }
-        _ => String::new(),
+        None => {
+            let view = crate::sched_copy::state_view(&state);
+            let cfg = Config {
+                seed: state.index,
+                ..Config::default()
+            };
+            let plan = reconcile_job(&key, Some(&job), state.deployment(&key), &view, &cfg);
+            (String::new(), plan)
+        }
     };
-    let view = crate::sched_copy::state_view(&state);
-    let cfg = Config {
-        seed: state.index,
-        ..Config::default()
-    };
-    let plan = reconcile_job(&key, Some(&job), state.deployment(&key), &view, &cfg);
+    let state = ctx.store.state();
     let placements = plan
         .placements
         .iter()
@@ -214,7 +205,7 @@ pub(crate) async fn plan(ctx: &Ctx, r: pb::PlanJobRequest) -> Result<pb::PlanJob
         })
         .collect();
     Ok(pb::PlanJobResponse {
-        exists: current.is_some(),
+        exists,
         version,
         planned_version,
         changed,
