@@ -243,8 +243,32 @@ impl QueueBook {
                 ));
             }
             let Some(cohort) = &q.cohort else {
-                return Err(format!("{head}; the queue has no cohort to borrow from"));
+                let never = if req > nominal {
+                    "; it can never be admitted here: it asks for more than the queue's whole quota"
+                        .to_string()
+                } else {
+                    String::new()
+                };
+                return Err(format!(
+                    "{head}; the queue has no cohort to borrow from{never}"
+                ));
             };
+            // The most the queue could ever hold: what it keeps, what the
+            // whole cohort lends (its own lendable part included), within
+            // its borrowing limit.
+            let kept = nominal.saturating_sub(q.lendable_of(key));
+            let reach = kept.saturating_add(self.pool(q, key, &Removed::new()).0);
+            let most = q
+                .borrowing_limit_of(key)
+                .map_or(reach, |l| reach.min(nominal.saturating_add(l)));
+            if req > most {
+                return Err(format!(
+                    "{head}; it can never be admitted here: queue {} can hold at most {} {} (its nominal quota and what it may borrow from cohort {cohort})",
+                    q.name,
+                    what(most),
+                    queue::resource_name(key),
+                ));
+            }
             let borrow = need - nominal;
             if let Some(limit) = q.borrowing_limit_of(key) {
                 if borrow > limit {
@@ -255,7 +279,6 @@ impl QueueBook {
                     ));
                 }
             }
-            let kept = nominal.saturating_sub(q.lendable_of(key));
             let (pool, pool_used) = self.pool(q, key, removed);
             let avail = pool.saturating_sub(pool_used);
             let extra = need.saturating_sub(kept) - used.saturating_sub(kept);

@@ -91,9 +91,61 @@ fn a_queue_without_a_cohort_waits_with_a_reason_naming_its_quota() {
     let d = sim.round();
     assert_eq!(
         reason(&d, "big"),
-        "queue solo uses 0/4 GPUs (any model), job needs 8; the queue has no cohort to borrow from"
+        "queue solo uses 0/4 GPUs (any model), job needs 8; the queue has no cohort to borrow from; it can never be admitted here: it asks for more than the queue's whole quota"
     );
     assert!(sim.allocs.is_empty());
+}
+
+#[test]
+fn a_job_bigger_than_a_queue_can_ever_hold_says_so() {
+    // Alone: its nominal quota is all it has.
+    let mut sim = QueueSim::new(vec![gpu_node("n1", 8)], vec![queue("solo", None, 4)]);
+    sim.submit(job("huge", "solo", 2, 4, 50));
+    let d = sim.round();
+    assert!(
+        reason(&d, "huge").ends_with(
+            "it can never be admitted here: it asks for more than the queue's whole quota"
+        ),
+        "{}",
+        reason(&d, "huge")
+    );
+    // In a cohort: its quota and what it may borrow (a limit of 2 here).
+    let mut a = queue("team-a", Some("lab"), 4);
+    a.borrowing_limit = Queue::from_yaml("name: x\nnamespaces: ['*']\nnominal: {gpus: {any: 2}}\n")
+        .unwrap()
+        .nominal;
+    let mut sim = QueueSim::new(
+        vec![gpu_node("n1", 8), gpu_node("n2", 8)],
+        vec![a, queue("team-b", Some("lab"), 8)],
+    );
+    sim.submit(job("seven", "team-a", 1, 7, 50));
+    sim.submit(job("six", "team-a", 1, 6, 50));
+    let d = sim.round();
+    assert_eq!(
+        reason(&d, "seven"),
+        "queue team-a uses 0/4 GPUs (any model), job needs 7; it can never be admitted here: queue team-a can hold at most 6 GPUs (any model) (its nominal quota and what it may borrow from cohort lab)"
+    );
+    assert!(admitted(&d, "six"), "within the limit, borrowing: {d:?}");
+    // Without the limit, what the cohort can lend bounds it: 4 + 8.
+    let mut sim = QueueSim::new(
+        vec![gpu_node("n1", 8), gpu_node("n2", 8)],
+        vec![
+            queue("team-a", Some("lab"), 4),
+            queue("team-b", Some("lab"), 8),
+        ],
+    );
+    sim.submit(job("wide", "team-a", 2, 7, 50));
+    let d = sim.round();
+    assert!(
+        reason(&d, "wide").contains("can hold at most 12 GPUs (any model)"),
+        "{}",
+        reason(&d, "wide")
+    );
+    // One that could fit once others give back does not say never.
+    sim.submit(job("b-all", "team-b", 1, 8, 50));
+    sim.submit(job("a-five", "team-a", 1, 5, 50));
+    let d = sim.round();
+    assert!(!reason(&d, "a-five").contains("never"), "{d:?}");
 }
 
 #[test]
