@@ -23,6 +23,14 @@ fn is_mount_point(path: &Path) -> bool {
     me.dev() != parent.dev() || me.ino() == parent.ino()
 }
 
+/// Whether something is mounted on `dir` (this process's mount table).
+fn mounted_on(dir: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(&*dir.to_string_lossy()))
+}
+
 /// Makes `dir` (created if missing) a shared mount of itself, once. One
 /// caller at a time: two first setups racing would otherwise both find it
 /// unmounted and mount it twice, and the second mount would hide the
@@ -31,10 +39,7 @@ pub fn prepare_dir(dir: &Path) -> io::Result<()> {
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _held = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     std::fs::create_dir_all(dir)?;
-    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(&*dir.to_string_lossy()));
+    let mounted = mounted_on(dir);
     if !mounted {
         sys::bind_mount(dir, dir)?;
     }
@@ -54,10 +59,7 @@ pub fn release_dir(dir: &Path) -> io::Result<bool> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     };
-    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(&*dir.to_string_lossy()));
+    let mounted = mounted_on(dir);
     if !empty || !mounted {
         return Ok(false);
     }
@@ -150,12 +152,7 @@ mod tests {
         }
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("netns");
-        let mounted = || {
-            std::fs::read_to_string("/proc/self/mountinfo")
-                .unwrap()
-                .lines()
-                .any(|l| l.split(' ').nth(4) == Some(&*dir.to_string_lossy()))
-        };
+        let mounted = || mounted_on(&dir);
         assert!(!release_dir(&dir).unwrap(), "nothing there yet");
         prepare_dir(&dir).unwrap();
         let ns = dir.join("held");
