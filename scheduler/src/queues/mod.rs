@@ -257,7 +257,8 @@ impl QueueBook {
             // whole cohort lends (its own lendable part included), within
             // its borrowing limit.
             let kept = nominal.saturating_sub(q.lendable_of(key));
-            let reach = kept.saturating_add(self.pool(q, key, &Removed::new()).0);
+            let (pool, pool_used) = self.pool(q, key, removed);
+            let reach = kept.saturating_add(pool);
             let most = q
                 .borrowing_limit_of(key)
                 .map_or(reach, |l| reach.min(nominal.saturating_add(l)));
@@ -279,7 +280,6 @@ impl QueueBook {
                     ));
                 }
             }
-            let (pool, pool_used) = self.pool(q, key, removed);
             let avail = pool.saturating_sub(pool_used);
             let extra = need.saturating_sub(kept) - used.saturating_sub(kept);
             if extra > avail {
