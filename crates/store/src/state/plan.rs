@@ -54,7 +54,10 @@ impl State {
 
         let (accepted, evictions, rejected) = match self.jobs.get(&plan.job) {
             Some(job) => self.check_placements(job, plan),
-            None => (Vec::new(), Vec::new(), plan.placements.len().max(1) as u32),
+            // A job deleted: its plan stops what runs and places
+            // nothing, and is done; an admission of it is refused.
+            None if plan.admit => (Vec::new(), Vec::new(), plan.placements.len().max(1) as u32),
+            None => (Vec::new(), Vec::new(), plan.placements.len() as u32),
         };
         result.rejected = rejected;
 

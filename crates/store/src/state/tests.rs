@@ -534,10 +534,16 @@ fn stops_mark_allocations_desired_stop() {
             reclaims: Vec::new(),
         },
     };
+    let eval = h.pending_eval("web");
     let Outcome::PlanApplied(r) = h.apply(plan) else {
         panic!()
     };
     assert_eq!(r.stopped, 1);
+    // The delete's evaluation is done: a plan for a job that is gone
+    // places nothing, and that is no refusal (it was planned again and
+    // again, for ever).
+    assert_eq!(r.rejected, 0);
+    assert_eq!(h.state.evals[&eval].status, EvalStatus::Complete);
     let a = &h.state.allocs["web-0-n1"];
     assert_eq!(
         (a.desired, a.message.as_str()),
