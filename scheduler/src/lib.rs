@@ -74,8 +74,9 @@ pub fn reconcile_job(
     reconcile_inner(job_name, job, deployment, view, cfg, None, None)
 }
 
-/// [`reconcile_job`], where the allocations of the jobs in `reclaim`
-/// (view indexes) may be evicted whatever their priority or queue.
+/// [`reconcile_job`], or with `reclaim` (view indexes: an admission's
+/// chosen victims) only the allocations of those jobs may be evicted,
+/// whatever their priority or queue.
 pub(crate) fn reconcile_inner(
     job_name: &str,
     job: Option<&Job>,

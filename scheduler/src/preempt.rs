@@ -160,8 +160,13 @@ impl Placer<'_, '_> {
         if !self.cfg.preemption || (!by_priority && self.reclaim.is_none()) {
             return None;
         }
-        // None: only reclaim may evict.
-        let limit = self.spec.priority.checked_sub(PREEMPTION_GAP);
+        // None: only reclaim may evict. An admission (`reclaim` given)
+        // evicts only the jobs it chose, whole, so that they wait in
+        // their queues again; never single allocations by priority.
+        let limit = match self.reclaim {
+            Some(_) => None,
+            None => self.spec.priority.checked_sub(PREEMPTION_GAP),
+        };
         let view = self.view;
         let mut best: Option<(Cost, u64, NodeIdx, Vec<u32>)> = None;
         for n in 0..view.nodes.len() as NodeIdx {

@@ -564,6 +564,9 @@ fn place(
     hidden: Option<&Bitset>,
 ) -> Plan {
     let key = job.key();
+    // No victims chosen: nothing may be evicted (not even by priority).
+    let none = BTreeSet::new();
+    let reclaim = Some(reclaim.unwrap_or(&none));
     let mut plan = crate::reconcile_inner(&key, Some(job), None, view, cfg, reclaim, hidden);
     if plan.unplaced > 0 {
         plan.placements.clear();

@@ -329,6 +329,33 @@ fn priority_preemption_stays_within_a_queue() {
     assert!(admitted(&d, "high-a"), "{d:?}");
 }
 
+/// A job whose quota fits but whose room is held by lower-priority work
+/// of its own queue evicts that work whole, and the victim waits in the
+/// queue again: it does not stay admitted, holding quota it no longer
+/// uses, with nothing running.
+#[test]
+fn a_job_evicted_for_priority_in_its_queue_waits_to_be_admitted_again() {
+    let mut sim = QueueSim::new(vec![gpu_node("n1", 4)], vec![queue("a", None, 8)]);
+    let low = sim.submit(job("low", "a", 1, 4, 10));
+    sim.round();
+    assert!(sim.admitted.contains_key(&low));
+    let high = sim.submit(job("high", "a", 1, 4, 90));
+    let d = sim.round();
+    let a = d
+        .iter()
+        .find(|d| d.job == high)
+        .and_then(|d| d.admission.as_ref())
+        .unwrap_or_else(|| panic!("{d:?}"));
+    assert_eq!(a.reclaimed, [low.clone()], "named, so it waits again");
+    assert!(!sim.admitted.contains_key(&low), "requeued");
+    assert!(sim.allocs.values().all(|x| x.job != low));
+    let status = sim.book().status();
+    assert_eq!(
+        status[0].usage.get(&gpu_key(None)).copied(),
+        Some(4 * skiff_model::namespace::GPU_UNITS)
+    );
+}
+
 #[test]
 fn fair_sharing_converges_two_equal_teams_to_equal_gpu_shares() {
     // 8 GPUs, two teams owed 2 each and 4 more in a third queue nobody
