@@ -156,13 +156,14 @@ impl Placer<'_, '_> {
     /// priority allows and some node can make room. Returns the choice and
     /// the evicted allocations.
     pub fn preempt_one(&mut self) -> Option<(Choice, Vec<u32>)> {
-        let by_priority = self.spec.priority >= PREEMPTION_GAP;
+        // A job in a queue evicts by priority only through its admission
+        // (the victims chosen and named, whole, so that they wait in their
+        // queues again), never single allocations in a plain plan.
+        let by_priority = self.spec.priority >= PREEMPTION_GAP && self.spec.queue.is_none();
         if !self.cfg.preemption || (!by_priority && self.reclaim.is_none()) {
             return None;
         }
-        // None: only reclaim may evict. An admission (`reclaim` given)
-        // evicts only the jobs it chose, whole, so that they wait in
-        // their queues again; never single allocations by priority.
+        // None: only the chosen victims (`reclaim`) may go.
         let limit = match self.reclaim {
             Some(_) => None,
             None => self.spec.priority.checked_sub(PREEMPTION_GAP),

@@ -349,6 +349,22 @@ fn a_job_evicted_for_priority_in_its_queue_waits_to_be_admitted_again() {
     assert_eq!(a.reclaimed, [low.clone()], "named, so it waits again");
     assert!(!sim.admitted.contains_key(&low), "requeued");
     assert!(sim.allocs.values().all(|x| x.job != low));
+    // The planner's plain plan (a replica placed again, not an
+    // admission) of a job in a queue evicts nothing by priority: the
+    // store would refuse it.
+    let top = sim.submit(job("top", "a", 1, 4, 100));
+    let mut view = crate::view::ClusterView::new(&sim.nodes, sim.allocs.values(), |n| {
+        sim.jobs.get(n).map(|j| j.spec.priority)
+    });
+    view.set_queues(|n| sim.jobs.get(n).and_then(|j| j.spec.queue.clone()));
+    let plain = crate::reconcile_job(&high, sim.jobs.get(&high), None, &view, &sim.cfg);
+    assert!(plain.evictions.is_empty(), "{plain:?}");
+    let plain = crate::reconcile_job(&top, sim.jobs.get(&top), None, &view, &sim.cfg);
+    assert!(
+        plain.evictions.is_empty() && plain.unplaced == 1,
+        "{plain:?}"
+    );
+    sim.finish(&top);
     let status = sim.book().status();
     assert_eq!(
         status[0].usage.get(&gpu_key(None)).copied(),

@@ -348,6 +348,9 @@ impl State {
     /// Whether `plan` for `job` may evict allocation `id`: another job's,
     /// desired to run, and either in the same queue (or both in none) at
     /// least [`PREEMPTION_GAP`] priority points lower, or reclaimed.
+    /// Within a queue a priority victim goes only when an admission names
+    /// it (so that it goes whole and waits to be admitted again), never
+    /// one allocation of it by a plain plan.
     fn may_evict(&self, job: &Job, plan: &PlanCommand, id: &str) -> bool {
         let Some(a) = self.allocs.get(id) else {
             return false;
@@ -356,7 +359,10 @@ impl State {
         let priority = victim.map_or(0, |j| j.spec.priority);
         let same_queue =
             victim.map_or(job.spec.queue.is_none(), |v| v.spec.queue == job.spec.queue);
+        let named =
+            job.spec.queue.is_none() || (plan.admit && plan.reclaims.iter().any(|r| *r == a.job));
         let by_priority = same_queue
+            && named
             && u16::from(priority) + u16::from(PREEMPTION_GAP) <= u16::from(job.spec.priority);
         a.job != plan.job
             && a.desired == DesiredStatus::Run

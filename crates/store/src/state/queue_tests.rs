@@ -228,6 +228,36 @@ fn a_victim_in_the_admitted_jobs_own_queue_goes_only_by_priority() {
     assert_eq!(h.state.jobs["low"].admitted_index, 0);
 }
 
+/// A victim of the job's own queue not named by the admission (so it
+/// would stay admitted, holding quota with nothing running), or evicted
+/// by a plain plan: refused.
+#[test]
+fn a_priority_victim_in_a_queue_goes_only_named_by_an_admission() {
+    let mut h = Harness::new();
+    h.apply(reg("n1", 2000, 1024));
+    h.apply(queue("team-a", "lab", "'*'"));
+    h.apply(queued("low", "team-a", 10));
+    assert_eq!(placed(h.apply(admit(&h, "low", &[], &[]))), (1, 0));
+    h.apply(queued("high", "team-a", 90));
+    assert_eq!(
+        placed(h.apply(admit(&h, "high", &["low-0-n1"], &[]))),
+        (0, 0),
+        "not named"
+    );
+    assert_eq!(h.state.allocs["low-0-n1"].desired, DesiredStatus::Run);
+    assert!(h.state.jobs["low"].admitted_index > 0);
+    // Nor a plain plan (the planner's, not an admission).
+    let Command::ApplyPlan { mut plan } = h.plan("high", &[(0, "n1")], 0) else {
+        unreachable!()
+    };
+    plan.evictions = vec![Stop {
+        alloc_id: "low-0-n1".into(),
+        reason: String::new(),
+    }];
+    plan.reclaims = vec!["low".into()];
+    assert_eq!(placed(h.apply(Command::ApplyPlan { plan })), (0, 0));
+}
+
 #[test]
 fn a_victim_evicted_for_quota_alone_stops_on_its_own_node() {
     let mut h = Harness::new();
