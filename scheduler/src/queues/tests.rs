@@ -346,7 +346,11 @@ fn a_job_evicted_for_priority_in_its_queue_waits_to_be_admitted_again() {
         .find(|d| d.job == high)
         .and_then(|d| d.admission.as_ref())
         .unwrap_or_else(|| panic!("{d:?}"));
-    assert_eq!(a.reclaimed, [low.clone()], "named, so it waits again");
+    assert_eq!(
+        a.reclaimed,
+        std::slice::from_ref(&low),
+        "named, so it waits again"
+    );
     assert!(!sim.admitted.contains_key(&low), "requeued");
     assert!(sim.allocs.values().all(|x| x.job != low));
     // The planner's plain plan (a replica placed again, not an

@@ -359,8 +359,7 @@ impl State {
         let priority = victim.map_or(0, |j| j.spec.priority);
         let same_queue =
             victim.map_or(job.spec.queue.is_none(), |v| v.spec.queue == job.spec.queue);
-        let named =
-            job.spec.queue.is_none() || (plan.admit && plan.reclaims.iter().any(|r| *r == a.job));
+        let named = job.spec.queue.is_none() || (plan.admit && plan.reclaims.contains(&a.job));
         let by_priority = same_queue
             && named
             && u16::from(priority) + u16::from(PREEMPTION_GAP) <= u16::from(job.spec.priority);
