@@ -17,23 +17,31 @@ struct OldJob {
     admitted_index: u64,
 }
 
-/// The queue admission `old` keeps when its spec becomes `spec`: kept
-/// while the job stays in the same queue asking for no more of anything
-/// (fewer replicas, less of a resource); a job that asks for more of
-/// something (or moves to another queue) waits to be admitted again.
-pub(super) fn kept_admission(old: &Job, spec: &JobSpec) -> u64 {
-    let before = skiff_model::queue::request_of(&old.spec);
-    let no_more = skiff_model::queue::request_of(spec)
-        .iter()
-        .all(|(k, v)| before.get(k).is_some_and(|b| v <= b));
-    if old.spec.queue == spec.queue && no_more {
-        old.admitted_index
-    } else {
-        0
-    }
-}
-
 impl State {
+    /// The queue admission `old` keeps when its spec becomes `spec`: kept
+    /// while the job stays in the same queue asking for no more of
+    /// anything (fewer replicas, less of a resource); a job that asks for
+    /// more of something (or moves to another queue) waits to be admitted
+    /// again, and so does a batch job that had finished (its new runs are
+    /// new work for the queue, not the old admission's).
+    pub(super) fn kept_admission(&self, old: &Job, spec: &JobSpec) -> u64 {
+        if old.admitted_index == 0 {
+            return 0;
+        }
+        let before = skiff_model::queue::request_of(&old.spec);
+        let no_more = skiff_model::queue::request_of(spec)
+            .iter()
+            .all(|(k, v)| before.get(k).is_some_and(|b| v <= b));
+        let finished = old.spec.is_batch()
+            && skiff_model::workload::batch_progress(old, self.allocs_of(&old.key())).state
+                != skiff_model::workload::BatchState::Running;
+        if old.spec.queue == spec.queue && no_more && !finished {
+            old.admitted_index
+        } else {
+            0
+        }
+    }
+
     /// Registers or updates a job. `reply`: somebody waits for the outcome
     /// (without, the job is not copied into one).
     pub(super) fn upsert_job(&mut self, index: u64, spec: JobSpec, reply: bool) -> Outcome {
@@ -55,7 +63,7 @@ impl State {
                 create_index: old.create_index,
                 modify_index: old.modify_index,
                 same_version: old.spec.same_version(&spec),
-                admitted_index: kept_admission(old, &spec),
+                admitted_index: self.kept_admission(old, &spec),
             }),
             None => None,
         };

@@ -106,8 +106,20 @@ impl State {
                     self.touch(Table::Job, &plan.job);
                 }
             }
-            // Reclaimed jobs wait in their queues to be admitted again.
-            for victim in plan.reclaims.iter().filter(|v| victim_jobs.contains(*v)) {
+            // Reclaimed jobs wait in their queues to be admitted again:
+            // those evicted, and those named for the quota alone (nothing
+            // of them running: between runs, or their node lost).
+            let accepted_admission = plan.admit && result.rejected == 0;
+            let requeued: Vec<String> = plan
+                .reclaims
+                .iter()
+                .filter(|v| {
+                    victim_jobs.contains(*v)
+                        || (accepted_admission && self.reclaimable(&job, plan, v))
+                })
+                .cloned()
+                .collect();
+            for victim in &requeued {
                 if let Some(j) = self.jobs.get_mut(victim) {
                     j.admitted_index = 0;
                     self.touch(Table::Job, victim);

@@ -6,8 +6,9 @@
 
 use super::tests::{job_spec, reg, Harness};
 use super::*;
+use crate::command::AllocUpdate;
 use skiff_model::queue::Queue;
-use skiff_model::{DesiredStatus, Stop};
+use skiff_model::{AllocStatus, DesiredStatus, Stop};
 
 fn queue(name: &str, cohort: &str, namespaces: &str) -> Command {
     Command::PutQueue {
@@ -369,5 +370,104 @@ fn a_sync_keeps_its_status_when_its_source_changes_and_reports_need_it_to_exist(
     assert_eq!(
         h.apply(Command::DeleteSync { name: "lab".into() }),
         Outcome::Refused(Refusal::SyncMissing { name: "lab".into() })
+    );
+}
+
+#[test]
+fn scaling_a_queued_job_up_waits_to_be_admitted_again() {
+    let mut h = Harness::new();
+    h.apply(reg("n1", 8000, 4096));
+    h.apply(queue("team-a", "lab", "'*'"));
+    h.apply(Command::UpsertJob {
+        spec: job_spec("name: s1\nqueue: team-a\nreplicas: 1\ntask: {image: 'oci:/i', resources: {cpu: 2, memory: 64Mi}}"),
+    });
+    assert_eq!(placed(h.apply(admit(&h, "s1", &[], &[]))), (1, 0));
+    assert!(h.state.jobs["s1"].admitted_index > 0);
+    // Scale 1 -> 4: 8 cores, four times the queue's nominal 2.
+    h.apply(Command::ScaleJob {
+        name: "s1".into(),
+        replicas: 4,
+    });
+    assert_eq!(h.state.jobs["s1"].spec.replicas, 4);
+    assert_eq!(
+        h.state.jobs["s1"].admitted_index, 0,
+        "it asks for four times as much: it waits in its queue"
+    );
+}
+
+#[test]
+fn a_finished_batch_job_run_again_waits_in_its_queue() {
+    let mut h = Harness::new();
+    h.apply(reg("n1", 8000, 4096));
+    h.apply(queue("team-a", "lab", "'*'"));
+    h.apply(Command::UpsertJob {
+        spec: job_spec("name: b1\nqueue: team-a\ntype: batch\ntask: {image: 'oci:/i', resources: {cpu: 2, memory: 64Mi}}"),
+    });
+    assert_eq!(placed(h.apply(admit(&h, "b1", &[], &[]))), (1, 0));
+    let id = "b1-0-n1".to_string();
+    for (status, code) in [
+        (AllocStatus::Running, None),
+        (AllocStatus::Complete, Some(0)),
+    ] {
+        h.apply(Command::UpdateAllocStatus {
+            at_ms: 0,
+            node: "n1".into(),
+            updates: vec![AllocUpdate {
+                alloc_id: id.clone(),
+                status,
+                exit_code: code,
+                reason: if code.is_some() {
+                    skiff_model::alloc::reason::COMPLETED.into()
+                } else {
+                    String::new()
+                },
+                ..AllocUpdate::default()
+            }],
+        });
+    }
+    // Re-run with a new image: a new version that runs again.
+    h.apply(Command::UpsertJob {
+        spec: job_spec("name: b1\nqueue: team-a\ntype: batch\ntask: {image: 'oci:/i2', resources: {cpu: 2, memory: 64Mi}}"),
+    });
+    assert_eq!(
+        h.state.jobs["b1"].admitted_index, 0,
+        "a new run of a finished job is new work for its queue"
+    );
+}
+
+#[test]
+fn a_job_reclaimed_with_nothing_running_waits_to_be_admitted_again() {
+    let mut h = Harness::new();
+    h.apply(reg("n1", 2000, 1024));
+    h.apply(reg("n2", 2000, 1024));
+    h.apply(queue("team-a", "lab", "'*'"));
+    h.apply(queue("team-b", "lab", "'*'"));
+    // a1 (batch) admitted, then its run fails: admitted, nothing live.
+    h.apply(Command::UpsertJob {
+        spec: job_spec("name: a1\nqueue: team-a\ntype: batch\nbackoff_limit: 5\ntask: {image: 'oci:/i', resources: {cpu: 2, memory: 64Mi}}"),
+    });
+    assert_eq!(placed(h.apply(admit(&h, "a1", &[], &[]))), (1, 0));
+    h.apply(Command::UpdateAllocStatus {
+        at_ms: 0,
+        node: "n1".into(),
+        updates: vec![AllocUpdate {
+            alloc_id: "a1-0-n1".into(),
+            status: AllocStatus::Failed,
+            exit_code: Some(1),
+            ..AllocUpdate::default()
+        }],
+    });
+    h.apply(queued("b1", "team-b", 10));
+    // The leader's plan names a1 as reclaimed (for quota): nothing to evict.
+    let Command::ApplyPlan { mut plan } = h.plan("b1", &[(0, "n2")], 0) else {
+        unreachable!()
+    };
+    plan.admit = true;
+    plan.reclaims = vec!["a1".into()];
+    assert_eq!(placed(h.apply(Command::ApplyPlan { plan })), (1, 0));
+    assert!(h.state.jobs["b1"].admitted_index > 0);
+    assert_eq!(
+        h.state.jobs["a1"].admitted_index, 0,
+        "reclaimed (for quota alone), it waits again, not counted twice"
     );
 }

@@ -195,6 +195,8 @@ impl State {
         if job.spec.replicas != replicas {
             let mut job = job.clone();
             job.spec.replicas = replicas;
+            // More replicas in a queue wait to be admitted, whole.
+            job.admitted_index = self.kept_admission(&self.jobs[name], &job.spec);
             // Only growing can break a quota (or meet a policy an admin
             // tightened since): scaling down always works.
             if let Err(why) = self.admit(name, &job.spec) {
@@ -356,7 +358,7 @@ impl State {
             spec.replicas = job.spec.replicas;
         }
         let job = Job {
-            admitted_index: super::jobs::kept_admission(&job, &spec),
+            admitted_index: self.kept_admission(&job, &spec),
             spec,
             version: target,
             create_index: job.create_index,
