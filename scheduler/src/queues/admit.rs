@@ -322,6 +322,16 @@ impl QueueBook {
                 );
                 continue;
             }
+            // A job that waits again (it asked for more, or moved here)
+            // while its allocations run on holds what runs, admitted for
+            // none of it: the first to count beyond the queue's quota.
+            let running_unadmitted = self
+                .workloads
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| v.queue == other.name && !v.is_admitted() && !v.holds.is_empty())
+                .map(|(i, _)| i);
+            mine.extend(running_unadmitted);
             if !self.borrows_any(other, contested(&w.request), &Removed::new())
                 || (!within_nominal && self.share(&other.name, &Amounts::new()) <= my_share)
             {
@@ -329,7 +339,10 @@ impl QueueBook {
             }
             // Its borrowed slice: the workloads admitted once it was
             // beyond its nominal quota (in admission order).
-            mine.sort_by_key(|&i| self.workloads[i].admitted_index);
+            mine.sort_by_key(|&i| match self.workloads[i].admitted_index {
+                0 => u64::MAX,
+                at => at,
+            });
             let mut running = Amounts::new();
             for &i in &mine {
                 queue::add(&mut running, &self.workloads[i].holds);
@@ -349,6 +362,7 @@ impl QueueBook {
             (
                 v.queue == w.queue,
                 !beyond_all.contains(&i),
+                v.is_admitted(),
                 v.priority,
                 std::cmp::Reverse(v.admitted_index),
                 v.job.clone(),

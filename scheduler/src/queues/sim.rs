@@ -90,10 +90,22 @@ impl QueueSim {
                     queue,
                     priority: j.spec.priority,
                     create_index: j.create_index,
+                    // As the servers count it: the whole request while
+                    // admitted, else what of it still runs (a job waiting
+                    // again after asking for more).
                     holds: if admitted_index > 0 {
                         request.clone()
                     } else {
-                        Amounts::new()
+                        let live = self.allocs.values().filter(|a| a.job == j.key()).count();
+                        if live == 0 {
+                            Amounts::new()
+                        } else {
+                            skiff_model::queue::scale(
+                                &request,
+                                live as u64,
+                                u64::from(j.spec.wanted().max(1)),
+                            )
+                        }
                     },
                     request,
                     admitted_index,

@@ -148,6 +148,67 @@ fn a_job_bigger_than_a_queue_can_ever_hold_says_so() {
     assert!(!reason(&d, "a-five").contains("never"), "{d:?}");
 }
 
+/// team-b's service of 3 x 4 GPUs (4 borrowed) asks for 5 replicas: it
+/// waits to be admitted again while its 3 run on, holding 12 GPUs with
+/// no admission. That is borrowed capacity like any other: an owner gets
+/// it back, and it is taken before team-b's work within its quota.
+#[test]
+fn a_job_running_while_it_waits_again_is_reclaimed_first() {
+    let lab = || {
+        QueueSim::new(
+            vec![gpu_node("n1", 8), gpu_node("n2", 8)],
+            vec![
+                queue("team-a", Some("lab"), 8),
+                queue("team-b", Some("lab"), 8),
+            ],
+        )
+    };
+    let service = |sim: &mut QueueSim| {
+        let s = sim.submit(
+            JobSpec::from_yaml(
+                "name: s\nqueue: team-b\nreplicas: 3\ntask: {image: 'oci:/i', resources: {cpu: 1, memory: 1Gi, gpus: 4}}",
+            )
+            .unwrap(),
+        );
+        assert!(admitted(&sim.round(), &s));
+        // Scaled to 5 (the store drops the admission of a job asking
+        // for more).
+        sim.jobs.get_mut(&s).unwrap().spec.replicas = 5;
+        sim.admitted.remove(&s);
+        s
+    };
+    // team-a asks for the 8 GPUs it is owed.
+    let mut sim = lab();
+    let s = service(&mut sim);
+    sim.submit(job("a8", "team-a", 1, 8, 50));
+    let d = sim.round();
+    let a = d
+        .iter()
+        .find(|d| d.job == "a8")
+        .and_then(|d| d.admission.as_ref())
+        .unwrap_or_else(|| panic!("{}", reason(&d, "a8")));
+    assert_eq!(a.reclaimed, std::slice::from_ref(&s));
+    // With team-b's own job within its quota beside it, the service goes
+    // first.
+    let mut sim = lab();
+    sim.submit(job("x", "team-b", 1, 4, 50));
+    sim.round();
+    let s = service(&mut sim);
+    assert_eq!(sim.gpus_used(), 16);
+    sim.submit(job("a4", "team-a", 1, 4, 50));
+    let d = sim.round();
+    let a = d
+        .iter()
+        .find(|d| d.job == "a4")
+        .and_then(|d| d.admission.as_ref())
+        .unwrap_or_else(|| panic!("{}", reason(&d, "a4")));
+    assert_eq!(
+        a.reclaimed,
+        std::slice::from_ref(&s),
+        "not x, within team-b's quota"
+    );
+}
+
 #[test]
 fn a_gang_that_fits_quota_but_no_node_layout_is_not_admitted() {
     // 8 GPUs of quota, 8 GPUs in the cluster, but 3 are held: a gang of

@@ -382,7 +382,8 @@ impl State {
 
     /// Whether the plan may evict job `victim`'s allocations to reclaim
     /// lent capacity for `job`: the plan names it, it is in another queue
-    /// of the same cohort, and it was admitted. (A victim in the job's own
+    /// of the same cohort, and it was admitted (or still runs while it
+    /// waits to be admitted again). (A victim in the job's own
     /// queue goes only by priority, [`PREEMPTION_GAP`] points lower.)
     fn reclaimable(&self, job: &Job, plan: &PlanCommand, victim: &str) -> bool {
         if !plan.admit || !plan.reclaims.iter().any(|r| r == victim) {
@@ -397,7 +398,10 @@ impl State {
                 .map(|q| q.cohort_key())
         };
         let (mine, theirs) = (cohort(&job.spec.queue), cohort(&v.spec.queue));
-        v.admitted_index > 0 && mine.is_some() && mine == theirs && v.spec.queue != job.spec.queue
+        // Admitted, or waiting again with allocations still running (it
+        // asked for more, or moved): what runs counts in its queue.
+        let holds = v.admitted_index > 0 || self.allocs_of(victim).any(|a| a.is_live());
+        holds && mine.is_some() && mine == theirs && v.spec.queue != job.spec.queue
     }
 
     fn finish_eval(&mut self, index: u64, id: &str, status: EvalStatus, message: String) {

@@ -471,3 +471,29 @@ fn a_job_reclaimed_with_nothing_running_waits_to_be_admitted_again() {
         "reclaimed (for quota alone), it waits again, not counted twice"
     );
 }
+
+/// A job that asked for more waits to be admitted again while its
+/// allocation runs on: an owner may reclaim what it runs.
+#[test]
+fn a_job_running_while_it_waits_again_may_be_reclaimed() {
+    let mut h = Harness::new();
+    h.apply(reg("n1", 2000, 1024));
+    h.apply(queue("team-a", "lab", "'*'"));
+    h.apply(queue("team-b", "lab", "'*'"));
+    h.apply(queued("b1", "team-b", 50));
+    let Command::ApplyPlan { mut plan } = h.plan("b1", &[(0, "n1")], 0) else {
+        unreachable!()
+    };
+    plan.admit = true;
+    assert_eq!(placed(h.apply(Command::ApplyPlan { plan })), (1, 0));
+    h.apply(Command::UpsertJob {
+        spec: job_spec("name: b1\nqueue: team-b\npriority: 50\ntask: {image: 'oci:/i', resources: {cpu: 2, memory: 128Mi}}"),
+    });
+    assert_eq!(h.state.jobs["b1"].admitted_index, 0, "asks for more");
+    h.apply(queued("a1", "team-a", 10));
+    assert_eq!(
+        placed(h.apply(admit(&h, "a1", &["b1-0-n1"], &["b1"]))),
+        (1, 1)
+    );
+    assert_eq!(h.state.allocs["b1-0-n1"].desired, DesiredStatus::Stop);
+}
