@@ -370,11 +370,34 @@ impl Containers {
     fn start_and_stop(&mut self, desired: &Desired, now: SystemTime, actions: &mut Vec<Action>) {
         let grace = self.default_grace;
         let mut new = Vec::new();
+        // GPUs still held by a container of this node (starting, running
+        // or stopping: a preempted one may be writing its checkpoint in
+        // its stop grace). A new allocation given one of them waits for
+        // that exit: two processes never share a GPU's memory.
+        let held: std::collections::HashSet<&str> = desired
+            .iter()
+            .filter(|a| !a.gpus.is_empty())
+            .filter(|a| {
+                self.map.get(&a.id).is_some_and(|c| {
+                    matches!(
+                        c.state,
+                        State::Starting | State::Running { .. } | State::Stopping { .. }
+                    )
+                })
+            })
+            .flat_map(|a| a.gpus.iter().map(String::as_str))
+            .collect();
         // Both in id order: walked side by side, no look-up per container.
         let mut containers = self.map.iter_mut().peekable();
         for a in desired.iter() {
             let c = walk_to(&mut containers, &a.id);
             match (a.desired, c) {
+                (DesiredStatus::Run, None)
+                    if a.status == AllocStatus::Pending
+                        && a.gpus.iter().any(|g| held.contains(g.as_str())) =>
+                {
+                    tracing::debug!(alloc = %a.id, "waits for its GPUs: an allocation that held them has not exited yet");
+                }
                 (DesiredStatus::Run, None) if a.status == AllocStatus::Pending => {
                     new.push(a);
                     actions.push(Action::Start {

@@ -352,6 +352,36 @@ fn a_stop_sends_the_task_s_signal_and_ends_complete() {
     );
 }
 
+/// An allocation placed on the GPUs of one that was evicted starts only
+/// once that one has exited: the victim's stop grace (a checkpoint
+/// written) still has the GPUs' memory.
+#[test]
+fn a_new_allocation_waits_for_its_gpus_to_be_released() {
+    let mut old = alloc_of("a", spec("stop_grace: 30s"));
+    old.gpus = vec!["GPU-0".into(), "GPU-1".into()];
+    let mut n = Node::new(vec![old]);
+    n.pass();
+    n.started("a");
+    n.pass();
+    n.alloc("a").desired = DesiredStatus::Stop;
+    let mut new = alloc_of("b", task("{}"));
+    new.gpus = vec!["GPU-1".into()];
+    let mut other = alloc_of("c", task("{}"));
+    other.gpus = vec!["GPU-2".into()];
+    n.desired.push(new);
+    n.desired.push(other);
+    assert_eq!(
+        n.pass().0,
+        ["stop a 15 30s", "start c 0"],
+        "b waits, c does not"
+    );
+    n.advance(secs(10));
+    assert_eq!(n.pass().0, Vec::<String>::new(), "still stopping");
+    n.exit("a", 0, secs(20));
+    let actions = n.pass().0;
+    assert!(actions.contains(&"start b 0".to_string()), "{actions:?}");
+}
+
 #[test]
 fn a_stop_that_leaves_no_exit_record_fails_the_allocation_and_says_why() {
     let mut n = Node::running(task("{}"));

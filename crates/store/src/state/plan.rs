@@ -66,31 +66,32 @@ impl State {
                 "preempted by job {} (priority {})",
                 plan.job, job.spec.priority
             );
-            let reclaimed = format!(
-                "reclaimed for job {} (queue {}): its queue had lent this capacity",
-                plan.job,
-                job.spec.queue.as_deref().unwrap_or("")
-            );
+            // The victim's queue borrowed what it ran: from the job's
+            // queue (a reclaim), or beyond its fair share (fair sharing).
+            let reclaimed = |victim_queue: &str| {
+                format!(
+                    "reclaimed for job {} (queue {}): queue {victim_queue} was borrowing this capacity",
+                    plan.job,
+                    job.spec.queue.as_deref().unwrap_or("")
+                )
+            };
             let mut victim_jobs = BTreeSet::new();
             // A victim of the job's own queue went for its priority, not
             // to give back lent capacity.
-            let other_queue: BTreeSet<String> = plan
+            let other_queue: BTreeMap<String, String> = plan
                 .reclaims
                 .iter()
-                .filter(|v| {
-                    self.jobs
-                        .get(*v)
-                        .is_some_and(|v| v.spec.queue != job.spec.queue)
+                .filter_map(|v| {
+                    let theirs = self.jobs.get(v)?.spec.queue.clone()?;
+                    (Some(&theirs) != job.spec.queue.as_ref()).then(|| (v.clone(), theirs))
                 })
-                .cloned()
                 .collect();
             for id in evictions {
                 if let Some(a) = self.allocs.get_mut(&id) {
                     a.desired = DesiredStatus::Stop;
-                    a.message = if other_queue.contains(&a.job) {
-                        reclaimed.clone()
-                    } else {
-                        reason.clone()
+                    a.message = match other_queue.get(&a.job) {
+                        Some(theirs) => reclaimed(theirs),
+                        None => reason.clone(),
                     };
                     a.modify_index = index;
                     victim_jobs.insert(a.job.clone());
