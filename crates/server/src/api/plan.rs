@@ -137,15 +137,9 @@ pub(crate) async fn plan(ctx: &Ctx, r: pb::PlanJobRequest) -> Result<pb::PlanJob
         Some(j) if j.spec.same_version(&spec) => (j.version, j.version),
         Some(j) => (j.version, j.version + 1),
     };
-    let admitted = current.map_or(0, |j| {
-        let same = j.spec.queue == spec.queue
-            && skiff_model::queue::request_of(&j.spec) == skiff_model::queue::request_of(&spec);
-        if same {
-            j.admitted_index
-        } else {
-            0
-        }
-    });
+    // The admission the stored job keeps under the planned spec, by the
+    // state machine's own rule.
+    let admitted = current.map_or(0, |j| state.kept_admission(j, &spec));
     let job = Job {
         create_index: current.map_or(state.index + 1, |j| j.create_index),
         modify_index: state.index + 1,

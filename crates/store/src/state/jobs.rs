@@ -24,7 +24,7 @@ impl State {
     /// more of something (or moves to another queue) waits to be admitted
     /// again, and so does a batch job that had finished (its new runs are
     /// new work for the queue, not the old admission's).
-    pub(super) fn kept_admission(&self, old: &Job, spec: &JobSpec) -> u64 {
+    pub fn kept_admission(&self, old: &Job, spec: &JobSpec) -> u64 {
         if old.admitted_index == 0 {
             return 0;
         }
