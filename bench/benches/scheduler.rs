@@ -1,6 +1,7 @@
 //! Criterion benches for the scheduler's hot paths: building the view,
 //! placing one replica (plain, multi-GPU, with constraints), preemption,
-//! explaining a failure, and the shared fit rule.
+//! explaining a failure, the shared fit rule, and team queues' admission
+//! round.
 //!
 //! `cargo bench -p skiff-bench --bench scheduler`
 
@@ -154,9 +155,56 @@ fn fit_rule(c: &mut Criterion) {
     });
 }
 
+/// One admission round of team queues (`QueueBook::round` through
+/// `QueueSim`) in two shapes a big lab meets, neither admitting anything
+/// (so every iteration is the same round): 3,000 jobs waiting in 200
+/// queues of one cohort with nothing to lend, and 200 jobs no node can
+/// hold (more cores than any has) owed their quota while 512 borrowed
+/// 1-GPU jobs run on 128 nodes.
+fn queue_round(c: &mut Criterion) {
+    use skiff_model::JobSpec;
+    use skiff_scheduler::queues::sim::{gpu_node, gpu_queue, QueueSim};
+    let spec = |name: &str, queue: &str, cpu: u32| {
+        JobSpec::from_yaml(&format!(
+            "name: {name}\ntype: batch\nqueue: {queue}\ntask: {{image: 'oci:/i', resources: {{cpu: {cpu}, memory: 1Gi, gpus: 1}}}}\n"
+        ))
+        .expect("a valid job")
+    };
+    let mut g = c.benchmark_group("queue_round");
+    let nodes = (0..4).map(|i| gpu_node(&format!("n{i}"), 8)).collect();
+    let queues = (0..200)
+        .map(|i| gpu_queue(&format!("q{i:03}"), Some("lab"), 0))
+        .collect();
+    let mut sim = QueueSim::new(nodes, queues);
+    for i in 0..3000 {
+        sim.submit(spec(&format!("j{i:04}"), &format!("q{:03}", i % 200), 1));
+    }
+    g.bench_function("3000_waiting_200_queues", |b| b.iter(|| sim.round()));
+    let nodes = (0..128).map(|i| gpu_node(&format!("n{i:03}"), 8)).collect();
+    let queues = vec![
+        gpu_queue("team-a", Some("lab"), 512),
+        gpu_queue("team-b", Some("lab"), 512),
+    ];
+    let mut sim = QueueSim::new(nodes, queues);
+    for i in 0..1024 {
+        sim.submit(spec(&format!("b{i:04}"), "team-b", 1));
+    }
+    sim.round();
+    for i in 0..200 {
+        sim.submit(spec(&format!("a{i:03}"), "team-a", 100));
+    }
+    g.bench_function("200_unplaceable_512_borrowed", |b| b.iter(|| sim.round()));
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(3));
     targets = view_build, place, preempt_and_explain, fit_rule
 }
-criterion_main!(benches);
+criterion_group! {
+    name = queue_benches;
+    config = Criterion::default().sample_size(10).measurement_time(std::time::Duration::from_secs(3));
+    targets = queue_round
+}
+criterion_main!(benches, queue_benches);

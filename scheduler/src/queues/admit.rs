@@ -39,6 +39,38 @@ pub struct Decision {
     pub reason: String,
 }
 
+/// Which jobs of a round fit no node even with every node empty, each
+/// found once, on a copy of the nodes made when first asked.
+#[derive(Default)]
+struct Unplaceable {
+    nodes: Option<Vec<skiff_model::Node>>,
+    known: BTreeMap<String, bool>,
+}
+
+impl Unplaceable {
+    fn check(&mut self, job: &Job, view: &ClusterView<'_>, cfg: &Config) -> bool {
+        let key = job.key();
+        if let Some(&never) = self.known.get(&key) {
+            return never;
+        }
+        let nodes = self
+            .nodes
+            .get_or_insert_with(|| view.nodes.iter().map(|s| s.node.as_ref().clone()).collect());
+        let empty = ClusterView::new(
+            nodes.iter(),
+            std::iter::empty::<&skiff_model::Allocation>(),
+            |_| None,
+        );
+        let never = place(job, &empty, cfg, None, None).unplaced > 0;
+        self.known.insert(key, never);
+        never
+    }
+}
+
+/// A queue head's place in the admission order: within its own quota
+/// first, then the lowest share after admission, then priority, then age.
+type HeadKey = (u8, u64, std::cmp::Reverse<u8>, u64, usize);
+
 /// Why a workload cannot go now.
 enum Outcome {
     Admitted(Admission),
@@ -59,6 +91,10 @@ impl QueueBook {
         index: u64,
     ) -> Vec<Decision> {
         self.round_index = index;
+        self.members.clear();
+        for (i, w) in self.workloads.iter().enumerate() {
+            self.members.entry(w.queue.clone()).or_default().push(i);
+        }
         // Waiting workloads by queue, in queue order.
         let mut waiting: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         let mut refused = Vec::new();
@@ -136,12 +172,16 @@ impl QueueBook {
         drop(empty);
         let overdue: Vec<usize> = overdue.values().map(|k| k.3).collect();
         let reserved = super::reserve::reserve(self, view, job_of, &overdue);
+        let mut unplaceable = Unplaceable::default();
         let mut next: BTreeMap<String, usize> = waiting.keys().map(|q| (q.clone(), 0)).collect();
+        // Each queue's head with its order key, kept until its queue moves
+        // on or its cohort's usage changes (an admission): the key reads
+        // only the queue's own quota and its cohort's pool.
+        let mut heads: BTreeMap<&str, HeadKey> = BTreeMap::new();
         loop {
-            let mut heads: Vec<(u8, u64, std::cmp::Reverse<u8>, u64, usize)> = Vec::new();
             for (q, list) in &waiting {
                 let at = next[q];
-                if at >= list.len() {
+                if at >= list.len() || heads.contains_key(q.as_str()) {
                     continue;
                 }
                 let w = &self.workloads[list[at]];
@@ -149,15 +189,18 @@ impl QueueBook {
                     self.quota_fit(queue, &w.request, &self.own(list[at])) == Ok(QuotaFit::Nominal)
                 });
                 let share = self.share(q, &w.request);
-                heads.push((
-                    u8::from(!nominal),
-                    share,
-                    std::cmp::Reverse(w.priority),
-                    w.create_index,
-                    list[at],
-                ));
+                heads.insert(
+                    q,
+                    (
+                        u8::from(!nominal),
+                        share,
+                        std::cmp::Reverse(w.priority),
+                        w.create_index,
+                        list[at],
+                    ),
+                );
             }
-            let Some(&(.., wi)) = heads.iter().min_by(|a, b| {
+            let Some(&(.., wi)) = heads.values().min_by(|a, b| {
                 (a.0, a.1, a.2, a.3, &self.workloads[a.4].job).cmp(&(
                     b.0,
                     b.1,
@@ -170,10 +213,11 @@ impl QueueBook {
             };
             let qname = self.workloads[wi].queue.clone();
             *next.get_mut(&qname).expect("a waiting queue") += 1;
+            heads.remove(qname.as_str());
             let job = self.workloads[wi].job.clone();
             let hidden = reserved.hidden_for(wi);
             let outcome = match job_of(&job) {
-                Some(j) => self.try_admit(wi, j, view, cfg, hidden.as_ref()),
+                Some(j) => self.try_admit(wi, j, view, cfg, hidden.as_ref(), &mut unplaceable),
                 None => Outcome::Waits("its job is gone".into()),
             };
             match outcome {
@@ -186,6 +230,9 @@ impl QueueBook {
                     // machine gives each its own index).
                     seq += 1;
                     self.record_admission(wi, &a, index + seq);
+                    // Its cohort's usage moved (reclaims stay within it).
+                    let cohort = self.queues.get(&qname).map(|q| q.cohort_key());
+                    heads.retain(|q, _| self.queues.get(*q).map(|q| q.cohort_key()) != cohort);
                     decisions.push(Decision {
                         job,
                         admission: Some(a),
@@ -253,6 +300,7 @@ impl QueueBook {
         view: &ClusterView<'_>,
         cfg: &Config,
         hidden: Option<&Bitset>,
+        unplaceable: &mut Unplaceable,
     ) -> Outcome {
         let w = &self.workloads[wi];
         let Some(q) = self.queues.get(&w.queue) else {
@@ -281,6 +329,11 @@ impl QueueBook {
             q.nominal_of(k)
                 .is_none_or(|n| self.used(&q.name, k, &own).saturating_add(*r) <= n)
         });
+        // No eviction can place a job that fits no node even empty: the
+        // search would try every candidate for nothing.
+        if unplaceable.check(job, view, cfg) {
+            return Outcome::Waits(room);
+        }
         match self.reclaim(wi, job, view, cfg, within_nominal, hidden) {
             Some(a) => Outcome::Admitted(a),
             None => Outcome::Waits(room),
@@ -302,41 +355,38 @@ impl QueueBook {
         let Some(q) = self.queues.get(&w.queue) else {
             return Vec::new();
         };
-        let my_share = self.share(&q.name, &w.request);
+        let members = |name: &str| self.members.get(name).into_iter().flatten().copied();
+        let before_round = |v: &super::Workload| v.is_admitted() && v.admitted_index <= self.round_index;
+        let mut my_share = None;
         let mut out = Vec::new();
         let mut beyond_all = BTreeSet::new();
         for other in self.cohort_of(q) {
-            let mut mine: Vec<usize> = self
-                .workloads
-                .iter()
-                .enumerate()
-                .filter(|(_, v)| {
-                    v.queue == other.name && v.is_admitted() && v.admitted_index <= self.round_index
-                })
-                .map(|(i, _)| i)
-                .collect();
             if other.name == q.name {
-                out.extend(
-                    mine.into_iter()
-                        .filter(|&i| self.workloads[i].priority + PREEMPTION_GAP <= w.priority),
-                );
+                out.extend(members(&q.name).filter(|&i| {
+                    let v = &self.workloads[i];
+                    before_round(v) && v.priority + PREEMPTION_GAP <= w.priority
+                }));
                 continue;
             }
-            // A job that waits again (it asked for more, or moved here)
-            // while its allocations run on holds what runs, admitted for
-            // none of it: the first to count beyond the queue's quota.
-            let running_unadmitted = self
-                .workloads
-                .iter()
-                .enumerate()
-                .filter(|(_, v)| v.queue == other.name && !v.is_admitted() && !v.holds.is_empty())
-                .map(|(i, _)| i);
-            mine.extend(running_unadmitted);
-            if !self.borrows_any(other, contested(&w.request), &Removed::new())
-                || (!within_nominal && self.share(&other.name, &Amounts::new()) <= my_share)
-            {
+            if !self.borrows_any(other, contested(&w.request), &Removed::new()) {
                 continue;
             }
+            if !within_nominal {
+                let mine = *my_share.get_or_insert_with(|| self.share(&q.name, &w.request));
+                if self.share(&other.name, &Amounts::new()) <= mine {
+                    continue;
+                }
+            }
+            // Its admitted workloads, and any job that waits again (it
+            // asked for more, or moved here) while its allocations run
+            // on: it holds what runs, admitted for none of it, so it is
+            // the first to count beyond the queue's quota.
+            let mut mine: Vec<usize> = members(&other.name)
+                .filter(|&i| {
+                    let v = &self.workloads[i];
+                    before_round(v) || (!v.is_admitted() && !v.holds.is_empty())
+                })
+                .collect();
             // Its borrowed slice: the workloads admitted once it was
             // beyond its nominal quota (in admission order).
             mine.sort_by_key(|&i| match self.workloads[i].admitted_index {

@@ -96,6 +96,9 @@ pub struct QueueBook {
     /// The index of the round under way: workloads admitted above it were
     /// admitted by this round and are never its victims.
     pub(crate) round_index: u64,
+    /// Each queue's workloads (indexes into `workloads`), made at the
+    /// start of a round.
+    pub(crate) members: BTreeMap<String, Vec<usize>>,
 }
 
 /// How a request fits a queue's quota.
@@ -124,6 +127,7 @@ impl QueueBook {
             workloads,
             usage,
             round_index: u64::MAX,
+            members: BTreeMap::new(),
         }
     }
 
