@@ -245,6 +245,26 @@ async fn a_borrowed_gang_is_reclaimed_whole_when_its_lender_needs_its_quota() {
         "{described}"
     );
     assert!(described.contains("team-a/train"), "{described}");
+    // A developer of team-b sees team-a's queue, but not the names of
+    // jobs in a namespace it may not read.
+    let bea = make_user(&url, tmp.path(), "bea", "developer", "team-b");
+    let out = skiff_command()
+        .env("SKIFF_CONFIG", &bea)
+        .args(["queue", "describe", "team-a", "--server", &url])
+        .output()
+        .unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(seen.contains("Waiting:   1"), "{seen}");
+    assert!(seen.contains("(a job in namespace team-a)"), "{seen}");
+    assert!(
+        !seen.contains("team-a/sweep") && !seen.contains("team-a/train"),
+        "{seen}"
+    );
     assert_eq!(running_gpus(&mut ta, "sweep").await, 0);
     // `skiff events` says what happened to it, in words.
     let events = wait_for("the reclaim in skiff events", START, || {

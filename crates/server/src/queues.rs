@@ -89,7 +89,9 @@ pub(crate) async fn describe(
     ctx: &Ctx,
     req: Request<pb::DescribeQueueRequest>,
 ) -> Result<Response<pb::DescribeQueueResponse>, Status> {
-    caller(&req, &ctx.tls)?.require(ctx, Action::Read, "describe queues")?;
+    // Jobs of namespaces the caller may not read are shown without their
+    // names: their place, priority and request only.
+    let scope = caller(&req, &ctx.tls)?.read_scope(ctx, "", "describe queues")?;
     let name = req.into_inner().name;
     skiff_model::check_dns_label(&name)
         .map_err(|rule| invalid("name", format!("{name:?} {rule}")))?;
@@ -132,15 +134,22 @@ pub(crate) async fn describe(
             })
             .unwrap_or_default()
     };
+    let seen = |mut j: pb::QueueJob| {
+        let (ns, _) = skiff_model::split_job_key(&j.job);
+        if !scope.sees(ns) {
+            j.job = format!("(a job in namespace {ns})");
+        }
+        j
+    };
     Ok(Response::new(pb::DescribeQueueResponse {
         status,
         admitted: admitted
             .iter()
-            .map(|w| job_to_wire(w, String::new()))
+            .map(|w| seen(job_to_wire(w, String::new())))
             .collect(),
         pending: pending
             .iter()
-            .map(|w| job_to_wire(w, reason(&w.job)))
+            .map(|w| seen(job_to_wire(w, reason(&w.job))))
             .collect(),
     }))
 }

@@ -356,7 +356,8 @@ impl QueueBook {
             return Vec::new();
         };
         let members = |name: &str| self.members.get(name).into_iter().flatten().copied();
-        let before_round = |v: &super::Workload| v.is_admitted() && v.admitted_index <= self.round_index;
+        let before_round =
+            |v: &super::Workload| v.is_admitted() && v.admitted_index <= self.round_index;
         let mut my_share = None;
         let mut out = Vec::new();
         let mut beyond_all = BTreeSet::new();
