@@ -44,14 +44,16 @@ pub struct Decision {
 #[derive(Default)]
 struct Unplaceable {
     nodes: Option<Vec<skiff_model::Node>>,
-    known: BTreeMap<String, bool>,
+    /// By job: the scheduler's explanation when no empty node holds it.
+    known: BTreeMap<String, Option<String>>,
 }
 
 impl Unplaceable {
-    fn check(&mut self, job: &Job, view: &ClusterView<'_>, cfg: &Config) -> bool {
+    /// Why no empty node could hold `job`, if none could.
+    fn check(&mut self, job: &Job, view: &ClusterView<'_>, cfg: &Config) -> Option<String> {
         let key = job.key();
-        if let Some(&never) = self.known.get(&key) {
-            return never;
+        if let Some(never) = self.known.get(&key) {
+            return never.clone();
         }
         let nodes = self
             .nodes
@@ -61,10 +63,16 @@ impl Unplaceable {
             std::iter::empty::<&skiff_model::Allocation>(),
             |_| None,
         );
-        let never = place(job, &empty, cfg, None, None).unplaced > 0;
-        self.known.insert(key, never);
+        let plan = place(job, &empty, cfg, None, None);
+        let never = (plan.unplaced > 0).then_some(plan.explanation);
+        self.known.insert(key, never.clone());
         never
     }
+}
+
+/// A waiting reason's words for a job no empty node could hold.
+fn never_text(why: &str) -> String {
+    format!("it could not be placed even with every node empty ({why})")
 }
 
 /// A queue head's place in the admission order: within its own quota
@@ -241,9 +249,11 @@ impl QueueBook {
                 }
                 Outcome::Waits(mut reason) => {
                     if let Some(why) = never.get(&wi) {
-                        reason.push_str(&format!(
-                            "; it could not be placed even with every node empty ({why}), so no node is held for it"
-                        ));
+                        let said = never_text(why);
+                        if !reason.ends_with(&said) {
+                            reason.push_str(&format!("; {said}"));
+                        }
+                        reason.push_str(", so no node is held for it");
                     }
                     if let Some(nodes) = reserved.nodes_of(wi, view) {
                         reason.push_str(&format!(
@@ -331,8 +341,8 @@ impl QueueBook {
         });
         // No eviction can place a job that fits no node even empty: the
         // search would try every candidate for nothing.
-        if unplaceable.check(job, view, cfg) {
-            return Outcome::Waits(room);
+        if let Some(why) = unplaceable.check(job, view, cfg) {
+            return Outcome::Waits(format!("{room}; {}", never_text(&why)));
         }
         match self.reclaim(wi, job, view, cfg, within_nominal, hidden) {
             Some(a) => Outcome::Admitted(a),

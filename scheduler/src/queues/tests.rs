@@ -304,6 +304,12 @@ fn a_gang_wider_than_the_cluster_holds_no_node_and_says_so() {
     sim.submit(job("huge", "team-a", 3, 4, 50));
     let d = sim.round();
     assert!(!admitted(&d, "huge"));
+    // It says so at once, not only once its window has run out.
+    assert!(
+        reason(&d, "huge").contains("could not be placed even with every node empty"),
+        "{}",
+        reason(&d, "huge")
+    );
     // Past its backfill window it holds nothing: the others still go.
     sim.now_ms += 11 * 60 * 1000;
     sim.submit(job("b1", "team-b", 1, 1, 10));
@@ -314,7 +320,9 @@ fn a_gang_wider_than_the_cluster_holds_no_node_and_says_so() {
     let why = reason(&d, "huge");
     assert!(
         why.contains("could not be placed even with every node empty")
-            && why.contains("only 2 fit"),
+            && why.contains("only 2 fit")
+            && why.ends_with(", so no node is held for it")
+            && why.matches("every node empty").count() == 1,
         "{why}"
     );
 }
