@@ -245,6 +245,12 @@ async fn a_borrowed_gang_is_reclaimed_whole_when_its_lender_needs_its_quota() {
         "{described}"
     );
     assert!(described.contains("team-a/train"), "{described}");
+    // Its settings as applied.
+    assert!(described.contains("Namespaces: team-a\n"), "{described}");
+    assert!(
+        described.contains("Backfill window: 10m (default)"),
+        "{described}"
+    );
     // A developer of team-b sees team-a's queue, but not the names of
     // jobs in a namespace it may not read.
     let bea = make_user(&url, tmp.path(), "bea", "developer", "team-b");

@@ -101,6 +101,9 @@ struct JobOut {
 #[derive(Serialize)]
 struct DescribeOut {
     queue: QueueOut,
+    /// The queue as described (`skiff queue apply`'s file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spec: Option<Queue>,
     admitted: Vec<JobOut>,
     pending: Vec<JobOut>,
 }
@@ -238,8 +241,10 @@ pub async fn queue(cmd: QueueCmd) -> anyhow::Result<()> {
             client,
         } => {
             let d = connect(&client).await?.describe_queue(&name).await?;
+            let status = d.status.as_ref().context("no status")?;
             let out = DescribeOut {
-                queue: d.status.as_ref().map(queue_out).context("no status")?,
+                queue: queue_out(status),
+                spec: status.queue.clone().and_then(|q| Queue::try_from(q).ok()),
                 admitted: d.admitted.iter().map(job_out).collect(),
                 pending: d.pending.iter().map(job_out).collect(),
             };
@@ -268,6 +273,29 @@ fn describe_text(d: &DescribeOut) -> String {
         q.cohort.as_deref().unwrap_or("-"),
         q.weight
     );
+    if let Some(spec) = &d.spec {
+        let flow = |quota: &skiff_model::namespace::Quota| {
+            serde_json::to_string(quota).unwrap_or_default()
+        };
+        let _ = writeln!(s, "Namespaces: {}", spec.namespaces.join(", "));
+        if !spec.borrowing_limit.is_empty() {
+            let _ = writeln!(s, "Borrowing limit: {}", flow(&spec.borrowing_limit));
+        }
+        if !spec.lending_limit.is_empty() {
+            let _ = writeln!(s, "Lending limit:   {}", flow(&spec.lending_limit));
+        }
+        let window = spec.backfill_window();
+        let _ = writeln!(
+            s,
+            "Backfill window: {}{}",
+            skiff_model::duration::format_duration(window),
+            if spec.backfill_window.is_none() {
+                " (default)"
+            } else {
+                ""
+            }
+        );
+    }
     let _ = writeln!(s, "Usage:     {}", usage_text(q));
     let _ = writeln!(s, "Borrowed:  {}", joined(&readable(&q.borrowed)));
     let _ = writeln!(s, "Lent:      {}", joined(&readable(&q.lent)));
