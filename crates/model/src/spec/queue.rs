@@ -136,6 +136,29 @@ fn validate(q: &Queue, errs: &mut Errors) {
             Some(_) => {}
         }
     }
+    // A limit on borrowing what the queue does not govern would limit
+    // nothing: its use of that is not counted at all.
+    for key in crate::queue::quota_amounts(&q.borrowing_limit).keys() {
+        if q.nominal_of(key).is_none() {
+            let field = match key.strip_prefix(crate::queue::GPU_PREFIX) {
+                Some(model) => format!("borrowing_limit.gpus.{model}"),
+                None => format!("borrowing_limit.{key}"),
+            };
+            errs.push(
+                &field,
+                format!(
+                    "the nominal quota does not govern {}: give it a nominal amount (0 is one) for the queue to count and borrow it",
+                    crate::queue::resource_name(key)
+                ),
+            );
+        }
+    }
+    if q.namespaces.len() > 1 && q.namespaces.iter().any(|n| n == "*") {
+        errs.push(
+            "namespaces",
+            "`*` already admits every namespace: give `*` alone, or list the namespaces",
+        );
+    }
     if q.cohort.is_none() && !q.borrowing_limit.is_empty() {
         errs.push(
             "borrowing_limit",
@@ -211,5 +234,21 @@ mod tests {
         ] {
             assert!(err.contains(part), "{part} missing from {err}");
         }
+    }
+
+    #[test]
+    fn a_limit_on_what_the_queue_does_not_govern_or_star_beside_names_is_refused() {
+        let err = Queue::from_yaml(
+            "name: team-a\ncohort: lab\nnamespaces: ['*', vision]\nnominal: {gpus: {any: 4}}\nborrowing_limit: {cpu: 2, gpus: {any: 2}}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for part in [
+            "borrowing_limit.cpu: the nominal quota does not govern cpu",
+            "namespaces: `*` already admits every namespace",
+        ] {
+            assert!(err.contains(part), "{part} missing from {err}");
+        }
+        assert!(!err.contains("borrowing_limit.gpus"), "{err}");
     }
 }
