@@ -171,6 +171,12 @@ fn user_token(url: &str, dir: &std::path::Path, name: &str, role: &str) -> Strin
         .output()
         .unwrap();
     assert!(made.status.success(), "{made:?}");
+    // The hint it prints is one the role may follow.
+    let said = String::from_utf8_lossy(&made.stdout);
+    if role == "metrics" {
+        assert!(said.contains("skiff user token"), "{said}");
+        assert!(!said.contains("skiff get jobs"), "{said}");
+    }
     let out = skiff_command()
         .args(["user", "token", name, "--ttl", "1h", "--server", url])
         .output()

@@ -142,11 +142,17 @@ pub async fn user(cmd: UserCmd) -> anyhow::Result<()> {
                 &key,
             );
             skiff_pki::files::write_private(&out, text.as_bytes())?;
+            // What the new user can try first: a metrics user only
+            // scrapes (with a token), every other role may read.
+            let next = if role == UserRole::Metrics {
+                format!("a metrics user only scrapes: skiff user token {name} --ttl 8760h gives Prometheus its token")
+            } else {
+                format!("SKIFF_CONFIG={} skiff get jobs", out.display())
+            };
             emit(&format!(
-                "user/{name} created ({}); credentials in {} (SKIFF_CONFIG={} skiff get jobs)\n",
+                "user/{name} created ({}); credentials in {} ({next})\n",
                 role.as_str(),
                 out.display(),
-                out.display()
             ));
         }
         UserCmd::Ls { output, client } => {
