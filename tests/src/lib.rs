@@ -648,6 +648,12 @@ pub fn remove_containers(agent_dir: &Path) {
     for (point, _, _) in mounts_under(agent_dir) {
         let _ = Command::new("umount").arg("-l").arg(&point).output();
     }
+    // An agent killed (not stopped) leaves its namespaces' directory
+    // mounted; a stopped one unmounts it itself.
+    let ns_dir = agent_dir.join("network").join("netns");
+    if ns_dir.exists() {
+        let _ = Command::new("umount").arg("-l").arg(&ns_dir).output();
+    }
 }
 
 /// The allocations of `job`, from the server.
