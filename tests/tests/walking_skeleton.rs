@@ -92,6 +92,18 @@ task:
     );
     let gone = client.get_job("hello").await.unwrap_err();
     assert_eq!(gone.code(), Some(skiff_client::Code::NotFound), "{gone}");
+    // The delete's evaluation is done, not planned again and again (it
+    // once was, for ever, about 20 times a second).
+    let addr = prom::metrics_addr(&tmp.path().join("server"));
+    let pending = || {
+        let (_, body) = prom::scrape(&addr);
+        prom::sample_with(&body, "skiff_evaluations", &[("status", "pending")])
+    };
+    wait_for("no evaluation pending", START, || {
+        let n = pending();
+        async move { (n == Some(0.0)).then_some(()) }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
