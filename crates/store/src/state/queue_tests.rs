@@ -30,7 +30,18 @@ fn queued(name: &str, queue: &str, priority: u8) -> Command {
 /// `job`'s plan placing one replica on n1, marked `admit`, evicting
 /// `victims` (allocation ids) and naming `reclaims`.
 fn admit(h: &Harness, job: &str, victims: &[&str], reclaims: &[&str]) -> Command {
-    let Command::ApplyPlan { mut plan } = h.plan(job, &[(0, "n1")], 0) else {
+    admit_to(h, job, &[(0, "n1")], victims, reclaims)
+}
+
+/// [`admit`] with `placements` (replica, node) of its own.
+fn admit_to(
+    h: &Harness,
+    job: &str,
+    placements: &[(u32, &str)],
+    victims: &[&str],
+    reclaims: &[&str],
+) -> Command {
+    let Command::ApplyPlan { mut plan } = h.plan(job, placements, 0) else {
         unreachable!()
     };
     plan.admit = true;
@@ -153,11 +164,10 @@ fn gang_on_two_nodes() -> Harness {
     h.apply(Command::UpsertJob {
         spec: job_spec("name: a1\nqueue: team-a\ntype: batch\ngang: true\nreplicas: 2\ntask: {image: 'oci:/i', resources: {cpu: 2, memory: 64Mi}}"),
     });
-    let Command::ApplyPlan { mut plan } = h.plan("a1", &[(0, "n1"), (1, "n2")], 0) else {
-        unreachable!()
-    };
-    plan.admit = true;
-    assert_eq!(placed(h.apply(Command::ApplyPlan { plan })), (2, 0));
+    assert_eq!(
+        placed(h.apply(admit_to(&h, "a1", &[(0, "n1"), (1, "n2")], &[], &[]))),
+        (2, 0)
+    );
     h.apply(queued("b1", "team-b", 10));
     h
 }
@@ -267,11 +277,10 @@ fn a_victim_evicted_for_quota_alone_stops_on_its_own_node() {
     h.apply(queue("team-a", "lab", "'*'"));
     h.apply(queue("team-b", "lab", "'*'"));
     h.apply(queued("a1", "team-a", 10));
-    let Command::ApplyPlan { mut plan } = h.plan("a1", &[(0, "n2")], 0) else {
-        unreachable!()
-    };
-    plan.admit = true;
-    assert_eq!(placed(h.apply(Command::ApplyPlan { plan })), (1, 0));
+    assert_eq!(
+        placed(h.apply(admit_to(&h, "a1", &[(0, "n2")], &[], &[]))),
+        (1, 0)
+    );
     h.apply(queued("b1", "team-b", 10));
     // b1 is placed on the free n1; a1 on n2 goes to give the quota back.
     assert_eq!(
@@ -309,11 +318,7 @@ fn a_job_that_asks_for_more_or_moves_waits_to_be_admitted_again() {
     assert_eq!(h.state.jobs["a2"].admitted_index, 0);
     let running = h.state.allocs_of("a2").filter(|a| a.is_live()).count();
     assert_eq!(running, 1);
-    let Command::ApplyPlan { mut plan } = h.plan("a2", &[], 0) else {
-        unreachable!()
-    };
-    plan.admit = true;
-    let Outcome::PlanApplied(r) = h.apply(Command::ApplyPlan { plan }) else {
+    let Outcome::PlanApplied(r) = h.apply(admit_to(&h, "a2", &[], &[], &[])) else {
         panic!("refused");
     };
     assert_eq!((r.placed, r.rejected), (0, 0));
@@ -459,12 +464,10 @@ fn a_job_reclaimed_with_nothing_running_waits_to_be_admitted_again() {
     });
     h.apply(queued("b1", "team-b", 10));
     // The leader's plan names a1 as reclaimed (for quota): nothing to evict.
-    let Command::ApplyPlan { mut plan } = h.plan("b1", &[(0, "n2")], 0) else {
-        unreachable!()
-    };
-    plan.admit = true;
-    plan.reclaims = vec!["a1".into()];
-    assert_eq!(placed(h.apply(Command::ApplyPlan { plan })), (1, 0));
+    assert_eq!(
+        placed(h.apply(admit_to(&h, "b1", &[(0, "n2")], &[], &["a1"]))),
+        (1, 0)
+    );
     assert!(h.state.jobs["b1"].admitted_index > 0);
     assert_eq!(
         h.state.jobs["a1"].admitted_index, 0,
@@ -481,11 +484,7 @@ fn a_job_running_while_it_waits_again_may_be_reclaimed() {
     h.apply(queue("team-a", "lab", "'*'"));
     h.apply(queue("team-b", "lab", "'*'"));
     h.apply(queued("b1", "team-b", 50));
-    let Command::ApplyPlan { mut plan } = h.plan("b1", &[(0, "n1")], 0) else {
-        unreachable!()
-    };
-    plan.admit = true;
-    assert_eq!(placed(h.apply(Command::ApplyPlan { plan })), (1, 0));
+    assert_eq!(placed(h.apply(admit(&h, "b1", &[], &[]))), (1, 0));
     h.apply(Command::UpsertJob {
         spec: job_spec("name: b1\nqueue: team-b\npriority: 50\ntask: {image: 'oci:/i', resources: {cpu: 2, memory: 128Mi}}"),
     });
