@@ -31,16 +31,17 @@ fn mounted_on(dir: &Path) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(&*dir.to_string_lossy()))
 }
 
-/// Makes `dir` (created if missing) a shared mount of itself, once. One
-/// caller at a time: two first setups racing would otherwise both find it
-/// unmounted and mount it twice, and the second mount would hide the
-/// namespace the first had just made under it.
+/// Held while the directory's mount is looked at and changed: two first
+/// setups racing would otherwise both find it unmounted and mount it
+/// twice (the second mount hiding the namespace the first had just made
+/// under it), and a release could unmount it under a setup.
+static DIR_MOUNT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Makes `dir` (created if missing) a shared mount of itself, once.
 pub fn prepare_dir(dir: &Path) -> io::Result<()> {
-    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _held = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _held = DIR_MOUNT.lock().unwrap_or_else(|p| p.into_inner());
     std::fs::create_dir_all(dir)?;
-    let mounted = mounted_on(dir);
-    if !mounted {
+    if !mounted_on(dir) {
         sys::bind_mount(dir, dir)?;
     }
     sys::make_shared(dir)
@@ -52,15 +53,13 @@ pub fn prepare_dir(dir: &Path) -> io::Result<()> {
 /// container's, which outlives the agent), it stays. Whether it was
 /// unmounted.
 pub fn release_dir(dir: &Path) -> io::Result<bool> {
-    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _held = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _held = DIR_MOUNT.lock().unwrap_or_else(|p| p.into_inner());
     let empty = match std::fs::read_dir(dir) {
         Ok(mut entries) => entries.next().is_none(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     };
-    let mounted = mounted_on(dir);
-    if !empty || !mounted {
+    if !empty || !mounted_on(dir) {
         return Ok(false);
     }
     sys::umount_detach(dir)?;
