@@ -111,46 +111,42 @@ fn validate(q: &Queue, errs: &mut Errors) {
     ] {
         validate_quota_gpus(quota, field, errs);
     }
-    // A queue lends at most what it is owed, of what it is owed.
-    for (key, limit) in crate::queue::quota_amounts(&q.lending_limit) {
-        let field = match key.strip_prefix(crate::queue::GPU_PREFIX) {
-            Some(model) => format!("lending_limit.gpus.{model}"),
-            None => format!("lending_limit.{key}"),
-        };
-        let what = crate::queue::resource_name(&key);
-        match q.nominal_of(&key) {
-            None => errs.push(
-                &field,
-                format!(
-                    "the nominal quota does not govern {what}: a queue lends only what it is owed"
-                ),
-            ),
-            Some(n) if limit > n => errs.push(
-                &field,
-                format!(
-                    "{} is more than the nominal {} {what}: a queue lends at most what it is owed",
-                    crate::queue::format_amount(&key, limit),
-                    crate::queue::format_amount(&key, n)
-                ),
-            ),
-            Some(_) => {}
-        }
-    }
-    // A limit on borrowing what the queue does not govern would limit
-    // nothing: its use of that is not counted at all.
-    for key in crate::queue::quota_amounts(&q.borrowing_limit).keys() {
-        if q.nominal_of(key).is_none() {
+    // A limit on what the queue does not govern would limit nothing (its
+    // use of that is not counted at all); a queue lends at most what it
+    // is owed.
+    for (name, limits, why) in [
+        (
+            "borrowing_limit",
+            &q.borrowing_limit,
+            "give it a nominal amount (0 is one) for the queue to count and borrow it",
+        ),
+        (
+            "lending_limit",
+            &q.lending_limit,
+            "a queue lends only what it is owed",
+        ),
+    ] {
+        for (key, limit) in crate::queue::quota_amounts(limits) {
             let field = match key.strip_prefix(crate::queue::GPU_PREFIX) {
-                Some(model) => format!("borrowing_limit.gpus.{model}"),
-                None => format!("borrowing_limit.{key}"),
+                Some(model) => format!("{name}.gpus.{model}"),
+                None => format!("{name}.{key}"),
             };
-            errs.push(
-                &field,
-                format!(
-                    "the nominal quota does not govern {}: give it a nominal amount (0 is one) for the queue to count and borrow it",
-                    crate::queue::resource_name(key)
+            let what = crate::queue::resource_name(&key);
+            match q.nominal_of(&key) {
+                None => errs.push(
+                    &field,
+                    format!("the nominal quota does not govern {what}: {why}"),
                 ),
-            );
+                Some(n) if name == "lending_limit" && limit > n => errs.push(
+                    &field,
+                    format!(
+                        "{} is more than the nominal {} {what}: a queue lends at most what it is owed",
+                        crate::queue::format_amount(&key, limit),
+                        crate::queue::format_amount(&key, n)
+                    ),
+                ),
+                Some(_) => {}
+            }
         }
     }
     if q.namespaces.len() > 1 && q.namespaces.iter().any(|n| n == "*") {
