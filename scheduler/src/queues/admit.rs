@@ -70,11 +70,6 @@ impl Unplaceable {
     }
 }
 
-/// A waiting reason's words for a job no empty node could hold.
-fn never_text(why: &str) -> String {
-    format!("it could not be placed even with every node empty ({why})")
-}
-
 /// A queue head's place in the admission order: within its own quota
 /// first, then the lowest share after admission, then priority, then age.
 type HeadKey = (u8, u64, std::cmp::Reverse<u8>, u64, usize);
@@ -141,8 +136,10 @@ impl QueueBook {
         // for: it would hold every node it fits for ever.
         let mut overdue: BTreeMap<String, (u64, std::cmp::Reverse<u8>, u64, usize)> =
             BTreeMap::new();
-        let mut never: BTreeMap<usize, String> = BTreeMap::new();
-        let mut empty: Option<ClusterView<'_>> = None;
+        // Heads no empty node could hold (their reasons say so, from
+        // `try_admit`'s look at the same `unplaceable`).
+        let mut never: BTreeSet<usize> = BTreeSet::new();
+        let mut unplaceable = Unplaceable::default();
         for (q, list) in &waiting {
             let (Some(&head), Some(queue)) = (list.first(), self.queues.get(q)) else {
                 continue;
@@ -152,19 +149,9 @@ impl QueueBook {
             if w.waited_ms < window || self.quota_fit(queue, &w.request, &self.own(head)).is_err() {
                 continue;
             }
-            if let Some(job) = job_of(&w.job) {
-                let empty = empty.get_or_insert_with(|| {
-                    ClusterView::new(
-                        view.nodes.iter().map(|s| s.node.as_ref()),
-                        std::iter::empty::<&skiff_model::Allocation>(),
-                        |_| None,
-                    )
-                });
-                let plan = place(job, empty, cfg, None, None);
-                if plan.unplaced > 0 {
-                    never.insert(head, plan.explanation);
-                    continue;
-                }
+            if job_of(&w.job).is_some_and(|job| unplaceable.check(job, view, cfg).is_some()) {
+                never.insert(head);
+                continue;
             }
             let key = (
                 self.share(q, &w.request),
@@ -177,10 +164,8 @@ impl QueueBook {
                 *best = key;
             }
         }
-        drop(empty);
         let overdue: Vec<usize> = overdue.values().map(|k| k.3).collect();
         let reserved = super::reserve::reserve(self, view, job_of, &overdue);
-        let mut unplaceable = Unplaceable::default();
         let mut next: BTreeMap<String, usize> = waiting.keys().map(|q| (q.clone(), 0)).collect();
         // Each queue's head with its order key, kept until its queue moves
         // on or its cohort's usage changes (an admission): the key reads
@@ -248,11 +233,7 @@ impl QueueBook {
                     });
                 }
                 Outcome::Waits(mut reason) => {
-                    if let Some(why) = never.get(&wi) {
-                        let said = never_text(why);
-                        if !reason.ends_with(&said) {
-                            reason.push_str(&format!("; {said}"));
-                        }
+                    if never.contains(&wi) {
                         reason.push_str(", so no node is held for it");
                     }
                     if let Some(nodes) = reserved.nodes_of(wi, view) {
@@ -333,17 +314,19 @@ impl QueueBook {
             }
             Err(reason) => reason.clone(),
         };
+        // No eviction can place a job that fits no node even empty: the
+        // search would try every candidate for nothing.
+        if let Some(why) = unplaceable.check(job, view, cfg) {
+            return Outcome::Waits(format!(
+                "{room}; it could not be placed even with every node empty ({why})"
+            ));
+        }
         // Within its nominal quota (counting nothing it would reclaim):
         // take back what is lent. Otherwise only fair sharing may evict.
         let within_nominal = w.request.iter().all(|(k, r)| {
             q.nominal_of(k)
                 .is_none_or(|n| self.used(&q.name, k, &own).saturating_add(*r) <= n)
         });
-        // No eviction can place a job that fits no node even empty: the
-        // search would try every candidate for nothing.
-        if let Some(why) = unplaceable.check(job, view, cfg) {
-            return Outcome::Waits(format!("{room}; {}", never_text(&why)));
-        }
         match self.reclaim(wi, job, view, cfg, within_nominal, hidden) {
             Some(a) => Outcome::Admitted(a),
             None => Outcome::Waits(room),
