@@ -142,7 +142,9 @@ pub fn usage_amounts(u: &Usage) -> Amounts {
     a
 }
 
-/// `a` times `n` over `d` (rounded down), each amount.
+/// `a` times `n` over `d` (rounded down), each amount; amounts that come
+/// to 0 are left out (so `n = 0` gives nothing: what runs of a job when
+/// none of it does).
 pub fn scale(a: &Amounts, n: u64, d: u64) -> Amounts {
     a.iter()
         .map(|(k, v)| {
@@ -151,6 +153,7 @@ pub fn scale(a: &Amounts, n: u64, d: u64) -> Amounts {
                 (u128::from(*v) * u128::from(n) / u128::from(d.max(1))) as u64,
             )
         })
+        .filter(|(_, v)| *v > 0)
         .collect()
 }
 

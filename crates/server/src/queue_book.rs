@@ -45,11 +45,7 @@ fn holds(state: &State, job: &Job, request: &Amounts) -> Amounts {
         .allocs_of(&key)
         .filter(|a| a.is_live() && a.desired == skiff_model::DesiredStatus::Run)
         .count() as u64;
-    if live == 0 {
-        Amounts::new()
-    } else {
-        scale(request, live, u64::from(job.spec.wanted().max(1)))
-    }
+    scale(request, live, u64::from(job.spec.wanted()))
 }
 
 /// The book as `state` stands: every queue, every job naming one.
@@ -134,19 +130,9 @@ impl Trial {
     /// holds counts, as when the leader admits it again.
     pub fn with_planned(mut self, job: &Job, q: &str) -> Trial {
         let key = job.key();
-        let holds = self
-            .book
-            .workloads()
-            .iter()
-            .find(|w| w.job == key)
-            .map(|w| w.holds.clone())
-            .unwrap_or_default();
-        let waited_ms = self
-            .book
-            .workloads()
-            .iter()
-            .find(|w| w.job == key)
-            .map_or(0, |w| w.waited_ms);
+        let stored = self.book.workloads().iter().find(|w| w.job == key);
+        let holds = stored.map(|w| w.holds.clone()).unwrap_or_default();
+        let waited_ms = stored.map_or(0, |w| w.waited_ms);
         self.book.upsert(Workload {
             job: key.clone(),
             queue: q.to_string(),

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use skiff_model::queue::{request_of, Amounts, Queue};
+use skiff_model::queue::{request_of, Queue};
 use skiff_model::{AllocStatus, DesiredStatus, Gpu, Job, JobSpec, Node, Resources};
 
 use super::{Decision, QueueBook, Workload};
@@ -97,15 +97,7 @@ impl QueueSim {
                         request.clone()
                     } else {
                         let live = self.allocs.values().filter(|a| a.job == j.key()).count();
-                        if live == 0 {
-                            Amounts::new()
-                        } else {
-                            skiff_model::queue::scale(
-                                &request,
-                                live as u64,
-                                u64::from(j.spec.wanted().max(1)),
-                            )
-                        }
+                        skiff_model::queue::scale(&request, live as u64, u64::from(j.spec.wanted()))
                     },
                     request,
                     admitted_index,
