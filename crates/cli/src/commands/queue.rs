@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde::Serialize;
 use skiff_client::{QueueJob, QueueStatus};
-use skiff_model::queue::{format_amount, resource_name, Amounts, Queue, GPU_PREFIX};
+use skiff_model::queue::{format_amount, quota_amounts, resource_name, Amounts, Queue, GPU_PREFIX};
 
 use super::connect;
 use crate::args::ClientOpts;
@@ -65,7 +65,7 @@ pub enum QueueCmd {
 /// A queue as `ls -o json|yaml` shows it. Amounts are written as in a
 /// queue's file (`cpu`, `memory`, `allocations`, `gpus: {MODEL|any: N}`),
 /// each a quantity string (`"500m"`, `"2Ti"`, `"16"`).
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 struct QueueOut {
     name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -101,11 +101,38 @@ struct JobOut {
 #[derive(Serialize)]
 struct DescribeOut {
     queue: QueueOut,
-    /// The queue as described (`skiff queue apply`'s file).
+    /// The queue's settings as applied.
     #[serde(skip_serializing_if = "Option::is_none")]
-    spec: Option<Queue>,
+    spec: Option<SpecOut>,
     admitted: Vec<JobOut>,
     pending: Vec<JobOut>,
+}
+
+/// A queue's settings beyond its quota and cohort, as `describe` shows
+/// them (limits keyed as in the queue's file).
+#[derive(Serialize)]
+struct SpecOut {
+    namespaces: Vec<String>,
+    #[serde(serialize_with = "amounts_out")]
+    borrowing_limit: Amounts,
+    #[serde(serialize_with = "amounts_out")]
+    lending_limit: Amounts,
+    /// `10m`; the queue's own or the default.
+    backfill_window: String,
+    #[serde(skip)]
+    default_window: bool,
+}
+
+impl From<Queue> for SpecOut {
+    fn from(q: Queue) -> SpecOut {
+        SpecOut {
+            backfill_window: skiff_model::duration::format_duration(q.backfill_window()),
+            default_window: q.backfill_window.is_none(),
+            borrowing_limit: quota_amounts(&q.borrowing_limit),
+            lending_limit: quota_amounts(&q.lending_limit),
+            namespaces: q.namespaces,
+        }
+    }
 }
 
 /// Amounts keyed as a queue's file keys them, for JSON and YAML.
@@ -244,7 +271,11 @@ pub async fn queue(cmd: QueueCmd) -> anyhow::Result<()> {
             let status = d.status.as_ref().context("no status")?;
             let out = DescribeOut {
                 queue: queue_out(status),
-                spec: status.queue.clone().and_then(|q| Queue::try_from(q).ok()),
+                spec: status
+                    .queue
+                    .clone()
+                    .and_then(|q| Queue::try_from(q).ok())
+                    .map(SpecOut::from),
                 admitted: d.admitted.iter().map(job_out).collect(),
                 pending: d.pending.iter().map(job_out).collect(),
             };
@@ -274,27 +305,21 @@ fn describe_text(d: &DescribeOut) -> String {
         q.weight
     );
     if let Some(spec) = &d.spec {
-        let flow = |quota: &skiff_model::namespace::Quota| {
-            serde_json::to_string(quota).unwrap_or_default()
-        };
         let _ = writeln!(s, "Namespaces: {}", spec.namespaces.join(", "));
         if !spec.borrowing_limit.is_empty() {
-            let _ = writeln!(s, "Borrowing limit: {}", flow(&spec.borrowing_limit));
+            let limit = joined(&readable(&spec.borrowing_limit));
+            let _ = writeln!(s, "Borrowing limit: {limit}");
         }
         if !spec.lending_limit.is_empty() {
-            let _ = writeln!(s, "Lending limit:   {}", flow(&spec.lending_limit));
+            let limit = joined(&readable(&spec.lending_limit));
+            let _ = writeln!(s, "Lending limit:   {limit}");
         }
-        let window = spec.backfill_window();
-        let _ = writeln!(
-            s,
-            "Backfill window: {}{}",
-            skiff_model::duration::format_duration(window),
-            if spec.backfill_window.is_none() {
-                " (default)"
-            } else {
-                ""
-            }
-        );
+        let default = if spec.default_window {
+            " (default)"
+        } else {
+            ""
+        };
+        let _ = writeln!(s, "Backfill window: {}{default}", spec.backfill_window);
     }
     let _ = writeln!(s, "Usage:     {}", usage_text(q));
     let _ = writeln!(s, "Borrowed:  {}", joined(&readable(&q.borrowed)));
@@ -358,6 +383,26 @@ mod tests {
             usage_text(&q),
             "GPUs (any model)=8/4, cpu=2500m, memory=0/64Gi"
         );
+        // describe: the limits read as the quota does, in the file's keys.
+        let spec = Queue::from_yaml(
+            "name: team-a\ncohort: lab\nnamespaces: [vision]\nnominal: {gpus: {any: 4}, cpu: 8}\nborrowing_limit: {gpus: {any: 2}, cpu: 2}\n",
+        )
+        .unwrap();
+        let d = DescribeOut {
+            queue: q.clone(),
+            spec: Some(SpecOut::from(spec)),
+            admitted: vec![],
+            pending: vec![],
+        };
+        let text = describe_text(&d);
+        assert!(
+            text.contains("Borrowing limit: GPUs (any model)=2, cpu=2\n"),
+            "{text}"
+        );
+        assert!(text.contains("Backfill window: 10m (default)"), "{text}");
+        let v = serde_json::to_value(&d).unwrap();
+        assert_eq!(v["spec"]["borrowing_limit"]["cpu"], "2", "{v}");
+        assert_eq!(v["spec"]["borrowing_limit"]["gpus"]["any"], "2", "{v}");
         let inf = QueueOut { share: None, ..q };
         assert_eq!(
             serde_json::to_value(&inf).unwrap()["share"],
